@@ -1,0 +1,176 @@
+//! Small address types: an IPv4 network and an address-with-prefix of either family.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+
+/// An IPv4 network such as `10.244.0.0/24`, always stored with host bits cleared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv4Net {
+    addr: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Ipv4Net {
+    /// Builds a network; `None` if the prefix is over 32 or host bits are set.
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Option<Ipv4Net> {
+        if prefix > 32 {
+            return None;
+        }
+        let net = Ipv4Net { addr, prefix };
+        (net.network() == addr).then_some(net)
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    pub fn mask(&self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix)
+        }
+    }
+
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.addr)
+    }
+
+    /// Number of addresses in the network, network and broadcast included.
+    pub fn size(&self) -> u64 {
+        1u64 << (32 - self.prefix)
+    }
+
+    /// The address at offset `n` from the network address, if inside the network.
+    pub fn nth(&self, n: u64) -> Option<Ipv4Addr> {
+        (n < self.size()).then(|| Ipv4Addr::from(u32::from(self.addr) + n as u32))
+    }
+
+    /// Offset of `ip` from the network address.
+    pub fn offset_of(&self, ip: Ipv4Addr) -> Option<u64> {
+        self.contains(ip)
+            .then(|| (u32::from(ip) - u32::from(self.addr)) as u64)
+    }
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Why a CIDR string was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CidrError(pub String);
+
+impl fmt::Display for CidrError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Ipv4Net {
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let a = IpNet::from_str(s)?;
+        let IpAddr::V4(v4) = a.addr else {
+            return Err(CidrError(format!("{s:?} is not an IPv4 network")));
+        };
+        Ipv4Net::new(v4, a.prefix).ok_or_else(|| {
+            let masked = Ipv4Net {
+                addr: v4,
+                prefix: a.prefix,
+            }
+            .network();
+            CidrError(format!(
+                "{s:?} has host bits set; did you mean {masked}/{}?",
+                a.prefix
+            ))
+        })
+    }
+}
+
+/// An address with its prefix length, as CNI results write it (`10.244.0.5/24`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IpNet {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    pub fn new(addr: IpAddr, prefix: u8) -> IpNet {
+        IpNet { addr, prefix }
+    }
+}
+
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for IpNet {
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| CidrError(format!("{s:?} is not in address/prefix form")))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| CidrError(format!("{a:?} in {s:?} is not an IP address")))?;
+        let prefix: u8 = p
+            .parse()
+            .map_err(|_| CidrError(format!("{p:?} in {s:?} is not a prefix length")))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(CidrError(format!(
+                "prefix /{prefix} in {s:?} is longer than {max}"
+            )));
+        }
+        Ok(IpNet { addr, prefix })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4net_basics() {
+        let n: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        assert_eq!(n.network(), Ipv4Addr::new(10, 244, 1, 0));
+        assert_eq!(n.broadcast(), Ipv4Addr::new(10, 244, 1, 255));
+        assert_eq!(n.nth(1), Some(Ipv4Addr::new(10, 244, 1, 1)));
+        assert_eq!(n.nth(256), None);
+        assert!(n.contains(Ipv4Addr::new(10, 244, 1, 77)));
+        assert!(!n.contains(Ipv4Addr::new(10, 244, 2, 1)));
+        assert_eq!(n.offset_of(Ipv4Addr::new(10, 244, 1, 9)), Some(9));
+        assert_eq!(n.size(), 256);
+    }
+
+    #[test]
+    fn rejects_host_bits_with_hint() {
+        let e = "10.244.1.5/24".parse::<Ipv4Net>().unwrap_err();
+        assert!(e.0.contains("10.244.1.0/24"), "{e}");
+        assert!("10.244.1.0".parse::<Ipv4Net>().is_err());
+        assert!("10.244.1.0/33".parse::<Ipv4Net>().is_err());
+        assert!("fd00::/64".parse::<Ipv4Net>().is_err());
+    }
+
+    #[test]
+    fn ipnet_roundtrip() {
+        let a: IpNet = "10.1.2.3/16".parse().unwrap();
+        assert_eq!(a.to_string(), "10.1.2.3/16");
+        let b: IpNet = "fd00::5/64".parse().unwrap();
+        assert_eq!(b.to_string(), "fd00::5/64");
+    }
+}

@@ -1,0 +1,419 @@
+//! ADD: give a pod its network.
+//!
+//! Order matters and is the point of this module:
+//! 1. address (built-in IPAM or the delegated plugin);
+//! 2. the node bridge, with the gateway address (created if missing);
+//! 3. the veth pair, created with its pod end already inside the pod's namespace,
+//!    named `CNI_IFNAME`, with its final MAC and MTU — both ends down;
+//! 4. the anti-spoofing chain on the host end's ingress (one nftables transaction);
+//! 5. only then the host end joins the bridge and comes up;
+//! 6. inside the pod: link up, address, routes (one pipelined netlink write).
+//!
+//! A pod is never reachable before step 4. Any failure undoes every step taken so far,
+//! in reverse, and says in the error what the rollback did.
+
+use crate::errors;
+use crate::settings::{host_mac, host_veth_name, pod_mac, Ipam, Settings};
+use crate::{antispoof, delegate, Invocation};
+use podnet_cni_spec::result::{Interface, IpConfig, Route};
+use podnet_cni_spec::{code, CniError, CniResult};
+use podnet_ipam::{Owner, Pool, Store};
+use podnet_netlink::link::{self, LinkChange, Target, VethSpec};
+use podnet_netlink::nft::Batch;
+use podnet_netlink::socket::Request;
+use podnet_netlink::{addr, fmt_mac, route, Netns, Socket};
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Route protocol number podnet marks its routes with (`ip route` shows `proto 0x50`
+/// as a number; /etc/iproute2/rt_protos can name it).
+pub const RTPROT_PODNET: u8 = 0x50;
+
+/// Steps to undo, most recent last.
+enum Undo {
+    ReleaseAddress(Store, Owner),
+    DelegateDel(String),
+    DeleteLink(String),
+    RemoveChain(String),
+}
+
+pub fn run(inv: &Invocation) -> Result<CniResult, CniError> {
+    let s = Settings::resolve(&inv.conf, &inv.raw, true)?;
+    let pod_ns = Netns::open(&inv.env.netns).map_err(|e| errors::netns(e, &inv.env.netns))?;
+    let mut host =
+        Socket::route().map_err(|e| errors::netlink(e, "podnet-cni must run as root"))?;
+    let mut undo = Vec::new();
+    match add(inv, &s, &pod_ns, &mut host, &mut undo) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            let notes = rollback(inv, &mut host, undo);
+            Err(errors::with_notes(e, &notes))
+        }
+    }
+}
+
+/// The pod's address as IPAM gave it.
+struct Assigned {
+    ip: Ipv4Addr,
+    prefix: u8,
+    gateway: Ipv4Addr,
+    routes: Vec<Route>,
+    dns: Option<serde_json::Value>,
+}
+
+fn assign(inv: &Invocation, s: &Settings, undo: &mut Vec<Undo>) -> Result<Assigned, CniError> {
+    match s.ipam.as_ref().expect("resolve(need_ipam) sets ipam") {
+        Ipam::Builtin { subnet, gateway } => {
+            let pool = Pool::new(*subnet, *gateway).map_err(errors::ipam)?;
+            let store = Store::open(&s.data_dir, &s.network).map_err(errors::ipam)?;
+            let owner = Owner::new(&inv.env.container_id, &inv.env.ifname);
+            let ip = store.allocate(&pool, &owner).map_err(errors::ipam)?;
+            undo.push(Undo::ReleaseAddress(store, owner));
+            Ok(Assigned {
+                ip,
+                prefix: subnet.prefix(),
+                gateway: *gateway,
+                routes: vec![],
+                dns: None,
+            })
+        }
+        Ipam::Delegate { plugin } => {
+            let out = delegate::exec(&inv.env, plugin, "ADD", &inv.stdin)?;
+            undo.push(Undo::DelegateDel(plugin.clone()));
+            let res = CniResult::decode(
+                &out.unwrap_or_default(),
+                &format!("the result of IPAM plugin {plugin}"),
+            )?;
+            let ipc = res
+                .ips
+                .iter()
+                .find(|i| i.address.addr.is_ipv4())
+                .ok_or_else(|| {
+                    CniError::new(
+                        code::INVALID_CONFIG,
+                        format!("IPAM plugin {plugin} returned no IPv4 address"),
+                        "podnet pods are IPv4; configure an IPv4 range in the ipam section",
+                    )
+                })?;
+            let IpAddr::V4(ip) = ipc.address.addr else {
+                unreachable!()
+            };
+            let gateway = match (ipc.gateway, s.gateway) {
+                (Some(IpAddr::V4(g)), _) => g,
+                (_, Some(g)) => g,
+                _ => {
+                    return Err(CniError::new(
+                        code::INVALID_CONFIG,
+                        format!("no gateway for {ip}: IPAM plugin {plugin} returned none"),
+                        "set \"gateway\" in the ipam range or in the podnet config",
+                    ))
+                }
+            };
+            Ok(Assigned {
+                ip,
+                prefix: ipc.address.prefix,
+                gateway,
+                routes: res
+                    .routes
+                    .into_iter()
+                    .filter(|r| r.dst.addr.is_ipv4())
+                    .collect(),
+                dns: res.dns,
+            })
+        }
+    }
+}
+
+/// Makes sure the node bridge exists, is up and holds the gateway address.
+pub fn ensure_bridge(
+    host: &mut Socket,
+    name: &str,
+    gateway: Ipv4Addr,
+    prefix: u8,
+    mtu: u32,
+) -> Result<link::LinkInfo, CniError> {
+    let fail = |e| errors::netlink(e, "check the node's links with `ip -d link show`");
+    let br = match link::get_by_name(host, name).map_err(fail)? {
+        Some(l) => l,
+        None => {
+            match link::create_bridge(host, name, Some(pod_mac(gateway)), Some(mtu)) {
+                Ok(()) => {}
+                Err(e) if e.is_exists() => {} // another ADD made it just now
+                Err(e) => return Err(fail(e)),
+            }
+            link::get_by_name(host, name)
+                .map_err(fail)?
+                .ok_or_else(|| {
+                    CniError::new(
+                        code::NETLINK,
+                        format!("bridge {name} vanished right after it was created"),
+                        "retry; if it persists, something on this node deletes it",
+                    )
+                })?
+        }
+    };
+    if br.kind.as_deref() != Some("bridge") {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "link {name} exists but is not a bridge (kind {})",
+                br.kind.as_deref().unwrap_or("none")
+            ),
+            "set \"bridge\" to another name or remove that link",
+        ));
+    }
+    let mut reqs = vec![addr::add_request(br.index, gateway, prefix)];
+    if !br.is_up() {
+        reqs.push(link::change_request(
+            Target::Index(br.index),
+            &LinkChange {
+                up: Some(true),
+                ..Default::default()
+            },
+        ));
+    }
+    for r in host.ack_all(reqs) {
+        match r {
+            Ok(()) => {}
+            Err(e) if e.is_exists() => {}
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    Ok(br)
+}
+
+fn add(
+    inv: &Invocation,
+    s: &Settings,
+    pod_ns: &Netns,
+    host: &mut Socket,
+    undo: &mut Vec<Undo>,
+) -> Result<CniResult, CniError> {
+    let ifname = inv.env.ifname.as_str();
+    let host_name = host_veth_name(&inv.env.container_id, ifname);
+    let a = assign(inv, s, undo)?;
+    let mtu = s.pod_mtu(host);
+    let br = ensure_bridge(host, &s.bridge, a.gateway, a.prefix, mtu)?;
+
+    // 3. veth pair, pod end directly in the pod.
+    let (pmac, hmac) = (pod_mac(a.ip), host_mac(a.ip));
+    let spec = VethSpec {
+        name: &host_name,
+        mac: Some(hmac),
+        mtu,
+        peer_name: ifname,
+        peer_mac: Some(pmac),
+        peer_netns_fd: Some(pod_ns.fd()),
+    };
+    let nl = |e| {
+        errors::netlink(
+            e,
+            "check the node with `ip link` and the pod with `ip -n <netns> link`",
+        )
+    };
+    match link::create_veth(host, &spec) {
+        Ok(()) => {}
+        Err(e) if e.is_exists() => {
+            let mut pod = Socket::route_in(pod_ns).map_err(nl)?;
+            if link::get_by_name(&mut pod, ifname).map_err(nl)?.is_some() {
+                return Err(CniError::new(
+                    code::INTERFACE_EXISTS,
+                    format!("interface {ifname} already exists in network namespace {}", inv.env.netns),
+                    "another plugin or an earlier ADD made it; run DEL for this container first, or use another CNI_IFNAME",
+                ));
+            }
+            // Our own leftover from an ADD of this same attachment that was killed
+            // midway: the runtime never calls ADD twice without DEL, so it is ours.
+            remove_pod_objects(host, &host_name).map_err(|e| e.to_cni())?;
+            link::create_veth(host, &spec).map_err(nl)?;
+        }
+        Err(e) => return Err(nl(e)),
+    }
+    undo.push(Undo::DeleteLink(host_name.clone()));
+
+    // 4. protection before connection.
+    if s.anti_spoofing {
+        let mut nf =
+            Socket::netfilter().map_err(|e| errors::nft(e, "podnet-cni must run as root"))?;
+        let mut b = Batch::new();
+        let comment = antispoof::chain_comment(&s.network, &inv.env.container_id, ifname);
+        antispoof::install(&mut b, &host_name, pmac, a.ip, &comment);
+        undo.push(Undo::RemoveChain(host_name.clone()));
+        b.commit(&mut nf).map_err(|e| {
+            errors::nft(
+                e,
+                "the kernel needs nf_tables with the netdev family; check with `nft list tables`",
+            )
+        })?;
+    }
+
+    // 5. join the bridge.
+    link::change(
+        host,
+        Target::Name(&host_name),
+        &LinkChange {
+            up: Some(true),
+            master: Some(br.index),
+            mtu: None,
+        },
+    )
+    .map_err(nl)?;
+
+    // 6. inside the pod.
+    let mut pod = Socket::route_in(pod_ns).map_err(nl)?;
+    let eth = link::get_by_name(&mut pod, ifname)
+        .map_err(nl)?
+        .ok_or_else(|| {
+            CniError::new(
+                code::NETLINK,
+                format!(
+                    "{ifname} is missing in {} right after it was created",
+                    inv.env.netns
+                ),
+                "something in the pod removed it; retry the ADD",
+            )
+        })?;
+    let mut routes = a.routes.clone();
+    if routes.is_empty() {
+        routes.push(Route {
+            dst: "0.0.0.0/0".parse().unwrap(),
+            gw: Some(IpAddr::V4(a.gateway)),
+        });
+    }
+    let mut reqs: Vec<Request> = vec![
+        link::change_request(
+            Target::Index(eth.index),
+            &LinkChange {
+                up: Some(true),
+                ..Default::default()
+            },
+        ),
+        addr::add_request(eth.index, a.ip, a.prefix),
+    ];
+    for r in &routes {
+        let IpAddr::V4(dst) = r.dst.addr else {
+            continue;
+        };
+        let gw = match r.gw {
+            Some(IpAddr::V4(g)) => Some(g),
+            _ => Some(a.gateway),
+        };
+        reqs.push(route::add_request(&route::RouteSpec {
+            dst,
+            prefix: r.dst.prefix,
+            gateway: gw,
+            oif: Some(eth.index),
+            onlink: false,
+            protocol: RTPROT_PODNET,
+        }));
+    }
+    for r in pod.ack_all(reqs) {
+        r.map_err(nl)?;
+    }
+
+    let gw = IpAddr::V4(a.gateway);
+    Ok(CniResult {
+        interfaces: vec![
+            Interface {
+                name: s.bridge.clone(),
+                mac: br.mac_string(),
+                mtu: None,
+                sandbox: None,
+            },
+            Interface {
+                name: host_name,
+                mac: fmt_mac(&hmac),
+                mtu: Some(mtu),
+                sandbox: None,
+            },
+            Interface {
+                name: ifname.to_string(),
+                mac: fmt_mac(&pmac),
+                mtu: Some(mtu),
+                sandbox: Some(inv.env.netns.clone()),
+            },
+        ],
+        ips: vec![IpConfig {
+            address: podnet_cni_spec::net::IpNet::new(IpAddr::V4(a.ip), a.prefix),
+            gateway: Some(gw),
+            interface: Some(2),
+        }],
+        routes: routes
+            .into_iter()
+            .map(|r| Route {
+                dst: r.dst,
+                gw: r.gw.or(Some(gw)),
+            })
+            .collect(),
+        dns: inv
+            .conf
+            .dns
+            .clone()
+            .filter(|d| d != &serde_json::json!({}))
+            .or(a.dns),
+    })
+}
+
+/// A failure removing a pod's kernel objects, kept apart by kind for the error code.
+pub enum RemoveError {
+    Link(podnet_netlink::Error),
+    Chain(podnet_netlink::Error),
+}
+
+impl RemoveError {
+    pub fn to_cni(self) -> CniError {
+        match self {
+            RemoveError::Link(e) => {
+                errors::netlink(e, "remove the link by hand with `ip link del` and retry")
+            }
+            RemoveError::Chain(e) => errors::nft(
+                e,
+                "remove the chain by hand with `nft delete chain netdev podnet <name>` and retry",
+            ),
+        }
+    }
+}
+
+/// Removes a pod's veth pair (both ends) and its anti-spoofing chain; either being
+/// absent is fine. The link goes first so the pod is never connected unprotected.
+pub fn remove_pod_objects(host: &mut Socket, host_name: &str) -> Result<(), RemoveError> {
+    link::delete_by_name(host, host_name).map_err(RemoveError::Link)?;
+    let mut nf = Socket::netfilter().map_err(RemoveError::Chain)?;
+    let mut b = Batch::new();
+    antispoof::remove(&mut b, host_name);
+    b.commit(&mut nf).map_err(RemoveError::Chain)
+}
+
+fn rollback(inv: &Invocation, host: &mut Socket, undo: Vec<Undo>) -> Vec<String> {
+    let mut notes = Vec::new();
+    for step in undo.into_iter().rev() {
+        match step {
+            Undo::RemoveChain(name) => {
+                let r = Socket::netfilter().and_then(|mut nf| {
+                    let mut b = Batch::new();
+                    antispoof::remove(&mut b, &name);
+                    b.commit(&mut nf)
+                });
+                notes.push(match r {
+                    Ok(()) => format!("removed chain netdev podnet {name}"),
+                    Err(e) => format!("could not remove chain {name}: {e}"),
+                });
+            }
+            Undo::DeleteLink(name) => notes.push(match link::delete_by_name(host, &name) {
+                Ok(_) => format!("deleted veth {name}"),
+                Err(e) => format!("could not delete veth {name}: {e}"),
+            }),
+            Undo::ReleaseAddress(store, owner) => notes.push(match store.release(&owner) {
+                Ok(Some(ip)) => format!("released {ip}"),
+                Ok(None) => "no address to release".into(),
+                Err(e) => format!("could not release the address: {e}"),
+            }),
+            Undo::DelegateDel(plugin) => {
+                notes.push(match delegate::exec(&inv.env, &plugin, "DEL", &inv.stdin) {
+                    Ok(_) => format!("released the address through {plugin}"),
+                    Err(e) => format!("could not release the address through {plugin}: {e}"),
+                })
+            }
+        }
+    }
+    notes
+}

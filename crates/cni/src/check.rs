@@ -1,0 +1,152 @@
+//! CHECK: is the pod's network still what ADD made? Reads only; reports every
+//! difference it finds in one error (code 105), each naming the object.
+
+use crate::errors;
+use crate::settings::{host_veth_name, Ipam, Settings};
+use crate::{antispoof, Invocation};
+use podnet_cni_spec::{code, CniError, CniResult};
+use podnet_ipam::{Owner, Store};
+use podnet_netlink::{addr, link, route, Netns, Socket};
+use std::net::IpAddr;
+
+pub fn run(inv: &Invocation) -> Result<(), CniError> {
+    let s = Settings::resolve(&inv.conf, &inv.raw, true)?;
+    let prev = inv.conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "CHECK needs prevResult",
+            "the runtime must pass the result of ADD as prevResult",
+        )
+    })?;
+    let prev = CniResult::decode(prev, "prevResult")?;
+    let ifname = inv.env.ifname.as_str();
+    let want_if = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == ifname && i.sandbox.is_some());
+    let want_ip = prev
+        .ips
+        .iter()
+        .find(|i| i.address.addr.is_ipv4() && (want_if.is_none() || i.interface == want_if))
+        .ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("prevResult has no IPv4 address for {ifname}"),
+                "pass the result of ADD unchanged",
+            )
+        })?;
+    let IpAddr::V4(ip) = want_ip.address.addr else {
+        unreachable!()
+    };
+
+    let pod_ns = Netns::open(&inv.env.netns).map_err(|e| errors::netns(e, &inv.env.netns))?;
+    let nl = |e| errors::netlink(e, "");
+    let mut host = Socket::route().map_err(nl)?;
+    let mut pod = Socket::route_in(&pod_ns).map_err(nl)?;
+    let mut problems: Vec<String> = Vec::new();
+
+    // Pod side.
+    match link::get_by_name(&mut pod, ifname).map_err(nl)? {
+        None => problems.push(format!("{ifname} is missing in {}", inv.env.netns)),
+        Some(l) => {
+            if !l.is_up() {
+                problems.push(format!(
+                    "{ifname} is down in the pod (ip -n <netns> link set {ifname} up)"
+                ));
+            }
+            if let Some(want) = want_if
+                .map(|i| &prev.interfaces[i].mac)
+                .filter(|m| !m.is_empty())
+            {
+                if &l.mac_string() != want {
+                    problems.push(format!(
+                        "{ifname} has MAC {} instead of {want}",
+                        l.mac_string()
+                    ));
+                }
+            }
+            let addrs = addr::list(&mut pod, Some(l.index)).map_err(nl)?;
+            if !addrs
+                .iter()
+                .any(|a| a.addr == ip && a.prefix == want_ip.address.prefix)
+            {
+                problems.push(format!("{ifname} lacks address {}", want_ip.address));
+            }
+            let routes = route::list(&mut pod).map_err(nl)?;
+            for r in &prev.routes {
+                let IpAddr::V4(dst) = r.dst.addr else {
+                    continue;
+                };
+                let gw = match r.gw.or(want_ip.gateway) {
+                    Some(IpAddr::V4(g)) => Some(g),
+                    _ => None,
+                };
+                let found = routes.iter().any(|k| {
+                    k.dst == dst && k.prefix == r.dst.prefix && (gw.is_none() || k.gateway == gw)
+                });
+                if !found {
+                    problems.push(format!(
+                        "route {}{} is missing in the pod",
+                        r.dst,
+                        gw.map(|g| format!(" via {g}")).unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+
+    // Host side.
+    let host_name = host_veth_name(&inv.env.container_id, ifname);
+    let br = link::get_by_name(&mut host, &s.bridge).map_err(nl)?;
+    match (link::get_by_name(&mut host, &host_name).map_err(nl)?, &br) {
+        (None, _) => problems.push(format!("host veth {host_name} is missing")),
+        (Some(_), None) => problems.push(format!("bridge {} is missing", s.bridge)),
+        (Some(h), Some(b)) => {
+            if !h.is_up() {
+                problems.push(format!("host veth {host_name} is down"));
+            }
+            if h.master != Some(b.index) {
+                problems.push(format!(
+                    "host veth {host_name} is not attached to bridge {}",
+                    s.bridge
+                ));
+            }
+        }
+    }
+    if s.anti_spoofing {
+        let mut nf = Socket::netfilter().map_err(nl)?;
+        if !antispoof::is_installed(&mut nf, &host_name).map_err(|e| errors::nft(e, ""))? {
+            problems.push(format!(
+                "anti-spoofing chain netdev {} {host_name} is missing or incomplete",
+                antispoof::TABLE
+            ));
+        }
+    }
+    if let Some(Ipam::Builtin { .. }) = s.ipam {
+        let store = Store::open(&s.data_dir, &s.network).map_err(errors::ipam)?;
+        match store
+            .lookup(&Owner::new(&inv.env.container_id, ifname))
+            .map_err(errors::ipam)?
+        {
+            Some(held) if held == ip => {}
+            Some(held) => problems.push(format!("IPAM records {held} for this pod, not {ip}")),
+            None => problems.push(format!("IPAM has no record of {ip} for this pod")),
+        }
+    }
+
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            code::CHECK_MISMATCH,
+            format!(
+                "pod network of container {} differs from what ADD made",
+                inv.env.container_id
+            ),
+            format!(
+                "{}; DEL and ADD the pod again to repair it",
+                problems.join("; ")
+            ),
+        ))
+    }
+}

@@ -1,0 +1,272 @@
+//! What one invocation works with: the network configuration, completed from the
+//! node's agent (when one runs) and from defaults, and checked.
+
+use podnet_cni_spec::{code, CniError, Ipv4Net, NetConf};
+use podnet_netlink::{link, route, Socket};
+use serde::Deserialize;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+pub const DEFAULT_BRIDGE: &str = "podnet0";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/podnet/ipam";
+/// Written by `podnetd`: the node's pod CIDR, MTU and bridge.
+pub const DEFAULT_NODE_FILE: &str = "/run/podnet/node.json";
+
+/// What the node's agent publishes for the plugin.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    pub pod_cidr: Option<String>,
+    pub mtu: Option<u32>,
+    pub bridge: Option<String>,
+}
+
+/// How addresses are assigned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ipam {
+    /// podnet's own allocator over `subnet`.
+    Builtin { subnet: Ipv4Net, gateway: Ipv4Addr },
+    /// Another IPAM plugin (`host-local`, …) found in CNI_PATH.
+    Delegate { plugin: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub network: String,
+    pub bridge: String,
+    pub mtu: Option<u32>,
+    pub data_dir: PathBuf,
+    pub anti_spoofing: bool,
+    pub ipam: Option<Ipam>,
+    /// An explicit gateway from the config (used with delegated IPAM too).
+    pub gateway: Option<Ipv4Addr>,
+}
+
+fn invalid(msg: impl Into<String>, details: impl Into<String>) -> CniError {
+    CniError::new(code::INVALID_CONFIG, msg, details)
+}
+
+impl Settings {
+    /// Completes and checks the configuration. `need_ipam` is false for verbs that can
+    /// work without knowing the subnet (DEL, GC), so a broken node can still be cleaned.
+    pub fn resolve(
+        conf: &NetConf,
+        raw: &serde_json::Value,
+        need_ipam: bool,
+    ) -> Result<Settings, CniError> {
+        let node_file = raw
+            .get("nodeFile")
+            .and_then(|v| v.as_str())
+            .unwrap_or(DEFAULT_NODE_FILE);
+        let node: NodeInfo = match std::fs::read(node_file) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                CniError::new(
+                    code::IO,
+                    format!("cannot read the agent's node file {node_file}"),
+                    format!(
+                        "{e}; podnetd rewrites it when it starts: restart podnetd on this node"
+                    ),
+                )
+            })?,
+            Err(_) => NodeInfo::default(),
+        };
+        let bridge = conf
+            .bridge
+            .clone()
+            .or(node.bridge)
+            .unwrap_or_else(|| DEFAULT_BRIDGE.into());
+        if bridge.is_empty()
+            || bridge.len() > 15
+            || bridge.contains('/')
+            || bridge.contains(char::is_whitespace)
+        {
+            return Err(invalid(
+                format!("invalid bridge name {bridge:?}"),
+                "a bridge name is 1 to 15 characters without '/' or spaces",
+            ));
+        }
+        let mtu = conf.mtu.or(node.mtu);
+        if let Some(m) = mtu {
+            if !(576..=65535).contains(&m) {
+                return Err(invalid(
+                    format!("invalid mtu {m}"),
+                    "the pod MTU must be between 576 and 65535; for VXLAN use the underlay MTU minus 50",
+                ));
+            }
+        }
+        let gateway = match &conf.gateway {
+            Some(g) => Some(g.parse::<Ipv4Addr>().map_err(|_| {
+                invalid(
+                    format!("invalid gateway {g:?}"),
+                    "write the gateway as an IPv4 address, e.g. \"10.244.0.1\"",
+                )
+            })?),
+            None => None,
+        };
+        let ipam = if let Some(t) = conf.ipam_type() {
+            Some(Ipam::Delegate {
+                plugin: t.to_string(),
+            })
+        } else {
+            let subnet_s = conf.subnet.clone().or(node.pod_cidr);
+            match subnet_s {
+                Some(s) => {
+                    let subnet: Ipv4Net = s.parse().map_err(|e| {
+                        invalid(format!("invalid subnet {s:?}"), format!("{e}; write the node's pod CIDR, e.g. \"10.244.0.0/24\""))
+                    })?;
+                    if subnet.prefix() > 30 {
+                        return Err(invalid(
+                            format!("subnet {subnet} is too small"),
+                            "a pod CIDR needs room for the gateway and at least one pod: use /30 or larger (a /24 is usual)",
+                        ));
+                    }
+                    let gw = gateway.unwrap_or_else(|| subnet.nth(1).expect("/30 or larger"));
+                    if !subnet.contains(gw) || gw == subnet.network() || gw == subnet.broadcast() {
+                        return Err(invalid(
+                            format!("gateway {gw} is not a host address of subnet {subnet}"),
+                            "leave \"gateway\" out to use the subnet's first address",
+                        ));
+                    }
+                    Some(Ipam::Builtin { subnet, gateway: gw })
+                }
+                None if need_ipam => {
+                    return Err(invalid(
+                        "no subnet for this node",
+                        format!(
+                            "the config has no \"subnet\" and no podnet agent has written {node_file}; \
+                             add \"subnet\": \"10.244.0.0/24\" (the node's pod CIDR) or start podnetd on this node"
+                        ),
+                    ))
+                }
+                None => None,
+            }
+        };
+        Ok(Settings {
+            network: conf.name.clone(),
+            bridge,
+            mtu,
+            data_dir: conf
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.into())
+                .into(),
+            anti_spoofing: conf.anti_spoofing.unwrap_or(true),
+            ipam,
+            gateway,
+        })
+    }
+
+    /// The pod MTU: configured, from the agent, or the MTU of the interface that holds
+    /// the node's default route (1500 if there is none).
+    pub fn pod_mtu(&self, host: &mut Socket) -> u32 {
+        if let Some(m) = self.mtu {
+            return m;
+        }
+        let oif = route::list(host)
+            .ok()
+            .and_then(|rs| rs.into_iter().find(|r| r.is_default()).and_then(|r| r.oif));
+        oif.and_then(|i| link::get_by_index(host, i).ok().flatten())
+            .map(|l| l.mtu)
+            .unwrap_or(1500)
+    }
+}
+
+/// The host-side veth name for an attachment: `pn` + 12 hex digits of a hash of the
+/// container ID and interface name. Deterministic, so DEL and GC find it without state.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    // FNV-1a, 64 bit: stable across versions and platforms.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([b'/']).chain(ifname.bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("pn{:012x}", h & 0xffff_ffff_ffff)
+}
+
+/// The pod interface's MAC: `0a:58` + the IPv4 address (locally administered,
+/// unicast, unique wherever the IP is).
+pub fn pod_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x0a, 0x58, o[0], o[1], o[2], o[3]]
+}
+
+/// The host-side veth's MAC: `0a:5a` + the pod's IPv4 address.
+pub fn host_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x0a, 0x5a, o[0], o[1], o[2], o[3]]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(j: &str) -> (NetConf, serde_json::Value) {
+        let mut v: serde_json::Value = serde_json::from_str(j).unwrap();
+        v["nodeFile"] = "/nonexistent/podnet-node.json".into();
+        (NetConf::parse(j.as_bytes()).unwrap(), v)
+    }
+
+    #[test]
+    fn defaults() {
+        let (c, v) = conf(
+            r#"{"cniVersion":"1.1.0","name":"n","type":"podnet-cni","subnet":"10.244.3.0/24"}"#,
+        );
+        let s = Settings::resolve(&c, &v, true).unwrap();
+        assert_eq!(s.bridge, "podnet0");
+        assert!(s.anti_spoofing);
+        assert_eq!(
+            s.ipam,
+            Some(Ipam::Builtin {
+                subnet: "10.244.3.0/24".parse().unwrap(),
+                gateway: "10.244.3.1".parse().unwrap()
+            })
+        );
+    }
+
+    #[test]
+    fn invalid_configs_say_why() {
+        for (j, needle) in [
+            (
+                r#"{"name":"n","type":"t","subnet":"10.0.0.0/31"}"#,
+                "too small",
+            ),
+            (
+                r#"{"name":"n","type":"t","subnet":"10.0.0.5/24"}"#,
+                "10.0.0.0/24",
+            ),
+            (
+                r#"{"name":"n","type":"t","subnet":"10.0.0.0/24","gateway":"10.0.1.1"}"#,
+                "not a host address",
+            ),
+            (
+                r#"{"name":"n","type":"t","subnet":"10.0.0.0/24","mtu":100}"#,
+                "mtu",
+            ),
+            (
+                r#"{"name":"n","type":"t","subnet":"10.0.0.0/24","bridge":"a-very-long-bridge"}"#,
+                "bridge",
+            ),
+            (r#"{"name":"n","type":"t"}"#, "no subnet"),
+        ] {
+            let (c, v) = conf(j);
+            let e = Settings::resolve(&c, &v, true).unwrap_err();
+            assert_eq!(e.code, 7, "{j}");
+            assert!(e.to_string().contains(needle), "{j}: {e}");
+        }
+        let (c, v) = conf(r#"{"name":"n","type":"t"}"#);
+        assert!(Settings::resolve(&c, &v, false).unwrap().ipam.is_none());
+    }
+
+    #[test]
+    fn names_are_stable_and_short() {
+        let a = host_veth_name("abc", "eth0");
+        assert_eq!(a, host_veth_name("abc", "eth0"));
+        assert_ne!(a, host_veth_name("abc", "eth1"));
+        assert_eq!(a.len(), 14);
+        assert!(a.starts_with("pn"));
+        assert_eq!(
+            pod_mac("10.244.0.5".parse().unwrap()),
+            [0x0a, 0x58, 10, 244, 0, 5]
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! STATUS: can this node serve ADD right now? Code 50 says why not.
+
+use crate::settings::{Ipam, Settings};
+use crate::{delegate, Invocation};
+use podnet_cni_spec::{code, CniError};
+use podnet_ipam::{Pool, Store};
+
+pub fn run(inv: &Invocation) -> Result<(), CniError> {
+    let unavailable =
+        |msg: String, details: String| CniError::new(code::NOT_AVAILABLE, msg, details);
+    let s =
+        Settings::resolve(&inv.conf, &inv.raw, true).map_err(|e| unavailable(e.msg, e.details))?;
+    match s.ipam.expect("resolved with need_ipam") {
+        Ipam::Delegate { plugin } => {
+            delegate::find(&inv.env, &plugin).map_err(|e| unavailable(e.msg, e.details))?;
+        }
+        Ipam::Builtin { subnet, gateway } => {
+            let pool = Pool::new(subnet, gateway)
+                .map_err(|e| unavailable(e.to_string(), String::new()))?;
+            let store = Store::open(&s.data_dir, &s.network)
+                .map_err(|e| unavailable(e.to_string(), String::new()))?;
+            let used = store
+                .list()
+                .map_err(|e| unavailable(e.to_string(), String::new()))?
+                .iter()
+                .filter(|(ip, _)| pool.assignable(*ip))
+                .count();
+            if used >= pool.capacity() {
+                return Err(unavailable(
+                    format!("no free address in {subnet}: all {used} are assigned"),
+                    "delete unused pods, run GC to reclaim leaked addresses, or give the node a larger pod CIDR".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

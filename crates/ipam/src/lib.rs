@@ -1,0 +1,537 @@
+//! Built-in IPAM: hands each pod attachment one address from the node's pod CIDR.
+//!
+//! # Storage and safety
+//! One directory per network (`<dataDir>/<network>/`):
+//! - `lock`: every operation holds an exclusive `flock` on it for its whole
+//!   read-modify-write, so concurrent ADDs are serialized and can never hand out one
+//!   address twice. The kernel drops the lock when a process dies, even by `kill -9`.
+//! - `state.a` and `state.b`: two copies of the whole state, each a header line
+//!   (`podnet-ipam 1 <generation> <length> <checksum>`) and a JSON body. A change is
+//!   written over the *older* copy with a higher generation; a reader takes the newest
+//!   copy whose checksum holds. A process killed in the middle of a write therefore
+//!   leaves a torn older copy and an intact newer one: the state is always the one
+//!   before or the one after the change, never a mix.
+//!
+//! Both files are written in place. Creating or renaming files costs 0.6–0.8 ms per
+//! inode on this class of disk (ext4 allocates an inode, and replacing a file by
+//! rename forces a data flush), which would double the time of an ADD.
+//!
+//! # Allocation
+//! Addresses are handed out round-robin after the last one given, so a freed address
+//! is not reused at once (a late packet for a dead pod will not reach a new one). The
+//! network, gateway and broadcast addresses are never assigned. Allocation is
+//! idempotent per attachment (container ID + interface): asking twice returns the
+//! same address.
+
+use podnet_cni_spec::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot use IPAM directory {path}: {source}; check that it is writable by root")]
+    Dir { path: PathBuf, source: io::Error },
+    #[error("cannot lock IPAM state {path}: {source}")]
+    Lock { path: PathBuf, source: io::Error },
+    #[error("cannot read IPAM state {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("IPAM state in {path} is damaged in both copies; move the directory aside, then run GC or re-add the pods")]
+    Corrupt { path: PathBuf },
+    #[error("cannot write IPAM state {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("no free address in {subnet}: all {in_use} usable addresses are assigned; delete unused pods, run GC to reclaim leaked addresses, or give the node a larger pod CIDR")]
+    Exhausted { subnet: Ipv4Net, in_use: usize },
+    #[error("invalid address pool {subnet}: {why}")]
+    Pool { subnet: Ipv4Net, why: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Who holds an address: one attachment of one container.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Owner {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl Owner {
+    pub fn new(container_id: impl Into<String>, ifname: impl Into<String>) -> Owner {
+        Owner {
+            container_id: container_id.into(),
+            ifname: ifname.into(),
+        }
+    }
+}
+
+/// The range addresses come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool {
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+}
+
+impl Pool {
+    /// Checks that the pool has at least one assignable address.
+    pub fn new(subnet: Ipv4Net, gateway: Ipv4Addr) -> Result<Pool> {
+        if subnet.prefix() > 30 {
+            return Err(Error::Pool {
+                subnet,
+                why: "a pod CIDR must be /30 or larger (network, gateway, pods, broadcast)".into(),
+            });
+        }
+        if !subnet.contains(gateway) || gateway == subnet.network() || gateway == subnet.broadcast()
+        {
+            return Err(Error::Pool {
+                subnet,
+                why: format!("gateway {gateway} must be a host address inside it"),
+            });
+        }
+        Ok(Pool { subnet, gateway })
+    }
+
+    /// True for the addresses a pod may get.
+    pub fn assignable(&self, ip: Ipv4Addr) -> bool {
+        self.subnet.contains(ip)
+            && ip != self.subnet.network()
+            && ip != self.subnet.broadcast()
+            && ip != self.gateway
+    }
+
+    /// Number of addresses a pod may get.
+    pub fn capacity(&self) -> usize {
+        (self.subnet.size() - 3) as usize
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    /// The last address handed out (round-robin cursor).
+    #[serde(default)]
+    last: Option<Ipv4Addr>,
+    #[serde(default)]
+    allocations: BTreeMap<Ipv4Addr, Owner>,
+}
+
+/// The IPAM state of one network on this node.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) `<data_dir>/<network>`.
+    pub fn open(data_dir: impl AsRef<Path>, network: &str) -> Result<Store> {
+        let dir = data_dir.as_ref().join(sanitize(network));
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(|source| Error::Dir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        Ok(Store { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs `f` on the state under the lock; writes the state back if `f` says so.
+    fn with_state<T>(&self, f: impl FnOnce(&mut State) -> Result<(T, bool)>) -> Result<T> {
+        let lock_path = self.dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| Error::Lock {
+                path: lock_path.clone(),
+                source,
+            })?;
+        loop {
+            // SAFETY: flock on an fd we own; released on close or process death.
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(Error::Lock {
+                    path: lock_path,
+                    source: e,
+                });
+            }
+        }
+        let mut copies = Copies::open(&self.dir)?;
+        let mut state = copies.read()?;
+        let (out, changed) = f(&mut state)?;
+        if changed {
+            copies.write(&state)?;
+        }
+        Ok(out)
+    }
+
+    /// Gives `owner` an address from `pool`; the same one again if it has one already.
+    pub fn allocate(&self, pool: &Pool, owner: &Owner) -> Result<Ipv4Addr> {
+        self.with_state(|st| {
+            if let Some((ip, _)) = st.allocations.iter().find(|(_, o)| *o == owner) {
+                return Ok((*ip, false));
+            }
+            let n = pool.subnet.size();
+            let start = st
+                .last
+                .and_then(|l| pool.subnet.offset_of(l))
+                .map(|o| o + 1)
+                .unwrap_or(1);
+            for i in 0..n {
+                let ip = pool
+                    .subnet
+                    .nth((start + i) % n)
+                    .expect("offset inside subnet");
+                if pool.assignable(ip) && !st.allocations.contains_key(&ip) {
+                    st.allocations.insert(ip, owner.clone());
+                    st.last = Some(ip);
+                    return Ok((ip, true));
+                }
+            }
+            Err(Error::Exhausted {
+                subnet: pool.subnet,
+                in_use: st
+                    .allocations
+                    .keys()
+                    .filter(|ip| pool.assignable(**ip))
+                    .count(),
+            })
+        })
+    }
+
+    /// Frees whatever `owner` holds; returns the address, or `None` if it held none.
+    pub fn release(&self, owner: &Owner) -> Result<Option<Ipv4Addr>> {
+        self.with_state(|st| {
+            let found = st
+                .allocations
+                .iter()
+                .find(|(_, o)| *o == owner)
+                .map(|(ip, _)| *ip);
+            if let Some(ip) = found {
+                st.allocations.remove(&ip);
+            }
+            Ok((found, found.is_some()))
+        })
+    }
+
+    /// The address `owner` holds, if any.
+    pub fn lookup(&self, owner: &Owner) -> Result<Option<Ipv4Addr>> {
+        self.with_state(|st| {
+            Ok((
+                st.allocations
+                    .iter()
+                    .find(|(_, o)| *o == owner)
+                    .map(|(ip, _)| *ip),
+                false,
+            ))
+        })
+    }
+
+    /// Every allocation, in address order.
+    pub fn list(&self) -> Result<Vec<(Ipv4Addr, Owner)>> {
+        self.with_state(|st| {
+            Ok((
+                st.allocations
+                    .iter()
+                    .map(|(ip, o)| (*ip, o.clone()))
+                    .collect(),
+                false,
+            ))
+        })
+    }
+
+    /// Frees every allocation whose owner `keep` rejects; returns what was freed.
+    pub fn retain(&self, keep: impl Fn(&Owner) -> bool) -> Result<Vec<(Ipv4Addr, Owner)>> {
+        self.with_state(|st| {
+            let gone: Vec<(Ipv4Addr, Owner)> = st
+                .allocations
+                .iter()
+                .filter(|(_, o)| !keep(o))
+                .map(|(ip, o)| (*ip, o.clone()))
+                .collect();
+            for (ip, _) in &gone {
+                st.allocations.remove(ip);
+            }
+            let changed = !gone.is_empty();
+            Ok((gone, changed))
+        })
+    }
+}
+
+const MAGIC: &str = "podnet-ipam 1";
+
+/// The two state copies, open for the duration of one locked operation.
+struct Copies {
+    files: [(PathBuf, File); 2],
+    /// Generation of each copy; `None` if empty or damaged.
+    gens: [Option<u64>; 2],
+}
+
+impl Copies {
+    fn open(dir: &Path) -> Result<Copies> {
+        let open = |name: &str| -> Result<(PathBuf, File)> {
+            let p = dir.join(name);
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&p)
+                .map_err(|source| Error::Read {
+                    path: p.clone(),
+                    source,
+                })?;
+            Ok((p, f))
+        };
+        Ok(Copies {
+            files: [open("state.a")?, open("state.b")?],
+            gens: [None, None],
+        })
+    }
+
+    /// The newest intact copy; an empty state if there is none yet.
+    fn read(&mut self) -> Result<State> {
+        let mut best: Option<(u64, State)> = None;
+        let mut damaged = false;
+        for i in 0..2 {
+            let (path, f) = &mut self.files[i];
+            let mut buf = Vec::new();
+            f.seek(SeekFrom::Start(0))
+                .and_then(|_| f.read_to_end(&mut buf))
+                .map_err(|source| Error::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+            if buf.is_empty() {
+                continue;
+            }
+            match decode(&buf) {
+                Some((gen, st)) => {
+                    self.gens[i] = Some(gen);
+                    if best.as_ref().is_none_or(|(g, _)| gen > *g) {
+                        best = Some((gen, st));
+                    }
+                }
+                None => damaged = true,
+            }
+        }
+        match best {
+            Some((_, st)) => Ok(st),
+            None if damaged => Err(Error::Corrupt {
+                path: self.files[0]
+                    .0
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .to_path_buf(),
+            }),
+            None => Ok(State::default()),
+        }
+    }
+
+    /// Writes `st` over the older (or damaged) copy with the next generation.
+    fn write(&mut self, st: &State) -> Result<()> {
+        let next = self.gens.iter().flatten().max().map_or(1, |g| g + 1);
+        let target = match self.gens {
+            [None, _] => 0,
+            [_, None] => 1,
+            [Some(a), Some(b)] => usize::from(a > b),
+        };
+        let body = serde_json::to_vec(st).expect("state serializes");
+        let mut out = format!("{MAGIC} {next} {} {:016x}\n", body.len(), fnv1a(&body)).into_bytes();
+        out.extend_from_slice(&body);
+        let (path, f) = &self.files[target];
+        f.write_all_at(&out, 0).map_err(|source| Error::Write {
+            path: path.clone(),
+            source,
+        })?;
+        self.gens[target] = Some(next);
+        Ok(())
+    }
+}
+
+fn decode(buf: &[u8]) -> Option<(u64, State)> {
+    let nl = buf.iter().position(|&b| b == b'\n')?;
+    let head = std::str::from_utf8(&buf[..nl]).ok()?;
+    let rest = head.strip_prefix(MAGIC)?.trim();
+    let mut parts = rest.split(' ');
+    let gen: u64 = parts.next()?.parse().ok()?;
+    let len: usize = parts.next()?.parse().ok()?;
+    let sum = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let body = buf.get(nl + 1..nl + 1 + len)?;
+    if fnv1a(body) != sum {
+        return None;
+    }
+    Some((gen, serde_json::from_slice(body).ok()?))
+}
+
+/// FNV-1a, 64 bit: enough to tell a torn write from a whole one.
+fn fnv1a(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Network names become directory names: keep them to a safe alphabet.
+fn sanitize(network: &str) -> String {
+    let s: String = network
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s == "." || s == ".." {
+        "_".into()
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("podnet-ipam-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn pool(cidr: &str) -> Pool {
+        let s: Ipv4Net = cidr.parse().unwrap();
+        Pool::new(s, s.nth(1).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn never_assigns_network_gateway_broadcast_and_exhausts() {
+        let d = tmpdir("exhaust");
+        let st = Store::open(&d, "net").unwrap();
+        let p = pool("10.9.0.0/29"); // .0 net, .1 gw, .7 bcast → .2-.6 usable
+        assert_eq!(p.capacity(), 5);
+        let mut got = HashSet::new();
+        for i in 0..5 {
+            let ip = st
+                .allocate(&p, &Owner::new(format!("c{i}"), "eth0"))
+                .unwrap();
+            assert!(p.assignable(ip), "{ip}");
+            assert!(got.insert(ip));
+        }
+        let e = st.allocate(&p, &Owner::new("c9", "eth0")).unwrap_err();
+        assert!(matches!(e, Error::Exhausted { in_use: 5, .. }), "{e}");
+        assert!(e.to_string().contains("GC"), "{e}");
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn idempotent_release_and_round_robin() {
+        let d = tmpdir("rr");
+        let st = Store::open(&d, "net").unwrap();
+        let p = pool("10.9.0.0/24");
+        let a = Owner::new("a", "eth0");
+        let ip1 = st.allocate(&p, &a).unwrap();
+        assert_eq!(st.allocate(&p, &a).unwrap(), ip1);
+        assert_eq!(st.lookup(&a).unwrap(), Some(ip1));
+        assert_eq!(st.release(&a).unwrap(), Some(ip1));
+        assert_eq!(st.release(&a).unwrap(), None);
+        let ip2 = st.allocate(&p, &Owner::new("b", "eth0")).unwrap();
+        assert_ne!(ip1, ip2, "a freed address is not reused at once");
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn retain_frees_the_rest() {
+        let d = tmpdir("gc");
+        let st = Store::open(&d, "net").unwrap();
+        let p = pool("10.9.0.0/24");
+        for c in ["a", "b", "c"] {
+            st.allocate(&p, &Owner::new(c, "eth0")).unwrap();
+        }
+        let gone = st.retain(|o| o.container_id == "b").unwrap();
+        assert_eq!(gone.len(), 2);
+        let left = st.list().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].1.container_id, "b");
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn concurrent_allocations_are_unique() {
+        let d = tmpdir("conc");
+        let p = pool("10.9.0.0/24");
+        let ips: Vec<Ipv4Addr> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..48)
+                .map(|i| {
+                    let d = &d;
+                    s.spawn(move || {
+                        Store::open(d, "net")
+                            .unwrap()
+                            .allocate(&p, &Owner::new(format!("c{i}"), "eth0"))
+                            .unwrap()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let set: HashSet<_> = ips.iter().collect();
+        assert_eq!(set.len(), 48);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_torn_write_falls_back_to_the_other_copy() {
+        let d = tmpdir("torn");
+        let st = Store::open(&d, "net").unwrap();
+        let p = pool("10.9.0.0/24");
+        let a = st.allocate(&p, &Owner::new("a", "eth0")).unwrap(); // gen 1 -> state.a
+        let b = st.allocate(&p, &Owner::new("b", "eth0")).unwrap(); // gen 2 -> state.b
+                                                                    // Tear the newest copy (state.b) as a kill -9 midway through its write would.
+        let path = st.dir().join("state.b");
+        let mut bytes = fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let list = st.list().unwrap();
+        assert_eq!(
+            list,
+            vec![(a, Owner::new("a", "eth0"))],
+            "falls back to generation 1"
+        );
+        // The next change overwrites the damaged copy and moves on.
+        let c = st.allocate(&p, &Owner::new("c", "eth0")).unwrap();
+        assert_eq!(st.list().unwrap().len(), 2);
+        assert_ne!(c, a);
+        let _ = b;
+        // Both copies damaged: a clear error naming the directory.
+        fs::write(st.dir().join("state.a"), b"garbage").unwrap();
+        fs::write(st.dir().join("state.b"), b"garbage").unwrap();
+        let e = st.list().unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains(&st.dir().display().to_string()));
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn pool_validation() {
+        let s: Ipv4Net = "10.9.0.0/24".parse().unwrap();
+        assert!(Pool::new(s, "10.9.0.0".parse().unwrap()).is_err());
+        assert!(Pool::new(s, "10.9.1.1".parse().unwrap()).is_err());
+        let tiny: Ipv4Net = "10.9.0.0/31".parse().unwrap();
+        assert!(Pool::new(tiny, "10.9.0.1".parse().unwrap()).is_err());
+        assert_eq!(sanitize("../x y"), ".._x_y");
+    }
+}

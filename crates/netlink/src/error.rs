@@ -1,0 +1,88 @@
+//! Errors from the kernel interface. Each names the operation and the object.
+
+use std::io;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object the operation needs does not exist (ENODEV, ENOENT, ESRCH).
+    #[error("{op} {obj}: not found")]
+    NotFound { op: &'static str, obj: String },
+    /// The object the operation would create exists already (EEXIST).
+    #[error("{op} {obj}: already exists")]
+    Exists { op: &'static str, obj: String },
+    /// The kernel refused the operation for another reason.
+    #[error("{op} {obj}: {}{}", .source, .ext.as_deref().map(|e| format!(" (kernel says: {e})")).unwrap_or_default())]
+    Kernel {
+        op: &'static str,
+        obj: String,
+        #[source]
+        source: io::Error,
+        /// The kernel's extended-ack explanation, when it sent one.
+        ext: Option<String>,
+    },
+    /// A system call around netlink (socket, setns, mount…) failed.
+    #[error("{op} {obj}: {source}")]
+    Io {
+        op: &'static str,
+        obj: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel's answer could not be understood.
+    #[error("{op} {obj}: malformed netlink reply ({why})")]
+    Malformed {
+        op: &'static str,
+        obj: String,
+        why: String,
+    },
+}
+
+impl Error {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. })
+    }
+
+    pub fn is_exists(&self) -> bool {
+        matches!(self, Error::Exists { .. })
+    }
+
+    /// The errno behind the error, if any.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::NotFound { .. } => Some(libc::ENOENT),
+            Error::Exists { .. } => Some(libc::EEXIST),
+            Error::Kernel { source, .. } | Error::Io { source, .. } => source.raw_os_error(),
+            Error::Malformed { .. } => None,
+        }
+    }
+
+    /// Builds the right variant for a kernel errno.
+    pub fn from_errno(
+        op: &'static str,
+        obj: impl Into<String>,
+        errno: i32,
+        ext: Option<String>,
+    ) -> Error {
+        let obj = obj.into();
+        match errno {
+            libc::ENODEV | libc::ENOENT | libc::ESRCH => Error::NotFound { op, obj },
+            libc::EEXIST => Error::Exists { op, obj },
+            _ => Error::Kernel {
+                op,
+                obj,
+                source: io::Error::from_raw_os_error(errno),
+                ext,
+            },
+        }
+    }
+
+    pub fn io(op: &'static str, obj: impl Into<String>, source: io::Error) -> Error {
+        Error::Io {
+            op,
+            obj: obj.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Links: veth pairs, bridges, and their state (`ip link`).
+
+use crate::error::{Error, Result};
+use crate::msg::{self, Msg};
+use crate::socket::{Request, Socket};
+use crate::sys::*;
+use std::os::fd::RawFd;
+
+/// What `ip -d link show` would tell about one link.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub flags: u32,
+    pub mtu: u32,
+    pub mac: Vec<u8>,
+    /// Index of the bridge this link is enslaved to.
+    pub master: Option<u32>,
+    /// `veth`, `bridge`, `vxlan`… (none for physical and loopback links).
+    pub kind: Option<String>,
+    /// RFC 2863 operational state (6 = up, 2 = down, 7 = lower-layer down).
+    pub operstate: u8,
+    /// For a veth: the peer's index (in the peer's namespace).
+    pub peer_index: Option<u32>,
+}
+
+impl LinkInfo {
+    pub fn is_up(&self) -> bool {
+        self.flags & IFF_UP != 0
+    }
+
+    pub fn mac_string(&self) -> String {
+        crate::fmt_mac(&self.mac)
+    }
+
+    /// The state word `ip link` prints: UP, DOWN, LOWERLAYERDOWN, UNKNOWN.
+    pub fn operstate_name(&self) -> &'static str {
+        match self.operstate {
+            6 => "UP",
+            2 => "DOWN",
+            7 => "LOWERLAYERDOWN",
+            5 => "DORMANT",
+            _ => "UNKNOWN",
+        }
+    }
+
+    fn parse(body: &[u8]) -> Option<LinkInfo> {
+        let index = u32::from_ne_bytes(body.get(4..8)?.try_into().ok()?);
+        let flags = u32::from_ne_bytes(body.get(8..12)?.try_into().ok()?);
+        let mut li = LinkInfo {
+            index,
+            flags,
+            ..Default::default()
+        };
+        for (ty, p) in msg::attrs(body.get(16..)?) {
+            match ty {
+                IFLA_IFNAME => li.name = msg::as_str(p),
+                IFLA_MTU => li.mtu = msg::as_u32(p).unwrap_or(0),
+                IFLA_ADDRESS => li.mac = p.to_vec(),
+                IFLA_MASTER => li.master = msg::as_u32(p).filter(|&m| m != 0),
+                IFLA_OPERSTATE => li.operstate = p.first().copied().unwrap_or(0),
+                IFLA_LINK => li.peer_index = msg::as_u32(p).filter(|&i| i != index && i != 0),
+                IFLA_LINKINFO => {
+                    li.kind = msg::find(p, IFLA_INFO_KIND).map(msg::as_str);
+                }
+                _ => {}
+            }
+        }
+        Some(li)
+    }
+}
+
+fn ifinfo(index: u32, flags: u32, change: u32) -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h[4..8].copy_from_slice(&index.to_ne_bytes());
+    h[8..12].copy_from_slice(&flags.to_ne_bytes());
+    h[12..16].copy_from_slice(&change.to_ne_bytes());
+    h
+}
+
+/// `ip link show NAME`; `None` if there is no such link.
+pub fn get_by_name(sock: &mut Socket, name: &str) -> Result<Option<LinkInfo>> {
+    let mut m = Msg::new(RTM_GETLINK, 0).fixed(&ifinfo(0, 0, 0));
+    m.str(IFLA_IFNAME, name);
+    match sock.get(m, "look up link", name) {
+        Ok(body) => parse_or_malformed(&body, name).map(Some),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `ip link show` by index; `None` if there is no such link.
+pub fn get_by_index(sock: &mut Socket, index: u32) -> Result<Option<LinkInfo>> {
+    let m = Msg::new(RTM_GETLINK, 0).fixed(&ifinfo(index, 0, 0));
+    let obj = format!("index {index}");
+    match sock.get(m, "look up link", &obj) {
+        Ok(body) => parse_or_malformed(&body, &obj).map(Some),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn parse_or_malformed(body: &[u8], obj: &str) -> Result<LinkInfo> {
+    LinkInfo::parse(body).ok_or_else(|| Error::Malformed {
+        op: "look up link",
+        obj: obj.into(),
+        why: "short ifinfomsg".into(),
+    })
+}
+
+/// `ip link show`: every link in the socket's namespace.
+pub fn list(sock: &mut Socket) -> Result<Vec<LinkInfo>> {
+    let m = Msg::new(RTM_GETLINK, 0).fixed(&ifinfo(0, 0, 0));
+    Ok(sock
+        .dump(m, "list links", "")?
+        .iter()
+        .filter_map(|b| LinkInfo::parse(b))
+        .collect())
+}
+
+/// A veth pair whose peer is created directly inside another namespace.
+#[derive(Clone, Debug)]
+pub struct VethSpec<'a> {
+    pub name: &'a str,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: u32,
+    pub peer_name: &'a str,
+    pub peer_mac: Option<[u8; 6]>,
+    /// Namespace of the peer; `None` keeps it beside the first end.
+    pub peer_netns_fd: Option<RawFd>,
+}
+
+/// `ip link add NAME mtu M type veth peer name PEER netns NS` — both ends down.
+pub fn create_veth(sock: &mut Socket, v: &VethSpec) -> Result<()> {
+    let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL).fixed(&ifinfo(0, 0, 0));
+    m.str(IFLA_IFNAME, v.name);
+    m.u32(IFLA_MTU, v.mtu);
+    if let Some(mac) = v.mac {
+        m.attr(IFLA_ADDRESS, &mac);
+    }
+    let li = m.nest(IFLA_LINKINFO);
+    m.str(IFLA_INFO_KIND, "veth");
+    let data = m.nest(IFLA_INFO_DATA);
+    let peer = m.nest(VETH_INFO_PEER);
+    m.buf.extend_from_slice(&ifinfo(0, 0, 0));
+    m.str(IFLA_IFNAME, v.peer_name);
+    m.u32(IFLA_MTU, v.mtu);
+    if let Some(mac) = v.peer_mac {
+        m.attr(IFLA_ADDRESS, &mac);
+    }
+    if let Some(fd) = v.peer_netns_fd {
+        m.u32(IFLA_NET_NS_FD, fd as u32);
+    }
+    m.end(peer);
+    m.end(data);
+    m.end(li);
+    sock.ack(
+        m,
+        "create veth pair",
+        format!("{} (peer {})", v.name, v.peer_name),
+    )
+}
+
+/// `ip link add NAME address MAC mtu M type bridge` — down, no address.
+pub fn create_bridge(
+    sock: &mut Socket,
+    name: &str,
+    mac: Option<[u8; 6]>,
+    mtu: Option<u32>,
+) -> Result<()> {
+    let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL).fixed(&ifinfo(0, 0, 0));
+    m.str(IFLA_IFNAME, name);
+    if let Some(mac) = mac {
+        m.attr(IFLA_ADDRESS, &mac);
+    }
+    if let Some(mtu) = mtu {
+        m.u32(IFLA_MTU, mtu);
+    }
+    let li = m.nest(IFLA_LINKINFO);
+    m.str(IFLA_INFO_KIND, "bridge");
+    m.end(li);
+    sock.ack(m, "create bridge", name)
+}
+
+/// Which link a change applies to.
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a> {
+    Index(u32),
+    Name(&'a str),
+}
+
+impl Target<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Target::Index(i) => format!("index {i}"),
+            Target::Name(n) => n.to_string(),
+        }
+    }
+}
+
+/// A change to an existing link (`ip link set …`). Unset fields are left alone.
+#[derive(Clone, Debug, Default)]
+pub struct LinkChange {
+    pub up: Option<bool>,
+    /// `Some(0)` detaches from the bridge (`nomaster`).
+    pub master: Option<u32>,
+    pub mtu: Option<u32>,
+}
+
+/// Builds the request for `ip link set TARGET [up|down] [master M] [mtu N]`.
+pub fn change_request(target: Target, c: &LinkChange) -> Request {
+    let (index, name) = match target {
+        Target::Index(i) => (i, None),
+        Target::Name(n) => (0, Some(n)),
+    };
+    let (flags, change) = match c.up {
+        Some(true) => (IFF_UP, IFF_UP),
+        Some(false) => (0, IFF_UP),
+        None => (0, 0),
+    };
+    let mut m = Msg::new(RTM_NEWLINK, 0).fixed(&ifinfo(index, flags, change));
+    if let Some(n) = name {
+        m.str(IFLA_IFNAME, n);
+    }
+    if let Some(master) = c.master {
+        m.u32(IFLA_MASTER, master);
+    }
+    if let Some(mtu) = c.mtu {
+        m.u32(IFLA_MTU, mtu);
+    }
+    Request::new(m, "change link", target.describe())
+}
+
+/// `ip link set TARGET …`.
+pub fn change(sock: &mut Socket, target: Target, c: &LinkChange) -> Result<()> {
+    let r = change_request(target, c);
+    sock.ack(r.msg, r.op, r.obj)
+}
+
+/// `ip link del NAME`. Returns false if there was no such link.
+pub fn delete_by_name(sock: &mut Socket, name: &str) -> Result<bool> {
+    let mut m = Msg::new(RTM_DELLINK, 0).fixed(&ifinfo(0, 0, 0));
+    m.str(IFLA_IFNAME, name);
+    match sock.ack(m, "delete link", name) {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,263 @@
+//! `podnet bench cni`: ADD and DEL latency of podnet-cni against the reference
+//! `bridge` + `host-local` plugins, measured in the same run on the same node.
+//!
+//! Both plugins run inside one scratch "node" namespace, entered between fork and exec,
+//! with pods in scratch namespaces: each invocation is timed from spawn to exit, as a
+//! runtime sees it. Phases alternate plugins (warm-up, then podnet and reference
+//! sequentially, then both with N-way concurrency) so drift on a noisy machine hits
+//! both. The figure that matters is the ratio, not the absolute times.
+
+use crate::exec::{self, Call};
+use crate::scratch::{unique, ScratchDir, ScratchNs};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub pods: usize,
+    pub concurrency: usize,
+    pub podnet_cni: PathBuf,
+    pub reference_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Stats {
+    pub n: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub mean_ms: f64,
+}
+
+impl Stats {
+    pub fn of(mut d: Vec<Duration>) -> Stats {
+        d.sort();
+        let ms = |x: Duration| x.as_secs_f64() * 1000.0;
+        let n = d.len();
+        let at = |q: f64| ms(d[(((n as f64) * q).ceil() as usize).clamp(1, n) - 1]);
+        Stats {
+            n,
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+            mean_ms: d.iter().map(|x| ms(*x)).sum::<f64>() / n as f64,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub mode: String,
+    pub verb: String,
+    pub podnet: Stats,
+    pub reference: Stats,
+    /// reference p50 / podnet p50: how many times faster podnet is.
+    pub speedup_p50: f64,
+    pub speedup_p99: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub pods: usize,
+    pub concurrency: usize,
+    pub reference: String,
+    pub rows: Vec<Row>,
+}
+
+struct Plugin {
+    path: PathBuf,
+    config: Vec<u8>,
+    ifname: &'static str,
+}
+
+fn phase(
+    p: &Plugin,
+    node: &ScratchNs,
+    pods: &[ScratchNs],
+    workers: usize,
+    verb: &str,
+) -> Result<Vec<Duration>> {
+    let next = AtomicUsize::new(0);
+    let times = Mutex::new(Vec::with_capacity(pods.len()));
+    let failure: Mutex<Option<String>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= pods.len() || failure.lock().unwrap().is_some() {
+                    return;
+                }
+                let netns = pods[i].path().display().to_string();
+                let cid = format!("bench-{i}");
+                let call = Call {
+                    plugin: &p.path,
+                    command: verb,
+                    container_id: &cid,
+                    netns: &netns,
+                    ifname: p.ifname,
+                    cni_path: None,
+                    config: &p.config,
+                };
+                match exec::run(&call, Some(&node.ns)) {
+                    Ok(o) if o.ok() => times.lock().unwrap().push(o.elapsed),
+                    Ok(o) => {
+                        *failure.lock().unwrap() = Some(format!(
+                            "{} {verb} of pod {i} failed (exit {}): {}{}",
+                            p.path.display(),
+                            o.code,
+                            o.stdout.trim(),
+                            o.stderr.trim()
+                        ))
+                    }
+                    Err(e) => {
+                        *failure.lock().unwrap() =
+                            Some(format!("cannot run {}: {e}", p.path.display()))
+                    }
+                }
+            });
+        }
+    });
+    if let Some(f) = failure.into_inner().unwrap() {
+        bail!(f);
+    }
+    Ok(times.into_inner().unwrap())
+}
+
+fn check_binary(p: &Path, what: &str) -> Result<()> {
+    if !p.is_file() {
+        bail!(
+            "{what} not found at {}; install Debian's containernetworking-plugins (apt-get install containernetworking-plugins) or pass --reference-dir",
+            p.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> {
+    check_binary(&opts.podnet_cni, "podnet-cni")?;
+    let bridge = opts.reference_dir.join("bridge");
+    check_binary(&bridge, "the reference bridge plugin")?;
+    check_binary(
+        &opts.reference_dir.join("host-local"),
+        "the reference host-local plugin",
+    )?;
+    if opts.pods == 0 || opts.pods > 60000 || opts.concurrency == 0 {
+        bail!("--pods must be 1..60000 and --concurrency at least 1");
+    }
+    let dir = ScratchDir::new("podnet-bench")?;
+    let node =
+        ScratchNs::new(unique("pnb-node")).context("create the benchmark's node namespace")?;
+    progress(&format!("creating {} pod namespaces", opts.pods));
+    let pods: Vec<ScratchNs> = (0..opts.pods)
+        .map(|_| ScratchNs::new(unique("pnb-pod")))
+        .collect::<Result<_>>()?;
+    let podnet = Plugin {
+        path: opts.podnet_cni.clone(),
+        config: serde_json::to_vec(&serde_json::json!({
+            "cniVersion": "1.1.0", "name": "bench", "type": "podnet-cni",
+            "subnet": "10.250.0.0/16", "mtu": 1500,
+            "dataDir": dir.path().join("podnet"),
+        }))?,
+        ifname: "eth0",
+    };
+    let reference = Plugin {
+        path: bridge,
+        config: serde_json::to_vec(&serde_json::json!({
+            "cniVersion": "1.0.0", "name": "benchref", "type": "bridge",
+            "bridge": "refbr0", "isGateway": true,
+            "ipam": {"type": "host-local", "subnet": "10.251.0.0/16", "dataDir": dir.path().join("ref")},
+        }))?,
+        ifname: "eth0",
+    };
+    // Warm-up: page cache, first bridge creation, nftables table.
+    let warm = &pods[..pods.len().min(5)];
+    for p in [&podnet, &reference] {
+        phase(p, &node, warm, 1, "ADD")?;
+        phase(p, &node, warm, 1, "DEL")?;
+    }
+    let mut rows = Vec::new();
+    for (mode, workers) in [("sequential", 1), ("concurrent", opts.concurrency)] {
+        let label = if workers == 1 {
+            mode.to_string()
+        } else {
+            format!("{mode} ×{workers}")
+        };
+        let mut got: Vec<(Vec<Duration>, Vec<Duration>)> = Vec::new();
+        for (name, p) in [("podnet-cni", &podnet), ("reference", &reference)] {
+            progress(&format!("{label}: {name} ADD ×{}", pods.len()));
+            let add = phase(p, &node, &pods, workers, "ADD")?;
+            progress(&format!("{label}: {name} DEL ×{}", pods.len()));
+            let del = phase(p, &node, &pods, workers, "DEL")?;
+            got.push((add, del));
+        }
+        let (ref_add, ref_del) = got.pop().unwrap();
+        let (pn_add, pn_del) = got.pop().unwrap();
+        for (verb, pn, rf) in [("ADD", pn_add, ref_add), ("DEL", pn_del, ref_del)] {
+            let (pn, rf) = (Stats::of(pn), Stats::of(rf));
+            rows.push(Row {
+                mode: label.clone(),
+                verb: verb.into(),
+                speedup_p50: rf.p50_ms / pn.p50_ms,
+                speedup_p99: rf.p99_ms / pn.p99_ms,
+                podnet: pn,
+                reference: rf,
+            });
+        }
+    }
+    Ok(Report {
+        pods: opts.pods,
+        concurrency: opts.concurrency,
+        reference: format!(
+            "{} + host-local",
+            opts.reference_dir.join("bridge").display()
+        ),
+        rows,
+    })
+}
+
+/// The report as a table for people.
+pub fn render(r: &Report) -> String {
+    let mut s = format!(
+        "CNI latency over {} pods, plugin run inside a node namespace, spawn to exit (lower is better)\n\
+         reference: {}\n\n",
+        r.pods, r.reference
+    );
+    s.push_str(&format!(
+        "{:<16} {:<4} {:>10} {:>10} {:>12} {:>12} {:>10} {:>10}\n",
+        "mode", "verb", "podnet p50", "p99", "ref p50", "ref p99", "×p50", "×p99"
+    ));
+    for row in &r.rows {
+        s.push_str(&format!(
+            "{:<16} {:<4} {:>7.2} ms {:>7.2} ms {:>9.2} ms {:>9.2} ms {:>9.1}× {:>9.1}×\n",
+            row.mode,
+            row.verb,
+            row.podnet.p50_ms,
+            row.podnet.p99_ms,
+            row.reference.p50_ms,
+            row.reference.p99_ms,
+            row.speedup_p50,
+            row.speedup_p99
+        ));
+    }
+    s.push_str("\n× = reference time / podnet time: how many times faster podnet-cni is.\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let d: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let s = Stats::of(d);
+        assert_eq!(s.n, 100);
+        assert!((s.p50_ms - 50.0).abs() < 1e-9);
+        assert!((s.p99_ms - 99.0).abs() < 1e-9);
+        assert!((s.mean_ms - 50.5).abs() < 1e-9);
+        let one = Stats::of(vec![Duration::from_millis(3)]);
+        assert!((one.p99_ms - 3.0).abs() < 1e-9);
+    }
+}

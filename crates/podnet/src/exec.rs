@@ -1,0 +1,88 @@
+//! Running a CNI plugin exactly as a container runtime does: the CNI environment
+//! variables, the network configuration on stdin, JSON on stdout.
+//!
+//! `node` runs the plugin inside a node's network namespace (the lab's nodes, the
+//! benchmark's node), entered between fork and exec so that no shell or `ip netns exec`
+//! adds its own cost to what is measured.
+
+use podnet_netlink::Netns;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One plugin invocation.
+#[derive(Clone, Debug)]
+pub struct Call<'a> {
+    pub plugin: &'a Path,
+    pub command: &'a str,
+    pub container_id: &'a str,
+    pub netns: &'a str,
+    pub ifname: &'a str,
+    /// CNI_PATH; defaults to the plugin's directory plus /usr/lib/cni.
+    pub cni_path: Option<String>,
+    pub config: &'a [u8],
+}
+
+/// What the plugin did.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.code == 0
+    }
+
+    /// stdout as JSON (`Null` if empty or not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Runs the plugin, optionally inside `node`'s network namespace.
+pub fn run(call: &Call, node: Option<&Netns>) -> std::io::Result<Outcome> {
+    let cni_path = call.cni_path.clone().unwrap_or_else(|| {
+        let dir = call.plugin.parent().map(PathBuf::from).unwrap_or_default();
+        format!("{}:/usr/lib/cni:/opt/cni/bin", dir.display())
+    });
+    let mut cmd = Command::new(call.plugin);
+    cmd.env("CNI_COMMAND", call.command)
+        .env("CNI_CONTAINERID", call.container_id)
+        .env("CNI_NETNS", call.netns)
+        .env("CNI_IFNAME", call.ifname)
+        .env("CNI_PATH", cni_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(ns) = node {
+        let fd = ns.fd();
+        // SAFETY: setns is async-signal-safe; it runs in the child between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let start = Instant::now();
+    let mut child = cmd.spawn()?;
+    if let Some(mut i) = child.stdin.take() {
+        let _ = i.write_all(call.config);
+    }
+    let out = child.wait_with_output()?;
+    let elapsed = start.elapsed();
+    Ok(Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed,
+    })
+}
