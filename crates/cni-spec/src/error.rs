@@ -31,8 +31,8 @@ pub mod code {
 
     /// The kernel refused a link, address or route change (rtnetlink).
     pub const NETLINK: u32 = 100;
-    /// The kernel refused the anti-spoofing rules (nftables).
-    pub const NFTABLES: u32 = 101;
+    /// The kernel refused the anti-spoofing filters (tc).
+    pub const ANTISPOOF: u32 = 101;
     /// The pod address range has no free address left.
     pub const IPAM_EXHAUSTED: u32 = 102;
     /// The IPAM state on disk could not be read or written.

@@ -3,13 +3,13 @@
 //! Order matters and is the point of this module:
 //! 1. address (built-in IPAM or the delegated plugin);
 //! 2. the node bridge, with the gateway address (created if missing);
-//! 3. the veth pair, created with its pod end already inside the pod's namespace,
-//!    named `CNI_IFNAME`, with its final MAC and MTU — both ends down;
-//! 4. the anti-spoofing chain on the host end's ingress (one nftables transaction);
+//! 3. the veth pair, both ends down, the pod end created directly inside the pod's
+//!    namespace as `CNI_IFNAME` with its final MAC and MTU;
+//! 4. the anti-spoofing filters on the host end (one pipelined netlink write);
 //! 5. only then the host end joins the bridge and comes up;
 //! 6. inside the pod: link up, address, routes (one pipelined netlink write).
 //!
-//! A pod is never reachable before step 4. Any failure undoes every step taken so far,
+//! A pod is never reachable before step 4 has succeeded. Any failure undoes every step taken so far,
 //! in reverse, and says in the error what the rollback did.
 
 use crate::errors;
@@ -19,7 +19,6 @@ use podnet_cni_spec::result::{Interface, IpConfig, Route};
 use podnet_cni_spec::{code, CniError, CniResult};
 use podnet_ipam::{Owner, Pool, Store};
 use podnet_netlink::link::{self, LinkChange, Target, VethSpec};
-use podnet_netlink::nft::Batch;
 use podnet_netlink::socket::Request;
 use podnet_netlink::{addr, fmt_mac, route, Netns, Socket};
 use std::net::{IpAddr, Ipv4Addr};
@@ -28,12 +27,29 @@ use std::net::{IpAddr, Ipv4Addr};
 /// as a number; /etc/iproute2/rt_protos can name it).
 pub const RTPROT_PODNET: u8 = 0x50;
 
+/// Step timings on stderr when `PODNET_CNI_TIMING` is set: where an ADD spends its time.
+struct Timing(Option<std::time::Instant>);
+
+impl Timing {
+    fn start() -> Timing {
+        Timing(std::env::var_os("PODNET_CNI_TIMING").map(|_| std::time::Instant::now()))
+    }
+
+    fn mark(&self, step: &str) {
+        if let Some(t0) = self.0 {
+            eprintln!(
+                "podnet-cni timing: {:>6} µs  {step}",
+                t0.elapsed().as_micros()
+            );
+        }
+    }
+}
+
 /// Steps to undo, most recent last.
 enum Undo {
     ReleaseAddress(Store, Owner),
     DelegateDel(String),
     DeleteLink(String),
-    RemoveChain(String),
 }
 
 pub fn run(inv: &Invocation) -> Result<CniResult, CniError> {
@@ -190,11 +206,15 @@ fn add(
 ) -> Result<CniResult, CniError> {
     let ifname = inv.env.ifname.as_str();
     let host_name = host_veth_name(&inv.env.container_id, ifname);
+    let t = Timing::start();
     let a = assign(inv, s, undo)?;
+    t.mark("address assigned");
     let mtu = s.pod_mtu(host);
     let br = ensure_bridge(host, &s.bridge, a.gateway, a.prefix, mtu)?;
+    t.mark("bridge ready");
 
-    // 3. veth pair, pod end directly in the pod.
+    // 3. the veth pair, both ends down: the pod end is created directly inside the
+    //    pod as CNI_IFNAME with its final MAC and MTU.
     let (pmac, hmac) = (pod_mac(a.ip), host_mac(a.ip));
     let spec = VethSpec {
         name: &host_name,
@@ -203,6 +223,8 @@ fn add(
         peer_name: ifname,
         peer_mac: Some(pmac),
         peer_netns_fd: Some(pod_ns.fd()),
+        master: None,
+        up: false,
     };
     let nl = |e| {
         errors::netlink(
@@ -223,40 +245,56 @@ fn add(
             }
             // Our own leftover from an ADD of this same attachment that was killed
             // midway: the runtime never calls ADD twice without DEL, so it is ours.
-            remove_pod_objects(host, &host_name).map_err(|e| e.to_cni())?;
+            link::delete_by_name(host, &host_name).map_err(nl)?;
             link::create_veth(host, &spec).map_err(nl)?;
         }
         Err(e) => return Err(nl(e)),
     }
     undo.push(Undo::DeleteLink(host_name.clone()));
-
-    // 4. protection before connection.
-    if s.anti_spoofing {
-        let mut nf =
-            Socket::netfilter().map_err(|e| errors::nft(e, "podnet-cni must run as root"))?;
-        let mut b = Batch::new();
-        let comment = antispoof::chain_comment(&s.network, &inv.env.container_id, ifname);
-        antispoof::install(&mut b, &host_name, pmac, a.ip, &comment);
-        undo.push(Undo::RemoveChain(host_name.clone()));
-        b.commit(&mut nf).map_err(|e| {
-            errors::nft(
-                e,
-                "the kernel needs nf_tables with the netdev family; check with `nft list tables`",
+    let hveth = link::get_by_name(host, &host_name)
+        .map_err(nl)?
+        .ok_or_else(|| {
+            CniError::new(
+                code::NETLINK,
+                format!("veth {host_name} vanished right after it was created"),
+                "retry the ADD; if it persists, something on this node deletes podnet's links",
             )
         })?;
+    t.mark("veth pair created");
+
+    // 4. protection, while the veth is still down and off the bridge.
+    if s.anti_spoofing {
+        let refused = |e: podnet_netlink::Error| {
+            CniError::new(
+                code::ANTISPOOF,
+                e.to_string(),
+                "the kernel needs eBPF (CONFIG_BPF_SYSCALL) and tc clsact with the bpf classifier (CONFIG_NET_SCH_INGRESS, CONFIG_NET_CLS_BPF)",
+            )
+        };
+        let prog = antispoof::load(pmac, a.ip).map_err(refused)?;
+        for r in host.ack_all(antispoof::install_requests(hveth.index, &prog)) {
+            r.map_err(refused)?;
+        }
+        t.mark("anti-spoofing installed");
     }
 
-    // 5. join the bridge.
+    // 5. only now: onto the bridge and up, with the owner recorded in the alias.
     link::change(
         host,
-        Target::Name(&host_name),
+        Target::Index(hveth.index),
         &LinkChange {
             up: Some(true),
             master: Some(br.index),
             mtu: None,
+            alias: Some(antispoof::owner_alias(
+                &s.network,
+                &inv.env.container_id,
+                ifname,
+            )),
         },
     )
     .map_err(nl)?;
+    t.mark("attached to the bridge");
 
     // 6. inside the pod.
     let mut pod = Socket::route_in(pod_ns).map_err(nl)?;
@@ -310,6 +348,8 @@ fn add(
         r.map_err(nl)?;
     }
 
+    t.mark("pod side configured");
+
     let gw = IpAddr::V4(a.gateway);
     Ok(CniResult {
         interfaces: vec![
@@ -353,51 +393,10 @@ fn add(
     })
 }
 
-/// A failure removing a pod's kernel objects, kept apart by kind for the error code.
-pub enum RemoveError {
-    Link(podnet_netlink::Error),
-    Chain(podnet_netlink::Error),
-}
-
-impl RemoveError {
-    pub fn to_cni(self) -> CniError {
-        match self {
-            RemoveError::Link(e) => {
-                errors::netlink(e, "remove the link by hand with `ip link del` and retry")
-            }
-            RemoveError::Chain(e) => errors::nft(
-                e,
-                "remove the chain by hand with `nft delete chain netdev podnet <name>` and retry",
-            ),
-        }
-    }
-}
-
-/// Removes a pod's veth pair (both ends) and its anti-spoofing chain; either being
-/// absent is fine. The link goes first so the pod is never connected unprotected.
-pub fn remove_pod_objects(host: &mut Socket, host_name: &str) -> Result<(), RemoveError> {
-    link::delete_by_name(host, host_name).map_err(RemoveError::Link)?;
-    let mut nf = Socket::netfilter().map_err(RemoveError::Chain)?;
-    let mut b = Batch::new();
-    antispoof::remove(&mut b, host_name);
-    b.commit(&mut nf).map_err(RemoveError::Chain)
-}
-
 fn rollback(inv: &Invocation, host: &mut Socket, undo: Vec<Undo>) -> Vec<String> {
     let mut notes = Vec::new();
     for step in undo.into_iter().rev() {
         match step {
-            Undo::RemoveChain(name) => {
-                let r = Socket::netfilter().and_then(|mut nf| {
-                    let mut b = Batch::new();
-                    antispoof::remove(&mut b, &name);
-                    b.commit(&mut nf)
-                });
-                notes.push(match r {
-                    Ok(()) => format!("removed chain netdev podnet {name}"),
-                    Err(e) => format!("could not remove chain {name}: {e}"),
-                });
-            }
             Undo::DeleteLink(name) => notes.push(match link::delete_by_name(host, &name) {
                 Ok(_) => format!("deleted veth {name}"),
                 Err(e) => format!("could not delete veth {name}: {e}"),

@@ -1,252 +1,188 @@
 //! Anti-spoofing: the kernel objects that stop one pod from stealing another's traffic.
 //!
-//! # What exists
-//! - Per node: the nftables table `netdev podnet` (created on first use, never removed
-//!   by a pod's DEL, since other pods' chains live in it).
-//! - Per pod: one base chain in that table, named after the pod's host-side veth and
-//!   hooked on that veth's **ingress** — i.e. every frame the pod sends, before the
-//!   bridge sees it (before MAC learning, before ARP reaches the node). Its comment
-//!   records the network, container ID and interface, so GC can find it.
+//! # What exists, per pod
+//! On the **ingress of the pod's host-side veth** — every frame the pod sends, before
+//! the bridge sees it (before MAC learning, before ARP reaches the node or another
+//! pod):
+//! - a `clsact` qdisc;
+//! - one tc filter, `bpf` in direct-action mode, named `podnet_from_pod`: the program
+//!   `bpf/from_pod.c`, loaded for this pod alone;
+//! - that program's array map `podnet_pod` with one entry: the pod's MAC and IP, and
+//!   one drop counter per reason in `bpf/drop_reasons.h`.
 //!
-//! # Why netdev ingress
-//! The attack in the lesson is a pod sending ARP replies that claim a neighbour's IP.
-//! Filtering at the veth's ingress drops such frames before the bridge forwards them
-//! or the node's ARP cache learns from them. One chain per pod makes DEL exact (destroy
-//! that chain, nothing else) and makes the install one atomic nftables transaction,
-//! committed *before* the veth is attached to the bridge: a pod is never reachable
-//! without its protection.
+//! `tc filter show dev <host veth> ingress` shows the filter; `podnet` reads the
+//! counters through the filter's program id.
 //!
-//! # The rules (in order; every drop is counted, reason in the comment)
-//! | reason | drops |
-//! |---|---|
-//! | `src-mac` | any frame whose Ethernet source is not the pod's MAC |
-//! | `arp-malformed` | ARP that is not Ethernet/IPv4 (offsets below would not apply) |
-//! | `arp-sha` | ARP whose sender hardware address is not the pod's MAC |
-//! | `arp-spa` | ARP whose sender IP is not the pod's IP |
-//! | `ip-src` | IPv4 whose source is not the pod's IP |
-//! | `ipv6-ra` | IPv6 router advertisements |
-//! | `ethertype` | anything not IPv4, ARP or IPv6 (VLAN tags included) |
-//!
-//! VLAN-tagged frames carry 0x8100 at the Ethernet type offset (nft rebuilds the tag
-//! for link-layer reads), so they fall to `ethertype` and cannot smuggle ARP past the
-//! checks. IPv6 other than router advertisements is allowed (pods get only link-local
-//! IPv6 addresses from podnet).
+//! # Why this shape
+//! Everything is created while the veth is still down and off the bridge, and
+//! everything dies with the veth: DEL has nothing extra to remove and can leave no
+//! stale rule behind. (An nftables chain per pod was tried first: removing one makes
+//! every later close of an nftables socket wait for an RCU grace period while holding
+//! the nftables commit lock, which serialized concurrent DELs at ~10 ms each. This
+//! kernel has no flower or gact for plain tc rules; eBPF it is.)
 
-use podnet_netlink::nft::{self, Base, Batch, Expr, MetaKey, Op, Verdict, FAMILY_NETDEV};
-use podnet_netlink::{Result, Socket};
+use podnet_netlink::socket::Request;
+use podnet_netlink::{bpf, tc, Error, Result, Socket};
 use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
 
-/// The per-node table holding every pod's chain.
-pub const TABLE: &str = "podnet";
+include!(concat!(env!("OUT_DIR"), "/drop_reasons.rs"));
 
-/// Stable drop reasons: `(reason, what it drops)`. Comments of the rules start with
-/// `podnet drop <reason>:`, which is how counters are read back.
-pub const DROP_REASONS: &[(&str, &str)] = &[
-    ("src-mac", "Ethernet source is not the pod's MAC"),
-    ("arp-malformed", "ARP that is not Ethernet/IPv4"),
-    ("arp-sha", "ARP sender MAC is not the pod's"),
-    ("arp-spa", "ARP sender IP is not the pod's"),
-    ("ip-src", "IPv4 source is not the pod's IP"),
-    ("ipv6-ra", "IPv6 router advertisement from a pod"),
-    ("ethertype", "not IPv4, ARP or IPv6"),
-];
+/// The compiled datapath program (see build.rs).
+static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/from_pod.o"));
 
-const ETH_ARP: [u8; 2] = [0x08, 0x06];
-const ETH_IP: [u8; 2] = [0x08, 0x00];
-const ETH_IP6: [u8; 2] = [0x86, 0xdd];
+/// The tc filter's and the program's name.
+pub const PROG_NAME: &str = "podnet_from_pod";
+const MAP_NAME: &str = "podnet_pod";
+const SECTION: &str = "tc";
+const MAP_SYMBOL: &str = "pod_state";
 
-fn ethertype(t: [u8; 2]) -> [Expr; 2] {
-    [
-        Expr::Payload {
-            base: Base::Link,
-            offset: 12,
-            len: 2,
-        },
-        Expr::Cmp(Op::Eq, t.to_vec()),
+/// Size of `struct pod_state` in from_pod.c: mac[6], pad[2], ip, pad2, drops[N].
+fn state_size() -> usize {
+    16 + 8 * DROP_REASONS.len()
+}
+
+/// The initial map value for a pod: its MAC and IP, counters at zero.
+fn state_bytes(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
+    let mut v = vec![0u8; state_size()];
+    v[..6].copy_from_slice(&mac);
+    v[8..12].copy_from_slice(&ip.octets());
+    v
+}
+
+/// Loads the program for one pod (its own map holding `mac` and `ip`). The returned
+/// program holds the map; a tc filter holding the program keeps both alive.
+pub fn load(mac: [u8; 6], ip: Ipv4Addr) -> Result<OwnedFd> {
+    if OBJECT.is_empty() {
+        return Err(Error::Malformed {
+            op: "load BPF program",
+            obj: PROG_NAME.into(),
+            why: "podnet-cni was built without clang, so it has no anti-spoofing program; install clang and rebuild".into(),
+        });
+    }
+    let prog = bpf::parse_object(OBJECT, SECTION)?;
+    let map = bpf::create_array(MAP_NAME, state_size() as u32, 1)?;
+    bpf::update(&map, 0, &state_bytes(mac, ip))?;
+    bpf::load(&prog, PROG_NAME, &[(MAP_SYMBOL, &map)])
+}
+
+/// The requests that put `prog` on the ingress of host veth `ifindex`: the clsact
+/// qdisc, then the filter. Send them in one pipelined write.
+pub fn install_requests(ifindex: u32, prog: &OwnedFd) -> Vec<Request> {
+    vec![
+        tc::clsact_request(ifindex),
+        tc::bpf_ingress_request(ifindex, 1, prog, PROG_NAME),
     ]
 }
 
-fn comment(reason: &str) -> String {
-    let what = DROP_REASONS
-        .iter()
-        .find(|(r, _)| *r == reason)
-        .map(|(_, w)| *w)
-        .unwrap_or("");
-    format!("podnet drop {reason}: {what}")
+/// The program id of podnet's filter on `ifindex`, if installed.
+pub fn installed_prog(sock: &mut Socket, ifindex: u32) -> Result<Option<u32>> {
+    Ok(tc::list_ingress(sock, ifindex)?
+        .into_iter()
+        .find(|f| f.kind == "bpf" && f.name.as_deref() == Some(PROG_NAME))
+        .and_then(|f| f.prog_id))
 }
 
-/// The chain's comment: identifies the attachment for GC and for people.
-pub fn chain_comment(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("podnet net={network} if={ifname} cid={container_id}")
+/// True if the protection is on the host veth `ifindex`.
+pub fn is_installed(sock: &mut Socket, ifindex: u32) -> Result<bool> {
+    Ok(installed_prog(sock, ifindex)?.is_some())
 }
 
-/// Adds the table (if missing) and the pod's chain with all its rules to `b`.
-pub fn install(b: &mut Batch, host_veth: &str, mac: [u8; 6], ip: Ipv4Addr, chain_comment: &str) {
-    b.add_table(
-        FAMILY_NETDEV,
-        TABLE,
-        "podnet anti-spoofing: one chain per pod, on the ingress of its host-side veth",
-    );
-    b.add_ingress_chain(TABLE, host_veth, host_veth, -300, chain_comment);
-    let drop = |mut e: Vec<Expr>| {
-        e.push(Expr::Counter);
-        e.push(Expr::Verdict(Verdict::Drop));
-        e
-    };
-    let ip = ip.octets().to_vec();
-    let rules: Vec<(Vec<Expr>, String)> = vec![
-        (
-            drop(vec![
-                Expr::Payload {
-                    base: Base::Link,
-                    offset: 6,
-                    len: 6,
-                },
-                Expr::Cmp(Op::Neq, mac.to_vec()),
-            ]),
-            comment("src-mac"),
-        ),
-        (
-            drop(
-                [
-                    ethertype(ETH_ARP).to_vec(),
-                    vec![
-                        Expr::Payload {
-                            base: Base::Network,
-                            offset: 0,
-                            len: 6,
-                        },
-                        Expr::Cmp(Op::Neq, vec![0, 1, 8, 0, 6, 4]),
-                    ],
-                ]
-                .concat(),
-            ),
-            comment("arp-malformed"),
-        ),
-        (
-            drop(
-                [
-                    ethertype(ETH_ARP).to_vec(),
-                    vec![
-                        Expr::Payload {
-                            base: Base::Network,
-                            offset: 8,
-                            len: 6,
-                        },
-                        Expr::Cmp(Op::Neq, mac.to_vec()),
-                    ],
-                ]
-                .concat(),
-            ),
-            comment("arp-sha"),
-        ),
-        (
-            drop(
-                [
-                    ethertype(ETH_ARP).to_vec(),
-                    vec![
-                        Expr::Payload {
-                            base: Base::Network,
-                            offset: 14,
-                            len: 4,
-                        },
-                        Expr::Cmp(Op::Neq, ip.clone()),
-                    ],
-                ]
-                .concat(),
-            ),
-            comment("arp-spa"),
-        ),
-        (
-            [
-                ethertype(ETH_ARP).to_vec(),
-                vec![Expr::Verdict(Verdict::Accept)],
-            ]
-            .concat(),
-            "podnet accept: ARP from the pod's own MAC and IP".into(),
-        ),
-        (
-            drop(
-                [
-                    ethertype(ETH_IP).to_vec(),
-                    vec![
-                        Expr::Payload {
-                            base: Base::Network,
-                            offset: 12,
-                            len: 4,
-                        },
-                        Expr::Cmp(Op::Neq, ip),
-                    ],
-                ]
-                .concat(),
-            ),
-            comment("ip-src"),
-        ),
-        (
-            [
-                ethertype(ETH_IP).to_vec(),
-                vec![Expr::Verdict(Verdict::Accept)],
-            ]
-            .concat(),
-            "podnet accept: IPv4 from the pod's own address".into(),
-        ),
-        (
-            drop(
-                [
-                    ethertype(ETH_IP6).to_vec(),
-                    vec![
-                        Expr::Meta(MetaKey::L4Proto),
-                        Expr::Cmp(Op::Eq, vec![58]),
-                        Expr::Payload {
-                            base: Base::Transport,
-                            offset: 0,
-                            len: 1,
-                        },
-                        Expr::Cmp(Op::Eq, vec![134]),
-                    ],
-                ]
-                .concat(),
-            ),
-            comment("ipv6-ra"),
-        ),
-        (
-            [
-                ethertype(ETH_IP6).to_vec(),
-                vec![Expr::Verdict(Verdict::Accept)],
-            ]
-            .concat(),
-            "podnet accept: IPv6 (not router advertisements)".into(),
-        ),
-        (drop(vec![]), comment("ethertype")),
-    ];
-    for (exprs, c) in rules {
-        b.add_rule(FAMILY_NETDEV, TABLE, host_veth, &exprs, &c);
+/// What the pod's program holds: its MAC, IP and drop counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodState {
+    pub mac: [u8; 6],
+    pub ip: Ipv4Addr,
+    /// `(reason, packets dropped)` for every reason, in table order.
+    pub drops: Vec<(String, u64)>,
+}
+
+/// Reads the state of the program with kernel id `prog_id`.
+pub fn read_state(prog_id: u32) -> Result<PodState> {
+    let prog = bpf::prog_by_id(prog_id)?;
+    let ids = bpf::prog_map_ids(&prog)?;
+    let id = *ids.first().ok_or_else(|| Error::Malformed {
+        op: "read pod state",
+        obj: format!("program {prog_id}"),
+        why: "the program uses no map".into(),
+    })?;
+    let v = bpf::lookup(&bpf::map_by_id(id)?, 0, state_size())?;
+    Ok(PodState {
+        mac: v[..6].try_into().unwrap(),
+        ip: Ipv4Addr::new(v[8], v[9], v[10], v[11]),
+        drops: DROP_REASONS
+            .iter()
+            .map(|(n, id, _)| {
+                let at = 16 + 8 * *n as usize;
+                (
+                    id.to_string(),
+                    u64::from_ne_bytes(v[at..at + 8].try_into().unwrap()),
+                )
+            })
+            .collect(),
+    })
+}
+
+/// Drop counters of the pod behind host veth `ifindex` (in the socket's namespace).
+pub fn counters(sock: &mut Socket, ifindex: u32) -> Result<Vec<(String, u64)>> {
+    match installed_prog(sock, ifindex)? {
+        Some(id) => Ok(read_state(id)?.drops),
+        None => Err(Error::NotFound {
+            op: "read drop counters of",
+            obj: format!("link {ifindex}"),
+            ext: Some("no podnet filter on it".into()),
+        }),
     }
 }
 
-/// Adds the removal of the pod's chain to `b` (absent is fine).
-pub fn remove(b: &mut Batch, host_veth: &str) {
-    b.destroy_chain(FAMILY_NETDEV, TABLE, host_veth);
+/// What the host veth's alias records: the attachment it belongs to (GC reads it).
+pub fn owner_alias(network: &str, container_id: &str, ifname: &str) -> String {
+    let mut s = format!("podnet net={network} if={ifname} cid={container_id}");
+    s.truncate(255);
+    s
 }
 
-/// Drop counters of one pod: `(reason, packets)` for every reason, in table order.
-pub fn counters(sock: &mut Socket, host_veth: &str) -> Result<Vec<(String, u64)>> {
-    let rules = nft::list_rules(sock, FAMILY_NETDEV, TABLE, host_veth)?;
-    Ok(rules
-        .iter()
-        .filter_map(|r| {
-            let c = r.comment.as_deref()?;
-            let reason = c.strip_prefix("podnet drop ")?.split(':').next()?;
-            Some((reason.to_string(), r.packets.unwrap_or(0)))
-        })
-        .collect())
+/// Parses [`owner_alias`]: `(network, ifname, container_id)`.
+pub fn parse_owner_alias(alias: &str) -> Option<(&str, &str, &str)> {
+    let rest = alias.strip_prefix("podnet net=")?;
+    let (net, rest) = rest.split_once(" if=")?;
+    let (ifname, cid) = rest.split_once(" cid=")?;
+    Some((net, ifname, cid))
 }
 
-/// True if the pod's chain exists with the full rule set.
-pub fn is_installed(sock: &mut Socket, host_veth: &str) -> Result<bool> {
-    let chains = nft::list_chains(sock, FAMILY_NETDEV, TABLE)?;
-    if !chains.iter().any(|c| c.name == host_veth) {
-        return Ok(false);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_table_is_dense_and_named() {
+        for (i, (n, id, what)) in DROP_REASONS.iter().enumerate() {
+            assert_eq!(*n as usize, i);
+            assert!(!id.is_empty() && !what.is_empty());
+        }
+        assert!(DROP_REASONS.iter().any(|(_, id, _)| *id == "arp-spa"));
     }
-    Ok(counters(sock, host_veth)?.len() == DROP_REASONS.len())
+
+    #[test]
+    fn state_layout_matches_the_c_struct() {
+        let v = state_bytes([1, 2, 3, 4, 5, 6], Ipv4Addr::new(10, 0, 0, 5));
+        assert_eq!(v.len(), 16 + 8 * DROP_REASONS.len());
+        assert_eq!(&v[..6], &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(&v[8..12], &[10, 0, 0, 5]);
+    }
+
+    #[test]
+    fn alias_roundtrip() {
+        let a = owner_alias("net1", "abc", "eth0");
+        assert_eq!(parse_owner_alias(&a), Some(("net1", "eth0", "abc")));
+        assert_eq!(parse_owner_alias("something else"), None);
+    }
+
+    #[test]
+    fn object_has_the_program_and_one_map_reference() {
+        let p = bpf::parse_object(OBJECT, SECTION).expect("from_pod.o parses");
+        assert!(p.insns.len() > 8 && p.insns.len() % 8 == 0);
+        assert!(!p.map_refs.is_empty());
+        assert!(p.map_refs.iter().all(|(_, s)| s == MAP_SYMBOL));
+    }
 }

@@ -98,7 +98,8 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
     // Host side.
     let host_name = host_veth_name(&inv.env.container_id, ifname);
     let br = link::get_by_name(&mut host, &s.bridge).map_err(nl)?;
-    match (link::get_by_name(&mut host, &host_name).map_err(nl)?, &br) {
+    let hveth = link::get_by_name(&mut host, &host_name).map_err(nl)?;
+    match (&hveth, &br) {
         (None, _) => problems.push(format!("host veth {host_name} is missing")),
         (Some(_), None) => problems.push(format!("bridge {} is missing", s.bridge)),
         (Some(h), Some(b)) => {
@@ -113,12 +114,10 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
             }
         }
     }
-    if s.anti_spoofing {
-        let mut nf = Socket::netfilter().map_err(nl)?;
-        if !antispoof::is_installed(&mut nf, &host_name).map_err(|e| errors::nft(e, ""))? {
+    if let (true, Some(h)) = (s.anti_spoofing, &hveth) {
+        if !antispoof::is_installed(&mut host, h.index).map_err(nl)? {
             problems.push(format!(
-                "anti-spoofing chain netdev {} {host_name} is missing or incomplete",
-                antispoof::TABLE
+                "anti-spoofing filters on {host_name} are missing or incomplete (tc -s filter show dev {host_name} ingress)"
             ));
         }
     }

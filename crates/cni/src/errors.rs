@@ -7,11 +7,6 @@ pub fn netlink(e: podnet_netlink::Error, next: &str) -> CniError {
     CniError::new(code::NETLINK, e.to_string(), next)
 }
 
-/// A failed nftables transaction (code 101).
-pub fn nft(e: podnet_netlink::Error, next: &str) -> CniError {
-    CniError::new(code::NFTABLES, e.to_string(), next)
-}
-
 /// An IPAM failure: exhaustion is 102, storage problems 103.
 pub fn ipam(e: podnet_ipam::Error) -> CniError {
     let c = match e {

@@ -7,8 +7,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The object the operation needs does not exist (ENODEV, ENOENT, ESRCH).
-    #[error("{op} {obj}: not found")]
-    NotFound { op: &'static str, obj: String },
+    #[error("{op} {obj}: not found{}", .ext.as_deref().map(|e| format!(" (kernel says: {e})")).unwrap_or_default())]
+    NotFound {
+        op: &'static str,
+        obj: String,
+        ext: Option<String>,
+    },
     /// The object the operation would create exists already (EEXIST).
     #[error("{op} {obj}: already exists")]
     Exists { op: &'static str, obj: String },
@@ -67,7 +71,7 @@ impl Error {
     ) -> Error {
         let obj = obj.into();
         match errno {
-            libc::ENODEV | libc::ENOENT | libc::ESRCH => Error::NotFound { op, obj },
+            libc::ENODEV | libc::ENOENT | libc::ESRCH => Error::NotFound { op, obj, ext },
             libc::EEXIST => Error::Exists { op, obj },
             _ => Error::Kernel {
                 op,

@@ -14,6 +14,7 @@
 //!   explanation (netlink extended ack) when it gives one.
 
 pub mod addr;
+pub mod bpf;
 pub mod error;
 pub mod link;
 pub mod msg;
@@ -23,6 +24,7 @@ pub mod nft;
 pub mod route;
 pub mod socket;
 pub(crate) mod sys;
+pub mod tc;
 
 pub use error::{Error, Result};
 pub use msg::Msg;

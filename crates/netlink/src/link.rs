@@ -22,6 +22,8 @@ pub struct LinkInfo {
     pub operstate: u8,
     /// For a veth: the peer's index (in the peer's namespace).
     pub peer_index: Option<u32>,
+    /// The link's alias (`ip link set X alias …`); podnet records owners there.
+    pub alias: Option<String>,
 }
 
 impl LinkInfo {
@@ -60,6 +62,7 @@ impl LinkInfo {
                 IFLA_MASTER => li.master = msg::as_u32(p).filter(|&m| m != 0),
                 IFLA_OPERSTATE => li.operstate = p.first().copied().unwrap_or(0),
                 IFLA_LINK => li.peer_index = msg::as_u32(p).filter(|&i| i != index && i != 0),
+                IFLA_IFALIAS => li.alias = Some(msg::as_str(p)).filter(|a| !a.is_empty()),
                 IFLA_LINKINFO => {
                     li.kind = msg::find(p, IFLA_INFO_KIND).map(msg::as_str);
                 }
@@ -128,13 +131,24 @@ pub struct VethSpec<'a> {
     pub peer_mac: Option<[u8; 6]>,
     /// Namespace of the peer; `None` keeps it beside the first end.
     pub peer_netns_fd: Option<RawFd>,
+    /// Bridge (index) the first end joins as it is created.
+    pub master: Option<u32>,
+    /// Bring the first end up as it is created. (The peer cannot be: the kernel
+    /// opens it before the two ends know each other, and veth refuses with ENOTCONN.)
+    pub up: bool,
 }
 
-/// `ip link add NAME mtu M type veth peer name PEER netns NS` — both ends down.
+/// `ip link add NAME mtu M [master BR] [up] type veth peer name PEER netns NS [up]`,
+/// in one request: the kernel registers both ends, then applies flags and master.
 pub fn create_veth(sock: &mut Socket, v: &VethSpec) -> Result<()> {
-    let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL).fixed(&ifinfo(0, 0, 0));
+    let up = |on: bool| if on { (IFF_UP, IFF_UP) } else { (0, 0) };
+    let (f, c) = up(v.up);
+    let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL).fixed(&ifinfo(0, f, c));
     m.str(IFLA_IFNAME, v.name);
     m.u32(IFLA_MTU, v.mtu);
+    if let Some(master) = v.master {
+        m.u32(IFLA_MASTER, master);
+    }
     if let Some(mac) = v.mac {
         m.attr(IFLA_ADDRESS, &mac);
     }
@@ -205,6 +219,7 @@ pub struct LinkChange {
     /// `Some(0)` detaches from the bridge (`nomaster`).
     pub master: Option<u32>,
     pub mtu: Option<u32>,
+    pub alias: Option<String>,
 }
 
 /// Builds the request for `ip link set TARGET [up|down] [master M] [mtu N]`.
@@ -227,6 +242,9 @@ pub fn change_request(target: Target, c: &LinkChange) -> Request {
     }
     if let Some(mtu) = c.mtu {
         m.u32(IFLA_MTU, mtu);
+    }
+    if let Some(a) = &c.alias {
+        m.str(IFLA_IFALIAS, a);
     }
     Request::new(m, "change link", target.describe())
 }

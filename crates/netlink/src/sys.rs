@@ -46,6 +46,7 @@ pub const IFLA_MTU: u16 = 4;
 pub const IFLA_LINK: u16 = 5;
 pub const IFLA_MASTER: u16 = 10;
 pub const IFLA_OPERSTATE: u16 = 16;
+pub const IFLA_IFALIAS: u16 = 20;
 pub const IFLA_LINKINFO: u16 = 18;
 pub const IFLA_NET_NS_FD: u16 = 28;
 pub const IFLA_LINK_NETNSID: u16 = 37;

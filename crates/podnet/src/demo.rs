@@ -94,6 +94,14 @@ pub fn run(plugin: &Path, say: &mut dyn FnMut(&str)) -> Result<Report> {
         ));
     }
     let _srv = EchoServer::start(&ns_b.ns, b.ip, 8080)?;
+    // The node talks to pod-b first, so the node's ARP cache holds pod-b's real MAC.
+    probe::tcp_request(
+        &node.ns,
+        SocketAddrV4::new(b.ip, 8080),
+        "node",
+        Duration::from_secs(3),
+    )
+    .context("the node could not reach pod-b")?;
     let reply = probe::tcp_request(
         &ns_a.ns,
         SocketAddrV4::new(b.ip, 8080),
@@ -140,8 +148,9 @@ pub fn run(plugin: &Path, say: &mut dyn FnMut(&str)) -> Result<Report> {
             )
         })
         .unwrap_or_else(|| format!("{} (no entry)", b.ip));
-    let mut nf = node.ns.run(Socket::netfilter)??;
-    let dropped = podnet_cni::antispoof::counters(&mut nf, &a.host_veth)?
+    let a_veth = podnet_netlink::link::get_by_name(&mut node_sock, &a.host_veth)?
+        .with_context(|| format!("host veth {} is missing", a.host_veth))?;
+    let dropped = podnet_cni::antispoof::counters(&mut node_sock, a_veth.index)?
         .into_iter()
         .find(|(r, _)| r == "arp-spa")
         .map(|(_, n)| n)

@@ -1,0 +1,141 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * from_pod: anti-spoofing on the ingress of a pod's host-side veth (tc, direct action).
+ *
+ * Every frame a pod sends passes here before the node bridge sees it. A frame leaves
+ * only if its Ethernet source is the pod's MAC and, for ARP, the sender MAC and IP are
+ * the pod's, for IPv4 the source is the pod's IP, and for IPv6 it is not a router
+ * advertisement. Everything else is dropped through drop(), which counts it under one
+ * reason from drop_reasons.h.
+ *
+ * Per-pod constants (MAC, IP) and the counters live in one array map, pod_state, made
+ * for this pod alone by the loader (podnet-cni): the program, its map and its tc filter
+ * all die with the veth. A missing map entry fails closed.
+ *
+ * No kernel headers: the few UAPI definitions needed are below, so that the build
+ * needs only clang.
+ */
+#include "drop_reasons.h"
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+/* UAPI struct __sk_buff, up to data_end (stable layout). */
+struct __sk_buff {
+	u32 len, pkt_type, mark, queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto;
+	u32 priority, ingress_ifindex, ifindex, tc_index, cb[5], hash, tc_classid;
+	u32 data, data_end;
+};
+
+#define TC_ACT_OK 0
+#define TC_ACT_SHOT 2
+
+/* Shared with the loader: crates/cni/src/antispoof.rs (PodState). */
+struct pod_state {
+	u8 mac[6];
+	u8 pad[2];
+	u32 ip; /* network byte order */
+	u32 pad2;
+	u64 drops[PODNET_DROP_MAX]; /* at offset 16 */
+};
+
+/* A placeholder the loader replaces with the pod's own array map. */
+struct map_placeholder {
+	int unused;
+};
+struct map_placeholder pod_state __attribute__((section("maps"), used));
+
+static void *(*map_lookup_elem)(void *map, const void *key) = (void *)1;
+
+enum {
+#define X(num, name, id, what) DROP_##name = num,
+	PODNET_DROP_REASONS(X)
+#undef X
+};
+
+static __attribute__((always_inline)) int drop(struct pod_state *st, u32 reason)
+{
+	if (reason < PODNET_DROP_MAX)
+		__sync_fetch_and_add(&st->drops[reason], 1);
+	return TC_ACT_SHOT;
+}
+
+static __attribute__((always_inline)) int mac_eq(const u8 *a, const u8 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] &&
+	       a[5] == b[5];
+}
+
+static __attribute__((always_inline)) u32 load32(const u8 *p)
+{
+	return (u32)p[0] | (u32)p[1] << 8 | (u32)p[2] << 16 | (u32)p[3] << 24;
+}
+
+__attribute__((section("tc"), used)) int from_pod(struct __sk_buff *skb)
+{
+	u32 zero = 0;
+	struct pod_state *st = map_lookup_elem(&pod_state, &zero);
+	if (!st)
+		return TC_ACT_SHOT;
+
+	u8 *data = (u8 *)(long)skb->data;
+	u8 *end = (u8 *)(long)skb->data_end;
+	if (data + 14 > end)
+		return drop(st, DROP_MALFORMED);
+	if (skb->vlan_present)
+		return drop(st, DROP_ETHERTYPE);
+	if (!mac_eq(data + 6, st->mac))
+		return drop(st, DROP_SRC_MAC);
+
+	u16 proto = (u16)data[12] << 8 | data[13];
+	u8 *l3 = data + 14;
+
+	if (proto == 0x0806) {
+		if (l3 + 28 > end)
+			return drop(st, DROP_MALFORMED);
+		/* htype 1 (Ethernet), ptype 0x0800, hlen 6, plen 4 */
+		if (l3[0] != 0 || l3[1] != 1 || l3[2] != 8 || l3[3] != 0 || l3[4] != 6 || l3[5] != 4)
+			return drop(st, DROP_MALFORMED);
+		if (!mac_eq(l3 + 8, st->mac))
+			return drop(st, DROP_ARP_SHA);
+		if (load32(l3 + 14) != st->ip)
+			return drop(st, DROP_ARP_SPA);
+		return TC_ACT_OK;
+	}
+	if (proto == 0x0800) {
+		if (l3 + 20 > end)
+			return drop(st, DROP_MALFORMED);
+		if (load32(l3 + 12) != st->ip)
+			return drop(st, DROP_IP_SRC);
+		return TC_ACT_OK;
+	}
+	if (proto == 0x86dd) {
+		if (l3 + 40 > end)
+			return drop(st, DROP_MALFORMED);
+		u8 next = l3[6];
+		u8 *p = l3 + 40;
+		/* Skip up to four hop-by-hop, routing or destination-options headers. */
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			if (next != 0 && next != 43 && next != 60)
+				break;
+			if (p + 2 > end)
+				return drop(st, DROP_MALFORMED);
+			u32 len = ((u32)p[1] + 1) * 8;
+			next = p[0];
+			p += len;
+		}
+		if (next == 58) {
+			if (p + 1 > end)
+				return drop(st, DROP_MALFORMED);
+			if (p[0] == 134)
+				return drop(st, DROP_IPV6_RA);
+		}
+		return TC_ACT_OK;
+	}
+	return drop(st, DROP_ETHERTYPE);
+}
+
+char _license[] __attribute__((section("license"), used)) = "Dual BSD/GPL";
