@@ -8,9 +8,10 @@
  * advertisement. Everything else is dropped through drop(), which counts it under one
  * reason from drop_reasons.h.
  *
- * Per-pod constants (MAC, IP) and the counters live in one array map, pod_state, made
- * for this pod alone by the loader (podnet-cni): the program, its map and its tc filter
- * all die with the veth. A missing map entry fails closed.
+ * One program and one hash map (pod_state, keyed by the host veth's ifindex) serve all
+ * pods of a node; podnet-cni writes a pod's MAC and IP there before the veth joins the
+ * bridge, and the entry also holds the pod's drop counters. A veth without an entry
+ * drops everything: the program fails closed.
  *
  * No kernel headers: the few UAPI definitions needed are below, so that the build
  * needs only clang.
@@ -75,8 +76,8 @@ static __attribute__((always_inline)) u32 load32(const u8 *p)
 
 __attribute__((section("tc"), used)) int from_pod(struct __sk_buff *skb)
 {
-	u32 zero = 0;
-	struct pod_state *st = map_lookup_elem(&pod_state, &zero);
+	u32 key = skb->ifindex;
+	struct pod_state *st = map_lookup_elem(&pod_state, &key);
 	if (!st)
 		return TC_ACT_SHOT;
 

@@ -50,6 +50,7 @@ enum Undo {
     ReleaseAddress(Store, Owner),
     DelegateDel(String),
     DeleteLink(String),
+    ForgetEntry(u32, [u8; 6]),
 }
 
 pub fn run(inv: &Invocation) -> Result<CniResult, CniError> {
@@ -61,7 +62,7 @@ pub fn run(inv: &Invocation) -> Result<CniResult, CniError> {
     match add(inv, &s, &pod_ns, &mut host, &mut undo) {
         Ok(r) => Ok(r),
         Err(e) => {
-            let notes = rollback(inv, &mut host, undo);
+            let notes = rollback(inv, &s, &mut host, undo);
             Err(errors::with_notes(e, &notes))
         }
     }
@@ -271,8 +272,10 @@ fn add(
                 "the kernel needs eBPF (CONFIG_BPF_SYSCALL) and tc clsact with the bpf classifier (CONFIG_NET_SCH_INGRESS, CONFIG_NET_CLS_BPF)",
             )
         };
-        let prog = antispoof::load(pmac, a.ip).map_err(refused)?;
-        for r in host.ack_all(antispoof::install_requests(hveth.index, &prog)) {
+        let dp = antispoof::datapath(&s.data_dir).map_err(refused)?;
+        undo.push(Undo::ForgetEntry(hveth.index, hmac));
+        antispoof::set_pod(&dp, hveth.index, pmac, a.ip).map_err(refused)?;
+        for r in host.ack_all(antispoof::install_requests(hveth.index, &dp.prog)) {
             r.map_err(refused)?;
         }
         t.mark("anti-spoofing installed");
@@ -393,10 +396,17 @@ fn add(
     })
 }
 
-fn rollback(inv: &Invocation, host: &mut Socket, undo: Vec<Undo>) -> Vec<String> {
+fn rollback(inv: &Invocation, s: &Settings, host: &mut Socket, undo: Vec<Undo>) -> Vec<String> {
     let mut notes = Vec::new();
     for step in undo.into_iter().rev() {
         match step {
+            Undo::ForgetEntry(index, mac) => {
+                if let Err(e) = antispoof::forget_pod(&s.data_dir, index, &mac) {
+                    notes.push(format!(
+                        "could not remove the datapath entry of link {index}: {e}"
+                    ));
+                }
+            }
             Undo::DeleteLink(name) => notes.push(match link::delete_by_name(host, &name) {
                 Ok(_) => format!("deleted veth {name}"),
                 Err(e) => format!("could not delete veth {name}: {e}"),

@@ -1,30 +1,37 @@
 //! Anti-spoofing: the kernel objects that stop one pod from stealing another's traffic.
 //!
-//! # What exists, per pod
-//! On the **ingress of the pod's host-side veth** — every frame the pod sends, before
-//! the bridge sees it (before MAC learning, before ARP reaches the node or another
-//! pod):
-//! - a `clsact` qdisc;
-//! - one tc filter, `bpf` in direct-action mode, named `podnet_from_pod`: the program
-//!   `bpf/from_pod.c`, loaded for this pod alone;
-//! - that program's array map `podnet_pod` with one entry: the pod's MAC and IP, and
-//!   one drop counter per reason in `bpf/drop_reasons.h`.
+//! # What exists
+//! Per node (per network namespace holding pod veths): the program `podnet_from_pod`
+//! (`bpf/from_pod.c`) and its hash map `podnet_pods`, keyed by host veth ifindex. They
+//! are loaded by the first ADD, and found again by later ones through a small record,
+//! `<dataDir>/datapath-ns<netns inode>` (program and map ids). They hold no pins: the
+//! kernel frees them when the last filter using them goes, i.e. with the last pod.
+//!
+//! Per pod, on the **ingress of its host-side veth** — every frame the pod sends,
+//! before the bridge sees it (before MAC learning, before ARP reaches the node or
+//! another pod):
+//! - a map entry: the pod's MAC and IP, and one drop counter per reason in
+//!   `bpf/drop_reasons.h`, written before the veth joins the bridge;
+//! - a `clsact` qdisc and one tc filter, `bpf` in direct-action mode, running the
+//!   program. A veth whose entry is missing drops everything (fail closed).
 //!
 //! `tc filter show dev <host veth> ingress` shows the filter; `podnet` reads the
 //! counters through the filter's program id.
 //!
 //! # Why this shape
-//! Everything is created while the veth is still down and off the bridge, and
-//! everything dies with the veth: DEL has nothing extra to remove and can leave no
-//! stale rule behind. (An nftables chain per pod was tried first: removing one makes
-//! every later close of an nftables socket wait for an RCU grace period while holding
-//! the nftables commit lock, which serialized concurrent DELs at ~10 ms each. This
-//! kernel has no flower or gact for plain tc rules; eBPF it is.)
+//! The filter dies with the veth, so a pod can leave no stale rule behind; DEL only
+//! removes the map entry. Loading and verifying the program costs ~0.8 ms, so it is
+//! loaded once per node rather than per pod. (An nftables chain per pod was tried
+//! first: removing one makes every later close of an nftables socket wait for an RCU
+//! grace period while holding the nftables commit lock, which serialized concurrent
+//! DELs at ~10 ms each. This kernel has no flower or gact for plain tc rules.)
 
 use podnet_netlink::socket::Request;
-use podnet_netlink::{bpf, tc, Error, Result, Socket};
+use podnet_netlink::{bpf, tc, Error, Netns, Result, Socket};
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 include!(concat!(env!("OUT_DIR"), "/drop_reasons.rs"));
 
@@ -33,16 +40,18 @@ static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/from_pod.o"));
 
 /// The tc filter's and the program's name.
 pub const PROG_NAME: &str = "podnet_from_pod";
-const MAP_NAME: &str = "podnet_pod";
+const MAP_NAME: &str = "podnet_pods";
 const SECTION: &str = "tc";
 const MAP_SYMBOL: &str = "pod_state";
+/// Pods one node's map can hold.
+const MAX_PODS: u32 = 16384;
 
 /// Size of `struct pod_state` in from_pod.c: mac[6], pad[2], ip, pad2, drops[N].
 fn state_size() -> usize {
     16 + 8 * DROP_REASONS.len()
 }
 
-/// The initial map value for a pod: its MAC and IP, counters at zero.
+/// A pod's map entry: its MAC and IP, counters at zero.
 fn state_bytes(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
     let mut v = vec![0u8; state_size()];
     v[..6].copy_from_slice(&mac);
@@ -50,9 +59,40 @@ fn state_bytes(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
     v
 }
 
-/// Loads the program for one pod (its own map holding `mac` and `ip`). The returned
-/// program holds the map; a tc filter holding the program keeps both alive.
-pub fn load(mac: [u8; 6], ip: Ipv4Addr) -> Result<OwnedFd> {
+/// The node's loaded program and its map.
+pub struct Datapath {
+    pub prog: OwnedFd,
+    pub map: OwnedFd,
+}
+
+fn record_path(data_dir: &Path) -> Result<PathBuf> {
+    Ok(data_dir.join(format!("datapath-ns{}", Netns::current()?.inode())))
+}
+
+/// The node's datapath recorded under `data_dir`, if its program is still loaded.
+pub fn find(data_dir: &Path) -> Result<Option<Datapath>> {
+    let Ok(text) = std::fs::read_to_string(record_path(data_dir)?) else {
+        return Ok(None);
+    };
+    let mut ids = text.split_whitespace().map(|w| w.parse::<u32>());
+    let (Some(Ok(p)), Some(Ok(m))) = (ids.next(), ids.next()) else {
+        return Ok(None);
+    };
+    // Ids are only reused after the id space wraps; the names confirm they are ours.
+    let (Ok(prog), Ok(map)) = (bpf::prog_by_id(p), bpf::map_by_id(m)) else {
+        return Ok(None);
+    };
+    if bpf::object_name(&prog, false)? != PROG_NAME || bpf::object_name(&map, true)? != MAP_NAME {
+        return Ok(None);
+    }
+    Ok(Some(Datapath { prog, map }))
+}
+
+/// The node's datapath: found through its record, or loaded and recorded.
+pub fn datapath(data_dir: &Path) -> Result<Datapath> {
+    if let Some(dp) = find(data_dir)? {
+        return Ok(dp);
+    }
     if OBJECT.is_empty() {
         return Err(Error::Malformed {
             op: "load BPF program",
@@ -60,10 +100,57 @@ pub fn load(mac: [u8; 6], ip: Ipv4Addr) -> Result<OwnedFd> {
             why: "podnet-cni was built without clang, so it has no anti-spoofing program; install clang and rebuild".into(),
         });
     }
-    let prog = bpf::parse_object(OBJECT, SECTION)?;
-    let map = bpf::create_array(MAP_NAME, state_size() as u32, 1)?;
-    bpf::update(&map, 0, &state_bytes(mac, ip))?;
-    bpf::load(&prog, PROG_NAME, &[(MAP_SYMBOL, &map)])
+    let obj = bpf::parse_object(OBJECT, SECTION)?;
+    let map = bpf::create_hash(MAP_NAME, state_size() as u32, MAX_PODS)?;
+    let prog = bpf::load(&obj, PROG_NAME, &[(MAP_SYMBOL, &map)])?;
+    let ids = format!("{:<10} {:<10}\n", bpf::prog_id(&prog)?, bpf::map_id(&map)?);
+    let path = record_path(data_dir)?;
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(data_dir)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        f.write_all_at(ids.as_bytes(), 0)
+    };
+    write().map_err(|e| Error::io("record the datapath in", path.display().to_string(), e))?;
+    Ok(Datapath { prog, map })
+}
+
+/// Writes the pod's entry: to be done before its veth can carry traffic.
+pub fn set_pod(dp: &Datapath, host_ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> Result<()> {
+    bpf::update(&dp.map, host_ifindex, &state_bytes(mac, ip))
+}
+
+/// Removes the entry of the pod whose host veth was `host_ifindex` with MAC `host_mac`
+/// (host and pod MACs share their last four bytes), unless the index already belongs
+/// to another pod.
+pub fn forget_pod(data_dir: &Path, host_ifindex: u32, host_mac: &[u8]) -> Result<()> {
+    let Some(dp) = find(data_dir)? else {
+        return Ok(());
+    };
+    if let Some(v) = bpf::lookup(&dp.map, host_ifindex, state_size())? {
+        if host_mac.len() == 6 && v[2..6] == host_mac[2..6] {
+            bpf::delete(&dp.map, host_ifindex)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the entries whose index `live` rejects (GC).
+pub fn sweep(data_dir: &Path, live: impl Fn(u32) -> bool) -> Result<usize> {
+    let Some(dp) = find(data_dir)? else {
+        return Ok(0);
+    };
+    let mut n = 0;
+    for k in bpf::keys(&dp.map)? {
+        if !live(k) {
+            bpf::delete(&dp.map, k)?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// The requests that put `prog` on the ingress of host veth `ifindex`: the clsact
@@ -83,12 +170,7 @@ pub fn installed_prog(sock: &mut Socket, ifindex: u32) -> Result<Option<u32>> {
         .and_then(|f| f.prog_id))
 }
 
-/// True if the protection is on the host veth `ifindex`.
-pub fn is_installed(sock: &mut Socket, ifindex: u32) -> Result<bool> {
-    Ok(installed_prog(sock, ifindex)?.is_some())
-}
-
-/// What the pod's program holds: its MAC, IP and drop counters.
+/// What the datapath holds for one pod: its MAC, IP and drop counters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodState {
     pub mac: [u8; 6],
@@ -97,8 +179,8 @@ pub struct PodState {
     pub drops: Vec<(String, u64)>,
 }
 
-/// Reads the state of the program with kernel id `prog_id`.
-pub fn read_state(prog_id: u32) -> Result<PodState> {
+/// Reads the entry for host veth `ifindex` in the map of program `prog_id`.
+pub fn read_state(prog_id: u32, ifindex: u32) -> Result<Option<PodState>> {
     let prog = bpf::prog_by_id(prog_id)?;
     let ids = bpf::prog_map_ids(&prog)?;
     let id = *ids.first().ok_or_else(|| Error::Malformed {
@@ -106,8 +188,10 @@ pub fn read_state(prog_id: u32) -> Result<PodState> {
         obj: format!("program {prog_id}"),
         why: "the program uses no map".into(),
     })?;
-    let v = bpf::lookup(&bpf::map_by_id(id)?, 0, state_size())?;
-    Ok(PodState {
+    let Some(v) = bpf::lookup(&bpf::map_by_id(id)?, ifindex, state_size())? else {
+        return Ok(None);
+    };
+    Ok(Some(PodState {
         mac: v[..6].try_into().unwrap(),
         ip: Ipv4Addr::new(v[8], v[9], v[10], v[11]),
         drops: DROP_REASONS
@@ -120,19 +204,32 @@ pub fn read_state(prog_id: u32) -> Result<PodState> {
                 )
             })
             .collect(),
-    })
+    }))
 }
 
-/// Drop counters of the pod behind host veth `ifindex` (in the socket's namespace).
-pub fn counters(sock: &mut Socket, ifindex: u32) -> Result<Vec<(String, u64)>> {
+/// The datapath's view of the pod behind host veth `ifindex` (in the socket's
+/// namespace): `None` if the filter or the entry is missing.
+pub fn pod_state(sock: &mut Socket, ifindex: u32) -> Result<Option<PodState>> {
     match installed_prog(sock, ifindex)? {
-        Some(id) => Ok(read_state(id)?.drops),
-        None => Err(Error::NotFound {
+        Some(id) => read_state(id, ifindex),
+        None => Ok(None),
+    }
+}
+
+/// Drop counters of the pod behind host veth `ifindex`.
+pub fn counters(sock: &mut Socket, ifindex: u32) -> Result<Vec<(String, u64)>> {
+    pod_state(sock, ifindex)?
+        .map(|s| s.drops)
+        .ok_or_else(|| Error::NotFound {
             op: "read drop counters of",
             obj: format!("link {ifindex}"),
-            ext: Some("no podnet filter on it".into()),
-        }),
-    }
+            ext: Some("no podnet filter or datapath entry for it".into()),
+        })
+}
+
+/// True if the protection is complete on host veth `ifindex`: filter and entry.
+pub fn is_installed(sock: &mut Socket, ifindex: u32) -> Result<bool> {
+    Ok(pod_state(sock, ifindex)?.is_some())
 }
 
 /// What the host veth's alias records: the attachment it belongs to (GC reads it).

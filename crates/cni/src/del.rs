@@ -15,11 +15,12 @@
 
 use crate::errors;
 use crate::settings::{host_veth_name, Ipam, Settings};
-use crate::{delegate, Invocation};
+use crate::{antispoof, delegate, Invocation};
 use podnet_cni_spec::{code, CniError};
 use podnet_ipam::{Owner, Store};
 use podnet_netlink::{link, Socket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The helper's process name (`ps -e` shows it while the kernel finishes reclaiming).
@@ -28,7 +29,7 @@ pub const HELPER_NAME: &std::ffi::CStr = c"podnet-reclaim";
 pub fn run(inv: &Invocation) -> Result<(), CniError> {
     let s = Settings::resolve(&inv.conf, &inv.raw, false)?;
     let host_name = host_veth_name(&inv.env.container_id, &inv.env.ifname);
-    delete_link_detached(&host_name)?;
+    delete_link_detached(&host_name, &s.data_dir)?;
     match &s.ipam {
         Some(Ipam::Delegate { plugin }) => {
             delegate::exec(&inv.env, plugin, "DEL", &inv.stdin)?;
@@ -43,16 +44,17 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
     Ok(())
 }
 
-/// Deletes the link `name` (a pod's host veth: both ends and their filters go), and
-/// returns as soon as it is gone from the namespace. Absent is success.
-pub fn delete_link_detached(name: &str) -> Result<(), CniError> {
+/// Deletes the link `name` (a pod's host veth: both ends and their filters go) and
+/// its datapath entry, returning as soon as the link is gone from the namespace.
+/// Absent is success.
+pub fn delete_link_detached(name: &str, data_dir: &Path) -> Result<(), CniError> {
     let nl = |e| {
         errors::netlink(e, "podnet-cni must run as root; remove the link by hand with `ip link del` if it persists")
     };
     let mut host = Socket::route().map_err(nl)?;
-    if link::get_by_name(&mut host, name).map_err(nl)?.is_none() {
+    let Some(l) = link::get_by_name(&mut host, name).map_err(nl)? else {
         return Ok(());
-    }
+    };
     // The helper gets a socket of its own: two processes reading one socket would
     // steal each other's answers.
     let mut helper_sock = Socket::route().map_err(nl)?;
@@ -89,6 +91,13 @@ pub fn delete_link_detached(name: &str) -> Result<(), CniError> {
             code::NETLINK,
             format!("delete link {name}: {e}"),
             "remove it by hand with `ip link del` and retry DEL",
+        )
+    })?;
+    antispoof::forget_pod(data_dir, l.index, &l.mac).map_err(|e| {
+        CniError::new(
+            code::ANTISPOOF,
+            e.to_string(),
+            "the pod is gone; GC removes the leftover datapath entry",
         )
     })
 }

@@ -34,16 +34,18 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
         Socket::route().map_err(|e| errors::netlink(e, "podnet-cni must run as root"))?;
     let links =
         link::list(&mut host).map_err(|e| errors::netlink(e, "list links with `ip link`"))?;
-    for l in links {
-        let Some((net, ifname, cid)) = l.alias.as_deref().and_then(antispoof::parse_owner_alias)
-        else {
-            continue;
-        };
-        if net == s.network
-            && !keep.contains(&(cid, ifname))
-            && l.name == host_veth_name(cid, ifname)
-        {
-            delete_link_detached(&l.name)?;
+    let mut live = HashSet::new();
+    for l in &links {
+        let owner = l.alias.as_deref().and_then(antispoof::parse_owner_alias);
+        let stale = owner.is_some_and(|(net, ifname, cid)| {
+            net == s.network
+                && !keep.contains(&(cid, ifname))
+                && l.name == host_veth_name(cid, ifname)
+        });
+        if stale {
+            delete_link_detached(&l.name, &s.data_dir)?;
+        } else {
+            live.insert(l.index);
         }
     }
 
@@ -62,9 +64,19 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
             // A record without an aliased link: a crash between link creation and
             // alias; its link, if any, carries the derived name.
             for (_, o) in freed {
-                delete_link_detached(&host_veth_name(&o.container_id, &o.ifname))?;
+                delete_link_detached(&host_veth_name(&o.container_id, &o.ifname), &s.data_dir)?;
             }
         }
     }
+
+    // 3. Datapath entries of links that no longer exist (a crash between a link's
+    //    deletion and its entry's).
+    antispoof::sweep(&s.data_dir, |i| live.contains(&i)).map_err(|e| {
+        CniError::new(
+            code::ANTISPOOF,
+            e.to_string(),
+            "list the entries with `bpftool map dump name podnet_pods`",
+        )
+    })?;
     Ok(())
 }

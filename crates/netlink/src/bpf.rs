@@ -13,12 +13,16 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 const BPF_MAP_CREATE: u32 = 0;
 const BPF_MAP_LOOKUP_ELEM: u32 = 1;
 const BPF_MAP_UPDATE_ELEM: u32 = 2;
+const BPF_MAP_DELETE_ELEM: u32 = 3;
+const BPF_MAP_GET_NEXT_KEY: u32 = 4;
 const BPF_PROG_LOAD: u32 = 5;
 const BPF_PROG_TEST_RUN: u32 = 10;
 const BPF_PROG_GET_FD_BY_ID: u32 = 13;
 const BPF_MAP_GET_FD_BY_ID: u32 = 14;
 const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
+const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_F_NO_PREALLOC: u32 = 1;
 /// Program type for tc classifiers.
 pub const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_PSEUDO_MAP_FD: u8 = 1;
@@ -77,6 +81,66 @@ pub fn create_array(name: &str, value_size: u32, entries: u32) -> Result<OwnedFd
         .map_err(|e| Error::io("create BPF map", name, e))
 }
 
+/// Creates a hash map with u32 keys, allocating entries only as they are written.
+pub fn create_hash(name: &str, value_size: u32, max_entries: u32) -> Result<OwnedFd> {
+    let mut a = Attr::new();
+    a.u32(0, BPF_MAP_TYPE_HASH)
+        .u32(4, 4)
+        .u32(8, value_size)
+        .u32(12, max_entries)
+        .u32(16, BPF_F_NO_PREALLOC)
+        .name(28, name);
+    sys_bpf(BPF_MAP_CREATE, &mut a)
+        .map(fd_of)
+        .map_err(|e| Error::io("create BPF map", name, e))
+}
+
+/// Removes `key`; absent is success.
+pub fn delete(map: &OwnedFd, key: u32) -> Result<()> {
+    let mut a = Attr::new();
+    a.u32(0, map.as_raw_fd() as u32)
+        .u64(8, &key as *const u32 as u64);
+    match sys_bpf(BPF_MAP_DELETE_ELEM, &mut a) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(Error::io("delete from BPF map", format!("key {key}"), e)),
+    }
+}
+
+/// Every key of a map with u32 keys.
+pub fn keys(map: &OwnedFd) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    let mut cur: Option<u32> = None;
+    loop {
+        let mut next = 0u32;
+        let mut a = Attr::new();
+        a.u32(0, map.as_raw_fd() as u32)
+            .u64(8, cur.as_ref().map_or(0, |k| k as *const u32 as u64))
+            .u64(16, &mut next as *mut u32 as u64);
+        match sys_bpf(BPF_MAP_GET_NEXT_KEY, &mut a) {
+            Ok(_) => {
+                out.push(next);
+                cur = Some(next);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Err(e) => return Err(Error::io("list BPF map keys", "", e)),
+        }
+    }
+}
+
+/// The name the kernel holds for a program or map (`bpftool` shows it).
+pub fn object_name(fd: &OwnedFd, is_map: bool) -> Result<String> {
+    let mut info = [0u8; 232];
+    let mut a = Attr::new();
+    a.u32(0, fd.as_raw_fd() as u32)
+        .u32(4, info.len() as u32)
+        .u64(8, info.as_mut_ptr() as u64);
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a).map_err(|e| Error::io("inspect BPF object", "", e))?;
+    let off = if is_map { 24 } else { 64 };
+    Ok(cstr(&info[off..off + 16], 0)
+        .unwrap_or_else(|| String::from_utf8_lossy(&info[off..off + 16]).into_owned()))
+}
+
 /// Writes `value` at `key`.
 pub fn update(map: &OwnedFd, key: u32, value: &[u8]) -> Result<()> {
     let mut a = Attr::new();
@@ -89,16 +153,18 @@ pub fn update(map: &OwnedFd, key: u32, value: &[u8]) -> Result<()> {
         .map_err(|e| Error::io("update BPF map", format!("key {key}"), e))
 }
 
-/// Reads `value_size` bytes at `key`.
-pub fn lookup(map: &OwnedFd, key: u32, value_size: usize) -> Result<Vec<u8>> {
+/// Reads `value_size` bytes at `key`; `None` if the key is absent.
+pub fn lookup(map: &OwnedFd, key: u32, value_size: usize) -> Result<Option<Vec<u8>>> {
     let mut v = vec![0u8; value_size];
     let mut a = Attr::new();
     a.u32(0, map.as_raw_fd() as u32)
         .u64(8, &key as *const u32 as u64)
         .u64(16, v.as_mut_ptr() as u64);
-    sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut a)
-        .map_err(|e| Error::io("read BPF map", format!("key {key}"), e))?;
-    Ok(v)
+    match sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut a) {
+        Ok(_) => Ok(Some(v)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(Error::io("read BPF map", format!("key {key}"), e)),
+    }
 }
 
 /// One program's instructions and the map symbols it references.
@@ -286,6 +352,26 @@ pub fn load(prog: &Program, name: &str, maps: &[(&str, &OwnedFd)]) -> Result<Own
         }
     }
     unreachable!("the loop returns on its second attempt")
+}
+
+fn info_id(fd: &OwnedFd) -> Result<u32> {
+    let mut info = [0u8; 232];
+    let mut a = Attr::new();
+    a.u32(0, fd.as_raw_fd() as u32)
+        .u32(4, info.len() as u32)
+        .u64(8, info.as_mut_ptr() as u64);
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a).map_err(|e| Error::io("inspect BPF object", "", e))?;
+    Ok(u32::from_ne_bytes(info[4..8].try_into().unwrap()))
+}
+
+/// The kernel id of a loaded program.
+pub fn prog_id(prog: &OwnedFd) -> Result<u32> {
+    info_id(prog)
+}
+
+/// The kernel id of a map.
+pub fn map_id(map: &OwnedFd) -> Result<u32> {
+    info_id(map)
 }
 
 /// Opens the program with kernel id `id`.
