@@ -233,8 +233,8 @@ fn add(
             "check the node with `ip link` and the pod with `ip -n <netns> link`",
         )
     };
-    match link::create_veth(host, &spec) {
-        Ok(()) => {}
+    let echoed = match link::create_veth(host, &spec) {
+        Ok(echoed) => echoed,
         Err(e) if e.is_exists() => {
             let mut pod = Socket::route_in(pod_ns).map_err(nl)?;
             if link::get_by_name(&mut pod, ifname).map_err(nl)?.is_some() {
@@ -247,20 +247,23 @@ fn add(
             // Our own leftover from an ADD of this same attachment that was killed
             // midway: the runtime never calls ADD twice without DEL, so it is ours.
             link::delete_by_name(host, &host_name).map_err(nl)?;
-            link::create_veth(host, &spec).map_err(nl)?;
+            link::create_veth(host, &spec).map_err(nl)?
         }
         Err(e) => return Err(nl(e)),
-    }
+    };
     undo.push(Undo::DeleteLink(host_name.clone()));
-    let hveth = link::get_by_name(host, &host_name)
-        .map_err(nl)?
-        .ok_or_else(|| {
-            CniError::new(
-                code::NETLINK,
-                format!("veth {host_name} vanished right after it was created"),
-                "retry the ADD; if it persists, something on this node deletes podnet's links",
-            )
-        })?;
+    // The kernel's echo names both indexes; older kernels need a lookup.
+    let hveth = match echoed {
+        Some(l) => Some(l),
+        None => link::get_by_name(host, &host_name).map_err(nl)?,
+    }
+    .ok_or_else(|| {
+        CniError::new(
+            code::NETLINK,
+            format!("veth {host_name} vanished right after it was created"),
+            "retry the ADD; if it persists, something on this node deletes podnet's links",
+        )
+    })?;
     t.mark("veth pair created");
 
     // 4. protection, while the veth is still down and off the bridge.
@@ -301,18 +304,22 @@ fn add(
 
     // 6. inside the pod.
     let mut pod = Socket::route_in(pod_ns).map_err(nl)?;
-    let eth = link::get_by_name(&mut pod, ifname)
-        .map_err(nl)?
-        .ok_or_else(|| {
-            CniError::new(
-                code::NETLINK,
-                format!(
-                    "{ifname} is missing in {} right after it was created",
-                    inv.env.netns
-                ),
-                "something in the pod removed it; retry the ADD",
-            )
-        })?;
+    let eth_index = match hveth.peer_index {
+        Some(i) => Some(i),
+        None => link::get_by_name(&mut pod, ifname)
+            .map_err(nl)?
+            .map(|l| l.index),
+    }
+    .ok_or_else(|| {
+        CniError::new(
+            code::NETLINK,
+            format!(
+                "{ifname} is missing in {} right after it was created",
+                inv.env.netns
+            ),
+            "something in the pod removed it; retry the ADD",
+        )
+    })?;
     let mut routes = a.routes.clone();
     if routes.is_empty() {
         routes.push(Route {
@@ -322,13 +329,13 @@ fn add(
     }
     let mut reqs: Vec<Request> = vec![
         link::change_request(
-            Target::Index(eth.index),
+            Target::Index(eth_index),
             &LinkChange {
                 up: Some(true),
                 ..Default::default()
             },
         ),
-        addr::add_request(eth.index, a.ip, a.prefix),
+        addr::add_request(eth_index, a.ip, a.prefix),
     ];
     for r in &routes {
         let IpAddr::V4(dst) = r.dst.addr else {
@@ -342,7 +349,7 @@ fn add(
             dst,
             prefix: r.dst.prefix,
             gateway: gw,
-            oif: Some(eth.index),
+            oif: Some(eth_index),
             onlink: false,
             protocol: RTPROT_PODNET,
         }));

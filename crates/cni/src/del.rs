@@ -23,6 +23,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+const RTNLGRP_LINK: u32 = 1;
+const RTM_DELLINK: u16 = 17;
+
 /// The helper's process name (`ps -e` shows it while the kernel finishes reclaiming).
 pub const HELPER_NAME: &std::ffi::CStr = c"podnet-reclaim";
 
@@ -55,6 +58,8 @@ pub fn delete_link_detached(name: &str, data_dir: &Path) -> Result<(), CniError>
     let Some(l) = link::get_by_name(&mut host, name).map_err(nl)? else {
         return Ok(());
     };
+    // Listen for the link's removal before it can happen.
+    host.subscribe(RTNLGRP_LINK).map_err(nl)?;
     // The helper gets a socket of its own: two processes reading one socket would
     // steal each other's answers.
     let mut helper_sock = Socket::route().map_err(nl)?;
@@ -86,7 +91,7 @@ pub fn delete_link_detached(name: &str, data_dir: &Path) -> Result<(), CniError>
     }
     drop(helper_sock);
     drop(status_w);
-    wait_gone(&mut host, name, &status_r).map_err(|e| {
+    wait_gone(&mut host, l.index, name, &status_r).map_err(|e| {
         CniError::new(
             code::NETLINK,
             format!("delete link {name}: {e}"),
@@ -126,41 +131,66 @@ fn helper(sock: &mut Socket, name: &str, status: OwnedFd) -> ! {
     unsafe { libc::_exit(0) }
 }
 
-/// Polls until `name` is gone, or the helper reports why it could not delete it.
-fn wait_gone(host: &mut Socket, name: &str, status: &OwnedFd) -> Result<(), String> {
+/// Waits until the kernel announces that link `index` is gone (the socket is
+/// subscribed to link notifications), or the helper reports why it could not delete
+/// it. If notifications were lost, a lookup decides.
+fn wait_gone(host: &mut Socket, index: u32, name: &str, status: &OwnedFd) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut helper_done = false;
     loop {
-        if !helper_done {
-            let mut pfd = libc::pollfd {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("the link was still there after 10 s".into());
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: host.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
                 fd: status.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
+            },
+        ];
+        // SAFETY: poll on two valid fds.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, left.as_millis().max(1) as i32) };
+        if ready <= 0 {
+            continue;
+        }
+        if fds[1].revents != 0 {
+            let mut b = [0u8; 4];
+            // SAFETY: reading at most 4 bytes into a local buffer.
+            let n = unsafe { libc::read(status.as_raw_fd(), b.as_mut_ptr() as *mut _, 4) };
+            if n == 4 {
+                return Err(std::io::Error::from_raw_os_error(i32::from_ne_bytes(b)).to_string());
+            }
+            // EOF: the helper is done; whatever happened, a lookup decides.
+            return match link::get_by_name(host, name) {
+                Ok(None) => Ok(()),
+                Ok(Some(_)) => Err("the helper finished but the link is still there".into()),
+                Err(e) => Err(e.to_string()),
             };
-            // SAFETY: poll on one valid fd, without waiting.
-            if unsafe { libc::poll(&mut pfd, 1, 0) } > 0 {
-                let mut b = [0u8; 4];
-                // SAFETY: reading at most 4 bytes into a local buffer.
-                let n = unsafe { libc::read(status.as_raw_fd(), b.as_mut_ptr() as *mut _, 4) };
-                if n == 4 {
-                    return Err(
-                        std::io::Error::from_raw_os_error(i32::from_ne_bytes(b)).to_string()
-                    );
+        }
+        match host.notifications() {
+            Ok(msgs) => {
+                let gone = msgs.iter().any(|(ty, body)| {
+                    *ty == RTM_DELLINK
+                        && body
+                            .get(4..8)
+                            .map(|b| u32::from_ne_bytes(b.try_into().unwrap()))
+                            == Some(index)
+                });
+                if gone {
+                    return Ok(());
                 }
-                helper_done = true; // EOF: the helper finished; the lookup decides.
+            }
+            // Notifications overflowed: ask directly.
+            Err(_) => {
+                if let Ok(None) = link::get_by_name(host, name) {
+                    return Ok(());
+                }
             }
         }
-        match link::get_by_name(host, name) {
-            Ok(None) => return Ok(()),
-            Ok(Some(_)) if helper_done => {
-                return Err("the helper finished but the link is still there".into())
-            }
-            Ok(Some(_)) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-        if Instant::now() > deadline {
-            return Err("the link was still there after 10 s".into());
-        }
-        std::thread::sleep(Duration::from_micros(200));
     }
 }

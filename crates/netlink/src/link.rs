@@ -20,7 +20,8 @@ pub struct LinkInfo {
     pub kind: Option<String>,
     /// RFC 2863 operational state (6 = up, 2 = down, 7 = lower-layer down).
     pub operstate: u8,
-    /// For a veth: the peer's index (in the peer's namespace).
+    /// IFLA_LINK: for a veth, the peer's index (in the peer's namespace); other links
+    /// report their own index here.
     pub peer_index: Option<u32>,
     /// The link's alias (`ip link set X alias …`); podnet records owners there.
     pub alias: Option<String>,
@@ -61,7 +62,7 @@ impl LinkInfo {
                 IFLA_ADDRESS => li.mac = p.to_vec(),
                 IFLA_MASTER => li.master = msg::as_u32(p).filter(|&m| m != 0),
                 IFLA_OPERSTATE => li.operstate = p.first().copied().unwrap_or(0),
-                IFLA_LINK => li.peer_index = msg::as_u32(p).filter(|&i| i != index && i != 0),
+                IFLA_LINK => li.peer_index = msg::as_u32(p).filter(|&i| i != 0),
                 IFLA_IFALIAS => li.alias = Some(msg::as_str(p)).filter(|a| !a.is_empty()),
                 IFLA_LINKINFO => {
                     li.kind = msg::find(p, IFLA_INFO_KIND).map(msg::as_str);
@@ -138,9 +139,11 @@ pub struct VethSpec<'a> {
     pub up: bool,
 }
 
-/// `ip link add NAME mtu M [master BR] [up] type veth peer name PEER netns NS [up]`,
-/// in one request: the kernel registers both ends, then applies flags and master.
-pub fn create_veth(sock: &mut Socket, v: &VethSpec) -> Result<()> {
+/// `ip link add NAME mtu M [master BR] [up] type veth peer name PEER netns NS`, in one
+/// request: the kernel registers both ends, then applies flags and master. Returns the
+/// first end as the kernel echoes it (its `peer_index` is the peer's index in the
+/// peer's namespace), when the kernel echoes it (6.1 and later).
+pub fn create_veth(sock: &mut Socket, v: &VethSpec) -> Result<Option<LinkInfo>> {
     let up = |on: bool| if on { (IFF_UP, IFF_UP) } else { (0, 0) };
     let (f, c) = up(v.up);
     let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL).fixed(&ifinfo(0, f, c));
@@ -168,11 +171,15 @@ pub fn create_veth(sock: &mut Socket, v: &VethSpec) -> Result<()> {
     m.end(peer);
     m.end(data);
     m.end(li);
-    sock.ack(
+    let echoed = sock.ack_echo(
         m,
         "create veth pair",
-        format!("{} (peer {})", v.name, v.peer_name),
-    )
+        &format!("{} (peer {})", v.name, v.peer_name),
+    )?;
+    Ok(echoed
+        .iter()
+        .filter_map(|b| LinkInfo::parse(b))
+        .find(|l| l.name == v.name))
 }
 
 /// `ip link add NAME address MAC mtu M type bridge` — down, no address.

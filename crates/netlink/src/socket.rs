@@ -119,6 +119,44 @@ impl Socket {
         Socket::open_in(NETLINK_NETFILTER, ns)
     }
 
+    /// Joins a multicast group (e.g. `RTNLGRP_LINK` = 1): the kernel then sends this
+    /// socket a notification for every change of that kind in the namespace.
+    pub fn subscribe(&mut self, group: u32) -> Result<()> {
+        // SAFETY: setsockopt with a valid u32 pointer.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                SOL_NETLINK,
+                1, // NETLINK_ADD_MEMBERSHIP
+                &group as *const u32 as *const libc::c_void,
+                4,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::io(
+                "subscribe to netlink group",
+                group.to_string(),
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The socket's file descriptor, for `poll`.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Reads one datagram of notifications: `(message type, body)` of each message.
+    /// Fails with ENOBUFS if the kernel had to drop notifications.
+    pub fn notifications(&mut self) -> Result<Vec<(u16, Vec<u8>)>> {
+        let n = self.recv("read netlink notifications", "")?;
+        Ok(Replies::new(&self.buf[..n])
+            .filter(|m| m.seq == 0)
+            .map(|m| (m.ty, m.body.to_vec()))
+            .collect())
+    }
+
     fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1).max(1);
         self.seq
@@ -254,6 +292,32 @@ impl Socket {
         self.ack_all(vec![Request::new(msg, op, obj)])
             .pop()
             .unwrap_or(Ok(()))
+    }
+
+    /// One request, acknowledged, asking the kernel to echo what it did (NLM_F_ECHO):
+    /// returns the bodies of the echoed messages (e.g. the created link).
+    pub fn ack_echo(&mut self, mut msg: Msg, op: &'static str, obj: &str) -> Result<Vec<Vec<u8>>> {
+        msg.add_flags(NLM_F_ACK | NLM_F_ECHO);
+        let seq = self.next_seq();
+        let wire = msg.finish(seq).to_vec();
+        self.send(&wire, op, obj)?;
+        let mut echoed = Vec::new();
+        loop {
+            let n = self.recv(op, obj)?;
+            for m in Replies::new(&self.buf[..n]) {
+                if m.seq != seq {
+                    continue;
+                }
+                if m.ty != NLMSG_ERROR {
+                    echoed.push(m.body.to_vec());
+                    continue;
+                }
+                return match m.error() {
+                    Some((0, _)) | None => Ok(echoed),
+                    Some((errno, ext)) => Err(Error::from_errno(op, obj, errno, ext)),
+                };
+            }
+        }
     }
 
     /// A request answered by exactly one message (e.g. RTM_GETLINK by name). Returns
