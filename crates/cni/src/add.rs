@@ -81,7 +81,7 @@ fn assign(inv: &Invocation, s: &Settings, undo: &mut Vec<Undo>) -> Result<Assign
     match s.ipam.as_ref().expect("resolve(need_ipam) sets ipam") {
         Ipam::Builtin { subnet, gateway } => {
             let pool = Pool::new(*subnet, *gateway).map_err(errors::ipam)?;
-            let store = Store::open(&s.data_dir, &s.network).map_err(errors::ipam)?;
+            let store = s.store()?;
             let owner = Owner::new(&inv.env.container_id, &inv.env.ifname);
             let ip = store.allocate(&pool, &owner).map_err(errors::ipam)?;
             undo.push(Undo::ReleaseAddress(store, owner));
@@ -236,18 +236,28 @@ fn add(
     let echoed = match link::create_veth(host, &spec) {
         Ok(echoed) => echoed,
         Err(e) if e.is_exists() => {
-            let mut pod = Socket::route_in(pod_ns).map_err(nl)?;
-            if link::get_by_name(&mut pod, ifname).map_err(nl)?.is_some() {
-                return Err(CniError::new(
+            let taken = || {
+                CniError::new(
                     code::INTERFACE_EXISTS,
-                    format!("interface {ifname} already exists in network namespace {}", inv.env.netns),
-                    "another plugin or an earlier ADD made it; run DEL for this container first, or use another CNI_IFNAME",
-                ));
+                    format!(
+                        "interface {ifname} already exists in network namespace {}",
+                        inv.env.netns
+                    ),
+                    "another plugin made it; remove it, or use another CNI_IFNAME",
+                )
+            };
+            // The host end carries a name derived from this attachment: if it exists,
+            // it is the leftover of an ADD of this same attachment that was killed
+            // midway (the runtime never calls ADD twice without DEL). Deleting it
+            // removes its pod end too.
+            if link::get_by_name(host, &host_name).map_err(nl)?.is_none() {
+                return Err(taken());
             }
-            // Our own leftover from an ADD of this same attachment that was killed
-            // midway: the runtime never calls ADD twice without DEL, so it is ours.
             link::delete_by_name(host, &host_name).map_err(nl)?;
-            link::create_veth(host, &spec).map_err(nl)?
+            match link::create_veth(host, &spec) {
+                Err(e) if e.is_exists() => return Err(taken()),
+                other => other.map_err(nl)?,
+            }
         }
         Err(e) => return Err(nl(e)),
     };

@@ -5,7 +5,7 @@ use crate::errors;
 use crate::settings::{host_veth_name, Ipam, Settings};
 use crate::{antispoof, Invocation};
 use podnet_cni_spec::{code, CniError, CniResult};
-use podnet_ipam::{Owner, Store};
+use podnet_ipam::Owner;
 use podnet_netlink::{addr, link, route, Netns, Socket};
 use std::net::IpAddr;
 
@@ -122,7 +122,7 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
         }
     }
     if let Some(Ipam::Builtin { .. }) = s.ipam {
-        let store = Store::open(&s.data_dir, &s.network).map_err(errors::ipam)?;
+        let store = s.store()?;
         match store
             .lookup(&Owner::new(&inv.env.container_id, ifname))
             .map_err(errors::ipam)?

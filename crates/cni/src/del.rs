@@ -17,7 +17,7 @@ use crate::errors;
 use crate::settings::{host_veth_name, Ipam, Settings};
 use crate::{antispoof, delegate, Invocation};
 use podnet_cni_spec::{code, CniError};
-use podnet_ipam::{Owner, Store};
+use podnet_ipam::Owner;
 use podnet_netlink::{link, Socket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
@@ -38,7 +38,7 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
             delegate::exec(&inv.env, plugin, "DEL", &inv.stdin)?;
         }
         _ => {
-            let store = Store::open(&s.data_dir, &s.network).map_err(errors::ipam)?;
+            let store = s.store()?;
             store
                 .release(&Owner::new(&inv.env.container_id, &inv.env.ifname))
                 .map_err(errors::ipam)?;

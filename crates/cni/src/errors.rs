@@ -11,6 +11,7 @@ pub fn netlink(e: podnet_netlink::Error, next: &str) -> CniError {
 pub fn ipam(e: podnet_ipam::Error) -> CniError {
     let c = match e {
         podnet_ipam::Error::Exhausted { .. } => code::IPAM_EXHAUSTED,
+        podnet_ipam::Error::Busy { .. } => code::TRY_AGAIN,
         podnet_ipam::Error::Pool { .. } => code::INVALID_CONFIG,
         _ => code::IPAM_STORE,
     };

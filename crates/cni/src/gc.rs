@@ -11,7 +11,6 @@ use crate::errors;
 use crate::settings::{host_veth_name, Ipam, Settings};
 use crate::{antispoof, delegate, Invocation};
 use podnet_cni_spec::{code, CniError};
-use podnet_ipam::Store;
 use podnet_netlink::{link, Socket};
 use std::collections::HashSet;
 
@@ -57,7 +56,7 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
             }
         }
         _ => {
-            let store = Store::open(&s.data_dir, &s.network).map_err(errors::ipam)?;
+            let store = s.store()?;
             let freed = store
                 .retain(|o| keep.contains(&(o.container_id.as_str(), o.ifname.as_str())))
                 .map_err(errors::ipam)?;

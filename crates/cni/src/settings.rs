@@ -40,6 +40,8 @@ pub struct Settings {
     pub ipam: Option<Ipam>,
     /// An explicit gateway from the config (used with delegated IPAM too).
     pub gateway: Option<Ipv4Addr>,
+    /// How long to wait for another invocation's IPAM lock (`lockTimeoutMs`).
+    pub lock_timeout: std::time::Duration,
 }
 
 fn invalid(msg: impl Into<String>, details: impl Into<String>) -> CniError {
@@ -153,7 +155,19 @@ impl Settings {
             anti_spoofing: conf.anti_spoofing.unwrap_or(true),
             ipam,
             gateway,
+            lock_timeout: raw
+                .get("lockTimeoutMs")
+                .and_then(|v| v.as_u64())
+                .map(std::time::Duration::from_millis)
+                .unwrap_or(podnet_ipam::DEFAULT_LOCK_TIMEOUT),
         })
+    }
+
+    /// The built-in IPAM state of this network on this node.
+    pub fn store(&self) -> Result<podnet_ipam::Store, CniError> {
+        podnet_ipam::Store::open(&self.data_dir, &self.network)
+            .map(|s| s.with_lock_timeout(self.lock_timeout))
+            .map_err(crate::errors::ipam)
     }
 
     /// The pod MTU: configured, from the agent, or the MTU of the interface that holds

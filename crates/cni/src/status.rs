@@ -3,22 +3,21 @@
 use crate::settings::{Ipam, Settings};
 use crate::{delegate, Invocation};
 use podnet_cni_spec::{code, CniError};
-use podnet_ipam::{Pool, Store};
+use podnet_ipam::Pool;
 
 pub fn run(inv: &Invocation) -> Result<(), CniError> {
     let unavailable =
         |msg: String, details: String| CniError::new(code::NOT_AVAILABLE, msg, details);
     let s =
         Settings::resolve(&inv.conf, &inv.raw, true).map_err(|e| unavailable(e.msg, e.details))?;
-    match s.ipam.expect("resolved with need_ipam") {
+    match s.ipam.clone().expect("resolved with need_ipam") {
         Ipam::Delegate { plugin } => {
             delegate::find(&inv.env, &plugin).map_err(|e| unavailable(e.msg, e.details))?;
         }
         Ipam::Builtin { subnet, gateway } => {
             let pool = Pool::new(subnet, gateway)
                 .map_err(|e| unavailable(e.to_string(), String::new()))?;
-            let store = Store::open(&s.data_dir, &s.network)
-                .map_err(|e| unavailable(e.to_string(), String::new()))?;
+            let store = s.store().map_err(|e| unavailable(e.msg, e.details))?;
             let used = store
                 .list()
                 .map_err(|e| unavailable(e.to_string(), String::new()))?

@@ -39,6 +39,8 @@ pub enum Error {
     Dir { path: PathBuf, source: io::Error },
     #[error("cannot lock IPAM state {path}: {source}")]
     Lock { path: PathBuf, source: io::Error },
+    #[error("IPAM state {path} stayed locked by another process for {waited_ms} ms; try again later (a hung podnet-cni holds it: `fuser {path}` names it)")]
+    Busy { path: PathBuf, waited_ms: u64 },
     #[error("cannot read IPAM state {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error("IPAM state in {path} is damaged in both copies; move the directory aside, then run GC or re-add the pods")]
@@ -123,7 +125,11 @@ struct State {
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    lock_timeout: std::time::Duration,
 }
+
+/// How long an operation waits for another process's lock before giving up.
+pub const DEFAULT_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Store {
     /// Opens (creating if needed) `<data_dir>/<network>`.
@@ -135,7 +141,16 @@ impl Store {
                 source,
             })?;
         }
-        Ok(Store { dir })
+        Ok(Store {
+            dir,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+        })
+    }
+
+    /// Sets how long to wait for another process's lock (then: [`Error::Busy`]).
+    pub fn with_lock_timeout(mut self, t: std::time::Duration) -> Store {
+        self.lock_timeout = t;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -154,18 +169,31 @@ impl Store {
                 path: lock_path.clone(),
                 source,
             })?;
+        let start = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_micros(100);
         loop {
             // SAFETY: flock on an fd we own; released on close or process death.
-            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
                 break;
             }
             let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(Error::Lock {
+            match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => {}
+                _ => {
+                    return Err(Error::Lock {
+                        path: lock_path,
+                        source: e,
+                    })
+                }
+            }
+            if start.elapsed() >= self.lock_timeout {
+                return Err(Error::Busy {
                     path: lock_path,
-                    source: e,
+                    waited_ms: start.elapsed().as_millis() as u64,
                 });
             }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(5));
         }
         let mut copies = Copies::open(&self.dir)?;
         let mut state = copies.read()?;
@@ -522,6 +550,22 @@ mod tests {
         let e = st.list().unwrap_err();
         assert!(matches!(e, Error::Corrupt { .. }), "{e}");
         assert!(e.to_string().contains(&st.dir().display().to_string()));
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_held_lock_times_out_as_busy() {
+        let d = tmpdir("busy");
+        let st = Store::open(&d, "net")
+            .unwrap()
+            .with_lock_timeout(std::time::Duration::from_millis(50));
+        let held = File::create(st.dir().join("lock")).unwrap();
+        // SAFETY: flock on an fd we own.
+        assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let e = st.list().unwrap_err();
+        assert!(matches!(e, Error::Busy { .. }), "{e}");
+        drop(held);
+        assert!(st.list().unwrap().is_empty());
         fs::remove_dir_all(d).unwrap();
     }
 

@@ -33,8 +33,14 @@ impl Netns {
     pub fn open(path: impl AsRef<Path>) -> Result<Netns> {
         let p = path.as_ref();
         let shown = p.display().to_string();
-        let file =
-            File::open(p).map_err(|e| Error::io("open network namespace", shown.clone(), e))?;
+        let file = File::open(p).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::NotFound {
+                op: "open network namespace",
+                obj: shown.clone(),
+                ext: None,
+            },
+            _ => Error::io("open network namespace", shown.clone(), e),
+        })?;
         // SAFETY: fstatfs writes into a zeroed statfs struct we own.
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
         if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {

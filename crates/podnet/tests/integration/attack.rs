@@ -1,0 +1,238 @@
+//! The lesson's attack: a pod on the same node forges ARP and IP to steal a
+//! neighbour's traffic, then changes its own MAC. None of it may work.
+
+use crate::common::*;
+use podnet::probe::{self, Capture, EchoServer};
+use podnet_netlink::{link, neigh, parse_mac, Netns, Socket};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+struct Pod {
+    ns: podnet::scratch::ScratchNs,
+    ip: Ipv4Addr,
+    mac: [u8; 6],
+    host_veth: String,
+}
+
+fn add(node: &Node, cid: &str) -> Pod {
+    let ns = node.pod();
+    let r = node.add(cid, &ns);
+    Pod {
+        ip: result_ip(&r),
+        mac: parse_mac(r["interfaces"][2]["mac"].as_str().unwrap()).unwrap(),
+        host_veth: r["interfaces"][1]["name"].as_str().unwrap().to_string(),
+        ns,
+    }
+}
+
+fn neigh_mac(ns: &Netns, ip: Ipv4Addr) -> Option<[u8; 6]> {
+    let mut s = ns.run(Socket::route).unwrap().unwrap();
+    neigh::list(&mut s)
+        .unwrap()
+        .into_iter()
+        .find(|n| n.ip == ip)
+        .and_then(|n| n.mac)
+}
+
+#[test]
+fn a_pod_cannot_steal_its_neighbours_traffic() {
+    let node = Node::new("10.203.0.0/24");
+    let victim = add(&node, "victim");
+    let attacker = add(&node, "attacker");
+    let other = add(&node, "bystander");
+    let gw = Ipv4Addr::new(10, 203, 0, 1);
+    let gw_mac = [0x0a, 0x58, 10, 203, 0, 1];
+    let t = Duration::from_secs(3);
+
+    let _v = EchoServer::start(&victim.ns.ns, victim.ip, 7000).unwrap();
+    let _o = EchoServer::start(&other.ns.ns, other.ip, 7000).unwrap();
+    // Node and bystander learn the victim's real MAC.
+    probe::tcp_request(&node.ns.ns, SocketAddrV4::new(victim.ip, 7000), "node", t).unwrap();
+    probe::tcp_request(
+        &other.ns.ns,
+        SocketAddrV4::new(victim.ip, 7000),
+        "bystander",
+        t,
+    )
+    .unwrap();
+    assert_eq!(neigh_mac(&node.ns.ns, victim.ip), Some(victim.mac));
+    assert_eq!(neigh_mac(&other.ns.ns, victim.ip), Some(victim.mac));
+
+    let udp = probe::udp_bind(&other.ns.ns, SocketAddrV4::new(other.ip, 9999)).unwrap();
+    let seen_by_other = Capture::open(&other.ns.ns, "eth0").unwrap();
+    let seen_by_node = Capture::open(&node.ns.ns, "podnet0").unwrap();
+
+    let a = &attacker;
+    let bcast = [0xff; 6];
+    // Every forged ARP carries this target hardware address, so a capture can tell it
+    // from the victim's own ARP.
+    const MARK: [u8; 6] = [0x02, 0xde, 0xad, 0xbe, 0xef, 0x01];
+    let frames = [
+        // Gratuitous ARP, request and reply forms, claiming the victim's IP.
+        probe::arp_frame(bcast, a.mac, 1, a.mac, victim.ip, MARK, victim.ip),
+        probe::arp_frame(bcast, a.mac, 2, a.mac, victim.ip, MARK, victim.ip),
+        // Unicast ARP replies to the node's gateway and to the bystander.
+        probe::arp_frame(gw_mac, a.mac, 2, a.mac, victim.ip, MARK, gw),
+        probe::arp_frame(other.mac, a.mac, 2, a.mac, victim.ip, MARK, other.ip),
+        // IP with the victim's source address.
+        probe::udp_frame(
+            other.mac,
+            a.mac,
+            SocketAddrV4::new(victim.ip, 5555),
+            SocketAddrV4::new(other.ip, 9999),
+            b"forged",
+        ),
+    ];
+    for f in &frames {
+        probe::send_frame(&a.ns.ns, "eth0", f).unwrap();
+    }
+    // The attacker takes the victim's MAC and impersonates it completely.
+    ip(&[
+        "-n",
+        &a.ns.name,
+        "link",
+        "set",
+        "eth0",
+        "address",
+        &podnet_netlink::fmt_mac(&victim.mac),
+    ]);
+    let v = victim.mac;
+    for f in [
+        probe::arp_frame(bcast, v, 2, v, victim.ip, MARK, victim.ip),
+        probe::arp_frame(gw_mac, v, 2, v, victim.ip, MARK, gw),
+        probe::udp_frame(
+            other.mac,
+            v,
+            SocketAddrV4::new(victim.ip, 5555),
+            SocketAddrV4::new(other.ip, 9999),
+            b"forged",
+        ),
+    ] {
+        probe::send_frame(&a.ns.ns, "eth0", &f).unwrap();
+    }
+    ip(&[
+        "-n",
+        &a.ns.name,
+        "link",
+        "set",
+        "eth0",
+        "address",
+        &podnet_netlink::fmt_mac(&a.mac),
+    ]);
+    std::thread::sleep(Duration::from_millis(100));
+
+    // The caches still hold the victim's MAC.
+    assert_eq!(
+        neigh_mac(&node.ns.ns, victim.ip),
+        Some(victim.mac),
+        "node ARP cache poisoned"
+    );
+    assert_eq!(
+        neigh_mac(&other.ns.ns, victim.ip),
+        Some(victim.mac),
+        "bystander ARP cache poisoned"
+    );
+    // No forged frame arrived anywhere: no ARP claiming the victim's IP from another
+    // MAC, nothing from the attacker using the victim's MAC, no forged datagram.
+    let forged_arp = |f: &Vec<u8>| f.len() >= 42 && f[12..14] == [8, 6] && f[32..38] == MARK;
+    let forged_datagram = |f: &Vec<u8>| f.windows(6).any(|w| w == b"forged");
+    for (where_, cap) in [
+        ("bystander", &seen_by_other),
+        ("node bridge", &seen_by_node),
+    ] {
+        let frames = cap.frames(Duration::from_millis(200));
+        assert!(
+            !frames.iter().any(forged_arp),
+            "a forged ARP reached the {where_}"
+        );
+        assert!(
+            !frames.iter().any(forged_datagram),
+            "a forged datagram reached the {where_}"
+        );
+    }
+    assert!(
+        probe::udp_drain(&udp).is_empty(),
+        "the bystander received a forged datagram"
+    );
+
+    // Each drop was counted under its reason.
+    let mut s = node.sock();
+    let idx = link::get_by_name(&mut s, &a.host_veth)
+        .unwrap()
+        .unwrap()
+        .index;
+    let counts: std::collections::HashMap<String, u64> =
+        podnet_cni::antispoof::counters(&mut s, idx)
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert!(counts["arp-spa"] >= 4, "{counts:?}");
+    assert!(counts["ip-src"] >= 1, "{counts:?}");
+    assert!(counts["src-mac"] >= 3, "{counts:?}");
+
+    // The attacker's own traffic still works, the victim is still reachable.
+    let reply =
+        probe::tcp_request(&a.ns.ns, SocketAddrV4::new(other.ip, 7000), "legit", t).unwrap();
+    assert_eq!(reply, format!("from={} legit", a.ip));
+    probe::send_frame(
+        &a.ns.ns,
+        "eth0",
+        &probe::udp_frame(
+            other.mac,
+            a.mac,
+            SocketAddrV4::new(a.ip, 5555),
+            SocketAddrV4::new(other.ip, 9999),
+            b"honest",
+        ),
+    )
+    .unwrap();
+    let got = probe::udp_drain(&udp);
+    assert!(
+        got.iter()
+            .any(|(from, p)| p == b"honest" && from.ip() == std::net::IpAddr::V4(a.ip)),
+        "{got:?}"
+    );
+    let reply =
+        probe::tcp_request(&other.ns.ns, SocketAddrV4::new(victim.ip, 7000), "still", t).unwrap();
+    assert_eq!(reply, format!("from={} still", other.ip));
+
+    for (cid, p) in [
+        ("victim", &victim),
+        ("attacker", &attacker),
+        ("bystander", &other),
+    ] {
+        node.del(cid, &p.ns);
+    }
+}
+
+/// The control: with protection off, the very same gratuitous ARP does poison the
+/// node's cache. This proves the attack above is real and the test can fail.
+#[test]
+fn without_protection_the_attack_works() {
+    let mut node = Node::new("10.203.1.0/24");
+    node.conf["antiSpoofing"] = serde_json::json!(false);
+    let victim = add(&node, "victim");
+    let attacker = add(&node, "attacker");
+    let _v = EchoServer::start(&victim.ns.ns, victim.ip, 7000).unwrap();
+    probe::tcp_request(
+        &node.ns.ns,
+        SocketAddrV4::new(victim.ip, 7000),
+        "node",
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    assert_eq!(neigh_mac(&node.ns.ns, victim.ip), Some(victim.mac));
+    let a = attacker.mac;
+    // A gratuitous ARP request (sender IP = target IP): Linux lets it override a
+    // fresh entry, where an unsolicited reply would wait out the lock time.
+    let garp = probe::arp_frame([0xff; 6], a, 1, a, victim.ip, [0; 6], victim.ip);
+    probe::send_frame(&attacker.ns.ns, "eth0", &garp).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        neigh_mac(&node.ns.ns, victim.ip),
+        Some(attacker.mac),
+        "the unprotected node should have been poisoned"
+    );
+    node.del("victim", &victim.ns);
+    node.del("attacker", &attacker.ns);
+}

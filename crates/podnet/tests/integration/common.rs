@@ -1,0 +1,140 @@
+//! Shared test fixtures: a scratch node with its own namespace and IPAM directory.
+
+use podnet::exec::{self, Call, Outcome};
+use podnet::scratch::{unique, ScratchDir, ScratchNs};
+use podnet_netlink::{link, Socket};
+use serde_json::{json, Value};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests create network namespaces: run them as root"
+    );
+}
+
+pub fn plugin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_podnet-cni"))
+}
+
+/// A scratch node: a network namespace, a data directory, a base config.
+pub struct Node {
+    pub ns: ScratchNs,
+    pub dir: ScratchDir,
+    pub conf: Value,
+}
+
+impl Node {
+    pub fn new(subnet: &str) -> Node {
+        require_root();
+        let ns = ScratchNs::new(unique("pnt-node")).expect("create node namespace");
+        let dir = ScratchDir::new("podnet-test").expect("create data dir");
+        let conf = json!({
+            "cniVersion": "1.1.0", "name": "testnet", "type": "podnet-cni",
+            "subnet": subnet, "dataDir": dir.path(),
+        });
+        Node { ns, dir, conf }
+    }
+
+    pub fn pod(&self) -> ScratchNs {
+        ScratchNs::new(unique("pnt-pod")).expect("create pod namespace")
+    }
+
+    /// Runs the plugin inside this node with `conf`.
+    pub fn call_with(
+        &self,
+        conf: &Value,
+        command: &str,
+        cid: &str,
+        netns: &str,
+        ifname: &str,
+    ) -> Outcome {
+        let bytes = serde_json::to_vec(conf).unwrap();
+        let plugin = plugin();
+        exec::run(
+            &Call {
+                plugin: &plugin,
+                command,
+                container_id: cid,
+                netns,
+                ifname,
+                cni_path: None,
+                config: &bytes,
+            },
+            Some(&self.ns.ns),
+        )
+        .expect("run podnet-cni")
+    }
+
+    pub fn call(&self, command: &str, cid: &str, pod: &ScratchNs) -> Outcome {
+        self.call_with(
+            &self.conf,
+            command,
+            cid,
+            &pod.path().display().to_string(),
+            "eth0",
+        )
+    }
+
+    /// ADD that must succeed; returns the result.
+    pub fn add(&self, cid: &str, pod: &ScratchNs) -> Value {
+        let o = self.call("ADD", cid, pod);
+        assert!(o.ok(), "ADD {cid} failed: {} {}", o.stdout, o.stderr);
+        o.json()
+    }
+
+    pub fn del(&self, cid: &str, pod: &ScratchNs) {
+        let o = self.call("DEL", cid, pod);
+        assert!(o.ok(), "DEL {cid} failed: {} {}", o.stdout, o.stderr);
+    }
+
+    pub fn sock(&self) -> Socket {
+        self.ns.ns.run(Socket::route).unwrap().unwrap()
+    }
+
+    /// Names of podnet's host veths in the node.
+    pub fn host_veths(&self) -> Vec<String> {
+        link::list(&mut self.sock())
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .filter(|n| n.starts_with("pn"))
+            .collect()
+    }
+
+    /// Addresses the built-in IPAM holds for this node's network.
+    pub fn allocations(&self) -> Vec<(Ipv4Addr, String)> {
+        podnet_ipam::Store::open(self.dir.path(), "testnet")
+            .unwrap()
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|(ip, o)| (ip, o.container_id))
+            .collect()
+    }
+}
+
+/// The IPv4 address in an ADD result.
+pub fn result_ip(r: &Value) -> Ipv4Addr {
+    r["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {r}"))
+}
+
+/// Runs an iproute2 command (tests only use it to break things on purpose).
+pub fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

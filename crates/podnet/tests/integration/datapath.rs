@@ -1,0 +1,149 @@
+//! The eBPF datapath on test packets (BPF_PROG_TEST_RUN): every verdict and every
+//! drop reason, without a network.
+
+use crate::common::*;
+use podnet::probe;
+use podnet_cni::antispoof;
+use podnet_netlink::bpf;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+const OK: u32 = 0;
+const SHOT: u32 = 2;
+
+fn ipv6_frame(src: [u8; 6], next: u8, l4: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[next, 255]);
+    f.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    f.extend_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    f.extend_from_slice(l4);
+    f
+}
+
+#[test]
+fn every_verdict_and_reason() {
+    let node = Node::new("10.204.0.0/24");
+    let dir = node.dir.path().to_path_buf();
+    let mac = [0x0a, 0x58, 10, 204, 0, 5];
+    let ip = Ipv4Addr::new(10, 204, 0, 5);
+    let other_ip = Ipv4Addr::new(10, 204, 0, 9);
+    let peer = [0x0a, 0x58, 10, 204, 0, 9];
+    let gw = [0x0a, 0x58, 10, 204, 0, 1];
+    let (verdicts, state) = node
+        .ns
+        .ns
+        .run(move || {
+            let dp = antispoof::datapath(&dir).expect("load the datapath");
+            // Test runs see the loopback device (index 1) as the ingress link.
+            let run = |f: &[u8]| bpf::test_run(&dp.prog, f).expect("test run");
+            let missing = run(&probe::arp_frame(gw, mac, 1, mac, ip, [0; 6], ip));
+            antispoof::set_pod(&dp, 1, mac, ip).unwrap();
+            let mut bad_arp = probe::arp_frame(gw, mac, 1, mac, ip, [0; 6], ip);
+            bad_arp[18] = 8; // hlen 8: not Ethernet ARP
+            let mut vlan = probe::udp_frame(
+                peer,
+                mac,
+                SocketAddrV4::new(ip, 1),
+                SocketAddrV4::new(other_ip, 2),
+                b"x",
+            );
+            vlan[12..14].copy_from_slice(&[0x81, 0x00]);
+            let hbh_ra = {
+                let mut l4 = vec![58, 0, 5, 2, 0, 0, 1, 0]; // hop-by-hop, router alert
+                l4.extend_from_slice(&[134, 0, 0, 0, 64, 0, 0, 0]);
+                ipv6_frame(mac, 0, &l4)
+            };
+            let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+                (
+                    "own ARP request",
+                    probe::arp_frame(gw, mac, 1, mac, ip, [0; 6], Ipv4Addr::new(10, 204, 0, 1)),
+                    OK,
+                ),
+                (
+                    "ARP claiming another IP",
+                    probe::arp_frame(gw, mac, 2, mac, other_ip, gw, Ipv4Addr::new(10, 204, 0, 1)),
+                    SHOT,
+                ),
+                (
+                    "ARP with another sender MAC",
+                    probe::arp_frame(gw, mac, 2, peer, ip, gw, Ipv4Addr::new(10, 204, 0, 1)),
+                    SHOT,
+                ),
+                ("ARP that is not Ethernet/IPv4", bad_arp, SHOT),
+                (
+                    "own IPv4",
+                    probe::udp_frame(
+                        peer,
+                        mac,
+                        SocketAddrV4::new(ip, 1),
+                        SocketAddrV4::new(other_ip, 2),
+                        b"x",
+                    ),
+                    OK,
+                ),
+                (
+                    "IPv4 from another source",
+                    probe::udp_frame(
+                        peer,
+                        mac,
+                        SocketAddrV4::new(other_ip, 1),
+                        SocketAddrV4::new(ip, 2),
+                        b"x",
+                    ),
+                    SHOT,
+                ),
+                (
+                    "frame from another MAC",
+                    probe::udp_frame(
+                        gw,
+                        peer,
+                        SocketAddrV4::new(ip, 1),
+                        SocketAddrV4::new(other_ip, 2),
+                        b"x",
+                    ),
+                    SHOT,
+                ),
+                ("VLAN-tagged frame", vlan, SHOT),
+                (
+                    "IPv6 router advertisement",
+                    ipv6_frame(mac, 58, &[134, 0, 0, 0, 64, 0, 0, 0]),
+                    SHOT,
+                ),
+                ("IPv6 RA behind hop-by-hop", hbh_ra, SHOT),
+                (
+                    "IPv6 echo request",
+                    ipv6_frame(mac, 58, &[128, 0, 0, 0, 0, 1, 0, 1]),
+                    OK,
+                ),
+            ];
+            let verdicts: Vec<(String, u32, u32)> = cases
+                .into_iter()
+                .map(|(n, f, want)| (n.to_string(), run(&f), want))
+                .collect();
+            let state = antispoof::read_state(bpf::prog_id(&dp.prog).unwrap(), 1)
+                .unwrap()
+                .expect("entry");
+            ((missing, verdicts), state)
+        })
+        .unwrap();
+    let (missing, verdicts) = verdicts;
+    assert_eq!(
+        missing, SHOT,
+        "a veth without an entry must drop everything"
+    );
+    for (name, got, want) in &verdicts {
+        assert_eq!(got, want, "{name}");
+    }
+    let counts: std::collections::HashMap<_, _> = state.drops.into_iter().collect();
+    assert_eq!(counts["arp-spa"], 1);
+    assert_eq!(counts["arp-sha"], 1);
+    assert_eq!(counts["malformed"], 1);
+    assert_eq!(counts["ip-src"], 1);
+    assert_eq!(counts["src-mac"], 1);
+    assert_eq!(counts["ethertype"], 1);
+    assert_eq!(counts["ipv6-ra"], 2);
+    assert_eq!(state.mac, mac);
+    assert_eq!(state.ip, ip);
+}

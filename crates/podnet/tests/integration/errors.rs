@@ -1,0 +1,200 @@
+//! Every error code the README lists, from a real invocation.
+
+use crate::common::*;
+use podnet::exec::{self, Call};
+use podnet_netlink::link;
+use serde_json::json;
+use std::os::fd::AsRawFd;
+
+fn code(o: &podnet::exec::Outcome) -> u64 {
+    assert!(!o.ok(), "expected a failure, got {}", o.stdout);
+    let v = o.json();
+    assert!(
+        v["msg"].as_str().is_some_and(|m| !m.is_empty()),
+        "no msg in {}",
+        o.stdout
+    );
+    v["code"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no code in {}", o.stdout))
+}
+
+#[test]
+fn spec_error_codes() {
+    let node = Node::new("10.201.0.0/24");
+    let pod = node.pod();
+    let netns = pod.path().display().to_string();
+    let plugin = plugin();
+
+    // 1: a version podnet does not speak.
+    let mut c = node.conf.clone();
+    c["cniVersion"] = json!("0.2.0");
+    assert_eq!(code(&node.call_with(&c, "ADD", "e1", &netns, "eth0")), 1);
+
+    // 3: the namespace does not exist.
+    assert_eq!(
+        code(&node.call_with(
+            &node.conf,
+            "ADD",
+            "e3",
+            "/run/netns/podnet-no-such-ns",
+            "eth0"
+        )),
+        3
+    );
+
+    // 4: a required variable is missing, or malformed.
+    let run = |cmd: &str, cid: &str, ns: &str, ifname: &str, conf: &[u8]| {
+        exec::run(
+            &Call {
+                plugin: &plugin,
+                command: cmd,
+                container_id: cid,
+                netns: ns,
+                ifname,
+                cni_path: None,
+                config: conf,
+            },
+            Some(&node.ns.ns),
+        )
+        .unwrap()
+    };
+    let conf = serde_json::to_vec(&node.conf).unwrap();
+    assert_eq!(code(&run("ADD", "e4", "", "eth0", &conf)), 4);
+    assert_eq!(code(&run("ADD", "-bad id", &netns, "eth0", &conf)), 4);
+    assert_eq!(
+        code(&run("ADD", "e4", &netns, "way-too-long-ifname", &conf)),
+        4
+    );
+    assert_eq!(code(&run("FROB", "e4", &netns, "eth0", &conf)), 4);
+
+    // 6: stdin is not a configuration.
+    assert_eq!(code(&run("ADD", "e6", &netns, "eth0", b"{not json")), 6);
+    assert_eq!(
+        code(&run(
+            "ADD",
+            "e6",
+            &netns,
+            "eth0",
+            br#"{"cniVersion":"1.1.0","name":"n","type":"podnet-cni","mtu":"big"}"#
+        )),
+        6
+    );
+
+    // 7: a configuration that makes no sense.
+    for bad in [
+        json!("10.0.0.0/31"),
+        json!("10.0.0.7/24"),
+        json!("not a cidr"),
+    ] {
+        let mut c = node.conf.clone();
+        c["subnet"] = bad;
+        assert_eq!(code(&node.call_with(&c, "ADD", "e7", &netns, "eth0")), 7);
+    }
+    let mut c = node.conf.clone();
+    c.as_object_mut().unwrap().remove("name");
+    assert_eq!(code(&node.call_with(&c, "ADD", "e7", &netns, "eth0")), 7);
+
+    // 104: CNI_NETNS names a file that is not a network namespace.
+    assert_eq!(
+        code(&node.call_with(&node.conf, "ADD", "e104", "/proc/self/exe", "eth0")),
+        104
+    );
+
+    // 106: the delegated IPAM plugin does not exist.
+    let mut c = node.conf.clone();
+    c["ipam"] = json!({"type": "podnet-no-such-ipam"});
+    assert_eq!(
+        code(&node.call_with(&c, "ADD", "e106", &netns, "eth0")),
+        106
+    );
+
+    // 107: the interface name is taken inside the pod.
+    ip(&[
+        "-n", &pod.name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer",
+    ]);
+    assert_eq!(
+        code(&node.call_with(&node.conf, "ADD", "e107", &netns, "eth0")),
+        107
+    );
+
+    // Nothing was left behind by any of these.
+    assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
+    assert!(node.allocations().is_empty(), "{:?}", node.allocations());
+}
+
+#[test]
+fn try_again_later_when_ipam_stays_locked() {
+    let node = Node::new("10.201.1.0/24");
+    let pod = node.pod();
+    let store = podnet_ipam::Store::open(node.dir.path(), "testnet").unwrap();
+    let lock = std::fs::File::create(store.dir().join("lock")).unwrap();
+    // SAFETY: flock on an fd we own; released when `lock` is dropped.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let mut c = node.conf.clone();
+    c["lockTimeoutMs"] = json!(200);
+    let o = node.call_with(&c, "ADD", "busy", &pod.path().display().to_string(), "eth0");
+    assert_eq!(code(&o), 11, "{}", o.stdout);
+    drop(lock);
+    node.add("busy", &pod);
+    node.del("busy", &pod);
+}
+
+#[test]
+fn rollback_when_add_fails_midway() {
+    let node = Node::new("10.201.2.0/24");
+    let pod = node.pod();
+    let netns = pod.path().display().to_string();
+
+    // Fails at the bridge, after the address was taken: the address comes back.
+    ip(&[
+        "-n",
+        &node.ns.name,
+        "link",
+        "add",
+        "podnet0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "notabridge",
+    ]);
+    let o = node.call_with(&node.conf, "ADD", "rb1", &netns, "eth0");
+    assert_eq!(code(&o), 7, "{}", o.stdout);
+    assert!(
+        o.json()["details"].as_str().unwrap().contains("released"),
+        "{}",
+        o.stdout
+    );
+    assert!(node.allocations().is_empty());
+    ip(&["-n", &node.ns.name, "link", "del", "podnet0"]);
+
+    // Fails inside the pod, after the veth, its protection and the bridge: a route the
+    // delegated IPAM hands out cannot be installed. Everything is undone.
+    let hl = node.dir.path().join("host-local");
+    let mut c = node.conf.clone();
+    c["cniVersion"] = json!("1.0.0"); // Debian's host-local speaks up to 1.0.0
+    c["ipam"] = json!({
+        "type": "host-local", "dataDir": hl,
+        "ranges": [[{"subnet": "10.201.2.0/24", "gateway": "10.201.2.1"}]],
+        "routes": [{"dst": "10.99.0.0/16", "gw": "192.0.2.1"}],
+    });
+    let o = node.call_with(&c, "ADD", "rb2", &netns, "eth0");
+    assert_eq!(code(&o), 100, "{}", o.stdout);
+    let details = o.json()["details"].as_str().unwrap().to_string();
+    assert!(details.contains("deleted veth"), "{details}");
+    assert!(details.contains("host-local"), "{details}");
+    assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
+    let mut ps = pod.ns.run(podnet_netlink::Socket::route).unwrap().unwrap();
+    assert!(
+        link::get_by_name(&mut ps, "eth0").unwrap().is_none(),
+        "eth0 left in the pod"
+    );
+    let held: Vec<_> = std::fs::read_dir(hl.join("testnet"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        held.iter().all(|n| !n.to_string_lossy().starts_with("10.")),
+        "host-local still holds {held:?}"
+    );
+}

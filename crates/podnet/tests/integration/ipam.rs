@@ -1,0 +1,152 @@
+//! Addresses under pressure: many concurrent ADDs, exhaustion then GC, kill -9.
+
+use crate::common::*;
+use serde_json::json;
+use std::collections::HashSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[test]
+fn forty_eight_concurrent_adds_get_distinct_addresses() {
+    let node = Node::new("10.202.0.0/24");
+    let pods: Vec<_> = (0..48).map(|_| node.pod()).collect();
+    let results: Vec<serde_json::Value> = std::thread::scope(|s| {
+        let hs: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let node = &node;
+                s.spawn(move || node.add(&format!("conc-{i}"), p))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ips: HashSet<_> = results.iter().map(result_ip).collect();
+    assert_eq!(ips.len(), 48, "an address was handed out twice");
+    let macs: HashSet<_> = results
+        .iter()
+        .map(|r| r["interfaces"][2]["mac"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(macs.len(), 48);
+    assert_eq!(node.allocations().len(), 48);
+    assert_eq!(node.host_veths().len(), 48);
+    std::thread::scope(|s| {
+        for (i, p) in pods.iter().enumerate() {
+            let node = &node;
+            s.spawn(move || node.del(&format!("conc-{i}"), p));
+        }
+    });
+    assert!(node.allocations().is_empty());
+    assert!(node.host_veths().is_empty());
+}
+
+#[test]
+fn exhaustion_is_explained_and_gc_reclaims() {
+    // A /29: network .0, gateway .1, broadcast .7 — five pods at most.
+    let node = Node::new("10.202.1.0/29");
+    let pods: Vec<_> = (0..6).map(|_| node.pod()).collect();
+    for (i, p) in pods.iter().take(5).enumerate() {
+        let ip = result_ip(&node.add(&format!("ex-{i}"), p));
+        assert!(
+            ![0u8, 1, 7].contains(&ip.octets()[3]),
+            "assigned a reserved address {ip}"
+        );
+    }
+    let o = node.call("ADD", "ex-5", &pods[5]);
+    let e = o.json();
+    assert_eq!(e["code"], 102, "{}", o.stdout);
+    assert!(
+        e["msg"].as_str().unwrap().contains("10.202.1.0/29"),
+        "{}",
+        o.stdout
+    );
+    let s = node.call_with(&node.conf, "STATUS", "", "", "");
+    assert_eq!(
+        s.json()["code"],
+        50,
+        "STATUS must say the node cannot serve ADD: {}",
+        s.stdout
+    );
+
+    // The runtime lost track of three pods (leaks); GC with the two it knows.
+    let mut gc = node.conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([
+        {"containerID": "ex-0", "ifname": "eth0"}, {"containerID": "ex-1", "ifname": "eth0"}
+    ]);
+    let o = node.call_with(&gc, "GC", "", "", "");
+    assert!(o.ok(), "{}", o.stdout);
+    assert_eq!(node.allocations().len(), 2);
+    assert_eq!(node.host_veths().len(), 2);
+    assert!(node.call_with(&node.conf, "STATUS", "", "", "").ok());
+    node.add("ex-5", &pods[5]);
+}
+
+/// Starts an ADD and kills it with SIGKILL after `delay`.
+fn add_killed(node: &Node, cid: &str, pod: &podnet::scratch::ScratchNs, delay: Duration) {
+    let plugin = plugin();
+    let fd = node.ns.ns.fd();
+    let mut cmd = Command::new(&plugin);
+    cmd.env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_NETNS", pod.path())
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setns between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(&node.conf).unwrap())
+        .unwrap();
+    std::thread::sleep(delay);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn kill_9_during_add_leaves_nothing_that_del_and_gc_cannot_clean() {
+    let node = Node::new("10.202.2.0/24");
+    let pods: Vec<_> = (0..24).map(|_| node.pod()).collect();
+    // Kill points spread over the whole ADD (it takes ~1–3 ms here).
+    for (i, p) in pods.iter().enumerate() {
+        add_killed(
+            &node,
+            &format!("k9-{i}"),
+            p,
+            Duration::from_micros(150 * i as u64),
+        );
+    }
+    // The state is readable whatever the kill hit.
+    let held = node.allocations();
+    assert!(held.len() <= pods.len());
+    // A retried ADD of a killed attachment works (the runtime may retry).
+    let r = node.add("k9-3", &pods[3]);
+    assert!(result_ip(&r).to_string().starts_with("10.202.2."));
+    // DEL of every attachment succeeds and leaves nothing.
+    for (i, p) in pods.iter().enumerate() {
+        node.del(&format!("k9-{i}"), p);
+    }
+    assert!(node.allocations().is_empty(), "{:?}", node.allocations());
+    assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
+    // And a fresh ADD still works.
+    node.add("k9-after", &pods[0]);
+    let mut gc = node.conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    assert!(node.call_with(&gc, "GC", "", "", "").ok());
+    assert!(node.allocations().is_empty());
+    assert!(node.host_veths().is_empty());
+}

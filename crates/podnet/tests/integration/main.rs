@@ -1,0 +1,13 @@
+//! Privileged integration tests: real namespaces, real veths, the real podnet-cni
+//! binary invoked as a runtime would. Each test makes its own uniquely named node and
+//! pod namespaces and data directory, and removes them on drop, also on failure, so
+//! tests run in parallel without colliding. They must run as root.
+
+mod attack;
+mod chain;
+mod common;
+mod datapath;
+mod errors;
+mod ipam;
+mod podman;
+mod verbs;

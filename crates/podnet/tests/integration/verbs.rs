@@ -1,0 +1,193 @@
+//! Every verb in every supported spec version.
+
+use crate::common::*;
+use podnet_cni_spec::version::SUPPORTED;
+use podnet_netlink::{addr, link, route};
+use serde_json::json;
+
+#[test]
+fn version_lists_every_supported_version() {
+    let node = Node::new("10.200.0.0/24");
+    let o = node.call_with(&json!({"cniVersion": "1.1.0"}), "VERSION", "", "", "");
+    assert!(o.ok(), "{}", o.stdout);
+    let v = o.json();
+    assert_eq!(v["cniVersion"], "1.1.0");
+    let got: Vec<&str> = v["supportedVersions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    assert_eq!(got, SUPPORTED);
+}
+
+#[test]
+fn add_check_del_in_every_version() {
+    let node = Node::new("10.200.1.0/24");
+    for (i, ver) in SUPPORTED.iter().enumerate() {
+        let pod = node.pod();
+        let netns = pod.path().display().to_string();
+        let cid = format!("verbs-{i}");
+        let mut conf = node.conf.clone();
+        conf["cniVersion"] = json!(ver);
+        let o = node.call_with(&conf, "ADD", &cid, &netns, "eth0");
+        assert!(o.ok(), "ADD {ver}: {}", o.stdout);
+        let r = o.json();
+        assert_eq!(r["cniVersion"], *ver);
+        let ip = result_ip(&r);
+        assert!(ip.to_string().starts_with("10.200.1."), "{ver}: {ip}");
+        assert_eq!(r["ips"][0]["gateway"], "10.200.1.1");
+        assert_eq!(r["ips"][0]["interface"], 2);
+        assert_eq!(r["interfaces"][2]["name"], "eth0");
+        assert_eq!(r["interfaces"][2]["sandbox"], netns);
+        assert_eq!(
+            r["ips"][0].get("version").is_some(),
+            ver.starts_with("0."),
+            "{ver}: {r}"
+        );
+        assert_eq!(
+            r["interfaces"][2].get("mtu").is_some(),
+            *ver == "1.1.0",
+            "{ver}: {r}"
+        );
+
+        // The pod really has that address, a default route and a MAC from its IP.
+        let mut ps = pod.ns.run(podnet_netlink::Socket::route).unwrap().unwrap();
+        let eth = link::get_by_name(&mut ps, "eth0")
+            .unwrap()
+            .expect("eth0 in pod");
+        assert!(eth.is_up());
+        assert_eq!(
+            eth.mac_string(),
+            r["interfaces"][2]["mac"].as_str().unwrap()
+        );
+        assert!(addr::list(&mut ps, Some(eth.index))
+            .unwrap()
+            .iter()
+            .any(|a| a.addr == ip && a.prefix == 24));
+        assert!(route::list(&mut ps)
+            .unwrap()
+            .iter()
+            .any(|rt| rt.is_default() && rt.gateway == Some("10.200.1.1".parse().unwrap())));
+
+        let mut with_prev = conf.clone();
+        with_prev["prevResult"] = r.clone();
+        if *ver != "0.3.0" && *ver != "0.3.1" {
+            let c = node.call_with(&with_prev, "CHECK", &cid, &netns, "eth0");
+            assert!(c.ok(), "CHECK {ver}: {}", c.stdout);
+        } else {
+            let c = node.call_with(&with_prev, "CHECK", &cid, &netns, "eth0");
+            assert_eq!(
+                c.json()["code"],
+                1,
+                "CHECK must be refused for {ver}: {}",
+                c.stdout
+            );
+        }
+        let d = node.call_with(&with_prev, "DEL", &cid, &netns, "eth0");
+        assert!(d.ok(), "DEL {ver}: {}", d.stdout);
+        let d2 = node.call_with(&with_prev, "DEL", &cid, &netns, "eth0");
+        assert!(d2.ok(), "second DEL {ver}: {}", d2.stdout);
+        assert!(
+            link::get_by_name(&mut ps, "eth0").unwrap().is_none(),
+            "eth0 left in pod after DEL ({ver})"
+        );
+    }
+    assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
+    assert!(node.allocations().is_empty(), "{:?}", node.allocations());
+}
+
+#[test]
+fn del_without_netns_or_link_still_releases_the_address() {
+    let node = Node::new("10.200.2.0/24");
+    let pod = node.pod();
+    node.add("gone", &pod);
+    let path = pod.path().display().to_string();
+    drop(pod); // the runtime destroyed the namespace (and so both veth ends) first
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let o = node.call_with(&node.conf, "DEL", "gone", &path, "eth0");
+    assert!(o.ok(), "{}", o.stdout);
+    let o = node.call_with(&node.conf, "DEL", "gone", "", "eth0");
+    assert!(o.ok(), "DEL without CNI_NETNS: {}", o.stdout);
+    assert!(node.allocations().is_empty());
+}
+
+#[test]
+fn status_and_gc_in_1_1_only() {
+    let node = Node::new("10.200.3.0/24");
+    let s = node.call_with(&node.conf, "STATUS", "", "", "");
+    assert!(s.ok() && s.stdout.is_empty(), "{}", s.stdout);
+    let mut old = node.conf.clone();
+    old["cniVersion"] = json!("1.0.0");
+    for verb in ["STATUS", "GC"] {
+        let o = node.call_with(&old, verb, "", "", "");
+        assert_eq!(o.json()["code"], 1, "{verb} at 1.0.0: {}", o.stdout);
+    }
+    // GC keeps what is listed and removes the rest, links included.
+    let (a, b) = (node.pod(), node.pod());
+    node.add("keep", &a);
+    node.add("drop", &b);
+    let mut gc = node.conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    let o = node.call_with(&gc, "GC", "", "", "");
+    assert!(o.ok(), "{}", o.stdout);
+    let left: Vec<String> = node.allocations().into_iter().map(|(_, c)| c).collect();
+    assert_eq!(left, vec!["keep".to_string()]);
+    assert_eq!(node.host_veths().len(), 1);
+    // The older key is accepted too.
+    let mut gc_old = node.conf.clone();
+    gc_old["cni.dev/attachments"] = json!([]);
+    assert!(node.call_with(&gc_old, "GC", "", "", "").ok());
+    assert!(node.allocations().is_empty());
+    assert!(node.host_veths().is_empty());
+}
+
+#[test]
+fn check_reports_what_changed() {
+    let node = Node::new("10.200.4.0/24");
+    let pod = node.pod();
+    let r = node.add("drift", &pod);
+    let mut conf = node.conf.clone();
+    conf["prevResult"] = r.clone();
+    let netns = pod.path().display().to_string();
+    assert!(node.call_with(&conf, "CHECK", "drift", &netns, "eth0").ok());
+    ip(&["-n", &pod.name, "addr", "flush", "dev", "eth0"]);
+    let host = r["interfaces"][1]["name"].as_str().unwrap().to_string();
+    ip(&[
+        "netns",
+        "exec",
+        &node.ns.name,
+        "tc",
+        "qdisc",
+        "del",
+        "dev",
+        &host,
+        "clsact",
+    ]);
+    let c = node.call_with(&conf, "CHECK", "drift", &netns, "eth0");
+    let e = c.json();
+    assert_eq!(e["code"], 105, "{}", c.stdout);
+    let details = e["details"].as_str().unwrap();
+    assert!(details.contains("lacks address"), "{details}");
+    assert!(details.contains("anti-spoofing"), "{details}");
+    node.del("drift", &pod);
+}
+
+#[test]
+fn anti_spoofing_can_be_turned_off() {
+    let node = Node::new("10.200.5.0/24");
+    let pod = node.pod();
+    let mut conf = node.conf.clone();
+    conf["antiSpoofing"] = json!(false);
+    let netns = pod.path().display().to_string();
+    let o = node.call_with(&conf, "ADD", "open", &netns, "eth0");
+    assert!(o.ok(), "{}", o.stdout);
+    let host = o.json()["interfaces"][1]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut s = node.sock();
+    let l = link::get_by_name(&mut s, &host).unwrap().unwrap();
+    assert!(!podnet_cni::antispoof::is_installed(&mut s, l.index).unwrap());
+    assert!(node.call_with(&conf, "DEL", "open", &netns, "eth0").ok());
+}
