@@ -307,6 +307,7 @@ fn add(
                 &inv.env.container_id,
                 ifname,
             )),
+            group: None,
         },
     )
     .map_err(nl)?;

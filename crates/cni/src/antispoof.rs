@@ -278,7 +278,7 @@ mod tests {
     #[test]
     fn object_has_the_program_and_one_map_reference() {
         let p = bpf::parse_object(OBJECT, SECTION).expect("from_pod.o parses");
-        assert!(p.insns.len() > 8 && p.insns.len() % 8 == 0);
+        assert!(p.insns.len() > 8 && p.insns.len().is_multiple_of(8));
         assert!(!p.map_refs.is_empty());
         assert!(p.map_refs.iter().all(|(_, s)| s == MAP_SYMBOL));
     }

@@ -24,6 +24,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 const RTNLGRP_LINK: u32 = 1;
+/// The link group podnet moves a veth into just before deleting it ("pnDL"). Only
+/// podnet's DEL and GC put links there, and only to delete them.
+pub const DELETE_GROUP: u32 = 0x706e_444c;
 const RTM_DELLINK: u16 = 17;
 
 /// The helper's process name (`ps -e` shows it while the kernel finishes reclaiming).
@@ -58,8 +61,17 @@ pub fn delete_link_detached(name: &str, data_dir: &Path) -> Result<(), CniError>
     let Some(l) = link::get_by_name(&mut host, name).map_err(nl)? else {
         return Ok(());
     };
-    // Listen for the link's removal before it can happen.
+    // Listen for the link's removal before it can happen, then mark it for deletion.
     host.subscribe(RTNLGRP_LINK).map_err(nl)?;
+    let mark = link::LinkChange {
+        group: Some(DELETE_GROUP),
+        ..Default::default()
+    };
+    match link::change(&mut host, link::Target::Index(l.index), &mark) {
+        Ok(()) => {}
+        Err(e) if e.is_not_found() => return forget(data_dir, &l),
+        Err(e) => return Err(nl(e)),
+    }
     // The helper gets a socket of its own: two processes reading one socket would
     // steal each other's answers.
     let mut helper_sock = Socket::route().map_err(nl)?;
@@ -87,7 +99,7 @@ pub fn delete_link_detached(name: &str, data_dir: &Path) -> Result<(), CniError>
     }
     if pid == 0 {
         drop(status_r);
-        helper(&mut helper_sock, name, status_w);
+        helper(&mut helper_sock, status_w);
     }
     drop(helper_sock);
     drop(status_w);
@@ -98,6 +110,11 @@ pub fn delete_link_detached(name: &str, data_dir: &Path) -> Result<(), CniError>
             "remove it by hand with `ip link del` and retry DEL",
         )
     })?;
+    forget(data_dir, &l)
+}
+
+/// Drops the datapath entry of a deleted host veth.
+fn forget(data_dir: &Path, l: &link::LinkInfo) -> Result<(), CniError> {
     antispoof::forget_pod(data_dir, l.index, &l.mac).map_err(|e| {
         CniError::new(
             code::ANTISPOOF,
@@ -107,9 +124,9 @@ pub fn delete_link_detached(name: &str, data_dir: &Path) -> Result<(), CniError>
     })
 }
 
-/// The detached helper: sends the deletion (the kernel returns after its RCU barrier),
-/// reports a failure through `status`, and exits.
-fn helper(sock: &mut Socket, name: &str, status: OwnedFd) -> ! {
+/// The detached helper: deletes every link waiting in [`DELETE_GROUP`] (the kernel
+/// returns after its RCU barrier), reports a failure through `status`, and exits.
+fn helper(sock: &mut Socket, status: OwnedFd) -> ! {
     // SAFETY: plain system calls in the forked child; stdio goes to /dev/null so the
     // runtime reading our stdout sees end-of-file when the parent exits.
     unsafe {
@@ -122,7 +139,7 @@ fn helper(sock: &mut Socket, name: &str, status: OwnedFd) -> ! {
             }
         }
     }
-    if let Err(e) = link::delete_by_name(sock, name) {
+    if let Err(e) = link::delete_group(sock, DELETE_GROUP) {
         let errno = e.errno().unwrap_or(libc::EIO).to_ne_bytes();
         // SAFETY: writing 4 bytes from a local buffer.
         unsafe { libc::write(status.as_raw_fd(), errno.as_ptr() as *const _, 4) };

@@ -227,9 +227,12 @@ pub struct LinkChange {
     pub master: Option<u32>,
     pub mtu: Option<u32>,
     pub alias: Option<String>,
+    /// `ip link set … group G`.
+    pub group: Option<u32>,
 }
 
-/// Builds the request for `ip link set TARGET [up|down] [master M] [mtu N]`.
+/// Builds the request for `ip link set TARGET [up|down] [master M] [mtu N] [alias A]
+/// [group G]`.
 pub fn change_request(target: Target, c: &LinkChange) -> Request {
     let (index, name) = match target {
         Target::Index(i) => (i, None),
@@ -253,6 +256,9 @@ pub fn change_request(target: Target, c: &LinkChange) -> Request {
     if let Some(a) = &c.alias {
         m.str(IFLA_IFALIAS, a);
     }
+    if let Some(g) = c.group {
+        m.u32(IFLA_GROUP, g);
+    }
     Request::new(m, "change link", target.describe())
 }
 
@@ -263,6 +269,18 @@ pub fn change(sock: &mut Socket, target: Target, c: &LinkChange) -> Result<()> {
 }
 
 /// `ip link del NAME`. Returns false if there was no such link.
+/// `ip link del group G`: every link of the group, in one kernel batch (one set of
+/// RCU synchronizations for all of them). Returns false if the group was empty.
+pub fn delete_group(sock: &mut Socket, group: u32) -> Result<bool> {
+    let mut m = Msg::new(RTM_DELLINK, 0).fixed(&ifinfo(0, 0, 0));
+    m.u32(IFLA_GROUP, group);
+    match sock.ack(m, "delete links of group", &group.to_string()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn delete_by_name(sock: &mut Socket, name: &str) -> Result<bool> {
     let mut m = Msg::new(RTM_DELLINK, 0).fixed(&ifinfo(0, 0, 0));
     m.str(IFLA_IFNAME, name);

@@ -50,6 +50,7 @@ pub const IFLA_OPERSTATE: u16 = 16;
 pub const IFLA_IFALIAS: u16 = 20;
 pub const IFLA_LINKINFO: u16 = 18;
 pub const IFLA_NET_NS_FD: u16 = 28;
+pub const IFLA_GROUP: u16 = 27;
 pub const IFLA_LINK_NETNSID: u16 = 37;
 pub const IFLA_INFO_KIND: u16 = 1;
 pub const IFLA_INFO_DATA: u16 = 2;

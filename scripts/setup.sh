@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what podnet needs to build and test on Debian 12, as root. Sourced by the
+# other scripts; safe to run again (installs only what is missing).
+set -euo pipefail
+
+if [ "$(id -u)" != 0 ]; then
+  echo "podnet: run this as root: it creates network namespaces and installs packages" >&2
+  exit 1
+fi
+
+# clang: builds the eBPF datapath. iproute2 (ip, tc): used by tests to break things on
+# purpose. containernetworking-plugins: the reference plugins (benchmark baseline,
+# chaining tests). podman, runc, busybox-static, iptables: the real-runtime test.
+packages=(clang iproute2 containernetworking-plugins podman runc busybox-static iptables tar)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "podnet: installing ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v cargo >/dev/null; then
+  echo "podnet: no Rust toolchain found: install one with rustup (https://rustup.rs), then run this again" >&2
+  exit 1
+fi
