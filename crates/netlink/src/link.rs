@@ -274,7 +274,7 @@ pub fn change(sock: &mut Socket, target: Target, c: &LinkChange) -> Result<()> {
 pub fn delete_group(sock: &mut Socket, group: u32) -> Result<bool> {
     let mut m = Msg::new(RTM_DELLINK, 0).fixed(&ifinfo(0, 0, 0));
     m.u32(IFLA_GROUP, group);
-    match sock.ack(m, "delete links of group", &group.to_string()) {
+    match sock.ack(m, "delete links of group", group.to_string()) {
         Ok(()) => Ok(true),
         Err(e) if e.is_not_found() => Ok(false),
         Err(e) => Err(e),
