@@ -61,8 +61,10 @@ pub fn delete_link_detached(name: &str, data_dir: &Path) -> Result<(), CniError>
     let Some(l) = link::get_by_name(&mut host, name).map_err(nl)? else {
         return Ok(());
     };
-    // Listen for the link's removal before it can happen, then mark it for deletion.
-    host.subscribe(RTNLGRP_LINK).map_err(nl)?;
+    // Listen for the link's removal (on a socket of its own, see Socket::subscribe)
+    // before it can happen, then mark the link for deletion.
+    let mut watch = Socket::route().map_err(nl)?;
+    watch.subscribe(RTNLGRP_LINK).map_err(nl)?;
     let mark = link::LinkChange {
         group: Some(DELETE_GROUP),
         ..Default::default()
@@ -103,7 +105,7 @@ pub fn delete_link_detached(name: &str, data_dir: &Path) -> Result<(), CniError>
     }
     drop(helper_sock);
     drop(status_w);
-    wait_gone(&mut host, l.index, name, &status_r).map_err(|e| {
+    wait_gone(&mut watch, &mut host, l.index, name, &status_r).map_err(|e| {
         CniError::new(
             code::NETLINK,
             format!("delete link {name}: {e}"),
@@ -151,7 +153,13 @@ fn helper(sock: &mut Socket, status: OwnedFd) -> ! {
 /// Waits until the kernel announces that link `index` is gone (the socket is
 /// subscribed to link notifications), or the helper reports why it could not delete
 /// it. If notifications were lost, a lookup decides.
-fn wait_gone(host: &mut Socket, index: u32, name: &str, status: &OwnedFd) -> Result<(), String> {
+fn wait_gone(
+    watch: &mut Socket,
+    host: &mut Socket,
+    index: u32,
+    name: &str,
+    status: &OwnedFd,
+) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -160,7 +168,7 @@ fn wait_gone(host: &mut Socket, index: u32, name: &str, status: &OwnedFd) -> Res
         }
         let mut fds = [
             libc::pollfd {
-                fd: host.raw_fd(),
+                fd: watch.raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -189,7 +197,7 @@ fn wait_gone(host: &mut Socket, index: u32, name: &str, status: &OwnedFd) -> Res
                 Err(e) => Err(e.to_string()),
             };
         }
-        match host.notifications() {
+        match watch.notifications() {
             Ok(msgs) => {
                 let gone = msgs.iter().any(|(ty, body)| {
                     *ty == RTM_DELLINK

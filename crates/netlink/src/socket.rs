@@ -120,8 +120,21 @@ impl Socket {
     }
 
     /// Joins a multicast group (e.g. `RTNLGRP_LINK` = 1): the kernel then sends this
-    /// socket a notification for every change of that kind in the namespace.
+    /// socket a notification for every change of that kind in the namespace. Use a
+    /// socket of its own for that: when notifications overflow its buffer, the next
+    /// receive on it fails with ENOBUFS, whatever request it was waiting for.
     pub fn subscribe(&mut self, group: u32) -> Result<()> {
+        let size: libc::c_int = 1 << 20;
+        // SAFETY: setsockopt with a valid int pointer; a smaller buffer is fine too.
+        unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                &size as *const _ as *const libc::c_void,
+                4,
+            );
+        }
         // SAFETY: setsockopt with a valid u32 pointer.
         let rc = unsafe {
             libc::setsockopt(
@@ -237,17 +250,7 @@ impl Socket {
         let mut out: Vec<Option<Result<()>>> = reqs.iter().map(|_| None).collect();
         if let Some(first) = reqs.first() {
             if let Err(e) = self.send(&wire, first.op, &first.obj) {
-                let msg = e.to_string();
-                return reqs
-                    .iter()
-                    .map(|r| {
-                        Err(Error::io(
-                            r.op,
-                            r.obj.clone(),
-                            io::Error::other(msg.clone()),
-                        ))
-                    })
-                    .collect();
+                return reqs.iter().map(|r| Err(same_failure(&e, r))).collect();
             }
         }
         while !pending.is_empty() {
@@ -258,13 +261,8 @@ impl Socket {
             let n = match self.recv(op, &obj) {
                 Ok(n) => n,
                 Err(e) => {
-                    let msg = e.to_string();
                     for (_, i) in pending.drain() {
-                        out[i] = Some(Err(Error::io(
-                            reqs[i].op,
-                            reqs[i].obj.clone(),
-                            io::Error::other(msg.clone()),
-                        )));
+                        out[i] = Some(Err(same_failure(&e, &reqs[i])));
                     }
                     break;
                 }
@@ -442,6 +440,18 @@ impl Socket {
             None => Ok(()),
         }
     }
+}
+
+/// The failure `e` of a shared send or receive, restated for request `r`.
+fn same_failure(e: &Error, r: &Request) -> Error {
+    let source = match e {
+        Error::Io { source, .. } | Error::Kernel { source, .. } => match source.raw_os_error() {
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => io::Error::new(source.kind(), source.to_string()),
+        },
+        other => io::Error::other(other.to_string()),
+    };
+    Error::io(r.op, r.obj.clone(), source)
 }
 
 /// One message in a datagram from the kernel.
