@@ -1,10 +1,11 @@
 //! podnet's kernel interface.
 //!
 //! Everything podnet changes in the kernel goes through this crate, over raw netlink
-//! sockets: rtnetlink for links, addresses and routes ([`link`], [`addr`], [`route`]),
-//! nfnetlink for nftables ([`nft`]), and namespace handling in [`netns`]. There are no
-//! subprocesses (`ip`, `nft`) on any hot path: a CNI ADD must finish in about a
-//! millisecond, and an `nft` process alone costs ~2.5 ms.
+//! sockets: rtnetlink for links, addresses, routes, neighbours and traffic control
+//! ([`link`], [`addr`], [`route`], [`neigh`], [`tc`]), the `bpf` system call for the
+//! datapath ([`bpf`]), and namespace handling in [`netns`]. There are no subprocesses
+//! (`ip`, `tc`, `nft`) on any hot path: a CNI ADD must finish in about a millisecond,
+//! and an `nft` process alone costs ~2.5 ms.
 //!
 //! Conventions (see `design/STYLE.md`):
 //! - one socket per namespace, opened inside that namespace ([`Socket::open_in`]);
@@ -20,7 +21,6 @@ pub mod link;
 pub mod msg;
 pub mod neigh;
 pub mod netns;
-pub mod nft;
 pub mod route;
 pub mod socket;
 pub(crate) mod sys;

@@ -41,9 +41,9 @@ impl Socket {
     /// Opens a netlink socket of `proto` in the calling thread's network namespace.
     pub fn open(proto: i32) -> Result<Socket> {
         let what = if proto == NETLINK_ROUTE {
-            "rtnetlink"
+            "rtnetlink".to_string()
         } else {
-            "nfnetlink"
+            format!("netlink protocol {proto}")
         };
         // SAFETY: plain socket(2) call; the fd is owned immediately below.
         let fd =
@@ -102,10 +102,6 @@ impl Socket {
         Socket::open(NETLINK_ROUTE)
     }
 
-    pub fn netfilter() -> Result<Socket> {
-        Socket::open(NETLINK_NETFILTER)
-    }
-
     /// Opens a socket inside `ns`; the calling thread's namespace is unchanged afterwards.
     pub fn open_in(proto: i32, ns: &Netns) -> Result<Socket> {
         ns.enter_for(|| Socket::open(proto))?
@@ -113,10 +109,6 @@ impl Socket {
 
     pub fn route_in(ns: &Netns) -> Result<Socket> {
         Socket::open_in(NETLINK_ROUTE, ns)
-    }
-
-    pub fn netfilter_in(ns: &Netns) -> Result<Socket> {
-        Socket::open_in(NETLINK_NETFILTER, ns)
     }
 
     /// Joins a multicast group (e.g. `RTNLGRP_LINK` = 1): the kernel then sends this
@@ -372,72 +364,6 @@ impl Socket {
                     _ => out.push(m.body.to_vec()),
                 }
             }
-        }
-    }
-
-    /// An nftables transaction: all messages commit together or not at all.
-    /// Each message's outcome is checked; the first failure is returned.
-    pub fn nft_batch(&mut self, reqs: Vec<Request>) -> Result<()> {
-        let fixed = {
-            let mut h = [0u8; 4];
-            h[2..4].copy_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
-            h
-        };
-        let begin_seq = self.next_seq();
-        let mut wire = Vec::new();
-        wire.extend_from_slice(
-            Msg::new(NFNL_MSG_BATCH_BEGIN, 0)
-                .fixed(&fixed)
-                .finish(begin_seq),
-        );
-        let mut pending: HashMap<u32, usize> = HashMap::new();
-        let mut reqs = reqs;
-        for (i, r) in reqs.iter_mut().enumerate() {
-            let seq = self.next_seq();
-            r.msg.add_flags(NLM_F_ACK);
-            wire.extend_from_slice(r.msg.finish(seq));
-            pending.insert(seq, i);
-        }
-        let end_seq = self.next_seq();
-        wire.extend_from_slice(
-            Msg::new(NFNL_MSG_BATCH_END, 0)
-                .fixed(&fixed)
-                .finish(end_seq),
-        );
-        let (op0, obj0) = reqs
-            .first()
-            .map(|r| (r.op, r.obj.clone()))
-            .unwrap_or(("nftables transaction", String::new()));
-        self.send(&wire, op0, &obj0)?;
-        let mut first_err: Option<Error> = None;
-        while !pending.is_empty() {
-            let n = self.recv(op0, &obj0)?;
-            for m in Replies::new(&self.buf[..n]) {
-                if m.ty != NLMSG_ERROR {
-                    continue;
-                }
-                let Some((errno, ext)) = m.error() else {
-                    continue;
-                };
-                if m.seq == begin_seq && errno != 0 {
-                    return Err(Error::from_errno(
-                        "commit nftables transaction",
-                        obj0.clone(),
-                        errno,
-                        ext,
-                    ));
-                }
-                if let Some(i) = pending.remove(&m.seq) {
-                    if errno != 0 && first_err.is_none() {
-                        let r = &reqs[i];
-                        first_err = Some(Error::from_errno(r.op, r.obj.clone(), errno, ext));
-                    }
-                }
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
         }
     }
 }

@@ -1,9 +1,8 @@
 //! Netlink constants from the kernel's uapi headers (linux/netlink.h, rtnetlink.h,
-//! if_link.h, netfilter/nfnetlink.h, netfilter/nf_tables.h). Only what podnet uses.
+//! if_link.h). Only what podnet uses.
 #![allow(dead_code)]
 
 pub const NETLINK_ROUTE: i32 = 0;
-pub const NETLINK_NETFILTER: i32 = 12;
 
 pub const NLMSG_HDRLEN: usize = 16;
 pub const NLM_F_REQUEST: u16 = 0x1;
@@ -73,56 +72,3 @@ pub const RTN_UNICAST: u8 = 1;
 pub const RT_SCOPE_UNIVERSE: u8 = 0;
 pub const RT_SCOPE_LINK: u8 = 253;
 pub const RTNH_F_ONLINK: u32 = 4;
-
-// nfnetlink
-pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
-pub const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-pub const NFNL_MSG_BATCH_END: u16 = 0x11;
-
-pub const NFT_MSG_NEWTABLE: u16 = 0;
-pub const NFT_MSG_GETTABLE: u16 = 1;
-pub const NFT_MSG_NEWCHAIN: u16 = 3;
-pub const NFT_MSG_GETCHAIN: u16 = 4;
-pub const NFT_MSG_NEWRULE: u16 = 6;
-pub const NFT_MSG_GETRULE: u16 = 7;
-pub const NFT_MSG_DESTROYTABLE: u16 = 26;
-pub const NFT_MSG_DESTROYCHAIN: u16 = 27;
-
-pub const NFTA_TABLE_NAME: u16 = 1;
-pub const NFTA_TABLE_USERDATA: u16 = 6;
-pub const NFTA_CHAIN_TABLE: u16 = 1;
-pub const NFTA_CHAIN_NAME: u16 = 3;
-pub const NFTA_CHAIN_HOOK: u16 = 4;
-pub const NFTA_CHAIN_POLICY: u16 = 5;
-pub const NFTA_CHAIN_TYPE: u16 = 7;
-pub const NFTA_CHAIN_USERDATA: u16 = 12;
-pub const NFTA_HOOK_HOOKNUM: u16 = 1;
-pub const NFTA_HOOK_PRIORITY: u16 = 2;
-pub const NFTA_HOOK_DEV: u16 = 3;
-pub const NFTA_RULE_TABLE: u16 = 1;
-pub const NFTA_RULE_CHAIN: u16 = 2;
-pub const NFTA_RULE_EXPRESSIONS: u16 = 4;
-pub const NFTA_RULE_USERDATA: u16 = 7;
-pub const NFTA_LIST_ELEM: u16 = 1;
-pub const NFTA_EXPR_NAME: u16 = 1;
-pub const NFTA_EXPR_DATA: u16 = 2;
-pub const NFTA_PAYLOAD_DREG: u16 = 1;
-pub const NFTA_PAYLOAD_BASE: u16 = 2;
-pub const NFTA_PAYLOAD_OFFSET: u16 = 3;
-pub const NFTA_PAYLOAD_LEN: u16 = 4;
-pub const NFTA_CMP_SREG: u16 = 1;
-pub const NFTA_CMP_OP: u16 = 2;
-pub const NFTA_CMP_DATA: u16 = 3;
-pub const NFTA_META_DREG: u16 = 1;
-pub const NFTA_META_KEY: u16 = 2;
-pub const NFTA_COUNTER_BYTES: u16 = 1;
-pub const NFTA_COUNTER_PACKETS: u16 = 2;
-pub const NFTA_IMMEDIATE_DREG: u16 = 1;
-pub const NFTA_IMMEDIATE_DATA: u16 = 2;
-pub const NFTA_DATA_VALUE: u16 = 1;
-pub const NFTA_DATA_VERDICT: u16 = 2;
-pub const NFTA_VERDICT_CODE: u16 = 1;
-pub const NFT_REG_VERDICT: u32 = 0;
-pub const NFT_REG_1: u32 = 1;
-/// Comment in nft's userdata TLV encoding (libnftnl NFTNL_UDATA_*_COMMENT).
-pub const NFTNL_UDATA_COMMENT: u8 = 0;

@@ -198,3 +198,34 @@ fn rollback_when_add_fails_midway() {
         "host-local still holds {held:?}"
     );
 }
+
+#[test]
+fn unreadable_node_file_and_damaged_ipam_state() {
+    let node = Node::new("10.201.3.0/24");
+    let pod = node.pod();
+    let netns = pod.path().display().to_string();
+
+    // 5: the agent's node file exists but is not what podnetd writes.
+    let bad = node.dir.path().join("node.json");
+    std::fs::write(&bad, b"{half a json").unwrap();
+    let mut c = node.conf.clone();
+    c.as_object_mut().unwrap().remove("subnet");
+    c["nodeFile"] = json!(bad);
+    assert_eq!(code(&node.call_with(&c, "ADD", "e5", &netns, "eth0")), 5);
+
+    // 103: both copies of the IPAM state are damaged.
+    let store = podnet_ipam::Store::open(node.dir.path(), "testnet").unwrap();
+    std::fs::write(store.dir().join("state.a"), b"garbage").unwrap();
+    std::fs::write(store.dir().join("state.b"), b"garbage").unwrap();
+    let o = node.call_with(&node.conf, "ADD", "e103", &netns, "eth0");
+    assert_eq!(code(&o), 103);
+    assert!(
+        o.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("move the directory aside"),
+        "{}",
+        o.stdout
+    );
+    assert!(node.host_veths().is_empty());
+}
