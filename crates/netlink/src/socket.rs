@@ -57,6 +57,22 @@ impl Socket {
         }
         // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Bind now, letting the kernel pick the port id: an unbound socket has port id
+        // 0, and the kernel skips port 0 when it broadcasts notifications it raised
+        // itself (a group deletion, for one), so a subscriber must be bound.
+        let mut local: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        local.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: bind with a valid sockaddr_nl.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &local as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::io("bind netlink socket", what, io::Error::last_os_error()));
+        }
         let one: libc::c_int = 1;
         for opt in [NETLINK_EXT_ACK, NETLINK_CAP_ACK] {
             // SAFETY: setsockopt with a valid int pointer; failure is harmless (older kernels).
