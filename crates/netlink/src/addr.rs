@@ -30,15 +30,6 @@ pub fn add_request(index: u32, addr: Ipv4Addr, prefix: u8) -> Request {
     Request::new(m, "add address", format!("{addr}/{prefix} on link {index}"))
 }
 
-/// `ip addr add ADDR/PREFIX dev INDEX`; an address already there is success.
-pub fn ensure(sock: &mut Socket, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
-    let r = add_request(index, addr, prefix);
-    match sock.ack(r.msg, r.op, r.obj) {
-        Err(e) if e.is_exists() => Ok(()),
-        other => other,
-    }
-}
-
 /// `ip -4 addr show`; only the link `index` when given.
 pub fn list(sock: &mut Socket, index: Option<u32>) -> Result<Vec<AddrInfo>> {
     let m = Msg::new(RTM_GETADDR, 0).fixed(&ifaddr(0, 0));

@@ -21,7 +21,6 @@ const BPF_PROG_GET_FD_BY_ID: u32 = 13;
 const BPF_MAP_GET_FD_BY_ID: u32 = 14;
 const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
 const BPF_MAP_TYPE_HASH: u32 = 1;
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_F_NO_PREALLOC: u32 = 1;
 /// Program type for tc classifiers.
 pub const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
@@ -66,19 +65,6 @@ fn sys_bpf(cmd: u32, attr: &mut Attr) -> io::Result<i64> {
 fn fd_of(r: i64) -> OwnedFd {
     // SAFETY: a successful bpf() call that returns an fd hands us its ownership.
     unsafe { OwnedFd::from_raw_fd(r as RawFd) }
-}
-
-/// Creates an array map with `entries` values of `value_size` bytes (u32 keys).
-pub fn create_array(name: &str, value_size: u32, entries: u32) -> Result<OwnedFd> {
-    let mut a = Attr::new();
-    a.u32(0, BPF_MAP_TYPE_ARRAY)
-        .u32(4, 4)
-        .u32(8, value_size)
-        .u32(12, entries)
-        .name(28, name);
-    sys_bpf(BPF_MAP_CREATE, &mut a)
-        .map(fd_of)
-        .map_err(|e| Error::io("create BPF map", name, e))
 }
 
 /// Creates a hash map with u32 keys, allocating entries only as they are written.

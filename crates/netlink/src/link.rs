@@ -36,17 +36,6 @@ impl LinkInfo {
         crate::fmt_mac(&self.mac)
     }
 
-    /// The state word `ip link` prints: UP, DOWN, LOWERLAYERDOWN, UNKNOWN.
-    pub fn operstate_name(&self) -> &'static str {
-        match self.operstate {
-            6 => "UP",
-            2 => "DOWN",
-            7 => "LOWERLAYERDOWN",
-            5 => "DORMANT",
-            _ => "UNKNOWN",
-        }
-    }
-
     fn parse(body: &[u8]) -> Option<LinkInfo> {
         let index = u32::from_ne_bytes(body.get(4..8)?.try_into().ok()?);
         let flags = u32::from_ne_bytes(body.get(8..12)?.try_into().ok()?);

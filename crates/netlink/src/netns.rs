@@ -209,14 +209,3 @@ pub fn delete_named(name: &str) -> Result<bool> {
         Err(e) => Err(Error::io("delete network namespace", name, e)),
     }
 }
-
-/// Names of the namespaces in `/run/netns`.
-pub fn list_named() -> Vec<String> {
-    std::fs::read_dir(NETNS_RUN_DIR)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}

@@ -104,15 +104,6 @@ pub fn add_request(r: &RouteSpec) -> Request {
     Request::new(m, "add route", obj)
 }
 
-/// `ip route add …`; an identical route already there is success.
-pub fn ensure(sock: &mut Socket, r: &RouteSpec) -> Result<()> {
-    let req = add_request(r);
-    match sock.ack(req.msg, req.op, req.obj) {
-        Err(e) if e.is_exists() => Ok(()),
-        other => other,
-    }
-}
-
 fn parse(body: &[u8]) -> Option<RouteInfo> {
     if body.len() < 12 || body[0] != libc::AF_INET as u8 {
         return None;
@@ -153,17 +144,4 @@ pub fn list(sock: &mut Socket) -> Result<Vec<RouteInfo>> {
         .filter_map(|b| parse(b))
         .filter(|r| r.table == RT_TABLE_MAIN as u32 && r.kind == RTN_UNICAST)
         .collect())
-}
-
-/// `ip route get DST`: the kernel's own route lookup (no packet is sent).
-pub fn get(sock: &mut Socket, dst: Ipv4Addr) -> Result<RouteInfo> {
-    let mut m = Msg::new(RTM_GETROUTE, 0).fixed(&rtmsg(32, 0, 0, 0, 0));
-    m.attr(RTA_DST, &dst.octets());
-    let obj = dst.to_string();
-    let body = sock.get(m, "look up route to", &obj)?;
-    parse(&body).ok_or_else(|| crate::Error::Malformed {
-        op: "look up route to",
-        obj,
-        why: "not an IPv4 route".into(),
-    })
 }
