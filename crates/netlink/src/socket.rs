@@ -71,7 +71,11 @@ impl Socket {
             )
         };
         if rc != 0 {
-            return Err(Error::io("bind netlink socket", what, io::Error::last_os_error()));
+            return Err(Error::io(
+                "bind netlink socket",
+                what,
+                io::Error::last_os_error(),
+            ));
         }
         let one: libc::c_int = 1;
         for opt in [NETLINK_EXT_ACK, NETLINK_CAP_ACK] {
