@@ -13,6 +13,7 @@
 	X(3, IP_SRC,    "ip-src",    "IPv4 whose source is not the pod's IP")                  \
 	X(4, IPV6_RA,   "ipv6-ra",   "IPv6 router advertisements from a pod")                  \
 	X(5, ETHERTYPE, "ethertype", "frames that are not ARP, IPv4 or IPv6, VLAN tags included") \
-	X(6, MALFORMED, "malformed", "truncated headers, and ARP that is not Ethernet/IPv4")
+	X(6, MALFORMED, "malformed", "truncated headers, ARP that is not Ethernet/IPv4, IPv6 fragments or over four extension headers") \
+	X(7, IPV6_REDIRECT, "ipv6-redirect", "ICMPv6 redirects from a pod")
 
-#define PODNET_DROP_MAX 7
+#define PODNET_DROP_MAX 8

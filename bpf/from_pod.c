@@ -5,7 +5,8 @@
  * Every frame a pod sends passes here before the node bridge sees it. A frame leaves
  * only if its Ethernet source is the pod's MAC and, for ARP, the sender MAC and IP are
  * the pod's, for IPv4 the source is the pod's IP, and for IPv6 it is not a router
- * advertisement. Everything else is dropped through drop(), which counts it under one
+ * advertisement or a redirect (nor a fragment or a chain of extension headers too long
+ * to see through). Everything else is dropped through drop(), which counts it under one
  * reason from drop_reasons.h.
  *
  * One program and one hash map (pod_state, keyed by the host veth's ifindex) serve all
@@ -128,11 +129,16 @@ __attribute__((section("tc"), used)) int from_pod(struct __sk_buff *skb)
 			next = p[0];
 			p += len;
 		}
+		/* Still inside the chain, or a fragment: what follows cannot be checked. */
+		if (next == 0 || next == 43 || next == 60 || next == 44)
+			return drop(st, DROP_MALFORMED);
 		if (next == 58) {
 			if (p + 1 > end)
 				return drop(st, DROP_MALFORMED);
 			if (p[0] == 134)
 				return drop(st, DROP_IPV6_RA);
+			if (p[0] == 137)
+				return drop(st, DROP_IPV6_REDIRECT);
 		}
 		return TC_ACT_OK;
 	}

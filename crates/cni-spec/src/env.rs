@@ -44,8 +44,8 @@ impl Command {
                 &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"]
             }
             Command::Del => &["CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"],
-            Command::Status | Command::Gc => &["CNI_PATH"],
-            Command::Version => &[],
+            Command::Gc => &["CNI_PATH"],
+            Command::Status | Command::Version => &[],
         }
     }
 }

@@ -68,6 +68,20 @@ impl fmt::Display for Ipv4Net {
     }
 }
 
+impl serde::Serialize for Ipv4Net {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Ipv4Net {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|e: CidrError| serde::de::Error::custom(e.0))
+    }
+}
+
 /// Why a CIDR string was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CidrError(pub String);

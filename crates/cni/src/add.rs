@@ -54,18 +54,39 @@ enum Undo {
 }
 
 pub fn run(inv: &Invocation) -> Result<CniResult, CniError> {
-    let s = Settings::resolve(&inv.conf, &inv.raw, true)?;
+    let s = Settings::resolve(&inv.conf, &inv.raw)?;
     let pod_ns = Netns::open(&inv.env.netns).map_err(|e| errors::netns(e, &inv.env.netns))?;
     let mut host =
         Socket::route().map_err(|e| errors::netlink(e, "podnet-cni must run as root"))?;
     let mut undo = Vec::new();
+    // Not first in a chain: what the plugins before made is passed on, ours after it.
+    let prev = match &inv.conf.prev_result {
+        Some(p) => Some(CniResult::decode(p, "prevResult")?),
+        None => None,
+    };
     match add(inv, &s, &pod_ns, &mut host, &mut undo) {
-        Ok(r) => Ok(r),
+        Ok(r) => Ok(match prev {
+            Some(p) => merge(p, r),
+            None => r,
+        }),
         Err(e) => {
             let notes = rollback(inv, &s, &mut host, undo);
             Err(errors::with_notes(e, &notes))
         }
     }
+}
+
+/// `prev` followed by `ours`, interface indexes of our IPs shifted past prev's.
+fn merge(mut prev: CniResult, ours: CniResult) -> CniResult {
+    let shift = prev.interfaces.len();
+    prev.interfaces.extend(ours.interfaces);
+    prev.ips.extend(ours.ips.into_iter().map(|mut ip| {
+        ip.interface = ip.interface.map(|i| i + shift);
+        ip
+    }));
+    prev.routes.extend(ours.routes);
+    prev.dns = prev.dns.or(ours.dns);
+    prev
 }
 
 /// The pod's address as IPAM gave it.
@@ -78,7 +99,7 @@ struct Assigned {
 }
 
 fn assign(inv: &Invocation, s: &Settings, undo: &mut Vec<Undo>) -> Result<Assigned, CniError> {
-    match s.ipam.as_ref().expect("resolve(need_ipam) sets ipam") {
+    match s.ipam.as_ref().expect("resolve always sets ipam") {
         Ipam::Builtin { subnet, gateway } => {
             let pool = Pool::new(*subnet, *gateway).map_err(errors::ipam)?;
             let store = s.store()?;
@@ -148,54 +169,14 @@ pub fn ensure_bridge(
     prefix: u8,
     mtu: u32,
 ) -> Result<link::LinkInfo, CniError> {
-    let fail = |e| errors::netlink(e, "check the node's links with `ip -d link show`");
-    let br = match link::get_by_name(host, name).map_err(fail)? {
-        Some(l) => l,
-        None => {
-            match link::create_bridge(host, name, Some(pod_mac(gateway)), Some(mtu)) {
-                Ok(()) => {}
-                Err(e) if e.is_exists() => {} // another ADD made it just now
-                Err(e) => return Err(fail(e)),
-            }
-            link::get_by_name(host, name)
-                .map_err(fail)?
-                .ok_or_else(|| {
-                    CniError::new(
-                        code::NETLINK,
-                        format!("bridge {name} vanished right after it was created"),
-                        "retry; if it persists, something on this node deletes it",
-                    )
-                })?
-        }
-    };
-    if br.kind.as_deref() != Some("bridge") {
-        return Err(CniError::new(
+    link::ensure_bridge(host, name, pod_mac(gateway), mtu, gateway, prefix).map_err(|e| match e {
+        podnet_netlink::Error::WrongKind { .. } => CniError::new(
             code::INVALID_CONFIG,
-            format!(
-                "link {name} exists but is not a bridge (kind {})",
-                br.kind.as_deref().unwrap_or("none")
-            ),
+            e.to_string(),
             "set \"bridge\" to another name or remove that link",
-        ));
-    }
-    let mut reqs = vec![addr::add_request(br.index, gateway, prefix)];
-    if !br.is_up() {
-        reqs.push(link::change_request(
-            Target::Index(br.index),
-            &LinkChange {
-                up: Some(true),
-                ..Default::default()
-            },
-        ));
-    }
-    for r in host.ack_all(reqs) {
-        match r {
-            Ok(()) => {}
-            Err(e) if e.is_exists() => {}
-            Err(e) => return Err(fail(e)),
-        }
-    }
-    Ok(br)
+        ),
+        e => errors::netlink(e, "check the node's links with `ip -d link show`"),
+    })
 }
 
 fn add(
@@ -250,8 +231,20 @@ fn add(
             // it is the leftover of an ADD of this same attachment that was killed
             // midway (the runtime never calls ADD twice without DEL). Deleting it
             // removes its pod end too.
-            if link::get_by_name(host, &host_name).map_err(nl)?.is_none() {
+            let Some(old) = link::get_by_name(host, &host_name).map_err(nl)? else {
                 return Err(taken());
+            };
+            // Its alias, once set, names its attachment: never delete another pod's link.
+            if let Some(a) = old.alias.as_deref() {
+                if antispoof::parse_owner_alias(a)
+                    != Some((s.network.as_str(), ifname, inv.env.container_id.as_str()))
+                {
+                    return Err(CniError::new(
+                        code::INTERFACE_EXISTS,
+                        format!("link {host_name} exists and belongs to another attachment ({a})"),
+                        "two attachments hash to the same host veth name; delete that pod first, or report this",
+                    ));
+                }
             }
             link::delete_by_name(host, &host_name).map_err(nl)?;
             match link::create_veth(host, &spec) {

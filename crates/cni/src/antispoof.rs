@@ -30,7 +30,6 @@ use podnet_netlink::socket::Request;
 use podnet_netlink::{bpf, tc, Error, Netns, Result, Socket};
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 include!(concat!(env!("OUT_DIR"), "/drop_reasons.rs"));
@@ -78,11 +77,15 @@ pub fn find(data_dir: &Path) -> Result<Option<Datapath>> {
     let (Some(Ok(p)), Some(Ok(m))) = (ids.next(), ids.next()) else {
         return Ok(None);
     };
-    // Ids are only reused after the id space wraps; the names confirm they are ours.
+    // Ids are only reused after the id space wraps; the names, and the program using
+    // exactly this map, confirm they are ours and belong together.
     let (Ok(prog), Ok(map)) = (bpf::prog_by_id(p), bpf::map_by_id(m)) else {
         return Ok(None);
     };
-    if bpf::object_name(&prog, false)? != PROG_NAME || bpf::object_name(&map, true)? != MAP_NAME {
+    if bpf::object_name(&prog, false)? != PROG_NAME
+        || bpf::object_name(&map, true)? != MAP_NAME
+        || !bpf::prog_map_ids(&prog)?.contains(&m)
+    {
         return Ok(None);
     }
     Ok(Some(Datapath { prog, map }))
@@ -105,14 +108,14 @@ pub fn datapath(data_dir: &Path) -> Result<Datapath> {
     let prog = bpf::load(&obj, PROG_NAME, &[(MAP_SYMBOL, &map)])?;
     let ids = format!("{:<10} {:<10}\n", bpf::prog_id(&prog)?, bpf::map_id(&map)?);
     let path = record_path(data_dir)?;
+    // Written whole and renamed into place, so a reader never pairs one program with
+    // another's map. (Two first ADDs racing may each load one; both stay valid for
+    // their pods, and the last record wins for the pods after.)
     let write = || -> std::io::Result<()> {
         std::fs::create_dir_all(data_dir)?;
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)?;
-        f.write_all_at(ids.as_bytes(), 0)
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, ids.as_bytes())?;
+        std::fs::rename(&tmp, &path)
     };
     write().map_err(|e| Error::io("record the datapath in", path.display().to_string(), e))?;
     Ok(Datapath { prog, map })
@@ -138,8 +141,9 @@ pub fn forget_pod(data_dir: &Path, host_ifindex: u32, host_mac: &[u8]) -> Result
     Ok(())
 }
 
-/// Removes the entries whose index `live` rejects (GC).
-pub fn sweep(data_dir: &Path, live: impl Fn(u32) -> bool) -> Result<usize> {
+/// Removes the entries whose index `live` rejects (GC). `live` must look the link up
+/// at the time of the call, so an ADD in flight keeps its entry.
+pub fn sweep(data_dir: &Path, mut live: impl FnMut(u32) -> bool) -> Result<usize> {
     let Some(dp) = find(data_dir)? else {
         return Ok(0);
     };

@@ -10,7 +10,7 @@ use podnet_netlink::{addr, link, route, Netns, Socket};
 use std::net::IpAddr;
 
 pub fn run(inv: &Invocation) -> Result<(), CniError> {
-    let s = Settings::resolve(&inv.conf, &inv.raw, true)?;
+    let s = Settings::resolve(&inv.conf, &inv.raw)?;
     let prev = inv.conf.prev_result.as_ref().ok_or_else(|| {
         CniError::new(
             code::INVALID_CONFIG,
@@ -40,7 +40,12 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
     };
 
     let pod_ns = Netns::open(&inv.env.netns).map_err(|e| errors::netns(e, &inv.env.netns))?;
-    let nl = |e| errors::netlink(e, "");
+    let nl = |e| {
+        errors::netlink(
+            e,
+            "inspect the pod with `ip -n <netns> addr` and the node with `ip -d link show`",
+        )
+    };
     let mut host = Socket::route().map_err(nl)?;
     let mut pod = Socket::route_in(&pod_ns).map_err(nl)?;
     let mut problems: Vec<String> = Vec::new();
@@ -119,6 +124,11 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
             problems.push(format!(
                 "anti-spoofing filters on {host_name} are missing or incomplete (tc -s filter show dev {host_name} ingress)"
             ));
+        }
+    }
+    if let Some(Ipam::Delegate { plugin }) = &s.ipam {
+        if let Err(e) = crate::delegate::exec(&inv.env, plugin, "CHECK", &inv.stdin) {
+            problems.push(format!("IPAM plugin {plugin}: {}", e));
         }
     }
     if let Some(Ipam::Builtin { .. }) = s.ipam {

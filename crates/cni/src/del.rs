@@ -33,7 +33,7 @@ const RTM_DELLINK: u16 = 17;
 pub const HELPER_NAME: &std::ffi::CStr = c"podnet-reclaim";
 
 pub fn run(inv: &Invocation) -> Result<(), CniError> {
-    let s = Settings::resolve(&inv.conf, &inv.raw, false)?;
+    let s = Settings::for_cleanup(&inv.conf, &inv.raw);
     let host_name = host_veth_name(&inv.env.container_id, &inv.env.ifname);
     delete_link_detached(&host_name, &s.data_dir)?;
     match &s.ipam {
@@ -89,8 +89,9 @@ pub fn delete_link_detached(name: &str, data_dir: &Path) -> Result<(), CniError>
     // SAFETY: both fds were just created and belong to nobody else.
     let (status_r, status_w) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: this process is single-threaded; the child makes system calls only, on
-    // fds it inherited, and leaves with _exit.
+    // SAFETY: podnet-cni is single-threaded (callers of `podnet_cni::run` must be too:
+    // see its docs), so the child may allocate; it uses only fds it inherited and
+    // leaves with _exit.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(CniError::new(
@@ -100,7 +101,10 @@ pub fn delete_link_detached(name: &str, data_dir: &Path) -> Result<(), CniError>
         ));
     }
     if pid == 0 {
+        // The child keeps only its own socket and the status pipe.
         drop(status_r);
+        drop(watch);
+        drop(host);
         helper(&mut helper_sock, status_w);
     }
     drop(helper_sock);
@@ -135,10 +139,15 @@ fn helper(sock: &mut Socket, status: OwnedFd) -> ! {
         libc::prctl(libc::PR_SET_NAME, HELPER_NAME.as_ptr());
         libc::setsid();
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
-            for fd in 0..3 {
+        for fd in 0..3 {
+            if null >= 0 {
                 libc::dup2(null, fd);
+            } else {
+                libc::close(fd);
             }
+        }
+        if null > 2 {
+            libc::close(null);
         }
     }
     if let Err(e) = link::delete_group(sock, DELETE_GROUP) {

@@ -9,13 +9,21 @@ pub fn netlink(e: podnet_netlink::Error, next: &str) -> CniError {
 
 /// An IPAM failure: exhaustion is 102, storage problems 103.
 pub fn ipam(e: podnet_ipam::Error) -> CniError {
-    let c = match e {
-        podnet_ipam::Error::Exhausted { .. } => code::IPAM_EXHAUSTED,
-        podnet_ipam::Error::Busy { .. } => code::TRY_AGAIN,
-        podnet_ipam::Error::Pool { .. } => code::INVALID_CONFIG,
-        _ => code::IPAM_STORE,
+    use podnet_ipam::Error as E;
+    let (c, next) = match e {
+        E::Exhausted { .. } => (code::IPAM_EXHAUSTED, ""),
+        E::Busy { .. } => (code::TRY_AGAIN, ""),
+        E::Pool { .. } => (
+            code::INVALID_CONFIG,
+            "fix \"subnet\" or \"gateway\" in the network configuration",
+        ),
+        E::Corrupt { .. } => (code::IPAM_STORE, ""),
+        E::Dir { .. } | E::Lock { .. } | E::Read { .. } | E::Write { .. } => (
+            code::IPAM_STORE,
+            "dataDir must be on a local, writable filesystem; check free space and permissions",
+        ),
     };
-    CniError::new(c, e.to_string(), "")
+    CniError::new(c, e.to_string(), next)
 }
 
 /// Opening the pod's namespace: a missing one is code 3 (the runtime need not clean

@@ -1,10 +1,11 @@
 //! GC: remove what belongs to attachments the runtime no longer knows
 //! (`cni.dev/valid-attachments`, or the older `cni.dev/attachments`).
 //!
-//! Two sources of truth are swept, so that a crash at any point of ADD or DEL is
-//! recovered: the IPAM records of this network (each names its attachment), and the
-//! host veths whose alias names this network (podnet records the owner there). Links
-//! and records of other networks are never touched.
+//! Three things are swept, so that a crash at any point of ADD or DEL is recovered:
+//! the host veths whose alias names this network (podnet records the owner there),
+//! the IPAM records of this network (each names its attachment), and datapath entries
+//! whose link no longer exists. Links and records of other networks are never touched.
+//! GC goes on after a failure and reports every failure at the end.
 
 use crate::del::delete_link_detached;
 use crate::errors;
@@ -15,7 +16,7 @@ use podnet_netlink::{link, Socket};
 use std::collections::HashSet;
 
 pub fn run(inv: &Invocation) -> Result<(), CniError> {
-    let s = Settings::resolve(&inv.conf, &inv.raw, false)?;
+    let s = Settings::for_cleanup(&inv.conf, &inv.raw);
     let keep = inv.conf.gc_keep().ok_or_else(|| {
         CniError::new(
             code::INVALID_CONFIG,
@@ -27,14 +28,12 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
         .iter()
         .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
         .collect();
+    let mut failures: Vec<CniError> = Vec::new();
+    let nl = |e| errors::netlink(e, "list links with `ip -d link show`");
+    let mut host = Socket::route().map_err(nl)?;
 
     // 1. Host veths of this network whose attachment is gone (their filters go too).
-    let mut host =
-        Socket::route().map_err(|e| errors::netlink(e, "podnet-cni must run as root"))?;
-    let links =
-        link::list(&mut host).map_err(|e| errors::netlink(e, "list links with `ip link`"))?;
-    let mut live = HashSet::new();
-    for l in &links {
+    for l in link::list(&mut host).map_err(nl)? {
         let owner = l.alias.as_deref().and_then(antispoof::parse_owner_alias);
         let stale = owner.is_some_and(|(net, ifname, cid)| {
             net == s.network
@@ -42,9 +41,9 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
                 && l.name == host_veth_name(cid, ifname)
         });
         if stale {
-            delete_link_detached(&l.name, &s.data_dir)?;
-        } else {
-            live.insert(l.index);
+            if let Err(e) = delete_link_detached(&l.name, &s.data_dir) {
+                failures.push(e);
+            }
         }
     }
 
@@ -52,30 +51,56 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
     match &s.ipam {
         Some(Ipam::Delegate { plugin }) => {
             if delegate::supports(&inv.env, plugin, "1.1.0") {
-                delegate::exec(&inv.env, plugin, "GC", &inv.stdin)?;
+                if let Err(e) = delegate::exec(&inv.env, plugin, "GC", &inv.stdin) {
+                    failures.push(e);
+                }
             }
         }
-        _ => {
-            let store = s.store()?;
-            let freed = store
-                .retain(|o| keep.contains(&(o.container_id.as_str(), o.ifname.as_str())))
-                .map_err(errors::ipam)?;
-            // A record without an aliased link: a crash between link creation and
-            // alias; its link, if any, carries the derived name.
-            for (_, o) in freed {
-                delete_link_detached(&host_veth_name(&o.container_id, &o.ifname), &s.data_dir)?;
+        _ => match s.store().and_then(|st| {
+            st.retain(|o| keep.contains(&(o.container_id.as_str(), o.ifname.as_str())))
+                .map_err(errors::ipam)
+        }) {
+            // A record whose link has no alias: a crash between creating the link and
+            // attaching it. The link, if any, carries the derived name.
+            Ok(freed) => {
+                for (_, o) in freed {
+                    if let Err(e) = delete_link_detached(
+                        &host_veth_name(&o.container_id, &o.ifname),
+                        &s.data_dir,
+                    ) {
+                        failures.push(e);
+                    }
+                }
             }
-        }
+            Err(e) => failures.push(e),
+        },
     }
 
     // 3. Datapath entries of links that no longer exist (a crash between a link's
-    //    deletion and its entry's).
-    antispoof::sweep(&s.data_dir, |i| live.contains(&i)).map_err(|e| {
-        CniError::new(
+    //    deletion and its entry's). Each link is looked up when its entry is seen, so
+    //    an ADD in flight keeps its entry.
+    let swept = antispoof::sweep(&s.data_dir, |index| {
+        !matches!(link::get_by_index(&mut host, index), Ok(None))
+    });
+    if let Err(e) = swept {
+        failures.push(CniError::new(
             code::ANTISPOOF,
             e.to_string(),
             "list the entries with `bpftool map dump name podnet_pods`",
-        )
-    })?;
-    Ok(())
+        ));
+    }
+
+    match failures.len() {
+        0 => Ok(()),
+        1 => Err(failures.remove(0)),
+        n => {
+            let first = failures.remove(0);
+            let rest: Vec<String> = failures.iter().map(|e| e.to_string()).collect();
+            Err(CniError::new(
+                first.code,
+                format!("GC finished with {n} failures; first: {}", first.msg),
+                format!("{}; then: {}", first.details, rest.join("; ")),
+            ))
+        }
+    }
 }

@@ -10,7 +10,7 @@
 //!   first ADD if no agent made it; never removed by the plugin (other pods use it);
 //! - per pod: a veth pair — `eth0` (or `CNI_IFNAME`) in the pod, `pn<hash>` on the
 //!   bridge — the pod's address and routes inside its namespace, its anti-spoofing
-//!   chain, and its IPAM record. DEL removes exactly these; GC removes them for
+//!   filter and datapath entry, and its IPAM record. DEL removes exactly these; GC removes them for
 //!   attachments the runtime no longer knows.
 
 pub mod add;
@@ -38,6 +38,9 @@ pub struct Invocation {
 }
 
 /// Runs one invocation; returns what to print on stdout and the exit code.
+///
+/// Call it from a single-threaded process (as the `podnet-cni` binary does): DEL and
+/// GC fork a helper that goes on allocating after the fork.
 pub fn run(get_env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (String, i32) {
     let mut version_for_errors = version::LATEST.to_string();
     match dispatch(get_env, stdin, &mut version_for_errors) {

@@ -16,6 +16,7 @@ pub const DEFAULT_NODE_FILE: &str = "/run/podnet/node.json";
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeInfo {
+    #[serde(rename = "podCIDR")]
     pub pod_cidr: Option<String>,
     pub mtu: Option<u32>,
     pub bridge: Option<String>,
@@ -49,28 +50,25 @@ fn invalid(msg: impl Into<String>, details: impl Into<String>) -> CniError {
 }
 
 impl Settings {
-    /// Completes and checks the configuration. `need_ipam` is false for verbs that can
-    /// work without knowing the subnet (DEL, GC), so a broken node can still be cleaned.
-    pub fn resolve(
-        conf: &NetConf,
-        raw: &serde_json::Value,
-        need_ipam: bool,
-    ) -> Result<Settings, CniError> {
+    /// Completes and checks the configuration for ADD, CHECK and STATUS (DEL and GC use
+    /// [`Settings::for_cleanup`]).
+    pub fn resolve(conf: &NetConf, raw: &serde_json::Value) -> Result<Settings, CniError> {
         let node_file = raw
             .get("nodeFile")
             .and_then(|v| v.as_str())
             .unwrap_or(DEFAULT_NODE_FILE);
+        let unreadable = |e: String| {
+            CniError::new(
+                code::IO,
+                format!("cannot read the agent's node file {node_file}"),
+                format!("{e}; podnetd rewrites it when it starts: restart podnetd on this node"),
+            )
+        };
         let node: NodeInfo = match std::fs::read(node_file) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                CniError::new(
-                    code::IO,
-                    format!("cannot read the agent's node file {node_file}"),
-                    format!(
-                        "{e}; podnetd rewrites it when it starts: restart podnetd on this node"
-                    ),
-                )
-            })?,
-            Err(_) => NodeInfo::default(),
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| unreadable(e.to_string()))?,
+            // No file: no agent on this node; the config must carry the subnet.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => NodeInfo::default(),
+            Err(e) => return Err(unreadable(e.to_string())),
         };
         let bridge = conf
             .bridge
@@ -131,7 +129,7 @@ impl Settings {
                     }
                     Some(Ipam::Builtin { subnet, gateway: gw })
                 }
-                None if need_ipam => {
+                None => {
                     return Err(invalid(
                         "no subnet for this node",
                         format!(
@@ -140,7 +138,6 @@ impl Settings {
                         ),
                     ))
                 }
-                None => None,
             }
         };
         Ok(Settings {
@@ -161,6 +158,31 @@ impl Settings {
                 .map(std::time::Duration::from_millis)
                 .unwrap_or(podnet_ipam::DEFAULT_LOCK_TIMEOUT),
         })
+    }
+
+    /// What DEL and GC need, read leniently: a pod must be removable even when the
+    /// configuration or the agent's node file has since gone bad.
+    pub fn for_cleanup(conf: &NetConf, raw: &serde_json::Value) -> Settings {
+        Settings {
+            network: conf.name.clone(),
+            bridge: conf.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.into()),
+            mtu: None,
+            data_dir: conf
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.into())
+                .into(),
+            anti_spoofing: conf.anti_spoofing.unwrap_or(true),
+            ipam: conf.ipam_type().map(|t| Ipam::Delegate {
+                plugin: t.to_string(),
+            }),
+            gateway: None,
+            lock_timeout: raw
+                .get("lockTimeoutMs")
+                .and_then(|v| v.as_u64())
+                .map(std::time::Duration::from_millis)
+                .unwrap_or(podnet_ipam::DEFAULT_LOCK_TIMEOUT),
+        }
     }
 
     /// The built-in IPAM state of this network on this node.
@@ -225,7 +247,7 @@ mod tests {
         let (c, v) = conf(
             r#"{"cniVersion":"1.1.0","name":"n","type":"podnet-cni","subnet":"10.244.3.0/24"}"#,
         );
-        let s = Settings::resolve(&c, &v, true).unwrap();
+        let s = Settings::resolve(&c, &v).unwrap();
         assert_eq!(s.bridge, "podnet0");
         assert!(s.anti_spoofing);
         assert_eq!(
@@ -263,12 +285,12 @@ mod tests {
             (r#"{"name":"n","type":"t"}"#, "no subnet"),
         ] {
             let (c, v) = conf(j);
-            let e = Settings::resolve(&c, &v, true).unwrap_err();
+            let e = Settings::resolve(&c, &v).unwrap_err();
             assert_eq!(e.code, 7, "{j}");
             assert!(e.to_string().contains(needle), "{j}: {e}");
         }
         let (c, v) = conf(r#"{"name":"n","type":"t"}"#);
-        assert!(Settings::resolve(&c, &v, false).unwrap().ipam.is_none());
+        assert!(Settings::for_cleanup(&c, &v).ipam.is_none());
     }
 
     #[test]

@@ -8,11 +8,14 @@ use podnet_ipam::Pool;
 pub fn run(inv: &Invocation) -> Result<(), CniError> {
     let unavailable =
         |msg: String, details: String| CniError::new(code::NOT_AVAILABLE, msg, details);
-    let s =
-        Settings::resolve(&inv.conf, &inv.raw, true).map_err(|e| unavailable(e.msg, e.details))?;
-    match s.ipam.clone().expect("resolved with need_ipam") {
+    let s = Settings::resolve(&inv.conf, &inv.raw).map_err(|e| unavailable(e.msg, e.details))?;
+    match s.ipam.clone().expect("resolve always sets ipam") {
         Ipam::Delegate { plugin } => {
             delegate::find(&inv.env, &plugin).map_err(|e| unavailable(e.msg, e.details))?;
+            // A plugin that knows STATUS answers for itself; its error is passed on.
+            if delegate::supports(&inv.env, &plugin, "1.1.0") {
+                delegate::exec(&inv.env, &plugin, "STATUS", &inv.stdin)?;
+            }
         }
         Ipam::Builtin { subnet, gateway } => {
             let pool = Pool::new(subnet, gateway)

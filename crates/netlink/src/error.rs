@@ -4,20 +4,36 @@ use std::io;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// "operation object", or just "operation" when there is no object to name.
+fn what(op: &str, obj: &str) -> String {
+    if obj.is_empty() {
+        op.to_string()
+    } else {
+        format!("{op} {obj}")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The object the operation needs does not exist (ENODEV, ENOENT, ESRCH).
-    #[error("{op} {obj}: not found{}", .ext.as_deref().map(|e| format!(" (kernel says: {e})")).unwrap_or_default())]
+    #[error("{}: not found{}", what(op, obj), .ext.as_deref().map(|e| format!(" (kernel says: {e})")).unwrap_or_default())]
     NotFound {
         op: &'static str,
         obj: String,
         ext: Option<String>,
     },
     /// The object the operation would create exists already (EEXIST).
-    #[error("{op} {obj}: already exists")]
+    #[error("{}: already exists", what(op, obj))]
     Exists { op: &'static str, obj: String },
+    /// A link of that name exists, but of another kind than needed.
+    #[error("link {name} exists but is a {kind}, not a {want}")]
+    WrongKind {
+        name: String,
+        kind: String,
+        want: &'static str,
+    },
     /// The kernel refused the operation for another reason.
-    #[error("{op} {obj}: {}{}", .source, .ext.as_deref().map(|e| format!(" (kernel says: {e})")).unwrap_or_default())]
+    #[error("{}: {}{}", what(op, obj), .source, .ext.as_deref().map(|e| format!(" (kernel says: {e})")).unwrap_or_default())]
     Kernel {
         op: &'static str,
         obj: String,
@@ -27,7 +43,7 @@ pub enum Error {
         ext: Option<String>,
     },
     /// A system call around netlink (socket, setns, mount…) failed.
-    #[error("{op} {obj}: {source}")]
+    #[error("{}: {source}", what(op, obj))]
     Io {
         op: &'static str,
         obj: String,
@@ -35,7 +51,7 @@ pub enum Error {
         source: io::Error,
     },
     /// The kernel's answer could not be understood.
-    #[error("{op} {obj}: malformed netlink reply ({why})")]
+    #[error("{}: {why}", what(op, obj))]
     Malformed {
         op: &'static str,
         obj: String,
@@ -58,7 +74,7 @@ impl Error {
             Error::NotFound { .. } => Some(libc::ENOENT),
             Error::Exists { .. } => Some(libc::EEXIST),
             Error::Kernel { source, .. } | Error::Io { source, .. } => source.raw_os_error(),
-            Error::Malformed { .. } => None,
+            Error::Malformed { .. } | Error::WrongKind { .. } => None,
         }
     }
 

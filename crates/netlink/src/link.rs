@@ -25,6 +25,18 @@ pub struct LinkInfo {
     pub peer_index: Option<u32>,
     /// The link's alias (`ip link set X alias …`); podnet records owners there.
     pub alias: Option<String>,
+    /// For a VXLAN device: its parameters.
+    pub vxlan: Option<VxlanInfo>,
+}
+
+/// What `ip -d link show` says of a VXLAN device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanInfo {
+    pub vni: u32,
+    pub port: u16,
+    pub local: Option<std::net::Ipv4Addr>,
+    pub dev: Option<u32>,
+    pub learning: bool,
 }
 
 impl LinkInfo {
@@ -55,6 +67,25 @@ impl LinkInfo {
                 IFLA_IFALIAS => li.alias = Some(msg::as_str(p)).filter(|a| !a.is_empty()),
                 IFLA_LINKINFO => {
                     li.kind = msg::find(p, IFLA_INFO_KIND).map(msg::as_str);
+                    if li.kind.as_deref() == Some("vxlan") {
+                        let d = msg::find(p, IFLA_INFO_DATA).unwrap_or(&[]);
+                        li.vxlan = Some(VxlanInfo {
+                            vni: msg::find(d, 1).and_then(msg::as_u32).unwrap_or(0),
+                            port: msg::find(d, 15)
+                                .and_then(|b| {
+                                    Some(u16::from_be_bytes(b.get(..2)?.try_into().ok()?))
+                                })
+                                .unwrap_or(0),
+                            local: msg::find(d, 4)
+                                .filter(|b| b.len() == 4)
+                                .map(|b| std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3])),
+                            dev: msg::find(d, 3).and_then(msg::as_u32),
+                            learning: msg::find(d, 7)
+                                .and_then(|b| b.first().copied())
+                                .unwrap_or(1)
+                                != 0,
+                        });
+                    }
                 }
                 _ => {}
             }
@@ -97,7 +128,7 @@ fn parse_or_malformed(body: &[u8], obj: &str) -> Result<LinkInfo> {
     LinkInfo::parse(body).ok_or_else(|| Error::Malformed {
         op: "look up link",
         obj: obj.into(),
-        why: "short ifinfomsg".into(),
+        why: "short netlink reply (ifinfomsg)".into(),
     })
 }
 
@@ -190,6 +221,95 @@ pub fn create_bridge(
     m.str(IFLA_INFO_KIND, "bridge");
     m.end(li);
     sock.ack(m, "create bridge", name)
+}
+
+/// A VXLAN device (`ip link add NAME type vxlan id VNI local IP dev DEV dstport PORT
+/// nolearning`).
+#[derive(Clone, Debug)]
+pub struct VxlanSpec<'a> {
+    pub name: &'a str,
+    pub vni: u32,
+    pub local: std::net::Ipv4Addr,
+    /// The underlay link.
+    pub dev: u32,
+    pub port: u16,
+    pub mtu: u32,
+    pub mac: [u8; 6],
+    pub learning: bool,
+}
+
+/// Creates the VXLAN device, down.
+pub fn create_vxlan(sock: &mut Socket, v: &VxlanSpec) -> Result<()> {
+    const IFLA_VXLAN_ID: u16 = 1;
+    const IFLA_VXLAN_LINK: u16 = 3;
+    const IFLA_VXLAN_LOCAL: u16 = 4;
+    const IFLA_VXLAN_LEARNING: u16 = 7;
+    const IFLA_VXLAN_PORT: u16 = 15;
+    let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL).fixed(&ifinfo(0, 0, 0));
+    m.str(IFLA_IFNAME, v.name);
+    m.u32(IFLA_MTU, v.mtu);
+    m.attr(IFLA_ADDRESS, &v.mac);
+    let li = m.nest(IFLA_LINKINFO);
+    m.str(IFLA_INFO_KIND, "vxlan");
+    let data = m.nest(IFLA_INFO_DATA);
+    m.u32(IFLA_VXLAN_ID, v.vni);
+    m.u32(IFLA_VXLAN_LINK, v.dev);
+    m.attr(IFLA_VXLAN_LOCAL, &v.local.octets());
+    m.u8(IFLA_VXLAN_LEARNING, v.learning as u8);
+    m.attr(IFLA_VXLAN_PORT, &v.port.to_be_bytes());
+    m.end(data);
+    m.end(li);
+    sock.ack(m, "create vxlan device", v.name)
+}
+
+/// Makes sure bridge `name` exists (created with `mac` and `mtu` if missing), is up,
+/// and holds `addr/prefix`. Safe to race with another process doing the same.
+pub fn ensure_bridge(
+    sock: &mut Socket,
+    name: &str,
+    mac: [u8; 6],
+    mtu: u32,
+    addr: std::net::Ipv4Addr,
+    prefix: u8,
+) -> Result<LinkInfo> {
+    let br = match get_by_name(sock, name)? {
+        Some(l) => l,
+        None => {
+            match create_bridge(sock, name, Some(mac), Some(mtu)) {
+                Err(e) if !e.is_exists() => return Err(e),
+                _ => {} // made now, or by a concurrent caller just before
+            }
+            get_by_name(sock, name)?.ok_or_else(|| Error::NotFound {
+                op: "look up bridge",
+                obj: name.into(),
+                ext: Some("it vanished right after it was created".into()),
+            })?
+        }
+    };
+    if br.kind.as_deref() != Some("bridge") {
+        return Err(Error::WrongKind {
+            name: name.into(),
+            kind: br.kind.clone().unwrap_or_else(|| "plain link".into()),
+            want: "bridge",
+        });
+    }
+    let mut reqs = vec![crate::addr::add_request(br.index, addr, prefix)];
+    if !br.is_up() {
+        reqs.push(change_request(
+            Target::Index(br.index),
+            &LinkChange {
+                up: Some(true),
+                ..Default::default()
+            },
+        ));
+    }
+    for r in sock.ack_all(reqs) {
+        match r {
+            Err(e) if !e.is_exists() => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(br)
 }
 
 /// Which link a change applies to.

@@ -2,12 +2,120 @@
 
 use crate::error::Result;
 use crate::msg::{self, Msg};
-use crate::socket::Socket;
+use crate::socket::{Request, Socket};
+use crate::sys::{NLM_F_CREATE, NLM_F_REPLACE};
 use std::net::Ipv4Addr;
 
+const RTM_NEWNEIGH: u16 = 28;
+const RTM_DELNEIGH: u16 = 29;
 const RTM_GETNEIGH: u16 = 30;
 const NDA_DST: u16 = 1;
 const NDA_LLADDR: u16 = 2;
+const NUD_PERMANENT: u16 = 0x80;
+const NTF_SELF: u8 = 0x02;
+const AF_BRIDGE: u8 = 7;
+
+fn ndmsg(family: u8, index: u32, state: u16, flags: u8) -> [u8; 12] {
+    let mut h = [0u8; 12];
+    h[0] = family;
+    h[4..8].copy_from_slice(&index.to_ne_bytes());
+    h[8..10].copy_from_slice(&state.to_ne_bytes());
+    h[10] = flags;
+    h
+}
+
+/// `ip neigh replace IP lladdr MAC dev INDEX nud permanent`.
+pub fn add_request(index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Request {
+    let mut m = Msg::new(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE).fixed(&ndmsg(
+        libc::AF_INET as u8,
+        index,
+        NUD_PERMANENT,
+        0,
+    ));
+    m.attr(NDA_DST, &ip.octets());
+    m.attr(NDA_LLADDR, &mac);
+    Request::new(
+        m,
+        "add neighbour",
+        format!("{ip} lladdr {} on link {index}", crate::fmt_mac(&mac)),
+    )
+}
+
+/// `ip neigh del IP dev INDEX`.
+pub fn del_request(index: u32, ip: Ipv4Addr) -> Request {
+    let mut m = Msg::new(RTM_DELNEIGH, 0).fixed(&ndmsg(libc::AF_INET as u8, index, 0, 0));
+    m.attr(NDA_DST, &ip.octets());
+    Request::new(m, "delete neighbour", format!("{ip} on link {index}"))
+}
+
+/// One forwarding-database entry of a VXLAN device (`bridge fdb show dev X`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FdbInfo {
+    pub index: u32,
+    pub mac: [u8; 6],
+    /// The remote VTEP this MAC is reached through.
+    pub dst: Option<Ipv4Addr>,
+    pub state: u16,
+}
+
+/// `bridge fdb replace MAC dev INDEX dst IP self permanent`.
+pub fn fdb_add_request(index: u32, mac: [u8; 6], dst: Ipv4Addr) -> Request {
+    let mut m = Msg::new(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE).fixed(&ndmsg(
+        AF_BRIDGE,
+        index,
+        NUD_PERMANENT,
+        NTF_SELF,
+    ));
+    m.attr(NDA_LLADDR, &mac);
+    m.attr(NDA_DST, &dst.octets());
+    Request::new(
+        m,
+        "add fdb entry",
+        format!("{} dst {dst} on link {index}", crate::fmt_mac(&mac)),
+    )
+}
+
+/// `bridge fdb del MAC dev INDEX dst IP self`.
+pub fn fdb_del_request(index: u32, mac: [u8; 6], dst: Option<Ipv4Addr>) -> Request {
+    let mut m = Msg::new(RTM_DELNEIGH, 0).fixed(&ndmsg(AF_BRIDGE, index, 0, NTF_SELF));
+    m.attr(NDA_LLADDR, &mac);
+    if let Some(d) = dst {
+        m.attr(NDA_DST, &d.octets());
+    }
+    Request::new(
+        m,
+        "delete fdb entry",
+        format!("{} on link {index}", crate::fmt_mac(&mac)),
+    )
+}
+
+/// `bridge fdb show`: every entry with an IPv4 destination or none, all links.
+pub fn fdb_list(sock: &mut Socket) -> Result<Vec<FdbInfo>> {
+    let m = Msg::new(RTM_GETNEIGH, 0).fixed(&ndmsg(AF_BRIDGE, 0, 0, 0));
+    let mut out = Vec::new();
+    for body in sock.dump(m, "list fdb entries", "")? {
+        if body.len() < 12 || body[0] != AF_BRIDGE {
+            continue;
+        }
+        let index = u32::from_ne_bytes(body[4..8].try_into().unwrap());
+        let state = u16::from_ne_bytes(body[8..10].try_into().unwrap());
+        let Some(mac) =
+            msg::find(&body[12..], NDA_LLADDR).and_then(|m| <[u8; 6]>::try_from(m).ok())
+        else {
+            continue;
+        };
+        let dst = msg::find(&body[12..], NDA_DST)
+            .filter(|d| d.len() == 4)
+            .map(|d| Ipv4Addr::new(d[0], d[1], d[2], d[3]));
+        out.push(FdbInfo {
+            index,
+            mac,
+            dst,
+            state,
+        });
+    }
+    Ok(out)
+}
 
 /// One IPv4 neighbour entry.
 #[derive(Clone, Debug, PartialEq, Eq)]

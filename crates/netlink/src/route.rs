@@ -104,6 +104,34 @@ pub fn add_request(r: &RouteSpec) -> Request {
     Request::new(m, "add route", obj)
 }
 
+/// The request for `ip route del DST/PREFIX [via GW] [dev OIF]` (main table).
+pub fn del_request(r: &RouteInfo) -> Request {
+    let mut m = Msg::new(RTM_DELROUTE, 0).fixed(&rtmsg(r.prefix, 0, r.scope, r.kind, 0));
+    if r.prefix > 0 {
+        m.attr(RTA_DST, &r.dst.octets());
+    }
+    if let Some(gw) = r.gateway {
+        m.attr(RTA_GATEWAY, &gw.octets());
+    }
+    if let Some(oif) = r.oif {
+        m.u32(RTA_OIF, oif);
+    }
+    Request::new(m, "delete route", format!("{}/{}", r.dst, r.prefix))
+}
+
+/// `ip route get DST`: the kernel's own route lookup (no packet is sent).
+pub fn get(sock: &mut Socket, dst: Ipv4Addr) -> Result<RouteInfo> {
+    let mut m = Msg::new(RTM_GETROUTE, 0).fixed(&rtmsg(32, 0, 0, 0, 0));
+    m.attr(RTA_DST, &dst.octets());
+    let obj = dst.to_string();
+    let body = sock.get(m, "look up route to", &obj)?;
+    parse(&body).ok_or_else(|| crate::Error::Malformed {
+        op: "look up route to",
+        obj,
+        why: "not an IPv4 route".into(),
+    })
+}
+
 fn parse(body: &[u8]) -> Option<RouteInfo> {
     if body.len() < 12 || body[0] != libc::AF_INET as u8 {
         return None;

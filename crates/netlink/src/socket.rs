@@ -241,7 +241,9 @@ impl Socket {
                 return Err(Error::Malformed {
                     op,
                     obj: obj.to_owned(),
-                    why: format!("reply of {n} bytes is larger than the {RECV_BUF}-byte buffer"),
+                    why: format!(
+                        "netlink reply of {n} bytes is larger than the {RECV_BUF}-byte buffer"
+                    ),
                 });
             }
             return Ok(n);
@@ -350,7 +352,7 @@ impl Socket {
                         _ => Err(Error::Malformed {
                             op,
                             obj: obj.into(),
-                            why: "acknowledged without an answer".into(),
+                            why: "the kernel acknowledged without an answer".into(),
                         }),
                     };
                 }

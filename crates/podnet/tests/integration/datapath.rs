@@ -55,6 +55,15 @@ fn every_verdict_and_reason() {
                 l4.extend_from_slice(&[134, 0, 0, 0, 64, 0, 0, 0]);
                 ipv6_frame(mac, 0, &l4)
             };
+            let deep_ra = {
+                let mut l4 = Vec::new();
+                for _ in 0..4 {
+                    l4.extend_from_slice(&[60, 0, 1, 4, 0, 0, 0, 0]); // destination options, padding
+                }
+                l4.extend_from_slice(&[58, 0, 1, 4, 0, 0, 0, 0]);
+                l4.extend_from_slice(&[134, 0, 0, 0, 64, 0, 0, 0]);
+                ipv6_frame(mac, 60, &l4)
+            };
             let cases: Vec<(&str, Vec<u8>, u32)> = vec![
                 (
                     "own ARP request",
@@ -117,6 +126,17 @@ fn every_verdict_and_reason() {
                     ipv6_frame(mac, 58, &[128, 0, 0, 0, 0, 1, 0, 1]),
                     OK,
                 ),
+                (
+                    "IPv6 redirect",
+                    ipv6_frame(mac, 58, &[137, 0, 0, 0, 0, 0, 0, 0]),
+                    SHOT,
+                ),
+                ("IPv6 RA behind five extension headers", deep_ra, SHOT),
+                (
+                    "IPv6 fragment",
+                    ipv6_frame(mac, 44, &[58, 0, 0, 1, 0, 0, 0, 1, 134, 0, 0, 0]),
+                    SHOT,
+                ),
             ];
             let verdicts: Vec<(String, u32, u32)> = cases
                 .into_iter()
@@ -139,7 +159,8 @@ fn every_verdict_and_reason() {
     let counts: std::collections::HashMap<_, _> = state.drops.into_iter().collect();
     assert_eq!(counts["arp-spa"], 1);
     assert_eq!(counts["arp-sha"], 1);
-    assert_eq!(counts["malformed"], 1);
+    assert_eq!(counts["malformed"], 3, "{counts:?}");
+    assert_eq!(counts["ipv6-redirect"], 1);
     assert_eq!(counts["ip-src"], 1);
     assert_eq!(counts["src-mac"], 1);
     assert_eq!(counts["ethertype"], 1);

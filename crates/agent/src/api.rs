@@ -1,0 +1,122 @@
+//! The agent's local API: a Unix socket (default `/run/podnet/podnetd.sock`) that
+//! answers one JSON request per line with one JSON line.
+//!
+//! - `{"get":"status"}`: the agent's view — node, lease, backend, peers, last sync.
+//! - `{"get":"state"}`: the node's own kernel state as data — its links, the routes,
+//!   neighbour and FDB entries podnet manages, forwarding — read when asked, so a
+//!   caller (`podnet trace`, `podnet doctor`, the lab) sees what the kernel has, not
+//!   what the agent believes.
+
+use crate::{Result, Status};
+use podnet_netlink::{link, neigh, route, Socket};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Starts serving on `path` in a background thread (in the agent's namespace).
+pub fn serve(
+    path: &Path,
+    status: Arc<Mutex<Status>>,
+    vxlan_dev: String,
+    bridge: String,
+) -> Result<()> {
+    let fail = |source| crate::Error::File {
+        what: "serve the API on",
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(fail)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(fail)?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut line = String::new();
+            let mut r = BufReader::new(&conn);
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let req: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            let reply = match req.get("get").and_then(Value::as_str) {
+                Some("status") => {
+                    serde_json::to_value(&*status.lock().unwrap()).unwrap_or(Value::Null)
+                }
+                Some("state") => {
+                    state(&vxlan_dev, &bridge).unwrap_or_else(|e| json!({"error": e.to_string()}))
+                }
+                _ => {
+                    json!({"error": "unknown request; send {\"get\":\"status\"} or {\"get\":\"state\"}"})
+                }
+            };
+            let mut w = &conn;
+            let _ = writeln!(w, "{reply}");
+        }
+    });
+    Ok(())
+}
+
+/// The node's kernel state, as `ip`/`bridge` would show it, as data.
+pub fn state(vxlan_dev: &str, bridge: &str) -> podnet_netlink::Result<Value> {
+    let mut s = Socket::route()?;
+    let links = link::list(&mut s)?;
+    let name_of = |i: u32| {
+        links
+            .iter()
+            .find(|l| l.index == i)
+            .map(|l| l.name.clone())
+            .unwrap_or_else(|| format!("#{i}"))
+    };
+    let vx = links.iter().find(|l| l.name == vxlan_dev).map(|l| l.index);
+    let routes: Vec<Value> = route::list(&mut s)?
+        .into_iter()
+        .map(|r| {
+            json!({
+                "dst": if r.prefix == 0 { "default".to_string() } else { format!("{}/{}", r.dst, r.prefix) },
+                "gateway": r.gateway.map(|g| g.to_string()),
+                "dev": r.oif.map(name_of),
+                "onlink": r.onlink,
+                "protocol": r.protocol,
+            })
+        })
+        .collect();
+    let neighs: Vec<Value> = neigh::list(&mut s)?
+        .into_iter()
+        .map(|n| json!({"ip": n.ip.to_string(), "mac": n.mac.map(|m| podnet_netlink::fmt_mac(&m)), "dev": name_of(n.index), "state": n.state_name()}))
+        .collect();
+    let fdb: Vec<Value> = neigh::fdb_list(&mut s)?
+        .into_iter()
+        .filter(|f| Some(f.index) == vx)
+        .map(|f| json!({"mac": podnet_netlink::fmt_mac(&f.mac), "dst": f.dst.map(|d| d.to_string()), "dev": name_of(f.index)}))
+        .collect();
+    let link_json: Vec<Value> = links
+        .iter()
+        .map(|l| {
+            json!({
+                "name": l.name, "index": l.index, "kind": l.kind, "up": l.is_up(), "mtu": l.mtu,
+                "mac": l.mac_string(), "master": l.master.map(name_of),
+                "vxlan": l.vxlan.as_ref().map(|v| json!({"vni": v.vni, "port": v.port, "local": v.local.map(|a| a.to_string()), "learning": v.learning})),
+            })
+        })
+        .collect();
+    let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+        .map(|v| v.trim() == "1")
+        .unwrap_or(false);
+    Ok(json!({
+        "bridge": bridge, "vxlan_dev": vxlan_dev,
+        "links": link_json, "routes": routes, "neigh": neighs, "fdb": fdb, "forwarding": forwarding,
+    }))
+}
+
+/// Asks the agent behind `path` one question; `get` is `status` or `state`.
+pub fn ask(path: &Path, get: &str) -> std::io::Result<Value> {
+    let c = std::os::unix::net::UnixStream::connect(path)?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let mut w = &c;
+    writeln!(w, "{}", json!({"get": get}))?;
+    let mut line = String::new();
+    BufReader::new(&c).read_line(&mut line)?;
+    serde_json::from_str(&line).map_err(std::io::Error::other)
+}

@@ -1,0 +1,567 @@
+//! podnetd, the per-node agent.
+//!
+//! # Kernel objects it owns
+//! Per node: the bridge (default `podnet0`, gateway = first address of the node's pod
+//! CIDR, MAC `0a:58:<gateway>`, MTU = pod MTU); with the VXLAN backend the device
+//! `podnet.vxlan` (VNI 1, UDP 8472, `nolearning`, local = underlay IP, MAC
+//! `0a:59:<underlay IP>` — derived, so it survives reboots and re-creation, unlike the
+//! random MAC behind Flannel's stale-FDB bugs — address `<pod CIDR network>/32`);
+//! IPv4 forwarding on. Per peer: see [`plan`]. It publishes the node's pod CIDR, MTU and
+//! bridge for podnet-cni in the node file.
+//!
+//! # Behaviour
+//! - Leases its pod CIDR from the datastore (the same one across restarts) and renews
+//!   the lease every third of its TTL.
+//! - Every second, or as soon as the datastore changes, reads the kernel state it
+//!   owns, diffs it against what the peers need ([`plan::plan`]) and applies the
+//!   difference. Objects deleted or changed by hand are restored and logged (drift
+//!   repair), unless `repair` is off: then only peers arriving and leaving change the
+//!   kernel.
+//! - On start it adopts what exists (nothing is recreated that already matches), so
+//!   `kill -9` and restarts never interrupt pod traffic or duplicate entries.
+//! - Stopping the agent withdraws nothing: only removing the node from the datastore,
+//!   or its lease expiring, makes peers remove their routes to it.
+//! - Serves its status and the node's kernel state on a Unix socket ([`api`]).
+
+pub mod api;
+pub mod plan;
+
+use plan::{Backend, Current, Peer, RTPROT_PODNET};
+use podnet_cni_spec::Ipv4Net;
+use podnet_datastore::{Datastore, NodeRecord, Registration};
+use podnet_netlink::link::{self, LinkChange, Target, VxlanSpec};
+use podnet_netlink::socket::Request;
+use podnet_netlink::{addr, neigh, parse_mac, route, Socket};
+use serde::Serialize;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// VXLAN overhead: outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    Vxlan,
+    HostGw,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Vxlan => "vxlan",
+            BackendKind::HostGw => "host-gw",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node: String,
+    pub datastore: String,
+    pub underlay_dev: String,
+    pub cluster_cidr: Ipv4Net,
+    pub node_prefix: u8,
+    pub backend: BackendKind,
+    pub vni: u32,
+    pub port: u16,
+    pub vxlan_dev: String,
+    pub bridge: String,
+    pub repair: bool,
+    pub lease_ttl: Duration,
+    pub node_file: PathBuf,
+    pub api_socket: PathBuf,
+    /// How often to re-check the kernel when nothing else wakes the agent.
+    pub interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kernel(#[from] podnet_netlink::Error),
+    #[error(transparent)]
+    Datastore(#[from] podnet_datastore::Error),
+    #[error("underlay link {dev}: {why}; name the node's physical interface with --underlay-dev")]
+    Underlay { dev: String, why: String },
+    #[error("{what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the agent reports about itself (the API's `status`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    pub node: String,
+    pub backend: String,
+    pub pod_cidr: String,
+    pub underlay_dev: String,
+    pub underlay_ip: String,
+    pub vtep_mac: String,
+    pub bridge: String,
+    pub vxlan_dev: String,
+    pub mtu: u32,
+    pub repair: bool,
+    pub datastore: String,
+    pub peers: Vec<PeerStatus>,
+    /// Seconds since the Unix epoch of the last completed sync.
+    pub last_sync: u64,
+    /// Kernel changes made since the agent started.
+    pub changes: u64,
+    pub pid: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub pod_cidr: String,
+    pub underlay_ip: String,
+    pub vtep_mac: String,
+}
+
+/// The MAC of a node's VXLAN device, derived from its underlay IP.
+pub fn vtep_mac(underlay: Ipv4Addr) -> [u8; 6] {
+    let o = underlay.octets();
+    [0x0a, 0x59, o[0], o[1], o[2], o[3]]
+}
+
+fn log(node: &str, msg: &str) {
+    let t = podnet_datastore::now();
+    eprintln!("{t} podnetd[{node}]: {msg}");
+}
+
+/// The node's facts after setup.
+struct NodeInfo {
+    underlay_index: u32,
+    underlay_ip: Ipv4Addr,
+    mtu: u32,
+    record: NodeRecord,
+}
+
+pub struct Agent {
+    cfg: Config,
+    ds: Box<dyn Datastore>,
+    sock: Socket,
+    status: Arc<Mutex<Status>>,
+}
+
+impl Agent {
+    pub fn new(cfg: Config) -> Result<Agent> {
+        let ds = podnet_datastore::open(&cfg.datastore)?;
+        let sock = Socket::route()?;
+        Ok(Agent {
+            cfg,
+            ds,
+            sock,
+            status: Arc::new(Mutex::new(Status::default())),
+        })
+    }
+
+    fn log(&self, msg: &str) {
+        log(&self.cfg.node, msg)
+    }
+
+    fn underlay(&mut self) -> Result<(u32, Ipv4Addr, u32)> {
+        let dev = self.cfg.underlay_dev.clone();
+        let l = link::get_by_name(&mut self.sock, &dev)?.ok_or_else(|| Error::Underlay {
+            dev: dev.clone(),
+            why: "no such link".into(),
+        })?;
+        let ip = addr::list(&mut self.sock, Some(l.index))?
+            .first()
+            .map(|a| a.addr)
+            .ok_or_else(|| Error::Underlay {
+                dev: dev.clone(),
+                why: "it has no IPv4 address".into(),
+            })?;
+        Ok((l.index, ip, l.mtu))
+    }
+
+    fn register(&mut self, ip: Ipv4Addr) -> Result<NodeRecord> {
+        Ok(self.ds.register(&Registration {
+            name: self.cfg.node.clone(),
+            underlay_ip: ip,
+            vtep_mac: podnet_netlink::fmt_mac(&vtep_mac(ip)),
+            backend: self.cfg.backend.as_str().into(),
+            cluster_cidr: self.cfg.cluster_cidr,
+            node_prefix: self.cfg.node_prefix,
+            ttl: self.cfg.lease_ttl,
+        })?)
+    }
+
+    /// Node-level objects: bridge, VXLAN device, forwarding, the node file.
+    fn ensure_node(&mut self, n: &NodeInfo) -> Result<Option<u32>> {
+        let cidr = n.record.pod_cidr;
+        let gw = cidr.nth(1).expect("a node CIDR has a first address");
+        let o = gw.octets();
+        link::ensure_bridge(
+            &mut self.sock,
+            &self.cfg.bridge,
+            [0x0a, 0x58, o[0], o[1], o[2], o[3]],
+            n.mtu,
+            gw,
+            cidr.prefix(),
+        )?;
+        let vx = match self.cfg.backend {
+            BackendKind::Vxlan => Some(self.ensure_vxlan(n)?),
+            BackendKind::HostGw => {
+                if link::get_by_name(&mut self.sock, &self.cfg.vxlan_dev)?.is_some() {
+                    self.log(&format!(
+                        "host-gw backend: removing VXLAN device {}",
+                        self.cfg.vxlan_dev
+                    ));
+                    link::delete_by_name(&mut self.sock, &self.cfg.vxlan_dev)?;
+                }
+                None
+            }
+        };
+        let fwd = "/proc/sys/net/ipv4/ip_forward";
+        if std::fs::read_to_string(fwd)
+            .map(|v| v.trim() != "1")
+            .unwrap_or(true)
+        {
+            std::fs::write(fwd, "1").map_err(|source| Error::File {
+                what: "enable forwarding in",
+                path: fwd.into(),
+                source,
+            })?;
+            self.log("IPv4 forwarding turned on");
+        }
+        Ok(vx)
+    }
+
+    fn ensure_vxlan(&mut self, n: &NodeInfo) -> Result<u32> {
+        let name = self.cfg.vxlan_dev.clone();
+        let mac = vtep_mac(n.underlay_ip);
+        let want_mtu = n.mtu;
+        let existing = link::get_by_name(&mut self.sock, &name)?;
+        let fits = existing.as_ref().is_some_and(|l| {
+            l.mac == mac
+                && l.vxlan.as_ref().is_some_and(|v| {
+                    v.vni == self.cfg.vni
+                        && v.port == self.cfg.port
+                        && v.local == Some(n.underlay_ip)
+                        && !v.learning
+                })
+        });
+        let l = match existing {
+            Some(l) if fits => l,
+            other => {
+                if other.is_some() {
+                    self.log(&format!(
+                        "VXLAN device {name} does not match the configuration: recreating it"
+                    ));
+                    link::delete_by_name(&mut self.sock, &name)?;
+                } else {
+                    self.log(&format!(
+                        "creating VXLAN device {name} (VNI {}, UDP {}, local {})",
+                        self.cfg.vni, self.cfg.port, n.underlay_ip
+                    ));
+                }
+                link::create_vxlan(
+                    &mut self.sock,
+                    &VxlanSpec {
+                        name: &name,
+                        vni: self.cfg.vni,
+                        local: n.underlay_ip,
+                        dev: n.underlay_index,
+                        port: self.cfg.port,
+                        mtu: want_mtu,
+                        mac,
+                        learning: false,
+                    },
+                )?;
+                link::get_by_name(&mut self.sock, &name)?.ok_or_else(|| {
+                    podnet_netlink::Error::NotFound {
+                        op: "look up",
+                        obj: name.clone(),
+                        ext: None,
+                    }
+                })?
+            }
+        };
+        let mut reqs: Vec<Request> =
+            vec![addr::add_request(l.index, n.record.pod_cidr.network(), 32)];
+        if !l.is_up() || l.mtu != want_mtu {
+            reqs.push(link::change_request(
+                Target::Index(l.index),
+                &LinkChange {
+                    up: Some(true),
+                    mtu: Some(want_mtu),
+                    ..Default::default()
+                },
+            ));
+        }
+        for r in self.sock.ack_all(reqs) {
+            match r {
+                Err(e) if !e.is_exists() => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(l.index)
+    }
+
+    fn write_node_file(&self, n: &NodeInfo) -> Result<()> {
+        let body = serde_json::json!({
+            "node": self.cfg.node,
+            "podCIDR": n.record.pod_cidr.to_string(),
+            "mtu": n.mtu,
+            "bridge": self.cfg.bridge,
+        });
+        let p = &self.cfg.node_file;
+        let fail = |source| Error::File {
+            what: "write the node file",
+            path: p.display().to_string(),
+            source,
+        };
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(fail)?;
+        }
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, body.to_string()).map_err(fail)?;
+        std::fs::rename(&tmp, p).map_err(fail)
+    }
+
+    /// What exists now, of what the plan manages.
+    fn current(&mut self, backend: Backend) -> Result<Current> {
+        let routes = route::list(&mut self.sock)?
+            .into_iter()
+            .filter(|r| r.protocol == RTPROT_PODNET)
+            .collect();
+        let (neighs, fdb) = match backend {
+            Backend::Vxlan { dev } => (
+                neigh::list(&mut self.sock)?
+                    .into_iter()
+                    .filter(|n| n.index == dev && n.state & 0x80 != 0)
+                    .collect(),
+                neigh::fdb_list(&mut self.sock)?
+                    .into_iter()
+                    .filter(|f| f.index == dev && f.dst.is_some())
+                    .collect(),
+            ),
+            Backend::HostGw { .. } => (vec![], vec![]),
+        };
+        Ok(Current {
+            routes,
+            neighs,
+            fdb,
+        })
+    }
+
+    fn apply(&mut self, ops: &[plan::Op]) -> usize {
+        let reqs: Vec<Request> = ops
+            .iter()
+            .map(|op| match op {
+                plan::Op::AddRoute {
+                    dst,
+                    via,
+                    dev,
+                    onlink,
+                } => {
+                    let mut r = route::add_request(&route::RouteSpec {
+                        dst: dst.network(),
+                        prefix: dst.prefix(),
+                        gateway: Some(*via),
+                        oif: Some(*dev),
+                        onlink: *onlink,
+                        protocol: RTPROT_PODNET,
+                    });
+                    r.msg.replace_flags();
+                    r
+                }
+                plan::Op::DelRoute { dst, via, dev } => route::del_request(&route::RouteInfo {
+                    dst: dst.network(),
+                    prefix: dst.prefix(),
+                    gateway: *via,
+                    oif: *dev,
+                    table: 254,
+                    protocol: RTPROT_PODNET,
+                    scope: 0,
+                    kind: 1,
+                    onlink: false,
+                    prefsrc: None,
+                }),
+                plan::Op::AddNeigh { ip, mac, dev } => neigh::add_request(*dev, *ip, *mac),
+                plan::Op::DelNeigh { ip, dev } => neigh::del_request(*dev, *ip),
+                plan::Op::AddFdb { mac, dst, dev } => neigh::fdb_add_request(*dev, *mac, *dst),
+                plan::Op::DelFdb { mac, dst, dev } => neigh::fdb_del_request(*dev, *mac, *dst),
+            })
+            .collect();
+        let mut ok = 0;
+        for (op, r) in ops.iter().zip(self.sock.ack_all(reqs)) {
+            match r {
+                Ok(()) => ok += 1,
+                Err(e)
+                    if e.is_not_found()
+                        && matches!(
+                            op,
+                            plan::Op::DelRoute { .. }
+                                | plan::Op::DelNeigh { .. }
+                                | plan::Op::DelFdb { .. }
+                        ) => {}
+                Err(e) => self.log(&format!("failed: {op}: {e}")),
+            }
+        }
+        ok
+    }
+
+    pub fn status(&self) -> Arc<Mutex<Status>> {
+        self.status.clone()
+    }
+
+    /// Sets the node up and keeps it converged; returns only on a fatal error.
+    pub fn run(mut self) -> Result<()> {
+        let (underlay_index, underlay_ip, underlay_mtu) = self.underlay()?;
+        let record = self.register(underlay_ip)?;
+        let mtu = match self.cfg.backend {
+            BackendKind::Vxlan => underlay_mtu - VXLAN_OVERHEAD,
+            BackendKind::HostGw => underlay_mtu,
+        };
+        let mut n = NodeInfo {
+            underlay_index,
+            underlay_ip,
+            mtu,
+            record,
+        };
+        self.log(&format!(
+            "node {} leased {} (underlay {} on {}, backend {}, pod MTU {mtu}, datastore {}, repair {})",
+            self.cfg.node, n.record.pod_cidr, underlay_ip, self.cfg.underlay_dev, self.cfg.backend.as_str(), self.ds.describe(), if self.cfg.repair { "on" } else { "off" }
+        ));
+        let mut vx = self.ensure_node(&n)?;
+        self.write_node_file(&n)?;
+        api::serve(
+            &self.cfg.api_socket,
+            self.status.clone(),
+            self.cfg.vxlan_dev.clone(),
+            self.cfg.bridge.clone(),
+        )?;
+
+        let mut renewed = Instant::now();
+        let mut known: Vec<Peer> = vec![];
+        let mut last_desired: Option<Current> = None;
+        let mut changes = 0u64;
+        loop {
+            if renewed.elapsed() >= self.cfg.lease_ttl / 3 {
+                match self.register(n.underlay_ip) {
+                    Ok(r) => {
+                        if r.pod_cidr != n.record.pod_cidr {
+                            self.log(&format!(
+                                "lease changed from {} to {}",
+                                n.record.pod_cidr, r.pod_cidr
+                            ));
+                        }
+                        n.record = r;
+                        renewed = Instant::now();
+                    }
+                    Err(e) => self.log(&format!("cannot renew the lease: {e}")),
+                }
+            }
+            if let Err(e) = self.sync(&n, &mut vx, &mut known, &mut last_desired, &mut changes) {
+                self.log(&format!("sync failed, retrying: {e}"));
+            }
+            let _ = self.ds.wait_change(self.cfg.interval);
+        }
+    }
+
+    fn sync(
+        &mut self,
+        n: &NodeInfo,
+        vx: &mut Option<u32>,
+        known: &mut Vec<Peer>,
+        last: &mut Option<Current>,
+        changes: &mut u64,
+    ) -> Result<()> {
+        if self.cfg.repair {
+            *vx = self.ensure_node(n)?;
+        }
+        let backend = match (self.cfg.backend, *vx) {
+            (BackendKind::Vxlan, Some(dev)) => Backend::Vxlan { dev },
+            _ => Backend::HostGw {
+                dev: n.underlay_index,
+            },
+        };
+        let mut peers: Vec<Peer> = self
+            .ds
+            .nodes()?
+            .into_iter()
+            .filter(|r| r.name != self.cfg.node)
+            .filter_map(|r| {
+                Some(Peer {
+                    vtep_mac: parse_mac(&r.vtep_mac)?,
+                    name: r.name,
+                    cidr: r.pod_cidr,
+                    underlay: r.underlay_ip,
+                })
+            })
+            .collect();
+        peers.sort();
+        for p in peers.iter().filter(|p| !known.contains(p)) {
+            self.log(&format!(
+                "peer {} at {} serves {}",
+                p.name, p.underlay, p.cidr
+            ));
+        }
+        for p in known
+            .iter()
+            .filter(|p| !peers.iter().any(|q| q.name == p.name))
+        {
+            self.log(&format!(
+                "peer {} is gone: removing its route and entries",
+                p.name
+            ));
+        }
+        let want = plan::desired(backend, &peers);
+        let cur = match (self.cfg.repair, last.as_ref()) {
+            (false, Some(prev)) => prev.clone(),
+            _ => self.current(backend)?,
+        };
+        let ops = plan::plan(&want, &cur);
+        let drift = peers == *known && !ops.is_empty();
+        for op in &ops {
+            self.log(&format!(
+                "{}{op}",
+                if drift { "repairing drift: " } else { "" }
+            ));
+        }
+        *changes += self.apply(&ops) as u64;
+        *known = peers;
+        *last = Some(want);
+        let mut st = self.status.lock().unwrap();
+        *st = Status {
+            node: self.cfg.node.clone(),
+            backend: self.cfg.backend.as_str().into(),
+            pod_cidr: n.record.pod_cidr.to_string(),
+            underlay_dev: self.cfg.underlay_dev.clone(),
+            underlay_ip: n.underlay_ip.to_string(),
+            vtep_mac: podnet_netlink::fmt_mac(&vtep_mac(n.underlay_ip)),
+            bridge: self.cfg.bridge.clone(),
+            vxlan_dev: if vx.is_some() {
+                self.cfg.vxlan_dev.clone()
+            } else {
+                String::new()
+            },
+            mtu: n.mtu,
+            repair: self.cfg.repair,
+            datastore: self.ds.describe(),
+            peers: known
+                .iter()
+                .map(|p| PeerStatus {
+                    name: p.name.clone(),
+                    pod_cidr: p.cidr.to_string(),
+                    underlay_ip: p.underlay.to_string(),
+                    vtep_mac: podnet_netlink::fmt_mac(&p.vtep_mac),
+                })
+                .collect(),
+            last_sync: podnet_datastore::now(),
+            changes: *changes,
+            pid: std::process::id(),
+        };
+        Ok(())
+    }
+}

@@ -1,0 +1,367 @@
+//! The per-peer plan: what should exist for each peer node, diffed against what
+//! exists, as a list of operations. Pure — no I/O — so it is tested without root, and
+//! every operation prints as the iproute2 command that would do the same.
+//!
+//! Per peer, with the VXLAN backend (the Flannel model):
+//! - route `<peer CIDR> via <peer VTEP addr> dev <vxlan> onlink proto 0x50`
+//! - neighbour `<peer VTEP addr> lladdr <peer VTEP MAC> dev <vxlan> nud permanent`
+//! - FDB `<peer VTEP MAC> dev <vxlan> dst <peer underlay IP> self permanent`
+//!
+//! where the peer's VTEP address is the network address of its pod CIDR. With the
+//! host-gw backend, only a route `<peer CIDR> via <peer underlay IP> dev <underlay>`.
+//!
+//! podnet's routes carry protocol 0x50, so a route podnet did not make is never
+//! touched; neighbour and FDB entries are only managed on podnet's VXLAN device.
+
+use podnet_cni_spec::Ipv4Net;
+use podnet_netlink::neigh::{FdbInfo, NeighInfo};
+use podnet_netlink::route::RouteInfo;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+/// Route protocol number marking podnet's routes.
+pub const RTPROT_PODNET: u8 = 0x50;
+const NUD_PERMANENT: u16 = 0x80;
+
+/// A peer node, as the datastore describes it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Peer {
+    pub name: String,
+    pub cidr: Ipv4Net,
+    pub underlay: Ipv4Addr,
+    pub vtep_mac: [u8; 6],
+}
+
+impl Peer {
+    /// The address of the peer's VTEP: its CIDR's network address.
+    pub fn vtep_ip(&self) -> Ipv4Addr {
+        self.cidr.network()
+    }
+}
+
+/// How this node reaches its peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Through the VXLAN device with this index.
+    Vxlan { dev: u32 },
+    /// Directly through the underlay link with this index.
+    HostGw { dev: u32 },
+}
+
+/// The kernel state the plan compares with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Current {
+    /// Routes with protocol [`RTPROT_PODNET`].
+    pub routes: Vec<RouteInfo>,
+    /// Permanent neighbour entries on the VXLAN device.
+    pub neighs: Vec<NeighInfo>,
+    /// FDB entries with a destination on the VXLAN device.
+    pub fdb: Vec<FdbInfo>,
+}
+
+/// One change to the kernel.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Op {
+    AddRoute {
+        dst: Ipv4Net,
+        via: Ipv4Addr,
+        dev: u32,
+        onlink: bool,
+    },
+    DelRoute {
+        dst: Ipv4Net,
+        via: Option<Ipv4Addr>,
+        dev: Option<u32>,
+    },
+    AddNeigh {
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+        dev: u32,
+    },
+    DelNeigh {
+        ip: Ipv4Addr,
+        dev: u32,
+    },
+    AddFdb {
+        mac: [u8; 6],
+        dst: Ipv4Addr,
+        dev: u32,
+    },
+    DelFdb {
+        mac: [u8; 6],
+        dst: Option<Ipv4Addr>,
+        dev: u32,
+    },
+}
+
+impl fmt::Display for Op {
+    /// The iproute2 command that does the same (devices by index: `dev #7`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mac = |m: &[u8; 6]| podnet_netlink::fmt_mac(m);
+        match self {
+            Op::AddRoute {
+                dst,
+                via,
+                dev,
+                onlink,
+            } => {
+                write!(
+                    f,
+                    "ip route replace {dst} via {via} dev #{dev}{} proto 0x50",
+                    if *onlink { " onlink" } else { "" }
+                )
+            }
+            Op::DelRoute { dst, via, dev } => {
+                write!(f, "ip route del {dst}")?;
+                if let Some(v) = via {
+                    write!(f, " via {v}")?;
+                }
+                if let Some(d) = dev {
+                    write!(f, " dev #{d}")?;
+                }
+                Ok(())
+            }
+            Op::AddNeigh { ip, mac: m, dev } => write!(
+                f,
+                "ip neigh replace {ip} lladdr {} dev #{dev} nud permanent",
+                mac(m)
+            ),
+            Op::DelNeigh { ip, dev } => write!(f, "ip neigh del {ip} dev #{dev}"),
+            Op::AddFdb { mac: m, dst, dev } => write!(
+                f,
+                "bridge fdb replace {} dev #{dev} dst {dst} self permanent",
+                mac(m)
+            ),
+            Op::DelFdb { mac: m, dst, dev } => {
+                write!(f, "bridge fdb del {} dev #{dev}", mac(m))?;
+                if let Some(d) = dst {
+                    write!(f, " dst {d}")?;
+                }
+                write!(f, " self")
+            }
+        }
+    }
+}
+
+/// What should exist for `peers`, as the `Current` it would read back.
+pub fn desired(backend: Backend, peers: &[Peer]) -> Current {
+    let mut c = Current::default();
+    for p in peers {
+        match backend {
+            Backend::Vxlan { dev } => {
+                c.routes.push(route(p.cidr, Some(p.vtep_ip()), dev, true));
+                c.neighs.push(NeighInfo {
+                    index: dev,
+                    ip: p.vtep_ip(),
+                    mac: Some(p.vtep_mac),
+                    state: NUD_PERMANENT,
+                });
+                c.fdb.push(FdbInfo {
+                    index: dev,
+                    mac: p.vtep_mac,
+                    dst: Some(p.underlay),
+                    state: NUD_PERMANENT,
+                });
+            }
+            Backend::HostGw { dev } => c.routes.push(route(p.cidr, Some(p.underlay), dev, false)),
+        }
+    }
+    c
+}
+
+fn route(dst: Ipv4Net, via: Option<Ipv4Addr>, dev: u32, onlink: bool) -> RouteInfo {
+    RouteInfo {
+        dst: dst.network(),
+        prefix: dst.prefix(),
+        gateway: via,
+        oif: Some(dev),
+        table: 254,
+        protocol: RTPROT_PODNET,
+        scope: 0,
+        kind: 1,
+        onlink,
+        prefsrc: None,
+    }
+}
+
+fn net_of(r: &RouteInfo) -> Option<Ipv4Net> {
+    Ipv4Net::new(r.dst, r.prefix)
+}
+
+/// The operations that turn `cur` into `want`. Deletions come first, so a route that
+/// moves (same destination, new gateway) is replaced cleanly.
+pub fn plan(want: &Current, cur: &Current) -> Vec<Op> {
+    let mut dels = BTreeSet::new();
+    let mut adds = BTreeSet::new();
+    let same_route = |a: &RouteInfo, b: &RouteInfo| {
+        a.dst == b.dst
+            && a.prefix == b.prefix
+            && a.gateway == b.gateway
+            && a.oif == b.oif
+            && a.onlink == b.onlink
+    };
+    for c in &cur.routes {
+        if !want.routes.iter().any(|w| same_route(w, c)) {
+            if let Some(dst) = net_of(c) {
+                dels.insert(Op::DelRoute {
+                    dst,
+                    via: c.gateway,
+                    dev: c.oif,
+                });
+            }
+        }
+    }
+    for w in &want.routes {
+        if !cur.routes.iter().any(|c| same_route(w, c)) {
+            if let (Some(dst), Some(via), Some(dev)) = (net_of(w), w.gateway, w.oif) {
+                adds.insert(Op::AddRoute {
+                    dst,
+                    via,
+                    dev,
+                    onlink: w.onlink,
+                });
+            }
+        }
+    }
+    for c in &cur.neighs {
+        if !want
+            .neighs
+            .iter()
+            .any(|w| w.index == c.index && w.ip == c.ip)
+        {
+            dels.insert(Op::DelNeigh {
+                ip: c.ip,
+                dev: c.index,
+            });
+        }
+    }
+    for w in &want.neighs {
+        if !cur.neighs.iter().any(|c| {
+            c.index == w.index && c.ip == w.ip && c.mac == w.mac && c.state == NUD_PERMANENT
+        }) {
+            if let Some(mac) = w.mac {
+                adds.insert(Op::AddNeigh {
+                    ip: w.ip,
+                    mac,
+                    dev: w.index,
+                });
+            }
+        }
+    }
+    for c in &cur.fdb {
+        if !want
+            .fdb
+            .iter()
+            .any(|w| w.index == c.index && w.mac == c.mac && w.dst == c.dst)
+        {
+            dels.insert(Op::DelFdb {
+                mac: c.mac,
+                dst: c.dst,
+                dev: c.index,
+            });
+        }
+    }
+    for w in &want.fdb {
+        if !cur
+            .fdb
+            .iter()
+            .any(|c| c.index == w.index && c.mac == w.mac && c.dst == w.dst)
+        {
+            if let Some(dst) = w.dst {
+                adds.insert(Op::AddFdb {
+                    mac: w.mac,
+                    dst,
+                    dev: w.index,
+                });
+            }
+        }
+    }
+    dels.into_iter().chain(adds).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(n: u8) -> Peer {
+        Peer {
+            name: format!("node{n}"),
+            cidr: format!("10.244.{n}.0/24").parse().unwrap(),
+            underlay: Ipv4Addr::new(192, 168, 1, 10 + n),
+            vtep_mac: [0x0a, 0x59, 192, 168, 1, 10 + n],
+        }
+    }
+
+    const VX: Backend = Backend::Vxlan { dev: 7 };
+
+    #[test]
+    fn one_route_neigh_and_fdb_per_peer() {
+        let want = desired(VX, &[peer(1), peer(2)]);
+        let ops = plan(&want, &Current::default());
+        assert_eq!(ops.len(), 6);
+        let text: Vec<String> = ops.iter().map(|o| o.to_string()).collect();
+        assert!(
+            text.contains(
+                &"ip route replace 10.244.1.0/24 via 10.244.1.0 dev #7 onlink proto 0x50"
+                    .to_string()
+            ),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(
+                &"ip neigh replace 10.244.2.0 lladdr 0a:59:c0:a8:01:0c dev #7 nud permanent"
+                    .to_string()
+            ),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(
+                &"bridge fdb replace 0a:59:c0:a8:01:0b dev #7 dst 192.168.1.11 self permanent"
+                    .to_string()
+            ),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn converged_state_needs_nothing() {
+        let want = desired(VX, &[peer(1), peer(2)]);
+        assert!(plan(&want, &want.clone()).is_empty());
+    }
+
+    #[test]
+    fn departed_peer_is_removed_and_drift_repaired() {
+        let cur = desired(VX, &[peer(1), peer(2)]);
+        let mut want = desired(VX, &[peer(1)]);
+        let ops = plan(&want, &cur);
+        assert_eq!(ops.len(), 3);
+        assert!(ops.iter().all(|o| matches!(
+            o,
+            Op::DelRoute { .. } | Op::DelNeigh { .. } | Op::DelFdb { .. }
+        )));
+        // A changed VTEP MAC (the peer rebooted with a new device) replaces neigh and fdb.
+        let mut p = peer(1);
+        p.vtep_mac[5] = 0x99;
+        want = desired(VX, &[p]);
+        let ops = plan(&want, &desired(VX, &[peer(1)]));
+        assert!(ops.iter().any(|o| matches!(o, Op::DelFdb { .. })));
+        assert!(ops
+            .iter()
+            .any(|o| matches!(o, Op::AddFdb { mac, .. } if mac[5] == 0x99)));
+        assert!(ops
+            .iter()
+            .any(|o| matches!(o, Op::AddNeigh { mac, .. } if mac[5] == 0x99)));
+    }
+
+    #[test]
+    fn host_gw_routes_via_underlay() {
+        let want = desired(Backend::HostGw { dev: 2 }, &[peer(3)]);
+        let ops = plan(&want, &Current::default());
+        assert_eq!(ops.len(), 1);
+        assert_eq!(
+            ops[0].to_string(),
+            "ip route replace 10.244.3.0/24 via 192.168.1.13 dev #2 proto 0x50"
+        );
+    }
+}

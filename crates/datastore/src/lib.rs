@@ -1,0 +1,211 @@
+//! The datastore: where each node leases its pod CIDR and publishes how to reach it
+//! (underlay IP, VTEP MAC), and where every node finds its peers.
+//!
+//! One trait, [`Datastore`], in the terms of the domain — register a node, renew its
+//! lease, list live nodes, remove a node, wait for a change — rather than of a
+//! key-value store, so that a Kubernetes backend (pod CIDR from `node.spec.podCIDR`,
+//! the rest in node annotations, changes by watch) fits behind it without changing
+//! callers. Backends: [`file`] (a directory; the lab and single-host use).
+//!
+//! Leases expire: a node that stops renewing for its TTL disappears from
+//! [`Datastore::nodes`], so its peers remove their routes to it. Stopping an agent
+//! does not remove its node; only [`Datastore::remove`] (or expiry) does.
+
+pub mod file;
+
+use podnet_cni_spec::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("datastore URL {0:?} is not understood: use file:/path/to/dir")]
+    Url(String),
+    #[error("datastore {path}: {op}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("datastore record {path} is damaged ({why}); delete it, its node registers again")]
+    Corrupt { path: String, why: String },
+    #[error("no free /{prefix} left in cluster CIDR {cluster} for node {node}: {used} nodes hold one; remove departed nodes or use a larger cluster CIDR")]
+    Exhausted {
+        cluster: Ipv4Net,
+        prefix: u8,
+        node: String,
+        used: usize,
+    },
+    #[error("invalid registration of node {node}: {why}")]
+    Invalid { node: String, why: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a node publishes about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub pod_cidr: Ipv4Net,
+    pub underlay_ip: Ipv4Addr,
+    /// MAC of the node's VXLAN device, `aa:bb:…`.
+    pub vtep_mac: String,
+    /// `vxlan` or `host-gw`.
+    pub backend: String,
+    /// Seconds since the Unix epoch of the last renewal.
+    pub renewed: u64,
+    pub ttl_secs: u64,
+}
+
+impl NodeRecord {
+    pub fn expires(&self) -> u64 {
+        self.renewed + self.ttl_secs
+    }
+
+    pub fn is_live(&self, now: u64) -> bool {
+        now < self.expires()
+    }
+}
+
+/// A node asking for (or keeping) its lease.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    pub name: String,
+    pub underlay_ip: Ipv4Addr,
+    pub vtep_mac: String,
+    pub backend: String,
+    /// The range pod CIDRs are cut from, and the size of each.
+    pub cluster_cidr: Ipv4Net,
+    pub node_prefix: u8,
+    pub ttl: Duration,
+}
+
+pub trait Datastore: Send + Sync {
+    /// Leases a pod CIDR to the node — the same one as before if it had one that no
+    /// live node took since — publishes its record and renews its lease.
+    fn register(&self, r: &Registration) -> Result<NodeRecord>;
+    /// Every node whose lease is live.
+    fn nodes(&self) -> Result<Vec<NodeRecord>>;
+    /// Removes a node; returns false if there was none.
+    fn remove(&self, name: &str) -> Result<bool>;
+    /// Blocks until the set of nodes may have changed, or `timeout` passes.
+    fn wait_change(&self, timeout: Duration) -> Result<()>;
+    /// A URL-like description for logs (`file:/path`).
+    fn describe(&self) -> String;
+}
+
+/// Opens a datastore from its URL: `file:/path/to/dir`.
+pub fn open(url: &str) -> Result<Box<dyn Datastore>> {
+    if let Some(path) = url.strip_prefix("file:") {
+        if path.is_empty() {
+            return Err(Error::Url(url.into()));
+        }
+        return Ok(Box::new(file::FileStore::open(path)?));
+    }
+    Err(Error::Url(url.into()))
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Picks the CIDR for `r`: its previous one if still free, else the first free one.
+pub fn choose_cidr(
+    r: &Registration,
+    previous: Option<Ipv4Net>,
+    taken: &[Ipv4Net],
+) -> Result<Ipv4Net> {
+    if r.node_prefix < r.cluster_cidr.prefix() || r.node_prefix > 30 {
+        return Err(Error::Invalid {
+            node: r.name.clone(),
+            why: format!(
+                "node prefix /{} does not fit in cluster CIDR {}",
+                r.node_prefix, r.cluster_cidr
+            ),
+        });
+    }
+    let overlaps = |a: Ipv4Net, b: &Ipv4Net| a.contains(b.network()) || b.contains(a.network());
+    if let Some(p) = previous {
+        if r.cluster_cidr.contains(p.network())
+            && p.prefix() == r.node_prefix
+            && !taken.iter().any(|t| overlaps(p, t))
+        {
+            return Ok(p);
+        }
+    }
+    let count = 1u64 << (r.node_prefix - r.cluster_cidr.prefix());
+    let step = 1u64 << (32 - r.node_prefix);
+    (0..count)
+        .filter_map(|i| {
+            r.cluster_cidr
+                .nth(i * step)
+                .and_then(|a| Ipv4Net::new(a, r.node_prefix))
+        })
+        .find(|c| !taken.iter().any(|t| overlaps(*c, t)))
+        .ok_or_else(|| Error::Exhausted {
+            cluster: r.cluster_cidr,
+            prefix: r.node_prefix,
+            node: r.name.clone(),
+            used: taken.len(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(name: &str) -> Registration {
+        Registration {
+            name: name.into(),
+            underlay_ip: Ipv4Addr::new(192, 168, 1, 10),
+            vtep_mac: "0a:59:c0:a8:01:0a".into(),
+            backend: "vxlan".into(),
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            node_prefix: 24,
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn chooses_first_free_and_keeps_previous() {
+        let r = reg("a");
+        let t: Vec<Ipv4Net> = vec![
+            "10.244.0.0/24".parse().unwrap(),
+            "10.244.2.0/24".parse().unwrap(),
+        ];
+        assert_eq!(
+            choose_cidr(&r, None, &t).unwrap().to_string(),
+            "10.244.1.0/24"
+        );
+        let prev: Ipv4Net = "10.244.7.0/24".parse().unwrap();
+        assert_eq!(choose_cidr(&r, Some(prev), &t).unwrap(), prev);
+        assert_eq!(
+            choose_cidr(&r, Some(t[0]), &t).unwrap().to_string(),
+            "10.244.1.0/24"
+        );
+    }
+
+    #[test]
+    fn exhaustion_and_bad_prefix() {
+        let mut r = reg("a");
+        r.cluster_cidr = "10.9.0.0/23".parse().unwrap();
+        let t: Vec<Ipv4Net> = vec![
+            "10.9.0.0/24".parse().unwrap(),
+            "10.9.1.0/24".parse().unwrap(),
+        ];
+        assert!(matches!(
+            choose_cidr(&r, None, &t),
+            Err(Error::Exhausted { .. })
+        ));
+        r.node_prefix = 20;
+        assert!(matches!(
+            choose_cidr(&r, None, &[]),
+            Err(Error::Invalid { .. })
+        ));
+    }
+}
