@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod demo;
 pub mod exec;
+pub mod lab;
 pub mod probe;
 pub mod scratch;
 

@@ -37,6 +37,99 @@ enum Cmd {
         #[command(subcommand)]
         what: BenchCmd,
     },
+    /// A real multi-node cluster in network namespaces on this machine: a fabric, nodes
+    /// each running podnetd, pods made through podnet-cni. Nothing touches the
+    /// machine's own namespace; `lab down` removes it all.
+    Lab {
+        /// The lab to act on; several labs can coexist.
+        #[arg(long, global = true, default_value = "lab")]
+        name: String,
+        #[command(subcommand)]
+        cmd: LabCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Build the lab, or bring an existing one back to this shape (restarts dead
+    /// agents, adds missing pods, duplicates nothing).
+    Up {
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        #[arg(long, default_value_t = 2)]
+        pods_per_node: usize,
+        #[arg(long, value_enum, default_value = "vxlan")]
+        backend: LabBackend,
+        /// Datastore URL for the agents (default: a file datastore inside the lab).
+        #[arg(long)]
+        datastore: Option<String>,
+        /// Start the agents with --no-repair (hand-made breakage stays broken).
+        #[arg(long)]
+        no_repair: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Remove every namespace, process and file of the lab.
+    Down,
+    /// Nodes, agents and pods.
+    Status {
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Every pod to every other pod over TCP, and whether the receiver saw the
+    /// sender's own pod IP (no NAT).
+    Check {
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Run a command inside a pod: `podnet lab exec p1a -- ip route`.
+    Exec {
+        pod: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Add or delete pods.
+    Pod {
+        #[command(subcommand)]
+        cmd: PodCmd,
+    },
+    /// Delete a node (its peers drop their routes to it).
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+    /// (internal) The pods' echo server.
+    #[command(hide = true)]
+    ServeEcho {
+        #[arg(long)]
+        ip: std::net::Ipv4Addr,
+        #[arg(long, default_value_t = podnet::lab::ECHO_PORT)]
+        port: u16,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LabBackend {
+    Vxlan,
+    HostGw,
+}
+
+#[derive(Subcommand)]
+enum PodCmd {
+    /// Create a pod on a node through podnet-cni.
+    Add {
+        name: String,
+        #[arg(long)]
+        node: String,
+    },
+    /// Delete a pod through podnet-cni.
+    Del { name: String },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Remove a node from the datastore and the lab.
+    Del { name: String },
 }
 
 #[derive(Subcommand)]
@@ -83,8 +176,144 @@ fn main() {
     }
 }
 
+fn print_status(lab: &podnet::lab::Lab, output: Output) -> Result<()> {
+    let st = lab.status()?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(());
+    }
+    println!(
+        "lab {}: fabric {} (bridge {})",
+        st.name, st.fabric.netns, st.fabric.bridge
+    );
+    println!(
+        "{:<8} {:<14} {:<16} {:<18} {:>8} {:>6}",
+        "NODE", "UNDERLAY", "POD CIDR", "VTEP MAC", "AGENT", "PEERS"
+    );
+    for n in &st.nodes {
+        let agent = n
+            .agent_pid
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "DOWN".into());
+        println!(
+            "{:<8} {:<14} {:<16} {:<18} {:>8} {:>6}",
+            n.name,
+            n.underlay_ip,
+            n.pod_cidr.as_deref().unwrap_or("?"),
+            n.vtep_mac.as_deref().unwrap_or("-"),
+            agent,
+            n.peers
+        );
+    }
+    println!(
+        "{:<6} {:<8} {:<14} {:<18} {:<16}",
+        "POD", "NODE", "IP", "MAC", "HOST VETH"
+    );
+    for p in &st.pods {
+        println!(
+            "{:<6} {:<8} {:<14} {:<18} {:<16}",
+            p.name, p.node, p.ip, p.mac, p.host_veth
+        );
+    }
+    Ok(())
+}
+
+fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
+    use podnet::lab::{Binaries, Lab};
+    if let LabCmd::ServeEcho { ip, port } = cmd {
+        return podnet::lab::serve_echo(ip, port);
+    }
+    require_root()?;
+    if !matches!(cmd, LabCmd::Up { .. }) && !Lab::exists(name) {
+        anyhow::bail!(
+            "no lab {name} on this machine; start one with `podnet lab up --name {name}`"
+        );
+    }
+    let lab = Lab::open(name)?;
+    match cmd {
+        LabCmd::Up {
+            nodes,
+            pods_per_node,
+            backend,
+            datastore,
+            no_repair,
+            output,
+        } => {
+            if nodes == 0 || nodes > 200 {
+                anyhow::bail!("--nodes must be between 1 and 200");
+            }
+            let opts = podnet::lab::Options {
+                nodes,
+                pods_per_node,
+                backend: match backend {
+                    LabBackend::Vxlan => "vxlan".into(),
+                    LabBackend::HostGw => "host-gw".into(),
+                },
+                datastore,
+                repair: !no_repair,
+            };
+            let quiet = output == Output::Json;
+            lab.up(&opts, &Binaries::find()?, &mut |l| {
+                if !quiet {
+                    eprintln!("… {l}");
+                }
+            })?;
+            print_status(&lab, output)?;
+        }
+        LabCmd::Down => {
+            let n = lab.down()?;
+            println!("lab {name} removed ({n} namespaces)");
+        }
+        LabCmd::Status { output } => print_status(&lab, output)?,
+        LabCmd::Check { output } => {
+            let c = lab.check()?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                let pods = lab.load()?.map(|s| s.pods).unwrap_or_default();
+                print!("{}", podnet::lab::render_check(&c, &pods));
+            }
+            if c.reachable != c.total || !c.nat_free {
+                std::process::exit(1);
+            }
+        }
+        LabCmd::Exec { pod, cmd } => {
+            let code = podnet::lab::exec_in(&lab, &pod, &cmd)?;
+            std::process::exit(code);
+        }
+        LabCmd::Pod {
+            cmd: PodCmd::Add { name: pod, node },
+        } => {
+            let mut st = lab.load()?.unwrap_or_default();
+            lab.ensure_pod(&mut st, &pod, &node, &Binaries::find()?, &mut |l| {
+                println!("{l}")
+            })?;
+            lab.save(&st)?;
+        }
+        LabCmd::Pod {
+            cmd: PodCmd::Del { name: pod },
+        } => {
+            let mut st = lab.load()?.unwrap_or_default();
+            lab.del_pod(&mut st, &pod, &Binaries::find()?)?;
+            lab.save(&st)?;
+            println!("pod {pod} deleted");
+        }
+        LabCmd::Node {
+            cmd: NodeCmd::Del { name: node },
+        } => {
+            let mut st = lab.load()?.unwrap_or_default();
+            lab.del_node(&mut st, &node)?;
+            lab.save(&st)?;
+            println!("node {node} removed from lab {name} and from the datastore");
+        }
+        LabCmd::ServeEcho { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Cmd::Lab { name, cmd } => run_lab(&name, cmd)?,
         Cmd::Demo { output } => {
             require_root()?;
             let plugin = podnet_cni(None)?;

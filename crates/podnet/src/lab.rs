@@ -1,0 +1,916 @@
+//! `podnet lab`: a real multi-node cluster built from network namespaces on one
+//! machine, with the real agent and the real CNI plugin.
+//!
+//! # What a lab named L is made of
+//! - `L-fabric`: the "physical network", a namespace holding the bridge `fabric0` (the
+//!   data-centre switch). It has no address; nothing routes through it.
+//! - `L-nodeN`: one namespace per node, with `eth0` (a veth whose other end, `nodeN`,
+//!   sits on `fabric0`) at 192.168.1.(9+N)/24, and its own `podnetd` running inside
+//!   it (log: `<state>/nodeN/podnetd.log`).
+//! - `L-<pod>`: one namespace per pod, created through `podnet-cni` exactly as a runtime
+//!   would (CNI environment, configuration on stdin), with a small TCP echo server
+//!   (`podnet lab serve-echo`) answering `from=<source address it saw> <line>`.
+//! - `/run/podnet/lab/L/`: the lab's state (`lab.json`), the file datastore, and per
+//!   node the agent's node file, API socket, log and the IPAM state.
+//!
+//! Nothing is made in the machine's own namespace. `lab down` removes every
+//! namespace, process and file above. Commands on one lab take its lock, so two runs
+//! never interleave.
+
+use crate::exec::{self, Call};
+use crate::probe;
+use anyhow::{bail, Context, Result};
+use podnet_netlink::link::{self, LinkChange, Target};
+use podnet_netlink::{addr, netns, Netns, Socket};
+use serde::{Deserialize, Serialize};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where labs keep their state.
+pub const LAB_ROOT: &str = "/run/podnet/lab";
+/// The port every pod's echo server listens on.
+pub const ECHO_PORT: u16 = 7777;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Options {
+    pub nodes: usize,
+    pub pods_per_node: usize,
+    /// `vxlan` or `host-gw`.
+    pub backend: String,
+    /// A datastore URL, or `None` for the lab's own file datastore.
+    pub datastore: Option<String>,
+    pub repair: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    pub name: String,
+    pub backend: String,
+    pub datastore: String,
+    pub repair: bool,
+    pub nodes: Vec<NodeState>,
+    pub pods: Vec<PodState>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeState {
+    pub name: String,
+    pub netns: String,
+    pub underlay_ip: Ipv4Addr,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PodState {
+    pub name: String,
+    pub node: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    pub host_veth: String,
+}
+
+/// One lab: its name and where its state lives.
+pub struct Lab {
+    pub name: String,
+    pub dir: PathBuf,
+    _lock: std::fs::File,
+}
+
+fn valid_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 24
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !name.starts_with('-');
+    if !ok {
+        bail!("invalid lab name {name:?}: use up to 24 letters, digits and '-', not starting with '-'");
+    }
+    Ok(())
+}
+
+impl Lab {
+    /// Opens (and locks) lab `name`; its directory is created if missing.
+    pub fn open(name: &str) -> Result<Lab> {
+        valid_name(name)?;
+        let dir = Path::new(LAB_ROOT).join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))?;
+        // SAFETY: flock on an fd we own; released when the lab is dropped.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!(
+                "cannot lock lab {name}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(Lab {
+            name: name.into(),
+            dir,
+            _lock: lock,
+        })
+    }
+
+    /// True if a lab of that name has state on this machine.
+    pub fn exists(name: &str) -> bool {
+        Path::new(LAB_ROOT).join(name).join("lab.json").exists()
+    }
+
+    pub fn load(&self) -> Result<Option<State>> {
+        match std::fs::read(self.dir.join("lab.json")) {
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).context(
+                "lab.json is damaged; run `podnet lab down` and start again",
+            )?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn save(&self, st: &State) -> Result<()> {
+        let tmp = self.dir.join("lab.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(st)?)?;
+        std::fs::rename(&tmp, self.dir.join("lab.json"))?;
+        Ok(())
+    }
+
+    pub fn fabric_ns(&self) -> String {
+        format!("{}-fabric", self.name)
+    }
+
+    pub fn node_ns(&self, node: &str) -> String {
+        format!("{}-{node}", self.name)
+    }
+
+    pub fn pod_ns(&self, pod: &str) -> String {
+        format!("{}-{pod}", self.name)
+    }
+
+    pub fn node_dir(&self, node: &str) -> PathBuf {
+        self.dir.join(node)
+    }
+
+    pub fn api_socket(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("podnetd.sock")
+    }
+
+    fn pid_file(&self, what: &str) -> PathBuf {
+        self.dir.join("pids").join(format!("{what}.pid"))
+    }
+
+    /// The pid recorded for `what`, if that process is still running `comm` (a zombie
+    /// waiting to be reaped does not count).
+    pub fn live_pid(&self, what: &str, comm: &str) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.pid_file(what))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // "pid (comm) state …": comm may hold spaces, the state follows the last ')'.
+        let (name, rest) = stat
+            .split_once(" (")
+            .and_then(|(_, r)| r.rsplit_once(") "))?;
+        let running = !matches!(rest.chars().next(), Some('Z') | Some('X'));
+        (name == comm && running).then_some(pid)
+    }
+
+    fn record_pid(&self, what: &str, pid: u32) -> Result<()> {
+        std::fs::create_dir_all(self.dir.join("pids"))?;
+        std::fs::write(self.pid_file(what), pid.to_string())?;
+        Ok(())
+    }
+
+    /// Ends a recorded process (TERM, then KILL after a second).
+    fn stop(&self, what: &str, comm: &str) {
+        if let Some(pid) = self.live_pid(what, comm) {
+            // SAFETY: signalling a process we started and identified by name.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            let t = Instant::now();
+            while self.live_pid(what, comm).is_some() && t.elapsed() < Duration::from_secs(1) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if self.live_pid(what, comm).is_some() {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+        let _ = std::fs::remove_file(self.pid_file(what));
+    }
+}
+
+fn open_or_create_ns(name: &str) -> Result<(Netns, bool)> {
+    let path = netns::named_path(name);
+    if path.exists() {
+        if let Ok(ns) = Netns::open(&path) {
+            return Ok((ns, false));
+        }
+        netns::delete_named(name)?;
+    }
+    let ns = netns::create_named(name).with_context(|| format!("create namespace {name}"))?;
+    ns.run(|| -> podnet_netlink::Result<()> {
+        let mut s = Socket::route()?;
+        link::change(
+            &mut s,
+            Target::Name("lo"),
+            &LinkChange {
+                up: Some(true),
+                ..Default::default()
+            },
+        )
+    })??;
+    Ok((ns, true))
+}
+
+/// Starts `cmd` detached (own session, stdio to `log` or nowhere) inside `ns`.
+fn spawn_in(ns: &Netns, mut cmd: Command, log: Option<&Path>) -> Result<u32> {
+    let fd = ns.fd();
+    let out = match log {
+        Some(p) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        ),
+        None => Stdio::null(),
+    };
+    let err = match log {
+        Some(p) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        ),
+        None => Stdio::null(),
+    };
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: setns and setsid are async-signal-safe; they run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::setsid();
+            // Daemons get the default signal dispositions, whatever the caller ignores.
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("start {:?}", cmd.get_program()))?;
+    Ok(child.id())
+}
+
+fn underlay_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 1, 9 + i as u8)
+}
+
+/// Pod names: `p<node number><letter>`, e.g. `p1a`, `p2b`.
+fn pod_name(node: usize, j: usize) -> String {
+    format!("p{node}{}", (b'a' + (j % 26) as u8) as char)
+}
+
+/// Everything needed to run the lab's binaries.
+pub struct Binaries {
+    pub podnet: PathBuf,
+    pub podnetd: PathBuf,
+    pub cni: PathBuf,
+}
+
+impl Binaries {
+    pub fn find() -> Result<Binaries> {
+        let f = |n: &str| {
+            crate::sibling_binary(n).with_context(|| format!("{n} not found next to the podnet executable; build the workspace (cargo build --release)"))
+        };
+        Ok(Binaries {
+            podnet: std::env::current_exe()?,
+            podnetd: f("podnetd")?,
+            cni: f("podnet-cni")?,
+        })
+    }
+}
+
+impl Lab {
+    /// Brings the lab to `opts`, creating what is missing and restarting what died;
+    /// nothing that exists is duplicated.
+    pub fn up(&self, opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result<State> {
+        let t0 = Instant::now();
+        let mut st = self.load()?.unwrap_or_default();
+        st.name = self.name.clone();
+        st.backend = opts.backend.clone();
+        st.repair = opts.repair;
+        st.datastore = opts
+            .datastore
+            .clone()
+            .unwrap_or_else(|| format!("file:{}", self.dir.join("datastore").display()));
+
+        let (fabric, made) = open_or_create_ns(&self.fabric_ns())?;
+        let mut fs = fabric.run(Socket::route)??;
+        if link::get_by_name(&mut fs, "fabric0")?.is_none() {
+            link::create_bridge(&mut fs, "fabric0", None, Some(1500))?;
+        }
+        link::change(
+            &mut fs,
+            Target::Name("fabric0"),
+            &LinkChange {
+                up: Some(true),
+                ..Default::default()
+            },
+        )?;
+        if made {
+            say(&format!("fabric {} (bridge fabric0)", self.fabric_ns()));
+        }
+
+        for i in 1..=opts.nodes {
+            let node = format!("node{i}");
+            self.ensure_node(&mut st, &node, i, &fabric, &mut fs, opts, bins, say)?;
+        }
+        self.save(&st)?;
+        for i in 1..=opts.nodes {
+            let node = format!("node{i}");
+            self.wait_agent(&node)?;
+            for j in 0..opts.pods_per_node {
+                let pod = pod_name(i, j);
+                self.ensure_pod(&mut st, &pod, &node, bins, say)?;
+            }
+        }
+        self.save(&st)?;
+        say(&format!(
+            "lab {} is up: {} nodes, {} pods, in {:.1} s",
+            self.name,
+            st.nodes.len(),
+            st.pods.len(),
+            t0.elapsed().as_secs_f64()
+        ));
+        Ok(st)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ensure_node(
+        &self,
+        st: &mut State,
+        node: &str,
+        i: usize,
+        fabric: &Netns,
+        fs: &mut Socket,
+        opts: &Options,
+        bins: &Binaries,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let ns_name = self.node_ns(node);
+        let (ns, made) = open_or_create_ns(&ns_name)?;
+        let ip = underlay_ip(i);
+        let mut s = ns.run(Socket::route)??;
+        if link::get_by_name(&mut s, "eth0")?.is_none() {
+            // A stale fabric end from a node that was deleted would block the name.
+            link::delete_by_name(fs, node)?;
+            link::create_veth(
+                &mut s,
+                &link::VethSpec {
+                    name: "eth0",
+                    mac: Some([0x02, 0x00, 192, 168, 1, 9 + i as u8]),
+                    mtu: 1500,
+                    peer_name: node,
+                    peer_mac: None,
+                    peer_netns_fd: Some(fabric.fd()),
+                    master: None,
+                    up: true,
+                },
+            )?;
+            let fab_end = link::get_by_name(fs, node)?.context("fabric end of the node's cable")?;
+            let br = link::get_by_name(fs, "fabric0")?.context("fabric bridge")?;
+            link::change(
+                fs,
+                Target::Index(fab_end.index),
+                &LinkChange {
+                    up: Some(true),
+                    master: Some(br.index),
+                    ..Default::default()
+                },
+            )?;
+            let eth0 = link::get_by_name(&mut s, "eth0")?.context("eth0")?;
+            for r in s.ack_all(vec![addr::add_request(eth0.index, ip, 24)]) {
+                if let Err(e) = r {
+                    if !e.is_exists() {
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+        if made {
+            say(&format!(
+                "node {node}: namespace {ns_name}, eth0 {ip}/24 on the fabric"
+            ));
+        }
+        if !st.nodes.iter().any(|n| n.name == node) {
+            st.nodes.push(NodeState {
+                name: node.into(),
+                netns: ns_name.clone(),
+                underlay_ip: ip,
+            });
+        }
+        if self.live_pid(node, "podnetd").is_none() {
+            let dir = self.node_dir(node);
+            std::fs::create_dir_all(&dir)?;
+            let mut cmd = Command::new(&bins.podnetd);
+            cmd.arg("--node")
+                .arg(node)
+                .arg("--datastore")
+                .arg(&st.datastore)
+                .arg("--underlay-dev")
+                .arg("eth0")
+                .arg("--backend")
+                .arg(&opts.backend)
+                .arg("--node-file")
+                .arg(dir.join("node.json"))
+                .arg("--api-socket")
+                .arg(self.api_socket(node));
+            if !opts.repair {
+                cmd.arg("--no-repair");
+            }
+            let pid = spawn_in(&ns, cmd, Some(&dir.join("podnetd.log")))?;
+            self.record_pid(node, pid)?;
+            say(&format!(
+                "node {node}: podnetd started (pid {pid}, log {})",
+                dir.join("podnetd.log").display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits until the node's agent has published its pod CIDR.
+    fn wait_agent(&self, node: &str) -> Result<()> {
+        let file = self.node_dir(node).join("node.json");
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if let Ok(b) = std::fs::read(&file) {
+                if serde_json::from_slice::<serde_json::Value>(&b)
+                    .is_ok_and(|v| v["podCIDR"].is_string())
+                {
+                    return Ok(());
+                }
+            }
+            if self.live_pid(node, "podnetd").is_none() {
+                bail!(
+                    "podnetd on {node} exited; see {}",
+                    self.node_dir(node).join("podnetd.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "podnetd on {node} did not publish its pod CIDR within 10 s; see {}",
+            self.node_dir(node).join("podnetd.log").display()
+        )
+    }
+
+    fn cni_config(&self, node: &str) -> Vec<u8> {
+        let dir = self.node_dir(node);
+        serde_json::to_vec(&serde_json::json!({
+            "cniVersion": "1.1.0", "name": "podnet", "type": "podnet-cni",
+            "nodeFile": dir.join("node.json"), "dataDir": dir.join("ipam"),
+        }))
+        .expect("config serializes")
+    }
+
+    /// Makes sure pod `pod` exists on `node` with its echo server.
+    pub fn ensure_pod(
+        &self,
+        st: &mut State,
+        pod: &str,
+        node: &str,
+        bins: &Binaries,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let node_ns = Netns::open(netns::named_path(&self.node_ns(node)))
+            .with_context(|| format!("node {node} does not exist in lab {}", self.name))?;
+        let ns_name = self.pod_ns(pod);
+        let (ns, _) = open_or_create_ns(&ns_name)?;
+        let mut ps = ns.run(Socket::route)??;
+        let have =
+            link::get_by_name(&mut ps, "eth0")?.is_some() && st.pods.iter().any(|p| p.name == pod);
+        if !have {
+            let path = netns::named_path(&ns_name).display().to_string();
+            let o = exec::run(
+                &Call {
+                    plugin: &bins.cni,
+                    command: "ADD",
+                    container_id: pod,
+                    netns: &path,
+                    ifname: "eth0",
+                    cni_path: None,
+                    config: &self.cni_config(node),
+                },
+                Some(&node_ns),
+            )?;
+            if !o.ok() {
+                bail!(
+                    "podnet-cni ADD of pod {pod} on {node} failed: {}{}",
+                    o.stdout.trim(),
+                    o.stderr.trim()
+                );
+            }
+            let r = o.json();
+            let ip: Ipv4Addr = r["ips"][0]["address"]
+                .as_str()
+                .and_then(|a| a.split('/').next())
+                .and_then(|a| a.parse().ok())
+                .context("ADD result without an address")?;
+            st.pods.retain(|p| p.name != pod);
+            st.pods.push(PodState {
+                name: pod.into(),
+                node: node.into(),
+                netns: ns_name.clone(),
+                ip,
+                mac: r["interfaces"][2]["mac"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .into(),
+                host_veth: r["interfaces"][1]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .into(),
+            });
+            say(&format!("pod {pod} on {node}: {ip} (namespace {ns_name})"));
+        }
+        let echo = format!("echo-{pod}");
+        if self.live_pid(&echo, "podnet").is_none() {
+            let ip = st
+                .pods
+                .iter()
+                .find(|p| p.name == pod)
+                .map(|p| p.ip)
+                .context("pod state")?;
+            let mut cmd = Command::new(&bins.podnet);
+            cmd.args([
+                "lab",
+                "serve-echo",
+                "--ip",
+                &ip.to_string(),
+                "--port",
+                &ECHO_PORT.to_string(),
+            ]);
+            let pid = spawn_in(&ns, cmd, None)?;
+            self.record_pid(&echo, pid)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes pod `pod` through podnet-cni DEL, then its namespace.
+    pub fn del_pod(&self, st: &mut State, pod: &str, bins: &Binaries) -> Result<()> {
+        let p = st
+            .pods
+            .iter()
+            .find(|p| p.name == pod)
+            .cloned()
+            .with_context(|| format!("no pod {pod} in lab {}", self.name))?;
+        self.stop(&format!("echo-{pod}"), "podnet");
+        if let Ok(node_ns) = Netns::open(netns::named_path(&self.node_ns(&p.node))) {
+            let path = netns::named_path(&p.netns).display().to_string();
+            let o = exec::run(
+                &Call {
+                    plugin: &bins.cni,
+                    command: "DEL",
+                    container_id: pod,
+                    netns: &path,
+                    ifname: "eth0",
+                    cni_path: None,
+                    config: &self.cni_config(&p.node),
+                },
+                Some(&node_ns),
+            )?;
+            if !o.ok() {
+                bail!("podnet-cni DEL of pod {pod} failed: {}", o.stdout.trim());
+            }
+        }
+        netns::delete_named(&p.netns)?;
+        st.pods.retain(|q| q.name != pod);
+        Ok(())
+    }
+
+    /// Removes node `node` from the cluster: from the datastore (its peers drop their
+    /// routes to it), its agent, its pods and its namespace.
+    pub fn del_node(&self, st: &mut State, node: &str) -> Result<()> {
+        if !st.nodes.iter().any(|n| n.name == node) {
+            bail!("no node {node} in lab {}", self.name);
+        }
+        self.stop(node, "podnetd");
+        let ds = podnet_datastore::open(&st.datastore)?;
+        ds.remove(node)?;
+        for p in st
+            .pods
+            .iter()
+            .filter(|p| p.node == node)
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            self.stop(&format!("echo-{}", p.name), "podnet");
+            netns::delete_named(&p.netns)?;
+            st.pods.retain(|q| q.name != p.name);
+        }
+        netns::delete_named(&self.node_ns(node))?;
+        let _ = std::fs::remove_dir_all(self.node_dir(node));
+        st.nodes.retain(|n| n.name != node);
+        Ok(())
+    }
+
+    /// Removes everything the lab made.
+    pub fn down(&self) -> Result<usize> {
+        let st = self.load()?.unwrap_or_default();
+        let mut removed = 0;
+        for p in &st.pods {
+            self.stop(&format!("echo-{}", p.name), "podnet");
+        }
+        for n in &st.nodes {
+            self.stop(&n.name, "podnetd");
+        }
+        // Every namespace of this lab: the recorded ones, and the fabric and nodes by
+        // their fixed names (a crashed run may not have recorded them). Never a
+        // prefix match: lab "a" must not take lab "a-2"'s namespaces.
+        let prefix = format!("{}-node", self.name);
+        let is_node = |n: &str| {
+            n.strip_prefix(&prefix)
+                .is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit()))
+        };
+        let known: Vec<String> = st
+            .pods
+            .iter()
+            .map(|p| p.netns.clone())
+            .chain(st.nodes.iter().map(|n| n.netns.clone()))
+            .chain([self.fabric_ns()])
+            .collect();
+        let on_disk: Vec<String> = std::fs::read_dir(netns::NETNS_RUN_DIR)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in on_disk.iter().filter(|n| known.contains(n) || is_node(n)) {
+            if netns::delete_named(name)? {
+                removed += 1;
+            }
+        }
+        std::fs::remove_dir_all(&self.dir)
+            .with_context(|| format!("remove {}", self.dir.display()))?;
+        Ok(removed)
+    }
+}
+
+/// The lab's status as data (`lab status --output json`).
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub name: String,
+    pub fabric: FabricStatus,
+    pub nodes: Vec<NodeStatus>,
+    pub pods: Vec<PodState>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FabricStatus {
+    pub netns: String,
+    pub bridge: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub netns: String,
+    pub underlay_ip: Ipv4Addr,
+    pub pod_cidr: Option<String>,
+    pub bridge: Option<String>,
+    pub vxlan_dev: Option<String>,
+    pub vtep_mac: Option<String>,
+    pub agent_pid: Option<u32>,
+    pub peers: usize,
+}
+
+impl Lab {
+    pub fn status(&self) -> Result<Status> {
+        let st = self.load()?.with_context(|| {
+            format!(
+                "no lab {} on this machine; start one with `podnet lab up --name {}`",
+                self.name, self.name
+            )
+        })?;
+        let nodes = st
+            .nodes
+            .iter()
+            .map(|n| {
+                let agent = crate::lab::ask(self, &n.name);
+                let s = |k: &str| {
+                    agent
+                        .as_ref()
+                        .and_then(|a| a[k].as_str().filter(|v| !v.is_empty()).map(String::from))
+                };
+                NodeStatus {
+                    name: n.name.clone(),
+                    netns: n.netns.clone(),
+                    underlay_ip: n.underlay_ip,
+                    pod_cidr: s("pod_cidr"),
+                    bridge: s("bridge"),
+                    vxlan_dev: s("vxlan_dev"),
+                    vtep_mac: s("vtep_mac"),
+                    agent_pid: self.live_pid(&n.name, "podnetd"),
+                    peers: agent
+                        .as_ref()
+                        .and_then(|a| a["peers"].as_array().map(|p| p.len()))
+                        .unwrap_or(0),
+                }
+            })
+            .collect();
+        Ok(Status {
+            name: st.name.clone(),
+            fabric: FabricStatus {
+                netns: self.fabric_ns(),
+                bridge: "fabric0".into(),
+            },
+            nodes,
+            pods: st.pods,
+        })
+    }
+}
+
+/// The agent's `status`, if it answers.
+pub fn ask(lab: &Lab, node: &str) -> Option<serde_json::Value> {
+    podnet_agent::api::ask(&lab.api_socket(node), "status").ok()
+}
+
+/// One cell of the connectivity matrix.
+#[derive(Debug, Serialize)]
+pub struct Probe {
+    pub src: String,
+    pub dst: String,
+    pub ok: bool,
+    /// The source address the destination's echo server saw.
+    pub seen_source: Option<String>,
+    /// True when the destination saw the source pod's own IP.
+    pub no_nat: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub pairs: Vec<Probe>,
+    pub reachable: usize,
+    pub total: usize,
+    pub nat_free: bool,
+}
+
+impl Lab {
+    /// Every pod to every other pod, TCP to its echo server.
+    pub fn check(&self) -> Result<Check> {
+        let st = self
+            .load()?
+            .with_context(|| format!("no lab {}", self.name))?;
+        let mut pairs = Vec::new();
+        for src in &st.pods {
+            let ns = Netns::open(netns::named_path(&src.netns))?;
+            for dst in st.pods.iter().filter(|d| d.name != src.name) {
+                let r = probe::tcp_request(
+                    &ns,
+                    SocketAddrV4::new(dst.ip, ECHO_PORT),
+                    "check",
+                    Duration::from_secs(2),
+                );
+                let (ok, seen, error) = match r {
+                    Ok(line) => {
+                        let seen = line
+                            .strip_prefix("from=")
+                            .and_then(|l| l.split(' ').next())
+                            .map(String::from);
+                        (true, seen, None)
+                    }
+                    Err(e) => (false, None, Some(format!("{e:#}"))),
+                };
+                let no_nat = seen.as_deref() == Some(&src.ip.to_string());
+                pairs.push(Probe {
+                    src: src.name.clone(),
+                    dst: dst.name.clone(),
+                    ok,
+                    seen_source: seen,
+                    no_nat,
+                    error,
+                });
+            }
+        }
+        let reachable = pairs.iter().filter(|p| p.ok).count();
+        let nat_free = pairs.iter().filter(|p| p.ok).all(|p| p.no_nat);
+        Ok(Check {
+            total: pairs.len(),
+            reachable,
+            nat_free,
+            pairs,
+        })
+    }
+}
+
+/// The matrix for people: ✓ reachable with the source address preserved, N reachable
+/// but NATed, ✗ unreachable.
+pub fn render_check(c: &Check, pods: &[PodState]) -> String {
+    let mut s = format!("{:<8}", "from\\to");
+    for d in pods {
+        s.push_str(&format!("{:>6}", d.name));
+    }
+    s.push('\n');
+    for src in pods {
+        s.push_str(&format!("{:<8}", src.name));
+        for dst in pods {
+            let cell = if src.name == dst.name {
+                "·"
+            } else {
+                match c
+                    .pairs
+                    .iter()
+                    .find(|p| p.src == src.name && p.dst == dst.name)
+                {
+                    Some(p) if p.ok && p.no_nat => "✓",
+                    Some(p) if p.ok => "N",
+                    _ => "✗",
+                }
+            };
+            s.push_str(&format!("{cell:>6}"));
+        }
+        s.push('\n');
+    }
+    s.push_str(&format!(
+        "{}/{} pairs reachable; {}\n",
+        c.reachable,
+        c.total,
+        if c.nat_free {
+            "every destination saw the sender's own pod IP (no NAT)"
+        } else {
+            "SOME DESTINATIONS SAW A REWRITTEN SOURCE (NAT)"
+        }
+    ));
+    for p in c.pairs.iter().filter(|p| !p.ok) {
+        s.push_str(&format!(
+            "  ✗ {} → {}: {}\n",
+            p.src,
+            p.dst,
+            p.error.as_deref().unwrap_or("")
+        ));
+    }
+    s
+}
+
+/// `podnet lab serve-echo`: the pods' echo server, run inside a pod's namespace.
+pub fn serve_echo(ip: Ipv4Addr, port: u16) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind(SocketAddrV4::new(ip, port))
+        .with_context(|| format!("bind {ip}:{port}"))?;
+    for c in l.incoming().flatten() {
+        std::thread::spawn(move || {
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            let peer = c
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let mut line = String::new();
+            let _ = BufReader::new(&c).read_line(&mut line);
+            let mut w = &c;
+            let _ = writeln!(w, "from={peer} {}", line.trim_end());
+        });
+    }
+    Ok(())
+}
+
+/// `podnet lab exec POD -- CMD…`: runs CMD inside the pod's namespace.
+pub fn exec_in(lab: &Lab, pod: &str, argv: &[String]) -> Result<i32> {
+    let st = lab
+        .load()?
+        .with_context(|| format!("no lab {}", lab.name))?;
+    let p = st.pods.iter().find(|p| p.name == pod).with_context(|| {
+        format!(
+            "no pod {pod} in lab {}; pods: {}",
+            lab.name,
+            st.pods
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    let ns = Netns::open(netns::named_path(&p.netns))?;
+    let (prog, args) = argv.split_first().context("give a command after --")?;
+    let fd = ns.fd();
+    let mut cmd = Command::new(prog);
+    cmd.args(args);
+    // SAFETY: setns between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let status = cmd.status().with_context(|| format!("run {prog}"))?;
+    Ok(status.code().unwrap_or(1))
+}
