@@ -118,18 +118,25 @@ enum LabBackend {
 enum PodCmd {
     /// Create a pod on a node through podnet-cni.
     Add {
-        name: String,
+        #[arg(value_name = "POD")]
+        pod: String,
         #[arg(long)]
         node: String,
     },
     /// Delete a pod through podnet-cni.
-    Del { name: String },
+    Del {
+        #[arg(value_name = "POD")]
+        pod: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum NodeCmd {
     /// Remove a node from the datastore and the lab.
-    Del { name: String },
+    Del {
+        #[arg(value_name = "NODE")]
+        node: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -282,7 +289,7 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
             std::process::exit(code);
         }
         LabCmd::Pod {
-            cmd: PodCmd::Add { name: pod, node },
+            cmd: PodCmd::Add { pod, node },
         } => {
             let mut st = lab.load()?.unwrap_or_default();
             lab.ensure_pod(&mut st, &pod, &node, &Binaries::find()?, &mut |l| {
@@ -291,7 +298,7 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
             lab.save(&st)?;
         }
         LabCmd::Pod {
-            cmd: PodCmd::Del { name: pod },
+            cmd: PodCmd::Del { pod },
         } => {
             let mut st = lab.load()?.unwrap_or_default();
             lab.del_pod(&mut st, &pod, &Binaries::find()?)?;
@@ -299,7 +306,7 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
             println!("pod {pod} deleted");
         }
         LabCmd::Node {
-            cmd: NodeCmd::Del { name: node },
+            cmd: NodeCmd::Del { node },
         } => {
             let mut st = lab.load()?.unwrap_or_default();
             lab.del_node(&mut st, &node)?;

@@ -9,5 +9,6 @@ mod common;
 mod datapath;
 mod errors;
 mod ipam;
+mod lab;
 mod podman;
 mod verbs;

@@ -1,0 +1,325 @@
+//! The multi-node lab: real agents, the VXLAN overlay on a namespace fabric, drift
+//! repair, agent death, re-convergence, node removal, host-gw, and a clean teardown.
+//! Each test owns a uniquely named lab and takes it down on drop.
+
+use crate::common::require_root;
+use podnet::probe::{self, Capture};
+use podnet::scratch::unique;
+use podnet_netlink::{netns, Netns};
+use serde_json::Value;
+use std::net::SocketAddrV4;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+struct TestLab {
+    name: String,
+}
+
+fn podnet() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_podnet"))
+}
+
+impl TestLab {
+    fn up(args: &[&str]) -> TestLab {
+        require_root();
+        // Short and unique: lab names become namespace names.
+        let name = unique("t").replace('-', "");
+        let lab = TestLab { name };
+        let o = lab.run(&[&["up"], args].concat());
+        assert!(
+            o.status.success(),
+            "lab up failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        lab
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut full = vec!["lab", "--name", &self.name];
+        full.extend_from_slice(args);
+        podnet().args(&full).output().expect("run podnet")
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let o = self.run(args);
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: {e}: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+    }
+
+    fn ns(&self, suffix: &str) -> Netns {
+        Netns::open(netns::named_path(&format!("{}-{suffix}", self.name))).unwrap()
+    }
+
+    fn sh(&self, node: &str, cmd: &[&str]) -> String {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &format!("{}-{node}", self.name)])
+            .args(cmd)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn full_mesh(&self) -> Value {
+        let c = self.json(&["check", "--output", "json"]);
+        assert_eq!(
+            c["reachable"], c["total"],
+            "not every pair is reachable: {c}"
+        );
+        assert_eq!(
+            c["nat_free"], true,
+            "a destination saw a rewritten source: {c}"
+        );
+        c
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.elapsed()
+}
+
+#[test]
+fn three_nodes_full_mesh_without_nat_over_vxlan() {
+    let lab = TestLab::up(&["--nodes", "3", "--pods-per-node", "2"]);
+    let c = lab.full_mesh();
+    assert_eq!(c["total"], 30);
+
+    // lab status as scripts read it.
+    let st = lab.json(&["status", "--output", "json"]);
+    assert_eq!(st["fabric"]["bridge"], "fabric0");
+    assert_eq!(st["nodes"].as_array().unwrap().len(), 3);
+    for n in st["nodes"].as_array().unwrap() {
+        for k in [
+            "name",
+            "netns",
+            "underlay_ip",
+            "pod_cidr",
+            "bridge",
+            "vxlan_dev",
+            "vtep_mac",
+            "agent_pid",
+        ] {
+            assert!(!n[k].is_null(), "node field {k} missing: {n}");
+        }
+        assert_eq!(n["peers"], 2);
+    }
+    for p in st["pods"].as_array().unwrap() {
+        for k in ["name", "node", "netns", "ip", "mac", "host_veth"] {
+            assert!(!p[k].is_null(), "pod field {k} missing: {p}");
+        }
+    }
+
+    // On the physical network: VXLAN (UDP 8472, VNI 1) between underlay IPs,
+    // carrying the pods' own addresses.
+    let pods = st["pods"].as_array().unwrap();
+    let ip_of = |n: &str| {
+        pods.iter().find(|p| p["name"] == n).unwrap()["ip"]
+            .as_str()
+            .unwrap()
+            .parse::<std::net::Ipv4Addr>()
+            .unwrap()
+    };
+    let (src, dst) = (ip_of("p1a"), ip_of("p2a"));
+    // node1's port on the fabric switch sees everything node1 sends.
+    let cap = Capture::open(&lab.ns("fabric"), "node1").unwrap();
+    let reply = probe::tcp_request(
+        &lab.ns("p1a"),
+        SocketAddrV4::new(dst, 7777),
+        "wire",
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    assert_eq!(reply, format!("from={src} wire"));
+    let frames = cap.frames(Duration::from_millis(200));
+    let vxlan: Vec<&Vec<u8>> = frames
+        .iter()
+        .filter(|f| {
+            f.len() > 14 + 20 + 8 + 8 + 14 + 20
+                && f[12..14] == [8, 0]
+                && f[23] == 17
+                && f[36..38] == 8472u16.to_be_bytes()
+        })
+        .collect();
+    assert!(
+        !vxlan.is_empty(),
+        "no VXLAN frame on the fabric among {} frames",
+        frames.len()
+    );
+    let f = vxlan.iter().find(|f| {
+        let inner = 14 + 20 + 8 + 8 + 14;
+        f[26..30] == [192, 168, 1, 10]
+            && f[30..34] == [192, 168, 1, 11]
+            && f[inner + 12..inner + 16] == src.octets()
+            && f[inner + 16..inner + 20] == dst.octets()
+    });
+    let f = f.expect("a VXLAN frame from node1 to node2 carrying p1a -> p2a");
+    assert_eq!(f[42] & 0x08, 0x08, "VXLAN flags: VNI present");
+    assert_eq!(&f[46..49], &[0, 0, 1], "VNI 1");
+}
+
+#[test]
+fn drift_repair_agent_death_and_re_up() {
+    let lab = TestLab::up(&["--nodes", "2", "--pods-per-node", "1"]);
+    lab.full_mesh();
+    let st = lab.json(&["status", "--output", "json"]);
+    let node2 = &st["nodes"][1];
+    let (cidr2, mac2) = (
+        node2["pod_cidr"].as_str().unwrap().to_string(),
+        node2["vtep_mac"].as_str().unwrap().to_string(),
+    );
+
+    // Someone deletes node1's FDB entry and route to node2: restored within 5 s.
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("{}-node1", lab.name),
+            "bridge",
+            "fdb",
+            "del",
+            &mac2,
+            "dev",
+            "podnet.vxlan",
+            "dst",
+            "192.168.1.11",
+            "self",
+        ])
+        .status()
+        .unwrap();
+    Command::new("ip")
+        .args(["-n", &format!("{}-node1", lab.name), "route", "del", &cidr2])
+        .status()
+        .unwrap();
+    let took = wait_until("drift repaired", Duration::from_secs(5), || {
+        lab.sh("node1", &["ip", "route", "show", &cidr2])
+            .contains("podnet.vxlan")
+            && lab
+                .sh("node1", &["bridge", "fdb", "show", "dev", "podnet.vxlan"])
+                .contains(&mac2)
+    });
+    eprintln!("drift repaired in {took:?}");
+    let log =
+        std::fs::read_to_string(format!("/run/podnet/lab/{}/node1/podnetd.log", lab.name)).unwrap();
+    assert!(log.contains("repairing drift"), "{log}");
+
+    // kill -9 of node1's agent: pod traffic goes on.
+    let pid = st["nodes"][0]["agent_pid"].as_u64().unwrap() as i32;
+    // SAFETY: killing the agent process this test's lab started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(200));
+    lab.full_mesh();
+
+    // `lab up` again: a new agent, adopting what exists — one route, one neighbour and
+    // one FDB entry per peer, no duplicates.
+    let o = lab.run(&["up", "--nodes", "2", "--pods-per-node", "1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st2 = lab.json(&["status", "--output", "json"]);
+    assert_ne!(st2["nodes"][0]["agent_pid"], st["nodes"][0]["agent_pid"]);
+    assert!(!st2["nodes"][0]["agent_pid"].is_null());
+    assert_eq!(
+        st2["pods"].as_array().unwrap().len(),
+        2,
+        "re-up duplicated pods"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let routes = lab.sh("node1", &["ip", "route", "show", "proto", "80"]);
+    assert_eq!(routes.lines().count(), 1, "{routes}");
+    let fdb = lab.sh("node1", &["bridge", "fdb", "show", "dev", "podnet.vxlan"]);
+    assert_eq!(
+        fdb.lines().filter(|l| l.contains("dst")).count(),
+        1,
+        "{fdb}"
+    );
+    let neigh = lab.sh("node1", &["ip", "neigh", "show", "dev", "podnet.vxlan"]);
+    assert_eq!(neigh.lines().count(), 1, "{neigh}");
+    lab.full_mesh();
+}
+
+#[test]
+fn host_gw_and_node_removal() {
+    let lab = TestLab::up(&[
+        "--nodes",
+        "3",
+        "--pods-per-node",
+        "1",
+        "--backend",
+        "host-gw",
+    ]);
+    lab.full_mesh();
+    let st = lab.json(&["status", "--output", "json"]);
+    let cidr3 = st["nodes"][2]["pod_cidr"].as_str().unwrap().to_string();
+    let r = lab.sh("node1", &["ip", "route", "show", &cidr3]);
+    assert!(
+        r.contains("via 192.168.1.12 dev eth0"),
+        "host-gw routes via the peer's underlay IP: {r}"
+    );
+    assert!(
+        lab.sh("node1", &["ip", "link", "show", "podnet.vxlan"])
+            .is_empty(),
+        "no VXLAN device with host-gw"
+    );
+    let mtu = lab.sh("p1a", &["cat", "/sys/class/net/eth0/mtu"]);
+    assert_eq!(mtu.trim(), "1500", "host-gw pods get the full underlay MTU");
+
+    let o = lab.run(&["node", "del", "node3"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_until(
+        "node3 removed from its peers",
+        Duration::from_secs(10),
+        || {
+            lab.sh("node1", &["ip", "route", "show", &cidr3]).is_empty()
+                && lab.sh("node2", &["ip", "route", "show", &cidr3]).is_empty()
+        },
+    );
+    let c = lab.full_mesh();
+    assert_eq!(c["total"], 2);
+}
+
+#[test]
+fn lab_down_leaves_nothing() {
+    let lab = TestLab::up(&["--nodes", "2", "--pods-per-node", "2"]);
+    let st = lab.json(&["status", "--output", "json"]);
+    let pids: Vec<i64> = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["agent_pid"].as_i64().unwrap())
+        .collect();
+    let o = lab.run(&["down"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let left: Vec<String> = std::fs::read_dir(netns::NETNS_RUN_DIR)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("{}-", lab.name)))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+    assert!(!std::path::Path::new(&format!("/run/podnet/lab/{}", lab.name)).exists());
+    for pid in pids {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let running = state
+            .rsplit_once(") ")
+            .is_some_and(|(_, r)| !r.starts_with('Z') && !r.starts_with('X'));
+        assert!(!running, "agent {pid} still running");
+    }
+    let o = lab.run(&["status"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no lab"));
+}
