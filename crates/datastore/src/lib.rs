@@ -5,12 +5,14 @@
 //! lease, list live nodes, remove a node, wait for a change — rather than of a
 //! key-value store, so that a Kubernetes backend (pod CIDR from `node.spec.podCIDR`,
 //! the rest in node annotations, changes by watch) fits behind it without changing
-//! callers. Backends: [`file`] (a directory; the lab and single-host use).
+//! callers. Backends: [`file`] (a directory; the lab and single-host use) and [`etcd`]
+//! (etcd v3, for clusters without Kubernetes).
 //!
 //! Leases expire: a node that stops renewing for its TTL disappears from
 //! [`Datastore::nodes`], so its peers remove their routes to it. Stopping an agent
 //! does not remove its node; only [`Datastore::remove`] (or expiry) does.
 
+pub mod etcd;
 pub mod file;
 
 use podnet_cni_spec::Ipv4Net;
@@ -20,7 +22,9 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("datastore URL {0:?} is not understood: use file:/path/to/dir")]
+    #[error(
+        "datastore URL {0:?} is not understood: use file:/path/to/dir or etcd://ip:port[,ip:port]"
+    )]
     Url(String),
     #[error("datastore {path}: {op}: {source}")]
     Io {
@@ -95,13 +99,16 @@ pub trait Datastore: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// Opens a datastore from its URL: `file:/path/to/dir`.
+/// Opens a datastore from its URL: `file:/path/to/dir` or `etcd://ip:port[,ip:port]`.
 pub fn open(url: &str) -> Result<Box<dyn Datastore>> {
     if let Some(path) = url.strip_prefix("file:") {
         if path.is_empty() {
             return Err(Error::Url(url.into()));
         }
         return Ok(Box::new(file::FileStore::open(path)?));
+    }
+    if let Some(hosts) = url.strip_prefix("etcd://") {
+        return Ok(Box::new(etcd::EtcdStore::open(hosts)?));
     }
     Err(Error::Url(url.into()))
 }

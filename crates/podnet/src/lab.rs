@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 
 /// Where labs keep their state.
 pub const LAB_ROOT: &str = "/run/podnet/lab";
+/// Where `--datastore etcd` runs etcd: on the fabric bridge.
+pub const ETCD_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
 /// The port every pod's echo server listens on.
 pub const ECHO_PORT: u16 = 7777;
 
@@ -197,6 +199,12 @@ impl Lab {
             if self.live_pid(what, comm).is_some() {
                 // SAFETY: as above.
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                // A process in a system call dies when it returns: wait for that, so
+                // nothing it was doing (an agent re-registering) lands after we go on.
+                let t = Instant::now();
+                while self.live_pid(what, comm).is_some() && t.elapsed() < Duration::from_secs(5) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
         }
         let _ = std::fs::remove_file(self.pid_file(what));
@@ -305,10 +313,11 @@ impl Lab {
         st.name = self.name.clone();
         st.backend = opts.backend.clone();
         st.repair = opts.repair;
-        st.datastore = opts
-            .datastore
-            .clone()
-            .unwrap_or_else(|| format!("file:{}", self.dir.join("datastore").display()));
+        st.datastore = match opts.datastore.as_deref() {
+            None => format!("file:{}", self.dir.join("datastore").display()),
+            Some("etcd") => format!("etcd://{ETCD_ADDR}:2379"),
+            Some(url) => url.to_string(),
+        };
 
         let (fabric, made) = open_or_create_ns(&self.fabric_ns())?;
         let mut fs = fabric.run(Socket::route)??;
@@ -326,6 +335,9 @@ impl Lab {
         if made {
             say(&format!("fabric {} (bridge fabric0)", self.fabric_ns()));
         }
+        if opts.datastore.as_deref() == Some("etcd") {
+            self.ensure_etcd(&fabric, &mut fs, say)?;
+        }
 
         for i in 1..=opts.nodes {
             let node = format!("node{i}");
@@ -341,6 +353,7 @@ impl Lab {
             }
         }
         self.save(&st)?;
+        self.wait_converged(&st)?;
         say(&format!(
             "lab {} is up: {} nodes, {} pods, in {:.1} s",
             self.name,
@@ -442,6 +455,103 @@ impl Lab {
             ));
         }
         Ok(())
+    }
+
+    /// Runs etcd inside the fabric namespace at ETCD_ADDR:2379 (on the fabric bridge,
+    /// where every node's eth0 reaches it), its data in the lab's directory.
+    fn ensure_etcd(
+        &self,
+        fabric: &Netns,
+        fs: &mut Socket,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let br = link::get_by_name(fs, "fabric0")?.context("fabric bridge")?;
+        for r in fs.ack_all(vec![addr::add_request(br.index, ETCD_ADDR, 24)]) {
+            if let Err(e) = r {
+                if !e.is_exists() {
+                    return Err(e.into());
+                }
+            }
+        }
+        if self.live_pid("etcd", "etcd").is_some() {
+            return Ok(());
+        }
+        let data = self.dir.join("etcd");
+        std::fs::create_dir_all(&data)?;
+        let client = format!("http://{ETCD_ADDR}:2379");
+        let peer = format!("http://{ETCD_ADDR}:2380");
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name")
+            .arg("lab")
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("lab={peer}"));
+        let pid = spawn_in(fabric, cmd, Some(&self.dir.join("etcd.log")))
+            .context("start etcd (apt-get install etcd-server)")?;
+        self.record_pid("etcd", pid)?;
+        let t = Instant::now();
+        let ready = fabric.run(|| loop {
+            if std::net::TcpStream::connect_timeout(
+                &SocketAddrV4::new(ETCD_ADDR, 2379).into(),
+                Duration::from_millis(200),
+            )
+            .is_ok()
+            {
+                return true;
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        })?;
+        if !ready {
+            bail!(
+                "etcd did not start within 10 s; see {}",
+                self.dir.join("etcd.log").display()
+            );
+        }
+        say(&format!(
+            "etcd {client} in {} (pid {pid})",
+            self.fabric_ns()
+        ));
+        Ok(())
+    }
+
+    /// Waits until every agent knows every other node (its routes are then in place).
+    fn wait_converged(&self, st: &State) -> Result<()> {
+        let want = st.nodes.len().saturating_sub(1);
+        let t = Instant::now();
+        loop {
+            let lagging: Vec<&str> = st
+                .nodes
+                .iter()
+                .filter(|n| {
+                    ask(self, &n.name).and_then(|a| a["peers"].as_array().map(|p| p.len()))
+                        != Some(want)
+                })
+                .map(|n| n.name.as_str())
+                .collect();
+            if lagging.is_empty() {
+                return Ok(());
+            }
+            if t.elapsed() > Duration::from_secs(15) {
+                bail!(
+                    "agents on {} do not see all {want} peers after 15 s; see their logs in {}",
+                    lagging.join(", "),
+                    self.dir.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits until the node's agent has published its pod CIDR.
@@ -601,8 +711,14 @@ impl Lab {
             bail!("no node {node} in lab {}", self.name);
         }
         self.stop(node, "podnetd");
-        let ds = podnet_datastore::open(&st.datastore)?;
-        ds.remove(node)?;
+        // Talk to the datastore from inside the fabric, where the lab's etcd lives: the
+        // machine's own namespace never sends anything to lab addresses.
+        let fabric = Netns::open(netns::named_path(&self.fabric_ns()))?;
+        let url = st.datastore.clone();
+        fabric.run(|| -> Result<()> {
+            podnet_datastore::open(&url)?.remove(node)?;
+            Ok(())
+        })??;
         for p in st
             .pods
             .iter()
@@ -630,6 +746,7 @@ impl Lab {
         for n in &st.nodes {
             self.stop(&n.name, "podnetd");
         }
+        self.stop("etcd", "etcd");
         // Every namespace of this lab: the recorded ones, and the fabric and nodes by
         // their fixed names (a crashed run may not have recorded them). Never a
         // prefix match: lab "a" must not take lab "a-2"'s namespaces.

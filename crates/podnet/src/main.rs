@@ -60,7 +60,8 @@ enum LabCmd {
         pods_per_node: usize,
         #[arg(long, value_enum, default_value = "vxlan")]
         backend: LabBackend,
-        /// Datastore URL for the agents (default: a file datastore inside the lab).
+        /// Datastore for the agents: a URL (file:DIR, etcd://IP:PORT), or `etcd` to run
+        /// an etcd inside the lab's fabric (default: a file datastore inside the lab).
         #[arg(long)]
         datastore: Option<String>,
         /// Start the agents with --no-repair (hand-made breakage stays broken).

@@ -323,3 +323,62 @@ fn lab_down_leaves_nothing() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no lab"));
 }
+
+#[test]
+fn the_same_lab_on_a_real_etcd() {
+    let lab = TestLab::up(&[
+        "--nodes",
+        "3",
+        "--pods-per-node",
+        "1",
+        "--datastore",
+        "etcd",
+    ]);
+    let c = lab.full_mesh();
+    assert_eq!(c["total"], 6);
+    let st = lab.json(&["status", "--output", "json"]);
+    let cidrs: std::collections::HashSet<&str> = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["pod_cidr"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        cidrs.len(),
+        3,
+        "each node leased its own CIDR from etcd: {st}"
+    );
+    let log =
+        std::fs::read_to_string(format!("/run/podnet/lab/{}/node1/podnetd.log", lab.name)).unwrap();
+    assert!(log.contains("datastore etcd://192.168.1.2:2379"), "{log}");
+    let cidr3 = st["nodes"][2]["pod_cidr"].as_str().unwrap().to_string();
+    let o = lab.run(&["node", "del", "node3"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_until(
+        "node3 removed from its peers through etcd",
+        Duration::from_secs(10),
+        || lab.sh("node1", &["ip", "route", "show", &cidr3]).is_empty(),
+    );
+}
+
+#[test]
+fn no_repair_leaves_hand_made_breakage_alone() {
+    let lab = TestLab::up(&["--nodes", "2", "--pods-per-node", "1", "--no-repair"]);
+    lab.full_mesh();
+    let st = lab.json(&["status", "--output", "json"]);
+    let cidr2 = st["nodes"][1]["pod_cidr"].as_str().unwrap().to_string();
+    Command::new("ip")
+        .args(["-n", &format!("{}-node1", lab.name), "route", "del", &cidr2])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        lab.sh("node1", &["ip", "route", "show", &cidr2]).is_empty(),
+        "--no-repair must not restore the route"
+    );
+    let c = lab.json(&["check", "--output", "json"]);
+    assert_ne!(
+        c["reachable"], c["total"],
+        "with the route gone, node1's pod cannot reach node2's"
+    );
+}
