@@ -3,6 +3,7 @@
 //! the CNI benchmark ([`bench`]) and the single-node demo ([`demo`]).
 
 pub mod bench;
+pub mod datapath_bench;
 pub mod demo;
 pub mod exec;
 pub mod lab;

@@ -142,6 +142,22 @@ enum NodeCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Throughput and round-trip time of every path: a plain veth pair (the ceiling),
+    /// podnet same-node, cross-node VXLAN and host-gw, and the peer — the reference
+    /// bridge plugin with Flannel-style VXLAN wired by hand — in one run.
+    Datapath {
+        /// Seconds of iperf3 per path and round.
+        #[arg(long, default_value_t = 2)]
+        seconds: u32,
+        /// One-byte TCP round trips per path.
+        #[arg(long, default_value_t = 5000)]
+        round_trips: u32,
+        /// Measure every path this many times (round-robin) and report the median.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// ADD and DEL latency (p50, p99) of podnet-cni against the reference bridge +
     /// host-local plugins, sequential and concurrent, in the same run.
     Cni {
@@ -336,6 +352,36 @@ fn run(cli: Cli) -> Result<()> {
             }
             if !report.no_nat || report.forged_arp_dropped == 0 {
                 anyhow::bail!("the demo did not show what it should: see the lines above");
+            }
+        }
+        Cmd::Bench {
+            what:
+                BenchCmd::Datapath {
+                    seconds,
+                    round_trips,
+                    rounds,
+                    output,
+                },
+        } => {
+            require_root()?;
+            let quiet = output == Output::Json;
+            let report = podnet::datapath_bench::run(
+                &podnet::datapath_bench::Options {
+                    seconds: seconds.max(1),
+                    round_trips: round_trips.max(10),
+                    rounds: rounds.max(1),
+                },
+                &podnet::lab::Binaries::find()?,
+                &mut |l| {
+                    if !quiet {
+                        eprintln!("… {l}");
+                    }
+                },
+            )?;
+            if quiet {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", podnet::datapath_bench::render(&report));
             }
         }
         Cmd::Bench {

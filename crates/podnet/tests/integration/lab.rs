@@ -382,3 +382,33 @@ fn no_repair_leaves_hand_made_breakage_alone() {
         "with the route gone, node1's pod cannot reach node2's"
     );
 }
+
+#[test]
+fn datapath_benchmark_measures_every_path() {
+    require_root();
+    let o = podnet()
+        .args([
+            "bench",
+            "datapath",
+            "--seconds",
+            "1",
+            "--round-trips",
+            "200",
+            "--rounds",
+            "1",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let paths = r["paths"].as_array().unwrap();
+    let names: Vec<&str> = paths.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 6, "{names:?}");
+    for p in paths {
+        assert!(p["gbit_per_s"].as_f64().unwrap() > 0.01, "{p}");
+        assert!(p["rtt_us"].as_f64().unwrap() > 0.0, "{p}");
+    }
+    assert!(r["podnet_vs_peer_cross_node"].as_f64().unwrap().is_finite());
+}

@@ -1,0 +1,487 @@
+//! `podnet bench datapath`: what a packet costs on each path, in one run.
+//!
+//! Paths, each measured the same way (a single iperf3 TCP stream for throughput, and
+//! one-byte TCP round trips over one connection for latency):
+//! - `veth`: two namespaces joined by a plain veth pair — the ceiling;
+//! - `podnet same-node` and `podnet cross-node vxlan`: a 2-node lab;
+//! - `podnet cross-node host-gw`: a 2-node lab with the host-gw backend;
+//! - `peer same-node` and `peer cross-node vxlan`: the reference `bridge` plugin with
+//!   Flannel-style VXLAN wired by hand (the same route/neighbour/FDB entries Flannel
+//!   writes, `flannel.1`, UDP 8472, MTU 1450).
+//!
+//! Every path lives in namespaces this run creates; all of them are removed at the
+//! end, also on failure.
+
+use crate::exec::{self, Call};
+use crate::lab::{Binaries, Lab, Options as LabOptions};
+use crate::scratch::{unique, ScratchDir, ScratchNs};
+use anyhow::{bail, Context, Result};
+use podnet_netlink::{netns, Netns};
+use serde::Serialize;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub seconds: u32,
+    pub round_trips: u32,
+    /// Times every path is measured; the median is reported.
+    pub rounds: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Path {
+    pub name: String,
+    pub gbit_per_s: f64,
+    pub rtt_us: f64,
+    /// Throughput as a fraction of the veth ceiling.
+    pub throughput_vs_ceiling: f64,
+    /// Round-trip time as a multiple of the veth ceiling's.
+    pub rtt_vs_ceiling: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub seconds: u32,
+    pub round_trips: u32,
+    pub rounds: u32,
+    pub paths: Vec<Path>,
+    /// podnet throughput / peer throughput, same node and cross node (VXLAN).
+    pub podnet_vs_peer_same_node: f64,
+    pub podnet_vs_peer_cross_node: f64,
+}
+
+fn setns_cmd(ns: &Netns, prog: &str) -> Command {
+    let fd = ns.fd();
+    let mut cmd = Command::new(prog);
+    // SAFETY: setns between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// One measured path: `src` talks to `dst_ip`, which lives in `dst`.
+fn measure(
+    name: &str,
+    src: &Netns,
+    dst: &Netns,
+    dst_ip: Ipv4Addr,
+    opts: &Options,
+) -> Result<(f64, f64)> {
+    // Throughput: iperf3, one stream.
+    let mut server = setns_cmd(dst, "iperf3")
+        .args(["-s", "-1", "-B", &dst_ip.to_string(), "-p", "5201"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("run iperf3 (apt-get install iperf3)")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = setns_cmd(src, "iperf3")
+        .args([
+            "-c",
+            &dst_ip.to_string(),
+            "-p",
+            "5201",
+            "-t",
+            &opts.seconds.to_string(),
+            "-J",
+        ])
+        .output()
+        .context("run iperf3 client")?;
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "{name}: iperf3 gave no JSON: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("{name}: iperf3 failed: {}", v["error"]))?;
+
+    // Latency: one-byte round trips over one TCP connection.
+    let listener = dst.run(|| TcpListener::bind(SocketAddrV4::new(dst_ip, 5202)))??;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut c, _) = listener.accept()?;
+        c.set_nodelay(true)?;
+        let mut b = [0u8; 1];
+        while c.read_exact(&mut b).is_ok() {
+            c.write_all(&b)?;
+        }
+        Ok(())
+    });
+    let n = opts.round_trips;
+    let rtt = src.run(move || -> Result<f64> {
+        let mut c = TcpStream::connect_timeout(
+            &SocketAddrV4::new(dst_ip, 5202).into(),
+            Duration::from_secs(3),
+        )?;
+        c.set_nodelay(true)?;
+        let mut b = [7u8; 1];
+        for _ in 0..n / 10 {
+            c.write_all(&b)?;
+            c.read_exact(&mut b)?;
+        }
+        let t = Instant::now();
+        for _ in 0..n {
+            c.write_all(&b)?;
+            c.read_exact(&mut b)?;
+        }
+        Ok(t.elapsed().as_secs_f64() * 1e6 / n as f64)
+    })??;
+    let _ = echo.join();
+    Ok((bps / 1e9, rtt))
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let o = Command::new("ip").args(args).output().context("run ip")?;
+    if !o.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn ns_ip(ns: &str, args: &[&str]) -> Result<()> {
+    let mut a = vec!["-n", ns];
+    a.extend_from_slice(args);
+    ip(&a)
+}
+
+/// The peer: two nodes on a fabric, pods from the reference bridge plugin, VXLAN wired
+/// by hand as Flannel does. Returns the namespaces to measure in.
+struct Peer {
+    _fabric: ScratchNs,
+    _nodes: Vec<ScratchNs>,
+    pods: Vec<(ScratchNs, Ipv4Addr)>,
+    _dir: ScratchDir,
+}
+
+fn build_peer() -> Result<Peer> {
+    let dir = ScratchDir::new("podnet-peer")?;
+    let fabric = ScratchNs::new(unique("pnbp-fab"))?;
+    ns_ip(&fabric.name, &["link", "add", "fabric0", "type", "bridge"])?;
+    ns_ip(&fabric.name, &["link", "set", "fabric0", "up"])?;
+    let mut nodes = Vec::new();
+    let mut pods = Vec::new();
+    let underlay = |i: usize| format!("192.168.1.{}", 10 + i);
+    let macs = ["0a:59:00:00:00:0a", "0a:59:00:00:00:0b"];
+    let bridge = std::path::PathBuf::from("/usr/lib/cni/bridge");
+    if !bridge.is_file() {
+        bail!("the reference bridge plugin is missing at {}: apt-get install containernetworking-plugins", bridge.display());
+    }
+    for i in 0..2 {
+        let node = ScratchNs::new(unique("pnbp-node"))?;
+        let port = format!("n{i}");
+        ns_ip(
+            &node.name,
+            &[
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &fabric.name,
+            ],
+        )?;
+        ns_ip(
+            &fabric.name,
+            &["link", "set", &port, "master", "fabric0", "up"],
+        )?;
+        ns_ip(
+            &node.name,
+            &["addr", "add", &format!("{}/24", underlay(i)), "dev", "eth0"],
+        )?;
+        ns_ip(&node.name, &["link", "set", "eth0", "up"])?;
+        ns_ip(
+            &node.name,
+            &[
+                "link",
+                "add",
+                "flannel.1",
+                "address",
+                macs[i],
+                "mtu",
+                "1450",
+                "type",
+                "vxlan",
+                "id",
+                "1",
+                "local",
+                &underlay(i),
+                "dev",
+                "eth0",
+                "dstport",
+                "8472",
+                "nolearning",
+            ],
+        )?;
+        ns_ip(
+            &node.name,
+            &[
+                "addr",
+                "add",
+                &format!("10.97.{i}.0/32"),
+                "dev",
+                "flannel.1",
+            ],
+        )?;
+        ns_ip(&node.name, &["link", "set", "flannel.1", "up"])?;
+        node.ns
+            .run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))??;
+        let conf = serde_json::to_vec(&serde_json::json!({
+            "cniVersion": "1.0.0", "name": "peer", "type": "bridge", "bridge": "cni0", "isGateway": true, "isDefaultGateway": true, "mtu": 1450,
+            "ipam": {"type": "host-local", "subnet": format!("10.97.{i}.0/24"), "dataDir": dir.path().join(format!("ipam{i}"))},
+        }))?;
+        for j in 0..2 {
+            let pod = ScratchNs::new(unique("pnbp-pod"))?;
+            let path = pod.path().display().to_string();
+            let o = exec::run(
+                &Call {
+                    plugin: &bridge,
+                    command: "ADD",
+                    container_id: &format!("peer{i}{j}"),
+                    netns: &path,
+                    ifname: "eth0",
+                    cni_path: Some("/usr/lib/cni".into()),
+                    config: &conf,
+                },
+                Some(&node.ns),
+            )?;
+            if !o.ok() {
+                bail!("reference bridge plugin ADD failed: {}", o.stdout.trim());
+            }
+            let addr: Ipv4Addr = o.json()["ips"][0]["address"]
+                .as_str()
+                .and_then(|a| a.split('/').next())
+                .and_then(|a| a.parse().ok())
+                .context("bridge plugin result")?;
+            pods.push((pod, addr));
+        }
+        nodes.push(node);
+    }
+    // Per peer, exactly what Flannel writes.
+    for i in 0..2usize {
+        let p = 1 - i;
+        let n = &nodes[i].name;
+        ns_ip(
+            n,
+            &[
+                "route",
+                "add",
+                &format!("10.97.{p}.0/24"),
+                "via",
+                &format!("10.97.{p}.0"),
+                "dev",
+                "flannel.1",
+                "onlink",
+            ],
+        )?;
+        ns_ip(
+            n,
+            &[
+                "neigh",
+                "add",
+                &format!("10.97.{p}.0"),
+                "lladdr",
+                macs[p],
+                "dev",
+                "flannel.1",
+                "nud",
+                "permanent",
+            ],
+        )?;
+        let o = Command::new("bridge")
+            .args([
+                "-n",
+                n,
+                "fdb",
+                "add",
+                macs[p],
+                "dev",
+                "flannel.1",
+                "dst",
+                &underlay(p),
+                "self",
+                "permanent",
+            ])
+            .output()?;
+        if !o.status.success() {
+            bail!("bridge fdb add: {}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+    Ok(Peer {
+        _fabric: fabric,
+        _nodes: nodes,
+        pods,
+        _dir: dir,
+    })
+}
+
+/// Takes a bench lab down when dropped.
+struct LabGuard(String);
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if let Ok(l) = Lab::open(&self.0) {
+            let _ = l.down();
+        }
+    }
+}
+
+fn lab_pods(
+    name: &str,
+    backend: &str,
+    bins: &Binaries,
+) -> Result<(LabGuard, Vec<(Netns, Ipv4Addr)>)> {
+    let guard = LabGuard(name.to_string());
+    let lab = Lab::open(name)?;
+    let st = lab.up(
+        &LabOptions {
+            nodes: 2,
+            pods_per_node: 2,
+            backend: backend.into(),
+            datastore: None,
+            repair: true,
+        },
+        bins,
+        &mut |_| {},
+    )?;
+    let mut out = Vec::new();
+    for p in &st.pods {
+        out.push((Netns::open(netns::named_path(&p.netns))?, p.ip));
+    }
+    drop(lab);
+    Ok((guard, out))
+}
+
+pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result<Report> {
+    // Build every path first, then measure them round-robin, `rounds` times, and keep
+    // each path's median: drift on a noisy machine then hits every path alike.
+    say("building: veth pair, podnet labs (vxlan, host-gw), the peer");
+    let (a, b) = (
+        ScratchNs::new(unique("pnbv-a"))?,
+        ScratchNs::new(unique("pnbv-b"))?,
+    );
+    ns_ip(
+        &a.name,
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b.name,
+        ],
+    )?;
+    ns_ip(&a.name, &["addr", "add", "10.98.0.1/24", "dev", "eth0"])?;
+    ns_ip(&b.name, &["addr", "add", "10.98.0.2/24", "dev", "eth0"])?;
+    ns_ip(&a.name, &["link", "set", "eth0", "up"])?;
+    ns_ip(&b.name, &["link", "set", "eth0", "up"])?;
+    let tag = format!("pnb{}", std::process::id() % 100000);
+    let (_gv, vx) = lab_pods(&format!("{tag}v"), "vxlan", bins)?;
+    let (_gh, hg) = lab_pods(&format!("{tag}h"), "host-gw", bins)?;
+    let peer = build_peer()?;
+    let p = &peer.pods;
+    let paths: Vec<(&str, &Netns, &Netns, Ipv4Addr)> = vec![
+        ("veth (ceiling)", &a.ns, &b.ns, Ipv4Addr::new(10, 98, 0, 2)),
+        ("podnet same-node", &vx[0].0, &vx[1].0, vx[1].1),
+        (
+            "peer same-node (bridge plugin)",
+            &p[0].0.ns,
+            &p[1].0.ns,
+            p[1].1,
+        ),
+        ("podnet cross-node vxlan", &vx[0].0, &vx[2].0, vx[2].1),
+        (
+            "peer cross-node vxlan (Flannel-style)",
+            &p[0].0.ns,
+            &p[2].0.ns,
+            p[2].1,
+        ),
+        ("podnet cross-node host-gw", &hg[0].0, &hg[2].0, hg[2].1),
+    ];
+    let mut samples: Vec<(Vec<f64>, Vec<f64>)> = paths.iter().map(|_| (vec![], vec![])).collect();
+    for round in 1..=opts.rounds {
+        say(&format!("round {round}/{}", opts.rounds));
+        for (i, (name, src, dst, ip)) in paths.iter().enumerate() {
+            let (g, r) = measure(name, src, dst, *ip, opts)?;
+            samples[i].0.push(g);
+            samples[i].1.push(r);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|x, y| x.total_cmp(y));
+        v[v.len() / 2]
+    };
+    let raw: Vec<(String, f64, f64)> = paths
+        .iter()
+        .zip(samples.iter_mut())
+        .map(|((n, ..), (g, r))| (n.to_string(), median(g), median(r)))
+        .collect();
+    let (cg, cr) = (raw[0].1, raw[0].2);
+    let paths: Vec<Path> = raw
+        .iter()
+        .map(|(n, g, r)| Path {
+            name: n.clone(),
+            gbit_per_s: *g,
+            rtt_us: *r,
+            throughput_vs_ceiling: g / cg,
+            rtt_vs_ceiling: r / cr,
+        })
+        .collect();
+    let by = |n: &str| {
+        paths
+            .iter()
+            .find(|p| p.name.starts_with(n))
+            .map(|p| p.gbit_per_s)
+            .unwrap_or(f64::NAN)
+    };
+    Ok(Report {
+        seconds: opts.seconds,
+        round_trips: opts.round_trips,
+        rounds: opts.rounds,
+        podnet_vs_peer_same_node: by("podnet same-node") / by("peer same-node"),
+        podnet_vs_peer_cross_node: by("podnet cross-node vxlan") / by("peer cross-node vxlan"),
+        paths,
+    })
+}
+
+pub fn render(r: &Report) -> String {
+    let mut s = format!(
+        "Datapath, one TCP stream for {} s (iperf3) and {} one-byte round trips per path, median of {} rounds (higher throughput, lower RTT is better)\n\n",
+        r.seconds, r.round_trips, r.rounds
+    );
+    s.push_str(&format!(
+        "{:<40} {:>10} {:>10} {:>10} {:>10}\n",
+        "path", "Gbit/s", "vs veth", "RTT µs", "vs veth"
+    ));
+    for p in &r.paths {
+        s.push_str(&format!(
+            "{:<40} {:>10.2} {:>9.0}% {:>10.1} {:>9.2}×\n",
+            p.name,
+            p.gbit_per_s,
+            p.throughput_vs_ceiling * 100.0,
+            p.rtt_us,
+            p.rtt_vs_ceiling
+        ));
+    }
+    s.push_str(&format!(
+        "\npodnet / peer throughput: same node {:.0}%, cross node (VXLAN) {:.0}%\n",
+        r.podnet_vs_peer_same_node * 100.0,
+        r.podnet_vs_peer_cross_node * 100.0
+    ));
+    s
+}
