@@ -183,7 +183,7 @@ fn build_peer() -> Result<Peer> {
     if !bridge.is_file() {
         bail!("the reference bridge plugin is missing at {}: apt-get install containernetworking-plugins", bridge.display());
     }
-    for i in 0..2 {
+    for (i, mac) in macs.iter().enumerate() {
         let node = ScratchNs::new(unique("pnbp-node"))?;
         let port = format!("n{i}");
         ns_ip(
@@ -217,7 +217,7 @@ fn build_peer() -> Result<Peer> {
                 "add",
                 "flannel.1",
                 "address",
-                macs[i],
+                mac,
                 "mtu",
                 "1450",
                 "type",
@@ -278,9 +278,9 @@ fn build_peer() -> Result<Peer> {
         nodes.push(node);
     }
     // Per peer, exactly what Flannel writes.
-    for i in 0..2usize {
+    for (i, node) in nodes.iter().enumerate() {
         let p = 1 - i;
-        let n = &nodes[i].name;
+        let n = &node.name;
         ns_ip(
             n,
             &[
