@@ -373,8 +373,9 @@ fn lab_pods(
 }
 
 pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result<Report> {
-    // Build every path first, then measure them round-robin, `rounds` times, and keep
-    // each path's median: drift on a noisy machine then hits every path alike.
+    // Build every path first, then measure them round-robin, `rounds` times (every
+    // other round in reverse order), and keep each path's median: drift on a noisy
+    // machine then hits every path alike.
     say("building: veth pair, podnet labs (vxlan, host-gw), the peer");
     let (a, b) = (
         ScratchNs::new(unique("pnbv-a"))?,
@@ -416,7 +417,11 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
     let mut samples: Vec<(Vec<f64>, Vec<f64>)> = paths.iter().map(|_| (vec![], vec![])).collect();
     for round in 1..=opts.rounds {
         say(&format!("round {round}/{}", opts.rounds));
-        for (i, (name, src, dst, ip)) in paths.iter().enumerate() {
+        // Every other round runs the paths in reverse, so no path always follows
+        // the same one.
+        let order: Vec<usize> = if round % 2 == 1 { (0..paths.len()).collect() } else { (0..paths.len()).rev().collect() };
+        for i in order {
+            let (name, src, dst, ip) = &paths[i];
             let (g, r) = measure(name, src, dst, *ip, opts)?;
             samples[i].0.push(g);
             samples[i].1.push(r);
