@@ -419,7 +419,11 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
         say(&format!("round {round}/{}", opts.rounds));
         // Every other round runs the paths in reverse, so no path always follows
         // the same one.
-        let order: Vec<usize> = if round % 2 == 1 { (0..paths.len()).collect() } else { (0..paths.len()).rev().collect() };
+        let order: Vec<usize> = if round % 2 == 1 {
+            (0..paths.len()).collect()
+        } else {
+            (0..paths.len()).rev().collect()
+        };
         for i in order {
             let (name, src, dst, ip) = &paths[i];
             let (g, r) = measure(name, src, dst, *ip, opts)?;

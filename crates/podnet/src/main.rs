@@ -153,7 +153,7 @@ enum BenchCmd {
         #[arg(long, default_value_t = 5000)]
         round_trips: u32,
         /// Measure every path this many times (round-robin) and report the median.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         rounds: u32,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,

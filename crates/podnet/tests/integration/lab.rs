@@ -412,3 +412,41 @@ fn datapath_benchmark_measures_every_path() {
     }
     assert!(r["podnet_vs_peer_cross_node"].as_f64().unwrap().is_finite());
 }
+
+#[test]
+fn a_new_peer_is_routed_within_a_second() {
+    let lab = TestLab::up(&["--nodes", "2", "--pods-per-node", "0"]);
+    let record = std::path::PathBuf::from(format!(
+        "/run/podnet/lab/{}/datastore/nodes/node3.json",
+        lab.name
+    ));
+    let child = podnet()
+        .args([
+            "lab",
+            "--name",
+            &lab.name,
+            "up",
+            "--nodes",
+            "3",
+            "--pods-per-node",
+            "0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // node3 appears in the datastore…
+    wait_until("node3 registered", Duration::from_secs(10), || {
+        record.exists()
+    });
+    let rec: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    let cidr = rec["pod_cidr"].as_str().unwrap().to_string();
+    // …and node1 routes its CIDR within a second.
+    let took = wait_until("node1 routes node3's CIDR", Duration::from_secs(1), || {
+        lab.sh("node1", &["ip", "route", "show", &cidr])
+            .contains("podnet.vxlan")
+    });
+    eprintln!("peer routed {took:?} after it registered");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+}
