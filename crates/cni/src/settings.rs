@@ -152,11 +152,7 @@ impl Settings {
             anti_spoofing: conf.anti_spoofing.unwrap_or(true),
             ipam,
             gateway,
-            lock_timeout: raw
-                .get("lockTimeoutMs")
-                .and_then(|v| v.as_u64())
-                .map(std::time::Duration::from_millis)
-                .unwrap_or(podnet_ipam::DEFAULT_LOCK_TIMEOUT),
+            lock_timeout: lock_timeout(raw),
         })
     }
 
@@ -177,11 +173,7 @@ impl Settings {
                 plugin: t.to_string(),
             }),
             gateway: None,
-            lock_timeout: raw
-                .get("lockTimeoutMs")
-                .and_then(|v| v.as_u64())
-                .map(std::time::Duration::from_millis)
-                .unwrap_or(podnet_ipam::DEFAULT_LOCK_TIMEOUT),
+            lock_timeout: lock_timeout(raw),
         }
     }
 
@@ -205,6 +197,14 @@ impl Settings {
             .map(|l| l.mtu)
             .unwrap_or(1500)
     }
+}
+
+/// `lockTimeoutMs`, or the IPAM default.
+fn lock_timeout(raw: &serde_json::Value) -> std::time::Duration {
+    raw.get("lockTimeoutMs")
+        .and_then(|v| v.as_u64())
+        .map(std::time::Duration::from_millis)
+        .unwrap_or(podnet_ipam::DEFAULT_LOCK_TIMEOUT)
 }
 
 /// The host-side veth name for an attachment: `pn` + 12 hex digits of a hash of the

@@ -116,12 +116,7 @@ pub fn keys(map: &OwnedFd) -> Result<Vec<u32>> {
 
 /// The name the kernel holds for a program or map (`bpftool` shows it).
 pub fn object_name(fd: &OwnedFd, is_map: bool) -> Result<String> {
-    let mut info = [0u8; 232];
-    let mut a = Attr::new();
-    a.u32(0, fd.as_raw_fd() as u32)
-        .u32(4, info.len() as u32)
-        .u64(8, info.as_mut_ptr() as u64);
-    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a).map_err(|e| Error::io("inspect BPF object", "", e))?;
+    let info = obj_info(fd, &mut [])?;
     let off = if is_map { 24 } else { 64 };
     Ok(cstr(&info[off..off + 16], 0)
         .unwrap_or_else(|| String::from_utf8_lossy(&info[off..off + 16]).into_owned()))
@@ -340,14 +335,27 @@ pub fn load(prog: &Program, name: &str, maps: &[(&str, &OwnedFd)]) -> Result<Own
     unreachable!("the loop returns on its second attempt")
 }
 
-fn info_id(fd: &OwnedFd) -> Result<u32> {
+/// BPF_OBJ_GET_INFO_BY_FD for a program or map: the raw info struct (its first
+/// fields are `type`, `id` for both). For a program, `map_ids` receives its map ids.
+fn obj_info(fd: &OwnedFd, map_ids: &mut [u32]) -> Result<[u8; 232]> {
     let mut info = [0u8; 232];
+    if !map_ids.is_empty() {
+        info[52..56].copy_from_slice(&(map_ids.len() as u32).to_ne_bytes());
+        info[56..64].copy_from_slice(&(map_ids.as_mut_ptr() as u64).to_ne_bytes());
+    }
     let mut a = Attr::new();
     a.u32(0, fd.as_raw_fd() as u32)
         .u32(4, info.len() as u32)
         .u64(8, info.as_mut_ptr() as u64);
-    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a).map_err(|e| Error::io("inspect BPF object", "", e))?;
-    Ok(u32::from_ne_bytes(info[4..8].try_into().unwrap()))
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)
+        .map_err(|e| Error::io("inspect BPF object", format!("fd {}", fd.as_raw_fd()), e))?;
+    Ok(info)
+}
+
+fn info_id(fd: &OwnedFd) -> Result<u32> {
+    Ok(u32::from_ne_bytes(
+        obj_info(fd, &mut [])?[4..8].try_into().unwrap(),
+    ))
 }
 
 /// The kernel id of a loaded program.
@@ -381,14 +389,7 @@ pub fn map_by_id(id: u32) -> Result<OwnedFd> {
 /// The ids of the maps a program uses.
 pub fn prog_map_ids(prog: &OwnedFd) -> Result<Vec<u32>> {
     let mut ids = [0u32; 16];
-    let mut info = [0u8; 232];
-    info[52..56].copy_from_slice(&(ids.len() as u32).to_ne_bytes());
-    info[56..64].copy_from_slice(&(ids.as_mut_ptr() as u64).to_ne_bytes());
-    let mut a = Attr::new();
-    a.u32(0, prog.as_raw_fd() as u32)
-        .u32(4, info.len() as u32)
-        .u64(8, info.as_mut_ptr() as u64);
-    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a).map_err(|e| Error::io("inspect BPF program", "", e))?;
+    let info = obj_info(prog, &mut ids)?;
     let n = u32::from_ne_bytes(info[52..56].try_into().unwrap()) as usize;
     Ok(ids[..n.min(ids.len())].to_vec())
 }

@@ -51,24 +51,13 @@ fn add(plugin: &Path, node: &ScratchNs, pod: &ScratchNs, name: &str, conf: &[u8]
     if !o.ok() {
         bail!("podnet-cni ADD {name} failed: {}", o.stdout.trim());
     }
-    let r = o.json();
-    let ip: Ipv4Addr = r["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .context("ADD result has no address")?;
+    let a = exec::Attached::from_result(&o.json())?;
     Ok(Pod {
         name: name.into(),
         netns,
-        ip,
-        mac: r["interfaces"][2]["mac"]
-            .as_str()
-            .unwrap_or_default()
-            .into(),
-        host_veth: r["interfaces"][1]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .into(),
+        ip: a.ip,
+        mac: a.mac,
+        host_veth: a.host_veth,
     })
 }
 

@@ -86,3 +86,29 @@ pub fn run(call: &Call, node: Option<&Netns>) -> std::io::Result<Outcome> {
         elapsed,
     })
 }
+
+/// What podnet-cni's ADD result says about the pod it attached.
+#[derive(Clone, Debug)]
+pub struct Attached {
+    pub ip: std::net::Ipv4Addr,
+    pub mac: String,
+    pub host_veth: String,
+}
+
+impl Attached {
+    /// Reads a podnet-cni ADD result: interfaces are bridge, host veth, pod interface.
+    pub fn from_result(r: &serde_json::Value) -> anyhow::Result<Attached> {
+        use anyhow::Context;
+        let ip = r["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("ADD result without an IPv4 address: {r}"))?;
+        let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        Ok(Attached {
+            ip,
+            mac: s(&r["interfaces"][2]["mac"]),
+            host_veth: s(&r["interfaces"][1]["name"]),
+        })
+    }
+}

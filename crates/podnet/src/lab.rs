@@ -237,23 +237,15 @@ fn open_or_create_ns(name: &str) -> Result<(Netns, bool)> {
 /// Starts `cmd` detached (own session, stdio to `log` or nowhere) inside `ns`.
 fn spawn_in(ns: &Netns, mut cmd: Command, log: Option<&Path>) -> Result<u32> {
     let fd = ns.fd();
-    let out = match log {
-        Some(p) => Stdio::from(
-            std::fs::OpenOptions::new()
+    let (out, err) = match log {
+        Some(p) => {
+            let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(p)?,
-        ),
-        None => Stdio::null(),
-    };
-    let err = match log {
-        Some(p) => Stdio::from(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)?,
-        ),
-        None => Stdio::null(),
+                .open(p)?;
+            (Stdio::from(f.try_clone()?), Stdio::from(f))
+        }
+        None => (Stdio::null(), Stdio::null()),
     };
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     // SAFETY: setns and setsid are async-signal-safe; they run between fork and exec.
@@ -626,26 +618,16 @@ impl Lab {
                     o.stderr.trim()
                 );
             }
-            let r = o.json();
-            let ip: Ipv4Addr = r["ips"][0]["address"]
-                .as_str()
-                .and_then(|a| a.split('/').next())
-                .and_then(|a| a.parse().ok())
-                .context("ADD result without an address")?;
+            let a = exec::Attached::from_result(&o.json())?;
+            let ip = a.ip;
             st.pods.retain(|p| p.name != pod);
             st.pods.push(PodState {
                 name: pod.into(),
                 node: node.into(),
                 netns: ns_name.clone(),
                 ip,
-                mac: r["interfaces"][2]["mac"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .into(),
-                host_veth: r["interfaces"][1]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .into(),
+                mac: a.mac,
+                host_veth: a.host_veth,
             });
             say(&format!("pod {pod} on {node}: {ip} (namespace {ns_name})"));
         }
