@@ -159,16 +159,6 @@ fn log(node: &str, msg: &str) {
     );
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn timestamps() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(super::rfc3339(1_795_675_306), "2026-11-26T06:41:46Z");
-    }
-}
-
 /// The node's facts after setup.
 struct NodeInfo {
     underlay_index: u32,
@@ -596,5 +586,15 @@ impl Agent {
             pid: std::process::id(),
         };
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::rfc3339(1_795_675_306), "2026-11-26T06:41:46Z");
     }
 }
