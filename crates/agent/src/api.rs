@@ -6,14 +6,20 @@
 //!   neighbour and FDB entries podnet manages, forwarding — read when asked, so a
 //!   caller (`podnet trace`, `podnet doctor`, the lab) sees what the kernel has, not
 //!   what the agent believes.
+//! - `{"get":"pod","ip":…}`: one pod on this node: its host veth, and inside its own
+//!   namespace its link, addresses, routes and neighbours.
+//! - `{"get":"ping","ip":…,"size":N}`: an ICMP echo with DF set, sent from this node
+//!   (see [`crate::probe`]).
 
 use crate::{Result, Status};
 use podnet_netlink::{link, neigh, route, Socket};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Starts serving on `path` in a background thread (in the agent's namespace).
 pub fn serve(
@@ -40,22 +46,44 @@ pub fn serve(
                 continue;
             }
             let req: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            let reply = match req.get("get").and_then(Value::as_str) {
-                Some("status") => {
-                    serde_json::to_value(&*status.lock().unwrap()).unwrap_or(Value::Null)
-                }
-                Some("state") => {
-                    state(&vxlan_dev, &bridge).unwrap_or_else(|e| json!({"error": e.to_string()}))
-                }
-                _ => {
-                    json!({"error": "unknown request; send {\"get\":\"status\"} or {\"get\":\"state\"}"})
-                }
-            };
+            let reply = answer(&req, &status, &vxlan_dev, &bridge);
             let mut w = &conn;
             let _ = writeln!(w, "{reply}");
         }
     });
     Ok(())
+}
+
+fn answer(req: &Value, status: &Mutex<Status>, vxlan_dev: &str, bridge: &str) -> Value {
+    let ip = |k: &str| {
+        req.get(k)
+            .and_then(Value::as_str)
+            .and_then(|v| v.parse::<Ipv4Addr>().ok())
+    };
+    match req.get("get").and_then(Value::as_str) {
+        Some("status") => serde_json::to_value(&*status.lock().unwrap()).unwrap_or(Value::Null),
+        Some("state") => {
+            state(vxlan_dev, bridge).unwrap_or_else(|e| json!({"error": e.to_string()}))
+        }
+        Some("pod") => match ip("ip") {
+            Some(a) => pod(a).unwrap_or_else(|e| json!({"error": e})),
+            None => {
+                json!({"error": "give the pod's address: {\"get\":\"pod\",\"ip\":\"10.244.0.5\"}"})
+            }
+        },
+        Some("ping") => match ip("ip") {
+            Some(a) => {
+                let size = req.get("size").and_then(Value::as_u64).unwrap_or(56) as usize;
+                json!({"ip": a.to_string(), "size": size, "result": crate::probe::ping(a, size, Duration::from_millis(700))})
+            }
+            None => {
+                json!({"error": "give the address to ping: {\"get\":\"ping\",\"ip\":\"…\",\"size\":1422}"})
+            }
+        },
+        _ => {
+            json!({"error": "unknown request; send {\"get\":\"status\"}, {\"get\":\"state\"}, {\"get\":\"pod\",\"ip\":…} or {\"get\":\"ping\",\"ip\":…,\"size\":N}"})
+        }
+    }
 }
 
 /// The node's kernel state, as `ip`/`bridge` would show it, as data.
@@ -112,11 +140,74 @@ pub fn state(vxlan_dev: &str, bridge: &str) -> podnet_netlink::Result<Value> {
 
 /// Asks the agent behind `path` one question; `get` is `status` or `state`.
 pub fn ask(path: &Path, get: &str) -> std::io::Result<Value> {
+    request(path, &json!({"get": get}))
+}
+
+/// Sends the agent behind `path` one request.
+pub fn request(path: &Path, req: &Value) -> std::io::Result<Value> {
     let c = std::os::unix::net::UnixStream::connect(path)?;
     c.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
     let mut w = &c;
-    writeln!(w, "{}", json!({"get": get}))?;
+    writeln!(w, "{req}")?;
     let mut line = String::new();
     BufReader::new(&c).read_line(&mut line)?;
     serde_json::from_str(&line).map_err(std::io::Error::other)
+}
+
+/// The pod with address `ip` on this node, as its own namespace and its host veth show
+/// it. The host veth is found by its MAC (podnet derives it from the pod's IP), the
+/// pod's namespace from the veth's alias.
+pub fn pod(ip: Ipv4Addr) -> Result<Value, String> {
+    let mut s = Socket::route().map_err(|e| e.to_string())?;
+    let o = ip.octets();
+    let mac = [0x0a, 0x5a, o[0], o[1], o[2], o[3]];
+    let links = link::list(&mut s).map_err(|e| e.to_string())?;
+    let Some(h) = links.iter().find(|l| l.mac == mac) else {
+        return Ok(json!({"ip": ip.to_string(), "found": false}));
+    };
+    let master = h
+        .master
+        .and_then(|m| links.iter().find(|l| l.index == m))
+        .map(|l| l.name.clone());
+    let alias = h.alias.clone().unwrap_or_default();
+    let ifname = alias
+        .split(" if=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or("eth0")
+        .to_string();
+    let netns = alias.split_once(" ns=").map(|(_, n)| n.to_string());
+    let host = json!({"name": h.name, "up": h.is_up(), "operstate": h.operstate, "mtu": h.mtu, "master": master, "mac": h.mac_string()});
+    let inside = match &netns {
+        Some(path) => match podnet_netlink::Netns::open(path) {
+            Ok(ns) => ns
+                .run(|| -> podnet_netlink::Result<Value> {
+                    let mut p = Socket::route()?;
+                    let l = link::get_by_name(&mut p, &ifname)?;
+                    let addrs: Vec<String> = match &l {
+                        Some(l) => podnet_netlink::addr::list(&mut p, Some(l.index))?.iter().map(|a| format!("{}/{}", a.addr, a.prefix)).collect(),
+                        None => vec![],
+                    };
+                    let routes: Vec<Value> = route::list(&mut p)?
+                        .into_iter()
+                        .map(|r| json!({"dst": if r.prefix == 0 { "default".to_string() } else { format!("{}/{}", r.dst, r.prefix) }, "gateway": r.gateway.map(|g| g.to_string())}))
+                        .collect();
+                    let neighs: Vec<Value> = neigh::list(&mut p)?
+                        .into_iter()
+                        .map(|n| json!({"ip": n.ip.to_string(), "mac": n.mac.map(|m| podnet_netlink::fmt_mac(&m)), "state": n.state_name()}))
+                        .collect();
+                    Ok(json!({
+                        "link": l.as_ref().map(|l| json!({"name": l.name, "up": l.is_up(), "mtu": l.mtu, "mac": l.mac_string()})),
+                        "addrs": addrs, "routes": routes, "neigh": neighs,
+                    }))
+                })
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?,
+            Err(e) => json!({"error": format!("cannot open the pod's namespace {path}: {e}")}),
+        },
+        None => json!({"error": "the host veth's alias records no namespace"}),
+    };
+    Ok(
+        json!({"ip": ip.to_string(), "found": true, "host_veth": host, "netns": netns, "ifname": ifname, "pod": inside}),
+    )
 }

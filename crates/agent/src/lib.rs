@@ -25,6 +25,7 @@
 
 pub mod api;
 pub mod plan;
+pub mod probe;
 
 use plan::{Backend, Current, Peer, RTPROT_PODNET};
 use podnet_cni_spec::Ipv4Net;

@@ -299,6 +299,7 @@ fn add(
                 &s.network,
                 &inv.env.container_id,
                 ifname,
+                &inv.env.netns,
             )),
             group: None,
         },

@@ -236,19 +236,36 @@ pub fn is_installed(sock: &mut Socket, ifindex: u32) -> Result<bool> {
     Ok(pod_state(sock, ifindex)?.is_some())
 }
 
-/// What the host veth's alias records: the attachment it belongs to (GC reads it).
-pub fn owner_alias(network: &str, container_id: &str, ifname: &str) -> String {
-    let mut s = format!("podnet net={network} if={ifname} cid={container_id}");
-    s.truncate(255);
-    s
+/// What the host veth's alias records: the attachment it belongs to (GC reads it) and
+/// the pod's namespace (the agent reads it to report the pod's own state). The
+/// namespace is left out if the alias would exceed the kernel's 255 bytes.
+pub fn owner_alias(network: &str, container_id: &str, ifname: &str, netns: &str) -> String {
+    let base = format!("podnet net={network} if={ifname} cid={container_id}");
+    let full = format!("{base} ns={netns}");
+    if full.len() <= 255 {
+        full
+    } else {
+        let mut b = base;
+        b.truncate(255);
+        b
+    }
 }
 
 /// Parses [`owner_alias`]: `(network, ifname, container_id)`.
 pub fn parse_owner_alias(alias: &str) -> Option<(&str, &str, &str)> {
     let rest = alias.strip_prefix("podnet net=")?;
     let (net, rest) = rest.split_once(" if=")?;
-    let (ifname, cid) = rest.split_once(" cid=")?;
+    let (ifname, rest) = rest.split_once(" cid=")?;
+    let cid = rest.split_once(" ns=").map_or(rest, |(c, _)| c);
     Some((net, ifname, cid))
+}
+
+/// The pod's namespace path recorded in [`owner_alias`], if there is one.
+pub fn alias_netns(alias: &str) -> Option<&str> {
+    alias
+        .strip_prefix("podnet net=")?
+        .split_once(" ns=")
+        .map(|(_, ns)| ns)
 }
 
 #[cfg(test)]
@@ -274,8 +291,12 @@ mod tests {
 
     #[test]
     fn alias_roundtrip() {
-        let a = owner_alias("net1", "abc", "eth0");
+        let a = owner_alias("net1", "abc", "eth0", "/run/netns/p");
         assert_eq!(parse_owner_alias(&a), Some(("net1", "eth0", "abc")));
+        assert_eq!(alias_netns(&a), Some("/run/netns/p"));
+        let long = owner_alias("net1", "abc", "eth0", &"x".repeat(300));
+        assert_eq!(parse_owner_alias(&long), Some(("net1", "eth0", "abc")));
+        assert_eq!(alias_netns(&long), None);
         assert_eq!(parse_owner_alias("something else"), None);
     }
 

@@ -1,0 +1,135 @@
+//! Active probes a node runs from its own namespace: ICMP echo with the Don't
+//! Fragment bit, of a chosen size. Pinging a peer's VTEP address goes through the
+//! overlay (UDP 8472 out and back); pinging its underlay address tests the physical
+//! network, and at full size its MTU.
+
+use serde::Serialize;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// The outcome of one probe.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Echo {
+    /// The peer answered.
+    Reply,
+    /// Nothing came back in time.
+    Timeout,
+    /// The packet was too big for a link on the way (locally or reported by ICMP).
+    TooBig,
+    /// The kernel refused to send (no route, …); the text says why.
+    Error(String),
+}
+
+fn checksum(b: &[u8]) -> u16 {
+    let mut sum: u32 = b
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends one ICMP echo of `payload` bytes to `dst` with DF set and waits `timeout`.
+/// The IP packet is `payload + 28` bytes long.
+pub fn ping(dst: Ipv4Addr, payload: usize, timeout: Duration) -> Echo {
+    // SAFETY: a raw ICMP socket, owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_ICMP,
+        )
+    };
+    if fd < 0 {
+        return Echo::Error(format!(
+            "open ICMP socket: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: fd was just created.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let pmtu: libc::c_int = libc::IP_PMTUDISC_PROBE;
+    // SAFETY: setsockopt with a valid int; PROBE sets DF and ignores cached path MTUs.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            &pmtu as *const _ as *const libc::c_void,
+            4,
+        )
+    };
+    let id = (std::process::id() & 0xffff) as u16 ^ (payload as u16).rotate_left(7);
+    let mut pkt = vec![8u8, 0, 0, 0];
+    pkt.extend_from_slice(&id.to_be_bytes());
+    pkt.extend_from_slice(&1u16.to_be_bytes());
+    pkt.extend((0..payload).map(|i| (i % 251) as u8));
+    let c = checksum(&pkt);
+    pkt[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sa.sin_family = libc::AF_INET as u16;
+    sa.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
+    // SAFETY: sending our buffer to a valid sockaddr_in.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            pkt.as_ptr() as *const _,
+            pkt.len(),
+            0,
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EMSGSIZE) {
+            Echo::TooBig
+        } else {
+            Echo::Error(e.to_string())
+        };
+    }
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Echo::Timeout;
+        }
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid fd.
+        if unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) } <= 0 {
+            continue;
+        }
+        // SAFETY: reading into our buffer.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0) };
+        if n <= 0 {
+            continue;
+        }
+        let p = &buf[..n as usize];
+        let ihl = ((p[0] & 0x0f) as usize) * 4;
+        if p.len() < ihl + 8 {
+            continue;
+        }
+        let icmp = &p[ihl..];
+        match icmp[0] {
+            // Echo reply to our probe.
+            0 if p[12..16] == dst.octets() && icmp[4..6] == id.to_be_bytes() => return Echo::Reply,
+            // Destination unreachable, fragmentation needed, about our probe.
+            3 if icmp[1] == 4
+                && icmp.len() >= 8 + 20 + 8
+                && icmp[8 + 16..8 + 20] == dst.octets() =>
+            {
+                return Echo::TooBig
+            }
+            _ => {}
+        }
+    }
+}
