@@ -12,7 +12,7 @@ fi
 # purpose. containernetworking-plugins: the reference plugins (benchmark baseline,
 # chaining tests). podman, runc, busybox-static, iptables: the real-runtime test.
 # etcd-server: the lab on a real etcd. iperf3: the datapath benchmark.
-packages=(clang iproute2 containernetworking-plugins podman runc busybox-static iptables tar etcd-server iperf3)
+packages=(clang iproute2 containernetworking-plugins podman runc busybox-static iptables tar etcd-server iperf3 nftables)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -132,9 +132,22 @@ pub fn state(vxlan_dev: &str, bridge: &str) -> podnet_netlink::Result<Value> {
     let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
         .map(|v| v.trim() == "1")
         .unwrap_or(false);
+    let num = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let mut rp = serde_json::Map::new();
+    for dev in ["all", "default", vxlan_dev, bridge] {
+        if let Some(v) = num(&format!("/proc/sys/net/ipv4/conf/{dev}/rp_filter")) {
+            rp.insert(dev.to_string(), json!(v));
+        }
+    }
     Ok(json!({
         "bridge": bridge, "vxlan_dev": vxlan_dev,
         "links": link_json, "routes": routes, "neigh": neighs, "fdb": fdb, "forwarding": forwarding,
+        "conntrack": {"count": num("/proc/sys/net/netfilter/nf_conntrack_count"), "max": num("/proc/sys/net/netfilter/nf_conntrack_max")},
+        "rp_filter": rp,
     }))
 }
 

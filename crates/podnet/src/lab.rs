@@ -1013,3 +1013,387 @@ pub fn exec_in(lab: &Lab, pod: &str, argv: &[String]) -> Result<i32> {
     let status = cmd.status().with_context(|| format!("run {prog}"))?;
     Ok(status.code().unwrap_or(1))
 }
+
+/// Faults `podnet lab fault inject` can make, for learning and for tests.
+pub const FAULTS: &[(&str, &str)] = &[
+    (
+        "vxlan-port-blocked",
+        "the physical network drops UDP 8472 (an nftables rule on the fabric switch)",
+    ),
+    (
+        "underlay-mtu",
+        "the physical network's MTU drops to 1400 (the fabric switch ports)",
+    ),
+    (
+        "missing-route",
+        "a node loses its routes to its peers' pod CIDRs (--node)",
+    ),
+    ("missing-fdb", "a node loses its VXLAN FDB entries (--node)"),
+    (
+        "missing-neigh",
+        "a node loses its neighbour entries for peer VTEPs (--node)",
+    ),
+    ("veth-down", "a pod's host-side veth goes down (--pod)"),
+    (
+        "pod-no-default-route",
+        "a pod loses its default route (--pod)",
+    ),
+    ("forwarding-off", "a node stops forwarding IPv4 (--node)"),
+    ("vxlan-down", "a node's VXLAN device goes down (--node)"),
+];
+
+fn run_cmd(argv: &[String], stdin: Option<&str>) -> Result<String> {
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if stdin.is_some() {
+        c.stdin(Stdio::piped());
+    }
+    let mut child = c.spawn().with_context(|| format!("run {}", argv[0]))?;
+    if let (Some(text), Some(mut i)) = (stdin, child.stdin.take()) {
+        use std::io::Write;
+        i.write_all(text.as_bytes())?;
+    }
+    let o = child.wait_with_output()?;
+    if !o.status.success() {
+        bail!(
+            "{}: {}",
+            argv.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn argv(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|s| s.to_string()).collect()
+}
+
+impl Lab {
+    fn faults_file(&self) -> PathBuf {
+        self.dir.join("faults.json")
+    }
+
+    /// Breaks the lab in one of the [`FAULTS`] ways; remembers how to undo it.
+    pub fn inject(
+        &self,
+        st: &State,
+        kind: &str,
+        node: Option<&str>,
+        pod: Option<&str>,
+    ) -> Result<String> {
+        let node = node.unwrap_or("node1");
+        let nns = self.node_ns(node);
+        if !FAULTS.iter().any(|(k, _)| *k == kind) {
+            bail!(
+                "unknown fault {kind:?}; known: {}",
+                FAULTS
+                    .iter()
+                    .map(|(k, _)| *k)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if !st.nodes.iter().any(|n| n.name == node) {
+            bail!("no node {node} in lab {}", self.name);
+        }
+        let pod = match pod {
+            Some(p) => st
+                .pods
+                .iter()
+                .find(|q| q.name == p)
+                .with_context(|| format!("no pod {p} in lab {}", self.name))?
+                .clone(),
+            None => st
+                .pods
+                .iter()
+                .find(|q| q.node == node)
+                .or(st.pods.first())
+                .cloned()
+                .context("the lab has no pods")?,
+        };
+        let fab = self.fabric_ns();
+        let mut undo: Vec<Vec<String>> = Vec::new();
+        let done = match kind {
+            "vxlan-port-blocked" => {
+                let rules = "table bridge podnet_fault {\n chain forward {\n  type filter hook forward priority 0; policy accept;\n  udp dport 8472 drop\n }\n}\n";
+                run_cmd(
+                    &argv(&["ip", "netns", "exec", &fab, "nft", "-f", "-"]),
+                    Some(rules),
+                )?;
+                undo.push(argv(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &fab,
+                    "nft",
+                    "delete",
+                    "table",
+                    "bridge",
+                    "podnet_fault",
+                ]));
+                format!("fabric {fab} drops UDP 8472")
+            }
+            "underlay-mtu" => {
+                for n in &st.nodes {
+                    run_cmd(
+                        &argv(&["ip", "-n", &fab, "link", "set", &n.name, "mtu", "1400"]),
+                        None,
+                    )?;
+                    undo.push(argv(&[
+                        "ip", "-n", &fab, "link", "set", &n.name, "mtu", "1500",
+                    ]));
+                }
+                "fabric ports now carry at most 1400 bytes".into()
+            }
+            "missing-route" => {
+                let routes = run_cmd(
+                    &argv(&["ip", "-n", &nns, "route", "show", "proto", "80"]),
+                    None,
+                )?;
+                for r in routes.lines().filter(|l| !l.trim().is_empty()) {
+                    let mut del = argv(&["ip", "-n", &nns, "route", "del"]);
+                    del.extend(r.split_whitespace().map(String::from));
+                    run_cmd(&del, None)?;
+                    let mut add = argv(&["ip", "-n", &nns, "route", "add"]);
+                    add.extend(r.split_whitespace().map(String::from));
+                    undo.push(add);
+                }
+                format!("{node} lost its podnet routes")
+            }
+            "missing-fdb" => {
+                let fdb = run_cmd(
+                    &argv(&["bridge", "-n", &nns, "fdb", "show", "dev", "podnet.vxlan"]),
+                    None,
+                )?;
+                for l in fdb.lines() {
+                    let w: Vec<&str> = l.split_whitespace().collect();
+                    if let (Some(mac), Some(i)) = (w.first(), w.iter().position(|x| *x == "dst")) {
+                        let dst = w[i + 1];
+                        run_cmd(
+                            &argv(&[
+                                "bridge",
+                                "-n",
+                                &nns,
+                                "fdb",
+                                "del",
+                                mac,
+                                "dev",
+                                "podnet.vxlan",
+                                "dst",
+                                dst,
+                                "self",
+                            ]),
+                            None,
+                        )?;
+                        undo.push(argv(&[
+                            "bridge",
+                            "-n",
+                            &nns,
+                            "fdb",
+                            "append",
+                            mac,
+                            "dev",
+                            "podnet.vxlan",
+                            "dst",
+                            dst,
+                            "self",
+                            "permanent",
+                        ]));
+                    }
+                }
+                format!("{node} lost its VXLAN FDB entries")
+            }
+            "missing-neigh" => {
+                let n = run_cmd(
+                    &argv(&[
+                        "ip",
+                        "-n",
+                        &nns,
+                        "neigh",
+                        "show",
+                        "dev",
+                        "podnet.vxlan",
+                        "nud",
+                        "permanent",
+                    ]),
+                    None,
+                )?;
+                for l in n.lines() {
+                    let w: Vec<&str> = l.split_whitespace().collect();
+                    if let (Some(ip), Some(i)) = (w.first(), w.iter().position(|x| *x == "lladdr"))
+                    {
+                        run_cmd(
+                            &argv(&["ip", "-n", &nns, "neigh", "del", ip, "dev", "podnet.vxlan"]),
+                            None,
+                        )?;
+                        undo.push(argv(&[
+                            "ip",
+                            "-n",
+                            &nns,
+                            "neigh",
+                            "replace",
+                            ip,
+                            "lladdr",
+                            w[i + 1],
+                            "dev",
+                            "podnet.vxlan",
+                            "nud",
+                            "permanent",
+                        ]));
+                    }
+                }
+                format!("{node} lost its neighbour entries for peer VTEPs")
+            }
+            "veth-down" => {
+                let pns = self.node_ns(&pod.node);
+                run_cmd(
+                    &argv(&["ip", "-n", &pns, "link", "set", &pod.host_veth, "down"]),
+                    None,
+                )?;
+                undo.push(argv(&[
+                    "ip",
+                    "-n",
+                    &pns,
+                    "link",
+                    "set",
+                    &pod.host_veth,
+                    "up",
+                ]));
+                format!("host veth {} of pod {} is down", pod.host_veth, pod.name)
+            }
+            "pod-no-default-route" => {
+                let r = run_cmd(
+                    &argv(&["ip", "-n", &pod.netns, "route", "show", "default"]),
+                    None,
+                )?;
+                run_cmd(
+                    &argv(&["ip", "-n", &pod.netns, "route", "del", "default"]),
+                    None,
+                )?;
+                if let Some(l) = r.lines().next() {
+                    let mut add = argv(&["ip", "-n", &pod.netns, "route", "add"]);
+                    add.extend(l.split_whitespace().map(String::from));
+                    undo.push(add);
+                }
+                format!("pod {} has no default route", pod.name)
+            }
+            "forwarding-off" => {
+                run_cmd(
+                    &argv(&[
+                        "ip",
+                        "netns",
+                        "exec",
+                        &nns,
+                        "sysctl",
+                        "-qw",
+                        "net.ipv4.ip_forward=0",
+                    ]),
+                    None,
+                )?;
+                undo.push(argv(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &nns,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv4.ip_forward=1",
+                ]));
+                format!("{node} no longer forwards IPv4")
+            }
+            "vxlan-down" => {
+                // Down flushes the device's routes and neighbours: keep them to put back.
+                let routes = run_cmd(
+                    &argv(&["ip", "-n", &nns, "route", "show", "proto", "80"]),
+                    None,
+                )?;
+                let neighs = run_cmd(
+                    &argv(&[
+                        "ip",
+                        "-n",
+                        &nns,
+                        "neigh",
+                        "show",
+                        "dev",
+                        "podnet.vxlan",
+                        "nud",
+                        "permanent",
+                    ]),
+                    None,
+                )?;
+                run_cmd(
+                    &argv(&["ip", "-n", &nns, "link", "set", "podnet.vxlan", "down"]),
+                    None,
+                )?;
+                // Undone newest first: these run after the link is up again.
+                for l in neighs.lines() {
+                    let w: Vec<&str> = l.split_whitespace().collect();
+                    if let (Some(ip), Some(i)) = (w.first(), w.iter().position(|x| *x == "lladdr"))
+                    {
+                        undo.push(argv(&[
+                            "ip",
+                            "-n",
+                            &nns,
+                            "neigh",
+                            "replace",
+                            ip,
+                            "lladdr",
+                            w[i + 1],
+                            "dev",
+                            "podnet.vxlan",
+                            "nud",
+                            "permanent",
+                        ]));
+                    }
+                }
+                for r in routes.lines().filter(|l| !l.trim().is_empty()) {
+                    let mut add = argv(&["ip", "-n", &nns, "route", "replace"]);
+                    add.extend(r.split_whitespace().map(String::from));
+                    undo.push(add);
+                }
+                undo.push(argv(&[
+                    "ip",
+                    "-n",
+                    &nns,
+                    "link",
+                    "set",
+                    "podnet.vxlan",
+                    "up",
+                ]));
+                format!("{node}'s VXLAN device is down")
+            }
+            _ => unreachable!("checked above"),
+        };
+        let mut all: Vec<Vec<String>> = std::fs::read(self.faults_file())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        all.extend(undo);
+        std::fs::write(self.faults_file(), serde_json::to_vec_pretty(&all)?)?;
+        Ok(done)
+    }
+
+    /// Undoes every injected fault, newest first; returns how many steps ran.
+    pub fn clear_faults(&self) -> Result<usize> {
+        let all: Vec<Vec<String>> = std::fs::read(self.faults_file())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let mut failed = Vec::new();
+        for cmd in all.iter().rev() {
+            if let Err(e) = run_cmd(cmd, None) {
+                failed.push(e.to_string());
+            }
+        }
+        let _ = std::fs::remove_file(self.faults_file());
+        if !failed.is_empty() {
+            bail!(
+                "some faults could not be undone (an agent may have repaired them already): {}",
+                failed.join("; ")
+            );
+        }
+        Ok(all.len())
+    }
+}

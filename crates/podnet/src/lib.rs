@@ -9,6 +9,7 @@ pub mod exec;
 pub mod lab;
 pub mod probe;
 pub mod scratch;
+pub mod trace;
 
 use std::path::PathBuf;
 

@@ -32,6 +32,28 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// The path from one pod to another, hop by hop, from the real kernel state of each
+    /// node (through its agent), with probes of the VXLAN port and the path MTU; names
+    /// the first broken hop, the command that shows it and the fix.
+    Trace {
+        /// Source pod: a lab pod name or an IP.
+        src: String,
+        /// Destination pod: a lab pod name or an IP.
+        dst: String,
+        /// Trace inside this lab (default: the local node's agent).
+        #[arg(long)]
+        lab: Option<String>,
+        /// The local agent's socket, without --lab.
+        #[arg(long, default_value = "/run/podnet/podnetd.sock")]
+        agent: PathBuf,
+        /// Destination port (shown; no NetworkPolicy filters ports yet).
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long, value_enum, default_value = "tcp")]
+        proto: Proto,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -99,6 +121,11 @@ enum LabCmd {
         #[command(subcommand)]
         cmd: NodeCmd,
     },
+    /// Break the lab on purpose (for learning, and for tests), or undo it.
+    Fault {
+        #[command(subcommand)]
+        cmd: FaultCmd,
+    },
     /// (internal) The pods' echo server.
     #[command(hide = true)]
     ServeEcho {
@@ -107,6 +134,13 @@ enum LabCmd {
         #[arg(long, default_value_t = podnet::lab::ECHO_PORT)]
         port: u16,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -129,6 +163,24 @@ enum PodCmd {
         #[arg(value_name = "POD")]
         pod: String,
     },
+}
+
+#[derive(Subcommand)]
+enum FaultCmd {
+    /// Inject a fault. KIND: vxlan-port-blocked, underlay-mtu, missing-route,
+    /// missing-fdb, missing-neigh, veth-down, pod-no-default-route, forwarding-off,
+    /// vxlan-down. Start the lab with --no-repair, or the agents heal some of them.
+    Inject {
+        kind: String,
+        /// The node to break (default node1).
+        #[arg(long)]
+        node: Option<String>,
+        /// The pod to break (default the node's first pod).
+        #[arg(long)]
+        pod: Option<String>,
+    },
+    /// Undo every injected fault.
+    Clear,
 }
 
 #[derive(Subcommand)]
@@ -330,6 +382,19 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
             lab.save(&st)?;
             println!("node {node} removed from lab {name} and from the datastore");
         }
+        LabCmd::Fault {
+            cmd: FaultCmd::Inject { kind, node, pod },
+        } => {
+            let st = lab.load()?.unwrap_or_default();
+            let done = lab.inject(&st, &kind, node.as_deref(), pod.as_deref())?;
+            println!("fault {kind}: {done}");
+        }
+        LabCmd::Fault {
+            cmd: FaultCmd::Clear,
+        } => {
+            let n = lab.clear_faults()?;
+            println!("{n} fault steps undone");
+        }
         LabCmd::ServeEcho { .. } => unreachable!("handled above"),
     }
     Ok(())
@@ -338,6 +403,34 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Lab { name, cmd } => run_lab(&name, cmd)?,
+        Cmd::Trace {
+            src,
+            dst,
+            lab,
+            agent,
+            port: _,
+            proto: _,
+            output,
+        } => {
+            let t = match lab {
+                Some(name) => {
+                    if !podnet::lab::Lab::exists(&name) {
+                        anyhow::bail!("no lab {name} on this machine; start one with `podnet lab up --name {name}`");
+                    }
+                    let agents = podnet::trace::LabAgents::new(&podnet::lab::Lab::open(&name)?)?;
+                    podnet::trace::trace(&agents, &src, &dst)?
+                }
+                None => podnet::trace::trace(&podnet::trace::LocalAgent(agent), &src, &dst)?,
+            };
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                print!("{}", podnet::trace::render(&t));
+            }
+            if t.broken_hop.is_some() {
+                std::process::exit(1);
+            }
+        }
         Cmd::Demo { output } => {
             require_root()?;
             let plugin = podnet_cni(None)?;

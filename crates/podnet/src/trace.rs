@@ -1,0 +1,737 @@
+//! `podnet trace SRC DST`: the path a packet takes from one pod to another, hop by hop,
+//! each hop read from the real kernel state of the node it is on, plus active probes
+//! where reading is not enough (the VXLAN port, the path MTU).
+//!
+//! Each node's agent reports its own state and runs its own probes (its local API,
+//! `crate::agent::api`); this module only asks and combines. A hop is `ok`, `broken`,
+//! `warn` or `skipped`; the first broken hop in path order is the verdict.
+
+use anyhow::{bail, Context, Result};
+use podnet_cni_spec::Ipv4Net;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Where the agents of a cluster answer.
+pub trait Agents {
+    /// Every node with an agent that answers, and its socket.
+    fn nodes(&self) -> Vec<(String, PathBuf)>;
+    /// A pod name to its address, if this cluster knows pod names.
+    fn pod_ip(&self, name: &str) -> Option<Ipv4Addr>;
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Hop {
+    #[serde(rename = "where")]
+    pub where_: String,
+    pub what: String,
+    pub status: String,
+    pub detail: String,
+    /// The entry found, as `ip`/`bridge` would print it, or `(none)`.
+    pub kernel: String,
+    /// The command that shows it, and on which node or pod.
+    pub cmd: String,
+    /// How to fix it, when broken.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub fix: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Trace {
+    pub src: String,
+    pub dst: String,
+    pub verdict: String,
+    pub broken_hop: Option<Hop>,
+    pub hops: Vec<Hop>,
+    pub elapsed_ms: u64,
+}
+
+struct Builder {
+    hops: Vec<Hop>,
+}
+
+impl Builder {
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        where_: &str,
+        what: &str,
+        status: &str,
+        detail: String,
+        kernel: String,
+        cmd: String,
+        fix: &str,
+    ) {
+        self.hops.push(Hop {
+            where_: where_.into(),
+            what: what.into(),
+            status: status.into(),
+            detail,
+            kernel,
+            cmd,
+            fix: fix.into(),
+        });
+    }
+    fn check(
+        &mut self,
+        where_: &str,
+        what: &str,
+        ok: bool,
+        detail: String,
+        kernel: String,
+        cmd: String,
+        fix: &str,
+    ) {
+        let fix = if ok { "" } else { fix };
+        self.add(
+            where_,
+            what,
+            if ok { "ok" } else { "broken" },
+            detail,
+            kernel,
+            cmd,
+            fix,
+        );
+    }
+}
+
+fn arr(v: &Value, k: &str) -> Vec<Value> {
+    v[k].as_array().cloned().unwrap_or_default()
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v[k].as_str().unwrap_or("")
+}
+
+/// The most specific route in `routes` (agent `state` form) that covers `ip`.
+fn lookup(routes: &[Value], ip: Ipv4Addr) -> Option<Value> {
+    routes
+        .iter()
+        .filter_map(|r| {
+            let dst = s(r, "dst");
+            let net: Ipv4Net = if dst == "default" {
+                "0.0.0.0/0".parse().ok()?
+            } else {
+                dst.parse().ok()?
+            };
+            net.contains(ip).then(|| (net.prefix(), r.clone()))
+        })
+        .max_by_key(|(p, _)| *p)
+        .map(|(_, r)| r)
+}
+
+fn route_text(r: &Value) -> String {
+    let mut t = s(r, "dst").to_string();
+    if let Some(g) = r["gateway"].as_str() {
+        t.push_str(&format!(" via {g}"));
+    }
+    if let Some(d) = r["dev"].as_str() {
+        t.push_str(&format!(" dev {d}"));
+    }
+    if r["onlink"] == true {
+        t.push_str(" onlink");
+    }
+    if r["protocol"].as_u64() == Some(0x50) {
+        t.push_str(" proto 0x50");
+    }
+    t
+}
+
+fn link<'a>(state: &'a Value, name: &str) -> Option<&'a Value> {
+    state["links"]
+        .as_array()?
+        .iter()
+        .find(|l| l["name"] == name)
+}
+
+fn link_text(l: &Value) -> String {
+    format!(
+        "{}: <{}> mtu {}{}",
+        s(l, "name"),
+        if l["up"] == true { "UP" } else { "DOWN" },
+        l["mtu"],
+        l["master"]
+            .as_str()
+            .map(|m| format!(" master {m}"))
+            .unwrap_or_default()
+    )
+}
+
+fn ask(path: &std::path::Path, req: Value) -> Result<Value> {
+    let v = podnet_agent::api::request(path, &req)
+        .with_context(|| format!("ask the agent at {}", path.display()))?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("agent at {}: {e}", path.display());
+    }
+    Ok(v)
+}
+
+/// Traces `src` to `dst` (pod names or addresses).
+pub fn trace(agents: &dyn Agents, src: &str, dst: &str) -> Result<Trace> {
+    let t0 = Instant::now();
+    let resolve = |x: &str| -> Result<Ipv4Addr> {
+        x.parse()
+            .ok()
+            .or_else(|| agents.pod_ip(x))
+            .with_context(|| format!("{x:?} is neither an IPv4 address nor a known pod"))
+    };
+    let (sip, dip) = (resolve(src)?, resolve(dst)?);
+    let nodes = agents.nodes();
+    let mut statuses = Vec::new();
+    for (n, sock) in &nodes {
+        if let Ok(st) = podnet_agent::api::ask(sock, "status") {
+            statuses.push((n.clone(), sock.clone(), st));
+        }
+    }
+    let node_of = |ip: Ipv4Addr| {
+        statuses.iter().find(|(_, _, st)| {
+            st["pod_cidr"]
+                .as_str()
+                .and_then(|c| c.parse::<Ipv4Net>().ok())
+                .is_some_and(|c| c.contains(ip))
+        })
+    };
+    let (sn, ssock, sst) = node_of(sip)
+        .with_context(|| format!("no node whose agent answers serves {sip}"))?
+        .clone();
+    let (dn, dsock, dst_st) = node_of(dip)
+        .with_context(|| format!("no node whose agent answers serves {dip}"))?
+        .clone();
+    let cross = sn != dn;
+    let s_state = ask(&ssock, json!({"get": "state"}))?;
+    let d_state = if cross {
+        ask(&dsock, json!({"get": "state"}))?
+    } else {
+        s_state.clone()
+    };
+    let s_pod = ask(&ssock, json!({"get": "pod", "ip": sip.to_string()}))?;
+    let d_pod = ask(&dsock, json!({"get": "pod", "ip": dip.to_string()}))?;
+    let mut b = Builder { hops: vec![] };
+
+    // ---- source pod
+    let in_pod = |pod: &Value, c: &str, name: &str| match pod["netns"].as_str() {
+        Some(p) if p.starts_with("/run/netns/") => {
+            format!("ip -n {} {c}   (pod {name})", &p["/run/netns/".len()..])
+        }
+        Some(p) => format!("nsenter --net={p} ip {c}   (pod {name})"),
+        None => format!("ip {c}   (inside pod {name})"),
+    };
+    pod_hops(&mut b, "src-pod", src, sip, &s_pod, Some(dip), &in_pod);
+
+    // ---- source node
+    let bridge = s(&sst, "bridge").to_string();
+    host_veth_hop(&mut b, "src-node", &sn, &s_pod, &bridge);
+    bridge_hop(&mut b, "src-node", &sn, &s_state, &bridge);
+    let s_routes = arr(&s_state, "routes");
+    let r = lookup(&s_routes, dip);
+    let peer = arr(&sst, "peers")
+        .into_iter()
+        .find(|p| p["name"] == dn.as_str());
+    let vx = s(&sst, "vxlan_dev").to_string();
+    if cross && !vx.is_empty() {
+        // First: a VXLAN device that is down takes its routes and neighbours with it.
+        let l = link(&s_state, &vx);
+        let up = l.is_some_and(|l| l["up"] == true);
+        b.check(
+            "src-node",
+            "link",
+            up,
+            format!(
+                "VXLAN device {vx} is {}",
+                if l.is_none() {
+                    "missing"
+                } else if up {
+                    "up"
+                } else {
+                    "down"
+                }
+            ),
+            l.map(link_text).unwrap_or_else(|| "(none)".into()),
+            format!("ip -d link show {vx}   (on {sn})"),
+            &format!("ip link set {vx} up (podnetd does it when repair is on)"),
+        );
+    }
+    if cross {
+        let want = peer
+            .as_ref()
+            .map(|p| s(p, "pod_cidr").to_string())
+            .unwrap_or_default();
+        let ok = r
+            .as_ref()
+            .is_some_and(|r| s(r, "dst") == want && r["protocol"].as_u64() == Some(0x50));
+        b.check(
+            "src-node", "route", ok,
+            if ok { format!("{dip} goes to peer {dn} ({want})") } else { format!("no podnet route to {dn}'s pod CIDR {want} (the lookup gives {})", r.as_ref().map(route_text).unwrap_or_else(|| "nothing".into())) },
+            r.as_ref().map(route_text).unwrap_or_else(|| "(none)".into()),
+            format!("ip route get {dip}   (on {sn})"),
+            "podnetd restores it within a second unless it runs with --no-repair; or add it: ip route replace <peer CIDR> via <peer CIDR address> dev podnet.vxlan onlink",
+        );
+        let fwd = s_state["forwarding"] == true;
+        b.check(
+            "src-node",
+            "forwarding",
+            fwd,
+            format!(
+                "IPv4 forwarding is {} on {sn}",
+                if fwd { "on" } else { "off" }
+            ),
+            format!("net.ipv4.ip_forward = {}", u8::from(fwd)),
+            format!("sysctl net.ipv4.ip_forward   (on {sn})"),
+            "sysctl -w net.ipv4.ip_forward=1 (podnetd turns it on when repair is on)",
+        );
+        if !vx.is_empty() {
+            overlay_src_hops(&mut b, &sn, &s_state, &vx, peer.as_ref());
+        }
+        // ---- the physical network, probed from the source node
+        underlay_hops(&mut b, &sn, &ssock, &sst, peer.as_ref(), !vx.is_empty())?;
+        // ---- destination node
+        if let Some(l) = link(&d_state, &vx).filter(|_| !vx.is_empty()) {
+            let ok = l["up"] == true;
+            b.check(
+                "dst-node",
+                "link",
+                ok,
+                format!(
+                    "VXLAN device {vx} on {dn} is {}",
+                    if ok { "up" } else { "down" }
+                ),
+                link_text(l),
+                format!("ip -d link show {vx}   (on {dn})"),
+                "ip link set podnet.vxlan up (podnetd does it when repair is on)",
+            );
+        }
+        let fwd = d_state["forwarding"] == true;
+        b.check(
+            "dst-node",
+            "forwarding",
+            fwd,
+            format!(
+                "IPv4 forwarding is {} on {dn}",
+                if fwd { "on" } else { "off" }
+            ),
+            format!("net.ipv4.ip_forward = {}", u8::from(fwd)),
+            format!("sysctl net.ipv4.ip_forward   (on {dn})"),
+            "sysctl -w net.ipv4.ip_forward=1",
+        );
+    }
+    let d_bridge = s(&dst_st, "bridge").to_string();
+    let dr = lookup(&arr(&d_state, "routes"), dip);
+    let ok = dr.as_ref().is_some_and(|r| r["dev"] == d_bridge.as_str());
+    b.check(
+        "dst-node",
+        "route",
+        ok,
+        if ok {
+            format!("{dip} is on {d_bridge}")
+        } else {
+            format!("{dn} does not route {dip} to its bridge {d_bridge}")
+        },
+        dr.as_ref()
+            .map(route_text)
+            .unwrap_or_else(|| "(none)".into()),
+        format!("ip route get {dip}   (on {dn})"),
+        "the bridge must hold the gateway address of the node's pod CIDR; restart podnetd",
+    );
+    if cross {
+        bridge_hop(&mut b, "dst-node", &dn, &d_state, &d_bridge);
+    }
+    let n = arr(&d_state, "neigh")
+        .into_iter()
+        .find(|n| n["ip"] == dip.to_string().as_str());
+    let failed = n.as_ref().is_some_and(|n| n["state"] == "FAILED");
+    b.add(
+        "dst-node",
+        "neigh",
+        if failed { "broken" } else { "ok" },
+        match &n {
+            Some(n) if failed => format!("{dn} could not resolve {dip} (ARP FAILED)"),
+            Some(n) => format!("{dip} is at {}", s(n, "mac")),
+            None => format!("{dip} not resolved yet; the first packet resolves it"),
+        },
+        n.as_ref()
+            .map(|n| format!("{} lladdr {} {}", s(n, "ip"), s(n, "mac"), s(n, "state")))
+            .unwrap_or_else(|| "(none)".into()),
+        format!("ip neigh show {dip}   (on {dn})"),
+        if failed {
+            "the pod does not answer ARP: check its link and address (next hops)"
+        } else {
+            ""
+        },
+    );
+    host_veth_hop(&mut b, "dst-node", &dn, &d_pod, &d_bridge);
+
+    // ---- destination pod
+    pod_hops(&mut b, "dst-pod", dst, dip, &d_pod, Some(sip), &in_pod);
+    b.add(
+        "dst-pod",
+        "policy",
+        "skipped",
+        "podnet enforces no NetworkPolicy yet: nothing filters this traffic by port or protocol"
+            .into(),
+        "(none)".into(),
+        String::new(),
+        "",
+    );
+
+    let broken = b.hops.iter().find(|h| h.status == "broken").cloned();
+    Ok(Trace {
+        src: format!("{src} ({sip} on {sn})"),
+        dst: format!("{dst} ({dip} on {dn})"),
+        verdict: if broken.is_some() {
+            "broken"
+        } else {
+            "reachable"
+        }
+        .into(),
+        broken_hop: broken,
+        hops: b.hops,
+        elapsed_ms: t0.elapsed().as_millis() as u64,
+    })
+}
+
+fn pod_hops(
+    b: &mut Builder,
+    where_: &str,
+    name: &str,
+    ip: Ipv4Addr,
+    pod: &Value,
+    peer: Option<Ipv4Addr>,
+    cmd: &dyn Fn(&Value, &str, &str) -> String,
+) {
+    if pod["found"] != true {
+        b.add(
+            where_,
+            "link",
+            "broken",
+            format!("no podnet pod with address {ip} on its node"),
+            "(none)".into(),
+            "ip -d link show".into(),
+            "is the pod running? its host veth is missing",
+        );
+        return;
+    }
+    let p = &pod["pod"];
+    if let Some(e) = p["error"].as_str() {
+        b.add(
+            where_,
+            "link",
+            "warn",
+            format!("cannot look inside the pod: {e}"),
+            "(unknown)".into(),
+            String::new(),
+            "",
+        );
+        return;
+    }
+    let ifname = s(pod, "ifname").to_string();
+    let addrs = arr(p, "addrs");
+    let has = addrs
+        .iter()
+        .any(|a| a.as_str().is_some_and(|a| a.starts_with(&format!("{ip}/"))));
+    b.check(
+        where_,
+        "addr",
+        has,
+        if has {
+            format!("{ip} on {ifname}")
+        } else {
+            format!("{ifname} does not hold {ip}")
+        },
+        addrs
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        cmd(pod, &format!("addr show {ifname}"), name),
+        "delete and re-add the pod (CNI DEL + ADD); its address was removed",
+    );
+    let l = &p["link"];
+    let up = l["up"] == true;
+    b.check(
+        where_,
+        "link",
+        up,
+        format!("{ifname} is {}", if up { "up" } else { "down" }),
+        if l.is_null() {
+            "(none)".into()
+        } else {
+            link_text(l)
+        },
+        cmd(pod, &format!("link show {ifname}"), name),
+        &format!("ip link set {ifname} up (inside the pod)"),
+    );
+    if let Some(other) = peer {
+        let routes = arr(p, "routes");
+        let r = lookup(&routes, other);
+        let ok = r.is_some();
+        b.check(
+            where_, "route", ok,
+            match &r {
+                Some(r) => format!("{other} via {}", r["gateway"].as_str().unwrap_or("the link")),
+                None => format!("the pod has no route to {other} (no default route)"),
+            },
+            r.as_ref().map(route_text).unwrap_or_else(|| "(none)".into()),
+            cmd(pod, &format!("route get {other}"), name),
+            "re-add the default route via the bridge gateway (ip route add default via <gateway>), or DEL and ADD the pod",
+        );
+        if let Some(gw) = r.as_ref().and_then(|r| r["gateway"].as_str()) {
+            let n = arr(p, "neigh").into_iter().find(|n| n["ip"] == gw);
+            let failed = n.as_ref().is_some_and(|n| n["state"] == "FAILED");
+            b.add(
+                where_,
+                "neigh",
+                if failed { "broken" } else { "ok" },
+                match &n {
+                    Some(n) if failed => format!("the gateway {gw} does not answer ARP"),
+                    Some(n) => format!("gateway {gw} is at {}", s(n, "mac")),
+                    None => format!("gateway {gw} not resolved yet; the first packet resolves it"),
+                },
+                n.as_ref()
+                    .map(|n| format!("{} lladdr {} {}", s(n, "ip"), s(n, "mac"), s(n, "state")))
+                    .unwrap_or_else(|| "(none)".into()),
+                cmd(pod, "neigh show", name),
+                if failed {
+                    "the pod's host veth or the bridge is down (see the node hops)"
+                } else {
+                    ""
+                },
+            );
+        }
+    }
+}
+
+fn host_veth_hop(b: &mut Builder, where_: &str, node: &str, pod: &Value, bridge: &str) {
+    if pod["found"] != true {
+        return;
+    }
+    let h = &pod["host_veth"];
+    let name = s(h, "name");
+    let up = h["up"] == true;
+    let on = h["master"] == bridge;
+    b.check(
+        where_,
+        "link",
+        up && on,
+        if !up {
+            format!("host veth {name} is down")
+        } else if !on {
+            format!("host veth {name} is not on bridge {bridge}")
+        } else {
+            format!("host veth {name} is up on {bridge}")
+        },
+        link_text(h),
+        format!("ip -d link show {name}   (on {node})"),
+        &format!("ip link set {name} up master {bridge}   (on {node})"),
+    );
+}
+
+fn bridge_hop(b: &mut Builder, where_: &str, node: &str, state: &Value, bridge: &str) {
+    let l = link(state, bridge);
+    let up = l.is_some_and(|l| l["up"] == true);
+    b.check(
+        where_,
+        "bridge",
+        up,
+        format!(
+            "bridge {bridge} is {}",
+            if l.is_none() {
+                "missing"
+            } else if up {
+                "up"
+            } else {
+                "down"
+            }
+        ),
+        l.map(link_text).unwrap_or_else(|| "(none)".into()),
+        format!("ip -d link show {bridge}   (on {node})"),
+        &format!("ip link set {bridge} up (podnetd does it when repair is on)"),
+    );
+}
+
+fn overlay_src_hops(b: &mut Builder, node: &str, state: &Value, vx: &str, peer: Option<&Value>) {
+    let Some(p) = peer else {
+        b.add(
+            "src-node",
+            "neigh",
+            "broken",
+            "the destination node is not among this node's peers".into(),
+            "(none)".into(),
+            "podnet lab status".into(),
+            "is the destination's agent registered? check the datastore",
+        );
+        return;
+    };
+    let cidr: Option<Ipv4Net> = s(p, "pod_cidr").parse().ok();
+    let vtep = cidr.map(|c| c.network().to_string()).unwrap_or_default();
+    let mac = s(p, "vtep_mac");
+    let n = arr(state, "neigh")
+        .into_iter()
+        .find(|n| n["ip"] == vtep.as_str() && n["dev"] == vx);
+    let ok = n.as_ref().is_some_and(|n| n["mac"] == mac);
+    b.check(
+        "src-node", "neigh", ok,
+        if ok { format!("peer VTEP {vtep} is at {mac}") } else { format!("no neighbour entry {vtep} → {mac} on {vx}") },
+        n.as_ref().map(|n| format!("{} dev {vx} lladdr {} {}", s(n, "ip"), s(n, "mac"), s(n, "state"))).unwrap_or_else(|| "(none)".into()),
+        format!("ip neigh show dev {vx}   (on {node})"),
+        &format!("ip neigh replace {vtep} lladdr {mac} dev {vx} nud permanent (podnetd does it when repair is on)"),
+    );
+    let under = s(p, "underlay_ip");
+    let f = arr(state, "fdb").into_iter().find(|f| f["mac"] == mac);
+    let ok = f.as_ref().is_some_and(|f| f["dst"] == under);
+    b.check(
+        "src-node", "fdb", ok,
+        if ok { format!("{mac} is reached through {under}") } else { format!("no FDB entry {mac} → {under} on {vx}") },
+        f.as_ref().map(|f| format!("{} dev {vx} dst {} self permanent", s(f, "mac"), s(f, "dst"))).unwrap_or_else(|| "(none)".into()),
+        format!("bridge fdb show dev {vx}   (on {node})"),
+        &format!("bridge fdb replace {mac} dev {vx} dst {under} self permanent (podnetd does it when repair is on)"),
+    );
+}
+
+fn underlay_hops(
+    b: &mut Builder,
+    node: &str,
+    sock: &std::path::Path,
+    st: &Value,
+    peer: Option<&Value>,
+    vxlan: bool,
+) -> Result<()> {
+    let Some(p) = peer else { return Ok(()) };
+    let under = s(p, "underlay_ip").to_string();
+    let ping = |ip: &str, size: u64| -> Result<String> {
+        let v = ask(sock, json!({"get": "ping", "ip": ip, "size": size}))?;
+        Ok(match &v["result"] {
+            Value::String(r) => r.clone(),
+            other => format!(
+                "error: {}",
+                other["error"].as_str().unwrap_or(&other.to_string())
+            ),
+        })
+    };
+    let small = ping(&under, 56)?;
+    if small != "reply" {
+        b.add(
+            "underlay",
+            "port",
+            "broken",
+            format!("{node} cannot reach peer {under} on the physical network ({small})"),
+            format!("ping {under}: {small}"),
+            format!("ping -c1 {under}   (on {node})"),
+            "check the physical network between the nodes: links, addresses, firewalls",
+        );
+        return Ok(());
+    }
+    if vxlan {
+        let vtep = s(p, "pod_cidr").split('/').next().unwrap_or("").to_string();
+        let over = ping(&vtep, 56)?;
+        let src_overlay_ok = !b
+            .hops
+            .iter()
+            .any(|h| h.where_ == "src-node" && h.status == "broken");
+        let (status, fix) = match (over.as_str(), src_overlay_ok) {
+            ("reply", _) => ("ok", ""),
+            (_, true) => ("broken", "allow UDP 8472 between all node IPs, both directions (security groups, host firewalls)"),
+            (_, false) => ("warn", ""),
+        };
+        b.add(
+            "underlay", "port", status,
+            match status {
+                "ok" => format!("VXLAN (UDP {}) carries packets to {under} and back", 8472),
+                "broken" => format!("the underlay reaches {under} but VXLAN (UDP 8472) does not get through: the port is blocked on the way"),
+                _ => "VXLAN probe failed, but this node's overlay is already broken (above)".into(),
+            },
+            format!("ping {vtep} (through the overlay): {over}"),
+            format!("ping -c1 {vtep}   (on {node}); tcpdump -ni eth0 udp port 8472"),
+            fix,
+        );
+    }
+    let mtu = st["mtu"].as_u64().unwrap_or(1450);
+    let overhead = if vxlan { 50 } else { 0 };
+    let size = mtu + overhead - 28;
+    let big = ping(&under, size)?;
+    b.check(
+        "underlay", "mtu", big == "reply",
+        if big == "reply" { format!("the physical path carries {} bytes with DF set (pod MTU {mtu} + {overhead})", mtu + overhead) } else { format!("the physical path drops {}-byte packets with DF set ({big}): smaller than pod MTU {mtu} + {overhead} of overlay", mtu + overhead) },
+        format!("ping -M do -s {size} {under}: {big}"),
+        format!("ping -M do -s {size} {under}   (on {node})"),
+        "raise the physical network's MTU, or lower the pod MTU (podnetd sets it to the underlay MTU − 50)",
+    );
+    Ok(())
+}
+
+/// The trace for people: the path as a vertical list.
+pub fn render(t: &Trace) -> String {
+    let mut out = format!(
+        "trace {} → {}: {}\n\n",
+        t.src,
+        t.dst,
+        match &t.broken_hop {
+            Some(h) => format!("BROKEN at {}/{}", h.where_, h.what),
+            None => "reachable".into(),
+        }
+    );
+    for h in &t.hops {
+        let mark = match h.status.as_str() {
+            "ok" => "✓",
+            "broken" => "✗",
+            "warn" => "!",
+            _ => "-",
+        };
+        out.push_str(&format!(
+            "  {mark} {:<9} {:<10} {}\n",
+            h.where_, h.what, h.detail
+        ));
+        if h.status == "broken" {
+            out.push_str(&format!(
+                "      kernel: {}\n      look:   {}\n      fix:    {}\n",
+                h.kernel, h.cmd, h.fix
+            ));
+        }
+    }
+    out.push_str(&format!("\n({} ms)\n", t.elapsed_ms));
+    out
+}
+
+/// The agents of a lab: every node's socket, pod names from the lab's state.
+pub struct LabAgents {
+    pub nodes: Vec<(String, PathBuf)>,
+    pub pods: Vec<(String, Ipv4Addr)>,
+}
+
+impl LabAgents {
+    pub fn new(lab: &crate::lab::Lab) -> Result<LabAgents> {
+        let st = lab
+            .load()?
+            .with_context(|| format!("no lab {}", lab.name))?;
+        Ok(LabAgents {
+            nodes: st
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), lab.api_socket(&n.name)))
+                .collect(),
+            pods: st.pods.iter().map(|p| (p.name.clone(), p.ip)).collect(),
+        })
+    }
+}
+
+impl Agents for LabAgents {
+    fn nodes(&self) -> Vec<(String, PathBuf)> {
+        self.nodes.clone()
+    }
+    fn pod_ip(&self, name: &str) -> Option<Ipv4Addr> {
+        self.pods.iter().find(|(n, _)| n == name).map(|(_, ip)| *ip)
+    }
+}
+
+/// The local node's agent only (a real node, without a lab).
+pub struct LocalAgent(pub PathBuf);
+
+impl Agents for LocalAgent {
+    fn nodes(&self) -> Vec<(String, PathBuf)> {
+        vec![("local".into(), self.0.clone())]
+    }
+    fn pod_ip(&self, _: &str) -> Option<Ipv4Addr> {
+        None
+    }
+}
