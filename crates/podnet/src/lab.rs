@@ -1156,8 +1156,10 @@ impl Lab {
                     let mut del = argv(&["ip", "-n", &nns, "route", "del"]);
                     del.extend(r.split_whitespace().map(String::from));
                     run_cmd(&del, None)?;
+                    // `show proto 80` leaves the protocol out of each line: put it back.
                     let mut add = argv(&["ip", "-n", &nns, "route", "add"]);
                     add.extend(r.split_whitespace().map(String::from));
+                    add.extend(argv(&["proto", "80"]));
                     undo.push(add);
                 }
                 format!("{node} lost its podnet routes")
@@ -1351,6 +1353,7 @@ impl Lab {
                 for r in routes.lines().filter(|l| !l.trim().is_empty()) {
                     let mut add = argv(&["ip", "-n", &nns, "route", "replace"]);
                     add.extend(r.split_whitespace().map(String::from));
+                    add.extend(argv(&["proto", "80"]));
                     undo.push(add);
                 }
                 undo.push(argv(&[

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod datapath_bench;
 pub mod demo;
+pub mod doctor;
 pub mod exec;
 pub mod lab;
 pub mod probe;

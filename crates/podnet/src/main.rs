@@ -54,6 +54,22 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Node-wide checks through each node's agent: every peer's route, neighbour and
+    /// FDB entry, nothing stale, VXLAN port and path MTU probed, forwarding, bridge and
+    /// VXLAN device up, conntrack usage, rp_filter. Exits 1 when anything is broken.
+    Doctor {
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Check this lab's nodes (default: the local node's agent).
+        #[arg(long)]
+        lab: Option<String>,
+        /// The local agent's socket, without --lab.
+        #[arg(long, default_value = "/run/podnet/podnetd.sock")]
+        agent: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -403,6 +419,31 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Lab { name, cmd } => run_lab(&name, cmd)?,
+        Cmd::Doctor {
+            node,
+            lab,
+            agent,
+            output,
+        } => {
+            let r = match lab {
+                Some(name) => {
+                    if !podnet::lab::Lab::exists(&name) {
+                        anyhow::bail!("no lab {name} on this machine; start one with `podnet lab up --name {name}`");
+                    }
+                    let agents = podnet::trace::LabAgents::new(&podnet::lab::Lab::open(&name)?)?;
+                    podnet::doctor::doctor(&agents, node.as_deref())?
+                }
+                None => podnet::doctor::doctor(&podnet::trace::LocalAgent(agent), None)?,
+            };
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", podnet::doctor::render(&r));
+            }
+            if r.broken > 0 {
+                std::process::exit(1);
+            }
+        }
         Cmd::Trace {
             src,
             dst,

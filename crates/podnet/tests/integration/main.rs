@@ -11,4 +11,5 @@ mod errors;
 mod ipam;
 mod lab;
 mod podman;
+mod trace;
 mod verbs;

@@ -1,0 +1,371 @@
+//! `podnet doctor`: node-wide checks, each node through its own agent. For every peer:
+//! route, neighbour and FDB entry present and matching what the datastore says, the
+//! VXLAN port open and the path MTU big enough (probed); nothing stale for departed
+//! peers; forwarding on; bridge and VXLAN device up; conntrack table below 80%;
+//! reverse-path filtering that would drop overlay traffic.
+
+use crate::trace::Agents;
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::time::Instant;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    pub node: String,
+    pub check: String,
+    /// `ok`, `warn` or `broken`.
+    pub status: String,
+    pub detail: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub fix: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub nodes: Vec<String>,
+    pub findings: Vec<Finding>,
+    pub broken: usize,
+    pub warnings: usize,
+    pub elapsed_ms: u64,
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v[k].as_str().unwrap_or("")
+}
+
+struct Out<'a> {
+    node: &'a str,
+    f: &'a mut Vec<Finding>,
+}
+
+impl Out<'_> {
+    fn put(&mut self, check: &str, status: &str, detail: String, fix: &str) {
+        self.f.push(Finding {
+            node: self.node.into(),
+            check: check.into(),
+            status: status.into(),
+            detail,
+            fix: if status == "ok" {
+                String::new()
+            } else {
+                fix.into()
+            },
+        });
+    }
+    fn check(&mut self, check: &str, ok: bool, detail: String, fix: &str) {
+        self.put(check, if ok { "ok" } else { "broken" }, detail, fix);
+    }
+}
+
+/// Checks every node, or only `only`.
+pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
+    let t0 = Instant::now();
+    let mut findings = Vec::new();
+    let mut nodes = Vec::new();
+    for (node, sock) in agents.nodes() {
+        if only.is_some_and(|o| o != node) {
+            continue;
+        }
+        nodes.push(node.clone());
+        let mut out = Out {
+            node: &node,
+            f: &mut findings,
+        };
+        let ask = |req: Value| podnet_agent::api::request(&sock, &req);
+        let (st, state) = match (ask(json!({"get": "status"})), ask(json!({"get": "state"}))) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => {
+                out.put(
+                    "agent",
+                    "broken",
+                    format!("the agent does not answer at {}: {e}", sock.display()),
+                    "start podnetd on this node (podnet lab up restarts it in a lab)",
+                );
+                continue;
+            }
+        };
+        let link = |n: &str| {
+            state["links"]
+                .as_array()
+                .and_then(|l| l.iter().find(|x| x["name"] == n))
+                .cloned()
+        };
+        let bridge = s(&st, "bridge").to_string();
+        let vx = s(&st, "vxlan_dev").to_string();
+        let up = |n: &str| link(n).is_some_and(|l| l["up"] == true);
+        out.check(
+            "bridge",
+            up(&bridge),
+            format!(
+                "bridge {bridge} is {}",
+                if up(&bridge) { "up" } else { "down or missing" }
+            ),
+            &format!("ip link set {bridge} up"),
+        );
+        if !vx.is_empty() {
+            out.check(
+                "vxlan",
+                up(&vx),
+                format!(
+                    "VXLAN device {vx} is {}",
+                    if up(&vx) { "up" } else { "down or missing" }
+                ),
+                &format!("ip link set {vx} up"),
+            );
+        }
+        let fwd = state["forwarding"] == true;
+        out.check(
+            "forwarding",
+            fwd,
+            format!("IPv4 forwarding is {}", if fwd { "on" } else { "off" }),
+            "sysctl -w net.ipv4.ip_forward=1",
+        );
+
+        let peers = st["peers"].as_array().cloned().unwrap_or_default();
+        let routes: Vec<Value> = state["routes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r["protocol"].as_u64() == Some(0x50))
+            .collect();
+        let neighs: Vec<Value> = state["neigh"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n["dev"] == vx.as_str() && n["state"] == "PERMANENT")
+            .collect();
+        let fdb: Vec<Value> = state["fdb"].as_array().cloned().unwrap_or_default();
+        let mtu = st["mtu"].as_u64().unwrap_or(1450);
+        let overhead = if vx.is_empty() { 0 } else { 50 };
+        for p in &peers {
+            let (name, cidr, under, mac) = (
+                s(p, "name"),
+                s(p, "pod_cidr"),
+                s(p, "underlay_ip"),
+                s(p, "vtep_mac"),
+            );
+            let vtep = cidr.split('/').next().unwrap_or("");
+            let want_gw = if vx.is_empty() { under } else { vtep };
+            let r = routes.iter().find(|r| r["dst"] == cidr);
+            let ok = r.is_some_and(|r| {
+                r["gateway"] == want_gw
+                    && (vx.is_empty() || (r["dev"] == vx.as_str() && r["onlink"] == true))
+            });
+            out.check(
+                &format!("route to {name}"),
+                ok,
+                match r {
+                    Some(r) if !ok => format!(
+                        "{cidr} goes via {} dev {}, not via {want_gw}",
+                        s(r, "gateway"),
+                        s(r, "dev")
+                    ),
+                    Some(_) => format!("{cidr} via {want_gw}"),
+                    None => format!("no route to {name}'s pod CIDR {cidr}"),
+                },
+                "podnetd restores it within a second with repair on; otherwise restart podnetd",
+            );
+            if !vx.is_empty() {
+                let n = neighs.iter().find(|n| n["ip"] == vtep);
+                out.check(
+                    &format!("neighbour for {name}"),
+                    n.is_some_and(|n| n["mac"] == mac),
+                    format!(
+                        "{vtep} lladdr {}",
+                        n.map(|n| s(n, "mac")).unwrap_or("(none)")
+                    ),
+                    &format!("ip neigh replace {vtep} lladdr {mac} dev {vx} nud permanent"),
+                );
+                let f = fdb.iter().find(|f| f["mac"] == mac);
+                out.check(
+                    &format!("fdb for {name}"),
+                    f.is_some_and(|f| f["dst"] == under),
+                    format!("{mac} dst {}", f.map(|f| s(f, "dst")).unwrap_or("(none)")),
+                    &format!("bridge fdb replace {mac} dev {vx} dst {under} self permanent"),
+                );
+            }
+            let ping = |ip: &str, size: u64| -> String {
+                ask(json!({"get": "ping", "ip": ip, "size": size}))
+                    .ok()
+                    .and_then(|v| v["result"].as_str().map(String::from))
+                    .unwrap_or_else(|| "error".into())
+            };
+            let small = ping(under, 56);
+            out.check(
+                &format!("underlay to {name}"),
+                small == "reply",
+                format!("ping {under}: {small}"),
+                "check the physical network between the nodes",
+            );
+            if small == "reply" {
+                if !vx.is_empty() {
+                    let v = ping(vtep, 56);
+                    out.check(
+                        &format!("vxlan port to {name}"),
+                        v == "reply",
+                        format!("through the overlay to {vtep} and back: {v}"),
+                        "allow UDP 8472 between the nodes, both directions",
+                    );
+                }
+                let size = mtu + overhead - 28;
+                let big = ping(under, size);
+                out.check(
+                    &format!("mtu to {name}"),
+                    big == "reply",
+                    format!("{} bytes with DF set to {under}: {big}", mtu + overhead),
+                    "raise the physical MTU, or lower the pod MTU",
+                );
+            }
+        }
+        // Every pod on the node: host veth up on the bridge, pod link, address and
+        // default route in place. Host veths carry MAC 0a:5a:<pod IP>.
+        for l in state["links"].as_array().cloned().unwrap_or_default() {
+            let mac = s(&l, "mac");
+            let Some(ip) = mac.strip_prefix("0a:5a:").and_then(|rest| {
+                let b: Vec<u8> = rest
+                    .split(':')
+                    .filter_map(|x| u8::from_str_radix(x, 16).ok())
+                    .collect();
+                (b.len() == 4).then(|| format!("{}.{}.{}.{}", b[0], b[1], b[2], b[3]))
+            }) else {
+                continue;
+            };
+            let name = s(&l, "name").to_string();
+            let on = l["up"] == true && l["master"] == bridge.as_str();
+            out.check(
+                &format!("pod {ip} veth"),
+                on,
+                format!(
+                    "host veth {name} is {}",
+                    if on {
+                        format!("up on {bridge}")
+                    } else {
+                        "down or off the bridge".into()
+                    }
+                ),
+                &format!("ip link set {name} up master {bridge}"),
+            );
+            let Ok(p) = ask(json!({"get": "pod", "ip": ip})) else {
+                continue;
+            };
+            let pod = &p["pod"];
+            if pod["error"].is_string() {
+                out.put(
+                    &format!("pod {ip}"),
+                    "warn",
+                    format!("cannot look inside: {}", s(pod, "error")),
+                    "",
+                );
+                continue;
+            }
+            let has_default = pod["routes"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["dst"] == "default"));
+            out.check(
+                &format!("pod {ip} route"),
+                has_default,
+                if has_default {
+                    "default route present".into()
+                } else {
+                    "the pod has no default route".into()
+                },
+                "ip route add default via <gateway> inside the pod, or DEL and ADD it",
+            );
+        }
+
+        // Nothing stale for departed peers.
+        let cidrs: Vec<&str> = peers.iter().map(|p| s(p, "pod_cidr")).collect();
+        for r in routes.iter().filter(|r| !cidrs.contains(&s(r, "dst"))) {
+            out.put(
+                "stale route",
+                "broken",
+                format!(
+                    "{} via {} is for no current peer",
+                    s(r, "dst"),
+                    s(r, "gateway")
+                ),
+                &format!(
+                    "ip route del {} (podnetd removes it when repair is on)",
+                    s(r, "dst")
+                ),
+            );
+        }
+        let macs: Vec<&str> = peers.iter().map(|p| s(p, "vtep_mac")).collect();
+        for f in fdb.iter().filter(|f| !macs.contains(&s(f, "mac"))) {
+            out.put(
+                "stale fdb",
+                "broken",
+                format!("{} dst {} is for no current peer", s(f, "mac"), s(f, "dst")),
+                &format!("bridge fdb del {} dev {vx} self", s(f, "mac")),
+            );
+        }
+        let vteps: Vec<&str> = cidrs
+            .iter()
+            .map(|c| c.split('/').next().unwrap_or(""))
+            .collect();
+        for n in neighs.iter().filter(|n| !vteps.contains(&s(n, "ip"))) {
+            out.put(
+                "stale neighbour",
+                "broken",
+                format!(
+                    "{} lladdr {} is for no current peer",
+                    s(n, "ip"),
+                    s(n, "mac")
+                ),
+                &format!("ip neigh del {} dev {vx}", s(n, "ip")),
+            );
+        }
+        // Conntrack and reverse-path filtering.
+        if let (Some(c), Some(m)) = (
+            state["conntrack"]["count"].as_u64(),
+            state["conntrack"]["max"].as_u64(),
+        ) {
+            let pct = if m > 0 { c * 100 / m } else { 0 };
+            out.put("conntrack", if pct > 80 { "warn" } else { "ok" }, format!("{c} of {m} entries ({pct}%)"), "raise net.netfilter.nf_conntrack_max before the table fills and new connections are dropped");
+        }
+        let rp = &state["rp_filter"];
+        let all = rp["all"].as_u64().unwrap_or(0);
+        for dev in [bridge.as_str(), vx.as_str()]
+            .into_iter()
+            .filter(|d| !d.is_empty())
+        {
+            let eff = all.max(rp[dev].as_u64().unwrap_or(0));
+            out.put(&format!("rp_filter {dev}"), if eff == 1 { "warn" } else { "ok" }, format!("effective rp_filter {eff} on {dev}"), &format!("strict reverse-path filtering can drop overlay traffic: sysctl -w net.ipv4.conf.{dev}.rp_filter=2 (and .all)"));
+        }
+    }
+    let broken = findings.iter().filter(|f| f.status == "broken").count();
+    let warnings = findings.iter().filter(|f| f.status == "warn").count();
+    Ok(Report {
+        nodes,
+        findings,
+        broken,
+        warnings,
+        elapsed_ms: t0.elapsed().as_millis() as u64,
+    })
+}
+
+pub fn render(r: &Report) -> String {
+    let mut out = String::new();
+    for n in &r.nodes {
+        out.push_str(&format!("{n}\n"));
+        for f in r.findings.iter().filter(|f| &f.node == n) {
+            let mark = match f.status.as_str() {
+                "ok" => "✓",
+                "warn" => "!",
+                _ => "✗",
+            };
+            out.push_str(&format!("  {mark} {:<22} {}\n", f.check, f.detail));
+            if f.status != "ok" {
+                out.push_str(&format!("      fix: {}\n", f.fix));
+            }
+        }
+    }
+    out.push_str(&format!(
+        "\n{} broken, {} warnings ({} ms)\n",
+        r.broken, r.warnings, r.elapsed_ms
+    ));
+    out
+}

@@ -1,0 +1,156 @@
+//! `podnet trace` and `podnet doctor` against a lab: a healthy lab traces reachable on
+//! both paths, and every fault kind is named at the right hop and flagged by doctor.
+
+use crate::common::require_root;
+use podnet::scratch::unique;
+use serde_json::Value;
+use std::process::Command;
+
+fn podnet(args: &[&str]) -> (bool, Value) {
+    let o = Command::new(env!("CARGO_BIN_EXE_podnet"))
+        .args(args)
+        .output()
+        .expect("run podnet");
+    let v = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    (o.status.success(), v)
+}
+
+struct Lab(String);
+
+impl Lab {
+    fn up(args: &[&str]) -> Lab {
+        require_root();
+        let name = unique("tr").replace('-', "");
+        let mut a = vec![
+            "lab",
+            "--name",
+            &name,
+            "up",
+            "--no-repair",
+            "--output",
+            "json",
+        ];
+        a.extend_from_slice(args);
+        let (ok, v) = podnet(&a);
+        assert!(ok, "lab up failed: {v}");
+        Lab(name)
+    }
+    fn trace(&self, src: &str, dst: &str) -> (bool, Value) {
+        podnet(&["trace", src, dst, "--lab", &self.0, "--output", "json"])
+    }
+    fn doctor(&self) -> (bool, Value) {
+        podnet(&["doctor", "--lab", &self.0, "--output", "json"])
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = podnet(&["lab", "--name", &self.0, "down"]);
+    }
+}
+
+#[test]
+fn a_healthy_lab_traces_reachable_on_both_paths() {
+    let lab = Lab::up(&["--nodes", "3", "--pods-per-node", "2"]);
+    for (src, dst) in [("p1a", "p1b"), ("p1a", "p2a"), ("p3b", "p1a")] {
+        let (ok, t) = lab.trace(src, dst);
+        assert!(ok, "{src} -> {dst}: {t}");
+        assert_eq!(t["verdict"], "reachable", "{t}");
+        assert!(t["broken_hop"].is_null());
+        assert!(
+            t["elapsed_ms"].as_u64().unwrap() < 2000,
+            "trace took {} ms",
+            t["elapsed_ms"]
+        );
+        for h in t["hops"].as_array().unwrap() {
+            for k in ["where", "what", "status", "detail", "kernel"] {
+                assert!(h[k].is_string(), "hop without {k}: {h}");
+            }
+        }
+        let cross = src[1..2] != dst[1..2];
+        let has_overlay = t["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["where"] == "underlay");
+        assert_eq!(has_overlay, cross, "overlay hops only across nodes: {t}");
+    }
+    let (ok, d) = lab.doctor();
+    assert!(ok, "{d}");
+    assert_eq!(d["broken"], 0, "{d}");
+    assert_eq!(d["nodes"].as_array().unwrap().len(), 3);
+    assert!(
+        d["elapsed_ms"].as_u64().unwrap() < 3000,
+        "doctor took {} ms",
+        d["elapsed_ms"]
+    );
+}
+
+#[test]
+fn every_fault_is_named_by_trace_and_flagged_by_doctor() {
+    // (fault, where, what, a doctor check that must be broken)
+    let cases = [
+        (
+            "vxlan-port-blocked",
+            "underlay",
+            "port",
+            "vxlan port to node2",
+        ),
+        ("underlay-mtu", "underlay", "mtu", "mtu to node2"),
+        ("missing-route", "src-node", "route", "route to node2"),
+        ("missing-fdb", "src-node", "fdb", "fdb for node2"),
+        ("missing-neigh", "src-node", "neigh", "neighbour for node2"),
+        ("veth-down", "src-node", "link", "veth"),
+        ("pod-no-default-route", "src-pod", "route", "route"),
+        ("forwarding-off", "src-node", "forwarding", "forwarding"),
+        ("vxlan-down", "src-node", "link", "vxlan"),
+    ];
+    for (fault, where_, what, check) in cases {
+        let lab = Lab::up(&["--nodes", "2", "--pods-per-node", "1"]);
+        let (ok, _) = lab.trace("p1a", "p2a");
+        assert!(ok, "{fault}: the lab must be healthy before the fault");
+        let o = Command::new(env!("CARGO_BIN_EXE_podnet"))
+            .args([
+                "lab", "--name", &lab.0, "fault", "inject", fault, "--node", "node1", "--pod",
+                "p1a",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{fault}: inject failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let (ok, t) = lab.trace("p1a", "p2a");
+        assert!(!ok, "{fault}: trace must exit non-zero");
+        assert_eq!(t["verdict"], "broken", "{fault}: {t}");
+        let h = &t["broken_hop"];
+        assert_eq!(
+            (h["where"].as_str(), h["what"].as_str()),
+            (Some(where_), Some(what)),
+            "{fault}: wrong hop: {h}"
+        );
+        assert!(
+            h["fix"].as_str().is_some_and(|f| !f.is_empty()),
+            "{fault}: no fix: {h}"
+        );
+        let (ok, d) = lab.doctor();
+        assert!(!ok, "{fault}: doctor must exit non-zero: {d}");
+        let flagged = d["findings"].as_array().unwrap().iter().any(|f| {
+            f["status"] == "broken" && f["check"].as_str().is_some_and(|c| c.contains(check))
+        });
+        assert!(flagged, "{fault}: doctor did not flag {check:?}: {d}");
+        // Clearing the fault makes the path whole again.
+        let o = Command::new(env!("CARGO_BIN_EXE_podnet"))
+            .args(["lab", "--name", &lab.0, "fault", "clear"])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{fault}: clear failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let (ok, t) = lab.trace("p1a", "p2a");
+        assert!(ok, "{fault}: still broken after clear: {t}");
+    }
+}
