@@ -323,7 +323,7 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
             state["conntrack"]["count"].as_u64(),
             state["conntrack"]["max"].as_u64(),
         ) {
-            let pct = if m > 0 { c * 100 / m } else { 0 };
+            let pct = (c * 100).checked_div(m).unwrap_or(0);
             out.put("conntrack", if pct > 80 { "warn" } else { "ok" }, format!("{c} of {m} entries ({pct}%)"), "raise net.netfilter.nf_conntrack_max before the table fills and new connections are dropped");
         }
         let rp = &state["rp_filter"];

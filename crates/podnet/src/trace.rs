@@ -74,6 +74,7 @@ impl Builder {
             fix: fix.into(),
         });
     }
+    #[allow(clippy::too_many_arguments)]
     fn check(
         &mut self,
         where_: &str,
