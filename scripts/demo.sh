@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job: build podnet, bring up a 2-node lab (real podnetd agents, a VXLAN
 # overlay on a namespace fabric, pods made through podnet-cni), print its status and
-# the pod-to-pod connectivity check, then show a pod's forged ARP being dropped.
-# The lab stays up for you to explore; `podnet lab down` removes it. As root.
+# the pod-to-pod connectivity check, trace a packet's path hop by hop, break the
+# physical network and let the trace name the broken hop, then show a pod's forged ARP
+# being dropped. The lab stays up for you to explore; `podnet lab down` removes it.
+# As root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
@@ -13,10 +15,19 @@ echo
 echo "== connectivity: every pod to every other pod (TCP), source address as the receiver saw it"
 "$podnet" lab check
 echo
+echo "== the path from p1a (node1) to p2a (node2), read from each node's kernel"
+"$podnet" trace p1a p2a --lab lab
+echo
+echo "== a firewall on the physical network now drops UDP 8472 (podnet lab fault inject vxlan-port-blocked)"
+"$podnet" lab fault inject vxlan-port-blocked >/dev/null
+"$podnet" trace p1a p2a --lab lab || true
+"$podnet" lab fault clear >/dev/null
+echo
 echo "== anti-spoofing: a pod claims its neighbour's IP with a forged ARP reply"
 "$podnet" demo
 echo
 echo "The lab is still up. Try:"
 echo "  $podnet lab exec p1a -- ip route"
-echo "  $podnet lab status --output json"
+echo "  $podnet doctor --lab lab"
+echo "  $podnet lab fault inject missing-fdb && $podnet trace p1a p2a --lab lab"
 echo "  $podnet lab down"
