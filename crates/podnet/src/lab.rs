@@ -1066,6 +1066,71 @@ fn run_cmd(argv: &[String], stdin: Option<&str>) -> Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
+/// podnet's routes on a node (protocol 0x50), each as the words of `ip route show`.
+fn podnet_routes(nns: &str) -> Result<Vec<Vec<String>>> {
+    let out = run_cmd(
+        &argv(&["ip", "-n", nns, "route", "show", "proto", "80"]),
+        None,
+    )?;
+    Ok(out
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect())
+}
+
+/// The command that puts a route from [`podnet_routes`] back, protocol included
+/// (`show proto 80` leaves it out of each line).
+fn route_back(nns: &str, r: &[String]) -> Vec<String> {
+    let mut add = argv(&["ip", "-n", nns, "route", "replace"]);
+    add.extend(r.iter().cloned());
+    add.extend(argv(&["proto", "80"]));
+    add
+}
+
+/// The permanent neighbour entries on a node's VXLAN device: `(ip, mac)`.
+fn vtep_neighs(nns: &str) -> Result<Vec<(String, String)>> {
+    let out = run_cmd(
+        &argv(&[
+            "ip",
+            "-n",
+            nns,
+            "neigh",
+            "show",
+            "dev",
+            "podnet.vxlan",
+            "nud",
+            "permanent",
+        ]),
+        None,
+    )?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let i = w.iter().position(|x| *x == "lladdr")?;
+            Some((w.first()?.to_string(), w.get(i + 1)?.to_string()))
+        })
+        .collect())
+}
+
+fn neigh_back(nns: &str, ip: &str, mac: &str) -> Vec<String> {
+    argv(&[
+        "ip",
+        "-n",
+        nns,
+        "neigh",
+        "replace",
+        ip,
+        "lladdr",
+        mac,
+        "dev",
+        "podnet.vxlan",
+        "nud",
+        "permanent",
+    ])
+}
+
 fn argv(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()
 }
@@ -1148,19 +1213,11 @@ impl Lab {
                 "fabric ports now carry at most 1400 bytes".into()
             }
             "missing-route" => {
-                let routes = run_cmd(
-                    &argv(&["ip", "-n", &nns, "route", "show", "proto", "80"]),
-                    None,
-                )?;
-                for r in routes.lines().filter(|l| !l.trim().is_empty()) {
+                for r in podnet_routes(&nns)? {
                     let mut del = argv(&["ip", "-n", &nns, "route", "del"]);
-                    del.extend(r.split_whitespace().map(String::from));
+                    del.extend(r.iter().cloned());
                     run_cmd(&del, None)?;
-                    // `show proto 80` leaves the protocol out of each line: put it back.
-                    let mut add = argv(&["ip", "-n", &nns, "route", "add"]);
-                    add.extend(r.split_whitespace().map(String::from));
-                    add.extend(argv(&["proto", "80"]));
-                    undo.push(add);
+                    undo.push(route_back(&nns, &r));
                 }
                 format!("{node} lost its podnet routes")
             }
@@ -1208,43 +1265,12 @@ impl Lab {
                 format!("{node} lost its VXLAN FDB entries")
             }
             "missing-neigh" => {
-                let n = run_cmd(
-                    &argv(&[
-                        "ip",
-                        "-n",
-                        &nns,
-                        "neigh",
-                        "show",
-                        "dev",
-                        "podnet.vxlan",
-                        "nud",
-                        "permanent",
-                    ]),
-                    None,
-                )?;
-                for l in n.lines() {
-                    let w: Vec<&str> = l.split_whitespace().collect();
-                    if let (Some(ip), Some(i)) = (w.first(), w.iter().position(|x| *x == "lladdr"))
-                    {
-                        run_cmd(
-                            &argv(&["ip", "-n", &nns, "neigh", "del", ip, "dev", "podnet.vxlan"]),
-                            None,
-                        )?;
-                        undo.push(argv(&[
-                            "ip",
-                            "-n",
-                            &nns,
-                            "neigh",
-                            "replace",
-                            ip,
-                            "lladdr",
-                            w[i + 1],
-                            "dev",
-                            "podnet.vxlan",
-                            "nud",
-                            "permanent",
-                        ]));
-                    }
+                for (ip, mac) in vtep_neighs(&nns)? {
+                    run_cmd(
+                        &argv(&["ip", "-n", &nns, "neigh", "del", &ip, "dev", "podnet.vxlan"]),
+                        None,
+                    )?;
+                    undo.push(neigh_back(&nns, &ip, &mac));
                 }
                 format!("{node} lost its neighbour entries for peer VTEPs")
             }
@@ -1307,55 +1333,14 @@ impl Lab {
             }
             "vxlan-down" => {
                 // Down flushes the device's routes and neighbours: keep them to put back.
-                let routes = run_cmd(
-                    &argv(&["ip", "-n", &nns, "route", "show", "proto", "80"]),
-                    None,
-                )?;
-                let neighs = run_cmd(
-                    &argv(&[
-                        "ip",
-                        "-n",
-                        &nns,
-                        "neigh",
-                        "show",
-                        "dev",
-                        "podnet.vxlan",
-                        "nud",
-                        "permanent",
-                    ]),
-                    None,
-                )?;
+                let (routes, neighs) = (podnet_routes(&nns)?, vtep_neighs(&nns)?);
                 run_cmd(
                     &argv(&["ip", "-n", &nns, "link", "set", "podnet.vxlan", "down"]),
                     None,
                 )?;
                 // Undone newest first: these run after the link is up again.
-                for l in neighs.lines() {
-                    let w: Vec<&str> = l.split_whitespace().collect();
-                    if let (Some(ip), Some(i)) = (w.first(), w.iter().position(|x| *x == "lladdr"))
-                    {
-                        undo.push(argv(&[
-                            "ip",
-                            "-n",
-                            &nns,
-                            "neigh",
-                            "replace",
-                            ip,
-                            "lladdr",
-                            w[i + 1],
-                            "dev",
-                            "podnet.vxlan",
-                            "nud",
-                            "permanent",
-                        ]));
-                    }
-                }
-                for r in routes.lines().filter(|l| !l.trim().is_empty()) {
-                    let mut add = argv(&["ip", "-n", &nns, "route", "replace"]);
-                    add.extend(r.split_whitespace().map(String::from));
-                    add.extend(argv(&["proto", "80"]));
-                    undo.push(add);
-                }
+                undo.extend(neighs.iter().map(|(ip, mac)| neigh_back(&nns, ip, mac)));
+                undo.extend(routes.iter().map(|r| route_back(&nns, r)));
                 undo.push(argv(&[
                     "ip",
                     "-n",

@@ -233,25 +233,14 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str) -> Result<Trace> {
     let vx = s(&sst, "vxlan_dev").to_string();
     if cross && !vx.is_empty() {
         // First: a VXLAN device that is down takes its routes and neighbours with it.
-        let l = link(&s_state, &vx);
-        let up = l.is_some_and(|l| l["up"] == true);
-        b.check(
+        device_hop(
+            &mut b,
             "src-node",
             "link",
-            up,
-            format!(
-                "VXLAN device {vx} is {}",
-                if l.is_none() {
-                    "missing"
-                } else if up {
-                    "up"
-                } else {
-                    "down"
-                }
-            ),
-            l.map(link_text).unwrap_or_else(|| "(none)".into()),
-            format!("ip -d link show {vx}   (on {sn})"),
-            &format!("ip link set {vx} up (podnetd does it when repair is on)"),
+            &sn,
+            &s_state,
+            &vx,
+            "VXLAN device",
         );
     }
     if cross {
@@ -288,19 +277,15 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str) -> Result<Trace> {
         // ---- the physical network, probed from the source node
         underlay_hops(&mut b, &sn, &ssock, &sst, peer.as_ref(), !vx.is_empty())?;
         // ---- destination node
-        if let Some(l) = link(&d_state, &vx).filter(|_| !vx.is_empty()) {
-            let ok = l["up"] == true;
-            b.check(
+        if !vx.is_empty() {
+            device_hop(
+                &mut b,
                 "dst-node",
                 "link",
-                ok,
-                format!(
-                    "VXLAN device {vx} on {dn} is {}",
-                    if ok { "up" } else { "down" }
-                ),
-                link_text(l),
-                format!("ip -d link show {vx}   (on {dn})"),
-                "ip link set podnet.vxlan up (podnetd does it when repair is on)",
+                &dn,
+                &d_state,
+                &vx,
+                "VXLAN device",
             );
         }
         let fwd = d_state["forwarding"] == true;
@@ -528,27 +513,38 @@ fn host_veth_hop(b: &mut Builder, where_: &str, node: &str, pod: &Value, bridge:
     );
 }
 
-fn bridge_hop(b: &mut Builder, where_: &str, node: &str, state: &Value, bridge: &str) {
-    let l = link(state, bridge);
+/// A node-level device (bridge, VXLAN device) that must exist and be up.
+fn device_hop(
+    b: &mut Builder,
+    where_: &str,
+    what: &str,
+    node: &str,
+    state: &Value,
+    dev: &str,
+    label: &str,
+) {
+    let l = link(state, dev);
     let up = l.is_some_and(|l| l["up"] == true);
+    let is = if l.is_none() {
+        "missing"
+    } else if up {
+        "up"
+    } else {
+        "down"
+    };
     b.check(
         where_,
-        "bridge",
+        what,
         up,
-        format!(
-            "bridge {bridge} is {}",
-            if l.is_none() {
-                "missing"
-            } else if up {
-                "up"
-            } else {
-                "down"
-            }
-        ),
+        format!("{label} {dev} on {node} is {is}"),
         l.map(link_text).unwrap_or_else(|| "(none)".into()),
-        format!("ip -d link show {bridge}   (on {node})"),
-        &format!("ip link set {bridge} up (podnetd does it when repair is on)"),
+        format!("ip -d link show {dev}   (on {node})"),
+        &format!("ip link set {dev} up (podnetd does it when repair is on)"),
     );
+}
+
+fn bridge_hop(b: &mut Builder, where_: &str, node: &str, state: &Value, bridge: &str) {
+    device_hop(b, where_, "bridge", node, state, bridge, "bridge");
 }
 
 fn overlay_src_hops(b: &mut Builder, node: &str, state: &Value, vx: &str, peer: Option<&Value>) {
