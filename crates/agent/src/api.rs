@@ -39,16 +39,21 @@ pub fn serve(
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(fail)?;
     std::thread::spawn(move || {
+        // One thread per connection, each with a read timeout: an idle or slow client
+        // never holds up the others.
         for conn in listener.incoming().flatten() {
-            let mut line = String::new();
-            let mut r = BufReader::new(&conn);
-            if r.read_line(&mut line).is_err() {
-                continue;
-            }
-            let req: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            let reply = answer(&req, &status, &vxlan_dev, &bridge);
-            let mut w = &conn;
-            let _ = writeln!(w, "{reply}");
+            let (status, vxlan_dev, bridge) = (status.clone(), vxlan_dev.clone(), bridge.clone());
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut line = String::new();
+                if BufReader::new(&conn).read_line(&mut line).is_err() {
+                    return;
+                }
+                let req: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                let reply = answer(&req, &status, &vxlan_dev, &bridge);
+                let mut w = &conn;
+                let _ = writeln!(w, "{reply}");
+            });
         }
     });
     Ok(())
@@ -73,7 +78,11 @@ fn answer(req: &Value, status: &Mutex<Status>, vxlan_dev: &str, bridge: &str) ->
         },
         Some("ping") => match ip("ip") {
             Some(a) => {
-                let size = req.get("size").and_then(Value::as_u64).unwrap_or(56) as usize;
+                let size = req
+                    .get("size")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(56)
+                    .min(65_507) as usize;
                 json!({"ip": a.to_string(), "size": size, "result": crate::probe::ping(a, size, Duration::from_millis(700))})
             }
             None => {

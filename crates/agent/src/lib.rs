@@ -86,6 +86,8 @@ pub enum Error {
     Datastore(#[from] podnet_datastore::Error),
     #[error("underlay link {dev}: {why}; name the node's physical interface with --underlay-dev")]
     Underlay { dev: String, why: String },
+    #[error("this node's lease moved from {from} to {to} (it expired and another node took {from}); the node's pods still use {from}: drain the node, delete its pods, and restart podnetd")]
+    LeaseMoved { from: Ipv4Net, to: Ipv4Net },
     #[error("{what} {path}: {source}")]
     File {
         what: &'static str,
@@ -235,7 +237,8 @@ impl Agent {
         let vx = match self.cfg.backend {
             BackendKind::Vxlan => Some(self.ensure_vxlan(n)?),
             BackendKind::HostGw => {
-                if link::get_by_name(&mut self.sock, &self.cfg.vxlan_dev)?.is_some() {
+                let existing = link::get_by_name(&mut self.sock, &self.cfg.vxlan_dev)?;
+                if existing.is_some_and(|l| l.kind.as_deref() == Some("vxlan")) {
                     self.log(&format!(
                         "host-gw backend: removing VXLAN device {}",
                         self.cfg.vxlan_dev
@@ -277,7 +280,15 @@ impl Agent {
         let l = match existing {
             Some(l) if fits => l,
             other => {
-                if other.is_some() {
+                if let Some(l) = &other {
+                    if l.kind.as_deref() != Some("vxlan") {
+                        return Err(podnet_netlink::Error::WrongKind {
+                            name: name.clone(),
+                            kind: l.kind.clone().unwrap_or_else(|| "plain link".into()),
+                            want: "vxlan device (choose another --vxlan-dev)",
+                        }
+                        .into());
+                    }
                     self.log(&format!(
                         "VXLAN device {name} does not match the configuration: recreating it"
                     ));
@@ -388,16 +399,16 @@ impl Agent {
                     dev,
                     onlink,
                 } => {
-                    let mut r = route::add_request(&route::RouteSpec {
+                    // A plain add: a route with this prefix that podnet did not make
+                    // is never overwritten (the add fails and is logged instead).
+                    route::add_request(&route::RouteSpec {
                         dst: dst.network(),
                         prefix: dst.prefix(),
                         gateway: Some(*via),
                         oif: Some(*dev),
                         onlink: *onlink,
                         protocol: RTPROT_PODNET,
-                    });
-                    r.msg.replace_flags();
-                    r
+                    })
                 }
                 plan::Op::DelRoute { dst, via, dev } => route::del_request(&route::RouteInfo {
                     dst: dst.network(),
@@ -475,10 +486,13 @@ impl Agent {
                 match self.register(n.underlay_ip) {
                     Ok(r) => {
                         if r.pod_cidr != n.record.pod_cidr {
-                            self.log(&format!(
-                                "lease changed from {} to {}",
-                                n.record.pod_cidr, r.pod_cidr
-                            ));
+                            // The lease expired and another node took the CIDR: the
+                            // bridge, the pods and the node file all still carry the old
+                            // one. Stop rather than serve two CIDRs.
+                            return Err(Error::LeaseMoved {
+                                from: n.record.pod_cidr,
+                                to: r.pod_cidr,
+                            });
                         }
                         n.record = r;
                         renewed = Instant::now();
@@ -515,6 +529,11 @@ impl Agent {
             .nodes()?
             .into_iter()
             .filter(|r| r.name != self.cfg.node)
+            // A peer claiming (part of) our own CIDR is a datastore conflict, not a route.
+            .filter(|r| {
+                let mine = n.record.pod_cidr;
+                !(mine.contains(r.pod_cidr.network()) || r.pod_cidr.contains(mine.network()))
+            })
             .filter_map(|r| {
                 Some(Peer {
                     vtep_mac: parse_mac(&r.vtep_mac)?,
@@ -553,9 +572,14 @@ impl Agent {
                 if drift { "repairing drift: " } else { "" }
             ));
         }
-        *changes += self.apply(&ops) as u64;
+        let applied = self.apply(&ops);
+        *changes += applied as u64;
         *known = peers;
-        *last = Some(want);
+        // Without repair the plan works from what was last applied: keep the old base
+        // when something failed, so the failed operations are tried again.
+        if applied == ops.len() {
+            *last = Some(want);
+        }
         let mut st = self.status.lock().unwrap();
         *st = Status {
             node: self.cfg.node.clone(),

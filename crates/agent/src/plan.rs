@@ -108,7 +108,7 @@ impl fmt::Display for Op {
             } => {
                 write!(
                     f,
-                    "ip route replace {dst} via {via} dev #{dev}{} proto 0x50",
+                    "ip route add {dst} via {via} dev #{dev}{} proto 0x50",
                     if *onlink { " onlink" } else { "" }
                 )
             }
@@ -303,8 +303,7 @@ mod tests {
         let text: Vec<String> = ops.iter().map(|o| o.to_string()).collect();
         assert!(
             text.contains(
-                &"ip route replace 10.244.1.0/24 via 10.244.1.0 dev #7 onlink proto 0x50"
-                    .to_string()
+                &"ip route add 10.244.1.0/24 via 10.244.1.0 dev #7 onlink proto 0x50".to_string()
             ),
             "{text:?}"
         );
@@ -361,7 +360,7 @@ mod tests {
         assert_eq!(ops.len(), 1);
         assert_eq!(
             ops[0].to_string(),
-            "ip route replace 10.244.3.0/24 via 192.168.1.13 dev #2 proto 0x50"
+            "ip route add 10.244.3.0/24 via 192.168.1.13 dev #2 proto 0x50"
         );
     }
 }

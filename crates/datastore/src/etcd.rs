@@ -284,11 +284,17 @@ impl Datastore for EtcdStore {
             return Ok(false);
         };
         let del = |key: String| json!({"request_delete_range": {"key": b64(key.as_bytes())}});
-        let txn = json!({"success": [
-            del(format!("{PREFIX}nodes/{name}")),
-            del(format!("{PREFIX}subnets/{}", rec.pod_cidr.to_string().replace('/', "_"))),
-            del(format!("{PREFIX}reservations/{name}")),
-        ]});
+        let subnet_key = format!(
+            "{PREFIX}subnets/{}",
+            rec.pod_cidr.to_string().replace('/', "_")
+        );
+        // The CIDR is freed only if it is still this node's: after an expiry another
+        // node may have claimed it, and its claim must stand.
+        let txn = json!({
+            "compare": [{"key": b64(subnet_key.as_bytes()), "result": "EQUAL", "target": "VALUE", "value": b64(name.as_bytes())}],
+            "success": [del(format!("{PREFIX}nodes/{name}")), del(subnet_key), del(format!("{PREFIX}reservations/{name}"))],
+            "failure": [del(format!("{PREFIX}nodes/{name}")), del(format!("{PREFIX}reservations/{name}"))],
+        });
         self.call("/v3/kv/txn", &txn)?;
         Ok(true)
     }

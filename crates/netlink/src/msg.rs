@@ -38,12 +38,6 @@ impl Msg {
         u16::from_ne_bytes([self.buf[6], self.buf[7]])
     }
 
-    /// Turns a create request into create-or-replace (`ip … replace` rather than `add`).
-    pub fn replace_flags(&mut self) {
-        let v = (self.flags() & !NLM_F_EXCL) | NLM_F_CREATE | NLM_F_REPLACE;
-        self.buf[6..8].copy_from_slice(&v.to_ne_bytes());
-    }
-
     pub(crate) fn add_flags(&mut self, f: u16) {
         let v = self.flags() | f;
         self.buf[6..8].copy_from_slice(&v.to_ne_bytes());

@@ -106,7 +106,8 @@ pub fn add_request(r: &RouteSpec) -> Request {
 
 /// The request for `ip route del DST/PREFIX [via GW] [dev OIF]` (main table).
 pub fn del_request(r: &RouteInfo) -> Request {
-    let mut m = Msg::new(RTM_DELROUTE, 0).fixed(&rtmsg(r.prefix, 0, r.scope, r.kind, 0));
+    // The protocol is part of the match: podnet never deletes a route it did not make.
+    let mut m = Msg::new(RTM_DELROUTE, 0).fixed(&rtmsg(r.prefix, r.protocol, r.scope, r.kind, 0));
     if r.prefix > 0 {
         m.attr(RTA_DST, &r.dst.octets());
     }

@@ -99,11 +99,16 @@ impl Lab {
         valid_name(name)?;
         let dir = Path::new(LAB_ROOT).join(name);
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        // The lock lives beside the lab's directory, not in it: `down` removes the
+        // directory while holding the lock, and a waiter must not end up holding a
+        // lock on a file nobody else can see.
+        let lock_path = Path::new(LAB_ROOT).join(format!(".{name}.lock"));
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(dir.join("lock"))?;
+            .open(&lock_path)
+            .with_context(|| format!("open {}", lock_path.display()))?;
         // SAFETY: flock on an fd we own; released when the lab is dropped.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
             bail!(
@@ -120,7 +125,7 @@ impl Lab {
 
     /// True if a lab of that name has state on this machine.
     pub fn exists(name: &str) -> bool {
-        Path::new(LAB_ROOT).join(name).join("lab.json").exists()
+        Path::new(LAB_ROOT).join(name).is_dir()
     }
 
     pub fn load(&self) -> Result<Option<State>> {
@@ -334,6 +339,8 @@ impl Lab {
         for i in 1..=opts.nodes {
             let node = format!("node{i}");
             self.ensure_node(&mut st, &node, i, &fabric, &mut fs, opts, bins, say)?;
+            // Recorded at once, so `lab down` finds it even if a later step fails.
+            self.save(&st)?;
         }
         self.save(&st)?;
         for i in 1..=opts.nodes {
@@ -342,6 +349,7 @@ impl Lab {
             for j in 0..opts.pods_per_node {
                 let pod = pod_name(i, j);
                 self.ensure_pod(&mut st, &pod, &node, bins, say)?;
+                self.save(&st)?;
             }
         }
         self.save(&st)?;
@@ -582,6 +590,9 @@ impl Lab {
     }
 
     /// Makes sure pod `pod` exists on `node` with its echo server.
+    ///
+    /// Pod names are lowercase letters, digits and '-', at most 15 characters, and
+    /// never a node's or the fabric's name (they share one namespace naming).
     pub fn ensure_pod(
         &self,
         st: &mut State,
@@ -590,6 +601,19 @@ impl Lab {
         bins: &Binaries,
         say: &mut dyn FnMut(&str),
     ) -> Result<()> {
+        let reserved = pod == "fabric"
+            || pod
+                .strip_prefix("node")
+                .is_some_and(|d| d.chars().all(|c| c.is_ascii_digit()));
+        if pod.is_empty()
+            || pod.len() > 15
+            || reserved
+            || !pod
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            bail!("invalid pod name {pod:?}: use up to 15 lowercase letters, digits and '-', not \"fabric\" or \"nodeN\"");
+        }
         let node_ns = Netns::open(netns::named_path(&self.node_ns(node)))
             .with_context(|| format!("node {node} does not exist in lab {}", self.name))?;
         let ns_name = self.pod_ns(pod);
@@ -720,15 +744,31 @@ impl Lab {
 
     /// Removes everything the lab made.
     pub fn down(&self) -> Result<usize> {
-        let st = self.load()?.unwrap_or_default();
+        let st = self.load().ok().flatten().unwrap_or_default();
         let mut removed = 0;
-        for p in &st.pods {
-            self.stop(&format!("echo-{}", p.name), "podnet");
+        // Every process the lab started has a pid file, recorded or not in lab.json.
+        let pids: Vec<String> = std::fs::read_dir(self.dir.join("pids"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()?
+                            .strip_suffix(".pid")
+                            .map(String::from)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for what in pids {
+            let comm = if what == "etcd" {
+                "etcd"
+            } else if what.starts_with("echo-") {
+                "podnet"
+            } else {
+                "podnetd"
+            };
+            self.stop(&what, comm);
         }
-        for n in &st.nodes {
-            self.stop(&n.name, "podnetd");
-        }
-        self.stop("etcd", "etcd");
         // Every namespace of this lab: the recorded ones, and the fabric and nodes by
         // their fixed names (a crashed run may not have recorded them). Never a
         // prefix match: lab "a" must not take lab "a-2"'s namespaces.

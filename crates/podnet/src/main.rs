@@ -334,6 +334,9 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
             if nodes == 0 || nodes > 200 {
                 anyhow::bail!("--nodes must be between 1 and 200");
             }
+            if pods_per_node > 26 {
+                anyhow::bail!("--pods-per-node must be at most 26 (pods are named p<node><letter>); add more with `podnet lab pod add`");
+            }
             let opts = podnet::lab::Options {
                 nodes,
                 pods_per_node,

@@ -272,14 +272,14 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str) -> Result<Trace> {
             "sysctl -w net.ipv4.ip_forward=1 (podnetd turns it on when repair is on)",
         );
         if !vx.is_empty() {
-            overlay_src_hops(&mut b, &sn, &s_state, &vx, peer.as_ref());
+            overlay_hops(&mut b, "src-node", &sn, &s_state, &vx, peer.as_ref());
         }
-        // ---- the physical network, probed from the source node
-        underlay_hops(&mut b, &sn, &ssock, &sst, peer.as_ref(), !vx.is_empty())?;
-        // ---- destination node
+        // ---- the destination node's way back to the source (read before probing, so
+        // a broken return path is not blamed on the physical network)
+        let mut back = Builder { hops: vec![] };
         if !vx.is_empty() {
             device_hop(
-                &mut b,
+                &mut back,
                 "dst-node",
                 "link",
                 &dn,
@@ -289,7 +289,7 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str) -> Result<Trace> {
             );
         }
         let fwd = d_state["forwarding"] == true;
-        b.check(
+        back.check(
             "dst-node",
             "forwarding",
             fwd,
@@ -301,6 +301,47 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str) -> Result<Trace> {
             format!("sysctl net.ipv4.ip_forward   (on {dn})"),
             "sysctl -w net.ipv4.ip_forward=1",
         );
+        let src_peer = arr(&dst_st, "peers")
+            .into_iter()
+            .find(|p| p["name"] == sn.as_str());
+        let back_cidr = src_peer
+            .as_ref()
+            .map(|p| s(p, "pod_cidr").to_string())
+            .unwrap_or_default();
+        let br = lookup(&arr(&d_state, "routes"), sip);
+        let ok = br
+            .as_ref()
+            .is_some_and(|r| s(r, "dst") == back_cidr && r["protocol"].as_u64() == Some(0x50));
+        back.check(
+            "dst-node",
+            "route",
+            ok,
+            if ok {
+                format!("replies to {sip} go back to {sn} ({back_cidr})")
+            } else {
+                format!("{dn} has no podnet route back to {sn}'s pod CIDR {back_cidr}")
+            },
+            br.as_ref()
+                .map(route_text)
+                .unwrap_or_else(|| "(none)".into()),
+            format!("ip route get {sip}   (on {dn})"),
+            "podnetd restores it within a second unless it runs with --no-repair",
+        );
+        if !vx.is_empty() {
+            overlay_hops(&mut back, "dst-node", &dn, &d_state, &vx, src_peer.as_ref());
+        }
+        let back_ok = !back.hops.iter().any(|h| h.status == "broken");
+        // ---- the physical network, probed from the source node
+        underlay_hops(
+            &mut b,
+            &sn,
+            &ssock,
+            &sst,
+            peer.as_ref(),
+            !vx.is_empty(),
+            back_ok,
+        )?;
+        b.hops.extend(back.hops);
     }
     let d_bridge = s(&dst_st, "bridge").to_string();
     let dr = lookup(&arr(&d_state, "routes"), dip);
@@ -547,10 +588,18 @@ fn bridge_hop(b: &mut Builder, where_: &str, node: &str, state: &Value, bridge: 
     device_hop(b, where_, "bridge", node, state, bridge, "bridge");
 }
 
-fn overlay_src_hops(b: &mut Builder, node: &str, state: &Value, vx: &str, peer: Option<&Value>) {
+/// The neighbour and FDB entries a node needs to reach `peer` through `vx`.
+fn overlay_hops(
+    b: &mut Builder,
+    where_: &str,
+    node: &str,
+    state: &Value,
+    vx: &str,
+    peer: Option<&Value>,
+) {
     let Some(p) = peer else {
         b.add(
-            "src-node",
+            where_,
             "neigh",
             "broken",
             "the destination node is not among this node's peers".into(),
@@ -568,7 +617,7 @@ fn overlay_src_hops(b: &mut Builder, node: &str, state: &Value, vx: &str, peer: 
         .find(|n| n["ip"] == vtep.as_str() && n["dev"] == vx);
     let ok = n.as_ref().is_some_and(|n| n["mac"] == mac);
     b.check(
-        "src-node", "neigh", ok,
+        where_, "neigh", ok,
         if ok { format!("peer VTEP {vtep} is at {mac}") } else { format!("no neighbour entry {vtep} → {mac} on {vx}") },
         n.as_ref().map(|n| format!("{} dev {vx} lladdr {} {}", s(n, "ip"), s(n, "mac"), s(n, "state"))).unwrap_or_else(|| "(none)".into()),
         format!("ip neigh show dev {vx}   (on {node})"),
@@ -578,7 +627,7 @@ fn overlay_src_hops(b: &mut Builder, node: &str, state: &Value, vx: &str, peer: 
     let f = arr(state, "fdb").into_iter().find(|f| f["mac"] == mac);
     let ok = f.as_ref().is_some_and(|f| f["dst"] == under);
     b.check(
-        "src-node", "fdb", ok,
+        where_, "fdb", ok,
         if ok { format!("{mac} is reached through {under}") } else { format!("no FDB entry {mac} → {under} on {vx}") },
         f.as_ref().map(|f| format!("{} dev {vx} dst {} self permanent", s(f, "mac"), s(f, "dst"))).unwrap_or_else(|| "(none)".into()),
         format!("bridge fdb show dev {vx}   (on {node})"),
@@ -593,6 +642,7 @@ fn underlay_hops(
     st: &Value,
     peer: Option<&Value>,
     vxlan: bool,
+    return_ok: bool,
 ) -> Result<()> {
     let Some(p) = peer else { return Ok(()) };
     let under = s(p, "underlay_ip").to_string();
@@ -622,10 +672,11 @@ fn underlay_hops(
     if vxlan {
         let vtep = s(p, "pod_cidr").split('/').next().unwrap_or("").to_string();
         let over = ping(&vtep, 56)?;
-        let src_overlay_ok = !b
-            .hops
-            .iter()
-            .any(|h| h.where_ == "src-node" && h.status == "broken");
+        let src_overlay_ok = return_ok
+            && !b
+                .hops
+                .iter()
+                .any(|h| h.where_ == "src-node" && h.status == "broken");
         let (status, fix) = match (over.as_str(), src_overlay_ok) {
             ("reply", _) => ("ok", ""),
             (_, true) => ("broken", "allow UDP 8472 between all node IPs, both directions (security groups, host firewalls)"),
@@ -636,7 +687,7 @@ fn underlay_hops(
             match status {
                 "ok" => format!("VXLAN (UDP {}) carries packets to {under} and back", 8472),
                 "broken" => format!("the underlay reaches {under} but VXLAN (UDP 8472) does not get through: the port is blocked on the way"),
-                _ => "VXLAN probe failed, but this node's overlay is already broken (above)".into(),
+                _ => "VXLAN probe failed, but an overlay entry on one of the two nodes is already broken (listed)".into(),
             },
             format!("ping {vtep} (through the overlay): {over}"),
             format!("ping -c1 {vtep}   (on {node}); tcpdump -ni eth0 udp port 8472"),

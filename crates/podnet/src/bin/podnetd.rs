@@ -26,7 +26,7 @@ struct Args {
     /// This node's name in the datastore.
     #[arg(long)]
     node: String,
-    /// Where nodes lease CIDRs and find peers: file:/path/to/dir.
+    /// Where nodes lease CIDRs and find peers: file:/path/to/dir or etcd://ip:port[,ip:port].
     #[arg(long, default_value = "file:/var/lib/podnet/datastore")]
     datastore: String,
     /// The node's physical interface: VXLAN runs over it, host-gw routes through it.

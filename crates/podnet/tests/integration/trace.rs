@@ -154,3 +154,47 @@ fn every_fault_is_named_by_trace_and_flagged_by_doctor() {
         assert!(ok, "{fault}: still broken after clear: {t}");
     }
 }
+
+#[test]
+fn faults_on_the_destination_node_are_named_there() {
+    let cases = [
+        ("missing-route", "route"),
+        ("missing-fdb", "fdb"),
+        ("missing-neigh", "neigh"),
+        ("forwarding-off", "forwarding"),
+        ("vxlan-down", "link"),
+    ];
+    for (fault, what) in cases {
+        let lab = Lab::up(&["--nodes", "2", "--pods-per-node", "1"]);
+        let o = Command::new(env!("CARGO_BIN_EXE_podnet"))
+            .args([
+                "lab", "--name", &lab.0, "fault", "inject", fault, "--node", "node2", "--pod",
+                "p2a",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{fault}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let (ok, t) = lab.trace("p1a", "p2a");
+        assert!(!ok, "{fault} on node2: trace must exit non-zero");
+        let h = &t["broken_hop"];
+        assert_eq!(
+            (h["where"].as_str(), h["what"].as_str()),
+            (Some("dst-node"), Some(what)),
+            "{fault} on node2: wrong hop: {h}"
+        );
+        let port = t["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["where"] == "underlay" && h["what"] == "port")
+            .cloned();
+        assert!(
+            port.is_none_or(|p| p["status"] != "broken"),
+            "{fault} on node2 must not be blamed on the port: {t}"
+        );
+    }
+}
