@@ -98,24 +98,32 @@ impl Lab {
     pub fn open(name: &str) -> Result<Lab> {
         valid_name(name)?;
         let dir = Path::new(LAB_ROOT).join(name);
-        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        // The lock lives beside the lab's directory, not in it: `down` removes the
-        // directory while holding the lock, and a waiter must not end up holding a
-        // lock on a file nobody else can see.
+        std::fs::create_dir_all(LAB_ROOT).with_context(|| format!("create {LAB_ROOT}"))?;
+        // The lock lives beside the lab's directory; `down` removes both while it
+        // holds the lock. A waiter that wakes on a removed lock file opens the new one.
         let lock_path = Path::new(LAB_ROOT).join(format!(".{name}.lock"));
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("open {}", lock_path.display()))?;
-        // SAFETY: flock on an fd we own; released when the lab is dropped.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            bail!(
-                "cannot lock lab {name}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+        let lock = loop {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .with_context(|| format!("open {}", lock_path.display()))?;
+            // SAFETY: flock on an fd we own; released when the lab is dropped.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                bail!(
+                    "cannot lock lab {name}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            use std::os::unix::fs::MetadataExt;
+            let same = std::fs::metadata(&lock_path)
+                .is_ok_and(|m| f.metadata().is_ok_and(|g| g.ino() == m.ino()));
+            if same {
+                break f;
+            }
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         Ok(Lab {
             name: name.into(),
             dir,
@@ -798,6 +806,7 @@ impl Lab {
         }
         std::fs::remove_dir_all(&self.dir)
             .with_context(|| format!("remove {}", self.dir.display()))?;
+        let _ = std::fs::remove_file(Path::new(LAB_ROOT).join(format!(".{}.lock", self.name)));
         Ok(removed)
     }
 }
