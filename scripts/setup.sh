@@ -11,8 +11,9 @@ fi
 # clang: builds the eBPF datapath. iproute2 (ip, tc): used by tests to break things on
 # purpose. containernetworking-plugins: the reference plugins (benchmark baseline,
 # chaining tests). podman, runc, busybox-static, iptables: the real-runtime test.
-# etcd-server: the lab on a real etcd. iperf3: the datapath benchmark.
-packages=(clang iproute2 containernetworking-plugins podman runc busybox-static iptables tar etcd-server iperf3 nftables)
+# etcd-server: the lab on a real etcd. iperf3: the datapath benchmark. nftables,
+# procps (nft, sysctl): lab fault injection.
+packages=(clang iproute2 containernetworking-plugins podman runc busybox-static iptables tar etcd-server iperf3 nftables procps)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
