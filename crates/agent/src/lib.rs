@@ -389,7 +389,26 @@ impl Agent {
         })
     }
 
+    /// Names of the devices `ops` use, for log lines a person can act on
+    /// (`dev podnet.vxlan`, not `dev #7`); `#index` where the link is gone.
+    fn dev_names(&mut self, ops: &[plan::Op]) -> std::collections::HashMap<u32, String> {
+        let mut names = std::collections::HashMap::new();
+        for d in ops.iter().filter_map(plan::Op::dev) {
+            if let std::collections::hash_map::Entry::Vacant(e) = names.entry(d) {
+                e.insert(
+                    link::get_by_index(&mut self.sock, d)
+                        .ok()
+                        .flatten()
+                        .map_or_else(|| format!("#{d}"), |l| l.name),
+                );
+            }
+        }
+        names
+    }
+
     fn apply(&mut self, ops: &[plan::Op]) -> usize {
+        let names = self.dev_names(ops);
+        let name = |d: u32| names.get(&d).cloned().unwrap_or_else(|| format!("#{d}"));
         let reqs: Vec<Request> = ops
             .iter()
             .map(|op| match op {
@@ -440,7 +459,7 @@ impl Agent {
                                 | plan::Op::DelNeigh { .. }
                                 | plan::Op::DelFdb { .. }
                         ) => {}
-                Err(e) => self.log(&format!("failed: {op}: {e}")),
+                Err(e) => self.log(&format!("failed: {}: {e}", op.render(&name))),
             }
         }
         ok
@@ -566,10 +585,13 @@ impl Agent {
         };
         let ops = plan::plan(&want, &cur);
         let drift = peers == *known && !ops.is_empty();
+        let names = self.dev_names(&ops);
+        let name = |d: u32| names.get(&d).cloned().unwrap_or_else(|| format!("#{d}"));
         for op in &ops {
             self.log(&format!(
-                "{}{op}",
-                if drift { "repairing drift: " } else { "" }
+                "{}{}",
+                if drift { "repairing drift: " } else { "" },
+                op.render(&name)
             ));
         }
         let applied = self.apply(&ops);

@@ -98,6 +98,26 @@ pub enum Op {
 impl fmt::Display for Op {
     /// The iproute2 command that does the same (devices by index: `dev #7`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render(&|d| format!("#{d}")))
+    }
+}
+
+impl Op {
+    /// The device the operation names, if it names one.
+    pub fn dev(&self) -> Option<u32> {
+        match self {
+            Op::AddRoute { dev, .. }
+            | Op::AddNeigh { dev, .. }
+            | Op::DelNeigh { dev, .. }
+            | Op::AddFdb { dev, .. }
+            | Op::DelFdb { dev, .. } => Some(*dev),
+            Op::DelRoute { dev, .. } => *dev,
+        }
+    }
+
+    /// The iproute2 command that does the same, each device written by `name`
+    /// (the agent logs names; [`Display`](fmt::Display) writes `#index`).
+    pub fn render(&self, name: &dyn Fn(u32) -> String) -> String {
         let mac = |m: &[u8; 6]| podnet_netlink::fmt_mac(m);
         match self {
             Op::AddRoute {
@@ -105,40 +125,38 @@ impl fmt::Display for Op {
                 via,
                 dev,
                 onlink,
-            } => {
-                write!(
-                    f,
-                    "ip route add {dst} via {via} dev #{dev}{} proto 0x50",
-                    if *onlink { " onlink" } else { "" }
-                )
-            }
+            } => format!(
+                "ip route add {dst} via {via} dev {}{} proto 0x50",
+                name(*dev),
+                if *onlink { " onlink" } else { "" }
+            ),
             Op::DelRoute { dst, via, dev } => {
-                write!(f, "ip route del {dst}")?;
+                let mut s = format!("ip route del {dst}");
                 if let Some(v) = via {
-                    write!(f, " via {v}")?;
+                    s += &format!(" via {v}");
                 }
                 if let Some(d) = dev {
-                    write!(f, " dev #{d}")?;
+                    s += &format!(" dev {}", name(*d));
                 }
-                Ok(())
+                s
             }
-            Op::AddNeigh { ip, mac: m, dev } => write!(
-                f,
-                "ip neigh replace {ip} lladdr {} dev #{dev} nud permanent",
-                mac(m)
+            Op::AddNeigh { ip, mac: m, dev } => format!(
+                "ip neigh replace {ip} lladdr {} dev {} nud permanent",
+                mac(m),
+                name(*dev)
             ),
-            Op::DelNeigh { ip, dev } => write!(f, "ip neigh del {ip} dev #{dev}"),
-            Op::AddFdb { mac: m, dst, dev } => write!(
-                f,
-                "bridge fdb replace {} dev #{dev} dst {dst} self permanent",
-                mac(m)
+            Op::DelNeigh { ip, dev } => format!("ip neigh del {ip} dev {}", name(*dev)),
+            Op::AddFdb { mac: m, dst, dev } => format!(
+                "bridge fdb replace {} dev {} dst {dst} self permanent",
+                mac(m),
+                name(*dev)
             ),
             Op::DelFdb { mac: m, dst, dev } => {
-                write!(f, "bridge fdb del {} dev #{dev}", mac(m))?;
+                let mut s = format!("bridge fdb del {} dev {}", mac(m), name(*dev));
                 if let Some(d) = dst {
-                    write!(f, " dst {d}")?;
+                    s += &format!(" dst {d}");
                 }
-                write!(f, " self")
+                s + " self"
             }
         }
     }

@@ -148,8 +148,10 @@ impl Lab {
 
     pub fn save(&self, st: &State) -> Result<()> {
         let tmp = self.dir.join("lab.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(st)?)?;
-        std::fs::rename(&tmp, self.dir.join("lab.json"))?;
+        std::fs::write(&tmp, serde_json::to_vec_pretty(st)?)
+            .with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, self.dir.join("lab.json"))
+            .with_context(|| format!("replace {}/lab.json", self.dir.display()))?;
         Ok(())
     }
 
@@ -195,8 +197,10 @@ impl Lab {
     }
 
     fn record_pid(&self, what: &str, pid: u32) -> Result<()> {
-        std::fs::create_dir_all(self.dir.join("pids"))?;
-        std::fs::write(self.pid_file(what), pid.to_string())?;
+        let path = self.pid_file(what);
+        std::fs::create_dir_all(self.dir.join("pids"))
+            .and_then(|_| std::fs::write(&path, pid.to_string()))
+            .with_context(|| format!("record pid {pid} of {what} in {}", path.display()))?;
         Ok(())
     }
 
@@ -255,7 +259,8 @@ fn spawn_in(ns: &Netns, mut cmd: Command, log: Option<&Path>) -> Result<u32> {
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(p)?;
+                .open(p)
+                .with_context(|| format!("open log {}", p.display()))?;
             (Stdio::from(f.try_clone()?), Stdio::from(f))
         }
         None => (Stdio::null(), Stdio::null()),
@@ -324,40 +329,61 @@ impl Lab {
             Some(url) => url.to_string(),
         };
 
-        let (fabric, made) = open_or_create_ns(&self.fabric_ns())?;
-        let mut fs = fabric.run(Socket::route)??;
-        if link::get_by_name(&mut fs, "fabric0")?.is_none() {
-            link::create_bridge(&mut fs, "fabric0", None, Some(1500))?;
-        }
-        link::change(
-            &mut fs,
-            Target::Name("fabric0"),
-            &LinkChange {
-                up: Some(true),
-                ..Default::default()
-            },
-        )?;
+        let down = format!(
+            "`podnet lab down --name {}` removes what was made so far",
+            self.name
+        );
+        let (fabric, mut fs, made) = (|| -> Result<_> {
+            let (fabric, made) = open_or_create_ns(&self.fabric_ns())?;
+            let mut fs = fabric.run(Socket::route)??;
+            if link::get_by_name(&mut fs, "fabric0")?.is_none() {
+                link::create_bridge(&mut fs, "fabric0", None, Some(1500))?;
+            }
+            link::change(
+                &mut fs,
+                Target::Name("fabric0"),
+                &LinkChange {
+                    up: Some(true),
+                    ..Default::default()
+                },
+            )?;
+            Ok((fabric, fs, made))
+        })()
+        .with_context(|| {
+            format!(
+                "setting up the fabric (namespace {}, bridge fabric0); {down}",
+                self.fabric_ns()
+            )
+        })?;
         if made {
             say(&format!("fabric {} (bridge fabric0)", self.fabric_ns()));
         }
         if opts.datastore.as_deref() == Some("etcd") {
-            self.ensure_etcd(&fabric, &mut fs, say)?;
+            self.ensure_etcd(&fabric, &mut fs, say)
+                .with_context(|| format!("starting etcd in {}; {down}", self.fabric_ns()))?;
         }
 
         for i in 1..=opts.nodes {
             let node = format!("node{i}");
-            self.ensure_node(&mut st, &node, i, &fabric, &mut fs, opts, bins, say)?;
+            let made = self.ensure_node(&mut st, &node, i, &fabric, &mut fs, opts, bins, say);
             // Recorded at once, so `lab down` finds it even if a later step fails.
             self.save(&st)?;
+            made.with_context(|| {
+                format!(
+                    "setting up node {node} (namespace {}); {down}",
+                    self.node_ns(&node)
+                )
+            })?;
         }
-        self.save(&st)?;
         for i in 1..=opts.nodes {
             let node = format!("node{i}");
-            self.wait_agent(&node)?;
+            self.wait_agent(&node)
+                .with_context(|| format!("waiting for podnetd on {node}; {down}"))?;
             for j in 0..opts.pods_per_node {
                 let pod = pod_name(i, j);
-                self.ensure_pod(&mut st, &pod, &node, bins, say)?;
+                let made = self.ensure_pod(&mut st, &pod, &node, bins, say);
                 self.save(&st)?;
+                made.with_context(|| format!("creating pod {pod} on {node}; {down}"))?;
             }
         }
         self.save(&st)?;
@@ -438,7 +464,7 @@ impl Lab {
         }
         if self.live_pid(node, "podnetd").is_none() {
             let dir = self.node_dir(node);
-            std::fs::create_dir_all(&dir)?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
             let mut cmd = Command::new(&bins.podnetd);
             cmd.arg("--node")
                 .arg(node)
@@ -485,7 +511,7 @@ impl Lab {
             return Ok(());
         }
         let data = self.dir.join("etcd");
-        std::fs::create_dir_all(&data)?;
+        std::fs::create_dir_all(&data).with_context(|| format!("create {}", data.display()))?;
         let client = format!("http://{ETCD_ADDR}:2379");
         let peer = format!("http://{ETCD_ADDR}:2380");
         let mut cmd = Command::new("etcd");
@@ -1063,6 +1089,9 @@ pub fn exec_in(lab: &Lab, pod: &str, argv: &[String]) -> Result<i32> {
     Ok(status.code().unwrap_or(1))
 }
 
+/// An underlay address no lab node has (nodes count up from 192.168.1.10; etcd is .2).
+const MISROUTE_VIA: &str = "192.168.1.250";
+
 /// Faults `podnet lab fault inject` can make, for learning and for tests.
 pub const FAULTS: &[(&str, &str)] = &[
     (
@@ -1076,6 +1105,10 @@ pub const FAULTS: &[(&str, &str)] = &[
     (
         "missing-route",
         "a node loses its routes to its peers' pod CIDRs (--node)",
+    ),
+    (
+        "misrouted",
+        "a node's routes to its peers' pod CIDRs point at an address nobody has (--node)",
     ),
     ("missing-fdb", "a node loses its VXLAN FDB entries (--node)"),
     (
@@ -1229,206 +1262,254 @@ impl Lab {
         };
         let fab = self.fabric_ns();
         let mut undo: Vec<Vec<String>> = Vec::new();
-        let done = match kind {
-            "vxlan-port-blocked" => {
-                let rules = "table bridge podnet_fault {\n chain forward {\n  type filter hook forward priority 0; policy accept;\n  udp dport 8472 drop\n }\n}\n";
-                run_cmd(
-                    &argv(&["ip", "netns", "exec", &fab, "nft", "-f", "-"]),
-                    Some(rules),
-                )?;
-                undo.push(argv(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    &fab,
-                    "nft",
-                    "delete",
-                    "table",
-                    "bridge",
-                    "podnet_fault",
-                ]));
-                format!("fabric {fab} drops UDP 8472")
-            }
-            "underlay-mtu" => {
-                for n in &st.nodes {
+        // The steps run in a closure so that, if one fails half-way, the undo
+        // steps of what did change are still recorded for `fault clear`.
+        let result = (|| -> Result<String> {
+            Ok(match kind {
+                "vxlan-port-blocked" => {
+                    let rules = "table bridge podnet_fault {\n chain forward {\n  type filter hook forward priority 0; policy accept;\n  udp dport 8472 drop\n }\n}\n";
                     run_cmd(
-                        &argv(&["ip", "-n", &fab, "link", "set", &n.name, "mtu", "1400"]),
-                        None,
+                        &argv(&["ip", "netns", "exec", &fab, "nft", "-f", "-"]),
+                        Some(rules),
                     )?;
                     undo.push(argv(&[
-                        "ip", "-n", &fab, "link", "set", &n.name, "mtu", "1500",
+                        "ip",
+                        "netns",
+                        "exec",
+                        &fab,
+                        "nft",
+                        "delete",
+                        "table",
+                        "bridge",
+                        "podnet_fault",
                     ]));
+                    format!("fabric {fab} drops UDP 8472")
                 }
-                "fabric ports now carry at most 1400 bytes".into()
-            }
-            "missing-route" => {
-                for r in podnet_routes(&nns)? {
-                    let mut del = argv(&["ip", "-n", &nns, "route", "del"]);
-                    del.extend(r.iter().cloned());
-                    run_cmd(&del, None)?;
-                    undo.push(route_back(&nns, &r));
-                }
-                format!("{node} lost its podnet routes")
-            }
-            "missing-fdb" => {
-                let fdb = run_cmd(
-                    &argv(&["bridge", "-n", &nns, "fdb", "show", "dev", "podnet.vxlan"]),
-                    None,
-                )?;
-                for l in fdb.lines() {
-                    let w: Vec<&str> = l.split_whitespace().collect();
-                    if let (Some(mac), Some(i)) = (w.first(), w.iter().position(|x| *x == "dst")) {
-                        let dst = w[i + 1];
+                "underlay-mtu" => {
+                    for n in &st.nodes {
                         run_cmd(
-                            &argv(&[
+                            &argv(&["ip", "-n", &fab, "link", "set", &n.name, "mtu", "1400"]),
+                            None,
+                        )?;
+                        undo.push(argv(&[
+                            "ip", "-n", &fab, "link", "set", &n.name, "mtu", "1500",
+                        ]));
+                    }
+                    "fabric ports now carry at most 1400 bytes".into()
+                }
+                "missing-route" => {
+                    for r in podnet_routes(&nns)? {
+                        let mut del = argv(&["ip", "-n", &nns, "route", "del"]);
+                        del.extend(r.iter().cloned());
+                        run_cmd(&del, None)?;
+                        undo.push(route_back(&nns, &r));
+                    }
+                    format!("{node} lost its podnet routes")
+                }
+                "misrouted" => {
+                    // Same prefixes, still podnet's protocol, but the wrong next hop: a
+                    // route that exists is not enough, trace must check where it points.
+                    for r in podnet_routes(&nns)? {
+                        let mut bad = argv(&["ip", "-n", &nns, "route", "replace"]);
+                        bad.extend(r.first().cloned());
+                        bad.extend(argv(&["via", MISROUTE_VIA, "dev", "eth0", "proto", "80"]));
+                        run_cmd(&bad, None)?;
+                        undo.push(route_back(&nns, &r));
+                    }
+                    format!("{node}'s podnet routes now point at {MISROUTE_VIA}, which no node has")
+                }
+                "missing-fdb" => {
+                    let fdb = run_cmd(
+                        &argv(&["bridge", "-n", &nns, "fdb", "show", "dev", "podnet.vxlan"]),
+                        None,
+                    )?;
+                    for l in fdb.lines() {
+                        let w: Vec<&str> = l.split_whitespace().collect();
+                        if let (Some(mac), Some(i)) =
+                            (w.first(), w.iter().position(|x| *x == "dst"))
+                        {
+                            let dst = w[i + 1];
+                            run_cmd(
+                                &argv(&[
+                                    "bridge",
+                                    "-n",
+                                    &nns,
+                                    "fdb",
+                                    "del",
+                                    mac,
+                                    "dev",
+                                    "podnet.vxlan",
+                                    "dst",
+                                    dst,
+                                    "self",
+                                ]),
+                                None,
+                            )?;
+                            undo.push(argv(&[
                                 "bridge",
                                 "-n",
                                 &nns,
                                 "fdb",
-                                "del",
+                                "append",
                                 mac,
                                 "dev",
                                 "podnet.vxlan",
                                 "dst",
                                 dst,
                                 "self",
-                            ]),
+                                "permanent",
+                            ]));
+                        }
+                    }
+                    format!("{node} lost its VXLAN FDB entries")
+                }
+                "missing-neigh" => {
+                    for (ip, mac) in vtep_neighs(&nns)? {
+                        run_cmd(
+                            &argv(&["ip", "-n", &nns, "neigh", "del", &ip, "dev", "podnet.vxlan"]),
                             None,
                         )?;
-                        undo.push(argv(&[
-                            "bridge",
-                            "-n",
-                            &nns,
-                            "fdb",
-                            "append",
-                            mac,
-                            "dev",
-                            "podnet.vxlan",
-                            "dst",
-                            dst,
-                            "self",
-                            "permanent",
-                        ]));
+                        undo.push(neigh_back(&nns, &ip, &mac));
                     }
+                    format!("{node} lost its neighbour entries for peer VTEPs")
                 }
-                format!("{node} lost its VXLAN FDB entries")
-            }
-            "missing-neigh" => {
-                for (ip, mac) in vtep_neighs(&nns)? {
+                "veth-down" => {
+                    let pns = self.node_ns(&pod.node);
                     run_cmd(
-                        &argv(&["ip", "-n", &nns, "neigh", "del", &ip, "dev", "podnet.vxlan"]),
+                        &argv(&["ip", "-n", &pns, "link", "set", &pod.host_veth, "down"]),
                         None,
                     )?;
-                    undo.push(neigh_back(&nns, &ip, &mac));
+                    undo.push(argv(&[
+                        "ip",
+                        "-n",
+                        &pns,
+                        "link",
+                        "set",
+                        &pod.host_veth,
+                        "up",
+                    ]));
+                    format!("host veth {} of pod {} is down", pod.host_veth, pod.name)
                 }
-                format!("{node} lost its neighbour entries for peer VTEPs")
-            }
-            "veth-down" => {
-                let pns = self.node_ns(&pod.node);
-                run_cmd(
-                    &argv(&["ip", "-n", &pns, "link", "set", &pod.host_veth, "down"]),
-                    None,
-                )?;
-                undo.push(argv(&[
-                    "ip",
-                    "-n",
-                    &pns,
-                    "link",
-                    "set",
-                    &pod.host_veth,
-                    "up",
-                ]));
-                format!("host veth {} of pod {} is down", pod.host_veth, pod.name)
-            }
-            "pod-no-default-route" => {
-                let r = run_cmd(
-                    &argv(&["ip", "-n", &pod.netns, "route", "show", "default"]),
-                    None,
-                )?;
-                run_cmd(
-                    &argv(&["ip", "-n", &pod.netns, "route", "del", "default"]),
-                    None,
-                )?;
-                if let Some(l) = r.lines().next() {
-                    let mut add = argv(&["ip", "-n", &pod.netns, "route", "add"]);
-                    add.extend(l.split_whitespace().map(String::from));
-                    undo.push(add);
+                "pod-no-default-route" => {
+                    let r = run_cmd(
+                        &argv(&["ip", "-n", &pod.netns, "route", "show", "default"]),
+                        None,
+                    )?;
+                    run_cmd(
+                        &argv(&["ip", "-n", &pod.netns, "route", "del", "default"]),
+                        None,
+                    )?;
+                    if let Some(l) = r.lines().next() {
+                        let mut add = argv(&["ip", "-n", &pod.netns, "route", "add"]);
+                        add.extend(l.split_whitespace().map(String::from));
+                        undo.push(add);
+                    }
+                    format!("pod {} has no default route", pod.name)
                 }
-                format!("pod {} has no default route", pod.name)
-            }
-            "forwarding-off" => {
-                run_cmd(
-                    &argv(&[
+                "forwarding-off" => {
+                    run_cmd(
+                        &argv(&[
+                            "ip",
+                            "netns",
+                            "exec",
+                            &nns,
+                            "sysctl",
+                            "-qw",
+                            "net.ipv4.ip_forward=0",
+                        ]),
+                        None,
+                    )?;
+                    undo.push(argv(&[
                         "ip",
                         "netns",
                         "exec",
                         &nns,
                         "sysctl",
                         "-qw",
-                        "net.ipv4.ip_forward=0",
-                    ]),
-                    None,
-                )?;
-                undo.push(argv(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    &nns,
-                    "sysctl",
-                    "-qw",
-                    "net.ipv4.ip_forward=1",
-                ]));
-                format!("{node} no longer forwards IPv4")
-            }
-            "vxlan-down" => {
-                // Down flushes the device's routes and neighbours: keep them to put back.
-                let (routes, neighs) = (podnet_routes(&nns)?, vtep_neighs(&nns)?);
-                run_cmd(
-                    &argv(&["ip", "-n", &nns, "link", "set", "podnet.vxlan", "down"]),
-                    None,
-                )?;
-                // Undone newest first: these run after the link is up again.
-                undo.extend(neighs.iter().map(|(ip, mac)| neigh_back(&nns, ip, mac)));
-                undo.extend(routes.iter().map(|r| route_back(&nns, r)));
-                undo.push(argv(&[
-                    "ip",
-                    "-n",
-                    &nns,
-                    "link",
-                    "set",
-                    "podnet.vxlan",
-                    "up",
-                ]));
-                format!("{node}'s VXLAN device is down")
-            }
-            _ => unreachable!("checked above"),
-        };
-        let mut all: Vec<Vec<String>> = std::fs::read(self.faults_file())
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        all.extend(undo);
-        std::fs::write(self.faults_file(), serde_json::to_vec_pretty(&all)?)?;
-        Ok(done)
+                        "net.ipv4.ip_forward=1",
+                    ]));
+                    format!("{node} no longer forwards IPv4")
+                }
+                "vxlan-down" => {
+                    // Down flushes the device's routes and neighbours: keep them to put back.
+                    let (routes, neighs) = (podnet_routes(&nns)?, vtep_neighs(&nns)?);
+                    run_cmd(
+                        &argv(&["ip", "-n", &nns, "link", "set", "podnet.vxlan", "down"]),
+                        None,
+                    )?;
+                    // Undone newest first: these run after the link is up again.
+                    undo.extend(neighs.iter().map(|(ip, mac)| neigh_back(&nns, ip, mac)));
+                    undo.extend(routes.iter().map(|r| route_back(&nns, r)));
+                    undo.push(argv(&[
+                        "ip",
+                        "-n",
+                        &nns,
+                        "link",
+                        "set",
+                        "podnet.vxlan",
+                        "up",
+                    ]));
+                    format!("{node}'s VXLAN device is down")
+                }
+                _ => unreachable!("checked above"),
+            })
+        })();
+        if !undo.is_empty() {
+            let mut all = self.read_faults()?;
+            all.extend(undo);
+            let path = self.faults_file();
+            std::fs::write(&path, serde_json::to_vec_pretty(&all)?).with_context(|| {
+                format!(
+                    "could not record how to undo fault {kind} in {}; `podnet lab down --name {}` removes the whole lab",
+                    path.display(),
+                    self.name
+                )
+            })?;
+        }
+        result.with_context(|| {
+            format!(
+                "injecting fault {kind} on {node} failed; whatever it changed is undone by `podnet lab fault clear --name {}`",
+                self.name
+            )
+        })
+    }
+
+    fn read_faults(&self) -> Result<Vec<Vec<String>>> {
+        let path = self.faults_file();
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| {
+                format!(
+                    "{} is not a list of undo steps; remove it, or `podnet lab down --name {}`",
+                    path.display(),
+                    self.name
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
     }
 
     /// Undoes every injected fault, newest first; returns how many steps ran.
     pub fn clear_faults(&self) -> Result<usize> {
-        let all: Vec<Vec<String>> = std::fs::read(self.faults_file())
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let all = self.read_faults()?;
         let mut failed = Vec::new();
         for cmd in all.iter().rev() {
             if let Err(e) = run_cmd(cmd, None) {
                 failed.push(e.to_string());
             }
         }
+        // A step that failed is not kept for another try: it fails again the same
+        // way (most often the agent already repaired that object).
         let _ = std::fs::remove_file(self.faults_file());
         if !failed.is_empty() {
             bail!(
-                "some faults could not be undone (an agent may have repaired them already): {}",
-                failed.join("; ")
+                "{} of {} undo steps failed (an agent may have repaired them already): {}; \
+                 `podnet lab check --name {}` shows what is still broken, `podnet lab down --name {}` removes the lab",
+                failed.len(),
+                all.len(),
+                failed.join("; "),
+                self.name,
+                self.name
             );
         }
         Ok(all.len())

@@ -184,7 +184,7 @@ enum PodCmd {
 #[derive(Subcommand)]
 enum FaultCmd {
     /// Inject a fault. KIND: vxlan-port-blocked, underlay-mtu, missing-route,
-    /// missing-fdb, missing-neigh, veth-down, pod-no-default-route, forwarding-off,
+    /// misrouted, missing-fdb, missing-neigh, veth-down, pod-no-default-route, forwarding-off,
     /// vxlan-down. Start the lab with --no-repair, or the agents heal some of them.
     Inject {
         kind: String,

@@ -123,6 +123,73 @@ fn lookup(routes: &[Value], ip: Ipv4Addr) -> Option<Value> {
         .map(|(_, r)| r)
 }
 
+/// Why `r` (the route the lookup chose) is not the route podnet makes on a node
+/// with agent status `st` to `peer`: prefix, protocol, next hop and device
+/// (VXLAN: via the peer CIDR's first address on the VXLAN device, onlink;
+/// host-gw: via the peer's underlay address on the underlay device).
+/// `None` when it is that route.
+fn route_to_peer_mismatch(r: Option<&Value>, st: &Value, peer: Option<&Value>) -> Option<String> {
+    let Some(peer) = peer else {
+        return Some("the agent knows no such peer".into());
+    };
+    let cidr = s(peer, "pod_cidr");
+    let Some(r) = r else {
+        return Some("no route covers it".into());
+    };
+    if s(r, "dst") != cidr {
+        return Some(format!("the lookup gives {}", route_text(r)));
+    }
+    if r["protocol"].as_u64() != Some(0x50) {
+        return Some(format!(
+            "the route {} was not made by podnet (protocol is not 0x50)",
+            route_text(r)
+        ));
+    }
+    let (gw, dev, _) = podnet_route(st, peer);
+    let (rgw, rdev) = (r["gateway"].as_str().unwrap_or(""), s(r, "dev"));
+    if rgw != gw || rdev != dev {
+        return Some(format!(
+            "the route {} should go via {gw} dev {dev}",
+            route_text(r)
+        ));
+    }
+    None
+}
+
+/// Next hop, device and onlink of the route podnet makes to `peer` on a node
+/// with agent status `st`.
+fn podnet_route(st: &Value, peer: &Value) -> (String, String, bool) {
+    let vx = s(st, "vxlan_dev");
+    if vx.is_empty() {
+        let dev = s(st, "underlay_dev");
+        (s(peer, "underlay_ip").to_string(), dev.to_string(), false)
+    } else {
+        let first = s(peer, "pod_cidr")
+            .parse::<Ipv4Net>()
+            .map(|n| n.network().to_string())
+            .unwrap_or_default();
+        (first, vx.to_string(), true)
+    }
+}
+
+/// The command that puts podnet's route to `peer` back by hand.
+fn route_fix(st: &Value, peer: Option<&Value>) -> String {
+    let add = match peer {
+        Some(p) => {
+            let (gw, dev, onlink) = podnet_route(st, p);
+            format!(
+                "ip route replace {} via {gw} dev {dev}{} proto 0x50",
+                s(p, "pod_cidr"),
+                if onlink { " onlink" } else { "" }
+            )
+        }
+        None => "ip route replace <peer CIDR> via <next hop> dev <device> proto 0x50".into(),
+    };
+    format!(
+        "podnetd restores it within a second unless it runs with --no-repair; or by hand: {add}"
+    )
+}
+
 fn route_text(r: &Value) -> String {
     let mut t = s(r, "dst").to_string();
     if let Some(g) = r["gateway"].as_str() {
@@ -248,15 +315,21 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str) -> Result<Trace> {
             .as_ref()
             .map(|p| s(p, "pod_cidr").to_string())
             .unwrap_or_default();
-        let ok = r
-            .as_ref()
-            .is_some_and(|r| s(r, "dst") == want && r["protocol"].as_u64() == Some(0x50));
+        let bad = route_to_peer_mismatch(r.as_ref(), &sst, peer.as_ref());
+        let ok = bad.is_none();
         b.check(
-            "src-node", "route", ok,
-            if ok { format!("{dip} goes to peer {dn} ({want})") } else { format!("no podnet route to {dn}'s pod CIDR {want} (the lookup gives {})", r.as_ref().map(route_text).unwrap_or_else(|| "nothing".into())) },
-            r.as_ref().map(route_text).unwrap_or_else(|| "(none)".into()),
+            "src-node",
+            "route",
+            ok,
+            match &bad {
+                None => format!("{dip} goes to peer {dn} ({want})"),
+                Some(why) => format!("{dn}'s pod CIDR {want} is not routed to {dn}: {why}"),
+            },
+            r.as_ref()
+                .map(route_text)
+                .unwrap_or_else(|| "(none)".into()),
             format!("ip route get {dip}   (on {sn})"),
-            "podnetd restores it within a second unless it runs with --no-repair; or add it: ip route replace <peer CIDR> via <peer CIDR address> dev podnet.vxlan onlink",
+            &route_fix(&sst, peer.as_ref()),
         );
         let fwd = s_state["forwarding"] == true;
         b.check(
@@ -309,23 +382,25 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str) -> Result<Trace> {
             .map(|p| s(p, "pod_cidr").to_string())
             .unwrap_or_default();
         let br = lookup(&arr(&d_state, "routes"), sip);
-        let ok = br
-            .as_ref()
-            .is_some_and(|r| s(r, "dst") == back_cidr && r["protocol"].as_u64() == Some(0x50));
+        let bad = route_to_peer_mismatch(br.as_ref(), &dst_st, src_peer.as_ref());
+        let ok = bad.is_none();
         back.check(
             "dst-node",
             "route",
             ok,
-            if ok {
-                format!("replies to {sip} go back to {sn} ({back_cidr})")
-            } else {
-                format!("{dn} has no podnet route back to {sn}'s pod CIDR {back_cidr}")
+            match &bad {
+                None => format!("replies to {sip} go back to {sn} ({back_cidr})"),
+                Some(why) => {
+                    format!(
+                        "{dn} does not route replies back to {sn}'s pod CIDR {back_cidr}: {why}"
+                    )
+                }
             },
             br.as_ref()
                 .map(route_text)
                 .unwrap_or_else(|| "(none)".into()),
             format!("ip route get {sip}   (on {dn})"),
-            "podnetd restores it within a second unless it runs with --no-repair",
+            &route_fix(&dst_st, src_peer.as_ref()),
         );
         if !vx.is_empty() {
             overlay_hops(&mut back, "dst-node", &dn, &d_state, &vx, src_peer.as_ref());

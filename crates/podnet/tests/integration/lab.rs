@@ -215,7 +215,14 @@ fn drift_repair_agent_death_and_re_up() {
     eprintln!("drift repaired in {took:?}");
     let log =
         std::fs::read_to_string(format!("/run/podnet/lab/{}/node1/podnetd.log", lab.name)).unwrap();
-    assert!(log.contains("repairing drift"), "{log}");
+    // The repair is logged as the command a person would type, devices by name.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("repairing drift: ip route add")
+                && l.contains(&cidr2)
+                && l.contains("dev podnet.vxlan")),
+        "{log}"
+    );
 
     // kill -9 of node1's agent: pod traffic goes on.
     let pid = st["nodes"][0]["agent_pid"].as_u64().unwrap() as i32;

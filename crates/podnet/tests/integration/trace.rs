@@ -98,6 +98,7 @@ fn every_fault_is_named_by_trace_and_flagged_by_doctor() {
         ),
         ("underlay-mtu", "underlay", "mtu", "mtu to node2"),
         ("missing-route", "src-node", "route", "route to node2"),
+        ("misrouted", "src-node", "route", "route to node2"),
         ("missing-fdb", "src-node", "fdb", "fdb for node2"),
         ("missing-neigh", "src-node", "neigh", "neighbour for node2"),
         ("veth-down", "src-node", "link", "veth"),
@@ -159,6 +160,7 @@ fn every_fault_is_named_by_trace_and_flagged_by_doctor() {
 fn faults_on_the_destination_node_are_named_there() {
     let cases = [
         ("missing-route", "route"),
+        ("misrouted", "route"),
         ("missing-fdb", "fdb"),
         ("missing-neigh", "neigh"),
         ("forwarding-off", "forwarding"),
