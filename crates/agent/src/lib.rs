@@ -175,6 +175,8 @@ pub struct Agent {
     ds: Box<dyn Datastore>,
     sock: Socket,
     status: Arc<Mutex<Status>>,
+    /// Peers left out, with why: logged once when they are first left out.
+    ignored: std::collections::BTreeMap<String, String>,
 }
 
 impl Agent {
@@ -186,6 +188,7 @@ impl Agent {
             ds,
             sock,
             status: Arc::new(Mutex::new(Status::default())),
+            ignored: Default::default(),
         })
     }
 
@@ -225,11 +228,11 @@ impl Agent {
     fn ensure_node(&mut self, n: &NodeInfo) -> Result<Option<u32>> {
         let cidr = n.record.pod_cidr;
         let gw = cidr.nth(1).expect("a node CIDR has a first address");
-        let o = gw.octets();
         link::ensure_bridge(
             &mut self.sock,
             &self.cfg.bridge,
-            [0x0a, 0x58, o[0], o[1], o[2], o[3]],
+            // The same MAC podnet-cni gives the bridge: whichever makes it first wins.
+            podnet_cni::settings::pod_mac(gw),
             n.mtu,
             gw,
             cidr.prefix(),
@@ -389,26 +392,9 @@ impl Agent {
         })
     }
 
-    /// Names of the devices `ops` use, for log lines a person can act on
-    /// (`dev podnet.vxlan`, not `dev #7`); `#index` where the link is gone.
-    fn dev_names(&mut self, ops: &[plan::Op]) -> std::collections::HashMap<u32, String> {
-        let mut names = std::collections::HashMap::new();
-        for d in ops.iter().filter_map(plan::Op::dev) {
-            if let std::collections::hash_map::Entry::Vacant(e) = names.entry(d) {
-                e.insert(
-                    link::get_by_index(&mut self.sock, d)
-                        .ok()
-                        .flatten()
-                        .map_or_else(|| format!("#{d}"), |l| l.name),
-                );
-            }
-        }
-        names
-    }
-
-    fn apply(&mut self, ops: &[plan::Op]) -> usize {
-        let names = self.dev_names(ops);
-        let name = |d: u32| names.get(&d).cloned().unwrap_or_else(|| format!("#{d}"));
+    /// Sends `ops` in one batch; returns those that did not take. A delete that
+    /// finds nothing has nothing left to do and counts as taken.
+    fn apply(&mut self, ops: &[plan::Op], name: &dyn Fn(u32) -> String) -> Vec<plan::Op> {
         let reqs: Vec<Request> = ops
             .iter()
             .map(|op| match op {
@@ -429,14 +415,19 @@ impl Agent {
                         protocol: RTPROT_PODNET,
                     })
                 }
-                plan::Op::DelRoute { dst, via, dev } => route::del_request(&route::RouteInfo {
+                plan::Op::DelRoute {
+                    dst,
+                    via,
+                    dev,
+                    scope,
+                } => route::del_request(&route::RouteInfo {
                     dst: dst.network(),
                     prefix: dst.prefix(),
                     gateway: *via,
                     oif: *dev,
                     table: 254,
                     protocol: RTPROT_PODNET,
-                    scope: 0,
+                    scope: *scope,
                     kind: 1,
                     onlink: false,
                     prefsrc: None,
@@ -447,26 +438,18 @@ impl Agent {
                 plan::Op::DelFdb { mac, dst, dev } => neigh::fdb_del_request(*dev, *mac, *dst),
             })
             .collect();
-        let mut ok = 0;
+        let mut failed = Vec::new();
         for (op, r) in ops.iter().zip(self.sock.ack_all(reqs)) {
             match r {
-                Ok(()) => ok += 1,
-                Err(e)
-                    if e.is_not_found()
-                        && matches!(
-                            op,
-                            plan::Op::DelRoute { .. }
-                                | plan::Op::DelNeigh { .. }
-                                | plan::Op::DelFdb { .. }
-                        ) => {}
-                Err(e) => self.log(&format!("failed: {}: {e}", op.render(&name))),
+                Ok(()) => {}
+                Err(e) if e.is_not_found() && op.is_delete() => {}
+                Err(e) => {
+                    self.log(&format!("failed: {}: {e}", op.render(name)));
+                    failed.push(op.clone());
+                }
             }
         }
-        ok
-    }
-
-    pub fn status(&self) -> Arc<Mutex<Status>> {
-        self.status.clone()
+        failed
     }
 
     /// Sets the node up and keeps it converged; returns only on a fatal error.
@@ -522,7 +505,11 @@ impl Agent {
             if let Err(e) = self.sync(&n, &mut vx, &mut known, &mut last_desired, &mut changes) {
                 self.log(&format!("sync failed, retrying: {e}"));
             }
-            let _ = self.ds.wait_change(self.cfg.interval);
+            if let Err(e) = self.ds.wait_change(self.cfg.interval) {
+                // Without this pause a datastore that fails at once would spin the loop.
+                self.log(&format!("cannot watch the datastore: {e}"));
+                std::thread::sleep(self.cfg.interval);
+            }
         }
     }
 
@@ -543,25 +530,39 @@ impl Agent {
                 dev: n.underlay_index,
             },
         };
-        let mut peers: Vec<Peer> = self
-            .ds
-            .nodes()?
-            .into_iter()
-            .filter(|r| r.name != self.cfg.node)
+        let mut peers: Vec<Peer> = Vec::new();
+        let mut ignored = std::collections::BTreeMap::new();
+        let mine = n.record.pod_cidr;
+        for r in self.ds.nodes()? {
+            if r.name == self.cfg.node {
+                continue;
+            }
+            let mac = parse_mac(&r.vtep_mac);
             // A peer claiming (part of) our own CIDR is a datastore conflict, not a route.
-            .filter(|r| {
-                let mine = n.record.pod_cidr;
-                !(mine.contains(r.pod_cidr.network()) || r.pod_cidr.contains(mine.network()))
-            })
-            .filter_map(|r| {
-                Some(Peer {
-                    vtep_mac: parse_mac(&r.vtep_mac)?,
+            let why = if mine.contains(r.pod_cidr.network()) || r.pod_cidr.contains(mine.network())
+            {
+                format!("its pod CIDR {} overlaps ours ({mine})", r.pod_cidr)
+            } else if mac.is_none() && matches!(backend, Backend::Vxlan { .. }) {
+                format!("its VTEP MAC {:?} cannot be read", r.vtep_mac)
+            } else {
+                peers.push(Peer {
+                    vtep_mac: mac.unwrap_or_default(),
                     name: r.name,
                     cidr: r.pod_cidr,
                     underlay: r.underlay_ip,
-                })
-            })
-            .collect();
+                });
+                continue;
+            };
+            ignored.insert(r.name, why);
+        }
+        for (name, why) in &ignored {
+            if self.ignored.get(name) != Some(why) {
+                self.log(&format!(
+                    "ignoring peer {name}: {why}; fix its record in the datastore"
+                ));
+            }
+        }
+        self.ignored = ignored;
         peers.sort();
         for p in peers.iter().filter(|p| !known.contains(p)) {
             self.log(&format!(
@@ -585,8 +586,14 @@ impl Agent {
         };
         let ops = plan::plan(&want, &cur);
         let drift = peers == *known && !ops.is_empty();
-        let names = self.dev_names(&ops);
-        let name = |d: u32| names.get(&d).cloned().unwrap_or_else(|| format!("#{d}"));
+        // Log lines name devices (`dev podnet.vxlan`, not `dev #7`); the agent knows
+        // the only two it routes through.
+        let (vx_name, under_name) = (self.cfg.vxlan_dev.clone(), self.cfg.underlay_dev.clone());
+        let name = |d: u32| match backend {
+            Backend::Vxlan { dev } if dev == d => vx_name.clone(),
+            _ if d == n.underlay_index => under_name.clone(),
+            _ => format!("#{d}"),
+        };
         for op in &ops {
             self.log(&format!(
                 "{}{}",
@@ -594,14 +601,12 @@ impl Agent {
                 op.render(&name)
             ));
         }
-        let applied = self.apply(&ops);
-        *changes += applied as u64;
+        let failed = self.apply(&ops, &name);
+        *changes += (ops.len() - failed.len()) as u64;
         *known = peers;
-        // Without repair the plan works from what was last applied: keep the old base
-        // when something failed, so the failed operations are tried again.
-        if applied == ops.len() {
-            *last = Some(want);
-        }
+        // Without repair the next plan works from what this round left: the failed
+        // operations are tried again, and only they.
+        *last = Some(plan::after(&want, &cur, &failed));
         let mut st = self.status.lock().unwrap();
         *st = Status {
             node: self.cfg.node.clone(),

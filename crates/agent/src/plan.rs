@@ -73,6 +73,8 @@ pub enum Op {
         dst: Ipv4Net,
         via: Option<Ipv4Addr>,
         dev: Option<u32>,
+        /// The route's scope as the kernel reported it: part of what a delete matches.
+        scope: u8,
     },
     AddNeigh {
         ip: Ipv4Addr,
@@ -103,16 +105,12 @@ impl fmt::Display for Op {
 }
 
 impl Op {
-    /// The device the operation names, if it names one.
-    pub fn dev(&self) -> Option<u32> {
-        match self {
-            Op::AddRoute { dev, .. }
-            | Op::AddNeigh { dev, .. }
-            | Op::DelNeigh { dev, .. }
-            | Op::AddFdb { dev, .. }
-            | Op::DelFdb { dev, .. } => Some(*dev),
-            Op::DelRoute { dev, .. } => *dev,
-        }
+    /// True for a delete: one that finds nothing to delete has nothing left to do.
+    pub fn is_delete(&self) -> bool {
+        matches!(
+            self,
+            Op::DelRoute { .. } | Op::DelNeigh { .. } | Op::DelFdb { .. }
+        )
     }
 
     /// The iproute2 command that does the same, each device written by `name`
@@ -130,7 +128,7 @@ impl Op {
                 name(*dev),
                 if *onlink { " onlink" } else { "" }
             ),
-            Op::DelRoute { dst, via, dev } => {
+            Op::DelRoute { dst, via, dev, .. } => {
                 let mut s = format!("ip route del {dst}");
                 if let Some(v) = via {
                     s += &format!(" via {v}");
@@ -203,6 +201,44 @@ fn route(dst: Ipv4Net, via: Option<Ipv4Addr>, dev: u32, onlink: bool) -> RouteIn
     }
 }
 
+/// What the kernel holds after `plan(want, cur)` ran and the operations in `failed`
+/// did not take: `want`, less what failed to be added, plus what failed to be
+/// deleted. Without repair this is the next round's base, so exactly the failed
+/// operations are tried again (and nothing that took is sent twice).
+pub fn after(want: &Current, cur: &Current, failed: &[Op]) -> Current {
+    let mut c = want.clone();
+    for op in failed {
+        match *op {
+            Op::AddRoute { dst, via, dev, .. } => c.routes.retain(|r| {
+                !(net_of(r) == Some(dst) && r.gateway == Some(via) && r.oif == Some(dev))
+            }),
+            Op::DelRoute { dst, via, dev, .. } => c.routes.extend(
+                cur.routes
+                    .iter()
+                    .filter(|r| net_of(r) == Some(dst) && r.gateway == via && r.oif == dev)
+                    .cloned(),
+            ),
+            Op::AddNeigh { ip, dev, .. } => c.neighs.retain(|n| !(n.index == dev && n.ip == ip)),
+            Op::DelNeigh { ip, dev } => c.neighs.extend(
+                cur.neighs
+                    .iter()
+                    .filter(|n| n.index == dev && n.ip == ip)
+                    .cloned(),
+            ),
+            Op::AddFdb { mac, dst, dev } => c
+                .fdb
+                .retain(|f| !(f.index == dev && f.mac == mac && f.dst == Some(dst))),
+            Op::DelFdb { mac, dst, dev } => c.fdb.extend(
+                cur.fdb
+                    .iter()
+                    .filter(|f| f.index == dev && f.mac == mac && f.dst == dst)
+                    .cloned(),
+            ),
+        }
+    }
+    c
+}
+
 fn net_of(r: &RouteInfo) -> Option<Ipv4Net> {
     Ipv4Net::new(r.dst, r.prefix)
 }
@@ -226,6 +262,7 @@ pub fn plan(want: &Current, cur: &Current) -> Vec<Op> {
                     dst,
                     via: c.gateway,
                     dev: c.oif,
+                    scope: c.scope,
                 });
             }
         }
@@ -369,6 +406,33 @@ mod tests {
         assert!(ops
             .iter()
             .any(|o| matches!(o, Op::AddNeigh { mac, .. } if mac[5] == 0x99)));
+    }
+
+    #[test]
+    fn without_repair_only_failed_operations_are_tried_again() {
+        // Round 1: peer 1 is gone, peer 3 arrives; the route add for peer 3 and the
+        // FDB delete for peer 1 fail, everything else takes.
+        let cur = desired(VX, &[peer(1), peer(2)]);
+        let want = desired(VX, &[peer(2), peer(3)]);
+        let ops = plan(&want, &cur);
+        let failed: Vec<Op> = ops
+            .iter()
+            .filter(|o| {
+                matches!(o, Op::AddRoute { dst, .. } if *dst == peer(3).cidr)
+                    || matches!(o, Op::DelFdb { mac, .. } if *mac == peer(1).vtep_mac)
+            })
+            .cloned()
+            .collect();
+        assert_eq!(failed.len(), 2, "{ops:?}");
+        let base = after(&want, &cur, &failed);
+        // Round 2 from that base: exactly the two failed operations, nothing else.
+        let mut again = plan(&want, &base);
+        again.sort();
+        let mut failed = failed;
+        failed.sort();
+        assert_eq!(again, failed);
+        // When nothing failed the base is what was wanted.
+        assert_eq!(after(&want, &cur, &[]), want);
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub fn ping(dst: Ipv4Addr, payload: usize, timeout: Duration) -> Echo {
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let pmtu: libc::c_int = libc::IP_PMTUDISC_PROBE;
     // SAFETY: setsockopt with a valid int; PROBE sets DF and ignores cached path MTUs.
-    unsafe {
+    let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::IPPROTO_IP,
@@ -63,6 +63,13 @@ pub fn ping(dst: Ipv4Addr, payload: usize, timeout: Duration) -> Echo {
             4,
         )
     };
+    if rc != 0 {
+        // Without DF an oversized probe is fragmented and answered: the MTU check would lie.
+        return Echo::Error(format!(
+            "set DF on the ICMP socket: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
     let id = (std::process::id() & 0xffff) as u16 ^ (payload as u16).rotate_left(7);
     let mut pkt = vec![8u8, 0, 0, 0];
     pkt.extend_from_slice(&id.to_be_bytes());

@@ -123,10 +123,12 @@ impl EtcdStore {
     }
 
     /// `(key, value, mod_revision)` of every key under `prefix`.
-    fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>, String)>> {
+    /// `(key, value, mod_revision)` under `prefix`; `keys_only` leaves values empty
+    /// (what change polling needs, without downloading every record).
+    fn list(&self, prefix: &str, keys_only: bool) -> Result<Vec<(String, Vec<u8>, String)>> {
         let r = self.call(
             "/v3/kv/range",
-            &json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix))}),
+            &json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix)), "keys_only": keys_only}),
         )?;
         Ok(r["kvs"]
             .as_array()
@@ -209,7 +211,7 @@ impl Datastore for EtcdStore {
             .and_then(|s| s.parse().ok());
         for _ in 0..8 {
             let taken: Vec<_> = self
-                .list(&format!("{PREFIX}subnets/"))?
+                .list(&format!("{PREFIX}subnets/"), false)?
                 .into_iter()
                 .filter(|(_, holder, _)| holder.as_slice() != r.name.as_bytes())
                 .filter_map(|(k, _, _)| {
@@ -227,15 +229,7 @@ impl Datastore for EtcdStore {
                     std::io::Error::other(format!("unexpected answer {lease}")),
                 )
             })?;
-            let rec = NodeRecord {
-                name: r.name.clone(),
-                pod_cidr: cidr,
-                underlay_ip: r.underlay_ip,
-                vtep_mac: r.vtep_mac.clone(),
-                backend: r.backend.clone(),
-                renewed: now(),
-                ttl_secs: r.ttl.as_secs().max(1),
-            };
+            let rec = r.record(cidr, now());
             let subnet_key = format!("{PREFIX}subnets/{}", cidr.to_string().replace('/', "_"));
             let k = b64(subnet_key.as_bytes());
             // The CIDR is ours if its key is absent or already holds our name.
@@ -267,7 +261,7 @@ impl Datastore for EtcdStore {
 
     fn nodes(&self) -> Result<Vec<NodeRecord>> {
         let mut out = Vec::new();
-        for (k, v, _) in self.list(&format!("{PREFIX}nodes/"))? {
+        for (k, v, _) in self.list(&format!("{PREFIX}nodes/"), false)? {
             let rec: NodeRecord = serde_json::from_slice(&v).map_err(|e| Error::Corrupt {
                 path: format!("etcd key {k}"),
                 why: e.to_string(),
@@ -302,7 +296,7 @@ impl Datastore for EtcdStore {
     fn wait_change(&self, timeout: Duration) -> Result<()> {
         let fingerprint = || -> Result<Vec<(String, String)>> {
             Ok(self
-                .list(&format!("{PREFIX}nodes/"))?
+                .list(&format!("{PREFIX}nodes/"), true)?
                 .into_iter()
                 .map(|(k, _, rev)| (k, rev))
                 .collect())

@@ -104,15 +104,7 @@ impl Datastore for FileStore {
             .map(|n| n.pod_cidr)
             .collect();
         let cidr = choose_cidr(r, previous, &taken)?;
-        let rec = NodeRecord {
-            name: r.name.clone(),
-            pod_cidr: cidr,
-            underlay_ip: r.underlay_ip,
-            vtep_mac: r.vtep_mac.clone(),
-            backend: r.backend.clone(),
-            renewed: t,
-            ttl_secs: r.ttl.as_secs().max(1),
-        };
+        let rec = r.record(cidr, t);
         self.write(&rec)?;
         Ok(rec)
     }

@@ -85,6 +85,21 @@ pub struct Registration {
     pub ttl: Duration,
 }
 
+impl Registration {
+    /// The record this registration publishes once it holds `pod_cidr`.
+    pub fn record(&self, pod_cidr: Ipv4Net, renewed: u64) -> NodeRecord {
+        NodeRecord {
+            name: self.name.clone(),
+            pod_cidr,
+            underlay_ip: self.underlay_ip,
+            vtep_mac: self.vtep_mac.clone(),
+            backend: self.backend.clone(),
+            renewed,
+            ttl_secs: self.ttl.as_secs().max(1),
+        }
+    }
+}
+
 pub trait Datastore: Send + Sync {
     /// Leases a pod CIDR to the node — the same one as before if it had one that no
     /// live node took since — publishes its record and renews its lease.

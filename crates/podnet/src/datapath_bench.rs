@@ -357,9 +357,9 @@ fn lab_pods(
         &LabOptions {
             nodes: 2,
             pods_per_node: 2,
-            backend: backend.into(),
+            backend: Some(backend.into()),
             datastore: None,
-            repair: true,
+            repair: None,
         },
         bins,
         &mut |_| {},

@@ -4,8 +4,8 @@
 //! peers; forwarding on; bridge and VXLAN device up; conntrack table below 80%;
 //! reverse-path filtering that would drop overlay traffic.
 
-use crate::trace::Agents;
-use anyhow::Result;
+use crate::trace::{ask, pod_end, Agents};
+use anyhow::{bail, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::time::Instant;
@@ -62,8 +62,18 @@ impl Out<'_> {
 pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
     let t0 = Instant::now();
     let mut findings = Vec::new();
+    let all = agents.nodes();
+    if let Some(o) = only.filter(|o| !all.iter().any(|(n, _)| n == o)) {
+        bail!(
+            "no node {o} to check; nodes: {}",
+            all.iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let mut nodes = Vec::new();
-    for (node, sock) in agents.nodes() {
+    for (node, sock) in all {
         if only.is_some_and(|o| o != node) {
             continue;
         }
@@ -72,14 +82,14 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
             node: &node,
             f: &mut findings,
         };
-        let ask = |req: Value| podnet_agent::api::request(&sock, &req);
+        let ask = |req: Value| ask(&sock, req);
         let (st, state) = match (ask(json!({"get": "status"})), ask(json!({"get": "state"}))) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => {
                 out.put(
                     "agent",
                     "broken",
-                    format!("the agent does not answer at {}: {e}", sock.display()),
+                    format!("{e:#}"),
                     "start podnetd on this node (podnet lab up restarts it in a lab)",
                 );
                 continue;
@@ -188,10 +198,10 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
                 );
             }
             let ping = |ip: &str, size: u64| -> String {
-                ask(json!({"get": "ping", "ip": ip, "size": size}))
-                    .ok()
-                    .and_then(|v| v["result"].as_str().map(String::from))
-                    .unwrap_or_else(|| "error".into())
+                match ask(json!({"get": "ping", "ip": ip, "size": size})) {
+                    Ok(v) => s(&v, "result").to_string(),
+                    Err(e) => format!("error: {e:#}"),
+                }
             };
             let small = ping(under, 56);
             out.check(
@@ -229,7 +239,7 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
                     .split(':')
                     .filter_map(|x| u8::from_str_radix(x, 16).ok())
                     .collect();
-                (b.len() == 4).then(|| format!("{}.{}.{}.{}", b[0], b[1], b[2], b[3]))
+                (b.len() == 4).then(|| std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]))
             }) else {
                 continue;
             };
@@ -248,17 +258,23 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
                 ),
                 &format!("ip link set {name} up master {bridge}"),
             );
-            let Ok(p) = ask(json!({"get": "pod", "ip": ip})) else {
-                continue;
+            let p = match ask(json!({"get": "pod", "ip": ip})) {
+                Ok(p) => p,
+                Err(e) => {
+                    out.put(
+                        &format!("pod {ip}"),
+                        "warn",
+                        format!("cannot look inside: {e:#}"),
+                        "",
+                    );
+                    continue;
+                }
             };
+            for h in pod_end(&p, ip) {
+                out.put(&format!("pod {ip} {}", h.what), &h.status, h.detail, &h.fix);
+            }
             let pod = &p["pod"];
-            if pod["error"].is_string() {
-                out.put(
-                    &format!("pod {ip}"),
-                    "warn",
-                    format!("cannot look inside: {}", s(pod, "error")),
-                    "",
-                );
+            if p["found"] != true || pod["error"].is_string() {
                 continue;
             }
             let has_default = pod["routes"]

@@ -41,11 +41,13 @@ pub const ECHO_PORT: u16 = 7777;
 pub struct Options {
     pub nodes: usize,
     pub pods_per_node: usize,
-    /// `vxlan` or `host-gw`.
-    pub backend: String,
-    /// A datastore URL, or `None` for the lab's own file datastore.
+    /// `vxlan` or `host-gw`; `None`: what the lab was built with, else `vxlan`.
+    pub backend: Option<String>,
+    /// A datastore URL or `etcd` (an etcd inside the lab); `None`: what the lab was
+    /// built with, else the lab's own file datastore.
     pub datastore: Option<String>,
-    pub repair: bool,
+    /// `None`: what the lab was built with, else on.
+    pub repair: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -138,11 +140,15 @@ impl Lab {
 
     pub fn load(&self) -> Result<Option<State>> {
         match std::fs::read(self.dir.join("lab.json")) {
-            Ok(b) => Ok(Some(serde_json::from_slice(&b).context(
-                "lab.json is damaged; run `podnet lab down` and start again",
-            )?)),
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
+                format!(
+                    "{}/lab.json is damaged; run `podnet lab down --name {}` and start again",
+                    self.dir.display(),
+                    self.name
+                )
+            })?)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e).with_context(|| format!("read {}/lab.json", self.dir.display())),
         }
     }
 
@@ -320,14 +326,47 @@ impl Lab {
     pub fn up(&self, opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result<State> {
         let t0 = Instant::now();
         let mut st = self.load()?.unwrap_or_default();
+        let etcd_url = format!("etcd://{ETCD_ADDR}:2379");
+        let datastore = opts.datastore.as_deref().map(|d| match d {
+            "etcd" => etcd_url.clone(),
+            url => url.to_string(),
+        });
+        if st.nodes.is_empty() {
+            st.backend = opts.backend.clone().unwrap_or_else(|| "vxlan".into());
+            st.repair = opts.repair.unwrap_or(true);
+            st.datastore = datastore
+                .unwrap_or_else(|| format!("file:{}", self.dir.join("datastore").display()));
+        } else {
+            // Agents that still run keep what they were started with: a second `up`
+            // that restarted only the dead ones with other settings would split the lab.
+            let mut differs = Vec::new();
+            if let Some(b) = opts.backend.as_ref().filter(|b| **b != st.backend) {
+                differs.push(format!("backend {} (asked: {b})", st.backend));
+            }
+            if let Some(d) = datastore.as_ref().filter(|d| **d != st.datastore) {
+                differs.push(format!("datastore {} (asked: {d})", st.datastore));
+            }
+            if opts.repair.is_some_and(|r| r != st.repair) {
+                differs.push(format!(
+                    "repair {} (asked: {})",
+                    if st.repair { "on" } else { "off" },
+                    if st.repair {
+                        "--no-repair"
+                    } else {
+                        "repair on"
+                    }
+                ));
+            }
+            if !differs.is_empty() {
+                bail!(
+                    "lab {} was built with {}; `up` does not change a built lab: leave those flags out, or `podnet lab down --name {}` and build it again",
+                    self.name,
+                    differs.join(", "),
+                    self.name
+                );
+            }
+        }
         st.name = self.name.clone();
-        st.backend = opts.backend.clone();
-        st.repair = opts.repair;
-        st.datastore = match opts.datastore.as_deref() {
-            None => format!("file:{}", self.dir.join("datastore").display()),
-            Some("etcd") => format!("etcd://{ETCD_ADDR}:2379"),
-            Some(url) => url.to_string(),
-        };
 
         let down = format!(
             "`podnet lab down --name {}` removes what was made so far",
@@ -358,14 +397,14 @@ impl Lab {
         if made {
             say(&format!("fabric {} (bridge fabric0)", self.fabric_ns()));
         }
-        if opts.datastore.as_deref() == Some("etcd") {
+        if st.datastore == etcd_url {
             self.ensure_etcd(&fabric, &mut fs, say)
                 .with_context(|| format!("starting etcd in {}; {down}", self.fabric_ns()))?;
         }
 
         for i in 1..=opts.nodes {
             let node = format!("node{i}");
-            let made = self.ensure_node(&mut st, &node, i, &fabric, &mut fs, opts, bins, say);
+            let made = self.ensure_node(&mut st, &node, i, &fabric, &mut fs, bins, say);
             // Recorded at once, so `lab down` finds it even if a later step fails.
             self.save(&st)?;
             made.with_context(|| {
@@ -406,7 +445,6 @@ impl Lab {
         i: usize,
         fabric: &Netns,
         fs: &mut Socket,
-        opts: &Options,
         bins: &Binaries,
         say: &mut dyn FnMut(&str),
     ) -> Result<()> {
@@ -473,12 +511,12 @@ impl Lab {
                 .arg("--underlay-dev")
                 .arg("eth0")
                 .arg("--backend")
-                .arg(&opts.backend)
+                .arg(&st.backend)
                 .arg("--node-file")
                 .arg(dir.join("node.json"))
                 .arg("--api-socket")
                 .arg(self.api_socket(node));
-            if !opts.repair {
+            if !st.repair {
                 cmd.arg("--no-repair");
             }
             let pid = spawn_in(&ns, cmd, Some(&dir.join("podnetd.log")))?;
@@ -650,12 +688,23 @@ impl Lab {
         }
         let node_ns = Netns::open(netns::named_path(&self.node_ns(node)))
             .with_context(|| format!("node {node} does not exist in lab {}", self.name))?;
+        if let Some(p) = st.pods.iter().find(|p| p.name == pod && p.node != node) {
+            bail!(
+                "pod {pod} already exists on {} in lab {}; pick another name, or `podnet lab pod del {pod} --name {}` first",
+                p.node,
+                self.name,
+                self.name
+            );
+        }
         let ns_name = self.pod_ns(pod);
-        let (ns, _) = open_or_create_ns(&ns_name)?;
-        let mut ps = ns.run(Socket::route)??;
-        let have =
-            link::get_by_name(&mut ps, "eth0")?.is_some() && st.pods.iter().any(|p| p.name == pod);
-        if !have {
+        let (ns, made) = open_or_create_ns(&ns_name)?;
+        let attach = || -> Result<Option<exec::Attached>> {
+            let mut ps = ns.run(Socket::route)??;
+            if link::get_by_name(&mut ps, "eth0")?.is_some()
+                && st.pods.iter().any(|p| p.name == pod)
+            {
+                return Ok(None);
+            }
             let path = netns::named_path(&ns_name).display().to_string();
             let o = exec::run(
                 &Call {
@@ -676,7 +725,20 @@ impl Lab {
                     o.stderr.trim()
                 );
             }
-            let a = exec::Attached::from_result(&o.json())?;
+            Ok(Some(exec::Attached::from_result(&o.json())?))
+        };
+        let attached = match attach() {
+            Ok(a) => a,
+            Err(e) => {
+                // Not recorded in lab.json, so `lab down` would not find it: remove it
+                // now (podnet-cni left nothing of its own behind on failure).
+                if made {
+                    let _ = netns::delete_named(&ns_name);
+                }
+                return Err(e);
+            }
+        };
+        if let Some(a) = attached {
             let ip = a.ip;
             st.pods.retain(|p| p.name != pod);
             st.pods.push(PodState {

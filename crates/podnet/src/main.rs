@@ -46,7 +46,7 @@ enum Cmd {
         /// The local agent's socket, without --lab.
         #[arg(long, default_value = "/run/podnet/podnetd.sock")]
         agent: PathBuf,
-        /// Destination port (shown; no NetworkPolicy filters ports yet).
+        /// Destination port (named in the policy hop; no NetworkPolicy filters ports yet).
         #[arg(long)]
         port: Option<u16>,
         #[arg(long, value_enum, default_value = "tcp")]
@@ -90,14 +90,16 @@ enum Cmd {
 #[derive(Subcommand)]
 enum LabCmd {
     /// Build the lab, or bring an existing one back to this shape (restarts dead
-    /// agents, adds missing pods, duplicates nothing).
+    /// agents, adds missing pods, duplicates nothing). A built lab keeps its backend,
+    /// datastore and repair setting: leave those flags out to repair it.
     Up {
         #[arg(long, default_value_t = 2)]
         nodes: usize,
         #[arg(long, default_value_t = 2)]
         pods_per_node: usize,
-        #[arg(long, value_enum, default_value = "vxlan")]
-        backend: LabBackend,
+        /// How nodes reach each other's pods [default: vxlan].
+        #[arg(long, value_enum)]
+        backend: Option<LabBackend>,
         /// Datastore for the agents: a URL (file:DIR, etcd://IP:PORT), or `etcd` to run
         /// an etcd inside the lab's fabric (default: a file datastore inside the lab).
         #[arg(long)]
@@ -310,18 +312,35 @@ fn print_status(lab: &podnet::lab::Lab, output: Output) -> Result<()> {
     Ok(())
 }
 
+/// The agents `trace` and `doctor` ask: a lab's nodes, or the local node's agent.
+fn agents(lab: Option<String>, agent: PathBuf) -> Result<Box<dyn podnet::trace::Agents>> {
+    Ok(match lab {
+        Some(name) => Box::new(podnet::trace::LabAgents::new(&open_lab(&name)?)?),
+        None => Box::new(podnet::trace::LocalAgent(agent)),
+    })
+}
+
+/// A lab that exists; `lab up` is the only way to make one.
+fn open_lab(name: &str) -> Result<podnet::lab::Lab> {
+    if !podnet::lab::Lab::exists(name) {
+        anyhow::bail!(
+            "no lab {name} on this machine; start one with `podnet lab up --name {name}`"
+        );
+    }
+    podnet::lab::Lab::open(name)
+}
+
 fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
     use podnet::lab::{Binaries, Lab};
     if let LabCmd::ServeEcho { ip, port } = cmd {
         return podnet::lab::serve_echo(ip, port);
     }
     require_root()?;
-    if !matches!(cmd, LabCmd::Up { .. }) && !Lab::exists(name) {
-        anyhow::bail!(
-            "no lab {name} on this machine; start one with `podnet lab up --name {name}`"
-        );
-    }
-    let lab = Lab::open(name)?;
+    let lab = if matches!(cmd, LabCmd::Up { .. }) {
+        Lab::open(name)?
+    } else {
+        open_lab(name)?
+    };
     match cmd {
         LabCmd::Up {
             nodes,
@@ -340,12 +359,12 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
             let opts = podnet::lab::Options {
                 nodes,
                 pods_per_node,
-                backend: match backend {
+                backend: backend.map(|b| match b {
                     LabBackend::Vxlan => "vxlan".into(),
                     LabBackend::HostGw => "host-gw".into(),
-                },
+                }),
                 datastore,
-                repair: !no_repair,
+                repair: no_repair.then_some(false),
             };
             let quiet = output == Output::Json;
             lab.up(&opts, &Binaries::find()?, &mut |l| {
@@ -428,16 +447,7 @@ fn run(cli: Cli) -> Result<()> {
             agent,
             output,
         } => {
-            let r = match lab {
-                Some(name) => {
-                    if !podnet::lab::Lab::exists(&name) {
-                        anyhow::bail!("no lab {name} on this machine; start one with `podnet lab up --name {name}`");
-                    }
-                    let agents = podnet::trace::LabAgents::new(&podnet::lab::Lab::open(&name)?)?;
-                    podnet::doctor::doctor(&agents, node.as_deref())?
-                }
-                None => podnet::doctor::doctor(&podnet::trace::LocalAgent(agent), None)?,
-            };
+            let r = podnet::doctor::doctor(&*agents(lab, agent)?, node.as_deref())?;
             if output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -452,20 +462,19 @@ fn run(cli: Cli) -> Result<()> {
             dst,
             lab,
             agent,
-            port: _,
-            proto: _,
+            port,
+            proto,
             output,
         } => {
-            let t = match lab {
-                Some(name) => {
-                    if !podnet::lab::Lab::exists(&name) {
-                        anyhow::bail!("no lab {name} on this machine; start one with `podnet lab up --name {name}`");
-                    }
-                    let agents = podnet::trace::LabAgents::new(&podnet::lab::Lab::open(&name)?)?;
-                    podnet::trace::trace(&agents, &src, &dst)?
-                }
-                None => podnet::trace::trace(&podnet::trace::LocalAgent(agent), &src, &dst)?,
-            };
+            let mut flow = proto
+                .to_possible_value()
+                .expect("not skipped")
+                .get_name()
+                .to_string();
+            if let Some(p) = port {
+                flow += &format!(" port {p}");
+            }
+            let t = podnet::trace::trace(&*agents(lab, agent)?, &src, &dst, &flow)?;
             if output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&t)?);
             } else {

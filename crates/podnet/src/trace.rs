@@ -42,6 +42,8 @@ pub struct Hop {
 pub struct Trace {
     pub src: String,
     pub dst: String,
+    /// The traffic traced: `tcp`, `tcp port 8080`, `icmp`…
+    pub flow: String,
     pub verdict: String,
     pub broken_hop: Option<Hop>,
     pub hops: Vec<Hop>,
@@ -227,7 +229,8 @@ fn link_text(l: &Value) -> String {
     )
 }
 
-fn ask(path: &std::path::Path, req: Value) -> Result<Value> {
+/// One request to an agent; an `{"error": …}` answer is an error too.
+pub(crate) fn ask(path: &std::path::Path, req: Value) -> Result<Value> {
     let v = podnet_agent::api::request(path, &req)
         .with_context(|| format!("ask the agent at {}", path.display()))?;
     if let Some(e) = v["error"].as_str() {
@@ -236,8 +239,8 @@ fn ask(path: &std::path::Path, req: Value) -> Result<Value> {
     Ok(v)
 }
 
-/// Traces `src` to `dst` (pod names or addresses).
-pub fn trace(agents: &dyn Agents, src: &str, dst: &str) -> Result<Trace> {
+/// Traces `src` to `dst` (pod names or addresses) for `flow` (`tcp port 80`, `icmp`…).
+pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &str) -> Result<Trace> {
     let t0 = Instant::now();
     let resolve = |x: &str| -> Result<Ipv4Addr> {
         x.parse()
@@ -279,14 +282,7 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str) -> Result<Trace> {
     let mut b = Builder { hops: vec![] };
 
     // ---- source pod
-    let in_pod = |pod: &Value, c: &str, name: &str| match pod["netns"].as_str() {
-        Some(p) if p.starts_with("/run/netns/") => {
-            format!("ip -n {} {c}   (pod {name})", &p["/run/netns/".len()..])
-        }
-        Some(p) => format!("nsenter --net={p} ip {c}   (pod {name})"),
-        None => format!("ip {c}   (inside pod {name})"),
-    };
-    pod_hops(&mut b, "src-pod", src, sip, &s_pod, Some(dip), &in_pod);
+    pod_hops(&mut b, "src-pod", src, sip, &s_pod, Some(dip));
 
     // ---- source node
     let bridge = s(&sst, "bridge").to_string();
@@ -465,13 +461,12 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str) -> Result<Trace> {
     host_veth_hop(&mut b, "dst-node", &dn, &d_pod, &d_bridge);
 
     // ---- destination pod
-    pod_hops(&mut b, "dst-pod", dst, dip, &d_pod, Some(sip), &in_pod);
+    pod_hops(&mut b, "dst-pod", dst, dip, &d_pod, Some(sip));
     b.add(
         "dst-pod",
         "policy",
         "skipped",
-        "podnet enforces no NetworkPolicy yet: nothing filters this traffic by port or protocol"
-            .into(),
+        format!("podnet enforces no NetworkPolicy yet: nothing filters {flow} to {dst}"),
         "(none)".into(),
         String::new(),
         "",
@@ -481,6 +476,7 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str) -> Result<Trace> {
     Ok(Trace {
         src: format!("{src} ({sip} on {sn})"),
         dst: format!("{dst} ({dip} on {dn})"),
+        flow: flow.into(),
         verdict: if broken.is_some() {
             "broken"
         } else {
@@ -493,6 +489,24 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str) -> Result<Trace> {
     })
 }
 
+/// The command that runs `ip c` in the pod the agent's `pod` answer describes.
+fn cmd(pod: &Value, c: &str, name: &str) -> String {
+    match pod["netns"].as_str() {
+        Some(p) if p.starts_with("/run/netns/") => {
+            format!("ip -n {} {c}   (pod {name})", &p["/run/netns/".len()..])
+        }
+        Some(p) => format!("nsenter --net={p} ip {c}   (pod {name})"),
+        None => format!("ip {c}   (inside pod {name})"),
+    }
+}
+
+/// The pod's own end as doctor checks it for every pod: found, address, link.
+pub(crate) fn pod_end(pod: &Value, ip: Ipv4Addr) -> Vec<Hop> {
+    let mut b = Builder { hops: vec![] };
+    pod_hops(&mut b, "pod", &ip.to_string(), ip, pod, None);
+    b.hops
+}
+
 fn pod_hops(
     b: &mut Builder,
     where_: &str,
@@ -500,7 +514,6 @@ fn pod_hops(
     ip: Ipv4Addr,
     pod: &Value,
     peer: Option<Ipv4Addr>,
-    cmd: &dyn Fn(&Value, &str, &str) -> String,
 ) {
     if pod["found"] != true {
         b.add(
@@ -786,9 +799,10 @@ fn underlay_hops(
 /// The trace for people: the path as a vertical list.
 pub fn render(t: &Trace) -> String {
     let mut out = format!(
-        "trace {} → {}: {}\n\n",
+        "trace {} → {} ({}): {}\n\n",
         t.src,
         t.dst,
+        t.flow,
         match &t.broken_hop {
             Some(h) => format!("BROKEN at {}/{}", h.where_, h.what),
             None => "reachable".into(),

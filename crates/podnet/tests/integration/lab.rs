@@ -23,7 +23,7 @@ impl TestLab {
     fn up(args: &[&str]) -> TestLab {
         require_root();
         // Short and unique: lab names become namespace names.
-        let name = unique("t").replace('-', "");
+        let name = unique("t").replace('-', "x");
         let lab = TestLab { name };
         let o = lab.run(&[&["up"], args].concat());
         assert!(
@@ -184,7 +184,7 @@ fn drift_repair_agent_death_and_re_up() {
     );
 
     // Someone deletes node1's FDB entry and route to node2: restored within 5 s.
-    Command::new("ip")
+    assert!(Command::new("ip")
         .args([
             "netns",
             "exec",
@@ -200,11 +200,18 @@ fn drift_repair_agent_death_and_re_up() {
             "self",
         ])
         .status()
-        .unwrap();
-    Command::new("ip")
+        .unwrap()
+        .success());
+    assert!(Command::new("ip")
         .args(["-n", &format!("{}-node1", lab.name), "route", "del", &cidr2])
         .status()
-        .unwrap();
+        .unwrap()
+        .success());
+    assert!(
+        !lab.sh("node1", &["bridge", "fdb", "show", "dev", "podnet.vxlan"])
+            .contains(&mac2),
+        "the FDB entry must be gone before the agent repairs it"
+    );
     let took = wait_until("drift repaired", Duration::from_secs(5), || {
         lab.sh("node1", &["ip", "route", "show", &cidr2])
             .contains("podnet.vxlan")
@@ -230,6 +237,29 @@ fn drift_repair_agent_death_and_re_up() {
     unsafe { libc::kill(pid, libc::SIGKILL) };
     std::thread::sleep(Duration::from_millis(200));
     lab.full_mesh();
+
+    // `up` never changes a built lab's backend (the live agent would keep the old
+    // one), and a pod name stays on its node.
+    let o = lab.run(&[
+        "up",
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "1",
+        "--backend",
+        "host-gw",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("backend vxlan (asked: host-gw)"),
+        "{err}"
+    );
+    let o = lab.run(&["pod", "add", "p1a", "--node", "node2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("already exists on node1"),
+        "{err}"
+    );
 
     // `lab up` again: a new agent, adopting what exists — one route, one neighbour and
     // one FDB entry per peer, no duplicates.

@@ -20,7 +20,7 @@ struct Lab(String);
 impl Lab {
     fn up(args: &[&str]) -> Lab {
         require_root();
-        let name = unique("tr").replace('-', "");
+        let name = unique("tr").replace('-', "x");
         let mut a = vec![
             "lab",
             "--name",
@@ -79,6 +79,26 @@ fn a_healthy_lab_traces_reachable_on_both_paths() {
     assert!(ok, "{d}");
     assert_eq!(d["broken"], 0, "{d}");
     assert_eq!(d["nodes"].as_array().unwrap().len(), 3);
+    // Every pod's own end is checked: 6 pods, each with address, link, veth, route.
+    for what in ["addr", "link", "veth", "route"] {
+        let n = d["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| {
+                f["status"] == "ok"
+                    && f["check"].as_str().is_some_and(|c| {
+                        c.starts_with("pod 10.") && c.ends_with(&format!(" {what}"))
+                    })
+            })
+            .count();
+        assert_eq!(n, 6, "pod {what} checks: {d}");
+    }
+    // A node that does not exist is an error, not an empty success.
+    let (ok, v) = podnet(&[
+        "doctor", "--lab", &lab.0, "--node", "node9", "--output", "json",
+    ]);
+    assert!(!ok && v.is_null(), "doctor --node node9 must fail: {v}");
     assert!(
         d["elapsed_ms"].as_u64().unwrap() < 3000,
         "doctor took {} ms",
@@ -101,8 +121,8 @@ fn every_fault_is_named_by_trace_and_flagged_by_doctor() {
         ("misrouted", "src-node", "route", "route to node2"),
         ("missing-fdb", "src-node", "fdb", "fdb for node2"),
         ("missing-neigh", "src-node", "neigh", "neighbour for node2"),
-        ("veth-down", "src-node", "link", "veth"),
-        ("pod-no-default-route", "src-pod", "route", "route"),
+        ("veth-down", "src-node", "link", "pod * veth"),
+        ("pod-no-default-route", "src-pod", "route", "pod * route"),
         ("forwarding-off", "src-node", "forwarding", "forwarding"),
         ("vxlan-down", "src-node", "link", "vxlan"),
     ];
@@ -138,7 +158,16 @@ fn every_fault_is_named_by_trace_and_flagged_by_doctor() {
         let (ok, d) = lab.doctor();
         assert!(!ok, "{fault}: doctor must exit non-zero: {d}");
         let flagged = d["findings"].as_array().unwrap().iter().any(|f| {
-            f["status"] == "broken" && f["check"].as_str().is_some_and(|c| c.contains(check))
+            f["status"] == "broken"
+                && f["check"]
+                    .as_str()
+                    .is_some_and(|c| match check.split_once(" * ") {
+                        // `pod * veth`: that check of some pod, by its address.
+                        Some((pre, post)) => {
+                            c.starts_with(&format!("{pre} ")) && c.ends_with(&format!(" {post}"))
+                        }
+                        None => c == check,
+                    })
         });
         assert!(flagged, "{fault}: doctor did not flag {check:?}: {d}");
         // Clearing the fault makes the path whole again.
@@ -195,7 +224,7 @@ fn faults_on_the_destination_node_are_named_there() {
             .find(|h| h["where"] == "underlay" && h["what"] == "port")
             .cloned();
         assert!(
-            port.is_none_or(|p| p["status"] != "broken"),
+            port.is_some_and(|p| p["status"] != "broken"),
             "{fault} on node2 must not be blamed on the port: {t}"
         );
     }
