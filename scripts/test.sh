@@ -7,12 +7,18 @@ cd "$(dirname "$0")/.."
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --lib --bins --tests "$@" 2>&1 | tee "$log"
+# --no-fail-fast: every test binary runs and is counted, even after a failure.
+cargo test --no-fail-fast --workspace --lib --bins --tests "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
-set -e
-sum() { grep -E '^test result: ' "$log" | sed -E "s/.* ([0-9]+) $1.*/\1/" | awk '{s += $1} END {print s + 0}'; }
+sum() { { grep -E '^test result: ' "$log" || true; } | sed -E "s/.* ([0-9]+) $1.*/\1/" | awk '{s += $1} END {print s + 0}'; }
 passed=$(sum passed)
 failed=$(sum failed)
+set -e
 echo
-echo "tests: ${passed:-0} passed, ${failed:-0} failed"
+if [ "$status" != 0 ] && [ "$failed" = 0 ]; then
+    # A binary that did not build, or crashed, prints no result line of its own.
+    echo "tests: ${passed} passed, cargo exited ${status} (a test binary did not build or crashed; see above)"
+else
+    echo "tests: ${passed} passed, ${failed} failed"
+fi
 exit "$status"

@@ -50,7 +50,8 @@ enum Undo {
     ReleaseAddress(Store, Owner),
     DelegateDel(String),
     DeleteLink(String),
-    ForgetEntry(u32, [u8; 6]),
+    /// The node's map, and the key this ADD wrote in it.
+    ForgetEntry(std::os::fd::OwnedFd, u32),
 }
 
 pub fn run(inv: &Invocation) -> Result<CniResult, CniError> {
@@ -70,7 +71,7 @@ pub fn run(inv: &Invocation) -> Result<CniResult, CniError> {
             None => r,
         }),
         Err(e) => {
-            let notes = rollback(inv, &s, &mut host, undo);
+            let notes = rollback(inv, &mut host, undo);
             Err(errors::with_notes(e, &notes))
         }
     }
@@ -189,6 +190,33 @@ fn add(
     let ifname = inv.env.ifname.as_str();
     let host_name = host_veth_name(&inv.env.container_id, ifname);
     let t = Timing::start();
+    // What can be refused without touching anything comes first: the owner alias, and
+    // the node's datapath (a node without eBPF refuses every ADD, and should do so
+    // before an address is taken and a veth made only to be undone).
+    let alias = antispoof::owner_alias(&s.network, &inv.env.container_id, ifname, &inv.env.netns)
+        .ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "network name {:?} and container id {:?} are too long to record on the host veth (255 bytes in all)",
+                    s.network, inv.env.container_id
+                ),
+                "use a shorter network name",
+            )
+        })?;
+    let refused = |e: podnet_netlink::Error| {
+        CniError::new(
+            code::ANTISPOOF,
+            e.to_string(),
+            "the kernel needs eBPF (CONFIG_BPF_SYSCALL) and tc clsact with the bpf classifier (CONFIG_NET_SCH_INGRESS, CONFIG_NET_CLS_BPF)",
+        )
+    };
+    let dp = if s.anti_spoofing {
+        Some(antispoof::datapath(&s.data_dir).map_err(refused)?)
+    } else {
+        None
+    };
+    t.mark("checked");
     let a = assign(inv, s, undo)?;
     t.mark("address assigned");
     let mtu = s.pod_mtu(host);
@@ -270,17 +298,16 @@ fn add(
     t.mark("veth pair created");
 
     // 4. protection, while the veth is still down and off the bridge.
-    if s.anti_spoofing {
-        let refused = |e: podnet_netlink::Error| {
-            CniError::new(
-                code::ANTISPOOF,
-                e.to_string(),
-                "the kernel needs eBPF (CONFIG_BPF_SYSCALL) and tc clsact with the bpf classifier (CONFIG_NET_SCH_INGRESS, CONFIG_NET_CLS_BPF)",
-            )
-        };
-        let dp = antispoof::datapath(&s.data_dir).map_err(refused)?;
-        undo.push(Undo::ForgetEntry(hveth.index, hmac));
-        antispoof::set_pod(&dp, hveth.index, pmac, a.ip).map_err(refused)?;
+    if let Some(dp) = &dp {
+        let map = dp.map.try_clone().map_err(|e| {
+            refused(podnet_netlink::Error::io(
+                "duplicate",
+                "the BPF map's fd",
+                e,
+            ))
+        })?;
+        undo.push(Undo::ForgetEntry(map, hveth.index));
+        antispoof::set_pod(dp, hveth.index, pmac, a.ip).map_err(refused)?;
         for r in host.ack_all(antispoof::install_requests(hveth.index, &dp.prog)) {
             r.map_err(refused)?;
         }
@@ -295,12 +322,7 @@ fn add(
             up: Some(true),
             master: Some(br.index),
             mtu: None,
-            alias: Some(antispoof::owner_alias(
-                &s.network,
-                &inv.env.container_id,
-                ifname,
-                &inv.env.netns,
-            )),
+            alias: Some(alias),
             group: None,
         },
     )
@@ -408,12 +430,12 @@ fn add(
     })
 }
 
-fn rollback(inv: &Invocation, s: &Settings, host: &mut Socket, undo: Vec<Undo>) -> Vec<String> {
+fn rollback(inv: &Invocation, host: &mut Socket, undo: Vec<Undo>) -> Vec<String> {
     let mut notes = Vec::new();
     for step in undo.into_iter().rev() {
         match step {
-            Undo::ForgetEntry(index, mac) => {
-                if let Err(e) = antispoof::forget_pod(&s.data_dir, index, &mac) {
+            Undo::ForgetEntry(map, index) => {
+                if let Err(e) = podnet_netlink::bpf::delete(&map, index) {
                     notes.push(format!(
                         "could not remove the datapath entry of link {index}: {e}"
                     ));

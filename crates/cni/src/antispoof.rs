@@ -4,7 +4,8 @@
 //! Per node (per network namespace holding pod veths): the program `podnet_from_pod`
 //! (`bpf/from_pod.c`) and its hash map `podnet_pods`, keyed by host veth ifindex. They
 //! are loaded by the first ADD, and found again by later ones through a small record,
-//! `<dataDir>/datapath-ns<netns inode>` (program and map ids). They hold no pins: the
+//! `<dataDir>/datapath-ns<netns inode>` (program id, map id, and a tag of the program
+//! build: after an upgrade new pods get the new program, old ones keep theirs). They hold no pins: the
 //! kernel frees them when the last filter using them goes, i.e. with the last pod.
 //!
 //! Per pod, on the **ingress of its host-side veth** — every frame the pod sends,
@@ -68,23 +69,43 @@ fn record_path(data_dir: &Path) -> Result<PathBuf> {
     Ok(data_dir.join(format!("datapath-ns{}", Netns::current()?.inode())))
 }
 
-/// The node's datapath recorded under `data_dir`, if its program is still loaded.
+/// Identifies the program this build carries (FNV-1a of the object), so that a node
+/// running an older program loads this one for its new pods after an upgrade.
+fn object_tag() -> String {
+    let h = OBJECT.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    });
+    format!("{h:016x}")
+}
+
+/// The node's datapath recorded under `data_dir`, if its program is still loaded and
+/// is this build's.
 pub fn find(data_dir: &Path) -> Result<Option<Datapath>> {
     let Ok(text) = std::fs::read_to_string(record_path(data_dir)?) else {
         return Ok(None);
     };
-    let mut ids = text.split_whitespace().map(|w| w.parse::<u32>());
-    let (Some(Ok(p)), Some(Ok(m))) = (ids.next(), ids.next()) else {
+    let mut w = text.split_whitespace();
+    let (Some(Ok(p)), Some(Ok(m)), Some(tag)) = (
+        w.next().map(str::parse::<u32>),
+        w.next().map(str::parse::<u32>),
+        w.next(),
+    ) else {
         return Ok(None);
     };
-    // Ids are only reused after the id space wraps; the names, and the program using
-    // exactly this map, confirm they are ours and belong together.
+    if tag != object_tag() {
+        return Ok(None);
+    }
+    // Ids are only reused after the id space wraps; the names, the program using
+    // exactly this map, and the map's entry size confirm they are ours and belong
+    // together.
     let (Ok(prog), Ok(map)) = (bpf::prog_by_id(p), bpf::map_by_id(m)) else {
         return Ok(None);
     };
-    if bpf::object_name(&prog, false)? != PROG_NAME
-        || bpf::object_name(&map, true)? != MAP_NAME
-        || !bpf::prog_map_ids(&prog)?.contains(&m)
+    let (pi, mi) = (bpf::prog_info(&prog)?, bpf::map_info(&map)?);
+    if pi.name != PROG_NAME
+        || mi.name != MAP_NAME
+        || !pi.map_ids.contains(&m)
+        || mi.value_size as usize != state_size()
     {
         return Ok(None);
     }
@@ -106,7 +127,12 @@ pub fn datapath(data_dir: &Path) -> Result<Datapath> {
     let obj = bpf::parse_object(OBJECT, SECTION)?;
     let map = bpf::create_hash(MAP_NAME, state_size() as u32, MAX_PODS)?;
     let prog = bpf::load(&obj, PROG_NAME, &[(MAP_SYMBOL, &map)])?;
-    let ids = format!("{:<10} {:<10}\n", bpf::prog_id(&prog)?, bpf::map_id(&map)?);
+    let ids = format!(
+        "{} {} {}\n",
+        bpf::prog_id(&prog)?,
+        bpf::map_id(&map)?,
+        object_tag()
+    );
     let path = record_path(data_dir)?;
     // Written whole and renamed into place, so a reader never pairs one program with
     // another's map. (Two first ADDs racing may each load one; both stay valid for
@@ -133,7 +159,7 @@ pub fn forget_pod(data_dir: &Path, host_ifindex: u32, host_mac: &[u8]) -> Result
     let Some(dp) = find(data_dir)? else {
         return Ok(());
     };
-    if let Some(v) = bpf::lookup(&dp.map, host_ifindex, state_size())? {
+    if let Some(v) = bpf::lookup(&dp.map, host_ifindex)? {
         if host_mac.len() == 6 && v[2..6] == host_mac[2..6] {
             bpf::delete(&dp.map, host_ifindex)?;
         }
@@ -186,15 +212,26 @@ pub struct PodState {
 /// Reads the entry for host veth `ifindex` in the map of program `prog_id`.
 pub fn read_state(prog_id: u32, ifindex: u32) -> Result<Option<PodState>> {
     let prog = bpf::prog_by_id(prog_id)?;
-    let ids = bpf::prog_map_ids(&prog)?;
+    let ids = bpf::prog_info(&prog)?.map_ids;
     let id = *ids.first().ok_or_else(|| Error::Malformed {
         op: "read pod state",
         obj: format!("program {prog_id}"),
         why: "the program uses no map".into(),
     })?;
-    let Some(v) = bpf::lookup(&bpf::map_by_id(id)?, ifindex, state_size())? else {
+    let Some(v) = bpf::lookup(&bpf::map_by_id(id)?, ifindex)? else {
         return Ok(None);
     };
+    if v.len() != state_size() {
+        return Err(Error::Malformed {
+            op: "read pod state",
+            obj: format!("program {prog_id}"),
+            why: format!(
+                "its map entries are {} bytes, this build reads {}: it was loaded by another podnet build",
+                v.len(),
+                state_size()
+            ),
+        });
+    }
     Ok(Some(PodState {
         mac: v[..6].try_into().unwrap(),
         ip: Ipv4Addr::new(v[8], v[9], v[10], v[11]),
@@ -239,15 +276,16 @@ pub fn is_installed(sock: &mut Socket, ifindex: u32) -> Result<bool> {
 /// What the host veth's alias records: the attachment it belongs to (GC reads it) and
 /// the pod's namespace (the agent reads it to report the pod's own state). The
 /// namespace is left out if the alias would exceed the kernel's 255 bytes.
-pub fn owner_alias(network: &str, container_id: &str, ifname: &str, netns: &str) -> String {
+pub fn owner_alias(network: &str, container_id: &str, ifname: &str, netns: &str) -> Option<String> {
+    // The kernel keeps at most 255 bytes. The owner part is what DEL, GC and a
+    // retried ADD match on, so it is never cut: too long is refused. The namespace
+    // path is only for people and `podnet trace`, so it is left out when it does not fit.
     let base = format!("podnet net={network} if={ifname} cid={container_id}");
     let full = format!("{base} ns={netns}");
     if full.len() <= 255 {
-        full
+        Some(full)
     } else {
-        let mut b = base;
-        b.truncate(255);
-        b
+        (base.len() <= 255).then_some(base)
     }
 }
 
@@ -291,11 +329,18 @@ mod tests {
 
     #[test]
     fn alias_roundtrip() {
-        let a = owner_alias("net1", "abc", "eth0", "/run/netns/p");
+        let a = owner_alias("net1", "abc", "eth0", "/run/netns/p").unwrap();
         assert_eq!(parse_owner_alias(&a), Some(("net1", "eth0", "abc")));
         assert_eq!(alias_netns(&a), Some("/run/netns/p"));
-        let long = owner_alias("net1", "abc", "eth0", &"x".repeat(300));
+        let long = owner_alias("net1", "abc", "eth0", &"x".repeat(300)).unwrap();
         assert_eq!(parse_owner_alias(&long), Some(("net1", "eth0", "abc")));
+        // The owner is never cut short: a too long one is refused.
+        assert_eq!(
+            owner_alias(&"n".repeat(200), &"c".repeat(60), "eth0", "/p"),
+            None
+        );
+        let edge = owner_alias("n", &"c".repeat(255 - 30), "eth0", "/p");
+        assert!(edge.is_some_and(|a| a.len() <= 255));
         assert_eq!(alias_netns(&long), None);
         assert_eq!(parse_owner_alias("something else"), None);
     }

@@ -65,15 +65,8 @@ pub fn delete_link_detached(name: &str, data_dir: &Path) -> Result<(), CniError>
     // before it can happen, then mark the link for deletion.
     let mut watch = Socket::route().map_err(nl)?;
     watch.subscribe(RTNLGRP_LINK).map_err(nl)?;
-    let mark = link::LinkChange {
-        group: Some(DELETE_GROUP),
-        ..Default::default()
-    };
-    match link::change(&mut host, link::Target::Index(l.index), &mark) {
-        Ok(()) => {}
-        Err(e) if e.is_not_found() => return forget(data_dir, &l),
-        Err(e) => return Err(nl(e)),
-    }
+    // Everything the helper needs exists before the link is marked: a link left marked
+    // would be deleted by another DEL's helper, behind this DEL's back.
     // The helper gets a socket of its own: two processes reading one socket would
     // steal each other's answers.
     let mut helper_sock = Socket::route().map_err(nl)?;
@@ -89,6 +82,18 @@ pub fn delete_link_detached(name: &str, data_dir: &Path) -> Result<(), CniError>
     // SAFETY: both fds were just created and belong to nobody else.
     let (status_r, status_w) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mark = link::LinkChange {
+        group: Some(DELETE_GROUP),
+        ..Default::default()
+    };
+    match link::change(&mut host, link::Target::Index(l.index), &mark) {
+        Ok(()) => {}
+        Err(e) if e.is_not_found() => {
+            forget(data_dir, &l);
+            return Ok(());
+        }
+        Err(e) => return Err(nl(e)),
+    }
     // SAFETY: podnet-cni is single-threaded (callers of `podnet_cni::run` must be too:
     // see its docs), so the child may allocate; it uses only fds it inherited and
     // leaves with _exit.
@@ -116,18 +121,19 @@ pub fn delete_link_detached(name: &str, data_dir: &Path) -> Result<(), CniError>
             "remove it by hand with `ip link del` and retry DEL",
         )
     })?;
-    forget(data_dir, &l)
+    forget(data_dir, &l);
+    Ok(())
 }
 
-/// Drops the datapath entry of a deleted host veth.
-fn forget(data_dir: &Path, l: &link::LinkInfo) -> Result<(), CniError> {
-    antispoof::forget_pod(data_dir, l.index, &l.mac).map_err(|e| {
-        CniError::new(
-            code::ANTISPOOF,
-            e.to_string(),
-            "the pod is gone; GC removes the leftover datapath entry",
-        )
-    })
+/// Drops the datapath entry of a deleted host veth. Best effort: the pod is gone and
+/// its address must still be released; GC removes an entry left behind.
+fn forget(data_dir: &Path, l: &link::LinkInfo) {
+    if let Err(e) = antispoof::forget_pod(data_dir, l.index, &l.mac) {
+        eprintln!(
+            "podnet-cni: could not remove the datapath entry of {} (index {}): {e}; GC removes it",
+            l.name, l.index
+        );
+    }
 }
 
 /// The detached helper: deletes every link waiting in [`DELETE_GROUP`] (the kernel
@@ -208,8 +214,11 @@ fn wait_gone(
         }
         match watch.notifications() {
             Ok(msgs) => {
+                // AF_UNSPEC: the link itself went. (An AF_BRIDGE RTM_DELLINK only
+                // says it left the bridge.)
                 let gone = msgs.iter().any(|(ty, body)| {
                     *ty == RTM_DELLINK
+                        && body.first() == Some(&(libc::AF_UNSPEC as u8))
                         && body
                             .get(4..8)
                             .map(|b| u32::from_ne_bytes(b.try_into().unwrap()))

@@ -209,8 +209,8 @@ mod tests {
         assert_eq!(s.nodes().unwrap().len(), 1);
         // wait_change returns on a change (and does not hang without one).
         s.wait_change(Duration::from_millis(10)).unwrap();
-        let t = std::time::Instant::now();
-        std::thread::scope(|sc| {
+        let waited = std::thread::scope(|sc| {
+            let t = std::time::Instant::now();
             sc.spawn(|| {
                 std::thread::sleep(Duration::from_millis(50));
                 FileStore::open(&d)
@@ -219,8 +219,14 @@ mod tests {
                     .unwrap();
             });
             s.wait_change(Duration::from_secs(5)).unwrap();
+            t.elapsed()
         });
-        assert!(t.elapsed() < Duration::from_secs(4));
+        // It waited for the change (not returning at once), and no longer than that.
+        assert!(
+            waited >= Duration::from_millis(40) && waited < Duration::from_secs(4),
+            "{waited:?}"
+        );
+        assert!(s.nodes().unwrap().iter().any(|n| n.name == "c"));
         fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -197,7 +197,9 @@ impl Store {
                 });
             }
             std::thread::sleep(pause);
-            pause = (pause * 2).min(std::time::Duration::from_millis(5));
+            // A holder keeps the lock about a millisecond: waiting much longer than that
+            // between tries would cost concurrent ADDs more than the work itself.
+            pause = (pause * 2).min(std::time::Duration::from_millis(1));
         }
         let mut copies = Copies::open(&self.dir)?;
         let mut state = copies.read()?;

@@ -114,16 +114,73 @@ pub fn keys(map: &OwnedFd) -> Result<Vec<u32>> {
     }
 }
 
-/// The name the kernel holds for a program or map (`bpftool` shows it).
-pub fn object_name(fd: &OwnedFd, is_map: bool) -> Result<String> {
-    let info = obj_info(fd, &mut [])?;
-    let off = if is_map { 24 } else { 64 };
-    Ok(cstr(&info[off..off + 16], 0)
-        .unwrap_or_else(|| String::from_utf8_lossy(&info[off..off + 16]).into_owned()))
+/// A name field of `struct bpf_prog_info`/`bpf_map_info` (16 bytes, NUL-padded).
+fn info_name(info: &[u8], off: usize) -> String {
+    let b = &info[off..off + 16];
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
-/// Writes `value` at `key`.
+/// What the kernel says of a map (`bpftool map show` shows the same).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapInfo {
+    pub name: String,
+    pub key_size: u32,
+    pub value_size: u32,
+}
+
+/// What the kernel says of a loaded program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgInfo {
+    pub name: String,
+    /// The ids of the maps it uses.
+    pub map_ids: Vec<u32>,
+}
+
+/// One `BPF_OBJ_GET_INFO_BY_FD` on a map.
+pub fn map_info(map: &OwnedFd) -> Result<MapInfo> {
+    let info = obj_info(map, &mut [])?;
+    let u = |o: usize| u32::from_ne_bytes(info[o..o + 4].try_into().unwrap());
+    Ok(MapInfo {
+        name: info_name(&info, 24),
+        key_size: u(8),
+        value_size: u(12),
+    })
+}
+
+/// One `BPF_OBJ_GET_INFO_BY_FD` on a program: its name and the maps it uses.
+pub fn prog_info(prog: &OwnedFd) -> Result<ProgInfo> {
+    let mut ids = [0u32; 16];
+    let info = obj_info(prog, &mut ids)?;
+    let n = u32::from_ne_bytes(info[52..56].try_into().unwrap()) as usize;
+    Ok(ProgInfo {
+        name: info_name(&info, 64),
+        map_ids: ids[..n.min(ids.len())].to_vec(),
+    })
+}
+
+/// The kernel copies the map's own key and value sizes: a buffer of any other size
+/// would be overrun, so every access checks them first.
+fn check_sizes(map: &OwnedFd, value_len: Option<usize>) -> Result<usize> {
+    let m = map_info(map)?;
+    let vs = m.value_size as usize;
+    if m.key_size != 4 || value_len.is_some_and(|l| l != vs) {
+        return Err(Error::Malformed {
+            op: "access BPF map",
+            obj: m.name,
+            why: format!(
+                "it has {}-byte keys and {vs}-byte values, not 4-byte keys{}; it was made by another podnet build",
+                m.key_size,
+                value_len.map(|l| format!(" and {l}-byte values")).unwrap_or_default()
+            ),
+        });
+    }
+    Ok(vs)
+}
+
+/// Writes `value` at `key` (a u32); `value` must be exactly the map's value size.
 pub fn update(map: &OwnedFd, key: u32, value: &[u8]) -> Result<()> {
+    check_sizes(map, Some(value.len()))?;
     let mut a = Attr::new();
     a.u32(0, map.as_raw_fd() as u32)
         .u64(8, &key as *const u32 as u64)
@@ -134,9 +191,10 @@ pub fn update(map: &OwnedFd, key: u32, value: &[u8]) -> Result<()> {
         .map_err(|e| Error::io("update BPF map", format!("key {key}"), e))
 }
 
-/// Reads `value_size` bytes at `key`; `None` if the key is absent.
-pub fn lookup(map: &OwnedFd, key: u32, value_size: usize) -> Result<Option<Vec<u8>>> {
-    let mut v = vec![0u8; value_size];
+/// Reads the value at `key` (a u32), as long as the map says values are;
+/// `None` if the key is absent.
+pub fn lookup(map: &OwnedFd, key: u32) -> Result<Option<Vec<u8>>> {
+    let mut v = vec![0u8; check_sizes(map, None)?];
     let mut a = Attr::new();
     a.u32(0, map.as_raw_fd() as u32)
         .u64(8, &key as *const u32 as u64)
@@ -384,14 +442,6 @@ pub fn map_by_id(id: u32) -> Result<OwnedFd> {
     sys_bpf(BPF_MAP_GET_FD_BY_ID, &mut a)
         .map(fd_of)
         .map_err(|e| Error::io("open BPF map", format!("id {id}"), e))
-}
-
-/// The ids of the maps a program uses.
-pub fn prog_map_ids(prog: &OwnedFd) -> Result<Vec<u32>> {
-    let mut ids = [0u32; 16];
-    let info = obj_info(prog, &mut ids)?;
-    let n = u32::from_ne_bytes(info[52..56].try_into().unwrap()) as usize;
-    Ok(ids[..n.min(ids.len())].to_vec())
 }
 
 /// Runs `prog` once on `packet` (an Ethernet frame); returns the program's verdict.

@@ -363,7 +363,9 @@ pub fn change_request(target: Target, c: &LinkChange) -> Request {
         m.u32(IFLA_MTU, mtu);
     }
     if let Some(a) = &c.alias {
-        m.str(IFLA_IFALIAS, a);
+        // Without a trailing NUL, as iproute2 sends it: the kernel counts a NUL
+        // toward its 255-byte limit.
+        m.attr(IFLA_IFALIAS, a.as_bytes());
     }
     if let Some(g) = c.group {
         m.u32(IFLA_GROUP, g);

@@ -57,26 +57,6 @@ impl Socket {
         }
         // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // Bind now, letting the kernel pick the port id: an unbound socket has port id
-        // 0, and the kernel skips port 0 when it broadcasts notifications it raised
-        // itself (a group deletion, for one), so a subscriber must be bound.
-        let mut local: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        local.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: bind with a valid sockaddr_nl.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &local as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(Error::io(
-                "bind netlink socket",
-                what,
-                io::Error::last_os_error(),
-            ));
-        }
         let one: libc::c_int = 1;
         for opt in [NETLINK_EXT_ACK, NETLINK_CAP_ACK] {
             // SAFETY: setsockopt with a valid int pointer; failure is harmless (older kernels).
@@ -136,6 +116,27 @@ impl Socket {
     /// socket of its own for that: when notifications overflow its buffer, the next
     /// receive on it fails with ENOBUFS, whatever request it was waiting for.
     pub fn subscribe(&mut self, group: u32) -> Result<()> {
+        // Bound first, letting the kernel pick the port id: an unbound socket has port
+        // id 0, and the kernel skips port 0 when it broadcasts notifications it raised
+        // itself (a group deletion, for one). A socket that sends is bound by its first
+        // send, so only subscribers need this.
+        let mut local: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        local.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: bind with a valid sockaddr_nl.
+        let rc = unsafe {
+            libc::bind(
+                self.fd.as_raw_fd(),
+                &local as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::io(
+                "bind netlink socket",
+                group.to_string(),
+                io::Error::last_os_error(),
+            ));
+        }
         let size: libc::c_int = 1 << 20;
         // SAFETY: setsockopt with a valid int pointer; a smaller buffer is fine too.
         unsafe {
@@ -173,11 +174,12 @@ impl Socket {
     }
 
     /// Reads one datagram of notifications: `(message type, body)` of each message.
-    /// Fails with ENOBUFS if the kernel had to drop notifications.
+    /// Fails with ENOBUFS if the kernel had to drop notifications. Meant for a socket
+    /// that only listens: a notification caused by someone's request carries that
+    /// request's sequence number, so nothing is filtered by it.
     pub fn notifications(&mut self) -> Result<Vec<(u16, Vec<u8>)>> {
         let n = self.recv("read netlink notifications", "")?;
         Ok(Replies::new(&self.buf[..n])
-            .filter(|m| m.seq == 0)
             .map(|m| (m.ty, m.body.to_vec()))
             .collect())
     }

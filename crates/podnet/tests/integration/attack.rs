@@ -34,6 +34,31 @@ fn neigh_mac(ns: &Netns, ip: Ipv4Addr) -> Option<[u8; 6]> {
         .and_then(|n| n.mac)
 }
 
+/// Every forged ARP carries this target hardware address, so a capture can tell it
+/// from the victim's own ARP.
+const MARK: [u8; 6] = [0x02, 0xde, 0xad, 0xbe, 0xef, 0x01];
+
+/// The attacker's frames with its own MAC, claiming the victim's IP.
+fn forged(a: &Pod, victim: &Pod, other: &Pod, gw: Ipv4Addr, gw_mac: [u8; 6]) -> Vec<Vec<u8>> {
+    let bcast = [0xff; 6];
+    vec![
+        // Gratuitous ARP, request and reply forms.
+        probe::arp_frame(bcast, a.mac, 1, a.mac, victim.ip, MARK, victim.ip),
+        probe::arp_frame(bcast, a.mac, 2, a.mac, victim.ip, MARK, victim.ip),
+        // Unicast ARP replies to the node's gateway and to the bystander.
+        probe::arp_frame(gw_mac, a.mac, 2, a.mac, victim.ip, MARK, gw),
+        probe::arp_frame(other.mac, a.mac, 2, a.mac, victim.ip, MARK, other.ip),
+        // IP with the victim's source address.
+        probe::udp_frame(
+            other.mac,
+            a.mac,
+            SocketAddrV4::new(victim.ip, 5555),
+            SocketAddrV4::new(other.ip, 9999),
+            b"forged",
+        ),
+    ]
+}
+
 #[test]
 fn a_pod_cannot_steal_its_neighbours_traffic() {
     let node = Node::new("10.203.0.0/24");
@@ -64,26 +89,7 @@ fn a_pod_cannot_steal_its_neighbours_traffic() {
 
     let a = &attacker;
     let bcast = [0xff; 6];
-    // Every forged ARP carries this target hardware address, so a capture can tell it
-    // from the victim's own ARP.
-    const MARK: [u8; 6] = [0x02, 0xde, 0xad, 0xbe, 0xef, 0x01];
-    let frames = [
-        // Gratuitous ARP, request and reply forms, claiming the victim's IP.
-        probe::arp_frame(bcast, a.mac, 1, a.mac, victim.ip, MARK, victim.ip),
-        probe::arp_frame(bcast, a.mac, 2, a.mac, victim.ip, MARK, victim.ip),
-        // Unicast ARP replies to the node's gateway and to the bystander.
-        probe::arp_frame(gw_mac, a.mac, 2, a.mac, victim.ip, MARK, gw),
-        probe::arp_frame(other.mac, a.mac, 2, a.mac, victim.ip, MARK, other.ip),
-        // IP with the victim's source address.
-        probe::udp_frame(
-            other.mac,
-            a.mac,
-            SocketAddrV4::new(victim.ip, 5555),
-            SocketAddrV4::new(other.ip, 9999),
-            b"forged",
-        ),
-    ];
-    for f in &frames {
+    for f in &forged(a, &victim, &other, gw, gw_mac) {
         probe::send_frame(&a.ns.ns, "eth0", f).unwrap();
     }
     // The attacker takes the victim's MAC and impersonates it completely.
@@ -192,6 +198,14 @@ fn a_pod_cannot_steal_its_neighbours_traffic() {
             .any(|(from, p)| p == b"honest" && from.ip() == std::net::IpAddr::V4(a.ip)),
         "{got:?}"
     );
+    // The capture that saw no forged frame does see this one: it was working.
+    assert!(
+        seen_by_other
+            .frames(Duration::from_millis(200))
+            .iter()
+            .any(|f| f.windows(6).any(|w| w == b"honest")),
+        "the bystander's capture saw nothing: its silence above proves nothing"
+    );
     let reply =
         probe::tcp_request(&other.ns.ns, SocketAddrV4::new(victim.ip, 7000), "still", t).unwrap();
     assert_eq!(reply, format!("from={} still", other.ip));
@@ -205,34 +219,51 @@ fn a_pod_cannot_steal_its_neighbours_traffic() {
     }
 }
 
-/// The control: with protection off, the very same gratuitous ARP does poison the
-/// node's cache. This proves the attack above is real and the test can fail.
+/// The control: with protection off, the very same frames poison the node's and the
+/// bystander's caches and deliver the forged datagram. This proves the attack above is
+/// real and the test can fail.
 #[test]
 fn without_protection_the_attack_works() {
     let mut node = Node::new("10.203.1.0/24");
     node.conf["antiSpoofing"] = serde_json::json!(false);
     let victim = add(&node, "victim");
     let attacker = add(&node, "attacker");
+    let other = add(&node, "bystander");
+    let (gw, gw_mac) = (Ipv4Addr::new(10, 203, 1, 1), [0x0a, 0x58, 10, 203, 1, 1]);
+    let t = Duration::from_secs(3);
     let _v = EchoServer::start(&victim.ns.ns, victim.ip, 7000).unwrap();
-    probe::tcp_request(
-        &node.ns.ns,
-        SocketAddrV4::new(victim.ip, 7000),
-        "node",
-        Duration::from_secs(3),
-    )
-    .unwrap();
+    probe::tcp_request(&node.ns.ns, SocketAddrV4::new(victim.ip, 7000), "node", t).unwrap();
+    probe::tcp_request(&other.ns.ns, SocketAddrV4::new(victim.ip, 7000), "by", t).unwrap();
     assert_eq!(neigh_mac(&node.ns.ns, victim.ip), Some(victim.mac));
-    let a = attacker.mac;
-    // A gratuitous ARP request (sender IP = target IP): Linux lets it override a
-    // fresh entry, where an unsolicited reply would wait out the lock time.
-    let garp = probe::arp_frame([0xff; 6], a, 1, a, victim.ip, [0; 6], victim.ip);
-    probe::send_frame(&attacker.ns.ns, "eth0", &garp).unwrap();
+    assert_eq!(neigh_mac(&other.ns.ns, victim.ip), Some(victim.mac));
+    let udp = probe::udp_bind(&other.ns.ns, SocketAddrV4::new(other.ip, 9999)).unwrap();
+    // The gratuitous ARP request (sender IP = target IP) comes first: Linux lets it
+    // override a fresh entry, where an unsolicited reply would wait out the lock time.
+    for f in &forged(&attacker, &victim, &other, gw, gw_mac) {
+        probe::send_frame(&attacker.ns.ns, "eth0", f).unwrap();
+    }
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(
         neigh_mac(&node.ns.ns, victim.ip),
         Some(attacker.mac),
         "the unprotected node should have been poisoned"
     );
-    node.del("victim", &victim.ns);
-    node.del("attacker", &attacker.ns);
+    assert_eq!(
+        neigh_mac(&other.ns.ns, victim.ip),
+        Some(attacker.mac),
+        "the unprotected bystander should have been poisoned"
+    );
+    let got = probe::udp_drain(&udp);
+    assert!(
+        got.iter()
+            .any(|(from, p)| p == b"forged" && from.ip() == std::net::IpAddr::V4(victim.ip)),
+        "the forged datagram should have arrived: {got:?}"
+    );
+    for (cid, p) in [
+        ("victim", &victim),
+        ("attacker", &attacker),
+        ("bystander", &other),
+    ] {
+        node.del(cid, &p.ns);
+    }
 }

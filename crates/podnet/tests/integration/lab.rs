@@ -80,7 +80,11 @@ impl TestLab {
 
 impl Drop for TestLab {
     fn drop(&mut self) {
-        let _ = self.run(&["down"]);
+        let o = self.run(&["down"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        if !o.status.success() && !err.contains("no lab") {
+            eprintln!("lab {} was not removed: {err}", self.name);
+        }
     }
 }
 
@@ -348,6 +352,8 @@ fn lab_down_leaves_nothing() {
         })
         .unwrap_or_default();
     assert!(left.is_empty(), "namespaces left: {left:?}");
+    let lock = format!("/run/podnet/lab/.{}.lock", lab.name);
+    assert!(!std::path::Path::new(&lock).exists(), "{lock} left behind");
     assert!(!std::path::Path::new(&format!("/run/podnet/lab/{}", lab.name)).exists());
     for pid in pids {
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -107,9 +107,20 @@ fn del_without_netns_or_link_still_releases_the_address() {
     std::thread::sleep(std::time::Duration::from_millis(100));
     let o = node.call_with(&node.conf, "DEL", "gone", &path, "eth0");
     assert!(o.ok(), "{}", o.stdout);
+    assert!(node.allocations().is_empty(), "{:?}", node.allocations());
+    // Repeated, and without CNI_NETNS at all: still success.
     let o = node.call_with(&node.conf, "DEL", "gone", "", "eth0");
     assert!(o.ok(), "DEL without CNI_NETNS: {}", o.stdout);
-    assert!(node.allocations().is_empty());
+
+    // A pod whose only DEL comes without CNI_NETNS (its namespace is long gone): the
+    // address is released and the host veth is removed too.
+    let pod = node.pod();
+    node.add("no-ns", &pod);
+    assert_eq!(node.allocations().len(), 1);
+    let o = node.call_with(&node.conf, "DEL", "no-ns", "", "eth0");
+    assert!(o.ok(), "DEL without CNI_NETNS: {}", o.stdout);
+    assert!(node.allocations().is_empty(), "{:?}", node.allocations());
+    assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
 }
 
 #[test]
