@@ -277,6 +277,7 @@ impl Agent {
                     v.vni == self.cfg.vni
                         && v.port == self.cfg.port
                         && v.local == Some(n.underlay_ip)
+                        && v.dev == Some(n.underlay_index)
                         && !v.learning
                 })
         });

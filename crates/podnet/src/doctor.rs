@@ -4,7 +4,7 @@
 //! peers; forwarding on; bridge and VXLAN device up; conntrack table below 80%;
 //! reverse-path filtering that would drop overlay traffic.
 
-use crate::trace::{ask, pod_end, Agents};
+use crate::trace::{ask, pod_end, route_fix, route_to_peer_mismatch, Agents};
 use anyhow::{bail, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -158,25 +158,17 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
                 s(p, "vtep_mac"),
             );
             let vtep = cidr.split('/').next().unwrap_or("");
-            let want_gw = if vx.is_empty() { under } else { vtep };
+            // The same test trace applies to the route the lookup picks.
             let r = routes.iter().find(|r| r["dst"] == cidr);
-            let ok = r.is_some_and(|r| {
-                r["gateway"] == want_gw
-                    && (vx.is_empty() || (r["dev"] == vx.as_str() && r["onlink"] == true))
-            });
+            let bad = route_to_peer_mismatch(r, &st, Some(p));
             out.check(
                 &format!("route to {name}"),
-                ok,
-                match r {
-                    Some(r) if !ok => format!(
-                        "{cidr} goes via {} dev {}, not via {want_gw}",
-                        s(r, "gateway"),
-                        s(r, "dev")
-                    ),
-                    Some(_) => format!("{cidr} via {want_gw}"),
-                    None => format!("no route to {name}'s pod CIDR {cidr}"),
+                bad.is_none(),
+                match &bad {
+                    None => format!("{cidr} via {}", r.map(|r| s(r, "gateway")).unwrap_or("")),
+                    Some(why) => format!("{name}'s pod CIDR {cidr}: {why}"),
                 },
-                "podnetd restores it within a second with repair on; otherwise restart podnetd",
+                &route_fix(&st, Some(p)),
             );
             if !vx.is_empty() {
                 let n = neighs.iter().find(|n| n["ip"] == vtep);

@@ -1387,10 +1387,11 @@ impl Lab {
                     )?;
                     for l in fdb.lines() {
                         let w: Vec<&str> = l.split_whitespace().collect();
-                        if let (Some(mac), Some(i)) =
-                            (w.first(), w.iter().position(|x| *x == "dst"))
-                        {
-                            let dst = w[i + 1];
+                        let dst = w
+                            .iter()
+                            .position(|x| *x == "dst")
+                            .and_then(|i| w.get(i + 1));
+                        if let (Some(mac), Some(&dst)) = (w.first(), dst) {
                             run_cmd(
                                 &argv(&[
                                     "bridge",

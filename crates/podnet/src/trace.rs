@@ -130,7 +130,11 @@ fn lookup(routes: &[Value], ip: Ipv4Addr) -> Option<Value> {
 /// (VXLAN: via the peer CIDR's first address on the VXLAN device, onlink;
 /// host-gw: via the peer's underlay address on the underlay device).
 /// `None` when it is that route.
-fn route_to_peer_mismatch(r: Option<&Value>, st: &Value, peer: Option<&Value>) -> Option<String> {
+pub(crate) fn route_to_peer_mismatch(
+    r: Option<&Value>,
+    st: &Value,
+    peer: Option<&Value>,
+) -> Option<String> {
     let Some(peer) = peer else {
         return Some("the agent knows no such peer".into());
     };
@@ -147,12 +151,13 @@ fn route_to_peer_mismatch(r: Option<&Value>, st: &Value, peer: Option<&Value>) -
             route_text(r)
         ));
     }
-    let (gw, dev, _) = podnet_route(st, peer);
+    let (gw, dev, onlink) = podnet_route(st, peer);
     let (rgw, rdev) = (r["gateway"].as_str().unwrap_or(""), s(r, "dev"));
-    if rgw != gw || rdev != dev {
+    if rgw != gw || rdev != dev || (r["onlink"] == true) != onlink {
         return Some(format!(
-            "the route {} should go via {gw} dev {dev}",
-            route_text(r)
+            "the route {} should go via {gw} dev {dev}{}",
+            route_text(r),
+            if onlink { " onlink" } else { "" }
         ));
     }
     None
@@ -175,7 +180,7 @@ fn podnet_route(st: &Value, peer: &Value) -> (String, String, bool) {
 }
 
 /// The command that puts podnet's route to `peer` back by hand.
-fn route_fix(st: &Value, peer: Option<&Value>) -> String {
+pub(crate) fn route_fix(st: &Value, peer: Option<&Value>) -> String {
     let add = match peer {
         Some(p) => {
             let (gw, dev, onlink) = podnet_route(st, p);
