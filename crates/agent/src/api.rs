@@ -10,7 +10,11 @@
 //!   namespace its link, addresses, routes and neighbours.
 //! - `{"get":"ping","ip":…,"size":N}`: an ICMP echo with DF set, sent from this node
 //!   (see [`crate::probe`]).
+//! - `{"get":"policy"}`: the NetworkPolicy datapath — the revision of the objects it
+//!   reflects, each local pod's verdicts per direction, and the packets refused per
+//!   pod and direction, read from the kernel's counters.
 
+use crate::policy::PolicyStatus;
 use crate::{Result, Status};
 use podnet_netlink::{link, neigh, route, Socket};
 use serde_json::{json, Value};
@@ -25,6 +29,7 @@ use std::time::Duration;
 pub fn serve(
     path: &Path,
     status: Arc<Mutex<Status>>,
+    policy: Arc<Mutex<PolicyStatus>>,
     vxlan_dev: String,
     bridge: String,
 ) -> Result<()> {
@@ -42,7 +47,12 @@ pub fn serve(
         // One thread per connection, each with a read timeout: an idle or slow client
         // never holds up the others.
         for conn in listener.incoming().flatten() {
-            let (status, vxlan_dev, bridge) = (status.clone(), vxlan_dev.clone(), bridge.clone());
+            let (status, policy, vxlan_dev, bridge) = (
+                status.clone(),
+                policy.clone(),
+                vxlan_dev.clone(),
+                bridge.clone(),
+            );
             std::thread::spawn(move || {
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut line = String::new();
@@ -50,7 +60,7 @@ pub fn serve(
                     return;
                 }
                 let req: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-                let reply = answer(&req, &status, &vxlan_dev, &bridge);
+                let reply = answer(&req, &status, &policy, &vxlan_dev, &bridge);
                 let mut w = &conn;
                 let _ = writeln!(w, "{reply}");
             });
@@ -59,7 +69,13 @@ pub fn serve(
     Ok(())
 }
 
-fn answer(req: &Value, status: &Mutex<Status>, vxlan_dev: &str, bridge: &str) -> Value {
+fn answer(
+    req: &Value,
+    status: &Mutex<Status>,
+    policy: &Mutex<PolicyStatus>,
+    vxlan_dev: &str,
+    bridge: &str,
+) -> Value {
     let ip = |k: &str| {
         req.get(k)
             .and_then(Value::as_str)
@@ -67,6 +83,18 @@ fn answer(req: &Value, status: &Mutex<Status>, vxlan_dev: &str, bridge: &str) ->
     };
     match req.get("get").and_then(Value::as_str) {
         Some("status") => serde_json::to_value(&*status.lock().unwrap()).unwrap_or(Value::Null),
+        Some("policy") => {
+            let st = policy.lock().unwrap().clone();
+            let mut v = serde_json::to_value(&st).unwrap_or(Value::Null);
+            match crate::policy::denied(&st) {
+                Ok((denied, closed)) => {
+                    v["denied"] = json!(denied);
+                    v["closed_packets"] = json!(closed);
+                }
+                Err(e) => v["denied_error"] = json!(e),
+            }
+            v
+        }
         Some("state") => {
             state(vxlan_dev, bridge).unwrap_or_else(|e| json!({"error": e.to_string()}))
         }
@@ -90,7 +118,7 @@ fn answer(req: &Value, status: &Mutex<Status>, vxlan_dev: &str, bridge: &str) ->
             }
         },
         _ => {
-            json!({"error": "unknown request; send {\"get\":\"status\"}, {\"get\":\"state\"}, {\"get\":\"pod\",\"ip\":…} or {\"get\":\"ping\",\"ip\":…,\"size\":N}"})
+            json!({"error": "unknown request; send {\"get\":\"status\"}, {\"get\":\"state\"}, {\"get\":\"pod\",\"ip\":…}, {\"get\":\"ping\",\"ip\":…,\"size\":N} or {\"get\":\"policy\"}"})
         }
     }
 }

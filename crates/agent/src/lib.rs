@@ -21,10 +21,15 @@
 //!   `kill -9` and restarts never interrupt pod traffic or duplicate entries.
 //! - Stopping the agent withdraws nothing: only removing the node from the datastore,
 //!   or its lease expiring, makes peers remove their routes to it.
+//! - Enforces NetworkPolicy for the node's own pods ([`policy`], [`nft`]): compiled
+//!   from the Namespaces, Pods and NetworkPolicies in the datastore, programmed before
+//!   any pod can be made, changed incrementally as objects change.
 //! - Serves its status and the node's kernel state on a Unix socket ([`api`]).
 
 pub mod api;
+pub mod nft;
 pub mod plan;
+pub mod policy;
 pub mod probe;
 
 use plan::{Backend, Current, Peer, RTPROT_PODNET};
@@ -76,6 +81,8 @@ pub struct Config {
     pub api_socket: PathBuf,
     /// How often to re-check the kernel when nothing else wakes the agent.
     pub interval: Duration,
+    /// Which datapath enforces NetworkPolicy.
+    pub policy_datapath: policy::DatapathKind,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +95,8 @@ pub enum Error {
     Underlay { dev: String, why: String },
     #[error("this node's lease moved from {from} to {to} (it expired and another node took {from}); the node's pods still use {from}: drain the node, delete its pods, and restart podnetd")]
     LeaseMoved { from: Ipv4Net, to: Ipv4Net },
+    #[error("NetworkPolicy datapath {datapath}: {why}")]
+    Policy { datapath: &'static str, why: String },
     #[error("{what} {path}: {source}")]
     File {
         what: &'static str,
@@ -172,7 +181,7 @@ struct NodeInfo {
 
 pub struct Agent {
     cfg: Config,
-    ds: Box<dyn Datastore>,
+    ds: Arc<dyn Datastore>,
     sock: Socket,
     status: Arc<Mutex<Status>>,
     /// Peers left out, with why: logged once when they are first left out.
@@ -181,7 +190,7 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(cfg: Config) -> Result<Agent> {
-        let ds = podnet_datastore::open(&cfg.datastore)?;
+        let ds: Arc<dyn Datastore> = podnet_datastore::open(&cfg.datastore)?.into();
         let sock = Socket::route()?;
         Ok(Agent {
             cfg,
@@ -472,10 +481,26 @@ impl Agent {
             self.cfg.node, n.record.pod_cidr, underlay_ip, self.cfg.underlay_dev, self.cfg.backend.as_str(), self.ds.describe(), if self.cfg.repair { "on" } else { "off" }
         ));
         let mut vx = self.ensure_node(&n)?;
+        // Policy first: the node file lets podnet-cni make pods, and none may be open
+        // before its verdicts are programmed.
+        let mut pol = policy::Policy::new(
+            self.cfg.policy_datapath,
+            Box::new(policy::DatastoreSource(self.ds.clone())),
+            &self.cfg.node,
+            n.record.pod_cidr,
+            &self.cfg.bridge,
+        );
+        let node = self.cfg.node.clone();
+        let plog = move |m: &str| log(&node, m);
+        pol.prepare(&plog).map_err(|why| Error::Policy {
+            datapath: self.cfg.policy_datapath.as_str(),
+            why,
+        })?;
         self.write_node_file(&n)?;
         api::serve(
             &self.cfg.api_socket,
             self.status.clone(),
+            pol.status.clone(),
             self.cfg.vxlan_dev.clone(),
             self.cfg.bridge.clone(),
         )?;
@@ -505,6 +530,9 @@ impl Agent {
             }
             if let Err(e) = self.sync(&n, &mut vx, &mut known, &mut last_desired, &mut changes) {
                 self.log(&format!("sync failed, retrying: {e}"));
+            }
+            if let Err(e) = pol.sync(&plog) {
+                self.log(&format!("policy: {e}; retrying"));
             }
             if let Err(e) = self.ds.wait_change(self.cfg.interval) {
                 // Without this pause a datastore that fails at once would spin the loop.

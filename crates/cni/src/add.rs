@@ -90,6 +90,44 @@ fn merge(mut prev: CniResult, ours: CniResult) -> CniResult {
     prev
 }
 
+/// The address the runtime asks for through the `ips` capability
+/// (`runtimeConfig.ips`: `["10.244.0.7"]` or `["10.244.0.7/24"]`), if any. podnet pods
+/// have one IPv4 address, so at most one IPv4 entry may be given.
+fn requested_ip(s: &Settings) -> Result<Option<Ipv4Addr>, CniError> {
+    let Some(ips) = s.runtime_config.as_ref().and_then(|r| r.get("ips")) else {
+        return Ok(None);
+    };
+    let bad = |why: String| {
+        CniError::new(
+            podnet_cni_spec::error::code::INVALID_CONFIG,
+            format!("invalid runtimeConfig.ips {ips}"),
+            why,
+        )
+    };
+    let list = ips
+        .as_array()
+        .ok_or_else(|| bad("it must be a list of addresses, e.g. [\"10.244.0.7/24\"]".into()))?;
+    let mut v4 = Vec::new();
+    for e in list {
+        let text = e
+            .as_str()
+            .ok_or_else(|| bad(format!("{e} is not a string")))?;
+        let addr = text.split('/').next().unwrap_or(text);
+        match addr.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(a)) => v4.push(a),
+            Ok(std::net::IpAddr::V6(_)) => {}
+            Err(_) => return Err(bad(format!("{text:?} is not an IP address"))),
+        }
+    }
+    match v4.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        _ => Err(bad(
+            "a podnet pod has one IPv4 address: ask for at most one".into(),
+        )),
+    }
+}
+
 /// The pod's address as IPAM gave it.
 struct Assigned {
     ip: Ipv4Addr,
@@ -105,7 +143,11 @@ fn assign(inv: &Invocation, s: &Settings, undo: &mut Vec<Undo>) -> Result<Assign
             let pool = Pool::new(*subnet, *gateway).map_err(errors::ipam)?;
             let store = s.store()?;
             let owner = Owner::new(&inv.env.container_id, &inv.env.ifname);
-            let ip = store.allocate(&pool, &owner).map_err(errors::ipam)?;
+            let ip = match requested_ip(s)? {
+                Some(want) => store.allocate_exact(&pool, &owner, want),
+                None => store.allocate(&pool, &owner),
+            }
+            .map_err(errors::ipam)?;
             undo.push(Undo::ReleaseAddress(store, owner));
             Ok(Assigned {
                 ip,

@@ -18,6 +18,7 @@ pub fn ipam(e: podnet_ipam::Error) -> CniError {
             "fix \"subnet\" or \"gateway\" in the network configuration",
         ),
         E::Corrupt { .. } => (code::IPAM_STORE, ""),
+        E::Requested { .. } => (code::INVALID_CONFIG, ""),
         E::Dir { .. } | E::Lock { .. } | E::Read { .. } | E::Write { .. } => (
             code::IPAM_STORE,
             "dataDir must be on a local, writable filesystem; check free space and permissions",

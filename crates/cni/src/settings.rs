@@ -43,6 +43,8 @@ pub struct Settings {
     pub gateway: Option<Ipv4Addr>,
     /// How long to wait for another invocation's IPAM lock (`lockTimeoutMs`).
     pub lock_timeout: std::time::Duration,
+    /// The runtime's `runtimeConfig` (capabilities such as `ips`).
+    pub runtime_config: Option<serde_json::Value>,
 }
 
 fn invalid(msg: impl Into<String>, details: impl Into<String>) -> CniError {
@@ -153,6 +155,7 @@ impl Settings {
             ipam,
             gateway,
             lock_timeout: lock_timeout(raw),
+            runtime_config: conf.runtime_config.clone(),
         })
     }
 
@@ -174,6 +177,7 @@ impl Settings {
             }),
             gateway: None,
             lock_timeout: lock_timeout(raw),
+            runtime_config: conf.runtime_config.clone(),
         }
     }
 

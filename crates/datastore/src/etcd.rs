@@ -7,13 +7,18 @@
 //!   a transaction that succeeds only if the key is absent or already the node's, so
 //!   two nodes never hold one CIDR;
 //! - `reservations/<name>`: the node's last CIDR, without a lease, so a node that comes
-//!   back after its lease expired gets the same CIDR if nobody took it meanwhile.
+//!   back after its lease expired gets the same CIDR if nobody took it meanwhile;
+//! - `objects/<Kind>/<namespace>/<name>`: policy objects, without a lease; their
+//!   revision is etcd's own store revision.
 //!
 //! Every registration grants a fresh lease of the node's TTL and moves the keys onto
 //! it; the previous lease simply expires. Changes are noticed by polling the
-//! revisions of the node keys five times a second.
+//! revisions of the node and object keys five times a second.
 
-use crate::{choose_cidr, now, Datastore, Error, NodeRecord, Registration, Result};
+use crate::{
+    check_key, choose_cidr, now, Datastore, Error, NodeRecord, ObjectKey, Registration, Result,
+    StoredObject,
+};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -144,6 +149,24 @@ impl EtcdStore {
             .unwrap_or_default())
     }
 
+    fn object_key((kind, ns, name): &ObjectKey) -> String {
+        format!("{PREFIX}objects/{kind}/{ns}/{name}")
+    }
+
+    /// Runs `ops` as transactions of at most 100 operations (etcd's default limit is
+    /// 128); returns the store revision after the last.
+    fn txns(&self, ops: Vec<Value>) -> Result<u64> {
+        let mut rev = 0;
+        for chunk in ops.chunks(100) {
+            let r = self.call("/v3/kv/txn", &json!({ "success": chunk }))?;
+            rev = revision(&r);
+        }
+        if ops.is_empty() {
+            rev = revision(&self.call("/v3/kv/range", &json!({"key": b64(PREFIX.as_bytes())}))?);
+        }
+        Ok(rev)
+    }
+
     fn put_op(key: &str, value: &[u8], lease: Option<&str>) -> Value {
         let mut p = json!({"key": b64(key.as_bytes()), "value": b64(value)});
         if let Some(l) = lease {
@@ -151,6 +174,14 @@ impl EtcdStore {
         }
         json!({"request_put": p})
     }
+}
+
+/// The store revision an answer was given at.
+fn revision(answer: &Value) -> u64 {
+    answer["header"]["revision"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
 }
 
 fn post(endpoint: &str, path: &str, body: &str) -> std::io::Result<Value> {
@@ -293,13 +324,70 @@ impl Datastore for EtcdStore {
         Ok(true)
     }
 
+    fn put_objects(&self, objs: &[StoredObject]) -> Result<u64> {
+        for o in objs {
+            check_key(&o.key())?;
+        }
+        self.txns(
+            objs.iter()
+                .map(|o| {
+                    EtcdStore::put_op(
+                        &EtcdStore::object_key(&o.key()),
+                        &serde_json::to_vec(o).expect("object serializes"),
+                        None,
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn delete_objects(&self, keys: &[ObjectKey]) -> Result<u64> {
+        for k in keys {
+            check_key(k)?;
+        }
+        self.txns(
+            keys.iter()
+                .map(|k| json!({"request_delete_range": {"key": b64(EtcdStore::object_key(k).as_bytes())}}))
+                .collect(),
+        )
+    }
+
+    fn objects(&self) -> Result<(u64, Vec<StoredObject>)> {
+        let prefix = format!("{PREFIX}objects/");
+        let r = self.call(
+            "/v3/kv/range",
+            &json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(&prefix))}),
+        )?;
+        let mut out = Vec::new();
+        for kv in r["kvs"].as_array().into_iter().flatten() {
+            let key = kv["key"].as_str().and_then(unb64).unwrap_or_default();
+            let value = kv["value"].as_str().and_then(unb64).unwrap_or_default();
+            let key = String::from_utf8_lossy(&key).into_owned();
+            match serde_json::from_slice::<StoredObject>(&value) {
+                Ok(o) => out.push(o),
+                // A damaged record is handed on without its object, so the reader can
+                // name and skip it while the others still count.
+                Err(_) => {
+                    let rest = key.strip_prefix(&prefix).unwrap_or(&key);
+                    let mut parts = rest.splitn(3, '/');
+                    out.push(StoredObject {
+                        kind: parts.next().unwrap_or_default().into(),
+                        namespace: parts.next().unwrap_or_default().into(),
+                        name: parts.next().unwrap_or_default().into(),
+                        value: Value::Null,
+                    });
+                }
+            }
+        }
+        out.sort_by_key(StoredObject::key);
+        Ok((revision(&r), out))
+    }
+
     fn wait_change(&self, timeout: Duration) -> Result<()> {
         let fingerprint = || -> Result<Vec<(String, String)>> {
-            Ok(self
-                .list(&format!("{PREFIX}nodes/"), true)?
-                .into_iter()
-                .map(|(k, _, rev)| (k, rev))
-                .collect())
+            let mut keys = self.list(&format!("{PREFIX}nodes/"), true)?;
+            keys.extend(self.list(&format!("{PREFIX}objects/"), true)?);
+            Ok(keys.into_iter().map(|(k, _, rev)| (k, rev)).collect())
         };
         let start = fingerprint()?;
         let t = Instant::now();

@@ -1,9 +1,15 @@
 //! The file backend: one directory, shared by every node that can see it (all nodes
 //! of a lab on one machine). `nodes/<name>.json` holds each node's record, replaced
 //! by rename; `lock` serializes registrations so two nodes never lease one CIDR.
-//! Changes are noticed through inotify on `nodes/`.
+//! Policy objects live in `objects/<Kind>_<namespace>_<name>.json` (no part holds
+//! '_'), also replaced by rename, and `objects/.revision` counts the writes: a writer
+//! bumps it after its objects are in place, a reader reads it before listing.
+//! Changes are noticed through inotify on `nodes/` and `objects/`.
 
-use crate::{choose_cidr, now, Datastore, Error, NodeRecord, Registration, Result};
+use crate::{
+    check_key, choose_cidr, now, Datastore, Error, NodeRecord, ObjectKey, Registration, Result,
+    StoredObject,
+};
 use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -23,8 +29,10 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
 impl FileStore {
     pub fn open(dir: impl AsRef<Path>) -> Result<FileStore> {
         let dir = dir.as_ref().to_path_buf();
-        let nodes = dir.join("nodes");
-        fs::create_dir_all(&nodes).map_err(io("create", &nodes))?;
+        for sub in ["nodes", "objects"] {
+            let d = dir.join(sub);
+            fs::create_dir_all(&d).map_err(io("create", &d))?;
+        }
         Ok(FileStore {
             dir,
             watch: Mutex::new(None),
@@ -52,26 +60,41 @@ impl FileStore {
 
     /// Every record, live or not.
     fn all(&self) -> Result<Vec<NodeRecord>> {
-        let d = self.dir.join("nodes");
         let mut out = Vec::new();
-        for e in fs::read_dir(&d).map_err(io("list", &d))?.flatten() {
-            let p = e.path();
-            if p.extension().and_then(|x| x.to_str()) != Some("json") {
-                continue;
-            }
-            let bytes = match fs::read(&p) {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io("read", &p)(e)),
-            };
-            let rec: NodeRecord = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-                path: p.display().to_string(),
-                why: e.to_string(),
-            })?;
-            out.push(rec);
+        for (_, rec) in read_json_dir::<NodeRecord>(&self.dir.join("nodes"))? {
+            out.push(rec?);
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    fn object_path(&self, (kind, ns, name): &ObjectKey) -> PathBuf {
+        self.dir
+            .join("objects")
+            .join(format!("{kind}_{ns}_{name}.json"))
+    }
+
+    fn revision(&self) -> Result<u64> {
+        let p = self.dir.join("objects").join(".revision");
+        match fs::read_to_string(&p) {
+            Ok(s) => s.trim().parse().map_err(|_| Error::Corrupt {
+                path: p.display().to_string(),
+                why: format!("{s:?} is not a number"),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(io("read", &p)(e)),
+        }
+    }
+
+    /// Bumps the revision (the caller holds the lock).
+    fn bump(&self) -> Result<u64> {
+        let r = self.revision()? + 1;
+        let d = self.dir.join("objects");
+        let tmp = d.join(".revision.tmp");
+        fs::write(&tmp, r.to_string()).map_err(io("write", &tmp))?;
+        let p = d.join(".revision");
+        fs::rename(&tmp, &p).map_err(io("replace", &p))?;
+        Ok(r)
     }
 
     fn write(&self, rec: &NodeRecord) -> Result<()> {
@@ -84,6 +107,30 @@ impl FileStore {
         .map_err(io("write", &tmp))?;
         fs::rename(&tmp, &p).map_err(io("replace", &p))
     }
+}
+
+/// Every `*.json` file of `dir` (not the hidden ones), read: `(file name, record or
+/// why it could not be read)`. A file that vanished meanwhile is left out.
+fn read_json_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<(String, Result<T>)>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).map_err(io("list", dir))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        let p = e.path();
+        let bytes = match fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io("read", &p)(e)),
+        };
+        let rec = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+            path: p.display().to_string(),
+            why: e.to_string(),
+        });
+        out.push((name, rec));
+    }
+    Ok(out)
 }
 
 impl Datastore for FileStore {
@@ -124,6 +171,69 @@ impl Datastore for FileStore {
         }
     }
 
+    fn put_objects(&self, objs: &[StoredObject]) -> Result<u64> {
+        for o in objs {
+            check_key(&o.key())?;
+        }
+        let _lock = self.lock()?;
+        for o in objs {
+            let p = self.object_path(&o.key());
+            let tmp = self
+                .dir
+                .join("objects")
+                .join(format!(".{}.tmp", p.file_name().unwrap().to_string_lossy()));
+            fs::write(&tmp, serde_json::to_vec(o).expect("object serializes"))
+                .map_err(io("write", &tmp))?;
+            fs::rename(&tmp, &p).map_err(io("replace", &p))?;
+        }
+        self.bump()
+    }
+
+    fn delete_objects(&self, keys: &[ObjectKey]) -> Result<u64> {
+        for k in keys {
+            check_key(k)?;
+        }
+        let _lock = self.lock()?;
+        for k in keys {
+            let p = self.object_path(k);
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("remove", &p)(e)),
+            }
+        }
+        self.bump()
+    }
+
+    fn objects(&self) -> Result<(u64, Vec<StoredObject>)> {
+        let rev = self.revision()?;
+        let mut out = Vec::new();
+        for (file, o) in read_json_dir::<StoredObject>(&self.dir.join("objects"))? {
+            match o {
+                Ok(o) => out.push(o),
+                // A damaged record is handed on without its object, so the reader can
+                // name and skip it while the others still count.
+                Err(_) => {
+                    let stem = file.trim_end_matches(".json");
+                    let mut parts = stem.splitn(3, '_');
+                    let (kind, namespace, name) = (
+                        parts.next().unwrap_or_default(),
+                        parts.next().unwrap_or_default(),
+                        parts.next().unwrap_or_default(),
+                    );
+                    out.push(StoredObject {
+                        kind: kind.into(),
+                        namespace: namespace.into(),
+                        name: name.into(),
+                        value: serde_json::Value::Null,
+                    });
+                }
+            }
+        }
+        out.sort_by_key(StoredObject::key);
+        Ok((rev, out))
+    }
+
     fn wait_change(&self, timeout: Duration) -> Result<()> {
         let mut guard = self.watch.lock().unwrap();
         if guard.is_none() {
@@ -135,16 +245,19 @@ impl Datastore for FileStore {
             }
             // SAFETY: fd was just created.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let c =
-                std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).expect("no NUL in path");
             let mask = libc::IN_CREATE
                 | libc::IN_DELETE
                 | libc::IN_MODIFY
                 | libc::IN_MOVED_TO
                 | libc::IN_MOVED_FROM;
-            // SAFETY: adding a watch on a valid path.
-            if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) } < 0 {
-                return Err(io("watch", &d)(std::io::Error::last_os_error()));
+            for sub in ["nodes", "objects"] {
+                let d = self.dir.join(sub);
+                let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes())
+                    .expect("no NUL in path");
+                // SAFETY: adding a watch on a valid path.
+                if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) } < 0 {
+                    return Err(io("watch", &d)(std::io::Error::last_os_error()));
+                }
             }
             *guard = Some(fd);
         }
@@ -190,6 +303,25 @@ mod tests {
         }
     }
 
+    /// `wait_change` returns on the change `change` makes 50 ms later: not at once,
+    /// and not much after it (nor does it hang without one).
+    fn wakes_on(s: &FileStore, change: impl FnOnce() + Send) {
+        s.wait_change(Duration::from_millis(10)).unwrap();
+        let waited = std::thread::scope(|sc| {
+            let t = std::time::Instant::now();
+            sc.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                change();
+            });
+            s.wait_change(Duration::from_secs(5)).unwrap();
+            t.elapsed()
+        });
+        assert!(
+            waited >= Duration::from_millis(40) && waited < Duration::from_secs(4),
+            "{waited:?}"
+        );
+    }
+
     #[test]
     fn leases_are_unique_stable_and_removable() {
         let d = std::env::temp_dir().join(format!("podnet-ds-{}", std::process::id()));
@@ -207,26 +339,59 @@ mod tests {
         assert!(s.remove("b").unwrap());
         assert!(!s.remove("b").unwrap());
         assert_eq!(s.nodes().unwrap().len(), 1);
-        // wait_change returns on a change (and does not hang without one).
-        s.wait_change(Duration::from_millis(10)).unwrap();
-        let waited = std::thread::scope(|sc| {
-            let t = std::time::Instant::now();
-            sc.spawn(|| {
-                std::thread::sleep(Duration::from_millis(50));
-                FileStore::open(&d)
-                    .unwrap()
-                    .register(&reg("c", 12, 60))
-                    .unwrap();
-            });
-            s.wait_change(Duration::from_secs(5)).unwrap();
-            t.elapsed()
+        wakes_on(&s, || {
+            FileStore::open(&d)
+                .unwrap()
+                .register(&reg("c", 12, 60))
+                .unwrap();
         });
-        // It waited for the change (not returning at once), and no longer than that.
-        assert!(
-            waited >= Duration::from_millis(40) && waited < Duration::from_secs(4),
-            "{waited:?}"
-        );
         assert!(s.nodes().unwrap().iter().any(|n| n.name == "c"));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn objects_round_trip_with_revisions_and_wake_watchers() {
+        let d = std::env::temp_dir().join(format!("podnet-ds-obj-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        let s = FileStore::open(&d).unwrap();
+        assert_eq!(s.objects().unwrap(), (0, vec![]));
+        let o = |kind: &str, ns: &str, name: &str, v: u32| StoredObject {
+            kind: kind.into(),
+            namespace: ns.into(),
+            name: name.into(),
+            value: serde_json::json!({ "v": v }),
+        };
+        let r1 = s
+            .put_objects(&[o("Namespace", "", "x", 1), o("Pod", "x", "a.b", 1)])
+            .unwrap();
+        let r2 = s.put_objects(&[o("Pod", "x", "a.b", 2)]).unwrap();
+        assert!(r2 > r1);
+        let (rev, objs) = s.objects().unwrap();
+        assert_eq!(rev, r2);
+        assert_eq!(
+            objs,
+            vec![o("Namespace", "", "x", 1), o("Pod", "x", "a.b", 2)]
+        );
+        // A bad key is refused before anything is written.
+        assert!(s
+            .put_objects(&[o("Pod", "x", "c", 1), o("Pod", "x_y", "c", 1)])
+            .is_err());
+        assert_eq!(s.objects().unwrap().1.len(), 2);
+        wakes_on(&s, || {
+            FileStore::open(&d)
+                .unwrap()
+                .delete_objects(&[("Pod".into(), "x".into(), "a.b".into())])
+                .unwrap();
+        });
+        let (rev, objs) = s.objects().unwrap();
+        assert!(rev > r2);
+        assert_eq!(objs, vec![o("Namespace", "", "x", 1)]);
+        // A damaged record comes back without its object; the others still do.
+        fs::write(d.join("objects").join("Pod_x_broken.json"), "{not json").unwrap();
+        let (_, objs) = s.objects().unwrap();
+        assert_eq!(objs.len(), 2);
+        assert_eq!(objs[1].key(), ("Pod".into(), "x".into(), "broken".into()));
+        assert!(objs[1].value.is_null());
         fs::remove_dir_all(&d).unwrap();
     }
 }

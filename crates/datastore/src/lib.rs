@@ -100,6 +100,52 @@ impl Registration {
     }
 }
 
+/// A policy object (Namespace, Pod, NetworkPolicy) as the datastore keeps it: its
+/// key and its JSON. The datastore does not read the JSON; `podnet-policy` does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredObject {
+    pub kind: String,
+    /// Empty for cluster-wide kinds (Namespace).
+    pub namespace: String,
+    pub name: String,
+    pub value: serde_json::Value,
+}
+
+/// `(kind, namespace, name)`
+pub type ObjectKey = (String, String, String);
+
+impl StoredObject {
+    pub fn key(&self) -> ObjectKey {
+        (self.kind.clone(), self.namespace.clone(), self.name.clone())
+    }
+}
+
+/// Checks the parts of an object key: kinds are letters, namespaces and names
+/// lowercase letters, digits, '-' and '.' (namespaces without '.'), so that every key
+/// is one file name and one etcd key.
+pub fn check_key((kind, ns, name): &ObjectKey) -> Result<()> {
+    let part = |s: &str, dots: bool| {
+        !s.is_empty()
+            && s.len() <= 253
+            && !s.starts_with('.')
+            && s.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (dots && b == b'.')
+            })
+    };
+    let ok = !kind.is_empty()
+        && kind.bytes().all(|b| b.is_ascii_alphabetic())
+        && (ns.is_empty() || part(ns, false))
+        && part(name, true);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid {
+            node: format!("{kind} {ns}/{name}"),
+            why: "an object key is a kind (letters), a namespace (lowercase letters, digits, '-') and a name (lowercase letters, digits, '-', '.')".into(),
+        })
+    }
+}
+
 pub trait Datastore: Send + Sync {
     /// Leases a pod CIDR to the node — the same one as before if it had one that no
     /// live node took since — publishes its record and renews its lease.
@@ -108,7 +154,16 @@ pub trait Datastore: Send + Sync {
     fn nodes(&self) -> Result<Vec<NodeRecord>>;
     /// Removes a node; returns false if there was none.
     fn remove(&self, name: &str) -> Result<bool>;
-    /// Blocks until the set of nodes may have changed, or `timeout` passes.
+    /// Writes policy objects (replacing those with the same key); returns the
+    /// revision at which all of them are visible.
+    fn put_objects(&self, objs: &[StoredObject]) -> Result<u64>;
+    /// Removes policy objects (absent ones are no error); returns the revision after.
+    fn delete_objects(&self, keys: &[ObjectKey]) -> Result<u64>;
+    /// Every policy object, with a revision: a reader that got revision R sees every
+    /// write whose returned revision is at most R.
+    fn objects(&self) -> Result<(u64, Vec<StoredObject>)>;
+    /// Blocks until the nodes or the policy objects may have changed, or `timeout`
+    /// passes.
     fn wait_change(&self, timeout: Duration) -> Result<()>;
     /// A URL-like description for logs (`file:/path`).
     fn describe(&self) -> String;

@@ -55,6 +55,8 @@ pub enum Error {
     Exhausted { subnet: Ipv4Net, in_use: usize },
     #[error("invalid address pool {subnet}: {why}")]
     Pool { subnet: Ipv4Net, why: String },
+    #[error("the requested address {ip} cannot be given: {why}")]
+    Requested { ip: Ipv4Addr, why: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -241,6 +243,52 @@ impl Store {
                     .filter(|ip| pool.assignable(**ip))
                     .count(),
             })
+        })
+    }
+
+    /// Gives `owner` exactly `ip` (the CNI `ips` capability). Refused when `ip` is not
+    /// an assignable address of `pool`, is held by another owner, or `owner` already
+    /// holds another address; asking again for the address it holds is no error.
+    pub fn allocate_exact(&self, pool: &Pool, owner: &Owner, ip: Ipv4Addr) -> Result<Ipv4Addr> {
+        self.with_state(|st| {
+            if let Some((held, _)) = st.allocations.iter().find(|(_, o)| *o == owner) {
+                if *held == ip {
+                    return Ok((ip, false));
+                }
+                return Err(Error::Requested {
+                    ip,
+                    why: format!(
+                        "container {} ({}) already holds {held}; delete it first",
+                        owner.container_id, owner.ifname
+                    ),
+                });
+            }
+            if !pool.subnet.contains(ip) {
+                return Err(Error::Requested {
+                    ip,
+                    why: format!("it is outside this node's pod CIDR {}; ask for an address in it, or schedule the pod on the node that owns {ip}", pool.subnet),
+                });
+            }
+            if !pool.assignable(ip) {
+                return Err(Error::Requested {
+                    ip,
+                    why: format!(
+                        "it is the network, broadcast or gateway address of {}",
+                        pool.subnet
+                    ),
+                });
+            }
+            if let Some(o) = st.allocations.get(&ip) {
+                return Err(Error::Requested {
+                    ip,
+                    why: format!(
+                        "it is taken by container {} ({}); pick another address, or delete that pod first",
+                        o.container_id, o.ifname
+                    ),
+                });
+            }
+            st.allocations.insert(ip, owner.clone());
+            Ok((ip, true))
         })
     }
 
@@ -436,6 +484,54 @@ fn sanitize(network: &str) -> String {
         "_".into()
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+mod exact_tests {
+    use super::*;
+
+    #[test]
+    fn a_requested_address_is_given_once_and_only_inside_the_pool() {
+        let d = std::env::temp_dir().join(format!("podnet-ipam-exact-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let st = Store::open(&d, "n").unwrap();
+        let p = Pool::new("10.9.0.0/24".parse().unwrap(), "10.9.0.1".parse().unwrap()).unwrap();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let a = Owner::new("a", "eth0");
+        assert_eq!(
+            st.allocate_exact(&p, &a, ip("10.9.0.7")).unwrap(),
+            ip("10.9.0.7")
+        );
+        assert_eq!(
+            st.allocate_exact(&p, &a, ip("10.9.0.7")).unwrap(),
+            ip("10.9.0.7")
+        );
+        let e = st
+            .allocate_exact(&p, &Owner::new("b", "eth0"), ip("10.9.0.7"))
+            .unwrap_err();
+        assert!(e.to_string().contains("taken by container a"), "{e}");
+        let e = st
+            .allocate_exact(&p, &Owner::new("b", "eth0"), ip("10.9.1.7"))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("outside this node's pod CIDR 10.9.0.0/24"),
+            "{e}"
+        );
+        let e = st
+            .allocate_exact(&p, &Owner::new("b", "eth0"), ip("10.9.0.1"))
+            .unwrap_err();
+        assert!(e.to_string().contains("gateway"), "{e}");
+        // The dynamic allocator never hands out a requested address.
+        for i in 0..5 {
+            assert_ne!(
+                st.allocate(&p, &Owner::new(format!("d{i}"), "eth0"))
+                    .unwrap(),
+                ip("10.9.0.7")
+            );
+        }
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }
 

@@ -360,6 +360,7 @@ fn lab_pods(
             backend: Some(backend.into()),
             datastore: None,
             repair: None,
+            policy_datapath: None,
         },
         bins,
         &mut |_| {},

@@ -48,6 +48,8 @@ pub struct Options {
     pub datastore: Option<String>,
     /// `None`: what the lab was built with, else on.
     pub repair: Option<bool>,
+    /// `nftables` or `none`; `None`: what the lab was built with, else `nftables`.
+    pub policy_datapath: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -56,8 +58,18 @@ pub struct State {
     pub backend: String,
     pub datastore: String,
     pub repair: bool,
+    #[serde(default = "default_policy_datapath")]
+    pub policy_datapath: String,
     pub nodes: Vec<NodeState>,
     pub pods: Vec<PodState>,
+}
+
+fn default_policy_datapath() -> String {
+    "nftables".into()
+}
+
+fn default_namespace() -> String {
+    "default".into()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,12 +81,103 @@ pub struct NodeState {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PodState {
+    /// The lab's own name for the pod, unique across namespaces: the pod's name in
+    /// namespace `default`, `<namespace>.<name>` in the others. Its namespace is
+    /// `<lab>-<name>`, its CNI container ID the same.
     pub name: String,
     pub node: String,
     pub netns: String,
     pub ip: Ipv4Addr,
     pub mac: String,
     pub host_veth: String,
+    /// The Kubernetes namespace.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// The Pod object as applied (labels, annotations, ports), without status.
+    #[serde(default)]
+    pub object: Option<podnet_policy::objects::Pod>,
+}
+
+impl PodState {
+    /// The pod's name in its namespace.
+    pub fn pod_name(&self) -> &str {
+        self.object
+            .as_ref()
+            .map(|o| o.metadata.name.as_str())
+            .unwrap_or(&self.name)
+    }
+
+    /// `namespace/name`
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.pod_name())
+    }
+
+    /// Ports the pod serves besides the echo port: (TCP, UDP, SCTP).
+    pub fn served_ports(&self) -> (Vec<u16>, Vec<u16>, Vec<u16>) {
+        let mut out = (vec![], vec![], vec![]);
+        for cp in self
+            .object
+            .iter()
+            .flat_map(|o| &o.spec.containers)
+            .flat_map(|c| &c.ports)
+        {
+            let Ok(n) = u16::try_from(cp.container_port) else {
+                continue;
+            };
+            let v = match cp.protocol.as_deref().unwrap_or("TCP") {
+                "UDP" => &mut out.1,
+                "SCTP" => &mut out.2,
+                _ => &mut out.0,
+            };
+            if !v.contains(&n) {
+                v.push(n);
+            }
+        }
+        out
+    }
+
+    /// The Pod object the agents read: as applied, with its node and address.
+    pub fn stored_object(&self) -> podnet_policy::objects::Pod {
+        let mut o = self
+            .object
+            .clone()
+            .unwrap_or_else(|| minimal_pod(&self.name));
+        o.metadata.namespace = Some(self.namespace.clone());
+        o.spec.node_name = Some(self.node.clone());
+        o.status = Some(podnet_policy::objects::PodStatus {
+            pod_ip: Some(self.ip.to_string()),
+        });
+        o
+    }
+}
+
+/// A Pod object for a pod made by `lab up` or `lab pod add`: namespace `default`, no
+/// labels, no declared ports.
+pub fn minimal_pod(name: &str) -> podnet_policy::objects::Pod {
+    podnet_policy::objects::Pod {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        metadata: podnet_policy::objects::ObjectMeta {
+            name: name.into(),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        spec: Default::default(),
+        status: None,
+    }
+}
+
+impl State {
+    /// A pod by `namespace/name`, or by the lab's own name.
+    pub fn find_pod(&self, spec: &str) -> Option<&PodState> {
+        match spec.split_once('/') {
+            Some((ns, name)) => self
+                .pods
+                .iter()
+                .find(|p| p.namespace == ns && p.pod_name() == name),
+            None => self.pods.iter().find(|p| p.name == spec),
+        }
+    }
 }
 
 /// One lab: its name and where its state lives.
@@ -334,6 +437,10 @@ impl Lab {
         if st.nodes.is_empty() {
             st.backend = opts.backend.clone().unwrap_or_else(|| "vxlan".into());
             st.repair = opts.repair.unwrap_or(true);
+            st.policy_datapath = opts
+                .policy_datapath
+                .clone()
+                .unwrap_or_else(default_policy_datapath);
             st.datastore = datastore
                 .unwrap_or_else(|| format!("file:{}", self.dir.join("datastore").display()));
         } else {
@@ -345,6 +452,16 @@ impl Lab {
             }
             if let Some(d) = datastore.as_ref().filter(|d| **d != st.datastore) {
                 differs.push(format!("datastore {} (asked: {d})", st.datastore));
+            }
+            if let Some(p) = opts
+                .policy_datapath
+                .as_ref()
+                .filter(|p| **p != st.policy_datapath)
+            {
+                differs.push(format!(
+                    "policy datapath {} (asked: {p})",
+                    st.policy_datapath
+                ));
             }
             if opts.repair.is_some_and(|r| r != st.repair) {
                 differs.push(format!(
@@ -427,6 +544,7 @@ impl Lab {
         }
         self.save(&st)?;
         self.wait_converged(&st)?;
+        self.wait_policy(&st, None)?;
         say(&format!(
             "lab {} is up: {} nodes, {} pods, in {:.1} s",
             self.name,
@@ -515,7 +633,9 @@ impl Lab {
                 .arg("--node-file")
                 .arg(dir.join("node.json"))
                 .arg("--api-socket")
-                .arg(self.api_socket(node));
+                .arg(self.api_socket(node))
+                .arg("--policy-datapath")
+                .arg(&st.policy_datapath);
             if !st.repair {
                 cmd.arg("--no-repair");
             }
@@ -652,13 +772,18 @@ impl Lab {
         )
     }
 
-    fn cni_config(&self, node: &str) -> Vec<u8> {
+    /// The network configuration a runtime would pass; `ip` is asked for through the
+    /// `ips` capability, as a runtime does with `runtimeConfig`.
+    fn cni_config(&self, node: &str, ip: Option<&str>) -> Vec<u8> {
         let dir = self.node_dir(node);
-        serde_json::to_vec(&serde_json::json!({
+        let mut c = serde_json::json!({
             "cniVersion": "1.1.0", "name": "podnet", "type": "podnet-cni",
             "nodeFile": dir.join("node.json"), "dataDir": dir.join("ipam"),
-        }))
-        .expect("config serializes")
+        });
+        if let Some(ip) = ip {
+            c["runtimeConfig"] = serde_json::json!({ "ips": [ip] });
+        }
+        serde_json::to_vec(&c).expect("config serializes")
     }
 
     /// Makes sure pod `pod` exists on `node` with its echo server.
@@ -686,18 +811,45 @@ impl Lab {
         {
             bail!("invalid pod name {pod:?}: use up to 15 lowercase letters, digits and '-', not \"fabric\" or \"nodeN\"");
         }
+        let object = st
+            .pods
+            .iter()
+            .find(|p| p.name == pod)
+            .and_then(|p| p.object.clone())
+            .unwrap_or_else(|| minimal_pod(pod));
+        self.make_pod(st, pod, node, object, bins, say)
+    }
+
+    /// Makes sure the pod the lab calls `id` exists on `node`, as `object` describes it
+    /// (namespace, labels, ports, a requested address): made through podnet-cni, its
+    /// servers running, its Pod object (with node and address) in the datastore.
+    pub fn make_pod(
+        &self,
+        st: &mut State,
+        id: &str,
+        node: &str,
+        object: podnet_policy::objects::Pod,
+        bins: &Binaries,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let pod = id;
         let node_ns = Netns::open(netns::named_path(&self.node_ns(node)))
             .with_context(|| format!("node {node} does not exist in lab {}", self.name))?;
         if let Some(p) = st.pods.iter().find(|p| p.name == pod && p.node != node) {
             bail!(
-                "pod {pod} already exists on {} in lab {}; pick another name, or `podnet lab pod del {pod} --name {}` first",
+                "pod {} already exists on {} in lab {}; pick another name, or delete it first",
+                p.key(),
                 p.node,
                 self.name,
-                self.name
             );
         }
         let ns_name = self.pod_ns(pod);
         let (ns, made) = open_or_create_ns(&ns_name)?;
+        let requested = object
+            .metadata
+            .annotations
+            .get(podnet_policy::objects::IP_ANNOTATION)
+            .cloned();
         let attach = || -> Result<Option<exec::Attached>> {
             let mut ps = ns.run(Socket::route)??;
             if link::get_by_name(&mut ps, "eth0")?.is_some()
@@ -714,7 +866,7 @@ impl Lab {
                     netns: &path,
                     ifname: "eth0",
                     cni_path: None,
-                    config: &self.cni_config(node),
+                    config: &self.cni_config(node, requested.as_deref()),
                 },
                 Some(&node_ns),
             )?;
@@ -738,6 +890,7 @@ impl Lab {
                 return Err(e);
             }
         };
+        let namespace = object.metadata.ns().to_string();
         if let Some(a) = attached {
             let ip = a.ip;
             st.pods.retain(|p| p.name != pod);
@@ -748,30 +901,70 @@ impl Lab {
                 ip,
                 mac: a.mac,
                 host_veth: a.host_veth,
+                namespace: namespace.clone(),
+                object: Some(object),
             });
-            say(&format!("pod {pod} on {node}: {ip} (namespace {ns_name})"));
+            say(&format!(
+                "pod {namespace}/{} on {node}: {ip} (namespace {ns_name})",
+                st.pods
+                    .last()
+                    .map(|p| p.pod_name().to_string())
+                    .unwrap_or_default()
+            ));
+        } else if let Some(p) = st.pods.iter_mut().find(|p| p.name == pod) {
+            p.object = Some(object);
         }
-        let echo = format!("echo-{pod}");
-        if self.live_pid(&echo, "podnet").is_none() {
-            let ip = st
-                .pods
-                .iter()
-                .find(|p| p.name == pod)
-                .map(|p| p.ip)
-                .context("pod state")?;
-            let mut cmd = Command::new(&bins.podnet);
-            cmd.args([
-                "lab",
-                "serve-echo",
-                "--ip",
-                &ip.to_string(),
-                "--port",
-                &ECHO_PORT.to_string(),
-            ]);
-            let pid = spawn_in(&ns, cmd, None)?;
-            self.record_pid(&echo, pid)?;
-        }
+        let p = st
+            .pods
+            .iter()
+            .find(|p| p.name == pod)
+            .cloned()
+            .context("pod state")?;
+        // The agents learn the pod (and open it) from its object, as from the API.
+        let obj = podnet_policy::Object::Pod(p.stored_object());
+        self.put_objects(st, &[obj])?;
+        self.ensure_server(&p, &ns, bins)?;
         Ok(())
+    }
+
+    /// Starts the pod's server unless it runs: the echo port, and every declared port.
+    pub fn ensure_server(&self, p: &PodState, ns: &Netns, bins: &Binaries) -> Result<()> {
+        let echo = format!("echo-{}", p.name);
+        if self.live_pid(&echo, "podnet").is_some() {
+            return Ok(());
+        }
+        let (tcp, udp, sctp) = p.served_ports();
+        let list = |v: &[u16]| {
+            v.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut cmd = Command::new(&bins.podnet);
+        cmd.args([
+            "lab",
+            "serve-echo",
+            "--ip",
+            &p.ip.to_string(),
+            "--port",
+            &ECHO_PORT.to_string(),
+            "--tcp",
+            &list(&tcp),
+            "--udp",
+            &list(&udp),
+            "--sctp",
+            &list(&sctp),
+        ]);
+        let pid = spawn_in(ns, cmd, None)?;
+        self.record_pid(&echo, pid)?;
+        Ok(())
+    }
+
+    /// Restarts the pod's server (its declared ports changed).
+    pub fn restart_server(&self, p: &PodState, bins: &Binaries) -> Result<()> {
+        self.stop(&format!("echo-{}", p.name), "podnet");
+        let ns = Netns::open(netns::named_path(&p.netns))?;
+        self.ensure_server(p, &ns, bins)
     }
 
     /// Deletes pod `pod` through podnet-cni DEL, then its namespace.
@@ -782,6 +975,15 @@ impl Lab {
             .find(|p| p.name == pod)
             .cloned()
             .with_context(|| format!("no pod {pod} in lab {}", self.name))?;
+        // Its object goes first: the agent closes its address before it is freed.
+        self.delete_objects(
+            st,
+            &[(
+                "Pod".to_string(),
+                p.namespace.clone(),
+                p.pod_name().to_string(),
+            )],
+        )?;
         self.stop(&format!("echo-{pod}"), "podnet");
         if let Ok(node_ns) = Netns::open(netns::named_path(&self.node_ns(&p.node))) {
             let path = netns::named_path(&p.netns).display().to_string();
@@ -793,7 +995,7 @@ impl Lab {
                     netns: &path,
                     ifname: "eth0",
                     cni_path: None,
-                    config: &self.cni_config(&p.node),
+                    config: &self.cni_config(&p.node, None),
                 },
                 Some(&node_ns),
             )?;
@@ -821,13 +1023,19 @@ impl Lab {
             podnet_datastore::open(&url)?.remove(node)?;
             Ok(())
         })??;
-        for p in st
-            .pods
+        let gone: Vec<PodState> = st.pods.iter().filter(|p| p.node == node).cloned().collect();
+        let keys: Vec<_> = gone
             .iter()
-            .filter(|p| p.node == node)
-            .cloned()
-            .collect::<Vec<_>>()
-        {
+            .map(|p| {
+                (
+                    "Pod".to_string(),
+                    p.namespace.clone(),
+                    p.pod_name().to_string(),
+                )
+            })
+            .collect();
+        let _ = fabric.run(|| podnet_datastore::open(&url).and_then(|d| d.delete_objects(&keys)));
+        for p in gone {
             self.stop(&format!("echo-{}", p.name), "podnet");
             netns::delete_named(&p.netns)?;
             st.pods.retain(|q| q.name != p.name);
@@ -1094,27 +1302,6 @@ pub fn render_check(c: &Check, pods: &[PodState]) -> String {
         ));
     }
     s
-}
-
-/// `podnet lab serve-echo`: the pods' echo server, run inside a pod's namespace.
-pub fn serve_echo(ip: Ipv4Addr, port: u16) -> Result<()> {
-    use std::io::{BufRead, BufReader, Write};
-    let l = std::net::TcpListener::bind(SocketAddrV4::new(ip, port))
-        .with_context(|| format!("bind {ip}:{port}"))?;
-    for c in l.incoming().flatten() {
-        std::thread::spawn(move || {
-            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-            let peer = c
-                .peer_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default();
-            let mut line = String::new();
-            let _ = BufReader::new(&c).read_line(&mut line);
-            let mut w = &c;
-            let _ = writeln!(w, "from={peer} {}", line.trim_end());
-        });
-    }
-    Ok(())
 }
 
 /// `podnet lab exec POD -- CMD…`: runs CMD inside the pod's namespace.

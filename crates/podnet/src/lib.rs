@@ -2,14 +2,18 @@
 //! does ([`exec`]), scratch namespaces that clean up after themselves ([`scratch`]),
 //! the CNI benchmark ([`bench`]) and the single-node demo ([`demo`]).
 
+pub mod apply;
 pub mod bench;
 pub mod datapath_bench;
 pub mod demo;
 pub mod doctor;
 pub mod exec;
 pub mod lab;
+pub mod policy_cmd;
 pub mod probe;
+pub mod reach;
 pub mod scratch;
+pub mod sctp;
 pub mod trace;
 
 use std::path::PathBuf;

@@ -70,6 +70,11 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// NetworkPolicy: why a flow is allowed or denied, and what the datapath refused.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -84,6 +89,63 @@ enum Cmd {
         name: String,
         #[command(subcommand)]
         cmd: LabCmd,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum L4 {
+    #[value(name = "TCP", alias = "tcp")]
+    Tcp,
+    #[value(name = "UDP", alias = "udp")]
+    Udp,
+    #[value(name = "SCTP", alias = "sctp")]
+    Sctp,
+}
+
+impl L4 {
+    fn proto(self) -> podnet_policy::Proto {
+        match self {
+            L4::Tcp => podnet_policy::Proto::Tcp,
+            L4::Udp => podnet_policy::Proto::Udp,
+            L4::Sctp => podnet_policy::Proto::Sctp,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Whether a flow is allowed, and why: the policies that isolate the source
+    /// (egress) and the destination (ingress), and the rule that admits the flow, or
+    /// that none does. The same verdict the datapath enforces.
+    Explain {
+        /// Source: a pod as namespace/name, or an address.
+        from: String,
+        /// Destination: a pod as namespace/name, or an address.
+        to: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, value_enum, default_value = "TCP")]
+        protocol: L4,
+        /// Read the objects of this lab (default: the datastore given by --datastore).
+        #[arg(long)]
+        lab: Option<String>,
+        /// The datastore the agents read, without --lab.
+        #[arg(long, default_value = "file:/var/lib/podnet/datastore")]
+        datastore: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Packets the policy datapath refused, per node, pod and direction, with the
+    /// policies that isolate the pod.
+    Stats {
+        /// Ask this lab's agents (default: the local agent).
+        #[arg(long)]
+        lab: Option<String>,
+        /// The local agent's socket, without --lab.
+        #[arg(long, default_value = "/run/podnet/podnetd.sock")]
+        agent: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
 }
 
@@ -107,6 +169,52 @@ enum LabCmd {
         /// Start the agents with --no-repair (hand-made breakage stays broken).
         #[arg(long)]
         no_repair: bool,
+        /// Which datapath enforces NetworkPolicy on every node [default: nftables].
+        #[arg(long, value_enum)]
+        policy_datapath: Option<LabPolicyDatapath>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Apply Kubernetes manifests: Namespaces, Pods and NetworkPolicies (multi-document
+    /// YAML). A file is checked whole: one invalid object and nothing is applied.
+    /// Existing objects are updated in place (a live pod's labels change without
+    /// re-creating it). Returns once every node enforces the result.
+    Apply {
+        /// The manifests, or - for standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+        /// Return once the objects are written and the pods made, without waiting for
+        /// the agents to enforce them (e.g. while an agent is down).
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Delete the objects of a manifest file (pods through podnet-cni; a namespace
+    /// takes its pods and policies with it).
+    Delete {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Send real packets from one pod to another (a TCP connection, a UDP datagram
+    /// echoed, an SCTP INIT answered): exit 0 when connected, 1 when not. With
+    /// --matrix, every pod to every pod at once.
+    Probe {
+        /// Source pod, as namespace/name (or a pod of namespace default by name).
+        #[arg(required_unless_present = "matrix")]
+        from: Option<String>,
+        /// Destination pod.
+        #[arg(required_unless_present = "matrix")]
+        to: Option<String>,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, value_enum, default_value = "TCP")]
+        protocol: L4,
+        /// Probe every pod to every pod: {"pods":[…],"connected":[[…],…]}, row = source.
+        #[arg(long, conflicts_with_all = ["from", "to"])]
+        matrix: bool,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -144,13 +252,19 @@ enum LabCmd {
         #[command(subcommand)]
         cmd: FaultCmd,
     },
-    /// (internal) The pods' echo server.
+    /// (internal) The pods' server: the echo port and every declared port.
     #[command(hide = true)]
     ServeEcho {
         #[arg(long)]
         ip: std::net::Ipv4Addr,
         #[arg(long, default_value_t = podnet::lab::ECHO_PORT)]
         port: u16,
+        #[arg(long, default_value = "")]
+        tcp: String,
+        #[arg(long, default_value = "")]
+        udp: String,
+        #[arg(long, default_value = "")]
+        sctp: String,
     },
 }
 
@@ -159,6 +273,12 @@ enum Proto {
     Tcp,
     Udp,
     Icmp,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LabPolicyDatapath {
+    Nftables,
+    None,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -332,8 +452,22 @@ fn open_lab(name: &str) -> Result<podnet::lab::Lab> {
 
 fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
     use podnet::lab::{Binaries, Lab};
-    if let LabCmd::ServeEcho { ip, port } = cmd {
-        return podnet::lab::serve_echo(ip, port);
+    if let LabCmd::ServeEcho {
+        ip,
+        port,
+        tcp,
+        udp,
+        sctp,
+    } = cmd
+    {
+        use podnet::reach::{parse_ports, serve};
+        return serve(
+            ip,
+            port,
+            &parse_ports(&tcp)?,
+            &parse_ports(&udp)?,
+            &parse_ports(&sctp)?,
+        );
     }
     require_root()?;
     let lab = if matches!(cmd, LabCmd::Up { .. }) {
@@ -348,6 +482,7 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
             backend,
             datastore,
             no_repair,
+            policy_datapath,
             output,
         } => {
             if nodes == 0 || nodes > 200 {
@@ -365,6 +500,10 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
                 }),
                 datastore,
                 repair: no_repair.then_some(false),
+                policy_datapath: policy_datapath.map(|p| match p {
+                    LabPolicyDatapath::Nftables => "nftables".into(),
+                    LabPolicyDatapath::None => "none".into(),
+                }),
             };
             let quiet = output == Output::Json;
             lab.up(&opts, &Binaries::find()?, &mut |l| {
@@ -433,13 +572,135 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
             let n = lab.clear_faults()?;
             println!("{n} fault steps undone");
         }
+        LabCmd::Apply {
+            file,
+            no_wait,
+            output,
+        } => {
+            let objs = podnet::apply::parse_manifests(&podnet::apply::read_source(&file)?)?;
+            let quiet = output == Output::Json;
+            let changes = lab.apply(&objs, !no_wait, &Binaries::find()?, &mut |l| {
+                if !quiet {
+                    eprintln!("… {l}");
+                }
+            })?;
+            print_changes(&changes, output)?;
+        }
+        LabCmd::Delete { file, output } => {
+            let objs = podnet::apply::parse_manifests(&podnet::apply::read_source(&file)?)?;
+            let changes = lab.delete(&objs, &Binaries::find()?)?;
+            print_changes(&changes, output)?;
+        }
+        LabCmd::Probe {
+            from,
+            to,
+            port,
+            protocol,
+            matrix,
+            output,
+        } => {
+            if matrix {
+                let m = lab.matrix(port, protocol.proto())?;
+                if output == Output::Json {
+                    println!("{}", serde_json::to_string(&m)?);
+                } else {
+                    print!("{}", podnet::reach::render_matrix(&m));
+                }
+            } else {
+                let (from, to) = (from.unwrap_or_default(), to.unwrap_or_default());
+                let r = lab.probe(&from, &to, port, protocol.proto())?;
+                if output == Output::Json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "{} → {} {} port {}: {}",
+                        r.from,
+                        r.to,
+                        r.protocol.name(),
+                        r.port,
+                        if r.connected {
+                            "connected"
+                        } else {
+                            "NOT connected"
+                        }
+                    );
+                }
+                if !r.connected {
+                    std::process::exit(1);
+                }
+            }
+        }
         LabCmd::ServeEcho { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+fn print_changes(changes: &[podnet::apply::Change], output: Output) -> Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(changes)?);
+    } else {
+        for c in changes {
+            match &c.detail {
+                Some(d) => println!("{} {} ({d})", c.object, c.action),
+                None => println!("{} {}", c.object, c.action),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_policy(cmd: PolicyCmd) -> Result<()> {
+    match cmd {
+        PolicyCmd::Explain {
+            from,
+            to,
+            port,
+            protocol,
+            lab,
+            datastore,
+            output,
+        } => {
+            let objs = match lab {
+                Some(name) => podnet::policy_cmd::lab_objects(&open_lab(&name)?)?,
+                None => podnet::policy_cmd::datastore_objects(&datastore)?,
+            };
+            let v = podnet::policy_cmd::explain(&objs, &from, &to, port, protocol.proto())?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", podnet::policy_cmd::render_verdict(&v));
+            }
+        }
+        PolicyCmd::Stats { lab, agent, output } => {
+            let socks: Vec<(String, PathBuf)> = match lab {
+                Some(name) => {
+                    let l = open_lab(&name)?;
+                    let st = l.load()?.unwrap_or_default();
+                    st.nodes
+                        .iter()
+                        .map(|n| (n.name.clone(), l.api_socket(&n.name)))
+                        .collect()
+                }
+                None => vec![("local".into(), agent)],
+            };
+            let refs: Vec<(String, &std::path::Path)> = socks
+                .iter()
+                .map(|(n, p)| (n.clone(), p.as_path()))
+                .collect();
+            let s = podnet::policy_cmd::stats(&refs)?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", podnet::policy_cmd::render_stats(&s));
+            }
+        }
     }
     Ok(())
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Cmd::Policy { cmd } => run_policy(cmd)?,
         Cmd::Lab { name, cmd } => run_lab(&name, cmd)?,
         Cmd::Doctor {
             node,

@@ -8,6 +8,11 @@
 //!
 //! Pure and deterministic: the same input gives the same tables, so an agent can diff
 //! the tables of one pod against what it programmed and change only that.
+//!
+//! Tables are canonical: their entries never overlap (no two entries of one protocol
+//! share an address and a port), because nftables' concatenated interval sets refuse
+//! overlapping elements and an LPM trie holds one value per prefix. [`normalize`]
+//! makes them so.
 
 use crate::model::*;
 use crate::net::Prefix;
@@ -194,6 +199,77 @@ pub fn compile(c: &Cluster, local: impl Fn(&PodInfo) -> bool) -> BTreeMap<String
                 policies.push(name.clone());
                 for (peers, ports) in &rules {
                     add_rule(c, dir, pod, peers, *ports, allow);
+                }
+            }
+        }
+    }
+    for t in out.values_mut() {
+        for slot in [&mut t.ingress, &mut t.egress] {
+            if let Table::Isolated { allow, .. } = slot {
+                *allow = normalize(allow);
+            }
+        }
+    }
+    out
+}
+
+/// The same admitted set as `allow`, as entries that never overlap: prefixes covered
+/// by an all-protocol entry go; the rest, per protocol, is cut along the nesting of
+/// its prefixes, and each piece gets the union of the port ranges of every entry that
+/// covers it, as disjoint ranges.
+pub fn normalize(allow: &BTreeSet<Allow>) -> BTreeSet<Allow> {
+    let mut any: Vec<Prefix> = allow
+        .iter()
+        .filter(|a| a.ports.is_none())
+        .map(|a| a.net)
+        .collect();
+    any.sort_by_key(|p| p.len);
+    let mut top: Vec<Prefix> = Vec::new();
+    for p in any {
+        if !top.iter().any(|t| t.covers(&p)) {
+            top.push(p);
+        }
+    }
+    let mut out: BTreeSet<Allow> = top.iter().map(|&net| Allow { net, ports: None }).collect();
+    let mut by_proto: BTreeMap<Proto, Vec<(Prefix, u16, u16)>> = BTreeMap::new();
+    for a in allow {
+        if let Some(p) = a.ports {
+            if !top.iter().any(|t| t.covers(&a.net)) {
+                by_proto
+                    .entry(p.proto)
+                    .or_default()
+                    .push((a.net, p.first, p.last));
+            }
+        }
+    }
+    for (proto, entries) in by_proto {
+        let nets: BTreeSet<Prefix> = entries.iter().map(|e| e.0).collect();
+        for &p in &nets {
+            // The part of p not inside a nested prefix of the family.
+            let inner: Vec<Prefix> = nets
+                .iter()
+                .filter(|q| **q != p && p.covers(q))
+                .copied()
+                .collect();
+            let mut ranges: Vec<(u16, u16)> = entries
+                .iter()
+                .filter(|(q, _, _)| q.covers(&p))
+                .map(|&(_, a, b)| (a, b))
+                .collect();
+            ranges.sort();
+            let mut merged: Vec<(u16, u16)> = Vec::new();
+            for (a, b) in ranges {
+                match merged.last_mut() {
+                    Some(last) if u32::from(a) <= u32::from(last.1) + 1 => last.1 = last.1.max(b),
+                    _ => merged.push((a, b)),
+                }
+            }
+            for piece in p.subtract(&inner) {
+                for &(first, last) in &merged {
+                    out.insert(Allow {
+                        net: piece,
+                        ports: Some(Ports { proto, first, last }),
+                    });
                 }
             }
         }

@@ -263,6 +263,11 @@ impl Object {
     /// Reads one object from its JSON form, by its `kind` and `apiVersion`; errors
     /// name the field at fault.
     pub fn from_json(v: serde_json::Value) -> Result<Object, String> {
+        if !v.is_object() {
+            return Err(
+                "the record holds no object (it is damaged): write the object again".into(),
+            );
+        }
         let kind = v
             .get("kind")
             .and_then(|k| k.as_str())

@@ -670,6 +670,78 @@ fn random_cluster(r: &mut Rng) -> Cluster {
     Cluster::from_objects(&objs)
 }
 
+/// No two entries of a table may overlap (nftables refuses them).
+fn assert_disjoint(allow: &std::collections::BTreeSet<crate::Allow>) {
+    let v: Vec<_> = allow.iter().collect();
+    for (i, a) in v.iter().enumerate() {
+        for b in &v[i + 1..] {
+            let overlap = a.net.overlaps(&b.net)
+                && match (a.ports, b.ports) {
+                    (None, None) => true,
+                    (Some(p), Some(q)) => {
+                        p.proto == q.proto && p.first <= q.last && q.first <= p.last
+                    }
+                    _ => false,
+                };
+            assert!(!overlap, "{a:?} overlaps {b:?}");
+        }
+    }
+}
+
+#[test]
+fn normalized_tables_never_overlap() {
+    use crate::compile::normalize;
+    use crate::net::{parse_cidr, Cidr};
+    let net = |s: &str| match parse_cidr(s).unwrap() {
+        Cidr::V4(p) => p,
+        Cidr::V6 => unreachable!(),
+    };
+    let port = |s: &str, a: u16, b: u16| crate::Allow {
+        net: net(s),
+        ports: Some(crate::Ports {
+            proto: Proto::Tcp,
+            first: a,
+            last: b,
+        }),
+    };
+    let any = |s: &str| crate::Allow {
+        net: net(s),
+        ports: None,
+    };
+    let input: std::collections::BTreeSet<_> = [
+        port("10.0.0.0/8", 80, 90),
+        port("10.1.0.0/16", 85, 100),
+        port("10.1.2.3/32", 200, 200),
+        any("10.9.0.0/16"),
+        any("10.9.1.0/24"),
+        port("10.9.3.0/24", 1, 2),
+    ]
+    .into();
+    let out = normalize(&input);
+    assert_disjoint(&out);
+    let t = Table::Isolated {
+        policies: vec![],
+        allow: out.clone(),
+    };
+    let u = Table::Isolated {
+        policies: vec![],
+        allow: input,
+    };
+    for ip in [
+        "10.0.0.1", "10.1.0.1", "10.1.2.3", "10.9.1.1", "10.9.3.3", "11.0.0.1",
+    ] {
+        for p in [1u16, 2, 80, 85, 90, 91, 100, 101, 200, 201] {
+            let ip: Ipv4Addr = ip.parse().unwrap();
+            assert_eq!(
+                t.allows(ip, Proto::Tcp, p),
+                u.allows(ip, Proto::Tcp, p),
+                "{ip} {p}"
+            );
+        }
+    }
+    assert!(!out.contains(&any("10.9.1.0/24")), "covered by 10.9.0.0/16");
+}
+
 #[test]
 fn compiler_agrees_with_the_simple_evaluator_on_random_clusters() {
     let mut r = Rng(0x9e37_79b9_7f4a_7c15);
@@ -679,6 +751,13 @@ fn compiler_agrees_with_the_simple_evaluator_on_random_clusters() {
     for case in 0..300 {
         let c = random_cluster(&mut r);
         let tables = compile(&c, |_| true);
+        for t in tables.values() {
+            for dir in [Direction::Ingress, Direction::Egress] {
+                if let Table::Isolated { allow, .. } = t.table(dir) {
+                    assert_disjoint(allow);
+                }
+            }
+        }
         let outside = ["10.1.2.200", "192.0.2.1"];
         for local in &c.pods {
             let t = &tables[&local.key()];

@@ -11,6 +11,14 @@ enum Backend {
     HostGw,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum PolicyDatapath {
+    /// nftables: one table, sets of peers and ports, one atomic transaction per change.
+    Nftables,
+    /// No NetworkPolicy at all (every pod open, as with Flannel).
+    None,
+}
+
 #[derive(Parser)]
 #[command(
     name = "podnetd",
@@ -20,7 +28,9 @@ enum Backend {
                   from the datastore (the same one across restarts), creates the bridge and (VXLAN backend) the \
                   VXLAN device, turns on forwarding, and keeps per peer node one route, one neighbour and one FDB \
                   entry, removing them when the peer leaves. Objects changed by hand are restored (--no-repair \
-                  turns that off). Stopping podnetd withdraws nothing; pod traffic keeps flowing."
+                  turns that off). It enforces NetworkPolicy for the node's pods from the Namespaces, Pods and \
+                  NetworkPolicies in the datastore: a pod is closed until its verdicts are programmed. Stopping \
+                  podnetd withdraws nothing and opens nothing; pod traffic keeps flowing."
 )]
 struct Args {
     /// This node's name in the datastore.
@@ -58,6 +68,9 @@ struct Args {
     /// Where podnet-cni reads the node's pod CIDR, MTU and bridge.
     #[arg(long, default_value = "/run/podnet/node.json")]
     node_file: PathBuf,
+    /// Which datapath enforces NetworkPolicy for this node's pods.
+    #[arg(long, value_enum, default_value = "nftables")]
+    policy_datapath: PolicyDatapath,
     /// The local API socket.
     #[arg(long, default_value = "/run/podnet/podnetd.sock")]
     api_socket: PathBuf,
@@ -91,6 +104,10 @@ fn main() {
         node_file: a.node_file,
         api_socket: a.api_socket,
         interval: Duration::from_secs(1),
+        policy_datapath: match a.policy_datapath {
+            PolicyDatapath::Nftables => podnet_agent::policy::DatapathKind::Nftables,
+            PolicyDatapath::None => podnet_agent::policy::DatapathKind::None,
+        },
     };
     let node = cfg.node.clone();
     let result = Agent::new(cfg).and_then(|agent| agent.run());

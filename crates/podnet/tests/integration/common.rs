@@ -3,9 +3,12 @@
 use podnet::exec::{self, Call, Outcome};
 use podnet::scratch::{unique, ScratchDir, ScratchNs};
 use podnet_netlink::{link, Socket};
+use podnet_netlink::{netns, Netns};
 use serde_json::{json, Value};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -137,4 +140,91 @@ pub fn ip(args: &[&str]) {
         "ip {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A lab of its own, uniquely named, taken down on drop (also when the test fails).
+pub struct TestLab {
+    pub name: String,
+}
+
+pub fn podnet() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_podnet"))
+}
+
+impl TestLab {
+    pub fn up(args: &[&str]) -> TestLab {
+        require_root();
+        // Short and unique: lab names become namespace names.
+        let name = unique("t").replace('-', "x");
+        let lab = TestLab { name };
+        let o = lab.run(&[&["up"], args].concat());
+        assert!(
+            o.status.success(),
+            "lab up failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        lab
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut full = vec!["lab", "--name", &self.name];
+        full.extend_from_slice(args);
+        podnet().args(&full).output().expect("run podnet")
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let o = self.run(args);
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: {e}: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+    }
+
+    pub fn ns(&self, suffix: &str) -> Netns {
+        Netns::open(netns::named_path(&format!("{}-{suffix}", self.name))).unwrap()
+    }
+
+    pub fn sh(&self, node: &str, cmd: &[&str]) -> String {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &format!("{}-{node}", self.name)])
+            .args(cmd)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn full_mesh(&self) -> Value {
+        let c = self.json(&["check", "--output", "json"]);
+        assert_eq!(
+            c["reachable"], c["total"],
+            "not every pair is reachable: {c}"
+        );
+        assert_eq!(
+            c["nat_free"], true,
+            "a destination saw a rewritten source: {c}"
+        );
+        c
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let o = self.run(&["down"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        if !o.status.success() && !err.contains("no lab") {
+            eprintln!("lab {} was not removed: {err}", self.name);
+        }
+    }
+}
+
+pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.elapsed()
 }

@@ -2,100 +2,13 @@
 //! repair, agent death, re-convergence, node removal, host-gw, and a clean teardown.
 //! Each test owns a uniquely named lab and takes it down on drop.
 
-use crate::common::require_root;
+use crate::common::{podnet, require_root, wait_until, TestLab};
 use podnet::probe::{self, Capture};
-use podnet::scratch::unique;
-use podnet_netlink::{netns, Netns};
+use podnet_netlink::netns;
 use serde_json::Value;
 use std::net::SocketAddrV4;
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
-
-struct TestLab {
-    name: String,
-}
-
-fn podnet() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_podnet"))
-}
-
-impl TestLab {
-    fn up(args: &[&str]) -> TestLab {
-        require_root();
-        // Short and unique: lab names become namespace names.
-        let name = unique("t").replace('-', "x");
-        let lab = TestLab { name };
-        let o = lab.run(&[&["up"], args].concat());
-        assert!(
-            o.status.success(),
-            "lab up failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        lab
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let mut full = vec!["lab", "--name", &self.name];
-        full.extend_from_slice(args);
-        podnet().args(&full).output().expect("run podnet")
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let o = self.run(args);
-        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-            panic!(
-                "{args:?}: {e}: {}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            )
-        })
-    }
-
-    fn ns(&self, suffix: &str) -> Netns {
-        Netns::open(netns::named_path(&format!("{}-{suffix}", self.name))).unwrap()
-    }
-
-    fn sh(&self, node: &str, cmd: &[&str]) -> String {
-        let o = Command::new("ip")
-            .args(["netns", "exec", &format!("{}-{node}", self.name)])
-            .args(cmd)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn full_mesh(&self) -> Value {
-        let c = self.json(&["check", "--output", "json"]);
-        assert_eq!(
-            c["reachable"], c["total"],
-            "not every pair is reachable: {c}"
-        );
-        assert_eq!(
-            c["nat_free"], true,
-            "a destination saw a rewritten source: {c}"
-        );
-        c
-    }
-}
-
-impl Drop for TestLab {
-    fn drop(&mut self) {
-        let o = self.run(&["down"]);
-        let err = String::from_utf8_lossy(&o.stderr);
-        if !o.status.success() && !err.contains("no lab") {
-            eprintln!("lab {} was not removed: {err}", self.name);
-        }
-    }
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    while !ok() {
-        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    t.elapsed()
-}
+use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn three_nodes_full_mesh_without_nat_over_vxlan() {

@@ -11,5 +11,6 @@ mod errors;
 mod ipam;
 mod lab;
 mod podman;
+mod policy;
 mod trace;
 mod verbs;

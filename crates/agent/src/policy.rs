@@ -1,0 +1,352 @@
+//! NetworkPolicy in the agent: where the objects come from ([`PolicySource`]), which
+//! of them concern this node (its own pods, by `spec.nodeName` and address), and the
+//! datapath that enforces the compiled tables ([`crate::nft`]).
+//!
+//! Each round: read a snapshot of Namespaces, Pods and NetworkPolicies; if its
+//! revision moved, compile the tables of the local pods (`podnet_policy::compile`)
+//! and program only the difference. Invalid objects are logged once and left out;
+//! they never stop the others. A failed transaction changes nothing (nftables applies
+//! all or nothing); the next round rewrites the whole table.
+
+use crate::nft;
+use podnet_cni_spec::Ipv4Net;
+use podnet_datastore::Datastore;
+use podnet_policy::compile::{PodTables, Table};
+use podnet_policy::{compile, Cluster, Direction, Object};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// All policy objects at one revision.
+pub struct Snapshot {
+    pub revision: u64,
+    pub objects: Vec<Object>,
+    /// Objects left out, with why (`Pod x/a: spec.containers[0]…`).
+    pub rejected: Vec<String>,
+}
+
+/// Where Namespaces, Pods and NetworkPolicies come from. The datastore (file, etcd)
+/// today; the Kubernetes API behind the same trait.
+pub trait PolicySource: Send + Sync {
+    fn snapshot(&self) -> Result<Snapshot, String>;
+}
+
+/// Policy objects kept in the node datastore (`podnet lab apply` writes them there).
+pub struct DatastoreSource(pub Arc<dyn Datastore>);
+
+impl PolicySource for DatastoreSource {
+    fn snapshot(&self) -> Result<Snapshot, String> {
+        let (revision, stored) = self.0.objects().map_err(|e| e.to_string())?;
+        let mut objects = Vec::new();
+        let mut rejected = Vec::new();
+        for s in stored {
+            let what = format!("{} {}/{}", s.kind, s.namespace, s.name);
+            match Object::from_json(s.value) {
+                Ok(o) => match podnet_policy::validate::validate(&o) {
+                    Ok(()) if o.key() == (s.kind.clone(), s.namespace.clone(), s.name.clone()) => {
+                        objects.push(o)
+                    }
+                    Ok(()) => rejected.push(format!(
+                        "{what}: its key does not match the object it holds ({})",
+                        o.describe()
+                    )),
+                    Err(errs) => rejected.push(format!(
+                        "{what}: {}",
+                        errs.iter()
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )),
+                },
+                Err(e) => rejected.push(format!("{what}: {e}")),
+            }
+        }
+        Ok(Snapshot {
+            revision,
+            objects,
+            rejected,
+        })
+    }
+}
+
+/// Which datapath enforces policy on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatapathKind {
+    /// The `inet podnet` table ([`crate::nft`]).
+    Nftables,
+    /// No enforcement at all: every pod is open (the Flannel model).
+    None,
+}
+
+impl DatapathKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatapathKind::Nftables => "nftables",
+            DatapathKind::None => "none",
+        }
+    }
+}
+
+/// One direction of one local pod, as the API reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DirStatus {
+    /// `open` or `isolated`.
+    pub state: &'static str,
+    pub policies: Vec<String>,
+    /// Entries in the datapath for this direction.
+    pub entries: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PodPolicyStatus {
+    pub pod: String,
+    pub ip: String,
+    pub ingress: DirStatus,
+    pub egress: DirStatus,
+}
+
+/// The policy side of the agent's status (the API's `{"get":"policy"}`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PolicyStatus {
+    pub datapath: String,
+    /// Revision of the objects the datapath reflects (0: not programmed yet).
+    pub revision: u64,
+    pub pods: Vec<PodPolicyStatus>,
+    pub rejected: Vec<String>,
+    /// The last programming error, if the last round failed.
+    pub error: Option<String>,
+    /// Duration of the last change: compile and program, milliseconds.
+    pub last_change_ms: f64,
+    /// Elements written by the last change.
+    pub last_change_elements: usize,
+}
+
+fn dir_status(t: &Table) -> DirStatus {
+    match t {
+        Table::Open => DirStatus {
+            state: "open",
+            policies: vec![],
+            entries: 0,
+        },
+        Table::Isolated { policies, allow } => DirStatus {
+            state: "isolated",
+            policies: policies.clone(),
+            entries: allow.len(),
+        },
+    }
+}
+
+pub struct Policy {
+    kind: DatapathKind,
+    source: Box<dyn PolicySource>,
+    node: String,
+    cidr: Ipv4Net,
+    bridge: String,
+    /// What the datapath holds; `None`: unknown, rewrite it whole.
+    programmed: Option<BTreeSet<(String, String)>>,
+    tables: BTreeMap<String, PodTables>,
+    revision: Option<u64>,
+    rejected: BTreeSet<String>,
+    pub status: Arc<Mutex<PolicyStatus>>,
+}
+
+impl Policy {
+    pub fn new(
+        kind: DatapathKind,
+        source: Box<dyn PolicySource>,
+        node: &str,
+        cidr: Ipv4Net,
+        bridge: &str,
+    ) -> Policy {
+        Policy {
+            kind,
+            source,
+            node: node.into(),
+            cidr,
+            bridge: bridge.into(),
+            programmed: None,
+            tables: BTreeMap::new(),
+            revision: None,
+            rejected: BTreeSet::new(),
+            status: Arc::new(Mutex::new(PolicyStatus {
+                datapath: kind.as_str().into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// Before any pod can be made: bridged traffic through netfilter, and the table
+    /// in place — closed for every pod address — unless one survives from an earlier
+    /// run (it stays as it is until the first round replaces it).
+    pub fn prepare(&mut self, log: &dyn Fn(&str)) -> Result<(), String> {
+        match self.kind {
+            DatapathKind::None => {
+                if nft::exists() {
+                    nft::delete()?;
+                    log("policy datapath none: removed the nftables table inet podnet");
+                }
+                Ok(())
+            }
+            DatapathKind::Nftables => {
+                for fam in ["iptables", "ip6tables"] {
+                    let p = format!("/proc/sys/net/bridge/bridge-nf-call-{fam}");
+                    let on = std::fs::read_to_string(&p).map(|v| v.trim() == "1");
+                    match on {
+                        Ok(true) => {}
+                        Ok(false) => std::fs::write(&p, "1").map_err(|e| {
+                            format!("cannot turn on {p} ({e}): same-node pod traffic would bypass policy")
+                        })?,
+                        Err(e) => {
+                            return Err(format!(
+                                "cannot read {p} ({e}): NetworkPolicy on bridged (same-node) traffic needs the br_netfilter module: run `modprobe br_netfilter` on the host, or start podnetd with --policy-datapath none"
+                            ))
+                        }
+                    }
+                }
+                if !nft::exists() {
+                    nft::run(&nft::render_full(self.cidr, &self.bridge, &BTreeSet::new()))?;
+                    log("policy: created nftables table inet podnet; every pod is closed until its policy is programmed");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// One round: reads the source and programs what changed. Returns the number of
+    /// elements changed.
+    pub fn sync(&mut self, log: &dyn Fn(&str)) -> Result<usize, String> {
+        if self.kind == DatapathKind::None {
+            return Ok(0);
+        }
+        let t0 = Instant::now();
+        let snap = match self.source.snapshot() {
+            Ok(s) => s,
+            Err(e) => {
+                // The datapath keeps what it has: nothing opens while the source is away.
+                self.status.lock().unwrap().error =
+                    Some(format!("cannot read policy objects: {e}"));
+                return Err(format!(
+                    "cannot read policy objects (the datapath keeps its verdicts): {e}"
+                ));
+            }
+        };
+        if self.programmed.is_some() && self.revision == Some(snap.revision) {
+            return Ok(0);
+        }
+        let rejected: BTreeSet<String> = snap.rejected.iter().cloned().collect();
+        for r in rejected.difference(&self.rejected) {
+            log(&format!(
+                "policy: ignoring invalid object {r}; fix it in the datastore"
+            ));
+        }
+        self.rejected = rejected;
+        let cluster = Cluster::from_objects(&snap.objects);
+        let (node, cidr) = (self.node.clone(), self.cidr);
+        let tables = compile(&cluster, |p| {
+            p.node.as_deref() == Some(node.as_str()) && p.ip.is_some_and(|ip| cidr.contains(ip))
+        });
+        let elems = nft::elements(&tables);
+        let script = match &self.programmed {
+            None => nft::render_full(self.cidr, &self.bridge, &elems),
+            Some(old) => nft::render_update(old, &elems),
+        };
+        let changed = match &self.programmed {
+            None => elems.len(),
+            Some(old) => old.symmetric_difference(&elems).count(),
+        };
+        if !script.is_empty() {
+            if let Err(e) = nft::run(&script) {
+                self.programmed = None;
+                self.status.lock().unwrap().error = Some(e.clone());
+                return Err(e);
+            }
+        }
+        for (k, t) in &tables {
+            if self.tables.get(k) != Some(t) {
+                let d = |t: &Table| match t {
+                    Table::Open => "open".to_string(),
+                    Table::Isolated { policies, allow } => format!(
+                        "isolated by {} ({} entries)",
+                        policies.join(", "),
+                        allow.len()
+                    ),
+                };
+                log(&format!(
+                    "policy: pod {k} ({}): ingress {}, egress {}",
+                    t.ip,
+                    d(&t.ingress),
+                    d(&t.egress)
+                ));
+            }
+        }
+        for k in self.tables.keys().filter(|k| !tables.contains_key(*k)) {
+            log(&format!("policy: pod {k} is gone: its address is closed"));
+        }
+        self.programmed = Some(elems);
+        self.tables = tables;
+        self.revision = Some(snap.revision);
+        let mut st = self.status.lock().unwrap();
+        *st = PolicyStatus {
+            datapath: self.kind.as_str().into(),
+            revision: snap.revision,
+            pods: self
+                .tables
+                .iter()
+                .map(|(k, t)| PodPolicyStatus {
+                    pod: k.clone(),
+                    ip: t.ip.to_string(),
+                    ingress: dir_status(&t.ingress),
+                    egress: dir_status(&t.egress),
+                })
+                .collect(),
+            rejected: self.rejected.iter().cloned().collect(),
+            error: None,
+            last_change_ms: t0.elapsed().as_secs_f64() * 1000.0,
+            last_change_elements: changed,
+        };
+        Ok(changed)
+    }
+}
+
+/// Packets refused per local pod and direction, with the policies that isolate it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Denied {
+    pub pod: String,
+    pub ip: String,
+    pub direction: Direction,
+    pub policies: Vec<String>,
+    pub packets: u64,
+}
+
+/// The datapath's drop counters, joined with the status (for the API).
+pub fn denied(status: &PolicyStatus) -> Result<(Vec<Denied>, u64), String> {
+    if status.datapath != DatapathKind::Nftables.as_str() {
+        return Ok((vec![], 0));
+    }
+    let (counts, closed) = nft::counters()?;
+    let mut out = Vec::new();
+    for p in &status.pods {
+        for (dir, d) in [
+            (Direction::Ingress, &p.ingress),
+            (Direction::Egress, &p.egress),
+        ] {
+            if d.state != "isolated" {
+                continue;
+            }
+            let ip = p.ip.parse().ok();
+            let packets = ip
+                .and_then(|ip| counts.get(&(ip, dir)).copied())
+                .unwrap_or(0);
+            out.push(Denied {
+                pod: p.pod.clone(),
+                ip: p.ip.clone(),
+                direction: dir,
+                policies: d.policies.clone(),
+                packets,
+            });
+        }
+    }
+    Ok((out, closed))
+}

@@ -1,0 +1,167 @@
+//! `podnet policy explain` and `podnet policy stats`.
+//!
+//! `explain` judges one flow with the same definitions the agents compile
+//! (`podnet_policy::eval`; the compiler is tested against it), from the objects in
+//! the datastore, and says why: the policies that isolate each end, the rule that
+//! admits the flow, or that none does. `stats` reads each node's drop counters
+//! through its agent.
+
+use crate::lab::Lab;
+use anyhow::{bail, Context, Result};
+use podnet_policy::eval::{evaluate, End, Verdict};
+use podnet_policy::{Cluster, Object, Proto};
+use serde::Serialize;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+fn end<'a>(c: &'a Cluster, spec: &str) -> Result<End<'a>> {
+    if let Ok(ip) = spec.parse::<Ipv4Addr>() {
+        return Ok(End {
+            ip,
+            pod: c.pod_by_ip(ip),
+        });
+    }
+    let (ns, name) = spec.split_once('/').unwrap_or(("default", spec));
+    let pod = c.pod(ns, name).with_context(|| {
+        format!(
+            "no pod {ns}/{name} in the datastore; name a pod as namespace/name (pods: {})",
+            c.pods
+                .iter()
+                .map(|p| p.key())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    End::of_pod(pod).with_context(|| format!("pod {ns}/{name} has no address yet"))
+}
+
+/// Judges the flow `from` → `to` (pods as `ns/name`, or addresses).
+pub fn explain(objs: &[Object], from: &str, to: &str, port: u16, proto: Proto) -> Result<Verdict> {
+    let c = Cluster::from_objects(objs);
+    let (s, d) = (end(&c, from)?, end(&c, to)?);
+    Ok(evaluate(&c, &s, &d, proto, port))
+}
+
+pub fn render_verdict(v: &Verdict) -> String {
+    let mut s = format!(
+        "{} → {} {} port {}: {}\n",
+        v.from,
+        v.to,
+        v.protocol.name(),
+        v.port,
+        v.verdict.to_uppercase()
+    );
+    for side in [&v.egress, &v.ingress] {
+        let mark = if side.allowed { "✓" } else { "✗" };
+        s.push_str(&format!(
+            "  {mark} {:<7} {}\n",
+            side.direction.as_str(),
+            side.reason
+        ));
+    }
+    s
+}
+
+/// The objects a lab's agents read.
+pub fn lab_objects(lab: &Lab) -> Result<Vec<Object>> {
+    let st = lab
+        .load()?
+        .with_context(|| format!("no lab {}", lab.name))?;
+    lab.objects(&st)
+}
+
+/// The objects in a datastore (outside a lab).
+pub fn datastore_objects(url: &str) -> Result<Vec<Object>> {
+    let ds = podnet_datastore::open(url)?;
+    let (_, stored) = ds.objects()?;
+    stored
+        .into_iter()
+        .map(|s| {
+            let what = format!("{} {}/{}", s.kind, s.namespace, s.name);
+            Object::from_json(s.value).map_err(|e| anyhow::anyhow!("datastore object {what}: {e}"))
+        })
+        .collect()
+}
+
+/// Packets refused on one node, per pod and direction.
+#[derive(Debug, Serialize)]
+pub struct NodeStats {
+    pub node: String,
+    pub datapath: String,
+    pub revision: u64,
+    /// Packets to or from addresses of the node's pod CIDR that no programmed pod holds.
+    pub closed_packets: u64,
+    pub denied: serde_json::Value,
+    pub error: Option<String>,
+}
+
+/// Asks each agent (`(node, socket)`) for its policy counters.
+pub fn stats(agents: &[(String, &Path)]) -> Result<Vec<NodeStats>> {
+    let mut out = Vec::new();
+    for (node, sock) in agents {
+        match podnet_agent::api::ask(sock, "policy") {
+            Ok(v) => out.push(NodeStats {
+                node: node.clone(),
+                datapath: v["datapath"].as_str().unwrap_or("?").into(),
+                revision: v["revision"].as_u64().unwrap_or(0),
+                closed_packets: v["closed_packets"].as_u64().unwrap_or(0),
+                denied: v["denied"].clone(),
+                error: v["error"]
+                    .as_str()
+                    .or(v["denied_error"].as_str())
+                    .map(String::from),
+            }),
+            Err(e) => out.push(NodeStats {
+                node: node.clone(),
+                datapath: "?".into(),
+                revision: 0,
+                closed_packets: 0,
+                denied: serde_json::Value::Null,
+                error: Some(format!(
+                    "the agent does not answer on {} ({e}); is podnetd running?",
+                    sock.display()
+                )),
+            }),
+        }
+    }
+    if out.is_empty() {
+        bail!("no agents to ask");
+    }
+    Ok(out)
+}
+
+pub fn render_stats(s: &[NodeStats]) -> String {
+    let mut out = format!(
+        "{:<8} {:<24} {:<8} {:>8}  POLICIES\n",
+        "NODE", "POD", "DIR", "DENIED"
+    );
+    for n in s {
+        if let Some(e) = &n.error {
+            out.push_str(&format!("{:<8} error: {e}\n", n.node));
+        }
+        for d in n.denied.as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "{:<8} {:<24} {:<8} {:>8}  {}\n",
+                n.node,
+                d["pod"].as_str().unwrap_or("?"),
+                d["direction"].as_str().unwrap_or("?"),
+                d["packets"].as_u64().unwrap_or(0),
+                d["policies"]
+                    .as_array()
+                    .map(|a| a
+                        .iter()
+                        .filter_map(|p| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default()
+            ));
+        }
+        if n.closed_packets > 0 {
+            out.push_str(&format!(
+                "{:<8} {:<24} {:<8} {:>8}  (addresses of no programmed pod)\n",
+                n.node, "(closed)", "both", n.closed_packets
+            ));
+        }
+    }
+    out
+}

@@ -1,0 +1,235 @@
+//! `podnet lab probe`: whether real packets get from one pod to another on a port —
+//! a TCP connection that is accepted, a UDP datagram that is echoed, an SCTP INIT
+//! that is answered — and the same for every pair at once (`--matrix`). Also the
+//! servers that answer them inside each lab pod (`podnet lab serve-echo`).
+//!
+//! Every probe runs inside the source pod's namespace and sends only to pod addresses
+//! of the lab. A probe that gets no answer within its timeout is "not connected":
+//! that is what a policy drop looks like from the pod.
+
+use crate::lab::{Lab, PodState, State};
+use crate::sctp;
+use anyhow::{bail, Context, Result};
+use podnet_netlink::{netns, Netns};
+use podnet_policy::Proto;
+use serde::Serialize;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// How long a probe waits for its answer.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
+
+static SEQ: AtomicU32 = AtomicU32::new(1);
+
+/// One probe from the calling thread's namespace.
+fn probe_here(dst: Ipv4Addr, port: u16, proto: Proto, timeout: Duration) -> Result<bool> {
+    match proto {
+        Proto::Tcp => Ok(TcpStream::connect_timeout(
+            &SocketAddr::V4(SocketAddrV4::new(dst, port)),
+            timeout,
+        )
+        .is_ok()),
+        Proto::Udp => {
+            let s = UdpSocket::bind("0.0.0.0:0").context("bind a UDP socket")?;
+            s.connect(SocketAddrV4::new(dst, port))
+                .with_context(|| format!("connect UDP to {dst}:{port}"))?;
+            s.set_read_timeout(Some(timeout))?;
+            s.send(b"probe")?;
+            let mut buf = [0u8; 64];
+            Ok(matches!(s.recv(&mut buf), Ok(n) if &buf[..n] == b"probe"))
+        }
+        Proto::Sctp => {
+            let n = SEQ.fetch_add(1, Ordering::Relaxed);
+            let src_port = 40_000 + (std::process::id().wrapping_add(n) % 20_000) as u16;
+            let tag = 0x1000_0000 | (std::process::id() << 12) ^ n;
+            sctp::probe(dst, port, src_port, tag.max(1), timeout)
+        }
+        Proto::Other(p) => bail!("cannot probe protocol {p}: use TCP, UDP or SCTP"),
+    }
+}
+
+/// One probe from `src`'s namespace.
+pub fn probe(
+    src: &PodState,
+    dst: Ipv4Addr,
+    port: u16,
+    proto: Proto,
+    timeout: Duration,
+) -> Result<bool> {
+    let ns = Netns::open(netns::named_path(&src.netns))
+        .with_context(|| format!("open the namespace of pod {}", src.key()))?;
+    ns.run(|| probe_here(dst, port, proto, timeout))?
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProbeResult {
+    pub from: String,
+    pub to: String,
+    pub port: u16,
+    pub protocol: Proto,
+    pub connected: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Matrix {
+    pub pods: Vec<String>,
+    pub port: u16,
+    pub protocol: Proto,
+    /// Row = source, column = destination.
+    pub connected: Vec<Vec<bool>>,
+}
+
+fn find<'a>(lab: &Lab, st: &'a State, spec: &str) -> Result<&'a PodState> {
+    st.find_pod(spec).with_context(|| {
+        format!(
+            "no pod {spec} in lab {}; pods: {}",
+            lab.name,
+            st.pods
+                .iter()
+                .map(|p| p.key())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+impl Lab {
+    pub fn probe(&self, from: &str, to: &str, port: u16, proto: Proto) -> Result<ProbeResult> {
+        let st = self
+            .load()?
+            .with_context(|| format!("no lab {}", self.name))?;
+        let (s, d) = (find(self, &st, from)?, find(self, &st, to)?);
+        let connected = probe(s, d.ip, port, proto, PROBE_TIMEOUT)?;
+        Ok(ProbeResult {
+            from: s.key(),
+            to: d.key(),
+            port,
+            protocol: proto,
+            connected,
+        })
+    }
+
+    /// Every pod to every pod (itself included), all probes at once.
+    pub fn matrix(&self, port: u16, proto: Proto) -> Result<Matrix> {
+        let st = self
+            .load()?
+            .with_context(|| format!("no lab {}", self.name))?;
+        let mut pods: Vec<&PodState> = st.pods.iter().collect();
+        pods.sort_by_key(|p| p.key());
+        let n = pods.len();
+        let cells: Vec<Result<bool>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = pods
+                .iter()
+                .flat_map(|s| pods.iter().map(move |d| (*s, *d)))
+                .map(|(s, d)| sc.spawn(move || probe(s, d.ip, port, proto, PROBE_TIMEOUT)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("probe thread panicked")))
+                })
+                .collect()
+        });
+        let mut connected = vec![vec![false; n]; n];
+        for (i, c) in cells.into_iter().enumerate() {
+            connected[i / n][i % n] = c?;
+        }
+        Ok(Matrix {
+            pods: pods.iter().map(|p| p.key()).collect(),
+            port,
+            protocol: proto,
+            connected,
+        })
+    }
+}
+
+/// The matrix for people: `.` connected, `X` not (as the Kubernetes e2e tests print it).
+pub fn render_matrix(m: &Matrix) -> String {
+    let w = m.pods.iter().map(|p| p.len()).max().unwrap_or(4).max(4);
+    let mut s = format!(
+        "{} port {}: row = from, column = to; . connected, X not\n",
+        m.protocol.name(),
+        m.port
+    );
+    s.push_str(&format!("{:w$} ", ""));
+    for p in &m.pods {
+        s.push_str(&format!(" {p:>w$}"));
+    }
+    s.push('\n');
+    for (i, row) in m.connected.iter().enumerate() {
+        s.push_str(&format!("{:w$} ", m.pods[i]));
+        for c in row {
+            s.push_str(&format!(" {:>w$}", if *c { "." } else { "X" }));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// `podnet lab serve-echo`: the server inside a lab pod. TCP on the echo port answers
+/// one line with `from=<source address> <line>` (the no-NAT check); every TCP port
+/// accepts and answers the same; every UDP port echoes each datagram; every SCTP port
+/// answers INIT with INIT ACK. Runs until killed.
+pub fn serve(ip: Ipv4Addr, echo: u16, tcp: &[u16], udp: &[u16], sctp_ports: &[u16]) -> Result<()> {
+    let mut tcp: Vec<u16> = tcp.to_vec();
+    if !tcp.contains(&echo) {
+        tcp.push(echo);
+    }
+    let mut threads = Vec::new();
+    for port in tcp {
+        let l = TcpListener::bind(SocketAddrV4::new(ip, port))
+            .with_context(|| format!("bind TCP {ip}:{port}"))?;
+        threads.push(std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                    let peer = c
+                        .peer_addr()
+                        .map(|a| a.ip().to_string())
+                        .unwrap_or_default();
+                    let mut line = String::new();
+                    let _ = BufReader::new(&c).read_line(&mut line);
+                    let mut w = &c;
+                    let _ = writeln!(w, "from={peer} {}", line.trim_end());
+                });
+            }
+        }));
+    }
+    for port in udp.iter().copied() {
+        let s = UdpSocket::bind(SocketAddrV4::new(ip, port))
+            .with_context(|| format!("bind UDP {ip}:{port}"))?;
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(&buf[..n], from);
+            }
+        }));
+    }
+    if !sctp_ports.is_empty() {
+        let ports = sctp_ports.to_vec();
+        threads.push(std::thread::spawn(move || {
+            if let Err(e) = sctp::serve(ip, ports) {
+                eprintln!("podnet lab serve-echo: SCTP: {e:#}");
+            }
+        }));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+/// `80,81` → `[80, 81]` (empty → none).
+pub fn parse_ports(s: &str) -> Result<Vec<u16>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u16>()
+                .with_context(|| format!("{p:?} is not a port number"))
+        })
+        .collect()
+}

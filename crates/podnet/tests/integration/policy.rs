@@ -1,0 +1,813 @@
+//! NetworkPolicy in the lab, against hand-written expectations and against the model.
+//!
+//! The conformance suite follows the Kubernetes e2e NetworkPolicy model: namespaces x,
+//! y, z (label `ns: <name>`), pods a, b, c in each (label `pod: <name>`), every pod
+//! serving ports 80 and 81 on TCP, UDP and SCTP (named `serve-<port>-<proto>`). Each
+//! case applies its policies, probes the full 9×9 matrix with real packets, and
+//! checks every cell twice: against the expectation written here by hand, and
+//! against `podnet_policy`'s evaluator (what `podnet policy explain` says). The cases
+//! are our own transcription of the e2e suite's scenarios.
+//!
+//! Then the leak window: a pod made under a default-deny policy is probed from before
+//! it exists, 1000 times, and never reached — also while its node's agent is killed
+//! and restarted.
+
+use crate::common::{podnet, require_root, TestLab};
+use podnet_policy::eval::{evaluate, End};
+use podnet_policy::{Cluster, Proto};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const NSS: [&str; 3] = ["x", "y", "z"];
+const PODS: [&str; 3] = ["a", "b", "c"];
+
+fn model_yaml() -> String {
+    let mut docs = Vec::new();
+    for ns in NSS {
+        docs.push(format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    ns: {ns}\n"
+        ));
+        for (i, p) in PODS.iter().enumerate() {
+            let mut ports = String::new();
+            for port in [80, 81] {
+                for proto in ["TCP", "UDP", "SCTP"] {
+                    ports += &format!(
+                        "    - name: serve-{port}-{}\n      containerPort: {port}\n      protocol: {proto}\n",
+                        proto.to_lowercase()
+                    );
+                }
+            }
+            // Spread over both nodes: same-node and cross-node paths in every case.
+            let node = 1 + (i + NSS.iter().position(|n| *n == ns).unwrap()) % 2;
+            docs.push(format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {p}\n  namespace: {ns}\n  labels:\n    pod: {p}\nspec:\n  nodeName: node{node}\n  containers:\n  - name: c\n    ports:\n{ports}"
+            ));
+        }
+    }
+    docs.join("---\n")
+}
+
+impl TestLab {
+    /// `lab apply` (or `delete`) of YAML given on stdin; panics with the output if it
+    /// fails.
+    fn pipe(&self, verb: &str, yaml: &str, extra: &[&str]) -> std::process::Output {
+        let mut args = vec!["lab", "--name", &self.name, verb, "-f", "-"];
+        args.extend_from_slice(extra);
+        let mut c = podnet()
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run podnet");
+        c.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+        c.wait_with_output().unwrap()
+    }
+
+    fn apply(&self, yaml: &str) {
+        let o = self.pipe("apply", yaml, &[]);
+        assert!(
+            o.status.success(),
+            "lab apply failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    fn delete(&self, yaml: &str) {
+        let o = self.pipe("delete", yaml, &[]);
+        assert!(
+            o.status.success(),
+            "lab delete failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    fn matrix(&self, port: u16, proto: &str) -> (Vec<String>, Vec<Vec<bool>>) {
+        let m = self.json(&[
+            "probe",
+            "--matrix",
+            "--port",
+            &port.to_string(),
+            "--protocol",
+            proto,
+            "--output",
+            "json",
+        ]);
+        let pods: Vec<String> = serde_json::from_value(m["pods"].clone()).unwrap();
+        let cells: Vec<Vec<bool>> = serde_json::from_value(m["connected"].clone()).unwrap();
+        (pods, cells)
+    }
+
+    /// The objects the agents read, as the model sees them.
+    fn cluster(&self) -> Cluster {
+        let lab = podnet::lab::Lab::open(&self.name).unwrap();
+        let objs = podnet::policy_cmd::lab_objects(&lab).unwrap();
+        Cluster::from_objects(&objs)
+    }
+}
+
+/// Who may reach whom, written by hand: all allowed, then exceptions.
+#[derive(Clone)]
+struct Expect(BTreeMap<(String, String), bool>);
+
+fn pods() -> Vec<String> {
+    NSS.iter()
+        .flat_map(|n| PODS.iter().map(move |p| format!("{n}/{p}")))
+        .collect()
+}
+
+/// `x/*` → every pod of x; `*` → every pod; else one pod.
+fn sel(s: &str) -> Vec<String> {
+    pods()
+        .into_iter()
+        .filter(|p| {
+            s == "*"
+                || p == s
+                || s.strip_suffix("/*")
+                    .is_some_and(|n| p.starts_with(&format!("{n}/")))
+        })
+        .collect()
+}
+
+impl Expect {
+    fn all(v: bool) -> Expect {
+        let mut m = BTreeMap::new();
+        for a in pods() {
+            for b in pods() {
+                m.insert((a.clone(), b.clone()), v || a == b);
+            }
+        }
+        Expect(m)
+    }
+
+    /// Sets every `from` → `to` pair (a pod always reaches itself).
+    fn set(mut self, from: &str, to: &str, v: bool) -> Expect {
+        for a in sel(from) {
+            for b in sel(to) {
+                if a != b {
+                    self.0.insert((a.clone(), b), v);
+                }
+            }
+        }
+        self
+    }
+}
+
+/// Probes the matrix and checks it against `want` and against the model.
+fn check(lab: &TestLab, case: &str, port: u16, proto: &str, want: &Expect) {
+    let (names, cells) = lab.matrix(port, proto);
+    let c = lab.cluster();
+    let p = Proto::parse(proto).unwrap();
+    let mut wrong = Vec::new();
+    for (i, from) in names.iter().enumerate() {
+        for (j, to) in names.iter().enumerate() {
+            let Some(&expected) = want.0.get(&(from.clone(), to.clone())) else {
+                continue;
+            };
+            let got = cells[i][j];
+            let (fns, fname) = from.split_once('/').unwrap();
+            let (tns, tname) = to.split_once('/').unwrap();
+            let s = End::of_pod(c.pod(fns, fname).unwrap()).unwrap();
+            let d = End::of_pod(c.pod(tns, tname).unwrap()).unwrap();
+            let model = from == to || evaluate(&c, &s, &d, p, port).allowed();
+            if got != expected || model != expected {
+                wrong.push(format!(
+                    "{from} -> {to}: expected {expected}, probe {got}, model {model}"
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "case {case:?}, {proto} port {port}: {} cells wrong:\n  {}",
+        wrong.len(),
+        wrong.join("\n  ")
+    );
+}
+
+fn np(name: &str, ns: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}"
+    )
+}
+
+fn ns_doc(ns: &str, labels: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels:\n    ns: {ns}\n{labels}")
+}
+
+fn pod_doc(ns: &str, p: &str, labels: &str) -> String {
+    // The pod as the model declares it, with extra labels (ports unchanged).
+    let full = model_yaml();
+    let doc = full
+        .split("---\n")
+        .find(|d| d.contains(&format!("  name: {p}\n  namespace: {ns}\n")))
+        .unwrap()
+        .to_string();
+    doc.replace(
+        &format!("    pod: {p}\n"),
+        &format!("    pod: {p}\n{labels}"),
+    )
+}
+
+/// A probe matrix to take and what it must show.
+type Check = (u16, &'static str, Expect);
+
+struct Case {
+    name: &'static str,
+    /// Policies (and relabelled objects) applied, in steps; each step's checks run
+    /// after it.
+    steps: Vec<(String, Vec<Check>)>,
+    /// Applied after the case to restore the model (besides deleting its policies).
+    restore: Option<String>,
+}
+
+fn cases() -> Vec<Case> {
+    let deny_x = np(
+        "deny-ingress",
+        "x",
+        "  podSelector: {}\n  policyTypes: [Ingress]\n",
+    );
+    vec![
+        Case {
+            name: "default-deny-ingress",
+            steps: vec![(deny_x.clone(), vec![(80, "TCP", Expect::all(true).set("*", "x/*", false))])],
+            restore: None,
+        },
+        Case {
+            name: "default-deny-all (ingress and egress)",
+            steps: vec![(
+                np("deny-all", "x", "  podSelector: {}\n  policyTypes: [Ingress, Egress]\n"),
+                vec![(81, "TCP", Expect::all(true).set("*", "x/*", false).set("x/*", "*", false))],
+            )],
+            restore: None,
+        },
+        Case {
+            name: "allow from pods in the server's namespace by podSelector",
+            steps: vec![(
+                np("allow-b", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels:\n          pod: b\n"),
+                vec![(80, "TCP", Expect::all(true).set("*", "x/a", false).set("x/b", "x/a", true))],
+            )],
+            restore: None,
+        },
+        Case {
+            name: "an allow-all ingress rule beside default deny",
+            steps: vec![(
+                format!("{deny_x}---\n{}", np("allow-all-a", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  ingress:\n  - {}\n")),
+                vec![(80, "TCP", Expect::all(true).set("*", "x/*", false).set("*", "x/a", true))],
+            )],
+            restore: None,
+        },
+        Case {
+            name: "namespaceSelector with matchExpressions",
+            steps: vec![(
+                np("ns-expr", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  ingress:\n  - from:\n    - namespaceSelector:\n        matchExpressions:\n        - key: ns\n          operator: In\n          values: [y]\n"),
+                vec![(80, "TCP", Expect::all(true).set("*", "x/a", false).set("y/*", "x/a", true))],
+            )],
+            restore: None,
+        },
+        Case {
+            name: "podSelector OR namespaceSelector (two peers)",
+            steps: vec![(
+                np("or", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels:\n          pod: b\n    - namespaceSelector:\n        matchLabels:\n          ns: y\n"),
+                vec![(80, "TCP", Expect::all(true).set("*", "x/a", false).set("y/*", "x/a", true).set("x/b", "x/a", true))],
+            )],
+            restore: None,
+        },
+        Case {
+            name: "podSelector AND namespaceSelector (one peer)",
+            steps: vec![(
+                np("and", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  ingress:\n  - from:\n    - namespaceSelector:\n        matchExpressions:\n        - key: ns\n          operator: NotIn\n          values: [x]\n      podSelector:\n        matchLabels:\n          pod: b\n"),
+                vec![(80, "TCP", Expect::all(true).set("*", "x/a", false).set("y/b", "x/a", true).set("z/b", "x/a", true))],
+            )],
+            restore: None,
+        },
+        Case {
+            name: "ports: only 81",
+            steps: vec![(
+                np("only-81", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  ingress:\n  - ports:\n    - port: 81\n"),
+                vec![
+                    (80, "TCP", Expect::all(true).set("*", "x/a", false)),
+                    (81, "TCP", Expect::all(true)),
+                ],
+            )],
+            restore: None,
+        },
+        Case {
+            name: "stacked policies on one pod add up",
+            steps: vec![(
+                format!(
+                    "{}---\n{}",
+                    np("allow-80-from-y", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  ingress:\n  - from:\n    - namespaceSelector:\n        matchLabels:\n          ns: y\n    ports:\n    - port: 80\n"),
+                    np("allow-81-from-z", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  ingress:\n  - from:\n    - namespaceSelector:\n        matchLabels:\n          ns: z\n    ports:\n    - port: 81\n")
+                ),
+                vec![
+                    (80, "TCP", Expect::all(true).set("*", "x/a", false).set("y/*", "x/a", true)),
+                    (81, "TCP", Expect::all(true).set("*", "x/a", false).set("z/*", "x/a", true)),
+                ],
+            )],
+            restore: None,
+        },
+        Case {
+            name: "ingress on a named port",
+            steps: vec![(
+                np("named-in", "x", "  podSelector: {}\n  ingress:\n  - ports:\n    - port: serve-81-tcp\n"),
+                vec![
+                    (80, "TCP", Expect::all(true).set("*", "x/*", false)),
+                    (81, "TCP", Expect::all(true)),
+                ],
+            )],
+            restore: None,
+        },
+        Case {
+            name: "egress on a named port (resolved on each destination)",
+            steps: vec![(
+                np("named-out", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  policyTypes: [Egress]\n  egress:\n  - ports:\n    - port: serve-80-udp\n      protocol: UDP\n"),
+                vec![
+                    (80, "UDP", Expect::all(true)),
+                    (81, "UDP", Expect::all(true).set("x/a", "*", false)),
+                    (80, "TCP", Expect::all(true).set("x/a", "*", false)),
+                ],
+            )],
+            restore: None,
+        },
+        Case {
+            name: "an updated policy replaces the old one",
+            steps: vec![
+                (
+                    np("upd", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels:\n          pod: b\n"),
+                    vec![(80, "TCP", Expect::all(true).set("*", "x/a", false).set("x/b", "x/a", true))],
+                ),
+                (
+                    np("upd", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels:\n          pod: c\n"),
+                    vec![(80, "TCP", Expect::all(true).set("*", "x/a", false).set("x/c", "x/a", true))],
+                ),
+            ],
+            restore: None,
+        },
+        Case {
+            name: "a namespace label change takes effect",
+            steps: vec![
+                (
+                    np("team", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  ingress:\n  - from:\n    - namespaceSelector:\n        matchLabels:\n          team: blue\n"),
+                    vec![(80, "TCP", Expect::all(true).set("*", "x/a", false))],
+                ),
+                (
+                    ns_doc("y", "    team: blue\n"),
+                    vec![(80, "TCP", Expect::all(true).set("*", "x/a", false).set("y/*", "x/a", true))],
+                ),
+            ],
+            restore: Some(ns_doc("y", "")),
+        },
+        Case {
+            name: "a pod label change on a live pod takes effect",
+            steps: vec![
+                (
+                    np("role", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  ingress:\n  - from:\n    - namespaceSelector: {}\n      podSelector:\n        matchLabels:\n          role: client\n"),
+                    vec![(80, "TCP", Expect::all(true).set("*", "x/a", false))],
+                ),
+                (
+                    pod_doc("z", "b", "    role: client\n"),
+                    vec![(80, "TCP", Expect::all(true).set("*", "x/a", false).set("z/b", "x/a", true))],
+                ),
+            ],
+            restore: Some(pod_doc("z", "b", "")),
+        },
+        Case {
+            name: "a target pod relabelled into a policy is isolated",
+            steps: vec![
+                (
+                    np("isolate", "x", "  podSelector:\n    matchLabels:\n      target: isolated\n  policyTypes: [Ingress]\n"),
+                    vec![(80, "TCP", Expect::all(true))],
+                ),
+                (
+                    pod_doc("x", "b", "    target: isolated\n"),
+                    vec![(80, "TCP", Expect::all(true).set("*", "x/b", false))],
+                ),
+            ],
+            restore: Some(pod_doc("x", "b", "")),
+        },
+        Case {
+            name: "ingress and egress together; egress to a namespace on one port",
+            steps: vec![(
+                np("both", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  policyTypes: [Ingress, Egress]\n  ingress:\n  - {}\n  egress:\n  - to:\n    - namespaceSelector:\n        matchLabels:\n          ns: y\n    ports:\n    - port: 80\n"),
+                vec![
+                    (80, "TCP", Expect::all(true).set("x/a", "*", false).set("x/a", "y/*", true)),
+                    (81, "TCP", Expect::all(true).set("x/a", "*", false)),
+                ],
+            )],
+            restore: None,
+        },
+        Case {
+            name: "any port on one protocol",
+            steps: vec![(
+                np("udp-any", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  ingress:\n  - ports:\n    - protocol: UDP\n"),
+                vec![
+                    (81, "UDP", Expect::all(true)),
+                    (81, "TCP", Expect::all(true).set("*", "x/a", false)),
+                ],
+            )],
+            restore: None,
+        },
+        Case {
+            name: "egress allow-all beside a narrower egress policy",
+            steps: vec![(
+                format!(
+                    "{}---\n{}",
+                    np("out-80", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  policyTypes: [Egress]\n  egress:\n  - ports:\n    - port: 80\n"),
+                    np("out-all", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  policyTypes: [Egress]\n  egress:\n  - {}\n")
+                ),
+                vec![(81, "TCP", Expect::all(true))],
+            )],
+            restore: None,
+        },
+        Case {
+            name: "SCTP is not TCP",
+            steps: vec![(
+                np("sctp-only", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  ingress:\n  - ports:\n    - port: 80\n      protocol: SCTP\n"),
+                vec![
+                    (80, "SCTP", Expect::all(true)),
+                    (80, "TCP", Expect::all(true).set("*", "x/a", false)),
+                    (81, "SCTP", Expect::all(true).set("*", "x/a", false)),
+                ],
+            )],
+            restore: None,
+        },
+        Case {
+            name: "UDP only is not TCP",
+            steps: vec![(
+                np("udp-only", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  ingress:\n  - ports:\n    - port: 81\n      protocol: UDP\n"),
+                vec![
+                    (81, "UDP", Expect::all(true)),
+                    (81, "TCP", Expect::all(true).set("*", "x/a", false)),
+                ],
+            )],
+            restore: None,
+        },
+        Case {
+            name: "endPort ranges",
+            steps: vec![(
+                np("range", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  ingress:\n  - from:\n    - namespaceSelector:\n        matchLabels:\n          ns: y\n    ports:\n    - port: 81\n      endPort: 90\n"),
+                vec![
+                    (80, "TCP", Expect::all(true).set("*", "x/a", false)),
+                    (81, "TCP", Expect::all(true).set("*", "x/a", false).set("y/*", "x/a", true)),
+                ],
+            )],
+            restore: None,
+        },
+        Case {
+            name: "the namespace name label",
+            steps: vec![(
+                np("by-name", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  ingress:\n  - from:\n    - namespaceSelector:\n        matchLabels:\n          kubernetes.io/metadata.name: z\n"),
+                vec![(80, "TCP", Expect::all(true).set("*", "x/a", false).set("z/*", "x/a", true))],
+            )],
+            restore: None,
+        },
+        Case {
+            name: "ingress and egress isolation are independent",
+            steps: vec![(
+                format!(
+                    "{}---\n{}",
+                    np("in-a", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  policyTypes: [Ingress]\n"),
+                    np("out-b", "x", "  podSelector:\n    matchLabels:\n      pod: b\n  policyTypes: [Egress]\n")
+                ),
+                vec![(80, "TCP", Expect::all(true).set("*", "x/a", false).set("x/b", "*", false))],
+            )],
+            restore: None,
+        },
+    ]
+}
+
+/// Cases that need pod addresses: egress to ipBlocks with and without `except`.
+fn cidr_cases(yb: &str) -> Vec<Case> {
+    vec![
+        Case {
+            name: "egress to a CIDR block",
+            steps: vec![(
+                np("cidr", "x", &format!("  podSelector:\n    matchLabels:\n      pod: a\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - ipBlock:\n        cidr: {yb}/32\n")),
+                vec![(80, "TCP", Expect::all(true).set("x/a", "*", false).set("x/a", "y/b", true))],
+            )],
+            restore: None,
+        },
+        Case {
+            name: "except inside a CIDR block, then removed",
+            steps: vec![
+                (
+                    np("except", "x", &format!("  podSelector:\n    matchLabels:\n      pod: a\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - ipBlock:\n        cidr: 10.244.7.7/16\n        except:\n        - {yb}/32\n")),
+                    vec![(80, "TCP", Expect::all(true).set("x/a", "y/b", false))],
+                ),
+                (
+                    np("except", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - ipBlock:\n        cidr: 10.244.0.0/16\n"),
+                    vec![(80, "TCP", Expect::all(true))],
+                ),
+            ],
+            restore: None,
+        },
+    ]
+}
+
+fn run_case(lab: &TestLab, c: &Case) {
+    let mut applied = Vec::new();
+    for (yaml, checks) in &c.steps {
+        lab.apply(yaml);
+        applied.push(yaml.clone());
+        for (port, proto, want) in checks {
+            check(lab, c.name, *port, proto, want);
+        }
+    }
+    // Remove the case's policies; put relabelled objects back.
+    let mut policies: Vec<&str> = Vec::new();
+    for d in applied.iter().flat_map(|y| y.split("---\n")) {
+        // The same policy may have been applied twice (updated): delete it once.
+        let meta = |d: &str| d.split("spec:").next().unwrap_or("").to_string();
+        if d.contains("kind: NetworkPolicy") && !policies.iter().any(|p| meta(p) == meta(d)) {
+            policies.push(d);
+        }
+    }
+    if !policies.is_empty() {
+        lab.delete(&policies.join("---\n"));
+    }
+    if let Some(r) = &c.restore {
+        lab.apply(r);
+    }
+}
+
+fn conformance(datapath: &str) {
+    let lab = TestLab::up(&[
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "0",
+        "--policy-datapath",
+        datapath,
+    ]);
+    lab.apply(&model_yaml());
+    // With no policy, everything reaches everything on every protocol.
+    for proto in ["TCP", "UDP", "SCTP"] {
+        check(&lab, "no policy", 80, proto, &Expect::all(true));
+    }
+    for c in cases() {
+        run_case(&lab, &c);
+    }
+    let yb = lab.cluster().pod("y", "b").unwrap().ip.unwrap().to_string();
+    for c in cidr_cases(&yb) {
+        run_case(&lab, &c);
+    }
+    // Every case cleaned up after itself: back to all-allowed.
+    check(&lab, "after all cases", 81, "TCP", &Expect::all(true));
+}
+
+#[test]
+fn conformance_nftables() {
+    conformance("nftables");
+}
+
+/// Probes `target:port` from inside `from_ns` in a tight loop until `stop`, counting
+/// tries and successes (TCP connects with a short timeout).
+fn hammer(
+    from_ns: &str,
+    target: std::net::SocketAddrV4,
+    stop: &std::sync::atomic::AtomicBool,
+    min_tries: usize,
+) -> (usize, usize) {
+    let ns = podnet_netlink::Netns::open(podnet_netlink::netns::named_path(from_ns)).unwrap();
+    ns.run(|| {
+        let (mut tries, mut ok) = (0, 0);
+        while tries < min_tries || !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let r = std::net::TcpStream::connect_timeout(&target.into(), Duration::from_millis(3));
+            tries += 1;
+            ok += usize::from(r.is_ok());
+        }
+        (tries, ok)
+    })
+    .unwrap()
+}
+
+fn denied_packets(lab: &TestLab, node: &str) -> u64 {
+    let v = podnet_agent::api::ask(
+        &std::path::PathBuf::from(format!("/run/podnet/lab/{}/{node}/podnetd.sock", lab.name)),
+        "policy",
+    )
+    .unwrap();
+    let per_pod: u64 = v["denied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["packets"].as_u64().unwrap())
+        .sum();
+    per_pod + v["closed_packets"].as_u64().unwrap()
+}
+
+const DENY_DEFAULT: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: deny\n  namespace: sec\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n";
+
+fn victim(ip: &str) -> String {
+    format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: victim\n  namespace: sec\n  annotations:\n    podnet.dev/ip: {ip}\nspec:\n  nodeName: node1\n  containers:\n  - ports:\n    - containerPort: 80\n")
+}
+
+#[test]
+fn no_leak_window_for_a_new_pod_even_across_an_agent_kill() {
+    require_root();
+    let lab = TestLab::up(&["--nodes", "2", "--pods-per-node", "1"]);
+    lab.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: sec\n---\n{DENY_DEFAULT}"
+    ));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+
+    // 1. The agent is up: probe a fixed address from before the pod exists until 1000
+    //    tries after `lab apply` (which returns once the pod is made and programmed).
+    let target: std::net::SocketAddrV4 = "10.244.0.77:80".parse().unwrap();
+    let before = denied_packets(&lab, "node1");
+    let (tries, ok) = std::thread::scope(|s| {
+        let h = s.spawn(|| hammer(&format!("{}-p2a", lab.name), target, &stop, 1000));
+        lab.apply(&victim("10.244.0.77"));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        h.join().unwrap()
+    });
+    assert!(tries >= 1000, "{tries}");
+    assert_eq!(
+        ok, 0,
+        "{ok} of {tries} connections reached a pod under default deny"
+    );
+    // The probes were dropped by the datapath (not refused by a missing server): the
+    // node counted at least one drop per try.
+    let dropped = denied_packets(&lab, "node1") - before;
+    assert!(
+        dropped >= tries as u64,
+        "{dropped} drops counted for {tries} tries"
+    );
+
+    // 2. The agent is killed with -9; a pod is made while it is dead, then the agent
+    //    is restarted (`lab up`), all while probing. Nothing may get through.
+    let pid: i32 = std::fs::read_to_string(format!("/run/podnet/lab/{}/pids/node1.pid", lab.name))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: killing the lab's own agent.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let gone = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}/stat")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
+    {
+        assert!(
+            gone.elapsed() < Duration::from_secs(5),
+            "agent {pid} did not die"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let second: std::net::SocketAddrV4 = "10.244.0.78:80".parse().unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (tries, ok, old_tries, old_ok) = std::thread::scope(|s| {
+        let h = s.spawn(|| hammer(&format!("{}-p2a", lab.name), second, &stop, 1000));
+        // The first victim, programmed before the kill, stays closed too.
+        let h2 = s.spawn(|| hammer(&format!("{}-p2a", lab.name), target, &stop, 300));
+        let yaml = victim("10.244.0.78").replace("name: victim", "name: victim2");
+        let o = lab.pipe("apply", &yaml, &["--no-wait"]);
+        assert!(
+            o.status.success(),
+            "apply with the agent dead: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let o = lab.run(&["up", "--nodes", "2", "--pods-per-node", "1"]);
+        assert!(
+            o.status.success(),
+            "lab up (restarting the agent): {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (a, b) = h.join().unwrap();
+        let (c, d) = h2.join().unwrap();
+        (a, b, c, d)
+    });
+    assert!(tries >= 1000 && old_tries >= 300);
+    assert_eq!(
+        ok, 0,
+        "{ok} of {tries} reached a pod made while its agent was dead"
+    );
+    assert_eq!(
+        old_ok, 0,
+        "{old_ok} of {old_tries} reached an isolated pod across the agent's restart"
+    );
+
+    // Positive control: the same probe connects once a policy admits it, so the zeros
+    // above were the policy's doing.
+    lab.apply("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: open\n  namespace: sec\nspec:\n  podSelector: {}\n  ingress:\n  - {}\n");
+    let o = lab.run(&["probe", "default/p2a", "sec/victim2", "--port", "80"]);
+    assert!(
+        o.status.success(),
+        "victim2 not reachable once allowed: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = lab.run(&["probe", "default/p2a", "sec/victim", "--port", "80"]);
+    assert!(o.status.success(), "victim not reachable once allowed");
+}
+
+#[test]
+fn manifests_are_checked_whole_and_pods_update_in_place() {
+    require_root();
+    let lab = TestLab::up(&["--nodes", "1", "--pods-per-node", "0"]);
+    // One bad object: nothing from the file is applied, and the field is named.
+    let bad = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: good\n---\n{}",
+        np(
+            "bad",
+            "good",
+            "  podSelector: {}\n  ingress:\n  - ports:\n    - port: 90\n      endPort: 80\n"
+        )
+    );
+    let o = lab.pipe("apply", &bad, &[]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("spec.ingress[0].ports[0].endPort"), "{err}");
+    assert!(err.contains("nothing was applied"), "{err}");
+    let unknown = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containerz: []\n";
+    let o = lab.pipe("apply", unknown, &[]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown field `containerz`"));
+    let o = lab.pipe(
+        "apply",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\n",
+        &[],
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown kind \"Service\""));
+    assert!(
+        lab.cluster().namespaces.is_empty(),
+        "nothing may have been applied"
+    );
+
+    // A requested address is given; a taken one, or one outside the node's CIDR, is a
+    // clear CNI error.
+    let pod = |name: &str, ip: &str, labels: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n{labels}  annotations:\n    podnet.dev/ip: {ip}\nspec:\n  containers:\n  - ports:\n    - containerPort: 80\n")
+    };
+    lab.apply(&pod("web", "10.244.0.50", "    app: web\n"));
+    let st = lab.json(&["status", "--output", "json"]);
+    let web = st["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "web")
+        .unwrap()
+        .clone();
+    assert_eq!(web["ip"], "10.244.0.50");
+    let o = lab.pipe("apply", &pod("web2", "10.244.0.50", "    app: web\n"), &[]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("10.244.0.50 cannot be given: it is taken by container web"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = lab.pipe("apply", &pod("web3", "10.9.0.5", "    app: web\n"), &[]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("outside this node's pod CIDR"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !std::path::Path::new(&format!("/run/netns/{}-web3", lab.name)).exists(),
+        "a failed pod leaves no namespace"
+    );
+
+    // Relabelling a live pod: same namespace, same address, same server process.
+    let netns_inode = std::fs::metadata(format!("/run/netns/{}-web", lab.name))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    let server =
+        std::fs::read_to_string(format!("/run/podnet/lab/{}/pids/echo-web.pid", lab.name)).unwrap();
+    let o = lab.pipe(
+        "apply",
+        &pod("web", "10.244.0.50", "    app: web\n    tier: front\n"),
+        &[],
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("Pod default/web configured"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert_eq!(
+        std::fs::metadata(format!("/run/netns/{}-web", lab.name))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap(),
+        netns_inode
+    );
+    assert_eq!(
+        std::fs::read_to_string(format!("/run/podnet/lab/{}/pids/echo-web.pid", lab.name)).unwrap(),
+        server
+    );
+    let c = lab.cluster();
+    assert_eq!(
+        c.pod("default", "web")
+            .unwrap()
+            .labels
+            .get("tier")
+            .map(String::as_str),
+        Some("front")
+    );
+    let v: Value = lab.json(&["status", "--output", "json"]);
+    assert_eq!(v["pods"].as_array().unwrap().len(), 1);
+}
