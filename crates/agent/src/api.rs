@@ -13,6 +13,8 @@
 //! - `{"get":"policy"}`: the NetworkPolicy datapath — the revision of the objects it
 //!   reflects, each local pod's verdicts per direction, and the packets refused per
 //!   pod and direction, read from the kernel's counters.
+//! - `{"get":"verdict","ip":…,"peer":…,"direction":"ingress"|"egress","protocol":"TCP","port":N}`:
+//!   what the programmed tables of local pod `ip` say of traffic with `peer`.
 
 use crate::policy::PolicyStatus;
 use crate::{Result, Status};
@@ -94,6 +96,28 @@ fn answer(
                 Err(e) => v["denied_error"] = json!(e),
             }
             v
+        }
+        Some("verdict") => {
+            let dir = match req.get("direction").and_then(Value::as_str) {
+                Some("ingress") => Some(podnet_policy::Direction::Ingress),
+                Some("egress") => Some(podnet_policy::Direction::Egress),
+                _ => None,
+            };
+            let proto = req
+                .get("protocol")
+                .and_then(Value::as_str)
+                .map(|p| podnet_policy::Proto::parse(p).unwrap_or(podnet_policy::Proto::Other(1)));
+            let port = req.get("port").and_then(Value::as_u64).unwrap_or(0) as u16;
+            match (ip("ip"), ip("peer"), dir, proto) {
+                (Some(a), Some(peer), Some(d), Some(p)) => {
+                    let st = policy.lock().unwrap().clone();
+                    serde_json::to_value(crate::policy::verdict(&st, a, peer, d, p, port))
+                        .unwrap_or(Value::Null)
+                }
+                _ => {
+                    json!({"error": "give {\"get\":\"verdict\",\"ip\":pod,\"peer\":address,\"direction\":\"ingress\"|\"egress\",\"protocol\":\"TCP\",\"port\":80}"})
+                }
+            }
         }
         Some("state") => {
             state(vxlan_dev, bridge).unwrap_or_else(|e| json!({"error": e.to_string()}))

@@ -234,6 +234,23 @@ pub fn exists() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether set `set` of the table holds `elem` (read from the kernel).
+pub fn holds(set: &str, elem: &str) -> bool {
+    Command::new("nft")
+        .args([
+            "get",
+            "element",
+            "inet",
+            TABLE,
+            set,
+            &format!("{{ {elem} }}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Packets refused per pod address and direction, and to closed addresses, read from
 /// the kernel.
 /// Packets refused per `(pod address, direction)`.

@@ -121,6 +121,9 @@ pub struct PolicyStatus {
     pub last_change_ms: f64,
     /// Elements written by the last change.
     pub last_change_elements: usize,
+    /// The compiled tables of the local pods, as programmed (for `verdict`).
+    #[serde(skip)]
+    pub tables: BTreeMap<String, PodTables>,
 }
 
 fn dir_status(t: &Table) -> DirStatus {
@@ -305,9 +308,74 @@ impl Policy {
             error: None,
             last_change_ms: t0.elapsed().as_secs_f64() * 1000.0,
             last_change_elements: changed,
+            tables: self.tables.clone(),
         };
         Ok(changed)
     }
+}
+
+/// What the programmed tables say of one flow at one local pod (the API's `verdict`).
+#[derive(Clone, Debug, Serialize)]
+pub struct PodVerdict {
+    /// The local pod (`ns/name`), if the address is one.
+    pub pod: Option<String>,
+    pub direction: Direction,
+    pub isolated: bool,
+    pub policies: Vec<String>,
+    pub allowed: bool,
+    /// The table entry that admits the flow, as the datapath holds it.
+    pub entry: Option<String>,
+    /// Whether the kernel holds the pod's address as programmed (else it is closed).
+    pub programmed: bool,
+    pub datapath: String,
+}
+
+/// Judges a flow at local pod `ip` from the tables the datapath was given, and checks
+/// that the kernel holds the pod as programmed.
+pub fn verdict(
+    st: &PolicyStatus,
+    ip: std::net::Ipv4Addr,
+    peer: std::net::Ipv4Addr,
+    dir: Direction,
+    proto: podnet_policy::Proto,
+    port: u16,
+) -> PodVerdict {
+    let found = st.tables.iter().find(|(_, t)| t.ip == ip);
+    let programmed =
+        st.datapath == DatapathKind::Nftables.as_str() && nft::holds("programmed", &ip.to_string());
+    let mut v = PodVerdict {
+        pod: found.map(|(k, _)| k.clone()),
+        direction: dir,
+        isolated: false,
+        policies: vec![],
+        allowed: true,
+        entry: None,
+        programmed,
+        datapath: st.datapath.clone(),
+    };
+    if st.datapath == DatapathKind::None.as_str() {
+        return v;
+    }
+    let Some((_, t)) = found else {
+        v.allowed = false;
+        return v;
+    };
+    if let Table::Isolated { policies, allow } = t.table(dir) {
+        v.isolated = true;
+        v.policies = policies.clone();
+        let hit = allow.iter().find(|a| {
+            a.net.contains(peer)
+                && a.ports
+                    .is_none_or(|p| p.proto == proto && p.first <= port && port <= p.last)
+        });
+        v.allowed = hit.is_some();
+        v.entry = hit.map(|a| match a.ports {
+            None => format!("{} any protocol", a.net),
+            Some(p) => format!("{} {} {}-{}", a.net, p.proto.name(), p.first, p.last),
+        });
+    }
+    v.allowed &= programmed;
+    v
 }
 
 /// Packets refused per local pod and direction, with the policies that isolate it.

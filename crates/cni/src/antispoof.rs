@@ -121,7 +121,7 @@ pub fn datapath(data_dir: &Path) -> Result<Datapath> {
         return Err(Error::Malformed {
             op: "load BPF program",
             obj: PROG_NAME.into(),
-            why: "podnet-cni was built without clang, so it has no anti-spoofing program; install clang and rebuild".into(),
+            why: "podnet-cni was built with PODNET_SKIP_BPF=1, so it has no anti-spoofing program; install clang and build it again without PODNET_SKIP_BPF".into(),
         });
     }
     let obj = bpf::parse_object(OBJECT, SECTION)?;

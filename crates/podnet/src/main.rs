@@ -36,9 +36,9 @@ enum Cmd {
     /// node (through its agent), with probes of the VXLAN port and the path MTU; names
     /// the first broken hop, the command that shows it and the fix.
     Trace {
-        /// Source pod: a lab pod name or an IP.
+        /// Source pod: a lab pod (p1a, or namespace/name) or an IP.
         src: String,
-        /// Destination pod: a lab pod name or an IP.
+        /// Destination pod: a lab pod (p1a, or namespace/name) or an IP.
         dst: String,
         /// Trace inside this lab (default: the local node's agent).
         #[arg(long)]
@@ -46,11 +46,17 @@ enum Cmd {
         /// The local agent's socket, without --lab.
         #[arg(long, default_value = "/run/podnet/podnetd.sock")]
         agent: PathBuf,
-        /// Destination port (named in the policy hop; no NetworkPolicy filters ports yet).
+        /// Destination port: the policy hops judge the flow on it.
         #[arg(long)]
         port: Option<u16>,
-        #[arg(long, value_enum, default_value = "tcp")]
-        proto: Proto,
+        #[arg(
+            long,
+            alias = "proto",
+            value_enum,
+            default_value = "tcp",
+            ignore_case = true
+        )]
+        protocol: Proto,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -272,6 +278,7 @@ enum LabCmd {
 enum Proto {
     Tcp,
     Udp,
+    Sctp,
     Icmp,
 }
 
@@ -724,17 +731,18 @@ fn run(cli: Cli) -> Result<()> {
             lab,
             agent,
             port,
-            proto,
+            protocol,
             output,
         } => {
-            let mut flow = proto
-                .to_possible_value()
-                .expect("not skipped")
-                .get_name()
-                .to_string();
-            if let Some(p) = port {
-                flow += &format!(" port {p}");
-            }
+            let flow = podnet::trace::Flow {
+                proto: match protocol {
+                    Proto::Tcp => podnet_policy::Proto::Tcp,
+                    Proto::Udp => podnet_policy::Proto::Udp,
+                    Proto::Sctp => podnet_policy::Proto::Sctp,
+                    Proto::Icmp => podnet_policy::Proto::Other(1),
+                },
+                port,
+            };
             let t = podnet::trace::trace(&*agents(lab, agent)?, &src, &dst, &flow)?;
             if output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&t)?);

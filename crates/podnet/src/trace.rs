@@ -244,9 +244,145 @@ pub(crate) fn ask(path: &std::path::Path, req: Value) -> Result<Value> {
     Ok(v)
 }
 
-/// Traces `src` to `dst` (pod names or addresses) for `flow` (`tcp port 80`, `icmp`…).
-pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &str) -> Result<Trace> {
+/// The traffic a trace is about: its protocol (`tcp`, `udp`, `sctp`, `icmp`) and, for
+/// the first three, a destination port if one was given.
+#[derive(Clone, Copy, Debug)]
+pub struct Flow {
+    pub proto: podnet_policy::Proto,
+    pub port: Option<u16>,
+}
+
+impl Flow {
+    pub fn describe(&self) -> String {
+        let p = match self.proto {
+            podnet_policy::Proto::Other(1) => "icmp".to_string(),
+            p => p.name().to_lowercase(),
+        };
+        match self.port {
+            Some(n) if self.proto.has_ports() => format!("{p} port {n}"),
+            _ => p,
+        }
+    }
+}
+
+/// The policy hop of one end: what that pod's node programmed for it, asked of its
+/// agent (`verdict`), with the kernel's view of whether the pod is programmed at all.
+#[allow(clippy::too_many_arguments)]
+fn policy_hop(
+    b: &mut Builder,
+    where_: &str,
+    node: &str,
+    sock: &std::path::Path,
+    ip: Ipv4Addr,
+    peer: Ipv4Addr,
+    dir: podnet_policy::Direction,
+    flow: &Flow,
+    names: (&str, &str),
+) {
+    let d = dir.as_str();
+    let cmd = format!(
+        "nft list table inet podnet   (on {node}); podnet policy explain {} {}{}",
+        names.0,
+        names.1,
+        flow.port
+            .map(|p| format!(" --port {p} --protocol {}", flow.proto.name()))
+            .unwrap_or_default()
+    );
+    let v = match ask(
+        sock,
+        json!({"get": "verdict", "ip": ip.to_string(), "peer": peer.to_string(), "direction": d,
+               "protocol": flow.proto.name(), "port": flow.port.unwrap_or(0)}),
+    ) {
+        Ok(v) => v,
+        Err(e) => {
+            b.add(
+                where_,
+                "policy",
+                "warn",
+                format!("cannot ask {node}'s agent for its {d} verdict: {e:#}"),
+                "(unknown)".into(),
+                cmd,
+                "",
+            );
+            return;
+        }
+    };
+    let pols = arr(&v, "policies")
+        .iter()
+        .filter_map(|p| p.as_str().map(String::from))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let entry = v["entry"].as_str().unwrap_or("(none)").to_string();
+    let (who, other) = match dir {
+        podnet_policy::Direction::Egress => names,
+        podnet_policy::Direction::Ingress => (names.1, names.0),
+    };
+    if s(&v, "datapath") == "none" {
+        b.add(
+            where_,
+            "policy",
+            "ok",
+            format!("{node} runs without a NetworkPolicy datapath: nothing filters {d}"),
+            "(none)".into(),
+            cmd,
+            "",
+        );
+        return;
+    }
+    if v["programmed"] != true {
+        b.check(where_, "policy", false,
+            format!("{ip} is closed on {node}: its agent has not programmed this pod's policy, so nothing passes {d}"),
+            "(not in set programmed)".into(), cmd,
+            "the agent opens a pod once it knows its Pod object (namespace, labels, node and address): check that the object exists, and podnetd's log on that node");
+        return;
+    }
+    if v["isolated"] != true {
+        b.add(
+            where_,
+            "policy",
+            "ok",
+            format!("not isolated for {d}: no policy selects {who}"),
+            "(open)".into(),
+            cmd,
+            "",
+        );
+        return;
+    }
+    if flow.port.is_none() && flow.proto.has_ports() {
+        b.add(
+            where_,
+            "policy",
+            "warn",
+            format!("isolated for {d} by {pols}; give --port to judge its rules"),
+            format!("isolated by {pols}"),
+            cmd,
+            "",
+        );
+        return;
+    }
+    if v["allowed"] == true {
+        b.add(
+            where_,
+            "policy",
+            "ok",
+            format!("isolated for {d} by {pols}; admitted: {entry}"),
+            entry,
+            cmd,
+            "",
+        );
+    } else {
+        b.check(where_, "policy", false,
+            format!("denied on {d}: {who} is isolated by {pols} and no rule admits {other} {}", flow.describe()),
+            format!("no entry for {peer} {}", flow.describe()), cmd,
+            "`podnet policy explain` shows the rules tried; add a rule that admits this flow, or leave it denied if that is the intent");
+    }
+}
+
+/// Traces `src` to `dst` (pod names or addresses) for `flow`.
+pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<Trace> {
     let t0 = Instant::now();
+    let flow_desc = flow.describe();
+    let flow_desc = flow_desc.as_str();
     let resolve = |x: &str| -> Result<Ipv4Addr> {
         x.parse()
             .ok()
@@ -288,6 +424,17 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &str) -> Result<Tr
 
     // ---- source pod
     pod_hops(&mut b, "src-pod", src, sip, &s_pod, Some(dip));
+    policy_hop(
+        &mut b,
+        "src-pod",
+        &sn,
+        &ssock,
+        sip,
+        dip,
+        podnet_policy::Direction::Egress,
+        flow,
+        (src, dst),
+    );
 
     // ---- source node
     let bridge = s(&sst, "bridge").to_string();
@@ -467,21 +614,23 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &str) -> Result<Tr
 
     // ---- destination pod
     pod_hops(&mut b, "dst-pod", dst, dip, &d_pod, Some(sip));
-    b.add(
+    policy_hop(
+        &mut b,
         "dst-pod",
-        "policy",
-        "skipped",
-        format!("podnet enforces no NetworkPolicy yet: nothing filters {flow} to {dst}"),
-        "(none)".into(),
-        String::new(),
-        "",
+        &dn,
+        &dsock,
+        dip,
+        sip,
+        podnet_policy::Direction::Ingress,
+        flow,
+        (src, dst),
     );
 
     let broken = b.hops.iter().find(|h| h.status == "broken").cloned();
     Ok(Trace {
         src: format!("{src} ({sip} on {sn})"),
         dst: format!("{dst} ({dip} on {dn})"),
-        flow: flow.into(),
+        flow: flow_desc.into(),
         verdict: if broken.is_some() {
             "broken"
         } else {
@@ -852,7 +1001,12 @@ impl LabAgents {
                 .iter()
                 .map(|n| (n.name.clone(), lab.api_socket(&n.name)))
                 .collect(),
-            pods: st.pods.iter().map(|p| (p.name.clone(), p.ip)).collect(),
+            // Pods by the lab's name (p1a) and as namespace/name (default/p1a).
+            pods: st
+                .pods
+                .iter()
+                .flat_map(|p| [(p.name.clone(), p.ip), (p.key(), p.ip)])
+                .collect(),
         })
     }
 }

@@ -811,3 +811,97 @@ fn manifests_are_checked_whole_and_pods_update_in_place() {
     let v: Value = lab.json(&["status", "--output", "json"]);
     assert_eq!(v["pods"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn trace_names_the_policy_hop_and_stats_count_the_drops() {
+    require_root();
+    let lab = TestLab::up(&["--nodes", "2", "--pods-per-node", "0"]);
+    lab.apply(&model_yaml());
+    lab.apply(&format!(
+        "{}---\n{}",
+        np("deny-in", "x", "  podSelector:\n    matchLabels:\n      pod: a\n  ingress:\n  - from:\n    - namespaceSelector:\n        matchLabels:\n          ns: y\n    ports:\n    - port: 80\n"),
+        np("deny-out", "z", "  podSelector:\n    matchLabels:\n      pod: c\n  policyTypes: [Egress]\n")
+    ));
+    let trace = |from: &str, to: &str| {
+        let o = podnet()
+            .args([
+                "trace", "--lab", &lab.name, from, to, "--port", "80", "--output", "json",
+            ])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!(
+                "trace {from} {to}: {e}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+        });
+        (o.status.success(), v)
+    };
+    // Ingress denied: the destination's policy hop, with the policy named.
+    let (ok, v) = trace("z/a", "x/a");
+    assert!(!ok);
+    let hop = &v["broken_hop"];
+    assert_eq!(
+        (hop["where"].as_str(), hop["what"].as_str()),
+        (Some("dst-pod"), Some("policy")),
+        "{v:#}"
+    );
+    assert!(
+        hop["detail"].as_str().unwrap().contains("x/deny-in"),
+        "{hop}"
+    );
+    // Egress denied: the source's policy hop.
+    let (ok, v) = trace("z/c", "y/b");
+    assert!(!ok);
+    let hop = &v["broken_hop"];
+    assert_eq!(
+        (hop["where"].as_str(), hop["what"].as_str()),
+        (Some("src-pod"), Some("policy")),
+        "{v:#}"
+    );
+    assert!(
+        hop["detail"].as_str().unwrap().contains("z/deny-out"),
+        "{hop}"
+    );
+    // Admitted: reachable, and the hop quotes the entry that admits it.
+    let (ok, v) = trace("y/b", "x/a");
+    assert!(ok, "{v:#}");
+    let hop = v["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|h| h["what"] == "policy")
+        .unwrap()
+        .clone();
+    assert!(
+        hop["detail"].as_str().unwrap().contains("admitted"),
+        "{hop}"
+    );
+    // The datapath agrees with the trace, and counts the refused packets per pod.
+    assert!(!lab
+        .run(&["probe", "z/a", "x/a", "--port", "80"])
+        .status
+        .success());
+    assert!(lab
+        .run(&["probe", "y/b", "x/a", "--port", "80"])
+        .status
+        .success());
+    let stats: Value = serde_json::from_slice(
+        &podnet()
+            .args(["policy", "stats", "--lab", &lab.name, "--output", "json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let xa = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|n| n["denied"].as_array().cloned().unwrap_or_default())
+        .find(|d| d["pod"] == "x/a" && d["direction"] == "ingress")
+        .expect("x/a ingress counted");
+    assert!(xa["packets"].as_u64().unwrap() >= 1, "{xa}");
+    assert_eq!(xa["policies"], serde_json::json!(["x/deny-in"]));
+}
