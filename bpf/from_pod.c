@@ -31,7 +31,9 @@ struct __sk_buff {
 	u32 data, data_end;
 };
 
-#define TC_ACT_OK 0
+/* Pass on to the next filter (the policy program, if any); with none, the frame
+ * continues as with TC_ACT_OK. TC_ACT_OK would end the filter chain here. */
+#define TC_ACT_UNSPEC (-1)
 #define TC_ACT_SHOT 2
 
 /* Shared with the loader: crates/cni/src/antispoof.rs (PodState). */
@@ -104,14 +106,14 @@ __attribute__((section("tc"), used)) int from_pod(struct __sk_buff *skb)
 			return drop(st, DROP_ARP_SHA);
 		if (load32(l3 + 14) != st->ip)
 			return drop(st, DROP_ARP_SPA);
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	}
 	if (proto == 0x0800) {
 		if (l3 + 20 > end)
 			return drop(st, DROP_MALFORMED);
 		if (load32(l3 + 12) != st->ip)
 			return drop(st, DROP_IP_SRC);
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	}
 	if (proto == 0x86dd) {
 		if (l3 + 40 > end)
@@ -140,7 +142,7 @@ __attribute__((section("tc"), used)) int from_pod(struct __sk_buff *skb)
 			if (p[0] == 137)
 				return drop(st, DROP_IPV6_REDIRECT);
 		}
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	}
 	return drop(st, DROP_ETHERTYPE);
 }

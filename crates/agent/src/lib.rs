@@ -27,6 +27,7 @@
 //! - Serves its status and the node's kernel state on a Unix socket ([`api`]).
 
 pub mod api;
+pub mod ebpf;
 pub mod nft;
 pub mod plan;
 pub mod policy;
@@ -83,6 +84,8 @@ pub struct Config {
     pub interval: Duration,
     /// Which datapath enforces NetworkPolicy.
     pub policy_datapath: policy::DatapathKind,
+    /// The bpffs directory of the eBPF policy datapath's pinned maps and programs.
+    pub bpf_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -355,13 +358,16 @@ impl Agent {
         Ok(l.index)
     }
 
-    fn write_node_file(&self, n: &NodeInfo) -> Result<()> {
-        let body = serde_json::json!({
+    fn write_node_file(&self, n: &NodeInfo, policy: Option<serde_json::Value>) -> Result<()> {
+        let mut body = serde_json::json!({
             "node": self.cfg.node,
             "podCIDR": n.record.pod_cidr.to_string(),
             "mtu": n.mtu,
             "bridge": self.cfg.bridge,
         });
+        if let Some(p) = policy {
+            body["policyPrograms"] = p;
+        }
         let p = &self.cfg.node_file;
         let fail = |source| Error::File {
             what: "write the node file",
@@ -489,6 +495,7 @@ impl Agent {
             &self.cfg.node,
             n.record.pod_cidr,
             &self.cfg.bridge,
+            self.cfg.bpf_dir.clone(),
         );
         let node = self.cfg.node.clone();
         let plog = move |m: &str| log(&node, m);
@@ -496,7 +503,7 @@ impl Agent {
             datapath: self.cfg.policy_datapath.as_str(),
             why,
         })?;
-        self.write_node_file(&n)?;
+        self.write_node_file(&n, pol.node_file_extra())?;
         api::serve(
             &self.cfg.api_socket,
             self.status.clone(),

@@ -1,6 +1,8 @@
 //! NetworkPolicy in the agent: where the objects come from ([`PolicySource`]), which
 //! of them concern this node (its own pods, by `spec.nodeName` and address), and the
-//! datapath that enforces the compiled tables ([`crate::nft`]).
+//! datapath that enforces the compiled tables: nftables ([`crate::nft`]) or eBPF
+//! ([`crate::ebpf`]), chosen per node. Both are given the same tables and pass the
+//! same conformance suite.
 //!
 //! Each round: read a snapshot of Namespaces, Pods and NetworkPolicies; if its
 //! revision moved, compile the tables of the local pods (`podnet_policy::compile`)
@@ -8,13 +10,14 @@
 //! they never stop the others. A failed transaction changes nothing (nftables applies
 //! all or nothing); the next round rewrites the whole table.
 
-use crate::nft;
+use crate::{ebpf, nft};
 use podnet_cni_spec::Ipv4Net;
 use podnet_datastore::Datastore;
 use podnet_policy::compile::{PodTables, Table};
 use podnet_policy::{compile, Cluster, Direction, Object};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -76,6 +79,8 @@ impl PolicySource for DatastoreSource {
 pub enum DatapathKind {
     /// The `inet podnet` table ([`crate::nft`]).
     Nftables,
+    /// Programs on every pod's host veth, maps pinned in bpffs ([`crate::ebpf`]).
+    Ebpf,
     /// No enforcement at all: every pod is open (the Flannel model).
     None,
 }
@@ -84,9 +89,18 @@ impl DatapathKind {
     pub fn as_str(self) -> &'static str {
         match self {
             DatapathKind::Nftables => "nftables",
+            DatapathKind::Ebpf => "ebpf",
             DatapathKind::None => "none",
         }
     }
+}
+
+/// The datapath in use, with what it needs between rounds.
+enum Dp {
+    /// What the table holds; `None`: unknown, rewrite it whole.
+    Nft(Option<BTreeSet<(String, String)>>),
+    Ebpf(Box<ebpf::EbpfDatapath>),
+    None,
 }
 
 /// One direction of one local pod, as the API reports it.
@@ -124,6 +138,9 @@ pub struct PolicyStatus {
     /// The compiled tables of the local pods, as programmed (for `verdict`).
     #[serde(skip)]
     pub tables: BTreeMap<String, PodTables>,
+    /// Where the eBPF datapath's maps are pinned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bpf_dir: Option<PathBuf>,
 }
 
 fn dir_status(t: &Table) -> DirStatus {
@@ -147,8 +164,8 @@ pub struct Policy {
     node: String,
     cidr: Ipv4Net,
     bridge: String,
-    /// What the datapath holds; `None`: unknown, rewrite it whole.
-    programmed: Option<BTreeSet<(String, String)>>,
+    bpf_dir: PathBuf,
+    dp: Dp,
     tables: BTreeMap<String, PodTables>,
     revision: Option<u64>,
     rejected: BTreeSet<String>,
@@ -162,6 +179,7 @@ impl Policy {
         node: &str,
         cidr: Ipv4Net,
         bridge: &str,
+        bpf_dir: PathBuf,
     ) -> Policy {
         Policy {
             kind,
@@ -169,7 +187,8 @@ impl Policy {
             node: node.into(),
             cidr,
             bridge: bridge.into(),
-            programmed: None,
+            bpf_dir,
+            dp: Dp::None,
             tables: BTreeMap::new(),
             revision: None,
             rejected: BTreeSet::new(),
@@ -192,7 +211,24 @@ impl Policy {
                 }
                 Ok(())
             }
+            DatapathKind::Ebpf => {
+                let dp = ebpf::EbpfDatapath::open(&self.bpf_dir)?;
+                self.dp = Dp::Ebpf(Box::new(dp));
+                self.refresh_node(log)?;
+                if nft::exists() {
+                    // Every pod carries the programs now: the table would only filter twice.
+                    nft::delete()?;
+                    log("policy datapath ebpf: removed the nftables table inet podnet");
+                }
+                self.status.lock().unwrap().bpf_dir = Some(self.bpf_dir.clone());
+                log(&format!(
+                    "policy: eBPF datapath loaded, maps pinned in {}; every pod is closed until its policy is programmed",
+                    self.bpf_dir.display()
+                ));
+                Ok(())
+            }
             DatapathKind::Nftables => {
+                self.dp = Dp::Nft(None);
                 for fam in ["iptables", "ip6tables"] {
                     let p = format!("/proc/sys/net/bridge/bridge-nf-call-{fam}");
                     let on = std::fs::read_to_string(&p).map(|v| v.trim() == "1");
@@ -217,10 +253,71 @@ impl Policy {
         }
     }
 
+    /// What podnet-cni must know of the datapath (the node file's `policyPrograms`).
+    pub fn node_file_extra(&self) -> Option<serde_json::Value> {
+        match &self.dp {
+            Dp::Ebpf(e) => Some(serde_json::json!({
+                "fromPod": e.program_path(ebpf::FROM_POD),
+                "toPod": e.program_path(ebpf::TO_POD),
+            })),
+            _ => None,
+        }
+    }
+
+    /// eBPF: the node's own addresses into `node_addrs`, and the programs onto every
+    /// pod's host veth that lacks them (pods made before this datapath was chosen).
+    fn refresh_node(&mut self, log: &dyn Fn(&str)) -> Result<(), String> {
+        let Dp::Ebpf(e) = &mut self.dp else {
+            return Ok(());
+        };
+        let mut sock = podnet_netlink::Socket::route().map_err(|e| e.to_string())?;
+        let addrs: Vec<std::net::Ipv4Addr> = podnet_netlink::addr::list(&mut sock, None)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|a| a.addr)
+            .collect();
+        e.set_node_addrs(&addrs)?;
+        let (out_prog, in_prog) = (e.program_fd(ebpf::FROM_POD)?, e.program_fd(ebpf::TO_POD)?);
+        for l in podnet_netlink::link::list(&mut sock).map_err(|e| e.to_string())? {
+            let ours = l
+                .alias
+                .as_deref()
+                .and_then(podnet_cni::antispoof::parse_owner_alias)
+                .is_some();
+            if !ours {
+                continue;
+            }
+            let has = podnet_netlink::tc::list_ingress(&mut sock, l.index)
+                .map_err(|e| e.to_string())?
+                .iter()
+                .any(|f| f.name.as_deref() == Some(ebpf::FILTER_OUT));
+            if has {
+                continue;
+            }
+            let reqs = vec![
+                podnet_netlink::tc::clsact_request(l.index),
+                podnet_netlink::tc::bpf_ingress_request(l.index, 2, &out_prog, ebpf::FILTER_OUT),
+                podnet_netlink::tc::bpf_egress_request(l.index, 1, &in_prog, ebpf::FILTER_IN),
+            ];
+            for r in sock.ack_all(reqs) {
+                if let Err(e) = r {
+                    if !e.is_exists() {
+                        return Err(format!("attach the policy programs to {}: {e}", l.name));
+                    }
+                }
+            }
+            log(&format!(
+                "policy: attached the eBPF policy programs to {}",
+                l.name
+            ));
+        }
+        Ok(())
+    }
+
     /// One round: reads the source and programs what changed. Returns the number of
     /// elements changed.
     pub fn sync(&mut self, log: &dyn Fn(&str)) -> Result<usize, String> {
-        if self.kind == DatapathKind::None {
+        if matches!(self.dp, Dp::None) {
             return Ok(0);
         }
         let t0 = Instant::now();
@@ -235,7 +332,8 @@ impl Policy {
                 ));
             }
         };
-        if self.programmed.is_some() && self.revision == Some(snap.revision) {
+        let in_sync = !matches!(self.dp, Dp::Nft(None));
+        if in_sync && self.revision == Some(snap.revision) {
             return Ok(0);
         }
         let rejected: BTreeSet<String> = snap.rejected.iter().cloned().collect();
@@ -250,20 +348,40 @@ impl Policy {
         let tables = compile(&cluster, |p| {
             p.node.as_deref() == Some(node.as_str()) && p.ip.is_some_and(|ip| cidr.contains(ip))
         });
-        let elems = nft::elements(&tables);
-        let script = match &self.programmed {
-            None => nft::render_full(self.cidr, &self.bridge, &elems),
-            Some(old) => nft::render_update(old, &elems),
+        let done = match &mut self.dp {
+            Dp::Nft(programmed) => {
+                let elems = nft::elements(&tables);
+                let script = match programmed {
+                    None => nft::render_full(self.cidr, &self.bridge, &elems),
+                    Some(old) => nft::render_update(old, &elems),
+                };
+                let changed = match programmed {
+                    None => elems.len(),
+                    Some(old) => old.symmetric_difference(&elems).count(),
+                };
+                if script.is_empty() {
+                    Ok(changed)
+                } else {
+                    let r = nft::run(&script).map(|()| changed);
+                    *programmed = r.is_ok().then_some(elems);
+                    r
+                }
+            }
+            Dp::Ebpf(e) => e.program(&ebpf::desired(&tables)),
+            Dp::None => Ok(0),
         };
-        let changed = match &self.programmed {
-            None => elems.len(),
-            Some(old) => old.symmetric_difference(&elems).count(),
-        };
-        if !script.is_empty() {
-            if let Err(e) = nft::run(&script) {
-                self.programmed = None;
+        let changed = match done {
+            Ok(n) => n,
+            Err(e) => {
                 self.status.lock().unwrap().error = Some(e.clone());
                 return Err(e);
+            }
+        };
+        if matches!(self.dp, Dp::Ebpf(_)) {
+            // Addresses come and go (the VXLAN device's, the bridge's), and pods made
+            // before this datapath lack its programs.
+            if let Err(e) = self.refresh_node(log) {
+                log(&format!("policy: {e}"));
             }
         }
         for (k, t) in &tables {
@@ -287,7 +405,6 @@ impl Policy {
         for k in self.tables.keys().filter(|k| !tables.contains_key(*k)) {
             log(&format!("policy: pod {k} is gone: its address is closed"));
         }
-        self.programmed = Some(elems);
         self.tables = tables;
         self.revision = Some(snap.revision);
         let mut st = self.status.lock().unwrap();
@@ -309,6 +426,7 @@ impl Policy {
             last_change_ms: t0.elapsed().as_secs_f64() * 1000.0,
             last_change_elements: changed,
             tables: self.tables.clone(),
+            bpf_dir: matches!(self.dp, Dp::Ebpf(_)).then(|| self.bpf_dir.clone()),
         };
         Ok(changed)
     }
@@ -390,10 +508,11 @@ pub struct Denied {
 
 /// The datapath's drop counters, joined with the status (for the API).
 pub fn denied(status: &PolicyStatus) -> Result<(Vec<Denied>, u64), String> {
-    if status.datapath != DatapathKind::Nftables.as_str() {
-        return Ok((vec![], 0));
-    }
-    let (counts, closed) = nft::counters()?;
+    let (counts, closed) = match (status.datapath.as_str(), &status.bpf_dir) {
+        ("nftables", _) => nft::counters()?,
+        ("ebpf", Some(dir)) => ebpf::counters(dir)?,
+        _ => return Ok((vec![], 0)),
+    };
     let mut out = Vec::new();
     for p in &status.pods {
         for (dir, d) in [

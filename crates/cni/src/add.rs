@@ -258,6 +258,25 @@ fn add(
     } else {
         None
     };
+    // The node's eBPF policy programs, when its agent runs that datapath: a pod goes
+    // onto the bridge only with both attached (closed until the agent programs it).
+    let policy = match &s.policy_programs {
+        Some(p) => Some(
+            [&p.from_pod, &p.to_pod]
+                .map(|path| {
+                    podnet_netlink::bpf::obj_get(path).map_err(|e| {
+                        CniError::new(
+                            code::ANTISPOOF,
+                            format!("cannot open podnetd's eBPF policy program: {e}"),
+                            "podnetd pins it when it starts with --policy-datapath ebpf: check that podnetd runs on this node (and its log)",
+                        )
+                    })
+                })
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        None => None,
+    };
     t.mark("checked");
     let a = assign(inv, s, undo)?;
     t.mark("address assigned");
@@ -354,6 +373,29 @@ fn add(
             r.map_err(refused)?;
         }
         t.mark("anti-spoofing installed");
+    }
+    if let Some(progs) = &policy {
+        let mut reqs = vec![];
+        if dp.is_none() {
+            reqs.push(podnet_netlink::tc::clsact_request(hveth.index));
+        }
+        // After anti-spoofing on ingress (prio 1), so the source is the pod's own.
+        reqs.push(podnet_netlink::tc::bpf_ingress_request(
+            hveth.index,
+            2,
+            &progs[0],
+            "podnet_policy_out",
+        ));
+        reqs.push(podnet_netlink::tc::bpf_egress_request(
+            hveth.index,
+            1,
+            &progs[1],
+            "podnet_policy_in",
+        ));
+        for r in host.ack_all(reqs) {
+            r.map_err(refused)?;
+        }
+        t.mark("policy programs attached");
     }
 
     // 5. only now: onto the bridge and up, with the owner recorded in the alias.

@@ -20,6 +20,21 @@ pub struct NodeInfo {
     pub pod_cidr: Option<String>,
     pub mtu: Option<u32>,
     pub bridge: Option<String>,
+    /// With podnetd's eBPF policy datapath: where it pinned the two programs every
+    /// pod's host veth must carry.
+    #[serde(rename = "policyPrograms", default)]
+    pub policy_programs: Option<PolicyPrograms>,
+}
+
+/// The pinned eBPF policy programs (bpffs paths).
+#[derive(Debug, Default, Clone, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
+pub struct PolicyPrograms {
+    /// On the host veth's ingress: the pod's egress policy.
+    #[serde(rename = "fromPod")]
+    pub from_pod: PathBuf,
+    /// On the host veth's egress: the pod's ingress policy.
+    #[serde(rename = "toPod")]
+    pub to_pod: PathBuf,
 }
 
 /// How addresses are assigned.
@@ -45,6 +60,8 @@ pub struct Settings {
     pub lock_timeout: std::time::Duration,
     /// The runtime's `runtimeConfig` (capabilities such as `ips`).
     pub runtime_config: Option<serde_json::Value>,
+    /// The node agent's eBPF policy programs, if it runs that datapath.
+    pub policy_programs: Option<PolicyPrograms>,
 }
 
 fn invalid(msg: impl Into<String>, details: impl Into<String>) -> CniError {
@@ -156,6 +173,7 @@ impl Settings {
             gateway,
             lock_timeout: lock_timeout(raw),
             runtime_config: conf.runtime_config.clone(),
+            policy_programs: node.policy_programs.clone(),
         })
     }
 
@@ -178,6 +196,7 @@ impl Settings {
             gateway: None,
             lock_timeout: lock_timeout(raw),
             runtime_config: conf.runtime_config.clone(),
+            policy_programs: None,
         }
     }
 

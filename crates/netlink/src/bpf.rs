@@ -16,6 +16,7 @@ const BPF_MAP_UPDATE_ELEM: u32 = 2;
 const BPF_MAP_DELETE_ELEM: u32 = 3;
 const BPF_MAP_GET_NEXT_KEY: u32 = 4;
 const BPF_PROG_LOAD: u32 = 5;
+const BPF_OBJ_GET: u32 = 7;
 const BPF_PROG_TEST_RUN: u32 = 10;
 const BPF_PROG_GET_FD_BY_ID: u32 = 13;
 const BPF_MAP_GET_FD_BY_ID: u32 = 14;
@@ -442,6 +443,23 @@ pub fn map_by_id(id: u32) -> Result<OwnedFd> {
     sys_bpf(BPF_MAP_GET_FD_BY_ID, &mut a)
         .map(fd_of)
         .map_err(|e| Error::io("open BPF map", format!("id {id}"), e))
+}
+
+/// Opens a program or map pinned at `path` in a bpffs (`BPF_OBJ_GET`): how podnet-cni
+/// finds the policy programs podnetd pinned, without a loader of its own.
+pub fn obj_get(path: &std::path::Path) -> Result<OwnedFd> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+        Error::io(
+            "open pinned BPF object",
+            path.display().to_string(),
+            io::Error::from(io::ErrorKind::InvalidInput),
+        )
+    })?;
+    let mut a = Attr::new();
+    a.u64(0, c.as_ptr() as u64);
+    sys_bpf(BPF_OBJ_GET, &mut a)
+        .map(fd_of)
+        .map_err(|e| Error::io("open pinned BPF object", path.display().to_string(), e))
 }
 
 /// Runs `prog` once on `packet` (an Ethernet frame); returns the program's verdict.

@@ -1,4 +1,4 @@
-//! Traffic control on a link's ingress: a `clsact` qdisc and eBPF classifiers in
+//! Traffic control on a link's ingress and egress: a `clsact` qdisc and eBPF classifiers in
 //! direct-action mode (`tc qdisc add dev X clsact`,
 //! `tc filter add dev X ingress prio P bpf da fd F name N`), and reading the filters
 //! back (`tc filter show dev X ingress`).
@@ -25,6 +25,8 @@ const TCA_BPF_FLAG_ACT_DIRECT: u32 = 1;
 const TC_H_CLSACT: u32 = 0xFFFF_FFF1;
 /// `parent ffff:fff2`: the ingress hook of clsact.
 const INGRESS: u32 = 0xFFFF_FFF2;
+/// `parent ffff:fff3`: the egress hook of clsact.
+const EGRESS: u32 = 0xFFFF_FFF3;
 /// ETH_P_ALL: the filter sees every frame.
 const ETH_P_ALL: u16 = 0x0003;
 
@@ -51,12 +53,22 @@ pub fn clsact_request(ifindex: u32) -> Request {
 /// `tc filter add dev INDEX ingress prio PRIO protocol all bpf da fd PROG name NAME`.
 /// The kernel takes its own reference on the program; `prog` may be closed after.
 pub fn bpf_ingress_request(ifindex: u32, prio: u16, prog: &OwnedFd, name: &str) -> Request {
+    bpf_filter_request(ifindex, INGRESS, prio, prog, name)
+}
+
+/// `tc filter add dev INDEX egress prio PRIO protocol all bpf da fd PROG name NAME`:
+/// every frame the link sends (for a host veth: every frame delivered to its pod).
+pub fn bpf_egress_request(ifindex: u32, prio: u16, prog: &OwnedFd, name: &str) -> Request {
+    bpf_filter_request(ifindex, EGRESS, prio, prog, name)
+}
+
+fn bpf_filter_request(ifindex: u32, parent: u32, prio: u16, prog: &OwnedFd, name: &str) -> Request {
     let info = ((prio as u32) << 16) | (ETH_P_ALL.to_be() as u32);
     let mut m = Msg::new(
         RTM_NEWTFILTER,
         crate::sys::NLM_F_CREATE | crate::sys::NLM_F_EXCL,
     )
-    .fixed(&tcmsg(ifindex, 1, INGRESS, info));
+    .fixed(&tcmsg(ifindex, 1, parent, info));
     m.str(TCA_KIND, "bpf");
     let o = m.nest(TCA_OPTIONS);
     m.u32(TCA_BPF_FD, prog.as_raw_fd() as u32);
@@ -65,7 +77,11 @@ pub fn bpf_ingress_request(ifindex: u32, prio: u16, prog: &OwnedFd, name: &str) 
     m.end(o);
     Request::new(
         m,
-        "attach ingress filter to",
+        if parent == EGRESS {
+            "attach egress filter to"
+        } else {
+            "attach ingress filter to"
+        },
         format!("link {ifindex} ({name})"),
     )
 }

@@ -284,6 +284,34 @@ impl Lab {
         self.node_dir(node).join("podnetd.sock")
     }
 
+    /// The lab's own bpffs (mounted by `up` with the eBPF policy datapath, unmounted by
+    /// `down`): each node pins its policy maps and programs in a directory of it.
+    pub fn bpf_dir(&self) -> PathBuf {
+        self.dir.join("bpf")
+    }
+
+    /// Mounts the lab's bpffs unless it is mounted.
+    fn ensure_bpffs(&self) -> Result<()> {
+        let d = self.bpf_dir();
+        std::fs::create_dir_all(&d).with_context(|| format!("create {}", d.display()))?;
+        let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes())?;
+        // SAFETY: statfs into a zeroed struct we own.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == 0xcafe_4a11 {
+            return Ok(());
+        }
+        let fs = std::ffi::CString::new("bpf")?;
+        // SAFETY: mounting a new bpffs instance on a directory the lab owns.
+        if unsafe { libc::mount(fs.as_ptr(), c.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) } != 0 {
+            bail!(
+                "cannot mount a bpffs on {} for the eBPF policy datapath: {}",
+                d.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
     fn pid_file(&self, what: &str) -> PathBuf {
         self.dir.join("pids").join(format!("{what}.pid"))
     }
@@ -519,6 +547,10 @@ impl Lab {
                 .with_context(|| format!("starting etcd in {}; {down}", self.fabric_ns()))?;
         }
 
+        if st.policy_datapath == "ebpf" {
+            self.ensure_bpffs()
+                .with_context(|| format!("preparing the eBPF policy datapath; {down}"))?;
+        }
         for i in 1..=opts.nodes {
             let node = format!("node{i}");
             let made = self.ensure_node(&mut st, &node, i, &fabric, &mut fs, bins, say);
@@ -635,7 +667,9 @@ impl Lab {
                 .arg("--api-socket")
                 .arg(self.api_socket(node))
                 .arg("--policy-datapath")
-                .arg(&st.policy_datapath);
+                .arg(&st.policy_datapath)
+                .arg("--bpf-dir")
+                .arg(self.bpf_dir().join(node));
             if !st.repair {
                 cmd.arg("--no-repair");
             }
@@ -1100,6 +1134,10 @@ impl Lab {
                 removed += 1;
             }
         }
+        // The lab's bpffs, if it has one: its pinned maps and programs go with it.
+        let bpf = std::ffi::CString::new(self.bpf_dir().as_os_str().as_encoded_bytes())?;
+        // SAFETY: unmounting the lab's own mount point (EINVAL when nothing is mounted).
+        unsafe { libc::umount2(bpf.as_ptr(), libc::MNT_DETACH) };
         std::fs::remove_dir_all(&self.dir)
             .with_context(|| format!("remove {}", self.dir.display()))?;
         let _ = std::fs::remove_file(Path::new(LAB_ROOT).join(format!(".{}.lock", self.name)));

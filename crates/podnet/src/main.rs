@@ -285,6 +285,7 @@ enum Proto {
 #[derive(Clone, Copy, ValueEnum)]
 enum LabPolicyDatapath {
     Nftables,
+    Ebpf,
     None,
 }
 
@@ -509,6 +510,7 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
                 repair: no_repair.then_some(false),
                 policy_datapath: policy_datapath.map(|p| match p {
                     LabPolicyDatapath::Nftables => "nftables".into(),
+                    LabPolicyDatapath::Ebpf => "ebpf".into(),
                     LabPolicyDatapath::None => "none".into(),
                 }),
             };

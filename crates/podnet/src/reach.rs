@@ -41,9 +41,16 @@ fn probe_here(dst: Ipv4Addr, port: u16, proto: Proto, timeout: Duration) -> Resu
             Ok(matches!(s.recv(&mut buf), Ok(n) if &buf[..n] == b"probe"))
         }
         Proto::Sctp => {
+            // A source port no earlier probe is likely to have used: a flow seen before
+            // would pass as an open association, whatever the policy says now.
             let n = SEQ.fetch_add(1, Ordering::Relaxed);
-            let src_port = 40_000 + (std::process::id().wrapping_add(n) % 20_000) as u16;
-            let tag = 0x1000_0000 | (std::process::id() << 12) ^ n;
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let mix = nanos ^ std::process::id().rotate_left(16) ^ n.wrapping_mul(0x9e37_79b9);
+            let src_port = 32_768 + (mix % 28_000) as u16;
+            let tag = 0x1000_0000 | (mix >> 4);
             sctp::probe(dst, port, src_port, tag.max(1), timeout)
         }
         Proto::Other(p) => bail!("cannot probe protocol {p}: use TCP, UDP or SCTP"),

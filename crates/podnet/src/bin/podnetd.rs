@@ -15,6 +15,8 @@ enum Backend {
 enum PolicyDatapath {
     /// nftables: one table, sets of peers and ports, one atomic transaction per change.
     Nftables,
+    /// eBPF: programs on every pod's host veth, LPM tries pinned in bpffs.
+    Ebpf,
     /// No NetworkPolicy at all (every pod open, as with Flannel).
     None,
 }
@@ -71,6 +73,10 @@ struct Args {
     /// Which datapath enforces NetworkPolicy for this node's pods.
     #[arg(long, value_enum, default_value = "nftables")]
     policy_datapath: PolicyDatapath,
+    /// Where the eBPF policy datapath pins its maps and programs (a directory on a
+    /// bpffs; they outlive podnetd).
+    #[arg(long, default_value = "/sys/fs/bpf/podnet")]
+    bpf_dir: PathBuf,
     /// The local API socket.
     #[arg(long, default_value = "/run/podnet/podnetd.sock")]
     api_socket: PathBuf,
@@ -106,8 +112,10 @@ fn main() {
         interval: Duration::from_secs(1),
         policy_datapath: match a.policy_datapath {
             PolicyDatapath::Nftables => podnet_agent::policy::DatapathKind::Nftables,
+            PolicyDatapath::Ebpf => podnet_agent::policy::DatapathKind::Ebpf,
             PolicyDatapath::None => podnet_agent::policy::DatapathKind::None,
         },
+        bpf_dir: a.bpf_dir,
     };
     let node = cfg.node.clone();
     let result = Agent::new(cfg).and_then(|agent| agent.run());

@@ -7,7 +7,8 @@ use podnet_cni::antispoof;
 use podnet_netlink::bpf;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-const OK: u32 = 0;
+/// TC_ACT_UNSPEC: the frame passes on to the next filter (the policy program).
+const OK: u32 = u32::MAX;
 const SHOT: u32 = 2;
 
 fn ipv6_frame(src: [u8; 6], next: u8, l4: &[u8]) -> Vec<u8> {

@@ -1,0 +1,365 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * NetworkPolicy on a pod's host-side veth (tc, direct action): the eBPF datapath.
+ *
+ * from_pod_policy runs on the veth's ingress (after from_pod's anti-spoofing, so the
+ * source address is the pod's own): the pod's egress policy. to_pod_policy runs on
+ * the veth's egress, for everything delivered to the pod: its ingress policy.
+ *
+ * Maps (pinned by name in the node's bpffs directory, so they outlive podnetd, which
+ * writes them; one set per node):
+ * - pod_policy: pod address -> flags. A pod without an entry, or without
+ *   POD_PROGRAMMED, is closed in both directions (no leak window).
+ * - ingress_peers / egress_peers: LPM trie keyed (pod address, peer prefix) -> port
+ *   set id; 0 means every protocol and port.
+ * - port_sets: LPM trie keyed (set id, protocol, port prefix): port ranges as prefixes.
+ * - node_addrs: the node's own addresses. The node always reaches its pods (kubelet
+ *   probes) and its pods always reach it, as with the nftables datapath.
+ * - flows: connection tracking of our own, an LRU hash of the flows each side
+ *   admitted: (packet 5-tuple, side), side being the destination pod's ingress or the
+ *   source pod's egress. At a pod's ingress a packet passes without a policy check if
+ *   that ingress admitted its flow before (an open connection stays open across a
+ *   policy change), or if the pod itself sent the reverse flow through its egress (a
+ *   reply); likewise at its egress. A stray reply matches neither and meets the
+ *   policy like a new packet. Sides never vouch for each other: a flow one pod sent
+ *   does not open another pod's ingress on the same node. A TCP SYN or SCTP INIT opens
+ *   a new connection and always meets the policy, even on ports an earlier one used.
+ * - policy_drops: packets refused, per (pod address, direction); direction 2 counts
+ *   packets to or from a closed address.
+ *
+ * IPv6: podnet's pod network is IPv4, so a pod's IPv6 other than neighbour discovery
+ * is dropped here (as the nftables datapath drops bridged IPv6).
+ *
+ * No kernel headers: the few UAPI definitions needed are below.
+ */
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+struct __sk_buff {
+	u32 len, pkt_type, mark, queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto;
+	u32 priority, ingress_ifindex, ifindex, tc_index, cb[5], hash, tc_classid;
+	u32 data, data_end;
+};
+
+#define TC_ACT_OK 0
+#define TC_ACT_SHOT 2
+#define SEC(name) __attribute__((section(name), used))
+#define INLINE static __attribute__((always_inline))
+#define __uint(name, val) int(*name)[val]
+#define __type(name, val) typeof(val) *name
+
+#define BPF_MAP_TYPE_HASH 1
+#define BPF_MAP_TYPE_LRU_HASH 9
+#define BPF_MAP_TYPE_LPM_TRIE 11
+#define BPF_F_NO_PREALLOC 1
+#define PIN_BY_NAME 1
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define IPPROTO_ICMP 1
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define IPPROTO_ICMPV6 58
+#define IPPROTO_SCTP 132
+
+#define POD_PROGRAMMED 1
+#define POD_ISOLATED_INGRESS 2
+#define POD_ISOLATED_EGRESS 4
+
+#define DIR_INGRESS 0
+#define DIR_EGRESS 1
+#define DIR_CLOSED 2
+
+/* A flow stays open this long after its last packet: TCP and SCTP, then the rest. */
+#define FLOW_TIMEOUT_NS (300ULL * 1000000000ULL)
+#define FLOW_TIMEOUT_DGRAM_NS (60ULL * 1000000000ULL)
+/* A flow's timestamp is rewritten at most this often. */
+#define FLOW_REFRESH_NS (1000000000ULL)
+
+/* Shared with crates/agent/src/ebpf.rs; sizes are checked by the loader. */
+struct peer_key {
+	u32 prefixlen; /* 32 + peer prefix length */
+	u32 pod;       /* network byte order */
+	u32 peer;      /* network byte order */
+};
+
+struct port_key {
+	u32 prefixlen; /* 40 + port prefix length */
+	u8 set[4];     /* set id, big-endian */
+	u8 proto;
+	u8 port[2]; /* big-endian */
+	u8 pad;
+};
+
+struct flow_key {
+	u32 saddr, daddr;
+	u16 sport, dport;
+	u8 proto, side, pad[2]; /* side: DIR_INGRESS (of daddr) or DIR_EGRESS (of saddr) */
+};
+
+struct drop_key {
+	u32 pod;
+	u32 dir;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, u32);
+	__type(value, u32);
+	__uint(max_entries, 65536);
+	__uint(pinning, PIN_BY_NAME);
+} pod_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct peer_key);
+	__type(value, u32);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, PIN_BY_NAME);
+} ingress_peers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct peer_key);
+	__type(value, u32);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, PIN_BY_NAME);
+} egress_peers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct port_key);
+	__type(value, u32);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, PIN_BY_NAME);
+} port_sets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, u32);
+	__type(value, u32);
+	__uint(max_entries, 256);
+	__uint(pinning, PIN_BY_NAME);
+} node_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct flow_key);
+	__type(value, u64);
+	__uint(max_entries, 262144);
+	__uint(pinning, PIN_BY_NAME);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct drop_key);
+	__type(value, u64);
+	__uint(max_entries, 131072);
+	__uint(pinning, PIN_BY_NAME);
+} policy_drops SEC(".maps");
+
+static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
+static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, u64 flags) = (void *)2;
+static u64 (*bpf_ktime_get_ns)(void) = (void *)5;
+
+struct pkt {
+	u32 saddr, daddr;
+	u16 sport, dport; /* host byte order; for ICMP both are the echo id */
+	u8 proto;
+	u8 opens; /* a TCP SYN or an SCTP INIT: always a new connection */
+};
+
+/* What parse() found. */
+#define PARSE_IPV4 0
+#define PARSE_OTHER 1 /* not IP: ARP and the like, passed */
+#define PARSE_DROP 2  /* IPv6 other than neighbour discovery, or malformed */
+
+INLINE u16 be16(const u8 *p)
+{
+	return (u16)p[0] << 8 | p[1];
+}
+
+INLINE u32 raw32(const u8 *p)
+{
+	return (u32)p[0] | (u32)p[1] << 8 | (u32)p[2] << 16 | (u32)p[3] << 24;
+}
+
+INLINE int parse(struct __sk_buff *skb, struct pkt *k)
+{
+	u8 *data = (u8 *)(long)skb->data;
+	u8 *end = (u8 *)(long)skb->data_end;
+	if (data + 14 > end)
+		return PARSE_DROP;
+	u16 eth = be16(data + 12);
+	if (eth == ETH_P_IPV6) {
+		u8 *ip6 = data + 14;
+		if (ip6 + 41 > end)
+			return PARSE_DROP;
+		/* Neighbour discovery only: router solicitation, neighbour solicitation and
+		 * advertisement (router advertisements never leave a pod: from_pod). */
+		if (ip6[6] == IPPROTO_ICMPV6) {
+			u8 t = ip6[40];
+			if (t == 133 || t == 135 || t == 136)
+				return PARSE_OTHER;
+		}
+		return PARSE_DROP;
+	}
+	if (eth != ETH_P_IP)
+		return PARSE_OTHER;
+	u8 *ip = data + 14;
+	if (ip + 20 > end)
+		return PARSE_DROP;
+	u32 ihl = (ip[0] & 0x0f) * 4;
+	if (ihl < 20 || ihl > 60)
+		return PARSE_DROP;
+	k->proto = ip[9];
+	k->saddr = raw32(ip + 12);
+	k->daddr = raw32(ip + 16);
+	k->sport = 0;
+	k->dport = 0;
+	/* A later fragment carries no ports: it belongs to a flow only by address. */
+	if ((be16(ip + 6) & 0x1fff) != 0)
+		return PARSE_IPV4;
+	u8 *l4 = ip + ihl;
+	if (k->proto == IPPROTO_TCP || k->proto == IPPROTO_UDP || k->proto == IPPROTO_SCTP) {
+		if (l4 + 4 > end)
+			return PARSE_DROP;
+		k->sport = be16(l4);
+		k->dport = be16(l4 + 2);
+		if (k->proto == IPPROTO_TCP) {
+			if (l4 + 14 > end)
+				return PARSE_DROP;
+			k->opens = (l4[13] & 0x12) == 0x02; /* SYN without ACK */
+		} else if (k->proto == IPPROTO_SCTP) {
+			if (l4 + 13 > end)
+				return PARSE_DROP;
+			k->opens = l4[12] == 1; /* INIT */
+		}
+	} else if (k->proto == IPPROTO_ICMP) {
+		if (l4 + 8 > end)
+			return PARSE_DROP;
+		/* Echo request and reply: one flow per echo id. */
+		if (l4[0] == 8 || l4[0] == 0) {
+			k->sport = be16(l4 + 4);
+			k->dport = k->sport;
+		}
+	}
+	return PARSE_IPV4;
+}
+
+/* Whether this side admitted the packet's flow before, or the pod sent its reverse. */
+INLINE int flow_seen(struct pkt *k, u32 side, u64 now)
+{
+	/* A connection being opened is new, whatever an earlier one on the same ports
+	 * left behind. */
+	if (k->opens)
+		return 0;
+	struct flow_key f = {.saddr = k->saddr, .daddr = k->daddr, .sport = k->sport, .dport = k->dport, .proto = k->proto, .side = side};
+	u64 *t = bpf_map_lookup_elem(&flows, &f);
+	if (!t) {
+		struct flow_key r = {.saddr = k->daddr, .daddr = k->saddr, .sport = k->dport, .dport = k->sport, .proto = k->proto, .side = 1 - side};
+		t = bpf_map_lookup_elem(&flows, &r);
+	}
+	u64 timeout = (k->proto == IPPROTO_TCP || k->proto == IPPROTO_SCTP) ? FLOW_TIMEOUT_NS : FLOW_TIMEOUT_DGRAM_NS;
+	if (!t || now - *t > timeout)
+		return 0;
+	if (now - *t > FLOW_REFRESH_NS)
+		*t = now;
+	return 1;
+}
+
+INLINE void flow_record(struct pkt *k, u32 side, u64 now)
+{
+	struct flow_key f = {.saddr = k->saddr, .daddr = k->daddr, .sport = k->sport, .dport = k->dport, .proto = k->proto, .side = side};
+	bpf_map_update_elem(&flows, &f, &now, 0);
+}
+
+/* Whether the pod's table for this direction admits the peer on this protocol/port. */
+INLINE int admitted(void *peers, u32 pod, u32 peer, struct pkt *k)
+{
+	struct peer_key pk = {.prefixlen = 64, .pod = pod, .peer = peer};
+	u32 *set = bpf_map_lookup_elem(peers, &pk);
+	if (!set)
+		return 0;
+	if (*set == 0)
+		return 1;
+	if (k->proto != IPPROTO_TCP && k->proto != IPPROTO_UDP && k->proto != IPPROTO_SCTP)
+		return 0;
+	u32 id = *set;
+	struct port_key q = {.prefixlen = 56, .proto = k->proto};
+	q.set[0] = id >> 24;
+	q.set[1] = id >> 16;
+	q.set[2] = id >> 8;
+	q.set[3] = id;
+	q.port[0] = k->dport >> 8;
+	q.port[1] = k->dport;
+	return bpf_map_lookup_elem(&port_sets, &q) != 0;
+}
+
+INLINE int refuse(u32 pod, u32 dir)
+{
+	struct drop_key d = {.pod = pod, .dir = dir};
+	u64 *n = bpf_map_lookup_elem(&policy_drops, &d);
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+	} else {
+		u64 one = 1;
+		bpf_map_update_elem(&policy_drops, &d, &one, 0);
+	}
+	return TC_ACT_SHOT;
+}
+
+/* One pod's side of a packet: `pod` is the pod, `peer` the other end. */
+INLINE int judge(struct pkt *k, u32 pod, u32 peer, u32 dir)
+{
+	u32 *flags = bpf_map_lookup_elem(&pod_policy, &pod);
+	if (!flags || !(*flags & POD_PROGRAMMED))
+		return refuse(pod, DIR_CLOSED);
+	if (bpf_map_lookup_elem(&node_addrs, &peer))
+		return TC_ACT_OK;
+	u32 isolated = dir == DIR_INGRESS ? POD_ISOLATED_INGRESS : POD_ISOLATED_EGRESS;
+	u64 now = bpf_ktime_get_ns();
+	if (*flags & isolated) {
+		if (flow_seen(k, dir, now))
+			return TC_ACT_OK;
+		if (!admitted(dir == DIR_INGRESS ? (void *)&ingress_peers : (void *)&egress_peers, pod, peer, k))
+			return refuse(pod, dir);
+		flow_record(k, dir, now);
+		return TC_ACT_OK;
+	}
+	/* Open for this direction: the flow is remembered all the same, for its replies
+	 * (the pod may be isolated the other way) and so that it survives a policy that
+	 * isolates the pod later. */
+	if (k->opens || !flow_seen(k, dir, now))
+		flow_record(k, dir, now);
+	return TC_ACT_OK;
+}
+
+SEC("classifier/from_pod_policy") int from_pod_policy(struct __sk_buff *skb)
+{
+	struct pkt k = {};
+	int r = parse(skb, &k);
+	if (r == PARSE_OTHER)
+		return TC_ACT_OK;
+	if (r == PARSE_DROP)
+		return TC_ACT_SHOT;
+	return judge(&k, k.saddr, k.daddr, DIR_EGRESS);
+}
+
+SEC("classifier/to_pod_policy") int to_pod_policy(struct __sk_buff *skb)
+{
+	struct pkt k = {};
+	int r = parse(skb, &k);
+	if (r == PARSE_OTHER)
+		return TC_ACT_OK;
+	if (r == PARSE_DROP)
+		return TC_ACT_SHOT;
+	return judge(&k, k.daddr, k.saddr, DIR_INGRESS);
+}
+
+char _license[] SEC("license") = "GPL";

@@ -1,0 +1,492 @@
+//! The eBPF policy datapath (`bpf/policy.c`), loaded with aya.
+//!
+//! # Kernel objects it owns
+//! In the node's bpffs directory (`--bpf-dir`, default `/sys/fs/bpf/podnet`), pinned
+//! so that they outlive podnetd (a restart or `kill -9` changes nothing in force):
+//! - the maps `pod_policy`, `ingress_peers`, `egress_peers`, `port_sets`,
+//!   `node_addrs`, `flows` and `policy_drops` (their roles: `bpf/policy.c`);
+//! - the programs `from_pod_policy` and `to_pod_policy`, which podnet-cni attaches to
+//!   every new pod's host veth (tc ingress after anti-spoofing, and tc egress) before
+//!   the veth joins the bridge; the agent attaches them to pods that lack them.
+//!
+//! A pod missing from `pod_policy` is closed both ways, so a pod is never open before
+//! its verdicts are in the maps.
+//!
+//! # How it changes
+//! The agent keeps what it wrote (read back from the maps when it starts) and writes
+//! only the difference, in an order that never opens more than the old or the new
+//! state allows: port sets, then peers, then pod flags are added; then stale peers,
+//! port sets and pods removed. Port ranges become prefixes of the port number in
+//! `port_sets`, under a set id derived from the set's content; a peer entry names its
+//! set (0: every protocol and port). One changed label touches only the entries of
+//! the pods whose tables it changes.
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::HashMap;
+use aya::programs::SchedClassifier;
+use aya::{Ebpf, EbpfLoader};
+use podnet_policy::compile::{PodTables, Ports, Table};
+use podnet_policy::net::Prefix;
+use podnet_policy::Direction;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policy.o"));
+
+pub const FROM_POD: &str = "from_pod_policy";
+pub const TO_POD: &str = "to_pod_policy";
+/// tc filter names on the host veth.
+pub const FILTER_OUT: &str = "podnet_policy_out";
+pub const FILTER_IN: &str = "podnet_policy_in";
+
+const POD_PROGRAMMED: u32 = 1;
+const POD_ISOLATED_INGRESS: u32 = 2;
+const POD_ISOLATED_EGRESS: u32 = 4;
+const DIR_CLOSED: u32 = 2;
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// `struct peer_key` without its prefix length: pod and peer, network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct PeerData {
+    pod: u32,
+    peer: u32,
+}
+// SAFETY: plain old data, no padding.
+unsafe impl aya::Pod for PeerData {}
+
+/// `struct port_key` without its prefix length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct PortData {
+    set: [u8; 4],
+    proto: u8,
+    port: [u8; 2],
+    pad: u8,
+}
+// SAFETY: plain old data, no padding.
+unsafe impl aya::Pod for PortData {}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct DropKey {
+    pod: u32,
+    dir: u32,
+}
+// SAFETY: plain old data, no padding.
+unsafe impl aya::Pod for DropKey {}
+
+/// An address as the programs read it from a packet (bytes in network order).
+fn raw(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+fn unraw(v: u32) -> Ipv4Addr {
+    Ipv4Addr::from(v.to_ne_bytes())
+}
+
+/// What the maps should hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pods: BTreeMap<u32, u32>,
+    /// (pod, peer network, peer prefix length) → port set id, per direction.
+    peers: [BTreeMap<(u32, u32, u8), u32>; 2],
+    /// (set id, protocol, first port of the block, block prefix length).
+    ports: BTreeSet<(u32, u8, u16, u8)>,
+}
+
+/// `first..=last` as prefixes of the 16-bit port: `(start, prefix length)`.
+pub fn port_prefixes(first: u16, last: u16) -> Vec<(u16, u8)> {
+    let mut out = Vec::new();
+    let (mut a, b) = (u32::from(first), u32::from(last));
+    while a <= b {
+        let mut size = 1u32;
+        while a % (size * 2) == 0 && a + size * 2 - 1 <= b && size < 65536 {
+            size *= 2;
+        }
+        out.push((a as u16, 16 - size.trailing_zeros() as u8));
+        a += size;
+    }
+    out
+}
+
+/// A port set's id: a hash of its content (never 0, which means "any").
+fn set_hash(ports: &[Ports]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for p in ports {
+        for b in [p.proto.number()]
+            .into_iter()
+            .chain(p.first.to_be_bytes())
+            .chain(p.last.to_be_bytes())
+        {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    }
+    h.max(1)
+}
+
+/// The map contents for `tables`.
+pub fn desired(tables: &BTreeMap<String, PodTables>) -> Desired {
+    let mut d = Desired::default();
+    let mut ids: BTreeMap<Vec<Ports>, u32> = BTreeMap::new();
+    let mut used: BTreeMap<u32, Vec<Ports>> = BTreeMap::new();
+    for t in tables.values() {
+        let pod = raw(t.ip);
+        let mut flags = POD_PROGRAMMED;
+        for (i, dir) in [Direction::Ingress, Direction::Egress]
+            .into_iter()
+            .enumerate()
+        {
+            let Table::Isolated { allow, .. } = t.table(dir) else {
+                continue;
+            };
+            flags |= if dir == Direction::Ingress {
+                POD_ISOLATED_INGRESS
+            } else {
+                POD_ISOLATED_EGRESS
+            };
+            let mut by_net: BTreeMap<Prefix, Option<Vec<Ports>>> = BTreeMap::new();
+            for a in allow {
+                match a.ports {
+                    None => {
+                        by_net.insert(a.net, None);
+                    }
+                    Some(p) => {
+                        if let Some(list) = by_net.entry(a.net).or_insert_with(|| Some(vec![])) {
+                            list.push(p);
+                        }
+                    }
+                }
+            }
+            for (net, ports) in by_net {
+                let set = match ports {
+                    None => 0,
+                    Some(mut list) => {
+                        list.sort();
+                        *ids.entry(list.clone()).or_insert_with(|| {
+                            let mut id = set_hash(&list);
+                            while used.get(&id).is_some_and(|o| *o != list) {
+                                id = id.wrapping_add(1).max(1);
+                            }
+                            used.insert(id, list.clone());
+                            id
+                        })
+                    }
+                };
+                d.peers[i].insert((pod, raw(net.network()), net.len), set);
+            }
+        }
+        d.pods.insert(pod, flags);
+    }
+    for (list, id) in &ids {
+        for p in list {
+            for (start, len) in port_prefixes(p.first, p.last) {
+                d.ports.insert((*id, p.proto.number(), start, len));
+            }
+        }
+    }
+    d
+}
+
+fn peer_key(&(pod, peer, len): &(u32, u32, u8)) -> Key<PeerData> {
+    Key::new(32 + u32::from(len), PeerData { pod, peer })
+}
+
+fn port_key(&(set, proto, start, len): &(u32, u8, u16, u8)) -> Key<PortData> {
+    Key::new(
+        40 + u32::from(len),
+        PortData {
+            set: set.to_be_bytes(),
+            proto,
+            port: start.to_be_bytes(),
+            pad: 0,
+        },
+    )
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+pub struct EbpfDatapath {
+    bpf: Ebpf,
+    dir: PathBuf,
+    /// What the maps hold (read back when the agent starts).
+    current: Desired,
+}
+
+/// Whether `dir` is on a bpffs.
+fn on_bpffs(dir: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs into a zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+impl EbpfDatapath {
+    /// Loads the programs (maps pinned by name in `dir`, reused if pinned already) and
+    /// pins the programs for podnet-cni.
+    pub fn open(dir: &Path) -> Result<EbpfDatapath, String> {
+        if OBJECT.is_empty() {
+            return Err("podnetd was built with PODNET_SKIP_BPF=1 and has no eBPF policy program: build it again with clang".into());
+        }
+        std::fs::create_dir_all(dir).map_err(|e| err(&format!("create {}", dir.display()), e))?;
+        if !on_bpffs(dir) {
+            return Err(format!(
+                "{} is not on a bpffs, so the policy maps could not outlive podnetd: mount one (mount -t bpf bpf /sys/fs/bpf) or give --bpf-dir a directory on one",
+                dir.display()
+            ));
+        }
+        let mut bpf = EbpfLoader::new()
+            .default_map_pin_directory(dir)
+            .load(OBJECT)
+            .map_err(|e| err("load bpf/policy.c", e))?;
+        for name in [FROM_POD, TO_POD] {
+            let prog: &mut SchedClassifier = bpf
+                .program_mut(name)
+                .ok_or_else(|| format!("bpf/policy.c has no program {name}"))?
+                .try_into()
+                .map_err(|e| err(name, e))?;
+            prog.load().map_err(|e| {
+                err(
+                    &format!("load program {name} (the verifier's log follows)"),
+                    e,
+                )
+            })?;
+            let pin = dir.join(name);
+            // A program pinned by an earlier run stays attached where it is (to the
+            // same maps); new pods get this one.
+            let _ = std::fs::remove_file(&pin);
+            prog.pin(&pin)
+                .map_err(|e| err(&format!("pin {name} at {}", pin.display()), e))?;
+        }
+        let mut dp = EbpfDatapath {
+            bpf,
+            dir: dir.to_path_buf(),
+            current: Desired::default(),
+        };
+        dp.current = dp.read_back()?;
+        Ok(dp)
+    }
+
+    pub fn program_path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// An fd of one of the programs, for attaching it.
+    pub fn program_fd(&self, name: &str) -> Result<OwnedFd, String> {
+        let prog: &SchedClassifier = self
+            .bpf
+            .program(name)
+            .ok_or_else(|| format!("no program {name}"))?
+            .try_into()
+            .map_err(|e| err(name, e))?;
+        prog.fd()
+            .map_err(|e| err(name, e))?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| err(name, e))
+    }
+
+    fn read_back(&mut self) -> Result<Desired, String> {
+        let mut d = Desired::default();
+        let pods: HashMap<_, u32, u32> =
+            HashMap::try_from(self.bpf.map("pod_policy").ok_or("no map pod_policy")?)
+                .map_err(|e| err("pod_policy", e))?;
+        for kv in pods.iter() {
+            let (k, v) = kv.map_err(|e| err("read pod_policy", e))?;
+            d.pods.insert(k, v);
+        }
+        for (i, name) in ["ingress_peers", "egress_peers"].into_iter().enumerate() {
+            let t: LpmTrie<_, PeerData, u32> =
+                LpmTrie::try_from(self.bpf.map(name).ok_or("no peers map")?)
+                    .map_err(|e| err(name, e))?;
+            for kv in t.iter() {
+                let (k, v) = kv.map_err(|e| err(&format!("read {name}"), e))?;
+                let data = k.data();
+                d.peers[i].insert((data.pod, data.peer, (k.prefix_len() - 32) as u8), v);
+            }
+        }
+        let t: LpmTrie<_, PortData, u32> =
+            LpmTrie::try_from(self.bpf.map("port_sets").ok_or("no map port_sets")?)
+                .map_err(|e| err("port_sets", e))?;
+        for kv in t.iter() {
+            let (k, _) = kv.map_err(|e| err("read port_sets", e))?;
+            let data = k.data();
+            d.ports.insert((
+                u32::from_be_bytes(data.set),
+                data.proto,
+                u16::from_be_bytes(data.port),
+                (k.prefix_len() - 40) as u8,
+            ));
+        }
+        Ok(d)
+    }
+
+    /// Writes the difference between what the maps hold and `want`; returns the
+    /// number of entries changed.
+    pub fn program(&mut self, want: &Desired) -> Result<usize, String> {
+        let cur = self.current.clone();
+        let mut n = 0;
+        {
+            let mut ports: LpmTrie<_, PortData, u32> =
+                LpmTrie::try_from(self.bpf.map_mut("port_sets").ok_or("no map port_sets")?)
+                    .map_err(|e| err("port_sets", e))?;
+            for k in want.ports.difference(&cur.ports) {
+                ports
+                    .insert(&port_key(k), 1, 0)
+                    .map_err(|e| err("write port_sets", e))?;
+                n += 1;
+            }
+        }
+        for (i, name) in ["ingress_peers", "egress_peers"].into_iter().enumerate() {
+            let mut t: LpmTrie<_, PeerData, u32> =
+                LpmTrie::try_from(self.bpf.map_mut(name).ok_or("no peers map")?)
+                    .map_err(|e| err(name, e))?;
+            for (k, v) in &want.peers[i] {
+                if cur.peers[i].get(k) != Some(v) {
+                    t.insert(&peer_key(k), *v, 0)
+                        .map_err(|e| err(&format!("write {name}"), e))?;
+                    n += 1;
+                }
+            }
+        }
+        {
+            let mut pods: HashMap<_, u32, u32> =
+                HashMap::try_from(self.bpf.map_mut("pod_policy").ok_or("no map pod_policy")?)
+                    .map_err(|e| err("pod_policy", e))?;
+            for (k, v) in &want.pods {
+                if cur.pods.get(k) != Some(v) {
+                    pods.insert(k, v, 0)
+                        .map_err(|e| err("write pod_policy", e))?;
+                    n += 1;
+                }
+            }
+        }
+        for (i, name) in ["ingress_peers", "egress_peers"].into_iter().enumerate() {
+            let mut t: LpmTrie<_, PeerData, u32> =
+                LpmTrie::try_from(self.bpf.map_mut(name).ok_or("no peers map")?)
+                    .map_err(|e| err(name, e))?;
+            for k in cur.peers[i]
+                .keys()
+                .filter(|k| !want.peers[i].contains_key(*k))
+            {
+                let _ = t.remove(&peer_key(k));
+                n += 1;
+            }
+        }
+        {
+            let mut ports: LpmTrie<_, PortData, u32> =
+                LpmTrie::try_from(self.bpf.map_mut("port_sets").ok_or("no map port_sets")?)
+                    .map_err(|e| err("port_sets", e))?;
+            for k in cur.ports.difference(&want.ports) {
+                let _ = ports.remove(&port_key(k));
+                n += 1;
+            }
+        }
+        {
+            let mut pods: HashMap<_, u32, u32> =
+                HashMap::try_from(self.bpf.map_mut("pod_policy").ok_or("no map pod_policy")?)
+                    .map_err(|e| err("pod_policy", e))?;
+            for k in cur.pods.keys().filter(|k| !want.pods.contains_key(*k)) {
+                let _ = pods.remove(k);
+                n += 1;
+            }
+        }
+        self.current = want.clone();
+        Ok(n)
+    }
+
+    /// Keeps `node_addrs` equal to the node's own addresses.
+    pub fn set_node_addrs(&mut self, addrs: &[Ipv4Addr]) -> Result<(), String> {
+        let mut m: HashMap<_, u32, u32> =
+            HashMap::try_from(self.bpf.map_mut("node_addrs").ok_or("no map node_addrs")?)
+                .map_err(|e| err("node_addrs", e))?;
+        let want: BTreeSet<u32> = addrs.iter().map(|a| raw(*a)).collect();
+        let have: BTreeSet<u32> = m.keys().filter_map(|k| k.ok()).collect();
+        for a in want.difference(&have) {
+            m.insert(a, 1, 0).map_err(|e| err("write node_addrs", e))?;
+        }
+        for a in have.difference(&want) {
+            let _ = m.remove(a);
+        }
+        Ok(())
+    }
+}
+
+/// A map pinned in `dir`, read from the kernel (what the API reports: the kernel's
+/// view, not the agent's belief).
+fn pinned(dir: &Path, name: &str) -> Result<aya::maps::Map, String> {
+    let path = dir.join(name);
+    let data = aya::maps::MapData::from_pin(&path)
+        .map_err(|e| err(&format!("open {}", path.display()), e))?;
+    aya::maps::Map::from_map_data(data).map_err(|e| err(name, e))
+}
+
+/// Whether the kernel holds `ip` as a programmed pod.
+pub fn holds(dir: &Path, ip: Ipv4Addr) -> bool {
+    pinned(dir, "pod_policy")
+        .ok()
+        .and_then(|m| HashMap::<_, u32, u32>::try_from(m).ok())
+        .and_then(|m| m.get(&raw(ip), 0).ok())
+        .is_some_and(|f| f & POD_PROGRAMMED != 0)
+}
+
+/// Packets refused per (pod, direction), and to or from closed addresses.
+pub fn counters(dir: &Path) -> Result<(crate::nft::DeniedCounts, u64), String> {
+    let m: HashMap<_, DropKey, u64> =
+        HashMap::try_from(pinned(dir, "policy_drops")?).map_err(|e| err("policy_drops", e))?;
+    let mut per_pod = BTreeMap::new();
+    let mut closed = 0;
+    for kv in m.iter() {
+        let (k, v) = kv.map_err(|e| err("read policy_drops", e))?;
+        match k.dir {
+            0 => {
+                per_pod.insert((unraw(k.pod), Direction::Ingress), v);
+            }
+            1 => {
+                per_pod.insert((unraw(k.pod), Direction::Egress), v);
+            }
+            DIR_CLOSED => closed += v,
+            _ => {}
+        }
+    }
+    Ok((per_pod, closed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_become_exact_prefix_covers() {
+        for (a, b) in [
+            (80, 80),
+            (80, 81),
+            (1, 65535),
+            (0, 65535),
+            (1000, 1999),
+            (65535, 65535),
+        ] {
+            let ps = port_prefixes(a, b);
+            let covers = |p: u32| {
+                ps.iter()
+                    .any(|&(s, l)| p >= u32::from(s) && p < u32::from(s) + (1u32 << (16 - l)))
+            };
+            for p in 0..=65535u32 {
+                assert_eq!(
+                    covers(p),
+                    (a as u32..=b as u32).contains(&p),
+                    "{a}-{b}: {p}"
+                );
+            }
+        }
+        assert_eq!(port_prefixes(0, 65535), vec![(0, 0)]);
+        assert_eq!(port_prefixes(80, 81), vec![(80, 15)]);
+    }
+}
