@@ -14,27 +14,14 @@
  * bridge, and the entry also holds the pod's drop counters. A veth without an entry
  * drops everything: the program fails closed.
  *
- * No kernel headers: the few UAPI definitions needed are below, so that the build
+ * No kernel headers: the few UAPI definitions needed are in uapi.h, so that the build
  * needs only clang.
  */
 #include "drop_reasons.h"
+#include "uapi.h"
 
-typedef unsigned char u8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
-/* UAPI struct __sk_buff, up to data_end (stable layout). */
-struct __sk_buff {
-	u32 len, pkt_type, mark, queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto;
-	u32 priority, ingress_ifindex, ifindex, tc_index, cb[5], hash, tc_classid;
-	u32 data, data_end;
-};
-
-/* Pass on to the next filter (the policy program, if any); with none, the frame
- * continues as with TC_ACT_OK. TC_ACT_OK would end the filter chain here. */
-#define TC_ACT_UNSPEC (-1)
-#define TC_ACT_SHOT 2
+/* Passing frames go on to the next filter (the policy program, if the node runs the
+ * eBPF policy datapath): TC_ACT_UNSPEC, not TC_ACT_OK, which would end the chain. */
 
 /* Shared with the loader: crates/cni/src/antispoof.rs (PodState). */
 struct pod_state {

@@ -30,21 +30,10 @@
  * IPv6: podnet's pod network is IPv4, so a pod's IPv6 other than neighbour discovery
  * is dropped here (as the nftables datapath drops bridged IPv6).
  *
- * No kernel headers: the few UAPI definitions needed are below.
+ * No kernel headers: the few UAPI definitions needed are in uapi.h.
  */
-typedef unsigned char u8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long long u64;
+#include "uapi.h"
 
-struct __sk_buff {
-	u32 len, pkt_type, mark, queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto;
-	u32 priority, ingress_ifindex, ifindex, tc_index, cb[5], hash, tc_classid;
-	u32 data, data_end;
-};
-
-#define TC_ACT_OK 0
-#define TC_ACT_SHOT 2
 #define SEC(name) __attribute__((section(name), used))
 #define INLINE static __attribute__((always_inline))
 #define __uint(name, val) int(*name)[val]

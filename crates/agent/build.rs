@@ -13,6 +13,10 @@ fn main() {
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../../bpf/policy.c");
     let obj = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("policy.o");
     println!("cargo:rerun-if-changed={}", src.display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        src.with_file_name("uapi.h").display()
+    );
     println!("cargo:rerun-if-env-changed=CLANG");
     println!("cargo:rerun-if-env-changed=PODNET_SKIP_BPF");
     if std::env::var("PODNET_SKIP_BPF").is_ok_and(|v| v == "1") {
