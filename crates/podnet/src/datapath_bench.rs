@@ -54,7 +54,7 @@ pub struct Report {
     pub podnet_vs_peer_cross_node: f64,
 }
 
-fn setns_cmd(ns: &Netns, prog: &str) -> Command {
+pub(crate) fn setns_cmd(ns: &Netns, prog: &str) -> Command {
     let fd = ns.fd();
     let mut cmd = Command::new(prog);
     // SAFETY: setns between fork and exec.
@@ -69,22 +69,27 @@ fn setns_cmd(ns: &Netns, prog: &str) -> Command {
     cmd
 }
 
-/// One measured path: `src` talks to `dst_ip`, which lives in `dst`.
-fn measure(
-    name: &str,
-    src: &Netns,
-    dst: &Netns,
-    dst_ip: Ipv4Addr,
-    opts: &Options,
-) -> Result<(f64, f64)> {
-    // Throughput: iperf3, one stream.
+/// Throughput of one iperf3 TCP stream from `src` to `dst_ip` (in `dst`), Gbit/s.
+pub(crate) fn iperf(name: &str, src: &Netns, dst: &Netns, dst_ip: Ipv4Addr, seconds: u32) -> Result<f64> {
     let mut server = setns_cmd(dst, "iperf3")
         .args(["-s", "-1", "-B", &dst_ip.to_string(), "-p", "5201"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("run iperf3 (apt-get install iperf3)")?;
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait for the server's socket rather than a fixed time.
+    let listening = Instant::now();
+    while !dst
+        .run(|| std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap_or_default())?
+        .lines()
+        .any(|l| l.contains(":1451 ") && l.split_whitespace().nth(3) == Some("0A"))
+    {
+        if listening.elapsed() > Duration::from_secs(5) {
+            let _ = server.kill();
+            bail!("{name}: iperf3 server did not listen within 5 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let out = setns_cmd(src, "iperf3")
         .args([
             "-c",
@@ -92,7 +97,7 @@ fn measure(
             "-p",
             "5201",
             "-t",
-            &opts.seconds.to_string(),
+            &seconds.to_string(),
             "-J",
         ])
         .output()
@@ -108,6 +113,18 @@ fn measure(
     let bps = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .with_context(|| format!("{name}: iperf3 failed: {}", v["error"]))?;
+    Ok(bps / 1e9)
+}
+
+/// One measured path: `src` talks to `dst_ip`, which lives in `dst`.
+fn measure(
+    name: &str,
+    src: &Netns,
+    dst: &Netns,
+    dst_ip: Ipv4Addr,
+    opts: &Options,
+) -> Result<(f64, f64)> {
+    let gbit = iperf(name, src, dst, dst_ip, opts.seconds)?;
 
     // Latency: one-byte round trips over one TCP connection.
     let listener = dst.run(|| TcpListener::bind(SocketAddrV4::new(dst_ip, 5202)))??;
@@ -140,7 +157,7 @@ fn measure(
         Ok(t.elapsed().as_secs_f64() * 1e6 / n as f64)
     })??;
     let _ = echo.join();
-    Ok((bps / 1e9, rtt))
+    Ok((gbit, rtt))
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -336,7 +353,7 @@ fn build_peer() -> Result<Peer> {
 }
 
 /// Takes a bench lab down when dropped.
-struct LabGuard(String);
+pub(crate) struct LabGuard(pub(crate) String);
 
 impl Drop for LabGuard {
     fn drop(&mut self) {
