@@ -11,8 +11,9 @@
 //! - `{"get":"ping","ip":…,"size":N}`: an ICMP echo with DF set, sent from this node
 //!   (see [`crate::probe`]).
 //! - `{"get":"policy"}`: the NetworkPolicy datapath — the revision of the objects it
-//!   reflects, each local pod's verdicts per direction, and the packets refused per
-//!   pod and direction, read from the kernel's counters.
+//!   reflects, each local pod's verdicts per direction; `{"get":"policy-stats"}` adds
+//!   the packets refused per pod and direction, read from the kernel's counters;
+//!   `{"get":"policy-revision"}` only the revision (what waiting for a change polls).
 //! - `{"get":"verdict","ip":…,"peer":…,"direction":"ingress"|"egress","protocol":"TCP","port":N}`:
 //!   what the programmed tables of local pod `ip` say of traffic with `peer`.
 
@@ -26,6 +27,11 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Longest request line, in bytes.
+pub const MAX_REQUEST: usize = 64 * 1024;
 
 /// Starts serving on `path` in a background thread (in the agent's namespace).
 pub fn serve(
@@ -45,26 +51,60 @@ pub fn serve(
     }
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(fail)?;
+    // Root only: the socket tells about every pod and can make the node send probes.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::spawn(move || {
         // One thread per connection, each with a read timeout: an idle or slow client
-        // never holds up the others.
+        // never holds up the others. At most MAX_CONNECTIONS at once; a request line
+        // longer than MAX_REQUEST is refused.
         for conn in listener.incoming().flatten() {
-            let (status, policy, vxlan_dev, bridge) = (
+            use std::sync::atomic::Ordering::SeqCst;
+            if open.fetch_add(1, SeqCst) >= MAX_CONNECTIONS {
+                open.fetch_sub(1, SeqCst);
+                let mut w = &conn;
+                let _ = writeln!(
+                    w,
+                    "{}",
+                    json!({"error": format!("the agent serves {MAX_CONNECTIONS} connections at once; try again")})
+                );
+                continue;
+            }
+            let (status, policy, vxlan_dev, bridge, open) = (
                 status.clone(),
                 policy.clone(),
                 vxlan_dev.clone(),
                 bridge.clone(),
+                open.clone(),
             );
             std::thread::spawn(move || {
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut line = String::new();
-                if BufReader::new(&conn).read_line(&mut line).is_err() {
-                    return;
+                let read = BufReader::new(std::io::Read::take(&conn, MAX_REQUEST as u64 + 1))
+                    .read_line(&mut line);
+                let reply = match read {
+                    Err(_) => None,
+                    Ok(_) if line.len() > MAX_REQUEST => {
+                        Some(json!({"error": format!("request longer than {MAX_REQUEST} bytes")}))
+                    }
+                    Ok(_) => {
+                        let req: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                        Some(answer(&req, &status, &policy, &vxlan_dev, &bridge))
+                    }
+                };
+                if let Some(r) = reply {
+                    let mut w = &conn;
+                    let _ = writeln!(w, "{r}");
                 }
-                let req: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-                let reply = answer(&req, &status, &policy, &vxlan_dev, &bridge);
-                let mut w = &conn;
-                let _ = writeln!(w, "{reply}");
+                // Closing with unread input would reset the connection before the client
+                // reads the answer: drain what is left of an oversized request (bounded).
+                let _ = conn.shutdown(std::net::Shutdown::Write);
+                let _ = std::io::copy(
+                    &mut std::io::Read::take(&conn, 1 << 20),
+                    &mut std::io::sink(),
+                );
+                open.fetch_sub(1, SeqCst);
             });
         }
     });
@@ -85,7 +125,12 @@ fn answer(
     };
     match req.get("get").and_then(Value::as_str) {
         Some("status") => serde_json::to_value(&*status.lock().unwrap()).unwrap_or(Value::Null),
-        Some("policy") => {
+        Some("policy") => serde_json::to_value(&*policy.lock().unwrap()).unwrap_or(Value::Null),
+        Some("policy-revision") => {
+            let st = policy.lock().unwrap();
+            json!({"datapath": st.datapath, "revision": st.revision, "error": st.error})
+        }
+        Some("policy-stats") => {
             let st = policy.lock().unwrap().clone();
             let mut v = serde_json::to_value(&st).unwrap_or(Value::Null);
             match crate::policy::denied(&st) {
@@ -142,7 +187,7 @@ fn answer(
             }
         },
         _ => {
-            json!({"error": "unknown request; send {\"get\":\"status\"}, {\"get\":\"state\"}, {\"get\":\"pod\",\"ip\":…}, {\"get\":\"ping\",\"ip\":…,\"size\":N} or {\"get\":\"policy\"}"})
+            json!({"error": "unknown request; send {\"get\":\"status\"}, {\"get\":\"state\"}, {\"get\":\"pod\",\"ip\":…}, {\"get\":\"ping\",\"ip\":…,\"size\":N}, {\"get\":\"policy\"}, {\"get\":\"policy-stats\"} or {\"get\":\"verdict\",…}"})
         }
     }
 }
@@ -280,4 +325,36 @@ pub fn pod(ip: Ipv4Addr) -> Result<Value, String> {
     Ok(
         json!({"ip": ip.to_string(), "found": true, "host_veth": host, "netns": netns, "ifname": ifname, "pod": inside}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_is_root_only_and_refuses_oversized_requests() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("podnet-api-{}", std::process::id()));
+        let path = dir.join("podnetd.sock");
+        serve(
+            &path,
+            Arc::new(Mutex::new(Status::default())),
+            Arc::new(Mutex::new(PolicyStatus::default())),
+            "podnet.vxlan".into(),
+            "podnet0".into(),
+        )
+        .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let big = json!({"get": "status", "pad": "x".repeat(MAX_REQUEST)});
+        let v = request(&path, &big).unwrap();
+        assert!(
+            v["error"].as_str().unwrap().contains("request longer than"),
+            "{v}"
+        );
+        // A normal request still works after it.
+        let v = request(&path, &json!({"get": "policy-revision"})).unwrap();
+        assert_eq!(v["revision"], 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -491,7 +491,7 @@ impl Agent {
         // before its verdicts are programmed.
         let mut pol = policy::Policy::new(
             self.cfg.policy_datapath,
-            Box::new(policy::DatastoreSource(self.ds.clone())),
+            Box::new(policy::DatastoreSource::new(self.ds.clone())),
             &self.cfg.node,
             n.record.pod_cidr,
             &self.cfg.bridge,

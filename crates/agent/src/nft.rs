@@ -10,7 +10,11 @@
 //! - per direction `D` (`ingress`, `egress`): `D_isolated` (pods some policy isolates
 //!   for D), `D_any` (`pod . peer prefix`: every protocol and port) and `D_ports`
 //!   (`pod . peer prefix . protocol . port range`), and `D_denied`, the isolated pods
-//!   again with a counter per element: the packets refused to each pod.
+//!   again with a counter per element: the packets refused to each pod. Entries for
+//!   one peer address and one port — most of them: pods as peers, numbered ports — go
+//!   to the hash sets `D_any_host` and `D_ports_host` instead: changing an interval
+//!   set makes the kernel rebuild it whole, a hash set changes in place, so a change
+//!   costs what it changes, not what the node holds.
 //! - chain `forward` (hook forward): replies of admitted connections pass through
 //!   conntrack (`ct state established,related`); then the closed addresses; then the
 //!   source's egress and the destination's ingress. Same-node traffic crosses the
@@ -45,40 +49,91 @@ pub const TABLE: &str = "podnet";
 
 const DIRS: [Direction; 2] = [Direction::Ingress, Direction::Egress];
 
-/// One set element: `(set name, element as nft writes it)`.
-type Elem = (String, String);
+/// The table's sets, in the order `Elem::set` numbers them.
+const SETS: [&str; 13] = [
+    "programmed",
+    "ingress_isolated",
+    "ingress_denied",
+    "ingress_any_host",
+    "ingress_ports_host",
+    "ingress_any",
+    "ingress_ports",
+    "egress_isolated",
+    "egress_denied",
+    "egress_any_host",
+    "egress_ports_host",
+    "egress_any",
+    "egress_ports",
+];
 
-fn addr(net: &podnet_policy::net::Prefix) -> String {
-    if net.len == 32 {
-        net.network().to_string()
-    } else {
-        net.to_string()
+/// One set element, compact (so that diffing a node's thousands of elements costs
+/// little), rendered as nft writes it only when it is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Elem {
+    /// Index into [`SETS`].
+    set: u8,
+    pod: Ipv4Addr,
+    /// Peer, for the `_any` and `_ports` sets.
+    net: Option<podnet_policy::net::Prefix>,
+    /// Protocol and port range, for the `_ports` sets.
+    ports: Option<(u8, u16, u16)>,
+}
+
+impl Elem {
+    pub fn set_name(&self) -> &'static str {
+        SETS[self.set as usize]
+    }
+
+    pub fn render(&self) -> String {
+        let addr = |n: &podnet_policy::net::Prefix| {
+            if n.len == 32 {
+                n.network().to_string()
+            } else {
+                n.to_string()
+            }
+        };
+        match (self.net, self.ports) {
+            (None, _) => self.pod.to_string(),
+            (Some(n), None) => format!("{} . {}", self.pod, addr(&n)),
+            (Some(n), Some((proto, a, b))) if a == b => {
+                format!("{} . {} . {proto} . {a}", self.pod, addr(&n))
+            }
+            (Some(n), Some((proto, a, b))) => {
+                format!("{} . {} . {proto} . {a}-{b}", self.pod, addr(&n))
+            }
+        }
     }
 }
 
 /// Every set element one pod's tables stand for.
 fn pod_elements(t: &PodTables, out: &mut BTreeSet<Elem>) {
-    let ip = t.ip;
-    out.insert(("programmed".into(), ip.to_string()));
-    for dir in DIRS {
-        let d = dir.as_str();
+    let e = |set: u8, net, ports| Elem {
+        set,
+        pod: t.ip,
+        net,
+        ports,
+    };
+    out.insert(e(0, None, None));
+    for (i, dir) in DIRS.into_iter().enumerate() {
+        let base = 1 + 6 * i as u8;
         if let Table::Isolated { allow, .. } = t.table(dir) {
-            out.insert((format!("{d}_isolated"), ip.to_string()));
-            out.insert((format!("{d}_denied"), ip.to_string()));
+            out.insert(e(base, None, None));
+            out.insert(e(base + 1, None, None));
             for Allow { net, ports } in allow {
-                match ports {
-                    None => out.insert((format!("{d}_any"), format!("{ip} . {}", addr(net)))),
-                    Some(p) => out.insert((
-                        format!("{d}_ports"),
-                        format!(
-                            "{ip} . {} . {} . {}-{}",
-                            addr(net),
-                            p.proto.number(),
-                            p.first,
-                            p.last
-                        ),
-                    )),
+                let host = net.len == 32;
+                let el = match ports {
+                    None => e(if host { base + 2 } else { base + 4 }, Some(*net), None),
+                    Some(p) => e(
+                        if host && p.first == p.last {
+                            base + 3
+                        } else {
+                            base + 5
+                        },
+                        Some(*net),
+                        Some((p.proto.number(), p.first, p.last)),
+                    ),
                 };
+                out.insert(el);
             }
         }
     }
@@ -98,6 +153,12 @@ fn set_decls() -> Vec<(String, &'static str, &'static str)> {
         let d = dir.as_str();
         v.push((format!("{d}_isolated"), "ipv4_addr", ""));
         v.push((format!("{d}_denied"), "ipv4_addr", "counter;"));
+        v.push((format!("{d}_any_host"), "ipv4_addr . ipv4_addr", ""));
+        v.push((
+            format!("{d}_ports_host"),
+            "ipv4_addr . ipv4_addr . inet_proto . inet_service",
+            "",
+        ));
         v.push((
             format!("{d}_any"),
             "ipv4_addr . ipv4_addr",
@@ -124,10 +185,10 @@ pub fn render_full(cidr: Ipv4Net, bridge: &str, elems: &BTreeSet<Elem>) -> Strin
     s.push_str("  counter closed {}\n");
     for (name, ty, flags) in set_decls() {
         s.push_str(&format!("  set {name} {{ type {ty}; {flags}"));
-        let mine: Vec<&str> = elems
+        let mine: Vec<String> = elems
             .iter()
-            .filter(|(n, _)| *n == name)
-            .map(|(_, e)| e.as_str())
+            .filter(|e| e.set_name() == name)
+            .map(Elem::render)
             .collect();
         if !mine.is_empty() {
             s.push_str(&format!(" elements = {{ {} }};", mine.join(", ")));
@@ -147,12 +208,16 @@ pub fn render_full(cidr: Ipv4Net, bridge: &str, elems: &BTreeSet<Elem>) -> Strin
     ip daddr @ingress_isolated jump ingress
   }}
   chain egress {{
+    ip saddr . ip daddr @egress_any_host return
+    ip saddr . ip daddr . meta l4proto . th dport @egress_ports_host return
     ip saddr . ip daddr @egress_any return
     ip saddr . ip daddr . meta l4proto . th dport @egress_ports return
     ip saddr @egress_denied drop
     drop
   }}
   chain ingress {{
+    ip daddr . ip saddr @ingress_any_host return
+    ip daddr . ip saddr . meta l4proto . th dport @ingress_ports_host return
     ip daddr . ip saddr @ingress_any return
     ip daddr . ip saddr . meta l4proto . th dport @ingress_ports return
     ip daddr @ingress_denied drop
@@ -168,10 +233,10 @@ pub fn render_full(cidr: Ipv4Net, bridge: &str, elems: &BTreeSet<Elem>) -> Strin
 /// transaction. Empty when nothing differs.
 pub fn render_update(old: &BTreeSet<Elem>, new: &BTreeSet<Elem>) -> String {
     let mut s = String::new();
-    fn group(it: Vec<&Elem>) -> BTreeMap<&str, Vec<&str>> {
-        let mut m: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for (set, e) in it {
-            m.entry(set.as_str()).or_default().push(e.as_str());
+    fn group(it: Vec<&Elem>) -> BTreeMap<&'static str, Vec<String>> {
+        let mut m: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for e in it {
+            m.entry(e.set_name()).or_default().push(e.render());
         }
         m
     }
@@ -257,38 +322,43 @@ pub fn holds(set: &str, elem: &str) -> bool {
 pub type DeniedCounts = BTreeMap<(Ipv4Addr, Direction), u64>;
 
 pub fn counters() -> Result<(DeniedCounts, u64), String> {
-    let out = Command::new("nft")
-        .args(["-j", "list", "table", "inet", TABLE])
-        .output()
-        .map_err(|e| format!("cannot run nft: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "nft list table inet {TABLE}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j output: {e}"))?;
     let mut per_pod = BTreeMap::new();
     let mut closed = 0;
-    for item in v["nftables"].as_array().into_iter().flatten() {
-        if let Some(set) = item.get("set") {
-            let dir = match set["name"].as_str() {
-                Some("ingress_denied") => Direction::Ingress,
-                Some("egress_denied") => Direction::Egress,
-                _ => continue,
-            };
-            for e in set["elem"].as_array().into_iter().flatten() {
-                let inner = &e["elem"];
-                let ip = inner["val"].as_str().and_then(|s| s.parse().ok());
-                let packets = inner["counter"]["packets"].as_u64().unwrap_or(0);
-                if let Some(ip) = ip {
-                    per_pod.insert((ip, dir), packets);
+    // Only the two counting sets and the counter: not the whole table.
+    for what in [
+        ["set", "ingress_denied"],
+        ["set", "egress_denied"],
+        ["counter", "closed"],
+    ] {
+        let out = Command::new("nft")
+            .args(["-j", "list", what[0], "inet", TABLE, what[1]])
+            .output()
+            .map_err(|e| format!("cannot run nft: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "nft list {} inet {TABLE} {}: {}",
+                what[0],
+                what[1],
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j output: {e}"))?;
+        for item in v["nftables"].as_array().into_iter().flatten() {
+            if let Some(set) = item.get("set") {
+                let dir = match set["name"].as_str() {
+                    Some("ingress_denied") => Direction::Ingress,
+                    _ => Direction::Egress,
+                };
+                for e in set["elem"].as_array().into_iter().flatten() {
+                    let inner = &e["elem"];
+                    if let Some(ip) = inner["val"].as_str().and_then(|s| s.parse().ok()) {
+                        per_pod
+                            .insert((ip, dir), inner["counter"]["packets"].as_u64().unwrap_or(0));
+                    }
                 }
             }
-        }
-        if let Some(c) = item.get("counter") {
-            if c["name"].as_str() == Some("closed") {
+            if let Some(c) = item.get("counter") {
                 closed = c["packets"].as_u64().unwrap_or(0);
             }
         }
@@ -324,6 +394,14 @@ mod tests {
                     last: 81,
                 }),
             },
+            Allow {
+                net: Prefix::host("192.0.2.2".parse().unwrap()),
+                ports: Some(Ports {
+                    proto: Proto::Udp,
+                    first: 53,
+                    last: 53,
+                }),
+            },
         ]);
         BTreeMap::from([(
             "x/a".to_string(),
@@ -346,6 +424,7 @@ mod tests {
         assert!(s.contains("set programmed { type ipv4_addr;  elements = { 10.244.0.5 }; }"));
         assert!(s.contains("set ingress_any { type ipv4_addr . ipv4_addr; flags interval; elements = { 10.244.0.5 . 10.0.0.0/8 }; }"));
         assert!(s.contains("elements = { 10.244.0.5 . 192.0.2.1 . 6 . 80-81 }"));
+        assert!(s.contains("set ingress_ports_host { type ipv4_addr . ipv4_addr . inet_proto . inet_service;  elements = { 10.244.0.5 . 192.0.2.2 . 17 . 53 }; }"), "{s}");
         assert!(s.contains("ip saddr 10.244.0.0/24 ip saddr != @programmed"));
         assert!(!s.contains("egress_any { type ipv4_addr . ipv4_addr; flags interval; elements"));
     }

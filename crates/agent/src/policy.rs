@@ -36,40 +36,72 @@ pub trait PolicySource: Send + Sync {
 }
 
 /// Policy objects kept in the node datastore (`podnet lab apply` writes them there).
-pub struct DatastoreSource(pub Arc<dyn Datastore>);
+pub struct DatastoreSource {
+    ds: Arc<dyn Datastore>,
+    /// Objects already read and checked, by their stored form: only what changed is
+    /// parsed and validated again.
+    seen: Mutex<BTreeMap<podnet_datastore::ObjectKey, Checked>>,
+}
+
+/// A stored object's JSON and what reading it gave.
+type Checked = (serde_json::Value, Result<Object, String>);
+
+impl DatastoreSource {
+    pub fn new(ds: Arc<dyn Datastore>) -> DatastoreSource {
+        DatastoreSource {
+            ds,
+            seen: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
 
 impl PolicySource for DatastoreSource {
     fn snapshot(&self) -> Result<Snapshot, String> {
-        let (revision, stored) = self.0.objects().map_err(|e| e.to_string())?;
+        let (revision, stored) = self.ds.objects().map_err(|e| e.to_string())?;
         let mut objects = Vec::new();
         let mut rejected = Vec::new();
+        let mut seen = self.seen.lock().unwrap();
+        let mut next = BTreeMap::new();
         for s in stored {
-            let what = format!("{} {}/{}", s.kind, s.namespace, s.name);
-            match Object::from_json(s.value) {
-                Ok(o) => match podnet_policy::validate::validate(&o) {
-                    Ok(()) if o.key() == (s.kind.clone(), s.namespace.clone(), s.name.clone()) => {
-                        objects.push(o)
-                    }
-                    Ok(()) => rejected.push(format!(
-                        "{what}: its key does not match the object it holds ({})",
-                        o.describe()
-                    )),
-                    Err(errs) => rejected.push(format!(
-                        "{what}: {}",
-                        errs.iter()
-                            .map(|e| e.to_string())
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    )),
-                },
-                Err(e) => rejected.push(format!("{what}: {e}")),
+            let key = s.key();
+            let checked = match seen.remove(&key) {
+                Some((v, r)) if v == s.value => r,
+                _ => check(&s),
+            };
+            match &checked {
+                Ok(o) => objects.push(o.clone()),
+                Err(e) => rejected.push(e.clone()),
             }
+            next.insert(key, (s.value, checked));
         }
+        *seen = next;
         Ok(Snapshot {
             revision,
             objects,
             rejected,
         })
+    }
+}
+
+/// Reads and validates one stored object; the error names it.
+fn check(s: &podnet_datastore::StoredObject) -> Result<Object, String> {
+    let what = format!("{} {}/{}", s.kind, s.namespace, s.name);
+    match Object::from_json(s.value.clone()) {
+        Ok(o) => match podnet_policy::validate::validate(&o) {
+            Ok(()) if o.key() == s.key() => Ok(o),
+            Ok(()) => Err(format!(
+                "{what}: its key does not match the object it holds ({})",
+                o.describe()
+            )),
+            Err(errs) => Err(format!(
+                "{what}: {}",
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+        },
+        Err(e) => Err(format!("{what}: {e}")),
     }
 }
 
@@ -97,8 +129,8 @@ impl DatapathKind {
 
 /// The datapath in use, with what it needs between rounds.
 enum Dp {
-    /// What the table holds; `None`: unknown, rewrite it whole.
-    Nft(Option<BTreeSet<(String, String)>>),
+    /// Whether the table holds what `Policy::tables` says; if not, rewrite it whole.
+    Nft(bool),
     Ebpf(Box<ebpf::EbpfDatapath>),
     None,
 }
@@ -135,9 +167,10 @@ pub struct PolicyStatus {
     pub last_change_ms: f64,
     /// Elements written by the last change.
     pub last_change_elements: usize,
-    /// The compiled tables of the local pods, as programmed (for `verdict`).
+    /// The compiled tables of the local pods, as programmed (for `verdict`; shared,
+    /// so that reading the status copies nothing large).
     #[serde(skip)]
-    pub tables: BTreeMap<String, PodTables>,
+    pub tables: Arc<BTreeMap<String, PodTables>>,
     /// Where the eBPF datapath's maps are pinned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpf_dir: Option<PathBuf>,
@@ -166,7 +199,7 @@ pub struct Policy {
     bridge: String,
     bpf_dir: PathBuf,
     dp: Dp,
-    tables: BTreeMap<String, PodTables>,
+    tables: Arc<BTreeMap<String, PodTables>>,
     revision: Option<u64>,
     rejected: BTreeSet<String>,
     pub status: Arc<Mutex<PolicyStatus>>,
@@ -189,7 +222,7 @@ impl Policy {
             bridge: bridge.into(),
             bpf_dir,
             dp: Dp::None,
-            tables: BTreeMap::new(),
+            tables: Arc::new(BTreeMap::new()),
             revision: None,
             rejected: BTreeSet::new(),
             status: Arc::new(Mutex::new(PolicyStatus {
@@ -228,7 +261,7 @@ impl Policy {
                 Ok(())
             }
             DatapathKind::Nftables => {
-                self.dp = Dp::Nft(None);
+                self.dp = Dp::Nft(false);
                 for fam in ["iptables", "ip6tables"] {
                     let p = format!("/proc/sys/net/bridge/bridge-nf-call-{fam}");
                     let on = std::fs::read_to_string(&p).map(|v| v.trim() == "1");
@@ -332,7 +365,7 @@ impl Policy {
                 ));
             }
         };
-        let in_sync = !matches!(self.dp, Dp::Nft(None));
+        let in_sync = !matches!(self.dp, Dp::Nft(false));
         if in_sync && self.revision == Some(snap.revision) {
             return Ok(0);
         }
@@ -349,21 +382,42 @@ impl Policy {
             p.node.as_deref() == Some(node.as_str()) && p.ip.is_some_and(|ip| cidr.contains(ip))
         });
         let done = match &mut self.dp {
-            Dp::Nft(programmed) => {
-                let elems = nft::elements(&tables);
-                let script = match programmed {
-                    None => nft::render_full(self.cidr, &self.bridge, &elems),
-                    Some(old) => nft::render_update(old, &elems),
-                };
-                let changed = match programmed {
-                    None => elems.len(),
-                    Some(old) => old.symmetric_difference(&elems).count(),
+            Dp::Nft(synced) => {
+                let (script, changed) = match synced {
+                    false => {
+                        let elems = nft::elements(&tables);
+                        (
+                            nft::render_full(self.cidr, &self.bridge, &elems),
+                            elems.len(),
+                        )
+                    }
+                    true => {
+                        // Only the pods whose tables changed: their old and new elements.
+                        let (mut old, mut new) = (BTreeMap::new(), BTreeMap::new());
+                        for (k, t) in tables
+                            .iter()
+                            .filter(|(k, t)| self.tables.get(*k) != Some(t))
+                        {
+                            new.insert(k.clone(), t.clone());
+                            if let Some(o) = self.tables.get(k) {
+                                old.insert(k.clone(), o.clone());
+                            }
+                        }
+                        for (k, o) in self.tables.iter().filter(|(k, _)| !tables.contains_key(*k)) {
+                            old.insert(k.clone(), o.clone());
+                        }
+                        let (old, new) = (nft::elements(&old), nft::elements(&new));
+                        (
+                            nft::render_update(&old, &new),
+                            old.symmetric_difference(&new).count(),
+                        )
+                    }
                 };
                 if script.is_empty() {
                     Ok(changed)
                 } else {
                     let r = nft::run(&script).map(|()| changed);
-                    *programmed = r.is_ok().then_some(elems);
+                    *synced = r.is_ok();
                     r
                 }
             }
@@ -405,7 +459,7 @@ impl Policy {
         for k in self.tables.keys().filter(|k| !tables.contains_key(*k)) {
             log(&format!("policy: pod {k} is gone: its address is closed"));
         }
-        self.tables = tables;
+        self.tables = Arc::new(tables);
         self.revision = Some(snap.revision);
         let mut st = self.status.lock().unwrap();
         *st = PolicyStatus {
@@ -459,8 +513,11 @@ pub fn verdict(
     port: u16,
 ) -> PodVerdict {
     let found = st.tables.iter().find(|(_, t)| t.ip == ip);
-    let programmed =
-        st.datapath == DatapathKind::Nftables.as_str() && nft::holds("programmed", &ip.to_string());
+    let programmed = match (st.datapath.as_str(), &st.bpf_dir) {
+        ("nftables", _) => nft::holds("programmed", &ip.to_string()),
+        ("ebpf", Some(dir)) => ebpf::holds(dir, ip),
+        _ => false,
+    };
     let mut v = PodVerdict {
         pod: found.map(|(k, _)| k.clone()),
         direction: dir,

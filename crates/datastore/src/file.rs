@@ -19,6 +19,9 @@ use std::time::Duration;
 pub struct FileStore {
     dir: PathBuf,
     watch: Mutex<Option<OwnedFd>>,
+    /// Objects already read, by file name, with the modification time and size they
+    /// were read at: a snapshot re-reads only the files that changed.
+    cache: Mutex<std::collections::HashMap<String, (std::time::SystemTime, u64, StoredObject)>>,
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -36,6 +39,7 @@ impl FileStore {
         Ok(FileStore {
             dir,
             watch: Mutex::new(None),
+            cache: Mutex::new(Default::default()),
         })
     }
 
@@ -207,29 +211,46 @@ impl Datastore for FileStore {
 
     fn objects(&self) -> Result<(u64, Vec<StoredObject>)> {
         let rev = self.revision()?;
+        let d = self.dir.join("objects");
+        let mut cache = self.cache.lock().unwrap();
+        let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
-        for (file, o) in read_json_dir::<StoredObject>(&self.dir.join("objects"))? {
-            match o {
-                Ok(o) => out.push(o),
-                // A damaged record is handed on without its object, so the reader can
-                // name and skip it while the others still count.
-                Err(_) => {
-                    let stem = file.trim_end_matches(".json");
-                    let mut parts = stem.splitn(3, '_');
-                    let (kind, namespace, name) = (
-                        parts.next().unwrap_or_default(),
-                        parts.next().unwrap_or_default(),
-                        parts.next().unwrap_or_default(),
-                    );
-                    out.push(StoredObject {
-                        kind: kind.into(),
-                        namespace: namespace.into(),
-                        name: name.into(),
-                        value: serde_json::Value::Null,
-                    });
+        for e in fs::read_dir(&d).map_err(io("list", &d))?.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            if file.starts_with('.') || !file.ends_with(".json") {
+                continue;
+            }
+            let Ok(meta) = e.metadata() else { continue };
+            let stamp = (meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len());
+            seen.insert(file.clone());
+            if let Some((t, n, o)) = cache.get(&file) {
+                if (*t, *n) == stamp {
+                    out.push(o.clone());
+                    continue;
                 }
             }
+            let p = e.path();
+            let bytes = match fs::read(&p) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("read", &p)(e)),
+            };
+            let o = serde_json::from_slice::<StoredObject>(&bytes).unwrap_or_else(|_| {
+                // A damaged record is handed on without its object, so the reader can
+                // name and skip it while the others still count.
+                let stem = file.trim_end_matches(".json");
+                let mut parts = stem.splitn(3, '_');
+                StoredObject {
+                    kind: parts.next().unwrap_or_default().into(),
+                    namespace: parts.next().unwrap_or_default().into(),
+                    name: parts.next().unwrap_or_default().into(),
+                    value: serde_json::Value::Null,
+                }
+            });
+            cache.insert(file, (stamp.0, stamp.1, o.clone()));
+            out.push(o);
         }
+        cache.retain(|f, _| seen.contains(f));
         out.sort_by_key(StoredObject::key);
         Ok((rev, out))
     }

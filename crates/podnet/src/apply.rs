@@ -160,7 +160,7 @@ impl Lab {
         loop {
             let mut lagging = Vec::new();
             for n in &st.nodes {
-                let v = podnet_agent::api::ask(&self.api_socket(&n.name), "policy").ok();
+                let v = podnet_agent::api::ask(&self.api_socket(&n.name), "policy-revision").ok();
                 let rev = v.as_ref().and_then(|v| v["revision"].as_u64()).unwrap_or(0);
                 let none = v.as_ref().and_then(|v| v["datapath"].as_str()) == Some("none");
                 if !none && rev < want {

@@ -70,7 +70,13 @@ pub(crate) fn setns_cmd(ns: &Netns, prog: &str) -> Command {
 }
 
 /// Throughput of one iperf3 TCP stream from `src` to `dst_ip` (in `dst`), Gbit/s.
-pub(crate) fn iperf(name: &str, src: &Netns, dst: &Netns, dst_ip: Ipv4Addr, seconds: u32) -> Result<f64> {
+pub(crate) fn iperf(
+    name: &str,
+    src: &Netns,
+    dst: &Netns,
+    dst_ip: Ipv4Addr,
+    seconds: u32,
+) -> Result<f64> {
     let mut server = setns_cmd(dst, "iperf3")
         .args(["-s", "-1", "-B", &dst_ip.to_string(), "-p", "5201"])
         .stdout(Stdio::null())

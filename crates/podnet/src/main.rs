@@ -373,6 +373,9 @@ enum BenchCmd {
         /// Policy changes timed for the programming latency.
         #[arg(long, default_value_t = 100)]
         changes: usize,
+        /// Only these parts: per-packet, latency, compile (comma-separated).
+        #[arg(long, value_delimiter = ',', value_parser = ["per-packet", "latency", "compile"])]
+        only: Vec<String>,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -828,6 +831,7 @@ fn run(cli: Cli) -> Result<()> {
                     seconds,
                     rounds,
                     changes,
+                    only,
                     output,
                 },
         } => {
@@ -844,6 +848,7 @@ fn run(cli: Cli) -> Result<()> {
                     seconds: seconds.max(1),
                     rounds: rounds.max(1),
                     changes: changes.max(1),
+                    only,
                 },
                 &podnet::lab::Binaries::find()?,
                 &mut |l| {

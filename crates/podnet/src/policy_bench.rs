@@ -36,6 +36,8 @@ pub struct Options {
     pub rounds: u32,
     /// Policy changes timed for the programming latency.
     pub changes: usize,
+    /// Only these parts (`per-packet`, `latency`, `compile`); empty: all.
+    pub only: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -77,7 +79,7 @@ pub struct Report {
     pub rounds: u32,
     pub per_packet: Vec<Cell>,
     pub latency: Vec<Latency>,
-    pub compile: Compile,
+    pub compile: Option<Compile>,
 }
 
 fn obj(v: serde_json::Value) -> Object {
@@ -86,8 +88,10 @@ fn obj(v: serde_json::Value) -> Object {
 
 fn pod(ns: &str, name: &str, labels: serde_json::Value, node: &str, ports: &[u16]) -> Object {
     let ports: Vec<_> = ports.iter().map(|p| json!({"containerPort": p})).collect();
-    obj(json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":name,"namespace":ns,"labels":labels},
-        "spec":{"nodeName":node,"containers":[{"ports":ports}]}}))
+    obj(
+        json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":name,"namespace":ns,"labels":labels},
+        "spec":{"nodeName":node,"containers":[{"ports":ports}]}}),
+    )
 }
 
 /// The server's policy: `n` ipBlock rules, then the one admitting the client.
@@ -99,8 +103,10 @@ fn server_policy(n: usize) -> Object {
         })
         .collect();
     rules.push(json!({"from":[{"podSelector":{"matchLabels":{"role":"client"}}}],"ports":[{"port":5201},{"port":5203}]}));
-    obj(json!({"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"bench","namespace":"bench"},
-        "spec":{"podSelector":{"matchLabels":{"role":"server"}},"ingress":rules}}))
+    obj(
+        json!({"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"bench","namespace":"bench"},
+        "spec":{"podSelector":{"matchLabels":{"role":"server"}},"ingress":rules}}),
+    )
 }
 
 /// The baseline: one iptables rule per allowed peer and port, in a chain on the
@@ -159,7 +165,10 @@ fn conn_rate(src: &Netns, dst: &Netns, ip: Ipv4Addr, seconds: u32) -> Result<f64
             while t.elapsed() < limit {
                 let c = connect()?;
                 // Closing with a reset leaves no TIME_WAIT to run out of ports.
-                let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
                 // SAFETY: setsockopt on a socket we own, with a valid linger struct.
                 unsafe {
                     libc::setsockopt(
@@ -232,7 +241,11 @@ fn per_packet(
     bins: &Binaries,
     say: &mut dyn FnMut(&str),
 ) -> Result<Vec<Cell>> {
-    let lab_dp = if datapath == "iptables" { "none" } else { datapath };
+    let lab_dp = if datapath == "iptables" {
+        "none"
+    } else {
+        datapath
+    };
     let (_g, lab) = bench_lab(&format!("{tag}{}", &datapath[..2]), lab_dp, bins)?;
     let ns = obj(json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"bench"}}));
     lab.apply(
@@ -249,6 +262,10 @@ fn per_packet(
     let (client, cip) = pod_ns(&lab, "bench/client")?;
     let (server, sip) = pod_ns(&lab, "bench/server")?;
     let node = Netns::open(netns::named_path(&lab.node_ns("node1")))?;
+    // Warm-up, not reported: the first connections of fresh namespaces are slower
+    // (neighbour resolution, conntrack and flow tables growing).
+    iperf(datapath, &client, &server, sip, 1)?;
+    conn_rate(&client, &server, sip, 1)?;
     let mut out: Vec<Cell> = Vec::new();
     for &n in &opts.rules {
         say(&format!("{datapath}: {n} rules"));
@@ -256,7 +273,10 @@ fn per_packet(
             "iptables" => iptables_chain(&node, sip, cip, n)?,
             _ if n == 0 => {
                 let st = lab.load()?.context("lab state")?;
-                lab.delete_objects(&st, &[("NetworkPolicy".into(), "bench".into(), "bench".into())])?;
+                lab.delete_objects(
+                    &st,
+                    &[("NetworkPolicy".into(), "bench".into(), "bench".into())],
+                )?;
                 lab.wait_policy(&st, None)?;
             }
             _ => {
@@ -269,7 +289,10 @@ fn per_packet(
             c.push(conn_rate(&client, &server, sip, opts.seconds.min(2))?);
         }
         let (gbit, conns) = (median(g), median(c));
-        let base = out.first().map(|b| (b.gbit_per_s, b.connections_per_s)).unwrap_or((gbit, conns));
+        let base = out
+            .first()
+            .map(|b| (b.gbit_per_s, b.connections_per_s))
+            .unwrap_or((gbit, conns));
         out.push(Cell {
             datapath: if datapath == "iptables" {
                 "iptables chain (baseline)".into()
@@ -281,7 +304,9 @@ fn per_packet(
             connections_per_s: conns,
             throughput_vs_0: gbit / base.0,
             connections_vs_0: conns / base.1,
-            agent_rss_mib: (datapath != "iptables").then(|| rss_mib(&lab, "node1")).flatten(),
+            agent_rss_mib: (datapath != "iptables")
+                .then(|| rss_mib(&lab, "node1"))
+                .flatten(),
         });
     }
     Ok(out)
@@ -298,14 +323,24 @@ fn latency(
     let (pods, policies) = (100, 1000);
     let (_g, lab) = bench_lab(&format!("{tag}l{}", &datapath[..2]), datapath, bins)?;
     say(&format!("{datapath}: {pods} pods and {policies} policies"));
-    let mut objs = vec![obj(json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"lat"}}))];
+    let mut objs = vec![obj(
+        json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":"lat"}}),
+    )];
     for i in 0..pods {
-        objs.push(pod("lat", &format!("p{i}"), json!({"app": format!("a{}", i % 10)}), "node1", &[]));
+        objs.push(pod(
+            "lat",
+            &format!("p{i}"),
+            json!({"app": format!("a{}", i % 10)}),
+            "node1",
+            &[],
+        ));
     }
     let policy = |i: usize, port: i32| {
-        obj(json!({"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":format!("np{i}"),"namespace":"lat"},
+        obj(
+            json!({"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":format!("np{i}"),"namespace":"lat"},
             "spec":{"podSelector":{"matchLabels":{"app":format!("a{}", i % 10)}},
-                    "ingress":[{"from":[{"podSelector":{"matchLabels":{"app":format!("a{}", (i + 1) % 10)}}}],"ports":[{"port":port}]}]}}))
+                    "ingress":[{"from":[{"podSelector":{"matchLabels":{"app":format!("a{}", (i + 1) % 10)}}}],"ports":[{"port":port}]}]}}),
+        )
     };
     for i in 0..policies {
         objs.push(policy(i, 1000 + i as i32));
@@ -319,7 +354,7 @@ fn latency(
         let t = Instant::now();
         let rev = lab.put_objects(&st, &[changed])?;
         loop {
-            let v = podnet_agent::api::ask(&sock, "policy")?;
+            let v = podnet_agent::api::ask(&sock, "policy-revision")?;
             if v["revision"].as_u64().unwrap_or(0) >= rev {
                 break;
             }
@@ -352,7 +387,13 @@ pub fn compile_bench() -> Compile {
     }
     for i in 0..npods {
         let node = format!("node{}", i % 50);
-        let mut p = pod(&format!("ns{}", i % 50), &format!("p{i}"), json!({"app": format!("a{}", i % 20), "tier": format!("t{}", i % 3)}), &node, &[8080]);
+        let mut p = pod(
+            &format!("ns{}", i % 50),
+            &format!("p{i}"),
+            json!({"app": format!("a{}", i % 20), "tier": format!("t{}", i % 3)}),
+            &node,
+            &[8080],
+        );
         if let Object::Pod(p) = &mut p {
             p.status = Some(podnet_policy::objects::PodStatus {
                 pod_ip: Some(Ipv4Addr::from(0x0af4_0000u32 + i as u32 + 2).to_string()),
@@ -388,21 +429,31 @@ pub fn compile_bench() -> Compile {
 
 pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result<Report> {
     let tag = format!("pb{}", std::process::id() % 100000);
+    let want = |part: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == part);
     let mut per = Vec::new();
-    for dp in ["nftables", "ebpf", "iptables"] {
-        per.extend(per_packet(dp, &tag, opts, bins, say)?);
+    if want("per-packet") {
+        for dp in ["nftables", "ebpf", "iptables"] {
+            per.extend(per_packet(dp, &tag, opts, bins, say)?);
+        }
     }
     let mut lat = Vec::new();
-    for dp in ["nftables", "ebpf"] {
-        lat.push(latency(dp, &tag, opts, bins, say)?);
+    if want("latency") {
+        for dp in ["nftables", "ebpf"] {
+            lat.push(latency(dp, &tag, opts, bins, say)?);
+        }
     }
-    say("compiling 10 000 policies over 5 000 pods");
+    let compile = if want("compile") {
+        say("compiling 10 000 policies over 5 000 pods");
+        Some(compile_bench())
+    } else {
+        None
+    };
     Ok(Report {
         seconds: opts.seconds,
         rounds: opts.rounds,
         per_packet: per,
         latency: lat,
-        compile: compile_bench(),
+        compile,
     })
 }
 
@@ -426,7 +477,9 @@ pub fn render(r: &Report) -> String {
             c.throughput_vs_0 * 100.0,
             c.connections_per_s,
             c.connections_vs_0 * 100.0,
-            c.agent_rss_mib.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into())
+            c.agent_rss_mib
+                .map(|m| format!("{m:.1}"))
+                .unwrap_or_else(|| "-".into())
         );
     }
     s += "\nProgramming latency, datastore write → datapath holds it, one policy changed at a time:\n\n";
@@ -436,9 +489,11 @@ pub fn render(r: &Report) -> String {
             l.datapath, l.pods, l.policies, l.changes, l.p50_ms, l.p99_ms, l.max_ms
         );
     }
-    s += &format!(
-        "\nCompile: {} policies over {} pods: all pods {:.0} ms; one node's {} pods {:.0} ms\n",
-        r.compile.policies, r.compile.pods, r.compile.all_pods_ms, r.compile.one_node_pods, r.compile.one_node_ms
-    );
+    if let Some(c) = &r.compile {
+        s += &format!(
+            "\nCompile: {} policies over {} pods: all pods {:.0} ms; one node's {} pods {:.0} ms\n",
+            c.policies, c.pods, c.all_pods_ms, c.one_node_pods, c.one_node_ms
+        );
+    }
     s
 }

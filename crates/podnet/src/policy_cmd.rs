@@ -99,7 +99,7 @@ pub struct NodeStats {
 pub fn stats(agents: &[(String, &Path)]) -> Result<Vec<NodeStats>> {
     let mut out = Vec::new();
     for (node, sock) in agents {
-        match podnet_agent::api::ask(sock, "policy") {
+        match podnet_agent::api::ask(sock, "policy-stats") {
             Ok(v) => out.push(NodeStats {
                 node: node.clone(),
                 datapath: v["datapath"].as_str().unwrap_or("?").into(),

@@ -17,8 +17,9 @@
 use crate::model::*;
 use crate::net::Prefix;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use std::rc::Rc;
 
 /// Ports of one protocol, `first..=last`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -95,120 +96,186 @@ struct Peers {
     pods: Vec<usize>,
 }
 
-fn resolve_peers(c: &Cluster, policy_ns: &str, peers: Option<&[crate::objects::Peer]>) -> Peers {
-    let mut nets = Vec::new();
-    let mut pods = BTreeSet::new();
-    match peers {
-        None | Some([]) => {
-            nets.push(Prefix::new(Ipv4Addr::UNSPECIFIED, 0));
-            pods.extend(
-                c.pods
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, p)| p.ip.is_some())
-                    .map(|(i, _)| i),
-            );
+/// Lookups the compiler makes again and again, built once per compile.
+struct Index<'a> {
+    /// Pods with an address, by namespace.
+    by_ns: HashMap<&'a str, Vec<usize>>,
+    /// Peers already resolved, by (policy namespace, peers as JSON): policies stamped
+    /// from one template share their peers.
+    peers: HashMap<(String, String), Rc<Peers>>,
+}
+
+impl<'a> Index<'a> {
+    fn new(c: &'a Cluster) -> Index<'a> {
+        let mut by_ns: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, p) in c.pods.iter().enumerate() {
+            if p.ip.is_some() {
+                by_ns.entry(p.namespace.as_str()).or_default().push(i);
+            }
         }
-        Some(list) => {
-            for peer in list {
-                if let Some(b) = &peer.ip_block {
-                    let ps = ip_block_prefixes(b);
-                    pods.extend(c.pods.iter().enumerate().filter_map(|(i, p)| {
-                        let ip = p.ip?;
-                        ps.iter().any(|n| n.contains(ip)).then_some(i)
-                    }));
-                    nets.extend(ps);
-                } else {
-                    for (i, p) in c.pods.iter().enumerate() {
-                        if let Some(ip) = p.ip {
-                            if peer_admits_pod(c, policy_ns, peer, p) {
-                                nets.push(Prefix::host(ip));
-                                pods.insert(i);
-                            }
+        Index {
+            by_ns,
+            peers: HashMap::new(),
+        }
+    }
+
+    /// Pods (with addresses) a selector peer admits.
+    fn selected(&self, c: &Cluster, policy_ns: &str, peer: &crate::objects::Peer) -> Vec<usize> {
+        let mut out = Vec::new();
+        let namespaces: Vec<&str> = match &peer.namespace_selector {
+            Some(s) => self
+                .by_ns
+                .keys()
+                .filter(|ns| s.matches(c.ns_labels(ns)))
+                .copied()
+                .collect(),
+            None => vec![policy_ns],
+        };
+        for ns in namespaces {
+            for &i in self.by_ns.get(ns).into_iter().flatten() {
+                if peer
+                    .pod_selector
+                    .as_ref()
+                    .is_none_or(|s| s.matches(&c.pods[i].labels))
+                {
+                    out.push(i);
+                }
+            }
+        }
+        out
+    }
+
+    fn resolve(
+        &mut self,
+        c: &Cluster,
+        policy_ns: &str,
+        peers: Option<&[crate::objects::Peer]>,
+    ) -> Rc<Peers> {
+        let key = (
+            policy_ns.to_string(),
+            serde_json::to_string(&peers).unwrap_or_default(),
+        );
+        if let Some(p) = self.peers.get(&key) {
+            return p.clone();
+        }
+        let mut nets = Vec::new();
+        let mut pods = BTreeSet::new();
+        match peers {
+            None | Some([]) => {
+                nets.push(Prefix::new(Ipv4Addr::UNSPECIFIED, 0));
+                pods.extend(self.by_ns.values().flatten().copied());
+            }
+            Some(list) => {
+                for peer in list {
+                    if let Some(b) = &peer.ip_block {
+                        let ps = ip_block_prefixes(b);
+                        pods.extend(self.by_ns.values().flatten().copied().filter(|&i| {
+                            c.pods[i]
+                                .ip
+                                .is_some_and(|ip| ps.iter().any(|n| n.contains(ip)))
+                        }));
+                        nets.extend(ps);
+                    } else {
+                        for i in self.selected(c, policy_ns, peer) {
+                            nets.push(Prefix::host(
+                                c.pods[i].ip.expect("indexed pods have addresses"),
+                            ));
+                            pods.insert(i);
                         }
                     }
                 }
             }
         }
-    }
-    Peers {
-        nets,
-        pods: pods.into_iter().collect(),
+        let r = Rc::new(Peers {
+            nets,
+            pods: pods.into_iter().collect(),
+        });
+        self.peers.insert(key, r.clone());
+        r
     }
 }
 
 /// Compiles the tables of every pod for which `local` is true (and that has an
 /// address). Pods outside `local` are still everyone's peers.
+///
+/// Pods selected by the same policies get the same table (for ingress, when they
+/// also declare the same ports, since named ports resolve on them): each distinct
+/// table is built and normalized once.
 pub fn compile(c: &Cluster, local: impl Fn(&PodInfo) -> bool) -> BTreeMap<String, PodTables> {
-    let locals: Vec<usize> = c
-        .pods
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.ip.is_some() && local(p))
-        .map(|(i, _)| i)
-        .collect();
-    let mut out: BTreeMap<String, PodTables> = locals
-        .iter()
-        .map(|&i| {
-            let p = &c.pods[i];
-            (
-                p.key(),
-                PodTables {
-                    ip: p.ip.expect("local pods have addresses"),
-                    ingress: Table::Open,
-                    egress: Table::Open,
-                },
-            )
-        })
-        .collect();
-    for pol in &c.policies {
-        let selected: Vec<usize> = locals
-            .iter()
-            .copied()
-            .filter(|&i| selects(pol, &c.pods[i]))
-            .collect();
-        if selected.is_empty() {
+    let mut idx = Index::new(c);
+    // Local pods by namespace: a policy selects only pods of its own namespace.
+    let mut locals: HashMap<&str, Vec<usize>> = HashMap::new();
+    // Per local pod and direction, the policies that govern it there.
+    let mut governing: HashMap<usize, [Vec<usize>; 2]> = HashMap::new();
+    for (i, p) in c.pods.iter().enumerate() {
+        if p.ip.is_some() && local(p) {
+            locals.entry(p.namespace.as_str()).or_default().push(i);
+            governing.insert(i, [vec![], vec![]]);
+        }
+    }
+    for (pi, pol) in c.policies.iter().enumerate() {
+        let dirs = [Direction::Ingress, Direction::Egress].map(|d| governs(pol, d));
+        if dirs == [false, false] {
             continue;
         }
-        let name = policy_name(pol);
-        let ns = pol.metadata.ns();
-        for dir in [Direction::Ingress, Direction::Egress] {
-            if !governs(pol, dir) {
-                continue;
-            }
-            let rules: Vec<(Peers, Option<&[crate::objects::PolicyPort]>)> = rules(pol, dir)
-                .into_iter()
-                .map(|r| (resolve_peers(c, ns, r.peers), r.ports))
-                .collect();
-            for &i in &selected {
-                let pod = &c.pods[i];
-                let t = out.get_mut(&pod.key()).expect("selected pods are local");
-                let slot = match dir {
-                    Direction::Ingress => &mut t.ingress,
-                    Direction::Egress => &mut t.egress,
-                };
-                if let Table::Open = slot {
-                    *slot = Table::Isolated {
-                        policies: vec![],
-                        allow: BTreeSet::new(),
-                    };
-                }
-                let Table::Isolated { policies, allow } = slot else {
-                    unreachable!()
-                };
-                policies.push(name.clone());
-                for (peers, ports) in &rules {
-                    add_rule(c, dir, pod, peers, *ports, allow);
+        for &i in locals.get(pol.metadata.ns()).into_iter().flatten() {
+            if selects(pol, &c.pods[i]) {
+                let g = governing.get_mut(&i).expect("local pods are listed");
+                for d in 0..2 {
+                    if dirs[d] {
+                        g[d].push(pi);
+                    }
                 }
             }
         }
     }
-    for t in out.values_mut() {
-        for slot in [&mut t.ingress, &mut t.egress] {
-            if let Table::Isolated { allow, .. } = slot {
-                *allow = normalize(allow);
+    type GroupKey = (usize, Vec<usize>, Vec<(Option<String>, Proto, u16)>);
+    let mut built: HashMap<GroupKey, Table> = HashMap::new();
+    let mut out = BTreeMap::new();
+    let mut ids: Vec<usize> = governing.keys().copied().collect();
+    ids.sort();
+    for i in ids {
+        let pod = &c.pods[i];
+        let g = &governing[&i];
+        let mut table = |d: usize, dir: Direction| -> Table {
+            if g[d].is_empty() {
+                return Table::Open;
             }
-        }
+            let ports = if dir == Direction::Ingress {
+                pod.ports.clone()
+            } else {
+                vec![]
+            };
+            built
+                .entry((d, g[d].clone(), ports))
+                .or_insert_with(|| {
+                    let mut allow = BTreeSet::new();
+                    let mut names = Vec::new();
+                    for &pi in &g[d] {
+                        let pol = &c.policies[pi];
+                        names.push(policy_name(pol));
+                        for r in rules(pol, dir) {
+                            let peers = idx.resolve(c, pol.metadata.ns(), r.peers);
+                            add_rule(c, dir, pod, &peers, r.ports, &mut allow);
+                        }
+                    }
+                    Table::Isolated {
+                        policies: names,
+                        allow: normalize(&allow),
+                    }
+                })
+                .clone()
+        };
+        let ingress = table(0, Direction::Ingress);
+        let egress = table(1, Direction::Egress);
+        out.insert(
+            pod.key(),
+            PodTables {
+                ip: pod.ip.expect("local pods have addresses"),
+                ingress,
+                egress,
+            },
+        );
     }
     out
 }
@@ -218,52 +285,56 @@ pub fn compile(c: &Cluster, local: impl Fn(&PodInfo) -> bool) -> BTreeMap<String
 /// its prefixes, and each piece gets the union of the port ranges of every entry that
 /// covers it, as disjoint ranges.
 pub fn normalize(allow: &BTreeSet<Allow>) -> BTreeSet<Allow> {
-    let mut any: Vec<Prefix> = allow
+    // All-protocol prefixes, keeping only the outermost (prefixes nest or are disjoint).
+    let any: std::collections::HashSet<Prefix> = allow
         .iter()
         .filter(|a| a.ports.is_none())
         .map(|a| a.net)
         .collect();
-    any.sort_by_key(|p| p.len);
-    let mut top: Vec<Prefix> = Vec::new();
-    for p in any {
-        if !top.iter().any(|t| t.covers(&p)) {
-            top.push(p);
-        }
-    }
+    let covered_by = |set: &std::collections::HashSet<Prefix>, p: &Prefix, strict: bool| {
+        (0..=p.len)
+            .filter(|&l| !strict || l < p.len)
+            .any(|l| set.contains(&Prefix::new(p.network(), l)))
+    };
+    let top: Vec<Prefix> = any
+        .iter()
+        .filter(|p| !covered_by(&any, p, true))
+        .copied()
+        .collect();
+    let top_set: std::collections::HashSet<Prefix> = top.iter().copied().collect();
     let mut out: BTreeSet<Allow> = top.iter().map(|&net| Allow { net, ports: None }).collect();
-    let mut by_proto: BTreeMap<Proto, Vec<(Prefix, u16, u16)>> = BTreeMap::new();
+    let mut by_proto: BTreeMap<Proto, BTreeMap<Prefix, Vec<(u16, u16)>>> = BTreeMap::new();
     for a in allow {
         if let Some(p) = a.ports {
-            if !top.iter().any(|t| t.covers(&a.net)) {
+            if !covered_by(&top_set, &a.net, false) {
                 by_proto
                     .entry(p.proto)
                     .or_default()
-                    .push((a.net, p.first, p.last));
+                    .entry(a.net)
+                    .or_default()
+                    .push((p.first, p.last));
             }
         }
     }
-    for (proto, entries) in by_proto {
-        let nets: BTreeSet<Prefix> = entries.iter().map(|e| e.0).collect();
-        for &p in &nets {
-            // The part of p not inside a nested prefix of the family.
-            let inner: Vec<Prefix> = nets
-                .iter()
-                .filter(|q| **q != p && p.covers(q))
-                .copied()
-                .collect();
-            let mut ranges: Vec<(u16, u16)> = entries
-                .iter()
-                .filter(|(q, _, _)| q.covers(&p))
-                .map(|&(_, a, b)| (a, b))
-                .collect();
-            ranges.sort();
-            let mut merged: Vec<(u16, u16)> = Vec::new();
-            for (a, b) in ranges {
-                match merged.last_mut() {
-                    Some(last) if u32::from(a) <= u32::from(last.1) + 1 => last.1 = last.1.max(b),
-                    _ => merged.push((a, b)),
-                }
+    for (proto, nets) in by_proto {
+        // In address order, a prefix's nested prefixes follow it in one run, and its
+        // enclosing ones are on the stack with the ranges they pass down.
+        let list: Vec<(Prefix, Vec<(u16, u16)>)> = nets.into_iter().collect();
+        let mut stack: Vec<(Prefix, Vec<(u16, u16)>)> = Vec::new();
+        for (i, (p, own)) in list.iter().enumerate() {
+            while stack.last().is_some_and(|(q, _)| !q.covers(p)) {
+                stack.pop();
             }
+            let mut ranges = own.clone();
+            if let Some((_, inherited)) = stack.last() {
+                ranges.extend(inherited);
+            }
+            let merged = merge_ranges(ranges);
+            let inner: Vec<Prefix> = list[i + 1..]
+                .iter()
+                .take_while(|(q, _)| p.covers(q))
+                .map(|(q, _)| *q)
+                .collect();
             for piece in p.subtract(&inner) {
                 for &(first, last) in &merged {
                     out.insert(Allow {
@@ -272,9 +343,23 @@ pub fn normalize(allow: &BTreeSet<Allow>) -> BTreeSet<Allow> {
                     });
                 }
             }
+            stack.push((*p, merged));
         }
     }
     out
+}
+
+/// Sorted, disjoint, adjacent ones joined.
+fn merge_ranges(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+    ranges.sort();
+    let mut merged: Vec<(u16, u16)> = Vec::new();
+    for (a, b) in ranges {
+        match merged.last_mut() {
+            Some(last) if u32::from(a) <= u32::from(last.1) + 1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    merged
 }
 
 fn add_rule(

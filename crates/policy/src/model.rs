@@ -132,17 +132,24 @@ impl Cluster {
                 Object::NetworkPolicy(p) => c.policies.push(p.clone()),
             }
         }
+        // A namespace nobody declared (its pods exist) has only its name label.
+        for p in &c.pods {
+            if !c.namespaces.contains_key(&p.namespace) {
+                c.namespaces.insert(
+                    p.namespace.clone(),
+                    BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), p.namespace.clone())]),
+                );
+            }
+        }
         c.pods.sort_by_key(PodInfo::key);
         c.policies.sort_by_key(policy_name);
         c
     }
 
-    /// A namespace's labels; a namespace nobody declared has only its name label.
-    pub fn ns_labels(&self, ns: &str) -> BTreeMap<String, String> {
-        self.namespaces
-            .get(ns)
-            .cloned()
-            .unwrap_or_else(|| BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), ns.to_string())]))
+    /// A namespace's labels (none for a namespace that neither exists nor holds pods).
+    pub fn ns_labels(&self, ns: &str) -> &BTreeMap<String, String> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        self.namespaces.get(ns).unwrap_or(&NONE)
     }
 
     pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<&PodInfo> {
@@ -254,7 +261,7 @@ pub fn peer_admits_pod(c: &Cluster, policy_ns: &str, peer: &Peer, pod: &PodInfo)
         .as_ref()
         .is_none_or(|s| s.matches(&pod.labels));
     let ns_ok = match &peer.namespace_selector {
-        Some(s) => s.matches(&c.ns_labels(&pod.namespace)),
+        Some(s) => s.matches(c.ns_labels(&pod.namespace)),
         // A podSelector alone looks in the policy's own namespace.
         None => pod.namespace == policy_ns,
     };

@@ -60,24 +60,36 @@ impl Prefix {
     }
 
     /// `self` minus every prefix of `except`, as disjoint prefixes in address order.
+    /// Linear in the number of exceptions (times the prefix depth), so a block with
+    /// thousands of holes stays cheap.
     pub fn subtract(&self, except: &[Prefix]) -> Vec<Prefix> {
+        let mut inside: Vec<Prefix> = except
+            .iter()
+            .filter(|e| e.overlaps(self))
+            .copied()
+            .collect();
+        inside.sort();
         let mut out = Vec::new();
-        subtract_into(*self, except, &mut out);
+        subtract_into(*self, &inside, &mut out);
         out
     }
 }
 
+/// `p` minus `except` (sorted, every one overlapping `p`), in address order.
 fn subtract_into(p: Prefix, except: &[Prefix], out: &mut Vec<Prefix>) {
-    if except.iter().any(|e| e.covers(&p)) {
-        return;
-    }
-    if !except.iter().any(|e| p.covers(e)) {
+    if except.is_empty() {
         out.push(p);
         return;
     }
+    // One that overlaps p and is no longer than p covers it.
+    if except.iter().any(|e| e.len <= p.len) {
+        return;
+    }
+    // The rest lie strictly inside p, each within one half.
     let (a, b) = p.halves();
-    subtract_into(a, except, out);
-    subtract_into(b, except, out);
+    let split = except.partition_point(|e| e.addr < b.addr);
+    subtract_into(a, &except[..split], out);
+    subtract_into(b, &except[split..], out);
 }
 
 pub fn mask(len: u8) -> u32 {

@@ -594,7 +594,7 @@ fn hammer(
 fn denied_packets(lab: &TestLab, node: &str) -> u64 {
     let v = podnet_agent::api::ask(
         &std::path::PathBuf::from(format!("/run/podnet/lab/{}/{node}/podnetd.sock", lab.name)),
-        "policy",
+        "policy-stats",
     )
     .unwrap();
     let per_pod: u64 = v["denied"]
@@ -851,7 +851,15 @@ fn manifests_are_checked_whole_and_pods_update_in_place() {
 #[test]
 fn trace_names_the_policy_hop_and_stats_count_the_drops() {
     require_root();
-    let lab = TestLab::up(&["--nodes", "2", "--pods-per-node", "0"]);
+    // On a real etcd: the agents read the policy objects from it.
+    let lab = TestLab::up(&[
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "0",
+        "--datastore",
+        "etcd",
+    ]);
     lab.apply(&model_yaml());
     lab.apply(&format!(
         "{}---\n{}",
