@@ -30,7 +30,7 @@ echo "== NetworkPolicy: two tenants, default deny in tenant-b, tenant-a may call
 "$podnet" lab probe tenant-a/client tenant-b/db --port 5432 || true
 "$podnet" lab probe tenant-b/web tenant-b/db --port 5432
 "$podnet" policy explain tenant-a/client tenant-b/db --port 5432 --lab lab
-"$podnet" trace tenant-a/client tenant-b/db --port 5432 --lab lab | tail -5 || true
+"$podnet" trace tenant-a/client tenant-b/db --port 5432 --lab lab | tail -6 || true
 echo
 echo "== anti-spoofing: a pod claims its neighbour's IP with a forged ARP reply"
 "$podnet" demo

@@ -128,6 +128,7 @@ enum PolicyCmd {
         from: String,
         /// Destination: a pod as namespace/name, or an address.
         to: String,
+        /// Destination port.
         #[arg(long)]
         port: u16,
         #[arg(long, value_enum, default_value = "TCP")]
@@ -214,6 +215,7 @@ enum LabCmd {
         /// Destination pod.
         #[arg(required_unless_present = "matrix")]
         to: Option<String>,
+        /// Destination port (the pod must declare it to serve it).
         #[arg(long)]
         port: u16,
         #[arg(long, value_enum, default_value = "TCP")]

@@ -49,7 +49,7 @@ pub struct Cell {
     /// Against the same datapath with 0 rules.
     pub throughput_vs_0: f64,
     pub connections_vs_0: f64,
-    /// podnetd's resident memory with these rules (podnet datapaths).
+    /// podnetd's resident memory after the largest rule count (podnet datapaths).
     pub agent_rss_mib: Option<f64>,
 }
 
@@ -266,33 +266,59 @@ fn per_packet(
     // (neighbour resolution, conntrack and flow tables growing).
     iperf(datapath, &client, &server, sip, 1)?;
     conn_rate(&client, &server, sip, 1)?;
+    // Rounds outside, rule counts inside (every other round in reverse order), so that
+    // the machine's drift during a run spreads over every count alike; each cell is
+    // the median of its rounds.
+    let mut samples: std::collections::BTreeMap<usize, (Vec<f64>, Vec<f64>)> = Default::default();
+    for round in 0..opts.rounds {
+        let mut order = opts.rules.clone();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for &n in &order {
+            say(&format!(
+                "{datapath}: {n} rules (round {}/{})",
+                round + 1,
+                opts.rounds
+            ));
+            match datapath {
+                "iptables" => iptables_chain(&node, sip, cip, n)?,
+                _ if n == 0 => {
+                    let st = lab.load()?.context("lab state")?;
+                    lab.delete_objects(
+                        &st,
+                        &[("NetworkPolicy".into(), "bench".into(), "bench".into())],
+                    )?;
+                    lab.wait_policy(&st, None)?;
+                }
+                _ => {
+                    lab.apply(&[server_policy(n)], true, bins, &mut |_| {})?;
+                }
+            }
+            let e = samples.entry(n).or_default();
+            e.0.push(iperf(datapath, &client, &server, sip, opts.seconds)?);
+            e.1.push(conn_rate(&client, &server, sip, opts.seconds.min(2))?);
+        }
+    }
+    let measured: Vec<(usize, f64, f64)> = samples
+        .into_iter()
+        .map(|(n, (g, c))| (n, median(g), median(c)))
+        .collect();
+    let base = measured
+        .iter()
+        .find(|m| m.0 == 0)
+        .map(|m| (m.1, m.2))
+        .context("0 rules measured")?;
+    let rss = (datapath != "iptables")
+        .then(|| rss_mib(&lab, "node1"))
+        .flatten();
     let mut out: Vec<Cell> = Vec::new();
     for &n in &opts.rules {
-        say(&format!("{datapath}: {n} rules"));
-        match datapath {
-            "iptables" => iptables_chain(&node, sip, cip, n)?,
-            _ if n == 0 => {
-                let st = lab.load()?.context("lab state")?;
-                lab.delete_objects(
-                    &st,
-                    &[("NetworkPolicy".into(), "bench".into(), "bench".into())],
-                )?;
-                lab.wait_policy(&st, None)?;
-            }
-            _ => {
-                lab.apply(&[server_policy(n)], true, bins, &mut |_| {})?;
-            }
-        }
-        let (mut g, mut c) = (vec![], vec![]);
-        for _ in 0..opts.rounds {
-            g.push(iperf(datapath, &client, &server, sip, opts.seconds)?);
-            c.push(conn_rate(&client, &server, sip, opts.seconds.min(2))?);
-        }
-        let (gbit, conns) = (median(g), median(c));
-        let base = out
-            .first()
-            .map(|b| (b.gbit_per_s, b.connections_per_s))
-            .unwrap_or((gbit, conns));
+        let m = measured
+            .iter()
+            .find(|m| m.0 == n)
+            .context("every count measured")?;
+        let (gbit, conns) = (m.1, m.2);
         out.push(Cell {
             datapath: if datapath == "iptables" {
                 "iptables chain (baseline)".into()
@@ -304,9 +330,11 @@ fn per_packet(
             connections_per_s: conns,
             throughput_vs_0: gbit / base.0,
             connections_vs_0: conns / base.1,
-            agent_rss_mib: (datapath != "iptables")
-                .then(|| rss_mib(&lab, "node1"))
-                .flatten(),
+            agent_rss_mib: if n == *opts.rules.iter().max().unwrap_or(&0) {
+                rss
+            } else {
+                None
+            },
         });
     }
     Ok(out)
@@ -459,7 +487,7 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
 
 pub fn render(r: &Report) -> String {
     let mut s = format!(
-        "Per packet: one node, client → server pod selected by N ingress rules (ipBlock /32 + port each; the client's rule last). Median of {} rounds; iperf3 {} s, connections opened and closed for {} s.\n\n",
+        "Per packet: one node, client → server pod selected by N ingress rules (ipBlock /32 + port each; the client's rule last). Median of {} rounds; iperf3 {} s, connections opened and closed for {} s, rounds interleaved over the rule counts.\n\n",
         r.rounds,
         r.seconds,
         r.seconds.min(2)
