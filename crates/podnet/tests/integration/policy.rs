@@ -963,6 +963,11 @@ fn trace_names_the_policy_hop_and_stats_count_the_drops() {
         hop["detail"].as_str().unwrap().contains("admitted"),
         "{hop}"
     );
+    // `lab check` holds every pair against the policy: the denied ones count as
+    // denied, not as broken, and nothing does what the policy does not say.
+    let c = lab.json(&["check", "--output", "json"]);
+    assert_eq!(c["unexpected"], 0, "{c}");
+    assert!(c["denied_by_policy"].as_u64().unwrap() > 0, "{c}");
     // The datapath agrees with the trace, and counts the refused packets per pod.
     assert!(!lab
         .run(&["probe", "z/a", "x/a", "--port", "80"])
