@@ -23,7 +23,8 @@
 //!   or its lease expiring, makes peers remove their routes to it.
 //! - Enforces NetworkPolicy for the node's own pods ([`policy`], [`nft`]): compiled
 //!   from the Namespaces, Pods and NetworkPolicies in the datastore, programmed before
-//!   any pod can be made, changed incrementally as objects change.
+//!   any pod can be made, changed incrementally as objects change — on a thread of its
+//!   own with its own datastore handle, so that policy work never delays routes.
 //! - Serves its status and the node's kernel state on a Unix socket ([`api`]).
 
 pub mod api;
@@ -489,9 +490,12 @@ impl Agent {
         let mut vx = self.ensure_node(&n)?;
         // Policy first: the node file lets podnet-cni make pods, and none may be open
         // before its verdicts are programmed.
+        // Policy reads the datastore through a handle of its own: it waits for changes
+        // on its own thread, so a long compile never delays a peer's routes.
+        let pds: Arc<dyn Datastore> = podnet_datastore::open(&self.cfg.datastore)?.into();
         let mut pol = policy::Policy::new(
             self.cfg.policy_datapath,
-            Box::new(policy::DatastoreSource::new(self.ds.clone())),
+            Box::new(policy::DatastoreSource::new(pds.clone())),
             &self.cfg.node,
             n.record.pod_cidr,
             &self.cfg.bridge,
@@ -511,6 +515,23 @@ impl Agent {
             self.cfg.vxlan_dev.clone(),
             self.cfg.bridge.clone(),
         )?;
+        let interval = self.cfg.interval;
+        std::thread::Builder::new()
+            .name("policy".into())
+            .spawn(move || loop {
+                if let Err(e) = pol.sync(&plog) {
+                    plog(&format!("policy: {e}; retrying"));
+                }
+                if let Err(e) = pds.wait_change(interval) {
+                    plog(&format!("policy: cannot watch the datastore: {e}"));
+                    std::thread::sleep(interval);
+                }
+            })
+            .map_err(|source| Error::File {
+                what: "start the policy thread for",
+                path: self.cfg.node.clone(),
+                source,
+            })?;
 
         let mut renewed = Instant::now();
         let mut known: Vec<Peer> = vec![];
@@ -537,9 +558,6 @@ impl Agent {
             }
             if let Err(e) = self.sync(&n, &mut vx, &mut known, &mut last_desired, &mut changes) {
                 self.log(&format!("sync failed, retrying: {e}"));
-            }
-            if let Err(e) = pol.sync(&plog) {
-                self.log(&format!("policy: {e}; retrying"));
             }
             if let Err(e) = self.ds.wait_change(self.cfg.interval) {
                 // Without this pause a datastore that fails at once would spin the loop.

@@ -1,7 +1,8 @@
 //! `podnet doctor`: node-wide checks, each node through its own agent. For every peer:
 //! route, neighbour and FDB entry present and matching what the datastore says, the
 //! VXLAN port open and the path MTU big enough (probed); nothing stale for departed
-//! peers; forwarding on; bridge and VXLAN device up; conntrack table below 80%;
+//! peers; forwarding on; bridge and VXLAN device up; the NetworkPolicy datapath
+//! programmed without error (and what it refused); conntrack table below 80%;
 //! reverse-path filtering that would drop overlay traffic.
 
 use crate::trace::{ask, pod_end, route_fix, route_to_peer_mismatch, Agents};
@@ -325,6 +326,56 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
                 ),
                 &format!("ip neigh del {} dev {vx}", s(n, "ip")),
             );
+        }
+        // NetworkPolicy: programmed without error, every local pod accounted for, and
+        // what was refused.
+        match ask(json!({"get": "policy-stats"})) {
+            Ok(p) => {
+                let dp = s(&p, "datapath").to_string();
+                if dp == "none" {
+                    out.put("policy", "warn", "no NetworkPolicy datapath: every pod is open".into(), "start podnetd with --policy-datapath nftables or ebpf to enforce NetworkPolicy");
+                } else if let Some(e) = p["error"].as_str() {
+                    out.check("policy", false, format!("{dp}: the last change failed: {e}"), "see podnetd's log on this node; the datapath keeps its last verdicts until a change succeeds");
+                } else {
+                    let pods = p["pods"].as_array().map_or(0, |a| a.len());
+                    let isolated = p["pods"].as_array().map_or(0, |a| {
+                        a.iter()
+                            .filter(|x| {
+                                x["ingress"]["state"] == "isolated"
+                                    || x["egress"]["state"] == "isolated"
+                            })
+                            .count()
+                    });
+                    let denied: u64 = p["denied"]
+                        .as_array()
+                        .map_or(0, |a| a.iter().filter_map(|d| d["packets"].as_u64()).sum());
+                    out.put("policy", "ok", format!("{dp}: revision {}, {pods} pods programmed ({isolated} isolated), {denied} packets refused (podnet policy stats)", p["revision"]), "");
+                }
+                if let Some(r) = p["rejected"].as_array().filter(|r| !r.is_empty()) {
+                    out.put(
+                        "policy objects",
+                        "warn",
+                        format!(
+                            "{} invalid objects left out: {}",
+                            r.len(),
+                            r.iter()
+                                .filter_map(|x| x.as_str())
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        ),
+                        "fix them in the datastore (or the API); the others are enforced",
+                    );
+                }
+                if let Some(n) = p["closed_packets"].as_u64().filter(|n| *n > 0) {
+                    out.put("policy closed", "ok", format!("{n} packets to or from addresses no programmed pod holds (pods not yet programmed, or gone)"), "");
+                }
+            }
+            Err(e) => out.put(
+                "policy",
+                "warn",
+                format!("the agent does not report its policy datapath: {e:#}"),
+                "upgrade podnetd on this node",
+            ),
         }
         // Conntrack and reverse-path filtering.
         if let (Some(c), Some(m)) = (

@@ -993,5 +993,28 @@ fn trace_names_the_policy_hop_and_stats_count_the_drops() {
         .find(|d| d["pod"] == "x/a" && d["direction"] == "ingress")
         .expect("x/a ingress counted");
     assert!(xa["packets"].as_u64().unwrap() >= 1, "{xa}");
+    // doctor reports each node's policy datapath, and what it refused.
+    let d: Value = serde_json::from_slice(
+        &podnet()
+            .args(["doctor", "--lab", &lab.name, "--output", "json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let policy: Vec<&Value> = d["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["check"] == "policy")
+        .collect();
+    assert_eq!(policy.len(), 2, "{d}");
+    assert!(policy.iter().all(|f| f["status"] == "ok"), "{d}");
+    assert!(
+        policy
+            .iter()
+            .any(|f| f["detail"].as_str().unwrap().contains("packets refused")),
+        "{d}"
+    );
     assert_eq!(xa["policies"], serde_json::json!(["x/deny-in"]));
 }
