@@ -12,5 +12,6 @@ mod ipam;
 mod lab;
 mod podman;
 mod policy;
+mod policy_datapath;
 mod trace;
 mod verbs;
