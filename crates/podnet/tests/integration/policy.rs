@@ -558,6 +558,28 @@ fn conformance(datapath: &str) {
     }
     // Every case cleaned up after itself: back to all-allowed.
     check(&lab, "after all cases", 81, "TCP", &Expect::all(true));
+    // trace reads each datapath's own kernel state for its policy hops: a denied flow
+    // is named at the destination's policy hop, an admitted one passes it.
+    lab.apply(&np(
+        "trace-deny",
+        "x",
+        "  podSelector:\n    matchLabels:\n      pod: a\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels:\n          pod: b\n",
+    ));
+    let trace = |from: &str, to: &str| -> Value {
+        let o = podnet()
+            .args([
+                "trace", "--lab", &lab.name, from, to, "--port", "80", "--output", "json",
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("trace: {e}: {}", String::from_utf8_lossy(&o.stderr)))
+    };
+    let v = trace("y/a", "x/a");
+    assert_eq!(v["broken_hop"]["where"], "dst-pod", "{datapath}: {v:#}");
+    assert_eq!(v["broken_hop"]["what"], "policy", "{datapath}: {v:#}");
+    let v = trace("x/b", "x/a");
+    assert_eq!(v["verdict"], "reachable", "{datapath}: {v:#}");
 }
 
 #[test]
