@@ -136,6 +136,60 @@ pub fn named_path(name: &str) -> PathBuf {
 
 /// Creates a new, empty network namespace and pins it at `/run/netns/NAME`
 /// (like `ip netns add NAME`). Fails if the name is taken.
+/// Makes the namespace directory a shared mount of itself, as `ip netns add` does.
+/// Without it, the first `ip netns add` after ours bind-mounts the directory over
+/// itself and hides the namespaces already pinned there: they can then neither be
+/// seen nor deleted (`rm` says busy) until the overmount goes.
+fn ensure_run_dir_mount() -> Result<()> {
+    static ONCE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = ONCE.lock().unwrap_or_else(|e| e.into_inner());
+    if *done {
+        return Ok(());
+    }
+    let dir = CString::new(NETNS_RUN_DIR).expect("no NUL in path");
+    let shared = || {
+        // SAFETY: changing the propagation of a mount point we name.
+        unsafe {
+            libc::mount(
+                c"none".as_ptr(),
+                dir.as_ptr(),
+                std::ptr::null(),
+                libc::MS_SHARED | libc::MS_REC,
+                std::ptr::null(),
+            )
+        }
+    };
+    if shared() != 0 {
+        if io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+            return Err(Error::io(
+                "share mount",
+                NETNS_RUN_DIR,
+                io::Error::last_os_error(),
+            ));
+        }
+        // Not a mount point yet: bind it onto itself, then share it.
+        // SAFETY: a bind mount of a directory onto itself.
+        let rc = unsafe {
+            libc::mount(
+                dir.as_ptr(),
+                dir.as_ptr(),
+                c"none".as_ptr(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 || shared() != 0 {
+            return Err(Error::io(
+                "bind-mount",
+                NETNS_RUN_DIR,
+                io::Error::last_os_error(),
+            ));
+        }
+    }
+    *done = true;
+    Ok(())
+}
+
 pub fn create_named(name: &str) -> Result<Netns> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return Err(Error::io(
@@ -146,6 +200,7 @@ pub fn create_named(name: &str) -> Result<Netns> {
     }
     std::fs::create_dir_all(NETNS_RUN_DIR)
         .map_err(|e| Error::io("create directory", NETNS_RUN_DIR, e))?;
+    ensure_run_dir_mount()?;
     let path = named_path(name);
     std::fs::OpenOptions::new()
         .write(true)

@@ -1280,12 +1280,12 @@ impl Lab {
             )
             .allowed()
         };
-        let pairs: Vec<Probe> = std::thread::scope(|sc| -> Result<Vec<Probe>> {
-            let mut handles = Vec::new();
+        let mut jobs = Vec::new();
+        {
             for src in &st.pods {
                 for dst in st.pods.iter().filter(|d| d.name != src.name) {
                     let must = allowed(src, dst);
-                    handles.push(sc.spawn(move || -> Result<Probe> {
+                    jobs.push(move || -> Result<Probe> {
                         let ns = Netns::open(netns::named_path(&src.netns))?;
                         let r = probe::tcp_request(
                             &ns,
@@ -1313,17 +1313,11 @@ impl Lab {
                             error,
                             allowed_by_policy: must,
                         })
-                    }));
+                    });
                 }
             }
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("probe thread panicked")))
-                })
-                .collect()
-        })?;
+        }
+        let pairs = crate::reach::all_at_once(jobs)?;
         let reachable = pairs.iter().filter(|p| p.ok).count();
         let nat_free = pairs.iter().filter(|p| p.ok).all(|p| p.no_nat);
         Ok(Check {

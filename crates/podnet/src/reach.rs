@@ -126,23 +126,15 @@ impl Lab {
         let mut pods: Vec<&PodState> = st.pods.iter().collect();
         pods.sort_by_key(|p| p.key());
         let n = pods.len();
-        let cells: Vec<Result<bool>> = std::thread::scope(|sc| {
-            let handles: Vec<_> = pods
-                .iter()
+        let cells = all_at_once(
+            pods.iter()
                 .flat_map(|s| pods.iter().map(move |d| (*s, *d)))
-                .map(|(s, d)| sc.spawn(move || probe(s, d.ip, port, proto, PROBE_TIMEOUT)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("probe thread panicked")))
-                })
-                .collect()
-        });
+                .map(|(s, d)| move || probe(s, d.ip, port, proto, PROBE_TIMEOUT))
+                .collect(),
+        )?;
         let mut connected = vec![vec![false; n]; n];
         for (i, c) in cells.into_iter().enumerate() {
-            connected[i / n][i % n] = c?;
+            connected[i / n][i % n] = c;
         }
         Ok(Matrix {
             pods: pods.iter().map(|p| p.key()).collect(),
@@ -151,6 +143,21 @@ impl Lab {
             connected,
         })
     }
+}
+
+/// Runs every job on a thread of its own, all at once; the results in job order, or
+/// the first error.
+pub fn all_at_once<T: Send>(jobs: Vec<impl FnOnce() -> Result<T> + Send>) -> Result<Vec<T>> {
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = jobs.into_iter().map(|j| sc.spawn(j)).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("probe thread panicked")))
+            })
+            .collect()
+    })
 }
 
 /// The matrix for people: `.` connected, `X` not (as the Kubernetes e2e tests print it).
