@@ -431,9 +431,10 @@ impl Policy {
                 return Err(e);
             }
         };
-        if matches!(self.dp, Dp::Ebpf(_)) {
-            // Addresses come and go (the VXLAN device's, the bridge's), and pods made
-            // before this datapath lack its programs.
+        // Only when the node's pods change, not on every policy change: addresses come
+        // and go (the VXLAN device's, the bridge's), and pods made before this
+        // datapath lack its programs. (New pods get them from podnet-cni.)
+        if matches!(self.dp, Dp::Ebpf(_)) && !tables.keys().eq(self.tables.keys()) {
             if let Err(e) = self.refresh_node(log) {
                 log(&format!("policy: {e}"));
             }
