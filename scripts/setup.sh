@@ -12,8 +12,8 @@ fi
 # purpose. containernetworking-plugins: the reference plugins (benchmark baseline,
 # chaining tests). podman, runc, busybox-static, iptables: the real-runtime test.
 # etcd-server: the lab on a real etcd. iperf3: the datapath benchmark. nftables,
-# procps (nft, sysctl): lab fault injection.
-packages=(clang iproute2 containernetworking-plugins podman runc busybox-static iptables tar etcd-server iperf3 nftables procps)
+# procps (nft, sysctl): lab fault injection. openssl: the Kubernetes lab's certificates.
+packages=(clang iproute2 containernetworking-plugins podman runc busybox-static iptables tar etcd-server iperf3 nftables procps openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

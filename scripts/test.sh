@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
+# The Kubernetes tests run a real kube-apiserver: built once from Go modules, cached.
+PODNET_KUBERNETES_BIN=$(./scripts/kubernetes.sh)
+export PODNET_KUBERNETES_BIN
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

@@ -13,7 +13,9 @@
 //! - `{"get":"policy"}`: the NetworkPolicy datapath — the revision of the objects it
 //!   reflects, each local pod's verdicts per direction; `{"get":"policy-stats"}` adds
 //!   the packets refused per pod and direction, read from the kernel's counters;
-//!   `{"get":"policy-revision"}` only the revision (what waiting for a change polls).
+//!   `{"get":"policy-revision"}` only the revision (what waiting for a change polls);
+//!   `{"get":"policy-versions","keys":["Pod ns/name",…]}` the version (Kubernetes
+//!   `resourceVersion`) of each named object the programmed verdicts reflect.
 //! - `{"get":"verdict","ip":…,"peer":…,"direction":"ingress"|"egress","protocol":"TCP","port":N}`:
 //!   what the programmed tables of local pod `ip` say of traffic with `peer`.
 
@@ -129,6 +131,19 @@ fn answer(
         Some("policy-revision") => {
             let st = policy.lock().unwrap();
             json!({"datapath": st.datapath, "revision": st.revision, "error": st.error})
+        }
+        Some("policy-versions") => {
+            // Which version of each named object the programmed verdicts reflect
+            // (null: none, or the object is absent).
+            let st = policy.lock().unwrap();
+            let keys = req.get("keys").and_then(Value::as_array);
+            let versions: serde_json::Map<String, Value> = keys
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(|k| (k.to_string(), json!(st.versions.get(k))))
+                .collect();
+            json!({"datapath": st.datapath, "revision": st.revision, "error": st.error, "versions": versions})
         }
         Some("policy-stats") => {
             let st = policy.lock().unwrap().clone();
@@ -258,6 +273,39 @@ pub fn state(vxlan_dev: &str, bridge: &str) -> podnet_netlink::Result<Value> {
 }
 
 /// Asks the agent behind `path` one question; `get` is `status` or `state`.
+/// Whether the agent on `path` has programmed its node: a sync completed, the policy
+/// datapath holds verdicts (or enforces none), the datastore reports no problem.
+pub fn ready(path: &Path) -> Result<(), String> {
+    let st =
+        ask(path, "status").map_err(|e| format!("no agent answers on {}: {e}", path.display()))?;
+    if st["last_sync"].as_u64().unwrap_or(0) == 0 {
+        return Err("the node's routes are not programmed yet".into());
+    }
+    if let Some(p) = st["datastore_problems"]
+        .as_array()
+        .filter(|p| !p.is_empty())
+    {
+        return Err(format!(
+            "datastore: {}",
+            p.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    let pol = ask(path, "policy-revision").map_err(|e| e.to_string())?;
+    if pol["datapath"] != "none" && pol["revision"].as_u64().unwrap_or(0) == 0 {
+        return Err(format!(
+            "the NetworkPolicy datapath holds no verdicts yet{}",
+            pol["error"]
+                .as_str()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
 pub fn ask(path: &Path, get: &str) -> std::io::Result<Value> {
     request(path, &json!({"get": get}))
 }

@@ -131,6 +131,9 @@ pub struct Status {
     /// Kernel changes made since the agent started.
     pub changes: u64,
     pub pid: u32,
+    /// What is wrong with the datastore right now (a refused watch, the API server
+    /// unreachable); the datapath keeps its last state meanwhile.
+    pub datastore_problems: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -192,9 +195,20 @@ pub struct Agent {
     ignored: std::collections::BTreeMap<String, String>,
 }
 
+/// Opens the datastore a URL names: `file:…`, `etcd://…`, or `kubernetes[:kubeconfig]`
+/// (the API server; see [`podnet_kube`]). Log lines name `node`.
+pub fn open_datastore(url: &str, node: &str) -> Result<Arc<dyn Datastore>> {
+    if podnet_kube::is_kubernetes_url(url) {
+        let node = node.to_string();
+        let log: podnet_kube::Log = Arc::new(move |m: &str| log(&node, m));
+        return Ok(Arc::new(podnet_kube::KubeStore::open(url, log)?));
+    }
+    Ok(podnet_datastore::open(url)?.into())
+}
+
 impl Agent {
     pub fn new(cfg: Config) -> Result<Agent> {
-        let ds: Arc<dyn Datastore> = podnet_datastore::open(&cfg.datastore)?.into();
+        let ds = open_datastore(&cfg.datastore, &cfg.node)?;
         let sock = Socket::route()?;
         Ok(Agent {
             cfg,
@@ -472,7 +486,22 @@ impl Agent {
     /// Sets the node up and keeps it converged; returns only on a fatal error.
     pub fn run(mut self) -> Result<()> {
         let (underlay_index, underlay_ip, underlay_mtu) = self.underlay()?;
-        let record = self.register(underlay_ip)?;
+        // A datastore that cannot serve the node yet (API server down, no pod CIDR
+        // allocated to the Node yet) is waited for; a refusal is fatal.
+        let mut backoff = Duration::from_millis(200);
+        let record = loop {
+            match self.register(underlay_ip) {
+                Err(Error::Datastore(e)) if e.is_transient() => {
+                    self.log(&format!(
+                        "cannot register yet: {e}; retrying in {:.1} s",
+                        backoff.as_secs_f64()
+                    ));
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                r => break r?,
+            }
+        };
         let mtu = match self.cfg.backend {
             BackendKind::Vxlan => underlay_mtu - VXLAN_OVERHEAD,
             BackendKind::HostGw => underlay_mtu,
@@ -492,7 +521,7 @@ impl Agent {
         // before its verdicts are programmed.
         // Policy reads the datastore through a handle of its own: it waits for changes
         // on its own thread, so a long compile never delays a peer's routes.
-        let pds: Arc<dyn Datastore> = podnet_datastore::open(&self.cfg.datastore)?.into();
+        let pds = open_datastore(&self.cfg.datastore, &self.cfg.node)?;
         let mut pol = policy::Policy::new(
             self.cfg.policy_datapath,
             Box::new(policy::DatastoreSource::new(pds.clone())),
@@ -690,6 +719,7 @@ impl Agent {
             last_sync: podnet_datastore::now(),
             changes: *changes,
             pid: std::process::id(),
+            datastore_problems: self.ds.problems(),
         };
         Ok(())
     }

@@ -27,6 +27,9 @@ pub struct Snapshot {
     pub objects: Vec<Object>,
     /// Objects left out, with why (`Pod x/a: spec.containers[0]…`).
     pub rejected: Vec<String>,
+    /// Each object's version where the source has one (`Pod ns/name` → Kubernetes
+    /// `resourceVersion`).
+    pub versions: BTreeMap<String, String>,
 }
 
 /// Where Namespaces, Pods and NetworkPolicies come from. The datastore (file, etcd)
@@ -62,8 +65,12 @@ impl PolicySource for DatastoreSource {
         let mut rejected = Vec::new();
         let mut seen = self.seen.lock().unwrap();
         let mut next = BTreeMap::new();
+        let mut versions = BTreeMap::new();
         for s in stored {
             let key = s.key();
+            if let Some(v) = &s.version {
+                versions.insert(format!("{} {}/{}", s.kind, s.namespace, s.name), v.clone());
+            }
             let checked = match seen.remove(&key) {
                 Some((v, r)) if v == s.value => r,
                 _ => check(&s),
@@ -79,6 +86,7 @@ impl PolicySource for DatastoreSource {
             revision,
             objects,
             rejected,
+            versions,
         })
     }
 }
@@ -174,6 +182,10 @@ pub struct PolicyStatus {
     /// Where the eBPF datapath's maps are pinned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpf_dir: Option<PathBuf>,
+    /// The version of each object the programmed verdicts were compiled from (where
+    /// the source versions objects: Kubernetes), for `policy-versions`.
+    #[serde(skip)]
+    pub versions: Arc<BTreeMap<String, String>>,
 }
 
 fn dir_status(t: &Table) -> DirStatus {
@@ -482,6 +494,7 @@ impl Policy {
             last_change_elements: changed,
             tables: self.tables.clone(),
             bpf_dir: matches!(self.dp, Dp::Ebpf(_)).then(|| self.bpf_dir.clone()),
+            versions: Arc::new(snap.versions),
         };
         Ok(changed)
     }

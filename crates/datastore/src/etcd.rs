@@ -375,6 +375,7 @@ impl Datastore for EtcdStore {
                         namespace: parts.next().unwrap_or_default().into(),
                         name: parts.next().unwrap_or_default().into(),
                         value: Value::Null,
+                        version: None,
                     });
                 }
             }

@@ -245,6 +245,7 @@ impl Datastore for FileStore {
                     namespace: parts.next().unwrap_or_default().into(),
                     name: parts.next().unwrap_or_default().into(),
                     value: serde_json::Value::Null,
+                    version: None,
                 }
             });
             cache.insert(file, (stamp.0, stamp.1, o.clone()));
@@ -381,6 +382,7 @@ mod tests {
             namespace: ns.into(),
             name: name.into(),
             value: serde_json::json!({ "v": v }),
+            version: None,
         };
         let r1 = s
             .put_objects(&[o("Namespace", "", "x", 1), o("Pod", "x", "a.b", 1)])

@@ -43,6 +43,24 @@ pub enum Error {
     },
     #[error("invalid registration of node {node}: {why}")]
     Invalid { node: String, why: String },
+    /// The datastore answered, but cannot serve this yet (a Node without its pod
+    /// CIDR): worth retrying.
+    #[error("{0}")]
+    NotReady(String),
+    /// The datastore could not be reached or refused the call.
+    #[error("{op}: {why}")]
+    Unavailable { op: String, why: String },
+    /// The backend does not do this (objects come from elsewhere).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl Error {
+    /// True for errors that a later retry may not meet (the API server down, a Node
+    /// not allocated its pod CIDR yet).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::NotReady(_) | Error::Unavailable { .. })
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -109,6 +127,10 @@ pub struct StoredObject {
     pub namespace: String,
     pub name: String,
     pub value: serde_json::Value,
+    /// The object's version where the backend has one (Kubernetes `resourceVersion`):
+    /// lets a writer check that a reader has seen its write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// `(kind, namespace, name)`
@@ -167,6 +189,11 @@ pub trait Datastore: Send + Sync {
     fn wait_change(&self, timeout: Duration) -> Result<()>;
     /// A URL-like description for logs (`file:/path`).
     fn describe(&self) -> String;
+    /// What is wrong right now (a watch refused, the server unreachable), one line
+    /// each; empty when healthy. Backends that fail call by call report nothing here.
+    fn problems(&self) -> Vec<String> {
+        vec![]
+    }
 }
 
 /// Opens a datastore from its URL: `file:/path/to/dir` or `etcd://ip:port[,ip:port]`.

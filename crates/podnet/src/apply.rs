@@ -90,6 +90,7 @@ fn stored(o: &Object) -> StoredObject {
         namespace,
         name,
         value: o.to_json(),
+        version: None,
     }
 }
 
@@ -121,6 +122,10 @@ impl Lab {
 
     /// Writes objects to the lab's datastore; returns the revision.
     pub fn put_objects(&self, st: &State, objs: &[Object]) -> Result<u64> {
+        if st.kubernetes {
+            // The API server holds the objects; the lab's kubelet writes pod status.
+            return Ok(0);
+        }
         let stored: Vec<StoredObject> = objs.iter().map(stored).collect();
         self.with_datastore(st, |ds| Ok(ds.put_objects(&stored)?))
             .with_context(|| format!("write objects to the datastore {}", st.datastore))
@@ -128,6 +133,9 @@ impl Lab {
 
     /// Removes objects from the lab's datastore; returns the revision.
     pub fn delete_objects(&self, st: &State, keys: &[ObjectKey]) -> Result<u64> {
+        if st.kubernetes {
+            return Ok(0);
+        }
         let keys = keys.to_vec();
         self.with_datastore(st, move |ds| Ok(ds.delete_objects(&keys)?))
             .with_context(|| format!("remove objects from the datastore {}", st.datastore))
@@ -135,6 +143,27 @@ impl Lab {
 
     /// The objects in the lab's datastore.
     pub fn objects(&self, st: &State) -> Result<Vec<Object>> {
+        if st.kubernetes {
+            let v: serde_json::Value = serde_json::from_str(&self.kubectl(
+                &[
+                    "get",
+                    "namespaces,pods,networkpolicies",
+                    "--all-namespaces",
+                    "-o",
+                    "json",
+                ],
+                None,
+            )?)?;
+            return Ok(v["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|o| {
+                    let t = podnet_policy::objects::from_api(o["kind"].as_str()?, o)?;
+                    Object::from_json(t).ok()
+                })
+                .collect());
+        }
         let (_, stored) = self.with_datastore(st, |ds| Ok(ds.objects()?))?;
         stored
             .into_iter()
@@ -149,7 +178,7 @@ impl Lab {
     /// Waits until every node's policy datapath reflects `revision` (default: the
     /// datastore's current one). Agents without a policy datapath are not waited for.
     pub fn wait_policy(&self, st: &State, revision: Option<u64>) -> Result<()> {
-        if st.policy_datapath == "none" || st.nodes.is_empty() {
+        if st.policy_datapath == "none" || st.nodes.is_empty() || st.kubernetes {
             return Ok(());
         }
         let want = match revision {

@@ -384,6 +384,7 @@ fn lab_pods(
             datastore: None,
             repair: None,
             policy_datapath: None,
+            kubernetes: None,
         },
         bins,
         &mut |_| {},

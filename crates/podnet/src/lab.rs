@@ -50,6 +50,10 @@ pub struct Options {
     pub repair: Option<bool>,
     /// `nftables` or `none`; `None`: what the lab was built with, else `nftables`.
     pub policy_datapath: Option<String>,
+    /// Run a Kubernetes control plane in the lab and the agents on its API
+    /// ([`crate::lab_k8s`]); `None`: what the lab was built with, else off.
+    #[serde(default)]
+    pub kubernetes: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -60,6 +64,9 @@ pub struct State {
     pub repair: bool,
     #[serde(default = "default_policy_datapath")]
     pub policy_datapath: String,
+    /// The lab runs kube-apiserver and the agents use it ([`crate::lab_k8s`]).
+    #[serde(default)]
+    pub kubernetes: bool,
     pub nodes: Vec<NodeState>,
     pub pods: Vec<PodState>,
 }
@@ -96,6 +103,9 @@ pub struct PodState {
     /// The Pod object as applied (labels, annotations, ports), without status.
     #[serde(default)]
     pub object: Option<podnet_policy::objects::Pod>,
+    /// On a Kubernetes lab: the uid of the API's Pod this pod was made for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 impl PodState {
@@ -333,7 +343,7 @@ impl Lab {
         (name == comm && running).then_some(pid)
     }
 
-    fn record_pid(&self, what: &str, pid: u32) -> Result<()> {
+    pub(crate) fn record_pid(&self, what: &str, pid: u32) -> Result<()> {
         let path = self.pid_file(what);
         std::fs::create_dir_all(self.dir.join("pids"))
             .and_then(|_| std::fs::write(&path, pid.to_string()))
@@ -389,7 +399,7 @@ fn open_or_create_ns(name: &str) -> Result<(Netns, bool)> {
 }
 
 /// Starts `cmd` detached (own session, stdio to `log` or nowhere) inside `ns`.
-fn spawn_in(ns: &Netns, mut cmd: Command, log: Option<&Path>) -> Result<u32> {
+pub(crate) fn spawn_in(ns: &Netns, mut cmd: Command, log: Option<&Path>) -> Result<u32> {
     let fd = ns.fd();
     let (out, err) = match log {
         Some(p) => {
@@ -422,12 +432,17 @@ fn spawn_in(ns: &Netns, mut cmd: Command, log: Option<&Path>) -> Result<u32> {
     Ok(child.id())
 }
 
+/// Now, as RFC 3339 (UTC).
+pub fn now_rfc3339() -> String {
+    podnet_agent::rfc3339(podnet_datastore::now())
+}
+
 fn underlay_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 168, 1, 9 + i as u8)
 }
 
 /// Pod names: `p<node number><letter>`, e.g. `p1a`, `p2b`.
-fn pod_name(node: usize, j: usize) -> String {
+pub fn pod_name(node: usize, j: usize) -> String {
     format!("p{node}{}", (b'a' + (j % 26) as u8) as char)
 }
 
@@ -469,8 +484,16 @@ impl Lab {
                 .policy_datapath
                 .clone()
                 .unwrap_or_else(default_policy_datapath);
-            st.datastore = datastore
-                .unwrap_or_else(|| format!("file:{}", self.dir.join("datastore").display()));
+            st.kubernetes = opts.kubernetes.unwrap_or(false);
+            st.datastore = if st.kubernetes {
+                if datastore.is_some() {
+                    bail!("--kubernetes brings its own datastore (the API server): leave --datastore out");
+                }
+                format!("kubernetes:{}", self.agent_kubeconfig().display())
+            } else {
+                datastore
+                    .unwrap_or_else(|| format!("file:{}", self.dir.join("datastore").display()))
+            };
         } else {
             // Agents that still run keep what they were started with: a second `up`
             // that restarted only the dead ones with other settings would split the lab.
@@ -489,6 +512,12 @@ impl Lab {
                 differs.push(format!(
                     "policy datapath {} (asked: {p})",
                     st.policy_datapath
+                ));
+            }
+            if opts.kubernetes.is_some_and(|k| k != st.kubernetes) {
+                differs.push(format!(
+                    "Kubernetes {}",
+                    if st.kubernetes { "on" } else { "off" }
                 ));
             }
             if opts.repair.is_some_and(|r| r != st.repair) {
@@ -546,6 +575,16 @@ impl Lab {
             self.ensure_etcd(&fabric, &mut fs, say)
                 .with_context(|| format!("starting etcd in {}; {down}", self.fabric_ns()))?;
         }
+        if st.kubernetes {
+            self.fabric_address(&mut fs)?;
+            self.save(&st)?;
+            self.ensure_control_plane(&fabric, say).with_context(|| {
+                format!(
+                    "starting the Kubernetes control plane in {}; {down}",
+                    self.fabric_ns()
+                )
+            })?;
+        }
 
         if st.policy_datapath == "ebpf" {
             self.ensure_bpffs()
@@ -562,6 +601,31 @@ impl Lab {
                     self.node_ns(&node)
                 )
             })?;
+        }
+        if st.kubernetes {
+            self.ensure_kubelet(&fabric, bins)?;
+            let mut pods = Vec::new();
+            for i in 1..=opts.nodes {
+                let node = format!("node{i}");
+                self.wait_agent(&node)
+                    .with_context(|| format!("waiting for podnetd on {node}; {down}"))?;
+                for j in 0..opts.pods_per_node {
+                    pods.push((pod_name(i, j), node.clone()));
+                }
+            }
+            // The lab's kubelet makes them; `podnet lab up` waits for that once it
+            // has let go of the lab's lock (crate::lab_k8s::wait_pods).
+            self.create_pods(&pods)?;
+            self.save(&st)?;
+            self.wait_converged(&st)?;
+            say(&format!(
+                "lab {} control plane and {} nodes up in {:.1} s; {} pods asked of the kubelet",
+                self.name,
+                st.nodes.len(),
+                t0.elapsed().as_secs_f64(),
+                pods.len()
+            ));
+            return Ok(st);
         }
         for i in 1..=opts.nodes {
             let node = format!("node{i}");
@@ -650,6 +714,9 @@ impl Lab {
                 underlay_ip: ip,
             });
         }
+        if st.kubernetes {
+            self.register_node(node, ip)?;
+        }
         if self.live_pid(node, "podnetd").is_none() {
             let dir = self.node_dir(node);
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -683,14 +750,9 @@ impl Lab {
         Ok(())
     }
 
-    /// Runs etcd inside the fabric namespace at ETCD_ADDR:2379 (on the fabric bridge,
-    /// where every node's eth0 reaches it), its data in the lab's directory.
-    fn ensure_etcd(
-        &self,
-        fabric: &Netns,
-        fs: &mut Socket,
-        say: &mut dyn FnMut(&str),
-    ) -> Result<()> {
+    /// Gives the fabric bridge ETCD_ADDR (= the API server's address), where every
+    /// node's eth0 reaches the lab's etcd or kube-apiserver.
+    fn fabric_address(&self, fs: &mut Socket) -> Result<()> {
         let br = link::get_by_name(fs, "fabric0")?.context("fabric bridge")?;
         for r in fs.ack_all(vec![addr::add_request(br.index, ETCD_ADDR, 24)]) {
             if let Err(e) = r {
@@ -699,6 +761,18 @@ impl Lab {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Runs etcd inside the fabric namespace at ETCD_ADDR:2379 (on the fabric bridge,
+    /// where every node's eth0 reaches it), its data in the lab's directory.
+    fn ensure_etcd(
+        &self,
+        fabric: &Netns,
+        fs: &mut Socket,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        self.fabric_address(fs)?;
         if self.live_pid("etcd", "etcd").is_some() {
             return Ok(());
         }
@@ -937,6 +1011,7 @@ impl Lab {
                 host_veth: a.host_veth,
                 namespace: namespace.clone(),
                 object: Some(object),
+                uid: None,
             });
             say(&format!(
                 "pod {namespace}/{} on {node}: {ip} (namespace {ns_name})",
@@ -1053,10 +1128,14 @@ impl Lab {
         // machine's own namespace never sends anything to lab addresses.
         let fabric = Netns::open(netns::named_path(&self.fabric_ns()))?;
         let url = st.datastore.clone();
-        fabric.run(|| -> Result<()> {
-            podnet_datastore::open(&url)?.remove(node)?;
-            Ok(())
-        })??;
+        if st.kubernetes {
+            self.kubectl(&["delete", "node", node, "--ignore-not-found"], None)?;
+        } else {
+            fabric.run(|| -> Result<()> {
+                podnet_datastore::open(&url)?.remove(node)?;
+                Ok(())
+            })??;
+        }
         let gone: Vec<PodState> = st.pods.iter().filter(|p| p.node == node).cloned().collect();
         let keys: Vec<_> = gone
             .iter()
@@ -1068,7 +1147,10 @@ impl Lab {
                 )
             })
             .collect();
-        let _ = fabric.run(|| podnet_datastore::open(&url).and_then(|d| d.delete_objects(&keys)));
+        if !st.kubernetes {
+            let _ =
+                fabric.run(|| podnet_datastore::open(&url).and_then(|d| d.delete_objects(&keys)));
+        }
         for p in gone {
             self.stop(&format!("echo-{}", p.name), "podnet");
             netns::delete_named(&p.netns)?;
@@ -1098,7 +1180,9 @@ impl Lab {
             })
             .unwrap_or_default();
         for what in pids {
-            let comm = if what == "etcd" {
+            let comm = if let Some(c) = crate::lab_k8s::comm_of(&what) {
+                c
+            } else if what == "etcd" {
                 "etcd"
             } else if what.starts_with("echo-") {
                 "podnet"

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod doctor;
 pub mod exec;
 pub mod lab;
+pub mod lab_k8s;
 pub mod policy_bench;
 pub mod policy_cmd;
 pub mod probe;

@@ -179,9 +179,25 @@ enum LabCmd {
         /// Which datapath enforces NetworkPolicy on every node [default: nftables].
         #[arg(long, value_enum)]
         policy_datapath: Option<LabPolicyDatapath>,
+        /// Run a real Kubernetes control plane in the lab (etcd, kube-apiserver with
+        /// TLS, kube-controller-manager allocating pod CIDRs), the agents on its API
+        /// with deploy/'s RBAC, and the lab as every node's kubelet. Needs the
+        /// binaries of scripts/kubernetes.sh.
+        #[arg(long)]
+        kubernetes: bool,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Print the path of a Kubernetes lab's admin kubeconfig.
+    Kubeconfig,
+    /// Run kubectl against a Kubernetes lab: `podnet lab kubectl -- get nodes -o wide`.
+    Kubectl {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// (internal) The lab's kubelet: makes the pods the API binds to lab nodes.
+    #[command(hide = true)]
+    Kubelet,
     /// Apply Kubernetes manifests: Namespaces, Pods and NetworkPolicies (multi-document
     /// YAML). A file is checked whole: one invalid object and nothing is applied.
     /// Existing objects are updated in place (a live pod's labels change without
@@ -504,6 +520,9 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
         );
     }
     require_root()?;
+    if let LabCmd::Kubelet = cmd {
+        return podnet::lab_k8s::run_kubelet(name);
+    }
     let lab = if matches!(cmd, LabCmd::Up { .. }) {
         Lab::open(name)?
     } else {
@@ -517,6 +536,7 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
             datastore,
             no_repair,
             policy_datapath,
+            kubernetes,
             output,
         } => {
             if nodes == 0 || nodes > 200 {
@@ -539,15 +559,49 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
                     LabPolicyDatapath::Ebpf => "ebpf".into(),
                     LabPolicyDatapath::None => "none".into(),
                 }),
+                kubernetes: kubernetes.then_some(true),
             };
             let quiet = output == Output::Json;
-            lab.up(&opts, &Binaries::find()?, &mut |l| {
+            let st = lab.up(&opts, &Binaries::find()?, &mut |l| {
                 if !quiet {
                     eprintln!("… {l}");
                 }
             })?;
+            if st.kubernetes {
+                // The lab's kubelet makes the pods; it needs the lab's lock.
+                drop(lab);
+                let ids: Vec<String> = (1..=nodes)
+                    .flat_map(|i| (0..pods_per_node).map(move |j| podnet::lab::pod_name(i, j)))
+                    .collect();
+                podnet::lab_k8s::wait_pods(name, &ids, &[], std::time::Duration::from_secs(60))?;
+                let lab = open_lab(name)?;
+                print_status(&lab, output)?;
+                return Ok(());
+            }
             print_status(&lab, output)?;
         }
+        LabCmd::Kubeconfig => {
+            let st = lab.load()?.unwrap_or_default();
+            if !st.kubernetes {
+                anyhow::bail!(
+                    "lab {name} runs no Kubernetes; build one with `podnet lab up --kubernetes`"
+                );
+            }
+            println!("{}", lab.kubeconfig().display());
+        }
+        LabCmd::Kubectl { args } => {
+            let st = lab.load()?.unwrap_or_default();
+            if !st.kubernetes {
+                anyhow::bail!(
+                    "lab {name} runs no Kubernetes; build one with `podnet lab up --kubernetes`"
+                );
+            }
+            let (mut cmd, _fabric) = lab.kubectl_command()?;
+            drop(lab);
+            let status = cmd.args(&args).status().context("run kubectl")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        LabCmd::Kubelet => unreachable!("handled above"),
         LabCmd::Down => {
             let n = lab.down()?;
             println!("lab {name} removed ({n} namespaces)");
@@ -568,6 +622,36 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
         LabCmd::Exec { pod, cmd } => {
             let code = podnet::lab::exec_in(&lab, &pod, &cmd)?;
             std::process::exit(code);
+        }
+        LabCmd::Pod {
+            cmd: PodCmd::Add { pod, node },
+        } if lab.load()?.is_some_and(|s| s.kubernetes) => {
+            lab.create_pods(&[(pod.clone(), node)])?;
+            drop(lab);
+            podnet::lab_k8s::wait_pods(
+                name,
+                std::slice::from_ref(&pod),
+                &[],
+                std::time::Duration::from_secs(60),
+            )?;
+            println!("pod {pod} created");
+        }
+        LabCmd::Pod {
+            cmd: PodCmd::Del { pod },
+        } if lab.load()?.is_some_and(|s| s.kubernetes) => {
+            let st = lab.load()?.unwrap_or_default();
+            let p = st
+                .find_pod(&pod)
+                .with_context(|| format!("no pod {pod} in lab {name}"))?;
+            let (ns, pname, id) = (
+                p.namespace.clone(),
+                p.pod_name().to_string(),
+                p.name.clone(),
+            );
+            lab.kubectl(&["delete", "pod", "-n", &ns, &pname, "--wait=false"], None)?;
+            drop(lab);
+            podnet::lab_k8s::wait_pods(name, &[], &[id], std::time::Duration::from_secs(60))?;
+            println!("pod {pod} deleted");
         }
         LabCmd::Pod {
             cmd: PodCmd::Add { pod, node },
@@ -612,7 +696,14 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
             no_wait,
             output,
         } => {
-            let objs = podnet::apply::parse_manifests(&podnet::apply::read_source(&file)?)?;
+            let text = podnet::apply::read_source(&file)?;
+            if lab.load()?.is_some_and(|s| s.kubernetes) {
+                drop(lab);
+                let changes = podnet::lab_k8s::apply(name, &text, !no_wait)?;
+                print_changes(&changes, output)?;
+                return Ok(());
+            }
+            let objs = podnet::apply::parse_manifests(&text)?;
             let quiet = output == Output::Json;
             let changes = lab.apply(&objs, !no_wait, &Binaries::find()?, &mut |l| {
                 if !quiet {
@@ -622,7 +713,14 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
             print_changes(&changes, output)?;
         }
         LabCmd::Delete { file, output } => {
-            let objs = podnet::apply::parse_manifests(&podnet::apply::read_source(&file)?)?;
+            let text = podnet::apply::read_source(&file)?;
+            if lab.load()?.is_some_and(|s| s.kubernetes) {
+                drop(lab);
+                let changes = podnet::lab_k8s::delete(name, &text)?;
+                print_changes(&changes, output)?;
+                return Ok(());
+            }
+            let objs = podnet::apply::parse_manifests(&text)?;
             let changes = lab.delete(&objs, &Binaries::find()?)?;
             print_changes(&changes, output)?;
         }

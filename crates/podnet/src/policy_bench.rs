@@ -220,6 +220,7 @@ fn bench_lab(name: &str, datapath: &str, bins: &Binaries) -> Result<(LabGuard, L
             datastore: None,
             repair: None,
             policy_datapath: Some(datapath.into()),
+            kubernetes: None,
         },
         bins,
         &mut |_| {},

@@ -300,3 +300,127 @@ impl Object {
         })
     }
 }
+
+/// Reduces an object as the Kubernetes API serves it (`metadata.uid`,
+/// `managedFields`, the pod's whole spec and status…) to the fields this crate reads,
+/// so that [`Object::from_json`] accepts it. `kind` is `Namespace`, `Pod` or
+/// `NetworkPolicy`. Returns `None` for pods NetworkPolicy does not apply to: those on
+/// the host network (they carry the node's address) and those that finished (their
+/// address may already be another pod's).
+pub fn from_api(kind: &str, v: &serde_json::Value) -> Option<serde_json::Value> {
+    use serde_json::{json, Map, Value};
+    let pick = |from: &Value, keys: &[&str]| -> Value {
+        let mut m = Map::new();
+        for k in keys {
+            if let Some(x) = from.get(*k).filter(|x| !x.is_null()) {
+                m.insert((*k).to_string(), x.clone());
+            }
+        }
+        Value::Object(m)
+    };
+    let meta = &v["metadata"];
+    let mut metadata = pick(meta, &["name", "namespace", "labels"]);
+    if let Some(ip) = meta["annotations"].get(IP_ANNOTATION) {
+        metadata["annotations"] = json!({ IP_ANNOTATION: ip });
+    }
+    let api_version = if kind == "NetworkPolicy" {
+        "networking.k8s.io/v1"
+    } else {
+        "v1"
+    };
+    let mut out = json!({ "apiVersion": api_version, "kind": kind, "metadata": metadata });
+    match kind {
+        "Namespace" => {}
+        "Pod" => {
+            let spec = &v["spec"];
+            let phase = v["status"]["phase"].as_str().unwrap_or("");
+            if spec["hostNetwork"].as_bool() == Some(true)
+                || matches!(phase, "Succeeded" | "Failed")
+            {
+                return None;
+            }
+            let containers: Vec<Value> = spec["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    let mut o = pick(c, &["name"]);
+                    let ports: Vec<Value> = c["ports"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|p| pick(p, &["name", "containerPort", "protocol"]))
+                        .collect();
+                    if !ports.is_empty() {
+                        o["ports"] = Value::Array(ports);
+                    }
+                    o
+                })
+                .collect();
+            out["spec"] = pick(spec, &["nodeName"]);
+            out["spec"]["containers"] = Value::Array(containers);
+            if let Some(ip) = v["status"].get("podIP").filter(|ip| ip.is_string()) {
+                out["status"] = json!({ "podIP": ip });
+            }
+        }
+        "NetworkPolicy" => {
+            out["spec"] = pick(
+                &v["spec"],
+                &["podSelector", "ingress", "egress", "policyTypes"],
+            );
+        }
+        _ => return None,
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod api_tests {
+    use super::*;
+
+    #[test]
+    fn api_objects_reduce_to_what_policy_reads() {
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u-1", "resourceVersion": "9",
+                         "labels": {"app": "web"}, "managedFields": [{}],
+                         "annotations": {"podnet.dev/ip": "10.244.1.9", "other": "x"}},
+            "spec": {"nodeName": "node1", "restartPolicy": "Always",
+                     "containers": [{"name": "c", "image": "busybox",
+                                     "ports": [{"name": "http", "containerPort": 80, "protocol": "TCP"}]}]},
+            "status": {"phase": "Running", "podIP": "10.244.1.9", "podIPs": [{"ip": "10.244.1.9"}]}
+        });
+        let t = from_api("Pod", &pod).unwrap();
+        let o = Object::from_json(t).unwrap();
+        let Object::Pod(p) = o else { panic!() };
+        assert_eq!(p.metadata.ns(), "shop");
+        assert_eq!(p.metadata.labels["app"], "web");
+        assert_eq!(p.metadata.annotations.len(), 1);
+        assert_eq!(p.spec.containers[0].ports[0].container_port, 80);
+        assert_eq!(p.status.unwrap().pod_ip.as_deref(), Some("10.244.1.9"));
+
+        let mut host = pod.clone();
+        host["spec"]["hostNetwork"] = true.into();
+        assert!(from_api("Pod", &host).is_none());
+        let mut done = pod.clone();
+        done["status"]["phase"] = "Succeeded".into();
+        assert!(from_api("Pod", &done).is_none());
+
+        let np = serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "deny", "namespace": "shop", "generation": 1},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{"ports": [{"protocol": "TCP", "port": 80}]}]}
+        });
+        assert!(matches!(
+            Object::from_json(from_api("NetworkPolicy", &np).unwrap()),
+            Ok(Object::NetworkPolicy(_))
+        ));
+        let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "labels": {"kubernetes.io/metadata.name": "shop"}},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+        assert!(matches!(
+            Object::from_json(from_api("Namespace", &ns).unwrap()),
+            Ok(Object::Namespace(_))
+        ));
+    }
+}

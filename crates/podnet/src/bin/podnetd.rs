@@ -35,12 +35,38 @@ enum PolicyDatapath {
                   podnetd withdraws nothing and opens nothing; pod traffic keeps flowing."
 )]
 struct Args {
-    /// This node's name in the datastore.
-    #[arg(long)]
+    /// This node's name in the datastore (on Kubernetes: the Node's name; the
+    /// DaemonSet passes it from the downward API).
+    #[arg(long, env = "NODE_NAME")]
     node: String,
-    /// Where nodes lease CIDRs and find peers: file:/path/to/dir or etcd://ip:port[,ip:port].
+    /// Where nodes lease CIDRs and find peers: file:/path/to/dir,
+    /// etcd://ip:port[,ip:port], or kubernetes (the API server: pod CIDR from the
+    /// Node's spec.podCIDR, peers from a watch on Nodes, policy objects from watches).
     #[arg(long, default_value = "file:/var/lib/podnet/datastore")]
     datastore: String,
+    /// With --datastore kubernetes: the kubeconfig to use (default: the pod's service
+    /// account, else $KUBECONFIG or ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Make each Kubernetes API call the agent makes once, print each with its
+    /// outcome, and exit (1 if any was refused): checks the RBAC role before rollout.
+    #[arg(long)]
+    check_access: bool,
+    /// Ask the agent running on --api-socket whether the node is ready (datapath
+    /// programmed, datastore healthy) and exit 0 if so, 1 if not: the DaemonSet's
+    /// readiness probe.
+    #[arg(long)]
+    check_ready: bool,
+    /// Install podnet-cni (the one beside this binary) into this directory and exit:
+    /// the DaemonSet's init container, with the host's /opt/cni/bin mounted here.
+    #[arg(long, value_name = "DIR")]
+    install_cni: Option<PathBuf>,
+    /// With --install-cni: the CNI network configuration to install.
+    #[arg(long, value_name = "FILE", requires = "install_cni")]
+    install_conflist: Option<PathBuf>,
+    /// With --install-cni: where the conflist goes (the host's /etc/cni/net.d).
+    #[arg(long, value_name = "DIR", requires = "install_conflist")]
+    install_conf_dir: Option<PathBuf>,
     /// The node's physical interface: VXLAN runs over it, host-gw routes through it.
     #[arg(long, default_value = "eth0")]
     underlay_dev: String,
@@ -83,7 +109,73 @@ struct Args {
 }
 
 fn main() {
-    let a = Args::parse();
+    let mut a = Args::parse();
+    if let Some(k) = &a.kubeconfig {
+        if a.datastore != "kubernetes" {
+            eprintln!(
+                "podnetd: --kubeconfig goes with --datastore kubernetes (given: --datastore {})",
+                a.datastore
+            );
+            std::process::exit(2);
+        }
+        a.datastore = format!("kubernetes:{}", k.display());
+    }
+    if let Some(dir) = &a.install_cni {
+        match install(
+            dir,
+            a.install_conflist.as_deref(),
+            a.install_conf_dir.as_deref(),
+        ) {
+            Ok(done) => {
+                for d in done {
+                    println!("installed {d}");
+                }
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("podnetd: install failed: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    if a.check_ready {
+        match podnet_agent::api::ready(&a.api_socket) {
+            Ok(()) => std::process::exit(0),
+            Err(why) => {
+                eprintln!("podnetd[{}]: not ready: {why}", a.node);
+                std::process::exit(1);
+            }
+        }
+    }
+    if a.check_access {
+        if !podnet_kube::is_kubernetes_url(&a.datastore) {
+            eprintln!("podnetd: --check-access checks the Kubernetes API calls: give --datastore kubernetes");
+            std::process::exit(2);
+        }
+        match podnet_kube::check_access(&a.datastore, &a.node) {
+            Ok(calls) => {
+                let mut refused = 0;
+                for (call, r) in &calls {
+                    match r {
+                        Ok(()) => println!("ok       {call}"),
+                        Err(e) => {
+                            refused += 1;
+                            println!("refused  {call}: {e}");
+                        }
+                    }
+                }
+                if refused > 0 {
+                    eprintln!("podnetd: {refused} of {} API calls refused: grant them in the ClusterRole (deploy/rbac.yaml)", calls.len());
+                    std::process::exit(1);
+                }
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("podnetd: cannot check access: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let cluster_cidr = match a.cluster_cidr.parse() {
         Ok(c) => c,
         Err(e) => {
@@ -123,4 +215,40 @@ fn main() {
         eprintln!("podnetd[{node}]: fatal: {e}");
         std::process::exit(1);
     }
+}
+
+/// Copies `src` to `dst` atomically (a temporary file beside it, then a rename), so a
+/// runtime never runs a half-written plugin or reads a half-written conflist.
+fn install_file(src: &std::path::Path, dst: &std::path::Path, mode: u32) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = dst.with_extension("podnet-tmp");
+    std::fs::copy(src, &tmp)
+        .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)))
+        .and_then(|_| std::fs::rename(&tmp, dst))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("copy {} to {}: {e}", src.display(), dst.display())
+        })?;
+    Ok(dst.display().to_string())
+}
+
+fn install(
+    bin_dir: &std::path::Path,
+    conflist: Option<&std::path::Path>,
+    conf_dir: Option<&std::path::Path>,
+) -> Result<Vec<String>, String> {
+    let me = std::env::current_exe().map_err(|e| format!("find this executable: {e}"))?;
+    let plugin = me.with_file_name("podnet-cni");
+    if !plugin.is_file() {
+        return Err(format!("{} not found beside podnetd", plugin.display()));
+    }
+    let mut done = vec![install_file(&plugin, &bin_dir.join("podnet-cni"), 0o755)?];
+    if let (Some(c), Some(d)) = (conflist, conf_dir) {
+        let text = std::fs::read_to_string(c).map_err(|e| format!("read {}: {e}", c.display()))?;
+        serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(|e| format!("{} is not a CNI conflist (JSON): {e}", c.display()))?;
+        let name = c.file_name().ok_or("the conflist path names no file")?;
+        done.push(install_file(c, &d.join(name), 0o644)?);
+    }
+    Ok(done)
 }

@@ -9,6 +9,7 @@ mod common;
 mod datapath;
 mod errors;
 mod ipam;
+mod kubernetes;
 mod lab;
 mod podman;
 mod policy;

@@ -174,3 +174,66 @@ fn podman_runs_containers_on_podnet() {
         .unwrap();
     assert!(held.is_empty(), "addresses left behind: {held:?}");
 }
+
+#[test]
+fn image_builds_from_scratch_and_its_binaries_run() {
+    // deploy/Containerfile: the static binaries on an empty base, built offline.
+    let node = Node::new("10.206.0.0/24");
+    let dir = ScratchDir::new("podnet-image").unwrap();
+    let d = dir.path();
+    let ctx = d.join("context");
+    std::fs::create_dir_all(&ctx).unwrap();
+    for (name, path) in [
+        ("podnetd", env!("CARGO_BIN_EXE_podnetd")),
+        ("podnet-cni", env!("CARGO_BIN_EXE_podnet-cni")),
+        ("podnet", env!("CARGO_BIN_EXE_podnet")),
+    ] {
+        std::fs::copy(path, ctx.join(name)).unwrap();
+    }
+    std::fs::write(
+        d.join("containers.conf"),
+        "[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+    )
+    .unwrap();
+    let pm = Podman {
+        node: &node,
+        dir: d,
+    };
+    let tag = format!("localhost/podnet-image-test:{}", std::process::id());
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/Containerfile");
+    pm.ok(&[
+        "build",
+        "--network",
+        "none",
+        "-f",
+        file,
+        "-t",
+        &tag,
+        ctx.to_str().unwrap(),
+    ]);
+    // Nothing but the three binaries: no shell, no libc, no other file.
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ];
+        args.extend_from_slice(extra);
+        pm.ok(&args)
+    };
+    let out = run(&[&tag, "--version"]);
+    assert!(out.starts_with("podnetd "), "{out}");
+    let out = run(&[
+        "--env",
+        "CNI_COMMAND=VERSION",
+        "--entrypoint",
+        "/podnet-cni",
+        &tag,
+    ]);
+    assert!(out.contains("supportedVersions"), "{out}");
+}

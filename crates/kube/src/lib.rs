@@ -1,0 +1,626 @@
+//! The Kubernetes API as podnetd's datastore (`--datastore kubernetes`).
+//!
+//! What maps where, as Flannel does it:
+//! - A node's pod CIDR is its Node's `spec.podCIDRs` (IPv4 entry) / `spec.podCIDR`,
+//!   allocated by kube-controller-manager's node IPAM controller
+//!   (`--allocate-node-cidrs --cluster-cidr …`). podnetd never allocates on Kubernetes.
+//! - What peers need to reach the node is published as annotations on its Node:
+//!   [`ANN_UNDERLAY_IP`], [`ANN_VTEP_MAC`], [`ANN_BACKEND`]. A Node without them (its
+//!   agent has not started) or with unreadable ones is left out and named once in the
+//!   log; it never stops the other peers from being programmed.
+//! - Peers come from a watch on Nodes: a Node deleted with kubectl disappears from
+//!   [`KubeStore::nodes`] and every peer removes its routes to it. There are no leases:
+//!   the Node object is the node's presence.
+//! - Pods, Namespaces and NetworkPolicies come from watches too, reduced to the fields
+//!   NetworkPolicy reads ([`podnet_policy::objects::from_api`]); the agent's policy
+//!   source reads them through [`podnet_datastore::Datastore::objects`].
+//!
+//! Each watch resumes after errors with backoff (kube's watcher). While the API server
+//! is unreachable the last state is kept, so the agent changes nothing in the kernel;
+//! when it returns, the watches list again and the agent converges.
+//!
+//! tokio runs here, on a runtime of one worker thread the store owns; the agent's
+//! loops stay synchronous and block on it. Every handle opened for the same URL in one
+//! process shares one client and one set of watches.
+//!
+//! The API calls the agent makes are exactly [`CALLS`]; `deploy/rbac.yaml` grants
+//! those and nothing else, and `podnetd --check-access` makes each one once.
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, ListParams, Patch, PatchParams, WatchParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use podnet_cni_spec::Ipv4Net;
+use podnet_datastore::{
+    Datastore, Error, NodeRecord, ObjectKey, Registration, Result, StoredObject,
+};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+/// The node's underlay address, where peers send its pods' traffic.
+pub const ANN_UNDERLAY_IP: &str = "podnet.dev/underlay-ip";
+/// The MAC of the node's VXLAN device.
+pub const ANN_VTEP_MAC: &str = "podnet.dev/vtep-mac";
+/// `vxlan` or `host-gw`.
+pub const ANN_BACKEND: &str = "podnet.dev/backend";
+
+/// Every API call podnetd makes: (API group, resource, verb). `deploy/rbac.yaml`'s
+/// ClusterRole grants exactly these.
+pub const CALLS: [(&str, &str, &str); 10] = [
+    ("", "nodes", "get"),
+    ("", "nodes", "patch"),
+    ("", "nodes", "list"),
+    ("", "nodes", "watch"),
+    ("", "pods", "list"),
+    ("", "pods", "watch"),
+    ("", "namespaces", "list"),
+    ("", "namespaces", "watch"),
+    ("networking.k8s.io", "networkpolicies", "list"),
+    ("networking.k8s.io", "networkpolicies", "watch"),
+];
+
+/// A URL naming the Kubernetes datastore: `kubernetes` (in-cluster service account,
+/// else `$KUBECONFIG` / `~/.kube/config`) or `kubernetes:/path/to/kubeconfig`.
+pub fn is_kubernetes_url(url: &str) -> bool {
+    url == "kubernetes" || url.starts_with("kubernetes:")
+}
+
+pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// What the watches hold.
+#[derive(Default)]
+struct State {
+    /// Bumped on every change to `nodes` / to `objects`.
+    node_gen: u64,
+    obj_gen: u64,
+    nodes: BTreeMap<String, Node>,
+    /// Reduced objects with their resourceVersion.
+    objects: BTreeMap<ObjectKey, (serde_json::Value, String)>,
+    /// Resources whose initial list has completed at least once.
+    synced: BTreeMap<&'static str, bool>,
+    /// The last error of each watch, cleared by its next success.
+    errors: BTreeMap<&'static str, String>,
+    /// Nodes left out of `nodes()`, with why (logged when it changes).
+    skipped: BTreeMap<String, String>,
+}
+
+struct Shared {
+    rt: tokio::runtime::Runtime,
+    client: kube::Client,
+    state: Mutex<State>,
+    changed: Condvar,
+    describe: String,
+    log: Log,
+}
+
+/// One handle on the shared watches; remembers which parts its caller reads, so that
+/// [`Datastore::wait_change`] wakes it only for those.
+pub struct KubeStore {
+    shared: Arc<Shared>,
+    /// Generations last returned to this handle: (nodes, objects); `None` if never read.
+    seen: Mutex<(Option<u64>, Option<u64>)>,
+}
+
+fn unavailable(op: impl Into<String>, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable {
+        op: op.into(),
+        why: e.to_string(),
+    }
+}
+
+fn registry() -> &'static Mutex<HashMap<String, Weak<Shared>>> {
+    static R: OnceLock<Mutex<HashMap<String, Weak<Shared>>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+async fn client_for(url: &str) -> Result<(kube::Client, String)> {
+    let path = url.strip_prefix("kubernetes:").filter(|p| !p.is_empty());
+    let config = match path {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(p)
+                .map_err(|e| unavailable(format!("read kubeconfig {p}"), e))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| unavailable(format!("use kubeconfig {p}"), e))?
+        }
+        None => match kube::Config::incluster() {
+            Ok(c) => c,
+            Err(_) => kube::Config::infer().await.map_err(|e| {
+                unavailable(
+                    "find the Kubernetes API (not in a pod: no service account; no kubeconfig)",
+                    format!("{e}; run podnetd in the DaemonSet of deploy/, or give --kubeconfig"),
+                )
+            })?,
+        },
+    };
+    let describe = format!(
+        "kubernetes {}{}",
+        config.cluster_url,
+        path.map(|p| format!(" (kubeconfig {p})"))
+            .unwrap_or_default()
+    );
+    let client = kube::Client::try_from(config)
+        .map_err(|e| unavailable("build the Kubernetes client", e))?;
+    Ok((client, describe))
+}
+
+impl KubeStore {
+    /// Connects (lazily: nothing is sent yet) and starts the watches, or joins those
+    /// this process already runs for `url`.
+    pub fn open(url: &str, log: Log) -> Result<KubeStore> {
+        let mut reg = registry().lock().unwrap();
+        if let Some(shared) = reg.get(url).and_then(Weak::upgrade) {
+            return Ok(KubeStore::with(shared));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("kube")
+            .enable_all()
+            .build()
+            .map_err(|e| unavailable("start the Kubernetes client's runtime", e))?;
+        let (client, describe) = rt.block_on(client_for(url))?;
+        let shared = Arc::new(Shared {
+            rt,
+            client,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            describe,
+            log,
+        });
+        let c = shared.client.clone();
+        watch(&shared, "nodes", Api::<Node>::all(c.clone()), |n: &Node| {
+            NodeOrObject::Node(Box::new(n.clone()))
+        });
+        watch(&shared, "pods", Api::<Pod>::all(c.clone()), |p: &Pod| {
+            reduce("Pod", p)
+        });
+        watch(
+            &shared,
+            "namespaces",
+            Api::<Namespace>::all(c.clone()),
+            |n| reduce("Namespace", n),
+        );
+        watch(
+            &shared,
+            "networkpolicies",
+            Api::<NetworkPolicy>::all(c),
+            |n| reduce("NetworkPolicy", n),
+        );
+        reg.insert(url.to_string(), Arc::downgrade(&shared));
+        Ok(KubeStore::with(shared))
+    }
+
+    fn with(shared: Arc<Shared>) -> KubeStore {
+        KubeStore {
+            shared,
+            seen: Mutex::new((None, None)),
+        }
+    }
+
+    /// Waits until every watch has listed once (`Ok`), or one of them failed
+    /// (`Err` with its error), or `timeout` passes (`Err`).
+    pub fn wait_synced(&self, timeout: Duration) -> std::result::Result<(), String> {
+        let t = Instant::now();
+        let mut st = self.shared.state.lock().unwrap();
+        loop {
+            if let Some((what, e)) = st.errors.iter().next() {
+                return Err(format!("watch of {what}: {e}"));
+            }
+            if st.synced.len() == 4 {
+                return Ok(());
+            }
+            let left = timeout.saturating_sub(t.elapsed());
+            if left.is_zero() {
+                let missing: Vec<&str> = ["nodes", "pods", "namespaces", "networkpolicies"]
+                    .into_iter()
+                    .filter(|r| !st.synced.contains_key(r))
+                    .collect();
+                return Err(format!(
+                    "the watches of {} did not list within {timeout:?}",
+                    missing.join(", ")
+                ));
+            }
+            st = self.shared.changed.wait_timeout(st, left).unwrap().0;
+        }
+    }
+
+    fn node_api(&self) -> Api<Node> {
+        Api::all(self.shared.client.clone())
+    }
+}
+
+enum NodeOrObject {
+    Node(Box<Node>),
+    Object(Option<(ObjectKey, serde_json::Value, String)>),
+}
+
+fn reduce<K: serde::Serialize + kube::Resource>(kind: &str, o: &K) -> NodeOrObject {
+    let meta = o.meta();
+    let key = (
+        kind.to_string(),
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    );
+    let rv = meta.resource_version.clone().unwrap_or_default();
+    let v = serde_json::to_value(o).unwrap_or_default();
+    NodeOrObject::Object(podnet_policy::objects::from_api(kind, &v).map(|t| (key, t, rv)))
+}
+
+fn key_of<K: kube::Resource>(kind: &str, o: &K) -> ObjectKey {
+    let m = o.meta();
+    (
+        kind.to_string(),
+        m.namespace.clone().unwrap_or_default(),
+        m.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Runs one watch for as long as the store lives, keeping `State` current.
+fn watch<K>(
+    shared: &Arc<Shared>,
+    what: &'static str,
+    api: Api<K>,
+    conv: impl Fn(&K) -> NodeOrObject + Send + 'static,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
+    let weak = Arc::downgrade(shared);
+    let kind = match what {
+        "nodes" => "Node",
+        "pods" => "Pod",
+        "namespaces" => "Namespace",
+        _ => "NetworkPolicy",
+    };
+    shared.rt.spawn(async move {
+        let mut stream = watcher::watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        let mut listing: Vec<NodeOrObject> = Vec::new();
+        while let Some(ev) = stream.next().await {
+            let Some(sh) = weak.upgrade() else { return };
+            let mut st = sh.state.lock().unwrap();
+            let mut changed = true;
+            match ev {
+                Ok(Event::Init) => {
+                    listing.clear();
+                    changed = false;
+                }
+                Ok(Event::InitApply(o)) => {
+                    listing.push(conv(&o));
+                    changed = false;
+                }
+                Ok(Event::InitDone) => {
+                    if kind == "Node" {
+                        st.nodes.clear();
+                    } else {
+                        st.objects.retain(|k, _| k.0 != kind);
+                    }
+                    for x in listing.drain(..) {
+                        insert(&mut st, x);
+                    }
+                    st.synced.insert(what, true);
+                    if st.errors.remove(what).is_some() {
+                        (sh.log)(&format!("watch of {what} works again"));
+                    }
+                }
+                Ok(Event::Apply(o)) => {
+                    if kind != "Node" {
+                        // A pod that finished or moved to the host network leaves.
+                        st.objects.remove(&key_of(kind, &o));
+                    }
+                    insert(&mut st, conv(&o));
+                    st.errors.remove(what);
+                }
+                Ok(Event::Delete(o)) => {
+                    if kind == "Node" {
+                        st.nodes.remove(&o.meta().name.clone().unwrap_or_default());
+                    } else {
+                        st.objects.remove(&key_of(kind, &o));
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if st.errors.get(what) != Some(&msg) {
+                        (sh.log)(&format!(
+                            "watch of {what} failed: {msg}; keeping the last state and retrying"
+                        ));
+                    }
+                    st.errors.insert(what, msg);
+                    changed = false;
+                }
+            }
+            if changed {
+                if kind == "Node" {
+                    st.node_gen += 1;
+                } else {
+                    st.obj_gen += 1;
+                }
+            }
+            drop(st);
+            sh.changed.notify_all();
+        }
+    });
+}
+
+fn insert(st: &mut State, x: NodeOrObject) {
+    match x {
+        NodeOrObject::Node(n) => {
+            st.nodes
+                .insert(n.metadata.name.clone().unwrap_or_default(), *n);
+        }
+        NodeOrObject::Object(Some((k, v, rv))) => {
+            st.objects.insert(k, (v, rv));
+        }
+        NodeOrObject::Object(None) => {}
+    }
+}
+
+/// The Node's IPv4 pod CIDR.
+pub fn node_pod_cidr(n: &Node) -> Option<Ipv4Net> {
+    let spec = n.spec.as_ref()?;
+    spec.pod_cidrs
+        .iter()
+        .flatten()
+        .chain(spec.pod_cidr.iter())
+        .find_map(|c| c.parse().ok())
+}
+
+/// The record peers use, from a Node and its annotations; `Err` says what is missing.
+pub fn node_record(n: &Node) -> std::result::Result<NodeRecord, String> {
+    let name = n.metadata.name.clone().unwrap_or_default();
+    let pod_cidr = node_pod_cidr(n).ok_or("it has no IPv4 spec.podCIDR yet")?;
+    let ann = n.metadata.annotations.clone().unwrap_or_default();
+    let get = |k: &str| {
+        ann.get(k).cloned().ok_or(format!(
+            "it has no annotation {k} (its podnetd has not started)"
+        ))
+    };
+    let underlay_ip: Ipv4Addr = get(ANN_UNDERLAY_IP)?
+        .parse()
+        .map_err(|_| format!("its annotation {ANN_UNDERLAY_IP} is not an IPv4 address"))?;
+    if underlay_ip.is_unspecified() || underlay_ip.is_multicast() || underlay_ip.is_broadcast() {
+        return Err(format!(
+            "its annotation {ANN_UNDERLAY_IP} ({underlay_ip}) is not a unicast address"
+        ));
+    }
+    Ok(NodeRecord {
+        name,
+        pod_cidr,
+        underlay_ip,
+        vtep_mac: get(ANN_VTEP_MAC)?,
+        backend: get(ANN_BACKEND)?,
+        renewed: podnet_datastore::now(),
+        // No leases on Kubernetes: a Node is present until it is deleted.
+        ttl_secs: 100 * 365 * 86_400,
+    })
+}
+
+impl Datastore for KubeStore {
+    fn register(&self, r: &Registration) -> Result<NodeRecord> {
+        let api = self.node_api();
+        let sh = &self.shared;
+        let node = sh
+            .rt
+            .block_on(api.get_opt(&r.name))
+            .map_err(|e| unavailable(format!("get Node {}", r.name), e))?
+            .ok_or_else(|| {
+                Error::NotReady(format!(
+                    "Node {} does not exist in the Kubernetes API: the kubelet registers it; check that podnetd's --node is the Node's name",
+                    r.name
+                ))
+            })?;
+        let cidr = node_pod_cidr(&node).ok_or_else(|| {
+            Error::NotReady(format!(
+                "Node {} has no spec.podCIDR yet: kube-controller-manager allocates one when it runs with --allocate-node-cidrs=true and --cluster-cidr",
+                r.name
+            ))
+        })?;
+        if !r.cluster_cidr.contains(cidr.network()) || cidr.prefix() < r.cluster_cidr.prefix() {
+            return Err(Error::Invalid {
+                node: r.name.clone(),
+                why: format!(
+                    "its spec.podCIDR {cidr} is outside the cluster CIDR {}: give podnetd --cluster-cidr the value of kube-controller-manager's --cluster-cidr",
+                    r.cluster_cidr
+                ),
+            });
+        }
+        let want = [
+            (ANN_UNDERLAY_IP, r.underlay_ip.to_string()),
+            (ANN_VTEP_MAC, r.vtep_mac.clone()),
+            (ANN_BACKEND, r.backend.clone()),
+        ];
+        let have = node.metadata.annotations.clone().unwrap_or_default();
+        if want.iter().any(|(k, v)| have.get(*k) != Some(v)) {
+            let ann: serde_json::Map<String, serde_json::Value> = want
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
+            let patch = json!({ "metadata": { "annotations": ann } });
+            sh.rt
+                .block_on(api.patch(&r.name, &PatchParams::default(), &Patch::Merge(&patch)))
+                .map_err(|e| unavailable(format!("annotate Node {}", r.name), e))?;
+        }
+        Ok(r.record(cidr, podnet_datastore::now()))
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        let mut st = self.shared.state.lock().unwrap();
+        if !st.synced.contains_key("nodes") {
+            let why = st
+                .errors
+                .get("nodes")
+                .cloned()
+                .unwrap_or_else(|| "not listed yet".into());
+            return Err(unavailable("list Nodes", why));
+        }
+        self.seen.lock().unwrap().0 = Some(st.node_gen);
+        let mut out = Vec::new();
+        let mut skipped = BTreeMap::new();
+        for (name, n) in &st.nodes {
+            match node_record(n) {
+                Ok(r) => out.push(r),
+                Err(why) => {
+                    skipped.insert(name.clone(), why);
+                }
+            }
+        }
+        for (name, why) in &skipped {
+            if st.skipped.get(name) != Some(why) {
+                (self.shared.log)(&format!("Node {name} is left out of the peers: {why}"));
+            }
+        }
+        st.skipped = skipped;
+        Ok(out)
+    }
+
+    fn remove(&self, name: &str) -> Result<bool> {
+        let api = self.node_api();
+        match self
+            .shared
+            .rt
+            .block_on(api.delete(name, &Default::default()))
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+            Err(e) => Err(unavailable(format!("delete Node {name}"), e)),
+        }
+    }
+
+    fn put_objects(&self, _: &[StoredObject]) -> Result<u64> {
+        Err(Error::Unsupported(
+            "on Kubernetes, Namespaces, Pods and NetworkPolicies are written to the API server: use kubectl apply".into(),
+        ))
+    }
+
+    fn delete_objects(&self, _: &[ObjectKey]) -> Result<u64> {
+        Err(Error::Unsupported(
+            "on Kubernetes, objects are deleted through the API server: use kubectl delete".into(),
+        ))
+    }
+
+    fn objects(&self) -> Result<(u64, Vec<StoredObject>)> {
+        let st = self.shared.state.lock().unwrap();
+        let missing: Vec<&str> = ["pods", "namespaces", "networkpolicies"]
+            .into_iter()
+            .filter(|r| !st.synced.contains_key(r))
+            .collect();
+        if !missing.is_empty() {
+            let why = missing
+                .iter()
+                .map(|r| match st.errors.get(r) {
+                    Some(e) => format!("{r}: {e}"),
+                    None => format!("{r}: not listed yet"),
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(unavailable("list the policy objects", why));
+        }
+        self.seen.lock().unwrap().1 = Some(st.obj_gen);
+        let objs = st
+            .objects
+            .iter()
+            .map(|((kind, ns, name), (v, rv))| StoredObject {
+                kind: kind.clone(),
+                namespace: ns.clone(),
+                name: name.clone(),
+                value: v.clone(),
+                version: Some(rv.clone()),
+            })
+            .collect();
+        // obj_gen starts at 0 and the first listing makes it at least 1.
+        Ok((st.obj_gen, objs))
+    }
+
+    fn wait_change(&self, timeout: Duration) -> Result<()> {
+        let t = Instant::now();
+        let (sn, so) = *self.seen.lock().unwrap();
+        let mut st = self.shared.state.lock().unwrap();
+        loop {
+            let moved = match (sn, so) {
+                (None, None) => true,
+                _ => sn.is_some_and(|g| g != st.node_gen) || so.is_some_and(|g| g != st.obj_gen),
+            };
+            let left = timeout.saturating_sub(t.elapsed());
+            if moved || left.is_zero() {
+                return Ok(());
+            }
+            st = self.shared.changed.wait_timeout(st, left).unwrap().0;
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.shared.describe.clone()
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let st = self.shared.state.lock().unwrap();
+        st.errors
+            .iter()
+            .map(|(w, e)| format!("watch of {w}: {e}"))
+            .collect()
+    }
+}
+
+/// Makes each of [`CALLS`] once, as `node` (`nodes get/patch` on its own Node; the
+/// patch changes nothing), and returns each call with its outcome. What podnetd
+/// `--check-access` prints, and how a test shows that the ClusterRole is minimal.
+pub fn check_access(
+    url: &str,
+    node: &str,
+) -> Result<Vec<(String, std::result::Result<(), String>)>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| unavailable("start a runtime", e))?;
+    rt.block_on(async {
+        let (c, _) = client_for(url).await?;
+        let mut out = Vec::new();
+        for (group, resource, verb) in CALLS {
+            let r = call(&c, resource, verb, node).await;
+            let name = if group.is_empty() {
+                format!("{verb} {resource}")
+            } else {
+                format!("{verb} {resource}.{group}")
+            };
+            out.push((name, r.map_err(|e| e.to_string())));
+        }
+        Ok(out)
+    })
+}
+
+async fn call(c: &kube::Client, resource: &str, verb: &str, node: &str) -> kube::Result<()> {
+    async fn lw<K>(api: Api<K>, verb: &str) -> kube::Result<()>
+    where
+        K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+    {
+        if verb == "list" {
+            api.list(&ListParams::default().limit(1)).await.map(|_| ())
+        } else {
+            // The response head is enough: a refused watch fails here.
+            api.watch(&WatchParams::default().timeout(1), "0")
+                .await
+                .map(|_| ())
+        }
+    }
+    match (resource, verb) {
+        ("nodes", "get") => Api::<Node>::all(c.clone()).get(node).await.map(|_| ()),
+        ("nodes", "patch") => Api::<Node>::all(c.clone())
+            .patch(node, &PatchParams::default(), &Patch::Merge(json!({})))
+            .await
+            .map(|_| ()),
+        ("nodes", v) => lw(Api::<Node>::all(c.clone()), v).await,
+        ("pods", v) => lw(Api::<Pod>::all(c.clone()), v).await,
+        ("namespaces", v) => lw(Api::<Namespace>::all(c.clone()), v).await,
+        (_, v) => lw(Api::<NetworkPolicy>::all(c.clone()), v).await,
+    }
+}

@@ -1,0 +1,885 @@
+//! `podnet lab up --kubernetes`: the lab on a real Kubernetes control plane.
+//!
+//! # What runs, and where
+//! Inside the lab's fabric namespace, on the fabric bridge's address
+//! [`API_ADDR`] (where every node's eth0 reaches it):
+//! - etcd (built from its Go module by `scripts/kubernetes.sh`), on the fabric's
+//!   loopback, data in `<lab>/k8s/etcd`;
+//! - kube-apiserver on `https://API_ADDR:6443`, TLS with certificates the lab makes
+//!   (`<lab>/k8s/pki`, with `openssl`), RBAC on;
+//! - kube-controller-manager with the node IPAM controller (allocates each Node's
+//!   `spec.podCIDR` from [`CLUSTER_CIDR`]), the namespace controller (deleting a
+//!   namespace deletes its pods) and the service-account controller (every namespace
+//!   gets its `default` ServiceAccount, which Pods need);
+//! - the lab's kubelet (`podnet lab kubelet`, log `<lab>/k8s/kubelet.log`): for every
+//!   Pod bound to a lab node (`spec.nodeName`; the lab runs no scheduler) it makes the
+//!   pod's namespace through podnet-cni as a runtime does, starts its servers, and
+//!   writes the pod's status (podIP, podIPs, phase Running); a deleted Pod is torn
+//!   down through podnet-cni DEL and then removed from the API, as a kubelet does.
+//!
+//! The lab registers one Node per lab node (InternalIP = its underlay address, Ready).
+//! The agents run with `--datastore kubernetes --kubeconfig <lab>/k8s/agent.kubeconfig`:
+//! a token of the ServiceAccount that `deploy/rbac.yaml` binds, so they have exactly
+//! the rights a real rollout gives them. `podnet lab kubeconfig` prints the admin
+//! kubeconfig's path; `podnet lab kubectl -- …` runs kubectl with it, in the fabric.
+
+use crate::apply::{parse_manifests, pod_id, Change};
+use crate::lab::{Binaries, Lab, State, ETCD_ADDR};
+use anyhow::{bail, Context, Result};
+use podnet_netlink::{netns, Netns};
+use podnet_policy::Object;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The Kubernetes release `scripts/kubernetes.sh` builds.
+pub const K8S_VERSION: &str = "1.37.2";
+pub const ETCD_VERSION: &str = "3.7.0";
+/// The API server's address: the fabric bridge's (the same one a `--datastore etcd`
+/// lab's etcd uses; a lab has one or the other).
+pub const API_ADDR: Ipv4Addr = ETCD_ADDR;
+pub const API_PORT: u16 = 6443;
+/// Where kube-controller-manager cuts Node pod CIDRs from (`/24` each): podnetd's
+/// default `--cluster-cidr`.
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// The agent's RBAC as shipped: the lab's agents run with exactly these rights.
+pub const RBAC_YAML: &str = include_str!("../../../deploy/rbac.yaml");
+pub const NAMESPACE_YAML: &str = include_str!("../../../deploy/namespace.yaml");
+
+/// The directory holding etcd, kube-apiserver, kube-controller-manager and kubectl:
+/// `$PODNET_KUBERNETES_BIN`, else where `scripts/kubernetes.sh` caches them.
+pub fn bin_dir() -> Result<PathBuf> {
+    let dir = match std::env::var_os("PODNET_KUBERNETES_BIN") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(format!(
+            "/var/cache/podnet/kubernetes/v{K8S_VERSION}-etcd{ETCD_VERSION}"
+        )),
+    };
+    for b in [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kubectl",
+    ] {
+        if !dir.join(b).is_file() {
+            bail!(
+                "{} is missing: the lab's Kubernetes binaries are built from Go modules by scripts/kubernetes.sh (15-25 minutes the first time, cached after); run it, or point PODNET_KUBERNETES_BIN at a directory holding etcd, kube-apiserver, kube-controller-manager and kubectl v{K8S_VERSION}",
+                dir.join(b).display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+/// The name under /proc/PID/stat of each control-plane process (15 characters).
+pub fn comm_of(what: &str) -> Option<&'static str> {
+    Some(match what {
+        "k8s-etcd" => "etcd",
+        "kube-apiserver" => "kube-apiserver",
+        "kube-controller-manager" => "kube-controller",
+        "kubelet" => "podnet",
+        _ => return None,
+    })
+}
+
+fn run_checked(cmd: &mut Command, what: &str) -> Result<String> {
+    let o = cmd.output().with_context(|| format!("run {what}"))?;
+    if !o.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+impl Lab {
+    pub fn k8s_dir(&self) -> PathBuf {
+        self.dir.join("k8s")
+    }
+
+    /// The admin kubeconfig (`system:masters`).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.k8s_dir().join("admin.kubeconfig")
+    }
+
+    /// The agents' kubeconfig: the `podnet/podnet` ServiceAccount's token.
+    pub fn agent_kubeconfig(&self) -> PathBuf {
+        self.k8s_dir().join("agent.kubeconfig")
+    }
+
+    /// kubectl with the admin kubeconfig, run inside the fabric (where the API server
+    /// is); the fabric's descriptor stays open as long as the command.
+    pub fn kubectl_command(&self) -> Result<(Command, Netns)> {
+        let fabric = Netns::open(netns::named_path(&self.fabric_ns()))
+            .with_context(|| format!("lab {} has no fabric; run `podnet lab up`", self.name))?;
+        let mut cmd = Command::new(bin_dir()?.join("kubectl"));
+        cmd.arg("--kubeconfig").arg(self.kubeconfig());
+        let fd = fabric.fd();
+        // SAFETY: setns between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok((cmd, fabric))
+    }
+
+    /// Runs kubectl; its output, or an error with what kubectl said.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let (mut cmd, _fabric) = self.kubectl_command()?;
+        cmd.args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("start kubectl")?;
+        if let Some(s) = stdin {
+            child
+                .stdin
+                .take()
+                .context("kubectl stdin")?
+                .write_all(s.as_bytes())
+                .context("write to kubectl")?;
+        }
+        let o = child.wait_with_output().context("wait for kubectl")?;
+        if !o.status.success() {
+            bail!(
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    fn kubectl_json(&self, args: &[&str], stdin: Option<&str>) -> Result<Value> {
+        let out = self.kubectl(args, stdin)?;
+        serde_json::from_str(&out).with_context(|| format!("kubectl {}: not JSON", args.join(" ")))
+    }
+
+    /// Certificates (once): a CA, the API server's serving certificate, the admin's
+    /// client certificate, the service-account signing key.
+    fn ensure_pki(&self) -> Result<()> {
+        let pki = self.k8s_dir().join("pki");
+        if pki.join("done").exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&pki).with_context(|| format!("create {}", pki.display()))?;
+        let ossl = |args: &[&str]| -> Result<()> {
+            run_checked(
+                Command::new("openssl").args(args).current_dir(&pki),
+                &format!("openssl {} (apt-get install openssl)", args[0]),
+            )
+            .map(|_| ())
+        };
+        let key = |name: &str| {
+            ossl(&[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                name,
+            ])
+        };
+        key("ca.key")?;
+        ossl(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=podnet-lab-ca",
+        ])?;
+        let sign = |name: &str, subj: &str, ext: &str| -> Result<()> {
+            key(&format!("{name}.key"))?;
+            ossl(&[
+                "req",
+                "-new",
+                "-key",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                subj,
+            ])?;
+            std::fs::write(pki.join(format!("{name}.ext")), ext)?;
+            ossl(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "3650",
+                "-extfile",
+                &format!("{name}.ext"),
+            ])
+        };
+        sign(
+            "apiserver",
+            "/CN=kube-apiserver",
+            &format!("subjectAltName=IP:{API_ADDR},IP:10.96.0.1,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n"),
+        )?;
+        sign(
+            "admin",
+            "/O=system:masters/CN=podnet-lab-admin",
+            "extendedKeyUsage=clientAuth\n",
+        )?;
+        sign(
+            "controller-manager",
+            "/CN=system:kube-controller-manager",
+            "extendedKeyUsage=clientAuth\n",
+        )?;
+        key("sa.key")?;
+        ossl(&["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
+        std::fs::write(pki.join("done"), "")?;
+        Ok(())
+    }
+
+    fn write_kubeconfig(&self, path: &Path, user: Value) -> Result<()> {
+        let pki = self.k8s_dir().join("pki");
+        let kc = json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "lab", "cluster": {
+                "server": format!("https://{API_ADDR}:{API_PORT}"),
+                "certificate-authority": pki.join("ca.crt"),
+            }}],
+            "users": [{"name": "user", "user": user}],
+            "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "user"}}],
+            "current-context": "lab",
+        });
+        // JSON is YAML: kubectl and kube-rs both read it.
+        std::fs::write(path, serde_json::to_vec_pretty(&kc)?)
+            .with_context(|| format!("write {}", path.display()))
+    }
+
+    fn spawn_control(&self, fabric: &Netns, what: &str, cmd: Command) -> Result<()> {
+        if self.live_pid(what, comm_of(what).unwrap_or(what)).is_some() {
+            return Ok(());
+        }
+        let log = self.k8s_dir().join(format!("{what}.log"));
+        let pid = crate::lab::spawn_in(fabric, cmd, Some(&log))?;
+        self.record_pid(what, pid)
+    }
+
+    fn wait_for(&self, what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
+        let t = Instant::now();
+        while !ok() {
+            if self.live_pid(what, comm_of(what).unwrap_or(what)).is_none() {
+                bail!(
+                    "{what} exited; see {}",
+                    self.k8s_dir().join(format!("{what}.log")).display()
+                );
+            }
+            if t.elapsed() > timeout {
+                bail!(
+                    "{what} not ready within {timeout:?}; see {}",
+                    self.k8s_dir().join(format!("{what}.log")).display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// etcd, kube-apiserver, kube-controller-manager (each started unless running),
+    /// the kubeconfigs, and the agents' ServiceAccount with `deploy/`'s RBAC.
+    pub(crate) fn ensure_control_plane(
+        &self,
+        fabric: &Netns,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let bin = bin_dir()?;
+        let k8s = self.k8s_dir();
+        std::fs::create_dir_all(&k8s).with_context(|| format!("create {}", k8s.display()))?;
+        self.ensure_pki()?;
+        let pki = k8s.join("pki");
+        let p = |f: &str| pki.join(f).display().to_string();
+
+        let mut etcd = Command::new(bin.join("etcd"));
+        etcd.args([
+            "--name",
+            "lab",
+            "--data-dir",
+            &k8s.join("etcd").display().to_string(),
+            "--listen-client-urls",
+            "http://127.0.0.1:2379",
+            "--advertise-client-urls",
+            "http://127.0.0.1:2379",
+            "--listen-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            "lab=http://127.0.0.1:2380",
+            "--log-level",
+            "warn",
+        ]);
+        self.spawn_control(fabric, "k8s-etcd", etcd)?;
+        self.wait_for("k8s-etcd", Duration::from_secs(20), || {
+            fabric
+                .run(|| {
+                    std::net::TcpStream::connect_timeout(
+                        &SocketAddrV4::new(Ipv4Addr::LOCALHOST, 2379).into(),
+                        Duration::from_millis(200),
+                    )
+                    .is_ok()
+                })
+                .unwrap_or(false)
+        })?;
+
+        let mut api = Command::new(bin.join("kube-apiserver"));
+        api.args([
+            "--etcd-servers=http://127.0.0.1:2379".to_string(),
+            format!("--bind-address={API_ADDR}"),
+            format!("--advertise-address={API_ADDR}"),
+            format!("--secure-port={API_PORT}"),
+            format!("--tls-cert-file={}", p("apiserver.crt")),
+            format!("--tls-private-key-file={}", p("apiserver.key")),
+            format!("--client-ca-file={}", p("ca.crt")),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            "--authorization-mode=Node,RBAC".into(),
+            "--allow-privileged=true".into(),
+            "--profiling=false".into(),
+            format!("--cert-dir={}", k8s.join("apiserver-certs").display()),
+        ]);
+        self.spawn_control(fabric, "kube-apiserver", api)?;
+        self.write_kubeconfig(
+            &self.kubeconfig(),
+            json!({"client-certificate": p("admin.crt"), "client-key": p("admin.key")}),
+        )?;
+        let kcm_kc = k8s.join("controller-manager.kubeconfig");
+        self.write_kubeconfig(
+            &kcm_kc,
+            json!({"client-certificate": p("controller-manager.crt"), "client-key": p("controller-manager.key")}),
+        )?;
+        let t = Instant::now();
+        self.wait_for("kube-apiserver", Duration::from_secs(90), || {
+            self.kubectl(&["get", "--raw=/readyz"], None).is_ok()
+        })?;
+        say(&format!(
+            "kube-apiserver v{K8S_VERSION} at https://{API_ADDR}:{API_PORT} in {} (ready in {:.1} s; kubeconfig {})",
+            self.fabric_ns(),
+            t.elapsed().as_secs_f64(),
+            self.kubeconfig().display()
+        ));
+
+        let mut kcm = Command::new(bin.join("kube-controller-manager"));
+        kcm.args([
+            format!("--kubeconfig={}", kcm_kc.display()),
+            format!("--authentication-kubeconfig={}", kcm_kc.display()),
+            format!("--authorization-kubeconfig={}", kcm_kc.display()),
+            "--leader-elect=false".into(),
+            "--use-service-account-credentials=true".into(),
+            "--controllers=node-ipam-controller,namespace-controller,serviceaccount-controller"
+                .into(),
+            "--allocate-node-cidrs=true".into(),
+            format!("--cluster-cidr={CLUSTER_CIDR}"),
+            "--node-cidr-mask-size=24".into(),
+            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            "--bind-address=127.0.0.1".into(),
+            "--secure-port=10257".into(),
+        ]);
+        self.spawn_control(fabric, "kube-controller-manager", kcm)?;
+
+        // The agents' identity: deploy/'s ServiceAccount and RBAC, and a token of it.
+        self.kubectl(&["apply", "-f", "-"], Some(NAMESPACE_YAML))?;
+        self.kubectl(&["apply", "-f", "-"], Some(RBAC_YAML))?;
+        if !self.agent_kubeconfig().exists() {
+            let token = self.kubectl(
+                &[
+                    "create",
+                    "token",
+                    "podnet",
+                    "-n",
+                    "podnet",
+                    "--duration=720h",
+                ],
+                None,
+            )?;
+            self.write_kubeconfig(&self.agent_kubeconfig(), json!({"token": token.trim()}))?;
+        }
+        Ok(())
+    }
+
+    /// Registers lab node `node` as a Node (InternalIP `ip`, Ready), as its kubelet
+    /// would.
+    pub(crate) fn register_node(&self, node: &str, ip: Ipv4Addr) -> Result<()> {
+        let obj = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": node, "labels": {
+                "kubernetes.io/hostname": node, "kubernetes.io/os": "linux"}},
+        });
+        self.kubectl(&["apply", "-f", "-"], Some(&obj.to_string()))?;
+        let now = crate::lab::now_rfc3339();
+        let status = json!({"status": {
+            "addresses": [{"type": "InternalIP", "address": ip.to_string()},
+                          {"type": "Hostname", "address": node}],
+            "conditions": [{"type": "Ready", "status": "True", "reason": "PodnetLab",
+                            "message": "the podnet lab plays this node's kubelet",
+                            "lastHeartbeatTime": now, "lastTransitionTime": now}],
+        }});
+        self.kubectl(
+            &[
+                "patch",
+                "node",
+                node,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status.to_string(),
+            ],
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// Starts the lab's kubelet unless it runs.
+    pub(crate) fn ensure_kubelet(&self, fabric: &Netns, bins: &Binaries) -> Result<()> {
+        let mut cmd = Command::new(&bins.podnet);
+        cmd.args(["lab", "--name", &self.name, "kubelet"]);
+        self.spawn_control(fabric, "kubelet", cmd)
+    }
+
+    /// Creates Pod objects for `lab up`'s pods (bound to their nodes).
+    pub fn create_pods(&self, pods: &[(String, String)]) -> Result<()> {
+        if pods.is_empty() {
+            return Ok(());
+        }
+        let items: Vec<Value> = pods
+            .iter()
+            .map(|(pod, node)| {
+                json!({"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"name": pod, "namespace": "default"},
+                       "spec": {"nodeName": node, "containers": [{"name": "echo", "image": "podnet-lab/echo"}]}})
+            })
+            .collect();
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+        self.kubectl(&["apply", "-f", "-"], Some(&list.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Waits, without holding the lab's lock (the kubelet needs it), until every pod in
+/// `ids` (the lab's ids) is made and has its address in the API, or `gone` ones are
+/// torn down.
+pub fn wait_pods(name: &str, ids: &[String], gone: &[String], timeout: Duration) -> Result<State> {
+    let t = Instant::now();
+    loop {
+        let st = {
+            let lab = Lab::open(name)?;
+            lab.load()?.context("lab state")?
+        };
+        let missing: Vec<&String> = ids
+            .iter()
+            .filter(|id| !st.pods.iter().any(|p| &&p.name == id && p.uid.is_some()))
+            .chain(
+                gone.iter()
+                    .filter(|id| st.pods.iter().any(|p| &&p.name == id)),
+            )
+            .collect();
+        if missing.is_empty() {
+            return Ok(st);
+        }
+        if t.elapsed() > timeout {
+            bail!(
+                "the lab's kubelet did not finish pods {} within {timeout:?}; see {}",
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                Path::new(crate::lab::LAB_ROOT)
+                    .join(name)
+                    .join("k8s/kubelet.log")
+                    .display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `"Pod ns/name"`: how agents key object versions.
+fn version_key(v: &Value) -> Option<(String, String)> {
+    let kind = v["kind"].as_str()?;
+    let ns = v["metadata"]["namespace"].as_str().unwrap_or("");
+    let name = v["metadata"]["name"].as_str()?;
+    let rv = v["metadata"]["resourceVersion"].as_str()?;
+    Some((format!("{kind} {ns}/{name}"), rv.to_string()))
+}
+
+/// Waits until every agent's programmed verdicts reflect each object at least at the
+/// given version (`None`: the object is gone).
+pub fn wait_versions(
+    name: &str,
+    want: &BTreeMap<String, Option<u64>>,
+    timeout: Duration,
+) -> Result<()> {
+    let (nodes, sockets, datapath) = {
+        let lab = Lab::open(name)?;
+        let st = lab.load()?.context("lab state")?;
+        let socks: Vec<PathBuf> = st.nodes.iter().map(|n| lab.api_socket(&n.name)).collect();
+        (
+            st.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>(),
+            socks,
+            st.policy_datapath,
+        )
+    };
+    if datapath == "none" || want.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&String> = want.keys().collect();
+    let t = Instant::now();
+    loop {
+        let mut lagging = Vec::new();
+        for (node, sock) in nodes.iter().zip(&sockets) {
+            let v =
+                podnet_agent::api::request(sock, &json!({"get": "policy-versions", "keys": keys}))
+                    .unwrap_or(Value::Null);
+            let behind = want.iter().any(|(k, w)| {
+                let have = v["versions"][k]
+                    .as_str()
+                    .and_then(|s| s.parse::<u64>().ok());
+                match (w, have) {
+                    (Some(w), Some(h)) => h < *w,
+                    (Some(_), None) => true,
+                    (None, h) => h.is_some(),
+                }
+            });
+            if behind {
+                lagging.push(format!(
+                    "{node}{}",
+                    v["error"]
+                        .as_str()
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        if lagging.is_empty() {
+            return Ok(());
+        }
+        if t.elapsed() > timeout {
+            bail!(
+                "the policy datapath on {} does not reflect the applied objects after {timeout:?}; see the agents' logs in {}/{name}",
+                lagging.join(", "),
+                crate::lab::LAB_ROOT
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `podnet lab apply` on a Kubernetes lab: the file is checked whole as on any lab,
+/// then applied with kubectl; with `wait`, returns once the pods run and every agent
+/// enforces the objects at the versions the API server gave them.
+pub fn apply(name: &str, text: &str, wait: bool) -> Result<Vec<Change>> {
+    let objs = parse_manifests(text)?;
+    let (nodes, out) = {
+        let lab = Lab::open(name)?;
+        let st = lab.load()?.context("lab state")?;
+        let nodes: Vec<String> = st.nodes.iter().map(|n| n.name.clone()).collect();
+        for o in &objs {
+            if let Object::Pod(p) = o {
+                match p.spec.node_name.as_deref() {
+                    Some(n) if nodes.iter().any(|x| x == n) => {}
+                    Some(n) => bail!(
+                        "nothing was applied: pod {}/{} asks for node {n}, which lab {name} does not have (nodes: {})",
+                        p.metadata.ns(), p.metadata.name, nodes.join(", ")
+                    ),
+                    None => bail!(
+                        "nothing was applied: pod {}/{} has no spec.nodeName; the lab runs no scheduler: bind it to one of {}",
+                        p.metadata.ns(), p.metadata.name, nodes.join(", ")
+                    ),
+                }
+            }
+        }
+        (nodes, lab.kubectl(&["apply", "-f", "-"], Some(text))?)
+    };
+    let _ = nodes;
+    let changes = changes_of(&out);
+    if wait {
+        let ids: Vec<String> = objs
+            .iter()
+            .filter_map(|o| match o {
+                Object::Pod(p) => Some(pod_id(p)),
+                _ => None,
+            })
+            .collect();
+        wait_pods(name, &ids, &[], Duration::from_secs(60))?;
+        let current =
+            Lab::open(name)?.kubectl_json(&["get", "-f", "-", "-o", "json"], Some(text))?;
+        let items = match current["kind"].as_str() {
+            Some("List") => current["items"].as_array().cloned().unwrap_or_default(),
+            _ => vec![current],
+        };
+        let want: BTreeMap<String, Option<u64>> = items
+            .iter()
+            .filter_map(version_key)
+            .map(|(k, rv)| (k, rv.parse().ok()))
+            .collect();
+        wait_versions(name, &want, Duration::from_secs(10))?;
+    }
+    Ok(changes)
+}
+
+/// kubectl's `kind/name action` lines as changes.
+fn changes_of(out: &str) -> Vec<Change> {
+    out.lines()
+        .filter_map(|l| {
+            let (obj, action) = l.split_once(' ')?;
+            Some(Change {
+                object: obj.to_string(),
+                action: action.trim().to_string(),
+                detail: None,
+            })
+        })
+        .collect()
+}
+
+/// `podnet lab delete` on a Kubernetes lab: kubectl delete, then waits until the pods
+/// are torn down and no agent holds the objects.
+pub fn delete(name: &str, text: &str) -> Result<Vec<Change>> {
+    let objs = parse_manifests(text)?;
+    let out = Lab::open(name)?.kubectl(
+        &["delete", "-f", "-", "--ignore-not-found", "--wait=false"],
+        Some(text),
+    )?;
+    let changes = changes_of(&out);
+    let mut gone: Vec<String> = Vec::new();
+    let mut want = BTreeMap::new();
+    {
+        let st = Lab::open(name)?.load()?.context("lab state")?;
+        for o in &objs {
+            let (kind, ns, n) = o.key();
+            want.insert(format!("{kind} {ns}/{n}"), None);
+            match o {
+                Object::Pod(p) => gone.push(pod_id(p)),
+                Object::Namespace(_) => {
+                    for p in st.pods.iter().filter(|p| p.namespace == n) {
+                        gone.push(p.name.clone());
+                        want.insert(format!("Pod {}/{}", p.namespace, p.pod_name()), None);
+                    }
+                }
+                Object::NetworkPolicy(_) => {}
+            }
+        }
+    }
+    wait_pods(name, &[], &gone, Duration::from_secs(60))?;
+    // A namespace lingers while its controller empties it; its pods and policies
+    // are what the agents enforce.
+    want.retain(|k, _| !k.starts_with("Namespace "));
+    wait_versions(name, &want, Duration::from_secs(10))?;
+    Ok(changes)
+}
+
+/// The Pod object (as the policy crate reads it) and its uid, from the API's JSON.
+fn lab_pod(v: &Value) -> Option<(podnet_policy::objects::Pod, String)> {
+    let t = podnet_policy::objects::from_api("Pod", v)?;
+    match Object::from_json(t).ok()? {
+        Object::Pod(mut p) => {
+            p.status = None;
+            Some((p, v["metadata"]["uid"].as_str()?.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// `podnet lab kubelet` (started by `lab up --kubernetes`, in the fabric): follows
+/// the API's Pods and makes, reports and tears down the lab's pods. Runs until killed.
+pub fn run_kubelet(name: &str) -> Result<()> {
+    let bins = Binaries::find()?;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let kubeconfig = Lab::open(name)?.kubeconfig();
+    let kubectl = bin_dir()?.join("kubectl");
+    // A watch as the trigger; every round reads the whole list, so a missed or
+    // repeated event changes nothing.
+    std::thread::spawn(move || loop {
+        let child = Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["get", "pods", "--all-namespaces", "--watch", "-o", "name"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn();
+        if let Ok(mut c) = child {
+            if let Some(out) = c.stdout.take() {
+                for _ in std::io::BufReader::new(out).lines() {
+                    if tx.send(()).is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = c.wait();
+        }
+        eprintln!(
+            "{} kubelet: pod watch ended; restarting it",
+            crate::lab::now_rfc3339()
+        );
+        let _ = tx.send(());
+        std::thread::sleep(Duration::from_secs(1));
+    });
+    loop {
+        if let Err(e) = reconcile(name, &bins) {
+            eprintln!("{} kubelet: {e:#}", crate::lab::now_rfc3339());
+        }
+        let _ = rx.recv_timeout(Duration::from_secs(10));
+        while rx.try_recv().is_ok() {}
+    }
+}
+
+fn reconcile(name: &str, bins: &Binaries) -> Result<()> {
+    let lab = Lab::open(name)?;
+    let list = lab.kubectl_json(&["get", "pods", "--all-namespaces", "-o", "json"], None)?;
+    let mut st = lab.load()?.context("lab state")?;
+    let say = |m: &str| eprintln!("{} kubelet: {m}", crate::lab::now_rfc3339());
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    let mine = |v: &Value| {
+        v["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| st.nodes.iter().any(|x| x.name == n))
+    };
+    // (id, node, object, uid, API podIP) of every live pod bound to a lab node.
+    let mut want = Vec::new();
+    let mut terminating = Vec::new();
+    for v in items.iter().filter(|v| mine(v)) {
+        let Some((pod, uid)) = lab_pod(v) else {
+            continue;
+        };
+        let id = pod_id(&pod);
+        if v["metadata"]["deletionTimestamp"].is_string() {
+            terminating.push((id, pod.metadata.ns().to_string(), pod.metadata.name.clone()));
+            continue;
+        }
+        let node = v["spec"]["nodeName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let ip = v["status"]["podIP"].as_str().map(String::from);
+        want.push((id, node, pod, uid, ip));
+    }
+    // Tear down first: a deleted pod's address is free before a new pod asks for it.
+    let stale: Vec<String> = st
+        .pods
+        .iter()
+        .filter(|p| p.uid.is_some())
+        .filter(|p| {
+            !want
+                .iter()
+                .any(|w| w.0 == p.name && Some(&w.3) == p.uid.as_ref())
+        })
+        .map(|p| p.name.clone())
+        .collect();
+    for id in stale {
+        let r = lab.del_pod(&mut st, &id, bins);
+        lab.save(&st)?;
+        match r {
+            Ok(()) => say(&format!("pod {id} torn down")),
+            Err(e) => say(&format!("tearing down pod {id}: {e:#}")),
+        }
+    }
+    for (id, ns, pod) in terminating {
+        if !st.pods.iter().any(|p| p.name == id) {
+            // Gone from the node: let the API server remove it, as a kubelet does.
+            let _ = lab.kubectl(
+                &[
+                    "delete",
+                    "pod",
+                    "-n",
+                    &ns,
+                    &pod,
+                    "--grace-period=0",
+                    "--force",
+                    "--wait=false",
+                ],
+                None,
+            );
+        }
+    }
+    for (id, node, pod, uid, api_ip) in want {
+        let (ns, pname) = (pod.metadata.ns().to_string(), pod.metadata.name.clone());
+        if !st.pods.iter().any(|p| p.name == id) {
+            let r = lab.make_pod(&mut st, &id, &node, pod.clone(), bins, &mut |m| say(m));
+            if let Some(p) = st.pods.iter_mut().find(|p| p.name == id) {
+                p.uid = Some(uid.clone());
+            }
+            lab.save(&st)?;
+            if let Err(e) = r {
+                say(&format!("making pod {ns}/{pname} on {node}: {e:#}"));
+                continue;
+            }
+        } else if let Some(p) = st.pods.iter_mut().find(|p| p.name == id) {
+            // Labels and annotations change in place; the pod stays.
+            p.object = Some(pod.clone());
+        }
+        let Some(p) = st.pods.iter().find(|p| p.name == id) else {
+            continue;
+        };
+        if api_ip.as_deref() != Some(&p.ip.to_string()) {
+            let host = st
+                .nodes
+                .iter()
+                .find(|n| n.name == node)
+                .map(|n| n.underlay_ip.to_string())
+                .unwrap_or_default();
+            let now = crate::lab::now_rfc3339();
+            let cond = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
+            let status = json!({"status": {
+                "phase": "Running", "podIP": p.ip.to_string(), "podIPs": [{"ip": p.ip.to_string()}],
+                "hostIP": host, "hostIPs": [{"ip": host}], "startTime": now,
+                "conditions": [cond("PodScheduled"), cond("Initialized"), cond("ContainersReady"), cond("Ready")],
+                "containerStatuses": pod.spec.containers.iter().map(|c| json!({
+                    "name": c.name, "image": c.image, "imageID": "", "ready": true, "started": true,
+                    "restartCount": 0, "state": {"running": {"startedAt": now}},
+                })).collect::<Vec<_>>(),
+            }});
+            lab.kubectl(
+                &[
+                    "patch",
+                    "pod",
+                    "-n",
+                    &ns,
+                    &pname,
+                    "--subresource=status",
+                    "--type=merge",
+                    "-p",
+                    &status.to_string(),
+                ],
+                None,
+            )
+            .with_context(|| format!("write the status of pod {ns}/{pname}"))?;
+        }
+    }
+    lab.save(&st)?;
+    Ok(())
+}
