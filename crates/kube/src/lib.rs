@@ -15,7 +15,8 @@
 //!   NetworkPolicy reads ([`podnet_policy::objects::from_api`]); the agent's policy
 //!   source reads them through [`podnet_datastore::Datastore::objects`].
 //!
-//! Each watch resumes after errors with backoff (kube's watcher). While the API server
+//! Each watch resumes after errors: it lists again after a backoff (250 ms doubling
+//! to 5 s). While the API server
 //! is unreachable the last state is kept, so the agent changes nothing in the kernel;
 //! when it returns, the watches list again and the agent converges.
 //!
@@ -31,7 +32,6 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ListParams, Patch, PatchParams, WatchParams};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use podnet_cni_spec::Ipv4Net;
 use podnet_datastore::{
     Datastore, Error, NodeRecord, ObjectKey, Registration, Result, StoredObject,
@@ -282,75 +282,92 @@ fn watch<K>(
         _ => "NetworkPolicy",
     };
     shared.rt.spawn(async move {
-        let mut stream = watcher::watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
-        let mut listing: Vec<NodeOrObject> = Vec::new();
-        while let Some(ev) = stream.next().await {
-            let Some(sh) = weak.upgrade() else { return };
-            let mut st = sh.state.lock().unwrap();
-            let mut changed = true;
-            match ev {
-                Ok(Event::Init) => {
-                    listing.clear();
-                    changed = false;
-                }
-                Ok(Event::InitApply(o)) => {
-                    listing.push(conv(&o));
-                    changed = false;
-                }
-                Ok(Event::InitDone) => {
-                    if kind == "Node" {
-                        st.nodes.clear();
-                    } else {
-                        st.objects.retain(|k, _| k.0 != kind);
+        // After an error the stream is dropped and a new one lists afresh once the
+        // backoff has passed: the listing both resynchronises the state and proves the
+        // watch healthy again (a resumed watch says nothing until an object changes).
+        let mut backoff = WATCH_BACKOFF_MIN;
+        loop {
+            let mut stream = watcher::watcher(api.clone(), watcher::Config::default()).boxed();
+            let mut listing: Vec<NodeOrObject> = Vec::new();
+            while let Some(ev) = stream.next().await {
+                let Some(sh) = weak.upgrade() else { return };
+                let failed = ev.is_err();
+                let mut st = sh.state.lock().unwrap();
+                let mut changed = true;
+                match ev {
+                    Ok(Event::Init) => {
+                        listing.clear();
+                        changed = false;
                     }
-                    for x in listing.drain(..) {
-                        insert(&mut st, x);
+                    Ok(Event::InitApply(o)) => {
+                        listing.push(conv(&o));
+                        changed = false;
                     }
-                    st.synced.insert(what, true);
-                    if st.errors.remove(what).is_some() {
-                        (sh.log)(&format!("watch of {what} works again"));
+                    Ok(Event::InitDone) => {
+                        backoff = WATCH_BACKOFF_MIN;
+                        if kind == "Node" {
+                            st.nodes.clear();
+                        } else {
+                            st.objects.retain(|k, _| k.0 != kind);
+                        }
+                        for x in listing.drain(..) {
+                            insert(&mut st, x);
+                        }
+                        st.synced.insert(what, true);
+                        if st.errors.remove(what).is_some() {
+                            (sh.log)(&format!("watch of {what} works again"));
+                        }
                     }
-                }
-                Ok(Event::Apply(o)) => {
-                    if kind != "Node" {
-                        // A pod that finished or moved to the host network leaves.
-                        st.objects.remove(&key_of(kind, &o));
+                    Ok(Event::Apply(o)) => {
+                        if kind != "Node" {
+                            // A pod that finished or moved to the host network leaves.
+                            st.objects.remove(&key_of(kind, &o));
+                        }
+                        insert(&mut st, conv(&o));
+                        st.errors.remove(what);
                     }
-                    insert(&mut st, conv(&o));
-                    st.errors.remove(what);
-                }
-                Ok(Event::Delete(o)) => {
-                    if kind == "Node" {
-                        st.nodes.remove(&o.meta().name.clone().unwrap_or_default());
-                    } else {
-                        st.objects.remove(&key_of(kind, &o));
+                    Ok(Event::Delete(o)) => {
+                        if kind == "Node" {
+                            st.nodes.remove(&o.meta().name.clone().unwrap_or_default());
+                        } else {
+                            st.objects.remove(&key_of(kind, &o));
+                        }
                     }
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    if st.errors.get(what) != Some(&msg) {
-                        (sh.log)(&format!(
+                    Err(e) => {
+                        let msg = e.to_string();
+                        if st.errors.get(what) != Some(&msg) {
+                            (sh.log)(&format!(
                             "watch of {what} failed: {msg}; keeping the last state and retrying"
                         ));
+                        }
+                        st.errors.insert(what, msg);
+                        changed = false;
                     }
-                    st.errors.insert(what, msg);
-                    changed = false;
+                }
+
+                if changed {
+                    if kind == "Node" {
+                        st.node_gen += 1;
+                    } else {
+                        st.obj_gen += 1;
+                    }
+                }
+                drop(st);
+                sh.changed.notify_all();
+                if failed {
+                    break;
                 }
             }
-            if changed {
-                if kind == "Node" {
-                    st.node_gen += 1;
-                } else {
-                    st.obj_gen += 1;
-                }
-            }
-            drop(st);
-            sh.changed.notify_all();
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
         }
     });
 }
+
+/// How long a failed watch waits before listing again: doubling from the first to
+/// the second, back to the first once a listing succeeds.
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(250);
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 fn insert(st: &mut State, x: NodeOrObject) {
     match x {

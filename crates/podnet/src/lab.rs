@@ -550,7 +550,17 @@ impl Lab {
             let (fabric, made) = open_or_create_ns(&self.fabric_ns())?;
             let mut fs = fabric.run(Socket::route)??;
             if link::get_by_name(&mut fs, "fabric0")?.is_none() {
-                link::create_bridge(&mut fs, "fabric0", None, Some(1500))?;
+                // A fixed MAC (that of ETCD_ADDR in the nodes' 02:00:<IP> scheme): a
+                // bridge left to choose takes its lowest port's, and changes it when
+                // that node is deleted — while the other nodes still hold the old one
+                // in their neighbour tables for the lab's etcd or API server.
+                let o = ETCD_ADDR.octets();
+                link::create_bridge(
+                    &mut fs,
+                    "fabric0",
+                    Some([0x02, 0x00, o[0], o[1], o[2], o[3]]),
+                    Some(1500),
+                )?;
             }
             link::change(
                 &mut fs,
