@@ -463,6 +463,101 @@ pub fn counters(dir: &Path) -> Result<(crate::nft::DeniedCounts, u64), String> {
 mod tests {
     use super::*;
 
+    /// `struct NAME`'s size and members (name, bit offset) in the BTF of the compiled
+    /// object, read with bpftool.
+    fn btf_struct(name: &str) -> (usize, Vec<(String, usize)>) {
+        let dir = std::env::temp_dir().join(format!("podnet-btf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let obj = dir.join("policy.o");
+        std::fs::write(&obj, OBJECT).unwrap();
+        let out = std::process::Command::new("bpftool")
+            .args(["btf", "dump", "file"])
+            .arg(&obj)
+            .args(["format", "raw"])
+            .output()
+            .expect("run bpftool (apt-get install bpftool)");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let head = format!("STRUCT '{name}' size=");
+        let mut lines = text.lines().skip_while(|l| !l.contains(&head));
+        let first = lines
+            .next()
+            .unwrap_or_else(|| panic!("no struct {name} in the object's BTF"));
+        let size = first
+            .split("size=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let members = lines
+            .take_while(|l| l.starts_with('\t'))
+            .map(|l| {
+                let name = l.split('\'').nth(1).unwrap().to_string();
+                let bits = l
+                    .split("bits_offset=")
+                    .nth(1)
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
+                (name, bits)
+            })
+            .collect();
+        (size, members)
+    }
+
+    /// The map keys the agent writes have the layout the C program reads: taken from
+    /// the compiled object's BTF, so a field added on either side fails here.
+    #[test]
+    fn map_layouts_match_the_c_structs() {
+        use std::mem::{offset_of, size_of};
+        let bits = |bytes: usize| bytes * 8;
+        // aya's LPM key: the prefix length (u32), then the data, packed.
+        let key = size_of::<u32>();
+        assert_eq!(
+            btf_struct("peer_key"),
+            (
+                size_of::<Key<PeerData>>(),
+                vec![
+                    ("prefixlen".into(), 0),
+                    ("pod".into(), bits(key + offset_of!(PeerData, pod))),
+                    ("peer".into(), bits(key + offset_of!(PeerData, peer))),
+                ]
+            )
+        );
+        assert_eq!(
+            btf_struct("port_key"),
+            (
+                size_of::<Key<PortData>>(),
+                vec![
+                    ("prefixlen".into(), 0),
+                    ("set".into(), bits(key + offset_of!(PortData, set))),
+                    ("proto".into(), bits(key + offset_of!(PortData, proto))),
+                    ("port".into(), bits(key + offset_of!(PortData, port))),
+                    ("pad".into(), bits(key + offset_of!(PortData, pad))),
+                ]
+            )
+        );
+        assert_eq!(
+            btf_struct("drop_key"),
+            (
+                size_of::<DropKey>(),
+                vec![
+                    ("pod".into(), bits(offset_of!(DropKey, pod))),
+                    ("dir".into(), bits(offset_of!(DropKey, dir))),
+                ]
+            )
+        );
+    }
+
     #[test]
     fn port_ranges_become_exact_prefix_covers() {
         for (a, b) in [

@@ -193,6 +193,8 @@ pub struct Agent {
     status: Arc<Mutex<Status>>,
     /// Peers left out, with why: logged once when they are first left out.
     ignored: std::collections::BTreeMap<String, String>,
+    /// The datastore's problems last logged.
+    problems: Vec<String>,
 }
 
 /// Opens the datastore a URL names: `file:…`, `etcd://…`, or `kubernetes[:kubeconfig]`
@@ -216,6 +218,7 @@ impl Agent {
             sock,
             status: Arc::new(Mutex::new(Status::default())),
             ignored: Default::default(),
+            problems: Vec::new(),
         })
     }
 
@@ -615,29 +618,28 @@ impl Agent {
         };
         let mut peers: Vec<Peer> = Vec::new();
         let mut ignored = std::collections::BTreeMap::new();
-        let mine = n.record.pod_cidr;
-        for r in self.ds.nodes()? {
-            if r.name == self.cfg.node {
-                continue;
-            }
-            let mac = parse_mac(&r.vtep_mac);
-            // A peer claiming (part of) our own CIDR is a datastore conflict, not a route.
-            let why = if mine.contains(r.pod_cidr.network()) || r.pod_cidr.contains(mine.network())
-            {
-                format!("its pod CIDR {} overlaps ours ({mine})", r.pod_cidr)
-            } else if mac.is_none() && matches!(backend, Backend::Vxlan { .. }) {
-                format!("its VTEP MAC {:?} cannot be read", r.vtep_mac)
-            } else {
-                peers.push(Peer {
-                    vtep_mac: mac.unwrap_or_default(),
+        let vxlan = matches!(backend, Backend::Vxlan { .. });
+        let mut records = self.ds.nodes()?;
+        records.retain(|r| r.name != self.cfg.node);
+        for r in records {
+            match check_peer(&r, &n.record, self.cfg.cluster_cidr, &peers, vxlan) {
+                Ok(vtep_mac) => peers.push(Peer {
+                    vtep_mac,
                     name: r.name,
                     cidr: r.pod_cidr,
                     underlay: r.underlay_ip,
-                });
-                continue;
-            };
-            ignored.insert(r.name, why);
+                }),
+                Err(why) => {
+                    ignored.insert(r.name, why);
+                }
+            }
         }
+        // Records the datastore could not read at all are left out by it; say so once.
+        let problems = self.ds.problems();
+        for p in problems.iter().filter(|p| !self.problems.contains(p)) {
+            self.log(&format!("datastore problem: {p}"));
+        }
+        self.problems = problems;
         for (name, why) in &ignored {
             if self.ignored.get(name) != Some(why) {
                 self.log(&format!(
@@ -719,14 +721,126 @@ impl Agent {
             last_sync: podnet_datastore::now(),
             changes: *changes,
             pid: std::process::id(),
-            datastore_problems: self.ds.problems(),
+            datastore_problems: self.problems.clone(),
         };
         Ok(())
     }
 }
 
+/// Checks a peer's record before anything is programmed from it; returns its VTEP
+/// MAC (zero with host-gw), or why it is left out. A record is refused when its pod
+/// CIDR is outside the cluster CIDR or overlaps ours or an accepted peer's (the first
+/// by name keeps it), when its underlay address is not a unicast address or is ours,
+/// or (VXLAN) when its VTEP MAC cannot be read.
+pub fn check_peer(
+    r: &NodeRecord,
+    me: &NodeRecord,
+    cluster: Ipv4Net,
+    accepted: &[Peer],
+    vxlan: bool,
+) -> std::result::Result<[u8; 6], String> {
+    let overlaps = |a: Ipv4Net, b: Ipv4Net| a.contains(b.network()) || b.contains(a.network());
+    let cidr = r.pod_cidr;
+    if !cluster.contains(cidr.network()) || cidr.prefix() < cluster.prefix() {
+        return Err(format!(
+            "its pod CIDR {cidr} is outside the cluster CIDR {cluster}"
+        ));
+    }
+    if overlaps(cidr, me.pod_cidr) {
+        return Err(format!(
+            "its pod CIDR {cidr} overlaps ours ({})",
+            me.pod_cidr
+        ));
+    }
+    if let Some(p) = accepted.iter().find(|p| overlaps(cidr, p.cidr)) {
+        return Err(format!(
+            "its pod CIDR {cidr} overlaps {}'s ({})",
+            p.name, p.cidr
+        ));
+    }
+    let u = r.underlay_ip;
+    if u.is_unspecified() || u.is_loopback() || u.is_multicast() || u.is_broadcast() {
+        return Err(format!("its underlay address {u} is not a unicast address"));
+    }
+    if u == me.underlay_ip {
+        return Err(format!("its underlay address {u} is ours"));
+    }
+    match (parse_mac(&r.vtep_mac), vxlan) {
+        (Some(m), _) => Ok(m),
+        (None, false) => Ok([0; 6]),
+        (None, true) => Err(format!("its VTEP MAC {:?} cannot be read", r.vtep_mac)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bad_peer_records_are_refused_with_why() {
+        use super::*;
+        let rec = |name: &str, cidr: &str, ip: [u8; 4], mac: &str| NodeRecord {
+            name: name.into(),
+            pod_cidr: cidr.parse().unwrap(),
+            underlay_ip: Ipv4Addr::from(ip),
+            vtep_mac: mac.into(),
+            backend: "vxlan".into(),
+            renewed: 0,
+            ttl_secs: 60,
+        };
+        let me = rec("a", "10.244.0.0/24", [192, 168, 1, 10], "0a:59:c0:a8:01:0a");
+        let cluster: Ipv4Net = "10.244.0.0/16".parse().unwrap();
+        let good = rec("b", "10.244.1.0/24", [192, 168, 1, 11], "0a:59:c0:a8:01:0b");
+        let mac = check_peer(&good, &me, cluster, &[], true).unwrap();
+        assert_eq!(mac, [0x0a, 0x59, 192, 168, 1, 11]);
+        let accepted = vec![Peer {
+            name: "b".into(),
+            cidr: good.pod_cidr,
+            underlay: good.underlay_ip,
+            vtep_mac: mac,
+        }];
+        let cases = [
+            (
+                rec("c", "10.99.0.0/24", [192, 168, 1, 12], "0a:59:c0:a8:01:0c"),
+                "outside the cluster CIDR",
+            ),
+            (
+                rec(
+                    "c",
+                    "10.244.0.128/25",
+                    [192, 168, 1, 12],
+                    "0a:59:c0:a8:01:0c",
+                ),
+                "overlaps ours",
+            ),
+            (
+                rec("c", "10.244.1.0/24", [192, 168, 1, 12], "0a:59:c0:a8:01:0c"),
+                "overlaps b's",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [0, 0, 0, 0], "0a:59:c0:a8:01:0c"),
+                "not a unicast",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [224, 0, 0, 1], "0a:59:c0:a8:01:0c"),
+                "not a unicast",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [192, 168, 1, 10], "0a:59:c0:a8:01:0c"),
+                "is ours",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [192, 168, 1, 12], "zz"),
+                "cannot be read",
+            ),
+        ];
+        for (r, why) in cases {
+            let e = check_peer(&r, &me, cluster, &accepted, true).unwrap_err();
+            assert!(e.contains(why), "{e} (want {why})");
+        }
+        // host-gw needs no MAC.
+        let r = rec("c", "10.244.2.0/24", [192, 168, 1, 12], "");
+        assert!(check_peer(&r, &me, cluster, &accepted, false).is_ok());
+    }
+
     #[test]
     fn timestamps() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");

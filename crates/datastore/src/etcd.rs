@@ -28,6 +28,8 @@ const PREFIX: &str = "/podnet/";
 
 pub struct EtcdStore {
     endpoints: Vec<String>,
+    /// Node records left out of the last `nodes()` because they cannot be read.
+    damaged: std::sync::Mutex<Vec<String>>,
 }
 
 fn b64(data: &[u8]) -> String {
@@ -92,7 +94,10 @@ impl EtcdStore {
         if endpoints.is_empty() {
             return Err(Error::Url(format!("etcd://{hosts}")));
         }
-        Ok(EtcdStore { endpoints })
+        Ok(EtcdStore {
+            endpoints,
+            damaged: Default::default(),
+        })
     }
 
     fn io(&self, op: &'static str, source: std::io::Error) -> Error {
@@ -291,16 +296,29 @@ impl Datastore for EtcdStore {
     }
 
     fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        // A damaged record is left out (and reported by `problems`): it must not stop
+        // the other peers from being programmed.
         let mut out = Vec::new();
+        let mut damaged = Vec::new();
         for (k, v, _) in self.list(&format!("{PREFIX}nodes/"), false)? {
-            let rec: NodeRecord = serde_json::from_slice(&v).map_err(|e| Error::Corrupt {
-                path: format!("etcd key {k}"),
-                why: e.to_string(),
-            })?;
-            out.push(rec);
+            match serde_json::from_slice::<NodeRecord>(&v) {
+                Ok(rec) => out.push(rec),
+                Err(e) => damaged.push(
+                    Error::Corrupt {
+                        path: format!("etcd key {k}"),
+                        why: e.to_string(),
+                    }
+                    .to_string(),
+                ),
+            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        *self.damaged.lock().unwrap() = damaged;
         Ok(out)
+    }
+
+    fn problems(&self) -> Vec<String> {
+        self.damaged.lock().unwrap().clone()
     }
 
     fn remove(&self, name: &str) -> Result<bool> {

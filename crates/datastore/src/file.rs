@@ -22,6 +22,8 @@ pub struct FileStore {
     /// Objects already read, by file name, with the modification time and size they
     /// were read at: a snapshot re-reads only the files that changed.
     cache: Mutex<std::collections::HashMap<String, (std::time::SystemTime, u64, StoredObject)>>,
+    /// Node records left out of the last `nodes()` because they cannot be read.
+    damaged: Mutex<Vec<String>>,
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -40,6 +42,7 @@ impl FileStore {
             dir,
             watch: Mutex::new(None),
             cache: Mutex::new(Default::default()),
+            damaged: Mutex::new(Vec::new()),
         })
     }
 
@@ -161,8 +164,25 @@ impl Datastore for FileStore {
     }
 
     fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        // A damaged record is left out (and reported by `problems`): it must not stop
+        // the other peers from being programmed.
         let t = now();
-        Ok(self.all()?.into_iter().filter(|n| n.is_live(t)).collect())
+        let mut out = Vec::new();
+        let mut damaged = Vec::new();
+        for (_, rec) in read_json_dir::<NodeRecord>(&self.dir.join("nodes"))? {
+            match rec {
+                Ok(r) if r.is_live(t) => out.push(r),
+                Ok(_) => {}
+                Err(e) => damaged.push(e.to_string()),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        *self.damaged.lock().unwrap() = damaged;
+        Ok(out)
+    }
+
+    fn problems(&self) -> Vec<String> {
+        self.damaged.lock().unwrap().clone()
     }
 
     fn remove(&self, name: &str) -> Result<bool> {

@@ -187,13 +187,25 @@ impl TestLab {
         Netns::open(netns::named_path(&format!("{}-{suffix}", self.name))).unwrap()
     }
 
-    pub fn sh(&self, node: &str, cmd: &[&str]) -> String {
+    /// Runs `cmd` inside the lab's namespace `node`: (succeeded, stdout, stderr).
+    pub fn sh_status(&self, node: &str, cmd: &[&str]) -> (bool, String, String) {
         let o = Command::new("ip")
             .args(["netns", "exec", &format!("{}-{node}", self.name)])
             .args(cmd)
             .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).into_owned()
+            .expect("run ip netns exec");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
+    /// Runs `cmd` inside the lab's namespace `node`, which must succeed; its output.
+    pub fn sh(&self, node: &str, cmd: &[&str]) -> String {
+        let (ok, out, err) = self.sh_status(node, cmd);
+        assert!(ok, "{cmd:?} in {}-{node} failed: {err}", self.name);
+        out
     }
 
     pub fn full_mesh(&self) -> Value {

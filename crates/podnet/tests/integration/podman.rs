@@ -23,6 +23,10 @@ impl Podman<'_> {
             .arg(self.dir.join("root"))
             .arg("--runroot")
             .arg(self.dir.join("runroot"))
+            // Its own exit files and locks: tests run podman side by side, and one's
+            // `system reset` must not touch another's containers.
+            .arg("--tmpdir")
+            .arg(self.dir.join("libpod-tmp"))
             .args(["--storage-driver", "vfs"])
             .args(args)
             .env("CONTAINERS_CONF", self.dir.join("containers.conf"));
