@@ -171,11 +171,15 @@ pub fn rfc3339(t: u64) -> String {
     )
 }
 
+/// The agent logs through `tracing` (podnetd sets the format and `RUST_LOG` the
+/// level); every line carries the node.
 fn log(node: &str, msg: &str) {
-    eprintln!(
-        "{} podnetd[{node}]: {msg}",
-        rfc3339(podnet_datastore::now())
-    );
+    tracing::info!(node, "{msg}");
+}
+
+/// Something failed or was refused: the agent goes on, an operator may act.
+fn warn(node: &str, msg: &str) {
+    tracing::warn!(node, "{msg}");
 }
 
 /// The node's facts after setup.
@@ -202,7 +206,7 @@ pub struct Agent {
 pub fn open_datastore(url: &str, node: &str) -> Result<Arc<dyn Datastore>> {
     if podnet_kube::is_kubernetes_url(url) {
         let node = node.to_string();
-        let log: podnet_kube::Log = Arc::new(move |m: &str| log(&node, m));
+        let log: podnet_kube::Log = Arc::new(move |m: &str| warn(&node, m));
         return Ok(Arc::new(podnet_kube::KubeStore::open(url, log)?));
     }
     Ok(podnet_datastore::open(url)?.into())
@@ -224,6 +228,10 @@ impl Agent {
 
     fn log(&self, msg: &str) {
         log(&self.cfg.node, msg)
+    }
+
+    fn warn(&self, msg: &str) {
+        warn(&self.cfg.node, msg)
     }
 
     fn underlay(&mut self) -> Result<(u32, Ipv4Addr, u32)> {
@@ -478,7 +486,7 @@ impl Agent {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() && op.is_delete() => {}
                 Err(e) => {
-                    self.log(&format!("failed: {}: {e}", op.render(name)));
+                    self.warn(&format!("failed: {}: {e}", op.render(name)));
                     failed.push(op.clone());
                 }
             }
@@ -495,7 +503,7 @@ impl Agent {
         let record = loop {
             match self.register(underlay_ip) {
                 Err(Error::Datastore(e)) if e.is_transient() => {
-                    self.log(&format!(
+                    self.warn(&format!(
                         "cannot register yet: {e}; retrying in {:.1} s",
                         backoff.as_secs_f64()
                     ));
@@ -534,6 +542,7 @@ impl Agent {
             self.cfg.bpf_dir.clone(),
         );
         let node = self.cfg.node.clone();
+        let pnode = node.clone();
         let plog = move |m: &str| log(&node, m);
         pol.prepare(&plog).map_err(|why| Error::Policy {
             datapath: self.cfg.policy_datapath.as_str(),
@@ -552,10 +561,10 @@ impl Agent {
             .name("policy".into())
             .spawn(move || loop {
                 if let Err(e) = pol.sync(&plog) {
-                    plog(&format!("policy: {e}; retrying"));
+                    warn(&pnode, &format!("policy: {e}; retrying"));
                 }
                 if let Err(e) = pds.wait_change(interval) {
-                    plog(&format!("policy: cannot watch the datastore: {e}"));
+                    warn(&pnode, &format!("policy: cannot watch the datastore: {e}"));
                     std::thread::sleep(interval);
                 }
             })
@@ -585,15 +594,15 @@ impl Agent {
                         n.record = r;
                         renewed = Instant::now();
                     }
-                    Err(e) => self.log(&format!("cannot renew the lease: {e}")),
+                    Err(e) => self.warn(&format!("cannot renew the lease: {e}")),
                 }
             }
             if let Err(e) = self.sync(&n, &mut vx, &mut known, &mut last_desired, &mut changes) {
-                self.log(&format!("sync failed, retrying: {e}"));
+                self.warn(&format!("sync failed, retrying: {e}"));
             }
             if let Err(e) = self.ds.wait_change(self.cfg.interval) {
                 // Without this pause a datastore that fails at once would spin the loop.
-                self.log(&format!("cannot watch the datastore: {e}"));
+                self.warn(&format!("cannot watch the datastore: {e}"));
                 std::thread::sleep(self.cfg.interval);
             }
         }
@@ -637,12 +646,12 @@ impl Agent {
         // Records the datastore could not read at all are left out by it; say so once.
         let problems = self.ds.problems();
         for p in problems.iter().filter(|p| !self.problems.contains(p)) {
-            self.log(&format!("datastore problem: {p}"));
+            self.warn(&format!("datastore problem: {p}"));
         }
         self.problems = problems;
         for (name, why) in &ignored {
             if self.ignored.get(name) != Some(why) {
-                self.log(&format!(
+                self.warn(&format!(
                     "ignoring peer {name}: {why}; fix its record in the datastore"
                 ));
             }

@@ -751,7 +751,7 @@ pub fn run_kubelet(name: &str) -> Result<()> {
     });
     loop {
         if let Err(e) = reconcile(name, &bins) {
-            eprintln!("{} kubelet: {e:#}", crate::lab::now_rfc3339());
+            tracing::warn!("{e:#}");
         }
         let _ = rx.recv_timeout(Duration::from_secs(10));
         while rx.try_recv().is_ok() {}
@@ -762,7 +762,7 @@ fn reconcile(name: &str, bins: &Binaries) -> Result<()> {
     let lab = Lab::open(name)?;
     let list = lab.kubectl_json(&["get", "pods", "--all-namespaces", "-o", "json"], None)?;
     let mut st = lab.load()?.context("lab state")?;
-    let say = |m: &str| eprintln!("{} kubelet: {m}", crate::lab::now_rfc3339());
+    let say = |m: &str| tracing::info!("{m}");
     let items = list["items"].as_array().cloned().unwrap_or_default();
     let mine = |v: &Value| {
         v["spec"]["nodeName"]

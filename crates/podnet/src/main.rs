@@ -434,6 +434,25 @@ fn require_root() -> Result<()> {
 
 fn main() {
     let cli = Cli::parse();
+    // Results go to standard output and errors to standard error, as text or JSON;
+    // logs (RUST_LOG, default warn) are for what runs in the background: the lab's
+    // kubelet logs every pod it makes (info).
+    let daemon = matches!(
+        cli.cmd,
+        Cmd::Lab {
+            cmd: LabCmd::Kubelet,
+            ..
+        }
+    );
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .init();
     if let Err(e) = run(cli) {
         eprintln!("podnet: error: {e:#}");
         std::process::exit(1);

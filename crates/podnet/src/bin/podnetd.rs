@@ -12,6 +12,14 @@ enum Backend {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// One line per event: time, level, message, node.
+    Text,
+    /// One JSON object per line (timestamp, level, fields.message, fields.node).
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum PolicyDatapath {
     /// nftables: one table, sets of peers and ports, one atomic transaction per change.
     Nftables,
@@ -106,10 +114,29 @@ struct Args {
     /// The local API socket.
     #[arg(long, default_value = "/run/podnet/podnetd.sock")]
     api_socket: PathBuf,
+    /// Log format on standard error; the level comes from RUST_LOG (default info;
+    /// e.g. RUST_LOG=warn, or RUST_LOG=debug,kube=info).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn init_logs(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
 }
 
 fn main() {
     let mut a = Args::parse();
+    init_logs(a.log_format);
     if let Some(k) = &a.kubeconfig {
         if a.datastore != "kubernetes" {
             eprintln!(
@@ -212,7 +239,7 @@ fn main() {
     let node = cfg.node.clone();
     let result = Agent::new(cfg).and_then(|agent| agent.run());
     if let Err(e) = result {
-        eprintln!("podnetd[{node}]: fatal: {e}");
+        tracing::error!(node, "fatal: {e}");
         std::process::exit(1);
     }
 }
