@@ -326,7 +326,7 @@ pub fn request(path: &Path, req: &Value) -> std::io::Result<Value> {
 /// pod's namespace from the veth's alias.
 pub fn pod(ip: Ipv4Addr) -> Result<Value, String> {
     let mut s = Socket::route().map_err(|e| e.to_string())?;
-    let mac = podnet_cni::settings::host_mac(ip);
+    let mac = podnet_conventions::host_mac(ip);
     let links = link::list(&mut s).map_err(|e| e.to_string())?;
     let Some(h) = links.iter().find(|l| l.mac == mac) else {
         return Ok(json!({"ip": ip.to_string(), "found": false}));
@@ -336,10 +336,10 @@ pub fn pod(ip: Ipv4Addr) -> Result<Value, String> {
         .and_then(|m| links.iter().find(|l| l.index == m))
         .map(|l| l.name.clone());
     let alias = h.alias.clone().unwrap_or_default();
-    let ifname = podnet_cni::antispoof::parse_owner_alias(&alias)
+    let ifname = podnet_conventions::parse_owner_alias(&alias)
         .map_or("eth0", |(_, ifname, _)| ifname)
         .to_string();
-    let netns = podnet_cni::antispoof::alias_netns(&alias).map(String::from);
+    let netns = podnet_conventions::alias_netns(&alias).map(String::from);
     let host = json!({"name": h.name, "up": h.is_up(), "operstate": h.operstate, "mtu": h.mtu, "master": master, "mac": h.mac_string()});
     let inside = match &netns {
         Some(path) => match podnet_netlink::Netns::open(path) {

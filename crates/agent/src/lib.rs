@@ -46,8 +46,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// VXLAN overhead: outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8.
-pub const VXLAN_OVERHEAD: u32 = 50;
+pub use podnet_conventions::{vtep_mac, VXLAN_OVERHEAD};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -122,6 +121,10 @@ pub struct Status {
     pub vtep_mac: String,
     pub bridge: String,
     pub vxlan_dev: String,
+    /// The VXLAN UDP port, and what VXLAN adds to each packet (0 with host-gw): what
+    /// trace and doctor probe and size with.
+    pub vxlan_port: u16,
+    pub overlay_overhead: u32,
     pub mtu: u32,
     pub repair: bool,
     pub datastore: String,
@@ -142,12 +145,6 @@ pub struct PeerStatus {
     pub pod_cidr: String,
     pub underlay_ip: String,
     pub vtep_mac: String,
-}
-
-/// The MAC of a node's VXLAN device, derived from its underlay IP.
-pub fn vtep_mac(underlay: Ipv4Addr) -> [u8; 6] {
-    let o = underlay.octets();
-    [0x0a, 0x59, o[0], o[1], o[2], o[3]]
 }
 
 /// `2026-11-26T06:40:00Z` for Unix seconds `t` (UTC, proleptic Gregorian).
@@ -270,7 +267,7 @@ impl Agent {
             &mut self.sock,
             &self.cfg.bridge,
             // The same MAC podnet-cni gives the bridge: whichever makes it first wins.
-            podnet_cni::settings::pod_mac(gw),
+            podnet_conventions::pod_mac(gw),
             n.mtu,
             gw,
             cidr.prefix(),
@@ -418,7 +415,7 @@ impl Agent {
             Backend::Vxlan { dev } => (
                 neigh::list(&mut self.sock)?
                     .into_iter()
-                    .filter(|n| n.index == dev && n.state & 0x80 != 0)
+                    .filter(|n| n.index == dev && n.state & podnet_conventions::NUD_PERMANENT != 0)
                     .collect(),
                 neigh::fdb_list(&mut self.sock)?
                     .into_iter()
@@ -715,6 +712,8 @@ impl Agent {
             } else {
                 String::new()
             },
+            vxlan_port: self.cfg.port,
+            overlay_overhead: if vx.is_some() { VXLAN_OVERHEAD } else { 0 },
             mtu: n.mtu,
             repair: self.cfg.repair,
             datastore: self.ds.describe(),

@@ -21,7 +21,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 /// Route protocol number marking podnet's routes.
-pub const RTPROT_PODNET: u8 = 0x50;
+pub use podnet_conventions::RTPROT_PODNET;
 const NUD_PERMANENT: u16 = 0x80;
 
 /// A peer node, as the datastore describes it.

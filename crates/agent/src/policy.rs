@@ -327,7 +327,7 @@ impl Policy {
             let ours = l
                 .alias
                 .as_deref()
-                .and_then(podnet_cni::antispoof::parse_owner_alias)
+                .and_then(podnet_conventions::parse_owner_alias)
                 .is_some();
             if !ours {
                 continue;

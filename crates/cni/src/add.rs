@@ -25,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 /// Route protocol number podnet marks its routes with (`ip route` shows `proto 0x50`
 /// as a number; /etc/iproute2/rt_protos can name it).
-pub const RTPROT_PODNET: u8 = 0x50;
+pub use podnet_conventions::RTPROT_PODNET;
 
 /// Step timings on stderr when `PODNET_CNI_TIMING` is set: where an ADD spends its time.
 struct Timing(Option<std::time::Instant>);

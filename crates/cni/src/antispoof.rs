@@ -273,38 +273,7 @@ pub fn is_installed(sock: &mut Socket, ifindex: u32) -> Result<bool> {
     Ok(pod_state(sock, ifindex)?.is_some())
 }
 
-/// What the host veth's alias records: the attachment it belongs to (GC reads it) and
-/// the pod's namespace (the agent reads it to report the pod's own state). The
-/// namespace is left out if the alias would exceed the kernel's 255 bytes.
-pub fn owner_alias(network: &str, container_id: &str, ifname: &str, netns: &str) -> Option<String> {
-    // The kernel keeps at most 255 bytes. The owner part is what DEL, GC and a
-    // retried ADD match on, so it is never cut: too long is refused. The namespace
-    // path is only for people and `podnet trace`, so it is left out when it does not fit.
-    let base = format!("podnet net={network} if={ifname} cid={container_id}");
-    let full = format!("{base} ns={netns}");
-    if full.len() <= 255 {
-        Some(full)
-    } else {
-        (base.len() <= 255).then_some(base)
-    }
-}
-
-/// Parses [`owner_alias`]: `(network, ifname, container_id)`.
-pub fn parse_owner_alias(alias: &str) -> Option<(&str, &str, &str)> {
-    let rest = alias.strip_prefix("podnet net=")?;
-    let (net, rest) = rest.split_once(" if=")?;
-    let (ifname, rest) = rest.split_once(" cid=")?;
-    let cid = rest.split_once(" ns=").map_or(rest, |(c, _)| c);
-    Some((net, ifname, cid))
-}
-
-/// The pod's namespace path recorded in [`owner_alias`], if there is one.
-pub fn alias_netns(alias: &str) -> Option<&str> {
-    alias
-        .strip_prefix("podnet net=")?
-        .split_once(" ns=")
-        .map(|(_, ns)| ns)
-}
+pub use podnet_conventions::{alias_netns, owner_alias, parse_owner_alias};
 
 #[cfg(test)]
 mod tests {

@@ -7,10 +7,7 @@ use serde::Deserialize;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-pub const DEFAULT_BRIDGE: &str = "podnet0";
-pub const DEFAULT_DATA_DIR: &str = "/var/lib/podnet/ipam";
-/// Written by `podnetd`: the node's pod CIDR, MTU and bridge.
-pub const DEFAULT_NODE_FILE: &str = "/run/podnet/node.json";
+pub use podnet_conventions::{DEFAULT_BRIDGE, DEFAULT_DATA_DIR, DEFAULT_NODE_FILE};
 
 /// What the node's agent publishes for the plugin.
 #[derive(Debug, Default, Deserialize)]
@@ -230,30 +227,7 @@ fn lock_timeout(raw: &serde_json::Value) -> std::time::Duration {
         .unwrap_or(podnet_ipam::DEFAULT_LOCK_TIMEOUT)
 }
 
-/// The host-side veth name for an attachment: `pn` + 12 hex digits of a hash of the
-/// container ID and interface name. Deterministic, so DEL and GC find it without state.
-pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    // FNV-1a, 64 bit: stable across versions and platforms.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id.bytes().chain([b'/']).chain(ifname.bytes()) {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("pn{:012x}", h & 0xffff_ffff_ffff)
-}
-
-/// The pod interface's MAC: `0a:58` + the IPv4 address (locally administered,
-/// unicast, unique wherever the IP is).
-pub fn pod_mac(ip: Ipv4Addr) -> [u8; 6] {
-    let o = ip.octets();
-    [0x0a, 0x58, o[0], o[1], o[2], o[3]]
-}
-
-/// The host-side veth's MAC: `0a:5a` + the pod's IPv4 address.
-pub fn host_mac(ip: Ipv4Addr) -> [u8; 6] {
-    let o = ip.octets();
-    [0x0a, 0x5a, o[0], o[1], o[2], o[3]]
-}
+pub use podnet_conventions::{host_mac, host_veth_name, pod_mac};
 
 #[cfg(test)]
 mod tests {

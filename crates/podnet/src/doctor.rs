@@ -139,7 +139,9 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
             .cloned()
             .unwrap_or_default()
             .into_iter()
-            .filter(|r| r["protocol"].as_u64() == Some(0x50))
+            .filter(|r| {
+                r["protocol"].as_u64() == Some(u64::from(podnet_conventions::RTPROT_PODNET))
+            })
             .collect();
         let neighs: Vec<Value> = state["neigh"]
             .as_array()
@@ -150,7 +152,14 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
             .collect();
         let fdb: Vec<Value> = state["fdb"].as_array().cloned().unwrap_or_default();
         let mtu = st["mtu"].as_u64().unwrap_or(1450);
-        let overhead = if vx.is_empty() { 0 } else { 50 };
+        let overhead = st["overlay_overhead"].as_u64().unwrap_or(if vx.is_empty() {
+            0
+        } else {
+            u64::from(podnet_conventions::VXLAN_OVERHEAD)
+        });
+        let port = st["vxlan_port"]
+            .as_u64()
+            .unwrap_or(u64::from(podnet_conventions::VXLAN_PORT));
         for p in &peers {
             let (name, cidr, under, mac) = (
                 s(p, "name"),
@@ -210,7 +219,7 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
                         &format!("vxlan port to {name}"),
                         v == "reply",
                         format!("through the overlay to {vtep} and back: {v}"),
-                        "allow UDP 8472 between the nodes, both directions",
+                        &format!("allow UDP {port} between the nodes, both directions"),
                     );
                 }
                 let size = mtu + overhead - 28;

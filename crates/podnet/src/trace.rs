@@ -145,7 +145,7 @@ pub(crate) fn route_to_peer_mismatch(
     if s(r, "dst") != cidr {
         return Some(format!("the lookup gives {}", route_text(r)));
     }
-    if r["protocol"].as_u64() != Some(0x50) {
+    if r["protocol"].as_u64() != Some(u64::from(podnet_conventions::RTPROT_PODNET)) {
         return Some(format!(
             "the route {} was not made by podnet (protocol is not 0x50)",
             route_text(r)
@@ -208,7 +208,7 @@ fn route_text(r: &Value) -> String {
     if r["onlink"] == true {
         t.push_str(" onlink");
     }
-    if r["protocol"].as_u64() == Some(0x50) {
+    if r["protocol"].as_u64() == Some(u64::from(podnet_conventions::RTPROT_PODNET)) {
         t.push_str(" proto 0x50");
     }
     t
@@ -911,6 +911,9 @@ fn underlay_hops(
         );
         return Ok(());
     }
+    let port = st["vxlan_port"]
+        .as_u64()
+        .unwrap_or(u64::from(podnet_conventions::VXLAN_PORT));
     if vxlan {
         let vtep = s(p, "pod_cidr").split('/').next().unwrap_or("").to_string();
         let over = ping(&vtep, 56)?;
@@ -920,24 +923,28 @@ fn underlay_hops(
                 .iter()
                 .any(|h| h.where_ == "src-node" && h.status == "broken");
         let (status, fix) = match (over.as_str(), src_overlay_ok) {
-            ("reply", _) => ("ok", ""),
-            (_, true) => ("broken", "allow UDP 8472 between all node IPs, both directions (security groups, host firewalls)"),
-            (_, false) => ("warn", ""),
+            ("reply", _) => ("ok", String::new()),
+            (_, true) => ("broken", format!("allow UDP {port} between all node IPs, both directions (security groups, host firewalls)")),
+            (_, false) => ("warn", String::new()),
         };
         b.add(
             "underlay", "port", status,
             match status {
-                "ok" => format!("VXLAN (UDP {}) carries packets to {under} and back", 8472),
-                "broken" => format!("the underlay reaches {under} but VXLAN (UDP 8472) does not get through: the port is blocked on the way"),
+                "ok" => format!("VXLAN (UDP {port}) carries packets to {under} and back"),
+                "broken" => format!("the underlay reaches {under} but VXLAN (UDP {port}) does not get through: the port is blocked on the way"),
                 _ => "VXLAN probe failed, but an overlay entry on one of the two nodes is already broken (listed)".into(),
             },
             format!("ping {vtep} (through the overlay): {over}"),
-            format!("ping -c1 {vtep}   (on {node}); tcpdump -ni eth0 udp port 8472"),
-            fix,
+            format!("ping -c1 {vtep}   (on {node}); tcpdump -ni eth0 udp port {port}"),
+            &fix,
         );
     }
     let mtu = st["mtu"].as_u64().unwrap_or(1450);
-    let overhead = if vxlan { 50 } else { 0 };
+    let overhead = st["overlay_overhead"].as_u64().unwrap_or(if vxlan {
+        u64::from(podnet_conventions::VXLAN_OVERHEAD)
+    } else {
+        0
+    });
     let size = mtu + overhead - 28;
     let big = ping(&under, size)?;
     b.check(

@@ -89,9 +89,9 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     vni: u32,
     /// VXLAN UDP port (8472 as Flannel; 4789 is the IANA port).
-    #[arg(long, default_value_t = 8472)]
+    #[arg(long, default_value_t = podnet_conventions::VXLAN_PORT)]
     vxlan_port: u16,
-    #[arg(long, default_value = "podnet.vxlan")]
+    #[arg(long, default_value = podnet_conventions::VXLAN_DEV)]
     vxlan_dev: String,
     #[arg(long, default_value = "podnet0")]
     bridge: String,
