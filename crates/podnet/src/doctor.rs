@@ -102,6 +102,24 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
                 .and_then(|l| l.iter().find(|x| x["name"] == n))
                 .cloned()
         };
+        // The datastore: a refused or lost watch (Kubernetes), a damaged record. The
+        // datapath keeps its last state meanwhile; changes wait for the datastore.
+        let problems: Vec<&str> = st["datastore_problems"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        out.check(
+            "datastore",
+            problems.is_empty(),
+            if problems.is_empty() {
+                format!("{} answers", s(&st, "datastore"))
+            } else {
+                format!("{}: {}", s(&st, "datastore"), problems.join("; "))
+            },
+            "the datapath keeps its last state; restore the datastore (API server, etcd) or its access rights (deploy/rbac.yaml), or delete the damaged record",
+        );
         let bridge = s(&st, "bridge").to_string();
         let vx = s(&st, "vxlan_dev").to_string();
         let up = |n: &str| link(n).is_some_and(|l| l["up"] == true);

@@ -243,6 +243,20 @@ spec:
             })
         },
     );
+    // doctor names the datastore as what is broken, on every node.
+    let o = podnet()
+        .args(["doctor", "--lab", &lab.name, "--output", "json"])
+        .output()
+        .unwrap();
+    let d: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let broken: Vec<&Value> = d["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["status"] == "broken")
+        .collect();
+    assert_eq!(broken.len(), 3, "{d}");
+    assert!(broken.iter().all(|f| f["check"] == "datastore"), "{d}");
     assert!(connected(&lab, "p1a", "p2a", 7777));
     assert!(
         connected(&lab, "p1a", "p3a", 7777),
