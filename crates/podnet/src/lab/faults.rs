@@ -1,0 +1,503 @@
+//! `lab fault inject|clear`: breaking the lab on purpose, one function per fault,
+//! each recording how to undo what it changed.
+
+use super::*;
+
+/// An underlay address no lab node has (nodes count up from 192.168.1.10; etcd is .2).
+const MISROUTE_VIA: &str = "192.168.1.250";
+
+/// Faults `podnet lab fault inject` can make, for learning and for tests.
+pub const FAULTS: &[(&str, &str)] = &[
+    (
+        "vxlan-port-blocked",
+        "the physical network drops UDP 8472 (an nftables rule on the fabric switch)",
+    ),
+    (
+        "underlay-mtu",
+        "the physical network's MTU drops to 1400 (the fabric switch ports)",
+    ),
+    (
+        "missing-route",
+        "a node loses its routes to its peers' pod CIDRs (--node)",
+    ),
+    (
+        "misrouted",
+        "a node's routes to its peers' pod CIDRs point at an address nobody has (--node)",
+    ),
+    ("missing-fdb", "a node loses its VXLAN FDB entries (--node)"),
+    (
+        "missing-neigh",
+        "a node loses its neighbour entries for peer VTEPs (--node)",
+    ),
+    ("veth-down", "a pod's host-side veth goes down (--pod)"),
+    (
+        "pod-no-default-route",
+        "a pod loses its default route (--pod)",
+    ),
+    ("forwarding-off", "a node stops forwarding IPv4 (--node)"),
+    ("vxlan-down", "a node's VXLAN device goes down (--node)"),
+];
+
+fn run_cmd(argv: &[String], stdin: Option<&str>) -> Result<String> {
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if stdin.is_some() {
+        c.stdin(Stdio::piped());
+    }
+    let mut child = c.spawn().with_context(|| format!("run {}", argv[0]))?;
+    if let (Some(text), Some(mut i)) = (stdin, child.stdin.take()) {
+        use std::io::Write;
+        i.write_all(text.as_bytes())?;
+    }
+    let o = child.wait_with_output()?;
+    if !o.status.success() {
+        bail!(
+            "{}: {}",
+            argv.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// podnet's routes on a node (protocol 0x50), each as the words of `ip route show`.
+fn podnet_routes(nns: &str) -> Result<Vec<Vec<String>>> {
+    let out = run_cmd(
+        &argv(&["ip", "-n", nns, "route", "show", "proto", "80"]),
+        None,
+    )?;
+    Ok(out
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect())
+}
+
+/// The command that puts a route from [`podnet_routes`] back, protocol included
+/// (`show proto 80` leaves it out of each line).
+fn route_back(nns: &str, r: &[String]) -> Vec<String> {
+    let mut add = argv(&["ip", "-n", nns, "route", "replace"]);
+    add.extend(r.iter().cloned());
+    add.extend(argv(&["proto", "80"]));
+    add
+}
+
+/// The permanent neighbour entries on a node's VXLAN device: `(ip, mac)`.
+fn vtep_neighs(nns: &str) -> Result<Vec<(String, String)>> {
+    let out = run_cmd(
+        &argv(&[
+            "ip",
+            "-n",
+            nns,
+            "neigh",
+            "show",
+            "dev",
+            "podnet.vxlan",
+            "nud",
+            "permanent",
+        ]),
+        None,
+    )?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let i = w.iter().position(|x| *x == "lladdr")?;
+            Some((w.first()?.to_string(), w.get(i + 1)?.to_string()))
+        })
+        .collect())
+}
+
+fn neigh_back(nns: &str, ip: &str, mac: &str) -> Vec<String> {
+    argv(&[
+        "ip",
+        "-n",
+        nns,
+        "neigh",
+        "replace",
+        ip,
+        "lladdr",
+        mac,
+        "dev",
+        "podnet.vxlan",
+        "nud",
+        "permanent",
+    ])
+}
+
+fn argv(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|s| s.to_string()).collect()
+}
+
+impl Lab {
+    fn faults_file(&self) -> PathBuf {
+        self.dir.join("faults.json")
+    }
+
+    /// Breaks the lab in one of the [`FAULTS`] ways; remembers how to undo it.
+    pub fn inject(
+        &self,
+        st: &State,
+        kind: &str,
+        node: Option<&str>,
+        pod: Option<&str>,
+    ) -> Result<String> {
+        let node = node.unwrap_or("node1");
+        let nns = self.node_ns(node);
+        let Some(run) = runner(kind) else {
+            bail!(
+                "unknown fault {kind:?}; known: {}",
+                FAULTS
+                    .iter()
+                    .map(|(k, _)| *k)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        if !st.nodes.iter().any(|n| n.name == node) {
+            bail!("no node {node} in lab {}", self.name);
+        }
+        let pod = match pod {
+            Some(p) => st
+                .pods
+                .iter()
+                .find(|q| q.name == p)
+                .with_context(|| format!("no pod {p} in lab {}", self.name))?
+                .clone(),
+            None => st
+                .pods
+                .iter()
+                .find(|q| q.node == node)
+                .or(st.pods.first())
+                .cloned()
+                .context("the lab has no pods")?,
+        };
+        let f = Fault {
+            lab: self,
+            st,
+            node,
+            nns,
+            fab: self.fabric_ns(),
+            pod,
+        };
+        // A fault that fails half-way has still recorded the undo steps of what it
+        // changed, for `fault clear`.
+        let mut undo: Vec<Vec<String>> = Vec::new();
+        let result = run(&f, &mut undo);
+        if !undo.is_empty() {
+            let mut all = self.read_faults()?;
+            all.extend(undo);
+            let path = self.faults_file();
+            std::fs::write(&path, serde_json::to_vec_pretty(&all)?).with_context(|| {
+                format!(
+                    "could not record how to undo fault {kind} in {}; `podnet lab down --name {}` removes the whole lab",
+                    path.display(),
+                    self.name
+                )
+            })?;
+        }
+        result.with_context(|| {
+            format!(
+                "injecting fault {kind} on {node} failed; whatever it changed is undone by `podnet lab fault clear --name {}`",
+                self.name
+            )
+        })
+    }
+
+    fn read_faults(&self) -> Result<Vec<Vec<String>>> {
+        let path = self.faults_file();
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| {
+                format!(
+                    "{} is not a list of undo steps; remove it, or `podnet lab down --name {}`",
+                    path.display(),
+                    self.name
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Undoes every injected fault, newest first; returns how many steps ran.
+    pub fn clear_faults(&self) -> Result<usize> {
+        let all = self.read_faults()?;
+        let mut failed = Vec::new();
+        for cmd in all.iter().rev() {
+            if let Err(e) = run_cmd(cmd, None) {
+                failed.push(e.to_string());
+            }
+        }
+        // A step that failed is not kept for another try: it fails again the same
+        // way (most often the agent already repaired that object).
+        let _ = std::fs::remove_file(self.faults_file());
+        if !failed.is_empty() {
+            bail!(
+                "{} of {} undo steps failed (an agent may have repaired them already): {}; \
+                 `podnet lab check --name {}` shows what is still broken, `podnet lab down --name {}` removes the lab",
+                failed.len(),
+                all.len(),
+                failed.join("; "),
+                self.name,
+                self.name
+            );
+        }
+        Ok(all.len())
+    }
+}
+
+type FaultFn = fn(&Fault, &mut Vec<Vec<String>>) -> Result<String>;
+
+/// The function that makes fault `kind` (one per entry of [`FAULTS`]).
+fn runner(kind: &str) -> Option<FaultFn> {
+    Some(match kind {
+        "vxlan-port-blocked" => fault_vxlan_port_blocked,
+        "underlay-mtu" => fault_underlay_mtu,
+        "missing-route" => fault_missing_route,
+        "misrouted" => fault_misrouted,
+        "missing-fdb" => fault_missing_fdb,
+        "missing-neigh" => fault_missing_neigh,
+        "veth-down" => fault_veth_down,
+        "pod-no-default-route" => fault_pod_no_default_route,
+        "forwarding-off" => fault_forwarding_off,
+        "vxlan-down" => fault_vxlan_down,
+        _ => return None,
+    })
+}
+
+/// What a fault acts on.
+struct Fault<'a> {
+    lab: &'a Lab,
+    st: &'a State,
+    /// The node (`--node`, default node1) and its namespace.
+    node: &'a str,
+    nns: String,
+    fab: String,
+    /// The pod (`--pod`, default the node's first).
+    pod: PodState,
+}
+
+fn fault_vxlan_port_blocked(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String> {
+    let fab = &f.fab;
+    let port = podnet_conventions::VXLAN_PORT;
+    let rules = format!("table bridge podnet_fault {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  udp dport {port} drop\n }}\n}}\n");
+    run_cmd(
+        &argv(&["ip", "netns", "exec", fab, "nft", "-f", "-"]),
+        Some(&rules),
+    )?;
+    undo.push(argv(&[
+        "ip",
+        "netns",
+        "exec",
+        fab,
+        "nft",
+        "delete",
+        "table",
+        "bridge",
+        "podnet_fault",
+    ]));
+    Ok(format!("fabric {fab} drops UDP {port}"))
+}
+
+fn fault_underlay_mtu(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String> {
+    let (st, fab) = (f.st, &f.fab);
+    for n in &st.nodes {
+        run_cmd(
+            &argv(&["ip", "-n", fab, "link", "set", &n.name, "mtu", "1400"]),
+            None,
+        )?;
+        undo.push(argv(&[
+            "ip", "-n", fab, "link", "set", &n.name, "mtu", "1500",
+        ]));
+    }
+    Ok("fabric ports now carry at most 1400 bytes".into())
+}
+
+fn fault_missing_route(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String> {
+    let (node, nns) = (f.node, &f.nns);
+    for r in podnet_routes(nns)? {
+        let mut del = argv(&["ip", "-n", nns, "route", "del"]);
+        del.extend(r.iter().cloned());
+        run_cmd(&del, None)?;
+        undo.push(route_back(nns, &r));
+    }
+    Ok(format!("{node} lost its podnet routes"))
+}
+
+fn fault_misrouted(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String> {
+    let (node, nns) = (f.node, &f.nns);
+    // Same prefixes, still podnet's protocol, but the wrong next hop: a
+    // route that exists is not enough, trace must check where it points.
+    for r in podnet_routes(nns)? {
+        let mut bad = argv(&["ip", "-n", nns, "route", "replace"]);
+        bad.extend(r.first().cloned());
+        bad.extend(argv(&["via", MISROUTE_VIA, "dev", "eth0", "proto", "80"]));
+        run_cmd(&bad, None)?;
+        undo.push(route_back(nns, &r));
+    }
+    Ok(format!(
+        "{node}'s podnet routes now point at {MISROUTE_VIA}, which no node has"
+    ))
+}
+
+fn fault_missing_fdb(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String> {
+    let (node, nns) = (f.node, &f.nns);
+    let fdb = run_cmd(
+        &argv(&["bridge", "-n", nns, "fdb", "show", "dev", "podnet.vxlan"]),
+        None,
+    )?;
+    for l in fdb.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        let dst = w
+            .iter()
+            .position(|x| *x == "dst")
+            .and_then(|i| w.get(i + 1));
+        if let (Some(mac), Some(&dst)) = (w.first(), dst) {
+            run_cmd(
+                &argv(&[
+                    "bridge",
+                    "-n",
+                    nns,
+                    "fdb",
+                    "del",
+                    mac,
+                    "dev",
+                    "podnet.vxlan",
+                    "dst",
+                    dst,
+                    "self",
+                ]),
+                None,
+            )?;
+            undo.push(argv(&[
+                "bridge",
+                "-n",
+                nns,
+                "fdb",
+                "append",
+                mac,
+                "dev",
+                "podnet.vxlan",
+                "dst",
+                dst,
+                "self",
+                "permanent",
+            ]));
+        }
+    }
+    Ok(format!("{node} lost its VXLAN FDB entries"))
+}
+
+fn fault_missing_neigh(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String> {
+    let (node, nns) = (f.node, &f.nns);
+    for (ip, mac) in vtep_neighs(nns)? {
+        run_cmd(
+            &argv(&["ip", "-n", nns, "neigh", "del", &ip, "dev", "podnet.vxlan"]),
+            None,
+        )?;
+        undo.push(neigh_back(nns, &ip, &mac));
+    }
+    Ok(format!("{node} lost its neighbour entries for peer VTEPs"))
+}
+
+fn fault_veth_down(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String> {
+    let pod = &f.pod;
+    let pns = f.lab.node_ns(&pod.node);
+    run_cmd(
+        &argv(&["ip", "-n", &pns, "link", "set", &pod.host_veth, "down"]),
+        None,
+    )?;
+    undo.push(argv(&[
+        "ip",
+        "-n",
+        &pns,
+        "link",
+        "set",
+        &pod.host_veth,
+        "up",
+    ]));
+    Ok(format!(
+        "host veth {} of pod {} is down",
+        pod.host_veth, pod.name
+    ))
+}
+
+fn fault_pod_no_default_route(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String> {
+    let pod = &f.pod;
+    let r = run_cmd(
+        &argv(&["ip", "-n", &pod.netns, "route", "show", "default"]),
+        None,
+    )?;
+    run_cmd(
+        &argv(&["ip", "-n", &pod.netns, "route", "del", "default"]),
+        None,
+    )?;
+    if let Some(l) = r.lines().next() {
+        let mut add = argv(&["ip", "-n", &pod.netns, "route", "add"]);
+        add.extend(l.split_whitespace().map(String::from));
+        undo.push(add);
+    }
+    Ok(format!("pod {} has no default route", pod.name))
+}
+
+fn fault_forwarding_off(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String> {
+    let (node, nns) = (f.node, &f.nns);
+    run_cmd(
+        &argv(&[
+            "ip",
+            "netns",
+            "exec",
+            nns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=0",
+        ]),
+        None,
+    )?;
+    undo.push(argv(&[
+        "ip",
+        "netns",
+        "exec",
+        nns,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]));
+    Ok(format!("{node} no longer forwards IPv4"))
+}
+
+fn fault_vxlan_down(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String> {
+    let (node, nns) = (f.node, &f.nns);
+    // Down flushes the device's routes and neighbours: keep them to put back.
+    let (routes, neighs) = (podnet_routes(nns)?, vtep_neighs(nns)?);
+    run_cmd(
+        &argv(&["ip", "-n", nns, "link", "set", "podnet.vxlan", "down"]),
+        None,
+    )?;
+    // Undone newest first: these run after the link is up again.
+    undo.extend(neighs.iter().map(|(ip, mac)| neigh_back(nns, ip, mac)));
+    undo.extend(routes.iter().map(|r| route_back(nns, r)));
+    undo.push(argv(&[
+        "ip",
+        "-n",
+        nns,
+        "link",
+        "set",
+        "podnet.vxlan",
+        "up",
+    ]));
+    Ok(format!("{node}'s VXLAN device is down"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_listed_fault_has_its_function() {
+        for (kind, _) in super::FAULTS {
+            assert!(super::runner(kind).is_some(), "{kind}");
+        }
+        assert!(super::runner("no-such-fault").is_none());
+    }
+}

@@ -1,0 +1,82 @@
+//! `lab status`: nodes, agents and pods, as each agent reports itself.
+
+use super::*;
+
+/// The lab's status as data (`lab status --output json`).
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub name: String,
+    pub fabric: FabricStatus,
+    pub nodes: Vec<NodeStatus>,
+    pub pods: Vec<PodState>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FabricStatus {
+    pub netns: String,
+    pub bridge: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub netns: String,
+    pub underlay_ip: Ipv4Addr,
+    pub pod_cidr: Option<String>,
+    pub bridge: Option<String>,
+    pub vxlan_dev: Option<String>,
+    pub vtep_mac: Option<String>,
+    pub agent_pid: Option<u32>,
+    pub peers: usize,
+}
+
+impl Lab {
+    pub fn status(&self) -> Result<Status> {
+        let st = self.load()?.with_context(|| {
+            format!(
+                "no lab {} on this machine; start one with `podnet lab up --name {}`",
+                self.name, self.name
+            )
+        })?;
+        let nodes = st
+            .nodes
+            .iter()
+            .map(|n| {
+                let agent = crate::lab::ask(self, &n.name);
+                let s = |k: &str| {
+                    agent
+                        .as_ref()
+                        .and_then(|a| a[k].as_str().filter(|v| !v.is_empty()).map(String::from))
+                };
+                NodeStatus {
+                    name: n.name.clone(),
+                    netns: n.netns.clone(),
+                    underlay_ip: n.underlay_ip,
+                    pod_cidr: s("pod_cidr"),
+                    bridge: s("bridge"),
+                    vxlan_dev: s("vxlan_dev"),
+                    vtep_mac: s("vtep_mac"),
+                    agent_pid: self.live_pid(&n.name, "podnetd"),
+                    peers: agent
+                        .as_ref()
+                        .and_then(|a| a["peers"].as_array().map(|p| p.len()))
+                        .unwrap_or(0),
+                }
+            })
+            .collect();
+        Ok(Status {
+            name: st.name.clone(),
+            fabric: FabricStatus {
+                netns: self.fabric_ns(),
+                bridge: "fabric0".into(),
+            },
+            nodes,
+            pods: st.pods,
+        })
+    }
+}
+
+/// The agent's `status`, if it answers.
+pub fn ask(lab: &Lab, node: &str) -> Option<serde_json::Value> {
+    podnet_agent::api::ask(&lab.api_socket(node), "status").ok()
+}
