@@ -14,7 +14,8 @@ fi
 # etcd-server: the lab on a real etcd. iperf3: the datapath benchmark. nftables,
 # procps (nft, sysctl): lab fault injection. openssl: the Kubernetes lab's certificates.
 # bpftool: a test reads the eBPF object's BTF to check the map layouts.
-packages=(clang iproute2 containernetworking-plugins podman runc busybox-static iptables tar etcd-server iperf3 nftables procps openssl bpftool)
+# protobuf-compiler: the etcd client's gRPC code is generated at build time.
+packages=(clang iproute2 containernetworking-plugins podman runc busybox-static iptables tar etcd-server iperf3 nftables procps openssl bpftool protobuf-compiler)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

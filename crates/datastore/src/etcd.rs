@@ -1,5 +1,5 @@
-//! The etcd v3 backend, spoken through etcd's JSON gateway (`/v3/kv/*`,
-//! `/v3/lease/*`) over plain HTTP/1.1, so it needs neither gRPC nor TLS libraries.
+//! The etcd v3 backend, through the `etcd-client` crate (gRPC): leases kept alive,
+//! changes by watch, authentication with `etcd://user:password@host:port`.
 //!
 //! Keys (under `/podnet/`):
 //! - `nodes/<name>`: the node's record (JSON), attached to the node's lease;
@@ -11,80 +11,68 @@
 //! - `objects/<Kind>/<namespace>/<name>`: policy objects, without a lease; their
 //!   revision is etcd's own store revision.
 //!
-//! Every registration grants a fresh lease of the node's TTL and moves the keys onto
-//! it; the previous lease simply expires. Changes are noticed by polling the
-//! revisions of the node and object keys five times a second.
+//! The first registration grants a lease of the node's TTL and claims the keys on it;
+//! later ones keep that lease alive (one keep-alive round trip) as long as it lives and
+//! the registration is unchanged, else claim again on a fresh lease. A watch on
+//! `/podnet/` wakes [`Datastore::wait_change`]; it is re-established after errors.
+//!
+//! tokio runs here, on a runtime of one worker the store owns; callers stay
+//! synchronous.
 
 use crate::{
     check_key, choose_cidr, now, Datastore, Error, NodeRecord, ObjectKey, Registration, Result,
     StoredObject,
 };
-use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
+use serde_json::Value;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 const PREFIX: &str = "/podnet/";
 
+type KeyValues = Vec<(String, Vec<u8>)>;
+
+/// Changes seen by the store's watch.
+#[derive(Default)]
+struct Changes {
+    generation: u64,
+}
+
 pub struct EtcdStore {
     endpoints: Vec<String>,
+    rt: tokio::runtime::Runtime,
+    client: Client,
     /// Node records left out of the last `nodes()` because they cannot be read.
-    damaged: std::sync::Mutex<Vec<String>>,
+    damaged: Mutex<Vec<String>>,
+    changes: Arc<(Mutex<Changes>, Condvar)>,
+    /// The generation this handle last read at (`None`: never read).
+    seen: Mutex<Option<u64>>,
+    /// The lease of the last registration, with what it registered.
+    lease: Mutex<Option<(i64, Registration, NodeRecord)>>,
 }
 
-fn b64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
+fn unavailable(op: &str, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable {
+        op: format!("etcd: {op}"),
+        why: e.to_string(),
     }
-    out
-}
-
-fn unb64(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let bytes: Vec<u8> = s.bytes().filter(|&b| b != b'=').collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for c in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, &b) in c.iter().enumerate() {
-            n |= val(b)? << (18 - 6 * i);
-        }
-        for i in 0..c.len().saturating_sub(1) {
-            out.push((n >> (16 - 8 * i)) as u8);
-        }
-    }
-    Some(out)
-}
-
-/// The key range end that covers every key starting with `prefix`.
-fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut e = prefix.as_bytes().to_vec();
-    *e.last_mut().expect("non-empty prefix") += 1;
-    e
 }
 
 impl EtcdStore {
-    /// `hosts` is `host:port[,host:port…]`.
+    /// `hosts` is `[user:password@]host:port[,host:port…]`. Connects lazily: an etcd
+    /// that is down makes calls fail (and retry), not the opening.
     pub fn open(hosts: &str) -> Result<EtcdStore> {
+        let (auth, hosts) = match hosts.rsplit_once('@') {
+            Some((a, h)) => (
+                Some(a.split_once(':').ok_or_else(|| {
+                    Error::Url(format!("etcd://{a}@…: give user:password before the @"))
+                })?),
+                h,
+            ),
+            None => (None, hosts),
+        };
         let endpoints: Vec<String> = hosts
             .split(',')
             .map(str::trim)
@@ -94,64 +82,83 @@ impl EtcdStore {
         if endpoints.is_empty() {
             return Err(Error::Url(format!("etcd://{hosts}")));
         }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| unavailable("start the client's runtime", e))?;
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5));
+        if let Some((user, password)) = auth {
+            opts = opts.with_user(user, password);
+        }
+        let urls: Vec<String> = endpoints
+            .iter()
+            .map(|e| {
+                if e.contains("://") {
+                    e.clone()
+                } else {
+                    format!("http://{e}")
+                }
+            })
+            .collect();
+        let client = rt
+            .block_on(Client::connect(&urls, Some(opts)))
+            .map_err(|e| unavailable(&format!("connect to {}", endpoints.join(",")), e))?;
+        let changes: Arc<(Mutex<Changes>, Condvar)> = Arc::default();
+        rt.spawn(watch(client.clone(), Arc::downgrade(&changes)));
         Ok(EtcdStore {
             endpoints,
-            damaged: Default::default(),
+            rt,
+            client,
+            damaged: Mutex::default(),
+            changes,
+            seen: Mutex::new(None),
+            lease: Mutex::new(None),
         })
     }
 
-    fn io(&self, op: &'static str, source: std::io::Error) -> Error {
-        Error::Io {
-            op,
-            path: format!("etcd://{}", self.endpoints.join(",")),
-            source,
-        }
+    fn client(&self) -> Client {
+        self.client.clone()
     }
 
-    /// One JSON call to the gateway, trying each endpoint in turn.
-    fn call(&self, path: &str, body: &Value) -> Result<Value> {
-        let payload = body.to_string();
-        let mut last = None;
-        for ep in &self.endpoints {
-            match post(ep, path, &payload) {
-                Ok(v) => return Ok(v),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(self.io(
-            "call",
-            last.unwrap_or_else(|| std::io::Error::other("no endpoint")),
+    /// Notes the current generation before a read: a change after it wakes
+    /// `wait_change`.
+    fn mark_read(&self) {
+        *self.seen.lock().unwrap() = Some(self.changes.0.lock().unwrap().generation);
+    }
+
+    /// The store revision, and every `(key, value)` under `prefix`.
+    fn get_prefix(&self, prefix: &str) -> Result<(u64, KeyValues)> {
+        let mut c = self.client();
+        let r = self
+            .rt
+            .block_on(c.get(prefix, Some(GetOptions::new().with_prefix())))
+            .map_err(|e| unavailable(&format!("read {prefix}"), e))?;
+        let rev = r.header().map_or(0, |h| h.revision() as u64);
+        Ok((
+            rev,
+            r.kvs()
+                .iter()
+                .map(|kv| {
+                    (
+                        String::from_utf8_lossy(kv.key()).into_owned(),
+                        kv.value().to_vec(),
+                    )
+                })
+                .collect(),
         ))
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let r = self.call("/v3/kv/range", &json!({"key": b64(key.as_bytes())}))?;
-        Ok(r["kvs"]
-            .as_array()
-            .and_then(|a| a.first())
-            .and_then(|kv| unb64(kv["value"].as_str().unwrap_or(""))))
-    }
-
-    /// `(key, value, mod_revision)` of every key under `prefix`.
-    /// `(key, value, mod_revision)` under `prefix`; `keys_only` leaves values empty
-    /// (what change polling needs, without downloading every record).
-    fn list(&self, prefix: &str, keys_only: bool) -> Result<Vec<(String, Vec<u8>, String)>> {
-        let r = self.call(
-            "/v3/kv/range",
-            &json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix)), "keys_only": keys_only}),
-        )?;
-        Ok(r["kvs"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|kv| {
-                        let k = String::from_utf8(unb64(kv["key"].as_str()?)?).ok()?;
-                        let v = unb64(kv["value"].as_str().unwrap_or("")).unwrap_or_default();
-                        Some((k, v, kv["mod_revision"].as_str().unwrap_or("").to_string()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
+        let mut c = self.client();
+        let r = self
+            .rt
+            .block_on(c.get(key, None))
+            .map_err(|e| unavailable(&format!("read {key}"), e))?;
+        Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
     fn object_key((kind, ns, name): &ObjectKey) -> String {
@@ -160,97 +167,56 @@ impl EtcdStore {
 
     /// Runs `ops` as transactions of at most 100 operations (etcd's default limit is
     /// 128); returns the store revision after the last.
-    fn txns(&self, ops: Vec<Value>) -> Result<u64> {
+    fn txns(&self, what: &str, ops: Vec<TxnOp>) -> Result<u64> {
         let mut rev = 0;
+        let mut c = self.client();
         for chunk in ops.chunks(100) {
-            let r = self.call("/v3/kv/txn", &json!({ "success": chunk }))?;
-            rev = revision(&r);
+            let r = self
+                .rt
+                .block_on(c.txn(Txn::new().and_then(chunk.to_vec())))
+                .map_err(|e| unavailable(what, e))?;
+            rev = r.header().map_or(0, |h| h.revision() as u64);
         }
         if ops.is_empty() {
-            rev = revision(&self.call("/v3/kv/range", &json!({"key": b64(PREFIX.as_bytes())}))?);
+            rev = self.get_prefix(&format!("{PREFIX}objects/"))?.0;
         }
         Ok(rev)
     }
 
-    fn put_op(key: &str, value: &[u8], lease: Option<&str>) -> Value {
-        let mut p = json!({"key": b64(key.as_bytes()), "value": b64(value)});
-        if let Some(l) = lease {
-            p["lease"] = json!(l);
-        }
-        json!({"request_put": p})
+    /// One keep-alive round trip for `id`: true if the lease still lives.
+    fn keep_alive(&self, id: i64) -> Result<bool> {
+        let mut c = self.client();
+        self.rt.block_on(async {
+            let (mut keeper, mut stream) = c
+                .lease_keep_alive(id)
+                .await
+                .map_err(|e| unavailable("keep the lease alive", e))?;
+            keeper
+                .keep_alive()
+                .await
+                .map_err(|e| unavailable("keep the lease alive", e))?;
+            let r = stream
+                .message()
+                .await
+                .map_err(|e| unavailable("keep the lease alive", e))?;
+            Ok(r.is_some_and(|r| r.ttl() > 0))
+        })
     }
-}
 
-/// The store revision an answer was given at.
-fn revision(answer: &Value) -> u64 {
-    answer["header"]["revision"]
-        .as_str()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0)
-}
-
-fn post(endpoint: &str, path: &str, body: &str) -> std::io::Result<Value> {
-    let addr = endpoint.strip_prefix("http://").unwrap_or(endpoint);
-    let sock = addr.parse::<std::net::SocketAddr>().map_err(|e| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("{addr}: {e} (give etcd endpoints as ip:port)"),
-        )
-    })?;
-    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no HTTP response from etcd"))?;
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    if status != "200" {
-        return Err(std::io::Error::other(format!(
-            "etcd answered {status} on {path}: {}",
-            body.trim()
-        )));
-    }
-    serde_json::from_str(&body)
-        .map_err(|e| std::io::Error::other(format!("etcd answer on {path} is not JSON: {e}")))
-}
-
-fn dechunk(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || after.len() < n {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-impl Datastore for EtcdStore {
-    fn register(&self, r: &Registration) -> Result<NodeRecord> {
+    /// Claims a CIDR and publishes the record on a fresh lease.
+    fn claim(&self, r: &Registration) -> Result<(i64, NodeRecord)> {
         let previous = self
             .get(&format!("{PREFIX}reservations/{}", r.name))?
             .and_then(|v| String::from_utf8(v).ok())
             .and_then(|s| s.parse().ok());
+        let mut c = self.client();
         for _ in 0..8 {
             let taken: Vec<_> = self
-                .list(&format!("{PREFIX}subnets/"), false)?
+                .get_prefix(&format!("{PREFIX}subnets/"))?
+                .1
                 .into_iter()
-                .filter(|(_, holder, _)| holder.as_slice() != r.name.as_bytes())
-                .filter_map(|(k, _, _)| {
+                .filter(|(_, holder)| holder.as_slice() != r.name.as_bytes())
+                .filter_map(|(k, _)| {
                     k.strip_prefix(&format!("{PREFIX}subnets/"))?
                         .replace('_', "/")
                         .parse()
@@ -258,34 +224,40 @@ impl Datastore for EtcdStore {
                 })
                 .collect();
             let cidr = choose_cidr(r, previous, &taken)?;
-            let lease = self.call("/v3/lease/grant", &json!({"TTL": r.ttl.as_secs().max(1)}))?;
-            let id = lease["ID"].as_str().map(String::from).ok_or_else(|| {
-                self.io(
-                    "grant lease",
-                    std::io::Error::other(format!("unexpected answer {lease}")),
-                )
-            })?;
+            let id = self
+                .rt
+                .block_on(c.lease_grant(r.ttl.as_secs().max(1) as i64, None))
+                .map_err(|e| unavailable("grant a lease", e))?
+                .id();
             let rec = r.record(cidr, now());
             let subnet_key = format!("{PREFIX}subnets/{}", cidr.to_string().replace('/', "_"));
-            let k = b64(subnet_key.as_bytes());
-            // The CIDR is ours if its key is absent or already holds our name.
-            let txn = json!({
-                "compare": [{"key": k, "result": "EQUAL", "target": "VALUE", "value": b64(r.name.as_bytes())}],
-                "success": [
-                    EtcdStore::put_op(&subnet_key, r.name.as_bytes(), Some(&id)),
-                    EtcdStore::put_op(&format!("{PREFIX}nodes/{}", r.name), &serde_json::to_vec(&rec).expect("serializes"), Some(&id)),
-                    EtcdStore::put_op(&format!("{PREFIX}reservations/{}", r.name), cidr.to_string().as_bytes(), None),
-                ],
-            });
-            if self.call("/v3/kv/txn", &txn)?["succeeded"].as_bool() == Some(true) {
-                return Ok(rec);
-            }
-            let fresh = json!({
-                "compare": [{"key": k, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
-                "success": txn["success"].clone(),
-            });
-            if self.call("/v3/kv/txn", &fresh)?["succeeded"].as_bool() == Some(true) {
-                return Ok(rec);
+            let on_lease = || Some(PutOptions::new().with_lease(id));
+            let ops = vec![
+                TxnOp::put(subnet_key.clone(), r.name.clone(), on_lease()),
+                TxnOp::put(
+                    format!("{PREFIX}nodes/{}", r.name),
+                    serde_json::to_vec(&rec).expect("serializes"),
+                    on_lease(),
+                ),
+                TxnOp::put(
+                    format!("{PREFIX}reservations/{}", r.name),
+                    cidr.to_string(),
+                    None,
+                ),
+            ];
+            // The CIDR is ours if its key already holds our name, or is absent.
+            for cmp in [
+                Compare::value(subnet_key.clone(), CompareOp::Equal, r.name.clone()),
+                Compare::create_revision(subnet_key.clone(), CompareOp::Equal, 0),
+            ] {
+                let t = Txn::new().when([cmp]).and_then(ops.clone());
+                let done = self
+                    .rt
+                    .block_on(c.txn(t))
+                    .map_err(|e| unavailable(&format!("claim {cidr}"), e))?;
+                if done.succeeded() {
+                    return Ok((id, rec));
+                }
             }
             // Another node took that CIDR between our read and our write: choose again.
         }
@@ -294,13 +266,73 @@ impl Datastore for EtcdStore {
             why: "could not claim a CIDR after 8 tries; too many nodes registering at once".into(),
         })
     }
+}
+
+/// Follows every change under `/podnet/`, re-watching after errors; each change (and
+/// each reconnection, which may have missed some) bumps the generation.
+async fn watch(mut client: Client, changes: std::sync::Weak<(Mutex<Changes>, Condvar)>) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let bump = || {
+            let Some(ch) = changes.upgrade() else {
+                return false;
+            };
+            ch.0.lock().unwrap().generation += 1;
+            ch.1.notify_all();
+            true
+        };
+        if let Ok(mut stream) = client
+            .watch(PREFIX, Some(WatchOptions::new().with_prefix()))
+            .await
+        {
+            if !bump() {
+                return;
+            }
+            backoff = Duration::from_millis(250);
+            while let Ok(Some(_)) = stream.message().await {
+                if !bump() {
+                    return;
+                }
+            }
+        }
+        if changes.upgrade().is_none() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+impl Datastore for EtcdStore {
+    fn register(&self, r: &Registration) -> Result<NodeRecord> {
+        let held = self.lease.lock().unwrap().clone();
+        if let Some((id, prev, rec)) = held {
+            let same = prev.name == r.name
+                && prev.underlay_ip == r.underlay_ip
+                && prev.vtep_mac == r.vtep_mac
+                && prev.backend == r.backend
+                && prev.ttl == r.ttl;
+            // Alive and still holding our keys (nobody removed the node meanwhile). A
+            // lease etcd no longer knows fails the keep-alive: claim again.
+            if same
+                && matches!(self.keep_alive(id), Ok(true))
+                && self.get(&format!("{PREFIX}nodes/{}", r.name))?.is_some()
+            {
+                return Ok(rec);
+            }
+        }
+        let (id, rec) = self.claim(r)?;
+        *self.lease.lock().unwrap() = Some((id, r.clone(), rec.clone()));
+        Ok(rec)
+    }
 
     fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        self.mark_read();
         // A damaged record is left out (and reported by `problems`): it must not stop
         // the other peers from being programmed.
         let mut out = Vec::new();
         let mut damaged = Vec::new();
-        for (k, v, _) in self.list(&format!("{PREFIX}nodes/"), false)? {
+        for (k, v) in self.get_prefix(&format!("{PREFIX}nodes/"))?.1 {
             match serde_json::from_slice::<NodeRecord>(&v) {
                 Ok(rec) => out.push(rec),
                 Err(e) => damaged.push(
@@ -326,19 +358,29 @@ impl Datastore for EtcdStore {
         let Some(rec) = rec.and_then(|v| serde_json::from_slice::<NodeRecord>(&v).ok()) else {
             return Ok(false);
         };
-        let del = |key: String| json!({"request_delete_range": {"key": b64(key.as_bytes())}});
         let subnet_key = format!(
             "{PREFIX}subnets/{}",
             rec.pod_cidr.to_string().replace('/', "_")
         );
+        let node_key = format!("{PREFIX}nodes/{name}");
+        let reservation = format!("{PREFIX}reservations/{name}");
         // The CIDR is freed only if it is still this node's: after an expiry another
         // node may have claimed it, and its claim must stand.
-        let txn = json!({
-            "compare": [{"key": b64(subnet_key.as_bytes()), "result": "EQUAL", "target": "VALUE", "value": b64(name.as_bytes())}],
-            "success": [del(format!("{PREFIX}nodes/{name}")), del(subnet_key), del(format!("{PREFIX}reservations/{name}"))],
-            "failure": [del(format!("{PREFIX}nodes/{name}")), del(format!("{PREFIX}reservations/{name}"))],
-        });
-        self.call("/v3/kv/txn", &txn)?;
+        let t = Txn::new()
+            .when([Compare::value(subnet_key.clone(), CompareOp::Equal, name)])
+            .and_then([
+                TxnOp::delete(node_key.clone(), None),
+                TxnOp::delete(subnet_key, None),
+                TxnOp::delete(reservation.clone(), None),
+            ])
+            .or_else([
+                TxnOp::delete(node_key, None),
+                TxnOp::delete(reservation, None),
+            ]);
+        let mut c = self.client();
+        self.rt
+            .block_on(c.txn(t))
+            .map_err(|e| unavailable(&format!("remove node {name}"), e))?;
         Ok(true)
     }
 
@@ -347,11 +389,12 @@ impl Datastore for EtcdStore {
             check_key(&o.key())?;
         }
         self.txns(
+            "write policy objects",
             objs.iter()
                 .map(|o| {
-                    EtcdStore::put_op(
-                        &EtcdStore::object_key(&o.key()),
-                        &serde_json::to_vec(o).expect("object serializes"),
+                    TxnOp::put(
+                        EtcdStore::object_key(&o.key()),
+                        serde_json::to_vec(o).expect("object serializes"),
                         None,
                     )
                 })
@@ -364,23 +407,19 @@ impl Datastore for EtcdStore {
             check_key(k)?;
         }
         self.txns(
+            "delete policy objects",
             keys.iter()
-                .map(|k| json!({"request_delete_range": {"key": b64(EtcdStore::object_key(k).as_bytes())}}))
+                .map(|k| TxnOp::delete(EtcdStore::object_key(k), None))
                 .collect(),
         )
     }
 
     fn objects(&self) -> Result<(u64, Vec<StoredObject>)> {
+        self.mark_read();
         let prefix = format!("{PREFIX}objects/");
-        let r = self.call(
-            "/v3/kv/range",
-            &json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(&prefix))}),
-        )?;
+        let (rev, kvs) = self.get_prefix(&prefix)?;
         let mut out = Vec::new();
-        for kv in r["kvs"].as_array().into_iter().flatten() {
-            let key = kv["key"].as_str().and_then(unb64).unwrap_or_default();
-            let value = kv["value"].as_str().and_then(unb64).unwrap_or_default();
-            let key = String::from_utf8_lossy(&key).into_owned();
+        for (key, value) in kvs {
             match serde_json::from_slice::<StoredObject>(&value) {
                 Ok(o) => out.push(o),
                 // A damaged record is handed on without its object, so the reader can
@@ -399,56 +438,24 @@ impl Datastore for EtcdStore {
             }
         }
         out.sort_by_key(StoredObject::key);
-        Ok((revision(&r), out))
+        Ok((rev, out))
     }
 
     fn wait_change(&self, timeout: Duration) -> Result<()> {
-        let fingerprint = || -> Result<Vec<(String, String)>> {
-            let mut keys = self.list(&format!("{PREFIX}nodes/"), true)?;
-            keys.extend(self.list(&format!("{PREFIX}objects/"), true)?);
-            Ok(keys.into_iter().map(|(k, _, rev)| (k, rev)).collect())
-        };
-        let start = fingerprint()?;
         let t = Instant::now();
-        while t.elapsed() < timeout {
-            std::thread::sleep(Duration::from_millis(200).min(timeout));
-            if fingerprint()? != start {
+        let seen = *self.seen.lock().unwrap();
+        let (lock, cv) = &*self.changes;
+        let mut ch = lock.lock().unwrap();
+        loop {
+            let left = timeout.saturating_sub(t.elapsed());
+            if seen.is_none_or(|g| g != ch.generation) || left.is_zero() {
                 return Ok(());
             }
+            ch = cv.wait_timeout(ch, left).unwrap().0;
         }
-        Ok(())
     }
 
     fn describe(&self) -> String {
         format!("etcd://{}", self.endpoints.join(","))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_roundtrip() {
-        for s in [
-            "",
-            "f",
-            "fo",
-            "foo",
-            "foob",
-            "fooba",
-            "foobar",
-            "/podnet/nodes/node1",
-        ] {
-            assert_eq!(unb64(&b64(s.as_bytes())).unwrap(), s.as_bytes(), "{s}");
-        }
-        assert_eq!(b64(b"foobar"), "Zm9vYmFy");
-        assert_eq!(b64(b"fo"), "Zm8=");
-        assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
-    }
-
-    #[test]
-    fn chunked_bodies() {
-        assert_eq!(dechunk("4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n"), "Wikipedia");
     }
 }

@@ -6,7 +6,7 @@
 //! key-value store, so that a Kubernetes backend (pod CIDR from `node.spec.podCIDR`,
 //! the rest in node annotations, changes by watch) fits behind it without changing
 //! callers. Backends: [`file`] (a directory; the lab and single-host use) and [`etcd`]
-//! (etcd v3, for clusters without Kubernetes).
+//! (etcd v3 over its gRPC client, for clusters without Kubernetes).
 //!
 //! Leases expire: a node that stops renewing for its TTL disappears from
 //! [`Datastore::nodes`], so its peers remove their routes to it. Stopping an agent

@@ -1,0 +1,147 @@
+//! The etcd backend against a real etcd (Debian's etcd-server) on loopback: leases kept
+//! alive, expiry, changes seen by watch, damaged records skipped.
+
+use podnet_datastore::etcd::EtcdStore;
+use podnet_datastore::{Datastore, Registration};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Etcd {
+    child: Child,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        // A port of its own per test process; only loopback is used.
+        let port = 20000 + (std::process::id() % 20000) as u16;
+        let dir = std::env::temp_dir().join(format!("podnet-etcd-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let client = format!("http://127.0.0.1:{port}");
+        let peer = format!("http://127.0.0.1:{}", port + 1);
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(&dir)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd (apt-get install etcd-server)");
+        let e = Etcd { child, dir, port };
+        until("etcd listens", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        e
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.elapsed()
+}
+
+fn reg(name: &str, ip: [u8; 4], ttl: u64) -> Registration {
+    Registration {
+        name: name.into(),
+        underlay_ip: ip.into(),
+        vtep_mac: "0a:59:c0:a8:01:0a".into(),
+        backend: "vxlan".into(),
+        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        node_prefix: 24,
+        ttl: Duration::from_secs(ttl),
+    }
+}
+
+#[test]
+fn leases_watches_and_damaged_records_on_a_real_etcd() {
+    let etcd = Etcd::start();
+    let url = format!("127.0.0.1:{}", etcd.port);
+    let a = EtcdStore::open(&url).unwrap();
+    let b = EtcdStore::open(&url).unwrap();
+    let ra = a.register(&reg("a", [192, 168, 1, 10], 2)).unwrap();
+    assert_eq!(b.nodes().unwrap().len(), 1);
+
+    // B sees A's next registration through its watch, well before its 10 s timeout.
+    let waiter = std::thread::spawn(move || {
+        let t = Instant::now();
+        b.wait_change(Duration::from_secs(10)).unwrap();
+        (t.elapsed(), b)
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let other = EtcdStore::open(&url).unwrap();
+    let rb = other.register(&reg("b", [192, 168, 1, 11], 2)).unwrap();
+    let (took, b) = waiter.join().unwrap();
+    assert!(
+        took < Duration::from_secs(2),
+        "wait_change woke after {took:?}"
+    );
+    assert_ne!(ra.pod_cidr, rb.pod_cidr);
+
+    // Keep-alives hold A's lease well past its 2 s TTL; the record stays the same.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(4) {
+        assert_eq!(a.register(&reg("a", [192, 168, 1, 10], 2)).unwrap(), ra);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // B's lease was never renewed: it expired and took b's keys with it.
+    let names =
+        |s: &EtcdStore| -> Vec<String> { s.nodes().unwrap().into_iter().map(|n| n.name).collect() };
+    assert_eq!(names(&b), ["a"]);
+    // A node that comes back gets its CIDR again (the reservation outlives the lease).
+    assert_eq!(
+        other
+            .register(&reg("b", [192, 168, 1, 11], 2))
+            .unwrap()
+            .pod_cidr,
+        rb.pod_cidr
+    );
+
+    // A damaged node record (written by hand) is skipped and reported; the others
+    // still count.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect([format!("http://{url}")], None)
+            .await
+            .unwrap();
+        c.put("/podnet/nodes/zz", "{not json", None).await.unwrap();
+    });
+    until(
+        "b sees a, b again, and not zz",
+        Duration::from_secs(5),
+        || {
+            let mut n = names(&b);
+            n.sort();
+            n == ["a", "b"]
+        },
+    );
+    let p = b.problems();
+    assert!(p.len() == 1 && p[0].contains("/podnet/nodes/zz"), "{p:?}");
+}
