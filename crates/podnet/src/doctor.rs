@@ -5,7 +5,7 @@
 //! programmed without error (and what it refused); conntrack table below 80%;
 //! reverse-path filtering that would drop overlay traffic.
 
-use crate::trace::{ask, pod_end, route_fix, route_to_peer_mismatch, Agents};
+use crate::trace::{ask, pod_end, pod_gateway, route_fix, route_to_peer_mismatch, Agents};
 use anyhow::{bail, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -290,25 +290,29 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
                     continue;
                 }
             };
-            for h in pod_end(&p, ip) {
+            for h in pod_end(&p, ip, &st) {
                 out.put(&format!("pod {ip} {}", h.what), &h.status, h.detail, &h.fix);
             }
             let pod = &p["pod"];
             if p["found"] != true || pod["error"].is_string() {
                 continue;
             }
-            let has_default = pod["routes"]
+            let default = pod["routes"]
                 .as_array()
-                .is_some_and(|r| r.iter().any(|r| r["dst"] == "default"));
+                .and_then(|r| r.iter().find(|r| r["dst"] == "default"));
+            let want = pod_gateway(&st).map(|g| g.to_string()).unwrap_or_default();
+            let via = default.and_then(|r| r["gateway"].as_str());
             out.check(
                 &format!("pod {ip} route"),
-                has_default,
-                if has_default {
-                    "default route present".into()
-                } else {
-                    "the pod has no default route".into()
+                via == Some(want.as_str()),
+                match (default, via) {
+                    (None, _) => "the pod has no default route".into(),
+                    (Some(_), Some(g)) if g != want => {
+                        format!("default via {g}, but the pod's gateway is {want} (the bridge)")
+                    }
+                    (Some(_), _) => format!("default via {want}"),
                 },
-                "ip route add default via <gateway> inside the pod, or DEL and ADD it",
+                &format!("ip route replace default via {want} inside the pod, or DEL and ADD it"),
             );
         }
 

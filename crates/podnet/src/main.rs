@@ -333,8 +333,9 @@ enum PodCmd {
 #[derive(Subcommand)]
 enum FaultCmd {
     /// Inject a fault. KIND: vxlan-port-blocked, underlay-mtu, missing-route,
-    /// misrouted, missing-fdb, missing-neigh, veth-down, pod-no-default-route, forwarding-off,
-    /// vxlan-down. Start the lab with --no-repair, or the agents heal some of them.
+    /// misrouted, missing-fdb, missing-neigh, veth-down, pod-no-default-route, pod-mtu,
+    /// pod-wrong-gateway, forwarding-off, vxlan-down. Start the lab with --no-repair, or
+    /// the agents heal some of them.
     Inject {
         kind: String,
         /// The node to break (default node1).

@@ -423,7 +423,7 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
     let mut b = Builder { hops: vec![] };
 
     // ---- source pod
-    pod_hops(&mut b, "src-pod", src, sip, &s_pod, Some(dip));
+    pod_hops(&mut b, "src-pod", src, sip, &s_pod, &sst, Some(dip));
     policy_hop(
         &mut b,
         "src-pod",
@@ -438,7 +438,7 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
 
     // ---- source node
     let bridge = s(&sst, "bridge").to_string();
-    host_veth_hop(&mut b, "src-node", &sn, &s_pod, &bridge);
+    host_veth_hop(&mut b, "src-node", &sn, &s_pod, &sst);
     bridge_hop(&mut b, "src-node", &sn, &s_state, &bridge);
     let s_routes = arr(&s_state, "routes");
     let r = lookup(&s_routes, dip);
@@ -610,10 +610,10 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
             ""
         },
     );
-    host_veth_hop(&mut b, "dst-node", &dn, &d_pod, &d_bridge);
+    host_veth_hop(&mut b, "dst-node", &dn, &d_pod, &dst_st);
 
     // ---- destination pod
-    pod_hops(&mut b, "dst-pod", dst, dip, &d_pod, Some(sip));
+    pod_hops(&mut b, "dst-pod", dst, dip, &d_pod, &dst_st, Some(sip));
     policy_hop(
         &mut b,
         "dst-pod",
@@ -654,19 +654,49 @@ fn cmd(pod: &Value, c: &str, name: &str) -> String {
     }
 }
 
-/// The pod's own end as doctor checks it for every pod: found, address, link.
-pub(crate) fn pod_end(pod: &Value, ip: Ipv4Addr) -> Vec<Hop> {
+/// The pod's own end as doctor checks it for every pod: found, address, link (with
+/// the MTU and MAC its node gives pods), on the node whose agent status is `node`.
+pub(crate) fn pod_end(pod: &Value, ip: Ipv4Addr, node: &Value) -> Vec<Hop> {
     let mut b = Builder { hops: vec![] };
-    pod_hops(&mut b, "pod", &ip.to_string(), ip, pod, None);
+    pod_hops(&mut b, "pod", &ip.to_string(), ip, pod, node, None);
     b.hops
 }
 
+/// The gateway podnet gives the pods of the node whose agent status is `node`: the
+/// first address of its pod CIDR (the bridge's).
+pub(crate) fn pod_gateway(node: &Value) -> Option<Ipv4Addr> {
+    s(node, "pod_cidr")
+        .parse::<Ipv4Net>()
+        .ok()
+        .and_then(|c| c.nth(1))
+}
+
+/// What is wrong with a link's MTU and MAC against what podnet gives it (`None`: right).
+fn link_mismatch(l: &Value, name: &str, mtu: u64, mac: [u8; 6]) -> Option<String> {
+    let want_mac = podnet_netlink::fmt_mac(&mac);
+    let have_mtu = l["mtu"].as_u64().unwrap_or(0);
+    if mtu != 0 && have_mtu != mtu {
+        return Some(format!(
+            "{name} has MTU {have_mtu}; its node gives pods MTU {mtu}"
+        ));
+    }
+    match l["mac"].as_str() {
+        Some(m) if !m.eq_ignore_ascii_case(&want_mac) => {
+            Some(format!("{name} has MAC {m}; podnet gives it {want_mac}"))
+        }
+        _ => None,
+    }
+}
+
+/// The pod's own hops; every value is held against what its node (agent status
+/// `node`) gives pods: MTU, MAC, gateway.
 fn pod_hops(
     b: &mut Builder,
     where_: &str,
     name: &str,
     ip: Ipv4Addr,
     pod: &Value,
+    node: &Value,
     peer: Option<Ipv4Addr>,
 ) {
     if pod["found"] != true {
@@ -718,26 +748,46 @@ fn pod_hops(
     );
     let l = &p["link"];
     let up = l["up"] == true;
+    let mtu = node["mtu"].as_u64().unwrap_or(0);
+    let wrong = link_mismatch(l, &ifname, mtu, podnet_conventions::pod_mac(ip));
     b.check(
         where_,
         "link",
-        up,
-        format!("{ifname} is {}", if up { "up" } else { "down" }),
+        up && wrong.is_none(),
+        match (&wrong, up) {
+            (_, false) => format!("{ifname} is down"),
+            (Some(w), true) => w.clone(),
+            (None, true) => format!("{ifname} is up"),
+        },
         if l.is_null() {
             "(none)".into()
         } else {
             link_text(l)
         },
         cmd(pod, &format!("link show {ifname}"), name),
-        &format!("ip link set {ifname} up (inside the pod)"),
+        &match wrong {
+            Some(_) => {
+                format!("ip link set {ifname} mtu {mtu} (inside the pod), or DEL and ADD the pod")
+            }
+            None => format!("ip link set {ifname} up (inside the pod)"),
+        },
     );
     if let Some(other) = peer {
         let routes = arr(p, "routes");
         let r = lookup(&routes, other);
-        let ok = r.is_some();
+        let want_gw = pod_gateway(node).map(|g| g.to_string());
+        let gw = r.as_ref().and_then(|r| r["gateway"].as_str());
+        // A gateway other than the bridge's sends the pod's packets nowhere.
+        let wrong_gw = matches!((gw, &want_gw), (Some(g), Some(w)) if g != w);
+        let ok = r.is_some() && !wrong_gw;
         b.check(
             where_, "route", ok,
             match &r {
+                Some(_) if wrong_gw => format!(
+                    "{other} via {}, but the pod's gateway is {} (its node's bridge)",
+                    gw.unwrap_or(""),
+                    want_gw.as_deref().unwrap_or("")
+                ),
                 Some(r) => format!("{other} via {}", r["gateway"].as_str().unwrap_or("the link")),
                 None => format!("the pod has no route to {other} (no default route)"),
             },
@@ -771,22 +821,30 @@ fn pod_hops(
     }
 }
 
-fn host_veth_hop(b: &mut Builder, where_: &str, node: &str, pod: &Value, bridge: &str) {
+/// The pod's host veth: up, on the node's bridge, with the node's pod MTU (agent
+/// status `st`).
+fn host_veth_hop(b: &mut Builder, where_: &str, node: &str, pod: &Value, st: &Value) {
     if pod["found"] != true {
         return;
     }
+    let bridge = s(st, "bridge");
     let h = &pod["host_veth"];
     let name = s(h, "name");
     let up = h["up"] == true;
     let on = h["master"] == bridge;
+    let mtu = st["mtu"].as_u64().unwrap_or(0);
+    let have = h["mtu"].as_u64().unwrap_or(0);
+    let mtu_ok = mtu == 0 || have == mtu;
     b.check(
         where_,
         "link",
-        up && on,
+        up && on && mtu_ok,
         if !up {
             format!("host veth {name} is down")
         } else if !on {
             format!("host veth {name} is not on bridge {bridge}")
+        } else if !mtu_ok {
+            format!("host veth {name} has MTU {have}; its node gives pods MTU {mtu}")
         } else {
             format!("host veth {name} is up on {bridge}")
         },

@@ -34,6 +34,14 @@ pub const FAULTS: &[(&str, &str)] = &[
         "pod-no-default-route",
         "a pod loses its default route (--pod)",
     ),
+    (
+        "pod-mtu",
+        "a pod's eth0 MTU drops below what its node gives pods (--pod)",
+    ),
+    (
+        "pod-wrong-gateway",
+        "a pod's default route points at an address that is not its bridge (--pod)",
+    ),
     ("forwarding-off", "a node stops forwarding IPv4 (--node)"),
     ("vxlan-down", "a node's VXLAN device goes down (--node)"),
 ];
@@ -262,9 +270,62 @@ fn runner(kind: &str) -> Option<FaultFn> {
         "veth-down" => fault_veth_down,
         "pod-no-default-route" => fault_pod_no_default_route,
         "forwarding-off" => fault_forwarding_off,
+        "pod-mtu" => fault_pod_mtu,
+        "pod-wrong-gateway" => fault_pod_wrong_gateway,
         "vxlan-down" => fault_vxlan_down,
         _ => return None,
     })
+}
+
+fn fault_pod_mtu(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String> {
+    let pod = &f.pod;
+    let show = run_cmd(
+        &argv(&["ip", "-n", &pod.netns, "-o", "link", "show", "eth0"]),
+        None,
+    )?;
+    let mtu = show
+        .split_whitespace()
+        .skip_while(|w| *w != "mtu")
+        .nth(1)
+        .context("eth0 shows no MTU")?
+        .to_string();
+    run_cmd(
+        &argv(&["ip", "-n", &pod.netns, "link", "set", "eth0", "mtu", "1280"]),
+        None,
+    )?;
+    undo.push(argv(&[
+        "ip", "-n", &pod.netns, "link", "set", "eth0", "mtu", &mtu,
+    ]));
+    Ok(format!("pod {}'s eth0 has MTU 1280 (was {mtu})", pod.name))
+}
+
+fn fault_pod_wrong_gateway(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String> {
+    let pod = &f.pod;
+    let r = run_cmd(
+        &argv(&["ip", "-n", &pod.netns, "route", "show", "default"]),
+        None,
+    )?;
+    let line = r
+        .lines()
+        .next()
+        .context("the pod has no default route")?
+        .to_string();
+    // An address of the pod's own subnet that nobody holds (the bridge is .1).
+    let o = pod.ip.octets();
+    let wrong = std::net::Ipv4Addr::new(o[0], o[1], o[2], 254).to_string();
+    run_cmd(
+        &argv(&[
+            "ip", "-n", &pod.netns, "route", "replace", "default", "via", &wrong, "dev", "eth0",
+        ]),
+        None,
+    )?;
+    let mut back = argv(&["ip", "-n", &pod.netns, "route", "replace"]);
+    back.extend(line.split_whitespace().map(String::from));
+    undo.push(back);
+    Ok(format!(
+        "pod {}'s default route points at {wrong}",
+        pod.name
+    ))
 }
 
 /// What a fault acts on.

@@ -123,6 +123,9 @@ fn every_fault_is_named_by_trace_and_flagged_by_doctor() {
         ("missing-neigh", "src-node", "neigh", "neighbour for node2"),
         ("veth-down", "src-node", "link", "pod * veth"),
         ("pod-no-default-route", "src-pod", "route", "pod * route"),
+        // Present and up, but not what podnet gives it: values are checked.
+        ("pod-mtu", "src-pod", "link", "pod * link"),
+        ("pod-wrong-gateway", "src-pod", "route", "pod * route"),
         ("forwarding-off", "src-node", "forwarding", "forwarding"),
         ("vxlan-down", "src-node", "link", "vxlan"),
     ];
