@@ -124,19 +124,23 @@ fn add_killed(node: &Node, cid: &str, pod: &podnet::scratch::ScratchNs, delay: D
 fn kill_9_during_add_leaves_nothing_that_del_and_gc_cannot_clean() {
     let node = Node::new("10.202.2.0/24");
     let pods: Vec<_> = (0..24).map(|_| node.pod()).collect();
-    // Kill points spread over the whole ADD (it takes ~1–3 ms here).
-    let mut mid_add = 0;
+    // Kill points spread over the whole ADD (it takes ~1–3 ms here). A kill counts as
+    // landing mid-work when the plugin was still running and had already left a
+    // trace of its work — an address held, or the host veth made — which it would
+    // have finished (or rolled back) had it lived.
+    let mut half_done = 0;
     for (i, p) in pods.iter().enumerate() {
-        mid_add += usize::from(add_killed(
-            &node,
-            &format!("k9-{i}"),
-            p,
-            Duration::from_micros(150 * i as u64),
-        ));
+        let cid = format!("k9-{i}");
+        let running = add_killed(&node, &cid, p, Duration::from_micros(150 * i as u64));
+        let allocated = node.allocations().iter().any(|(_, c)| *c == cid);
+        let veth = node
+            .host_veths()
+            .contains(&podnet_conventions::host_veth_name(&cid, "eth0"));
+        half_done += usize::from(running && (allocated || veth));
     }
     assert!(
-        mid_add >= 3,
-        "only {mid_add} kills landed during an ADD: the test proves nothing"
+        half_done >= 2,
+        "only {half_done} kills landed with an ADD half done: the test proves nothing"
     );
     // The state is readable whatever the kill hit, and holds only these attachments,
     // each at most once.
