@@ -14,7 +14,9 @@
 	X(4, IPV6_RA,   "ipv6-ra",   "IPv6 router advertisements from a pod")                  \
 	X(5, ETHERTYPE, "ethertype", "frames that are not ARP, IPv4 or IPv6, VLAN tags included") \
 	X(6, MALFORMED, "malformed", "truncated headers, ARP that is not Ethernet/IPv4, IPv6 fragments or over four extension headers") \
-	X(7, IPV6_REDIRECT, "ipv6-redirect", "ICMPv6 redirects from a pod")
+	X(7, IPV6_REDIRECT, "ipv6-redirect", "ICMPv6 redirects from a pod")                 \
+	X(8, IPV6_SRC,  "ipv6-src",  "IPv6 whose source is not the pod's link-local address (or :: for DAD and MLD)") \
+	X(9, IPV6_NA,   "ipv6-na",   "neighbour advertisements for an address or MAC that is not the pod's")
 
 /* How many reasons there are: counted from the table, never kept by hand. */
 #define PODNET_DROP_ONE(num, name, id, what) +1

@@ -4,9 +4,12 @@
  *
  * Every frame a pod sends passes here before the node bridge sees it. A frame leaves
  * only if its Ethernet source is the pod's MAC and, for ARP, the sender MAC and IP are
- * the pod's, for IPv4 the source is the pod's IP, and for IPv6 it is not a router
- * advertisement or a redirect (nor a fragment or a chain of extension headers too long
- * to see through). Everything else is dropped through drop(), which counts it under one
+ * the pod's, for IPv4 the source is the pod's IP, and for IPv6 the source is the pod's
+ * link-local address (derived from its MAC, EUI-64, as the kernel makes it; :: only for
+ * duplicate-address detection and MLD reports), a neighbour advertisement is for that
+ * address and that MAC, and it is not a router advertisement or a redirect (nor a
+ * fragment or a chain of extension headers too long to see through). Pods have no
+ * other IPv6 address: podnet gives them IPv4. Everything else is dropped through drop(), which counts it under one
  * reason from drop_reasons.h.
  *
  * One program and one hash map (pod_state, keyed by the host veth's ifindex) serve all
@@ -62,6 +65,20 @@ static __attribute__((always_inline)) int mac_eq(const u8 *a, const u8 *b)
 static __attribute__((always_inline)) u32 load32(const u8 *p)
 {
 	return (u32)p[0] | (u32)p[1] << 8 | (u32)p[2] << 16 | (u32)p[3] << 24;
+}
+
+/* Is `a` the link-local address the kernel gives an interface with MAC `mac` (EUI-64:
+ * fe80::, then the MAC with the universal/local bit flipped and ff:fe in the middle)? */
+static __attribute__((always_inline)) int own_link_local(const u8 *a, const u8 *mac)
+{
+	return a[0] == 0xfe && a[1] == 0x80 && a[2] == 0 && a[3] == 0 && a[4] == 0 && a[5] == 0 &&
+	       a[6] == 0 && a[7] == 0 && a[8] == (mac[0] ^ 2) && a[9] == mac[1] && a[10] == mac[2] &&
+	       a[11] == 0xff && a[12] == 0xfe && a[13] == mac[3] && a[14] == mac[4] && a[15] == mac[5];
+}
+
+static __attribute__((always_inline)) int unspecified(const u8 *a)
+{
+	return (load32(a) | load32(a + 4) | load32(a + 8) | load32(a + 12)) == 0;
 }
 
 __attribute__((section("tc"), used)) int from_pod(struct __sk_buff *skb)
@@ -121,13 +138,47 @@ __attribute__((section("tc"), used)) int from_pod(struct __sk_buff *skb)
 		/* Still inside the chain, or a fragment: what follows cannot be checked. */
 		if (next == 0 || next == 43 || next == 60 || next == 44)
 			return drop(st, DROP_MALFORMED);
+		u8 icmp = 0;
 		if (next == 58) {
 			if (p + 1 > end)
 				return drop(st, DROP_MALFORMED);
-			if (p[0] == 134)
-				return drop(st, DROP_IPV6_RA);
-			if (p[0] == 137)
-				return drop(st, DROP_IPV6_REDIRECT);
+			icmp = p[0];
+		}
+		const u8 *src = l3 + 8;
+		if (!own_link_local(src, st->mac)) {
+			/* Duplicate-address detection (neighbour solicitation) and MLD reports
+			 * go out before the link-local address is ready, from ::. */
+			if (!(unspecified(src) && (icmp == 135 || icmp == 143)))
+				return drop(st, DROP_IPV6_SRC);
+		}
+		if (icmp == 134)
+			return drop(st, DROP_IPV6_RA);
+		if (icmp == 137)
+			return drop(st, DROP_IPV6_REDIRECT);
+		if (icmp == 136) {
+			/* type, code, checksum, flags (8 bytes), then the target address. */
+			if (p + 24 > end)
+				return drop(st, DROP_MALFORMED);
+			if (!own_link_local(p + 8, st->mac))
+				return drop(st, DROP_IPV6_NA);
+			/* Every target link-layer address option must carry the pod's MAC;
+			 * an advertisement with more options than are checked is refused. */
+			u8 *o = p + 24;
+#define NA_OPTION()                                                                    \
+	if (o + 8 <= end) {                                                                  \
+		u32 olen = (u32)o[1] * 8;                                                        \
+		if (olen == 0)                                                                   \
+			return drop(st, DROP_MALFORMED);                                             \
+		if (o[0] == 2 && (o[1] != 1 || !mac_eq(o + 2, st->mac)))                         \
+			return drop(st, DROP_IPV6_NA);                                               \
+		o += olen;                                                                       \
+	}
+			NA_OPTION()
+			NA_OPTION()
+			NA_OPTION()
+#undef NA_OPTION
+			if (o + 8 <= end)
+				return drop(st, DROP_IPV6_NA);
 		}
 		return TC_ACT_UNSPEC;
 	}

@@ -51,9 +51,11 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
     let mut problems: Vec<String> = Vec::new();
 
     // Pod side.
+    let mut pod_mac = None;
     match link::get_by_name(&mut pod, ifname).map_err(nl)? {
         None => problems.push(format!("{ifname} is missing in {}", inv.env.netns)),
         Some(l) => {
+            pod_mac = <[u8; 6]>::try_from(l.mac.as_slice()).ok();
             if !l.is_up() {
                 problems.push(format!(
                     "{ifname} is down in the pod (ip -n <netns> link set {ifname} up)"
@@ -120,10 +122,23 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
         }
     }
     if let (true, Some(h)) = (s.anti_spoofing, &hveth) {
-        if !antispoof::is_installed(&mut host, h.index).map_err(nl)? {
-            problems.push(format!(
+        // Present is not enough: the entry must hold this pod's MAC and address, or
+        // the filter guards someone else's.
+        match antispoof::pod_state(&mut host, h.index).map_err(nl)? {
+            None => problems.push(format!(
                 "anti-spoofing filters on {host_name} are missing or incomplete (tc -s filter show dev {host_name} ingress)"
-            ));
+            )),
+            Some(st) => {
+                let want_mac = pod_mac.unwrap_or_else(|| podnet_conventions::pod_mac(ip));
+                if st.mac != want_mac || st.ip != ip {
+                    problems.push(format!(
+                        "the anti-spoofing entry of {host_name} allows {} {}, not this pod's {} {ip}: DEL and ADD the pod",
+                        podnet_netlink::fmt_mac(&st.mac),
+                        st.ip,
+                        podnet_netlink::fmt_mac(&want_mac),
+                    ));
+                }
+            }
         }
     }
     if let Some(Ipam::Delegate { plugin }) = &s.ipam {

@@ -11,16 +11,52 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 const OK: u32 = u32::MAX;
 const SHOT: u32 = 2;
 
-fn ipv6_frame(src: [u8; 6], next: u8, l4: &[u8]) -> Vec<u8> {
+/// The link-local address the kernel gives an interface with MAC `mac` (EUI-64).
+fn link_local(mac: [u8; 6]) -> [u8; 16] {
+    [
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        mac[0] ^ 2,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ]
+}
+
+fn ipv6_from(src: [u8; 6], src_ip: [u8; 16], next: u8, l4: &[u8]) -> Vec<u8> {
     let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
     f.extend_from_slice(&src);
     f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
     f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
     f.extend_from_slice(&[next, 255]);
-    f.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    f.extend_from_slice(&src_ip);
     f.extend_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
     f.extend_from_slice(l4);
     f
+}
+
+/// An IPv6 frame from the pod with MAC `src`, from its own link-local address.
+fn ipv6_frame(src: [u8; 6], next: u8, l4: &[u8]) -> Vec<u8> {
+    ipv6_from(src, link_local(src), next, l4)
+}
+
+/// A neighbour advertisement for `target`, with a target link-layer address option.
+fn na(target: [u8; 16], tlla: [u8; 6]) -> Vec<u8> {
+    let mut l4 = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+    l4.extend_from_slice(&target);
+    l4.extend_from_slice(&[2, 1]);
+    l4.extend_from_slice(&tlla);
+    l4
 }
 
 #[test]
@@ -138,6 +174,50 @@ fn every_verdict_and_reason() {
                     ipv6_frame(mac, 44, &[58, 0, 0, 1, 0, 0, 0, 1, 134, 0, 0, 0]),
                     SHOT,
                 ),
+                (
+                    "IPv6 from the neighbour's link-local address",
+                    ipv6_from(mac, link_local(peer), 58, &[128, 0, 0, 0, 0, 1, 0, 1]),
+                    SHOT,
+                ),
+                (
+                    "IPv6 from a global address",
+                    ipv6_from(
+                        mac,
+                        [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5],
+                        58,
+                        &[128, 0, 0, 0, 0, 1, 0, 1],
+                    ),
+                    SHOT,
+                ),
+                (
+                    "echo request from ::",
+                    ipv6_from(mac, [0; 16], 58, &[128, 0, 0, 0, 0, 1, 0, 1]),
+                    SHOT,
+                ),
+                (
+                    "duplicate-address detection from ::",
+                    ipv6_from(mac, [0; 16], 58, &{
+                        let mut l4 = vec![135, 0, 0, 0, 0, 0, 0, 0];
+                        l4.extend_from_slice(&link_local(mac));
+                        l4
+                    }),
+                    OK,
+                ),
+                (
+                    "own neighbour advertisement",
+                    ipv6_frame(mac, 58, &na(link_local(mac), mac)),
+                    OK,
+                ),
+                (
+                    "advertisement of the neighbour's address",
+                    ipv6_frame(mac, 58, &na(link_local(peer), mac)),
+                    SHOT,
+                ),
+                (
+                    "advertisement of the pod's address at another MAC",
+                    ipv6_frame(mac, 58, &na(link_local(mac), peer)),
+                    SHOT,
+                ),
             ];
             let verdicts: Vec<(String, u32, u32)> = cases
                 .into_iter()
@@ -166,6 +246,8 @@ fn every_verdict_and_reason() {
     assert_eq!(counts["src-mac"], 1);
     assert_eq!(counts["ethertype"], 1);
     assert_eq!(counts["ipv6-ra"], 2);
+    assert_eq!(counts["ipv6-src"], 3, "{counts:?}");
+    assert_eq!(counts["ipv6-na"], 2, "{counts:?}");
     assert_eq!(state.mac, mac);
     assert_eq!(state.ip, ip);
 }

@@ -162,8 +162,36 @@ fn check_reports_what_changed() {
     conf["prevResult"] = r.clone();
     let netns = pod.path().display().to_string();
     assert!(node.call_with(&conf, "CHECK", "drift", &netns, "eth0").ok());
-    ip(&["-n", &pod.name, "addr", "flush", "dev", "eth0"]);
+    // The anti-spoofing entry present but guarding another address: CHECK says so.
     let host = r["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let pod_ip = result_ip(&r);
+    let o = pod_ip.octets();
+    let other = std::net::Ipv4Addr::new(o[0], o[1], o[2], o[3].wrapping_add(1));
+    let dir = node.dir.path().to_path_buf();
+    let h = host.clone();
+    node.ns
+        .ns
+        .run(move || {
+            let mut s = podnet_netlink::Socket::route().unwrap();
+            let l = link::get_by_name(&mut s, &h).unwrap().unwrap();
+            let dp = podnet_cni::antispoof::datapath(&dir).unwrap();
+            podnet_cni::antispoof::set_pod(
+                &dp,
+                l.index,
+                podnet_conventions::pod_mac(pod_ip),
+                other,
+            )
+            .unwrap();
+        })
+        .unwrap();
+    let c = node.call_with(&conf, "CHECK", "drift", &netns, "eth0");
+    assert_eq!(c.json()["code"], 105, "{}", c.stdout);
+    let details = c.json()["details"].as_str().unwrap().to_string();
+    assert!(
+        details.contains("anti-spoofing entry") && details.contains(&other.to_string()),
+        "{details}"
+    );
+    ip(&["-n", &pod.name, "addr", "flush", "dev", "eth0"]);
     ip(&[
         "netns",
         "exec",
