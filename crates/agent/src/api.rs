@@ -1,25 +1,25 @@
 //! The agent's local API: a Unix socket (default `/run/podnet/podnetd.sock`) that
-//! answers one JSON request per line with one JSON line.
+//! answers one JSON request per line with one JSON line. The requests and replies are
+//! the types of [`crate::proto`] (versioned; the one [`crate::proto::Client`] speaks
+//! them); this module serves them.
 //!
-//! - `{"get":"status"}`: the agent's view — node, lease, backend, peers, last sync.
-//! - `{"get":"state"}`: the node's own kernel state as data — its links, the routes,
-//!   neighbour and FDB entries podnet manages, forwarding — read when asked, so a
-//!   caller (`podnet trace`, `podnet doctor`, the lab) sees what the kernel has, not
-//!   what the agent believes.
-//! - `{"get":"pod","ip":…}`: one pod on this node: its host veth, and inside its own
-//!   namespace its link, addresses, routes and neighbours.
-//! - `{"get":"ping","ip":…,"size":N}`: an ICMP echo with DF set, sent from this node
-//!   (see [`crate::probe`]).
-//! - `{"get":"policy"}`: the NetworkPolicy datapath — the revision of the objects it
-//!   reflects, each local pod's verdicts per direction; `{"get":"policy-stats"}` adds
-//!   the packets refused per pod and direction, read from the kernel's counters;
-//!   `{"get":"policy-revision"}` only the revision (what waiting for a change polls);
-//!   `{"get":"policy-versions","keys":["Pod ns/name",…]}` the version (Kubernetes
-//!   `resourceVersion`) of each named object the programmed verdicts reflect.
-//! - `{"get":"verdict","ip":…,"peer":…,"direction":"ingress"|"egress","protocol":"TCP","port":N}`:
-//!   what the programmed tables of local pod `ip` say of traffic with `peer`.
+//! - `status`: the agent's view — node, lease, backend, peers, last sync.
+//! - `state`: the node's own kernel state as data — its links, the routes, neighbour
+//!   and FDB entries podnet manages, forwarding — read when asked, so a caller
+//!   (`podnet trace`, `podnet doctor`, the lab) sees what the kernel has, not what the
+//!   agent believes.
+//! - `pod`: one pod on this node: its host veth, and inside its own namespace its link,
+//!   addresses, routes and neighbours.
+//! - `ping`: an ICMP echo with DF set, sent from this node (see [`crate::probe`]).
+//! - `policy`, `policy-stats`, `policy-revision`, `policy-versions`, `verdict`: the
+//!   NetworkPolicy datapath — what it reflects, its drop counters, one flow's verdict.
 
 use crate::policy::PolicyStatus;
+use crate::proto::{
+    parse_request, Client, Conntrack, FdbState, HostVeth, LinkState, NeighState, NodeState,
+    PingReply, PodInside, PodLink, PodReport, PolicyRevision, PolicyStats, PolicyVersions, Request,
+    RouteState, VxlanState,
+};
 use crate::{Result, Status};
 use podnet_netlink::{link, neigh, route, Socket};
 use serde_json::{json, Value};
@@ -90,10 +90,10 @@ pub fn serve(
                     Ok(_) if line.len() > MAX_REQUEST => {
                         Some(json!({"error": format!("request longer than {MAX_REQUEST} bytes")}))
                     }
-                    Ok(_) => {
-                        let req: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-                        Some(answer(&req, &status, &policy, &vxlan_dev, &bridge))
-                    }
+                    Ok(_) => Some(match parse_request(&line) {
+                        Ok(req) => answer(&req, &status, &policy, &vxlan_dev, &bridge),
+                        Err(e) => json!({ "error": e }),
+                    }),
                 };
                 if let Some(r) = reply {
                     let mut w = &conn;
@@ -114,101 +114,85 @@ pub fn serve(
 }
 
 fn answer(
-    req: &Value,
+    req: &Request,
     status: &Mutex<Status>,
     policy: &Mutex<PolicyStatus>,
     vxlan_dev: &str,
     bridge: &str,
 ) -> Value {
-    let ip = |k: &str| {
-        req.get(k)
-            .and_then(Value::as_str)
-            .and_then(|v| v.parse::<Ipv4Addr>().ok())
-    };
-    match req.get("get").and_then(Value::as_str) {
-        Some("status") => serde_json::to_value(&*status.lock().unwrap()).unwrap_or(Value::Null),
-        Some("policy") => serde_json::to_value(&*policy.lock().unwrap()).unwrap_or(Value::Null),
-        Some("policy-revision") => {
+    let reply = |r: std::result::Result<Value, String>| r.unwrap_or_else(|e| json!({ "error": e }));
+    fn to<T: serde::Serialize>(v: &T) -> Value {
+        serde_json::to_value(v).unwrap_or(Value::Null)
+    }
+    match req {
+        Request::Status => to(&*status.lock().unwrap()),
+        Request::Policy => to(&*policy.lock().unwrap()),
+        Request::PolicyRevision => {
             let st = policy.lock().unwrap();
-            json!({"datapath": st.datapath, "revision": st.revision, "error": st.error})
+            to(&PolicyRevision {
+                datapath: st.datapath.clone(),
+                revision: st.revision,
+                error: st.error.clone(),
+            })
         }
-        Some("policy-versions") => {
-            // Which version of each named object the programmed verdicts reflect
-            // (null: none, or the object is absent).
+        Request::PolicyVersions { keys } => {
             let st = policy.lock().unwrap();
-            let keys = req.get("keys").and_then(Value::as_array);
-            let versions: serde_json::Map<String, Value> = keys
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .map(|k| (k.to_string(), json!(st.versions.get(k))))
-                .collect();
-            json!({"datapath": st.datapath, "revision": st.revision, "error": st.error, "versions": versions})
+            to(&PolicyVersions {
+                datapath: st.datapath.clone(),
+                revision: st.revision,
+                error: st.error.clone(),
+                versions: keys
+                    .iter()
+                    .map(|k| (k.clone(), st.versions.get(k).cloned()))
+                    .collect(),
+            })
         }
-        Some("policy-stats") => {
+        Request::PolicyStats => {
             let st = policy.lock().unwrap().clone();
-            let mut v = serde_json::to_value(&st).unwrap_or(Value::Null);
-            match crate::policy::denied(&st) {
-                Ok((denied, closed)) => {
-                    v["denied"] = json!(denied);
-                    v["closed_packets"] = json!(closed);
-                }
-                Err(e) => v["denied_error"] = json!(e),
-            }
-            v
-        }
-        Some("verdict") => {
-            let dir = match req.get("direction").and_then(Value::as_str) {
-                Some("ingress") => Some(podnet_policy::Direction::Ingress),
-                Some("egress") => Some(podnet_policy::Direction::Egress),
-                _ => None,
+            let (denied, closed_packets, denied_error) = match crate::policy::denied(&st) {
+                Ok((d, c)) => (d, c, None),
+                Err(e) => (vec![], 0, Some(e)),
             };
-            let proto = req
-                .get("protocol")
-                .and_then(Value::as_str)
-                .map(|p| podnet_policy::Proto::parse(p).unwrap_or(podnet_policy::Proto::Other(1)));
-            let port = req.get("port").and_then(Value::as_u64).unwrap_or(0) as u16;
-            match (ip("ip"), ip("peer"), dir, proto) {
-                (Some(a), Some(peer), Some(d), Some(p)) => {
-                    let st = policy.lock().unwrap().clone();
-                    serde_json::to_value(crate::policy::verdict(&st, a, peer, d, p, port))
-                        .unwrap_or(Value::Null)
-                }
-                _ => {
-                    json!({"error": "give {\"get\":\"verdict\",\"ip\":pod,\"peer\":address,\"direction\":\"ingress\"|\"egress\",\"protocol\":\"TCP\",\"port\":80}"})
-                }
-            }
+            to(&PolicyStats {
+                status: st,
+                denied,
+                closed_packets,
+                denied_error,
+            })
         }
-        Some("state") => {
-            state(vxlan_dev, bridge).unwrap_or_else(|e| json!({"error": e.to_string()}))
+        Request::Verdict {
+            ip,
+            peer,
+            direction,
+            protocol,
+            port,
+        } => {
+            // TCP, UDP, SCTP; anything else (ICMP) is judged as a portless protocol.
+            let p = podnet_policy::Proto::parse(protocol).unwrap_or(podnet_policy::Proto::Other(1));
+            let st = policy.lock().unwrap().clone();
+            to(&crate::policy::verdict(
+                &st, *ip, *peer, *direction, p, *port,
+            ))
         }
-        Some("pod") => match ip("ip") {
-            Some(a) => pod(a).unwrap_or_else(|e| json!({"error": e})),
-            None => {
-                json!({"error": "give the pod's address: {\"get\":\"pod\",\"ip\":\"10.244.0.5\"}"})
-            }
-        },
-        Some("ping") => match ip("ip") {
-            Some(a) => {
-                let size = req
-                    .get("size")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(56)
-                    .min(65_507) as usize;
-                json!({"ip": a.to_string(), "size": size, "result": crate::probe::ping(a, size, Duration::from_millis(700))})
-            }
-            None => {
-                json!({"error": "give the address to ping: {\"get\":\"ping\",\"ip\":\"…\",\"size\":1422}"})
-            }
-        },
-        _ => {
-            json!({"error": "unknown request; send {\"get\":\"status\"}, {\"get\":\"state\"}, {\"get\":\"pod\",\"ip\":…}, {\"get\":\"ping\",\"ip\":…,\"size\":N}, {\"get\":\"policy\"}, {\"get\":\"policy-stats\"} or {\"get\":\"verdict\",…}"})
+        Request::State => reply(
+            state(vxlan_dev, bridge)
+                .map(|s| to(&s))
+                .map_err(|e| e.to_string()),
+        ),
+        Request::Pod { ip } => reply(pod(*ip).map(|p| to(&p))),
+        Request::Ping { ip, size } => {
+            let size = (*size).min(65_507);
+            to(&PingReply {
+                ip: *ip,
+                size,
+                result: crate::probe::ping(*ip, usize::from(size), Duration::from_millis(700)),
+            })
         }
     }
 }
 
 /// The node's kernel state, as `ip`/`bridge` would show it, as data.
-pub fn state(vxlan_dev: &str, bridge: &str) -> podnet_netlink::Result<Value> {
+pub fn state(vxlan_dev: &str, bridge: &str) -> podnet_netlink::Result<NodeState> {
     let mut s = Socket::route()?;
     let links = link::list(&mut s)?;
     let name_of = |i: u32| {
@@ -219,35 +203,50 @@ pub fn state(vxlan_dev: &str, bridge: &str) -> podnet_netlink::Result<Value> {
             .unwrap_or_else(|| format!("#{i}"))
     };
     let vx = links.iter().find(|l| l.name == vxlan_dev).map(|l| l.index);
-    let routes: Vec<Value> = route::list(&mut s)?
+    let routes = route::list(&mut s)?
         .into_iter()
-        .map(|r| {
-            json!({
-                "dst": if r.prefix == 0 { "default".to_string() } else { format!("{}/{}", r.dst, r.prefix) },
-                "gateway": r.gateway.map(|g| g.to_string()),
-                "dev": r.oif.map(name_of),
-                "onlink": r.onlink,
-                "protocol": r.protocol,
-            })
+        .map(|r| RouteState {
+            dst: route_dst(r.dst, r.prefix),
+            gateway: r.gateway,
+            dev: r.oif.map(name_of),
+            onlink: r.onlink,
+            protocol: r.protocol,
         })
         .collect();
-    let neighs: Vec<Value> = neigh::list(&mut s)?
+    let neigh = neigh::list(&mut s)?
         .into_iter()
-        .map(|n| json!({"ip": n.ip.to_string(), "mac": n.mac.map(|m| podnet_netlink::fmt_mac(&m)), "dev": name_of(n.index), "state": n.state_name()}))
+        .map(|n| NeighState {
+            ip: n.ip,
+            mac: n.mac.map(|m| podnet_netlink::fmt_mac(&m)),
+            dev: name_of(n.index),
+            state: n.state_name().to_string(),
+        })
         .collect();
-    let fdb: Vec<Value> = neigh::fdb_list(&mut s)?
+    let fdb = neigh::fdb_list(&mut s)?
         .into_iter()
         .filter(|f| Some(f.index) == vx)
-        .map(|f| json!({"mac": podnet_netlink::fmt_mac(&f.mac), "dst": f.dst.map(|d| d.to_string()), "dev": name_of(f.index)}))
+        .map(|f| FdbState {
+            mac: podnet_netlink::fmt_mac(&f.mac),
+            dst: f.dst,
+            dev: name_of(f.index),
+        })
         .collect();
-    let link_json: Vec<Value> = links
+    let link_states = links
         .iter()
-        .map(|l| {
-            json!({
-                "name": l.name, "index": l.index, "kind": l.kind, "up": l.is_up(), "mtu": l.mtu,
-                "mac": l.mac_string(), "master": l.master.map(name_of),
-                "vxlan": l.vxlan.as_ref().map(|v| json!({"vni": v.vni, "port": v.port, "local": v.local.map(|a| a.to_string()), "learning": v.learning})),
-            })
+        .map(|l| LinkState {
+            name: l.name.clone(),
+            index: l.index,
+            kind: l.kind.clone(),
+            up: l.is_up(),
+            mtu: l.mtu,
+            mac: l.mac_string(),
+            master: l.master.map(name_of),
+            vxlan: l.vxlan.as_ref().map(|v| VxlanState {
+                vni: v.vni,
+                port: v.port,
+                local: v.local,
+                learning: v.learning,
+            }),
         })
         .collect();
     let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
@@ -258,78 +257,74 @@ pub fn state(vxlan_dev: &str, bridge: &str) -> podnet_netlink::Result<Value> {
             .ok()
             .and_then(|v| v.trim().parse::<u64>().ok())
     };
-    let mut rp = serde_json::Map::new();
+    let mut rp_filter = std::collections::BTreeMap::new();
     for dev in ["all", "default", vxlan_dev, bridge] {
         if let Some(v) = num(&format!("/proc/sys/net/ipv4/conf/{dev}/rp_filter")) {
-            rp.insert(dev.to_string(), json!(v));
+            rp_filter.insert(dev.to_string(), v);
         }
     }
-    Ok(json!({
-        "bridge": bridge, "vxlan_dev": vxlan_dev,
-        "links": link_json, "routes": routes, "neigh": neighs, "fdb": fdb, "forwarding": forwarding,
-        "conntrack": {"count": num("/proc/sys/net/netfilter/nf_conntrack_count"), "max": num("/proc/sys/net/netfilter/nf_conntrack_max")},
-        "rp_filter": rp,
-    }))
+    Ok(NodeState {
+        bridge: bridge.into(),
+        vxlan_dev: vxlan_dev.into(),
+        links: link_states,
+        routes,
+        neigh,
+        fdb,
+        forwarding,
+        conntrack: Conntrack {
+            count: num("/proc/sys/net/netfilter/nf_conntrack_count"),
+            max: num("/proc/sys/net/netfilter/nf_conntrack_max"),
+        },
+        rp_filter,
+    })
 }
 
-/// Asks the agent behind `path` one question; `get` is `status` or `state`.
+/// `default`, or `a.b.c.d/n`.
+fn route_dst(dst: Ipv4Addr, prefix: u8) -> String {
+    if prefix == 0 {
+        "default".to_string()
+    } else {
+        format!("{dst}/{prefix}")
+    }
+}
+
 /// Whether the agent on `path` has programmed its node: a sync completed, the policy
 /// datapath holds verdicts (or enforces none), the datastore reports no problem.
 pub fn ready(path: &Path) -> Result<(), String> {
-    let st =
-        ask(path, "status").map_err(|e| format!("no agent answers on {}: {e}", path.display()))?;
-    if st["last_sync"].as_u64().unwrap_or(0) == 0 {
+    let c = Client::new(path);
+    let st = c.status().map_err(|e| e.to_string())?;
+    if st.last_sync == 0 {
         return Err("the node's routes are not programmed yet".into());
     }
-    if let Some(p) = st["datastore_problems"]
-        .as_array()
-        .filter(|p| !p.is_empty())
-    {
-        return Err(format!(
-            "datastore: {}",
-            p.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join("; ")
-        ));
+    if !st.datastore_problems.is_empty() {
+        return Err(format!("datastore: {}", st.datastore_problems.join("; ")));
     }
-    let pol = ask(path, "policy-revision").map_err(|e| e.to_string())?;
-    if pol["datapath"] != "none" && pol["revision"].as_u64().unwrap_or(0) == 0 {
+    let pol = c.policy_revision().map_err(|e| e.to_string())?;
+    if pol.datapath != "none" && pol.revision == 0 {
         return Err(format!(
             "the NetworkPolicy datapath holds no verdicts yet{}",
-            pol["error"]
-                .as_str()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default()
+            pol.error.map(|e| format!(": {e}")).unwrap_or_default()
         ));
     }
     Ok(())
 }
 
-pub fn ask(path: &Path, get: &str) -> std::io::Result<Value> {
-    request(path, &json!({"get": get}))
-}
-
-/// Sends the agent behind `path` one request.
-pub fn request(path: &Path, req: &Value) -> std::io::Result<Value> {
-    let c = std::os::unix::net::UnixStream::connect(path)?;
-    c.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-    let mut w = &c;
-    writeln!(w, "{req}")?;
-    let mut line = String::new();
-    BufReader::new(&c).read_line(&mut line)?;
-    serde_json::from_str(&line).map_err(std::io::Error::other)
-}
-
 /// The pod with address `ip` on this node, as its own namespace and its host veth show
 /// it. The host veth is found by its MAC (podnet derives it from the pod's IP), the
 /// pod's namespace from the veth's alias.
-pub fn pod(ip: Ipv4Addr) -> Result<Value, String> {
+pub fn pod(ip: Ipv4Addr) -> std::result::Result<PodReport, String> {
     let mut s = Socket::route().map_err(|e| e.to_string())?;
     let mac = podnet_conventions::host_mac(ip);
     let links = link::list(&mut s).map_err(|e| e.to_string())?;
     let Some(h) = links.iter().find(|l| l.mac == mac) else {
-        return Ok(json!({"ip": ip.to_string(), "found": false}));
+        return Ok(PodReport {
+            ip,
+            found: false,
+            host_veth: None,
+            netns: None,
+            ifname: None,
+            pod: None,
+        });
     };
     let master = h
         .master
@@ -340,44 +335,96 @@ pub fn pod(ip: Ipv4Addr) -> Result<Value, String> {
         .map_or("eth0", |(_, ifname, _)| ifname)
         .to_string();
     let netns = podnet_conventions::alias_netns(&alias).map(String::from);
-    let host = json!({"name": h.name, "up": h.is_up(), "operstate": h.operstate, "mtu": h.mtu, "master": master, "mac": h.mac_string()});
+    let host = HostVeth {
+        name: h.name.clone(),
+        up: h.is_up(),
+        operstate: h.operstate,
+        mtu: h.mtu,
+        master,
+        mac: h.mac_string(),
+    };
     let inside = match &netns {
         Some(path) => match podnet_netlink::Netns::open(path) {
             Ok(ns) => ns
-                .run(|| -> podnet_netlink::Result<Value> {
-                    let mut p = Socket::route()?;
-                    let l = link::get_by_name(&mut p, &ifname)?;
-                    let addrs: Vec<String> = match &l {
-                        Some(l) => podnet_netlink::addr::list(&mut p, Some(l.index))?.iter().map(|a| format!("{}/{}", a.addr, a.prefix)).collect(),
-                        None => vec![],
-                    };
-                    let routes: Vec<Value> = route::list(&mut p)?
-                        .into_iter()
-                        .map(|r| json!({"dst": if r.prefix == 0 { "default".to_string() } else { format!("{}/{}", r.dst, r.prefix) }, "gateway": r.gateway.map(|g| g.to_string())}))
-                        .collect();
-                    let neighs: Vec<Value> = neigh::list(&mut p)?
-                        .into_iter()
-                        .map(|n| json!({"ip": n.ip.to_string(), "mac": n.mac.map(|m| podnet_netlink::fmt_mac(&m)), "state": n.state_name()}))
-                        .collect();
-                    Ok(json!({
-                        "link": l.as_ref().map(|l| json!({"name": l.name, "up": l.is_up(), "mtu": l.mtu, "mac": l.mac_string()})),
-                        "addrs": addrs, "routes": routes, "neigh": neighs,
-                    }))
-                })
+                .run(|| inside_pod(&ifname))
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?,
-            Err(e) => json!({"error": format!("cannot open the pod's namespace {path}: {e}")}),
+            Err(e) => PodInside {
+                error: Some(format!("cannot open the pod's namespace {path}: {e}")),
+                ..Default::default()
+            },
         },
-        None => json!({"error": "the host veth's alias records no namespace"}),
+        None => PodInside {
+            error: Some("the host veth's alias records no namespace".into()),
+            ..Default::default()
+        },
     };
-    Ok(
-        json!({"ip": ip.to_string(), "found": true, "host_veth": host, "netns": netns, "ifname": ifname, "pod": inside}),
-    )
+    Ok(PodReport {
+        ip,
+        found: true,
+        host_veth: Some(host),
+        netns,
+        ifname: Some(ifname),
+        pod: Some(inside),
+    })
+}
+
+/// Inside the pod's namespace (the caller has entered it): its interface, addresses,
+/// routes and neighbours.
+fn inside_pod(ifname: &str) -> podnet_netlink::Result<PodInside> {
+    let mut p = Socket::route()?;
+    let l = link::get_by_name(&mut p, ifname)?;
+    let addrs: Vec<String> = match &l {
+        Some(l) => podnet_netlink::addr::list(&mut p, Some(l.index))?
+            .iter()
+            .map(|a| format!("{}/{}", a.addr, a.prefix))
+            .collect(),
+        None => vec![],
+    };
+    let routes = route::list(&mut p)?
+        .into_iter()
+        .map(|r| RouteState {
+            dst: route_dst(r.dst, r.prefix),
+            gateway: r.gateway,
+            ..Default::default()
+        })
+        .collect();
+    let neigh = neigh::list(&mut p)?
+        .into_iter()
+        .map(|n| NeighState {
+            ip: n.ip,
+            mac: n.mac.map(|m| podnet_netlink::fmt_mac(&m)),
+            dev: String::new(),
+            state: n.state_name().to_string(),
+        })
+        .collect();
+    Ok(PodInside {
+        error: None,
+        link: l.as_ref().map(|l| PodLink {
+            name: l.name.clone(),
+            up: l.is_up(),
+            mtu: l.mtu,
+            mac: l.mac_string(),
+        }),
+        addrs,
+        routes,
+        neigh,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One raw line to the agent, one raw line back (what a foreign client sends).
+    fn raw(path: &Path, line: &str) -> Value {
+        let c = std::os::unix::net::UnixStream::connect(path).unwrap();
+        let mut w = &c;
+        writeln!(w, "{line}").unwrap();
+        let mut answer = String::new();
+        BufReader::new(&c).read_line(&mut answer).unwrap();
+        serde_json::from_str(&answer).unwrap()
+    }
 
     #[test]
     fn the_socket_is_root_only_and_refuses_oversized_requests() {
@@ -395,14 +442,25 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let big = json!({"get": "status", "pad": "x".repeat(MAX_REQUEST)});
-        let v = request(&path, &big).unwrap();
+        let v = raw(&path, &big.to_string());
         assert!(
             v["error"].as_str().unwrap().contains("request longer than"),
             "{v}"
         );
-        // A normal request still works after it.
-        let v = request(&path, &json!({"get": "policy-revision"})).unwrap();
-        assert_eq!(v["revision"], 0);
+        // A normal request still works after it, typed both ways.
+        let c = Client::new(&path);
+        assert_eq!(c.policy_revision().unwrap().revision, 0);
+        assert_eq!(c.status().unwrap().pid, 0);
+        // A version the agent does not speak, and an unknown request, are refused.
+        let v = raw(&path, r#"{"v":9,"get":"status"}"#);
+        assert!(v["error"].as_str().unwrap().contains("version 1"), "{v}");
+        let e = c
+            .call::<Value>(&Request::Pod {
+                ip: "10.244.0.99".parse().unwrap(),
+            })
+            .map(|v| v["found"].clone());
+        // No such pod on this machine: answered, not refused.
+        assert_eq!(e.unwrap(), json!(false));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

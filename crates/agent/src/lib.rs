@@ -33,6 +33,7 @@ pub mod nft;
 pub mod plan;
 pub mod policy;
 pub mod probe;
+pub mod proto;
 
 use plan::{Backend, Current, Peer, RTPROT_PODNET};
 use podnet_cni_spec::Ipv4Net;
@@ -40,7 +41,7 @@ use podnet_datastore::{Datastore, NodeRecord, Registration};
 use podnet_netlink::link::{self, LinkChange, Target, VxlanSpec};
 use podnet_netlink::socket::Request;
 use podnet_netlink::{addr, neigh, parse_mac, route, Socket};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -111,7 +112,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What the agent reports about itself (the API's `status`).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Status {
     pub node: String,
     pub backend: String,
@@ -139,7 +140,7 @@ pub struct Status {
     pub datastore_problems: Vec<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PeerStatus {
     pub name: String,
     pub pod_cidr: String,

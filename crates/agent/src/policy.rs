@@ -15,7 +15,7 @@ use podnet_cni_spec::Ipv4Net;
 use podnet_datastore::Datastore;
 use podnet_policy::compile::{PodTables, Table};
 use podnet_policy::{compile, Cluster, Direction, Object};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -144,16 +144,16 @@ enum Dp {
 }
 
 /// One direction of one local pod, as the API reports it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DirStatus {
     /// `open` or `isolated`.
-    pub state: &'static str,
+    pub state: String,
     pub policies: Vec<String>,
     /// Entries in the datapath for this direction.
     pub entries: usize,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PodPolicyStatus {
     pub pod: String,
     pub ip: String,
@@ -162,7 +162,7 @@ pub struct PodPolicyStatus {
 }
 
 /// The policy side of the agent's status (the API's `{"get":"policy"}`).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PolicyStatus {
     pub datapath: String,
     /// Revision of the objects the datapath reflects (0: not programmed yet).
@@ -191,12 +191,12 @@ pub struct PolicyStatus {
 fn dir_status(t: &Table) -> DirStatus {
     match t {
         Table::Open => DirStatus {
-            state: "open",
+            state: "open".into(),
             policies: vec![],
             entries: 0,
         },
         Table::Isolated { policies, allow } => DirStatus {
-            state: "isolated",
+            state: "isolated".into(),
             policies: policies.clone(),
             entries: allow.len(),
         },
@@ -501,7 +501,7 @@ impl Policy {
 }
 
 /// What the programmed tables say of one flow at one local pod (the API's `verdict`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PodVerdict {
     /// The local pod (`ns/name`), if the address is one.
     pub pod: Option<String>,
@@ -568,7 +568,7 @@ pub fn verdict(
 }
 
 /// Packets refused per local pod and direction, with the policies that isolate it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Denied {
     pub pod: String,
     pub ip: String,

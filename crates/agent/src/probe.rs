@@ -3,13 +3,13 @@
 //! overlay (UDP 8472 out and back); pinging its underlay address tests the physical
 //! network, and at full size its MTU.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// The outcome of one probe.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Echo {
     /// The peer answered.

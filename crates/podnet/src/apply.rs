@@ -189,13 +189,13 @@ impl Lab {
         loop {
             let mut lagging = Vec::new();
             for n in &st.nodes {
-                let v = podnet_agent::api::ask(&self.api_socket(&n.name), "policy-revision").ok();
-                let rev = v.as_ref().and_then(|v| v["revision"].as_u64()).unwrap_or(0);
-                let none = v.as_ref().and_then(|v| v["datapath"].as_str()) == Some("none");
+                let v = self.agent(&n.name).policy_revision().ok();
+                let rev = v.as_ref().map_or(0, |v| v.revision);
+                let none = v.as_ref().is_some_and(|v| v.datapath == "none");
                 if !none && rev < want {
                     let err = v
                         .as_ref()
-                        .and_then(|v| v["error"].as_str())
+                        .and_then(|v| v.error.as_deref())
                         .map(|e| format!(" (last error: {e})"))
                         .unwrap_or_default();
                     lagging.push(format!("{}{err}", n.name));

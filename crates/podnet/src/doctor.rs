@@ -7,8 +7,9 @@
 
 use crate::trace::{ask, pod_end, pod_gateway, route_fix, route_to_peer_mismatch, Agents};
 use anyhow::{bail, Result};
+use podnet_agent::proto::Request;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::Instant;
 
 #[derive(Clone, Debug, Serialize)]
@@ -83,8 +84,8 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
             node: &node,
             f: &mut findings,
         };
-        let ask = |req: Value| ask(&sock, req);
-        let (st, state) = match (ask(json!({"get": "status"})), ask(json!({"get": "state"}))) {
+        let ask = |req: Request| ask(&sock, req);
+        let (st, state) = match (ask(Request::Status), ask(Request::State)) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => {
                 out.put(
@@ -218,7 +219,11 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
                 );
             }
             let ping = |ip: &str, size: u64| -> String {
-                match ask(json!({"get": "ping", "ip": ip, "size": size})) {
+                let req = ip.parse().map(|ip| Request::Ping {
+                    ip,
+                    size: u16::try_from(size).unwrap_or(u16::MAX),
+                });
+                match req.map_err(anyhow::Error::from).and_then(ask) {
                     Ok(v) => s(&v, "result").to_string(),
                     Err(e) => format!("error: {e:#}"),
                 }
@@ -278,7 +283,7 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
                 ),
                 &format!("ip link set {name} up master {bridge}"),
             );
-            let p = match ask(json!({"get": "pod", "ip": ip})) {
+            let p = match ask(Request::Pod { ip }) {
                 Ok(p) => p,
                 Err(e) => {
                     out.put(
@@ -360,7 +365,7 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
         }
         // NetworkPolicy: programmed without error, every local pod accounted for, and
         // what was refused.
-        match ask(json!({"get": "policy-stats"})) {
+        match ask(Request::PolicyStats) {
             Ok(p) => {
                 let dp = s(&p, "datapath").to_string();
                 if dp == "none" {

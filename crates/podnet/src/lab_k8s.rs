@@ -545,42 +545,47 @@ pub fn wait_versions(
     want: &BTreeMap<String, Option<u64>>,
     timeout: Duration,
 ) -> Result<()> {
-    let (nodes, sockets, datapath) = {
+    let (nodes, agents, datapath) = {
         let lab = Lab::open(name)?;
         let st = lab.load()?.context("lab state")?;
-        let socks: Vec<PathBuf> = st.nodes.iter().map(|n| lab.api_socket(&n.name)).collect();
+        let agents: Vec<_> = st.nodes.iter().map(|n| lab.agent(&n.name)).collect();
         (
             st.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>(),
-            socks,
+            agents,
             st.policy_datapath,
         )
     };
     if datapath == "none" || want.is_empty() {
         return Ok(());
     }
-    let keys: Vec<&String> = want.keys().collect();
+    let keys: Vec<String> = want.keys().cloned().collect();
     let t = Instant::now();
     loop {
         let mut lagging = Vec::new();
-        for (node, sock) in nodes.iter().zip(&sockets) {
-            let v =
-                podnet_agent::api::request(sock, &json!({"get": "policy-versions", "keys": keys}))
-                    .unwrap_or(Value::Null);
-            let behind = want.iter().any(|(k, w)| {
-                let have = v["versions"][k]
-                    .as_str()
-                    .and_then(|s| s.parse::<u64>().ok());
-                match (w, have) {
-                    (Some(w), Some(h)) => h < *w,
-                    (Some(_), None) => true,
-                    (None, h) => h.is_some(),
-                }
-            });
+        for (node, agent) in nodes.iter().zip(&agents) {
+            let (behind, error) = match agent.policy_versions(keys.clone()) {
+                Ok(v) => (
+                    want.iter().any(|(k, w)| {
+                        let have = v
+                            .versions
+                            .get(k)
+                            .cloned()
+                            .flatten()
+                            .and_then(|s| s.parse::<u64>().ok());
+                        match (w, have) {
+                            (Some(w), Some(h)) => h < *w,
+                            (Some(_), None) => true,
+                            (None, h) => h.is_some(),
+                        }
+                    }),
+                    v.error,
+                ),
+                Err(e) => (true, Some(e.to_string())),
+            };
             if behind {
                 lagging.push(format!(
                     "{node}{}",
-                    v["error"]
-                        .as_str()
+                    error
                         .map(|e| format!(" (last error: {e})"))
                         .unwrap_or_default()
                 ));

@@ -376,15 +376,14 @@ fn latency(
     }
     lab.apply(&objs, true, bins, &mut |_| {})?;
     let st = lab.load()?.context("lab state")?;
-    let sock = lab.api_socket("node1");
+    let agent = lab.agent("node1");
     let mut ms = Vec::new();
     for c in 0..opts.changes {
         let changed = policy(c * 37 % policies, 30000 + c as i32);
         let t = Instant::now();
         let rev = lab.put_objects(&st, &[changed])?;
         loop {
-            let v = podnet_agent::api::ask(&sock, "policy-revision")?;
-            if v["revision"].as_u64().unwrap_or(0) >= rev {
+            if agent.policy_revision()?.revision >= rev {
                 break;
             }
             if t.elapsed() > Duration::from_secs(10) {

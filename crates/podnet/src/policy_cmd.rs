@@ -99,17 +99,14 @@ pub struct NodeStats {
 pub fn stats(agents: &[(String, &Path)]) -> Result<Vec<NodeStats>> {
     let mut out = Vec::new();
     for (node, sock) in agents {
-        match podnet_agent::api::ask(sock, "policy-stats") {
+        match podnet_agent::proto::Client::new(*sock).policy_stats() {
             Ok(v) => out.push(NodeStats {
                 node: node.clone(),
-                datapath: v["datapath"].as_str().unwrap_or("?").into(),
-                revision: v["revision"].as_u64().unwrap_or(0),
-                closed_packets: v["closed_packets"].as_u64().unwrap_or(0),
-                denied: v["denied"].clone(),
-                error: v["error"]
-                    .as_str()
-                    .or(v["denied_error"].as_str())
-                    .map(String::from),
+                datapath: v.status.datapath.clone(),
+                revision: v.status.revision,
+                closed_packets: v.closed_packets,
+                denied: serde_json::to_value(&v.denied).unwrap_or_default(),
+                error: v.status.error.or(v.denied_error),
             }),
             Err(e) => out.push(NodeStats {
                 node: node.clone(),
@@ -117,10 +114,7 @@ pub fn stats(agents: &[(String, &Path)]) -> Result<Vec<NodeStats>> {
                 revision: 0,
                 closed_packets: 0,
                 denied: serde_json::Value::Null,
-                error: Some(format!(
-                    "the agent does not answer on {} ({e}); is podnetd running?",
-                    sock.display()
-                )),
+                error: Some(e.to_string()),
             }),
         }
     }

@@ -6,10 +6,11 @@
 //! `crate::agent::api`); this module only asks and combines. A hop is `ok`, `broken`,
 //! `warn` or `skipped`; the first broken hop in path order is the verdict.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use podnet_agent::proto::Request;
 use podnet_cni_spec::Ipv4Net;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -234,14 +235,10 @@ fn link_text(l: &Value) -> String {
     )
 }
 
-/// One request to an agent; an `{"error": …}` answer is an error too.
-pub(crate) fn ask(path: &std::path::Path, req: Value) -> Result<Value> {
-    let v = podnet_agent::api::request(path, &req)
-        .with_context(|| format!("ask the agent at {}", path.display()))?;
-    if let Some(e) = v["error"].as_str() {
-        bail!("agent at {}: {e}", path.display());
-    }
-    Ok(v)
+/// One typed request to an agent (a refusal is an error too); the reply as a JSON
+/// document for the hop checks below.
+pub(crate) fn ask(path: &std::path::Path, req: Request) -> Result<Value> {
+    Ok(podnet_agent::proto::Client::new(path).call::<Value>(&req)?)
 }
 
 /// The traffic a trace is about: its protocol (`tcp`, `udp`, `sctp`, `icmp`) and, for
@@ -290,8 +287,13 @@ fn policy_hop(
     );
     let v = match ask(
         sock,
-        json!({"get": "verdict", "ip": ip.to_string(), "peer": peer.to_string(), "direction": d,
-               "protocol": flow.proto.name(), "port": flow.port.unwrap_or(0)}),
+        Request::Verdict {
+            ip,
+            peer,
+            direction: dir,
+            protocol: flow.proto.name(),
+            port: flow.port.unwrap_or(0),
+        },
     ) {
         Ok(v) => v,
         Err(e) => {
@@ -393,7 +395,7 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
     let nodes = agents.nodes();
     let mut statuses = Vec::new();
     for (n, sock) in &nodes {
-        if let Ok(st) = podnet_agent::api::ask(sock, "status") {
+        if let Ok(st) = ask(sock, Request::Status) {
             statuses.push((n.clone(), sock.clone(), st));
         }
     }
@@ -412,14 +414,14 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
         .with_context(|| format!("no node whose agent answers serves {dip}"))?
         .clone();
     let cross = sn != dn;
-    let s_state = ask(&ssock, json!({"get": "state"}))?;
+    let s_state = ask(&ssock, Request::State)?;
     let d_state = if cross {
-        ask(&dsock, json!({"get": "state"}))?
+        ask(&dsock, Request::State)?
     } else {
         s_state.clone()
     };
-    let s_pod = ask(&ssock, json!({"get": "pod", "ip": sip.to_string()}))?;
-    let d_pod = ask(&dsock, json!({"get": "pod", "ip": dip.to_string()}))?;
+    let s_pod = ask(&ssock, Request::Pod { ip: sip })?;
+    let d_pod = ask(&dsock, Request::Pod { ip: dip })?;
     let mut b = Builder { hops: vec![] };
 
     // ---- source pod
@@ -947,7 +949,13 @@ fn underlay_hops(
     let Some(p) = peer else { return Ok(()) };
     let under = s(p, "underlay_ip").to_string();
     let ping = |ip: &str, size: u64| -> Result<String> {
-        let v = ask(sock, json!({"get": "ping", "ip": ip, "size": size}))?;
+        let v = ask(
+            sock,
+            Request::Ping {
+                ip: ip.parse()?,
+                size: u16::try_from(size).unwrap_or(u16::MAX),
+            },
+        )?;
         Ok(match &v["result"] {
             Value::String(r) => r.clone(),
             other => format!(

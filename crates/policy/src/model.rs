@@ -5,7 +5,7 @@
 
 use crate::net::{parse_cidr, Cidr, Prefix};
 use crate::objects::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
@@ -169,7 +169,7 @@ pub fn policy_name(p: &NetworkPolicy) -> String {
 }
 
 /// Which way a rule looks: ingress rules admit sources, egress rules destinations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Ingress,

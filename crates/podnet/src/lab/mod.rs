@@ -294,6 +294,11 @@ impl Lab {
         self.node_dir(node).join("podnetd.sock")
     }
 
+    /// The API client of `node`'s agent.
+    pub fn agent(&self, node: &str) -> podnet_agent::proto::Client {
+        podnet_agent::proto::Client::new(self.api_socket(node))
+    }
+
     /// The lab's own bpffs (mounted by `up` with the eBPF policy datapath, unmounted by
     /// `down`): each node pins its policy maps and programs in a directory of it.
     pub fn bpf_dir(&self) -> PathBuf {

@@ -381,10 +381,7 @@ impl Lab {
             let lagging: Vec<&str> = st
                 .nodes
                 .iter()
-                .filter(|n| {
-                    ask(self, &n.name).and_then(|a| a["peers"].as_array().map(|p| p.len()))
-                        != Some(want)
-                })
+                .filter(|n| ask(self, &n.name).map(|a| a.peers.len()) != Some(want))
                 .map(|n| n.name.as_str())
                 .collect();
             if lagging.is_empty() {

@@ -43,24 +43,19 @@ impl Lab {
             .iter()
             .map(|n| {
                 let agent = crate::lab::ask(self, &n.name);
-                let s = |k: &str| {
-                    agent
-                        .as_ref()
-                        .and_then(|a| a[k].as_str().filter(|v| !v.is_empty()).map(String::from))
+                let s = |f: fn(&podnet_agent::Status) -> &String| {
+                    agent.as_ref().map(f).filter(|v| !v.is_empty()).cloned()
                 };
                 NodeStatus {
                     name: n.name.clone(),
                     netns: n.netns.clone(),
                     underlay_ip: n.underlay_ip,
-                    pod_cidr: s("pod_cidr"),
-                    bridge: s("bridge"),
-                    vxlan_dev: s("vxlan_dev"),
-                    vtep_mac: s("vtep_mac"),
+                    pod_cidr: s(|a| &a.pod_cidr),
+                    bridge: s(|a| &a.bridge),
+                    vxlan_dev: s(|a| &a.vxlan_dev),
+                    vtep_mac: s(|a| &a.vtep_mac),
                     agent_pid: self.live_pid(&n.name, "podnetd"),
-                    peers: agent
-                        .as_ref()
-                        .and_then(|a| a["peers"].as_array().map(|p| p.len()))
-                        .unwrap_or(0),
+                    peers: agent.as_ref().map_or(0, |a| a.peers.len()),
                 }
             })
             .collect();
@@ -77,6 +72,6 @@ impl Lab {
 }
 
 /// The agent's `status`, if it answers.
-pub fn ask(lab: &Lab, node: &str) -> Option<serde_json::Value> {
-    podnet_agent::api::ask(&lab.api_socket(node), "status").ok()
+pub fn ask(lab: &Lab, node: &str) -> Option<podnet_agent::Status> {
+    lab.agent(node).status().ok()
 }

@@ -45,8 +45,23 @@ fn sock(lab: &TestLab, node: &str) -> PathBuf {
     PathBuf::from(format!("/run/podnet/lab/{}/{node}/podnetd.sock", lab.name))
 }
 
-fn agent(lab: &TestLab, node: &str, req: Value) -> Value {
-    podnet_agent::api::request(&sock(lab, node), &req).unwrap_or(Value::Null)
+fn status(lab: &TestLab, node: &str) -> podnet_agent::Status {
+    podnet_agent::proto::Client::new(sock(lab, node))
+        .status()
+        .unwrap()
+}
+
+/// The version of object `key` node's agent has programmed (`None` if none, or the
+/// agent does not answer).
+fn version(lab: &TestLab, node: &str, key: &str) -> Option<u64> {
+    podnet_agent::proto::Client::new(sock(lab, node))
+        .policy_versions(vec![key.to_string()])
+        .ok()?
+        .versions
+        .get(key)?
+        .as_deref()?
+        .parse()
+        .ok()
 }
 
 fn connected(lab: &TestLab, from: &str, to: &str, port: u16) -> bool {
@@ -85,19 +100,13 @@ fn apply_and_time(lab: &TestLab, nodes: &[&str], yaml: &str) -> Duration {
             )
         })
         .collect();
-    let keys: Vec<&String> = want.iter().map(|w| &w.0).collect();
     wait_until(
         "every agent enforces the applied objects",
         Duration::from_secs(10),
         || {
             nodes.iter().all(|n| {
-                let v = agent(lab, n, json!({"get": "policy-versions", "keys": keys}));
-                want.iter().all(|(k, rv)| {
-                    v["versions"][k]
-                        .as_str()
-                        .and_then(|s| s.parse::<u64>().ok())
-                        .is_some_and(|h| h >= *rv)
-                })
+                want.iter()
+                    .all(|(k, rv)| version(lab, n, k).is_some_and(|h| h >= *rv))
             })
         },
     );
@@ -137,10 +146,10 @@ fn kubernetes_lab_pods_policy_outage_and_node_deletion() {
             "{line}"
         );
         assert!(seen.insert(cidr.to_string()), "two nodes hold {cidr}");
-        let st = agent(&lab, node, json!({"get": "status"}));
-        assert_eq!(st["pod_cidr"], cidr, "agent on {node}: {st}");
+        let st = status(&lab, node);
+        assert_eq!(st.pod_cidr, cidr, "agent on {node}: {st:?}");
         // Every call the agent makes with deploy/'s RBAC succeeds.
-        assert_eq!(st["datastore_problems"], json!([]), "{node}: {st}");
+        assert!(st.datastore_problems.is_empty(), "{node}: {st:?}");
     }
     assert_eq!(seen.len(), 3, "{cidrs}");
     // Each Node carries what its peers need.
@@ -208,16 +217,9 @@ spec:
         "every agent sees the new label",
         Duration::from_secs(10),
         || {
-            nodes.iter().all(|n| {
-                agent(
-                    &lab,
-                    n,
-                    json!({"get": "policy-versions", "keys": ["Pod default/p1a"]}),
-                )["versions"]["Pod default/p1a"]
-                    .as_str()
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .is_some_and(|h| h >= rv)
-            })
+            nodes
+                .iter()
+                .all(|n| version(&lab, n, "Pod default/p1a").is_some_and(|h| h >= rv))
         },
     );
     let took = t.elapsed();
@@ -236,11 +238,9 @@ spec:
         "agents notice the API server is gone",
         Duration::from_secs(30),
         || {
-            nodes.iter().all(|n| {
-                agent(&lab, n, json!({"get": "status"}))["datastore_problems"]
-                    .as_array()
-                    .is_some_and(|p| !p.is_empty())
-            })
+            nodes
+                .iter()
+                .all(|n| !status(&lab, n).datastore_problems.is_empty())
         },
     );
     // doctor names the datastore as what is broken, on every node.
@@ -264,13 +264,7 @@ spec:
     );
     assert!(!connected(&lab, "p3a", "p2a", 7777), "the policy stays");
     for n in nodes {
-        assert_eq!(
-            agent(&lab, n, json!({"get": "status"}))["peers"]
-                .as_array()
-                .unwrap()
-                .len(),
-            2
-        );
+        assert_eq!(status(&lab, n).peers.len(), 2);
     }
 
     // Restarted: the agents resync (a policy change made now is enforced).
@@ -280,7 +274,7 @@ spec:
     wait_until("agents' watches recover", Duration::from_secs(30), || {
         nodes
             .iter()
-            .all(|n| agent(&lab, n, json!({"get": "status"}))["datastore_problems"] == json!([]))
+            .all(|n| status(&lab, n).datastore_problems.is_empty())
     });
     kubectl(&lab, &["delete", "networkpolicy", "p2a-from-friends"], None);
     wait_until(
@@ -290,21 +284,16 @@ spec:
     );
 
     // A Node deleted with kubectl: its peers drop its routes.
-    let node3_cidr = agent(&lab, "node3", json!({"get": "status"}))["pod_cidr"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let node3_cidr = status(&lab, "node3").pod_cidr;
     assert!(lab.sh("node1", &["ip", "route"]).contains(&node3_cidr));
     kubectl(&lab, &["delete", "node", "node3"], None);
     wait_until(
         "node1 and node2 drop node3",
         Duration::from_secs(10),
         || {
-            ["node1", "node2"].iter().all(|n| {
-                agent(&lab, n, json!({"get": "status"}))["peers"]
-                    .as_array()
-                    .is_some_and(|p| p.len() == 1)
-            })
+            ["node1", "node2"]
+                .iter()
+                .all(|n| status(&lab, n).peers.len() == 1)
         },
     );
     assert!(

@@ -630,18 +630,13 @@ impl Drop for SetOnDrop<'_> {
 }
 
 fn denied_packets(lab: &TestLab, node: &str) -> u64 {
-    let v = podnet_agent::api::ask(
-        &std::path::PathBuf::from(format!("/run/podnet/lab/{}/{node}/podnetd.sock", lab.name)),
-        "policy-stats",
-    )
+    let v = podnet_agent::proto::Client::new(format!(
+        "/run/podnet/lab/{}/{node}/podnetd.sock",
+        lab.name
+    ))
+    .policy_stats()
     .unwrap();
-    let per_pod: u64 = v["denied"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["packets"].as_u64().unwrap())
-        .sum();
-    per_pod + v["closed_packets"].as_u64().unwrap()
+    v.denied.iter().map(|d| d.packets).sum::<u64>() + v.closed_packets
 }
 
 const DENY_DEFAULT: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: deny\n  namespace: sec\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n";
