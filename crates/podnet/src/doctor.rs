@@ -5,11 +5,10 @@
 //! programmed without error (and what it refused); conntrack table below 80%;
 //! reverse-path filtering that would drop overlay traffic.
 
-use crate::trace::{ask, pod_end, pod_gateway, route_fix, route_to_peer_mismatch, Agents};
+use crate::trace::{echo_text, pod_end, pod_gateway, route_fix, route_to_peer_mismatch, Agents};
 use anyhow::{bail, Result};
-use podnet_agent::proto::Request;
+use podnet_agent::proto::{Client, RouteState};
 use serde::Serialize;
-use serde_json::Value;
 use std::time::Instant;
 
 #[derive(Clone, Debug, Serialize)]
@@ -30,10 +29,6 @@ pub struct Report {
     pub broken: usize,
     pub warnings: usize,
     pub elapsed_ms: u64,
-}
-
-fn s<'a>(v: &'a Value, k: &str) -> &'a str {
-    v[k].as_str().unwrap_or("")
 }
 
 struct Out<'a> {
@@ -84,8 +79,8 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
             node: &node,
             f: &mut findings,
         };
-        let ask = |req: Request| ask(&sock, req);
-        let (st, state) = match (ask(Request::Status), ask(Request::State)) {
+        let agent = Client::new(&sock);
+        let (st, state) = match (agent.status(), agent.state()) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => {
                 out.put(
@@ -97,33 +92,23 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
                 continue;
             }
         };
-        let link = |n: &str| {
-            state["links"]
-                .as_array()
-                .and_then(|l| l.iter().find(|x| x["name"] == n))
-                .cloned()
-        };
+        let link = |n: &str| state.links.iter().find(|x| x.name == n);
         // The datastore: a refused or lost watch (Kubernetes), a damaged record. The
         // datapath keeps its last state meanwhile; changes wait for the datastore.
-        let problems: Vec<&str> = st["datastore_problems"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let problems = &st.datastore_problems;
         out.check(
             "datastore",
             problems.is_empty(),
             if problems.is_empty() {
-                format!("{} answers", s(&st, "datastore"))
+                format!("{} answers", st.datastore)
             } else {
-                format!("{}: {}", s(&st, "datastore"), problems.join("; "))
+                format!("{}: {}", st.datastore, problems.join("; "))
             },
             "the datapath keeps its last state; restore the datastore (API server, etcd) or its access rights (deploy/rbac.yaml), or delete the damaged record",
         );
-        let bridge = s(&st, "bridge").to_string();
-        let vx = s(&st, "vxlan_dev").to_string();
-        let up = |n: &str| link(n).is_some_and(|l| l["up"] == true);
+        let bridge = st.bridge.clone();
+        let vx = st.vxlan_dev.clone();
+        let up = |n: &str| link(n).is_some_and(|l| l.up);
         out.check(
             "bridge",
             up(&bridge),
@@ -144,7 +129,7 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
                 &format!("ip link set {vx} up"),
             );
         }
-        let fwd = state["forwarding"] == true;
+        let fwd = state.forwarding;
         out.check(
             "forwarding",
             fwd,
@@ -152,80 +137,65 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
             "sysctl -w net.ipv4.ip_forward=1",
         );
 
-        let peers = st["peers"].as_array().cloned().unwrap_or_default();
-        let routes: Vec<Value> = state["routes"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| {
-                r["protocol"].as_u64() == Some(u64::from(podnet_conventions::RTPROT_PODNET))
-            })
+        let peers = &st.peers;
+        let routes: Vec<&RouteState> = state
+            .routes
+            .iter()
+            .filter(|r| r.protocol == podnet_conventions::RTPROT_PODNET)
             .collect();
-        let neighs: Vec<Value> = state["neigh"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|n| n["dev"] == vx.as_str() && n["state"] == "PERMANENT")
+        let neighs: Vec<_> = state
+            .neigh
+            .iter()
+            .filter(|n| n.dev == vx && n.state == "PERMANENT")
             .collect();
-        let fdb: Vec<Value> = state["fdb"].as_array().cloned().unwrap_or_default();
-        let mtu = st["mtu"].as_u64().unwrap_or(1450);
-        let overhead = st["overlay_overhead"].as_u64().unwrap_or(if vx.is_empty() {
-            0
-        } else {
-            u64::from(podnet_conventions::VXLAN_OVERHEAD)
-        });
-        let port = st["vxlan_port"]
-            .as_u64()
-            .unwrap_or(u64::from(podnet_conventions::VXLAN_PORT));
-        for p in &peers {
-            let (name, cidr, under, mac) = (
-                s(p, "name"),
-                s(p, "pod_cidr"),
-                s(p, "underlay_ip"),
-                s(p, "vtep_mac"),
-            );
+        let fdb = &state.fdb;
+        let (mtu, overhead, port) = (st.mtu, st.overlay_overhead, st.vxlan_port);
+        let text = |a: Option<std::net::Ipv4Addr>| a.map(|a| a.to_string()).unwrap_or_default();
+        for p in peers {
+            let (name, cidr, under, mac) = (&p.name, &p.pod_cidr, &p.underlay_ip, &p.vtep_mac);
             let vtep = cidr.split('/').next().unwrap_or("");
             // The same test trace applies to the route the lookup picks.
-            let r = routes.iter().find(|r| r["dst"] == cidr);
+            let r = routes.iter().copied().find(|r| &r.dst == cidr);
             let bad = route_to_peer_mismatch(r, &st, Some(p));
             out.check(
                 &format!("route to {name}"),
                 bad.is_none(),
                 match &bad {
-                    None => format!("{cidr} via {}", r.map(|r| s(r, "gateway")).unwrap_or("")),
+                    None => format!("{cidr} via {}", text(r.and_then(|r| r.gateway))),
                     Some(why) => format!("{name}'s pod CIDR {cidr}: {why}"),
                 },
                 &route_fix(&st, Some(p)),
             );
             if !vx.is_empty() {
-                let n = neighs.iter().find(|n| n["ip"] == vtep);
+                let n = neighs.iter().find(|n| n.ip.to_string() == vtep);
                 out.check(
                     &format!("neighbour for {name}"),
-                    n.is_some_and(|n| n["mac"] == mac),
+                    n.is_some_and(|n| n.mac.as_deref() == Some(mac.as_str())),
                     format!(
                         "{vtep} lladdr {}",
-                        n.map(|n| s(n, "mac")).unwrap_or("(none)")
+                        n.and_then(|n| n.mac.as_deref()).unwrap_or("(none)")
                     ),
                     &format!("ip neigh replace {vtep} lladdr {mac} dev {vx} nud permanent"),
                 );
-                let f = fdb.iter().find(|f| f["mac"] == mac);
+                let f = fdb.iter().find(|f| &f.mac == mac);
                 out.check(
                     &format!("fdb for {name}"),
-                    f.is_some_and(|f| f["dst"] == under),
-                    format!("{mac} dst {}", f.map(|f| s(f, "dst")).unwrap_or("(none)")),
+                    f.is_some_and(|f| text(f.dst) == *under),
+                    format!(
+                        "{mac} dst {}",
+                        f.map(|f| text(f.dst)).unwrap_or_else(|| "(none)".into())
+                    ),
                     &format!("bridge fdb replace {mac} dev {vx} dst {under} self permanent"),
                 );
             }
-            let ping = |ip: &str, size: u64| -> String {
-                let req = ip.parse().map(|ip| Request::Ping {
-                    ip,
-                    size: u16::try_from(size).unwrap_or(u16::MAX),
-                });
-                match req.map_err(anyhow::Error::from).and_then(ask) {
-                    Ok(v) => s(&v, "result").to_string(),
-                    Err(e) => format!("error: {e:#}"),
+            let ping = |ip: &str, size: u32| -> String {
+                let size = u16::try_from(size).unwrap_or(u16::MAX);
+                match ip.parse() {
+                    Ok(ip) => match agent.ping(ip, size) {
+                        Ok(r) => echo_text(&r.result),
+                        Err(e) => format!("error: {e}"),
+                    },
+                    Err(e) => format!("error: {ip}: {e}"),
                 }
             };
             let small = ping(under, 56);
@@ -257,8 +227,8 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
         }
         // Every pod on the node: host veth up on the bridge, pod link, address and
         // default route in place. Host veths carry MAC 0a:5a:<pod IP>.
-        for l in state["links"].as_array().cloned().unwrap_or_default() {
-            let mac = s(&l, "mac");
+        for l in &state.links {
+            let mac = l.mac.as_str();
             let Some(ip) = mac.strip_prefix("0a:5a:").and_then(|rest| {
                 let b: Vec<u8> = rest
                     .split(':')
@@ -268,8 +238,8 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
             }) else {
                 continue;
             };
-            let name = s(&l, "name").to_string();
-            let on = l["up"] == true && l["master"] == bridge.as_str();
+            let name = l.name.clone();
+            let on = l.up && l.master.as_deref() == Some(bridge.as_str());
             out.check(
                 &format!("pod {ip} veth"),
                 on,
@@ -283,7 +253,7 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
                 ),
                 &format!("ip link set {name} up master {bridge}"),
             );
-            let p = match ask(Request::Pod { ip }) {
+            let p = match agent.pod(ip) {
                 Ok(p) => p,
                 Err(e) => {
                     out.put(
@@ -298,111 +268,98 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
             for h in pod_end(&p, ip, &st) {
                 out.put(&format!("pod {ip} {}", h.what), &h.status, h.detail, &h.fix);
             }
-            let pod = &p["pod"];
-            if p["found"] != true || pod["error"].is_string() {
+            let Some(pod) = p.pod.as_ref().filter(|i| p.found && i.error.is_none()) else {
                 continue;
-            }
-            let default = pod["routes"]
-                .as_array()
-                .and_then(|r| r.iter().find(|r| r["dst"] == "default"));
-            let want = pod_gateway(&st).map(|g| g.to_string()).unwrap_or_default();
-            let via = default.and_then(|r| r["gateway"].as_str());
+            };
+            let default = pod.routes.iter().find(|r| r.dst == "default");
+            let want = pod_gateway(&st);
+            let via = default.and_then(|r| r.gateway);
+            let want_s = text(want);
             out.check(
                 &format!("pod {ip} route"),
-                via == Some(want.as_str()),
+                via.is_some() && via == want,
                 match (default, via) {
                     (None, _) => "the pod has no default route".into(),
-                    (Some(_), Some(g)) if g != want => {
-                        format!("default via {g}, but the pod's gateway is {want} (the bridge)")
+                    (Some(_), Some(g)) if Some(g) != want => {
+                        format!("default via {g}, but the pod's gateway is {want_s} (the bridge)")
                     }
-                    (Some(_), _) => format!("default via {want}"),
+                    (Some(_), _) => format!("default via {want_s}"),
                 },
-                &format!("ip route replace default via {want} inside the pod, or DEL and ADD it"),
+                &format!("ip route replace default via {want_s} inside the pod, or DEL and ADD it"),
             );
         }
 
         // Nothing stale for departed peers.
-        let cidrs: Vec<&str> = peers.iter().map(|p| s(p, "pod_cidr")).collect();
-        for r in routes.iter().filter(|r| !cidrs.contains(&s(r, "dst"))) {
+        let cidrs: Vec<&str> = peers.iter().map(|p| p.pod_cidr.as_str()).collect();
+        for r in routes.iter().filter(|r| !cidrs.contains(&r.dst.as_str())) {
             out.put(
                 "stale route",
                 "broken",
-                format!(
-                    "{} via {} is for no current peer",
-                    s(r, "dst"),
-                    s(r, "gateway")
-                ),
+                format!("{} via {} is for no current peer", r.dst, text(r.gateway)),
                 &format!(
                     "ip route del {} (podnetd removes it when repair is on)",
-                    s(r, "dst")
+                    r.dst
                 ),
             );
         }
-        let macs: Vec<&str> = peers.iter().map(|p| s(p, "vtep_mac")).collect();
-        for f in fdb.iter().filter(|f| !macs.contains(&s(f, "mac"))) {
+        let macs: Vec<&str> = peers.iter().map(|p| p.vtep_mac.as_str()).collect();
+        for f in fdb.iter().filter(|f| !macs.contains(&f.mac.as_str())) {
             out.put(
                 "stale fdb",
                 "broken",
-                format!("{} dst {} is for no current peer", s(f, "mac"), s(f, "dst")),
-                &format!("bridge fdb del {} dev {vx} self", s(f, "mac")),
+                format!("{} dst {} is for no current peer", f.mac, text(f.dst)),
+                &format!("bridge fdb del {} dev {vx} self", f.mac),
             );
         }
         let vteps: Vec<&str> = cidrs
             .iter()
             .map(|c| c.split('/').next().unwrap_or(""))
             .collect();
-        for n in neighs.iter().filter(|n| !vteps.contains(&s(n, "ip"))) {
+        for n in neighs
+            .iter()
+            .filter(|n| !vteps.contains(&n.ip.to_string().as_str()))
+        {
             out.put(
                 "stale neighbour",
                 "broken",
                 format!(
                     "{} lladdr {} is for no current peer",
-                    s(n, "ip"),
-                    s(n, "mac")
+                    n.ip,
+                    n.mac.as_deref().unwrap_or("(none)")
                 ),
-                &format!("ip neigh del {} dev {vx}", s(n, "ip")),
+                &format!("ip neigh del {} dev {vx}", n.ip),
             );
         }
         // NetworkPolicy: programmed without error, every local pod accounted for, and
         // what was refused.
-        match ask(Request::PolicyStats) {
-            Ok(p) => {
-                let dp = s(&p, "datapath").to_string();
+        match agent.policy_stats() {
+            Ok(stats) => {
+                let p = &stats.status;
+                let dp = p.datapath.clone();
                 if dp == "none" {
                     out.put("policy", "warn", "no NetworkPolicy datapath: every pod is open".into(), "start podnetd with --policy-datapath nftables or ebpf to enforce NetworkPolicy");
-                } else if let Some(e) = p["error"].as_str() {
+                } else if let Some(e) = &p.error {
                     out.check("policy", false, format!("{dp}: the last change failed: {e}"), "see podnetd's log on this node; the datapath keeps its last verdicts until a change succeeds");
                 } else {
-                    let pods = p["pods"].as_array().map_or(0, |a| a.len());
-                    let isolated = p["pods"].as_array().map_or(0, |a| {
-                        a.iter()
-                            .filter(|x| {
-                                x["ingress"]["state"] == "isolated"
-                                    || x["egress"]["state"] == "isolated"
-                            })
-                            .count()
-                    });
-                    let denied: u64 = p["denied"]
-                        .as_array()
-                        .map_or(0, |a| a.iter().filter_map(|d| d["packets"].as_u64()).sum());
-                    out.put("policy", "ok", format!("{dp}: revision {}, {pods} pods programmed ({isolated} isolated), {denied} packets refused (podnet policy stats)", p["revision"]), "");
+                    let pods = p.pods.len();
+                    let isolated = p
+                        .pods
+                        .iter()
+                        .filter(|x| x.ingress.state == "isolated" || x.egress.state == "isolated")
+                        .count();
+                    let denied: u64 = stats.denied.iter().map(|d| d.packets).sum();
+                    out.put("policy", "ok", format!("{dp}: revision {}, {pods} pods programmed ({isolated} isolated), {denied} packets refused (podnet policy stats)", p.revision), "");
                 }
-                if let Some(r) = p["rejected"].as_array().filter(|r| !r.is_empty()) {
+                let r = &p.rejected;
+                if !r.is_empty() {
                     out.put(
                         "policy objects",
                         "warn",
-                        format!(
-                            "{} invalid objects left out: {}",
-                            r.len(),
-                            r.iter()
-                                .filter_map(|x| x.as_str())
-                                .collect::<Vec<_>>()
-                                .join("; ")
-                        ),
+                        format!("{} invalid objects left out: {}", r.len(), r.join("; ")),
                         "fix them in the datastore (or the API); the others are enforced",
                     );
                 }
-                if let Some(n) = p["closed_packets"].as_u64().filter(|n| *n > 0) {
+                if let Some(n) = Some(stats.closed_packets).filter(|n| *n > 0) {
                     out.put("policy closed", "ok", format!("{n} packets to or from addresses no programmed pod holds (pods not yet programmed, or gone)"), "");
                 }
             }
@@ -414,20 +371,17 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
             ),
         }
         // Conntrack and reverse-path filtering.
-        if let (Some(c), Some(m)) = (
-            state["conntrack"]["count"].as_u64(),
-            state["conntrack"]["max"].as_u64(),
-        ) {
+        if let (Some(c), Some(m)) = (state.conntrack.count, state.conntrack.max) {
             let pct = (c * 100).checked_div(m).unwrap_or(0);
             out.put("conntrack", if pct > 80 { "warn" } else { "ok" }, format!("{c} of {m} entries ({pct}%)"), "raise net.netfilter.nf_conntrack_max before the table fills and new connections are dropped");
         }
-        let rp = &state["rp_filter"];
-        let all = rp["all"].as_u64().unwrap_or(0);
+        let rp = &state.rp_filter;
+        let all = rp.get("all").copied().unwrap_or(0);
         for dev in [bridge.as_str(), vx.as_str()]
             .into_iter()
             .filter(|d| !d.is_empty())
         {
-            let eff = all.max(rp[dev].as_u64().unwrap_or(0));
+            let eff = all.max(rp.get(dev).copied().unwrap_or(0));
             out.put(&format!("rp_filter {dev}"), if eff == 1 { "warn" } else { "ok" }, format!("effective rp_filter {eff} on {dev}"), &format!("strict reverse-path filtering can drop overlay traffic: sysctl -w net.ipv4.conf.{dev}.rp_filter=2 (and .all)"));
         }
     }

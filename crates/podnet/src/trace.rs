@@ -7,10 +7,13 @@
 //! `warn` or `skipped`; the first broken hop in path order is the verdict.
 
 use anyhow::{Context, Result};
-use podnet_agent::proto::Request;
+use podnet_agent::probe::Echo;
+use podnet_agent::proto::{
+    Client, FdbState, LinkState, NeighState, NodeState, PodLink, PodReport, RouteState,
+};
+use podnet_agent::{PeerStatus, Status};
 use podnet_cni_spec::Ipv4Net;
 use serde::Serialize;
-use serde_json::Value;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -101,29 +104,24 @@ impl Builder {
     }
 }
 
-fn arr(v: &Value, k: &str) -> Vec<Value> {
-    v[k].as_array().cloned().unwrap_or_default()
-}
-
-fn s<'a>(v: &'a Value, k: &str) -> &'a str {
-    v[k].as_str().unwrap_or("")
-}
-
-/// The most specific route in `routes` (agent `state` form) that covers `ip`.
-fn lookup(routes: &[Value], ip: Ipv4Addr) -> Option<Value> {
+/// The most specific route in `routes` that covers `ip`.
+fn lookup(routes: &[RouteState], ip: Ipv4Addr) -> Option<&RouteState> {
     routes
         .iter()
         .filter_map(|r| {
-            let dst = s(r, "dst");
-            let net: Ipv4Net = if dst == "default" {
+            let net: Ipv4Net = if r.dst == "default" {
                 "0.0.0.0/0".parse().ok()?
             } else {
-                dst.parse().ok()?
+                r.dst.parse().ok()?
             };
-            net.contains(ip).then(|| (net.prefix(), r.clone()))
+            net.contains(ip).then_some((net.prefix(), r))
         })
         .max_by_key(|(p, _)| *p)
         .map(|(_, r)| r)
+}
+
+fn is_podnets(r: &RouteState) -> bool {
+    r.protocol == podnet_conventions::RTPROT_PODNET
 }
 
 /// Why `r` (the route the lookup chose) is not the route podnet makes on a node
@@ -132,29 +130,28 @@ fn lookup(routes: &[Value], ip: Ipv4Addr) -> Option<Value> {
 /// host-gw: via the peer's underlay address on the underlay device).
 /// `None` when it is that route.
 pub(crate) fn route_to_peer_mismatch(
-    r: Option<&Value>,
-    st: &Value,
-    peer: Option<&Value>,
+    r: Option<&RouteState>,
+    st: &Status,
+    peer: Option<&PeerStatus>,
 ) -> Option<String> {
     let Some(peer) = peer else {
         return Some("the agent knows no such peer".into());
     };
-    let cidr = s(peer, "pod_cidr");
     let Some(r) = r else {
         return Some("no route covers it".into());
     };
-    if s(r, "dst") != cidr {
+    if r.dst != peer.pod_cidr {
         return Some(format!("the lookup gives {}", route_text(r)));
     }
-    if r["protocol"].as_u64() != Some(u64::from(podnet_conventions::RTPROT_PODNET)) {
+    if !is_podnets(r) {
         return Some(format!(
             "the route {} was not made by podnet (protocol is not 0x50)",
             route_text(r)
         ));
     }
     let (gw, dev, onlink) = podnet_route(st, peer);
-    let (rgw, rdev) = (r["gateway"].as_str().unwrap_or(""), s(r, "dev"));
-    if rgw != gw || rdev != dev || (r["onlink"] == true) != onlink {
+    let rgw = r.gateway.map(|g| g.to_string()).unwrap_or_default();
+    if rgw != gw || r.dev.as_deref().unwrap_or("") != dev || r.onlink != onlink {
         return Some(format!(
             "the route {} should go via {gw} dev {dev}{}",
             route_text(r),
@@ -166,28 +163,27 @@ pub(crate) fn route_to_peer_mismatch(
 
 /// Next hop, device and onlink of the route podnet makes to `peer` on a node
 /// with agent status `st`.
-fn podnet_route(st: &Value, peer: &Value) -> (String, String, bool) {
-    let vx = s(st, "vxlan_dev");
-    if vx.is_empty() {
-        let dev = s(st, "underlay_dev");
-        (s(peer, "underlay_ip").to_string(), dev.to_string(), false)
+fn podnet_route(st: &Status, peer: &PeerStatus) -> (String, String, bool) {
+    if st.vxlan_dev.is_empty() {
+        (peer.underlay_ip.clone(), st.underlay_dev.clone(), false)
     } else {
-        let first = s(peer, "pod_cidr")
+        let first = peer
+            .pod_cidr
             .parse::<Ipv4Net>()
             .map(|n| n.network().to_string())
             .unwrap_or_default();
-        (first, vx.to_string(), true)
+        (first, st.vxlan_dev.clone(), true)
     }
 }
 
 /// The command that puts podnet's route to `peer` back by hand.
-pub(crate) fn route_fix(st: &Value, peer: Option<&Value>) -> String {
+pub(crate) fn route_fix(st: &Status, peer: Option<&PeerStatus>) -> String {
     let add = match peer {
         Some(p) => {
             let (gw, dev, onlink) = podnet_route(st, p);
             format!(
                 "ip route replace {} via {gw} dev {dev}{} proto 0x50",
-                s(p, "pod_cidr"),
+                p.pod_cidr,
                 if onlink { " onlink" } else { "" }
             )
         }
@@ -198,47 +194,54 @@ pub(crate) fn route_fix(st: &Value, peer: Option<&Value>) -> String {
     )
 }
 
-fn route_text(r: &Value) -> String {
-    let mut t = s(r, "dst").to_string();
-    if let Some(g) = r["gateway"].as_str() {
+fn route_text(r: &RouteState) -> String {
+    let mut t = r.dst.clone();
+    if let Some(g) = r.gateway {
         t.push_str(&format!(" via {g}"));
     }
-    if let Some(d) = r["dev"].as_str() {
+    if let Some(d) = &r.dev {
         t.push_str(&format!(" dev {d}"));
     }
-    if r["onlink"] == true {
+    if r.onlink {
         t.push_str(" onlink");
     }
-    if r["protocol"].as_u64() == Some(u64::from(podnet_conventions::RTPROT_PODNET)) {
+    if is_podnets(r) {
         t.push_str(" proto 0x50");
     }
     t
 }
 
-fn link<'a>(state: &'a Value, name: &str) -> Option<&'a Value> {
-    state["links"]
-        .as_array()?
-        .iter()
-        .find(|l| l["name"] == name)
+fn link<'a>(state: &'a NodeState, name: &str) -> Option<&'a LinkState> {
+    state.links.iter().find(|l| l.name == name)
 }
 
-fn link_text(l: &Value) -> String {
+/// A link as `ip link` prints it, in short.
+fn link_text(name: &str, up: bool, mtu: u32, master: Option<&str>) -> String {
     format!(
-        "{}: <{}> mtu {}{}",
-        s(l, "name"),
-        if l["up"] == true { "UP" } else { "DOWN" },
-        l["mtu"],
-        l["master"]
-            .as_str()
-            .map(|m| format!(" master {m}"))
-            .unwrap_or_default()
+        "{name}: <{}> mtu {mtu}{}",
+        if up { "UP" } else { "DOWN" },
+        master.map(|m| format!(" master {m}")).unwrap_or_default()
     )
 }
 
-/// One typed request to an agent (a refusal is an error too); the reply as a JSON
-/// document for the hop checks below.
-pub(crate) fn ask(path: &std::path::Path, req: Request) -> Result<Value> {
-    Ok(podnet_agent::proto::Client::new(path).call::<Value>(&req)?)
+fn neigh_text(n: &NeighState, dev: Option<&str>) -> String {
+    format!(
+        "{}{} lladdr {} {}",
+        n.ip,
+        dev.map(|d| format!(" dev {d}")).unwrap_or_default(),
+        n.mac.as_deref().unwrap_or("(none)"),
+        n.state
+    )
+}
+
+/// An echo's outcome as the hops print it: `reply`, `timeout`, `too-big`, `error: …`.
+pub(crate) fn echo_text(e: &Echo) -> String {
+    match e {
+        Echo::Reply => "reply".into(),
+        Echo::Timeout => "timeout".into(),
+        Echo::TooBig => "too-big".into(),
+        Echo::Error(why) => format!("error: {why}"),
+    }
 }
 
 /// The traffic a trace is about: its protocol (`tcp`, `udp`, `sctp`, `icmp`) and, for
@@ -285,15 +288,12 @@ fn policy_hop(
             .map(|p| format!(" --port {p} --protocol {}", flow.proto.name()))
             .unwrap_or_default()
     );
-    let v = match ask(
-        sock,
-        Request::Verdict {
-            ip,
-            peer,
-            direction: dir,
-            protocol: flow.proto.name(),
-            port: flow.port.unwrap_or(0),
-        },
+    let v = match Client::new(sock).verdict(
+        ip,
+        peer,
+        dir,
+        &flow.proto.name(),
+        flow.port.unwrap_or(0),
     ) {
         Ok(v) => v,
         Err(e) => {
@@ -309,17 +309,13 @@ fn policy_hop(
             return;
         }
     };
-    let pols = arr(&v, "policies")
-        .iter()
-        .filter_map(|p| p.as_str().map(String::from))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let entry = v["entry"].as_str().unwrap_or("(none)").to_string();
+    let pols = v.policies.join(", ");
+    let entry = v.entry.clone().unwrap_or_else(|| "(none)".into());
     let (who, other) = match dir {
         podnet_policy::Direction::Egress => names,
         podnet_policy::Direction::Ingress => (names.1, names.0),
     };
-    if s(&v, "datapath") == "none" {
+    if v.datapath == "none" {
         b.add(
             where_,
             "policy",
@@ -331,14 +327,14 @@ fn policy_hop(
         );
         return;
     }
-    if v["programmed"] != true {
+    if !v.programmed {
         b.check(where_, "policy", false,
             format!("{ip} is closed on {node}: its agent has not programmed this pod's policy, so nothing passes {d}"),
             "(not in set programmed)".into(), cmd,
             "the agent opens a pod once it knows its Pod object (namespace, labels, node and address): check that the object exists, and podnetd's log on that node");
         return;
     }
-    if v["isolated"] != true {
+    if !v.isolated {
         b.add(
             where_,
             "policy",
@@ -362,7 +358,7 @@ fn policy_hop(
         );
         return;
     }
-    if v["allowed"] == true {
+    if v.allowed {
         b.add(
             where_,
             "policy",
@@ -395,17 +391,14 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
     let nodes = agents.nodes();
     let mut statuses = Vec::new();
     for (n, sock) in &nodes {
-        if let Ok(st) = ask(sock, Request::Status) {
+        if let Ok(st) = Client::new(sock).status() {
             statuses.push((n.clone(), sock.clone(), st));
         }
     }
     let node_of = |ip: Ipv4Addr| {
-        statuses.iter().find(|(_, _, st)| {
-            st["pod_cidr"]
-                .as_str()
-                .and_then(|c| c.parse::<Ipv4Net>().ok())
-                .is_some_and(|c| c.contains(ip))
-        })
+        statuses
+            .iter()
+            .find(|(_, _, st)| st.pod_cidr.parse::<Ipv4Net>().is_ok_and(|c| c.contains(ip)))
     };
     let (sn, ssock, sst) = node_of(sip)
         .with_context(|| format!("no node whose agent answers serves {sip}"))?
@@ -414,14 +407,11 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
         .with_context(|| format!("no node whose agent answers serves {dip}"))?
         .clone();
     let cross = sn != dn;
-    let s_state = ask(&ssock, Request::State)?;
-    let d_state = if cross {
-        ask(&dsock, Request::State)?
-    } else {
-        s_state.clone()
-    };
-    let s_pod = ask(&ssock, Request::Pod { ip: sip })?;
-    let d_pod = ask(&dsock, Request::Pod { ip: dip })?;
+    let (sc, dc) = (Client::new(&ssock), Client::new(&dsock));
+    let s_state = sc.state()?;
+    let d_state = if cross { dc.state()? } else { s_state.clone() };
+    let s_pod = sc.pod(sip)?;
+    let d_pod = dc.pod(dip)?;
     let mut b = Builder { hops: vec![] };
 
     // ---- source pod
@@ -439,15 +429,12 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
     );
 
     // ---- source node
-    let bridge = s(&sst, "bridge").to_string();
+    let bridge = sst.bridge.clone();
     host_veth_hop(&mut b, "src-node", &sn, &s_pod, &sst);
     bridge_hop(&mut b, "src-node", &sn, &s_state, &bridge);
-    let s_routes = arr(&s_state, "routes");
-    let r = lookup(&s_routes, dip);
-    let peer = arr(&sst, "peers")
-        .into_iter()
-        .find(|p| p["name"] == dn.as_str());
-    let vx = s(&sst, "vxlan_dev").to_string();
+    let r = lookup(&s_state.routes, dip);
+    let peer = sst.peers.iter().find(|p| p.name == dn);
+    let vx = sst.vxlan_dev.clone();
     if cross && !vx.is_empty() {
         // First: a VXLAN device that is down takes its routes and neighbours with it.
         device_hop(
@@ -461,11 +448,8 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
         );
     }
     if cross {
-        let want = peer
-            .as_ref()
-            .map(|p| s(p, "pod_cidr").to_string())
-            .unwrap_or_default();
-        let bad = route_to_peer_mismatch(r.as_ref(), &sst, peer.as_ref());
+        let want = peer.map(|p| p.pod_cidr.clone()).unwrap_or_default();
+        let bad = route_to_peer_mismatch(r, &sst, peer);
         let ok = bad.is_none();
         b.check(
             "src-node",
@@ -475,13 +459,11 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
                 None => format!("{dip} goes to peer {dn} ({want})"),
                 Some(why) => format!("{dn}'s pod CIDR {want} is not routed to {dn}: {why}"),
             },
-            r.as_ref()
-                .map(route_text)
-                .unwrap_or_else(|| "(none)".into()),
+            r.map(route_text).unwrap_or_else(|| "(none)".into()),
             format!("ip route get {dip}   (on {sn})"),
-            &route_fix(&sst, peer.as_ref()),
+            &route_fix(&sst, peer),
         );
-        let fwd = s_state["forwarding"] == true;
+        let fwd = s_state.forwarding;
         b.check(
             "src-node",
             "forwarding",
@@ -495,7 +477,7 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
             "sysctl -w net.ipv4.ip_forward=1 (podnetd turns it on when repair is on)",
         );
         if !vx.is_empty() {
-            overlay_hops(&mut b, "src-node", &sn, &s_state, &vx, peer.as_ref());
+            overlay_hops(&mut b, "src-node", &sn, &s_state, &vx, peer);
         }
         // ---- the destination node's way back to the source (read before probing, so
         // a broken return path is not blamed on the physical network)
@@ -511,7 +493,7 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
                 "VXLAN device",
             );
         }
-        let fwd = d_state["forwarding"] == true;
+        let fwd = d_state.forwarding;
         back.check(
             "dst-node",
             "forwarding",
@@ -524,15 +506,10 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
             format!("sysctl net.ipv4.ip_forward   (on {dn})"),
             "sysctl -w net.ipv4.ip_forward=1",
         );
-        let src_peer = arr(&dst_st, "peers")
-            .into_iter()
-            .find(|p| p["name"] == sn.as_str());
-        let back_cidr = src_peer
-            .as_ref()
-            .map(|p| s(p, "pod_cidr").to_string())
-            .unwrap_or_default();
-        let br = lookup(&arr(&d_state, "routes"), sip);
-        let bad = route_to_peer_mismatch(br.as_ref(), &dst_st, src_peer.as_ref());
+        let src_peer = dst_st.peers.iter().find(|p| p.name == sn);
+        let back_cidr = src_peer.map(|p| p.pod_cidr.clone()).unwrap_or_default();
+        let br = lookup(&d_state.routes, sip);
+        let bad = route_to_peer_mismatch(br, &dst_st, src_peer);
         let ok = bad.is_none();
         back.check(
             "dst-node",
@@ -546,31 +523,21 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
                     )
                 }
             },
-            br.as_ref()
-                .map(route_text)
-                .unwrap_or_else(|| "(none)".into()),
+            br.map(route_text).unwrap_or_else(|| "(none)".into()),
             format!("ip route get {sip}   (on {dn})"),
-            &route_fix(&dst_st, src_peer.as_ref()),
+            &route_fix(&dst_st, src_peer),
         );
         if !vx.is_empty() {
-            overlay_hops(&mut back, "dst-node", &dn, &d_state, &vx, src_peer.as_ref());
+            overlay_hops(&mut back, "dst-node", &dn, &d_state, &vx, src_peer);
         }
         let back_ok = !back.hops.iter().any(|h| h.status == "broken");
         // ---- the physical network, probed from the source node
-        underlay_hops(
-            &mut b,
-            &sn,
-            &ssock,
-            &sst,
-            peer.as_ref(),
-            !vx.is_empty(),
-            back_ok,
-        )?;
+        underlay_hops(&mut b, &sn, &sc, &sst, peer, !vx.is_empty(), back_ok)?;
         b.hops.extend(back.hops);
     }
-    let d_bridge = s(&dst_st, "bridge").to_string();
-    let dr = lookup(&arr(&d_state, "routes"), dip);
-    let ok = dr.as_ref().is_some_and(|r| r["dev"] == d_bridge.as_str());
+    let d_bridge = dst_st.bridge.clone();
+    let dr = lookup(&d_state.routes, dip);
+    let ok = dr.is_some_and(|r| r.dev.as_deref() == Some(d_bridge.as_str()));
     b.check(
         "dst-node",
         "route",
@@ -580,30 +547,25 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
         } else {
             format!("{dn} does not route {dip} to its bridge {d_bridge}")
         },
-        dr.as_ref()
-            .map(route_text)
-            .unwrap_or_else(|| "(none)".into()),
+        dr.map(route_text).unwrap_or_else(|| "(none)".into()),
         format!("ip route get {dip}   (on {dn})"),
         "the bridge must hold the gateway address of the node's pod CIDR; restart podnetd",
     );
     if cross {
         bridge_hop(&mut b, "dst-node", &dn, &d_state, &d_bridge);
     }
-    let n = arr(&d_state, "neigh")
-        .into_iter()
-        .find(|n| n["ip"] == dip.to_string().as_str());
-    let failed = n.as_ref().is_some_and(|n| n["state"] == "FAILED");
+    let n = d_state.neigh.iter().find(|n| n.ip == dip);
+    let failed = n.is_some_and(|n| n.state == "FAILED");
     b.add(
         "dst-node",
         "neigh",
         if failed { "broken" } else { "ok" },
-        match &n {
-            Some(n) if failed => format!("{dn} could not resolve {dip} (ARP FAILED)"),
-            Some(n) => format!("{dip} is at {}", s(n, "mac")),
+        match n {
+            Some(_) if failed => format!("{dn} could not resolve {dip} (ARP FAILED)"),
+            Some(n) => format!("{dip} is at {}", n.mac.as_deref().unwrap_or("?")),
             None => format!("{dip} not resolved yet; the first packet resolves it"),
         },
-        n.as_ref()
-            .map(|n| format!("{} lladdr {} {}", s(n, "ip"), s(n, "mac"), s(n, "state")))
+        n.map(|n| neigh_text(n, None))
             .unwrap_or_else(|| "(none)".into()),
         format!("ip neigh show {dip}   (on {dn})"),
         if failed {
@@ -645,9 +607,9 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
     })
 }
 
-/// The command that runs `ip c` in the pod the agent's `pod` answer describes.
-fn cmd(pod: &Value, c: &str, name: &str) -> String {
-    match pod["netns"].as_str() {
+/// The command that runs `ip c` in the pod `pod` describes.
+fn cmd(pod: &PodReport, c: &str, name: &str) -> String {
+    match pod.netns.as_deref() {
         Some(p) if p.starts_with("/run/netns/") => {
             format!("ip -n {} {c}   (pod {name})", &p["/run/netns/".len()..])
         }
@@ -658,7 +620,7 @@ fn cmd(pod: &Value, c: &str, name: &str) -> String {
 
 /// The pod's own end as doctor checks it for every pod: found, address, link (with
 /// the MTU and MAC its node gives pods), on the node whose agent status is `node`.
-pub(crate) fn pod_end(pod: &Value, ip: Ipv4Addr, node: &Value) -> Vec<Hop> {
+pub(crate) fn pod_end(pod: &PodReport, ip: Ipv4Addr, node: &Status) -> Vec<Hop> {
     let mut b = Builder { hops: vec![] };
     pod_hops(&mut b, "pod", &ip.to_string(), ip, pod, node, None);
     b.hops
@@ -666,28 +628,26 @@ pub(crate) fn pod_end(pod: &Value, ip: Ipv4Addr, node: &Value) -> Vec<Hop> {
 
 /// The gateway podnet gives the pods of the node whose agent status is `node`: the
 /// first address of its pod CIDR (the bridge's).
-pub(crate) fn pod_gateway(node: &Value) -> Option<Ipv4Addr> {
-    s(node, "pod_cidr")
-        .parse::<Ipv4Net>()
-        .ok()
-        .and_then(|c| c.nth(1))
+pub(crate) fn pod_gateway(node: &Status) -> Option<Ipv4Addr> {
+    node.pod_cidr.parse::<Ipv4Net>().ok().and_then(|c| c.nth(1))
 }
 
 /// What is wrong with a link's MTU and MAC against what podnet gives it (`None`: right).
-fn link_mismatch(l: &Value, name: &str, mtu: u64, mac: [u8; 6]) -> Option<String> {
+fn link_mismatch(l: &PodLink, name: &str, mtu: u32, mac: [u8; 6]) -> Option<String> {
     let want_mac = podnet_netlink::fmt_mac(&mac);
-    let have_mtu = l["mtu"].as_u64().unwrap_or(0);
-    if mtu != 0 && have_mtu != mtu {
+    if mtu != 0 && l.mtu != mtu {
         return Some(format!(
-            "{name} has MTU {have_mtu}; its node gives pods MTU {mtu}"
+            "{name} has MTU {}; its node gives pods MTU {mtu}",
+            l.mtu
         ));
     }
-    match l["mac"].as_str() {
-        Some(m) if !m.eq_ignore_ascii_case(&want_mac) => {
-            Some(format!("{name} has MAC {m}; podnet gives it {want_mac}"))
-        }
-        _ => None,
+    if !l.mac.eq_ignore_ascii_case(&want_mac) {
+        return Some(format!(
+            "{name} has MAC {}; podnet gives it {want_mac}",
+            l.mac
+        ));
     }
+    None
 }
 
 /// The pod's own hops; every value is held against what its node (agent status
@@ -697,11 +657,11 @@ fn pod_hops(
     where_: &str,
     name: &str,
     ip: Ipv4Addr,
-    pod: &Value,
-    node: &Value,
+    pod: &PodReport,
+    node: &Status,
     peer: Option<Ipv4Addr>,
 ) {
-    if pod["found"] != true {
+    let Some(p) = pod.pod.as_ref().filter(|_| pod.found) else {
         b.add(
             where_,
             "link",
@@ -712,9 +672,8 @@ fn pod_hops(
             "is the pod running? its host veth is missing",
         );
         return;
-    }
-    let p = &pod["pod"];
-    if let Some(e) = p["error"].as_str() {
+    };
+    if let Some(e) = &p.error {
         b.add(
             where_,
             "link",
@@ -726,11 +685,8 @@ fn pod_hops(
         );
         return;
     }
-    let ifname = s(pod, "ifname").to_string();
-    let addrs = arr(p, "addrs");
-    let has = addrs
-        .iter()
-        .any(|a| a.as_str().is_some_and(|a| a.starts_with(&format!("{ip}/"))));
+    let ifname = pod.ifname.clone().unwrap_or_else(|| "eth0".into());
+    let has = p.addrs.iter().any(|a| a.starts_with(&format!("{ip}/")));
     b.check(
         where_,
         "addr",
@@ -740,18 +696,15 @@ fn pod_hops(
         } else {
             format!("{ifname} does not hold {ip}")
         },
-        addrs
-            .iter()
-            .filter_map(|a| a.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
+        p.addrs.join(", "),
         cmd(pod, &format!("addr show {ifname}"), name),
         "delete and re-add the pod (CNI DEL + ADD); its address was removed",
     );
-    let l = &p["link"];
-    let up = l["up"] == true;
-    let mtu = node["mtu"].as_u64().unwrap_or(0);
-    let wrong = link_mismatch(l, &ifname, mtu, podnet_conventions::pod_mac(ip));
+    let up = p.link.as_ref().is_some_and(|l| l.up);
+    let wrong = p
+        .link
+        .as_ref()
+        .and_then(|l| link_mismatch(l, &ifname, node.mtu, podnet_conventions::pod_mac(ip)));
     b.check(
         where_,
         "link",
@@ -761,96 +714,93 @@ fn pod_hops(
             (Some(w), true) => w.clone(),
             (None, true) => format!("{ifname} is up"),
         },
-        if l.is_null() {
-            "(none)".into()
-        } else {
-            link_text(l)
-        },
+        p.link
+            .as_ref()
+            .map(|l| link_text(&l.name, l.up, l.mtu, None))
+            .unwrap_or_else(|| "(none)".into()),
         cmd(pod, &format!("link show {ifname}"), name),
         &match wrong {
-            Some(_) => {
-                format!("ip link set {ifname} mtu {mtu} (inside the pod), or DEL and ADD the pod")
-            }
+            Some(_) => format!(
+                "ip link set {ifname} mtu {} (inside the pod), or DEL and ADD the pod",
+                node.mtu
+            ),
             None => format!("ip link set {ifname} up (inside the pod)"),
         },
     );
-    if let Some(other) = peer {
-        let routes = arr(p, "routes");
-        let r = lookup(&routes, other);
-        let want_gw = pod_gateway(node).map(|g| g.to_string());
-        let gw = r.as_ref().and_then(|r| r["gateway"].as_str());
-        // A gateway other than the bridge's sends the pod's packets nowhere.
-        let wrong_gw = matches!((gw, &want_gw), (Some(g), Some(w)) if g != w);
-        let ok = r.is_some() && !wrong_gw;
-        b.check(
-            where_, "route", ok,
-            match &r {
-                Some(_) if wrong_gw => format!(
-                    "{other} via {}, but the pod's gateway is {} (its node's bridge)",
-                    gw.unwrap_or(""),
-                    want_gw.as_deref().unwrap_or("")
-                ),
-                Some(r) => format!("{other} via {}", r["gateway"].as_str().unwrap_or("the link")),
-                None => format!("the pod has no route to {other} (no default route)"),
+    let Some(other) = peer else { return };
+    let r = lookup(&p.routes, other);
+    let want_gw = pod_gateway(node);
+    let gw = r.and_then(|r| r.gateway);
+    // A gateway other than the bridge's sends the pod's packets nowhere.
+    let wrong_gw = matches!((gw, want_gw), (Some(g), Some(w)) if g != w);
+    b.check(
+        where_,
+        "route",
+        r.is_some() && !wrong_gw,
+        match (r, gw) {
+            (Some(_), Some(g)) if wrong_gw => format!(
+                "{other} via {g}, but the pod's gateway is {} (its node's bridge)",
+                want_gw.map(|w| w.to_string()).unwrap_or_default()
+            ),
+            (Some(_), Some(g)) => format!("{other} via {g}"),
+            (Some(_), None) => format!("{other} via the link"),
+            (None, _) => format!("the pod has no route to {other} (no default route)"),
+        },
+        r.map(route_text).unwrap_or_else(|| "(none)".into()),
+        cmd(pod, &format!("route get {other}"), name),
+        "re-add the default route via the bridge gateway (ip route add default via <gateway>), or DEL and ADD the pod",
+    );
+    if let Some(gw) = gw {
+        let n = p.neigh.iter().find(|n| n.ip == gw);
+        let failed = n.is_some_and(|n| n.state == "FAILED");
+        b.add(
+            where_,
+            "neigh",
+            if failed { "broken" } else { "ok" },
+            match n {
+                Some(_) if failed => format!("the gateway {gw} does not answer ARP"),
+                Some(n) => format!("gateway {gw} is at {}", n.mac.as_deref().unwrap_or("?")),
+                None => format!("gateway {gw} not resolved yet; the first packet resolves it"),
             },
-            r.as_ref().map(route_text).unwrap_or_else(|| "(none)".into()),
-            cmd(pod, &format!("route get {other}"), name),
-            "re-add the default route via the bridge gateway (ip route add default via <gateway>), or DEL and ADD the pod",
+            n.map(|n| neigh_text(n, None))
+                .unwrap_or_else(|| "(none)".into()),
+            cmd(pod, "neigh show", name),
+            if failed {
+                "the pod's host veth or the bridge is down (see the node hops)"
+            } else {
+                ""
+            },
         );
-        if let Some(gw) = r.as_ref().and_then(|r| r["gateway"].as_str()) {
-            let n = arr(p, "neigh").into_iter().find(|n| n["ip"] == gw);
-            let failed = n.as_ref().is_some_and(|n| n["state"] == "FAILED");
-            b.add(
-                where_,
-                "neigh",
-                if failed { "broken" } else { "ok" },
-                match &n {
-                    Some(n) if failed => format!("the gateway {gw} does not answer ARP"),
-                    Some(n) => format!("gateway {gw} is at {}", s(n, "mac")),
-                    None => format!("gateway {gw} not resolved yet; the first packet resolves it"),
-                },
-                n.as_ref()
-                    .map(|n| format!("{} lladdr {} {}", s(n, "ip"), s(n, "mac"), s(n, "state")))
-                    .unwrap_or_else(|| "(none)".into()),
-                cmd(pod, "neigh show", name),
-                if failed {
-                    "the pod's host veth or the bridge is down (see the node hops)"
-                } else {
-                    ""
-                },
-            );
-        }
     }
 }
 
 /// The pod's host veth: up, on the node's bridge, with the node's pod MTU (agent
 /// status `st`).
-fn host_veth_hop(b: &mut Builder, where_: &str, node: &str, pod: &Value, st: &Value) {
-    if pod["found"] != true {
+fn host_veth_hop(b: &mut Builder, where_: &str, node: &str, pod: &PodReport, st: &Status) {
+    let Some(h) = pod.host_veth.as_ref().filter(|_| pod.found) else {
         return;
-    }
-    let bridge = s(st, "bridge");
-    let h = &pod["host_veth"];
-    let name = s(h, "name");
-    let up = h["up"] == true;
-    let on = h["master"] == bridge;
-    let mtu = st["mtu"].as_u64().unwrap_or(0);
-    let have = h["mtu"].as_u64().unwrap_or(0);
-    let mtu_ok = mtu == 0 || have == mtu;
+    };
+    let bridge = &st.bridge;
+    let name = &h.name;
+    let on = h.master.as_deref() == Some(bridge.as_str());
+    let mtu_ok = st.mtu == 0 || h.mtu == st.mtu;
     b.check(
         where_,
         "link",
-        up && on && mtu_ok,
-        if !up {
+        h.up && on && mtu_ok,
+        if !h.up {
             format!("host veth {name} is down")
         } else if !on {
             format!("host veth {name} is not on bridge {bridge}")
         } else if !mtu_ok {
-            format!("host veth {name} has MTU {have}; its node gives pods MTU {mtu}")
+            format!(
+                "host veth {name} has MTU {}; its node gives pods MTU {}",
+                h.mtu, st.mtu
+            )
         } else {
             format!("host veth {name} is up on {bridge}")
         },
-        link_text(h),
+        link_text(name, h.up, h.mtu, h.master.as_deref()),
         format!("ip -d link show {name}   (on {node})"),
         &format!("ip link set {name} up master {bridge}   (on {node})"),
     );
@@ -862,12 +812,12 @@ fn device_hop(
     where_: &str,
     what: &str,
     node: &str,
-    state: &Value,
+    state: &NodeState,
     dev: &str,
     label: &str,
 ) {
     let l = link(state, dev);
-    let up = l.is_some_and(|l| l["up"] == true);
+    let up = l.is_some_and(|l| l.up);
     let is = if l.is_none() {
         "missing"
     } else if up {
@@ -880,13 +830,14 @@ fn device_hop(
         what,
         up,
         format!("{label} {dev} on {node} is {is}"),
-        l.map(link_text).unwrap_or_else(|| "(none)".into()),
+        l.map(|l| link_text(&l.name, l.up, l.mtu, l.master.as_deref()))
+            .unwrap_or_else(|| "(none)".into()),
         format!("ip -d link show {dev}   (on {node})"),
         &format!("ip link set {dev} up (podnetd does it when repair is on)"),
     );
 }
 
-fn bridge_hop(b: &mut Builder, where_: &str, node: &str, state: &Value, bridge: &str) {
+fn bridge_hop(b: &mut Builder, where_: &str, node: &str, state: &NodeState, bridge: &str) {
     device_hop(b, where_, "bridge", node, state, bridge, "bridge");
 }
 
@@ -895,9 +846,9 @@ fn overlay_hops(
     b: &mut Builder,
     where_: &str,
     node: &str,
-    state: &Value,
+    state: &NodeState,
     vx: &str,
-    peer: Option<&Value>,
+    peer: Option<&PeerStatus>,
 ) {
     let Some(p) = peer else {
         b.add(
@@ -911,27 +862,28 @@ fn overlay_hops(
         );
         return;
     };
-    let cidr: Option<Ipv4Net> = s(p, "pod_cidr").parse().ok();
-    let vtep = cidr.map(|c| c.network().to_string()).unwrap_or_default();
-    let mac = s(p, "vtep_mac");
-    let n = arr(state, "neigh")
-        .into_iter()
-        .find(|n| n["ip"] == vtep.as_str() && n["dev"] == vx);
-    let ok = n.as_ref().is_some_and(|n| n["mac"] == mac);
+    let vtep: Option<Ipv4Addr> = p.pod_cidr.parse::<Ipv4Net>().ok().map(|c| c.network());
+    let vtep_s = vtep.map(|v| v.to_string()).unwrap_or_default();
+    let mac = &p.vtep_mac;
+    let n = state
+        .neigh
+        .iter()
+        .find(|n| Some(n.ip) == vtep && n.dev == vx);
+    let ok = n.is_some_and(|n| n.mac.as_deref() == Some(mac.as_str()));
     b.check(
         where_, "neigh", ok,
-        if ok { format!("peer VTEP {vtep} is at {mac}") } else { format!("no neighbour entry {vtep} → {mac} on {vx}") },
-        n.as_ref().map(|n| format!("{} dev {vx} lladdr {} {}", s(n, "ip"), s(n, "mac"), s(n, "state"))).unwrap_or_else(|| "(none)".into()),
+        if ok { format!("peer VTEP {vtep_s} is at {mac}") } else { format!("no neighbour entry {vtep_s} → {mac} on {vx}") },
+        n.map(|n| neigh_text(n, Some(vx))).unwrap_or_else(|| "(none)".into()),
         format!("ip neigh show dev {vx}   (on {node})"),
-        &format!("ip neigh replace {vtep} lladdr {mac} dev {vx} nud permanent (podnetd does it when repair is on)"),
+        &format!("ip neigh replace {vtep_s} lladdr {mac} dev {vx} nud permanent (podnetd does it when repair is on)"),
     );
-    let under = s(p, "underlay_ip");
-    let f = arr(state, "fdb").into_iter().find(|f| f["mac"] == mac);
-    let ok = f.as_ref().is_some_and(|f| f["dst"] == under);
+    let under = &p.underlay_ip;
+    let f: Option<&FdbState> = state.fdb.iter().find(|f| &f.mac == mac);
+    let ok = f.is_some_and(|f| f.dst.map(|d| d.to_string()).as_deref() == Some(under.as_str()));
     b.check(
         where_, "fdb", ok,
         if ok { format!("{mac} is reached through {under}") } else { format!("no FDB entry {mac} → {under} on {vx}") },
-        f.as_ref().map(|f| format!("{} dev {vx} dst {} self permanent", s(f, "mac"), s(f, "dst"))).unwrap_or_else(|| "(none)".into()),
+        f.map(|f| format!("{} dev {vx} dst {} self permanent", f.mac, f.dst.map(|d| d.to_string()).unwrap_or_default())).unwrap_or_else(|| "(none)".into()),
         format!("bridge fdb show dev {vx}   (on {node})"),
         &format!("bridge fdb replace {mac} dev {vx} dst {under} self permanent (podnetd does it when repair is on)"),
     );
@@ -940,29 +892,17 @@ fn overlay_hops(
 fn underlay_hops(
     b: &mut Builder,
     node: &str,
-    sock: &std::path::Path,
-    st: &Value,
-    peer: Option<&Value>,
+    agent: &Client,
+    st: &Status,
+    peer: Option<&PeerStatus>,
     vxlan: bool,
     return_ok: bool,
 ) -> Result<()> {
     let Some(p) = peer else { return Ok(()) };
-    let under = s(p, "underlay_ip").to_string();
-    let ping = |ip: &str, size: u64| -> Result<String> {
-        let v = ask(
-            sock,
-            Request::Ping {
-                ip: ip.parse()?,
-                size: u16::try_from(size).unwrap_or(u16::MAX),
-            },
-        )?;
-        Ok(match &v["result"] {
-            Value::String(r) => r.clone(),
-            other => format!(
-                "error: {}",
-                other["error"].as_str().unwrap_or(&other.to_string())
-            ),
-        })
+    let under = p.underlay_ip.clone();
+    let ping = |ip: &str, size: u32| -> Result<String> {
+        let r = agent.ping(ip.parse()?, u16::try_from(size).unwrap_or(u16::MAX))?;
+        Ok(echo_text(&r.result))
     };
     let small = ping(&under, 56)?;
     if small != "reply" {
@@ -977,11 +917,9 @@ fn underlay_hops(
         );
         return Ok(());
     }
-    let port = st["vxlan_port"]
-        .as_u64()
-        .unwrap_or(u64::from(podnet_conventions::VXLAN_PORT));
+    let port = st.vxlan_port;
     if vxlan {
-        let vtep = s(p, "pod_cidr").split('/').next().unwrap_or("").to_string();
+        let vtep = p.pod_cidr.split('/').next().unwrap_or("").to_string();
         let over = ping(&vtep, 56)?;
         let src_overlay_ok = return_ok
             && !b
@@ -1005,12 +943,7 @@ fn underlay_hops(
             &fix,
         );
     }
-    let mtu = st["mtu"].as_u64().unwrap_or(1450);
-    let overhead = st["overlay_overhead"].as_u64().unwrap_or(if vxlan {
-        u64::from(podnet_conventions::VXLAN_OVERHEAD)
-    } else {
-        0
-    });
+    let (mtu, overhead) = (st.mtu, st.overlay_overhead);
     let size = mtu + overhead - 28;
     let big = ping(&under, size)?;
     b.check(
