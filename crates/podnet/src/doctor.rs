@@ -7,7 +7,8 @@
 
 use crate::trace::{echo_text, pod_end, pod_gateway, route_fix, route_to_peer_mismatch, Agents};
 use anyhow::{bail, Result};
-use podnet_agent::proto::{Client, RouteState};
+use podnet_agent::proto::{Client, NeighState, NodeState, RouteState};
+use podnet_agent::Status;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -92,298 +93,17 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
                 continue;
             }
         };
-        let link = |n: &str| state.links.iter().find(|x| x.name == n);
-        // The datastore: a refused or lost watch (Kubernetes), a damaged record. The
-        // datapath keeps its last state meanwhile; changes wait for the datastore.
-        let problems = &st.datastore_problems;
-        out.check(
-            "datastore",
-            problems.is_empty(),
-            if problems.is_empty() {
-                format!("{} answers", st.datastore)
-            } else {
-                format!("{}: {}", st.datastore, problems.join("; "))
-            },
-            "the datapath keeps its last state; restore the datastore (API server, etcd) or its access rights (deploy/rbac.yaml), or delete the damaged record",
-        );
-        let bridge = st.bridge.clone();
-        let vx = st.vxlan_dev.clone();
-        let up = |n: &str| link(n).is_some_and(|l| l.up);
-        out.check(
-            "bridge",
-            up(&bridge),
-            format!(
-                "bridge {bridge} is {}",
-                if up(&bridge) { "up" } else { "down or missing" }
-            ),
-            &format!("ip link set {bridge} up"),
-        );
-        if !vx.is_empty() {
-            out.check(
-                "vxlan",
-                up(&vx),
-                format!(
-                    "VXLAN device {vx} is {}",
-                    if up(&vx) { "up" } else { "down or missing" }
-                ),
-                &format!("ip link set {vx} up"),
-            );
-        }
-        let fwd = state.forwarding;
-        out.check(
-            "forwarding",
-            fwd,
-            format!("IPv4 forwarding is {}", if fwd { "on" } else { "off" }),
-            "sysctl -w net.ipv4.ip_forward=1",
-        );
-
-        let peers = &st.peers;
-        let routes: Vec<&RouteState> = state
-            .routes
-            .iter()
-            .filter(|r| r.protocol == podnet_conventions::RTPROT_PODNET)
-            .collect();
-        let neighs: Vec<_> = state
-            .neigh
-            .iter()
-            .filter(|n| n.dev == vx && n.state == "PERMANENT")
-            .collect();
-        let fdb = &state.fdb;
-        let (mtu, overhead, port) = (st.mtu, st.overlay_overhead, st.vxlan_port);
-        let text = |a: Option<std::net::Ipv4Addr>| a.map(|a| a.to_string()).unwrap_or_default();
-        for p in peers {
-            let (name, cidr, under, mac) = (&p.name, &p.pod_cidr, &p.underlay_ip, &p.vtep_mac);
-            let vtep = cidr.split('/').next().unwrap_or("");
-            // The same test trace applies to the route the lookup picks.
-            let r = routes.iter().copied().find(|r| &r.dst == cidr);
-            let bad = route_to_peer_mismatch(r, &st, Some(p));
-            out.check(
-                &format!("route to {name}"),
-                bad.is_none(),
-                match &bad {
-                    None => format!("{cidr} via {}", text(r.and_then(|r| r.gateway))),
-                    Some(why) => format!("{name}'s pod CIDR {cidr}: {why}"),
-                },
-                &route_fix(&st, Some(p)),
-            );
-            if !vx.is_empty() {
-                let n = neighs.iter().find(|n| n.ip.to_string() == vtep);
-                out.check(
-                    &format!("neighbour for {name}"),
-                    n.is_some_and(|n| n.mac.as_deref() == Some(mac.as_str())),
-                    format!(
-                        "{vtep} lladdr {}",
-                        n.and_then(|n| n.mac.as_deref()).unwrap_or("(none)")
-                    ),
-                    &format!("ip neigh replace {vtep} lladdr {mac} dev {vx} nud permanent"),
-                );
-                let f = fdb.iter().find(|f| &f.mac == mac);
-                out.check(
-                    &format!("fdb for {name}"),
-                    f.is_some_and(|f| text(f.dst) == *under),
-                    format!(
-                        "{mac} dst {}",
-                        f.map(|f| text(f.dst)).unwrap_or_else(|| "(none)".into())
-                    ),
-                    &format!("bridge fdb replace {mac} dev {vx} dst {under} self permanent"),
-                );
-            }
-            let ping = |ip: &str, size: u32| -> String {
-                let size = u16::try_from(size).unwrap_or(u16::MAX);
-                match ip.parse() {
-                    Ok(ip) => match agent.ping(ip, size) {
-                        Ok(r) => echo_text(&r.result),
-                        Err(e) => format!("error: {e}"),
-                    },
-                    Err(e) => format!("error: {ip}: {e}"),
-                }
-            };
-            let small = ping(under, 56);
-            out.check(
-                &format!("underlay to {name}"),
-                small == "reply",
-                format!("ping {under}: {small}"),
-                "check the physical network between the nodes",
-            );
-            if small == "reply" {
-                if !vx.is_empty() {
-                    let v = ping(vtep, 56);
-                    out.check(
-                        &format!("vxlan port to {name}"),
-                        v == "reply",
-                        format!("through the overlay to {vtep} and back: {v}"),
-                        &format!("allow UDP {port} between the nodes, both directions"),
-                    );
-                }
-                let size = mtu + overhead - 28;
-                let big = ping(under, size);
-                out.check(
-                    &format!("mtu to {name}"),
-                    big == "reply",
-                    format!("{} bytes with DF set to {under}: {big}", mtu + overhead),
-                    "raise the physical MTU, or lower the pod MTU",
-                );
-            }
-        }
-        // Every pod on the node: host veth up on the bridge, pod link, address and
-        // default route in place. Host veths carry MAC 0a:5a:<pod IP>.
-        for l in &state.links {
-            let mac = l.mac.as_str();
-            let Some(ip) = mac.strip_prefix("0a:5a:").and_then(|rest| {
-                let b: Vec<u8> = rest
-                    .split(':')
-                    .filter_map(|x| u8::from_str_radix(x, 16).ok())
-                    .collect();
-                (b.len() == 4).then(|| std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-            }) else {
-                continue;
-            };
-            let name = l.name.clone();
-            let on = l.up && l.master.as_deref() == Some(bridge.as_str());
-            out.check(
-                &format!("pod {ip} veth"),
-                on,
-                format!(
-                    "host veth {name} is {}",
-                    if on {
-                        format!("up on {bridge}")
-                    } else {
-                        "down or off the bridge".into()
-                    }
-                ),
-                &format!("ip link set {name} up master {bridge}"),
-            );
-            let p = match agent.pod(ip) {
-                Ok(p) => p,
-                Err(e) => {
-                    out.put(
-                        &format!("pod {ip}"),
-                        "warn",
-                        format!("cannot look inside: {e:#}"),
-                        "",
-                    );
-                    continue;
-                }
-            };
-            for h in pod_end(&p, ip, &st) {
-                out.put(&format!("pod {ip} {}", h.what), &h.status, h.detail, &h.fix);
-            }
-            let Some(pod) = p.pod.as_ref().filter(|i| p.found && i.error.is_none()) else {
-                continue;
-            };
-            let default = pod.routes.iter().find(|r| r.dst == "default");
-            let want = pod_gateway(&st);
-            let via = default.and_then(|r| r.gateway);
-            let want_s = text(want);
-            out.check(
-                &format!("pod {ip} route"),
-                via.is_some() && via == want,
-                match (default, via) {
-                    (None, _) => "the pod has no default route".into(),
-                    (Some(_), Some(g)) if Some(g) != want => {
-                        format!("default via {g}, but the pod's gateway is {want_s} (the bridge)")
-                    }
-                    (Some(_), _) => format!("default via {want_s}"),
-                },
-                &format!("ip route replace default via {want_s} inside the pod, or DEL and ADD it"),
-            );
-        }
-
-        // Nothing stale for departed peers.
-        let cidrs: Vec<&str> = peers.iter().map(|p| p.pod_cidr.as_str()).collect();
-        for r in routes.iter().filter(|r| !cidrs.contains(&r.dst.as_str())) {
-            out.put(
-                "stale route",
-                "broken",
-                format!("{} via {} is for no current peer", r.dst, text(r.gateway)),
-                &format!(
-                    "ip route del {} (podnetd removes it when repair is on)",
-                    r.dst
-                ),
-            );
-        }
-        let macs: Vec<&str> = peers.iter().map(|p| p.vtep_mac.as_str()).collect();
-        for f in fdb.iter().filter(|f| !macs.contains(&f.mac.as_str())) {
-            out.put(
-                "stale fdb",
-                "broken",
-                format!("{} dst {} is for no current peer", f.mac, text(f.dst)),
-                &format!("bridge fdb del {} dev {vx} self", f.mac),
-            );
-        }
-        let vteps: Vec<&str> = cidrs
-            .iter()
-            .map(|c| c.split('/').next().unwrap_or(""))
-            .collect();
-        for n in neighs
-            .iter()
-            .filter(|n| !vteps.contains(&n.ip.to_string().as_str()))
-        {
-            out.put(
-                "stale neighbour",
-                "broken",
-                format!(
-                    "{} lladdr {} is for no current peer",
-                    n.ip,
-                    n.mac.as_deref().unwrap_or("(none)")
-                ),
-                &format!("ip neigh del {} dev {vx}", n.ip),
-            );
-        }
-        // NetworkPolicy: programmed without error, every local pod accounted for, and
-        // what was refused.
-        match agent.policy_stats() {
-            Ok(stats) => {
-                let p = &stats.status;
-                let dp = p.datapath.clone();
-                if dp == "none" {
-                    out.put("policy", "warn", "no NetworkPolicy datapath: every pod is open".into(), "start podnetd with --policy-datapath nftables or ebpf to enforce NetworkPolicy");
-                } else if let Some(e) = &p.error {
-                    out.check("policy", false, format!("{dp}: the last change failed: {e}"), "see podnetd's log on this node; the datapath keeps its last verdicts until a change succeeds");
-                } else {
-                    let pods = p.pods.len();
-                    let isolated = p
-                        .pods
-                        .iter()
-                        .filter(|x| x.ingress.state == "isolated" || x.egress.state == "isolated")
-                        .count();
-                    let denied: u64 = stats.denied.iter().map(|d| d.packets).sum();
-                    out.put("policy", "ok", format!("{dp}: revision {}, {pods} pods programmed ({isolated} isolated), {denied} packets refused (podnet policy stats)", p.revision), "");
-                }
-                let r = &p.rejected;
-                if !r.is_empty() {
-                    out.put(
-                        "policy objects",
-                        "warn",
-                        format!("{} invalid objects left out: {}", r.len(), r.join("; ")),
-                        "fix them in the datastore (or the API); the others are enforced",
-                    );
-                }
-                if let Some(n) = Some(stats.closed_packets).filter(|n| *n > 0) {
-                    out.put("policy closed", "ok", format!("{n} packets to or from addresses no programmed pod holds (pods not yet programmed, or gone)"), "");
-                }
-            }
-            Err(e) => out.put(
-                "policy",
-                "warn",
-                format!("the agent does not report its policy datapath: {e:#}"),
-                "upgrade podnetd on this node",
-            ),
-        }
-        // Conntrack and reverse-path filtering.
-        if let (Some(c), Some(m)) = (state.conntrack.count, state.conntrack.max) {
-            let pct = (c * 100).checked_div(m).unwrap_or(0);
-            out.put("conntrack", if pct > 80 { "warn" } else { "ok" }, format!("{c} of {m} entries ({pct}%)"), "raise net.netfilter.nf_conntrack_max before the table fills and new connections are dropped");
-        }
-        let rp = &state.rp_filter;
-        let all = rp.get("all").copied().unwrap_or(0);
-        for dev in [bridge.as_str(), vx.as_str()]
-            .into_iter()
-            .filter(|d| !d.is_empty())
-        {
-            let eff = all.max(rp.get(dev).copied().unwrap_or(0));
-            out.put(&format!("rp_filter {dev}"), if eff == 1 { "warn" } else { "ok" }, format!("effective rp_filter {eff} on {dev}"), &format!("strict reverse-path filtering can drop overlay traffic: sysctl -w net.ipv4.conf.{dev}.rp_filter=2 (and .all)"));
-        }
+        let n = NodeView {
+            agent: &agent,
+            st: &st,
+            state: &state,
+        };
+        devices(&mut out, &n);
+        peers(&mut out, &n);
+        pods(&mut out, &n);
+        stale(&mut out, &n);
+        policy(&mut out, &n);
+        kernel(&mut out, &n);
     }
     let broken = findings.iter().filter(|f| f.status == "broken").count();
     let warnings = findings.iter().filter(|f| f.status == "warn").count();
@@ -394,6 +114,363 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
         warnings,
         elapsed_ms: t0.elapsed().as_millis() as u64,
     })
+}
+
+/// One node as doctor sees it: its agent, the agent's status and the kernel state.
+struct NodeView<'a> {
+    agent: &'a Client,
+    st: &'a Status,
+    state: &'a NodeState,
+}
+
+impl NodeView<'_> {
+    /// podnet's routes on the node (protocol 0x50).
+    fn routes(&self) -> Vec<&RouteState> {
+        self.state
+            .routes
+            .iter()
+            .filter(|r| r.protocol == podnet_conventions::RTPROT_PODNET)
+            .collect()
+    }
+
+    /// podnet's permanent neighbours on the VXLAN device.
+    fn neighs(&self) -> Vec<&NeighState> {
+        self.state
+            .neigh
+            .iter()
+            .filter(|n| n.dev == self.st.vxlan_dev && n.state == "PERMANENT")
+            .collect()
+    }
+}
+
+fn text(a: Option<std::net::Ipv4Addr>) -> String {
+    a.map(|a| a.to_string()).unwrap_or_default()
+}
+
+/// The datastore, the bridge, the VXLAN device, forwarding.
+fn devices(out: &mut Out, n: &NodeView) {
+    let st = n.st;
+    let state = n.state;
+    let bridge = &n.st.bridge;
+    let vx = &n.st.vxlan_dev;
+    let link = |n: &str| state.links.iter().find(|x| x.name == n);
+    // The datastore: a refused or lost watch (Kubernetes), a damaged record. The
+    // datapath keeps its last state meanwhile; changes wait for the datastore.
+    let problems = &st.datastore_problems;
+    out.check(
+        "datastore",
+        problems.is_empty(),
+        if problems.is_empty() {
+            format!("{} answers", st.datastore)
+        } else {
+            format!("{}: {}", st.datastore, problems.join("; "))
+        },
+        "the datapath keeps its last state; restore the datastore (API server, etcd) or its access rights (deploy/rbac.yaml), or delete the damaged record",
+    );
+    let up = |n: &str| link(n).is_some_and(|l| l.up);
+    out.check(
+        "bridge",
+        up(bridge),
+        format!(
+            "bridge {bridge} is {}",
+            if up(bridge) { "up" } else { "down or missing" }
+        ),
+        &format!("ip link set {bridge} up"),
+    );
+    if !vx.is_empty() {
+        out.check(
+            "vxlan",
+            up(vx),
+            format!(
+                "VXLAN device {vx} is {}",
+                if up(vx) { "up" } else { "down or missing" }
+            ),
+            &format!("ip link set {vx} up"),
+        );
+    }
+    let fwd = state.forwarding;
+    out.check(
+        "forwarding",
+        fwd,
+        format!("IPv4 forwarding is {}", if fwd { "on" } else { "off" }),
+        "sysctl -w net.ipv4.ip_forward=1",
+    );
+}
+
+/// For every peer: route, neighbour and FDB entry as the datastore says; the underlay,
+/// the VXLAN port and the path MTU, probed.
+fn peers(out: &mut Out, n: &NodeView) {
+    let st = n.st;
+    let agent = n.agent;
+    let vx = &n.st.vxlan_dev;
+    let peers = &n.st.peers;
+    let routes = n.routes();
+    let neighs = n.neighs();
+    let fdb = &n.state.fdb;
+    let (mtu, overhead, port) = (st.mtu, st.overlay_overhead, st.vxlan_port);
+    for p in peers {
+        let (name, cidr, under, mac) = (&p.name, &p.pod_cidr, &p.underlay_ip, &p.vtep_mac);
+        let vtep = cidr.split('/').next().unwrap_or("");
+        // The same test trace applies to the route the lookup picks.
+        let r = routes.iter().copied().find(|r| &r.dst == cidr);
+        let bad = route_to_peer_mismatch(r, st, Some(p));
+        out.check(
+            &format!("route to {name}"),
+            bad.is_none(),
+            match &bad {
+                None => format!("{cidr} via {}", text(r.and_then(|r| r.gateway))),
+                Some(why) => format!("{name}'s pod CIDR {cidr}: {why}"),
+            },
+            &route_fix(st, Some(p)),
+        );
+        if !vx.is_empty() {
+            let n = neighs.iter().find(|n| n.ip.to_string() == vtep);
+            out.check(
+                &format!("neighbour for {name}"),
+                n.is_some_and(|n| n.mac.as_deref() == Some(mac.as_str())),
+                format!(
+                    "{vtep} lladdr {}",
+                    n.and_then(|n| n.mac.as_deref()).unwrap_or("(none)")
+                ),
+                &format!("ip neigh replace {vtep} lladdr {mac} dev {vx} nud permanent"),
+            );
+            let f = fdb.iter().find(|f| &f.mac == mac);
+            out.check(
+                &format!("fdb for {name}"),
+                f.is_some_and(|f| text(f.dst) == *under),
+                format!(
+                    "{mac} dst {}",
+                    f.map(|f| text(f.dst)).unwrap_or_else(|| "(none)".into())
+                ),
+                &format!("bridge fdb replace {mac} dev {vx} dst {under} self permanent"),
+            );
+        }
+        let ping = |ip: &str, size: u32| -> String {
+            let size = u16::try_from(size).unwrap_or(u16::MAX);
+            match ip.parse() {
+                Ok(ip) => match agent.ping(ip, size) {
+                    Ok(r) => echo_text(&r.result),
+                    Err(e) => format!("error: {e}"),
+                },
+                Err(e) => format!("error: {ip}: {e}"),
+            }
+        };
+        let small = ping(under, 56);
+        out.check(
+            &format!("underlay to {name}"),
+            small == "reply",
+            format!("ping {under}: {small}"),
+            "check the physical network between the nodes",
+        );
+        if small == "reply" {
+            if !vx.is_empty() {
+                let v = ping(vtep, 56);
+                out.check(
+                    &format!("vxlan port to {name}"),
+                    v == "reply",
+                    format!("through the overlay to {vtep} and back: {v}"),
+                    &format!("allow UDP {port} between the nodes, both directions"),
+                );
+            }
+            let size = mtu + overhead - 28;
+            let big = ping(under, size);
+            out.check(
+                &format!("mtu to {name}"),
+                big == "reply",
+                format!("{} bytes with DF set to {under}: {big}", mtu + overhead),
+                "raise the physical MTU, or lower the pod MTU",
+            );
+        }
+    }
+}
+
+/// Every pod on the node: host veth up on the bridge, pod link, address and default
+/// route in place. Host veths carry MAC 0a:5a:<pod IP>.
+fn pods(out: &mut Out, n: &NodeView) {
+    let st = n.st;
+    let state = n.state;
+    let agent = n.agent;
+    let bridge = &n.st.bridge;
+    // Every pod on the node: host veth up on the bridge, pod link, address and
+    // default route in place. Host veths carry MAC 0a:5a:<pod IP>.
+    for l in &state.links {
+        let mac = l.mac.as_str();
+        let Some(ip) = mac.strip_prefix("0a:5a:").and_then(|rest| {
+            let b: Vec<u8> = rest
+                .split(':')
+                .filter_map(|x| u8::from_str_radix(x, 16).ok())
+                .collect();
+            (b.len() == 4).then(|| std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+        }) else {
+            continue;
+        };
+        let name = l.name.clone();
+        let on = l.up && l.master.as_deref() == Some(bridge.as_str());
+        out.check(
+            &format!("pod {ip} veth"),
+            on,
+            format!(
+                "host veth {name} is {}",
+                if on {
+                    format!("up on {bridge}")
+                } else {
+                    "down or off the bridge".into()
+                }
+            ),
+            &format!("ip link set {name} up master {bridge}"),
+        );
+        let p = match agent.pod(ip) {
+            Ok(p) => p,
+            Err(e) => {
+                out.put(
+                    &format!("pod {ip}"),
+                    "warn",
+                    format!("cannot look inside: {e:#}"),
+                    "",
+                );
+                continue;
+            }
+        };
+        for h in pod_end(&p, ip, st) {
+            out.put(&format!("pod {ip} {}", h.what), &h.status, h.detail, &h.fix);
+        }
+        let Some(pod) = p.pod.as_ref().filter(|i| p.found && i.error.is_none()) else {
+            continue;
+        };
+        let default = pod.routes.iter().find(|r| r.dst == "default");
+        let want = pod_gateway(st);
+        let via = default.and_then(|r| r.gateway);
+        let want_s = text(want);
+        out.check(
+            &format!("pod {ip} route"),
+            via.is_some() && via == want,
+            match (default, via) {
+                (None, _) => "the pod has no default route".into(),
+                (Some(_), Some(g)) if Some(g) != want => {
+                    format!("default via {g}, but the pod's gateway is {want_s} (the bridge)")
+                }
+                (Some(_), _) => format!("default via {want_s}"),
+            },
+            &format!("ip route replace default via {want_s} inside the pod, or DEL and ADD it"),
+        );
+    }
+}
+
+/// Nothing stale for departed peers.
+fn stale(out: &mut Out, n: &NodeView) {
+    let vx = &n.st.vxlan_dev;
+    let peers = &n.st.peers;
+    let routes = n.routes();
+    let neighs = n.neighs();
+    let fdb = &n.state.fdb;
+    // Nothing stale for departed peers.
+    let cidrs: Vec<&str> = peers.iter().map(|p| p.pod_cidr.as_str()).collect();
+    for r in routes.iter().filter(|r| !cidrs.contains(&r.dst.as_str())) {
+        out.put(
+            "stale route",
+            "broken",
+            format!("{} via {} is for no current peer", r.dst, text(r.gateway)),
+            &format!(
+                "ip route del {} (podnetd removes it when repair is on)",
+                r.dst
+            ),
+        );
+    }
+    let macs: Vec<&str> = peers.iter().map(|p| p.vtep_mac.as_str()).collect();
+    for f in fdb.iter().filter(|f| !macs.contains(&f.mac.as_str())) {
+        out.put(
+            "stale fdb",
+            "broken",
+            format!("{} dst {} is for no current peer", f.mac, text(f.dst)),
+            &format!("bridge fdb del {} dev {vx} self", f.mac),
+        );
+    }
+    let vteps: Vec<&str> = cidrs
+        .iter()
+        .map(|c| c.split('/').next().unwrap_or(""))
+        .collect();
+    for n in neighs
+        .iter()
+        .filter(|n| !vteps.contains(&n.ip.to_string().as_str()))
+    {
+        out.put(
+            "stale neighbour",
+            "broken",
+            format!(
+                "{} lladdr {} is for no current peer",
+                n.ip,
+                n.mac.as_deref().unwrap_or("(none)")
+            ),
+            &format!("ip neigh del {} dev {vx}", n.ip),
+        );
+    }
+}
+
+/// NetworkPolicy: programmed without error, every local pod accounted for, and what
+/// was refused.
+fn policy(out: &mut Out, n: &NodeView) {
+    let agent = n.agent;
+    // NetworkPolicy: programmed without error, every local pod accounted for, and
+    // what was refused.
+    match agent.policy_stats() {
+        Ok(stats) => {
+            let p = &stats.status;
+            let dp = p.datapath.clone();
+            if dp == "none" {
+                out.put("policy", "warn", "no NetworkPolicy datapath: every pod is open".into(), "start podnetd with --policy-datapath nftables or ebpf to enforce NetworkPolicy");
+            } else if let Some(e) = &p.error {
+                out.check("policy", false, format!("{dp}: the last change failed: {e}"), "see podnetd's log on this node; the datapath keeps its last verdicts until a change succeeds");
+            } else {
+                let pods = p.pods.len();
+                let isolated = p
+                    .pods
+                    .iter()
+                    .filter(|x| x.ingress.state == "isolated" || x.egress.state == "isolated")
+                    .count();
+                let denied: u64 = stats.denied.iter().map(|d| d.packets).sum();
+                out.put("policy", "ok", format!("{dp}: revision {}, {pods} pods programmed ({isolated} isolated), {denied} packets refused (podnet policy stats)", p.revision), "");
+            }
+            let r = &p.rejected;
+            if !r.is_empty() {
+                out.put(
+                    "policy objects",
+                    "warn",
+                    format!("{} invalid objects left out: {}", r.len(), r.join("; ")),
+                    "fix them in the datastore (or the API); the others are enforced",
+                );
+            }
+            if let Some(n) = Some(stats.closed_packets).filter(|n| *n > 0) {
+                out.put("policy closed", "ok", format!("{n} packets to or from addresses no programmed pod holds (pods not yet programmed, or gone)"), "");
+            }
+        }
+        Err(e) => out.put(
+            "policy",
+            "warn",
+            format!("the agent does not report its policy datapath: {e:#}"),
+            "upgrade podnetd on this node",
+        ),
+    }
+}
+
+/// Conntrack and reverse-path filtering.
+fn kernel(out: &mut Out, n: &NodeView) {
+    let state = n.state;
+    let bridge = &n.st.bridge;
+    let vx = &n.st.vxlan_dev;
+    // Conntrack and reverse-path filtering.
+    if let (Some(c), Some(m)) = (state.conntrack.count, state.conntrack.max) {
+        let pct = (c * 100).checked_div(m).unwrap_or(0);
+        out.put("conntrack", if pct > 80 { "warn" } else { "ok" }, format!("{c} of {m} entries ({pct}%)"), "raise net.netfilter.nf_conntrack_max before the table fills and new connections are dropped");
+    }
+    let rp = &state.rp_filter;
+    let all = rp.get("all").copied().unwrap_or(0);
+    for dev in [bridge.as_str(), vx.as_str()]
+        .into_iter()
+        .filter(|d| !d.is_empty())
+    {
+        let eff = all.max(rp.get(dev).copied().unwrap_or(0));
+        out.put(&format!("rp_filter {dev}"), if eff == 1 { "warn" } else { "ok" }, format!("effective rp_filter {eff} on {dev}"), &format!("strict reverse-path filtering can drop overlay traffic: sysctl -w net.ipv4.conf.{dev}.rp_filter=2 (and .all)"));
+    }
 }
 
 pub fn render(r: &Report) -> String {

@@ -460,11 +460,24 @@ fn main() {
     }
 }
 
+/// Every result the tool prints goes out here: one JSON document with `--output json`,
+/// else the text `render` makes of it.
+fn emit<T: serde::Serialize + ?Sized>(
+    output: Output,
+    v: &T,
+    render: impl FnOnce(&T) -> String,
+) -> Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
+        Output::Text => print!("{}", render(v)),
+    }
+    Ok(())
+}
+
 fn print_status(lab: &podnet::lab::Lab, output: Output) -> Result<()> {
     let st = lab.status()?;
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
-        return Ok(());
+        return emit(output, &st, |_| String::new());
     }
     println!(
         "lab {}: fabric {} (bridge {})",
@@ -629,12 +642,8 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
         LabCmd::Status { output } => print_status(&lab, output)?,
         LabCmd::Check { output } => {
             let c = lab.check()?;
-            if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&c)?);
-            } else {
-                let pods = lab.load()?.map(|s| s.pods).unwrap_or_default();
-                print!("{}", podnet::lab::render_check(&c, &pods));
-            }
+            let pods = lab.load()?.map(|s| s.pods).unwrap_or_default();
+            emit(output, &c, |c| podnet::lab::render_check(c, &pods))?;
             if c.unexpected > 0 || !c.nat_free {
                 std::process::exit(1);
             }
@@ -754,19 +763,13 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
         } => {
             if matrix {
                 let m = lab.matrix(port, protocol.proto())?;
-                if output == Output::Json {
-                    println!("{}", serde_json::to_string(&m)?);
-                } else {
-                    print!("{}", podnet::reach::render_matrix(&m));
-                }
+                emit(output, &m, podnet::reach::render_matrix)?;
             } else {
                 let (from, to) = (from.unwrap_or_default(), to.unwrap_or_default());
                 let r = lab.probe(&from, &to, port, protocol.proto())?;
-                if output == Output::Json {
-                    println!("{}", serde_json::to_string(&r)?);
-                } else {
-                    println!(
-                        "{} → {} {} port {}: {}",
+                emit(output, &r, |r| {
+                    format!(
+                        "{} → {} {} port {}: {}\n",
                         r.from,
                         r.to,
                         r.protocol.name(),
@@ -776,8 +779,8 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
                         } else {
                             "NOT connected"
                         }
-                    );
-                }
+                    )
+                })?;
                 if !r.connected {
                     std::process::exit(1);
                 }
@@ -789,17 +792,15 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
 }
 
 fn print_changes(changes: &[podnet::apply::Change], output: Output) -> Result<()> {
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(changes)?);
-    } else {
-        for c in changes {
-            match &c.detail {
-                Some(d) => println!("{} {} ({d})", c.object, c.action),
-                None => println!("{} {}", c.object, c.action),
-            }
-        }
-    }
-    Ok(())
+    emit(output, changes, |changes| {
+        changes
+            .iter()
+            .map(|c| match &c.detail {
+                Some(d) => format!("{} {} ({d})\n", c.object, c.action),
+                None => format!("{} {}\n", c.object, c.action),
+            })
+            .collect()
+    })
 }
 
 fn run_policy(cmd: PolicyCmd) -> Result<()> {
@@ -818,11 +819,7 @@ fn run_policy(cmd: PolicyCmd) -> Result<()> {
                 None => podnet::policy_cmd::datastore_objects(&datastore)?,
             };
             let v = podnet::policy_cmd::explain(&objs, &from, &to, port, protocol.proto())?;
-            if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                print!("{}", podnet::policy_cmd::render_verdict(&v));
-            }
+            emit(output, &v, podnet::policy_cmd::render_verdict)?;
         }
         PolicyCmd::Stats { lab, agent, output } => {
             let socks: Vec<(String, PathBuf)> = match lab {
@@ -841,11 +838,7 @@ fn run_policy(cmd: PolicyCmd) -> Result<()> {
                 .map(|(n, p)| (n.clone(), p.as_path()))
                 .collect();
             let s = podnet::policy_cmd::stats(&refs)?;
-            if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-            } else {
-                print!("{}", podnet::policy_cmd::render_stats(&s));
-            }
+            emit(output, &s, |s| podnet::policy_cmd::render_stats(s))?;
         }
     }
     Ok(())
@@ -862,11 +855,7 @@ fn run(cli: Cli) -> Result<()> {
             output,
         } => {
             let r = podnet::doctor::doctor(&*agents(lab, agent)?, node.as_deref())?;
-            if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print!("{}", podnet::doctor::render(&r));
-            }
+            emit(output, &r, podnet::doctor::render)?;
             if r.broken > 0 {
                 std::process::exit(1);
             }
@@ -890,11 +879,7 @@ fn run(cli: Cli) -> Result<()> {
                 port,
             };
             let t = podnet::trace::trace(&*agents(lab, agent)?, &src, &dst, &flow)?;
-            if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&t)?);
-            } else {
-                print!("{}", podnet::trace::render(&t));
-            }
+            emit(output, &t, podnet::trace::render)?;
             if t.broken_hop.is_some() {
                 std::process::exit(1);
             }
@@ -908,9 +893,7 @@ fn run(cli: Cli) -> Result<()> {
                     println!("{l}");
                 }
             })?;
-            if quiet {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            }
+            emit(output, &report, |_| String::new())?;
             if !report.no_nat || report.forged_arp_dropped == 0 {
                 anyhow::bail!("the demo did not show what it should: see the lines above");
             }
@@ -939,11 +922,7 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 },
             )?;
-            if quiet {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", podnet::datapath_bench::render(&report));
-            }
+            emit(output, &report, podnet::datapath_bench::render)?;
         }
         Cmd::Bench {
             what:
@@ -978,11 +957,7 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 },
             )?;
-            if quiet {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", podnet::policy_bench::render(&report));
-            }
+            emit(output, &report, podnet::policy_bench::render)?;
         }
         Cmd::Bench {
             what:
@@ -1007,11 +982,7 @@ fn run(cli: Cli) -> Result<()> {
                     eprintln!("… {l}");
                 }
             })?;
-            if quiet {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", podnet::bench::render(&report));
-            }
+            emit(output, &report, podnet::bench::render)?;
         }
     }
     Ok(())
