@@ -410,12 +410,27 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
     let (sc, dc) = (Client::new(&ssock), Client::new(&dsock));
     let s_state = sc.state()?;
     let d_state = if cross { dc.state()? } else { s_state.clone() };
-    let s_pod = sc.pod(sip)?;
-    let d_pod = dc.pod(dip)?;
+    let s_end = End {
+        ip: sip,
+        pod: sc.pod(sip)?,
+        node: sn.clone(),
+        agent: sc,
+        st: sst.clone(),
+        state: s_state,
+    };
+    let d_end = End {
+        ip: dip,
+        pod: dc.pod(dip)?,
+        node: dn.clone(),
+        agent: dc,
+        st: dst_st.clone(),
+        state: d_state,
+    };
+    let (s_pod, d_pod, s_state) = (&s_end.pod, &d_end.pod, &s_end.state);
     let mut b = Builder { hops: vec![] };
 
     // ---- source pod
-    pod_hops(&mut b, "src-pod", src, sip, &s_pod, &sst, Some(dip));
+    pod_hops(&mut b, "src-pod", src, sip, s_pod, &sst, Some(dip));
     policy_hop(
         &mut b,
         "src-pod",
@@ -430,10 +445,8 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
 
     // ---- source node
     let bridge = sst.bridge.clone();
-    host_veth_hop(&mut b, "src-node", &sn, &s_pod, &sst);
-    bridge_hop(&mut b, "src-node", &sn, &s_state, &bridge);
-    let r = lookup(&s_state.routes, dip);
-    let peer = sst.peers.iter().find(|p| p.name == dn);
+    host_veth_hop(&mut b, "src-node", &sn, s_pod, &sst);
+    bridge_hop(&mut b, "src-node", &sn, s_state, &bridge);
     let vx = sst.vxlan_dev.clone();
     if cross && !vx.is_empty() {
         // First: a VXLAN device that is down takes its routes and neighbours with it.
@@ -442,142 +455,18 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
             "src-node",
             "link",
             &sn,
-            &s_state,
+            s_state,
             &vx,
             "VXLAN device",
         );
     }
     if cross {
-        let want = peer.map(|p| p.pod_cidr.clone()).unwrap_or_default();
-        let bad = route_to_peer_mismatch(r, &sst, peer);
-        let ok = bad.is_none();
-        b.check(
-            "src-node",
-            "route",
-            ok,
-            match &bad {
-                None => format!("{dip} goes to peer {dn} ({want})"),
-                Some(why) => format!("{dn}'s pod CIDR {want} is not routed to {dn}: {why}"),
-            },
-            r.map(route_text).unwrap_or_else(|| "(none)".into()),
-            format!("ip route get {dip}   (on {sn})"),
-            &route_fix(&sst, peer),
-        );
-        let fwd = s_state.forwarding;
-        b.check(
-            "src-node",
-            "forwarding",
-            fwd,
-            format!(
-                "IPv4 forwarding is {} on {sn}",
-                if fwd { "on" } else { "off" }
-            ),
-            format!("net.ipv4.ip_forward = {}", u8::from(fwd)),
-            format!("sysctl net.ipv4.ip_forward   (on {sn})"),
-            "sysctl -w net.ipv4.ip_forward=1 (podnetd turns it on when repair is on)",
-        );
-        if !vx.is_empty() {
-            overlay_hops(&mut b, "src-node", &sn, &s_state, &vx, peer);
-        }
-        // ---- the destination node's way back to the source (read before probing, so
-        // a broken return path is not blamed on the physical network)
-        let mut back = Builder { hops: vec![] };
-        if !vx.is_empty() {
-            device_hop(
-                &mut back,
-                "dst-node",
-                "link",
-                &dn,
-                &d_state,
-                &vx,
-                "VXLAN device",
-            );
-        }
-        let fwd = d_state.forwarding;
-        back.check(
-            "dst-node",
-            "forwarding",
-            fwd,
-            format!(
-                "IPv4 forwarding is {} on {dn}",
-                if fwd { "on" } else { "off" }
-            ),
-            format!("net.ipv4.ip_forward = {}", u8::from(fwd)),
-            format!("sysctl net.ipv4.ip_forward   (on {dn})"),
-            "sysctl -w net.ipv4.ip_forward=1",
-        );
-        let src_peer = dst_st.peers.iter().find(|p| p.name == sn);
-        let back_cidr = src_peer.map(|p| p.pod_cidr.clone()).unwrap_or_default();
-        let br = lookup(&d_state.routes, sip);
-        let bad = route_to_peer_mismatch(br, &dst_st, src_peer);
-        let ok = bad.is_none();
-        back.check(
-            "dst-node",
-            "route",
-            ok,
-            match &bad {
-                None => format!("replies to {sip} go back to {sn} ({back_cidr})"),
-                Some(why) => {
-                    format!(
-                        "{dn} does not route replies back to {sn}'s pod CIDR {back_cidr}: {why}"
-                    )
-                }
-            },
-            br.map(route_text).unwrap_or_else(|| "(none)".into()),
-            format!("ip route get {sip}   (on {dn})"),
-            &route_fix(&dst_st, src_peer),
-        );
-        if !vx.is_empty() {
-            overlay_hops(&mut back, "dst-node", &dn, &d_state, &vx, src_peer);
-        }
-        let back_ok = !back.hops.iter().any(|h| h.status == "broken");
-        // ---- the physical network, probed from the source node
-        underlay_hops(&mut b, &sn, &sc, &sst, peer, !vx.is_empty(), back_ok)?;
-        b.hops.extend(back.hops);
+        between_nodes(&mut b, &s_end, &d_end)?;
     }
-    let d_bridge = dst_st.bridge.clone();
-    let dr = lookup(&d_state.routes, dip);
-    let ok = dr.is_some_and(|r| r.dev.as_deref() == Some(d_bridge.as_str()));
-    b.check(
-        "dst-node",
-        "route",
-        ok,
-        if ok {
-            format!("{dip} is on {d_bridge}")
-        } else {
-            format!("{dn} does not route {dip} to its bridge {d_bridge}")
-        },
-        dr.map(route_text).unwrap_or_else(|| "(none)".into()),
-        format!("ip route get {dip}   (on {dn})"),
-        "the bridge must hold the gateway address of the node's pod CIDR; restart podnetd",
-    );
-    if cross {
-        bridge_hop(&mut b, "dst-node", &dn, &d_state, &d_bridge);
-    }
-    let n = d_state.neigh.iter().find(|n| n.ip == dip);
-    let failed = n.is_some_and(|n| n.state == "FAILED");
-    b.add(
-        "dst-node",
-        "neigh",
-        if failed { "broken" } else { "ok" },
-        match n {
-            Some(_) if failed => format!("{dn} could not resolve {dip} (ARP FAILED)"),
-            Some(n) => format!("{dip} is at {}", n.mac.as_deref().unwrap_or("?")),
-            None => format!("{dip} not resolved yet; the first packet resolves it"),
-        },
-        n.map(|n| neigh_text(n, None))
-            .unwrap_or_else(|| "(none)".into()),
-        format!("ip neigh show {dip}   (on {dn})"),
-        if failed {
-            "the pod does not answer ARP: check its link and address (next hops)"
-        } else {
-            ""
-        },
-    );
-    host_veth_hop(&mut b, "dst-node", &dn, &d_pod, &dst_st);
+    dst_node_hops(&mut b, &d_end, cross);
 
     // ---- destination pod
-    pod_hops(&mut b, "dst-pod", dst, dip, &d_pod, &dst_st, Some(sip));
+    pod_hops(&mut b, "dst-pod", dst, dip, d_pod, &dst_st, Some(sip));
     policy_hop(
         &mut b,
         "dst-pod",
@@ -605,6 +494,159 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
         hops: b.hops,
         elapsed_ms: t0.elapsed().as_millis() as u64,
     })
+}
+
+/// One end of a trace: the pod, its node, and what that node's agent reports.
+struct End {
+    ip: Ipv4Addr,
+    node: String,
+    agent: Client,
+    st: Status,
+    state: NodeState,
+    pod: PodReport,
+}
+
+/// Between the two nodes: the source node's route, forwarding and overlay entries
+/// towards the destination, the destination's way back (read before probing, so a
+/// broken return path is not blamed on the physical network), then the physical
+/// network probed from the source.
+fn between_nodes(b: &mut Builder, s: &End, d: &End) -> Result<()> {
+    let (sn, sst, s_state, sip, sc) = (&s.node, &s.st, &s.state, s.ip, &s.agent);
+    let (dn, dst_st, d_state, dip) = (&d.node, &d.st, &d.state, d.ip);
+    let r = lookup(&s_state.routes, dip);
+    let peer = sst.peers.iter().find(|p| &p.name == dn);
+    let vx = sst.vxlan_dev.clone();
+    let want = peer.map(|p| p.pod_cidr.clone()).unwrap_or_default();
+    let bad = route_to_peer_mismatch(r, sst, peer);
+    let ok = bad.is_none();
+    b.check(
+        "src-node",
+        "route",
+        ok,
+        match &bad {
+            None => format!("{dip} goes to peer {dn} ({want})"),
+            Some(why) => format!("{dn}'s pod CIDR {want} is not routed to {dn}: {why}"),
+        },
+        r.map(route_text).unwrap_or_else(|| "(none)".into()),
+        format!("ip route get {dip}   (on {sn})"),
+        &route_fix(sst, peer),
+    );
+    let fwd = s_state.forwarding;
+    b.check(
+        "src-node",
+        "forwarding",
+        fwd,
+        format!(
+            "IPv4 forwarding is {} on {sn}",
+            if fwd { "on" } else { "off" }
+        ),
+        format!("net.ipv4.ip_forward = {}", u8::from(fwd)),
+        format!("sysctl net.ipv4.ip_forward   (on {sn})"),
+        "sysctl -w net.ipv4.ip_forward=1 (podnetd turns it on when repair is on)",
+    );
+    if !vx.is_empty() {
+        overlay_hops(b, "src-node", sn, s_state, &vx, peer);
+    }
+    // ---- the destination node's way back to the source (read before probing, so
+    // a broken return path is not blamed on the physical network)
+    let mut back = Builder { hops: vec![] };
+    if !vx.is_empty() {
+        device_hop(
+            &mut back,
+            "dst-node",
+            "link",
+            dn,
+            d_state,
+            &vx,
+            "VXLAN device",
+        );
+    }
+    let fwd = d_state.forwarding;
+    back.check(
+        "dst-node",
+        "forwarding",
+        fwd,
+        format!(
+            "IPv4 forwarding is {} on {dn}",
+            if fwd { "on" } else { "off" }
+        ),
+        format!("net.ipv4.ip_forward = {}", u8::from(fwd)),
+        format!("sysctl net.ipv4.ip_forward   (on {dn})"),
+        "sysctl -w net.ipv4.ip_forward=1",
+    );
+    let src_peer = dst_st.peers.iter().find(|p| &p.name == sn);
+    let back_cidr = src_peer.map(|p| p.pod_cidr.clone()).unwrap_or_default();
+    let br = lookup(&d_state.routes, sip);
+    let bad = route_to_peer_mismatch(br, dst_st, src_peer);
+    let ok = bad.is_none();
+    back.check(
+        "dst-node",
+        "route",
+        ok,
+        match &bad {
+            None => format!("replies to {sip} go back to {sn} ({back_cidr})"),
+            Some(why) => {
+                format!("{dn} does not route replies back to {sn}'s pod CIDR {back_cidr}: {why}")
+            }
+        },
+        br.map(route_text).unwrap_or_else(|| "(none)".into()),
+        format!("ip route get {sip}   (on {dn})"),
+        &route_fix(dst_st, src_peer),
+    );
+    if !vx.is_empty() {
+        overlay_hops(&mut back, "dst-node", dn, d_state, &vx, src_peer);
+    }
+    let back_ok = !back.hops.iter().any(|h| h.status == "broken");
+    // ---- the physical network, probed from the source node
+    underlay_hops(b, sn, sc, sst, peer, !vx.is_empty(), back_ok)?;
+    b.hops.extend(back.hops);
+    Ok(())
+}
+
+/// The destination node: its route to the pod's bridge, the bridge, the pod's
+/// neighbour entry, the pod's host veth.
+fn dst_node_hops(b: &mut Builder, d: &End, cross: bool) {
+    let (dn, dst_st, d_state, dip, d_pod) = (&d.node, &d.st, &d.state, d.ip, &d.pod);
+    let d_bridge = dst_st.bridge.clone();
+    let dr = lookup(&d_state.routes, dip);
+    let ok = dr.is_some_and(|r| r.dev.as_deref() == Some(d_bridge.as_str()));
+    b.check(
+        "dst-node",
+        "route",
+        ok,
+        if ok {
+            format!("{dip} is on {d_bridge}")
+        } else {
+            format!("{dn} does not route {dip} to its bridge {d_bridge}")
+        },
+        dr.map(route_text).unwrap_or_else(|| "(none)".into()),
+        format!("ip route get {dip}   (on {dn})"),
+        "the bridge must hold the gateway address of the node's pod CIDR; restart podnetd",
+    );
+    if cross {
+        bridge_hop(b, "dst-node", dn, d_state, &d_bridge);
+    }
+    let n = d_state.neigh.iter().find(|n| n.ip == dip);
+    let failed = n.is_some_and(|n| n.state == "FAILED");
+    b.add(
+        "dst-node",
+        "neigh",
+        if failed { "broken" } else { "ok" },
+        match n {
+            Some(_) if failed => format!("{dn} could not resolve {dip} (ARP FAILED)"),
+            Some(n) => format!("{dip} is at {}", n.mac.as_deref().unwrap_or("?")),
+            None => format!("{dip} not resolved yet; the first packet resolves it"),
+        },
+        n.map(|n| neigh_text(n, None))
+            .unwrap_or_else(|| "(none)".into()),
+        format!("ip neigh show {dip}   (on {dn})"),
+        if failed {
+            "the pod does not answer ARP: check its link and address (next hops)"
+        } else {
+            ""
+        },
+    );
+    host_veth_hop(b, "dst-node", dn, d_pod, dst_st);
 }
 
 /// The command that runs `ip c` in the pod `pod` describes.
