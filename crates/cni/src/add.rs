@@ -303,7 +303,102 @@ fn add(
             "check the node with `ip link` and the pod with `ip -n <netns> link`",
         )
     };
-    let echoed = match link::create_veth(host, &spec) {
+    let hveth = create_veth_pair(inv, s, host, &spec, undo)?;
+    t.mark("veth pair created");
+
+    // 4. protection, while the veth is still down and off the bridge.
+    protect(
+        host,
+        &hveth,
+        dp.as_ref(),
+        policy.as_deref(),
+        pmac,
+        a.ip,
+        undo,
+        &t,
+    )?;
+
+    // 5. only now: onto the bridge and up, with the owner recorded in the alias.
+    link::change(
+        host,
+        Target::Index(hveth.index),
+        &LinkChange {
+            up: Some(true),
+            master: Some(br.index),
+            mtu: None,
+            alias: Some(alias),
+            group: None,
+        },
+    )
+    .map_err(nl)?;
+    t.mark("attached to the bridge");
+
+    // 6. inside the pod.
+    let routes = configure_pod(inv, pod_ns, &hveth, &a)?;
+    t.mark("pod side configured");
+
+    Ok(result(
+        inv,
+        s,
+        &br,
+        &host_name,
+        (hmac, pmac),
+        mtu,
+        &a,
+        routes,
+    ))
+}
+
+fn rollback(inv: &Invocation, host: &mut Socket, undo: Vec<Undo>) -> Vec<String> {
+    let mut notes = Vec::new();
+    for step in undo.into_iter().rev() {
+        match step {
+            Undo::ForgetEntry(map, index) => {
+                if let Err(e) = podnet_netlink::bpf::delete(&map, index) {
+                    notes.push(format!(
+                        "could not remove the datapath entry of link {index}: {e}"
+                    ));
+                }
+            }
+            Undo::DeleteLink(name) => notes.push(match link::delete_by_name(host, &name) {
+                Ok(_) => format!("deleted veth {name}"),
+                Err(e) => format!("could not delete veth {name}: {e}"),
+            }),
+            Undo::ReleaseAddress(store, owner) => notes.push(match store.release(&owner) {
+                Ok(Some(ip)) => format!("released {ip}"),
+                Ok(None) => "no address to release".into(),
+                Err(e) => format!("could not release the address: {e}"),
+            }),
+            Undo::DelegateDel(plugin) => {
+                notes.push(match delegate::exec(&inv.env, &plugin, "DEL", &inv.stdin) {
+                    Ok(_) => format!("released the address through {plugin}"),
+                    Err(e) => format!("could not release the address through {plugin}: {e}"),
+                })
+            }
+        }
+    }
+    notes
+}
+
+/// Step 3: the veth pair, both ends down, the pod end made directly inside the pod.
+/// A leftover of this same attachment (an ADD killed midway) is replaced; another
+/// attachment's link never is.
+fn create_veth_pair(
+    inv: &Invocation,
+    s: &Settings,
+    host: &mut Socket,
+    spec: &VethSpec,
+    undo: &mut Vec<Undo>,
+) -> Result<podnet_netlink::link::LinkInfo, CniError> {
+    let ifname = inv.env.ifname.as_str();
+    let host_name = spec.name;
+    let nl = |e| {
+        errors::netlink(
+            e,
+            "check the node with `ip link` and the pod with `ip -n <netns> link`",
+        )
+    };
+    let echoed = match link::create_veth(host, spec) {
         Ok(echoed) => echoed,
         Err(e) if e.is_exists() => {
             let taken = || {
@@ -320,7 +415,7 @@ fn add(
             // it is the leftover of an ADD of this same attachment that was killed
             // midway (the runtime never calls ADD twice without DEL). Deleting it
             // removes its pod end too.
-            let Some(old) = link::get_by_name(host, &host_name).map_err(nl)? else {
+            let Some(old) = link::get_by_name(host, host_name).map_err(nl)? else {
                 return Err(taken());
             };
             // Its alias, once set, names its attachment: never delete another pod's link.
@@ -335,19 +430,19 @@ fn add(
                     ));
                 }
             }
-            link::delete_by_name(host, &host_name).map_err(nl)?;
-            match link::create_veth(host, &spec) {
+            link::delete_by_name(host, host_name).map_err(nl)?;
+            match link::create_veth(host, spec) {
                 Err(e) if e.is_exists() => return Err(taken()),
                 other => other.map_err(nl)?,
             }
         }
         Err(e) => return Err(nl(e)),
     };
-    undo.push(Undo::DeleteLink(host_name.clone()));
+    undo.push(Undo::DeleteLink(host_name.to_string()));
     // The kernel's echo names both indexes; older kernels need a lookup.
-    let hveth = match echoed {
+    match echoed {
         Some(l) => Some(l),
-        None => link::get_by_name(host, &host_name).map_err(nl)?,
+        None => link::get_by_name(host, host_name).map_err(nl)?,
     }
     .ok_or_else(|| {
         CniError::new(
@@ -355,11 +450,30 @@ fn add(
             format!("veth {host_name} vanished right after it was created"),
             "retry the ADD; if it persists, something on this node deletes podnet's links",
         )
-    })?;
-    t.mark("veth pair created");
+    })
+}
 
-    // 4. protection, while the veth is still down and off the bridge.
-    if let Some(dp) = &dp {
+/// Step 4: the pod's protection on its host veth, while it is still down and off the
+/// bridge: the anti-spoofing entry and program, then the node's policy programs.
+#[allow(clippy::too_many_arguments)]
+fn protect(
+    host: &mut Socket,
+    hveth: &podnet_netlink::link::LinkInfo,
+    dp: Option<&antispoof::Datapath>,
+    policy: Option<&[std::os::fd::OwnedFd]>,
+    pmac: [u8; 6],
+    ip: std::net::Ipv4Addr,
+    undo: &mut Vec<Undo>,
+    t: &Timing,
+) -> Result<(), CniError> {
+    let refused = |e: podnet_netlink::Error| {
+        CniError::new(
+            code::ANTISPOOF,
+            e.to_string(),
+            "the kernel needs eBPF (CONFIG_BPF_SYSCALL) and tc clsact with the bpf classifier (CONFIG_NET_SCH_INGRESS, CONFIG_NET_CLS_BPF)",
+        )
+    };
+    if let Some(dp) = dp {
         let map = dp.map.try_clone().map_err(|e| {
             refused(podnet_netlink::Error::io(
                 "duplicate",
@@ -368,13 +482,13 @@ fn add(
             ))
         })?;
         undo.push(Undo::ForgetEntry(map, hveth.index));
-        antispoof::set_pod(dp, hveth.index, pmac, a.ip).map_err(refused)?;
+        antispoof::set_pod(dp, hveth.index, pmac, ip).map_err(refused)?;
         for r in host.ack_all(antispoof::install_requests(hveth.index, &dp.prog)) {
             r.map_err(refused)?;
         }
         t.mark("anti-spoofing installed");
     }
-    if let Some(progs) = &policy {
+    if let Some(progs) = policy {
         let mut reqs = vec![];
         if dp.is_none() {
             reqs.push(podnet_netlink::tc::clsact_request(hveth.index));
@@ -397,23 +511,24 @@ fn add(
         }
         t.mark("policy programs attached");
     }
+    Ok(())
+}
 
-    // 5. only now: onto the bridge and up, with the owner recorded in the alias.
-    link::change(
-        host,
-        Target::Index(hveth.index),
-        &LinkChange {
-            up: Some(true),
-            master: Some(br.index),
-            mtu: None,
-            alias: Some(alias),
-            group: None,
-        },
-    )
-    .map_err(nl)?;
-    t.mark("attached to the bridge");
-
-    // 6. inside the pod.
+/// Step 6: inside the pod: the interface up, its address, its routes (a default
+/// route via the gateway unless IPAM gave routes). Returns the routes.
+fn configure_pod(
+    inv: &Invocation,
+    pod_ns: &Netns,
+    hveth: &podnet_netlink::link::LinkInfo,
+    a: &Assigned,
+) -> Result<Vec<Route>, CniError> {
+    let ifname = inv.env.ifname.as_str();
+    let nl = |e| {
+        errors::netlink(
+            e,
+            "check the node with `ip link` and the pod with `ip -n <netns> link`",
+        )
+    };
     let mut pod = Socket::route_in(pod_ns).map_err(nl)?;
     let eth_index = match hveth.peer_index {
         Some(i) => Some(i),
@@ -468,11 +583,25 @@ fn add(
     for r in pod.ack_all(reqs) {
         r.map_err(nl)?;
     }
+    Ok(routes)
+}
 
-    t.mark("pod side configured");
-
+/// What ADD reports: the bridge, the host veth and the pod interface, the address,
+/// the routes, the DNS settings.
+#[allow(clippy::too_many_arguments)]
+fn result(
+    inv: &Invocation,
+    s: &Settings,
+    br: &podnet_netlink::link::LinkInfo,
+    host_name: &str,
+    (hmac, pmac): ([u8; 6], [u8; 6]),
+    mtu: u32,
+    a: &Assigned,
+    routes: Vec<Route>,
+) -> CniResult {
+    let ifname = inv.env.ifname.as_str();
     let gw = IpAddr::V4(a.gateway);
-    Ok(CniResult {
+    CniResult {
         interfaces: vec![
             Interface {
                 name: s.bridge.clone(),
@@ -481,7 +610,7 @@ fn add(
                 sandbox: None,
             },
             Interface {
-                name: host_name,
+                name: host_name.to_string(),
                 mac: fmt_mac(&hmac),
                 mtu: Some(mtu),
                 sandbox: None,
@@ -510,37 +639,6 @@ fn add(
             .dns
             .clone()
             .filter(|d| d != &serde_json::json!({}))
-            .or(a.dns),
-    })
-}
-
-fn rollback(inv: &Invocation, host: &mut Socket, undo: Vec<Undo>) -> Vec<String> {
-    let mut notes = Vec::new();
-    for step in undo.into_iter().rev() {
-        match step {
-            Undo::ForgetEntry(map, index) => {
-                if let Err(e) = podnet_netlink::bpf::delete(&map, index) {
-                    notes.push(format!(
-                        "could not remove the datapath entry of link {index}: {e}"
-                    ));
-                }
-            }
-            Undo::DeleteLink(name) => notes.push(match link::delete_by_name(host, &name) {
-                Ok(_) => format!("deleted veth {name}"),
-                Err(e) => format!("could not delete veth {name}: {e}"),
-            }),
-            Undo::ReleaseAddress(store, owner) => notes.push(match store.release(&owner) {
-                Ok(Some(ip)) => format!("released {ip}"),
-                Ok(None) => "no address to release".into(),
-                Err(e) => format!("could not release the address: {e}"),
-            }),
-            Undo::DelegateDel(plugin) => {
-                notes.push(match delegate::exec(&inv.env, &plugin, "DEL", &inv.stdin) {
-                    Ok(_) => format!("released the address through {plugin}"),
-                    Err(e) => format!("could not release the address through {plugin}: {e}"),
-                })
-            }
-        }
+            .or(a.dns.clone()),
     }
-    notes
 }
