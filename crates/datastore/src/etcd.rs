@@ -1,5 +1,6 @@
 //! The etcd v3 backend, through the `etcd-client` crate (gRPC): leases kept alive,
-//! changes by watch, authentication with `etcd://user:password@host:port`.
+//! changes by watch, authentication with `etcd://user:password@host:port`, TLS with
+//! `etcds://host:port?ca=FILE[&cert=FILE&key=FILE]` (a client certificate if given).
 //!
 //! Keys (under `/podnet/`):
 //! - `nodes/<name>`: the node's record (JSON), attached to the node's lease;
@@ -51,6 +52,7 @@ pub struct EtcdStore {
     seen: Mutex<Option<u64>>,
     /// The lease of the last registration, with what it registered.
     lease: Mutex<Option<(i64, Registration, NodeRecord)>>,
+    tls: bool,
 }
 
 fn unavailable(op: &str, e: impl std::fmt::Display) -> Error {
@@ -64,6 +66,50 @@ impl EtcdStore {
     /// `hosts` is `[user:password@]host:port[,host:port…]`. Connects lazily: an etcd
     /// that is down makes calls fail (and retry), not the opening.
     pub fn open(hosts: &str) -> Result<EtcdStore> {
+        EtcdStore::connect(hosts, None)
+    }
+
+    /// `hosts` as for [`EtcdStore::open`], then `?ca=FILE[&cert=FILE&key=FILE]`: TLS,
+    /// the server checked against the CA, a client certificate if given.
+    pub fn open_tls(hosts: &str) -> Result<EtcdStore> {
+        let (hosts, query) = hosts.split_once('?').ok_or_else(|| {
+            Error::Url(format!(
+                "etcds://{hosts}: give the CA that signed etcd's certificate: etcds://host:port?ca=/path/ca.crt"
+            ))
+        })?;
+        let mut files = std::collections::BTreeMap::new();
+        for kv in query.split('&') {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            if !matches!(k, "ca" | "cert" | "key") || v.is_empty() {
+                return Err(Error::Url(format!(
+                    "etcds://…?{query}: {kv:?} is not understood: use ca=FILE, cert=FILE, key=FILE"
+                )));
+            }
+            let pem = std::fs::read(v).map_err(|source| Error::Io {
+                op: "read the TLS file",
+                path: v.to_string(),
+                source,
+            })?;
+            files.insert(k, pem);
+        }
+        let ca = files
+            .remove("ca")
+            .ok_or_else(|| Error::Url(format!("etcds://{hosts}?{query}: ca=FILE is required")))?;
+        let mut tls =
+            etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(ca));
+        match (files.remove("cert"), files.remove("key")) {
+            (Some(c), Some(k)) => tls = tls.identity(etcd_client::Identity::from_pem(c, k)),
+            (None, None) => {}
+            _ => {
+                return Err(Error::Url(format!(
+                    "etcds://{hosts}?{query}: give cert=FILE and key=FILE together"
+                )))
+            }
+        }
+        EtcdStore::connect(hosts, Some(tls))
+    }
+
+    fn connect(hosts: &str, tls: Option<etcd_client::TlsOptions>) -> Result<EtcdStore> {
         let (auth, hosts) = match hosts.rsplit_once('@') {
             Some((a, h)) => (
                 Some(a.split_once(':').ok_or_else(|| {
@@ -94,13 +140,17 @@ impl EtcdStore {
         if let Some((user, password)) = auth {
             opts = opts.with_user(user, password);
         }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        if let Some(t) = tls {
+            opts = opts.with_tls(t);
+        }
         let urls: Vec<String> = endpoints
             .iter()
             .map(|e| {
                 if e.contains("://") {
                     e.clone()
                 } else {
-                    format!("http://{e}")
+                    format!("{scheme}://{e}")
                 }
             })
             .collect();
@@ -117,6 +167,7 @@ impl EtcdStore {
             changes,
             seen: Mutex::new(None),
             lease: Mutex::new(None),
+            tls: scheme == "https",
         })
     }
 
@@ -456,6 +507,10 @@ impl Datastore for EtcdStore {
     }
 
     fn describe(&self) -> String {
-        format!("etcd://{}", self.endpoints.join(","))
+        format!(
+            "{}://{}",
+            if self.tls { "etcds" } else { "etcd" },
+            self.endpoints.join(",")
+        )
     }
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "datastore URL {0:?} is not understood: use file:/path/to/dir or etcd://ip:port[,ip:port]"
+        "datastore URL {0:?} is not understood: use file:/path/to/dir, etcd://[user:password@]ip:port[,ip:port], or etcds://…?ca=FILE[&cert=FILE&key=FILE] for TLS"
     )]
     Url(String),
     #[error("datastore {path}: {op}: {source}")]
@@ -196,7 +196,9 @@ pub trait Datastore: Send + Sync {
     }
 }
 
-/// Opens a datastore from its URL: `file:/path/to/dir` or `etcd://ip:port[,ip:port]`.
+/// Opens a datastore from its URL: `file:/path/to/dir`, `etcd://ip:port[,ip:port]`, or
+/// `etcds://ip:port?ca=FILE[&cert=FILE&key=FILE]` (TLS, with a client certificate if
+/// given); etcd URLs may carry `user:password@` before the hosts.
 pub fn open(url: &str) -> Result<Box<dyn Datastore>> {
     if let Some(path) = url.strip_prefix("file:") {
         if path.is_empty() {
@@ -206,6 +208,9 @@ pub fn open(url: &str) -> Result<Box<dyn Datastore>> {
     }
     if let Some(hosts) = url.strip_prefix("etcd://") {
         return Ok(Box::new(etcd::EtcdStore::open(hosts)?));
+    }
+    if let Some(hosts) = url.strip_prefix("etcds://") {
+        return Ok(Box::new(etcd::EtcdStore::open_tls(hosts)?));
     }
     Err(Error::Url(url.into()))
 }

@@ -14,11 +14,17 @@ struct Etcd {
 
 impl Etcd {
     fn start() -> Etcd {
-        // A port of its own per test process; only loopback is used.
-        let port = 20000 + (std::process::id() % 20000) as u16;
-        let dir = std::env::temp_dir().join(format!("podnet-etcd-test-{}", std::process::id()));
+        Etcd::start_with(0, "http", &[])
+    }
+
+    /// etcd on loopback, its port chosen per test process and `offset`, with `extra`
+    /// flags (TLS files).
+    fn start_with(offset: u16, scheme: &str, extra: &[String]) -> Etcd {
+        let port = 20000 + (std::process::id() % 20000) as u16 + offset;
+        let dir =
+            std::env::temp_dir().join(format!("podnet-etcd-test-{}-{offset}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let client = format!("http://127.0.0.1:{port}");
+        let client = format!("{scheme}://127.0.0.1:{port}");
         let peer = format!("http://127.0.0.1:{}", port + 1);
         let child = Command::new("etcd")
             .args(["--name", "t", "--data-dir"])
@@ -36,6 +42,7 @@ impl Etcd {
                 &peer,
             ])
             .args(["--initial-cluster", &format!("t={peer}")])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -144,4 +151,141 @@ fn leases_watches_and_damaged_records_on_a_real_etcd() {
     );
     let p = b.problems();
     assert!(p.len() == 1 && p[0].contains("/podnet/nodes/zz"), "{p:?}");
+}
+
+/// Runs a command that must succeed.
+fn run(cmd: &mut Command) {
+    let o = cmd.output().expect("run a command");
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn tls_client_certificates_and_passwords_on_a_real_etcd() {
+    // A CA, etcd's serving certificate for 127.0.0.1, a client certificate.
+    let dir = std::env::temp_dir().join(format!("podnet-etcd-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ossl = |args: &[&str]| run(Command::new("openssl").args(args).current_dir(&dir));
+    let key = |name: &str| {
+        ossl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            name,
+        ])
+    };
+    key("ca.key");
+    ossl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+    ]);
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        key(&format!("{name}.key"));
+        ossl(&[
+            "req",
+            "-new",
+            "-key",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ]);
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        ossl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ]);
+    }
+    let f = |n: &str| dir.join(n).display().to_string();
+    let etcd = Etcd::start_with(
+        2,
+        "https",
+        &[
+            format!("--cert-file={}", f("server.crt")),
+            format!("--key-file={}", f("server.key")),
+            format!("--trusted-ca-file={}", f("ca.crt")),
+            "--client-cert-auth".into(),
+        ],
+    );
+    let host = format!("127.0.0.1:{}", etcd.port);
+    let url = format!(
+        "{host}?ca={}&cert={}&key={}",
+        f("ca.crt"),
+        f("client.crt"),
+        f("client.key")
+    );
+    let s = EtcdStore::open_tls(&url).unwrap();
+    s.register(&reg("tls", [192, 168, 1, 10], 5)).unwrap();
+    assert_eq!(s.nodes().unwrap().len(), 1);
+    assert_eq!(s.describe(), format!("etcds://{host}"));
+    // Without a client certificate, or without TLS, etcd refuses.
+    let no_cert = EtcdStore::open_tls(&format!("{host}?ca={}", f("ca.crt")));
+    assert!(no_cert.and_then(|s| s.nodes()).is_err());
+    let plain = EtcdStore::open(&host);
+    assert!(plain.and_then(|s| s.nodes()).is_err());
+    // A CA given without the file named is a clear error.
+    let e = EtcdStore::open_tls(&host).err().unwrap().to_string();
+    assert!(e.contains("ca="), "{e}");
+    drop(etcd);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Passwords: etcd with authentication on takes user:password@ and refuses without.
+    let etcd = Etcd::start_with(4, "http", &[]);
+    let host = format!("127.0.0.1:{}", etcd.port);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect([format!("http://{host}")], None)
+            .await
+            .unwrap();
+        c.user_add("root", "s3cret", None).await.unwrap();
+        c.user_grant_role("root", "root").await.unwrap();
+        c.auth_enable().await.unwrap();
+    });
+    let s = EtcdStore::open(&format!("root:s3cret@{host}")).unwrap();
+    s.register(&reg("auth", [192, 168, 1, 11], 5)).unwrap();
+    assert_eq!(s.nodes().unwrap().len(), 1);
+    let anonymous = EtcdStore::open(&host).unwrap();
+    let e = anonymous
+        .nodes()
+        .map(|n| n.len())
+        .expect_err("etcd must refuse an anonymous read");
+    assert!(e.to_string().to_lowercase().contains("user"), "{e}");
 }
