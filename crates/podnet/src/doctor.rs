@@ -5,7 +5,9 @@
 //! programmed without error (and what it refused); conntrack table below 80%;
 //! reverse-path filtering that would drop overlay traffic.
 
-use crate::trace::{echo_text, pod_end, pod_gateway, route_fix, route_to_peer_mismatch, Agents};
+use crate::trace::{
+    device_mismatch, echo_text, pod_end, pod_gateway, route_fix, route_to_peer_mismatch, Agents,
+};
 use anyhow::{bail, Result};
 use podnet_agent::proto::{Client, NeighState, NodeState, RouteState};
 use podnet_agent::Status;
@@ -167,25 +169,29 @@ fn devices(out: &mut Out, n: &NodeView) {
         },
         "the datapath keeps its last state; restore the datastore (API server, etcd) or its access rights (deploy/rbac.yaml), or delete the damaged record",
     );
-    let up = |n: &str| link(n).is_some_and(|l| l.up);
-    out.check(
-        "bridge",
-        up(bridge),
-        format!(
-            "bridge {bridge} is {}",
-            if up(bridge) { "up" } else { "down or missing" }
-        ),
-        &format!("ip link set {bridge} up"),
-    );
-    if !vx.is_empty() {
+    // Each device up, with the values its agent gives it (MTU, MAC, VXLAN port and
+    // source address).
+    for (check, label, dev) in [("bridge", "bridge", bridge), ("vxlan", "VXLAN device", vx)] {
+        if dev.is_empty() {
+            continue;
+        }
+        let l = link(dev);
+        let wrong = l.and_then(|l| device_mismatch(l, st));
+        let detail = match (l, &wrong) {
+            (None, _) => format!("{label} {dev} is missing"),
+            (Some(l), _) if !l.up => format!("{label} {dev} is down"),
+            (Some(_), Some(w)) => format!("{label} {dev} is up, but {w}"),
+            (Some(_), None) => format!("{label} {dev} is up"),
+        };
         out.check(
-            "vxlan",
-            up(vx),
-            format!(
-                "VXLAN device {vx} is {}",
-                if up(vx) { "up" } else { "down or missing" }
-            ),
-            &format!("ip link set {vx} up"),
+            check,
+            l.is_some_and(|l| l.up) && wrong.is_none(),
+            detail,
+            &if wrong.is_some() {
+                format!("restart podnetd: it recreates {dev} as configured")
+            } else {
+                format!("ip link set {dev} up")
+            },
         );
     }
     let fwd = state.forwarding;

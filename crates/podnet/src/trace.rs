@@ -444,9 +444,8 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
     );
 
     // ---- source node
-    let bridge = sst.bridge.clone();
     host_veth_hop(&mut b, "src-node", &sn, s_pod, &sst);
-    bridge_hop(&mut b, "src-node", &sn, s_state, &bridge);
+    bridge_hop(&mut b, "src-node", &sn, s_state, &sst);
     let vx = sst.vxlan_dev.clone();
     if cross && !vx.is_empty() {
         // First: a VXLAN device that is down takes its routes and neighbours with it.
@@ -455,7 +454,7 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
             "src-node",
             "link",
             &sn,
-            s_state,
+            (s_state, &sst),
             &vx,
             "VXLAN device",
         );
@@ -556,7 +555,7 @@ fn between_nodes(b: &mut Builder, s: &End, d: &End) -> Result<()> {
             "dst-node",
             "link",
             dn,
-            d_state,
+            (d_state, dst_st),
             &vx,
             "VXLAN device",
         );
@@ -624,7 +623,7 @@ fn dst_node_hops(b: &mut Builder, d: &End, cross: bool) {
         "the bridge must hold the gateway address of the node's pod CIDR; restart podnetd",
     );
     if cross {
-        bridge_hop(b, "dst-node", dn, d_state, &d_bridge);
+        bridge_hop(b, "dst-node", dn, d_state, dst_st);
     }
     let n = d_state.neigh.iter().find(|n| n.ip == dip);
     let failed = n.is_some_and(|n| n.state == "FAILED");
@@ -848,39 +847,85 @@ fn host_veth_hop(b: &mut Builder, where_: &str, node: &str, pod: &PodReport, st:
     );
 }
 
-/// A node-level device (bridge, VXLAN device) that must exist and be up.
+/// What is wrong with a node device's values against what its agent (status `st`)
+/// makes it: the bridge with the pod MTU and the gateway's MAC, the VXLAN device with
+/// the pod MTU, the VTEP MAC, the VXLAN port and the underlay address. `None`: right.
+pub(crate) fn device_mismatch(l: &LinkState, st: &Status) -> Option<String> {
+    let name = &l.name;
+    if st.mtu != 0 && l.mtu != st.mtu {
+        return Some(format!(
+            "{name} has MTU {}; its agent gives it {} (the pod MTU)",
+            l.mtu, st.mtu
+        ));
+    }
+    let want_mac = if *name == st.bridge {
+        pod_gateway(st).map(|g| podnet_netlink::fmt_mac(&podnet_conventions::pod_mac(g)))
+    } else {
+        Some(st.vtep_mac.clone()).filter(|m| !m.is_empty())
+    };
+    if let Some(m) = want_mac.filter(|m| !l.mac.eq_ignore_ascii_case(m)) {
+        return Some(format!("{name} has MAC {}; its agent gives it {m}", l.mac));
+    }
+    if let Some(v) = &l.vxlan {
+        if v.port != st.vxlan_port {
+            return Some(format!(
+                "{name} uses UDP port {}; the nodes use {}",
+                v.port, st.vxlan_port
+            ));
+        }
+        let local = v.local.map(|a| a.to_string()).unwrap_or_default();
+        if !st.underlay_ip.is_empty() && local != st.underlay_ip {
+            return Some(format!(
+                "{name} sends from {local}; the node's underlay address is {}",
+                st.underlay_ip
+            ));
+        }
+    }
+    None
+}
+
+/// A node-level device (bridge, VXLAN device) that must exist, be up, and hold the
+/// values its agent gives it.
 fn device_hop(
     b: &mut Builder,
     where_: &str,
     what: &str,
     node: &str,
-    state: &NodeState,
+    (state, st): (&NodeState, &Status),
     dev: &str,
     label: &str,
 ) {
     let l = link(state, dev);
     let up = l.is_some_and(|l| l.up);
+    let wrong = l.and_then(|l| device_mismatch(l, st));
     let is = if l.is_none() {
-        "missing"
-    } else if up {
-        "up"
+        "missing".to_string()
+    } else if !up {
+        "down".to_string()
+    } else if let Some(w) = &wrong {
+        format!("up, but {w}")
     } else {
-        "down"
+        "up".to_string()
     };
     b.check(
         where_,
         what,
-        up,
+        up && wrong.is_none(),
         format!("{label} {dev} on {node} is {is}"),
         l.map(|l| link_text(&l.name, l.up, l.mtu, l.master.as_deref()))
             .unwrap_or_else(|| "(none)".into()),
         format!("ip -d link show {dev}   (on {node})"),
-        &format!("ip link set {dev} up (podnetd does it when repair is on)"),
+        &match wrong {
+            Some(_) => format!(
+                "restart podnetd on {node}: it recreates {dev} as configured (or delete {dev}; it is remade within a second when repair is on)"
+            ),
+            None => format!("ip link set {dev} up (podnetd does it when repair is on)"),
+        },
     );
 }
 
-fn bridge_hop(b: &mut Builder, where_: &str, node: &str, state: &NodeState, bridge: &str) {
-    device_hop(b, where_, "bridge", node, state, bridge, "bridge");
+fn bridge_hop(b: &mut Builder, where_: &str, node: &str, state: &NodeState, st: &Status) {
+    device_hop(b, where_, "bridge", node, (state, st), &st.bridge, "bridge");
 }
 
 /// The neighbour and FDB entries a node needs to reach `peer` through `vx`.

@@ -232,3 +232,36 @@ fn faults_on_the_destination_node_are_named_there() {
         );
     }
 }
+
+#[test]
+fn a_device_with_the_wrong_values_is_named() {
+    // Up and present, but not as its agent made it: trace and doctor compare values.
+    let lab = Lab::up(&["--nodes", "2", "--pods-per-node", "1"]);
+    let ns = format!("{}-node1", lab.0);
+    let o = Command::new("ip")
+        .args(["-n", &ns, "link", "set", "podnet.vxlan", "mtu", "1400"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (ok, t) = lab.trace("p1a", "p2a");
+    assert!(!ok, "{t}");
+    let h = &t["broken_hop"];
+    assert_eq!(
+        (h["where"].as_str(), h["what"].as_str()),
+        (Some("src-node"), Some("link")),
+        "{h}"
+    );
+    assert!(h["detail"].as_str().unwrap().contains("MTU 1400"), "{h}");
+    let (ok, d) = lab.doctor();
+    assert!(!ok, "{d}");
+    assert!(
+        d["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["check"] == "vxlan"
+                && f["status"] == "broken"
+                && f["detail"].as_str().unwrap().contains("MTU 1400")),
+        "{d}"
+    );
+}
