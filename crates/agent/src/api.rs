@@ -81,6 +81,14 @@ pub fn serve(
                 open.clone(),
             );
             std::thread::spawn(move || {
+                // The slot is given back however this thread ends (a panic included).
+                struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+                impl Drop for Slot {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+                let _slot = Slot(open);
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut line = String::new();
                 let read = BufReader::new(std::io::Read::take(&conn, MAX_REQUEST as u64 + 1))
@@ -106,7 +114,6 @@ pub fn serve(
                     &mut std::io::Read::take(&conn, 1 << 20),
                     &mut std::io::sink(),
                 );
-                open.fetch_sub(1, SeqCst);
             });
         }
     });
@@ -434,7 +441,10 @@ mod tests {
         serve(
             &path,
             Arc::new(Mutex::new(Status::default())),
-            Arc::new(Mutex::new(PolicyStatus::default())),
+            Arc::new(Mutex::new(PolicyStatus {
+                error: Some("the last change failed".into()),
+                ..Default::default()
+            })),
             "podnet.vxlan".into(),
             "podnet0".into(),
         )
@@ -449,7 +459,10 @@ mod tests {
         );
         // A normal request still works after it, typed both ways.
         let c = Client::new(&path);
-        assert_eq!(c.policy_revision().unwrap().revision, 0);
+        // A reply with an `error` field of its own is a reply, not a refusal.
+        let rev = c.policy_revision().unwrap();
+        assert_eq!(rev.revision, 0);
+        assert_eq!(rev.error.as_deref(), Some("the last change failed"));
         assert_eq!(c.status().unwrap().pid, 0);
         // A version the agent does not speak, and an unknown request, are refused.
         let v = raw(&path, r#"{"v":9,"get":"status"}"#);

@@ -210,9 +210,32 @@ pub fn open_datastore(url: &str, node: &str) -> Result<Arc<dyn Datastore>> {
     Ok(podnet_datastore::open(url)?.into())
 }
 
+/// [`open_datastore`], waiting (with backoff, saying why) while the datastore cannot
+/// be reached yet — etcd with a password authenticates as it connects; a refusal or a
+/// bad URL is returned at once.
+pub fn open_datastore_waiting(url: &str, node: &str) -> Result<Arc<dyn Datastore>> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match open_datastore(url, node) {
+            Err(Error::Datastore(e)) if e.is_transient() => {
+                warn(
+                    node,
+                    &format!(
+                        "cannot open the datastore yet: {e}; retrying in {:.1} s",
+                        backoff.as_secs_f64()
+                    ),
+                );
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            r => return r,
+        }
+    }
+}
+
 impl Agent {
     pub fn new(cfg: Config) -> Result<Agent> {
-        let ds = open_datastore(&cfg.datastore, &cfg.node)?;
+        let ds = open_datastore_waiting(&cfg.datastore, &cfg.node)?;
         let sock = Socket::route()?;
         Ok(Agent {
             cfg,
@@ -530,7 +553,7 @@ impl Agent {
         // before its verdicts are programmed.
         // Policy reads the datastore through a handle of its own: it waits for changes
         // on its own thread, so a long compile never delays a peer's routes.
-        let pds = open_datastore(&self.cfg.datastore, &self.cfg.node)?;
+        let pds = open_datastore_waiting(&self.cfg.datastore, &self.cfg.node)?;
         let mut pol = policy::Policy::new(
             self.cfg.policy_datapath,
             Box::new(policy::DatastoreSource::new(pds.clone())),

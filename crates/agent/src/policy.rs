@@ -379,6 +379,8 @@ impl Policy {
         };
         let in_sync = !matches!(self.dp, Dp::Nft(false));
         if in_sync && self.revision == Some(snap.revision) {
+            // Nothing changed; an error left by a failed read is over.
+            self.status.lock().unwrap().error = None;
             return Ok(0);
         }
         let rejected: BTreeSet<String> = snap.rejected.iter().cloned().collect();

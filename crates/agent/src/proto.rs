@@ -311,7 +311,14 @@ impl Client {
                 path: path.clone(),
                 why: e.to_string(),
             })?;
-        if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        // A refusal is `{"error": …}` and nothing else; replies may carry an `error`
+        // field of their own (the policy datapath's last failure).
+        if let Some(e) = v
+            .as_object()
+            .filter(|o| o.len() == 1)
+            .and_then(|o| o.get("error"))
+            .and_then(|e| e.as_str())
+        {
             return Err(ClientError::Refused {
                 path,
                 error: e.to_string(),

@@ -310,7 +310,9 @@ impl EtcdStore {
                     return Ok((id, rec));
                 }
             }
-            // Another node took that CIDR between our read and our write: choose again.
+            // Another node took that CIDR between our read and our write: choose again,
+            // on a fresh lease (this one holds nothing; give it back now).
+            let _ = self.rt.block_on(c.lease_revoke(id));
         }
         Err(Error::Invalid {
             node: r.name.clone(),
@@ -373,7 +375,16 @@ impl Datastore for EtcdStore {
             }
         }
         let (id, rec) = self.claim(r)?;
-        *self.lease.lock().unwrap() = Some((id, r.clone(), rec.clone()));
+        let old = self
+            .lease
+            .lock()
+            .unwrap()
+            .replace((id, r.clone(), rec.clone()));
+        // The keys moved to the new lease; the old one holds nothing we still want.
+        if let Some((old_id, _, _)) = old.filter(|(o, _, _)| *o != id) {
+            let mut c = self.client();
+            let _ = self.rt.block_on(c.lease_revoke(old_id));
+        }
         Ok(rec)
     }
 
@@ -405,16 +416,27 @@ impl Datastore for EtcdStore {
     }
 
     fn remove(&self, name: &str) -> Result<bool> {
-        let rec = self.get(&format!("{PREFIX}nodes/{name}"))?;
-        let Some(rec) = rec.and_then(|v| serde_json::from_slice::<NodeRecord>(&v).ok()) else {
+        let node_key = format!("{PREFIX}nodes/{name}");
+        let reservation = format!("{PREFIX}reservations/{name}");
+        let Some(raw) = self.get(&node_key)? else {
             return Ok(false);
+        };
+        let Ok(rec) = serde_json::from_slice::<NodeRecord>(&raw) else {
+            // A damaged record goes too (its CIDR claim, if any, expires with its lease).
+            let t = Txn::new().and_then([
+                TxnOp::delete(node_key, None),
+                TxnOp::delete(reservation, None),
+            ]);
+            let mut c = self.client();
+            self.rt
+                .block_on(c.txn(t))
+                .map_err(|e| unavailable(&format!("remove node {name}"), e))?;
+            return Ok(true);
         };
         let subnet_key = format!(
             "{PREFIX}subnets/{}",
             rec.pod_cidr.to_string().replace('/', "_")
         );
-        let node_key = format!("{PREFIX}nodes/{name}");
-        let reservation = format!("{PREFIX}reservations/{name}");
         // The CIDR is freed only if it is still this node's: after an expiry another
         // node may have claimed it, and its claim must stand.
         let t = Txn::new()

@@ -151,6 +151,10 @@ fn leases_watches_and_damaged_records_on_a_real_etcd() {
     );
     let p = b.problems();
     assert!(p.len() == 1 && p[0].contains("/podnet/nodes/zz"), "{p:?}");
+    // And it can be removed, as the message asks.
+    assert!(b.remove("zz").unwrap());
+    b.nodes().unwrap();
+    assert!(b.problems().is_empty(), "{:?}", b.problems());
 }
 
 /// Runs a command that must succeed.

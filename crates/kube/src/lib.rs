@@ -89,19 +89,26 @@ struct State {
     skipped: BTreeMap<String, String>,
 }
 
+/// What the watch tasks share with the handles: the state and how to wake readers.
 struct Shared {
-    rt: tokio::runtime::Runtime,
-    client: kube::Client,
     state: Mutex<State>,
     changed: Condvar,
-    describe: String,
     log: Log,
+}
+
+/// The runtime and the client, owned by handles only: the tasks never hold the
+/// runtime, so it is never dropped on one of its own threads.
+struct Conn {
+    rt: tokio::runtime::Runtime,
+    client: kube::Client,
+    shared: Arc<Shared>,
+    describe: String,
 }
 
 /// One handle on the shared watches; remembers which parts its caller reads, so that
 /// [`Datastore::wait_change`] wakes it only for those.
 pub struct KubeStore {
-    shared: Arc<Shared>,
+    conn: Arc<Conn>,
     /// Generations last returned to this handle: (nodes, objects); `None` if never read.
     seen: Mutex<(Option<u64>, Option<u64>)>,
 }
@@ -113,8 +120,8 @@ fn unavailable(op: impl Into<String>, e: impl std::fmt::Display) -> Error {
     }
 }
 
-fn registry() -> &'static Mutex<HashMap<String, Weak<Shared>>> {
-    static R: OnceLock<Mutex<HashMap<String, Weak<Shared>>>> = OnceLock::new();
+fn registry() -> &'static Mutex<HashMap<String, Weak<Conn>>> {
+    static R: OnceLock<Mutex<HashMap<String, Weak<Conn>>>> = OnceLock::new();
     R.get_or_init(Default::default)
 }
 
@@ -154,8 +161,8 @@ impl KubeStore {
     /// this process already runs for `url`.
     pub fn open(url: &str, log: Log) -> Result<KubeStore> {
         let mut reg = registry().lock().unwrap();
-        if let Some(shared) = reg.get(url).and_then(Weak::upgrade) {
-            return Ok(KubeStore::with(shared));
+        if let Some(conn) = reg.get(url).and_then(Weak::upgrade) {
+            return Ok(KubeStore::with(conn));
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -164,49 +171,52 @@ impl KubeStore {
             .build()
             .map_err(|e| unavailable("start the Kubernetes client's runtime", e))?;
         let (client, describe) = rt.block_on(client_for(url))?;
-        let shared = Arc::new(Shared {
+        let conn = Arc::new(Conn {
             rt,
             client,
-            state: Mutex::new(State::default()),
-            changed: Condvar::new(),
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                changed: Condvar::new(),
+                log,
+            }),
             describe,
-            log,
         });
-        let c = shared.client.clone();
-        watch(&shared, "nodes", Api::<Node>::all(c.clone()), |n: &Node| {
+        let c = conn.client.clone();
+        watch(&conn, "nodes", Api::<Node>::all(c.clone()), |n: &Node| {
             NodeOrObject::Node(Box::new(n.clone()))
         });
-        watch(&shared, "pods", Api::<Pod>::all(c.clone()), |p: &Pod| {
+        watch(&conn, "pods", Api::<Pod>::all(c.clone()), |p: &Pod| {
             reduce("Pod", p)
         });
+        watch(&conn, "namespaces", Api::<Namespace>::all(c.clone()), |n| {
+            reduce("Namespace", n)
+        });
         watch(
-            &shared,
-            "namespaces",
-            Api::<Namespace>::all(c.clone()),
-            |n| reduce("Namespace", n),
-        );
-        watch(
-            &shared,
+            &conn,
             "networkpolicies",
             Api::<NetworkPolicy>::all(c),
             |n| reduce("NetworkPolicy", n),
         );
-        reg.insert(url.to_string(), Arc::downgrade(&shared));
-        Ok(KubeStore::with(shared))
+        reg.insert(url.to_string(), Arc::downgrade(&conn));
+        Ok(KubeStore::with(conn))
     }
 
-    fn with(shared: Arc<Shared>) -> KubeStore {
+    fn with(conn: Arc<Conn>) -> KubeStore {
         KubeStore {
-            shared,
+            conn,
             seen: Mutex::new((None, None)),
         }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.conn.shared
     }
 
     /// Waits until every watch has listed once (`Ok`), or one of them failed
     /// (`Err` with its error), or `timeout` passes (`Err`).
     pub fn wait_synced(&self, timeout: Duration) -> std::result::Result<(), String> {
         let t = Instant::now();
-        let mut st = self.shared.state.lock().unwrap();
+        let mut st = self.shared().state.lock().unwrap();
         loop {
             if let Some((what, e)) = st.errors.iter().next() {
                 return Err(format!("watch of {what}: {e}"));
@@ -225,12 +235,12 @@ impl KubeStore {
                     missing.join(", ")
                 ));
             }
-            st = self.shared.changed.wait_timeout(st, left).unwrap().0;
+            st = self.shared().changed.wait_timeout(st, left).unwrap().0;
         }
     }
 
     fn node_api(&self) -> Api<Node> {
-        Api::all(self.shared.client.clone())
+        Api::all(self.conn.client.clone())
     }
 }
 
@@ -262,7 +272,7 @@ fn key_of<K: kube::Resource>(kind: &str, o: &K) -> ObjectKey {
 
 /// Runs one watch for as long as the store lives, keeping `State` current.
 fn watch<K>(
-    shared: &Arc<Shared>,
+    conn: &Conn,
     what: &'static str,
     api: Api<K>,
     conv: impl Fn(&K) -> NodeOrObject + Send + 'static,
@@ -274,14 +284,14 @@ fn watch<K>(
         + Send
         + 'static,
 {
-    let weak = Arc::downgrade(shared);
+    let weak = Arc::downgrade(&conn.shared);
     let kind = match what {
         "nodes" => "Node",
         "pods" => "Pod",
         "namespaces" => "Namespace",
         _ => "NetworkPolicy",
     };
-    shared.rt.spawn(async move {
+    conn.rt.spawn(async move {
         // After an error the stream is dropped and a new one lists afresh once the
         // backoff has passed: the listing both resynchronises the state and proves the
         // watch healthy again (a resumed watch says nothing until an object changes).
@@ -425,7 +435,7 @@ pub fn node_record(n: &Node) -> std::result::Result<NodeRecord, String> {
 impl Datastore for KubeStore {
     fn register(&self, r: &Registration) -> Result<NodeRecord> {
         let api = self.node_api();
-        let sh = &self.shared;
+        let sh = &self.conn;
         let node = sh
             .rt
             .block_on(api.get_opt(&r.name))
@@ -471,7 +481,10 @@ impl Datastore for KubeStore {
     }
 
     fn nodes(&self) -> Result<Vec<NodeRecord>> {
-        let mut st = self.shared.state.lock().unwrap();
+        let mut st = self.shared().state.lock().unwrap();
+        // Noted before any early return: wait_change then waits for the listing
+        // instead of returning at once (a loop around a failing read would spin).
+        self.seen.lock().unwrap().0 = Some(st.node_gen);
         if !st.synced.contains_key("nodes") {
             let why = st
                 .errors
@@ -480,7 +493,6 @@ impl Datastore for KubeStore {
                 .unwrap_or_else(|| "not listed yet".into());
             return Err(unavailable("list Nodes", why));
         }
-        self.seen.lock().unwrap().0 = Some(st.node_gen);
         let mut out = Vec::new();
         let mut skipped = BTreeMap::new();
         for (name, n) in &st.nodes {
@@ -493,7 +505,7 @@ impl Datastore for KubeStore {
         }
         for (name, why) in &skipped {
             if st.skipped.get(name) != Some(why) {
-                (self.shared.log)(&format!("Node {name} is left out of the peers: {why}"));
+                (self.shared().log)(&format!("Node {name} is left out of the peers: {why}"));
             }
         }
         st.skipped = skipped;
@@ -502,11 +514,7 @@ impl Datastore for KubeStore {
 
     fn remove(&self, name: &str) -> Result<bool> {
         let api = self.node_api();
-        match self
-            .shared
-            .rt
-            .block_on(api.delete(name, &Default::default()))
-        {
+        match self.conn.rt.block_on(api.delete(name, &Default::default())) {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
             Err(e) => Err(unavailable(format!("delete Node {name}"), e)),
@@ -526,7 +534,8 @@ impl Datastore for KubeStore {
     }
 
     fn objects(&self) -> Result<(u64, Vec<StoredObject>)> {
-        let st = self.shared.state.lock().unwrap();
+        let st = self.shared().state.lock().unwrap();
+        self.seen.lock().unwrap().1 = Some(st.obj_gen);
         let missing: Vec<&str> = ["pods", "namespaces", "networkpolicies"]
             .into_iter()
             .filter(|r| !st.synced.contains_key(r))
@@ -542,7 +551,6 @@ impl Datastore for KubeStore {
                 .join("; ");
             return Err(unavailable("list the policy objects", why));
         }
-        self.seen.lock().unwrap().1 = Some(st.obj_gen);
         let objs = st
             .objects
             .iter()
@@ -561,7 +569,7 @@ impl Datastore for KubeStore {
     fn wait_change(&self, timeout: Duration) -> Result<()> {
         let t = Instant::now();
         let (sn, so) = *self.seen.lock().unwrap();
-        let mut st = self.shared.state.lock().unwrap();
+        let mut st = self.shared().state.lock().unwrap();
         loop {
             let moved = match (sn, so) {
                 (None, None) => true,
@@ -571,16 +579,16 @@ impl Datastore for KubeStore {
             if moved || left.is_zero() {
                 return Ok(());
             }
-            st = self.shared.changed.wait_timeout(st, left).unwrap().0;
+            st = self.shared().changed.wait_timeout(st, left).unwrap().0;
         }
     }
 
     fn describe(&self) -> String {
-        self.shared.describe.clone()
+        self.conn.describe.clone()
     }
 
     fn problems(&self) -> Vec<String> {
-        let st = self.shared.state.lock().unwrap();
+        let st = self.shared().state.lock().unwrap();
         st.errors
             .iter()
             .map(|(w, e)| format!("watch of {w}: {e}"))

@@ -882,7 +882,8 @@ fn reconcile(name: &str, bins: &Binaries) -> Result<()> {
                 ],
                 None,
             )
-            .with_context(|| format!("write the status of pod {ns}/{pname}"))?;
+            .map(|_| ())
+            .unwrap_or_else(|e| say(&format!("writing the status of pod {ns}/{pname}: {e:#}")));
         }
     }
     lab.save(&st)?;

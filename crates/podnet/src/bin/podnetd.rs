@@ -48,8 +48,9 @@ struct Args {
     #[arg(long, env = "NODE_NAME")]
     node: String,
     /// Where nodes lease CIDRs and find peers: file:/path/to/dir,
-    /// etcd://ip:port[,ip:port], or kubernetes (the API server: pod CIDR from the
-    /// Node's spec.podCIDR, peers from a watch on Nodes, policy objects from watches).
+    /// etcd://[user:password@]ip:port[,ip:port], etcds://ip:port?ca=FILE[&cert=FILE&key=FILE]
+    /// (TLS), or kubernetes (the API server: pod CIDR from the Node's spec.podCIDR, peers
+    /// from a watch on Nodes, policy objects from watches).
     #[arg(long, default_value = "file:/var/lib/podnet/datastore")]
     datastore: String,
     /// With --datastore kubernetes: the kubeconfig to use (default: the pod's service
