@@ -421,35 +421,32 @@ impl Datastore for EtcdStore {
         let Some(raw) = self.get(&node_key)? else {
             return Ok(false);
         };
-        let Ok(rec) = serde_json::from_slice::<NodeRecord>(&raw) else {
+        let t = match serde_json::from_slice::<NodeRecord>(&raw) {
             // A damaged record goes too (its CIDR claim, if any, expires with its lease).
-            let t = Txn::new().and_then([
+            Err(_) => Txn::new().and_then([
                 TxnOp::delete(node_key, None),
                 TxnOp::delete(reservation, None),
-            ]);
-            let mut c = self.client();
-            self.rt
-                .block_on(c.txn(t))
-                .map_err(|e| unavailable(&format!("remove node {name}"), e))?;
-            return Ok(true);
+            ]),
+            Ok(rec) => {
+                let subnet_key = format!(
+                    "{PREFIX}subnets/{}",
+                    rec.pod_cidr.to_string().replace('/', "_")
+                );
+                // The CIDR is freed only if it is still this node's: after an expiry
+                // another node may have claimed it, and its claim must stand.
+                Txn::new()
+                    .when([Compare::value(subnet_key.clone(), CompareOp::Equal, name)])
+                    .and_then([
+                        TxnOp::delete(node_key.clone(), None),
+                        TxnOp::delete(subnet_key, None),
+                        TxnOp::delete(reservation.clone(), None),
+                    ])
+                    .or_else([
+                        TxnOp::delete(node_key, None),
+                        TxnOp::delete(reservation, None),
+                    ])
+            }
         };
-        let subnet_key = format!(
-            "{PREFIX}subnets/{}",
-            rec.pod_cidr.to_string().replace('/', "_")
-        );
-        // The CIDR is freed only if it is still this node's: after an expiry another
-        // node may have claimed it, and its claim must stand.
-        let t = Txn::new()
-            .when([Compare::value(subnet_key.clone(), CompareOp::Equal, name)])
-            .and_then([
-                TxnOp::delete(node_key.clone(), None),
-                TxnOp::delete(subnet_key, None),
-                TxnOp::delete(reservation.clone(), None),
-            ])
-            .or_else([
-                TxnOp::delete(node_key, None),
-                TxnOp::delete(reservation, None),
-            ]);
         let mut c = self.client();
         self.rt
             .block_on(c.txn(t))
