@@ -212,33 +212,6 @@ impl KubeStore {
         &self.conn.shared
     }
 
-    /// Waits until every watch has listed once (`Ok`), or one of them failed
-    /// (`Err` with its error), or `timeout` passes (`Err`).
-    pub fn wait_synced(&self, timeout: Duration) -> std::result::Result<(), String> {
-        let t = Instant::now();
-        let mut st = self.shared().state.lock().unwrap();
-        loop {
-            if let Some((what, e)) = st.errors.iter().next() {
-                return Err(format!("watch of {what}: {e}"));
-            }
-            if st.synced.len() == 4 {
-                return Ok(());
-            }
-            let left = timeout.saturating_sub(t.elapsed());
-            if left.is_zero() {
-                let missing: Vec<&str> = ["nodes", "pods", "namespaces", "networkpolicies"]
-                    .into_iter()
-                    .filter(|r| !st.synced.contains_key(r))
-                    .collect();
-                return Err(format!(
-                    "the watches of {} did not list within {timeout:?}",
-                    missing.join(", ")
-                ));
-            }
-            st = self.shared().changed.wait_timeout(st, left).unwrap().0;
-        }
-    }
-
     fn node_api(&self) -> Api<Node> {
         Api::all(self.conn.client.clone())
     }

@@ -610,7 +610,7 @@ pub fn wait_versions(
 /// enforces the objects at the versions the API server gave them.
 pub fn apply(name: &str, text: &str, wait: bool) -> Result<Vec<Change>> {
     let objs = parse_manifests(text)?;
-    let (nodes, out) = {
+    let out = {
         let lab = Lab::open(name)?;
         let st = lab.load()?.context("lab state")?;
         let nodes: Vec<String> = st.nodes.iter().map(|n| n.name.clone()).collect();
@@ -629,9 +629,8 @@ pub fn apply(name: &str, text: &str, wait: bool) -> Result<Vec<Change>> {
                 }
             }
         }
-        (nodes, lab.kubectl(&["apply", "-f", "-"], Some(text))?)
+        lab.kubectl(&["apply", "-f", "-"], Some(text))?
     };
-    let _ = nodes;
     let changes = changes_of(&out);
     if wait {
         let ids: Vec<String> = objs

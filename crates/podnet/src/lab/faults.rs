@@ -289,13 +289,8 @@ fn fault_pod_mtu(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String> {
         .nth(1)
         .context("eth0 shows no MTU")?
         .to_string();
-    run_cmd(
-        &argv(&["ip", "-n", &pod.netns, "link", "set", "eth0", "mtu", "1280"]),
-        None,
-    )?;
-    undo.push(argv(&[
-        "ip", "-n", &pod.netns, "link", "set", "eth0", "mtu", &mtu,
-    ]));
+    let set = |mtu| ["ip", "-n", &pod.netns, "link", "set", "eth0", "mtu", mtu];
+    step(undo, &set("1280"), &set(&mtu))?;
     Ok(format!("pod {}'s eth0 has MTU 1280 (was {mtu})", pod.name))
 }
 
@@ -362,16 +357,18 @@ fn fault_vxlan_port_blocked(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<St
     Ok(format!("fabric {fab} drops UDP {port}"))
 }
 
+/// One step of a fault: runs `doit`, and records `undo_it`, which puts it back.
+fn step(undo: &mut Vec<Vec<String>>, doit: &[&str], undo_it: &[&str]) -> Result<()> {
+    run_cmd(&argv(doit), None)?;
+    undo.push(argv(undo_it));
+    Ok(())
+}
+
 fn fault_underlay_mtu(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String> {
     let (st, fab) = (f.st, &f.fab);
     for n in &st.nodes {
-        run_cmd(
-            &argv(&["ip", "-n", fab, "link", "set", &n.name, "mtu", "1400"]),
-            None,
-        )?;
-        undo.push(argv(&[
-            "ip", "-n", fab, "link", "set", &n.name, "mtu", "1500",
-        ]));
+        let set = |mtu| ["ip", "-n", fab, "link", "set", &n.name, "mtu", mtu];
+        step(undo, &set("1400"), &set("1500"))?;
     }
     Ok("fabric ports now carry at most 1400 bytes".into())
 }
@@ -416,36 +413,24 @@ fn fault_missing_fdb(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String> {
             .position(|x| *x == "dst")
             .and_then(|i| w.get(i + 1));
         if let (Some(mac), Some(&dst)) = (w.first(), dst) {
-            run_cmd(
-                &argv(&[
+            let entry = |verb| {
+                [
                     "bridge",
                     "-n",
                     nns,
                     "fdb",
-                    "del",
+                    verb,
                     mac,
                     "dev",
                     "podnet.vxlan",
                     "dst",
                     dst,
                     "self",
-                ]),
-                None,
-            )?;
-            undo.push(argv(&[
-                "bridge",
-                "-n",
-                nns,
-                "fdb",
-                "append",
-                mac,
-                "dev",
-                "podnet.vxlan",
-                "dst",
-                dst,
-                "self",
-                "permanent",
-            ]));
+                ]
+            };
+            let mut back = entry("append").to_vec();
+            back.push("permanent");
+            step(undo, &entry("del"), &back)?;
         }
     }
     Ok(format!("{node} lost its VXLAN FDB entries"))
@@ -466,19 +451,8 @@ fn fault_missing_neigh(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String>
 fn fault_veth_down(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String> {
     let pod = &f.pod;
     let pns = f.lab.node_ns(&pod.node);
-    run_cmd(
-        &argv(&["ip", "-n", &pns, "link", "set", &pod.host_veth, "down"]),
-        None,
-    )?;
-    undo.push(argv(&[
-        "ip",
-        "-n",
-        &pns,
-        "link",
-        "set",
-        &pod.host_veth,
-        "up",
-    ]));
+    let set = |state| ["ip", "-n", &pns, "link", "set", &pod.host_veth, state];
+    step(undo, &set("down"), &set("up"))?;
     Ok(format!(
         "host veth {} of pod {} is down",
         pod.host_veth, pod.name
@@ -505,27 +479,12 @@ fn fault_pod_no_default_route(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<
 
 fn fault_forwarding_off(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String> {
     let (node, nns) = (f.node, &f.nns);
-    run_cmd(
-        &argv(&[
-            "ip",
-            "netns",
-            "exec",
-            nns,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=0",
-        ]),
-        None,
+    let set = |v| ["ip", "netns", "exec", nns, "sysctl", "-qw", v];
+    step(
+        undo,
+        &set("net.ipv4.ip_forward=0"),
+        &set("net.ipv4.ip_forward=1"),
     )?;
-    undo.push(argv(&[
-        "ip",
-        "netns",
-        "exec",
-        nns,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ]));
     Ok(format!("{node} no longer forwards IPv4"))
 }
 
