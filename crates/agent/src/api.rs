@@ -40,6 +40,7 @@ pub fn serve(
     path: &Path,
     status: Arc<Mutex<Status>>,
     policy: Arc<Mutex<PolicyStatus>>,
+    rotation: Arc<crate::wireguard::Rotation>,
     vxlan_dev: String,
     bridge: String,
 ) -> Result<()> {
@@ -73,9 +74,10 @@ pub fn serve(
                 );
                 continue;
             }
-            let (status, policy, vxlan_dev, bridge, open) = (
+            let (status, policy, rotation, vxlan_dev, bridge, open) = (
                 status.clone(),
                 policy.clone(),
+                rotation.clone(),
                 vxlan_dev.clone(),
                 bridge.clone(),
                 open.clone(),
@@ -99,6 +101,13 @@ pub fn serve(
                         Some(json!({"error": format!("request longer than {MAX_REQUEST} bytes")}))
                     }
                     Ok(_) => Some(match parse_request(&line) {
+                        Ok(Request::RotateWireguardKey) => {
+                            // The agent's loop rotates; it looks at least once a second.
+                            match rotation.request(Duration::from_secs(4)) {
+                                Ok(r) => serde_json::to_value(r).unwrap_or(Value::Null),
+                                Err(e) => json!({ "error": e }),
+                            }
+                        }
                         Ok(req) => answer(&req, &status, &policy, &vxlan_dev, &bridge),
                         Err(e) => json!({ "error": e }),
                     }),
@@ -195,6 +204,8 @@ fn answer(
                 result: crate::probe::ping(*ip, usize::from(size), Duration::from_millis(700)),
             })
         }
+        // Served by the connection's thread, which waits for the agent's loop.
+        Request::RotateWireguardKey => json!({"error": "a key rotation is not a query"}),
     }
 }
 

@@ -6,7 +6,8 @@
 //! `podnet.vxlan` (VNI 1, UDP 8472, `nolearning`, local = underlay IP, MAC
 //! `0a:59:<underlay IP>` — derived, so it survives reboots and re-creation, unlike the
 //! random MAC behind Flannel's stale-FDB bugs — address `<pod CIDR network>/32`);
-//! IPv4 forwarding on. Per peer: see [`plan`]. It publishes the node's pod CIDR, MTU and
+//! IPv4 forwarding on. With the WireGuard backend, instead of the VXLAN device, the
+//! WireGuard device and its device process ([`wireguard`]). Per peer: see [`plan`]. It publishes the node's pod CIDR, MTU and
 //! bridge for podnet-cni in the node file.
 //!
 //! # Behaviour
@@ -34,6 +35,7 @@ pub mod plan;
 pub mod policy;
 pub mod probe;
 pub mod proto;
+pub mod wireguard;
 
 use plan::{Backend, Current, Peer, RTPROT_PODNET};
 use podnet_cni_spec::Ipv4Net;
@@ -54,6 +56,7 @@ pub use podnet_conventions::{vtep_mac, VXLAN_OVERHEAD};
 pub enum BackendKind {
     Vxlan,
     HostGw,
+    WireGuard,
 }
 
 impl BackendKind {
@@ -61,6 +64,7 @@ impl BackendKind {
         match self {
             BackendKind::Vxlan => "vxlan",
             BackendKind::HostGw => "host-gw",
+            BackendKind::WireGuard => "wireguard",
         }
     }
 }
@@ -87,6 +91,8 @@ pub struct Config {
     pub policy_datapath: policy::DatapathKind,
     /// The bpffs directory of the eBPF policy datapath's pinned maps and programs.
     pub bpf_dir: PathBuf,
+    /// The WireGuard backend's device, port, key file, socket and pid file.
+    pub wireguard: wireguard::Paths,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +107,8 @@ pub enum Error {
     LeaseMoved { from: Ipv4Net, to: Ipv4Net },
     #[error("NetworkPolicy datapath {datapath}: {why}")]
     Policy { datapath: &'static str, why: String },
+    #[error("WireGuard device {dev}: {why}")]
+    WireGuard { dev: String, why: String },
     #[error("{what} {path}: {source}")]
     File {
         what: &'static str,
@@ -138,6 +146,42 @@ pub struct Status {
     /// What is wrong with the datastore right now (a refused watch, the API server
     /// unreachable); the datapath keeps its last state meanwhile.
     pub datastore_problems: Vec<String>,
+    /// The WireGuard backend's device as it is now (absent with other backends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireGuardStatus>,
+}
+
+/// The WireGuard device, read from it at every sync (never its private key).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WireGuardStatus {
+    /// Which WireGuard runs the device ([`wireguard::IMPLEMENTATION`]).
+    pub implementation: String,
+    pub device: String,
+    pub port: u16,
+    /// The node's public key, as published.
+    pub public_key: String,
+    /// The public key of the private key the device holds (differs from
+    /// `public_key` only while a rotation is half done).
+    pub device_public_key: String,
+    /// The device process.
+    pub pid: u32,
+    pub socket: String,
+    /// What the device could not be asked, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub peers: Vec<WireGuardPeerStatus>,
+}
+
+/// One peer as the device holds it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WireGuardPeerStatus {
+    pub public_key: String,
+    pub endpoint: String,
+    pub allowed_ips: Vec<String>,
+    /// Unix seconds of the latest handshake (0: none yet).
+    pub last_handshake: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -146,6 +190,16 @@ pub struct PeerStatus {
     pub pod_cidr: String,
     pub underlay_ip: String,
     pub vtep_mac: String,
+    /// With the WireGuard backend: the peer's public key and port as the datastore
+    /// publishes them.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub wireguard_public_key: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub wireguard_port: u16,
+}
+
+fn is_zero(p: &u16) -> bool {
+    *p == 0
 }
 
 /// `2026-11-26T06:40:00Z` for Unix seconds `t` (UTC, proleptic Gregorian).
@@ -197,6 +251,10 @@ pub struct Agent {
     ignored: std::collections::BTreeMap<String, String>,
     /// The datastore's problems last logged.
     problems: Vec<String>,
+    /// With the WireGuard backend: the node's private key.
+    wg_key: Option<wireguard::Key>,
+    /// Key rotations asked for through the API.
+    rotation: Arc<wireguard::Rotation>,
 }
 
 /// Opens the datastore a URL names: `file:…`, `etcd://…`, or `kubernetes[:kubeconfig]`
@@ -244,6 +302,8 @@ impl Agent {
             status: Arc::new(Mutex::new(Status::default())),
             ignored: Default::default(),
             problems: Vec::new(),
+            wg_key: None,
+            rotation: Default::default(),
         })
     }
 
@@ -277,6 +337,10 @@ impl Agent {
             underlay_ip: ip,
             vtep_mac: podnet_netlink::fmt_mac(&vtep_mac(ip)),
             backend: self.cfg.backend.as_str().into(),
+            wireguard: self.wg_key.map(|k| podnet_datastore::WireGuardPeer {
+                public_key: wireguard::to_base64(&wireguard::public_key(&k)),
+                port: self.cfg.wireguard.port,
+            }),
             cluster_cidr: self.cfg.cluster_cidr,
             node_prefix: self.cfg.node_prefix,
             ttl: self.cfg.lease_ttl,
@@ -296,19 +360,32 @@ impl Agent {
             gw,
             cidr.prefix(),
         )?;
+        // What another backend left behind goes first.
+        if self.cfg.backend != BackendKind::Vxlan {
+            let existing = link::get_by_name(&mut self.sock, &self.cfg.vxlan_dev)?;
+            if existing.is_some_and(|l| l.kind.as_deref() == Some("vxlan")) {
+                self.log(&format!(
+                    "{} backend: removing VXLAN device {}",
+                    self.cfg.backend.as_str(),
+                    self.cfg.vxlan_dev
+                ));
+                link::delete_by_name(&mut self.sock, &self.cfg.vxlan_dev)?;
+            }
+        }
+        if self.cfg.backend != BackendKind::WireGuard
+            && wireguard::device_pid(&self.cfg.wireguard.pid_file).is_some()
+        {
+            self.log(&format!(
+                "{} backend: stopping the WireGuard device {}",
+                self.cfg.backend.as_str(),
+                self.cfg.wireguard.dev
+            ));
+            wireguard::stop_device(&self.cfg.wireguard);
+        }
         let vx = match self.cfg.backend {
             BackendKind::Vxlan => Some(self.ensure_vxlan(n)?),
-            BackendKind::HostGw => {
-                let existing = link::get_by_name(&mut self.sock, &self.cfg.vxlan_dev)?;
-                if existing.is_some_and(|l| l.kind.as_deref() == Some("vxlan")) {
-                    self.log(&format!(
-                        "host-gw backend: removing VXLAN device {}",
-                        self.cfg.vxlan_dev
-                    ));
-                    link::delete_by_name(&mut self.sock, &self.cfg.vxlan_dev)?;
-                }
-                None
-            }
+            BackendKind::WireGuard => Some(self.ensure_wireguard(n)?),
+            BackendKind::HostGw => None,
         };
         let fwd = "/proc/sys/net/ipv4/ip_forward";
         if std::fs::read_to_string(fwd)
@@ -405,6 +482,144 @@ impl Agent {
         Ok(l.index)
     }
 
+    /// The WireGuard device: its process running, holding the node's key and port; the
+    /// link up at the pod MTU with the pod CIDR's first address.
+    fn ensure_wireguard(&mut self, n: &NodeInfo) -> Result<u32> {
+        let p = self.cfg.wireguard.clone();
+        let key = self.wg_key.expect("the key is loaded before the node is set up");
+        let node = self.cfg.node.clone();
+        wireguard::ensure_device(&p, &node, &|m| log(&node, m))?;
+        let uapi = wireguard::Uapi {
+            socket: p.socket.clone(),
+        };
+        let fail = |why: String| Error::WireGuard {
+            dev: p.dev.clone(),
+            why,
+        };
+        let have = uapi.get().map_err(fail)?;
+        if have.private_key != Some(key) || have.listen_port != p.port {
+            if have.private_key.is_some() {
+                self.log(&format!(
+                    "WireGuard device {}: setting the node's key and port {}",
+                    p.dev, p.port
+                ));
+            }
+            uapi.set(&format!(
+                "private_key={}\nlisten_port={}\n",
+                wireguard::hex(&key),
+                p.port
+            ))
+            .map_err(fail)?;
+        }
+        let l = link::get_by_name(&mut self.sock, &p.dev)?.ok_or_else(|| {
+            fail(format!(
+                "its device process answers on {} but there is no link {} in this namespace",
+                p.socket.display(),
+                p.dev
+            ))
+        })?;
+        let mut reqs: Vec<Request> = vec![addr::add_request(
+            l.index,
+            wireguard::address(n.record.pod_cidr),
+            32,
+        )];
+        if !l.is_up() || l.mtu != n.mtu {
+            reqs.push(link::change_request(
+                Target::Index(l.index),
+                &LinkChange {
+                    up: Some(true),
+                    mtu: Some(n.mtu),
+                    ..Default::default()
+                },
+            ));
+        }
+        for r in self.sock.ack_all(reqs) {
+            match r {
+                Err(e) if !e.is_exists() => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(l.index)
+    }
+
+    /// Makes the device's peers those of `peers`; returns the device as it is then.
+    fn sync_wireguard(&mut self, peers: &[Peer], apply: bool) -> WireGuardStatus {
+        let p = &self.cfg.wireguard;
+        let uapi = wireguard::Uapi {
+            socket: p.socket.clone(),
+        };
+        let key = self.wg_key.unwrap_or_default();
+        let mut st = WireGuardStatus {
+            implementation: wireguard::IMPLEMENTATION.into(),
+            device: p.dev.clone(),
+            port: p.port,
+            public_key: wireguard::to_base64(&wireguard::public_key(&key)),
+            pid: wireguard::device_pid(&p.pid_file).unwrap_or(0),
+            socket: p.socket.display().to_string(),
+            ..Default::default()
+        };
+        let mut have = match uapi.get() {
+            Ok(h) => h,
+            Err(e) => {
+                st.error = Some(e);
+                return st;
+            }
+        };
+        if apply {
+            let want: Vec<wireguard::WantPeer> = peers
+                .iter()
+                .filter_map(|q| {
+                    let (k, port) = q.wireguard?;
+                    Some(wireguard::WantPeer {
+                        public_key: k,
+                        endpoint: std::net::SocketAddrV4::new(q.underlay, port),
+                        cidr: q.cidr,
+                    })
+                })
+                .collect();
+            let changes = wireguard::peer_changes(&want, &have.peers);
+            if !changes.is_empty() {
+                for line in changes.lines().filter(|l| l.starts_with("public_key=")) {
+                    let k = wireguard::unhex(&line["public_key=".len()..]).unwrap_or_default();
+                    let who = peers
+                        .iter()
+                        .find(|q| q.wireguard.map(|w| w.0) == Some(k))
+                        .map(|q| q.name.as_str())
+                        .unwrap_or("a departed peer");
+                    self.log(&format!(
+                        "WireGuard device {}: configuring peer {who} ({})",
+                        p.dev,
+                        wireguard::to_base64(&k)
+                    ));
+                }
+                match uapi.set(&changes).and_then(|_| uapi.get()) {
+                    Ok(h) => have = h,
+                    Err(e) => {
+                        self.warn(&format!("WireGuard device {}: {e}", p.dev));
+                        st.error = Some(e);
+                    }
+                }
+            }
+        }
+        st.device_public_key = have
+            .private_key
+            .map(|k| wireguard::to_base64(&wireguard::public_key(&k)))
+            .unwrap_or_default();
+        st.peers = have
+            .peers
+            .iter()
+            .map(|q| WireGuardPeerStatus {
+                public_key: wireguard::to_base64(&q.public_key),
+                endpoint: q.endpoint.map(|e| e.to_string()).unwrap_or_default(),
+                allowed_ips: q.allowed_ips.iter().map(|n| n.to_string()).collect(),
+                last_handshake: q.last_handshake,
+                rx_bytes: q.rx_bytes,
+                tx_bytes: q.tx_bytes,
+            })
+            .collect();
+        st
+    }
+
     fn write_node_file(&self, n: &NodeInfo, policy: Option<serde_json::Value>) -> Result<()> {
         let mut body = serde_json::json!({
             "node": self.cfg.node,
@@ -446,7 +661,7 @@ impl Agent {
                     .filter(|f| f.index == dev && f.dst.is_some())
                     .collect(),
             ),
-            Backend::HostGw { .. } => (vec![], vec![]),
+            Backend::HostGw { .. } | Backend::WireGuard { .. } => (vec![], vec![]),
         };
         Ok(Current {
             routes,
@@ -518,6 +733,17 @@ impl Agent {
     /// Sets the node up and keeps it converged; returns only on a fatal error.
     pub fn run(mut self) -> Result<()> {
         let (underlay_index, underlay_ip, underlay_mtu) = self.underlay()?;
+        if self.cfg.backend == BackendKind::WireGuard {
+            let path = self.cfg.wireguard.key_file.clone();
+            let (k, made) = wireguard::load_or_create_key(&path)?;
+            if made {
+                self.log(&format!(
+                    "made the node's WireGuard key {} (mode 0600; only its public key is published)",
+                    path.display()
+                ));
+            }
+            self.wg_key = Some(k);
+        }
         // A datastore that cannot serve the node yet (API server down, no pod CIDR
         // allocated to the Node yet) is waited for; a refusal is fatal.
         let mut backoff = Duration::from_millis(200);
@@ -537,6 +763,7 @@ impl Agent {
         let mtu = match self.cfg.backend {
             BackendKind::Vxlan => underlay_mtu - VXLAN_OVERHEAD,
             BackendKind::HostGw => underlay_mtu,
+            BackendKind::WireGuard => underlay_mtu - wireguard::WG_OVERHEAD,
         };
         let mut n = NodeInfo {
             underlay_index,
@@ -574,6 +801,7 @@ impl Agent {
             &self.cfg.api_socket,
             self.status.clone(),
             pol.status.clone(),
+            self.rotation.clone(),
             self.cfg.vxlan_dev.clone(),
             self.cfg.bridge.clone(),
         )?;
@@ -600,6 +828,14 @@ impl Agent {
         let mut last_desired: Option<Current> = None;
         let mut changes = 0u64;
         loop {
+            if let Some(asked) = self.rotation.take() {
+                let r = self.rotate_key(&n);
+                if r.is_ok() {
+                    // Published: the lease is as new as the record.
+                    renewed = Instant::now();
+                }
+                self.rotation.finish(asked, r);
+            }
             if renewed.elapsed() >= self.cfg.lease_ttl / 3 {
                 match self.register(n.underlay_ip) {
                     Ok(r) => {
@@ -629,6 +865,42 @@ impl Agent {
         }
     }
 
+    /// A new WireGuard key: written to the key file, given to the device, then
+    /// published; peers take it from the datastore. Packets between this node and a
+    /// peer are lost from the device switching until that peer has the new key and
+    /// one handshake has completed.
+    fn rotate_key(&mut self, n: &NodeInfo) -> std::result::Result<wireguard::Rotated, String> {
+        if self.cfg.backend != BackendKind::WireGuard {
+            return Err(format!(
+                "node {} runs the {} backend: only the wireguard backend has a key",
+                self.cfg.node,
+                self.cfg.backend.as_str()
+            ));
+        }
+        let t = Instant::now();
+        let before = wireguard::to_base64(&wireguard::public_key(&self.wg_key.unwrap_or_default()));
+        let k = wireguard::generate_key().map_err(|e| e.to_string())?;
+        let p = self.cfg.wireguard.clone();
+        wireguard::write_key(&p.key_file, &k).map_err(|e| e.to_string())?;
+        self.wg_key = Some(k);
+        wireguard::Uapi {
+            socket: p.socket.clone(),
+        }
+        .set(&format!("private_key={}\n", wireguard::hex(&k)))
+        .map_err(|e| format!("the new key is in {} but the device refused it: {e}; restart podnetd", p.key_file.display()))?;
+        let after = wireguard::to_base64(&wireguard::public_key(&k));
+        self.register(n.underlay_ip).map_err(|e| {
+            format!("the device holds the new key but it could not be published: {e}; podnetd publishes it at its next lease renewal")
+        })?;
+        self.log(&format!("rotated the WireGuard key: {before} → {after}"));
+        Ok(wireguard::Rotated {
+            node: self.cfg.node.clone(),
+            public_key_before: before,
+            public_key: after,
+            elapsed_ms: t.elapsed().as_millis() as u64,
+        })
+    }
+
     fn sync(
         &mut self,
         n: &NodeInfo,
@@ -642,19 +914,26 @@ impl Agent {
         }
         let backend = match (self.cfg.backend, *vx) {
             (BackendKind::Vxlan, Some(dev)) => Backend::Vxlan { dev },
+            (BackendKind::WireGuard, Some(dev)) => Backend::WireGuard { dev },
             _ => Backend::HostGw {
                 dev: n.underlay_index,
             },
         };
         let mut peers: Vec<Peer> = Vec::new();
         let mut ignored = std::collections::BTreeMap::new();
-        let vxlan = matches!(backend, Backend::Vxlan { .. });
         let mut records = self.ds.nodes()?;
         records.retain(|r| r.name != self.cfg.node);
+        let me = Me {
+            record: &n.record,
+            cluster: self.cfg.cluster_cidr,
+            backend: self.cfg.backend,
+            wg_public_key: self.wg_key.map(|k| wireguard::public_key(&k)),
+        };
         for r in records {
-            match check_peer(&r, &n.record, self.cfg.cluster_cidr, &peers, vxlan) {
-                Ok(vtep_mac) => peers.push(Peer {
+            match check_peer(&r, &me, &peers) {
+                Ok((vtep_mac, wireguard)) => peers.push(Peer {
                     vtep_mac,
+                    wireguard,
                     name: r.name,
                     cidr: r.pod_cidr,
                     underlay: r.underlay_ip,
@@ -704,8 +983,10 @@ impl Agent {
         // Log lines name devices (`dev podnet.vxlan`, not `dev #7`); the agent knows
         // the only two it routes through.
         let (vx_name, under_name) = (self.cfg.vxlan_dev.clone(), self.cfg.underlay_dev.clone());
+        let wg_name = self.cfg.wireguard.dev.clone();
         let name = |d: u32| match backend {
             Backend::Vxlan { dev } if dev == d => vx_name.clone(),
+            Backend::WireGuard { dev } if dev == d => wg_name.clone(),
             _ if d == n.underlay_index => under_name.clone(),
             _ => format!("#{d}"),
         };
@@ -718,6 +999,8 @@ impl Agent {
         }
         let failed = self.apply(&ops, &name);
         *changes += (ops.len() - failed.len()) as u64;
+        let wg = matches!(backend, Backend::WireGuard { .. })
+            .then(|| self.sync_wireguard(&peers, self.cfg.repair || peers != *known));
         *known = peers;
         // Without repair the next plan works from what this round left: the failed
         // operations are tried again, and only they.
@@ -731,13 +1014,17 @@ impl Agent {
             underlay_ip: n.underlay_ip.to_string(),
             vtep_mac: podnet_netlink::fmt_mac(&vtep_mac(n.underlay_ip)),
             bridge: self.cfg.bridge.clone(),
-            vxlan_dev: if vx.is_some() {
+            vxlan_dev: if matches!(backend, Backend::Vxlan { .. }) {
                 self.cfg.vxlan_dev.clone()
             } else {
                 String::new()
             },
             vxlan_port: self.cfg.port,
-            overlay_overhead: if vx.is_some() { VXLAN_OVERHEAD } else { 0 },
+            overlay_overhead: match backend {
+                Backend::Vxlan { .. } => VXLAN_OVERHEAD,
+                Backend::WireGuard { .. } => wireguard::WG_OVERHEAD,
+                Backend::HostGw { .. } => 0,
+            },
             mtu: n.mtu,
             repair: self.cfg.repair,
             datastore: self.ds.describe(),
@@ -748,40 +1035,57 @@ impl Agent {
                     pod_cidr: p.cidr.to_string(),
                     underlay_ip: p.underlay.to_string(),
                     vtep_mac: podnet_netlink::fmt_mac(&p.vtep_mac),
+                    wireguard_public_key: p
+                        .wireguard
+                        .map(|w| wireguard::to_base64(&w.0))
+                        .unwrap_or_default(),
+                    wireguard_port: p.wireguard.map(|w| w.1).unwrap_or(0),
                 })
                 .collect(),
             last_sync: podnet_datastore::now(),
             changes: *changes,
             pid: std::process::id(),
             datastore_problems: self.problems.clone(),
+            wireguard: wg,
         };
         Ok(())
     }
 }
 
+/// This node, as [`check_peer`] compares a peer's record with it.
+pub struct Me<'a> {
+    pub record: &'a NodeRecord,
+    pub cluster: Ipv4Net,
+    pub backend: BackendKind,
+    /// With the WireGuard backend: this node's public key.
+    pub wg_public_key: Option<wireguard::Key>,
+}
+
 /// Checks a peer's record before anything is programmed from it; returns its VTEP
-/// MAC (zero with host-gw), or why it is left out. A record is refused when its pod
-/// CIDR is outside the cluster CIDR or overlaps ours or an accepted peer's (the first
-/// by name keeps it), when its underlay address is not a unicast address or is ours,
-/// or (VXLAN) when its VTEP MAC cannot be read.
+/// MAC (zero with host-gw and WireGuard) and, with WireGuard, its public key and
+/// port — or why it is left out. A record is refused when its pod CIDR is outside the
+/// cluster CIDR or overlaps ours or an accepted peer's (the first by name keeps it),
+/// when its underlay address is not a unicast address or is ours, (VXLAN) when its
+/// VTEP MAC cannot be read, or (WireGuard) when it publishes no key, a malformed
+/// one, ours, or an accepted peer's (a copied record must not take over another
+/// node's tunnel).
 pub fn check_peer(
     r: &NodeRecord,
-    me: &NodeRecord,
-    cluster: Ipv4Net,
+    me: &Me,
     accepted: &[Peer],
-    vxlan: bool,
-) -> std::result::Result<[u8; 6], String> {
+) -> std::result::Result<([u8; 6], Option<(wireguard::Key, u16)>), String> {
     let overlaps = |a: Ipv4Net, b: Ipv4Net| a.contains(b.network()) || b.contains(a.network());
+    let (cluster, mine) = (me.cluster, me.record);
     let cidr = r.pod_cidr;
     if !cluster.contains(cidr.network()) || cidr.prefix() < cluster.prefix() {
         return Err(format!(
             "its pod CIDR {cidr} is outside the cluster CIDR {cluster}"
         ));
     }
-    if overlaps(cidr, me.pod_cidr) {
+    if overlaps(cidr, mine.pod_cidr) {
         return Err(format!(
             "its pod CIDR {cidr} overlaps ours ({})",
-            me.pod_cidr
+            mine.pod_cidr
         ));
     }
     if let Some(p) = accepted.iter().find(|p| overlaps(cidr, p.cidr)) {
@@ -794,13 +1098,40 @@ pub fn check_peer(
     if u.is_unspecified() || u.is_loopback() || u.is_multicast() || u.is_broadcast() {
         return Err(format!("its underlay address {u} is not a unicast address"));
     }
-    if u == me.underlay_ip {
+    if u == mine.underlay_ip {
         return Err(format!("its underlay address {u} is ours"));
     }
-    match (parse_mac(&r.vtep_mac), vxlan) {
-        (Some(m), _) => Ok(m),
-        (None, false) => Ok([0; 6]),
-        (None, true) => Err(format!("its VTEP MAC {:?} cannot be read", r.vtep_mac)),
+    let wg = match me.backend {
+        BackendKind::WireGuard => {
+            let w = r.wireguard.as_ref().ok_or(format!(
+                "it publishes no WireGuard key (its backend is {:?}; every node of a cluster runs the same backend)",
+                r.backend
+            ))?;
+            let k = wireguard::parse_public_key(&w.public_key).map_err(|why| {
+                format!("its WireGuard public key {:?} is malformed: {why}", w.public_key)
+            })?;
+            if Some(k) == me.wg_public_key {
+                return Err(format!("its WireGuard public key {} is ours", w.public_key));
+            }
+            if let Some(p) = accepted.iter().find(|p| p.wireguard.map(|x| x.0) == Some(k)) {
+                return Err(format!(
+                    "its WireGuard public key {} is also {}'s",
+                    w.public_key, p.name
+                ));
+            }
+            if w.port == 0 {
+                return Err("its WireGuard port is 0".into());
+            }
+            Some((k, w.port))
+        }
+        _ => None,
+    };
+    match (parse_mac(&r.vtep_mac), me.backend) {
+        (Some(m), _) => Ok((m, wg)),
+        (None, BackendKind::Vxlan) => {
+            Err(format!("its VTEP MAC {:?} cannot be read", r.vtep_mac))
+        }
+        (None, _) => Ok(([0; 6], wg)),
     }
 }
 
@@ -815,19 +1146,27 @@ mod tests {
             underlay_ip: Ipv4Addr::from(ip),
             vtep_mac: mac.into(),
             backend: "vxlan".into(),
+            wireguard: None,
             renewed: 0,
             ttl_secs: 60,
         };
-        let me = rec("a", "10.244.0.0/24", [192, 168, 1, 10], "0a:59:c0:a8:01:0a");
+        let mine = rec("a", "10.244.0.0/24", [192, 168, 1, 10], "0a:59:c0:a8:01:0a");
         let cluster: Ipv4Net = "10.244.0.0/16".parse().unwrap();
+        let me = Me {
+            record: &mine,
+            cluster,
+            backend: BackendKind::Vxlan,
+            wg_public_key: None,
+        };
         let good = rec("b", "10.244.1.0/24", [192, 168, 1, 11], "0a:59:c0:a8:01:0b");
-        let mac = check_peer(&good, &me, cluster, &[], true).unwrap();
+        let (mac, _) = check_peer(&good, &me, &[]).unwrap();
         assert_eq!(mac, [0x0a, 0x59, 192, 168, 1, 11]);
         let accepted = vec![Peer {
             name: "b".into(),
             cidr: good.pod_cidr,
             underlay: good.underlay_ip,
             vtep_mac: mac,
+            wireguard: Some(([2; 32], 51820)),
         }];
         let cases = [
             (
@@ -865,12 +1204,44 @@ mod tests {
             ),
         ];
         for (r, why) in cases {
-            let e = check_peer(&r, &me, cluster, &accepted, true).unwrap_err();
+            let e = check_peer(&r, &me, &accepted).unwrap_err();
             assert!(e.contains(why), "{e} (want {why})");
         }
         // host-gw needs no MAC.
         let r = rec("c", "10.244.2.0/24", [192, 168, 1, 12], "");
-        assert!(check_peer(&r, &me, cluster, &accepted, false).is_ok());
+        let hostgw = Me {
+            backend: BackendKind::HostGw,
+            ..me
+        };
+        assert!(check_peer(&r, &hostgw, &accepted).is_ok());
+        // WireGuard: a readable key that is neither ours nor another peer's.
+        let wg = Me {
+            backend: BackendKind::WireGuard,
+            wg_public_key: Some([1; 32]),
+            ..hostgw
+        };
+        let with_key = |key: &str, port: u16| {
+            let mut r = rec("c", "10.244.2.0/24", [192, 168, 1, 12], "");
+            r.wireguard = Some(podnet_datastore::WireGuardPeer {
+                public_key: key.into(),
+                port,
+            });
+            r
+        };
+        let b64 = |b: u8| wireguard::to_base64(&[b; 32]);
+        let (_, k) = check_peer(&with_key(&b64(3), 51820), &wg, &accepted).unwrap();
+        assert_eq!(k, Some(([3; 32], 51820)));
+        for (r, why) in [
+            (rec("c", "10.244.2.0/24", [192, 168, 1, 12], ""), "publishes no WireGuard key"),
+            (with_key("not-a-key", 51820), "is malformed"),
+            (with_key(&wireguard::to_base64(&[0; 32]), 51820), "is malformed"),
+            (with_key(&b64(1), 51820), "is ours"),
+            (with_key(&b64(2), 51820), "is also b's"),
+            (with_key(&b64(3), 0), "port is 0"),
+        ] {
+            let e = check_peer(&r, &wg, &accepted).unwrap_err();
+            assert!(e.contains(why), "{e} (want {why})");
+        }
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //!
 //! where the peer's VTEP address is the network address of its pod CIDR. With the
 //! host-gw backend, only a route `<peer CIDR> via <peer underlay IP> dev <underlay>`.
+//! With the WireGuard backend, only a route `<peer CIDR> via <peer VTEP addr> dev
+//! podnet.wg onlink` (the device is point-to-point: the next hop is never resolved,
+//! WireGuard picks the peer by the inner destination; the WireGuard peers themselves
+//! are [`crate::wireguard`]'s).
 //!
 //! podnet's routes carry protocol 0x50, so a route podnet did not make is never
 //! touched; neighbour and FDB entries are only managed on podnet's VXLAN device.
@@ -31,6 +35,8 @@ pub struct Peer {
     pub cidr: Ipv4Net,
     pub underlay: Ipv4Addr,
     pub vtep_mac: [u8; 6],
+    /// With the WireGuard backend: its public key and port.
+    pub wireguard: Option<([u8; 32], u16)>,
 }
 
 impl Peer {
@@ -47,6 +53,8 @@ pub enum Backend {
     Vxlan { dev: u32 },
     /// Directly through the underlay link with this index.
     HostGw { dev: u32 },
+    /// Through the WireGuard device with this index.
+    WireGuard { dev: u32 },
 }
 
 /// The kernel state the plan compares with.
@@ -181,6 +189,7 @@ pub fn desired(backend: Backend, peers: &[Peer]) -> Current {
                 });
             }
             Backend::HostGw { dev } => c.routes.push(route(p.cidr, Some(p.underlay), dev, false)),
+            Backend::WireGuard { dev } => c.routes.push(route(p.cidr, Some(p.vtep_ip()), dev, true)),
         }
     }
     c
@@ -345,6 +354,7 @@ mod tests {
             cidr: format!("10.244.{n}.0/24").parse().unwrap(),
             underlay: Ipv4Addr::new(192, 168, 1, 10 + n),
             vtep_mac: [0x0a, 0x59, 192, 168, 1, 10 + n],
+            wireguard: None,
         }
     }
 
@@ -443,6 +453,18 @@ mod tests {
         assert_eq!(
             ops[0].to_string(),
             "ip route add 10.244.3.0/24 via 192.168.1.13 dev #2 proto 0x50"
+        );
+    }
+
+    #[test]
+    fn wireguard_needs_one_route_per_peer_through_its_device() {
+        let want = desired(Backend::WireGuard { dev: 9 }, &[peer(1), peer(2)]);
+        assert!(want.neighs.is_empty() && want.fdb.is_empty());
+        let ops = plan(&want, &Current::default());
+        assert_eq!(ops.len(), 2);
+        assert_eq!(
+            ops[0].to_string(),
+            "ip route add 10.244.1.0/24 via 10.244.1.0 dev #9 onlink proto 0x50"
         );
     }
 }

@@ -140,3 +140,128 @@ pub fn ping(dst: Ipv4Addr, payload: usize, timeout: Duration) -> Echo {
         }
     }
 }
+
+/// What a stream of echoes saw.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stream {
+    pub sent: u32,
+    pub received: u32,
+    /// The longest run of unanswered echoes, in milliseconds of sending time (0: none
+    /// lost).
+    pub longest_gap_ms: u64,
+}
+
+/// Sends an ICMP echo to `dst` every `interval` until `stop` returns true (checked
+/// before each echo), then waits `grace` for late replies. Replies are matched by
+/// sequence number, so reordering and duplicates count once.
+pub fn ping_stream(
+    dst: Ipv4Addr,
+    interval: Duration,
+    grace: Duration,
+    stop: &mut dyn FnMut() -> bool,
+) -> std::io::Result<Stream> {
+    // SAFETY: a raw ICMP socket, owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            libc::IPPROTO_ICMP,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let id = (std::process::id() as u16) ^ 0x5a5a;
+    let mut sent_at: Vec<Instant> = Vec::new();
+    let mut answered: Vec<bool> = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    let mut drain = |answered: &mut Vec<bool>| loop {
+        // SAFETY: reading into our buffer; the socket does not block.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0) };
+        if n <= 0 {
+            return;
+        }
+        let p = &buf[..n as usize];
+        let ihl = ((p[0] & 0x0f) as usize) * 4;
+        if p.len() < ihl + 8 || p[12..16] != dst.octets() {
+            continue;
+        }
+        let icmp = &p[ihl..];
+        if icmp[0] == 0 && icmp[4..6] == id.to_be_bytes() {
+            let seq = u16::from_be_bytes([icmp[6], icmp[7]]) as usize;
+            if let Some(a) = answered.get_mut(seq) {
+                *a = true;
+            }
+        }
+    };
+    let mut next = Instant::now();
+    while !stop() && sent_at.len() < u16::MAX as usize {
+        let seq = sent_at.len() as u16;
+        let mut pkt = vec![8u8, 0, 0, 0];
+        pkt.extend_from_slice(&id.to_be_bytes());
+        pkt.extend_from_slice(&seq.to_be_bytes());
+        pkt.extend_from_slice(&[0x70; 32]);
+        let c = checksum(&pkt);
+        pkt[2..4].copy_from_slice(&c.to_be_bytes());
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sa.sin_family = libc::AF_INET as u16;
+        sa.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
+        // SAFETY: sending our buffer to a valid sockaddr_in. A failed send (no route
+        // for a moment) is an unanswered echo like any other.
+        unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                pkt.as_ptr() as *const _,
+                pkt.len(),
+                0,
+                &sa as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        sent_at.push(Instant::now());
+        answered.push(false);
+        next += interval;
+        loop {
+            drain(&mut answered);
+            let left = next.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut pfd = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one valid fd.
+            unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
+        }
+    }
+    let end = Instant::now() + grace;
+    while Instant::now() < end {
+        drain(&mut answered);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut s = Stream {
+        sent: sent_at.len() as u32,
+        received: answered.iter().filter(|a| **a).count() as u32,
+        longest_gap_ms: 0,
+    };
+    let mut i = 0;
+    while i < answered.len() {
+        if answered[i] {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < answered.len() && !answered[i] {
+            i += 1;
+        }
+        // From the first lost echo to the next answered one (or the last sent).
+        let until = sent_at.get(i).unwrap_or(&sent_at[i - 1]);
+        let gap = until.duration_since(sent_at[start]).as_millis() as u64;
+        s.longest_gap_ms = s.longest_gap_ms.max(gap.max(interval.as_millis() as u64));
+    }
+    Ok(s)
+}

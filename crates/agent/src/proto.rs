@@ -52,6 +52,9 @@ pub enum Request {
         #[serde(default)]
         keys: Vec<String>,
     },
+    /// A new WireGuard key for this node, given to its device and published →
+    /// [`crate::wireguard::Rotated`].
+    RotateWireguardKey,
     /// What the programmed tables of local pod `ip` say of traffic with `peer` →
     /// [`PodVerdict`].
     Verdict {
@@ -87,7 +90,7 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
     }
     serde_json::from_value(v).map_err(|e| {
         format!(
-            "{e}; send one of {{\"get\":\"status\"}}, {{\"get\":\"state\"}}, {{\"get\":\"pod\",\"ip\":…}}, {{\"get\":\"ping\",\"ip\":…,\"size\":N}}, {{\"get\":\"policy\"}}, {{\"get\":\"policy-stats\"}}, {{\"get\":\"policy-revision\"}}, {{\"get\":\"policy-versions\",\"keys\":[…]}}, {{\"get\":\"verdict\",\"ip\":…,\"peer\":…,\"direction\":\"ingress\"|\"egress\",\"protocol\":\"TCP\",\"port\":N}}"
+            "{e}; send one of {{\"get\":\"status\"}}, {{\"get\":\"state\"}}, {{\"get\":\"pod\",\"ip\":…}}, {{\"get\":\"ping\",\"ip\":…,\"size\":N}}, {{\"get\":\"policy\"}}, {{\"get\":\"policy-stats\"}}, {{\"get\":\"policy-revision\"}}, {{\"get\":\"policy-versions\",\"keys\":[…]}}, {{\"get\":\"rotate-wireguard-key\"}}, {{\"get\":\"verdict\",\"ip\":…,\"peer\":…,\"direction\":\"ingress\"|\"egress\",\"protocol\":\"TCP\",\"port\":N}}"
         )
     })
 }
@@ -332,6 +335,10 @@ impl Client {
 
     pub fn status(&self) -> Result<Status, ClientError> {
         self.call(&Request::Status)
+    }
+
+    pub fn rotate_wireguard_key(&self) -> Result<crate::wireguard::Rotated, ClientError> {
+        self.call(&Request::RotateWireguardKey)
     }
 
     pub fn state(&self) -> Result<NodeState, ClientError> {

@@ -25,6 +25,18 @@ pub const VXLAN_PORT: u16 = 8472;
 /// the pod MTU is the underlay's minus 50.
 pub const VXLAN_OVERHEAD: u32 = 50;
 
+/// The WireGuard device of the `wireguard` backend, and its UDP port (WireGuard's
+/// customary 51820).
+pub const WG_DEV: &str = "podnet.wg";
+pub const WG_PORT: u16 = 51820;
+/// WireGuard's cost per packet over an IPv4 underlay: outer IPv4 20 + UDP 8 + the
+/// transport header 16 (type, receiver index, counter) + the Poly1305 tag 16 = 60
+/// bytes, so the pod MTU is the underlay's minus 60. WireGuard pads the plaintext to
+/// a multiple of 16 but never beyond the device MTU, so padding adds nothing at full
+/// size. (`wg-quick`'s 1420 = 1500 − 80 allows for an IPv6 underlay; podnet's
+/// underlay is IPv4.)
+pub const WG_OVERHEAD: u32 = 60;
+
 /// The pod interface's MAC: `0a:58` + the IPv4 address (locally administered,
 /// unicast, unique wherever the IP is).
 pub fn pod_mac(ip: Ipv4Addr) -> [u8; 6] {

@@ -364,6 +364,7 @@ impl Datastore for EtcdStore {
                 && prev.underlay_ip == r.underlay_ip
                 && prev.vtep_mac == r.vtep_mac
                 && prev.backend == r.backend
+                && prev.wireguard == r.wireguard
                 && prev.ttl == r.ttl;
             // Alive and still holding our keys (nobody removed the node meanwhile). A
             // lease etcd no longer knows fails the keep-alive: claim again.

@@ -339,6 +339,7 @@ mod tests {
             underlay_ip: Ipv4Addr::new(192, 168, 1, ip),
             vtep_mac: format!("0a:59:c0:a8:01:{ip:02x}"),
             backend: "vxlan".into(),
+            wireguard: None,
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             node_prefix: 24,
             ttl: Duration::from_secs(ttl),

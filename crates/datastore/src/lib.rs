@@ -73,11 +73,25 @@ pub struct NodeRecord {
     pub underlay_ip: Ipv4Addr,
     /// MAC of the node's VXLAN device, `aa:bb:…`.
     pub vtep_mac: String,
-    /// `vxlan` or `host-gw`.
+    /// `vxlan`, `host-gw` or `wireguard`.
     pub backend: String,
+    /// With the WireGuard backend: the node's public key and port (its private key
+    /// never leaves the node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireGuardPeer>,
     /// Seconds since the Unix epoch of the last renewal.
     pub renewed: u64,
     pub ttl_secs: u64,
+}
+
+/// What peers need to reach a node through WireGuard, besides its underlay address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireGuardPeer {
+    /// The node's Curve25519 public key, base64 as `wg pubkey` writes it. Checked by
+    /// the reader: a record is data, not a promise.
+    pub public_key: String,
+    /// The UDP port the node's WireGuard device listens on.
+    pub port: u16,
 }
 
 impl NodeRecord {
@@ -97,6 +111,7 @@ pub struct Registration {
     pub underlay_ip: Ipv4Addr,
     pub vtep_mac: String,
     pub backend: String,
+    pub wireguard: Option<WireGuardPeer>,
     /// The range pod CIDRs are cut from, and the size of each.
     pub cluster_cidr: Ipv4Net,
     pub node_prefix: u8,
@@ -112,6 +127,7 @@ impl Registration {
             underlay_ip: self.underlay_ip,
             vtep_mac: self.vtep_mac.clone(),
             backend: self.backend.clone(),
+            wireguard: self.wireguard.clone(),
             renewed,
             ttl_secs: self.ttl.as_secs().max(1),
         }
@@ -274,6 +290,7 @@ mod tests {
             underlay_ip: Ipv4Addr::new(192, 168, 1, 10),
             vtep_mac: "0a:59:c0:a8:01:0a".into(),
             backend: "vxlan".into(),
+            wireguard: None,
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             node_prefix: 24,
             ttl: Duration::from_secs(60),

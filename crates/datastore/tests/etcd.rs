@@ -78,6 +78,7 @@ fn reg(name: &str, ip: [u8; 4], ttl: u64) -> Registration {
         underlay_ip: ip.into(),
         vtep_mac: "0a:59:c0:a8:01:0a".into(),
         backend: "vxlan".into(),
+        wireguard: None,
         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
         node_prefix: 24,
         ttl: Duration::from_secs(ttl),

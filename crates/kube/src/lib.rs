@@ -46,8 +46,12 @@ use std::time::{Duration, Instant};
 pub const ANN_UNDERLAY_IP: &str = "podnet.dev/underlay-ip";
 /// The MAC of the node's VXLAN device.
 pub const ANN_VTEP_MAC: &str = "podnet.dev/vtep-mac";
-/// `vxlan` or `host-gw`.
+/// `vxlan`, `host-gw` or `wireguard`.
 pub const ANN_BACKEND: &str = "podnet.dev/backend";
+/// With the WireGuard backend: the node's public key (base64) and UDP port. The
+/// private key stays on the node.
+pub const ANN_WG_PUBLIC_KEY: &str = "podnet.dev/wireguard-public-key";
+pub const ANN_WG_PORT: &str = "podnet.dev/wireguard-port";
 
 /// Every API call podnetd makes: (API group, resource, verb). `deploy/rbac.yaml`'s
 /// ClusterRole grants exactly these.
@@ -399,6 +403,16 @@ pub fn node_record(n: &Node) -> std::result::Result<NodeRecord, String> {
         underlay_ip,
         vtep_mac: get(ANN_VTEP_MAC)?,
         backend: get(ANN_BACKEND)?,
+        // Read as written; the agent checks the key before using it.
+        wireguard: match (ann.get(ANN_WG_PUBLIC_KEY), ann.get(ANN_WG_PORT)) {
+            (Some(k), Some(p)) => Some(podnet_datastore::WireGuardPeer {
+                public_key: k.clone(),
+                port: p
+                    .parse()
+                    .map_err(|_| format!("its annotation {ANN_WG_PORT} ({p:?}) is not a port"))?,
+            }),
+            _ => None,
+        },
         renewed: podnet_datastore::now(),
         // No leases on Kubernetes: a Node is present until it is deleted.
         ttl_secs: 100 * 365 * 86_400,
@@ -434,13 +448,17 @@ impl Datastore for KubeStore {
                 ),
             });
         }
+        // `None`: the annotation must be absent (a merge patch's null removes it).
+        let wg = r.wireguard.as_ref();
         let want = [
-            (ANN_UNDERLAY_IP, r.underlay_ip.to_string()),
-            (ANN_VTEP_MAC, r.vtep_mac.clone()),
-            (ANN_BACKEND, r.backend.clone()),
+            (ANN_UNDERLAY_IP, Some(r.underlay_ip.to_string())),
+            (ANN_VTEP_MAC, Some(r.vtep_mac.clone())),
+            (ANN_BACKEND, Some(r.backend.clone())),
+            (ANN_WG_PUBLIC_KEY, wg.map(|w| w.public_key.clone())),
+            (ANN_WG_PORT, wg.map(|w| w.port.to_string())),
         ];
         let have = node.metadata.annotations.clone().unwrap_or_default();
-        if want.iter().any(|(k, v)| have.get(*k) != Some(v)) {
+        if want.iter().any(|(k, v)| have.get(*k) != v.as_ref()) {
             let ann: serde_json::Map<String, serde_json::Value> = want
                 .iter()
                 .map(|(k, v)| (k.to_string(), json!(v)))

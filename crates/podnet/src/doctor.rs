@@ -6,7 +6,8 @@
 //! reverse-path filtering that would drop overlay traffic.
 
 use crate::trace::{
-    device_mismatch, echo_text, pod_end, pod_gateway, route_fix, route_to_peer_mismatch, Agents,
+    age, device_mismatch, echo_text, pod_end, pod_gateway, route_fix, route_to_peer_mismatch,
+    wireguard_peer_mismatch, Agents, Overlay,
 };
 use anyhow::{bail, Result};
 use podnet_agent::proto::{Client, NeighState, NodeState, RouteState};
@@ -72,6 +73,12 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
                 .join(", ")
         );
     }
+    // Every node's own view first: a WireGuard peer's key is checked against the key
+    // that peer's device really holds.
+    let statuses: std::collections::BTreeMap<String, Status> = all
+        .iter()
+        .filter_map(|(n, sock)| Some((n.clone(), Client::new(sock).status().ok()?)))
+        .collect();
     let mut nodes = Vec::new();
     for (node, sock) in all {
         if only.is_some_and(|o| o != node) {
@@ -99,6 +106,7 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
             agent: &agent,
             st: &st,
             state: &state,
+            others: &statuses,
         };
         devices(&mut out, &n);
         peers(&mut out, &n);
@@ -123,6 +131,8 @@ struct NodeView<'a> {
     agent: &'a Client,
     st: &'a Status,
     state: &'a NodeState,
+    /// Every node's agent status, by node.
+    others: &'a std::collections::BTreeMap<String, Status>,
 }
 
 impl NodeView<'_> {
@@ -171,7 +181,16 @@ fn devices(out: &mut Out, n: &NodeView) {
     );
     // Each device up, with the values its agent gives it (MTU, MAC, VXLAN port and
     // source address).
-    for (check, label, dev) in [("bridge", "bridge", bridge), ("vxlan", "VXLAN device", vx)] {
+    let wg = st
+        .wireguard
+        .as_ref()
+        .map(|w| w.device.clone())
+        .unwrap_or_default();
+    for (check, label, dev) in [
+        ("bridge", "bridge", bridge),
+        ("vxlan", "VXLAN device", vx),
+        ("wireguard", "WireGuard device", &wg),
+    ] {
         if dev.is_empty() {
             continue;
         }
@@ -194,6 +213,29 @@ fn devices(out: &mut Out, n: &NodeView) {
             },
         );
     }
+    if let Some(w) = &st.wireguard {
+        // The device process answers, and holds the key the node publishes.
+        let bad = match &w.error {
+            Some(e) => Some(format!("its device process does not answer: {e}")),
+            None if w.device_public_key != w.public_key => Some(format!(
+                "it holds key {}, but the node publishes {}",
+                w.device_public_key, w.public_key
+            )),
+            None => None,
+        };
+        out.check(
+            "wireguard key",
+            bad.is_none(),
+            match &bad {
+                None => format!(
+                    "{} (pid {}, {}) holds the published key {}",
+                    w.device, w.pid, w.implementation, w.public_key
+                ),
+                Some(b) => format!("{}: {b}", w.device),
+            },
+            "restart podnetd: it starts the device process and gives it the node's key",
+        );
+    }
     let fwd = state.forwarding;
     out.check(
         "forwarding",
@@ -213,7 +255,7 @@ fn peers(out: &mut Out, n: &NodeView) {
     let routes = n.routes();
     let neighs = n.neighs();
     let fdb = &n.state.fdb;
-    let (mtu, overhead, port) = (st.mtu, st.overlay_overhead, st.vxlan_port);
+    let (mtu, overhead) = (st.mtu, st.overlay_overhead);
     for p in peers {
         let (name, cidr, under, mac) = (&p.name, &p.pod_cidr, &p.underlay_ip, &p.vtep_mac);
         let vtep = cidr.split('/').next().unwrap_or("");
@@ -251,6 +293,23 @@ fn peers(out: &mut Out, n: &NodeView) {
                 &format!("bridge fdb replace {mac} dev {vx} dst {under} self permanent"),
             );
         }
+        if st.wireguard.is_some() {
+            let r = wireguard_peer_mismatch(st, p, n.others.get(name));
+            out.check(
+                &format!("wireguard peer {name}"),
+                r.is_ok(),
+                match &r {
+                    Ok(c) => format!(
+                        "key {} at {}, latest handshake {}",
+                        c.public_key,
+                        c.endpoint,
+                        age(c.last_handshake)
+                    ),
+                    Err(e) => e.clone(),
+                },
+                &format!("if {name}'s record is stale, restart podnetd on {name} to publish its key; else restart podnetd here (it configures peers from the datastore)"),
+            );
+        }
         let ping = |ip: &str, size: u32| -> String {
             let size = u16::try_from(size).unwrap_or(u16::MAX);
             match ip.parse() {
@@ -269,12 +328,18 @@ fn peers(out: &mut Out, n: &NodeView) {
             "check the physical network between the nodes",
         );
         if small == "reply" {
-            if !vx.is_empty() {
+            let overlay = match (&st.wireguard, vx.is_empty()) {
+                (Some(_), _) => Some(Overlay::WireGuard),
+                (None, false) => Some(Overlay::Vxlan),
+                (None, true) => None,
+            };
+            if let Some(o) = overlay {
+                let (label, port) = o.describe(st, p);
                 let v = ping(vtep, 56);
                 out.check(
-                    &format!("vxlan port to {name}"),
+                    &format!("{} port to {name}", label.to_lowercase()),
                     v == "reply",
-                    format!("through the overlay to {vtep} and back: {v}"),
+                    format!("{label} (UDP {port}) through the overlay to {vtep} and back: {v}"),
                     &format!("allow UDP {port} between the nodes, both directions"),
                 );
             }

@@ -17,6 +17,7 @@ pub mod reach;
 pub mod scratch;
 pub mod sctp;
 pub mod trace;
+pub mod wireguard_cmd;
 
 use std::path::PathBuf;
 

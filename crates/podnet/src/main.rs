@@ -81,6 +81,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
+    /// The WireGuard backend: each node's device, key and peers with their latest
+    /// handshakes; re-keying a node.
+    Wireguard {
+        #[command(subcommand)]
+        cmd: WireguardCmd,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -146,6 +152,38 @@ enum PolicyCmd {
     /// policies that isolate the pod.
     Stats {
         /// Ask this lab's agents (default: the local agent).
+        #[arg(long)]
+        lab: Option<String>,
+        /// The local agent's socket, without --lab.
+        #[arg(long, default_value = "/run/podnet/podnetd.sock")]
+        agent: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum WireguardCmd {
+    /// Each node's WireGuard device: implementation, public key, port, and per peer its
+    /// key, endpoint, allowed IPs, latest handshake and bytes.
+    Status {
+        /// Ask this lab's agents (default: the local agent).
+        #[arg(long)]
+        lab: Option<String>,
+        /// The local agent's socket, without --lab.
+        #[arg(long, default_value = "/run/podnet/podnetd.sock")]
+        agent: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Give a node a new WireGuard key while traffic flows: the agent writes it to its
+    /// key file, gives it to the device and publishes the public key; peers take it
+    /// from the datastore. In a lab, a pod on every other node pings a pod on the node
+    /// meanwhile and what they lost is reported.
+    Rotate {
+        /// Rotate this lab node's key (with --lab).
+        #[arg(long, requires = "lab")]
+        node: Option<String>,
         #[arg(long)]
         lab: Option<String>,
         /// The local agent's socket, without --lab.
@@ -310,8 +348,12 @@ enum LabPolicyDatapath {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LabBackend {
+    /// VXLAN between nodes (UDP 8472), in clear.
     Vxlan,
+    /// Routes to each node's underlay address.
     HostGw,
+    /// WireGuard between nodes (UDP 51820), encrypted; userspace here.
+    Wireguard,
 }
 
 #[derive(Subcommand)]
@@ -584,6 +626,7 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
                 backend: backend.map(|b| match b {
                     LabBackend::Vxlan => "vxlan".into(),
                     LabBackend::HostGw => "host-gw".into(),
+                    LabBackend::Wireguard => "wireguard".into(),
                 }),
                 datastore,
                 repair: no_repair.then_some(false),
@@ -844,8 +887,48 @@ fn run_policy(cmd: PolicyCmd) -> Result<()> {
     Ok(())
 }
 
+fn run_wireguard(cmd: WireguardCmd) -> Result<()> {
+    match cmd {
+        WireguardCmd::Status { lab, agent, output } => {
+            let socks: Vec<(String, PathBuf)> = match lab {
+                Some(name) => {
+                    let l = open_lab(&name)?;
+                    let st = l.load()?.unwrap_or_default();
+                    st.nodes
+                        .iter()
+                        .map(|n| (n.name.clone(), l.api_socket(&n.name)))
+                        .collect()
+                }
+                None => vec![("local".into(), agent)],
+            };
+            let s = podnet::wireguard_cmd::status(&socks);
+            emit(output, &s, |s| podnet::wireguard_cmd::render_status(s))?;
+            if s.iter().any(|n| n.wireguard.is_none()) {
+                std::process::exit(1);
+            }
+        }
+        WireguardCmd::Rotate {
+            node,
+            lab,
+            agent,
+            output,
+        } => {
+            let r = match lab {
+                Some(name) => {
+                    let node = node.context("--lab needs --node: the node to re-key")?;
+                    podnet::wireguard_cmd::rotate_in_lab(&open_lab(&name)?, &node)?
+                }
+                None => podnet::wireguard_cmd::rotate(agent)?,
+            };
+            emit(output, &r, podnet::wireguard_cmd::render_rotation)?;
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Cmd::Wireguard { cmd } => run_wireguard(cmd)?,
         Cmd::Policy { cmd } => run_policy(cmd)?,
         Cmd::Lab { name, cmd } => run_lab(&name, cmd)?,
         Cmd::Doctor {

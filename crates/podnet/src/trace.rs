@@ -164,16 +164,146 @@ pub(crate) fn route_to_peer_mismatch(
 /// Next hop, device and onlink of the route podnet makes to `peer` on a node
 /// with agent status `st`.
 fn podnet_route(st: &Status, peer: &PeerStatus) -> (String, String, bool) {
-    if st.vxlan_dev.is_empty() {
-        (peer.underlay_ip.clone(), st.underlay_dev.clone(), false)
-    } else {
-        let first = peer
-            .pod_cidr
+    let first = || {
+        peer.pod_cidr
             .parse::<Ipv4Net>()
             .map(|n| n.network().to_string())
-            .unwrap_or_default();
-        (first, st.vxlan_dev.clone(), true)
+            .unwrap_or_default()
+    };
+    match (&st.wireguard, st.vxlan_dev.is_empty()) {
+        (Some(w), _) => (first(), w.device.clone(), true),
+        (None, false) => (first(), st.vxlan_dev.clone(), true),
+        (None, true) => (peer.underlay_ip.clone(), st.underlay_dev.clone(), false),
     }
+}
+
+/// How long ago Unix time `t` was, for people ("never" for 0).
+pub(crate) fn age(t: u64) -> String {
+    if t == 0 {
+        return "never".into();
+    }
+    let s = podnet_datastore::now().saturating_sub(t);
+    match s {
+        0..=119 => format!("{s} s ago"),
+        120..=7199 => format!("{} min ago", s / 60),
+        _ => format!("{} h ago", s / 3600),
+    }
+}
+
+/// What is wrong with the WireGuard peer `node` (agent status `st`) has for `peer`:
+/// the device must hold a peer for the peer's pod CIDR, with the public key the
+/// datastore publishes for it, which must be the key the peer's own device holds
+/// (`peer_st`, when known), at the peer's underlay address and port. `Ok` gives the
+/// peer as configured, for the detail.
+pub(crate) fn wireguard_peer_mismatch<'a>(
+    st: &'a Status,
+    peer: &PeerStatus,
+    peer_st: Option<&Status>,
+) -> std::result::Result<&'a podnet_agent::WireGuardPeerStatus, String> {
+    let Some(w) = &st.wireguard else {
+        return Err("the node does not run the wireguard backend".into());
+    };
+    if let Some(e) = &w.error {
+        return Err(format!("its device does not answer: {e}"));
+    }
+    let Some(c) = w.peers.iter().find(|c| c.allowed_ips.contains(&peer.pod_cidr)) else {
+        return Err(format!(
+            "{} holds no peer for {}'s pod CIDR {}",
+            w.device, peer.name, peer.pod_cidr
+        ));
+    };
+    if c.public_key != peer.wireguard_public_key {
+        return Err(format!(
+            "{} holds key {} for {}, but the datastore publishes {}",
+            w.device, c.public_key, peer.name, peer.wireguard_public_key
+        ));
+    }
+    if let Some(real) = peer_st
+        .and_then(|p| p.wireguard.as_ref())
+        .map(|p| &p.device_public_key)
+        .filter(|k| !k.is_empty())
+    {
+        if *real != c.public_key {
+            return Err(format!(
+                "{} holds key {} for {} (as the datastore publishes), but {}'s own device has key {real}: handshakes fail",
+                w.device, c.public_key, peer.name, peer.name
+            ));
+        }
+    }
+    let want = format!("{}:{}", peer.underlay_ip, peer.wireguard_port);
+    if c.endpoint != want {
+        return Err(format!(
+            "{} sends {}'s packets to {}, not to {want}",
+            w.device, peer.name, c.endpoint
+        ));
+    }
+    Ok(c)
+}
+
+/// The WireGuard peer a node holds for `peer`, as a hop (with the latest handshake's
+/// age in its detail).
+fn wireguard_peer_hop(
+    b: &mut Builder,
+    where_: &str,
+    node: &str,
+    (st, peer): (&Status, Option<&PeerStatus>),
+    peer_st: Option<&Status>,
+) {
+    let dev = st.wireguard.as_ref().map(|w| w.device.clone()).unwrap_or_default();
+    let Some(p) = peer else {
+        b.add(
+            where_,
+            "wireguard-peer",
+            "broken",
+            "the other node is not among this node's peers".into(),
+            "(none)".into(),
+            "podnet lab status".into(),
+            "is its agent registered? check the datastore",
+        );
+        return;
+    };
+    let r = wireguard_peer_mismatch(st, p, peer_st);
+    let kernel = st
+        .wireguard
+        .as_ref()
+        .and_then(|w| w.peers.iter().find(|c| c.allowed_ips.contains(&p.pod_cidr)))
+        .map(|c| {
+            format!(
+                "peer {} endpoint {} allowed ips {} latest handshake {}",
+                c.public_key,
+                c.endpoint,
+                c.allowed_ips.join(","),
+                age(c.last_handshake)
+            )
+        })
+        .unwrap_or_else(|| "(none)".into());
+    let fix = match &r {
+        Err(e) if e.contains("own device") => format!(
+            "{}'s record is stale or forged: its podnetd publishes its real key at its next lease renewal; restart podnetd on {} to publish it now",
+            p.name, p.name
+        ),
+        _ => format!(
+            "podnetd on {node} configures its peers from the datastore within a second unless it runs with --no-repair; restart it"
+        ),
+    };
+    b.check(
+        where_,
+        "wireguard-peer",
+        r.is_ok(),
+        match &r {
+            Ok(c) => format!(
+                "{} is peer {} at {}, latest handshake {}",
+                p.name,
+                c.public_key,
+                c.endpoint,
+                age(c.last_handshake)
+            ),
+            Err(e) => e.clone(),
+        },
+        kernel,
+        format!("podnet wireguard status   (or: wg show {dev}, on {node})"),
+        &fix,
+    );
 }
 
 /// The command that puts podnet's route to `peer` back by hand.
@@ -546,9 +676,33 @@ fn between_nodes(b: &mut Builder, s: &End, d: &End) -> Result<()> {
     if !vx.is_empty() {
         overlay_hops(b, "src-node", sn, s_state, &vx, peer);
     }
+    let wg = sst.wireguard.as_ref().map(|w| w.device.clone());
+    if let Some(dev) = &wg {
+        device_hop(
+            b,
+            "src-node",
+            "wireguard",
+            sn,
+            (s_state, sst),
+            dev,
+            "WireGuard device",
+        );
+        wireguard_peer_hop(b, "src-node", sn, (sst, peer), Some(dst_st));
+    }
     // ---- the destination node's way back to the source (read before probing, so
     // a broken return path is not blamed on the physical network)
     let mut back = Builder { hops: vec![] };
+    if let Some(dev) = dst_st.wireguard.as_ref().map(|w| &w.device) {
+        device_hop(
+            &mut back,
+            "dst-node",
+            "wireguard",
+            dn,
+            (d_state, dst_st),
+            dev,
+            "WireGuard device",
+        );
+    }
     if !vx.is_empty() {
         device_hop(
             &mut back,
@@ -595,9 +749,17 @@ fn between_nodes(b: &mut Builder, s: &End, d: &End) -> Result<()> {
     if !vx.is_empty() {
         overlay_hops(&mut back, "dst-node", dn, d_state, &vx, src_peer);
     }
+    if dst_st.wireguard.is_some() {
+        wireguard_peer_hop(&mut back, "dst-node", dn, (dst_st, src_peer), Some(sst));
+    }
     let back_ok = !back.hops.iter().any(|h| h.status == "broken");
     // ---- the physical network, probed from the source node
-    underlay_hops(b, sn, sc, sst, peer, !vx.is_empty(), back_ok)?;
+    let overlay = match (&sst.wireguard, vx.is_empty()) {
+        (Some(_), _) => Some(Overlay::WireGuard),
+        (None, false) => Some(Overlay::Vxlan),
+        (None, true) => None,
+    };
+    underlay_hops(b, sn, sc, sst, peer, overlay, back_ok)?;
     b.hops.extend(back.hops);
     Ok(())
 }
@@ -860,8 +1022,11 @@ pub(crate) fn device_mismatch(l: &LinkState, st: &Status) -> Option<String> {
     }
     let want_mac = if *name == st.bridge {
         pod_gateway(st).map(|g| podnet_netlink::fmt_mac(&podnet_conventions::pod_mac(g)))
-    } else {
+    } else if *name == st.vxlan_dev {
         Some(st.vtep_mac.clone()).filter(|m| !m.is_empty())
+    } else {
+        // The WireGuard device is a TUN device: no MAC.
+        None
     };
     if let Some(m) = want_mac.filter(|m| !l.mac.eq_ignore_ascii_case(m)) {
         return Some(format!("{name} has MAC {}; its agent gives it {m}", l.mac));
@@ -976,13 +1141,30 @@ fn overlay_hops(
     );
 }
 
+/// The tunnel a node's traffic to peers crosses the physical network in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Overlay {
+    Vxlan,
+    WireGuard,
+}
+
+impl Overlay {
+    /// Its name, and the UDP port packets to `peer` go to.
+    pub(crate) fn describe(self, st: &Status, peer: &PeerStatus) -> (&'static str, u16) {
+        match self {
+            Overlay::Vxlan => ("VXLAN", st.vxlan_port),
+            Overlay::WireGuard => ("WireGuard", peer.wireguard_port),
+        }
+    }
+}
+
 fn underlay_hops(
     b: &mut Builder,
     node: &str,
     agent: &Client,
     st: &Status,
     peer: Option<&PeerStatus>,
-    vxlan: bool,
+    overlay: Option<Overlay>,
     return_ok: bool,
 ) -> Result<()> {
     let Some(p) = peer else { return Ok(()) };
@@ -1004,8 +1186,8 @@ fn underlay_hops(
         );
         return Ok(());
     }
-    let port = st.vxlan_port;
-    if vxlan {
+    if let Some(o) = overlay {
+        let (label, port) = o.describe(st, p);
         let vtep = p.pod_cidr.split('/').next().unwrap_or("").to_string();
         let over = ping(&vtep, 56)?;
         let src_overlay_ok = return_ok
@@ -1021,9 +1203,9 @@ fn underlay_hops(
         b.add(
             "underlay", "port", status,
             match status {
-                "ok" => format!("VXLAN (UDP {port}) carries packets to {under} and back"),
-                "broken" => format!("the underlay reaches {under} but VXLAN (UDP {port}) does not get through: the port is blocked on the way"),
-                _ => "VXLAN probe failed, but an overlay entry on one of the two nodes is already broken (listed)".into(),
+                "ok" => format!("{label} (UDP {port}) carries packets to {under} and back"),
+                "broken" => format!("the underlay reaches {under} but {label} (UDP {port}) does not get through: the port is blocked on the way"),
+                _ => format!("{label} probe failed, but an overlay entry on one of the two nodes is already broken (listed)"),
             },
             format!("ping {vtep} (through the overlay): {over}"),
             format!("ping -c1 {vtep}   (on {node}); tcpdump -ni eth0 udp port {port}"),
@@ -1038,7 +1220,7 @@ fn underlay_hops(
         if big == "reply" { format!("the physical path carries {} bytes with DF set (pod MTU {mtu} + {overhead})", mtu + overhead) } else { format!("the physical path drops {}-byte packets with DF set ({big}): smaller than pod MTU {mtu} + {overhead} of overlay", mtu + overhead) },
         format!("ping -M do -s {size} {under}: {big}"),
         format!("ping -M do -s {size} {under}   (on {node})"),
-        "raise the physical network's MTU, or lower the pod MTU (podnetd sets it to the underlay MTU − 50)",
+        "raise the physical network's MTU, or lower the pod MTU (podnetd sets it to the underlay MTU less its overlay's overhead: 50 for VXLAN, 60 for WireGuard)",
     );
     Ok(())
 }

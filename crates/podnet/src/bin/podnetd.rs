@@ -7,8 +7,12 @@ use std::time::Duration;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Backend {
+    /// Pod packets in VXLAN (UDP 8472) between nodes, in clear.
     Vxlan,
+    /// Plain routes to each node's underlay address (nodes on one L2 network).
     HostGw,
+    /// Pod packets encrypted by WireGuard (UDP 51820) between nodes.
+    Wireguard,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -85,8 +89,31 @@ struct Args {
     /// Prefix length of each node's pod CIDR.
     #[arg(long, default_value_t = 24)]
     node_prefix: u8,
+    /// How pod traffic crosses between nodes.
     #[arg(long, value_enum, default_value = "vxlan")]
     backend: Backend,
+    /// WireGuard backend: the device.
+    #[arg(long, default_value = podnet_conventions::WG_DEV)]
+    wireguard_dev: String,
+    /// WireGuard backend: the UDP port the device listens on (every node's may differ;
+    /// each publishes its own).
+    #[arg(long, default_value_t = podnet_conventions::WG_PORT)]
+    wireguard_port: u16,
+    /// WireGuard backend: the node's private key, made here (mode 0600) on first start;
+    /// it never leaves the node. Remove it and restart podnetd, or use `podnet
+    /// wireguard rotate`, for a new one.
+    #[arg(long, default_value = "/var/lib/podnet/wireguard.key")]
+    wireguard_key: PathBuf,
+    /// WireGuard backend: the device process's configuration socket (root only; at
+    /// this default path `wg show podnet.wg` from wireguard-tools reads it).
+    #[arg(long, default_value = "/var/run/wireguard/podnet.wg.sock")]
+    wireguard_socket: PathBuf,
+    /// WireGuard backend: where the device process writes its pid.
+    #[arg(long, default_value = "/run/podnet/wireguard.pid")]
+    wireguard_pid_file: PathBuf,
+    /// Run as the WireGuard device process (podnetd starts it; not for people).
+    #[arg(long, hide = true)]
+    wireguard_device_process: bool,
     #[arg(long, default_value_t = 1)]
     vni: u32,
     /// VXLAN UDP port (8472 as Flannel; 4789 is the IANA port).
@@ -138,6 +165,17 @@ fn init_logs(format: LogFormat) {
 fn main() {
     let mut a = Args::parse();
     init_logs(a.log_format);
+    if a.wireguard_device_process {
+        if let Err(e) = podnet_agent::wireguard::run_device(
+            &a.wireguard_dev,
+            &a.wireguard_socket,
+            &a.wireguard_pid_file,
+        ) {
+            tracing::error!(node = a.node, "WireGuard device {}: {e}", a.wireguard_dev);
+            std::process::exit(1);
+        }
+        std::process::exit(0);
+    }
     if let Some(k) = &a.kubeconfig {
         if a.datastore != "kubernetes" {
             eprintln!(
@@ -220,6 +258,7 @@ fn main() {
         backend: match a.backend {
             Backend::Vxlan => BackendKind::Vxlan,
             Backend::HostGw => BackendKind::HostGw,
+            Backend::Wireguard => BackendKind::WireGuard,
         },
         vni: a.vni,
         port: a.vxlan_port,
@@ -236,6 +275,13 @@ fn main() {
             PolicyDatapath::None => podnet_agent::policy::DatapathKind::None,
         },
         bpf_dir: a.bpf_dir,
+        wireguard: podnet_agent::wireguard::Paths {
+            dev: a.wireguard_dev,
+            port: a.wireguard_port,
+            key_file: a.wireguard_key,
+            socket: a.wireguard_socket,
+            pid_file: a.wireguard_pid_file,
+        },
     };
     let node = cfg.node.clone();
     let result = Agent::new(cfg).and_then(|agent| agent.run());

@@ -41,7 +41,8 @@ pub const ECHO_PORT: u16 = 7777;
 pub struct Options {
     pub nodes: usize,
     pub pods_per_node: usize,
-    /// `vxlan` or `host-gw`; `None`: what the lab was built with, else `vxlan`.
+    /// `vxlan`, `host-gw` or `wireguard`; `None`: what the lab was built with, else
+    /// `vxlan`.
     pub backend: Option<String>,
     /// A datastore URL or `etcd` (an etcd inside the lab); `None`: what the lab was
     /// built with, else the lab's own file datastore.
@@ -294,6 +295,11 @@ impl Lab {
         self.node_dir(node).join("podnetd.sock")
     }
 
+    /// The configuration socket of `node`'s WireGuard device (WireGuard backend).
+    pub fn wireguard_socket(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("wireguard.sock")
+    }
+
     /// The API client of `node`'s agent.
     pub fn agent(&self, node: &str) -> podnet_agent::proto::Client {
         podnet_agent::proto::Client::new(self.api_socket(node))
@@ -327,7 +333,7 @@ impl Lab {
         Ok(())
     }
 
-    fn pid_file(&self, what: &str) -> PathBuf {
+    pub(crate) fn pid_file(&self, what: &str) -> PathBuf {
         self.dir.join("pids").join(format!("{what}.pid"))
     }
 

@@ -283,7 +283,16 @@ impl Lab {
                 .arg("--policy-datapath")
                 .arg(&st.policy_datapath)
                 .arg("--bpf-dir")
-                .arg(self.bpf_dir().join(node));
+                .arg(self.bpf_dir().join(node))
+                // Every node's WireGuard things in its own directory (all nodes share
+                // this machine's files); the device process's pid with the lab's, so
+                // `down` stops it.
+                .arg("--wireguard-key")
+                .arg(dir.join("wireguard.key"))
+                .arg("--wireguard-socket")
+                .arg(self.wireguard_socket(node))
+                .arg("--wireguard-pid-file")
+                .arg(self.pid_file(&wireguard_pid_name(node)));
             if !st.repair {
                 cmd.arg("--no-repair");
             }
@@ -431,6 +440,7 @@ impl Lab {
             bail!("no node {node} in lab {}", self.name);
         }
         self.stop(node, "podnetd");
+        self.stop(&wireguard_pid_name(node), "podnetd");
         // Talk to the datastore from inside the fabric, where the lab's etcd lives: the
         // machine's own namespace never sends anything to lab addresses.
         let fabric = Netns::open(netns::named_path(&self.fabric_ns()))?;
@@ -474,7 +484,7 @@ impl Lab {
         let st = self.load().ok().flatten().unwrap_or_default();
         let mut removed = 0;
         // Every process the lab started has a pid file, recorded or not in lab.json.
-        let pids: Vec<String> = std::fs::read_dir(self.dir.join("pids"))
+        let mut pids: Vec<String> = std::fs::read_dir(self.dir.join("pids"))
             .map(|d| {
                 d.flatten()
                     .filter_map(|e| {
@@ -486,6 +496,9 @@ impl Lab {
                     .collect()
             })
             .unwrap_or_default();
+        // Agents before WireGuard device processes: an agent still running would start
+        // its device again.
+        pids.sort_by_key(|w| w.ends_with("-wireguard"));
         for what in pids {
             let comm = if let Some(c) = crate::lab_k8s::comm_of(&what) {
                 c
@@ -534,4 +547,9 @@ impl Lab {
         let _ = std::fs::remove_file(Path::new(LAB_ROOT).join(format!(".{}.lock", self.name)));
         Ok(removed)
     }
+}
+
+/// The name under which the lab keeps the pid of `node`'s WireGuard device process.
+pub(crate) fn wireguard_pid_name(node: &str) -> String {
+    format!("{node}-wireguard")
 }
