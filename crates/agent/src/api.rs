@@ -456,6 +456,7 @@ mod tests {
                 error: Some("the last change failed".into()),
                 ..Default::default()
             })),
+            Default::default(),
             "podnet.vxlan".into(),
             "podnet0".into(),
         )

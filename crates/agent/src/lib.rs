@@ -486,7 +486,9 @@ impl Agent {
     /// link up at the pod MTU with the pod CIDR's first address.
     fn ensure_wireguard(&mut self, n: &NodeInfo) -> Result<u32> {
         let p = self.cfg.wireguard.clone();
-        let key = self.wg_key.expect("the key is loaded before the node is set up");
+        let key = self
+            .wg_key
+            .expect("the key is loaded before the node is set up");
         let node = self.cfg.node.clone();
         wireguard::ensure_device(&p, &node, &|m| log(&node, m))?;
         let uapi = wireguard::Uapi {
@@ -887,7 +889,12 @@ impl Agent {
             socket: p.socket.clone(),
         }
         .set(&format!("private_key={}\n", wireguard::hex(&k)))
-        .map_err(|e| format!("the new key is in {} but the device refused it: {e}; restart podnetd", p.key_file.display()))?;
+        .map_err(|e| {
+            format!(
+                "the new key is in {} but the device refused it: {e}; restart podnetd",
+                p.key_file.display()
+            )
+        })?;
         let after = wireguard::to_base64(&wireguard::public_key(&k));
         self.register(n.underlay_ip).map_err(|e| {
             format!("the device holds the new key but it could not be published: {e}; podnetd publishes it at its next lease renewal")
@@ -1052,6 +1059,9 @@ impl Agent {
     }
 }
 
+/// A peer's WireGuard public key and port.
+pub type WireGuardEndpoint = (wireguard::Key, u16);
+
 /// This node, as [`check_peer`] compares a peer's record with it.
 pub struct Me<'a> {
     pub record: &'a NodeRecord,
@@ -1073,7 +1083,7 @@ pub fn check_peer(
     r: &NodeRecord,
     me: &Me,
     accepted: &[Peer],
-) -> std::result::Result<([u8; 6], Option<(wireguard::Key, u16)>), String> {
+) -> std::result::Result<([u8; 6], Option<WireGuardEndpoint>), String> {
     let overlaps = |a: Ipv4Net, b: Ipv4Net| a.contains(b.network()) || b.contains(a.network());
     let (cluster, mine) = (me.cluster, me.record);
     let cidr = r.pod_cidr;
@@ -1108,12 +1118,18 @@ pub fn check_peer(
                 r.backend
             ))?;
             let k = wireguard::parse_public_key(&w.public_key).map_err(|why| {
-                format!("its WireGuard public key {:?} is malformed: {why}", w.public_key)
+                format!(
+                    "its WireGuard public key {:?} is malformed: {why}",
+                    w.public_key
+                )
             })?;
             if Some(k) == me.wg_public_key {
                 return Err(format!("its WireGuard public key {} is ours", w.public_key));
             }
-            if let Some(p) = accepted.iter().find(|p| p.wireguard.map(|x| x.0) == Some(k)) {
+            if let Some(p) = accepted
+                .iter()
+                .find(|p| p.wireguard.map(|x| x.0) == Some(k))
+            {
                 return Err(format!(
                     "its WireGuard public key {} is also {}'s",
                     w.public_key, p.name
@@ -1128,9 +1144,7 @@ pub fn check_peer(
     };
     match (parse_mac(&r.vtep_mac), me.backend) {
         (Some(m), _) => Ok((m, wg)),
-        (None, BackendKind::Vxlan) => {
-            Err(format!("its VTEP MAC {:?} cannot be read", r.vtep_mac))
-        }
+        (None, BackendKind::Vxlan) => Err(format!("its VTEP MAC {:?} cannot be read", r.vtep_mac)),
         (None, _) => Ok(([0; 6], wg)),
     }
 }
@@ -1232,9 +1246,15 @@ mod tests {
         let (_, k) = check_peer(&with_key(&b64(3), 51820), &wg, &accepted).unwrap();
         assert_eq!(k, Some(([3; 32], 51820)));
         for (r, why) in [
-            (rec("c", "10.244.2.0/24", [192, 168, 1, 12], ""), "publishes no WireGuard key"),
+            (
+                rec("c", "10.244.2.0/24", [192, 168, 1, 12], ""),
+                "publishes no WireGuard key",
+            ),
             (with_key("not-a-key", 51820), "is malformed"),
-            (with_key(&wireguard::to_base64(&[0; 32]), 51820), "is malformed"),
+            (
+                with_key(&wireguard::to_base64(&[0; 32]), 51820),
+                "is malformed",
+            ),
             (with_key(&b64(1), 51820), "is ours"),
             (with_key(&b64(2), 51820), "is also b's"),
             (with_key(&b64(3), 0), "port is 0"),

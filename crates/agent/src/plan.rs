@@ -189,7 +189,9 @@ pub fn desired(backend: Backend, peers: &[Peer]) -> Current {
                 });
             }
             Backend::HostGw { dev } => c.routes.push(route(p.cidr, Some(p.underlay), dev, false)),
-            Backend::WireGuard { dev } => c.routes.push(route(p.cidr, Some(p.vtep_ip()), dev, true)),
+            Backend::WireGuard { dev } => {
+                c.routes.push(route(p.cidr, Some(p.vtep_ip()), dev, true))
+            }
         }
     }
     c

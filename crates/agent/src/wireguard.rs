@@ -37,7 +37,8 @@ use std::time::{Duration, Instant};
 pub use podnet_conventions::{WG_DEV, WG_OVERHEAD, WG_PORT};
 
 /// What the status says runs the device.
-pub const IMPLEMENTATION: &str = "userspace: gotatun 0.10 over TUN (this build has no kernel WireGuard path)";
+pub const IMPLEMENTATION: &str =
+    "userspace: gotatun 0.10 over TUN (this build has no kernel WireGuard path)";
 
 /// Where the backend keeps its things on a node.
 #[derive(Clone, Debug)]
@@ -333,7 +334,11 @@ impl Uapi {
 
 /// The pid in `pid_file`, if that process runs the podnetd binary.
 pub fn device_pid(pid_file: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let state = stat.rsplit_once(") ").map(|(_, r)| r.chars().next());
@@ -353,7 +358,10 @@ pub fn ensure_device(p: &Paths, node: &str, log: &dyn Fn(&str)) -> Result<u32> {
     // One that does not answer is stopped first: two processes must never compete
     // for the device name.
     stop_device(p);
-    let exe = std::env::current_exe().map_err(file_err("find podnetd's own binary", Path::new("/proc/self/exe")))?;
+    let exe = std::env::current_exe().map_err(file_err(
+        "find podnetd's own binary",
+        Path::new("/proc/self/exe"),
+    ))?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("--node")
         .arg(node)
@@ -503,15 +511,23 @@ pub fn run_device(dev: &str, socket: &Path, pid_file: &Path) -> std::result::Res
         });
         std::fs::write(pid_file, std::process::id().to_string())
             .map_err(|e| format!("write {}: {e}", pid_file.display()))?;
-        tracing::info!("WireGuard device {dev} up, configuration socket {}", socket.display());
+        tracing::info!(
+            "WireGuard device {dev} up, configuration socket {}",
+            socket.display()
+        );
         // Ends when the socket is gone or replaced: whoever removed it (lab down, a
         // podnetd switching backends) wants the device gone.
         let (socket, pid_file) = (socket.to_path_buf(), pid_file.to_path_buf());
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            if std::fs::metadata(&socket).map(|m| m.ino()) .ok() != Some(ino) {
-                tracing::info!("{} is gone: stopping the WireGuard device", socket.display());
-                if std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == std::process::id().to_string()) {
+            if std::fs::metadata(&socket).map(|m| m.ino()).ok() != Some(ino) {
+                tracing::info!(
+                    "{} is gone: stopping the WireGuard device",
+                    socket.display()
+                );
+                if std::fs::read_to_string(&pid_file)
+                    .is_ok_and(|p| p.trim() == std::process::id().to_string())
+                {
                     let _ = std::fs::remove_file(&pid_file);
                 }
                 break;
@@ -607,13 +623,16 @@ mod tests {
         let k = [7u8; 32];
         assert_eq!(parse_public_key(&to_base64(&k)).unwrap(), k);
         assert_eq!(unhex(&hex(&k)), Some(k));
-        assert!(parse_public_key("not base64!").unwrap_err().contains("base64"));
+        assert!(parse_public_key("not base64!")
+            .unwrap_err()
+            .contains("base64"));
         assert!(parse_public_key("AAAA").unwrap_err().contains("3 bytes"));
         assert!(parse_public_key(&to_base64(&[0; 32]))
             .unwrap_err()
             .contains("zero"));
         // RFC 7748's test vector: Alice's private and public key.
-        let alice = unhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a").unwrap();
+        let alice =
+            unhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a").unwrap();
         assert_eq!(
             hex(&public_key(&alice)),
             "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
@@ -665,7 +684,10 @@ mod tests {
         assert_eq!(d.peers.len(), 2);
         assert_eq!(d.peers[0].last_handshake, 1_700_000_000);
         assert_eq!(d.peers[0].rx_bytes, 10);
-        assert_eq!(d.peers[0].allowed_ips, vec!["10.244.1.0/24".parse().unwrap()]);
+        assert_eq!(
+            d.peers[0].allowed_ips,
+            vec!["10.244.1.0/24".parse().unwrap()]
+        );
         assert!(parse_get(&kv("public_key=zz")).is_err());
 
         let want = vec![
@@ -682,8 +704,16 @@ mod tests {
         ];
         let c = peer_changes(&want, &d.peers);
         // b removed, the new peer added, a untouched.
-        assert!(c.contains(&format!("public_key={}\nremove=true\n", hex(&b))), "{c}");
-        assert!(c.contains("endpoint=192.168.1.13:51820\nreplace_allowed_ips=true\nallowed_ip=10.244.3.0/24\n"), "{c}");
+        assert!(
+            c.contains(&format!("public_key={}\nremove=true\n", hex(&b))),
+            "{c}"
+        );
+        assert!(
+            c.contains(
+                "endpoint=192.168.1.13:51820\nreplace_allowed_ips=true\nallowed_ip=10.244.3.0/24\n"
+            ),
+            "{c}"
+        );
         assert!(!c.contains(&hex(&a)), "{c}");
         let mut now = d.peers.clone();
         now.retain(|p| p.public_key != b);

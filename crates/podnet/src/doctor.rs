@@ -293,8 +293,24 @@ fn peers(out: &mut Out, n: &NodeView) {
                 &format!("bridge fdb replace {mac} dev {vx} dst {under} self permanent"),
             );
         }
-        if st.wireguard.is_some() {
-            let r = wireguard_peer_mismatch(st, p, n.others.get(name));
+        if let Some(w) = &st.wireguard {
+            // The other direction: what the peer's device holds for this node.
+            let theirs = n
+                .others
+                .get(name)
+                .and_then(|o| o.wireguard.as_ref())
+                .and_then(|o| {
+                    o.peers
+                        .iter()
+                        .find(|c| c.allowed_ips.contains(&st.pod_cidr))
+                });
+            let r = wireguard_peer_mismatch(st, p, n.others.get(name)).and_then(|c| match theirs {
+                Some(t) if t.public_key != w.device_public_key => Err(format!(
+                    "{name} holds key {} for this node, but this node's device has {}: handshakes fail (is this node's record in the datastore stale?)",
+                    t.public_key, w.device_public_key
+                )),
+                _ => Ok(c),
+            });
             out.check(
                 &format!("wireguard peer {name}"),
                 r.is_ok(),

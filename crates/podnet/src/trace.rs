@@ -206,7 +206,11 @@ pub(crate) fn wireguard_peer_mismatch<'a>(
     if let Some(e) = &w.error {
         return Err(format!("its device does not answer: {e}"));
     }
-    let Some(c) = w.peers.iter().find(|c| c.allowed_ips.contains(&peer.pod_cidr)) else {
+    let Some(c) = w
+        .peers
+        .iter()
+        .find(|c| c.allowed_ips.contains(&peer.pod_cidr))
+    else {
         return Err(format!(
             "{} holds no peer for {}'s pod CIDR {}",
             w.device, peer.name, peer.pod_cidr
@@ -249,7 +253,11 @@ fn wireguard_peer_hop(
     (st, peer): (&Status, Option<&PeerStatus>),
     peer_st: Option<&Status>,
 ) {
-    let dev = st.wireguard.as_ref().map(|w| w.device.clone()).unwrap_or_default();
+    let dev = st
+        .wireguard
+        .as_ref()
+        .map(|w| w.device.clone())
+        .unwrap_or_default();
     let Some(p) = peer else {
         b.add(
             where_,

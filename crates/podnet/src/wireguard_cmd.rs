@@ -32,9 +32,10 @@ pub fn status(socks: &[(String, PathBuf)]) -> Vec<NodeWireGuard> {
         .map(|(node, sock)| match Client::new(sock).status() {
             Ok(st) => NodeWireGuard {
                 node: node.clone(),
-                error: st.wireguard.is_none().then(|| {
-                    format!("node {node} runs the {} backend, not wireguard", st.backend)
-                }),
+                error: st
+                    .wireguard
+                    .is_none()
+                    .then(|| format!("node {node} runs the {} backend, not wireguard", st.backend)),
                 names: st
                     .peers
                     .iter()
@@ -161,13 +162,8 @@ pub fn rotate_in_lab(lab: &crate::lab::Lab, node: &str) -> Result<RotationReport
     let mut flows = Vec::new();
     if let Some(t) = &target {
         for src in &sources {
-            let (stop, dst, ns, from, to) = (
-                stop.clone(),
-                t.ip,
-                src.netns.clone(),
-                src.key(),
-                t.key(),
-            );
+            let (stop, dst, ns, from, to) =
+                (stop.clone(), t.ip, src.netns.clone(), src.key(), t.key());
             flows.push(std::thread::spawn(move || -> Result<FlowLoss> {
                 let ns = podnet_netlink::Netns::open(podnet_netlink::netns::named_path(&ns))?;
                 let s = ns.run(move || {

@@ -43,6 +43,14 @@ pub const FAULTS: &[(&str, &str)] = &[
         "a pod's default route points at an address that is not its bridge (--pod)",
     ),
     ("forwarding-off", "a node stops forwarding IPv4 (--node)"),
+    (
+        "wireguard-port-blocked",
+        "the physical network drops UDP 51820, WireGuard's port (wireguard backend)",
+    ),
+    (
+        "wireguard-wrong-key",
+        "a node's record in the datastore publishes a WireGuard key its device does not hold, as a stale or forged record would (--node; file datastore)",
+    ),
     ("vxlan-down", "a node's VXLAN device goes down (--node)"),
 ];
 
@@ -273,6 +281,8 @@ fn runner(kind: &str) -> Option<FaultFn> {
         "pod-mtu" => fault_pod_mtu,
         "pod-wrong-gateway" => fault_pod_wrong_gateway,
         "vxlan-down" => fault_vxlan_down,
+        "wireguard-port-blocked" => fault_wireguard_port_blocked,
+        "wireguard-wrong-key" => fault_wireguard_wrong_key,
         _ => return None,
     })
 }
@@ -336,8 +346,57 @@ struct Fault<'a> {
 }
 
 fn fault_vxlan_port_blocked(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String> {
+    block_udp_port(f, podnet_conventions::VXLAN_PORT, undo)
+}
+
+fn fault_wireguard_port_blocked(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String> {
+    block_udp_port(f, podnet_conventions::WG_PORT, undo)
+}
+
+fn fault_wireguard_wrong_key(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<String> {
+    let Some(dir) = f.st.datastore.strip_prefix("file:") else {
+        bail!(
+            "this fault edits the lab's file datastore; lab {} uses {}",
+            f.lab.name,
+            f.st.datastore
+        );
+    };
+    let path = Path::new(dir)
+        .join("nodes")
+        .join(format!("{}.json", f.node));
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("read {}'s record {}", f.node, path.display()))?;
+    let mut rec: podnet_datastore::NodeRecord = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a node record", path.display()))?;
+    let Some(w) = rec.wireguard.as_mut() else {
+        bail!(
+            "{} publishes no WireGuard key: the lab does not run the wireguard backend",
+            f.node
+        );
+    };
+    let forged = podnet_agent::wireguard::public_key(&podnet_agent::wireguard::generate_key()?);
+    w.public_key = podnet_agent::wireguard::to_base64(&forged);
+    let key = w.public_key.clone();
+    let backup = f.lab.dir.join(format!("fault-{}-record.json", f.node));
+    std::fs::write(&backup, &text).with_context(|| format!("write {}", backup.display()))?;
+    let tmp = path.with_extension("fault-tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&rec)?)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("write {}", path.display()))?;
+    undo.push(argv(&[
+        "cp",
+        &backup.display().to_string(),
+        &path.display().to_string(),
+    ]));
+    Ok(format!(
+        "{}'s record publishes WireGuard key {key}, which its device does not hold (its agent publishes the real one again at its next lease renewal)",
+        f.node
+    ))
+}
+
+/// The fabric switch drops UDP to `port`.
+fn block_udp_port(f: &Fault, port: u16, undo: &mut Vec<Vec<String>>) -> Result<String> {
     let fab = &f.fab;
-    let port = podnet_conventions::VXLAN_PORT;
     let rules = format!("table bridge podnet_fault {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  udp dport {port} drop\n }}\n}}\n");
     run_cmd(
         &argv(&["ip", "netns", "exec", fab, "nft", "-f", "-"]),

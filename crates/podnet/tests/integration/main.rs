@@ -16,3 +16,4 @@ mod policy;
 mod policy_datapath;
 mod trace;
 mod verbs;
+mod wireguard;

@@ -265,3 +265,145 @@ fn a_device_with_the_wrong_values_is_named() {
         "{d}"
     );
 }
+
+#[test]
+fn wireguard_paths_and_faults_are_named_by_trace_and_doctor() {
+    let lab = Lab::up(&[
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "1",
+        "--backend",
+        "wireguard",
+    ]);
+    // The first trace's probes make the first handshake; agents read their device
+    // every second: a later trace reports its age.
+    let mut t = Value::Null;
+    for _ in 0..50 {
+        let (ok, v) = lab.trace("p1a", "p2a");
+        assert!(ok, "{v}");
+        t = v;
+        if !t.to_string().contains("handshake never") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let hops = t["hops"].as_array().unwrap();
+    let hop = |w: &str, what: &str| {
+        hops.iter()
+            .find(|h| h["where"] == w && h["what"] == what)
+            .unwrap_or_else(|| panic!("no hop {w}/{what}: {t}"))
+    };
+    // Both ends' devices and peers, the latest handshake's age, the port probed.
+    assert!(hop("src-node", "wireguard")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("podnet.wg"));
+    for w in ["src-node", "dst-node"] {
+        let d = hop(w, "wireguard-peer")["detail"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(d.contains("latest handshake"), "{d}");
+        assert!(
+            !d.contains("handshake never"),
+            "traffic made a handshake: {d}"
+        );
+    }
+    assert!(hop("underlay", "port")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("WireGuard (UDP 51820)"));
+    assert!(!hops
+        .iter()
+        .any(|h| h["what"] == "fdb" || h["what"] == "neigh" && h["where"] == "src-node"));
+    let (ok, d) = lab.doctor();
+    assert!(ok && d["broken"] == 0, "{d}");
+
+    // (fault, node, where, what, a doctor check that must be broken)
+    let cases = [
+        (
+            "wireguard-port-blocked",
+            "node1",
+            "underlay",
+            "port",
+            "wireguard port to node2",
+        ),
+        // node2's record publishes a key node2's device does not hold: node1 holds it
+        // for node2 and the handshake fails.
+        (
+            "wireguard-wrong-key",
+            "node2",
+            "src-node",
+            "wireguard-peer",
+            "wireguard peer node2",
+        ),
+        // node1's record: node2 holds the wrong key for node1, the way back breaks.
+        (
+            "wireguard-wrong-key",
+            "node1",
+            "dst-node",
+            "wireguard-peer",
+            "wireguard peer node1",
+        ),
+        (
+            "missing-route",
+            "node1",
+            "src-node",
+            "route",
+            "route to node2",
+        ),
+    ];
+    for (fault, node, where_, what, check) in cases {
+        let o = Command::new(env!("CARGO_BIN_EXE_podnet"))
+            .args([
+                "lab", "--name", &lab.0, "fault", "inject", fault, "--node", node,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{fault}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        // A record changed in the datastore reaches the agents within a second or so.
+        let mut last = Value::Null;
+        let named = (0..60).any(|_| {
+            let (ok, t) = lab.trace("p1a", "p2a");
+            let h = &t["broken_hop"];
+            let hit = !ok && h["where"] == where_ && h["what"] == what;
+            last = t;
+            if !hit {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            hit
+        });
+        assert!(
+            named,
+            "{fault} on {node}: not named at {where_}/{what}: {last}"
+        );
+        let (ok, d) = lab.doctor();
+        assert!(!ok, "{fault}: doctor must fail: {d}");
+        assert!(
+            d["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["status"] == "broken" && f["check"] == check),
+            "{fault}: doctor did not flag {check:?}: {d}"
+        );
+        let o = Command::new(env!("CARGO_BIN_EXE_podnet"))
+            .args(["lab", "--name", &lab.0, "fault", "clear"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let healed = (0..100).any(|_| {
+            let ok = lab.trace("p1a", "p2a").0;
+            if !ok {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            ok
+        });
+        assert!(healed, "{fault}: still broken 10 s after clear");
+    }
+}
