@@ -461,14 +461,19 @@ impl Agent {
                 })?
             }
         };
-        let mut reqs: Vec<Request> =
-            vec![addr::add_request(l.index, n.record.pod_cidr.network(), 32)];
-        if !l.is_up() || l.mtu != want_mtu {
+        self.overlay_link(&l, n.record.pod_cidr, want_mtu)
+    }
+
+    /// An overlay device's link (VXLAN, WireGuard): the pod CIDR's network address as
+    /// a /32 (node-originated traffic to remote pods leaves from it), up, at `mtu`.
+    fn overlay_link(&mut self, l: &link::LinkInfo, cidr: Ipv4Net, mtu: u32) -> Result<u32> {
+        let mut reqs: Vec<Request> = vec![addr::add_request(l.index, cidr.network(), 32)];
+        if !l.is_up() || l.mtu != mtu {
             reqs.push(link::change_request(
                 Target::Index(l.index),
                 &LinkChange {
                     up: Some(true),
-                    mtu: Some(want_mtu),
+                    mtu: Some(mtu),
                     ..Default::default()
                 },
             ));
@@ -520,28 +525,7 @@ impl Agent {
                 p.dev
             ))
         })?;
-        let mut reqs: Vec<Request> = vec![addr::add_request(
-            l.index,
-            wireguard::address(n.record.pod_cidr),
-            32,
-        )];
-        if !l.is_up() || l.mtu != n.mtu {
-            reqs.push(link::change_request(
-                Target::Index(l.index),
-                &LinkChange {
-                    up: Some(true),
-                    mtu: Some(n.mtu),
-                    ..Default::default()
-                },
-            ));
-        }
-        for r in self.sock.ack_all(reqs) {
-            match r {
-                Err(e) if !e.is_exists() => return Err(e.into()),
-                _ => {}
-            }
-        }
-        Ok(l.index)
+        self.overlay_link(&l, n.record.pod_cidr, n.mtu)
     }
 
     /// Makes the device's peers those of `peers`; returns the device as it is then.

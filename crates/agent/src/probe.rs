@@ -33,6 +33,32 @@ fn checksum(b: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// Sends an ICMP echo request (`id`, `seq`, `data`) to `dst` on raw socket `fd`;
+/// `sendto`'s result.
+fn send_echo(fd: &OwnedFd, dst: Ipv4Addr, id: u16, seq: u16, data: &[u8]) -> isize {
+    let mut pkt = vec![8u8, 0, 0, 0];
+    pkt.extend_from_slice(&id.to_be_bytes());
+    pkt.extend_from_slice(&seq.to_be_bytes());
+    pkt.extend_from_slice(data);
+    let c = checksum(&pkt);
+    pkt[2..4].copy_from_slice(&c.to_be_bytes());
+    // SAFETY: a zeroed sockaddr_in is valid; family and address are set below.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sa.sin_family = libc::AF_INET as u16;
+    sa.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
+    // SAFETY: sending our buffer to a valid sockaddr_in.
+    unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            pkt.as_ptr() as *const _,
+            pkt.len(),
+            0,
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    }
+}
+
 /// Sends one ICMP echo of `payload` bytes to `dst` with DF set and waits `timeout`.
 /// The IP packet is `payload + 28` bytes long.
 pub fn ping(dst: Ipv4Addr, payload: usize, timeout: Duration) -> Echo {
@@ -71,27 +97,8 @@ pub fn ping(dst: Ipv4Addr, payload: usize, timeout: Duration) -> Echo {
         ));
     }
     let id = (std::process::id() & 0xffff) as u16 ^ (payload as u16).rotate_left(7);
-    let mut pkt = vec![8u8, 0, 0, 0];
-    pkt.extend_from_slice(&id.to_be_bytes());
-    pkt.extend_from_slice(&1u16.to_be_bytes());
-    pkt.extend((0..payload).map(|i| (i % 251) as u8));
-    let c = checksum(&pkt);
-    pkt[2..4].copy_from_slice(&c.to_be_bytes());
-    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    sa.sin_family = libc::AF_INET as u16;
-    sa.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
-    // SAFETY: sending our buffer to a valid sockaddr_in.
-    let n = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            pkt.as_ptr() as *const _,
-            pkt.len(),
-            0,
-            &sa as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        )
-    };
-    if n < 0 {
+    let data: Vec<u8> = (0..payload).map(|i| (i % 251) as u8).collect();
+    if send_echo(&fd, dst, id, 1, &data) < 0 {
         let e = std::io::Error::last_os_error();
         return if e.raw_os_error() == Some(libc::EMSGSIZE) {
             Echo::TooBig
@@ -198,28 +205,8 @@ pub fn ping_stream(
     };
     let mut next = Instant::now();
     while !stop() && sent_at.len() < u16::MAX as usize {
-        let seq = sent_at.len() as u16;
-        let mut pkt = vec![8u8, 0, 0, 0];
-        pkt.extend_from_slice(&id.to_be_bytes());
-        pkt.extend_from_slice(&seq.to_be_bytes());
-        pkt.extend_from_slice(&[0x70; 32]);
-        let c = checksum(&pkt);
-        pkt[2..4].copy_from_slice(&c.to_be_bytes());
-        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        sa.sin_family = libc::AF_INET as u16;
-        sa.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
-        // SAFETY: sending our buffer to a valid sockaddr_in. A failed send (no route
-        // for a moment) is an unanswered echo like any other.
-        unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                pkt.as_ptr() as *const _,
-                pkt.len(),
-                0,
-                &sa as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_in>() as u32,
-            )
-        };
+        // A failed send (no route for a moment) is an unanswered echo like any other.
+        send_echo(&fd, dst, id, sent_at.len() as u16, &[0x70; 32]);
         sent_at.push(Instant::now());
         answered.push(false);
         next += interval;

@@ -28,7 +28,7 @@
 use crate::{Error, Result};
 use podnet_cni_spec::Ipv4Net;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -475,9 +475,7 @@ impl gotatun::udp::UdpTransportFactory for RebindingUdp {
 /// until its socket file is removed or replaced, or it is signalled.
 pub fn run_device(dev: &str, socket: &Path, pid_file: &Path) -> std::result::Result<(), String> {
     use gotatun::device::uapi::UapiServer;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("podnet-wg")
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the device's runtime: {e}"))?;
@@ -607,11 +605,6 @@ impl Rotation {
         }
         self.cv.notify_all();
     }
-}
-
-/// The device's link: up, MTU `mtu`, address `<pod CIDR network>/32`.
-pub fn address(cidr: Ipv4Net) -> Ipv4Addr {
-    cidr.network()
 }
 
 #[cfg(test)]

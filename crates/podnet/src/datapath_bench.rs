@@ -5,9 +5,16 @@
 //! - `veth`: two namespaces joined by a plain veth pair — the ceiling;
 //! - `podnet same-node` and `podnet cross-node vxlan`: a 2-node lab;
 //! - `podnet cross-node host-gw`: a 2-node lab with the host-gw backend;
+//! - `podnet cross-node wireguard`: a 2-node lab with the WireGuard backend (userspace
+//!   WireGuard over TUN on this kernel, so encryption and two user-kernel crossings per
+//!   packet per node);
 //! - `peer same-node` and `peer cross-node vxlan`: the reference `bridge` plugin with
 //!   Flannel-style VXLAN wired by hand (the same route/neighbour/FDB entries Flannel
 //!   writes, `flannel.1`, UDP 8472, MTU 1450).
+//!
+//! Each path's CPU cost is the machine's busy CPU time during its throughput run
+//! (every process and the kernel: iperf3, softirqs, the WireGuard device process),
+//! per second and per Gbit/s moved: CPU cores a Gbit/s costs on that path.
 //!
 //! Every path lives in namespaces this run creates; all of them are removed at the
 //! end, also on failure.
@@ -41,6 +48,8 @@ pub struct Path {
     pub throughput_vs_ceiling: f64,
     /// Round-trip time as a multiple of the veth ceiling's.
     pub rtt_vs_ceiling: f64,
+    /// Busy CPU cores during the throughput run, per Gbit/s moved.
+    pub cpu_cores_per_gbit_s: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -52,6 +61,27 @@ pub struct Report {
     /// podnet throughput / peer throughput, same node and cross node (VXLAN).
     pub podnet_vs_peer_same_node: f64,
     pub podnet_vs_peer_cross_node: f64,
+    /// WireGuard throughput / VXLAN throughput, both podnet cross-node.
+    pub wireguard_vs_vxlan: f64,
+}
+
+/// Busy CPU time of the whole machine so far, in seconds (every CPU: user, nice,
+/// system, irq, softirq, steal; not idle or iowait).
+fn busy_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: u64 = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .enumerate()
+        .filter(|(i, _)| matches!(i, 0 | 1 | 2 | 5 | 6 | 7))
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
 }
 
 pub(crate) fn setns_cmd(ns: &Netns, prog: &str) -> Command {
@@ -129,8 +159,10 @@ fn measure(
     dst: &Netns,
     dst_ip: Ipv4Addr,
     opts: &Options,
-) -> Result<(f64, f64)> {
+) -> Result<(f64, f64, f64)> {
+    let (cpu0, t0) = (busy_cpu_seconds(), Instant::now());
     let gbit = iperf(name, src, dst, dst_ip, opts.seconds)?;
+    let cores = (busy_cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64();
 
     // Latency: one-byte round trips over one TCP connection.
     let listener = dst.run(|| TcpListener::bind(SocketAddrV4::new(dst_ip, 5202)))??;
@@ -163,7 +195,7 @@ fn measure(
         Ok(t.elapsed().as_secs_f64() * 1e6 / n as f64)
     })??;
     let _ = echo.join();
-    Ok((gbit, rtt))
+    Ok((gbit, rtt, cores / gbit))
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -401,7 +433,7 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
     // Build every path first, then measure them round-robin, `rounds` times (every
     // other round in reverse order), and keep each path's median: drift on a noisy
     // machine then hits every path alike.
-    say("building: veth pair, podnet labs (vxlan, host-gw), the peer");
+    say("building: veth pair, podnet labs (vxlan, host-gw, wireguard), the peer");
     let (a, b) = (
         ScratchNs::new(unique("pnbv-a"))?,
         ScratchNs::new(unique("pnbv-b"))?,
@@ -419,6 +451,7 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
     let tag = format!("pnb{}", std::process::id() % 100000);
     let (_gv, vx) = lab_pods(&format!("{tag}v"), "vxlan", bins)?;
     let (_gh, hg) = lab_pods(&format!("{tag}h"), "host-gw", bins)?;
+    let (_gw, wg) = lab_pods(&format!("{tag}w"), "wireguard", bins)?;
     let peer = build_peer()?;
     let p = &peer.pods;
     let paths: Vec<(&str, &Netns, &Netns, Ipv4Addr)> = vec![
@@ -438,8 +471,15 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
             p[2].1,
         ),
         ("podnet cross-node host-gw", &hg[0].0, &hg[2].0, hg[2].1),
+        (
+            "podnet cross-node wireguard (userspace)",
+            &wg[0].0,
+            &wg[2].0,
+            wg[2].1,
+        ),
     ];
-    let mut samples: Vec<(Vec<f64>, Vec<f64>)> = paths.iter().map(|_| (vec![], vec![])).collect();
+    let mut samples: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> =
+        paths.iter().map(|_| (vec![], vec![], vec![])).collect();
     for round in 1..=opts.rounds {
         say(&format!("round {round}/{}", opts.rounds));
         // Every other round runs the paths in reverse, so no path always follows
@@ -451,29 +491,31 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
         };
         for i in order {
             let (name, src, dst, ip) = &paths[i];
-            let (g, r) = measure(name, src, dst, *ip, opts)?;
+            let (g, r, c) = measure(name, src, dst, *ip, opts)?;
             samples[i].0.push(g);
             samples[i].1.push(r);
+            samples[i].2.push(c);
         }
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|x, y| x.total_cmp(y));
         v[v.len() / 2]
     };
-    let raw: Vec<(String, f64, f64)> = paths
+    let raw: Vec<(String, f64, f64, f64)> = paths
         .iter()
         .zip(samples.iter_mut())
-        .map(|((n, ..), (g, r))| (n.to_string(), median(g), median(r)))
+        .map(|((n, ..), (g, r, c))| (n.to_string(), median(g), median(r), median(c)))
         .collect();
     let (cg, cr) = (raw[0].1, raw[0].2);
     let paths: Vec<Path> = raw
         .iter()
-        .map(|(n, g, r)| Path {
+        .map(|(n, g, r, c)| Path {
             name: n.clone(),
             gbit_per_s: *g,
             rtt_us: *r,
             throughput_vs_ceiling: g / cg,
             rtt_vs_ceiling: r / cr,
+            cpu_cores_per_gbit_s: *c,
         })
         .collect();
     let by = |n: &str| {
@@ -489,6 +531,7 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
         rounds: opts.rounds,
         podnet_vs_peer_same_node: by("podnet same-node") / by("peer same-node"),
         podnet_vs_peer_cross_node: by("podnet cross-node vxlan") / by("peer cross-node vxlan"),
+        wireguard_vs_vxlan: by("podnet cross-node wireguard") / by("podnet cross-node vxlan"),
         paths,
     })
 }
@@ -499,23 +542,28 @@ pub fn render(r: &Report) -> String {
         r.seconds, r.round_trips, r.rounds
     );
     s.push_str(&format!(
-        "{:<40} {:>10} {:>10} {:>10} {:>10}\n",
-        "path", "Gbit/s", "vs veth", "RTT µs", "vs veth"
+        "{:<40} {:>10} {:>10} {:>10} {:>10} {:>14}\n",
+        "path", "Gbit/s", "vs veth", "RTT µs", "vs veth", "CPU per Gbit/s"
     ));
     for p in &r.paths {
         s.push_str(&format!(
-            "{:<40} {:>10.2} {:>9.0}% {:>10.1} {:>9.2}×\n",
+            "{:<40} {:>10.2} {:>9.0}% {:>10.1} {:>9.2}× {:>9.2} cores\n",
             p.name,
             p.gbit_per_s,
             p.throughput_vs_ceiling * 100.0,
             p.rtt_us,
-            p.rtt_vs_ceiling
+            p.rtt_vs_ceiling,
+            p.cpu_cores_per_gbit_s
         ));
     }
     s.push_str(&format!(
         "\npodnet / peer throughput: same node {:.0}%, cross node (VXLAN) {:.0}%\n",
         r.podnet_vs_peer_same_node * 100.0,
         r.podnet_vs_peer_cross_node * 100.0
+    ));
+    s.push_str(&format!(
+        "podnet cross node, WireGuard / VXLAN throughput: {:.0}% (encrypted, userspace WireGuard)\n",
+        r.wireguard_vs_vxlan * 100.0
     ));
     s
 }

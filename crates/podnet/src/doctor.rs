@@ -1,7 +1,9 @@
 //! `podnet doctor`: node-wide checks, each node through its own agent. For every peer:
-//! route, neighbour and FDB entry present and matching what the datastore says, the
-//! VXLAN port open and the path MTU big enough (probed); nothing stale for departed
-//! peers; forwarding on; bridge and VXLAN device up; the NetworkPolicy datapath
+//! route, neighbour and FDB entry (VXLAN) or WireGuard peer (both ways: the key this
+//! node holds for the peer is the one the peer's device holds, and back) present and
+//! matching what the datastore says, the overlay port open and the path MTU big enough
+//! (probed); nothing stale for departed peers; forwarding on; bridge and overlay device
+//! up, the WireGuard device holding the key the node publishes; the NetworkPolicy datapath
 //! programmed without error (and what it refused); conntrack table below 80%;
 //! reverse-path filtering that would drop overlay traffic.
 

@@ -33,8 +33,10 @@ enum Cmd {
         output: Output,
     },
     /// The path from one pod to another, hop by hop, from the real kernel state of each
-    /// node (through its agent), with probes of the VXLAN port and the path MTU; names
-    /// the first broken hop, the command that shows it and the fix.
+    /// node (through its agent), with probes of the overlay's port (VXLAN or WireGuard)
+    /// and the path MTU; names the first broken hop, the command that shows it and the
+    /// fix. On the WireGuard path: each node's device and its peer for the other node
+    /// (key, endpoint, latest handshake).
     Trace {
         /// Source pod: a lab pod (p1a, or namespace/name) or an IP.
         src: String,
@@ -61,8 +63,9 @@ enum Cmd {
         output: Output,
     },
     /// Node-wide checks through each node's agent: every peer's route, neighbour and
-    /// FDB entry, nothing stale, VXLAN port and path MTU probed, forwarding, bridge and
-    /// VXLAN device up, conntrack usage, rp_filter. Exits 1 when anything is broken.
+    /// FDB entry (or WireGuard peer, both ways), nothing stale, overlay port and path MTU
+    /// probed, forwarding, bridge and overlay device up, conntrack usage, rp_filter.
+    /// Exits 1 when anything is broken.
     Doctor {
         /// Only this node.
         #[arg(long)]
@@ -865,17 +868,7 @@ fn run_policy(cmd: PolicyCmd) -> Result<()> {
             emit(output, &v, podnet::policy_cmd::render_verdict)?;
         }
         PolicyCmd::Stats { lab, agent, output } => {
-            let socks: Vec<(String, PathBuf)> = match lab {
-                Some(name) => {
-                    let l = open_lab(&name)?;
-                    let st = l.load()?.unwrap_or_default();
-                    st.nodes
-                        .iter()
-                        .map(|n| (n.name.clone(), l.api_socket(&n.name)))
-                        .collect()
-                }
-                None => vec![("local".into(), agent)],
-            };
+            let socks = agent_sockets(lab, agent)?;
             let refs: Vec<(String, &std::path::Path)> = socks
                 .iter()
                 .map(|(n, p)| (n.clone(), p.as_path()))
@@ -887,20 +880,25 @@ fn run_policy(cmd: PolicyCmd) -> Result<()> {
     Ok(())
 }
 
+/// Each lab node's agent socket, by node; or the local agent's, as `local`.
+fn agent_sockets(lab: Option<String>, agent: PathBuf) -> Result<Vec<(String, PathBuf)>> {
+    Ok(match lab {
+        Some(name) => {
+            let l = open_lab(&name)?;
+            let st = l.load()?.unwrap_or_default();
+            st.nodes
+                .iter()
+                .map(|n| (n.name.clone(), l.api_socket(&n.name)))
+                .collect()
+        }
+        None => vec![("local".into(), agent)],
+    })
+}
+
 fn run_wireguard(cmd: WireguardCmd) -> Result<()> {
     match cmd {
         WireguardCmd::Status { lab, agent, output } => {
-            let socks: Vec<(String, PathBuf)> = match lab {
-                Some(name) => {
-                    let l = open_lab(&name)?;
-                    let st = l.load()?.unwrap_or_default();
-                    st.nodes
-                        .iter()
-                        .map(|n| (n.name.clone(), l.api_socket(&n.name)))
-                        .collect()
-                }
-                None => vec![("local".into(), agent)],
-            };
+            let socks = agent_sockets(lab, agent)?;
             let s = podnet::wireguard_cmd::status(&socks);
             emit(output, &s, |s| podnet::wireguard_cmd::render_status(s))?;
             if s.iter().any(|n| n.wireguard.is_none()) {

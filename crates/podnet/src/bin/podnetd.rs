@@ -41,7 +41,9 @@ enum PolicyDatapath {
     long_about = "podnetd runs once per node, as root, in the node's network namespace. It leases a pod CIDR \
                   from the datastore (the same one across restarts), creates the bridge and (VXLAN backend) the \
                   VXLAN device, turns on forwarding, and keeps per peer node one route, one neighbour and one FDB \
-                  entry, removing them when the peer leaves. Objects changed by hand are restored (--no-repair \
+                  entry, removing them when the peer leaves. With --backend wireguard, pod traffic between nodes \
+                  is encrypted by a WireGuard device (userspace, in a device process that outlives podnetd): \
+                  one WireGuard peer and one route per peer node; only the node's public key is published. Objects changed by hand are restored (--no-repair \
                   turns that off). It enforces NetworkPolicy for the node's pods from the Namespaces, Pods and \
                   NetworkPolicies in the datastore: a pod is closed until its verdicts are programmed. Stopping \
                   podnetd withdraws nothing and opens nothing; pod traffic keeps flowing."

@@ -463,3 +463,67 @@ fn the_plugin_carries_no_async_runtime() {
         );
     }
 }
+
+#[test]
+fn wireguard_keys_travel_as_node_annotations() {
+    let lab = TestLab::up(&[
+        "--kubernetes",
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "1",
+        "--backend",
+        "wireguard",
+    ]);
+    lab.full_mesh();
+    let annotation = |node: &str, key: &str| {
+        kubectl(
+            &lab,
+            &[
+                "get",
+                "node",
+                node,
+                "-o",
+                &format!("jsonpath={{.metadata.annotations.podnet\\.dev/{key}}}"),
+            ],
+            None,
+        )
+    };
+    for node in ["node1", "node2"] {
+        let st = status(&lab, node);
+        let w = st.wireguard.expect("the wireguard backend");
+        assert_eq!(annotation(node, "wireguard-public-key"), w.public_key);
+        assert_eq!(annotation(node, "wireguard-port"), "51820");
+        assert_eq!(annotation(node, "backend"), "wireguard");
+        // The private key stays on the node.
+        let private =
+            std::fs::read_to_string(format!("/run/podnet/lab/{}/{node}/wireguard.key", lab.name))
+                .unwrap();
+        let obj = kubectl(&lab, &["get", "node", node, "-o", "json"], None);
+        assert!(
+            !obj.contains(private.trim()),
+            "{node}'s private key in its Node"
+        );
+    }
+    // A rotation republishes the annotation; the peer follows; the mesh holds.
+    let o = podnet()
+        .args([
+            "wireguard",
+            "rotate",
+            "--lab",
+            &lab.name,
+            "--node",
+            "node1",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        annotation("node1", "wireguard-public-key"),
+        r["public_key"].as_str().unwrap()
+    );
+    lab.full_mesh();
+}

@@ -361,12 +361,16 @@ fn datapath_benchmark_measures_every_path() {
     let r: Value = serde_json::from_slice(&o.stdout).unwrap();
     let paths = r["paths"].as_array().unwrap();
     let names: Vec<&str> = paths.iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names.len(), 6, "{names:?}");
+    assert_eq!(names.len(), 7, "{names:?}");
+    assert!(names.iter().any(|n| n.contains("wireguard")), "{names:?}");
     for p in paths {
         assert!(p["gbit_per_s"].as_f64().unwrap() > 0.01, "{p}");
         assert!(p["rtt_us"].as_f64().unwrap() > 0.0, "{p}");
+        let cpu = p["cpu_cores_per_gbit_s"].as_f64().unwrap();
+        assert!(cpu > 0.0 && cpu.is_finite(), "{p}");
     }
     assert!(r["podnet_vs_peer_cross_node"].as_f64().unwrap().is_finite());
+    assert!(r["wireguard_vs_vxlan"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
