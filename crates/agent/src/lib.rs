@@ -156,6 +156,10 @@ pub struct Status {
 pub struct WireGuardStatus {
     /// Which WireGuard runs the device ([`wireguard::IMPLEMENTATION`]).
     pub implementation: String,
+    /// Whether the node's kernel has WireGuard (podnet runs the userspace device
+    /// either way).
+    #[serde(default)]
+    pub kernel_has_wireguard: bool,
     pub device: String,
     pub port: u16,
     /// The node's public key, as published.
@@ -255,6 +259,8 @@ pub struct Agent {
     wg_key: Option<wireguard::Key>,
     /// Key rotations asked for through the API.
     rotation: Arc<wireguard::Rotation>,
+    /// Whether the kernel has WireGuard (checked once, with the WireGuard backend).
+    kernel_wg: bool,
 }
 
 /// Opens the datastore a URL names: `file:…`, `etcd://…`, or `kubernetes[:kubeconfig]`
@@ -304,6 +310,7 @@ impl Agent {
             problems: Vec::new(),
             wg_key: None,
             rotation: Default::default(),
+            kernel_wg: false,
         })
     }
 
@@ -537,6 +544,7 @@ impl Agent {
         let key = self.wg_key.unwrap_or_default();
         let mut st = WireGuardStatus {
             implementation: wireguard::IMPLEMENTATION.into(),
+            kernel_has_wireguard: self.kernel_wg,
             device: p.dev.clone(),
             port: p.port,
             public_key: wireguard::to_base64(&wireguard::public_key(&key)),
@@ -729,6 +737,16 @@ impl Agent {
                 ));
             }
             self.wg_key = Some(k);
+            self.kernel_wg = wireguard::kernel_has_wireguard(&mut self.sock);
+            self.log(&format!(
+                "WireGuard: {}; {}",
+                wireguard::IMPLEMENTATION,
+                if self.kernel_wg {
+                    "this kernel has WireGuard too, which podnet does not use yet"
+                } else {
+                    "this kernel has no WireGuard"
+                }
+            ));
         }
         // A datastore that cannot serve the node yet (API server down, no pod CIDR
         // allocated to the Node yet) is waited for; a refusal is fatal.

@@ -21,9 +21,10 @@
 //!   the node, never written anywhere else; only the public key is published (node
 //!   record, Node annotation).
 //!
-//! Kernel WireGuard is not used even where the kernel has it: the status says which
-//! implementation runs (`wireguard.implementation`), and `ip -d link show podnet.wg`
-//! shows `tun`.
+//! Kernel WireGuard is not used even where the kernel has it (this machine's has not,
+//! so that path could not be tested): the status says which implementation runs
+//! (`wireguard.implementation`) and whether the kernel offers WireGuard
+//! (`wireguard.kernel_has_wireguard`); `ip -d link show podnet.wg` shows `tun`.
 
 use crate::{Error, Result};
 use podnet_cni_spec::Ipv4Net;
@@ -37,8 +38,13 @@ use std::time::{Duration, Instant};
 pub use podnet_conventions::{WG_DEV, WG_OVERHEAD, WG_PORT};
 
 /// What the status says runs the device.
-pub const IMPLEMENTATION: &str =
-    "userspace: gotatun 0.10 over TUN (this build has no kernel WireGuard path)";
+pub const IMPLEMENTATION: &str = "userspace: gotatun 0.10 over TUN";
+
+/// Whether this kernel has WireGuard (can make a `wireguard` link). podnet runs the
+/// userspace device either way; the status and the log say which the kernel offers.
+pub fn kernel_has_wireguard(sock: &mut podnet_netlink::Socket) -> bool {
+    podnet_netlink::link::kind_supported(sock, "podnet.wgprobe", "wireguard").unwrap_or(false)
+}
 
 /// Where the backend keeps its things on a node.
 #[derive(Clone, Debug)]

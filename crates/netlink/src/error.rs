@@ -68,6 +68,11 @@ impl Error {
         matches!(self, Error::Exists { .. })
     }
 
+    /// The kernel does not know what was asked (a link kind it has no module for).
+    pub fn is_not_supported(&self) -> bool {
+        self.errno() == Some(libc::EOPNOTSUPP)
+    }
+
     /// The errno behind the error, if any.
     pub fn errno(&self) -> Option<i32> {
         match self {

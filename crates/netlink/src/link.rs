@@ -223,6 +223,24 @@ pub fn create_bridge(
     sock.ack(m, "create bridge", name)
 }
 
+/// Whether this kernel can make links of `kind` (`ip link add … type KIND`): makes a
+/// link of that kind named `probe`, down, and deletes it at once.
+pub fn kind_supported(sock: &mut Socket, probe: &str, kind: &str) -> Result<bool> {
+    let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL).fixed(&ifinfo(0, 0, 0));
+    m.str(IFLA_IFNAME, probe);
+    let li = m.nest(IFLA_LINKINFO);
+    m.str(IFLA_INFO_KIND, kind);
+    m.end(li);
+    match sock.ack(m, "probe link kind", kind) {
+        Ok(()) => {
+            delete_by_name(sock, probe)?;
+            Ok(true)
+        }
+        Err(e) if e.is_not_supported() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// A VXLAN device (`ip link add NAME type vxlan id VNI local IP dev DEV dstport PORT
 /// nolearning`).
 #[derive(Clone, Debug)]

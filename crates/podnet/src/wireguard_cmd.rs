@@ -60,9 +60,17 @@ pub fn render_status(nodes: &[NodeWireGuard]) -> String {
             s += &format!("{}: {}\n", n.node, n.error.as_deref().unwrap_or("?"));
             continue;
         };
-        s += &format!(
-            "{}: {} port {}, public key {}\n  {} (pid {}, socket {})\n",
-            n.node, w.device, w.port, w.public_key, w.implementation, w.pid, w.socket
+        s +=
+            &format!(
+            "{}: {} port {}, public key {}\n  {} (pid {}, socket {}); the kernel {} WireGuard\n",
+            n.node,
+            w.device,
+            w.port,
+            w.public_key,
+            w.implementation,
+            w.pid,
+            w.socket,
+            if w.kernel_has_wireguard { "has" } else { "has no" }
         );
         if let Some(e) = &w.error {
             s += &format!("  device does not answer: {e}\n");

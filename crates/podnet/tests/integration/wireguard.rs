@@ -89,6 +89,15 @@ fn three_nodes_over_wireguard_show_nothing_but_wireguard_on_the_wire() {
     // Each node: its WireGuard device, a peer per other node, keys only on the node.
     let (ok, w) = wg(&lab, &["status"]);
     assert!(ok, "{w}");
+    // What the agents say of the kernel is what the kernel says (`ip link add … type
+    // wireguard`, in a node's namespace).
+    let kernel = lab
+        .ns("node1")
+        .run(|| {
+            let mut s = podnet_netlink::Socket::route().unwrap();
+            podnet_netlink::link::kind_supported(&mut s, "pnwgtest", "wireguard").unwrap()
+        })
+        .unwrap();
     let datastore = format!("/run/podnet/lab/{}/datastore", lab.name);
     let mut published = Vec::new();
     for n in w.as_array().unwrap() {
@@ -98,6 +107,7 @@ fn three_nodes_over_wireguard_show_nothing_but_wireguard_on_the_wire() {
             .as_str()
             .unwrap()
             .contains("userspace"));
+        assert_eq!(dev["kernel_has_wireguard"], kernel, "{n}");
         assert_eq!(dev["public_key"], dev["device_public_key"], "{n}");
         assert_eq!(dev["peers"].as_array().unwrap().len(), 2, "{n}");
         published.push(dev["public_key"].as_str().unwrap().to_string());
