@@ -12,8 +12,8 @@
  * other IPv6 address: podnet gives them IPv4. Everything else is dropped through drop(), which counts it under one
  * reason from drop_reasons.h.
  *
- * One program and one hash map (pod_state, keyed by the host veth's ifindex) serve all
- * pods of a node; podnet-cni writes a pod's MAC and IP there before the veth joins the
+ * One program, one hash map (pod_state, keyed by the host veth's ifindex) and one ring
+ * buffer of drop events (events) serve all pods of a node; podnet-cni writes a pod's MAC and IP there before the veth joins the
  * bridge, and the entry also holds the pod's drop counters. A veth without an entry
  * drops everything: the program fails closed.
  *
@@ -35,26 +35,33 @@ struct pod_state {
 	u64 drops[PODNET_DROP_MAX]; /* at offset 16 */
 };
 
-/* A placeholder the loader replaces with the pod's own array map. */
+/* Placeholders the loader replaces with the node's maps: the hash of pod entries, and
+ * the ring buffer of drop events podnetd reads. */
 struct map_placeholder {
 	int unused;
 };
 struct map_placeholder pod_state __attribute__((section("maps"), used));
+struct map_placeholder events __attribute__((section("maps"), used));
+
+/* One dropped frame, for podnetd (crates/netlink/src/antispoof.rs, SpoofEvent). */
+struct spoof_event {
+	u32 ifindex;
+	u32 reason;
+	u8 src_mac[6];
+	u8 ethertype[2]; /* network byte order */
+	u32 saddr, daddr; /* IPv4 source/destination, ARP sender/target; network order */
+	u8 proto, pad;
+	u16 sport, dport, pad2;
+};
 
 static void *(*map_lookup_elem)(void *map, const void *key) = (void *)1;
+static long (*ringbuf_output)(void *ringbuf, void *data, u64 size, u64 flags) = (void *)130;
 
 enum {
 #define X(num, name, id, what) DROP_##name = num,
 	PODNET_DROP_REASONS(X)
 #undef X
 };
-
-static __attribute__((always_inline)) int drop(struct pod_state *st, u32 reason)
-{
-	if (reason < PODNET_DROP_MAX)
-		__sync_fetch_and_add(&st->drops[reason], 1);
-	return TC_ACT_SHOT;
-}
 
 static __attribute__((always_inline)) int mac_eq(const u8 *a, const u8 *b)
 {
@@ -65,6 +72,42 @@ static __attribute__((always_inline)) int mac_eq(const u8 *a, const u8 *b)
 static __attribute__((always_inline)) u32 load32(const u8 *p)
 {
 	return (u32)p[0] | (u32)p[1] << 8 | (u32)p[2] << 16 | (u32)p[3] << 24;
+}
+
+/* Counts the drop under `reason` and tells podnetd what was dropped (an event in the
+ * ring buffer; when it is full the event is lost, never the verdict). Frames that
+ * pass cost nothing here. */
+static __attribute__((always_inline)) int drop(u32 ifindex, u8 *data, u8 *end, struct pod_state *st,
+						u32 reason)
+{
+	if (reason < PODNET_DROP_MAX)
+		__sync_fetch_and_add(&st->drops[reason], 1);
+	struct spoof_event e = {};
+	e.ifindex = ifindex;
+	e.reason = reason;
+	if (data + 14 <= end) {
+		for (int i = 0; i < 6; i++)
+			e.src_mac[i] = data[6 + i];
+		e.ethertype[0] = data[12];
+		e.ethertype[1] = data[13];
+		u8 *l3 = data + 14;
+		if (data[12] == 0x08 && data[13] == 0x06 && l3 + 28 <= end) {
+			e.saddr = load32(l3 + 14);
+			e.daddr = load32(l3 + 24);
+		} else if (data[12] == 0x08 && data[13] == 0x00 && l3 + 20 <= end) {
+			e.saddr = load32(l3 + 12);
+			e.daddr = load32(l3 + 16);
+			e.proto = l3[9];
+			u32 ihl = (u32)(l3[0] & 0x0f) * 4;
+			u8 *l4 = l3 + ihl;
+			if ((e.proto == 6 || e.proto == 17 || e.proto == 132) && ihl >= 20 && l4 + 4 <= end) {
+				e.sport = (u16)l4[0] << 8 | l4[1];
+				e.dport = (u16)l4[2] << 8 | l4[3];
+			}
+		}
+	}
+	ringbuf_output(&events, &e, sizeof(e), 0);
+	return TC_ACT_SHOT;
 }
 
 /* Is `a` the link-local address the kernel gives an interface with MAC `mac` (EUI-64:
@@ -91,37 +134,37 @@ __attribute__((section("tc"), used)) int from_pod(struct __sk_buff *skb)
 	u8 *data = (u8 *)(long)skb->data;
 	u8 *end = (u8 *)(long)skb->data_end;
 	if (data + 14 > end)
-		return drop(st, DROP_MALFORMED);
+		return drop(key, data, end, st, DROP_MALFORMED);
 	if (skb->vlan_present)
-		return drop(st, DROP_ETHERTYPE);
+		return drop(key, data, end, st, DROP_ETHERTYPE);
 	if (!mac_eq(data + 6, st->mac))
-		return drop(st, DROP_SRC_MAC);
+		return drop(key, data, end, st, DROP_SRC_MAC);
 
 	u16 proto = (u16)data[12] << 8 | data[13];
 	u8 *l3 = data + 14;
 
 	if (proto == 0x0806) {
 		if (l3 + 28 > end)
-			return drop(st, DROP_MALFORMED);
+			return drop(key, data, end, st, DROP_MALFORMED);
 		/* htype 1 (Ethernet), ptype 0x0800, hlen 6, plen 4 */
 		if (l3[0] != 0 || l3[1] != 1 || l3[2] != 8 || l3[3] != 0 || l3[4] != 6 || l3[5] != 4)
-			return drop(st, DROP_MALFORMED);
+			return drop(key, data, end, st, DROP_MALFORMED);
 		if (!mac_eq(l3 + 8, st->mac))
-			return drop(st, DROP_ARP_SHA);
+			return drop(key, data, end, st, DROP_ARP_SHA);
 		if (load32(l3 + 14) != st->ip)
-			return drop(st, DROP_ARP_SPA);
+			return drop(key, data, end, st, DROP_ARP_SPA);
 		return TC_ACT_UNSPEC;
 	}
 	if (proto == 0x0800) {
 		if (l3 + 20 > end)
-			return drop(st, DROP_MALFORMED);
+			return drop(key, data, end, st, DROP_MALFORMED);
 		if (load32(l3 + 12) != st->ip)
-			return drop(st, DROP_IP_SRC);
+			return drop(key, data, end, st, DROP_IP_SRC);
 		return TC_ACT_UNSPEC;
 	}
 	if (proto == 0x86dd) {
 		if (l3 + 40 > end)
-			return drop(st, DROP_MALFORMED);
+			return drop(key, data, end, st, DROP_MALFORMED);
 		u8 next = l3[6];
 		u8 *p = l3 + 40;
 		/* Skip up to four hop-by-hop, routing or destination-options headers. */
@@ -130,18 +173,18 @@ __attribute__((section("tc"), used)) int from_pod(struct __sk_buff *skb)
 			if (next != 0 && next != 43 && next != 60)
 				break;
 			if (p + 2 > end)
-				return drop(st, DROP_MALFORMED);
+				return drop(key, data, end, st, DROP_MALFORMED);
 			u32 len = ((u32)p[1] + 1) * 8;
 			next = p[0];
 			p += len;
 		}
 		/* Still inside the chain, or a fragment: what follows cannot be checked. */
 		if (next == 0 || next == 43 || next == 60 || next == 44)
-			return drop(st, DROP_MALFORMED);
+			return drop(key, data, end, st, DROP_MALFORMED);
 		u8 icmp = 0;
 		if (next == 58) {
 			if (p + 1 > end)
-				return drop(st, DROP_MALFORMED);
+				return drop(key, data, end, st, DROP_MALFORMED);
 			icmp = p[0];
 		}
 		const u8 *src = l3 + 8;
@@ -149,18 +192,18 @@ __attribute__((section("tc"), used)) int from_pod(struct __sk_buff *skb)
 			/* Duplicate-address detection (neighbour solicitation) and MLD reports
 			 * go out before the link-local address is ready, from ::. */
 			if (!(unspecified(src) && (icmp == 135 || icmp == 143)))
-				return drop(st, DROP_IPV6_SRC);
+				return drop(key, data, end, st, DROP_IPV6_SRC);
 		}
 		if (icmp == 134)
-			return drop(st, DROP_IPV6_RA);
+			return drop(key, data, end, st, DROP_IPV6_RA);
 		if (icmp == 137)
-			return drop(st, DROP_IPV6_REDIRECT);
+			return drop(key, data, end, st, DROP_IPV6_REDIRECT);
 		if (icmp == 136) {
 			/* type, code, checksum, flags (8 bytes), then the target address. */
 			if (p + 24 > end)
-				return drop(st, DROP_MALFORMED);
+				return drop(key, data, end, st, DROP_MALFORMED);
 			if (!own_link_local(p + 8, st->mac))
-				return drop(st, DROP_IPV6_NA);
+				return drop(key, data, end, st, DROP_IPV6_NA);
 			/* Every target link-layer address option must carry the pod's MAC;
 			 * an advertisement with more options than are checked is refused. */
 			u8 *o = p + 24;
@@ -168,9 +211,9 @@ __attribute__((section("tc"), used)) int from_pod(struct __sk_buff *skb)
 	if (o + 8 <= end) {                                                                  \
 		u32 olen = (u32)o[1] * 8;                                                        \
 		if (olen == 0)                                                                   \
-			return drop(st, DROP_MALFORMED);                                             \
+			return drop(key, data, end, st, DROP_MALFORMED);                                             \
 		if (o[0] == 2 && (o[1] != 1 || !mac_eq(o + 2, st->mac)))                         \
-			return drop(st, DROP_IPV6_NA);                                               \
+			return drop(key, data, end, st, DROP_IPV6_NA);                                               \
 		o += olen;                                                                       \
 	}
 			NA_OPTION()
@@ -178,11 +221,11 @@ __attribute__((section("tc"), used)) int from_pod(struct __sk_buff *skb)
 			NA_OPTION()
 #undef NA_OPTION
 			if (o + 8 <= end)
-				return drop(st, DROP_IPV6_NA);
+				return drop(key, data, end, st, DROP_IPV6_NA);
 		}
 		return TC_ACT_UNSPEC;
 	}
-	return drop(st, DROP_ETHERTYPE);
+	return drop(key, data, end, st, DROP_ETHERTYPE);
 }
 
 char _license[] __attribute__((section("license"), used)) = "Dual BSD/GPL";

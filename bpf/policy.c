@@ -42,6 +42,8 @@
 #define BPF_MAP_TYPE_HASH 1
 #define BPF_MAP_TYPE_LRU_HASH 9
 #define BPF_MAP_TYPE_LPM_TRIE 11
+#define BPF_MAP_TYPE_ARRAY 2
+#define BPF_MAP_TYPE_RINGBUF 27
 #define BPF_F_NO_PREALLOC 1
 #define PIN_BY_NAME 1
 
@@ -152,7 +154,34 @@ struct {
 	__uint(pinning, PIN_BY_NAME);
 } policy_drops SEC(".maps");
 
+/* One verdict for podnetd (crates/agent/src/ebpf.rs, PolicyEvent): every refused
+ * packet, and, while podnetd asks (event_config bit 0), every newly admitted flow. */
+struct policy_event {
+	u32 pod, peer; /* network byte order */
+	u16 sport, dport;
+	u8 proto, dir, verdict, pad; /* verdict: 0 refused, 1 admitted */
+};
+
+#define VERDICT_REFUSED 0
+#define VERDICT_ADMITTED 1
+#define EVENTS_ALLOWED 1
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+	__uint(pinning, PIN_BY_NAME);
+} policy_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, u32);
+	__type(value, u32);
+	__uint(max_entries, 1);
+	__uint(pinning, PIN_BY_NAME);
+} event_config SEC(".maps");
+
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
+static long (*bpf_ringbuf_output)(void *ringbuf, void *data, u64 size, u64 flags) = (void *)130;
 static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, u64 flags) = (void *)2;
 static u64 (*bpf_ktime_get_ns)(void) = (void *)5;
 
@@ -290,8 +319,24 @@ INLINE int admitted(void *peers, u32 pod, u32 peer, struct pkt *k)
 	return bpf_map_lookup_elem(&port_sets, &q) != 0;
 }
 
-INLINE int refuse(u32 pod, u32 dir)
+INLINE void emit(struct pkt *k, u32 pod, u32 peer, u32 dir, u32 verdict)
 {
+	struct policy_event e = {.pod = pod, .peer = peer, .sport = k->sport, .dport = k->dport, .proto = k->proto, .dir = dir, .verdict = verdict};
+	bpf_ringbuf_output(&policy_events, &e, sizeof(e), 0);
+}
+
+/* A flow admitted for the first time: told to podnetd only while it asks. */
+INLINE void admitted_new(struct pkt *k, u32 pod, u32 peer, u32 dir)
+{
+	u32 zero = 0;
+	u32 *cfg = bpf_map_lookup_elem(&event_config, &zero);
+	if (cfg && (*cfg & EVENTS_ALLOWED))
+		emit(k, pod, peer, dir, VERDICT_ADMITTED);
+}
+
+INLINE int refuse(struct pkt *k, u32 pod, u32 peer, u32 dir)
+{
+	emit(k, pod, peer, dir, VERDICT_REFUSED);
 	struct drop_key d = {.pod = pod, .dir = dir};
 	u64 *n = bpf_map_lookup_elem(&policy_drops, &d);
 	if (n) {
@@ -308,7 +353,7 @@ INLINE int judge(struct pkt *k, u32 pod, u32 peer, u32 dir)
 {
 	u32 *flags = bpf_map_lookup_elem(&pod_policy, &pod);
 	if (!flags || !(*flags & POD_PROGRAMMED))
-		return refuse(pod, DIR_CLOSED);
+		return refuse(k, pod, peer, DIR_CLOSED);
 	if (bpf_map_lookup_elem(&node_addrs, &peer))
 		return TC_ACT_OK;
 	u32 isolated = dir == DIR_INGRESS ? POD_ISOLATED_INGRESS : POD_ISOLATED_EGRESS;
@@ -317,15 +362,18 @@ INLINE int judge(struct pkt *k, u32 pod, u32 peer, u32 dir)
 		if (flow_seen(k, dir, now))
 			return TC_ACT_OK;
 		if (!admitted(dir == DIR_INGRESS ? (void *)&ingress_peers : (void *)&egress_peers, pod, peer, k))
-			return refuse(pod, dir);
+			return refuse(k, pod, peer, dir);
 		flow_record(k, dir, now);
+		admitted_new(k, pod, peer, dir);
 		return TC_ACT_OK;
 	}
 	/* Open for this direction: the flow is remembered all the same, for its replies
 	 * (the pod may be isolated the other way) and so that it survives a policy that
 	 * isolates the pod later. */
-	if (k->opens || !flow_seen(k, dir, now))
+	if (k->opens || !flow_seen(k, dir, now)) {
 		flow_record(k, dir, now);
+		admitted_new(k, pod, peer, dir);
+	}
 	return TC_ACT_OK;
 }
 

@@ -1,5 +1,4 @@
-//! Builds the eBPF datapath (`bpf/from_pod.c`) with clang and generates the Rust side
-//! of the drop-reason table from `bpf/drop_reasons.h`, the single source of truth.
+//! Builds the eBPF datapath (`bpf/from_pod.c`) with clang.
 //!
 //! Without clang the build fails, saying how to install it: a podnet-cni without its
 //! program would refuse every ADD. `PODNET_SKIP_BPF=1` is the explicit way around it,
@@ -24,33 +23,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CLANG");
     println!("cargo:rerun-if-env-changed=PODNET_SKIP_BPF");
 
-    // 1. The drop-reason table.
-    let text = std::fs::read_to_string(&header).expect("bpf/drop_reasons.h");
-    let mut rows = Vec::new();
-    for line in text.lines() {
-        let l = line.trim();
-        let Some(inner) = l.strip_prefix("X(") else {
-            continue;
-        };
-        let inner = inner.trim_end_matches('\\').trim().trim_end_matches(')');
-        let parts: Vec<&str> = inner.splitn(4, ',').map(str::trim).collect();
-        if parts.len() == 4 {
-            rows.push(format!("    ({}, {}, {}),\n", parts[0], parts[2], parts[3]));
-        }
-    }
-    assert!(
-        !rows.is_empty(),
-        "no drop reasons found in {}",
-        header.display()
-    );
-    let table = format!(
-        "/// Drop reasons `(number, id, what)`, generated from bpf/drop_reasons.h.\n\
-         pub const DROP_REASONS: &[(u32, &str, &str)] = &[\n{}];\n",
-        rows.concat()
-    );
-    std::fs::write(out.join("drop_reasons.rs"), table).unwrap();
-
-    // 2. The program.
+    // The program (the drop-reason table is podnet-netlink's: crates/netlink/build.rs).
     let obj = out.join("from_pod.o");
     if std::env::var("PODNET_SKIP_BPF").is_ok_and(|v| v == "1") {
         println!("cargo:warning=PODNET_SKIP_BPF=1: podnet-cni is built WITHOUT its eBPF anti-spoofing program and will refuse ADD; unset it for a working build");

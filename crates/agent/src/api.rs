@@ -41,6 +41,7 @@ pub fn serve(
     status: Arc<Mutex<Status>>,
     policy: Arc<Mutex<PolicyStatus>>,
     rotation: Arc<crate::wireguard::Rotation>,
+    events: Arc<crate::observe::EventLog>,
     vxlan_dev: String,
     bridge: String,
 ) -> Result<()> {
@@ -74,10 +75,11 @@ pub fn serve(
                 );
                 continue;
             }
-            let (status, policy, rotation, vxlan_dev, bridge, open) = (
+            let (status, policy, rotation, events, vxlan_dev, bridge, open) = (
                 status.clone(),
                 policy.clone(),
                 rotation.clone(),
+                events.clone(),
                 vxlan_dev.clone(),
                 bridge.clone(),
                 open.clone(),
@@ -107,6 +109,24 @@ pub fn serve(
                                 Ok(r) => serde_json::to_value(r).unwrap_or(Value::Null),
                                 Err(e) => json!({ "error": e }),
                             }
+                        }
+                        Ok(Request::Events {
+                            after,
+                            wait_ms,
+                            allowed,
+                        }) => {
+                            if allowed {
+                                events.want_allowed();
+                            }
+                            let (evs, next) = events
+                                .after(after, Duration::from_millis(u64::from(wait_ms.min(4000))));
+                            serde_json::to_value(crate::proto::EventsReply {
+                                events: evs,
+                                next,
+                                lost: events.lost.load(std::sync::atomic::Ordering::Relaxed),
+                                allowed: events.allowed_wanted(),
+                            })
+                            .unwrap_or(Value::Null)
                         }
                         Ok(req) => answer(&req, &status, &policy, &vxlan_dev, &bridge),
                         Err(e) => json!({ "error": e }),
@@ -204,8 +224,10 @@ fn answer(
                 result: crate::probe::ping(*ip, usize::from(size), Duration::from_millis(700)),
             })
         }
-        // Served by the connection's thread, which waits for the agent's loop.
-        Request::RotateWireguardKey => json!({"error": "a key rotation is not a query"}),
+        // Served by the connection's thread, which waits.
+        Request::RotateWireguardKey | Request::Events { .. } => {
+            json!({"error": "served by the connection's thread"})
+        }
     }
 }
 
@@ -456,6 +478,7 @@ mod tests {
                 error: Some("the last change failed".into()),
                 ..Default::default()
             })),
+            Default::default(),
             Default::default(),
             "podnet.vxlan".into(),
             "podnet0".into(),

@@ -4,7 +4,9 @@
 //! In the node's bpffs directory (`--bpf-dir`, default `/sys/fs/bpf/podnet`), pinned
 //! so that they outlive podnetd (a restart or `kill -9` changes nothing in force):
 //! - the maps `pod_policy`, `ingress_peers`, `egress_peers`, `port_sets`,
-//!   `node_addrs`, `flows` and `policy_drops` (their roles: `bpf/policy.c`);
+//!   `node_addrs`, `flows` and `policy_drops` (their roles: `bpf/policy.c`), the ring
+//!   buffer `policy_events` (every refused packet, and admitted flows while
+//!   `event_config` asks; read by [`crate::observe`]);
 //! - the programs `from_pod_policy` and `to_pod_policy`, which podnet-cni attaches to
 //!   every new pod's host veth (tc ingress after anti-spoofing, and tc egress) before
 //!   the veth joins the bridge; the agent attaches them to pods that lack them.
@@ -435,6 +437,15 @@ pub fn holds(dir: &Path, ip: Ipv4Addr) -> bool {
         .and_then(|m| HashMap::<_, u32, u32>::try_from(m).ok())
         .and_then(|m| m.get(&raw(ip), 0).ok())
         .is_some_and(|f| f & POD_PROGRAMMED != 0)
+}
+
+/// Whether the programs report admitted flows too (`event_config` bit 0), not only
+/// refused packets.
+pub fn set_event_config(dir: &Path, allowed: bool) -> Result<(), String> {
+    let mut a: aya::maps::Array<_, u32> = aya::maps::Array::try_from(pinned(dir, "event_config")?)
+        .map_err(|e| err("event_config", e))?;
+    a.set(0, u32::from(allowed), 0)
+        .map_err(|e| err("write event_config", e))
 }
 
 /// Packets refused per (pod, direction), and to or from closed addresses.

@@ -30,7 +30,9 @@
 
 pub mod api;
 pub mod ebpf;
+pub mod metrics;
 pub mod nft;
+pub mod observe;
 pub mod plan;
 pub mod policy;
 pub mod probe;
@@ -93,6 +95,8 @@ pub struct Config {
     pub bpf_dir: PathBuf,
     /// The WireGuard backend's device, port, key file, socket and pid file.
     pub wireguard: wireguard::Paths,
+    /// Where to serve Prometheus metrics (`host:port`); `None`: not at all.
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -261,6 +265,9 @@ pub struct Agent {
     rotation: Arc<wireguard::Rotation>,
     /// Whether the kernel has WireGuard (checked once, with the WireGuard backend).
     kernel_wg: bool,
+    /// Drop and flow events ([`observe`]) and the metrics ([`metrics`]).
+    events: Arc<observe::EventLog>,
+    metrics: Option<metrics::Metrics>,
 }
 
 /// Opens the datastore a URL names: `file:…`, `etcd://…`, or `kubernetes[:kubeconfig]`
@@ -311,6 +318,8 @@ impl Agent {
             wg_key: None,
             rotation: Default::default(),
             kernel_wg: false,
+            events: Default::default(),
+            metrics: None,
         })
     }
 
@@ -801,11 +810,13 @@ impl Agent {
             why,
         })?;
         self.write_node_file(&n, pol.node_file_extra())?;
+        self.observe(&pol)?;
         api::serve(
             &self.cfg.api_socket,
             self.status.clone(),
             pol.status.clone(),
             self.rotation.clone(),
+            self.events.clone(),
             self.cfg.vxlan_dev.clone(),
             self.cfg.bridge.clone(),
         )?;
@@ -855,18 +866,103 @@ impl Agent {
                         n.record = r;
                         renewed = Instant::now();
                     }
-                    Err(e) => self.warn(&format!("cannot renew the lease: {e}")),
+                    Err(e) => {
+                        self.datastore_error();
+                        self.warn(&format!("cannot renew the lease: {e}"))
+                    }
                 }
             }
-            if let Err(e) = self.sync(&n, &mut vx, &mut known, &mut last_desired, &mut changes) {
-                self.warn(&format!("sync failed, retrying: {e}"));
+            let t = Instant::now();
+            match self.sync(&n, &mut vx, &mut known, &mut last_desired, &mut changes) {
+                Ok(()) => {
+                    if let Some(m) = &self.metrics {
+                        m.sync_duration.observe(t.elapsed().as_secs_f64());
+                        m.peers.set(known.len() as i64);
+                    }
+                }
+                Err(e) => {
+                    if matches!(e, Error::Datastore(_)) {
+                        self.datastore_error();
+                    }
+                    self.warn(&format!("sync failed, retrying: {e}"));
+                }
             }
             if let Err(e) = self.ds.wait_change(self.cfg.interval) {
+                self.datastore_error();
                 // Without this pause a datastore that fails at once would spin the loop.
                 self.warn(&format!("cannot watch the datastore: {e}"));
                 std::thread::sleep(self.cfg.interval);
             }
         }
+    }
+
+    fn datastore_error(&self) {
+        if let Some(m) = &self.metrics {
+            m.datastore_errors.inc();
+        }
+    }
+
+    /// Events and metrics: the event reader, the metrics endpoint, podnet-cni's report
+    /// socket. Metrics that cannot be served stop the agent (an operator asked for
+    /// them); events that cannot be read are logged and the rest goes on.
+    fn observe(&mut self, pol: &policy::Policy) -> Result<()> {
+        let src = observe::Sources {
+            node: self.cfg.node.clone(),
+            log: self.events.clone(),
+            policy: pol.status.clone(),
+            bpf_dir: (self.cfg.policy_datapath == policy::DatapathKind::Ebpf)
+                .then(|| self.cfg.bpf_dir.clone()),
+            nftables: self.cfg.policy_datapath == policy::DatapathKind::Nftables,
+        };
+        std::thread::Builder::new()
+            .name("events".into())
+            .spawn(move || observe::run(src))
+            .map_err(|source| Error::File {
+                what: "start the event thread for",
+                path: self.cfg.node.clone(),
+                source,
+            })?;
+        let Some(addr) = self.cfg.metrics_addr.clone() else {
+            return Ok(());
+        };
+        let m = metrics::Metrics::new(pol.status.clone(), self.events.clone());
+        metrics::serve(&addr, m.clone()).map_err(|why| Error::File {
+            what: "serve metrics",
+            path: addr.clone(),
+            source: std::io::Error::other(why),
+        })?;
+        let path = metrics::cni_socket(&self.cfg.node_file);
+        let _ = std::fs::remove_file(&path);
+        if let Some(d) = path.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).map_err(|source| Error::File {
+            what: "read podnet-cni's reports on",
+            path: path.display().to_string(),
+            source,
+        })?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        let cm = m.clone();
+        std::thread::Builder::new()
+            .name("cni-reports".into())
+            .spawn(move || {
+                let mut buf = [0u8; 512];
+                while let Ok(n) = sock.recv(&mut buf) {
+                    cm.cni_report(&buf[..n]);
+                }
+            })
+            .map_err(|source| Error::File {
+                what: "start the CNI report thread for",
+                path: path.display().to_string(),
+                source,
+            })?;
+        self.log(&format!(
+            "metrics on http://{addr}/metrics; podnet-cni reports on {}",
+            path.display()
+        ));
+        self.metrics = Some(m);
+        Ok(())
     }
 
     /// A new WireGuard key: written to the key file, given to the device, then
@@ -1005,6 +1101,9 @@ impl Agent {
                 if drift { "repairing drift: " } else { "" },
                 op.render(&name)
             ));
+            if let (true, Some(m)) = (drift, &self.metrics) {
+                m.repaired(op.object());
+            }
         }
         let failed = self.apply(&ops, &name);
         *changes += (ops.len() - failed.len()) as u64;

@@ -202,8 +202,8 @@ pub fn render_full(cidr: Ipv4Net, bridge: &str, elems: &BTreeSet<Elem>) -> Strin
     meta nfproto ipv6 iifname \"{bridge}\" drop
     meta nfproto ipv6 oifname \"{bridge}\" drop
     ct state established,related accept
-    ip saddr {net} ip saddr != @programmed counter name closed drop
-    ip daddr {net} ip daddr != @programmed counter name closed drop
+    ip saddr {net} ip saddr != @programmed counter name closed log prefix \"podnet:closed-src:\" group {LOG_GROUP} drop
+    ip daddr {net} ip daddr != @programmed counter name closed log prefix \"podnet:closed-dst:\" group {LOG_GROUP} drop
     ip saddr @egress_isolated jump egress
     ip daddr @ingress_isolated jump ingress
   }}
@@ -212,16 +212,16 @@ pub fn render_full(cidr: Ipv4Net, bridge: &str, elems: &BTreeSet<Elem>) -> Strin
     ip saddr . ip daddr . meta l4proto . th dport @egress_ports_host return
     ip saddr . ip daddr @egress_any return
     ip saddr . ip daddr . meta l4proto . th dport @egress_ports return
-    ip saddr @egress_denied drop
-    drop
+    ip saddr @egress_denied log prefix \"podnet:egress:\" group {LOG_GROUP} drop
+    log prefix \"podnet:egress:\" group {LOG_GROUP} drop
   }}
   chain ingress {{
     ip daddr . ip saddr @ingress_any_host return
     ip daddr . ip saddr . meta l4proto . th dport @ingress_ports_host return
     ip daddr . ip saddr @ingress_any return
     ip daddr . ip saddr . meta l4proto . th dport @ingress_ports return
-    ip daddr @ingress_denied drop
-    drop
+    ip daddr @ingress_denied log prefix \"podnet:ingress:\" group {LOG_GROUP} drop
+    log prefix \"podnet:ingress:\" group {LOG_GROUP} drop
   }}
 }}
 "
@@ -371,6 +371,133 @@ pub fn delete() -> Result<(), String> {
     run(&format!(
         "table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"
     ))
+}
+
+/// The NFLOG group the table's drop rules log to (per network namespace): podnetd's
+/// event reader ([`crate::observe`]) binds it. The prefix says which pod the verdict is
+/// about: `podnet:egress:` and `podnet:closed-src:` the source, `podnet:ingress:` and
+/// `podnet:closed-dst:` the destination.
+pub const LOG_GROUP: u16 = 7;
+
+/// A bound NFLOG group: the refused packets' headers, as verdicts.
+pub struct NfLog {
+    sock: podnet_netlink::Socket,
+}
+
+impl NfLog {
+    /// Binds [`LOG_GROUP`] in the calling thread's namespace, copying the first 64
+    /// bytes of each packet (IPv4 header and ports).
+    pub fn open() -> Result<NfLog, String> {
+        const NFULNL_MSG_CONFIG: u16 = (4 << 8) | 1;
+        const NFULA_CFG_CMD: u16 = 1;
+        const NFULA_CFG_MODE: u16 = 2;
+        const NFULNL_CFG_CMD_BIND: u8 = 1;
+        const NFULNL_COPY_PACKET: u8 = 2;
+        let mut sock =
+            podnet_netlink::Socket::open(libc::NETLINK_NETFILTER).map_err(|e| e.to_string())?;
+        let g = LOG_GROUP.to_be_bytes();
+        let hdr = [libc::AF_UNSPEC as u8, 0, g[0], g[1]];
+        let mut m = podnet_netlink::Msg::new(NFULNL_MSG_CONFIG, 0).fixed(&hdr);
+        m.attr(NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND]);
+        sock.ack(m, "bind NFLOG group", LOG_GROUP.to_string())
+            .map_err(|e| e.to_string())?;
+        let mut m = podnet_netlink::Msg::new(NFULNL_MSG_CONFIG, 0).fixed(&hdr);
+        let mut mode = 64u32.to_be_bytes().to_vec();
+        mode.extend([NFULNL_COPY_PACKET, 0]);
+        m.attr(NFULA_CFG_MODE, &mode);
+        sock.ack(m, "set the copy mode of NFLOG group", LOG_GROUP.to_string())
+            .map_err(|e| e.to_string())?;
+        // Each packet as it comes: by default the kernel batches them for up to a
+        // second.
+        const NFULA_CFG_QTHRESH: u16 = 5;
+        let mut m = podnet_netlink::Msg::new(NFULNL_MSG_CONFIG, 0).fixed(&hdr);
+        m.attr(NFULA_CFG_QTHRESH, &1u32.to_be_bytes());
+        sock.ack(
+            m,
+            "set the queue threshold of NFLOG group",
+            LOG_GROUP.to_string(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(NfLog { sock })
+    }
+
+    /// The verdicts logged since the last call (waiting up to `wait` for the first);
+    /// `Err(n)` when the kernel had to drop some (about `n` lost).
+    pub fn read(&mut self, wait: std::time::Duration) -> Result<Vec<crate::observe::Verdict>, u64> {
+        const NFULNL_MSG_PACKET: u16 = 4 << 8;
+        const NFULA_PAYLOAD: u16 = 9;
+        const NFULA_PREFIX: u16 = 10;
+        let mut out = Vec::new();
+        let mut timeout = wait.as_millis() as i32;
+        loop {
+            let mut pfd = libc::pollfd {
+                fd: self.sock.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one valid fd.
+            if unsafe { libc::poll(&mut pfd, 1, timeout) } <= 0 {
+                return Ok(out);
+            }
+            timeout = 0;
+            let msgs = match self.sock.notifications() {
+                Ok(m) => m,
+                Err(_) => return Err(1),
+            };
+            for (ty, body) in msgs {
+                if ty != NFULNL_MSG_PACKET || body.len() < 4 {
+                    continue;
+                }
+                let attrs = &body[4..];
+                let prefix = podnet_netlink::msg::find(attrs, NFULA_PREFIX)
+                    .map(podnet_netlink::msg::as_str)
+                    .unwrap_or_default();
+                let Some(p) = podnet_netlink::msg::find(attrs, NFULA_PAYLOAD) else {
+                    continue;
+                };
+                if let Some(v) = verdict_of(&prefix, p) {
+                    out.push(v);
+                }
+            }
+        }
+    }
+}
+
+/// A logged packet (`prefix`, IPv4 header onwards) as a verdict.
+pub fn verdict_of(prefix: &str, p: &[u8]) -> Option<crate::observe::Verdict> {
+    let side = prefix.strip_prefix("podnet:")?.trim_end_matches(':');
+    if p.len() < 20 || p[0] >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    let (saddr, daddr) = (
+        Ipv4Addr::new(p[12], p[13], p[14], p[15]),
+        Ipv4Addr::new(p[16], p[17], p[18], p[19]),
+    );
+    let proto = p[9];
+    let (sport, dport) = match (proto, p.get(ihl..ihl + 4)) {
+        (6 | 17 | 132, Some(l4)) => (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        ),
+        _ => (0, 0),
+    };
+    let (pod, peer, direction) = match side {
+        "egress" => (saddr, daddr, "egress"),
+        "ingress" => (daddr, saddr, "ingress"),
+        "closed-src" => (saddr, daddr, "closed"),
+        "closed-dst" => (daddr, saddr, "closed"),
+        _ => return None,
+    };
+    Some(crate::observe::Verdict {
+        pod,
+        peer,
+        direction,
+        allowed: false,
+        proto,
+        sport,
+        dport,
+    })
 }
 
 #[cfg(test)]

@@ -113,6 +113,15 @@ impl fmt::Display for Op {
 }
 
 impl Op {
+    /// What kind of kernel object it changes: `route`, `neigh` or `fdb`.
+    pub fn object(&self) -> &'static str {
+        match self {
+            Op::AddRoute { .. } | Op::DelRoute { .. } => "route",
+            Op::AddNeigh { .. } | Op::DelNeigh { .. } => "neigh",
+            Op::AddFdb { .. } | Op::DelFdb { .. } => "fdb",
+        }
+    }
+
     /// True for a delete: one that finds nothing to delete has nothing left to do.
     pub fn is_delete(&self) -> bool {
         matches!(

@@ -52,6 +52,17 @@ pub enum Request {
         #[serde(default)]
         keys: Vec<String>,
     },
+    /// The node's drop and flow events after `after` (0: every one kept), waiting up to
+    /// `wait_ms` (at most 4000) for the first → [`EventsReply`]. `allowed: true` also
+    /// turns allowed-flow events on for the next 5 s.
+    Events {
+        #[serde(default)]
+        after: u64,
+        #[serde(default)]
+        wait_ms: u32,
+        #[serde(default)]
+        allowed: bool,
+    },
     /// A new WireGuard key for this node, given to its device and published →
     /// [`crate::wireguard::Rotated`].
     RotateWireguardKey,
@@ -90,9 +101,22 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
     }
     serde_json::from_value(v).map_err(|e| {
         format!(
-            "{e}; send one of {{\"get\":\"status\"}}, {{\"get\":\"state\"}}, {{\"get\":\"pod\",\"ip\":…}}, {{\"get\":\"ping\",\"ip\":…,\"size\":N}}, {{\"get\":\"policy\"}}, {{\"get\":\"policy-stats\"}}, {{\"get\":\"policy-revision\"}}, {{\"get\":\"policy-versions\",\"keys\":[…]}}, {{\"get\":\"rotate-wireguard-key\"}}, {{\"get\":\"verdict\",\"ip\":…,\"peer\":…,\"direction\":\"ingress\"|\"egress\",\"protocol\":\"TCP\",\"port\":N}}"
+            "{e}; send one of {{\"get\":\"status\"}}, {{\"get\":\"state\"}}, {{\"get\":\"pod\",\"ip\":…}}, {{\"get\":\"ping\",\"ip\":…,\"size\":N}}, {{\"get\":\"policy\"}}, {{\"get\":\"policy-stats\"}}, {{\"get\":\"policy-revision\"}}, {{\"get\":\"policy-versions\",\"keys\":[…]}}, {{\"get\":\"rotate-wireguard-key\"}}, {{\"get\":\"events\",\"after\":N,\"wait_ms\":N,\"allowed\":false}}, {{\"get\":\"verdict\",\"ip\":…,\"peer\":…,\"direction\":\"ingress\"|\"egress\",\"protocol\":\"TCP\",\"port\":N}}"
         )
     })
+}
+
+/// The answer to `events`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventsReply {
+    pub events: Vec<crate::observe::Event>,
+    /// Ask after this next time.
+    pub next: u64,
+    /// Events lost so far on this node.
+    pub lost: u64,
+    /// Whether allowed-flow events are on now.
+    #[serde(default)]
+    pub allowed: bool,
 }
 
 /// A refusal: `{"error":"…"}`.
@@ -335,6 +359,19 @@ impl Client {
 
     pub fn status(&self) -> Result<Status, ClientError> {
         self.call(&Request::Status)
+    }
+
+    pub fn events(
+        &self,
+        after: u64,
+        wait_ms: u32,
+        allowed: bool,
+    ) -> Result<EventsReply, ClientError> {
+        self.call(&Request::Events {
+            after,
+            wait_ms,
+            allowed,
+        })
     }
 
     pub fn rotate_wireguard_key(&self) -> Result<crate::wireguard::Rotated, ClientError> {

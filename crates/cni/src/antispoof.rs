@@ -33,23 +33,20 @@ use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-include!(concat!(env!("OUT_DIR"), "/drop_reasons.rs"));
+pub use podnet_netlink::antispoof::{
+    installed_prog, pod_state, read_state, state_size, PodState, DROP_REASONS, PROG_NAME,
+};
 
 /// The compiled datapath program (see build.rs).
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/from_pod.o"));
 
-/// The tc filter's and the program's name.
-pub const PROG_NAME: &str = "podnet_from_pod";
 const MAP_NAME: &str = "podnet_pods";
+const EVENTS_NAME: &str = "podnet_spoofev";
+const EVENTS_SYMBOL: &str = "events";
 const SECTION: &str = "tc";
 const MAP_SYMBOL: &str = "pod_state";
 /// Pods one node's map can hold.
 const MAX_PODS: u32 = 16384;
-
-/// Size of `struct pod_state` in from_pod.c: mac[6], pad[2], ip, pad2, drops[N].
-fn state_size() -> usize {
-    16 + 8 * DROP_REASONS.len()
-}
 
 /// A pod's map entry: its MAC and IP, counters at zero.
 fn state_bytes(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
@@ -126,7 +123,13 @@ pub fn datapath(data_dir: &Path) -> Result<Datapath> {
     }
     let obj = bpf::parse_object(OBJECT, SECTION)?;
     let map = bpf::create_hash(MAP_NAME, state_size() as u32, MAX_PODS)?;
-    let prog = bpf::load(&obj, PROG_NAME, &[(MAP_SYMBOL, &map)])?;
+    // Drop events for podnetd; held by the program, gone with it.
+    let events = bpf::create_ringbuf(EVENTS_NAME, podnet_netlink::antispoof::EVENTS_BYTES)?;
+    let prog = bpf::load(
+        &obj,
+        PROG_NAME,
+        &[(MAP_SYMBOL, &map), (EVENTS_SYMBOL, &events)],
+    )?;
     let ids = format!(
         "{} {} {}\n",
         bpf::prog_id(&prog)?,
@@ -192,71 +195,6 @@ pub fn install_requests(ifindex: u32, prog: &OwnedFd) -> Vec<Request> {
     ]
 }
 
-/// The program id of podnet's filter on `ifindex`, if installed.
-pub fn installed_prog(sock: &mut Socket, ifindex: u32) -> Result<Option<u32>> {
-    Ok(tc::list_ingress(sock, ifindex)?
-        .into_iter()
-        .find(|f| f.kind == "bpf" && f.name.as_deref() == Some(PROG_NAME))
-        .and_then(|f| f.prog_id))
-}
-
-/// What the datapath holds for one pod: its MAC, IP and drop counters.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodState {
-    pub mac: [u8; 6],
-    pub ip: Ipv4Addr,
-    /// `(reason, packets dropped)` for every reason, in table order.
-    pub drops: Vec<(String, u64)>,
-}
-
-/// Reads the entry for host veth `ifindex` in the map of program `prog_id`.
-pub fn read_state(prog_id: u32, ifindex: u32) -> Result<Option<PodState>> {
-    let prog = bpf::prog_by_id(prog_id)?;
-    let ids = bpf::prog_info(&prog)?.map_ids;
-    let id = *ids.first().ok_or_else(|| Error::Malformed {
-        op: "read pod state",
-        obj: format!("program {prog_id}"),
-        why: "the program uses no map".into(),
-    })?;
-    let Some(v) = bpf::lookup(&bpf::map_by_id(id)?, ifindex)? else {
-        return Ok(None);
-    };
-    if v.len() != state_size() {
-        return Err(Error::Malformed {
-            op: "read pod state",
-            obj: format!("program {prog_id}"),
-            why: format!(
-                "its map entries are {} bytes, this build reads {}: it was loaded by another podnet build",
-                v.len(),
-                state_size()
-            ),
-        });
-    }
-    Ok(Some(PodState {
-        mac: v[..6].try_into().unwrap(),
-        ip: Ipv4Addr::new(v[8], v[9], v[10], v[11]),
-        drops: DROP_REASONS
-            .iter()
-            .map(|(n, id, _)| {
-                let at = 16 + 8 * *n as usize;
-                (
-                    id.to_string(),
-                    u64::from_ne_bytes(v[at..at + 8].try_into().unwrap()),
-                )
-            })
-            .collect(),
-    }))
-}
-
-/// The datapath's view of the pod behind host veth `ifindex` (in the socket's
-/// namespace): `None` if the filter or the entry is missing.
-pub fn pod_state(sock: &mut Socket, ifindex: u32) -> Result<Option<PodState>> {
-    match installed_prog(sock, ifindex)? {
-        Some(id) => read_state(id, ifindex),
-        None => Ok(None),
-    }
-}
-
 /// Drop counters of the pod behind host veth `ifindex`.
 pub fn counters(sock: &mut Socket, ifindex: u32) -> Result<Vec<(String, u64)>> {
     pod_state(sock, ifindex)?
@@ -278,15 +216,6 @@ pub use podnet_conventions::{alias_netns, owner_alias, parse_owner_alias};
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reason_table_is_dense_and_named() {
-        for (i, (n, id, what)) in DROP_REASONS.iter().enumerate() {
-            assert_eq!(*n as usize, i);
-            assert!(!id.is_empty() && !what.is_empty());
-        }
-        assert!(DROP_REASONS.iter().any(|(_, id, _)| *id == "arp-spa"));
-    }
 
     #[test]
     fn state_layout_matches_the_c_struct() {
@@ -315,10 +244,14 @@ mod tests {
     }
 
     #[test]
-    fn object_has_the_program_and_one_map_reference() {
+    fn object_has_the_program_and_its_two_map_references() {
         let p = bpf::parse_object(OBJECT, SECTION).expect("from_pod.o parses");
         assert!(p.insns.len() > 8 && p.insns.len().is_multiple_of(8));
-        assert!(!p.map_refs.is_empty());
-        assert!(p.map_refs.iter().all(|(_, s)| s == MAP_SYMBOL));
+        assert!(p.map_refs.iter().any(|(_, s)| s == MAP_SYMBOL));
+        assert!(p.map_refs.iter().any(|(_, s)| s == EVENTS_SYMBOL));
+        assert!(p
+            .map_refs
+            .iter()
+            .all(|(_, s)| s == MAP_SYMBOL || s == EVENTS_SYMBOL));
     }
 }

@@ -42,12 +42,40 @@ pub struct Invocation {
 /// Call it from a single-threaded process (as the `podnet-cni` binary does): DEL and
 /// GC fork a helper that goes on allocating after the fork.
 pub fn run(get_env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (String, i32) {
+    let t = std::time::Instant::now();
+    let verb = get_env("CNI_COMMAND").unwrap_or_default();
     let mut version_for_errors = version::LATEST.to_string();
-    match dispatch(get_env, stdin, &mut version_for_errors) {
+    let out = match dispatch(get_env, stdin, &mut version_for_errors) {
         Ok(Some(v)) => (v.to_string(), 0),
         Ok(None) => (String::new(), 0),
         Err(e) => (e.to_json(&version_for_errors).to_string(), 1),
+    };
+    report(stdin, &verb, out.1 == 0, t.elapsed());
+    out
+}
+
+/// Tells the node's agent what this invocation did (for its metrics): one datagram to
+/// the socket beside the node file, sent without waiting; an absent agent costs one
+/// failed send and changes nothing.
+fn report(stdin: &[u8], verb: &str, ok: bool, took: std::time::Duration) {
+    if !matches!(verb, "ADD" | "DEL" | "CHECK") {
+        return;
     }
+    let node_file = serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| v["nodeFile"].as_str().map(String::from))
+        .unwrap_or_else(|| podnet_conventions::DEFAULT_NODE_FILE.to_string());
+    let path = podnet_conventions::cni_report_socket(std::path::Path::new(&node_file));
+    let Ok(s) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let _ = s.set_nonblocking(true);
+    let msg = json!({
+        "verb": verb,
+        "result": if ok { "ok" } else { "error" },
+        "seconds": took.as_secs_f64(),
+    });
+    let _ = s.send_to(msg.to_string().as_bytes(), path);
 }
 
 fn dispatch(

@@ -102,6 +102,12 @@ pub fn alias_netns(alias: &str) -> Option<&str> {
         .map(|(_, ns)| ns)
 }
 
+/// The Unix datagram socket podnetd reads podnet-cni's reports on (one JSON object per
+/// ADD/DEL/CHECK: verb, result, seconds): beside the node file, whose path both know.
+pub fn cni_report_socket(node_file: &std::path::Path) -> std::path::PathBuf {
+    node_file.with_file_name("cni-report.sock")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

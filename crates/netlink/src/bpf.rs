@@ -82,6 +82,23 @@ pub fn create_hash(name: &str, value_size: u32, max_entries: u32) -> Result<Owne
         .map_err(|e| Error::io("create BPF map", name, e))
 }
 
+/// `BPF_MAP_TYPE_RINGBUF`.
+pub const MAP_TYPE_RINGBUF: u32 = 27;
+
+/// Creates a ring buffer of `bytes` (a power of two, a multiple of the page size):
+/// programs write records to it, one reader takes them.
+pub fn create_ringbuf(name: &str, bytes: u32) -> Result<OwnedFd> {
+    let mut a = Attr::new();
+    a.u32(0, MAP_TYPE_RINGBUF)
+        .u32(4, 0)
+        .u32(8, 0)
+        .u32(12, bytes)
+        .name(28, name);
+    sys_bpf(BPF_MAP_CREATE, &mut a)
+        .map(fd_of)
+        .map_err(|e| Error::io("create BPF ring buffer", name, e))
+}
+
 /// Removes `key`; absent is success.
 pub fn delete(map: &OwnedFd, key: u32) -> Result<()> {
     let mut a = Attr::new();
@@ -125,6 +142,8 @@ fn info_name(info: &[u8], off: usize) -> String {
 /// What the kernel says of a map (`bpftool map show` shows the same).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapInfo {
+    /// `BPF_MAP_TYPE_*` (1 hash, 27 ring buffer, …).
+    pub map_type: u32,
     pub name: String,
     pub key_size: u32,
     pub value_size: u32,
@@ -143,6 +162,7 @@ pub fn map_info(map: &OwnedFd) -> Result<MapInfo> {
     let info = obj_info(map, &mut [])?;
     let u = |o: usize| u32::from_ne_bytes(info[o..o + 4].try_into().unwrap());
     Ok(MapInfo {
+        map_type: u(0),
         name: info_name(&info, 24),
         key_size: u(8),
         value_size: u(12),

@@ -15,6 +15,7 @@
 //!   explanation (netlink extended ack) when it gives one.
 
 pub mod addr;
+pub mod antispoof;
 pub mod bpf;
 pub mod error;
 pub mod link;

@@ -63,6 +63,27 @@ pub struct Report {
     pub podnet_vs_peer_cross_node: f64,
     /// WireGuard throughput / VXLAN throughput, both podnet cross-node.
     pub wireguard_vs_vxlan: f64,
+    /// Same-node throughput on the eBPF policy datapath with allowed-flow events asked
+    /// for, against drop events only (the default).
+    pub allowed_events_vs_drop_events: f64,
+}
+
+/// Waits until the eBPF lab's agents have switched allowed events off again (they stay
+/// on 5 s after the last ask).
+fn wait_allowed_off(agents: &[podnet_agent::proto::Client]) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        let on = agents
+            .iter()
+            .any(|a| a.events(u64::MAX, 0, false).is_ok_and(|r| r.allowed));
+        if !on {
+            return Ok(());
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            bail!("allowed events stayed on for 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Busy CPU time of the whole machine so far, in seconds (every CPU: user, nice,
@@ -404,6 +425,7 @@ impl Drop for LabGuard {
 fn lab_pods(
     name: &str,
     backend: &str,
+    policy_datapath: Option<&str>,
     bins: &Binaries,
 ) -> Result<(LabGuard, Vec<(Netns, Ipv4Addr)>)> {
     let guard = LabGuard(name.to_string());
@@ -415,7 +437,7 @@ fn lab_pods(
             backend: Some(backend.into()),
             datastore: None,
             repair: None,
-            policy_datapath: None,
+            policy_datapath: policy_datapath.map(String::from),
             kubernetes: None,
         },
         bins,
@@ -449,9 +471,18 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
     ns_ip(&a.name, &["link", "set", "eth0", "up"])?;
     ns_ip(&b.name, &["link", "set", "eth0", "up"])?;
     let tag = format!("pnb{}", std::process::id() % 100000);
-    let (_gv, vx) = lab_pods(&format!("{tag}v"), "vxlan", bins)?;
-    let (_gh, hg) = lab_pods(&format!("{tag}h"), "host-gw", bins)?;
-    let (_gw, wg) = lab_pods(&format!("{tag}w"), "wireguard", bins)?;
+    let (_gv, vx) = lab_pods(&format!("{tag}v"), "vxlan", None, bins)?;
+    let (_gh, hg) = lab_pods(&format!("{tag}h"), "host-gw", None, bins)?;
+    let (_gw, wg) = lab_pods(&format!("{tag}w"), "wireguard", None, bins)?;
+    // The eBPF policy datapath, measured with only drop events (always on; passing
+    // packets never make one) and with allowed-flow events asked for.
+    let eb_name = format!("{tag}e");
+    let (_ge, eb) = lab_pods(&eb_name, "vxlan", Some("ebpf"), bins)?;
+    let eb_agents: Vec<podnet_agent::proto::Client> = {
+        let l = Lab::open(&eb_name)?;
+        let st = l.load()?.context("the eBPF lab's state")?;
+        st.nodes.iter().map(|n| l.agent(&n.name)).collect()
+    };
     let peer = build_peer()?;
     let p = &peer.pods;
     let paths: Vec<(&str, &Netns, &Netns, Ipv4Addr)> = vec![
@@ -477,6 +508,18 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
             &wg[2].0,
             wg[2].1,
         ),
+        (
+            "podnet same-node, eBPF policy, drop events",
+            &eb[0].0,
+            &eb[1].0,
+            eb[1].1,
+        ),
+        (
+            "podnet same-node, eBPF policy, drop+allowed events",
+            &eb[0].0,
+            &eb[1].0,
+            eb[1].1,
+        ),
     ];
     let mut samples: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> =
         paths.iter().map(|_| (vec![], vec![], vec![])).collect();
@@ -491,6 +534,19 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
         };
         for i in order {
             let (name, src, dst, ip) = &paths[i];
+            // Allowed events on for that path only: they stay on 5 s after the last
+            // ask, so the other eBPF path waits them out (asking with `allowed: false`
+            // does not switch them off).
+            let allowed = name.ends_with("drop+allowed events");
+            if name.contains("eBPF policy") {
+                if allowed {
+                    for a in &eb_agents {
+                        a.events(u64::MAX, 0, true)?;
+                    }
+                } else {
+                    wait_allowed_off(&eb_agents)?;
+                }
+            }
             let (g, r, c) = measure(name, src, dst, *ip, opts)?;
             samples[i].0.push(g);
             samples[i].1.push(r);
@@ -518,6 +574,16 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
             cpu_cores_per_gbit_s: *c,
         })
         .collect();
+    let events_cost = {
+        let g = |n: &str| {
+            paths
+                .iter()
+                .find(|p| p.name.ends_with(n))
+                .map(|p| p.gbit_per_s)
+                .unwrap_or(f64::NAN)
+        };
+        g("drop+allowed events") / g("eBPF policy, drop events")
+    };
     let by = |n: &str| {
         paths
             .iter()
@@ -532,6 +598,7 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
         podnet_vs_peer_same_node: by("podnet same-node") / by("peer same-node"),
         podnet_vs_peer_cross_node: by("podnet cross-node vxlan") / by("peer cross-node vxlan"),
         wireguard_vs_vxlan: by("podnet cross-node wireguard") / by("podnet cross-node vxlan"),
+        allowed_events_vs_drop_events: events_cost,
         paths,
     })
 }
@@ -564,6 +631,10 @@ pub fn render(r: &Report) -> String {
     s.push_str(&format!(
         "podnet cross node, WireGuard / VXLAN throughput: {:.0}% (encrypted, userspace WireGuard)\n",
         r.wireguard_vs_vxlan * 100.0
+    ));
+    s.push_str(&format!(
+        "eBPF policy, allowed-flow events on / drop events only: {:.0}% (drop events cost passing packets nothing)\n",
+        r.allowed_events_vs_drop_events * 100.0
     ));
     s
 }

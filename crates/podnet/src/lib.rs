@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod exec;
 pub mod lab;
 pub mod lab_k8s;
+pub mod observe_cmd;
 pub mod policy_bench;
 pub mod policy_cmd;
 pub mod probe;

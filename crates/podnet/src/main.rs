@@ -84,6 +84,38 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
+    /// Drop and flow events of every node, live: anti-spoofing drops (reason, the pod,
+    /// its MAC), NetworkPolicy refusals (policy, direction), and with `--verdict
+    /// allowed` newly admitted flows. Each agent keeps its last 4096 events: `--since`
+    /// shows the recent ones first.
+    Observe {
+        /// This lab's nodes (default: the local node's agent).
+        #[arg(long)]
+        lab: Option<String>,
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only events about this pod (`namespace/name`).
+        #[arg(long)]
+        pod: Option<String>,
+        #[arg(long, value_enum)]
+        verdict: Option<VerdictFilter>,
+        /// First the kept events this recent (500ms, 30s, 5m, 2h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Stop after this long (500ms, 30s, 5m).
+        #[arg(long = "for", value_name = "DURATION")]
+        for_: Option<String>,
+        /// The local agent's socket, without --lab.
+        #[arg(long, default_value = "/run/podnet/podnetd.sock")]
+        agent: PathBuf,
+        /// json: one JSON object per line.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// The WireGuard backend: each node's device, key and peers with their latest
     /// handshakes; re-keying a node.
     Wireguard {
@@ -347,6 +379,12 @@ enum LabPolicyDatapath {
     Nftables,
     Ebpf,
     None,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum VerdictFilter {
+    Dropped,
+    Allowed,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -926,6 +964,60 @@ fn run_wireguard(cmd: WireguardCmd) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
+        Cmd::Observe {
+            lab,
+            node,
+            pod,
+            verdict,
+            since,
+            count,
+            for_,
+            agent,
+            output,
+        } => {
+            let mut socks = agent_sockets(lab, agent)?;
+            if let Some(n) = &node {
+                if !socks.iter().any(|(s, _)| s == n) {
+                    anyhow::bail!(
+                        "no node {n} to observe; nodes: {}",
+                        socks
+                            .iter()
+                            .map(|(s, _)| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                socks.retain(|(s, _)| s == n);
+            }
+            let filter = podnet::observe_cmd::Filter {
+                pod,
+                verdict: verdict.map(|v| match v {
+                    VerdictFilter::Dropped => "dropped".into(),
+                    VerdictFilter::Allowed => "allowed".into(),
+                }),
+                since: since
+                    .as_deref()
+                    .map(podnet::observe_cmd::parse_duration)
+                    .transpose()?,
+            };
+            let stop = podnet::observe_cmd::Stop {
+                count,
+                after: for_
+                    .as_deref()
+                    .map(podnet::observe_cmd::parse_duration)
+                    .transpose()?,
+            };
+            use std::io::Write;
+            podnet::observe_cmd::follow(&socks, &filter, stop, &mut |e| {
+                let mut o = std::io::stdout().lock();
+                match output {
+                    Output::Json => writeln!(o, "{}", serde_json::to_string(e)?)?,
+                    Output::Text => writeln!(o, "{}", podnet::observe_cmd::render(e))?,
+                }
+                o.flush()?;
+                Ok(())
+            })?;
+        }
         Cmd::Wireguard { cmd } => run_wireguard(cmd)?,
         Cmd::Policy { cmd } => run_policy(cmd)?,
         Cmd::Lab { name, cmd } => run_lab(&name, cmd)?,

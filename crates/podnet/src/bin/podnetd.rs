@@ -113,6 +113,10 @@ struct Args {
     /// WireGuard backend: where the device process writes its pid.
     #[arg(long, default_value = "/run/podnet/wireguard.pid")]
     wireguard_pid_file: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR/metrics (`none`: not at all). In a lab
+    /// every node has its own network namespace, so each can use the same port.
+    #[arg(long, default_value = "0.0.0.0:9465", value_name = "ADDR")]
+    metrics_addr: String,
     /// Run as the WireGuard device process (podnetd starts it; not for people).
     #[arg(long, hide = true)]
     wireguard_device_process: bool,
@@ -284,6 +288,7 @@ fn main() {
             socket: a.wireguard_socket,
             pid_file: a.wireguard_pid_file,
         },
+        metrics_addr: (a.metrics_addr != "none").then_some(a.metrics_addr),
     };
     let node = cfg.node.clone();
     let result = Agent::new(cfg).and_then(|agent| agent.run());

@@ -11,6 +11,7 @@ mod errors;
 mod ipam;
 mod kubernetes;
 mod lab;
+mod observe;
 mod podman;
 mod policy;
 mod policy_datapath;

@@ -1,0 +1,550 @@
+//! Drop and flow events: what the datapaths refused (and, while someone watches,
+//! what they admitted), enriched with pod, namespace and policy names, kept in a
+//! bounded buffer that `podnet observe` reads through the agent's API.
+//!
+//! # Where events come from
+//! - Anti-spoofing (`bpf/from_pod.c`): every dropped frame, in the ring buffer the
+//!   program writes (one per loaded program, made by podnet-cni; found through the
+//!   tc filter on each pod's host veth).
+//! - The eBPF policy datapath (`bpf/policy.c`): every refused packet, and every newly
+//!   admitted flow while a watcher asks for allowed events, in the pinned ring buffer
+//!   `policy_events`; the pinned array `event_config` says whether to send admitted
+//!   flows.
+//! - The nftables policy datapath: every refused packet through NFLOG group
+//!   [`crate::nft::LOG_GROUP`] (the table's drop rules log first).
+//!
+//! The agent owns no kernel object here: it reads what the datapaths write. A ring
+//! buffer that fills up loses events, never verdicts; NFLOG overruns the same way.
+//! Lost events are counted.
+
+use crate::policy::PolicyStatus;
+use podnet_netlink::antispoof::{self, SpoofEvent};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Events kept for `podnet observe` to show recent history.
+pub const CAPACITY: usize = 4096;
+/// How long allowed events stay on after a watcher last asked for them.
+pub const ALLOWED_FOR: Duration = Duration::from_secs(5);
+
+/// One verdict on one packet, as `podnet observe` prints it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the node's event log (increasing).
+    pub seq: u64,
+    /// RFC 3339, milliseconds.
+    pub time: String,
+    /// Milliseconds since the Unix epoch (for `--since`).
+    pub unix_ms: u64,
+    pub node: String,
+    /// `dropped` or `allowed`.
+    pub verdict: String,
+    /// Anti-spoofing: the drop reason (`arp-spa`, `ip-src`, …). Policy: `policy`
+    /// (isolated, no rule admits it), `not-programmed` (the pod's verdicts are not in
+    /// place yet), or for allowed flows `policy` (a rule admits it) or `not-isolated`.
+    pub reason: String,
+    /// The policies that isolate the pod in this direction (comma-separated), for
+    /// policy verdicts.
+    pub policy: String,
+    /// `ingress` or `egress` of the pod, for policy verdicts; empty for anti-spoofing.
+    pub direction: String,
+    /// `TCP`, `UDP`, `SCTP`, `ICMP`, `ARP`, `IPv6`, or the number.
+    pub protocol: String,
+    pub src: String,
+    pub dst: String,
+    pub src_port: u16,
+    /// The destination port (0 without one).
+    pub port: u16,
+    /// The node's pod the verdict is about, and its namespace.
+    pub pod: String,
+    pub namespace: String,
+    /// Anti-spoofing: the frame's Ethernet source.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub src_mac: String,
+}
+
+#[derive(Default)]
+struct Log {
+    next: u64,
+    buf: VecDeque<Event>,
+}
+
+/// The node's recent events, and who is waiting for new ones.
+#[derive(Default)]
+pub struct EventLog {
+    log: Mutex<Log>,
+    cv: Condvar,
+    allowed_until: Mutex<Option<Instant>>,
+    /// Events the datapaths could not deliver (full ring buffer, NFLOG overrun).
+    pub lost: AtomicU64,
+    /// Allowed verdicts seen, by (policy, direction): the metrics' allowed count.
+    pub allowed: Mutex<BTreeMap<(String, String), u64>>,
+}
+
+impl EventLog {
+    pub fn push(&self, mut e: Event) {
+        if e.verdict == "allowed" {
+            *self
+                .allowed
+                .lock()
+                .unwrap()
+                .entry((e.policy.clone(), e.direction.clone()))
+                .or_default() += 1;
+        }
+        let mut l = self.log.lock().unwrap();
+        l.next += 1;
+        e.seq = l.next;
+        if l.buf.len() == CAPACITY {
+            l.buf.pop_front();
+        }
+        l.buf.push_back(e);
+        self.cv.notify_all();
+    }
+
+    /// The events after `after` (all kept ones for 0), waiting up to `wait` for the
+    /// first; and the sequence number to ask after next time.
+    pub fn after(&self, after: u64, wait: Duration) -> (Vec<Event>, u64) {
+        let deadline = Instant::now() + wait;
+        let mut l = self.log.lock().unwrap();
+        loop {
+            let out: Vec<Event> = l.buf.iter().filter(|e| e.seq > after).cloned().collect();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !out.is_empty() || left.is_zero() {
+                let next = out.last().map(|e| e.seq).unwrap_or(after);
+                return (out, next);
+            }
+            l = self.cv.wait_timeout(l, left).unwrap().0;
+        }
+    }
+
+    /// A watcher wants allowed events: on for the next [`ALLOWED_FOR`].
+    pub fn want_allowed(&self) {
+        *self.allowed_until.lock().unwrap() = Some(Instant::now() + ALLOWED_FOR);
+    }
+
+    pub fn allowed_wanted(&self) -> bool {
+        self.allowed_until
+            .lock()
+            .unwrap()
+            .is_some_and(|t| Instant::now() < t)
+    }
+}
+
+/// `TCP`, `UDP`, … for an IPv4 protocol number.
+pub fn protocol_name(p: u8) -> String {
+    match p {
+        1 => "ICMP".into(),
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        132 => "SCTP".into(),
+        n => n.to_string(),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn time_of(ms: u64) -> String {
+    let s = crate::rfc3339(ms / 1000);
+    format!("{}.{:03}Z", s.trim_end_matches('Z'), ms % 1000)
+}
+
+/// What the events need to know of the node's pods: by address, the pod
+/// (`namespace/name`) and the policies isolating it each way.
+#[derive(Clone, Debug, Default)]
+pub struct Pods {
+    by_ip: HashMap<Ipv4Addr, PodInfo>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct PodInfo {
+    key: String,
+    ingress: (String, Vec<String>),
+    egress: (String, Vec<String>),
+}
+
+impl Pods {
+    pub fn from_status(st: &PolicyStatus) -> Pods {
+        let mut by_ip = HashMap::new();
+        for p in &st.pods {
+            if let Ok(ip) = p.ip.parse() {
+                by_ip.insert(
+                    ip,
+                    PodInfo {
+                        key: p.pod.clone(),
+                        ingress: (p.ingress.state.clone(), p.ingress.policies.clone()),
+                        egress: (p.egress.state.clone(), p.egress.policies.clone()),
+                    },
+                );
+            }
+        }
+        Pods { by_ip }
+    }
+
+    /// `namespace/name` of the node's pod at `ip`.
+    pub fn key(&self, ip: Ipv4Addr) -> Option<String> {
+        self.by_ip.get(&ip).map(|p| p.key.clone())
+    }
+
+    fn names(&self, ip: Ipv4Addr) -> (String, String) {
+        match self.by_ip.get(&ip).map(|p| p.key.split_once('/')) {
+            Some(Some((ns, name))) => (name.to_string(), ns.to_string()),
+            _ => (String::new(), String::new()),
+        }
+    }
+
+    fn policies(&self, ip: Ipv4Addr, dir: &str) -> (String, String) {
+        let Some(p) = self.by_ip.get(&ip) else {
+            return (String::new(), String::new());
+        };
+        let (state, pols) = if dir == "ingress" {
+            &p.ingress
+        } else {
+            &p.egress
+        };
+        (state.clone(), pols.join(","))
+    }
+}
+
+/// An anti-spoofing drop as an event; `pod_ip` is the pod behind the host veth.
+pub fn spoof_event(node: &str, e: &SpoofEvent, pod_ip: Option<Ipv4Addr>, pods: &Pods) -> Event {
+    let ms = now_ms();
+    let (pod, namespace) = pod_ip.map(|ip| pods.names(ip)).unwrap_or_default();
+    let protocol = match e.ethertype {
+        0x0806 => "ARP".to_string(),
+        0x86dd => "IPv6".to_string(),
+        0x0800 => protocol_name(e.proto),
+        t => format!("ethertype 0x{t:04x}"),
+    };
+    Event {
+        seq: 0,
+        time: time_of(ms),
+        unix_ms: ms,
+        node: node.into(),
+        verdict: "dropped".into(),
+        reason: antispoof::reason_id(e.reason).into(),
+        policy: String::new(),
+        direction: String::new(),
+        protocol,
+        src: e.saddr.to_string(),
+        dst: e.daddr.to_string(),
+        src_port: e.sport,
+        port: e.dport,
+        pod,
+        namespace,
+        src_mac: podnet_netlink::fmt_mac(&e.src_mac),
+    }
+}
+
+/// One policy verdict as the datapaths report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// The node's pod and the other end.
+    pub pod: Ipv4Addr,
+    pub peer: Ipv4Addr,
+    /// `ingress`, `egress`, or `closed` (the pod not programmed yet).
+    pub direction: &'static str,
+    pub allowed: bool,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+pub fn policy_event(node: &str, v: &Verdict, pods: &Pods) -> Event {
+    let ms = now_ms();
+    let (pod, namespace) = pods.names(v.pod);
+    let dir = if v.direction == "closed" {
+        String::new()
+    } else {
+        v.direction.to_string()
+    };
+    let (state, policy) = if dir.is_empty() {
+        (String::new(), String::new())
+    } else {
+        pods.policies(v.pod, &dir)
+    };
+    let reason = match (v.allowed, v.direction, state.as_str()) {
+        (_, "closed", _) => "not-programmed",
+        (true, _, "isolated") => "policy",
+        (true, _, _) => "not-isolated",
+        (false, _, _) => "policy",
+    };
+    // Ingress: the peer sent to the pod; egress and closed: the pod's own packet,
+    // unless the pod is the destination.
+    let (src, dst) = if v.direction == "ingress" {
+        (v.peer, v.pod)
+    } else {
+        (v.pod, v.peer)
+    };
+    Event {
+        seq: 0,
+        time: time_of(ms),
+        unix_ms: ms,
+        node: node.into(),
+        verdict: if v.allowed { "allowed" } else { "dropped" }.into(),
+        reason: reason.into(),
+        policy,
+        direction: dir,
+        protocol: protocol_name(v.proto),
+        src: src.to_string(),
+        dst: dst.to_string(),
+        src_port: v.sport,
+        port: v.dport,
+        pod,
+        namespace,
+        src_mac: String::new(),
+    }
+}
+
+/// `struct policy_event` of `bpf/policy.c` (16 bytes).
+pub fn parse_policy_event(b: &[u8]) -> Option<Verdict> {
+    if b.len() < 16 {
+        return None;
+    }
+    let ip = |o: usize| Ipv4Addr::new(b[o], b[o + 1], b[o + 2], b[o + 3]);
+    let u16_ = |o: usize| u16::from_ne_bytes([b[o], b[o + 1]]);
+    Some(Verdict {
+        pod: ip(0),
+        peer: ip(4),
+        sport: u16_(8),
+        dport: u16_(10),
+        proto: b[12],
+        direction: match b[13] {
+            0 => "ingress",
+            1 => "egress",
+            _ => "closed",
+        },
+        allowed: b[14] == 1,
+    })
+}
+
+/// Where the reader finds the node's datapaths.
+pub struct Sources {
+    pub node: String,
+    pub log: Arc<EventLog>,
+    pub policy: Arc<Mutex<PolicyStatus>>,
+    /// The eBPF policy datapath's bpffs directory, when the node runs it.
+    pub bpf_dir: Option<PathBuf>,
+    /// Whether the node runs the nftables policy datapath.
+    pub nftables: bool,
+}
+
+type Ring = aya::maps::RingBuf<aya::maps::MapData>;
+
+fn open_ring(id: u32) -> Result<Ring, String> {
+    let data =
+        aya::maps::MapData::from_id(id).map_err(|e| format!("open ring buffer {id}: {e}"))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(|e| format!("ring buffer {id}: {e}"))?;
+    aya::maps::RingBuf::try_from(map).map_err(|e| format!("ring buffer {id}: {e}"))
+}
+
+/// Reads every event source of the node until the process ends (its own thread).
+pub fn run(src: Sources) {
+    let warn = |m: &str| tracing::warn!(node = src.node, "events: {m}");
+    let mut sock = match podnet_netlink::Socket::route() {
+        Ok(s) => s,
+        Err(e) => return warn(&format!("cannot read links, no anti-spoofing events: {e}")),
+    };
+    // Anti-spoofing rings by map id; the pod address behind each host veth.
+    let mut spoof_rings: BTreeMap<u32, Ring> = BTreeMap::new();
+    let mut veth_ips: HashMap<u32, Ipv4Addr> = HashMap::new();
+    let mut policy_ring: Option<Ring> = None;
+    let mut nflog: Option<crate::nft::NfLog> = None;
+    let mut allowed_on: Option<bool> = None;
+    let mut scanned = Instant::now() - Duration::from_secs(10);
+    let mut complained = std::collections::BTreeSet::new();
+    let mut once = |what: String| {
+        if complained.insert(what.clone()) {
+            tracing::warn!(node = src.node, "events: {what}");
+        }
+    };
+    loop {
+        let pods = Pods::from_status(&src.policy.lock().unwrap());
+        if scanned.elapsed() >= Duration::from_secs(1) {
+            scanned = Instant::now();
+            // Every pod's host veth: its filter's program, that program's ring.
+            match podnet_netlink::link::list(&mut sock) {
+                Ok(links) => {
+                    for l in links.iter().filter(|l| {
+                        l.alias
+                            .as_deref()
+                            .is_some_and(|a| podnet_conventions::parse_owner_alias(a).is_some())
+                    }) {
+                        let Ok(Some(prog)) = antispoof::installed_prog(&mut sock, l.index) else {
+                            continue;
+                        };
+                        if let Ok(Some(st)) = antispoof::read_state(prog, l.index) {
+                            veth_ips.insert(l.index, st.ip);
+                        }
+                        if let Ok(Some(id)) = antispoof::events_map(prog) {
+                            if let std::collections::btree_map::Entry::Vacant(v) =
+                                spoof_rings.entry(id)
+                            {
+                                match open_ring(id) {
+                                    Ok(r) => {
+                                        v.insert(r);
+                                    }
+                                    Err(e) => once(e),
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => once(format!("cannot list links: {e}")),
+            }
+            if let (None, Some(dir)) = (&policy_ring, &src.bpf_dir) {
+                match aya::maps::MapData::from_pin(dir.join("policy_events"))
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| aya::maps::Map::from_map_data(d).map_err(|e| e.to_string()))
+                    .and_then(|m| aya::maps::RingBuf::try_from(m).map_err(|e| e.to_string()))
+                {
+                    Ok(r) => policy_ring = Some(r),
+                    Err(e) => once(format!("no policy events from {}: {e}", dir.display())),
+                }
+            }
+            if src.nftables && nflog.is_none() {
+                match crate::nft::NfLog::open() {
+                    Ok(n) => nflog = Some(n),
+                    Err(e) => once(format!("no policy events from nftables (NFLOG): {e}")),
+                }
+            }
+        }
+        // Admitted flows only while someone watches.
+        let want = src.log.allowed_wanted();
+        if allowed_on != Some(want) {
+            if let Some(dir) = &src.bpf_dir {
+                match crate::ebpf::set_event_config(dir, want) {
+                    Ok(()) => allowed_on = Some(want),
+                    Err(e) => once(format!("cannot switch allowed events: {e}")),
+                }
+            } else {
+                allowed_on = Some(want);
+            }
+        }
+        for r in spoof_rings.values_mut() {
+            while let Some(item) = r.next() {
+                if let Some(e) = SpoofEvent::parse(&item) {
+                    let ip = veth_ips.get(&e.ifindex).copied();
+                    src.log.push(spoof_event(&src.node, &e, ip, &pods));
+                }
+            }
+        }
+        if let Some(r) = policy_ring.as_mut() {
+            while let Some(item) = r.next() {
+                if let Some(v) = parse_policy_event(&item) {
+                    src.log.push(policy_event(&src.node, &v, &pods));
+                }
+            }
+        }
+        if let Some(n) = nflog.as_mut() {
+            match n.read(Duration::from_millis(0)) {
+                Ok(vs) => {
+                    for v in vs {
+                        src.log.push(policy_event(&src.node, &v, &pods));
+                    }
+                }
+                Err(lost) => {
+                    src.log.lost.fetch_add(lost, Ordering::Relaxed);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(v: &str) -> Event {
+        Event {
+            seq: 0,
+            time: String::new(),
+            unix_ms: 0,
+            node: "n".into(),
+            verdict: v.into(),
+            reason: "policy".into(),
+            policy: "p".into(),
+            direction: "ingress".into(),
+            protocol: "TCP".into(),
+            src: String::new(),
+            dst: String::new(),
+            src_port: 0,
+            port: 80,
+            pod: String::new(),
+            namespace: String::new(),
+            src_mac: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_log_is_bounded_ordered_and_waits() {
+        let log = EventLog::default();
+        for _ in 0..CAPACITY + 10 {
+            log.push(ev("dropped"));
+        }
+        let (all, next) = log.after(0, Duration::ZERO);
+        assert_eq!(all.len(), CAPACITY);
+        assert_eq!(all[0].seq, 11);
+        assert_eq!(next, (CAPACITY + 10) as u64);
+        let (none, same) = log.after(next, Duration::from_millis(20));
+        assert!(none.is_empty());
+        assert_eq!(same, next);
+        log.push(ev("allowed"));
+        let (one, _) = log.after(next, Duration::ZERO);
+        assert_eq!(one.len(), 1);
+        assert_eq!(
+            log.allowed.lock().unwrap()[&("p".into(), "ingress".into())],
+            1
+        );
+        assert!(!log.allowed_wanted());
+        log.want_allowed();
+        assert!(log.allowed_wanted());
+    }
+
+    #[test]
+    fn policy_events_parse_and_name_the_pod() {
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(&[10, 244, 0, 5]);
+        b[4..8].copy_from_slice(&[10, 244, 1, 7]);
+        b[8..10].copy_from_slice(&40000u16.to_ne_bytes());
+        b[10..12].copy_from_slice(&80u16.to_ne_bytes());
+        b[12] = 6;
+        b[13] = 0;
+        b[14] = 0;
+        let v = parse_policy_event(&b).unwrap();
+        assert_eq!(v.direction, "ingress");
+        assert!(!v.allowed);
+        let mut st = PolicyStatus::default();
+        let dir = |state: &str, policies: &[&str]| crate::policy::DirStatus {
+            state: state.into(),
+            policies: policies.iter().map(|p| p.to_string()).collect(),
+            entries: 0,
+        };
+        st.pods.push(crate::policy::PodPolicyStatus {
+            pod: "x/a".into(),
+            ip: "10.244.0.5".into(),
+            ingress: dir("isolated", &["deny", "web"]),
+            egress: dir("open", &[]),
+        });
+        let e = policy_event("node1", &v, &Pods::from_status(&st));
+        assert_eq!((e.pod.as_str(), e.namespace.as_str()), ("a", "x"));
+        assert_eq!(e.policy, "deny,web");
+        assert_eq!(
+            (e.src.as_str(), e.dst.as_str()),
+            ("10.244.1.7", "10.244.0.5")
+        );
+        assert_eq!((e.protocol.as_str(), e.port), ("TCP", 80));
+        assert_eq!(e.verdict, "dropped");
+        assert!(e.time.ends_with('Z') && e.time.contains('.'));
+    }
+}

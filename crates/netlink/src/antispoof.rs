@@ -1,0 +1,194 @@
+//! Reading what podnet's anti-spoofing datapath (`bpf/from_pod.c`) holds: one place
+//! for the layouts that podnet-cni (which loads the program and writes each pod's
+//! entry) and podnetd (metrics, drop events) both read.
+//!
+//! On a pod's host veth the tc ingress filter named [`PROG_NAME`] runs the program; its
+//! maps are the per-node hash of pod entries (MAC, IP, one drop counter per reason)
+//! and the per-node ring buffer of drop events ([`SpoofEvent`]).
+
+use crate::{bpf, tc, Error, Result, Socket};
+use std::net::Ipv4Addr;
+
+include!(concat!(env!("OUT_DIR"), "/drop_reasons.rs"));
+
+/// The tc filter's and the program's name.
+pub const PROG_NAME: &str = "podnet_from_pod";
+
+/// Size of `struct pod_state` in from_pod.c: mac[6], pad[2], ip, pad2, drops[N].
+pub fn state_size() -> usize {
+    16 + 8 * DROP_REASONS.len()
+}
+
+/// The reason id of drop reason number `n` (`unknown` if this build has no such).
+pub fn reason_id(n: u32) -> &'static str {
+    DROP_REASONS
+        .iter()
+        .find(|(i, _, _)| *i == n)
+        .map(|(_, id, _)| *id)
+        .unwrap_or("unknown")
+}
+
+/// The program id of podnet's filter on `ifindex`, if installed.
+pub fn installed_prog(sock: &mut Socket, ifindex: u32) -> Result<Option<u32>> {
+    Ok(tc::list_ingress(sock, ifindex)?
+        .into_iter()
+        .find(|f| f.kind == "bpf" && f.name.as_deref() == Some(PROG_NAME))
+        .and_then(|f| f.prog_id))
+}
+
+/// What the datapath holds for one pod: its MAC, IP and drop counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodState {
+    pub mac: [u8; 6],
+    pub ip: Ipv4Addr,
+    /// `(reason, packets dropped)` for every reason, in table order.
+    pub drops: Vec<(String, u64)>,
+}
+
+/// The ids of program `prog_id`'s maps of type `map_type`.
+fn maps_of(prog_id: u32, map_type: u32) -> Result<Vec<u32>> {
+    let prog = bpf::prog_by_id(prog_id)?;
+    let mut out = Vec::new();
+    for id in bpf::prog_info(&prog)?.map_ids {
+        if bpf::map_info(&bpf::map_by_id(id)?)?.map_type == map_type {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the entry for host veth `ifindex` in the pod map of program `prog_id`.
+pub fn read_state(prog_id: u32, ifindex: u32) -> Result<Option<PodState>> {
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    let id = *maps_of(prog_id, BPF_MAP_TYPE_HASH)?
+        .first()
+        .ok_or_else(|| Error::Malformed {
+            op: "read pod state",
+            obj: format!("program {prog_id}"),
+            why: "the program uses no pod map".into(),
+        })?;
+    let Some(v) = bpf::lookup(&bpf::map_by_id(id)?, ifindex)? else {
+        return Ok(None);
+    };
+    if v.len() != state_size() {
+        return Err(Error::Malformed {
+            op: "read pod state",
+            obj: format!("program {prog_id}"),
+            why: format!(
+                "its map entries are {} bytes, this build reads {}: it was loaded by another podnet build",
+                v.len(),
+                state_size()
+            ),
+        });
+    }
+    Ok(Some(PodState {
+        mac: v[..6].try_into().unwrap(),
+        ip: Ipv4Addr::new(v[8], v[9], v[10], v[11]),
+        drops: DROP_REASONS
+            .iter()
+            .map(|(n, id, _)| {
+                let at = 16 + 8 * *n as usize;
+                (
+                    id.to_string(),
+                    u64::from_ne_bytes(v[at..at + 8].try_into().unwrap()),
+                )
+            })
+            .collect(),
+    }))
+}
+
+/// The datapath's view of the pod behind host veth `ifindex` (in the socket's
+/// namespace): `None` if the filter or the entry is missing.
+pub fn pod_state(sock: &mut Socket, ifindex: u32) -> Result<Option<PodState>> {
+    match installed_prog(sock, ifindex)? {
+        Some(id) => read_state(id, ifindex),
+        None => Ok(None),
+    }
+}
+
+/// The drop-event ring buffer of program `prog_id`, if it has one (programs loaded by
+/// podnet builds before drop events have none).
+pub fn events_map(prog_id: u32) -> Result<Option<u32>> {
+    Ok(maps_of(prog_id, bpf::MAP_TYPE_RINGBUF)?.first().copied())
+}
+
+/// Size of the ring buffer of drop events podnet-cni creates per node.
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// One dropped frame, as `from_pod.c` writes it to the ring buffer (`struct
+/// spoof_event`, 32 bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpoofEvent {
+    /// The host veth the frame came in on (the pod).
+    pub ifindex: u32,
+    /// Drop reason number ([`DROP_REASONS`]).
+    pub reason: u32,
+    pub src_mac: [u8; 6],
+    pub ethertype: u16,
+    /// IPv4: source and destination; ARP: sender and target address; else 0.0.0.0.
+    pub saddr: Ipv4Addr,
+    pub daddr: Ipv4Addr,
+    /// IPv4 protocol number (0 for ARP and others).
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl SpoofEvent {
+    pub const SIZE: usize = 32;
+
+    pub fn parse(b: &[u8]) -> Option<SpoofEvent> {
+        if b.len() < Self::SIZE {
+            return None;
+        }
+        let u32_ = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().unwrap());
+        let u16_ = |o: usize| u16::from_ne_bytes(b[o..o + 2].try_into().unwrap());
+        Some(SpoofEvent {
+            ifindex: u32_(0),
+            reason: u32_(4),
+            src_mac: b[8..14].try_into().unwrap(),
+            ethertype: u16::from_be_bytes([b[14], b[15]]),
+            saddr: Ipv4Addr::new(b[16], b[17], b[18], b[19]),
+            daddr: Ipv4Addr::new(b[20], b[21], b[22], b[23]),
+            proto: b[24],
+            sport: u16_(26),
+            dport: u16_(28),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_table_is_dense_and_named() {
+        for (i, (n, id, what)) in DROP_REASONS.iter().enumerate() {
+            assert_eq!(*n as usize, i);
+            assert!(!id.is_empty() && !what.is_empty());
+        }
+        assert_eq!(reason_id(2), "arp-spa");
+        assert_eq!(reason_id(999), "unknown");
+    }
+
+    #[test]
+    fn events_parse_at_their_c_offsets() {
+        let mut b = [0u8; 32];
+        b[0..4].copy_from_slice(&7u32.to_ne_bytes());
+        b[4..8].copy_from_slice(&2u32.to_ne_bytes());
+        b[8..14].copy_from_slice(&[1, 2, 3, 4, 5, 6]);
+        b[14..16].copy_from_slice(&[0x08, 0x06]);
+        b[16..20].copy_from_slice(&[10, 0, 0, 9]);
+        b[20..24].copy_from_slice(&[10, 0, 0, 1]);
+        b[24] = 6;
+        b[26..28].copy_from_slice(&1234u16.to_ne_bytes());
+        b[28..30].copy_from_slice(&80u16.to_ne_bytes());
+        let e = SpoofEvent::parse(&b).unwrap();
+        assert_eq!(e.ifindex, 7);
+        assert_eq!(reason_id(e.reason), "arp-spa");
+        assert_eq!(e.ethertype, 0x0806);
+        assert_eq!(e.saddr, Ipv4Addr::new(10, 0, 0, 9));
+        assert_eq!((e.proto, e.sport, e.dport), (6, 1234, 80));
+        assert!(SpoofEvent::parse(&b[..31]).is_none());
+    }
+}
