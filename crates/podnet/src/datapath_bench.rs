@@ -609,12 +609,12 @@ pub fn render(r: &Report) -> String {
         r.seconds, r.round_trips, r.rounds
     );
     s.push_str(&format!(
-        "{:<40} {:>10} {:>10} {:>10} {:>10} {:>14}\n",
+        "{:<52} {:>10} {:>10} {:>10} {:>10} {:>14}\n",
         "path", "Gbit/s", "vs veth", "RTT µs", "vs veth", "CPU per Gbit/s"
     ));
     for p in &r.paths {
         s.push_str(&format!(
-            "{:<40} {:>10.2} {:>9.0}% {:>10.1} {:>9.2}× {:>9.2} cores\n",
+            "{:<52} {:>10.2} {:>9.0}% {:>10.1} {:>9.2}× {:>9.2} cores\n",
             p.name,
             p.gbit_per_s,
             p.throughput_vs_ceiling * 100.0,
