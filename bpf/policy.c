@@ -180,7 +180,56 @@ struct {
 	__uint(pinning, PIN_BY_NAME);
 } event_config SEC(".maps");
 
+/* The fast path (`--datapath ebpf`): while fast_config bit 0 is set, packets whose
+ * verdicts allow them skip the bridge and the node's IP stack. A local_pods entry
+ * names a pod of this node: its host veth, its MAC, and the gateway's MAC (the source
+ * of what the node routes to it). */
+struct local_pod {
+	u32 ifindex;
+	u8 mac[6];
+	u8 gw_mac[6];
+};
+
+#define FAST_ON 1
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, u32);
+	__type(value, u32);
+	__uint(max_entries, 1);
+	__uint(pinning, PIN_BY_NAME);
+} fast_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, u32);
+	__type(value, struct local_pod);
+	__uint(max_entries, 65536);
+	__uint(pinning, PIN_BY_NAME);
+} local_pods SEC(".maps");
+
+/* struct bpf_fib_lookup (UAPI), IPv4 fields. */
+struct fib_lookup {
+	u8 family, l4_protocol;
+	u16 sport, dport;
+	u16 tot_len;
+	u32 ifindex;
+	u32 tos;
+	u32 ipv4_src, pad_src[3];
+	u32 ipv4_dst, pad_dst[3];
+	u16 vlan_proto, vlan_tci;
+	u8 smac[6], dmac[6];
+};
+
+#define BPF_FIB_LKUP_RET_SUCCESS 0
+#define TC_ACT_REDIRECT 7
+
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
+static long (*bpf_skb_store_bytes)(struct __sk_buff *skb, u32 offset, const void *from, u32 len, u64 flags) = (void *)9;
+static long (*bpf_l3_csum_replace)(struct __sk_buff *skb, u32 offset, u64 from, u64 to, u64 size) = (void *)10;
+static long (*bpf_redirect)(u32 ifindex, u64 flags) = (void *)23;
+static long (*bpf_fib_lookup)(struct __sk_buff *skb, struct fib_lookup *params, int plen, u32 flags) = (void *)69;
+static long (*bpf_redirect_peer)(u32 ifindex, u64 flags) = (void *)155;
 static long (*bpf_ringbuf_output)(void *ringbuf, void *data, u64 size, u64 flags) = (void *)130;
 static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, u64 flags) = (void *)2;
 static u64 (*bpf_ktime_get_ns)(void) = (void *)5;
@@ -377,6 +426,68 @@ INLINE int judge(struct pkt *k, u32 pod, u32 peer, u32 dir)
 	return TC_ACT_OK;
 }
 
+INLINE int fast_on(void)
+{
+	u32 zero = 0;
+	u32 *cfg = bpf_map_lookup_elem(&fast_config, &zero);
+	return cfg && (*cfg & FAST_ON);
+}
+
+/* What the node's routing does to a forwarded packet: TTL minus one (with the header
+ * checksum). 0 when the TTL would run out: the stack then answers it. */
+INLINE int forward_ttl(struct __sk_buff *skb)
+{
+	u8 *data = (u8 *)(long)skb->data;
+	u8 *end = (u8 *)(long)skb->data_end;
+	if (data + 34 > end)
+		return 0;
+	u8 *ip = data + 14;
+	if (ip[8] <= 1)
+		return 0;
+	u16 old = *(u16 *)(ip + 8);
+	ip[8] -= 1;
+	u16 new = *(u16 *)(ip + 8);
+	bpf_l3_csum_replace(skb, 14 + 10, old, new, 2);
+	return 1;
+}
+
+/* Into `dst`'s namespace, straight to its eth0, as if the node had routed it there
+ * (`routed`: from the gateway's MAC, TTL minus one) or the bridge had switched it. */
+INLINE int to_local_pod(struct __sk_buff *skb, struct local_pod *dst, int routed)
+{
+	if (routed && !forward_ttl(skb))
+		return TC_ACT_OK;
+	bpf_skb_store_bytes(skb, 0, dst->mac, 6, 0);
+	if (routed)
+		bpf_skb_store_bytes(skb, 6, dst->gw_mac, 6, 0);
+	return bpf_redirect_peer(dst->ifindex, 0);
+}
+
+/* Out of the node through the device its routes name (the overlay device, or the
+ * underlay for host-gw), with the neighbour its tables hold; anything the lookup
+ * cannot settle takes the normal path. */
+INLINE int to_other_node(struct __sk_buff *skb, struct pkt *k)
+{
+	u8 *data = (u8 *)(long)skb->data;
+	u8 *end = (u8 *)(long)skb->data_end;
+	if (data + 34 > end)
+		return TC_ACT_OK;
+	struct fib_lookup f = {};
+	f.family = 2; /* AF_INET */
+	f.l4_protocol = k->proto;
+	f.ifindex = skb->ingress_ifindex;
+	f.tos = data[15];
+	f.ipv4_src = k->saddr;
+	f.ipv4_dst = k->daddr;
+	if (bpf_fib_lookup(skb, &f, sizeof(f), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return TC_ACT_OK;
+	if (!forward_ttl(skb))
+		return TC_ACT_OK;
+	bpf_skb_store_bytes(skb, 0, f.dmac, 6, 0);
+	bpf_skb_store_bytes(skb, 6, f.smac, 6, 0);
+	return bpf_redirect(f.ifindex, 0);
+}
+
 SEC("classifier/from_pod_policy") int from_pod_policy(struct __sk_buff *skb)
 {
 	struct pkt k = {};
@@ -385,7 +496,44 @@ SEC("classifier/from_pod_policy") int from_pod_policy(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (r == PARSE_DROP)
 		return TC_ACT_SHOT;
-	return judge(&k, k.saddr, k.daddr, DIR_EGRESS);
+	r = judge(&k, k.saddr, k.daddr, DIR_EGRESS);
+	if (r != TC_ACT_OK || !fast_on())
+		return r;
+	/* The fast path. A pod of this node: its ingress verdict here, since the
+	 * redirect skips its host veth (and to_pod_policy there). */
+	struct local_pod *dst = bpf_map_lookup_elem(&local_pods, &k.daddr);
+	if (dst) {
+		r = judge(&k, k.daddr, k.saddr, DIR_INGRESS);
+		if (r != TC_ACT_OK)
+			return r;
+		u8 *data = (u8 *)(long)skb->data;
+		u8 *end = (u8 *)(long)skb->data_end;
+		if (data + 6 > end)
+			return TC_ACT_OK;
+		/* Addressed to the gateway: the node would have routed it. */
+		int routed = !(data[0] == dst->mac[0] && data[1] == dst->mac[1] && data[2] == dst->mac[2] &&
+			       data[3] == dst->mac[3] && data[4] == dst->mac[4] && data[5] == dst->mac[5]);
+		return to_local_pod(skb, dst, routed);
+	}
+	return to_other_node(skb, &k);
+}
+
+/* On the overlay device's ingress (fast path only): packets from other nodes to this
+ * node's pods go straight into the pod, after the pod's ingress verdict. */
+SEC("classifier/from_overlay") int from_overlay(struct __sk_buff *skb)
+{
+	if (!fast_on())
+		return TC_ACT_OK;
+	struct pkt k = {};
+	if (parse(skb, &k) != PARSE_IPV4)
+		return TC_ACT_OK;
+	struct local_pod *dst = bpf_map_lookup_elem(&local_pods, &k.daddr);
+	if (!dst)
+		return TC_ACT_OK;
+	int r = judge(&k, k.daddr, k.saddr, DIR_INGRESS);
+	if (r != TC_ACT_OK)
+		return r;
+	return to_local_pod(skb, dst, 1);
 }
 
 SEC("classifier/to_pod_policy") int to_pod_policy(struct __sk_buff *skb)

@@ -10,6 +10,16 @@
 //! - the programs `from_pod_policy` and `to_pod_policy`, which podnet-cni attaches to
 //!   every new pod's host veth (tc ingress after anti-spoofing, and tc egress) before
 //!   the veth joins the bridge; the agent attaches them to pods that lack them.
+//! - the fast path (`--datapath ebpf`, [`crate::policy::FastPath`]): the maps
+//!   `fast_config` (on/off) and `local_pods` (this node's pods: host veth, MAC, the
+//!   gateway's MAC), and the program `from_overlay`, which the agent attaches as the
+//!   tc filter `podnet_fast_in` on the VXLAN device's ingress. With the fast path on,
+//!   `from_pod_policy` delivers a packet it admits straight into a local destination
+//!   pod (`bpf_redirect_peer`, after judging that pod's ingress, since the redirect
+//!   skips its host veth) or hands it to the device the node's routes name
+//!   (`bpf_fib_lookup`, TTL minus one, `bpf_redirect`); `from_overlay` delivers other
+//!   nodes' packets into local pods the same way. Everything it cannot settle (ARP, the
+//!   node's own addresses, an unresolved neighbour, TTL 1) takes the bridge path.
 //!
 //! A pod missing from `pod_policy` is closed both ways, so a pod is never open before
 //! its verdicts are in the maps.
@@ -39,6 +49,10 @@ static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policy.o"));
 
 pub const FROM_POD: &str = "from_pod_policy";
 pub const TO_POD: &str = "to_pod_policy";
+/// The fast path's program on the overlay device's ingress.
+pub const FROM_OVERLAY: &str = "from_overlay";
+/// Its tc filter name.
+pub const FILTER_FAST_IN: &str = "podnet_fast_in";
 /// tc filter names on the host veth.
 pub const FILTER_OUT: &str = "podnet_policy_out";
 pub const FILTER_IN: &str = "podnet_policy_in";
@@ -70,6 +84,17 @@ struct PortData {
 }
 // SAFETY: plain old data, no padding.
 unsafe impl aya::Pod for PortData {}
+
+/// `struct local_pod`: a pod of this node for the fast path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalPod {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub gw_mac: [u8; 6],
+}
+// SAFETY: plain old data, no padding (4 + 6 + 6 bytes).
+unsafe impl aya::Pod for LocalPod {}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -248,7 +273,7 @@ impl EbpfDatapath {
             .default_map_pin_directory(dir)
             .load(OBJECT)
             .map_err(|e| err("load bpf/policy.c", e))?;
-        for name in [FROM_POD, TO_POD] {
+        for name in [FROM_POD, TO_POD, FROM_OVERLAY] {
             let prog: &mut SchedClassifier = bpf
                 .program_mut(name)
                 .ok_or_else(|| format!("bpf/policy.c has no program {name}"))?
@@ -293,6 +318,58 @@ impl EbpfDatapath {
             .as_fd()
             .try_clone_to_owned()
             .map_err(|e| err(name, e))
+    }
+
+    /// The fast path: on or off (`fast_config`), and `local_pods` made exactly `pods`
+    /// (pod address → its entry). Returns how many entries changed.
+    pub fn set_fast(
+        &mut self,
+        on: bool,
+        pods: &BTreeMap<Ipv4Addr, LocalPod>,
+    ) -> Result<usize, String> {
+        let mut changed = 0;
+        let mut cfg: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
+            self.bpf
+                .map_mut("fast_config")
+                .ok_or("no map fast_config")?,
+        )
+        .map_err(|e| err("fast_config", e))?;
+        if cfg.get(&0, 0).map_err(|e| err("read fast_config", e))? != u32::from(on) {
+            cfg.set(0, u32::from(on), 0)
+                .map_err(|e| err("write fast_config", e))?;
+            changed += 1;
+        }
+        let mut m: HashMap<_, u32, LocalPod> =
+            HashMap::try_from(self.bpf.map_mut("local_pods").ok_or("no map local_pods")?)
+                .map_err(|e| err("local_pods", e))?;
+        let want: BTreeMap<u32, LocalPod> = if on {
+            pods.iter().map(|(ip, p)| (raw(*ip), *p)).collect()
+        } else {
+            BTreeMap::new()
+        };
+        let have: Vec<(u32, LocalPod)> = m.iter().filter_map(|kv| kv.ok()).collect();
+        for (k, v) in &have {
+            if want.get(k) != Some(v) {
+                m.remove(k).map_err(|e| err("remove from local_pods", e))?;
+                changed += 1;
+            }
+        }
+        for (k, v) in &want {
+            if !have.iter().any(|(hk, hv)| hk == k && hv == v) {
+                m.insert(k, v, 0).map_err(|e| err("write local_pods", e))?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The pods the fast path delivers to directly (their addresses).
+    pub fn fast_pods(&self) -> Vec<Ipv4Addr> {
+        self.bpf
+            .map("local_pods")
+            .and_then(|m| HashMap::<_, u32, LocalPod>::try_from(m).ok())
+            .map(|m| m.keys().filter_map(|k| k.ok()).map(unraw).collect())
+            .unwrap_or_default()
     }
 
     fn read_back(&mut self) -> Result<Desired, String> {

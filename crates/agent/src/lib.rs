@@ -97,6 +97,9 @@ pub struct Config {
     pub wireguard: wireguard::Paths,
     /// Where to serve Prometheus metrics (`host:port`); `None`: not at all.
     pub metrics_addr: Option<String>,
+    /// The eBPF fast path (`--datapath ebpf`): pod traffic skips the bridge and the
+    /// node's IP stack ([`policy::FastPath`]). Needs the eBPF policy datapath.
+    pub fast_path: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +141,9 @@ pub struct Status {
     /// trace and doctor probe and size with.
     pub vxlan_port: u16,
     pub overlay_overhead: u32,
+    /// `bridge`, or `ebpf` (the fast path).
+    #[serde(default)]
+    pub datapath: String,
     pub mtu: u32,
     pub repair: bool,
     pub datastore: String,
@@ -629,6 +635,7 @@ impl Agent {
             "podCIDR": n.record.pod_cidr.to_string(),
             "mtu": n.mtu,
             "bridge": self.cfg.bridge,
+            "datapath": if self.cfg.fast_path { "ebpf" } else { "bridge" },
         });
         if let Some(p) = policy {
             body["policyPrograms"] = p;
@@ -805,6 +812,18 @@ impl Agent {
         let node = self.cfg.node.clone();
         let pnode = node.clone();
         let plog = move |m: &str| log(&node, m);
+        if self.cfg.fast_path {
+            if self.cfg.policy_datapath != policy::DatapathKind::Ebpf {
+                return Err(Error::Policy {
+                    datapath: self.cfg.policy_datapath.as_str(),
+                    why: "the eBPF fast path (--datapath ebpf) skips the bridge and the node's netfilter, where this datapath works: run --policy-datapath ebpf with it".into(),
+                });
+            }
+            pol.set_fast(policy::FastPath {
+                overlay_dev: (self.cfg.backend == BackendKind::Vxlan)
+                    .then(|| self.cfg.vxlan_dev.clone()),
+            });
+        }
         pol.prepare(&plog).map_err(|why| Error::Policy {
             datapath: self.cfg.policy_datapath.as_str(),
             why,
@@ -1128,6 +1147,7 @@ impl Agent {
                 String::new()
             },
             vxlan_port: self.cfg.port,
+            datapath: if self.cfg.fast_path { "ebpf" } else { "bridge" }.into(),
             overlay_overhead: match backend {
                 Backend::Vxlan { .. } => VXLAN_OVERHEAD,
                 Backend::WireGuard { .. } => wireguard::WG_OVERHEAD,

@@ -182,6 +182,9 @@ pub struct PolicyStatus {
     /// Where the eBPF datapath's maps are pinned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpf_dir: Option<PathBuf>,
+    /// The eBPF fast path (`--datapath ebpf`), when on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_path: Option<FastPathStatus>,
     /// The version of each object the programmed verdicts were compiled from (where
     /// the source versions objects: Kubernetes), for `policy-versions`.
     #[serde(skip)]
@@ -215,6 +218,40 @@ pub struct Policy {
     revision: Option<u64>,
     rejected: BTreeSet<String>,
     pub status: Arc<Mutex<PolicyStatus>>,
+    /// The eBPF fast path (`--datapath ebpf`), when on.
+    fast: Option<FastPath>,
+}
+
+/// The host veths of the node's pods (podnet-cni marks them with its owner alias).
+fn pod_veths(
+    sock: &mut podnet_netlink::Socket,
+) -> Result<Vec<podnet_netlink::link::LinkInfo>, String> {
+    Ok(podnet_netlink::link::list(sock)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|l| {
+            l.alias
+                .as_deref()
+                .and_then(podnet_conventions::parse_owner_alias)
+                .is_some()
+        })
+        .collect())
+}
+
+/// What the fast path needs besides the policy maps.
+#[derive(Clone, Debug)]
+pub struct FastPath {
+    /// The VXLAN device, whose ingress gets `from_overlay` (none with host-gw).
+    pub overlay_dev: Option<String>,
+}
+
+/// The fast path as the datapath holds it (the status's `fast_path`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FastPathStatus {
+    /// The node's pods the fast path delivers to directly.
+    pub pods: Vec<String>,
+    /// The overlay device with `from_overlay` on its ingress (empty: none).
+    pub overlay_dev: String,
 }
 
 impl Policy {
@@ -241,7 +278,89 @@ impl Policy {
                 datapath: kind.as_str().into(),
                 ..Default::default()
             })),
+            fast: None,
         }
+    }
+
+    /// Turns the fast path on (the eBPF datapath only: the caller checks).
+    pub fn set_fast(&mut self, fast: FastPath) {
+        self.fast = Some(fast);
+    }
+
+    /// The fast path's state in the kernel: on or off as configured, `local_pods`
+    /// holding every pod of the node whose anti-spoofing entry names its MAC and
+    /// address, and `from_overlay` on the overlay device. A pod not in `local_pods`
+    /// yet (made within the last second) takes the bridge path meanwhile.
+    fn refresh_fast(&mut self, log: &dyn Fn(&str)) -> Result<(), String> {
+        let Dp::Ebpf(e) = &mut self.dp else {
+            return Ok(());
+        };
+        let mut sock = podnet_netlink::Socket::route().map_err(|e| e.to_string())?;
+        let gw_mac = podnet_conventions::pod_mac(self.cidr.nth(1).ok_or("no gateway")?);
+        let mut pods = BTreeMap::new();
+        if self.fast.is_some() {
+            for l in pod_veths(&mut sock)? {
+                if let Ok(Some(st)) = podnet_netlink::antispoof::pod_state(&mut sock, l.index) {
+                    if self.cidr.contains(st.ip) {
+                        pods.insert(
+                            st.ip,
+                            ebpf::LocalPod {
+                                ifindex: l.index,
+                                mac: st.mac,
+                                gw_mac,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        let changed = e.set_fast(self.fast.is_some(), &pods)?;
+        let mut overlay = String::new();
+        if let Some(dev) = self.fast.as_ref().and_then(|f| f.overlay_dev.clone()) {
+            if let Some(l) =
+                podnet_netlink::link::get_by_name(&mut sock, &dev).map_err(|e| e.to_string())?
+            {
+                let has = podnet_netlink::tc::list_ingress(&mut sock, l.index)
+                    .map_err(|e| e.to_string())?
+                    .iter()
+                    .any(|f| f.name.as_deref() == Some(ebpf::FILTER_FAST_IN));
+                if !has {
+                    let prog = e.program_fd(ebpf::FROM_OVERLAY)?;
+                    for r in sock.ack_all(vec![
+                        podnet_netlink::tc::clsact_request(l.index),
+                        podnet_netlink::tc::bpf_ingress_request(
+                            l.index,
+                            1,
+                            &prog,
+                            ebpf::FILTER_FAST_IN,
+                        ),
+                    ]) {
+                        if let Err(e) = r {
+                            if !e.is_exists() {
+                                return Err(format!("attach {} to {dev}: {e}", ebpf::FROM_OVERLAY));
+                            }
+                        }
+                    }
+                    log(&format!(
+                        "fast path: {} on the ingress of {dev} delivers other nodes' packets straight into pods",
+                        ebpf::FROM_OVERLAY
+                    ));
+                }
+                overlay = dev;
+            }
+        }
+        if changed > 0 && self.fast.is_some() {
+            log(&format!(
+                "fast path: {} pods served directly ({} entries changed)",
+                pods.len(),
+                changed
+            ));
+        }
+        self.status.lock().unwrap().fast_path = self.fast.as_ref().map(|_| FastPathStatus {
+            pods: pods.keys().map(|ip| ip.to_string()).collect(),
+            overlay_dev: overlay,
+        });
+        Ok(())
     }
 
     /// Before any pod can be made: bridged traffic through netfilter, and the table
@@ -323,15 +442,7 @@ impl Policy {
             .collect();
         e.set_node_addrs(&addrs)?;
         let (out_prog, in_prog) = (e.program_fd(ebpf::FROM_POD)?, e.program_fd(ebpf::TO_POD)?);
-        for l in podnet_netlink::link::list(&mut sock).map_err(|e| e.to_string())? {
-            let ours = l
-                .alias
-                .as_deref()
-                .and_then(podnet_conventions::parse_owner_alias)
-                .is_some();
-            if !ours {
-                continue;
-            }
+        for l in pod_veths(&mut sock)? {
             let has = podnet_netlink::tc::list_ingress(&mut sock, l.index)
                 .map_err(|e| e.to_string())?
                 .iter()
@@ -364,6 +475,10 @@ impl Policy {
     pub fn sync(&mut self, log: &dyn Fn(&str)) -> Result<usize, String> {
         if matches!(self.dp, Dp::None) {
             return Ok(0);
+        }
+        // Every round: pods appear on the node independently of their objects.
+        if let Err(e) = self.refresh_fast(log) {
+            log(&format!("fast path: {e}"));
         }
         let t0 = Instant::now();
         let snap = match self.source.snapshot() {
@@ -494,6 +609,7 @@ impl Policy {
             error: None,
             last_change_ms: t0.elapsed().as_secs_f64() * 1000.0,
             last_change_elements: changed,
+            fast_path: st.fast_path.take(),
             tables: self.tables.clone(),
             bpf_dir: matches!(self.dp, Dp::Ebpf(_)).then(|| self.bpf_dir.clone()),
             versions: Arc::new(snap.versions),

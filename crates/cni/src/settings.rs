@@ -21,6 +21,9 @@ pub struct NodeInfo {
     /// pod's host veth must carry.
     #[serde(rename = "policyPrograms", default)]
     pub policy_programs: Option<PolicyPrograms>,
+    /// `bridge` or `ebpf`: how the node's podnetd moves pod packets.
+    #[serde(default)]
+    pub datapath: Option<String>,
 }
 
 /// The pinned eBPF policy programs (bpffs paths).
@@ -86,6 +89,24 @@ impl Settings {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => NodeInfo::default(),
             Err(e) => return Err(unreadable(e.to_string())),
         };
+        // The configuration may say which datapath it expects; the node decides, and a
+        // disagreement is an error rather than a pod on a path nobody chose.
+        if let Some(want) = raw.get("datapath") {
+            let want = want.as_str().unwrap_or("");
+            if !["bridge", "ebpf"].contains(&want) {
+                return Err(invalid(
+                    format!("invalid datapath {want:?}"),
+                    "\"datapath\" is \"bridge\" or \"ebpf\" (the node's podnetd --datapath)",
+                ));
+            }
+            let node_dp = node.datapath.as_deref().unwrap_or("bridge");
+            if want != node_dp {
+                return Err(invalid(
+                    format!("the network configuration asks for the {want} datapath, but this node's podnetd runs the {node_dp} datapath"),
+                    "make them agree: set \"datapath\" in the configuration, or start podnetd with --datapath",
+                ));
+            }
+        }
         let bridge = conf
             .bridge
             .clone()
@@ -280,6 +301,15 @@ mod tests {
                 "bridge",
             ),
             (r#"{"name":"n","type":"t"}"#, "no subnet"),
+            // No agent here, so the node runs the bridge datapath.
+            (
+                r#"{"name":"n","type":"t","subnet":"10.0.0.0/24","datapath":"ebpf"}"#,
+                "this node's podnetd runs the bridge datapath",
+            ),
+            (
+                r#"{"name":"n","type":"t","subnet":"10.0.0.0/24","datapath":"fast"}"#,
+                "invalid datapath",
+            ),
         ] {
             let (c, v) = conf(j);
             let e = Settings::resolve(&c, &v).unwrap_err();

@@ -66,6 +66,12 @@ pub struct Report {
     /// Same-node throughput on the eBPF policy datapath with allowed-flow events asked
     /// for, against drop events only (the default).
     pub allowed_events_vs_drop_events: f64,
+    /// The eBPF fast path: same-node throughput against the veth pair, its round trip
+    /// as a multiple of the veth's, and cross-node (VXLAN) throughput against the
+    /// Flannel-style peer.
+    pub fast_same_node_vs_veth: f64,
+    pub fast_same_node_rtt_vs_veth: f64,
+    pub fast_cross_node_vs_peer: f64,
 }
 
 /// Waits until the eBPF lab's agents have switched allowed events off again (they stay
@@ -422,10 +428,29 @@ impl Drop for LabGuard {
     }
 }
 
+/// A 2-node VXLAN lab on the eBPF policy datapath with pod packets on `datapath`.
+fn lab_pods_datapath(
+    name: &str,
+    datapath: &str,
+    bins: &Binaries,
+) -> Result<(LabGuard, Vec<(Netns, Ipv4Addr)>)> {
+    lab_pods_with(name, "vxlan", Some("ebpf"), Some(datapath), bins)
+}
+
 fn lab_pods(
     name: &str,
     backend: &str,
     policy_datapath: Option<&str>,
+    bins: &Binaries,
+) -> Result<(LabGuard, Vec<(Netns, Ipv4Addr)>)> {
+    lab_pods_with(name, backend, policy_datapath, None, bins)
+}
+
+fn lab_pods_with(
+    name: &str,
+    backend: &str,
+    policy_datapath: Option<&str>,
+    datapath: Option<&str>,
     bins: &Binaries,
 ) -> Result<(LabGuard, Vec<(Netns, Ipv4Addr)>)> {
     let guard = LabGuard(name.to_string());
@@ -439,6 +464,7 @@ fn lab_pods(
             repair: None,
             policy_datapath: policy_datapath.map(String::from),
             kubernetes: None,
+            datapath: datapath.map(String::from),
         },
         bins,
         &mut |_| {},
@@ -478,6 +504,8 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
     // packets never make one) and with allowed-flow events asked for.
     let eb_name = format!("{tag}e");
     let (_ge, eb) = lab_pods(&eb_name, "vxlan", Some("ebpf"), bins)?;
+    // The eBPF fast path (`--datapath ebpf`): same lab shape, policy on eBPF.
+    let (_gf, fp) = lab_pods_datapath(&format!("{tag}f"), "ebpf", bins)?;
     let eb_agents: Vec<podnet_agent::proto::Client> = {
         let l = Lab::open(&eb_name)?;
         let st = l.load()?.context("the eBPF lab's state")?;
@@ -507,6 +535,18 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
             &wg[0].0,
             &wg[2].0,
             wg[2].1,
+        ),
+        (
+            "podnet same-node, eBPF fast path",
+            &fp[0].0,
+            &fp[1].0,
+            fp[1].1,
+        ),
+        (
+            "podnet cross-node vxlan, eBPF fast path",
+            &fp[0].0,
+            &fp[2].0,
+            fp[2].1,
         ),
         (
             "podnet same-node, eBPF policy, drop events",
@@ -584,6 +624,13 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
         };
         g("drop+allowed events") / g("eBPF policy, drop events")
     };
+    let rtt = |n: &str| {
+        paths
+            .iter()
+            .find(|p| p.name.starts_with(n))
+            .map(|p| p.rtt_us)
+            .unwrap_or(f64::NAN)
+    };
     let by = |n: &str| {
         paths
             .iter()
@@ -599,6 +646,10 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
         podnet_vs_peer_cross_node: by("podnet cross-node vxlan") / by("peer cross-node vxlan"),
         wireguard_vs_vxlan: by("podnet cross-node wireguard") / by("podnet cross-node vxlan"),
         allowed_events_vs_drop_events: events_cost,
+        fast_same_node_vs_veth: by("podnet same-node, eBPF fast path") / by("veth"),
+        fast_same_node_rtt_vs_veth: rtt("podnet same-node, eBPF fast path") / rtt("veth"),
+        fast_cross_node_vs_peer: by("podnet cross-node vxlan, eBPF fast path")
+            / by("peer cross-node vxlan"),
         paths,
     })
 }
@@ -631,6 +682,12 @@ pub fn render(r: &Report) -> String {
     s.push_str(&format!(
         "podnet cross node, WireGuard / VXLAN throughput: {:.0}% (encrypted, userspace WireGuard)\n",
         r.wireguard_vs_vxlan * 100.0
+    ));
+    s.push_str(&format!(
+        "eBPF fast path: same node {:.0}% of the veth pair's throughput at {:.2}× its round trip; cross node (VXLAN) {:.2}× the Flannel-style peer\n",
+        r.fast_same_node_vs_veth * 100.0,
+        r.fast_same_node_rtt_vs_veth,
+        r.fast_cross_node_vs_peer
     ));
     s.push_str(&format!(
         "eBPF policy, allowed-flow events on / drop events only: {:.0}% (drop events cost passing packets nothing)\n",

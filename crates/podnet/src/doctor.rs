@@ -528,6 +528,36 @@ fn policy(out: &mut Out, n: &NodeView) {
                     "fix them in the datastore (or the API); the others are enforced",
                 );
             }
+            // The fast path: every pod of the node served directly, and the overlay
+            // program in place (VXLAN).
+            if n.st.datapath == "ebpf" {
+                let local: Vec<&String> = p.pods.iter().map(|x| &x.ip).collect();
+                match &p.fast_path {
+                    None => out.check(
+                        "fast path",
+                        false,
+                        "the node runs --datapath ebpf but its fast path is not in place".into(),
+                        "restart podnetd with --policy-datapath ebpf --datapath ebpf; see its log",
+                    ),
+                    Some(f) => {
+                        let missing: Vec<&&String> =
+                            local.iter().filter(|ip| !f.pods.contains(ip)).collect();
+                        let no_overlay = !n.st.vxlan_dev.is_empty() && f.overlay_dev.is_empty();
+                        out.put(
+                            "fast path",
+                            if missing.is_empty() && !no_overlay { "ok" } else { "warn" },
+                            if no_overlay {
+                                format!("from_overlay is not on {}: other nodes' packets take the bridge", n.st.vxlan_dev)
+                            } else if missing.is_empty() {
+                                format!("{} pods served directly (bpf_redirect_peer); {}", f.pods.len(), if f.overlay_dev.is_empty() { "no overlay program (host-gw)".to_string() } else { format!("from_overlay on {}", f.overlay_dev) })
+                            } else {
+                                format!("{} pods take the bridge (not in local_pods): {}", missing.len(), missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+                            },
+                            "podnetd adds pods within a second of their anti-spoofing entry; a pod made without anti-spoofing always takes the bridge",
+                        );
+                    }
+                }
+            }
             if let Some(n) = Some(stats.closed_packets).filter(|n| *n > 0) {
                 out.put("policy closed", "ok", format!("{n} packets to or from addresses no programmed pod holds (pods not yet programmed, or gone)"), "");
             }

@@ -252,6 +252,11 @@ enum LabCmd {
         /// Which datapath enforces NetworkPolicy on every node [default: nftables].
         #[arg(long, value_enum)]
         policy_datapath: Option<LabPolicyDatapath>,
+        /// How pod packets cross each node [default: bridge]. ebpf: programs on the
+        /// pods' host veths (and the VXLAN device) skip the bridge and the node's IP
+        /// stack; needs --policy-datapath ebpf.
+        #[arg(long, value_enum)]
+        datapath: Option<LabDatapath>,
         /// Run a real Kubernetes control plane in the lab (etcd, kube-apiserver with
         /// TLS, kube-controller-manager allocating pod CIDRs), the agents on its API
         /// with deploy/'s RBAC, and the lab as every node's kubelet. Needs the
@@ -379,6 +384,12 @@ enum LabPolicyDatapath {
     Nftables,
     Ebpf,
     None,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LabDatapath {
+    Bridge,
+    Ebpf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -653,6 +664,7 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
             no_repair,
             policy_datapath,
             kubernetes,
+            datapath,
             output,
         } => {
             if nodes == 0 || nodes > 200 {
@@ -677,6 +689,10 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
                     LabPolicyDatapath::None => "none".into(),
                 }),
                 kubernetes: kubernetes.then_some(true),
+                datapath: datapath.map(|d| match d {
+                    LabDatapath::Bridge => "bridge".into(),
+                    LabDatapath::Ebpf => "ebpf".into(),
+                }),
             };
             let quiet = output == Output::Json;
             let st = lab.up(&opts, &Binaries::find()?, &mut |l| {

@@ -221,6 +221,7 @@ fn bench_lab(name: &str, datapath: &str, bins: &Binaries) -> Result<(LabGuard, L
             repair: None,
             policy_datapath: Some(datapath.into()),
             kubernetes: None,
+            datapath: None,
         },
         bins,
         &mut |_| {},

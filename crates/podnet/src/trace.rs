@@ -514,6 +514,107 @@ fn policy_hop(
     }
 }
 
+/// With the eBPF fast path (`--datapath ebpf`): which program moves the packet where
+/// on the source node. Same node: `from_pod_policy` on the source's host veth
+/// redirects into the destination pod (`bpf_redirect_peer`) when the destination is in
+/// `local_pods`; across nodes it looks up the route and hands the packet to the
+/// overlay device. The bridge hops that follow still matter: ARP and the node's own
+/// traffic take the bridge.
+fn fast_path_hop(b: &mut Builder, s: &End, d: &End, cross: bool) {
+    if s.st.datapath != "ebpf" {
+        return;
+    }
+    let fast = s.agent.policy().ok().and_then(|p| p.fast_path);
+    let (node, veth) = (
+        &s.node,
+        s.pod
+            .host_veth
+            .as_ref()
+            .map(|h| h.name.clone())
+            .unwrap_or_default(),
+    );
+    let look = format!("tc filter show dev {veth} ingress; bpftool map dump pinned <bpf dir>/local_pods   (on {node})");
+    let Some(f) = fast else {
+        b.add(
+            "src-node",
+            "fastpath",
+            "broken",
+            format!("{node} runs --datapath ebpf but its fast path is not in place"),
+            "(no fast path status)".into(),
+            look,
+            "restart podnetd with --policy-datapath ebpf --datapath ebpf; see its log",
+        );
+        return;
+    };
+    if cross {
+        b.add(
+            "src-node",
+            "fastpath",
+            "ok",
+            format!("from_pod_policy on {veth} looks up the route (bpf_fib_lookup) and hands the packet to the device it names, skipping the bridge and the IP stack"),
+            "fast_config on".into(),
+            look,
+            "",
+        );
+        return;
+    }
+    let dip = d.ip.to_string();
+    let here = f.pods.contains(&dip);
+    b.add(
+        "src-node",
+        "fastpath",
+        if here { "ok" } else { "warn" },
+        if here {
+            format!("from_pod_policy on {veth} judges {dip}'s ingress and redirects into it (bpf_redirect_peer), skipping the bridge")
+        } else {
+            format!("{dip} is not in local_pods: the bridge carries it (a pod made within the last second, or one without an anti-spoofing entry)")
+        },
+        format!("local_pods holds {} pods", f.pods.len()),
+        look,
+        "",
+    );
+}
+
+/// With the fast path on the destination node: `from_overlay` on its VXLAN device's
+/// ingress delivers into the pod.
+fn fast_path_in_hop(b: &mut Builder, d: &End) {
+    if d.st.datapath != "ebpf" {
+        return;
+    }
+    let f = d.agent.policy().ok().and_then(|p| p.fast_path);
+    let node = &d.node;
+    let dip = d.ip.to_string();
+    let (status, detail) = match &f {
+        Some(f) if !f.overlay_dev.is_empty() && f.pods.contains(&dip) => ("ok", format!("from_overlay on {}'s ingress judges {dip}'s ingress and redirects into it (bpf_redirect_peer)", f.overlay_dev)),
+        Some(f) if f.overlay_dev.is_empty() => ("ok", format!("no overlay program on {node} (host-gw): packets for {dip} take the node's IP stack and the bridge")),
+        Some(_) => ("warn", format!("{dip} is not in {node}'s local_pods: the bridge carries it")),
+        None => ("broken", format!("{node} runs --datapath ebpf but its fast path is not in place")),
+    };
+    b.add(
+        "dst-node",
+        "fastpath",
+        status,
+        detail,
+        f.map(|f| {
+            format!(
+                "overlay program on {:?}, {} pods",
+                f.overlay_dev,
+                f.pods.len()
+            )
+        })
+        .unwrap_or_else(|| "(none)".into()),
+        format!(
+            "tc filter show dev {} ingress   (on {node})",
+            podnet_conventions::VXLAN_DEV
+        ),
+        if status == "broken" {
+            "restart podnetd with --policy-datapath ebpf --datapath ebpf; see its log"
+        } else {
+            ""
+        },
+    );
+}
+
 /// Traces `src` to `dst` (pod names or addresses) for `flow`.
 pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<Trace> {
     let t0 = Instant::now();
@@ -583,6 +684,7 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
 
     // ---- source node
     host_veth_hop(&mut b, "src-node", &sn, s_pod, &sst);
+    fast_path_hop(&mut b, &s_end, &d_end, cross);
     bridge_hop(&mut b, "src-node", &sn, s_state, &sst);
     let vx = sst.vxlan_dev.clone();
     if cross && !vx.is_empty() {
@@ -599,6 +701,9 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
     }
     if cross {
         between_nodes(&mut b, &s_end, &d_end)?;
+    }
+    if cross {
+        fast_path_in_hop(&mut b, &d_end);
     }
     dst_node_hops(&mut b, &d_end, cross);
 

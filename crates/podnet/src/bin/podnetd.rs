@@ -15,6 +15,16 @@ enum Backend {
     Wireguard,
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Datapath {
+    /// Pod traffic through the node bridge and the node's IP stack (the lesson's model).
+    Bridge,
+    /// eBPF programs on the pods' host veths (and the VXLAN device) deliver pod
+    /// traffic straight into the destination pod or to the overlay device; needs
+    /// --policy-datapath ebpf.
+    Ebpf,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     /// One line per event: time, level, message, node.
@@ -113,6 +123,9 @@ struct Args {
     /// WireGuard backend: where the device process writes its pid.
     #[arg(long, default_value = "/run/podnet/wireguard.pid")]
     wireguard_pid_file: PathBuf,
+    /// How pod packets cross the node.
+    #[arg(long, value_enum, default_value = "bridge")]
+    datapath: Datapath,
     /// Serve Prometheus metrics at http://ADDR/metrics (`none`: not at all). In a lab
     /// every node has its own network namespace, so each can use the same port.
     #[arg(long, default_value = "0.0.0.0:9465", value_name = "ADDR")]
@@ -289,7 +302,12 @@ fn main() {
             pid_file: a.wireguard_pid_file,
         },
         metrics_addr: (a.metrics_addr != "none").then_some(a.metrics_addr),
+        fast_path: a.datapath == Datapath::Ebpf,
     };
+    if cfg.fast_path && cfg.backend == BackendKind::WireGuard {
+        eprintln!("podnetd: --datapath ebpf is not available with --backend wireguard (its device is not an Ethernet device; not tested): use --datapath bridge");
+        std::process::exit(2);
+    }
     let node = cfg.node.clone();
     let result = Agent::new(cfg).and_then(|agent| agent.run());
     if let Err(e) = result {

@@ -55,6 +55,10 @@ pub struct Options {
     /// ([`crate::lab_k8s`]); `None`: what the lab was built with, else off.
     #[serde(default)]
     pub kubernetes: Option<bool>,
+    /// `bridge` or `ebpf` (the fast path); `None`: what the lab was built with, else
+    /// `bridge`.
+    #[serde(default)]
+    pub datapath: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -68,8 +72,15 @@ pub struct State {
     /// The lab runs kube-apiserver and the agents use it ([`crate::lab_k8s`]).
     #[serde(default)]
     pub kubernetes: bool,
+    /// `bridge` or `ebpf` (the fast path).
+    #[serde(default = "default_datapath")]
+    pub datapath: String,
     pub nodes: Vec<NodeState>,
     pub pods: Vec<PodState>,
+}
+
+fn default_datapath() -> String {
+    "bridge".into()
 }
 
 fn default_policy_datapath() -> String {

@@ -22,6 +22,7 @@ impl Lab {
                 .clone()
                 .unwrap_or_else(default_policy_datapath);
             st.kubernetes = opts.kubernetes.unwrap_or(false);
+            st.datapath = opts.datapath.clone().unwrap_or_else(default_datapath);
             st.datastore = if st.kubernetes {
                 if datastore.is_some() {
                     bail!("--kubernetes brings its own datastore (the API server): leave --datastore out");
@@ -50,6 +51,9 @@ impl Lab {
                     "policy datapath {} (asked: {p})",
                     st.policy_datapath
                 ));
+            }
+            if let Some(d) = opts.datapath.as_ref().filter(|d| **d != st.datapath) {
+                differs.push(format!("datapath {} (asked: {d})", st.datapath));
             }
             if opts.kubernetes.is_some_and(|k| k != st.kubernetes) {
                 differs.push(format!(
@@ -282,6 +286,8 @@ impl Lab {
                 .arg(self.api_socket(node))
                 .arg("--policy-datapath")
                 .arg(&st.policy_datapath)
+                .arg("--datapath")
+                .arg(&st.datapath)
                 .arg("--bpf-dir")
                 .arg(self.bpf_dir().join(node))
                 // Every node's WireGuard things in its own directory (all nodes share

@@ -6,11 +6,13 @@ use super::*;
 impl Lab {
     /// The network configuration a runtime would pass; `ip` is asked for through the
     /// `ips` capability, as a runtime does with `runtimeConfig`.
-    fn cni_config(&self, node: &str, ip: Option<&str>) -> Vec<u8> {
+    fn cni_config(&self, st: &State, node: &str, ip: Option<&str>) -> Vec<u8> {
         let dir = self.node_dir(node);
+        let datapath = &st.datapath;
         let mut c = serde_json::json!({
             "cniVersion": "1.1.0", "name": "podnet", "type": "podnet-cni",
             "nodeFile": dir.join("node.json"), "dataDir": dir.join("ipam"),
+            "datapath": datapath,
         });
         if let Some(ip) = ip {
             c["runtimeConfig"] = serde_json::json!({ "ips": [ip] });
@@ -98,7 +100,7 @@ impl Lab {
                     netns: &path,
                     ifname: "eth0",
                     cni_path: None,
-                    config: &self.cni_config(node, requested.as_deref()),
+                    config: &self.cni_config(st, node, requested.as_deref()),
                 },
                 Some(&node_ns),
             )?;
@@ -228,7 +230,7 @@ impl Lab {
                     netns: &path,
                     ifname: "eth0",
                     cni_path: None,
-                    config: &self.cni_config(&p.node, None),
+                    config: &self.cni_config(st, &p.node, None),
                 },
                 Some(&node_ns),
             )?;

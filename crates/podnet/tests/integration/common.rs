@@ -240,3 +240,17 @@ pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> 
     }
     t.elapsed()
 }
+
+/// A lab pod's address and MAC, from `lab status --output json`.
+pub fn lab_pod(st: &Value, name: &str) -> (Ipv4Addr, [u8; 6]) {
+    let p = st["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no pod {name}: {st}"));
+    (
+        p["ip"].as_str().unwrap().parse().unwrap(),
+        podnet_netlink::parse_mac(p["mac"].as_str().unwrap()).unwrap(),
+    )
+}

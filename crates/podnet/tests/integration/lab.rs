@@ -361,7 +361,8 @@ fn datapath_benchmark_measures_every_path() {
     let r: Value = serde_json::from_slice(&o.stdout).unwrap();
     let paths = r["paths"].as_array().unwrap();
     let names: Vec<&str> = paths.iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names.len(), 9, "{names:?}");
+    assert_eq!(names.len(), 11, "{names:?}");
+    assert!(r["fast_same_node_vs_veth"].as_f64().unwrap() > 0.0);
     assert!(r["allowed_events_vs_drop_events"].as_f64().unwrap() > 0.0);
     assert!(names.iter().any(|n| n.contains("wireguard")), "{names:?}");
     for p in paths {

@@ -8,6 +8,7 @@ mod chain;
 mod common;
 mod datapath;
 mod errors;
+mod fastpath;
 mod ipam;
 mod kubernetes;
 mod lab;

@@ -8,7 +8,6 @@ use crate::common::{podnet, TestLab};
 use podnet::probe;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::Ipv4Addr;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -114,18 +113,7 @@ fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f
         .unwrap_or(0.0)
 }
 
-fn pod(st: &Value, name: &str) -> (Ipv4Addr, [u8; 6]) {
-    let p = st["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap();
-    (
-        p["ip"].as_str().unwrap().parse().unwrap(),
-        podnet_netlink::parse_mac(p["mac"].as_str().unwrap()).unwrap(),
-    )
-}
+use crate::common::lab_pod as pod;
 
 const DENY: &str = "apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy

@@ -536,6 +536,13 @@ fn run_case(lab: &TestLab, c: &Case) {
 }
 
 fn conformance(datapath: &str) {
+    conformance_on(datapath, "bridge");
+}
+
+/// The conformance suite with `datapath` enforcing policy and pod packets crossing
+/// nodes through `fast` (`bridge`, or `ebpf`: the fast path, which judges the
+/// destination's ingress itself since its redirect skips the bridge).
+fn conformance_on(datapath: &str, fast: &str) {
     let lab = TestLab::up(&[
         "--nodes",
         "2",
@@ -543,6 +550,8 @@ fn conformance(datapath: &str) {
         "0",
         "--policy-datapath",
         datapath,
+        "--datapath",
+        fast,
     ]);
     lab.apply(&model_yaml());
     // With no policy, everything reaches everything on every protocol.
@@ -590,6 +599,11 @@ fn conformance_nftables() {
 #[test]
 fn conformance_ebpf() {
     conformance("ebpf");
+}
+
+#[test]
+fn conformance_ebpf_fast_path() {
+    conformance_on("ebpf", "ebpf");
 }
 
 /// Probes `target:port` from inside `from_ns` in a tight loop (TCP connects with a
