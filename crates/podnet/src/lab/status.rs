@@ -53,7 +53,11 @@ impl Lab {
                     pod_cidr: s(|a| &a.pod_cidr),
                     bridge: s(|a| &a.bridge),
                     vxlan_dev: s(|a| &a.vxlan_dev),
-                    vtep_mac: s(|a| &a.vtep_mac),
+                    // Only a VXLAN node has a VTEP (host-gw and WireGuard have none).
+                    vtep_mac: agent
+                        .as_ref()
+                        .filter(|a| !a.vxlan_dev.is_empty())
+                        .map(|a| a.vtep_mac.clone()),
                     agent_pid: self.live_pid(&n.name, "podnetd"),
                     peers: agent.as_ref().map_or(0, |a| a.peers.len()),
                 }
