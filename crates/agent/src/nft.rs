@@ -206,6 +206,9 @@ pub fn render_full(cidr: Ipv4Net, bridge: &str, elems: &BTreeSet<Elem>) -> Strin
     ip daddr {net} ip daddr != @programmed counter name closed log prefix \"podnet:closed-dst:\" group {LOG_GROUP} drop
     ip saddr @egress_isolated jump egress
     ip daddr @ingress_isolated jump ingress
+    ct state new jump allowed_log
+  }}
+  chain allowed_log {{
   }}
   chain egress {{
     ip saddr . ip daddr @egress_any_host return
@@ -373,6 +376,19 @@ pub fn delete() -> Result<(), String> {
     ))
 }
 
+/// Admitted new flows logged too (`podnet:allow:` to [`LOG_GROUP`]) or not: fills or
+/// empties the chain `allowed_log`, which every admitted new flow jumps to. Idempotent;
+/// a table rewritten whole comes back empty, so the caller repeats it while wanted.
+pub fn set_allowed_log(on: bool) -> Result<(), String> {
+    let mut script = format!("flush chain inet {TABLE} allowed_log\n");
+    if on {
+        script += &format!(
+            "add rule inet {TABLE} allowed_log log prefix \"podnet:allow:\" group {LOG_GROUP}\n"
+        );
+    }
+    run(&script)
+}
+
 /// The NFLOG group the table's drop rules log to (per network namespace): podnetd's
 /// event reader ([`crate::observe`]) binds it. The prefix says which pod the verdict is
 /// about: `podnet:egress:` and `podnet:closed-src:` the source, `podnet:ingress:` and
@@ -455,19 +471,24 @@ impl NfLog {
                 let Some(p) = podnet_netlink::msg::find(attrs, NFULA_PAYLOAD) else {
                     continue;
                 };
-                if let Some(v) = verdict_of(&prefix, p) {
-                    out.push(v);
-                }
+                out.extend(verdict_of(&prefix, p));
             }
         }
     }
 }
 
-/// A logged packet (`prefix`, IPv4 header onwards) as a verdict.
-pub fn verdict_of(prefix: &str, p: &[u8]) -> Option<crate::observe::Verdict> {
-    let side = prefix.strip_prefix("podnet:")?.trim_end_matches(':');
+/// A logged packet (`prefix`, IPv4 header onwards) as verdicts: one for a refusal;
+/// for an admitted new flow (`podnet:allow:`) one per end — the source's egress and
+/// the destination's ingress (the reader keeps those of its node's pods).
+pub fn verdict_of(prefix: &str, p: &[u8]) -> Vec<crate::observe::Verdict> {
+    let Some(side) = prefix
+        .strip_prefix("podnet:")
+        .map(|s| s.trim_end_matches(':'))
+    else {
+        return vec![];
+    };
     if p.len() < 20 || p[0] >> 4 != 4 {
-        return None;
+        return vec![];
     }
     let ihl = usize::from(p[0] & 0x0f) * 4;
     let (saddr, daddr) = (
@@ -482,22 +503,26 @@ pub fn verdict_of(prefix: &str, p: &[u8]) -> Option<crate::observe::Verdict> {
         ),
         _ => (0, 0),
     };
-    let (pod, peer, direction) = match side {
-        "egress" => (saddr, daddr, "egress"),
-        "ingress" => (daddr, saddr, "ingress"),
-        "closed-src" => (saddr, daddr, "closed"),
-        "closed-dst" => (daddr, saddr, "closed"),
-        _ => return None,
-    };
-    Some(crate::observe::Verdict {
+    let v = |pod, peer, direction, allowed| crate::observe::Verdict {
         pod,
         peer,
         direction,
-        allowed: false,
+        allowed,
         proto,
         sport,
         dport,
-    })
+    };
+    match side {
+        "egress" => vec![v(saddr, daddr, "egress", false)],
+        "ingress" => vec![v(daddr, saddr, "ingress", false)],
+        "closed-src" => vec![v(saddr, daddr, "closed", false)],
+        "closed-dst" => vec![v(daddr, saddr, "closed", false)],
+        "allow" => vec![
+            v(saddr, daddr, "egress", true),
+            v(daddr, saddr, "ingress", true),
+        ],
+        _ => vec![],
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@
 //!   `policy_events`; the pinned array `event_config` says whether to send admitted
 //!   flows.
 //! - The nftables policy datapath: every refused packet through NFLOG group
-//!   [`crate::nft::LOG_GROUP`] (the table's drop rules log first).
+//!   [`crate::nft::LOG_GROUP`] (the table's drop rules log first), and admitted new
+//!   flows while a watcher asks (the chain `allowed_log`, filled only then).
 //!
 //! The agent owns no kernel object here: it reads what the datapaths write. A ring
 //! buffer that fills up loses events, never verdicts; NFLOG overruns the same way.
@@ -360,6 +361,7 @@ pub fn run(src: Sources) {
     let mut policy_ring: Option<Ring> = None;
     let mut nflog: Option<crate::nft::NfLog> = None;
     let mut allowed_on: Option<bool> = None;
+    let mut nft_renewed = Instant::now();
     let mut scanned = Instant::now() - Duration::from_secs(10);
     let mut complained = std::collections::BTreeSet::new();
     let mut once = |what: String| {
@@ -418,16 +420,22 @@ pub fn run(src: Sources) {
                 }
             }
         }
-        // Admitted flows only while someone watches.
+        // Admitted flows only while someone watches. nftables: repeated every two
+        // seconds while on, since a table rewritten whole comes back without it.
         let want = src.log.allowed_wanted();
-        if allowed_on != Some(want) {
-            if let Some(dir) = &src.bpf_dir {
-                match crate::ebpf::set_event_config(dir, want) {
-                    Ok(()) => allowed_on = Some(want),
-                    Err(e) => once(format!("cannot switch allowed events: {e}")),
-                }
+        let renew = want && src.nftables && nft_renewed.elapsed() >= Duration::from_secs(2);
+        if allowed_on != Some(want) || renew {
+            let r = if let Some(dir) = &src.bpf_dir {
+                crate::ebpf::set_event_config(dir, want)
+            } else if src.nftables {
+                nft_renewed = Instant::now();
+                crate::nft::set_allowed_log(want)
             } else {
-                allowed_on = Some(want);
+                Ok(())
+            };
+            match r {
+                Ok(()) => allowed_on = Some(want),
+                Err(e) => once(format!("cannot switch allowed events: {e}")),
             }
         }
         for r in spoof_rings.values_mut() {
@@ -448,8 +456,13 @@ pub fn run(src: Sources) {
         if let Some(n) = nflog.as_mut() {
             match n.read(Duration::from_millis(0)) {
                 Ok(vs) => {
-                    for v in vs {
-                        src.log.push(policy_event(&src.node, &v, &pods));
+                    // An admitted flow is logged once per node it crosses: keep the
+                    // ends that are this node's pods.
+                    for v in vs
+                        .iter()
+                        .filter(|v| !v.allowed || pods.key(v.pod).is_some())
+                    {
+                        src.log.push(policy_event(&src.node, v, &pods));
                     }
                 }
                 Err(lost) => {

@@ -291,14 +291,23 @@ fn drops_and_denials_are_observed_with_ebpf() {
 }
 
 #[test]
-fn allowed_flows_are_reported_while_asked_for() {
+fn allowed_flows_are_reported_while_asked_for_with_ebpf() {
+    allowed_flows_are_reported_while_asked_for("ebpf");
+}
+
+#[test]
+fn allowed_flows_are_reported_while_asked_for_with_nftables() {
+    allowed_flows_are_reported_while_asked_for("nftables");
+}
+
+fn allowed_flows_are_reported_while_asked_for(datapath: &str) {
     let lab = TestLab::up(&[
         "--nodes",
         "2",
         "--pods-per-node",
         "1",
         "--policy-datapath",
-        "ebpf",
+        datapath,
     ]);
     let obs = Observer::start(&lab, &["--verdict", "allowed"]);
     // Asked from the observer's first request on: probe until p2a's node reports the
