@@ -155,7 +155,8 @@ struct {
 } policy_drops SEC(".maps");
 
 /* One verdict for podnetd (crates/agent/src/ebpf.rs, PolicyEvent): every refused
- * packet, and, while podnetd asks (event_config bit 0), every newly admitted flow. */
+ * packet, and, while podnetd asks (config[CONFIG_EVENTS_ALLOWED]), every newly
+ * admitted flow. */
 struct policy_event {
 	u32 pod, peer; /* network byte order */
 	u16 sport, dport;
@@ -164,7 +165,19 @@ struct policy_event {
 
 #define VERDICT_REFUSED 0
 #define VERDICT_ADMITTED 1
-#define EVENTS_ALLOWED 1
+
+/* podnetd's switches, one slot each (0 off, 1 on); two writers, never the same slot.
+ * Shared with crates/agent/src/ebpf.rs. */
+#define CONFIG_EVENTS_ALLOWED 0 /* report admitted flows too */
+#define CONFIG_FAST_PATH 1      /* the fast path (`--datapath ebpf`) */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, u32);
+	__type(value, u32);
+	__uint(max_entries, 2);
+	__uint(pinning, PIN_BY_NAME);
+} config SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -172,15 +185,7 @@ struct {
 	__uint(pinning, PIN_BY_NAME);
 } policy_events SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, u32);
-	__type(value, u32);
-	__uint(max_entries, 1);
-	__uint(pinning, PIN_BY_NAME);
-} event_config SEC(".maps");
-
-/* The fast path (`--datapath ebpf`): while fast_config bit 0 is set, packets whose
+/* The fast path (`--datapath ebpf`): while config[CONFIG_FAST_PATH] is on, packets whose
  * verdicts allow them skip the bridge and the node's IP stack. A local_pods entry
  * names a pod of this node: its host veth, its MAC, and the gateway's MAC (the source
  * of what the node routes to it). */
@@ -189,16 +194,6 @@ struct local_pod {
 	u8 mac[6];
 	u8 gw_mac[6];
 };
-
-#define FAST_ON 1
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, u32);
-	__type(value, u32);
-	__uint(max_entries, 1);
-	__uint(pinning, PIN_BY_NAME);
-} fast_config SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -375,11 +370,15 @@ INLINE void emit(struct pkt *k, u32 pod, u32 peer, u32 dir, u32 verdict)
 }
 
 /* A flow admitted for the first time: told to podnetd only while it asks. */
+INLINE int switched_on(u32 slot)
+{
+	u32 *on = bpf_map_lookup_elem(&config, &slot);
+	return on && *on;
+}
+
 INLINE void admitted_new(struct pkt *k, u32 pod, u32 peer, u32 dir)
 {
-	u32 zero = 0;
-	u32 *cfg = bpf_map_lookup_elem(&event_config, &zero);
-	if (cfg && (*cfg & EVENTS_ALLOWED))
+	if (switched_on(CONFIG_EVENTS_ALLOWED))
 		emit(k, pod, peer, dir, VERDICT_ADMITTED);
 }
 
@@ -424,13 +423,6 @@ INLINE int judge(struct pkt *k, u32 pod, u32 peer, u32 dir)
 		admitted_new(k, pod, peer, dir);
 	}
 	return TC_ACT_OK;
-}
-
-INLINE int fast_on(void)
-{
-	u32 zero = 0;
-	u32 *cfg = bpf_map_lookup_elem(&fast_config, &zero);
-	return cfg && (*cfg & FAST_ON);
 }
 
 /* What the node's routing does to a forwarded packet: TTL minus one (with the header
@@ -497,7 +489,7 @@ SEC("classifier/from_pod_policy") int from_pod_policy(struct __sk_buff *skb)
 	if (r == PARSE_DROP)
 		return TC_ACT_SHOT;
 	r = judge(&k, k.saddr, k.daddr, DIR_EGRESS);
-	if (r != TC_ACT_OK || !fast_on())
+	if (r != TC_ACT_OK || !switched_on(CONFIG_FAST_PATH))
 		return r;
 	/* The fast path. A pod of this node: its ingress verdict here, since the
 	 * redirect skips its host veth (and to_pod_policy there). */
@@ -522,7 +514,7 @@ SEC("classifier/from_pod_policy") int from_pod_policy(struct __sk_buff *skb)
  * node's pods go straight into the pod, after the pod's ingress verdict. */
 SEC("classifier/from_overlay") int from_overlay(struct __sk_buff *skb)
 {
-	if (!fast_on())
+	if (!switched_on(CONFIG_FAST_PATH))
 		return TC_ACT_OK;
 	struct pkt k = {};
 	if (parse(skb, &k) != PARSE_IPV4)

@@ -6,12 +6,12 @@
 //! - the maps `pod_policy`, `ingress_peers`, `egress_peers`, `port_sets`,
 //!   `node_addrs`, `flows` and `policy_drops` (their roles: `bpf/policy.c`), the ring
 //!   buffer `policy_events` (every refused packet, and admitted flows while
-//!   `event_config` asks; read by [`crate::observe`]);
+//!   asked through the switches in `config`; read by [`crate::observe`]);
 //! - the programs `from_pod_policy` and `to_pod_policy`, which podnet-cni attaches to
 //!   every new pod's host veth (tc ingress after anti-spoofing, and tc egress) before
 //!   the veth joins the bridge; the agent attaches them to pods that lack them.
 //! - the fast path (`--datapath ebpf`, [`crate::policy::FastPath`]): the maps
-//!   `fast_config` (on/off) and `local_pods` (this node's pods: host veth, MAC, the
+//!   switch in `config` and `local_pods` (this node's pods: host veth, MAC, the
 //!   gateway's MAC), and the program `from_overlay`, which the agent attaches as the
 //!   tc filter `podnet_fast_in` on the VXLAN device's ingress. With the fast path on,
 //!   `from_pod_policy` delivers a packet it admits straight into a local destination
@@ -320,7 +320,7 @@ impl EbpfDatapath {
             .map_err(|e| err(name, e))
     }
 
-    /// The fast path: on or off (`fast_config`), and `local_pods` made exactly `pods`
+    /// The fast path: on or off (its switch in `config`), and `local_pods` made exactly `pods`
     /// (pod address → its entry). Returns how many entries changed.
     pub fn set_fast(
         &mut self,
@@ -328,15 +328,7 @@ impl EbpfDatapath {
         pods: &BTreeMap<Ipv4Addr, LocalPod>,
     ) -> Result<usize, String> {
         let mut changed = 0;
-        let mut cfg: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
-            self.bpf
-                .map_mut("fast_config")
-                .ok_or("no map fast_config")?,
-        )
-        .map_err(|e| err("fast_config", e))?;
-        if cfg.get(&0, 0).map_err(|e| err("read fast_config", e))? != u32::from(on) {
-            cfg.set(0, u32::from(on), 0)
-                .map_err(|e| err("write fast_config", e))?;
+        if switch(&self.dir, CONFIG_FAST_PATH, on)? {
             changed += 1;
         }
         let mut m: HashMap<_, u32, LocalPod> =
@@ -516,13 +508,25 @@ pub fn holds(dir: &Path, ip: Ipv4Addr) -> bool {
         .is_some_and(|f| f & POD_PROGRAMMED != 0)
 }
 
-/// Whether the programs report admitted flows too (`event_config` bit 0), not only
-/// refused packets.
+/// Slots of the `config` array (bpf/policy.c): one switch each, 0 off, 1 on.
+const CONFIG_EVENTS_ALLOWED: u32 = 0;
+const CONFIG_FAST_PATH: u32 = 1;
+
+/// Sets switch `slot` of the pinned `config` array; true if it changed.
+fn switch(dir: &Path, slot: u32, on: bool) -> Result<bool, String> {
+    let mut a: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(pinned(dir, "config")?).map_err(|e| err("config", e))?;
+    if a.get(&slot, 0).map_err(|e| err("read config", e))? == u32::from(on) {
+        return Ok(false);
+    }
+    a.set(slot, u32::from(on), 0)
+        .map_err(|e| err("write config", e))?;
+    Ok(true)
+}
+
+/// Whether the programs report admitted flows too, not only refused packets.
 pub fn set_event_config(dir: &Path, allowed: bool) -> Result<(), String> {
-    let mut a: aya::maps::Array<_, u32> = aya::maps::Array::try_from(pinned(dir, "event_config")?)
-        .map_err(|e| err("event_config", e))?;
-    a.set(0, u32::from(allowed), 0)
-        .map_err(|e| err("write event_config", e))
+    switch(dir, CONFIG_EVENTS_ALLOWED, allowed).map(|_| ())
 }
 
 /// Packets refused per (pod, direction), and to or from closed addresses.

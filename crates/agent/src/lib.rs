@@ -102,6 +102,17 @@ pub struct Config {
     pub fast_path: bool,
 }
 
+impl Config {
+    /// `bridge` or `ebpf`, as `--datapath` names it (the node file and the status).
+    pub fn datapath_name(&self) -> &'static str {
+        if self.fast_path {
+            "ebpf"
+        } else {
+            "bridge"
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -580,6 +591,7 @@ impl Agent {
                 .filter_map(|q| {
                     let (k, port) = q.wireguard?;
                     Some(wireguard::WantPeer {
+                        name: q.name.clone(),
                         public_key: k,
                         endpoint: std::net::SocketAddrV4::new(q.underlay, port),
                         cidr: q.cidr,
@@ -588,20 +600,23 @@ impl Agent {
                 .collect();
             let changes = wireguard::peer_changes(&want, &have.peers);
             if !changes.is_empty() {
-                for line in changes.lines().filter(|l| l.starts_with("public_key=")) {
-                    let k = wireguard::unhex(&line["public_key=".len()..]).unwrap_or_default();
-                    let who = peers
-                        .iter()
-                        .find(|q| q.wireguard.map(|w| w.0) == Some(k))
-                        .map(|q| q.name.as_str())
-                        .unwrap_or("a departed peer");
-                    self.log(&format!(
-                        "WireGuard device {}: configuring peer {who} ({})",
-                        p.dev,
-                        wireguard::to_base64(&k)
-                    ));
+                for c in &changes {
+                    self.log(&match c {
+                        wireguard::PeerChange::Remove(k) => format!(
+                            "WireGuard device {}: removing departed peer {}",
+                            p.dev,
+                            wireguard::to_base64(k)
+                        ),
+                        wireguard::PeerChange::Set(w) => format!(
+                            "WireGuard device {}: configuring peer {} ({})",
+                            p.dev,
+                            w.name,
+                            wireguard::to_base64(&w.public_key)
+                        ),
+                    });
                 }
-                match uapi.set(&changes).and_then(|_| uapi.get()) {
+                let body: String = changes.iter().map(wireguard::PeerChange::render).collect();
+                match uapi.set(&body).and_then(|_| uapi.get()) {
                     Ok(h) => have = h,
                     Err(e) => {
                         self.warn(&format!("WireGuard device {}: {e}", p.dev));
@@ -635,7 +650,7 @@ impl Agent {
             "podCIDR": n.record.pod_cidr.to_string(),
             "mtu": n.mtu,
             "bridge": self.cfg.bridge,
-            "datapath": if self.cfg.fast_path { "ebpf" } else { "bridge" },
+            "datapath": self.cfg.datapath_name(),
         });
         if let Some(p) = policy {
             body["policyPrograms"] = p;
@@ -1147,7 +1162,7 @@ impl Agent {
                 String::new()
             },
             vxlan_port: self.cfg.port,
-            datapath: if self.cfg.fast_path { "ebpf" } else { "bridge" }.into(),
+            datapath: self.cfg.datapath_name().into(),
             overlay_overhead: match backend {
                 Backend::Vxlan { .. } => VXLAN_OVERHEAD,
                 Backend::WireGuard { .. } => wireguard::WG_OVERHEAD,

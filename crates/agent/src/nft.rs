@@ -407,33 +407,31 @@ impl NfLog {
         const NFULNL_MSG_CONFIG: u16 = (4 << 8) | 1;
         const NFULA_CFG_CMD: u16 = 1;
         const NFULA_CFG_MODE: u16 = 2;
+        const NFULA_CFG_QTHRESH: u16 = 5;
         const NFULNL_CFG_CMD_BIND: u8 = 1;
         const NFULNL_COPY_PACKET: u8 = 2;
         let mut sock =
             podnet_netlink::Socket::open(libc::NETLINK_NETFILTER).map_err(|e| e.to_string())?;
         let g = LOG_GROUP.to_be_bytes();
         let hdr = [libc::AF_UNSPEC as u8, 0, g[0], g[1]];
-        let mut m = podnet_netlink::Msg::new(NFULNL_MSG_CONFIG, 0).fixed(&hdr);
-        m.attr(NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND]);
-        sock.ack(m, "bind NFLOG group", LOG_GROUP.to_string())
-            .map_err(|e| e.to_string())?;
-        let mut m = podnet_netlink::Msg::new(NFULNL_MSG_CONFIG, 0).fixed(&hdr);
         let mut mode = 64u32.to_be_bytes().to_vec();
         mode.extend([NFULNL_COPY_PACKET, 0]);
-        m.attr(NFULA_CFG_MODE, &mode);
-        sock.ack(m, "set the copy mode of NFLOG group", LOG_GROUP.to_string())
-            .map_err(|e| e.to_string())?;
-        // Each packet as it comes: by default the kernel batches them for up to a
-        // second.
-        const NFULA_CFG_QTHRESH: u16 = 5;
-        let mut m = podnet_netlink::Msg::new(NFULNL_MSG_CONFIG, 0).fixed(&hdr);
-        m.attr(NFULA_CFG_QTHRESH, &1u32.to_be_bytes());
-        sock.ack(
-            m,
-            "set the queue threshold of NFLOG group",
-            LOG_GROUP.to_string(),
-        )
-        .map_err(|e| e.to_string())?;
+        // Bound; the first 64 bytes of each packet; each packet as it comes (by default
+        // the kernel batches them for up to a second).
+        for (what, attr, data) in [
+            ("bind", NFULA_CFG_CMD, vec![NFULNL_CFG_CMD_BIND]),
+            ("set the copy mode of", NFULA_CFG_MODE, mode),
+            (
+                "set the queue threshold of",
+                NFULA_CFG_QTHRESH,
+                1u32.to_be_bytes().to_vec(),
+            ),
+        ] {
+            let mut m = podnet_netlink::Msg::new(NFULNL_MSG_CONFIG, 0).fixed(&hdr);
+            m.attr(attr, &data);
+            sock.ack(m, "configure NFLOG group", format!("{LOG_GROUP} ({what})"))
+                .map_err(|e| e.to_string())?;
+        }
         Ok(NfLog { sock })
     }
 

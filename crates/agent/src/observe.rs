@@ -8,7 +8,7 @@
 //!   tc filter on each pod's host veth).
 //! - The eBPF policy datapath (`bpf/policy.c`): every refused packet, and every newly
 //!   admitted flow while a watcher asks for allowed events, in the pinned ring buffer
-//!   `policy_events`; the pinned array `event_config` says whether to send admitted
+//!   `policy_events`; the pinned array `config` says whether to send admitted
 //!   flows.
 //! - The nftables policy datapath: every refused packet through NFLOG group
 //!   [`crate::nft::LOG_GROUP`] (the table's drop rules log first), and admitted new
@@ -369,23 +369,41 @@ pub fn run(src: Sources) {
             tracing::warn!(node = src.node, "events: {what}");
         }
     };
+    // The node's pods, rebuilt only when the policy status changes.
+    let mut pods = Pods::default();
+    let mut pods_rev = None;
     loop {
-        let pods = Pods::from_status(&src.policy.lock().unwrap());
+        {
+            let st = src.policy.lock().unwrap();
+            if pods_rev != Some((st.revision, st.pods.len())) {
+                pods = Pods::from_status(&st);
+                pods_rev = Some((st.revision, st.pods.len()));
+            }
+        }
         if scanned.elapsed() >= Duration::from_secs(1) {
             scanned = Instant::now();
             // Every pod's host veth: its filter's program, that program's ring.
             match podnet_netlink::link::list(&mut sock) {
                 Ok(links) => {
-                    for l in links.iter().filter(|l| {
-                        l.alias
-                            .as_deref()
-                            .is_some_and(|a| podnet_conventions::parse_owner_alias(a).is_some())
-                    }) {
-                        let Ok(Some(prog)) = antispoof::installed_prog(&mut sock, l.index) else {
+                    // Only host veths not seen yet: a veth's pod and program do not
+                    // change; ones that are gone are forgotten.
+                    veth_ips.retain(|i, _| links.iter().any(|l| l.index == *i));
+                    let fresh: Vec<u32> = links
+                        .iter()
+                        .filter(|l| {
+                            !veth_ips.contains_key(&l.index)
+                                && l.alias.as_deref().is_some_and(|a| {
+                                    podnet_conventions::parse_owner_alias(a).is_some()
+                                })
+                        })
+                        .map(|l| l.index)
+                        .collect();
+                    for index in fresh {
+                        let Ok(Some(prog)) = antispoof::installed_prog(&mut sock, index) else {
                             continue;
                         };
-                        if let Ok(Some(st)) = antispoof::read_state(prog, l.index) {
-                            veth_ips.insert(l.index, st.ip);
+                        if let Ok(Some(st)) = antispoof::read_state(prog, index) {
+                            veth_ips.insert(index, st.ip);
                         }
                         if let Ok(Some(id)) = antispoof::events_map(prog) {
                             if let std::collections::btree_map::Entry::Vacant(v) =

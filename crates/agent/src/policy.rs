@@ -220,6 +220,11 @@ pub struct Policy {
     pub status: Arc<Mutex<PolicyStatus>>,
     /// The eBPF fast path (`--datapath ebpf`), when on.
     fast: Option<FastPath>,
+    /// Host veth index → the pod's address and MAC, as its anti-spoofing entry holds
+    /// them (they never change for a veth: read once).
+    fast_seen: BTreeMap<u32, (std::net::Ipv4Addr, [u8; 6])>,
+    /// The fast path was switched off in the kernel (nothing to do until it is on).
+    fast_cleared: bool,
 }
 
 /// The host veths of the node's pods (podnet-cni marks them with its owner alias).
@@ -279,6 +284,8 @@ impl Policy {
                 ..Default::default()
             })),
             fast: None,
+            fast_seen: BTreeMap::new(),
+            fast_cleared: false,
         }
     }
 
@@ -295,26 +302,40 @@ impl Policy {
         let Dp::Ebpf(e) = &mut self.dp else {
             return Ok(());
         };
+        if self.fast.is_none() && self.fast_cleared {
+            return Ok(());
+        }
         let mut sock = podnet_netlink::Socket::route().map_err(|e| e.to_string())?;
         let gw_mac = podnet_conventions::pod_mac(self.cidr.nth(1).ok_or("no gateway")?);
         let mut pods = BTreeMap::new();
         if self.fast.is_some() {
-            for l in pod_veths(&mut sock)? {
-                if let Ok(Some(st)) = podnet_netlink::antispoof::pod_state(&mut sock, l.index) {
-                    if self.cidr.contains(st.ip) {
-                        pods.insert(
-                            st.ip,
-                            ebpf::LocalPod {
-                                ifindex: l.index,
-                                mac: st.mac,
-                                gw_mac,
-                            },
-                        );
+            let veths = pod_veths(&mut sock)?;
+            self.fast_seen
+                .retain(|i, _| veths.iter().any(|l| l.index == *i));
+            for l in veths {
+                if let std::collections::btree_map::Entry::Vacant(v) = self.fast_seen.entry(l.index)
+                {
+                    // Not there yet when podnet-cni is still making the pod: next round.
+                    if let Ok(Some(st)) = podnet_netlink::antispoof::pod_state(&mut sock, l.index) {
+                        v.insert((st.ip, st.mac));
                     }
+                }
+            }
+            for (index, (ip, mac)) in &self.fast_seen {
+                if self.cidr.contains(*ip) {
+                    pods.insert(
+                        *ip,
+                        ebpf::LocalPod {
+                            ifindex: *index,
+                            mac: *mac,
+                            gw_mac,
+                        },
+                    );
                 }
             }
         }
         let changed = e.set_fast(self.fast.is_some(), &pods)?;
+        self.fast_cleared = self.fast.is_none();
         let mut overlay = String::new();
         if let Some(dev) = self.fast.as_ref().and_then(|f| f.overlay_dev.clone()) {
             if let Some(l) =

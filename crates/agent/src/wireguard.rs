@@ -241,22 +241,46 @@ pub fn parse_get(lines: &[(String, String)]) -> std::result::Result<DeviceConfig
 /// A peer as the datastore says it should be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WantPeer {
+    /// The peer node (for the log).
+    pub name: String,
     pub public_key: Key,
     pub endpoint: SocketAddrV4,
     pub cidr: Ipv4Net,
 }
 
-/// The `set=1` body that turns the device's peers `have` into `want` (pure, so it is
-/// tested without a device): peers not wanted are removed, each wanted peer whose
-/// endpoint or allowed IPs differ is (re)written with `replace_allowed_ips`. Empty when
-/// nothing differs.
-pub fn peer_changes(want: &[WantPeer], have: &[PeerConfig]) -> String {
-    let mut s = String::new();
-    for h in have {
-        if !want.iter().any(|w| w.public_key == h.public_key) {
-            s += &format!("public_key={}\nremove=true\n", hex(&h.public_key));
+/// One change to the device's peers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerChange {
+    /// A peer no node wants any more.
+    Remove(Key),
+    /// A wanted peer, new or with another endpoint or allowed IPs: written whole.
+    Set(WantPeer),
+}
+
+impl PeerChange {
+    /// Its lines of a `set=1` request.
+    pub fn render(&self) -> String {
+        match self {
+            PeerChange::Remove(k) => format!("public_key={}\nremove=true\n", hex(k)),
+            PeerChange::Set(w) => format!(
+                "public_key={}\nendpoint={}\nreplace_allowed_ips=true\nallowed_ip={}\n",
+                hex(&w.public_key),
+                w.endpoint,
+                w.cidr
+            ),
         }
     }
+}
+
+/// What turns the device's peers `have` into `want` (pure, so it is tested without a
+/// device): peers not wanted are removed, each wanted peer whose endpoint or allowed
+/// IPs differ is (re)written with `replace_allowed_ips`. Empty when nothing differs.
+pub fn peer_changes(want: &[WantPeer], have: &[PeerConfig]) -> Vec<PeerChange> {
+    let mut out: Vec<PeerChange> = have
+        .iter()
+        .filter(|h| !want.iter().any(|w| w.public_key == h.public_key))
+        .map(|h| PeerChange::Remove(h.public_key))
+        .collect();
     for w in want {
         let same = have.iter().any(|h| {
             h.public_key == w.public_key
@@ -264,15 +288,10 @@ pub fn peer_changes(want: &[WantPeer], have: &[PeerConfig]) -> String {
                 && h.allowed_ips == [w.cidr]
         });
         if !same {
-            s += &format!(
-                "public_key={}\nendpoint={}\nreplace_allowed_ips=true\nallowed_ip={}\n",
-                hex(&w.public_key),
-                w.endpoint,
-                w.cidr
-            );
+            out.push(PeerChange::Set(w.clone()));
         }
     }
-    s
+    out
 }
 
 /// A client of a device's configuration socket.
@@ -689,19 +708,22 @@ mod tests {
         );
         assert!(parse_get(&kv("public_key=zz")).is_err());
 
+        let render = |c: Vec<PeerChange>| c.iter().map(PeerChange::render).collect::<String>();
         let want = vec![
             WantPeer {
+                name: "a".into(),
                 public_key: a,
                 endpoint: "192.168.1.11:51820".parse().unwrap(),
                 cidr: "10.244.1.0/24".parse().unwrap(),
             },
             WantPeer {
+                name: "c".into(),
                 public_key: [3; 32],
                 endpoint: "192.168.1.13:51820".parse().unwrap(),
                 cidr: "10.244.3.0/24".parse().unwrap(),
             },
         ];
-        let c = peer_changes(&want, &d.peers);
+        let c = render(peer_changes(&want, &d.peers));
         // b removed, the new peer added, a untouched.
         assert!(
             c.contains(&format!("public_key={}\nremove=true\n", hex(&b))),
@@ -722,9 +744,9 @@ mod tests {
             allowed_ips: vec!["10.244.3.0/24".parse().unwrap()],
             ..Default::default()
         });
-        assert_eq!(peer_changes(&want, &now), "");
+        assert!(peer_changes(&want, &now).is_empty());
         // A moved endpoint is rewritten.
         now[0].endpoint = Some("192.168.1.99:51820".parse().unwrap());
-        assert!(peer_changes(&want, &now).contains("endpoint=192.168.1.11:51820"));
+        assert!(render(peer_changes(&want, &now)).contains("endpoint=192.168.1.11:51820"));
     }
 }
