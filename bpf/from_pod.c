@@ -12,9 +12,9 @@
  * other IPv6 address: podnet gives them IPv4. Everything else is dropped through drop(), which counts it under one
  * reason from drop_reasons.h.
  *
- * One program, one hash map (pod_state, keyed by the host veth's ifindex) and one ring
- * buffer of drop events (events) serve all pods of a node; podnet-cni writes a pod's MAC and IP there before the veth joins the
- * bridge, and the entry also holds the pod's drop counters. A veth without an entry
+ * One program, one hash map (podnet_pods: struct pod_state keyed by the host veth's
+ * ifindex) and one ring buffer of drop events (podnet_spoofev) serve all pods of a
+ * node; podnet-cni writes a pod's MAC and IP there before the veth joins the bridge, and the entry also holds the pod's drop counters. A veth without an entry
  * drops everything: the program fails closed.
  *
  * No kernel headers: the few UAPI definitions needed are in uapi.h, so that the build
@@ -35,13 +35,23 @@ struct pod_state {
 	u64 drops[PODNET_DROP_MAX]; /* at offset 16 */
 };
 
-/* Placeholders the loader replaces with the node's maps: the hash of pod entries, and
- * the ring buffer of drop events podnetd reads. */
-struct map_placeholder {
-	int unused;
-};
-struct map_placeholder pod_state __attribute__((section("maps"), used));
-struct map_placeholder events __attribute__((section("maps"), used));
+/* The node's maps, made by podnet-cni's loader (aya) with the program and held by it
+ * (no pins: they go with the last filter using the program). The symbol names are the
+ * kernel's map names, which podnet-cni and podnetd look for. The loader sets both sizes
+ * (crates/cni/src/antispoof.rs: MAX_PODS, EVENTS_BYTES); these are placeholders. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, u32); /* host veth ifindex */
+	__type(value, struct pod_state);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} podnet_pods SEC(".maps");
+
+/* Drop events for podnetd. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+} podnet_spoofev SEC(".maps");
 
 /* One dropped frame, for podnetd (crates/netlink/src/antispoof.rs, SpoofEvent). */
 struct spoof_event {
@@ -106,7 +116,7 @@ static __attribute__((always_inline)) int drop(u32 ifindex, u8 *data, u8 *end, s
 			}
 		}
 	}
-	ringbuf_output(&events, &e, sizeof(e), 0);
+	ringbuf_output(&podnet_spoofev, &e, sizeof(e), 0);
 	return TC_ACT_SHOT;
 }
 
@@ -124,10 +134,10 @@ static __attribute__((always_inline)) int unspecified(const u8 *a)
 	return (load32(a) | load32(a + 4) | load32(a + 8) | load32(a + 12)) == 0;
 }
 
-__attribute__((section("tc"), used)) int from_pod(struct __sk_buff *skb)
+SEC("classifier") int podnet_from_pod(struct __sk_buff *skb)
 {
 	u32 key = skb->ifindex;
-	struct pod_state *st = map_lookup_elem(&pod_state, &key);
+	struct pod_state *st = map_lookup_elem(&podnet_pods, &key);
 	if (!st)
 		return TC_ACT_SHOT;
 
@@ -228,4 +238,4 @@ __attribute__((section("tc"), used)) int from_pod(struct __sk_buff *skb)
 	return drop(key, data, end, st, DROP_ETHERTYPE);
 }
 
-char _license[] __attribute__((section("license"), used)) = "Dual BSD/GPL";
+char _license[] SEC("license") = "Dual BSD/GPL";

@@ -34,18 +34,7 @@
  */
 #include "uapi.h"
 
-#define SEC(name) __attribute__((section(name), used))
 #define INLINE static __attribute__((always_inline))
-#define __uint(name, val) int(*name)[val]
-#define __type(name, val) typeof(val) *name
-
-#define BPF_MAP_TYPE_HASH 1
-#define BPF_MAP_TYPE_LRU_HASH 9
-#define BPF_MAP_TYPE_LPM_TRIE 11
-#define BPF_MAP_TYPE_ARRAY 2
-#define BPF_MAP_TYPE_RINGBUF 27
-#define BPF_F_NO_PREALLOC 1
-#define PIN_BY_NAME 1
 
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD

@@ -24,4 +24,18 @@ struct __sk_buff {
 #define TC_ACT_OK 0
 #define TC_ACT_SHOT 2
 
+/* Map declarations in BTF form (section ".maps"), as aya and libbpf read them: the
+ * object must be built with -g so that clang emits the BTF describing them. */
+#define SEC(name) __attribute__((section(name), used))
+#define __uint(name, val) int(*name)[val]
+#define __type(name, val) typeof(val) *name
+
+#define BPF_MAP_TYPE_HASH 1
+#define BPF_MAP_TYPE_ARRAY 2
+#define BPF_MAP_TYPE_LRU_HASH 9
+#define BPF_MAP_TYPE_LPM_TRIE 11
+#define BPF_MAP_TYPE_RINGBUF 27
+#define BPF_F_NO_PREALLOC 1
+#define PIN_BY_NAME 1
+
 #endif

@@ -32,7 +32,7 @@ fn main() {
     }
     let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".into());
     let built = Command::new(&clang)
-        .args(["-O2", "-g0", "-Wall", "-Werror", "-target", "bpf", "-c"])
+        .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-c"])
         .arg(&src)
         .arg("-o")
         .arg(&obj)

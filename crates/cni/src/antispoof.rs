@@ -2,8 +2,9 @@
 //!
 //! # What exists
 //! Per node (per network namespace holding pod veths): the program `podnet_from_pod`
-//! (`bpf/from_pod.c`) and its hash map `podnet_pods`, keyed by host veth ifindex. They
-//! are loaded by the first ADD, and found again by later ones through a small record,
+//! (`bpf/from_pod.c`), its hash map `podnet_pods`, keyed by host veth ifindex, and its
+//! ring buffer of drop events `podnet_spoofev`. They are loaded by the first ADD with
+//! aya (maps made from the object's BTF declarations, sized by the plugin), and found again by later ones through a small record,
 //! `<dataDir>/datapath-ns<netns inode>` (program id, map id, and a tag of the program
 //! build: after an upgrade new pods get the new program, old ones keep theirs). They hold no pins: the
 //! kernel frees them when the last filter using them goes, i.e. with the last pod.
@@ -27,9 +28,12 @@
 //! grace period while holding the nftables commit lock, which serialized concurrent
 //! DELs at ~10 ms each. This kernel has no flower or gact for plain tc rules.)
 
+use aya::programs::SchedClassifier;
+use aya::EbpfLoader;
 use podnet_netlink::socket::Request;
 use podnet_netlink::{bpf, tc, Error, Netns, Result, Socket};
 use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
@@ -40,11 +44,10 @@ pub use podnet_netlink::antispoof::{
 /// The compiled datapath program (see build.rs).
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/from_pod.o"));
 
+/// The map's name (its symbol in `bpf/from_pod.c`, and so its name in the kernel).
 const MAP_NAME: &str = "podnet_pods";
+/// The ring buffer of drop events.
 const EVENTS_NAME: &str = "podnet_spoofev";
-const EVENTS_SYMBOL: &str = "events";
-const SECTION: &str = "tc";
-const MAP_SYMBOL: &str = "pod_state";
 /// Pods one node's map can hold.
 const MAX_PODS: u32 = 16384;
 
@@ -109,6 +112,69 @@ pub fn find(data_dir: &Path) -> Result<Option<Datapath>> {
     Ok(Some(Datapath { prog, map }))
 }
 
+/// Loads the program with aya: its two maps are made from the object's BTF
+/// declarations, sized here, and held by the program alone (no pins).
+fn load() -> Result<(OwnedFd, OwnedFd)> {
+    let failed = |op: &'static str, e: &dyn std::fmt::Display| {
+        Error::Malformed {
+        op,
+        obj: PROG_NAME.into(),
+        why: format!("{e}; is this kernel built with BPF and tc clsact (CONFIG_BPF_SYSCALL, CONFIG_NET_CLS_ACT)?"),
+    }
+    };
+    let mut obj = EbpfLoader::new()
+        .map_max_entries(MAP_NAME, MAX_PODS)
+        .map_max_entries(EVENTS_NAME, podnet_netlink::antispoof::EVENTS_BYTES)
+        .load(OBJECT)
+        .map_err(|e| failed("load the eBPF object of", &e))?;
+    let prog: &mut SchedClassifier = obj
+        .program_mut(PROG_NAME)
+        .ok_or_else(|| failed("find the program", &"not in bpf/from_pod.c"))?
+        .try_into()
+        .map_err(|e| failed("load", &e))?;
+    // A verifier rejection carries the verifier's log in its message.
+    prog.load()
+        .map_err(|e| failed("load (verifier log follows)", &VerboseError(&e)))?;
+    let dup = |fd: std::os::fd::BorrowedFd<'_>, what: &str| {
+        fd.try_clone_to_owned()
+            .map_err(|e| Error::io("duplicate the fd of", what.to_string(), e))
+    };
+    let prog_fd = dup(
+        prog.fd().map_err(|e| failed("load", &e))?.as_fd(),
+        PROG_NAME,
+    )?;
+    let map = obj
+        .map(MAP_NAME)
+        .ok_or_else(|| failed("find the map podnet_pods of", &"not in bpf/from_pod.c"))?;
+    let map_fd = match map {
+        aya::maps::Map::HashMap(m) => dup(m.fd().as_fd(), MAP_NAME)?,
+        _ => {
+            return Err(failed(
+                "check the map podnet_pods of",
+                &"it is not a hash map",
+            ))
+        }
+    };
+    // Dropping the loader closes its own fds; the kernel objects live on through the
+    // duplicates (and, once attached, through the filters).
+    Ok((prog_fd, map_fd))
+}
+
+/// Shows an error with its sources (aya puts the verifier's log in one of them).
+struct VerboseError<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for VerboseError<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut src = self.0.source();
+        while let Some(e) = src {
+            write!(f, ": {e}")?;
+            src = e.source();
+        }
+        Ok(())
+    }
+}
+
 /// The node's datapath: found through its record, or loaded and recorded.
 pub fn datapath(data_dir: &Path) -> Result<Datapath> {
     if let Some(dp) = find(data_dir)? {
@@ -121,15 +187,7 @@ pub fn datapath(data_dir: &Path) -> Result<Datapath> {
             why: "podnet-cni was built with PODNET_SKIP_BPF=1, so it has no anti-spoofing program; install clang and build it again without PODNET_SKIP_BPF".into(),
         });
     }
-    let obj = bpf::parse_object(OBJECT, SECTION)?;
-    let map = bpf::create_hash(MAP_NAME, state_size() as u32, MAX_PODS)?;
-    // Drop events for podnetd; held by the program, gone with it.
-    let events = bpf::create_ringbuf(EVENTS_NAME, podnet_netlink::antispoof::EVENTS_BYTES)?;
-    let prog = bpf::load(
-        &obj,
-        PROG_NAME,
-        &[(MAP_SYMBOL, &map), (EVENTS_SYMBOL, &events)],
-    )?;
+    let (prog, map) = load()?;
     let ids = format!(
         "{} {} {}\n",
         bpf::prog_id(&prog)?,
@@ -244,14 +302,18 @@ mod tests {
     }
 
     #[test]
-    fn object_has_the_program_and_its_two_map_references() {
-        let p = bpf::parse_object(OBJECT, SECTION).expect("from_pod.o parses");
-        assert!(p.insns.len() > 8 && p.insns.len().is_multiple_of(8));
-        assert!(p.map_refs.iter().any(|(_, s)| s == MAP_SYMBOL));
-        assert!(p.map_refs.iter().any(|(_, s)| s == EVENTS_SYMBOL));
-        assert!(p
-            .map_refs
-            .iter()
-            .all(|(_, s)| s == MAP_SYMBOL || s == EVENTS_SYMBOL));
+    fn object_declares_the_program_and_its_two_maps() {
+        let obj = aya_obj::Object::parse(OBJECT).expect("from_pod.o parses");
+        assert!(
+            obj.programs.contains_key(PROG_NAME),
+            "{:?}",
+            obj.programs.keys()
+        );
+        let mut maps: Vec<_> = obj.maps.keys().map(String::as_str).collect();
+        maps.sort();
+        assert_eq!(maps, [MAP_NAME, EVENTS_NAME]);
+        // The entry the plugin writes is the one the program reads.
+        assert_eq!(obj.maps[MAP_NAME].value_size() as usize, state_size());
+        assert_eq!(obj.maps[MAP_NAME].key_size(), 4);
     }
 }
