@@ -192,6 +192,55 @@ struct {
 	__uint(pinning, PIN_BY_NAME);
 } local_pods SEC(".maps");
 
+/* The fast path across nodes over VXLAN: from_pod_policy writes the encapsulation the
+ * node's VXLAN device would write (outer Ethernet, IPv4, UDP, VXLAN, inner Ethernet)
+ * and sends the frame straight out of the underlay device; from_underlay, on the
+ * underlay device's ingress, takes it off again for this node's pods. The frames on
+ * the wire are the VXLAN device's (same VNI, port, inner MACs), so a node on the bridge
+ * datapath receives them through its VXLAN device as usual, and frames from such a
+ * node are decapsulated here. overlay_self describes this node's VXLAN device
+ * (vxlan_ifindex 0: encapsulation off); overlay_peers maps a peer's VTEP MAC (what
+ * the node's neighbour table gives for a peer's pod CIDR) to that peer's underlay
+ * address, as the device's FDB does. Both are written by podnetd from the kernel's own
+ * VXLAN device, FDB and neighbours. */
+struct overlay_self {
+	u32 vxlan_ifindex;
+	u32 local; /* underlay address, network order */
+	u32 vni;
+	u16 port; /* network order */
+	u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, u32);
+	__type(value, struct overlay_self);
+	__uint(max_entries, 1);
+	__uint(pinning, PIN_BY_NAME);
+} overlay_self SEC(".maps");
+
+struct vtep_key {
+	u8 mac[6];
+	u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct vtep_key);
+	__type(value, u32); /* the peer's underlay address, network order */
+	__uint(max_entries, 65536);
+	__uint(pinning, PIN_BY_NAME);
+} overlay_peers SEC(".maps");
+
+/* outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14: what a pod's MTU leaves room for */
+#define VXLAN_OVERHEAD 50
+#define BPF_ADJ_ROOM_MAC 1
+#define BPF_F_ADJ_ROOM_FIXED_GSO 1
+#define BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 2
+#define BPF_F_ADJ_ROOM_ENCAP_L4_UDP 16
+#define BPF_F_ADJ_ROOM_ENCAP_L2_ETH 64
+#define BPF_F_ADJ_ROOM_ENCAP_L2(len) (((u64)(len) & 0xff) << 56)
+
 /* struct bpf_fib_lookup (UAPI), IPv4 fields. */
 struct fib_lookup {
 	u8 family, l4_protocol;
@@ -217,6 +266,8 @@ static long (*bpf_redirect_peer)(u32 ifindex, u64 flags) = (void *)155;
 static long (*bpf_ringbuf_output)(void *ringbuf, void *data, u64 size, u64 flags) = (void *)130;
 static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, u64 flags) = (void *)2;
 static u64 (*bpf_ktime_get_ns)(void) = (void *)5;
+static u32 (*bpf_get_hash_recalc)(struct __sk_buff *skb) = (void *)34;
+static long (*bpf_skb_adjust_room)(struct __sk_buff *skb, s32 len_diff, u32 mode, u64 flags) = (void *)50;
 
 struct pkt {
 	u32 saddr, daddr;
@@ -444,9 +495,87 @@ INLINE int to_local_pod(struct __sk_buff *skb, struct local_pod *dst, int routed
 	return bpf_redirect_peer(dst->ifindex, 0);
 }
 
+/* The VXLAN device's work, done here: when the route names this node's VXLAN device
+ * and its neighbour a known peer VTEP, wrap the frame (see overlay_self) and send it
+ * out of the underlay device to the peer node's neighbour. Returns -1, the frame
+ * untouched, when it cannot (the caller then uses the VXLAN device). */
+INLINE int to_overlay(struct __sk_buff *skb, struct fib_lookup *f, u8 tos)
+{
+	u32 zero = 0;
+	struct overlay_self *self = bpf_map_lookup_elem(&overlay_self, &zero);
+	if (!self || !self->vxlan_ifindex || f->ifindex != self->vxlan_ifindex)
+		return -1;
+	struct vtep_key vk = {};
+	__builtin_memcpy(vk.mac, f->dmac, 6);
+	u32 *peer = bpf_map_lookup_elem(&overlay_peers, &vk);
+	if (!peer)
+		return -1;
+	/* The underlay hop: the node's route and neighbour towards the peer node. */
+	struct fib_lookup u = {};
+	u.family = 2; /* AF_INET */
+	u.l4_protocol = IPPROTO_UDP;
+	u.ifindex = skb->ingress_ifindex;
+	u.ipv4_src = self->local;
+	u.ipv4_dst = *peer;
+	if (bpf_fib_lookup(skb, &u, sizeof(u), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return -1;
+	u32 len = skb->len; /* the pod's frame: Ethernet and IP */
+	u16 sport = 49152 | (bpf_get_hash_recalc(skb) & 0x3fff);
+	if (bpf_skb_adjust_room(skb, VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
+					BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
+					BPF_F_ADJ_ROOM_ENCAP_L2(14)))
+		return -1;
+	u8 h[64] = {};
+	__builtin_memcpy(h, u.dmac, 6);
+	__builtin_memcpy(h + 6, u.smac, 6);
+	h[12] = 0x08;
+	/* outer IPv4 */
+	u8 *ip = h + 14;
+	u16 tot = len + VXLAN_OVERHEAD - 14;
+	ip[0] = 0x45;
+	ip[1] = tos;
+	ip[2] = tot >> 8;
+	ip[3] = tot;
+	ip[8] = 64;
+	ip[9] = IPPROTO_UDP;
+	__builtin_memcpy(ip + 12, &self->local, 4);
+	__builtin_memcpy(ip + 16, peer, 4);
+	u32 sum = 0;
+	for (int i = 0; i < 20; i += 2)
+		sum += (u32)ip[i] << 8 | ip[i + 1];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = ~sum;
+	ip[10] = sum >> 8;
+	ip[11] = sum;
+	/* UDP, no checksum (as the VXLAN device sends over IPv4) */
+	u8 *udp = ip + 20;
+	u16 ulen = tot - 20;
+	udp[0] = sport >> 8;
+	udp[1] = sport;
+	__builtin_memcpy(udp + 2, &self->port, 2);
+	udp[4] = ulen >> 8;
+	udp[5] = ulen;
+	/* VXLAN: the VNI flag and the VNI */
+	u8 *vx = udp + 8;
+	vx[0] = 0x08;
+	vx[4] = self->vni >> 16;
+	vx[5] = self->vni >> 8;
+	vx[6] = self->vni;
+	/* inner Ethernet: from this node's VTEP to the peer's, as the device writes it */
+	u8 *in = vx + 8;
+	__builtin_memcpy(in, f->dmac, 6);
+	__builtin_memcpy(in + 6, f->smac, 6);
+	in[12] = 0x08;
+	if (bpf_skb_store_bytes(skb, 0, h, sizeof(h), 0))
+		return TC_ACT_SHOT;
+	return bpf_redirect(u.ifindex, 0);
+}
+
 /* Out of the node through the device its routes name (the overlay device, or the
- * underlay for host-gw), with the neighbour its tables hold; anything the lookup
- * cannot settle takes the normal path. */
+ * underlay for host-gw), with the neighbour its tables hold; over VXLAN wrapped here
+ * (to_overlay). Anything the lookups cannot settle takes the normal path. */
 INLINE int to_other_node(struct __sk_buff *skb, struct pkt *k)
 {
 	u8 *data = (u8 *)(long)skb->data;
@@ -454,16 +583,20 @@ INLINE int to_other_node(struct __sk_buff *skb, struct pkt *k)
 	if (data + 34 > end)
 		return TC_ACT_OK;
 	struct fib_lookup f = {};
+	u8 tos = data[15];
 	f.family = 2; /* AF_INET */
 	f.l4_protocol = k->proto;
 	f.ifindex = skb->ingress_ifindex;
-	f.tos = data[15];
+	f.tos = tos;
 	f.ipv4_src = k->saddr;
 	f.ipv4_dst = k->daddr;
 	if (bpf_fib_lookup(skb, &f, sizeof(f), 0) != BPF_FIB_LKUP_RET_SUCCESS)
 		return TC_ACT_OK;
 	if (!forward_ttl(skb))
 		return TC_ACT_OK;
+	int r = to_overlay(skb, &f, tos);
+	if (r >= 0)
+		return r;
 	bpf_skb_store_bytes(skb, 0, f.dmac, 6, 0);
 	bpf_skb_store_bytes(skb, 6, f.smac, 6, 0);
 	return bpf_redirect(f.ifindex, 0);
@@ -511,6 +644,51 @@ SEC("classifier/from_overlay") int from_overlay(struct __sk_buff *skb)
 	struct local_pod *dst = bpf_map_lookup_elem(&local_pods, &k.daddr);
 	if (!dst)
 		return TC_ACT_OK;
+	int r = judge(&k, k.daddr, k.saddr, DIR_INGRESS);
+	if (r != TC_ACT_OK)
+		return r;
+	return to_local_pod(skb, dst, 1);
+}
+
+/* On the underlay device's ingress (fast path only): VXLAN frames from other nodes to
+ * this node's pods lose their encapsulation here and go straight into the pod, after
+ * the pod's ingress verdict, without the VXLAN device or the node's IP stack. Frames
+ * for anyone else, and anything unusual (IP options, fragments, another VNI or
+ * port), go on to the stack and the VXLAN device unchanged. */
+SEC("classifier/from_underlay") int from_underlay(struct __sk_buff *skb)
+{
+	if (!switched_on(CONFIG_FAST_PATH))
+		return TC_ACT_OK;
+	u32 zero = 0;
+	struct overlay_self *self = bpf_map_lookup_elem(&overlay_self, &zero);
+	if (!self || !self->vxlan_ifindex)
+		return TC_ACT_OK;
+	u8 *data = (u8 *)(long)skb->data;
+	u8 *end = (u8 *)(long)skb->data_end;
+	/* outer Ethernet 14, IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14, inner IPv4 20 */
+	if (data + 84 > end)
+		return TC_ACT_OK;
+	u8 *ip = data + 14, *udp = data + 34, *vx = data + 42, *in = data + 50;
+	if (data[12] != 0x08 || data[13] != 0x00 || ip[0] != 0x45 || ip[9] != IPPROTO_UDP)
+		return TC_ACT_OK;
+	if ((ip[6] & 0x3f) || ip[7] || raw32(ip + 16) != self->local)
+		return TC_ACT_OK;
+	if (*(u16 *)(udp + 2) != self->port || !(vx[0] & 0x08))
+		return TC_ACT_OK;
+	if (((u32)vx[4] << 16 | (u32)vx[5] << 8 | vx[6]) != self->vni)
+		return TC_ACT_OK;
+	if (in[12] != 0x08 || in[13] != 0x00)
+		return TC_ACT_OK;
+	u32 daddr = raw32(in + 14 + 16);
+	struct local_pod *dst = bpf_map_lookup_elem(&local_pods, &daddr);
+	if (!dst)
+		return TC_ACT_OK;
+	if (bpf_skb_adjust_room(skb, -VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO))
+		return TC_ACT_OK;
+	/* Now the outer Ethernet header before the inner IPv4 packet. */
+	struct pkt k = {};
+	if (parse(skb, &k) != PARSE_IPV4)
+		return TC_ACT_SHOT;
 	int r = judge(&k, k.daddr, k.saddr, DIR_INGRESS);
 	if (r != TC_ACT_OK)
 		return r;

@@ -20,6 +20,16 @@
 //!   (`bpf_fib_lookup`, TTL minus one, `bpf_redirect`); `from_overlay` delivers other
 //!   nodes' packets into local pods the same way. Everything it cannot settle (ARP, the
 //!   node's own addresses, an unresolved neighbour, TTL 1) takes the bridge path.
+//! - across nodes over VXLAN, the maps `overlay_self` (this node's VXLAN device: index,
+//!   underlay address, VNI, port) and `overlay_peers` (peer VTEP MAC → its underlay
+//!   address, copied from the device's FDB), and the program `from_underlay`, attached
+//!   as tc filter `podnet_fast_ul` at priority 0xc0de on the ingress of the VXLAN
+//!   device's underlay link — the node's own device, where podnet adds nothing else and
+//!   removes only that filter (when the fast path is off). `from_pod_policy` writes
+//!   the encapsulation the VXLAN device would and sends the frame out of the underlay
+//!   device; `from_underlay` takes VXLAN frames for local pods off the wire. The frames
+//!   are the device's own, byte for byte in every field the receiver reads, so nodes
+//!   with and without the fast path talk to each other.
 //!
 //! A pod missing from `pod_policy` is closed both ways, so a pod is never open before
 //! its verdicts are in the maps.
@@ -53,6 +63,13 @@ pub const TO_POD: &str = "to_pod_policy";
 pub const FROM_OVERLAY: &str = "from_overlay";
 /// Its tc filter name.
 pub const FILTER_FAST_IN: &str = "podnet_fast_in";
+/// The fast path's program on the underlay device's ingress (VXLAN frames for local
+/// pods lose their encapsulation there), and its tc filter name and priority: the
+/// underlay device is the node's, not podnet's, so podnet's filter keeps to a priority
+/// of its own and is the only one podnet ever removes there.
+pub const FROM_UNDERLAY: &str = "from_underlay";
+pub const FILTER_FAST_UNDERLAY: &str = "podnet_fast_ul";
+pub const FILTER_FAST_UNDERLAY_PRIO: u16 = 0xc0de;
 /// tc filter names on the host veth.
 pub const FILTER_OUT: &str = "podnet_policy_out";
 pub const FILTER_IN: &str = "podnet_policy_in";
@@ -95,6 +112,44 @@ pub struct LocalPod {
 }
 // SAFETY: plain old data, no padding (4 + 6 + 6 bytes).
 unsafe impl aya::Pod for LocalPod {}
+
+/// This node's VXLAN device as the fast path writes its encapsulation (`overlay_self`
+/// in `bpf/policy.c`); all zero: encapsulation off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverlaySelf {
+    pub vxlan_ifindex: u32,
+    /// Underlay address, network order.
+    pub local: u32,
+    pub vni: u32,
+    /// UDP port, network order.
+    pub port: u16,
+    pub pad: u16,
+}
+// SAFETY: plain old data, no padding (4 + 4 + 4 + 2 + 2 bytes).
+unsafe impl aya::Pod for OverlaySelf {}
+
+impl OverlaySelf {
+    pub fn new(vxlan_ifindex: u32, local: Ipv4Addr, vni: u32, port: u16) -> OverlaySelf {
+        OverlaySelf {
+            vxlan_ifindex,
+            local: raw(local),
+            vni,
+            port: port.to_be(),
+            pad: 0,
+        }
+    }
+}
+
+/// A peer's VTEP MAC, the key of `overlay_peers`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct VtepKey {
+    mac: [u8; 6],
+    pad: u16,
+}
+// SAFETY: plain old data, no padding (6 + 2 bytes).
+unsafe impl aya::Pod for VtepKey {}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -273,7 +328,7 @@ impl EbpfDatapath {
             .default_map_pin_directory(dir)
             .load(OBJECT)
             .map_err(|e| err("load bpf/policy.c", e))?;
-        for name in [FROM_POD, TO_POD, FROM_OVERLAY] {
+        for name in [FROM_POD, TO_POD, FROM_OVERLAY, FROM_UNDERLAY] {
             let prog: &mut SchedClassifier = bpf
                 .program_mut(name)
                 .ok_or_else(|| format!("bpf/policy.c has no program {name}"))?
@@ -351,6 +406,68 @@ impl EbpfDatapath {
                 m.insert(k, v, 0).map_err(|e| err("write local_pods", e))?;
                 changed += 1;
             }
+        }
+        Ok(changed)
+    }
+
+    /// The fast path across nodes over VXLAN: `me` (this node's VXLAN device; default:
+    /// off) and `overlay_peers` made exactly `peers` (VTEP MAC → the peer's underlay
+    /// address). Peers are written before the device is switched on and removed after
+    /// it is switched off. Returns how many entries changed.
+    pub fn set_overlay(
+        &mut self,
+        me: OverlaySelf,
+        peers: &BTreeMap<[u8; 6], Ipv4Addr>,
+    ) -> Result<usize, String> {
+        let mut changed = 0;
+        let write_self = |bpf: &mut Ebpf, v: OverlaySelf| -> Result<usize, String> {
+            let mut a: aya::maps::Array<_, OverlaySelf> = aya::maps::Array::try_from(
+                bpf.map_mut("overlay_self").ok_or("no map overlay_self")?,
+            )
+            .map_err(|e| err("overlay_self", e))?;
+            if a.get(&0, 0).map_err(|e| err("read overlay_self", e))? == v {
+                return Ok(0);
+            }
+            a.set(0, v, 0).map_err(|e| err("write overlay_self", e))?;
+            Ok(1)
+        };
+        let on = me != OverlaySelf::default();
+        if !on {
+            changed += write_self(&mut self.bpf, me)?;
+        }
+        {
+            let mut m: HashMap<_, VtepKey, u32> = HashMap::try_from(
+                self.bpf
+                    .map_mut("overlay_peers")
+                    .ok_or("no map overlay_peers")?,
+            )
+            .map_err(|e| err("overlay_peers", e))?;
+            let want: BTreeMap<VtepKey, u32> = if on {
+                peers
+                    .iter()
+                    .map(|(mac, ip)| (VtepKey { mac: *mac, pad: 0 }, raw(*ip)))
+                    .collect()
+            } else {
+                BTreeMap::new()
+            };
+            let have: BTreeMap<VtepKey, u32> = m.iter().filter_map(|kv| kv.ok()).collect();
+            for (k, v) in &have {
+                if want.get(k) != Some(v) {
+                    m.remove(k)
+                        .map_err(|e| err("remove from overlay_peers", e))?;
+                    changed += 1;
+                }
+            }
+            for (k, v) in &want {
+                if have.get(k) != Some(v) {
+                    m.insert(k, v, 0)
+                        .map_err(|e| err("write overlay_peers", e))?;
+                    changed += 1;
+                }
+            }
+        }
+        if on {
+            changed += write_self(&mut self.bpf, me)?;
         }
         Ok(changed)
     }

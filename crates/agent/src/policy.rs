@@ -257,6 +257,50 @@ pub struct FastPathStatus {
     pub pods: Vec<String>,
     /// The overlay device with `from_overlay` on its ingress (empty: none).
     pub overlay_dev: String,
+    /// The underlay device with `from_underlay` on its ingress, when the fast path
+    /// writes the VXLAN encapsulation itself (empty: it does not; host-gw, or a VXLAN
+    /// device without a local address and underlay link).
+    #[serde(default)]
+    pub underlay_dev: String,
+    /// Peer VTEPs the fast path sends to directly.
+    #[serde(default)]
+    pub overlay_peers: usize,
+}
+
+/// Puts `prog` on the ingress of link `index` as tc filter `filter` (priority `prio`),
+/// unless a filter of that name is there already.
+#[allow(clippy::too_many_arguments)]
+fn attach_ingress(
+    sock: &mut podnet_netlink::Socket,
+    e: &ebpf::EbpfDatapath,
+    index: u32,
+    dev: &str,
+    prog: &str,
+    filter: &str,
+    prio: u16,
+    log: &dyn Fn(&str),
+    does: &str,
+) -> Result<(), String> {
+    let has = podnet_netlink::tc::list_ingress(sock, index)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .any(|f| f.name.as_deref() == Some(filter));
+    if has {
+        return Ok(());
+    }
+    let fd = e.program_fd(prog)?;
+    for r in sock.ack_all(vec![
+        podnet_netlink::tc::clsact_request(index),
+        podnet_netlink::tc::bpf_ingress_request(index, prio, &fd, filter),
+    ]) {
+        if let Err(err) = r {
+            if !err.is_exists() {
+                return Err(format!("attach {prog} to {dev}: {err}"));
+            }
+        }
+    }
+    log(&format!("fast path: {prog} on the ingress of {dev} {does}"));
+    Ok(())
 }
 
 impl Policy {
@@ -334,42 +378,94 @@ impl Policy {
                 }
             }
         }
-        let changed = e.set_fast(self.fast.is_some(), &pods)?;
+        let mut changed = e.set_fast(self.fast.is_some(), &pods)?;
+        if self.fast.is_none() {
+            // Off (or never on): podnet's filter leaves the underlay devices, which are
+            // the node's, not podnet's. (from_overlay stays on podnet's own VXLAN
+            // device, inert while the switch is off.)
+            for l in podnet_netlink::link::list(&mut sock).map_err(|e| e.to_string())? {
+                let ours = podnet_netlink::tc::list_ingress(&mut sock, l.index)
+                    .map_err(|e| e.to_string())?
+                    .iter()
+                    .any(|f| {
+                        f.prio == ebpf::FILTER_FAST_UNDERLAY_PRIO
+                            && f.name.as_deref() == Some(ebpf::FILTER_FAST_UNDERLAY)
+                    });
+                if ours {
+                    let del = podnet_netlink::tc::del_ingress_request(
+                        l.index,
+                        ebpf::FILTER_FAST_UNDERLAY_PRIO,
+                    );
+                    for r in sock.ack_all(vec![del]) {
+                        r.map_err(|e| e.to_string())?;
+                    }
+                    log(&format!(
+                        "fast path off: removed {} from the ingress of {}",
+                        ebpf::FILTER_FAST_UNDERLAY,
+                        l.name
+                    ));
+                }
+            }
+        }
         self.fast_cleared = self.fast.is_none();
         let mut overlay = String::new();
+        let mut underlay = String::new();
+        let mut me = ebpf::OverlaySelf::default();
+        let mut peers = BTreeMap::new();
         if let Some(dev) = self.fast.as_ref().and_then(|f| f.overlay_dev.clone()) {
             if let Some(l) =
                 podnet_netlink::link::get_by_name(&mut sock, &dev).map_err(|e| e.to_string())?
             {
-                let has = podnet_netlink::tc::list_ingress(&mut sock, l.index)
-                    .map_err(|e| e.to_string())?
-                    .iter()
-                    .any(|f| f.name.as_deref() == Some(ebpf::FILTER_FAST_IN));
-                if !has {
-                    let prog = e.program_fd(ebpf::FROM_OVERLAY)?;
-                    for r in sock.ack_all(vec![
-                        podnet_netlink::tc::clsact_request(l.index),
-                        podnet_netlink::tc::bpf_ingress_request(
-                            l.index,
-                            1,
-                            &prog,
-                            ebpf::FILTER_FAST_IN,
-                        ),
-                    ]) {
-                        if let Err(e) = r {
-                            if !e.is_exists() {
-                                return Err(format!("attach {} to {dev}: {e}", ebpf::FROM_OVERLAY));
+                attach_ingress(
+                    &mut sock,
+                    e,
+                    l.index,
+                    &dev,
+                    ebpf::FROM_OVERLAY,
+                    ebpf::FILTER_FAST_IN,
+                    1,
+                    log,
+                    "delivers other nodes' packets straight into pods",
+                )?;
+                overlay = dev.clone();
+                // Across nodes: the encapsulation the device would write, written by
+                // from_pod_policy, and the frames for local pods taken off the wire
+                // on the underlay device. Needs the device's underlay link and address.
+                if let Some(vx) = l
+                    .vxlan
+                    .as_ref()
+                    .filter(|v| v.vni != 0 && v.port != 0)
+                    .and_then(|v| Some((v, v.local?, v.dev?)))
+                {
+                    let (v, local, dev_index) = vx;
+                    if let Some(ul) = podnet_netlink::link::get_by_index(&mut sock, dev_index)
+                        .map_err(|e| e.to_string())?
+                    {
+                        attach_ingress(
+                            &mut sock,
+                            e,
+                            ul.index,
+                            &ul.name,
+                            ebpf::FROM_UNDERLAY,
+                            ebpf::FILTER_FAST_UNDERLAY,
+                            ebpf::FILTER_FAST_UNDERLAY_PRIO,
+                            log,
+                            "takes VXLAN frames for this node's pods off the wire",
+                        )?;
+                        me = ebpf::OverlaySelf::new(l.index, local, v.vni, v.port);
+                        for f in
+                            podnet_netlink::neigh::fdb_list(&mut sock).map_err(|e| e.to_string())?
+                        {
+                            if let (true, Some(dst)) = (f.index == l.index, f.dst) {
+                                peers.insert(f.mac, dst);
                             }
                         }
+                        underlay = ul.name;
                     }
-                    log(&format!(
-                        "fast path: {} on the ingress of {dev} delivers other nodes' packets straight into pods",
-                        ebpf::FROM_OVERLAY
-                    ));
                 }
-                overlay = dev;
             }
         }
+        changed += e.set_overlay(me, &peers)?;
         if changed > 0 && self.fast.is_some() {
             log(&format!(
                 "fast path: {} pods served directly ({} entries changed)",
@@ -380,6 +476,8 @@ impl Policy {
         self.status.lock().unwrap().fast_path = self.fast.as_ref().map(|_| FastPathStatus {
             pods: pods.keys().map(|ip| ip.to_string()).collect(),
             overlay_dev: overlay,
+            underlay_dev: underlay,
+            overlay_peers: peers.len(),
         });
         Ok(())
     }

@@ -14,6 +14,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 const RTM_NEWQDISC: u16 = 36;
 const RTM_NEWTFILTER: u16 = 44;
+const RTM_DELTFILTER: u16 = 45;
 const RTM_GETTFILTER: u16 = 46;
 const TCA_KIND: u16 = 1;
 const TCA_OPTIONS: u16 = 2;
@@ -83,6 +84,18 @@ fn bpf_filter_request(ifindex: u32, parent: u32, prio: u16, prog: &OwnedFd, name
             "attach ingress filter to"
         },
         format!("link {ifindex} ({name})"),
+    )
+}
+
+/// `tc filter del dev INDEX ingress prio PRIO`: every filter of that priority (for a
+/// priority only podnet uses, podnet's filter).
+pub fn del_ingress_request(ifindex: u32, prio: u16) -> Request {
+    let info = ((prio as u32) << 16) | (ETH_P_ALL.to_be() as u32);
+    let m = Msg::new(RTM_DELTFILTER, 0).fixed(&tcmsg(ifindex, 0, INGRESS, info));
+    Request::new(
+        m,
+        "remove ingress filter from",
+        format!("link {ifindex} (prio {prio})"),
     )
 }
 

@@ -547,15 +547,21 @@ fn fast_path_hop(b: &mut Builder, s: &End, d: &End, cross: bool) {
         return;
     };
     if cross {
-        b.add(
-            "src-node",
-            "fastpath",
-            "ok",
-            format!("from_pod_policy on {veth} looks up the route (bpf_fib_lookup) and hands the packet to the device it names, skipping the bridge and the IP stack"),
-            "fast_config on".into(),
-            look,
-            "",
-        );
+        let (detail, found) = if f.underlay_dev.is_empty() {
+            (
+                format!("from_pod_policy on {veth} looks up the route (bpf_fib_lookup) and hands the packet to the device it names, skipping the bridge and the IP stack"),
+                "fast path on".to_string(),
+            )
+        } else {
+            (
+                format!(
+                    "from_pod_policy on {veth} looks up the route (bpf_fib_lookup), writes the VXLAN encapsulation {} would write (the peer VTEP's underlay address from its FDB) and sends the frame out of {} (bpf_redirect), skipping the bridge, the IP stack and the VXLAN device",
+                    f.overlay_dev, f.underlay_dev
+                ),
+                format!("fast path on, {} peer VTEPs in overlay_peers", f.overlay_peers),
+            )
+        };
+        b.add("src-node", "fastpath", "ok", detail, found, look, "");
         return;
     }
     let dip = d.ip.to_string();
@@ -585,6 +591,7 @@ fn fast_path_in_hop(b: &mut Builder, d: &End) {
     let node = &d.node;
     let dip = d.ip.to_string();
     let (status, detail) = match &f {
+        Some(f) if !f.underlay_dev.is_empty() && f.pods.contains(&dip) => ("ok", format!("from_underlay on {}'s ingress takes the VXLAN encapsulation off, judges {dip}'s ingress and redirects into it (bpf_redirect_peer); frames that still reach {} get the same from from_overlay there", f.underlay_dev, f.overlay_dev)),
         Some(f) if !f.overlay_dev.is_empty() && f.pods.contains(&dip) => ("ok", format!("from_overlay on {}'s ingress judges {dip}'s ingress and redirects into it (bpf_redirect_peer)", f.overlay_dev)),
         Some(f) if f.overlay_dev.is_empty() => ("ok", format!("no overlay program on {node} (host-gw): packets for {dip} take the node's IP stack and the bridge")),
         Some(_) => ("warn", format!("{dip} is not in {node}'s local_pods: the bridge carries it")),
@@ -597,8 +604,9 @@ fn fast_path_in_hop(b: &mut Builder, d: &End) {
         detail,
         f.map(|f| {
             format!(
-                "overlay program on {:?}, {} pods",
+                "overlay program on {:?}, underlay program on {:?}, {} pods",
                 f.overlay_dev,
+                f.underlay_dev,
                 f.pods.len()
             )
         })

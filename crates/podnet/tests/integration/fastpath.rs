@@ -14,7 +14,12 @@ use crate::common::lab_pod as pod;
 
 /// Packets the node's bridge received and sent so far.
 fn bridge_packets(lab: &TestLab, node: &str) -> u64 {
-    let out = lab.sh(node, &["ip", "-s", "-j", "link", "show", "podnet0"]);
+    link_packets(lab, node, "podnet0")
+}
+
+/// Packets a link of a node received and sent so far.
+fn link_packets(lab: &TestLab, node: &str, link: &str) -> u64 {
+    let out = lab.sh(node, &["ip", "-s", "-j", "link", "show", link]);
     let v: Value = serde_json::from_str(&out).unwrap();
     let s = &v[0]["stats64"];
     s["rx"]["packets"].as_u64().unwrap() + s["tx"]["packets"].as_u64().unwrap()
@@ -59,8 +64,15 @@ fn the_fast_path_skips_the_bridge_and_keeps_every_protection() {
     let ((ip1a, mac1a), (ip1b, mac1b), (ip2a, _)) =
         (pod(&st, "p1a"), pod(&st, "p1b"), pod(&st, "p2a"));
 
-    // Same node and across nodes, many packets; the bridges see (almost) none of them.
+    // Same node and across nodes, many packets; the bridges see (almost) none of them,
+    // and neither do the VXLAN devices: the programs write and remove the
+    // encapsulation themselves.
+    let vx = podnet_conventions::VXLAN_DEV;
     let (b1, b2) = (bridge_packets(&lab, "node1"), bridge_packets(&lab, "node2"));
+    let (v1, v2) = (
+        link_packets(&lab, "node1", vx),
+        link_packets(&lab, "node2", vx),
+    );
     for _ in 0..20 {
         for dst in [ip1b, ip2a] {
             let r = probe::tcp_request(
@@ -83,6 +95,52 @@ fn the_fast_path_skips_the_bridge_and_keeps_every_protection() {
         d1 <= 10 && d2 <= 10,
         "the bridges carried {d1} and {d2} packets"
     );
+    let (e1, e2) = (
+        link_packets(&lab, "node1", vx) - v1,
+        link_packets(&lab, "node2", vx) - v2,
+    );
+    assert!(
+        e1 <= 10 && e2 <= 10,
+        "the VXLAN devices carried {e1} and {e2} packets"
+    );
+
+    // The frames on the wire are the VXLAN device's own: with node2's underlay program
+    // taken away, its VXLAN device receives node1's frames and delivers them (a node
+    // on the bridge datapath would do just that). The agent puts the program back.
+    let ul_filter = || lab.sh("node2", &["tc", "filter", "show", "dev", "eth0", "ingress"]);
+    assert!(ul_filter().contains("podnet_fast_ul"), "{}", ul_filter());
+    let prio = podnet_agent::ebpf::FILTER_FAST_UNDERLAY_PRIO.to_string();
+    lab.sh(
+        "node2",
+        &[
+            "tc", "filter", "del", "dev", "eth0", "ingress", "pref", &prio,
+        ],
+    );
+    let v2 = link_packets(&lab, "node2", vx);
+    let r = probe::tcp_request(
+        &lab.ns("p1a"),
+        SocketAddrV4::new(ip2a, 7777),
+        "via the device",
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    assert_eq!(r, format!("from={ip1a} via the device"));
+    assert!(
+        link_packets(&lab, "node2", vx) > v2,
+        "node2's VXLAN device saw none of it: the exchange did not take the path meant"
+    );
+    wait_until(
+        "node2's agent puts its underlay program back",
+        Duration::from_secs(10),
+        || ul_filter().contains("podnet_fast_ul"),
+    );
+    // And the other way round: node1's own traffic leaves through its VXLAN device
+    // and node2's underlay program takes it off the wire.
+    let agent1 = podnet_agent::proto::Client::new(format!(
+        "/run/podnet/lab/{}/node1/podnetd.sock",
+        lab.name
+    ));
+    assert_eq!(agent1.ping(ip2a, 56).unwrap().result, Echo::Reply);
 
     // Anti-spoofing holds on the fast path: a forged source never reaches p1b; the
     // same frame with p1a's own address does (so the negative check can fail).
@@ -131,7 +189,11 @@ fn the_fast_path_skips_the_bridge_and_keeps_every_protection() {
     );
 
     // trace says which program moves the packet where.
-    for (dst, want) in [("p1b", "bpf_redirect_peer"), ("p2a", "bpf_fib_lookup")] {
+    for (dst, want) in [
+        ("p1b", "bpf_redirect_peer"),
+        ("p2a", "bpf_fib_lookup"),
+        ("p2a", "writes the VXLAN encapsulation"),
+    ] {
         let (ok, t) = podnet_json(&["trace", "--lab", &lab.name, "p1a", dst, "--output", "json"]);
         assert!(ok, "{t}");
         let hop = t["hops"]
@@ -149,5 +211,8 @@ fn the_fast_path_skips_the_bridge_and_keeps_every_protection() {
         .as_array()
         .unwrap()
         .iter()
-        .any(|h| h["where"] == "dst-node" && h["what"] == "fastpath" && h["status"] == "ok"));
+        .any(|h| h["where"] == "dst-node"
+            && h["what"] == "fastpath"
+            && h["status"] == "ok"
+            && h["detail"].as_str().unwrap().contains("from_underlay")));
 }
