@@ -77,7 +77,9 @@ for b in "${bins[@]}"; do
   [ -x "$out.partial/$b" ] || { echo "podnet: the build finished without $b" >&2; exit 1; }
 done
 "$out.partial/kube-apiserver" --version >&2
-"$out.partial/etcd" --version | head -1 >&2
+# sed, not head: head would stop reading after one line, and etcd, writing the
+# next, would die of SIGPIPE, which pipefail turns into a failed build.
+"$out.partial/etcd" --version | sed -n 1p >&2
 touch "$out.partial/.complete"
 rm -rf "$out"
 mv "$out.partial" "$out"

@@ -549,7 +549,7 @@ fn policy(out: &mut Out, n: &NodeView) {
                             if no_overlay {
                                 format!("from_overlay is not on {}: other nodes' packets take the bridge", n.st.vxlan_dev)
                             } else if missing.is_empty() {
-                                format!("{} pods served directly (bpf_redirect_peer); {}", f.pods.len(), if f.overlay_dev.is_empty() { "no overlay program (host-gw)".to_string() } else { format!("from_overlay on {}", f.overlay_dev) })
+                                format!("{} pods served directly (bpf_redirect_peer); {}", f.pods.len(), if f.overlay_dev.is_empty() { "no overlay program (host-gw)".to_string() } else if f.underlay_dev.is_empty() { format!("from_overlay on {}; the VXLAN device encapsulates (it has no local address or underlay link)", f.overlay_dev) } else { format!("from_overlay on {}, VXLAN written and removed by the programs (from_underlay on {}, {} peer VTEPs)", f.overlay_dev, f.underlay_dev, f.overlay_peers) })
                             } else {
                                 format!("{} pods take the bridge (not in local_pods): {}", missing.len(), missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
                             },
