@@ -537,6 +537,7 @@ INLINE int to_overlay(struct __sk_buff *skb, struct fib_lookup *f, u8 tos)
 	ip[1] = tos;
 	ip[2] = tot >> 8;
 	ip[3] = tot;
+	ip[6] = 0x40; /* DF: never fragmented (the pod's MTU leaves room), so ID 0 is allowed */
 	ip[8] = 64;
 	ip[9] = IPPROTO_UDP;
 	__builtin_memcpy(ip + 12, &self->local, 4);
