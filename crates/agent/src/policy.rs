@@ -267,6 +267,36 @@ pub struct FastPathStatus {
     pub overlay_peers: usize,
 }
 
+/// Removes the fast path's filter from every link that has it (the underlay devices
+/// are the node's: only podnet's own filter, by priority and name, is touched).
+fn remove_underlay_filters(
+    sock: &mut podnet_netlink::Socket,
+    log: &dyn Fn(&str),
+) -> Result<(), String> {
+    for l in podnet_netlink::link::list(sock).map_err(|e| e.to_string())? {
+        let ours = podnet_netlink::tc::list_ingress(sock, l.index)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .any(|f| {
+                f.prio == ebpf::FILTER_FAST_UNDERLAY_PRIO
+                    && f.name.as_deref() == Some(ebpf::FILTER_FAST_UNDERLAY)
+            });
+        if ours {
+            let del =
+                podnet_netlink::tc::del_ingress_request(l.index, ebpf::FILTER_FAST_UNDERLAY_PRIO);
+            for r in sock.ack_all(vec![del]) {
+                r.map_err(|e| e.to_string())?;
+            }
+            log(&format!(
+                "fast path off: removed {} from the ingress of {}",
+                ebpf::FILTER_FAST_UNDERLAY,
+                l.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Puts `prog` on the ingress of link `index` as tc filter `filter` (priority `prio`),
 /// unless a filter of that name is there already.
 #[allow(clippy::too_many_arguments)]
@@ -383,29 +413,7 @@ impl Policy {
             // Off (or never on): podnet's filter leaves the underlay devices, which are
             // the node's, not podnet's. (from_overlay stays on podnet's own VXLAN
             // device, inert while the switch is off.)
-            for l in podnet_netlink::link::list(&mut sock).map_err(|e| e.to_string())? {
-                let ours = podnet_netlink::tc::list_ingress(&mut sock, l.index)
-                    .map_err(|e| e.to_string())?
-                    .iter()
-                    .any(|f| {
-                        f.prio == ebpf::FILTER_FAST_UNDERLAY_PRIO
-                            && f.name.as_deref() == Some(ebpf::FILTER_FAST_UNDERLAY)
-                    });
-                if ours {
-                    let del = podnet_netlink::tc::del_ingress_request(
-                        l.index,
-                        ebpf::FILTER_FAST_UNDERLAY_PRIO,
-                    );
-                    for r in sock.ack_all(vec![del]) {
-                        r.map_err(|e| e.to_string())?;
-                    }
-                    log(&format!(
-                        "fast path off: removed {} from the ingress of {}",
-                        ebpf::FILTER_FAST_UNDERLAY,
-                        l.name
-                    ));
-                }
-            }
+            remove_underlay_filters(&mut sock, log)?;
         }
         self.fast_cleared = self.fast.is_none();
         let mut overlay = String::new();
@@ -486,6 +494,12 @@ impl Policy {
     /// in place — closed for every pod address — unless one survives from an earlier
     /// run (it stays as it is until the first round replaces it).
     pub fn prepare(&mut self, log: &dyn Fn(&str)) -> Result<(), String> {
+        if !matches!(self.kind, DatapathKind::Ebpf) {
+            // A node that ran the fast path before: its filter on the underlay device
+            // (the node's own) would go on acting on the pinned maps of that run.
+            let mut sock = podnet_netlink::Socket::route().map_err(|e| e.to_string())?;
+            remove_underlay_filters(&mut sock, log)?;
+        }
         match self.kind {
             DatapathKind::None => {
                 if nft::exists() {
