@@ -24,7 +24,9 @@ use std::time::Instant;
 /// All policy objects at one revision.
 pub struct Snapshot {
     pub revision: u64,
-    pub objects: Vec<Object>,
+    /// Shared with the source: an object unchanged since the last snapshot is the same
+    /// allocation (so a reader can tell what changed by pointer, and nothing is copied).
+    pub objects: Vec<Arc<Object>>,
     /// Objects left out, with why (`Pod x/a: spec.containers[0]…`).
     pub rejected: Vec<String>,
     /// Each object's version where the source has one (`Pod ns/name` → Kubernetes
@@ -47,7 +49,7 @@ pub struct DatastoreSource {
 }
 
 /// A stored object's JSON and what reading it gave.
-type Checked = (serde_json::Value, Result<Object, String>);
+type Checked = (Arc<serde_json::Value>, Result<Arc<Object>, String>);
 
 impl DatastoreSource {
     pub fn new(ds: Arc<dyn Datastore>) -> DatastoreSource {
@@ -72,8 +74,8 @@ impl PolicySource for DatastoreSource {
                 versions.insert(format!("{} {}/{}", s.kind, s.namespace, s.name), v.clone());
             }
             let checked = match seen.remove(&key) {
-                Some((v, r)) if v == s.value => r,
-                _ => check(&s),
+                Some((v, r)) if Arc::ptr_eq(&v, &s.value) || v == s.value => r,
+                _ => check(&s).map(Arc::new),
             };
             match &checked {
                 Ok(o) => objects.push(o.clone()),
@@ -94,7 +96,7 @@ impl PolicySource for DatastoreSource {
 /// Reads and validates one stored object; the error names it.
 fn check(s: &podnet_datastore::StoredObject) -> Result<Object, String> {
     let what = format!("{} {}/{}", s.kind, s.namespace, s.name);
-    match Object::from_json(s.value.clone()) {
+    match Object::from_json((*s.value).clone()) {
         Ok(o) => match podnet_policy::validate::validate(&o) {
             Ok(()) if o.key() == s.key() => Ok(o),
             Ok(()) => Err(format!(
@@ -171,8 +173,13 @@ pub struct PolicyStatus {
     pub rejected: Vec<String>,
     /// The last programming error, if the last round failed.
     pub error: Option<String>,
-    /// Duration of the last change: compile and program, milliseconds.
+    /// Duration of the last change: read the objects, compile and program,
+    /// milliseconds; and of its first two parts.
     pub last_change_ms: f64,
+    #[serde(default)]
+    pub last_change_read_ms: f64,
+    #[serde(default)]
+    pub last_change_compile_ms: f64,
     /// Elements written by the last change.
     pub last_change_elements: usize,
     /// The compiled tables of the local pods, as programmed (for `verdict`; shared,
@@ -631,6 +638,7 @@ impl Policy {
             self.status.lock().unwrap().error = None;
             return Ok(0);
         }
+        let read_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let rejected: BTreeSet<String> = snap.rejected.iter().cloned().collect();
         for r in rejected.difference(&self.rejected) {
             log(&format!(
@@ -638,11 +646,12 @@ impl Policy {
             ));
         }
         self.rejected = rejected;
-        let cluster = Cluster::from_objects(&snap.objects);
+        let cluster = Cluster::from_objects(snap.objects.iter().map(|o| &**o));
         let (node, cidr) = (self.node.clone(), self.cidr);
         let tables = compile(&cluster, |p| {
             p.node.as_deref() == Some(node.as_str()) && p.ip.is_some_and(|ip| cidr.contains(ip))
         });
+        let compile_ms = t0.elapsed().as_secs_f64() * 1000.0 - read_ms;
         let done = match &mut self.dp {
             Dp::Nft(synced) => {
                 let (script, changed) = match synced {
@@ -741,6 +750,8 @@ impl Policy {
             rejected: self.rejected.iter().cloned().collect(),
             error: None,
             last_change_ms: t0.elapsed().as_secs_f64() * 1000.0,
+            last_change_read_ms: read_ms,
+            last_change_compile_ms: compile_ms,
             last_change_elements: changed,
             fast_path: st.fast_path.take(),
             tables: self.tables.clone(),

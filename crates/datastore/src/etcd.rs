@@ -27,7 +27,6 @@ use crate::{
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
-use serde_json::Value;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -502,7 +501,7 @@ impl Datastore for EtcdStore {
                         kind: parts.next().unwrap_or_default().into(),
                         namespace: parts.next().unwrap_or_default().into(),
                         name: parts.next().unwrap_or_default().into(),
-                        value: Value::Null,
+                        value: Default::default(),
                         version: None,
                     });
                 }

@@ -264,7 +264,7 @@ impl Datastore for FileStore {
                     kind: parts.next().unwrap_or_default().into(),
                     namespace: parts.next().unwrap_or_default().into(),
                     name: parts.next().unwrap_or_default().into(),
-                    value: serde_json::Value::Null,
+                    value: Default::default(),
                     version: None,
                 }
             });
@@ -402,7 +402,7 @@ mod tests {
             kind: kind.into(),
             namespace: ns.into(),
             name: name.into(),
-            value: serde_json::json!({ "v": v }),
+            value: serde_json::json!({ "v": v }).into(),
             version: None,
         };
         let r1 = s

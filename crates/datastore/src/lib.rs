@@ -142,7 +142,9 @@ pub struct StoredObject {
     /// Empty for cluster-wide kinds (Namespace).
     pub namespace: String,
     pub name: String,
-    pub value: serde_json::Value,
+    /// Shared: listing the objects again (every change, on every node) copies none of
+    /// them, and an unchanged object is the same allocation as before.
+    pub value: std::sync::Arc<serde_json::Value>,
     /// The object's version where the backend has one (Kubernetes `resourceVersion`):
     /// lets a writer check that a reader has seen its write.
     #[serde(default, skip_serializing_if = "Option::is_none")]

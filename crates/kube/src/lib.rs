@@ -84,7 +84,7 @@ struct State {
     obj_gen: u64,
     nodes: BTreeMap<String, Node>,
     /// Reduced objects with their resourceVersion.
-    objects: BTreeMap<ObjectKey, (serde_json::Value, String)>,
+    objects: BTreeMap<ObjectKey, (std::sync::Arc<serde_json::Value>, String)>,
     /// Resources whose initial list has completed at least once.
     synced: BTreeMap<&'static str, bool>,
     /// The last error of each watch, cleared by its next success.
@@ -363,7 +363,7 @@ fn insert(st: &mut State, x: NodeOrObject) {
                 .insert(n.metadata.name.clone().unwrap_or_default(), *n);
         }
         NodeOrObject::Object(Some((k, v, rv))) => {
-            st.objects.insert(k, (v, rv));
+            st.objects.insert(k, (v.into(), rv));
         }
         NodeOrObject::Object(None) => {}
     }

@@ -89,7 +89,7 @@ fn stored(o: &Object) -> StoredObject {
         kind,
         namespace,
         name,
-        value: o.to_json(),
+        value: o.to_json().into(),
         version: None,
     }
 }
@@ -169,7 +169,7 @@ impl Lab {
             .into_iter()
             .map(|s| {
                 let what = format!("{} {}/{}", s.kind, s.namespace, s.name);
-                Object::from_json(s.value)
+                Object::from_json(std::sync::Arc::unwrap_or_clone(s.value))
                     .map_err(|e| anyhow::anyhow!("datastore object {what}: {e}"))
             })
             .collect()

@@ -78,7 +78,8 @@ pub fn datastore_objects(url: &str) -> Result<Vec<Object>> {
         .into_iter()
         .map(|s| {
             let what = format!("{} {}/{}", s.kind, s.namespace, s.name);
-            Object::from_json(s.value).map_err(|e| anyhow::anyhow!("datastore object {what}: {e}"))
+            Object::from_json(std::sync::Arc::unwrap_or_clone(s.value))
+                .map_err(|e| anyhow::anyhow!("datastore object {what}: {e}"))
         })
         .collect()
 }
