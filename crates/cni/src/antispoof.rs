@@ -187,6 +187,30 @@ pub fn datapath(data_dir: &Path) -> Result<Datapath> {
             why: "podnet-cni was built with PODNET_SKIP_BPF=1, so it has no anti-spoofing program; install clang and build it again without PODNET_SKIP_BPF".into(),
         });
     }
+    // One loader per node at a time. Loading costs tens of milliseconds (aya reads the
+    // kernel's BTF first), so ADDs that arrive together on a node with no program yet
+    // wait for the first one and then find its program, instead of each loading one.
+    let path = record_path(data_dir)?;
+    let lock_path = path.with_extension("lock");
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| Error::io("create", data_dir.display().to_string(), e))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io("open the lock", lock_path.display().to_string(), e))?;
+    // SAFETY: flock on an fd we own; released when `lock` closes or the process dies.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        return Err(Error::io(
+            "lock",
+            lock_path.display().to_string(),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    if let Some(dp) = find(data_dir)? {
+        return Ok(dp);
+    }
     let (prog, map) = load()?;
     let ids = format!(
         "{} {} {}\n",
@@ -194,10 +218,8 @@ pub fn datapath(data_dir: &Path) -> Result<Datapath> {
         bpf::map_id(&map)?,
         object_tag()
     );
-    let path = record_path(data_dir)?;
     // Written whole and renamed into place, so a reader never pairs one program with
-    // another's map. (Two first ADDs racing may each load one; both stay valid for
-    // their pods, and the last record wins for the pods after.)
+    // another's map.
     let write = || -> std::io::Result<()> {
         std::fs::create_dir_all(data_dir)?;
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
