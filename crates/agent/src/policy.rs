@@ -232,6 +232,8 @@ pub struct Policy {
     fast_seen: BTreeMap<u32, (std::net::Ipv4Addr, [u8; 6])>,
     /// The fast path was switched off in the kernel (nothing to do until it is on).
     fast_cleared: bool,
+    /// The objects `tables` were compiled from (shared with the source's snapshot).
+    compiled_from: BTreeMap<ObjKey, Arc<Object>>,
 }
 
 /// The host veths of the node's pods (podnet-cni marks them with its owner alias).
@@ -304,6 +306,46 @@ fn remove_underlay_filters(
     Ok(())
 }
 
+/// `(kind, namespace, name)` of a policy object.
+type ObjKey = (String, String, String);
+
+/// The NetworkPolicies that differ between two sets of objects — each as it was and
+/// as it is — or `None` when anything else (a pod, a namespace) differs too.
+fn policies_changed<'a>(
+    old: &'a BTreeMap<ObjKey, Arc<Object>>,
+    new: &'a BTreeMap<ObjKey, Arc<Object>>,
+) -> Option<Vec<&'a podnet_policy::objects::NetworkPolicy>> {
+    let mut out = Vec::new();
+    let mut differs = |o: &'a Object| match o {
+        Object::NetworkPolicy(p) => {
+            out.push(p);
+            true
+        }
+        _ => false,
+    };
+    for (k, o) in old {
+        match new.get(k) {
+            Some(n) if Arc::ptr_eq(o, n) || o == n => {}
+            Some(n) => {
+                if !differs(o) || !differs(n) {
+                    return None;
+                }
+            }
+            None => {
+                if !differs(o) {
+                    return None;
+                }
+            }
+        }
+    }
+    for (k, n) in new {
+        if !old.contains_key(k) && !differs(n) {
+            return None;
+        }
+    }
+    Some(out)
+}
+
 /// Puts `prog` on the ingress of link `index` as tc filter `filter` (priority `prio`),
 /// unless a filter of that name is there already.
 #[allow(clippy::too_many_arguments)]
@@ -367,6 +409,7 @@ impl Policy {
             fast: None,
             fast_seen: BTreeMap::new(),
             fast_cleared: false,
+            compiled_from: BTreeMap::new(),
         }
     }
 
@@ -648,9 +691,19 @@ impl Policy {
         self.rejected = rejected;
         let cluster = Cluster::from_objects(snap.objects.iter().map(|o| &**o));
         let (node, cidr) = (self.node.clone(), self.cidr);
-        let tables = compile(&cluster, |p| {
+        let local = |p: &podnet_policy::PodInfo| {
             p.node.as_deref() == Some(node.as_str()) && p.ip.is_some_and(|ip| cidr.contains(ip))
-        });
+        };
+        let objs: BTreeMap<ObjKey, Arc<Object>> =
+            snap.objects.iter().map(|o| (o.key(), o.clone())).collect();
+        // When only policies changed since the tables were made, only the pods those
+        // policies select (before or after) get new tables.
+        let tables = match policies_changed(&self.compiled_from, &objs) {
+            Some(changed) if self.revision.is_some() => {
+                podnet_policy::compile::recompile(&cluster, &self.tables, &changed, local)
+            }
+            _ => compile(&cluster, local),
+        };
         let compile_ms = t0.elapsed().as_secs_f64() * 1000.0 - read_ms;
         let done = match &mut self.dp {
             Dp::Nft(synced) => {
@@ -732,6 +785,7 @@ impl Policy {
             log(&format!("policy: pod {k} is gone: its address is closed"));
         }
         self.tables = Arc::new(tables);
+        self.compiled_from = objs;
         self.revision = Some(snap.revision);
         let mut st = self.status.lock().unwrap();
         *st = PolicyStatus {

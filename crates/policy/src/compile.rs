@@ -280,6 +280,24 @@ pub fn compile(c: &Cluster, local: impl Fn(&PodInfo) -> bool) -> BTreeMap<String
     out
 }
 
+/// The tables after a change that touched only NetworkPolicies: `prev` (compiled by
+/// [`compile`] with the same `local` from the cluster as it was) with the tables of
+/// the pods that any of `changed` selects — each changed policy as it was and as it is
+/// — compiled again. A policy decides only the tables of the pods it selects, so every
+/// other table is unchanged; when pods or namespaces change, call [`compile`].
+pub fn recompile(
+    c: &Cluster,
+    prev: &BTreeMap<String, PodTables>,
+    changed: &[&crate::objects::NetworkPolicy],
+    local: impl Fn(&PodInfo) -> bool,
+) -> BTreeMap<String, PodTables> {
+    let touched = |p: &PodInfo| changed.iter().any(|pol| selects(pol, p));
+    let fresh = compile(c, |p| local(p) && touched(p));
+    let mut out = prev.clone();
+    out.extend(fresh);
+    out
+}
+
 /// The same admitted set as `allow`, as entries that never overlap: prefixes covered
 /// by an all-protocol entry go; the rest, per protocol, is cut along the nesting of
 /// its prefixes, and each piece gets the union of the port ranges of every entry that
