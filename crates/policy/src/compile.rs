@@ -100,22 +100,38 @@ struct Peers {
 struct Index<'a> {
     /// Pods with an address, by namespace.
     by_ns: HashMap<&'a str, Vec<usize>>,
-    /// Peers already resolved, by (policy namespace, peers as JSON): policies stamped
-    /// from one template share their peers.
+    /// Pods with an address, by address (for ipBlocks: a range lookup, not a scan).
+    by_ip: Vec<(u32, usize)>,
+    /// Every pod with an address, in index order.
+    all: Rc<Vec<usize>>,
+    /// Peer lists already resolved, by (policy namespace, peers as JSON): policies
+    /// stamped from one template share their peers.
     peers: HashMap<(String, String), Rc<Peers>>,
+    /// Single peers already resolved, by (policy namespace — empty for an ipBlock,
+    /// which does not depend on it —, peer as JSON): lists that differ in one peer
+    /// share the others.
+    peer: HashMap<(String, String), Rc<Peers>>,
 }
 
 impl<'a> Index<'a> {
     fn new(c: &'a Cluster) -> Index<'a> {
         let mut by_ns: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut by_ip = Vec::new();
+        let mut all = Vec::new();
         for (i, p) in c.pods.iter().enumerate() {
-            if p.ip.is_some() {
+            if let Some(ip) = p.ip {
                 by_ns.entry(p.namespace.as_str()).or_default().push(i);
+                by_ip.push((u32::from(ip), i));
+                all.push(i);
             }
         }
+        by_ip.sort_unstable();
         Index {
             by_ns,
+            by_ip,
+            all: Rc::new(all),
             peers: HashMap::new(),
+            peer: HashMap::new(),
         }
     }
 
@@ -145,6 +161,58 @@ impl<'a> Index<'a> {
         out
     }
 
+    /// Pods whose address lies in one of `nets`.
+    fn in_nets(&self, nets: &[Prefix]) -> Vec<usize> {
+        let mut out = Vec::new();
+        for n in nets {
+            let last = n.addr | (u32::MAX >> n.len.min(31) >> u32::from(n.len == 32));
+            let from = self.by_ip.partition_point(|(ip, _)| *ip < n.addr);
+            out.extend(
+                self.by_ip[from..]
+                    .iter()
+                    .take_while(|(ip, _)| *ip <= last)
+                    .map(|(_, i)| *i),
+            );
+        }
+        out
+    }
+
+    /// One peer of a rule, resolved.
+    fn resolve_one(
+        &mut self,
+        c: &Cluster,
+        policy_ns: &str,
+        peer: &crate::objects::Peer,
+    ) -> Rc<Peers> {
+        let ns = if peer.ip_block.is_some() {
+            ""
+        } else {
+            policy_ns
+        };
+        let key = (
+            ns.to_string(),
+            serde_json::to_string(peer).unwrap_or_default(),
+        );
+        if let Some(p) = self.peer.get(&key) {
+            return p.clone();
+        }
+        let r = if let Some(b) = &peer.ip_block {
+            let nets = ip_block_prefixes(b);
+            let pods = self.in_nets(&nets);
+            Peers { nets, pods }
+        } else {
+            let pods = self.selected(c, policy_ns, peer);
+            let nets = pods
+                .iter()
+                .map(|&i| Prefix::host(c.pods[i].ip.expect("indexed pods have addresses")))
+                .collect();
+            Peers { nets, pods }
+        };
+        let r = Rc::new(r);
+        self.peer.insert(key, r.clone());
+        r
+    }
+
     fn resolve(
         &mut self,
         c: &Cluster,
@@ -158,38 +226,25 @@ impl<'a> Index<'a> {
         if let Some(p) = self.peers.get(&key) {
             return p.clone();
         }
-        let mut nets = Vec::new();
-        let mut pods = BTreeSet::new();
-        match peers {
-            None | Some([]) => {
-                nets.push(Prefix::new(Ipv4Addr::UNSPECIFIED, 0));
-                pods.extend(self.by_ns.values().flatten().copied());
-            }
+        let r = match peers {
+            None | Some([]) => Peers {
+                nets: vec![Prefix::new(Ipv4Addr::UNSPECIFIED, 0)],
+                pods: (*self.all).clone(),
+            },
             Some(list) => {
+                let mut nets = Vec::new();
+                let mut pods = Vec::new();
                 for peer in list {
-                    if let Some(b) = &peer.ip_block {
-                        let ps = ip_block_prefixes(b);
-                        pods.extend(self.by_ns.values().flatten().copied().filter(|&i| {
-                            c.pods[i]
-                                .ip
-                                .is_some_and(|ip| ps.iter().any(|n| n.contains(ip)))
-                        }));
-                        nets.extend(ps);
-                    } else {
-                        for i in self.selected(c, policy_ns, peer) {
-                            nets.push(Prefix::host(
-                                c.pods[i].ip.expect("indexed pods have addresses"),
-                            ));
-                            pods.insert(i);
-                        }
-                    }
+                    let one = self.resolve_one(c, policy_ns, peer);
+                    nets.extend_from_slice(&one.nets);
+                    pods.extend_from_slice(&one.pods);
                 }
+                pods.sort_unstable();
+                pods.dedup();
+                Peers { nets, pods }
             }
-        }
-        let r = Rc::new(Peers {
-            nets,
-            pods: pods.into_iter().collect(),
-        });
+        };
+        let r = Rc::new(r);
         self.peers.insert(key, r.clone());
         r
     }
