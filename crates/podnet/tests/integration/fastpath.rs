@@ -216,3 +216,87 @@ fn the_fast_path_skips_the_bridge_and_keeps_every_protection() {
             && h["status"] == "ok"
             && h["detail"].as_str().unwrap().contains("from_underlay")));
 }
+
+/// Kills and reaps the process on drop (the agent this test started by hand), also
+/// when the test fails.
+struct Kill(std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The fast path's filter sits on the node's own underlay device, so podnet must take
+/// it away again: a node's agent restarted without the eBPF datapaths removes it (and
+/// only it: the device keeps its qdisc).
+#[test]
+fn an_agent_without_the_fast_path_removes_its_filter_from_the_underlay() {
+    let lab = TestLab::up(&[
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "1",
+        "--policy-datapath",
+        "ebpf",
+        "--datapath",
+        "ebpf",
+    ]);
+    let filters = || lab.sh("node2", &["tc", "filter", "show", "dev", "eth0", "ingress"]);
+    wait_until(
+        "node2's agent attaches its underlay program",
+        Duration::from_secs(10),
+        || filters().contains("podnet_fast_ul"),
+    );
+    // node2's agent, again, with the same options but the bridge datapath and the
+    // nftables policy datapath.
+    let st = lab.json(&["status", "--output", "json"]);
+    let pid = st["nodes"][1]["agent_pid"].as_u64().unwrap() as i32;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let mut args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert!(args.iter().any(|a| a == "--datapath"), "{args:?}");
+    for i in 0..args.len() - 1 {
+        match args[i].as_str() {
+            "--datapath" => args[i + 1] = "bridge".into(),
+            "--policy-datapath" => args[i + 1] = "nftables".into(),
+            _ => {}
+        }
+    }
+    // SAFETY: killing the agent process this test's lab started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let log = std::fs::File::create(format!(
+        "/run/podnet/lab/{}/node2/podnetd-bridge.log",
+        lab.name
+    ))
+    .unwrap();
+    let _agent = Kill(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &format!("{}-node2", lab.name)])
+            .args(&args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(
+        "the restarted agent removes podnet_fast_ul",
+        Duration::from_secs(15),
+        || !filters().contains("podnet_fast_ul"),
+    );
+    // Only podnet's filter went: the clsact qdisc it sat in is still there.
+    let qdiscs = lab.sh("node2", &["tc", "qdisc", "show", "dev", "eth0"]);
+    assert!(qdiscs.contains("clsact"), "{qdiscs}");
+    let log = std::fs::read_to_string(format!(
+        "/run/podnet/lab/{}/node2/podnetd-bridge.log",
+        lab.name
+    ))
+    .unwrap();
+    assert!(
+        log.contains("removed podnet_fast_ul from the ingress of eth0"),
+        "{log}"
+    );
+}
