@@ -495,6 +495,17 @@ INLINE int to_local_pod(struct __sk_buff *skb, struct local_pod *dst, int routed
 	return bpf_redirect_peer(dst->ifindex, 0);
 }
 
+/* Into local pod `dst` from elsewhere (another pod's veth, the overlay, the wire), once
+ * that pod's ingress admits it: the redirect skips the pod's host veth, where
+ * to_pod_policy would judge it. */
+INLINE int judged_into(struct __sk_buff *skb, struct pkt *k, struct local_pod *dst, int routed)
+{
+	int r = judge(k, k->daddr, k->saddr, DIR_INGRESS);
+	if (r != TC_ACT_OK)
+		return r;
+	return to_local_pod(skb, dst, routed);
+}
+
 /* The VXLAN device's work, done here: when the route names this node's VXLAN device
  * and its neighbour a known peer VTEP, wrap the frame (see overlay_self) and send it
  * out of the underlay device to the peer node's neighbour. Returns -1, the frame
@@ -618,9 +629,6 @@ SEC("classifier/from_pod_policy") int from_pod_policy(struct __sk_buff *skb)
 	 * redirect skips its host veth (and to_pod_policy there). */
 	struct local_pod *dst = bpf_map_lookup_elem(&local_pods, &k.daddr);
 	if (dst) {
-		r = judge(&k, k.daddr, k.saddr, DIR_INGRESS);
-		if (r != TC_ACT_OK)
-			return r;
 		u8 *data = (u8 *)(long)skb->data;
 		u8 *end = (u8 *)(long)skb->data_end;
 		if (data + 6 > end)
@@ -628,7 +636,7 @@ SEC("classifier/from_pod_policy") int from_pod_policy(struct __sk_buff *skb)
 		/* Addressed to the gateway: the node would have routed it. */
 		int routed = !(data[0] == dst->mac[0] && data[1] == dst->mac[1] && data[2] == dst->mac[2] &&
 			       data[3] == dst->mac[3] && data[4] == dst->mac[4] && data[5] == dst->mac[5]);
-		return to_local_pod(skb, dst, routed);
+		return judged_into(skb, &k, dst, routed);
 	}
 	return to_other_node(skb, &k);
 }
@@ -645,10 +653,7 @@ SEC("classifier/from_overlay") int from_overlay(struct __sk_buff *skb)
 	struct local_pod *dst = bpf_map_lookup_elem(&local_pods, &k.daddr);
 	if (!dst)
 		return TC_ACT_OK;
-	int r = judge(&k, k.daddr, k.saddr, DIR_INGRESS);
-	if (r != TC_ACT_OK)
-		return r;
-	return to_local_pod(skb, dst, 1);
+	return judged_into(skb, &k, dst, 1);
 }
 
 /* On the underlay device's ingress (fast path only): VXLAN frames from other nodes to
@@ -690,10 +695,7 @@ SEC("classifier/from_underlay") int from_underlay(struct __sk_buff *skb)
 	struct pkt k = {};
 	if (parse(skb, &k) != PARSE_IPV4)
 		return TC_ACT_SHOT;
-	int r = judge(&k, k.daddr, k.saddr, DIR_INGRESS);
-	if (r != TC_ACT_OK)
-		return r;
-	return to_local_pod(skb, dst, 1);
+	return judged_into(skb, &k, dst, 1);
 }
 
 SEC("classifier/to_pod_policy") int to_pod_policy(struct __sk_buff *skb)

@@ -175,11 +175,25 @@ impl std::fmt::Debug for Kernel {
     }
 }
 
-fn split_key(key: &str) -> (String, String) {
-    match key.split_once('/') {
-        Some((ns, name)) => (name.to_string(), ns.to_string()),
-        None => (key.to_string(), String::new()),
+/// One counter family whose samples carry three labels, from a map of their values.
+fn counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    labels: [&str; 3],
+    values: &BTreeMap<(String, String, String), u64>,
+) -> Result<(), std::fmt::Error> {
+    let mut m =
+        encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+    for ((a, b, c), n) in values {
+        let l: Labels = vec![
+            (labels[0].into(), a.clone()),
+            (labels[1].into(), b.clone()),
+            (labels[2].into(), c.clone()),
+        ];
+        ConstCounter::new(*n).encode(m.encode_family(&l)?)?;
     }
+    Ok(())
 }
 
 impl Collector for Kernel {
@@ -189,7 +203,7 @@ impl Collector for Kernel {
         // reason, pod, namespace → packets
         let mut drops: BTreeMap<(String, String, String), u64> = BTreeMap::new();
         for (ip, reasons) in antispoof_counters() {
-            let (pod, ns) = pods.key(ip).map(|k| split_key(&k)).unwrap_or_default();
+            let (pod, ns) = pods.names(ip);
             for (reason, n) in reasons {
                 *drops.entry((reason, pod.clone(), ns.clone())).or_default() += n;
             }
@@ -198,7 +212,7 @@ impl Collector for Kernel {
         let mut verdicts: BTreeMap<(String, String, String), u64> = BTreeMap::new();
         if let Ok((denied, closed)) = crate::policy::denied(&st) {
             for d in denied {
-                let (pod, ns) = split_key(&d.pod);
+                let (pod, ns) = crate::observe::split_pod_key(&d.pod);
                 let dir = d.direction.as_str().to_string();
                 *drops.entry((format!("policy-{dir}"), pod, ns)).or_default() += d.packets;
                 for p in &d.policies {
@@ -225,35 +239,20 @@ impl Collector for Kernel {
                     .or_default() += n;
             }
         }
-        let c = ConstCounter::new(0u64);
-        let mut m = encoder.encode_descriptor(
+        counters(
+            &mut encoder,
             "drops",
             "Packets and frames dropped, by reason (anti-spoofing reasons, policy-ingress, policy-egress, not-programmed), pod and namespace",
-            None,
-            c.metric_type(),
+            ["reason", "pod", "namespace"],
+            &drops,
         )?;
-        for ((reason, pod, ns), n) in &drops {
-            let l: Labels = vec![
-                ("reason".into(), reason.clone()),
-                ("pod".into(), pod.clone()),
-                ("namespace".into(), ns.clone()),
-            ];
-            ConstCounter::new(*n).encode(m.encode_family(&l)?)?;
-        }
-        let mut m = encoder.encode_descriptor(
+        counters(
+            &mut encoder,
             "policy_verdicts",
             "NetworkPolicy verdicts by policy and direction: packets denied to pods the policy isolates, and new flows allowed (counted while allowed events are on)",
-            None,
-            c.metric_type(),
+            ["policy", "direction", "verdict"],
+            &verdicts,
         )?;
-        for ((policy, dir, verdict), n) in &verdicts {
-            let l: Labels = vec![
-                ("policy".into(), policy.clone()),
-                ("direction".into(), dir.clone()),
-                ("verdict".into(), verdict.clone()),
-            ];
-            ConstCounter::new(*n).encode(m.encode_family(&l)?)?;
-        }
         let lost = ConstCounter::new(self.events.lost.load(std::sync::atomic::Ordering::Relaxed));
         let m = encoder.encode_descriptor(
             "events_lost",

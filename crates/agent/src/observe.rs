@@ -16,7 +16,9 @@
 //!
 //! The agent owns no kernel object here: it reads what the datapaths write. A ring
 //! buffer that fills up loses events, never verdicts; NFLOG overruns the same way.
-//! Lost events are counted.
+//! Lost events are counted for NFLOG (overruns and read errors) only: the eBPF
+//! programs do not yet count a failed `bpf_ringbuf_output`, so a full ring buffer
+//! loses events without a trace in `podnet_events_lost_total`.
 
 use crate::policy::PolicyStatus;
 use podnet_netlink::antispoof::{self, SpoofEvent};
@@ -173,6 +175,14 @@ struct PodInfo {
     egress: (String, Vec<String>),
 }
 
+/// `ns/name` → `(name, ns)`; a key without a namespace is a name.
+pub(crate) fn split_pod_key(key: &str) -> (String, String) {
+    match key.split_once('/') {
+        Some((ns, name)) => (name.to_string(), ns.to_string()),
+        None => (key.to_string(), String::new()),
+    }
+}
+
 impl Pods {
     pub fn from_status(st: &PolicyStatus) -> Pods {
         let mut by_ip = HashMap::new();
@@ -196,11 +206,12 @@ impl Pods {
         self.by_ip.get(&ip).map(|p| p.key.clone())
     }
 
-    fn names(&self, ip: Ipv4Addr) -> (String, String) {
-        match self.by_ip.get(&ip).map(|p| p.key.split_once('/')) {
-            Some(Some((ns, name))) => (name.to_string(), ns.to_string()),
-            _ => (String::new(), String::new()),
-        }
+    /// `(pod, namespace)` of the local pod at `ip`; empty for any other address.
+    pub(crate) fn names(&self, ip: Ipv4Addr) -> (String, String) {
+        self.by_ip
+            .get(&ip)
+            .map(|p| split_pod_key(&p.key))
+            .unwrap_or_default()
     }
 
     fn policies(&self, ip: Ipv4Addr, dir: &str) -> (String, String) {
@@ -341,11 +352,16 @@ pub struct Sources {
 
 type Ring = aya::maps::RingBuf<aya::maps::MapData>;
 
+/// The anti-spoofing ring buffer with kernel id `id`.
 fn open_ring(id: u32) -> Result<Ring, String> {
     let data =
         aya::maps::MapData::from_id(id).map_err(|e| format!("open ring buffer {id}: {e}"))?;
-    let map = aya::maps::Map::from_map_data(data).map_err(|e| format!("ring buffer {id}: {e}"))?;
-    aya::maps::RingBuf::try_from(map).map_err(|e| format!("ring buffer {id}: {e}"))
+    ring(data).map_err(|e| format!("ring buffer {id}: {e}"))
+}
+
+fn ring(data: aya::maps::MapData) -> Result<Ring, String> {
+    let map = aya::maps::Map::from_map_data(data).map_err(|e| e.to_string())?;
+    aya::maps::RingBuf::try_from(map).map_err(|e| e.to_string())
 }
 
 /// Reads every event source of the node until the process ends (its own thread).
@@ -424,8 +440,7 @@ pub fn run(src: Sources) {
             if let (None, Some(dir)) = (&policy_ring, &src.bpf_dir) {
                 match aya::maps::MapData::from_pin(dir.join("policy_events"))
                     .map_err(|e| e.to_string())
-                    .and_then(|d| aya::maps::Map::from_map_data(d).map_err(|e| e.to_string()))
-                    .and_then(|m| aya::maps::RingBuf::try_from(m).map_err(|e| e.to_string()))
+                    .and_then(ring)
                 {
                     Ok(r) => policy_ring = Some(r),
                     Err(e) => once(format!("no policy events from {}: {e}", dir.display())),

@@ -489,13 +489,12 @@ impl Policy {
                 // Across nodes: the encapsulation the device would write, written by
                 // from_pod_policy, and the frames for local pods taken off the wire
                 // on the underlay device. Needs the device's underlay link and address.
-                if let Some(vx) = l
+                if let Some((v, local, dev_index)) = l
                     .vxlan
                     .as_ref()
                     .filter(|v| v.vni != 0 && v.port != 0)
                     .and_then(|v| Some((v, v.local?, v.dev?)))
                 {
-                    let (v, local, dev_index) = vx;
                     if let Some(ul) = podnet_netlink::link::get_by_index(&mut sock, dev_index)
                         .map_err(|e| e.to_string())?
                     {

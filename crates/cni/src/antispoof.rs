@@ -115,45 +115,45 @@ pub fn find(data_dir: &Path) -> Result<Option<Datapath>> {
 /// Loads the program with aya: its two maps are made from the object's BTF
 /// declarations, sized here, and held by the program alone (no pins).
 fn load() -> Result<(OwnedFd, OwnedFd)> {
-    let failed = |op: &'static str, e: &dyn std::fmt::Display| {
+    // The kernel refused: say what it needs (a verifier rejection carries the
+    // verifier's log among the error's sources).
+    let refused = |op: &'static str, e: &dyn std::error::Error| {
         Error::Malformed {
         op,
         obj: PROG_NAME.into(),
-        why: format!("{e}; is this kernel built with BPF and tc clsact (CONFIG_BPF_SYSCALL, CONFIG_NET_CLS_ACT)?"),
+        why: format!("{}; is this kernel built with BPF and tc clsact (CONFIG_BPF_SYSCALL, CONFIG_NET_CLS_ACT)?", VerboseError(e)),
+    }
+    };
+    // The embedded object lacks what this code expects: a build mistake (the unit test
+    // `object_declares_the_program_and_its_two_maps` guards against it).
+    let built_wrong = |what: &str| {
+        Error::Malformed {
+        op: "find in the embedded bpf/from_pod.o",
+        obj: what.into(),
+        why: "podnet-cni was built from a bpf/from_pod.c that does not declare it; build podnet-cni again from one source tree".into(),
     }
     };
     let mut obj = EbpfLoader::new()
         .map_max_entries(MAP_NAME, MAX_PODS)
         .map_max_entries(EVENTS_NAME, podnet_netlink::antispoof::EVENTS_BYTES)
         .load(OBJECT)
-        .map_err(|e| failed("load the eBPF object of", &e))?;
+        .map_err(|e| refused("load the maps of", &e))?;
     let prog: &mut SchedClassifier = obj
         .program_mut(PROG_NAME)
-        .ok_or_else(|| failed("find the program", &"not in bpf/from_pod.c"))?
-        .try_into()
-        .map_err(|e| failed("load", &e))?;
-    // A verifier rejection carries the verifier's log in its message.
-    prog.load()
-        .map_err(|e| failed("load (verifier log follows)", &VerboseError(&e)))?;
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| built_wrong("the tc program podnet_from_pod"))?;
+    prog.load().map_err(|e| refused("load", &e))?;
     let dup = |fd: std::os::fd::BorrowedFd<'_>, what: &str| {
         fd.try_clone_to_owned()
             .map_err(|e| Error::io("duplicate the fd of", what.to_string(), e))
     };
     let prog_fd = dup(
-        prog.fd().map_err(|e| failed("load", &e))?.as_fd(),
+        prog.fd().map_err(|e| refused("load", &e))?.as_fd(),
         PROG_NAME,
     )?;
-    let map = obj
-        .map(MAP_NAME)
-        .ok_or_else(|| failed("find the map podnet_pods of", &"not in bpf/from_pod.c"))?;
-    let map_fd = match map {
-        aya::maps::Map::HashMap(m) => dup(m.fd().as_fd(), MAP_NAME)?,
-        _ => {
-            return Err(failed(
-                "check the map podnet_pods of",
-                &"it is not a hash map",
-            ))
-        }
+    let map_fd = match obj.map(MAP_NAME) {
+        Some(aya::maps::Map::HashMap(m)) => dup(m.fd().as_fd(), MAP_NAME)?,
+        _ => return Err(built_wrong("the hash map podnet_pods")),
     };
     // Dropping the loader closes its own fds; the kernel objects live on through the
     // duplicates (and, once attached, through the filters).

@@ -602,19 +602,27 @@ fn fast_path_in_hop(b: &mut Builder, d: &End) {
         "fastpath",
         status,
         detail,
-        f.map(|f| {
-            format!(
-                "overlay program on {:?}, underlay program on {:?}, {} pods",
-                f.overlay_dev,
+        f.as_ref()
+            .map(|f| {
+                format!(
+                    "overlay program on {:?}, underlay program on {:?}, {} pods",
+                    f.overlay_dev,
+                    f.underlay_dev,
+                    f.pods.len()
+                )
+            })
+            .unwrap_or_else(|| "(none)".into()),
+        match &f {
+            Some(f) if !f.underlay_dev.is_empty() => format!(
+                "tc filter show dev {} ingress; tc filter show dev {} ingress   (on {node})",
                 f.underlay_dev,
-                f.pods.len()
-            )
-        })
-        .unwrap_or_else(|| "(none)".into()),
-        format!(
-            "tc filter show dev {} ingress   (on {node})",
-            podnet_conventions::VXLAN_DEV
-        ),
+                podnet_conventions::VXLAN_DEV
+            ),
+            _ => format!(
+                "tc filter show dev {} ingress   (on {node})",
+                podnet_conventions::VXLAN_DEV
+            ),
+        },
         if status == "broken" {
             "restart podnetd with --policy-datapath ebpf --datapath ebpf; see its log"
         } else {
