@@ -16,8 +16,24 @@
 	X(6, MALFORMED, "malformed", "truncated headers, ARP that is not Ethernet/IPv4, IPv6 fragments or over four extension headers") \
 	X(7, IPV6_REDIRECT, "ipv6-redirect", "ICMPv6 redirects from a pod")                 \
 	X(8, IPV6_SRC,  "ipv6-src",  "IPv6 whose source is not the pod's link-local address (or :: for DAD and MLD)") \
-	X(9, IPV6_NA,   "ipv6-na",   "neighbour advertisements for an address or MAC that is not the pod's")
+	X(9, IPV6_NA,   "ipv6-na",   "neighbour advertisements for an address or MAC that is not the pod's") \
+	X(10, OVERLAY_PORT, "overlay-port", "UDP to the node's VXLAN or WireGuard port at an address that is not another pod's (encapsulated frames forged by a pod)")
 
 /* How many reasons there are: counted from the table, never kept by hand. */
 #define PODNET_DROP_ONE(num, name, id, what) +1
 #define PODNET_DROP_MAX (0 PODNET_DROP_REASONS(PODNET_DROP_ONE))
+
+/*
+ * The underlay guard's drop reasons (bpf/underlay.c, per node, not per pod): what the
+ * node's underlay device refuses before the kernel decapsulates or decrypts it.
+ * build.rs reads the U( lines.
+ *
+ *          number  name            reason id            what is dropped
+ */
+#define PODNET_UNDERLAY_DROPS(U)                                                             \
+	U(0, VXLAN_SRC,     "vxlan-src",     "VXLAN from an address that is not a peer node's underlay address") \
+	U(1, VXLAN_INNER,   "vxlan-inner",   "VXLAN whose inner source is not an address of the sending peer (its pod CIDR or its underlay address)") \
+	U(2, VXLAN_FRAME,   "vxlan-frame",   "VXLAN whose inner frame is not IPv4 or ARP, or is truncated") \
+	U(3, WIREGUARD_SRC, "wireguard-src", "datagrams to the WireGuard port from an address that is not a peer node's underlay address")
+
+#define PODNET_UNDERLAY_DROP_MAX (0 PODNET_UNDERLAY_DROPS(PODNET_DROP_ONE))

@@ -9,7 +9,8 @@
  * duplicate-address detection and MLD reports), a neighbour advertisement is for that
  * address and that MAC, and it is not a router advertisement or a redirect (nor a
  * fragment or a chain of extension headers too long to see through). Pods have no
- * other IPv6 address: podnet gives them IPv4. Everything else is dropped through drop(), which counts it under one
+ * other IPv6 address: podnet gives them IPv4. UDP to the node's overlay ports is
+ * dropped unless it goes to another pod (see struct pod_state). Everything else is dropped through drop(), which counts it under one
  * reason from drop_reasons.h.
  *
  * One program, one hash map (podnet_pods: struct pod_state keyed by the host veth's
@@ -26,13 +27,25 @@
 /* Passing frames go on to the next filter (the policy program, if the node runs the
  * eBPF policy datapath): TC_ACT_UNSPEC, not TC_ACT_OK, which would end the chain. */
 
-/* Shared with the loader: crates/cni/src/antispoof.rs (PodState). */
+/* Shared with the loader: crates/cni/src/antispoof.rs (state_bytes) and the readers in
+ * crates/netlink/src/antispoof.rs (read_state).
+ *
+ * The overlay guard: the node's overlay ports (VXLAN, WireGuard) take encapsulated
+ * traffic that the node decapsulates and forwards as if it came from a peer node. A pod
+ * may send UDP to those ports only to another pod: an address of the cluster CIDR
+ * whose host part in its node's pod CIDR is not 0 (the VXLAN/WireGuard device's
+ * address), 1 (the bridge gateway) or all ones (the bridge's broadcast), which are
+ * node addresses. Everything else on those ports - a node's underlay address, a
+ * node's address inside the pod CIDRs, the world outside - is dropped here. */
 struct pod_state {
 	u8 mac[6];
 	u8 pad[2];
 	u32 ip; /* network byte order */
+	u16 guard_ports[2]; /* host order; 0: none */
+	u32 cluster_net, cluster_mask; /* host order; mask 0: no pod destination at all */
+	u32 node_mask; /* host order: the mask of one node's pod CIDR */
 	u32 pad2;
-	u64 drops[PODNET_DROP_MAX]; /* at offset 16 */
+	u64 drops[PODNET_DROP_MAX]; /* at offset 32 */
 };
 
 /* The node's maps, made by podnet-cni's loader (aya) with the program and held by it
@@ -82,6 +95,24 @@ static __attribute__((always_inline)) int mac_eq(const u8 *a, const u8 *b)
 static __attribute__((always_inline)) u32 load32(const u8 *p)
 {
 	return (u32)p[0] | (u32)p[1] << 8 | (u32)p[2] << 16 | (u32)p[3] << 24;
+}
+
+/* A big-endian (network order) field as a number. */
+static __attribute__((always_inline)) u32 be32(const u8 *p)
+{
+	return (u32)p[0] << 24 | (u32)p[1] << 16 | (u32)p[2] << 8 | (u32)p[3];
+}
+
+/* May a pod send UDP to port `dport` at `daddr` (host order)? See struct pod_state. */
+static __attribute__((always_inline)) int overlay_port_allowed(const struct pod_state *st, u32 daddr,
+								u16 dport)
+{
+	if (!dport || (dport != st->guard_ports[0] && dport != st->guard_ports[1]))
+		return 1;
+	if (!st->cluster_mask || (daddr & st->cluster_mask) != st->cluster_net)
+		return 0;
+	u32 host = daddr & ~st->node_mask;
+	return host != 0 && host != 1 && host != ~st->node_mask;
 }
 
 /* Counts the drop under `reason` and tells podnetd what was dropped (an event in the
@@ -170,6 +201,16 @@ SEC("classifier") int podnet_from_pod(struct __sk_buff *skb)
 			return drop(key, data, end, st, DROP_MALFORMED);
 		if (load32(l3 + 12) != st->ip)
 			return drop(key, data, end, st, DROP_IP_SRC);
+		/* UDP to an overlay port: only the first fragment carries the port (any later
+		 * fragment is useless to the node without it). */
+		if (l3[9] == 17 && !(((u32)l3[6] << 8 | l3[7]) & 0x1fff)) {
+			u32 ihl = (u32)(l3[0] & 0x0f) * 4;
+			u8 *l4 = l3 + ihl;
+			if (ihl < 20 || l4 + 4 > end)
+				return drop(key, data, end, st, DROP_MALFORMED);
+			if (!overlay_port_allowed(st, be32(l3 + 16), (u16)l4[2] << 8 | l4[3]))
+				return drop(key, data, end, st, DROP_OVERLAY_PORT);
+		}
 		return TC_ACT_UNSPEC;
 	}
 	if (proto == 0x86dd) {

@@ -189,11 +189,13 @@ fn answer(
                 Ok((d, c)) => (d, c, None),
                 Err(e) => (vec![], 0, Some(e)),
             };
+            let enforcement = crate::policy::enforcement_problems(&st);
             to(&PolicyStats {
                 status: st,
                 denied,
                 closed_packets,
                 denied_error,
+                enforcement,
             })
         }
         Request::Verdict {

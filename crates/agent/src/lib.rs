@@ -30,6 +30,7 @@
 
 pub mod api;
 pub mod ebpf;
+pub mod guard;
 pub mod metrics;
 pub mod nft;
 pub mod observe;
@@ -95,7 +96,8 @@ pub struct Config {
     pub bpf_dir: PathBuf,
     /// The WireGuard backend's device, port, key file, socket and pid file.
     pub wireguard: wireguard::Paths,
-    /// Where to serve Prometheus metrics (`host:port`); `None`: not at all.
+    /// Where to serve Prometheus metrics: `node:PORT` (the node's underlay address
+    /// and 127.0.0.1) or `ADDRESS:PORT` ([`metrics::listen_addrs`]); `None`: not at all.
     pub metrics_addr: Option<String>,
     /// The eBPF fast path (`--datapath ebpf`): pod traffic skips the bridge and the
     /// node's IP stack ([`policy::FastPath`]). Needs the eBPF policy datapath.
@@ -127,6 +129,8 @@ pub enum Error {
     Policy { datapath: &'static str, why: String },
     #[error("WireGuard device {dev}: {why}")]
     WireGuard { dev: String, why: String },
+    #[error("{0}")]
+    Guard(String),
     #[error("{what} {path}: {source}")]
     File {
         what: &'static str,
@@ -140,6 +144,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What the agent reports about itself (the API's `status`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Status {
+    /// The underlay guard ([`guard`]), with VXLAN and WireGuard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay_guard: Option<guard::GuardStatus>,
     pub node: String,
     pub backend: String,
     pub pod_cidr: String,
@@ -285,6 +292,8 @@ pub struct Agent {
     /// Drop and flow events ([`observe`]) and the metrics ([`metrics`]).
     events: Arc<observe::EventLog>,
     metrics: Option<metrics::Metrics>,
+    /// The underlay guard ([`guard`]): with the VXLAN and WireGuard backends.
+    guard: Option<guard::Guard>,
 }
 
 /// Opens the datastore a URL names: `file:…`, `etcd://…`, or `kubernetes[:kubeconfig]`
@@ -337,6 +346,7 @@ impl Agent {
             kernel_wg: false,
             events: Default::default(),
             metrics: None,
+            guard: None,
         })
     }
 
@@ -644,10 +654,27 @@ impl Agent {
         st
     }
 
+    /// The node's overlay UDP ports `[VXLAN, WireGuard]` (0: none), which pods may
+    /// send to only towards other pods and the underlay only from peers.
+    fn overlay_ports(&self) -> [u16; 2] {
+        match self.cfg.backend {
+            BackendKind::Vxlan => [self.cfg.port, 0],
+            BackendKind::WireGuard => [0, self.cfg.wireguard.port],
+            BackendKind::HostGw => [0, 0],
+        }
+    }
+
     fn write_node_file(&self, n: &NodeInfo, policy: Option<serde_json::Value>) -> Result<()> {
+        let ports: Vec<u16> = self
+            .overlay_ports()
+            .into_iter()
+            .filter(|p| *p != 0)
+            .collect();
         let mut body = serde_json::json!({
             "node": self.cfg.node,
             "podCIDR": n.record.pod_cidr.to_string(),
+            "clusterCIDR": self.cfg.cluster_cidr.to_string(),
+            "overlayPorts": ports,
             "mtu": n.mtu,
             "bridge": self.cfg.bridge,
             "datapath": self.cfg.datapath_name(),
@@ -810,6 +837,22 @@ impl Agent {
             "node {} leased {} (underlay {} on {}, backend {}, pod MTU {mtu}, datastore {}, repair {})",
             self.cfg.node, n.record.pod_cidr, underlay_ip, self.cfg.underlay_dev, self.cfg.backend.as_str(), self.ds.describe(), if self.cfg.repair { "on" } else { "off" }
         ));
+        // The overlay ports take encapsulated traffic from peers only: loaded now,
+        // attached by the first round, once the peers are known.
+        let ports = self.overlay_ports();
+        self.guard = match ports {
+            [0, 0] => {
+                if guard::remove(&mut self.sock, underlay_index).map_err(Error::Guard)? {
+                    self.log(&format!(
+                        "no overlay ports on this node: removed the underlay guard {} from {}",
+                        guard::FILTER,
+                        self.cfg.underlay_dev
+                    ));
+                }
+                None
+            }
+            [vxlan, wireguard] => Some(guard::Guard::load(vxlan, wireguard).map_err(Error::Guard)?),
+        };
         let mut vx = self.ensure_node(&n)?;
         // Policy first: the node file lets podnet-cni make pods, and none may be open
         // before its verdicts are programmed.
@@ -844,7 +887,10 @@ impl Agent {
             why,
         })?;
         self.write_node_file(&n, pol.node_file_extra())?;
-        self.observe(&pol)?;
+        self.observe(&pol, n.underlay_ip)?;
+        if let Some(m) = self.metrics.clone() {
+            pol.on_repair = Some(Box::new(move |object: &str| m.repaired(object)));
+        }
         api::serve(
             &self.cfg.api_socket,
             self.status.clone(),
@@ -855,22 +901,57 @@ impl Agent {
             self.cfg.bridge.clone(),
         )?;
         let interval = self.cfg.interval;
-        std::thread::Builder::new()
-            .name("policy".into())
-            .spawn(move || loop {
+        // The policy thread wakes on a datastore change, every interval, and at once
+        // when nftables changes in this namespace (a firewall reload): what it then
+        // finds missing it puts back (see `Policy::sync`).
+        let (wake, woken) = std::sync::mpsc::channel::<()>();
+        let dwake = wake.clone();
+        let dnode = self.cfg.node.clone();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|source| Error::File {
+                    what: "start a thread for",
+                    path: format!("{} ({name})", self.cfg.node),
+                    source,
+                })
+        };
+        spawn(
+            "policy-watch",
+            Box::new(move || loop {
+                if let Err(e) = pds.wait_change(interval) {
+                    warn(&dnode, &format!("policy: cannot watch the datastore: {e}"));
+                    std::thread::sleep(interval);
+                }
+                if dwake.send(()).is_err() {
+                    return;
+                }
+            }),
+        )?;
+        if self.cfg.policy_datapath == policy::DatapathKind::Nftables {
+            let nnode = self.cfg.node.clone();
+            spawn(
+                "nft-watch",
+                Box::new(move || {
+                    if let Err(e) = nft::watch(|| wake.send(()).is_ok()) {
+                        warn(&nnode, &format!("policy: cannot follow nftables changes ({e}); drift is found at the next round instead"));
+                    }
+                }),
+            )?;
+        }
+        spawn(
+            "policy",
+            Box::new(move || loop {
                 if let Err(e) = pol.sync(&plog) {
                     warn(&pnode, &format!("policy: {e}; retrying"));
                 }
-                if let Err(e) = pds.wait_change(interval) {
-                    warn(&pnode, &format!("policy: cannot watch the datastore: {e}"));
-                    std::thread::sleep(interval);
+                if woken.recv().is_err() {
+                    return;
                 }
-            })
-            .map_err(|source| Error::File {
-                what: "start the policy thread for",
-                path: self.cfg.node.clone(),
-                source,
-            })?;
+                while woken.try_recv().is_ok() {}
+            }),
+        )?;
 
         let mut renewed = Instant::now();
         let mut known: Vec<Peer> = vec![];
@@ -939,7 +1020,8 @@ impl Agent {
     /// Events and metrics: the event reader, the metrics endpoint, podnet-cni's report
     /// socket. Metrics that cannot be served stop the agent (an operator asked for
     /// them); events that cannot be read are logged and the rest goes on.
-    fn observe(&mut self, pol: &policy::Policy) -> Result<()> {
+    /// `underlay_ip` is the node's address, where `--metrics-addr node:PORT` serves.
+    fn observe(&mut self, pol: &policy::Policy, underlay_ip: Ipv4Addr) -> Result<()> {
         let src = observe::Sources {
             node: self.cfg.node.clone(),
             log: self.events.clone(),
@@ -956,15 +1038,22 @@ impl Agent {
                 path: self.cfg.node.clone(),
                 source,
             })?;
-        let Some(addr) = self.cfg.metrics_addr.clone() else {
+        let Some(spec) = self.cfg.metrics_addr.clone() else {
             return Ok(());
         };
         let m = metrics::Metrics::new(pol.status.clone(), self.events.clone());
-        metrics::serve(&addr, m.clone()).map_err(|why| Error::File {
-            what: "serve metrics",
-            path: addr.clone(),
-            source: std::io::Error::other(why),
-        })?;
+        let served = metrics::listen_addrs(&spec, underlay_ip)
+            .and_then(|addrs| metrics::serve(&addrs, m.clone(), metrics::Limits::default()))
+            .map_err(|why| Error::File {
+                what: "serve metrics",
+                path: spec.clone(),
+                source: std::io::Error::other(why),
+            })?;
+        let addr = served
+            .iter()
+            .map(|a| format!("http://{a}/metrics"))
+            .collect::<Vec<_>>()
+            .join(" and ");
         let path = metrics::cni_socket(&self.cfg.node_file);
         let _ = std::fs::remove_file(&path);
         if let Some(d) = path.parent() {
@@ -992,7 +1081,7 @@ impl Agent {
                 source,
             })?;
         self.log(&format!(
-            "metrics on http://{addr}/metrics; podnet-cni reports on {}",
+            "metrics on {addr}; podnet-cni reports on {}",
             path.display()
         ));
         self.metrics = Some(m);
@@ -1143,6 +1232,7 @@ impl Agent {
         *changes += (ops.len() - failed.len()) as u64;
         let wg = matches!(backend, Backend::WireGuard { .. })
             .then(|| self.sync_wireguard(&peers, self.cfg.repair || peers != *known));
+        let guard = self.sync_guard(n, &peers);
         *known = peers;
         // Without repair the next plan works from what this round left: the failed
         // operations are tried again, and only they.
@@ -1190,8 +1280,30 @@ impl Agent {
             pid: std::process::id(),
             datastore_problems: self.problems.clone(),
             wireguard: wg,
+            underlay_guard: guard,
         };
         Ok(())
+    }
+
+    /// The underlay guard's round: its peers, its filter verified (and put back,
+    /// logged and counted when it drifted). Failures are logged; the guard keeps what
+    /// it has.
+    fn sync_guard(&mut self, n: &NodeInfo, peers: &[Peer]) -> Option<guard::GuardStatus> {
+        let g = self.guard.as_mut()?;
+        let list: Vec<(Ipv4Addr, Ipv4Net)> = peers.iter().map(|p| (p.underlay, p.cidr)).collect();
+        let dev = self.cfg.underlay_dev.clone();
+        match g.sync(&mut self.sock, n.underlay_index, &dev, &list) {
+            Ok(Some(why)) => {
+                self.warn(&format!("repairing drift: {why}: attached it again"));
+                if let Some(m) = &self.metrics {
+                    m.repaired("underlay-guard");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => self.warn(&format!("{e}; retrying")),
+        }
+        let g = self.guard.as_ref()?;
+        Some(g.status(&mut self.sock, n.underlay_index, &dev))
     }
 }
 

@@ -1,5 +1,8 @@
-//! podnetd's Prometheus metrics, served on `--metrics-addr` (default `0.0.0.0:9465`)
-//! at `/metrics` in the text exposition format (prometheus-client).
+//! podnetd's Prometheus metrics, served on `--metrics-addr` (default `node:9465`: the
+//! node's underlay address and 127.0.0.1, port 9465; [`listen_addrs`]) at `/metrics`
+//! in the OpenMetrics text format (prometheus-client), by hyper within [`Limits`]:
+//! bounded request heads, a time to send them, a time per connection, a number of
+//! connections — what any client that reaches the port (pods can) may cost podnetd.
 //!
 //! Kept by the agent as things happen: `podnet_peers`, `podnet_sync_duration_seconds`,
 //! `podnet_repairs_total{object}`, `podnet_datastore_errors_total`,
@@ -30,8 +33,10 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 type Labels = Vec<(String, String)>;
 
@@ -369,29 +374,434 @@ impl Collector for Process {
     }
 }
 
-/// Serves `metrics` on `addr` (`host:port`) at `/metrics`, in its own thread.
-pub fn serve(addr: &str, metrics: Metrics) -> Result<(), String> {
-    let server = tiny_http::Server::http(addr).map_err(|e| {
-        format!("cannot serve metrics on {addr}: {e}; choose another --metrics-addr, or none")
-    })?;
+/// What one client can take from the metrics endpoint. Anything that can reach the
+/// address may connect (on a node, pods can reach the node's addresses), so each of
+/// these is a bound on what such a client costs podnetd.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once; one more is closed as soon as it is accepted.
+    pub connections: usize,
+    /// Bytes of request line and headers read from one connection (hyper's read
+    /// buffer; 8 KiB is the least hyper takes); a larger head gets 431 and a close.
+    pub header_bytes: usize,
+    /// Time a client has to send its whole request head, counted from its connect.
+    pub header_timeout: Duration,
+    /// Time one connection may last: request, scrape and the whole response written.
+    pub connection_timeout: Duration,
+}
+
+impl Default for Limits {
+    /// 64 connections, 8 KiB of headers, 5 s to send them, 15 s in all: a scrape
+    /// takes milliseconds and Prometheus scrapes with one connection at a time.
+    fn default() -> Limits {
+        Limits {
+            connections: 64,
+            header_bytes: 8 * 1024,
+            header_timeout: Duration::from_secs(5),
+            connection_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The addresses `--metrics-addr` names: `node:PORT` is the node's underlay address
+/// (`node_ip`) and 127.0.0.1, on PORT — reachable by Prometheus, by `kubectl
+/// port-forward` and from the node itself, not on the node's other addresses (the
+/// bridge gateway pods use, a public interface); `ADDRESS:PORT` is that address only
+/// (`0.0.0.0:9465`: all of the node's addresses).
+pub fn listen_addrs(spec: &str, node_ip: Ipv4Addr) -> Result<Vec<SocketAddr>, String> {
+    let bad = |why: &str| {
+        format!(
+            "--metrics-addr {spec:?}: {why}; give node:PORT (the node's underlay address and 127.0.0.1, e.g. node:9465), ADDRESS:PORT (e.g. 0.0.0.0:9465), or none"
+        )
+    };
+    if let Some(port) = spec.strip_prefix("node:") {
+        let port: u16 = port.parse().map_err(|_| bad("not a port after node:"))?;
+        let mut addrs = vec![SocketAddr::from((node_ip, port))];
+        if !node_ip.is_loopback() {
+            addrs.push(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+        }
+        return Ok(addrs);
+    }
+    if let Ok(a) = spec.parse::<SocketAddr>() {
+        return Ok(vec![a]);
+    }
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = spec
+        .to_socket_addrs()
+        .map_err(|e| bad(&e.to_string()))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(bad("it names no address"));
+    }
+    Ok(addrs)
+}
+
+/// Serves `metrics` at `/metrics` on every one of `addrs`, within `limits`, from a
+/// thread of its own running a one-thread runtime (it never shares the agent's
+/// threads). Returns the addresses bound (with their ports when port 0 was asked).
+///
+/// Only `GET /metrics` (any query) is answered: other paths get 404, other methods
+/// 405. One request per connection (`Connection: close`), so a connection's time is
+/// bounded by [`Limits::connection_timeout`] from its connect.
+pub fn serve(
+    addrs: &[SocketAddr],
+    metrics: Metrics,
+    limits: Limits,
+) -> Result<Vec<SocketAddr>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("cannot start the metrics server's runtime: {e}"))?;
+    let mut listeners = Vec::new();
+    let mut bound = Vec::new();
+    for a in addrs {
+        let cannot = |e: std::io::Error| {
+            format!(
+                "cannot serve metrics on {a}: {e}; choose another --metrics-addr (node:PORT or ADDRESS:PORT), or none"
+            )
+        };
+        let l = std::net::TcpListener::bind(a).map_err(cannot)?;
+        l.set_nonblocking(true).map_err(cannot)?;
+        bound.push(l.local_addr().map_err(cannot)?);
+        let _in_rt = rt.enter();
+        listeners.push(tokio::net::TcpListener::from_std(l).map_err(cannot)?);
+    }
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
-            for req in server.incoming_requests() {
-                let ok = req.url() == "/metrics" || req.url().starts_with("/metrics?");
-                let resp = if ok {
-                    tiny_http::Response::from_string(metrics.encode()).with_header(
-                        "Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8"
-                            .parse::<tiny_http::Header>()
-                            .expect("a valid header"),
-                    )
-                } else {
-                    tiny_http::Response::from_string("podnetd serves /metrics only\n")
-                        .with_status_code(404)
-                };
-                let _ = req.respond(resp);
-            }
+            rt.block_on(async move {
+                let slots = Arc::new(tokio::sync::Semaphore::new(limits.connections));
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(limits.header_timeout)
+                    .max_buf_size(limits.header_bytes.max(8 * 1024))
+                    .max_header_size(limits.header_bytes)
+                    .keep_alive(false);
+                let mut accepting = tokio::task::JoinSet::new();
+                for l in listeners {
+                    accepting.spawn(accept(
+                        l,
+                        slots.clone(),
+                        http.clone(),
+                        metrics.clone(),
+                        limits,
+                    ));
+                }
+                while accepting.join_next().await.is_some() {}
+            })
         })
         .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
-    Ok(())
+    Ok(bound)
+}
+
+/// Accepts on `l` for ever: each connection gets one of `slots` or is closed at once.
+async fn accept(
+    l: tokio::net::TcpListener,
+    slots: Arc<tokio::sync::Semaphore>,
+    http: hyper::server::conn::http1::Builder,
+    metrics: Metrics,
+    limits: Limits,
+) {
+    loop {
+        let stream = match l.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors or memory: wait rather than spin.
+                tracing::warn!("metrics: cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let m = metrics.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let resp = answer(&req, &m);
+            async move { Ok::<_, std::convert::Infallible>(resp) }
+        });
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            // Errors are the client's (a bad or slow request); the timeout drops
+            // the connection whatever it is doing.
+            let _ = tokio::time::timeout(limits.connection_timeout, conn).await;
+            drop(slot);
+        });
+    }
+}
+
+type Body = http_body_util::Full<bytes::Bytes>;
+
+/// The answer to one request: the metrics for `GET /metrics`, 404 or 405 otherwise.
+fn answer<B>(req: &hyper::Request<B>, metrics: &Metrics) -> hyper::Response<Body> {
+    use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+    use hyper::{Method, StatusCode};
+    let text = |status: StatusCode, body: &str| {
+        let mut r = hyper::Response::new(Body::from(body.to_string()));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    };
+    if req.uri().path() != "/metrics" {
+        return text(StatusCode::NOT_FOUND, "podnetd serves /metrics only\n");
+    }
+    if req.method() != Method::GET {
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "podnetd's /metrics answers GET only\n",
+        );
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
+        return r;
+    }
+    let mut r = hyper::Response::new(Body::from(metrics.encode()));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    //! The endpoint on 127.0.0.1, a port of its own per test. Each server thread lives
+    //! as long as the test process (it has no stop); it holds nothing outside it.
+
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Instant;
+
+    fn server(limits: Limits) -> SocketAddr {
+        let m = Metrics::new(Default::default(), Default::default());
+        serve(&["127.0.0.1:0".parse().unwrap()], m, limits).unwrap()[0]
+    }
+
+    fn connect(addr: SocketAddr) -> TcpStream {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+
+    /// What the server sent until it closed the connection; a reset counts as a
+    /// close. Panics if it neither answers nor closes within the read timeout.
+    fn read_until_closed(s: &mut TcpStream) -> String {
+        let mut out = Vec::new();
+        match s.read_to_end(&mut out) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("the server neither answered nor closed: {e}"),
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// One request on a new connection; the whole answer.
+    fn exchange(addr: SocketAddr, req: &str) -> String {
+        let mut s = connect(addr);
+        s.write_all(req.as_bytes()).unwrap();
+        read_until_closed(&mut s)
+    }
+
+    fn get(addr: SocketAddr) -> String {
+        exchange(addr, "GET /metrics HTTP/1.1\r\nHost: podnetd\r\n\r\n")
+    }
+
+    /// Whether the server has closed `s` (without waiting for it).
+    fn closed(s: &mut TcpStream) -> bool {
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 512];
+        let r = s.read(&mut b);
+        s.set_nonblocking(false).unwrap();
+        match r {
+            Ok(_) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+
+    #[test]
+    fn node_addr_is_the_underlay_address_and_loopback() {
+        let ip = Ipv4Addr::new(192, 168, 1, 10);
+        assert_eq!(
+            listen_addrs("node:9465", ip).unwrap(),
+            vec![
+                "192.168.1.10:9465".parse::<SocketAddr>().unwrap(),
+                "127.0.0.1:9465".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            listen_addrs("0.0.0.0:9465", ip).unwrap(),
+            vec!["0.0.0.0:9465".parse::<SocketAddr>().unwrap()]
+        );
+        for bad in ["node:", "node:http", "9465", "nowhere"] {
+            let e = listen_addrs(bad, ip).unwrap_err();
+            assert!(
+                e.contains("--metrics-addr") && e.contains("node:9465"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn get_metrics_answers_the_openmetrics_text() {
+        let addr = server(Limits::default());
+        for path in ["/metrics", "/metrics?name[]=podnet_peers"] {
+            let a = exchange(
+                addr,
+                &format!("GET {path} HTTP/1.1\r\nHost: podnetd\r\n\r\n"),
+            );
+            let (head, body) = a.split_once("\r\n\r\n").expect("an HTTP answer");
+            assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+            let head = head.to_ascii_lowercase();
+            assert!(
+                head.contains("content-type: application/openmetrics-text; version=1.0.0"),
+                "{head}"
+            );
+            assert!(head.contains("connection: close"), "{head}");
+            assert!(body.contains("# TYPE podnet_peers gauge"), "{body}");
+            assert!(body.contains("# TYPE process_threads gauge"), "{body}");
+            assert!(body.ends_with("# EOF\n"), "{body}");
+        }
+        // HTTP/1.0, as the lab's tests and many scripts ask.
+        let a = exchange(addr, "GET /metrics HTTP/1.0\r\n\r\n");
+        assert!(
+            a.starts_with("HTTP/1.0 200 ") && a.ends_with("# EOF\n"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn other_methods_get_405_and_other_paths_404() {
+        let addr = server(Limits::default());
+        let a = exchange(
+            addr,
+            "POST /metrics HTTP/1.1\r\nHost: podnetd\r\nContent-Length: 5\r\n\r\nhello",
+        );
+        assert!(a.starts_with("HTTP/1.1 405 "), "{a}");
+        assert!(a.to_ascii_lowercase().contains("\r\nallow: get\r\n"), "{a}");
+        assert!(!a.contains("podnet_peers"), "{a}");
+        let a = exchange(addr, "DELETE /metrics HTTP/1.1\r\nHost: podnetd\r\n\r\n");
+        assert!(a.starts_with("HTTP/1.1 405 "), "{a}");
+        for path in ["/", "/metricsx", "/debug/pprof"] {
+            let a = exchange(
+                addr,
+                &format!("GET {path} HTTP/1.1\r\nHost: podnetd\r\n\r\n"),
+            );
+            assert!(a.starts_with("HTTP/1.1 404 "), "{path}: {a}");
+        }
+    }
+
+    #[test]
+    fn a_request_with_100_kib_of_headers_is_refused_and_the_next_is_served() {
+        let addr = server(Limits::default());
+        // Ten headers of 10 KiB: under hyper's 100-header limit, so only the byte
+        // bound refuses it (hyper's own default buffer, ~400 KiB, would take it).
+        let mut req = String::from("GET /metrics HTTP/1.1\r\nHost: podnetd\r\n");
+        for i in 0..10 {
+            req.push_str(&format!("X-Pad-{i}: {}\r\n", "a".repeat(10 * 1024)));
+        }
+        req.push_str("\r\n");
+        assert!(req.len() > 100 * 1024);
+        let mut s = connect(addr);
+        // The server may close before it has read it all: a failed write is a refusal.
+        let _ = s.write_all(req.as_bytes());
+        let a = read_until_closed(&mut s);
+        assert!(
+            a.is_empty() || a.starts_with("HTTP/1.1 431 "),
+            "100 KiB of headers were not refused: {}",
+            &a[..a.len().min(200)]
+        );
+        eprintln!(
+            "100 KiB of headers: {}",
+            a.lines()
+                .next()
+                .unwrap_or("connection closed without an answer")
+        );
+        assert!(get(addr).starts_with("HTTP/1.1 200 "));
+    }
+
+    #[test]
+    fn a_stalled_request_is_disconnected_within_the_header_timeout() {
+        let limits = Limits {
+            header_timeout: Duration::from_millis(300),
+            connection_timeout: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        let addr = server(limits);
+        let mut s = connect(addr);
+        s.write_all(b"GET /metr").unwrap();
+        let t = Instant::now();
+        let a = read_until_closed(&mut s);
+        let took = t.elapsed();
+        eprintln!(
+            "half a request line: closed after {took:?} ({})",
+            a.lines().next().unwrap_or("no answer")
+        );
+        assert!(a.is_empty() || a.starts_with("HTTP/1.1 408 "), "{a}");
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(3),
+            "closed after {took:?}, not by the 300 ms header timeout"
+        );
+        assert!(get(addr).starts_with("HTTP/1.1 200 "));
+    }
+
+    #[test]
+    fn connections_over_the_bound_are_closed_at_once_and_service_resumes() {
+        let limits = Limits {
+            connections: 4,
+            header_timeout: Duration::from_secs(2),
+            connection_timeout: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        let addr = server(limits);
+        let t = Instant::now();
+        // Four idle connections take every slot (accepted in connect order).
+        let mut idle: Vec<TcpStream> = (0..4).map(|_| connect(addr)).collect();
+        // A fifth is closed as soon as it is accepted, long before any header timeout.
+        let mut extra = connect(addr);
+        let a = read_until_closed(&mut extra);
+        let refused_after = t.elapsed();
+        assert!(a.is_empty(), "{a}");
+        assert!(
+            refused_after < Duration::from_secs(1),
+            "the fifth connection was closed after {refused_after:?}: not at once"
+        );
+        assert!(
+            !idle.iter_mut().any(closed),
+            "an idle connection was closed before its header timeout"
+        );
+        // So is a good request while the slots are taken: the bound holds for
+        // everyone, a scraper too, until the idle ones time out.
+        let a = get(addr);
+        assert!(a.is_empty(), "served over the bound: {a}");
+        // The header timeout frees the slots and a good request is served again.
+        let served_after = loop {
+            let a = get(addr);
+            if a.starts_with("HTTP/1.1 200 ") {
+                break t.elapsed();
+            }
+            assert!(a.is_empty(), "{a}");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "no request served within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        for s in &mut idle {
+            let a = read_until_closed(s);
+            assert!(a.is_empty() || a.starts_with("HTTP/1.1 408 "), "{a}");
+        }
+        eprintln!(
+            "over the bound: closed after {refused_after:?}; served again after {served_after:?}"
+        );
+        assert!(
+            served_after >= Duration::from_millis(1500),
+            "{served_after:?}"
+        );
+    }
 }

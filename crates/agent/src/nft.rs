@@ -292,6 +292,185 @@ pub fn run(script: &str) -> Result<(), String> {
     }
 }
 
+/// Rules each chain holds as [`render_full`] writes it (`allowed_log` is filled while
+/// allowed flows are watched, so it is not counted).
+const CHAIN_RULES: [(&str, usize); 3] = [("forward", 8), ("ingress", 6), ("egress", 6)];
+/// The sets whose loss would open a pod rather than close it: isolation.
+const GUARDING_SETS: [&str; 3] = ["programmed", "ingress_isolated", "egress_isolated"];
+
+/// Reads back, in one `nft` run, what keeps pods isolated: the three chains (their
+/// hook and rule count) and the sets of programmed and isolated pods, compared with
+/// `want` (the elements the agent last programmed). `Err` says what drifted: a missing
+/// table (`nft flush ruleset`, a firewall reload), a flushed chain or set. Any of these
+/// opens pods; the caller rewrites the whole table.
+pub fn check_intact(want: &BTreeSet<Elem>) -> Result<(), String> {
+    // The structure without the elements (`-t`), then each guarding set: nft 1.0's
+    // `-f` cannot list several sets in one run.
+    let structure = list(&["-t", "list", "table", "inet", TABLE])?;
+    let blocks = blocks(&structure);
+    for (c, n) in CHAIN_RULES {
+        let Some(lines) = blocks.get(&format!("chain {c}")) else {
+            return Err(format!("chain {c} of table inet {TABLE} is gone"));
+        };
+        let rules = lines
+            .iter()
+            .filter(|l| !l.starts_with("type ") && !l.starts_with("policy "))
+            .count();
+        if rules != n {
+            return Err(format!(
+                "chain {c} of table inet {TABLE} holds {rules} rules, not {n}"
+            ));
+        }
+        if c == "forward" && !lines.iter().any(|l| l.contains("hook forward")) {
+            return Err(format!(
+                "chain {c} of table inet {TABLE} is not on the forward hook"
+            ));
+        }
+    }
+    for set in GUARDING_SETS {
+        let text = list(&["list", "set", "inet", TABLE, set])?;
+        let have: BTreeSet<Ipv4Addr> = blocks_of_set(&text, set);
+        let need: BTreeSet<Ipv4Addr> = want
+            .iter()
+            .filter(|e| e.set_name() == set)
+            .map(|e| e.pod)
+            .collect();
+        if have != need {
+            let missing = need.difference(&have).count();
+            let extra = have.difference(&need).count();
+            return Err(format!(
+                "set {set} of table inet {TABLE} lacks {missing} and has {extra} unexpected addresses"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One `nft` listing; an error says whether the table itself is gone.
+fn list(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("nft")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            format!("cannot run nft ({e}): install nftables (apt-get install nftables)")
+        })?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    Err(if exists() {
+        format!(
+            "{} of table inet {TABLE} is gone ({})",
+            args[args.len() - 1],
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+        )
+    } else {
+        format!("table inet {TABLE} is gone (nft flush ruleset, or a firewall reload)")
+    })
+}
+
+/// The addresses listed as elements of `set`.
+fn blocks_of_set(text: &str, set: &str) -> BTreeSet<Ipv4Addr> {
+    blocks(text)
+        .get(&format!("set {set}"))
+        .map(|ls| {
+            ls.iter()
+                .filter(|l| !l.starts_with("type ") && !l.starts_with("flags "))
+                .flat_map(|l| {
+                    l.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                        .filter_map(|w| w.parse::<Ipv4Addr>().ok())
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `nft list` output cut into its `chain X` / `set X` blocks: the trimmed lines of each.
+fn blocks(text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut cur: Option<String> = None;
+    for l in text.lines().map(str::trim) {
+        if let Some(h) = l.strip_suffix(" {") {
+            if h.starts_with("chain ") || h.starts_with("set ") {
+                cur = Some(h.to_string());
+                out.entry(h.to_string()).or_default();
+                continue;
+            }
+        }
+        if l == "}" || l.starts_with("table ") {
+            cur = None;
+            continue;
+        }
+        if let (Some(c), false) = (&cur, l.is_empty()) {
+            out.get_mut(c).expect("block opened").push(l.to_string());
+        }
+    }
+    out
+}
+
+/// Follows every nftables change in this network namespace (the nf_tables netlink
+/// multicast group), calling `changed` after each batch of messages until it returns
+/// false. Podnet's own transactions are followed too; the caller's check is cheap.
+pub fn watch(mut changed: impl FnMut() -> bool) -> Result<(), String> {
+    const NETLINK_NETFILTER: i32 = 12;
+    const NFNLGRP_NFTABLES: u32 = 7;
+    // SAFETY: a netlink socket, owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            NETLINK_NETFILTER,
+        )
+    };
+    if fd < 0 {
+        return Err(format!(
+            "netlink socket: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: fd was just created and is ours.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed sockaddr_nl is valid; bind with its size.
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as u16;
+    sa.nl_groups = 1 << (NFNLGRP_NFTABLES - 1);
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if r != 0 {
+        return Err(format!(
+            "join the nftables netlink group: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let mut buf = vec![0u8; 65536];
+    loop {
+        // SAFETY: reading into our buffer.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            // ENOBUFS: events were lost, which is a change all the same.
+            if e.raw_os_error() != Some(libc::ENOBUFS)
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
+                return Err(format!("read nftables events: {e}"));
+            }
+        }
+        if !changed() {
+            return Ok(());
+        }
+    }
+}
+
 /// Whether the table exists.
 pub fn exists() -> bool {
     Command::new("nft")
@@ -591,5 +770,28 @@ mod tests {
         assert!(!s.contains("programmed"), "{s}");
         assert!(!s.contains("add element"), "{s}");
         assert_eq!(render_update(&new, &new), "");
+    }
+}
+
+#[cfg(test)]
+mod drift_tests {
+    use super::*;
+
+    /// `nft -t list table` and `nft list set` output as nft 1.0 prints them.
+    #[test]
+    fn listings_are_read_into_chains_and_set_addresses() {
+        let table = "table inet podnet {\n\tset programmed {\n\t\ttype ipv4_addr\n\t}\n\tchain forward {\n\t\ttype filter hook forward priority filter - 10; policy accept;\n\t\tct state established,related accept\n\t\tip saddr @egress_isolated jump egress\n\t}\n\tchain allowed_log {\n\t}\n}\n";
+        let b = blocks(table);
+        assert_eq!(b["chain forward"].len(), 3);
+        assert!(b["chain forward"][0].contains("hook forward"));
+        assert!(b["chain allowed_log"].is_empty());
+        let set = "table inet podnet {\n\tset programmed {\n\t\ttype ipv4_addr\n\t\telements = { 10.244.1.2, 10.244.1.3,\n\t\t\t     10.244.1.40 }\n\t}\n}\n";
+        let have = blocks_of_set(set, "programmed");
+        let want: BTreeSet<Ipv4Addr> = ["10.244.1.2", "10.244.1.3", "10.244.1.40"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(have, want);
+        assert!(blocks_of_set(set, "ingress_isolated").is_empty());
     }
 }

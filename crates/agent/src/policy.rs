@@ -234,6 +234,132 @@ pub struct Policy {
     fast_cleared: bool,
     /// The objects `tables` were compiled from (shared with the source's snapshot).
     compiled_from: BTreeMap<ObjKey, Arc<Object>>,
+    /// Host veth index → the filters it was last seen with (see [`Filters`]): a filter
+    /// seen once and gone later is drift, put back; one never seen is podnet-cni's to
+    /// attach (the pod is still being made).
+    seen_filters: BTreeMap<u32, Filters>,
+    /// Called with the object's name for every drift repaired (the metrics' repairs).
+    pub on_repair: Option<OnRepair>,
+}
+
+/// What the agent does with each repair (counts it in the metrics).
+pub type OnRepair = Box<dyn Fn(&str) + Send>;
+
+/// The tc filters podnet keeps on one pod's host veth.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Filters {
+    /// Anti-spoofing on ingress (`podnet_from_pod`), with its program id.
+    antispoof: Option<u32>,
+    /// The eBPF policy datapath's two filters.
+    policy_out: bool,
+    policy_in: bool,
+}
+
+fn filters_of(sock: &mut podnet_netlink::Socket, index: u32) -> Result<Filters, String> {
+    let ing = podnet_netlink::tc::list_ingress(sock, index).map_err(|e| e.to_string())?;
+    let eg = podnet_netlink::tc::list_egress(sock, index).map_err(|e| e.to_string())?;
+    Ok(Filters {
+        antispoof: ing
+            .iter()
+            .find(|f| f.name.as_deref() == Some(podnet_netlink::antispoof::PROG_NAME))
+            .and_then(|f| f.prog_id),
+        policy_out: ing
+            .iter()
+            .any(|f| f.name.as_deref() == Some(ebpf::FILTER_OUT)),
+        policy_in: eg
+            .iter()
+            .any(|f| f.name.as_deref() == Some(ebpf::FILTER_IN)),
+    })
+}
+
+/// What is missing from the filters of the pod behind host veth `index`, read from the
+/// kernel: `(opens its policy, what)` — the eBPF datapath's policy filters open it, a
+/// missing anti-spoofing filter lets it forge its source. Empty: all there.
+pub fn pod_filter_problems(
+    sock: &mut podnet_netlink::Socket,
+    index: u32,
+    name: &str,
+    datapath: &str,
+) -> Vec<(bool, String)> {
+    let f = match filters_of(sock, index) {
+        Ok(f) => f,
+        Err(e) => return vec![(false, format!("cannot read the filters of {name}: {e}"))],
+    };
+    let mut v = vec![];
+    if f.antispoof.is_none() {
+        v.push((
+            false,
+            format!(
+                "{name} has no anti-spoofing filter ({}): the pod can forge its source",
+                podnet_netlink::antispoof::PROG_NAME
+            ),
+        ));
+    }
+    if datapath == "ebpf" {
+        if !f.policy_out {
+            v.push((
+                true,
+                format!(
+                    "{name} has no egress policy filter ({}): nothing judges what the pod sends",
+                    ebpf::FILTER_OUT
+                ),
+            ));
+        }
+        if !f.policy_in {
+            v.push((true, format!("{name} has no ingress policy filter ({}): nothing judges what the pod receives", ebpf::FILTER_IN)));
+        }
+    }
+    v
+}
+
+/// What opens pods node-wide on the nftables datapath, read from the kernel: the table,
+/// its chains and isolation sets (against the tables last programmed), and
+/// `bridge-nf-call-iptables`. Empty: enforcement is in place.
+pub fn nft_problems(tables: &BTreeMap<String, PodTables>) -> Vec<String> {
+    let mut v = vec![];
+    if let Err(e) = nft::check_intact(&nft::elements(tables)) {
+        v.push(e);
+    }
+    if let Some(p) = bridge_nf_off() {
+        v.push(format!(
+            "{p} is 0: bridged (same-node) pod traffic skips nftables"
+        ));
+    }
+    v
+}
+
+/// Everything missing from the kernel that keeps this node's pods isolated and
+/// protected (the node-wide nftables objects, every pod veth's filters), read now.
+pub fn enforcement_problems(st: &PolicyStatus) -> Vec<String> {
+    let mut v = vec![];
+    if st.datapath == DatapathKind::Nftables.as_str() {
+        v = nft_problems(&st.tables);
+    }
+    if let Ok(mut sock) = podnet_netlink::Socket::route() {
+        match pod_veths(&mut sock) {
+            Ok(veths) => {
+                for l in veths {
+                    v.extend(
+                        pod_filter_problems(&mut sock, l.index, &l.name, &st.datapath)
+                            .into_iter()
+                            .map(|(_, w)| w),
+                    );
+                }
+            }
+            Err(e) => v.push(format!("cannot list the pods' veths: {e}")),
+        }
+    }
+    v
+}
+
+/// The `bridge-nf-call-*` switch that is off, if one is.
+fn bridge_nf_off() -> Option<String> {
+    ["iptables", "ip6tables"].into_iter().find_map(|fam| {
+        let p = format!("/proc/sys/net/bridge/bridge-nf-call-{fam}");
+        std::fs::read_to_string(&p)
+            .is_ok_and(|v| v.trim() == "0")
+            .then_some(p)
+    })
 }
 
 /// The host veths of the node's pods (podnet-cni marks them with its owner alias).
@@ -409,6 +535,8 @@ impl Policy {
             fast: None,
             fast_seen: BTreeMap::new(),
             fast_cleared: false,
+            seen_filters: BTreeMap::new(),
+            on_repair: None,
             compiled_from: BTreeMap::new(),
         }
     }
@@ -652,12 +780,142 @@ impl Policy {
         Ok(())
     }
 
+    fn repaired(&self, object: &str, log: &dyn Fn(&str), what: &str) {
+        log(&format!("repairing drift: {what}"));
+        if let Some(f) = &self.on_repair {
+            f(object);
+        }
+    }
+
+    /// nftables: the table, its chains and isolation sets, and bridge-nf-call-iptables
+    /// as last programmed; anything missing makes this round rewrite the whole table
+    /// (one transaction) and turn the switch back on.
+    fn verify_nft(&mut self, log: &dyn Fn(&str)) {
+        if !matches!(self.dp, Dp::Nft(true)) {
+            return;
+        }
+        if let Err(why) = nft::check_intact(&nft::elements(&self.tables)) {
+            self.repaired(
+                "nftables-table",
+                log,
+                &format!(
+                    "{why}: every pod of this node was open; rewriting table inet {}",
+                    nft::TABLE
+                ),
+            );
+            self.dp = Dp::Nft(false);
+        }
+        if let Some(p) = bridge_nf_off() {
+            match std::fs::write(&p, "1") {
+                Ok(()) => self.repaired("bridge-nf-call", log, &format!("{p} was 0 (same-node pod traffic skipped nftables): set to 1")),
+                Err(e) => log(&format!("policy: {p} is 0 and cannot be set ({e}): same-node pod traffic skips NetworkPolicy")),
+            }
+        }
+    }
+
+    /// Every pod veth's filters: anti-spoofing, and with the eBPF datapath the two
+    /// policy filters. One seen before and gone now is attached again (the pod was
+    /// open, or could forge its source, in between); the repair is logged and counted.
+    fn verify_filters(&mut self, log: &dyn Fn(&str)) -> Result<(), String> {
+        let mut sock = podnet_netlink::Socket::route().map_err(|e| e.to_string())?;
+        let veths = pod_veths(&mut sock)?;
+        self.seen_filters
+            .retain(|i, _| veths.iter().any(|l| l.index == *i));
+        for l in &veths {
+            let now = filters_of(&mut sock, l.index)?;
+            let before = self.seen_filters.get(&l.index).copied().unwrap_or_default();
+            let mut have = now;
+            if let (None, Some(prog)) = (now.antispoof, before.antispoof) {
+                // The same program again: its map still holds the pod's entry.
+                let fd = podnet_netlink::bpf::prog_by_id(prog).map_err(|e| e.to_string())?;
+                let r = sock.ack_all(vec![
+                    podnet_netlink::tc::clsact_request(l.index),
+                    podnet_netlink::tc::bpf_ingress_request(
+                        l.index,
+                        1,
+                        &fd,
+                        podnet_netlink::antispoof::PROG_NAME,
+                    ),
+                ]);
+                let failed: Vec<String> = r
+                    .into_iter()
+                    .filter_map(|r| r.err().filter(|e| !e.is_exists()))
+                    .map(|e| e.to_string())
+                    .collect();
+                if failed.is_empty() {
+                    have.antispoof = Some(prog);
+                    self.repaired(
+                        "antispoof-filter",
+                        log,
+                        &format!(
+                            "{} had lost its anti-spoofing filter: attached it again",
+                            l.name
+                        ),
+                    );
+                } else {
+                    log(&format!("policy: {} has lost its anti-spoofing filter and it could not be attached again: {}", l.name, failed.join("; ")));
+                }
+            }
+            if let Dp::Ebpf(e) = &self.dp {
+                // The fds must stay open until the requests are sent.
+                let (out_fd, in_fd) = (e.program_fd(ebpf::FROM_POD)?, e.program_fd(ebpf::TO_POD)?);
+                let mut reqs = vec![podnet_netlink::tc::clsact_request(l.index)];
+                if before.policy_out && !now.policy_out {
+                    reqs.push(podnet_netlink::tc::bpf_ingress_request(
+                        l.index,
+                        2,
+                        &out_fd,
+                        ebpf::FILTER_OUT,
+                    ));
+                }
+                if before.policy_in && !now.policy_in {
+                    reqs.push(podnet_netlink::tc::bpf_egress_request(
+                        l.index,
+                        1,
+                        &in_fd,
+                        ebpf::FILTER_IN,
+                    ));
+                }
+                if reqs.len() > 1 {
+                    let failed: Vec<String> = sock
+                        .ack_all(reqs)
+                        .into_iter()
+                        .filter_map(|r| r.err().filter(|e| !e.is_exists()))
+                        .map(|e| e.to_string())
+                        .collect();
+                    if failed.is_empty() {
+                        have.policy_out |= before.policy_out;
+                        have.policy_in |= before.policy_in;
+                        self.repaired(
+                            "policy-filter",
+                            log,
+                            &format!(
+                                "{} had lost an eBPF policy filter: attached it again",
+                                l.name
+                            ),
+                        );
+                    } else {
+                        log(&format!("policy: {} has lost an eBPF policy filter and it could not be attached again: {}", l.name, failed.join("; ")));
+                    }
+                }
+            }
+            self.seen_filters.insert(l.index, have);
+        }
+        Ok(())
+    }
+
     /// One round: reads the source and programs what changed. Returns the number of
     /// elements changed.
     pub fn sync(&mut self, log: &dyn Fn(&str)) -> Result<usize, String> {
+        // Every round, like routes: what keeps pods protected and isolated is still in
+        // the kernel, or is put back now.
+        if let Err(e) = self.verify_filters(log) {
+            log(&format!("policy: cannot verify the pods' filters: {e}"));
+        }
         if matches!(self.dp, Dp::None) {
             return Ok(0);
         }
+        self.verify_nft(log);
         // Every round: pods appear on the node independently of their objects.
         if let Err(e) = self.refresh_fast(log) {
             log(&format!("fast path: {e}"));
@@ -829,6 +1087,24 @@ pub struct PodVerdict {
     /// Whether the kernel holds the pod's address as programmed (else it is closed).
     pub programmed: bool,
     pub datapath: String,
+    /// What is missing from the kernel that opens this pod (a deleted table, a flushed
+    /// chain or isolation set, bridge-nf-call-iptables off, a removed filter): while
+    /// any is listed the flow is *allowed*, whatever the tables say, until the agent
+    /// puts it back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub enforcement: Vec<String>,
+}
+
+/// The host veth (index, name) of the local pod at `ip`, found by its anti-spoofing
+/// entry.
+fn veth_of(sock: &mut podnet_netlink::Socket, ip: std::net::Ipv4Addr) -> Option<(u32, String)> {
+    pod_veths(sock).ok()?.into_iter().find_map(|l| {
+        podnet_netlink::antispoof::pod_state(sock, l.index)
+            .ok()
+            .flatten()
+            .filter(|st| st.ip == ip)
+            .map(|_| (l.index, l.name.clone()))
+    })
 }
 
 /// Judges a flow at local pod `ip` from the tables the datapath was given, and checks
@@ -856,12 +1132,26 @@ pub fn verdict(
         entry: None,
         programmed,
         datapath: st.datapath.clone(),
+        enforcement: vec![],
     };
     if st.datapath == DatapathKind::None.as_str() {
         return v;
     }
+    // The kernel's truth first: what is missing there opens the pod.
+    if st.datapath == DatapathKind::Nftables.as_str() {
+        v.enforcement = nft_problems(&st.tables);
+    }
+    let mut open_now = !v.enforcement.is_empty();
+    if let Ok(mut sock) = podnet_netlink::Socket::route() {
+        if let Some((index, name)) = veth_of(&mut sock, ip) {
+            for (opens, what) in pod_filter_problems(&mut sock, index, &name, &st.datapath) {
+                open_now |= opens;
+                v.enforcement.push(what);
+            }
+        }
+    }
     let Some((_, t)) = found else {
-        v.allowed = false;
+        v.allowed = open_now;
         return v;
     };
     if let Table::Isolated { policies, allow } = t.table(dir) {
@@ -879,6 +1169,11 @@ pub fn verdict(
         });
     }
     v.allowed &= programmed;
+    if open_now {
+        // Whatever the tables say: nothing in the kernel refuses the flow now.
+        v.allowed = true;
+        v.programmed = true;
+    }
     v
 }
 

@@ -154,6 +154,11 @@ pub struct PolicyStats {
     /// Why the counters could not be read, if they could not.
     #[serde(default)]
     pub denied_error: Option<String>,
+    /// What is missing from the kernel now, read when asked
+    /// ([`crate::policy::enforcement_problems`]): each one opens pods (or lets one
+    /// forge its source) until the agent's next round puts it back.
+    #[serde(default)]
+    pub enforcement: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

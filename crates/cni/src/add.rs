@@ -314,6 +314,7 @@ fn add(
         policy.as_deref(),
         pmac,
         a.ip,
+        &s.overlay_guard,
         undo,
         &t,
     )?;
@@ -463,6 +464,7 @@ fn protect(
     policy: Option<&[std::os::fd::OwnedFd]>,
     pmac: [u8; 6],
     ip: std::net::Ipv4Addr,
+    guard: &antispoof::OverlayGuard,
     undo: &mut Vec<Undo>,
     t: &Timing,
 ) -> Result<(), CniError> {
@@ -482,7 +484,7 @@ fn protect(
             ))
         })?;
         undo.push(Undo::ForgetEntry(map, hveth.index));
-        antispoof::set_pod(dp, hveth.index, pmac, ip).map_err(refused)?;
+        antispoof::set_pod(dp, hveth.index, pmac, ip, guard).map_err(refused)?;
         for r in host.ack_all(antispoof::install_requests(hveth.index, &dp.prog)) {
             r.map_err(refused)?;
         }

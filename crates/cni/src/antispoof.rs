@@ -38,7 +38,8 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 pub use podnet_netlink::antispoof::{
-    installed_prog, pod_state, read_state, state_size, PodState, DROP_REASONS, PROG_NAME,
+    installed_prog, pod_state, read_state, state_bytes, state_size, OverlayGuard, PodState,
+    DROP_REASONS, PROG_NAME,
 };
 
 /// The compiled datapath program (see build.rs).
@@ -50,14 +51,6 @@ const MAP_NAME: &str = "podnet_pods";
 const EVENTS_NAME: &str = "podnet_spoofev";
 /// Pods one node's map can hold.
 const MAX_PODS: u32 = 16384;
-
-/// A pod's map entry: its MAC and IP, counters at zero.
-fn state_bytes(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
-    let mut v = vec![0u8; state_size()];
-    v[..6].copy_from_slice(&mac);
-    v[8..12].copy_from_slice(&ip.octets());
-    v
-}
 
 /// The node's loaded program and its map.
 pub struct Datapath {
@@ -231,8 +224,14 @@ pub fn datapath(data_dir: &Path) -> Result<Datapath> {
 }
 
 /// Writes the pod's entry: to be done before its veth can carry traffic.
-pub fn set_pod(dp: &Datapath, host_ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> Result<()> {
-    bpf::update(&dp.map, host_ifindex, &state_bytes(mac, ip))
+pub fn set_pod(
+    dp: &Datapath,
+    host_ifindex: u32,
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+    guard: &OverlayGuard,
+) -> Result<()> {
+    bpf::update(&dp.map, host_ifindex, &state_bytes(mac, ip, guard))
 }
 
 /// Removes the entry of the pod whose host veth was `host_ifindex` with MAC `host_mac`
@@ -299,10 +298,24 @@ mod tests {
 
     #[test]
     fn state_layout_matches_the_c_struct() {
-        let v = state_bytes([1, 2, 3, 4, 5, 6], Ipv4Addr::new(10, 0, 0, 5));
-        assert_eq!(v.len(), 16 + 8 * DROP_REASONS.len());
+        let guard = OverlayGuard {
+            ports: [8472, 51820],
+            cluster: Some((Ipv4Addr::new(10, 244, 0, 0), 16)),
+            node_prefix: 24,
+        };
+        let v = state_bytes([1, 2, 3, 4, 5, 6], Ipv4Addr::new(10, 0, 0, 5), &guard);
+        assert_eq!(v.len(), 32 + 8 * DROP_REASONS.len());
         assert_eq!(&v[..6], &[1, 2, 3, 4, 5, 6]);
         assert_eq!(&v[8..12], &[10, 0, 0, 5]);
+        // Host order, as the program compares them with be32().
+        assert_eq!(&v[12..14], &8472u16.to_ne_bytes());
+        assert_eq!(&v[14..16], &51820u16.to_ne_bytes());
+        assert_eq!(&v[16..20], &0x0af4_0000u32.to_ne_bytes());
+        assert_eq!(&v[20..24], &0xffff_0000u32.to_ne_bytes());
+        assert_eq!(&v[24..28], &0xffff_ff00u32.to_ne_bytes());
+        // Without a cluster CIDR the mask is 0: the ports are closed everywhere.
+        let none = state_bytes([0; 6], Ipv4Addr::new(10, 0, 0, 5), &OverlayGuard::default());
+        assert_eq!(&none[20..24], &[0; 4]);
     }
 
     #[test]

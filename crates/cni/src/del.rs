@@ -1,9 +1,22 @@
 //! DEL: take a pod's network away. Idempotent: a second DEL, a missing namespace or a
-//! missing veth are all success, and the address is released in every case.
+//! missing veth are all success, and the address is released in every case but one:
+//! while the node cannot forget the address's connections (below).
 //!
 //! Order: the veth pair goes first (the pod is disconnected; its anti-spoofing filters
-//! go with it), then the address — so an address is never free while a pod still
-//! uses it.
+//! go with it), then what the node remembers of the pod's connections, then the
+//! address — so an address is never free while a pod still uses it, and the next pod
+//! given it inherits nothing.
+//!
+//! # Connections outlive the pod
+//! The node's conntrack admits an established connection before any policy is
+//! consulted (the nftables datapath), and the eBPF datapath's `flows` table lets a
+//! flow it admitted through without a policy check. Both are keyed by address, so a
+//! new pod given the old one's address would receive the old pod's peers' packets,
+//! whatever its own policy says. [`forget_connections`] deletes every conntrack entry
+//! and every `flows` entry naming the address, in the node's namespace. If that
+//! fails for any reason but "nothing there", DEL fails and the address stays
+//! allocated: a leaked address is safe, a reused one with allowances is not. A retried
+//! DEL finds the veth gone and tries again.
 //!
 //! # Not waiting for the kernel's reclamation
 //! Deleting a link returns from the kernel only after an RCU barrier
@@ -14,13 +27,14 @@
 //! releases the address and returns.
 
 use crate::errors;
-use crate::settings::{host_veth_name, Ipam, Settings};
+use crate::settings::{host_mac, host_veth_name, Ipam, NodeInfo, Settings, DEFAULT_NODE_FILE};
 use crate::{antispoof, delegate, Invocation};
 use podnet_cni_spec::{code, CniError};
 use podnet_ipam::Owner;
-use podnet_netlink::{link, Socket};
+use podnet_netlink::{bpf, conntrack, link, Socket};
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const RTNLGRP_LINK: u32 = 1;
@@ -35,32 +49,154 @@ pub const HELPER_NAME: &std::ffi::CStr = c"podnet-reclaim";
 pub fn run(inv: &Invocation) -> Result<(), CniError> {
     let s = Settings::for_cleanup(&inv.conf, &inv.raw);
     let host_name = host_veth_name(&inv.env.container_id, &inv.env.ifname);
-    delete_link_detached(&host_name, &s.data_dir)?;
+    let linked = delete_link_detached(&host_name, &s.data_dir)?;
     match &s.ipam {
         Some(Ipam::Delegate { plugin }) => {
+            // The delegate holds the address: the veth's MAC names it, or (the veth
+            // already gone) the runtime's prevResult.
+            let mut ips: Vec<Ipv4Addr> = linked.into_iter().chain(prev_result_ips(inv)).collect();
+            ips.sort();
+            ips.dedup();
+            for ip in ips {
+                forget_connections(ip, &inv.raw)?;
+            }
             delegate::exec(&inv.env, plugin, "DEL", &inv.stdin)?;
         }
         _ => {
             let store = s.store()?;
-            store
-                .release(&Owner::new(&inv.env.container_id, &inv.env.ifname))
-                .map_err(errors::ipam)?;
+            let owner = Owner::new(&inv.env.container_id, &inv.env.ifname);
+            // Only the address the store says this attachment holds: anything else
+            // may be another pod's by now.
+            if let Some(ip) = store.lookup(&owner).map_err(errors::ipam)? {
+                forget_connections(ip, &inv.raw)?;
+            }
+            store.release(&owner).map_err(errors::ipam)?;
         }
     }
     Ok(())
 }
 
+/// The IPv4 addresses of the runtime's `prevResult`, if it sent one.
+fn prev_result_ips(inv: &Invocation) -> Vec<Ipv4Addr> {
+    let Some(prev) = &inv.conf.prev_result else {
+        return vec![];
+    };
+    prev["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["address"].as_str()?.split('/').next()?.parse().ok())
+        .collect()
+}
+
+/// Deletes what the node remembers of connections of `ip` (a pod's address that is
+/// about to be freed): its conntrack entries (`conntrack -D -s/-d ip`, both
+/// directions) and, on the eBPF policy datapath, its entries in the pinned `flows`
+/// table. Run in the node's namespace. "Nothing there" (no conntrack, no eBPF
+/// datapath, no entries) is success; anything else is an error naming the address,
+/// since the address must not be reused with its allowances in place.
+pub fn forget_connections(ip: Ipv4Addr, raw: &serde_json::Value) -> Result<(), CniError> {
+    let keep =
+        "the address stays allocated until this succeeds, so no new pod inherits its connections";
+    conntrack::flush_addr(ip).map_err(|e| {
+        CniError::new(
+            code::NETLINK,
+            format!("cannot delete the conntrack entries of {ip}: {e}"),
+            format!("{keep}; delete them by hand (`conntrack -D -s {ip}`, `conntrack -D -d {ip}`, and --reply-src / --reply-dst) and retry DEL"),
+        )
+    })?;
+    let Some(flows) = flows_map_path(raw)? else {
+        return Ok(());
+    };
+    forget_flows(&flows, ip).map_err(|e| {
+        CniError::new(
+            code::ANTISPOOF,
+            format!(
+                "cannot delete the flow-table entries of {ip} in {}: {e}",
+                flows.display()
+            ),
+            format!("{keep}; check that podnetd runs on this node (and its log), then retry DEL"),
+        )
+    })?;
+    Ok(())
+}
+
+/// The pinned `flows` map of the node's eBPF policy datapath (`bpf/policy.c`),
+/// beside the programs the node file names; `None` when the node does not run it.
+fn flows_map_path(raw: &serde_json::Value) -> Result<Option<PathBuf>, CniError> {
+    let node_file = raw
+        .get("nodeFile")
+        .and_then(|v| v.as_str())
+        .unwrap_or(DEFAULT_NODE_FILE);
+    let node: NodeInfo = match std::fs::read(node_file) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| e.to_string()),
+        // No agent on this node: no eBPF datapath either.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+    .map_err(|e| {
+        CniError::new(
+            code::IO,
+            format!("cannot read the agent's node file {node_file} to find its flow table"),
+            format!("{e}; podnetd rewrites it when it starts: restart podnetd on this node and retry DEL (the pod's address stays allocated until then)"),
+        )
+    })?;
+    Ok(node
+        .policy_programs
+        .and_then(|p| p.from_pod.parent().map(|d| d.join(FLOWS_MAP))))
+}
+
+/// The eBPF policy datapath's flow table, pinned by name in the node's bpffs directory.
+const FLOWS_MAP: &str = "flows";
+/// `struct flow_key` in `bpf/policy.c`: saddr, daddr (network order), sport, dport,
+/// proto, side, 2 bytes of padding.
+const FLOW_KEY_SIZE: u32 = 16;
+const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+
+/// Deletes every entry of the pinned flow table at `path` whose key has `ip` as source
+/// or destination; returns how many. A table that is not pinned (the datapath is not
+/// loaded) has nothing to delete.
+pub fn forget_flows(path: &Path, ip: Ipv4Addr) -> Result<usize, podnet_netlink::Error> {
+    let map = match bpf::obj_get(path) {
+        Ok(m) => m,
+        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let info = bpf::map_info(&map)?;
+    if info.key_size != FLOW_KEY_SIZE || info.map_type != BPF_MAP_TYPE_LRU_HASH {
+        return Err(podnet_netlink::Error::Malformed {
+            op: "read the flow table",
+            obj: path.display().to_string(),
+            why: format!(
+                "it is a map of type {} with {}-byte keys, not the LRU hash of {FLOW_KEY_SIZE}-byte keys of bpf/policy.c; it was made by another podnet build",
+                info.map_type, info.key_size
+            ),
+        });
+    }
+    let ip = ip.octets();
+    let mut n = 0;
+    for k in bpf::raw_keys(&map, &info)? {
+        if k[0..4] == ip || k[4..8] == ip {
+            bpf::delete_raw(&map, &info, &k)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Deletes the link `name` (a pod's host veth: both ends and their filters go) and
 /// its datapath entry, returning as soon as the link is gone from the namespace.
-/// Absent is success.
-pub fn delete_link_detached(name: &str, data_dir: &Path) -> Result<(), CniError> {
+/// Absent is success. Returns the pod address the link's MAC names
+/// ([`host_mac`]), if there was a link.
+pub fn delete_link_detached(name: &str, data_dir: &Path) -> Result<Option<Ipv4Addr>, CniError> {
     let nl = |e| {
         errors::netlink(e, "podnet-cni must run as root; remove the link by hand with `ip link del` if it persists")
     };
     let mut host = Socket::route().map_err(nl)?;
     let Some(l) = link::get_by_name(&mut host, name).map_err(nl)? else {
-        return Ok(());
+        return Ok(None);
     };
+    let ip = pod_ip_of_host_mac(&l.mac);
     // Listen for the link's removal (on a socket of its own, see Socket::subscribe)
     // before it can happen, then mark the link for deletion.
     let mut watch = Socket::route().map_err(nl)?;
@@ -90,7 +226,7 @@ pub fn delete_link_detached(name: &str, data_dir: &Path) -> Result<(), CniError>
         Ok(()) => {}
         Err(e) if e.is_not_found() => {
             forget(data_dir, &l);
-            return Ok(());
+            return Ok(ip);
         }
         Err(e) => return Err(nl(e)),
     }
@@ -122,7 +258,14 @@ pub fn delete_link_detached(name: &str, data_dir: &Path) -> Result<(), CniError>
         )
     })?;
     forget(data_dir, &l);
-    Ok(())
+    Ok(ip)
+}
+
+/// The pod address a host veth's MAC names ([`host_mac`]: `0a:5a` + the address).
+fn pod_ip_of_host_mac(mac: &[u8]) -> Option<Ipv4Addr> {
+    let b: [u8; 6] = mac.try_into().ok()?;
+    let ip = Ipv4Addr::new(b[2], b[3], b[4], b[5]);
+    (host_mac(ip) == b).then_some(ip)
 }
 
 /// Drops the datapath entry of a deleted host veth. Best effort: the pod is gone and

@@ -6,12 +6,18 @@
 //! the IPAM records of this network (each names its attachment), and datapath entries
 //! whose link no longer exists. Links and records of other networks are never touched.
 //! GC goes on after a failure and reports every failure at the end.
+//!
+//! As in DEL, an address is freed only after its link is gone and the node has
+//! forgotten its connections ([`forget_connections`]); an address whose connections
+//! could not be forgotten stays allocated (and is reported), so that no new pod
+//! inherits them.
 
-use crate::del::delete_link_detached;
+use crate::del::{delete_link_detached, forget_connections};
 use crate::errors;
 use crate::settings::{host_veth_name, Ipam, Settings};
 use crate::{antispoof, delegate, Invocation};
 use podnet_cni_spec::{code, CniError};
+use podnet_ipam::Owner;
 use podnet_netlink::{link, Socket};
 use std::collections::HashSet;
 
@@ -32,7 +38,9 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
     let nl = |e| errors::netlink(e, "list links with `ip -d link show`");
     let mut host = Socket::route().map_err(nl)?;
 
-    // 1. Host veths of this network whose attachment is gone (their filters go too).
+    // 1. Host veths of this network whose attachment is gone (their filters go too),
+    //    and the addresses their MACs name.
+    let mut linked = Vec::new();
     for l in link::list(&mut host).map_err(nl)? {
         let owner = l.alias.as_deref().and_then(antispoof::parse_owner_alias);
         let stale = owner.is_some_and(|(net, ifname, cid)| {
@@ -41,8 +49,9 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
                 && l.name == host_veth_name(cid, ifname)
         });
         if stale {
-            if let Err(e) = delete_link_detached(&l.name, &s.data_dir) {
-                failures.push(e);
+            match delete_link_detached(&l.name, &s.data_dir) {
+                Ok(ip) => linked.extend(ip),
+                Err(e) => failures.push(e),
             }
         }
     }
@@ -50,26 +59,68 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
     // 2. Address records.
     match &s.ipam {
         Some(Ipam::Delegate { plugin }) => {
-            if delegate::supports(&inv.env, plugin, "1.1.0") {
+            // The delegate frees what it holds for attachments not kept: only after
+            // the node forgot their connections (the addresses of the veths above).
+            let mut forgotten = true;
+            for ip in linked {
+                if let Err(e) = forget_connections(ip, &inv.raw) {
+                    failures.push(e);
+                    forgotten = false;
+                }
+            }
+            if forgotten && delegate::supports(&inv.env, plugin, "1.1.0") {
                 if let Err(e) = delegate::exec(&inv.env, plugin, "GC", &inv.stdin) {
                     failures.push(e);
                 }
             }
         }
-        _ => match s.store().and_then(|st| {
-            st.retain(|o| keep.contains(&(o.container_id.as_str(), o.ifname.as_str())))
-                .map_err(errors::ipam)
-        }) {
-            // A record whose link has no alias: a crash between creating the link and
-            // attaching it. The link, if any, carries the derived name.
-            Ok(freed) => {
-                for (_, o) in freed {
-                    if let Err(e) = delete_link_detached(
-                        &host_veth_name(&o.container_id, &o.ifname),
-                        &s.data_dir,
-                    ) {
-                        failures.push(e);
+        _ => match s.store() {
+            Ok(st) => {
+                let kept = |o: &Owner| keep.contains(&(o.container_id.as_str(), o.ifname.as_str()));
+                // Owners whose address must stay allocated: their link or their
+                // connections are still there.
+                let mut held: HashSet<Owner> = HashSet::new();
+                let mut forgotten = HashSet::new();
+                match st.list() {
+                    Ok(all) => {
+                        for (ip, o) in all.into_iter().filter(|(_, o)| !kept(o)) {
+                            // A record whose link has no alias: a crash between creating
+                            // the link and attaching it. The link, if any, carries the
+                            // derived name.
+                            let gone = delete_link_detached(
+                                &host_veth_name(&o.container_id, &o.ifname),
+                                &s.data_dir,
+                            )
+                            .and_then(|_| forget_connections(ip, &inv.raw));
+                            match gone {
+                                Ok(()) => {
+                                    forgotten.insert(ip);
+                                }
+                                Err(e) => {
+                                    failures.push(e);
+                                    held.insert(o);
+                                }
+                            }
+                        }
                     }
+                    Err(e) => failures.push(errors::ipam(e)),
+                }
+                match st.retain(|o| kept(o) || held.contains(o)) {
+                    // Records that appeared since the list (an ADD that failed and was
+                    // not undone in between): their connections go now.
+                    Ok(freed) => {
+                        for (ip, o) in freed.into_iter().filter(|(ip, _)| !forgotten.contains(ip)) {
+                            if let Err(e) = delete_link_detached(
+                                &host_veth_name(&o.container_id, &o.ifname),
+                                &s.data_dir,
+                            )
+                            .and_then(|_| forget_connections(ip, &inv.raw))
+                            {
+                                failures.push(e);
+                            }
+                        }
+                    }
+                    Err(e) => failures.push(errors::ipam(e)),
                 }
             }
             Err(e) => failures.push(e),

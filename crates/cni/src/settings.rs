@@ -24,7 +24,51 @@ pub struct NodeInfo {
     /// `bridge` or `ebpf`: how the node's podnetd moves pod packets.
     #[serde(default)]
     pub datapath: Option<String>,
+    /// The cluster's pod CIDR: where a pod's UDP to an overlay port may go.
+    #[serde(rename = "clusterCIDR", default)]
+    pub cluster_cidr: Option<String>,
+    /// The node's overlay UDP ports (VXLAN, WireGuard), closed to pods but towards
+    /// other pods (anti-spoofing's overlay guard).
+    #[serde(default)]
+    pub overlay_ports: Vec<u16>,
 }
+
+impl NodeInfo {
+    /// The overlay guard every pod of this node carries (`bpf/from_pod.c`). No ports
+    /// (no agent, or host-gw): nothing to guard.
+    fn overlay_guard(&self) -> Result<antispoof_guard::OverlayGuard, CniError> {
+        let mut g = antispoof_guard::OverlayGuard::default();
+        if self.overlay_ports.len() > g.ports.len() {
+            return Err(invalid(
+                format!(
+                    "the node file names {} overlay ports",
+                    self.overlay_ports.len()
+                ),
+                "podnetd writes at most two (VXLAN, WireGuard): restart podnetd on this node",
+            ));
+        }
+        for (slot, p) in g.ports.iter_mut().zip(&self.overlay_ports) {
+            *slot = *p;
+        }
+        let net = |what: &str, v: &Option<String>| -> Result<Option<Ipv4Net>, CniError> {
+            v.as_deref()
+                .map(|c| {
+                    c.parse::<Ipv4Net>().map_err(|e| {
+                        invalid(
+                            format!("the node file's {what} {c:?} is not a CIDR"),
+                            format!("{e}; podnetd rewrites it when it starts: restart podnetd on this node"),
+                        )
+                    })
+                })
+                .transpose()
+        };
+        g.cluster = net("clusterCIDR", &self.cluster_cidr)?.map(|c| (c.network(), c.prefix()));
+        g.node_prefix = net("podCIDR", &self.pod_cidr)?.map_or(32, |c| c.prefix());
+        Ok(g)
+    }
+}
+
+use podnet_netlink::antispoof as antispoof_guard;
 
 /// The pinned eBPF policy programs (bpffs paths).
 #[derive(Debug, Default, Clone, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
@@ -62,6 +106,8 @@ pub struct Settings {
     pub runtime_config: Option<serde_json::Value>,
     /// The node agent's eBPF policy programs, if it runs that datapath.
     pub policy_programs: Option<PolicyPrograms>,
+    /// What anti-spoofing closes of the node's overlay ports.
+    pub overlay_guard: antispoof_guard::OverlayGuard,
 }
 
 fn invalid(msg: impl Into<String>, details: impl Into<String>) -> CniError {
@@ -89,6 +135,7 @@ impl Settings {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => NodeInfo::default(),
             Err(e) => return Err(unreadable(e.to_string())),
         };
+        let overlay_guard = node.overlay_guard()?;
         // The configuration may say which datapath it expects; the node decides, and a
         // disagreement is an error rather than a pod on a path nobody chose.
         if let Some(want) = raw.get("datapath") {
@@ -192,6 +239,7 @@ impl Settings {
             lock_timeout: lock_timeout(raw),
             runtime_config: conf.runtime_config.clone(),
             policy_programs: node.policy_programs.clone(),
+            overlay_guard,
         })
     }
 
@@ -215,6 +263,7 @@ impl Settings {
             lock_timeout: lock_timeout(raw),
             runtime_config: conf.runtime_config.clone(),
             policy_programs: None,
+            overlay_guard: Default::default(),
         }
     }
 

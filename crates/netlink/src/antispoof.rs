@@ -14,9 +14,50 @@ include!(concat!(env!("OUT_DIR"), "/drop_reasons.rs"));
 /// The tc filter's and the program's name.
 pub const PROG_NAME: &str = "podnet_from_pod";
 
-/// Size of `struct pod_state` in from_pod.c: mac[6], pad[2], ip, pad2, drops[N].
+/// Where the drop counters start in `struct pod_state` (from_pod.c).
+const DROPS_AT: usize = 32;
+
+/// Size of `struct pod_state` in from_pod.c: mac[6], pad[2], ip, guard_ports[2],
+/// cluster_net, cluster_mask, node_mask, pad2, drops[N].
 pub fn state_size() -> usize {
-    16 + 8 * DROP_REASONS.len()
+    DROPS_AT + 8 * DROP_REASONS.len()
+}
+
+/// The overlay guard a pod's entry carries (see `struct pod_state` in from_pod.c): the
+/// node's overlay UDP ports, to which the pod may send only to another pod's address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverlayGuard {
+    /// VXLAN and WireGuard ports; 0: none.
+    pub ports: [u16; 2],
+    /// The cluster CIDR: `(network, prefix)`; `None`: no address is a pod's, so the
+    /// ports are closed to every destination.
+    pub cluster: Option<(Ipv4Addr, u8)>,
+    /// The prefix length of one node's pod CIDR.
+    pub node_prefix: u8,
+}
+
+fn mask(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix.min(32) as u32)
+    }
+}
+
+/// A pod's map entry: its MAC, IP and overlay guard, counters at zero.
+pub fn state_bytes(mac: [u8; 6], ip: Ipv4Addr, guard: &OverlayGuard) -> Vec<u8> {
+    let mut v = vec![0u8; state_size()];
+    v[..6].copy_from_slice(&mac);
+    v[8..12].copy_from_slice(&ip.octets());
+    v[12..14].copy_from_slice(&guard.ports[0].to_ne_bytes());
+    v[14..16].copy_from_slice(&guard.ports[1].to_ne_bytes());
+    if let Some((net, prefix)) = guard.cluster {
+        let m = mask(prefix);
+        v[16..20].copy_from_slice(&(u32::from(net) & m).to_ne_bytes());
+        v[20..24].copy_from_slice(&m.to_ne_bytes());
+    }
+    v[24..28].copy_from_slice(&mask(guard.node_prefix).to_ne_bytes());
+    v
 }
 
 /// The reason id of drop reason number `n` (`unknown` if this build has no such).
@@ -87,7 +128,7 @@ pub fn read_state(prog_id: u32, ifindex: u32) -> Result<Option<PodState>> {
         drops: DROP_REASONS
             .iter()
             .map(|(n, id, _)| {
-                let at = 16 + 8 * *n as usize;
+                let at = DROPS_AT + 8 * *n as usize;
                 (
                     id.to_string(),
                     u64::from_ne_bytes(v[at..at + 8].try_into().unwrap()),

@@ -1,6 +1,6 @@
 //! eBPF objects already loaded: finding programs and maps by id or pin, reading and
-//! writing map entries with u32 keys, and running a program on a test packet
-//! (`BPF_PROG_TEST_RUN`).
+//! writing map entries with u32 keys (listing and deleting those of any key size), and
+//! running a program on a test packet (`BPF_PROG_TEST_RUN`).
 //!
 //! Loading is not done here: podnet's programs are loaded with aya (podnet-cni for the
 //! anti-spoofing program, podnetd for the policy). These few calls are what the tools
@@ -20,6 +20,7 @@ const BPF_PROG_TEST_RUN: u32 = 10;
 const BPF_PROG_GET_FD_BY_ID: u32 = 13;
 const BPF_MAP_GET_FD_BY_ID: u32 = 14;
 const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
+const BPF_MAP_LOOKUP_BATCH: u32 = 24;
 
 /// `union bpf_attr`, as raw bytes (144 bytes in current kernels).
 struct Attr([u8; 144]);
@@ -89,6 +90,93 @@ pub fn keys(map: &OwnedFd) -> Result<Vec<u32>> {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
             Err(e) => return Err(Error::io("list BPF map keys", "", e)),
         }
+    }
+}
+
+/// Every key of a map, whatever its key size (`map.key_size` bytes each): a few
+/// `BPF_MAP_LOOKUP_BATCH` calls of 4096 entries (Linux 5.6+, hash maps), else one
+/// `BPF_MAP_GET_NEXT_KEY` per key. Entries added or removed meanwhile may or may not
+/// be seen.
+pub fn raw_keys(map: &OwnedFd, info: &MapInfo) -> Result<Vec<Vec<u8>>> {
+    // Per-CPU maps have per-CPU values, which the batch would have to size.
+    const PERCPU: [u32; 3] = [5, 6, 10];
+    if !PERCPU.contains(&info.map_type) {
+        match keys_batched(map, info) {
+            Ok(keys) => return Ok(keys),
+            // EINVAL/ENOTSUPP (524): no batch operations here. ENOSPC: a bucket larger
+            // than the batch. Either way, key by key.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSPC | 524)) => {}
+            Err(e) => return Err(Error::io("list BPF map keys", info.name.clone(), e)),
+        }
+    }
+    let ks = info.key_size as usize;
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut next = vec![0u8; ks];
+        let mut a = Attr::new();
+        a.u32(0, map.as_raw_fd() as u32)
+            .u64(8, out.last().map_or(0, |k| k.as_ptr() as u64))
+            .u64(16, next.as_mut_ptr() as u64);
+        match sys_bpf(BPF_MAP_GET_NEXT_KEY, &mut a) {
+            Ok(_) => out.push(next),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Err(e) => return Err(Error::io("list BPF map keys", info.name.clone(), e)),
+        }
+    }
+}
+
+fn keys_batched(map: &OwnedFd, info: &MapInfo) -> io::Result<Vec<Vec<u8>>> {
+    const BATCH: usize = 4096;
+    let (ks, vs) = (info.key_size as usize, info.value_size as usize);
+    let mut keys = vec![0u8; ks * BATCH];
+    let mut values = vec![0u8; vs * BATCH];
+    // The position token: a bucket number for hash maps, a key for others.
+    let (mut token_in, mut token_out) = (vec![0u8; ks.max(8)], vec![0u8; ks.max(8)]);
+    let mut out = Vec::new();
+    let mut first = true;
+    loop {
+        let mut a = Attr::new();
+        a.u64(0, if first { 0 } else { token_in.as_ptr() as u64 })
+            .u64(8, token_out.as_mut_ptr() as u64)
+            .u64(16, keys.as_mut_ptr() as u64)
+            .u64(24, values.as_mut_ptr() as u64)
+            .u32(32, BATCH as u32)
+            .u32(36, map.as_raw_fd() as u32);
+        let r = sys_bpf(BPF_MAP_LOOKUP_BATCH, &mut a);
+        let n = (a.get_u32(32) as usize).min(BATCH);
+        let done = match r {
+            Ok(_) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(e) => return Err(e),
+        };
+        out.extend(keys[..n * ks].chunks(ks).map(<[u8]>::to_vec));
+        if done {
+            return Ok(out);
+        }
+        std::mem::swap(&mut token_in, &mut token_out);
+        first = false;
+    }
+}
+
+/// Removes the entry with key `key` (exactly the map's key size); absent is success.
+pub fn delete_raw(map: &OwnedFd, info: &MapInfo, key: &[u8]) -> Result<()> {
+    if key.len() != info.key_size as usize {
+        return Err(Error::Malformed {
+            op: "delete from BPF map",
+            obj: info.name.clone(),
+            why: format!(
+                "a {}-byte key for a map of {}-byte keys",
+                key.len(),
+                info.key_size
+            ),
+        });
+    }
+    let mut a = Attr::new();
+    a.u32(0, map.as_raw_fd() as u32).u64(8, key.as_ptr() as u64);
+    match sys_bpf(BPF_MAP_DELETE_ELEM, &mut a) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(Error::io("delete from BPF map", info.name.clone(), e)),
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Everything podnet changes in the kernel goes through this crate, over raw netlink
 //! sockets: rtnetlink for links, addresses, routes, neighbours and traffic control
-//! ([`link`], [`addr`], [`route`], [`neigh`], [`tc`]), the `bpf` system call for the
-//! datapath ([`bpf`]), and namespace handling in [`netns`]. There are no subprocesses
+//! ([`link`], [`addr`], [`route`], [`neigh`], [`tc`]), ctnetlink for connection
+//! tracking ([`conntrack`]), the `bpf` system call for the datapath ([`bpf`]), and
+//! namespace handling in [`netns`]. There are no subprocesses
 //! (`ip`, `tc`, `nft`) on any hot path: a CNI ADD must finish in about a millisecond,
 //! and an `nft` process alone costs ~2.5 ms.
 //!
@@ -17,6 +18,7 @@
 pub mod addr;
 pub mod antispoof;
 pub mod bpf;
+pub mod conntrack;
 pub mod error;
 pub mod link;
 pub mod msg;

@@ -63,13 +63,36 @@ pub fn bpf_egress_request(ifindex: u32, prio: u16, prog: &OwnedFd, name: &str) -
     bpf_filter_request(ifindex, EGRESS, prio, prog, name)
 }
 
-fn bpf_filter_request(ifindex: u32, parent: u32, prio: u16, prog: &OwnedFd, name: &str) -> Request {
-    let info = ((prio as u32) << 16) | (ETH_P_ALL.to_be() as u32);
-    let mut m = Msg::new(
-        RTM_NEWTFILTER,
-        crate::sys::NLM_F_CREATE | crate::sys::NLM_F_EXCL,
+/// `tc filter replace dev INDEX ingress prio PRIO handle 1 protocol all bpf da fd PROG
+/// name NAME`: one kernel operation, so the link is never without a filter at that
+/// priority when one was there.
+pub fn bpf_ingress_replace_request(ifindex: u32, prio: u16, prog: &OwnedFd, name: &str) -> Request {
+    bpf_filter(
+        ifindex,
+        INGRESS,
+        prio,
+        prog,
+        name,
+        crate::sys::NLM_F_REPLACE,
     )
-    .fixed(&tcmsg(ifindex, 1, parent, info));
+}
+
+fn bpf_filter_request(ifindex: u32, parent: u32, prio: u16, prog: &OwnedFd, name: &str) -> Request {
+    bpf_filter(ifindex, parent, prio, prog, name, crate::sys::NLM_F_EXCL)
+}
+
+/// `mode`: NLM_F_EXCL (add) or NLM_F_REPLACE (add or replace).
+fn bpf_filter(
+    ifindex: u32,
+    parent: u32,
+    prio: u16,
+    prog: &OwnedFd,
+    name: &str,
+    mode: u16,
+) -> Request {
+    let info = ((prio as u32) << 16) | (ETH_P_ALL.to_be() as u32);
+    let mut m = Msg::new(RTM_NEWTFILTER, crate::sys::NLM_F_CREATE | mode)
+        .fixed(&tcmsg(ifindex, 1, parent, info));
     m.str(TCA_KIND, "bpf");
     let o = m.nest(TCA_OPTIONS);
     m.u32(TCA_BPF_FD, prog.as_raw_fd() as u32);
@@ -112,8 +135,22 @@ pub struct FilterInfo {
 
 /// `tc filter show dev INDEX ingress`.
 pub fn list_ingress(sock: &mut Socket, ifindex: u32) -> Result<Vec<FilterInfo>> {
-    let m = Msg::new(RTM_GETTFILTER, 0).fixed(&tcmsg(ifindex, 0, INGRESS, 0));
-    let bodies = match sock.dump(m, "list ingress filters of", &format!("link {ifindex}")) {
+    list(sock, ifindex, INGRESS)
+}
+
+/// `tc filter show dev INDEX egress`.
+pub fn list_egress(sock: &mut Socket, ifindex: u32) -> Result<Vec<FilterInfo>> {
+    list(sock, ifindex, EGRESS)
+}
+
+fn list(sock: &mut Socket, ifindex: u32, parent: u32) -> Result<Vec<FilterInfo>> {
+    let m = Msg::new(RTM_GETTFILTER, 0).fixed(&tcmsg(ifindex, 0, parent, 0));
+    let what = if parent == EGRESS {
+        "list egress filters of"
+    } else {
+        "list ingress filters of"
+    };
+    let bodies = match sock.dump(m, what, &format!("link {ifindex}")) {
         // No clsact qdisc at all: no filters.
         Err(e) if e.errno() == Some(libc::EINVAL) => return Ok(vec![]),
         other => other?,

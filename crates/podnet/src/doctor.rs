@@ -519,6 +519,13 @@ fn policy(out: &mut Out, n: &NodeView) {
                 let denied: u64 = stats.denied.iter().map(|d| d.packets).sum();
                 out.put("policy", "ok", format!("{dp}: revision {}, {pods} pods programmed ({isolated} isolated), {denied} packets refused (podnet policy stats)", p.revision), "");
             }
+            if stats.enforcement.is_empty() {
+                if dp != "none" {
+                    out.put("policy enforcement", "ok", format!("{dp}: every object that isolates and protects this node's pods is in the kernel"), "");
+                }
+            } else {
+                out.check("policy enforcement", false, format!("OPEN: {}", stats.enforcement.join("; ")), "podnetd puts these back within 2 s (`repairing drift` in its log, podnet_repairs_total): if this persists, the agent is down or failing — see its log");
+            }
             let r = &p.rejected;
             if !r.is_empty() {
                 out.put(

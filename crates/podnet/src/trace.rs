@@ -465,6 +465,13 @@ fn policy_hop(
         );
         return;
     }
+    if !v.enforcement.is_empty() {
+        b.check(where_, "policy", false,
+            format!("{ip} is OPEN on {node}, whatever its policies say: {}", v.enforcement.join("; ")),
+            "(missing from the kernel)".into(), cmd,
+            "podnetd puts what is missing back within 2 s (`repairing drift` in its log); if it stays missing, the agent is down or failing: see podnetd's log on that node");
+        return;
+    }
     if !v.programmed {
         b.check(where_, "policy", false,
             format!("{ip} is closed on {node}: its agent has not programmed this pod's policy, so nothing passes {d}"),

@@ -126,9 +126,14 @@ struct Args {
     /// How pod packets cross the node.
     #[arg(long, value_enum, default_value = "bridge")]
     datapath: Datapath,
-    /// Serve Prometheus metrics at http://ADDR/metrics (`none`: not at all). In a lab
-    /// every node has its own network namespace, so each can use the same port.
-    #[arg(long, default_value = "0.0.0.0:9465", value_name = "ADDR")]
+    /// Serve Prometheus metrics at http://ADDR/metrics. `node:PORT`: on the node's
+    /// underlay address (the one on --underlay-dev, where Prometheus scrapes) and on
+    /// 127.0.0.1 (`kubectl port-forward`, curl on the node), not on the node's other
+    /// addresses; `ADDRESS:PORT`: that address only (`0.0.0.0:9465`: every address);
+    /// `none`: not at all. Headers, times and connections are bounded (8 KiB, 5 s to
+    /// send a request, 15 s a connection, 64 at once). In a lab every node has its own
+    /// network namespace, so each can use the same port.
+    #[arg(long, default_value = "node:9465", value_name = "ADDR")]
     metrics_addr: String,
     /// Run as the WireGuard device process (podnetd starts it; not for people).
     #[arg(long, hide = true)]
@@ -309,11 +314,40 @@ fn main() {
         std::process::exit(2);
     }
     let node = cfg.node.clone();
+    if let Err(e) = stop_on_signals(&node) {
+        tracing::error!(node, "fatal: cannot wait for SIGTERM and SIGINT: {e}");
+        std::process::exit(1);
+    }
     let result = Agent::new(cfg).and_then(|agent| agent.run());
     if let Err(e) = result {
         tracing::error!(node, "fatal: {e}");
         std::process::exit(1);
     }
+}
+
+/// On SIGTERM (a rollout, `podnet lab down`) or SIGINT, exits 0 at once, as after
+/// `kill -9`: nothing is withdrawn. Routes, neighbours, FDB entries, the bridge, the
+/// overlay device, nftables tables and pinned eBPF programs stay, and so does the
+/// WireGuard device process (a session of its own: the signal is not sent to it), so
+/// pods keep their network and their verdicts; the next podnetd adopts all of it.
+fn stop_on_signals(node: &str) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    let node = node.to_string();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                let name = if sig == SIGTERM { "SIGTERM" } else { "SIGINT" };
+                tracing::info!(
+                    node,
+                    "podnetd: {name}: stopping; the datapath stays as it is (pods keep their network and verdicts)"
+                );
+                // The log goes to standard error unbuffered; nothing else to flush.
+                std::process::exit(0);
+            }
+        })?;
+    Ok(())
 }
 
 /// Copies `src` to `dst` atomically (a temporary file beside it, then a rename), so a

@@ -28,6 +28,9 @@ pub struct NodeStatus {
     pub vtep_mac: Option<String>,
     pub agent_pid: Option<u32>,
     pub peers: usize,
+    /// What the node's underlay guard holds and has dropped (VXLAN and WireGuard).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub underlay_guard: Option<podnet_agent::guard::GuardStatus>,
 }
 
 impl Lab {
@@ -60,6 +63,7 @@ impl Lab {
                         .map(|a| a.vtep_mac.clone()),
                     agent_pid: self.live_pid(&n.name, "podnetd"),
                     peers: agent.as_ref().map_or(0, |a| a.peers.len()),
+                    underlay_guard: agent.as_ref().and_then(|a| a.underlay_guard.clone()),
                 }
             })
             .collect();

@@ -267,3 +267,220 @@ fn without_protection_the_attack_works() {
         node.del(cid, &p.ns);
     }
 }
+
+/// A VXLAN datagram's payload: the VXLAN header (VNI 1) and an inner Ethernet + IPv4 +
+/// UDP frame from `src` to `dst`, between two VTEP MACs.
+fn vxlan_payload(
+    inner_dst_mac: [u8; 6],
+    inner_src_mac: [u8; 6],
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+) -> Vec<u8> {
+    let mut p = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+    p.extend(probe::udp_frame(
+        inner_dst_mac,
+        inner_src_mac,
+        src,
+        dst,
+        b"forged by a pod",
+    ));
+    p
+}
+
+/// Sends one UDP datagram from inside namespace `ns` (from `bind`, or any address).
+fn send_udp(ns: &Netns, bind: Ipv4Addr, to: SocketAddrV4, payload: &[u8]) {
+    let payload = payload.to_vec();
+    ns.run(move || {
+        let s = std::net::UdpSocket::bind((bind, 0)).expect("bind");
+        s.send_to(&payload, to).expect("send");
+    })
+    .unwrap();
+}
+
+/// The forged inner packets carry this source port, so a capture can tell them apart.
+const FORGED_PORT: u16 = 31337;
+
+fn forged_seen(frames: &[Vec<u8>]) -> usize {
+    frames
+        .iter()
+        .filter(|f| {
+            f.len() >= 42
+                && f[12..14] == [0x08, 0x00]
+                && f[23] == 17
+                && u16::from_be_bytes([f[34], f[35]]) == FORGED_PORT
+        })
+        .count()
+}
+
+/// The overlay injection, on one datapath: a pod wraps a packet with a forged
+/// source in VXLAN and sends it to its own node's VXLAN port, to another node's, and
+/// to the node addresses inside the pod CIDRs; a node sends VXLAN claiming another
+/// node's pod; a host address that is no peer sends VXLAN. None may reach a pod.
+fn overlay_injection_reaches_no_pod(args: &[&str]) {
+    let lab = TestLab::up(&[&["--nodes", "2", "--pods-per-node", "2"], args].concat());
+    let st = lab.json(&["status", "--output", "json"]);
+    let node = |name: &str| {
+        let n = st["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap_or_else(|| panic!("no node {name}: {st}"));
+        let ip: Ipv4Addr = n["underlay_ip"].as_str().unwrap().parse().unwrap();
+        let vtep = parse_mac(n["vtep_mac"].as_str().unwrap()).unwrap();
+        (ip, vtep)
+    };
+    let ((n1, vtep1), (n2, vtep2)) = (node("node1"), node("node2"));
+    let (p1a, _) = lab_pod(&st, "p1a");
+    let (p1b, _) = lab_pod(&st, "p1b");
+    let (p2a, _) = lab_pod(&st, "p2a");
+    let (p2b, _) = lab_pod(&st, "p2b");
+    let cap1 = Capture::open(&lab.ns("p1b"), "eth0").unwrap();
+    let cap2 = Capture::open(&lab.ns("p2b"), "eth0").unwrap();
+    let v = 8472;
+    let forged = |src: Ipv4Addr, dst: Ipv4Addr, vtep_to: [u8; 6], vtep_from: [u8; 6]| {
+        vxlan_payload(
+            vtep_to,
+            vtep_from,
+            SocketAddrV4::new(src, FORGED_PORT),
+            SocketAddrV4::new(dst, 7777),
+        )
+    };
+    let attacker = lab.ns("p1a");
+    let any = Ipv4Addr::UNSPECIFIED;
+    let gw1 = Ipv4Addr::from(u32::from(p1a) & 0xffff_ff00 | 1);
+    let vtep_addr2 = Ipv4Addr::from(u32::from(p2a) & 0xffff_ff00);
+    // A pod: "from node2's pod p2a" to its neighbour p1b, through its own node.
+    send_udp(
+        &attacker,
+        any,
+        SocketAddrV4::new(n1, v),
+        &forged(p2a, p1b, vtep1, vtep2),
+    );
+    // A pod: through node2, to node2's pod p2b, "from p1b".
+    send_udp(
+        &attacker,
+        any,
+        SocketAddrV4::new(n2, v),
+        &forged(p1b, p2b, vtep2, vtep1),
+    );
+    // A pod: through the node addresses inside the pod CIDRs.
+    send_udp(
+        &attacker,
+        any,
+        SocketAddrV4::new(gw1, v),
+        &forged(p2a, p1b, vtep1, vtep2),
+    );
+    send_udp(
+        &attacker,
+        any,
+        SocketAddrV4::new(vtep_addr2, v),
+        &forged(p1b, p2b, vtep2, vtep1),
+    );
+    // A node (a peer, so its datagrams are VXLAN): "from p2a", node2's own pod.
+    let node1 = lab.ns("node1");
+    send_udp(
+        &node1,
+        n1,
+        SocketAddrV4::new(n2, v),
+        &forged(p2a, p2b, vtep2, vtep1),
+    );
+    // A host on the underlay that is no node: node1's namespace with a second address.
+    let stranger = Ipv4Addr::new(n1.octets()[0], n1.octets()[1], n1.octets()[2], 200);
+    lab.sh(
+        "node1",
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{stranger}/24"),
+            "dev",
+            "eth0",
+        ],
+    );
+    send_udp(
+        &node1,
+        stranger,
+        SocketAddrV4::new(n2, v),
+        &forged(p1a, p2b, vtep2, vtep1),
+    );
+
+    // The captures work: a real datagram from p2a with the same source port reaches
+    // both victims (the negative checks below can fail).
+    let real = lab.ns("p2a");
+    send_udp(&real, any, SocketAddrV4::new(p1b, 7777), b"real");
+    send_udp(&real, any, SocketAddrV4::new(p2b, 7777), b"real");
+    let real_seen = |frames: &[Vec<u8>], src: Ipv4Addr| {
+        frames.iter().any(|f| {
+            f.len() >= 42 && f[12..14] == [0x08, 0x00] && f[23] == 17 && f[26..30] == src.octets()
+        })
+    };
+    let (f1, f2) = (
+        cap1.frames(Duration::from_millis(500)),
+        cap2.frames(Duration::from_millis(500)),
+    );
+    assert!(
+        real_seen(&f1, p2a),
+        "the capture on p1b saw nothing: it proves nothing"
+    );
+    assert!(
+        real_seen(&f2, p2a),
+        "the capture on p2b saw nothing: it proves nothing"
+    );
+    assert_eq!(
+        forged_seen(&f1),
+        0,
+        "a forged VXLAN frame reached p1b ({args:?})"
+    );
+    assert_eq!(
+        forged_seen(&f2),
+        0,
+        "a forged VXLAN frame reached p2b ({args:?})"
+    );
+
+    // Each was dropped where podnet says: four at the attacker's veth (overlay-port),
+    // one as a peer's forged inner source, one from an address that is no peer.
+    let st = lab.json(&["status", "--output", "json"]);
+    let pod = st["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "p1a")
+        .unwrap();
+    let veth = pod["host_veth"].as_str().unwrap().to_string();
+    let drops = node1
+        .run(move || {
+            let mut s = Socket::route().unwrap();
+            let l = link::get_by_name(&mut s, &veth).unwrap().unwrap();
+            podnet_netlink::antispoof::pod_state(&mut s, l.index)
+                .unwrap()
+                .expect("p1a's entry")
+                .drops
+        })
+        .unwrap();
+    let overlay = drops
+        .iter()
+        .find(|(id, _)| id == "overlay-port")
+        .map(|d| d.1);
+    assert_eq!(overlay, Some(4), "{drops:?}");
+    let guard = &st["nodes"][1]["underlay_guard"];
+    assert_eq!(st["nodes"][1]["name"], "node2");
+    assert_eq!(guard["attached"], true, "{guard}");
+    assert_eq!(guard["drops"]["vxlan-inner"], 1, "{guard}");
+    assert_eq!(guard["drops"]["vxlan-src"], 1, "{guard}");
+}
+
+#[test]
+fn overlay_injection_reaches_no_pod_on_the_bridge_with_nftables() {
+    overlay_injection_reaches_no_pod(&["--policy-datapath", "nftables"]);
+}
+
+#[test]
+fn overlay_injection_reaches_no_pod_on_the_bridge_with_ebpf_policy() {
+    overlay_injection_reaches_no_pod(&["--policy-datapath", "ebpf"]);
+}
+
+#[test]
+fn overlay_injection_reaches_no_pod_on_the_fast_path() {
+    overlay_injection_reaches_no_pod(&["--policy-datapath", "ebpf", "--datapath", "ebpf"]);
+}

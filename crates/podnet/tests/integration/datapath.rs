@@ -76,7 +76,23 @@ fn every_verdict_and_reason() {
             // Test runs see the loopback device (index 1) as the ingress link.
             let run = |f: &[u8]| bpf::test_run(&dp.prog, f).expect("test run");
             let missing = run(&probe::arp_frame(gw, mac, 1, mac, ip, [0; 6], ip));
-            antispoof::set_pod(&dp, 1, mac, ip).unwrap();
+            // The node's overlay ports as podnetd publishes them: VXLAN 8472, WireGuard
+            // 51820, cluster 10.204.0.0/16, node pod CIDRs /24.
+            let guard = antispoof::OverlayGuard {
+                ports: [8472, 51820],
+                cluster: Some((Ipv4Addr::new(10, 204, 0, 0), 16)),
+                node_prefix: 24,
+            };
+            antispoof::set_pod(&dp, 1, mac, ip, &guard).unwrap();
+            let udp_to = |dst: [u8; 4], port: u16| {
+                probe::udp_frame(
+                    gw,
+                    mac,
+                    SocketAddrV4::new(ip, 40000),
+                    SocketAddrV4::new(dst.into(), port),
+                    b"\x08\0\0\0\0\0\x01\0",
+                )
+            };
             let mut bad_arp = probe::arp_frame(gw, mac, 1, mac, ip, [0; 6], ip);
             bad_arp[18] = 8; // hlen 8: not Ethernet ARP
             let mut vlan = probe::udp_frame(
@@ -102,6 +118,61 @@ fn every_verdict_and_reason() {
                 ipv6_frame(mac, 60, &l4)
             };
             let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+                (
+                    "VXLAN port at another pod",
+                    udp_to([10, 204, 7, 9], 8472),
+                    OK,
+                ),
+                (
+                    "WireGuard port at another pod",
+                    udp_to([10, 204, 7, 9], 51820),
+                    OK,
+                ),
+                (
+                    "another port at a node's underlay address",
+                    udp_to([192, 168, 1, 10], 8473),
+                    OK,
+                ),
+                (
+                    "VXLAN port at a node's underlay address",
+                    udp_to([192, 168, 1, 10], 8472),
+                    SHOT,
+                ),
+                (
+                    "WireGuard port at a node's underlay address",
+                    udp_to([192, 168, 1, 11], 51820),
+                    SHOT,
+                ),
+                (
+                    "VXLAN port at a node's VTEP address (.0)",
+                    udp_to([10, 204, 7, 0], 8472),
+                    SHOT,
+                ),
+                (
+                    "VXLAN port at a node's bridge gateway (.1)",
+                    udp_to([10, 204, 0, 1], 8472),
+                    SHOT,
+                ),
+                (
+                    "VXLAN port at a bridge broadcast (.255)",
+                    udp_to([10, 204, 3, 255], 8472),
+                    SHOT,
+                ),
+                (
+                    "VXLAN port at a multicast group",
+                    udp_to([239, 1, 1, 1], 8472),
+                    SHOT,
+                ),
+                (
+                    "VXLAN port at the broadcast address",
+                    udp_to([255, 255, 255, 255], 8472),
+                    SHOT,
+                ),
+                (
+                    "VXLAN port outside the cluster",
+                    udp_to([203, 0, 113, 9], 8472),
+                    SHOT,
+                ),
                 (
                     "own ARP request",
                     probe::arp_frame(gw, mac, 1, mac, ip, [0; 6], Ipv4Addr::new(10, 204, 0, 1)),
@@ -248,6 +319,7 @@ fn every_verdict_and_reason() {
     assert_eq!(counts["ipv6-ra"], 2);
     assert_eq!(counts["ipv6-src"], 3, "{counts:?}");
     assert_eq!(counts["ipv6-na"], 2, "{counts:?}");
+    assert_eq!(counts["overlay-port"], 8, "{counts:?}");
     assert_eq!(state.mac, mac);
     assert_eq!(state.ip, ip);
 }

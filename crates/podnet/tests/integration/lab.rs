@@ -449,3 +449,81 @@ fn damaged_and_conflicting_peer_records_are_skipped() {
     let st = lab.json(&["status", "--output", "json"]);
     assert!(st["nodes"][0]["agent_pid"].is_number(), "{st}");
 }
+
+/// SIGTERM stops podnetd at once and takes nothing down: the WireGuard device process
+/// (a session of its own) keeps every tunnel, pods keep reaching each other, and `lab
+/// up` starts a new agent that adopts it all.
+#[test]
+fn sigterm_stops_the_agent_promptly_and_leaves_the_datapath() {
+    let lab = TestLab::up(&[
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "1",
+        "--backend",
+        "wireguard",
+    ]);
+    lab.full_mesh();
+    let st = lab.json(&["status", "--output", "json"]);
+    let agent = st["nodes"][0]["agent_pid"].as_i64().unwrap() as i32;
+    let cidr = st["nodes"][0]["pod_cidr"].as_str().unwrap().to_string();
+    let dir = format!("/run/podnet/lab/{}", lab.name);
+    let device: i32 = std::fs::read_to_string(format!("{dir}/pids/node1-wireguard.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Running, not a zombie waiting for its parent.
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit_once(") ")
+                    .is_some_and(|(_, r)| !r.starts_with(['Z', 'X']))
+            })
+            .unwrap_or(false)
+    };
+    assert!(alive(agent) && alive(device));
+
+    // SAFETY: signalling the agent process this test's lab started.
+    assert_eq!(unsafe { libc::kill(agent, libc::SIGTERM) }, 0);
+    let took = wait_until(
+        "node1's agent exits on SIGTERM",
+        Duration::from_secs(2),
+        || !alive(agent),
+    );
+    eprintln!("podnetd exited {took:?} after SIGTERM");
+    let log = std::fs::read_to_string(format!("{dir}/node1/podnetd.log")).unwrap();
+    assert!(
+        log.contains("podnetd: SIGTERM: stopping; the datapath stays as it is"),
+        "{log}"
+    );
+    assert!(
+        alive(device),
+        "the WireGuard device process died with the agent"
+    );
+    // Nothing was taken down: the agent's route and every pair of pods still work.
+    let routes = lab.sh("node1", &["ip", "route", "show", "proto", "80"]);
+    assert_eq!(routes.lines().count(), 1, "{routes}");
+    let m = lab.full_mesh();
+    assert_eq!(m["reachable"], 2, "{m}");
+
+    // `lab up` again: a new agent, the same lease, its peer, the same device.
+    let o = lab.run(&["up", "--nodes", "2", "--pods-per-node", "1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_until(
+        "node1's new agent converges",
+        Duration::from_secs(10),
+        || {
+            let st = lab.json(&["status", "--output", "json"]);
+            let n = &st["nodes"][0];
+            n["agent_pid"].as_i64().is_some_and(|p| p as i32 != agent)
+                && n["pod_cidr"] == cidr.as_str()
+                && n["peers"] == 1
+        },
+    );
+    assert!(
+        alive(device),
+        "the new agent replaced the running device process"
+    );
+    lab.full_mesh();
+}

@@ -7,6 +7,7 @@ mod attack;
 mod chain;
 mod common;
 mod datapath;
+mod drift;
 mod errors;
 mod fastpath;
 mod ipam;

@@ -5,8 +5,12 @@
 //!
 //! The maps are pinned in a bpffs mounted for the test in a scratch directory and
 //! unmounted at the end.
+//!
+//! Then, on both policy datapaths in a lab, an address reused by a new pod inherits
+//! nothing of the deleted pod's connections (conntrack, the eBPF flow table); and GC,
+//! which frees addresses too, forgets their connections as DEL does.
 
-use crate::common::require_root;
+use crate::common::{lab_pod, podnet, require_root, result_ip, wait_until, Node, TestLab};
 use podnet_agent::ebpf::{self, EbpfDatapath};
 use podnet_netlink::bpf;
 use podnet_policy::compile::{Allow, PodTables, Ports, Table};
@@ -202,4 +206,308 @@ fn policy_programs_on_test_packets() {
     assert!(ebpf::holds(&mnt.0.join("node"), pod));
     assert!(!ebpf::holds(&mnt.0.join("node"), closed));
     drop(dp);
+}
+
+/// `lab apply` or `lab delete` of `yaml` on stdin, which must succeed.
+fn lab_pipe(lab: &TestLab, verb: &str, yaml: &str) {
+    use std::io::Write;
+    let mut c = podnet()
+        .args(["lab", "--name", &lab.name, verb, "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run podnet");
+    c.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "lab {verb} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A pod on node1 labelled `app: NAME` serving UDP 5353, at `ip` if given.
+fn udp_pod(ns: &str, name: &str, ip: Option<Ipv4Addr>) -> String {
+    let ann = ip
+        .map(|ip| format!("  annotations:\n    podnet.dev/ip: \"{ip}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    app: {name}\n{ann}spec:\n  nodeName: node1\n  containers:\n  - ports:\n    - containerPort: 5353\n      protocol: UDP\n"
+    )
+}
+
+/// A policy in `ns` isolating the ingress of every pod there, admitting `from` (pods
+/// of namespace t1 labelled `app: from`) if given.
+fn ingress_policy(ns: &str, name: &str, from: Option<&str>) -> String {
+    let rule = from
+        .map(|f| {
+            format!(
+                "  ingress:\n  - from:\n    - namespaceSelector:\n        matchLabels:\n          kubernetes.io/metadata.name: t1\n      podSelector:\n        matchLabels:\n          app: {f}\n"
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  podSelector: {{}}\n  policyTypes: [Ingress]\n{rule}"
+    )
+}
+
+/// Sends `tries` datagrams on `sock` to `to`, 300 ms apart; whether any was echoed.
+fn echoed(sock: &std::net::UdpSocket, to: std::net::SocketAddrV4, tries: usize) -> bool {
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    // Whatever an earlier exchange left unread is not an answer to these.
+    sock.set_nonblocking(true).unwrap();
+    while sock.recv_from(&mut buf).is_ok() {}
+    sock.set_nonblocking(false).unwrap();
+    (0..tries).any(|i| {
+        let msg = format!("continued {i}");
+        sock.send_to(msg.as_bytes(), to).unwrap();
+        matches!(sock.recv_from(&mut buf), Ok((n, from)) if from == to.into() && buf[..n] == *msg.as_bytes())
+    })
+}
+
+/// Pod `old` (t1, address X) has a UDP flow with `peer` (t1) that its policy admits.
+/// `old` is deleted and `new` (t2, same address X, ingress closed to everyone) takes
+/// its address. The peer's next datagrams of the *same* flow (same socket, same
+/// 5-tuple) must not reach `new`: neither the node's conntrack entry nor the eBPF
+/// flow table entry of the old flow may vouch for them. Once t2 admits the peer, the
+/// same datagrams are answered (the path and new's server work).
+fn reused_address_inherits_no_connections(datapath: &str) {
+    require_root();
+    let lab = TestLab::up(&[
+        "--nodes",
+        "1",
+        "--pods-per-node",
+        "0",
+        "--policy-datapath",
+        datapath,
+    ]);
+    let node: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("/run/podnet/lab/{}/node1/node.json", lab.name)).unwrap(),
+    )
+    .unwrap();
+    let net: Ipv4Addr = node["podCIDR"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let o = net.octets();
+    let x = Ipv4Addr::new(o[0], o[1], o[2], 77);
+    lab_pipe(
+        &lab,
+        "apply",
+        &[
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: t1\n".to_string(),
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: t2\n".to_string(),
+            ingress_policy("t1", "only-peer", Some("peer")),
+            ingress_policy("t2", "deny", None),
+            udp_pod("t1", "peer", None),
+            udp_pod("t1", "old", Some(x)),
+        ]
+        .join("---\n"),
+    );
+    let st = lab.json(&["status", "--output", "json"]);
+    let (peer_ip, _) = lab_pod(&st, "t1.peer");
+    assert_eq!(lab_pod(&st, "t1.old").0, x);
+    let peer_ns = podnet_netlink::Netns::open(podnet_netlink::netns::named_path(&format!(
+        "{}-t1.peer",
+        lab.name
+    )))
+    .unwrap();
+    let sock = peer_ns
+        .run(|| std::net::UdpSocket::bind((peer_ip, 40001)))
+        .unwrap()
+        .unwrap();
+    let to = std::net::SocketAddrV4::new(x, 5353);
+    assert!(
+        echoed(&sock, to, 10),
+        "{datapath}: the peer's flow to old ({x}) is not answered"
+    );
+
+    // What the node remembers of connections of X: its conntrack entries, and on the
+    // eBPF datapath the keys of the pinned flow table.
+    let remembered = || -> (usize, usize) {
+        let ct = lab
+            .ns("node1")
+            .run(|| {
+                podnet_netlink::conntrack::open()
+                    .unwrap()
+                    .map(|mut s| podnet_netlink::conntrack::list(&mut s).unwrap())
+            })
+            .unwrap()
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| e.involves(x))
+            .count();
+        let flows = node["policyPrograms"]["fromPod"].as_str().map_or(0, |p| {
+            let path = std::path::Path::new(p).parent().unwrap().join("flows");
+            let map = bpf::obj_get(&path).unwrap();
+            let info = bpf::map_info(&map).unwrap();
+            bpf::raw_keys(&map, &info)
+                .unwrap()
+                .iter()
+                .filter(|k| k[0..4] == x.octets() || k[4..8] == x.octets())
+                .count()
+        });
+        (ct, flows)
+    };
+    let (ct, flows) = remembered();
+    if datapath == "nftables" {
+        assert!(ct > 0, "no conntrack entry for the flow to {x}");
+    } else {
+        assert!(flows > 0, "no flow-table entry for the flow to {x}");
+    }
+    lab_pipe(&lab, "delete", &udp_pod("t1", "old", Some(x)));
+    assert_eq!(
+        remembered(),
+        (0, 0),
+        "{datapath}: DEL of old left connections of {x}"
+    );
+    lab_pipe(&lab, "apply", &udp_pod("t2", "new", Some(x)));
+    let st = lab.json(&["status", "--output", "json"]);
+    assert_eq!(lab_pod(&st, "t2.new").0, x);
+    assert!(
+        !echoed(&sock, to, 5),
+        "{datapath}: new ({x}, ingress closed) answered the peer's datagrams of old's flow: the flow's allowance outlived old"
+    );
+    // A fresh flow is denied too (the policy is in force at all).
+    let fresh = peer_ns
+        .run(|| std::net::UdpSocket::bind((peer_ip, 40002)))
+        .unwrap()
+        .unwrap();
+    assert!(
+        !echoed(&fresh, to, 2),
+        "{datapath}: new admitted a fresh flow"
+    );
+    // Once t2 admits the peer, the same datagrams are answered by new.
+    lab_pipe(&lab, "apply", &ingress_policy("t2", "deny", Some("peer")));
+    assert!(
+        echoed(&sock, to, 10),
+        "{datapath}: new does not answer the peer even once admitted"
+    );
+}
+
+#[test]
+fn reused_address_inherits_no_connections_nftables() {
+    reused_address_inherits_no_connections("nftables");
+}
+
+#[test]
+fn reused_address_inherits_no_connections_ebpf() {
+    reused_address_inherits_no_connections("ebpf");
+}
+
+/// GC frees the addresses of attachments the runtime no longer lists: their conntrack
+/// entries in the node go with them, and the node's other entries stay.
+#[test]
+fn gc_forgets_the_connections_of_the_addresses_it_frees() {
+    use podnet_netlink::conntrack;
+    let node = Node::new("10.201.9.0/24");
+    let mut conf = node.conf.clone();
+    // No agent here: no eBPF flow table to look for.
+    conf["nodeFile"] = serde_json::json!(node.dir.path().join("no-agent.json"));
+    let pod = node.pod();
+    let o = node.call_with(
+        &conf,
+        "ADD",
+        "gc1",
+        &pod.path().display().to_string(),
+        "eth0",
+    );
+    assert!(o.ok(), "ADD: {} {}", o.stdout, o.stderr);
+    let ip = result_ip(&o.json());
+    // The node tracks what it sends (an nftables rule using conntrack), and sends UDP
+    // to the pod and to an address of no pod.
+    let other = Ipv4Addr::new(10, 201, 9, 200);
+    for rule in [
+        "add table inet pngc",
+        "add chain inet pngc out { type filter hook output priority 0; }",
+        "add rule inet pngc out ct state new accept",
+    ] {
+        let o = std::process::Command::new("ip")
+            .args(["netns", "exec", &node.ns.name, "nft", rule])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "nft {rule}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let entries = || {
+        node.ns
+            .ns
+            .run(|| conntrack::list(&mut conntrack::open().unwrap().unwrap()))
+            .unwrap()
+            .unwrap()
+    };
+    node.ns
+        .ns
+        .run(|| {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for to in [ip, other] {
+                s.send_to(b"x", (to, 9)).unwrap();
+            }
+        })
+        .unwrap();
+    wait_until(
+        "conntrack entries for both",
+        std::time::Duration::from_secs(2),
+        || {
+            let es = entries();
+            es.iter().any(|e| e.involves(ip)) && es.iter().any(|e| e.involves(other))
+        },
+    );
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = serde_json::json!([]);
+    let o = node.call_with(&gc, "GC", "", "", "");
+    assert!(o.ok(), "GC: {} {}", o.stdout, o.stderr);
+    assert!(node.allocations().is_empty());
+    let es = entries();
+    assert!(
+        !es.iter().any(|e| e.involves(ip)),
+        "{ip} still tracked: {es:?}"
+    );
+    assert!(
+        es.iter().any(|e| e.involves(other)),
+        "other entries went too: {es:?}"
+    );
+}
+
+/// A DEL that cannot tell whether connections of the address remain (here: the
+/// agent's node file, which names the flow table, is unreadable) fails and keeps the
+/// address allocated; once the file is sound, the retried DEL releases it.
+#[test]
+fn del_keeps_the_address_while_its_connections_cannot_be_forgotten() {
+    let node = Node::new("10.201.10.0/24");
+    let file = node.dir.path().join("node.json");
+    let mut conf = node.conf.clone();
+    conf["nodeFile"] = serde_json::json!(file);
+    let pod = node.pod();
+    let netns = pod.path().display().to_string();
+    let o = node.call_with(&conf, "ADD", "keep1", &netns, "eth0");
+    assert!(o.ok(), "ADD: {} {}", o.stdout, o.stderr);
+    let ip = result_ip(&o.json());
+    std::fs::write(&file, b"{half a json").unwrap();
+    let o = node.call_with(&conf, "DEL", "keep1", &netns, "eth0");
+    assert!(!o.ok(), "DEL succeeded without knowing the flow table");
+    let e = o.json();
+    assert_eq!(e["code"], 5, "{e}");
+    assert!(
+        e["details"].as_str().unwrap().contains("stays allocated"),
+        "{e}"
+    );
+    assert!(node.host_veths().is_empty(), "the pod was not disconnected");
+    assert_eq!(node.allocations(), vec![(ip, "keep1".to_string())]);
+    // The agent rewrote its file (a node without the eBPF datapath): DEL completes.
+    std::fs::write(&file, br#"{"podCIDR":"10.201.10.0/24"}"#).unwrap();
+    let o = node.call_with(&conf, "DEL", "keep1", &netns, "eth0");
+    assert!(o.ok(), "retried DEL: {} {}", o.stdout, o.stderr);
+    assert!(node.allocations().is_empty());
 }

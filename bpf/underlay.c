@@ -1,0 +1,147 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * underlay_guard: what the node's underlay device lets reach the kernel's VXLAN and
+ * WireGuard sockets (tc ingress, direct action, before everything else podnet puts
+ * there).
+ *
+ * The node decapsulates every VXLAN datagram that reaches its VXLAN port and forwards
+ * the inner packet as if the peer that sent it had routed it: anti-spoofing never sees
+ * that inner packet, and NetworkPolicy judges its source as given. So a datagram to the
+ * VXLAN port passes only if it comes from a peer node's underlay address, and its inner
+ * frame is IPv4 (or ARP) whose source is one of that peer's addresses: its pod CIDR or
+ * its underlay address. A forged frame cannot claim a local pod, the node itself (whose
+ * addresses some datapaths always admit) or another node's pods. Datagrams to the
+ * WireGuard port pass only from a peer's underlay address (WireGuard authenticates
+ * what they carry, and routes by key: this keeps handshakes from strangers off the
+ * device).
+ *
+ * Pods never reach these ports at all: from_pod.c drops a pod's UDP to them unless it
+ * goes to another pod. What this cannot stop: a host on the underlay network that
+ * forges a peer's underlay address (the underlay is trusted by VXLAN and host-gw; use
+ * the WireGuard backend where it is not).
+ *
+ * Maps (no pins: podnetd loads them anew at start, fills them, then swaps its filter
+ * in atomically; the filter holds them while podnetd is down):
+ * - podnet_ulpeers: peer underlay address (network order) -> its pod CIDR.
+ * - podnet_ulconf: the ports guarded (host order; 0: none).
+ * - podnet_uldrops: packets dropped, one counter per reason in drop_reasons.h
+ *   (PODNET_UNDERLAY_DROPS).
+ *
+ * Passing packets go on to the next filter (TC_ACT_UNSPEC): the fast path's
+ * from_underlay when it runs.
+ */
+#include "drop_reasons.h"
+#include "uapi.h"
+
+#define INLINE static __attribute__((always_inline))
+
+enum {
+#define U(num, name, id, what) UL_DROP_##name = num,
+	PODNET_UNDERLAY_DROPS(U)
+#undef U
+};
+
+/* Shared with crates/agent/src/guard.rs (UlPeer, UlConfig). */
+struct ul_peer {
+	u32 net, mask; /* host order */
+};
+
+struct ul_config {
+	u16 vxlan_port, wireguard_port; /* host order; 0: none */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, u32);
+	__type(value, struct ul_peer);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} podnet_ulpeers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, u32);
+	__type(value, struct ul_config);
+	__uint(max_entries, 1);
+} podnet_ulconf SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, u32);
+	__type(value, u64);
+	__uint(max_entries, PODNET_UNDERLAY_DROP_MAX);
+} podnet_uldrops SEC(".maps");
+
+static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
+static long (*bpf_skb_load_bytes)(const struct __sk_buff *skb, u32 offset, void *to, u32 len) = (void *)26;
+
+INLINE u32 be32(const u8 *p)
+{
+	return (u32)p[0] << 24 | (u32)p[1] << 16 | (u32)p[2] << 8 | (u32)p[3];
+}
+
+INLINE u32 raw32(const u8 *p)
+{
+	return (u32)p[0] | (u32)p[1] << 8 | (u32)p[2] << 16 | (u32)p[3] << 24;
+}
+
+INLINE int refuse(u32 reason)
+{
+	u64 *n = bpf_map_lookup_elem(&podnet_uldrops, &reason);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	return TC_ACT_SHOT;
+}
+
+SEC("classifier/underlay_guard") int underlay_guard(struct __sk_buff *skb)
+{
+	u32 zero = 0;
+	struct ul_config *c = bpf_map_lookup_elem(&podnet_ulconf, &zero);
+	if (!c || (!c->vxlan_port && !c->wireguard_port))
+		return TC_ACT_UNSPEC;
+	/* Ethernet and the fixed IPv4 header. */
+	u8 h[34];
+	if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)))
+		return TC_ACT_UNSPEC;
+	u8 *ip = h + 14;
+	if (h[12] != 0x08 || h[13] != 0x00 || (ip[0] >> 4) != 4 || ip[9] != 17)
+		return TC_ACT_UNSPEC;
+	/* A later fragment carries no port; the kernel's reassembly needs the first. */
+	if (((u32)ip[6] << 8 | ip[7]) & 0x1fff)
+		return TC_ACT_UNSPEC;
+	u32 ihl = (u32)(ip[0] & 0x0f) * 4;
+	if (ihl < 20)
+		return TC_ACT_UNSPEC;
+	u8 udp[8];
+	if (bpf_skb_load_bytes(skb, 14 + ihl, udp, sizeof(udp)))
+		return TC_ACT_UNSPEC;
+	u16 dport = (u16)udp[2] << 8 | udp[3];
+	int vxlan = c->vxlan_port && dport == c->vxlan_port;
+	int wireguard = c->wireguard_port && dport == c->wireguard_port;
+	if (!vxlan && !wireguard)
+		return TC_ACT_UNSPEC;
+	u32 from = raw32(ip + 12);
+	struct ul_peer *p = bpf_map_lookup_elem(&podnet_ulpeers, &from);
+	if (!p)
+		return refuse(vxlan ? UL_DROP_VXLAN_SRC : UL_DROP_WIREGUARD_SRC);
+	if (!vxlan)
+		return TC_ACT_UNSPEC;
+	/* VXLAN header 8, inner Ethernet 14, then IPv4's source (at 12) or ARP's sender
+	 * address (at 14): 20 bytes of either. */
+	u8 in[8 + 14 + 20];
+	if (bpf_skb_load_bytes(skb, 14 + ihl + 8, in, sizeof(in)))
+		return refuse(UL_DROP_VXLAN_FRAME);
+	u8 *e = in + 8;
+	u32 src;
+	if (e[12] == 0x08 && e[13] == 0x00)
+		src = be32(e + 14 + 12);
+	else if (e[12] == 0x08 && e[13] == 0x06)
+		src = be32(e + 14 + 14);
+	else
+		return refuse(UL_DROP_VXLAN_FRAME);
+	if ((src & p->mask) == p->net || src == be32(ip + 12))
+		return TC_ACT_UNSPEC;
+	return refuse(UL_DROP_VXLAN_INNER);
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,307 @@
+//! The underlay guard: which datagrams the node's overlay ports take from the wire.
+//!
+//! # Kernel objects it owns
+//! - On the **ingress of the node's underlay device** (the node's own link, not
+//!   podnet's): one tc filter, `podnet_guard` at priority [`PRIO`] — before the fast
+//!   path's `podnet_fast_ul` — running `underlay_guard` from `bpf/underlay.c`. The
+//!   clsact qdisc is shared with whatever else the node runs there and never removed.
+//! - The program's three maps, unpinned: peers (underlay address → pod CIDR), the
+//!   guarded ports, the drop counters. The filter holds them, so they outlive a killed
+//!   agent unchanged; a starting agent loads them anew, fills them with the peers it
+//!   reads, and only then swaps its filter in (`tc filter replace`: the device is
+//!   never without one).
+//!
+//! # Why
+//! The kernel decapsulates any VXLAN datagram that reaches its port and forwards the
+//! inner packet as if a peer had routed it: no anti-spoofing sees it, NetworkPolicy
+//! judges its forged source. So VXLAN passes only from a peer's underlay address, with
+//! an inner source of that peer's (its pod CIDR or its underlay address), and the
+//! WireGuard port takes datagrams only from peers. Pods are kept off both ports by
+//! anti-spoofing (`bpf/from_pod.c`, reason `overlay-port`).
+//!
+//! Every round the filter is verified like a route: missing, or replaced by another
+//! program, it is put back and the repair is logged and counted.
+
+use aya::maps::{Array, HashMap};
+use aya::programs::SchedClassifier;
+use aya::Ebpf;
+use podnet_cni_spec::Ipv4Net;
+use podnet_netlink::{tc, Socket};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, OwnedFd};
+
+pub use podnet_netlink::antispoof::UNDERLAY_DROP_REASONS;
+
+/// The compiled guard (see build.rs).
+static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/underlay.o"));
+
+/// The tc filter's name.
+pub const FILTER: &str = "podnet_guard";
+/// Its priority on the underlay ingress: before the fast path's filter (0xc0de).
+pub const PRIO: u16 = 0xc0d0;
+const PROGRAM: &str = "underlay_guard";
+
+/// `struct ul_peer` in underlay.c.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct UlPeer {
+    net: u32,
+    mask: u32,
+}
+// SAFETY: plain old data, no padding.
+unsafe impl aya::Pod for UlPeer {}
+
+/// `struct ul_config` in underlay.c.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct UlConfig {
+    vxlan_port: u16,
+    wireguard_port: u16,
+}
+// SAFETY: plain old data, no padding.
+unsafe impl aya::Pod for UlConfig {}
+
+fn err(what: &str, e: impl std::fmt::Display) -> String {
+    format!("underlay guard: {what}: {e}")
+}
+
+/// What the guard holds, for the agent's status.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GuardStatus {
+    /// The device whose ingress carries the filter.
+    pub device: String,
+    pub vxlan_port: u16,
+    pub wireguard_port: u16,
+    /// Peers whose underlay address may reach the ports.
+    pub peers: usize,
+    /// Whether the filter was found in place with this agent's program this round.
+    pub attached: bool,
+    /// Packets dropped, by reason id (`UNDERLAY_DROP_REASONS`).
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// The loaded guard.
+pub struct Guard {
+    bpf: Ebpf,
+    prog_id: u32,
+    config: UlConfig,
+    /// What the peers map holds (raw underlay address → entry).
+    peers: BTreeMap<u32, UlPeer>,
+    /// Whether this agent attached the filter once already: a missing one is drift.
+    attached_once: bool,
+}
+
+fn raw(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+/// Whether this podnetd was built with its eBPF programs.
+pub fn available() -> bool {
+    !OBJECT.is_empty()
+}
+
+impl Guard {
+    /// Loads the program and its maps, guarding `vxlan_port` and `wireguard_port`
+    /// (0: none). Nothing is attached yet: see [`Guard::sync`].
+    pub fn load(vxlan_port: u16, wireguard_port: u16) -> Result<Guard, String> {
+        if OBJECT.is_empty() {
+            return Err("podnetd was built with PODNET_SKIP_BPF=1 and has no underlay guard (bpf/underlay.c): build it again with clang; without the guard any pod or host could inject encapsulated traffic".into());
+        }
+        let mut bpf = Ebpf::load(OBJECT).map_err(|e| err("load bpf/underlay.c", e))?;
+        let prog: &mut SchedClassifier = bpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| format!("bpf/underlay.c has no program {PROGRAM}"))?
+            .try_into()
+            .map_err(|e| err(PROGRAM, e))?;
+        prog.load()
+            .map_err(|e| err(&format!("load {PROGRAM} (the verifier's log follows)"), e))?;
+        let prog_id = prog
+            .info()
+            .map_err(|e| err("read the program's id", e))?
+            .id();
+        let config = UlConfig {
+            vxlan_port,
+            wireguard_port,
+        };
+        let mut g = Guard {
+            bpf,
+            prog_id,
+            config,
+            peers: BTreeMap::new(),
+            attached_once: false,
+        };
+        let mut c: Array<_, UlConfig> = Array::try_from(
+            g.bpf
+                .map_mut("podnet_ulconf")
+                .ok_or("no map podnet_ulconf")?,
+        )
+        .map_err(|e| err("podnet_ulconf", e))?;
+        c.set(0, config, 0)
+            .map_err(|e| err("write podnet_ulconf", e))?;
+        Ok(g)
+    }
+
+    fn program_fd(&self) -> Result<OwnedFd, String> {
+        let prog: &SchedClassifier = self
+            .bpf
+            .program(PROGRAM)
+            .ok_or("no guard program")?
+            .try_into()
+            .map_err(|e| err(PROGRAM, e))?;
+        prog.fd()
+            .map_err(|e| err(PROGRAM, e))?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| err(PROGRAM, e))
+    }
+
+    /// One round: the peers map made exactly `peers` (underlay address, pod CIDR),
+    /// then the filter verified on `device` (index `index`) and put back if missing or
+    /// not this agent's. Returns `Some(why)` when the filter had to be repaired (drift,
+    /// not the first attach).
+    pub fn sync(
+        &mut self,
+        sock: &mut Socket,
+        index: u32,
+        device: &str,
+        peers: &[(Ipv4Addr, Ipv4Net)],
+    ) -> Result<Option<String>, String> {
+        let want: BTreeMap<u32, UlPeer> = peers
+            .iter()
+            .map(|(ip, cidr)| {
+                (
+                    raw(*ip),
+                    UlPeer {
+                        net: u32::from(cidr.network()),
+                        mask: match cidr.prefix() {
+                            0 => 0,
+                            p => u32::MAX << (32 - p as u32),
+                        },
+                    },
+                )
+            })
+            .collect();
+        if want != self.peers {
+            let mut m: HashMap<_, u32, UlPeer> = HashMap::try_from(
+                self.bpf
+                    .map_mut("podnet_ulpeers")
+                    .ok_or("no map podnet_ulpeers")?,
+            )
+            .map_err(|e| err("podnet_ulpeers", e))?;
+            // Additions first: a peer that changed CIDR is never missing in between.
+            for (k, v) in &want {
+                if self.peers.get(k) != Some(v) {
+                    m.insert(k, v, 0)
+                        .map_err(|e| err("write podnet_ulpeers", e))?;
+                }
+            }
+            for k in self.peers.keys().filter(|k| !want.contains_key(k)) {
+                m.remove(k)
+                    .map_err(|e| err("remove from podnet_ulpeers", e))?;
+            }
+            self.peers = want;
+        }
+        let filters = tc::list_ingress(sock, index).map_err(|e| err(device, e))?;
+        let mine = filters
+            .iter()
+            .find(|f| f.prio == PRIO && f.name.as_deref() == Some(FILTER));
+        if mine.is_some_and(|f| f.prog_id == Some(self.prog_id)) {
+            return Ok(None);
+        }
+        let why = match mine {
+            None if self.attached_once => Some(format!(
+                "the underlay guard's filter {FILTER} was gone from the ingress of {device}"
+            )),
+            Some(_) if self.attached_once => Some(format!(
+                "the filter {FILTER} on {device} ran another program"
+            )),
+            _ => None,
+        };
+        let fd = self.program_fd()?;
+        for r in sock.ack_all(vec![
+            tc::clsact_request(index),
+            tc::bpf_ingress_replace_request(index, PRIO, &fd, FILTER),
+        ]) {
+            if let Err(e) = r {
+                if !e.is_exists() {
+                    return Err(err(&format!("attach {FILTER} to {device}"), e));
+                }
+            }
+        }
+        self.attached_once = true;
+        Ok(why)
+    }
+
+    /// The guard's state now, read from its maps and the device.
+    pub fn status(&self, sock: &mut Socket, index: u32, device: &str) -> GuardStatus {
+        let attached = tc::list_ingress(sock, index).is_ok_and(|fs| {
+            fs.iter().any(|f| {
+                f.prio == PRIO
+                    && f.name.as_deref() == Some(FILTER)
+                    && f.prog_id == Some(self.prog_id)
+            })
+        });
+        let mut drops = BTreeMap::new();
+        if let Some(Ok(a)) = self
+            .bpf
+            .map("podnet_uldrops")
+            .map(Array::<_, u64>::try_from)
+        {
+            for (n, id, _) in UNDERLAY_DROP_REASONS {
+                if let Ok(v) = a.get(n, 0) {
+                    drops.insert(id.to_string(), v);
+                }
+            }
+        }
+        GuardStatus {
+            device: device.to_string(),
+            vxlan_port: self.config.vxlan_port,
+            wireguard_port: self.config.wireguard_port,
+            peers: self.peers.len(),
+            attached,
+            drops,
+        }
+    }
+}
+
+/// Removes podnet's guard filter from the ingress of link `index` if it is there (a
+/// node that no longer runs an overlay, e.g. moved to host-gw). Returns whether one was
+/// removed.
+pub fn remove(sock: &mut Socket, index: u32) -> Result<bool, String> {
+    let ours = tc::list_ingress(sock, index)
+        .map_err(|e| err("list filters", e))?
+        .iter()
+        .any(|f| f.prio == PRIO && f.name.as_deref() == Some(FILTER));
+    if ours {
+        for r in sock.ack_all(vec![tc::del_ingress_request(index, PRIO)]) {
+            r.map_err(|e| err("remove the filter", e))?;
+        }
+    }
+    Ok(ours)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_holds_the_program_and_maps_with_the_rust_layouts() {
+        let obj = aya_obj::Object::parse(OBJECT).expect("underlay.o parses");
+        assert!(obj.programs.contains_key(PROGRAM));
+        assert_eq!(
+            obj.maps["podnet_ulpeers"].value_size() as usize,
+            std::mem::size_of::<UlPeer>()
+        );
+        assert_eq!(obj.maps["podnet_ulpeers"].key_size(), 4);
+        assert_eq!(
+            obj.maps["podnet_ulconf"].value_size() as usize,
+            std::mem::size_of::<UlConfig>()
+        );
+        assert_eq!(
+            obj.maps["podnet_uldrops"].max_entries() as usize,
+            UNDERLAY_DROP_REASONS.len()
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! Enforcement drift: what an operator's firewall reload or a careless `tc` does to a
+//! node's enforcement objects is put back by the agent within 2 s, counted and logged,
+//! and `trace`/`doctor` say the truth meanwhile (a missing table is *open*).
+
+use crate::common::*;
+use podnet_netlink::{link, Socket};
+use std::time::Duration;
+
+const TENANTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/tenants.yaml");
+
+fn ok(o: std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// p1a (node1) → tenant-b/db (node1, default-denied): a same-node denied flow.
+fn db_denied(lab: &TestLab) -> bool {
+    let o = lab.run(&["probe", "p1a", "tenant-b/db", "--port", "5432"]);
+    match o.status.code() {
+        Some(1) => true,
+        Some(0) => false,
+        _ => panic!(
+            "probe failed to run: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    }
+}
+
+fn log(lab: &TestLab, node: &str) -> String {
+    std::fs::read_to_string(format!("/run/podnet/lab/{}/{node}/podnetd.log", lab.name))
+        .expect("the agent's log")
+}
+
+fn repairs(lab: &TestLab) -> usize {
+    log(lab, "node1").matches("repairing drift").count()
+}
+
+#[test]
+fn a_flushed_ruleset_and_a_reset_bridge_sysctl_are_put_back_within_2s() {
+    let lab = TestLab::up(&["--nodes", "2", "--policy-datapath", "nftables"]);
+    ok(lab.run(&["apply", "-f", TENANTS]));
+    assert!(
+        db_denied(&lab),
+        "tenant-b/db must be denied to p1a before anything"
+    );
+    let before = repairs(&lab);
+    // A firewall reload.
+    lab.sh("node1", &["nft", "flush", "ruleset"]);
+    let took = wait_until(
+        "table inet podnet back on node1",
+        Duration::from_secs(2),
+        || {
+            lab.sh_status("node1", &["nft", "list", "table", "inet", "podnet"])
+                .0
+        },
+    );
+    eprintln!("table inet podnet back {took:?} after nft flush ruleset");
+    assert!(db_denied(&lab), "tenant-b/db is reachable after the repair");
+    wait_until("the repair logged", Duration::from_secs(2), || {
+        repairs(&lab) > before
+    });
+    assert!(log(&lab, "node1").contains("table inet podnet is gone"));
+    // A flushed isolation set opens isolated pods: also drift.
+    lab.sh(
+        "node1",
+        &["nft", "flush", "set", "inet", "podnet", "ingress_isolated"],
+    );
+    wait_until("ingress_isolated refilled", Duration::from_secs(2), || {
+        lab.sh(
+            "node1",
+            &["nft", "list", "set", "inet", "podnet", "ingress_isolated"],
+        )
+        .contains("10.")
+    });
+    assert!(
+        db_denied(&lab),
+        "tenant-b/db is reachable after the set repair"
+    );
+    // br_netfilter switched off: same-node traffic would skip nftables.
+    let sysctl = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    let ns = lab.ns("node1");
+    let set = |v: &'static str| ns.run(move || std::fs::write(sysctl, v)).unwrap().unwrap();
+    let get = || ns.run(|| std::fs::read_to_string(sysctl)).unwrap().unwrap();
+    set("0");
+    wait_until(
+        "bridge-nf-call-iptables back to 1",
+        Duration::from_secs(2),
+        || get().trim() == "1",
+    );
+    assert!(
+        db_denied(&lab),
+        "tenant-b/db is reachable after the sysctl repair"
+    );
+    // Counted: the metric names each repaired object.
+    let m = ns
+        .run(|| {
+            use std::io::{Read, Write};
+            let mut c = std::net::TcpStream::connect("127.0.0.1:9465").expect("metrics");
+            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut s = String::new();
+            c.read_to_string(&mut s).unwrap();
+            s
+        })
+        .unwrap();
+    assert!(m.contains("object=\"nftables-table\""), "{m}");
+    assert!(m.contains("object=\"bridge-nf-call\""), "{m}");
+    // And doctor finds nothing missing now.
+    let d = ok(podnet()
+        .args(["doctor", "--lab", &lab.name])
+        .output()
+        .unwrap());
+    assert!(d.contains("policy enforcement"), "{d}");
+    assert!(!d.contains("OPEN"), "{d}");
+}
+
+/// The attack window, shown honestly: with the agent stopped, a flushed ruleset opens
+/// the denied pod (so the check above can fail); running again, the agent closes it.
+#[test]
+fn with_its_agent_stopped_a_flushed_ruleset_opens_the_node_until_it_runs_again() {
+    let lab = TestLab::up(&["--nodes", "2", "--policy-datapath", "nftables"]);
+    ok(lab.run(&["apply", "-f", TENANTS]));
+    assert!(db_denied(&lab));
+    let st = lab.json(&["status", "--output", "json"]);
+    let pid = st["nodes"][0]["agent_pid"]
+        .as_u64()
+        .expect("node1's agent pid") as i32;
+    // SAFETY: signalling the lab's own agent.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    lab.sh("node1", &["nft", "flush", "ruleset"]);
+    let open = !db_denied(&lab);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    assert!(
+        open,
+        "a flushed ruleset must open the pod: else the repair test proves nothing"
+    );
+    wait_until("denied again", Duration::from_secs(3), || db_denied(&lab));
+}
+
+/// Each pod veth's filters, removed by hand, are back within 2 s on both datapaths.
+fn removed_filters_are_put_back(datapath: &str) {
+    let lab = TestLab::up(&["--nodes", "2", "--policy-datapath", datapath]);
+    ok(lab.run(&["apply", "-f", TENANTS]));
+    let st = lab.json(&["status", "--output", "json"]);
+    let db = st["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "tenant-b.db")
+        .expect("tenant-b.db");
+    let veth = db["host_veth"].as_str().unwrap().to_string();
+    let ns = lab.ns("node1");
+    let filters = |v: &str| {
+        let v = v.to_string();
+        ns.run(move || {
+            let mut s = Socket::route().unwrap();
+            let l = link::get_by_name(&mut s, &v).unwrap().unwrap();
+            let mut names: Vec<String> = podnet_netlink::tc::list_ingress(&mut s, l.index)
+                .unwrap()
+                .into_iter()
+                .chain(podnet_netlink::tc::list_egress(&mut s, l.index).unwrap())
+                .filter_map(|f| f.name)
+                .collect();
+            names.sort();
+            names
+        })
+        .unwrap()
+    };
+    let want = filters(&veth);
+    assert!(want.iter().any(|n| n == "podnet_from_pod"), "{want:?}");
+    let before = repairs(&lab);
+    lab.sh("node1", &["tc", "filter", "del", "dev", &veth, "ingress"]);
+    if datapath == "ebpf" {
+        lab.sh("node1", &["tc", "filter", "del", "dev", &veth, "egress"]);
+    }
+    assert_ne!(filters(&veth), want, "the filters were not removed");
+    let took = wait_until("the filters back", Duration::from_secs(2), || {
+        filters(&veth) == want
+    });
+    eprintln!("{datapath}: filters back {took:?} after tc filter del");
+    assert!(repairs(&lab) > before);
+    assert!(db_denied(&lab), "tenant-b/db is reachable after the repair");
+}
+
+#[test]
+fn removed_pod_filters_are_put_back_with_nftables() {
+    removed_filters_are_put_back("nftables");
+}
+
+#[test]
+fn removed_pod_filters_are_put_back_with_ebpf() {
+    removed_filters_are_put_back("ebpf");
+}
