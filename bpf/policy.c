@@ -24,6 +24,12 @@
  *   policy like a new packet. Sides never vouch for each other: a flow one pod sent
  *   does not open another pod's ingress on the same node. A TCP SYN or SCTP INIT opens
  *   a new connection and always meets the policy, even on ports an earlier one used.
+ * - frags: the first fragments that passed each side, so that later fragments (no
+ *   ports) follow them, as nftables' conntrack reassembles before judging. ICMP
+ *   errors follow the flow whose header they quote (nftables: ct related), so that
+ *   an isolated pod still learns of unreachable ports and path MTUs.
+ * - Broadcast and multicast reach no pod: no pod holds such an address (nftables
+ *   drops them likewise).
  * - policy_drops: packets refused, per (pod address, direction); direction 2 counts
  *   packets to or from a closed address.
  *
@@ -134,6 +140,24 @@ struct {
 	__uint(max_entries, 262144);
 	__uint(pinning, PIN_BY_NAME);
 } flows SEC(".maps");
+
+/* The fragments of one datagram: (source, destination, IP id, protocol, side) -> when
+ * its first fragment, which carries the ports, passed that side. A later fragment
+ * passes where its first one did (the kernel reassembles, as nftables' conntrack
+ * does before judging): within FRAG_TIMEOUT_NS, the kernel's reassembly time. */
+struct frag_key {
+	u32 saddr, daddr;
+	u16 id;
+	u8 proto, side;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag_key);
+	__type(value, u64);
+	__uint(max_entries, 16384);
+	__uint(pinning, PIN_BY_NAME);
+} frags SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -274,7 +298,21 @@ struct pkt {
 	u16 sport, dport; /* host byte order; for ICMP both are the echo id */
 	u8 proto;
 	u8 opens; /* a TCP SYN or an SCTP INIT: always a new connection */
+	u8 frag;  /* FRAG_NONE, FRAG_FIRST or FRAG_LATER */
+	u8 related; /* an ICMP error: `rel` is the flow it travels against, reversed */
+	u16 ipid;
+	/* For an ICMP error (destination unreachable, time exceeded, parameter problem):
+	 * the packet it quotes, reversed, so that it is the direction the error travels:
+	 * the error belongs to that flow as a reply would (nftables: ct related). */
+	u32 rel_saddr, rel_daddr;
+	u16 rel_sport, rel_dport;
+	u8 rel_proto;
 };
+
+#define FRAG_NONE 0
+#define FRAG_FIRST 1 /* offset 0, more fragments follow */
+#define FRAG_LATER 2
+#define FRAG_TIMEOUT_NS (30ULL * 1000000000ULL)
 
 /* What parse() found. */
 #define PARSE_IPV4 0
@@ -324,9 +362,15 @@ INLINE int parse(struct __sk_buff *skb, struct pkt *k)
 	k->daddr = raw32(ip + 16);
 	k->sport = 0;
 	k->dport = 0;
-	/* A later fragment carries no ports: it belongs to a flow only by address. */
-	if ((be16(ip + 6) & 0x1fff) != 0)
+	k->ipid = be16(ip + 4);
+	u16 frag = be16(ip + 6);
+	/* A later fragment carries no ports: it follows its first fragment (frags). */
+	if ((frag & 0x1fff) != 0) {
+		k->frag = FRAG_LATER;
 		return PARSE_IPV4;
+	}
+	if (frag & 0x2000)
+		k->frag = FRAG_FIRST;
 	u8 *l4 = ip + ihl;
 	if (k->proto == IPPROTO_TCP || k->proto == IPPROTO_UDP || k->proto == IPPROTO_SCTP) {
 		if (l4 + 4 > end)
@@ -349,6 +393,33 @@ INLINE int parse(struct __sk_buff *skb, struct pkt *k)
 		if (l4[0] == 8 || l4[0] == 0) {
 			k->sport = be16(l4 + 4);
 			k->dport = k->sport;
+		}
+		/* An error quoting a packet: the quoted header, reversed. */
+		if (l4[0] == 3 || l4[0] == 11 || l4[0] == 12) {
+			u8 *in = l4 + 8;
+			if (in + 20 > end)
+				return PARSE_IPV4;
+			u32 ihl2 = (in[0] & 0x0f) * 4;
+			if (ihl2 < 20 || ihl2 > 60)
+				return PARSE_IPV4;
+			u8 *q = in + ihl2;
+			k->rel_proto = in[9];
+			k->rel_saddr = raw32(in + 16);
+			k->rel_daddr = raw32(in + 12);
+			if (k->rel_proto == IPPROTO_TCP || k->rel_proto == IPPROTO_UDP || k->rel_proto == IPPROTO_SCTP) {
+				if (q + 4 > end)
+					return PARSE_IPV4;
+				k->rel_sport = be16(q + 2);
+				k->rel_dport = be16(q);
+			} else if (k->rel_proto == IPPROTO_ICMP) {
+				if (q + 8 > end)
+					return PARSE_IPV4;
+				if (q[0] == 8 || q[0] == 0) {
+					k->rel_sport = be16(q + 4);
+					k->rel_dport = k->rel_sport;
+				}
+			}
+			k->related = 1;
 		}
 	}
 	return PARSE_IPV4;
@@ -373,6 +444,31 @@ INLINE int flow_seen(struct pkt *k, u32 side, u64 now)
 	if (now - *t > FLOW_REFRESH_NS)
 		*t = now;
 	return 1;
+}
+
+/* A first fragment passed `side`: its later fragments will too. */
+INLINE void frag_note(struct pkt *k, u32 side, u64 now)
+{
+	if (k->frag != FRAG_FIRST)
+		return;
+	struct frag_key f = {.saddr = k->saddr, .daddr = k->daddr, .id = k->ipid, .proto = k->proto, .side = side};
+	bpf_map_update_elem(&frags, &f, &now, 0);
+}
+
+INLINE int frag_seen(struct pkt *k, u32 side, u64 now)
+{
+	struct frag_key f = {.saddr = k->saddr, .daddr = k->daddr, .id = k->ipid, .proto = k->proto, .side = side};
+	u64 *t = bpf_map_lookup_elem(&frags, &f);
+	return t && now - *t <= FRAG_TIMEOUT_NS;
+}
+
+/* An ICMP error about a flow this side saw: it passes as that flow's reply would. */
+INLINE int related_seen(struct pkt *k, u32 side, u64 now)
+{
+	if (!k->related)
+		return 0;
+	struct pkt r = {.saddr = k->rel_saddr, .daddr = k->rel_daddr, .sport = k->rel_sport, .dport = k->rel_dport, .proto = k->rel_proto};
+	return flow_seen(&r, side, now);
 }
 
 INLINE void flow_record(struct pkt *k, u32 side, u64 now)
@@ -447,11 +543,18 @@ INLINE int judge(struct pkt *k, u32 pod, u32 peer, u32 dir)
 	u32 isolated = dir == DIR_INGRESS ? POD_ISOLATED_INGRESS : POD_ISOLATED_EGRESS;
 	u64 now = bpf_ktime_get_ns();
 	if (*flags & isolated) {
-		if (flow_seen(k, dir, now))
+		if (k->frag == FRAG_LATER && frag_seen(k, dir, now))
 			return TC_ACT_OK;
+		if (related_seen(k, dir, now))
+			return TC_ACT_OK;
+		if (flow_seen(k, dir, now)) {
+			frag_note(k, dir, now);
+			return TC_ACT_OK;
+		}
 		if (!admitted(dir == DIR_INGRESS ? (void *)&ingress_peers : (void *)&egress_peers, pod, peer, k))
 			return refuse(k, pod, peer, dir);
 		flow_record(k, dir, now);
+		frag_note(k, dir, now);
 		admitted_new(k, pod, peer, dir);
 		return TC_ACT_OK;
 	}

@@ -20,7 +20,13 @@
 //!   source's egress and the destination's ingress. Same-node traffic crosses the
 //!   bridge and reaches this hook through `br_netfilter` (`bridge-nf-call-iptables`,
 //!   turned on by the agent); bridged IPv6 is dropped, since policy is IPv4 and a
-//!   pod's IPv6 link-local address must not become a way around it.
+//!   pod's IPv6 link-local address must not become a way around it. IPv4 broadcast
+//!   and multicast are delivered to no pod (counted as `closed`), as on the eBPF
+//!   datapath, where no pod holds such an address: an isolated pod must not hear what
+//!   its policy would refuse, and the pod network is unicast. Fragments are judged
+//!   whole (conntrack reassembles them first), and ICMP errors follow the flow they
+//!   quote (`related`); the eBPF datapath does the same with its `frags` map and its
+//!   reading of the quoted header.
 //!
 //! Traffic the node itself sends to its pods (kubelet probes) leaves through the output
 //! hook and is never filtered here; the replies match conntrack.
@@ -196,11 +202,13 @@ pub fn render_full(cidr: Ipv4Net, bridge: &str, elems: &BTreeSet<Elem>) -> Strin
         s.push_str(" }\n");
     }
     let net = cidr.to_string();
+    let bcast = cidr.broadcast();
     s.push_str(&format!(
         "  chain forward {{
     type filter hook forward priority filter - 10; policy accept;
     meta nfproto ipv6 iifname \"{bridge}\" drop
     meta nfproto ipv6 oifname \"{bridge}\" drop
+    oifname \"{bridge}\" ip daddr {{ 224.0.0.0/4, 255.255.255.255, {bcast} }} counter name closed drop
     ct state established,related accept
     ip saddr {net} ip saddr != @programmed counter name closed log prefix \"podnet:closed-src:\" group {LOG_GROUP} drop
     ip daddr {net} ip daddr != @programmed counter name closed log prefix \"podnet:closed-dst:\" group {LOG_GROUP} drop
@@ -294,7 +302,7 @@ pub fn run(script: &str) -> Result<(), String> {
 
 /// Rules each chain holds as [`render_full`] writes it (`allowed_log` is filled while
 /// allowed flows are watched, so it is not counted).
-const CHAIN_RULES: [(&str, usize); 3] = [("forward", 8), ("ingress", 6), ("egress", 6)];
+const CHAIN_RULES: [(&str, usize); 3] = [("forward", 9), ("ingress", 6), ("egress", 6)];
 /// The sets whose loss would open a pod rather than close it: isolation.
 const GUARDING_SETS: [&str; 3] = ["programmed", "ingress_isolated", "egress_isolated"];
 

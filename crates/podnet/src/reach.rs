@@ -216,7 +216,8 @@ pub fn serve(ip: Ipv4Addr, echo: u16, tcp: &[u16], udp: &[u16], sctp_ports: &[u1
         let s = UdpSocket::bind(SocketAddrV4::new(ip, port))
             .with_context(|| format!("bind UDP {ip}:{port}"))?;
         threads.push(std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
+            // Whole datagrams, up to the largest UDP allows (fragmented ones included).
+            let mut buf = vec![0u8; 65536];
             while let Ok((n, from)) = s.recv_from(&mut buf) {
                 let _ = s.send_to(&buf[..n], from);
             }

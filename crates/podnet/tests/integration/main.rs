@@ -17,6 +17,7 @@ mod observe;
 mod podman;
 mod policy;
 mod policy_datapath;
+mod semantics;
 mod trace;
 mod verbs;
 mod wireguard;
