@@ -240,6 +240,9 @@ pub struct Policy {
     seen_filters: BTreeMap<u32, Filters>,
     /// Called with the object's name for every drift repaired (the metrics' repairs).
     pub on_repair: Option<OnRepair>,
+    /// Every pod address of the cluster and whose it is, as last read: an address
+    /// whose pod went (or changed) has its connections forgotten on this node.
+    pod_ips: Option<BTreeMap<std::net::Ipv4Addr, (String, String)>>,
 }
 
 /// What the agent does with each repair (counts it in the metrics).
@@ -537,6 +540,7 @@ impl Policy {
             fast_cleared: false,
             seen_filters: BTreeMap::new(),
             on_repair: None,
+            pod_ips: None,
             compiled_from: BTreeMap::new(),
         }
     }
@@ -780,6 +784,52 @@ impl Policy {
         Ok(())
     }
 
+    /// A pod gone from the cluster (or its address now another pod's) leaves tracked
+    /// connections on every node it talked to: conntrack entries (nftables) and flow
+    /// entries (eBPF) that would admit the next pod given its address as if it were
+    /// the old one. podnet-cni forgets them on the pod's own node at DEL; this forgets
+    /// them here, on every node. Connections that policy allows are judged anew and go
+    /// on; only the stale allowances end.
+    fn forget_gone_pods(&mut self, cluster: &Cluster, log: &dyn Fn(&str)) {
+        let now: BTreeMap<std::net::Ipv4Addr, (String, String)> = cluster
+            .pods
+            .iter()
+            .filter_map(|p| Some((p.ip?, (p.namespace.clone(), p.name.clone()))))
+            .collect();
+        if let Some(before) = &self.pod_ips {
+            for (ip, (ns, name)) in before {
+                if now.get(ip) == Some(&(ns.clone(), name.clone())) {
+                    continue;
+                }
+                let mut forgot = 0;
+                let mut errors = vec![];
+                match podnet_netlink::conntrack::flush_addr(*ip) {
+                    Ok(n) => forgot += n,
+                    Err(e) => errors.push(format!("conntrack: {e}")),
+                }
+                if matches!(self.dp, Dp::Ebpf(_)) {
+                    let path = self.bpf_dir.join(podnet_netlink::flows::FLOWS_MAP);
+                    match podnet_netlink::flows::forget(&path, *ip) {
+                        Ok(n) => forgot += n,
+                        Err(e) => errors.push(format!("flow table: {e}")),
+                    }
+                }
+                if forgot > 0 {
+                    log(&format!(
+                        "policy: pod {ns}/{name} ({ip}) is gone: forgot {forgot} tracked connections of its address"
+                    ));
+                }
+                if !errors.is_empty() {
+                    log(&format!(
+                        "policy: pod {ns}/{name} ({ip}) is gone but its tracked connections could not all be forgotten ({}): the next pod given {ip} may inherit them; `conntrack -D -s {ip}` and `-d {ip}` remove them by hand",
+                        errors.join("; ")
+                    ));
+                }
+            }
+        }
+        self.pod_ips = Some(now);
+    }
+
     fn repaired(&self, object: &str, log: &dyn Fn(&str), what: &str) {
         log(&format!("repairing drift: {what}"));
         if let Some(f) = &self.on_repair {
@@ -947,6 +997,7 @@ impl Policy {
         }
         self.rejected = rejected;
         let cluster = Cluster::from_objects(snap.objects.iter().map(|o| &**o));
+        self.forget_gone_pods(&cluster, log);
         let (node, cidr) = (self.node.clone(), self.cidr);
         let local = |p: &podnet_policy::PodInfo| {
             p.node.as_deref() == Some(node.as_str()) && p.ip.is_some_and(|ip| cidr.contains(ip))

@@ -31,7 +31,7 @@ use crate::settings::{host_mac, host_veth_name, Ipam, NodeInfo, Settings, DEFAUL
 use crate::{antispoof, delegate, Invocation};
 use podnet_cni_spec::{code, CniError};
 use podnet_ipam::Owner;
-use podnet_netlink::{bpf, conntrack, link, Socket};
+use podnet_netlink::{conntrack, link, Socket};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -147,41 +147,11 @@ fn flows_map_path(raw: &serde_json::Value) -> Result<Option<PathBuf>, CniError> 
 }
 
 /// The eBPF policy datapath's flow table, pinned by name in the node's bpffs directory.
-const FLOWS_MAP: &str = "flows";
-/// `struct flow_key` in `bpf/policy.c`: saddr, daddr (network order), sport, dport,
-/// proto, side, 2 bytes of padding.
-const FLOW_KEY_SIZE: u32 = 16;
-const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+const FLOWS_MAP: &str = podnet_netlink::flows::FLOWS_MAP;
 
-/// Deletes every entry of the pinned flow table at `path` whose key has `ip` as source
-/// or destination; returns how many. A table that is not pinned (the datapath is not
-/// loaded) has nothing to delete.
+/// See [`podnet_netlink::flows::forget`].
 pub fn forget_flows(path: &Path, ip: Ipv4Addr) -> Result<usize, podnet_netlink::Error> {
-    let map = match bpf::obj_get(path) {
-        Ok(m) => m,
-        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    let info = bpf::map_info(&map)?;
-    if info.key_size != FLOW_KEY_SIZE || info.map_type != BPF_MAP_TYPE_LRU_HASH {
-        return Err(podnet_netlink::Error::Malformed {
-            op: "read the flow table",
-            obj: path.display().to_string(),
-            why: format!(
-                "it is a map of type {} with {}-byte keys, not the LRU hash of {FLOW_KEY_SIZE}-byte keys of bpf/policy.c; it was made by another podnet build",
-                info.map_type, info.key_size
-            ),
-        });
-    }
-    let ip = ip.octets();
-    let mut n = 0;
-    for k in bpf::raw_keys(&map, &info)? {
-        if k[0..4] == ip || k[4..8] == ip {
-            bpf::delete_raw(&map, &info, &k)?;
-            n += 1;
-        }
-    }
-    Ok(n)
+    podnet_netlink::flows::forget(path, ip)
 }
 
 /// Deletes the link `name` (a pod's host veth: both ends and their filters go) and

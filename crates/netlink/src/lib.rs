@@ -20,6 +20,7 @@ pub mod antispoof;
 pub mod bpf;
 pub mod conntrack;
 pub mod error;
+pub mod flows;
 pub mod link;
 pub mod msg;
 pub mod neigh;

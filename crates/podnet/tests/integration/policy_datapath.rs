@@ -511,3 +511,91 @@ fn del_keeps_the_address_while_its_connections_cannot_be_forgotten() {
     assert!(o.ok(), "retried DEL: {} {}", o.stdout, o.stderr);
     assert!(node.allocations().is_empty());
 }
+
+/// p's ingress closed to everyone.
+const CLOSE_P: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: close-p\n  namespace: t1\nspec:\n  podSelector:\n    matchLabels:\n      app: p\n  policyTypes: [Ingress]\n";
+
+/// The peer's side of a removed pod: `p` (node2, ingress closed to everyone) sent UDP
+/// to `old` (node1, address X) and got its echo, so node2 tracks the flow p ↔ X. `old`
+/// goes and `new` (no labels, same X) sends "replies" of that flow to p. Node2's agent
+/// must have forgotten the flow when `old` went: they are refused at p's ingress.
+fn peer_node_forgets_a_removed_pods_connections(datapath: &str) {
+    let lab = TestLab::up(&[
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "0",
+        "--policy-datapath",
+        datapath,
+    ]);
+    let p = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: t1\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: t1\n  labels:\n    app: p\nspec:\n  nodeName: node2\n---\n";
+    lab_pipe(
+        &lab,
+        "apply",
+        &format!("{p}{}---\n{CLOSE_P}", udp_pod("t1", "old", None)),
+    );
+    let st = lab.json(&["status", "--output", "json"]);
+    let (x, _) = lab_pod(&st, "t1.old");
+    let (pip, _) = lab_pod(&st, "t1.p");
+    // p → old:5353 from p:4000, echoed: a reply admitted through p's closed ingress.
+    let pns = lab.ns("t1.p");
+    let sock = pns
+        .run(|| std::net::UdpSocket::bind("0.0.0.0:4000").unwrap())
+        .unwrap();
+    let to = std::net::SocketAddrV4::new(x, 5353);
+    assert!(
+        echoed(&sock, to, 3),
+        "{datapath}: p never heard old's echo: the flow was never there"
+    );
+    // old goes; new takes X, with no server (its test socket is the "reply").
+    lab_pipe(&lab, "delete", &udp_pod("t1", "old", None));
+    let new = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: new\n  namespace: t1\n  annotations:\n    podnet.dev/ip: \"{x}\"\nspec:\n  nodeName: node1\n"
+    );
+    lab_pipe(&lab, "apply", &new);
+    assert_eq!(
+        lab_pod(&lab.json(&["status", "--output", "json"]), "t1.new").0,
+        x
+    );
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let forged = lab.ns("t1.new").run(move || {
+        let s = std::net::UdpSocket::bind((x, 5353)).unwrap();
+        for i in 0..5 {
+            s.send_to(format!("reply {i}").as_bytes(), (pip, 4000))
+                .unwrap();
+        }
+    });
+    forged.unwrap();
+    let mut buf = [0u8; 64];
+    let heard = sock
+        .recv_from(&mut buf)
+        .ok()
+        .map(|(n, from)| (from, buf[..n].to_vec()));
+    assert_eq!(
+        heard, None,
+        "{datapath}: p, whose ingress is closed, heard new at the removed pod's address"
+    );
+    // The path itself works: once p's ingress admits new's namespace, it is heard.
+    lab_pipe(&lab, "delete", CLOSE_P);
+    lab.ns("t1.new")
+        .run(move || {
+            let s = std::net::UdpSocket::bind((x, 5353)).unwrap();
+            s.send_to(b"reply after", (pip, 4000)).unwrap();
+        })
+        .unwrap();
+    assert!(
+        sock.recv_from(&mut buf).is_ok(),
+        "{datapath}: p hears nothing from new even when open: the check above proves nothing"
+    );
+}
+
+#[test]
+fn peer_node_forgets_a_removed_pods_connections_nftables() {
+    peer_node_forgets_a_removed_pods_connections("nftables");
+}
+
+#[test]
+fn peer_node_forgets_a_removed_pods_connections_ebpf() {
+    peer_node_forgets_a_removed_pods_connections("ebpf");
+}
