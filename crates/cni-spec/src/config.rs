@@ -54,14 +54,25 @@ pub struct NetConf {
 impl NetConf {
     /// Decodes stdin. Syntax and type errors are code 6; a missing name or type code 7.
     pub fn parse(bytes: &[u8]) -> Result<NetConf, CniError> {
-        let conf: NetConf = serde_json::from_slice(bytes).map_err(|e| {
+        NetConf::parse_raw(bytes).map(|(conf, _)| conf)
+    }
+
+    /// Decodes stdin into the typed configuration and the whole JSON (for keys outside
+    /// the struct). One parse for both, so a document is either fully read or refused
+    /// (code 6): serde skips unknown keys without checking them, so a value only JSON
+    /// itself refuses (a number out of range) would otherwise pass the struct and be
+    /// lost from the JSON.
+    pub fn parse_raw(bytes: &[u8]) -> Result<(NetConf, Value), CniError> {
+        let bad = |e: serde_json::Error| {
             CniError::new(
                 code::DECODE,
                 "cannot decode the network configuration on stdin",
                 format!("{e}; the configuration must be a JSON object as in the CNI spec"),
             )
-        })?;
-        Ok(conf)
+        };
+        let raw: Value = serde_json::from_slice(bytes).map_err(bad)?;
+        let conf = NetConf::deserialize(&raw).map_err(bad)?;
+        Ok((conf, raw))
     }
 
     /// The configuration's version, checked against what podnet supports (code 1).

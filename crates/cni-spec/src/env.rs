@@ -210,4 +210,34 @@ mod tests {
         assert!(validate_ifname("..").is_err());
         assert!(validate_ifname("a/b").is_err());
     }
+
+    /// Every character class the spec (and the kernel's `dev_valid_name`) refuses.
+    #[test]
+    fn ids_and_names_at_their_edges() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "eth:0",
+            "eth 0",
+            "eth\t0",
+            "eth\n0",
+            "eth\u{a0}0",
+            "sixteen-chars-xx",
+        ] {
+            let e = validate_ifname(bad).unwrap_err();
+            assert_eq!(e.code, code::INVALID_ENV, "{bad:?}");
+        }
+        assert!(validate_ifname("fifteen-chars-x").is_ok());
+        assert!(validate_ifname(".a").is_ok());
+        // 15 bytes, not 15 characters: the kernel counts bytes (IFNAMSIZ).
+        assert!(validate_ifname("ééééééé_é").is_err());
+        for bad in [
+            "_a", ".a", "a/b", "a b", "a:b", "ab\u{e9}", "a\0b", "a;b", "a$(x)",
+        ] {
+            assert!(validate_container_id(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_container_id(&"a".repeat(4096)).is_ok());
+    }
 }

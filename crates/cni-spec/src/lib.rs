@@ -14,6 +14,9 @@ pub mod net;
 pub mod result;
 pub mod version;
 
+#[cfg(test)]
+mod hostile_tests;
+
 pub use config::{Attachment, NetConf};
 pub use env::{Command, Env};
 pub use error::{code, CniError};

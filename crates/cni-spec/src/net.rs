@@ -60,6 +60,78 @@ impl Ipv4Net {
         self.contains(ip)
             .then(|| (u32::from(ip) - u32::from(self.addr)) as u64)
     }
+
+    /// True if the two networks share an address.
+    pub fn overlaps(&self, other: &Ipv4Net) -> bool {
+        self.contains(other.addr) || other.contains(self.addr)
+    }
+
+    /// Why this network cannot be a node's pod CIDR, or `None` if it can: wider than
+    /// [`MIN_POD_CIDR_PREFIX`] (0.0.0.0/0 would route everything to the pods), or
+    /// touching a [`RESERVED`] range (loopback, link-local, multicast, …), whose
+    /// addresses a pod cannot use and a node must not route to a bridge.
+    pub fn pod_cidr_problem(&self) -> Option<String> {
+        if self.prefix < MIN_POD_CIDR_PREFIX {
+            return Some(format!(
+                "/{} is wider than any node's pod CIDR (/{MIN_POD_CIDR_PREFIX} at most)",
+                self.prefix
+            ));
+        }
+        RESERVED
+            .iter()
+            .find(|(net, _)| self.overlaps(net))
+            .map(|(net, what)| format!("it overlaps {net}, {what}"))
+    }
+}
+
+/// The widest network a pod CIDR may be (a /8).
+pub const MIN_POD_CIDR_PREFIX: u8 = 8;
+
+/// IPv4 ranges no pod address may come from, with what they are (RFC 6890).
+pub const RESERVED: [(Ipv4Net, &str); 5] = [
+    (
+        Ipv4Net {
+            addr: Ipv4Addr::new(0, 0, 0, 0),
+            prefix: 8,
+        },
+        "\"this network\" (source-only addresses)",
+    ),
+    (
+        Ipv4Net {
+            addr: Ipv4Addr::new(127, 0, 0, 0),
+            prefix: 8,
+        },
+        "the loopback range",
+    ),
+    (
+        Ipv4Net {
+            addr: Ipv4Addr::new(169, 254, 0, 0),
+            prefix: 16,
+        },
+        "the link-local range",
+    ),
+    (
+        Ipv4Net {
+            addr: Ipv4Addr::new(224, 0, 0, 0),
+            prefix: 4,
+        },
+        "the multicast range",
+    ),
+    (
+        Ipv4Net {
+            addr: Ipv4Addr::new(240, 0, 0, 0),
+            prefix: 4,
+        },
+        "the reserved range with the broadcast address 255.255.255.255",
+    ),
+];
+
+/// The [`RESERVED`] range `ip` is in, described, if any.
+pub fn reserved(ip: Ipv4Addr) -> Option<String> {
+    RESERVED
+        .iter()
+        .find(|(net, _)| net.contains(ip))
+        .map(|(net, what)| format!("{net}, {what}"))
 }
 
 impl fmt::Display for Ipv4Net {
@@ -178,6 +250,42 @@ mod tests {
         assert!("10.244.1.0".parse::<Ipv4Net>().is_err());
         assert!("10.244.1.0/33".parse::<Ipv4Net>().is_err());
         assert!("fd00::/64".parse::<Ipv4Net>().is_err());
+    }
+
+    #[test]
+    fn pod_cidrs_that_no_node_can_have() {
+        for (bad, why) in [
+            ("0.0.0.0/0", "wider"),
+            ("10.0.0.0/7", "wider"),
+            ("0.0.0.0/24", "this network"),
+            ("127.0.0.0/24", "loopback"),
+            ("127.0.0.0/8", "loopback"),
+            ("169.254.0.0/16", "link-local"),
+            ("169.254.3.0/24", "link-local"),
+            ("169.0.0.0/8", "link-local"),
+            ("224.0.0.0/24", "multicast"),
+            ("239.255.0.0/16", "multicast"),
+            ("240.0.0.0/24", "broadcast"),
+            ("255.255.255.252/30", "broadcast"),
+        ] {
+            let n: Ipv4Net = bad.parse().unwrap();
+            let p = n
+                .pod_cidr_problem()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(p.contains(why), "{bad}: {p}");
+        }
+        for good in [
+            "10.0.0.0/8",
+            "10.244.0.0/24",
+            "172.16.0.0/12",
+            "100.64.0.0/10",
+        ] {
+            let n: Ipv4Net = good.parse().unwrap();
+            assert_eq!(n.pod_cidr_problem(), None, "{good}");
+        }
+        assert!(reserved(Ipv4Addr::new(255, 255, 255, 255)).is_some());
+        assert!(reserved(Ipv4Addr::new(127, 0, 0, 1)).is_some());
+        assert!(reserved(Ipv4Addr::new(10, 0, 0, 1)).is_none());
     }
 
     #[test]

@@ -7,6 +7,10 @@ use crate::version::Version;
 use serde_json::{json, Map, Value};
 use std::net::IpAddr;
 
+/// The most interfaces, IPs or routes a result read by [`CniResult::decode`] may hold
+/// (a pod's has a handful; a runtime never passes thousands).
+pub const MAX_RESULT_ENTRIES: usize = 1024;
+
 /// An interface the plugin created or configured.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Interface {
@@ -117,26 +121,41 @@ impl CniResult {
             .as_object()
             .ok_or_else(|| bad("it is not a JSON object".into()))?;
         let str_of = |o: &Value, k: &str| o.get(k).and_then(Value::as_str).map(str::to_owned);
+        // Each list: absent, or an array of at most MAX_RESULT_ENTRIES.
+        let list = |k: &str| -> Result<&[Value], CniError> {
+            match obj.get(k) {
+                None | Some(Value::Null) => Ok(&[]),
+                Some(Value::Array(a)) if a.len() <= MAX_RESULT_ENTRIES => Ok(a),
+                Some(Value::Array(a)) => Err(bad(format!(
+                    "it has {} {k}, more than the {MAX_RESULT_ENTRIES} a result may hold; pass the result of ADD unchanged",
+                    a.len()
+                ))),
+                Some(other) => Err(bad(format!("\"{k}\" is {}, not a list", short(other)))),
+            }
+        };
         let mut res = CniResult::default();
-        for i in obj
-            .get("interfaces")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        let interfaces = list("interfaces")?;
+        for (n, i) in interfaces.iter().enumerate() {
+            let mtu = match i.get("mtu") {
+                None | Some(Value::Null) => None,
+                Some(m) => Some(m.as_u64().and_then(|m| u32::try_from(m).ok()).ok_or_else(
+                    || {
+                        bad(format!(
+                            "interfaces[{n}].mtu {} is not an MTU (an integer from 0 to {})",
+                            short(m),
+                            u32::MAX
+                        ))
+                    },
+                )?),
+            };
             res.interfaces.push(Interface {
                 name: str_of(i, "name").unwrap_or_default(),
                 mac: str_of(i, "mac").unwrap_or_default(),
-                mtu: i.get("mtu").and_then(Value::as_u64).map(|m| m as u32),
+                mtu,
                 sandbox: str_of(i, "sandbox").filter(|s| !s.is_empty()),
             });
         }
-        for ip in obj
-            .get("ips")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for (n, ip) in list("ips")?.iter().enumerate() {
             let addr = str_of(ip, "address").ok_or_else(|| bad("an IP has no address".into()))?;
             let address: IpNet = addr.parse().map_err(|e| bad(format!("{e}")))?;
             let gateway = match str_of(ip, "gateway") {
@@ -146,22 +165,30 @@ impl CniResult {
                 ),
                 _ => None,
             };
-            let interface = ip
-                .get("interface")
-                .and_then(Value::as_u64)
-                .map(|i| i as usize);
+            // An index into `interfaces`: anything else (negative, fractional, past
+            // the end, a string) would point a later plugin at the wrong interface.
+            let interface = match ip.get("interface") {
+                None | Some(Value::Null) => None,
+                Some(i) => Some(
+                    i.as_u64()
+                        .and_then(|i| usize::try_from(i).ok())
+                        .filter(|i| *i < interfaces.len())
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "ips[{n}].interface {} is not an index into its {} interfaces; pass the result of ADD unchanged",
+                                short(i),
+                                interfaces.len()
+                            ))
+                        })?,
+                ),
+            };
             res.ips.push(IpConfig {
                 address,
                 gateway,
                 interface,
             });
         }
-        for r in obj
-            .get("routes")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for r in list("routes")? {
             let dst = str_of(r, "dst").ok_or_else(|| bad("a route has no dst".into()))?;
             let dst: IpNet = dst.parse().map_err(|e| bad(format!("{e}")))?;
             let gw = match str_of(r, "gw") {
@@ -175,6 +202,16 @@ impl CniResult {
         }
         res.dns = obj.get("dns").cloned().filter(|d| d != &json!({}));
         Ok(res)
+    }
+}
+
+/// A JSON value for an error message, cut to 40 characters.
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() <= 40 {
+        s
+    } else {
+        format!("{}…", s.chars().take(40).collect::<String>())
     }
 }
 
@@ -245,5 +282,52 @@ mod tests {
         assert_eq!(CniResult::decode(&json!(3), "x").unwrap_err().code, 6);
         let bad = json!({"ips":[{"address":"10.0.0.1"}]});
         assert_eq!(CniResult::decode(&bad, "x").unwrap_err().code, 6);
+    }
+
+    /// `ips[].interface` must index `interfaces`; an `mtu` must fit; the lists must
+    /// be lists of sane length. Each a decode error (6) naming the field.
+    #[test]
+    fn decode_refuses_indexes_and_counts_out_of_range() {
+        let with = |interface: Value| {
+            let mut v = sample().encode(Version::V1_1_0);
+            v["ips"][0]["interface"] = interface;
+            CniResult::decode(&v, "prevResult")
+        };
+        for bad in [
+            json!(3),
+            json!(-1),
+            json!(i64::MIN),
+            json!(u64::MAX),
+            json!(1.5),
+            json!(1e300),
+            json!("1"),
+            json!([1]),
+        ] {
+            let e = with(bad.clone()).unwrap_err();
+            assert_eq!(e.code, code::DECODE, "{bad}");
+            assert!(
+                e.details.contains("ips[0].interface") && e.details.contains("its 2 interfaces"),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(with(json!(1)).unwrap().ips[0].interface, Some(1));
+        assert_eq!(with(Value::Null).unwrap().ips[0].interface, None);
+        // No interfaces at all: no index is valid.
+        let v = json!({"ips":[{"address":"10.0.0.2/24","interface":0}]});
+        assert!(CniResult::decode(&v, "x").is_err());
+        // An MTU that would wrap around in 32 bits.
+        let mut v = sample().encode(Version::V1_1_0);
+        v["interfaces"][1]["mtu"] = json!(u64::from(u32::MAX) + 1501);
+        let e = CniResult::decode(&v, "x").unwrap_err();
+        assert!(e.details.contains("interfaces[1].mtu"), "{e}");
+        // Lists that are not lists, or absurdly long.
+        for k in ["interfaces", "ips", "routes"] {
+            let mut v = sample().encode(Version::V1_1_0);
+            v[k] = json!({"0": {}});
+            assert!(CniResult::decode(&v, "x").is_err(), "{k}");
+            v[k] = Value::Array(vec![json!({}); MAX_RESULT_ENTRIES + 1]);
+            let e = CniResult::decode(&v, "x").unwrap_err();
+            assert!(e.details.contains("more than the 1024"), "{k}: {e}");
+        }
     }
 }

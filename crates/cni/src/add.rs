@@ -16,7 +16,7 @@ use crate::errors;
 use crate::settings::{host_mac, host_veth_name, pod_mac, Ipam, Settings};
 use crate::{antispoof, delegate, Invocation};
 use podnet_cni_spec::result::{Interface, IpConfig, Route};
-use podnet_cni_spec::{code, CniError, CniResult};
+use podnet_cni_spec::{code, CniError, CniResult, Ipv4Net};
 use podnet_ipam::{Owner, Pool, Store};
 use podnet_netlink::link::{self, LinkChange, Target, VethSpec};
 use podnet_netlink::socket::Request;
@@ -56,15 +56,16 @@ enum Undo {
 
 pub fn run(inv: &Invocation) -> Result<CniResult, CniError> {
     let s = Settings::resolve(&inv.conf, &inv.raw)?;
-    let pod_ns = Netns::open(&inv.env.netns).map_err(|e| errors::netns(e, &inv.env.netns))?;
-    let mut host =
-        Socket::route().map_err(|e| errors::netlink(e, "podnet-cni must run as root"))?;
-    let mut undo = Vec::new();
     // Not first in a chain: what the plugins before made is passed on, ours after it.
+    // Read (and refused if malformed) before anything is opened or made.
     let prev = match &inv.conf.prev_result {
         Some(p) => Some(CniResult::decode(p, "prevResult")?),
         None => None,
     };
+    let pod_ns = crate::pod_netns(&inv.env.netns)?;
+    let mut host =
+        Socket::route().map_err(|e| errors::netlink(e, "podnet-cni must run as root"))?;
+    let mut undo = Vec::new();
     match add(inv, &s, &pod_ns, &mut host, &mut undo) {
         Ok(r) => Ok(match prev {
             Some(p) => merge(p, r),
@@ -112,11 +113,18 @@ fn requested_ip(s: &Settings) -> Result<Option<Ipv4Addr>, CniError> {
         let text = e
             .as_str()
             .ok_or_else(|| bad(format!("{e} is not a string")))?;
-        let addr = text.split('/').next().unwrap_or(text);
-        match addr.parse::<std::net::IpAddr>() {
+        let parsed = if text.contains('/') {
+            text.parse::<podnet_cni_spec::net::IpNet>()
+                .map(|n| n.addr)
+                .map_err(|e| e.to_string())
+        } else {
+            text.parse::<std::net::IpAddr>()
+                .map_err(|_| format!("{text:?} is not an IP address"))
+        };
+        match parsed {
             Ok(std::net::IpAddr::V4(a)) => v4.push(a),
             Ok(std::net::IpAddr::V6(_)) => {}
-            Err(_) => return Err(bad(format!("{text:?} is not an IP address"))),
+            Err(why) => return Err(bad(why)),
         }
     }
     match v4.as_slice() {
@@ -126,6 +134,13 @@ fn requested_ip(s: &Settings) -> Result<Option<Ipv4Addr>, CniError> {
             "a podnet pod has one IPv4 address: ask for at most one".into(),
         )),
     }
+}
+
+/// The netmask of an IPv4 prefix length (0 to 32).
+fn prefix_mask(prefix: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(prefix.min(32)))
+        .unwrap_or(0)
 }
 
 /// The pod's address as IPAM gave it.
@@ -178,6 +193,23 @@ fn assign(inv: &Invocation, s: &Settings, undo: &mut Vec<Undo>) -> Result<Assign
             let IpAddr::V4(ip) = ipc.address.addr else {
                 unreachable!()
             };
+            // The same rules as for our own subnet: the prefix becomes a connected
+            // route on the node's bridge (a /0 would take over the node's routing),
+            // and no pod may sit in loopback, link-local or multicast space.
+            let net = Ipv4Net::new(
+                Ipv4Addr::from(u32::from(ip) & prefix_mask(ipc.address.prefix)),
+                ipc.address.prefix,
+            );
+            if let Some(why) = net.and_then(|n| n.pod_cidr_problem()) {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    format!(
+                        "IPAM plugin {plugin} returned {}, which no pod can have: {why}",
+                        ipc.address
+                    ),
+                    "configure the ipam range with the node's pod CIDR, a private range of /8 to /30",
+                ));
+            }
             let gateway = match (ipc.gateway, s.gateway) {
                 (Some(IpAddr::V4(g)), _) => g,
                 (_, Some(g)) => g,
@@ -642,5 +674,84 @@ fn result(
             .clone()
             .filter(|d| d != &serde_json::json!({}))
             .or(a.dns.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podnet_cni_spec::NetConf;
+    use serde_json::json;
+
+    fn settings(runtime_config: serde_json::Value) -> Settings {
+        let mut v = json!({"cniVersion":"1.1.0","name":"n","type":"podnet-cni",
+            "subnet":"10.9.0.0/24","nodeFile":"/nonexistent/podnet-node.json"});
+        v["runtimeConfig"] = runtime_config;
+        let c = NetConf::parse(v.to_string().as_bytes()).unwrap();
+        Settings::resolve(&c, &v).unwrap()
+    }
+
+    #[test]
+    fn requested_ips_must_parse_whole() {
+        let ok = |ips: serde_json::Value| requested_ip(&settings(json!({ "ips": ips })));
+        assert_eq!(
+            ok(json!(["10.9.0.7/24"])).unwrap(),
+            Some("10.9.0.7".parse().unwrap())
+        );
+        assert_eq!(
+            ok(json!(["10.9.0.7", "fd00::7/64"])).unwrap(),
+            Some("10.9.0.7".parse().unwrap())
+        );
+        assert_eq!(ok(json!([])).unwrap(), None);
+        for bad in [
+            json!(["10.9.0.7/99"]),
+            json!(["10.9.0.7/"]),
+            json!(["10.9.0.7/-1"]),
+            json!(["10.9.0.7/24/8"]),
+            json!(["10.9.0.7", "10.9.0.8"]),
+            json!([7]),
+            json!("10.9.0.7"),
+            json!([null]),
+        ] {
+            let e = ok(bad.clone()).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}");
+        }
+    }
+
+    #[test]
+    fn masks() {
+        assert_eq!(prefix_mask(0), 0);
+        assert_eq!(prefix_mask(8), 0xff00_0000);
+        assert_eq!(prefix_mask(32), u32::MAX);
+        assert_eq!(prefix_mask(200), u32::MAX);
+    }
+
+    /// A chained ADD's result: prev's interfaces first, our indexes shifted past them
+    /// and still pointing at our interfaces.
+    #[test]
+    fn merged_indexes_stay_in_range() {
+        let prev = CniResult::decode(
+            &json!({"interfaces":[{"name":"a"},{"name":"b"}],
+                    "ips":[{"address":"10.1.0.2/24","interface":1}]}),
+            "prevResult",
+        )
+        .unwrap();
+        let ours = CniResult {
+            interfaces: vec![Interface::default(); 3],
+            ips: vec![IpConfig {
+                address: "10.9.0.5/24".parse().unwrap(),
+                gateway: None,
+                interface: Some(2),
+            }],
+            ..Default::default()
+        };
+        let m = merge(prev, ours);
+        assert_eq!(m.interfaces.len(), 5);
+        assert_eq!(
+            m.ips.iter().map(|i| i.interface).collect::<Vec<_>>(),
+            [Some(1), Some(4)]
+        );
+        let again = CniResult::decode(&m.encode(podnet_cni_spec::Version::V1_1_0), "merged");
+        assert!(again.is_ok(), "{again:?}");
     }
 }

@@ -6,7 +6,7 @@ use crate::settings::{host_veth_name, Ipam, Settings};
 use crate::{antispoof, Invocation};
 use podnet_cni_spec::{code, CniError, CniResult};
 use podnet_ipam::Owner;
-use podnet_netlink::{addr, link, route, Netns, Socket};
+use podnet_netlink::{addr, link, route, Socket};
 use std::net::IpAddr;
 
 pub fn run(inv: &Invocation) -> Result<(), CniError> {
@@ -39,7 +39,7 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
         unreachable!()
     };
 
-    let pod_ns = Netns::open(&inv.env.netns).map_err(|e| errors::netns(e, &inv.env.netns))?;
+    let pod_ns = crate::pod_netns(&inv.env.netns)?;
     let nl = |e| {
         errors::netlink(
             e,

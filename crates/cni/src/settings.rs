@@ -129,7 +129,7 @@ impl Settings {
                 format!("{e}; podnetd rewrites it when it starts: restart podnetd on this node"),
             )
         };
-        let node: NodeInfo = match std::fs::read(node_file) {
+        let node: NodeInfo = match read_node_file(node_file) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| unreadable(e.to_string()))?,
             // No file: no agent on this node; the config must carry the subnet.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => NodeInfo::default(),
@@ -192,16 +192,36 @@ impl Settings {
                 plugin: t.to_string(),
             })
         } else {
-            let subnet_s = conf.subnet.clone().or(node.pod_cidr);
+            // Where the subnet comes from, for the errors: the operator fixes one, the
+            // cluster's pod CIDR the other.
+            let (subnet_s, from, fix) = match (conf.subnet.clone(), node.pod_cidr) {
+                (Some(s), _) => (
+                    Some(s),
+                    "\"subnet\" in the network configuration".to_string(),
+                    "write the node's pod CIDR, e.g. \"10.244.0.0/24\"",
+                ),
+                (None, Some(s)) => (
+                    Some(s),
+                    format!("podCIDR in the agent's node file {node_file}"),
+                    "podnetd publishes the Node's spec.podCIDR: fix the cluster's pod CIDR (kube-controller-manager --cluster-cidr) and restart podnetd",
+                ),
+                (None, None) => (None, String::new(), ""),
+            };
             match subnet_s {
                 Some(s) => {
                     let subnet: Ipv4Net = s.parse().map_err(|e| {
-                        invalid(format!("invalid subnet {s:?}"), format!("{e}; write the node's pod CIDR, e.g. \"10.244.0.0/24\""))
+                        invalid(format!("invalid subnet {s:?} ({from})"), format!("{e}; {fix}"))
                     })?;
                     if subnet.prefix() > 30 {
                         return Err(invalid(
-                            format!("subnet {subnet} is too small"),
+                            format!("subnet {subnet} ({from}) is too small"),
                             "a pod CIDR needs room for the gateway and at least one pod: use /30 or larger (a /24 is usual)",
+                        ));
+                    }
+                    if let Some(why) = subnet.pod_cidr_problem() {
+                        return Err(invalid(
+                            format!("subnet {subnet} ({from}) cannot be a node's pod CIDR: {why}"),
+                            format!("{fix}: a private range (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 or 100.64.0.0/10), /8 to /30"),
                         ));
                     }
                     let gw = gateway.unwrap_or_else(|| subnet.nth(1).expect("/30 or larger"));
@@ -236,7 +256,7 @@ impl Settings {
             anti_spoofing: conf.anti_spoofing.unwrap_or(true),
             ipam,
             gateway,
-            lock_timeout: lock_timeout(raw),
+            lock_timeout: lock_timeout(raw)?,
             runtime_config: conf.runtime_config.clone(),
             policy_programs: node.policy_programs.clone(),
             overlay_guard,
@@ -260,7 +280,16 @@ impl Settings {
                 plugin: t.to_string(),
             }),
             gateway: None,
-            lock_timeout: lock_timeout(raw),
+            // Bounded, never refused: a pod must stay removable.
+            lock_timeout: raw
+                .get("lockTimeoutMs")
+                .and_then(|v| v.as_u64())
+                .map(std::time::Duration::from_millis)
+                .unwrap_or(podnet_ipam::DEFAULT_LOCK_TIMEOUT)
+                .clamp(
+                    *podnet_ipam::LOCK_TIMEOUT_BOUNDS.start(),
+                    *podnet_ipam::LOCK_TIMEOUT_BOUNDS.end(),
+                ),
             runtime_config: conf.runtime_config.clone(),
             policy_programs: None,
             overlay_guard: Default::default(),
@@ -289,12 +318,59 @@ impl Settings {
     }
 }
 
-/// `lockTimeoutMs`, or the IPAM default.
-fn lock_timeout(raw: &serde_json::Value) -> std::time::Duration {
-    raw.get("lockTimeoutMs")
-        .and_then(|v| v.as_u64())
-        .map(std::time::Duration::from_millis)
-        .unwrap_or(podnet_ipam::DEFAULT_LOCK_TIMEOUT)
+/// `lockTimeoutMs`, or the IPAM default: a whole number of milliseconds inside
+/// [`podnet_ipam::LOCK_TIMEOUT_BOUNDS`], anything else refused (code 7).
+fn lock_timeout(raw: &serde_json::Value) -> Result<std::time::Duration, CniError> {
+    let bounds = podnet_ipam::LOCK_TIMEOUT_BOUNDS;
+    match raw.get("lockTimeoutMs") {
+        None | Some(serde_json::Value::Null) => Ok(podnet_ipam::DEFAULT_LOCK_TIMEOUT),
+        Some(v) => v
+            .as_u64()
+            .map(std::time::Duration::from_millis)
+            .filter(|d| bounds.contains(d))
+            .ok_or_else(|| {
+                let shown: String = v.to_string().chars().take(40).collect();
+                invalid(
+                    format!("invalid lockTimeoutMs {shown}"),
+                    format!(
+                        "lockTimeoutMs is a whole number of milliseconds from {} to {} (default {}): how long an ADD waits for another invocation's IPAM lock before answering 11, try again later",
+                        bounds.start().as_millis(),
+                        bounds.end().as_millis(),
+                        podnet_ipam::DEFAULT_LOCK_TIMEOUT.as_millis()
+                    ),
+                )
+            }),
+    }
+}
+
+/// The most bytes read from the agent's node file (podnetd writes well under 1 KiB).
+const MAX_NODE_FILE: u64 = 1 << 20;
+
+/// Reads the agent's node file: a regular file of at most [`MAX_NODE_FILE`] bytes.
+/// Opened without blocking, so a FIFO or device named by `nodeFile` is an error
+/// rather than a plugin that hangs or reads forever.
+fn read_node_file(path: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut b = Vec::new();
+    f.take(MAX_NODE_FILE + 1).read_to_end(&mut b)?;
+    if b.len() as u64 > MAX_NODE_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_NODE_FILE} bytes"),
+        ));
+    }
+    Ok(b)
 }
 
 pub use podnet_conventions::{host_mac, host_veth_name, pod_mac};
@@ -367,6 +443,110 @@ mod tests {
         }
         let (c, v) = conf(r#"{"name":"n","type":"t"}"#);
         assert!(Settings::for_cleanup(&c, &v).ipam.is_none());
+    }
+
+    /// A scratch file under the temp dir, removed on drop.
+    struct Scratch(std::path::PathBuf);
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            Scratch(
+                std::env::temp_dir().join(format!("podnet-settings-{tag}-{}", std::process::id())),
+            )
+        }
+    }
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+
+    #[test]
+    fn subnets_no_node_can_have_are_refused_from_config_and_node_file() {
+        for bad in [
+            "0.0.0.0/0",
+            "10.0.0.0/7",
+            "0.0.0.0/24",
+            "127.0.0.0/24",
+            "169.254.0.0/16",
+            "169.0.0.0/8",
+            "224.0.0.0/24",
+            "240.0.0.0/24",
+            "255.255.255.252/30",
+        ] {
+            let (c, v) = conf(&format!(r#"{{"name":"n","type":"t","subnet":"{bad}"}}"#));
+            let e = Settings::resolve(&c, &v).unwrap_err();
+            assert_eq!(e.code, 7, "{bad}");
+            assert!(
+                e.msg.contains(bad) && e.msg.contains("network configuration"),
+                "{bad}: {e}"
+            );
+            // The same from the agent's node file: the message names the file.
+            let nf = Scratch::new("nf");
+            std::fs::write(&nf.0, format!(r#"{{"podCIDR":"{bad}"}}"#)).unwrap();
+            let (c, mut v) = conf(r#"{"name":"n","type":"t"}"#);
+            v["nodeFile"] = nf.0.display().to_string().into();
+            let e = Settings::resolve(&c, &v).unwrap_err();
+            assert_eq!(e.code, 7, "{bad}");
+            assert!(e.msg.contains(&nf.0.display().to_string()), "{e}");
+        }
+        let (c, v) = conf(r#"{"name":"n","type":"t","subnet":"10.0.0.0/8"}"#);
+        assert!(Settings::resolve(&c, &v).is_ok());
+    }
+
+    #[test]
+    fn lock_timeout_is_bounded() {
+        for bad in [
+            "0",
+            "-5",
+            "60001",
+            "18446744073709551615",
+            "2.5",
+            "\"5000\"",
+            "[]",
+            "1e300",
+        ] {
+            let (c, v) = conf(&format!(
+                r#"{{"name":"n","type":"t","subnet":"10.0.0.0/24","lockTimeoutMs":{bad}}}"#
+            ));
+            let e = Settings::resolve(&c, &v).unwrap_err();
+            assert_eq!(e.code, 7, "{bad}");
+            assert!(e.msg.contains("lockTimeoutMs"), "{bad}: {e}");
+            assert!(e.details.contains("from 1 to 60000"), "{bad}: {e}");
+            // DEL and GC still run, with a bounded wait.
+            let t = Settings::for_cleanup(&c, &v).lock_timeout;
+            assert!(
+                podnet_ipam::LOCK_TIMEOUT_BOUNDS.contains(&t),
+                "{bad}: {t:?}"
+            );
+        }
+        for (ok, ms) in [("1", 1), ("60000", 60_000), ("null", 5000)] {
+            let (c, v) = conf(&format!(
+                r#"{{"name":"n","type":"t","subnet":"10.0.0.0/24","lockTimeoutMs":{ok}}}"#
+            ));
+            let t = Settings::resolve(&c, &v).unwrap().lock_timeout;
+            assert_eq!(t, std::time::Duration::from_millis(ms));
+        }
+    }
+
+    /// The node file is read bounded and never blocks: too large, a directory or a
+    /// FIFO is code 5.
+    #[test]
+    fn node_file_is_read_bounded() {
+        let big = Scratch::new("big");
+        let mut body = vec![b' '; (1 << 20) + 1];
+        body.extend_from_slice(br#"{"podCIDR":"10.9.0.0/24"}"#);
+        std::fs::write(&big.0, body).unwrap();
+        let fifo = Scratch::new("fifo");
+        let p = std::ffi::CString::new(fifo.0.display().to_string()).unwrap();
+        // SAFETY: mkfifo on a path we own.
+        assert_eq!(unsafe { libc::mkfifo(p.as_ptr(), 0o600) }, 0);
+        for path in [&big.0, &fifo.0, &std::env::temp_dir()] {
+            let (c, mut v) = conf(r#"{"name":"n","type":"t"}"#);
+            v["nodeFile"] = path.display().to_string().into();
+            let e = Settings::resolve(&c, &v).unwrap_err();
+            assert_eq!(e.code, 5, "{}: {e}", path.display());
+        }
     }
 
     #[test]

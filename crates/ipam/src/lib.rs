@@ -94,6 +94,9 @@ impl Pool {
                 why: "a pod CIDR must be /30 or larger (network, gateway, pods, broadcast)".into(),
             });
         }
+        if let Some(why) = subnet.pod_cidr_problem() {
+            return Err(Error::Pool { subnet, why });
+        }
         if !subnet.contains(gateway) || gateway == subnet.network() || gateway == subnet.broadcast()
         {
             return Err(Error::Pool {
@@ -137,6 +140,12 @@ pub struct Store {
 /// How long an operation waits for another process's lock before giving up.
 pub const DEFAULT_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The shortest and longest lock wait a configuration may ask for (`lockTimeoutMs`):
+/// zero would fail every ADD that meets another, and a runtime gives up on a plugin
+/// long before a minute.
+pub const LOCK_TIMEOUT_BOUNDS: std::ops::RangeInclusive<std::time::Duration> =
+    std::time::Duration::from_millis(1)..=std::time::Duration::from_secs(60);
+
 impl Store {
     /// Opens (creating if needed) `<data_dir>/<network>`.
     pub fn open(data_dir: impl AsRef<Path>, network: &str) -> Result<Store> {
@@ -153,9 +162,10 @@ impl Store {
         })
     }
 
-    /// Sets how long to wait for another process's lock (then: [`Error::Busy`]).
+    /// Sets how long to wait for another process's lock (then: [`Error::Busy`]),
+    /// held inside [`LOCK_TIMEOUT_BOUNDS`].
     pub fn with_lock_timeout(mut self, t: std::time::Duration) -> Store {
-        self.lock_timeout = t;
+        self.lock_timeout = t.clamp(*LOCK_TIMEOUT_BOUNDS.start(), *LOCK_TIMEOUT_BOUNDS.end());
         self
     }
 
@@ -523,6 +533,12 @@ mod exact_tests {
             .allocate_exact(&p, &Owner::new("b", "eth0"), ip("10.9.0.1"))
             .unwrap_err();
         assert!(e.to_string().contains("gateway"), "{e}");
+        for reserved in ["10.9.0.0", "10.9.0.255"] {
+            let e = st
+                .allocate_exact(&p, &Owner::new("b", "eth0"), ip(reserved))
+                .unwrap_err();
+            assert!(e.to_string().contains("network, broadcast"), "{e}");
+        }
         // The dynamic allocator never hands out a requested address.
         for i in 0..5 {
             assert_ne!(
@@ -696,5 +712,40 @@ mod tests {
         let tiny: Ipv4Net = "10.9.0.0/31".parse().unwrap();
         assert!(Pool::new(tiny, "10.9.0.1".parse().unwrap()).is_err());
         assert_eq!(sanitize("../x y"), ".._x_y");
+    }
+
+    /// A pool over everything, loopback, link-local, multicast or the broadcast
+    /// range: an error, not 2^32 addresses to scan or pods on 127.0.0.2.
+    #[test]
+    fn pools_no_node_can_have() {
+        for (cidr, gw) in [
+            ("0.0.0.0/0", "0.0.0.1"),
+            ("8.0.0.0/7", "8.0.0.1"),
+            ("127.0.0.0/24", "127.0.0.1"),
+            ("169.254.0.0/16", "169.254.0.1"),
+            ("224.0.0.0/24", "224.0.0.1"),
+            ("255.255.255.0/24", "255.255.255.1"),
+        ] {
+            let e = Pool::new(cidr.parse().unwrap(), gw.parse().unwrap()).unwrap_err();
+            assert!(matches!(e, Error::Pool { .. }), "{cidr}: {e}");
+        }
+    }
+
+    /// Whatever a caller passes, the wait stays between 1 ms and 60 s.
+    #[test]
+    fn lock_timeout_is_bounded() {
+        let d = tmpdir("bounds");
+        let st = Store::open(&d, "net").unwrap();
+        let t = |d: std::time::Duration| st.clone().with_lock_timeout(d).lock_timeout;
+        assert_eq!(
+            t(std::time::Duration::ZERO),
+            std::time::Duration::from_millis(1)
+        );
+        assert_eq!(
+            t(std::time::Duration::MAX),
+            std::time::Duration::from_secs(60)
+        );
+        assert_eq!(t(DEFAULT_LOCK_TIMEOUT), DEFAULT_LOCK_TIMEOUT);
+        fs::remove_dir_all(d).unwrap();
     }
 }

@@ -1,12 +1,11 @@
 //! `podnet-cni`: the CNI plugin binary. Executed by the container runtime with the CNI
-//! environment and the network configuration on stdin; all logic is in `podnet_cni`.
+//! environment and the network configuration on stdin; all logic is in `podnet_cni`
+//! (stdin is read there, bounded by `podnet_cni::MAX_STDIN`).
 
-use std::io::{Read, Write};
+use std::io::Write;
 
 fn main() {
-    let mut stdin = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut stdin);
-    let (out, rc) = podnet_cni::run(|k| std::env::var(k).ok(), &stdin);
+    let (out, rc) = podnet_cni::run_reader(|k| std::env::var(k).ok(), std::io::stdin().lock());
     if !out.is_empty() {
         let mut o = std::io::stdout().lock();
         let _ = o.write_all(out.as_bytes());
