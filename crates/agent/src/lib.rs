@@ -78,6 +78,9 @@ pub struct Config {
     pub datastore: String,
     pub underlay_dev: String,
     pub cluster_cidr: Ipv4Net,
+    /// The cluster's Service range (kube-apiserver's `--service-cluster-ip-range`):
+    /// no peer's underlay address may lie in it ([`check_peer`]).
+    pub service_cidr: Ipv4Net,
     pub node_prefix: u8,
     pub backend: BackendKind,
     pub vni: u32,
@@ -1154,6 +1157,7 @@ impl Agent {
         let me = Me {
             record: &n.record,
             cluster: self.cfg.cluster_cidr,
+            service: self.cfg.service_cidr,
             backend: self.cfg.backend,
             wg_public_key: self.wg_key.map(|k| wireguard::public_key(&k)),
         };
@@ -1314,6 +1318,8 @@ pub type WireGuardEndpoint = (wireguard::Key, u16);
 pub struct Me<'a> {
     pub record: &'a NodeRecord,
     pub cluster: Ipv4Net,
+    /// The Service range: virtual addresses, never a node's.
+    pub service: Ipv4Net,
     pub backend: BackendKind,
     /// With the WireGuard backend: this node's public key.
     pub wg_public_key: Option<wireguard::Key>,
@@ -1321,12 +1327,14 @@ pub struct Me<'a> {
 
 /// Checks a peer's record before anything is programmed from it; returns its VTEP
 /// MAC (zero with host-gw and WireGuard) and, with WireGuard, its public key and
-/// port — or why it is left out. A record is refused when its pod CIDR is outside the
-/// cluster CIDR or overlaps ours or an accepted peer's (the first by name keeps it),
-/// when its underlay address is not a unicast address or is ours, (VXLAN) when its
-/// VTEP MAC cannot be read, or (WireGuard) when it publishes no key, a malformed
-/// one, ours, or an accepted peer's (a copied record must not take over another
-/// node's tunnel).
+/// port — or why it is left out, and what to fix. A record is refused when its pod
+/// CIDR is outside the cluster CIDR or overlaps ours or an accepted peer's (the first
+/// by name keeps it), when its underlay address cannot be a node's
+/// ([`underlay_problem`]) or is an accepted peer's, (VXLAN) when its VTEP MAC is not the one derived from its
+/// underlay address ([`vtep_mac`]: every agent publishes exactly that, so another one
+/// is forged or corrupt), or (WireGuard) when it publishes no key, a malformed one,
+/// ours, or an accepted peer's (a copied record must not take over another node's
+/// tunnel).
 pub fn check_peer(
     r: &NodeRecord,
     me: &Me,
@@ -1352,12 +1360,15 @@ pub fn check_peer(
             p.name, p.cidr
         ));
     }
-    let u = r.underlay_ip;
-    if u.is_unspecified() || u.is_loopback() || u.is_multicast() || u.is_broadcast() {
-        return Err(format!("its underlay address {u} is not a unicast address"));
+    if let Some(why) = underlay_problem(r.underlay_ip, me) {
+        return Err(why);
     }
-    if u == mine.underlay_ip {
-        return Err(format!("its underlay address {u} is ours"));
+    let u = r.underlay_ip;
+    if let Some(p) = accepted.iter().find(|p| p.underlay == u) {
+        return Err(format!(
+            "its underlay address {u} is also {}'s: two nodes cannot share one; the peer's podnetd must publish its own underlay interface's address (--underlay-dev); if it does, the record is forged",
+            p.name
+        ));
     }
     let wg = match me.backend {
         BackendKind::WireGuard => {
@@ -1391,10 +1402,46 @@ pub fn check_peer(
         _ => None,
     };
     match (parse_mac(&r.vtep_mac), me.backend) {
+        (Some(m), BackendKind::Vxlan) if m != vtep_mac(u) => Err(format!(
+            "its VTEP MAC {} is not {}, the one its underlay address {u} gives (0a:59 + the address; every podnetd publishes exactly that): the record is forged or corrupt; restart that node's podnetd to publish it again",
+            r.vtep_mac,
+            podnet_netlink::fmt_mac(&vtep_mac(u))
+        )),
         (Some(m), _) => Ok((m, wg)),
         (None, BackendKind::Vxlan) => Err(format!("its VTEP MAC {:?} cannot be read", r.vtep_mac)),
         (None, _) => Ok(([0; 6], wg)),
     }
+}
+
+/// Why `u` cannot be a peer's underlay address, if it cannot: what peers send the
+/// peer's pod traffic to must be a unicast address of a host on the underlay, and not
+/// this node. An address inside the cluster CIDR (a pod's, or one a node routes to
+/// its pods) or the Service range (a virtual address) would send another node's pod
+/// traffic somewhere the record's author chose; loopback and link-local ones are
+/// this node's own.
+pub fn underlay_problem(u: Ipv4Addr, me: &Me) -> Option<String> {
+    let fix = "the peer's podnetd must publish its underlay interface's address (--underlay-dev); if it does, the record is forged";
+    let what = if u.is_unspecified() || u.is_multicast() || u.is_broadcast() {
+        "not a unicast address".to_string()
+    } else if u.is_loopback() {
+        "a loopback address (127.0.0.0/8)".to_string()
+    } else if u.is_link_local() {
+        "link-local (169.254.0.0/16)".to_string()
+    } else if me.cluster.contains(u) {
+        format!("inside the cluster CIDR {} (pod addresses)", me.cluster)
+    } else if me.service.contains(u) {
+        format!(
+            "inside the service CIDR {} (virtual addresses; podnetd --service-cidr)",
+            me.service
+        )
+    } else if u == me.record.underlay_ip {
+        return Some(format!(
+            "its underlay address {u} is ours: two nodes cannot share one; {fix}"
+        ));
+    } else {
+        return None;
+    };
+    Some(format!("its underlay address {u} is {what}; {fix}"))
 }
 
 #[cfg(test)]
@@ -1417,6 +1464,7 @@ mod tests {
         let me = Me {
             record: &mine,
             cluster,
+            service: "10.96.0.0/12".parse().unwrap(),
             backend: BackendKind::Vxlan,
             wg_public_key: None,
         };
@@ -1464,18 +1512,75 @@ mod tests {
                 rec("c", "10.244.2.0/24", [192, 168, 1, 12], "zz"),
                 "cannot be read",
             ),
+            // Where a forged record would send another node's pod traffic.
+            (
+                rec(
+                    "c",
+                    "10.244.2.0/24",
+                    [255, 255, 255, 255],
+                    "0a:59:ff:ff:ff:ff",
+                ),
+                "not a unicast",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [127, 0, 0, 1], "0a:59:7f:00:00:01"),
+                "is a loopback address",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [169, 254, 1, 1], "0a:59:a9:fe:01:01"),
+                "is link-local",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [10, 244, 5, 5], "0a:59:0a:f4:05:05"),
+                "is inside the cluster CIDR 10.244.0.0/16",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [10, 244, 1, 1], "0a:59:0a:f4:01:01"),
+                "is inside the cluster CIDR",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [10, 100, 0, 1], "0a:59:0a:64:00:01"),
+                "is inside the service CIDR 10.96.0.0/12",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [192, 168, 1, 11], "0a:59:c0:a8:01:0b"),
+                "is also b's",
+            ),
+            // A readable MAC that is not the one the address gives: b's, say.
+            (
+                rec("c", "10.244.2.0/24", [192, 168, 1, 12], "0a:59:c0:a8:01:0b"),
+                "is not 0a:59:c0:a8:01:0c",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [192, 168, 1, 12], "02:00:00:00:00:01"),
+                "forged or corrupt",
+            ),
         ];
         for (r, why) in cases {
             let e = check_peer(&r, &me, &accepted).unwrap_err();
             assert!(e.contains(why), "{e} (want {why})");
+            // Every refusal says what to do about it.
+            assert!(
+                e.contains("cannot be read") || e.contains("pod CIDR") || e.contains("podnetd"),
+                "{e}: says nothing to fix"
+            );
         }
-        // host-gw needs no MAC.
+        // Just outside both ranges is a node's address like any other.
+        for ip in [[10, 243, 255, 255], [10, 112, 0, 1], [169, 253, 0, 1]] {
+            let mac = podnet_netlink::fmt_mac(&vtep_mac(Ipv4Addr::from(ip)));
+            let r = rec("c", "10.244.2.0/24", ip, &mac);
+            assert!(check_peer(&r, &me, &accepted).is_ok(), "{ip:?}");
+        }
+        // host-gw needs no MAC; the address is checked all the same.
         let r = rec("c", "10.244.2.0/24", [192, 168, 1, 12], "");
         let hostgw = Me {
             backend: BackendKind::HostGw,
             ..me
         };
         assert!(check_peer(&r, &hostgw, &accepted).is_ok());
+        let r = rec("c", "10.244.2.0/24", [10, 96, 0, 10], "");
+        let e = check_peer(&r, &hostgw, &accepted).unwrap_err();
+        assert!(e.contains("service CIDR"), "{e}");
         // WireGuard: a readable key that is neither ours nor another peer's.
         let wg = Me {
             backend: BackendKind::WireGuard,

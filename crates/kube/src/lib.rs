@@ -7,7 +7,11 @@
 //! - What peers need to reach the node is published as annotations on its Node:
 //!   [`ANN_UNDERLAY_IP`], [`ANN_VTEP_MAC`], [`ANN_BACKEND`]. A Node without them (its
 //!   agent has not started) or with unreadable ones is left out and named once in the
-//!   log; it never stops the other peers from being programmed.
+//!   log; it never stops the other peers from being programmed. So is a Node whose
+//!   published underlay address is none of its `status.addresses` (InternalIP or
+//!   ExternalIP, written by its kubelet): an annotation alone cannot send another
+//!   node's pod traffic elsewhere. `deploy/admission.yaml` lets each agent change
+//!   only its own Node.
 //! - Peers come from a watch on Nodes: a Node deleted with kubectl disappears from
 //!   [`KubeStore::nodes`] and every peer removes its routes to it. There are no leases:
 //!   the Node object is the node's presence.
@@ -379,7 +383,19 @@ pub fn node_pod_cidr(n: &Node) -> Option<Ipv4Net> {
         .find_map(|c| c.parse().ok())
 }
 
-/// The record peers use, from a Node and its annotations; `Err` says what is missing.
+/// The Node's IPv4 `status.addresses` of type InternalIP or ExternalIP: where its
+/// kubelet says the node is reached, and so where its underlay address must be.
+pub fn node_addresses(n: &Node) -> Vec<Ipv4Addr> {
+    n.status
+        .iter()
+        .flat_map(|s| s.addresses.iter().flatten())
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect()
+}
+
+/// The record peers use, from a Node and its annotations; `Err` says what is missing
+/// or wrong.
 pub fn node_record(n: &Node) -> std::result::Result<NodeRecord, String> {
     let name = n.metadata.name.clone().unwrap_or_default();
     let pod_cidr = node_pod_cidr(n).ok_or("it has no IPv4 spec.podCIDR yet")?;
@@ -395,6 +411,21 @@ pub fn node_record(n: &Node) -> std::result::Result<NodeRecord, String> {
     if underlay_ip.is_unspecified() || underlay_ip.is_multicast() || underlay_ip.is_broadcast() {
         return Err(format!(
             "its annotation {ANN_UNDERLAY_IP} ({underlay_ip}) is not a unicast address"
+        ));
+    }
+    let addresses = node_addresses(n);
+    if !addresses.contains(&underlay_ip) {
+        let have = if addresses.is_empty() {
+            "it has none yet".to_string()
+        } else {
+            addresses
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(format!(
+            "its annotation {ANN_UNDERLAY_IP} ({underlay_ip}) is none of its status.addresses (InternalIP, ExternalIP: {have}); the kubelet reports the node's addresses and podnetd publishes one of them: give that node's podnetd --underlay-dev the interface of its InternalIP, or the annotation was forged"
         ));
     }
     Ok(NodeRecord {
@@ -638,5 +669,58 @@ async fn call(c: &kube::Client, resource: &str, verb: &str, node: &str) -> kube:
         ("pods", v) => lw(Api::<Pod>::all(c.clone()), v).await,
         ("namespaces", v) => lw(Api::<Namespace>::all(c.clone()), v).await,
         (_, v) => lw(Api::<NetworkPolicy>::all(c.clone()), v).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(underlay: &str, addresses: serde_json::Value) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": "node2", "annotations": {
+                ANN_UNDERLAY_IP: underlay,
+                ANN_VTEP_MAC: "0a:59:c0:a8:01:0b",
+                ANN_BACKEND: "vxlan",
+            }},
+            "spec": {"podCIDR": "10.244.1.0/24"},
+            "status": {"addresses": addresses},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_underlay_address_must_be_one_of_the_nodes_addresses() {
+        let internal = json!([{"type": "InternalIP", "address": "192.168.1.11"},
+                              {"type": "Hostname", "address": "node2"}]);
+        let r = node_record(&node("192.168.1.11", internal.clone())).unwrap();
+        assert_eq!(r.underlay_ip, Ipv4Addr::new(192, 168, 1, 11));
+        // An ExternalIP counts as well.
+        let external = json!([{"type": "InternalIP", "address": "10.0.0.5"},
+                              {"type": "ExternalIP", "address": "203.0.113.7"}]);
+        assert!(node_record(&node("203.0.113.7", external)).is_ok());
+        // Another node's address, a pod address, a hostname's: left out, saying why.
+        for (underlay, addrs, want) in [
+            (
+                "192.168.1.10",
+                internal.clone(),
+                "(InternalIP, ExternalIP: 192.168.1.11)",
+            ),
+            (
+                "10.244.5.5",
+                internal.clone(),
+                "is none of its status.addresses",
+            ),
+            (
+                "192.168.1.11",
+                json!([{"type": "Hostname", "address": "192.168.1.11"}]),
+                "it has none yet",
+            ),
+            ("192.168.1.11", json!([]), "it has none yet"),
+        ] {
+            let e = node_record(&node(underlay, addrs)).unwrap_err();
+            assert!(e.contains(want), "{e} (want {want})");
+            assert!(e.contains("--underlay-dev"), "{e}");
+        }
     }
 }

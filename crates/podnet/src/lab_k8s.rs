@@ -20,7 +20,12 @@
 //! The lab registers one Node per lab node (InternalIP = its underlay address, Ready).
 //! The agents run with `--datastore kubernetes --kubeconfig <lab>/k8s/agent.kubeconfig`:
 //! a token of the ServiceAccount that `deploy/rbac.yaml` binds, so they have exactly
-//! the rights a real rollout gives them. `podnet lab kubeconfig` prints the admin
+//! the rights a real rollout gives them. Each node also gets
+//! `<lab>/k8s/agent-<node>.kubeconfig`: a token of that ServiceAccount bound to its
+//! Node, which carries the node's name as a DaemonSet pod's token does; with
+//! `deploy/admission.yaml` applied it may change that Node only. (The agents start
+//! with the shared, unbound token, which that policy refuses: the lab does not apply
+//! it.) `podnet lab kubeconfig` prints the admin
 //! kubeconfig's path; `podnet lab kubectl -- …` runs kubectl with it, in the fabric.
 
 use crate::apply::{parse_manifests, pod_id, Change};
@@ -113,6 +118,14 @@ impl Lab {
     /// The agents' kubeconfig: the `podnet/podnet` ServiceAccount's token.
     pub fn agent_kubeconfig(&self) -> PathBuf {
         self.k8s_dir().join("agent.kubeconfig")
+    }
+
+    /// Node `node`'s agent kubeconfig: a token of the same ServiceAccount bound to the
+    /// Node, so that it carries the node's name
+    /// (`authentication.kubernetes.io/node-name`) as the token of a DaemonSet pod
+    /// does, and `deploy/admission.yaml` lets it change only that Node.
+    pub fn node_agent_kubeconfig(&self, node: &str) -> PathBuf {
+        self.k8s_dir().join(format!("agent-{node}.kubeconfig"))
     }
 
     /// kubectl with the admin kubeconfig, run inside the fabric (where the API server
@@ -460,6 +473,24 @@ impl Lab {
                 &status.to_string(),
             ],
             None,
+        )?;
+        // Made again with every registration: a token bound to a Node dies with it.
+        let token = self.kubectl(
+            &[
+                "create",
+                "token",
+                "podnet",
+                "-n",
+                "podnet",
+                "--bound-object-kind=Node",
+                &format!("--bound-object-name={node}"),
+                "--duration=720h",
+            ],
+            None,
+        )?;
+        self.write_kubeconfig(
+            &self.node_agent_kubeconfig(node),
+            json!({"token": token.trim()}),
         )?;
         Ok(())
     }

@@ -98,6 +98,10 @@ struct Args {
     /// The range node pod CIDRs are cut from.
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: String,
+    /// The cluster's Service range (kube-apiserver's --service-cluster-ip-range):
+    /// a peer whose underlay address lies in it is left out.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: String,
     /// Prefix length of each node's pod CIDR.
     #[arg(long, default_value_t = 24)]
     node_prefix: u8,
@@ -273,11 +277,19 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let service_cidr = match a.service_cidr.parse() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("podnetd: invalid --service-cidr {:?}: {e}", a.service_cidr);
+            std::process::exit(2);
+        }
+    };
     let cfg = Config {
         node: a.node,
         datastore: a.datastore,
         underlay_dev: a.underlay_dev,
         cluster_cidr,
+        service_cidr,
         node_prefix: a.node_prefix,
         backend: match a.backend {
             Backend::Vxlan => BackendKind::Vxlan,

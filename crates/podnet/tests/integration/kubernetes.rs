@@ -7,7 +7,7 @@ use crate::common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -370,6 +370,8 @@ fn deploy_manifests_are_accepted_and_the_role_is_minimal() {
         "clusterrolebinding",
         "configmap/podnet",
         "daemonset.apps/podnet",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/podnet-own-node",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/podnet-own-node",
     ] {
         assert!(out.contains(kind), "{kind} missing from: {out}");
     }
@@ -525,5 +527,268 @@ fn wireguard_keys_travel_as_node_annotations() {
         annotation("node1", "wireguard-public-key"),
         r["public_key"].as_str().unwrap()
     );
+    lab.full_mesh();
+}
+
+/// kubectl as the user of `kubeconfig`, in the lab's fabric (kubectl takes the last
+/// `--kubeconfig`, so this one wins over the admin one `lab kubectl` gives).
+fn kubectl_as(lab: &TestLab, kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+    let kc = format!("--kubeconfig={}", kubeconfig.display());
+    kubectl_in(lab, &[&[kc.as_str()][..], args].concat(), None)
+}
+
+/// Node `node`'s annotation `podnet.dev/<key>`, as the admin reads it.
+fn annotation(lab: &TestLab, node: &str, key: &str) -> String {
+    kubectl(
+        lab,
+        &[
+            "get",
+            "node",
+            node,
+            "-o",
+            &format!("jsonpath={{.metadata.annotations.podnet\\.dev/{key}}}"),
+        ],
+        None,
+    )
+}
+
+#[test]
+fn an_agent_may_change_only_its_own_node() {
+    let lab = TestLab::up(&["--kubernetes", "--nodes", "2", "--pods-per-node", "0"]);
+    let k8s = PathBuf::from(format!("/run/podnet/lab/{}/k8s", lab.name));
+    let node1 = k8s.join("agent-node1.kubeconfig");
+    // The lab gives node1 a token of podnet's ServiceAccount bound to its Node: the
+    // API server sees the node's name in it, as in a DaemonSet pod's token.
+    let (ok, out, err) = kubectl_as(&lab, &node1, &["auth", "whoami", "-o", "json"]);
+    assert!(ok, "{err}");
+    let who: Value = serde_json::from_str(&out).unwrap();
+    let user = &who["status"]["userInfo"];
+    assert_eq!(
+        user["username"], "system:serviceaccount:podnet:podnet",
+        "{who}"
+    );
+    assert_eq!(
+        user["extra"]["authentication.kubernetes.io/node-name"],
+        json!(["node1"]),
+        "{who}"
+    );
+
+    // Without the policy, RBAC lets node1's agent rewrite node2's record (the hole
+    // the policy closes); put back at once.
+    assert_eq!(annotation(&lab, "node2", "underlay-ip"), "192.168.1.11");
+    let mac2 = annotation(&lab, "node2", "vtep-mac");
+    let forge = [
+        "annotate",
+        "node",
+        "node2",
+        "--overwrite",
+        "podnet.dev/underlay-ip=192.168.1.10",
+    ];
+    let (ok, _, err) = kubectl_as(&lab, &node1, &forge);
+    assert!(ok, "without the policy RBAC allows it: {err}");
+    kubectl(
+        &lab,
+        &[
+            "annotate",
+            "node",
+            "node2",
+            "--overwrite",
+            "podnet.dev/underlay-ip=192.168.1.11",
+        ],
+        None,
+    );
+
+    // With deploy/'s policy: refused, and the API server names the policy.
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/admission.yaml");
+    kubectl(&lab, &["apply", "-f", deploy], None);
+    // (Waited for with a harmless annotation, taken away again by the admin.)
+    let probe = [
+        "annotate",
+        "node",
+        "node2",
+        "--overwrite",
+        "podnet.dev/policy-probe=1",
+    ];
+    wait_until("the policy is in force", Duration::from_secs(15), || {
+        !kubectl_as(&lab, &node1, &probe).0
+    });
+    kubectl(
+        &lab,
+        &["annotate", "node", "node2", "podnet.dev/policy-probe-"],
+        None,
+    );
+    let (ok, _, err) = kubectl_as(&lab, &node1, &forge);
+    assert!(!ok, "node1 rewrote node2's underlay address");
+    let named = "ValidatingAdmissionPolicy 'podnet-own-node'";
+    assert!(err.contains(named), "{err}");
+    assert!(
+        err.contains("the podnet agent of node node1 may change only its own Node, not node2"),
+        "{err}"
+    );
+    // Removing node2's annotations, or adding one, is refused the same way.
+    for args in [
+        &["annotate", "node", "node2", "podnet.dev/underlay-ip-"][..],
+        &["annotate", "node", "node2", "podnet.dev/vtep-mac-"][..],
+        &["annotate", "node", "node2", "podnet.dev/other=1"][..],
+        &["patch", "node", "node2", "--type=merge", "-p", "{}"][..],
+    ] {
+        let (ok, _, err) = kubectl_as(&lab, &node1, args);
+        assert!(!ok, "{args:?} was allowed");
+        assert!(
+            err.contains(named) && err.contains("not node2"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(annotation(&lab, "node2", "underlay-ip"), "192.168.1.11");
+    assert_eq!(annotation(&lab, "node2", "vtep-mac"), mac2);
+    assert_eq!(annotation(&lab, "node2", "other"), "");
+
+    // Its own Node's podnet.dev/ annotations it may change, and every call the agent
+    // makes passes; the rest of its Node it may not change.
+    let (ok, _, err) = kubectl_as(
+        &lab,
+        &node1,
+        &[
+            "annotate",
+            "node",
+            "node1",
+            "--overwrite",
+            "podnet.dev/underlay-ip=192.168.1.10",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, out) = check_access(&lab, &node1.display().to_string());
+    assert!(ok, "{out}");
+    for args in [
+        &["label", "node", "node1", "podnet-test=1"][..],
+        &["annotate", "node", "node1", "other=1"][..],
+        &[
+            "patch",
+            "node",
+            "node1",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"unschedulable":true}}"#,
+        ][..],
+    ] {
+        let (ok, _, err) = kubectl_as(&lab, &node1, args);
+        assert!(!ok, "{args:?} was allowed");
+        assert!(
+            err.contains(named) && err.contains("only the podnet.dev/ annotations"),
+            "{args:?}: {err}"
+        );
+    }
+    // A podnet token bound to no node could be anyone's: refused even on node1.
+    let (ok, _, err) = kubectl_as(
+        &lab,
+        &k8s.join("agent.kubeconfig"),
+        &[
+            "annotate",
+            "node",
+            "node1",
+            "--overwrite",
+            "podnet.dev/backend=vxlan",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains(named) && err.contains("bound to no node"),
+        "{err}"
+    );
+    // The admin is not the policy's concern.
+    kubectl(
+        &lab,
+        &["annotate", "node", "node2", "podnet.dev/other=1"],
+        None,
+    );
+    // Every expression type-checks against the Node schema.
+    let st = kubectl(
+        &lab,
+        &[
+            "get",
+            "validatingadmissionpolicy",
+            "podnet-own-node",
+            "-o",
+            "jsonpath={.status.typeChecking}",
+        ],
+        None,
+    );
+    assert!(!st.contains("warning"), "{st}");
+}
+
+#[test]
+fn a_forged_peer_record_is_left_out() {
+    let lab = TestLab::up(&["--kubernetes", "--nodes", "2", "--pods-per-node", "1"]);
+    lab.full_mesh();
+    let cidr2 = status(&lab, "node2").pod_cidr;
+    let routed = || lab.sh("node1", &["ip", "route"]).contains(&cidr2);
+    assert!(routed());
+    let log = PathBuf::from(format!("/run/podnet/lab/{}/node1/podnetd.log", lab.name));
+    let annotate = |kv: &[&str]| {
+        let args = [&["annotate", "node", "node2", "--overwrite"][..], kv].concat();
+        kubectl(&lab, &args, None);
+    };
+    // Left out, its routes removed, the log saying why.
+    let left_out = |what: &str, why: &str| {
+        wait_until(what, Duration::from_secs(10), || {
+            status(&lab, "node1").peers.is_empty() && !routed()
+        });
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains(why), "{what}: no {why:?} in node1's log");
+    };
+    let back = |what: &str| {
+        wait_until(what, Duration::from_secs(10), || {
+            status(&lab, "node1").peers.len() == 1 && routed()
+        });
+        assert!(connected(&lab, "p1a", "p2a", 7777), "{what}");
+    };
+
+    // An underlay address that is none of the Node's addresses (another host's).
+    annotate(&["podnet.dev/underlay-ip=192.168.1.99"]);
+    left_out(
+        "a record naming an address the Node does not have",
+        "Node node2 is left out of the peers: its annotation podnet.dev/underlay-ip (192.168.1.99) is none of its status.addresses (InternalIP, ExternalIP: 192.168.1.11)",
+    );
+    annotate(&["podnet.dev/underlay-ip=192.168.1.11"]);
+    back("the true record is taken again");
+
+    // Even listed among the Node's addresses, a pod address is no underlay address.
+    let status_patch = json!({"status": {"addresses": [
+        {"type": "InternalIP", "address": "192.168.1.11"},
+        {"type": "ExternalIP", "address": "10.244.5.5"},
+        {"type": "Hostname", "address": "node2"}]}});
+    kubectl(
+        &lab,
+        &[
+            "patch",
+            "node",
+            "node2",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status_patch.to_string(),
+        ],
+        None,
+    );
+    annotate(&[
+        "podnet.dev/underlay-ip=10.244.5.5",
+        "podnet.dev/vtep-mac=0a:59:0a:f4:05:05",
+    ]);
+    left_out(
+        "a record naming a pod address",
+        "ignoring peer node2: its underlay address 10.244.5.5 is inside the cluster CIDR 10.244.0.0/16",
+    );
+
+    // The true address with another node's VTEP MAC (node1's own).
+    annotate(&[
+        "podnet.dev/underlay-ip=192.168.1.11",
+        "podnet.dev/vtep-mac=0a:59:c0:a8:01:0a",
+    ]);
+    left_out(
+        "a record with a VTEP MAC its address does not give",
+        "ignoring peer node2: its VTEP MAC 0a:59:c0:a8:01:0a is not 0a:59:c0:a8:01:0b",
+    );
+    annotate(&["podnet.dev/vtep-mac=0a:59:c0:a8:01:0b"]);
+    back("the true record is taken again");
     lab.full_mesh();
 }
