@@ -171,6 +171,10 @@ pub struct PolicyStatus {
     pub revision: u64,
     pub pods: Vec<PodPolicyStatus>,
     pub rejected: Vec<String>,
+    /// Local pods left closed because their compiled tables are too large to program
+    /// ([`MAX_POD_ENTRIES`]). Every other pod is programmed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<RefusedPod>,
     /// The last programming error, if the last round failed.
     pub error: Option<String>,
     /// Duration of the last change: read the objects, compile and program,
@@ -243,6 +247,65 @@ pub struct Policy {
     /// Every pod address of the cluster and whose it is, as last read: an address
     /// whose pod went (or changed) has its connections forgotten on this node.
     pod_ips: Option<BTreeMap<std::net::Ipv4Addr, (String, String)>>,
+    /// Local pods whose tables exceed [`MAX_POD_ENTRIES`], with why: left closed.
+    refused: BTreeMap<String, RefusedPod>,
+}
+
+/// A local pod the agent left closed, and why.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RefusedPod {
+    pub pod: String,
+    pub ip: String,
+    pub why: String,
+}
+
+/// The most table entries (allowed peer prefixes × port ranges, both directions) one
+/// pod may have programmed. One pod's policies may select far more (an ipBlock with
+/// thousands of excepts times hundreds of ports): programming them would fail the
+/// node's whole round, and every other pod made meanwhile would stay closed. Such a
+/// pod alone stays closed, said in its log, `policy stats` and `doctor`.
+pub const MAX_POD_ENTRIES: usize = 100_000;
+
+/// Splits off the pods whose tables are over [`MAX_POD_ENTRIES`].
+fn over_bound(tables: &mut BTreeMap<String, PodTables>) -> BTreeMap<String, RefusedPod> {
+    let size = |t: &Table| match t {
+        Table::Open => 0,
+        Table::Isolated { allow, .. } => allow.len(),
+    };
+    let over: Vec<(String, std::net::Ipv4Addr, usize, Vec<String>)> = tables
+        .iter()
+        .filter_map(|(k, t)| {
+            let n = size(&t.ingress) + size(&t.egress);
+            (n > MAX_POD_ENTRIES).then(|| {
+                let mut pols: Vec<String> = [&t.ingress, &t.egress]
+                    .iter()
+                    .filter_map(|t| match t {
+                        Table::Isolated { policies, .. } => Some(policies.clone()),
+                        Table::Open => None,
+                    })
+                    .flatten()
+                    .collect();
+                pols.sort();
+                pols.dedup();
+                (k.clone(), t.ip, n, pols)
+            })
+        })
+        .collect();
+    over.into_iter()
+        .map(|(k, ip, n, pols)| {
+            tables.remove(&k);
+            let why = format!(
+                "its policies ({}) compile to {n} entries, over the {MAX_POD_ENTRIES} one pod may have: it stays closed; split or simplify them (fewer ipBlock excepts or ports)",
+                pols.join(", ")
+            );
+            let r = RefusedPod {
+                pod: k.clone(),
+                ip: ip.to_string(),
+                why,
+            };
+            (k, r)
+        })
+        .collect()
 }
 
 /// What the agent does with each repair (counts it in the metrics).
@@ -541,6 +604,7 @@ impl Policy {
             seen_filters: BTreeMap::new(),
             on_repair: None,
             pod_ips: None,
+            refused: BTreeMap::new(),
             compiled_from: BTreeMap::new(),
         }
     }
@@ -1006,12 +1070,23 @@ impl Policy {
             snap.objects.iter().map(|o| (o.key(), o.clone())).collect();
         // When only policies changed since the tables were made, only the pods those
         // policies select (before or after) get new tables.
-        let tables = match policies_changed(&self.compiled_from, &objs) {
-            Some(changed) if self.revision.is_some() => {
+        // (A pod refused last time is in no table: compile all again to judge it anew.)
+        let mut tables = match policies_changed(&self.compiled_from, &objs) {
+            Some(changed) if self.revision.is_some() && self.refused.is_empty() => {
                 podnet_policy::compile::recompile(&cluster, &self.tables, &changed, local)
             }
             _ => compile(&cluster, local),
         };
+        let refused = over_bound(&mut tables);
+        for (k, r) in &refused {
+            if self.refused.get(k) != Some(r) {
+                log(&format!(
+                    "policy: pod {k} ({}) left closed: {}",
+                    r.ip, r.why
+                ));
+            }
+        }
+        self.refused = refused;
         let compile_ms = t0.elapsed().as_secs_f64() * 1000.0 - read_ms;
         let done = match &mut self.dp {
             Dp::Nft(synced) => {
@@ -1110,6 +1185,7 @@ impl Policy {
                 })
                 .collect(),
             rejected: self.rejected.iter().cloned().collect(),
+            refused: self.refused.values().cloned().collect(),
             error: None,
             last_change_ms: t0.elapsed().as_secs_f64() * 1000.0,
             last_change_read_ms: read_ms,
@@ -1144,6 +1220,9 @@ pub struct PodVerdict {
     /// puts it back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub enforcement: Vec<String>,
+    /// Why the agent left this pod closed, if it did (its tables are too large).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// The host veth (index, name) of the local pod at `ip`, found by its anti-spoofing
@@ -1184,6 +1263,7 @@ pub fn verdict(
         programmed,
         datapath: st.datapath.clone(),
         enforcement: vec![],
+        refused: None,
     };
     if st.datapath == DatapathKind::None.as_str() {
         return v;
@@ -1203,6 +1283,12 @@ pub fn verdict(
     }
     let Some((_, t)) = found else {
         v.allowed = open_now;
+        let ip_s = ip.to_string();
+        v.refused = st
+            .refused
+            .iter()
+            .find(|r| r.ip == ip_s)
+            .map(|r| format!("{}: {}", r.pod, r.why));
         return v;
     };
     if let Table::Isolated { policies, allow } = t.table(dir) {

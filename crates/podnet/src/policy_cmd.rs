@@ -93,6 +93,9 @@ pub struct NodeStats {
     /// Packets to or from addresses of the node's pod CIDR that no programmed pod holds.
     pub closed_packets: u64,
     pub denied: serde_json::Value,
+    /// Local pods left closed because their tables are too large.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<podnet_agent::policy::RefusedPod>,
     pub error: Option<String>,
 }
 
@@ -107,6 +110,7 @@ pub fn stats(agents: &[(String, &Path)]) -> Result<Vec<NodeStats>> {
                 revision: v.status.revision,
                 closed_packets: v.closed_packets,
                 denied: serde_json::to_value(&v.denied).unwrap_or_default(),
+                refused: v.status.refused.clone(),
                 error: v.status.error.or(v.denied_error),
             }),
             Err(e) => out.push(NodeStats {
@@ -115,6 +119,7 @@ pub fn stats(agents: &[(String, &Path)]) -> Result<Vec<NodeStats>> {
                 revision: 0,
                 closed_packets: 0,
                 denied: serde_json::Value::Null,
+                refused: vec![],
                 error: Some(e.to_string()),
             }),
         }
@@ -133,6 +138,12 @@ pub fn render_stats(s: &[NodeStats]) -> String {
     for n in s {
         if let Some(e) = &n.error {
             out.push_str(&format!("{:<8} error: {e}\n", n.node));
+        }
+        for r in &n.refused {
+            out.push_str(&format!(
+                "{:<8} {:<24} {:<8} {:>8}  left closed: {}\n",
+                n.node, r.pod, "both", "-", r.why
+            ));
         }
         for d in n.denied.as_array().into_iter().flatten() {
             out.push_str(&format!(

@@ -599,3 +599,74 @@ fn peer_node_forgets_a_removed_pods_connections_nftables() {
 fn peer_node_forgets_a_removed_pods_connections_ebpf() {
     peer_node_forgets_a_removed_pods_connections("ebpf");
 }
+
+/// One tenant's oversized policy: an ipBlock with 1 000 excepts times 150 ports (1.2
+/// million entries, more than the eBPF maps hold). The pod it selects stays closed,
+/// said in `policy stats` and `trace`; a pod made after it is programmed as usual.
+fn an_oversized_policy_closes_only_the_pods_it_selects(datapath: &str) {
+    let lab = TestLab::up(&["--nodes", "1", "--policy-datapath", datapath]);
+    let excepts: String = (0..1000)
+        .map(|i| format!("        - 10.{}.{}.7/32\n", i / 250, i % 250))
+        .collect();
+    let ports: String = (0..150)
+        .map(|i| format!("    - port: {}\n", 2000 + 2 * i))
+        .collect();
+    let big = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: big\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: victim\n  namespace: big\n  labels:\n    app: victim\nspec:\n  nodeName: node1\n  containers:\n  - ports:\n    - containerPort: 2000\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: huge\n  namespace: big\nspec:\n  podSelector:\n    matchLabels:\n      app: victim\n  ingress:\n  - from:\n    - ipBlock:\n        cidr: 0.0.0.0/0\n        except:\n{excepts}    ports:\n{ports}"
+    );
+    lab_pipe(&lab, "apply", &big);
+    let later = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: later\nspec:\n  nodeName: node1\n  containers:\n  - ports:\n    - containerPort: 8080\n";
+    lab_pipe(&lab, "apply", later);
+    let probe = |to: &str, port: &str| lab.run(&["probe", "p1a", to, "--port", port]).status.code();
+    assert_eq!(
+        probe("later", "8080"),
+        Some(0),
+        "{datapath}: a pod made after the oversized policy is not programmed"
+    );
+    assert_eq!(
+        probe("p1b", "7777"),
+        Some(0),
+        "{datapath}: another pod lost its network"
+    );
+    assert_eq!(
+        probe("big/victim", "2000"),
+        Some(1),
+        "{datapath}: the oversized pod is open"
+    );
+    let stats = podnet()
+        .args(["policy", "stats", "--lab", &lab.name])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&stats.stdout);
+    assert!(
+        text.contains("big/victim") && text.contains("left closed") && text.contains("big/huge"),
+        "{datapath}: policy stats does not say why: {text}"
+    );
+    let trace = podnet()
+        .args([
+            "trace",
+            "--lab",
+            &lab.name,
+            "p1a",
+            "big/victim",
+            "--port",
+            "2000",
+        ])
+        .output()
+        .unwrap();
+    let t = String::from_utf8_lossy(&trace.stdout);
+    assert!(
+        t.contains("left it closed"),
+        "{datapath}: trace does not say why: {t}"
+    );
+}
+
+#[test]
+fn an_oversized_policy_closes_only_the_pods_it_selects_nftables() {
+    an_oversized_policy_closes_only_the_pods_it_selects("nftables");
+}
+
+#[test]
+fn an_oversized_policy_closes_only_the_pods_it_selects_ebpf() {
+    an_oversized_policy_closes_only_the_pods_it_selects("ebpf");
+}
