@@ -5,11 +5,16 @@
 //! (probed); nothing stale for departed peers; forwarding on; bridge and overlay device
 //! up, the WireGuard device holding the key the node publishes; the NetworkPolicy datapath
 //! programmed without error (and what it refused); conntrack table below 80%;
-//! reverse-path filtering that would drop overlay traffic.
+//! reverse-path filtering that would drop overlay traffic. Neighbour entries are held
+//! against the MAC their owner really has, as trace holds them: each peer's VTEP entries
+//! against what the peer's own agent reports, each local pod's entry on the node
+//! against the pod's interface, and each pod's entry for its gateway against the
+//! bridge ([`crate::trace::poisoned`]).
 
 use crate::trace::{
-    age, device_mismatch, echo_text, pod_end, pod_gateway, route_fix, route_to_peer_mismatch,
-    wireguard_peer_mismatch, Agents, Overlay,
+    age, device_mismatch, echo_text, node_neigh_for_pod, pod_end, pod_gateway, pod_gateway_neigh,
+    route_fix, route_to_peer_mismatch, vtep_fdb_check, vtep_neigh_check, wireguard_peer_mismatch,
+    Agents, Macs, Overlay, Vtep, VtepWant,
 };
 use anyhow::{bail, Result};
 use podnet_agent::proto::{Client, NeighState, NodeState, RouteState};
@@ -105,7 +110,9 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
             }
         };
         let n = NodeView {
+            node: &node,
             agent: &agent,
+            agents,
             st: &st,
             state: &state,
             others: &statuses,
@@ -130,7 +137,10 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
 
 /// One node as doctor sees it: its agent, the agent's status and the kernel state.
 struct NodeView<'a> {
+    node: &'a str,
     agent: &'a Client,
+    /// Pod names, where the cluster knows them.
+    agents: &'a dyn Agents,
     st: &'a Status,
     state: &'a NodeState,
     /// Every node's agent status, by node.
@@ -144,6 +154,29 @@ impl NodeView<'_> {
             .routes
             .iter()
             .filter(|r| r.protocol == podnet_conventions::RTPROT_PODNET)
+            .collect()
+    }
+
+    /// Who has which MAC on this node.
+    fn macs(&self) -> Macs<'_> {
+        Macs {
+            node: self.node,
+            state: self.state,
+            st: self.st,
+            agent: self.agent,
+            agents: self.agents,
+        }
+    }
+
+    /// Every node's VTEP as its own agent reports it.
+    fn vteps(&self) -> Vec<Vtep> {
+        self.others
+            .iter()
+            .map(|(n, o)| Vtep {
+                node: n.clone(),
+                mac: o.vtep_mac.clone(),
+                underlay: o.underlay_ip.clone(),
+            })
             .collect()
     }
 
@@ -198,11 +231,12 @@ fn devices(out: &mut Out, n: &NodeView) {
         }
         let l = link(dev);
         let wrong = l.and_then(|l| device_mismatch(l, st));
+        let node = n.node;
         let detail = match (l, &wrong) {
-            (None, _) => format!("{label} {dev} is missing"),
-            (Some(l), _) if !l.up => format!("{label} {dev} is down"),
-            (Some(_), Some(w)) => format!("{label} {dev} is up, but {w}"),
-            (Some(_), None) => format!("{label} {dev} is up"),
+            (None, _) => format!("{label} {dev} on {node} is missing"),
+            (Some(l), _) if !l.up => format!("{label} {dev} on {node} is down"),
+            (Some(_), Some(w)) => format!("{label} {dev} on {node} is up, but {w}"),
+            (Some(_), None) => format!("{label} {dev} on {node} is up"),
         };
         out.check(
             check,
@@ -213,6 +247,22 @@ fn devices(out: &mut Out, n: &NodeView) {
             } else {
                 format!("ip link set {dev} up")
             },
+        );
+    }
+    // The node's own link to the physical network: its values are not podnet's.
+    let ul = &st.underlay_dev;
+    if !ul.is_empty() {
+        let l = link(ul);
+        let is = match l {
+            None => "missing",
+            Some(l) if !l.up => "down",
+            Some(_) => "up",
+        };
+        out.check(
+            "underlay",
+            is == "up",
+            format!("underlay device {ul} on {} is {is}", n.node),
+            &format!("ip link set {ul} up (the node's own link, not podnet's)"),
         );
     }
     if let Some(w) = &st.wireguard {
@@ -255,11 +305,10 @@ fn peers(out: &mut Out, n: &NodeView) {
     let vx = &n.st.vxlan_dev;
     let peers = &n.st.peers;
     let routes = n.routes();
-    let neighs = n.neighs();
-    let fdb = &n.state.fdb;
+    let vteps = n.vteps();
     let (mtu, overhead) = (st.mtu, st.overlay_overhead);
     for p in peers {
-        let (name, cidr, under, mac) = (&p.name, &p.pod_cidr, &p.underlay_ip, &p.vtep_mac);
+        let (name, cidr, under) = (&p.name, &p.pod_cidr, &p.underlay_ip);
         let vtep = cidr.split('/').next().unwrap_or("");
         // The same test trace applies to the route the lookup picks.
         let r = routes.iter().copied().find(|r| &r.dst == cidr);
@@ -274,25 +323,23 @@ fn peers(out: &mut Out, n: &NodeView) {
             &route_fix(st, Some(p)),
         );
         if !vx.is_empty() {
-            let n = neighs.iter().find(|n| n.ip.to_string() == vtep);
+            // Held against the peer's own VTEP MAC and underlay address, as its agent
+            // reports them (the datastore's record only when it does not answer).
+            let want = VtepWant::new(p, n.others.get(name).map(|o| (o, None)));
+            let (vm, vu) = (&want.mac, &want.underlay);
+            let (_, r) = vtep_neigh_check(n.state, vx, vtep.parse().ok(), &want, &vteps);
             out.check(
                 &format!("neighbour for {name}"),
-                n.is_some_and(|n| n.mac.as_deref() == Some(mac.as_str())),
-                format!(
-                    "{vtep} lladdr {}",
-                    n.and_then(|n| n.mac.as_deref()).unwrap_or("(none)")
-                ),
-                &format!("ip neigh replace {vtep} lladdr {mac} dev {vx} nud permanent"),
+                r.is_ok(),
+                r.unwrap_or_else(|e| e),
+                &format!("ip neigh replace {vtep} lladdr {vm} dev {vx} nud permanent"),
             );
-            let f = fdb.iter().find(|f| &f.mac == mac);
+            let (_, r) = vtep_fdb_check(n.state, vx, &want, &vteps);
             out.check(
                 &format!("fdb for {name}"),
-                f.is_some_and(|f| text(f.dst) == *under),
-                format!(
-                    "{mac} dst {}",
-                    f.map(|f| text(f.dst)).unwrap_or_else(|| "(none)".into())
-                ),
-                &format!("bridge fdb replace {mac} dev {vx} dst {under} self permanent"),
+                r.is_ok(),
+                r.unwrap_or_else(|e| e),
+                &format!("bridge fdb replace {vm} dev {vx} dst {vu} self permanent"),
             );
         }
         if let Some(w) = &st.wireguard {
@@ -380,6 +427,7 @@ fn pods(out: &mut Out, n: &NodeView) {
     let state = n.state;
     let agent = n.agent;
     let bridge = &n.st.bridge;
+    let macs = n.macs();
     // Every pod on the node: host veth up on the bridge, pod link, address and
     // default route in place. Host veths carry MAC 0a:5a:<pod IP>.
     for l in &state.links {
@@ -394,16 +442,20 @@ fn pods(out: &mut Out, n: &NodeView) {
             continue;
         };
         let name = l.name.clone();
+        let pod_name = macs.pod_label(ip);
         let on = l.up && l.master.as_deref() == Some(bridge.as_str());
         out.check(
             &format!("pod {ip} veth"),
             on,
             format!(
-                "host veth {name} is {}",
-                if on {
+                "host veth {name} of {pod_name} on {} is {}",
+                n.node,
+                if !l.up {
+                    "down".to_string()
+                } else if on {
                     format!("up on {bridge}")
                 } else {
-                    "down or off the bridge".into()
+                    format!("not on bridge {bridge}")
                 }
             ),
             &format!("ip link set {name} up master {bridge}"),
@@ -422,6 +474,18 @@ fn pods(out: &mut Out, n: &NodeView) {
         };
         for h in pod_end(&p, ip, st) {
             out.put(&format!("pod {ip} {}", h.what), &h.status, h.detail, &h.fix);
+        }
+        // The node's entry for the pod must hold the pod's own MAC, and the pod's
+        // entry for its gateway the bridge's: a poisoned one is the ARP attack landed.
+        let h = node_neigh_for_pod("node", &macs, ip, &p, &pod_name, true);
+        out.put(&format!("pod {ip} neighbour"), &h.status, h.detail, &h.fix);
+        if let Some(h) = pod_gateway_neigh(&p, &pod_name, &macs) {
+            out.put(
+                &format!("pod {ip} gateway neighbour"),
+                &h.status,
+                h.detail,
+                &h.fix,
+            );
         }
         let Some(pod) = p.pod.as_ref().filter(|i| p.found && i.error.is_none()) else {
             continue;
@@ -525,6 +589,22 @@ fn policy(out: &mut Out, n: &NodeView) {
                 }
             } else {
                 out.check("policy enforcement", false, format!("OPEN: {}", stats.enforcement.join("; ")), "podnetd puts these back within 2 s (`repairing drift` in its log, podnet_repairs_total): if this persists, the agent is down or failing — see its log");
+            }
+            if !p.refused.is_empty() {
+                out.put(
+                    "policy refused pods",
+                    "warn",
+                    format!(
+                        "{} pods left closed: {}",
+                        p.refused.len(),
+                        p.refused
+                            .iter()
+                            .map(|r| format!("{} ({}): {}", r.pod, r.ip, r.why))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                    "split or simplify the policies named; every other pod is programmed",
+                );
             }
             let r = &p.rejected;
             if !r.is_empty() {

@@ -18,14 +18,13 @@
 //!   down through podnet-cni DEL and then removed from the API, as a kubelet does.
 //!
 //! The lab registers one Node per lab node (InternalIP = its underlay address, Ready).
-//! The agents run with `--datastore kubernetes --kubeconfig <lab>/k8s/agent.kubeconfig`:
-//! a token of the ServiceAccount that `deploy/rbac.yaml` binds, so they have exactly
-//! the rights a real rollout gives them. Each node also gets
-//! `<lab>/k8s/agent-<node>.kubeconfig`: a token of that ServiceAccount bound to its
-//! Node, which carries the node's name as a DaemonSet pod's token does; with
-//! `deploy/admission.yaml` applied it may change that Node only. (The agents start
-//! with the shared, unbound token, which that policy refuses: the lab does not apply
-//! it.) `podnet lab kubeconfig` prints the admin
+//! Each node's agent runs with `--datastore kubernetes:<lab>/k8s/agent-<node>.kubeconfig`:
+//! a token of the ServiceAccount that `deploy/rbac.yaml` binds, bound to its Node (so it
+//! carries the node's name, as a DaemonSet pod's token does), with
+//! `deploy/admission.yaml` applied: each agent has exactly the rights a real rollout
+//! gives it, and may change its own Node only. (`<lab>/k8s/agent.kubeconfig`, a token
+//! bound to no node, is kept for the access checks that need no Node change.)
+//! `podnet lab kubeconfig` prints the admin
 //! kubeconfig's path; `podnet lab kubectl -- …` runs kubectl with it, in the fabric.
 
 use crate::apply::{parse_manifests, pod_id, Change};
@@ -56,6 +55,7 @@ const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// The agent's RBAC as shipped: the lab's agents run with exactly these rights.
 pub const RBAC_YAML: &str = include_str!("../../../deploy/rbac.yaml");
 pub const NAMESPACE_YAML: &str = include_str!("../../../deploy/namespace.yaml");
+pub const ADMISSION_YAML: &str = include_str!("../../../deploy/admission.yaml");
 
 /// The directory holding etcd, kube-apiserver, kube-controller-manager and kubectl:
 /// `$PODNET_KUBERNETES_BIN`, else where `scripts/kubernetes.sh` caches them.
@@ -428,6 +428,8 @@ impl Lab {
         // The agents' identity: deploy/'s ServiceAccount and RBAC, and a token of it.
         self.kubectl(&["apply", "-f", "-"], Some(NAMESPACE_YAML))?;
         self.kubectl(&["apply", "-f", "-"], Some(RBAC_YAML))?;
+        // Each agent may change only its own Node (its token is bound to it).
+        self.kubectl(&["apply", "-f", "-"], Some(ADMISSION_YAML))?;
         if !self.agent_kubeconfig().exists() {
             let token = self.kubectl(
                 &[

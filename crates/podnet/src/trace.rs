@@ -5,11 +5,21 @@
 //! Each node's agent reports its own state and runs its own probes (its local API,
 //! `crate::agent::api`); this module only asks and combines. A hop is `ok`, `broken`,
 //! `warn` or `skipped`; the first broken hop in path order is the verdict.
+//!
+//! Every neighbour and FDB entry on the path is held against the MAC its owner really
+//! has, read from the owner: a pod's entry for its gateway against its node's bridge,
+//! a node's entry for a pod against the pod's own interface, a VXLAN entry against the
+//! VTEP MAC and underlay address the peer's own agent reports (not only the datastore's
+//! record). A wrong one is a poisoned entry — how the lesson's ARP attack shows — and
+//! the hop names whose MAC it holds ([`Macs::owner`]). Every device on the path (bridge,
+//! host veth, pod interface, VXLAN device, underlay device) is named as itself when it
+//! is down; what merely follows from it (a connected route the kernel removed, an entry
+//! that cannot resolve) is a warning that points at it, never the verdict.
 
 use anyhow::{Context, Result};
 use podnet_agent::probe::Echo;
 use podnet_agent::proto::{
-    Client, FdbState, LinkState, NeighState, NodeState, PodLink, PodReport, RouteState,
+    Client, FdbState, LinkState, NeighState, NodeState, PodInside, PodLink, PodReport, RouteState,
 };
 use podnet_agent::{PeerStatus, Status};
 use podnet_cni_spec::Ipv4Net;
@@ -24,6 +34,10 @@ pub trait Agents {
     fn nodes(&self) -> Vec<(String, PathBuf)>;
     /// A pod name to its address, if this cluster knows pod names.
     fn pod_ip(&self, name: &str) -> Option<Ipv4Addr>;
+    /// The name of the pod with address `ip`, if this cluster knows pod names.
+    fn pod_name(&self, _ip: Ipv4Addr) -> Option<String> {
+        None
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -372,6 +386,158 @@ fn neigh_text(n: &NeighState, dev: Option<&str>) -> String {
     )
 }
 
+/// The address podnet's MAC scheme put after `prefix` in `mac` (`0a:58` a pod's
+/// interface or its node's bridge, `0a:5a` a pod's host veth, `0a:59` a VTEP), if
+/// `mac` follows the scheme.
+pub(crate) fn mac_addr(mac: &str, prefix: [u8; 2]) -> Option<Ipv4Addr> {
+    let m = podnet_netlink::parse_mac(mac)?;
+    (m[..2] == prefix).then(|| Ipv4Addr::new(m[2], m[3], m[4], m[5]))
+}
+
+/// First two bytes of a pod interface's MAC ([`podnet_conventions::pod_mac`]).
+const POD_MAC_PREFIX: [u8; 2] = [0x0a, 0x58];
+/// First two bytes of a host veth's MAC ([`podnet_conventions::host_mac`]).
+const HOST_MAC_PREFIX: [u8; 2] = [0x0a, 0x5a];
+
+fn same_mac(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// Who has which MAC on one node, asked of its agent: its bridge, its VXLAN device,
+/// its host veths, and (through each host veth) the pods' own interfaces. Used to
+/// say whose MAC a wrong neighbour entry holds.
+pub(crate) struct Macs<'a> {
+    pub(crate) node: &'a str,
+    pub(crate) state: &'a NodeState,
+    pub(crate) st: &'a Status,
+    pub(crate) agent: &'a Client,
+    /// Pod names by address, where the cluster knows them.
+    pub(crate) agents: &'a dyn Agents,
+}
+
+impl Macs<'_> {
+    /// The MAC the node's bridge really has (the kernel's), or the one podnet gives
+    /// it when the bridge is missing (the gateway's pod MAC).
+    pub(crate) fn bridge_mac(&self) -> String {
+        link(self.state, &self.st.bridge)
+            .map(|l| l.mac.clone())
+            .or_else(|| {
+                pod_gateway(self.st)
+                    .map(|g| podnet_netlink::fmt_mac(&podnet_conventions::pod_mac(g)))
+            })
+            .unwrap_or_default()
+    }
+
+    /// A pod's name for people: its name if known, else its address.
+    pub(crate) fn pod_label(&self, ip: Ipv4Addr) -> String {
+        match self.agents.pod_name(ip) {
+            Some(n) => format!("pod {n}"),
+            None => format!("pod {ip}"),
+        }
+    }
+
+    /// Whose MAC `mac` is on this node, as a phrase (`pod p1b's MAC (10.244.0.3)`,
+    /// `bridge podnet0's MAC`, `host veth pn…'s MAC (pod p1b)`…), with the host veth
+    /// of the pod that has it, if a pod here has it. `None`: nobody's here.
+    pub(crate) fn owner(&self, mac: &str) -> Option<(String, Option<String>)> {
+        if let Some(l) = self.state.links.iter().find(|l| same_mac(&l.mac, mac)) {
+            let veth = mac_addr(mac, HOST_MAC_PREFIX).map(|_| l.name.clone());
+            let what = if l.name == self.st.bridge {
+                format!("bridge {}'s MAC", l.name)
+            } else if l.name == self.st.vxlan_dev {
+                format!("VXLAN device {}'s MAC", l.name)
+            } else if let Some(ip) = mac_addr(mac, HOST_MAC_PREFIX) {
+                format!("host veth {}'s MAC ({})", l.name, self.pod_label(ip))
+            } else {
+                format!("{}'s MAC", l.name)
+            };
+            return Some((what, veth));
+        }
+        // The pods' own interfaces, each found through its host veth.
+        for l in &self.state.links {
+            let Some(ip) = mac_addr(&l.mac, HOST_MAC_PREFIX) else {
+                continue;
+            };
+            let real = self
+                .agent
+                .pod(ip)
+                .ok()
+                .and_then(|p| p.pod)
+                .and_then(|i| i.link)
+                .map(|l| l.mac);
+            if real.is_some_and(|m| same_mac(&m, mac)) {
+                return Some((
+                    format!("{}'s MAC ({ip})", self.pod_label(ip)),
+                    Some(l.name.clone()),
+                ));
+            }
+        }
+        // Not on this node: podnet's scheme still says whose it would be.
+        mac_addr(mac, POD_MAC_PREFIX).map(|ip| {
+            (
+                format!("the MAC podnet gives {} ({ip})", self.pod_label(ip)),
+                None,
+            )
+        })
+    }
+}
+
+/// A neighbour entry that holds a MAC other than its owner's.
+pub(crate) struct Poisoned {
+    /// Both MACs, the wrong one's owner if known, how the entry came to be.
+    pub(crate) detail: String,
+    /// The host veth of the pod whose MAC it holds, when that pod is on the node.
+    pub(crate) culprit_veth: Option<String>,
+}
+
+/// What is wrong with neighbour entry `n` (on `node`, for `whose`, e.g. "bridge
+/// podnet0" or "pod p1b") that must hold `want`: `None` when it holds `want` or holds
+/// nothing yet. The detail names both MACs, the owner of the wrong one when it is
+/// known, and how the entry came to be (a permanent entry is written, not learned).
+pub(crate) fn poisoned(
+    n: &NeighState,
+    what: &str,
+    whose: &str,
+    want: &str,
+    macs: &Macs,
+) -> Option<Poisoned> {
+    let found = n.mac.as_deref()?;
+    if want.is_empty() || same_mac(found, want) {
+        return None;
+    }
+    let (owner, culprit_veth) = match macs.owner(found) {
+        Some((o, veth)) => (format!("which is {o}"), veth),
+        None => (format!("a MAC nothing on {} has", macs.node), None),
+    };
+    let how = if n.state == "PERMANENT" {
+        "the entry was poisoned: it is permanent, so it was written in that namespace (by hand or by a process there), not learned from ARP"
+    } else {
+        "the entry was poisoned (ARP spoofing?): something answered ARP for an address that is not its own"
+    };
+    Some(Poisoned {
+        detail: format!("{what} holds {found}, {owner}, not {whose}'s {want}: {how}"),
+        culprit_veth,
+    })
+}
+
+/// The fix for a poisoned entry: delete it (`del`; the next packet resolves it
+/// again), and check anti-spoofing on the pod whose MAC it held, or on every pod of
+/// `macs`'s node when that pod is not known.
+pub(crate) fn poisoned_fix(del: &str, macs: &Macs, p: &Poisoned) -> String {
+    let veth = p.culprit_veth.as_deref().unwrap_or("<host veth>");
+    format!(
+        "{del} (the next packet resolves it again from its real owner); then check anti-spoofing on {node}: {whom} must carry the {prog} filter (tc filter show dev {veth} ingress, on {node}), which drops ARP that claims an address or MAC not the pod's own (`podnet observe` lists those drops as arp-spa / arp-sha)",
+        node = macs.node,
+        whom = if p.culprit_veth.is_some() { format!("host veth {veth}") } else { "every pod's host veth".into() },
+        prog = podnet_netlink::antispoof::PROG_NAME,
+    )
+}
+
+/// Whether a neighbour entry failed to resolve (or is still trying).
+fn unresolved(n: &NeighState) -> bool {
+    n.state == "FAILED" || n.state == "INCOMPLETE"
+}
+
 /// An echo's outcome as the hops print it: `reply`, `timeout`, `too-big`, `error: …`.
 pub(crate) fn echo_text(e: &Echo) -> String {
     match e {
@@ -470,6 +636,13 @@ fn policy_hop(
             format!("{ip} is OPEN on {node}, whatever its policies say: {}", v.enforcement.join("; ")),
             "(missing from the kernel)".into(), cmd,
             "podnetd puts what is missing back within 2 s (`repairing drift` in its log); if it stays missing, the agent is down or failing: see podnetd's log on that node");
+        return;
+    }
+    if let Some(why) = &v.refused {
+        b.check(where_, "policy", false,
+            format!("{ip} is closed on {node}: its agent left it closed: {why}"),
+            "(refused: too many entries)".into(), cmd,
+            "split or simplify the policies named (fewer ipBlock excepts, fewer ports); `podnet policy stats` lists every pod left closed");
         return;
     }
     if !v.programmed {
@@ -672,8 +845,14 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
     let (sc, dc) = (Client::new(&ssock), Client::new(&dsock));
     let s_state = sc.state()?;
     let d_state = if cross { dc.state()? } else { s_state.clone() };
+    // Pods by name where the cluster knows it, else by what the caller gave.
+    let label = |given: &str, ip: Ipv4Addr| match agents.pod_name(ip) {
+        Some(n) => format!("pod {n}"),
+        None => format!("pod {given}"),
+    };
     let s_end = End {
         ip: sip,
+        name: label(src, sip),
         pod: sc.pod(sip)?,
         node: sn.clone(),
         agent: sc,
@@ -682,6 +861,7 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
     };
     let d_end = End {
         ip: dip,
+        name: label(dst, dip),
         pod: dc.pod(dip)?,
         node: dn.clone(),
         agent: dc,
@@ -689,10 +869,42 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
         state: d_state,
     };
     let (s_pod, d_pod, s_state) = (&s_end.pod, &d_end.pod, &s_end.state);
+    let (s_macs, d_macs) = (s_end.macs(agents), d_end.macs(agents));
+    // Every node's own VTEP MAC and underlay address, as its agent reports them: whose
+    // a wrong overlay entry holds.
+    let vteps: Vec<Vtep> = statuses
+        .iter()
+        .map(|(n, _, st)| Vtep {
+            node: n.clone(),
+            mac: st.vtep_mac.clone(),
+            underlay: st.underlay_ip.clone(),
+        })
+        .collect();
     let mut b = Builder { hops: vec![] };
 
     // ---- source pod
-    pod_hops(&mut b, "src-pod", src, sip, s_pod, &sst, Some(dip));
+    let real_mac = |p: &PodReport, ip: Ipv4Addr| {
+        p.pod
+            .as_ref()
+            .and_then(|i| i.link.as_ref())
+            .map(|l| l.mac.clone())
+            .unwrap_or_else(|| podnet_netlink::fmt_mac(&podnet_conventions::pod_mac(ip)))
+    };
+    let s_path = PodPath {
+        macs: &s_macs,
+        peer_mac: (!cross).then(|| (d_end.name.clone(), real_mac(d_pod, dip))),
+        down: pod_down(&s_macs, s_pod, &s_end.name),
+    };
+    pod_hops(
+        &mut b,
+        "src-pod",
+        src,
+        sip,
+        s_pod,
+        &sst,
+        Some(dip),
+        Some(&s_path),
+    );
     policy_hop(
         &mut b,
         "src-pod",
@@ -706,7 +918,7 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
     );
 
     // ---- source node
-    host_veth_hop(&mut b, "src-node", &sn, s_pod, &sst);
+    host_veth_hop(&mut b, "src-node", &sn, s_pod, &sst, &s_end.name);
     fast_path_hop(&mut b, &s_end, &d_end, cross);
     bridge_hop(&mut b, "src-node", &sn, s_state, &sst);
     let vx = sst.vxlan_dev.clone();
@@ -723,15 +935,29 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
         );
     }
     if cross {
-        between_nodes(&mut b, &s_end, &d_end)?;
+        between_nodes(&mut b, &s_end, &d_end, &vteps)?;
     }
     if cross {
         fast_path_in_hop(&mut b, &d_end);
     }
-    dst_node_hops(&mut b, &d_end, cross);
+    dst_node_hops(&mut b, &d_end, &d_macs, cross);
 
     // ---- destination pod
-    pod_hops(&mut b, "dst-pod", dst, dip, d_pod, &dst_st, Some(sip));
+    let d_path = PodPath {
+        macs: &d_macs,
+        peer_mac: (!cross).then(|| (s_end.name.clone(), real_mac(s_pod, sip))),
+        down: pod_down(&d_macs, d_pod, &d_end.name),
+    };
+    pod_hops(
+        &mut b,
+        "dst-pod",
+        dst,
+        dip,
+        d_pod,
+        &dst_st,
+        Some(sip),
+        Some(&d_path),
+    );
     policy_hop(
         &mut b,
         "dst-pod",
@@ -764,6 +990,8 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
 /// One end of a trace: the pod, its node, and what that node's agent reports.
 struct End {
     ip: Ipv4Addr,
+    /// The pod for people: `pod p1a`.
+    name: String,
     node: String,
     agent: Client,
     st: Status,
@@ -771,11 +999,30 @@ struct End {
     pod: PodReport,
 }
 
+impl End {
+    fn macs<'a>(&'a self, agents: &'a dyn Agents) -> Macs<'a> {
+        Macs {
+            node: &self.node,
+            state: &self.state,
+            st: &self.st,
+            agent: &self.agent,
+            agents,
+        }
+    }
+}
+
+/// One node's VTEP as its own agent reports it.
+pub(crate) struct Vtep {
+    pub(crate) node: String,
+    pub(crate) mac: String,
+    pub(crate) underlay: String,
+}
+
 /// Between the two nodes: the source node's route, forwarding and overlay entries
 /// towards the destination, the destination's way back (read before probing, so a
 /// broken return path is not blamed on the physical network), then the physical
 /// network probed from the source.
-fn between_nodes(b: &mut Builder, s: &End, d: &End) -> Result<()> {
+fn between_nodes(b: &mut Builder, s: &End, d: &End, vteps: &[Vtep]) -> Result<()> {
     let (sn, sst, s_state, sip, sc) = (&s.node, &s.st, &s.state, s.ip, &s.agent);
     let (dn, dst_st, d_state, dip) = (&d.node, &d.st, &d.state, d.ip);
     let r = lookup(&s_state.routes, dip);
@@ -810,7 +1057,7 @@ fn between_nodes(b: &mut Builder, s: &End, d: &End) -> Result<()> {
         "sysctl -w net.ipv4.ip_forward=1 (podnetd turns it on when repair is on)",
     );
     if !vx.is_empty() {
-        overlay_hops(b, "src-node", sn, s_state, &vx, peer);
+        overlay_hops(b, "src-node", sn, s_state, &vx, (peer, d), vteps);
     }
     let wg = sst.wireguard.as_ref().map(|w| w.device.clone());
     if let Some(dev) = &wg {
@@ -883,7 +1130,15 @@ fn between_nodes(b: &mut Builder, s: &End, d: &End) -> Result<()> {
         &route_fix(dst_st, src_peer),
     );
     if !vx.is_empty() {
-        overlay_hops(&mut back, "dst-node", dn, d_state, &vx, src_peer);
+        overlay_hops(
+            &mut back,
+            "dst-node",
+            dn,
+            d_state,
+            &vx,
+            (src_peer, s),
+            vteps,
+        );
     }
     if dst_st.wireguard.is_some() {
         wireguard_peer_hop(&mut back, "dst-node", dn, (dst_st, src_peer), Some(sst));
@@ -895,55 +1150,57 @@ fn between_nodes(b: &mut Builder, s: &End, d: &End) -> Result<()> {
         (None, false) => Some(Overlay::Vxlan),
         (None, true) => None,
     };
+    underlay_dev_hops(b, s, d);
     underlay_hops(b, sn, sc, sst, peer, overlay, back_ok)?;
     b.hops.extend(back.hops);
     Ok(())
 }
 
-/// The destination node: its route to the pod's bridge, the bridge, the pod's
-/// neighbour entry, the pod's host veth.
-fn dst_node_hops(b: &mut Builder, d: &End, cross: bool) {
+/// The destination node: its bridge, its route to the pod's bridge, the pod's
+/// neighbour entry (held against the pod's real MAC), the pod's host veth. The bridge
+/// comes first: a bridge that is down takes its connected route with it, and a route
+/// missing for that reason is not the cause.
+fn dst_node_hops(b: &mut Builder, d: &End, macs: &Macs, cross: bool) {
     let (dn, dst_st, d_state, dip, d_pod) = (&d.node, &d.st, &d.state, d.ip, &d.pod);
     let d_bridge = dst_st.bridge.clone();
-    let dr = lookup(&d_state.routes, dip);
-    let ok = dr.is_some_and(|r| r.dev.as_deref() == Some(d_bridge.as_str()));
-    b.check(
-        "dst-node",
-        "route",
-        ok,
-        if ok {
-            format!("{dip} is on {d_bridge}")
-        } else {
-            format!("{dn} does not route {dip} to its bridge {d_bridge}")
-        },
-        dr.map(route_text).unwrap_or_else(|| "(none)".into()),
-        format!("ip route get {dip}   (on {dn})"),
-        "the bridge must hold the gateway address of the node's pod CIDR; restart podnetd",
-    );
     if cross {
         bridge_hop(b, "dst-node", dn, d_state, dst_st);
     }
-    let n = d_state.neigh.iter().find(|n| n.ip == dip);
-    let failed = n.is_some_and(|n| n.state == "FAILED");
+    let bridge_down = match link(d_state, &d_bridge) {
+        None => Some(format!("bridge {d_bridge} on {dn} is missing")),
+        Some(l) if !l.up => Some(format!("bridge {d_bridge} on {dn} is down")),
+        Some(_) => None,
+    };
+    let dr = lookup(&d_state.routes, dip);
+    let ok = dr.is_some_and(|r| r.dev.as_deref() == Some(d_bridge.as_str()));
+    let (status, detail) = match (&bridge_down, ok) {
+        (_, true) => ("ok", format!("{dip} is on {d_bridge}")),
+        (Some(why), false) => (
+            "warn",
+            format!("{dn} does not route {dip} to {d_bridge}: the kernel removed the bridge's connected route because {why} (its own hop)"),
+        ),
+        (None, false) => (
+            "broken",
+            format!("{dn} does not route {dip} to its bridge {d_bridge}"),
+        ),
+    };
     b.add(
         "dst-node",
-        "neigh",
-        if failed { "broken" } else { "ok" },
-        match n {
-            Some(_) if failed => format!("{dn} could not resolve {dip} (ARP FAILED)"),
-            Some(n) => format!("{dip} is at {}", n.mac.as_deref().unwrap_or("?")),
-            None => format!("{dip} not resolved yet; the first packet resolves it"),
-        },
-        n.map(|n| neigh_text(n, None))
-            .unwrap_or_else(|| "(none)".into()),
-        format!("ip neigh show {dip}   (on {dn})"),
-        if failed {
-            "the pod does not answer ARP: check its link and address (next hops)"
+        "route",
+        status,
+        detail,
+        dr.map(route_text).unwrap_or_else(|| "(none)".into()),
+        format!("ip route get {dip}   (on {dn})"),
+        if status == "broken" {
+            "the bridge must hold the gateway address of the node's pod CIDR; restart podnetd"
         } else {
             ""
         },
     );
-    host_veth_hop(b, "dst-node", dn, d_pod, dst_st);
+    b.hops.push(node_neigh_for_pod(
+        "dst-node", macs, dip, d_pod, &d.name, cross,
+    ));
+    host_veth_hop(b, "dst-node", dn, d_pod, dst_st, &d.name);
 }
 
 /// The command that runs `ip c` in the pod `pod` describes.
@@ -961,7 +1218,7 @@ fn cmd(pod: &PodReport, c: &str, name: &str) -> String {
 /// the MTU and MAC its node gives pods), on the node whose agent status is `node`.
 pub(crate) fn pod_end(pod: &PodReport, ip: Ipv4Addr, node: &Status) -> Vec<Hop> {
     let mut b = Builder { hops: vec![] };
-    pod_hops(&mut b, "pod", &ip.to_string(), ip, pod, node, None);
+    pod_hops(&mut b, "pod", &ip.to_string(), ip, pod, node, None, None);
     b.hops
 }
 
@@ -991,6 +1248,7 @@ fn link_mismatch(l: &PodLink, name: &str, mtu: u32, mac: [u8; 6]) -> Option<Stri
 
 /// The pod's own hops; every value is held against what its node (agent status
 /// `node`) gives pods: MTU, MAC, gateway.
+#[allow(clippy::too_many_arguments)]
 fn pod_hops(
     b: &mut Builder,
     where_: &str,
@@ -999,6 +1257,7 @@ fn pod_hops(
     pod: &PodReport,
     node: &Status,
     peer: Option<Ipv4Addr>,
+    path: Option<&PodPath>,
 ) {
     let Some(p) = pod.pod.as_ref().filter(|_| pod.found) else {
         b.add(
@@ -1089,38 +1348,279 @@ fn pod_hops(
         cmd(pod, &format!("route get {other}"), name),
         "re-add the default route via the bridge gateway (ip route add default via <gateway>), or DEL and ADD the pod",
     );
-    if let Some(gw) = gw {
-        let n = p.neigh.iter().find(|n| n.ip == gw);
-        let failed = n.is_some_and(|n| n.state == "FAILED");
-        b.add(
-            where_,
-            "neigh",
-            if failed { "broken" } else { "ok" },
-            match n {
-                Some(_) if failed => format!("the gateway {gw} does not answer ARP"),
-                Some(n) => format!("gateway {gw} is at {}", n.mac.as_deref().unwrap_or("?")),
-                None => format!("gateway {gw} not resolved yet; the first packet resolves it"),
-            },
-            n.map(|n| neigh_text(n, None))
-                .unwrap_or_else(|| "(none)".into()),
-            cmd(pod, "neigh show", name),
-            if failed {
-                "the pod's host veth or the bridge is down (see the node hops)"
-            } else {
-                ""
-            },
-        );
+    // The entry the pod's frames go out with: its gateway's (the bridge), or on the
+    // same node the other pod's own.
+    let (target, whose, want) = match (gw, path) {
+        (Some(g), Some(pp)) => (g, format!("bridge {}", node.bridge), pp.macs.bridge_mac()),
+        (Some(g), None) => (
+            g,
+            format!("bridge {}", node.bridge),
+            podnet_netlink::fmt_mac(&podnet_conventions::pod_mac(g)),
+        ),
+        (
+            None,
+            Some(PodPath {
+                peer_mac: Some((w, m)),
+                ..
+            }),
+        ) => (other, w.clone(), m.clone()),
+        (None, _) => return,
+    };
+    let role = if gw.is_some() { "gateway " } else { "" };
+    let down = path.and_then(|pp| pp.down.as_deref());
+    let h = pod_neigh_hop(
+        where_,
+        name,
+        pod,
+        p,
+        (target, role),
+        (&whose, &want),
+        path.map(|pp| pp.macs),
+        down,
+    );
+    b.hops.push(h);
+}
+
+/// What a pod's neighbour entries on a path must hold, and what to blame otherwise.
+struct PodPath<'a> {
+    /// The pod's node: who has which MAC there.
+    macs: &'a Macs<'a>,
+    /// On the same node, without a gateway: the other pod (`pod p1b`) and its real MAC.
+    peer_mac: Option<(String, String)>,
+    /// A device between the pod and its node's bridge that is down (named by its own
+    /// hop): a failed entry follows from it.
+    down: Option<String>,
+}
+
+/// A pod's neighbour entry for `target` (its gateway when `role` is `"gateway "`, else
+/// the other pod), held against the MAC its owner really has (`whose`, `want`).
+#[allow(clippy::too_many_arguments)]
+fn pod_neigh_hop(
+    where_: &str,
+    name: &str,
+    pod: &PodReport,
+    p: &PodInside,
+    (target, role): (Ipv4Addr, &str),
+    (whose, want): (&str, &str),
+    macs: Option<&Macs>,
+    down: Option<&str>,
+) -> Hop {
+    let ifname = pod.ifname.clone().unwrap_or_else(|| "eth0".into());
+    let n = p.neigh.iter().find(|n| n.ip == target);
+    let bad = n.zip(macs).and_then(|(n, m)| {
+        poisoned(
+            n,
+            &format!("the pod's entry for {role}{target}"),
+            whose,
+            want,
+            m,
+        )
+    });
+    let (status, detail, fix) = match (n, bad.zip(macs)) {
+        (_, Some((bad, m))) => (
+            "broken",
+            bad.detail.clone(),
+            poisoned_fix(
+                &cmd(pod, &format!("neigh del {target} dev {ifname}"), name),
+                m,
+                &bad,
+            ),
+        ),
+        (Some(n), _) if unresolved(n) && down.is_some() => (
+            "warn",
+            format!(
+                "{role}{target} does not resolve ({}): {} (its own hop)",
+                n.state,
+                down.unwrap_or_default()
+            ),
+            String::new(),
+        ),
+        (Some(n), _) if n.state == "FAILED" => (
+            "broken",
+            format!("{role}{target} does not answer ARP"),
+            "the pod's host veth or the bridge is down (see the node hops)".into(),
+        ),
+        (Some(n), _) => (
+            "ok",
+            format!(
+                "{role}{target} is at {} ({whose})",
+                n.mac.as_deref().unwrap_or("?")
+            ),
+            String::new(),
+        ),
+        (None, _) => (
+            "ok",
+            format!("{role}{target} not resolved yet; the first packet resolves it"),
+            String::new(),
+        ),
+    };
+    Hop {
+        where_: where_.into(),
+        what: "neigh".into(),
+        status: status.into(),
+        detail,
+        kernel: n
+            .map(|n| neigh_text(n, Some(&ifname)))
+            .unwrap_or_else(|| "(none)".into()),
+        cmd: cmd(pod, &format!("neigh show {target}"), name),
+        fix,
+    }
+}
+
+/// The pod's entry for its gateway as doctor checks it for every pod: it must hold
+/// the MAC of its node's bridge. `None`: the pod has no default route (its own check).
+/// `label`: the pod for people (`pod p1a`).
+pub(crate) fn pod_gateway_neigh(pod: &PodReport, label: &str, macs: &Macs) -> Option<Hop> {
+    let name = label.strip_prefix("pod ").unwrap_or(label);
+    let p = pod
+        .pod
+        .as_ref()
+        .filter(|i| pod.found && i.error.is_none())?;
+    let gw = p
+        .routes
+        .iter()
+        .find(|r| r.dst == "default")
+        .and_then(|r| r.gateway)?;
+    Some(pod_neigh_hop(
+        "pod",
+        name,
+        pod,
+        p,
+        (gw, "gateway "),
+        (&format!("bridge {}", macs.st.bridge), &macs.bridge_mac()),
+        Some(macs),
+        pod_down(macs, pod, label).as_deref(),
+    ))
+}
+
+/// A device between the pod and its node's bridge that is down or missing, named for
+/// people: the bridge, the pod's host veth, the pod's own interface.
+pub(crate) fn pod_down(macs: &Macs, pod: &PodReport, name: &str) -> Option<String> {
+    let (node, bridge) = (macs.node, &macs.st.bridge);
+    match link(macs.state, bridge) {
+        None => return Some(format!("bridge {bridge} on {node} is missing")),
+        Some(l) if !l.up => return Some(format!("bridge {bridge} on {node} is down")),
+        _ => {}
+    }
+    if let Some(h) = &pod.host_veth {
+        if !h.up {
+            return Some(format!("host veth {} of {name} on {node} is down", h.name));
+        }
+        if h.master.as_deref() != Some(bridge.as_str()) {
+            return Some(format!(
+                "host veth {} of {name} on {node} is not on bridge {bridge}",
+                h.name
+            ));
+        }
+    }
+    let l = pod.pod.as_ref().and_then(|p| p.link.as_ref());
+    if let Some(l) = l.filter(|l| !l.up) {
+        return Some(format!("{name}'s {} is down", l.name));
+    }
+    None
+}
+
+/// The node's neighbour entry for one of its pods: it must hold the MAC the pod's
+/// interface really has (from the pod's own namespace, through the agent; podnet's
+/// scheme if the pod cannot be read). `on_path`: routed traffic to the pod takes it
+/// (a poisoned entry off the path is a warning). `name`: `pod p1b`.
+pub(crate) fn node_neigh_for_pod(
+    where_: &str,
+    macs: &Macs,
+    ip: Ipv4Addr,
+    pod: &PodReport,
+    name: &str,
+    on_path: bool,
+) -> Hop {
+    let (node, bridge) = (macs.node, &macs.st.bridge);
+    let n = macs
+        .state
+        .neigh
+        .iter()
+        .filter(|n| n.ip == ip)
+        .min_by_key(|n| n.dev != *bridge);
+    let want = pod
+        .pod
+        .as_ref()
+        .and_then(|p| p.link.as_ref())
+        .map(|l| l.mac.clone())
+        .unwrap_or_else(|| podnet_netlink::fmt_mac(&podnet_conventions::pod_mac(ip)));
+    let bad = n.and_then(|n| poisoned(n, &format!("{node}'s entry for {ip}"), name, &want, macs));
+    let down = pod_down(macs, pod, name);
+    let (status, detail, fix) = match (n, &bad) {
+        (_, Some(bad)) => (
+            if on_path { "broken" } else { "warn" },
+            format!(
+                "{}{}",
+                bad.detail,
+                if on_path {
+                    ""
+                } else {
+                    " (not on this path: traffic from the node and from other nodes takes it)"
+                }
+            ),
+            poisoned_fix(
+                &format!(
+                    "ip neigh del {ip} dev {}   (on {node})",
+                    n.map(|n| n.dev.as_str()).unwrap_or(bridge)
+                ),
+                macs,
+                bad,
+            ),
+        ),
+        (Some(n), _) if unresolved(n) && down.is_some() => (
+            "warn",
+            format!(
+                "{node} cannot resolve {ip} ({}): {} (its own hop)",
+                n.state,
+                down.unwrap_or_default()
+            ),
+            String::new(),
+        ),
+        (Some(n), _) if n.state == "FAILED" => (
+            "broken",
+            format!("{node} could not resolve {ip} (ARP FAILED)"),
+            "the pod does not answer ARP: check its link and address (next hops)".into(),
+        ),
+        (Some(n), _) => (
+            "ok",
+            format!("{ip} is at {} ({name})", n.mac.as_deref().unwrap_or("?")),
+            String::new(),
+        ),
+        (None, _) => (
+            "ok",
+            format!("{ip} not resolved yet; the first packet resolves it"),
+            String::new(),
+        ),
+    };
+    Hop {
+        where_: where_.into(),
+        what: "neigh".into(),
+        status: status.into(),
+        detail,
+        kernel: n
+            .map(|n| neigh_text(n, Some(&n.dev)))
+            .unwrap_or_else(|| "(none)".into()),
+        cmd: format!("ip neigh show {ip}   (on {node})"),
+        fix,
     }
 }
 
 /// The pod's host veth: up, on the node's bridge, with the node's pod MTU (agent
-/// status `st`).
-fn host_veth_hop(b: &mut Builder, where_: &str, node: &str, pod: &PodReport, st: &Status) {
+/// status `st`). `name`: the pod for people (`pod p1a`).
+fn host_veth_hop(
+    b: &mut Builder,
+    where_: &str,
+    node: &str,
+    pod: &PodReport,
+    st: &Status,
+    name: &str,
+) {
     let Some(h) = pod.host_veth.as_ref().filter(|_| pod.found) else {
         return;
     };
     let bridge = &st.bridge;
-    let name = &h.name;
+    let veth = &h.name;
     let on = h.master.as_deref() == Some(bridge.as_str());
     let mtu_ok = st.mtu == 0 || h.mtu == st.mtu;
     b.check(
@@ -1128,20 +1628,20 @@ fn host_veth_hop(b: &mut Builder, where_: &str, node: &str, pod: &PodReport, st:
         "link",
         h.up && on && mtu_ok,
         if !h.up {
-            format!("host veth {name} is down")
+            format!("host veth {veth} of {name} on {node} is down")
         } else if !on {
-            format!("host veth {name} is not on bridge {bridge}")
+            format!("host veth {veth} of {name} on {node} is not on bridge {bridge}")
         } else if !mtu_ok {
             format!(
-                "host veth {name} has MTU {}; its node gives pods MTU {}",
+                "host veth {veth} of {name} has MTU {}; its node gives pods MTU {}",
                 h.mtu, st.mtu
             )
         } else {
-            format!("host veth {name} is up on {bridge}")
+            format!("host veth {veth} of {name} is up on {bridge}")
         },
-        link_text(name, h.up, h.mtu, h.master.as_deref()),
-        format!("ip -d link show {name}   (on {node})"),
-        &format!("ip link set {name} up master {bridge}   (on {node})"),
+        link_text(veth, h.up, h.mtu, h.master.as_deref()),
+        format!("ip -d link show {veth}   (on {node})"),
+        &format!("ip link set {veth} up master {bridge}   (on {node})"),
     );
 }
 
@@ -1220,7 +1720,7 @@ fn device_hop(
             Some(_) => format!(
                 "restart podnetd on {node}: it recreates {dev} as configured (or delete {dev}; it is remade within a second when repair is on)"
             ),
-            None => format!("ip link set {dev} up (podnetd does it when repair is on)"),
+            None => format!("ip link set {dev} up   (on {node}; podnetd does it when repair is on)"),
         },
     );
 }
@@ -1229,14 +1729,172 @@ fn bridge_hop(b: &mut Builder, where_: &str, node: &str, state: &NodeState, st: 
     device_hop(b, where_, "bridge", node, (state, st), &st.bridge, "bridge");
 }
 
-/// The neighbour and FDB entries a node needs to reach `peer` through `vx`.
+/// What a peer's VTEP really is: the MAC of its VXLAN device and its underlay
+/// address as the peer's own agent reports them (its kernel's MAC when it has the
+/// device), and what the datastore's record says, when that differs.
+pub(crate) struct VtepWant {
+    pub(crate) peer: String,
+    pub(crate) mac: String,
+    pub(crate) underlay: String,
+    /// `Some(why)`: the datastore's record for the peer is not what the peer reports.
+    pub(crate) record_differs: Option<String>,
+}
+
+impl VtepWant {
+    /// `p` as the datastore has it, `own` as the peer reports itself (its status and,
+    /// if read, its kernel state).
+    pub(crate) fn new(p: &PeerStatus, own: Option<(&Status, Option<&NodeState>)>) -> VtepWant {
+        let Some((st, state)) = own else {
+            return VtepWant {
+                peer: p.name.clone(),
+                mac: p.vtep_mac.clone(),
+                underlay: p.underlay_ip.clone(),
+                record_differs: None,
+            };
+        };
+        let mac = state
+            .and_then(|s| link(s, &st.vxlan_dev))
+            .map(|l| l.mac.clone())
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| st.vtep_mac.clone());
+        let underlay = st.underlay_ip.clone();
+        let mut differs = vec![];
+        if !same_mac(&p.vtep_mac, &mac) {
+            differs.push(format!("VTEP MAC {} (its device has {mac})", p.vtep_mac));
+        }
+        if p.underlay_ip != underlay {
+            differs.push(format!("underlay {} (it is at {underlay})", p.underlay_ip));
+        }
+        VtepWant {
+            peer: p.name.clone(),
+            mac,
+            underlay,
+            record_differs: (!differs.is_empty()).then(|| {
+                format!(
+                    "the datastore's record for {} says {}: the record is stale or forged",
+                    p.name,
+                    differs.join(", ")
+                )
+            }),
+        }
+    }
+
+    fn fix_tail(&self) -> String {
+        match &self.record_differs {
+            Some(_) => format!(
+                "; podnetd writes what the datastore's record says, so correct the record first: restart podnetd on {} to publish its own",
+                self.peer
+            ),
+            None => " (podnetd does it when repair is on)".into(),
+        }
+    }
+}
+
+/// Whose VTEP MAC or underlay address `x` is, among the nodes' own reports.
+fn vtep_owner(vteps: &[Vtep], x: &str, of_mac: bool) -> String {
+    vteps
+        .iter()
+        .find(|v| {
+            if of_mac {
+                same_mac(&v.mac, x)
+            } else {
+                v.underlay == x
+            }
+        })
+        .map(|v| {
+            format!(
+                ", which is {}'s {}",
+                v.node,
+                if of_mac {
+                    "VTEP MAC"
+                } else {
+                    "underlay address"
+                }
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// The VXLAN neighbour entry for a peer's VTEP address `vtep` on `vx`, held against
+/// the peer's own VTEP MAC. `Ok`/`Err`: the detail.
+pub(crate) fn vtep_neigh_check<'a>(
+    state: &'a NodeState,
+    vx: &str,
+    vtep: Option<Ipv4Addr>,
+    want: &VtepWant,
+    vteps: &[Vtep],
+) -> (Option<&'a NeighState>, std::result::Result<String, String>) {
+    let vtep_s = vtep.map(|v| v.to_string()).unwrap_or_default();
+    let mac = &want.mac;
+    let n = state
+        .neigh
+        .iter()
+        .find(|n| Some(n.ip) == vtep && n.dev == vx);
+    let r = match n.and_then(|n| n.mac.as_deref()) {
+        None => Err(format!("no neighbour entry {vtep_s} → {mac} on {vx}")),
+        Some(m) if !same_mac(m, mac) => Err(format!(
+            "the entry for {}'s VTEP {vtep_s} holds {m}{}, not {}'s own VTEP MAC {mac}{}",
+            want.peer,
+            vtep_owner(vteps, m, true),
+            want.peer,
+            want.record_differs
+                .as_ref()
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default()
+        )),
+        Some(_) => Ok(format!(
+            "peer VTEP {vtep_s} is at {mac} ({}'s own)",
+            want.peer
+        )),
+    };
+    (n, r)
+}
+
+/// The VXLAN FDB entry for a peer's VTEP MAC, held against the peer's own underlay
+/// address.
+pub(crate) fn vtep_fdb_check<'a>(
+    state: &'a NodeState,
+    vx: &str,
+    want: &VtepWant,
+    vteps: &[Vtep],
+) -> (Option<&'a FdbState>, std::result::Result<String, String>) {
+    let (mac, under) = (&want.mac, &want.underlay);
+    let f: Option<&FdbState> = state.fdb.iter().find(|f| same_mac(&f.mac, mac));
+    let dst = f.and_then(|f| f.dst).map(|d| d.to_string());
+    let r = match &dst {
+        None => Err(format!(
+            "no FDB entry {mac} → {under} on {vx}{}",
+            want.record_differs
+                .as_ref()
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default()
+        )),
+        Some(d) if d != under => Err(format!(
+            "{}'s VTEP MAC {mac} is sent to {d}{}, but {} is at {under}{}",
+            want.peer,
+            vtep_owner(vteps, d, false),
+            want.peer,
+            want.record_differs
+                .as_ref()
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default()
+        )),
+        Some(_) => Ok(format!("{mac} is reached through {under}")),
+    };
+    (f, r)
+}
+
+/// The neighbour and FDB entries a node needs to reach `peer` through `vx`, held
+/// against the VTEP MAC and underlay address the peer itself reports (`real`, its
+/// end of the trace), not only the datastore's record of it.
 fn overlay_hops(
     b: &mut Builder,
     where_: &str,
     node: &str,
     state: &NodeState,
     vx: &str,
-    peer: Option<&PeerStatus>,
+    (peer, real): (Option<&PeerStatus>, &End),
+    vteps: &[Vtep],
 ) {
     let Some(p) = peer else {
         b.add(
@@ -1250,31 +1908,72 @@ fn overlay_hops(
         );
         return;
     };
+    let want = VtepWant::new(p, Some((&real.st, Some(&real.state))));
     let vtep: Option<Ipv4Addr> = p.pod_cidr.parse::<Ipv4Net>().ok().map(|c| c.network());
     let vtep_s = vtep.map(|v| v.to_string()).unwrap_or_default();
-    let mac = &p.vtep_mac;
-    let n = state
-        .neigh
-        .iter()
-        .find(|n| Some(n.ip) == vtep && n.dev == vx);
-    let ok = n.is_some_and(|n| n.mac.as_deref() == Some(mac.as_str()));
+    let (mac, under) = (&want.mac, &want.underlay);
+    let (n, r) = vtep_neigh_check(state, vx, vtep, &want, vteps);
     b.check(
-        where_, "neigh", ok,
-        if ok { format!("peer VTEP {vtep_s} is at {mac}") } else { format!("no neighbour entry {vtep_s} → {mac} on {vx}") },
-        n.map(|n| neigh_text(n, Some(vx))).unwrap_or_else(|| "(none)".into()),
-        format!("ip neigh show dev {vx}   (on {node})"),
-        &format!("ip neigh replace {vtep_s} lladdr {mac} dev {vx} nud permanent (podnetd does it when repair is on)"),
+        where_,
+        "neigh",
+        r.is_ok(),
+        r.unwrap_or_else(|e| e),
+        n.map(|n| neigh_text(n, Some(vx)))
+            .unwrap_or_else(|| "(none)".into()),
+        format!("ip neigh show {vtep_s} dev {vx}   (on {node})"),
+        &format!(
+            "ip neigh replace {vtep_s} lladdr {mac} dev {vx} nud permanent   (on {node}){}",
+            want.fix_tail()
+        ),
     );
-    let under = &p.underlay_ip;
-    let f: Option<&FdbState> = state.fdb.iter().find(|f| &f.mac == mac);
-    let ok = f.is_some_and(|f| f.dst.map(|d| d.to_string()).as_deref() == Some(under.as_str()));
+    let (f, r) = vtep_fdb_check(state, vx, &want, vteps);
     b.check(
-        where_, "fdb", ok,
-        if ok { format!("{mac} is reached through {under}") } else { format!("no FDB entry {mac} → {under} on {vx}") },
-        f.map(|f| format!("{} dev {vx} dst {} self permanent", f.mac, f.dst.map(|d| d.to_string()).unwrap_or_default())).unwrap_or_else(|| "(none)".into()),
+        where_,
+        "fdb",
+        r.is_ok(),
+        r.unwrap_or_else(|e| e),
+        f.map(|f| {
+            format!(
+                "{} dev {vx} dst {} self permanent",
+                f.mac,
+                f.dst.map(|d| d.to_string()).unwrap_or_default()
+            )
+        })
+        .unwrap_or_else(|| "(none)".into()),
         format!("bridge fdb show dev {vx}   (on {node})"),
-        &format!("bridge fdb replace {mac} dev {vx} dst {under} self permanent (podnetd does it when repair is on)"),
+        &format!(
+            "bridge fdb replace {mac} dev {vx} dst {under} self permanent   (on {node}){}",
+            want.fix_tail()
+        ),
     );
+}
+
+/// Each node's own link to the physical network (its agent's underlay device): one
+/// that is down is named as itself, before the probes that fail because of it.
+fn underlay_dev_hops(b: &mut Builder, s: &End, d: &End) {
+    for e in [s, d] {
+        let dev = &e.st.underlay_dev;
+        if dev.is_empty() {
+            continue;
+        }
+        let node = &e.node;
+        let l = link(&e.state, dev);
+        let is = match l {
+            None => "missing",
+            Some(l) if !l.up => "down",
+            Some(_) => "up",
+        };
+        b.check(
+            "underlay",
+            "link",
+            is == "up",
+            format!("underlay device {dev} on {node} is {is}"),
+            l.map(|l| link_text(&l.name, l.up, l.mtu, l.master.as_deref()))
+                .unwrap_or_else(|| "(none)".into()),
+            format!("ip -d link show {dev}   (on {node})"),
+            &format!("ip link set {dev} up   (on {node}); it is the node's own link, not podnet's"),
+        );
+    }
 }
 
 /// The tunnel a node's traffic to peers crosses the physical network in.
@@ -1428,6 +2127,13 @@ impl Agents for LabAgents {
     }
     fn pod_ip(&self, name: &str) -> Option<Ipv4Addr> {
         self.pods.iter().find(|(n, _)| n == name).map(|(_, ip)| *ip)
+    }
+    fn pod_name(&self, ip: Ipv4Addr) -> Option<String> {
+        // The lab's own name (p1a) comes first in the list.
+        self.pods
+            .iter()
+            .find(|(_, a)| *a == ip)
+            .map(|(n, _)| n.clone())
     }
 }
 

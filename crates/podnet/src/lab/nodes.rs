@@ -275,7 +275,12 @@ impl Lab {
             cmd.arg("--node")
                 .arg(node)
                 .arg("--datastore")
-                .arg(&st.datastore)
+                .arg(if st.kubernetes {
+                    // Its own token, bound to its Node (deploy/admission.yaml).
+                    format!("kubernetes:{}", self.node_agent_kubeconfig(node).display())
+                } else {
+                    st.datastore.clone()
+                })
                 .arg("--underlay-dev")
                 .arg("eth0")
                 .arg("--backend")

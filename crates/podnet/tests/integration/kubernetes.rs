@@ -386,7 +386,9 @@ fn deploy_manifests_are_accepted_and_the_role_is_minimal() {
     assert_eq!(granted, made);
 
     // With deploy/'s role every call succeeds (the lab's agents run with it).
-    let agent_kc = format!("/run/podnet/lab/{}/k8s/agent.kubeconfig", lab.name);
+    // (node1's node-bound token: deploy/admission.yaml, which the lab applies, refuses
+    // Node changes from a podnet token bound to no node.)
+    let agent_kc = format!("/run/podnet/lab/{}/k8s/agent-node1.kubeconfig", lab.name);
     let (ok, out) = check_access(&lab, &agent_kc);
     assert!(ok, "{out}");
     assert_eq!(
@@ -573,8 +575,18 @@ fn an_agent_may_change_only_its_own_node() {
         "{who}"
     );
 
-    // Without the policy, RBAC lets node1's agent rewrite node2's record (the hole
-    // the policy closes); put back at once.
+    // The lab applies deploy/admission.yaml. Without it (its binding deleted here),
+    // RBAC lets node1's agent rewrite node2's record (the hole the policy closes);
+    // put back at once.
+    kubectl(
+        &lab,
+        &[
+            "delete",
+            "validatingadmissionpolicybinding",
+            "podnet-own-node",
+        ],
+        None,
+    );
     assert_eq!(annotation(&lab, "node2", "underlay-ip"), "192.168.1.11");
     let mac2 = annotation(&lab, "node2", "vtep-mac");
     let forge = [
@@ -584,8 +596,13 @@ fn an_agent_may_change_only_its_own_node() {
         "--overwrite",
         "podnet.dev/underlay-ip=192.168.1.10",
     ];
-    let (ok, _, err) = kubectl_as(&lab, &node1, &forge);
-    assert!(ok, "without the policy RBAC allows it: {err}");
+    let mut err = String::new();
+    wait_until("the binding is gone", Duration::from_secs(15), || {
+        let r = kubectl_as(&lab, &node1, &forge);
+        err = r.2;
+        r.0
+    });
+    assert!(err.is_empty() || !err.contains("podnet-own-node"), "{err}");
     kubectl(
         &lab,
         &[

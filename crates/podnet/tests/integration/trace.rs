@@ -407,3 +407,292 @@ fn wireguard_paths_and_faults_are_named_by_trace_and_doctor() {
         assert!(healed, "{fault}: still broken 10 s after clear");
     }
 }
+
+/// Runs `ip ARGS` (tests only use it to break a lab on purpose).
+fn ip(args: &[&str]) -> String {
+    let o = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        o.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+impl Lab {
+    /// A pod's address and MAC, as the lab's state records them.
+    fn pod(&self, name: &str) -> (String, String) {
+        let (ok, st) = podnet(&["lab", "--name", &self.0, "status", "--output", "json"]);
+        assert!(ok, "lab status: {st}");
+        let p = st["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no pod {name}: {st}"))
+            .clone();
+        (
+            p["ip"].as_str().unwrap().to_string(),
+            p["mac"].as_str().unwrap().to_string(),
+        )
+    }
+    /// The namespace of a lab node or pod.
+    fn ns(&self, what: &str) -> String {
+        format!("{}-{what}", self.0)
+    }
+    /// The gateway of a pod's default route.
+    fn gateway(&self, pod: &str) -> String {
+        let r = ip(&["-n", &self.ns(pod), "route", "show", "default"]);
+        r.split_whitespace()
+            .skip_while(|w| *w != "via")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no default route in {pod}: {r}"))
+            .to_string()
+    }
+    /// The host veth of the pod with address `pod_ip` on `node`: the link whose MAC is
+    /// 0a:5a + the pod's address.
+    fn host_veth(&self, node: &str, pod_ip: &str) -> String {
+        let o: Vec<u8> = pod_ip.split('.').map(|x| x.parse().unwrap()).collect();
+        let mac = format!("0a:5a:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+        let links = ip(&["-n", &self.ns(node), "-o", "link", "show"]);
+        links
+            .lines()
+            .find(|l| l.contains(&mac))
+            .and_then(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no host veth with {mac} on {node}: {links}"))
+    }
+}
+
+/// A doctor finding that is broken, whose check is `check` and whose detail holds
+/// every one of `words`.
+fn doctor_flags(d: &Value, check: &str, words: &[&str]) -> bool {
+    d["findings"].as_array().unwrap().iter().any(|f| {
+        f["status"] == "broken"
+            && f["check"] == check
+            && words
+                .iter()
+                .all(|w| f["detail"].as_str().unwrap_or("").contains(w))
+    })
+}
+
+fn broken_hop(t: &Value) -> (&str, &str, &str) {
+    let h = &t["broken_hop"];
+    (
+        h["where"].as_str().unwrap_or(""),
+        h["what"].as_str().unwrap_or(""),
+        h["detail"].as_str().unwrap_or(""),
+    )
+}
+
+#[test]
+fn a_poisoned_gateway_entry_in_the_pod_is_named_with_the_owner_of_its_mac() {
+    // The lesson's ARP attack as the victim sees it: p1a's entry for its gateway holds
+    // p1b's MAC, so everything p1a sends off-node goes to p1b.
+    let lab = Lab::up(&["--nodes", "2", "--pods-per-node", "2"]);
+    let (p1a_ip, _) = lab.pod("p1a");
+    let (_, p1b_mac) = lab.pod("p1b");
+    let gw = lab.gateway("p1a");
+    let (ok, t) = lab.trace("p1a", "p2a");
+    assert!(ok, "healthy before the poison: {t}");
+    ip(&[
+        "-n",
+        &lab.ns("p1a"),
+        "neigh",
+        "replace",
+        &gw,
+        "lladdr",
+        &p1b_mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    let (ok, t) = lab.trace("p1a", "p2a");
+    assert!(!ok, "a poisoned gateway entry must break the trace: {t}");
+    let (w, what, detail) = broken_hop(&t);
+    assert_eq!((w, what), ("src-pod", "neigh"), "{t}");
+    for word in [p1b_mac.as_str(), "pod p1b", "poisoned", &gw] {
+        assert!(detail.contains(word), "{word:?} not in {detail:?}");
+    }
+    let h = &t["broken_hop"];
+    let cmd = h["cmd"].as_str().unwrap();
+    assert!(
+        cmd.contains(&format!("neigh show {gw}")) && cmd.contains(&lab.ns("p1a")),
+        "{h}"
+    );
+    let fix = h["fix"].as_str().unwrap();
+    assert!(fix.contains(&format!("neigh del {gw}")), "{h}");
+    assert!(fix.contains("anti-spoofing"), "{h}");
+    // Doctor sees it too, on p1a's node.
+    let (ok, d) = lab.doctor();
+    assert!(!ok, "{d}");
+    assert!(
+        doctor_flags(
+            &d,
+            &format!("pod {p1a_ip} gateway neighbour"),
+            &[&p1b_mac, "pod p1b", "poisoned"]
+        ),
+        "{d}"
+    );
+}
+
+#[test]
+fn a_poisoned_node_entry_for_a_pod_is_named_with_the_owner_of_its_mac() {
+    // The lesson's attack as it lands: node1's ARP cache says p1b is at p1a's MAC, so
+    // traffic routed to p1b (from other nodes, from the node) goes to p1a.
+    let lab = Lab::up(&["--nodes", "2", "--pods-per-node", "2"]);
+    let (p1a_ip, p1a_mac) = lab.pod("p1a");
+    let (p1b_ip, p1b_mac) = lab.pod("p1b");
+    let (ok, t) = lab.trace("p2a", "p1b");
+    assert!(ok, "healthy before the poison: {t}");
+    ip(&[
+        "-n",
+        &lab.ns("node1"),
+        "neigh",
+        "replace",
+        &p1b_ip,
+        "lladdr",
+        &p1a_mac,
+        "dev",
+        "podnet0",
+        "nud",
+        "permanent",
+    ]);
+    let (ok, t) = lab.trace("p2a", "p1b");
+    assert!(
+        !ok,
+        "a poisoned entry for the destination must break the trace: {t}"
+    );
+    let (w, what, detail) = broken_hop(&t);
+    assert_eq!((w, what), ("dst-node", "neigh"), "{t}");
+    for word in [p1a_mac.as_str(), p1b_mac.as_str(), "pod p1a", "poisoned"] {
+        assert!(detail.contains(word), "{word:?} not in {detail:?}");
+    }
+    let h = &t["broken_hop"];
+    assert!(
+        h["cmd"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("neigh show {p1b_ip}")),
+        "{h}"
+    );
+    assert!(
+        h["fix"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("neigh del {p1b_ip} dev podnet0")),
+        "{h}"
+    );
+    let (ok, d) = lab.doctor();
+    assert!(!ok, "{d}");
+    assert!(
+        doctor_flags(
+            &d,
+            &format!("pod {p1b_ip} neighbour"),
+            &[&p1a_mac, "pod p1a", "poisoned"]
+        ),
+        "{d}"
+    );
+    // p1a's own entry is not touched.
+    assert!(
+        !doctor_flags(&d, &format!("pod {p1a_ip} neighbour"), &[]),
+        "{d}"
+    );
+}
+
+#[test]
+fn a_bridge_down_on_the_destination_node_is_named_as_the_bridge() {
+    let lab = Lab::up(&["--nodes", "2", "--pods-per-node", "1"]);
+    let (ok, t) = lab.trace("p1a", "p2a");
+    assert!(ok, "healthy first: {t}");
+    ip(&["-n", &lab.ns("node2"), "link", "set", "podnet0", "down"]);
+    let (ok, t) = lab.trace("p1a", "p2a");
+    assert!(!ok, "{t}");
+    let (w, what, detail) = broken_hop(&t);
+    assert_eq!((w, what), ("dst-node", "bridge"), "{t}");
+    assert!(
+        detail.contains("bridge podnet0 on node2 is down"),
+        "{detail:?}"
+    );
+    assert!(
+        t["broken_hop"]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("ip link set podnet0 up"),
+        "{t}"
+    );
+    // The route the kernel took away with the bridge is not what the trace blames.
+    assert!(
+        !t["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["what"] == "route" && h["status"] == "broken"),
+        "{t}"
+    );
+    let (ok, d) = lab.doctor();
+    assert!(!ok, "{d}");
+    assert!(
+        d["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["node"] == "node2"
+                && f["check"] == "bridge"
+                && f["status"] == "broken"
+                && f["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("bridge podnet0 on node2 is down")),
+        "{d}"
+    );
+}
+
+#[test]
+fn a_host_veth_down_on_the_destination_node_is_named_as_itself() {
+    let lab = Lab::up(&["--nodes", "2", "--pods-per-node", "1"]);
+    let (p2a_ip, _) = lab.pod("p2a");
+    let veth = lab.host_veth("node2", &p2a_ip);
+    let (ok, t) = lab.trace("p1a", "p2a");
+    assert!(ok, "healthy first: {t}");
+    ip(&["-n", &lab.ns("node2"), "link", "set", &veth, "down"]);
+    // Traffic to p2a after the veth went down: node2 cannot resolve p2a any more, its
+    // neighbour entry ends FAILED. That is a consequence; the veth is the cause.
+    let _ = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("p1a"),
+            "timeout",
+            "2",
+            "bash",
+            "-c",
+        ])
+        .arg(format!("echo > /dev/tcp/{p2a_ip}/7777"))
+        .output();
+    let failed = (0..100).any(|_| {
+        let n = ip(&["-n", &lab.ns("node2"), "neigh", "show", &p2a_ip]);
+        if n.contains("FAILED") {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        false
+    });
+    assert!(failed, "node2's entry for p2a never failed");
+    let (ok, t) = lab.trace("p1a", "p2a");
+    assert!(!ok, "{t}");
+    let (w, what, detail) = broken_hop(&t);
+    assert_eq!((w, what), ("dst-node", "link"), "{t}");
+    assert!(
+        detail.contains(&format!("host veth {veth} of pod p2a on node2 is down")),
+        "{detail:?}"
+    );
+    assert!(
+        t["broken_hop"]["fix"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("ip link set {veth} up")),
+        "{t}"
+    );
+}
