@@ -14,7 +14,8 @@
  * reason from drop_reasons.h.
  *
  * One program, one hash map (podnet_pods: struct pod_state keyed by the host veth's
- * ifindex) and one ring buffer of drop events (podnet_spoofev) serve all pods of a
+ * ifindex), one ring buffer of drop events (podnet_spoofev), its per-pod budget
+ * (podnet_spoofrl) and its count of lost events (podnet_spooflost) serve all pods of a
  * node; podnet-cni writes a pod's MAC and IP there before the veth joins the bridge, and the entry also holds the pod's drop counters. A veth without an entry
  * drops everything: the program fails closed.
  *
@@ -77,8 +78,66 @@ struct spoof_event {
 	u16 sport, dport, pad2;
 };
 
+/* The event budget: a token bucket per host veth, EVENT_RATE events a second in
+ * bursts of EVENT_BURST; past it (a pod spraying forged frames) the event is counted
+ * as lost in podnet_spooflost, never the verdict or the drop counter. */
+struct bucket {
+	u64 last;
+	u64 tokens;
+};
+
+#define EVENT_RATE 50ULL
+#define EVENT_BURST 200ULL
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, u32); /* host veth ifindex */
+	__type(value, struct bucket);
+	__uint(max_entries, 16384);
+} podnet_spoofrl SEC(".maps");
+
+/* Events lost: [0] over a pod's budget, [1] the ring buffer had no room. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, u32);
+	__type(value, u64);
+	__uint(max_entries, 2);
+} podnet_spooflost SEC(".maps");
+
 static void *(*map_lookup_elem)(void *map, const void *key) = (void *)1;
+static long (*map_update_elem)(void *map, const void *key, const void *value, u64 flags) = (void *)2;
+static u64 (*ktime_get_ns)(void) = (void *)5;
 static long (*ringbuf_output)(void *ringbuf, void *data, u64 size, u64 flags) = (void *)130;
+
+static __attribute__((always_inline)) void lost(u32 slot)
+{
+	u64 *n = map_lookup_elem(&podnet_spooflost, &slot);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+/* One token of veth `ifindex`'s event budget; 0 when it is spent. */
+static __attribute__((always_inline)) int event_budget(u32 ifindex)
+{
+	u64 now = ktime_get_ns();
+	struct bucket *b = map_lookup_elem(&podnet_spoofrl, &ifindex);
+	if (!b) {
+		struct bucket nb = {.last = now, .tokens = EVENT_BURST - 1};
+		map_update_elem(&podnet_spoofrl, &ifindex, &nb, 0);
+		return 1;
+	}
+	u64 idle = now - b->last;
+	u64 add = idle >= 10000000000ULL ? EVENT_BURST : idle * EVENT_RATE / 1000000000ULL;
+	if (add) {
+		u64 t = b->tokens + add;
+		b->tokens = t > EVENT_BURST ? EVENT_BURST : t;
+		b->last = now;
+	}
+	if (!b->tokens)
+		return 0;
+	b->tokens -= 1;
+	return 1;
+}
 
 enum {
 #define X(num, name, id, what) DROP_##name = num,
@@ -123,6 +182,10 @@ static __attribute__((always_inline)) int drop(u32 ifindex, u8 *data, u8 *end, s
 {
 	if (reason < PODNET_DROP_MAX)
 		__sync_fetch_and_add(&st->drops[reason], 1);
+	if (!event_budget(ifindex)) {
+		lost(0);
+		return TC_ACT_SHOT;
+	}
 	struct spoof_event e = {};
 	e.ifindex = ifindex;
 	e.reason = reason;
@@ -147,7 +210,8 @@ static __attribute__((always_inline)) int drop(u32 ifindex, u8 *data, u8 *end, s
 			}
 		}
 	}
-	ringbuf_output(&podnet_spoofev, &e, sizeof(e), 0);
+	if (ringbuf_output(&podnet_spoofev, &e, sizeof(e), 0))
+		lost(1);
 	return TC_ACT_SHOT;
 }
 

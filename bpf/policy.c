@@ -159,6 +159,53 @@ struct {
 	__uint(pinning, PIN_BY_NAME);
 } frags SEC(".maps");
 
+/* Budgets: a token bucket per key. A new flow-table entry is charged to the address
+ * that sent the packet opening it (a spraying pod pays, on every node, not the pods it
+ * sprays at), FLOW_RATE a second in bursts of FLOW_BURST; past it the flow is judged
+ * packet by packet and not remembered (its own replies then meet its ingress policy).
+ * An event (a drop told to podnetd) is charged to its pod: EVENT_RATE a second in
+ * bursts of EVENT_BURST; past it the event is counted as lost, the verdict is never
+ * affected. */
+struct bucket {
+	u64 last;
+	u64 tokens;
+};
+
+#define FLOW_RATE 2000ULL
+#define FLOW_BURST 10000ULL
+#define EVENT_RATE 50ULL
+#define EVENT_BURST 200ULL
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, u32);
+	__type(value, struct bucket);
+	__uint(max_entries, 65536);
+	__uint(pinning, PIN_BY_NAME);
+} flow_budget SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, u32);
+	__type(value, struct bucket);
+	__uint(max_entries, 65536);
+	__uint(pinning, PIN_BY_NAME);
+} event_budget SEC(".maps");
+
+/* What the budgets and the ring cost: BUDGET_* slots, each a count. */
+#define BUDGET_EVENTS_LIMITED 0 /* events over a pod's budget */
+#define BUDGET_EVENTS_RING_FULL 1 /* events the ring buffer had no room for */
+#define BUDGET_FLOWS_UNRECORDED 2 /* new flows over their sender's budget */
+#define BUDGET_SLOTS 4
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, u32);
+	__type(value, u64);
+	__uint(max_entries, BUDGET_SLOTS);
+	__uint(pinning, PIN_BY_NAME);
+} budget_stats SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct drop_key);
@@ -446,6 +493,36 @@ INLINE int flow_seen(struct pkt *k, u32 side, u64 now)
 	return 1;
 }
 
+INLINE void budget_count(u32 slot)
+{
+	u64 *n = bpf_map_lookup_elem(&budget_stats, &slot);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+/* Takes one token of `key`'s bucket in `map`; 0 when it is empty. Approximate across
+ * CPUs (no lock), which a budget can afford. */
+INLINE int take(void *map, u32 key, u64 now, u64 rate, u64 burst)
+{
+	struct bucket *b = bpf_map_lookup_elem(map, &key);
+	if (!b) {
+		struct bucket nb = {.last = now, .tokens = burst - 1};
+		bpf_map_update_elem(map, &key, &nb, 0);
+		return 1;
+	}
+	u64 idle = now - b->last;
+	u64 add = idle >= 10000000000ULL ? burst : idle * rate / 1000000000ULL;
+	if (add) {
+		u64 t = b->tokens + add;
+		b->tokens = t > burst ? burst : t;
+		b->last = now;
+	}
+	if (!b->tokens)
+		return 0;
+	b->tokens -= 1;
+	return 1;
+}
+
 /* A first fragment passed `side`: its later fragments will too. */
 INLINE void frag_note(struct pkt *k, u32 side, u64 now)
 {
@@ -473,6 +550,10 @@ INLINE int related_seen(struct pkt *k, u32 side, u64 now)
 
 INLINE void flow_record(struct pkt *k, u32 side, u64 now)
 {
+	if (!take(&flow_budget, k->saddr, now, FLOW_RATE, FLOW_BURST)) {
+		budget_count(BUDGET_FLOWS_UNRECORDED);
+		return;
+	}
 	struct flow_key f = {.saddr = k->saddr, .daddr = k->daddr, .sport = k->sport, .dport = k->dport, .proto = k->proto, .side = side};
 	bpf_map_update_elem(&flows, &f, &now, 0);
 }
@@ -501,8 +582,13 @@ INLINE int admitted(void *peers, u32 pod, u32 peer, struct pkt *k)
 
 INLINE void emit(struct pkt *k, u32 pod, u32 peer, u32 dir, u32 verdict)
 {
+	if (!take(&event_budget, pod, bpf_ktime_get_ns(), EVENT_RATE, EVENT_BURST)) {
+		budget_count(BUDGET_EVENTS_LIMITED);
+		return;
+	}
 	struct policy_event e = {.pod = pod, .peer = peer, .sport = k->sport, .dport = k->dport, .proto = k->proto, .dir = dir, .verdict = verdict};
-	bpf_ringbuf_output(&policy_events, &e, sizeof(e), 0);
+	if (bpf_ringbuf_output(&policy_events, &e, sizeof(e), 0))
+		budget_count(BUDGET_EVENTS_RING_FULL);
 }
 
 /* A flow admitted for the first time: told to podnetd only while it asks. */

@@ -616,6 +616,22 @@ fn pinned(dir: &Path, name: &str) -> Result<aya::maps::Map, String> {
     aya::maps::Map::from_map_data(data).map_err(|e| err(name, e))
 }
 
+/// What the datapath's budgets held back (`budget_stats` in bpf/policy.c), read from
+/// the kernel: `(what, count)`.
+pub fn budget_stats(dir: &Path) -> Result<Vec<(&'static str, u64)>, String> {
+    let a: aya::maps::Array<_, u64> = aya::maps::Array::try_from(pinned(dir, "budget_stats")?)
+        .map_err(|e| err("budget_stats", e))?;
+    ["events-limited", "events-ring-full", "flows-unrecorded"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, what)| {
+            a.get(&(i as u32), 0)
+                .map(|n| (what, n))
+                .map_err(|e| err("read budget_stats", e))
+        })
+        .collect()
+}
+
 /// Whether the kernel holds `ip` as a programmed pod.
 pub fn holds(dir: &Path, ip: Ipv4Addr) -> bool {
     pinned(dir, "pod_policy")

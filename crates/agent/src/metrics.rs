@@ -266,8 +266,60 @@ impl Collector for Kernel {
             lost.metric_type(),
         )?;
         lost.encode(m)?;
+        // The eBPF budgets: what they held back, anti-spoofing's (every node) and the
+        // eBPF policy datapath's (bpf/policy.c).
+        let mut stats: Vec<(&str, u64)> = antispoof_events_lost();
+        if let Some(p) = st
+            .bpf_dir
+            .as_ref()
+            .and_then(|d| crate::ebpf::budget_stats(d).ok())
+        {
+            stats.extend(p);
+        }
+        {
+            let fam = prometheus_client::metrics::family::Family::<
+                Vec<(String, String)>,
+                prometheus_client::metrics::counter::Counter,
+            >::default();
+            for (what, n) in stats {
+                fam.get_or_create(&vec![("what".into(), what.into())])
+                    .inc_by(n);
+            }
+            let m = encoder.encode_descriptor(
+                "datapath_budget",
+                "What the eBPF budgets held back: events-limited and antispoof-events-limited (drop events over a pod's 50/s), events-ring-full and antispoof-events-ring-full (events the ring had no room for), flows-unrecorded (new flows over their sender's 2 000/s, judged packet by packet instead)",
+                None,
+                fam.metric_type(),
+            )?;
+            fam.encode(m)?;
+        }
         Ok(())
     }
+}
+
+/// The anti-spoofing events lost on this node, over every anti-spoofing program its
+/// pod veths run (one per node, more after an upgrade).
+fn antispoof_events_lost() -> Vec<(&'static str, u64)> {
+    let mut limited = 0;
+    let mut full = 0;
+    if let Ok(mut sock) = podnet_netlink::Socket::route() {
+        let mut progs = std::collections::BTreeSet::new();
+        for l in podnet_netlink::link::list(&mut sock).unwrap_or_default() {
+            if let Ok(Some(p)) = podnet_netlink::antispoof::installed_prog(&mut sock, l.index) {
+                progs.insert(p);
+            }
+        }
+        for p in progs {
+            if let Ok(Some([a, b])) = podnet_netlink::antispoof::events_lost(p) {
+                limited += a;
+                full += b;
+            }
+        }
+    }
+    vec![
+        ("antispoof-events-limited", limited),
+        ("antispoof-events-ring-full", full),
+    ]
 }
 
 /// Every pod's anti-spoofing counters on this node: pod address → (reason, count),

@@ -337,7 +337,7 @@ mod tests {
     }
 
     #[test]
-    fn object_declares_the_program_and_its_two_maps() {
+    fn object_declares_the_program_and_its_maps() {
         let obj = aya_obj::Object::parse(OBJECT).expect("from_pod.o parses");
         assert!(
             obj.programs.contains_key(PROG_NAME),
@@ -346,7 +346,10 @@ mod tests {
         );
         let mut maps: Vec<_> = obj.maps.keys().map(String::as_str).collect();
         maps.sort();
-        assert_eq!(maps, [MAP_NAME, EVENTS_NAME]);
+        assert_eq!(
+            maps,
+            [MAP_NAME, EVENTS_NAME, "podnet_spooflost", "podnet_spoofrl"]
+        );
         // The entry the plugin writes is the one the program reads.
         assert_eq!(obj.maps[MAP_NAME].value_size() as usize, state_size());
         assert_eq!(obj.maps[MAP_NAME].key_size(), 4);

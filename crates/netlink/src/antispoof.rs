@@ -98,6 +98,26 @@ fn maps_of(prog_id: u32, map_type: u32) -> Result<Vec<u32>> {
     Ok(out)
 }
 
+/// The drop events program `prog_id` could not tell: `[over a pod's budget, ring
+/// buffer full]` (`podnet_spooflost` in from_pod.c); `None` for programs of podnet
+/// builds without it.
+pub fn events_lost(prog_id: u32) -> Result<Option<[u64; 2]>> {
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    let Some(id) = maps_of(prog_id, BPF_MAP_TYPE_ARRAY)?.first().copied() else {
+        return Ok(None);
+    };
+    let map = bpf::map_by_id(id)?;
+    let mut out = [0u64; 2];
+    for (i, slot) in out.iter_mut().enumerate() {
+        if let Some(v) = bpf::lookup(&map, i as u32)? {
+            if v.len() >= 8 {
+                *slot = u64::from_ne_bytes(v[..8].try_into().unwrap());
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
 /// Reads the entry for host veth `ifindex` in the pod map of program `prog_id`.
 pub fn read_state(prog_id: u32, ifindex: u32) -> Result<Option<PodState>> {
     const BPF_MAP_TYPE_HASH: u32 = 1;

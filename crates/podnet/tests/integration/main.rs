@@ -4,6 +4,7 @@
 //! tests run in parallel without colliding. They must run as root.
 
 mod attack;
+mod budget;
 mod chain;
 mod common;
 mod datapath;
