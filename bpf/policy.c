@@ -171,8 +171,8 @@ struct bucket {
 	u64 tokens;
 };
 
-#define FLOW_RATE 2000ULL
-#define FLOW_BURST 10000ULL
+#define FLOW_RATE 20000ULL
+#define FLOW_BURST 50000ULL
 #define EVENT_RATE 50ULL
 #define EVENT_BURST 200ULL
 

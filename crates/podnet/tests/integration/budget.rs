@@ -1,5 +1,5 @@
 //! The eBPF datapath's budgets against a spraying pod: new flow-table entries are
-//! charged to the sender (2 000 a second, bursts of 10 000), drop events to their pod
+//! charged to the sender (20 000 a second, bursts of 50 000), drop events to their pod
 //! (50 a second, bursts of 200). The spray fills neither the shared flow table nor the
 //! event log; verdicts never change; another pod's connection goes on meanwhile.
 
@@ -117,14 +117,17 @@ fn a_spraying_pod_fills_neither_the_flow_table_nor_the_event_log() {
     };
     let before = talk().expect("the victim's flow works before the spray");
 
-    // 30 000 distinct flows from p1a to the open pod p1b, as fast as it can.
-    let spray = 30_000u32;
+    // 200 000 distinct flows from p1a to the open pod p1b (4 source ports × 50 000
+    // destination ports), as fast as it can.
+    let spray = 200_000u32;
     let t = Instant::now();
     lab.ns("p1a")
         .run(move || {
-            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-            for i in 0..spray {
-                let _ = s.send_to(b"x", (open, 10_000 + (i % 50_000) as u16));
+            for _ in 0..4 {
+                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                for i in 0..50_000u32 {
+                    let _ = s.send_to(b"x", (open, 10_000 + i as u16));
+                }
             }
         })
         .unwrap();
@@ -132,7 +135,7 @@ fn a_spraying_pod_fills_neither_the_flow_table_nor_the_event_log() {
     let took = t.elapsed().as_secs_f64();
     let recorded = flows_from(&lab, sprayer);
     // Both sides of every flow (p1a's egress, p1b's ingress) are charged to p1a.
-    let bound = (10_000.0 + 2_000.0 * (took + 1.0)) as usize;
+    let bound = (50_000.0 + 20_000.0 * (took + 1.0)) as usize;
     eprintln!(
         "spray: {spray} flows in {took:.2} s; flow entries from the sprayer: {recorded} (bound {bound}); victim round trip before {before:?}, after {during:?}"
     );
