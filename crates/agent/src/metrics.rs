@@ -287,7 +287,7 @@ impl Collector for Kernel {
             }
             let m = encoder.encode_descriptor(
                 "datapath_budget",
-                "What the eBPF budgets held back: events-limited and antispoof-events-limited (drop events over a pod's 50/s), events-ring-full and antispoof-events-ring-full (events the ring had no room for), flows-unrecorded (new flows over their sender's 2 000/s, judged packet by packet instead)",
+                "What the eBPF budgets held back: events-limited and antispoof-events-limited (drop events over a pod's 50/s), events-ring-full and antispoof-events-ring-full (events the ring had no room for), flows-unrecorded (new flows over their sender's 20 000/s, judged packet by packet instead)",
                 None,
                 fam.metric_type(),
             )?;

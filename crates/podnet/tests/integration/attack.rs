@@ -484,3 +484,87 @@ fn overlay_injection_reaches_no_pod_on_the_bridge_with_ebpf_policy() {
 fn overlay_injection_reaches_no_pod_on_the_fast_path() {
     overlay_injection_reaches_no_pod(&["--policy-datapath", "ebpf", "--datapath", "ebpf"]);
 }
+
+/// The WireGuard port likewise: a pod cannot send to any node's WireGuard port
+/// (`overlay-port` at its veth), and a host address that is no peer is refused at the
+/// underlay (`wireguard-src`); the mesh keeps working.
+#[test]
+fn the_wireguard_port_takes_datagrams_from_peers_only() {
+    let lab = TestLab::up(&["--nodes", "2", "--backend", "wireguard"]);
+    let st = lab.json(&["status", "--output", "json"]);
+    let n1: Ipv4Addr = st["nodes"][0]["underlay_ip"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let n2: Ipv4Addr = st["nodes"][1]["underlay_ip"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(st["nodes"][1]["name"], "node2");
+    let port = st["nodes"][1]["underlay_guard"]["wireguard_port"]
+        .as_u64()
+        .expect("node2's guard names its WireGuard port") as u16;
+    let attacker = lab.ns("p1a");
+    let any = Ipv4Addr::UNSPECIFIED;
+    // A handshake initiation's first bytes are enough: it must not reach the device.
+    let junk = [1u8, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef];
+    send_udp(&attacker, any, SocketAddrV4::new(n1, port), &junk);
+    send_udp(&attacker, any, SocketAddrV4::new(n2, port), &junk);
+    let node1 = lab.ns("node1");
+    let stranger = Ipv4Addr::new(n1.octets()[0], n1.octets()[1], n1.octets()[2], 201);
+    lab.sh(
+        "node1",
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{stranger}/24"),
+            "dev",
+            "eth0",
+        ],
+    );
+    send_udp(&node1, stranger, SocketAddrV4::new(n2, port), &junk);
+    // From a peer's own address the guard lets it through (WireGuard itself then
+    // discards what it cannot authenticate).
+    send_udp(&node1, n1, SocketAddrV4::new(n2, port), &junk);
+
+    let st = lab.json(&["status", "--output", "json"]);
+    let pod = st["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "p1a")
+        .unwrap();
+    let veth = pod["host_veth"].as_str().unwrap().to_string();
+    let drops = node1
+        .run(move || {
+            let mut s = Socket::route().unwrap();
+            let l = link::get_by_name(&mut s, &veth).unwrap().unwrap();
+            podnet_netlink::antispoof::pod_state(&mut s, l.index)
+                .unwrap()
+                .expect("p1a's entry")
+                .drops
+        })
+        .unwrap();
+    let overlay = drops
+        .iter()
+        .find(|(id, _)| id == "overlay-port")
+        .map(|d| d.1);
+    assert_eq!(overlay, Some(2), "{drops:?}");
+    // The agent's status is its last round's (one a second).
+    let mut guard = serde_json::Value::Null;
+    wait_until(
+        "node2's guard counts the stranger",
+        Duration::from_secs(3),
+        || {
+            let st = lab.json(&["status", "--output", "json"]);
+            guard = st["nodes"][1]["underlay_guard"].clone();
+            guard["drops"]["wireguard-src"] != 0
+        },
+    );
+    assert_eq!(guard["drops"]["wireguard-src"], 1, "{guard}");
+    assert_eq!(guard["drops"]["vxlan-src"], 0, "{guard}");
+    lab.full_mesh();
+}
