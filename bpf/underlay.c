@@ -15,6 +15,12 @@
  * what they carry, and routes by key: this keeps handshakes from strangers off the
  * device).
  *
+ * Plain (unencapsulated) IPv4 whose source is a pod address is bound too: with an
+ * overlay it never comes from the wire (a host forging a pod source is refused); with
+ * host-gw it must come from the MAC of the peer whose pod CIDR holds the source, never
+ * claim this node's own pods (podnet_ulcidrs: pod CIDR -> the owner's underlay MAC, as
+ * the node's neighbour table holds it; unknown while unresolved).
+ *
  * Pods never reach these ports at all: from_pod.c drops a pod's UDP to them unless it
  * goes to another pod. What this cannot stop: a host on the underlay network that
  * forges a peer's underlay address (the underlay is trusted by VXLAN and host-gw; use
@@ -48,6 +54,20 @@ struct ul_peer {
 
 struct ul_config {
 	u16 vxlan_port, wireguard_port; /* host order; 0: none */
+	u32 cluster_net, cluster_mask;  /* host order; mask 0: no source binding */
+	u32 host_gw;                    /* 1: pods' traffic crosses the underlay plain */
+};
+
+/* host-gw: which peer a pod source belongs to, and that peer's underlay MAC. */
+struct ul_cidr_key {
+	u32 prefixlen;
+	u32 addr; /* network order */
+};
+
+struct ul_cidr {
+	u8 mac[6]; /* all zero: not known yet (its neighbour unresolved): any */
+	u8 local;  /* this node's own pod CIDR: never from the underlay */
+	u8 pad;
 };
 
 struct {
@@ -64,6 +84,14 @@ struct {
 	__type(value, struct ul_config);
 	__uint(max_entries, 1);
 } podnet_ulconf SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ul_cidr_key);
+	__type(value, struct ul_cidr);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} podnet_ulcidrs SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -97,14 +125,32 @@ SEC("classifier/underlay_guard") int underlay_guard(struct __sk_buff *skb)
 {
 	u32 zero = 0;
 	struct ul_config *c = bpf_map_lookup_elem(&podnet_ulconf, &zero);
-	if (!c || (!c->vxlan_port && !c->wireguard_port))
+	if (!c)
 		return TC_ACT_UNSPEC;
 	/* Ethernet and the fixed IPv4 header. */
 	u8 h[34];
 	if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)))
 		return TC_ACT_UNSPEC;
 	u8 *ip = h + 14;
-	if (h[12] != 0x08 || h[13] != 0x00 || (ip[0] >> 4) != 4 || ip[9] != 17)
+	if (h[12] != 0x08 || h[13] != 0x00 || (ip[0] >> 4) != 4)
+		return TC_ACT_UNSPEC;
+	/* A pod source, plain on the wire: with an overlay never (pods' traffic crosses
+	 * encapsulated); with host-gw only from the MAC of the peer owning that source. */
+	u32 outer_src = be32(ip + 12);
+	if (c->cluster_mask && (outer_src & c->cluster_mask) == c->cluster_net) {
+		if (!c->host_gw)
+			return refuse(UL_DROP_POD_SRC);
+		struct ul_cidr_key ck = {.prefixlen = 32, .addr = raw32(ip + 12)};
+		struct ul_cidr *o = bpf_map_lookup_elem(&podnet_ulcidrs, &ck);
+		if (!o || o->local)
+			return refuse(UL_DROP_POD_SRC);
+		if ((o->mac[0] | o->mac[1] | o->mac[2] | o->mac[3] | o->mac[4] | o->mac[5]) &&
+		    (o->mac[0] != h[6] || o->mac[1] != h[7] || o->mac[2] != h[8] || o->mac[3] != h[9] ||
+		     o->mac[4] != h[10] || o->mac[5] != h[11]))
+			return refuse(UL_DROP_POD_SRC);
+		return TC_ACT_UNSPEC;
+	}
+	if (ip[9] != 17 || (!c->vxlan_port && !c->wireguard_port))
 		return TC_ACT_UNSPEC;
 	/* A later fragment carries no port; the kernel's reassembly needs the first. */
 	if (((u32)ip[6] << 8 | ip[7]) & 0x1fff)

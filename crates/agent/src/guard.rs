@@ -17,7 +17,11 @@
 //! judges its forged source. So VXLAN passes only from a peer's underlay address, with
 //! an inner source of that peer's (its pod CIDR or its underlay address), and the
 //! WireGuard port takes datagrams only from peers. Pods are kept off both ports by
-//! anti-spoofing (`bpf/from_pod.c`, reason `overlay-port`).
+//! anti-spoofing (`bpf/from_pod.c`, reason `overlay-port`). Plain traffic with a pod
+//! source never comes off the wire with an overlay; with host-gw it must come from the
+//! MAC of the peer owning the source (`podnet_ulcidrs`, filled each round from the
+//! node's neighbour table) and never claim this node's own pods. Every backend runs
+//! the guard.
 //!
 //! Every round the filter is verified like a route: missing, or replaced by another
 //! program, it is put back and the repair is logged and counted.
@@ -59,9 +63,39 @@ unsafe impl aya::Pod for UlPeer {}
 struct UlConfig {
     vxlan_port: u16,
     wireguard_port: u16,
+    cluster_net: u32,
+    cluster_mask: u32,
+    host_gw: u32,
 }
 // SAFETY: plain old data, no padding.
 unsafe impl aya::Pod for UlConfig {}
+
+/// `struct ul_cidr` in underlay.c: the underlay MAC of the peer owning a pod CIDR (all
+/// zero: not known yet), or this node's own CIDR.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct UlCidr {
+    mac: [u8; 6],
+    local: u8,
+    pad: u8,
+}
+// SAFETY: plain old data, no padding.
+unsafe impl aya::Pod for UlCidr {}
+
+/// What the guard binds pod sources to, with the host-gw backend: each peer's pod CIDR
+/// → its underlay MAC if the node's neighbour table knows it; this node's own CIDR.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sources {
+    pub own: Option<Ipv4Net>,
+    pub peers: Vec<(Ipv4Net, Option<[u8; 6]>)>,
+}
+
+fn mask(prefix: u8) -> u32 {
+    match prefix {
+        0 => 0,
+        p => u32::MAX << (32 - p as u32),
+    }
+}
 
 fn err(what: &str, e: impl std::fmt::Display) -> String {
     format!("underlay guard: {what}: {e}")
@@ -74,6 +108,13 @@ pub struct GuardStatus {
     pub device: String,
     pub vxlan_port: u16,
     pub wireguard_port: u16,
+    /// host-gw: plain pod sources bound to their owner's MAC (else refused from the
+    /// wire altogether).
+    pub host_gw: bool,
+    /// host-gw: peers' pod CIDRs bound to a known MAC (the others take any MAC until
+    /// their neighbour entry resolves).
+    #[serde(default)]
+    pub bound_sources: usize,
     /// Peers whose underlay address may reach the ports.
     pub peers: usize,
     /// Whether the filter was found in place with this agent's program this round.
@@ -89,6 +130,8 @@ pub struct Guard {
     config: UlConfig,
     /// What the peers map holds (raw underlay address → entry).
     peers: BTreeMap<u32, UlPeer>,
+    /// What the pod-source map holds (host-gw): `(prefix, raw network)` → entry.
+    cidrs: BTreeMap<(u32, u32), UlCidr>,
     /// Whether this agent attached the filter once already: a missing one is drift.
     attached_once: bool,
 }
@@ -104,8 +147,15 @@ pub fn available() -> bool {
 
 impl Guard {
     /// Loads the program and its maps, guarding `vxlan_port` and `wireguard_port`
-    /// (0: none). Nothing is attached yet: see [`Guard::sync`].
-    pub fn load(vxlan_port: u16, wireguard_port: u16) -> Result<Guard, String> {
+    /// (0: none) and binding plain traffic with a source in `cluster` (with `host_gw`,
+    /// to its owner's MAC; without, it is refused). Nothing is attached yet: see
+    /// [`Guard::sync`].
+    pub fn load(
+        vxlan_port: u16,
+        wireguard_port: u16,
+        cluster: Ipv4Net,
+        host_gw: bool,
+    ) -> Result<Guard, String> {
         if OBJECT.is_empty() {
             return Err("podnetd was built with PODNET_SKIP_BPF=1 and has no underlay guard (bpf/underlay.c): build it again with clang; without the guard any pod or host could inject encapsulated traffic".into());
         }
@@ -124,12 +174,16 @@ impl Guard {
         let config = UlConfig {
             vxlan_port,
             wireguard_port,
+            cluster_net: u32::from(cluster.network()) & mask(cluster.prefix()),
+            cluster_mask: mask(cluster.prefix()),
+            host_gw: host_gw as u32,
         };
         let mut g = Guard {
             bpf,
             prog_id,
             config,
             peers: BTreeMap::new(),
+            cidrs: BTreeMap::new(),
             attached_once: false,
         };
         let mut c: Array<_, UlConfig> = Array::try_from(
@@ -167,7 +221,11 @@ impl Guard {
         index: u32,
         device: &str,
         peers: &[(Ipv4Addr, Ipv4Net)],
+        sources: &Sources,
     ) -> Result<Option<String>, String> {
+        if self.config.host_gw != 0 {
+            self.sync_sources(sources)?;
+        }
         let want: BTreeMap<u32, UlPeer> = peers
             .iter()
             .map(|(ip, cidr)| {
@@ -234,6 +292,65 @@ impl Guard {
         Ok(why)
     }
 
+    /// host-gw: the pod-source map made exactly `sources`.
+    fn sync_sources(&mut self, sources: &Sources) -> Result<(), String> {
+        let entry = |c: &Ipv4Net, v: UlCidr| {
+            (
+                (c.prefix() as u32, u32::from_ne_bytes(c.network().octets())),
+                v,
+            )
+        };
+        let mut want: BTreeMap<(u32, u32), UlCidr> = sources
+            .peers
+            .iter()
+            .map(|(c, mac)| {
+                entry(
+                    c,
+                    UlCidr {
+                        mac: mac.unwrap_or_default(),
+                        local: 0,
+                        pad: 0,
+                    },
+                )
+            })
+            .collect();
+        if let Some(own) = &sources.own {
+            let (k, v) = entry(
+                own,
+                UlCidr {
+                    mac: [0; 6],
+                    local: 1,
+                    pad: 0,
+                },
+            );
+            want.insert(k, v);
+        }
+        if want == self.cidrs {
+            return Ok(());
+        }
+        let mut m: aya::maps::lpm_trie::LpmTrie<_, u32, UlCidr> =
+            aya::maps::lpm_trie::LpmTrie::try_from(
+                self.bpf
+                    .map_mut("podnet_ulcidrs")
+                    .ok_or("no map podnet_ulcidrs")?,
+            )
+            .map_err(|e| err("podnet_ulcidrs", e))?;
+        for ((len, addr), v) in &want {
+            if self.cidrs.get(&(*len, *addr)) != Some(v) {
+                let k = aya::maps::lpm_trie::Key::new(*len, *addr);
+                m.insert(&k, v, 0)
+                    .map_err(|e| err("write podnet_ulcidrs", e))?;
+            }
+        }
+        for (len, addr) in self.cidrs.keys().filter(|k| !want.contains_key(k)) {
+            let k = aya::maps::lpm_trie::Key::new(*len, *addr);
+            m.remove(&k)
+                .map_err(|e| err("remove from podnet_ulcidrs", e))?;
+        }
+        self.cidrs = want;
+        Ok(())
+    }
+
     /// The guard's state now, read from its maps and the device.
     pub fn status(&self, sock: &mut Socket, index: u32, device: &str) -> GuardStatus {
         let attached = tc::list_ingress(sock, index).is_ok_and(|fs| {
@@ -259,27 +376,17 @@ impl Guard {
             device: device.to_string(),
             vxlan_port: self.config.vxlan_port,
             wireguard_port: self.config.wireguard_port,
+            host_gw: self.config.host_gw != 0,
+            bound_sources: self
+                .cidrs
+                .values()
+                .filter(|c| c.local == 0 && c.mac != [0; 6])
+                .count(),
             peers: self.peers.len(),
             attached,
             drops,
         }
     }
-}
-
-/// Removes podnet's guard filter from the ingress of link `index` if it is there (a
-/// node that no longer runs an overlay, e.g. moved to host-gw). Returns whether one was
-/// removed.
-pub fn remove(sock: &mut Socket, index: u32) -> Result<bool, String> {
-    let ours = tc::list_ingress(sock, index)
-        .map_err(|e| err("list filters", e))?
-        .iter()
-        .any(|f| f.prio == PRIO && f.name.as_deref() == Some(FILTER));
-    if ours {
-        for r in sock.ack_all(vec![tc::del_ingress_request(index, PRIO)]) {
-            r.map_err(|e| err("remove the filter", e))?;
-        }
-    }
-    Ok(ours)
 }
 
 #[cfg(test)]

@@ -840,22 +840,19 @@ impl Agent {
             "node {} leased {} (underlay {} on {}, backend {}, pod MTU {mtu}, datastore {}, repair {})",
             self.cfg.node, n.record.pod_cidr, underlay_ip, self.cfg.underlay_dev, self.cfg.backend.as_str(), self.ds.describe(), if self.cfg.repair { "on" } else { "off" }
         ));
-        // The overlay ports take encapsulated traffic from peers only: loaded now,
-        // attached by the first round, once the peers are known.
-        let ports = self.overlay_ports();
-        self.guard = match ports {
-            [0, 0] => {
-                if guard::remove(&mut self.sock, underlay_index).map_err(Error::Guard)? {
-                    self.log(&format!(
-                        "no overlay ports on this node: removed the underlay guard {} from {}",
-                        guard::FILTER,
-                        self.cfg.underlay_dev
-                    ));
-                }
-                None
-            }
-            [vxlan, wireguard] => Some(guard::Guard::load(vxlan, wireguard).map_err(Error::Guard)?),
-        };
+        // The underlay guard: the overlay ports take encapsulated traffic from peers
+        // only, and pod sources come off the wire only as the backend allows. Loaded
+        // now, attached by the first round, once the peers are known.
+        let [vxlan, wireguard] = self.overlay_ports();
+        self.guard = Some(
+            guard::Guard::load(
+                vxlan,
+                wireguard,
+                self.cfg.cluster_cidr,
+                self.cfg.backend == BackendKind::HostGw,
+            )
+            .map_err(Error::Guard)?,
+        );
         let mut vx = self.ensure_node(&n)?;
         // Policy first: the node file lets podnet-cni make pods, and none may be open
         // before its verdicts are programmed.
@@ -1296,7 +1293,26 @@ impl Agent {
         let g = self.guard.as_mut()?;
         let list: Vec<(Ipv4Addr, Ipv4Net)> = peers.iter().map(|p| (p.underlay, p.cidr)).collect();
         let dev = self.cfg.underlay_dev.clone();
-        match g.sync(&mut self.sock, n.underlay_index, &dev, &list) {
+        // host-gw: each peer's pod CIDR bound to its underlay MAC, as the neighbour
+        // table knows it (unknown until resolved).
+        let mut sources = guard::Sources::default();
+        if self.cfg.backend == BackendKind::HostGw {
+            let neigh = podnet_netlink::neigh::list(&mut self.sock).unwrap_or_default();
+            sources.own = Some(n.record.pod_cidr);
+            sources.peers = peers
+                .iter()
+                .map(|p| {
+                    let mac = neigh
+                        .iter()
+                        .find(|e| {
+                            e.index == n.underlay_index && e.ip == p.underlay && e.state & 0x20 == 0
+                        })
+                        .and_then(|e| e.mac);
+                    (p.cidr, mac)
+                })
+                .collect();
+        }
+        match g.sync(&mut self.sock, n.underlay_index, &dev, &list, &sources) {
             Ok(Some(why)) => {
                 self.warn(&format!("repairing drift: {why}: attached it again"));
                 if let Some(m) = &self.metrics {

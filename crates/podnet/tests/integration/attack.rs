@@ -405,6 +405,19 @@ fn overlay_injection_reaches_no_pod(args: &[&str]) {
         &forged(p1a, p2b, vtep2, vtep1),
     );
 
+    // A host on the underlay sending p1a's traffic plain (no VXLAN): pods' traffic
+    // never crosses the wire unencapsulated here.
+    let mac2 = eth0_mac(&lab, "node2");
+    let mac1 = eth0_mac(&lab, "node1");
+    let plain = probe::udp_frame(
+        mac2,
+        mac1,
+        SocketAddrV4::new(p1a, FORGED_PORT),
+        SocketAddrV4::new(p2b, 7777),
+        b"plain",
+    );
+    probe::send_frame(&node1, "eth0", &plain).unwrap();
+
     // The captures work: a real datagram from p2a with the same source port reaches
     // both victims (the negative checks below can fail).
     let real = lab.ns("p2a");
@@ -468,6 +481,85 @@ fn overlay_injection_reaches_no_pod(args: &[&str]) {
     assert_eq!(guard["attached"], true, "{guard}");
     assert_eq!(guard["drops"]["vxlan-inner"], 1, "{guard}");
     assert_eq!(guard["drops"]["vxlan-src"], 1, "{guard}");
+    assert_eq!(guard["drops"]["pod-src"], 1, "{guard}");
+}
+
+/// The MAC of `node`'s underlay device.
+fn eth0_mac(lab: &TestLab, node: &str) -> [u8; 6] {
+    lab.ns(node)
+        .run(|| {
+            let mut s = Socket::route().unwrap();
+            let l = link::get_by_name(&mut s, "eth0").unwrap().unwrap();
+            <[u8; 6]>::try_from(&l.mac[..6]).unwrap()
+        })
+        .unwrap()
+}
+
+/// host-gw: pods' traffic crosses the underlay plain, so a pod source must come from
+/// the MAC of the peer that owns it. From node1's MAC: its own pod p1a passes; node2's
+/// own pod, an address no node owns, and p1a from another MAC are refused.
+#[test]
+fn host_gw_binds_pod_sources_to_their_nodes() {
+    let lab = TestLab::up(&["--nodes", "2", "--backend", "host-gw"]);
+    let st = lab.json(&["status", "--output", "json"]);
+    assert_eq!(st["nodes"][1]["name"], "node2");
+    let (p1a, _) = lab_pod(&st, "p1a");
+    let (p2a, _) = lab_pod(&st, "p2a");
+    let (p2b, _) = lab_pod(&st, "p2b");
+    let (mac1, mac2) = (eth0_mac(&lab, "node1"), eth0_mac(&lab, "node2"));
+    // node2 learns node1's MAC, and its agent binds node1's CIDR to it.
+    lab.full_mesh();
+    let cap = Capture::open(&lab.ns("p2b"), "eth0").unwrap();
+    let node1 = lab.ns("node1");
+    let frame = |src: Ipv4Addr, from: [u8; 6], port: u16| {
+        probe::udp_frame(
+            mac2,
+            from,
+            SocketAddrV4::new(src, port),
+            SocketAddrV4::new(p2b, 7777),
+            b"host-gw",
+        )
+    };
+    let nobody = Ipv4Addr::new(10, 244, 200, 9);
+    wait_until(
+        "node2 binds node1's pod CIDR",
+        Duration::from_secs(3),
+        || {
+            lab.json(&["status", "--output", "json"])["nodes"][1]["underlay_guard"]["bound_sources"]
+                == 1
+        },
+    );
+    for (src, from, port) in [
+        (p2a, mac1, FORGED_PORT),
+        (nobody, mac1, FORGED_PORT),
+        (p1a, [0x02, 0, 0, 0, 0, 0x66], FORGED_PORT),
+        (p1a, mac1, FORGED_PORT + 1),
+    ] {
+        probe::send_frame(&node1, "eth0", &frame(src, from, port)).unwrap();
+    }
+    let frames = cap.frames(Duration::from_millis(500));
+    let from_port = |port: u16| {
+        frames
+            .iter()
+            .filter(|f| f.len() >= 42 && f[23] == 17 && u16::from_be_bytes([f[34], f[35]]) == port)
+            .count()
+    };
+    assert_eq!(
+        from_port(FORGED_PORT + 1),
+        1,
+        "p1a's own datagram from node1 did not arrive: the capture proves nothing"
+    );
+    assert_eq!(
+        from_port(FORGED_PORT),
+        0,
+        "a pod source that is not node1's, or not from its MAC, reached p2b"
+    );
+    let mut guard = serde_json::Value::Null;
+    wait_until("node2's guard counts them", Duration::from_secs(3), || {
+        guard = lab.json(&["status", "--output", "json"])["nodes"][1]["underlay_guard"].clone();
+        guard["drops"]["pod-src"] == 3
+    });
+    lab.full_mesh();
 }
 
 #[test]
