@@ -161,7 +161,14 @@ fn answer(
         serde_json::to_value(v).unwrap_or(Value::Null)
     }
     match req {
-        Request::Status => to(&*status.lock().unwrap()),
+        Request::Status => {
+            let mut st = status.lock().unwrap().clone();
+            // The guard's filter as the kernel holds it now, not as of the last round.
+            if let Some(g) = st.underlay_guard.as_mut() {
+                g.attached = crate::guard::attached_now(&g.device, g.program_id);
+            }
+            to(&st)
+        }
         Request::Policy => to(&*policy.lock().unwrap()),
         Request::PolicyRevision => {
             let st = policy.lock().unwrap();

@@ -117,8 +117,11 @@ pub struct GuardStatus {
     pub bound_sources: usize,
     /// Peers whose underlay address may reach the ports.
     pub peers: usize,
-    /// Whether the filter was found in place with this agent's program this round.
+    /// Whether the filter is in place with this agent's program (read when asked).
     pub attached: bool,
+    /// The kernel id of this agent's guard program.
+    #[serde(default)]
+    pub program_id: u32,
     /// Packets dropped, by reason id (`UNDERLAY_DROP_REASONS`).
     pub drops: BTreeMap<String, u64>,
 }
@@ -377,6 +380,7 @@ impl Guard {
             vxlan_port: self.config.vxlan_port,
             wireguard_port: self.config.wireguard_port,
             host_gw: self.config.host_gw != 0,
+            program_id: self.prog_id,
             bound_sources: self
                 .cidrs
                 .values()
@@ -387,6 +391,22 @@ impl Guard {
             drops,
         }
     }
+}
+
+/// Whether `device`'s ingress holds podnet's guard filter running program `prog_id`,
+/// read from the kernel now.
+pub fn attached_now(device: &str, prog_id: u32) -> bool {
+    let Ok(mut sock) = Socket::route() else {
+        return false;
+    };
+    let Ok(Some(l)) = podnet_netlink::link::get_by_name(&mut sock, device) else {
+        return false;
+    };
+    tc::list_ingress(&mut sock, l.index).is_ok_and(|fs| {
+        fs.iter().any(|f| {
+            f.prio == PRIO && f.name.as_deref() == Some(FILTER) && f.prog_id == Some(prog_id)
+        })
+    })
 }
 
 #[cfg(test)]

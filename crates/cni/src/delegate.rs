@@ -31,6 +31,9 @@ pub fn find(env: &Env, plugin: &str) -> Result<PathBuf, CniError> {
         })
 }
 
+/// The most a delegated IPAM plugin may print (1 MiB, as podnet-cni's own stdin).
+const MAX_OUTPUT: usize = 1 << 20;
+
 /// Runs the IPAM plugin for `command`; returns its JSON output, if it printed any.
 pub fn exec(
     env: &Env,
@@ -55,13 +58,35 @@ pub fn exec(
     if let Some(mut i) = child.stdin.take() {
         let _ = i.write_all(stdin);
     }
-    let out = child.wait_with_output().map_err(|e| {
+    // Its answer is read up to MAX_OUTPUT: a plugin printing without end must not grow
+    // the runtime's plugin without bound.
+    let mut stdout = Vec::new();
+    let read = {
+        use std::io::Read;
+        let pipe = child.stdout.take().expect("stdout is piped");
+        pipe.take(MAX_OUTPUT as u64 + 1).read_to_end(&mut stdout)
+    };
+    if read.is_err() || stdout.len() > MAX_OUTPUT {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(CniError::new(
+            code::DELEGATE,
+            format!("IPAM plugin {plugin} answered more than {MAX_OUTPUT} bytes, or its answer could not be read"),
+            "a CNI IPAM result is a few hundred bytes: check the plugin",
+        ));
+    }
+    let status = child.wait().map_err(|e| {
         CniError::new(
             code::DELEGATE,
             format!("IPAM plugin {plugin} did not finish"),
             e.to_string(),
         )
     })?;
+    let out = std::process::Output {
+        status,
+        stdout,
+        stderr: Vec::new(),
+    };
     let parsed: Option<Value> = serde_json::from_slice(&out.stdout).ok();
     if !out.status.success() {
         let (c, msg, details) = match &parsed {

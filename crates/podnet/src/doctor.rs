@@ -122,6 +122,7 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
         pods(&mut out, &n);
         stale(&mut out, &n);
         policy(&mut out, &n);
+        underlay_guard(&mut out, &n);
         kernel(&mut out, &n);
     }
     let broken = findings.iter().filter(|f| f.status == "broken").count();
@@ -555,6 +556,53 @@ fn stale(out: &mut Out, n: &NodeView) {
                 n.mac.as_deref().unwrap_or("(none)")
             ),
             &format!("ip neigh del {} dev {vx}", n.ip),
+        );
+    }
+}
+
+/// The underlay guard (crates/agent/src/guard.rs): attached, holding every peer, and
+/// what it refused.
+fn underlay_guard(out: &mut Out, n: &NodeView) {
+    let Some(g) = &n.st.underlay_guard else {
+        out.put(
+            "underlay guard",
+            "broken",
+            "the agent reports no underlay guard: encapsulated traffic is taken from anyone".into(),
+            "this podnetd is older than the guard, or failed to load it: see its log",
+        );
+        return;
+    };
+    let drops: Vec<String> = g
+        .drops
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    let refused = if drops.is_empty() {
+        "nothing refused".to_string()
+    } else {
+        format!("refused: {}", drops.join(", "))
+    };
+    if !g.attached {
+        out.check(
+            "underlay guard",
+            false,
+            format!("podnet_guard is not on the ingress of {}: encapsulated traffic is taken from anyone", g.device),
+            &format!("`tc filter show dev {} ingress`; podnetd puts it back within a second (`repairing drift`): if it does not, see its log", g.device),
+        );
+    } else if g.peers != n.st.peers.len() {
+        out.check(
+            "underlay guard",
+            false,
+            format!("the guard on {} admits {} peers, the agent has {}: traffic from the others is refused as vxlan-src", g.device, g.peers, n.st.peers.len()),
+            "see podnetd's log for underlay guard errors",
+        );
+    } else {
+        out.put(
+            "underlay guard",
+            "ok",
+            format!("on {}, {} peers admitted; {refused}", g.device, g.peers),
+            "",
         );
     }
 }

@@ -196,3 +196,28 @@ fn removed_pod_filters_are_put_back_with_nftables() {
 fn removed_pod_filters_are_put_back_with_ebpf() {
     removed_filters_are_put_back("ebpf");
 }
+
+/// The underlay guard's filter, removed by hand, is back within 2 s and the repair is
+/// logged and counted.
+#[test]
+fn a_removed_underlay_guard_is_put_back_within_2s() {
+    let lab = TestLab::up(&["--nodes", "2"]);
+    let attached = || {
+        lab.sh("node2", &["tc", "filter", "show", "dev", "eth0", "ingress"])
+            .contains("podnet_guard")
+    };
+    assert!(attached(), "node2 has no underlay guard to remove");
+    lab.sh(
+        "node2",
+        &[
+            "tc", "filter", "del", "dev", "eth0", "ingress", "prio", "49360",
+        ],
+    );
+    assert!(!attached(), "the guard was not removed");
+    let took = wait_until("the guard back on node2", Duration::from_secs(2), attached);
+    eprintln!("underlay guard back {took:?} after tc filter del");
+    wait_until("the repair logged", Duration::from_secs(2), || {
+        log(&lab, "node2").contains("the underlay guard's filter podnet_guard was gone")
+    });
+    lab.full_mesh();
+}
