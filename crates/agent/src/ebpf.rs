@@ -42,6 +42,39 @@
 //! `port_sets`, under a set id derived from the set's content; a peer entry names its
 //! set (0: every protocol and port). One changed label touches only the entries of
 //! the pods whose tables it changes.
+//!
+//! # Upgrades
+//! aya reuses a map pinned under a declared name without comparing it with the
+//! object's definition (`MapData::create_pinned_by_name` opens the pin and keeps the
+//! object's definition for its own size checks), so a map of another build would be
+//! used as it is: the verifier refuses a program only when a value is smaller than what
+//! it reads, and a smaller `max_entries` or another hash flavour passes unnoticed.
+//! [`EbpfDatapath::open`] therefore first makes this build's maps fresh in a staging
+//! directory (`<dir>/next_generation`), compares each with the one pinned under its name (type,
+//! key size, value size, max entries, flags, as the kernel holds them), and:
+//! - all equal (or not pinned yet): the staged maps go and the pinned ones are reused;
+//! - any differs: the staged maps are a new *generation*: each is renamed over its
+//!   pinned name (one `rename` each: readers of the pins never find a name missing),
+//!   and this build's programs use them only. Running pods keep their programs, which
+//!   hold the old maps themselves (pins or not) with the verdicts they had: nothing
+//!   opens. The agent's first round programs the whole desired state into the new
+//!   maps (it writes the difference from what it read back: everything).
+//!
+//! The layout version is a hash of the staged maps' definitions, logged at start
+//! ([`EbpfDatapath::layout`]). The price: every start makes the maps twice for a
+//! moment (the preallocated ones — `flows`, `policy_drops` — cost their memory until
+//! the staged copies go).
+//!
+//! Then, after the first round has written the verdicts ([`EbpfDatapath::program`]),
+//! every podnet filter that runs another program than this build's — the pod veths'
+//! `podnet_policy_out` (ingress, from_pod_policy) and `podnet_policy_in` (egress,
+//! to_pod_policy), the fast path's `podnet_fast_in` and `podnet_fast_ul` — gets this
+//! build's with `tc filter replace` (same priority and handle: one kernel operation, the
+//! veth is never without its filter). "Another program" is another id whose tag (a
+//! hash of its instructions) or maps differ: a plain restart replaces nothing. Once no
+//! filter runs the old programs, the kernel frees them and the old generation's maps.
+//! podnet-cni attaches the programs pinned under their names, re-pinned by `open` (a
+//! rename too) before the agent writes the node file: new pods get this build's.
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::HashMap;
@@ -52,7 +85,7 @@ use podnet_policy::net::Prefix;
 use podnet_policy::Direction;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policy.o"));
@@ -298,7 +331,148 @@ pub struct EbpfDatapath {
     dir: PathBuf,
     /// What the maps hold (read back when the agent starts).
     current: Desired,
+    /// The map layout's version: a hash of this build's map definitions.
+    layout: String,
+    /// Filters running another build's programs are still to be replaced (after the
+    /// first programming, when the maps hold every pod's verdicts).
+    adopt_pending: bool,
 }
+
+/// Where a new generation of maps is made before it takes the pinned names (bpffs
+/// refuses names with a dot).
+const STAGING: &str = "next_generation";
+
+/// A map's definition as the kernel holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MapDef {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+}
+
+impl std::fmt::Display for MapDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "type {}, {}-byte keys, {}-byte values, {} entries, flags {:#x}",
+            self.map_type, self.key_size, self.value_size, self.max_entries, self.flags
+        )
+    }
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD`: fills `info` (a `struct bpf_map_info` or `bpf_prog_info`
+/// as far as it goes; the kernel wants whatever it does not know to be zero).
+fn obj_info(fd: BorrowedFd<'_>, info: &mut [u8]) -> std::io::Result<()> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let mut attr = [0u8; 16];
+    attr[0..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+    // SAFETY: attr names `info`, a buffer we own, with its length.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_mut_ptr(),
+            attr.len(),
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+/// The definition of the map pinned at `path`: `None` if nothing is pinned there, an
+/// error if it cannot be read or is not a map.
+fn pinned_def(path: &Path) -> Result<Option<MapDef>, String> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(None);
+    }
+    let fd = podnet_netlink::bpf::obj_get(path).map_err(|e| e.to_string())?;
+    // A program and a map answer BPF_OBJ_GET_INFO_BY_FD alike: tell them by the fd.
+    let kind = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|e| err(&format!("inspect {}", path.display()), e))?;
+    if kind.to_string_lossy() != "anon_inode:bpf-map" {
+        return Err(format!("not a map ({})", kind.to_string_lossy()));
+    }
+    // type, id, key_size, value_size, max_entries, map_flags, name[16], …
+    let mut info = [0u8; 48];
+    obj_info(fd.as_fd(), &mut info).map_err(|e| err(&format!("inspect {}", path.display()), e))?;
+    Ok(Some(MapDef {
+        map_type: u32_at(&info, 0),
+        key_size: u32_at(&info, 8),
+        value_size: u32_at(&info, 12),
+        max_entries: u32_at(&info, 16),
+        flags: u32_at(&info, 20),
+    }))
+}
+
+/// The layout version: FNV-1a of every pinned map's name and definition.
+fn layout_version(defs: &BTreeMap<String, MapDef>) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for (name, d) in defs {
+        let fields = [d.map_type, d.key_size, d.value_size, d.max_entries, d.flags];
+        for b in name
+            .bytes()
+            .chain([0])
+            .chain(fields.iter().flat_map(|f| f.to_le_bytes()))
+        {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    }
+    format!("{h:08x}")
+}
+
+/// What makes two loaded programs the same: the same id, or the same instructions (tag)
+/// on the same maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ProgIdent {
+    id: u32,
+    tag: [u8; 8],
+    maps: Vec<u32>,
+}
+
+impl ProgIdent {
+    fn of(fd: BorrowedFd<'_>) -> std::io::Result<ProgIdent> {
+        // bpf_prog_info: type, id, tag[8] at 8, …, nr_map_ids at 52, map_ids at 56.
+        let mut info = [0u8; 232];
+        obj_info(fd, &mut info)?;
+        let mut maps = vec![0u32; u32_at(&info, 52) as usize];
+        if !maps.is_empty() {
+            let mut again = [0u8; 232];
+            again[52..56].copy_from_slice(&(maps.len() as u32).to_ne_bytes());
+            again[56..64].copy_from_slice(&(maps.as_mut_ptr() as u64).to_ne_bytes());
+            obj_info(fd, &mut again)?;
+        }
+        maps.sort_unstable();
+        Ok(ProgIdent {
+            id: u32_at(&info, 4),
+            tag: info[8..16].try_into().unwrap(),
+            maps,
+        })
+    }
+
+    fn same(&self, other: &ProgIdent) -> bool {
+        self.id == other.id || (self.tag == other.tag && self.maps == other.maps)
+    }
+}
+
+/// The tc filters this datapath's programs run as: (program, filter name, on egress).
+const FILTERS: [(&str, &str, bool); 4] = [
+    (FROM_POD, FILTER_OUT, false),
+    (TO_POD, FILTER_IN, true),
+    (FROM_OVERLAY, FILTER_FAST_IN, false),
+    (FROM_UNDERLAY, FILTER_FAST_UNDERLAY, false),
+];
 
 /// Whether `dir` is on a bpffs.
 fn on_bpffs(dir: &Path) -> bool {
@@ -324,10 +498,7 @@ impl EbpfDatapath {
                 dir.display()
             ));
         }
-        let mut bpf = EbpfLoader::new()
-            .default_map_pin_directory(dir)
-            .load(OBJECT)
-            .map_err(|e| err("load bpf/policy.c", e))?;
+        let (mut bpf, layout) = Self::maps(dir)?;
         for name in [FROM_POD, TO_POD, FROM_OVERLAY, FROM_UNDERLAY] {
             let prog: &mut SchedClassifier = bpf
                 .program_mut(name)
@@ -341,19 +512,164 @@ impl EbpfDatapath {
                 )
             })?;
             let pin = dir.join(name);
-            // A program pinned by an earlier run stays attached where it is (to the
-            // same maps); new pods get this one.
-            let _ = std::fs::remove_file(&pin);
-            prog.pin(&pin)
+            // A program pinned by an earlier run stays attached where it is until the
+            // first round replaces it; new pods get this one. Pinned aside and renamed
+            // over the name, so podnet-cni never finds the name missing.
+            let tmp = dir.join(format!("{name}_new"));
+            let _ = std::fs::remove_file(&tmp);
+            prog.pin(&tmp)
+                .map_err(|e| err(&format!("pin {name} at {}", tmp.display()), e))?;
+            std::fs::rename(&tmp, &pin)
                 .map_err(|e| err(&format!("pin {name} at {}", pin.display()), e))?;
         }
         let mut dp = EbpfDatapath {
             bpf,
             dir: dir.to_path_buf(),
             current: Desired::default(),
+            layout,
+            adopt_pending: true,
         };
         dp.current = dp.read_back()?;
         Ok(dp)
+    }
+
+    /// The maps, loaded: those pinned in `dir` if they have this build's definitions,
+    /// else a new generation of them all, pinned under their names (module doc,
+    /// "Upgrades"). Returns the loaded object (programs not loaded yet) and the
+    /// layout version.
+    fn maps(dir: &Path) -> Result<(Ebpf, String), String> {
+        let stage = dir.join(STAGING);
+        // Left by a start that stopped half-way: pins only, and whatever still uses
+        // those maps holds them itself.
+        let _ = std::fs::remove_dir_all(&stage);
+        std::fs::create_dir_all(&stage)
+            .map_err(|e| err(&format!("create {}", stage.display()), e))?;
+        let fresh = EbpfLoader::new()
+            .default_map_pin_directory(&stage)
+            .load(OBJECT)
+            .map_err(|e| err("load bpf/policy.c", e))?;
+        let mut defs = BTreeMap::new();
+        let entries =
+            std::fs::read_dir(&stage).map_err(|e| err(&format!("read {}", stage.display()), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| err(&format!("read {}", stage.display()), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let def = pinned_def(&entry.path())?
+                .ok_or_else(|| format!("{} vanished", entry.path().display()))?;
+            defs.insert(name, def);
+        }
+        let layout = layout_version(&defs);
+        let mut reused = 0;
+        let differ: Vec<String> = defs
+            .iter()
+            .filter_map(|(name, want)| match pinned_def(&dir.join(name)) {
+                Ok(None) => None,
+                Ok(Some(have)) if have == *want => {
+                    reused += 1;
+                    None
+                }
+                Ok(Some(have)) => Some(format!("{name} is {have}, this build's is {want}")),
+                Err(e) => Some(format!("{name}: {e}")),
+            })
+            .collect();
+        if differ.is_empty() {
+            drop(fresh);
+            let _ = std::fs::remove_dir_all(&stage);
+            let bpf = EbpfLoader::new()
+                .default_map_pin_directory(dir)
+                .load(OBJECT)
+                .map_err(|e| err("load bpf/policy.c", e))?;
+            tracing::info!(
+                "policy: eBPF map layout {layout}: {reused} of {} maps pinned in {} reused (same definitions as this build's), the others made",
+                defs.len(),
+                dir.display()
+            );
+            return Ok((bpf, layout));
+        }
+        tracing::warn!(
+            "policy: eBPF map layout mismatch in {}: {}; a new generation of every map (layout {layout}) replaces the pinned ones; running pods keep their programs and the old maps until the first round has programmed their verdicts, then their filters are replaced",
+            dir.display(),
+            differ.join("; ")
+        );
+        for name in defs.keys() {
+            std::fs::rename(stage.join(name), dir.join(name)).map_err(|e| {
+                err(
+                    &format!("pin the new map {name} at {}", dir.join(name).display()),
+                    e,
+                )
+            })?;
+        }
+        let _ = std::fs::remove_dir_all(&stage);
+        Ok((fresh, layout))
+    }
+
+    /// The map layout's version (a hash of this build's map definitions).
+    pub fn layout(&self) -> &str {
+        &self.layout
+    }
+
+    /// Puts this build's programs on every podnet filter that runs another (an older
+    /// podnetd's, or this build's on another generation of maps), each with one
+    /// `tc filter replace`. Returns how many filters it replaced.
+    fn adopt_running(&self) -> Result<usize, String> {
+        let mut ours = Vec::new();
+        for (prog, filter, egress) in FILTERS {
+            let fd = self.program_fd(prog)?;
+            let ident = ProgIdent::of(fd.as_fd()).map_err(|e| err(prog, e))?;
+            ours.push((fd, ident, filter, egress));
+        }
+        let mut sock = podnet_netlink::Socket::route().map_err(|e| e.to_string())?;
+        let mut replaced = Vec::new();
+        let mut failed = Vec::new();
+        for l in podnet_netlink::link::list(&mut sock).map_err(|e| e.to_string())? {
+            for egress in [false, true] {
+                let filters = if egress {
+                    podnet_netlink::tc::list_egress(&mut sock, l.index)
+                } else {
+                    podnet_netlink::tc::list_ingress(&mut sock, l.index)
+                }
+                .map_err(|e| e.to_string())?;
+                for f in filters.iter().filter(|f| f.kind == "bpf") {
+                    let Some((fd, ident, name, _)) = ours
+                        .iter()
+                        .find(|o| o.3 == egress && f.name.as_deref() == Some(o.2))
+                    else {
+                        continue;
+                    };
+                    let theirs = f
+                        .prog_id
+                        .and_then(|id| podnet_netlink::bpf::prog_by_id(id).ok())
+                        .and_then(|p| ProgIdent::of(p.as_fd()).ok());
+                    if theirs.is_some_and(|t| t.same(ident)) {
+                        continue;
+                    }
+                    let req = if egress {
+                        podnet_netlink::tc::bpf_egress_replace_request(l.index, f.prio, fd, name)
+                    } else {
+                        podnet_netlink::tc::bpf_ingress_replace_request(l.index, f.prio, fd, name)
+                    };
+                    match sock.ack_all(vec![req]).pop() {
+                        Some(Err(e)) => failed.push(format!("{} {name}: {e}", l.name)),
+                        _ => replaced.push(format!("{} {name}", l.name)),
+                    }
+                }
+            }
+        }
+        if !replaced.is_empty() {
+            tracing::warn!(
+                "policy: replaced another build's programs with this build's (layout {}) on {} filters: {}",
+                self.layout,
+                replaced.len(),
+                replaced.join(", ")
+            );
+        }
+        if !failed.is_empty() {
+            return Err(format!(
+                "cannot replace another build's programs (they keep the verdicts they had): {}",
+                failed.join("; ")
+            ));
+        }
+        Ok(replaced.len())
     }
 
     pub fn program_path(&self, name: &str) -> PathBuf {
@@ -587,6 +903,12 @@ impl EbpfDatapath {
             }
         }
         self.current = want.clone();
+        if self.adopt_pending {
+            // The maps hold every pod's verdicts now: pods still running another
+            // build's programs (or this build's on older maps) get this build's.
+            self.adopt_running()?;
+            self.adopt_pending = false;
+        }
         Ok(n)
     }
 

@@ -755,6 +755,7 @@ impl Policy {
             }
             DatapathKind::Ebpf => {
                 let dp = ebpf::EbpfDatapath::open(&self.bpf_dir)?;
+                log(&format!("policy: eBPF map layout {}", dp.layout()));
                 self.dp = Dp::Ebpf(Box::new(dp));
                 self.refresh_node(log)?;
                 if nft::exists() {

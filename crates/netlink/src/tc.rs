@@ -77,6 +77,12 @@ pub fn bpf_ingress_replace_request(ifindex: u32, prio: u16, prog: &OwnedFd, name
     )
 }
 
+/// `tc filter replace dev INDEX egress prio PRIO handle 1 protocol all bpf da fd PROG
+/// name NAME`: the egress twin of [`bpf_ingress_replace_request`].
+pub fn bpf_egress_replace_request(ifindex: u32, prio: u16, prog: &OwnedFd, name: &str) -> Request {
+    bpf_filter(ifindex, EGRESS, prio, prog, name, crate::sys::NLM_F_REPLACE)
+}
+
 fn bpf_filter_request(ifindex: u32, parent: u32, prio: u16, prog: &OwnedFd, name: &str) -> Request {
     bpf_filter(ifindex, parent, prio, prog, name, crate::sys::NLM_F_EXCL)
 }

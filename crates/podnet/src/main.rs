@@ -493,6 +493,21 @@ enum BenchCmd {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// What a spraying pod costs the other pods, on both policy datapaths: a victim
+    /// pod's new-connection rate and round trip while quiet, while another pod sprays
+    /// new flows, and while it sprays denied packets and forged ARP (event pressure);
+    /// the sprayer's rate, the flow-table or conntrack entries it holds, and the
+    /// growth of podnetd's budget counters.
+    Spray {
+        /// Seconds per case: the first half opens connections, the rest times round trips.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// Measurements per case, interleaved; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// ADD and DEL latency (p50, p99) of podnet-cni against the reference bridge +
     /// host-local plugins, sequential and concurrent, in the same run.
     Cni {
@@ -1147,6 +1162,30 @@ fn run(cli: Cli) -> Result<()> {
                 },
             )?;
             emit(output, &report, podnet::policy_bench::render)?;
+        }
+        Cmd::Bench {
+            what:
+                BenchCmd::Spray {
+                    seconds,
+                    rounds,
+                    output,
+                },
+        } => {
+            require_root()?;
+            let quiet = output == Output::Json;
+            let report = podnet::policy_bench::spray::run(
+                &podnet::policy_bench::spray::Options {
+                    seconds: seconds.max(2),
+                    rounds: rounds.max(1),
+                },
+                &podnet::lab::Binaries::find()?,
+                &mut |l| {
+                    if !quiet {
+                        eprintln!("… {l}");
+                    }
+                },
+            )?;
+            emit(output, &report, podnet::policy_bench::spray::render)?;
         }
         Cmd::Bench {
             what:

@@ -19,6 +19,8 @@
 //!
 //! Everything runs in lab namespaces this run creates and takes down, also on failure.
 
+pub mod spray;
+
 use crate::datapath_bench::{iperf, LabGuard};
 use crate::lab::{Binaries, Lab, Options as LabOptions};
 use anyhow::{bail, Context, Result};
@@ -187,10 +189,6 @@ fn conn_rate(src: &Netns, dst: &Netns, ip: Ipv4Addr, seconds: u32) -> Result<f64
                 }
             }
         });
-        let connect = || {
-            TcpStream::connect_timeout(&SocketAddrV4::new(ip, 5203).into(), Duration::from_secs(3))
-                .with_context(|| format!("connect to {ip}:5203 (the policy should admit it)"))
-        };
         let r = src.run(|| -> Result<f64> {
             let t = Instant::now();
             let mut n = 0u64;
@@ -214,8 +212,11 @@ fn conn_rate(src: &Netns, dst: &Netns, ip: Ipv4Addr, seconds: u32) -> Result<f64
             Ok(n as f64 / t.elapsed().as_secs_f64())
         });
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        // Wake the accept loop so that it sees the stop.
-        let _ = src.run(connect);
+        // Wake the accept loop so that it sees the stop: shutting a listening socket
+        // down fails a blocked accept (a connection made to wake it would hang the
+        // loop whenever the datapath loses that connection's reply).
+        // SAFETY: shutdown on our own listening socket.
+        unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&l), libc::SHUT_RDWR) };
         r?
     })
 }

@@ -20,5 +20,6 @@ mod policy;
 mod policy_datapath;
 mod semantics;
 mod trace;
+mod upgrade;
 mod verbs;
 mod wireguard;
