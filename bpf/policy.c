@@ -550,11 +550,20 @@ INLINE int related_seen(struct pkt *k, u32 side, u64 now)
 
 INLINE void flow_record(struct pkt *k, u32 side, u64 now)
 {
-	if (!take(&flow_budget, k->saddr, now, FLOW_RATE, FLOW_BURST)) {
+	struct flow_key f = {.saddr = k->saddr, .daddr = k->daddr, .sport = k->sport, .dport = k->dport, .proto = k->proto, .side = side};
+	/* One charge per flow and node: a local sender paid at its egress already, where
+	 * the same packet was recorded just before (and if it could not pay, its flow is
+	 * not remembered here either). */
+	int paid = 0;
+	if (side == DIR_INGRESS && bpf_map_lookup_elem(&pod_policy, &k->saddr)) {
+		struct flow_key e = f;
+		e.side = DIR_EGRESS;
+		paid = bpf_map_lookup_elem(&flows, &e) != 0;
+	}
+	if (!paid && !take(&flow_budget, k->saddr, now, FLOW_RATE, FLOW_BURST)) {
 		budget_count(BUDGET_FLOWS_UNRECORDED);
 		return;
 	}
-	struct flow_key f = {.saddr = k->saddr, .daddr = k->daddr, .sport = k->sport, .dport = k->dport, .proto = k->proto, .side = side};
 	bpf_map_update_elem(&flows, &f, &now, 0);
 }
 

@@ -492,18 +492,16 @@ fn datapath(
                     // Let the spray spend its budgets and fill what it fills.
                     std::thread::sleep(Duration::from_millis(300));
                 }
-                let measured = (|| -> Result<()> {
-                    match conn_rate(&victim, &server, sip, conn_s) {
-                        Ok(c) => s.conns = c,
-                        Err(e) => s.failures.push(format!("connections: {e:#}")),
-                    }
-                    last_conns = Instant::now();
-                    match round_trips(&victim, &server, sip, rtt_s) {
-                        Ok(r) => s.rtts_us = r,
-                        Err(e) => s.failures.push(format!("round trips: {e:#}")),
-                    }
-                    Ok(())
-                })();
+                // A failed measurement is reported, not fatal: the spray stops below.
+                match conn_rate(&victim, &server, sip, conn_s) {
+                    Ok(c) => s.conns = c,
+                    Err(e) => s.failures.push(format!("connections: {e:#}")),
+                }
+                last_conns = Instant::now();
+                match round_trips(&victim, &server, sip, rtt_s) {
+                    Ok(r) => s.rtts_us = r,
+                    Err(e) => s.failures.push(format!("round trips: {e:#}")),
+                }
                 stop.store(true, Ordering::Relaxed);
                 if let Some(h) = sprayer_thread {
                     let (udp, forged) =
@@ -512,7 +510,7 @@ fn datapath(
                     s.forged = forged;
                     s.spray_s = t.elapsed().as_secs_f64();
                 }
-                measured
+                Ok(())
             });
             spray?;
             let (mine, all) = table_entries(datapath, &lab, &node, spip)?;
@@ -530,6 +528,22 @@ fn datapath(
             for f in &s.failures {
                 say(&format!("{datapath}: {case}: victim: {f}"));
             }
+            say(&format!(
+                "{datapath}: {case}: victim {:.0} conn/s, RTT p50 {:.1} µs; sprayer {} pk/s; {}",
+                s.conns,
+                percentile(&mut s.rtts_us.clone(), 0.5),
+                count(if s.spray_s > 0.0 {
+                    (s.udp + s.forged) as f64 / s.spray_s
+                } else {
+                    0.0
+                }),
+                s.budget
+                    .iter()
+                    .filter(|(_, v)| **v > 0.0)
+                    .map(|(k, v)| format!("{k} +{}", count(*v)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
             samples.entry(case).or_default().push(s);
         }
     }
