@@ -161,8 +161,11 @@ struct {
 
 /* Budgets: a token bucket per key. A new flow-table entry is charged to the address
  * that sent the packet opening it (a spraying pod pays, on every node, not the pods it
- * sprays at), FLOW_RATE a second in bursts of FLOW_BURST; past it the flow is judged
- * packet by packet and not remembered (its own replies then meet its ingress policy).
+ * sprays at), FLOW_RATE entries a second in bursts of FLOW_BURST (a same-node flow is
+ * two entries, one per side); past it the flow is judged packet by packet and not
+ * remembered (its own replies then meet its ingress policy). This bounds how fast one
+ * sender can churn the shared LRU table (which keeps recently used entries), not how
+ * much of it one pod holds: that would need a table per pod.
  * An event (a drop told to podnetd) is charged to its pod: EVENT_RATE a second in
  * bursts of EVENT_BURST; past it the event is counted as lost, the verdict is never
  * affected. */
@@ -550,20 +553,13 @@ INLINE int related_seen(struct pkt *k, u32 side, u64 now)
 
 INLINE void flow_record(struct pkt *k, u32 side, u64 now)
 {
-	struct flow_key f = {.saddr = k->saddr, .daddr = k->daddr, .sport = k->sport, .dport = k->dport, .proto = k->proto, .side = side};
-	/* One charge per flow and node: a local sender paid at its egress already, where
-	 * the same packet was recorded just before (and if it could not pay, its flow is
-	 * not remembered here either). */
-	int paid = 0;
-	if (side == DIR_INGRESS && bpf_map_lookup_elem(&pod_policy, &k->saddr)) {
-		struct flow_key e = f;
-		e.side = DIR_EGRESS;
-		paid = bpf_map_lookup_elem(&flows, &e) != 0;
-	}
-	if (!paid && !take(&flow_budget, k->saddr, now, FLOW_RATE, FLOW_BURST)) {
+	/* Every entry is charged, both sides of a same-node flow included: the budget
+	 * bounds how fast one sender can churn the shared table. */
+	if (!take(&flow_budget, k->saddr, now, FLOW_RATE, FLOW_BURST)) {
 		budget_count(BUDGET_FLOWS_UNRECORDED);
 		return;
 	}
+	struct flow_key f = {.saddr = k->saddr, .daddr = k->daddr, .sport = k->sport, .dport = k->dport, .proto = k->proto, .side = side};
 	bpf_map_update_elem(&flows, &f, &now, 0);
 }
 

@@ -190,4 +190,46 @@ SEC("classifier/underlay_guard") int underlay_guard(struct __sk_buff *skb)
 	return refuse(UL_DROP_VXLAN_INNER);
 }
 
+/*
+ * nft_backstop: on the egress of every pod's host veth with the nftables policy
+ * datapath (priority 2, after nothing else podnet puts there). nftables' forward chain
+ * marks every packet it sees on its way to a pod (PODNET_NFT_MARK); a forwarded or
+ * bridged IP packet reaching a pod without the mark did not pass podnet's table: the
+ * table was flushed (a firewall reload) or bridge-nf-call-iptables was switched off.
+ * Such packets are dropped until the agent puts things back, so that a pod never opens
+ * meanwhile: the table failing closed. The node's own packets (kubelet probes) never
+ * cross the forward hook and carry no ingress interface: they pass. ARP and IPv6
+ * neighbour discovery pass; nftables never sees them either.
+ */
+#define PODNET_NFT_MARK 0x00200000
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, u32);
+	__type(value, u64);
+	__uint(max_entries, 1);
+} podnet_backstop SEC(".maps");
+
+SEC("classifier/nft_backstop") int nft_backstop(struct __sk_buff *skb)
+{
+	if (!skb->ingress_ifindex || (skb->mark & PODNET_NFT_MARK))
+		return TC_ACT_UNSPEC;
+	u8 h[14 + 40 + 1];
+	if (bpf_skb_load_bytes(skb, 0, h, 14))
+		return TC_ACT_UNSPEC;
+	if (h[12] == 0x86 && h[13] == 0xdd) {
+		/* Neighbour discovery (ICMPv6 133-136, no extension headers) passes. */
+		if (!bpf_skb_load_bytes(skb, 0, h, sizeof(h)) && h[14 + 6] == 58 && h[54] >= 133 &&
+		    h[54] <= 136)
+			return TC_ACT_UNSPEC;
+	} else if (h[12] != 0x08 || h[13] != 0x00) {
+		return TC_ACT_UNSPEC;
+	}
+	u32 zero = 0;
+	u64 *n = bpf_map_lookup_elem(&podnet_backstop, &zero);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	return TC_ACT_SHOT;
+}
+
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -46,6 +46,14 @@ pub const FILTER: &str = "podnet_guard";
 /// Its priority on the underlay ingress: before the fast path's filter (0xc0de).
 pub const PRIO: u16 = 0xc0d0;
 const PROGRAM: &str = "underlay_guard";
+/// The nftables datapath's backstop (`nft_backstop` in underlay.c), on every pod veth's
+/// egress: forwarded packets nftables did not mark are dropped.
+const BACKSTOP: &str = "nft_backstop";
+/// Its tc filter's name and priority on a pod veth's egress.
+pub const BACKSTOP_FILTER: &str = "podnet_nft_backstop";
+pub const BACKSTOP_PRIO: u16 = 2;
+/// The mark nftables' forward chain sets on packets to pods (nft.rs renders it).
+pub const NFT_MARK: u32 = 0x0020_0000;
 
 /// `struct ul_peer` in underlay.c.
 #[repr(C)]
@@ -170,6 +178,19 @@ impl Guard {
             .map_err(|e| err(PROGRAM, e))?;
         prog.load()
             .map_err(|e| err(&format!("load {PROGRAM} (the verifier's log follows)"), e))?;
+        let backstop: &mut SchedClassifier = bpf
+            .program_mut(BACKSTOP)
+            .ok_or_else(|| format!("bpf/underlay.c has no program {BACKSTOP}"))?
+            .try_into()
+            .map_err(|e| err(BACKSTOP, e))?;
+        backstop
+            .load()
+            .map_err(|e| err(&format!("load {BACKSTOP} (the verifier's log follows)"), e))?;
+        let prog: &SchedClassifier = bpf
+            .program(PROGRAM)
+            .ok_or("no guard program")?
+            .try_into()
+            .map_err(|e| err(PROGRAM, e))?;
         let prog_id = prog
             .info()
             .map_err(|e| err("read the program's id", e))?
@@ -201,17 +222,26 @@ impl Guard {
     }
 
     fn program_fd(&self) -> Result<OwnedFd, String> {
+        self.fd_of(PROGRAM)
+    }
+
+    fn fd_of(&self, name: &str) -> Result<OwnedFd, String> {
         let prog: &SchedClassifier = self
             .bpf
-            .program(PROGRAM)
-            .ok_or("no guard program")?
+            .program(name)
+            .ok_or_else(|| format!("no program {name}"))?
             .try_into()
-            .map_err(|e| err(PROGRAM, e))?;
+            .map_err(|e| err(name, e))?;
         prog.fd()
-            .map_err(|e| err(PROGRAM, e))?
+            .map_err(|e| err(name, e))?
             .as_fd()
             .try_clone_to_owned()
-            .map_err(|e| err(PROGRAM, e))
+            .map_err(|e| err(name, e))
+    }
+
+    /// The nftables backstop program, for the policy thread to attach to pod veths.
+    pub fn backstop_fd(&self) -> Result<OwnedFd, String> {
+        self.fd_of(BACKSTOP)
     }
 
     /// One round: the peers map made exactly `peers` (underlay address, pod CIDR),

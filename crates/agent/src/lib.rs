@@ -870,6 +870,15 @@ impl Agent {
         let node = self.cfg.node.clone();
         let pnode = node.clone();
         let plog = move |m: &str| log(&node, m);
+        if self.cfg.policy_datapath == policy::DatapathKind::Nftables {
+            pol.backstop = Some(
+                self.guard
+                    .as_ref()
+                    .expect("the guard is loaded before the policy")
+                    .backstop_fd()
+                    .map_err(Error::Guard)?,
+            );
+        }
         if self.cfg.fast_path {
             if self.cfg.policy_datapath != policy::DatapathKind::Ebpf {
                 return Err(Error::Policy {

@@ -15,7 +15,11 @@
 //!   to the hash sets `D_any_host` and `D_ports_host` instead: changing an interval
 //!   set makes the kernel rebuild it whole, a hash set changes in place, so a change
 //!   costs what it changes, not what the node holds.
-//! - chain `forward` (hook forward): replies of admitted connections pass through
+//! - chain `forward` (hook forward): first, every packet on its way to a pod is marked
+//!   ([`crate::guard::NFT_MARK`]): the backstop on each pod veth's egress
+//!   (`nft_backstop` in bpf/underlay.c) drops forwarded packets without the mark, so a
+//!   flushed table (or `bridge-nf-call-iptables` off) closes pods instead of opening
+//!   them until the agent puts it back. Then replies of admitted connections pass through
 //!   conntrack (`ct state established,related`); then the closed addresses; then the
 //!   source's egress and the destination's ingress. Same-node traffic crosses the
 //!   bridge and reaches this hook through `br_netfilter` (`bridge-nf-call-iptables`,
@@ -203,9 +207,11 @@ pub fn render_full(cidr: Ipv4Net, bridge: &str, elems: &BTreeSet<Elem>) -> Strin
     }
     let net = cidr.to_string();
     let bcast = cidr.broadcast();
+    let mark = crate::guard::NFT_MARK;
     s.push_str(&format!(
         "  chain forward {{
     type filter hook forward priority filter - 10; policy accept;
+    oifname \"{bridge}\" meta mark set meta mark or {mark:#x}
     meta nfproto ipv6 iifname \"{bridge}\" drop
     meta nfproto ipv6 oifname \"{bridge}\" drop
     oifname \"{bridge}\" ip daddr {{ 224.0.0.0/4, 255.255.255.255, {bcast} }} counter name closed drop
@@ -302,7 +308,7 @@ pub fn run(script: &str) -> Result<(), String> {
 
 /// Rules each chain holds as [`render_full`] writes it (`allowed_log` is filled while
 /// allowed flows are watched, so it is not counted).
-const CHAIN_RULES: [(&str, usize); 3] = [("forward", 9), ("ingress", 6), ("egress", 6)];
+const CHAIN_RULES: [(&str, usize); 3] = [("forward", 10), ("ingress", 6), ("egress", 6)];
 /// The sets whose loss would open a pod rather than close it: isolation.
 const GUARDING_SETS: [&str; 3] = ["programmed", "ingress_isolated", "egress_isolated"];
 

@@ -244,6 +244,9 @@ pub struct Policy {
     seen_filters: BTreeMap<u32, Filters>,
     /// Called with the object's name for every drift repaired (the metrics' repairs).
     pub on_repair: Option<OnRepair>,
+    /// The nftables backstop program (loaded with the underlay guard), attached to every
+    /// pod veth's egress on the nftables datapath.
+    pub backstop: Option<std::os::fd::OwnedFd>,
     /// Every pod address of the cluster and whose it is, as last read: an address
     /// whose pod went (or changed) has its connections forgotten on this node.
     pod_ips: Option<BTreeMap<std::net::Ipv4Addr, (String, String)>>,
@@ -319,6 +322,8 @@ struct Filters {
     /// The eBPF policy datapath's two filters.
     policy_out: bool,
     policy_in: bool,
+    /// The nftables datapath's backstop on egress ([`crate::guard::BACKSTOP_FILTER`]).
+    backstop: bool,
 }
 
 fn filters_of(sock: &mut podnet_netlink::Socket, index: u32) -> Result<Filters, String> {
@@ -335,6 +340,9 @@ fn filters_of(sock: &mut podnet_netlink::Socket, index: u32) -> Result<Filters, 
         policy_in: eg
             .iter()
             .any(|f| f.name.as_deref() == Some(ebpf::FILTER_IN)),
+        backstop: eg
+            .iter()
+            .any(|f| f.name.as_deref() == Some(crate::guard::BACKSTOP_FILTER)),
     })
 }
 
@@ -360,6 +368,9 @@ pub fn pod_filter_problems(
                 podnet_netlink::antispoof::PROG_NAME
             ),
         ));
+    }
+    if datapath == "nftables" && !f.backstop {
+        v.push((false, format!("{name} has no nftables backstop ({}): a flushed ruleset would open the pod until the agent puts it back", crate::guard::BACKSTOP_FILTER)));
     }
     if datapath == "ebpf" {
         if !f.policy_out {
@@ -603,6 +614,7 @@ impl Policy {
             fast_cleared: false,
             seen_filters: BTreeMap::new(),
             on_repair: None,
+            backstop: None,
             pod_ips: None,
             refused: BTreeMap::new(),
             compiled_from: BTreeMap::new(),
@@ -971,6 +983,61 @@ impl Policy {
                     log(&format!("policy: {} has lost its anti-spoofing filter and it could not be attached again: {}", l.name, failed.join("; ")));
                 }
             }
+            // The nftables datapath's backstop: on every pod (new ones too: podnet-cni
+            // does not attach it), and off every pod on the other datapaths.
+            match (&self.dp, &self.backstop) {
+                (Dp::Nft(_), Some(fd)) if !now.backstop => {
+                    let failed: Vec<String> = sock
+                        .ack_all(vec![
+                            podnet_netlink::tc::clsact_request(l.index),
+                            podnet_netlink::tc::bpf_egress_request(
+                                l.index,
+                                crate::guard::BACKSTOP_PRIO,
+                                fd,
+                                crate::guard::BACKSTOP_FILTER,
+                            ),
+                        ])
+                        .into_iter()
+                        .filter_map(|r| r.err().filter(|e| !e.is_exists()))
+                        .map(|e| e.to_string())
+                        .collect();
+                    if failed.is_empty() {
+                        have.backstop = true;
+                        if before.backstop {
+                            self.repaired(
+                                "nftables-backstop",
+                                log,
+                                &format!(
+                                    "{} had lost its nftables backstop: attached it again",
+                                    l.name
+                                ),
+                            );
+                        }
+                    } else {
+                        log(&format!(
+                            "policy: cannot attach the nftables backstop to {}: {}",
+                            l.name,
+                            failed.join("; ")
+                        ));
+                    }
+                }
+                (Dp::Nft(_), _) => {}
+                (_, _) if now.backstop => {
+                    for r in sock.ack_all(vec![podnet_netlink::tc::del_egress_request(
+                        l.index,
+                        crate::guard::BACKSTOP_PRIO,
+                    )]) {
+                        if let Err(e) = r {
+                            log(&format!(
+                                "policy: cannot remove the nftables backstop from {}: {e}",
+                                l.name
+                            ));
+                        }
+                    }
+                    have.backstop = false;
+                }
+                _ => {}
+            }
             if let Dp::Ebpf(e) = &self.dp {
                 // The fds must stay open until the requests are sent.
                 let (out_fd, in_fd) = (e.program_fd(ebpf::FROM_POD)?, e.program_fd(ebpf::TO_POD)?);
@@ -1269,13 +1336,25 @@ pub fn verdict(
     if st.datapath == DatapathKind::None.as_str() {
         return v;
     }
-    // The kernel's truth first: what is missing there opens the pod.
+    // The kernel's truth first: what is missing there opens the pod (except where the
+    // nftables backstop on the pod's veth closes forwarded traffic to it meanwhile).
     if st.datapath == DatapathKind::Nftables.as_str() {
         v.enforcement = nft_problems(&st.tables);
     }
     let mut open_now = !v.enforcement.is_empty();
+    let mut closed_now = false;
     if let Ok(mut sock) = podnet_netlink::Socket::route() {
         if let Some((index, name)) = veth_of(&mut sock, ip) {
+            if open_now
+                && dir == Direction::Ingress
+                && filters_of(&mut sock, index).is_ok_and(|f| f.backstop)
+            {
+                open_now = false;
+                closed_now = true;
+                v.enforcement.push(format!(
+                    "the nftables backstop on {name} drops every forwarded packet to the pod until the agent puts the table back: closed meanwhile"
+                ));
+            }
             for (opens, what) in pod_filter_problems(&mut sock, index, &name, &st.datapath) {
                 open_now |= opens;
                 v.enforcement.push(what);
@@ -1283,7 +1362,7 @@ pub fn verdict(
         }
     }
     let Some((_, t)) = found else {
-        v.allowed = open_now;
+        v.allowed = open_now && !closed_now;
         let ip_s = ip.to_string();
         v.refused = st
             .refused
@@ -1311,6 +1390,9 @@ pub fn verdict(
         // Whatever the tables say: nothing in the kernel refuses the flow now.
         v.allowed = true;
         v.programmed = true;
+    }
+    if closed_now {
+        v.allowed = false;
     }
     v
 }

@@ -128,6 +128,17 @@ pub fn del_ingress_request(ifindex: u32, prio: u16) -> Request {
     )
 }
 
+/// `tc filter del dev INDEX egress prio PRIO`.
+pub fn del_egress_request(ifindex: u32, prio: u16) -> Request {
+    let info = ((prio as u32) << 16) | (ETH_P_ALL.to_be() as u32);
+    let m = Msg::new(RTM_DELTFILTER, 0).fixed(&tcmsg(ifindex, 0, EGRESS, info));
+    Request::new(
+        m,
+        "remove egress filter from",
+        format!("link {ifindex} (prio {prio})"),
+    )
+}
+
 /// An ingress filter as read back from the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FilterInfo {

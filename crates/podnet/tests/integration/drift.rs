@@ -49,6 +49,29 @@ fn a_flushed_ruleset_and_a_reset_bridge_sysctl_are_put_back_within_2s() {
         "tenant-b/db must be denied to p1a before anything"
     );
     let before = repairs(&lab);
+    // A denied flow probed throughout, from before the flush until after the repair:
+    // TCP connections from p1a to tenant-b/db, 50 ms each, one after another.
+    let db = lab_pod(&lab.json(&["status", "--output", "json"]), "tenant-b.db").0;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let (ns, stop) = (lab.ns("p1a"), stop.clone());
+        std::thread::spawn(move || {
+            ns.run(move || {
+                let (mut tries, mut passed) = (0, 0);
+                let to = std::net::SocketAddr::from((db, 5432));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tries += 1;
+                    if std::net::TcpStream::connect_timeout(&to, Duration::from_millis(50)).is_ok()
+                    {
+                        passed += 1;
+                    }
+                }
+                (tries, passed)
+            })
+            .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
     // A firewall reload.
     lab.sh("node1", &["nft", "flush", "ruleset"]);
     let took = wait_until(
@@ -60,6 +83,14 @@ fn a_flushed_ruleset_and_a_reset_bridge_sysctl_are_put_back_within_2s() {
         },
     );
     eprintln!("table inet podnet back {took:?} after nft flush ruleset");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (tries, passed) = prober.join().unwrap();
+    assert!(tries >= 8, "the denied flow was probed only {tries} times");
+    assert_eq!(
+        passed, 0,
+        "{passed} of {tries} probes of the denied flow got through around the flush"
+    );
     assert!(db_denied(&lab), "tenant-b/db is reachable after the repair");
     wait_until("the repair logged", Duration::from_secs(2), || {
         repairs(&lab) > before
@@ -118,13 +149,21 @@ fn a_flushed_ruleset_and_a_reset_bridge_sysctl_are_put_back_within_2s() {
     assert!(!d.contains("OPEN"), "{d}");
 }
 
-/// The attack window, shown honestly: with the agent stopped, a flushed ruleset opens
-/// the denied pod (so the check above can fail); running again, the agent closes it.
+/// The nftables backstop: with the agent stopped, so that nothing repairs, a flushed
+/// ruleset closes the node's pods instead of opening them — the denied flow stays
+/// denied, and even a flow policy allows is dropped — until the agent runs again.
 #[test]
-fn with_its_agent_stopped_a_flushed_ruleset_opens_the_node_until_it_runs_again() {
+fn with_its_agent_stopped_a_flushed_ruleset_closes_the_node_until_it_runs_again() {
     let lab = TestLab::up(&["--nodes", "2", "--policy-datapath", "nftables"]);
     ok(lab.run(&["apply", "-f", TENANTS]));
     assert!(db_denied(&lab));
+    let open = || {
+        lab.run(&["probe", "p1a", "p1b", "--port", "7777"])
+            .status
+            .code()
+            == Some(0)
+    };
+    assert!(open(), "p1a → p1b must be open before anything");
     let st = lab.json(&["status", "--output", "json"]);
     let pid = st["nodes"][0]["agent_pid"]
         .as_u64()
@@ -132,13 +171,41 @@ fn with_its_agent_stopped_a_flushed_ruleset_opens_the_node_until_it_runs_again()
     // SAFETY: signalling the lab's own agent.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
     lab.sh("node1", &["nft", "flush", "ruleset"]);
-    let open = !db_denied(&lab);
+    let denied = db_denied(&lab);
+    let allowed_blocked = !open();
+    // Without the backstop (removed by hand from both ends: the reply is forwarded
+    // too) the same flush opens the denied pod.
+    for pod in ["tenant-b.db", "p1a"] {
+        let veth = st["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == pod)
+            .unwrap()["host_veth"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        lab.sh(
+            "node1",
+            &["tc", "filter", "del", "dev", &veth, "egress", "prio", "2"],
+        );
+    }
+    let opened_without = !db_denied(&lab);
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
     assert!(
-        open,
-        "a flushed ruleset must open the pod: else the repair test proves nothing"
+        denied,
+        "a flushed ruleset opened the denied pod despite the backstop"
     );
+    assert!(
+        allowed_blocked,
+        "forwarded traffic passed the backstop without nftables' mark"
+    );
+    assert!(
+        opened_without,
+        "without the backstop the flush did not open the pod: the check proves nothing"
+    );
+    wait_until("open flows work again", Duration::from_secs(3), open);
     wait_until("denied again", Duration::from_secs(3), || db_denied(&lab));
 }
 
@@ -171,6 +238,12 @@ fn removed_filters_are_put_back(datapath: &str) {
         })
         .unwrap()
     };
+    if datapath == "nftables" {
+        // The agent attaches the backstop at its next round after the pod is made.
+        wait_until("the backstop on the pod", Duration::from_secs(3), || {
+            filters(&veth).iter().any(|n| n == "podnet_nft_backstop")
+        });
+    }
     let want = filters(&veth);
     assert!(want.iter().any(|n| n == "podnet_from_pod"), "{want:?}");
     let before = repairs(&lab);
