@@ -258,6 +258,15 @@ impl Collector for Kernel {
             ["policy", "direction", "verdict"],
             &verdicts,
         )?;
+        // Local pods the agent left closed because their tables are too large.
+        let refused = ConstGauge::new(st.refused.len() as i64);
+        let m = encoder.encode_descriptor(
+            "policy_pods_refused",
+            "Local pods left closed because their policies compile to more entries than one pod may have (podnet policy stats says which and why)",
+            None,
+            refused.metric_type(),
+        )?;
+        refused.encode(m)?;
         let lost = ConstCounter::new(self.events.lost.load(std::sync::atomic::Ordering::Relaxed));
         let m = encoder.encode_descriptor(
             "events_lost",

@@ -659,6 +659,21 @@ fn an_oversized_policy_closes_only_the_pods_it_selects(datapath: &str) {
         t.contains("left it closed"),
         "{datapath}: trace does not say why: {t}"
     );
+    let metrics = lab
+        .ns("node1")
+        .run(|| {
+            use std::io::{Read, Write};
+            let mut c = std::net::TcpStream::connect("127.0.0.1:9465").expect("metrics");
+            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut s = String::new();
+            c.read_to_string(&mut s).unwrap();
+            s
+        })
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "podnet_policy_pods_refused 1"),
+        "{datapath}: the metric does not count the pod left closed"
+    );
 }
 
 #[test]
