@@ -4,9 +4,7 @@
 //! event log; verdicts never change; another pod's connection goes on meanwhile.
 
 use crate::common::*;
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, UdpSocket};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const OBJECTS: &str = r#"
@@ -60,16 +58,7 @@ fn flows_from(lab: &TestLab, ip: Ipv4Addr) -> usize {
 }
 
 fn budget(lab: &TestLab, what: &str) -> u64 {
-    let m = lab
-        .ns("node1")
-        .run(|| {
-            let mut c = std::net::TcpStream::connect("127.0.0.1:9465").expect("metrics");
-            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-            let mut s = String::new();
-            c.read_to_string(&mut s).unwrap();
-            s
-        })
-        .unwrap();
+    let m = lab.metrics_text("node1");
     let key = format!("podnet_datapath_budget_total{{what=\"{what}\"}} ");
     m.lines()
         .find_map(|l| l.strip_prefix(&key))
@@ -80,19 +69,7 @@ fn budget(lab: &TestLab, what: &str) -> u64 {
 #[test]
 fn a_spraying_pod_fills_neither_the_flow_table_nor_the_event_log() {
     let lab = TestLab::up(&["--nodes", "1", "--policy-datapath", "ebpf"]);
-    let mut c = podnet()
-        .args(["lab", "--name", &lab.name, "apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin
-        .take()
-        .unwrap()
-        .write_all(OBJECTS.as_bytes())
-        .unwrap();
-    assert!(c.wait_with_output().unwrap().status.success());
+    lab.pipe_ok("apply", OBJECTS);
     let st = lab.json(&["status", "--output", "json"]);
     let (sprayer, _) = lab_pod(&st, "p1a");
     let (open, _) = lab_pod(&st, "p1b");

@@ -208,6 +208,42 @@ impl TestLab {
         out
     }
 
+    /// `podnetd`'s `/metrics` answer (headers and body) on lab node `node`, fetched
+    /// inside its namespace (the agent serves 127.0.0.1:9465 too).
+    pub fn metrics_text(&self, node: &str) -> String {
+        self.ns(node)
+            .run(|| {
+                use std::io::{Read, Write};
+                let mut s = std::net::TcpStream::connect("127.0.0.1:9465").expect("metrics");
+                s.write_all(b"GET /metrics HTTP/1.0\r\nHost: podnetd\r\n\r\n")
+                    .unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).unwrap();
+                out
+            })
+            .unwrap()
+    }
+
+    /// `lab apply` or `lab delete` of `yaml` on stdin, which must succeed.
+    pub fn pipe_ok(&self, verb: &str, yaml: &str) {
+        use std::io::Write;
+        let mut c = podnet()
+            .args(["lab", "--name", &self.name, verb, "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run podnet");
+        c.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+        let o = c.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "lab {verb} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
     pub fn full_mesh(&self) -> Value {
         let c = self.json(&["check", "--output", "json"]);
         assert_eq!(

@@ -128,16 +128,7 @@ fn a_flushed_ruleset_and_a_reset_bridge_sysctl_are_put_back_within_2s() {
         "tenant-b/db is reachable after the sysctl repair"
     );
     // Counted: the metric names each repaired object.
-    let m = ns
-        .run(|| {
-            use std::io::{Read, Write};
-            let mut c = std::net::TcpStream::connect("127.0.0.1:9465").expect("metrics");
-            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-            let mut s = String::new();
-            c.read_to_string(&mut s).unwrap();
-            s
-        })
-        .unwrap();
+    let m = lab.metrics_text("node1");
     assert!(m.contains("object=\"nftables-table\""), "{m}");
     assert!(m.contains("object=\"bridge-nf-call\""), "{m}");
     // And doctor finds nothing missing now.

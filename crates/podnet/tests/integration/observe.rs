@@ -7,7 +7,7 @@
 use crate::common::{podnet, TestLab};
 use podnet::probe;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -80,17 +80,7 @@ impl Drop for Observer {
 
 /// A node's `/metrics`, fetched inside its namespace, parsed.
 fn metrics(lab: &TestLab, node: &str) -> prometheus_parse::Scrape {
-    let text = lab
-        .ns(node)
-        .run(|| {
-            let mut s = std::net::TcpStream::connect("127.0.0.1:9465").unwrap();
-            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: podnetd\r\n\r\n")
-                .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        })
-        .unwrap();
+    let text = lab.metrics_text(node);
     let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
     assert!(
         head.starts_with("HTTP/1.") && head.contains(" 200 "),

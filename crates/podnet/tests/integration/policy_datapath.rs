@@ -208,26 +208,6 @@ fn policy_programs_on_test_packets() {
     drop(dp);
 }
 
-/// `lab apply` or `lab delete` of `yaml` on stdin, which must succeed.
-fn lab_pipe(lab: &TestLab, verb: &str, yaml: &str) {
-    use std::io::Write;
-    let mut c = podnet()
-        .args(["lab", "--name", &lab.name, verb, "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run podnet");
-    c.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
-    let o = c.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "lab {verb} failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 /// A pod on node1 labelled `app: NAME` serving UDP 5353, at `ip` if given.
 fn udp_pod(ns: &str, name: &str, ip: Option<Ipv4Addr>) -> String {
     let ann = ip
@@ -299,8 +279,7 @@ fn reused_address_inherits_no_connections(datapath: &str) {
         .unwrap();
     let o = net.octets();
     let x = Ipv4Addr::new(o[0], o[1], o[2], 77);
-    lab_pipe(
-        &lab,
+    lab.pipe_ok(
         "apply",
         &[
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: t1\n".to_string(),
@@ -363,13 +342,13 @@ fn reused_address_inherits_no_connections(datapath: &str) {
     } else {
         assert!(flows > 0, "no flow-table entry for the flow to {x}");
     }
-    lab_pipe(&lab, "delete", &udp_pod("t1", "old", Some(x)));
+    lab.pipe_ok("delete", &udp_pod("t1", "old", Some(x)));
     assert_eq!(
         remembered(),
         (0, 0),
         "{datapath}: DEL of old left connections of {x}"
     );
-    lab_pipe(&lab, "apply", &udp_pod("t2", "new", Some(x)));
+    lab.pipe_ok("apply", &udp_pod("t2", "new", Some(x)));
     let st = lab.json(&["status", "--output", "json"]);
     assert_eq!(lab_pod(&st, "t2.new").0, x);
     assert!(
@@ -386,7 +365,7 @@ fn reused_address_inherits_no_connections(datapath: &str) {
         "{datapath}: new admitted a fresh flow"
     );
     // Once t2 admits the peer, the same datagrams are answered by new.
-    lab_pipe(&lab, "apply", &ingress_policy("t2", "deny", Some("peer")));
+    lab.pipe_ok("apply", &ingress_policy("t2", "deny", Some("peer")));
     assert!(
         echoed(&sock, to, 10),
         "{datapath}: new does not answer the peer even once admitted"
@@ -529,8 +508,7 @@ fn peer_node_forgets_a_removed_pods_connections(datapath: &str) {
         datapath,
     ]);
     let p = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: t1\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: t1\n  labels:\n    app: p\nspec:\n  nodeName: node2\n---\n";
-    lab_pipe(
-        &lab,
+    lab.pipe_ok(
         "apply",
         &format!("{p}{}---\n{CLOSE_P}", udp_pod("t1", "old", None)),
     );
@@ -548,11 +526,11 @@ fn peer_node_forgets_a_removed_pods_connections(datapath: &str) {
         "{datapath}: p never heard old's echo: the flow was never there"
     );
     // old goes; new takes X, with no server (its test socket is the "reply").
-    lab_pipe(&lab, "delete", &udp_pod("t1", "old", None));
+    lab.pipe_ok("delete", &udp_pod("t1", "old", None));
     let new = format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: new\n  namespace: t1\n  annotations:\n    podnet.dev/ip: \"{x}\"\nspec:\n  nodeName: node1\n"
     );
-    lab_pipe(&lab, "apply", &new);
+    lab.pipe_ok("apply", &new);
     assert_eq!(
         lab_pod(&lab.json(&["status", "--output", "json"]), "t1.new").0,
         x
@@ -577,7 +555,7 @@ fn peer_node_forgets_a_removed_pods_connections(datapath: &str) {
         "{datapath}: p, whose ingress is closed, heard new at the removed pod's address"
     );
     // The path itself works: once p's ingress admits new's namespace, it is heard.
-    lab_pipe(&lab, "delete", CLOSE_P);
+    lab.pipe_ok("delete", CLOSE_P);
     lab.ns("t1.new")
         .run(move || {
             let s = std::net::UdpSocket::bind((x, 5353)).unwrap();
@@ -614,9 +592,9 @@ fn an_oversized_policy_closes_only_the_pods_it_selects(datapath: &str) {
     let big = format!(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: big\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: victim\n  namespace: big\n  labels:\n    app: victim\nspec:\n  nodeName: node1\n  containers:\n  - ports:\n    - containerPort: 2000\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: huge\n  namespace: big\nspec:\n  podSelector:\n    matchLabels:\n      app: victim\n  ingress:\n  - from:\n    - ipBlock:\n        cidr: 0.0.0.0/0\n        except:\n{excepts}    ports:\n{ports}"
     );
-    lab_pipe(&lab, "apply", &big);
+    lab.pipe_ok("apply", &big);
     let later = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: later\nspec:\n  nodeName: node1\n  containers:\n  - ports:\n    - containerPort: 8080\n";
-    lab_pipe(&lab, "apply", later);
+    lab.pipe_ok("apply", later);
     let probe = |to: &str, port: &str| lab.run(&["probe", "p1a", to, "--port", port]).status.code();
     assert_eq!(
         probe("later", "8080"),
@@ -659,17 +637,7 @@ fn an_oversized_policy_closes_only_the_pods_it_selects(datapath: &str) {
         t.contains("left it closed"),
         "{datapath}: trace does not say why: {t}"
     );
-    let metrics = lab
-        .ns("node1")
-        .run(|| {
-            use std::io::{Read, Write};
-            let mut c = std::net::TcpStream::connect("127.0.0.1:9465").expect("metrics");
-            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-            let mut s = String::new();
-            c.read_to_string(&mut s).unwrap();
-            s
-        })
-        .unwrap();
+    let metrics = lab.metrics_text("node1");
     assert!(
         metrics.lines().any(|l| l == "podnet_policy_pods_refused 1"),
         "{datapath}: the metric does not count the pod left closed"

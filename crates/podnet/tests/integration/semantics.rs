@@ -5,9 +5,7 @@
 
 use crate::common::*;
 use podnet::probe::Capture;
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::process::Stdio;
 use std::time::Duration;
 
 /// `iso` (node1) is isolated both ways: ingress only UDP 9000 from anywhere, egress
@@ -43,23 +41,6 @@ spec:
   egress: [{}]
 "#;
 
-fn apply(lab: &TestLab) {
-    let mut c = podnet()
-        .args(["lab", "--name", &lab.name, "apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin
-        .take()
-        .unwrap()
-        .write_all(OBJECTS.as_bytes())
-        .unwrap();
-    let o = c.wait_with_output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
 fn pod_ip(lab: &TestLab, name: &str) -> Ipv4Addr {
     lab_pod(&lab.json(&["status", "--output", "json"]), name).0
 }
@@ -81,7 +62,7 @@ fn echoed(lab: &TestLab, from: &str, to: Ipv4Addr, len: usize) -> bool {
 
 fn semantics(args: &[&str]) {
     let lab = TestLab::up(&[&["--nodes", "2"], args].concat());
-    apply(&lab);
+    lab.pipe_ok("apply", OBJECTS);
     let iso = pod_ip(&lab, "sem.iso");
     let far = pod_ip(&lab, "sem.far");
     let p1b = pod_ip(&lab, "p1b");
