@@ -22,6 +22,7 @@
  * No kernel headers: the few UAPI definitions needed are in uapi.h, so that the build
  * needs only clang.
  */
+#include "budget.h"
 #include "drop_reasons.h"
 #include "uapi.h"
 
@@ -81,11 +82,6 @@ struct spoof_event {
 /* The event budget: a token bucket per host veth, EVENT_RATE events a second in
  * bursts of EVENT_BURST; past it (a pod spraying forged frames) the event is counted
  * as lost in podnet_spooflost, never the verdict or the drop counter. */
-struct bucket {
-	u64 last;
-	u64 tokens;
-};
-
 #define EVENT_RATE 50ULL
 #define EVENT_BURST 200ULL
 
@@ -126,17 +122,7 @@ static __attribute__((always_inline)) int event_budget(u32 ifindex)
 		map_update_elem(&podnet_spoofrl, &ifindex, &nb, 0);
 		return 1;
 	}
-	u64 idle = now - b->last;
-	u64 add = idle >= 10000000000ULL ? EVENT_BURST : idle * EVENT_RATE / 1000000000ULL;
-	if (add) {
-		u64 t = b->tokens + add;
-		b->tokens = t > EVENT_BURST ? EVENT_BURST : t;
-		b->last = now;
-	}
-	if (!b->tokens)
-		return 0;
-	b->tokens -= 1;
-	return 1;
+	return bucket_take(b, now, EVENT_RATE, EVENT_BURST);
 }
 
 enum {

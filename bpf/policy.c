@@ -38,6 +38,7 @@
  *
  * No kernel headers: the few UAPI definitions needed are in uapi.h.
  */
+#include "budget.h"
 #include "uapi.h"
 
 #define INLINE static __attribute__((always_inline))
@@ -169,11 +170,6 @@ struct {
  * An event (a drop told to podnetd) is charged to its pod: EVENT_RATE a second in
  * bursts of EVENT_BURST; past it the event is counted as lost, the verdict is never
  * affected. */
-struct bucket {
-	u64 last;
-	u64 tokens;
-};
-
 #define FLOW_RATE 20000ULL
 #define FLOW_BURST 50000ULL
 #define EVENT_RATE 50ULL
@@ -513,17 +509,7 @@ INLINE int take(void *map, u32 key, u64 now, u64 rate, u64 burst)
 		bpf_map_update_elem(map, &key, &nb, 0);
 		return 1;
 	}
-	u64 idle = now - b->last;
-	u64 add = idle >= 10000000000ULL ? burst : idle * rate / 1000000000ULL;
-	if (add) {
-		u64 t = b->tokens + add;
-		b->tokens = t > burst ? burst : t;
-		b->last = now;
-	}
-	if (!b->tokens)
-		return 0;
-	b->tokens -= 1;
-	return 1;
+	return bucket_take(b, now, rate, burst);
 }
 
 /* A first fragment passed `side`: its later fragments will too. */

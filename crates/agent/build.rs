@@ -22,7 +22,7 @@ fn build(name: &str) {
         .join(format!("../../bpf/{name}.c"));
     let obj = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join(format!("{name}.o"));
     println!("cargo:rerun-if-changed={}", src.display());
-    for h in ["uapi.h", "drop_reasons.h"] {
+    for h in ["uapi.h", "drop_reasons.h", "budget.h"] {
         println!("cargo:rerun-if-changed={}", src.with_file_name(h).display());
     }
     if std::env::var("PODNET_SKIP_BPF").is_ok_and(|v| v == "1") {

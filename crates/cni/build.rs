@@ -16,10 +16,9 @@ fn main() {
     let header = root.join("drop_reasons.h");
     println!("cargo:rerun-if-changed={}", src.display());
     println!("cargo:rerun-if-changed={}", header.display());
-    println!(
-        "cargo:rerun-if-changed={}",
-        src.with_file_name("uapi.h").display()
-    );
+    for h in ["uapi.h", "budget.h"] {
+        println!("cargo:rerun-if-changed={}", src.with_file_name(h).display());
+    }
     println!("cargo:rerun-if-env-changed=CLANG");
     println!("cargo:rerun-if-env-changed=PODNET_SKIP_BPF");
 

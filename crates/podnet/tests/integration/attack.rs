@@ -454,27 +454,7 @@ fn overlay_injection_reaches_no_pod(args: &[&str]) {
     // Each was dropped where podnet says: four at the attacker's veth (overlay-port),
     // one as a peer's forged inner source, one from an address that is no peer.
     let st = lab.json(&["status", "--output", "json"]);
-    let pod = st["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "p1a")
-        .unwrap();
-    let veth = pod["host_veth"].as_str().unwrap().to_string();
-    let drops = node1
-        .run(move || {
-            let mut s = Socket::route().unwrap();
-            let l = link::get_by_name(&mut s, &veth).unwrap().unwrap();
-            podnet_netlink::antispoof::pod_state(&mut s, l.index)
-                .unwrap()
-                .expect("p1a's entry")
-                .drops
-        })
-        .unwrap();
-    let overlay = drops
-        .iter()
-        .find(|(id, _)| id == "overlay-port")
-        .map(|d| d.1);
+    let (drops, overlay) = overlay_port_drops(&lab, &st, "node1", "p1a");
     assert_eq!(overlay, Some(4), "{drops:?}");
     let guard = &st["nodes"][1]["underlay_guard"];
     assert_eq!(st["nodes"][1]["name"], "node2");
@@ -482,6 +462,38 @@ fn overlay_injection_reaches_no_pod(args: &[&str]) {
     assert_eq!(guard["drops"]["vxlan-inner"], 1, "{guard}");
     assert_eq!(guard["drops"]["vxlan-src"], 1, "{guard}");
     assert_eq!(guard["drops"]["pod-src"], 1, "{guard}");
+}
+
+/// Pod `pod`'s anti-spoofing drop counters on `node` (all, and `overlay-port`'s).
+fn overlay_port_drops(
+    lab: &TestLab,
+    st: &serde_json::Value,
+    node: &str,
+    pod: &str,
+) -> (Vec<(String, u64)>, Option<u64>) {
+    let p = st["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == pod)
+        .unwrap_or_else(|| panic!("no pod {pod}: {st}"));
+    let veth = p["host_veth"].as_str().unwrap().to_string();
+    let drops = lab
+        .ns(node)
+        .run(move || {
+            let mut s = Socket::route().unwrap();
+            let l = link::get_by_name(&mut s, &veth).unwrap().unwrap();
+            podnet_netlink::antispoof::pod_state(&mut s, l.index)
+                .unwrap()
+                .expect("the pod's anti-spoofing entry")
+                .drops
+        })
+        .unwrap();
+    let overlay = drops
+        .iter()
+        .find(|(id, _)| id == "overlay-port")
+        .map(|d| d.1);
+    (drops, overlay)
 }
 
 /// The MAC of `node`'s underlay device.
@@ -623,27 +635,7 @@ fn the_wireguard_port_takes_datagrams_from_peers_only() {
     send_udp(&node1, n1, SocketAddrV4::new(n2, port), &junk);
 
     let st = lab.json(&["status", "--output", "json"]);
-    let pod = st["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "p1a")
-        .unwrap();
-    let veth = pod["host_veth"].as_str().unwrap().to_string();
-    let drops = node1
-        .run(move || {
-            let mut s = Socket::route().unwrap();
-            let l = link::get_by_name(&mut s, &veth).unwrap().unwrap();
-            podnet_netlink::antispoof::pod_state(&mut s, l.index)
-                .unwrap()
-                .expect("p1a's entry")
-                .drops
-        })
-        .unwrap();
-    let overlay = drops
-        .iter()
-        .find(|(id, _)| id == "overlay-port")
-        .map(|d| d.1);
+    let (drops, overlay) = overlay_port_drops(&lab, &st, "node1", "p1a");
     assert_eq!(overlay, Some(2), "{drops:?}");
     // The agent's status is its last round's (one a second).
     let mut guard = serde_json::Value::Null;

@@ -659,7 +659,7 @@ fn a_host_veth_down_on_the_destination_node_is_named_as_itself() {
     ip(&["-n", &lab.ns("node2"), "link", "set", &veth, "down"]);
     // Traffic to p2a after the veth went down: node2 cannot resolve p2a any more, its
     // neighbour entry ends FAILED. That is a consequence; the veth is the cause.
-    let _ = Command::new("ip")
+    let o = Command::new("ip")
         .args([
             "netns",
             "exec",
@@ -670,7 +670,12 @@ fn a_host_veth_down_on_the_destination_node_is_named_as_itself() {
             "-c",
         ])
         .arg(format!("echo > /dev/tcp/{p2a_ip}/7777"))
-        .output();
+        .output()
+        .expect("run ip netns exec");
+    assert!(
+        !o.status.success(),
+        "p1a reached p2a with its host veth down"
+    );
     let failed = (0..100).any(|_| {
         let n = ip(&["-n", &lab.ns("node2"), "neigh", "show", &p2a_ip]);
         if n.contains("FAILED") {
