@@ -32,6 +32,7 @@ if ! command -v go >/dev/null; then
   exit 1
 fi
 
+. "$(dirname "$0")/lib/k8s-module.sh"
 work=$(mktemp -d /tmp/podnet-k8s-build.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 export GOFLAGS="-mod=mod -buildvcs=false"
@@ -42,24 +43,9 @@ echo "podnet: building Kubernetes v$K8S_VERSION (kube-apiserver, kube-controller
 mkdir -p "$work/k8s"
 (
   cd "$work/k8s"
-  go mod init podnet.dev/lab-kubernetes >/dev/null 2>&1
-  # k8s.io/kubernetes points its staging modules (k8s.io/api, client-go, ...) at
-  # ./staging with v0.0.0 requirements; outside its own tree each needs a replace to
-  # the published v0.<minor>.<patch> of the same release.
-  modfile=$(go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
-  [ -n "$modfile" ] || { echo "podnet: could not download k8s.io/kubernetes@v$K8S_VERSION from the Go module proxy" >&2; exit 1; }
-  staging_version="v0.${K8S_VERSION#1.}"
-  sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$modfile" | while read -r m; do
-    go mod edit -replace "$m=$m@$staging_version"
-  done
-  go mod edit -require "k8s.io/kubernetes@v$K8S_VERSION"
+  k8s_module podnet.dev/lab-kubernetes
   go get -tool k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl >&2
-  minor=${K8S_VERSION#1.}
-  minor=${minor%%.*}
-  ldflags="-s -w"
-  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags="$ldflags -X $p.gitVersion=v$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
-  done
+  ldflags=$(k8s_ldflags)
   go build -trimpath -ldflags "$ldflags" -o "$out.partial/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
 )

@@ -15,7 +15,7 @@ fi
 # procps (nft, sysctl): lab fault injection. openssl: the Kubernetes lab's certificates.
 # bpftool: a test reads the eBPF object's BTF to check the map layouts.
 # protobuf-compiler: the etcd client's gRPC code is generated at build time.
-packages=(clang iproute2 containernetworking-plugins podman runc busybox-static iptables tar etcd-server iperf3 nftables procps openssl bpftool protobuf-compiler)
+packages=(clang gcc libc6-dev mmdebstrap iproute2 containernetworking-plugins podman runc busybox-static iptables tar etcd-server iperf3 nftables procps openssl bpftool protobuf-compiler)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 # The Kubernetes tests run a real kube-apiserver: built once from Go modules, cached.
 PODNET_KUBERNETES_BIN=$(./scripts/kubernetes.sh)
 export PODNET_KUBERNETES_BIN
+# The real-node test runs containerd, kubelet and kube-proxy: built and imaged once.
+PODNET_NODES_BIN=$(./scripts/real-nodes.sh)
+export PODNET_NODES_BIN
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

@@ -364,6 +364,8 @@ fn add(
         },
     )
     .map_err(nl)?;
+    // A pod reaching itself through its own Service comes back by its own port.
+    link::set_hairpin(host, hveth.index, true).map_err(nl)?;
     t.mark("attached to the bridge");
 
     // 6. inside the pod.

@@ -118,6 +118,10 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
                     "host veth {host_name} is not attached to bridge {}",
                     s.bridge
                 ));
+            } else if h.hairpin == Some(false) {
+                problems.push(format!(
+                    "host veth {host_name} has hairpin mode off: the pod cannot reach itself through its own Services (`bridge link set dev {host_name} hairpin on`)"
+                ));
             }
         }
     }

@@ -27,6 +27,9 @@ pub struct LinkInfo {
     pub alias: Option<String>,
     /// For a VXLAN device: its parameters.
     pub vxlan: Option<VxlanInfo>,
+    /// For a bridge port: whether hairpin mode is on (frames may leave by the port
+    /// they came in on).
+    pub hairpin: Option<bool>,
 }
 
 /// What `ip -d link show` says of a VXLAN device.
@@ -67,6 +70,16 @@ impl LinkInfo {
                 IFLA_IFALIAS => li.alias = Some(msg::as_str(p)).filter(|a| !a.is_empty()),
                 IFLA_LINKINFO => {
                     li.kind = msg::find(p, IFLA_INFO_KIND).map(msg::as_str);
+                    if msg::find(p, IFLA_INFO_SLAVE_KIND)
+                        .map(msg::as_str)
+                        .as_deref()
+                        == Some("bridge")
+                    {
+                        li.hairpin = msg::find(p, IFLA_INFO_SLAVE_DATA)
+                            .and_then(|d| msg::find(d, IFLA_BRPORT_MODE))
+                            .and_then(|b| b.first().copied())
+                            .map(|m| m != 0);
+                    }
                     if li.kind.as_deref() == Some("vxlan") {
                         let d = msg::find(p, IFLA_INFO_DATA).unwrap_or(&[]);
                         li.vxlan = Some(VxlanInfo {
@@ -389,6 +402,25 @@ pub fn change_request(target: Target, c: &LinkChange) -> Request {
         m.u32(IFLA_GROUP, g);
     }
     Request::new(m, "change link", target.describe())
+}
+
+/// `ip link set dev INDEX type bridge_slave hairpin on|off`: whether the bridge may
+/// send a frame back out of the port it came in on. A pod that reaches itself through
+/// its own Service needs it: kube-proxy's DNAT turns the packet around on the node, and
+/// the bridge then delivers it to the port it came from.
+pub fn set_hairpin(sock: &mut Socket, index: u32, on: bool) -> Result<()> {
+    let mut m = Msg::new(RTM_NEWLINK, 0).fixed(&ifinfo(index, 0, 0));
+    let li = m.nest(IFLA_LINKINFO);
+    m.str(IFLA_INFO_SLAVE_KIND, "bridge");
+    let d = m.nest(IFLA_INFO_SLAVE_DATA);
+    m.u8(IFLA_BRPORT_MODE, on as u8);
+    m.end(d);
+    m.end(li);
+    sock.ack(
+        m,
+        "set hairpin mode of bridge port",
+        format!("index {index}"),
+    )
 }
 
 /// `ip link set TARGET …`.

@@ -53,6 +53,10 @@ pub const IFLA_GROUP: u16 = 27;
 pub const IFLA_LINK_NETNSID: u16 = 37;
 pub const IFLA_INFO_KIND: u16 = 1;
 pub const IFLA_INFO_DATA: u16 = 2;
+pub const IFLA_INFO_SLAVE_KIND: u16 = 4;
+pub const IFLA_INFO_SLAVE_DATA: u16 = 5;
+/// IFLA_BRPORT_MODE: a bridge port's hairpin mode.
+pub const IFLA_BRPORT_MODE: u16 = 4;
 pub const VETH_INFO_PEER: u16 = 1;
 pub const IFF_UP: u32 = 0x1;
 

@@ -464,6 +464,8 @@ fn lab_pods_with(
             repair: None,
             policy_datapath: policy_datapath.map(String::from),
             kubernetes: None,
+            real_nodes: None,
+            proxy_mode: None,
             datapath: datapath.map(String::from),
         },
         bins,

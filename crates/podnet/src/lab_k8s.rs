@@ -89,12 +89,49 @@ pub fn comm_of(what: &str) -> Option<&'static str> {
         "kube-apiserver" => "kube-apiserver",
         "kube-controller-manager" => "kube-controller",
         "kubelet" => "podnet",
-        _ => return None,
+        "kube-scheduler" => "kube-scheduler",
+        // A real node's daemons (crate::lab::real): `<node>.<daemon>`.
+        w => match w.split_once('.')?.1 {
+            "kubelet" => "kubelet",
+            "containerd" => "containerd",
+            "kube-proxy" => "kube-proxy",
+            _ => return None,
+        },
     })
 }
 
-fn run_checked(cmd: &mut Command, what: &str) -> Result<String> {
-    let o = cmd.output().with_context(|| format!("run {what}"))?;
+/// `openssl ARGS` in `dir`, which must succeed.
+fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    run_checked(
+        Command::new("openssl").args(args).current_dir(dir),
+        &format!("openssl {} (apt-get install openssl)", args[0]),
+    )
+    .map(|_| ())
+}
+
+/// A P-256 key `dir/name`.
+fn openssl_key(dir: &Path, name: &str) -> Result<()> {
+    openssl(
+        dir,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            name,
+        ],
+    )
+}
+
+/// Runs `cmd` (no input), which must succeed: its standard output, or an error with
+/// what it said.
+pub(crate) fn run_checked(cmd: &mut Command, what: &str) -> Result<String> {
+    let o = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {what}"))?;
     if !o.status.success() {
         bail!(
             "{what} failed ({}): {}",
@@ -192,24 +229,8 @@ impl Lab {
             return Ok(());
         }
         std::fs::create_dir_all(&pki).with_context(|| format!("create {}", pki.display()))?;
-        let ossl = |args: &[&str]| -> Result<()> {
-            run_checked(
-                Command::new("openssl").args(args).current_dir(&pki),
-                &format!("openssl {} (apt-get install openssl)", args[0]),
-            )
-            .map(|_| ())
-        };
-        let key = |name: &str| {
-            ossl(&[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                name,
-            ])
-        };
+        let ossl = |args: &[&str]| openssl(&pki, args);
+        let key = |name: &str| openssl_key(&pki, name);
         key("ca.key")?;
         ossl(&[
             "req",
@@ -224,50 +245,36 @@ impl Lab {
             "-subj",
             "/CN=podnet-lab-ca",
         ])?;
-        let sign = |name: &str, subj: &str, ext: &str| -> Result<()> {
-            key(&format!("{name}.key"))?;
-            ossl(&[
-                "req",
-                "-new",
-                "-key",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                subj,
-            ])?;
-            std::fs::write(pki.join(format!("{name}.ext")), ext)?;
-            ossl(&[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &format!("{name}.crt"),
-                "-days",
-                "3650",
-                "-extfile",
-                &format!("{name}.ext"),
-            ])
-        };
-        sign(
+        self.sign_cert(
             "apiserver",
             "/CN=kube-apiserver",
             &format!("subjectAltName=IP:{API_ADDR},IP:10.96.0.1,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n"),
         )?;
-        sign(
+        self.sign_cert(
             "admin",
             "/O=system:masters/CN=podnet-lab-admin",
             "extendedKeyUsage=clientAuth\n",
         )?;
-        sign(
+        self.sign_cert(
             "controller-manager",
             "/CN=system:kube-controller-manager",
+            "extendedKeyUsage=clientAuth\n",
+        )?;
+        // Real nodes (crate::lab::real): the scheduler, kube-proxy, and the API
+        // server's client certificate for the kubelets (exec, logs, port-forward).
+        self.sign_cert(
+            "scheduler",
+            "/CN=system:kube-scheduler",
+            "extendedKeyUsage=clientAuth\n",
+        )?;
+        self.sign_cert(
+            "kube-proxy",
+            "/CN=system:kube-proxy",
+            "extendedKeyUsage=clientAuth\n",
+        )?;
+        self.sign_cert(
+            "apiserver-kubelet-client",
+            "/O=system:masters/CN=kube-apiserver-kubelet-client",
             "extendedKeyUsage=clientAuth\n",
         )?;
         key("sa.key")?;
@@ -276,7 +283,42 @@ impl Lab {
         Ok(())
     }
 
-    fn write_kubeconfig(&self, path: &Path, user: Value) -> Result<()> {
+    /// Makes `<pki>/<name>.key` and a certificate for it signed by the lab's CA.
+    pub(crate) fn sign_cert(&self, name: &str, subj: &str, ext: &str) -> Result<()> {
+        let pki = self.k8s_dir().join("pki");
+        let ossl = |args: &[&str]| openssl(&pki, args);
+        openssl_key(&pki, &format!("{name}.key"))?;
+        ossl(&[
+            "req",
+            "-new",
+            "-key",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            subj,
+        ])?;
+        std::fs::write(pki.join(format!("{name}.ext")), ext)?;
+        ossl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "3650",
+            "-extfile",
+            &format!("{name}.ext"),
+        ])
+    }
+
+    pub(crate) fn write_kubeconfig(&self, path: &Path, user: Value) -> Result<()> {
         let pki = self.k8s_dir().join("pki");
         let kc = json!({
             "apiVersion": "v1", "kind": "Config",
@@ -327,6 +369,7 @@ impl Lab {
     pub(crate) fn ensure_control_plane(
         &self,
         fabric: &Netns,
+        real_nodes: bool,
         say: &mut dyn FnMut(&str),
     ) -> Result<()> {
         let bin = bin_dir()?;
@@ -385,6 +428,14 @@ impl Lab {
             "--allow-privileged=true".into(),
             "--profiling=false".into(),
             format!("--cert-dir={}", k8s.join("apiserver-certs").display()),
+            // To the kubelets of real nodes (exec, logs, port-forward), at their
+            // InternalIP: the lab's nodes have no names in any DNS.
+            format!(
+                "--kubelet-client-certificate={}",
+                p("apiserver-kubelet-client.crt")
+            ),
+            format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
+            "--kubelet-preferred-address-types=InternalIP".into(),
         ]);
         self.spawn_control(fabric, "kube-apiserver", api)?;
         self.write_kubeconfig(
@@ -414,8 +465,18 @@ impl Lab {
             format!("--authorization-kubeconfig={}", kcm_kc.display()),
             "--leader-elect=false".into(),
             "--use-service-account-credentials=true".into(),
-            "--controllers=node-ipam-controller,namespace-controller,serviceaccount-controller"
-                .into(),
+            // With real kubelets, every default controller (node lifecycle, endpoint
+            // slices, Deployments and DaemonSets, garbage collection, the root CA
+            // publisher…). With the lab's own kubelet, which sends no heartbeats, the
+            // node lifecycle controller would evict every pod: only what it needs.
+            if real_nodes {
+                "--controllers=*".into()
+            } else {
+                "--controllers=node-ipam-controller,namespace-controller,serviceaccount-controller"
+                    .into()
+            },
+            format!("--root-ca-file={}", p("ca.crt")),
+            format!("--service-account-private-key-file={}", p("sa.key")),
             "--allocate-node-cidrs=true".into(),
             format!("--cluster-cidr={CLUSTER_CIDR}"),
             "--node-cidr-mask-size=24".into(),
@@ -424,6 +485,22 @@ impl Lab {
             "--secure-port=10257".into(),
         ]);
         self.spawn_control(fabric, "kube-controller-manager", kcm)?;
+        if real_nodes {
+            let sched_kc = k8s.join("scheduler.kubeconfig");
+            self.write_kubeconfig(
+                &sched_kc,
+                json!({"client-certificate": p("scheduler.crt"), "client-key": p("scheduler.key")}),
+            )?;
+            let mut sched = Command::new(crate::lab::real::bin_dir()?.join("kube-scheduler"));
+            sched.args([
+                format!("--kubeconfig={}", sched_kc.display()),
+                format!("--authentication-kubeconfig={}", sched_kc.display()),
+                format!("--authorization-kubeconfig={}", sched_kc.display()),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+            ]);
+            self.spawn_control(fabric, "kube-scheduler", sched)?;
+        }
 
         // The agents' identity: deploy/'s ServiceAccount and RBAC, and a token of it.
         self.kubectl(&["apply", "-f", "-"], Some(NAMESPACE_YAML))?;

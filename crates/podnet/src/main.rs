@@ -263,6 +263,18 @@ enum LabCmd {
         /// binaries of scripts/kubernetes.sh.
         #[arg(long)]
         kubernetes: bool,
+        /// With --kubernetes: real nodes. Every node runs containerd, a real kubelet
+        /// and kube-proxy (inside its namespaces, with a mount namespace and cgroup
+        /// root of its own); the control plane adds kube-scheduler and every default
+        /// controller; podnet is installed from deploy/ (an image of these binaries,
+        /// the DaemonSet takes --backend/--policy-datapath/--datapath), CoreDNS runs
+        /// as kube-dns. Pods of --pods-per-node are agnhost netexec pods. Needs the
+        /// binaries and images of scripts/real-nodes.sh, podman and runc.
+        #[arg(long, requires = "kubernetes")]
+        kubelet: bool,
+        /// kube-proxy's mode on real nodes [default: nftables].
+        #[arg(long, value_enum, requires = "kubelet")]
+        proxy_mode: Option<LabProxyMode>,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -390,6 +402,12 @@ enum LabPolicyDatapath {
 enum LabDatapath {
     Bridge,
     Ebpf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LabProxyMode {
+    Nftables,
+    Iptables,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -597,10 +615,12 @@ fn print_status(lab: &podnet::lab::Lab, output: Output) -> Result<()> {
         "NODE", "UNDERLAY", "POD CIDR", "VTEP MAC", "AGENT", "PEERS"
     );
     for n in &st.nodes {
-        let agent = n
-            .agent_pid
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "DOWN".into());
+        // On real nodes podnetd is the DaemonSet's pod: no pid of the lab's.
+        let agent = match (n.agent_pid, n.pod_cidr.is_some()) {
+            (Some(p), _) => p.to_string(),
+            (None, true) => "pod".into(),
+            (None, false) => "DOWN".into(),
+        };
         println!(
             "{:<8} {:<14} {:<16} {:<18} {:>8} {:>6}",
             n.name,
@@ -679,6 +699,8 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
             no_repair,
             policy_datapath,
             kubernetes,
+            kubelet,
+            proxy_mode,
             datapath,
             output,
         } => {
@@ -704,6 +726,11 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
                     LabPolicyDatapath::None => "none".into(),
                 }),
                 kubernetes: kubernetes.then_some(true),
+                real_nodes: kubelet.then_some(true),
+                proxy_mode: proxy_mode.map(|m| match m {
+                    LabProxyMode::Nftables => "nftables".into(),
+                    LabProxyMode::Iptables => "iptables".into(),
+                }),
                 datapath: datapath.map(|d| match d {
                     LabDatapath::Bridge => "bridge".into(),
                     LabDatapath::Ebpf => "ebpf".into(),
@@ -715,7 +742,7 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
                     eprintln!("… {l}");
                 }
             })?;
-            if st.kubernetes {
+            if st.kubernetes && !st.real_nodes {
                 // The lab's kubelet makes the pods; it needs the lab's lock.
                 drop(lab);
                 let ids: Vec<String> = (1..=nodes)

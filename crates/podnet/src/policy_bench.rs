@@ -251,6 +251,8 @@ fn bench_lab(name: &str, datapath: &str, bins: &Binaries) -> Result<(LabGuard, L
             repair: None,
             policy_datapath: Some(datapath.into()),
             kubernetes: None,
+            real_nodes: None,
+            proxy_mode: None,
             datapath: None,
         },
         bins,

@@ -59,6 +59,14 @@ pub struct Options {
     /// `bridge`.
     #[serde(default)]
     pub datapath: Option<String>,
+    /// With `kubernetes`: real nodes (containerd, kubelet, kube-proxy; podnet from
+    /// `deploy/`, [`real`]); `None`: what the lab was built with, else off.
+    #[serde(default)]
+    pub real_nodes: Option<bool>,
+    /// kube-proxy's mode on real nodes: `nftables` or `iptables`; `None`: what the
+    /// lab was built with, else `nftables`.
+    #[serde(default)]
+    pub proxy_mode: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -75,12 +83,23 @@ pub struct State {
     /// `bridge` or `ebpf` (the fast path).
     #[serde(default = "default_datapath")]
     pub datapath: String,
+    /// Real nodes ([`real`]): containerd, kubelet and kube-proxy on every node, podnet
+    /// from `deploy/`.
+    #[serde(default)]
+    pub real_nodes: bool,
+    /// kube-proxy's mode on real nodes.
+    #[serde(default = "default_proxy_mode")]
+    pub proxy_mode: String,
     pub nodes: Vec<NodeState>,
     pub pods: Vec<PodState>,
 }
 
 fn default_datapath() -> String {
     "bridge".into()
+}
+
+fn default_proxy_mode() -> String {
+    "nftables".into()
 }
 
 fn default_policy_datapath() -> String {
@@ -492,6 +511,7 @@ mod check;
 mod faults;
 mod nodes;
 mod pods;
+pub mod real;
 mod status;
 
 pub use check::{render_check, Check, Probe};

@@ -23,6 +23,11 @@ impl Lab {
                 .unwrap_or_else(default_policy_datapath);
             st.kubernetes = opts.kubernetes.unwrap_or(false);
             st.datapath = opts.datapath.clone().unwrap_or_else(default_datapath);
+            st.real_nodes = opts.real_nodes.unwrap_or(false);
+            st.proxy_mode = opts.proxy_mode.clone().unwrap_or_else(default_proxy_mode);
+            if st.real_nodes && !st.kubernetes {
+                bail!("--kubelet runs real kubelets against the lab's Kubernetes control plane: add --kubernetes");
+            }
             st.datastore = if st.kubernetes {
                 if datastore.is_some() {
                     bail!("--kubernetes brings its own datastore (the API server): leave --datastore out");
@@ -61,6 +66,15 @@ impl Lab {
                     if st.kubernetes { "on" } else { "off" }
                 ));
             }
+            if opts.real_nodes.is_some_and(|r| r != st.real_nodes) {
+                differs.push(format!(
+                    "real nodes {}",
+                    if st.real_nodes { "on" } else { "off" }
+                ));
+            }
+            if let Some(m) = opts.proxy_mode.as_ref().filter(|m| **m != st.proxy_mode) {
+                differs.push(format!("proxy mode {} (asked: {m})", st.proxy_mode));
+            }
             if opts.repair.is_some_and(|r| r != st.repair) {
                 differs.push(format!(
                     "repair {} (asked: {})",
@@ -82,6 +96,10 @@ impl Lab {
             }
         }
         st.name = self.name.clone();
+        if st.real_nodes {
+            // Everything real nodes need, before anything is made.
+            super::real::preflight()?;
+        }
 
         let down = format!(
             "`podnet lab down --name {}` removes what was made so far",
@@ -129,15 +147,21 @@ impl Lab {
         if st.kubernetes {
             self.fabric_address(&mut fs)?;
             self.save(&st)?;
-            self.ensure_control_plane(&fabric, say).with_context(|| {
-                format!(
-                    "starting the Kubernetes control plane in {}; {down}",
-                    self.fabric_ns()
-                )
-            })?;
+            self.ensure_control_plane(&fabric, st.real_nodes, say)
+                .with_context(|| {
+                    format!(
+                        "starting the Kubernetes control plane in {}; {down}",
+                        self.fabric_ns()
+                    )
+                })?;
         }
 
-        if st.policy_datapath == "ebpf" {
+        if st.real_nodes {
+            // podnet comes from deploy/, in an image of the lab's binaries.
+            self.build_podnet_image(bins)
+                .with_context(|| format!("building podnet's image; {down}"))?;
+        }
+        if st.policy_datapath == "ebpf" && !st.real_nodes {
             self.ensure_bpffs()
                 .with_context(|| format!("preparing the eBPF policy datapath; {down}"))?;
         }
@@ -152,6 +176,29 @@ impl Lab {
                     self.node_ns(&node)
                 )
             })?;
+        }
+        if st.real_nodes {
+            self.install_podnet(&st, say)
+                .with_context(|| format!("installing podnet from deploy/; {down}"))?;
+            self.finish_real_nodes(&st, say)
+                .with_context(|| format!("waiting for the real nodes; {down}"))?;
+            let pods: Vec<(String, String)> = (1..=opts.nodes)
+                .flat_map(|i| {
+                    (0..opts.pods_per_node).map(move |j| (pod_name(i, j), format!("node{i}")))
+                })
+                .collect();
+            self.create_real_pods(&pods)
+                .with_context(|| format!("creating the lab's pods; {down}"))?;
+            self.wait_converged(&st)?;
+            say(&format!(
+                "lab {} is up on real nodes: {} nodes, {} pods (kubectl: `podnet lab kubectl --name {} -- get pods -A -o wide`), in {:.1} s",
+                self.name,
+                st.nodes.len(),
+                pods.len(),
+                self.name,
+                t0.elapsed().as_secs_f64()
+            ));
+            return Ok(st);
         }
         if st.kubernetes {
             self.ensure_kubelet(&fabric, bins)?;
@@ -264,6 +311,10 @@ impl Lab {
                 netns: ns_name.clone(),
                 underlay_ip: ip,
             });
+        }
+        if st.real_nodes {
+            // Its kubelet registers the Node; podnetd comes with the DaemonSet.
+            return self.ensure_real_node(st, node, ip, say);
         }
         if st.kubernetes {
             self.register_node(node, ip)?;
@@ -450,6 +501,12 @@ impl Lab {
         if !st.nodes.iter().any(|n| n.name == node) {
             bail!("no node {node} in lab {}", self.name);
         }
+        if st.real_nodes {
+            bail!(
+                "lab {} runs real nodes, which `node del` does not remove yet: `podnet lab kubectl -- drain {node}` and `delete node {node}` take it out of the cluster, `podnet lab down` removes everything",
+                self.name
+            );
+        }
         self.stop(node, "podnetd");
         self.stop(&wireguard_pid_name(node), "podnetd");
         // Talk to the datastore from inside the fabric, where the lab's etcd lives: the
@@ -494,6 +551,8 @@ impl Lab {
     pub fn down(&self) -> Result<usize> {
         let st = self.load().ok().flatten().unwrap_or_default();
         let mut removed = 0;
+        // Real nodes first: their kubelets would restart what is stopped below.
+        self.real_down()?;
         // Every process the lab started has a pid file, recorded or not in lab.json.
         let mut pids: Vec<String> = std::fs::read_dir(self.dir.join("pids"))
             .map(|d| {

@@ -172,6 +172,38 @@ impl TestLab {
         podnet().args(&full).output().expect("run podnet")
     }
 
+    /// `podnet lab kubectl -- ARGS` (stdin if given): success, stdout, stderr.
+    pub fn kubectl_try(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        use std::io::Write;
+        let mut cmd = podnet();
+        cmd.args(["lab", "--name", &self.name, "kubectl", "--"])
+            .args(args)
+            .stdin(if stdin.is_some() {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("run podnet lab kubectl");
+        if let Some(s) = stdin {
+            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        }
+        let o = child.wait_with_output().unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
+    /// kubectl, which must succeed; its output.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let (ok, out, err) = self.kubectl_try(args, stdin);
+        assert!(ok, "kubectl {args:?} failed: {err}");
+        out
+    }
+
     pub fn json(&self, args: &[&str]) -> Value {
         let o = self.run(args);
         serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {

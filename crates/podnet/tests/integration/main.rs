@@ -18,6 +18,7 @@ mod observe;
 mod podman;
 mod policy;
 mod policy_datapath;
+mod real_nodes;
 mod semantics;
 mod trace;
 mod upgrade;
