@@ -145,6 +145,8 @@ image() { # name tag containerfile-text [files to copy into the context...]
   printf '%s\n' "$cf" >"$ctx/Containerfile"
   podman build -q -t "$tag" "$ctx" >/dev/null
   podman save -q --format docker-archive -o "$out/images/$name.tar.new" "$tag"
+  # The archive is the cache; podman's store keeps only the base.
+  podman rmi -f "$tag" >/dev/null
   mv "$out/images/$name.tar.new" "$out/images/$name.tar"
 }
 

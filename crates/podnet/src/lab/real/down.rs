@@ -24,7 +24,7 @@ impl Lab {
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
         let _ = std::fs::remove_dir_all(&base);
-        let _l = shared_lock()?;
+        let _l = shared_lock("mounts")?;
         let others = std::fs::read_dir(NODES_ROOT).is_ok_and(|mut d| d.next().is_some());
         if !others {
             let _ = std::fs::remove_dir(NODES_ROOT);

@@ -216,10 +216,10 @@ fn dirs_deepest_first(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// A held lock on everything real-node labs share: the mount points they make on the
-/// machine.
-fn shared_lock() -> Result<File> {
-    let p = Path::new(LAB_ROOT).join(".real-nodes.lock");
+/// A held lock on what real-node labs share: the mount points they make on the
+/// machine (`mounts`), podnet's image tag in podman's store (`image`).
+fn shared_lock(what: &str) -> Result<File> {
+    let p = Path::new(LAB_ROOT).join(format!(".real-nodes-{what}.lock"));
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -354,7 +354,7 @@ impl Lab {
             )?;
         }
         {
-            let _l = shared_lock()?;
+            let _l = shared_lock("mounts")?;
             let mut made: Vec<String> = std::fs::read_to_string(made_dirs_file())
                 .map(|s| s.lines().map(String::from).collect())
                 .unwrap_or_default();
