@@ -201,13 +201,22 @@ fn real_nodes_run_kubelet_pods_on_podnet_with_services_dns_and_policy() {
     }
     let ips: std::collections::BTreeSet<&str> = rows.iter().map(|(_, ip)| *ip).collect();
     assert_eq!(ips.len(), 4, "{placed}");
+    // A new pod is closed until its node's podnetd has programmed it, which follows
+    // the kubelet's status write (the pod's address) through the API watch: Ready
+    // may come first, so each replica gets until its verdicts are in.
     for ip in &ips {
-        let (ok, name) = exec(
-            &lab,
-            "p1a",
-            &format!("curl -s -m 5 http://{ip}:8080/hostname"),
+        wait_until(
+            &format!("p1a reaches replica {ip}"),
+            Duration::from_secs(30),
+            || {
+                let (ok, name) = exec(
+                    &lab,
+                    "p1a",
+                    &format!("curl -s -m 2 http://{ip}:8080/hostname"),
+                );
+                ok && name.starts_with("web-")
+            },
         );
-        assert!(ok && name.starts_with("web-"), "{ip}: {name}");
     }
 
     // NetworkPolicy, enforced by the DaemonSet's podnetd: p2a admits nobody.
