@@ -8,7 +8,7 @@ impl Lab {
     /// Imports into `node`'s containerd each image it does not hold yet.
     pub(super) fn import_images(&self, node: &str, bin: &Path) -> Result<()> {
         let ctr = bin.join("ctr");
-        let (mut cmd, _m, _n) = self.node_command(node, &ctr)?;
+        let (mut cmd, _m, _n) = self.node_command(node, &ctr, false)?;
         let have = run_checked(
             cmd.args(["-n", "k8s.io", "images", "ls", "-q"]),
             &format!("ctr images ls on {node}"),
@@ -25,7 +25,7 @@ impl Lab {
             }
             // On standard input: the node's mount namespace hides the lab's directory.
             let f = File::open(&tar).with_context(|| format!("open {}", tar.display()))?;
-            let (mut cmd, _m, _n) = self.node_command(node, &ctr)?;
+            let (mut cmd, _m, _n) = self.node_command(node, &ctr, false)?;
             let o = cmd
                 .args(["-n", "k8s.io", "images", "import", "-"])
                 .stdin(Stdio::from(f))

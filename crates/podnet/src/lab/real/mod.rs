@@ -279,9 +279,15 @@ impl Lab {
         format!("podnet-{}-{node}", self.name)
     }
 
-    /// A command run in `node`'s namespaces; the descriptors it needs are returned and
-    /// must live until it is spawned.
-    fn node_command(&self, node: &str, program: &Path) -> Result<(Command, File, Netns)> {
+    /// A command run in `node`'s namespaces (`detach`: in a session of its own, as a
+    /// daemon); the descriptors it needs are returned and must live until it is
+    /// spawned.
+    fn node_command(
+        &self,
+        node: &str,
+        program: &Path,
+        detach: bool,
+    ) -> Result<(Command, File, Netns)> {
         let mnt = File::open(self.node_mnt(node))
             .with_context(|| format!("open the mount namespace of {node}"))?;
         let net = Netns::open(netns::named_path(&self.node_ns(node)))
@@ -295,7 +301,7 @@ impl Lab {
                 bin.display()
             ),
         );
-        enter(&mut cmd, mnt.as_raw_fd(), net.fd(), false);
+        enter(&mut cmd, mnt.as_raw_fd(), net.fd(), detach);
         Ok((cmd, mnt, net))
     }
 
@@ -320,8 +326,7 @@ impl Lab {
             .append(true)
             .open(&log)
             .with_context(|| format!("open log {}", log.display()))?;
-        let (mut cmd, mnt, net) = self.node_command(node, program)?;
-        enter(&mut cmd, mnt.as_raw_fd(), net.fd(), true);
+        let (mut cmd, _mnt, _net) = self.node_command(node, program, true)?;
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(f.try_clone()?))
