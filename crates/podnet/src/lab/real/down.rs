@@ -23,7 +23,16 @@ impl Lab {
             // SAFETY: unmounting the lab's own mount point (EINVAL if none).
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
-        let _ = std::fs::remove_dir_all(&base);
+        match std::fs::remove_dir_all(&base) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => bail!(
+                "cannot remove {} ({e}): a mount or process of lab {} may be left; see `grep {} /proc/self/mountinfo`",
+                base.display(),
+                self.name,
+                base.display()
+            ),
+        }
         let _l = shared_lock("mounts")?;
         let others = std::fs::read_dir(NODES_ROOT).is_ok_and(|mut d| d.next().is_some());
         if !others {
@@ -108,10 +117,18 @@ impl Lab {
             // SAFETY: unpinning the lab's own namespace (EINVAL if not pinned).
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
+        // Deepest first; a cgroup that cannot go still holds a process: say which.
         for h in cgroup_hierarchies() {
             for d in dirs_deepest_first(&h.join(&cg)) {
-                if d.exists() {
-                    let _ = std::fs::remove_dir(&d);
+                match std::fs::remove_dir(&d) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => bail!(
+                        "cannot remove cgroup {} of lab node {node} ({e}): `cat {}/cgroup.procs` names what still runs there; kill it and run `podnet lab down --name {}` again",
+                        d.display(),
+                        d.display(),
+                        self.name
+                    ),
                 }
             }
         }
