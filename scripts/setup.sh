@@ -31,3 +31,14 @@ if ! command -v cargo >/dev/null; then
   echo "podnet: no Rust toolchain found: install one with rustup (https://rustup.rs), then run this again" >&2
   exit 1
 fi
+# The suite checks formatting and lints: both components come with rustup.
+for tool in rustfmt clippy-driver; do
+  if ! command -v "$tool" >/dev/null; then
+    if command -v rustup >/dev/null; then
+      rustup component add rustfmt clippy
+    else
+      echo "podnet: $tool is missing: install the rustfmt and clippy components of your Rust toolchain, then run this again" >&2
+      exit 1
+    fi
+  fi
+done
