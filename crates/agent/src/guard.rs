@@ -29,9 +29,10 @@
 use aya::maps::{Array, HashMap};
 use aya::programs::SchedClassifier;
 use aya::Ebpf;
+pub use podnet_api::GuardStatus;
 use podnet_cni_spec::Ipv4Net;
 use podnet_netlink::{tc, Socket};
-use serde::{Deserialize, Serialize};
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -107,31 +108,6 @@ fn mask(prefix: u8) -> u32 {
 
 fn err(what: &str, e: impl std::fmt::Display) -> String {
     format!("underlay guard: {what}: {e}")
-}
-
-/// What the guard holds, for the agent's status.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct GuardStatus {
-    /// The device whose ingress carries the filter.
-    pub device: String,
-    pub vxlan_port: u16,
-    pub wireguard_port: u16,
-    /// host-gw: plain pod sources bound to their owner's MAC (else refused from the
-    /// wire altogether).
-    pub host_gw: bool,
-    /// host-gw: peers' pod CIDRs bound to a known MAC (the others take any MAC until
-    /// their neighbour entry resolves).
-    #[serde(default)]
-    pub bound_sources: usize,
-    /// Peers whose underlay address may reach the ports.
-    pub peers: usize,
-    /// Whether the filter is in place with this agent's program (read when asked).
-    pub attached: bool,
-    /// The kernel id of this agent's guard program.
-    #[serde(default)]
-    pub program_id: u32,
-    /// Packets dropped, by reason id (`UNDERLAY_DROP_REASONS`).
-    pub drops: BTreeMap<String, u64>,
 }
 
 /// The loaded guard.

@@ -35,9 +35,9 @@ pub mod metrics;
 pub mod nft;
 pub mod observe;
 pub mod plan;
+/// The API's ICMP probe, run in the node's namespace for `{"get":"ping"}`.
+pub use podnet_api::probe;
 pub mod policy;
-pub mod probe;
-pub mod proto;
 pub mod wireguard;
 
 use plan::{Backend, Current, Peer, RTPROT_PODNET};
@@ -46,12 +46,15 @@ use podnet_datastore::{Datastore, NodeRecord, Registration};
 use podnet_netlink::link::{self, LinkChange, Target, VxlanSpec};
 use podnet_netlink::socket::Request;
 use podnet_netlink::{addr, neigh, parse_mac, route, Socket};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The API's types live in `podnet-api`, the boundary every client builds against.
+pub use podnet_api as proto;
+pub use podnet_api::{PeerStatus, Status, WireGuardPeerStatus, WireGuardStatus};
 pub use podnet_conventions::{vtep_mac, VXLAN_OVERHEAD};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -143,120 +146,6 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// What the agent reports about itself (the API's `status`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Status {
-    /// The underlay guard ([`guard`]), with VXLAN and WireGuard.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub underlay_guard: Option<guard::GuardStatus>,
-    pub node: String,
-    pub backend: String,
-    pub pod_cidr: String,
-    pub underlay_dev: String,
-    pub underlay_ip: String,
-    pub vtep_mac: String,
-    pub bridge: String,
-    pub vxlan_dev: String,
-    /// The VXLAN UDP port, and what VXLAN adds to each packet (0 with host-gw): what
-    /// trace and doctor probe and size with.
-    pub vxlan_port: u16,
-    pub overlay_overhead: u32,
-    /// `bridge`, or `ebpf` (the fast path).
-    #[serde(default)]
-    pub datapath: String,
-    pub mtu: u32,
-    pub repair: bool,
-    pub datastore: String,
-    pub peers: Vec<PeerStatus>,
-    /// Seconds since the Unix epoch of the last completed sync.
-    pub last_sync: u64,
-    /// Kernel changes made since the agent started.
-    pub changes: u64,
-    pub pid: u32,
-    /// What is wrong with the datastore right now (a refused watch, the API server
-    /// unreachable); the datapath keeps its last state meanwhile.
-    pub datastore_problems: Vec<String>,
-    /// The WireGuard backend's device as it is now (absent with other backends).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wireguard: Option<WireGuardStatus>,
-}
-
-/// The WireGuard device, read from it at every sync (never its private key).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct WireGuardStatus {
-    /// Which WireGuard runs the device ([`wireguard::IMPLEMENTATION`]).
-    pub implementation: String,
-    /// Whether the node's kernel has WireGuard (podnet runs the userspace device
-    /// either way).
-    #[serde(default)]
-    pub kernel_has_wireguard: bool,
-    pub device: String,
-    pub port: u16,
-    /// The node's public key, as published.
-    pub public_key: String,
-    /// The public key of the private key the device holds (differs from
-    /// `public_key` only while a rotation is half done).
-    pub device_public_key: String,
-    /// The device process.
-    pub pid: u32,
-    pub socket: String,
-    /// What the device could not be asked, if anything.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub peers: Vec<WireGuardPeerStatus>,
-}
-
-/// One peer as the device holds it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct WireGuardPeerStatus {
-    pub public_key: String,
-    pub endpoint: String,
-    pub allowed_ips: Vec<String>,
-    /// Unix seconds of the latest handshake (0: none yet).
-    pub last_handshake: u64,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PeerStatus {
-    pub name: String,
-    pub pod_cidr: String,
-    pub underlay_ip: String,
-    pub vtep_mac: String,
-    /// With the WireGuard backend: the peer's public key and port as the datastore
-    /// publishes them.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub wireguard_public_key: String,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub wireguard_port: u16,
-}
-
-fn is_zero(p: &u16) -> bool {
-    *p == 0
-}
-
-/// `2026-11-26T06:40:00Z` for Unix seconds `t` (UTC, proleptic Gregorian).
-pub fn rfc3339(t: u64) -> String {
-    let (days, secs) = ((t / 86400) as i64, t % 86400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
 
 /// The agent logs through `tracing` (podnetd sets the format and `RUST_LOG` the
 /// level); every line carries the node.
@@ -1640,12 +1529,5 @@ mod tests {
             let e = check_peer(&r, &wg, &accepted).unwrap_err();
             assert!(e.contains(why), "{e} (want {why})");
         }
-    }
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(super::rfc3339(1_795_675_306), "2026-11-26T06:41:46Z");
     }
 }

@@ -21,8 +21,9 @@
 //! loses events without a trace in `podnet_events_lost_total`.
 
 use crate::policy::PolicyStatus;
+pub use podnet_api::Event;
 use podnet_netlink::antispoof::{self, SpoofEvent};
-use serde::{Deserialize, Serialize};
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -34,42 +35,6 @@ use std::time::{Duration, Instant, SystemTime};
 pub const CAPACITY: usize = 4096;
 /// How long allowed events stay on after a watcher last asked for them.
 pub const ALLOWED_FOR: Duration = Duration::from_secs(5);
-
-/// One verdict on one packet, as `podnet observe` prints it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    /// Position in the node's event log (increasing).
-    pub seq: u64,
-    /// RFC 3339, milliseconds.
-    pub time: String,
-    /// Milliseconds since the Unix epoch (for `--since`).
-    pub unix_ms: u64,
-    pub node: String,
-    /// `dropped` or `allowed`.
-    pub verdict: String,
-    /// Anti-spoofing: the drop reason (`arp-spa`, `ip-src`, …). Policy: `policy`
-    /// (isolated, no rule admits it), `not-programmed` (the pod's verdicts are not in
-    /// place yet), or for allowed flows `policy` (a rule admits it) or `not-isolated`.
-    pub reason: String,
-    /// The policies that isolate the pod in this direction (comma-separated), for
-    /// policy verdicts.
-    pub policy: String,
-    /// `ingress` or `egress` of the pod, for policy verdicts; empty for anti-spoofing.
-    pub direction: String,
-    /// `TCP`, `UDP`, `SCTP`, `ICMP`, `ARP`, `IPv6`, or the number.
-    pub protocol: String,
-    pub src: String,
-    pub dst: String,
-    pub src_port: u16,
-    /// The destination port (0 without one).
-    pub port: u16,
-    /// The node's pod the verdict is about, and its namespace.
-    pub pod: String,
-    pub namespace: String,
-    /// Anti-spoofing: the frame's Ethernet source.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub src_mac: String,
-}
 
 #[derive(Default)]
 struct Log {
@@ -157,7 +122,7 @@ fn now_ms() -> u64 {
 }
 
 fn time_of(ms: u64) -> String {
-    let s = crate::rfc3339(ms / 1000);
+    let s = podnet_conventions::rfc3339(ms / 1000);
     format!("{}.{:03}Z", s.trim_end_matches('Z'), ms % 1000)
 }
 

@@ -11,11 +11,14 @@
 //! all or nothing); the next round rewrites the whole table.
 
 use crate::{ebpf, nft};
+pub use podnet_api::{
+    Denied, DirStatus, FastPathStatus, PodPolicyStatus, PodVerdict, PolicyStatus, RefusedPod,
+};
 use podnet_cni_spec::Ipv4Net;
 use podnet_datastore::Datastore;
 use podnet_policy::compile::{PodTables, Table};
 use podnet_policy::{compile, Cluster, Direction, Object};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -145,63 +148,6 @@ enum Dp {
     None,
 }
 
-/// One direction of one local pod, as the API reports it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DirStatus {
-    /// `open` or `isolated`.
-    pub state: String,
-    pub policies: Vec<String>,
-    /// Entries in the datapath for this direction.
-    pub entries: usize,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PodPolicyStatus {
-    pub pod: String,
-    pub ip: String,
-    pub ingress: DirStatus,
-    pub egress: DirStatus,
-}
-
-/// The policy side of the agent's status (the API's `{"get":"policy"}`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct PolicyStatus {
-    pub datapath: String,
-    /// Revision of the objects the datapath reflects (0: not programmed yet).
-    pub revision: u64,
-    pub pods: Vec<PodPolicyStatus>,
-    pub rejected: Vec<String>,
-    /// Local pods left closed because their compiled tables are too large to program
-    /// ([`MAX_POD_ENTRIES`]). Every other pod is programmed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub refused: Vec<RefusedPod>,
-    /// The last programming error, if the last round failed.
-    pub error: Option<String>,
-    /// Duration of the last change: read the objects, compile and program,
-    /// milliseconds; and of its first two parts.
-    pub last_change_ms: f64,
-    #[serde(default)]
-    pub last_change_read_ms: f64,
-    #[serde(default)]
-    pub last_change_compile_ms: f64,
-    /// Elements written by the last change.
-    pub last_change_elements: usize,
-    /// The compiled tables of the local pods, as programmed (for `verdict`; shared,
-    /// so that reading the status copies nothing large).
-    #[serde(skip)]
-    pub tables: Arc<BTreeMap<String, PodTables>>,
-    /// Where the eBPF datapath's maps are pinned.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bpf_dir: Option<PathBuf>,
-    /// The eBPF fast path (`--datapath ebpf`), when on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fast_path: Option<FastPathStatus>,
-    /// The version of each object the programmed verdicts were compiled from (where
-    /// the source versions objects: Kubernetes), for `policy-versions`.
-    #[serde(skip)]
-    pub versions: Arc<BTreeMap<String, String>>,
-}
-
 fn dir_status(t: &Table) -> DirStatus {
     match t {
         Table::Open => DirStatus {
@@ -252,14 +198,6 @@ pub struct Policy {
     pod_ips: Option<BTreeMap<std::net::Ipv4Addr, (String, String)>>,
     /// Local pods whose tables exceed [`MAX_POD_ENTRIES`], with why: left closed.
     refused: BTreeMap<String, RefusedPod>,
-}
-
-/// A local pod the agent left closed, and why.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct RefusedPod {
-    pub pod: String,
-    pub ip: String,
-    pub why: String,
 }
 
 /// The most table entries (allowed peer prefixes × port ranges, both directions) one
@@ -460,23 +398,6 @@ fn pod_veths(
 pub struct FastPath {
     /// The VXLAN device, whose ingress gets `from_overlay` (none with host-gw).
     pub overlay_dev: Option<String>,
-}
-
-/// The fast path as the datapath holds it (the status's `fast_path`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct FastPathStatus {
-    /// The node's pods the fast path delivers to directly.
-    pub pods: Vec<String>,
-    /// The overlay device with `from_overlay` on its ingress (empty: none).
-    pub overlay_dev: String,
-    /// The underlay device with `from_underlay` on its ingress, when the fast path
-    /// writes the VXLAN encapsulation itself (empty: it does not; host-gw, or a VXLAN
-    /// device without a local address and underlay link).
-    #[serde(default)]
-    pub underlay_dev: String,
-    /// Peer VTEPs the fast path sends to directly.
-    #[serde(default)]
-    pub overlay_peers: usize,
 }
 
 /// Removes the fast path's filter from every link that has it (the underlay devices
@@ -1268,31 +1189,6 @@ impl Policy {
     }
 }
 
-/// What the programmed tables say of one flow at one local pod (the API's `verdict`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PodVerdict {
-    /// The local pod (`ns/name`), if the address is one.
-    pub pod: Option<String>,
-    pub direction: Direction,
-    pub isolated: bool,
-    pub policies: Vec<String>,
-    pub allowed: bool,
-    /// The table entry that admits the flow, as the datapath holds it.
-    pub entry: Option<String>,
-    /// Whether the kernel holds the pod's address as programmed (else it is closed).
-    pub programmed: bool,
-    pub datapath: String,
-    /// What is missing from the kernel that opens this pod (a deleted table, a flushed
-    /// chain or isolation set, bridge-nf-call-iptables off, a removed filter): while
-    /// any is listed the flow is *allowed*, whatever the tables say, until the agent
-    /// puts it back.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub enforcement: Vec<String>,
-    /// Why the agent left this pod closed, if it did (its tables are too large).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refused: Option<String>,
-}
-
 /// The host veth (index, name) of the local pod at `ip`, found by its anti-spoofing
 /// entry.
 fn veth_of(sock: &mut podnet_netlink::Socket, ip: std::net::Ipv4Addr) -> Option<(u32, String)> {
@@ -1395,16 +1291,6 @@ pub fn verdict(
         v.allowed = false;
     }
     v
-}
-
-/// Packets refused per local pod and direction, with the policies that isolate it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Denied {
-    pub pod: String,
-    pub ip: String,
-    pub direction: Direction,
-    pub policies: Vec<String>,
-    pub packets: u64,
 }
 
 /// The datapath's drop counters, joined with the status (for the API).

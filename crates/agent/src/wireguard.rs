@@ -27,6 +27,7 @@
 //! (`wireguard.kernel_has_wireguard`); `ip -d link show podnet.wg` shows `tun`.
 
 use crate::{Error, Result};
+pub use podnet_api::Rotated;
 use podnet_cni_spec::Ipv4Net;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, SocketAddrV4};
@@ -559,16 +560,6 @@ pub fn run_device(dev: &str, socket: &Path, pid_file: &Path) -> std::result::Res
         drop(device);
         Ok(())
     })
-}
-
-/// What a key rotation did.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Rotated {
-    pub node: String,
-    pub public_key_before: String,
-    pub public_key: String,
-    /// From the request reaching the agent's loop to the new key published.
-    pub elapsed_ms: u64,
 }
 
 /// Key rotations asked for through the API and done by the agent's loop (which owns

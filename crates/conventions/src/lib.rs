@@ -108,6 +108,27 @@ pub fn cni_report_socket(node_file: &std::path::Path) -> std::path::PathBuf {
     node_file.with_file_name("cni-report.sock")
 }
 
+/// `2026-11-26T06:40:00Z` for Unix seconds `t` (UTC, proleptic Gregorian).
+pub fn rfc3339(t: u64) -> String {
+    let (days, secs) = ((t / 86400) as i64, t % 86400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +157,12 @@ mod tests {
         let a = owner_alias("podnet", "cid1", "eth0", &long_ns).unwrap();
         assert!(a.len() <= 255 && alias_netns(&a).is_none());
         assert_eq!(owner_alias("podnet", &"c".repeat(300), "eth0", "x"), None);
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_675_306), "2026-11-26T06:41:46Z");
     }
 }

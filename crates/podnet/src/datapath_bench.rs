@@ -76,7 +76,7 @@ pub struct Report {
 
 /// Waits until the eBPF lab's agents have switched allowed events off again (they stay
 /// on 5 s after the last ask).
-fn wait_allowed_off(agents: &[podnet_agent::proto::Client]) -> Result<()> {
+fn wait_allowed_off(agents: &[podnet_api::Client]) -> Result<()> {
     let t = Instant::now();
     loop {
         let on = agents
@@ -508,7 +508,7 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
     let (_ge, eb) = lab_pods(&eb_name, "vxlan", Some("ebpf"), bins)?;
     // The eBPF fast path (`--datapath ebpf`): same lab shape, policy on eBPF.
     let (_gf, fp) = lab_pods_datapath(&format!("{tag}f"), "ebpf", bins)?;
-    let eb_agents: Vec<podnet_agent::proto::Client> = {
+    let eb_agents: Vec<podnet_api::Client> = {
         let l = Lab::open(&eb_name)?;
         let st = l.load()?.context("the eBPF lab's state")?;
         st.nodes.iter().map(|n| l.agent(&n.name)).collect()

@@ -17,8 +17,8 @@ use crate::trace::{
     Agents, Macs, Overlay, Vtep, VtepWant,
 };
 use anyhow::{bail, Result};
-use podnet_agent::proto::{Client, NeighState, NodeState, RouteState};
-use podnet_agent::Status;
+use podnet_api::Status;
+use podnet_api::{Client, NeighState, NodeState, RouteState};
 use serde::Serialize;
 use std::time::Instant;
 

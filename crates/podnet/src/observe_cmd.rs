@@ -2,8 +2,8 @@
 //! stream (each node's agent keeps its recent ones: `--since` shows them first).
 
 use anyhow::{bail, Result};
-use podnet_agent::observe::Event;
-use podnet_agent::proto::Client;
+use podnet_api::Client;
+use podnet_api::Event;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};

@@ -95,7 +95,7 @@ pub struct NodeStats {
     pub denied: serde_json::Value,
     /// Local pods left closed because their tables are too large.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub refused: Vec<podnet_agent::policy::RefusedPod>,
+    pub refused: Vec<podnet_api::RefusedPod>,
     pub error: Option<String>,
 }
 
@@ -103,7 +103,7 @@ pub struct NodeStats {
 pub fn stats(agents: &[(String, &Path)]) -> Result<Vec<NodeStats>> {
     let mut out = Vec::new();
     for (node, sock) in agents {
-        match podnet_agent::proto::Client::new(*sock).policy_stats() {
+        match podnet_api::Client::new(*sock).policy_stats() {
             Ok(v) => out.push(NodeStats {
                 node: node.clone(),
                 datapath: v.status.datapath.clone(),

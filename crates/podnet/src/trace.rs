@@ -17,11 +17,11 @@
 //! that cannot resolve) is a warning that points at it, never the verdict.
 
 use anyhow::{Context, Result};
-use podnet_agent::probe::Echo;
-use podnet_agent::proto::{
+use podnet_api::Echo;
+use podnet_api::{
     Client, FdbState, LinkState, NeighState, NodeState, PodInside, PodLink, PodReport, RouteState,
 };
-use podnet_agent::{PeerStatus, Status};
+use podnet_api::{PeerStatus, Status};
 use podnet_cni_spec::Ipv4Net;
 use serde::Serialize;
 use std::net::Ipv4Addr;
@@ -213,7 +213,7 @@ pub(crate) fn wireguard_peer_mismatch<'a>(
     st: &'a Status,
     peer: &PeerStatus,
     peer_st: Option<&Status>,
-) -> std::result::Result<&'a podnet_agent::WireGuardPeerStatus, String> {
+) -> std::result::Result<&'a podnet_api::WireGuardPeerStatus, String> {
     let Some(w) = &st.wireguard else {
         return Err("the node does not run the wireguard backend".into());
     };

@@ -3,9 +3,9 @@
 //! what the traffic lost measured (in a lab) and reported.
 
 use anyhow::{bail, Context, Result};
-use podnet_agent::proto::Client;
-use podnet_agent::wireguard::Rotated;
-use podnet_agent::WireGuardStatus;
+use podnet_api::Client;
+use podnet_api::Rotated;
+use podnet_api::WireGuardStatus;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -175,7 +175,7 @@ pub fn rotate_in_lab(lab: &crate::lab::Lab, node: &str) -> Result<RotationReport
             flows.push(std::thread::spawn(move || -> Result<FlowLoss> {
                 let ns = podnet_netlink::Netns::open(podnet_netlink::netns::named_path(&ns))?;
                 let s = ns.run(move || {
-                    podnet_agent::probe::ping_stream(
+                    podnet_api::probe::ping_stream(
                         dst,
                         Duration::from_millis(5),
                         Duration::from_millis(300),

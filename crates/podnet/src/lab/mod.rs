@@ -331,8 +331,8 @@ impl Lab {
     }
 
     /// The API client of `node`'s agent.
-    pub fn agent(&self, node: &str) -> podnet_agent::proto::Client {
-        podnet_agent::proto::Client::new(self.api_socket(node))
+    pub fn agent(&self, node: &str) -> podnet_api::Client {
+        podnet_api::Client::new(self.api_socket(node))
     }
 
     /// The lab's own bpffs (mounted by `up` with the eBPF policy datapath, unmounted by
@@ -475,7 +475,7 @@ pub(crate) fn spawn_in(ns: &Netns, mut cmd: Command, log: Option<&Path>) -> Resu
 
 /// Now, as RFC 3339 (UTC).
 pub fn now_rfc3339() -> String {
-    podnet_agent::rfc3339(podnet_datastore::now())
+    podnet_conventions::rfc3339(podnet_datastore::now())
 }
 
 fn underlay_ip(i: usize) -> Ipv4Addr {

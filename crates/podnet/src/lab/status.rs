@@ -30,7 +30,7 @@ pub struct NodeStatus {
     pub peers: usize,
     /// What the node's underlay guard holds and has dropped (VXLAN and WireGuard).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub underlay_guard: Option<podnet_agent::guard::GuardStatus>,
+    pub underlay_guard: Option<podnet_api::GuardStatus>,
 }
 
 impl Lab {
@@ -46,7 +46,7 @@ impl Lab {
             .iter()
             .map(|n| {
                 let agent = crate::lab::ask(self, &n.name);
-                let s = |f: fn(&podnet_agent::Status) -> &String| {
+                let s = |f: fn(&podnet_api::Status) -> &String| {
                     agent.as_ref().map(f).filter(|v| !v.is_empty()).cloned()
                 };
                 NodeStatus {
@@ -80,6 +80,6 @@ impl Lab {
 }
 
 /// The agent's `status`, if it answers.
-pub fn ask(lab: &Lab, node: &str) -> Option<podnet_agent::Status> {
+pub fn ask(lab: &Lab, node: &str) -> Option<podnet_api::Status> {
     lab.agent(node).status().ok()
 }

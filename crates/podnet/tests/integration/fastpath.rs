@@ -5,7 +5,7 @@
 
 use crate::common::{wait_until, TestLab};
 use podnet::probe;
-use podnet_agent::probe::Echo;
+use podnet_api::Echo;
 use serde_json::Value;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
@@ -136,10 +136,8 @@ fn the_fast_path_skips_the_bridge_and_keeps_every_protection() {
     );
     // And the other way round: node1's own traffic leaves through its VXLAN device
     // and node2's underlay program takes it off the wire.
-    let agent1 = podnet_agent::proto::Client::new(format!(
-        "/run/podnet/lab/{}/node1/podnetd.sock",
-        lab.name
-    ));
+    let agent1 =
+        podnet_api::Client::new(format!("/run/podnet/lab/{}/node1/podnetd.sock", lab.name));
     assert_eq!(agent1.ping(ip2a, 56).unwrap().result, Echo::Reply);
 
     // Anti-spoofing holds on the fast path: a forged source never reaches p1b; the
@@ -172,15 +170,12 @@ fn the_fast_path_skips_the_bridge_and_keeps_every_protection() {
     );
 
     // The node's own traffic to its pods, and full-size packets across nodes.
-    let agent = podnet_agent::proto::Client::new(format!(
-        "/run/podnet/lab/{}/node1/podnetd.sock",
-        lab.name
-    ));
+    let agent = podnet_api::Client::new(format!("/run/podnet/lab/{}/node1/podnetd.sock", lab.name));
     assert_eq!(agent.ping(ip1a, 56).unwrap().result, Echo::Reply);
     let mtu: usize = 1450;
     let p1a = lab.ns("p1a");
     let big = p1a
-        .run(move || podnet_agent::probe::ping(ip2a, mtu - 28, Duration::from_secs(2)))
+        .run(move || podnet_api::probe::ping(ip2a, mtu - 28, Duration::from_secs(2)))
         .unwrap();
     assert_eq!(
         big,

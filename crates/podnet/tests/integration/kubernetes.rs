@@ -23,16 +23,14 @@ fn sock(lab: &TestLab, node: &str) -> PathBuf {
     PathBuf::from(format!("/run/podnet/lab/{}/{node}/podnetd.sock", lab.name))
 }
 
-fn status(lab: &TestLab, node: &str) -> podnet_agent::Status {
-    podnet_agent::proto::Client::new(sock(lab, node))
-        .status()
-        .unwrap()
+fn status(lab: &TestLab, node: &str) -> podnet_api::Status {
+    podnet_api::Client::new(sock(lab, node)).status().unwrap()
 }
 
 /// The version of object `key` node's agent has programmed (`None` if none, or the
 /// agent does not answer).
 fn version(lab: &TestLab, node: &str, key: &str) -> Option<u64> {
-    podnet_agent::proto::Client::new(sock(lab, node))
+    podnet_api::Client::new(sock(lab, node))
         .policy_versions(vec![key.to_string()])
         .ok()?
         .versions

@@ -644,12 +644,9 @@ impl Drop for SetOnDrop<'_> {
 }
 
 fn denied_packets(lab: &TestLab, node: &str) -> u64 {
-    let v = podnet_agent::proto::Client::new(format!(
-        "/run/podnet/lab/{}/{node}/podnetd.sock",
-        lab.name
-    ))
-    .policy_stats()
-    .unwrap();
+    let v = podnet_api::Client::new(format!("/run/podnet/lab/{}/{node}/podnetd.sock", lab.name))
+        .policy_stats()
+        .unwrap();
     v.denied.iter().map(|d| d.packets).sum::<u64>() + v.closed_packets
 }
 

@@ -69,7 +69,7 @@ fn three_nodes_over_wireguard_show_nothing_but_wireguard_on_the_wire() {
     let link = lab.sh("p1a", &["ip", "-o", "link", "show", "eth0"]);
     assert!(link.contains("mtu 1440 "), "{link}");
     // A full-size packet crosses with DF set; one byte more does not leave the pod.
-    use podnet_agent::probe::{ping, Echo};
+    use podnet_api::{probe::ping, Echo};
     let p1a = lab.ns("p1a");
     let echo = |size: usize| {
         p1a.run(move || ping(dst, size, Duration::from_secs(2)))

@@ -2,25 +2,15 @@
 //! Fragment bit, of a chosen size. Pinging a peer's VTEP address goes through the
 //! overlay (UDP 8472 out and back); pinging its underlay address tests the physical
 //! network, and at full size its MTU.
+//!
+//! It lives beside the API because the agent runs it for `{"get":"ping"}` and clients
+//! (`podnet wireguard`, the tests) run it themselves: plain sockets, std and libc only.
 
+use crate::Echo;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
-
-/// The outcome of one probe.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Echo {
-    /// The peer answered.
-    Reply,
-    /// Nothing came back in time.
-    Timeout,
-    /// The packet was too big for a link on the way (locally or reported by ICMP).
-    TooBig,
-    /// The kernel refused to send (no route, …); the text says why.
-    Error(String),
-}
 
 fn checksum(b: &[u8]) -> u16 {
     let mut sum: u32 = b

@@ -1,0 +1,140 @@
+//! The node's kernel state and one pod's, as an agent reads them (`state`, `pod`), and
+//! the outcome of a probe it sends (`ping`).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+/// The node's kernel state, as `ip`/`bridge` would show it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeState {
+    pub bridge: String,
+    pub vxlan_dev: String,
+    pub links: Vec<LinkState>,
+    pub routes: Vec<RouteState>,
+    pub neigh: Vec<NeighState>,
+    /// The VXLAN device's FDB.
+    pub fdb: Vec<FdbState>,
+    pub forwarding: bool,
+    pub conntrack: Conntrack,
+    /// `rp_filter` of `all`, `default`, the VXLAN device and the bridge.
+    pub rp_filter: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LinkState {
+    pub name: String,
+    pub index: u32,
+    pub kind: Option<String>,
+    pub up: bool,
+    pub mtu: u32,
+    pub mac: String,
+    /// The bridge it is on.
+    pub master: Option<String>,
+    pub vxlan: Option<VxlanState>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct VxlanState {
+    pub vni: u32,
+    pub port: u16,
+    pub local: Option<Ipv4Addr>,
+    pub learning: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RouteState {
+    /// `default` or `a.b.c.d/n`.
+    pub dst: String,
+    pub gateway: Option<Ipv4Addr>,
+    pub dev: Option<String>,
+    #[serde(default)]
+    pub onlink: bool,
+    #[serde(default)]
+    pub protocol: u8,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NeighState {
+    pub ip: Ipv4Addr,
+    pub mac: Option<String>,
+    /// The device (node entries; a pod's own are all on its interface).
+    #[serde(default)]
+    pub dev: String,
+    /// `PERMANENT`, `REACHABLE`, `FAILED`…
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FdbState {
+    pub mac: String,
+    pub dst: Option<Ipv4Addr>,
+    pub dev: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Conntrack {
+    pub count: Option<u64>,
+    pub max: Option<u64>,
+}
+
+/// One pod on this node, as its host veth and its own namespace show it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PodReport {
+    pub ip: Ipv4Addr,
+    /// Whether a host veth with this pod's MAC exists.
+    pub found: bool,
+    pub host_veth: Option<HostVeth>,
+    /// The pod's namespace, as the veth's alias records it.
+    pub netns: Option<String>,
+    pub ifname: Option<String>,
+    pub pod: Option<PodInside>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HostVeth {
+    pub name: String,
+    pub up: bool,
+    /// The kernel's operational state (`IF_OPER_*`: 6 is up, 2 down).
+    pub operstate: u8,
+    pub mtu: u32,
+    pub master: Option<String>,
+    pub mac: String,
+}
+
+/// Inside the pod's namespace; `error` if it could not be entered.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PodInside {
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub link: Option<PodLink>,
+    #[serde(default)]
+    pub addrs: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<RouteState>,
+    #[serde(default)]
+    pub neigh: Vec<NeighState>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PodLink {
+    pub name: String,
+    pub up: bool,
+    pub mtu: u32,
+    pub mac: String,
+}
+
+/// The outcome of one probe.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Echo {
+    /// The peer answered.
+    Reply,
+    /// Nothing came back in time.
+    Timeout,
+    /// The packet was too big for a link on the way (locally or reported by ICMP).
+    TooBig,
+    /// The kernel refused to send (no route, …); the text says why.
+    Error(String),
+}

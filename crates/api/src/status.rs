@@ -1,0 +1,123 @@
+//! What an agent reports about itself (`{"get":"status"}`): its node, backend, peers,
+//! WireGuard device and underlay guard.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What the agent reports about itself (the API's `status`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Status {
+    /// The underlay guard (the agent's eBPF program on the underlay device), with VXLAN and WireGuard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay_guard: Option<GuardStatus>,
+    pub node: String,
+    pub backend: String,
+    pub pod_cidr: String,
+    pub underlay_dev: String,
+    pub underlay_ip: String,
+    pub vtep_mac: String,
+    pub bridge: String,
+    pub vxlan_dev: String,
+    /// The VXLAN UDP port, and what VXLAN adds to each packet (0 with host-gw): what
+    /// trace and doctor probe and size with.
+    pub vxlan_port: u16,
+    pub overlay_overhead: u32,
+    /// `bridge`, or `ebpf` (the fast path).
+    #[serde(default)]
+    pub datapath: String,
+    pub mtu: u32,
+    pub repair: bool,
+    pub datastore: String,
+    pub peers: Vec<PeerStatus>,
+    /// Seconds since the Unix epoch of the last completed sync.
+    pub last_sync: u64,
+    /// Kernel changes made since the agent started.
+    pub changes: u64,
+    pub pid: u32,
+    /// What is wrong with the datastore right now (a refused watch, the API server
+    /// unreachable); the datapath keeps its last state meanwhile.
+    pub datastore_problems: Vec<String>,
+    /// The WireGuard backend's device as it is now (absent with other backends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireGuardStatus>,
+}
+
+/// The WireGuard device, read from it at every sync (never its private key).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WireGuardStatus {
+    /// Which WireGuard runs the device (`gotatun` and its version).
+    pub implementation: String,
+    /// Whether the node's kernel has WireGuard (podnet runs the userspace device
+    /// either way).
+    #[serde(default)]
+    pub kernel_has_wireguard: bool,
+    pub device: String,
+    pub port: u16,
+    /// The node's public key, as published.
+    pub public_key: String,
+    /// The public key of the private key the device holds (differs from
+    /// `public_key` only while a rotation is half done).
+    pub device_public_key: String,
+    /// The device process.
+    pub pid: u32,
+    pub socket: String,
+    /// What the device could not be asked, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub peers: Vec<WireGuardPeerStatus>,
+}
+
+/// One peer as the device holds it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WireGuardPeerStatus {
+    pub public_key: String,
+    pub endpoint: String,
+    pub allowed_ips: Vec<String>,
+    /// Unix seconds of the latest handshake (0: none yet).
+    pub last_handshake: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub name: String,
+    pub pod_cidr: String,
+    pub underlay_ip: String,
+    pub vtep_mac: String,
+    /// With the WireGuard backend: the peer's public key and port as the datastore
+    /// publishes them.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub wireguard_public_key: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub wireguard_port: u16,
+}
+
+/// What the guard holds, for the agent's status.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GuardStatus {
+    /// The device whose ingress carries the filter.
+    pub device: String,
+    pub vxlan_port: u16,
+    pub wireguard_port: u16,
+    /// host-gw: plain pod sources bound to their owner's MAC (else refused from the
+    /// wire altogether).
+    pub host_gw: bool,
+    /// host-gw: peers' pod CIDRs bound to a known MAC (the others take any MAC until
+    /// their neighbour entry resolves).
+    #[serde(default)]
+    pub bound_sources: usize,
+    /// Peers whose underlay address may reach the ports.
+    pub peers: usize,
+    /// Whether the filter is in place with this agent's program (read when asked).
+    pub attached: bool,
+    /// The kernel id of this agent's guard program.
+    #[serde(default)]
+    pub program_id: u32,
+    /// Packets dropped, by reason id (`UNDERLAY_DROP_REASONS`).
+    pub drops: BTreeMap<String, u64>,
+}
+
+fn is_zero(p: &u16) -> bool {
+    *p == 0
+}
