@@ -29,6 +29,7 @@
 //! - Serves its status and the node's kernel state on a Unix socket ([`api`]).
 
 pub mod api;
+pub mod cmd;
 pub mod ebpf;
 pub mod guard;
 pub mod metrics;

@@ -108,6 +108,14 @@ pub fn cni_report_socket(node_file: &std::path::Path) -> std::path::PathBuf {
     node_file.with_file_name("cni-report.sock")
 }
 
+/// Seconds since the Unix epoch, the unit of every timestamp podnet stores.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// `2026-11-26T06:40:00Z` for Unix seconds `t` (UTC, proleptic Gregorian).
 pub fn rfc3339(t: u64) -> String {
     let (days, secs) = ((t / 86400) as i64, t % 86400);

@@ -234,12 +234,7 @@ pub fn open(url: &str) -> Result<Box<dyn Datastore>> {
 }
 
 /// Seconds since the Unix epoch.
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use podnet_conventions::now;
 
 /// Picks the CIDR for `r`: its previous one if still free, else the first free one.
 pub fn choose_cidr(

@@ -2,13 +2,13 @@
 //! neighbour's traffic, then changes its own MAC. None of it may work.
 
 use crate::common::*;
-use podnet::probe::{self, Capture, EchoServer};
+use podnet_lab::traffic::probe::{self, Capture, EchoServer};
 use podnet_netlink::{link, neigh, parse_mac, Netns, Socket};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 struct Pod {
-    ns: podnet::scratch::ScratchNs,
+    ns: podnet_lab::scratch::ScratchNs,
     ip: Ipv4Addr,
     mac: [u8; 6],
     host_veth: String,

@@ -169,7 +169,9 @@ fn a_spraying_pod_fills_neither_the_flow_table_nor_the_event_log() {
     let (_, p1a_mac) = lab_pod(&st, "p1a");
     let forged = 3_000u32;
     let t = Instant::now();
-    let frame = podnet::probe::arp_frame([0xff; 6], p1a_mac, 2, p1a_mac, p1b_ip, [0; 6], p1b_ip);
+    let frame = podnet_lab::traffic::probe::arp_frame(
+        [0xff; 6], p1a_mac, 2, p1a_mac, p1b_ip, [0; 6], p1b_ip,
+    );
     lab.ns("p1a")
         .run(move || {
             // One packet socket for all of them (send_frame opens one a frame).

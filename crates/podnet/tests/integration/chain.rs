@@ -2,7 +2,7 @@
 //! bandwidth plugins receive its result as prevResult and work on what it made.
 
 use crate::common::*;
-use podnet::exec::{self, Call};
+use podnet_lab::exec::{self, Call};
 use serde_json::{json, Value};
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! Shared test fixtures: a scratch node with its own namespace and IPAM directory.
 
-use podnet::exec::{self, Call, Outcome};
-use podnet::scratch::{unique, ScratchDir, ScratchNs};
+use podnet_lab::exec::{self, Call, Outcome};
+use podnet_lab::scratch::{unique, ScratchDir, ScratchNs};
 use podnet_netlink::{link, Socket};
 use podnet_netlink::{netns, Netns};
 use serde_json::{json, Value};

@@ -2,8 +2,8 @@
 //! drop reason, without a network.
 
 use crate::common::*;
-use podnet::probe;
 use podnet_cni::antispoof;
+use podnet_lab::traffic::probe;
 use podnet_netlink::bpf;
 use std::net::{Ipv4Addr, SocketAddrV4};
 

@@ -1,12 +1,12 @@
 //! Every error code the README lists, from a real invocation.
 
 use crate::common::*;
-use podnet::exec::{self, Call};
+use podnet_lab::exec::{self, Call};
 use podnet_netlink::link;
 use serde_json::json;
 use std::os::fd::AsRawFd;
 
-fn code(o: &podnet::exec::Outcome) -> u64 {
+fn code(o: &podnet_lab::exec::Outcome) -> u64 {
     assert!(!o.ok(), "expected a failure, got {}", o.stdout);
     let v = o.json();
     assert!(

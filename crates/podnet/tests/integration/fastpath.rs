@@ -4,8 +4,8 @@
 //! conformance suite, `policy::conformance_ebpf_fast_path`.)
 
 use crate::common::{wait_until, TestLab};
-use podnet::probe;
 use podnet_api::Echo;
+use podnet_lab::traffic::probe;
 use serde_json::Value;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;

@@ -84,7 +84,12 @@ fn exhaustion_is_explained_and_gc_reclaims() {
 
 /// Starts an ADD and kills it with SIGKILL after `delay`; true if it was still running
 /// (the kill landed mid-ADD).
-fn add_killed(node: &Node, cid: &str, pod: &podnet::scratch::ScratchNs, delay: Duration) -> bool {
+fn add_killed(
+    node: &Node,
+    cid: &str,
+    pod: &podnet_lab::scratch::ScratchNs,
+    delay: Duration,
+) -> bool {
     let plugin = plugin();
     let fd = node.ns.ns.fd();
     let mut cmd = Command::new(&plugin);

@@ -3,7 +3,7 @@
 //! Each test owns a uniquely named lab and takes it down on drop.
 
 use crate::common::{podnet, require_root, wait_until, TestLab};
-use podnet::probe::{self, Capture};
+use podnet_lab::traffic::probe::{self, Capture};
 use podnet_netlink::netns;
 use serde_json::Value;
 use std::net::SocketAddrV4;

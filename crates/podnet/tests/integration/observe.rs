@@ -5,7 +5,7 @@
 //! datapaths.
 
 use crate::common::{podnet, TestLab};
-use podnet::probe;
+use podnet_lab::traffic::probe;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Stdio};

@@ -3,7 +3,7 @@
 //! inside a scratch node namespace, so the machine's own namespace is untouched.
 
 use crate::common::*;
-use podnet::scratch::ScratchDir;
+use podnet_lab::scratch::ScratchDir;
 use podnet_netlink::link;
 use serde_json::json;
 use std::path::Path;

@@ -104,8 +104,8 @@ impl TestLab {
 
     /// The objects the agents read, as the model sees them.
     fn cluster(&self) -> Cluster {
-        let lab = podnet::lab::Lab::open(&self.name).unwrap();
-        let objs = podnet::policy_cmd::lab_objects(&lab).unwrap();
+        let lab = podnet_lab::Lab::open(&self.name).unwrap();
+        let objs = podnet_lab::agents::lab_objects(&lab).unwrap();
         Cluster::from_objects(&objs)
     }
 }

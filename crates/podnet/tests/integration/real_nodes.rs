@@ -3,7 +3,7 @@
 //! The smoke test CI runs; the upstream e2e suites run with scripts/e2e.sh.
 
 use crate::common::*;
-use podnet::scratch::unique;
+use podnet_lab::scratch::unique;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

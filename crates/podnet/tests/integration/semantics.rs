@@ -4,7 +4,7 @@
 //! pod. Each is checked with real packets against an isolated pod.
 
 use crate::common::*;
-use podnet::probe::Capture;
+use podnet_lab::traffic::probe::Capture;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 

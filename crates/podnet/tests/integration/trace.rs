@@ -2,7 +2,7 @@
 //! both paths, and every fault kind is named at the right hop and flagged by doctor.
 
 use crate::common::require_root;
-use podnet::scratch::unique;
+use podnet_lab::scratch::unique;
 use serde_json::Value;
 use std::process::Command;
 

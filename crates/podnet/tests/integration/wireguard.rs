@@ -4,8 +4,8 @@
 //! skipped, and its faults named by trace and doctor.
 
 use crate::common::{podnet, wait_until, TestLab};
-use podnet::probe::{self, Capture};
-use podnet::scratch::unique;
+use podnet_lab::scratch::unique;
+use podnet_lab::traffic::probe::{self, Capture};
 use serde_json::Value;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::PermissionsExt;

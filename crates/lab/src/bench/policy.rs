@@ -21,8 +21,8 @@
 
 pub mod spray;
 
-use crate::datapath_bench::{iperf, LabGuard};
-use crate::lab::{Binaries, Lab, Options as LabOptions};
+use crate::bench::datapath::{iperf, LabGuard};
+use crate::{Binaries, Lab, Options as LabOptions};
 use anyhow::{bail, Context, Result};
 use podnet_netlink::{netns, Netns};
 use podnet_policy::{Cluster, Object};
@@ -135,7 +135,7 @@ fn iptables_chain(node: &Netns, server: Ipv4Addr, client: Ipv4Addr, n: usize) ->
         s += &format!("-A PODNET-BENCH -s {client}/32 -p tcp --dport {port} -j ACCEPT\n");
     }
     s += "-A PODNET-BENCH -j DROP\nCOMMIT\n";
-    let mut child = crate::datapath_bench::setns_cmd(node, "iptables-restore")
+    let mut child = crate::bench::datapath::setns_cmd(node, "iptables-restore")
         .stdin(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

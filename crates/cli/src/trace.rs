@@ -196,7 +196,7 @@ pub(crate) fn age(t: u64) -> String {
     if t == 0 {
         return "never".into();
     }
-    let s = podnet_datastore::now().saturating_sub(t);
+    let s = podnet_conventions::now().saturating_sub(t);
     match s {
         0..=119 => format!("{s} s ago"),
         120..=7199 => format!("{} min ago", s / 60),
@@ -2092,49 +2092,6 @@ pub fn render(t: &Trace) -> String {
     }
     out.push_str(&format!("\n({} ms)\n", t.elapsed_ms));
     out
-}
-
-/// The agents of a lab: every node's socket, pod names from the lab's state.
-pub struct LabAgents {
-    pub nodes: Vec<(String, PathBuf)>,
-    pub pods: Vec<(String, Ipv4Addr)>,
-}
-
-impl LabAgents {
-    pub fn new(lab: &crate::lab::Lab) -> Result<LabAgents> {
-        let st = lab
-            .load()?
-            .with_context(|| format!("no lab {}", lab.name))?;
-        Ok(LabAgents {
-            nodes: st
-                .nodes
-                .iter()
-                .map(|n| (n.name.clone(), lab.api_socket(&n.name)))
-                .collect(),
-            // Pods by the lab's name (p1a) and as namespace/name (default/p1a).
-            pods: st
-                .pods
-                .iter()
-                .flat_map(|p| [(p.name.clone(), p.ip), (p.key(), p.ip)])
-                .collect(),
-        })
-    }
-}
-
-impl Agents for LabAgents {
-    fn nodes(&self) -> Vec<(String, PathBuf)> {
-        self.nodes.clone()
-    }
-    fn pod_ip(&self, name: &str) -> Option<Ipv4Addr> {
-        self.pods.iter().find(|(n, _)| n == name).map(|(_, ip)| *ip)
-    }
-    fn pod_name(&self, ip: Ipv4Addr) -> Option<String> {
-        // The lab's own name (p1a) comes first in the list.
-        self.pods
-            .iter()
-            .find(|(_, a)| *a == ip)
-            .map(|(n, _)| n.clone())
-    }
 }
 
 /// The local node's agent only (a real node, without a lab).

@@ -4,8 +4,8 @@
 //! removed at the end, also on failure.
 
 use crate::exec::{self, Call};
-use crate::probe::{self, EchoServer};
 use crate::scratch::{unique, ScratchDir, ScratchNs};
+use crate::traffic::probe::{self, EchoServer};
 use anyhow::{bail, Context, Result};
 use podnet_netlink::{neigh, parse_mac, Socket};
 use serde::Serialize;

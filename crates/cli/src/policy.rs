@@ -6,7 +6,6 @@
 //! admits the flow, or that none does. `stats` reads each node's drop counters
 //! through its agent.
 
-use crate::lab::Lab;
 use anyhow::{bail, Context, Result};
 use podnet_policy::eval::{evaluate, End, Verdict};
 use podnet_policy::{Cluster, Object, Proto};
@@ -60,28 +59,6 @@ pub fn render_verdict(v: &Verdict) -> String {
         ));
     }
     s
-}
-
-/// The objects a lab's agents read.
-pub fn lab_objects(lab: &Lab) -> Result<Vec<Object>> {
-    let st = lab
-        .load()?
-        .with_context(|| format!("no lab {}", lab.name))?;
-    lab.objects(&st)
-}
-
-/// The objects in a datastore (outside a lab).
-pub fn datastore_objects(url: &str) -> Result<Vec<Object>> {
-    let ds = podnet_datastore::open(url)?;
-    let (_, stored) = ds.objects()?;
-    stored
-        .into_iter()
-        .map(|s| {
-            let what = format!("{} {}/{}", s.kind, s.namespace, s.name);
-            Object::from_json(std::sync::Arc::unwrap_or_clone(s.value))
-                .map_err(|e| anyhow::anyhow!("datastore object {what}: {e}"))
-        })
-        .collect()
 }
 
 /// Packets refused on one node, per pod and direction.

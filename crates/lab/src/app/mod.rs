@@ -1,4 +1,5 @@
-//! `podnet`: the command-line tool. Thin: parses arguments, calls the library, prints.
+//! The `podnet` command: its arguments, and which crate runs each command (the lab's
+//! here, the agents' questions in `podnet_cli`). Parses, calls, prints.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -372,7 +373,7 @@ enum LabCmd {
     ServeEcho {
         #[arg(long)]
         ip: std::net::Ipv4Addr,
-        #[arg(long, default_value_t = podnet::lab::ECHO_PORT)]
+        #[arg(long, default_value_t = crate::ECHO_PORT)]
         port: u16,
         #[arg(long, default_value = "")]
         tcp: String,
@@ -548,7 +549,7 @@ enum BenchCmd {
 
 fn podnet_cni(explicit: Option<PathBuf>) -> Result<PathBuf> {
     explicit
-        .or_else(|| podnet::sibling_binary("podnet-cni"))
+        .or_else(|| crate::sibling_binary("podnet-cni"))
         .context("podnet-cni not found next to the podnet executable; build the workspace (cargo build --release) or pass --podnet-cni")
 }
 
@@ -560,7 +561,7 @@ fn require_root() -> Result<()> {
     Ok(())
 }
 
-fn main() {
+pub fn main() {
     let cli = Cli::parse();
     // Results go to standard output and errors to standard error, as text or JSON;
     // logs (RUST_LOG, default warn) are for what runs in the background: the lab's
@@ -601,7 +602,7 @@ fn emit<T: serde::Serialize + ?Sized>(
     Ok(())
 }
 
-fn print_status(lab: &podnet::lab::Lab, output: Output) -> Result<()> {
+fn print_status(lab: &crate::Lab, output: Output) -> Result<()> {
     let st = lab.status()?;
     if output == Output::Json {
         return emit(output, &st, |_| String::new());
@@ -645,25 +646,25 @@ fn print_status(lab: &podnet::lab::Lab, output: Output) -> Result<()> {
 }
 
 /// The agents `trace` and `doctor` ask: a lab's nodes, or the local node's agent.
-fn agents(lab: Option<String>, agent: PathBuf) -> Result<Box<dyn podnet::trace::Agents>> {
+fn agents(lab: Option<String>, agent: PathBuf) -> Result<Box<dyn podnet_cli::trace::Agents>> {
     Ok(match lab {
-        Some(name) => Box::new(podnet::trace::LabAgents::new(&open_lab(&name)?)?),
-        None => Box::new(podnet::trace::LocalAgent(agent)),
+        Some(name) => Box::new(crate::agents::LabAgents::new(&open_lab(&name)?)?),
+        None => Box::new(podnet_cli::trace::LocalAgent(agent)),
     })
 }
 
 /// A lab that exists; `lab up` is the only way to make one.
-fn open_lab(name: &str) -> Result<podnet::lab::Lab> {
-    if !podnet::lab::Lab::exists(name) {
+fn open_lab(name: &str) -> Result<crate::Lab> {
+    if !crate::Lab::exists(name) {
         anyhow::bail!(
             "no lab {name} on this machine; start one with `podnet lab up --name {name}`"
         );
     }
-    podnet::lab::Lab::open(name)
+    crate::Lab::open(name)
 }
 
 fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
-    use podnet::lab::{Binaries, Lab};
+    use crate::{Binaries, Lab};
     if let LabCmd::ServeEcho {
         ip,
         port,
@@ -672,7 +673,7 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
         sctp,
     } = cmd
     {
-        use podnet::reach::{parse_ports, serve};
+        use crate::traffic::reach::{parse_ports, serve};
         return serve(
             ip,
             port,
@@ -683,7 +684,7 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
     }
     require_root()?;
     if let LabCmd::Kubelet = cmd {
-        return podnet::lab_k8s::run_kubelet(name);
+        return crate::kubernetes::run_kubelet(name);
     }
     let lab = if matches!(cmd, LabCmd::Up { .. }) {
         Lab::open(name)?
@@ -710,7 +711,7 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
             if pods_per_node > 26 {
                 anyhow::bail!("--pods-per-node must be at most 26 (pods are named p<node><letter>); add more with `podnet lab pod add`");
             }
-            let opts = podnet::lab::Options {
+            let opts = crate::Options {
                 nodes,
                 pods_per_node,
                 backend: backend.map(|b| match b {
@@ -746,9 +747,9 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
                 // The lab's kubelet makes the pods; it needs the lab's lock.
                 drop(lab);
                 let ids: Vec<String> = (1..=nodes)
-                    .flat_map(|i| (0..pods_per_node).map(move |j| podnet::lab::pod_name(i, j)))
+                    .flat_map(|i| (0..pods_per_node).map(move |j| crate::pod_name(i, j)))
                     .collect();
-                podnet::lab_k8s::wait_pods(name, &ids, &[], std::time::Duration::from_secs(60))?;
+                crate::kubernetes::wait_pods(name, &ids, &[], std::time::Duration::from_secs(60))?;
                 let lab = open_lab(name)?;
                 print_status(&lab, output)?;
                 return Ok(());
@@ -785,13 +786,13 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
         LabCmd::Check { output } => {
             let c = lab.check()?;
             let pods = lab.load()?.map(|s| s.pods).unwrap_or_default();
-            emit(output, &c, |c| podnet::lab::render_check(c, &pods))?;
+            emit(output, &c, |c| crate::render_check(c, &pods))?;
             if c.unexpected > 0 || !c.nat_free {
                 std::process::exit(1);
             }
         }
         LabCmd::Exec { pod, cmd } => {
-            let code = podnet::lab::exec_in(&lab, &pod, &cmd)?;
+            let code = crate::exec_in(&lab, &pod, &cmd)?;
             std::process::exit(code);
         }
         LabCmd::Pod {
@@ -799,7 +800,7 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
         } if lab.load()?.is_some_and(|s| s.kubernetes) => {
             lab.create_pods(&[(pod.clone(), node)])?;
             drop(lab);
-            podnet::lab_k8s::wait_pods(
+            crate::kubernetes::wait_pods(
                 name,
                 std::slice::from_ref(&pod),
                 &[],
@@ -821,7 +822,7 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
             );
             lab.kubectl(&["delete", "pod", "-n", &ns, &pname, "--wait=false"], None)?;
             drop(lab);
-            podnet::lab_k8s::wait_pods(name, &[], &[id], std::time::Duration::from_secs(60))?;
+            crate::kubernetes::wait_pods(name, &[], &[id], std::time::Duration::from_secs(60))?;
             println!("pod {pod} deleted");
         }
         LabCmd::Pod {
@@ -867,14 +868,14 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
             no_wait,
             output,
         } => {
-            let text = podnet::apply::read_source(&file)?;
+            let text = crate::apply::read_source(&file)?;
             if lab.load()?.is_some_and(|s| s.kubernetes) {
                 drop(lab);
-                let changes = podnet::lab_k8s::apply(name, &text, !no_wait)?;
+                let changes = crate::kubernetes::apply(name, &text, !no_wait)?;
                 print_changes(&changes, output)?;
                 return Ok(());
             }
-            let objs = podnet::apply::parse_manifests(&text)?;
+            let objs = crate::apply::parse_manifests(&text)?;
             let quiet = output == Output::Json;
             let changes = lab.apply(&objs, !no_wait, &Binaries::find()?, &mut |l| {
                 if !quiet {
@@ -884,14 +885,14 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
             print_changes(&changes, output)?;
         }
         LabCmd::Delete { file, output } => {
-            let text = podnet::apply::read_source(&file)?;
+            let text = crate::apply::read_source(&file)?;
             if lab.load()?.is_some_and(|s| s.kubernetes) {
                 drop(lab);
-                let changes = podnet::lab_k8s::delete(name, &text)?;
+                let changes = crate::kubernetes::delete(name, &text)?;
                 print_changes(&changes, output)?;
                 return Ok(());
             }
-            let objs = podnet::apply::parse_manifests(&text)?;
+            let objs = crate::apply::parse_manifests(&text)?;
             let changes = lab.delete(&objs, &Binaries::find()?)?;
             print_changes(&changes, output)?;
         }
@@ -905,7 +906,7 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
         } => {
             if matrix {
                 let m = lab.matrix(port, protocol.proto())?;
-                emit(output, &m, podnet::reach::render_matrix)?;
+                emit(output, &m, crate::traffic::reach::render_matrix)?;
             } else {
                 let (from, to) = (from.unwrap_or_default(), to.unwrap_or_default());
                 let r = lab.probe(&from, &to, port, protocol.proto())?;
@@ -933,7 +934,7 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
     Ok(())
 }
 
-fn print_changes(changes: &[podnet::apply::Change], output: Output) -> Result<()> {
+fn print_changes(changes: &[crate::apply::Change], output: Output) -> Result<()> {
     emit(output, changes, |changes| {
         changes
             .iter()
@@ -957,11 +958,11 @@ fn run_policy(cmd: PolicyCmd) -> Result<()> {
             output,
         } => {
             let objs = match lab {
-                Some(name) => podnet::policy_cmd::lab_objects(&open_lab(&name)?)?,
-                None => podnet::policy_cmd::datastore_objects(&datastore)?,
+                Some(name) => crate::agents::lab_objects(&open_lab(&name)?)?,
+                None => crate::agents::datastore_objects(&datastore)?,
             };
-            let v = podnet::policy_cmd::explain(&objs, &from, &to, port, protocol.proto())?;
-            emit(output, &v, podnet::policy_cmd::render_verdict)?;
+            let v = podnet_cli::policy::explain(&objs, &from, &to, port, protocol.proto())?;
+            emit(output, &v, podnet_cli::policy::render_verdict)?;
         }
         PolicyCmd::Stats { lab, agent, output } => {
             let socks = agent_sockets(lab, agent)?;
@@ -969,8 +970,8 @@ fn run_policy(cmd: PolicyCmd) -> Result<()> {
                 .iter()
                 .map(|(n, p)| (n.clone(), p.as_path()))
                 .collect();
-            let s = podnet::policy_cmd::stats(&refs)?;
-            emit(output, &s, |s| podnet::policy_cmd::render_stats(s))?;
+            let s = podnet_cli::policy::stats(&refs)?;
+            emit(output, &s, |s| podnet_cli::policy::render_stats(s))?;
         }
     }
     Ok(())
@@ -995,8 +996,8 @@ fn run_wireguard(cmd: WireguardCmd) -> Result<()> {
     match cmd {
         WireguardCmd::Status { lab, agent, output } => {
             let socks = agent_sockets(lab, agent)?;
-            let s = podnet::wireguard_cmd::status(&socks);
-            emit(output, &s, |s| podnet::wireguard_cmd::render_status(s))?;
+            let s = podnet_cli::wireguard::status(&socks);
+            emit(output, &s, |s| podnet_cli::wireguard::render_status(s))?;
             if s.iter().any(|n| n.wireguard.is_none()) {
                 std::process::exit(1);
             }
@@ -1010,11 +1011,11 @@ fn run_wireguard(cmd: WireguardCmd) -> Result<()> {
             let r = match lab {
                 Some(name) => {
                     let node = node.context("--lab needs --node: the node to re-key")?;
-                    podnet::wireguard_cmd::rotate_in_lab(&open_lab(&name)?, &node)?
+                    crate::agents::rotate_in_lab(&open_lab(&name)?, &node)?
                 }
-                None => podnet::wireguard_cmd::rotate(agent)?,
+                None => podnet_cli::wireguard::rotate(agent)?,
             };
-            emit(output, &r, podnet::wireguard_cmd::render_rotation)?;
+            emit(output, &r, podnet_cli::wireguard::render_rotation)?;
         }
     }
     Ok(())
@@ -1047,7 +1048,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 socks.retain(|(s, _)| s == n);
             }
-            let filter = podnet::observe_cmd::Filter {
+            let filter = podnet_cli::observe::Filter {
                 pod,
                 verdict: verdict.map(|v| match v {
                     VerdictFilter::Dropped => "dropped".into(),
@@ -1055,22 +1056,22 @@ fn run(cli: Cli) -> Result<()> {
                 }),
                 since: since
                     .as_deref()
-                    .map(podnet::observe_cmd::parse_duration)
+                    .map(podnet_cli::observe::parse_duration)
                     .transpose()?,
             };
-            let stop = podnet::observe_cmd::Stop {
+            let stop = podnet_cli::observe::Stop {
                 count,
                 after: for_
                     .as_deref()
-                    .map(podnet::observe_cmd::parse_duration)
+                    .map(podnet_cli::observe::parse_duration)
                     .transpose()?,
             };
             use std::io::Write;
-            podnet::observe_cmd::follow(&socks, &filter, stop, &mut |e| {
+            podnet_cli::observe::follow(&socks, &filter, stop, &mut |e| {
                 let mut o = std::io::stdout().lock();
                 match output {
                     Output::Json => writeln!(o, "{}", serde_json::to_string(e)?)?,
-                    Output::Text => writeln!(o, "{}", podnet::observe_cmd::render(e))?,
+                    Output::Text => writeln!(o, "{}", podnet_cli::observe::render(e))?,
                 }
                 o.flush()?;
                 Ok(())
@@ -1085,8 +1086,8 @@ fn run(cli: Cli) -> Result<()> {
             agent,
             output,
         } => {
-            let r = podnet::doctor::doctor(&*agents(lab, agent)?, node.as_deref())?;
-            emit(output, &r, podnet::doctor::render)?;
+            let r = podnet_cli::doctor::doctor(&*agents(lab, agent)?, node.as_deref())?;
+            emit(output, &r, podnet_cli::doctor::render)?;
             if r.broken > 0 {
                 std::process::exit(1);
             }
@@ -1100,7 +1101,7 @@ fn run(cli: Cli) -> Result<()> {
             protocol,
             output,
         } => {
-            let flow = podnet::trace::Flow {
+            let flow = podnet_cli::trace::Flow {
                 proto: match protocol {
                     Proto::Tcp => podnet_policy::Proto::Tcp,
                     Proto::Udp => podnet_policy::Proto::Udp,
@@ -1109,8 +1110,8 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 port,
             };
-            let t = podnet::trace::trace(&*agents(lab, agent)?, &src, &dst, &flow)?;
-            emit(output, &t, podnet::trace::render)?;
+            let t = podnet_cli::trace::trace(&*agents(lab, agent)?, &src, &dst, &flow)?;
+            emit(output, &t, podnet_cli::trace::render)?;
             if t.broken_hop.is_some() {
                 std::process::exit(1);
             }
@@ -1119,7 +1120,7 @@ fn run(cli: Cli) -> Result<()> {
             require_root()?;
             let plugin = podnet_cni(None)?;
             let quiet = output == Output::Json;
-            let report = podnet::demo::run(&plugin, &mut |l| {
+            let report = crate::demo::run(&plugin, &mut |l| {
                 if !quiet {
                     println!("{l}");
                 }
@@ -1140,20 +1141,20 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             require_root()?;
             let quiet = output == Output::Json;
-            let report = podnet::datapath_bench::run(
-                &podnet::datapath_bench::Options {
+            let report = crate::bench::datapath::run(
+                &crate::bench::datapath::Options {
                     seconds: seconds.max(1),
                     round_trips: round_trips.max(10),
                     rounds: rounds.max(1),
                 },
-                &podnet::lab::Binaries::find()?,
+                &crate::Binaries::find()?,
                 &mut |l| {
                     if !quiet {
                         eprintln!("… {l}");
                     }
                 },
             )?;
-            emit(output, &report, podnet::datapath_bench::render)?;
+            emit(output, &report, crate::bench::datapath::render)?;
         }
         Cmd::Bench {
             what:
@@ -1173,22 +1174,22 @@ fn run(cli: Cli) -> Result<()> {
             rules.sort();
             rules.dedup();
             let quiet = output == Output::Json;
-            let report = podnet::policy_bench::run(
-                &podnet::policy_bench::Options {
+            let report = crate::bench::policy::run(
+                &crate::bench::policy::Options {
                     rules,
                     seconds: seconds.max(1),
                     rounds: rounds.max(1),
                     changes: changes.max(1),
                     only,
                 },
-                &podnet::lab::Binaries::find()?,
+                &crate::Binaries::find()?,
                 &mut |l| {
                     if !quiet {
                         eprintln!("… {l}");
                     }
                 },
             )?;
-            emit(output, &report, podnet::policy_bench::render)?;
+            emit(output, &report, crate::bench::policy::render)?;
         }
         Cmd::Bench {
             what:
@@ -1200,19 +1201,19 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             require_root()?;
             let quiet = output == Output::Json;
-            let report = podnet::policy_bench::spray::run(
-                &podnet::policy_bench::spray::Options {
+            let report = crate::bench::policy::spray::run(
+                &crate::bench::policy::spray::Options {
                     seconds: seconds.max(2),
                     rounds: rounds.max(1),
                 },
-                &podnet::lab::Binaries::find()?,
+                &crate::Binaries::find()?,
                 &mut |l| {
                     if !quiet {
                         eprintln!("… {l}");
                     }
                 },
             )?;
-            emit(output, &report, podnet::policy_bench::spray::render)?;
+            emit(output, &report, crate::bench::policy::spray::render)?;
         }
         Cmd::Bench {
             what:
@@ -1225,19 +1226,19 @@ fn run(cli: Cli) -> Result<()> {
                 },
         } => {
             require_root()?;
-            let opts = podnet::bench::Options {
+            let opts = crate::bench::cni::Options {
                 pods,
                 concurrency,
                 podnet_cni: podnet_cni(p)?,
                 reference_dir,
             };
             let quiet = output == Output::Json;
-            let report = podnet::bench::run(&opts, &mut |l| {
+            let report = crate::bench::cni::run(&opts, &mut |l| {
                 if !quiet {
                     eprintln!("… {l}");
                 }
             })?;
-            emit(output, &report, podnet::bench::render)?;
+            emit(output, &report, crate::bench::cni::render)?;
         }
     }
     Ok(())

@@ -20,8 +20,8 @@
 //! end, also on failure.
 
 use crate::exec::{self, Call};
-use crate::lab::{Binaries, Lab, Options as LabOptions};
 use crate::scratch::{unique, ScratchDir, ScratchNs};
+use crate::{Binaries, Lab, Options as LabOptions};
 use anyhow::{bail, Context, Result};
 use podnet_netlink::{netns, Netns};
 use serde::Serialize;

@@ -28,7 +28,7 @@
 //! kubeconfig's path; `podnet lab kubectl -- …` runs kubectl with it, in the fabric.
 
 use crate::apply::{parse_manifests, pod_id, Change};
-use crate::lab::{Binaries, Lab, State, ETCD_ADDR};
+use crate::{Binaries, Lab, State, ETCD_ADDR};
 use anyhow::{bail, Context, Result};
 use podnet_netlink::{netns, Netns};
 use podnet_policy::Object;
@@ -90,7 +90,7 @@ pub fn comm_of(what: &str) -> Option<&'static str> {
         "kube-controller-manager" => "kube-controller",
         "kubelet" => "podnet",
         "kube-scheduler" => "kube-scheduler",
-        // A real node's daemons (crate::lab::real): `<node>.<daemon>`.
+        // A real node's daemons (crate::real): `<node>.<daemon>`.
         w => match w.split_once('.')?.1 {
             "kubelet" => "kubelet",
             "containerd" => "containerd",
@@ -260,7 +260,7 @@ impl Lab {
             "/CN=system:kube-controller-manager",
             "extendedKeyUsage=clientAuth\n",
         )?;
-        // Real nodes (crate::lab::real): the scheduler, kube-proxy, and the API
+        // Real nodes (crate::real): the scheduler, kube-proxy, and the API
         // server's client certificate for the kubelets (exec, logs, port-forward).
         self.sign_cert(
             "scheduler",
@@ -340,7 +340,7 @@ impl Lab {
             return Ok(());
         }
         let log = self.k8s_dir().join(format!("{what}.log"));
-        let pid = crate::lab::spawn_in(fabric, cmd, Some(&log))?;
+        let pid = crate::spawn_in(fabric, cmd, Some(&log))?;
         self.record_pid(what, pid)
     }
 
@@ -491,7 +491,7 @@ impl Lab {
                 &sched_kc,
                 json!({"client-certificate": p("scheduler.crt"), "client-key": p("scheduler.key")}),
             )?;
-            let mut sched = Command::new(crate::lab::real::bin_dir()?.join("kube-scheduler"));
+            let mut sched = Command::new(crate::real::bin_dir()?.join("kube-scheduler"));
             sched.args([
                 format!("--kubeconfig={}", sched_kc.display()),
                 format!("--authentication-kubeconfig={}", sched_kc.display()),
@@ -533,7 +533,7 @@ impl Lab {
                 "kubernetes.io/hostname": node, "kubernetes.io/os": "linux"}},
         });
         self.kubectl(&["apply", "-f", "-"], Some(&obj.to_string()))?;
-        let now = crate::lab::now_rfc3339();
+        let now = crate::now_rfc3339();
         let status = json!({"status": {
             "addresses": [{"type": "InternalIP", "address": ip.to_string()},
                           {"type": "Hostname", "address": node}],
@@ -629,7 +629,7 @@ pub fn wait_pods(name: &str, ids: &[String], gone: &[String], timeout: Duration)
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
-                Path::new(crate::lab::LAB_ROOT)
+                Path::new(crate::LAB_ROOT)
                     .join(name)
                     .join("k8s/kubelet.log")
                     .display()
@@ -708,7 +708,7 @@ pub fn wait_versions(
             bail!(
                 "the policy datapath on {} does not reflect the applied objects after {timeout:?}; see the agents' logs in {}/{name}",
                 lagging.join(", "),
-                crate::lab::LAB_ROOT
+                crate::LAB_ROOT
             );
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -858,7 +858,7 @@ pub fn run_kubelet(name: &str) -> Result<()> {
         }
         eprintln!(
             "{} kubelet: pod watch ended; restarting it",
-            crate::lab::now_rfc3339()
+            crate::now_rfc3339()
         );
         let _ = tx.send(());
         std::thread::sleep(Duration::from_secs(1));
@@ -966,7 +966,7 @@ fn reconcile(name: &str, bins: &Binaries) -> Result<()> {
                 .find(|n| n.name == node)
                 .map(|n| n.underlay_ip.to_string())
                 .unwrap_or_default();
-            let now = crate::lab::now_rfc3339();
+            let now = crate::now_rfc3339();
             let cond = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
             let status = json!({"status": {
                 "phase": "Running", "podIP": p.ip.to_string(), "podIPs": [{"ip": p.ip.to_string()}],

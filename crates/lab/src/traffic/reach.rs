@@ -7,8 +7,8 @@
 //! of the lab. A probe that gets no answer within its timeout is "not connected":
 //! that is what a policy drop looks like from the pod.
 
-use crate::lab::{Lab, PodState, State};
-use crate::sctp;
+use crate::traffic::sctp;
+use crate::{Lab, PodState, State};
 use anyhow::{bail, Context, Result};
 use podnet_netlink::{netns, Netns};
 use podnet_policy::Proto;

@@ -51,7 +51,7 @@ impl Lab {
     fn real_node_down(&self, node: &str) -> Result<()> {
         for what in ["kubelet", "kube-proxy"] {
             let key = format!("{node}.{what}");
-            self.stop(&key, crate::lab_k8s::comm_of(&key).unwrap_or(what));
+            self.stop(&key, crate::kubernetes::comm_of(&key).unwrap_or(what));
         }
         let cg = self.cgroup_root(node);
         let pin = self.node_mnt(node);

@@ -17,8 +17,18 @@
 //! namespace, process and file above. Commands on one lab take its lock, so two runs
 //! never interleave.
 
-use crate::exec::{self, Call};
-use crate::probe;
+pub mod agents;
+pub mod app;
+pub mod apply;
+pub mod bench;
+pub mod demo;
+pub mod exec;
+pub mod kubernetes;
+pub mod scratch;
+pub mod traffic;
+
+use crate::exec::Call;
+use crate::traffic::probe;
 use anyhow::{bail, Context, Result};
 use podnet_netlink::link::{self, LinkChange, Target};
 use podnet_netlink::{addr, netns, Netns, Socket};
@@ -52,7 +62,7 @@ pub struct Options {
     /// `nftables` or `none`; `None`: what the lab was built with, else `nftables`.
     pub policy_datapath: Option<String>,
     /// Run a Kubernetes control plane in the lab and the agents on its API
-    /// ([`crate::lab_k8s`]); `None`: what the lab was built with, else off.
+    /// ([`crate::kubernetes`]); `None`: what the lab was built with, else off.
     #[serde(default)]
     pub kubernetes: Option<bool>,
     /// `bridge` or `ebpf` (the fast path); `None`: what the lab was built with, else
@@ -77,7 +87,7 @@ pub struct State {
     pub repair: bool,
     #[serde(default = "default_policy_datapath")]
     pub policy_datapath: String,
-    /// The lab runs kube-apiserver and the agents use it ([`crate::lab_k8s`]).
+    /// The lab runs kube-apiserver and the agents use it ([`crate::kubernetes`]).
     #[serde(default)]
     pub kubernetes: bool,
     /// `bridge` or `ebpf` (the fast path).
@@ -518,3 +528,13 @@ pub use check::{render_check, Check, Probe};
 pub use faults::FAULTS;
 pub use pods::exec_in;
 pub use status::{ask, FabricStatus, NodeStatus, Status};
+
+/// Finds a sibling binary (`podnet-cni`, `podnetd`) next to the running executable;
+/// test binaries live one directory deeper (`target/<profile>/deps`).
+pub fn sibling_binary(name: &str) -> Option<PathBuf> {
+    let me = std::env::current_exe().ok()?;
+    let dir = me.parent()?;
+    [dir.join(name), dir.parent()?.join(name)]
+        .into_iter()
+        .find(|p| p.is_file())
+}

@@ -96,7 +96,7 @@ impl Lab {
                 }
             }
         }
-        let pairs = crate::reach::all_at_once(jobs)?;
+        let pairs = crate::traffic::reach::all_at_once(jobs)?;
         let reachable = pairs.iter().filter(|p| p.ok).count();
         let nat_free = pairs.iter().filter(|p| p.ok).all(|p| p.no_nat);
         Ok(Check {

@@ -45,7 +45,7 @@ impl Lab {
             .nodes
             .iter()
             .map(|n| {
-                let agent = crate::lab::ask(self, &n.name);
+                let agent = crate::ask(self, &n.name);
                 let s = |f: fn(&podnet_api::Status) -> &String| {
                     agent.as_ref().map(f).filter(|v| !v.is_empty()).cloned()
                 };

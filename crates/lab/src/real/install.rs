@@ -109,7 +109,7 @@ impl Lab {
         let cm_anchor = "backend: \"vxlan\"";
         let ds_anchor = "- --policy-datapath=ebpf";
         if !CONFIGMAP_YAML.contains(cm_anchor) || !DAEMONSET_YAML.contains(ds_anchor) {
-            bail!("deploy/configmap.yaml or deploy/daemonset.yaml no longer hold `{cm_anchor}` / `{ds_anchor}`, where the lab sets its backend and datapaths: update crate::lab::real");
+            bail!("deploy/configmap.yaml or deploy/daemonset.yaml no longer hold `{cm_anchor}` / `{ds_anchor}`, where the lab sets its backend and datapaths: update crate::real");
         }
         let cm = CONFIGMAP_YAML.replace(cm_anchor, &format!("backend: \"{}\"", st.backend));
         let indent = DAEMONSET_YAML
@@ -126,9 +126,9 @@ impl Lab {
         }
         let ds = DAEMONSET_YAML.replace(ds_anchor, &args);
         for (what, yaml) in [
-            ("namespace", crate::lab_k8s::NAMESPACE_YAML),
-            ("rbac", crate::lab_k8s::RBAC_YAML),
-            ("admission", crate::lab_k8s::ADMISSION_YAML),
+            ("namespace", crate::kubernetes::NAMESPACE_YAML),
+            ("rbac", crate::kubernetes::RBAC_YAML),
+            ("admission", crate::kubernetes::ADMISSION_YAML),
             ("configmap", &cm),
             ("daemonset", &ds),
         ] {

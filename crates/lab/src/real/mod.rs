@@ -43,7 +43,7 @@
 //!   control-plane host on the pod network does.
 
 use super::*;
-use crate::lab_k8s::{run_checked, API_ADDR, API_PORT, CLUSTER_CIDR, K8S_VERSION};
+use crate::kubernetes::{run_checked, API_ADDR, API_PORT, CLUSTER_CIDR, K8S_VERSION};
 use serde_json::json;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
@@ -92,9 +92,9 @@ pub const IMAGES: &[(&str, &str)] = &[
 pub const PODNET_IMAGE: &str = "localhost/podnet:0.1.0";
 const BASE_IMAGE: &str = "localhost/podnet-lab-base:bookworm";
 const COREDNS_YAML: &str = include_str!("coredns.yaml");
-const CONTAINERFILE: &str = include_str!("../../../../../deploy/Containerfile");
-const CONFIGMAP_YAML: &str = include_str!("../../../../../deploy/configmap.yaml");
-const DAEMONSET_YAML: &str = include_str!("../../../../../deploy/daemonset.yaml");
+const CONTAINERFILE: &str = include_str!("../../../../deploy/Containerfile");
+const CONFIGMAP_YAML: &str = include_str!("../../../../deploy/configmap.yaml");
+const DAEMONSET_YAML: &str = include_str!("../../../../deploy/daemonset.yaml");
 const NSFS_MAGIC: i64 = 0x6e73_6673;
 
 /// The directory holding kubelet, kube-proxy, kube-scheduler, containerd (+ shim, ctr)
@@ -133,7 +133,7 @@ pub fn bin_dir() -> Result<PathBuf> {
 /// the binaries and images, podman, runc, unshare, the control plane's binaries.
 pub fn preflight() -> Result<()> {
     bin_dir()?;
-    crate::lab_k8s::bin_dir()?;
+    crate::kubernetes::bin_dir()?;
     for (tool, fix) in [
         ("podman", "apt-get install podman"),
         ("unshare", "apt-get install util-linux"),
@@ -315,7 +315,7 @@ impl Lab {
     ) -> Result<()> {
         let key = format!("{node}.{what}");
         if self
-            .live_pid(&key, crate::lab_k8s::comm_of(&key).unwrap_or(what))
+            .live_pid(&key, crate::kubernetes::comm_of(&key).unwrap_or(what))
             .is_some()
         {
             return Ok(());

@@ -40,8 +40,8 @@
 //! a second one kills the process).
 
 use super::{bench_lab, conn_rate, median, obj, pod, pod_ns};
-use crate::datapath_bench::LabGuard;
-use crate::lab::{Binaries, Lab};
+use crate::bench::datapath::LabGuard;
+use crate::{Binaries, Lab};
 use anyhow::{bail, Context, Result};
 use podnet_netlink::{netns, Netns};
 use serde::Serialize;
@@ -446,7 +446,7 @@ fn datapath(
     let st = lab.load()?.context("lab state")?;
     let smac = parse_mac(&st.find_pod("spray/sprayer").context("no sprayer")?.mac)?;
     // A gratuitous ARP reply from the sprayer claiming the victim's address.
-    let frame = crate::probe::arp_frame([0xff; 6], smac, 2, smac, vip, [0; 6], vip);
+    let frame = crate::traffic::probe::arp_frame([0xff; 6], smac, 2, smac, vip, [0; 6], vip);
     let node = Netns::open(netns::named_path(&lab.node_ns("node1")))?;
     let conn_s = opts.seconds.div_ceil(2).max(1);
     let rtt_s = f64::from(opts.seconds.saturating_sub(conn_s).max(1));

@@ -212,7 +212,7 @@ impl Lab {
                 }
             }
             // The lab's kubelet makes them; `podnet lab up` waits for that once it
-            // has let go of the lab's lock (crate::lab_k8s::wait_pods).
+            // has let go of the lab's lock (crate::kubernetes::wait_pods).
             self.create_pods(&pods)?;
             self.save(&st)?;
             self.wait_converged(&st)?;
@@ -570,7 +570,7 @@ impl Lab {
         // its device again.
         pids.sort_by_key(|w| w.ends_with("-wireguard"));
         for what in pids {
-            let comm = if let Some(c) = crate::lab_k8s::comm_of(&what) {
+            let comm = if let Some(c) = crate::kubernetes::comm_of(&what) {
                 c
             } else if what == "etcd" {
                 "etcd"

@@ -9,7 +9,7 @@
 //! annotations or ports change. Every command returns once every agent enforces the
 //! result (its datapath reflects the datastore revision the command wrote).
 
-use crate::lab::{minimal_pod, Binaries, Lab, State};
+use crate::{minimal_pod, Binaries, Lab, State};
 use anyhow::{bail, Context, Result};
 use podnet_datastore::{ObjectKey, StoredObject};
 use podnet_netlink::{netns, Netns};
