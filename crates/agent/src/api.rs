@@ -14,7 +14,7 @@
 //! - `policy`, `policy-stats`, `policy-revision`, `policy-versions`, `verdict`: the
 //!   NetworkPolicy datapath — what it reflects, its drop counters, one flow's verdict.
 
-use crate::policy::PolicyStatus;
+use crate::policy::{PolicyDatapath, PolicyStatus};
 use crate::proto::{
     parse_request, Client, Conntrack, FdbState, HostVeth, LinkState, NeighState, NodeState,
     PingReply, PodInside, PodLink, PodReport, PolicyRevision, PolicyStats, PolicyVersions, Request,
@@ -173,7 +173,7 @@ fn answer(
         Request::PolicyRevision => {
             let st = policy.lock().unwrap();
             to(&PolicyRevision {
-                datapath: st.datapath.clone(),
+                datapath: st.datapath,
                 revision: st.revision,
                 error: st.error.clone(),
             })
@@ -181,7 +181,7 @@ fn answer(
         Request::PolicyVersions { keys } => {
             let st = policy.lock().unwrap();
             to(&PolicyVersions {
-                datapath: st.datapath.clone(),
+                datapath: st.datapath,
                 revision: st.revision,
                 error: st.error.clone(),
                 versions: keys
@@ -349,7 +349,7 @@ pub fn ready(path: &Path) -> Result<(), String> {
         return Err(format!("datastore: {}", st.datastore_problems.join("; ")));
     }
     let pol = c.policy_revision().map_err(|e| e.to_string())?;
-    if pol.datapath != "none" && pol.revision == 0 {
+    if pol.datapath != PolicyDatapath::None && pol.revision == 0 {
         return Err(format!(
             "the NetworkPolicy datapath holds no verdicts yet{}",
             pol.error.map(|e| format!(": {e}")).unwrap_or_default()
@@ -479,7 +479,7 @@ mod tests {
     fn the_socket_is_root_only_and_refuses_oversized_requests() {
         use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("podnet-api-{}", std::process::id()));
-        let path = dir.join("podnetd.sock");
+        let path = dir.join(podnet_conventions::API_SOCKET_NAME);
         serve(
             &path,
             Arc::new(Mutex::new(Status::default())),

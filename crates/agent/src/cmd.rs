@@ -1,30 +1,10 @@
 //! `podnetd`'s command line: its arguments and modes, and the daemon's start-up and
 //! shutdown around [`crate::Agent`].
 
-use crate::{Agent, BackendKind, Config};
+use crate::{Agent, Backend, Config, Datapath, PolicyDatapath};
 use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Backend {
-    /// Pod packets in VXLAN (UDP 8472) between nodes, in clear.
-    Vxlan,
-    /// Plain routes to each node's underlay address (nodes on one L2 network).
-    HostGw,
-    /// Pod packets encrypted by WireGuard (UDP 51820) between nodes.
-    Wireguard,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq)]
-enum Datapath {
-    /// Pod traffic through the node bridge and the node's IP stack (the lesson's model).
-    Bridge,
-    /// eBPF programs on the pods' host veths (and the VXLAN device) deliver pod
-    /// traffic straight into the destination pod or to the overlay device; needs
-    /// --policy-datapath ebpf.
-    Ebpf,
-}
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -32,16 +12,6 @@ enum LogFormat {
     Text,
     /// One JSON object per line (timestamp, level, fields.message, fields.node).
     Json,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum PolicyDatapath {
-    /// nftables: one table, sets of peers and ports, one atomic transaction per change.
-    Nftables,
-    /// eBPF: programs on every pod's host veth, LPM tries pinned in bpffs.
-    Ebpf,
-    /// No NetworkPolicy at all (every pod open, as with Flannel).
-    None,
 }
 
 #[derive(Parser)]
@@ -169,7 +139,7 @@ struct Args {
     #[arg(long, default_value = "/sys/fs/bpf/podnet")]
     bpf_dir: PathBuf,
     /// The local API socket.
-    #[arg(long, default_value = "/run/podnet/podnetd.sock")]
+    #[arg(long, default_value = podnet_conventions::DEFAULT_API_SOCKET)]
     api_socket: PathBuf,
     /// Log format on standard error; the level comes from RUST_LOG (default info;
     /// e.g. RUST_LOG=warn, or RUST_LOG=debug,kube=info).
@@ -292,11 +262,7 @@ pub fn main() {
         cluster_cidr,
         service_cidr,
         node_prefix: a.node_prefix,
-        backend: match a.backend {
-            Backend::Vxlan => BackendKind::Vxlan,
-            Backend::HostGw => BackendKind::HostGw,
-            Backend::Wireguard => BackendKind::WireGuard,
-        },
+        backend: a.backend,
         vni: a.vni,
         port: a.vxlan_port,
         vxlan_dev: a.vxlan_dev,
@@ -306,11 +272,7 @@ pub fn main() {
         node_file: a.node_file,
         api_socket: a.api_socket,
         interval: Duration::from_secs(1),
-        policy_datapath: match a.policy_datapath {
-            PolicyDatapath::Nftables => crate::policy::DatapathKind::Nftables,
-            PolicyDatapath::Ebpf => crate::policy::DatapathKind::Ebpf,
-            PolicyDatapath::None => crate::policy::DatapathKind::None,
-        },
+        policy_datapath: a.policy_datapath,
         bpf_dir: a.bpf_dir,
         wireguard: crate::wireguard::Paths {
             dev: a.wireguard_dev,
@@ -320,9 +282,9 @@ pub fn main() {
             pid_file: a.wireguard_pid_file,
         },
         metrics_addr: (a.metrics_addr != "none").then_some(a.metrics_addr),
-        fast_path: a.datapath == Datapath::Ebpf,
+        datapath: a.datapath,
     };
-    if cfg.fast_path && cfg.backend == BackendKind::WireGuard {
+    if cfg.fast_path() && cfg.backend == Backend::Wireguard {
         eprintln!("podnetd: --datapath ebpf is not available with --backend wireguard (its device is not an Ethernet device; not tested): use --datapath bridge");
         std::process::exit(2);
     }

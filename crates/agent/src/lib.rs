@@ -41,13 +41,12 @@ pub use podnet_api::probe;
 pub mod policy;
 pub mod wireguard;
 
-use plan::{Backend, Current, Peer, RTPROT_PODNET};
+use plan::{Current, Peer, Via, RTPROT_PODNET};
 use podnet_cni_spec::Ipv4Net;
 use podnet_datastore::{Datastore, NodeRecord, Registration};
 use podnet_netlink::link::{self, LinkChange, Target, VxlanSpec};
 use podnet_netlink::socket::Request;
 use podnet_netlink::{addr, neigh, parse_mac, route, Socket};
-use serde::Serialize;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -56,25 +55,7 @@ use std::time::{Duration, Instant};
 /// The API's types live in `podnet-api`, the boundary every client builds against.
 pub use podnet_api as proto;
 pub use podnet_api::{PeerStatus, Status, WireGuardPeerStatus, WireGuardStatus};
-pub use podnet_conventions::{vtep_mac, VXLAN_OVERHEAD};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BackendKind {
-    Vxlan,
-    HostGw,
-    WireGuard,
-}
-
-impl BackendKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendKind::Vxlan => "vxlan",
-            BackendKind::HostGw => "host-gw",
-            BackendKind::WireGuard => "wireguard",
-        }
-    }
-}
+pub use podnet_conventions::{vtep_mac, Backend, Datapath, PolicyDatapath, VXLAN_OVERHEAD};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -86,7 +67,7 @@ pub struct Config {
     /// no peer's underlay address may lie in it ([`check_peer`]).
     pub service_cidr: Ipv4Net,
     pub node_prefix: u8,
-    pub backend: BackendKind,
+    pub backend: Backend,
     pub vni: u32,
     pub port: u16,
     pub vxlan_dev: String,
@@ -98,7 +79,7 @@ pub struct Config {
     /// How often to re-check the kernel when nothing else wakes the agent.
     pub interval: Duration,
     /// Which datapath enforces NetworkPolicy.
-    pub policy_datapath: policy::DatapathKind,
+    pub policy_datapath: PolicyDatapath,
     /// The bpffs directory of the eBPF policy datapath's pinned maps and programs.
     pub bpf_dir: PathBuf,
     /// The WireGuard backend's device, port, key file, socket and pid file.
@@ -106,19 +87,16 @@ pub struct Config {
     /// Where to serve Prometheus metrics: `node:PORT` (the node's underlay address
     /// and 127.0.0.1) or `ADDRESS:PORT` ([`metrics::listen_addrs`]); `None`: not at all.
     pub metrics_addr: Option<String>,
-    /// The eBPF fast path (`--datapath ebpf`): pod traffic skips the bridge and the
-    /// node's IP stack ([`policy::FastPath`]). Needs the eBPF policy datapath.
-    pub fast_path: bool,
+    /// How pod packets move: through the bridge, or the eBPF fast path (pod traffic
+    /// skips the bridge and the node's IP stack, [`policy::FastPath`]; needs the eBPF
+    /// policy datapath).
+    pub datapath: Datapath,
 }
 
 impl Config {
-    /// `bridge` or `ebpf`, as `--datapath` names it (the node file and the status).
-    pub fn datapath_name(&self) -> &'static str {
-        if self.fast_path {
-            "ebpf"
-        } else {
-            "bridge"
-        }
+    /// Whether the eBPF fast path is on (`--datapath ebpf`).
+    pub fn fast_path(&self) -> bool {
+        self.datapath == Datapath::Ebpf
     }
 }
 
@@ -272,7 +250,7 @@ impl Agent {
             name: self.cfg.node.clone(),
             underlay_ip: ip,
             vtep_mac: podnet_netlink::fmt_mac(&vtep_mac(ip)),
-            backend: self.cfg.backend.as_str().into(),
+            backend: self.cfg.backend.to_string(),
             wireguard: self.wg_key.map(|k| podnet_datastore::WireGuardPeer {
                 public_key: wireguard::to_base64(&wireguard::public_key(&k)),
                 port: self.cfg.wireguard.port,
@@ -297,7 +275,7 @@ impl Agent {
             cidr.prefix(),
         )?;
         // What another backend left behind goes first.
-        if self.cfg.backend != BackendKind::Vxlan {
+        if self.cfg.backend != Backend::Vxlan {
             let existing = link::get_by_name(&mut self.sock, &self.cfg.vxlan_dev)?;
             if existing.is_some_and(|l| l.kind.as_deref() == Some("vxlan")) {
                 self.log(&format!(
@@ -308,7 +286,7 @@ impl Agent {
                 link::delete_by_name(&mut self.sock, &self.cfg.vxlan_dev)?;
             }
         }
-        if self.cfg.backend != BackendKind::WireGuard
+        if self.cfg.backend != Backend::Wireguard
             && wireguard::device_pid(&self.cfg.wireguard.pid_file).is_some()
         {
             self.log(&format!(
@@ -319,9 +297,9 @@ impl Agent {
             wireguard::stop_device(&self.cfg.wireguard);
         }
         let vx = match self.cfg.backend {
-            BackendKind::Vxlan => Some(self.ensure_vxlan(n)?),
-            BackendKind::WireGuard => Some(self.ensure_wireguard(n)?),
-            BackendKind::HostGw => None,
+            Backend::Vxlan => Some(self.ensure_vxlan(n)?),
+            Backend::Wireguard => Some(self.ensure_wireguard(n)?),
+            Backend::HostGw => None,
         };
         let fwd = "/proc/sys/net/ipv4/ip_forward";
         if std::fs::read_to_string(fwd)
@@ -551,30 +529,31 @@ impl Agent {
     /// send to only towards other pods and the underlay only from peers.
     fn overlay_ports(&self) -> [u16; 2] {
         match self.cfg.backend {
-            BackendKind::Vxlan => [self.cfg.port, 0],
-            BackendKind::WireGuard => [0, self.cfg.wireguard.port],
-            BackendKind::HostGw => [0, 0],
+            Backend::Vxlan => [self.cfg.port, 0],
+            Backend::Wireguard => [0, self.cfg.wireguard.port],
+            Backend::HostGw => [0, 0],
         }
     }
 
-    fn write_node_file(&self, n: &NodeInfo, policy: Option<serde_json::Value>) -> Result<()> {
-        let ports: Vec<u16> = self
-            .overlay_ports()
-            .into_iter()
-            .filter(|p| *p != 0)
-            .collect();
-        let mut body = serde_json::json!({
-            "node": self.cfg.node,
-            "podCIDR": n.record.pod_cidr.to_string(),
-            "clusterCIDR": self.cfg.cluster_cidr.to_string(),
-            "overlayPorts": ports,
-            "mtu": n.mtu,
-            "bridge": self.cfg.bridge,
-            "datapath": self.cfg.datapath_name(),
-        });
-        if let Some(p) = policy {
-            body["policyPrograms"] = p;
-        }
+    fn write_node_file(
+        &self,
+        n: &NodeInfo,
+        policy_programs: Option<podnet_conventions::PolicyPrograms>,
+    ) -> Result<()> {
+        let body = podnet_conventions::NodeFile {
+            node: self.cfg.node.clone(),
+            pod_cidr: Some(n.record.pod_cidr.to_string()),
+            cluster_cidr: Some(self.cfg.cluster_cidr.to_string()),
+            overlay_ports: self
+                .overlay_ports()
+                .into_iter()
+                .filter(|p| *p != 0)
+                .collect(),
+            mtu: Some(n.mtu),
+            bridge: Some(self.cfg.bridge.clone()),
+            datapath: Some(self.cfg.datapath),
+            policy_programs,
+        };
         let p = &self.cfg.node_file;
         let fail = |source| Error::File {
             what: "write the node file",
@@ -585,18 +564,22 @@ impl Agent {
             std::fs::create_dir_all(d).map_err(fail)?;
         }
         let tmp = p.with_extension("tmp");
-        std::fs::write(&tmp, body.to_string()).map_err(fail)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(&body).expect("the node file serializes"),
+        )
+        .map_err(fail)?;
         std::fs::rename(&tmp, p).map_err(fail)
     }
 
     /// What exists now, of what the plan manages.
-    fn current(&mut self, backend: Backend) -> Result<Current> {
+    fn current(&mut self, backend: Via) -> Result<Current> {
         let routes = route::list(&mut self.sock)?
             .into_iter()
             .filter(|r| r.protocol == RTPROT_PODNET)
             .collect();
         let (neighs, fdb) = match backend {
-            Backend::Vxlan { dev } => (
+            Via::Vxlan { dev } => (
                 neigh::list(&mut self.sock)?
                     .into_iter()
                     .filter(|n| n.index == dev && n.state & podnet_conventions::NUD_PERMANENT != 0)
@@ -606,7 +589,7 @@ impl Agent {
                     .filter(|f| f.index == dev && f.dst.is_some())
                     .collect(),
             ),
-            Backend::HostGw { .. } | Backend::WireGuard { .. } => (vec![], vec![]),
+            Via::HostGw { .. } | Via::WireGuard { .. } => (vec![], vec![]),
         };
         Ok(Current {
             routes,
@@ -678,7 +661,7 @@ impl Agent {
     /// Sets the node up and keeps it converged; returns only on a fatal error.
     pub fn run(mut self) -> Result<()> {
         let (underlay_index, underlay_ip, underlay_mtu) = self.underlay()?;
-        if self.cfg.backend == BackendKind::WireGuard {
+        if self.cfg.backend == Backend::Wireguard {
             let path = self.cfg.wireguard.key_file.clone();
             let (k, made) = wireguard::load_or_create_key(&path)?;
             if made {
@@ -716,9 +699,9 @@ impl Agent {
             }
         };
         let mtu = match self.cfg.backend {
-            BackendKind::Vxlan => underlay_mtu - VXLAN_OVERHEAD,
-            BackendKind::HostGw => underlay_mtu,
-            BackendKind::WireGuard => underlay_mtu - wireguard::WG_OVERHEAD,
+            Backend::Vxlan => underlay_mtu - VXLAN_OVERHEAD,
+            Backend::HostGw => underlay_mtu,
+            Backend::Wireguard => underlay_mtu - wireguard::WG_OVERHEAD,
         };
         let mut n = NodeInfo {
             underlay_index,
@@ -739,7 +722,7 @@ impl Agent {
                 vxlan,
                 wireguard,
                 self.cfg.cluster_cidr,
-                self.cfg.backend == BackendKind::HostGw,
+                self.cfg.backend == Backend::HostGw,
             )
             .map_err(Error::Guard)?,
         );
@@ -760,7 +743,7 @@ impl Agent {
         let node = self.cfg.node.clone();
         let pnode = node.clone();
         let plog = move |m: &str| log(&node, m);
-        if self.cfg.policy_datapath == policy::DatapathKind::Nftables {
+        if self.cfg.policy_datapath == PolicyDatapath::Nftables {
             pol.backstop = Some(
                 self.guard
                     .as_ref()
@@ -769,15 +752,15 @@ impl Agent {
                     .map_err(Error::Guard)?,
             );
         }
-        if self.cfg.fast_path {
-            if self.cfg.policy_datapath != policy::DatapathKind::Ebpf {
+        if self.cfg.fast_path() {
+            if self.cfg.policy_datapath != PolicyDatapath::Ebpf {
                 return Err(Error::Policy {
                     datapath: self.cfg.policy_datapath.as_str(),
                     why: "the eBPF fast path (--datapath ebpf) skips the bridge and the node's netfilter, where this datapath works: run --policy-datapath ebpf with it".into(),
                 });
             }
             pol.set_fast(policy::FastPath {
-                overlay_dev: (self.cfg.backend == BackendKind::Vxlan)
+                overlay_dev: (self.cfg.backend == Backend::Vxlan)
                     .then(|| self.cfg.vxlan_dev.clone()),
             });
         }
@@ -828,7 +811,7 @@ impl Agent {
                 }
             }),
         )?;
-        if self.cfg.policy_datapath == policy::DatapathKind::Nftables {
+        if self.cfg.policy_datapath == PolicyDatapath::Nftables {
             let nnode = self.cfg.node.clone();
             spawn(
                 "nft-watch",
@@ -925,9 +908,9 @@ impl Agent {
             node: self.cfg.node.clone(),
             log: self.events.clone(),
             policy: pol.status.clone(),
-            bpf_dir: (self.cfg.policy_datapath == policy::DatapathKind::Ebpf)
+            bpf_dir: (self.cfg.policy_datapath == PolicyDatapath::Ebpf)
                 .then(|| self.cfg.bpf_dir.clone()),
-            nftables: self.cfg.policy_datapath == policy::DatapathKind::Nftables,
+            nftables: self.cfg.policy_datapath == PolicyDatapath::Nftables,
         };
         std::thread::Builder::new()
             .name("events".into())
@@ -992,7 +975,7 @@ impl Agent {
     /// peer are lost from the device switching until that peer has the new key and
     /// one handshake has completed.
     fn rotate_key(&mut self, n: &NodeInfo) -> std::result::Result<wireguard::Rotated, String> {
-        if self.cfg.backend != BackendKind::WireGuard {
+        if self.cfg.backend != Backend::Wireguard {
             return Err(format!(
                 "node {} runs the {} backend: only the wireguard backend has a key",
                 self.cfg.node,
@@ -1040,9 +1023,9 @@ impl Agent {
             *vx = self.ensure_node(n)?;
         }
         let backend = match (self.cfg.backend, *vx) {
-            (BackendKind::Vxlan, Some(dev)) => Backend::Vxlan { dev },
-            (BackendKind::WireGuard, Some(dev)) => Backend::WireGuard { dev },
-            _ => Backend::HostGw {
+            (Backend::Vxlan, Some(dev)) => Via::Vxlan { dev },
+            (Backend::Wireguard, Some(dev)) => Via::WireGuard { dev },
+            _ => Via::HostGw {
                 dev: n.underlay_index,
             },
         };
@@ -1113,8 +1096,8 @@ impl Agent {
         let (vx_name, under_name) = (self.cfg.vxlan_dev.clone(), self.cfg.underlay_dev.clone());
         let wg_name = self.cfg.wireguard.dev.clone();
         let name = |d: u32| match backend {
-            Backend::Vxlan { dev } if dev == d => vx_name.clone(),
-            Backend::WireGuard { dev } if dev == d => wg_name.clone(),
+            Via::Vxlan { dev } if dev == d => vx_name.clone(),
+            Via::WireGuard { dev } if dev == d => wg_name.clone(),
             _ if d == n.underlay_index => under_name.clone(),
             _ => format!("#{d}"),
         };
@@ -1130,7 +1113,7 @@ impl Agent {
         }
         let failed = self.apply(&ops, &name);
         *changes += (ops.len() - failed.len()) as u64;
-        let wg = matches!(backend, Backend::WireGuard { .. })
+        let wg = matches!(backend, Via::WireGuard { .. })
             .then(|| self.sync_wireguard(&peers, self.cfg.repair || peers != *known));
         let guard = self.sync_guard(n, &peers);
         *known = peers;
@@ -1140,23 +1123,23 @@ impl Agent {
         let mut st = self.status.lock().unwrap();
         *st = Status {
             node: self.cfg.node.clone(),
-            backend: self.cfg.backend.as_str().into(),
+            backend: self.cfg.backend,
             pod_cidr: n.record.pod_cidr.to_string(),
             underlay_dev: self.cfg.underlay_dev.clone(),
             underlay_ip: n.underlay_ip.to_string(),
             vtep_mac: podnet_netlink::fmt_mac(&vtep_mac(n.underlay_ip)),
             bridge: self.cfg.bridge.clone(),
-            vxlan_dev: if matches!(backend, Backend::Vxlan { .. }) {
+            vxlan_dev: if matches!(backend, Via::Vxlan { .. }) {
                 self.cfg.vxlan_dev.clone()
             } else {
                 String::new()
             },
             vxlan_port: self.cfg.port,
-            datapath: self.cfg.datapath_name().into(),
+            datapath: self.cfg.datapath,
             overlay_overhead: match backend {
-                Backend::Vxlan { .. } => VXLAN_OVERHEAD,
-                Backend::WireGuard { .. } => wireguard::WG_OVERHEAD,
-                Backend::HostGw { .. } => 0,
+                Via::Vxlan { .. } => VXLAN_OVERHEAD,
+                Via::WireGuard { .. } => wireguard::WG_OVERHEAD,
+                Via::HostGw { .. } => 0,
             },
             mtu: n.mtu,
             repair: self.cfg.repair,
@@ -1195,7 +1178,7 @@ impl Agent {
         // host-gw: each peer's pod CIDR bound to its underlay MAC, as the neighbour
         // table knows it (unknown until resolved).
         let mut sources = guard::Sources::default();
-        if self.cfg.backend == BackendKind::HostGw {
+        if self.cfg.backend == Backend::HostGw {
             let neigh = podnet_netlink::neigh::list(&mut self.sock).unwrap_or_default();
             sources.own = Some(n.record.pod_cidr);
             sources.peers = peers
@@ -1235,7 +1218,7 @@ pub struct Me<'a> {
     pub cluster: Ipv4Net,
     /// The Service range: virtual addresses, never a node's.
     pub service: Ipv4Net,
-    pub backend: BackendKind,
+    pub backend: Backend,
     /// With the WireGuard backend: this node's public key.
     pub wg_public_key: Option<wireguard::Key>,
 }
@@ -1286,7 +1269,7 @@ pub fn check_peer(
         ));
     }
     let wg = match me.backend {
-        BackendKind::WireGuard => {
+        Backend::Wireguard => {
             let w = r.wireguard.as_ref().ok_or(format!(
                 "it publishes no WireGuard key (its backend is {:?}; every node of a cluster runs the same backend)",
                 r.backend
@@ -1317,13 +1300,13 @@ pub fn check_peer(
         _ => None,
     };
     match (parse_mac(&r.vtep_mac), me.backend) {
-        (Some(m), BackendKind::Vxlan) if m != vtep_mac(u) => Err(format!(
+        (Some(m), Backend::Vxlan) if m != vtep_mac(u) => Err(format!(
             "its VTEP MAC {} is not {}, the one its underlay address {u} gives (0a:59 + the address; every podnetd publishes exactly that): the record is forged or corrupt; restart that node's podnetd to publish it again",
             r.vtep_mac,
             podnet_netlink::fmt_mac(&vtep_mac(u))
         )),
         (Some(m), _) => Ok((m, wg)),
-        (None, BackendKind::Vxlan) => Err(format!("its VTEP MAC {:?} cannot be read", r.vtep_mac)),
+        (None, Backend::Vxlan) => Err(format!("its VTEP MAC {:?} cannot be read", r.vtep_mac)),
         (None, _) => Ok(([0; 6], wg)),
     }
 }
@@ -1380,7 +1363,7 @@ mod tests {
             record: &mine,
             cluster,
             service: "10.96.0.0/12".parse().unwrap(),
-            backend: BackendKind::Vxlan,
+            backend: Backend::Vxlan,
             wg_public_key: None,
         };
         let good = rec("b", "10.244.1.0/24", [192, 168, 1, 11], "0a:59:c0:a8:01:0b");
@@ -1489,7 +1472,7 @@ mod tests {
         // host-gw needs no MAC; the address is checked all the same.
         let r = rec("c", "10.244.2.0/24", [192, 168, 1, 12], "");
         let hostgw = Me {
-            backend: BackendKind::HostGw,
+            backend: Backend::HostGw,
             ..me
         };
         assert!(check_peer(&r, &hostgw, &accepted).is_ok());
@@ -1498,7 +1481,7 @@ mod tests {
         assert!(e.contains("service CIDR"), "{e}");
         // WireGuard: a readable key that is neither ours nor another peer's.
         let wg = Me {
-            backend: BackendKind::WireGuard,
+            backend: Backend::Wireguard,
             wg_public_key: Some([1; 32]),
             ..hostgw
         };

@@ -134,15 +134,13 @@ impl Metrics {
             .inc();
     }
 
-    /// One podnet-cni report: `{"verb":"ADD","result":"ok","seconds":0.002}`.
+    /// One podnet-cni report ([`podnet_conventions::CniReport`]): anything else, or a
+    /// verb or result podnet-cni does not have, is ignored (bounded labels).
     pub fn cni_report(&self, line: &[u8]) {
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+        let Ok(r) = serde_json::from_slice::<podnet_conventions::CniReport>(line) else {
             return;
         };
-        let (Some(verb), Some(result)) = (v["verb"].as_str(), v["result"].as_str()) else {
-            return;
-        };
-        // Bounded labels: only the verbs and results podnet-cni has.
+        let (verb, result) = (r.verb.as_str(), r.result.as_str());
         if !["ADD", "DEL", "CHECK", "STATUS", "GC"].contains(&verb)
             || !["ok", "error"].contains(&result)
         {
@@ -154,10 +152,10 @@ impl Metrics {
                 ("result".into(), result.into()),
             ])
             .inc();
-        if let Some(s) = v["seconds"].as_f64().filter(|s| s.is_finite() && *s >= 0.0) {
+        if r.seconds.is_finite() && r.seconds >= 0.0 {
             self.cni_duration
                 .get_or_create(&vec![("verb".into(), verb.into())])
-                .observe(s);
+                .observe(r.seconds);
         }
     }
 }

@@ -46,9 +46,9 @@ impl Peer {
     }
 }
 
-/// How this node reaches its peers.
+/// How this node reaches its peers: the backend with the device it uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
+pub enum Via {
     /// Through the VXLAN device with this index.
     Vxlan { dev: u32 },
     /// Directly through the underlay link with this index.
@@ -178,11 +178,11 @@ impl Op {
 }
 
 /// What should exist for `peers`, as the `Current` it would read back.
-pub fn desired(backend: Backend, peers: &[Peer]) -> Current {
+pub fn desired(backend: Via, peers: &[Peer]) -> Current {
     let mut c = Current::default();
     for p in peers {
         match backend {
-            Backend::Vxlan { dev } => {
+            Via::Vxlan { dev } => {
                 c.routes.push(route(p.cidr, Some(p.vtep_ip()), dev, true));
                 c.neighs.push(NeighInfo {
                     index: dev,
@@ -197,10 +197,8 @@ pub fn desired(backend: Backend, peers: &[Peer]) -> Current {
                     state: NUD_PERMANENT,
                 });
             }
-            Backend::HostGw { dev } => c.routes.push(route(p.cidr, Some(p.underlay), dev, false)),
-            Backend::WireGuard { dev } => {
-                c.routes.push(route(p.cidr, Some(p.vtep_ip()), dev, true))
-            }
+            Via::HostGw { dev } => c.routes.push(route(p.cidr, Some(p.underlay), dev, false)),
+            Via::WireGuard { dev } => c.routes.push(route(p.cidr, Some(p.vtep_ip()), dev, true)),
         }
     }
     c
@@ -369,7 +367,7 @@ mod tests {
         }
     }
 
-    const VX: Backend = Backend::Vxlan { dev: 7 };
+    const VX: Via = Via::Vxlan { dev: 7 };
 
     #[test]
     fn one_route_neigh_and_fdb_per_peer() {
@@ -458,7 +456,7 @@ mod tests {
 
     #[test]
     fn host_gw_routes_via_underlay() {
-        let want = desired(Backend::HostGw { dev: 2 }, &[peer(3)]);
+        let want = desired(Via::HostGw { dev: 2 }, &[peer(3)]);
         let ops = plan(&want, &Current::default());
         assert_eq!(ops.len(), 1);
         assert_eq!(
@@ -469,7 +467,7 @@ mod tests {
 
     #[test]
     fn wireguard_needs_one_route_per_peer_through_its_device() {
-        let want = desired(Backend::WireGuard { dev: 9 }, &[peer(1), peer(2)]);
+        let want = desired(Via::WireGuard { dev: 9 }, &[peer(1), peer(2)]);
         assert!(want.neighs.is_empty() && want.fdb.is_empty());
         let ops = plan(&want, &Current::default());
         assert_eq!(ops.len(), 2);

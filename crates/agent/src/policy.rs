@@ -15,10 +15,10 @@ pub use podnet_api::{
     Denied, DirStatus, FastPathStatus, PodPolicyStatus, PodVerdict, PolicyStatus, RefusedPod,
 };
 use podnet_cni_spec::Ipv4Net;
+pub use podnet_conventions::PolicyDatapath;
 use podnet_datastore::Datastore;
 use podnet_policy::compile::{PodTables, Table};
 use podnet_policy::{compile, Cluster, Direction, Object};
-use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -118,28 +118,6 @@ fn check(s: &podnet_datastore::StoredObject) -> Result<Object, String> {
     }
 }
 
-/// Which datapath enforces policy on this node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DatapathKind {
-    /// The `inet podnet` table ([`crate::nft`]).
-    Nftables,
-    /// Programs on every pod's host veth, maps pinned in bpffs ([`crate::ebpf`]).
-    Ebpf,
-    /// No enforcement at all: every pod is open (the Flannel model).
-    None,
-}
-
-impl DatapathKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DatapathKind::Nftables => "nftables",
-            DatapathKind::Ebpf => "ebpf",
-            DatapathKind::None => "none",
-        }
-    }
-}
-
 /// The datapath in use, with what it needs between rounds.
 enum Dp {
     /// Whether the table holds what `Policy::tables` says; if not, rewrite it whole.
@@ -164,7 +142,7 @@ fn dir_status(t: &Table) -> DirStatus {
 }
 
 pub struct Policy {
-    kind: DatapathKind,
+    kind: PolicyDatapath,
     source: Box<dyn PolicySource>,
     node: String,
     cidr: Ipv4Net,
@@ -291,7 +269,7 @@ pub fn pod_filter_problems(
     sock: &mut podnet_netlink::Socket,
     index: u32,
     name: &str,
-    datapath: &str,
+    datapath: PolicyDatapath,
 ) -> Vec<(bool, String)> {
     let f = match filters_of(sock, index) {
         Ok(f) => f,
@@ -307,10 +285,10 @@ pub fn pod_filter_problems(
             ),
         ));
     }
-    if datapath == "nftables" && !f.backstop {
+    if datapath == PolicyDatapath::Nftables && !f.backstop {
         v.push((false, format!("{name} has no nftables backstop ({}): a flushed ruleset would open the pod until the agent puts it back", crate::guard::BACKSTOP_FILTER)));
     }
-    if datapath == "ebpf" {
+    if datapath == PolicyDatapath::Ebpf {
         if !f.policy_out {
             v.push((
                 true,
@@ -347,7 +325,7 @@ pub fn nft_problems(tables: &BTreeMap<String, PodTables>) -> Vec<String> {
 /// protected (the node-wide nftables objects, every pod veth's filters), read now.
 pub fn enforcement_problems(st: &PolicyStatus) -> Vec<String> {
     let mut v = vec![];
-    if st.datapath == DatapathKind::Nftables.as_str() {
+    if st.datapath == PolicyDatapath::Nftables {
         v = nft_problems(&st.tables);
     }
     if let Ok(mut sock) = podnet_netlink::Socket::route() {
@@ -355,7 +333,7 @@ pub fn enforcement_problems(st: &PolicyStatus) -> Vec<String> {
             Ok(veths) => {
                 for l in veths {
                     v.extend(
-                        pod_filter_problems(&mut sock, l.index, &l.name, &st.datapath)
+                        pod_filter_problems(&mut sock, l.index, &l.name, st.datapath)
                             .into_iter()
                             .map(|(_, w)| w),
                     );
@@ -508,7 +486,7 @@ fn attach_ingress(
 
 impl Policy {
     pub fn new(
-        kind: DatapathKind,
+        kind: PolicyDatapath,
         source: Box<dyn PolicySource>,
         node: &str,
         cidr: Ipv4Net,
@@ -527,7 +505,7 @@ impl Policy {
             revision: None,
             rejected: BTreeSet::new(),
             status: Arc::new(Mutex::new(PolicyStatus {
-                datapath: kind.as_str().into(),
+                datapath: kind,
                 ..Default::default()
             })),
             fast: None,
@@ -672,21 +650,21 @@ impl Policy {
     /// in place — closed for every pod address — unless one survives from an earlier
     /// run (it stays as it is until the first round replaces it).
     pub fn prepare(&mut self, log: &dyn Fn(&str)) -> Result<(), String> {
-        if !matches!(self.kind, DatapathKind::Ebpf) {
+        if !matches!(self.kind, PolicyDatapath::Ebpf) {
             // A node that ran the fast path before: its filter on the underlay device
             // (the node's own) would go on acting on the pinned maps of that run.
             let mut sock = podnet_netlink::Socket::route().map_err(|e| e.to_string())?;
             remove_underlay_filters(&mut sock, log)?;
         }
         match self.kind {
-            DatapathKind::None => {
+            PolicyDatapath::None => {
                 if nft::exists() {
                     nft::delete()?;
                     log("policy datapath none: removed the nftables table inet podnet");
                 }
                 Ok(())
             }
-            DatapathKind::Ebpf => {
+            PolicyDatapath::Ebpf => {
                 let dp = ebpf::EbpfDatapath::open(&self.bpf_dir)?;
                 log(&format!("policy: eBPF map layout {}", dp.layout()));
                 self.dp = Dp::Ebpf(Box::new(dp));
@@ -703,7 +681,7 @@ impl Policy {
                 ));
                 Ok(())
             }
-            DatapathKind::Nftables => {
+            PolicyDatapath::Nftables => {
                 self.dp = Dp::Nft(false);
                 for fam in ["iptables", "ip6tables"] {
                     let p = format!("/proc/sys/net/bridge/bridge-nf-call-{fam}");
@@ -730,12 +708,12 @@ impl Policy {
     }
 
     /// What podnet-cni must know of the datapath (the node file's `policyPrograms`).
-    pub fn node_file_extra(&self) -> Option<serde_json::Value> {
+    pub fn node_file_extra(&self) -> Option<podnet_conventions::PolicyPrograms> {
         match &self.dp {
-            Dp::Ebpf(e) => Some(serde_json::json!({
-                "fromPod": e.program_path(ebpf::FROM_POD),
-                "toPod": e.program_path(ebpf::TO_POD),
-            })),
+            Dp::Ebpf(e) => Some(podnet_conventions::PolicyPrograms {
+                from_pod: e.program_path(ebpf::FROM_POD),
+                to_pod: e.program_path(ebpf::TO_POD),
+            }),
             _ => None,
         }
     }
@@ -1161,7 +1139,7 @@ impl Policy {
         self.revision = Some(snap.revision);
         let mut st = self.status.lock().unwrap();
         *st = PolicyStatus {
-            datapath: self.kind.as_str().into(),
+            datapath: self.kind,
             revision: snap.revision,
             pods: self
                 .tables
@@ -1225,16 +1203,16 @@ pub fn verdict(
         allowed: true,
         entry: None,
         programmed,
-        datapath: st.datapath.clone(),
+        datapath: st.datapath,
         enforcement: vec![],
         refused: None,
     };
-    if st.datapath == DatapathKind::None.as_str() {
+    if st.datapath == PolicyDatapath::None {
         return v;
     }
     // The kernel's truth first: what is missing there opens the pod (except where the
     // nftables backstop on the pod's veth closes forwarded traffic to it meanwhile).
-    if st.datapath == DatapathKind::Nftables.as_str() {
+    if st.datapath == PolicyDatapath::Nftables {
         v.enforcement = nft_problems(&st.tables);
     }
     let mut open_now = !v.enforcement.is_empty();
@@ -1251,7 +1229,7 @@ pub fn verdict(
                     "the nftables backstop on {name} drops every forwarded packet to the pod until the agent puts the table back: closed meanwhile"
                 ));
             }
-            for (opens, what) in pod_filter_problems(&mut sock, index, &name, &st.datapath) {
+            for (opens, what) in pod_filter_problems(&mut sock, index, &name, st.datapath) {
                 open_now |= opens;
                 v.enforcement.push(what);
             }

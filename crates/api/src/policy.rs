@@ -1,6 +1,7 @@
 //! The NetworkPolicy datapath as an agent reports it: its status, per-pod verdicts
 //! and the packets it refused.
 
+use podnet_conventions::PolicyDatapath;
 use podnet_policy::compile::PodTables;
 use podnet_policy::Direction;
 use serde::{Deserialize, Serialize};
@@ -29,7 +30,7 @@ pub struct PodPolicyStatus {
 /// The policy side of the agent's status (the API's `{"get":"policy"}`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PolicyStatus {
-    pub datapath: String,
+    pub datapath: PolicyDatapath,
     /// Revision of the objects the datapath reflects (0: not programmed yet).
     pub revision: u64,
     pub pods: Vec<PodPolicyStatus>,
@@ -103,7 +104,7 @@ pub struct PodVerdict {
     pub entry: Option<String>,
     /// Whether the kernel holds the pod's address as programmed (else it is closed).
     pub programmed: bool,
-    pub datapath: String,
+    pub datapath: PolicyDatapath,
     /// What is missing from the kernel that opens this pod (a deleted table, a flushed
     /// chain or isolation set, bridge-nf-call-iptables off, a removed filter): while
     /// any is listed the flow is *allowed*, whatever the tables say, until the agent

@@ -1,6 +1,7 @@
 //! The replies that are not whole reports of their own.
 
 use crate::{Denied, Echo, Event, PolicyStatus};
+use podnet_conventions::PolicyDatapath;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -26,7 +27,7 @@ pub struct ErrorReply {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PolicyRevision {
-    pub datapath: String,
+    pub datapath: PolicyDatapath,
     /// Revision of the objects the datapath reflects (0: not programmed yet).
     pub revision: u64,
     pub error: Option<String>,
@@ -34,7 +35,7 @@ pub struct PolicyRevision {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PolicyVersions {
-    pub datapath: String,
+    pub datapath: PolicyDatapath,
     pub revision: u64,
     pub error: Option<String>,
     /// Each asked key → the version programmed (`None`: none, or the object is absent).

@@ -1,6 +1,7 @@
 //! What an agent reports about itself (`{"get":"status"}`): its node, backend, peers,
 //! WireGuard device and underlay guard.
 
+use podnet_conventions::{Backend, Datapath};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -11,7 +12,7 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub underlay_guard: Option<GuardStatus>,
     pub node: String,
-    pub backend: String,
+    pub backend: Backend,
     pub pod_cidr: String,
     pub underlay_dev: String,
     pub underlay_ip: String,
@@ -24,7 +25,7 @@ pub struct Status {
     pub overlay_overhead: u32,
     /// `bridge`, or `ebpf` (the fast path).
     #[serde(default)]
-    pub datapath: String,
+    pub datapath: Datapath,
     pub mtu: u32,
     pub repair: bool,
     pub datastore: String,

@@ -19,6 +19,7 @@ use crate::trace::{
 use anyhow::{bail, Result};
 use podnet_api::Status;
 use podnet_api::{Client, NeighState, NodeState, RouteState};
+use podnet_conventions::{Datapath, PolicyDatapath};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -616,8 +617,8 @@ fn policy(out: &mut Out, n: &NodeView) {
     match agent.policy_stats() {
         Ok(stats) => {
             let p = &stats.status;
-            let dp = p.datapath.clone();
-            if dp == "none" {
+            let dp = p.datapath;
+            if dp == PolicyDatapath::None {
                 out.put("policy", "warn", "no NetworkPolicy datapath: every pod is open".into(), "start podnetd with --policy-datapath nftables or ebpf to enforce NetworkPolicy");
             } else if let Some(e) = &p.error {
                 out.check("policy", false, format!("{dp}: the last change failed: {e}"), "see podnetd's log on this node; the datapath keeps its last verdicts until a change succeeds");
@@ -632,7 +633,7 @@ fn policy(out: &mut Out, n: &NodeView) {
                 out.put("policy", "ok", format!("{dp}: revision {}, {pods} pods programmed ({isolated} isolated), {denied} packets refused (podnet policy stats)", p.revision), "");
             }
             if stats.enforcement.is_empty() {
-                if dp != "none" {
+                if dp != PolicyDatapath::None {
                     out.put("policy enforcement", "ok", format!("{dp}: every object that isolates and protects this node's pods is in the kernel"), "");
                 }
             } else {
@@ -665,7 +666,7 @@ fn policy(out: &mut Out, n: &NodeView) {
             }
             // The fast path: every pod of the node served directly, and the overlay
             // program in place (VXLAN).
-            if n.st.datapath == "ebpf" {
+            if n.st.datapath == Datapath::Ebpf {
                 let local: Vec<&String> = p.pods.iter().map(|x| &x.ip).collect();
                 match &p.fast_path {
                     None => out.check(

@@ -65,7 +65,8 @@ pub fn render_verdict(v: &Verdict) -> String {
 #[derive(Debug, Serialize)]
 pub struct NodeStats {
     pub node: String,
-    pub datapath: String,
+    /// None: the agent did not answer.
+    pub datapath: Option<podnet_conventions::PolicyDatapath>,
     pub revision: u64,
     /// Packets to or from addresses of the node's pod CIDR that no programmed pod holds.
     pub closed_packets: u64,
@@ -83,7 +84,7 @@ pub fn stats(agents: &[(String, &Path)]) -> Result<Vec<NodeStats>> {
         match podnet_api::Client::new(*sock).policy_stats() {
             Ok(v) => out.push(NodeStats {
                 node: node.clone(),
-                datapath: v.status.datapath.clone(),
+                datapath: Some(v.status.datapath),
                 revision: v.status.revision,
                 closed_packets: v.closed_packets,
                 denied: serde_json::to_value(&v.denied).unwrap_or_default(),
@@ -92,7 +93,7 @@ pub fn stats(agents: &[(String, &Path)]) -> Result<Vec<NodeStats>> {
             }),
             Err(e) => out.push(NodeStats {
                 node: node.clone(),
-                datapath: "?".into(),
+                datapath: None,
                 revision: 0,
                 closed_packets: 0,
                 denied: serde_json::Value::Null,

@@ -23,6 +23,7 @@ use podnet_api::{
 };
 use podnet_api::{PeerStatus, Status};
 use podnet_cni_spec::Ipv4Net;
+use podnet_conventions::{Datapath, PolicyDatapath};
 use serde::Serialize;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -619,7 +620,7 @@ fn policy_hop(
         podnet_policy::Direction::Egress => names,
         podnet_policy::Direction::Ingress => (names.1, names.0),
     };
-    if v.datapath == "none" {
+    if v.datapath == PolicyDatapath::None {
         b.add(
             where_,
             "policy",
@@ -701,7 +702,7 @@ fn policy_hop(
 /// overlay device. The bridge hops that follow still matter: ARP and the node's own
 /// traffic take the bridge.
 fn fast_path_hop(b: &mut Builder, s: &End, d: &End, cross: bool) {
-    if s.st.datapath != "ebpf" {
+    if s.st.datapath != Datapath::Ebpf {
         return;
     }
     let fast = s.agent.policy().ok().and_then(|p| p.fast_path);
@@ -764,7 +765,7 @@ fn fast_path_hop(b: &mut Builder, s: &End, d: &End, cross: bool) {
 /// With the fast path on the destination node: `from_overlay` on its VXLAN device's
 /// ingress delivers into the pod.
 fn fast_path_in_hop(b: &mut Builder, d: &End) {
-    if d.st.datapath != "ebpf" {
+    if d.st.datapath != Datapath::Ebpf {
         return;
     }
     let f = d.agent.policy().ok().and_then(|p| p.fast_path);

@@ -136,12 +136,15 @@ fn report(stdin: &[u8], verb: &str, ok: bool, took: std::time::Duration) {
         return;
     };
     let _ = s.set_nonblocking(true);
-    let msg = json!({
-        "verb": verb,
-        "result": if ok { "ok" } else { "error" },
-        "seconds": took.as_secs_f64(),
-    });
-    let _ = s.send_to(msg.to_string().as_bytes(), path);
+    let msg = podnet_conventions::CniReport {
+        verb: verb.to_string(),
+        result: if ok { "ok" } else { "error" }.to_string(),
+        seconds: took.as_secs_f64(),
+    };
+    let _ = s.send_to(
+        &serde_json::to_vec(&msg).expect("a report serializes"),
+        path,
+    );
 }
 
 fn dispatch(

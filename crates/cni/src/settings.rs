@@ -3,39 +3,23 @@
 
 use podnet_cni_spec::{code, CniError, Ipv4Net, NetConf};
 use podnet_netlink::{link, route, Socket};
-use serde::Deserialize;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 pub use podnet_conventions::{DEFAULT_BRIDGE, DEFAULT_DATA_DIR, DEFAULT_NODE_FILE};
 
-/// What the node's agent publishes for the plugin.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeInfo {
-    #[serde(rename = "podCIDR")]
-    pub pod_cidr: Option<String>,
-    pub mtu: Option<u32>,
-    pub bridge: Option<String>,
-    /// With podnetd's eBPF policy datapath: where it pinned the two programs every
-    /// pod's host veth must carry.
-    #[serde(rename = "policyPrograms", default)]
-    pub policy_programs: Option<PolicyPrograms>,
-    /// `bridge` or `ebpf`: how the node's podnetd moves pod packets.
-    #[serde(default)]
-    pub datapath: Option<String>,
-    /// The cluster's pod CIDR: where a pod's UDP to an overlay port may go.
-    #[serde(rename = "clusterCIDR", default)]
-    pub cluster_cidr: Option<String>,
-    /// The node's overlay UDP ports (VXLAN, WireGuard), closed to pods but towards
-    /// other pods (anti-spoofing's overlay guard).
-    #[serde(default)]
-    pub overlay_ports: Vec<u16>,
+/// What the node's agent publishes for the plugin: the node file, a contract shared
+/// with podnetd (which writes it).
+pub use podnet_conventions::NodeFile as NodeInfo;
+pub use podnet_conventions::PolicyPrograms;
+
+/// The overlay guard every pod of this node carries (`bpf/from_pod.c`), from the node
+/// file. No ports (no agent, or host-gw): nothing to guard.
+trait OverlayGuardOf {
+    fn overlay_guard(&self) -> Result<antispoof_guard::OverlayGuard, CniError>;
 }
 
-impl NodeInfo {
-    /// The overlay guard every pod of this node carries (`bpf/from_pod.c`). No ports
-    /// (no agent, or host-gw): nothing to guard.
+impl OverlayGuardOf for NodeInfo {
     fn overlay_guard(&self) -> Result<antispoof_guard::OverlayGuard, CniError> {
         let mut g = antispoof_guard::OverlayGuard::default();
         if self.overlay_ports.len() > g.ports.len() {
@@ -69,17 +53,6 @@ impl NodeInfo {
 }
 
 use podnet_netlink::antispoof as antispoof_guard;
-
-/// The pinned eBPF policy programs (bpffs paths).
-#[derive(Debug, Default, Clone, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
-pub struct PolicyPrograms {
-    /// On the host veth's ingress: the pod's egress policy.
-    #[serde(rename = "fromPod")]
-    pub from_pod: PathBuf,
-    /// On the host veth's egress: the pod's ingress policy.
-    #[serde(rename = "toPod")]
-    pub to_pod: PathBuf,
-}
 
 /// How addresses are assigned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,7 +119,7 @@ impl Settings {
                     "\"datapath\" is \"bridge\" or \"ebpf\" (the node's podnetd --datapath)",
                 ));
             }
-            let node_dp = node.datapath.as_deref().unwrap_or("bridge");
+            let node_dp = node.datapath.unwrap_or_default().as_str();
             if want != node_dp {
                 return Err(invalid(
                     format!("the network configuration asks for the {want} datapath, but this node's podnetd runs the {node_dp} datapath"),

@@ -1,6 +1,15 @@
 //! What podnet-cni, podnetd and the `podnet` tool must agree on, in one place: change a
-//! scheme here and every program follows. No dependencies and no I/O, so the plugin,
-//! the agent and the tool can all depend on it without depending on each other.
+//! scheme here and every program follows. No I/O and nothing but serde (and clap, as
+//! an option), so the plugin, the agent and the tool can all depend on it without
+//! depending on each other: names and numbers, the choices ([`Backend`], [`Datapath`],
+//! [`PolicyDatapath`]), default paths, and the files and messages passed between the
+//! programs ([`NodeFile`], [`CniReport`]).
+
+mod contracts;
+mod kinds;
+
+pub use contracts::{CniReport, NodeFile, PolicyPrograms};
+pub use kinds::{Backend, Datapath, PolicyDatapath, UnknownChoice};
 
 use std::net::Ipv4Addr;
 
@@ -10,6 +19,10 @@ pub const DEFAULT_BRIDGE: &str = "podnet0";
 pub const DEFAULT_NODE_FILE: &str = "/run/podnet/node.json";
 /// The built-in IPAM's state.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/podnet/ipam";
+/// podnetd's local API socket ([`API_SOCKET_NAME`] in `/run/podnet`).
+pub const DEFAULT_API_SOCKET: &str = "/run/podnet/podnetd.sock";
+/// The API socket's file name, wherever its directory is (a lab node's state).
+pub const API_SOCKET_NAME: &str = "podnetd.sock";
 
 /// Routes podnet makes carry this protocol number (`ip route … proto 80`): what podnet
 /// finds and removes, and nothing else.

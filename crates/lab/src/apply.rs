@@ -11,6 +11,7 @@
 
 use crate::{minimal_pod, Binaries, Lab, State};
 use anyhow::{bail, Context, Result};
+use podnet_conventions::PolicyDatapath;
 use podnet_datastore::{ObjectKey, StoredObject};
 use podnet_netlink::{netns, Netns};
 use podnet_policy::objects::Pod;
@@ -178,7 +179,7 @@ impl Lab {
     /// Waits until every node's policy datapath reflects `revision` (default: the
     /// datastore's current one). Agents without a policy datapath are not waited for.
     pub fn wait_policy(&self, st: &State, revision: Option<u64>) -> Result<()> {
-        if st.policy_datapath == "none" || st.nodes.is_empty() || st.kubernetes {
+        if st.policy_datapath == PolicyDatapath::None || st.nodes.is_empty() || st.kubernetes {
             return Ok(());
         }
         let want = match revision {
@@ -191,7 +192,9 @@ impl Lab {
             for n in &st.nodes {
                 let v = self.agent(&n.name).policy_revision().ok();
                 let rev = v.as_ref().map_or(0, |v| v.revision);
-                let none = v.as_ref().is_some_and(|v| v.datapath == "none");
+                let none = v
+                    .as_ref()
+                    .is_some_and(|v| v.datapath == podnet_conventions::PolicyDatapath::None);
                 if !none && rev < want {
                     let err = v
                         .as_ref()

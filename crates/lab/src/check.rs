@@ -2,6 +2,7 @@
 //! against NAT.
 
 use super::*;
+use podnet_conventions::PolicyDatapath;
 
 /// One cell of the connectivity matrix.
 #[derive(Debug, Serialize)]
@@ -39,7 +40,7 @@ impl Lab {
         let st = self
             .load()?
             .with_context(|| format!("no lab {}", self.name))?;
-        let cluster = if st.policy_datapath == "none" {
+        let cluster = if st.policy_datapath == PolicyDatapath::None {
             None
         } else {
             Some(podnet_policy::Cluster::from_objects(&self.objects(&st)?))

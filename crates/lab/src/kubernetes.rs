@@ -30,6 +30,7 @@
 use crate::apply::{parse_manifests, pod_id, Change};
 use crate::{Binaries, Lab, State, ETCD_ADDR};
 use anyhow::{bail, Context, Result};
+use podnet_conventions::PolicyDatapath;
 use podnet_netlink::{netns, Netns};
 use podnet_policy::Object;
 use serde_json::{json, Value};
@@ -665,7 +666,7 @@ pub fn wait_versions(
             st.policy_datapath,
         )
     };
-    if datapath == "none" || want.is_empty() {
+    if datapath == PolicyDatapath::None || want.is_empty() {
         return Ok(());
     }
     let keys: Vec<String> = want.keys().cloned().collect();

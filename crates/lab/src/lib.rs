@@ -30,6 +30,7 @@ pub mod traffic;
 use crate::exec::Call;
 use crate::traffic::probe;
 use anyhow::{bail, Context, Result};
+use podnet_conventions::{Backend, Datapath, PolicyDatapath};
 use podnet_netlink::link::{self, LinkChange, Target};
 use podnet_netlink::{addr, netns, Netns, Socket};
 use serde::{Deserialize, Serialize};
@@ -53,14 +54,14 @@ pub struct Options {
     pub pods_per_node: usize,
     /// `vxlan`, `host-gw` or `wireguard`; `None`: what the lab was built with, else
     /// `vxlan`.
-    pub backend: Option<String>,
+    pub backend: Option<Backend>,
     /// A datastore URL or `etcd` (an etcd inside the lab); `None`: what the lab was
     /// built with, else the lab's own file datastore.
     pub datastore: Option<String>,
     /// `None`: what the lab was built with, else on.
     pub repair: Option<bool>,
     /// `nftables` or `none`; `None`: what the lab was built with, else `nftables`.
-    pub policy_datapath: Option<String>,
+    pub policy_datapath: Option<PolicyDatapath>,
     /// Run a Kubernetes control plane in the lab and the agents on its API
     /// ([`crate::kubernetes`]); `None`: what the lab was built with, else off.
     #[serde(default)]
@@ -68,7 +69,7 @@ pub struct Options {
     /// `bridge` or `ebpf` (the fast path); `None`: what the lab was built with, else
     /// `bridge`.
     #[serde(default)]
-    pub datapath: Option<String>,
+    pub datapath: Option<Datapath>,
     /// With `kubernetes`: real nodes (containerd, kubelet, kube-proxy; podnet from
     /// `deploy/`, [`real`]); `None`: what the lab was built with, else off.
     #[serde(default)]
@@ -82,17 +83,17 @@ pub struct Options {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct State {
     pub name: String,
-    pub backend: String,
+    pub backend: Backend,
     pub datastore: String,
     pub repair: bool,
-    #[serde(default = "default_policy_datapath")]
-    pub policy_datapath: String,
+    #[serde(default)]
+    pub policy_datapath: PolicyDatapath,
     /// The lab runs kube-apiserver and the agents use it ([`crate::kubernetes`]).
     #[serde(default)]
     pub kubernetes: bool,
     /// `bridge` or `ebpf` (the fast path).
-    #[serde(default = "default_datapath")]
-    pub datapath: String,
+    #[serde(default)]
+    pub datapath: Datapath,
     /// Real nodes ([`real`]): containerd, kubelet and kube-proxy on every node, podnet
     /// from `deploy/`.
     #[serde(default)]
@@ -104,15 +105,7 @@ pub struct State {
     pub pods: Vec<PodState>,
 }
 
-fn default_datapath() -> String {
-    "bridge".into()
-}
-
 fn default_proxy_mode() -> String {
-    "nftables".into()
-}
-
-fn default_policy_datapath() -> String {
     "nftables".into()
 }
 
@@ -332,7 +325,8 @@ impl Lab {
     }
 
     pub fn api_socket(&self, node: &str) -> PathBuf {
-        self.node_dir(node).join("podnetd.sock")
+        self.node_dir(node)
+            .join(podnet_conventions::API_SOCKET_NAME)
     }
 
     /// The configuration socket of `node`'s WireGuard device (WireGuard backend).

@@ -15,14 +15,11 @@ impl Lab {
             url => url.to_string(),
         });
         if st.nodes.is_empty() {
-            st.backend = opts.backend.clone().unwrap_or_else(|| "vxlan".into());
+            st.backend = opts.backend.unwrap_or_default();
             st.repair = opts.repair.unwrap_or(true);
-            st.policy_datapath = opts
-                .policy_datapath
-                .clone()
-                .unwrap_or_else(default_policy_datapath);
+            st.policy_datapath = opts.policy_datapath.unwrap_or_default();
             st.kubernetes = opts.kubernetes.unwrap_or(false);
-            st.datapath = opts.datapath.clone().unwrap_or_else(default_datapath);
+            st.datapath = opts.datapath.unwrap_or_default();
             st.real_nodes = opts.real_nodes.unwrap_or(false);
             st.proxy_mode = opts.proxy_mode.clone().unwrap_or_else(default_proxy_mode);
             if st.real_nodes && !st.kubernetes {
@@ -161,7 +158,7 @@ impl Lab {
             self.build_podnet_image(bins)
                 .with_context(|| format!("building podnet's image; {down}"))?;
         }
-        if st.policy_datapath == "ebpf" && !st.real_nodes {
+        if st.policy_datapath == PolicyDatapath::Ebpf && !st.real_nodes {
             self.ensure_bpffs()
                 .with_context(|| format!("preparing the eBPF policy datapath; {down}"))?;
         }
@@ -335,15 +332,15 @@ impl Lab {
                 .arg("--underlay-dev")
                 .arg("eth0")
                 .arg("--backend")
-                .arg(&st.backend)
+                .arg(st.backend.as_str())
                 .arg("--node-file")
                 .arg(dir.join("node.json"))
                 .arg("--api-socket")
                 .arg(self.api_socket(node))
                 .arg("--policy-datapath")
-                .arg(&st.policy_datapath)
+                .arg(st.policy_datapath.as_str())
                 .arg("--datapath")
-                .arg(&st.datapath)
+                .arg(st.datapath.as_str())
                 .arg("--bpf-dir")
                 .arg(self.bpf_dir().join(node))
                 // Every node's WireGuard things in its own directory (all nodes share

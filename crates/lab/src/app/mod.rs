@@ -47,7 +47,7 @@ enum Cmd {
         #[arg(long)]
         lab: Option<String>,
         /// The local agent's socket, without --lab.
-        #[arg(long, default_value = "/run/podnet/podnetd.sock")]
+        #[arg(long, default_value = podnet_conventions::DEFAULT_API_SOCKET)]
         agent: PathBuf,
         /// Destination port: the policy hops judge the flow on it.
         #[arg(long)]
@@ -75,7 +75,7 @@ enum Cmd {
         #[arg(long)]
         lab: Option<String>,
         /// The local agent's socket, without --lab.
-        #[arg(long, default_value = "/run/podnet/podnetd.sock")]
+        #[arg(long, default_value = podnet_conventions::DEFAULT_API_SOCKET)]
         agent: PathBuf,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
@@ -111,7 +111,7 @@ enum Cmd {
         #[arg(long = "for", value_name = "DURATION")]
         for_: Option<String>,
         /// The local agent's socket, without --lab.
-        #[arg(long, default_value = "/run/podnet/podnetd.sock")]
+        #[arg(long, default_value = podnet_conventions::DEFAULT_API_SOCKET)]
         agent: PathBuf,
         /// json: one JSON object per line.
         #[arg(long, value_enum, default_value = "text")]
@@ -191,7 +191,7 @@ enum PolicyCmd {
         #[arg(long)]
         lab: Option<String>,
         /// The local agent's socket, without --lab.
-        #[arg(long, default_value = "/run/podnet/podnetd.sock")]
+        #[arg(long, default_value = podnet_conventions::DEFAULT_API_SOCKET)]
         agent: PathBuf,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
@@ -207,7 +207,7 @@ enum WireguardCmd {
         #[arg(long)]
         lab: Option<String>,
         /// The local agent's socket, without --lab.
-        #[arg(long, default_value = "/run/podnet/podnetd.sock")]
+        #[arg(long, default_value = podnet_conventions::DEFAULT_API_SOCKET)]
         agent: PathBuf,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
@@ -223,7 +223,7 @@ enum WireguardCmd {
         #[arg(long)]
         lab: Option<String>,
         /// The local agent's socket, without --lab.
-        #[arg(long, default_value = "/run/podnet/podnetd.sock")]
+        #[arg(long, default_value = podnet_conventions::DEFAULT_API_SOCKET)]
         agent: PathBuf,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
@@ -242,7 +242,7 @@ enum LabCmd {
         pods_per_node: usize,
         /// How nodes reach each other's pods [default: vxlan].
         #[arg(long, value_enum)]
-        backend: Option<LabBackend>,
+        backend: Option<podnet_conventions::Backend>,
         /// Datastore for the agents: a URL (file:DIR, etcd://IP:PORT), or `etcd` to run
         /// an etcd inside the lab's fabric (default: a file datastore inside the lab).
         #[arg(long)]
@@ -252,12 +252,12 @@ enum LabCmd {
         no_repair: bool,
         /// Which datapath enforces NetworkPolicy on every node [default: nftables].
         #[arg(long, value_enum)]
-        policy_datapath: Option<LabPolicyDatapath>,
+        policy_datapath: Option<podnet_conventions::PolicyDatapath>,
         /// How pod packets cross each node [default: bridge]. ebpf: programs on the
         /// pods' host veths (and the VXLAN device) skip the bridge and the node's IP
         /// stack; needs --policy-datapath ebpf.
         #[arg(long, value_enum)]
-        datapath: Option<LabDatapath>,
+        datapath: Option<podnet_conventions::Datapath>,
         /// Run a real Kubernetes control plane in the lab (etcd, kube-apiserver with
         /// TLS, kube-controller-manager allocating pod CIDRs), the agents on its API
         /// with deploy/'s RBAC, and the lab as every node's kubelet. Needs the
@@ -393,19 +393,6 @@ enum Proto {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum LabPolicyDatapath {
-    Nftables,
-    Ebpf,
-    None,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LabDatapath {
-    Bridge,
-    Ebpf,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
 enum LabProxyMode {
     Nftables,
     Iptables,
@@ -415,16 +402,6 @@ enum LabProxyMode {
 enum VerdictFilter {
     Dropped,
     Allowed,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LabBackend {
-    /// VXLAN between nodes (UDP 8472), in clear.
-    Vxlan,
-    /// Routes to each node's underlay address.
-    HostGw,
-    /// WireGuard between nodes (UDP 51820), encrypted; userspace here.
-    Wireguard,
 }
 
 #[derive(Subcommand)]
@@ -714,28 +691,17 @@ fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
             let opts = crate::Options {
                 nodes,
                 pods_per_node,
-                backend: backend.map(|b| match b {
-                    LabBackend::Vxlan => "vxlan".into(),
-                    LabBackend::HostGw => "host-gw".into(),
-                    LabBackend::Wireguard => "wireguard".into(),
-                }),
+                backend,
                 datastore,
                 repair: no_repair.then_some(false),
-                policy_datapath: policy_datapath.map(|p| match p {
-                    LabPolicyDatapath::Nftables => "nftables".into(),
-                    LabPolicyDatapath::Ebpf => "ebpf".into(),
-                    LabPolicyDatapath::None => "none".into(),
-                }),
+                policy_datapath,
                 kubernetes: kubernetes.then_some(true),
                 real_nodes: kubelet.then_some(true),
                 proxy_mode: proxy_mode.map(|m| match m {
                     LabProxyMode::Nftables => "nftables".into(),
                     LabProxyMode::Iptables => "iptables".into(),
                 }),
-                datapath: datapath.map(|d| match d {
-                    LabDatapath::Bridge => "bridge".into(),
-                    LabDatapath::Ebpf => "ebpf".into(),
-                }),
+                datapath,
             };
             let quiet = output == Output::Json;
             let st = lab.up(&opts, &Binaries::find()?, &mut |l| {

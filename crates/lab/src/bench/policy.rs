@@ -249,7 +249,7 @@ fn bench_lab(name: &str, datapath: &str, bins: &Binaries) -> Result<(LabGuard, L
             backend: None,
             datastore: None,
             repair: None,
-            policy_datapath: Some(datapath.into()),
+            policy_datapath: Some(datapath.parse()?),
             kubernetes: None,
             real_nodes: None,
             proxy_mode: None,

@@ -118,7 +118,7 @@ impl Lab {
             .map(|l| &l[..l.len() - l.trim_start().len()])
             .unwrap_or("            ");
         let mut args = format!("- --policy-datapath={}", st.policy_datapath);
-        if st.datapath != "bridge" {
+        if st.datapath != podnet_conventions::Datapath::Bridge {
             args += &format!("\n{indent}- --datapath={}", st.datapath);
         }
         if !st.repair {

@@ -441,11 +441,16 @@ impl Lab {
         self.start_node_daemons(st, node, ip, &bin)?;
         // The lab's tools find the agent where the DaemonSet's podnetd puts it.
         for (link, target) in [
-            ("podnetd.sock", "run/podnet/podnetd.sock"),
-            ("node.json", "run/podnet/node.json"),
+            (
+                podnet_conventions::API_SOCKET_NAME,
+                podnet_conventions::DEFAULT_API_SOCKET,
+            ),
+            ("node.json", podnet_conventions::DEFAULT_NODE_FILE),
         ] {
             let l = self.node_dir(node).join(link);
             let _ = std::fs::remove_file(&l);
+            // The node's root holds the DaemonSet's paths below it.
+            let target = target.trim_start_matches('/');
             std::os::unix::fs::symlink(root.join(target), &l)
                 .with_context(|| format!("link {}", l.display()))?;
         }

@@ -1,0 +1,194 @@
+//! The names every program and file uses for podnet's choices: how nodes reach each
+//! other ([`Backend`]), how pod packets move on a node ([`Datapath`]) and what enforces
+//! NetworkPolicy ([`PolicyDatapath`]). Each is parsed, printed and serialized from one
+//! table, so a name is declared once; with the `clap` feature each is also a command-
+//! line value with its help text.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Declares a choice: its variants, their names on the command line and on the wire,
+/// and one line of help each.
+macro_rules! choice {
+    ($(#[$doc:meta])* $name:ident, $what:literal, { $($(#[$vdoc:meta])* $v:ident = $s:literal : $help:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $v,)+
+        }
+
+        impl $name {
+            /// Every value, in the order `--help` lists them.
+            pub const ALL: &'static [$name] = &[$($name::$v),+];
+
+            /// The name on the command line, in files and on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$v => $s,)+
+                }
+            }
+
+            /// One line saying what the value means.
+            pub fn help(self) -> &'static str {
+                match self {
+                    $($name::$v => $help,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownChoice;
+            fn from_str(s: &str) -> Result<Self, UnknownChoice> {
+                $name::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str().eq_ignore_ascii_case(s))
+                    .ok_or_else(|| UnknownChoice {
+                        what: $what,
+                        got: s.to_string(),
+                        valid: $name::ALL.iter().map(|v| v.as_str()).collect(),
+                    })
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        #[cfg(feature = "clap")]
+        impl clap::ValueEnum for $name {
+            fn value_variants<'a>() -> &'a [Self] {
+                $name::ALL
+            }
+            fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+                Some(clap::builder::PossibleValue::new(self.as_str()).help(self.help()))
+            }
+        }
+    };
+}
+
+choice!(
+    /// How a node reaches the pods of other nodes.
+    Backend, "backend", {
+        /// Pod packets in VXLAN between nodes, in clear.
+        Vxlan = "vxlan": "pod packets in VXLAN (UDP 8472) between nodes, in clear",
+        /// Plain routes to each node's underlay address (one L2 network).
+        HostGw = "host-gw": "plain routes to each node's underlay address (nodes on one L2 network)",
+        /// Pod packets encrypted by WireGuard between nodes (userspace here).
+        Wireguard = "wireguard": "pod packets encrypted by WireGuard (UDP 51820) between nodes",
+    }
+);
+
+choice!(
+    /// How pod packets move on a node.
+    Datapath, "datapath", {
+        /// Through the node bridge and the node's IP stack.
+        Bridge = "bridge": "pod traffic through the node bridge and the node's IP stack",
+        /// eBPF programs deliver pod packets straight to the destination pod or the
+        /// overlay (the fast path; needs the eBPF policy datapath).
+        Ebpf = "ebpf": "eBPF programs deliver pod traffic straight into the destination pod or the overlay (needs --policy-datapath ebpf)",
+    }
+);
+
+choice!(
+    /// What enforces NetworkPolicy on a node.
+    PolicyDatapath, "policy datapath", {
+        /// One nftables table, sets of peers and ports.
+        Nftables = "nftables": "nftables: one table, sets of peers and ports, one atomic transaction per change",
+        /// eBPF programs on every pod's host veth, LPM tries pinned in bpffs.
+        Ebpf = "ebpf": "eBPF: programs on every pod's host veth, LPM tries pinned in bpffs",
+        /// No enforcement: every pod open (the Flannel model).
+        None = "none": "no NetworkPolicy at all (every pod open, as with Flannel)",
+    }
+);
+
+/// A name that is none of a choice's values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownChoice {
+    pub what: &'static str,
+    pub got: String,
+    pub valid: Vec<&'static str>,
+}
+
+impl fmt::Display for UnknownChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown {} {:?}: use one of {}",
+            self.what,
+            self.got,
+            self.valid.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownChoice {}
+
+/// VXLAN, as podnetd and the lab default to.
+impl Default for Backend {
+    fn default() -> Backend {
+        Backend::Vxlan
+    }
+}
+
+/// The bridge, as podnetd defaults to (and as an agent that predates the choice ran).
+impl Default for Datapath {
+    fn default() -> Datapath {
+        Datapath::Bridge
+    }
+}
+
+/// nftables, as podnetd defaults to.
+impl Default for PolicyDatapath {
+    fn default() -> PolicyDatapath {
+        PolicyDatapath::Nftables
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_print_and_serialize_the_same() {
+        for b in Backend::ALL {
+            assert_eq!(b.as_str().parse::<Backend>().unwrap(), *b);
+            assert_eq!(
+                serde_json::to_string(b).unwrap(),
+                format!("\"{}\"", b.as_str())
+            );
+            assert_eq!(
+                serde_json::from_str::<Backend>(&format!("\"{b}\"")).unwrap(),
+                *b
+            );
+        }
+        assert_eq!("HOST-GW".parse::<Backend>().unwrap(), Backend::HostGw);
+        assert_eq!("ebpf".parse::<Datapath>().unwrap(), Datapath::Ebpf);
+        assert_eq!(
+            "none".parse::<PolicyDatapath>().unwrap(),
+            PolicyDatapath::None
+        );
+        let e = "geneve".parse::<Backend>().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "unknown backend \"geneve\": use one of vxlan, host-gw, wireguard"
+        );
+        let e = serde_json::from_str::<PolicyDatapath>("\"iptables\"").unwrap_err();
+        assert!(e.to_string().contains("nftables, ebpf, none"), "{e}");
+    }
+}
