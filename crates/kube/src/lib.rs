@@ -80,6 +80,16 @@ pub fn is_kubernetes_url(url: &str) -> bool {
 
 pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// The one datastore factory: `file:…`, `etcd://…` and `etcds://…`
+/// ([`podnet_datastore::open`]), and `kubernetes[:kubeconfig]`, the API server
+/// ([`KubeStore`], whose watches' problems go to `log`).
+pub fn open_datastore(url: &str, log: Log) -> Result<Arc<dyn podnet_datastore::Datastore>> {
+    if is_kubernetes_url(url) {
+        return Ok(Arc::new(KubeStore::open(url, log)?));
+    }
+    Ok(podnet_datastore::open(url)?.into())
+}
+
 /// What the watches hold.
 #[derive(Default)]
 struct State {

@@ -67,7 +67,8 @@ pub fn lab_objects(lab: &Lab) -> Result<Vec<Object>> {
 
 /// The objects in a datastore (outside a lab).
 pub fn datastore_objects(url: &str) -> Result<Vec<Object>> {
-    let ds = podnet_datastore::open(url)?;
+    let log: podnet_kube::Log = Arc::new(|m: &str| tracing::warn!("datastore: {m}"));
+    let ds = podnet_kube::open_datastore(url, log)?;
     let (_, stored) = ds.objects()?;
     stored
         .into_iter()

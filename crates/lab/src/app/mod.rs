@@ -178,7 +178,8 @@ enum PolicyCmd {
         /// Read the objects of this lab (default: the datastore given by --datastore).
         #[arg(long)]
         lab: Option<String>,
-        /// The datastore the agents read, without --lab.
+        /// The datastore the agents read, without --lab: file:DIR, etcd://HOST:PORT,
+        /// etcds://HOST:PORT?ca=FILE, or kubernetes[:KUBECONFIG] (the API server).
         #[arg(long, default_value = "file:/var/lib/podnet/datastore")]
         datastore: String,
         #[arg(long, value_enum, default_value = "text")]

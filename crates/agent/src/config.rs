@@ -1,0 +1,49 @@
+//! podnetd's configuration, as its command line ([`crate::cmd`]) gives it.
+
+use crate::{wireguard, Backend, Datapath, PolicyDatapath};
+use podnet_cni_spec::Ipv4Net;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node: String,
+    pub datastore: String,
+    pub underlay_dev: String,
+    pub cluster_cidr: Ipv4Net,
+    /// The cluster's Service range (kube-apiserver's `--service-cluster-ip-range`):
+    /// no peer's underlay address may lie in it ([`crate::peers::check_peer`]).
+    pub service_cidr: Ipv4Net,
+    pub node_prefix: u8,
+    pub backend: Backend,
+    pub vni: u32,
+    pub port: u16,
+    pub vxlan_dev: String,
+    pub bridge: String,
+    pub repair: bool,
+    pub lease_ttl: Duration,
+    pub node_file: PathBuf,
+    pub api_socket: PathBuf,
+    /// How often to re-check the kernel when nothing else wakes the agent.
+    pub interval: Duration,
+    /// Which datapath enforces NetworkPolicy.
+    pub policy_datapath: PolicyDatapath,
+    /// The bpffs directory of the eBPF policy datapath's pinned maps and programs.
+    pub bpf_dir: PathBuf,
+    /// The WireGuard backend's device, port, key file, socket and pid file.
+    pub wireguard: wireguard::Paths,
+    /// Where to serve Prometheus metrics: `node:PORT` (the node's underlay address
+    /// and 127.0.0.1) or `ADDRESS:PORT` ([`crate::metrics::listen_addrs`]); `None`: not at all.
+    pub metrics_addr: Option<String>,
+    /// How pod packets move: through the bridge, or the eBPF fast path (pod traffic
+    /// skips the bridge and the node's IP stack, [`crate::policy::FastPath`]; needs the eBPF
+    /// policy datapath).
+    pub datapath: Datapath,
+}
+
+impl Config {
+    /// Whether the eBPF fast path is on (`--datapath ebpf`).
+    pub fn fast_path(&self) -> bool {
+        self.datapath == Datapath::Ebpf
+    }
+}

@@ -1,0 +1,140 @@
+//! The node itself: its underlay link, its registration (lease) in the datastore, and
+//! the node-level objects every backend shares — the bridge, IPv4 forwarding and the
+//! node file podnet-cni reads.
+//!
+//! # Kernel objects it owns
+//! The bridge (default `podnet0`, gateway = first address of the node's pod CIDR, MAC
+//! `0a:58:<gateway>`, MTU = pod MTU) and `net.ipv4.ip_forward = 1`; the backend's
+//! device through [`crate::backend`].
+
+use crate::backend::{self, Ctx, NodeInfo};
+use crate::{vtep_mac, Agent, Error, Result};
+use podnet_datastore::{NodeRecord, Registration};
+use podnet_netlink::{addr, link};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+impl Agent {
+    /// The underlay link: its index, IPv4 address and MTU.
+    pub(crate) fn underlay(&mut self) -> Result<(u32, Ipv4Addr, u32)> {
+        let dev = self.cfg.underlay_dev.clone();
+        let l = link::get_by_name(&mut self.sock, &dev)?.ok_or_else(|| Error::Underlay {
+            dev: dev.clone(),
+            why: "no such link".into(),
+        })?;
+        let ip = addr::list(&mut self.sock, Some(l.index))?
+            .first()
+            .map(|a| a.addr)
+            .ok_or_else(|| Error::Underlay {
+                dev: dev.clone(),
+                why: "it has no IPv4 address".into(),
+            })?;
+        Ok((l.index, ip, l.mtu))
+    }
+
+    /// Registers (or renews) the node's lease; its record.
+    pub(crate) fn register(&mut self, ip: Ipv4Addr) -> Result<NodeRecord> {
+        Ok(self.ds.register(&Registration {
+            name: self.cfg.node.clone(),
+            underlay_ip: ip,
+            vtep_mac: podnet_netlink::fmt_mac(&vtep_mac(ip)),
+            backend: self.cfg.backend.to_string(),
+            wireguard: self.backend.registration(),
+            cluster_cidr: self.cfg.cluster_cidr,
+            node_prefix: self.cfg.node_prefix,
+            ttl: self.cfg.lease_ttl,
+        })?)
+    }
+
+    /// [`Agent::register`], waiting while the datastore cannot serve the node yet (API
+    /// server down, no pod CIDR allocated to the Node yet); a refusal is returned.
+    pub(crate) fn register_waiting(&mut self, ip: Ipv4Addr) -> Result<NodeRecord> {
+        let node = self.cfg.node.clone();
+        crate::retry::with_backoff(
+            || self.register(ip),
+            |e| matches!(e, Error::Datastore(d) if d.is_transient()),
+            |e, wait| {
+                tracing::warn!(
+                    node = %node,
+                    "cannot register yet: {e}; retrying in {:.1} s",
+                    wait.as_secs_f64()
+                )
+            },
+            Duration::from_secs(5),
+        )
+    }
+
+    /// Node-level objects: bridge, the backend's device (what another backend left
+    /// goes first), forwarding. The device's index, if the backend has one.
+    pub(crate) fn ensure_node(&mut self, n: &NodeInfo) -> Result<Option<u32>> {
+        let cidr = n.record.pod_cidr;
+        let gw = cidr.nth(1).expect("a node CIDR has a first address");
+        link::ensure_bridge(
+            &mut self.sock,
+            &self.cfg.bridge,
+            // The same MAC podnet-cni gives the bridge: whichever makes it first wins.
+            podnet_conventions::pod_mac(gw),
+            n.mtu,
+            gw,
+            cidr.prefix(),
+        )?;
+        let mut ctx = Ctx {
+            cfg: &self.cfg,
+            sock: &mut self.sock,
+        };
+        backend::remove_others(&mut ctx)?;
+        let dev = self.backend.ensure_device(&mut ctx, n)?;
+        let fwd = "/proc/sys/net/ipv4/ip_forward";
+        if std::fs::read_to_string(fwd)
+            .map(|v| v.trim() != "1")
+            .unwrap_or(true)
+        {
+            std::fs::write(fwd, "1").map_err(|source| Error::File {
+                what: "enable forwarding in",
+                path: fwd.into(),
+                source,
+            })?;
+            self.log("IPv4 forwarding turned on");
+        }
+        Ok(dev)
+    }
+
+    /// The node file podnet-cni reads: written whole, then renamed into place.
+    pub(crate) fn write_node_file(
+        &self,
+        n: &NodeInfo,
+        policy_programs: Option<podnet_conventions::PolicyPrograms>,
+    ) -> Result<()> {
+        let body = podnet_conventions::NodeFile {
+            node: self.cfg.node.clone(),
+            pod_cidr: Some(n.record.pod_cidr.to_string()),
+            cluster_cidr: Some(self.cfg.cluster_cidr.to_string()),
+            overlay_ports: self
+                .backend
+                .overlay_ports()
+                .into_iter()
+                .filter(|p| *p != 0)
+                .collect(),
+            mtu: Some(n.mtu),
+            bridge: Some(self.cfg.bridge.clone()),
+            datapath: Some(self.cfg.datapath),
+            policy_programs,
+        };
+        let p = &self.cfg.node_file;
+        let fail = |source| Error::File {
+            what: "write the node file",
+            path: p.display().to_string(),
+            source,
+        };
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(fail)?;
+        }
+        let tmp = p.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(&body).expect("the node file serializes"),
+        )
+        .map_err(fail)?;
+        std::fs::rename(&tmp, p).map_err(fail)
+    }
+}

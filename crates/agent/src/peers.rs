@@ -1,0 +1,317 @@
+//! Which peer records the agent programs: a record is checked against this node and
+//! the peers already accepted before anything is built from it ([`check_peer`]).
+
+use crate::plan::Peer;
+use crate::{vtep_mac, wireguard, Backend};
+use podnet_cni_spec::Ipv4Net;
+use podnet_datastore::NodeRecord;
+use podnet_netlink::parse_mac;
+use std::net::Ipv4Addr;
+
+/// A peer's WireGuard public key and port.
+pub type WireGuardEndpoint = (wireguard::Key, u16);
+
+/// This node, as [`check_peer`] compares a peer's record with it.
+pub struct Me<'a> {
+    pub record: &'a NodeRecord,
+    pub cluster: Ipv4Net,
+    /// The Service range: virtual addresses, never a node's.
+    pub service: Ipv4Net,
+    pub backend: Backend,
+    /// With the WireGuard backend: this node's public key.
+    pub wg_public_key: Option<wireguard::Key>,
+}
+
+/// Checks a peer's record before anything is programmed from it; returns its VTEP
+/// MAC (zero with host-gw and WireGuard) and, with WireGuard, its public key and
+/// port — or why it is left out, and what to fix. A record is refused when its pod
+/// CIDR is outside the cluster CIDR or overlaps ours or an accepted peer's (the first
+/// by name keeps it), when its underlay address cannot be a node's
+/// ([`underlay_problem`]) or is an accepted peer's, (VXLAN) when its VTEP MAC is not the one derived from its
+/// underlay address ([`vtep_mac`]: every agent publishes exactly that, so another one
+/// is forged or corrupt), or (WireGuard) when it publishes no key, a malformed one,
+/// ours, or an accepted peer's (a copied record must not take over another node's
+/// tunnel).
+pub fn check_peer(
+    r: &NodeRecord,
+    me: &Me,
+    accepted: &[Peer],
+) -> std::result::Result<([u8; 6], Option<WireGuardEndpoint>), String> {
+    let overlaps = |a: Ipv4Net, b: Ipv4Net| a.contains(b.network()) || b.contains(a.network());
+    let (cluster, mine) = (me.cluster, me.record);
+    let cidr = r.pod_cidr;
+    if !cluster.contains(cidr.network()) || cidr.prefix() < cluster.prefix() {
+        return Err(format!(
+            "its pod CIDR {cidr} is outside the cluster CIDR {cluster}"
+        ));
+    }
+    if overlaps(cidr, mine.pod_cidr) {
+        return Err(format!(
+            "its pod CIDR {cidr} overlaps ours ({})",
+            mine.pod_cidr
+        ));
+    }
+    if let Some(p) = accepted.iter().find(|p| overlaps(cidr, p.cidr)) {
+        return Err(format!(
+            "its pod CIDR {cidr} overlaps {}'s ({})",
+            p.name, p.cidr
+        ));
+    }
+    if let Some(why) = underlay_problem(r.underlay_ip, me) {
+        return Err(why);
+    }
+    let u = r.underlay_ip;
+    if let Some(p) = accepted.iter().find(|p| p.underlay == u) {
+        return Err(format!(
+            "its underlay address {u} is also {}'s: two nodes cannot share one; the peer's podnetd must publish its own underlay interface's address (--underlay-dev); if it does, the record is forged",
+            p.name
+        ));
+    }
+    let wg = match me.backend {
+        Backend::Wireguard => {
+            let w = r.wireguard.as_ref().ok_or(format!(
+                "it publishes no WireGuard key (its backend is {:?}; every node of a cluster runs the same backend)",
+                r.backend
+            ))?;
+            let k = wireguard::parse_public_key(&w.public_key).map_err(|why| {
+                format!(
+                    "its WireGuard public key {:?} is malformed: {why}",
+                    w.public_key
+                )
+            })?;
+            if Some(k) == me.wg_public_key {
+                return Err(format!("its WireGuard public key {} is ours", w.public_key));
+            }
+            if let Some(p) = accepted
+                .iter()
+                .find(|p| p.wireguard.map(|x| x.0) == Some(k))
+            {
+                return Err(format!(
+                    "its WireGuard public key {} is also {}'s",
+                    w.public_key, p.name
+                ));
+            }
+            if w.port == 0 {
+                return Err("its WireGuard port is 0".into());
+            }
+            Some((k, w.port))
+        }
+        _ => None,
+    };
+    match (parse_mac(&r.vtep_mac), me.backend) {
+        (Some(m), Backend::Vxlan) if m != vtep_mac(u) => Err(format!(
+            "its VTEP MAC {} is not {}, the one its underlay address {u} gives (0a:59 + the address; every podnetd publishes exactly that): the record is forged or corrupt; restart that node's podnetd to publish it again",
+            r.vtep_mac,
+            podnet_netlink::fmt_mac(&vtep_mac(u))
+        )),
+        (Some(m), _) => Ok((m, wg)),
+        (None, Backend::Vxlan) => Err(format!("its VTEP MAC {:?} cannot be read", r.vtep_mac)),
+        (None, _) => Ok(([0; 6], wg)),
+    }
+}
+
+/// Why `u` cannot be a peer's underlay address, if it cannot: what peers send the
+/// peer's pod traffic to must be a unicast address of a host on the underlay, and not
+/// this node. An address inside the cluster CIDR (a pod's, or one a node routes to
+/// its pods) or the Service range (a virtual address) would send another node's pod
+/// traffic somewhere the record's author chose; loopback and link-local ones are
+/// this node's own.
+pub fn underlay_problem(u: Ipv4Addr, me: &Me) -> Option<String> {
+    let fix = "the peer's podnetd must publish its underlay interface's address (--underlay-dev); if it does, the record is forged";
+    let what = if u.is_unspecified() || u.is_multicast() || u.is_broadcast() {
+        "not a unicast address".to_string()
+    } else if u.is_loopback() {
+        "a loopback address (127.0.0.0/8)".to_string()
+    } else if u.is_link_local() {
+        "link-local (169.254.0.0/16)".to_string()
+    } else if me.cluster.contains(u) {
+        format!("inside the cluster CIDR {} (pod addresses)", me.cluster)
+    } else if me.service.contains(u) {
+        format!(
+            "inside the service CIDR {} (virtual addresses; podnetd --service-cidr)",
+            me.service
+        )
+    } else if u == me.record.underlay_ip {
+        return Some(format!(
+            "its underlay address {u} is ours: two nodes cannot share one; {fix}"
+        ));
+    } else {
+        return None;
+    };
+    Some(format!("its underlay address {u} is {what}; {fix}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bad_peer_records_are_refused_with_why() {
+        use super::*;
+        use crate::plan::Peer;
+        let rec = |name: &str, cidr: &str, ip: [u8; 4], mac: &str| NodeRecord {
+            name: name.into(),
+            pod_cidr: cidr.parse().unwrap(),
+            underlay_ip: Ipv4Addr::from(ip),
+            vtep_mac: mac.into(),
+            backend: "vxlan".into(),
+            wireguard: None,
+            renewed: 0,
+            ttl_secs: 60,
+        };
+        let mine = rec("a", "10.244.0.0/24", [192, 168, 1, 10], "0a:59:c0:a8:01:0a");
+        let cluster: Ipv4Net = "10.244.0.0/16".parse().unwrap();
+        let me = Me {
+            record: &mine,
+            cluster,
+            service: "10.96.0.0/12".parse().unwrap(),
+            backend: Backend::Vxlan,
+            wg_public_key: None,
+        };
+        let good = rec("b", "10.244.1.0/24", [192, 168, 1, 11], "0a:59:c0:a8:01:0b");
+        let (mac, _) = check_peer(&good, &me, &[]).unwrap();
+        assert_eq!(mac, [0x0a, 0x59, 192, 168, 1, 11]);
+        let accepted = vec![Peer {
+            name: "b".into(),
+            cidr: good.pod_cidr,
+            underlay: good.underlay_ip,
+            vtep_mac: mac,
+            wireguard: Some(([2; 32], 51820)),
+        }];
+        let cases = [
+            (
+                rec("c", "10.99.0.0/24", [192, 168, 1, 12], "0a:59:c0:a8:01:0c"),
+                "outside the cluster CIDR",
+            ),
+            (
+                rec(
+                    "c",
+                    "10.244.0.128/25",
+                    [192, 168, 1, 12],
+                    "0a:59:c0:a8:01:0c",
+                ),
+                "overlaps ours",
+            ),
+            (
+                rec("c", "10.244.1.0/24", [192, 168, 1, 12], "0a:59:c0:a8:01:0c"),
+                "overlaps b's",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [0, 0, 0, 0], "0a:59:c0:a8:01:0c"),
+                "not a unicast",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [224, 0, 0, 1], "0a:59:c0:a8:01:0c"),
+                "not a unicast",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [192, 168, 1, 10], "0a:59:c0:a8:01:0c"),
+                "is ours",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [192, 168, 1, 12], "zz"),
+                "cannot be read",
+            ),
+            // Where a forged record would send another node's pod traffic.
+            (
+                rec(
+                    "c",
+                    "10.244.2.0/24",
+                    [255, 255, 255, 255],
+                    "0a:59:ff:ff:ff:ff",
+                ),
+                "not a unicast",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [127, 0, 0, 1], "0a:59:7f:00:00:01"),
+                "is a loopback address",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [169, 254, 1, 1], "0a:59:a9:fe:01:01"),
+                "is link-local",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [10, 244, 5, 5], "0a:59:0a:f4:05:05"),
+                "is inside the cluster CIDR 10.244.0.0/16",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [10, 244, 1, 1], "0a:59:0a:f4:01:01"),
+                "is inside the cluster CIDR",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [10, 100, 0, 1], "0a:59:0a:64:00:01"),
+                "is inside the service CIDR 10.96.0.0/12",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [192, 168, 1, 11], "0a:59:c0:a8:01:0b"),
+                "is also b's",
+            ),
+            // A readable MAC that is not the one the address gives: b's, say.
+            (
+                rec("c", "10.244.2.0/24", [192, 168, 1, 12], "0a:59:c0:a8:01:0b"),
+                "is not 0a:59:c0:a8:01:0c",
+            ),
+            (
+                rec("c", "10.244.2.0/24", [192, 168, 1, 12], "02:00:00:00:00:01"),
+                "forged or corrupt",
+            ),
+        ];
+        for (r, why) in cases {
+            let e = check_peer(&r, &me, &accepted).unwrap_err();
+            assert!(e.contains(why), "{e} (want {why})");
+            // Every refusal says what to do about it.
+            assert!(
+                e.contains("cannot be read") || e.contains("pod CIDR") || e.contains("podnetd"),
+                "{e}: says nothing to fix"
+            );
+        }
+        // Just outside both ranges is a node's address like any other.
+        for ip in [[10, 243, 255, 255], [10, 112, 0, 1], [169, 253, 0, 1]] {
+            let mac = podnet_netlink::fmt_mac(&vtep_mac(Ipv4Addr::from(ip)));
+            let r = rec("c", "10.244.2.0/24", ip, &mac);
+            assert!(check_peer(&r, &me, &accepted).is_ok(), "{ip:?}");
+        }
+        // host-gw needs no MAC; the address is checked all the same.
+        let r = rec("c", "10.244.2.0/24", [192, 168, 1, 12], "");
+        let hostgw = Me {
+            backend: Backend::HostGw,
+            ..me
+        };
+        assert!(check_peer(&r, &hostgw, &accepted).is_ok());
+        let r = rec("c", "10.244.2.0/24", [10, 96, 0, 10], "");
+        let e = check_peer(&r, &hostgw, &accepted).unwrap_err();
+        assert!(e.contains("service CIDR"), "{e}");
+        // WireGuard: a readable key that is neither ours nor another peer's.
+        let wg = Me {
+            backend: Backend::Wireguard,
+            wg_public_key: Some([1; 32]),
+            ..hostgw
+        };
+        let with_key = |key: &str, port: u16| {
+            let mut r = rec("c", "10.244.2.0/24", [192, 168, 1, 12], "");
+            r.wireguard = Some(podnet_datastore::WireGuardPeer {
+                public_key: key.into(),
+                port,
+            });
+            r
+        };
+        let b64 = |b: u8| wireguard::to_base64(&[b; 32]);
+        let (_, k) = check_peer(&with_key(&b64(3), 51820), &wg, &accepted).unwrap();
+        assert_eq!(k, Some(([3; 32], 51820)));
+        for (r, why) in [
+            (
+                rec("c", "10.244.2.0/24", [192, 168, 1, 12], ""),
+                "publishes no WireGuard key",
+            ),
+            (with_key("not-a-key", 51820), "is malformed"),
+            (
+                with_key(&wireguard::to_base64(&[0; 32]), 51820),
+                "is malformed",
+            ),
+            (with_key(&b64(1), 51820), "is ours"),
+            (with_key(&b64(2), 51820), "is also b's"),
+            (with_key(&b64(3), 0), "port is 0"),
+        ] {
+            let e = check_peer(&r, &wg, &accepted).unwrap_err();
+            assert!(e.contains(why), "{e} (want {why})");
+        }
+    }
+}
