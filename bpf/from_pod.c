@@ -20,35 +20,19 @@
  * drops everything: the program fails closed.
  *
  * No kernel headers: the few UAPI definitions needed are in uapi.h, so that the build
- * needs only clang.
+ * needs only clang. struct pod_state and struct spoof_event, which podnet-cni and
+ * podnetd read, are in abi.h.
  */
+#include "abi.h"
 #include "budget.h"
 #include "drop_reasons.h"
-#include "uapi.h"
+#include "helpers.h"
 
 /* Passing frames go on to the next filter (the policy program, if the node runs the
  * eBPF policy datapath): TC_ACT_UNSPEC, not TC_ACT_OK, which would end the chain. */
 
-/* Shared with the loader: crates/cni/src/antispoof.rs (state_bytes) and the readers in
- * crates/netlink/src/antispoof.rs (read_state).
- *
- * The overlay guard: the node's overlay ports (VXLAN, WireGuard) take encapsulated
- * traffic that the node decapsulates and forwards as if it came from a peer node. A pod
- * may send UDP to those ports only to another pod: an address of the cluster CIDR
- * whose host part in its node's pod CIDR is not 0 (the VXLAN/WireGuard device's
- * address), 1 (the bridge gateway) or all ones (the bridge's broadcast), which are
- * node addresses. Everything else on those ports - a node's underlay address, a
- * node's address inside the pod CIDRs, the world outside - is dropped here. */
-struct pod_state {
-	u8 mac[6];
-	u8 pad[2];
-	u32 ip; /* network byte order */
-	u16 guard_ports[2]; /* host order; 0: none */
-	u32 cluster_net, cluster_mask; /* host order; mask 0: no pod destination at all */
-	u32 node_mask; /* host order: the mask of one node's pod CIDR */
-	u32 pad2;
-	u64 drops[PODNET_DROP_MAX]; /* at offset 32 */
-};
+/* struct pod_state (abi.h) is shared with the loader, crates/cni/src/antispoof.rs, and
+ * the readers in crates/netlink/src/antispoof.rs. */
 
 /* The node's maps, made by podnet-cni's loader (aya) with the program and held by it
  * (no pins: they go with the last filter using the program). The symbol names are the
@@ -62,22 +46,12 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } podnet_pods SEC(".maps");
 
-/* Drop events for podnetd. */
+/* Drop events for podnetd (crates/netlink/src/antispoof.rs, SpoofEvent). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4096);
+	__type(record, struct spoof_event); /* BTF only: see uapi.h */
 } podnet_spoofev SEC(".maps");
-
-/* One dropped frame, for podnetd (crates/netlink/src/antispoof.rs, SpoofEvent). */
-struct spoof_event {
-	u32 ifindex;
-	u32 reason;
-	u8 src_mac[6];
-	u8 ethertype[2]; /* network byte order */
-	u32 saddr, daddr; /* IPv4 source/destination, ARP sender/target; network order */
-	u8 proto, pad;
-	u16 sport, dport, pad2;
-};
 
 /* The event budget: a token bucket per host veth, EVENT_RATE events a second in
  * bursts of EVENT_BURST; past it (a pod spraying forged frames) the event is counted
@@ -92,34 +66,30 @@ struct {
 	__uint(max_entries, 16384);
 } podnet_spoofrl SEC(".maps");
 
-/* Events lost: [0] over a pod's budget, [1] the ring buffer had no room. */
+/* Events lost: SPOOF_LOST_BUDGET over a pod's budget, SPOOF_LOST_RING_FULL the ring
+ * buffer had no room. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, u32);
 	__type(value, u64);
-	__uint(max_entries, 2);
+	__uint(max_entries, SPOOF_LOST_SLOTS);
 } podnet_spooflost SEC(".maps");
 
-static void *(*map_lookup_elem)(void *map, const void *key) = (void *)1;
-static long (*map_update_elem)(void *map, const void *key, const void *value, u64 flags) = (void *)2;
-static u64 (*ktime_get_ns)(void) = (void *)5;
-static long (*ringbuf_output)(void *ringbuf, void *data, u64 size, u64 flags) = (void *)130;
-
-static __attribute__((always_inline)) void lost(u32 slot)
+INLINE void lost(u32 slot)
 {
-	u64 *n = map_lookup_elem(&podnet_spooflost, &slot);
+	u64 *n = bpf_map_lookup_elem(&podnet_spooflost, &slot);
 	if (n)
 		__sync_fetch_and_add(n, 1);
 }
 
 /* One token of veth `ifindex`'s event budget; 0 when it is spent. */
-static __attribute__((always_inline)) int event_budget(u32 ifindex)
+INLINE int event_budget(u32 ifindex)
 {
-	u64 now = ktime_get_ns();
-	struct bucket *b = map_lookup_elem(&podnet_spoofrl, &ifindex);
+	u64 now = bpf_ktime_get_ns();
+	struct bucket *b = bpf_map_lookup_elem(&podnet_spoofrl, &ifindex);
 	if (!b) {
 		struct bucket nb = {.last = now, .tokens = EVENT_BURST - 1};
-		map_update_elem(&podnet_spoofrl, &ifindex, &nb, 0);
+		bpf_map_update_elem(&podnet_spoofrl, &ifindex, &nb, 0);
 		return 1;
 	}
 	return bucket_take(b, now, EVENT_RATE, EVENT_BURST);
@@ -131,25 +101,8 @@ enum {
 #undef X
 };
 
-static __attribute__((always_inline)) int mac_eq(const u8 *a, const u8 *b)
-{
-	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] &&
-	       a[5] == b[5];
-}
-
-static __attribute__((always_inline)) u32 load32(const u8 *p)
-{
-	return (u32)p[0] | (u32)p[1] << 8 | (u32)p[2] << 16 | (u32)p[3] << 24;
-}
-
-/* A big-endian (network order) field as a number. */
-static __attribute__((always_inline)) u32 be32(const u8 *p)
-{
-	return (u32)p[0] << 24 | (u32)p[1] << 16 | (u32)p[2] << 8 | (u32)p[3];
-}
-
 /* May a pod send UDP to port `dport` at `daddr` (host order)? See struct pod_state. */
-static __attribute__((always_inline)) int overlay_port_allowed(const struct pod_state *st, u32 daddr,
+INLINE int overlay_port_allowed(const struct pod_state *st, u32 daddr,
 								u16 dport)
 {
 	if (!dport || (dport != st->guard_ports[0] && dport != st->guard_ports[1]))
@@ -163,13 +116,13 @@ static __attribute__((always_inline)) int overlay_port_allowed(const struct pod_
 /* Counts the drop under `reason` and tells podnetd what was dropped (an event in the
  * ring buffer; when it is full the event is lost, never the verdict). Frames that
  * pass cost nothing here. */
-static __attribute__((always_inline)) int drop(u32 ifindex, u8 *data, u8 *end, struct pod_state *st,
+INLINE int drop(u32 ifindex, u8 *data, u8 *end, struct pod_state *st,
 						u32 reason)
 {
 	if (reason < PODNET_DROP_MAX)
 		__sync_fetch_and_add(&st->drops[reason], 1);
 	if (!event_budget(ifindex)) {
-		lost(0);
+		lost(SPOOF_LOST_BUDGET);
 		return TC_ACT_SHOT;
 	}
 	struct spoof_event e = {};
@@ -182,43 +135,43 @@ static __attribute__((always_inline)) int drop(u32 ifindex, u8 *data, u8 *end, s
 		e.ethertype[1] = data[13];
 		u8 *l3 = data + 14;
 		if (data[12] == 0x08 && data[13] == 0x06 && l3 + 28 <= end) {
-			e.saddr = load32(l3 + 14);
-			e.daddr = load32(l3 + 24);
+			e.saddr = raw32(l3 + 14);
+			e.daddr = raw32(l3 + 24);
 		} else if (data[12] == 0x08 && data[13] == 0x00 && l3 + 20 <= end) {
-			e.saddr = load32(l3 + 12);
-			e.daddr = load32(l3 + 16);
+			e.saddr = raw32(l3 + 12);
+			e.daddr = raw32(l3 + 16);
 			e.proto = l3[9];
 			u32 ihl = (u32)(l3[0] & 0x0f) * 4;
 			u8 *l4 = l3 + ihl;
-			if ((e.proto == 6 || e.proto == 17 || e.proto == 132) && ihl >= 20 && l4 + 4 <= end) {
+			if ((e.proto == IPPROTO_TCP || e.proto == IPPROTO_UDP || e.proto == IPPROTO_SCTP) && ihl >= 20 && l4 + 4 <= end) {
 				e.sport = (u16)l4[0] << 8 | l4[1];
 				e.dport = (u16)l4[2] << 8 | l4[3];
 			}
 		}
 	}
-	if (ringbuf_output(&podnet_spoofev, &e, sizeof(e), 0))
-		lost(1);
+	if (bpf_ringbuf_output(&podnet_spoofev, &e, sizeof(e), 0))
+		lost(SPOOF_LOST_RING_FULL);
 	return TC_ACT_SHOT;
 }
 
 /* Is `a` the link-local address the kernel gives an interface with MAC `mac` (EUI-64:
  * fe80::, then the MAC with the universal/local bit flipped and ff:fe in the middle)? */
-static __attribute__((always_inline)) int own_link_local(const u8 *a, const u8 *mac)
+INLINE int own_link_local(const u8 *a, const u8 *mac)
 {
 	return a[0] == 0xfe && a[1] == 0x80 && a[2] == 0 && a[3] == 0 && a[4] == 0 && a[5] == 0 &&
 	       a[6] == 0 && a[7] == 0 && a[8] == (mac[0] ^ 2) && a[9] == mac[1] && a[10] == mac[2] &&
 	       a[11] == 0xff && a[12] == 0xfe && a[13] == mac[3] && a[14] == mac[4] && a[15] == mac[5];
 }
 
-static __attribute__((always_inline)) int unspecified(const u8 *a)
+INLINE int unspecified(const u8 *a)
 {
-	return (load32(a) | load32(a + 4) | load32(a + 8) | load32(a + 12)) == 0;
+	return (raw32(a) | raw32(a + 4) | raw32(a + 8) | raw32(a + 12)) == 0;
 }
 
 SEC("classifier") int podnet_from_pod(struct __sk_buff *skb)
 {
 	u32 key = skb->ifindex;
-	struct pod_state *st = map_lookup_elem(&podnet_pods, &key);
+	struct pod_state *st = bpf_map_lookup_elem(&podnet_pods, &key);
 	if (!st)
 		return TC_ACT_SHOT;
 
@@ -234,7 +187,7 @@ SEC("classifier") int podnet_from_pod(struct __sk_buff *skb)
 	u16 proto = (u16)data[12] << 8 | data[13];
 	u8 *l3 = data + 14;
 
-	if (proto == 0x0806) {
+	if (proto == ETH_P_ARP) {
 		if (l3 + 28 > end)
 			return drop(key, data, end, st, DROP_MALFORMED);
 		/* htype 1 (Ethernet), ptype 0x0800, hlen 6, plen 4 */
@@ -242,18 +195,18 @@ SEC("classifier") int podnet_from_pod(struct __sk_buff *skb)
 			return drop(key, data, end, st, DROP_MALFORMED);
 		if (!mac_eq(l3 + 8, st->mac))
 			return drop(key, data, end, st, DROP_ARP_SHA);
-		if (load32(l3 + 14) != st->ip)
+		if (raw32(l3 + 14) != st->ip)
 			return drop(key, data, end, st, DROP_ARP_SPA);
 		return TC_ACT_UNSPEC;
 	}
-	if (proto == 0x0800) {
+	if (proto == ETH_P_IP) {
 		if (l3 + 20 > end)
 			return drop(key, data, end, st, DROP_MALFORMED);
-		if (load32(l3 + 12) != st->ip)
+		if (raw32(l3 + 12) != st->ip)
 			return drop(key, data, end, st, DROP_IP_SRC);
 		/* UDP to an overlay port: only the first fragment carries the port (any later
 		 * fragment is useless to the node without it). */
-		if (l3[9] == 17 && !(((u32)l3[6] << 8 | l3[7]) & 0x1fff)) {
+		if (l3[9] == IPPROTO_UDP && !(((u32)l3[6] << 8 | l3[7]) & 0x1fff)) {
 			u32 ihl = (u32)(l3[0] & 0x0f) * 4;
 			u8 *l4 = l3 + ihl;
 			if (ihl < 20 || l4 + 4 > end)
@@ -263,7 +216,7 @@ SEC("classifier") int podnet_from_pod(struct __sk_buff *skb)
 		}
 		return TC_ACT_UNSPEC;
 	}
-	if (proto == 0x86dd) {
+	if (proto == ETH_P_IPV6) {
 		if (l3 + 40 > end)
 			return drop(key, data, end, st, DROP_MALFORMED);
 		u8 next = l3[6];
@@ -283,7 +236,7 @@ SEC("classifier") int podnet_from_pod(struct __sk_buff *skb)
 		if (next == 0 || next == 43 || next == 60 || next == 44)
 			return drop(key, data, end, st, DROP_MALFORMED);
 		u8 icmp = 0;
-		if (next == 58) {
+		if (next == IPPROTO_ICMPV6) {
 			if (p + 1 > end)
 				return drop(key, data, end, st, DROP_MALFORMED);
 			icmp = p[0];

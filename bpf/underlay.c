@@ -36,10 +36,9 @@
  * Passing packets go on to the next filter (TC_ACT_UNSPEC): the fast path's
  * from_underlay when it runs.
  */
+#include "abi.h"
 #include "drop_reasons.h"
-#include "uapi.h"
-
-#define INLINE static __attribute__((always_inline))
+#include "helpers.h"
 
 enum {
 #define U(num, name, id, what) UL_DROP_##name = num,
@@ -47,28 +46,8 @@ enum {
 #undef U
 };
 
-/* Shared with crates/agent/src/guard.rs (UlPeer, UlConfig). */
-struct ul_peer {
-	u32 net, mask; /* host order */
-};
-
-struct ul_config {
-	u16 vxlan_port, wireguard_port; /* host order; 0: none */
-	u32 cluster_net, cluster_mask;  /* host order; mask 0: no source binding */
-	u32 host_gw;                    /* 1: pods' traffic crosses the underlay plain */
-};
-
-/* host-gw: which peer a pod source belongs to, and that peer's underlay MAC. */
-struct ul_cidr_key {
-	u32 prefixlen;
-	u32 addr; /* network order */
-};
-
-struct ul_cidr {
-	u8 mac[6]; /* all zero: not known yet (its neighbour unresolved): any */
-	u8 local;  /* this node's own pod CIDR: never from the underlay */
-	u8 pad;
-};
+/* The maps' key and value structs (ul_peer, ul_config, ul_cidr_key, ul_cidr) are in
+ * abi.h, shared with crates/agent/src/guard.rs. */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -99,19 +78,6 @@ struct {
 	__type(value, u64);
 	__uint(max_entries, PODNET_UNDERLAY_DROP_MAX);
 } podnet_uldrops SEC(".maps");
-
-static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
-static long (*bpf_skb_load_bytes)(const struct __sk_buff *skb, u32 offset, void *to, u32 len) = (void *)26;
-
-INLINE u32 be32(const u8 *p)
-{
-	return (u32)p[0] << 24 | (u32)p[1] << 16 | (u32)p[2] << 8 | (u32)p[3];
-}
-
-INLINE u32 raw32(const u8 *p)
-{
-	return (u32)p[0] | (u32)p[1] << 8 | (u32)p[2] << 16 | (u32)p[3] << 24;
-}
 
 INLINE int refuse(u32 reason)
 {
@@ -150,7 +116,7 @@ SEC("classifier/underlay_guard") int underlay_guard(struct __sk_buff *skb)
 			return refuse(UL_DROP_POD_SRC);
 		return TC_ACT_UNSPEC;
 	}
-	if (ip[9] != 17 || (!c->vxlan_port && !c->wireguard_port))
+	if (ip[9] != IPPROTO_UDP || (!c->vxlan_port && !c->wireguard_port))
 		return TC_ACT_UNSPEC;
 	/* A later fragment carries no port; the kernel's reassembly needs the first. */
 	if (((u32)ip[6] << 8 | ip[7]) & 0x1fff)
@@ -201,8 +167,7 @@ SEC("classifier/underlay_guard") int underlay_guard(struct __sk_buff *skb)
  * cross the forward hook and carry no ingress interface: they pass. ARP and IPv6
  * neighbour discovery pass; nftables never sees them either.
  */
-#define PODNET_NFT_MARK 0x00200000
-
+/* PODNET_NFT_MARK: abi.h. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, u32);
@@ -219,7 +184,7 @@ SEC("classifier/nft_backstop") int nft_backstop(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	if (h[12] == 0x86 && h[13] == 0xdd) {
 		/* Neighbour discovery (ICMPv6 133-136, no extension headers) passes. */
-		if (!bpf_skb_load_bytes(skb, 0, h, sizeof(h)) && h[14 + 6] == 58 && h[54] >= 133 &&
+		if (!bpf_skb_load_bytes(skb, 0, h, sizeof(h)) && h[14 + 6] == IPPROTO_ICMPV6 && h[54] >= 133 &&
 		    h[54] <= 136)
 			return TC_ACT_UNSPEC;
 	} else if (h[12] != 0x08 || h[13] != 0x00) {

@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * policy.c, VXLAN encapsulation for the fast path: to_overlay() writes the headers the
+ * node's VXLAN device would (outer Ethernet, IPv4, UDP, VXLAN, inner Ethernet) and sends
+ * the frame out of the underlay device. Taking the encapsulation off again is
+ * from_underlay's, in policy.c.
+ *
+ * Included by policy.c after its maps: uses overlay_self and overlay_peers.
+ */
+#ifndef PODNET_LIB_ENCAP_H
+#define PODNET_LIB_ENCAP_H
+
+#include "../abi.h"
+#include "../helpers.h"
+
+/* outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14: what a pod's MTU leaves room for */
+#define VXLAN_OVERHEAD 50
+
+/* The VXLAN device's work, done here: when the route names this node's VXLAN device
+ * and its neighbour a known peer VTEP, wrap the frame (see overlay_self) and send it
+ * out of the underlay device to the peer node's neighbour. Returns -1, the frame
+ * untouched, when it cannot (the caller then uses the VXLAN device). */
+INLINE int to_overlay(struct __sk_buff *skb, struct fib_lookup *f, u8 tos)
+{
+	u32 zero = 0;
+	struct overlay_self *self = bpf_map_lookup_elem(&overlay_self, &zero);
+	if (!self || !self->vxlan_ifindex || f->ifindex != self->vxlan_ifindex)
+		return -1;
+	struct vtep_key vk = {};
+	__builtin_memcpy(vk.mac, f->dmac, 6);
+	u32 *peer = bpf_map_lookup_elem(&overlay_peers, &vk);
+	if (!peer)
+		return -1;
+	/* The underlay hop: the node's route and neighbour towards the peer node. */
+	struct fib_lookup u = {};
+	u.family = 2; /* AF_INET */
+	u.l4_protocol = IPPROTO_UDP;
+	u.ifindex = skb->ingress_ifindex;
+	u.ipv4_src = self->local;
+	u.ipv4_dst = *peer;
+	if (bpf_fib_lookup(skb, &u, sizeof(u), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return -1;
+	u32 len = skb->len; /* the pod's frame: Ethernet and IP */
+	u16 sport = 49152 | (bpf_get_hash_recalc(skb) & 0x3fff);
+	if (bpf_skb_adjust_room(skb, VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
+					BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
+					BPF_F_ADJ_ROOM_ENCAP_L2(14)))
+		return -1;
+	u8 h[64] = {};
+	__builtin_memcpy(h, u.dmac, 6);
+	__builtin_memcpy(h + 6, u.smac, 6);
+	h[12] = 0x08;
+	/* outer IPv4 */
+	u8 *ip = h + 14;
+	u16 tot = len + VXLAN_OVERHEAD - 14;
+	ip[0] = 0x45;
+	ip[1] = tos;
+	ip[2] = tot >> 8;
+	ip[3] = tot;
+	ip[6] = 0x40; /* DF: never fragmented (the pod's MTU leaves room), so ID 0 is allowed */
+	ip[8] = 64;
+	ip[9] = IPPROTO_UDP;
+	__builtin_memcpy(ip + 12, &self->local, 4);
+	__builtin_memcpy(ip + 16, peer, 4);
+	u32 sum = 0;
+	for (int i = 0; i < 20; i += 2)
+		sum += (u32)ip[i] << 8 | ip[i + 1];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = ~sum;
+	ip[10] = sum >> 8;
+	ip[11] = sum;
+	/* UDP, no checksum (as the VXLAN device sends over IPv4) */
+	u8 *udp = ip + 20;
+	u16 ulen = tot - 20;
+	udp[0] = sport >> 8;
+	udp[1] = sport;
+	__builtin_memcpy(udp + 2, &self->port, 2);
+	udp[4] = ulen >> 8;
+	udp[5] = ulen;
+	/* VXLAN: the VNI flag and the VNI */
+	u8 *vx = udp + 8;
+	vx[0] = 0x08;
+	vx[4] = self->vni >> 16;
+	vx[5] = self->vni >> 8;
+	vx[6] = self->vni;
+	/* inner Ethernet: from this node's VTEP to the peer's, as the device writes it */
+	u8 *in = vx + 8;
+	__builtin_memcpy(in, f->dmac, 6);
+	__builtin_memcpy(in + 6, f->smac, 6);
+	in[12] = 0x08;
+	if (bpf_skb_store_bytes(skb, 0, h, sizeof(h), 0))
+		return TC_ACT_SHOT;
+	return bpf_redirect(u.ifindex, 0);
+}
+
+#endif
