@@ -22,9 +22,12 @@ fn build(name: &str) {
         .join(format!("../../bpf/{name}.c"));
     let obj = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join(format!("{name}.o"));
     println!("cargo:rerun-if-changed={}", src.display());
-    for h in ["uapi.h", "drop_reasons.h", "budget.h"] {
-        println!("cargo:rerun-if-changed={}", src.with_file_name(h).display());
-    }
+    // Every header the programs include (bpf/*.h, bpf/lib/*.h): cargo watches the
+    // whole directory.
+    println!(
+        "cargo:rerun-if-changed={}",
+        src.with_file_name("").display()
+    );
     if std::env::var("PODNET_SKIP_BPF").is_ok_and(|v| v == "1") {
         println!("cargo:warning=PODNET_SKIP_BPF=1: podnetd is built WITHOUT its eBPF programs (bpf/{name}.c); unset it for a working build");
         std::fs::write(&obj, b"").unwrap();

@@ -16,9 +16,11 @@ fn main() {
     let header = root.join("drop_reasons.h");
     println!("cargo:rerun-if-changed={}", src.display());
     println!("cargo:rerun-if-changed={}", header.display());
-    for h in ["uapi.h", "budget.h"] {
-        println!("cargo:rerun-if-changed={}", src.with_file_name(h).display());
-    }
+    // Every header the program includes: cargo watches the whole bpf/ directory.
+    println!(
+        "cargo:rerun-if-changed={}",
+        src.with_file_name("").display()
+    );
     println!("cargo:rerun-if-env-changed=CLANG");
     println!("cargo:rerun-if-env-changed=PODNET_SKIP_BPF");
 

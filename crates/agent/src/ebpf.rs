@@ -107,91 +107,26 @@ pub const FILTER_FAST_UNDERLAY_PRIO: u16 = 0xc0de;
 pub const FILTER_OUT: &str = "podnet_policy_out";
 pub const FILTER_IN: &str = "podnet_policy_in";
 
-const POD_PROGRAMMED: u32 = 1;
-const POD_ISOLATED_INGRESS: u32 = 2;
-const POD_ISOLATED_EGRESS: u32 = 4;
-const DIR_CLOSED: u32 = 2;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// `struct peer_key` without its prefix length: pod and peer, network byte order.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct PeerData {
-    pod: u32,
-    peer: u32,
-}
-// SAFETY: plain old data, no padding.
-unsafe impl aya::Pod for PeerData {}
+// The structs and constants shared with bpf/policy.c, generated from bpf/abi.h.
+use podnet_bpf_abi::{
+    DropKey, PeerData, PortData, VtepKey, CONFIG_EVENTS_ALLOWED, CONFIG_FAST_PATH, DIR_CLOSED,
+    DIR_EGRESS, DIR_INGRESS, POD_ISOLATED_EGRESS, POD_ISOLATED_INGRESS, POD_PROGRAMMED,
+};
+pub use podnet_bpf_abi::{LocalPod, OverlaySelf};
 
-/// `struct port_key` without its prefix length.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct PortData {
-    set: [u8; 4],
-    proto: u8,
-    port: [u8; 2],
-    pad: u8,
-}
-// SAFETY: plain old data, no padding.
-unsafe impl aya::Pod for PortData {}
-
-/// `struct local_pod`: a pod of this node for the fast path.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LocalPod {
-    pub ifindex: u32,
-    pub mac: [u8; 6],
-    pub gw_mac: [u8; 6],
-}
-// SAFETY: plain old data, no padding (4 + 6 + 6 bytes).
-unsafe impl aya::Pod for LocalPod {}
-
-/// This node's VXLAN device as the fast path writes its encapsulation (`overlay_self`
-/// in `bpf/policy.c`); all zero: encapsulation off.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OverlaySelf {
-    pub vxlan_ifindex: u32,
-    /// Underlay address, network order.
-    pub local: u32,
-    pub vni: u32,
-    /// UDP port, network order.
-    pub port: u16,
-    pub pad: u16,
-}
-// SAFETY: plain old data, no padding (4 + 4 + 4 + 2 + 2 bytes).
-unsafe impl aya::Pod for OverlaySelf {}
-
-impl OverlaySelf {
-    pub fn new(vxlan_ifindex: u32, local: Ipv4Addr, vni: u32, port: u16) -> OverlaySelf {
-        OverlaySelf {
-            vxlan_ifindex,
-            local: raw(local),
-            vni,
-            port: port.to_be(),
-            pad: 0,
-        }
+/// This node's VXLAN device as the fast path writes its encapsulation (`overlay_self`):
+/// its index, underlay address, VNI and UDP port.
+pub fn overlay_self(vxlan_ifindex: u32, local: Ipv4Addr, vni: u32, port: u16) -> OverlaySelf {
+    OverlaySelf {
+        vxlan_ifindex,
+        local: raw(local),
+        vni,
+        port: port.to_be(),
+        pad: 0,
     }
 }
-
-/// A peer's VTEP MAC, the key of `overlay_peers`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct VtepKey {
-    mac: [u8; 6],
-    pad: u16,
-}
-// SAFETY: plain old data, no padding (6 + 2 bytes).
-unsafe impl aya::Pod for VtepKey {}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct DropKey {
-    pod: u32,
-    dir: u32,
-}
-// SAFETY: plain old data, no padding.
-unsafe impl aya::Pod for DropKey {}
 
 /// An address as the programs read it from a packet (bytes in network order).
 fn raw(ip: Ipv4Addr) -> u32 {
@@ -943,15 +878,18 @@ fn pinned(dir: &Path, name: &str) -> Result<aya::maps::Map, String> {
 pub fn budget_stats(dir: &Path) -> Result<Vec<(&'static str, u64)>, String> {
     let a: aya::maps::Array<_, u64> = aya::maps::Array::try_from(pinned(dir, "budget_stats")?)
         .map_err(|e| err("budget_stats", e))?;
-    ["events-limited", "events-ring-full", "flows-unrecorded"]
-        .into_iter()
-        .enumerate()
-        .map(|(i, what)| {
-            a.get(&(i as u32), 0)
-                .map(|n| (what, n))
-                .map_err(|e| err("read budget_stats", e))
-        })
-        .collect()
+    [
+        ("events-limited", podnet_bpf_abi::BUDGET_EVENTS_LIMITED),
+        ("events-ring-full", podnet_bpf_abi::BUDGET_EVENTS_RING_FULL),
+        ("flows-unrecorded", podnet_bpf_abi::BUDGET_FLOWS_UNRECORDED),
+    ]
+    .into_iter()
+    .map(|(what, slot)| {
+        a.get(&slot, 0)
+            .map(|n| (what, n))
+            .map_err(|e| err("read budget_stats", e))
+    })
+    .collect()
 }
 
 /// Whether the kernel holds `ip` as a programmed pod.
@@ -962,10 +900,6 @@ pub fn holds(dir: &Path, ip: Ipv4Addr) -> bool {
         .and_then(|m| m.get(&raw(ip), 0).ok())
         .is_some_and(|f| f & POD_PROGRAMMED != 0)
 }
-
-/// Slots of the `config` array (bpf/policy.c): one switch each, 0 off, 1 on.
-const CONFIG_EVENTS_ALLOWED: u32 = 0;
-const CONFIG_FAST_PATH: u32 = 1;
 
 /// Sets switch `slot` of the pinned `config` array; true if it changed.
 fn switch(dir: &Path, slot: u32, on: bool) -> Result<bool, String> {
@@ -993,10 +927,10 @@ pub fn counters(dir: &Path) -> Result<(crate::nft::DeniedCounts, u64), String> {
     for kv in m.iter() {
         let (k, v) = kv.map_err(|e| err("read policy_drops", e))?;
         match k.dir {
-            0 => {
+            DIR_INGRESS => {
                 per_pod.insert((unraw(k.pod), Direction::Ingress), v);
             }
-            1 => {
+            DIR_EGRESS => {
                 per_pod.insert((unraw(k.pod), Direction::Egress), v);
             }
             DIR_CLOSED => closed += v,
@@ -1010,98 +944,18 @@ pub fn counters(dir: &Path) -> Result<(crate::nft::DeniedCounts, u64), String> {
 mod tests {
     use super::*;
 
-    /// `struct NAME`'s size and members (name, bit offset) in the BTF of the compiled
-    /// object, read with bpftool.
-    fn btf_struct(name: &str) -> (usize, Vec<(String, usize)>) {
-        let dir = std::env::temp_dir().join(format!("podnet-btf-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let obj = dir.join("policy.o");
-        std::fs::write(&obj, OBJECT).unwrap();
-        let out = std::process::Command::new("bpftool")
-            .args(["btf", "dump", "file"])
-            .arg(&obj)
-            .args(["format", "raw"])
-            .output()
-            .expect("run bpftool (apt-get install bpftool)");
-        let _ = std::fs::remove_dir_all(&dir);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        let head = format!("STRUCT '{name}' size=");
-        let mut lines = text.lines().skip_while(|l| !l.contains(&head));
-        let first = lines
-            .next()
-            .unwrap_or_else(|| panic!("no struct {name} in the object's BTF"));
-        let size = first
-            .split("size=")
-            .nth(1)
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let members = lines
-            .take_while(|l| l.starts_with('\t'))
-            .map(|l| {
-                let name = l.split('\'').nth(1).unwrap().to_string();
-                let bits = l
-                    .split("bits_offset=")
-                    .nth(1)
-                    .unwrap()
-                    .trim()
-                    .parse()
-                    .unwrap();
-                (name, bits)
-            })
-            .collect();
-        (size, members)
-    }
-
-    /// The map keys the agent writes have the layout the C program reads: taken from
-    /// the compiled object's BTF, so a field added on either side fails here.
+    /// aya's LPM trie key (the prefix length, then the data, packed) is the C key:
+    /// the data's own layout is checked against the programs' BTF by podnet-bpf-abi.
     #[test]
-    fn map_layouts_match_the_c_structs() {
-        use std::mem::{offset_of, size_of};
-        let bits = |bytes: usize| bytes * 8;
-        // aya's LPM key: the prefix length (u32), then the data, packed.
-        let key = size_of::<u32>();
+    fn lpm_keys_are_the_c_keys() {
+        use std::mem::size_of;
         assert_eq!(
-            btf_struct("peer_key"),
-            (
-                size_of::<Key<PeerData>>(),
-                vec![
-                    ("prefixlen".into(), 0),
-                    ("pod".into(), bits(key + offset_of!(PeerData, pod))),
-                    ("peer".into(), bits(key + offset_of!(PeerData, peer))),
-                ]
-            )
+            size_of::<Key<PeerData>>(),
+            size_of::<podnet_bpf_abi::PeerKey>()
         );
         assert_eq!(
-            btf_struct("port_key"),
-            (
-                size_of::<Key<PortData>>(),
-                vec![
-                    ("prefixlen".into(), 0),
-                    ("set".into(), bits(key + offset_of!(PortData, set))),
-                    ("proto".into(), bits(key + offset_of!(PortData, proto))),
-                    ("port".into(), bits(key + offset_of!(PortData, port))),
-                    ("pad".into(), bits(key + offset_of!(PortData, pad))),
-                ]
-            )
-        );
-        assert_eq!(
-            btf_struct("drop_key"),
-            (
-                size_of::<DropKey>(),
-                vec![
-                    ("pod".into(), bits(offset_of!(DropKey, pod))),
-                    ("dir".into(), bits(offset_of!(DropKey, dir))),
-                ]
-            )
+            size_of::<Key<PortData>>(),
+            size_of::<podnet_bpf_abi::PortKey>()
         );
     }
 

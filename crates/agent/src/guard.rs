@@ -54,42 +54,9 @@ const BACKSTOP: &str = "nft_backstop";
 pub const BACKSTOP_FILTER: &str = "podnet_nft_backstop";
 pub const BACKSTOP_PRIO: u16 = 2;
 /// The mark nftables' forward chain sets on packets to pods (nft.rs renders it).
-pub const NFT_MARK: u32 = 0x0020_0000;
-
-/// `struct ul_peer` in underlay.c.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct UlPeer {
-    net: u32,
-    mask: u32,
-}
-// SAFETY: plain old data, no padding.
-unsafe impl aya::Pod for UlPeer {}
-
-/// `struct ul_config` in underlay.c.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct UlConfig {
-    vxlan_port: u16,
-    wireguard_port: u16,
-    cluster_net: u32,
-    cluster_mask: u32,
-    host_gw: u32,
-}
-// SAFETY: plain old data, no padding.
-unsafe impl aya::Pod for UlConfig {}
-
-/// `struct ul_cidr` in underlay.c: the underlay MAC of the peer owning a pod CIDR (all
-/// zero: not known yet), or this node's own CIDR.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct UlCidr {
-    mac: [u8; 6],
-    local: u8,
-    pad: u8,
-}
-// SAFETY: plain old data, no padding.
-unsafe impl aya::Pod for UlCidr {}
+pub use podnet_bpf_abi::PODNET_NFT_MARK as NFT_MARK;
+// The guard's map values, generated from bpf/abi.h.
+use podnet_bpf_abi::{UlCidr, UlConfig, UlPeer};
 
 /// What the guard binds pod sources to, with the host-gw backend: each peer's pod CIDR
 /// → its underlay MAC if the node's neighbour table knows it; this node's own CIDR.
@@ -434,6 +401,10 @@ mod tests {
         );
         assert_eq!(
             obj.maps["podnet_uldrops"].max_entries() as usize,
+            UNDERLAY_DROP_REASONS.len()
+        );
+        assert_eq!(
+            podnet_bpf_abi::PODNET_UNDERLAY_DROP_MAX as usize,
             UNDERLAY_DROP_REASONS.len()
         );
     }

@@ -282,25 +282,23 @@ pub fn policy_event(node: &str, v: &Verdict, pods: &Pods) -> Event {
     }
 }
 
-/// `struct policy_event` of `bpf/policy.c` (16 bytes).
+/// A `struct policy_event` (bpf/abi.h) from the ring buffer.
 pub fn parse_policy_event(b: &[u8]) -> Option<Verdict> {
-    if b.len() < 16 {
-        return None;
-    }
-    let ip = |o: usize| Ipv4Addr::new(b[o], b[o + 1], b[o + 2], b[o + 3]);
-    let u16_ = |o: usize| u16::from_ne_bytes([b[o], b[o + 1]]);
+    use podnet_bpf_abi::{PolicyEvent, DIR_EGRESS, DIR_INGRESS, VERDICT_ADMITTED};
+    let e = PolicyEvent::from_bytes(b)?;
+    let ip = |a: u32| Ipv4Addr::from(a.to_ne_bytes());
     Some(Verdict {
-        pod: ip(0),
-        peer: ip(4),
-        sport: u16_(8),
-        dport: u16_(10),
-        proto: b[12],
-        direction: match b[13] {
-            0 => "ingress",
-            1 => "egress",
+        pod: ip(e.pod),
+        peer: ip(e.peer),
+        sport: e.sport,
+        dport: e.dport,
+        proto: e.proto,
+        direction: match u32::from(e.dir) {
+            DIR_INGRESS => "ingress",
+            DIR_EGRESS => "egress",
             _ => "closed",
         },
-        allowed: b[14] == 1,
+        allowed: e.verdict == VERDICT_ADMITTED,
     })
 }
 

@@ -616,7 +616,7 @@ impl Policy {
                             log,
                             "takes VXLAN frames for this node's pods off the wire",
                         )?;
-                        me = ebpf::OverlaySelf::new(l.index, local, v.vni, v.port);
+                        me = ebpf::overlay_self(l.index, local, v.vni, v.port);
                         for f in
                             podnet_netlink::neigh::fdb_list(&mut sock).map_err(|e| e.to_string())?
                         {

@@ -14,13 +14,12 @@ include!(concat!(env!("OUT_DIR"), "/drop_reasons.rs"));
 /// The tc filter's and the program's name.
 pub const PROG_NAME: &str = "podnet_from_pod";
 
-/// Where the drop counters start in `struct pod_state` (from_pod.c).
-const DROPS_AT: usize = 32;
+/// `struct pod_state` and `struct spoof_event` of bpf/abi.h, generated.
+use podnet_bpf_abi as abi;
 
-/// Size of `struct pod_state` in from_pod.c: mac[6], pad[2], ip, guard_ports[2],
-/// cluster_net, cluster_mask, node_mask, pad2, drops[N].
+/// Size of `struct pod_state`: mac, ip, overlay guard, one drop counter per reason.
 pub fn state_size() -> usize {
-    DROPS_AT + 8 * DROP_REASONS.len()
+    std::mem::size_of::<abi::PodState>()
 }
 
 /// The overlay guard a pod's entry carries (see `struct pod_state` in from_pod.c): the
@@ -46,18 +45,21 @@ fn mask(prefix: u8) -> u32 {
 
 /// A pod's map entry: its MAC, IP and overlay guard, counters at zero.
 pub fn state_bytes(mac: [u8; 6], ip: Ipv4Addr, guard: &OverlayGuard) -> Vec<u8> {
-    let mut v = vec![0u8; state_size()];
-    v[..6].copy_from_slice(&mac);
-    v[8..12].copy_from_slice(&ip.octets());
-    v[12..14].copy_from_slice(&guard.ports[0].to_ne_bytes());
-    v[14..16].copy_from_slice(&guard.ports[1].to_ne_bytes());
-    if let Some((net, prefix)) = guard.cluster {
+    let (cluster_net, cluster_mask) = guard.cluster.map_or((0, 0), |(net, prefix)| {
         let m = mask(prefix);
-        v[16..20].copy_from_slice(&(u32::from(net) & m).to_ne_bytes());
-        v[20..24].copy_from_slice(&m.to_ne_bytes());
+        (u32::from(net) & m, m)
+    });
+    abi::PodState {
+        mac,
+        ip: u32::from_ne_bytes(ip.octets()),
+        guard_ports: guard.ports,
+        cluster_net,
+        cluster_mask,
+        node_mask: mask(guard.node_prefix),
+        ..Default::default()
     }
-    v[24..28].copy_from_slice(&mask(guard.node_prefix).to_ne_bytes());
-    v
+    .as_bytes()
+    .to_vec()
 }
 
 /// The reason id of drop reason number `n` (`unknown` if this build has no such).
@@ -108,8 +110,11 @@ pub fn events_lost(prog_id: u32) -> Result<Option<[u64; 2]>> {
     };
     let map = bpf::map_by_id(id)?;
     let mut out = [0u64; 2];
-    for (i, slot) in out.iter_mut().enumerate() {
-        if let Some(v) = bpf::lookup(&map, i as u32)? {
+    for (i, slot) in [abi::SPOOF_LOST_BUDGET, abi::SPOOF_LOST_RING_FULL]
+        .into_iter()
+        .zip(out.iter_mut())
+    {
+        if let Some(v) = bpf::lookup(&map, i)? {
             if v.len() >= 8 {
                 *slot = u64::from_ne_bytes(v[..8].try_into().unwrap());
             }
@@ -142,18 +147,13 @@ pub fn read_state(prog_id: u32, ifindex: u32) -> Result<Option<PodState>> {
             ),
         });
     }
+    let st = abi::PodState::from_bytes(&v).expect("the size was checked");
     Ok(Some(PodState {
-        mac: v[..6].try_into().unwrap(),
-        ip: Ipv4Addr::new(v[8], v[9], v[10], v[11]),
+        mac: st.mac,
+        ip: Ipv4Addr::from(st.ip.to_ne_bytes()),
         drops: DROP_REASONS
             .iter()
-            .map(|(n, id, _)| {
-                let at = DROPS_AT + 8 * *n as usize;
-                (
-                    id.to_string(),
-                    u64::from_ne_bytes(v[at..at + 8].try_into().unwrap()),
-                )
-            })
+            .map(|(n, id, _)| (id.to_string(), st.drops[*n as usize]))
             .collect(),
     }))
 }
@@ -196,24 +196,20 @@ pub struct SpoofEvent {
 }
 
 impl SpoofEvent {
-    pub const SIZE: usize = 32;
+    pub const SIZE: usize = std::mem::size_of::<abi::SpoofEvent>();
 
     pub fn parse(b: &[u8]) -> Option<SpoofEvent> {
-        if b.len() < Self::SIZE {
-            return None;
-        }
-        let u32_ = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().unwrap());
-        let u16_ = |o: usize| u16::from_ne_bytes(b[o..o + 2].try_into().unwrap());
+        let e = abi::SpoofEvent::from_bytes(b.get(..Self::SIZE)?)?;
         Some(SpoofEvent {
-            ifindex: u32_(0),
-            reason: u32_(4),
-            src_mac: b[8..14].try_into().unwrap(),
-            ethertype: u16::from_be_bytes([b[14], b[15]]),
-            saddr: Ipv4Addr::new(b[16], b[17], b[18], b[19]),
-            daddr: Ipv4Addr::new(b[20], b[21], b[22], b[23]),
-            proto: b[24],
-            sport: u16_(26),
-            dport: u16_(28),
+            ifindex: e.ifindex,
+            reason: e.reason,
+            src_mac: e.src_mac,
+            ethertype: u16::from_be_bytes(e.ethertype),
+            saddr: Ipv4Addr::from(e.saddr.to_ne_bytes()),
+            daddr: Ipv4Addr::from(e.daddr.to_ne_bytes()),
+            proto: e.proto,
+            sport: e.sport,
+            dport: e.dport,
         })
     }
 }

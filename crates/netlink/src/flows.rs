@@ -9,9 +9,8 @@ use std::path::Path;
 
 /// The eBPF policy datapath's flow table, pinned by name in the node's bpffs directory.
 pub const FLOWS_MAP: &str = "flows";
-/// `struct flow_key` in `bpf/policy.c`: saddr, daddr (network order), sport, dport,
-/// proto, side, 2 bytes of padding.
-const FLOW_KEY_SIZE: u32 = 16;
+/// `struct flow_key` of `bpf/abi.h`: saddr, daddr (network order), ports, proto, side.
+const FLOW_KEY_SIZE: u32 = std::mem::size_of::<podnet_bpf_abi::FlowKey>() as u32;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 
 /// Deletes every entry of the pinned flow table at `path` whose key has `ip` as source
@@ -34,10 +33,13 @@ pub fn forget(path: &Path, ip: Ipv4Addr) -> Result<usize, crate::Error> {
             ),
         });
     }
-    let ip = ip.octets();
+    let ip = u32::from_ne_bytes(ip.octets());
     let mut n = 0;
     for k in bpf::raw_keys(&map, &info)? {
-        if k[0..4] == ip || k[4..8] == ip {
+        let Some(key) = podnet_bpf_abi::FlowKey::from_bytes(&k) else {
+            continue;
+        };
+        if key.saddr == ip || key.daddr == ip {
             bpf::delete_raw(&map, &info, &k)?;
             n += 1;
         }
