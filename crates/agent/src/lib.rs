@@ -7,8 +7,8 @@
 //!   each behind one trait; [`plan`]: the per-peer routes, neighbours and FDB entries
 //!   (pure); [`peers`]: which peer records are programmed.
 //! - [`reconcile`]: the loop that keeps all of it converged.
-//! - [`policy`]: NetworkPolicy on nftables ([`nft`]) or eBPF ([`ebpf`]), and the eBPF
-//!   fast path; [`guard`]: the underlay guard.
+//! - [`policy`]: NetworkPolicy, its datapaths behind one trait (`policy::datapath`:
+//!   nftables, eBPF, none) and the eBPF fast path; [`guard`]: the underlay guard.
 //! - [`api`]: the local API's server (its types: `podnet-api`); [`observe`],
 //!   [`metrics`], [`telemetry`]: events and metrics.
 //!
@@ -39,11 +39,9 @@ pub mod api;
 pub mod backend;
 pub mod cmd;
 pub mod config;
-pub mod ebpf;
 mod error;
 pub mod guard;
 pub mod metrics;
-pub mod nft;
 mod node;
 pub mod observe;
 pub mod peers;
@@ -61,6 +59,10 @@ pub use podnet_api as proto;
 pub use podnet_api::probe;
 pub use podnet_api::{PeerStatus, Status, WireGuardPeerStatus, WireGuardStatus};
 pub use podnet_conventions::{vtep_mac, Backend, Datapath, PolicyDatapath, VXLAN_OVERHEAD};
+
+/// The eBPF and nftables policy datapaths' kernel objects, by their short names.
+pub use policy::datapath::ebpf;
+pub use policy::datapath::nftables::table as nft;
 
 pub use backend::NodeInfo;
 pub use config::Config;

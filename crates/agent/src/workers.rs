@@ -16,25 +16,30 @@ impl Agent {
     /// status, for the API.
     pub(crate) fn start_policy(&mut self, n: &NodeInfo) -> Result<Arc<Mutex<PolicyStatus>>> {
         let pds = open_datastore_waiting(&self.cfg.datastore, &self.cfg.node)?;
-        let mut pol = policy::Policy::new(
-            self.cfg.policy_datapath,
-            Box::new(policy::DatastoreSource::new(pds.clone())),
-            &self.cfg.node,
-            n.record.pod_cidr,
-            &self.cfg.bridge,
-            self.cfg.bpf_dir.clone(),
-        );
         let node = self.cfg.node.clone();
         let plog = move |m: &str| log(&node, m);
-        if self.cfg.policy_datapath == PolicyDatapath::Nftables {
-            pol.backstop = Some(
+        // The nftables datapath's backstop comes with the underlay guard's object.
+        let backstop = match self.cfg.policy_datapath {
+            PolicyDatapath::Nftables => Some(
                 self.guard
                     .as_ref()
                     .expect("the guard is loaded before the policy")
                     .backstop_fd()
                     .map_err(Error::Guard)?,
-            );
-        }
+            ),
+            _ => None,
+        };
+        let mut pol = policy::Policy::new(
+            Box::new(policy::DatastoreSource::new(pds.clone())),
+            &self.cfg.node,
+            policy::Setup {
+                kind: self.cfg.policy_datapath,
+                cidr: n.record.pod_cidr,
+                bridge: self.cfg.bridge.clone(),
+                bpf_dir: Some(self.cfg.bpf_dir.clone()),
+                backstop,
+            },
+        );
         if self.cfg.fast_path() {
             if self.cfg.policy_datapath != PolicyDatapath::Ebpf {
                 return Err(Error::Policy {

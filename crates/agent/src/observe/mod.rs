@@ -20,6 +20,8 @@
 //! programs do not yet count a failed `bpf_ringbuf_output`, so a full ring buffer
 //! loses events without a trace in `podnet_events_lost_total`.
 
+pub mod nflog;
+
 use crate::policy::PolicyStatus;
 pub use podnet_api::Event;
 use podnet_netlink::antispoof::{self, SpoofEvent};
@@ -338,7 +340,7 @@ pub fn run(src: Sources) {
     let mut spoof_rings: BTreeMap<u32, Ring> = BTreeMap::new();
     let mut veth_ips: HashMap<u32, Ipv4Addr> = HashMap::new();
     let mut policy_ring: Option<Ring> = None;
-    let mut nflog: Option<crate::nft::NfLog> = None;
+    let mut nflog: Option<nflog::NfLog> = None;
     let mut allowed_on: Option<bool> = None;
     let mut nft_renewed = Instant::now();
     let mut scanned = Instant::now() - Duration::from_secs(10);
@@ -410,7 +412,7 @@ pub fn run(src: Sources) {
                 }
             }
             if src.nftables && nflog.is_none() {
-                match crate::nft::NfLog::open() {
+                match nflog::NfLog::open() {
                     Ok(n) => nflog = Some(n),
                     Err(e) => once(format!("no policy events from nftables (NFLOG): {e}")),
                 }

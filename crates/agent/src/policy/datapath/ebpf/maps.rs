@@ -1,4 +1,4 @@
-//! The eBPF policy datapath (`bpf/policy.c`), loaded with aya.
+//! The eBPF policy datapath's kernel objects (`bpf/policy.c`), loaded with aya.
 //!
 //! # Kernel objects it owns
 //! In the node's bpffs directory (`--bpf-dir`, default `/sys/fs/bpf/podnet`), pinned
@@ -76,19 +76,20 @@
 //! podnet-cni attaches the programs pinned under their names, re-pinned by `open` (a
 //! rename too) before the agent writes the node file: new pods get this build's.
 
-use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::HashMap;
 use aya::programs::SchedClassifier;
-use aya::{Ebpf, EbpfLoader};
-use podnet_policy::compile::{PodTables, Ports, Table};
-use podnet_policy::net::Prefix;
-use podnet_policy::Direction;
+use aya::Ebpf;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policy.o"));
+use super::generations::{on_bpffs, ProgIdent, FILTERS};
+use super::pinned::switch;
+use super::tables::{peer_key, port_key, Desired};
+
+pub(super) static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policy.o"));
 
 pub const FROM_POD: &str = "from_pod_policy";
 pub const TO_POD: &str = "to_pod_policy";
@@ -107,14 +108,11 @@ pub const FILTER_FAST_UNDERLAY_PRIO: u16 = 0xc0de;
 pub const FILTER_OUT: &str = "podnet_policy_out";
 pub const FILTER_IN: &str = "podnet_policy_in";
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+pub(super) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 // The structs and constants shared with bpf/policy.c, generated from bpf/abi.h.
-use podnet_bpf_abi::{
-    DropKey, PeerData, PortData, VtepKey, CONFIG_EVENTS_ALLOWED, CONFIG_FAST_PATH, DIR_CLOSED,
-    DIR_EGRESS, DIR_INGRESS, POD_ISOLATED_EGRESS, POD_ISOLATED_INGRESS, POD_PROGRAMMED,
-};
 pub use podnet_bpf_abi::{LocalPod, OverlaySelf};
+use podnet_bpf_abi::{PeerData, PortData, VtepKey, CONFIG_FAST_PATH};
 
 /// This node's VXLAN device as the fast path writes its encapsulation (`overlay_self`):
 /// its index, underlay address, VNI and UDP port.
@@ -129,135 +127,15 @@ pub fn overlay_self(vxlan_ifindex: u32, local: Ipv4Addr, vni: u32, port: u16) ->
 }
 
 /// An address as the programs read it from a packet (bytes in network order).
-fn raw(ip: Ipv4Addr) -> u32 {
+pub(super) fn raw(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
 }
 
-fn unraw(v: u32) -> Ipv4Addr {
+pub(super) fn unraw(v: u32) -> Ipv4Addr {
     Ipv4Addr::from(v.to_ne_bytes())
 }
 
-/// What the maps should hold.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Desired {
-    pods: BTreeMap<u32, u32>,
-    /// (pod, peer network, peer prefix length) → port set id, per direction.
-    peers: [BTreeMap<(u32, u32, u8), u32>; 2],
-    /// (set id, protocol, first port of the block, block prefix length).
-    ports: BTreeSet<(u32, u8, u16, u8)>,
-}
-
-/// `first..=last` as prefixes of the 16-bit port: `(start, prefix length)`.
-pub fn port_prefixes(first: u16, last: u16) -> Vec<(u16, u8)> {
-    let mut out = Vec::new();
-    let (mut a, b) = (u32::from(first), u32::from(last));
-    while a <= b {
-        let mut size = 1u32;
-        while a % (size * 2) == 0 && a + size * 2 - 1 <= b && size < 65536 {
-            size *= 2;
-        }
-        out.push((a as u16, 16 - size.trailing_zeros() as u8));
-        a += size;
-    }
-    out
-}
-
-/// A port set's id: a hash of its content (never 0, which means "any").
-fn set_hash(ports: &[Ports]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for p in ports {
-        for b in [p.proto.number()]
-            .into_iter()
-            .chain(p.first.to_be_bytes())
-            .chain(p.last.to_be_bytes())
-        {
-            h ^= u32::from(b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-    }
-    h.max(1)
-}
-
-/// The map contents for `tables`.
-pub fn desired(tables: &BTreeMap<String, PodTables>) -> Desired {
-    let mut d = Desired::default();
-    let mut ids: BTreeMap<Vec<Ports>, u32> = BTreeMap::new();
-    let mut used: BTreeMap<u32, Vec<Ports>> = BTreeMap::new();
-    for t in tables.values() {
-        let pod = raw(t.ip);
-        let mut flags = POD_PROGRAMMED;
-        for (i, dir) in [Direction::Ingress, Direction::Egress]
-            .into_iter()
-            .enumerate()
-        {
-            let Table::Isolated { allow, .. } = t.table(dir) else {
-                continue;
-            };
-            flags |= if dir == Direction::Ingress {
-                POD_ISOLATED_INGRESS
-            } else {
-                POD_ISOLATED_EGRESS
-            };
-            let mut by_net: BTreeMap<Prefix, Option<Vec<Ports>>> = BTreeMap::new();
-            for a in allow {
-                match a.ports {
-                    None => {
-                        by_net.insert(a.net, None);
-                    }
-                    Some(p) => {
-                        if let Some(list) = by_net.entry(a.net).or_insert_with(|| Some(vec![])) {
-                            list.push(p);
-                        }
-                    }
-                }
-            }
-            for (net, ports) in by_net {
-                let set = match ports {
-                    None => 0,
-                    Some(mut list) => {
-                        list.sort();
-                        *ids.entry(list.clone()).or_insert_with(|| {
-                            let mut id = set_hash(&list);
-                            while used.get(&id).is_some_and(|o| *o != list) {
-                                id = id.wrapping_add(1).max(1);
-                            }
-                            used.insert(id, list.clone());
-                            id
-                        })
-                    }
-                };
-                d.peers[i].insert((pod, raw(net.network()), net.len), set);
-            }
-        }
-        d.pods.insert(pod, flags);
-    }
-    for (list, id) in &ids {
-        for p in list {
-            for (start, len) in port_prefixes(p.first, p.last) {
-                d.ports.insert((*id, p.proto.number(), start, len));
-            }
-        }
-    }
-    d
-}
-
-fn peer_key(&(pod, peer, len): &(u32, u32, u8)) -> Key<PeerData> {
-    Key::new(32 + u32::from(len), PeerData { pod, peer })
-}
-
-fn port_key(&(set, proto, start, len): &(u32, u8, u16, u8)) -> Key<PortData> {
-    Key::new(
-        40 + u32::from(len),
-        PortData {
-            set: set.to_be_bytes(),
-            proto,
-            port: start.to_be_bytes(),
-            pad: 0,
-        },
-    )
-}
-
-fn err(what: &str, e: impl std::fmt::Display) -> String {
+pub(super) fn err(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
 
@@ -271,152 +149,6 @@ pub struct EbpfDatapath {
     /// Filters running another build's programs are still to be replaced (after the
     /// first programming, when the maps hold every pod's verdicts).
     adopt_pending: bool,
-}
-
-/// Where a new generation of maps is made before it takes the pinned names (bpffs
-/// refuses names with a dot).
-const STAGING: &str = "next_generation";
-
-/// A map's definition as the kernel holds it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct MapDef {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    flags: u32,
-}
-
-impl std::fmt::Display for MapDef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "type {}, {}-byte keys, {}-byte values, {} entries, flags {:#x}",
-            self.map_type, self.key_size, self.value_size, self.max_entries, self.flags
-        )
-    }
-}
-
-/// `BPF_OBJ_GET_INFO_BY_FD`: fills `info` (a `struct bpf_map_info` or `bpf_prog_info`
-/// as far as it goes; the kernel wants whatever it does not know to be zero).
-fn obj_info(fd: BorrowedFd<'_>, info: &mut [u8]) -> std::io::Result<()> {
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    let mut attr = [0u8; 16];
-    attr[0..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
-    attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
-    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
-    // SAFETY: attr names `info`, a buffer we own, with its length.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            attr.as_mut_ptr(),
-            attr.len(),
-        )
-    };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes(b[at..at + 4].try_into().unwrap())
-}
-
-/// The definition of the map pinned at `path`: `None` if nothing is pinned there, an
-/// error if it cannot be read or is not a map.
-fn pinned_def(path: &Path) -> Result<Option<MapDef>, String> {
-    if std::fs::symlink_metadata(path).is_err() {
-        return Ok(None);
-    }
-    let fd = podnet_netlink::bpf::obj_get(path).map_err(|e| e.to_string())?;
-    // A program and a map answer BPF_OBJ_GET_INFO_BY_FD alike: tell them by the fd.
-    let kind = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .map_err(|e| err(&format!("inspect {}", path.display()), e))?;
-    if kind.to_string_lossy() != "anon_inode:bpf-map" {
-        return Err(format!("not a map ({})", kind.to_string_lossy()));
-    }
-    // type, id, key_size, value_size, max_entries, map_flags, name[16], …
-    let mut info = [0u8; 48];
-    obj_info(fd.as_fd(), &mut info).map_err(|e| err(&format!("inspect {}", path.display()), e))?;
-    Ok(Some(MapDef {
-        map_type: u32_at(&info, 0),
-        key_size: u32_at(&info, 8),
-        value_size: u32_at(&info, 12),
-        max_entries: u32_at(&info, 16),
-        flags: u32_at(&info, 20),
-    }))
-}
-
-/// The layout version: FNV-1a of every pinned map's name and definition.
-fn layout_version(defs: &BTreeMap<String, MapDef>) -> String {
-    let mut h: u32 = 0x811c_9dc5;
-    for (name, d) in defs {
-        let fields = [d.map_type, d.key_size, d.value_size, d.max_entries, d.flags];
-        for b in name
-            .bytes()
-            .chain([0])
-            .chain(fields.iter().flat_map(|f| f.to_le_bytes()))
-        {
-            h ^= u32::from(b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-    }
-    format!("{h:08x}")
-}
-
-/// What makes two loaded programs the same: the same id, or the same instructions (tag)
-/// on the same maps.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct ProgIdent {
-    id: u32,
-    tag: [u8; 8],
-    maps: Vec<u32>,
-}
-
-impl ProgIdent {
-    fn of(fd: BorrowedFd<'_>) -> std::io::Result<ProgIdent> {
-        // bpf_prog_info: type, id, tag[8] at 8, …, nr_map_ids at 52, map_ids at 56.
-        let mut info = [0u8; 232];
-        obj_info(fd, &mut info)?;
-        let mut maps = vec![0u32; u32_at(&info, 52) as usize];
-        if !maps.is_empty() {
-            let mut again = [0u8; 232];
-            again[52..56].copy_from_slice(&(maps.len() as u32).to_ne_bytes());
-            again[56..64].copy_from_slice(&(maps.as_mut_ptr() as u64).to_ne_bytes());
-            obj_info(fd, &mut again)?;
-        }
-        maps.sort_unstable();
-        Ok(ProgIdent {
-            id: u32_at(&info, 4),
-            tag: info[8..16].try_into().unwrap(),
-            maps,
-        })
-    }
-
-    fn same(&self, other: &ProgIdent) -> bool {
-        self.id == other.id || (self.tag == other.tag && self.maps == other.maps)
-    }
-}
-
-/// The tc filters this datapath's programs run as: (program, filter name, on egress).
-const FILTERS: [(&str, &str, bool); 4] = [
-    (FROM_POD, FILTER_OUT, false),
-    (TO_POD, FILTER_IN, true),
-    (FROM_OVERLAY, FILTER_FAST_IN, false),
-    (FROM_UNDERLAY, FILTER_FAST_UNDERLAY, false),
-];
-
-/// Whether `dir` is on a bpffs.
-fn on_bpffs(dir: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs into a zeroed struct we own.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == BPF_FS_MAGIC
 }
 
 impl EbpfDatapath {
@@ -466,76 +198,6 @@ impl EbpfDatapath {
         };
         dp.current = dp.read_back()?;
         Ok(dp)
-    }
-
-    /// The maps, loaded: those pinned in `dir` if they have this build's definitions,
-    /// else a new generation of them all, pinned under their names (module doc,
-    /// "Upgrades"). Returns the loaded object (programs not loaded yet) and the
-    /// layout version.
-    fn maps(dir: &Path) -> Result<(Ebpf, String), String> {
-        let stage = dir.join(STAGING);
-        // Left by a start that stopped half-way: pins only, and whatever still uses
-        // those maps holds them itself.
-        let _ = std::fs::remove_dir_all(&stage);
-        std::fs::create_dir_all(&stage)
-            .map_err(|e| err(&format!("create {}", stage.display()), e))?;
-        let fresh = EbpfLoader::new()
-            .default_map_pin_directory(&stage)
-            .load(OBJECT)
-            .map_err(|e| err("load bpf/policy.c", e))?;
-        let mut defs = BTreeMap::new();
-        let entries =
-            std::fs::read_dir(&stage).map_err(|e| err(&format!("read {}", stage.display()), e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| err(&format!("read {}", stage.display()), e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let def = pinned_def(&entry.path())?
-                .ok_or_else(|| format!("{} vanished", entry.path().display()))?;
-            defs.insert(name, def);
-        }
-        let layout = layout_version(&defs);
-        let mut reused = 0;
-        let differ: Vec<String> = defs
-            .iter()
-            .filter_map(|(name, want)| match pinned_def(&dir.join(name)) {
-                Ok(None) => None,
-                Ok(Some(have)) if have == *want => {
-                    reused += 1;
-                    None
-                }
-                Ok(Some(have)) => Some(format!("{name} is {have}, this build's is {want}")),
-                Err(e) => Some(format!("{name}: {e}")),
-            })
-            .collect();
-        if differ.is_empty() {
-            drop(fresh);
-            let _ = std::fs::remove_dir_all(&stage);
-            let bpf = EbpfLoader::new()
-                .default_map_pin_directory(dir)
-                .load(OBJECT)
-                .map_err(|e| err("load bpf/policy.c", e))?;
-            tracing::info!(
-                "policy: eBPF map layout {layout}: {reused} of {} maps pinned in {} reused (same definitions as this build's), the others made",
-                defs.len(),
-                dir.display()
-            );
-            return Ok((bpf, layout));
-        }
-        tracing::warn!(
-            "policy: eBPF map layout mismatch in {}: {}; a new generation of every map (layout {layout}) replaces the pinned ones; running pods keep their programs and the old maps until the first round has programmed their verdicts, then their filters are replaced",
-            dir.display(),
-            differ.join("; ")
-        );
-        for name in defs.keys() {
-            std::fs::rename(stage.join(name), dir.join(name)).map_err(|e| {
-                err(
-                    &format!("pin the new map {name} at {}", dir.join(name).display()),
-                    e,
-                )
-            })?;
-        }
-        let _ = std::fs::remove_dir_all(&stage);
-        Ok((fresh, layout))
     }
 
     /// The map layout's version (a hash of this build's map definitions).
@@ -864,85 +526,10 @@ impl EbpfDatapath {
     }
 }
 
-/// A map pinned in `dir`, read from the kernel (what the API reports: the kernel's
-/// view, not the agent's belief).
-fn pinned(dir: &Path, name: &str) -> Result<aya::maps::Map, String> {
-    let path = dir.join(name);
-    let data = aya::maps::MapData::from_pin(&path)
-        .map_err(|e| err(&format!("open {}", path.display()), e))?;
-    aya::maps::Map::from_map_data(data).map_err(|e| err(name, e))
-}
-
-/// What the datapath's budgets held back (`budget_stats` in bpf/policy.c), read from
-/// the kernel: `(what, count)`.
-pub fn budget_stats(dir: &Path) -> Result<Vec<(&'static str, u64)>, String> {
-    let a: aya::maps::Array<_, u64> = aya::maps::Array::try_from(pinned(dir, "budget_stats")?)
-        .map_err(|e| err("budget_stats", e))?;
-    [
-        ("events-limited", podnet_bpf_abi::BUDGET_EVENTS_LIMITED),
-        ("events-ring-full", podnet_bpf_abi::BUDGET_EVENTS_RING_FULL),
-        ("flows-unrecorded", podnet_bpf_abi::BUDGET_FLOWS_UNRECORDED),
-    ]
-    .into_iter()
-    .map(|(what, slot)| {
-        a.get(&slot, 0)
-            .map(|n| (what, n))
-            .map_err(|e| err("read budget_stats", e))
-    })
-    .collect()
-}
-
-/// Whether the kernel holds `ip` as a programmed pod.
-pub fn holds(dir: &Path, ip: Ipv4Addr) -> bool {
-    pinned(dir, "pod_policy")
-        .ok()
-        .and_then(|m| HashMap::<_, u32, u32>::try_from(m).ok())
-        .and_then(|m| m.get(&raw(ip), 0).ok())
-        .is_some_and(|f| f & POD_PROGRAMMED != 0)
-}
-
-/// Sets switch `slot` of the pinned `config` array; true if it changed.
-fn switch(dir: &Path, slot: u32, on: bool) -> Result<bool, String> {
-    let mut a: aya::maps::Array<_, u32> =
-        aya::maps::Array::try_from(pinned(dir, "config")?).map_err(|e| err("config", e))?;
-    if a.get(&slot, 0).map_err(|e| err("read config", e))? == u32::from(on) {
-        return Ok(false);
-    }
-    a.set(slot, u32::from(on), 0)
-        .map_err(|e| err("write config", e))?;
-    Ok(true)
-}
-
-/// Whether the programs report admitted flows too, not only refused packets.
-pub fn set_event_config(dir: &Path, allowed: bool) -> Result<(), String> {
-    switch(dir, CONFIG_EVENTS_ALLOWED, allowed).map(|_| ())
-}
-
-/// Packets refused per (pod, direction), and to or from closed addresses.
-pub fn counters(dir: &Path) -> Result<(crate::nft::DeniedCounts, u64), String> {
-    let m: HashMap<_, DropKey, u64> =
-        HashMap::try_from(pinned(dir, "policy_drops")?).map_err(|e| err("policy_drops", e))?;
-    let mut per_pod = BTreeMap::new();
-    let mut closed = 0;
-    for kv in m.iter() {
-        let (k, v) = kv.map_err(|e| err("read policy_drops", e))?;
-        match k.dir {
-            DIR_INGRESS => {
-                per_pod.insert((unraw(k.pod), Direction::Ingress), v);
-            }
-            DIR_EGRESS => {
-                per_pod.insert((unraw(k.pod), Direction::Egress), v);
-            }
-            DIR_CLOSED => closed += v,
-            _ => {}
-        }
-    }
-    Ok((per_pod, closed))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aya::maps::lpm_trie::Key;
 
     /// aya's LPM trie key (the prefix length, then the data, packed) is the C key:
     /// the data's own layout is checked against the programs' BTF by podnet-bpf-abi.
@@ -957,32 +544,5 @@ mod tests {
             size_of::<Key<PortData>>(),
             size_of::<podnet_bpf_abi::PortKey>()
         );
-    }
-
-    #[test]
-    fn port_ranges_become_exact_prefix_covers() {
-        for (a, b) in [
-            (80, 80),
-            (80, 81),
-            (1, 65535),
-            (0, 65535),
-            (1000, 1999),
-            (65535, 65535),
-        ] {
-            let ps = port_prefixes(a, b);
-            let covers = |p: u32| {
-                ps.iter()
-                    .any(|&(s, l)| p >= u32::from(s) && p < u32::from(s) + (1u32 << (16 - l)))
-            };
-            for p in 0..=65535u32 {
-                assert_eq!(
-                    covers(p),
-                    (a as u32..=b as u32).contains(&p),
-                    "{a}-{b}: {p}"
-                );
-            }
-        }
-        assert_eq!(port_prefixes(0, 65535), vec![(0, 0)]);
-        assert_eq!(port_prefixes(80, 81), vec![(80, 15)]);
     }
 }

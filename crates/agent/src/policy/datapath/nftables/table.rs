@@ -1,4 +1,4 @@
-//! The nftables policy datapath.
+//! The nftables policy datapath's table: rendered, run, checked and read.
 //!
 //! # Kernel objects it owns
 //! One table, `inet podnet`, in the node's network namespace, and nothing else (no
@@ -515,7 +515,7 @@ pub fn holds(set: &str, elem: &str) -> bool {
 /// Packets refused per pod address and direction, and to closed addresses, read from
 /// the kernel.
 /// Packets refused per `(pod address, direction)`.
-pub type DeniedCounts = BTreeMap<(Ipv4Addr, Direction), u64>;
+use crate::policy::datapath::DeniedCounts;
 
 pub fn counters() -> Result<(DeniedCounts, u64), String> {
     let mut per_pod = BTreeMap::new();
@@ -587,134 +587,6 @@ pub fn set_allowed_log(on: bool) -> Result<(), String> {
 /// about: `podnet:egress:` and `podnet:closed-src:` the source, `podnet:ingress:` and
 /// `podnet:closed-dst:` the destination.
 pub const LOG_GROUP: u16 = 7;
-
-/// A bound NFLOG group: the refused packets' headers, as verdicts.
-pub struct NfLog {
-    sock: podnet_netlink::Socket,
-}
-
-impl NfLog {
-    /// Binds [`LOG_GROUP`] in the calling thread's namespace, copying the first 64
-    /// bytes of each packet (IPv4 header and ports).
-    pub fn open() -> Result<NfLog, String> {
-        const NFULNL_MSG_CONFIG: u16 = (4 << 8) | 1;
-        const NFULA_CFG_CMD: u16 = 1;
-        const NFULA_CFG_MODE: u16 = 2;
-        const NFULA_CFG_QTHRESH: u16 = 5;
-        const NFULNL_CFG_CMD_BIND: u8 = 1;
-        const NFULNL_COPY_PACKET: u8 = 2;
-        let mut sock =
-            podnet_netlink::Socket::open(libc::NETLINK_NETFILTER).map_err(|e| e.to_string())?;
-        let g = LOG_GROUP.to_be_bytes();
-        let hdr = [libc::AF_UNSPEC as u8, 0, g[0], g[1]];
-        let mut mode = 64u32.to_be_bytes().to_vec();
-        mode.extend([NFULNL_COPY_PACKET, 0]);
-        // Bound; the first 64 bytes of each packet; each packet as it comes (by default
-        // the kernel batches them for up to a second).
-        for (what, attr, data) in [
-            ("bind", NFULA_CFG_CMD, vec![NFULNL_CFG_CMD_BIND]),
-            ("set the copy mode of", NFULA_CFG_MODE, mode),
-            (
-                "set the queue threshold of",
-                NFULA_CFG_QTHRESH,
-                1u32.to_be_bytes().to_vec(),
-            ),
-        ] {
-            let mut m = podnet_netlink::Msg::new(NFULNL_MSG_CONFIG, 0).fixed(&hdr);
-            m.attr(attr, &data);
-            sock.ack(m, "configure NFLOG group", format!("{LOG_GROUP} ({what})"))
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(NfLog { sock })
-    }
-
-    /// The verdicts logged since the last call (waiting up to `wait` for the first);
-    /// `Err(n)` when the kernel had to drop some (about `n` lost).
-    pub fn read(&mut self, wait: std::time::Duration) -> Result<Vec<crate::observe::Verdict>, u64> {
-        const NFULNL_MSG_PACKET: u16 = 4 << 8;
-        const NFULA_PAYLOAD: u16 = 9;
-        const NFULA_PREFIX: u16 = 10;
-        let mut out = Vec::new();
-        let mut timeout = wait.as_millis() as i32;
-        loop {
-            let mut pfd = libc::pollfd {
-                fd: self.sock.raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: poll on one valid fd.
-            if unsafe { libc::poll(&mut pfd, 1, timeout) } <= 0 {
-                return Ok(out);
-            }
-            timeout = 0;
-            let msgs = match self.sock.notifications() {
-                Ok(m) => m,
-                Err(_) => return Err(1),
-            };
-            for (ty, body) in msgs {
-                if ty != NFULNL_MSG_PACKET || body.len() < 4 {
-                    continue;
-                }
-                let attrs = &body[4..];
-                let prefix = podnet_netlink::msg::find(attrs, NFULA_PREFIX)
-                    .map(podnet_netlink::msg::as_str)
-                    .unwrap_or_default();
-                let Some(p) = podnet_netlink::msg::find(attrs, NFULA_PAYLOAD) else {
-                    continue;
-                };
-                out.extend(verdict_of(&prefix, p));
-            }
-        }
-    }
-}
-
-/// A logged packet (`prefix`, IPv4 header onwards) as verdicts: one for a refusal;
-/// for an admitted new flow (`podnet:allow:`) one per end — the source's egress and
-/// the destination's ingress (the reader keeps those of its node's pods).
-pub fn verdict_of(prefix: &str, p: &[u8]) -> Vec<crate::observe::Verdict> {
-    let Some(side) = prefix
-        .strip_prefix("podnet:")
-        .map(|s| s.trim_end_matches(':'))
-    else {
-        return vec![];
-    };
-    if p.len() < 20 || p[0] >> 4 != 4 {
-        return vec![];
-    }
-    let ihl = usize::from(p[0] & 0x0f) * 4;
-    let (saddr, daddr) = (
-        Ipv4Addr::new(p[12], p[13], p[14], p[15]),
-        Ipv4Addr::new(p[16], p[17], p[18], p[19]),
-    );
-    let proto = p[9];
-    let (sport, dport) = match (proto, p.get(ihl..ihl + 4)) {
-        (6 | 17 | 132, Some(l4)) => (
-            u16::from_be_bytes([l4[0], l4[1]]),
-            u16::from_be_bytes([l4[2], l4[3]]),
-        ),
-        _ => (0, 0),
-    };
-    let v = |pod, peer, direction, allowed| crate::observe::Verdict {
-        pod,
-        peer,
-        direction,
-        allowed,
-        proto,
-        sport,
-        dport,
-    };
-    match side {
-        "egress" => vec![v(saddr, daddr, "egress", false)],
-        "ingress" => vec![v(daddr, saddr, "ingress", false)],
-        "closed-src" => vec![v(saddr, daddr, "closed", false)],
-        "closed-dst" => vec![v(daddr, saddr, "closed", false)],
-        "allow" => vec![
-            v(saddr, daddr, "egress", true),
-            v(daddr, saddr, "ingress", true),
-        ],
-        _ => vec![],
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,134 @@
+//! The nftables datapath's refusals (and admitted new flows, while asked), read from
+//! the NFLOG group its rules log to ([`LOG_GROUP`]).
+
+use super::Verdict;
+use crate::policy::datapath::nftables::table::LOG_GROUP;
+use std::net::Ipv4Addr;
+
+/// A bound NFLOG group: the refused packets' headers, as verdicts.
+pub struct NfLog {
+    sock: podnet_netlink::Socket,
+}
+
+impl NfLog {
+    /// Binds [`LOG_GROUP`] in the calling thread's namespace, copying the first 64
+    /// bytes of each packet (IPv4 header and ports).
+    pub fn open() -> Result<NfLog, String> {
+        const NFULNL_MSG_CONFIG: u16 = (4 << 8) | 1;
+        const NFULA_CFG_CMD: u16 = 1;
+        const NFULA_CFG_MODE: u16 = 2;
+        const NFULA_CFG_QTHRESH: u16 = 5;
+        const NFULNL_CFG_CMD_BIND: u8 = 1;
+        const NFULNL_COPY_PACKET: u8 = 2;
+        let mut sock =
+            podnet_netlink::Socket::open(libc::NETLINK_NETFILTER).map_err(|e| e.to_string())?;
+        let g = LOG_GROUP.to_be_bytes();
+        let hdr = [libc::AF_UNSPEC as u8, 0, g[0], g[1]];
+        let mut mode = 64u32.to_be_bytes().to_vec();
+        mode.extend([NFULNL_COPY_PACKET, 0]);
+        // Bound; the first 64 bytes of each packet; each packet as it comes (by default
+        // the kernel batches them for up to a second).
+        for (what, attr, data) in [
+            ("bind", NFULA_CFG_CMD, vec![NFULNL_CFG_CMD_BIND]),
+            ("set the copy mode of", NFULA_CFG_MODE, mode),
+            (
+                "set the queue threshold of",
+                NFULA_CFG_QTHRESH,
+                1u32.to_be_bytes().to_vec(),
+            ),
+        ] {
+            let mut m = podnet_netlink::Msg::new(NFULNL_MSG_CONFIG, 0).fixed(&hdr);
+            m.attr(attr, &data);
+            sock.ack(m, "configure NFLOG group", format!("{LOG_GROUP} ({what})"))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(NfLog { sock })
+    }
+
+    /// The verdicts logged since the last call (waiting up to `wait` for the first);
+    /// `Err(n)` when the kernel had to drop some (about `n` lost).
+    pub fn read(&mut self, wait: std::time::Duration) -> Result<Vec<Verdict>, u64> {
+        const NFULNL_MSG_PACKET: u16 = 4 << 8;
+        const NFULA_PAYLOAD: u16 = 9;
+        const NFULA_PREFIX: u16 = 10;
+        let mut out = Vec::new();
+        let mut timeout = wait.as_millis() as i32;
+        loop {
+            let mut pfd = libc::pollfd {
+                fd: self.sock.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one valid fd.
+            if unsafe { libc::poll(&mut pfd, 1, timeout) } <= 0 {
+                return Ok(out);
+            }
+            timeout = 0;
+            let msgs = match self.sock.notifications() {
+                Ok(m) => m,
+                Err(_) => return Err(1),
+            };
+            for (ty, body) in msgs {
+                if ty != NFULNL_MSG_PACKET || body.len() < 4 {
+                    continue;
+                }
+                let attrs = &body[4..];
+                let prefix = podnet_netlink::msg::find(attrs, NFULA_PREFIX)
+                    .map(podnet_netlink::msg::as_str)
+                    .unwrap_or_default();
+                let Some(p) = podnet_netlink::msg::find(attrs, NFULA_PAYLOAD) else {
+                    continue;
+                };
+                out.extend(verdict_of(&prefix, p));
+            }
+        }
+    }
+}
+
+/// A logged packet (`prefix`, IPv4 header onwards) as verdicts: one for a refusal;
+/// for an admitted new flow (`podnet:allow:`) one per end — the source's egress and
+/// the destination's ingress (the reader keeps those of its node's pods).
+pub fn verdict_of(prefix: &str, p: &[u8]) -> Vec<Verdict> {
+    let Some(side) = prefix
+        .strip_prefix("podnet:")
+        .map(|s| s.trim_end_matches(':'))
+    else {
+        return vec![];
+    };
+    if p.len() < 20 || p[0] >> 4 != 4 {
+        return vec![];
+    }
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    let (saddr, daddr) = (
+        Ipv4Addr::new(p[12], p[13], p[14], p[15]),
+        Ipv4Addr::new(p[16], p[17], p[18], p[19]),
+    );
+    let proto = p[9];
+    let (sport, dport) = match (proto, p.get(ihl..ihl + 4)) {
+        (6 | 17 | 132, Some(l4)) => (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        ),
+        _ => (0, 0),
+    };
+    let v = |pod, peer, direction, allowed| Verdict {
+        pod,
+        peer,
+        direction,
+        allowed,
+        proto,
+        sport,
+        dport,
+    };
+    match side {
+        "egress" => vec![v(saddr, daddr, "egress", false)],
+        "ingress" => vec![v(daddr, saddr, "ingress", false)],
+        "closed-src" => vec![v(saddr, daddr, "closed", false)],
+        "closed-dst" => vec![v(daddr, saddr, "closed", false)],
+        "allow" => vec![
+            v(saddr, daddr, "egress", true),
+            v(daddr, saddr, "ingress", true),
+        ],
+        _ => vec![],
+    }
+}

@@ -1,0 +1,55 @@
+//! The `none` datapath: no NetworkPolicy at all, every pod open (the Flannel model).
+//! It removes what the others leave: the nftables table, the backstop on pod veths.
+
+use super::{remove_backstop, DeniedCounts, Enforcer, Repaired, Tables};
+use crate::policy::filters::Filters;
+use podnet_conventions::PolicyDatapath;
+use podnet_netlink::link::LinkInfo;
+use podnet_netlink::Socket;
+use std::net::Ipv4Addr;
+
+pub struct NoPolicy;
+
+impl Enforcer for NoPolicy {
+    fn kind(&self) -> PolicyDatapath {
+        PolicyDatapath::None
+    }
+
+    fn enforces(&self) -> bool {
+        false
+    }
+
+    fn prepare(&mut self, log: &dyn Fn(&str)) -> Result<(), String> {
+        if super::nftables::table::exists() {
+            super::nftables::table::delete()?;
+            log("policy datapath none: removed the nftables table inet podnet");
+        }
+        Ok(())
+    }
+
+    fn program(&mut self, _old: &Tables, _new: &Tables) -> Result<usize, String> {
+        Ok(0)
+    }
+
+    fn repair_veth(
+        &self,
+        sock: &mut Socket,
+        l: &LinkInfo,
+        _before: Filters,
+        now: Filters,
+        have: &mut Filters,
+        _repaired: Repaired,
+        log: &dyn Fn(&str),
+    ) -> Result<(), String> {
+        remove_backstop(sock, l, now, have, log);
+        Ok(())
+    }
+
+    fn holds(&self, _ip: Ipv4Addr) -> bool {
+        false
+    }
+
+    fn counters(&self) -> Result<(DeniedCounts, u64), String> {
+        Ok((DeniedCounts::new(), 0))
+    }
+}

@@ -1,0 +1,214 @@
+//! The eBPF fast path (`--datapath ebpf`): pod traffic skips the bridge and the
+//! node's IP stack. Its state in the kernel each round: the switch in `config`,
+//! `local_pods` (every pod of the node whose anti-spoofing entry names its MAC and
+//! address), `from_overlay` on the VXLAN device and, across nodes, `from_underlay` on
+//! the device's underlay link with `overlay_self` and `overlay_peers` (module doc of
+//! [`super::datapath::ebpf`]).
+//!
+//! # Kernel objects it owns
+//! Besides the eBPF datapath's maps: the tc filters `podnet_fast_in` (the VXLAN
+//! device's ingress) and `podnet_fast_ul` at priority 0xc0de on the underlay device's
+//! ingress — the node's own device, where podnet adds nothing else and removes only
+//! that filter (when the fast path is off).
+
+use super::datapath::ebpf;
+use super::filters::pod_veths;
+use super::Policy;
+use podnet_api::FastPathStatus;
+use std::collections::BTreeMap;
+
+/// What the fast path needs besides the policy maps.
+#[derive(Clone, Debug)]
+pub struct FastPath {
+    /// The VXLAN device, whose ingress gets `from_overlay` (none with host-gw).
+    pub overlay_dev: Option<String>,
+}
+
+/// Removes the fast path's filter from every link that has it (the underlay devices
+/// are the node's: only podnet's own filter, by priority and name, is touched).
+pub(super) fn remove_underlay_filters(
+    sock: &mut podnet_netlink::Socket,
+    log: &dyn Fn(&str),
+) -> Result<(), String> {
+    for l in podnet_netlink::link::list(sock).map_err(|e| e.to_string())? {
+        let ours = podnet_netlink::tc::list_ingress(sock, l.index)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .any(|f| {
+                f.prio == ebpf::FILTER_FAST_UNDERLAY_PRIO
+                    && f.name.as_deref() == Some(ebpf::FILTER_FAST_UNDERLAY)
+            });
+        if ours {
+            let del =
+                podnet_netlink::tc::del_ingress_request(l.index, ebpf::FILTER_FAST_UNDERLAY_PRIO);
+            for r in sock.ack_all(vec![del]) {
+                r.map_err(|e| e.to_string())?;
+            }
+            log(&format!(
+                "fast path off: removed {} from the ingress of {}",
+                ebpf::FILTER_FAST_UNDERLAY,
+                l.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Puts `prog` on the ingress of link `index` as tc filter `filter` (priority `prio`),
+/// unless a filter of that name is there already.
+#[allow(clippy::too_many_arguments)]
+fn attach_ingress(
+    sock: &mut podnet_netlink::Socket,
+    e: &ebpf::EbpfDatapath,
+    index: u32,
+    dev: &str,
+    prog: &str,
+    filter: &str,
+    prio: u16,
+    log: &dyn Fn(&str),
+    does: &str,
+) -> Result<(), String> {
+    let has = podnet_netlink::tc::list_ingress(sock, index)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .any(|f| f.name.as_deref() == Some(filter));
+    if has {
+        return Ok(());
+    }
+    let fd = e.program_fd(prog)?;
+    for r in sock.ack_all(vec![
+        podnet_netlink::tc::clsact_request(index),
+        podnet_netlink::tc::bpf_ingress_request(index, prio, &fd, filter),
+    ]) {
+        if let Err(err) = r {
+            if !err.is_exists() {
+                return Err(format!("attach {prog} to {dev}: {err}"));
+            }
+        }
+    }
+    log(&format!("fast path: {prog} on the ingress of {dev} {does}"));
+    Ok(())
+}
+
+impl Policy {
+    /// The fast path's state in the kernel: on or off as configured, `local_pods`
+    /// holding every pod of the node whose anti-spoofing entry names its MAC and
+    /// address, and `from_overlay` on the overlay device. A pod not in `local_pods`
+    /// yet (made within the last second) takes the bridge path meanwhile.
+    pub(super) fn refresh_fast(&mut self, log: &dyn Fn(&str)) -> Result<(), String> {
+        let Some(e) = self.dp.ebpf() else {
+            return Ok(());
+        };
+        if self.fast.is_none() && self.fast_cleared {
+            return Ok(());
+        }
+        let mut sock = podnet_netlink::Socket::route().map_err(|e| e.to_string())?;
+        let gw_mac = podnet_conventions::pod_mac(self.cidr.nth(1).ok_or("no gateway")?);
+        let mut pods = BTreeMap::new();
+        if self.fast.is_some() {
+            let veths = pod_veths(&mut sock)?;
+            self.fast_seen
+                .retain(|i, _| veths.iter().any(|l| l.index == *i));
+            for l in veths {
+                if let std::collections::btree_map::Entry::Vacant(v) = self.fast_seen.entry(l.index)
+                {
+                    // Not there yet when podnet-cni is still making the pod: next round.
+                    if let Ok(Some(st)) = podnet_netlink::antispoof::pod_state(&mut sock, l.index) {
+                        v.insert((st.ip, st.mac));
+                    }
+                }
+            }
+            for (index, (ip, mac)) in &self.fast_seen {
+                if self.cidr.contains(*ip) {
+                    pods.insert(
+                        *ip,
+                        ebpf::LocalPod {
+                            ifindex: *index,
+                            mac: *mac,
+                            gw_mac,
+                        },
+                    );
+                }
+            }
+        }
+        let mut changed = e.set_fast(self.fast.is_some(), &pods)?;
+        if self.fast.is_none() {
+            // Off (or never on): podnet's filter leaves the underlay devices, which are
+            // the node's, not podnet's. (from_overlay stays on podnet's own VXLAN
+            // device, inert while the switch is off.)
+            remove_underlay_filters(&mut sock, log)?;
+        }
+        self.fast_cleared = self.fast.is_none();
+        let mut overlay = String::new();
+        let mut underlay = String::new();
+        let mut me = ebpf::OverlaySelf::default();
+        let mut peers = BTreeMap::new();
+        if let Some(dev) = self.fast.as_ref().and_then(|f| f.overlay_dev.clone()) {
+            if let Some(l) =
+                podnet_netlink::link::get_by_name(&mut sock, &dev).map_err(|e| e.to_string())?
+            {
+                attach_ingress(
+                    &mut sock,
+                    e,
+                    l.index,
+                    &dev,
+                    ebpf::FROM_OVERLAY,
+                    ebpf::FILTER_FAST_IN,
+                    1,
+                    log,
+                    "delivers other nodes' packets straight into pods",
+                )?;
+                overlay = dev.clone();
+                // Across nodes: the encapsulation the device would write, written by
+                // from_pod_policy, and the frames for local pods taken off the wire
+                // on the underlay device. Needs the device's underlay link and address.
+                if let Some((v, local, dev_index)) = l
+                    .vxlan
+                    .as_ref()
+                    .filter(|v| v.vni != 0 && v.port != 0)
+                    .and_then(|v| Some((v, v.local?, v.dev?)))
+                {
+                    if let Some(ul) = podnet_netlink::link::get_by_index(&mut sock, dev_index)
+                        .map_err(|e| e.to_string())?
+                    {
+                        attach_ingress(
+                            &mut sock,
+                            e,
+                            ul.index,
+                            &ul.name,
+                            ebpf::FROM_UNDERLAY,
+                            ebpf::FILTER_FAST_UNDERLAY,
+                            ebpf::FILTER_FAST_UNDERLAY_PRIO,
+                            log,
+                            "takes VXLAN frames for this node's pods off the wire",
+                        )?;
+                        me = ebpf::overlay_self(l.index, local, v.vni, v.port);
+                        for f in
+                            podnet_netlink::neigh::fdb_list(&mut sock).map_err(|e| e.to_string())?
+                        {
+                            if let (true, Some(dst)) = (f.index == l.index, f.dst) {
+                                peers.insert(f.mac, dst);
+                            }
+                        }
+                        underlay = ul.name;
+                    }
+                }
+            }
+        }
+        changed += e.set_overlay(me, &peers)?;
+        if changed > 0 && self.fast.is_some() {
+            log(&format!(
+                "fast path: {} pods served directly ({} entries changed)",
+                pods.len(),
+                changed
+            ));
+        }
+        self.status.lock().unwrap().fast_path = self.fast.as_ref().map(|_| FastPathStatus {
+            pods: pods.keys().map(|ip| ip.to_string()).collect(),
+            overlay_dev: overlay,
+            underlay_dev: underlay,
+            overlay_peers: peers.len(),
+        });
+        Ok(())
+    }
+}
