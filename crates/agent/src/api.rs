@@ -20,6 +20,7 @@ use crate::proto::{
     PingReply, PodInside, PodLink, PodReport, PolicyRevision, PolicyStats, PolicyVersions, Request,
     RouteState, VxlanState,
 };
+use crate::Failure;
 use crate::{Result, Status};
 use podnet_netlink::{link, neigh, route, Socket};
 use serde_json::{json, Value};
@@ -107,7 +108,7 @@ pub fn serve(
                             // The agent's loop rotates; it looks at least once a second.
                             match rotation.request(Duration::from_secs(4)) {
                                 Ok(r) => serde_json::to_value(r).unwrap_or(Value::Null),
-                                Err(e) => json!({ "error": e }),
+                                Err(e) => json!({ "error": e.to_string() }),
                             }
                         }
                         Ok(Request::Events {
@@ -156,7 +157,9 @@ fn answer(
     vxlan_dev: &str,
     bridge: &str,
 ) -> Value {
-    let reply = |r: std::result::Result<Value, String>| r.unwrap_or_else(|e| json!({ "error": e }));
+    let reply = |r: std::result::Result<Value, Failure>| {
+        r.unwrap_or_else(|e| json!({ "error": e.to_string() }))
+    };
     fn to<T: serde::Serialize>(v: &T) -> Value {
         serde_json::to_value(v).unwrap_or(Value::Null)
     }
@@ -194,7 +197,7 @@ fn answer(
             let st = policy.lock().unwrap().clone();
             let (denied, closed_packets, denied_error) = match crate::policy::denied(&st) {
                 Ok((d, c)) => (d, c, None),
-                Err(e) => (vec![], 0, Some(e)),
+                Err(e) => (vec![], 0, Some(e.to_string())),
             };
             let enforcement = crate::policy::enforcement_problems(&st);
             to(&PolicyStats {
@@ -222,7 +225,7 @@ fn answer(
         Request::State => reply(
             state(vxlan_dev, bridge)
                 .map(|s| to(&s))
-                .map_err(|e| e.to_string()),
+                .map_err(Failure::from),
         ),
         Request::Pod { ip } => reply(pod(*ip).map(|p| to(&p))),
         Request::Ping { ip, size } => {
@@ -339,21 +342,22 @@ fn route_dst(dst: Ipv4Addr, prefix: u8) -> String {
 
 /// Whether the agent on `path` has programmed its node: a sync completed, the policy
 /// datapath holds verdicts (or enforces none), the datastore reports no problem.
-pub fn ready(path: &Path) -> Result<(), String> {
+pub fn ready(path: &Path) -> Result<(), Failure> {
     let c = Client::new(path);
-    let st = c.status().map_err(|e| e.to_string())?;
+    let st = c.status().map_err(Failure::from)?;
     if st.last_sync == 0 {
         return Err("the node's routes are not programmed yet".into());
     }
     if !st.datastore_problems.is_empty() {
-        return Err(format!("datastore: {}", st.datastore_problems.join("; ")));
+        return Err(format!("datastore: {}", st.datastore_problems.join("; ")).into());
     }
-    let pol = c.policy_revision().map_err(|e| e.to_string())?;
+    let pol = c.policy_revision().map_err(Failure::from)?;
     if pol.datapath != PolicyDatapath::None && pol.revision == 0 {
         return Err(format!(
             "the NetworkPolicy datapath holds no verdicts yet{}",
             pol.error.map(|e| format!(": {e}")).unwrap_or_default()
-        ));
+        )
+        .into());
     }
     Ok(())
 }
@@ -361,10 +365,10 @@ pub fn ready(path: &Path) -> Result<(), String> {
 /// The pod with address `ip` on this node, as its own namespace and its host veth show
 /// it. The host veth is found by its MAC (podnet derives it from the pod's IP), the
 /// pod's namespace from the veth's alias.
-pub fn pod(ip: Ipv4Addr) -> std::result::Result<PodReport, String> {
-    let mut s = Socket::route().map_err(|e| e.to_string())?;
+pub fn pod(ip: Ipv4Addr) -> std::result::Result<PodReport, Failure> {
+    let mut s = Socket::route().map_err(Failure::from)?;
     let mac = podnet_conventions::host_mac(ip);
-    let links = link::list(&mut s).map_err(|e| e.to_string())?;
+    let links = link::list(&mut s).map_err(Failure::from)?;
     let Some(h) = links.iter().find(|l| l.mac == mac) else {
         return Ok(PodReport {
             ip,
@@ -396,8 +400,8 @@ pub fn pod(ip: Ipv4Addr) -> std::result::Result<PodReport, String> {
         Some(path) => match podnet_netlink::Netns::open(path) {
             Ok(ns) => ns
                 .run(|| inside_pod(&ifname))
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?,
+                .map_err(Failure::from)?
+                .map_err(Failure::from)?,
             Err(e) => PodInside {
                 error: Some(format!("cannot open the pod's namespace {path}: {e}")),
                 ..Default::default()

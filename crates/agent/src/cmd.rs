@@ -1,6 +1,7 @@
 //! `podnetd`'s command line: its arguments and modes, and the daemon's start-up and
 //! shutdown around [`crate::Agent`].
 
+use crate::Failure;
 use crate::{Agent, Backend, Config, Datapath, PolicyDatapath};
 use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
@@ -327,7 +328,11 @@ fn stop_on_signals(node: &str) -> std::io::Result<()> {
 
 /// Copies `src` to `dst` atomically (a temporary file beside it, then a rename), so a
 /// runtime never runs a half-written plugin or reads a half-written conflist.
-fn install_file(src: &std::path::Path, dst: &std::path::Path, mode: u32) -> Result<String, String> {
+fn install_file(
+    src: &std::path::Path,
+    dst: &std::path::Path,
+    mode: u32,
+) -> Result<String, Failure> {
     use std::os::unix::fs::PermissionsExt;
     let tmp = dst.with_extension("podnet-tmp");
     std::fs::copy(src, &tmp)
@@ -344,11 +349,11 @@ fn install(
     bin_dir: &std::path::Path,
     conflist: Option<&std::path::Path>,
     conf_dir: Option<&std::path::Path>,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, Failure> {
     let me = std::env::current_exe().map_err(|e| format!("find this executable: {e}"))?;
     let plugin = me.with_file_name("podnet-cni");
     if !plugin.is_file() {
-        return Err(format!("{} not found beside podnetd", plugin.display()));
+        return Err(format!("{} not found beside podnetd", plugin.display()).into());
     }
     let mut done = vec![install_file(&plugin, &bin_dir.join("podnet-cni"), 0o755)?];
     if let (Some(c), Some(d)) = (conflist, conf_dir) {

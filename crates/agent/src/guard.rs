@@ -26,6 +26,7 @@
 //! Every round the filter is verified like a route: missing, or replaced by another
 //! program, it is put back and the repair is logged and counted.
 
+use crate::Failure;
 use aya::maps::{Array, HashMap};
 use aya::programs::SchedClassifier;
 use aya::Ebpf;
@@ -73,8 +74,8 @@ fn mask(prefix: u8) -> u32 {
     }
 }
 
-fn err(what: &str, e: impl std::fmt::Display) -> String {
-    format!("underlay guard: {what}: {e}")
+fn err(what: &str, e: impl Into<crate::BoxError>) -> Failure {
+    Failure::op(format!("underlay guard: {what}"), e)
 }
 
 /// The loaded guard.
@@ -109,7 +110,7 @@ impl Guard {
         wireguard_port: u16,
         cluster: Ipv4Net,
         host_gw: bool,
-    ) -> Result<Guard, String> {
+    ) -> Result<Guard, Failure> {
         if OBJECT.is_empty() {
             return Err("podnetd was built with PODNET_SKIP_BPF=1 and has no underlay guard (bpf/underlay.c): build it again with clang; without the guard any pod or host could inject encapsulated traffic".into());
         }
@@ -164,11 +165,11 @@ impl Guard {
         Ok(g)
     }
 
-    fn program_fd(&self) -> Result<OwnedFd, String> {
+    fn program_fd(&self) -> Result<OwnedFd, Failure> {
         self.fd_of(PROGRAM)
     }
 
-    fn fd_of(&self, name: &str) -> Result<OwnedFd, String> {
+    fn fd_of(&self, name: &str) -> Result<OwnedFd, Failure> {
         let prog: &SchedClassifier = self
             .bpf
             .program(name)
@@ -183,7 +184,7 @@ impl Guard {
     }
 
     /// The nftables backstop program, for the policy thread to attach to pod veths.
-    pub fn backstop_fd(&self) -> Result<OwnedFd, String> {
+    pub fn backstop_fd(&self) -> Result<OwnedFd, Failure> {
         self.fd_of(BACKSTOP)
     }
 
@@ -198,7 +199,7 @@ impl Guard {
         device: &str,
         peers: &[(Ipv4Addr, Ipv4Net)],
         sources: &Sources,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, Failure> {
         if self.config.host_gw != 0 {
             self.sync_sources(sources)?;
         }
@@ -269,7 +270,7 @@ impl Guard {
     }
 
     /// host-gw: the pod-source map made exactly `sources`.
-    fn sync_sources(&mut self, sources: &Sources) -> Result<(), String> {
+    fn sync_sources(&mut self, sources: &Sources) -> Result<(), Failure> {
         let entry = |c: &Ipv4Net, v: UlCidr| {
             (
                 (c.prefix() as u32, u32::from_ne_bytes(c.network().octets())),

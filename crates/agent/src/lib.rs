@@ -66,7 +66,7 @@ pub use policy::datapath::nftables::table as nft;
 
 pub use backend::NodeInfo;
 pub use config::Config;
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, Failure, Result};
 pub use peers::{check_peer, underlay_problem, Me, WireGuardEndpoint};
 
 use backend::NodeBackend;

@@ -25,6 +25,7 @@
 
 use crate::observe::EventLog;
 use crate::policy::PolicyStatus;
+use crate::Failure;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -467,7 +468,7 @@ impl Default for Limits {
 /// port-forward` and from the node itself, not on the node's other addresses (the
 /// bridge gateway pods use, a public interface); `ADDRESS:PORT` is that address only
 /// (`0.0.0.0:9465`: all of the node's addresses).
-pub fn listen_addrs(spec: &str, node_ip: Ipv4Addr) -> Result<Vec<SocketAddr>, String> {
+pub fn listen_addrs(spec: &str, node_ip: Ipv4Addr) -> Result<Vec<SocketAddr>, Failure> {
     let bad = |why: &str| {
         format!(
             "--metrics-addr {spec:?}: {why}; give node:PORT (the node's underlay address and 127.0.0.1, e.g. node:9465), ADDRESS:PORT (e.g. 0.0.0.0:9465), or none"
@@ -490,7 +491,7 @@ pub fn listen_addrs(spec: &str, node_ip: Ipv4Addr) -> Result<Vec<SocketAddr>, St
         .map_err(|e| bad(&e.to_string()))?
         .collect();
     if addrs.is_empty() {
-        return Err(bad("it names no address"));
+        return Err(bad("it names no address").into());
     }
     Ok(addrs)
 }
@@ -506,7 +507,7 @@ pub fn serve(
     addrs: &[SocketAddr],
     metrics: Metrics,
     limits: Limits,
-) -> Result<Vec<SocketAddr>, String> {
+) -> Result<Vec<SocketAddr>, Failure> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -700,7 +701,7 @@ mod tests {
         for bad in ["node:", "node:http", "9465", "nowhere"] {
             let e = listen_addrs(bad, ip).unwrap_err();
             assert!(
-                e.contains("--metrics-addr") && e.contains("node:9465"),
+                e.to_string().contains("--metrics-addr") && e.to_string().contains("node:9465"),
                 "{e}"
             );
         }

@@ -53,7 +53,10 @@ impl Reconciler {
                     // Published: the lease is as new as the record.
                     self.renewed = Instant::now();
                 }
-                self.a.rotation.finish(asked, r.map_err(|e| e.to_string()));
+                self.a.rotation.finish(
+                    asked,
+                    r.map_err(|e| wireguard::RotationFailed(e.to_string())),
+                );
             }
             if self.renewed.elapsed() >= self.a.cfg.lease_ttl / 3 {
                 self.renew()?;

@@ -26,6 +26,7 @@
 //! (`wireguard.implementation`) and whether the kernel offers WireGuard
 //! (`wireguard.kernel_has_wireguard`); `ip -d link show podnet.wg` shows `tun`.
 
+use crate::Failure;
 use crate::{Error, Result};
 pub use podnet_api::Rotated;
 use podnet_cni_spec::Ipv4Net;
@@ -68,7 +69,7 @@ pub fn to_base64(k: &Key) -> String {
 
 /// A public key as published: base64 of 32 bytes, not all zero (the all-zero key is
 /// what a misconfigured node would publish; no one holds its private key).
-pub fn parse_public_key(s: &str) -> std::result::Result<Key, String> {
+pub fn parse_public_key(s: &str) -> std::result::Result<Key, Failure> {
     use base64::Engine;
     let b = base64::engine::general_purpose::STANDARD
         .decode(s.trim())
@@ -207,7 +208,7 @@ pub struct DeviceConfig {
 }
 
 /// Reads a `get=1` answer (without its `errno` line).
-pub fn parse_get(lines: &[(String, String)]) -> std::result::Result<DeviceConfig, String> {
+pub fn parse_get(lines: &[(String, String)]) -> std::result::Result<DeviceConfig, Failure> {
     let mut d = DeviceConfig::default();
     for (k, v) in lines {
         let bad = || format!("the device answered {k}={v}, which is not a valid value");
@@ -304,7 +305,7 @@ pub struct Uapi {
 impl Uapi {
     /// Sends one request (`get=1` or `set=1` and its lines) and reads the answer up to
     /// its blank line; an `errno` other than 0 is an error.
-    fn request(&self, body: &str) -> std::result::Result<Vec<(String, String)>, String> {
+    fn request(&self, body: &str) -> std::result::Result<Vec<(String, String)>, Failure> {
         let s = UnixStream::connect(&self.socket)
             .map_err(|e| format!("cannot connect to {}: {e}", self.socket.display()))?;
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
@@ -319,7 +320,7 @@ impl Uapi {
             match reader.read_line(&mut buf) {
                 Ok(0) => break,
                 Ok(_) => {}
-                Err(e) => return Err(format!("reading {}: {e}", self.socket.display())),
+                Err(e) => return Err(format!("reading {}: {e}", self.socket.display()).into()),
             }
             let line: &str = buf.trim_end_matches('\n');
             if line.is_empty() {
@@ -336,7 +337,8 @@ impl Uapi {
                     return Err(format!(
                         "the device refused the request (errno {v}): {}",
                         body.lines().next().unwrap_or("")
-                    ));
+                    )
+                    .into());
                 }
                 return Ok(out);
             }
@@ -345,15 +347,16 @@ impl Uapi {
         Err(format!(
             "{} closed the connection without an answer",
             self.socket.display()
-        ))
+        )
+        .into())
     }
 
-    pub fn get(&self) -> std::result::Result<DeviceConfig, String> {
+    pub fn get(&self) -> std::result::Result<DeviceConfig, Failure> {
         parse_get(&self.request("get=1\n")?)
     }
 
     /// `set=1` with `lines` (each ending in a newline).
-    pub fn set(&self, lines: &str) -> std::result::Result<(), String> {
+    pub fn set(&self, lines: &str) -> std::result::Result<(), Failure> {
         self.request(&format!("set=1\n{lines}")).map(|_| ())
     }
 }
@@ -499,7 +502,7 @@ impl gotatun::udp::UdpTransportFactory for RebindingUdp {
 /// The device process's main: creates the TUN device `dev`, serves the configuration
 /// protocol on `socket` (mode 0600, its directory 0700), writes `pid_file`, and runs
 /// until its socket file is removed or replaced, or it is signalled.
-pub fn run_device(dev: &str, socket: &Path, pid_file: &Path) -> std::result::Result<(), String> {
+pub fn run_device(dev: &str, socket: &Path, pid_file: &Path) -> std::result::Result<(), Failure> {
     use gotatun::device::uapi::UapiServer;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -571,16 +574,22 @@ pub struct Rotation {
     cv: std::sync::Condvar,
 }
 
+/// Why a rotation asked for through the API did not happen (every waiting request
+/// gets the same answer, so it is a message, cloned).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RotationFailed(pub String);
+
 #[derive(Default)]
 struct RotationState {
     asked: u64,
     taken: u64,
-    done: std::collections::BTreeMap<u64, std::result::Result<Rotated, String>>,
+    done: std::collections::BTreeMap<u64, std::result::Result<Rotated, RotationFailed>>,
 }
 
 impl Rotation {
     /// Asks for a rotation and waits (up to `timeout`) for its outcome.
-    pub fn request(&self, timeout: Duration) -> std::result::Result<Rotated, String> {
+    pub fn request(&self, timeout: Duration) -> std::result::Result<Rotated, RotationFailed> {
         let mut st = self.state.lock().unwrap();
         st.asked += 1;
         let me = st.asked;
@@ -591,10 +600,10 @@ impl Rotation {
             }
             let left = timeout.saturating_sub(t.elapsed());
             if left.is_zero() {
-                return Err(format!(
+                return Err(RotationFailed(format!(
                     "the agent did not rotate the key within {} s; it will still do it: see its log",
                     timeout.as_secs()
-                ));
+                )));
             }
             st = self.cv.wait_timeout(st, left).unwrap().0;
         }
@@ -610,7 +619,7 @@ impl Rotation {
         })
     }
 
-    pub fn finish(&self, (from, to): (u64, u64), r: std::result::Result<Rotated, String>) {
+    pub fn finish(&self, (from, to): (u64, u64), r: std::result::Result<Rotated, RotationFailed>) {
         let mut st = self.state.lock().unwrap();
         for id in from..=to {
             st.done.insert(id, r.clone());
@@ -634,10 +643,15 @@ mod tests {
         assert_eq!(unhex(&hex(&k)), Some(k));
         assert!(parse_public_key("not base64!")
             .unwrap_err()
+            .to_string()
             .contains("base64"));
-        assert!(parse_public_key("AAAA").unwrap_err().contains("3 bytes"));
+        assert!(parse_public_key("AAAA")
+            .unwrap_err()
+            .to_string()
+            .contains("3 bytes"));
         assert!(parse_public_key(&to_base64(&[0; 32]))
             .unwrap_err()
+            .to_string()
             .contains("zero"));
         // RFC 7748's test vector: Alice's private and public key.
         let alice =

@@ -44,16 +44,16 @@ impl Agent {
             if self.cfg.policy_datapath != PolicyDatapath::Ebpf {
                 return Err(Error::Policy {
                     datapath: self.cfg.policy_datapath.as_str(),
-                    why: "the eBPF fast path (--datapath ebpf) skips the bridge and the node's netfilter, where this datapath works: run --policy-datapath ebpf with it".into(),
+                    source: "the eBPF fast path (--datapath ebpf) skips the bridge and the node's netfilter, where this datapath works: run --policy-datapath ebpf with it".into(),
                 });
             }
             pol.set_fast(policy::FastPath {
                 overlay_dev: self.backend.fast_path_overlay(),
             });
         }
-        pol.prepare(&plog).map_err(|why| Error::Policy {
+        pol.prepare(&plog).map_err(|source| Error::Policy {
             datapath: self.cfg.policy_datapath.as_str(),
-            why,
+            source,
         })?;
         self.write_node_file(n, pol.node_file_extra())?;
         self.observe(&pol, n.underlay_ip)?;

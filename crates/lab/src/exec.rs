@@ -7,7 +7,6 @@
 
 use podnet_netlink::Netns;
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -61,16 +60,7 @@ pub fn run(call: &Call, node: Option<&Netns>) -> std::io::Result<Outcome> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(ns) = node {
-        let fd = ns.fd();
-        // SAFETY: setns is async-signal-safe; it runs in the child between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        podnet_netlink::netns::in_netns(&mut cmd, ns.fd(), None, false);
     }
     let start = Instant::now();
     let mut child = cmd.spawn()?;

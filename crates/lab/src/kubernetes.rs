@@ -37,7 +37,6 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -173,16 +172,7 @@ impl Lab {
             .with_context(|| format!("lab {} has no fabric; run `podnet lab up`", self.name))?;
         let mut cmd = Command::new(bin_dir()?.join("kubectl"));
         cmd.arg("--kubeconfig").arg(self.kubeconfig());
-        let fd = fabric.fd();
-        // SAFETY: setns between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        netns::in_netns(&mut cmd, fabric.fd(), None, false);
         Ok((cmd, fabric))
     }
 

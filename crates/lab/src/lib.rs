@@ -36,7 +36,6 @@ use podnet_netlink::{addr, netns, Netns, Socket};
 use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -458,19 +457,9 @@ pub(crate) fn spawn_in(ns: &Netns, mut cmd: Command, log: Option<&Path>) -> Resu
         None => (Stdio::null(), Stdio::null()),
     };
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-    // SAFETY: setns and setsid are async-signal-safe; they run between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::setsid();
-            // Daemons get the default signal dispositions, whatever the caller ignores.
-            libc::signal(libc::SIGTERM, libc::SIG_DFL);
-            libc::signal(libc::SIGINT, libc::SIG_DFL);
-            Ok(())
-        });
-    }
+    // A daemon: a session of its own, the default signal dispositions whatever the
+    // caller ignores.
+    netns::in_netns(&mut cmd, fd, None, true);
     let child = cmd
         .spawn()
         .with_context(|| format!("start {:?}", cmd.get_program()))?;

@@ -262,18 +262,9 @@ pub fn exec_in(lab: &Lab, pod: &str, argv: &[String]) -> Result<i32> {
     })?;
     let ns = Netns::open(netns::named_path(&p.netns))?;
     let (prog, args) = argv.split_first().context("give a command after --")?;
-    let fd = ns.fd();
     let mut cmd = Command::new(prog);
     cmd.args(args);
-    // SAFETY: setns between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    netns::in_netns(&mut cmd, ns.fd(), None, false);
     let status = cmd.status().with_context(|| format!("run {prog}"))?;
     Ok(status.code().unwrap_or(1))
 }

@@ -129,6 +129,40 @@ impl Netns {
     }
 }
 
+/// Makes `cmd` run inside the network namespace `net` — and the mount namespace `mnt`
+/// first, if given — entered in the child between fork and exec, so the caller's own
+/// thread never moves. With `detach` the child also gets a session of its own and the
+/// default SIGTERM and SIGINT dispositions (a daemon outliving its starter). The
+/// namespace descriptors must stay open until the command is spawned.
+pub fn in_netns(
+    cmd: &mut std::process::Command,
+    net: RawFd,
+    mnt: Option<RawFd>,
+    detach: bool,
+) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setns, setsid and signal are async-signal-safe; the closure runs in the
+    // single-threaded child between fork and exec and touches no memory of the parent's.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(m) = mnt {
+                if libc::setns(m, libc::CLONE_NEWNS) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if libc::setns(net, libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if detach {
+                libc::setsid();
+                libc::signal(libc::SIGTERM, libc::SIG_DFL);
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+            }
+            Ok(())
+        })
+    }
+}
+
 /// `/run/netns/NAME`.
 pub fn named_path(name: &str) -> PathBuf {
     Path::new(NETNS_RUN_DIR).join(name)

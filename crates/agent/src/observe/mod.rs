@@ -23,6 +23,7 @@
 pub mod nflog;
 
 use crate::policy::PolicyStatus;
+use crate::Failure;
 pub use podnet_api::Event;
 use podnet_netlink::antispoof::{self, SpoofEvent};
 
@@ -318,15 +319,16 @@ pub struct Sources {
 type Ring = aya::maps::RingBuf<aya::maps::MapData>;
 
 /// The anti-spoofing ring buffer with kernel id `id`.
-fn open_ring(id: u32) -> Result<Ring, String> {
-    let data =
-        aya::maps::MapData::from_id(id).map_err(|e| format!("open ring buffer {id}: {e}"))?;
-    ring(data).map_err(|e| format!("ring buffer {id}: {e}"))
+fn open_ring(id: u32) -> Result<Ring, Failure> {
+    let data = aya::maps::MapData::from_id(id)
+        .map_err(|e| Failure::op(format!("open ring buffer {id}"), e))?;
+    ring(data)
 }
 
-fn ring(data: aya::maps::MapData) -> Result<Ring, String> {
-    let map = aya::maps::Map::from_map_data(data).map_err(|e| e.to_string())?;
-    aya::maps::RingBuf::try_from(map).map_err(|e| e.to_string())
+fn ring(data: aya::maps::MapData) -> Result<Ring, Failure> {
+    let map =
+        aya::maps::Map::from_map_data(data).map_err(|e| Failure::op("read the ring buffer", e))?;
+    aya::maps::RingBuf::try_from(map).map_err(|e| Failure::op("read the ring buffer", e))
 }
 
 /// Reads every event source of the node until the process ends (its own thread).
@@ -394,7 +396,7 @@ pub fn run(src: Sources) {
                                     Ok(r) => {
                                         v.insert(r);
                                     }
-                                    Err(e) => once(e),
+                                    Err(e) => once(e.to_string()),
                                 }
                             }
                         }
@@ -404,7 +406,7 @@ pub fn run(src: Sources) {
             }
             if let (None, Some(dir)) = (&policy_ring, &src.bpf_dir) {
                 match aya::maps::MapData::from_pin(dir.join("policy_events"))
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| Failure::op("open the pinned policy_events", e))
                     .and_then(ring)
                 {
                     Ok(r) => policy_ring = Some(r),

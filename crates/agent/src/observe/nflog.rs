@@ -3,6 +3,7 @@
 
 use super::Verdict;
 use crate::policy::datapath::nftables::table::LOG_GROUP;
+use crate::Failure;
 use std::net::Ipv4Addr;
 
 /// A bound NFLOG group: the refused packets' headers, as verdicts.
@@ -13,7 +14,7 @@ pub struct NfLog {
 impl NfLog {
     /// Binds [`LOG_GROUP`] in the calling thread's namespace, copying the first 64
     /// bytes of each packet (IPv4 header and ports).
-    pub fn open() -> Result<NfLog, String> {
+    pub fn open() -> Result<NfLog, Failure> {
         const NFULNL_MSG_CONFIG: u16 = (4 << 8) | 1;
         const NFULA_CFG_CMD: u16 = 1;
         const NFULA_CFG_MODE: u16 = 2;
@@ -21,7 +22,7 @@ impl NfLog {
         const NFULNL_CFG_CMD_BIND: u8 = 1;
         const NFULNL_COPY_PACKET: u8 = 2;
         let mut sock =
-            podnet_netlink::Socket::open(libc::NETLINK_NETFILTER).map_err(|e| e.to_string())?;
+            podnet_netlink::Socket::open(libc::NETLINK_NETFILTER).map_err(Failure::from)?;
         let g = LOG_GROUP.to_be_bytes();
         let hdr = [libc::AF_UNSPEC as u8, 0, g[0], g[1]];
         let mut mode = 64u32.to_be_bytes().to_vec();
@@ -40,7 +41,7 @@ impl NfLog {
             let mut m = podnet_netlink::Msg::new(NFULNL_MSG_CONFIG, 0).fixed(&hdr);
             m.attr(attr, &data);
             sock.ack(m, "configure NFLOG group", format!("{LOG_GROUP} ({what})"))
-                .map_err(|e| e.to_string())?;
+                .map_err(Failure::from)?;
         }
         Ok(NfLog { sock })
     }

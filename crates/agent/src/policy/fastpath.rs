@@ -14,6 +14,7 @@
 use super::datapath::ebpf;
 use super::filters::pod_veths;
 use super::Policy;
+use crate::Failure;
 use podnet_api::FastPathStatus;
 use std::collections::BTreeMap;
 
@@ -29,10 +30,10 @@ pub struct FastPath {
 pub(super) fn remove_underlay_filters(
     sock: &mut podnet_netlink::Socket,
     log: &dyn Fn(&str),
-) -> Result<(), String> {
-    for l in podnet_netlink::link::list(sock).map_err(|e| e.to_string())? {
+) -> Result<(), Failure> {
+    for l in podnet_netlink::link::list(sock).map_err(Failure::from)? {
         let ours = podnet_netlink::tc::list_ingress(sock, l.index)
-            .map_err(|e| e.to_string())?
+            .map_err(Failure::from)?
             .iter()
             .any(|f| {
                 f.prio == ebpf::FILTER_FAST_UNDERLAY_PRIO
@@ -42,7 +43,7 @@ pub(super) fn remove_underlay_filters(
             let del =
                 podnet_netlink::tc::del_ingress_request(l.index, ebpf::FILTER_FAST_UNDERLAY_PRIO);
             for r in sock.ack_all(vec![del]) {
-                r.map_err(|e| e.to_string())?;
+                r.map_err(Failure::from)?;
             }
             log(&format!(
                 "fast path off: removed {} from the ingress of {}",
@@ -67,9 +68,9 @@ fn attach_ingress(
     prio: u16,
     log: &dyn Fn(&str),
     does: &str,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let has = podnet_netlink::tc::list_ingress(sock, index)
-        .map_err(|e| e.to_string())?
+        .map_err(Failure::from)?
         .iter()
         .any(|f| f.name.as_deref() == Some(filter));
     if has {
@@ -82,7 +83,7 @@ fn attach_ingress(
     ]) {
         if let Err(err) = r {
             if !err.is_exists() {
-                return Err(format!("attach {prog} to {dev}: {err}"));
+                return Err(format!("attach {prog} to {dev}: {err}").into());
             }
         }
     }
@@ -95,14 +96,14 @@ impl Policy {
     /// holding every pod of the node whose anti-spoofing entry names its MAC and
     /// address, and `from_overlay` on the overlay device. A pod not in `local_pods`
     /// yet (made within the last second) takes the bridge path meanwhile.
-    pub(super) fn refresh_fast(&mut self, log: &dyn Fn(&str)) -> Result<(), String> {
+    pub(super) fn refresh_fast(&mut self, log: &dyn Fn(&str)) -> Result<(), Failure> {
         let Some(e) = self.dp.ebpf() else {
             return Ok(());
         };
         if self.fast.is_none() && self.fast_cleared {
             return Ok(());
         }
-        let mut sock = podnet_netlink::Socket::route().map_err(|e| e.to_string())?;
+        let mut sock = podnet_netlink::Socket::route().map_err(Failure::from)?;
         let gw_mac = podnet_conventions::pod_mac(self.cidr.nth(1).ok_or("no gateway")?);
         let mut pods = BTreeMap::new();
         if self.fast.is_some() {
@@ -145,7 +146,7 @@ impl Policy {
         let mut peers = BTreeMap::new();
         if let Some(dev) = self.fast.as_ref().and_then(|f| f.overlay_dev.clone()) {
             if let Some(l) =
-                podnet_netlink::link::get_by_name(&mut sock, &dev).map_err(|e| e.to_string())?
+                podnet_netlink::link::get_by_name(&mut sock, &dev).map_err(Failure::from)?
             {
                 attach_ingress(
                     &mut sock,
@@ -169,7 +170,7 @@ impl Policy {
                     .and_then(|v| Some((v, v.local?, v.dev?)))
                 {
                     if let Some(ul) = podnet_netlink::link::get_by_index(&mut sock, dev_index)
-                        .map_err(|e| e.to_string())?
+                        .map_err(Failure::from)?
                     {
                         attach_ingress(
                             &mut sock,
@@ -184,7 +185,7 @@ impl Policy {
                         )?;
                         me = ebpf::overlay_self(l.index, local, v.vni, v.port);
                         for f in
-                            podnet_netlink::neigh::fdb_list(&mut sock).map_err(|e| e.to_string())?
+                            podnet_netlink::neigh::fdb_list(&mut sock).map_err(Failure::from)?
                         {
                             if let (true, Some(dst)) = (f.index == l.index, f.dst) {
                                 peers.insert(f.mac, dst);

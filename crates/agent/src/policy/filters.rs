@@ -6,6 +6,7 @@
 
 use super::datapath::{ebpf, Enforcer};
 use super::{repaired, Policy};
+use crate::Failure;
 
 /// The tc filters podnet keeps on one pod's host veth.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -19,9 +20,9 @@ pub struct Filters {
     pub backstop: bool,
 }
 
-pub fn filters_of(sock: &mut podnet_netlink::Socket, index: u32) -> Result<Filters, String> {
-    let ing = podnet_netlink::tc::list_ingress(sock, index).map_err(|e| e.to_string())?;
-    let eg = podnet_netlink::tc::list_egress(sock, index).map_err(|e| e.to_string())?;
+pub fn filters_of(sock: &mut podnet_netlink::Socket, index: u32) -> Result<Filters, Failure> {
+    let ing = podnet_netlink::tc::list_ingress(sock, index).map_err(Failure::from)?;
+    let eg = podnet_netlink::tc::list_egress(sock, index).map_err(Failure::from)?;
     Ok(Filters {
         antispoof: ing
             .iter()
@@ -79,9 +80,9 @@ pub fn bridge_nf_off() -> Option<String> {
 /// The host veths of the node's pods (podnet-cni marks them with its owner alias).
 pub fn pod_veths(
     sock: &mut podnet_netlink::Socket,
-) -> Result<Vec<podnet_netlink::link::LinkInfo>, String> {
+) -> Result<Vec<podnet_netlink::link::LinkInfo>, Failure> {
     Ok(podnet_netlink::link::list(sock)
-        .map_err(|e| e.to_string())?
+        .map_err(Failure::from)?
         .into_iter()
         .filter(|l| {
             l.alias
@@ -96,8 +97,8 @@ impl Policy {
     /// Every pod veth's filters: anti-spoofing, and those of the datapath (the eBPF
     /// policy filters, the nftables backstop). One seen before and gone now is attached again (the pod was
     /// open, or could forge its source, in between); the repair is logged and counted.
-    pub(super) fn verify_filters(&mut self, log: &dyn Fn(&str)) -> Result<(), String> {
-        let mut sock = podnet_netlink::Socket::route().map_err(|e| e.to_string())?;
+    pub(super) fn verify_filters(&mut self, log: &dyn Fn(&str)) -> Result<(), Failure> {
+        let mut sock = podnet_netlink::Socket::route().map_err(Failure::from)?;
         let veths = pod_veths(&mut sock)?;
         self.seen_filters
             .retain(|i, _| veths.iter().any(|l| l.index == *i));
@@ -107,7 +108,7 @@ impl Policy {
             let mut have = now;
             if let (None, Some(prog)) = (now.antispoof, before.antispoof) {
                 // The same program again: its map still holds the pod's entry.
-                let fd = podnet_netlink::bpf::prog_by_id(prog).map_err(|e| e.to_string())?;
+                let fd = podnet_netlink::bpf::prog_by_id(prog).map_err(Failure::from)?;
                 let r = sock.ack_all(vec![
                     podnet_netlink::tc::clsact_request(l.index),
                     podnet_netlink::tc::bpf_ingress_request(

@@ -25,6 +25,7 @@ pub use podnet_conventions::PolicyDatapath;
 pub use source::{DatastoreSource, PolicySource, Snapshot};
 pub use status::{denied, enforcement_problems, verdict, MAX_POD_ENTRIES};
 
+use crate::Failure;
 use filters::Filters;
 use podnet_cni_spec::Ipv4Net;
 use podnet_policy::compile::{PodTables, Table};
@@ -118,11 +119,11 @@ impl Policy {
 
     /// Before any pod can be made: the datapath closes every pod address until its
     /// verdicts are programmed.
-    pub fn prepare(&mut self, log: &dyn Fn(&str)) -> Result<(), String> {
+    pub fn prepare(&mut self, log: &dyn Fn(&str)) -> Result<(), Failure> {
         if self.dp.ebpf().is_none() {
             // A node that ran the fast path before: its filter on the underlay device
             // (the node's own) would go on acting on the pinned maps of that run.
-            let mut sock = podnet_netlink::Socket::route().map_err(|e| e.to_string())?;
+            let mut sock = podnet_netlink::Socket::route().map_err(Failure::from)?;
             fastpath::remove_underlay_filters(&mut sock, log)?;
         }
         self.dp.prepare(log)?;
@@ -180,7 +181,7 @@ impl Policy {
 
     /// One round: reads the source and programs what changed. Returns the number of
     /// elements changed.
-    pub fn sync(&mut self, log: &dyn Fn(&str)) -> Result<usize, String> {
+    pub fn sync(&mut self, log: &dyn Fn(&str)) -> Result<usize, Failure> {
         // Every round, like routes: what keeps pods protected and isolated is still in
         // the kernel, or is put back now.
         if let Err(e) = self.verify_filters(log) {
@@ -203,7 +204,7 @@ impl Policy {
         let changed = match self.dp.program(&self.tables, &c.tables) {
             Ok(n) => n,
             Err(e) => {
-                self.status.lock().unwrap().error = Some(e.clone());
+                self.status.lock().unwrap().error = Some(e.to_string());
                 return Err(e);
             }
         };
@@ -225,7 +226,7 @@ impl Policy {
 
     /// Reads the source and compiles the local pods' tables; `None` when nothing
     /// changed since the last round (and the datapath holds it).
-    fn compile(&mut self, t0: Instant, log: &dyn Fn(&str)) -> Result<Option<Compiled>, String> {
+    fn compile(&mut self, t0: Instant, log: &dyn Fn(&str)) -> Result<Option<Compiled>, Failure> {
         let snap = match self.source.snapshot() {
             Ok(s) => s,
             Err(e) => {
@@ -234,7 +235,8 @@ impl Policy {
                     Some(format!("cannot read policy objects: {e}"));
                 return Err(format!(
                     "cannot read policy objects (the datapath keeps its verdicts): {e}"
-                ));
+                )
+                .into());
             }
         };
         if self.dp.in_sync() && self.revision == Some(snap.revision) {

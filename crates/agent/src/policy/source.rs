@@ -1,6 +1,7 @@
 //! Where Namespaces, Pods and NetworkPolicies come from ([`PolicySource`]), read as
 //! one snapshot per round; which of them changed since the last compile.
 
+use crate::Failure;
 use podnet_datastore::Datastore;
 use podnet_policy::Object;
 use std::collections::BTreeMap;
@@ -22,7 +23,7 @@ pub struct Snapshot {
 /// Where Namespaces, Pods and NetworkPolicies come from. The datastore (file, etcd)
 /// today; the Kubernetes API behind the same trait.
 pub trait PolicySource: Send + Sync {
-    fn snapshot(&self) -> Result<Snapshot, String>;
+    fn snapshot(&self) -> Result<Snapshot, Failure>;
 }
 
 /// Policy objects kept in the node datastore (`podnet lab apply` writes them there).
@@ -34,7 +35,7 @@ pub struct DatastoreSource {
 }
 
 /// A stored object's JSON and what reading it gave.
-type Checked = (Arc<serde_json::Value>, Result<Arc<Object>, String>);
+type Checked = (Arc<serde_json::Value>, Result<Arc<Object>, Invalid>);
 
 impl DatastoreSource {
     pub fn new(ds: Arc<dyn Datastore>) -> DatastoreSource {
@@ -46,8 +47,8 @@ impl DatastoreSource {
 }
 
 impl PolicySource for DatastoreSource {
-    fn snapshot(&self) -> Result<Snapshot, String> {
-        let (revision, stored) = self.ds.objects().map_err(|e| e.to_string())?;
+    fn snapshot(&self) -> Result<Snapshot, Failure> {
+        let (revision, stored) = self.ds.objects().map_err(Failure::from)?;
         let mut objects = Vec::new();
         let mut rejected = Vec::new();
         let mut seen = self.seen.lock().unwrap();
@@ -64,7 +65,7 @@ impl PolicySource for DatastoreSource {
             };
             match &checked {
                 Ok(o) => objects.push(o.clone()),
-                Err(e) => rejected.push(e.clone()),
+                Err(e) => rejected.push(e.to_string()),
             }
             next.insert(key, (s.value, checked));
         }
@@ -78,8 +79,19 @@ impl PolicySource for DatastoreSource {
     }
 }
 
+/// Why a stored object was left out: it names the object and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<String> for Invalid {
+    fn from(why: String) -> Invalid {
+        Invalid(why)
+    }
+}
+
 /// Reads and validates one stored object; the error names it.
-fn check(s: &podnet_datastore::StoredObject) -> Result<Object, String> {
+fn check(s: &podnet_datastore::StoredObject) -> Result<Object, Invalid> {
     let what = format!("{} {}/{}", s.kind, s.namespace, s.name);
     match Object::from_json((*s.value).clone()) {
         Ok(o) => match podnet_policy::validate::validate(&o) {
@@ -87,16 +99,18 @@ fn check(s: &podnet_datastore::StoredObject) -> Result<Object, String> {
             Ok(()) => Err(format!(
                 "{what}: its key does not match the object it holds ({})",
                 o.describe()
-            )),
+            )
+            .into()),
             Err(errs) => Err(format!(
                 "{what}: {}",
                 errs.iter()
                     .map(|e| e.to_string())
                     .collect::<Vec<_>>()
                     .join("; ")
-            )),
+            )
+            .into()),
         },
-        Err(e) => Err(format!("{what}: {e}")),
+        Err(e) => Err(format!("{what}: {e}").into()),
     }
 }
 

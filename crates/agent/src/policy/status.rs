@@ -5,6 +5,7 @@
 
 use super::datapath;
 use super::filters::{filters_of, pod_filter_problems, pod_veths};
+use crate::Failure;
 use podnet_api::{Denied, DirStatus, PodVerdict, PolicyStatus, RefusedPod};
 use podnet_policy::compile::{PodTables, Table};
 use podnet_policy::Direction;
@@ -195,7 +196,7 @@ pub fn verdict(
 }
 
 /// The datapath's drop counters, joined with the status (for the API).
-pub fn denied(status: &PolicyStatus) -> Result<(Vec<Denied>, u64), String> {
+pub fn denied(status: &PolicyStatus) -> Result<(Vec<Denied>, u64), Failure> {
     let (counts, closed) = datapath::reader(status).counters()?;
     let mut out = Vec::new();
     for p in &status.pods {

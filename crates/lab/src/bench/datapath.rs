@@ -27,7 +27,6 @@ use podnet_netlink::{netns, Netns};
 use serde::Serialize;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -112,17 +111,8 @@ fn busy_cpu_seconds() -> f64 {
 }
 
 pub(crate) fn setns_cmd(ns: &Netns, prog: &str) -> Command {
-    let fd = ns.fd();
     let mut cmd = Command::new(prog);
-    // SAFETY: setns between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    podnet_netlink::netns::in_netns(&mut cmd, ns.fd(), None, false);
     cmd
 }
 

@@ -243,21 +243,7 @@ fn made_dirs_file() -> PathBuf {
 
 /// Runs `cmd` inside a node's mount and network namespaces (set between fork and exec).
 fn enter(cmd: &mut Command, mnt: RawFd, net: RawFd, detach: bool) {
-    // SAFETY: setns and setsid are async-signal-safe; the child is single-threaded.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(mnt, libc::CLONE_NEWNS) != 0 || libc::setns(net, libc::CLONE_NEWNET) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            if detach {
-                libc::setsid();
-                libc::signal(libc::SIGTERM, libc::SIG_DFL);
-                libc::signal(libc::SIGINT, libc::SIG_DFL);
-            }
-            Ok(())
-        });
-    }
+    podnet_netlink::netns::in_netns(cmd, net, Some(mnt), detach);
 }
 
 impl Lab {

@@ -15,6 +15,7 @@ pub mod nftables;
 pub mod none;
 
 use super::filters::Filters;
+use crate::Failure;
 use podnet_api::PolicyStatus;
 use podnet_cni_spec::Ipv4Net;
 use podnet_conventions::{PolicyDatapath, PolicyPrograms};
@@ -61,7 +62,7 @@ pub trait Enforcer: Send {
 
     /// Before any pod can be made: every address of the node's pod CIDR closed until
     /// its verdicts are programmed.
-    fn prepare(&mut self, log: &dyn Fn(&str)) -> Result<(), String>;
+    fn prepare(&mut self, log: &dyn Fn(&str)) -> Result<(), Failure>;
 
     /// What podnet-cni attaches to every new pod (the node file's `policyPrograms`).
     fn pod_programs(&self) -> Option<PolicyPrograms> {
@@ -85,10 +86,10 @@ pub trait Enforcer: Send {
     }
 
     /// Programs `new` where `old` was programmed; the number of elements changed.
-    fn program(&mut self, old: &Tables, new: &Tables) -> Result<usize, String>;
+    fn program(&mut self, old: &Tables, new: &Tables) -> Result<usize, Failure>;
 
     /// The node's pods changed (not every policy change): refresh what depends on them.
-    fn pods_changed(&mut self, _log: &dyn Fn(&str)) -> Result<(), String> {
+    fn pods_changed(&mut self, _log: &dyn Fn(&str)) -> Result<(), Failure> {
         Ok(())
     }
 
@@ -104,10 +105,10 @@ pub trait Enforcer: Send {
         have: &mut Filters,
         repaired: Repaired,
         log: &dyn Fn(&str),
-    ) -> Result<(), String>;
+    ) -> Result<(), Failure>;
 
     /// Forgets the tracked flows of address `ip` (a pod gone); how many.
-    fn forget(&self, _ip: Ipv4Addr) -> Result<usize, String> {
+    fn forget(&self, _ip: Ipv4Addr) -> Result<usize, Failure> {
         Ok(0)
     }
 
@@ -120,7 +121,7 @@ pub trait Enforcer: Send {
     fn holds(&self, ip: Ipv4Addr) -> bool;
 
     /// Packets refused per pod and direction, and to or from closed addresses.
-    fn counters(&self) -> Result<(DeniedCounts, u64), String>;
+    fn counters(&self) -> Result<(DeniedCounts, u64), Failure>;
 
     /// What is missing node-wide that opens pods, read from the kernel.
     fn node_problems(&self, _tables: &Tables) -> Vec<String> {

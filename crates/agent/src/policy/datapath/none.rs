@@ -3,6 +3,7 @@
 
 use super::{remove_backstop, DeniedCounts, Enforcer, Repaired, Tables};
 use crate::policy::filters::Filters;
+use crate::Failure;
 use podnet_conventions::PolicyDatapath;
 use podnet_netlink::link::LinkInfo;
 use podnet_netlink::Socket;
@@ -19,7 +20,7 @@ impl Enforcer for NoPolicy {
         false
     }
 
-    fn prepare(&mut self, log: &dyn Fn(&str)) -> Result<(), String> {
+    fn prepare(&mut self, log: &dyn Fn(&str)) -> Result<(), Failure> {
         if super::nftables::table::exists() {
             super::nftables::table::delete()?;
             log("policy datapath none: removed the nftables table inet podnet");
@@ -27,7 +28,7 @@ impl Enforcer for NoPolicy {
         Ok(())
     }
 
-    fn program(&mut self, _old: &Tables, _new: &Tables) -> Result<usize, String> {
+    fn program(&mut self, _old: &Tables, _new: &Tables) -> Result<usize, Failure> {
         Ok(0)
     }
 
@@ -40,7 +41,7 @@ impl Enforcer for NoPolicy {
         have: &mut Filters,
         _repaired: Repaired,
         log: &dyn Fn(&str),
-    ) -> Result<(), String> {
+    ) -> Result<(), Failure> {
         remove_backstop(sock, l, now, have, log);
         Ok(())
     }
@@ -49,7 +50,7 @@ impl Enforcer for NoPolicy {
         false
     }
 
-    fn counters(&self) -> Result<(DeniedCounts, u64), String> {
+    fn counters(&self) -> Result<(DeniedCounts, u64), Failure> {
         Ok((DeniedCounts::new(), 0))
     }
 }

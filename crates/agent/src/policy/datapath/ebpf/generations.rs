@@ -7,6 +7,7 @@ use super::maps::{
     err, EbpfDatapath, BPF_FS_MAGIC, FILTER_FAST_IN, FILTER_FAST_UNDERLAY, FILTER_IN, FILTER_OUT,
     FROM_OVERLAY, FROM_POD, FROM_UNDERLAY, OBJECT, TO_POD,
 };
+use crate::Failure;
 use aya::{Ebpf, EbpfLoader};
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -66,16 +67,16 @@ pub(super) fn u32_at(b: &[u8], at: usize) -> u32 {
 
 /// The definition of the map pinned at `path`: `None` if nothing is pinned there, an
 /// error if it cannot be read or is not a map.
-pub(super) fn pinned_def(path: &Path) -> Result<Option<MapDef>, String> {
+pub(super) fn pinned_def(path: &Path) -> Result<Option<MapDef>, Failure> {
     if std::fs::symlink_metadata(path).is_err() {
         return Ok(None);
     }
-    let fd = podnet_netlink::bpf::obj_get(path).map_err(|e| e.to_string())?;
+    let fd = podnet_netlink::bpf::obj_get(path).map_err(Failure::from)?;
     // A program and a map answer BPF_OBJ_GET_INFO_BY_FD alike: tell them by the fd.
     let kind = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .map_err(|e| err(&format!("inspect {}", path.display()), e))?;
     if kind.to_string_lossy() != "anon_inode:bpf-map" {
-        return Err(format!("not a map ({})", kind.to_string_lossy()));
+        return Err(format!("not a map ({})", kind.to_string_lossy()).into());
     }
     // type, id, key_size, value_size, max_entries, map_flags, name[16], …
     let mut info = [0u8; 48];
@@ -163,7 +164,7 @@ impl EbpfDatapath {
     /// else a new generation of them all, pinned under their names (module doc,
     /// "Upgrades"). Returns the loaded object (programs not loaded yet) and the
     /// layout version.
-    pub(super) fn maps(dir: &Path) -> Result<(Ebpf, String), String> {
+    pub(super) fn maps(dir: &Path) -> Result<(Ebpf, String), Failure> {
         let stage = dir.join(STAGING);
         // Left by a start that stopped half-way: pins only, and whatever still uses
         // those maps holds them itself.

@@ -76,6 +76,7 @@
 //! podnet-cni attaches the programs pinned under their names, re-pinned by `open` (a
 //! rename too) before the agent writes the node file: new pods get this build's.
 
+use crate::Failure;
 use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::HashMap;
 use aya::programs::SchedClassifier;
@@ -135,8 +136,8 @@ pub(super) fn unraw(v: u32) -> Ipv4Addr {
     Ipv4Addr::from(v.to_ne_bytes())
 }
 
-pub(super) fn err(what: &str, e: impl std::fmt::Display) -> String {
-    format!("{what}: {e}")
+pub(super) fn err(what: &str, e: impl Into<crate::BoxError>) -> Failure {
+    Failure::op(what, e)
 }
 
 pub struct EbpfDatapath {
@@ -154,7 +155,7 @@ pub struct EbpfDatapath {
 impl EbpfDatapath {
     /// Loads the programs (maps pinned by name in `dir`, reused if pinned already) and
     /// pins the programs for podnet-cni.
-    pub fn open(dir: &Path) -> Result<EbpfDatapath, String> {
+    pub fn open(dir: &Path) -> Result<EbpfDatapath, Failure> {
         if OBJECT.is_empty() {
             return Err("podnetd was built with PODNET_SKIP_BPF=1 and has no eBPF policy program: build it again with clang".into());
         }
@@ -163,7 +164,7 @@ impl EbpfDatapath {
             return Err(format!(
                 "{} is not on a bpffs, so the policy maps could not outlive podnetd: mount one (mount -t bpf bpf /sys/fs/bpf) or give --bpf-dir a directory on one",
                 dir.display()
-            ));
+            ).into());
         }
         let (mut bpf, layout) = Self::maps(dir)?;
         for name in [FROM_POD, TO_POD, FROM_OVERLAY, FROM_UNDERLAY] {
@@ -208,24 +209,24 @@ impl EbpfDatapath {
     /// Puts this build's programs on every podnet filter that runs another (an older
     /// podnetd's, or this build's on another generation of maps), each with one
     /// `tc filter replace`. Returns how many filters it replaced.
-    fn adopt_running(&self) -> Result<usize, String> {
+    fn adopt_running(&self) -> Result<usize, Failure> {
         let mut ours = Vec::new();
         for (prog, filter, egress) in FILTERS {
             let fd = self.program_fd(prog)?;
             let ident = ProgIdent::of(fd.as_fd()).map_err(|e| err(prog, e))?;
             ours.push((fd, ident, filter, egress));
         }
-        let mut sock = podnet_netlink::Socket::route().map_err(|e| e.to_string())?;
+        let mut sock = podnet_netlink::Socket::route().map_err(Failure::from)?;
         let mut replaced = Vec::new();
         let mut failed = Vec::new();
-        for l in podnet_netlink::link::list(&mut sock).map_err(|e| e.to_string())? {
+        for l in podnet_netlink::link::list(&mut sock).map_err(Failure::from)? {
             for egress in [false, true] {
                 let filters = if egress {
                     podnet_netlink::tc::list_egress(&mut sock, l.index)
                 } else {
                     podnet_netlink::tc::list_ingress(&mut sock, l.index)
                 }
-                .map_err(|e| e.to_string())?;
+                .map_err(Failure::from)?;
                 for f in filters.iter().filter(|f| f.kind == "bpf") {
                     let Some((fd, ident, name, _)) = ours
                         .iter()
@@ -264,7 +265,8 @@ impl EbpfDatapath {
             return Err(format!(
                 "cannot replace another build's programs (they keep the verdicts they had): {}",
                 failed.join("; ")
-            ));
+            )
+            .into());
         }
         Ok(replaced.len())
     }
@@ -274,7 +276,7 @@ impl EbpfDatapath {
     }
 
     /// An fd of one of the programs, for attaching it.
-    pub fn program_fd(&self, name: &str) -> Result<OwnedFd, String> {
+    pub fn program_fd(&self, name: &str) -> Result<OwnedFd, Failure> {
         let prog: &SchedClassifier = self
             .bpf
             .program(name)
@@ -294,7 +296,7 @@ impl EbpfDatapath {
         &mut self,
         on: bool,
         pods: &BTreeMap<Ipv4Addr, LocalPod>,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, Failure> {
         let mut changed = 0;
         if switch(&self.dir, CONFIG_FAST_PATH, on)? {
             changed += 1;
@@ -331,9 +333,9 @@ impl EbpfDatapath {
         &mut self,
         me: OverlaySelf,
         peers: &BTreeMap<[u8; 6], Ipv4Addr>,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, Failure> {
         let mut changed = 0;
-        let write_self = |bpf: &mut Ebpf, v: OverlaySelf| -> Result<usize, String> {
+        let write_self = |bpf: &mut Ebpf, v: OverlaySelf| -> Result<usize, Failure> {
             let mut a: aya::maps::Array<_, OverlaySelf> = aya::maps::Array::try_from(
                 bpf.map_mut("overlay_self").ok_or("no map overlay_self")?,
             )
@@ -394,7 +396,7 @@ impl EbpfDatapath {
             .unwrap_or_default()
     }
 
-    fn read_back(&mut self) -> Result<Desired, String> {
+    fn read_back(&mut self) -> Result<Desired, Failure> {
         let mut d = Desired::default();
         let pods: HashMap<_, u32, u32> =
             HashMap::try_from(self.bpf.map("pod_policy").ok_or("no map pod_policy")?)
@@ -431,7 +433,7 @@ impl EbpfDatapath {
 
     /// Writes the difference between what the maps hold and `want`; returns the
     /// number of entries changed.
-    pub fn program(&mut self, want: &Desired) -> Result<usize, String> {
+    pub fn program(&mut self, want: &Desired) -> Result<usize, Failure> {
         let cur = self.current.clone();
         let mut n = 0;
         {
@@ -510,7 +512,7 @@ impl EbpfDatapath {
     }
 
     /// Keeps `node_addrs` equal to the node's own addresses.
-    pub fn set_node_addrs(&mut self, addrs: &[Ipv4Addr]) -> Result<(), String> {
+    pub fn set_node_addrs(&mut self, addrs: &[Ipv4Addr]) -> Result<(), Failure> {
         let mut m: HashMap<_, u32, u32> =
             HashMap::try_from(self.bpf.map_mut("node_addrs").ok_or("no map node_addrs")?)
                 .map_err(|e| err("node_addrs", e))?;

@@ -17,6 +17,7 @@ pub use tables::{desired, port_prefixes, Desired};
 
 use super::{remove_backstop, DeniedCounts, Enforcer, Repaired, Setup, Tables};
 use crate::policy::filters::{pod_veths, Filters};
+use crate::Failure;
 use podnet_conventions::{PolicyDatapath, PolicyPrograms};
 use podnet_netlink::link::LinkInfo;
 use podnet_netlink::Socket;
@@ -43,7 +44,7 @@ impl Enforcer for Ebpf {
         PolicyDatapath::Ebpf
     }
 
-    fn prepare(&mut self, log: &dyn Fn(&str)) -> Result<(), String> {
+    fn prepare(&mut self, log: &dyn Fn(&str)) -> Result<(), Failure> {
         let dir = self
             .dir
             .clone()
@@ -76,7 +77,7 @@ impl Enforcer for Ebpf {
         self.dp.as_ref().and(self.dir.clone())
     }
 
-    fn program(&mut self, _old: &Tables, new: &Tables) -> Result<usize, String> {
+    fn program(&mut self, _old: &Tables, new: &Tables) -> Result<usize, Failure> {
         match self.dp.as_deref_mut() {
             Some(e) => e.program(&desired(new)),
             None => Err("the eBPF datapath is not loaded".into()),
@@ -85,13 +86,13 @@ impl Enforcer for Ebpf {
 
     /// The node's own addresses into `node_addrs`, and the programs onto every pod's
     /// host veth that lacks them (pods made before this datapath was chosen).
-    fn pods_changed(&mut self, log: &dyn Fn(&str)) -> Result<(), String> {
+    fn pods_changed(&mut self, log: &dyn Fn(&str)) -> Result<(), Failure> {
         let Some(e) = self.dp.as_deref_mut() else {
             return Ok(());
         };
-        let mut sock = podnet_netlink::Socket::route().map_err(|e| e.to_string())?;
+        let mut sock = podnet_netlink::Socket::route().map_err(Failure::from)?;
         let addrs: Vec<std::net::Ipv4Addr> = podnet_netlink::addr::list(&mut sock, None)
-            .map_err(|e| e.to_string())?
+            .map_err(Failure::from)?
             .iter()
             .map(|a| a.addr)
             .collect();
@@ -99,7 +100,7 @@ impl Enforcer for Ebpf {
         let (out_prog, in_prog) = (e.program_fd(FROM_POD)?, e.program_fd(TO_POD)?);
         for l in pod_veths(&mut sock)? {
             let has = podnet_netlink::tc::list_ingress(&mut sock, l.index)
-                .map_err(|e| e.to_string())?
+                .map_err(Failure::from)?
                 .iter()
                 .any(|f| f.name.as_deref() == Some(FILTER_OUT));
             if has {
@@ -113,7 +114,7 @@ impl Enforcer for Ebpf {
             for r in sock.ack_all(reqs) {
                 if let Err(e) = r {
                     if !e.is_exists() {
-                        return Err(format!("attach the policy programs to {}: {e}", l.name));
+                        return Err(format!("attach the policy programs to {}: {e}", l.name).into());
                     }
                 }
             }
@@ -135,7 +136,7 @@ impl Enforcer for Ebpf {
         have: &mut Filters,
         repaired: Repaired,
         log: &dyn Fn(&str),
-    ) -> Result<(), String> {
+    ) -> Result<(), Failure> {
         remove_backstop(sock, l, now, have, log);
         let Some(e) = self.dp.as_deref() else {
             return Ok(());
@@ -182,12 +183,12 @@ impl Enforcer for Ebpf {
         Ok(())
     }
 
-    fn forget(&self, ip: Ipv4Addr) -> Result<usize, String> {
+    fn forget(&self, ip: Ipv4Addr) -> Result<usize, Failure> {
         let Some(dir) = &self.dir else {
             return Ok(0);
         };
         podnet_netlink::flows::forget(&dir.join(podnet_netlink::flows::FLOWS_MAP), ip)
-            .map_err(|e| e.to_string())
+            .map_err(Failure::from)
     }
 
     fn ebpf(&mut self) -> Option<&mut EbpfDatapath> {
@@ -198,7 +199,7 @@ impl Enforcer for Ebpf {
         self.dir.as_deref().is_some_and(|d| holds(d, ip))
     }
 
-    fn counters(&self) -> Result<(DeniedCounts, u64), String> {
+    fn counters(&self) -> Result<(DeniedCounts, u64), Failure> {
         match &self.dir {
             Some(d) => counters(d),
             None => Ok((DeniedCounts::new(), 0)),

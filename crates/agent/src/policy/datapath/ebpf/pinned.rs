@@ -3,6 +3,7 @@
 //! not the agent's belief.
 
 use super::maps::{err, raw, unraw};
+use crate::Failure;
 use aya::maps::HashMap;
 use podnet_bpf_abi::{
     DropKey, CONFIG_EVENTS_ALLOWED, DIR_CLOSED, DIR_EGRESS, DIR_INGRESS, POD_PROGRAMMED,
@@ -14,7 +15,7 @@ use std::path::Path;
 
 /// A map pinned in `dir`, read from the kernel (what the API reports: the kernel's
 /// view, not the agent's belief).
-fn pinned(dir: &Path, name: &str) -> Result<aya::maps::Map, String> {
+fn pinned(dir: &Path, name: &str) -> Result<aya::maps::Map, Failure> {
     let path = dir.join(name);
     let data = aya::maps::MapData::from_pin(&path)
         .map_err(|e| err(&format!("open {}", path.display()), e))?;
@@ -23,7 +24,7 @@ fn pinned(dir: &Path, name: &str) -> Result<aya::maps::Map, String> {
 
 /// What the datapath's budgets held back (`budget_stats` in bpf/policy.c), read from
 /// the kernel: `(what, count)`.
-pub fn budget_stats(dir: &Path) -> Result<Vec<(&'static str, u64)>, String> {
+pub fn budget_stats(dir: &Path) -> Result<Vec<(&'static str, u64)>, Failure> {
     let a: aya::maps::Array<_, u64> = aya::maps::Array::try_from(pinned(dir, "budget_stats")?)
         .map_err(|e| err("budget_stats", e))?;
     [
@@ -50,7 +51,7 @@ pub fn holds(dir: &Path, ip: Ipv4Addr) -> bool {
 }
 
 /// Sets switch `slot` of the pinned `config` array; true if it changed.
-pub(super) fn switch(dir: &Path, slot: u32, on: bool) -> Result<bool, String> {
+pub(super) fn switch(dir: &Path, slot: u32, on: bool) -> Result<bool, Failure> {
     let mut a: aya::maps::Array<_, u32> =
         aya::maps::Array::try_from(pinned(dir, "config")?).map_err(|e| err("config", e))?;
     if a.get(&slot, 0).map_err(|e| err("read config", e))? == u32::from(on) {
@@ -62,12 +63,12 @@ pub(super) fn switch(dir: &Path, slot: u32, on: bool) -> Result<bool, String> {
 }
 
 /// Whether the programs report admitted flows too, not only refused packets.
-pub fn set_event_config(dir: &Path, allowed: bool) -> Result<(), String> {
+pub fn set_event_config(dir: &Path, allowed: bool) -> Result<(), Failure> {
     switch(dir, CONFIG_EVENTS_ALLOWED, allowed).map(|_| ())
 }
 
 /// Packets refused per (pod, direction), and to or from closed addresses.
-pub fn counters(dir: &Path) -> Result<(crate::policy::datapath::DeniedCounts, u64), String> {
+pub fn counters(dir: &Path) -> Result<(crate::policy::datapath::DeniedCounts, u64), Failure> {
     let m: HashMap<_, DropKey, u64> =
         HashMap::try_from(pinned(dir, "policy_drops")?).map_err(|e| err("policy_drops", e))?;
     let mut per_pod = BTreeMap::new();

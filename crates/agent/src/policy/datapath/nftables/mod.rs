@@ -11,6 +11,7 @@ pub mod table;
 
 use super::{DeniedCounts, Enforcer, Repaired, Setup, Tables};
 use crate::policy::filters::{bridge_nf_off, Filters};
+use crate::Failure;
 use podnet_cni_spec::Ipv4Net;
 use podnet_conventions::PolicyDatapath;
 use podnet_netlink::link::LinkInfo;
@@ -75,7 +76,7 @@ impl Enforcer for Nftables {
     /// Bridged traffic through netfilter, and the table in place — closed for every
     /// pod address — unless one survives from an earlier run (it stays as it is until
     /// the first round replaces it).
-    fn prepare(&mut self, log: &dyn Fn(&str)) -> Result<(), String> {
+    fn prepare(&mut self, log: &dyn Fn(&str)) -> Result<(), Failure> {
         self.synced = false;
         for fam in ["iptables", "ip6tables"] {
             let p = format!("/proc/sys/net/bridge/bridge-nf-call-{fam}");
@@ -88,7 +89,7 @@ impl Enforcer for Nftables {
                 Err(e) => {
                     return Err(format!(
                         "cannot read {p} ({e}): NetworkPolicy on bridged (same-node) traffic needs the br_netfilter module: run `modprobe br_netfilter` on the host, or start podnetd with --policy-datapath none"
-                    ))
+                    ).into())
                 }
             }
         }
@@ -132,7 +133,7 @@ impl Enforcer for Nftables {
         self.synced
     }
 
-    fn program(&mut self, old: &Tables, new: &Tables) -> Result<usize, String> {
+    fn program(&mut self, old: &Tables, new: &Tables) -> Result<usize, Failure> {
         let (script, changed) = self.script(old, new);
         if script.is_empty() {
             return Ok(changed);
@@ -152,7 +153,7 @@ impl Enforcer for Nftables {
         have: &mut Filters,
         repaired: Repaired,
         log: &dyn Fn(&str),
-    ) -> Result<(), String> {
+    ) -> Result<(), Failure> {
         let Some(fd) = self.backstop.as_ref().filter(|_| !now.backstop) else {
             return Ok(());
         };
@@ -195,7 +196,7 @@ impl Enforcer for Nftables {
         table::holds("programmed", &ip.to_string())
     }
 
-    fn counters(&self) -> Result<(DeniedCounts, u64), String> {
+    fn counters(&self) -> Result<(DeniedCounts, u64), Failure> {
         table::counters()
     }
 
@@ -204,7 +205,7 @@ impl Enforcer for Nftables {
     fn node_problems(&self, tables: &Tables) -> Vec<String> {
         let mut v = vec![];
         if let Err(e) = table::check_intact(&table::elements(tables)) {
-            v.push(e);
+            v.push(e.to_string());
         }
         if let Some(p) = bridge_nf_off() {
             v.push(format!(

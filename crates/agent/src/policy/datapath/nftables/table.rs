@@ -47,6 +47,7 @@
 //! They stay open: conntrack admits their packets before any policy is consulted, as
 //! in Calico and Cilium. New connections get the new verdict at once.
 
+use crate::Failure;
 use podnet_cni_spec::Ipv4Net;
 use podnet_policy::compile::{Allow, PodTables, Table};
 use podnet_policy::Direction;
@@ -273,7 +274,7 @@ pub fn render_update(old: &BTreeSet<Elem>, new: &BTreeSet<Elem>) -> String {
 }
 
 /// Runs one nft transaction.
-pub fn run(script: &str) -> Result<(), String> {
+pub fn run(script: &str) -> Result<(), Failure> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -302,7 +303,8 @@ pub fn run(script: &str) -> Result<(), String> {
             "nft refused the transaction ({}): {}",
             out.status,
             short.join(" | ")
-        ))
+        )
+        .into())
     }
 }
 
@@ -317,28 +319,28 @@ const GUARDING_SETS: [&str; 3] = ["programmed", "ingress_isolated", "egress_isol
 /// `want` (the elements the agent last programmed). `Err` says what drifted: a missing
 /// table (`nft flush ruleset`, a firewall reload), a flushed chain or set. Any of these
 /// opens pods; the caller rewrites the whole table.
-pub fn check_intact(want: &BTreeSet<Elem>) -> Result<(), String> {
+pub fn check_intact(want: &BTreeSet<Elem>) -> Result<(), Failure> {
     // The structure without the elements (`-t`), then each guarding set: nft 1.0's
     // `-f` cannot list several sets in one run.
     let structure = list(&["-t", "list", "table", "inet", TABLE])?;
     let blocks = blocks(&structure);
     for (c, n) in CHAIN_RULES {
         let Some(lines) = blocks.get(&format!("chain {c}")) else {
-            return Err(format!("chain {c} of table inet {TABLE} is gone"));
+            return Err(format!("chain {c} of table inet {TABLE} is gone").into());
         };
         let rules = lines
             .iter()
             .filter(|l| !l.starts_with("type ") && !l.starts_with("policy "))
             .count();
         if rules != n {
-            return Err(format!(
-                "chain {c} of table inet {TABLE} holds {rules} rules, not {n}"
-            ));
+            return Err(
+                format!("chain {c} of table inet {TABLE} holds {rules} rules, not {n}").into(),
+            );
         }
         if c == "forward" && !lines.iter().any(|l| l.contains("hook forward")) {
-            return Err(format!(
-                "chain {c} of table inet {TABLE} is not on the forward hook"
-            ));
+            return Err(
+                format!("chain {c} of table inet {TABLE} is not on the forward hook").into(),
+            );
         }
     }
     for set in GUARDING_SETS {
@@ -354,14 +356,14 @@ pub fn check_intact(want: &BTreeSet<Elem>) -> Result<(), String> {
             let extra = have.difference(&need).count();
             return Err(format!(
                 "set {set} of table inet {TABLE} lacks {missing} and has {extra} unexpected addresses"
-            ));
+            ).into());
         }
     }
     Ok(())
 }
 
 /// One `nft` listing; an error says whether the table itself is gone.
-fn list(args: &[&str]) -> Result<String, String> {
+fn list(args: &[&str]) -> Result<String, Failure> {
     let out = Command::new("nft")
         .args(args)
         .stdin(Stdio::null())
@@ -381,8 +383,9 @@ fn list(args: &[&str]) -> Result<String, String> {
                 .next()
                 .unwrap_or("")
         )
+        .into()
     } else {
-        format!("table inet {TABLE} is gone (nft flush ruleset, or a firewall reload)")
+        format!("table inet {TABLE} is gone (nft flush ruleset, or a firewall reload)").into()
     })
 }
 
@@ -429,7 +432,7 @@ fn blocks(text: &str) -> BTreeMap<String, Vec<String>> {
 /// Follows every nftables change in this network namespace (the nf_tables netlink
 /// multicast group), calling `changed` after each batch of messages until it returns
 /// false. Podnet's own transactions are followed too; the caller's check is cheap.
-pub fn watch(mut changed: impl FnMut() -> bool) -> Result<(), String> {
+pub fn watch(mut changed: impl FnMut() -> bool) -> Result<(), Failure> {
     const NETLINK_NETFILTER: i32 = 12;
     const NFNLGRP_NFTABLES: u32 = 7;
     // SAFETY: a netlink socket, owned below.
@@ -441,10 +444,7 @@ pub fn watch(mut changed: impl FnMut() -> bool) -> Result<(), String> {
         )
     };
     if fd < 0 {
-        return Err(format!(
-            "netlink socket: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(format!("netlink socket: {}", std::io::Error::last_os_error()).into());
     }
     // SAFETY: fd was just created and is ours.
     let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
@@ -464,7 +464,8 @@ pub fn watch(mut changed: impl FnMut() -> bool) -> Result<(), String> {
         return Err(format!(
             "join the nftables netlink group: {}",
             std::io::Error::last_os_error()
-        ));
+        )
+        .into());
     }
     let mut buf = vec![0u8; 65536];
     loop {
@@ -476,7 +477,7 @@ pub fn watch(mut changed: impl FnMut() -> bool) -> Result<(), String> {
             if e.raw_os_error() != Some(libc::ENOBUFS)
                 && e.kind() != std::io::ErrorKind::Interrupted
             {
-                return Err(format!("read nftables events: {e}"));
+                return Err(format!("read nftables events: {e}").into());
             }
         }
         if !changed() {
@@ -517,7 +518,7 @@ pub fn holds(set: &str, elem: &str) -> bool {
 /// Packets refused per `(pod address, direction)`.
 use crate::policy::datapath::DeniedCounts;
 
-pub fn counters() -> Result<(DeniedCounts, u64), String> {
+pub fn counters() -> Result<(DeniedCounts, u64), Failure> {
     let mut per_pod = BTreeMap::new();
     let mut closed = 0;
     // Only the two counting sets and the counter: not the whole table.
@@ -536,7 +537,8 @@ pub fn counters() -> Result<(DeniedCounts, u64), String> {
                 what[0],
                 what[1],
                 String::from_utf8_lossy(&out.stderr).trim()
-            ));
+            )
+            .into());
         }
         let v: serde_json::Value =
             serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j output: {e}"))?;
@@ -563,7 +565,7 @@ pub fn counters() -> Result<(DeniedCounts, u64), String> {
 }
 
 /// Removes the table (the agent's `--policy-datapath none`, and tests).
-pub fn delete() -> Result<(), String> {
+pub fn delete() -> Result<(), Failure> {
     run(&format!(
         "table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"
     ))
@@ -572,7 +574,7 @@ pub fn delete() -> Result<(), String> {
 /// Admitted new flows logged too (`podnet:allow:` to [`LOG_GROUP`]) or not: fills or
 /// empties the chain `allowed_log`, which every admitted new flow jumps to. Idempotent;
 /// a table rewritten whole comes back empty, so the caller repeats it while wanted.
-pub fn set_allowed_log(on: bool) -> Result<(), String> {
+pub fn set_allowed_log(on: bool) -> Result<(), Failure> {
     let mut script = format!("flush chain inet {TABLE} allowed_log\n");
     if on {
         script += &format!(
