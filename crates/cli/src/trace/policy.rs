@@ -1,0 +1,246 @@
+//! The policy hops (each end's NetworkPolicy verdict, from its agent) and the eBPF
+//! fast path's hops.
+
+use super::*;
+
+/// The policy hop of one end: what that pod's node programmed for it, asked of its
+/// agent (`verdict`), with the kernel's view of whether the pod is programmed at all.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn policy_hop(
+    b: &mut Builder,
+    where_: &str,
+    node: &str,
+    sock: &std::path::Path,
+    ip: Ipv4Addr,
+    peer: Ipv4Addr,
+    dir: podnet_policy::Direction,
+    flow: &Flow,
+    names: (&str, &str),
+) {
+    let d = dir.as_str();
+    let cmd = format!(
+        "nft list table inet podnet   (on {node}); podnet policy explain {} {}{}",
+        names.0,
+        names.1,
+        flow.port
+            .map(|p| format!(" --port {p} --protocol {}", flow.proto.name()))
+            .unwrap_or_default()
+    );
+    let v = match Client::new(sock).verdict(
+        ip,
+        peer,
+        dir,
+        &flow.proto.name(),
+        flow.port.unwrap_or(0),
+    ) {
+        Ok(v) => v,
+        Err(e) => {
+            b.add(
+                where_,
+                "policy",
+                "warn",
+                format!("cannot ask {node}'s agent for its {d} verdict: {e:#}"),
+                "(unknown)".into(),
+                cmd,
+                "",
+            );
+            return;
+        }
+    };
+    let pols = v.policies.join(", ");
+    let entry = v.entry.clone().unwrap_or_else(|| "(none)".into());
+    let (who, other) = match dir {
+        podnet_policy::Direction::Egress => names,
+        podnet_policy::Direction::Ingress => (names.1, names.0),
+    };
+    if v.datapath == PolicyDatapath::None {
+        b.add(
+            where_,
+            "policy",
+            "ok",
+            format!("{node} runs without a NetworkPolicy datapath: nothing filters {d}"),
+            "(none)".into(),
+            cmd,
+            "",
+        );
+        return;
+    }
+    if !v.enforcement.is_empty() {
+        b.check(where_, "policy", false,
+            format!("{ip} is OPEN on {node}, whatever its policies say: {}", v.enforcement.join("; ")),
+            "(missing from the kernel)".into(), cmd,
+            "podnetd puts what is missing back within 2 s (`repairing drift` in its log); if it stays missing, the agent is down or failing: see podnetd's log on that node");
+        return;
+    }
+    if let Some(why) = &v.refused {
+        b.check(where_, "policy", false,
+            format!("{ip} is closed on {node}: its agent left it closed: {why}"),
+            "(refused: too many entries)".into(), cmd,
+            "split or simplify the policies named (fewer ipBlock excepts, fewer ports); `podnet policy stats` lists every pod left closed");
+        return;
+    }
+    if !v.programmed {
+        b.check(where_, "policy", false,
+            format!("{ip} is closed on {node}: its agent has not programmed this pod's policy, so nothing passes {d}"),
+            "(not in set programmed)".into(), cmd,
+            "the agent opens a pod once it knows its Pod object (namespace, labels, node and address): check that the object exists, and podnetd's log on that node");
+        return;
+    }
+    if !v.isolated {
+        b.add(
+            where_,
+            "policy",
+            "ok",
+            format!("not isolated for {d}: no policy selects {who}"),
+            "(open)".into(),
+            cmd,
+            "",
+        );
+        return;
+    }
+    if flow.port.is_none() && flow.proto.has_ports() {
+        b.add(
+            where_,
+            "policy",
+            "warn",
+            format!("isolated for {d} by {pols}; give --port to judge its rules"),
+            format!("isolated by {pols}"),
+            cmd,
+            "",
+        );
+        return;
+    }
+    if v.allowed {
+        b.add(
+            where_,
+            "policy",
+            "ok",
+            format!("isolated for {d} by {pols}; admitted: {entry}"),
+            entry,
+            cmd,
+            "",
+        );
+    } else {
+        b.check(where_, "policy", false,
+            format!("denied on {d}: {who} is isolated by {pols} and no rule admits {other} {}", flow.describe()),
+            format!("no entry for {peer} {}", flow.describe()), cmd,
+            "`podnet policy explain` shows the rules tried; add a rule that admits this flow, or leave it denied if that is the intent");
+    }
+}
+
+/// With the eBPF fast path (`--datapath ebpf`): which program moves the packet where
+/// on the source node. Same node: `from_pod_policy` on the source's host veth
+/// redirects into the destination pod (`bpf_redirect_peer`) when the destination is in
+/// `local_pods`; across nodes it looks up the route and hands the packet to the
+/// overlay device. The bridge hops that follow still matter: ARP and the node's own
+/// traffic take the bridge.
+pub(super) fn fast_path_hop(b: &mut Builder, s: &End, d: &End, cross: bool) {
+    if s.st.datapath != Datapath::Ebpf {
+        return;
+    }
+    let fast = s.agent.policy().ok().and_then(|p| p.fast_path);
+    let (node, veth) = (
+        &s.node,
+        s.pod
+            .host_veth
+            .as_ref()
+            .map(|h| h.name.clone())
+            .unwrap_or_default(),
+    );
+    let look = format!("tc filter show dev {veth} ingress; bpftool map dump pinned <bpf dir>/local_pods   (on {node})");
+    let Some(f) = fast else {
+        b.add(
+            "src-node",
+            "fastpath",
+            "broken",
+            format!("{node} runs --datapath ebpf but its fast path is not in place"),
+            "(no fast path status)".into(),
+            look,
+            "restart podnetd with --policy-datapath ebpf --datapath ebpf; see its log",
+        );
+        return;
+    };
+    if cross {
+        let (detail, found) = if f.underlay_dev.is_empty() {
+            (
+                format!("from_pod_policy on {veth} looks up the route (bpf_fib_lookup) and hands the packet to the device it names, skipping the bridge and the IP stack"),
+                "fast path on".to_string(),
+            )
+        } else {
+            (
+                format!(
+                    "from_pod_policy on {veth} looks up the route (bpf_fib_lookup), writes the VXLAN encapsulation {} would write (the peer VTEP's underlay address from its FDB) and sends the frame out of {} (bpf_redirect), skipping the bridge, the IP stack and the VXLAN device",
+                    f.overlay_dev, f.underlay_dev
+                ),
+                format!("fast path on, {} peer VTEPs in overlay_peers", f.overlay_peers),
+            )
+        };
+        b.add("src-node", "fastpath", "ok", detail, found, look, "");
+        return;
+    }
+    let dip = d.ip.to_string();
+    let here = f.pods.contains(&dip);
+    b.add(
+        "src-node",
+        "fastpath",
+        if here { "ok" } else { "warn" },
+        if here {
+            format!("from_pod_policy on {veth} judges {dip}'s ingress and redirects into it (bpf_redirect_peer), skipping the bridge")
+        } else {
+            format!("{dip} is not in local_pods: the bridge carries it (a pod made within the last second, or one without an anti-spoofing entry)")
+        },
+        format!("local_pods holds {} pods", f.pods.len()),
+        look,
+        "",
+    );
+}
+
+/// With the fast path on the destination node: `from_overlay` on its VXLAN device's
+/// ingress delivers into the pod.
+pub(super) fn fast_path_in_hop(b: &mut Builder, d: &End) {
+    if d.st.datapath != Datapath::Ebpf {
+        return;
+    }
+    let f = d.agent.policy().ok().and_then(|p| p.fast_path);
+    let node = &d.node;
+    let dip = d.ip.to_string();
+    let (status, detail) = match &f {
+        Some(f) if !f.underlay_dev.is_empty() && f.pods.contains(&dip) => ("ok", format!("from_underlay on {}'s ingress takes the VXLAN encapsulation off, judges {dip}'s ingress and redirects into it (bpf_redirect_peer); frames that still reach {} get the same from from_overlay there", f.underlay_dev, f.overlay_dev)),
+        Some(f) if !f.overlay_dev.is_empty() && f.pods.contains(&dip) => ("ok", format!("from_overlay on {}'s ingress judges {dip}'s ingress and redirects into it (bpf_redirect_peer)", f.overlay_dev)),
+        Some(f) if f.overlay_dev.is_empty() => ("ok", format!("no overlay program on {node} (host-gw): packets for {dip} take the node's IP stack and the bridge")),
+        Some(_) => ("warn", format!("{dip} is not in {node}'s local_pods: the bridge carries it")),
+        None => ("broken", format!("{node} runs --datapath ebpf but its fast path is not in place")),
+    };
+    b.add(
+        "dst-node",
+        "fastpath",
+        status,
+        detail,
+        f.as_ref()
+            .map(|f| {
+                format!(
+                    "overlay program on {:?}, underlay program on {:?}, {} pods",
+                    f.overlay_dev,
+                    f.underlay_dev,
+                    f.pods.len()
+                )
+            })
+            .unwrap_or_else(|| "(none)".into()),
+        match &f {
+            Some(f) if !f.underlay_dev.is_empty() => format!(
+                "tc filter show dev {} ingress; tc filter show dev {} ingress   (on {node})",
+                f.underlay_dev,
+                podnet_conventions::VXLAN_DEV
+            ),
+            _ => format!(
+                "tc filter show dev {} ingress   (on {node})",
+                podnet_conventions::VXLAN_DEV
+            ),
+        },
+        if status == "broken" {
+            "restart podnetd with --policy-datapath ebpf --datapath ebpf; see its log"
+        } else {
+            ""
+        },
+    );
+}

@@ -1,0 +1,177 @@
+//! The commands that ask the agents (`trace`, `doctor`, `observe`, `policy`,
+//! `wireguard`): the arguments turned into `podnet_cli` calls, with the lab's names
+//! when `--lab` is given.
+
+use super::args::{Cmd, Output, PolicyCmd, Proto, VerdictFilter, WireguardCmd};
+use super::{agent_sockets, agents, emit, open_lab};
+use anyhow::{Context, Result};
+
+/// `podnet observe`: the nodes' events, followed until `--count` or `--for`.
+pub(super) fn observe(cmd: Cmd) -> Result<()> {
+    let Cmd::Observe {
+        lab,
+        node,
+        pod,
+        verdict,
+        since,
+        count,
+        for_,
+        agent,
+        output,
+    } = cmd
+    else {
+        unreachable!("observe")
+    };
+    let mut socks = agent_sockets(lab, agent)?;
+    if let Some(n) = &node {
+        if !socks.iter().any(|(s, _)| s == n) {
+            anyhow::bail!(
+                "no node {n} to observe; nodes: {}",
+                socks
+                    .iter()
+                    .map(|(s, _)| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        socks.retain(|(s, _)| s == n);
+    }
+    let duration = |d: Option<String>| {
+        d.as_deref()
+            .map(podnet_cli::observe::parse_duration)
+            .transpose()
+    };
+    let filter = podnet_cli::observe::Filter {
+        pod,
+        verdict: verdict.map(|v| match v {
+            VerdictFilter::Dropped => "dropped".into(),
+            VerdictFilter::Allowed => "allowed".into(),
+        }),
+        since: duration(since)?,
+    };
+    let stop = podnet_cli::observe::Stop {
+        count,
+        after: duration(for_)?,
+    };
+    use std::io::Write;
+    podnet_cli::observe::follow(&socks, &filter, stop, &mut |e| {
+        let mut o = std::io::stdout().lock();
+        match output {
+            Output::Json => writeln!(o, "{}", serde_json::to_string(e)?)?,
+            Output::Text => writeln!(o, "{}", podnet_cli::observe::render(e))?,
+        }
+        o.flush()?;
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// `podnet doctor`: exits 1 when anything is broken.
+pub(super) fn doctor(cmd: Cmd) -> Result<()> {
+    let Cmd::Doctor {
+        node,
+        lab,
+        agent,
+        output,
+    } = cmd
+    else {
+        unreachable!("doctor")
+    };
+    let r = podnet_cli::doctor::doctor(&*agents(lab, agent)?, node.as_deref())?;
+    emit(output, &r, podnet_cli::doctor::render)?;
+    if r.broken > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `podnet trace`: exits 1 when a hop is broken.
+pub(super) fn trace(cmd: Cmd) -> Result<()> {
+    let Cmd::Trace {
+        src,
+        dst,
+        lab,
+        agent,
+        port,
+        protocol,
+        output,
+    } = cmd
+    else {
+        unreachable!("trace")
+    };
+    let flow = podnet_cli::trace::Flow {
+        proto: match protocol {
+            Proto::Tcp => podnet_policy::Proto::Tcp,
+            Proto::Udp => podnet_policy::Proto::Udp,
+            Proto::Sctp => podnet_policy::Proto::Sctp,
+            Proto::Icmp => podnet_policy::Proto::Other(1),
+        },
+        port,
+    };
+    let t = podnet_cli::trace::trace(&*agents(lab, agent)?, &src, &dst, &flow)?;
+    emit(output, &t, podnet_cli::trace::render)?;
+    if t.broken_hop.is_some() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+pub(super) fn run_policy(cmd: PolicyCmd) -> Result<()> {
+    match cmd {
+        PolicyCmd::Explain {
+            from,
+            to,
+            port,
+            protocol,
+            lab,
+            datastore,
+            output,
+        } => {
+            let objs = match lab {
+                Some(name) => crate::agents::lab_objects(&open_lab(&name)?)?,
+                None => crate::agents::datastore_objects(&datastore)?,
+            };
+            let v = podnet_cli::policy::explain(&objs, &from, &to, port, protocol.proto())?;
+            emit(output, &v, podnet_cli::policy::render_verdict)?;
+        }
+        PolicyCmd::Stats { lab, agent, output } => {
+            let socks = agent_sockets(lab, agent)?;
+            let refs: Vec<(String, &std::path::Path)> = socks
+                .iter()
+                .map(|(n, p)| (n.clone(), p.as_path()))
+                .collect();
+            let s = podnet_cli::policy::stats(&refs)?;
+            emit(output, &s, |s| podnet_cli::policy::render_stats(s))?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn run_wireguard(cmd: WireguardCmd) -> Result<()> {
+    match cmd {
+        WireguardCmd::Status { lab, agent, output } => {
+            let socks = agent_sockets(lab, agent)?;
+            let s = podnet_cli::wireguard::status(&socks);
+            emit(output, &s, |s| podnet_cli::wireguard::render_status(s))?;
+            if s.iter().any(|n| n.wireguard.is_none()) {
+                std::process::exit(1);
+            }
+        }
+        WireguardCmd::Rotate {
+            node,
+            lab,
+            agent,
+            output,
+        } => {
+            let r = match lab {
+                Some(name) => {
+                    let node = node.context("--lab needs --node: the node to re-key")?;
+                    crate::agents::rotate_in_lab(&open_lab(&name)?, &node)?
+                }
+                None => podnet_cli::wireguard::rotate(agent)?,
+            };
+            emit(output, &r, podnet_cli::wireguard::render_rotation)?;
+        }
+    }
+    Ok(())
+}
