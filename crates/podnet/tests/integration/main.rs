@@ -17,6 +17,7 @@ mod lab;
 mod observe;
 mod podman;
 mod policy;
+mod policy_changes;
 mod policy_datapath;
 mod real_nodes;
 mod semantics;

@@ -27,6 +27,12 @@
 //! `podnet lab kubeconfig` prints the admin
 //! kubeconfig's path; `podnet lab kubectl -- …` runs kubectl with it, in the fabric.
 
+mod control_plane;
+mod kubelet;
+
+use control_plane::*;
+pub use kubelet::run_kubelet;
+
 use crate::apply::{parse_manifests, pod_id, Change};
 use crate::{Binaries, Lab, State, ETCD_ADDR};
 use anyhow::{bail, Context, Result};
@@ -53,9 +59,9 @@ pub const API_PORT: u16 = 6443;
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// The agent's RBAC as shipped: the lab's agents run with exactly these rights.
-pub const RBAC_YAML: &str = include_str!("../../../deploy/rbac.yaml");
-pub const NAMESPACE_YAML: &str = include_str!("../../../deploy/namespace.yaml");
-pub const ADMISSION_YAML: &str = include_str!("../../../deploy/admission.yaml");
+pub const RBAC_YAML: &str = include_str!("../../../../deploy/rbac.yaml");
+pub const NAMESPACE_YAML: &str = include_str!("../../../../deploy/namespace.yaml");
+pub const ADMISSION_YAML: &str = include_str!("../../../../deploy/admission.yaml");
 
 /// The directory holding etcd, kube-apiserver, kube-controller-manager and kubectl:
 /// `$PODNET_KUBERNETES_BIN`, else where `scripts/kubernetes.sh` caches them.
@@ -98,31 +104,6 @@ pub fn comm_of(what: &str) -> Option<&'static str> {
             _ => return None,
         },
     })
-}
-
-/// `openssl ARGS` in `dir`, which must succeed.
-fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    run_checked(
-        Command::new("openssl").args(args).current_dir(dir),
-        &format!("openssl {} (apt-get install openssl)", args[0]),
-    )
-    .map(|_| ())
-}
-
-/// A P-256 key `dir/name`.
-fn openssl_key(dir: &Path, name: &str) -> Result<()> {
-    openssl(
-        dir,
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            name,
-        ],
-    )
 }
 
 /// Runs `cmd` (no input), which must succeed: its standard output, or an error with
@@ -212,68 +193,6 @@ impl Lab {
         serde_json::from_str(&out).with_context(|| format!("kubectl {}: not JSON", args.join(" ")))
     }
 
-    /// Certificates (once): a CA, the API server's serving certificate, the admin's
-    /// client certificate, the service-account signing key.
-    fn ensure_pki(&self) -> Result<()> {
-        let pki = self.k8s_dir().join("pki");
-        if pki.join("done").exists() {
-            return Ok(());
-        }
-        std::fs::create_dir_all(&pki).with_context(|| format!("create {}", pki.display()))?;
-        let ossl = |args: &[&str]| openssl(&pki, args);
-        let key = |name: &str| openssl_key(&pki, name);
-        key("ca.key")?;
-        ossl(&[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "3650",
-            "-subj",
-            "/CN=podnet-lab-ca",
-        ])?;
-        self.sign_cert(
-            "apiserver",
-            "/CN=kube-apiserver",
-            &format!("subjectAltName=IP:{API_ADDR},IP:10.96.0.1,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n"),
-        )?;
-        self.sign_cert(
-            "admin",
-            "/O=system:masters/CN=podnet-lab-admin",
-            "extendedKeyUsage=clientAuth\n",
-        )?;
-        self.sign_cert(
-            "controller-manager",
-            "/CN=system:kube-controller-manager",
-            "extendedKeyUsage=clientAuth\n",
-        )?;
-        // Real nodes (crate::real): the scheduler, kube-proxy, and the API
-        // server's client certificate for the kubelets (exec, logs, port-forward).
-        self.sign_cert(
-            "scheduler",
-            "/CN=system:kube-scheduler",
-            "extendedKeyUsage=clientAuth\n",
-        )?;
-        self.sign_cert(
-            "kube-proxy",
-            "/CN=system:kube-proxy",
-            "extendedKeyUsage=clientAuth\n",
-        )?;
-        self.sign_cert(
-            "apiserver-kubelet-client",
-            "/O=system:masters/CN=kube-apiserver-kubelet-client",
-            "extendedKeyUsage=clientAuth\n",
-        )?;
-        key("sa.key")?;
-        ossl(&["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
-        std::fs::write(pki.join("done"), "")?;
-        Ok(())
-    }
-
     /// Makes `<pki>/<name>.key` and a certificate for it signed by the lab's CA.
     pub(crate) fn sign_cert(&self, name: &str, subj: &str, ext: &str) -> Result<()> {
         let pki = self.k8s_dir().join("pki");
@@ -326,195 +245,6 @@ impl Lab {
             .with_context(|| format!("write {}", path.display()))
     }
 
-    fn spawn_control(&self, fabric: &Netns, what: &str, cmd: Command) -> Result<()> {
-        if self.live_pid(what, comm_of(what).unwrap_or(what)).is_some() {
-            return Ok(());
-        }
-        let log = self.k8s_dir().join(format!("{what}.log"));
-        let pid = crate::spawn_in(fabric, cmd, Some(&log))?;
-        self.record_pid(what, pid)
-    }
-
-    fn wait_for(&self, what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
-        let t = Instant::now();
-        while !ok() {
-            if self.live_pid(what, comm_of(what).unwrap_or(what)).is_none() {
-                bail!(
-                    "{what} exited; see {}",
-                    self.k8s_dir().join(format!("{what}.log")).display()
-                );
-            }
-            if t.elapsed() > timeout {
-                bail!(
-                    "{what} not ready within {timeout:?}; see {}",
-                    self.k8s_dir().join(format!("{what}.log")).display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
-    }
-
-    /// etcd, kube-apiserver, kube-controller-manager (each started unless running),
-    /// the kubeconfigs, and the agents' ServiceAccount with `deploy/`'s RBAC.
-    pub(crate) fn ensure_control_plane(
-        &self,
-        fabric: &Netns,
-        real_nodes: bool,
-        say: &mut dyn FnMut(&str),
-    ) -> Result<()> {
-        let bin = bin_dir()?;
-        let k8s = self.k8s_dir();
-        std::fs::create_dir_all(&k8s).with_context(|| format!("create {}", k8s.display()))?;
-        self.ensure_pki()?;
-        let pki = k8s.join("pki");
-        let p = |f: &str| pki.join(f).display().to_string();
-
-        let mut etcd = Command::new(bin.join("etcd"));
-        etcd.args([
-            "--name",
-            "lab",
-            "--data-dir",
-            &k8s.join("etcd").display().to_string(),
-            "--listen-client-urls",
-            "http://127.0.0.1:2379",
-            "--advertise-client-urls",
-            "http://127.0.0.1:2379",
-            "--listen-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-cluster",
-            "lab=http://127.0.0.1:2380",
-            "--log-level",
-            "warn",
-        ]);
-        self.spawn_control(fabric, "k8s-etcd", etcd)?;
-        self.wait_for("k8s-etcd", Duration::from_secs(20), || {
-            fabric
-                .run(|| {
-                    std::net::TcpStream::connect_timeout(
-                        &SocketAddrV4::new(Ipv4Addr::LOCALHOST, 2379).into(),
-                        Duration::from_millis(200),
-                    )
-                    .is_ok()
-                })
-                .unwrap_or(false)
-        })?;
-
-        let mut api = Command::new(bin.join("kube-apiserver"));
-        api.args([
-            "--etcd-servers=http://127.0.0.1:2379".to_string(),
-            format!("--bind-address={API_ADDR}"),
-            format!("--advertise-address={API_ADDR}"),
-            format!("--secure-port={API_PORT}"),
-            format!("--tls-cert-file={}", p("apiserver.crt")),
-            format!("--tls-private-key-file={}", p("apiserver.key")),
-            format!("--client-ca-file={}", p("ca.crt")),
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-            format!("--service-account-key-file={}", p("sa.pub")),
-            format!("--service-account-signing-key-file={}", p("sa.key")),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-            "--authorization-mode=Node,RBAC".into(),
-            "--allow-privileged=true".into(),
-            "--profiling=false".into(),
-            format!("--cert-dir={}", k8s.join("apiserver-certs").display()),
-            // To the kubelets of real nodes (exec, logs, port-forward), at their
-            // InternalIP: the lab's nodes have no names in any DNS.
-            format!(
-                "--kubelet-client-certificate={}",
-                p("apiserver-kubelet-client.crt")
-            ),
-            format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
-            "--kubelet-preferred-address-types=InternalIP".into(),
-        ]);
-        self.spawn_control(fabric, "kube-apiserver", api)?;
-        self.write_kubeconfig(
-            &self.kubeconfig(),
-            json!({"client-certificate": p("admin.crt"), "client-key": p("admin.key")}),
-        )?;
-        let kcm_kc = k8s.join("controller-manager.kubeconfig");
-        self.write_kubeconfig(
-            &kcm_kc,
-            json!({"client-certificate": p("controller-manager.crt"), "client-key": p("controller-manager.key")}),
-        )?;
-        let t = Instant::now();
-        self.wait_for("kube-apiserver", Duration::from_secs(90), || {
-            self.kubectl(&["get", "--raw=/readyz"], None).is_ok()
-        })?;
-        say(&format!(
-            "kube-apiserver v{K8S_VERSION} at https://{API_ADDR}:{API_PORT} in {} (ready in {:.1} s; kubeconfig {})",
-            self.fabric_ns(),
-            t.elapsed().as_secs_f64(),
-            self.kubeconfig().display()
-        ));
-
-        let mut kcm = Command::new(bin.join("kube-controller-manager"));
-        kcm.args([
-            format!("--kubeconfig={}", kcm_kc.display()),
-            format!("--authentication-kubeconfig={}", kcm_kc.display()),
-            format!("--authorization-kubeconfig={}", kcm_kc.display()),
-            "--leader-elect=false".into(),
-            "--use-service-account-credentials=true".into(),
-            // With real kubelets, every default controller (node lifecycle, endpoint
-            // slices, Deployments and DaemonSets, garbage collection, the root CA
-            // publisher…). With the lab's own kubelet, which sends no heartbeats, the
-            // node lifecycle controller would evict every pod: only what it needs.
-            if real_nodes {
-                "--controllers=*".into()
-            } else {
-                "--controllers=node-ipam-controller,namespace-controller,serviceaccount-controller"
-                    .into()
-            },
-            format!("--root-ca-file={}", p("ca.crt")),
-            format!("--service-account-private-key-file={}", p("sa.key")),
-            "--allocate-node-cidrs=true".into(),
-            format!("--cluster-cidr={CLUSTER_CIDR}"),
-            "--node-cidr-mask-size=24".into(),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-            "--bind-address=127.0.0.1".into(),
-            "--secure-port=10257".into(),
-        ]);
-        self.spawn_control(fabric, "kube-controller-manager", kcm)?;
-        if real_nodes {
-            let sched_kc = k8s.join("scheduler.kubeconfig");
-            self.write_kubeconfig(
-                &sched_kc,
-                json!({"client-certificate": p("scheduler.crt"), "client-key": p("scheduler.key")}),
-            )?;
-            let mut sched = Command::new(crate::real::bin_dir()?.join("kube-scheduler"));
-            sched.args([
-                format!("--kubeconfig={}", sched_kc.display()),
-                format!("--authentication-kubeconfig={}", sched_kc.display()),
-                format!("--authorization-kubeconfig={}", sched_kc.display()),
-                "--leader-elect=false".into(),
-                "--bind-address=127.0.0.1".into(),
-            ]);
-            self.spawn_control(fabric, "kube-scheduler", sched)?;
-        }
-
-        // The agents' identity: deploy/'s ServiceAccount and RBAC, and a token of it.
-        self.kubectl(&["apply", "-f", "-"], Some(NAMESPACE_YAML))?;
-        self.kubectl(&["apply", "-f", "-"], Some(RBAC_YAML))?;
-        // Each agent may change only its own Node (its token is bound to it).
-        self.kubectl(&["apply", "-f", "-"], Some(ADMISSION_YAML))?;
-        if !self.agent_kubeconfig().exists() {
-            let token = self.kubectl(
-                &[
-                    "create",
-                    "token",
-                    "podnet",
-                    "-n",
-                    "podnet",
-                    "--duration=720h",
-                ],
-                None,
-            )?;
-            self.write_kubeconfig(&self.agent_kubeconfig(), json!({"token": token.trim()}))?;
-        }
-        Ok(())
-    }
-
     /// Registers lab node `node` as a Node (InternalIP `ip`, Ready), as its kubelet
     /// would.
     pub(crate) fn register_node(&self, node: &str, ip: Ipv4Addr) -> Result<()> {
@@ -563,13 +293,6 @@ impl Lab {
             json!({"token": token.trim()}),
         )?;
         Ok(())
-    }
-
-    /// Starts the lab's kubelet unless it runs.
-    pub(crate) fn ensure_kubelet(&self, fabric: &Netns, bins: &Binaries) -> Result<()> {
-        let mut cmd = Command::new(&bins.podnet);
-        cmd.args(["lab", "--name", &self.name, "kubelet"]);
-        self.spawn_control(fabric, "kubelet", cmd)
     }
 
     /// Creates Pod objects for `lab up`'s pods (bound to their nodes).
@@ -806,186 +529,4 @@ pub fn delete(name: &str, text: &str) -> Result<Vec<Change>> {
     want.retain(|k, _| !k.starts_with("Namespace "));
     wait_versions(name, &want, Duration::from_secs(10))?;
     Ok(changes)
-}
-
-/// The Pod object (as the policy crate reads it) and its uid, from the API's JSON.
-fn lab_pod(v: &Value) -> Option<(podnet_policy::objects::Pod, String)> {
-    let t = podnet_policy::objects::from_api("Pod", v)?;
-    match Object::from_json(t).ok()? {
-        Object::Pod(mut p) => {
-            p.status = None;
-            Some((p, v["metadata"]["uid"].as_str()?.to_string()))
-        }
-        _ => None,
-    }
-}
-
-/// `podnet lab kubelet` (started by `lab up --kubernetes`, in the fabric): follows
-/// the API's Pods and makes, reports and tears down the lab's pods. Runs until killed.
-pub fn run_kubelet(name: &str) -> Result<()> {
-    let bins = Binaries::find()?;
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let kubeconfig = Lab::open(name)?.kubeconfig();
-    let kubectl = bin_dir()?.join("kubectl");
-    // A watch as the trigger; every round reads the whole list, so a missed or
-    // repeated event changes nothing.
-    std::thread::spawn(move || loop {
-        let child = Command::new(&kubectl)
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(["get", "pods", "--all-namespaces", "--watch", "-o", "name"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn();
-        if let Ok(mut c) = child {
-            if let Some(out) = c.stdout.take() {
-                for _ in std::io::BufReader::new(out).lines() {
-                    if tx.send(()).is_err() {
-                        return;
-                    }
-                }
-            }
-            let _ = c.wait();
-        }
-        eprintln!(
-            "{} kubelet: pod watch ended; restarting it",
-            crate::now_rfc3339()
-        );
-        let _ = tx.send(());
-        std::thread::sleep(Duration::from_secs(1));
-    });
-    loop {
-        if let Err(e) = reconcile(name, &bins) {
-            tracing::warn!("{e:#}");
-        }
-        let _ = rx.recv_timeout(Duration::from_secs(10));
-        while rx.try_recv().is_ok() {}
-    }
-}
-
-fn reconcile(name: &str, bins: &Binaries) -> Result<()> {
-    let lab = Lab::open(name)?;
-    let list = lab.kubectl_json(&["get", "pods", "--all-namespaces", "-o", "json"], None)?;
-    let mut st = lab.load()?.context("lab state")?;
-    let say = |m: &str| tracing::info!("{m}");
-    let items = list["items"].as_array().cloned().unwrap_or_default();
-    let mine = |v: &Value| {
-        v["spec"]["nodeName"]
-            .as_str()
-            .is_some_and(|n| st.nodes.iter().any(|x| x.name == n))
-    };
-    // (id, node, object, uid, API podIP) of every live pod bound to a lab node.
-    let mut want = Vec::new();
-    let mut terminating = Vec::new();
-    for v in items.iter().filter(|v| mine(v)) {
-        let Some((pod, uid)) = lab_pod(v) else {
-            continue;
-        };
-        let id = pod_id(&pod);
-        if v["metadata"]["deletionTimestamp"].is_string() {
-            terminating.push((id, pod.metadata.ns().to_string(), pod.metadata.name.clone()));
-            continue;
-        }
-        let node = v["spec"]["nodeName"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let ip = v["status"]["podIP"].as_str().map(String::from);
-        want.push((id, node, pod, uid, ip));
-    }
-    // Tear down first: a deleted pod's address is free before a new pod asks for it.
-    let stale: Vec<String> = st
-        .pods
-        .iter()
-        .filter(|p| p.uid.is_some())
-        .filter(|p| {
-            !want
-                .iter()
-                .any(|w| w.0 == p.name && Some(&w.3) == p.uid.as_ref())
-        })
-        .map(|p| p.name.clone())
-        .collect();
-    for id in stale {
-        let r = lab.del_pod(&mut st, &id, bins);
-        lab.save(&st)?;
-        match r {
-            Ok(()) => say(&format!("pod {id} torn down")),
-            Err(e) => say(&format!("tearing down pod {id}: {e:#}")),
-        }
-    }
-    for (id, ns, pod) in terminating {
-        if !st.pods.iter().any(|p| p.name == id) {
-            // Gone from the node: let the API server remove it, as a kubelet does.
-            let _ = lab.kubectl(
-                &[
-                    "delete",
-                    "pod",
-                    "-n",
-                    &ns,
-                    &pod,
-                    "--grace-period=0",
-                    "--force",
-                    "--wait=false",
-                ],
-                None,
-            );
-        }
-    }
-    for (id, node, pod, uid, api_ip) in want {
-        let (ns, pname) = (pod.metadata.ns().to_string(), pod.metadata.name.clone());
-        if !st.pods.iter().any(|p| p.name == id) {
-            let r = lab.make_pod(&mut st, &id, &node, pod.clone(), bins, &mut |m| say(m));
-            if let Some(p) = st.pods.iter_mut().find(|p| p.name == id) {
-                p.uid = Some(uid.clone());
-            }
-            lab.save(&st)?;
-            if let Err(e) = r {
-                say(&format!("making pod {ns}/{pname} on {node}: {e:#}"));
-                continue;
-            }
-        } else if let Some(p) = st.pods.iter_mut().find(|p| p.name == id) {
-            // Labels and annotations change in place; the pod stays.
-            p.object = Some(pod.clone());
-        }
-        let Some(p) = st.pods.iter().find(|p| p.name == id) else {
-            continue;
-        };
-        if api_ip.as_deref() != Some(&p.ip.to_string()) {
-            let host = st
-                .nodes
-                .iter()
-                .find(|n| n.name == node)
-                .map(|n| n.underlay_ip.to_string())
-                .unwrap_or_default();
-            let now = crate::now_rfc3339();
-            let cond = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
-            let status = json!({"status": {
-                "phase": "Running", "podIP": p.ip.to_string(), "podIPs": [{"ip": p.ip.to_string()}],
-                "hostIP": host, "hostIPs": [{"ip": host}], "startTime": now,
-                "conditions": [cond("PodScheduled"), cond("Initialized"), cond("ContainersReady"), cond("Ready")],
-                "containerStatuses": pod.spec.containers.iter().map(|c| json!({
-                    "name": c.name, "image": c.image, "imageID": "", "ready": true, "started": true,
-                    "restartCount": 0, "state": {"running": {"startedAt": now}},
-                })).collect::<Vec<_>>(),
-            }});
-            lab.kubectl(
-                &[
-                    "patch",
-                    "pod",
-                    "-n",
-                    &ns,
-                    &pname,
-                    "--subresource=status",
-                    "--type=merge",
-                    "-p",
-                    &status.to_string(),
-                ],
-                None,
-            )
-            .map(|_| ())
-            .unwrap_or_else(|e| say(&format!("writing the status of pod {ns}/{pname}: {e:#}")));
-        }
-    }
-    lab.save(&st)?;
-    Ok(())
 }
