@@ -3,7 +3,7 @@
 
 use crate::Failure;
 use crate::{Agent, Backend, Config, Datapath, PolicyDatapath};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,13 +28,74 @@ enum LogFormat {
                   one WireGuard peer and one route per peer node; only the node's public key is published. Objects changed by hand are restored (--no-repair \
                   turns that off). It enforces NetworkPolicy for the node's pods from the Namespaces, Pods and \
                   NetworkPolicies in the datastore: a pod is closed until its verdicts are programmed. Stopping \
-                  podnetd withdraws nothing and opens nothing; pod traffic keeps flowing."
+                  podnetd withdraws nothing and opens nothing; pod traffic keeps flowing.\n\n\
+                  Without a subcommand it runs the agent; the subcommands are its other jobs on a node.",
+    args_conflicts_with_subcommands = true
 )]
+struct Cli {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    #[command(flatten)]
+    run: Args,
+}
+
+/// podnetd's jobs besides running the agent.
+#[derive(Subcommand)]
+enum Mode {
+    /// Install podnet-cni (the one beside this binary) into a directory, and a CNI
+    /// network configuration with it, atomically; then exit. The DaemonSet's init
+    /// container, with the host's /opt/cni/bin and /etc/cni/net.d mounted.
+    InstallCni {
+        /// Where podnet-cni goes (the host's /opt/cni/bin).
+        #[arg(long, value_name = "DIR")]
+        bin_dir: PathBuf,
+        /// The CNI network configuration to install.
+        #[arg(long, value_name = "FILE", requires = "conf_dir")]
+        conflist: Option<PathBuf>,
+        /// Where the conflist goes (the host's /etc/cni/net.d).
+        #[arg(long, value_name = "DIR", requires = "conflist")]
+        conf_dir: Option<PathBuf>,
+    },
+    /// Ask the agent on --api-socket whether the node is ready (routes synced,
+    /// NetworkPolicy verdicts programmed, datastore healthy): exit 0 if so, 1 if not.
+    /// The DaemonSet's readiness probe.
+    CheckReady {
+        #[arg(long, default_value = podnet_conventions::DEFAULT_API_SOCKET)]
+        api_socket: PathBuf,
+    },
+    /// Make each Kubernetes API call the agent makes once, print each with its
+    /// outcome, and exit (1 if any was refused): checks the RBAC role before a rollout.
+    CheckAccess {
+        /// The Node whose agent is checked (the agent may change only its own Node).
+        #[arg(long, env = "NODE_NAME")]
+        node: String,
+        /// The kubeconfig to use (default: the pod's service account, else
+        /// $KUBECONFIG or ~/.kube/config).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// (internal) The WireGuard device process, which podnetd starts in a session of
+    /// its own so that it outlives podnetd.
+    #[command(hide = true)]
+    WireguardDevice {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        dev: String,
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        pid_file: PathBuf,
+    },
+}
+
+/// The agent's flags (podnetd without a subcommand).
+#[derive(clap::Args)]
 struct Args {
     /// This node's name in the datastore (on Kubernetes: the Node's name; the
     /// DaemonSet passes it from the downward API).
     #[arg(long, env = "NODE_NAME")]
-    node: String,
+    node: Option<String>,
     /// Where nodes lease CIDRs and find peers: file:/path/to/dir,
     /// etcd://[user:password@]ip:port[,ip:port], etcds://ip:port?ca=FILE[&cert=FILE&key=FILE]
     /// (TLS), or kubernetes (the API server: pod CIDR from the Node's spec.podCIDR, peers
@@ -45,25 +106,6 @@ struct Args {
     /// account, else $KUBECONFIG or ~/.kube/config).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
-    /// Make each Kubernetes API call the agent makes once, print each with its
-    /// outcome, and exit (1 if any was refused): checks the RBAC role before rollout.
-    #[arg(long)]
-    check_access: bool,
-    /// Ask the agent running on --api-socket whether the node is ready (datapath
-    /// programmed, datastore healthy) and exit 0 if so, 1 if not: the DaemonSet's
-    /// readiness probe.
-    #[arg(long)]
-    check_ready: bool,
-    /// Install podnet-cni (the one beside this binary) into this directory and exit:
-    /// the DaemonSet's init container, with the host's /opt/cni/bin mounted here.
-    #[arg(long, value_name = "DIR")]
-    install_cni: Option<PathBuf>,
-    /// With --install-cni: the CNI network configuration to install.
-    #[arg(long, value_name = "FILE", requires = "install_cni")]
-    install_conflist: Option<PathBuf>,
-    /// With --install-cni: where the conflist goes (the host's /etc/cni/net.d).
-    #[arg(long, value_name = "DIR", requires = "install_conflist")]
-    install_conf_dir: Option<PathBuf>,
     /// The node's physical interface: VXLAN runs over it, host-gw routes through it.
     #[arg(long, default_value = "eth0")]
     underlay_dev: String,
@@ -111,9 +153,6 @@ struct Args {
     /// network namespace, so each can use the same port.
     #[arg(long, default_value = "node:9465", value_name = "ADDR")]
     metrics_addr: String,
-    /// Run as the WireGuard device process (podnetd starts it; not for people).
-    #[arg(long, hide = true)]
-    wireguard_device_process: bool,
     #[arg(long, default_value_t = 1)]
     vni: u32,
     /// VXLAN UDP port (8472 as Flannel; 4789 is the IANA port).
@@ -163,105 +202,93 @@ fn init_logs(format: LogFormat) {
 }
 
 pub fn main() {
-    let mut a = Args::parse();
-    init_logs(a.log_format);
-    if a.wireguard_device_process {
-        if let Err(e) = crate::wireguard::run_device(
-            &a.wireguard_dev,
-            &a.wireguard_socket,
-            &a.wireguard_pid_file,
-        ) {
-            tracing::error!(node = a.node, "WireGuard device {}: {e}", a.wireguard_dev);
-            std::process::exit(1);
+    let cli = Cli::parse();
+    init_logs(cli.run.log_format);
+    match cli.mode {
+        None => run_agent(cli.run),
+        Some(Mode::InstallCni {
+            bin_dir,
+            conflist,
+            conf_dir,
+        }) => match install(&bin_dir, conflist.as_deref(), conf_dir.as_deref()) {
+            Ok(done) => done.iter().for_each(|d| println!("installed {d}")),
+            Err(e) => fail(1, &format!("install failed: {e}")),
+        },
+        Some(Mode::CheckReady { api_socket }) => {
+            if let Err(why) = crate::api::ready(&api_socket) {
+                fail(1, &format!("not ready: {why}"));
+            }
         }
-        std::process::exit(0);
+        Some(Mode::CheckAccess { node, kubeconfig }) => check_access(&node, kubeconfig),
+        Some(Mode::WireguardDevice {
+            node,
+            dev,
+            socket,
+            pid_file,
+        }) => {
+            if let Err(e) = crate::wireguard::run_device(&dev, &socket, &pid_file) {
+                tracing::error!(node, "WireGuard device {dev}: {e}");
+                std::process::exit(1);
+            }
+        }
     }
+}
+
+/// Says why on standard error and exits with `code`.
+fn fail(code: i32, why: &str) -> ! {
+    eprintln!("podnetd: {why}");
+    std::process::exit(code)
+}
+
+/// Makes each of the agent's Kubernetes API calls once and prints its outcome; exits
+/// 1 if any was refused.
+fn check_access(node: &str, kubeconfig: Option<PathBuf>) {
+    let url = match kubeconfig {
+        Some(k) => format!("kubernetes:{}", k.display()),
+        None => "kubernetes".to_string(),
+    };
+    let calls = match podnet_kube::check_access(&url, node) {
+        Ok(calls) => calls,
+        Err(e) => fail(1, &format!("cannot check access: {e}")),
+    };
+    let mut refused = 0;
+    for (call, r) in &calls {
+        match r {
+            Ok(()) => println!("ok       {call}"),
+            Err(e) => {
+                refused += 1;
+                println!("refused  {call}: {e}");
+            }
+        }
+    }
+    if refused > 0 {
+        fail(1, &format!("{refused} of {} API calls refused: grant them in the ClusterRole (deploy/rbac.yaml)", calls.len()));
+    }
+}
+
+/// The agent's configuration from its flags, or the flag that is wrong.
+fn config(mut a: Args) -> Result<Config, String> {
     if let Some(k) = &a.kubeconfig {
         if a.datastore != "kubernetes" {
-            eprintln!(
-                "podnetd: --kubeconfig goes with --datastore kubernetes (given: --datastore {})",
+            return Err(format!(
+                "--kubeconfig goes with --datastore kubernetes (given: --datastore {})",
                 a.datastore
-            );
-            std::process::exit(2);
+            ));
         }
         a.datastore = format!("kubernetes:{}", k.display());
     }
-    if let Some(dir) = &a.install_cni {
-        match install(
-            dir,
-            a.install_conflist.as_deref(),
-            a.install_conf_dir.as_deref(),
-        ) {
-            Ok(done) => {
-                for d in done {
-                    println!("installed {d}");
-                }
-                std::process::exit(0);
-            }
-            Err(e) => {
-                eprintln!("podnetd: install failed: {e}");
-                std::process::exit(1);
-            }
-        }
-    }
-    if a.check_ready {
-        match crate::api::ready(&a.api_socket) {
-            Ok(()) => std::process::exit(0),
-            Err(why) => {
-                eprintln!("podnetd[{}]: not ready: {why}", a.node);
-                std::process::exit(1);
-            }
-        }
-    }
-    if a.check_access {
-        if !podnet_kube::is_kubernetes_url(&a.datastore) {
-            eprintln!("podnetd: --check-access checks the Kubernetes API calls: give --datastore kubernetes");
-            std::process::exit(2);
-        }
-        match podnet_kube::check_access(&a.datastore, &a.node) {
-            Ok(calls) => {
-                let mut refused = 0;
-                for (call, r) in &calls {
-                    match r {
-                        Ok(()) => println!("ok       {call}"),
-                        Err(e) => {
-                            refused += 1;
-                            println!("refused  {call}: {e}");
-                        }
-                    }
-                }
-                if refused > 0 {
-                    eprintln!("podnetd: {refused} of {} API calls refused: grant them in the ClusterRole (deploy/rbac.yaml)", calls.len());
-                    std::process::exit(1);
-                }
-                std::process::exit(0);
-            }
-            Err(e) => {
-                eprintln!("podnetd: cannot check access: {e}");
-                std::process::exit(1);
-            }
-        }
-    }
-    let cluster_cidr = match a.cluster_cidr.parse() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("podnetd: invalid --cluster-cidr {:?}: {e}", a.cluster_cidr);
-            std::process::exit(2);
-        }
-    };
-    let service_cidr = match a.service_cidr.parse() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("podnetd: invalid --service-cidr {:?}: {e}", a.service_cidr);
-            std::process::exit(2);
-        }
+    let cidr = |flag: &str, v: &str| {
+        v.parse()
+            .map_err(|e| format!("invalid --{flag} {v:?}: {e}"))
     };
     let cfg = Config {
-        node: a.node,
+        cluster_cidr: cidr("cluster-cidr", &a.cluster_cidr)?,
+        service_cidr: cidr("service-cidr", &a.service_cidr)?,
+        node: a.node.ok_or(
+            "give this node's name with --node (or NODE_NAME): the agent registers under it",
+        )?,
         datastore: a.datastore,
         underlay_dev: a.underlay_dev,
-        cluster_cidr,
-        service_cidr,
         node_prefix: a.node_prefix,
         backend: a.backend,
         vni: a.vni,
@@ -286,9 +313,14 @@ pub fn main() {
         datapath: a.datapath,
     };
     if cfg.fast_path() && cfg.backend == Backend::Wireguard {
-        eprintln!("podnetd: --datapath ebpf is not available with --backend wireguard (its device is not an Ethernet device; not tested): use --datapath bridge");
-        std::process::exit(2);
+        return Err("--datapath ebpf is not available with --backend wireguard (its device is not an Ethernet device; not tested): use --datapath bridge".into());
     }
+    Ok(cfg)
+}
+
+/// Runs the agent until a fatal error (exit 1) or SIGTERM/SIGINT (exit 0).
+fn run_agent(a: Args) {
+    let cfg = config(a).unwrap_or_else(|why| fail(2, &why));
     let node = cfg.node.clone();
     if let Err(e) = stop_on_signals(&node) {
         tracing::error!(node, "fatal: cannot wait for SIGTERM and SIGINT: {e}");

@@ -61,7 +61,7 @@ pub enum Failure {
     /// The datastore refused or could not be reached.
     #[error(transparent)]
     Datastore(#[from] podnet_datastore::Error),
-    /// Another agent's API (podnetd asking itself, `--check-ready`).
+    /// Another agent's API (`podnetd check-ready` asking the running agent).
     #[error(transparent)]
     Client(#[from] podnet_api::ClientError),
     /// A refusal or a finding that has no underlying error: what is wrong, and what

@@ -4,7 +4,7 @@
 //! - The device `podnet.wg`. This kernel has no WireGuard module, so the device is a
 //!   TUN device served by a userspace WireGuard (gotatun, Mullvad's maintained fork of
 //!   boringtun) running in a *device process*: podnetd started again as
-//!   `podnetd --wireguard-device-process`, in a session of its own. It is a separate
+//!   `podnetd wireguard-device`, in a session of its own. It is a separate
 //!   process so that a restart or `kill -9` of podnetd never stops the tunnels (a TUN
 //!   device lives exactly as long as the process holding it). podnetd finds and adopts
 //!   a running device process on start; it configures it through the WireGuard
@@ -392,14 +392,14 @@ pub fn ensure_device(p: &Paths, node: &str, log: &dyn Fn(&str)) -> Result<u32> {
         Path::new("/proc/self/exe"),
     ))?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--node")
+    cmd.arg("wireguard-device")
+        .arg("--node")
         .arg(node)
-        .arg("--wireguard-device-process")
-        .arg("--wireguard-dev")
+        .arg("--dev")
         .arg(&p.dev)
-        .arg("--wireguard-socket")
+        .arg("--socket")
         .arg(&p.socket)
-        .arg("--wireguard-pid-file")
+        .arg("--pid-file")
         .arg(&p.pid_file)
         .stdin(std::process::Stdio::null());
     use std::os::unix::process::CommandExt;

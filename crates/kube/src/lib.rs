@@ -29,7 +29,7 @@
 //! process shares one client and one set of watches.
 //!
 //! The API calls the agent makes are exactly [`CALLS`]; `deploy/rbac.yaml` grants
-//! those and nothing else, and `podnetd --check-access` makes each one once.
+//! those and nothing else, and `podnetd check-access` makes each one once.
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
@@ -630,7 +630,7 @@ impl Datastore for KubeStore {
 
 /// Makes each of [`CALLS`] once, as `node` (`nodes get/patch` on its own Node; the
 /// patch changes nothing), and returns each call with its outcome. What podnetd
-/// `--check-access` prints, and how a test shows that the ClusterRole is minimal.
+/// `podnetd check-access` prints, and how a test shows that the ClusterRole is minimal.
 pub fn check_access(
     url: &str,
     node: &str,

@@ -292,16 +292,14 @@ fn check_access(lab: &TestLab, kubeconfig: &str) -> (bool, String) {
         .arg(format!("--net=/run/netns/{}-fabric", lab.name))
         .arg(env!("CARGO_BIN_EXE_podnetd"))
         .args([
+            "check-access",
             "--node",
             "node1",
-            "--datastore",
-            "kubernetes",
             "--kubeconfig",
             kubeconfig,
-            "--check-access",
         ])
         .output()
-        .expect("run podnetd --check-access");
+        .expect("run podnetd check-access");
     (
         o.status.success(),
         format!(
