@@ -268,27 +268,7 @@ fn devices(out: &mut Out, n: &NodeView) {
         );
     }
     if let Some(w) = &st.wireguard {
-        // The device process answers, and holds the key the node publishes.
-        let bad = match &w.error {
-            Some(e) => Some(format!("its device process does not answer: {e}")),
-            None if w.device_public_key != w.public_key => Some(format!(
-                "it holds key {}, but the node publishes {}",
-                w.device_public_key, w.public_key
-            )),
-            None => None,
-        };
-        out.check(
-            "wireguard key",
-            bad.is_none(),
-            match &bad {
-                None => format!(
-                    "{} (pid {}, {}) holds the published key {}",
-                    w.device, w.pid, w.implementation, w.public_key
-                ),
-                Some(b) => format!("{}: {b}", w.device),
-            },
-            "restart podnetd: it starts the device process and gives it the node's key",
-        );
+        wireguard_key(out, w);
     }
     let fwd = state.forwarding;
     out.check(
@@ -299,126 +279,166 @@ fn devices(out: &mut Out, n: &NodeView) {
     );
 }
 
+/// The WireGuard device process answers, and holds the key the node publishes.
+fn wireguard_key(out: &mut Out, w: &podnet_api::WireGuardStatus) {
+    let bad = match &w.error {
+        Some(e) => Some(format!("its device process does not answer: {e}")),
+        None if w.device_public_key != w.public_key => Some(format!(
+            "it holds key {}, but the node publishes {}",
+            w.device_public_key, w.public_key
+        )),
+        None => None,
+    };
+    out.check(
+        "wireguard key",
+        bad.is_none(),
+        match &bad {
+            None => format!(
+                "{} (pid {}, {}) holds the published key {}",
+                w.device, w.pid, w.implementation, w.public_key
+            ),
+            Some(b) => format!("{}: {b}", w.device),
+        },
+        "restart podnetd: it starts the device process and gives it the node's key",
+    );
+}
+
 /// For every peer: route, neighbour and FDB entry as the datastore says; the underlay,
 /// the VXLAN port and the path MTU, probed.
 fn peers(out: &mut Out, n: &NodeView) {
+    let (routes, vteps) = (n.routes(), n.vteps());
+    for p in &n.st.peers {
+        peer_entries(out, n, p, &routes, &vteps);
+        peer_probes(out, n, p);
+    }
+}
+
+/// One peer's route, and its VXLAN neighbour and FDB entries or WireGuard peer.
+fn peer_entries(
+    out: &mut Out,
+    n: &NodeView,
+    p: &podnet_api::PeerStatus,
+    routes: &[&RouteState],
+    vteps: &[Vtep],
+) {
     let st = n.st;
-    let agent = n.agent;
     let vx = &n.st.vxlan_dev;
-    let peers = &n.st.peers;
-    let routes = n.routes();
-    let vteps = n.vteps();
-    let (mtu, overhead) = (st.mtu, st.overlay_overhead);
-    for p in peers {
-        let (name, cidr, under) = (&p.name, &p.pod_cidr, &p.underlay_ip);
-        let vtep = cidr.split('/').next().unwrap_or("");
-        // The same test trace applies to the route the lookup picks.
-        let r = routes.iter().copied().find(|r| &r.dst == cidr);
-        let bad = route_to_peer_mismatch(r, st, Some(p));
+    let (name, cidr) = (&p.name, &p.pod_cidr);
+    let vtep = cidr.split('/').next().unwrap_or("");
+    // The same test trace applies to the route the lookup picks.
+    let r = routes.iter().copied().find(|r| &r.dst == cidr);
+    let bad = route_to_peer_mismatch(r, st, Some(p));
+    out.check(
+        &format!("route to {name}"),
+        bad.is_none(),
+        match &bad {
+            None => format!("{cidr} via {}", text(r.and_then(|r| r.gateway))),
+            Some(why) => format!("{name}'s pod CIDR {cidr}: {why}"),
+        },
+        &route_fix(st, Some(p)),
+    );
+    if !vx.is_empty() {
+        // Held against the peer's own VTEP MAC and underlay address, as its agent
+        // reports them (the datastore's record only when it does not answer).
+        let want = VtepWant::new(p, n.others.get(name).map(|o| (o, None)));
+        let (vm, vu) = (&want.mac, &want.underlay);
+        let (_, r) = vtep_neigh_check(n.state, vx, vtep.parse().ok(), &want, vteps);
         out.check(
-            &format!("route to {name}"),
-            bad.is_none(),
-            match &bad {
-                None => format!("{cidr} via {}", text(r.and_then(|r| r.gateway))),
-                Some(why) => format!("{name}'s pod CIDR {cidr}: {why}"),
-            },
-            &route_fix(st, Some(p)),
+            &format!("neighbour for {name}"),
+            r.is_ok(),
+            r.unwrap_or_else(|e| e),
+            &format!("ip neigh replace {vtep} lladdr {vm} dev {vx} nud permanent"),
         );
-        if !vx.is_empty() {
-            // Held against the peer's own VTEP MAC and underlay address, as its agent
-            // reports them (the datastore's record only when it does not answer).
-            let want = VtepWant::new(p, n.others.get(name).map(|o| (o, None)));
-            let (vm, vu) = (&want.mac, &want.underlay);
-            let (_, r) = vtep_neigh_check(n.state, vx, vtep.parse().ok(), &want, &vteps);
-            out.check(
-                &format!("neighbour for {name}"),
-                r.is_ok(),
-                r.unwrap_or_else(|e| e),
-                &format!("ip neigh replace {vtep} lladdr {vm} dev {vx} nud permanent"),
-            );
-            let (_, r) = vtep_fdb_check(n.state, vx, &want, &vteps);
-            out.check(
-                &format!("fdb for {name}"),
-                r.is_ok(),
-                r.unwrap_or_else(|e| e),
-                &format!("bridge fdb replace {vm} dev {vx} dst {vu} self permanent"),
-            );
-        }
-        if let Some(w) = &st.wireguard {
-            // The other direction: what the peer's device holds for this node.
-            let theirs = n
-                .others
-                .get(name)
-                .and_then(|o| o.wireguard.as_ref())
-                .and_then(|o| {
-                    o.peers
-                        .iter()
-                        .find(|c| c.allowed_ips.contains(&st.pod_cidr))
-                });
-            let r = wireguard_peer_mismatch(st, p, n.others.get(name)).and_then(|c| match theirs {
-                Some(t) if t.public_key != w.device_public_key => Err(format!(
-                    "{name} holds key {} for this node, but this node's device has {}: handshakes fail (is this node's record in the datastore stale?)",
-                    t.public_key, w.device_public_key
-                )),
-                _ => Ok(c),
+        let (_, r) = vtep_fdb_check(n.state, vx, &want, vteps);
+        out.check(
+            &format!("fdb for {name}"),
+            r.is_ok(),
+            r.unwrap_or_else(|e| e),
+            &format!("bridge fdb replace {vm} dev {vx} dst {vu} self permanent"),
+        );
+    }
+    if let Some(w) = &st.wireguard {
+        // The other direction: what the peer's device holds for this node.
+        let theirs = n
+            .others
+            .get(name)
+            .and_then(|o| o.wireguard.as_ref())
+            .and_then(|o| {
+                o.peers
+                    .iter()
+                    .find(|c| c.allowed_ips.contains(&st.pod_cidr))
             });
-            out.check(
-                &format!("wireguard peer {name}"),
-                r.is_ok(),
-                match &r {
-                    Ok(c) => format!(
-                        "key {} at {}, latest handshake {}",
-                        c.public_key,
-                        c.endpoint,
-                        age(c.last_handshake)
-                    ),
-                    Err(e) => e.clone(),
-                },
-                &format!("if {name}'s record is stale, restart podnetd on {name} to publish its key; else restart podnetd here (it configures peers from the datastore)"),
-            );
-        }
-        let ping = |ip: &str, size: u32| -> String {
-            let size = u16::try_from(size).unwrap_or(u16::MAX);
-            match ip.parse() {
-                Ok(ip) => match agent.ping(ip, size) {
-                    Ok(r) => echo_text(&r.result),
-                    Err(e) => format!("error: {e}"),
-                },
-                Err(e) => format!("error: {ip}: {e}"),
-            }
-        };
-        let small = ping(under, 56);
+        let r = wireguard_peer_mismatch(st, p, n.others.get(name)).and_then(|c| match theirs {
+            Some(t) if t.public_key != w.device_public_key => Err(format!(
+                "{name} holds key {} for this node, but this node's device has {}: handshakes fail (is this node's record in the datastore stale?)",
+                t.public_key, w.device_public_key
+            )),
+            _ => Ok(c),
+        });
         out.check(
-            &format!("underlay to {name}"),
-            small == "reply",
-            format!("ping {under}: {small}"),
-            "check the physical network between the nodes",
+            &format!("wireguard peer {name}"),
+            r.is_ok(),
+            match &r {
+                Ok(c) => format!(
+                    "key {} at {}, latest handshake {}",
+                    c.public_key,
+                    c.endpoint,
+                    age(c.last_handshake)
+                ),
+                Err(e) => e.clone(),
+            },
+            &format!("if {name}'s record is stale, restart podnetd on {name} to publish its key; else restart podnetd here (it configures peers from the datastore)"),
         );
-        if small == "reply" {
-            let overlay = match (&st.wireguard, vx.is_empty()) {
-                (Some(_), _) => Some(Overlay::WireGuard),
-                (None, false) => Some(Overlay::Vxlan),
-                (None, true) => None,
-            };
-            if let Some(o) = overlay {
-                let (label, port) = o.describe(st, p);
-                let v = ping(vtep, 56);
-                out.check(
-                    &format!("{} port to {name}", label.to_lowercase()),
-                    v == "reply",
-                    format!("{label} (UDP {port}) through the overlay to {vtep} and back: {v}"),
-                    &format!("allow UDP {port} between the nodes, both directions"),
-                );
-            }
-            let size = mtu + overhead - 28;
-            let big = ping(under, size);
+    }
+}
+
+/// One peer probed from this node: the underlay, the overlay port, the path MTU.
+fn peer_probes(out: &mut Out, n: &NodeView, p: &podnet_api::PeerStatus) {
+    let (st, agent, vx) = (n.st, n.agent, &n.st.vxlan_dev);
+    let (name, under) = (&p.name, &p.underlay_ip);
+    let vtep = p.pod_cidr.split('/').next().unwrap_or("");
+    let (mtu, overhead) = (st.mtu, st.overlay_overhead);
+    let ping = |ip: &str, size: u32| -> String {
+        let size = u16::try_from(size).unwrap_or(u16::MAX);
+        match ip.parse() {
+            Ok(ip) => match agent.ping(ip, size) {
+                Ok(r) => echo_text(&r.result),
+                Err(e) => format!("error: {e}"),
+            },
+            Err(e) => format!("error: {ip}: {e}"),
+        }
+    };
+    let small = ping(under, 56);
+    out.check(
+        &format!("underlay to {name}"),
+        small == "reply",
+        format!("ping {under}: {small}"),
+        "check the physical network between the nodes",
+    );
+    if small == "reply" {
+        let overlay = match (&st.wireguard, vx.is_empty()) {
+            (Some(_), _) => Some(Overlay::WireGuard),
+            (None, false) => Some(Overlay::Vxlan),
+            (None, true) => None,
+        };
+        if let Some(o) = overlay {
+            let (label, port) = o.describe(st, p);
+            let v = ping(vtep, 56);
             out.check(
-                &format!("mtu to {name}"),
-                big == "reply",
-                format!("{} bytes with DF set to {under}: {big}", mtu + overhead),
-                "raise the physical MTU, or lower the pod MTU",
+                &format!("{} port to {name}", label.to_lowercase()),
+                v == "reply",
+                format!("{label} (UDP {port}) through the overlay to {vtep} and back: {v}"),
+                &format!("allow UDP {port} between the nodes, both directions"),
             );
         }
+        let size = mtu + overhead - 28;
+        let big = ping(under, size);
+        out.check(
+            &format!("mtu to {name}"),
+            big == "reply",
+            format!("{} bytes with DF set to {under}: {big}", mtu + overhead),
+            "raise the physical MTU, or lower the pod MTU",
+        );
     }
 }
 

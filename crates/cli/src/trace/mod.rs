@@ -156,113 +156,24 @@ impl Flow {
 /// Traces `src` to `dst` (pod names or addresses) for `flow`.
 pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<Trace> {
     let t0 = Instant::now();
-    let flow_desc = flow.describe();
-    let flow_desc = flow_desc.as_str();
-    let resolve = |x: &str| -> Result<Ipv4Addr> {
-        x.parse()
-            .ok()
-            .or_else(|| agents.pod_ip(x))
-            .with_context(|| format!("{x:?} is neither an IPv4 address nor a known pod"))
-    };
-    let (sip, dip) = (resolve(src)?, resolve(dst)?);
-    let nodes = agents.nodes();
-    let mut statuses = Vec::new();
-    for (n, sock) in &nodes {
-        if let Ok(st) = Client::new(sock).status() {
-            statuses.push((n.clone(), sock.clone(), st));
-        }
-    }
-    let node_of = |ip: Ipv4Addr| {
-        statuses
-            .iter()
-            .find(|(_, _, st)| st.pod_cidr.parse::<Ipv4Net>().is_ok_and(|c| c.contains(ip)))
-    };
-    let (sn, ssock, sst) = node_of(sip)
-        .with_context(|| format!("no node whose agent answers serves {sip}"))?
-        .clone();
-    let (dn, dsock, dst_st) = node_of(dip)
-        .with_context(|| format!("no node whose agent answers serves {dip}"))?
-        .clone();
-    let cross = sn != dn;
-    let (sc, dc) = (Client::new(&ssock), Client::new(&dsock));
-    let s_state = sc.state()?;
-    let d_state = if cross { dc.state()? } else { s_state.clone() };
-    // Pods by name where the cluster knows it, else by what the caller gave.
-    let label = |given: &str, ip: Ipv4Addr| match agents.pod_name(ip) {
-        Some(n) => format!("pod {n}"),
-        None => format!("pod {given}"),
-    };
-    let s_end = End {
-        ip: sip,
-        name: label(src, sip),
-        pod: sc.pod(sip)?,
-        node: sn.clone(),
-        agent: sc,
-        st: sst.clone(),
-        state: s_state,
-    };
-    let d_end = End {
-        ip: dip,
-        name: label(dst, dip),
-        pod: dc.pod(dip)?,
-        node: dn.clone(),
-        agent: dc,
-        st: dst_st.clone(),
-        state: d_state,
-    };
-    let (s_pod, d_pod, s_state) = (&s_end.pod, &d_end.pod, &s_end.state);
+    let (s_end, d_end, vteps) = ends(agents, src, dst)?;
+    let cross = s_end.node != d_end.node;
     let (s_macs, d_macs) = (s_end.macs(agents), d_end.macs(agents));
-    // Every node's own VTEP MAC and underlay address, as its agent reports them: whose
-    // a wrong overlay entry holds.
-    let vteps: Vec<Vtep> = statuses
-        .iter()
-        .map(|(n, _, st)| Vtep {
-            node: n.clone(),
-            mac: st.vtep_mac.clone(),
-            underlay: st.underlay_ip.clone(),
-        })
-        .collect();
     let mut b = Builder { hops: vec![] };
+    let pods = PodEnds {
+        given: (src, dst),
+        flow,
+        cross,
+    };
 
     // ---- source pod
-    let real_mac = |p: &PodReport, ip: Ipv4Addr| {
-        p.pod
-            .as_ref()
-            .and_then(|i| i.link.as_ref())
-            .map(|l| l.mac.clone())
-            .unwrap_or_else(|| podnet_netlink::fmt_mac(&podnet_conventions::pod_mac(ip)))
-    };
-    let s_path = PodPath {
-        macs: &s_macs,
-        peer_mac: (!cross).then(|| (d_end.name.clone(), real_mac(d_pod, dip))),
-        down: pod_down(&s_macs, s_pod, &s_end.name),
-    };
-    pod_hops(
-        &mut b,
-        "src-pod",
-        src,
-        sip,
-        s_pod,
-        &sst,
-        Some(dip),
-        Some(&s_path),
-    );
-    policy_hop(
-        &mut b,
-        "src-pod",
-        &sn,
-        &ssock,
-        sip,
-        dip,
-        podnet_policy::Direction::Egress,
-        flow,
-        (src, dst),
-    );
+    pods.hops(&mut b, (&s_end, &s_macs), &d_end, true);
 
     // ---- source node
-    host_veth_hop(&mut b, "src-node", &sn, s_pod, &sst, &s_end.name);
+    let (sn, sst, s_state) = (&s_end.node, &s_end.st, &s_end.state);
+    host_veth_hop(&mut b, "src-node", sn, &s_end.pod, sst, &s_end.name);
     fast_path_hop(&mut b, &s_end, &d_end, cross);
-    bridge_hop(&mut b, "src-node", &sn, s_state, &sst);
+    bridge_hop(&mut b, "src-node", sn, s_state, sst);
     let vx = sst.vxlan_dev.clone();
     if cross && !vx.is_empty() {
         // First: a VXLAN device that is down takes its routes and neighbours with it.
@@ -270,53 +181,26 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
             &mut b,
             "src-node",
             "link",
-            &sn,
-            (s_state, &sst),
+            sn,
+            (s_state, sst),
             &vx,
             "VXLAN device",
         );
     }
     if cross {
         between_nodes(&mut b, &s_end, &d_end, &vteps)?;
-    }
-    if cross {
         fast_path_in_hop(&mut b, &d_end);
     }
     dst_node_hops(&mut b, &d_end, &d_macs, cross);
 
     // ---- destination pod
-    let d_path = PodPath {
-        macs: &d_macs,
-        peer_mac: (!cross).then(|| (s_end.name.clone(), real_mac(s_pod, sip))),
-        down: pod_down(&d_macs, d_pod, &d_end.name),
-    };
-    pod_hops(
-        &mut b,
-        "dst-pod",
-        dst,
-        dip,
-        d_pod,
-        &dst_st,
-        Some(sip),
-        Some(&d_path),
-    );
-    policy_hop(
-        &mut b,
-        "dst-pod",
-        &dn,
-        &dsock,
-        dip,
-        sip,
-        podnet_policy::Direction::Ingress,
-        flow,
-        (src, dst),
-    );
+    pods.hops(&mut b, (&d_end, &d_macs), &s_end, false);
 
     let broken = b.hops.iter().find(|h| h.status == "broken").cloned();
     Ok(Trace {
-        src: format!("{src} ({sip} on {sn})"),
-        dst: format!("{dst} ({dip} on {dn})"),
-        flow: flow_desc.into(),
+        src: format!("{src} ({} on {})", s_end.ip, s_end.node),
+        dst: format!("{dst} ({} on {})", d_end.ip, d_end.node),
+        flow: flow.describe(),
         verdict: if broken.is_some() {
             "broken"
         } else {
@@ -329,12 +213,128 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
     })
 }
 
+/// Both ends of a trace, each read from its node's agent, and every node's own VTEP
+/// MAC and underlay address as its agent reports them (whose a wrong overlay entry
+/// holds).
+fn ends(agents: &dyn Agents, src: &str, dst: &str) -> Result<(End, End, Vec<Vtep>)> {
+    let resolve = |x: &str| -> Result<Ipv4Addr> {
+        x.parse()
+            .ok()
+            .or_else(|| agents.pod_ip(x))
+            .with_context(|| format!("{x:?} is neither an IPv4 address nor a known pod"))
+    };
+    let (sip, dip) = (resolve(src)?, resolve(dst)?);
+    let mut statuses = Vec::new();
+    for (n, sock) in &agents.nodes() {
+        if let Ok(st) = Client::new(sock).status() {
+            statuses.push((n.clone(), sock.clone(), st));
+        }
+    }
+    let node_of = |ip: Ipv4Addr| {
+        statuses
+            .iter()
+            .find(|(_, _, st)| st.pod_cidr.parse::<Ipv4Net>().is_ok_and(|c| c.contains(ip)))
+            .cloned()
+            .with_context(|| format!("no node whose agent answers serves {ip}"))
+    };
+    let (sn, ssock, sst) = node_of(sip)?;
+    let (dn, dsock, dst_st) = node_of(dip)?;
+    let (sc, dc) = (Client::new(&ssock), Client::new(&dsock));
+    let s_state = sc.state()?;
+    let d_state = if sn != dn {
+        dc.state()?
+    } else {
+        s_state.clone()
+    };
+    // Pods by name where the cluster knows it, else by what the caller gave.
+    let label = |given: &str, ip: Ipv4Addr| match agents.pod_name(ip) {
+        Some(n) => format!("pod {n}"),
+        None => format!("pod {given}"),
+    };
+    let s_end = End {
+        ip: sip,
+        name: label(src, sip),
+        pod: sc.pod(sip)?,
+        node: sn,
+        sock: ssock,
+        agent: sc,
+        st: sst,
+        state: s_state,
+    };
+    let d_end = End {
+        ip: dip,
+        name: label(dst, dip),
+        pod: dc.pod(dip)?,
+        node: dn,
+        sock: dsock,
+        agent: dc,
+        st: dst_st,
+        state: d_state,
+    };
+    let vteps = statuses
+        .iter()
+        .map(|(n, _, st)| Vtep {
+            node: n.clone(),
+            mac: st.vtep_mac.clone(),
+            underlay: st.underlay_ip.clone(),
+        })
+        .collect();
+    Ok((s_end, d_end, vteps))
+}
+
+/// What the pod hops of both ends share: the names the caller gave, the flow, and
+/// whether the pods are on different nodes.
+struct PodEnds<'a> {
+    given: (&'a str, &'a str),
+    flow: &'a Flow,
+    cross: bool,
+}
+
+impl PodEnds<'_> {
+    /// One pod's hops (its interface, routes and neighbours) and its policy hop: the
+    /// source's egress (`src`) or the destination's ingress.
+    fn hops(&self, b: &mut Builder, (end, macs): (&End, &Macs), other: &End, src: bool) {
+        let real_mac = |p: &PodReport, ip: Ipv4Addr| {
+            p.pod
+                .as_ref()
+                .and_then(|i| i.link.as_ref())
+                .map(|l| l.mac.clone())
+                .unwrap_or_else(|| podnet_netlink::fmt_mac(&podnet_conventions::pod_mac(ip)))
+        };
+        let path = PodPath {
+            macs,
+            peer_mac: (!self.cross).then(|| (other.name.clone(), real_mac(&other.pod, other.ip))),
+            down: pod_down(macs, &end.pod, &end.name),
+        };
+        let (where_, given, dir) = if src {
+            ("src-pod", self.given.0, podnet_policy::Direction::Egress)
+        } else {
+            ("dst-pod", self.given.1, podnet_policy::Direction::Ingress)
+        };
+        pod_hops(
+            b,
+            where_,
+            given,
+            end.ip,
+            &end.pod,
+            &end.st,
+            Some(other.ip),
+            Some(&path),
+        );
+        policy_hop(
+            b, where_, &end.node, &end.sock, end.ip, other.ip, dir, self.flow, self.given,
+        );
+    }
+}
+
 /// One end of a trace: the pod, its node, and what that node's agent reports.
 struct End {
     ip: Ipv4Addr,
     /// The pod for people: `pod p1a`.
     name: String,
     node: String,
+    /// Its node's agent, and where it answers.
+    sock: PathBuf,
     agent: Client,
     st: Status,
     state: NodeState,

@@ -7,8 +7,8 @@ use super::*;
 /// broken return path is not blamed on the physical network), then the physical
 /// network probed from the source.
 pub(super) fn between_nodes(b: &mut Builder, s: &End, d: &End, vteps: &[Vtep]) -> Result<()> {
-    let (sn, sst, s_state, sip, sc) = (&s.node, &s.st, &s.state, s.ip, &s.agent);
-    let (dn, dst_st, d_state, dip) = (&d.node, &d.st, &d.state, d.ip);
+    let (sn, sst, s_state, sc) = (&s.node, &s.st, &s.state, &s.agent);
+    let (dn, dip) = (&d.node, d.ip);
     let r = lookup(&s_state.routes, dip);
     let peer = sst.peers.iter().find(|p| &p.name == dn);
     let vx = sst.vxlan_dev.clone();
@@ -27,18 +27,12 @@ pub(super) fn between_nodes(b: &mut Builder, s: &End, d: &End, vteps: &[Vtep]) -
         format!("ip route get {dip}   (on {sn})"),
         &route_fix(sst, peer),
     );
-    let fwd = s_state.forwarding;
-    b.check(
+    forwarding_hop(
+        b,
         "src-node",
-        "forwarding",
-        fwd,
-        format!(
-            "IPv4 forwarding is {} on {sn}",
-            if fwd { "on" } else { "off" }
-        ),
-        format!("net.ipv4.ip_forward = {}", u8::from(fwd)),
-        format!("sysctl net.ipv4.ip_forward   (on {sn})"),
-        "sysctl -w net.ipv4.ip_forward=1 (podnetd turns it on when repair is on)",
+        sn,
+        s_state.forwarding,
+        " (podnetd turns it on when repair is on)",
     );
     if !vx.is_empty() {
         overlay_hops(b, "src-node", sn, s_state, &vx, (peer, d), vteps);
@@ -54,10 +48,45 @@ pub(super) fn between_nodes(b: &mut Builder, s: &End, d: &End, vteps: &[Vtep]) -
             dev,
             "WireGuard device",
         );
-        wireguard_peer_hop(b, "src-node", sn, (sst, peer), Some(dst_st));
+        wireguard_peer_hop(b, "src-node", sn, (sst, peer), Some(&d.st));
     }
     // ---- the destination node's way back to the source (read before probing, so
     // a broken return path is not blamed on the physical network)
+    let back = way_back(s, d, &vx, vteps);
+    let back_ok = !back.hops.iter().any(|h| h.status == "broken");
+    // ---- the physical network, probed from the source node
+    let overlay = match (&sst.wireguard, vx.is_empty()) {
+        (Some(_), _) => Some(Overlay::WireGuard),
+        (None, false) => Some(Overlay::Vxlan),
+        (None, true) => None,
+    };
+    underlay_dev_hops(b, s, d);
+    underlay_hops(b, sn, sc, sst, peer, overlay, back_ok)?;
+    b.hops.extend(back.hops);
+    Ok(())
+}
+
+/// IPv4 forwarding on `node`, as a hop.
+fn forwarding_hop(b: &mut Builder, where_: &str, node: &str, on: bool, fix_note: &str) {
+    b.check(
+        where_,
+        "forwarding",
+        on,
+        format!(
+            "IPv4 forwarding is {} on {node}",
+            if on { "on" } else { "off" }
+        ),
+        format!("net.ipv4.ip_forward = {}", u8::from(on)),
+        format!("sysctl net.ipv4.ip_forward   (on {node})"),
+        &format!("sysctl -w net.ipv4.ip_forward=1{fix_note}"),
+    );
+}
+
+/// The destination node's way back to the source: its devices, forwarding, its route
+/// to the source node's pod CIDR, its overlay entries or WireGuard peer for it.
+fn way_back(s: &End, d: &End, vx: &str, vteps: &[Vtep]) -> Builder {
+    let (sn, sst, sip) = (&s.node, &s.st, s.ip);
+    let (dn, dst_st, d_state) = (&d.node, &d.st, &d.state);
     let mut back = Builder { hops: vec![] };
     if let Some(dev) = dst_st.wireguard.as_ref().map(|w| &w.device) {
         device_hop(
@@ -77,23 +106,11 @@ pub(super) fn between_nodes(b: &mut Builder, s: &End, d: &End, vteps: &[Vtep]) -
             "link",
             dn,
             (d_state, dst_st),
-            &vx,
+            vx,
             "VXLAN device",
         );
     }
-    let fwd = d_state.forwarding;
-    back.check(
-        "dst-node",
-        "forwarding",
-        fwd,
-        format!(
-            "IPv4 forwarding is {} on {dn}",
-            if fwd { "on" } else { "off" }
-        ),
-        format!("net.ipv4.ip_forward = {}", u8::from(fwd)),
-        format!("sysctl net.ipv4.ip_forward   (on {dn})"),
-        "sysctl -w net.ipv4.ip_forward=1",
-    );
+    forwarding_hop(&mut back, "dst-node", dn, d_state.forwarding, "");
     let src_peer = dst_st.peers.iter().find(|p| &p.name == sn);
     let back_cidr = src_peer.map(|p| p.pod_cidr.clone()).unwrap_or_default();
     let br = lookup(&d_state.routes, sip);
@@ -114,30 +131,12 @@ pub(super) fn between_nodes(b: &mut Builder, s: &End, d: &End, vteps: &[Vtep]) -
         &route_fix(dst_st, src_peer),
     );
     if !vx.is_empty() {
-        overlay_hops(
-            &mut back,
-            "dst-node",
-            dn,
-            d_state,
-            &vx,
-            (src_peer, s),
-            vteps,
-        );
+        overlay_hops(&mut back, "dst-node", dn, d_state, vx, (src_peer, s), vteps);
     }
     if dst_st.wireguard.is_some() {
         wireguard_peer_hop(&mut back, "dst-node", dn, (dst_st, src_peer), Some(sst));
     }
-    let back_ok = !back.hops.iter().any(|h| h.status == "broken");
-    // ---- the physical network, probed from the source node
-    let overlay = match (&sst.wireguard, vx.is_empty()) {
-        (Some(_), _) => Some(Overlay::WireGuard),
-        (None, false) => Some(Overlay::Vxlan),
-        (None, true) => None,
-    };
-    underlay_dev_hops(b, s, d);
-    underlay_hops(b, sn, sc, sst, peer, overlay, back_ok)?;
-    b.hops.extend(back.hops);
-    Ok(())
+    back
 }
 
 /// The destination node: its bridge, its route to the pod's bridge, the pod's

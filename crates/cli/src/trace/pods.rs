@@ -83,6 +83,53 @@ pub(super) fn pod_hops(
         );
         return;
     }
+    pod_iface_hops(b, where_, name, ip, pod, p, node);
+    let Some(other) = peer else { return };
+    let gw = pod_route_hop(b, where_, name, pod, p, node, other);
+    // The entry the pod's frames go out with: its gateway's (the bridge), or on the
+    // same node the other pod's own.
+    let (target, whose, want) = match (gw, path) {
+        (Some(g), Some(pp)) => (g, format!("bridge {}", node.bridge), pp.macs.bridge_mac()),
+        (Some(g), None) => (
+            g,
+            format!("bridge {}", node.bridge),
+            podnet_netlink::fmt_mac(&podnet_conventions::pod_mac(g)),
+        ),
+        (
+            None,
+            Some(PodPath {
+                peer_mac: Some((w, m)),
+                ..
+            }),
+        ) => (other, w.clone(), m.clone()),
+        (None, _) => return,
+    };
+    let role = if gw.is_some() { "gateway " } else { "" };
+    let down = path.and_then(|pp| pp.down.as_deref());
+    let h = pod_neigh_hop(
+        where_,
+        name,
+        pod,
+        p,
+        (target, role),
+        (&whose, &want),
+        path.map(|pp| pp.macs),
+        down,
+    );
+    b.hops.push(h);
+}
+
+/// The pod's interface: it holds the pod's address, and is up with the node's pod MTU
+/// and the pod's MAC.
+fn pod_iface_hops(
+    b: &mut Builder,
+    where_: &str,
+    name: &str,
+    ip: Ipv4Addr,
+    pod: &PodReport,
+    p: &PodInside,
+    node: &Status,
+) {
     let ifname = pod.ifname.clone().unwrap_or_else(|| "eth0".into());
     let has = p.addrs.iter().any(|a| a.starts_with(&format!("{ip}/")));
     b.check(
@@ -125,7 +172,19 @@ pub(super) fn pod_hops(
             None => format!("ip link set {ifname} up (inside the pod)"),
         },
     );
-    let Some(other) = peer else { return };
+}
+
+/// The pod's route to `other`: present, and through its node's bridge. Returns the
+/// gateway it names, if any.
+fn pod_route_hop(
+    b: &mut Builder,
+    where_: &str,
+    name: &str,
+    pod: &PodReport,
+    p: &PodInside,
+    node: &Status,
+    other: Ipv4Addr,
+) -> Option<Ipv4Addr> {
     let r = lookup(&p.routes, other);
     let want_gw = pod_gateway(node);
     let gw = r.and_then(|r| r.gateway);
@@ -148,37 +207,7 @@ pub(super) fn pod_hops(
         cmd(pod, &format!("route get {other}"), name),
         "re-add the default route via the bridge gateway (ip route add default via <gateway>), or DEL and ADD the pod",
     );
-    // The entry the pod's frames go out with: its gateway's (the bridge), or on the
-    // same node the other pod's own.
-    let (target, whose, want) = match (gw, path) {
-        (Some(g), Some(pp)) => (g, format!("bridge {}", node.bridge), pp.macs.bridge_mac()),
-        (Some(g), None) => (
-            g,
-            format!("bridge {}", node.bridge),
-            podnet_netlink::fmt_mac(&podnet_conventions::pod_mac(g)),
-        ),
-        (
-            None,
-            Some(PodPath {
-                peer_mac: Some((w, m)),
-                ..
-            }),
-        ) => (other, w.clone(), m.clone()),
-        (None, _) => return,
-    };
-    let role = if gw.is_some() { "gateway " } else { "" };
-    let down = path.and_then(|pp| pp.down.as_deref());
-    let h = pod_neigh_hop(
-        where_,
-        name,
-        pod,
-        p,
-        (target, role),
-        (&whose, &want),
-        path.map(|pp| pp.macs),
-        down,
-    );
-    b.hops.push(h);
+    gw
 }
 
 /// What a pod's neighbour entries on a path must hold, and what to blame otherwise.

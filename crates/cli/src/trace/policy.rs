@@ -2,6 +2,7 @@
 //! fast path's hops.
 
 use super::*;
+use podnet_api::PodVerdict;
 
 /// The policy hop of one end: what that pod's node programmed for it, asked of its
 /// agent (`verdict`), with the kernel's view of whether the pod is programmed at all.
@@ -47,85 +48,110 @@ pub(super) fn policy_hop(
             return;
         }
     };
+    let end = PolicyEnd {
+        node,
+        ip,
+        peer,
+        dir,
+        flow,
+        names,
+    };
+    let j = judge(&v, &end);
+    b.add(where_, "policy", j.status, j.detail, j.kernel, cmd, j.fix);
+}
+
+/// One end of a flow as its policy hop judges it.
+pub(super) struct PolicyEnd<'a> {
+    pub(super) node: &'a str,
+    pub(super) ip: Ipv4Addr,
+    pub(super) peer: Ipv4Addr,
+    pub(super) dir: podnet_policy::Direction,
+    pub(super) flow: &'a Flow,
+    /// The names the caller gave: (source, destination).
+    pub(super) names: (&'a str, &'a str),
+}
+
+/// A policy hop's finding.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Judged {
+    pub(super) status: &'static str,
+    pub(super) detail: String,
+    pub(super) kernel: String,
+    pub(super) fix: &'static str,
+}
+
+/// What an agent's verdict says of the flow at one end — the diagnosis, apart from
+/// asking (so it is tested on recorded answers). The kernel's truth comes first:
+/// something missing opens the pod whatever its policies say; a pod left closed or not
+/// programmed passes nothing; only then do its tables decide.
+pub(super) fn judge(v: &PodVerdict, e: &PolicyEnd) -> Judged {
+    let (node, ip, d) = (e.node, e.ip, e.dir.as_str());
+    let j = |status, detail: String, kernel: String, fix| Judged {
+        status,
+        detail,
+        kernel,
+        fix,
+    };
     let pols = v.policies.join(", ");
     let entry = v.entry.clone().unwrap_or_else(|| "(none)".into());
-    let (who, other) = match dir {
-        podnet_policy::Direction::Egress => names,
-        podnet_policy::Direction::Ingress => (names.1, names.0),
+    let (who, other) = match e.dir {
+        podnet_policy::Direction::Egress => e.names,
+        podnet_policy::Direction::Ingress => (e.names.1, e.names.0),
     };
     if v.datapath == PolicyDatapath::None {
-        b.add(
-            where_,
-            "policy",
+        return j(
             "ok",
             format!("{node} runs without a NetworkPolicy datapath: nothing filters {d}"),
             "(none)".into(),
-            cmd,
             "",
         );
-        return;
     }
     if !v.enforcement.is_empty() {
-        b.check(where_, "policy", false,
+        return j("broken",
             format!("{ip} is OPEN on {node}, whatever its policies say: {}", v.enforcement.join("; ")),
-            "(missing from the kernel)".into(), cmd,
+            "(missing from the kernel)".into(),
             "podnetd puts what is missing back within 2 s (`repairing drift` in its log); if it stays missing, the agent is down or failing: see podnetd's log on that node");
-        return;
     }
     if let Some(why) = &v.refused {
-        b.check(where_, "policy", false,
+        return j("broken",
             format!("{ip} is closed on {node}: its agent left it closed: {why}"),
-            "(refused: too many entries)".into(), cmd,
+            "(refused: too many entries)".into(),
             "split or simplify the policies named (fewer ipBlock excepts, fewer ports); `podnet policy stats` lists every pod left closed");
-        return;
     }
     if !v.programmed {
-        b.check(where_, "policy", false,
+        return j("broken",
             format!("{ip} is closed on {node}: its agent has not programmed this pod's policy, so nothing passes {d}"),
-            "(not in set programmed)".into(), cmd,
+            "(not in set programmed)".into(),
             "the agent opens a pod once it knows its Pod object (namespace, labels, node and address): check that the object exists, and podnetd's log on that node");
-        return;
     }
     if !v.isolated {
-        b.add(
-            where_,
-            "policy",
+        return j(
             "ok",
             format!("not isolated for {d}: no policy selects {who}"),
             "(open)".into(),
-            cmd,
             "",
         );
-        return;
     }
-    if flow.port.is_none() && flow.proto.has_ports() {
-        b.add(
-            where_,
-            "policy",
+    if e.flow.port.is_none() && e.flow.proto.has_ports() {
+        return j(
             "warn",
             format!("isolated for {d} by {pols}; give --port to judge its rules"),
             format!("isolated by {pols}"),
-            cmd,
             "",
         );
-        return;
     }
     if v.allowed {
-        b.add(
-            where_,
-            "policy",
+        return j(
             "ok",
             format!("isolated for {d} by {pols}; admitted: {entry}"),
             entry,
-            cmd,
             "",
         );
-    } else {
-        b.check(where_, "policy", false,
-            format!("denied on {d}: {who} is isolated by {pols} and no rule admits {other} {}", flow.describe()),
-            format!("no entry for {peer} {}", flow.describe()), cmd,
-            "`podnet policy explain` shows the rules tried; add a rule that admits this flow, or leave it denied if that is the intent");
     }
+    j("broken",
+        format!("denied on {d}: {who} is isolated by {pols} and no rule admits {other} {}", e.flow.describe()),
+        format!("no entry for {} {}", e.peer, e.flow.describe()),
+        "`podnet policy explain` shows the rules tried; add a rule that admits this flow, or leave it denied if that is the intent")
 }
 
 /// With the eBPF fast path (`--datapath ebpf`): which program moves the packet where
@@ -243,4 +269,113 @@ pub(super) fn fast_path_in_hop(b: &mut Builder, d: &End) {
             ""
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A verdict as an agent answers `{"get":"verdict"}` (recorded from a lab node).
+    fn recorded(json: &str) -> PodVerdict {
+        serde_json::from_str(json).expect("a recorded verdict")
+    }
+
+    fn end(flow: &Flow) -> PolicyEnd<'_> {
+        PolicyEnd {
+            node: "node2",
+            ip: "10.244.1.2".parse().unwrap(),
+            peer: "10.244.0.2".parse().unwrap(),
+            dir: podnet_policy::Direction::Ingress,
+            flow,
+            names: ("p1a", "p2a"),
+        }
+    }
+
+    const TCP80: Flow = Flow {
+        proto: podnet_policy::Proto::Tcp,
+        port: Some(80),
+    };
+
+    #[test]
+    fn an_admitted_flow_names_its_entry_and_a_denied_one_the_isolating_policy() {
+        let admitted = recorded(
+            r#"{"pod":"default/p2a","direction":"ingress","isolated":true,"policies":["default/web"],
+                "allowed":true,"entry":"10.244.0.0/24 TCP 80-80","programmed":true,"datapath":"nftables"}"#,
+        );
+        let j = judge(&admitted, &end(&TCP80));
+        assert_eq!(j.status, "ok");
+        assert!(
+            j.detail.contains("admitted: 10.244.0.0/24 TCP 80-80"),
+            "{j:?}"
+        );
+        let denied = recorded(
+            r#"{"pod":"default/p2a","direction":"ingress","isolated":true,"policies":["default/web"],
+                "allowed":false,"entry":null,"programmed":true,"datapath":"ebpf"}"#,
+        );
+        let j = judge(&denied, &end(&TCP80));
+        assert_eq!(j.status, "broken");
+        assert!(
+            j.detail
+                .contains("p2a is isolated by default/web and no rule admits p1a"),
+            "{j:?}"
+        );
+        assert!(j.kernel.contains("no entry for 10.244.0.2"), "{j:?}");
+    }
+
+    #[test]
+    fn the_kernel_comes_before_the_tables() {
+        // The tables admit the flow, but the agent reports the table deleted: the pod
+        // is open, and that is the broken hop.
+        let open = recorded(
+            r#"{"pod":"default/p2a","direction":"ingress","isolated":true,"policies":["default/web"],
+                "allowed":true,"entry":"10.244.0.0/24 any protocol","programmed":true,"datapath":"nftables",
+                "enforcement":["table inet podnet is missing"]}"#,
+        );
+        let j = judge(&open, &end(&TCP80));
+        assert_eq!(j.status, "broken");
+        assert!(j.detail.contains("is OPEN on node2"), "{j:?}");
+        assert!(j.detail.contains("table inet podnet is missing"), "{j:?}");
+        // Not programmed: closed, whatever the tables say.
+        let closed = recorded(
+            r#"{"pod":null,"direction":"ingress","isolated":false,"policies":[],"allowed":false,
+                "entry":null,"programmed":false,"datapath":"ebpf"}"#,
+        );
+        let j = judge(&closed, &end(&TCP80));
+        assert_eq!(j.status, "broken");
+        assert!(j.detail.contains("has not programmed"), "{j:?}");
+        // Left closed for its size: says why.
+        let refused = recorded(
+            r#"{"pod":null,"direction":"ingress","isolated":false,"policies":[],"allowed":false,
+                "entry":null,"programmed":false,"datapath":"nftables","refused":"default/big: 120000 entries"}"#,
+        );
+        let j = judge(&refused, &end(&TCP80));
+        assert!(j.detail.contains("left it closed: default/big"), "{j:?}");
+    }
+
+    #[test]
+    fn no_datapath_no_isolation_and_no_port_are_said_plainly() {
+        let none = recorded(
+            r#"{"pod":"default/p2a","direction":"ingress","isolated":false,"policies":[],"allowed":true,
+                "entry":null,"programmed":false,"datapath":"none"}"#,
+        );
+        assert_eq!(judge(&none, &end(&TCP80)).status, "ok");
+        let open = recorded(
+            r#"{"pod":"default/p2a","direction":"ingress","isolated":false,"policies":[],"allowed":true,
+                "entry":null,"programmed":true,"datapath":"nftables"}"#,
+        );
+        let j = judge(&open, &end(&TCP80));
+        assert_eq!(
+            (j.status, j.detail.as_str()),
+            ("ok", "not isolated for ingress: no policy selects p2a")
+        );
+        let any_port = Flow {
+            proto: podnet_policy::Proto::Tcp,
+            port: None,
+        };
+        let isolated = recorded(
+            r#"{"pod":"default/p2a","direction":"ingress","isolated":true,"policies":["default/web"],
+                "allowed":false,"entry":null,"programmed":true,"datapath":"nftables"}"#,
+        );
+        assert_eq!(judge(&isolated, &end(&any_port)).status, "warn");
+    }
 }
