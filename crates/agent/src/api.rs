@@ -36,6 +36,17 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// Longest request line, in bytes.
 pub const MAX_REQUEST: usize = 64 * 1024;
 
+/// What every connection reads: the agent's and the policy's status, the rotation
+/// channel, the event log, and the names of the node's devices.
+struct Shared {
+    status: Arc<Mutex<Status>>,
+    policy: Arc<Mutex<PolicyStatus>>,
+    rotation: Arc<crate::wireguard::Rotation>,
+    events: Arc<crate::observe::EventLog>,
+    vxlan_dev: String,
+    bridge: String,
+}
+
 /// Starts serving on `path` in a background thread (in the agent's namespace).
 pub fn serve(
     path: &Path,
@@ -59,6 +70,14 @@ pub fn serve(
     // Root only: the socket tells about every pod and can make the node send probes.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+    let shared = Arc::new(Shared {
+        status,
+        policy,
+        rotation,
+        events,
+        vxlan_dev,
+        bridge,
+    });
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::spawn(move || {
         // One thread per connection, each with a read timeout: an idle or slow client
@@ -76,78 +95,82 @@ pub fn serve(
                 );
                 continue;
             }
-            let (status, policy, rotation, events, vxlan_dev, bridge, open) = (
-                status.clone(),
-                policy.clone(),
-                rotation.clone(),
-                events.clone(),
-                vxlan_dev.clone(),
-                bridge.clone(),
-                open.clone(),
-            );
-            std::thread::spawn(move || {
-                // The slot is given back however this thread ends (a panic included).
-                struct Slot(Arc<std::sync::atomic::AtomicUsize>);
-                impl Drop for Slot {
-                    fn drop(&mut self) {
-                        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                    }
-                }
-                let _slot = Slot(open);
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut line = String::new();
-                let read = BufReader::new(std::io::Read::take(&conn, MAX_REQUEST as u64 + 1))
-                    .read_line(&mut line);
-                let reply = match read {
-                    Err(_) => None,
-                    Ok(_) if line.len() > MAX_REQUEST => {
-                        Some(json!({"error": format!("request longer than {MAX_REQUEST} bytes")}))
-                    }
-                    Ok(_) => Some(match parse_request(&line) {
-                        Ok(Request::RotateWireguardKey) => {
-                            // The agent's loop rotates; it looks at least once a second.
-                            match rotation.request(Duration::from_secs(4)) {
-                                Ok(r) => serde_json::to_value(r).unwrap_or(Value::Null),
-                                Err(e) => json!({ "error": e.to_string() }),
-                            }
-                        }
-                        Ok(Request::Events {
-                            after,
-                            wait_ms,
-                            allowed,
-                        }) => {
-                            if allowed {
-                                events.want_allowed();
-                            }
-                            let (evs, next) = events
-                                .after(after, Duration::from_millis(u64::from(wait_ms.min(4000))));
-                            serde_json::to_value(crate::proto::EventsReply {
-                                events: evs,
-                                next,
-                                lost: events.lost.load(std::sync::atomic::Ordering::Relaxed),
-                                allowed: events.allowed_wanted(),
-                            })
-                            .unwrap_or(Value::Null)
-                        }
-                        Ok(req) => answer(&req, &status, &policy, &vxlan_dev, &bridge),
-                        Err(e) => json!({ "error": e }),
-                    }),
-                };
-                if let Some(r) = reply {
-                    let mut w = &conn;
-                    let _ = writeln!(w, "{r}");
-                }
-                // Closing with unread input would reset the connection before the client
-                // reads the answer: drain what is left of an oversized request (bounded).
-                let _ = conn.shutdown(std::net::Shutdown::Write);
-                let _ = std::io::copy(
-                    &mut std::io::Read::take(&conn, 1 << 20),
-                    &mut std::io::sink(),
-                );
-            });
+            let (shared, open) = (shared.clone(), open.clone());
+            std::thread::spawn(move || connection(conn, &shared, open));
         }
     });
     Ok(())
+}
+
+/// One connection: a request line in, its reply out.
+fn connection(
+    conn: std::os::unix::net::UnixStream,
+    shared: &Shared,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    // The slot is given back however this thread ends (a panic included).
+    struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let _slot = Slot(open);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut line = String::new();
+    let read =
+        BufReader::new(std::io::Read::take(&conn, MAX_REQUEST as u64 + 1)).read_line(&mut line);
+    let reply = match read {
+        Err(_) => None,
+        Ok(_) if line.len() > MAX_REQUEST => {
+            Some(json!({"error": format!("request longer than {MAX_REQUEST} bytes")}))
+        }
+        Ok(_) => Some(reply(&line, shared)),
+    };
+    if let Some(r) = reply {
+        let mut w = &conn;
+        let _ = writeln!(w, "{r}");
+    }
+    // Closing with unread input would reset the connection before the client reads
+    // the answer: drain what is left of an oversized request (bounded).
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+    let _ = std::io::copy(
+        &mut std::io::Read::take(&conn, 1 << 20),
+        &mut std::io::sink(),
+    );
+}
+
+/// The reply to one request line.
+fn reply(line: &str, s: &Shared) -> Value {
+    match parse_request(line) {
+        Ok(Request::RotateWireguardKey) => {
+            // The agent's loop rotates; it looks at least once a second.
+            match s.rotation.request(Duration::from_secs(4)) {
+                Ok(r) => serde_json::to_value(r).unwrap_or(Value::Null),
+                Err(e) => json!({ "error": e.to_string() }),
+            }
+        }
+        Ok(Request::Events {
+            after,
+            wait_ms,
+            allowed,
+        }) => {
+            if allowed {
+                s.events.want_allowed();
+            }
+            let wait = Duration::from_millis(u64::from(wait_ms.min(4000)));
+            let (evs, next) = s.events.after(after, wait);
+            serde_json::to_value(crate::proto::EventsReply {
+                events: evs,
+                next,
+                lost: s.events.lost.load(std::sync::atomic::Ordering::Relaxed),
+                allowed: s.events.allowed_wanted(),
+            })
+            .unwrap_or(Value::Null)
+        }
+        Ok(req) => answer(&req, &s.status, &s.policy, &s.vxlan_dev, &s.bridge),
+        Err(e) => json!({ "error": e }),
+    }
 }
 
 fn answer(

@@ -37,10 +37,15 @@ pub(super) fn counters(
     Ok(())
 }
 
-impl Collector for Kernel {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let st = self.policy.lock().unwrap().clone();
-        let pods = crate::observe::Pods::from_status(&st);
+/// `(reason, pod, namespace)` or `(policy, direction, verdict)` → count.
+type Tally = BTreeMap<(String, String, String), u64>;
+
+impl Kernel {
+    /// The drops (anti-spoofing's per pod and reason, the policy datapath's refused
+    /// packets) and the policy verdicts (denied packets per isolating policy, allowed
+    /// flows seen while allowed events were on), read now.
+    fn tallies(&self, st: &crate::policy::PolicyStatus) -> (Tally, Tally) {
+        let pods = crate::observe::Pods::from_status(st);
         // reason, pod, namespace → packets
         let mut drops: BTreeMap<(String, String, String), u64> = BTreeMap::new();
         for (ip, reasons) in antispoof_counters() {
@@ -51,7 +56,7 @@ impl Collector for Kernel {
         }
         // policy, direction, verdict → count
         let mut verdicts: BTreeMap<(String, String, String), u64> = BTreeMap::new();
-        if let Ok((denied, closed)) = crate::policy::denied(&st) {
+        if let Ok((denied, closed)) = crate::policy::denied(st) {
             for d in denied {
                 let (pod, ns) = crate::observe::split_pod_key(&d.pod);
                 let dir = d.direction.as_str().to_string();
@@ -80,6 +85,14 @@ impl Collector for Kernel {
                     .or_default() += n;
             }
         }
+        (drops, verdicts)
+    }
+}
+
+impl Collector for Kernel {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let st = self.policy.lock().unwrap().clone();
+        let (drops, verdicts) = self.tallies(&st);
         counters(
             &mut encoder,
             "drops",

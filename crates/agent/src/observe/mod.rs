@@ -333,127 +333,178 @@ fn ring(data: aya::maps::MapData) -> Result<Ring, Failure> {
 
 /// Reads every event source of the node until the process ends (its own thread).
 pub fn run(src: Sources) {
-    let warn = |m: &str| tracing::warn!(node = src.node, "events: {m}");
-    let mut sock = match podnet_netlink::Socket::route() {
+    let sock = match podnet_netlink::Socket::route() {
         Ok(s) => s,
-        Err(e) => return warn(&format!("cannot read links, no anti-spoofing events: {e}")),
+        Err(e) => {
+            tracing::warn!(
+                node = src.node,
+                "events: cannot read links, no anti-spoofing events: {e}"
+            );
+            return;
+        }
     };
-    // Anti-spoofing rings by map id; the pod address behind each host veth.
-    let mut spoof_rings: BTreeMap<u32, Ring> = BTreeMap::new();
-    let mut veth_ips: HashMap<u32, Ipv4Addr> = HashMap::new();
-    let mut policy_ring: Option<Ring> = None;
-    let mut nflog: Option<nflog::NfLog> = None;
-    let mut allowed_on: Option<bool> = None;
-    let mut nft_renewed = Instant::now();
+    let mut r = Reader {
+        src,
+        sock,
+        spoof_rings: BTreeMap::new(),
+        veth_ips: HashMap::new(),
+        policy_ring: None,
+        nflog: None,
+        allowed_on: None,
+        nft_renewed: Instant::now(),
+        complained: std::collections::BTreeSet::new(),
+        pods: Pods::default(),
+        pods_rev: None,
+    };
     let mut scanned = Instant::now() - Duration::from_secs(10);
-    let mut complained = std::collections::BTreeSet::new();
-    let mut once = |what: String| {
-        if complained.insert(what.clone()) {
-            tracing::warn!(node = src.node, "events: {what}");
-        }
-    };
-    // The node's pods, rebuilt only when the policy status changes.
-    let mut pods = Pods::default();
-    let mut pods_rev = None;
     loop {
-        {
-            let st = src.policy.lock().unwrap();
-            if pods_rev != Some((st.revision, st.pods.len())) {
-                pods = Pods::from_status(&st);
-                pods_rev = Some((st.revision, st.pods.len()));
-            }
-        }
+        r.refresh_pods();
         if scanned.elapsed() >= Duration::from_secs(1) {
             scanned = Instant::now();
-            // Every pod's host veth: its filter's program, that program's ring.
-            match podnet_netlink::link::list(&mut sock) {
-                Ok(links) => {
-                    // Only host veths not seen yet: a veth's pod and program do not
-                    // change; ones that are gone are forgotten.
-                    veth_ips.retain(|i, _| links.iter().any(|l| l.index == *i));
-                    let fresh: Vec<u32> = links
-                        .iter()
-                        .filter(|l| {
-                            !veth_ips.contains_key(&l.index)
-                                && l.alias.as_deref().is_some_and(|a| {
-                                    podnet_conventions::parse_owner_alias(a).is_some()
-                                })
-                        })
-                        .map(|l| l.index)
-                        .collect();
-                    for index in fresh {
-                        let Ok(Some(prog)) = antispoof::installed_prog(&mut sock, index) else {
-                            continue;
-                        };
-                        if let Ok(Some(st)) = antispoof::read_state(prog, index) {
-                            veth_ips.insert(index, st.ip);
+            r.scan();
+        }
+        r.switch_allowed();
+        r.drain();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The event reader's state between its rounds.
+struct Reader {
+    src: Sources,
+    sock: podnet_netlink::Socket,
+    /// Anti-spoofing rings by map id; the pod address behind each host veth.
+    spoof_rings: BTreeMap<u32, Ring>,
+    veth_ips: HashMap<u32, Ipv4Addr>,
+    policy_ring: Option<Ring>,
+    nflog: Option<nflog::NfLog>,
+    allowed_on: Option<bool>,
+    nft_renewed: Instant,
+    /// What was already logged as missing (said once).
+    complained: std::collections::BTreeSet<String>,
+    /// The node's pods, rebuilt only when the policy status changes.
+    pods: Pods,
+    pods_rev: Option<(u64, usize)>,
+}
+
+impl Reader {
+    /// Logs `what` the first time only.
+    fn once(&mut self, what: String) {
+        if self.complained.insert(what.clone()) {
+            tracing::warn!(node = self.src.node, "events: {what}");
+        }
+    }
+
+    fn refresh_pods(&mut self) {
+        let st = self.src.policy.lock().unwrap();
+        if self.pods_rev != Some((st.revision, st.pods.len())) {
+            self.pods = Pods::from_status(&st);
+            self.pods_rev = Some((st.revision, st.pods.len()));
+        }
+    }
+
+    /// Every pod's host veth: its filter's program, that program's ring; the policy
+    /// datapath's ring buffer or NFLOG group, until they open.
+    fn scan(&mut self) {
+        match podnet_netlink::link::list(&mut self.sock) {
+            Ok(links) => self.scan_veths(&links),
+            Err(e) => self.once(format!("cannot list links: {e}")),
+        }
+        if let (None, Some(dir)) = (&self.policy_ring, &self.src.bpf_dir) {
+            let dir = dir.clone();
+            match aya::maps::MapData::from_pin(dir.join("policy_events"))
+                .map_err(|e| Failure::op("open the pinned policy_events", e))
+                .and_then(ring)
+            {
+                Ok(r) => self.policy_ring = Some(r),
+                Err(e) => self.once(format!("no policy events from {}: {e}", dir.display())),
+            }
+        }
+        if self.src.nftables && self.nflog.is_none() {
+            match nflog::NfLog::open() {
+                Ok(n) => self.nflog = Some(n),
+                Err(e) => self.once(format!("no policy events from nftables (NFLOG): {e}")),
+            }
+        }
+    }
+
+    /// Only host veths not seen yet: a veth's pod and program do not change; ones
+    /// that are gone are forgotten.
+    fn scan_veths(&mut self, links: &[podnet_netlink::link::LinkInfo]) {
+        self.veth_ips
+            .retain(|i, _| links.iter().any(|l| l.index == *i));
+        let fresh: Vec<u32> = links
+            .iter()
+            .filter(|l| {
+                !self.veth_ips.contains_key(&l.index)
+                    && l.alias
+                        .as_deref()
+                        .is_some_and(|a| podnet_conventions::parse_owner_alias(a).is_some())
+            })
+            .map(|l| l.index)
+            .collect();
+        for index in fresh {
+            let Ok(Some(prog)) = antispoof::installed_prog(&mut self.sock, index) else {
+                continue;
+            };
+            if let Ok(Some(st)) = antispoof::read_state(prog, index) {
+                self.veth_ips.insert(index, st.ip);
+            }
+            if let Ok(Some(id)) = antispoof::events_map(prog) {
+                if !self.spoof_rings.contains_key(&id) {
+                    match open_ring(id) {
+                        Ok(r) => {
+                            self.spoof_rings.insert(id, r);
                         }
-                        if let Ok(Some(id)) = antispoof::events_map(prog) {
-                            if let std::collections::btree_map::Entry::Vacant(v) =
-                                spoof_rings.entry(id)
-                            {
-                                match open_ring(id) {
-                                    Ok(r) => {
-                                        v.insert(r);
-                                    }
-                                    Err(e) => once(e.to_string()),
-                                }
-                            }
-                        }
+                        Err(e) => self.once(e.to_string()),
                     }
                 }
-                Err(e) => once(format!("cannot list links: {e}")),
-            }
-            if let (None, Some(dir)) = (&policy_ring, &src.bpf_dir) {
-                match aya::maps::MapData::from_pin(dir.join("policy_events"))
-                    .map_err(|e| Failure::op("open the pinned policy_events", e))
-                    .and_then(ring)
-                {
-                    Ok(r) => policy_ring = Some(r),
-                    Err(e) => once(format!("no policy events from {}: {e}", dir.display())),
-                }
-            }
-            if src.nftables && nflog.is_none() {
-                match nflog::NfLog::open() {
-                    Ok(n) => nflog = Some(n),
-                    Err(e) => once(format!("no policy events from nftables (NFLOG): {e}")),
-                }
             }
         }
-        // Admitted flows only while someone watches. nftables: repeated every two
-        // seconds while on, since a table rewritten whole comes back without it.
-        let want = src.log.allowed_wanted();
-        let renew = want && src.nftables && nft_renewed.elapsed() >= Duration::from_secs(2);
-        if allowed_on != Some(want) || renew {
-            let r = if let Some(dir) = &src.bpf_dir {
-                crate::ebpf::set_event_config(dir, want)
-            } else if src.nftables {
-                nft_renewed = Instant::now();
-                crate::nft::set_allowed_log(want)
-            } else {
-                Ok(())
-            };
-            match r {
-                Ok(()) => allowed_on = Some(want),
-                Err(e) => once(format!("cannot switch allowed events: {e}")),
-            }
+    }
+
+    /// Admitted flows only while someone watches. nftables: repeated every two
+    /// seconds while on, since a table rewritten whole comes back without it.
+    fn switch_allowed(&mut self) {
+        let want = self.src.log.allowed_wanted();
+        let renew =
+            want && self.src.nftables && self.nft_renewed.elapsed() >= Duration::from_secs(2);
+        if self.allowed_on == Some(want) && !renew {
+            return;
         }
-        for r in spoof_rings.values_mut() {
+        let r = if let Some(dir) = &self.src.bpf_dir {
+            crate::ebpf::set_event_config(dir, want)
+        } else if self.src.nftables {
+            self.nft_renewed = Instant::now();
+            crate::nft::set_allowed_log(want)
+        } else {
+            Ok(())
+        };
+        match r {
+            Ok(()) => self.allowed_on = Some(want),
+            Err(e) => self.once(format!("cannot switch allowed events: {e}")),
+        }
+    }
+
+    /// Everything the rings and the NFLOG group hold now, into the event log.
+    fn drain(&mut self) {
+        let (src, pods) = (&self.src, &self.pods);
+        for r in self.spoof_rings.values_mut() {
             while let Some(item) = r.next() {
                 if let Some(e) = SpoofEvent::parse(&item) {
-                    let ip = veth_ips.get(&e.ifindex).copied();
-                    src.log.push(spoof_event(&src.node, &e, ip, &pods));
+                    let ip = self.veth_ips.get(&e.ifindex).copied();
+                    src.log.push(spoof_event(&src.node, &e, ip, pods));
                 }
             }
         }
-        if let Some(r) = policy_ring.as_mut() {
+        if let Some(r) = self.policy_ring.as_mut() {
             while let Some(item) = r.next() {
                 if let Some(v) = parse_policy_event(&item) {
-                    src.log.push(policy_event(&src.node, &v, &pods));
+                    src.log.push(policy_event(&src.node, &v, pods));
                 }
             }
         }
-        if let Some(n) = nflog.as_mut() {
+        if let Some(n) = self.nflog.as_mut() {
             match n.read(Duration::from_millis(0)) {
                 Ok(vs) => {
                     // An admitted flow is logged once per node it crosses: keep the
@@ -462,7 +513,7 @@ pub fn run(src: Sources) {
                         .iter()
                         .filter(|v| !v.allowed || pods.key(v.pod).is_some())
                     {
-                        src.log.push(policy_event(&src.node, v, &pods));
+                        src.log.push(policy_event(&src.node, v, pods));
                     }
                 }
                 Err(lost) => {
@@ -470,7 +521,6 @@ pub fn run(src: Sources) {
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

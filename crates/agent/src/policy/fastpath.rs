@@ -17,6 +17,7 @@ use super::Policy;
 use crate::Failure;
 use podnet_api::FastPathStatus;
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 /// What the fast path needs besides the policy maps.
 #[derive(Clone, Debug)]
@@ -105,33 +106,11 @@ impl Policy {
         }
         let mut sock = podnet_netlink::Socket::route().map_err(Failure::from)?;
         let gw_mac = podnet_conventions::pod_mac(self.cidr.nth(1).ok_or("no gateway")?);
-        let mut pods = BTreeMap::new();
-        if self.fast.is_some() {
-            let veths = pod_veths(&mut sock)?;
-            self.fast_seen
-                .retain(|i, _| veths.iter().any(|l| l.index == *i));
-            for l in veths {
-                if let std::collections::btree_map::Entry::Vacant(v) = self.fast_seen.entry(l.index)
-                {
-                    // Not there yet when podnet-cni is still making the pod: next round.
-                    if let Ok(Some(st)) = podnet_netlink::antispoof::pod_state(&mut sock, l.index) {
-                        v.insert((st.ip, st.mac));
-                    }
-                }
-            }
-            for (index, (ip, mac)) in &self.fast_seen {
-                if self.cidr.contains(*ip) {
-                    pods.insert(
-                        *ip,
-                        ebpf::LocalPod {
-                            ifindex: *index,
-                            mac: *mac,
-                            gw_mac,
-                        },
-                    );
-                }
-            }
-        }
+        let pods = if self.fast.is_some() {
+            local_pods(&mut sock, &mut self.fast_seen, self.cidr, gw_mac)?
+        } else {
+            BTreeMap::new()
+        };
         let mut changed = e.set_fast(self.fast.is_some(), &pods)?;
         if self.fast.is_none() {
             // Off (or never on): podnet's filter leaves the underlay devices, which are
@@ -140,62 +119,11 @@ impl Policy {
             remove_underlay_filters(&mut sock, log)?;
         }
         self.fast_cleared = self.fast.is_none();
-        let mut overlay = String::new();
-        let mut underlay = String::new();
-        let mut me = ebpf::OverlaySelf::default();
-        let mut peers = BTreeMap::new();
-        if let Some(dev) = self.fast.as_ref().and_then(|f| f.overlay_dev.clone()) {
-            if let Some(l) =
-                podnet_netlink::link::get_by_name(&mut sock, &dev).map_err(Failure::from)?
-            {
-                attach_ingress(
-                    &mut sock,
-                    e,
-                    l.index,
-                    &dev,
-                    ebpf::FROM_OVERLAY,
-                    ebpf::FILTER_FAST_IN,
-                    1,
-                    log,
-                    "delivers other nodes' packets straight into pods",
-                )?;
-                overlay = dev.clone();
-                // Across nodes: the encapsulation the device would write, written by
-                // from_pod_policy, and the frames for local pods taken off the wire
-                // on the underlay device. Needs the device's underlay link and address.
-                if let Some((v, local, dev_index)) = l
-                    .vxlan
-                    .as_ref()
-                    .filter(|v| v.vni != 0 && v.port != 0)
-                    .and_then(|v| Some((v, v.local?, v.dev?)))
-                {
-                    if let Some(ul) = podnet_netlink::link::get_by_index(&mut sock, dev_index)
-                        .map_err(Failure::from)?
-                    {
-                        attach_ingress(
-                            &mut sock,
-                            e,
-                            ul.index,
-                            &ul.name,
-                            ebpf::FROM_UNDERLAY,
-                            ebpf::FILTER_FAST_UNDERLAY,
-                            ebpf::FILTER_FAST_UNDERLAY_PRIO,
-                            log,
-                            "takes VXLAN frames for this node's pods off the wire",
-                        )?;
-                        me = ebpf::overlay_self(l.index, local, v.vni, v.port);
-                        for f in
-                            podnet_netlink::neigh::fdb_list(&mut sock).map_err(Failure::from)?
-                        {
-                            if let (true, Some(dst)) = (f.index == l.index, f.dst) {
-                                peers.insert(f.mac, dst);
-                            }
-                        }
-                        underlay = ul.name;
-                    }
-                }
-            }
-        }
+        let o = match self.fast.as_ref().and_then(|f| f.overlay_dev.clone()) {
+            Some(dev) => overlay(&mut sock, e, &dev, log)?,
+            None => Overlay::default(),
+        };
+        let (me, peers) = (o.me, o.peers);
         changed += e.set_overlay(me, &peers)?;
         if changed > 0 && self.fast.is_some() {
             log(&format!(
@@ -206,10 +134,113 @@ impl Policy {
         }
         self.status.lock().unwrap().fast_path = self.fast.as_ref().map(|_| FastPathStatus {
             pods: pods.keys().map(|ip| ip.to_string()).collect(),
-            overlay_dev: overlay,
-            underlay_dev: underlay,
+            overlay_dev: o.overlay,
+            underlay_dev: o.underlay,
             overlay_peers: peers.len(),
         });
         Ok(())
     }
+}
+
+/// Every pod of the node whose anti-spoofing entry names its address and MAC (read
+/// once per host veth, in `seen`: a pod still being made is read next round).
+fn local_pods(
+    sock: &mut podnet_netlink::Socket,
+    seen: &mut BTreeMap<u32, (Ipv4Addr, [u8; 6])>,
+    cidr: podnet_cni_spec::Ipv4Net,
+    gw_mac: [u8; 6],
+) -> Result<BTreeMap<Ipv4Addr, ebpf::LocalPod>, Failure> {
+    let veths = pod_veths(sock)?;
+    seen.retain(|i, _| veths.iter().any(|l| l.index == *i));
+    for l in veths {
+        if let std::collections::btree_map::Entry::Vacant(v) = seen.entry(l.index) {
+            // Not there yet when podnet-cni is still making the pod: next round.
+            if let Ok(Some(st)) = podnet_netlink::antispoof::pod_state(sock, l.index) {
+                v.insert((st.ip, st.mac));
+            }
+        }
+    }
+    Ok(seen
+        .iter()
+        .filter(|(_, (ip, _))| cidr.contains(*ip))
+        .map(|(index, (ip, mac))| {
+            (
+                *ip,
+                ebpf::LocalPod {
+                    ifindex: *index,
+                    mac: *mac,
+                    gw_mac,
+                },
+            )
+        })
+        .collect())
+}
+
+/// The fast path across nodes, as put in place: the overlay device with
+/// `from_overlay`, its underlay link with `from_underlay`, this node's encapsulation
+/// and the peer VTEPs.
+#[derive(Default)]
+struct Overlay {
+    overlay: String,
+    underlay: String,
+    me: ebpf::OverlaySelf,
+    peers: BTreeMap<[u8; 6], Ipv4Addr>,
+}
+
+/// Puts `from_overlay` on the overlay device `dev` and, when the device has an
+/// underlay link and address, `from_underlay` on that link: the encapsulation the
+/// device would write is then written by from_pod_policy, and the frames for local
+/// pods are taken off the wire.
+fn overlay(
+    sock: &mut podnet_netlink::Socket,
+    e: &ebpf::EbpfDatapath,
+    dev: &str,
+    log: &dyn Fn(&str),
+) -> Result<Overlay, Failure> {
+    let mut o = Overlay::default();
+    let Some(l) = podnet_netlink::link::get_by_name(sock, dev)? else {
+        return Ok(o);
+    };
+    attach_ingress(
+        sock,
+        e,
+        l.index,
+        dev,
+        ebpf::FROM_OVERLAY,
+        ebpf::FILTER_FAST_IN,
+        1,
+        log,
+        "delivers other nodes' packets straight into pods",
+    )?;
+    o.overlay = dev.to_string();
+    let Some((v, local, dev_index)) = l
+        .vxlan
+        .as_ref()
+        .filter(|v| v.vni != 0 && v.port != 0)
+        .and_then(|v| Some((v, v.local?, v.dev?)))
+    else {
+        return Ok(o);
+    };
+    let Some(ul) = podnet_netlink::link::get_by_index(sock, dev_index)? else {
+        return Ok(o);
+    };
+    attach_ingress(
+        sock,
+        e,
+        ul.index,
+        &ul.name,
+        ebpf::FROM_UNDERLAY,
+        ebpf::FILTER_FAST_UNDERLAY,
+        ebpf::FILTER_FAST_UNDERLAY_PRIO,
+        log,
+        "takes VXLAN frames for this node's pods off the wire",
+    )?;
+    o.me = ebpf::overlay_self(l.index, local, v.vni, v.port);
+    for f in podnet_netlink::neigh::fdb_list(sock)? {
+        if let (true, Some(dst)) = (f.index == l.index, f.dst) {
+            o.peers.insert(f.mac, dst);
+        }
+    }
+    o.underlay = ul.name;
+    Ok(o)
 }
