@@ -443,6 +443,7 @@ impl Reader {
             })
             .map(|l| l.index)
             .collect();
+        let mut failed = vec![];
         for index in fresh {
             let Ok(Some(prog)) = antispoof::installed_prog(&mut self.sock, index) else {
                 continue;
@@ -451,15 +452,18 @@ impl Reader {
                 self.veth_ips.insert(index, st.ip);
             }
             if let Ok(Some(id)) = antispoof::events_map(prog) {
-                if !self.spoof_rings.contains_key(&id) {
+                if let std::collections::btree_map::Entry::Vacant(v) = self.spoof_rings.entry(id) {
                     match open_ring(id) {
                         Ok(r) => {
-                            self.spoof_rings.insert(id, r);
+                            v.insert(r);
                         }
-                        Err(e) => self.once(e.to_string()),
+                        Err(e) => failed.push(e.to_string()),
                     }
                 }
             }
+        }
+        for f in failed {
+            self.once(f);
         }
     }
 
