@@ -167,18 +167,10 @@ fn trailing_comment(line: usize, s: &str) -> Result<(&str, Option<String>), Erro
 /// Parses abi.h (and counts drop_reasons.h's rows) and returns the generated Rust.
 fn generate(text: &str, drops_text: &str) -> Result<String, Error> {
     let lines: Vec<&str> = text.lines().collect();
-    let mut consts: Vec<Const> = Vec::new();
-    let mut structs: Vec<StructDef> = Vec::new();
-    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut abi = Abi::default();
     let mut doc: Vec<String> = Vec::new();
     let mut guard = 0; // 0: before #ifndef, 1: after #ifndef, 2: after its #define, 3: after #endif
     let mut i = 0;
-    let mut declare = |name: &str, line: usize| -> Result<(), Error> {
-        if let Some(first) = names.insert(name.to_string(), line) {
-            return err(line, format!("`{name}` is already defined on line {first}"));
-        }
-        Ok(())
-    };
     while i < lines.len() {
         let n = i + 1;
         let l = lines[i].trim();
@@ -222,117 +214,15 @@ fn generate(text: &str, drops_text: &str) -> Result<String, Error> {
             continue;
         }
         if l == "#include \"drop_reasons.h\"" {
-            for (name, prefix, what) in [
-                (
-                    "PODNET_DROP_MAX",
-                    "X(",
-                    "anti-spoofing drop reasons (PODNET_DROP_REASONS)",
-                ),
-                (
-                    "PODNET_UNDERLAY_DROP_MAX",
-                    "U(",
-                    "underlay guard drop reasons (PODNET_UNDERLAY_DROPS)",
-                ),
-            ] {
-                let count = drops_text
-                    .lines()
-                    .filter(|l| l.trim_start().starts_with(prefix))
-                    .count() as u64;
-                if count == 0 {
-                    return err(n, format!("bpf/drop_reasons.h has no `{prefix}` rows"));
-                }
-                declare(name, n)?;
-                consts.push(Const {
-                    name: name.into(),
-                    rust_type: "u32",
-                    value: count.to_string(),
-                    doc: vec![format!(
-                        "How many {what} there are, counted from bpf/drop_reasons.h."
-                    )],
-                    number: count,
-                });
-            }
+            abi.drop_counts(n, drops_text)?;
             continue;
         }
         if let Some(rest) = l.strip_prefix("#define ") {
-            let (code, trailing) = trailing_comment(n, rest)?;
-            let Some((name, value)) = code.split_once(char::is_whitespace) else {
-                return err(n, "a #define needs a value: `#define NAME ((TYPE)VALUE)`");
-            };
-            let value = value.trim();
-            if !is_ident(name) {
-                return err(n, format!("`{name}` is not a C identifier"));
-            }
-            let inner = value
-                .strip_prefix("((")
-                .and_then(|v| v.strip_suffix(')'))
-                .and_then(|v| v.split_once(')'));
-            let Some((ty, lit)) = inner else {
-                return err(
-                    n,
-                    format!("`{value}`: a constant is written `((TYPE)VALUE)`, e.g. ((u32)1)"),
-                );
-            };
-            let Some((rust_type, size)) = scalar(ty.trim()) else {
-                return err(n, format!("unknown type `{ty}` (u8, u16, u32, u64 or s32)"));
-            };
-            let lit = lit.trim();
-            let (negative, digits) = match lit.strip_prefix('-') {
-                Some(d) => (true, d),
-                None => (false, lit),
-            };
-            let Some(v) = number(digits) else {
-                return err(
-                    n,
-                    format!("`{lit}` is not a decimal or 0x hexadecimal integer"),
-                );
-            };
-            let fits = if rust_type == "i32" {
-                if negative {
-                    v <= 1 << 31
-                } else {
-                    v < 1 << 31
-                }
-            } else {
-                !negative && (size == 8 || v < 1u64 << (8 * size))
-            };
-            if !fits {
-                return err(n, format!("{lit} does not fit {ty}"));
-            }
-            declare(name, n)?;
-            let mut d = std::mem::take(&mut doc);
-            d.extend(trailing);
-            consts.push(Const {
-                name: name.into(),
-                rust_type,
-                value: lit.to_string(),
-                doc: d,
-                number: if negative { 0 } else { v },
-            });
+            abi.define(n, rest, &mut doc)?;
             continue;
         }
         if let Some(rest) = l.strip_prefix("struct ") {
-            let Some(name) = rest.strip_suffix('{').map(str::trim) else {
-                return err(n, "expected `struct name {` on one line");
-            };
-            if !is_ident(name) {
-                return err(n, format!("`{name}` is not a C identifier"));
-            }
-            declare(name, n)?;
-            let s = parse_struct(
-                name,
-                &lines,
-                &mut i,
-                std::mem::take(&mut doc),
-                &consts,
-                &structs,
-            )?;
-            let data = lpm_data(&s, n)?;
-            structs.push(s);
-            if let Some(data) = data {
-                declare(&data.c_name, n)?;
-                structs.push(data);
-            }
+            abi.structure(n, rest, &lines, &mut i, &mut doc)?;
             continue;
         }
         return err(
@@ -343,7 +233,157 @@ fn generate(text: &str, drops_text: &str) -> Result<String, Error> {
     if guard != 3 {
         return err(lines.len(), "the include guard is not closed with #endif");
     }
-    Ok(render(&consts, &structs))
+    Ok(render(&abi.consts, &abi.structs))
+}
+
+/// What abi.h has defined so far: its constants and structs, and the line each name
+/// was first defined on (a name is defined once).
+#[derive(Default)]
+struct Abi {
+    consts: Vec<Const>,
+    structs: Vec<StructDef>,
+    names: HashMap<String, usize>,
+}
+
+impl Abi {
+    /// Records that `name` is defined on `line`; a second definition is an error.
+    fn declare(&mut self, name: &str, line: usize) -> Result<(), Error> {
+        if let Some(first) = self.names.insert(name.to_string(), line) {
+            return err(line, format!("`{name}` is already defined on line {first}"));
+        }
+        Ok(())
+    }
+
+    /// `#include "drop_reasons.h"` on line `n`: the two drop-reason counts, as
+    /// constants counted from drop_reasons.h's rows.
+    fn drop_counts(&mut self, n: usize, drops_text: &str) -> Result<(), Error> {
+        for (name, prefix, what) in [
+            (
+                "PODNET_DROP_MAX",
+                "X(",
+                "anti-spoofing drop reasons (PODNET_DROP_REASONS)",
+            ),
+            (
+                "PODNET_UNDERLAY_DROP_MAX",
+                "U(",
+                "underlay guard drop reasons (PODNET_UNDERLAY_DROPS)",
+            ),
+        ] {
+            let count = drops_text
+                .lines()
+                .filter(|l| l.trim_start().starts_with(prefix))
+                .count() as u64;
+            if count == 0 {
+                return err(n, format!("bpf/drop_reasons.h has no `{prefix}` rows"));
+            }
+            self.declare(name, n)?;
+            self.consts.push(Const {
+                name: name.into(),
+                rust_type: "u32",
+                value: count.to_string(),
+                doc: vec![format!(
+                    "How many {what} there are, counted from bpf/drop_reasons.h."
+                )],
+                number: count,
+            });
+        }
+        Ok(())
+    }
+
+    /// `#define NAME ((TYPE)VALUE)` on line `n` (`rest` is what follows `#define `): a
+    /// constant, documented by the comment above it (taken from `doc`) and after it.
+    fn define(&mut self, n: usize, rest: &str, doc: &mut Vec<String>) -> Result<(), Error> {
+        let (code, trailing) = trailing_comment(n, rest)?;
+        let Some((name, value)) = code.split_once(char::is_whitespace) else {
+            return err(n, "a #define needs a value: `#define NAME ((TYPE)VALUE)`");
+        };
+        let value = value.trim();
+        if !is_ident(name) {
+            return err(n, format!("`{name}` is not a C identifier"));
+        }
+        let inner = value
+            .strip_prefix("((")
+            .and_then(|v| v.strip_suffix(')'))
+            .and_then(|v| v.split_once(')'));
+        let Some((ty, lit)) = inner else {
+            return err(
+                n,
+                format!("`{value}`: a constant is written `((TYPE)VALUE)`, e.g. ((u32)1)"),
+            );
+        };
+        let Some((rust_type, size)) = scalar(ty.trim()) else {
+            return err(n, format!("unknown type `{ty}` (u8, u16, u32, u64 or s32)"));
+        };
+        let lit = lit.trim();
+        let (negative, digits) = match lit.strip_prefix('-') {
+            Some(d) => (true, d),
+            None => (false, lit),
+        };
+        let Some(v) = number(digits) else {
+            return err(
+                n,
+                format!("`{lit}` is not a decimal or 0x hexadecimal integer"),
+            );
+        };
+        let fits = if rust_type == "i32" {
+            if negative {
+                v <= 1 << 31
+            } else {
+                v < 1 << 31
+            }
+        } else {
+            !negative && (size == 8 || v < 1u64 << (8 * size))
+        };
+        if !fits {
+            return err(n, format!("{lit} does not fit {ty}"));
+        }
+        self.declare(name, n)?;
+        let mut d = std::mem::take(doc);
+        d.extend(trailing);
+        self.consts.push(Const {
+            name: name.into(),
+            rust_type,
+            value: lit.to_string(),
+            doc: d,
+            number: if negative { 0 } else { v },
+        });
+        Ok(())
+    }
+
+    /// `struct name {` on line `n` (`rest` is what follows `struct `): the struct up to
+    /// its `};` (`i` is left after it), documented by the comment above it (taken from
+    /// `doc`), and for an LPM key the struct of its data too.
+    fn structure(
+        &mut self,
+        n: usize,
+        rest: &str,
+        lines: &[&str],
+        i: &mut usize,
+        doc: &mut Vec<String>,
+    ) -> Result<(), Error> {
+        let Some(name) = rest.strip_suffix('{').map(str::trim) else {
+            return err(n, "expected `struct name {` on one line");
+        };
+        if !is_ident(name) {
+            return err(n, format!("`{name}` is not a C identifier"));
+        }
+        self.declare(name, n)?;
+        let s = parse_struct(
+            name,
+            lines,
+            i,
+            std::mem::take(doc),
+            &self.consts,
+            &self.structs,
+        )?;
+        let data = lpm_data(&s, n)?;
+        self.structs.push(s);
+        if let Some(data) = data {
+            self.declare(&data.c_name, n)?;
+            self.structs.push(data);
+        }
+        Ok(())
+    }
 }
 
 /// For an LPM trie key (`*_key` whose first field is `u32 prefixlen`), the struct of its
@@ -453,6 +493,8 @@ fn clean(l: &str) -> String {
     t.strip_prefix(' ').unwrap_or(t).trim_end().to_string()
 }
 
+/// Parses the fields of struct `c_name` from `lines[*i]` up to its `};` (`i` is left
+/// after it), laying them out as C does; `consts` and `structs` are those defined above.
 fn parse_struct(
     c_name: &str,
     lines: &[&str],
@@ -482,28 +524,7 @@ fn parse_struct(
             continue;
         }
         if l == "};" {
-            if fields.is_empty() {
-                return err(n, format!("struct {c_name} has no fields"));
-            }
-            let size = offset.div_ceil(align) * align;
-            if size != offset {
-                return err(
-                    n,
-                    format!(
-                        "struct {c_name} would end in {} bytes of implicit padding (size {offset}, aligned to {align}): add an explicit pad field",
-                        size - offset
-                    ),
-                );
-            }
-            return Ok(StructDef {
-                c_name: c_name.into(),
-                rust_name: camel(c_name),
-                c_offset: 0,
-                fields,
-                size,
-                align,
-                doc,
-            });
+            return close_struct(c_name, n, fields, offset, align, doc);
         }
         let (code, trailing) = trailing_comment(n, l)?;
         let Some(decl) = code.strip_suffix(';') else {
@@ -515,56 +536,8 @@ fn parse_struct(
         if decl.contains(',') {
             return err(n, "one field a line");
         }
-        let words: Vec<&str> = decl.split_whitespace().collect();
-        let (elem, elem_size, elem_align, declarator) = match words.as_slice() {
-            ["struct", other, declarator] => {
-                let Some(s) = structs.iter().find(|s| s.c_name == *other) else {
-                    return err(n, format!("struct {other} is not defined above"));
-                };
-                (s.rust_name.clone(), s.size, s.align, *declarator)
-            }
-            [ty, declarator] => match scalar(ty) {
-                Some((rust, size)) => (rust.to_string(), size, size, *declarator),
-                None => {
-                    return err(n, format!("unknown type `{ty}` (u8, u16, u32, u64, s32 or struct NAME)"))
-                }
-            },
-            _ => return err(n, format!("expected `TYPE name;`, `TYPE name[LEN];` or `struct NAME name;`, found `{code}`")),
-        };
-        let (name, len) = match declarator.split_once('[') {
-            None => (declarator, None),
-            Some((name, rest)) => {
-                let Some(len) = rest.strip_suffix(']') else {
-                    return err(
-                        n,
-                        format!("`{declarator}`: one array dimension, `name[LEN]`"),
-                    );
-                };
-                if len.contains('[') {
-                    return err(n, "arrays of arrays are not supported");
-                }
-                let (expr, count) = if let Some(v) = number(len) {
-                    (v.to_string(), v)
-                } else if let Some(c) = consts.iter().find(|c| c.name == len) {
-                    if c.rust_type == "i32" {
-                        return err(n, format!("array length `{len}` is signed"));
-                    }
-                    (format!("{len} as usize"), c.number)
-                } else {
-                    return err(n, format!("array length `{len}` is neither an integer nor a constant defined above"));
-                };
-                if count == 0 {
-                    return err(n, "zero-length arrays are not supported");
-                }
-                (name, Some((expr, count)))
-            }
-        };
-        if !is_ident(name) {
-            return err(n, format!("`{name}` is not a C identifier"));
-        }
-        if RUST_KEYWORDS.contains(&name) {
-            return err(n, format!("field name `{name}` is a Rust keyword"));
-        }
+        let (elem, elem_size, elem_align, declarator) = field_type(n, decl, code, structs)?;
+        let (name, len) = field_name(n, declarator, consts)?;
         if fields.iter().any(|f| f.name == name) {
             return err(n, format!("struct {c_name} already has a field `{name}`"));
         }
@@ -592,6 +565,124 @@ fn parse_struct(
         align = align.max(f.align);
         fields.push(f);
     }
+}
+
+/// The `};` on line `n` that closes struct `c_name`: the struct, unless it is empty or
+/// would end in implicit padding.
+fn close_struct(
+    c_name: &str,
+    n: usize,
+    fields: Vec<FieldDef>,
+    offset: usize,
+    align: usize,
+    doc: Vec<String>,
+) -> Result<StructDef, Error> {
+    if fields.is_empty() {
+        return err(n, format!("struct {c_name} has no fields"));
+    }
+    let size = offset.div_ceil(align) * align;
+    if size != offset {
+        return err(
+            n,
+            format!(
+                "struct {c_name} would end in {} bytes of implicit padding (size {offset}, aligned to {align}): add an explicit pad field",
+                size - offset
+            ),
+        );
+    }
+    Ok(StructDef {
+        c_name: c_name.into(),
+        rust_name: camel(c_name),
+        c_offset: 0,
+        fields,
+        size,
+        align,
+        doc,
+    })
+}
+
+/// The type of the field declared by `decl` (`code` without its `;`) on line `n`: its
+/// Rust element type, size and alignment, and the declarator that follows the type.
+fn field_type<'a>(
+    n: usize,
+    decl: &'a str,
+    code: &str,
+    structs: &[StructDef],
+) -> Result<(String, usize, usize, &'a str), Error> {
+    let words: Vec<&str> = decl.split_whitespace().collect();
+    match words.as_slice() {
+        ["struct", other, declarator] => {
+            let Some(s) = structs.iter().find(|s| s.c_name == *other) else {
+                return err(n, format!("struct {other} is not defined above"));
+            };
+            Ok((s.rust_name.clone(), s.size, s.align, *declarator))
+        }
+        [ty, declarator] => match scalar(ty) {
+            Some((rust, size)) => Ok((rust.to_string(), size, size, *declarator)),
+            None => err(
+                n,
+                format!("unknown type `{ty}` (u8, u16, u32, u64, s32 or struct NAME)"),
+            ),
+        },
+        _ => err(
+            n,
+            format!(
+                "expected `TYPE name;`, `TYPE name[LEN];` or `struct NAME name;`, found `{code}`"
+            ),
+        ),
+    }
+}
+
+/// An array's length: the Rust expression for it, and its value.
+type ArrayLen = (String, u64);
+
+/// The field name in `declarator` on line `n`, checked, and for an array its length
+/// (the Rust length expression and its value); `consts` are those defined above.
+fn field_name<'a>(
+    n: usize,
+    declarator: &'a str,
+    consts: &[Const],
+) -> Result<(&'a str, Option<ArrayLen>), Error> {
+    let (name, len) = match declarator.split_once('[') {
+        None => (declarator, None),
+        Some((name, rest)) => {
+            let Some(len) = rest.strip_suffix(']') else {
+                return err(
+                    n,
+                    format!("`{declarator}`: one array dimension, `name[LEN]`"),
+                );
+            };
+            if len.contains('[') {
+                return err(n, "arrays of arrays are not supported");
+            }
+            let (expr, count) = if let Some(v) = number(len) {
+                (v.to_string(), v)
+            } else if let Some(c) = consts.iter().find(|c| c.name == len) {
+                if c.rust_type == "i32" {
+                    return err(n, format!("array length `{len}` is signed"));
+                }
+                (format!("{len} as usize"), c.number)
+            } else {
+                return err(
+                    n,
+                    format!(
+                        "array length `{len}` is neither an integer nor a constant defined above"
+                    ),
+                );
+            };
+            if count == 0 {
+                return err(n, "zero-length arrays are not supported");
+            }
+            (name, Some((expr, count)))
+        }
+    };
+    if !is_ident(name) {
+        return err(n, format!("`{name}` is not a C identifier"));
+    }
+    if RUST_KEYWORDS.contains(&name) {
+        return err(n, format!("field name `{name}` is a Rust keyword"));
+    }
+    Ok((name, len))
 }
 
 fn write_doc(out: &mut String, indent: &str, doc: &[String]) {

@@ -267,48 +267,9 @@ fn add(
     // What can be refused without touching anything comes first: the owner alias, and
     // the node's datapath (a node without eBPF refuses every ADD, and should do so
     // before an address is taken and a veth made only to be undone).
-    let alias = antispoof::owner_alias(&s.network, &inv.env.container_id, ifname, &inv.env.netns)
-        .ok_or_else(|| {
-            CniError::new(
-                code::INVALID_CONFIG,
-                format!(
-                    "network name {:?} and container id {:?} are too long to record on the host veth (255 bytes in all)",
-                    s.network, inv.env.container_id
-                ),
-                "use a shorter network name",
-            )
-        })?;
-    let refused = |e: podnet_netlink::Error| {
-        CniError::new(
-            code::ANTISPOOF,
-            e.to_string(),
-            "the kernel needs eBPF (CONFIG_BPF_SYSCALL) and tc clsact with the bpf classifier (CONFIG_NET_SCH_INGRESS, CONFIG_NET_CLS_BPF)",
-        )
-    };
-    let dp = if s.anti_spoofing {
-        Some(antispoof::datapath(&s.data_dir).map_err(refused)?)
-    } else {
-        None
-    };
-    // The node's eBPF policy programs, when its agent runs that datapath: a pod goes
-    // onto the bridge only with both attached (closed until the agent programs it).
-    let policy = match &s.policy_programs {
-        Some(p) => Some(
-            [&p.from_pod, &p.to_pod]
-                .map(|path| {
-                    podnet_netlink::bpf::obj_get(path).map_err(|e| {
-                        CniError::new(
-                            code::ANTISPOOF,
-                            format!("cannot open podnetd's eBPF policy program: {e}"),
-                            "podnetd pins it when it starts with --policy-datapath ebpf: check that podnetd runs on this node (and its log)",
-                        )
-                    })
-                })
-                .into_iter()
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
-        None => None,
-    };
+    let alias = owner_alias_of(inv, s)?;
+    let dp = node_datapath(s)?;
+    let policy = policy_programs(s)?;
     t.mark("checked");
     let a = assign(inv, s, undo)?;
     t.mark("address assigned");
@@ -329,12 +290,6 @@ fn add(
         master: None,
         up: false,
     };
-    let nl = |e| {
-        errors::netlink(
-            e,
-            "check the node with `ip link` and the pod with `ip -n <netns> link`",
-        )
-    };
     let hveth = create_veth_pair(inv, s, host, &spec, undo)?;
     t.mark("veth pair created");
 
@@ -352,20 +307,7 @@ fn add(
     )?;
 
     // 5. only now: onto the bridge and up, with the owner recorded in the alias.
-    link::change(
-        host,
-        Target::Index(hveth.index),
-        &LinkChange {
-            up: Some(true),
-            master: Some(br.index),
-            mtu: None,
-            alias: Some(alias),
-            group: None,
-        },
-    )
-    .map_err(nl)?;
-    // A pod reaching itself through its own Service comes back by its own port.
-    link::set_hairpin(host, hveth.index, true).map_err(nl)?;
+    attach_to_bridge(host, &hveth, &br, alias)?;
     t.mark("attached to the bridge");
 
     // 6. inside the pod.
@@ -382,6 +324,90 @@ fn add(
         &a,
         routes,
     ))
+}
+
+/// The owner alias the host veth will carry, refused when it does not fit.
+fn owner_alias_of(inv: &Invocation, s: &Settings) -> Result<String, CniError> {
+    antispoof::owner_alias(&s.network, &inv.env.container_id, &inv.env.ifname, &inv.env.netns)
+        .ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "network name {:?} and container id {:?} are too long to record on the host veth (255 bytes in all)",
+                    s.network, inv.env.container_id
+                ),
+                "use a shorter network name",
+            )
+        })
+}
+
+/// The node's anti-spoofing datapath when anti-spoofing is on; a node without eBPF
+/// refuses the ADD here.
+fn node_datapath(s: &Settings) -> Result<Option<antispoof::Datapath>, CniError> {
+    let refused = |e: podnet_netlink::Error| {
+        CniError::new(
+            code::ANTISPOOF,
+            e.to_string(),
+            "the kernel needs eBPF (CONFIG_BPF_SYSCALL) and tc clsact with the bpf classifier (CONFIG_NET_SCH_INGRESS, CONFIG_NET_CLS_BPF)",
+        )
+    };
+    Ok(if s.anti_spoofing {
+        Some(antispoof::datapath(&s.data_dir).map_err(refused)?)
+    } else {
+        None
+    })
+}
+
+/// The node's eBPF policy programs, when its agent runs that datapath: a pod goes
+/// onto the bridge only with both attached (closed until the agent programs it).
+fn policy_programs(s: &Settings) -> Result<Option<Vec<std::os::fd::OwnedFd>>, CniError> {
+    Ok(match &s.policy_programs {
+        Some(p) => Some(
+            [&p.from_pod, &p.to_pod]
+                .map(|path| {
+                    podnet_netlink::bpf::obj_get(path).map_err(|e| {
+                        CniError::new(
+                            code::ANTISPOOF,
+                            format!("cannot open podnetd's eBPF policy program: {e}"),
+                            "podnetd pins it when it starts with --policy-datapath ebpf: check that podnetd runs on this node (and its log)",
+                        )
+                    })
+                })
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        None => None,
+    })
+}
+
+/// Step 5: the host veth onto the bridge and up, with the owner recorded in its
+/// alias, and hairpin mode on.
+fn attach_to_bridge(
+    host: &mut Socket,
+    hveth: &link::LinkInfo,
+    br: &link::LinkInfo,
+    alias: String,
+) -> Result<(), CniError> {
+    let nl = |e| {
+        errors::netlink(
+            e,
+            "check the node with `ip link` and the pod with `ip -n <netns> link`",
+        )
+    };
+    link::change(
+        host,
+        Target::Index(hveth.index),
+        &LinkChange {
+            up: Some(true),
+            master: Some(br.index),
+            mtu: None,
+            alias: Some(alias),
+            group: None,
+        },
+    )
+    .map_err(nl)?;
+    // A pod reaching itself through its own Service comes back by its own port.
+    link::set_hairpin(host, hveth.index, true).map_err(nl)
 }
 
 fn rollback(inv: &Invocation, host: &mut Socket, undo: Vec<Undo>) -> Vec<String> {

@@ -95,128 +95,13 @@ impl Settings {
             .get("nodeFile")
             .and_then(|v| v.as_str())
             .unwrap_or(DEFAULT_NODE_FILE);
-        let unreadable = |e: String| {
-            CniError::new(
-                code::IO,
-                format!("cannot read the agent's node file {node_file}"),
-                format!("{e}; podnetd rewrites it when it starts: restart podnetd on this node"),
-            )
-        };
-        let node: NodeInfo = match read_node_file(node_file) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| unreadable(e.to_string()))?,
-            // No file: no agent on this node; the config must carry the subnet.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => NodeInfo::default(),
-            Err(e) => return Err(unreadable(e.to_string())),
-        };
+        let node = node_info(node_file)?;
         let overlay_guard = node.overlay_guard()?;
-        // The configuration may say which datapath it expects; the node decides, and a
-        // disagreement is an error rather than a pod on a path nobody chose.
-        if let Some(want) = raw.get("datapath") {
-            let want = want.as_str().unwrap_or("");
-            if !["bridge", "ebpf"].contains(&want) {
-                return Err(invalid(
-                    format!("invalid datapath {want:?}"),
-                    "\"datapath\" is \"bridge\" or \"ebpf\" (the node's podnetd --datapath)",
-                ));
-            }
-            let node_dp = node.datapath.unwrap_or_default().as_str();
-            if want != node_dp {
-                return Err(invalid(
-                    format!("the network configuration asks for the {want} datapath, but this node's podnetd runs the {node_dp} datapath"),
-                    "make them agree: set \"datapath\" in the configuration, or start podnetd with --datapath",
-                ));
-            }
-        }
-        let bridge = conf
-            .bridge
-            .clone()
-            .or(node.bridge)
-            .unwrap_or_else(|| DEFAULT_BRIDGE.into());
-        if bridge.is_empty()
-            || bridge.len() > 15
-            || bridge.contains('/')
-            || bridge.contains(char::is_whitespace)
-        {
-            return Err(invalid(
-                format!("invalid bridge name {bridge:?}"),
-                "a bridge name is 1 to 15 characters without '/' or spaces",
-            ));
-        }
-        let mtu = conf.mtu.or(node.mtu);
-        if let Some(m) = mtu {
-            if !(576..=65535).contains(&m) {
-                return Err(invalid(
-                    format!("invalid mtu {m}"),
-                    "the pod MTU must be between 576 and 65535; for VXLAN use the underlay MTU minus 50",
-                ));
-            }
-        }
-        let gateway = match &conf.gateway {
-            Some(g) => Some(g.parse::<Ipv4Addr>().map_err(|_| {
-                invalid(
-                    format!("invalid gateway {g:?}"),
-                    "write the gateway as an IPv4 address, e.g. \"10.244.0.1\"",
-                )
-            })?),
-            None => None,
-        };
-        let ipam = if let Some(t) = conf.ipam_type() {
-            Some(Ipam::Delegate {
-                plugin: t.to_string(),
-            })
-        } else {
-            // Where the subnet comes from, for the errors: the operator fixes one, the
-            // cluster's pod CIDR the other.
-            let (subnet_s, from, fix) = match (conf.subnet.clone(), node.pod_cidr) {
-                (Some(s), _) => (
-                    Some(s),
-                    "\"subnet\" in the network configuration".to_string(),
-                    "write the node's pod CIDR, e.g. \"10.244.0.0/24\"",
-                ),
-                (None, Some(s)) => (
-                    Some(s),
-                    format!("podCIDR in the agent's node file {node_file}"),
-                    "podnetd publishes the Node's spec.podCIDR: fix the cluster's pod CIDR (kube-controller-manager --cluster-cidr) and restart podnetd",
-                ),
-                (None, None) => (None, String::new(), ""),
-            };
-            match subnet_s {
-                Some(s) => {
-                    let subnet: Ipv4Net = s.parse().map_err(|e| {
-                        invalid(format!("invalid subnet {s:?} ({from})"), format!("{e}; {fix}"))
-                    })?;
-                    if subnet.prefix() > 30 {
-                        return Err(invalid(
-                            format!("subnet {subnet} ({from}) is too small"),
-                            "a pod CIDR needs room for the gateway and at least one pod: use /30 or larger (a /24 is usual)",
-                        ));
-                    }
-                    if let Some(why) = subnet.pod_cidr_problem() {
-                        return Err(invalid(
-                            format!("subnet {subnet} ({from}) cannot be a node's pod CIDR: {why}"),
-                            format!("{fix}: a private range (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 or 100.64.0.0/10), /8 to /30"),
-                        ));
-                    }
-                    let gw = gateway.unwrap_or_else(|| subnet.nth(1).expect("/30 or larger"));
-                    if !subnet.contains(gw) || gw == subnet.network() || gw == subnet.broadcast() {
-                        return Err(invalid(
-                            format!("gateway {gw} is not a host address of subnet {subnet}"),
-                            "leave \"gateway\" out to use the subnet's first address",
-                        ));
-                    }
-                    Some(Ipam::Builtin { subnet, gateway: gw })
-                }
-                None => {
-                    return Err(invalid(
-                        "no subnet for this node",
-                        format!(
-                            "the config has no \"subnet\" and no podnet agent has written {node_file}; \
-                             add \"subnet\": \"10.244.0.0/24\" (the node's pod CIDR) or start podnetd on this node"
-                        ),
-                    ))
-                }
-            }
-        };
+        check_datapath(raw, node.datapath)?;
+        let bridge = bridge_name(conf, node.bridge)?;
+        let mtu = pod_mtu(conf, node.mtu)?;
+        let gateway = gateway(conf)?;
+        let ipam = ipam(conf, node.pod_cidr, node_file, gateway)?;
         Ok(Settings {
             network: conf.name.clone(),
             bridge,
@@ -289,6 +174,175 @@ impl Settings {
             .map(|l| l.mtu)
             .unwrap_or(1500)
     }
+}
+
+/// The agent's node file; no file means no agent on this node (the config must then
+/// carry the subnet).
+fn node_info(node_file: &str) -> Result<NodeInfo, CniError> {
+    let unreadable = |e: String| {
+        CniError::new(
+            code::IO,
+            format!("cannot read the agent's node file {node_file}"),
+            format!("{e}; podnetd rewrites it when it starts: restart podnetd on this node"),
+        )
+    };
+    Ok(match read_node_file(node_file) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| unreadable(e.to_string()))?,
+        // No file: no agent on this node; the config must carry the subnet.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => NodeInfo::default(),
+        Err(e) => return Err(unreadable(e.to_string())),
+    })
+}
+
+/// The configuration may say which datapath it expects; the node decides, and a
+/// disagreement is an error rather than a pod on a path nobody chose.
+fn check_datapath(
+    raw: &serde_json::Value,
+    node_datapath: Option<podnet_conventions::Datapath>,
+) -> Result<(), CniError> {
+    if let Some(want) = raw.get("datapath") {
+        let want = want.as_str().unwrap_or("");
+        if !["bridge", "ebpf"].contains(&want) {
+            return Err(invalid(
+                format!("invalid datapath {want:?}"),
+                "\"datapath\" is \"bridge\" or \"ebpf\" (the node's podnetd --datapath)",
+            ));
+        }
+        let node_dp = node_datapath.unwrap_or_default().as_str();
+        if want != node_dp {
+            return Err(invalid(
+                format!("the network configuration asks for the {want} datapath, but this node's podnetd runs the {node_dp} datapath"),
+                "make them agree: set \"datapath\" in the configuration, or start podnetd with --datapath",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The node bridge's name: configured, from the agent, or the default; checked.
+fn bridge_name(conf: &NetConf, node_bridge: Option<String>) -> Result<String, CniError> {
+    let bridge = conf
+        .bridge
+        .clone()
+        .or(node_bridge)
+        .unwrap_or_else(|| DEFAULT_BRIDGE.into());
+    if bridge.is_empty()
+        || bridge.len() > 15
+        || bridge.contains('/')
+        || bridge.contains(char::is_whitespace)
+    {
+        return Err(invalid(
+            format!("invalid bridge name {bridge:?}"),
+            "a bridge name is 1 to 15 characters without '/' or spaces",
+        ));
+    }
+    Ok(bridge)
+}
+
+/// The pod MTU, configured or from the agent, if either gives one; checked.
+fn pod_mtu(conf: &NetConf, node_mtu: Option<u32>) -> Result<Option<u32>, CniError> {
+    let mtu = conf.mtu.or(node_mtu);
+    if let Some(m) = mtu {
+        if !(576..=65535).contains(&m) {
+            return Err(invalid(
+                format!("invalid mtu {m}"),
+                "the pod MTU must be between 576 and 65535; for VXLAN use the underlay MTU minus 50",
+            ));
+        }
+    }
+    Ok(mtu)
+}
+
+/// The explicit gateway of the config, if any.
+fn gateway(conf: &NetConf) -> Result<Option<Ipv4Addr>, CniError> {
+    Ok(match &conf.gateway {
+        Some(g) => Some(g.parse::<Ipv4Addr>().map_err(|_| {
+            invalid(
+                format!("invalid gateway {g:?}"),
+                "write the gateway as an IPv4 address, e.g. \"10.244.0.1\"",
+            )
+        })?),
+        None => None,
+    })
+}
+
+/// How addresses are assigned: the delegated plugin the config names, or the built-in
+/// allocator over the configured subnet or the agent's pod CIDR.
+fn ipam(
+    conf: &NetConf,
+    node_pod_cidr: Option<String>,
+    node_file: &str,
+    gateway: Option<Ipv4Addr>,
+) -> Result<Option<Ipam>, CniError> {
+    if let Some(t) = conf.ipam_type() {
+        return Ok(Some(Ipam::Delegate {
+            plugin: t.to_string(),
+        }));
+    }
+    // Where the subnet comes from, for the errors: the operator fixes one, the
+    // cluster's pod CIDR the other.
+    let (subnet_s, from, fix) = match (conf.subnet.clone(), node_pod_cidr) {
+        (Some(s), _) => (
+            Some(s),
+            "\"subnet\" in the network configuration".to_string(),
+            "write the node's pod CIDR, e.g. \"10.244.0.0/24\"",
+        ),
+        (None, Some(s)) => (
+            Some(s),
+            format!("podCIDR in the agent's node file {node_file}"),
+            "podnetd publishes the Node's spec.podCIDR: fix the cluster's pod CIDR (kube-controller-manager --cluster-cidr) and restart podnetd",
+        ),
+        (None, None) => (None, String::new(), ""),
+    };
+    match subnet_s {
+        Some(s) => builtin_ipam(&s, &from, fix, gateway).map(Some),
+        None => Err(invalid(
+            "no subnet for this node",
+            format!(
+                "the config has no \"subnet\" and no podnet agent has written {node_file}; \
+                 add \"subnet\": \"10.244.0.0/24\" (the node's pod CIDR) or start podnetd on this node"
+            ),
+        )),
+    }
+}
+
+/// The built-in allocator over subnet `s` (named by `from` in errors, which say `fix`):
+/// a usable pod CIDR, with a gateway that is one of its host addresses.
+fn builtin_ipam(
+    s: &str,
+    from: &str,
+    fix: &str,
+    gateway: Option<Ipv4Addr>,
+) -> Result<Ipam, CniError> {
+    let subnet: Ipv4Net = s.parse().map_err(|e| {
+        invalid(
+            format!("invalid subnet {s:?} ({from})"),
+            format!("{e}; {fix}"),
+        )
+    })?;
+    if subnet.prefix() > 30 {
+        return Err(invalid(
+            format!("subnet {subnet} ({from}) is too small"),
+            "a pod CIDR needs room for the gateway and at least one pod: use /30 or larger (a /24 is usual)",
+        ));
+    }
+    if let Some(why) = subnet.pod_cidr_problem() {
+        return Err(invalid(
+            format!("subnet {subnet} ({from}) cannot be a node's pod CIDR: {why}"),
+            format!("{fix}: a private range (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 or 100.64.0.0/10), /8 to /30"),
+        ));
+    }
+    let gw = gateway.unwrap_or_else(|| subnet.nth(1).expect("/30 or larger"));
+    if !subnet.contains(gw) || gw == subnet.network() || gw == subnet.broadcast() {
+        return Err(invalid(
+            format!("gateway {gw} is not a host address of subnet {subnet}"),
+            "leave \"gateway\" out to use the subnet's first address",
+        ));
+    }
+    Ok(Ipam::Builtin {
+        subnet,
+        gateway: gw,
+    })
 }
 
 /// `lockTimeoutMs`, or the IPAM default: a whole number of milliseconds inside

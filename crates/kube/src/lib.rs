@@ -286,66 +286,21 @@ fn watch<K>(
         // After an error the stream is dropped and a new one lists afresh once the
         // backoff has passed: the listing both resynchronises the state and proves the
         // watch healthy again (a resumed watch says nothing until an object changes).
-        let mut backoff = WATCH_BACKOFF_MIN;
+        let mut w = WatchTask {
+            what,
+            kind,
+            conv,
+            listing: Vec::new(),
+            backoff: WATCH_BACKOFF_MIN,
+        };
         loop {
             let mut stream = watcher::watcher(api.clone(), watcher::Config::default()).boxed();
-            let mut listing: Vec<NodeOrObject> = Vec::new();
+            w.listing.clear();
             while let Some(ev) = stream.next().await {
                 let Some(sh) = weak.upgrade() else { return };
                 let failed = ev.is_err();
                 let mut st = sh.state.lock().unwrap();
-                let mut changed = true;
-                match ev {
-                    Ok(Event::Init) => {
-                        listing.clear();
-                        changed = false;
-                    }
-                    Ok(Event::InitApply(o)) => {
-                        listing.push(conv(&o));
-                        changed = false;
-                    }
-                    Ok(Event::InitDone) => {
-                        backoff = WATCH_BACKOFF_MIN;
-                        if kind == "Node" {
-                            st.nodes.clear();
-                        } else {
-                            st.objects.retain(|k, _| k.0 != kind);
-                        }
-                        for x in listing.drain(..) {
-                            insert(&mut st, x);
-                        }
-                        st.synced.insert(what, true);
-                        if st.errors.remove(what).is_some() {
-                            (sh.log)(&format!("watch of {what} works again"));
-                        }
-                    }
-                    Ok(Event::Apply(o)) => {
-                        if kind != "Node" {
-                            // A pod that finished or moved to the host network leaves.
-                            st.objects.remove(&key_of(kind, &o));
-                        }
-                        insert(&mut st, conv(&o));
-                        st.errors.remove(what);
-                    }
-                    Ok(Event::Delete(o)) => {
-                        if kind == "Node" {
-                            st.nodes.remove(&o.meta().name.clone().unwrap_or_default());
-                        } else {
-                            st.objects.remove(&key_of(kind, &o));
-                        }
-                    }
-                    Err(e) => {
-                        let msg = e.to_string();
-                        if st.errors.get(what) != Some(&msg) {
-                            (sh.log)(&format!(
-                            "watch of {what} failed: {msg}; keeping the last state and retrying"
-                        ));
-                        }
-                        st.errors.insert(what, msg);
-                        changed = false;
-                    }
-                }
-
+                let changed = w.apply(&sh, &mut st, ev);
                 if changed {
                     if kind == "Node" {
                         st.node_gen += 1;
@@ -359,10 +314,92 @@ fn watch<K>(
                     break;
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
+            tokio::time::sleep(w.backoff).await;
+            w.backoff = (w.backoff * 2).min(WATCH_BACKOFF_MAX);
         }
     });
+}
+
+/// One watch's task: what it watches, how it reduces objects, the listing it is
+/// gathering and how long it waits after a failure.
+struct WatchTask<F> {
+    what: &'static str,
+    /// The kind of the watched objects (`Node`, `Pod`, …).
+    kind: &'static str,
+    conv: F,
+    /// The objects of the listing in progress, applied to the state once it completes.
+    listing: Vec<NodeOrObject>,
+    backoff: Duration,
+}
+
+impl<F> WatchTask<F> {
+    /// Applies one event of the watch to the state (locked as `st`); returns whether
+    /// the watched objects changed.
+    fn apply<K>(
+        &mut self,
+        sh: &Shared,
+        st: &mut State,
+        ev: Result<Event<K>, watcher::Error>,
+    ) -> bool
+    where
+        K: kube::Resource<DynamicType = ()>,
+        F: Fn(&K) -> NodeOrObject,
+    {
+        let (what, kind) = (self.what, self.kind);
+        match ev {
+            Ok(Event::Init) => {
+                self.listing.clear();
+                false
+            }
+            Ok(Event::InitApply(o)) => {
+                self.listing.push((self.conv)(&o));
+                false
+            }
+            Ok(Event::InitDone) => {
+                self.backoff = WATCH_BACKOFF_MIN;
+                if kind == "Node" {
+                    st.nodes.clear();
+                } else {
+                    st.objects.retain(|k, _| k.0 != kind);
+                }
+                for x in self.listing.drain(..) {
+                    insert(st, x);
+                }
+                st.synced.insert(what, true);
+                if st.errors.remove(what).is_some() {
+                    (sh.log)(&format!("watch of {what} works again"));
+                }
+                true
+            }
+            Ok(Event::Apply(o)) => {
+                if kind != "Node" {
+                    // A pod that finished or moved to the host network leaves.
+                    st.objects.remove(&key_of(kind, &o));
+                }
+                insert(st, (self.conv)(&o));
+                st.errors.remove(what);
+                true
+            }
+            Ok(Event::Delete(o)) => {
+                if kind == "Node" {
+                    st.nodes.remove(&o.meta().name.clone().unwrap_or_default());
+                } else {
+                    st.objects.remove(&key_of(kind, &o));
+                }
+                true
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if st.errors.get(what) != Some(&msg) {
+                    (sh.log)(&format!(
+                        "watch of {what} failed: {msg}; keeping the last state and retrying"
+                    ));
+                }
+                st.errors.insert(what, msg);
+                false
+            }
+        }
+    }
 }
 
 /// How long a failed watch waits before listing again: doubling from the first to

@@ -8,6 +8,7 @@
 //! pods) has no policy of its own.
 
 use crate::model::*;
+use crate::objects::NetworkPolicy;
 use serde::Serialize;
 use std::net::Ipv4Addr;
 
@@ -97,9 +98,14 @@ pub fn side(
             reason: format!("{} is not a pod: no {} policy", local.ip, dir.as_str()),
         };
     };
-    let dst = match dir {
-        Direction::Ingress => Some(pod),
-        Direction::Egress => remote.pod,
+    let flow = Flow {
+        remote,
+        dst: match dir {
+            Direction::Ingress => Some(pod),
+            Direction::Egress => remote.pod,
+        },
+        proto,
+        port,
     };
     let mut policies = vec![];
     let mut allowed_by = None;
@@ -112,37 +118,72 @@ pub fn side(
         if allowed_by.is_some() {
             continue;
         }
-        let ns = p.metadata.ns();
-        for (i, r) in rules(p, dir).iter().enumerate() {
-            let peer_ok = match r.peers {
-                None | Some([]) => true,
-                Some(peers) => peers.iter().any(|peer| match (remote.pod, &peer.ip_block) {
-                    (_, Some(b)) => peer_admits_ip(b, remote.ip),
-                    (Some(rp), None) => peer_admits_pod(c, ns, peer, rp),
-                    (None, None) => false,
-                }),
-            };
-            let port_ok = match r.ports {
-                None | Some([]) => true,
-                Some(ports) => {
-                    proto.has_ports()
-                        && ports.iter().any(|pp| {
-                            port_range(pp, dst)
-                                .is_some_and(|(pr, a, b)| pr == proto && a <= port && port <= b)
-                        })
-                }
-            };
-            if peer_ok && port_ok {
-                allowed_by = Some(RuleRef {
-                    policy: policy_name(p),
-                    rule: i,
-                });
-                break;
-            }
-        }
+        allowed_by = admitting_rule(c, p, dir, &flow);
     }
     let who = pod.key();
-    let (allowed, reason) = match (&allowed_by, policies.is_empty()) {
+    let (allowed, reason) = judgement(&who, dir, &policies, allowed_by.as_ref(), &flow);
+    Side {
+        direction: dir,
+        pod: Some(who),
+        policies,
+        allowed,
+        allowed_by,
+        reason,
+    }
+}
+
+/// The flow one direction judges, as its rules see it: the other end, the pod whose
+/// named ports resolve (the destination), the protocol and the port.
+struct Flow<'a> {
+    remote: &'a End<'a>,
+    dst: Option<&'a PodInfo>,
+    proto: Proto,
+    port: u16,
+}
+
+/// The first rule of policy `p` for `dir` that admits the flow, if any.
+fn admitting_rule(c: &Cluster, p: &NetworkPolicy, dir: Direction, f: &Flow) -> Option<RuleRef> {
+    let (remote, dst, proto, port) = (f.remote, f.dst, f.proto, f.port);
+    let ns = p.metadata.ns();
+    for (i, r) in rules(p, dir).iter().enumerate() {
+        let peer_ok = match r.peers {
+            None | Some([]) => true,
+            Some(peers) => peers.iter().any(|peer| match (remote.pod, &peer.ip_block) {
+                (_, Some(b)) => peer_admits_ip(b, remote.ip),
+                (Some(rp), None) => peer_admits_pod(c, ns, peer, rp),
+                (None, None) => false,
+            }),
+        };
+        let port_ok = match r.ports {
+            None | Some([]) => true,
+            Some(ports) => {
+                proto.has_ports()
+                    && ports.iter().any(|pp| {
+                        port_range(pp, dst)
+                            .is_some_and(|(pr, a, b)| pr == proto && a <= port && port <= b)
+                    })
+            }
+        };
+        if peer_ok && port_ok {
+            return Some(RuleRef {
+                policy: policy_name(p),
+                rule: i,
+            });
+        }
+    }
+    None
+}
+
+/// Whether pod `who`, selected for `dir` by `policies`, admits the flow, and why.
+fn judgement(
+    who: &str,
+    dir: Direction,
+    policies: &[String],
+    allowed_by: Option<&RuleRef>,
+    f: &Flow,
+) -> (bool, String) {
+    let (remote, proto, port) = (f.remote, f.proto, f.port);
+    match (allowed_by, policies.is_empty()) {
         (_, true) => (
             true,
             format!(
@@ -171,14 +212,6 @@ pub fn side(
                 proto.name()
             ),
         ),
-    };
-    Side {
-        direction: dir,
-        pod: Some(who),
-        policies,
-        allowed,
-        allowed_by,
-        reason,
     }
 }
 
