@@ -9,7 +9,7 @@
 //! annotations or ports change. Every command returns once every agent enforces the
 //! result (its datapath reflects the datastore revision the command wrote).
 
-use crate::{minimal_pod, Binaries, Lab, State};
+use crate::{minimal_pod, Binaries, Lab, PodState, State};
 use anyhow::{bail, Context, Result};
 use podnet_conventions::PolicyDatapath;
 use podnet_datastore::{ObjectKey, StoredObject};
@@ -237,6 +237,44 @@ impl Lab {
         let mut plain: Vec<Object> = Vec::new();
         let mut pods: Vec<Pod> = Vec::new();
         // Pods are checked before anything is written: a pod cannot move.
+        self.check_pods(&st, objs)?;
+        for kind in ["Namespace", "NetworkPolicy"] {
+            for o in objs.iter().filter(|o| o.kind() == kind) {
+                let action = match existing.iter().find(|e| e.key() == o.key()) {
+                    None => "created",
+                    Some(e) if e == o => "unchanged",
+                    Some(_) => "configured",
+                };
+                changes.push(Change {
+                    object: o.describe(),
+                    action: action.into(),
+                    detail: None,
+                });
+                plain.push(o.clone());
+            }
+        }
+        if !plain.is_empty() {
+            self.put_objects(&st, &plain)?;
+        }
+        for o in objs {
+            if let Object::Pod(p) = o {
+                pods.push(p.clone());
+            }
+        }
+        for p in pods {
+            let change = self.apply_pod(&mut st, p, bins, say)?;
+            changes.push(change);
+        }
+        self.save(&st)?;
+        if wait {
+            self.wait_policy(&st, None)?;
+        }
+        Ok(changes)
+    }
+
+    /// Fails, before anything is written, if a pod in `objs` would move to another
+    /// node or asks for a node the lab does not have.
+    fn check_pods(&self, st: &State, objs: &[Object]) -> Result<()> {
         for o in objs {
             if let Object::Pod(p) = o {
                 let id = pod_id(p);
@@ -265,100 +303,97 @@ impl Lab {
                 }
             }
         }
-        for kind in ["Namespace", "NetworkPolicy"] {
-            for o in objs.iter().filter(|o| o.kind() == kind) {
-                let action = match existing.iter().find(|e| e.key() == o.key()) {
-                    None => "created",
-                    Some(e) if e == o => "unchanged",
-                    Some(_) => "configured",
-                };
-                changes.push(Change {
-                    object: o.describe(),
-                    action: action.into(),
-                    detail: None,
-                });
-                plain.push(o.clone());
-            }
-        }
-        if !plain.is_empty() {
-            self.put_objects(&st, &plain)?;
-        }
-        for o in objs {
-            if let Object::Pod(p) = o {
-                pods.push(p.clone());
-            }
-        }
-        for p in pods {
-            let id = pod_id(&p);
-            let mut want = p.clone();
-            want.status = None;
-            let change = match st.pods.iter().find(|q| q.name == id).cloned() {
-                Some(cur) => {
-                    let old = cur.object.clone().unwrap_or_else(|| minimal_pod(&id));
-                    let mut want_cmp = want.clone();
-                    want_cmp.spec.node_name = old.spec.node_name.clone();
-                    if want_cmp == old {
-                        Change {
-                            object: o_describe(&p),
-                            action: "unchanged".into(),
-                            detail: None,
-                        }
-                    } else {
-                        let asked = want
-                            .metadata
-                            .annotations
-                            .get(podnet_policy::objects::IP_ANNOTATION);
-                        if asked.is_some_and(|a| *a != cur.ip.to_string()) {
-                            bail!(
-                                "pod {} has address {}; it cannot change to {}: delete the pod first",
-                                cur.key(),
-                                cur.ip,
-                                asked.unwrap()
-                            );
-                        }
-                        let ports_changed = old.spec.containers != want.spec.containers;
-                        let q = st
-                            .pods
-                            .iter_mut()
-                            .find(|q| q.name == id)
-                            .expect("found above");
-                        q.object = Some(want.clone());
-                        let q = q.clone();
-                        self.save(&st)?;
-                        self.put_objects(&st, &[Object::Pod(q.stored_object())])?;
-                        if ports_changed {
-                            self.restart_server(&q, bins)?;
-                        }
-                        Change {
-                            object: o_describe(&p),
-                            action: "configured".into(),
-                            detail: Some(format!("on {} at {}", q.node, q.ip)),
-                        }
-                    }
-                }
-                None => {
-                    let node = match p.spec.node_name.clone() {
-                        Some(n) => n,
-                        None => least_busy(&st).context("the lab has no nodes")?,
-                    };
-                    let made = self.make_pod(&mut st, &id, &node, want, bins, say);
-                    self.save(&st)?;
-                    made.with_context(|| format!("creating pod {}", o_describe(&p)))?;
-                    let q = st.pods.iter().find(|q| q.name == id).expect("just made");
+        Ok(())
+    }
+
+    /// Applies one pod: leaves it, changes it in place, or makes it on the node it
+    /// asks for (else the least busy one).
+    fn apply_pod(
+        &self,
+        st: &mut State,
+        p: Pod,
+        bins: &Binaries,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<Change> {
+        let id = pod_id(&p);
+        let mut want = p.clone();
+        want.status = None;
+        let change = match st.pods.iter().find(|q| q.name == id).cloned() {
+            Some(cur) => {
+                let old = cur.object.clone().unwrap_or_else(|| minimal_pod(&id));
+                let mut want_cmp = want.clone();
+                want_cmp.spec.node_name = old.spec.node_name.clone();
+                if want_cmp == old {
                     Change {
                         object: o_describe(&p),
-                        action: "created".into(),
-                        detail: Some(format!("on {} at {}", q.node, q.ip)),
+                        action: "unchanged".into(),
+                        detail: None,
                     }
+                } else {
+                    self.reconfigure_pod(st, &cur, &old, &p, want, bins)?
                 }
-            };
-            changes.push(change);
+            }
+            None => {
+                let node = match p.spec.node_name.clone() {
+                    Some(n) => n,
+                    None => least_busy(st).context("the lab has no nodes")?,
+                };
+                let made = self.make_pod(st, &id, &node, want, bins, say);
+                self.save(st)?;
+                made.with_context(|| format!("creating pod {}", o_describe(&p)))?;
+                let q = st.pods.iter().find(|q| q.name == id).expect("just made");
+                Change {
+                    object: o_describe(&p),
+                    action: "created".into(),
+                    detail: Some(format!("on {} at {}", q.node, q.ip)),
+                }
+            }
+        };
+        Ok(change)
+    }
+
+    /// Changes an existing pod `cur` (stored as `old`) to `want` in place: its address
+    /// cannot change; its server restarts if its ports did.
+    fn reconfigure_pod(
+        &self,
+        st: &mut State,
+        cur: &PodState,
+        old: &Pod,
+        p: &Pod,
+        want: Pod,
+        bins: &Binaries,
+    ) -> Result<Change> {
+        let id = pod_id(p);
+        let asked = want
+            .metadata
+            .annotations
+            .get(podnet_policy::objects::IP_ANNOTATION);
+        if asked.is_some_and(|a| *a != cur.ip.to_string()) {
+            bail!(
+                "pod {} has address {}; it cannot change to {}: delete the pod first",
+                cur.key(),
+                cur.ip,
+                asked.unwrap()
+            );
         }
-        self.save(&st)?;
-        if wait {
-            self.wait_policy(&st, None)?;
+        let ports_changed = old.spec.containers != want.spec.containers;
+        let q = st
+            .pods
+            .iter_mut()
+            .find(|q| q.name == id)
+            .expect("found above");
+        q.object = Some(want.clone());
+        let q = q.clone();
+        self.save(st)?;
+        self.put_objects(st, &[Object::Pod(q.stored_object())])?;
+        if ports_changed {
+            self.restart_server(&q, bins)?;
         }
-        Ok(changes)
+        Ok(Change {
+            object: o_describe(p),
+            action: "configured".into(),
+            detail: Some(format!("on {} at {}", q.node, q.ip)),
+        })
     }
 
     /// `podnet lab delete`: removes the objects; a pod is deleted through podnet-cni, a

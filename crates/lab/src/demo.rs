@@ -108,7 +108,29 @@ pub fn run(plugin: &Path, say: &mut dyn FnMut(&str)) -> Result<Report> {
         }
     ));
 
-    // The lesson's attack: pod-a claims pod-b's IP with a forged ARP reply to the node.
+    let (entry, dropped) = forge_arp(&node, &ns_a, &a, &b, say)?;
+    delete_pods(plugin, &node, &conf, [(&a, &ns_a), (&b, &ns_b)])?;
+    say("pods deleted; namespaces removed");
+    Ok(Report {
+        node_netns: node.name.clone(),
+        pods: vec![a, b],
+        reply,
+        no_nat,
+        node_arp_for_b: entry,
+        forged_arp_dropped: dropped,
+    })
+}
+
+/// The lesson's attack: pod-a claims pod-b's IP with a forged ARP reply to the node.
+/// Returns the node's ARP entry for pod-b afterwards and the packets dropped at
+/// pod-a's veth for it.
+fn forge_arp(
+    node: &ScratchNs,
+    ns_a: &ScratchNs,
+    a: &Pod,
+    b: &Pod,
+    say: &mut dyn FnMut(&str),
+) -> Result<(String, u64)> {
     let mut node_sock = node.ns.run(Socket::route)??;
     let a_mac = parse_mac(&a.mac).context("pod-a MAC")?;
     let gw_mac = [0x0a, 0x58, 10, 244, 0, 1];
@@ -152,8 +174,17 @@ pub fn run(plugin: &Path, say: &mut dyn FnMut(&str)) -> Result<Report> {
     say(&format!(
         "  dropped at pod-a's veth (reason arp-spa): {dropped} packet(s)"
     ));
+    Ok((entry, dropped))
+}
 
-    for (p, ns) in [(&a, &ns_a), (&b, &ns_b)] {
+/// Deletes both pods through podnet-cni DEL, as a container runtime would.
+fn delete_pods(
+    plugin: &Path,
+    node: &ScratchNs,
+    conf: &[u8],
+    pods: [(&Pod, &ScratchNs); 2],
+) -> Result<()> {
+    for (p, ns) in pods {
         let netns = ns.path().display().to_string();
         let o = exec::run(
             &Call {
@@ -163,7 +194,7 @@ pub fn run(plugin: &Path, say: &mut dyn FnMut(&str)) -> Result<Report> {
                 netns: &netns,
                 ifname: "eth0",
                 cni_path: None,
-                config: &conf,
+                config: conf,
             },
             Some(&node.ns),
         )?;
@@ -171,13 +202,5 @@ pub fn run(plugin: &Path, say: &mut dyn FnMut(&str)) -> Result<Report> {
             bail!("podnet-cni DEL {} failed: {}", p.name, o.stdout.trim());
         }
     }
-    say("pods deleted; namespaces removed");
-    Ok(Report {
-        node_netns: node.name.clone(),
-        pods: vec![a, b],
-        reply,
-        no_nat,
-        node_arp_for_b: entry,
-        forged_arp_dropped: dropped,
-    })
+    Ok(())
 }

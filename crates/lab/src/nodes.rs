@@ -15,82 +15,9 @@ impl Lab {
             url => url.to_string(),
         });
         if st.nodes.is_empty() {
-            st.backend = opts.backend.unwrap_or_default();
-            st.repair = opts.repair.unwrap_or(true);
-            st.policy_datapath = opts.policy_datapath.unwrap_or_default();
-            st.kubernetes = opts.kubernetes.unwrap_or(false);
-            st.datapath = opts.datapath.unwrap_or_default();
-            st.real_nodes = opts.real_nodes.unwrap_or(false);
-            st.proxy_mode = opts.proxy_mode.clone().unwrap_or_else(default_proxy_mode);
-            if st.real_nodes && !st.kubernetes {
-                bail!("--kubelet runs real kubelets against the lab's Kubernetes control plane: add --kubernetes");
-            }
-            st.datastore = if st.kubernetes {
-                if datastore.is_some() {
-                    bail!("--kubernetes brings its own datastore (the API server): leave --datastore out");
-                }
-                format!("kubernetes:{}", self.agent_kubeconfig().display())
-            } else {
-                datastore
-                    .unwrap_or_else(|| format!("file:{}", self.dir.join("datastore").display()))
-            };
+            self.choose_settings(&mut st, opts, datastore)?;
         } else {
-            // Agents that still run keep what they were started with: a second `up`
-            // that restarted only the dead ones with other settings would split the lab.
-            let mut differs = Vec::new();
-            if let Some(b) = opts.backend.as_ref().filter(|b| **b != st.backend) {
-                differs.push(format!("backend {} (asked: {b})", st.backend));
-            }
-            if let Some(d) = datastore.as_ref().filter(|d| **d != st.datastore) {
-                differs.push(format!("datastore {} (asked: {d})", st.datastore));
-            }
-            if let Some(p) = opts
-                .policy_datapath
-                .as_ref()
-                .filter(|p| **p != st.policy_datapath)
-            {
-                differs.push(format!(
-                    "policy datapath {} (asked: {p})",
-                    st.policy_datapath
-                ));
-            }
-            if let Some(d) = opts.datapath.as_ref().filter(|d| **d != st.datapath) {
-                differs.push(format!("datapath {} (asked: {d})", st.datapath));
-            }
-            if opts.kubernetes.is_some_and(|k| k != st.kubernetes) {
-                differs.push(format!(
-                    "Kubernetes {}",
-                    if st.kubernetes { "on" } else { "off" }
-                ));
-            }
-            if opts.real_nodes.is_some_and(|r| r != st.real_nodes) {
-                differs.push(format!(
-                    "real nodes {}",
-                    if st.real_nodes { "on" } else { "off" }
-                ));
-            }
-            if let Some(m) = opts.proxy_mode.as_ref().filter(|m| **m != st.proxy_mode) {
-                differs.push(format!("proxy mode {} (asked: {m})", st.proxy_mode));
-            }
-            if opts.repair.is_some_and(|r| r != st.repair) {
-                differs.push(format!(
-                    "repair {} (asked: {})",
-                    if st.repair { "on" } else { "off" },
-                    if st.repair {
-                        "--no-repair"
-                    } else {
-                        "repair on"
-                    }
-                ));
-            }
-            if !differs.is_empty() {
-                bail!(
-                    "lab {} was built with {}; `up` does not change a built lab: leave those flags out, or `podnet lab down --name {}` and build it again",
-                    self.name,
-                    differs.join(", "),
-                    self.name
-                );
-            }
+            self.check_settings_unchanged(&st, opts, datastore)?;
         }
         st.name = self.name.clone();
         if st.real_nodes {
@@ -102,33 +29,7 @@ impl Lab {
             "`podnet lab down --name {}` removes what was made so far",
             self.name
         );
-        let (fabric, mut fs, made) = (|| -> Result<_> {
-            let (fabric, made) = open_or_create_ns(&self.fabric_ns())?;
-            let mut fs = fabric.run(Socket::route)??;
-            if link::get_by_name(&mut fs, "fabric0")?.is_none() {
-                // A fixed MAC (that of ETCD_ADDR in the nodes' 02:00:<IP> scheme): a
-                // bridge left to choose takes its lowest port's, and changes it when
-                // that node is deleted — while the other nodes still hold the old one
-                // in their neighbour tables for the lab's etcd or API server.
-                let o = ETCD_ADDR.octets();
-                link::create_bridge(
-                    &mut fs,
-                    "fabric0",
-                    Some([0x02, 0x00, o[0], o[1], o[2], o[3]]),
-                    Some(1500),
-                )?;
-            }
-            link::change(
-                &mut fs,
-                Target::Name("fabric0"),
-                &LinkChange {
-                    up: Some(true),
-                    ..Default::default()
-                },
-            )?;
-            Ok((fabric, fs, made))
-        })()
-        .with_context(|| {
+        let (fabric, mut fs, made) = self.ensure_fabric().with_context(|| {
             format!(
                 "setting up the fabric (namespace {}, bridge fabric0); {down}",
                 self.fabric_ns()
@@ -174,61 +75,229 @@ impl Lab {
                 )
             })?;
         }
+        let fin = Finish {
+            opts,
+            bins,
+            down: &down,
+            t0,
+        };
         if st.real_nodes {
-            self.install_podnet(&st, say)
-                .with_context(|| format!("installing podnet from deploy/; {down}"))?;
-            self.finish_real_nodes(&st, say)
-                .with_context(|| format!("waiting for the real nodes; {down}"))?;
-            let pods: Vec<(String, String)> = (1..=opts.nodes)
-                .flat_map(|i| {
-                    (0..opts.pods_per_node).map(move |j| (pod_name(i, j), format!("node{i}")))
-                })
-                .collect();
-            self.create_real_pods(&pods)
-                .with_context(|| format!("creating the lab's pods; {down}"))?;
-            self.wait_converged(&st)?;
-            say(&format!(
-                "lab {} is up on real nodes: {} nodes, {} pods (kubectl: `podnet lab kubectl --name {} -- get pods -A -o wide`), in {:.1} s",
-                self.name,
-                st.nodes.len(),
-                pods.len(),
-                self.name,
-                t0.elapsed().as_secs_f64()
-            ));
-            return Ok(st);
+            self.finish_real_nodes_up(st, &fin, say)
+        } else if st.kubernetes {
+            self.finish_kubernetes_up(st, &fabric, &fin, say)
+        } else {
+            self.finish_plain_up(st, &fin, say)
         }
-        if st.kubernetes {
-            self.ensure_kubelet(&fabric, bins)?;
-            let mut pods = Vec::new();
-            for i in 1..=opts.nodes {
-                let node = format!("node{i}");
-                self.wait_agent(&node)
-                    .with_context(|| format!("waiting for podnetd on {node}; {down}"))?;
-                for j in 0..opts.pods_per_node {
-                    pods.push((pod_name(i, j), node.clone()));
-                }
+    }
+
+    /// Takes the settings of a new lab from `opts`, with their defaults.
+    fn choose_settings(
+        &self,
+        st: &mut State,
+        opts: &Options,
+        datastore: Option<String>,
+    ) -> Result<()> {
+        st.backend = opts.backend.unwrap_or_default();
+        st.repair = opts.repair.unwrap_or(true);
+        st.policy_datapath = opts.policy_datapath.unwrap_or_default();
+        st.kubernetes = opts.kubernetes.unwrap_or(false);
+        st.datapath = opts.datapath.unwrap_or_default();
+        st.real_nodes = opts.real_nodes.unwrap_or(false);
+        st.proxy_mode = opts.proxy_mode.clone().unwrap_or_else(default_proxy_mode);
+        if st.real_nodes && !st.kubernetes {
+            bail!("--kubelet runs real kubelets against the lab's Kubernetes control plane: add --kubernetes");
+        }
+        st.datastore = if st.kubernetes {
+            if datastore.is_some() {
+                bail!(
+                    "--kubernetes brings its own datastore (the API server): leave --datastore out"
+                );
             }
-            // The lab's kubelet makes them; `podnet lab up` waits for that once it
-            // has let go of the lab's lock (crate::kubernetes::wait_pods).
-            self.create_pods(&pods)?;
-            self.save(&st)?;
-            self.wait_converged(&st)?;
-            say(&format!(
-                "lab {} control plane and {} nodes up in {:.1} s; {} pods asked of the kubelet",
-                self.name,
-                st.nodes.len(),
-                t0.elapsed().as_secs_f64(),
-                pods.len()
-            ));
-            return Ok(st);
+            format!("kubernetes:{}", self.agent_kubeconfig().display())
+        } else {
+            datastore.unwrap_or_else(|| format!("file:{}", self.dir.join("datastore").display()))
+        };
+        Ok(())
+    }
+
+    /// Fails if `opts` asks a built lab for settings other than those it was built with.
+    fn check_settings_unchanged(
+        &self,
+        st: &State,
+        opts: &Options,
+        datastore: Option<String>,
+    ) -> Result<()> {
+        // Agents that still run keep what they were started with: a second `up`
+        // that restarted only the dead ones with other settings would split the lab.
+        let mut differs = Vec::new();
+        if let Some(b) = opts.backend.as_ref().filter(|b| **b != st.backend) {
+            differs.push(format!("backend {} (asked: {b})", st.backend));
         }
+        if let Some(d) = datastore.as_ref().filter(|d| **d != st.datastore) {
+            differs.push(format!("datastore {} (asked: {d})", st.datastore));
+        }
+        if let Some(p) = opts
+            .policy_datapath
+            .as_ref()
+            .filter(|p| **p != st.policy_datapath)
+        {
+            differs.push(format!(
+                "policy datapath {} (asked: {p})",
+                st.policy_datapath
+            ));
+        }
+        if let Some(d) = opts.datapath.as_ref().filter(|d| **d != st.datapath) {
+            differs.push(format!("datapath {} (asked: {d})", st.datapath));
+        }
+        if opts.kubernetes.is_some_and(|k| k != st.kubernetes) {
+            differs.push(format!(
+                "Kubernetes {}",
+                if st.kubernetes { "on" } else { "off" }
+            ));
+        }
+        if opts.real_nodes.is_some_and(|r| r != st.real_nodes) {
+            differs.push(format!(
+                "real nodes {}",
+                if st.real_nodes { "on" } else { "off" }
+            ));
+        }
+        if let Some(m) = opts.proxy_mode.as_ref().filter(|m| **m != st.proxy_mode) {
+            differs.push(format!("proxy mode {} (asked: {m})", st.proxy_mode));
+        }
+        if opts.repair.is_some_and(|r| r != st.repair) {
+            differs.push(format!(
+                "repair {} (asked: {})",
+                if st.repair { "on" } else { "off" },
+                if st.repair {
+                    "--no-repair"
+                } else {
+                    "repair on"
+                }
+            ));
+        }
+        if !differs.is_empty() {
+            bail!(
+                "lab {} was built with {}; `up` does not change a built lab: leave those flags out, or `podnet lab down --name {}` and build it again",
+                self.name,
+                differs.join(", "),
+                self.name
+            );
+        }
+        Ok(())
+    }
+
+    /// Opens or makes the fabric namespace and its bridge fabric0, and brings the
+    /// bridge up; says whether the namespace was made.
+    fn ensure_fabric(&self) -> Result<(Netns, Socket, bool)> {
+        let (fabric, made) = open_or_create_ns(&self.fabric_ns())?;
+        let mut fs = fabric.run(Socket::route)??;
+        if link::get_by_name(&mut fs, "fabric0")?.is_none() {
+            // A fixed MAC (that of ETCD_ADDR in the nodes' 02:00:<IP> scheme): a
+            // bridge left to choose takes its lowest port's, and changes it when
+            // that node is deleted — while the other nodes still hold the old one
+            // in their neighbour tables for the lab's etcd or API server.
+            let o = ETCD_ADDR.octets();
+            link::create_bridge(
+                &mut fs,
+                "fabric0",
+                Some([0x02, 0x00, o[0], o[1], o[2], o[3]]),
+                Some(1500),
+            )?;
+        }
+        link::change(
+            &mut fs,
+            Target::Name("fabric0"),
+            &LinkChange {
+                up: Some(true),
+                ..Default::default()
+            },
+        )?;
+        Ok((fabric, fs, made))
+    }
+
+    /// Real nodes: installs podnet, waits for the nodes, creates the pods and waits
+    /// for the lab to converge.
+    fn finish_real_nodes_up(
+        &self,
+        st: State,
+        fin: &Finish,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<State> {
+        let (opts, down) = (fin.opts, fin.down);
+        self.install_podnet(&st, say)
+            .with_context(|| format!("installing podnet from deploy/; {down}"))?;
+        self.finish_real_nodes(&st, say)
+            .with_context(|| format!("waiting for the real nodes; {down}"))?;
+        let pods: Vec<(String, String)> = (1..=opts.nodes)
+            .flat_map(|i| {
+                (0..opts.pods_per_node).map(move |j| (pod_name(i, j), format!("node{i}")))
+            })
+            .collect();
+        self.create_real_pods(&pods)
+            .with_context(|| format!("creating the lab's pods; {down}"))?;
+        self.wait_converged(&st)?;
+        say(&format!(
+            "lab {} is up on real nodes: {} nodes, {} pods (kubectl: `podnet lab kubectl --name {} -- get pods -A -o wide`), in {:.1} s",
+            self.name,
+            st.nodes.len(),
+            pods.len(),
+            self.name,
+            fin.t0.elapsed().as_secs_f64()
+        ));
+        Ok(st)
+    }
+
+    /// Kubernetes: starts the lab's kubelet, waits for the agents, asks the kubelet
+    /// for the pods and waits for the lab to converge.
+    fn finish_kubernetes_up(
+        &self,
+        st: State,
+        fabric: &Netns,
+        fin: &Finish,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<State> {
+        let (opts, down) = (fin.opts, fin.down);
+        self.ensure_kubelet(fabric, fin.bins)?;
+        let mut pods = Vec::new();
+        for i in 1..=opts.nodes {
+            let node = format!("node{i}");
+            self.wait_agent(&node)
+                .with_context(|| format!("waiting for podnetd on {node}; {down}"))?;
+            for j in 0..opts.pods_per_node {
+                pods.push((pod_name(i, j), node.clone()));
+            }
+        }
+        // The lab's kubelet makes them; `podnet lab up` waits for that once it
+        // has let go of the lab's lock (crate::kubernetes::wait_pods).
+        self.create_pods(&pods)?;
+        self.save(&st)?;
+        self.wait_converged(&st)?;
+        say(&format!(
+            "lab {} control plane and {} nodes up in {:.1} s; {} pods asked of the kubelet",
+            self.name,
+            st.nodes.len(),
+            fin.t0.elapsed().as_secs_f64(),
+            pods.len()
+        ));
+        Ok(st)
+    }
+
+    /// No Kubernetes: waits for the agents, makes the pods itself and waits for the
+    /// lab to converge and its policy to be in place.
+    fn finish_plain_up(
+        &self,
+        mut st: State,
+        fin: &Finish,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<State> {
+        let (opts, down) = (fin.opts, fin.down);
         for i in 1..=opts.nodes {
             let node = format!("node{i}");
             self.wait_agent(&node)
                 .with_context(|| format!("waiting for podnetd on {node}; {down}"))?;
             for j in 0..opts.pods_per_node {
                 let pod = pod_name(i, j);
-                let made = self.ensure_pod(&mut st, &pod, &node, bins, say);
+                let made = self.ensure_pod(&mut st, &pod, &node, fin.bins, say);
                 self.save(&st)?;
                 made.with_context(|| format!("creating pod {pod} on {node}; {down}"))?;
             }
@@ -241,7 +310,7 @@ impl Lab {
             self.name,
             st.nodes.len(),
             st.pods.len(),
-            t0.elapsed().as_secs_f64()
+            fin.t0.elapsed().as_secs_f64()
         ));
         Ok(st)
     }
@@ -262,40 +331,7 @@ impl Lab {
         let ip = underlay_ip(i);
         let mut s = ns.run(Socket::route)??;
         if link::get_by_name(&mut s, "eth0")?.is_none() {
-            // A stale fabric end from a node that was deleted would block the name.
-            link::delete_by_name(fs, node)?;
-            link::create_veth(
-                &mut s,
-                &link::VethSpec {
-                    name: "eth0",
-                    mac: Some([0x02, 0x00, 192, 168, 1, 9 + i as u8]),
-                    mtu: 1500,
-                    peer_name: node,
-                    peer_mac: None,
-                    peer_netns_fd: Some(fabric.fd()),
-                    master: None,
-                    up: true,
-                },
-            )?;
-            let fab_end = link::get_by_name(fs, node)?.context("fabric end of the node's cable")?;
-            let br = link::get_by_name(fs, "fabric0")?.context("fabric bridge")?;
-            link::change(
-                fs,
-                Target::Index(fab_end.index),
-                &LinkChange {
-                    up: Some(true),
-                    master: Some(br.index),
-                    ..Default::default()
-                },
-            )?;
-            let eth0 = link::get_by_name(&mut s, "eth0")?.context("eth0")?;
-            for r in s.ack_all(vec![addr::add_request(eth0.index, ip, 24)]) {
-                if let Err(e) = r {
-                    if !e.is_exists() {
-                        return Err(e.into());
-                    }
-                }
-            }
+            cable_node(&mut s, node, i, ip, fabric, fs)?;
         }
         if made {
             say(&format!(
@@ -317,51 +353,65 @@ impl Lab {
             self.register_node(node, ip)?;
         }
         if self.live_pid(node, "podnetd").is_none() {
-            let dir = self.node_dir(node);
-            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-            let mut cmd = Command::new(&bins.podnetd);
-            cmd.arg("--node")
-                .arg(node)
-                .arg("--datastore")
-                .arg(if st.kubernetes {
-                    // Its own token, bound to its Node (deploy/admission.yaml).
-                    format!("kubernetes:{}", self.node_agent_kubeconfig(node).display())
-                } else {
-                    st.datastore.clone()
-                })
-                .arg("--underlay-dev")
-                .arg("eth0")
-                .arg("--backend")
-                .arg(st.backend.as_str())
-                .arg("--node-file")
-                .arg(dir.join("node.json"))
-                .arg("--api-socket")
-                .arg(self.api_socket(node))
-                .arg("--policy-datapath")
-                .arg(st.policy_datapath.as_str())
-                .arg("--datapath")
-                .arg(st.datapath.as_str())
-                .arg("--bpf-dir")
-                .arg(self.bpf_dir().join(node))
-                // Every node's WireGuard things in its own directory (all nodes share
-                // this machine's files); the device process's pid with the lab's, so
-                // `down` stops it.
-                .arg("--wireguard-key")
-                .arg(dir.join("wireguard.key"))
-                .arg("--wireguard-socket")
-                .arg(self.wireguard_socket(node))
-                .arg("--wireguard-pid-file")
-                .arg(self.pid_file(&wireguard_pid_name(node)));
-            if !st.repair {
-                cmd.arg("--no-repair");
-            }
-            let pid = spawn_in(&ns, cmd, Some(&dir.join("podnetd.log")))?;
-            self.record_pid(node, pid)?;
-            say(&format!(
-                "node {node}: podnetd started (pid {pid}, log {})",
-                dir.join("podnetd.log").display()
-            ));
+            self.start_podnetd(st, node, &ns, bins, say)?;
         }
+        Ok(())
+    }
+
+    /// Starts the node's podnetd in its namespace with the lab's settings and
+    /// records its pid.
+    fn start_podnetd(
+        &self,
+        st: &State,
+        node: &str,
+        ns: &Netns,
+        bins: &Binaries,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let dir = self.node_dir(node);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let mut cmd = Command::new(&bins.podnetd);
+        cmd.arg("--node")
+            .arg(node)
+            .arg("--datastore")
+            .arg(if st.kubernetes {
+                // Its own token, bound to its Node (deploy/admission.yaml).
+                format!("kubernetes:{}", self.node_agent_kubeconfig(node).display())
+            } else {
+                st.datastore.clone()
+            })
+            .arg("--underlay-dev")
+            .arg("eth0")
+            .arg("--backend")
+            .arg(st.backend.as_str())
+            .arg("--node-file")
+            .arg(dir.join("node.json"))
+            .arg("--api-socket")
+            .arg(self.api_socket(node))
+            .arg("--policy-datapath")
+            .arg(st.policy_datapath.as_str())
+            .arg("--datapath")
+            .arg(st.datapath.as_str())
+            .arg("--bpf-dir")
+            .arg(self.bpf_dir().join(node))
+            // Every node's WireGuard things in its own directory (all nodes share
+            // this machine's files); the device process's pid with the lab's, so
+            // `down` stops it.
+            .arg("--wireguard-key")
+            .arg(dir.join("wireguard.key"))
+            .arg("--wireguard-socket")
+            .arg(self.wireguard_socket(node))
+            .arg("--wireguard-pid-file")
+            .arg(self.pid_file(&wireguard_pid_name(node)));
+        if !st.repair {
+            cmd.arg("--no-repair");
+        }
+        let pid = spawn_in(ns, cmd, Some(&dir.join("podnetd.log")))?;
+        self.record_pid(node, pid)?;
+        say(&format!(
+            "node {node}: podnetd started (pid {pid}, log {})",
+            dir.join("podnetd.log").display()
+        ));
         Ok(())
     }
 
@@ -619,4 +669,59 @@ impl Lab {
 /// The name under which the lab keeps the pid of `node`'s WireGuard device process.
 pub(crate) fn wireguard_pid_name(node: &str) -> String {
     format!("{node}-wireguard")
+}
+
+/// What the last steps of `up` need from its start.
+struct Finish<'a> {
+    opts: &'a Options,
+    bins: &'a Binaries,
+    down: &'a str,
+    t0: Instant,
+}
+
+/// Cables a new node to the fabric: its eth0 with `ip`/24 in the node's namespace,
+/// the other end (named after the node) on fabric0.
+fn cable_node(
+    s: &mut Socket,
+    node: &str,
+    i: usize,
+    ip: Ipv4Addr,
+    fabric: &Netns,
+    fs: &mut Socket,
+) -> Result<()> {
+    // A stale fabric end from a node that was deleted would block the name.
+    link::delete_by_name(fs, node)?;
+    link::create_veth(
+        s,
+        &link::VethSpec {
+            name: "eth0",
+            mac: Some([0x02, 0x00, 192, 168, 1, 9 + i as u8]),
+            mtu: 1500,
+            peer_name: node,
+            peer_mac: None,
+            peer_netns_fd: Some(fabric.fd()),
+            master: None,
+            up: true,
+        },
+    )?;
+    let fab_end = link::get_by_name(fs, node)?.context("fabric end of the node's cable")?;
+    let br = link::get_by_name(fs, "fabric0")?.context("fabric bridge")?;
+    link::change(
+        fs,
+        Target::Index(fab_end.index),
+        &LinkChange {
+            up: Some(true),
+            master: Some(br.index),
+            ..Default::default()
+        },
+    )?;
+    let eth0 = link::get_by_name(s, "eth0")?.context("eth0")?;
+    for r in s.ack_all(vec![addr::add_request(eth0.index, ip, 24)]) {
+        if let Err(e) = r {
+            if !e.is_exists() {
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
 }

@@ -124,28 +124,8 @@ impl Lab {
                 return Err(e);
             }
         };
-        let namespace = object.metadata.ns().to_string();
         if let Some(a) = attached {
-            let ip = a.ip;
-            st.pods.retain(|p| p.name != pod);
-            st.pods.push(PodState {
-                name: pod.into(),
-                node: node.into(),
-                netns: ns_name.clone(),
-                ip,
-                mac: a.mac,
-                host_veth: a.host_veth,
-                namespace: namespace.clone(),
-                object: Some(object),
-                uid: None,
-            });
-            say(&format!(
-                "pod {namespace}/{} on {node}: {ip} (namespace {ns_name})",
-                st.pods
-                    .last()
-                    .map(|p| p.pod_name().to_string())
-                    .unwrap_or_default()
-            ));
+            record_attached(st, pod, node, &ns_name, object, a, say);
         } else if let Some(p) = st.pods.iter_mut().find(|p| p.name == pod) {
             p.object = Some(object);
         }
@@ -267,4 +247,38 @@ pub fn exec_in(lab: &Lab, pod: &str, argv: &[String]) -> Result<i32> {
     netns::in_netns(&mut cmd, ns.fd(), None, false);
     let status = cmd.status().with_context(|| format!("run {prog}"))?;
     Ok(status.code().unwrap_or(1))
+}
+
+/// Records a pod podnet-cni just attached (replacing any old record of it) and says
+/// where it is.
+fn record_attached(
+    st: &mut State,
+    pod: &str,
+    node: &str,
+    ns_name: &str,
+    object: podnet_policy::objects::Pod,
+    a: exec::Attached,
+    say: &mut dyn FnMut(&str),
+) {
+    let namespace = object.metadata.ns().to_string();
+    let ip = a.ip;
+    st.pods.retain(|p| p.name != pod);
+    st.pods.push(PodState {
+        name: pod.into(),
+        node: node.into(),
+        netns: ns_name.to_string(),
+        ip,
+        mac: a.mac,
+        host_veth: a.host_veth,
+        namespace: namespace.clone(),
+        object: Some(object),
+        uid: None,
+    });
+    say(&format!(
+        "pod {namespace}/{} on {node}: {ip} (namespace {ns_name})",
+        st.pods
+            .last()
+            .map(|p| p.pod_name().to_string())
+            .unwrap_or_default()
+    ));
 }

@@ -242,6 +242,14 @@ struct Peer {
     _dir: ScratchDir,
 }
 
+/// The underlay address of the peer's node `i`.
+fn peer_underlay(i: usize) -> String {
+    format!("192.168.1.{}", 10 + i)
+}
+
+/// The MACs of the peer's nodes' flannel.1 devices.
+const PEER_MACS: [&str; 2] = ["0a:59:00:00:00:0a", "0a:59:00:00:00:0b"];
+
 fn build_peer() -> Result<Peer> {
     let dir = ScratchDir::new("podnet-peer")?;
     let fabric = ScratchNs::new(unique("pnbp-fab"))?;
@@ -249,107 +257,142 @@ fn build_peer() -> Result<Peer> {
     ns_ip(&fabric.name, &["link", "set", "fabric0", "up"])?;
     let mut nodes = Vec::new();
     let mut pods = Vec::new();
-    let underlay = |i: usize| format!("192.168.1.{}", 10 + i);
-    let macs = ["0a:59:00:00:00:0a", "0a:59:00:00:00:0b"];
     let bridge = std::path::PathBuf::from("/usr/lib/cni/bridge");
     if !bridge.is_file() {
         bail!("the reference bridge plugin is missing at {}: apt-get install containernetworking-plugins", bridge.display());
     }
-    for (i, mac) in macs.iter().enumerate() {
+    for (i, mac) in PEER_MACS.iter().enumerate() {
         let node = ScratchNs::new(unique("pnbp-node"))?;
-        let port = format!("n{i}");
-        ns_ip(
-            &node.name,
-            &[
-                "link",
-                "add",
-                "eth0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &port,
-                "netns",
-                &fabric.name,
-            ],
-        )?;
-        ns_ip(
-            &fabric.name,
-            &["link", "set", &port, "master", "fabric0", "up"],
-        )?;
-        ns_ip(
-            &node.name,
-            &["addr", "add", &format!("{}/24", underlay(i)), "dev", "eth0"],
-        )?;
-        ns_ip(&node.name, &["link", "set", "eth0", "up"])?;
-        ns_ip(
-            &node.name,
-            &[
-                "link",
-                "add",
-                "flannel.1",
-                "address",
-                mac,
-                "mtu",
-                "1450",
-                "type",
-                "vxlan",
-                "id",
-                "1",
-                "local",
-                &underlay(i),
-                "dev",
-                "eth0",
-                "dstport",
-                "8472",
-                "nolearning",
-            ],
-        )?;
-        ns_ip(
-            &node.name,
-            &[
-                "addr",
-                "add",
-                &format!("10.97.{i}.0/32"),
-                "dev",
-                "flannel.1",
-            ],
-        )?;
-        ns_ip(&node.name, &["link", "set", "flannel.1", "up"])?;
-        node.ns
-            .run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))??;
-        let conf = serde_json::to_vec(&serde_json::json!({
-            "cniVersion": "1.0.0", "name": "peer", "type": "bridge", "bridge": "cni0", "isGateway": true, "isDefaultGateway": true, "mtu": 1450,
-            "ipam": {"type": "host-local", "subnet": format!("10.97.{i}.0/24"), "dataDir": dir.path().join(format!("ipam{i}"))},
-        }))?;
-        for j in 0..2 {
-            let pod = ScratchNs::new(unique("pnbp-pod"))?;
-            let path = pod.path().display().to_string();
-            let o = exec::run(
-                &Call {
-                    plugin: &bridge,
-                    command: "ADD",
-                    container_id: &format!("peer{i}{j}"),
-                    netns: &path,
-                    ifname: "eth0",
-                    cni_path: Some("/usr/lib/cni".into()),
-                    config: &conf,
-                },
-                Some(&node.ns),
-            )?;
-            if !o.ok() {
-                bail!("reference bridge plugin ADD failed: {}", o.stdout.trim());
-            }
-            let addr: Ipv4Addr = o.json()["ips"][0]["address"]
-                .as_str()
-                .and_then(|a| a.split('/').next())
-                .and_then(|a| a.parse().ok())
-                .context("bridge plugin result")?;
-            pods.push((pod, addr));
-        }
+        cable_peer_node(&fabric, &node, i, mac)?;
+        add_peer_pods(&node, i, &bridge, &dir, &mut pods)?;
         nodes.push(node);
     }
-    // Per peer, exactly what Flannel writes.
+    wire_flannel_peers(&nodes)?;
+    Ok(Peer {
+        _fabric: fabric,
+        _nodes: nodes,
+        pods,
+        _dir: dir,
+    })
+}
+
+/// Cables the peer's node `i` to the fabric and gives it its flannel.1 VXLAN device
+/// with `mac`, and IP forwarding.
+fn cable_peer_node(fabric: &ScratchNs, node: &ScratchNs, i: usize, mac: &str) -> Result<()> {
+    let port = format!("n{i}");
+    ns_ip(
+        &node.name,
+        &[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &fabric.name,
+        ],
+    )?;
+    ns_ip(
+        &fabric.name,
+        &["link", "set", &port, "master", "fabric0", "up"],
+    )?;
+    ns_ip(
+        &node.name,
+        &[
+            "addr",
+            "add",
+            &format!("{}/24", peer_underlay(i)),
+            "dev",
+            "eth0",
+        ],
+    )?;
+    ns_ip(&node.name, &["link", "set", "eth0", "up"])?;
+    ns_ip(
+        &node.name,
+        &[
+            "link",
+            "add",
+            "flannel.1",
+            "address",
+            mac,
+            "mtu",
+            "1450",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            &peer_underlay(i),
+            "dev",
+            "eth0",
+            "dstport",
+            "8472",
+            "nolearning",
+        ],
+    )?;
+    ns_ip(
+        &node.name,
+        &[
+            "addr",
+            "add",
+            &format!("10.97.{i}.0/32"),
+            "dev",
+            "flannel.1",
+        ],
+    )?;
+    ns_ip(&node.name, &["link", "set", "flannel.1", "up"])?;
+    node.ns
+        .run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))??;
+    Ok(())
+}
+
+/// Adds two pods to the peer's node `i` with the reference bridge plugin, onto `pods`.
+fn add_peer_pods(
+    node: &ScratchNs,
+    i: usize,
+    bridge: &std::path::Path,
+    dir: &ScratchDir,
+    pods: &mut Vec<(ScratchNs, Ipv4Addr)>,
+) -> Result<()> {
+    let conf = serde_json::to_vec(&serde_json::json!({
+        "cniVersion": "1.0.0", "name": "peer", "type": "bridge", "bridge": "cni0", "isGateway": true, "isDefaultGateway": true, "mtu": 1450,
+        "ipam": {"type": "host-local", "subnet": format!("10.97.{i}.0/24"), "dataDir": dir.path().join(format!("ipam{i}"))},
+    }))?;
+    for j in 0..2 {
+        let pod = ScratchNs::new(unique("pnbp-pod"))?;
+        let path = pod.path().display().to_string();
+        let o = exec::run(
+            &Call {
+                plugin: bridge,
+                command: "ADD",
+                container_id: &format!("peer{i}{j}"),
+                netns: &path,
+                ifname: "eth0",
+                cni_path: Some("/usr/lib/cni".into()),
+                config: &conf,
+            },
+            Some(&node.ns),
+        )?;
+        if !o.ok() {
+            bail!("reference bridge plugin ADD failed: {}", o.stdout.trim());
+        }
+        let addr: Ipv4Addr = o.json()["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .context("bridge plugin result")?;
+        pods.push((pod, addr));
+    }
+    Ok(())
+}
+
+/// Writes, on each of the peer's nodes, exactly what Flannel writes for the other:
+/// the route, the neighbour and the FDB entry.
+fn wire_flannel_peers(nodes: &[ScratchNs]) -> Result<()> {
+    let macs = PEER_MACS;
     for (i, node) in nodes.iter().enumerate() {
         let p = 1 - i;
         let n = &node.name;
@@ -390,7 +433,7 @@ fn build_peer() -> Result<Peer> {
                 "dev",
                 "flannel.1",
                 "dst",
-                &underlay(p),
+                &peer_underlay(p),
                 "self",
                 "permanent",
             ])
@@ -399,12 +442,7 @@ fn build_peer() -> Result<Peer> {
             bail!("bridge fdb add: {}", String::from_utf8_lossy(&o.stderr));
         }
     }
-    Ok(Peer {
-        _fabric: fabric,
-        _nodes: nodes,
-        pods,
-        _dir: dir,
-    })
+    Ok(())
 }
 
 /// Takes a bench lab down when dropped.
@@ -469,11 +507,8 @@ fn lab_pods_with(
     Ok((guard, out))
 }
 
-pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result<Report> {
-    // Build every path first, then measure them round-robin, `rounds` times (every
-    // other round in reverse order), and keep each path's median: drift on a noisy
-    // machine then hits every path alike.
-    say("building: veth pair, podnet labs (vxlan, host-gw, wireguard), the peer");
+/// Two namespaces joined by a plain veth pair, 10.98.0.1 and 10.98.0.2: the ceiling.
+fn veth_pair() -> Result<(ScratchNs, ScratchNs)> {
     let (a, b) = (
         ScratchNs::new(unique("pnbv-a"))?,
         ScratchNs::new(unique("pnbv-b"))?,
@@ -488,6 +523,22 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
     ns_ip(&b.name, &["addr", "add", "10.98.0.2/24", "dev", "eth0"])?;
     ns_ip(&a.name, &["link", "set", "eth0", "up"])?;
     ns_ip(&b.name, &["link", "set", "eth0", "up"])?;
+    Ok((a, b))
+}
+
+/// One path to measure: its name, the source and destination namespaces and the
+/// destination's address.
+type MeasuredPath<'a> = (&'a str, &'a Netns, &'a Netns, Ipv4Addr);
+
+/// Each path's throughput, round-trip and CPU samples, one per round.
+type Samples = Vec<(Vec<f64>, Vec<f64>, Vec<f64>)>;
+
+pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result<Report> {
+    // Build every path first, then measure them round-robin, `rounds` times (every
+    // other round in reverse order), and keep each path's median: drift on a noisy
+    // machine then hits every path alike.
+    say("building: veth pair, podnet labs (vxlan, host-gw, wireguard), the peer");
+    let (a, b) = veth_pair()?;
     let tag = format!("pnb{}", std::process::id() % 100000);
     let (_gv, vx) = lab_pods(&format!("{tag}v"), "vxlan", None, bins)?;
     let (_gh, hg) = lab_pods(&format!("{tag}h"), "host-gw", None, bins)?;
@@ -505,7 +556,7 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
     };
     let peer = build_peer()?;
     let p = &peer.pods;
-    let paths: Vec<(&str, &Netns, &Netns, Ipv4Addr)> = vec![
+    let paths: Vec<MeasuredPath> = vec![
         ("veth (ceiling)", &a.ns, &b.ns, Ipv4Addr::new(10, 98, 0, 2)),
         ("podnet same-node", &vx[0].0, &vx[1].0, vx[1].1),
         (
@@ -553,8 +604,18 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
             eb[1].1,
         ),
     ];
-    let mut samples: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> =
-        paths.iter().map(|_| (vec![], vec![], vec![])).collect();
+    let mut samples = measure_rounds(&paths, &eb_agents, opts, say)?;
+    Ok(report(&paths, &mut samples, opts))
+}
+
+/// Measures every path `rounds` times, every other round in reverse order.
+fn measure_rounds(
+    paths: &[MeasuredPath],
+    eb_agents: &[podnet_api::Client],
+    opts: &Options,
+    say: &mut dyn FnMut(&str),
+) -> Result<Samples> {
+    let mut samples: Samples = paths.iter().map(|_| (vec![], vec![], vec![])).collect();
     for round in 1..=opts.rounds {
         say(&format!("round {round}/{}", opts.rounds));
         // Every other round runs the paths in reverse, so no path always follows
@@ -572,11 +633,11 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
             let allowed = name.ends_with("drop+allowed events");
             if name.contains("eBPF policy") {
                 if allowed {
-                    for a in &eb_agents {
+                    for a in eb_agents {
                         a.events(u64::MAX, 0, true)?;
                     }
                 } else {
-                    wait_allowed_off(&eb_agents)?;
+                    wait_allowed_off(eb_agents)?;
                 }
             }
             let (g, r, c) = measure(name, src, dst, *ip, opts)?;
@@ -585,6 +646,12 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
             samples[i].2.push(c);
         }
     }
+    Ok(samples)
+}
+
+/// The report: each path's medians, against the ceiling (the first path), and the
+/// ratios between paths.
+fn report(paths: &[MeasuredPath], samples: &mut Samples, opts: &Options) -> Report {
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|x, y| x.total_cmp(y));
         v[v.len() / 2]
@@ -630,7 +697,7 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
             .map(|p| p.gbit_per_s)
             .unwrap_or(f64::NAN)
     };
-    Ok(Report {
+    Report {
         seconds: opts.seconds,
         round_trips: opts.round_trips,
         rounds: opts.rounds,
@@ -643,7 +710,7 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
         fast_cross_node_vs_peer: by("podnet cross-node vxlan, eBPF fast path")
             / by("peer cross-node vxlan"),
         paths,
-    })
+    }
 }
 
 pub fn render(r: &Report) -> String {

@@ -267,6 +267,9 @@ fn pod_ns(lab: &Lab, key: &str) -> Result<(Netns, Ipv4Addr)> {
     Ok((Netns::open(netns::named_path(&p.netns))?, p.ip))
 }
 
+/// Each rule count's throughput and connection-rate samples, one per round.
+type PerPacketSamples = std::collections::BTreeMap<usize, (Vec<f64>, Vec<f64>)>;
+
 /// Per-packet cost of one datapath (`iptables` is the baseline) at every rule count.
 fn per_packet(
     datapath: &str,
@@ -303,7 +306,7 @@ fn per_packet(
     // Rounds outside, rule counts inside (every other round in reverse order), so that
     // the machine's drift during a run spreads over every count alike; each cell is
     // the median of its rounds.
-    let mut samples: std::collections::BTreeMap<usize, (Vec<f64>, Vec<f64>)> = Default::default();
+    let mut samples: PerPacketSamples = Default::default();
     for round in 0..opts.rounds {
         let mut order = opts.rules.clone();
         if round % 2 == 1 {
@@ -315,25 +318,51 @@ fn per_packet(
                 round + 1,
                 opts.rounds
             ));
-            match datapath {
-                "iptables" => iptables_chain(&node, sip, cip, n)?,
-                _ if n == 0 => {
-                    let st = lab.load()?.context("lab state")?;
-                    lab.delete_objects(
-                        &st,
-                        &[("NetworkPolicy".into(), "bench".into(), "bench".into())],
-                    )?;
-                    lab.wait_policy(&st, None)?;
-                }
-                _ => {
-                    lab.apply(&[server_policy(n)], true, bins, &mut |_| {})?;
-                }
-            }
+            set_rules(datapath, &lab, &node, sip, cip, n, bins)?;
             let e = samples.entry(n).or_default();
             e.0.push(iperf(datapath, &client, &server, sip, opts.seconds)?);
             e.1.push(conn_rate(&client, &server, sip, opts.seconds.min(2))?);
         }
     }
+    per_packet_cells(datapath, opts, &lab, samples)
+}
+
+/// Puts `n` rules in front of the server: an iptables chain for the baseline, else a
+/// policy of `n` rules (none at all for 0), waited for.
+fn set_rules(
+    datapath: &str,
+    lab: &Lab,
+    node: &Netns,
+    sip: Ipv4Addr,
+    cip: Ipv4Addr,
+    n: usize,
+    bins: &Binaries,
+) -> Result<()> {
+    match datapath {
+        "iptables" => iptables_chain(node, sip, cip, n)?,
+        _ if n == 0 => {
+            let st = lab.load()?.context("lab state")?;
+            lab.delete_objects(
+                &st,
+                &[("NetworkPolicy".into(), "bench".into(), "bench".into())],
+            )?;
+            lab.wait_policy(&st, None)?;
+        }
+        _ => {
+            lab.apply(&[server_policy(n)], true, bins, &mut |_| {})?;
+        }
+    }
+    Ok(())
+}
+
+/// Each rule count's cell: medians over the rounds, against 0 rules, and the agent's
+/// memory at the largest count.
+fn per_packet_cells(
+    datapath: &str,
+    opts: &Options,
+    lab: &Lab,
+    samples: PerPacketSamples,
+) -> Result<Vec<Cell>> {
     let measured: Vec<(usize, f64, f64)> = samples
         .into_iter()
         .map(|(n, (g, c))| (n, median(g), median(c)))
@@ -344,7 +373,7 @@ fn per_packet(
         .map(|m| (m.1, m.2))
         .context("0 rules measured")?;
     let rss = (datapath != "iptables")
-        .then(|| rss_mib(&lab, "node1"))
+        .then(|| rss_mib(lab, "node1"))
         .flatten();
     let mut out: Vec<Cell> = Vec::new();
     for &n in &opts.rules {

@@ -138,9 +138,15 @@ impl Lab {
         let k8s = self.k8s_dir();
         std::fs::create_dir_all(&k8s).with_context(|| format!("create {}", k8s.display()))?;
         self.ensure_pki()?;
-        let pki = k8s.join("pki");
-        let p = |f: &str| pki.join(f).display().to_string();
+        self.start_k8s_etcd(fabric, &bin, &k8s)?;
+        let kcm_kc = self.start_apiserver(fabric, &bin, &k8s, say)?;
+        self.start_controllers(fabric, &bin, &k8s, &kcm_kc, real_nodes)?;
+        self.ensure_agent_identity()
+    }
 
+    /// Starts the control plane's etcd on 127.0.0.1 in the fabric and waits until it
+    /// takes connections.
+    fn start_k8s_etcd(&self, fabric: &Netns, bin: &Path, k8s: &Path) -> Result<()> {
         let mut etcd = Command::new(bin.join("etcd"));
         etcd.args([
             "--name",
@@ -172,7 +178,21 @@ impl Lab {
                 })
                 .unwrap_or(false)
         })?;
+        Ok(())
+    }
 
+    /// Starts kube-apiserver, writes the admin's and the controller manager's
+    /// kubeconfigs and waits until the API server is ready; returns the controller
+    /// manager's kubeconfig.
+    fn start_apiserver(
+        &self,
+        fabric: &Netns,
+        bin: &Path,
+        k8s: &Path,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<PathBuf> {
+        let pki = k8s.join("pki");
+        let p = |f: &str| pki.join(f).display().to_string();
         let mut api = Command::new(bin.join("kube-apiserver"));
         api.args([
             "--etcd-servers=http://127.0.0.1:2379".to_string(),
@@ -219,7 +239,20 @@ impl Lab {
             t.elapsed().as_secs_f64(),
             self.kubeconfig().display()
         ));
+        Ok(kcm_kc)
+    }
 
+    /// Starts kube-controller-manager and, with real nodes, kube-scheduler.
+    fn start_controllers(
+        &self,
+        fabric: &Netns,
+        bin: &Path,
+        k8s: &Path,
+        kcm_kc: &Path,
+        real_nodes: bool,
+    ) -> Result<()> {
+        let pki = k8s.join("pki");
+        let p = |f: &str| pki.join(f).display().to_string();
         let mut kcm = Command::new(bin.join("kube-controller-manager"));
         kcm.args([
             format!("--kubeconfig={}", kcm_kc.display()),
@@ -263,8 +296,11 @@ impl Lab {
             ]);
             self.spawn_control(fabric, "kube-scheduler", sched)?;
         }
+        Ok(())
+    }
 
-        // The agents' identity: deploy/'s ServiceAccount and RBAC, and a token of it.
+    /// The agents' identity: deploy/'s ServiceAccount and RBAC, and a token of it.
+    fn ensure_agent_identity(&self) -> Result<()> {
         self.kubectl(&["apply", "-f", "-"], Some(NAMESPACE_YAML))?;
         self.kubectl(&["apply", "-f", "-"], Some(RBAC_YAML))?;
         // Each agent may change only its own Node (its token is bound to it).

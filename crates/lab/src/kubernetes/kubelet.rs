@@ -59,56 +59,27 @@ pub fn run_kubelet(name: &str) -> Result<()> {
     }
 }
 
+/// A live pod bound to a lab node: its id, node, object, uid and the API's podIP.
+type Wanted = (
+    String,
+    String,
+    podnet_policy::objects::Pod,
+    String,
+    Option<String>,
+);
+
+/// A Pod being deleted: its id, namespace and name.
+type Terminating = (String, String, String);
+
 pub(super) fn reconcile(name: &str, bins: &Binaries) -> Result<()> {
     let lab = Lab::open(name)?;
     let list = lab.kubectl_json(&["get", "pods", "--all-namespaces", "-o", "json"], None)?;
     let mut st = lab.load()?.context("lab state")?;
     let say = |m: &str| tracing::info!("{m}");
     let items = list["items"].as_array().cloned().unwrap_or_default();
-    let mine = |v: &Value| {
-        v["spec"]["nodeName"]
-            .as_str()
-            .is_some_and(|n| st.nodes.iter().any(|x| x.name == n))
-    };
-    // (id, node, object, uid, API podIP) of every live pod bound to a lab node.
-    let mut want = Vec::new();
-    let mut terminating = Vec::new();
-    for v in items.iter().filter(|v| mine(v)) {
-        let Some((pod, uid)) = lab_pod(v) else {
-            continue;
-        };
-        let id = pod_id(&pod);
-        if v["metadata"]["deletionTimestamp"].is_string() {
-            terminating.push((id, pod.metadata.ns().to_string(), pod.metadata.name.clone()));
-            continue;
-        }
-        let node = v["spec"]["nodeName"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let ip = v["status"]["podIP"].as_str().map(String::from);
-        want.push((id, node, pod, uid, ip));
-    }
+    let (want, terminating) = bound_pods(&st, &items);
     // Tear down first: a deleted pod's address is free before a new pod asks for it.
-    let stale: Vec<String> = st
-        .pods
-        .iter()
-        .filter(|p| p.uid.is_some())
-        .filter(|p| {
-            !want
-                .iter()
-                .any(|w| w.0 == p.name && Some(&w.3) == p.uid.as_ref())
-        })
-        .map(|p| p.name.clone())
-        .collect();
-    for id in stale {
-        let r = lab.del_pod(&mut st, &id, bins);
-        lab.save(&st)?;
-        match r {
-            Ok(()) => say(&format!("pod {id} torn down")),
-            Err(e) => say(&format!("tearing down pod {id}: {e:#}")),
-        }
-    }
+    tear_down_stale(&lab, &mut st, &want, bins, &say)?;
     for (id, ns, pod) in terminating {
         if !st.pods.iter().any(|p| p.name == id) {
             // Gone from the node: let the API server remove it, as a kubelet does.
@@ -147,41 +118,114 @@ pub(super) fn reconcile(name: &str, bins: &Binaries) -> Result<()> {
             continue;
         };
         if api_ip.as_deref() != Some(&p.ip.to_string()) {
-            let host = st
-                .nodes
-                .iter()
-                .find(|n| n.name == node)
-                .map(|n| n.underlay_ip.to_string())
-                .unwrap_or_default();
-            let now = crate::now_rfc3339();
-            let cond = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
-            let status = json!({"status": {
-                "phase": "Running", "podIP": p.ip.to_string(), "podIPs": [{"ip": p.ip.to_string()}],
-                "hostIP": host, "hostIPs": [{"ip": host}], "startTime": now,
-                "conditions": [cond("PodScheduled"), cond("Initialized"), cond("ContainersReady"), cond("Ready")],
-                "containerStatuses": pod.spec.containers.iter().map(|c| json!({
-                    "name": c.name, "image": c.image, "imageID": "", "ready": true, "started": true,
-                    "restartCount": 0, "state": {"running": {"startedAt": now}},
-                })).collect::<Vec<_>>(),
-            }});
-            lab.kubectl(
-                &[
-                    "patch",
-                    "pod",
-                    "-n",
-                    &ns,
-                    &pname,
-                    "--subresource=status",
-                    "--type=merge",
-                    "-p",
-                    &status.to_string(),
-                ],
-                None,
-            )
-            .map(|_| ())
-            .unwrap_or_else(|e| say(&format!("writing the status of pod {ns}/{pname}: {e:#}")));
+            write_status(&lab, &st, p, &node, &pod, &say);
         }
     }
     lab.save(&st)?;
     Ok(())
+}
+
+/// The API's Pods bound to a lab node: those that live, and those being deleted.
+fn bound_pods(st: &State, items: &[Value]) -> (Vec<Wanted>, Vec<Terminating>) {
+    let mine = |v: &Value| {
+        v["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| st.nodes.iter().any(|x| x.name == n))
+    };
+    let mut want = Vec::new();
+    let mut terminating = Vec::new();
+    for v in items.iter().filter(|v| mine(v)) {
+        let Some((pod, uid)) = lab_pod(v) else {
+            continue;
+        };
+        let id = pod_id(&pod);
+        if v["metadata"]["deletionTimestamp"].is_string() {
+            terminating.push((id, pod.metadata.ns().to_string(), pod.metadata.name.clone()));
+            continue;
+        }
+        let node = v["spec"]["nodeName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let ip = v["status"]["podIP"].as_str().map(String::from);
+        want.push((id, node, pod, uid, ip));
+    }
+    (want, terminating)
+}
+
+/// Tears down, through podnet-cni DEL, every pod the kubelet made whose Pod (by name
+/// and uid) is no longer wanted.
+fn tear_down_stale(
+    lab: &Lab,
+    st: &mut State,
+    want: &[Wanted],
+    bins: &Binaries,
+    say: &dyn Fn(&str),
+) -> Result<()> {
+    let stale: Vec<String> = st
+        .pods
+        .iter()
+        .filter(|p| p.uid.is_some())
+        .filter(|p| {
+            !want
+                .iter()
+                .any(|w| w.0 == p.name && Some(&w.3) == p.uid.as_ref())
+        })
+        .map(|p| p.name.clone())
+        .collect();
+    for id in stale {
+        let r = lab.del_pod(st, &id, bins);
+        lab.save(st)?;
+        match r {
+            Ok(()) => say(&format!("pod {id} torn down")),
+            Err(e) => say(&format!("tearing down pod {id}: {e:#}")),
+        }
+    }
+    Ok(())
+}
+
+/// Writes the Pod's status as running on `node` at the pod's address; a failure is
+/// only said.
+fn write_status(
+    lab: &Lab,
+    st: &State,
+    p: &crate::PodState,
+    node: &str,
+    pod: &podnet_policy::objects::Pod,
+    say: &dyn Fn(&str),
+) {
+    let (ns, pname) = (pod.metadata.ns().to_string(), pod.metadata.name.clone());
+    let host = st
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .map(|n| n.underlay_ip.to_string())
+        .unwrap_or_default();
+    let now = crate::now_rfc3339();
+    let cond = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
+    let status = json!({"status": {
+        "phase": "Running", "podIP": p.ip.to_string(), "podIPs": [{"ip": p.ip.to_string()}],
+        "hostIP": host, "hostIPs": [{"ip": host}], "startTime": now,
+        "conditions": [cond("PodScheduled"), cond("Initialized"), cond("ContainersReady"), cond("Ready")],
+        "containerStatuses": pod.spec.containers.iter().map(|c| json!({
+            "name": c.name, "image": c.image, "imageID": "", "ready": true, "started": true,
+            "restartCount": 0, "state": {"running": {"startedAt": now}},
+        })).collect::<Vec<_>>(),
+    }});
+    lab.kubectl(
+        &[
+            "patch",
+            "pod",
+            "-n",
+            &ns,
+            &pname,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ],
+        None,
+    )
+    .map(|_| ())
+    .unwrap_or_else(|e| say(&format!("writing the status of pod {ns}/{pname}: {e:#}")));
 }

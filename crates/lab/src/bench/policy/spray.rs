@@ -424,6 +424,26 @@ fn parse_mac(s: &str) -> Result<[u8; 6]> {
     Ok(m)
 }
 
+/// What every case of one datapath's bench works with.
+struct Bench<'a> {
+    datapath: &'a str,
+    lab: &'a Lab,
+    /// node1's namespace, where the pods and the datapath's tables live.
+    node: &'a Netns,
+    victim: &'a Netns,
+    server: &'a Netns,
+    sprayer: &'a Netns,
+    /// The server's, the sprayer's, the target's and the closed pod's addresses.
+    sip: Ipv4Addr,
+    spip: Ipv4Addr,
+    tip: Ipv4Addr,
+    cip: Ipv4Addr,
+    /// The forged ARP reply the event spray sends.
+    frame: &'a [u8],
+    conn_s: u32,
+    rtt_s: f64,
+}
+
 /// Every case of one datapath, rounds interleaved.
 fn datapath(
     datapath: &str,
@@ -450,6 +470,21 @@ fn datapath(
     let node = Netns::open(netns::named_path(&lab.node_ns("node1")))?;
     let conn_s = opts.seconds.div_ceil(2).max(1);
     let rtt_s = f64::from(opts.seconds.saturating_sub(conn_s).max(1));
+    let bench = Bench {
+        datapath,
+        lab: &lab,
+        node: &node,
+        victim: &victim,
+        server: &server,
+        sprayer: &sprayer,
+        sip,
+        spip,
+        tip,
+        cip,
+        frame: &frame,
+        conn_s,
+        rtt_s,
+    };
 
     // Warm-up, not reported (neighbours, tables, the agent's first events).
     conn_rate(&victim, &server, sip, 1)?;
@@ -468,86 +503,111 @@ fn datapath(
                 round + 1,
                 opts.rounds
             ));
-            // The victim's own flow budget (eBPF: 50 000, refilled at 20 000 a second)
-            // starts every case full: its connection test spends it.
-            let settle = Duration::from_millis(2600).saturating_sub(last_conns.elapsed());
-            std::thread::sleep(settle);
-            let mut before = budget_counters(&node)?;
-            before.extend(conntrack_stats(&node)?);
-            let stop = AtomicBool::new(false);
-            let mut s = Sample::default();
-            let spray = std::thread::scope(|sc| -> Result<()> {
-                let t = Instant::now();
-                let sprayer_thread = (case != "quiet").then(|| {
-                    let (stop, sprayer, frame) = (&stop, &sprayer, &frame);
-                    sc.spawn(move || -> Result<(u64, u64)> {
-                        sprayer.run(|| match case {
-                            "cpu burn" => burn(stop),
-                            "flow spray" => spray_flows(tip, stop).map(|n| (n, 0)),
-                            _ => spray_events(cip, frame, stop),
-                        })?
-                    })
-                });
-                if sprayer_thread.is_some() {
-                    // Let the spray spend its budgets and fill what it fills.
-                    std::thread::sleep(Duration::from_millis(300));
-                }
-                // A failed measurement is reported, not fatal: the spray stops below.
-                match conn_rate(&victim, &server, sip, conn_s) {
-                    Ok(c) => s.conns = c,
-                    Err(e) => s.failures.push(format!("connections: {e:#}")),
-                }
-                last_conns = Instant::now();
-                match round_trips(&victim, &server, sip, rtt_s) {
-                    Ok(r) => s.rtts_us = r,
-                    Err(e) => s.failures.push(format!("round trips: {e:#}")),
-                }
-                stop.store(true, Ordering::Relaxed);
-                if let Some(h) = sprayer_thread {
-                    let (udp, forged) =
-                        h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
-                    s.udp = udp;
-                    s.forged = forged;
-                    s.spray_s = t.elapsed().as_secs_f64();
-                }
-                Ok(())
-            });
-            spray?;
-            let (mine, all) = table_entries(datapath, &lab, &node, spip)?;
-            s.sprayer_entries = mine;
-            s.table_entries = all;
-            let mut after = budget_counters(&node)?;
-            after.extend(conntrack_stats(&node)?);
-            s.budget = after
-                .iter()
-                .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
-                .collect();
-            if case.ends_with("spray") {
-                forget(datapath, &lab, &node, spip)?;
-            }
-            for f in &s.failures {
-                say(&format!("{datapath}: {case}: victim: {f}"));
-            }
-            say(&format!(
-                "{datapath}: {case}: victim {:.0} conn/s, RTT p50 {:.1} µs; sprayer {} pk/s; {}",
-                s.conns,
-                percentile(&mut s.rtts_us.clone(), 0.5),
-                count(if s.spray_s > 0.0 {
-                    (s.udp + s.forged) as f64 / s.spray_s
-                } else {
-                    0.0
-                }),
-                s.budget
-                    .iter()
-                    .filter(|(_, v)| **v > 0.0)
-                    .map(|(k, v)| format!("{k} +{}", count(*v)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+            let s = bench.case(case, &mut last_conns, say)?;
             samples.entry(case).or_default().push(s);
         }
     }
+    Ok(cells(datapath, &samples))
+}
 
+impl Bench<'_> {
+    /// One case once: the victim measured under it, what the datapath's tables and
+    /// budgets grew by, and the line that says so.
+    fn case(
+        &self,
+        case: &str,
+        last_conns: &mut Instant,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<Sample> {
+        let (datapath, node) = (self.datapath, self.node);
+        // The victim's own flow budget (eBPF: 50 000, refilled at 20 000 a second)
+        // starts every case full: its connection test spends it.
+        let settle = Duration::from_millis(2600).saturating_sub(last_conns.elapsed());
+        std::thread::sleep(settle);
+        let mut before = budget_counters(node)?;
+        before.extend(conntrack_stats(node)?);
+        let mut s = Sample::default();
+        self.measure_victim(case, &mut s, last_conns)?;
+        let (mine, all) = table_entries(datapath, self.lab, node, self.spip)?;
+        s.sprayer_entries = mine;
+        s.table_entries = all;
+        let mut after = budget_counters(node)?;
+        after.extend(conntrack_stats(node)?);
+        s.budget = after
+            .iter()
+            .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+            .collect();
+        if case.ends_with("spray") {
+            forget(datapath, self.lab, node, self.spip)?;
+        }
+        for f in &s.failures {
+            say(&format!("{datapath}: {case}: victim: {f}"));
+        }
+        say(&format!(
+            "{datapath}: {case}: victim {:.0} conn/s, RTT p50 {:.1} µs; sprayer {} pk/s; {}",
+            s.conns,
+            percentile(&mut s.rtts_us.clone(), 0.5),
+            count(if s.spray_s > 0.0 {
+                (s.udp + s.forged) as f64 / s.spray_s
+            } else {
+                0.0
+            }),
+            s.budget
+                .iter()
+                .filter(|(_, v)| **v > 0.0)
+                .map(|(k, v)| format!("{k} +{}", count(*v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        Ok(s)
+    }
+
+    /// Runs the case's spray from the sprayer (none when quiet) while the victim's
+    /// connection rate and round trips are measured into `s`.
+    fn measure_victim(&self, case: &str, s: &mut Sample, last_conns: &mut Instant) -> Result<()> {
+        let (victim, server, sip) = (self.victim, self.server, self.sip);
+        let (tip, cip) = (self.tip, self.cip);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|sc| -> Result<()> {
+            let t = Instant::now();
+            let sprayer_thread = (case != "quiet").then(|| {
+                let (stop, sprayer, frame) = (&stop, self.sprayer, self.frame);
+                sc.spawn(move || -> Result<(u64, u64)> {
+                    sprayer.run(|| match case {
+                        "cpu burn" => burn(stop),
+                        "flow spray" => spray_flows(tip, stop).map(|n| (n, 0)),
+                        _ => spray_events(cip, frame, stop),
+                    })?
+                })
+            });
+            if sprayer_thread.is_some() {
+                // Let the spray spend its budgets and fill what it fills.
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            // A failed measurement is reported, not fatal: the spray stops below.
+            match conn_rate(victim, server, sip, self.conn_s) {
+                Ok(c) => s.conns = c,
+                Err(e) => s.failures.push(format!("connections: {e:#}")),
+            }
+            *last_conns = Instant::now();
+            match round_trips(victim, server, sip, self.rtt_s) {
+                Ok(r) => s.rtts_us = r,
+                Err(e) => s.failures.push(format!("round trips: {e:#}")),
+            }
+            stop.store(true, Ordering::Relaxed);
+            if let Some(h) = sprayer_thread {
+                let (udp, forged) = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+                s.udp = udp;
+                s.forged = forged;
+                s.spray_s = t.elapsed().as_secs_f64();
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Each case's cell: medians over the rounds, and the victim against the quiet case.
+fn cells(datapath: &str, samples: &BTreeMap<&str, Vec<Sample>>) -> Vec<Cell> {
     let mut cells: Vec<Cell> = CASES
         .iter()
         .map(|case| {
@@ -595,7 +655,7 @@ fn datapath(
         c.rtt_p50_vs_quiet = c.rtt_p50_us / quiet.rtt_p50_us;
         c.rtt_p99_vs_quiet = c.rtt_p99_us / quiet.rtt_p99_us;
     }
-    Ok(cells)
+    cells
 }
 
 pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result<Report> {
