@@ -7,9 +7,11 @@
 
 mod contracts;
 mod kinds;
+pub mod net;
 
 pub use contracts::{CniReport, NodeFile, PolicyPrograms};
 pub use kinds::{Backend, Datapath, PolicyDatapath, UnknownChoice};
+pub use net::{CidrError, IpNet, Ipv4Net};
 
 use std::net::Ipv4Addr;
 

@@ -165,8 +165,8 @@ impl<'a> Index<'a> {
     fn in_nets(&self, nets: &[Prefix]) -> Vec<usize> {
         let mut out = Vec::new();
         for n in nets {
-            let last = n.addr | (u32::MAX >> n.len.min(31) >> u32::from(n.len == 32));
-            let from = self.by_ip.partition_point(|(ip, _)| *ip < n.addr);
+            let last = n.bits() | (u32::MAX >> n.prefix().min(31) >> u32::from(n.prefix() == 32));
+            let from = self.by_ip.partition_point(|(ip, _)| *ip < n.bits());
             out.extend(
                 self.by_ip[from..]
                     .iter()
@@ -228,7 +228,7 @@ impl<'a> Index<'a> {
         }
         let r = match peers {
             None | Some([]) => Peers {
-                nets: vec![Prefix::new(Ipv4Addr::UNSPECIFIED, 0)],
+                nets: vec![Prefix::truncating(Ipv4Addr::UNSPECIFIED, 0)],
                 pods: (*self.all).clone(),
             },
             Some(list) => {
@@ -365,9 +365,9 @@ pub fn normalize(allow: &BTreeSet<Allow>) -> BTreeSet<Allow> {
         .map(|a| a.net)
         .collect();
     let covered_by = |set: &std::collections::HashSet<Prefix>, p: &Prefix, strict: bool| {
-        (0..=p.len)
-            .filter(|&l| !strict || l < p.len)
-            .any(|l| set.contains(&Prefix::new(p.network(), l)))
+        (0..=p.prefix())
+            .filter(|&l| !strict || l < p.prefix())
+            .any(|l| set.contains(&Prefix::truncating(p.network(), l)))
     };
     let top: Vec<Prefix> = any
         .iter()

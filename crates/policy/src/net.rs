@@ -3,112 +3,16 @@
 //! into a list of disjoint prefixes — the form an LPM trie or an nftables interval
 //! set holds.
 
-use serde::{Serialize, Serializer};
-use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Prefix {
-    /// Network address, host bits clear.
-    pub addr: u32,
-    pub len: u8,
-}
-
-impl Prefix {
-    pub fn new(addr: Ipv4Addr, len: u8) -> Prefix {
-        let len = len.min(32);
-        Prefix {
-            addr: u32::from(addr) & mask(len),
-            len,
-        }
-    }
-
-    pub fn host(ip: Ipv4Addr) -> Prefix {
-        Prefix::new(ip, 32)
-    }
-
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & mask(self.len) == self.addr
-    }
-
-    /// Whether every address of `other` is in `self`.
-    pub fn covers(&self, other: &Prefix) -> bool {
-        other.len >= self.len && other.addr & mask(self.len) == self.addr
-    }
-
-    pub fn overlaps(&self, other: &Prefix) -> bool {
-        self.covers(other) || other.covers(self)
-    }
-
-    pub fn network(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.addr)
-    }
-
-    /// The two halves of this prefix (it must be shorter than /32).
-    fn halves(&self) -> (Prefix, Prefix) {
-        let len = self.len + 1;
-        (
-            Prefix {
-                addr: self.addr,
-                len,
-            },
-            Prefix {
-                addr: self.addr | (1u32 << (32 - len)),
-                len,
-            },
-        )
-    }
-
-    /// `self` minus every prefix of `except`, as disjoint prefixes in address order.
-    /// Linear in the number of exceptions (times the prefix depth), so a block with
-    /// thousands of holes stays cheap.
-    pub fn subtract(&self, except: &[Prefix]) -> Vec<Prefix> {
-        let mut inside: Vec<Prefix> = except
-            .iter()
-            .filter(|e| e.overlaps(self))
-            .copied()
-            .collect();
-        inside.sort();
-        let mut out = Vec::new();
-        subtract_into(*self, &inside, &mut out);
-        out
-    }
-}
-
-/// `p` minus `except` (sorted, every one overlapping `p`), in address order.
-fn subtract_into(p: Prefix, except: &[Prefix], out: &mut Vec<Prefix>) {
-    if except.is_empty() {
-        out.push(p);
-        return;
-    }
-    // One that overlaps p and is no longer than p covers it.
-    if except.iter().any(|e| e.len <= p.len) {
-        return;
-    }
-    // The rest lie strictly inside p, each within one half.
-    let (a, b) = p.halves();
-    let split = except.partition_point(|e| e.addr < b.addr);
-    subtract_into(a, &except[..split], out);
-    subtract_into(b, &except[split..], out);
-}
+/// A policy prefix is the one CIDR type every program uses.
+pub use podnet_conventions::Ipv4Net as Prefix;
 
 pub fn mask(len: u8) -> u32 {
     if len == 0 {
         0
     } else {
         u32::MAX << (32 - u32::from(len.min(32)))
-    }
-}
-
-impl fmt::Display for Prefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network(), self.len)
-    }
-}
-
-impl Serialize for Prefix {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
     }
 }
 
@@ -132,7 +36,7 @@ pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a CIDR: {l:?} is not a prefix length"))?;
     match addr {
-        IpAddr::V4(v4) if len <= 32 => Ok(Cidr::V4(Prefix::new(v4, len))),
+        IpAddr::V4(v4) if len <= 32 => Ok(Cidr::V4(Prefix::truncating(v4, len))),
         IpAddr::V6(_) if len <= 128 => Ok(Cidr::V6),
         _ => Err(format!(
             "{s:?} is not a CIDR: prefix length {len} is too long"

@@ -100,7 +100,7 @@ pub fn desired(tables: &BTreeMap<String, PodTables>) -> Desired {
                         })
                     }
                 };
-                d.peers[i].insert((pod, raw(net.network()), net.len), set);
+                d.peers[i].insert((pod, raw(net.network()), net.prefix()), set);
             }
         }
         d.pods.insert(pod, flags);

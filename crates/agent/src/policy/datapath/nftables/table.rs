@@ -97,7 +97,7 @@ impl Elem {
 
     pub fn render(&self) -> String {
         let addr = |n: &podnet_policy::net::Prefix| {
-            if n.len == 32 {
+            if n.prefix() == 32 {
                 n.network().to_string()
             } else {
                 n.to_string()
@@ -131,7 +131,7 @@ fn pod_elements(t: &PodTables, out: &mut BTreeSet<Elem>) {
             out.insert(e(base, None, None));
             out.insert(e(base + 1, None, None));
             for Allow { net, ports } in allow {
-                let host = net.len == 32;
+                let host = net.prefix() == 32;
                 let el = match ports {
                     None => e(if host { base + 2 } else { base + 4 }, Some(*net), None),
                     Some(p) => e(
@@ -600,7 +600,7 @@ mod tests {
     fn tables() -> BTreeMap<String, PodTables> {
         let allow = BTreeSet::from([
             Allow {
-                net: Prefix::new("10.0.0.0".parse().unwrap(), 8),
+                net: Prefix::truncating("10.0.0.0".parse().unwrap(), 8),
                 ports: None,
             },
             Allow {
