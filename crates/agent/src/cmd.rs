@@ -267,19 +267,20 @@ fn check_access(node: &str, kubeconfig: Option<PathBuf>) {
 }
 
 /// The agent's configuration from its flags, or the flag that is wrong.
-fn config(mut a: Args) -> Result<Config, String> {
+fn config(mut a: Args) -> Result<Config, Failure> {
     if let Some(k) = &a.kubeconfig {
         if a.datastore != "kubernetes" {
-            return Err(format!(
+            return Err(Failure::Refused(format!(
                 "--kubeconfig goes with --datastore kubernetes (given: --datastore {})",
                 a.datastore
-            ));
+            )));
         }
         a.datastore = format!("kubernetes:{}", k.display());
     }
     let cidr = |flag: &str, v: &str| {
-        v.parse()
-            .map_err(|e| format!("invalid --{flag} {v:?}: {e}"))
+        v.parse().map_err(|e: podnet_cni_spec::net::CidrError| {
+            Failure::op(format!("invalid --{flag} {v:?}"), e.0)
+        })
     };
     let cfg = Config {
         cluster_cidr: cidr("cluster-cidr", &a.cluster_cidr)?,
@@ -313,14 +314,14 @@ fn config(mut a: Args) -> Result<Config, String> {
         datapath: a.datapath,
     };
     if cfg.fast_path() && cfg.backend == Backend::Wireguard {
-        return Err("--datapath ebpf is not available with --backend wireguard (its device is not an Ethernet device; not tested): use --datapath bridge".into());
+        return Err(Failure::from("--datapath ebpf is not available with --backend wireguard (its device is not an Ethernet device; not tested): use --datapath bridge"));
     }
     Ok(cfg)
 }
 
 /// Runs the agent until a fatal error (exit 1) or SIGTERM/SIGINT (exit 0).
 fn run_agent(a: Args) {
-    let cfg = config(a).unwrap_or_else(|why| fail(2, &why));
+    let cfg = config(a).unwrap_or_else(|why| fail(2, &why.to_string()));
     let node = cfg.node.clone();
     if let Err(e) = stop_on_signals(&node) {
         tracing::error!(node, "fatal: cannot wait for SIGTERM and SIGINT: {e}");
