@@ -1,4 +1,4 @@
-//! The one backoff loop: for what may not be ready yet (a datastore still starting, a
+//! The agent's blocking retry, with the one backoff ([`podnet_conventions::Backoff`]): for what may not be ready yet (a datastore still starting, a
 //! Node without a pod CIDR yet), 200 ms doubling up to a ceiling, saying why it waits.
 
 use std::time::Duration;
@@ -12,13 +12,13 @@ pub fn with_backoff<T, E>(
     mut waiting: impl FnMut(&E, Duration),
     max: Duration,
 ) -> Result<T, E> {
-    let mut wait = Duration::from_millis(200).min(max);
+    let mut backoff = podnet_conventions::Backoff::new(Duration::from_millis(200), max);
     loop {
         match f() {
             Err(e) if transient(&e) => {
+                let wait = backoff.next_wait();
                 waiting(&e, wait);
                 std::thread::sleep(wait);
-                wait = (wait * 2).min(max);
             }
             r => return r,
         }

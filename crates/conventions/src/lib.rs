@@ -5,10 +5,12 @@
 //! [`PolicyDatapath`]), default paths, and the files and messages passed between the
 //! programs ([`NodeFile`], [`CniReport`]).
 
+mod backoff;
 mod contracts;
 mod kinds;
 pub mod net;
 
+pub use backoff::Backoff;
 pub use contracts::{CniReport, NodeFile, PolicyPrograms};
 pub use kinds::{Backend, Datapath, PolicyDatapath, UnknownChoice};
 pub use net::{CidrError, IpNet, Ipv4Net};

@@ -323,7 +323,8 @@ impl EtcdStore {
 /// Follows every change under `/podnet/`, re-watching after errors; each change (and
 /// each reconnection, which may have missed some) bumps the generation.
 async fn watch(mut client: Client, changes: std::sync::Weak<(Mutex<Changes>, Condvar)>) {
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff =
+        podnet_conventions::Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     loop {
         let bump = || {
             let Some(ch) = changes.upgrade() else {
@@ -340,7 +341,7 @@ async fn watch(mut client: Client, changes: std::sync::Weak<(Mutex<Changes>, Con
             if !bump() {
                 return;
             }
-            backoff = Duration::from_millis(250);
+            backoff.reset();
             while let Ok(Some(_)) = stream.message().await {
                 if !bump() {
                     return;
@@ -350,8 +351,7 @@ async fn watch(mut client: Client, changes: std::sync::Weak<(Mutex<Changes>, Con
         if changes.upgrade().is_none() {
             return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(backoff.next_wait()).await;
     }
 }
 

@@ -291,7 +291,7 @@ fn watch<K>(
             kind,
             conv,
             listing: Vec::new(),
-            backoff: WATCH_BACKOFF_MIN,
+            backoff: podnet_conventions::Backoff::new(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX),
         };
         loop {
             let mut stream = watcher::watcher(api.clone(), watcher::Config::default()).boxed();
@@ -314,8 +314,7 @@ fn watch<K>(
                     break;
                 }
             }
-            tokio::time::sleep(w.backoff).await;
-            w.backoff = (w.backoff * 2).min(WATCH_BACKOFF_MAX);
+            tokio::time::sleep(w.backoff.next_wait()).await;
         }
     });
 }
@@ -329,7 +328,7 @@ struct WatchTask<F> {
     conv: F,
     /// The objects of the listing in progress, applied to the state once it completes.
     listing: Vec<NodeOrObject>,
-    backoff: Duration,
+    backoff: podnet_conventions::Backoff,
 }
 
 impl<F> WatchTask<F> {
@@ -356,7 +355,7 @@ impl<F> WatchTask<F> {
                 false
             }
             Ok(Event::InitDone) => {
-                self.backoff = WATCH_BACKOFF_MIN;
+                self.backoff.reset();
                 if kind == "Node" {
                     st.nodes.clear();
                 } else {
