@@ -93,6 +93,25 @@ pub fn pod_veths(
         .collect())
 }
 
+/// One pod veth's filters: as last seen, and as now.
+pub struct VethCheck<'a> {
+    pub link: &'a podnet_netlink::link::LinkInfo,
+    pub before: Filters,
+    pub now: Filters,
+}
+
+/// Sends filter requests; the failures other than "already there", as text.
+pub fn attach(
+    sock: &mut podnet_netlink::Socket,
+    reqs: Vec<podnet_netlink::socket::Request>,
+) -> Vec<String> {
+    sock.ack_all(reqs)
+        .into_iter()
+        .filter_map(|r| r.err().filter(|e| !e.is_exists()))
+        .map(|e| e.to_string())
+        .collect()
+}
+
 impl Policy {
     /// Every pod veth's filters: anti-spoofing, and those of the datapath (the eBPF
     /// policy filters, the nftables backstop). One seen before and gone now is attached again (the pod was
@@ -109,20 +128,18 @@ impl Policy {
             if let (None, Some(prog)) = (now.antispoof, before.antispoof) {
                 // The same program again: its map still holds the pod's entry.
                 let fd = podnet_netlink::bpf::prog_by_id(prog).map_err(Failure::from)?;
-                let r = sock.ack_all(vec![
-                    podnet_netlink::tc::clsact_request(l.index),
-                    podnet_netlink::tc::bpf_ingress_request(
-                        l.index,
-                        1,
-                        &fd,
-                        podnet_netlink::antispoof::PROG_NAME,
-                    ),
-                ]);
-                let failed: Vec<String> = r
-                    .into_iter()
-                    .filter_map(|r| r.err().filter(|e| !e.is_exists()))
-                    .map(|e| e.to_string())
-                    .collect();
+                let failed = attach(
+                    &mut sock,
+                    vec![
+                        podnet_netlink::tc::clsact_request(l.index),
+                        podnet_netlink::tc::bpf_ingress_request(
+                            l.index,
+                            1,
+                            &fd,
+                            podnet_netlink::antispoof::PROG_NAME,
+                        ),
+                    ],
+                );
                 if failed.is_empty() {
                     have.antispoof = Some(prog);
                     repaired(
@@ -140,8 +157,13 @@ impl Policy {
             }
             let (on_repair, log2) = (&self.on_repair, log);
             let repaired = |object: &str, what: &str| repaired(on_repair, log2, object, what);
+            let check = VethCheck {
+                link: l,
+                before,
+                now,
+            };
             self.dp
-                .repair_veth(&mut sock, l, before, now, &mut have, &repaired, log)?;
+                .repair_veth(&mut sock, &check, &mut have, &repaired, log)?;
             self.seen_filters.insert(l.index, have);
         }
         Ok(())

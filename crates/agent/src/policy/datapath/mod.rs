@@ -14,7 +14,7 @@ pub mod ebpf;
 pub mod nftables;
 pub mod none;
 
-use super::filters::Filters;
+use super::filters::{Filters, VethCheck};
 use crate::Failure;
 use podnet_api::PolicyStatus;
 use podnet_cni_spec::Ipv4Net;
@@ -95,13 +95,10 @@ pub trait Enforcer: Send {
 
     /// One pod veth's filters of this datapath: put back those `before` had and `now`
     /// lacks, remove what it must not carry; `have` is updated to what it holds then.
-    #[allow(clippy::too_many_arguments)]
     fn repair_veth(
         &self,
         sock: &mut Socket,
-        l: &LinkInfo,
-        before: Filters,
-        now: Filters,
+        v: &VethCheck,
         have: &mut Filters,
         repaired: Repaired,
         log: &dyn Fn(&str),

@@ -2,10 +2,9 @@
 //! It removes what the others leave: the nftables table, the backstop on pod veths.
 
 use super::{remove_backstop, DeniedCounts, Enforcer, Repaired, Tables};
-use crate::policy::filters::Filters;
+use crate::policy::filters::{Filters, VethCheck};
 use crate::Failure;
 use podnet_conventions::PolicyDatapath;
-use podnet_netlink::link::LinkInfo;
 use podnet_netlink::Socket;
 use std::net::Ipv4Addr;
 
@@ -35,13 +34,12 @@ impl Enforcer for NoPolicy {
     fn repair_veth(
         &self,
         sock: &mut Socket,
-        l: &LinkInfo,
-        _before: Filters,
-        now: Filters,
+        v: &VethCheck,
         have: &mut Filters,
         _repaired: Repaired,
         log: &dyn Fn(&str),
     ) -> Result<(), Failure> {
+        let (l, now) = (v.link, v.now);
         remove_backstop(sock, l, now, have, log);
         Ok(())
     }

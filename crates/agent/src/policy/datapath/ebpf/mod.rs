@@ -16,10 +16,9 @@ pub use pinned::{budget_stats, counters, holds, set_event_config};
 pub use tables::{desired, port_prefixes, Desired};
 
 use super::{remove_backstop, DeniedCounts, Enforcer, Repaired, Setup, Tables};
-use crate::policy::filters::{pod_veths, Filters};
+use crate::policy::filters::{attach, pod_veths, Filters, VethCheck};
 use crate::Failure;
 use podnet_conventions::{PolicyDatapath, PolicyPrograms};
-use podnet_netlink::link::LinkInfo;
 use podnet_netlink::Socket;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -130,13 +129,12 @@ impl Enforcer for Ebpf {
     fn repair_veth(
         &self,
         sock: &mut Socket,
-        l: &LinkInfo,
-        before: Filters,
-        now: Filters,
+        v: &VethCheck,
         have: &mut Filters,
         repaired: Repaired,
         log: &dyn Fn(&str),
     ) -> Result<(), Failure> {
+        let (l, before, now) = (v.link, v.before, v.now);
         remove_backstop(sock, l, now, have, log);
         let Some(e) = self.dp.as_deref() else {
             return Ok(());
@@ -157,12 +155,7 @@ impl Enforcer for Ebpf {
         if reqs.len() == 1 {
             return Ok(());
         }
-        let failed: Vec<String> = sock
-            .ack_all(reqs)
-            .into_iter()
-            .filter_map(|r| r.err().filter(|e| !e.is_exists()))
-            .map(|e| e.to_string())
-            .collect();
+        let failed = attach(sock, reqs);
         if failed.is_empty() {
             have.policy_out |= before.policy_out;
             have.policy_in |= before.policy_in;

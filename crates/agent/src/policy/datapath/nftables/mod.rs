@@ -10,11 +10,10 @@
 pub mod table;
 
 use super::{DeniedCounts, Enforcer, Repaired, Setup, Tables};
-use crate::policy::filters::{bridge_nf_off, Filters};
+use crate::policy::filters::{attach, bridge_nf_off, Filters, VethCheck};
 use crate::Failure;
 use podnet_cni_spec::Ipv4Net;
 use podnet_conventions::PolicyDatapath;
-use podnet_netlink::link::LinkInfo;
 use podnet_netlink::Socket;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -147,18 +146,18 @@ impl Enforcer for Nftables {
     fn repair_veth(
         &self,
         sock: &mut Socket,
-        l: &LinkInfo,
-        before: Filters,
-        now: Filters,
+        v: &VethCheck,
         have: &mut Filters,
         repaired: Repaired,
         log: &dyn Fn(&str),
     ) -> Result<(), Failure> {
+        let (l, before, now) = (v.link, v.before, v.now);
         let Some(fd) = self.backstop.as_ref().filter(|_| !now.backstop) else {
             return Ok(());
         };
-        let failed: Vec<String> = sock
-            .ack_all(vec![
+        let failed = attach(
+            sock,
+            vec![
                 podnet_netlink::tc::clsact_request(l.index),
                 podnet_netlink::tc::bpf_egress_request(
                     l.index,
@@ -166,11 +165,8 @@ impl Enforcer for Nftables {
                     fd,
                     crate::guard::BACKSTOP_FILTER,
                 ),
-            ])
-            .into_iter()
-            .filter_map(|r| r.err().filter(|e| !e.is_exists()))
-            .map(|e| e.to_string())
-            .collect();
+            ],
+        );
         if !failed.is_empty() {
             log(&format!(
                 "policy: cannot attach the nftables backstop to {}: {}",
