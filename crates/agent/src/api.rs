@@ -14,7 +14,7 @@
 //! - `policy`, `policy-stats`, `policy-revision`, `policy-versions`, `verdict`: the
 //!   NetworkPolicy datapath — what it reflects, its drop counters, one flow's verdict.
 
-use crate::policy::{PolicyDatapath, PolicyStatus};
+use crate::policy::{PolicyDatapath, PolicyState};
 use crate::proto::{
     parse_request, Client, Conntrack, FdbState, HostVeth, LinkState, NeighState, NodeState,
     PingReply, PodInside, PodLink, PodReport, PolicyRevision, PolicyStats, PolicyVersions, Request,
@@ -40,7 +40,7 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 /// channel, the event log, and the names of the node's devices.
 struct Shared {
     status: Arc<Mutex<Status>>,
-    policy: Arc<Mutex<PolicyStatus>>,
+    policy: Arc<Mutex<PolicyState>>,
     rotation: Arc<crate::wireguard::Rotation>,
     events: Arc<crate::observe::EventLog>,
     vxlan_dev: String,
@@ -51,7 +51,7 @@ struct Shared {
 pub fn serve(
     path: &Path,
     status: Arc<Mutex<Status>>,
-    policy: Arc<Mutex<PolicyStatus>>,
+    policy: Arc<Mutex<PolicyState>>,
     rotation: Arc<crate::wireguard::Rotation>,
     events: Arc<crate::observe::EventLog>,
     vxlan_dev: String,
@@ -176,7 +176,7 @@ fn reply(line: &str, s: &Shared) -> Value {
 fn answer(
     req: &Request,
     status: &Mutex<Status>,
-    policy: &Mutex<PolicyStatus>,
+    policy: &Mutex<PolicyState>,
     vxlan_dev: &str,
     bridge: &str,
 ) -> Value {
@@ -224,7 +224,7 @@ fn answer(
             };
             let enforcement = crate::policy::enforcement_problems(&st);
             to(&PolicyStats {
-                status: st,
+                status: st.status,
                 denied,
                 closed_packets,
                 denied_error,
@@ -510,8 +510,11 @@ mod tests {
         serve(
             &path,
             Arc::new(Mutex::new(Status::default())),
-            Arc::new(Mutex::new(PolicyStatus {
-                error: Some("the last change failed".into()),
+            Arc::new(Mutex::new(crate::policy::PolicyState {
+                status: crate::policy::PolicyStatus {
+                    error: Some("the last change failed".into()),
+                    ..Default::default()
+                },
                 ..Default::default()
             })),
             Default::default(),

@@ -5,7 +5,7 @@
 //! it puts back (see [`crate::policy::Policy::sync`]).
 
 use crate::backend::NodeInfo;
-use crate::policy::{self, PolicyStatus};
+use crate::policy::{self, PolicyState};
 use crate::{log, nft, open_datastore_waiting, warn, Agent, Error, PolicyDatapath, Result};
 use std::sync::{Arc, Mutex};
 
@@ -14,7 +14,7 @@ impl Agent {
     /// programmed), then the node file written (which lets podnet-cni make pods),
     /// events and metrics started, and the policy threads running. The policy's
     /// status, for the API.
-    pub(crate) fn start_policy(&mut self, n: &NodeInfo) -> Result<Arc<Mutex<PolicyStatus>>> {
+    pub(crate) fn start_policy(&mut self, n: &NodeInfo) -> Result<Arc<Mutex<PolicyState>>> {
         let pds = open_datastore_waiting(&self.cfg.datastore, &self.cfg.node)?;
         let node = self.cfg.node.clone();
         let plog = move |m: &str| log(&node, m);

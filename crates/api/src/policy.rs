@@ -2,12 +2,9 @@
 //! and the packets it refused.
 
 use podnet_conventions::PolicyDatapath;
-use podnet_policy::compile::PodTables;
 use podnet_policy::Direction;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// One direction of one local pod, as the API reports it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -50,20 +47,12 @@ pub struct PolicyStatus {
     pub last_change_compile_ms: f64,
     /// Elements written by the last change.
     pub last_change_elements: usize,
-    /// The compiled tables of the local pods, as programmed (for `verdict`; shared,
-    /// so that reading the status copies nothing large).
-    #[serde(skip)]
-    pub tables: Arc<BTreeMap<String, PodTables>>,
     /// Where the eBPF datapath's maps are pinned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpf_dir: Option<PathBuf>,
     /// The eBPF fast path (`--datapath ebpf`), when on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fast_path: Option<FastPathStatus>,
-    /// The version of each object the programmed verdicts were compiled from (where
-    /// the source versions objects: Kubernetes), for `policy-versions`.
-    #[serde(skip)]
-    pub versions: Arc<BTreeMap<String, String>>,
 }
 
 /// A local pod the agent left closed, and why.

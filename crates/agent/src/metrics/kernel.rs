@@ -6,7 +6,7 @@ use super::*;
 
 /// Counters the kernel keeps, read at each scrape.
 pub(super) struct Kernel {
-    pub(super) policy: Arc<Mutex<PolicyStatus>>,
+    pub(super) policy: Arc<Mutex<PolicyState>>,
     pub(super) events: Arc<EventLog>,
 }
 

@@ -24,7 +24,7 @@
 //! connection.
 
 use crate::observe::EventLog;
-use crate::policy::PolicyStatus;
+use crate::policy::PolicyState;
 use crate::Failure;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -60,7 +60,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Every metric, registered; the kernel-backed ones read `policy` and `events`.
-    pub fn new(policy: Arc<Mutex<PolicyStatus>>, events: Arc<EventLog>) -> Metrics {
+    pub fn new(policy: Arc<Mutex<PolicyState>>, events: Arc<EventLog>) -> Metrics {
         let mut root = Registry::default();
         root.register_collector(Box::new(Process));
         let r = root.sub_registry_with_prefix("podnet");

@@ -22,7 +22,7 @@
 
 pub mod nflog;
 
-use crate::policy::PolicyStatus;
+use crate::policy::PolicyState;
 use crate::Failure;
 pub use podnet_api::Event;
 use podnet_netlink::antispoof::{self, SpoofEvent};
@@ -152,7 +152,7 @@ pub(crate) fn split_pod_key(key: &str) -> (String, String) {
 }
 
 impl Pods {
-    pub fn from_status(st: &PolicyStatus) -> Pods {
+    pub fn from_status(st: &crate::policy::PolicyStatus) -> Pods {
         let mut by_ip = HashMap::new();
         for p in &st.pods {
             if let Ok(ip) = p.ip.parse() {
@@ -309,7 +309,7 @@ pub fn parse_policy_event(b: &[u8]) -> Option<Verdict> {
 pub struct Sources {
     pub node: String,
     pub log: Arc<EventLog>,
-    pub policy: Arc<Mutex<PolicyStatus>>,
+    pub policy: Arc<Mutex<PolicyState>>,
     /// The eBPF policy datapath's bpffs directory, when the node runs it.
     pub bpf_dir: Option<PathBuf>,
     /// Whether the node runs the nftables policy datapath.
@@ -591,7 +591,7 @@ mod tests {
         let v = parse_policy_event(&b).unwrap();
         assert_eq!(v.direction, "ingress");
         assert!(!v.allowed);
-        let mut st = PolicyStatus::default();
+        let mut st = crate::policy::PolicyStatus::default();
         let dir = |state: &str, policies: &[&str]| crate::policy::DirStatus {
             state: state.into(),
             policies: policies.iter().map(|p| p.to_string()).collect(),

@@ -36,6 +36,33 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// The policy's state as the agent's threads share it: the status the API reports,
+/// and what the agent answers from but never sends (the compiled tables, for
+/// `verdict`; each object's version, for `policy-versions`). Shared, so that reading it
+/// copies nothing large. Serializes as the status alone.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PolicyState {
+    #[serde(flatten)]
+    pub status: PolicyStatus,
+    #[serde(skip)]
+    pub tables: Arc<BTreeMap<String, PodTables>>,
+    #[serde(skip)]
+    pub versions: Arc<BTreeMap<String, String>>,
+}
+
+impl std::ops::Deref for PolicyState {
+    type Target = PolicyStatus;
+    fn deref(&self) -> &PolicyStatus {
+        &self.status
+    }
+}
+
+impl std::ops::DerefMut for PolicyState {
+    fn deref_mut(&mut self) -> &mut PolicyStatus {
+        &mut self.status
+    }
+}
+
 /// What the agent does with each repair (counts it in the metrics).
 pub type OnRepair = Box<dyn Fn(&str) + Send>;
 
@@ -56,7 +83,7 @@ pub struct Policy {
     tables: Arc<BTreeMap<String, PodTables>>,
     revision: Option<u64>,
     rejected: BTreeSet<String>,
-    pub status: Arc<Mutex<PolicyStatus>>,
+    pub status: Arc<Mutex<PolicyState>>,
     /// The eBPF fast path (`--datapath ebpf`), when on.
     fast: Option<FastPath>,
     /// Host veth index → the pod's address and MAC, as its anti-spoofing entry holds
@@ -97,8 +124,11 @@ impl Policy {
             tables: Arc::new(BTreeMap::new()),
             revision: None,
             rejected: BTreeSet::new(),
-            status: Arc::new(Mutex::new(PolicyStatus {
-                datapath: kind,
+            status: Arc::new(Mutex::new(PolicyState {
+                status: PolicyStatus {
+                    datapath: kind,
+                    ..Default::default()
+                },
                 ..Default::default()
             })),
             fast: None,
@@ -317,7 +347,7 @@ impl Policy {
     /// The status after a round that programmed `changed` elements.
     fn publish(&self, snap: Snapshot, t0: Instant, read_ms: f64, compile_ms: f64, changed: usize) {
         let mut st = self.status.lock().unwrap();
-        *st = PolicyStatus {
+        let status = PolicyStatus {
             datapath: self.dp.kind(),
             revision: snap.revision,
             pods: self
@@ -338,8 +368,11 @@ impl Policy {
             last_change_compile_ms: compile_ms,
             last_change_elements: changed,
             fast_path: st.fast_path.take(),
-            tables: self.tables.clone(),
             bpf_dir: self.dp.bpf_dir(),
+        };
+        *st = PolicyState {
+            status,
+            tables: self.tables.clone(),
             versions: Arc::new(snap.versions),
         };
     }

@@ -5,6 +5,7 @@
 
 use super::datapath;
 use super::filters::{filters_of, pod_filter_problems, pod_veths};
+use super::PolicyState;
 use crate::Failure;
 use podnet_api::{Denied, DirStatus, PodVerdict, PolicyStatus, RefusedPod};
 use podnet_policy::compile::{PodTables, Table};
@@ -77,7 +78,7 @@ pub(super) fn over_bound(tables: &mut BTreeMap<String, PodTables>) -> BTreeMap<S
 
 /// Everything missing from the kernel that keeps this node's pods isolated and
 /// protected (the node-wide nftables objects, every pod veth's filters), read now.
-pub fn enforcement_problems(st: &PolicyStatus) -> Vec<String> {
+pub fn enforcement_problems(st: &PolicyState) -> Vec<String> {
     let mut v = datapath::reader(st).node_problems(&st.tables);
     if let Ok(mut sock) = podnet_netlink::Socket::route() {
         match pod_veths(&mut sock) {
@@ -111,7 +112,7 @@ fn veth_of(sock: &mut podnet_netlink::Socket, ip: std::net::Ipv4Addr) -> Option<
 /// Judges a flow at local pod `ip` from the tables the datapath was given, and checks
 /// that the kernel holds the pod as programmed.
 pub fn verdict(
-    st: &PolicyStatus,
+    st: &PolicyState,
     ip: std::net::Ipv4Addr,
     peer: std::net::Ipv4Addr,
     dir: Direction,
