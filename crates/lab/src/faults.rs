@@ -374,8 +374,13 @@ fn fault_wireguard_wrong_key(f: &Fault, undo: &mut Vec<Vec<String>>) -> Result<S
             f.node
         );
     };
-    let forged = podnet_agent::wireguard::public_key(&podnet_agent::wireguard::generate_key()?);
-    w.public_key = podnet_agent::wireguard::to_base64(&forged);
+    // Another node's key, as far as anyone can tell: 32 random bytes (every one is a
+    // Curve25519 public key), base64 as WireGuard writes it.
+    let mut forged = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut r| std::io::Read::read_exact(&mut r, &mut forged))
+        .context("read /dev/urandom for a forged key")?;
+    w.public_key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, forged);
     let key = w.public_key.clone();
     let backup = f.lab.dir.join(format!("fault-{}-record.json", f.node));
     std::fs::write(&backup, &text).with_context(|| format!("write {}", backup.display()))?;
