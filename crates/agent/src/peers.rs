@@ -8,6 +8,23 @@ use podnet_datastore::NodeRecord;
 use podnet_netlink::parse_mac;
 use std::net::Ipv4Addr;
 
+/// Why a peer's record is left out, and what to fix (logged once per record).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+impl From<String> for Refused {
+    fn from(why: String) -> Refused {
+        Refused(why)
+    }
+}
+
+impl From<&str> for Refused {
+    fn from(why: &str) -> Refused {
+        Refused(why.to_string())
+    }
+}
+
 /// A peer's WireGuard public key and port.
 pub type WireGuardEndpoint = (wireguard::Key, u16);
 
@@ -36,36 +53,28 @@ pub fn check_peer(
     r: &NodeRecord,
     me: &Me,
     accepted: &[Peer],
-) -> std::result::Result<([u8; 6], Option<WireGuardEndpoint>), String> {
+) -> std::result::Result<([u8; 6], Option<WireGuardEndpoint>), Refused> {
     let overlaps = |a: Ipv4Net, b: Ipv4Net| a.contains(b.network()) || b.contains(a.network());
     let (cluster, mine) = (me.cluster, me.record);
     let cidr = r.pod_cidr;
     if !cluster.contains(cidr.network()) || cidr.prefix() < cluster.prefix() {
-        return Err(format!(
-            "its pod CIDR {cidr} is outside the cluster CIDR {cluster}"
-        ));
+        return Err(format!("its pod CIDR {cidr} is outside the cluster CIDR {cluster}").into());
     }
     if overlaps(cidr, mine.pod_cidr) {
-        return Err(format!(
-            "its pod CIDR {cidr} overlaps ours ({})",
-            mine.pod_cidr
-        ));
+        return Err(format!("its pod CIDR {cidr} overlaps ours ({})", mine.pod_cidr).into());
     }
     if let Some(p) = accepted.iter().find(|p| overlaps(cidr, p.cidr)) {
-        return Err(format!(
-            "its pod CIDR {cidr} overlaps {}'s ({})",
-            p.name, p.cidr
-        ));
+        return Err(format!("its pod CIDR {cidr} overlaps {}'s ({})", p.name, p.cidr).into());
     }
     if let Some(why) = underlay_problem(r.underlay_ip, me) {
-        return Err(why);
+        return Err(why.into());
     }
     let u = r.underlay_ip;
     if let Some(p) = accepted.iter().find(|p| p.underlay == u) {
         return Err(format!(
             "its underlay address {u} is also {}'s: two nodes cannot share one; the peer's podnetd must publish its own underlay interface's address (--underlay-dev); if it does, the record is forged",
             p.name
-        ));
+        ).into());
     }
     let wg = match me.backend {
         Backend::Wireguard => {
@@ -80,7 +89,7 @@ pub fn check_peer(
                 )
             })?;
             if Some(k) == me.wg_public_key {
-                return Err(format!("its WireGuard public key {} is ours", w.public_key));
+                return Err(format!("its WireGuard public key {} is ours", w.public_key).into());
             }
             if let Some(p) = accepted
                 .iter()
@@ -89,7 +98,8 @@ pub fn check_peer(
                 return Err(format!(
                     "its WireGuard public key {} is also {}'s",
                     w.public_key, p.name
-                ));
+                )
+                .into());
             }
             if w.port == 0 {
                 return Err("its WireGuard port is 0".into());
@@ -103,9 +113,9 @@ pub fn check_peer(
             "its VTEP MAC {} is not {}, the one its underlay address {u} gives (0a:59 + the address; every podnetd publishes exactly that): the record is forged or corrupt; restart that node's podnetd to publish it again",
             r.vtep_mac,
             podnet_netlink::fmt_mac(&vtep_mac(u))
-        )),
+        ).into()),
         (Some(m), _) => Ok((m, wg)),
-        (None, Backend::Vxlan) => Err(format!("its VTEP MAC {:?} cannot be read", r.vtep_mac)),
+        (None, Backend::Vxlan) => Err(format!("its VTEP MAC {:?} cannot be read", r.vtep_mac).into()),
         (None, _) => Ok(([0; 6], wg)),
     }
 }
@@ -255,7 +265,7 @@ mod tests {
             ),
         ];
         for (r, why) in cases {
-            let e = check_peer(&r, &me, &accepted).unwrap_err();
+            let e = check_peer(&r, &me, &accepted).unwrap_err().to_string();
             assert!(e.contains(why), "{e} (want {why})");
             // Every refusal says what to do about it.
             assert!(
@@ -277,7 +287,7 @@ mod tests {
         };
         assert!(check_peer(&r, &hostgw, &accepted).is_ok());
         let r = rec("c", "10.244.2.0/24", [10, 96, 0, 10], "");
-        let e = check_peer(&r, &hostgw, &accepted).unwrap_err();
+        let e = check_peer(&r, &hostgw, &accepted).unwrap_err().to_string();
         assert!(e.contains("service CIDR"), "{e}");
         // WireGuard: a readable key that is neither ours nor another peer's.
         let wg = Me {
@@ -310,7 +320,7 @@ mod tests {
             (with_key(&b64(2), 51820), "is also b's"),
             (with_key(&b64(3), 0), "port is 0"),
         ] {
-            let e = check_peer(&r, &wg, &accepted).unwrap_err();
+            let e = check_peer(&r, &wg, &accepted).unwrap_err().to_string();
             assert!(e.contains(why), "{e} (want {why})");
         }
     }

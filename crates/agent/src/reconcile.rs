@@ -156,7 +156,7 @@ impl Reconciler {
                     underlay: r.underlay_ip,
                 }),
                 Err(why) => {
-                    ignored.insert(r.name, why);
+                    ignored.insert(r.name, why.to_string());
                 }
             }
         }
