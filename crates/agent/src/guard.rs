@@ -36,7 +36,7 @@ use podnet_netlink::{tc, Socket};
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 pub use podnet_netlink::antispoof::UNDERLAY_DROP_REASONS;
 
@@ -170,17 +170,7 @@ impl Guard {
     }
 
     fn fd_of(&self, name: &str) -> Result<OwnedFd, Failure> {
-        let prog: &SchedClassifier = self
-            .bpf
-            .program(name)
-            .ok_or_else(|| format!("no program {name}"))?
-            .try_into()
-            .map_err(|e| err(name, e))?;
-        prog.fd()
-            .map_err(|e| err(name, e))?
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| err(name, e))
+        crate::ebpf::classifier_fd(&self.bpf, name).map_err(|e| err("program", e))
     }
 
     /// The nftables backstop program, for the policy thread to attach to pod veths.

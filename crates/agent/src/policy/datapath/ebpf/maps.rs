@@ -140,6 +140,21 @@ pub(super) fn err(what: &str, e: impl Into<crate::BoxError>) -> Failure {
     Failure::op(what, e)
 }
 
+/// An fd of the loaded tc program `name` of `bpf`, for attaching it (the policy
+/// datapath's and the underlay guard's programs alike).
+pub(crate) fn classifier_fd(bpf: &Ebpf, name: &str) -> Result<OwnedFd, Failure> {
+    let prog: &SchedClassifier = bpf
+        .program(name)
+        .ok_or_else(|| format!("no program {name}"))?
+        .try_into()
+        .map_err(|e| err(name, e))?;
+    prog.fd()
+        .map_err(|e| err(name, e))?
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| err(name, e))
+}
+
 pub struct EbpfDatapath {
     bpf: Ebpf,
     dir: PathBuf,
@@ -277,17 +292,7 @@ impl EbpfDatapath {
 
     /// An fd of one of the programs, for attaching it.
     pub fn program_fd(&self, name: &str) -> Result<OwnedFd, Failure> {
-        let prog: &SchedClassifier = self
-            .bpf
-            .program(name)
-            .ok_or_else(|| format!("no program {name}"))?
-            .try_into()
-            .map_err(|e| err(name, e))?;
-        prog.fd()
-            .map_err(|e| err(name, e))?
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| err(name, e))
+        classifier_fd(&self.bpf, name)
     }
 
     /// The fast path: on or off (its switch in `config`), and `local_pods` made exactly `pods`
