@@ -144,6 +144,21 @@ struct Args {
     /// How pod packets cross the node.
     #[arg(long, value_enum, default_value = "bridge")]
     datapath: Datapath,
+    /// Masquerade pod traffic that leaves the cluster: a packet from a pod to an
+    /// address outside the cluster CIDR, link-local and --non-masquerade-cidr leaves
+    /// with the node's address (table ip podnet_nat), so replies come back without the
+    /// network routing pod CIDRs. Pod → pod is never NATed. `--masquerade=false` for
+    /// an underlay that routes pod CIDRs itself.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    masquerade: bool,
+    /// Destinations pods reach with their own address, not masqueraded (ip-masq-agent's
+    /// nonMasqueradeCIDRs): repeat the flag or separate with commas.
+    #[arg(
+        long = "non-masquerade-cidr",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    non_masquerade_cidr: Vec<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics. `node:PORT`: on the node's
     /// underlay address (the one on --underlay-dev, where Prometheus scrapes) and on
     /// 127.0.0.1 (`kubectl port-forward`, curl on the node), not on the node's other
@@ -312,6 +327,12 @@ fn config(mut a: Args) -> Result<Config, Failure> {
         },
         metrics_addr: (a.metrics_addr != "none").then_some(a.metrics_addr),
         datapath: a.datapath,
+        masquerade: a.masquerade,
+        non_masquerade: a
+            .non_masquerade_cidr
+            .iter()
+            .map(|c| cidr("non-masquerade-cidr", c))
+            .collect::<Result<_, _>>()?,
     };
     if cfg.fast_path() && cfg.backend == Backend::Wireguard {
         return Err(Failure::from("--datapath ebpf is not available with --backend wireguard (its device is not an Ethernet device; not tested): use --datapath bridge"));

@@ -39,6 +39,12 @@ pub struct Config {
     /// skips the bridge and the node's IP stack, [`crate::policy::FastPath`]; needs the eBPF
     /// policy datapath).
     pub datapath: Datapath,
+    /// Outbound masquerade ([`crate::masquerade`]): pod traffic leaving the cluster
+    /// leaves with the node's address. Off with `--masquerade=false`.
+    pub masquerade: bool,
+    /// Destinations pods reach with their own address besides the cluster CIDR
+    /// (`--non-masquerade-cidr`, ip-masq-agent's `nonMasqueradeCIDRs`).
+    pub non_masquerade: Vec<Ipv4Net>,
 }
 
 impl Config {

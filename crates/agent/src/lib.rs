@@ -41,6 +41,7 @@ pub mod cmd;
 pub mod config;
 mod error;
 pub mod guard;
+pub mod masquerade;
 pub mod metrics;
 mod node;
 pub mod observe;
@@ -105,6 +106,10 @@ pub struct Agent {
     metrics: Option<metrics::Metrics>,
     /// The underlay guard ([`guard`]): with the VXLAN and WireGuard backends.
     guard: Option<guard::Guard>,
+    /// The masquerade table as last written and verified ([`masquerade`]); whether a
+    /// leftover one was looked for (with `--masquerade=false`).
+    masq: Option<masquerade::Masquerade>,
+    masq_cleared: bool,
 }
 
 /// Opens the datastore a URL names ([`podnet_kube::open_datastore`]: `file:…`,
@@ -146,6 +151,8 @@ impl Agent {
             events: Default::default(),
             metrics: None,
             guard: None,
+            masq: None,
+            masq_cleared: false,
         })
     }
 

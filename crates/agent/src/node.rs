@@ -96,7 +96,26 @@ impl Agent {
             })?;
             self.log("IPv4 forwarding turned on");
         }
+        self.bridged_netfilter();
         Ok(dev)
+    }
+
+    /// Bridged IPv4 through netfilter (`net.bridge.bridge-nf-call-iptables`), on every
+    /// datapath: kube-proxy translates a pod's packet to a Service in prerouting, and
+    /// when the backend is a pod of the same node the reply crosses only the bridge —
+    /// without this switch it would skip conntrack's reverse translation and reach the
+    /// client from the backend's address. The nftables policy datapath needs it too,
+    /// and refuses to start without it; here its absence is a warning.
+    fn bridged_netfilter(&self) {
+        let p = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+        match std::fs::read_to_string(p).map(|v| v.trim() == "1") {
+            Ok(true) => {}
+            Ok(false) => match std::fs::write(p, "1") {
+                Ok(()) => self.log(&format!("{p} turned on: same-node Service replies pass conntrack")),
+                Err(e) => self.warn(&format!("cannot turn on {p} ({e}): a pod reaching a Service whose backend is on the same node gets replies from the wrong address")),
+            },
+            Err(e) => self.warn(&format!("cannot read {p} ({e}): Services with a backend on the same node need the br_netfilter module: run `modprobe br_netfilter` on the host")),
+        }
     }
 
     /// The node file podnet-cni reads: written whole, then renamed into place.

@@ -215,6 +215,8 @@ impl Reconciler {
         };
         let wg = self.a.backend.sync_peers(&mut ctx, &peers, apply_peers);
         let guard = self.sync_guard(&peers);
+        let underlays: Vec<Ipv4Addr> = peers.iter().map(|p| p.underlay).collect();
+        self.a.sync_masquerade(&underlays);
         self.known = peers;
         // Without repair the next plan works from what this round left: the failed
         // operations are tried again, and only they.

@@ -44,6 +44,10 @@ use std::time::{Duration, Instant};
 pub const LAB_ROOT: &str = "/run/podnet/lab";
 /// Where `--datastore etcd` runs etcd: on the fabric bridge.
 pub const ETCD_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
+/// The lab's host outside the cluster: an address of the fabric namespace, on
+/// `fabric0`, with no route to any pod CIDR (only masqueraded pod traffic gets an
+/// answer), and an echo server on [`ECHO_PORT`] there (`podnet lab serve-echo`).
+pub const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 254);
 /// The port every pod's echo server listens on.
 pub const ECHO_PORT: u16 = 7777;
 
@@ -77,6 +81,10 @@ pub struct Options {
     /// lab was built with, else `nftables`.
     #[serde(default)]
     pub proxy_mode: Option<String>,
+    /// Outbound masquerade on the agents (podnetd --masquerade); `None`: what the lab
+    /// was built with, else on.
+    #[serde(default)]
+    pub masquerade: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -100,8 +108,15 @@ pub struct State {
     /// kube-proxy's mode on real nodes.
     #[serde(default = "default_proxy_mode")]
     pub proxy_mode: String,
+    /// The agents masquerade pod traffic leaving the cluster (podnetd --masquerade).
+    #[serde(default = "yes")]
+    pub masquerade: bool,
     pub nodes: Vec<NodeState>,
     pub pods: Vec<PodState>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_proxy_mode() -> String {

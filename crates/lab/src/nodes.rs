@@ -38,6 +38,13 @@ impl Lab {
         if made {
             say(&format!("fabric {} (bridge fabric0)", self.fabric_ns()));
         }
+        self.ensure_outside(&fabric, &mut fs, bins)
+            .with_context(|| {
+                format!(
+                    "setting up the outside host {OUTSIDE_ADDR} in {}; {down}",
+                    self.fabric_ns()
+                )
+            })?;
         if st.datastore == etcd_url {
             self.ensure_etcd(&fabric, &mut fs, say)
                 .with_context(|| format!("starting etcd in {}; {down}", self.fabric_ns()))?;
@@ -104,6 +111,7 @@ impl Lab {
         st.datapath = opts.datapath.unwrap_or_default();
         st.real_nodes = opts.real_nodes.unwrap_or(false);
         st.proxy_mode = opts.proxy_mode.clone().unwrap_or_else(default_proxy_mode);
+        st.masquerade = opts.masquerade.unwrap_or(true);
         if st.real_nodes && !st.kubernetes {
             bail!("--kubelet runs real kubelets against the lab's Kubernetes control plane: add --kubernetes");
         }
@@ -163,6 +171,12 @@ impl Lab {
         }
         if let Some(m) = opts.proxy_mode.as_ref().filter(|m| **m != st.proxy_mode) {
             differs.push(format!("proxy mode {} (asked: {m})", st.proxy_mode));
+        }
+        if opts.masquerade.is_some_and(|m| m != st.masquerade) {
+            differs.push(format!(
+                "masquerade {}",
+                if st.masquerade { "on" } else { "off" }
+            ));
         }
         if opts.repair.is_some_and(|r| r != st.repair) {
             differs.push(format!(
@@ -406,6 +420,9 @@ impl Lab {
         if !st.repair {
             cmd.arg("--no-repair");
         }
+        if !st.masquerade {
+            cmd.arg("--masquerade=false");
+        }
         let pid = spawn_in(ns, cmd, Some(&dir.join("podnetd.log")))?;
         self.record_pid(node, pid)?;
         say(&format!(
@@ -413,6 +430,26 @@ impl Lab {
             dir.join("podnetd.log").display()
         ));
         Ok(())
+    }
+
+    /// The outside host: [`OUTSIDE_ADDR`] on fabric0 and its echo server.
+    fn ensure_outside(&self, fabric: &Netns, fs: &mut Socket, bins: &Binaries) -> Result<()> {
+        let br = link::get_by_name(fs, "fabric0")?.context("fabric bridge")?;
+        for r in fs.ack_all(vec![addr::add_request(br.index, OUTSIDE_ADDR, 24)]) {
+            if let Err(e) = r {
+                if !e.is_exists() {
+                    return Err(e.into());
+                }
+            }
+        }
+        if self.live_pid(OUTSIDE_ECHO, "podnet").is_some() {
+            return Ok(());
+        }
+        let mut cmd = Command::new(&bins.podnet);
+        cmd.args(["lab", "serve-echo", "--ip", &OUTSIDE_ADDR.to_string()]);
+        cmd.args(["--port", &ECHO_PORT.to_string()]);
+        let pid = spawn_in(fabric, cmd, None)?;
+        self.record_pid(OUTSIDE_ECHO, pid)
     }
 
     /// Gives the fabric bridge ETCD_ADDR (= the API server's address), where every
@@ -665,6 +702,10 @@ impl Lab {
         Ok(removed)
     }
 }
+
+/// The pid name of the outside host's echo server (`echo-…`: `down` stops it as a
+/// pod's).
+const OUTSIDE_ECHO: &str = "echo-outside";
 
 /// The name under which the lab keeps the pid of `node`'s WireGuard device process.
 pub(crate) fn wireguard_pid_name(node: &str) -> String {

@@ -249,6 +249,10 @@ pub(crate) enum LabCmd {
         /// Start the agents with --no-repair (hand-made breakage stays broken).
         #[arg(long)]
         no_repair: bool,
+        /// Start the agents with --masquerade=false: pod traffic to the lab's outside
+        /// host (192.168.1.254) keeps the pod's address and gets no answer.
+        #[arg(long)]
+        no_masquerade: bool,
         /// Which datapath enforces NetworkPolicy on every node [default: nftables].
         #[arg(long, value_enum)]
         policy_datapath: Option<podnet_conventions::PolicyDatapath>,

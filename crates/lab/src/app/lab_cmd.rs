@@ -78,6 +78,7 @@ fn up(lab: Lab, name: &str, cmd: LabCmd) -> Result<()> {
         backend,
         datastore,
         no_repair,
+        no_masquerade,
         policy_datapath,
         kubernetes,
         kubelet,
@@ -108,6 +109,7 @@ fn up(lab: Lab, name: &str, cmd: LabCmd) -> Result<()> {
             LabProxyMode::Iptables => "iptables".into(),
         }),
         datapath,
+        masquerade: no_masquerade.then_some(false),
     };
     let st = lab.up(&opts, &Binaries::find()?, &mut progress(output))?;
     if st.kubernetes && !st.real_nodes {

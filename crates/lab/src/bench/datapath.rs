@@ -494,6 +494,7 @@ fn lab_pods_with(
             kubernetes: None,
             real_nodes: None,
             proxy_mode: None,
+            masquerade: None,
             datapath: datapath.map(str::parse).transpose()?,
         },
         bins,

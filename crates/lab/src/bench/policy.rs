@@ -253,6 +253,7 @@ fn bench_lab(name: &str, datapath: &str, bins: &Binaries) -> Result<(LabGuard, L
             kubernetes: None,
             real_nodes: None,
             proxy_mode: None,
+            masquerade: None,
             datapath: None,
         },
         bins,

@@ -124,6 +124,9 @@ impl Lab {
         if !st.repair {
             args += &format!("\n{indent}- --no-repair");
         }
+        if !st.masquerade {
+            args += &format!("\n{indent}- --masquerade=false");
+        }
         let ds = DAEMONSET_YAML.replace(ds_anchor, &args);
         for (what, yaml) in [
             ("namespace", crate::kubernetes::NAMESPACE_YAML),

@@ -14,6 +14,7 @@ mod fastpath;
 mod ipam;
 mod kubernetes;
 mod lab;
+mod masquerade;
 mod observe;
 mod podman;
 mod policy;

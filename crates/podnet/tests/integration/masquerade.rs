@@ -1,0 +1,95 @@
+//! Outbound masquerade (podnetd --masquerade, table ip podnet_nat): a pod reaching the
+//! lab's outside host (192.168.1.254 on the fabric, no route to any pod CIDR) leaves
+//! with its node's address; pod → pod keeps the pod's own address; with
+//! --masquerade=false the outside host cannot answer.
+
+use crate::common::*;
+use podnet_lab::traffic::probe;
+use podnet_lab::{ECHO_PORT, OUTSIDE_ADDR};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+fn ip_of(st: &serde_json::Value, pod: &str) -> Ipv4Addr {
+    lab_pod(st, pod).0
+}
+
+fn node_ip(st: &serde_json::Value, node: &str) -> Ipv4Addr {
+    st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == node)
+        .unwrap_or_else(|| panic!("no node {node}: {st}"))["underlay_ip"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn outside() -> SocketAddrV4 {
+    SocketAddrV4::new(OUTSIDE_ADDR, ECHO_PORT)
+}
+
+#[test]
+fn pod_traffic_leaving_the_cluster_is_masqueraded_and_pod_traffic_is_not() {
+    let lab = TestLab::up(&["--nodes", "2", "--pods-per-node", "1"]);
+    let st = lab.json(&["status", "--output", "json"]);
+    let (p1a, p2a) = (ip_of(&st, "p1a"), ip_of(&st, "p2a"));
+    let t = Duration::from_secs(3);
+    // To the outside host: the node's address.
+    let reply = probe::tcp_request(&lab.ns("p1a"), outside(), "out", t).unwrap();
+    assert_eq!(reply, format!("from={} out", node_ip(&st, "node1")));
+    let reply = probe::tcp_request(&lab.ns("p2a"), outside(), "out", t).unwrap();
+    assert_eq!(reply, format!("from={} out", node_ip(&st, "node2")));
+    // Between pods (across nodes): the pod's own address.
+    let reply =
+        probe::tcp_request(&lab.ns("p1a"), SocketAddrV4::new(p2a, ECHO_PORT), "in", t).unwrap();
+    assert_eq!(reply, format!("from={p1a} in"));
+    // The rule counted what it translated.
+    let table = lab.sh("node1", &["nft", "list", "table", "ip", "podnet_nat"]);
+    let rule = table
+        .lines()
+        .find(|l| l.contains("masquerade"))
+        .unwrap_or_else(|| panic!("no masquerade rule: {table}"));
+    assert!(
+        rule.contains("ip saddr 10.244.0.0/16 ip daddr != @keep") && !rule.contains("packets 0 "),
+        "{rule}"
+    );
+
+    // Flushed by hand (a firewall reload): the agent writes it again, and says so.
+    lab.sh("node1", &["nft", "delete", "table", "ip", "podnet_nat"]);
+    wait_until(
+        "node1's agent puts table ip podnet_nat back",
+        Duration::from_secs(10),
+        || {
+            lab.sh_status("node1", &["nft", "list", "table", "ip", "podnet_nat"])
+                .0
+        },
+    );
+    let reply = probe::tcp_request(&lab.ns("p1a"), outside(), "again", t).unwrap();
+    assert_eq!(reply, format!("from={} again", node_ip(&st, "node1")));
+    let metrics = lab.metrics_text("node1");
+    assert!(
+        metrics.contains("object=\"masquerade\""),
+        "the repair is not counted: {metrics}"
+    );
+}
+
+#[test]
+fn without_masquerade_the_outside_host_cannot_answer_a_pod() {
+    let lab = TestLab::up(&["--nodes", "1", "--pods-per-node", "1", "--no-masquerade"]);
+    // The outside host is there: the node itself reaches it.
+    let reply =
+        probe::tcp_request(&lab.ns("node1"), outside(), "node", Duration::from_secs(3)).unwrap();
+    assert!(reply.starts_with("from=192.168.1.10 "), "{reply}");
+    // The pod's packets leave with its own address, which the outside host has no
+    // route back to.
+    let err = probe::tcp_request(&lab.ns("p1a"), outside(), "pod", Duration::from_secs(2))
+        .expect_err("the outside host answered a pod address it has no route to");
+    assert!(format!("{err:#}").contains("connect to"), "{err:#}");
+    assert!(
+        !lab.sh_status("node1", &["nft", "list", "table", "ip", "podnet_nat"])
+            .0,
+        "--masquerade=false left table ip podnet_nat"
+    );
+}
