@@ -217,4 +217,24 @@ struct ul_cidr {
  * drops forwarded packets to pods without it. */
 #define PODNET_NFT_MARK ((u32)0x00200000)
 
+/* Service traffic on the eBPF policy datapath. kube-proxy translates a Service address
+ * after the pod's veth, so from_pod_policy cannot judge such a packet's egress: it marks
+ * it (PODNET_SVC_MARK, with the source pod's offset in the node's pod CIDR in the top
+ * ten bits, PODNET_SVC_POD_SHIFT) and the first tc egress hook after the translation judges
+ * it: the destination pod's veth (to_pod_policy), the overlay device or the underlay
+ * device (after_translation). The offset names the pod even once the node has
+ * masqueraded the packet. kube-proxy's own marks (0x4000, 0x8000) are left alone. */
+#define PODNET_SVC_MARK ((u32)0x00100000)
+#define PODNET_SVC_POD_SHIFT ((u32)22)
+
+/* svc_config's one value (addresses and masks in network order); service_mask 0: no
+ * Service range known, nothing is deferred; node_mask 0: the node's pod CIDR is wider
+ * than a /22 and its offsets do not fit the mark. */
+struct svc_config {
+	u32 service_net;
+	u32 service_mask;
+	u32 node_net;
+	u32 node_mask;
+};
+
 #endif

@@ -222,6 +222,25 @@ struct {
 	__uint(pinning, PIN_BY_NAME);
 } overlay_peers SEC(".maps");
 
+/* Service traffic (lib/service.h): the Service range and the node's pod CIDR, written
+ * by podnetd; and the flows this node translated, under their reply's addresses, for
+ * the fast path (side is always 0). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, u32);
+	__type(value, struct svc_config);
+	__uint(max_entries, 1);
+	__uint(pinning, PIN_BY_NAME);
+} svc_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct flow_key);
+	__type(value, u64);
+	__uint(max_entries, 65536);
+	__uint(pinning, PIN_BY_NAME);
+} translated SEC(".maps");
+
 /* The datapath, by concern (each header says what it holds and which of the maps above
  * it uses). */
 #include "lib/parse.h"
@@ -229,6 +248,7 @@ struct {
 #include "lib/verdict.h"
 #include "lib/encap.h"
 #include "lib/fib.h"
+#include "lib/service.h"
 
 SEC("classifier/from_pod_policy") int from_pod_policy(struct __sk_buff *skb)
 {
@@ -238,9 +258,15 @@ SEC("classifier/from_pod_policy") int from_pod_policy(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (r == PARSE_DROP)
 		return TC_ACT_SHOT;
+	/* To a Service: judged once kube-proxy has translated it (lib/service.h). */
+	if (is_service(k.daddr))
+		return defer_service(skb, &k);
 	r = judge(&k, k.saddr, k.daddr, DIR_EGRESS);
 	if (r != TC_ACT_OK || !switched_on(CONFIG_FAST_PATH))
 		return r;
+	/* A reply the node must translate back: through its stack. */
+	if (translated_reply(k.saddr, k.daddr, k.sport, k.dport, k.proto))
+		return TC_ACT_OK;
 	/* The fast path. A pod of this node: its ingress verdict here, since the
 	 * redirect skips its host veth (and to_pod_policy there). */
 	struct local_pod *dst = bpf_map_lookup_elem(&local_pods, &k.daddr);
@@ -267,7 +293,7 @@ SEC("classifier/from_overlay") int from_overlay(struct __sk_buff *skb)
 	if (parse(skb, &k) != PARSE_IPV4)
 		return TC_ACT_OK;
 	struct local_pod *dst = bpf_map_lookup_elem(&local_pods, &k.daddr);
-	if (!dst)
+	if (!dst || translated_reply(k.saddr, k.daddr, k.sport, k.dport, k.proto))
 		return TC_ACT_OK;
 	return judged_into(skb, &k, dst, 1);
 }
@@ -305,6 +331,13 @@ SEC("classifier/from_underlay") int from_underlay(struct __sk_buff *skb)
 	struct local_pod *dst = bpf_map_lookup_elem(&local_pods, &daddr);
 	if (!dst)
 		return TC_ACT_OK;
+	/* A reply this node translated: the VXLAN device and the stack take it (the
+	 * inner header without options, which is all the fast path sends). */
+	u8 *iip = in + 14;
+	if (iip + 24 > end)
+		return TC_ACT_OK;
+	if (iip[0] == 0x45 && translated_reply(raw32(iip + 12), daddr, be16(iip + 20), be16(iip + 22), iip[9]))
+		return TC_ACT_OK;
 	if (bpf_skb_adjust_room(skb, -VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO))
 		return TC_ACT_OK;
 	/* Now the outer Ethernet header before the inner IPv4 packet. */
@@ -322,7 +355,43 @@ SEC("classifier/to_pod_policy") int to_pod_policy(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (r == PARSE_DROP)
 		return TC_ACT_SHOT;
-	return judge(&k, k.daddr, k.saddr, DIR_INGRESS);
+	/* Translated on this node (a Service whose backend is this pod): the client's
+	 * egress first; then this pod's ingress judges the client pod itself, even when
+	 * the node masqueraded it (a pod reaching itself through its Service). */
+	u32 client;
+	r = judge_translated(skb, &k, &client);
+	if (r != TC_ACT_OK)
+		return r;
+	return judge(&k, k.daddr, client ? client : k.saddr, DIR_INGRESS);
+}
+
+/* On the egress of the overlay and underlay devices: a Service packet translated on
+ * this node and leaving it meets its client's egress here (lib/service.h). */
+SEC("classifier/after_translation") int after_translation(struct __sk_buff *skb)
+{
+	if (!(skb->mark & PODNET_SVC_MARK))
+		return TC_ACT_OK;
+	struct pkt k = {};
+	u32 client;
+	int r = parse(skb, &k);
+	if (r == PARSE_IPV4)
+		return judge_translated(skb, &k, &client);
+	skb->mark &= ~SVC_BITS;
+	return r == PARSE_DROP ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
+/* The same on a device without link-layer header (the WireGuard device). */
+SEC("classifier/after_translation_l3") int after_translation_l3(struct __sk_buff *skb)
+{
+	if (!(skb->mark & PODNET_SVC_MARK))
+		return TC_ACT_OK;
+	struct pkt k = {};
+	u32 client;
+	int r = parse_l3(skb, &k);
+	if (r == PARSE_IPV4)
+		return judge_translated(skb, &k, &client);
+	skb->mark &= ~SVC_BITS;
+	return r == PARSE_DROP ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
 char _license[] SEC("license") = "GPL";

@@ -36,6 +36,9 @@ struct pkt {
 #define PARSE_OTHER 1 /* not IP: ARP and the like, passed */
 #define PARSE_DROP 2  /* IPv6 other than neighbour discovery, or malformed */
 
+INLINE int parse_ip(u8 *ip, u8 *end, struct pkt *k);
+
+/* A frame from an Ethernet device. */
 INLINE int parse(struct __sk_buff *skb, struct pkt *k)
 {
 	u8 *data = (u8 *)(long)skb->data;
@@ -58,7 +61,20 @@ INLINE int parse(struct __sk_buff *skb, struct pkt *k)
 	}
 	if (eth != ETH_P_IP)
 		return PARSE_OTHER;
-	u8 *ip = data + 14;
+	return parse_ip(data + 14, end, k);
+}
+
+/* A packet from a device without link-layer header (the WireGuard device). */
+INLINE int parse_l3(struct __sk_buff *skb, struct pkt *k)
+{
+	if (skb->protocol != __builtin_bswap16(ETH_P_IP))
+		return PARSE_OTHER;
+	return parse_ip((u8 *)(long)skb->data, (u8 *)(long)skb->data_end, k);
+}
+
+/* The IPv4 header at `ip` and what follows. */
+INLINE int parse_ip(u8 *ip, u8 *end, struct pkt *k)
+{
 	if (ip + 20 > end)
 		return PARSE_DROP;
 	u32 ihl = (ip[0] & 0x0f) * 4;

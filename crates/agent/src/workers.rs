@@ -51,6 +51,14 @@ impl Agent {
                 overlay_dev: self.backend.fast_path_overlay(),
             });
         }
+        pol.set_services(policy::Services {
+            range: self.cfg.service_cidr,
+            underlay_dev: self.cfg.underlay_dev.clone(),
+            overlay_dev: self
+                .backend
+                .device_name()
+                .map(|d| (d.to_string(), self.cfg.backend == crate::Backend::Wireguard)),
+        });
         pol.prepare(&plog).map_err(|source| Error::Policy {
             datapath: self.cfg.policy_datapath.as_str(),
             source,

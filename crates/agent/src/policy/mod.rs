@@ -13,6 +13,7 @@
 pub mod datapath;
 pub mod fastpath;
 pub mod filters;
+pub mod services;
 pub mod source;
 pub mod status;
 
@@ -22,6 +23,7 @@ pub use podnet_api::{
     Denied, DirStatus, FastPathStatus, PodPolicyStatus, PodVerdict, PolicyStatus, RefusedPod,
 };
 pub use podnet_conventions::PolicyDatapath;
+pub use services::Services;
 pub use source::{DatastoreSource, PolicySource, Snapshot};
 pub use status::{denied, enforcement_problems, verdict, MAX_POD_ENTRIES};
 
@@ -91,6 +93,10 @@ pub struct Policy {
     fast_seen: BTreeMap<u32, (std::net::Ipv4Addr, [u8; 6])>,
     /// The fast path was switched off in the kernel (nothing to do until it is on).
     fast_cleared: bool,
+    /// Where Service traffic leaves the node ([`services`]); whether podnet's filters
+    /// were looked for and removed (not on the eBPF datapath).
+    services: Option<Services>,
+    services_cleared: bool,
     /// The objects `tables` were compiled from (shared with the source's snapshot).
     compiled_from: BTreeMap<ObjKey, Arc<Object>>,
     /// Host veth index → the filters it was last seen with (see [`Filters`]).
@@ -134,6 +140,8 @@ impl Policy {
             fast: None,
             fast_seen: BTreeMap::new(),
             fast_cleared: false,
+            services: None,
+            services_cleared: false,
             seen_filters: BTreeMap::new(),
             on_repair: None,
             pod_ips: None,
@@ -145,6 +153,10 @@ impl Policy {
     /// Turns the fast path on (the eBPF datapath only: the caller checks).
     pub fn set_fast(&mut self, fast: FastPath) {
         self.fast = Some(fast);
+    }
+
+    pub fn set_services(&mut self, s: Services) {
+        self.services = Some(s);
     }
 
     /// Before any pod can be made: the datapath closes every pod address until its
@@ -216,6 +228,9 @@ impl Policy {
         // the kernel, or is put back now.
         if let Err(e) = self.verify_filters(log) {
             log(&format!("policy: cannot verify the pods' filters: {e}"));
+        }
+        if let Err(e) = self.refresh_services(log) {
+            log(&format!("policy: Service traffic: {e}"));
         }
         if !self.dp.enforces() {
             return Ok(0);

@@ -22,6 +22,7 @@ mod policy_changes;
 mod policy_datapath;
 mod real_nodes;
 mod semantics;
+mod services;
 mod trace;
 mod upgrade;
 mod verbs;

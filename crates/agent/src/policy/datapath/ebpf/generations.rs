@@ -4,8 +4,9 @@
 //! (module doc of [`super::maps`], "Upgrades").
 
 use super::maps::{
-    err, EbpfDatapath, BPF_FS_MAGIC, FILTER_FAST_IN, FILTER_FAST_UNDERLAY, FILTER_IN, FILTER_OUT,
-    FROM_OVERLAY, FROM_POD, FROM_UNDERLAY, OBJECT, TO_POD,
+    err, EbpfDatapath, AFTER_TRANSLATION, AFTER_TRANSLATION_L3, BPF_FS_MAGIC, FILTER_FAST_IN,
+    FILTER_FAST_UNDERLAY, FILTER_IN, FILTER_OUT, FILTER_SVC_OUT, FILTER_SVC_OUT_L3, FROM_OVERLAY,
+    FROM_POD, FROM_UNDERLAY, OBJECT, TO_POD,
 };
 use crate::Failure;
 use aya::{Ebpf, EbpfLoader};
@@ -142,11 +143,13 @@ impl ProgIdent {
 }
 
 /// The tc filters this datapath's programs run as: (program, filter name, on egress).
-pub(super) const FILTERS: [(&str, &str, bool); 4] = [
+pub(super) const FILTERS: [(&str, &str, bool); 6] = [
     (FROM_POD, FILTER_OUT, false),
     (TO_POD, FILTER_IN, true),
     (FROM_OVERLAY, FILTER_FAST_IN, false),
     (FROM_UNDERLAY, FILTER_FAST_UNDERLAY, false),
+    (AFTER_TRANSLATION, FILTER_SVC_OUT, true),
+    (AFTER_TRANSLATION_L3, FILTER_SVC_OUT_L3, true),
 ];
 
 /// Whether `dir` is on a bpffs.

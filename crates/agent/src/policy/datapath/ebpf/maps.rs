@@ -105,6 +105,15 @@ pub const FILTER_FAST_IN: &str = "podnet_fast_in";
 pub const FROM_UNDERLAY: &str = "from_underlay";
 pub const FILTER_FAST_UNDERLAY: &str = "podnet_fast_ul";
 pub const FILTER_FAST_UNDERLAY_PRIO: u16 = 0xc0de;
+/// Service traffic ([`crate::policy::services`]): the program on the egress of the
+/// overlay and underlay devices (Ethernet devices, and the WireGuard device without a
+/// link-layer header), their tc filter names, and the priority: the underlay device is
+/// the node's, so podnet keeps to a priority of its own there too.
+pub const AFTER_TRANSLATION: &str = "after_translation";
+pub const AFTER_TRANSLATION_L3: &str = "after_translation_l3";
+pub const FILTER_SVC_OUT: &str = "podnet_svc_out";
+pub const FILTER_SVC_OUT_L3: &str = "podnet_svc_out3";
+pub const FILTER_SVC_PRIO: u16 = 0xc0df;
 /// tc filter names on the host veth.
 pub const FILTER_OUT: &str = "podnet_policy_out";
 pub const FILTER_IN: &str = "podnet_policy_in";
@@ -113,7 +122,7 @@ pub(super) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 // The structs and constants shared with bpf/policy.c, generated from bpf/abi.h.
 pub use podnet_bpf_abi::{LocalPod, OverlaySelf};
-use podnet_bpf_abi::{PeerData, PortData, VtepKey, CONFIG_FAST_PATH};
+use podnet_bpf_abi::{PeerData, PortData, SvcConfig, VtepKey, CONFIG_FAST_PATH};
 
 /// This node's VXLAN device as the fast path writes its encapsulation (`overlay_self`):
 /// its index, underlay address, VNI and UDP port.
@@ -182,7 +191,14 @@ impl EbpfDatapath {
             ).into());
         }
         let (mut bpf, layout) = Self::maps(dir)?;
-        for name in [FROM_POD, TO_POD, FROM_OVERLAY, FROM_UNDERLAY] {
+        for name in [
+            FROM_POD,
+            TO_POD,
+            FROM_OVERLAY,
+            FROM_UNDERLAY,
+            AFTER_TRANSLATION,
+            AFTER_TRANSLATION_L3,
+        ] {
             let prog: &mut SchedClassifier = bpf
                 .program_mut(name)
                 .ok_or_else(|| format!("bpf/policy.c has no program {name}"))?
@@ -390,6 +406,35 @@ impl EbpfDatapath {
             changed += write_self(&mut self.bpf, me)?;
         }
         Ok(changed)
+    }
+
+    /// The Service range and the node's pod CIDR (`svc_config`), as the programs
+    /// read them; a node CIDR wider than /22 is left out (its offsets do not fit the
+    /// mark, `bpf/abi.h`). Says whether the value changed.
+    pub fn set_services(
+        &mut self,
+        service: podnet_cni_spec::Ipv4Net,
+        node: podnet_cni_spec::Ipv4Net,
+    ) -> Result<bool, Failure> {
+        let mask = |n: podnet_cni_spec::Ipv4Net| n.mask().to_be();
+        let want = SvcConfig {
+            service_net: raw(service.network()),
+            service_mask: mask(service),
+            node_net: if node.prefix() >= 22 {
+                raw(node.network())
+            } else {
+                0
+            },
+            node_mask: if node.prefix() >= 22 { mask(node) } else { 0 },
+        };
+        let mut a: aya::maps::Array<_, SvcConfig> =
+            aya::maps::Array::try_from(self.bpf.map_mut("svc_config").ok_or("no map svc_config")?)
+                .map_err(|e| err("svc_config", e))?;
+        if a.get(&0, 0).map_err(|e| err("read svc_config", e))? == want {
+            return Ok(false);
+        }
+        a.set(0, want, 0).map_err(|e| err("write svc_config", e))?;
+        Ok(true)
     }
 
     /// The pods the fast path delivers to directly (their addresses).

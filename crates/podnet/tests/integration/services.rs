@@ -1,0 +1,180 @@
+//! Service traffic on every policy datapath: NetworkPolicy judges the backend a
+//! Service address was translated to, not the Service address.
+//!
+//! kube-proxy is modelled in node1 by what it does to a packet: a DNAT to the backend in
+//! prerouting, and a masquerade when a pod reaches itself (the rules kube-proxy's
+//! nftables mode writes, reduced to one backend per Service). The real kube-proxy runs
+//! in the real-node test and the upstream e2e suites (scripts/e2e.sh). The table lives
+//! in node1's namespace, which `lab down` removes.
+
+use crate::common::*;
+use podnet_lab::traffic::probe;
+use podnet_lab::{ECHO_PORT, OUTSIDE_ADDR};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+const PODS: &str = "apiVersion: v1
+kind: Namespace
+metadata: {name: svc}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: svc, labels: {app: client}}
+spec: {nodeName: node1, containers: [{name: c, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: near, namespace: svc, labels: {app: near}}
+spec: {nodeName: node1, containers: [{name: c, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: far, namespace: svc, labels: {app: far}}
+spec: {nodeName: node2, containers: [{name: c, image: x}]}
+";
+
+/// client may reach only the far pods, on the echo port.
+const CLIENT_TO_FAR_ONLY: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-egress, namespace: svc}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: far}}}]
+    ports: [{port: 7777, protocol: TCP}]
+";
+
+/// Nobody reaches near or client (their replies still pass).
+const DENY_NEAR_AND_CLIENT: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-in, namespace: svc}
+spec:
+  podSelector: {matchExpressions: [{key: app, operator: In, values: [near, client]}]}
+  policyTypes: [Ingress]
+";
+
+/// The Service addresses: to far (node2), to near (node1), to client itself, and to the
+/// lab's outside host.
+const TO_FAR: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const TO_NEAR: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
+const TO_SELF: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
+const TO_OUTSIDE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 14);
+
+fn proxy_rules(client: Ipv4Addr, near: Ipv4Addr, far: Ipv4Addr) -> String {
+    format!(
+        "table ip podnet_test_proxy {{
+  chain services {{
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr {TO_FAR} tcp dport 80 dnat to {far}:{ECHO_PORT}
+    ip daddr {TO_NEAR} tcp dport 80 dnat to {near}:{ECHO_PORT}
+    ip daddr {TO_SELF} tcp dport 80 dnat to {client}:{ECHO_PORT}
+    ip daddr {TO_OUTSIDE} tcp dport 80 dnat to {OUTSIDE_ADDR}:{ECHO_PORT}
+  }}
+  chain hairpin {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr {client} ip daddr {client} masquerade
+  }}
+}}
+"
+    )
+}
+
+/// What client's request to Service `vip` port 80 got back: the echo's `from=…`, or
+/// `None` when no connection was made.
+fn through(lab: &TestLab, vip: Ipv4Addr) -> Option<String> {
+    probe::tcp_request(
+        &lab.ns("svc.client"),
+        SocketAddrV4::new(vip, 80),
+        "svc",
+        Duration::from_secs(2),
+    )
+    .ok()
+}
+
+fn from(ip: Ipv4Addr) -> Option<String> {
+    Some(format!("from={ip} svc"))
+}
+
+fn services_are_judged_on_their_backends(args: &[&str]) {
+    let lab = TestLab::up(&[&["--nodes", "2", "--pods-per-node", "0"], args].concat());
+    lab.pipe_ok("apply", PODS);
+    let st = lab.json(&["status", "--output", "json"]);
+    let ip = |p: &str| lab_pod(&st, p).0;
+    let (client, near, far) = (ip("svc.client"), ip("svc.near"), ip("svc.far"));
+    let o = client.octets();
+    let gateway = Ipv4Addr::new(o[0], o[1], o[2], 1);
+    let (ok, _, err) = lab.sh_status(
+        "node1",
+        &[
+            "sh",
+            "-c",
+            &format!("echo '{}' | nft -f -", proxy_rules(client, near, far)),
+        ],
+    );
+    assert!(ok, "the stand-in for kube-proxy: {err}");
+
+    // Open: every backend answers; pods see the client's own address, the hairpin is
+    // masqueraded to the node (its gateway on the bridge), the outside host sees node1.
+    assert_eq!(through(&lab, TO_FAR), from(client), "{args:?}");
+    assert_eq!(through(&lab, TO_NEAR), from(client), "{args:?}");
+    assert_eq!(through(&lab, TO_SELF), from(gateway), "{args:?}");
+    assert_eq!(
+        through(&lab, TO_OUTSIDE),
+        from("192.168.1.10".parse().unwrap()),
+        "{args:?}"
+    );
+
+    // client's egress admits far only: the Service to far passes (judged on far:7777,
+    // not on the Service address), the others are refused.
+    lab.pipe_ok("apply", CLIENT_TO_FAR_ONLY);
+    assert_eq!(
+        through(&lab, TO_FAR),
+        from(client),
+        "{args:?}: egress to far"
+    );
+    assert_eq!(through(&lab, TO_NEAR), None, "{args:?}: egress to near");
+    assert_eq!(
+        through(&lab, TO_OUTSIDE),
+        None,
+        "{args:?}: egress to outside"
+    );
+    lab.pipe_ok("delete", CLIENT_TO_FAR_ONLY);
+    assert_eq!(through(&lab, TO_NEAR), from(client), "{args:?}: open again");
+
+    // near and client admit nobody: near refuses the client through its Service;
+    // client refuses itself although the hairpin arrives from the node's address;
+    // the replies to client's own connections still reach it.
+    lab.pipe_ok("apply", DENY_NEAR_AND_CLIENT);
+    assert_eq!(through(&lab, TO_NEAR), None, "{args:?}: ingress of near");
+    assert_eq!(
+        through(&lab, TO_SELF),
+        None,
+        "{args:?}: hairpin into client"
+    );
+    assert_eq!(
+        through(&lab, TO_FAR),
+        from(client),
+        "{args:?}: replies to client"
+    );
+    assert_eq!(
+        through(&lab, TO_OUTSIDE),
+        from("192.168.1.10".parse().unwrap()),
+        "{args:?}: replies from outside"
+    );
+}
+
+#[test]
+fn services_on_the_nftables_datapath() {
+    services_are_judged_on_their_backends(&["--policy-datapath", "nftables"]);
+}
+
+#[test]
+fn services_on_the_ebpf_datapath() {
+    services_are_judged_on_their_backends(&["--policy-datapath", "ebpf"]);
+}
+
+#[test]
+fn services_on_the_ebpf_fast_path() {
+    services_are_judged_on_their_backends(&["--policy-datapath", "ebpf", "--datapath", "ebpf"]);
+}
