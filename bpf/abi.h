@@ -229,12 +229,16 @@ struct ul_cidr {
 
 /* svc_config's one value (addresses and masks in network order); service_mask 0: no
  * Service range known, nothing is deferred; node_mask 0: the node's pod CIDR is wider
- * than a /22 and its offsets do not fit the mark. */
+ * than a /22 and its offsets do not fit the mark. The cluster CIDR bounds the fast
+ * path: a packet to anything outside it takes the node's stack (masquerade, conntrack);
+ * cluster_mask 0: not known yet, nothing leaves by the fast path. */
 struct svc_config {
 	u32 service_net;
 	u32 service_mask;
 	u32 node_net;
 	u32 node_mask;
+	u32 cluster_net;
+	u32 cluster_mask;
 };
 
 #endif

@@ -14,7 +14,8 @@
  *   set id; 0 means every protocol and port.
  * - port_sets: LPM trie keyed (set id, protocol, port prefix): port ranges as prefixes.
  * - node_addrs: the node's own addresses. The node always reaches its pods (kubelet
- *   probes) and its pods always reach it, as with the nftables datapath.
+ *   probes: what the node itself sends, not what it forwards with its address after a
+ *   masquerade) and its pods always reach it, as with the nftables datapath.
  * - flows: connection tracking of our own, an LRU hash of the flows each side
  *   admitted: (packet 5-tuple, side), side being the destination pod's ingress or the
  *   source pod's egress. At a pod's ingress a packet passes without a policy check if
@@ -280,6 +281,9 @@ SEC("classifier/from_pod_policy") int from_pod_policy(struct __sk_buff *skb)
 			       data[3] == dst->mac[3] && data[4] == dst->mac[4] && data[5] == dst->mac[5]);
 		return judged_into(skb, &k, dst, routed);
 	}
+	/* Only pods of other nodes: what leaves the cluster is masqueraded by the stack. */
+	if (!in_cluster(k.daddr))
+		return TC_ACT_OK;
 	return to_other_node(skb, &k);
 }
 
@@ -355,6 +359,7 @@ SEC("classifier/to_pod_policy") int to_pod_policy(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (r == PARSE_DROP)
 		return TC_ACT_SHOT;
+	k.from_host = !skb->ingress_ifindex;
 	/* Translated on this node (a Service whose backend is this pod): the client's
 	 * egress first; then this pod's ingress judges the client pod itself, even when
 	 * the node masqueraded it (a pod reaching itself through its Service). */

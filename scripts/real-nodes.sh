@@ -8,6 +8,9 @@
 #   - containerd, containerd-shim-runc-v2 and ctr from github.com/containerd/containerd/v2
 #     (Kubernetes 1.37 needs containerd 2.3+; Debian's 1.6 is unsupported);
 #   - CoreDNS from github.com/coredns/coredns;
+#   - the reference CNI plugin portmap from github.com/containernetworking/plugins
+#     (static), which podnet's image carries for the conflist in deploy/ (into cni/,
+#     with the version in cni/VERSION);
 #   - pause, from the pause.c the k8s.io/kubernetes module carries, linked statically;
 #   - the images every node imports (no registry is reachable; the kubelet and the e2e
 #     tests pull IfNotPresent, so each carries the exact upstream name): pause, agnhost
@@ -26,6 +29,7 @@ set -euo pipefail
 K8S_VERSION=1.37.2
 CONTAINERD_VERSION=2.4.2
 COREDNS_VERSION=1.14.7
+CNI_PLUGINS_VERSION=1.10.0
 DEBIAN_SUITE=bookworm
 with_e2e=false
 for a in "$@"; do
@@ -44,10 +48,14 @@ images=(podnet-lab-base pause agnhost glibc-dns-testing busybox coredns)
 have_all() {
   for f in "$@"; do [ -e "$out/$f" ] || return 1; done
 }
-wanted=("${k8s_bins[@]}" "${containerd_bins[@]}" coredns)
+cni_bins=(portmap)
+cni_current() {
+  [ "$(cat "$out/cni/VERSION" 2>/dev/null)" = "$CNI_PLUGINS_VERSION" ] && have_all cni/portmap
+}
+wanted=("${k8s_bins[@]}" "${containerd_bins[@]}" coredns cni/portmap)
 for i in "${images[@]}"; do wanted+=("images/$i.tar"); done
 $with_e2e && wanted+=(e2e.test)
-if have_all "${wanted[@]}"; then
+if have_all "${wanted[@]}" && cni_current; then
   echo "$out"
   exit 0
 fi
@@ -130,6 +138,21 @@ if ! have_all coredns; then
     go get -tool "github.com/coredns/coredns@v$COREDNS_VERSION" >&2
     go build -trimpath -ldflags "-s -w" -o coredns.new github.com/coredns/coredns
     mv coredns.new "$out/coredns"
+  )
+fi
+
+if ! cni_current; then
+  echo "podnet: building the CNI plugin portmap v$CNI_PLUGINS_VERSION into $out/cni" >&2
+  mkdir -p "$work/cni" "$out/cni"
+  (
+    cd "$work/cni"
+    go mod init podnet.dev/lab-cni-plugins >/dev/null 2>&1
+    go get "github.com/containernetworking/plugins@v$CNI_PLUGINS_VERSION" >&2
+    for b in "${cni_bins[@]}"; do
+      go build -trimpath -ldflags "-s -w" -o "$b.new" "github.com/containernetworking/plugins/plugins/meta/$b"
+    done
+    for b in "${cni_bins[@]}"; do mv "$b.new" "$out/cni/$b"; done
+    echo "$CNI_PLUGINS_VERSION" >"$out/cni/VERSION"
   )
 fi
 

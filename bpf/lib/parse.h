@@ -18,6 +18,7 @@ struct pkt {
 	u8 opens; /* a TCP SYN or an SCTP INIT: always a new connection */
 	u8 frag;  /* FRAG_NONE, FRAG_FIRST or FRAG_LATER */
 	u8 related; /* an ICMP error: `rel` is the flow it travels against, reversed */
+	u8 from_host; /* sent by the node itself (not forwarded): set by to_pod_policy */
 	u16 ipid;
 	/* For an ICMP error (destination unreachable, time exceeded, parameter problem):
 	 * the packet it quotes, reversed, so that it is the direction the error travels:

@@ -45,6 +45,14 @@ INLINE int is_service(u32 daddr)
 	return c && c->service_mask && (daddr & c->service_mask) == c->service_net;
 }
 
+/* Whether `daddr` is in the cluster CIDR (a pod's address): what the fast path may
+ * carry to another node. */
+INLINE int in_cluster(u32 daddr)
+{
+	struct svc_config *c = svc();
+	return c && c->cluster_mask && (daddr & c->cluster_mask) == c->cluster_net;
+}
+
 /* On the pod's veth: a packet of pod k->saddr to a Service address. A closed pod sends
  * nothing, as judge() would refuse it. */
 INLINE int defer_service(struct __sk_buff *skb, struct pkt *k)

@@ -83,7 +83,12 @@ INLINE int judge(struct pkt *k, u32 pod, u32 peer, u32 dir)
 	u32 *flags = bpf_map_lookup_elem(&pod_policy, &pod);
 	if (!flags || !(*flags & POD_PROGRAMMED))
 		return refuse(k, pod, peer, DIR_CLOSED);
-	if (bpf_map_lookup_elem(&node_addrs, &peer))
+	/* The node always reaches its pods, and its pods it. At a pod's ingress that is
+	 * what the node itself sends; a forwarded packet carrying a node address was
+	 * masqueraded on its way (kube-proxy's NodePort with Cluster policy) and meets the
+	 * policy like any peer, as in the nftables datapath, which judges before the
+	 * masquerade. */
+	if ((dir == DIR_EGRESS || k->from_host) && bpf_map_lookup_elem(&node_addrs, &peer))
 		return TC_ACT_OK;
 	u32 isolated = dir == DIR_INGRESS ? POD_ISOLATED_INGRESS : POD_ISOLATED_EGRESS;
 	u64 now = bpf_ktime_get_ns();

@@ -399,6 +399,20 @@ fn install_file(
     Ok(dst.display().to_string())
 }
 
+/// The plugin types a conflist chains besides podnet-cni, in order.
+fn chained(list: &serde_json::Value) -> Vec<String> {
+    list["plugins"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| p["type"].as_str())
+                .filter(|t| *t != "podnet-cni" && !t.contains('/') && !t.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn install(
     bin_dir: &std::path::Path,
     conflist: Option<&std::path::Path>,
@@ -412,8 +426,26 @@ fn install(
     let mut done = vec![install_file(&plugin, &bin_dir.join("podnet-cni"), 0o755)?];
     if let (Some(c), Some(d)) = (conflist, conf_dir) {
         let text = std::fs::read_to_string(c).map_err(|e| format!("read {}: {e}", c.display()))?;
-        serde_json::from_str::<serde_json::Value>(&text)
+        let list = serde_json::from_str::<serde_json::Value>(&text)
             .map_err(|e| format!("{} is not a CNI conflist (JSON): {e}", c.display()))?;
+        // The plugins the list chains after podnet-cni (portmap, bandwidth) come from
+        // the image, beside podnetd, before the list that names them: a runtime never
+        // reads a list whose plugins are missing.
+        for t in chained(&list) {
+            let src = me.with_file_name(&t);
+            let dst = bin_dir.join(&t);
+            if src.is_file() {
+                done.push(install_file(&src, &dst, 0o755)?);
+            } else if !dst.is_file() {
+                return Err(format!(
+                    "{} chains the CNI plugin {t}, which is neither in this image ({}) nor in {}: build the image with it (deploy/Containerfile) or take it out of the conflist",
+                    c.display(),
+                    src.display(),
+                    bin_dir.display()
+                )
+                .into());
+            }
+        }
         let name = c.file_name().ok_or("the conflist path names no file")?;
         done.push(install_file(c, &d.join(name), 0o644)?);
     }

@@ -53,6 +53,7 @@ impl Agent {
         }
         pol.set_services(policy::Services {
             range: self.cfg.service_cidr,
+            cluster: self.cfg.cluster_cidr,
             underlay_dev: self.cfg.underlay_dev.clone(),
             overlay_dev: self
                 .backend

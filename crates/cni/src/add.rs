@@ -268,6 +268,7 @@ fn add(
     // the node's datapath (a node without eBPF refuses every ADD, and should do so
     // before an address is taken and a veth made only to be undone).
     let alias = owner_alias_of(inv, s)?;
+    let shapes = bandwidth(s)?;
     let dp = node_datapath(s)?;
     let policy = policy_programs(s)?;
     t.mark("checked");
@@ -306,12 +307,25 @@ fn add(
         &t,
     )?;
 
+    // The pod's receiving limit, on the host veth's sending side (before it is up).
+    if let Some(shape) = shapes.ingress {
+        for r in host.ack_all(vec![podnet_netlink::tc::tbf_root_request(
+            hveth.index,
+            shape,
+        )]) {
+            r.map_err(|e| {
+                errors::netlink(e, "the bandwidth capability needs the tbf qdisc (sch_tbf)")
+            })?;
+        }
+        t.mark("ingress bandwidth limited");
+    }
+
     // 5. only now: onto the bridge and up, with the owner recorded in the alias.
     attach_to_bridge(host, &hveth, &br, alias)?;
     t.mark("attached to the bridge");
 
     // 6. inside the pod.
-    let routes = configure_pod(inv, pod_ns, &hveth, &a)?;
+    let routes = configure_pod(inv, pod_ns, &hveth, &a, shapes.egress)?;
     t.mark("pod side configured");
 
     Ok(result(
@@ -324,6 +338,64 @@ fn add(
         &a,
         routes,
     ))
+}
+
+/// The pod's bandwidth limits (the `bandwidth` capability: `runtimeConfig.bandwidth`,
+/// rates in bits per second and bursts in bits, as the kubelet derives them from the
+/// `kubernetes.io/ingress-bandwidth` and `egress-bandwidth` annotations). Ingress is
+/// what the pod receives, egress what it sends.
+#[derive(Debug, Default, PartialEq)]
+struct Shapes {
+    ingress: Option<podnet_netlink::tc::Shape>,
+    egress: Option<podnet_netlink::tc::Shape>,
+}
+
+fn bandwidth(s: &Settings) -> Result<Shapes, CniError> {
+    let Some(b) = s.runtime_config.as_ref().and_then(|r| r.get("bandwidth")) else {
+        return Ok(Shapes::default());
+    };
+    let bad = |why: &str| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("invalid runtimeConfig.bandwidth {b}"),
+            why.to_string(),
+        )
+    };
+    // Keys as the bandwidth plugin reads them: case-insensitively (Go's JSON does;
+    // containerd sends `IngressRate`, the CNI conventions say `ingressRate`).
+    let num = |k: &str| -> Result<u64, CniError> {
+        let v = b
+            .as_object()
+            .and_then(|o| o.iter().find(|(name, _)| name.eq_ignore_ascii_case(k)))
+            .map(|(_, v)| v);
+        match v {
+            None => Ok(0),
+            Some(v) => v.as_u64().ok_or_else(|| {
+                bad(&format!(
+                    "{k} must be a whole number (bits per second, or bits for a burst)"
+                ))
+            }),
+        }
+    };
+    let shape = |rate: &str, burst: &str| -> Result<Option<podnet_netlink::tc::Shape>, CniError> {
+        let (r, b) = (num(rate)?, num(burst)?);
+        if r == 0 {
+            return Ok(None);
+        }
+        if r < 8 {
+            return Err(bad(&format!("{rate} {r} is under one byte per second")));
+        }
+        // No burst given: 100 ms of the rate. Never under one full-size frame.
+        let bytes = if b == 0 { r / 80 } else { b / 8 };
+        Ok(Some(podnet_netlink::tc::Shape {
+            rate: r / 8,
+            burst: bytes.clamp(1600, u32::MAX as u64) as u32,
+        }))
+    };
+    Ok(Shapes {
+        ingress: shape("ingressRate", "ingressBurst")?,
+        egress: shape("egressRate", "egressBurst")?,
+    })
 }
 
 /// The owner alias the host veth will carry, refused when it does not fit.
@@ -583,6 +655,7 @@ fn configure_pod(
     pod_ns: &Netns,
     hveth: &podnet_netlink::link::LinkInfo,
     a: &Assigned,
+    egress: Option<podnet_netlink::tc::Shape>,
 ) -> Result<Vec<Route>, CniError> {
     let ifname = inv.env.ifname.as_str();
     let nl = |e| {
@@ -615,7 +688,14 @@ fn configure_pod(
             gw: Some(IpAddr::V4(a.gateway)),
         });
     }
-    let mut reqs: Vec<Request> = vec![
+    // The pod's sending limit on its own interface, before it is up: the pod cannot
+    // change it without CAP_NET_ADMIN, and it holds on every datapath (the fast path
+    // takes packets on the host side, after it).
+    let mut reqs: Vec<Request> = egress
+        .map(|s| podnet_netlink::tc::tbf_root_request(eth_index, s))
+        .into_iter()
+        .collect();
+    reqs.extend([
         link::change_request(
             Target::Index(eth_index),
             &LinkChange {
@@ -624,7 +704,7 @@ fn configure_pod(
             },
         ),
         addr::add_request(eth_index, a.ip, a.prefix),
-    ];
+    ]);
     for r in &routes {
         let IpAddr::V4(dst) = r.dst.addr else {
             continue;
@@ -717,6 +797,33 @@ mod tests {
         v["runtimeConfig"] = runtime_config;
         let c = NetConf::parse(v.to_string().as_bytes()).unwrap();
         Settings::resolve(&c, &v).unwrap()
+    }
+
+    #[test]
+    fn bandwidth_is_read_in_bits_and_refused_when_malformed() {
+        // containerd's spelling, and the conventions'.
+        let s = settings(serde_json::json!({"bandwidth": {
+            "IngressRate": 10_000_000u64, "IngressBurst": 4_294_967_295u64,
+            "egressRate": 8_000_000u64
+        }}));
+        let b = bandwidth(&s).unwrap();
+        let ing = b.ingress.unwrap();
+        assert_eq!((ing.rate, ing.burst), (1_250_000, 536_870_911));
+        // No burst: 100 ms of the rate.
+        let eg = b.egress.unwrap();
+        assert_eq!((eg.rate, eg.burst), (1_000_000, 100_000));
+        assert_eq!(
+            bandwidth(&settings(serde_json::json!({}))).unwrap(),
+            Shapes::default()
+        );
+        for bad in [
+            serde_json::json!({"bandwidth": {"ingressRate": "10M"}}),
+            serde_json::json!({"bandwidth": {"egressRate": -5}}),
+            serde_json::json!({"bandwidth": {"egressRate": 4}}),
+        ] {
+            let e = bandwidth(&settings(bad.clone())).unwrap_err();
+            assert!(e.msg.contains("runtimeConfig.bandwidth"), "{bad}: {e:?}");
+        }
     }
 
     #[test]

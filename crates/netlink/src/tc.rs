@@ -51,6 +51,63 @@ pub fn clsact_request(ifindex: u32) -> Request {
     Request::new(m, "add clsact qdisc to", format!("link {ifindex}"))
 }
 
+/// A token bucket's rate and burst: `rate` in bytes per second, `burst` in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub rate: u64,
+    pub burst: u32,
+}
+
+/// `tc qdisc replace dev INDEX root tbf rate R burst B latency 25ms`: the link's sending
+/// limited to `s` (its queue holds what `s.rate` sends in 25 ms, at least one burst).
+pub fn tbf_root_request(ifindex: u32, s: Shape) -> Request {
+    const TC_H_ROOT: u32 = 0xFFFF_FFFF;
+    const TCA_TBF_PARMS: u16 = 1;
+    const TCA_TBF_RATE64: u16 = 4;
+    const TCA_TBF_BURST: u16 = 6;
+    const TC_LINKLAYER_ETHERNET: u8 = 1;
+    let mut m = Msg::new(
+        RTM_NEWQDISC,
+        crate::sys::NLM_F_CREATE | crate::sys::NLM_F_REPLACE,
+    )
+    .fixed(&tcmsg(ifindex, 0x0001_0000, TC_H_ROOT, 0));
+    m.str(TCA_KIND, "tbf");
+    // struct tc_tbf_qopt: rate and peakrate (struct tc_ratespec, 12 bytes each:
+    // cell_log, linklayer, overhead, cell_align, mpu, rate), limit, buffer, mtu. The
+    // Ethernet link layer spares the rate table; the burst is given in bytes
+    // (TCA_TBF_BURST), from which the kernel computes the buffer.
+    let mut q = [0u8; 36];
+    q[1] = TC_LINKLAYER_ETHERNET;
+    q[8..12].copy_from_slice(&(s.rate.min(u32::MAX as u64) as u32).to_ne_bytes());
+    let limit = (s.rate / 40).max(s.burst as u64).min(u32::MAX as u64) as u32;
+    q[24..28].copy_from_slice(&limit.to_ne_bytes());
+    let opts = m.nest(TCA_OPTIONS);
+    m.attr(TCA_TBF_PARMS, &q);
+    if s.rate > u32::MAX as u64 {
+        m.attr(TCA_TBF_RATE64, &s.rate.to_ne_bytes());
+    }
+    m.u32(TCA_TBF_BURST, s.burst);
+    m.end(opts);
+    Request::new(m, "add tbf qdisc to", format!("link {ifindex}"))
+}
+
+/// The kind of the link's root qdisc (`noqueue`, `tbf`, …), if it has one.
+pub fn root_qdisc(sock: &mut Socket, ifindex: u32) -> Result<Option<String>> {
+    const RTM_GETQDISC: u16 = 38;
+    let m = Msg::new(RTM_GETQDISC, 0).fixed(&tcmsg(0, 0, 0, 0));
+    let mut kind = None;
+    for p in sock.dump(m, "list qdiscs of", &format!("link {ifindex}"))? {
+        if p.len() < 20 || u32::from_ne_bytes(p[4..8].try_into().unwrap()) != ifindex {
+            continue;
+        }
+        if u32::from_ne_bytes(p[12..16].try_into().unwrap()) != 0xFFFF_FFFF {
+            continue;
+        }
+        kind = msg::find(&p[20..], TCA_KIND).map(msg::as_str);
+    }
+    Ok(kind)
+}
+
 /// `tc filter add dev INDEX ingress prio PRIO protocol all bpf da fd PROG name NAME`.
 /// The kernel takes its own reference on the program; `prog` may be closed after.
 pub fn bpf_ingress_request(ifindex: u32, prio: u16, prog: &OwnedFd, name: &str) -> Request {

@@ -146,7 +146,7 @@ impl Policy {
 /// once per host veth, in `seen`: a pod still being made is read next round).
 fn local_pods(
     sock: &mut podnet_netlink::Socket,
-    seen: &mut BTreeMap<u32, (Ipv4Addr, [u8; 6])>,
+    seen: &mut BTreeMap<u32, (Ipv4Addr, [u8; 6], bool)>,
     cidr: podnet_cni_spec::Ipv4Net,
     gw_mac: [u8; 6],
 ) -> Result<BTreeMap<Ipv4Addr, ebpf::LocalPod>, Failure> {
@@ -156,14 +156,20 @@ fn local_pods(
         if let std::collections::btree_map::Entry::Vacant(v) = seen.entry(l.index) {
             // Not there yet when podnet-cni is still making the pod: next round.
             if let Ok(Some(st)) = podnet_netlink::antispoof::pod_state(sock, l.index) {
-                v.insert((st.ip, st.mac));
+                // A pod whose receiving is limited (podnet-cni put a tbf qdisc on its
+                // host veth: the bandwidth capability) takes the bridge path, through
+                // that qdisc: the fast path's redirect would skip it.
+                let shaped = podnet_netlink::tc::root_qdisc(sock, l.index)
+                    .map_err(Failure::from)?
+                    .is_some_and(|k| k == "tbf");
+                v.insert((st.ip, st.mac, shaped));
             }
         }
     }
     Ok(seen
         .iter()
-        .filter(|(_, (ip, _))| cidr.contains(*ip))
-        .map(|(index, (ip, mac))| {
+        .filter(|(_, (ip, _, shaped))| cidr.contains(*ip) && !shaped)
+        .map(|(index, (ip, mac, _))| {
             (
                 *ip,
                 ebpf::LocalPod {

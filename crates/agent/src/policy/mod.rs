@@ -89,8 +89,8 @@ pub struct Policy {
     /// The eBPF fast path (`--datapath ebpf`), when on.
     fast: Option<FastPath>,
     /// Host veth index → the pod's address and MAC, as its anti-spoofing entry holds
-    /// them (they never change for a veth: read once).
-    fast_seen: BTreeMap<u32, (std::net::Ipv4Addr, [u8; 6])>,
+    /// them, and whether its receiving is limited (none changes for a veth: read once).
+    fast_seen: BTreeMap<u32, (std::net::Ipv4Addr, [u8; 6], bool)>,
     /// The fast path was switched off in the kernel (nothing to do until it is on).
     fast_cleared: bool,
     /// Where Service traffic leaves the node ([`services`]); whether podnet's filters

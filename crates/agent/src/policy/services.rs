@@ -11,8 +11,9 @@
 //! reaching itself through its Service).
 //!
 //! # Kernel objects it owns
-//! - the value of the map `svc_config`: the Service range (`--service-cidr`) and the
-//!   node's pod CIDR;
+//! - the value of the map `svc_config`: the Service range (`--service-cidr`), the
+//!   node's pod CIDR, and the cluster CIDR (the fast path carries only packets to pods:
+//!   the rest takes the node's stack, where it is masqueraded);
 //! - tc filter `podnet_svc_out` at priority 0xc0df on the egress of the underlay
 //!   device (the node's own device: podnet adds nothing else there and removes only
 //!   this filter, when the eBPF datapath is not in use) and of the VXLAN device, or
@@ -29,6 +30,8 @@ use podnet_cni_spec::Ipv4Net;
 pub struct Services {
     /// The Service range (kube-apiserver's `--service-cluster-ip-range`).
     pub range: Ipv4Net,
+    /// The cluster CIDR: the fast path carries packets to these addresses only.
+    pub cluster: Ipv4Net,
     /// The node's underlay device (host-gw routes and destinations outside the
     /// cluster leave by it).
     pub underlay_dev: String,
@@ -73,7 +76,7 @@ impl Policy {
             }
             return Ok(());
         };
-        if e.set_services(s.range, cidr)? {
+        if e.set_services(s.range, cidr, s.cluster)? {
             log(&format!(
                 "policy: packets to Services ({}) are judged after kube-proxy's translation{}",
                 s.range,

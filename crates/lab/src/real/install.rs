@@ -61,10 +61,12 @@ impl Lab {
                 "podman load the lab's Debian base image",
             )?;
         }
+        let portmap = bin.join("cni/portmap");
         for (src, name) in [
             (&bins.podnetd, "podnetd"),
             (&bins.cni, "podnet-cni"),
             (&bins.podnet, "podnet"),
+            (&portmap, "portmap"),
         ] {
             std::fs::copy(src, ctx.join(name))
                 .with_context(|| format!("copy {} into {}", src.display(), ctx.display()))?;
@@ -90,7 +92,7 @@ impl Lab {
                 .arg(PODNET_IMAGE),
             "podman save podnet's image",
         )?;
-        for name in ["podnetd", "podnet-cni", "podnet"] {
+        for name in ["podnetd", "podnet-cni", "podnet", "portmap"] {
             let _ = std::fs::remove_file(ctx.join(name));
         }
         // The archive is what the nodes import: podman's store keeps no copy (every

@@ -113,6 +113,7 @@ pub fn bin_dir() -> Result<PathBuf> {
         "containerd",
         "containerd-shim-runc-v2",
         "ctr",
+        "cni/portmap",
     ]
     .into_iter()
     .map(String::from)
@@ -121,7 +122,7 @@ pub fn bin_dir() -> Result<PathBuf> {
     for f in need {
         if !dir.join(&f).is_file() {
             bail!(
-                "{} is missing: real nodes need kubelet, kube-proxy, kube-scheduler, containerd and the node images built by scripts/real-nodes.sh (about 10 minutes the first time, cached after); run it, or point PODNET_NODES_BIN at its output",
+                "{} is missing: real nodes need kubelet, kube-proxy, kube-scheduler, containerd, the CNI plugin podnet's image carries and the node images built by scripts/real-nodes.sh (about 10 minutes the first time, cached after); run it, or point PODNET_NODES_BIN at its output",
                 dir.join(f).display()
             );
         }

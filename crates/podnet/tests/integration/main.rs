@@ -21,6 +21,7 @@ mod policy;
 mod policy_changes;
 mod policy_datapath;
 mod real_nodes;
+mod real_services;
 mod semantics;
 mod services;
 mod trace;

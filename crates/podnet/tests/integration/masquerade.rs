@@ -32,7 +32,17 @@ fn outside() -> SocketAddrV4 {
 
 #[test]
 fn pod_traffic_leaving_the_cluster_is_masqueraded_and_pod_traffic_is_not() {
-    let lab = TestLab::up(&["--nodes", "2", "--pods-per-node", "1"]);
+    masqueraded(&[]);
+}
+
+/// The fast path carries pod → pod only: what leaves the cluster takes the stack.
+#[test]
+fn the_fast_path_leaves_masquerade_to_the_stack() {
+    masqueraded(&["--policy-datapath", "ebpf", "--datapath", "ebpf"]);
+}
+
+fn masqueraded(args: &[&str]) {
+    let lab = TestLab::up(&[&["--nodes", "2", "--pods-per-node", "1"], args].concat());
     let st = lab.json(&["status", "--output", "json"]);
     let (p1a, p2a) = (ip_of(&st, "p1a"), ip_of(&st, "p2a"));
     let t = Duration::from_secs(3);

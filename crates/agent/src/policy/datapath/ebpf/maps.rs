@@ -408,13 +408,14 @@ impl EbpfDatapath {
         Ok(changed)
     }
 
-    /// The Service range and the node's pod CIDR (`svc_config`), as the programs
-    /// read them; a node CIDR wider than /22 is left out (its offsets do not fit the
+    /// The Service range, the node's pod CIDR and the cluster CIDR (`svc_config`), as
+    /// the programs read them; a node CIDR wider than /22 is left out (its offsets do not fit the
     /// mark, `bpf/abi.h`). Says whether the value changed.
     pub fn set_services(
         &mut self,
         service: podnet_cni_spec::Ipv4Net,
         node: podnet_cni_spec::Ipv4Net,
+        cluster: podnet_cni_spec::Ipv4Net,
     ) -> Result<bool, Failure> {
         let mask = |n: podnet_cni_spec::Ipv4Net| n.mask().to_be();
         let want = SvcConfig {
@@ -426,6 +427,8 @@ impl EbpfDatapath {
                 0
             },
             node_mask: if node.prefix() >= 22 { mask(node) } else { 0 },
+            cluster_net: raw(cluster.network()),
+            cluster_mask: mask(cluster),
         };
         let mut a: aya::maps::Array<_, SvcConfig> =
             aya::maps::Array::try_from(self.bpf.map_mut("svc_config").ok_or("no map svc_config")?)
