@@ -193,6 +193,11 @@ fn answer(
             if let Some(g) = st.underlay_guard.as_mut() {
                 g.attached = crate::guard::attached_now(&g.device, g.program_id);
             }
+            // Likewise the masquerade table.
+            if let Some(m) = st.masquerade.as_mut().filter(|m| m.on) {
+                let want = crate::masquerade::Masquerade::from_status(m);
+                *m = crate::masquerade::status_now(true, want.as_ref());
+            }
             to(&st)
         }
         Request::Policy => to(&*policy.lock().unwrap()),
@@ -259,6 +264,11 @@ fn answer(
                 result: crate::probe::ping(*ip, usize::from(size), Duration::from_millis(700)),
             })
         }
+        Request::Service {
+            target,
+            port,
+            protocol,
+        } => reply(crate::kubeproxy::report(target, *port, protocol).map(|r| to(&r))),
         // Served by the connection's thread, which waits.
         Request::RotateWireguardKey | Request::Events { .. } => {
             json!({"error": "served by the connection's thread"})

@@ -41,6 +41,7 @@ pub mod cmd;
 pub mod config;
 mod error;
 pub mod guard;
+pub mod kubeproxy;
 pub mod masquerade;
 pub mod metrics;
 mod node;

@@ -178,6 +178,39 @@ impl crate::Agent {
     }
 }
 
+/// The masquerade's status for the API, read from the kernel now: `want` is what the
+/// agent last wrote (`None` with `--masquerade=false`, or before the first write).
+pub fn status_now(on: bool, want: Option<&Masquerade>) -> podnet_api::MasqueradeStatus {
+    let Some(m) = want else {
+        return podnet_api::MasqueradeStatus {
+            on,
+            problem: on.then(|| format!("table ip {TABLE} not written yet (see podnetd's log)")),
+            ..Default::default()
+        };
+    };
+    podnet_api::MasqueradeStatus {
+        on,
+        cluster: m.cluster.to_string(),
+        keep: m.keep.iter().map(|n| n.to_string()).collect(),
+        problem: m.check().err(),
+        packets: packets().unwrap_or(0),
+    }
+}
+
+impl Masquerade {
+    /// Back from what [`status_now`] reported (for checking the kernel against it).
+    pub fn from_status(s: &podnet_api::MasqueradeStatus) -> Option<Masquerade> {
+        Some(Masquerade {
+            cluster: s.cluster.parse().ok()?,
+            keep: s
+                .keep
+                .iter()
+                .map(|k| k.parse().ok())
+                .collect::<Option<_>>()?,
+        })
+    }
+}
+
 /// nft prints a /32 as a bare address.
 fn short(n: Ipv4Net) -> String {
     if n.prefix() == 32 {

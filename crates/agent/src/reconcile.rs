@@ -29,7 +29,12 @@ pub struct Reconciler {
     changes: u64,
     /// When the lease was last renewed.
     renewed: Instant,
+    /// kube-proxy runs in IPVS mode on this node (its device `kube-ipvs0` exists).
+    ipvs: bool,
 }
+
+/// Why podnet refuses kube-proxy's IPVS mode.
+pub const IPVS_REFUSED: &str = "kube-proxy runs in IPVS mode on this node (device kube-ipvs0): podnet does not support it. Every ClusterIP is a local address of the node there, so Service traffic would be judged as traffic to the node, which NetworkPolicy always admits. Run kube-proxy with --proxy-mode=nftables (or iptables)";
 
 impl Reconciler {
     pub fn new(a: Agent, n: NodeInfo, dev: Option<u32>) -> Reconciler {
@@ -41,6 +46,7 @@ impl Reconciler {
             last: None,
             changes: 0,
             renewed: Instant::now(),
+            ipvs: false,
         }
     }
 
@@ -215,6 +221,12 @@ impl Reconciler {
         };
         let wg = self.a.backend.sync_peers(&mut ctx, &peers, apply_peers);
         let guard = self.sync_guard(&peers);
+        let ipvs = podnet_netlink::link::get_by_name(&mut self.a.sock, "kube-ipvs0")
+            .is_ok_and(|l| l.is_some());
+        if ipvs && !self.ipvs {
+            self.a.warn(IPVS_REFUSED);
+        }
+        self.ipvs = ipvs;
         let underlays: Vec<Ipv4Addr> = peers.iter().map(|p| p.underlay).collect();
         self.a.sync_masquerade(&underlays);
         self.known = peers;
@@ -290,6 +302,15 @@ impl Reconciler {
             datastore_problems: a.problems.clone(),
             wireguard,
             underlay_guard,
+            masquerade: Some(crate::masquerade::status_now(
+                a.cfg.masquerade,
+                a.masq.as_ref(),
+            )),
+            service_problems: if self.ipvs {
+                vec![IPVS_REFUSED.to_string()]
+            } else {
+                vec![]
+            },
         }
     }
 

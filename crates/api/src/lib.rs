@@ -16,6 +16,7 @@ mod policy;
 pub mod probe;
 mod reply;
 mod request;
+mod service;
 mod status;
 
 pub use client::{Client, ClientError};
@@ -24,4 +25,5 @@ pub use node::*;
 pub use policy::*;
 pub use reply::*;
 pub use request::{parse_request, Request, API_VERSION};
+pub use service::*;
 pub use status::*;

@@ -63,6 +63,16 @@ pub enum Request {
         #[serde(default)]
         port: u16,
     },
+    /// What this node's kube-proxy does to packets for a Service → [`crate::ServiceReport`]:
+    /// `target` is a ClusterIP, or `namespace/name` (`name`: in `default`); `port` 0
+    /// and `protocol` "" match every port.
+    Service {
+        target: String,
+        #[serde(default)]
+        port: u16,
+        #[serde(default)]
+        protocol: String,
+    },
 }
 
 /// A request as sent: the version, then the request.

@@ -8,6 +8,12 @@ use std::collections::BTreeMap;
 /// What the agent reports about itself (the API's `status`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Status {
+    /// What podnet cannot serve of the node's Service set-up (kube-proxy in IPVS mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_problems: Vec<String>,
+    /// Outbound masquerade (table `ip podnet_nat`), as the kernel holds it when asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masquerade: Option<MasqueradeStatus>,
     /// The underlay guard (the agent's eBPF program on the underlay device), with VXLAN and WireGuard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub underlay_guard: Option<GuardStatus>,
@@ -121,4 +127,18 @@ pub struct GuardStatus {
 
 fn is_zero(p: &u16) -> bool {
     *p == 0
+}
+
+/// Outbound masquerade on a node (the API's `status.masquerade`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasqueradeStatus {
+    /// `--masquerade`: off means pod traffic leaving the cluster keeps the pod's address.
+    pub on: bool,
+    /// The sources masqueraded (the cluster CIDR) and the destinations kept.
+    pub cluster: String,
+    pub keep: Vec<String>,
+    /// What differs between the kernel's table and the agent's (None: in place).
+    pub problem: Option<String>,
+    /// Packets masqueraded so far (the rule's counter).
+    pub packets: u64,
 }

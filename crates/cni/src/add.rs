@@ -14,6 +14,7 @@
 
 use crate::errors;
 use crate::settings::{host_mac, host_veth_name, pod_mac, Ipam, Settings};
+use crate::timing::Timing;
 use crate::{antispoof, delegate, Invocation};
 use podnet_cni_spec::result::{Interface, IpConfig, Route};
 use podnet_cni_spec::{code, CniError, CniResult, Ipv4Net};
@@ -26,24 +27,6 @@ use std::net::{IpAddr, Ipv4Addr};
 /// Route protocol number podnet marks its routes with (`ip route` shows `proto 0x50`
 /// as a number; /etc/iproute2/rt_protos can name it).
 pub use podnet_conventions::RTPROT_PODNET;
-
-/// Step timings on stderr when `PODNET_CNI_TIMING` is set: where an ADD spends its time.
-struct Timing(Option<std::time::Instant>);
-
-impl Timing {
-    fn start() -> Timing {
-        Timing(std::env::var_os("PODNET_CNI_TIMING").map(|_| std::time::Instant::now()))
-    }
-
-    fn mark(&self, step: &str) {
-        if let Some(t0) = self.0 {
-            eprintln!(
-                "podnet-cni timing: {:>6} µs  {step}",
-                t0.elapsed().as_micros()
-            );
-        }
-    }
-}
 
 /// Steps to undo, most recent last.
 enum Undo {
@@ -268,7 +251,7 @@ fn add(
     // the node's datapath (a node without eBPF refuses every ADD, and should do so
     // before an address is taken and a veth made only to be undone).
     let alias = owner_alias_of(inv, s)?;
-    let shapes = bandwidth(s)?;
+    let shapes = crate::bandwidth::shapes(s)?;
     let dp = node_datapath(s)?;
     let policy = policy_programs(s)?;
     t.mark("checked");
@@ -338,64 +321,6 @@ fn add(
         &a,
         routes,
     ))
-}
-
-/// The pod's bandwidth limits (the `bandwidth` capability: `runtimeConfig.bandwidth`,
-/// rates in bits per second and bursts in bits, as the kubelet derives them from the
-/// `kubernetes.io/ingress-bandwidth` and `egress-bandwidth` annotations). Ingress is
-/// what the pod receives, egress what it sends.
-#[derive(Debug, Default, PartialEq)]
-struct Shapes {
-    ingress: Option<podnet_netlink::tc::Shape>,
-    egress: Option<podnet_netlink::tc::Shape>,
-}
-
-fn bandwidth(s: &Settings) -> Result<Shapes, CniError> {
-    let Some(b) = s.runtime_config.as_ref().and_then(|r| r.get("bandwidth")) else {
-        return Ok(Shapes::default());
-    };
-    let bad = |why: &str| {
-        CniError::new(
-            code::INVALID_CONFIG,
-            format!("invalid runtimeConfig.bandwidth {b}"),
-            why.to_string(),
-        )
-    };
-    // Keys as the bandwidth plugin reads them: case-insensitively (Go's JSON does;
-    // containerd sends `IngressRate`, the CNI conventions say `ingressRate`).
-    let num = |k: &str| -> Result<u64, CniError> {
-        let v = b
-            .as_object()
-            .and_then(|o| o.iter().find(|(name, _)| name.eq_ignore_ascii_case(k)))
-            .map(|(_, v)| v);
-        match v {
-            None => Ok(0),
-            Some(v) => v.as_u64().ok_or_else(|| {
-                bad(&format!(
-                    "{k} must be a whole number (bits per second, or bits for a burst)"
-                ))
-            }),
-        }
-    };
-    let shape = |rate: &str, burst: &str| -> Result<Option<podnet_netlink::tc::Shape>, CniError> {
-        let (r, b) = (num(rate)?, num(burst)?);
-        if r == 0 {
-            return Ok(None);
-        }
-        if r < 8 {
-            return Err(bad(&format!("{rate} {r} is under one byte per second")));
-        }
-        // No burst given: 100 ms of the rate. Never under one full-size frame.
-        let bytes = if b == 0 { r / 80 } else { b / 8 };
-        Ok(Some(podnet_netlink::tc::Shape {
-            rate: r / 8,
-            burst: bytes.clamp(1600, u32::MAX as u64) as u32,
-        }))
-    };
-    Ok(Shapes {
-        ingress: shape("ingressRate", "ingressBurst")?,
-        egress: shape("egressRate", "egressBurst")?,
-    })
 }
 
 /// The owner alias the host veth will carry, refused when it does not fit.
@@ -797,33 +722,6 @@ mod tests {
         v["runtimeConfig"] = runtime_config;
         let c = NetConf::parse(v.to_string().as_bytes()).unwrap();
         Settings::resolve(&c, &v).unwrap()
-    }
-
-    #[test]
-    fn bandwidth_is_read_in_bits_and_refused_when_malformed() {
-        // containerd's spelling, and the conventions'.
-        let s = settings(serde_json::json!({"bandwidth": {
-            "IngressRate": 10_000_000u64, "IngressBurst": 4_294_967_295u64,
-            "egressRate": 8_000_000u64
-        }}));
-        let b = bandwidth(&s).unwrap();
-        let ing = b.ingress.unwrap();
-        assert_eq!((ing.rate, ing.burst), (1_250_000, 536_870_911));
-        // No burst: 100 ms of the rate.
-        let eg = b.egress.unwrap();
-        assert_eq!((eg.rate, eg.burst), (1_000_000, 100_000));
-        assert_eq!(
-            bandwidth(&settings(serde_json::json!({}))).unwrap(),
-            Shapes::default()
-        );
-        for bad in [
-            serde_json::json!({"bandwidth": {"ingressRate": "10M"}}),
-            serde_json::json!({"bandwidth": {"egressRate": -5}}),
-            serde_json::json!({"bandwidth": {"egressRate": 4}}),
-        ] {
-            let e = bandwidth(&settings(bad.clone())).unwrap_err();
-            assert!(e.msg.contains("runtimeConfig.bandwidth"), "{bad}: {e:?}");
-        }
     }
 
     #[test]

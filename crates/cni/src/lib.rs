@@ -15,6 +15,7 @@
 
 pub mod add;
 pub mod antispoof;
+pub mod bandwidth;
 pub mod check;
 pub mod del;
 pub mod delegate;
@@ -22,6 +23,7 @@ pub mod errors;
 pub mod gc;
 pub mod settings;
 pub mod status;
+mod timing;
 
 use podnet_cni_spec::{code, version, CniError, Command, Env, NetConf, Version};
 use podnet_netlink::Netns;

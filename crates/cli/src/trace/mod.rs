@@ -41,6 +41,8 @@ mod pods;
 pub(crate) use pods::*;
 mod overlay;
 pub(crate) use overlay::*;
+mod services;
+pub use services::trace_service;
 
 /// Where the agents of a cluster answer.
 pub trait Agents {
@@ -153,8 +155,12 @@ impl Flow {
     }
 }
 
-/// Traces `src` to `dst` (pod names or addresses) for `flow`.
+/// Traces `src` to `dst` (pod names or addresses, or a Service: its ClusterIP,
+/// `namespace/name` or `name` in `default`, [`trace_service`]) for `flow`.
 pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<Trace> {
+    if services::is_service(agents, dst) {
+        return trace_service(agents, src, dst, flow);
+    }
     let t0 = Instant::now();
     let (s_end, d_end, vteps) = ends(agents, src, dst)?;
     let cross = s_end.node != d_end.node;

@@ -39,7 +39,10 @@ pub(crate) enum Cmd {
     Trace {
         /// Source pod: a lab pod (p1a, or namespace/name) or an IP.
         src: String,
-        /// Destination pod: a lab pod (p1a, or namespace/name) or an IP.
+        /// Destination: a pod (a lab pod: p1a, or namespace/name; or an IP), or a
+        /// Service (its ClusterIP, namespace/name, or name in default; SERVICE:PORT
+        /// picks a port). A Service is traced through the translation the source
+        /// node's kube-proxy rules make, to the first backend.
         dst: String,
         /// Trace inside this lab (default: the local node's agent).
         #[arg(long)]

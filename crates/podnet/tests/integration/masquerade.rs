@@ -78,6 +78,15 @@ fn masqueraded(args: &[&str]) {
     );
     let reply = probe::tcp_request(&lab.ns("p1a"), outside(), "again", t).unwrap();
     assert_eq!(reply, format!("from={} again", node_ip(&st, "node1")));
+    let doctor = masquerade_finding(&lab);
+    assert_eq!(doctor["status"], "ok", "{doctor}");
+    assert!(
+        doctor["detail"]
+            .as_str()
+            .unwrap()
+            .contains("outside 10.244.0.0/16, 169.254.0.0/16"),
+        "{doctor}"
+    );
     let metrics = lab.metrics_text("node1");
     assert!(
         metrics.contains("object=\"masquerade\""),
@@ -102,4 +111,25 @@ fn without_masquerade_the_outside_host_cannot_answer_a_pod() {
             .0,
         "--masquerade=false left table ip podnet_nat"
     );
+    let doctor = masquerade_finding(&lab);
+    assert!(
+        doctor["detail"].as_str().unwrap().starts_with("off"),
+        "{doctor}"
+    );
+}
+
+/// node1's `masquerade` finding in `podnet doctor --output json`.
+fn masquerade_finding(lab: &TestLab) -> serde_json::Value {
+    let o = podnet()
+        .args(["doctor", "--lab", &lab.name, "--output", "json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["node"] == "node1" && f["check"] == "masquerade")
+        .unwrap_or_else(|| panic!("no masquerade finding: {v:#}"))
+        .clone()
 }

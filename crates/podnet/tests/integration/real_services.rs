@@ -134,6 +134,20 @@ fn from_outside(lab: &TestLab, url: &str) -> Option<String> {
     ok.then(|| out.trim().to_string())
 }
 
+/// `podnet trace --lab L SRC DST --output json`.
+fn trace(lab: &TestLab, src: &str, dst: &str) -> serde_json::Value {
+    let o = podnet()
+        .args(["trace", "--lab", &lab.name, src, dst, "--output", "json"])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "trace {src} {dst}: {e}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
 fn field(lab: &TestLab, args: &[&str]) -> String {
     lab.kubectl(args, None).trim().to_string()
 }
@@ -216,6 +230,30 @@ fn services_on_real_nodes(extra: &[&str]) {
         "hairpin"
     );
 
+    // trace to the Service: the translation read from node1's kube-proxy rules, then
+    // the path to server on its own port.
+    let server = ip("server");
+    let v = trace(&lab, &client, "server:80");
+    assert_eq!(v["verdict"], "reachable", "{v:#}");
+    let hop = v["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["what"] == "service translation")
+        .unwrap_or_else(|| panic!("no translation hop: {v:#}"))
+        .clone();
+    assert!(
+        hop["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{server}:8080"))
+            && hop["kernel"]
+                .as_str()
+                .unwrap()
+                .contains("default/server/tcp/"),
+        "{hop:#}"
+    );
+
     // client may only ask kube-dns: names resolve through the kube-dns ClusterIP,
     // judged on the CoreDNS pods; the server's ClusterIP is refused.
     lab.kubectl(&["apply", "-f", "-"], Some(CLIENT_DNS_ONLY));
@@ -233,6 +271,18 @@ fn services_on_real_nodes(extra: &[&str]) {
         "getent hosts server.default.svc.cluster.local",
     );
     assert!(ok && !dns.is_empty(), "DNS through kube-dns refused: {dns}");
+    // trace judges the translated flow: client's egress refuses server:8080.
+    let v = trace(&lab, &client, "default/server");
+    assert_eq!(v["broken_hop"]["what"], "policy", "{v:#}");
+    let v = trace(&lab, &client, "kube-system/kube-dns:53");
+    assert!(
+        v["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["what"] == "service translation"),
+        "{v:#}"
+    );
     // Nothing at all: DNS is refused too.
     lab.kubectl(&["apply", "-f", "-"], Some(CLIENT_NOTHING));
     wait_until("client's DNS closes", Duration::from_secs(20), || {

@@ -178,3 +178,38 @@ fn services_on_the_ebpf_datapath() {
 fn services_on_the_ebpf_fast_path() {
     services_are_judged_on_their_backends(&["--policy-datapath", "ebpf", "--datapath", "ebpf"]);
 }
+
+/// kube-proxy's IPVS mode (its device kube-ipvs0 holds every ClusterIP as a local
+/// address) is refused loudly: doctor names it as broken while the device exists.
+#[test]
+fn kube_proxy_in_ipvs_mode_is_named_by_doctor() {
+    let lab = TestLab::up(&["--nodes", "1", "--pods-per-node", "0"]);
+    let services = || -> Vec<serde_json::Value> {
+        let o = podnet()
+            .args(["doctor", "--lab", &lab.name, "--output", "json"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["check"] == "services")
+            .cloned()
+            .collect()
+    };
+    assert!(services().is_empty(), "{:?}", services());
+    lab.sh(
+        "node1",
+        &["ip", "link", "add", "kube-ipvs0", "type", "dummy"],
+    );
+    wait_until("doctor names IPVS mode", Duration::from_secs(10), || {
+        services()
+            .iter()
+            .any(|f| f["status"] == "broken" && f["detail"].as_str().unwrap().contains("IPVS mode"))
+    });
+    lab.sh("node1", &["ip", "link", "del", "kube-ipvs0"]);
+    wait_until("doctor is content again", Duration::from_secs(10), || {
+        services().is_empty()
+    });
+}

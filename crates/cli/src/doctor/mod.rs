@@ -23,6 +23,9 @@ use podnet_conventions::{Datapath, PolicyDatapath};
 use serde::Serialize;
 use std::time::Instant;
 
+mod edges;
+use edges::{masquerade, underlay_guard};
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
     pub node: String,
@@ -124,6 +127,7 @@ pub fn doctor(agents: &dyn Agents, only: Option<&str>) -> Result<Report> {
         stale(&mut out, &n);
         policy(&mut out, &n);
         underlay_guard(&mut out, &n);
+        masquerade(&mut out, &n);
         kernel(&mut out, &n);
     }
     let broken = findings.iter().filter(|f| f.status == "broken").count();
@@ -583,51 +587,6 @@ fn stale(out: &mut Out, n: &NodeView) {
 
 /// The underlay guard (crates/agent/src/guard.rs): attached, holding every peer, and
 /// what it refused.
-fn underlay_guard(out: &mut Out, n: &NodeView) {
-    let Some(g) = &n.st.underlay_guard else {
-        out.put(
-            "underlay guard",
-            "broken",
-            "the agent reports no underlay guard: encapsulated traffic is taken from anyone".into(),
-            "this podnetd is older than the guard, or failed to load it: see its log",
-        );
-        return;
-    };
-    let drops: Vec<String> = g
-        .drops
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect();
-    let refused = if drops.is_empty() {
-        "nothing refused".to_string()
-    } else {
-        format!("refused: {}", drops.join(", "))
-    };
-    if !g.attached {
-        out.check(
-            "underlay guard",
-            false,
-            format!("podnet_guard is not on the ingress of {}: encapsulated traffic is taken from anyone", g.device),
-            &format!("`tc filter show dev {} ingress`; podnetd puts it back within a second (`repairing drift`): if it does not, see its log", g.device),
-        );
-    } else if g.peers != n.st.peers.len() {
-        out.check(
-            "underlay guard",
-            false,
-            format!("the guard on {} admits {} peers, the agent has {}: traffic from the others is refused as vxlan-src", g.device, g.peers, n.st.peers.len()),
-            "see podnetd's log for underlay guard errors",
-        );
-    } else {
-        out.put(
-            "underlay guard",
-            "ok",
-            format!("on {}, {} peers admitted; {refused}", g.device, g.peers),
-            "",
-        );
-    }
-}
-
 /// NetworkPolicy: programmed without error, every local pod accounted for, and what
 /// was refused.
 fn policy(out: &mut Out, n: &NodeView) {
@@ -772,98 +731,4 @@ pub fn render(r: &Report) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::trace::LocalAgent;
-
-    /// node1 of a two-node VXLAN lab, as its agent answers `status` (recorded; the
-    /// peer list trimmed to what these checks read).
-    const STATUS: &str = r#"{"node":"node1","backend":"vxlan","pod_cidr":"10.244.0.0/24",
-        "underlay_dev":"eth0","underlay_ip":"192.168.1.10","vtep_mac":"0a:59:c0:a8:01:0a",
-        "bridge":"podnet0","vxlan_dev":"podnet.vxlan","vxlan_port":8472,"overlay_overhead":50,
-        "datapath":"bridge","mtu":1450,"repair":true,"datastore":"file:/run/podnet/lab/lab/datastore",
-        "peers":[],"last_sync":1796000000,"changes":12,"pid":4242,"datastore_problems":[]}"#;
-
-    /// Its `state` answer (recorded; routes, neighbours and FDB left out).
-    const STATE: &str = r#"{"bridge":"podnet0","vxlan_dev":"podnet.vxlan","links":[
-        {"name":"eth0","index":2,"kind":"veth","up":true,"mtu":1500,"mac":"ee:10:c0:a8:01:0a","master":null,"vxlan":null},
-        {"name":"podnet0","index":3,"kind":"bridge","up":true,"mtu":1450,"mac":"0a:58:0a:f4:00:01","master":null,"vxlan":null},
-        {"name":"podnet.vxlan","index":4,"kind":"vxlan","up":true,"mtu":1450,"mac":"0a:59:c0:a8:01:0a","master":null,
-         "vxlan":{"vni":1,"port":8472,"local":"192.168.1.10","learning":false}}],
-        "routes":[],"neigh":[],"fdb":[],"forwarding":true,"conntrack":{"count":39,"max":262144},
-        "rp_filter":{"all":0}}"#;
-
-    /// The findings of the device checks on a node whose answers are edited by `edit`.
-    fn devices_of(edit: impl FnOnce(&mut Status, &mut NodeState)) -> Vec<Finding> {
-        let mut st: Status = serde_json::from_str(STATUS).expect("a recorded status");
-        let mut state: NodeState = serde_json::from_str(STATE).expect("a recorded state");
-        edit(&mut st, &mut state);
-        let (agent, agents) = (
-            Client::new("/nonexistent"),
-            LocalAgent("/nonexistent".into()),
-        );
-        let others = Default::default();
-        let view = NodeView {
-            node: "node1",
-            agent: &agent,
-            agents: &agents,
-            st: &st,
-            state: &state,
-            others: &others,
-        };
-        let mut f = Vec::new();
-        devices(
-            &mut Out {
-                node: "node1",
-                f: &mut f,
-            },
-            &view,
-        );
-        f
-    }
-
-    fn broken(f: &[Finding]) -> Vec<(String, String)> {
-        f.iter()
-            .filter(|x| x.status != "ok")
-            .map(|x| (x.check.clone(), x.detail.clone()))
-            .collect()
-    }
-
-    #[test]
-    fn a_healthy_node_has_every_device_check_ok() {
-        let f = devices_of(|_, _| {});
-        assert_eq!(broken(&f), vec![]);
-        let checks: Vec<&str> = f.iter().map(|x| x.check.as_str()).collect();
-        for c in ["datastore", "bridge", "vxlan", "underlay", "forwarding"] {
-            assert!(checks.contains(&c), "{c} not checked: {checks:?}");
-        }
-    }
-
-    #[test]
-    fn each_broken_device_is_named_as_itself() {
-        let f = devices_of(|_, s| s.links[2].up = false);
-        assert_eq!(
-            broken(&f),
-            vec![(
-                "vxlan".to_string(),
-                "VXLAN device podnet.vxlan on node1 is down".to_string()
-            )]
-        );
-        // Up, but not as its agent made it: the port differs from the nodes'.
-        let f = devices_of(|_, s| s.links[2].vxlan.as_mut().unwrap().port = 4789);
-        let b = broken(&f);
-        assert_eq!(b.len(), 1, "{b:?}");
-        assert!(
-            b[0].1.contains("uses UDP port 4789; the nodes use 8472"),
-            "{b:?}"
-        );
-        // The bridge missing, forwarding off, the datastore refusing: three findings.
-        let f = devices_of(|st, s| {
-            s.links.remove(1);
-            s.forwarding = false;
-            st.datastore_problems = vec!["watch on Nodes refused: 403".into()];
-        });
-        let b: Vec<String> = broken(&f).into_iter().map(|(c, _)| c).collect();
-        assert_eq!(b, ["datastore", "bridge", "forwarding"]);
-    }
-}
+mod tests;
