@@ -41,6 +41,71 @@ pub fn explain(objs: &[Object], from: &str, to: &str, port: u16, proto: Proto) -
     Ok(evaluate(&c, &s, &d, proto, port))
 }
 
+/// The verdict on a flow to a Service port: the flow kube-proxy makes of it, judged on
+/// each backend it may pick (NetworkPolicy sees the translated packet).
+#[derive(Debug, Serialize)]
+pub struct ServiceVerdict {
+    pub from: String,
+    /// The Service port, as kube-proxy names it (`namespace/name/protocol/port-name`).
+    pub service: String,
+    /// kube-proxy's mode and the rule that translates, on the source's node.
+    pub proxy: String,
+    pub rule: String,
+    /// `allowed` (to every backend), `denied` (to none) or `allowed to some backends`.
+    pub verdict: String,
+    pub backends: Vec<Verdict>,
+}
+
+/// Judges `from` → Service port `p` (as the source node's kube-proxy translates it).
+pub fn explain_service(
+    objs: &[Object],
+    from: &str,
+    p: &podnet_api::ServicePort,
+    proxy: &str,
+    proto: Proto,
+) -> Result<ServiceVerdict> {
+    let backends = p
+        .backends
+        .iter()
+        .map(|b| explain(objs, from, &b.ip.to_string(), b.port, proto))
+        .collect::<Result<Vec<_>>>()?;
+    let allowed = backends.iter().filter(|v| v.allowed()).count();
+    Ok(ServiceVerdict {
+        from: from.to_string(),
+        service: p.service.clone(),
+        proxy: proxy.to_string(),
+        rule: p.rule.clone(),
+        verdict: match allowed {
+            0 => "denied".into(),
+            n if n == backends.len() => "allowed".into(),
+            _ => "allowed to some backends".into(),
+        },
+        backends,
+    })
+}
+
+pub fn render_service_verdict(v: &ServiceVerdict) -> String {
+    let mut s = format!(
+        "{} → Service {}: {}
+  judged after kube-proxy's translation ({} mode, {}), on each backend:
+",
+        v.from,
+        v.service,
+        v.verdict.to_uppercase(),
+        v.proxy,
+        v.rule
+    );
+    if v.backends.is_empty() {
+        s.push_str("  (no ready endpoint: kube-proxy refuses the packets)\n");
+    }
+    for b in &v.backends {
+        for line in render_verdict(b).lines() {
+            s.push_str(&format!("  {line}\n"));
+        }
+    }
+    s
+}
+
 pub fn render_verdict(v: &Verdict) -> String {
     let mut s = format!(
         "{} → {} {} port {}: {}\n",

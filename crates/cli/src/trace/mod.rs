@@ -42,7 +42,7 @@ pub(crate) use pods::*;
 mod overlay;
 pub(crate) use overlay::*;
 mod services;
-pub use services::trace_service;
+pub use services::{trace_service, translation};
 
 /// Where the agents of a cluster answer.
 pub trait Agents {

@@ -38,6 +38,30 @@ fn agent_of(agents: &dyn Agents, ip: Ipv4Addr) -> Result<(String, Client)> {
     anyhow::bail!("no node whose agent answers serves {ip}")
 }
 
+/// What the kube-proxy of the node serving pod address `src` does to packets for `svc`
+/// (`port` 0: every port): that node's name, and its agent's report.
+pub fn translation(
+    agents: &dyn Agents,
+    src: Ipv4Addr,
+    svc: &str,
+    port: u16,
+    proto: podnet_policy::Proto,
+) -> Result<(String, ServiceReport)> {
+    let (node, client) = agent_of(agents, src)?;
+    let protocol = match proto {
+        podnet_policy::Proto::Other(_) => String::new(),
+        p => p.name().to_lowercase(),
+    };
+    let report: ServiceReport = client
+        .call(&Request::Service {
+            target: svc.to_string(),
+            port,
+            protocol,
+        })
+        .with_context(|| format!("ask the agent on {node} for kube-proxy's rules"))?;
+    Ok((node, report))
+}
+
 fn describe(p: &ServicePort) -> String {
     let at = if p.node_port {
         format!("node port {}", p.port)
@@ -66,18 +90,7 @@ pub fn trace_service(agents: &dyn Agents, src: &str, svc: &str, flow: &Flow) -> 
         .ok()
         .or_else(|| agents.pod_ip(src))
         .with_context(|| format!("{src:?} is neither an IPv4 address nor a known pod"))?;
-    let (node, client) = agent_of(agents, sip)?;
-    let protocol = match flow.proto {
-        podnet_policy::Proto::Other(_) => String::new(),
-        p => p.name().to_lowercase(),
-    };
-    let report: ServiceReport = client
-        .call(&Request::Service {
-            target: svc.to_string(),
-            port: flow.port.unwrap_or(0),
-            protocol,
-        })
-        .with_context(|| format!("ask the agent on {node} for kube-proxy's rules"))?;
+    let (node, report) = translation(agents, sip, svc, flow.port.unwrap_or(0), flow.proto)?;
     let cmd = format!("{} (on {node})", report.cmd);
     let hop = |status: &str, detail: String, kernel: String, fix: &str| Hop {
         where_: "src-node".into(),

@@ -127,12 +127,23 @@ pub(super) fn run_policy(cmd: PolicyCmd) -> Result<()> {
             datastore,
             output,
         } => {
-            let objs = match lab {
-                Some(name) => crate::agents::lab_objects(&open_lab(&name)?)?,
+            let objs = match &lab {
+                Some(name) => crate::agents::lab_objects(&open_lab(name)?)?,
                 None => crate::agents::datastore_objects(&datastore)?,
             };
-            let v = podnet_cli::policy::explain(&objs, &from, &to, port, protocol.proto())?;
-            emit(output, &v, podnet_cli::policy::render_verdict)?;
+            // A Service (with --lab: translated as the source's node does it, then judged
+            // on each backend); else a pod or an address.
+            if let Some(v) =
+                explain_service(lab.as_deref(), &objs, &from, &to, port, protocol.proto())?
+            {
+                emit(output, &v, podnet_cli::policy::render_service_verdict)?;
+                if v.verdict == "denied" {
+                    std::process::exit(1);
+                }
+            } else {
+                let v = podnet_cli::policy::explain(&objs, &from, &to, port, protocol.proto())?;
+                emit(output, &v, podnet_cli::policy::render_verdict)?;
+            }
         }
         PolicyCmd::Stats { lab, agent, output } => {
             let socks = agent_sockets(lab, agent)?;
@@ -174,4 +185,39 @@ pub(super) fn run_wireguard(cmd: WireguardCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `policy explain` to a Service: `None` when `to` is a pod, or no lab is given, or the
+/// source's node has no kube-proxy rule for it.
+fn explain_service(
+    lab: Option<&str>,
+    objs: &[podnet_policy::Object],
+    from: &str,
+    to: &str,
+    port: u16,
+    proto: podnet_policy::Proto,
+) -> Result<Option<podnet_cli::policy::ServiceVerdict>> {
+    let c = podnet_policy::Cluster::from_objects(objs);
+    let is_pod = match to.parse::<std::net::Ipv4Addr>() {
+        Ok(ip) => c.pod_by_ip(ip).is_some(),
+        Err(_) => {
+            let (ns, name) = to.split_once('/').unwrap_or(("default", to));
+            c.pod(ns, name).is_some()
+        }
+    };
+    let Some(name) = lab.filter(|_| !is_pod) else {
+        return Ok(None);
+    };
+    let lab = open_lab(name)?;
+    let agents = crate::agents::LabAgents::new(&lab)?;
+    let src = from
+        .parse()
+        .ok()
+        .or_else(|| podnet_cli::trace::Agents::pod_ip(&agents, from))
+        .with_context(|| format!("{from:?} is neither an address nor a pod of lab {name}"))?;
+    let (_, r) = podnet_cli::trace::translation(&agents, src, to, port, proto)?;
+    let Some(p) = r.ports.iter().find(|p| !p.node_port) else {
+        return Ok(None);
+    };
+    podnet_cli::policy::explain_service(objs, from, p, &r.proxy, proto).map(Some)
 }

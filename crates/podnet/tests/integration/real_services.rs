@@ -320,8 +320,39 @@ fn services_on_real_nodes(extra: &[&str]) {
             "http://server.default.svc.cluster.local/clientip"
         )
         .and_then(|s| s.split_once(':').map(|(a, _)| a.to_string())),
-        Some(friend),
+        Some(friend.clone()),
         "friend through the ClusterIP"
+    );
+    // policy explain judges the translated flow: on server's port 8080, per backend.
+    let explain = |from: &str| -> serde_json::Value {
+        let o = podnet()
+            .args([
+                "policy",
+                "explain",
+                "--lab",
+                &lab.name,
+                from,
+                "default/server",
+            ])
+            .args(["--port", "80", "--output", "json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("explain: {e}: {}", String::from_utf8_lossy(&o.stderr)))
+    };
+    let (c, f) = (explain(&client), explain(&friend));
+    assert_eq!(
+        (c["verdict"].as_str(), f["verdict"].as_str()),
+        (Some("denied"), Some("allowed")),
+        "{c:#} {f:#}"
+    );
+    assert_eq!(c["backends"][0]["port"], 8080, "{c:#}");
+    assert!(
+        c["service"]
+            .as_str()
+            .unwrap()
+            .starts_with("default/server/tcp/"),
+        "{c:#}"
     );
     // Through a NodePort of the other node the client arrives masqueraded: refused.
     assert_eq!(

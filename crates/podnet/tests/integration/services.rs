@@ -174,6 +174,18 @@ fn services_on_the_ebpf_datapath() {
     services_are_judged_on_their_backends(&["--policy-datapath", "ebpf"]);
 }
 
+/// Service packets to another node leave by the underlay device (host-gw) or the
+/// WireGuard device (no link-layer header): judged there.
+#[test]
+fn services_on_the_ebpf_datapath_over_host_gw() {
+    services_are_judged_on_their_backends(&["--policy-datapath", "ebpf", "--backend", "host-gw"]);
+}
+
+#[test]
+fn services_on_the_ebpf_datapath_over_wireguard() {
+    services_are_judged_on_their_backends(&["--policy-datapath", "ebpf", "--backend", "wireguard"]);
+}
+
 #[test]
 fn services_on_the_ebpf_fast_path() {
     services_are_judged_on_their_backends(&["--policy-datapath", "ebpf", "--datapath", "ebpf"]);
