@@ -24,6 +24,13 @@ pub fn report(target: &str, port: u16, protocol: &str) -> Result<ServiceReport, 
         run("iptables-save", &["-t", "nat"])?.filter(|t| t.contains("KUBE-SERVICES"))
     {
         ("iptables", "iptables-save -t nat", parse_iptables(&text))
+    } else if which("iptables-save").is_none() {
+        // kube-proxy may run in iptables mode: podnetd cannot tell without the tool.
+        return Ok(ServiceReport {
+            proxy: "unreadable".into(),
+            ports: vec![],
+            cmd: "iptables-save -t nat (not in podnetd's image); nft list table ip kube-proxy (absent)".into(),
+        });
     } else {
         return Ok(ServiceReport {
             proxy: "none".into(),
@@ -55,6 +62,15 @@ pub fn matches(p: &ServicePort, target: &str, port: u16, protocol: &str) -> bool
         }
     };
     by_target && (port == 0 || p.port == port) && (protocol.is_empty() || p.protocol == protocol)
+}
+
+/// Where `cmd` is on PATH, if it is.
+fn which(cmd: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(cmd))
+            .find(|f| f.is_file())
+    })
 }
 
 /// Runs a listing command; `None` when it fails (no such table, no such command).
@@ -180,6 +196,17 @@ fn nft_backends(
     out
 }
 
+/// A protocol as nft prints it: by name, or by number where the system has no
+/// /etc/protocols (podnet's image).
+fn proto_name(p: &str) -> String {
+    match p {
+        "6" => "tcp".into(),
+        "17" => "udp".into(),
+        "132" => "sctp".into(),
+        p => p.to_string(),
+    }
+}
+
 /// The Service ports of a `nft list table ip kube-proxy` listing.
 pub fn parse_nft(text: &str) -> Vec<ServicePort> {
     let (chains, maps) = nft_blocks(text);
@@ -213,7 +240,7 @@ pub fn parse_nft(text: &str) -> Vec<ServicePort> {
             service: name(&chain),
             ip,
             port,
-            protocol: proto.to_string(),
+            protocol: proto_name(proto),
             node_port: false,
             backends: nft_backends(&chains, &chain, 0),
             rule: format!("chain {chain}"),
@@ -237,7 +264,7 @@ pub fn parse_nft(text: &str) -> Vec<ServicePort> {
             service: name(&chain),
             ip: Ipv4Addr::UNSPECIFIED,
             port,
-            protocol: proto.trim().to_string(),
+            protocol: proto_name(proto.trim()),
             node_port: true,
             backends: nft_backends(&chains, &chain, 0),
             rule: format!("chain {chain}"),
@@ -323,6 +350,8 @@ pub fn parse_iptables(text: &str) -> Vec<ServicePort> {
             });
         }
     }
+    // kube-proxy writes a NodePort twice (any address, and localhost): once is enough.
+    out.dedup_by(|a, b| a.node_port && b.node_port && a.port == b.port && a.protocol == b.protocol);
     out
 }
 
@@ -384,5 +413,52 @@ mod tests {
             ports.iter().all(|p| !matches(p, "kube-dns", 0, "")),
             "kube-dns is not in default"
         );
+        // Where nft has no /etc/protocols (podnet's image) it prints numbers.
+        let numeric = NFT
+            .replace(" . tcp . ", " . 6 . ")
+            .replace(" . udp . ", " . 17 . ");
+        assert_eq!(parse_nft(&numeric), ports);
+    }
+
+    /// `iptables-save -t nat` as recorded on a real-node lab (kube-proxy v1.37.2,
+    /// iptables mode) with the Services of `real_services.rs`.
+    const IPT: &str = include_str!("../tests/data/kube-proxy-iptables.txt");
+
+    #[test]
+    fn reads_kube_proxy_iptables_rules() {
+        let ports = parse_iptables(IPT);
+        let dns: Vec<&ServicePort> = ports
+            .iter()
+            .filter(|p| matches(p, "10.96.0.10", 53, "udp"))
+            .collect();
+        assert_eq!(dns.len(), 1, "{ports:?}");
+        assert_eq!(dns[0].service, "kube-system/kube-dns/udp/dns");
+        let ips: Vec<String> = dns[0]
+            .backends
+            .iter()
+            .map(|b| format!("{}:{}", b.ip, b.port))
+            .collect();
+        assert_eq!(ips, ["10.244.0.2:53", "10.244.1.2:53"]);
+        let server: Vec<&ServicePort> = ports
+            .iter()
+            .filter(|p| matches(p, "server", 80, "tcp"))
+            .collect();
+        assert_eq!(server.len(), 1, "{ports:?}");
+        assert_eq!(server[0].ip, "10.96.136.64".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            server[0].backends,
+            [ServiceBackend {
+                ip: "10.244.1.3".parse().unwrap(),
+                port: 8080
+            }]
+        );
+        // The NodePorts, once each (kube-proxy writes a second rule for localhost).
+        let np: Vec<&ServicePort> = ports
+            .iter()
+            .filter(|p| p.node_port && p.port == 30080)
+            .collect();
+        assert_eq!(np.len(), 1, "{ports:?}");
+        assert_eq!(np[0].service, "default/server-np/tcp/");
+        assert_eq!(np[0].backends.len(), 1, "{np:?}");
     }
 }

@@ -110,6 +110,17 @@ pub fn trace_service(agents: &dyn Agents, src: &str, svc: &str, flow: &Flow) -> 
         hops: vec![h],
         elapsed_ms: 0,
     };
+    if report.proxy == "unreadable" {
+        let mut t = broken(hop(
+            "warn",
+            format!("{node} has no kube-proxy nftables table, and podnetd's image has no iptables-save to read iptables mode: the translation of {svc} is unknown here"),
+            "(unreadable)".into(),
+            "trace a backend directly: `podnet trace SRC BACKEND_IP --port TARGET_PORT` (backends: kubectl get endpointslices)",
+        ));
+        t.verdict = "unknown".into();
+        t.broken_hop = None;
+        return Ok(t);
+    }
     if report.proxy == "none" {
         return Ok(broken(hop(
             "broken",

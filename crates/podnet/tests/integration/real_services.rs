@@ -324,16 +324,20 @@ fn services_on_real_nodes(extra: &[&str]) {
         "friend through the ClusterIP"
     );
     // policy explain judges the translated flow: on server's port 8080, per backend.
+    // (The Service by its address: `default/server` names the pod.)
+    let cluster_ip = field(
+        &lab,
+        &[
+            "get",
+            "service",
+            "server",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+    );
     let explain = |from: &str| -> serde_json::Value {
         let o = podnet()
-            .args([
-                "policy",
-                "explain",
-                "--lab",
-                &lab.name,
-                from,
-                "default/server",
-            ])
+            .args(["policy", "explain", "--lab", &lab.name, from, &cluster_ip])
             .args(["--port", "80", "--output", "json"])
             .output()
             .unwrap();

@@ -213,7 +213,7 @@ fn kube_proxy_in_ipvs_mode_is_named_by_doctor() {
     assert!(services().is_empty(), "{:?}", services());
     lab.sh(
         "node1",
-        &["ip", "link", "add", "kube-ipvs0", "type", "dummy"],
+        &["ip", "link", "add", "kube-ipvs0", "type", "bridge"],
     );
     wait_until("doctor names IPVS mode", Duration::from_secs(10), || {
         services()
