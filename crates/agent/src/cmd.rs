@@ -406,7 +406,14 @@ fn chained(list: &serde_json::Value) -> Vec<String> {
         .map(|ps| {
             ps.iter()
                 .filter_map(|p| p["type"].as_str())
-                .filter(|t| *t != "podnet-cni" && !t.contains('/') && !t.is_empty())
+                // A plain file name only: a type is looked up in the plugin directory.
+                .filter(|t| {
+                    *t != "podnet-cni"
+                        && !t.is_empty()
+                        && !t.starts_with('.')
+                        && t.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                })
                 .map(String::from)
                 .collect()
         })
@@ -419,6 +426,16 @@ fn install(
     conf_dir: Option<&std::path::Path>,
 ) -> Result<Vec<String>, Failure> {
     let me = std::env::current_exe().map_err(|e| format!("find this executable: {e}"))?;
+    install_from(&me, bin_dir, conflist, conf_dir)
+}
+
+/// [`install`] from the image whose podnetd is `me`.
+fn install_from(
+    me: &std::path::Path,
+    bin_dir: &std::path::Path,
+    conflist: Option<&std::path::Path>,
+    conf_dir: Option<&std::path::Path>,
+) -> Result<Vec<String>, Failure> {
     let plugin = me.with_file_name("podnet-cni");
     if !plugin.is_file() {
         return Err(format!("{} not found beside podnetd", plugin.display()).into());
@@ -450,4 +467,59 @@ fn install(
         done.push(install_file(c, &d.join(name), 0o644)?);
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_cni_takes_chained_plugins_from_the_image_before_the_list() {
+        let root = std::env::temp_dir().join(format!("podnet-install-{}", std::process::id()));
+        let (image, bin, conf) = (root.join("image"), root.join("bin"), root.join("conf"));
+        for d in [&image, &bin, &conf] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        for f in ["podnetd", "podnet-cni", "portmap"] {
+            std::fs::write(image.join(f), f).unwrap();
+        }
+        let list = |types: &[&str]| {
+            let p = root.join("10-podnet.conflist");
+            let plugins: Vec<serde_json::Value> = types
+                .iter()
+                .map(|t| serde_json::json!({"type": t}))
+                .collect();
+            std::fs::write(&p, serde_json::json!({"plugins": plugins}).to_string()).unwrap();
+            p
+        };
+        let me = image.join("podnetd");
+        // portmap comes from the image, the list last.
+        let l = list(&["podnet-cni", "portmap"]);
+        let done = install_from(&me, &bin, Some(&l), Some(&conf)).unwrap();
+        assert!(
+            done[1].ends_with("/bin/portmap") && done[2].ends_with("10-podnet.conflist"),
+            "{done:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(bin.join("portmap")).unwrap(),
+            "portmap"
+        );
+        // A plugin neither in the image nor on the node: refused, the list not written.
+        std::fs::remove_file(conf.join("10-podnet.conflist")).unwrap();
+        let l = list(&["podnet-cni", "bandwidth"]);
+        let e = install_from(&me, &bin, Some(&l), Some(&conf))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bandwidth") && e.contains("deploy/Containerfile"),
+            "{e}"
+        );
+        assert!(!conf.join("10-podnet.conflist").exists());
+        // A type that is not a plain file name is never looked up outside the plugin
+        // directory (it is left to the runtime, which refuses it).
+        let l = list(&["podnet-cni", "../../podnetd"]);
+        install_from(&me, &bin, Some(&l), Some(&conf)).unwrap();
+        assert!(!root.join("podnetd").exists());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
