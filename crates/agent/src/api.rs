@@ -187,19 +187,7 @@ fn answer(
         serde_json::to_value(v).unwrap_or(Value::Null)
     }
     match req {
-        Request::Status => {
-            let mut st = status.lock().unwrap().clone();
-            // The guard's filter as the kernel holds it now, not as of the last round.
-            if let Some(g) = st.underlay_guard.as_mut() {
-                g.attached = crate::guard::attached_now(&g.device, g.program_id);
-            }
-            // Likewise the masquerade table.
-            if let Some(m) = st.masquerade.as_mut().filter(|m| m.on) {
-                let want = crate::masquerade::Masquerade::from_status(m);
-                *m = crate::masquerade::status_now(true, want.as_ref());
-            }
-            to(&st)
-        }
+        Request::Status => to(&status_now(status)),
         Request::Policy => to(&*policy.lock().unwrap()),
         Request::PolicyRevision => {
             let st = policy.lock().unwrap();
@@ -560,4 +548,18 @@ mod tests {
         assert_eq!(e.unwrap(), json!(false));
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// The last round's status, with what the kernel holds now where a drift would make it
+/// lie: the underlay guard's filter and the masquerade table.
+fn status_now(status: &Mutex<Status>) -> Status {
+    let mut st = status.lock().unwrap().clone();
+    if let Some(g) = st.underlay_guard.as_mut() {
+        g.attached = crate::guard::attached_now(&g.device, g.program_id);
+    }
+    if let Some(m) = st.masquerade.as_mut().filter(|m| m.on) {
+        let want = crate::masquerade::Masquerade::from_status(m);
+        *m = crate::masquerade::status_now(true, want.as_ref());
+    }
+    st
 }

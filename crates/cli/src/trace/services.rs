@@ -91,91 +91,28 @@ pub fn trace_service(agents: &dyn Agents, src: &str, svc: &str, flow: &Flow) -> 
         .or_else(|| agents.pod_ip(src))
         .with_context(|| format!("{src:?} is neither an IPv4 address nor a known pod"))?;
     let (node, report) = translation(agents, sip, svc, flow.port.unwrap_or(0), flow.proto)?;
-    let cmd = format!("{} (on {node})", report.cmd);
-    let hop = |status: &str, detail: String, kernel: String, fix: &str| Hop {
-        where_: "src-node".into(),
-        what: "service translation".into(),
-        status: status.into(),
-        detail,
-        kernel,
-        cmd: cmd.clone(),
-        fix: fix.into(),
-    };
-    let broken = |h: Hop| Trace {
+    let (hop, backend) = translation_hop(&report, &node, svc, flow);
+    // Only the translation hop, when there is nothing to follow.
+    let alone = |hops: Vec<Hop>, verdict: &str| Trace {
         src: format!("{src} ({sip} on {node})"),
         dst: svc.to_string(),
         flow: flow.describe(),
-        verdict: "broken".into(),
-        broken_hop: Some(h.clone()),
-        hops: vec![h],
+        verdict: verdict.into(),
+        broken_hop: hops.iter().find(|h| h.status == "broken").cloned(),
+        hops,
         elapsed_ms: 0,
     };
-    if report.proxy == "unreadable" {
-        let mut t = broken(hop(
-            "warn",
-            format!("{node} has no kube-proxy nftables table, and podnetd's image has no iptables-save to read iptables mode: the translation of {svc} is unknown here"),
-            "(unreadable)".into(),
-            "trace a backend directly: `podnet trace SRC BACKEND_IP --port TARGET_PORT` (backends: kubectl get endpointslices)",
-        ));
-        t.verdict = "unknown".into();
-        t.broken_hop = None;
-        return Ok(t);
-    }
-    if report.proxy == "none" {
-        return Ok(broken(hop(
-            "broken",
-            format!("{node} has no kube-proxy rules: nothing translates {svc}"),
-            "(none)".into(),
-            "run kube-proxy on the node (nftables or iptables mode)",
-        )));
-    }
-    let Some(p) = report.ports.iter().find(|p| !p.node_port) else {
-        return Ok(broken(hop(
-            "broken",
-            format!(
-                "kube-proxy ({} mode) on {node} has no Service {svc}{}",
-                report.proxy,
-                flow.port.map(|p| format!(" port {p}")).unwrap_or_default()
-            ),
-            "(none)".into(),
-            "check the Service and its port: kubectl get service -A -o wide",
-        )));
+    let Some(b) = backend else {
+        let verdict = if hop.status == "broken" {
+            "broken"
+        } else {
+            "unknown"
+        };
+        return Ok(alone(vec![hop], verdict));
     };
-    let Some(b) = p.backends.first() else {
-        return Ok(broken(hop(
-            "broken",
-            format!(
-                "{} has no ready endpoint: kube-proxy refuses its packets",
-                describe(p)
-            ),
-            p.rule.clone(),
-            "check the Service's selector and its pods' readiness: kubectl get endpointslices",
-        )));
-    };
-    let all: Vec<String> = p
-        .backends
-        .iter()
-        .map(|b| format!("{}:{}", b.ip, b.port))
-        .collect();
-    let translation = hop(
-        "ok",
-        format!(
-            "kube-proxy ({} mode) translates {} to one of {}; traced to {}:{}. NetworkPolicy judges the packet after this translation: on the backend's address and port",
-            report.proxy,
-            describe(p),
-            all.join(", "),
-            b.ip,
-            b.port
-        ),
-        p.rule.clone(),
-        "",
-    );
     if is_service(agents, &b.ip.to_string()) {
         // A host address (the API server's, a hostNetwork pod's): no pod hops follow.
-        let mut t = broken(translation);
-        t.verdict = "reachable".into();
-        t.broken_hop = None;
-        t.hops.push(Hop {
+        let end = Hop {
             where_: "src-node".into(),
             what: "backend".into(),
             status: "skipped".into(),
@@ -186,8 +123,8 @@ pub fn trace_service(agents: &dyn Agents, src: &str, svc: &str, flow: &Flow) -> 
             kernel: String::new(),
             cmd: String::new(),
             fix: String::new(),
-        });
-        return Ok(t);
+        };
+        return Ok(alone(vec![hop, end], "reachable"));
     }
     let to_backend = Flow {
         proto: flow.proto,
@@ -200,7 +137,155 @@ pub fn trace_service(agents: &dyn Agents, src: &str, svc: &str, flow: &Flow) -> 
         .position(|h| h.where_ == "src-node")
         .map(|i| i + 1)
         .unwrap_or(t.hops.len());
-    t.hops.insert(at, translation);
+    t.hops.insert(at, hop);
     t.dst = format!("{svc} → {}", t.dst);
     Ok(t)
+}
+
+/// The translation hop from `node`'s report, and the backend the trace follows (none
+/// when the hop is broken or the rules cannot be read).
+fn translation_hop(
+    report: &ServiceReport,
+    node: &str,
+    svc: &str,
+    flow: &Flow,
+) -> (Hop, Option<podnet_api::ServiceBackend>) {
+    let hop = |status: &str, detail: String, kernel: String, fix: &str| Hop {
+        where_: "src-node".into(),
+        what: "service translation".into(),
+        status: status.into(),
+        detail,
+        kernel,
+        cmd: format!("{} (on {node})", report.cmd),
+        fix: fix.into(),
+    };
+    if report.proxy == "unreadable" {
+        return (hop(
+            "warn",
+            format!("{node} has no kube-proxy nftables table, and podnetd's image has no iptables-save to read iptables mode: the translation of {svc} is unknown here"),
+            "(unreadable)".into(),
+            "trace a backend directly: `podnet trace SRC BACKEND_IP --port TARGET_PORT` (backends: kubectl get endpointslices)",
+        ), None);
+    }
+    if report.proxy == "none" {
+        return (
+            hop(
+                "broken",
+                format!("{node} has no kube-proxy rules: nothing translates {svc}"),
+                "(none)".into(),
+                "run kube-proxy on the node (nftables or iptables mode)",
+            ),
+            None,
+        );
+    }
+    let Some(p) = report.ports.iter().find(|p| !p.node_port) else {
+        return (
+            hop(
+                "broken",
+                format!(
+                    "kube-proxy ({} mode) on {node} has no Service {svc}{}",
+                    report.proxy,
+                    flow.port.map(|p| format!(" port {p}")).unwrap_or_default()
+                ),
+                "(none)".into(),
+                "check the Service and its port: kubectl get service -A -o wide",
+            ),
+            None,
+        );
+    };
+    let Some(b) = p.backends.first() else {
+        return (
+            hop(
+                "broken",
+                format!(
+                    "{} has no ready endpoint: kube-proxy refuses its packets",
+                    describe(p)
+                ),
+                p.rule.clone(),
+                "check the Service's selector and its pods' readiness: kubectl get endpointslices",
+            ),
+            None,
+        );
+    };
+    let all: Vec<String> = p
+        .backends
+        .iter()
+        .map(|b| format!("{}:{}", b.ip, b.port))
+        .collect();
+    (
+        hop(
+            "ok",
+            format!(
+                "kube-proxy ({} mode) translates {} to one of {}; traced to {}:{}. NetworkPolicy judges the packet after this translation: on the backend's address and port",
+                report.proxy,
+                describe(p),
+                all.join(", "),
+                b.ip,
+                b.port
+            ),
+            p.rule.clone(),
+            "",
+        ),
+        Some(b.clone()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podnet_api::{ServiceBackend, ServicePort};
+
+    fn report(backends: Vec<ServiceBackend>) -> ServiceReport {
+        ServiceReport {
+            proxy: "nftables".into(),
+            ports: vec![ServicePort {
+                service: "default/web/tcp/http".into(),
+                ip: "10.96.0.20".parse().unwrap(),
+                port: 80,
+                protocol: "tcp".into(),
+                node_port: false,
+                rule: "chain service-ABC-default/web/tcp/http".into(),
+                backends,
+            }],
+            cmd: "nft list table ip kube-proxy".into(),
+        }
+    }
+
+    #[test]
+    fn the_translation_hop_says_what_kube_proxy_does_or_why_nothing() {
+        let flow = Flow {
+            proto: podnet_policy::Proto::Tcp,
+            port: Some(80),
+        };
+        let two = vec![
+            ServiceBackend {
+                ip: "10.244.1.3".parse().unwrap(),
+                port: 8080,
+            },
+            ServiceBackend {
+                ip: "10.244.2.3".parse().unwrap(),
+                port: 8080,
+            },
+        ];
+        let (h, b) = translation_hop(&report(two), "node1", "web", &flow);
+        assert_eq!(h.status, "ok");
+        assert!(
+            h.detail
+                .contains("to one of 10.244.1.3:8080, 10.244.2.3:8080"),
+            "{h:?}"
+        );
+        assert_eq!(b.unwrap().ip, "10.244.1.3".parse::<Ipv4Addr>().unwrap());
+        let (h, b) = translation_hop(&report(vec![]), "node1", "web", &flow);
+        assert!(
+            h.status == "broken" && h.detail.contains("no ready endpoint") && b.is_none(),
+            "{h:?}"
+        );
+        let mut none = report(vec![]);
+        none.ports.clear();
+        let (h, _) = translation_hop(&none, "node1", "web", &flow);
+        assert!(h.detail.contains("has no Service web port 80"), "{h:?}");
+        none.proxy = "unreadable".into();
+        let (h, b) = translation_hop(&none, "node1", "web", &flow);
+        assert!(h.status == "warn" && b.is_none(), "{h:?}");
+    }
 }
