@@ -486,6 +486,20 @@ fn inside_pod(ifname: &str) -> podnet_netlink::Result<PodInside> {
     })
 }
 
+/// The last round's status, with what the kernel holds now where a drift would make it
+/// lie: the underlay guard's filter and the masquerade table.
+fn status_now(status: &Mutex<Status>) -> Status {
+    let mut st = status.lock().unwrap().clone();
+    if let Some(g) = st.underlay_guard.as_mut() {
+        g.attached = crate::guard::attached_now(&g.device, g.program_id);
+    }
+    if let Some(m) = st.masquerade.as_mut().filter(|m| m.on) {
+        let want = crate::masquerade::Masquerade::from_status(m);
+        *m = crate::masquerade::status_now(true, want.as_ref());
+    }
+    st
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -548,18 +562,4 @@ mod tests {
         assert_eq!(e.unwrap(), json!(false));
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-/// The last round's status, with what the kernel holds now where a drift would make it
-/// lie: the underlay guard's filter and the masquerade table.
-fn status_now(status: &Mutex<Status>) -> Status {
-    let mut st = status.lock().unwrap().clone();
-    if let Some(g) = st.underlay_guard.as_mut() {
-        g.attached = crate::guard::attached_now(&g.device, g.program_id);
-    }
-    if let Some(m) = st.masquerade.as_mut().filter(|m| m.on) {
-        let want = crate::masquerade::Masquerade::from_status(m);
-        *m = crate::masquerade::status_now(true, want.as_ref());
-    }
-    st
 }
