@@ -194,6 +194,10 @@ fn image_builds_from_scratch_and_its_binaries_run() {
     ] {
         std::fs::copy(path, ctx.join(name)).unwrap();
     }
+    // The reference portmap plugin the shipped conflist chains (scripts/real-nodes.sh
+    // builds it, static, into its cache).
+    let nodes = podnet_lab::real::bin_dir().unwrap_or_else(|e| panic!("{e:#}"));
+    std::fs::copy(nodes.join("cni/portmap"), ctx.join("portmap")).unwrap();
     std::fs::write(
         d.join("containers.conf"),
         "[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
@@ -240,4 +244,39 @@ fn image_builds_from_scratch_and_its_binaries_run() {
         &tag,
     ]);
     assert!(out.contains("supportedVersions"), "{out}");
+    let out = run(&[
+        "--env",
+        "CNI_COMMAND=VERSION",
+        "--entrypoint",
+        "/portmap",
+        &tag,
+    ]);
+    assert!(out.contains("supportedVersions"), "{out}");
+    // The init container's job: podnet-cni and the chained portmap into the plugin
+    // directory, then the conflist.
+    let host = d.join("host");
+    std::fs::create_dir_all(host.join("bin")).unwrap();
+    std::fs::create_dir_all(host.join("net.d")).unwrap();
+    std::fs::write(
+        host.join("10-podnet.conflist"),
+        r#"{"cniVersion":"1.1.0","name":"podnet","plugins":[{"type":"podnet-cni"},{"type":"portmap","capabilities":{"portMappings":true}}]}"#,
+    )
+    .unwrap();
+    let vol = format!("{}:/host", host.display());
+    let out = run(&[
+        "-v",
+        &vol,
+        &tag,
+        "install-cni",
+        "--bin-dir=/host/bin",
+        "--conflist=/host/10-podnet.conflist",
+        "--conf-dir=/host/net.d",
+    ]);
+    assert!(out.contains("/host/bin/portmap"), "{out}");
+    for f in ["bin/podnet-cni", "bin/portmap", "net.d/10-podnet.conflist"] {
+        assert!(
+            host.join(f).is_file(),
+            "install-cni did not install {f}: {out}"
+        );
+    }
 }
