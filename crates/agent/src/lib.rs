@@ -111,6 +111,8 @@ pub struct Agent {
     /// leftover one was looked for (with `--masquerade=false`).
     masq: Option<masquerade::Masquerade>,
     masq_cleared: bool,
+    /// `bridge-nf-call-iptables` was on (or turned on) once: off again is drift.
+    bridge_nf_on: bool,
 }
 
 /// Opens the datastore a URL names ([`podnet_kube::open_datastore`]: `file:…`,
@@ -154,6 +156,7 @@ impl Agent {
             guard: None,
             masq: None,
             masq_cleared: false,
+            bridge_nf_on: false,
         })
     }
 

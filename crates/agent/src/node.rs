@@ -106,12 +106,22 @@ impl Agent {
     /// without this switch it would skip conntrack's reverse translation and reach the
     /// client from the backend's address. The nftables policy datapath needs it too,
     /// and refuses to start without it; here its absence is a warning.
-    fn bridged_netfilter(&self) {
+    /// Once on, finding it off again is drift: repaired, logged and counted.
+    fn bridged_netfilter(&mut self) {
         let p = "/proc/sys/net/bridge/bridge-nf-call-iptables";
         match std::fs::read_to_string(p).map(|v| v.trim() == "1") {
-            Ok(true) => {}
+            Ok(true) => self.bridge_nf_on = true,
             Ok(false) => match std::fs::write(p, "1") {
-                Ok(()) => self.log(&format!("{p} turned on: same-node Service replies pass conntrack")),
+                Ok(()) if self.bridge_nf_on => {
+                    self.warn(&format!("repairing drift: {p} was 0 (same-node Service replies and the nftables datapath skip netfilter): set to 1"));
+                    if let Some(m) = &self.metrics {
+                        m.repaired("bridge-nf-call");
+                    }
+                }
+                Ok(()) => {
+                    self.bridge_nf_on = true;
+                    self.log(&format!("{p} turned on: same-node Service replies pass conntrack"))
+                }
                 Err(e) => self.warn(&format!("cannot turn on {p} ({e}): a pod reaching a Service whose backend is on the same node gets replies from the wrong address")),
             },
             Err(e) => self.warn(&format!("cannot read {p} ({e}): Services with a backend on the same node need the br_netfilter module: run `modprobe br_netfilter` on the host")),
