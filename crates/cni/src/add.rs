@@ -713,16 +713,9 @@ fn result(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use podnet_cni_spec::NetConf;
     use serde_json::json;
 
-    fn settings(runtime_config: serde_json::Value) -> Settings {
-        let mut v = json!({"cniVersion":"1.1.0","name":"n","type":"podnet-cni",
-            "subnet":"10.9.0.0/24","nodeFile":"/nonexistent/podnet-node.json"});
-        v["runtimeConfig"] = runtime_config;
-        let c = NetConf::parse(v.to_string().as_bytes()).unwrap();
-        Settings::resolve(&c, &v).unwrap()
-    }
+    use crate::settings::with_runtime_config as settings;
 
     #[test]
     fn requested_ips_must_parse_whole() {

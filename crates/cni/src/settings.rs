@@ -589,3 +589,14 @@ mod tests {
         );
     }
 }
+
+/// Settings of a minimal conf (subnet 10.9.0.0/24, no agent) with this
+/// `runtimeConfig`, for the verbs' unit tests.
+#[cfg(test)]
+pub(crate) fn with_runtime_config(runtime_config: serde_json::Value) -> Settings {
+    let mut v = serde_json::json!({"cniVersion":"1.1.0","name":"n","type":"podnet-cni",
+        "subnet":"10.9.0.0/24","nodeFile":"/nonexistent/podnet-node.json"});
+    v["runtimeConfig"] = runtime_config;
+    let c = podnet_cni_spec::NetConf::parse(v.to_string().as_bytes()).unwrap();
+    Settings::resolve(&c, &v).unwrap()
+}

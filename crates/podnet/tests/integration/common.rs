@@ -256,6 +256,23 @@ impl TestLab {
             .unwrap()
     }
 
+    /// The findings of `check` in `podnet doctor --lab L --output json` (every node).
+    pub fn doctor_findings(&self, check: &str) -> Vec<Value> {
+        let o = podnet()
+            .args(["doctor", "--lab", &self.name, "--output", "json"])
+            .output()
+            .expect("run podnet doctor");
+        let v: Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("doctor: {e}: {}", String::from_utf8_lossy(&o.stderr)));
+        v["findings"]
+            .as_array()
+            .expect("doctor's findings")
+            .iter()
+            .filter(|f| f["check"] == check)
+            .cloned()
+            .collect()
+    }
+
     /// `lab apply` or `lab delete` of `yaml` on stdin, which must succeed.
     pub fn pipe_ok(&self, verb: &str, yaml: &str) {
         use std::io::Write;

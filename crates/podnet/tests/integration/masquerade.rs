@@ -120,16 +120,9 @@ fn without_masquerade_the_outside_host_cannot_answer_a_pod() {
 
 /// node1's `masquerade` finding in `podnet doctor --output json`.
 fn masquerade_finding(lab: &TestLab) -> serde_json::Value {
-    let o = podnet()
-        .args(["doctor", "--lab", &lab.name, "--output", "json"])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["node"] == "node1" && f["check"] == "masquerade")
-        .unwrap_or_else(|| panic!("no masquerade finding: {v:#}"))
-        .clone()
+    let found = lab.doctor_findings("masquerade");
+    found
+        .into_iter()
+        .find(|f| f["node"] == "node1")
+        .expect("no masquerade finding on node1")
 }

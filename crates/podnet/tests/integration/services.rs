@@ -196,20 +196,7 @@ fn services_on_the_ebpf_fast_path() {
 #[test]
 fn kube_proxy_in_ipvs_mode_is_named_by_doctor() {
     let lab = TestLab::up(&["--nodes", "1", "--pods-per-node", "0"]);
-    let services = || -> Vec<serde_json::Value> {
-        let o = podnet()
-            .args(["doctor", "--lab", &lab.name, "--output", "json"])
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        v["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|f| f["check"] == "services")
-            .cloned()
-            .collect()
-    };
+    let services = || lab.doctor_findings("services");
     assert!(services().is_empty(), "{:?}", services());
     lab.sh(
         "node1",
