@@ -402,6 +402,17 @@ fn read_node_file(path: &str) -> std::io::Result<Vec<u8>> {
 
 pub use podnet_conventions::{host_mac, host_veth_name, pod_mac};
 
+/// Settings of a minimal conf (subnet 10.9.0.0/24, no agent) with this
+/// `runtimeConfig`, for the verbs' unit tests.
+#[cfg(test)]
+pub(crate) fn with_runtime_config(runtime_config: serde_json::Value) -> Settings {
+    let mut v = serde_json::json!({"cniVersion":"1.1.0","name":"n","type":"podnet-cni",
+        "subnet":"10.9.0.0/24","nodeFile":"/nonexistent/podnet-node.json"});
+    v["runtimeConfig"] = runtime_config;
+    let c = podnet_cni_spec::NetConf::parse(v.to_string().as_bytes()).unwrap();
+    Settings::resolve(&c, &v).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,15 +599,4 @@ mod tests {
             [0x0a, 0x58, 10, 244, 0, 5]
         );
     }
-}
-
-/// Settings of a minimal conf (subnet 10.9.0.0/24, no agent) with this
-/// `runtimeConfig`, for the verbs' unit tests.
-#[cfg(test)]
-pub(crate) fn with_runtime_config(runtime_config: serde_json::Value) -> Settings {
-    let mut v = serde_json::json!({"cniVersion":"1.1.0","name":"n","type":"podnet-cni",
-        "subnet":"10.9.0.0/24","nodeFile":"/nonexistent/podnet-node.json"});
-    v["runtimeConfig"] = runtime_config;
-    let c = podnet_cni_spec::NetConf::parse(v.to_string().as_bytes()).unwrap();
-    Settings::resolve(&c, &v).unwrap()
 }
