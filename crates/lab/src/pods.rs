@@ -172,7 +172,31 @@ impl Lab {
         ]);
         let pid = spawn_in(ns, cmd, None)?;
         self.record_pid(&echo, pid)?;
-        Ok(())
+        // Serving once its echo port accepts (bound last): a probe never meets a pod
+        // whose server is still starting, however loaded the machine.
+        let at = SocketAddrV4::new(p.ip, ECHO_PORT);
+        let t0 = Instant::now();
+        loop {
+            let up = ns.run(|| {
+                std::net::TcpStream::connect_timeout(&at.into(), Duration::from_millis(200)).is_ok()
+            })?;
+            if up {
+                return Ok(());
+            }
+            if self.live_pid(&echo, "podnet").is_none() {
+                bail!(
+                    "the server of pod {} exited at start (a port it cannot bind?)",
+                    p.key()
+                );
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!(
+                    "the server of pod {} does not accept on {at} after 10 s",
+                    p.key()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Restarts the pod's server (its declared ports changed).

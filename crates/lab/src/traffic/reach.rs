@@ -188,14 +188,26 @@ pub fn render_matrix(m: &Matrix) -> String {
 /// accepts and answers the same; every UDP port echoes each datagram; every SCTP port
 /// answers INIT with INIT ACK. Runs until killed.
 pub fn serve(ip: Ipv4Addr, echo: u16, tcp: &[u16], udp: &[u16], sctp_ports: &[u16]) -> Result<()> {
-    let mut tcp: Vec<u16> = tcp.to_vec();
-    if !tcp.contains(&echo) {
-        tcp.push(echo);
+    // Every socket is bound before any is served, the echo port last: once it accepts,
+    // the pod serves every declared TCP and UDP port (the lab waits for it).
+    let mut tcp: Vec<u16> = tcp.iter().copied().filter(|p| *p != echo).collect();
+    tcp.push(echo);
+    let mut udp_sockets = Vec::new();
+    for port in udp.iter().copied() {
+        udp_sockets.push(
+            UdpSocket::bind(SocketAddrV4::new(ip, port))
+                .with_context(|| format!("bind UDP {ip}:{port}"))?,
+        );
+    }
+    let mut listeners = Vec::new();
+    for port in tcp {
+        listeners.push(
+            TcpListener::bind(SocketAddrV4::new(ip, port))
+                .with_context(|| format!("bind TCP {ip}:{port}"))?,
+        );
     }
     let mut threads = Vec::new();
-    for port in tcp {
-        let l = TcpListener::bind(SocketAddrV4::new(ip, port))
-            .with_context(|| format!("bind TCP {ip}:{port}"))?;
+    for l in listeners {
         threads.push(std::thread::spawn(move || {
             for c in l.incoming().flatten() {
                 std::thread::spawn(move || {
@@ -212,9 +224,7 @@ pub fn serve(ip: Ipv4Addr, echo: u16, tcp: &[u16], udp: &[u16], sctp_ports: &[u1
             }
         }));
     }
-    for port in udp.iter().copied() {
-        let s = UdpSocket::bind(SocketAddrV4::new(ip, port))
-            .with_context(|| format!("bind UDP {ip}:{port}"))?;
+    for s in udp_sockets {
         threads.push(std::thread::spawn(move || {
             // Whole datagrams, up to the largest UDP allows (fragmented ones included).
             let mut buf = vec![0u8; 65536];
