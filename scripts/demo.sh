@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-cargo build --release --quiet
+echo "== building podnet (cargo build --release): the first build takes a few minutes; later ones are quick"
+cargo build --release
 podnet=target/x86_64-unknown-linux-gnu/release/podnet
 "$podnet" lab up --nodes 2 --pods-per-node 2 "$@"
 echo

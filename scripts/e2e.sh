@@ -3,9 +3,13 @@
 # same release as the lab) against podnet on a 3-node real-node lab: containerd,
 # kubelet and kube-proxy on every node, podnet installed from deploy/, CoreDNS.
 #
-#   scripts/e2e.sh [--datapath bridge|ebpf] [--policy-datapath nftables|ebpf]
+#   scripts/e2e.sh [--datapath ebpf|bridge] [--policy-datapath ebpf|nftables]
 #                  [--proxy-mode nftables|iptables] [--suite NAME]... [--focus REGEX]
 #                  [--keep]
+#
+# The datapaths default as podnet's do: the eBPF fast path with the eBPF policy
+# datapath; --policy-datapath nftables alone brings --datapath bridge, and
+# --datapath bridge alone brings nftables.
 #
 # Suites (default: all four; --focus replaces them with one regex of your own):
 #   netpol    \[sig-network\] Netpol            (SCTP cases skipped: no SCTP in this kernel)
@@ -22,8 +26,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-datapath=bridge
-policy=nftables
+datapath=""
+policy=""
 proxy=nftables
 focus=""
 keep=false
@@ -36,12 +40,18 @@ while [ $# -gt 0 ]; do
     --suite) suites+=("$2"); shift 2 ;;
     --focus) focus=$2; shift 2 ;;
     --keep) keep=true; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "e2e.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+if [ -z "$datapath" ]; then
+  case $policy in nftables|none) datapath=bridge ;; *) datapath=ebpf ;; esac
+fi
+if [ -z "$policy" ]; then
+  if [ "$datapath" = ebpf ]; then policy=ebpf; else policy=nftables; fi
+fi
 if [ "$datapath" = ebpf ] && [ "$policy" != ebpf ]; then
-  echo "e2e.sh: --datapath ebpf needs --policy-datapath ebpf" >&2
+  echo "e2e.sh: --datapath ebpf runs with the eBPF policy datapath: drop --policy-datapath $policy, or add --datapath bridge" >&2
   exit 2
 fi
 [ ${#suites[@]} -gt 0 ] || suites=(netpol granular services dns)

@@ -141,9 +141,10 @@ struct Args {
     /// WireGuard backend: where the device process writes its pid.
     #[arg(long, default_value = "/run/podnet/wireguard.pid")]
     wireguard_pid_file: PathBuf,
-    /// How pod packets cross the node.
-    #[arg(long, value_enum, default_value = "bridge")]
-    datapath: Datapath,
+    /// How pod packets cross the node [default: ebpf, the fast path; bridge with
+    /// --backend wireguard or --policy-datapath nftables|none].
+    #[arg(long, value_enum)]
+    datapath: Option<Datapath>,
     /// Masquerade pod traffic that leaves the cluster: a packet from a pod to an
     /// address outside the cluster CIDR, link-local and --non-masquerade-cidr leaves
     /// with the node's address (table ip podnet_nat), so replies come back without the
@@ -186,9 +187,10 @@ struct Args {
     /// Where podnet-cni reads the node's pod CIDR, MTU and bridge.
     #[arg(long, default_value = "/run/podnet/node.json")]
     node_file: PathBuf,
-    /// Which datapath enforces NetworkPolicy for this node's pods.
-    #[arg(long, value_enum, default_value = "nftables")]
-    policy_datapath: PolicyDatapath,
+    /// Which datapath enforces NetworkPolicy for this node's pods [default: ebpf;
+    /// nftables with --datapath bridge or --backend wireguard].
+    #[arg(long, value_enum)]
+    policy_datapath: Option<PolicyDatapath>,
     /// Where the eBPF policy datapath pins its maps and programs (a directory on a
     /// bpffs; they outlive podnetd).
     #[arg(long, default_value = "/sys/fs/bpf/podnet")]
@@ -297,6 +299,11 @@ fn config(mut a: Args) -> Result<Config, Failure> {
             Failure::op(format!("invalid --{flag} {v:?}"), e.0)
         })
     };
+    let (datapath, policy_datapath, why) =
+        podnet_conventions::choose_datapaths(a.datapath, a.policy_datapath, a.backend)?;
+    if let Some(why) = why {
+        tracing::info!("{why}");
+    }
     let cfg = Config {
         cluster_cidr: cidr("cluster-cidr", &a.cluster_cidr)?,
         service_cidr: cidr("service-cidr", &a.service_cidr)?,
@@ -316,7 +323,7 @@ fn config(mut a: Args) -> Result<Config, Failure> {
         node_file: a.node_file,
         api_socket: a.api_socket,
         interval: Duration::from_secs(1),
-        policy_datapath: a.policy_datapath,
+        policy_datapath,
         bpf_dir: a.bpf_dir,
         wireguard: crate::wireguard::Paths {
             dev: a.wireguard_dev,
@@ -326,7 +333,7 @@ fn config(mut a: Args) -> Result<Config, Failure> {
             pid_file: a.wireguard_pid_file,
         },
         metrics_addr: (a.metrics_addr != "none").then_some(a.metrics_addr),
-        datapath: a.datapath,
+        datapath,
         masquerade: a.masquerade,
         non_masquerade: a
             .non_masquerade_cidr
@@ -334,9 +341,6 @@ fn config(mut a: Args) -> Result<Config, Failure> {
             .map(|c| cidr("non-masquerade-cidr", c))
             .collect::<Result<_, _>>()?,
     };
-    if cfg.fast_path() && cfg.backend == Backend::Wireguard {
-        return Err(Failure::from("--datapath ebpf is not available with --backend wireguard (its device is not an Ethernet device; not tested): use --datapath bridge"));
-    }
     Ok(cfg)
 }
 

@@ -98,10 +98,10 @@ choice!(
     /// How pod packets move on a node.
     Datapath, "datapath", {
         /// Through the node bridge and the node's IP stack.
-        Bridge = "bridge": "pod traffic through the node bridge and the node's IP stack",
+        Bridge = "bridge": "pod traffic through the node bridge and the node's IP stack (the compatible choice: any policy datapath, any backend)",
         /// eBPF programs deliver pod packets straight to the destination pod or the
         /// overlay (the fast path; needs the eBPF policy datapath).
-        Ebpf = "ebpf": "eBPF programs deliver pod traffic straight into the destination pod or the overlay (needs --policy-datapath ebpf)",
+        Ebpf = "ebpf": "the fast path, the default: eBPF programs deliver pod traffic straight into the destination pod or the overlay (brings --policy-datapath ebpf)",
     }
 );
 
@@ -146,23 +146,105 @@ impl Default for Backend {
     }
 }
 
-/// The bridge, as podnetd defaults to (and as an agent that predates the choice ran).
+/// The bridge, as an agent that predates the choice ran: what a record without the
+/// field means. podnetd's default is [`choose_datapaths`]'s.
 impl Default for Datapath {
     fn default() -> Datapath {
         Datapath::Bridge
     }
 }
 
-/// nftables, as podnetd defaults to.
+/// nftables, as an agent that predates the choice ran: what a record without the field
+/// means. podnetd's default is [`choose_datapaths`]'s.
 impl Default for PolicyDatapath {
     fn default() -> PolicyDatapath {
         PolicyDatapath::Nftables
     }
 }
 
+/// The datapath and the policy datapath a node runs, from the flags given (`None`: not
+/// given) — the one place podnetd and the lab decide them.
+///
+/// The default is the eBPF fast path with the eBPF policy datapath. Where the fast path
+/// cannot run, the default is the bridge with nftables, the compatible choice: with
+/// `--backend wireguard` (its TUN device was not tested with the fast path), or when
+/// the policy datapath asked for is `nftables` or `none` (the fast path skips netfilter
+/// and judges with the eBPF policy's own maps). `--datapath ebpf` brings the eBPF
+/// policy datapath. A combination given in full that cannot work is refused, saying
+/// which flag to change. The third value says why a default was not the fast path, for
+/// the log.
+pub fn choose_datapaths(
+    datapath: Option<Datapath>,
+    policy: Option<PolicyDatapath>,
+    backend: Backend,
+) -> Result<(Datapath, PolicyDatapath, Option<String>), String> {
+    let wireguard = backend == Backend::Wireguard;
+    match (datapath, policy) {
+        (Some(Datapath::Ebpf), _) if wireguard => Err(
+            "--datapath ebpf is not available with --backend wireguard (its TUN device is not an Ethernet device; not tested with the fast path): use --datapath bridge, or another --backend".into(),
+        ),
+        (Some(Datapath::Ebpf), Some(p)) if p != PolicyDatapath::Ebpf => Err(format!(
+            "--datapath ebpf cannot run with --policy-datapath {p}: the fast path skips the bridge and the node's netfilter and judges NetworkPolicy with the eBPF policy datapath's own maps. Drop --policy-datapath (--datapath ebpf brings the eBPF one), or use --datapath bridge to keep {p}"
+        )),
+        (Some(d), Some(p)) => Ok((d, p, None)),
+        (Some(Datapath::Ebpf), None) => Ok((Datapath::Ebpf, PolicyDatapath::Ebpf, None)),
+        (Some(Datapath::Bridge), None) => Ok((Datapath::Bridge, PolicyDatapath::Nftables, None)),
+        (None, _) if wireguard => Ok((
+            Datapath::Bridge,
+            policy.unwrap_or(PolicyDatapath::Nftables),
+            Some("datapath bridge: the eBPF fast path does not run with --backend wireguard".into()),
+        )),
+        (None, Some(PolicyDatapath::Ebpf) | None) => {
+            Ok((Datapath::Ebpf, PolicyDatapath::Ebpf, None))
+        }
+        (None, Some(p)) => Ok((
+            Datapath::Bridge,
+            p,
+            Some(format!("datapath bridge: --policy-datapath {p} works where the eBPF fast path does not pass (the bridge and netfilter)")),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fast_path_is_the_default_where_it_can_run() {
+        use Datapath as D;
+        use PolicyDatapath as P;
+        let ok = |d, p, b| choose_datapaths(d, p, b).map(|(d, p, _)| (d, p));
+        let vx = Backend::Vxlan;
+        assert_eq!(ok(None, None, vx), Ok((D::Ebpf, P::Ebpf)));
+        assert_eq!(ok(None, None, Backend::HostGw), Ok((D::Ebpf, P::Ebpf)));
+        assert_eq!(ok(Some(D::Ebpf), None, vx), Ok((D::Ebpf, P::Ebpf)));
+        assert_eq!(ok(Some(D::Bridge), None, vx), Ok((D::Bridge, P::Nftables)));
+        assert_eq!(
+            ok(None, Some(P::Nftables), vx),
+            Ok((D::Bridge, P::Nftables))
+        );
+        assert_eq!(ok(None, Some(P::None), vx), Ok((D::Bridge, P::None)));
+        assert_eq!(ok(None, Some(P::Ebpf), vx), Ok((D::Ebpf, P::Ebpf)));
+        assert_eq!(
+            ok(Some(D::Bridge), Some(P::Ebpf), vx),
+            Ok((D::Bridge, P::Ebpf))
+        );
+        let wg = Backend::Wireguard;
+        assert_eq!(ok(None, None, wg), Ok((D::Bridge, P::Nftables)));
+        assert_eq!(ok(None, Some(P::Ebpf), wg), Ok((D::Bridge, P::Ebpf)));
+        let why = choose_datapaths(None, None, wg).unwrap().2.unwrap();
+        assert!(why.contains("wireguard"), "{why}");
+        // Refused, naming the flag to change.
+        let e = choose_datapaths(Some(D::Ebpf), Some(P::Nftables), vx).unwrap_err();
+        assert!(
+            e.contains("Drop --policy-datapath") && e.contains("--datapath bridge"),
+            "{e}"
+        );
+        let e = choose_datapaths(Some(D::Ebpf), Some(P::None), vx).unwrap_err();
+        assert!(e.contains("--policy-datapath none"), "{e}");
+        let e = choose_datapaths(Some(D::Ebpf), None, wg).unwrap_err();
+        assert!(e.contains("use --datapath bridge"), "{e}");
+    }
 
     #[test]
     fn names_parse_print_and_serialize_the_same() {

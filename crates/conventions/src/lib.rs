@@ -12,7 +12,7 @@ pub mod net;
 
 pub use backoff::Backoff;
 pub use contracts::{CniReport, NodeFile, PolicyPrograms};
-pub use kinds::{Backend, Datapath, PolicyDatapath, UnknownChoice};
+pub use kinds::{choose_datapaths, Backend, Datapath, PolicyDatapath, UnknownChoice};
 pub use net::{CidrError, IpNet, Ipv4Net};
 
 use std::net::Ipv4Addr;

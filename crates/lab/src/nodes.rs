@@ -15,7 +15,16 @@ impl Lab {
             url => url.to_string(),
         });
         if st.nodes.is_empty() {
-            self.choose_settings(&mut st, opts, datastore)?;
+            if let Err(e) = self.choose_settings(&mut st, opts, datastore) {
+                // Refused before anything was made: leave no empty lab behind.
+                if self.load()?.is_none() {
+                    let _ = std::fs::remove_dir(&self.dir);
+                    let _ = std::fs::remove_file(
+                        Path::new(LAB_ROOT).join(format!(".{}.lock", self.name)),
+                    );
+                }
+                return Err(e);
+            }
         } else {
             self.check_settings_unchanged(&st, opts, datastore)?;
         }
@@ -106,9 +115,10 @@ impl Lab {
     ) -> Result<()> {
         st.backend = opts.backend.unwrap_or_default();
         st.repair = opts.repair.unwrap_or(true);
-        st.policy_datapath = opts.policy_datapath.unwrap_or_default();
+        (st.datapath, st.policy_datapath, _) =
+            podnet_conventions::choose_datapaths(opts.datapath, opts.policy_datapath, st.backend)
+                .map_err(anyhow::Error::msg)?;
         st.kubernetes = opts.kubernetes.unwrap_or(false);
-        st.datapath = opts.datapath.unwrap_or_default();
         st.real_nodes = opts.real_nodes.unwrap_or(false);
         st.proxy_mode = opts.proxy_mode.clone().unwrap_or_else(default_proxy_mode);
         st.masquerade = opts.masquerade.unwrap_or(true);
@@ -251,12 +261,15 @@ impl Lab {
             .with_context(|| format!("creating the lab's pods; {down}"))?;
         self.wait_converged(&st)?;
         say(&format!(
-            "lab {} is up on real nodes: {} nodes, {} pods (kubectl: `podnet lab kubectl --name {} -- get pods -A -o wide`), in {:.1} s",
+            "lab {} is up on real nodes: {} nodes, {} pods (kubectl: `podnet lab kubectl --name {} -- get pods -A -o wide`), in {:.1} s (backend {}, datapath {}, policy datapath {})",
             self.name,
             st.nodes.len(),
             pods.len(),
             self.name,
-            fin.t0.elapsed().as_secs_f64()
+            fin.t0.elapsed().as_secs_f64(),
+            st.backend,
+            st.datapath,
+            st.policy_datapath
         ));
         Ok(st)
     }
@@ -320,11 +333,14 @@ impl Lab {
         self.wait_converged(&st)?;
         self.wait_policy(&st, None)?;
         say(&format!(
-            "lab {} is up: {} nodes, {} pods, in {:.1} s",
+            "lab {} is up: {} nodes, {} pods, in {:.1} s (backend {}, datapath {}, policy datapath {})",
             self.name,
             st.nodes.len(),
             st.pods.len(),
-            fin.t0.elapsed().as_secs_f64()
+            fin.t0.elapsed().as_secs_f64(),
+            st.backend,
+            st.datapath,
+            st.policy_datapath
         ));
         Ok(st)
     }

@@ -6,6 +6,11 @@ use super::*;
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub name: String,
+    /// What every node runs: how nodes reach each other, how pod packets cross a
+    /// node, what enforces NetworkPolicy.
+    pub backend: podnet_conventions::Backend,
+    pub datapath: podnet_conventions::Datapath,
+    pub policy_datapath: podnet_conventions::PolicyDatapath,
     pub fabric: FabricStatus,
     pub nodes: Vec<NodeStatus>,
     pub pods: Vec<PodState>,
@@ -69,6 +74,9 @@ impl Lab {
             .collect();
         Ok(Status {
             name: st.name.clone(),
+            backend: st.backend,
+            datapath: st.datapath,
+            policy_datapath: st.policy_datapath,
             fabric: FabricStatus {
                 netns: self.fabric_ns(),
                 bridge: "fabric0".into(),

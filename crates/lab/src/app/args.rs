@@ -256,12 +256,15 @@ pub(crate) enum LabCmd {
         /// host (192.168.1.254) keeps the pod's address and gets no answer.
         #[arg(long)]
         no_masquerade: bool,
-        /// Which datapath enforces NetworkPolicy on every node [default: nftables].
+        /// Which datapath enforces NetworkPolicy on every node [default: ebpf; nftables
+        /// with --datapath bridge or --backend wireguard].
         #[arg(long, value_enum)]
         policy_datapath: Option<podnet_conventions::PolicyDatapath>,
-        /// How pod packets cross each node [default: bridge]. ebpf: programs on the
-        /// pods' host veths (and the VXLAN device) skip the bridge and the node's IP
-        /// stack; needs --policy-datapath ebpf.
+        /// How pod packets cross each node [default: ebpf, the fast path: programs on
+        /// the pods' host veths (and the VXLAN device) skip the bridge and the node's IP
+        /// stack, with the eBPF policy datapath]. bridge: the node bridge and IP stack,
+        /// the compatible choice (the default with --backend wireguard or
+        /// --policy-datapath nftables|none).
         #[arg(long, value_enum)]
         datapath: Option<podnet_conventions::Datapath>,
         /// Run a real Kubernetes control plane in the lab (etcd, kube-apiserver with

@@ -278,8 +278,8 @@ pub(super) fn print_status(lab: &Lab, output: Output) -> Result<()> {
         return emit(output, &st, |_| String::new());
     }
     println!(
-        "lab {}: fabric {} (bridge {})",
-        st.name, st.fabric.netns, st.fabric.bridge
+        "lab {}: fabric {} (bridge {}); backend {}, datapath {}, policy datapath {}",
+        st.name, st.fabric.netns, st.fabric.bridge, st.backend, st.datapath, st.policy_datapath
     );
     println!(
         "{:<8} {:<14} {:<16} {:<18} {:>8} {:>6}",

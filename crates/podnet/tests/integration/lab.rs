@@ -527,3 +527,44 @@ fn sigterm_stops_the_agent_promptly_and_leaves_the_datapath() {
     );
     lab.full_mesh();
 }
+
+/// The default is the eBPF fast path with the eBPF policy datapath, as the agents run
+/// it (not only as the lab records it); a combination that cannot work is refused
+/// before anything is made, naming the flag to change.
+#[test]
+fn the_fast_path_is_the_default_and_impossible_combinations_are_refused() {
+    let lab = TestLab::up(&["--nodes", "1", "--pods-per-node", "1"]);
+    let st = lab.json(&["status", "--output", "json"]);
+    assert_eq!(
+        (st["datapath"].as_str(), st["policy_datapath"].as_str()),
+        (Some("ebpf"), Some("ebpf")),
+        "{st}"
+    );
+    let agent = podnet_lab::Lab::open(&lab.name).unwrap().agent("node1");
+    let status = agent.status().expect("node1's agent answers");
+    assert_eq!(status.datapath, podnet_conventions::Datapath::Ebpf);
+    let policy = agent.policy().expect("node1's agent answers");
+    assert_eq!(policy.datapath, podnet_conventions::PolicyDatapath::Ebpf);
+    assert!(
+        policy.fast_path.is_some(),
+        "node1 runs no fast path: {policy:?}"
+    );
+
+    let refused = TestLab {
+        name: format!("{}r", lab.name),
+    };
+    let o = refused.run(&["up", "--datapath", "ebpf", "--policy-datapath", "nftables"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "the fast path ran with nftables: {err}"
+    );
+    assert!(
+        err.contains("Drop --policy-datapath") && err.contains("--datapath bridge"),
+        "{err}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/run/podnet/lab/{}", refused.name)).exists(),
+        "a refused lab left its directory"
+    );
+}
