@@ -148,6 +148,7 @@ impl Agent {
             bridge: Some(self.cfg.bridge.clone()),
             datapath: Some(self.cfg.datapath),
             policy_programs,
+            bpf_dir: crate::policy::on_bpffs(&self.cfg.bpf_dir).then(|| self.cfg.bpf_dir.clone()),
         };
         let p = &self.cfg.node_file;
         let fail = |source| Error::File {

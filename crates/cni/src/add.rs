@@ -14,7 +14,7 @@
 
 use crate::errors;
 use crate::settings::{host_mac, host_veth_name, pod_mac, Ipam, Settings};
-use crate::timing::Timing;
+use crate::timing::mark;
 use crate::{antispoof, delegate, Invocation};
 use podnet_cni_spec::result::{Interface, IpConfig, Route};
 use podnet_cni_spec::{code, CniError, CniResult, Ipv4Net};
@@ -246,20 +246,20 @@ fn add(
 ) -> Result<CniResult, CniError> {
     let ifname = inv.env.ifname.as_str();
     let host_name = host_veth_name(&inv.env.container_id, ifname);
-    let t = Timing::start();
     // What can be refused without touching anything comes first: the owner alias, and
     // the node's datapath (a node without eBPF refuses every ADD, and should do so
     // before an address is taken and a veth made only to be undone).
     let alias = owner_alias_of(inv, s)?;
     let shapes = crate::bandwidth::shapes(s)?;
     let dp = node_datapath(s)?;
+    mark("anti-spoofing program ready");
     let policy = policy_programs(s)?;
-    t.mark("checked");
+    mark("checked");
     let a = assign(inv, s, undo)?;
-    t.mark("address assigned");
+    mark("address assigned");
     let mtu = s.pod_mtu(host);
     let br = ensure_bridge(host, &s.bridge, a.gateway, a.prefix, mtu)?;
-    t.mark("bridge ready");
+    mark("bridge ready");
 
     // 3. the veth pair, both ends down: the pod end is created directly inside the
     //    pod as CNI_IFNAME with its final MAC and MTU.
@@ -275,7 +275,7 @@ fn add(
         up: false,
     };
     let hveth = create_veth_pair(inv, s, host, &spec, undo)?;
-    t.mark("veth pair created");
+    mark("veth pair created");
 
     // 4. protection, while the veth is still down and off the bridge.
     protect(
@@ -287,7 +287,6 @@ fn add(
         a.ip,
         &s.overlay_guard,
         undo,
-        &t,
     )?;
 
     // The pod's receiving limit, on the host veth's sending side (before it is up).
@@ -300,16 +299,16 @@ fn add(
                 errors::netlink(e, "the bandwidth capability needs the tbf qdisc (sch_tbf)")
             })?;
         }
-        t.mark("ingress bandwidth limited");
+        mark("ingress bandwidth limited");
     }
 
     // 5. only now: onto the bridge and up, with the owner recorded in the alias.
     attach_to_bridge(host, &hveth, &br, alias)?;
-    t.mark("attached to the bridge");
+    mark("attached to the bridge");
 
     // 6. inside the pod.
     let routes = configure_pod(inv, pod_ns, &hveth, &a, shapes.egress)?;
-    t.mark("pod side configured");
+    mark("pod side configured");
 
     Ok(result(
         inv,
@@ -348,11 +347,20 @@ fn node_datapath(s: &Settings) -> Result<Option<antispoof::Datapath>, CniError> 
             "the kernel needs eBPF (CONFIG_BPF_SYSCALL) and tc clsact with the bpf classifier (CONFIG_NET_SCH_INGRESS, CONFIG_NET_CLS_BPF)",
         )
     };
-    Ok(if s.anti_spoofing {
-        Some(antispoof::datapath(&s.data_dir).map_err(refused)?)
-    } else {
-        None
-    })
+    if !s.anti_spoofing {
+        return Ok(None);
+    }
+    let dp = antispoof::datapath(&s.data_dir).map_err(refused)?;
+    if let Some(dir) = &s.pin_dir {
+        antispoof::hold(dir, &dp).map_err(|e| {
+            CniError::new(
+                code::ANTISPOOF,
+                format!("cannot pin the node's anti-spoofing program in {}: {e}", dir.display()),
+                "the directory must be on a mounted bpffs (mount -t bpf bpf DIR): podnetd names its --bpf-dir in the node file only when it is one; with bpfDir in the config, mount one there or leave the key out",
+            )
+        })?;
+    }
+    Ok(Some(dp))
 }
 
 /// The node's eBPF policy programs, when its agent runs that datapath: a pod goes
@@ -523,7 +531,6 @@ fn protect(
     ip: std::net::Ipv4Addr,
     guard: &antispoof::OverlayGuard,
     undo: &mut Vec<Undo>,
-    t: &Timing,
 ) -> Result<(), CniError> {
     let refused = |e: podnet_netlink::Error| {
         CniError::new(
@@ -545,7 +552,7 @@ fn protect(
         for r in host.ack_all(antispoof::install_requests(hveth.index, &dp.prog)) {
             r.map_err(refused)?;
         }
-        t.mark("anti-spoofing installed");
+        mark("anti-spoofing installed");
     }
     if let Some(progs) = policy {
         let mut reqs = vec![];
@@ -568,7 +575,7 @@ fn protect(
         for r in host.ack_all(reqs) {
             r.map_err(refused)?;
         }
-        t.mark("policy programs attached");
+        mark("policy programs attached");
     }
     Ok(())
 }

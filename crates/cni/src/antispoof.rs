@@ -6,8 +6,14 @@
 //! ring buffer of drop events `podnet_spoofev`. They are loaded by the first ADD with
 //! aya (maps made from the object's BTF declarations, sized by the plugin), and found again by later ones through a small record,
 //! `<dataDir>/datapath-ns<netns inode>` (program id, map id, and a tag of the program
-//! build: after an upgrade new pods get the new program, old ones keep theirs). They hold no pins: the
-//! kernel frees them when the last filter using them goes, i.e. with the last pod.
+//! build: after an upgrade new pods get the new program, old ones keep theirs). With
+//! a bpffs directory to hold them (podnetd's `--bpf-dir`, published in its node file,
+//! or the config's `bpfDir`) the program and the map are pinned there,
+//! `<dir>/antispoof-ns<netns inode>/{prog,map}`, so they outlive the node's last pod:
+//! loading costs 40–70 ms (aya parses the kernel's BTF and probes its features), which
+//! an ADD on a node that has had pods before should not pay again. The newest load
+//! replaces the pins; the old program lives on while old pods' filters use it.
+//! Without such a directory the kernel frees them with the node's last pod.
 //!
 //! Per pod, on the **ingress of its host-side veth** — every frame the pod sends,
 //! before the bridge sees it (before MAC learning, before ARP reaches the node or
@@ -166,6 +172,30 @@ impl std::fmt::Display for VerboseError<'_> {
         }
         Ok(())
     }
+}
+
+/// Pins the program and the map under `dir` (a bpffs directory) unless this very
+/// program is pinned there already (one `BPF_OBJ_GET` per ADD); a pin of an older
+/// program is replaced. The pins hold them between pods (module doc).
+pub fn hold(dir: &Path, dp: &Datapath) -> Result<()> {
+    let d = dir.join(format!("antispoof-ns{}", Netns::current()?.inode()));
+    let prog_pin = d.join("prog");
+    let want = bpf::prog_id(&dp.prog)?;
+    if bpf::obj_get(&prog_pin).is_ok_and(|p| bpf::prog_id(&p).is_ok_and(|id| id == want)) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&d).map_err(|e| Error::io("create", d.display().to_string(), e))?;
+    // Each pin made beside its final name and renamed over it: a reader sees the old
+    // pin or the new one, and two ADDs pinning at once both succeed.
+    for (fd, name) in [(&dp.map, "map"), (&dp.prog, "prog")] {
+        // (No dots: bpffs refuses them in names.)
+        let tmp = d.join(format!("{name}-tmp{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        bpf::obj_pin(fd, &tmp)?;
+        std::fs::rename(&tmp, d.join(name))
+            .map_err(|e| Error::io("rename the pin", tmp.display().to_string(), e))?;
+    }
+    Ok(())
 }
 
 /// The node's datapath: found through its record, or loaded and recorded.

@@ -23,7 +23,7 @@ pub mod errors;
 pub mod gc;
 pub mod settings;
 pub mod status;
-mod timing;
+pub mod timing;
 
 use podnet_cni_spec::{code, version, CniError, Command, Env, NetConf, Version};
 use podnet_netlink::Netns;
@@ -111,6 +111,7 @@ pub struct Invocation {
 /// GC fork a helper that goes on allocating after the fork.
 pub fn run(get_env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (String, i32) {
     let t = std::time::Instant::now();
+    timing::mark("started");
     let verb = get_env("CNI_COMMAND").unwrap_or_default();
     let mut version_for_errors = version::LATEST.to_string();
     let out = match dispatch(get_env, stdin, &mut version_for_errors) {
@@ -119,6 +120,7 @@ pub fn run(get_env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (String, i
         Err(e) => (e.to_json(&version_for_errors).to_string(), 1),
     };
     report(stdin, &verb, out.1 == 0, t.elapsed());
+    timing::mark("reported to the agent");
     out
 }
 

@@ -81,6 +81,9 @@ pub struct Settings {
     pub policy_programs: Option<PolicyPrograms>,
     /// What anti-spoofing closes of the node's overlay ports.
     pub overlay_guard: antispoof_guard::OverlayGuard,
+    /// A bpffs directory that holds the node's anti-spoofing program between pods
+    /// (`bpfDir`, else the agent's node file).
+    pub pin_dir: Option<PathBuf>,
 }
 
 fn invalid(msg: impl Into<String>, details: impl Into<String>) -> CniError {
@@ -118,6 +121,7 @@ impl Settings {
             runtime_config: conf.runtime_config.clone(),
             policy_programs: node.policy_programs.clone(),
             overlay_guard,
+            pin_dir: pin_dir(raw)?.or(node.bpf_dir),
         })
     }
 
@@ -151,6 +155,7 @@ impl Settings {
             runtime_config: conf.runtime_config.clone(),
             policy_programs: None,
             overlay_guard: Default::default(),
+            pin_dir: None,
         }
     }
 
@@ -173,6 +178,18 @@ impl Settings {
         oif.and_then(|i| link::get_by_index(host, i).ok().flatten())
             .map(|l| l.mtu)
             .unwrap_or(1500)
+    }
+}
+
+/// The config's `bpfDir`: an absolute path (whether it is on a bpffs, pinning says).
+fn pin_dir(raw: &serde_json::Value) -> Result<Option<PathBuf>, CniError> {
+    match raw.get("bpfDir") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(d)) if d.starts_with('/') => Ok(Some(d.into())),
+        Some(v) => Err(invalid(
+            format!("bpfDir {v} is not an absolute path"),
+            "give the directory of a mounted bpffs (e.g. /sys/fs/bpf/podnet), or leave bpfDir out",
+        )),
     }
 }
 

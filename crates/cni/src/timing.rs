@@ -1,19 +1,61 @@
-//! Where an ADD spends its time, step by step (`PODNET_CNI_TIMING=1`).
+//! Where an invocation spends its time, step by step (`PODNET_CNI_TIMING=1`).
+//!
+//! Each mark is one line on stderr: the microseconds since the first mark, the step,
+//! and the step's `CLOCK_MONOTONIC` time in nanoseconds — the clock `podnet bench cni`
+//! reads around the spawn, so it can place the steps between the spawn and the exit
+//! (where ten ADDs at once wait: the program load, the IPAM lock, netlink).
 
-/// Step timings on stderr when `PODNET_CNI_TIMING` is set: where an ADD spends its time.
-pub(crate) struct Timing(Option<std::time::Instant>);
+use std::sync::OnceLock;
+use std::time::Instant;
 
-impl Timing {
-    pub(crate) fn start() -> Timing {
-        Timing(std::env::var_os("PODNET_CNI_TIMING").map(|_| std::time::Instant::now()))
+/// The first mark's time, or `None` when timing is off.
+static START: OnceLock<Option<Instant>> = OnceLock::new();
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The prefix of a timing line, for readers of stderr.
+pub const PREFIX: &str = "podnet-cni timing:";
+
+/// Marks the end of `step` when `PODNET_CNI_TIMING` is set.
+pub fn mark(step: &str) {
+    let start = START.get_or_init(|| std::env::var_os("PODNET_CNI_TIMING").map(|_| Instant::now()));
+    if let Some(t0) = start {
+        eprintln!(
+            "{PREFIX} {:>6} µs  {step}  @{}",
+            t0.elapsed().as_micros(),
+            monotonic_ns()
+        );
     }
+}
 
-    pub(crate) fn mark(&self, step: &str) {
-        if let Some(t0) = self.0 {
-            eprintln!(
-                "podnet-cni timing: {:>6} µs  {step}",
-                t0.elapsed().as_micros()
-            );
-        }
+/// A timing line's step and monotonic time.
+pub fn parse_line(line: &str) -> Option<(&str, u64)> {
+    let rest = line.strip_prefix(PREFIX)?.trim_start();
+    let (_, rest) = rest.split_once(" µs  ")?;
+    let (step, at) = rest.rsplit_once("  @")?;
+    Some((step, at.trim().parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_parse_back() {
+        assert_eq!(
+            parse_line("podnet-cni timing:    123 µs  address assigned  @987654321"),
+            Some(("address assigned", 987654321))
+        );
+        assert_eq!(parse_line("podnet-cni: something else"), None);
+        assert_eq!(parse_line("podnet-cni timing: 12 µs  step  @x"), None);
     }
 }

@@ -35,6 +35,11 @@ pub struct NodeFile {
     /// pod's host veth must carry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_programs: Option<PolicyPrograms>,
+    /// A bpffs directory of podnetd's where podnet-cni pins the node's anti-spoofing
+    /// program and map, so they outlive the node's last pod (published only when the
+    /// directory is on a bpffs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf_dir: Option<PathBuf>,
 }
 
 /// The eBPF policy programs a pod's host veth carries, pinned by podnetd.
@@ -77,6 +82,7 @@ mod tests {
                 from_pod: "/sys/fs/bpf/podnet/from_pod".into(),
                 to_pod: "/sys/fs/bpf/podnet/to_pod".into(),
             }),
+            bpf_dir: Some("/sys/fs/bpf/podnet".into()),
         };
         let v = serde_json::to_value(&f).unwrap();
         for k in [
@@ -86,6 +92,7 @@ mod tests {
             "mtu",
             "bridge",
             "datapath",
+            "bpfDir",
         ] {
             assert!(v.get(k).is_some(), "{k} missing from {v}");
         }

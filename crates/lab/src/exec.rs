@@ -31,6 +31,10 @@ pub struct Outcome {
     pub stdout: String,
     pub stderr: String,
     pub elapsed: Duration,
+    /// `CLOCK_MONOTONIC` just before the spawn and just after the exit, in
+    /// nanoseconds: the frame for the plugin's timing marks.
+    pub spawned_ns: u64,
+    pub exited_ns: u64,
 }
 
 impl Outcome {
@@ -46,6 +50,15 @@ impl Outcome {
 
 /// Runs the plugin, optionally inside `node`'s network namespace.
 pub fn run(call: &Call, node: Option<&Netns>) -> std::io::Result<Outcome> {
+    run_with_env(call, node, &[])
+}
+
+/// [`run`], with more environment variables for the plugin (`PODNET_CNI_TIMING`).
+pub fn run_with_env(
+    call: &Call,
+    node: Option<&Netns>,
+    env: &[(&str, &str)],
+) -> std::io::Result<Outcome> {
     let cni_path = call.cni_path.clone().unwrap_or_else(|| {
         let dir = call.plugin.parent().map(PathBuf::from).unwrap_or_default();
         format!("{}:/usr/lib/cni:/opt/cni/bin", dir.display())
@@ -58,10 +71,12 @@ pub fn run(call: &Call, node: Option<&Netns>) -> std::io::Result<Outcome> {
         .env("CNI_PATH", cni_path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        .envs(env.iter().copied());
     if let Some(ns) = node {
         podnet_netlink::netns::in_netns(&mut cmd, ns.fd(), None, false);
     }
+    let spawned_ns = podnet_cni::timing::monotonic_ns();
     let start = Instant::now();
     let mut child = cmd.spawn()?;
     if let Some(mut i) = child.stdin.take() {
@@ -69,11 +84,14 @@ pub fn run(call: &Call, node: Option<&Netns>) -> std::io::Result<Outcome> {
     }
     let out = child.wait_with_output()?;
     let elapsed = start.elapsed();
+    let exited_ns = podnet_cni::timing::monotonic_ns();
     Ok(Outcome {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         elapsed,
+        spawned_ns,
+        exited_ns,
     })
 }
 

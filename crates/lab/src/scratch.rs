@@ -75,3 +75,37 @@ impl Drop for ScratchDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A bpffs mounted on a directory for a run or a test, unmounted when dropped (with
+/// it go the pins made in it).
+pub struct ScratchBpffs(pub PathBuf);
+
+impl ScratchBpffs {
+    pub fn mount(at: &Path) -> anyhow::Result<ScratchBpffs> {
+        std::fs::create_dir_all(at)?;
+        let c = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())?;
+        let fs = std::ffi::CString::new("bpf")?;
+        // SAFETY: mounting a new bpffs instance on a directory the caller made.
+        if unsafe { libc::mount(fs.as_ptr(), c.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) } != 0 {
+            anyhow::bail!(
+                "cannot mount a bpffs on {} (the kernel needs CONFIG_BPF_SYSCALL): {}",
+                at.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(ScratchBpffs(at.to_path_buf()))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchBpffs {
+    fn drop(&mut self) {
+        if let Ok(c) = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()) {
+            // SAFETY: unmounting the bpffs this guard mounted.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}

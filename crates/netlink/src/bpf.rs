@@ -15,6 +15,7 @@ const BPF_MAP_LOOKUP_ELEM: u32 = 1;
 const BPF_MAP_UPDATE_ELEM: u32 = 2;
 const BPF_MAP_DELETE_ELEM: u32 = 3;
 const BPF_MAP_GET_NEXT_KEY: u32 = 4;
+const BPF_OBJ_PIN: u32 = 6;
 const BPF_OBJ_GET: u32 = 7;
 const BPF_PROG_TEST_RUN: u32 = 10;
 const BPF_PROG_GET_FD_BY_ID: u32 = 13;
@@ -341,6 +342,23 @@ pub fn obj_get(path: &std::path::Path) -> Result<OwnedFd> {
     sys_bpf(BPF_OBJ_GET, &mut a)
         .map(fd_of)
         .map_err(|e| Error::io("open pinned BPF object", path.display().to_string(), e))
+}
+
+/// Pins the program or map `fd` at `path` in a bpffs (`BPF_OBJ_PIN`): the pin holds
+/// the object until it is unlinked.
+pub fn obj_pin(fd: &OwnedFd, path: &std::path::Path) -> Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+        Error::io(
+            "pin BPF object",
+            path.display().to_string(),
+            io::Error::from(io::ErrorKind::InvalidInput),
+        )
+    })?;
+    let mut a = Attr::new();
+    a.u64(0, c.as_ptr() as u64).u32(8, fd.as_raw_fd() as u32);
+    sys_bpf(BPF_OBJ_PIN, &mut a)
+        .map(|_| ())
+        .map_err(|e| Error::io("pin BPF object", path.display().to_string(), e))
 }
 
 /// Runs `prog` once on `packet` (an Ethernet frame); returns the program's verdict.

@@ -17,6 +17,7 @@ pub mod services;
 pub mod source;
 pub mod status;
 
+pub use datapath::ebpf::on_bpffs;
 pub use datapath::{Enforcer, Setup};
 pub use fastpath::FastPath;
 pub use podnet_api::{

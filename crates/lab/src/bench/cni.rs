@@ -8,7 +8,7 @@
 //! both. The figure that matters is the ratio, not the absolute times.
 
 use crate::exec::{self, Call};
-use crate::scratch::{unique, ScratchDir, ScratchNs};
+use crate::scratch::{unique, ScratchBpffs, ScratchDir, ScratchNs};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -64,12 +64,57 @@ pub struct Report {
     pub concurrency: usize,
     pub reference: String,
     pub rows: Vec<Row>,
+    /// Where podnet-cni's invocations spend their time, step by step.
+    pub breakdown: Vec<Step>,
+}
+
+/// One step of podnet-cni's invocations in one phase (from its timing marks; the step
+/// named by a mark is the time since the mark before it).
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    pub mode: String,
+    pub verb: String,
+    pub step: String,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// The step's mean over the slowest 1% of the phase's invocations.
+    pub slowest_1pct_mean_ms: f64,
 }
 
 struct Plugin {
     path: PathBuf,
     config: Vec<u8>,
     ifname: &'static str,
+    env: Vec<(&'static str, &'static str)>,
+}
+
+/// One invocation: spawn to exit, and its steps (podnet-cni's timing marks).
+struct Timed {
+    elapsed: Duration,
+    steps: Vec<(String, Duration)>,
+}
+
+/// The steps of one podnet-cni invocation between its spawn and its exit, from its
+/// timing marks: the span up to each mark is named by the mark; the rest is "exit".
+fn steps_of(o: &exec::Outcome) -> Vec<(String, Duration)> {
+    let mut at = o.spawned_ns;
+    let mut steps = vec![];
+    for (step, t) in o.stderr.lines().filter_map(podnet_cni::timing::parse_line) {
+        let name = if step == "started" {
+            "exec (spawn to main)"
+        } else {
+            step
+        };
+        steps.push((name.to_string(), Duration::from_nanos(t.saturating_sub(at))));
+        at = t;
+    }
+    if !steps.is_empty() {
+        steps.push((
+            "result written, exit".into(),
+            Duration::from_nanos(o.exited_ns.saturating_sub(at)),
+        ));
+    }
+    steps
 }
 
 fn phase(
@@ -78,7 +123,7 @@ fn phase(
     pods: &[ScratchNs],
     workers: usize,
     verb: &str,
-) -> Result<Vec<Duration>> {
+) -> Result<Vec<Timed>> {
     let next = AtomicUsize::new(0);
     let times = Mutex::new(Vec::with_capacity(pods.len()));
     let failure: Mutex<Option<String>> = Mutex::new(None);
@@ -100,8 +145,11 @@ fn phase(
                     cni_path: None,
                     config: &p.config,
                 };
-                match exec::run(&call, Some(&node.ns)) {
-                    Ok(o) if o.ok() => times.lock().unwrap().push(o.elapsed),
+                match exec::run_with_env(&call, Some(&node.ns), &p.env) {
+                    Ok(o) if o.ok() => times.lock().unwrap().push(Timed {
+                        elapsed: o.elapsed,
+                        steps: steps_of(&o),
+                    }),
                     Ok(o) => {
                         *failure.lock().unwrap() = Some(format!(
                             "{} {verb} of pod {i} failed (exit {}): {}{}",
@@ -147,6 +195,10 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> {
         bail!("--pods must be 1..60000 and --concurrency at least 1");
     }
     let dir = ScratchDir::new("podnet-bench")?;
+    // A bpffs of the benchmark's own, as podnetd's node file names one on a node:
+    // podnet-cni pins the anti-spoofing program there, so it outlives a phase's last
+    // pod as it outlives a node's (the load, 40–70 ms, is paid once, in the warm-up).
+    let bpf = ScratchBpffs::mount(&dir.path().join("bpf"))?;
     let node =
         ScratchNs::new(unique("pnb-node")).context("create the benchmark's node namespace")?;
     progress(&format!("creating {} pod namespaces", opts.pods));
@@ -159,8 +211,11 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> {
             "cniVersion": "1.1.0", "name": "bench", "type": "podnet-cni",
             "subnet": "10.250.0.0/16", "mtu": 1500,
             "dataDir": dir.path().join("podnet"),
+            "bpfDir": bpf.path(),
         }))?,
         ifname: "eth0",
+        // Its timing marks: a line on stderr per step, for the breakdown.
+        env: vec![("PODNET_CNI_TIMING", "1")],
     };
     let reference = Plugin {
         path: bridge,
@@ -170,6 +225,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> {
             "ipam": {"type": "host-local", "subnet": "10.251.0.0/16", "dataDir": dir.path().join("ref")},
         }))?,
         ifname: "eth0",
+        env: vec![],
     };
     // Warm-up: page cache, first bridge creation, nftables table.
     let warm = &pods[..pods.len().min(5)];
@@ -178,13 +234,14 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> {
         phase(p, &node, warm, 1, "DEL")?;
     }
     let mut rows = Vec::new();
+    let mut breakdown = Vec::new();
     for (mode, workers) in [("sequential", 1), ("concurrent", opts.concurrency)] {
         let label = if workers == 1 {
             mode.to_string()
         } else {
             format!("{mode} ×{workers}")
         };
-        let mut got: Vec<(Vec<Duration>, Vec<Duration>)> = Vec::new();
+        let mut got: Vec<(Vec<Timed>, Vec<Timed>)> = Vec::new();
         for (name, p) in [("podnet-cni", &podnet), ("reference", &reference)] {
             progress(&format!("{label}: {name} ADD ×{}", pods.len()));
             let add = phase(p, &node, &pods, workers, "ADD")?;
@@ -195,7 +252,9 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> {
         let (ref_add, ref_del) = got.pop().unwrap();
         let (pn_add, pn_del) = got.pop().unwrap();
         for (verb, pn, rf) in [("ADD", pn_add, ref_add), ("DEL", pn_del, ref_del)] {
-            let (pn, rf) = (Stats::of(pn), Stats::of(rf));
+            breakdown.extend(breakdown_of(&label, verb, &pn));
+            let total = |v: Vec<Timed>| v.into_iter().map(|t| t.elapsed).collect();
+            let (pn, rf) = (Stats::of(total(pn)), Stats::of(total(rf)));
             rows.push(Row {
                 mode: label.clone(),
                 verb: verb.into(),
@@ -214,7 +273,51 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> {
             opts.reference_dir.join("bridge").display()
         ),
         rows,
+        breakdown,
     })
+}
+
+/// Each step's p50 and p99 over the phase's invocations, and its mean over the slowest
+/// 1% of them (by spawn-to-exit time): where the tail waits.
+fn breakdown_of(mode: &str, verb: &str, calls: &[Timed]) -> Vec<Step> {
+    let mut order: Vec<String> = vec![];
+    for c in calls {
+        for (name, _) in &c.steps {
+            if !order.contains(name) {
+                order.push(name.clone());
+            }
+        }
+    }
+    let mut totals: Vec<Duration> = calls.iter().map(|c| c.elapsed).collect();
+    totals.sort();
+    let slow_from = totals[(totals.len() * 99 / 100).min(totals.len() - 1)];
+    let slow: Vec<&Timed> = calls.iter().filter(|c| c.elapsed >= slow_from).collect();
+    let of = |c: &Timed, name: &str| {
+        c.steps
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, d)| *d)
+            .sum::<Duration>()
+    };
+    order
+        .iter()
+        .map(|name| {
+            let all = Stats::of(calls.iter().map(|c| of(c, name)).collect());
+            let slow_ms = slow
+                .iter()
+                .map(|c| of(c, name).as_secs_f64() * 1000.0)
+                .sum::<f64>()
+                / slow.len() as f64;
+            Step {
+                mode: mode.to_string(),
+                verb: verb.to_string(),
+                step: name.clone(),
+                p50_ms: all.p50_ms,
+                p99_ms: all.p99_ms,
+                slowest_1pct_mean_ms: slow_ms,
+            }
+        })
+        .collect()
 }
 
 /// The report as a table for people.
@@ -242,6 +345,19 @@ pub fn render(r: &Report) -> String {
         ));
     }
     s.push_str("\n× = reference time / podnet time: how many times faster podnet-cni is.\n");
+    s.push_str(
+        "\nwhere podnet-cni's time goes (each step ends at the mark it is named by; slowest 1% = mean over the slowest 1% of that phase's calls):\n",
+    );
+    s.push_str(&format!(
+        "{:<16} {:<4} {:<30} {:>9} {:>9} {:>12}\n",
+        "mode", "verb", "step", "p50", "p99", "slowest 1%"
+    ));
+    for b in &r.breakdown {
+        s.push_str(&format!(
+            "{:<16} {:<4} {:<30} {:>6.2} ms {:>6.2} ms {:>9.2} ms\n",
+            b.mode, b.verb, b.step, b.p50_ms, b.p99_ms, b.slowest_1pct_mean_ms
+        ));
+    }
     s
 }
 

@@ -323,3 +323,116 @@ fn every_verdict_and_reason() {
     assert_eq!(state.mac, mac);
     assert_eq!(state.ip, ip);
 }
+
+/// The anti-spoofing program on a pod's host veth, by kernel id.
+fn antispoof_prog(node: &Node, host_veth: &str) -> u32 {
+    let mut s = node.sock();
+    let l = podnet_netlink::link::get_by_name(&mut s, host_veth)
+        .unwrap()
+        .expect("the pod's host veth");
+    antispoof::installed_prog(&mut s, l.index)
+        .unwrap()
+        .expect("an anti-spoofing filter")
+}
+
+/// With a bpffs to hold them (`bpfDir`, or podnetd's node file), the anti-spoofing
+/// program and its map outlive the node's last pod, so the next ADD finds them instead
+/// of loading them again (40–70 ms); without one the kernel frees them with the last
+/// pod. A `bpfDir` that is not a bpffs, or not absolute, is refused and leaves nothing.
+#[test]
+fn a_bpffs_holds_the_anti_spoofing_program_between_pods() {
+    let node = Node::new("10.206.0.0/24");
+    let bpffs = podnet_lab::scratch::ScratchBpffs::mount(&node.dir.path().join("bpf")).unwrap();
+    let mut conf = node.conf.clone();
+    conf["bpfDir"] = serde_json::json!(bpffs.path());
+    let add = |conf: &serde_json::Value, cid: &str, pod: &podnet_lab::scratch::ScratchNs| {
+        let o = node.call_with(conf, "ADD", cid, &pod.path().display().to_string(), "eth0");
+        assert!(o.ok(), "ADD {cid}: {}", o.stdout);
+        o.json()["interfaces"][1]["name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let del = |conf: &serde_json::Value, cid: &str, pod: &podnet_lab::scratch::ScratchNs| {
+        let o = node.call_with(conf, "DEL", cid, &pod.path().display().to_string(), "eth0");
+        assert!(o.ok(), "DEL {cid}: {}", o.stdout);
+    };
+
+    // Held: the node's only pod goes; the pins hold its program.
+    let (p1, p2) = (node.pod(), node.pod());
+    let first = antispoof_prog(&node, &add(&conf, "held1", &p1));
+    del(&conf, "held1", &p1);
+    assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
+    let pinned: Vec<u32> = std::fs::read_dir(bpffs.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("antispoof-ns"))
+        .filter_map(|e| bpf::obj_get(&e.path().join("prog")).ok())
+        .map(|p| bpf::prog_id(&p).unwrap())
+        .collect();
+    assert_eq!(
+        pinned,
+        vec![first],
+        "the pins in {}",
+        bpffs.path().display()
+    );
+
+    // Not held (a node without a bpffs): freed with the last pod. Once the kernel has
+    // freed that one, it would have freed the first too, had the pins not held it.
+    let other = Node::new("10.207.0.0/24");
+    let p3 = other.pod();
+    let netns3 = p3.path().display().to_string();
+    let o = other.call_with(&other.conf, "ADD", "free1", &netns3, "eth0");
+    assert!(o.ok(), "{}", o.stdout);
+    let freed = antispoof_prog(&other, o.json()["interfaces"][1]["name"].as_str().unwrap());
+    assert_ne!(freed, first);
+    let o = other.call_with(&other.conf, "DEL", "free1", &netns3, "eth0");
+    assert!(o.ok(), "{}", o.stdout);
+    wait_until(
+        "the unheld program is freed with its last pod",
+        std::time::Duration::from_secs(10),
+        || bpf::prog_by_id(freed).is_err(),
+    );
+    assert!(
+        bpf::prog_by_id(first).is_ok(),
+        "the pinned program was freed"
+    );
+    let second = antispoof_prog(&node, &add(&conf, "held2", &p2));
+    assert_eq!(second, first, "the next pod's ADD loaded the program again");
+    del(&conf, "held2", &p2);
+
+    // Refused: a directory that is no bpffs, and a relative path.
+    let p4 = node.pod();
+    let mut bad = node.conf.clone();
+    bad["bpfDir"] = serde_json::json!(node.dir.path());
+    let o = node.call_with(
+        &bad,
+        "ADD",
+        "bad1",
+        &p4.path().display().to_string(),
+        "eth0",
+    );
+    assert!(!o.ok(), "pinned on a plain directory: {}", o.stdout);
+    assert!(
+        o.json()["details"]
+            .as_str()
+            .unwrap()
+            .contains("mounted bpffs"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        node.host_veths().is_empty(),
+        "a refused ADD left {:?}",
+        node.host_veths()
+    );
+    bad["bpfDir"] = serde_json::json!("sys/fs/bpf");
+    let o = node.call_with(
+        &bad,
+        "ADD",
+        "bad2",
+        &p4.path().display().to_string(),
+        "eth0",
+    );
+    assert_eq!(o.json()["code"], 7, "{}", o.stdout);
+}

@@ -153,7 +153,7 @@ pub(super) const FILTERS: [(&str, &str, bool); 6] = [
 ];
 
 /// Whether `dir` is on a bpffs.
-pub(super) fn on_bpffs(dir: &Path) -> bool {
+pub fn on_bpffs(dir: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
         return false;
     };

@@ -11,6 +11,7 @@ pub mod maps;
 pub mod pinned;
 pub mod tables;
 
+pub use generations::on_bpffs;
 pub use maps::*;
 pub use pinned::{budget_stats, counters, holds, set_event_config};
 pub use tables::{desired, port_prefixes, Desired};
