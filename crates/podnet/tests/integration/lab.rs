@@ -568,3 +568,48 @@ fn the_fast_path_is_the_default_and_impossible_combinations_are_refused() {
         "a refused lab left its directory"
     );
 }
+
+/// `bench cni` breaks podnet-cni's invocations down step by step (from the plugin's
+/// timing marks) and leaves no bpffs mounted.
+#[test]
+fn cni_benchmark_breaks_every_add_down() {
+    require_root();
+    let o = podnet()
+        .args([
+            "bench",
+            "cni",
+            "--pods",
+            "12",
+            "--concurrency",
+            "3",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["rows"].as_array().unwrap().len(), 4, "{r}");
+    for mode in ["sequential", "concurrent ×3"] {
+        let steps: Vec<&str> = r["breakdown"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["mode"] == mode && b["verb"] == "ADD")
+            .map(|b| b["step"].as_str().unwrap())
+            .collect();
+        for want in [
+            "exec (spawn to main)",
+            "anti-spoofing program ready",
+            "address assigned",
+            "veth pair created",
+            "anti-spoofing installed",
+            "pod side configured",
+            "result written, exit",
+        ] {
+            assert!(steps.contains(&want), "{mode}: no {want:?} in {steps:?}");
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains("podnet-bench"), "a bpffs stayed mounted");
+}
