@@ -54,7 +54,7 @@ pub const FAULTS: &[(&str, &str)] = &[
     ("vxlan-down", "a node's VXLAN device goes down (--node)"),
 ];
 
-fn run_cmd(argv: &[String], stdin: Option<&str>) -> Result<String> {
+pub(crate) fn run_cmd(argv: &[String], stdin: Option<&str>) -> Result<String> {
     let mut c = Command::new(&argv[0]);
     c.args(&argv[1..])
         .stdout(Stdio::piped())

@@ -327,16 +327,21 @@ pub fn map_by_id(id: u32) -> Result<OwnedFd> {
         .map_err(|e| Error::io("open BPF map", format!("id {id}"), e))
 }
 
-/// Opens a program or map pinned at `path` in a bpffs (`BPF_OBJ_GET`): how podnet-cni
-/// finds the policy programs podnetd pinned, without a loader of its own.
-pub fn obj_get(path: &std::path::Path) -> Result<OwnedFd> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+/// `path` as the C string a bpffs call takes (a NUL inside is refused, for `op`).
+fn c_path(op: &'static str, path: &std::path::Path) -> Result<std::ffi::CString> {
+    std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
         Error::io(
-            "open pinned BPF object",
+            op,
             path.display().to_string(),
             io::Error::from(io::ErrorKind::InvalidInput),
         )
-    })?;
+    })
+}
+
+/// Opens a program or map pinned at `path` in a bpffs (`BPF_OBJ_GET`): how podnet-cni
+/// finds the policy programs podnetd pinned, without a loader of its own.
+pub fn obj_get(path: &std::path::Path) -> Result<OwnedFd> {
+    let c = c_path("open pinned BPF object", path)?;
     let mut a = Attr::new();
     a.u64(0, c.as_ptr() as u64);
     sys_bpf(BPF_OBJ_GET, &mut a)
@@ -347,13 +352,7 @@ pub fn obj_get(path: &std::path::Path) -> Result<OwnedFd> {
 /// Pins the program or map `fd` at `path` in a bpffs (`BPF_OBJ_PIN`): the pin holds
 /// the object until it is unlinked.
 pub fn obj_pin(fd: &OwnedFd, path: &std::path::Path) -> Result<()> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
-        Error::io(
-            "pin BPF object",
-            path.display().to_string(),
-            io::Error::from(io::ErrorKind::InvalidInput),
-        )
-    })?;
+    let c = c_path("pin BPF object", path)?;
     let mut a = Attr::new();
     a.u64(0, c.as_ptr() as u64).u32(8, fd.as_raw_fd() as u32);
     sys_bpf(BPF_OBJ_PIN, &mut a)

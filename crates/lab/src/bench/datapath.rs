@@ -3,8 +3,14 @@
 //! Paths, each measured the same way (a single iperf3 TCP stream for throughput, and
 //! one-byte TCP round trips over one connection for latency):
 //! - `veth`: two namespaces joined by a plain veth pair — the ceiling;
-//! - `podnet same-node` and `podnet cross-node vxlan`: a 2-node lab;
-//! - `podnet cross-node host-gw`: a 2-node lab with the host-gw backend;
+//! - podnet's default, same node and cross node (VXLAN): a 2-node lab with no datapath
+//!   flags, i.e. the eBPF fast path with the eBPF policy datapath;
+//! - the compatible choice, bridge + nftables, same node and cross node, and same node
+//!   again in a lab where one NetworkPolicy selects both pods and admits them (what a
+//!   policy costs a packet that passes);
+//! - `podnet same-node, bridge + eBPF policy`: with drop events only, and with
+//!   allowed-flow events asked for;
+//! - `podnet cross-node host-gw`: a 2-node lab with the host-gw backend (bridge);
 //! - `podnet cross-node wireguard`: a 2-node lab with the WireGuard backend (userspace
 //!   WireGuard over TUN on this kernel, so encryption and two user-kernel crossings per
 //!   packet per node);
@@ -57,10 +63,20 @@ pub struct Report {
     pub round_trips: u32,
     pub rounds: u32,
     pub paths: Vec<Path>,
-    /// podnet throughput / peer throughput, same node and cross node (VXLAN).
+    /// podnet's default (the eBPF fast path) throughput / peer throughput, same node
+    /// and cross node (VXLAN).
     pub podnet_vs_peer_same_node: f64,
     pub podnet_vs_peer_cross_node: f64,
-    /// WireGuard throughput / VXLAN throughput, both podnet cross-node.
+    /// The same for the bridge with nftables (no policy).
+    pub bridge_vs_peer_same_node: f64,
+    pub bridge_vs_peer_cross_node: f64,
+    /// Bridge + nftables same node: with a policy selecting both pods / without.
+    pub bridge_policy_vs_bridge_same_node: f64,
+    /// Bridge + nftables against the peer with conntrack on, as on a node running
+    /// kube-proxy: same node, cross node.
+    pub bridge_vs_conntrack_peer_same_node: f64,
+    pub bridge_vs_conntrack_peer_cross_node: f64,
+    /// WireGuard throughput / VXLAN throughput, both podnet cross-node on the bridge.
     pub wireguard_vs_vxlan: f64,
     /// Same-node throughput on the eBPF policy datapath with allowed-flow events asked
     /// for, against drop events only (the default).
@@ -250,7 +266,15 @@ fn peer_underlay(i: usize) -> String {
 /// The MACs of the peer's nodes' flannel.1 devices.
 const PEER_MACS: [&str; 2] = ["0a:59:00:00:00:0a", "0a:59:00:00:00:0b"];
 
-fn build_peer() -> Result<Peer> {
+/// What kube-proxy brings to every node, for the peer measured "as on a Kubernetes
+/// node": connection tracking of forwarded (and, through br_netfilter, bridged)
+/// traffic — one table whose rule reads the conntrack state, as kube-proxy's do.
+const KUBE_PROXY_LIKE: &str = "table ip bench_conntrack {
+  chain forward { type filter hook forward priority filter; policy accept; ct state invalid drop; }
+}
+";
+
+fn build_peer(conntrack: bool) -> Result<Peer> {
     let dir = ScratchDir::new("podnet-peer")?;
     let fabric = ScratchNs::new(unique("pnbp-fab"))?;
     ns_ip(&fabric.name, &["link", "add", "fabric0", "type", "bridge"])?;
@@ -265,6 +289,18 @@ fn build_peer() -> Result<Peer> {
         let node = ScratchNs::new(unique("pnbp-node"))?;
         cable_peer_node(&fabric, &node, i, mac)?;
         add_peer_pods(&node, i, &bridge, &dir, &mut pods)?;
+        if conntrack {
+            let argv: Vec<String> = ["ip", "netns", "exec", &node.name, "nft", "-f", "-"]
+                .map(String::from)
+                .into();
+            crate::faults::run_cmd(&argv, Some(KUBE_PROXY_LIKE))
+                .context("the peer's conntrack table")?;
+            let p = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+            node.ns
+                .run(|| std::fs::write(p, "1"))
+                .map_err(anyhow::Error::msg)?
+                .with_context(|| format!("turn on {p} in the peer's node"))?;
+        }
         nodes.push(node);
     }
     wire_flannel_peers(&nodes)?;
@@ -456,23 +492,28 @@ impl Drop for LabGuard {
     }
 }
 
-/// A 2-node VXLAN lab on the eBPF policy datapath with pod packets on `datapath`.
-fn lab_pods_datapath(
-    name: &str,
-    datapath: &str,
-    bins: &Binaries,
-) -> Result<(LabGuard, Vec<(Netns, Ipv4Addr)>)> {
-    lab_pods_with(name, "vxlan", Some("ebpf"), Some(datapath), bins)
-}
-
+/// A 2-node lab: `backend`, and the datapaths given (`None`: podnet's default).
 fn lab_pods(
     name: &str,
     backend: &str,
+    datapath: Option<&str>,
     policy_datapath: Option<&str>,
     bins: &Binaries,
 ) -> Result<(LabGuard, Vec<(Netns, Ipv4Addr)>)> {
-    lab_pods_with(name, backend, policy_datapath, None, bins)
+    lab_pods_with(name, backend, policy_datapath, datapath, bins)
 }
+
+/// A NetworkPolicy that selects every pod of the namespace and admits every pod: each
+/// packet meets the policy's sets, and everything still passes.
+const SELECT_ALL_ADMIT_ALL: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bench-select-all, namespace: default}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+  ingress: [{from: [{podSelector: {}}]}]
+  egress: [{to: [{podSelector: {}}]}]
+";
 
 fn lab_pods_with(
     name: &str,
@@ -527,6 +568,17 @@ fn veth_pair() -> Result<(ScratchNs, ScratchNs)> {
     Ok((a, b))
 }
 
+const DEFAULT_SAME: &str = "podnet same-node, default (eBPF fast path)";
+const DEFAULT_CROSS: &str = "podnet cross-node vxlan, default (eBPF fast path)";
+const PEER_SAME: &str = "peer same-node (bridge plugin)";
+const PEER_CROSS: &str = "peer cross-node vxlan (Flannel-style)";
+const PEER_CT_SAME: &str = "peer same-node, with conntrack (as kube-proxy)";
+const PEER_CT_CROSS: &str = "peer cross-node vxlan, with conntrack (as kube-proxy)";
+const BRIDGE_SAME: &str = "podnet same-node, bridge + nftables";
+const BRIDGE_POLICY_SAME: &str = "podnet same-node, bridge + nftables, policy selects both";
+const BRIDGE_CROSS: &str = "podnet cross-node vxlan, bridge + nftables";
+const WIREGUARD: &str = "podnet cross-node wireguard (userspace)";
+
 /// One path to measure: its name, the source and destination namespaces and the
 /// destination's address.
 type MeasuredPath<'a> = (&'a str, &'a Netns, &'a Netns, Ipv4Addr);
@@ -538,68 +590,63 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
     // Build every path first, then measure them round-robin, `rounds` times (every
     // other round in reverse order), and keep each path's median: drift on a noisy
     // machine then hits every path alike.
-    say("building: veth pair, podnet labs (vxlan, host-gw, wireguard), the peer");
+    say("building: veth pair, podnet labs (default, bridge + nftables with and without a policy, host-gw, wireguard, eBPF policy), the peer");
     let (a, b) = veth_pair()?;
     let tag = format!("pnb{}", std::process::id() % 100000);
-    let (_gv, vx) = lab_pods(&format!("{tag}v"), "vxlan", None, bins)?;
-    let (_gh, hg) = lab_pods(&format!("{tag}h"), "host-gw", None, bins)?;
-    let (_gw, wg) = lab_pods(&format!("{tag}w"), "wireguard", None, bins)?;
-    // The eBPF policy datapath, measured with only drop events (always on; passing
-    // packets never make one) and with allowed-flow events asked for.
+    // podnet's default: the eBPF fast path with the eBPF policy datapath.
+    let (_gf, fp) = lab_pods(&format!("{tag}f"), "vxlan", None, None, bins)?;
+    // The compatible choice: the bridge with nftables.
+    let br = (Some("bridge"), Some("nftables"));
+    let (_gv, vx) = lab_pods(&format!("{tag}v"), "vxlan", br.0, br.1, bins)?;
+    // The same, with a policy that selects both pods and admits them.
+    let pol_name = format!("{tag}p");
+    let (_gp, pol) = lab_pods(&pol_name, "vxlan", br.0, br.1, bins)?;
+    {
+        let l = Lab::open(&pol_name)?;
+        let objs = crate::apply::parse_manifests(SELECT_ALL_ADMIT_ALL)?;
+        l.apply(&objs, true, bins, &mut |_| {})?;
+    }
+    let (_gh, hg) = lab_pods(&format!("{tag}h"), "host-gw", br.0, br.1, bins)?;
+    let (_gw, wg) = lab_pods(&format!("{tag}w"), "wireguard", None, None, bins)?;
+    // The eBPF policy datapath on the bridge, measured with only drop events (always
+    // on; passing packets never make one) and with allowed-flow events asked for.
     let eb_name = format!("{tag}e");
-    let (_ge, eb) = lab_pods(&eb_name, "vxlan", Some("ebpf"), bins)?;
-    // The eBPF fast path (`--datapath ebpf`): same lab shape, policy on eBPF.
-    let (_gf, fp) = lab_pods_datapath(&format!("{tag}f"), "ebpf", bins)?;
+    let (_ge, eb) = lab_pods(&eb_name, "vxlan", Some("bridge"), Some("ebpf"), bins)?;
     let eb_agents: Vec<podnet_api::Client> = {
         let l = Lab::open(&eb_name)?;
         let st = l.load()?.context("the eBPF lab's state")?;
         st.nodes.iter().map(|n| l.agent(&n.name)).collect()
     };
-    let peer = build_peer()?;
+    let peer = build_peer(false)?;
     let p = &peer.pods;
+    let peer_ct = build_peer(true)?;
+    let pc = &peer_ct.pods;
     let paths: Vec<MeasuredPath> = vec![
         ("veth (ceiling)", &a.ns, &b.ns, Ipv4Addr::new(10, 98, 0, 2)),
-        ("podnet same-node", &vx[0].0, &vx[1].0, vx[1].1),
+        (DEFAULT_SAME, &fp[0].0, &fp[1].0, fp[1].1),
+        (PEER_SAME, &p[0].0.ns, &p[1].0.ns, p[1].1),
+        (DEFAULT_CROSS, &fp[0].0, &fp[2].0, fp[2].1),
+        (PEER_CROSS, &p[0].0.ns, &p[2].0.ns, p[2].1),
+        (PEER_CT_SAME, &pc[0].0.ns, &pc[1].0.ns, pc[1].1),
+        (PEER_CT_CROSS, &pc[0].0.ns, &pc[2].0.ns, pc[2].1),
+        (BRIDGE_SAME, &vx[0].0, &vx[1].0, vx[1].1),
+        (BRIDGE_POLICY_SAME, &pol[0].0, &pol[1].0, pol[1].1),
+        (BRIDGE_CROSS, &vx[0].0, &vx[2].0, vx[2].1),
         (
-            "peer same-node (bridge plugin)",
-            &p[0].0.ns,
-            &p[1].0.ns,
-            p[1].1,
+            "podnet cross-node host-gw, bridge + nftables",
+            &hg[0].0,
+            &hg[2].0,
+            hg[2].1,
         ),
-        ("podnet cross-node vxlan", &vx[0].0, &vx[2].0, vx[2].1),
+        (WIREGUARD, &wg[0].0, &wg[2].0, wg[2].1),
         (
-            "peer cross-node vxlan (Flannel-style)",
-            &p[0].0.ns,
-            &p[2].0.ns,
-            p[2].1,
-        ),
-        ("podnet cross-node host-gw", &hg[0].0, &hg[2].0, hg[2].1),
-        (
-            "podnet cross-node wireguard (userspace)",
-            &wg[0].0,
-            &wg[2].0,
-            wg[2].1,
-        ),
-        (
-            "podnet same-node, eBPF fast path",
-            &fp[0].0,
-            &fp[1].0,
-            fp[1].1,
-        ),
-        (
-            "podnet cross-node vxlan, eBPF fast path",
-            &fp[0].0,
-            &fp[2].0,
-            fp[2].1,
-        ),
-        (
-            "podnet same-node, eBPF policy, drop events",
+            "podnet same-node, bridge + eBPF policy, drop events",
             &eb[0].0,
             &eb[1].0,
             eb[1].1,
         ),
         (
-            "podnet same-node, eBPF policy, drop+allowed events",
+            "podnet same-node, bridge + eBPF policy, drop+allowed events",
             &eb[0].0,
             &eb[1].0,
             eb[1].1,
@@ -702,14 +749,18 @@ fn report(paths: &[MeasuredPath], samples: &mut Samples, opts: &Options) -> Repo
         seconds: opts.seconds,
         round_trips: opts.round_trips,
         rounds: opts.rounds,
-        podnet_vs_peer_same_node: by("podnet same-node") / by("peer same-node"),
-        podnet_vs_peer_cross_node: by("podnet cross-node vxlan") / by("peer cross-node vxlan"),
-        wireguard_vs_vxlan: by("podnet cross-node wireguard") / by("podnet cross-node vxlan"),
+        podnet_vs_peer_same_node: by(DEFAULT_SAME) / by(PEER_SAME),
+        podnet_vs_peer_cross_node: by(DEFAULT_CROSS) / by(PEER_CROSS),
+        bridge_vs_peer_same_node: by(BRIDGE_SAME) / by(PEER_SAME),
+        bridge_vs_peer_cross_node: by(BRIDGE_CROSS) / by(PEER_CROSS),
+        bridge_policy_vs_bridge_same_node: by(BRIDGE_POLICY_SAME) / by(BRIDGE_SAME),
+        bridge_vs_conntrack_peer_same_node: by(BRIDGE_SAME) / by(PEER_CT_SAME),
+        bridge_vs_conntrack_peer_cross_node: by(BRIDGE_CROSS) / by(PEER_CT_CROSS),
+        wireguard_vs_vxlan: by(WIREGUARD) / by(BRIDGE_CROSS),
         allowed_events_vs_drop_events: events_cost,
-        fast_same_node_vs_veth: by("podnet same-node, eBPF fast path") / by("veth"),
-        fast_same_node_rtt_vs_veth: rtt("podnet same-node, eBPF fast path") / rtt("veth"),
-        fast_cross_node_vs_peer: by("podnet cross-node vxlan, eBPF fast path")
-            / by("peer cross-node vxlan"),
+        fast_same_node_vs_veth: by(DEFAULT_SAME) / by("veth"),
+        fast_same_node_rtt_vs_veth: rtt(DEFAULT_SAME) / rtt("veth"),
+        fast_cross_node_vs_peer: by(DEFAULT_CROSS) / by(PEER_CROSS),
         paths,
     }
 }
@@ -720,12 +771,12 @@ pub fn render(r: &Report) -> String {
         r.seconds, r.round_trips, r.rounds
     );
     s.push_str(&format!(
-        "{:<52} {:>10} {:>10} {:>10} {:>10} {:>14}\n",
+        "{:<60} {:>10} {:>10} {:>10} {:>10} {:>14}\n",
         "path", "Gbit/s", "vs veth", "RTT µs", "vs veth", "CPU per Gbit/s"
     ));
     for p in &r.paths {
         s.push_str(&format!(
-            "{:<52} {:>10.2} {:>9.0}% {:>10.1} {:>9.2}× {:>9.2} cores\n",
+            "{:<60} {:>10.2} {:>9.0}% {:>10.1} {:>9.2}× {:>9.2} cores\n",
             p.name,
             p.gbit_per_s,
             p.throughput_vs_ceiling * 100.0,
@@ -735,9 +786,17 @@ pub fn render(r: &Report) -> String {
         ));
     }
     s.push_str(&format!(
-        "\npodnet / peer throughput: same node {:.0}%, cross node (VXLAN) {:.0}%\n",
+        "\npodnet default (eBPF fast path) / peer throughput: same node {:.0}%, cross node (VXLAN) {:.0}%\n",
         r.podnet_vs_peer_same_node * 100.0,
         r.podnet_vs_peer_cross_node * 100.0
+    ));
+    s.push_str(&format!(
+        "podnet bridge + nftables / peer throughput: same node {:.0}%, cross node (VXLAN) {:.0}%; / the peer with conntrack (as kube-proxy): {:.0}%, {:.0}%; a policy selecting both pods: {:.0}% of without\n",
+        r.bridge_vs_peer_same_node * 100.0,
+        r.bridge_vs_peer_cross_node * 100.0,
+        r.bridge_vs_conntrack_peer_same_node * 100.0,
+        r.bridge_vs_conntrack_peer_cross_node * 100.0,
+        r.bridge_policy_vs_bridge_same_node * 100.0
     ));
     s.push_str(&format!(
         "podnet cross node, WireGuard / VXLAN throughput: {:.0}% (encrypted, userspace WireGuard)\n",

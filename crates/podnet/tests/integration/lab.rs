@@ -339,30 +339,36 @@ fn no_repair_leaves_hand_made_breakage_alone() {
     );
 }
 
-#[test]
-fn datapath_benchmark_measures_every_path() {
-    require_root();
+/// `podnet bench ARGS --output json`, which must succeed: its report.
+fn bench_json(args: &[&str]) -> Value {
     let o = podnet()
-        .args([
-            "bench",
-            "datapath",
-            "--seconds",
-            "1",
-            "--round-trips",
-            "200",
-            "--rounds",
-            "1",
-            "--output",
-            "json",
-        ])
+        .arg("bench")
+        .args(args)
+        .args(["--output", "json"])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn datapath_benchmark_measures_every_path() {
+    require_root();
+    let r = bench_json(&[
+        "datapath",
+        "--seconds",
+        "1",
+        "--round-trips",
+        "200",
+        "--rounds",
+        "1",
+    ]);
     let paths = r["paths"].as_array().unwrap();
     let names: Vec<&str> = paths.iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names.len(), 11, "{names:?}");
+    assert_eq!(names.len(), 14, "{names:?}");
     assert!(r["fast_same_node_vs_veth"].as_f64().unwrap() > 0.0);
+    assert!(r["bridge_policy_vs_bridge_same_node"].as_f64().unwrap() > 0.0);
+    assert!(r["bridge_vs_peer_cross_node"].as_f64().unwrap() > 0.0);
     assert!(r["allowed_events_vs_drop_events"].as_f64().unwrap() > 0.0);
     assert!(names.iter().any(|n| n.contains("wireguard")), "{names:?}");
     for p in paths {
@@ -574,21 +580,7 @@ fn the_fast_path_is_the_default_and_impossible_combinations_are_refused() {
 #[test]
 fn cni_benchmark_breaks_every_add_down() {
     require_root();
-    let o = podnet()
-        .args([
-            "bench",
-            "cni",
-            "--pods",
-            "12",
-            "--concurrency",
-            "3",
-            "--output",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let r = bench_json(&["cni", "--pods", "12", "--concurrency", "3"]);
     assert_eq!(r["rows"].as_array().unwrap().len(), 4, "{r}");
     for mode in ["sequential", "concurrent ×3"] {
         let steps: Vec<&str> = r["breakdown"]
