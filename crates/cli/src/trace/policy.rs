@@ -19,8 +19,8 @@ pub(super) fn policy_hop(
     names: (&str, &str),
 ) {
     let d = dir.as_str();
-    let cmd = format!(
-        "nft list table inet podnet   (on {node}); podnet policy explain {} {}{}",
+    let explain = format!(
+        "podnet policy explain {} {}{}",
         names.0,
         names.1,
         flow.port
@@ -42,12 +42,13 @@ pub(super) fn policy_hop(
                 "warn",
                 format!("cannot ask {node}'s agent for its {d} verdict: {e:#}"),
                 "(unknown)".into(),
-                cmd,
+                explain,
                 "",
             );
             return;
         }
     };
+    let cmd = format!("{}; {explain}", look_at(v.datapath, dir, node));
     let end = PolicyEnd {
         node,
         ip,
@@ -58,6 +59,26 @@ pub(super) fn policy_hop(
     };
     let j = judge(&v, &end);
     b.add(where_, "policy", j.status, j.detail, j.kernel, cmd, j.fix);
+}
+
+/// Where an operator sees what `node`'s policy datapath holds for one direction.
+fn look_at(
+    dp: podnet_conventions::PolicyDatapath,
+    dir: podnet_policy::Direction,
+    node: &str,
+) -> String {
+    use podnet_conventions::PolicyDatapath as P;
+    match dp {
+        P::Nftables => format!("nft list table inet podnet   (on {node})"),
+        P::Ebpf => {
+            let prog = match dir {
+                podnet_policy::Direction::Ingress => "to_pod_policy",
+                podnet_policy::Direction::Egress => "from_pod_policy",
+            };
+            format!("bpftool prog show name {prog}; bpftool map show   (on {node}: the eBPF policy's programs and maps, pinned in podnetd's --bpf-dir)")
+        }
+        P::None => format!("podnetd runs --policy-datapath none on {node}: nothing is enforced"),
+    }
 }
 
 /// One end of a flow as its policy hop judges it.
@@ -295,6 +316,19 @@ mod tests {
         proto: podnet_policy::Proto::Tcp,
         port: Some(80),
     };
+
+    /// The command to look with names the datapath the node runs, not another one.
+    #[test]
+    fn the_look_command_follows_the_nodes_policy_datapath() {
+        use podnet_conventions::PolicyDatapath as P;
+        let ing = podnet_policy::Direction::Ingress;
+        assert!(look_at(P::Nftables, ing, "node1").starts_with("nft list table inet podnet"));
+        let e = look_at(P::Ebpf, ing, "node1");
+        assert!(e.contains("to_pod_policy") && !e.contains("nft"), "{e}");
+        let e = look_at(P::Ebpf, podnet_policy::Direction::Egress, "node1");
+        assert!(e.contains("from_pod_policy"), "{e}");
+        assert!(look_at(P::None, ing, "node1").contains("none"));
+    }
 
     #[test]
     fn an_admitted_flow_names_its_entry_and_a_denied_one_the_isolating_policy() {
