@@ -359,6 +359,17 @@ pub fn parse_iptables(text: &str) -> Vec<ServicePort> {
 mod tests {
     use super::*;
 
+    /// The one port of kube-dns's UDP 53 at 10.96.0.10 among `ports`.
+    fn the_dns_port(ports: &[ServicePort]) -> &ServicePort {
+        let dns: Vec<&ServicePort> = ports
+            .iter()
+            .filter(|p| matches(p, "10.96.0.10", 53, "udp"))
+            .collect();
+        assert_eq!(dns.len(), 1, "{ports:?}");
+        assert_eq!(dns[0].service, "kube-system/kube-dns/udp/dns");
+        dns[0]
+    }
+
     /// `nft list table ip kube-proxy` as recorded on a real-node lab (kube-proxy
     /// v1.37.2, nftables mode) while the upstream Netpol suite ran.
     const NFT: &str = include_str!("../tests/data/kube-proxy-nft.txt");
@@ -366,14 +377,9 @@ mod tests {
     #[test]
     fn reads_kube_proxy_nftables_rules() {
         let ports = parse_nft(NFT);
-        let dns: Vec<&ServicePort> = ports
-            .iter()
-            .filter(|p| matches(p, "10.96.0.10", 53, "udp"))
-            .collect();
-        assert_eq!(dns.len(), 1, "{ports:?}");
-        assert_eq!(dns[0].service, "kube-system/kube-dns/udp/dns");
+        let dns = the_dns_port(&ports);
         assert_eq!(
-            dns[0].backends,
+            dns.backends,
             [
                 ServiceBackend {
                     ip: "10.244.0.2".parse().unwrap(),
@@ -386,7 +392,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            dns[0].rule,
+            dns.rule,
             "chain service-FY5PMXPG-kube-system/kube-dns/udp/dns"
         );
         // By name, every port; a single endpoint.
@@ -427,13 +433,7 @@ mod tests {
     #[test]
     fn reads_kube_proxy_iptables_rules() {
         let ports = parse_iptables(IPT);
-        let dns: Vec<&ServicePort> = ports
-            .iter()
-            .filter(|p| matches(p, "10.96.0.10", 53, "udp"))
-            .collect();
-        assert_eq!(dns.len(), 1, "{ports:?}");
-        assert_eq!(dns[0].service, "kube-system/kube-dns/udp/dns");
-        let ips: Vec<String> = dns[0]
+        let ips: Vec<String> = the_dns_port(&ports)
             .backends
             .iter()
             .map(|b| format!("{}:{}", b.ip, b.port))

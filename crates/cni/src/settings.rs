@@ -121,7 +121,7 @@ impl Settings {
             runtime_config: conf.runtime_config.clone(),
             policy_programs: node.policy_programs.clone(),
             overlay_guard,
-            pin_dir: pin_dir(raw)?.or(node.bpf_dir),
+            pin_dir: pin_dir(raw.get("bpfDir"), node.bpf_dir)?,
         })
     }
 
@@ -181,15 +181,26 @@ impl Settings {
     }
 }
 
-/// The config's `bpfDir`: an absolute path (whether it is on a bpffs, pinning says).
-fn pin_dir(raw: &serde_json::Value) -> Result<Option<PathBuf>, CniError> {
-    match raw.get("bpfDir") {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(d)) if d.starts_with('/') => Ok(Some(d.into())),
-        Some(v) => Err(invalid(
+/// Where to pin the anti-spoofing program: the config's `bpfDir`, else the node file's;
+/// either must be an absolute path (whether it is on a bpffs, pinning says).
+fn pin_dir(
+    conf: Option<&serde_json::Value>,
+    node: Option<PathBuf>,
+) -> Result<Option<PathBuf>, CniError> {
+    let d = match conf {
+        None | Some(serde_json::Value::Null) => node,
+        Some(serde_json::Value::String(d)) if d.starts_with('/') => return Ok(Some(d.into())),
+        Some(v) => return Err(invalid(
             format!("bpfDir {v} is not an absolute path"),
             "give the directory of a mounted bpffs (e.g. /sys/fs/bpf/podnet), or leave bpfDir out",
         )),
+    };
+    match d {
+        Some(p) if !p.is_absolute() => Err(invalid(
+            format!("the node file's bpfDir {} is not an absolute path", p.display()),
+            "podnetd writes its --bpf-dir there: restart podnetd on this node with an absolute --bpf-dir",
+        )),
+        d => Ok(d),
     }
 }
 
@@ -602,6 +613,28 @@ mod tests {
             let e = Settings::resolve(&c, &v).unwrap_err();
             assert_eq!(e.code, 5, "{}: {e}", path.display());
         }
+    }
+
+    /// `bpfDir` from the config wins over the node file's; neither may be relative.
+    #[test]
+    fn the_pin_directory_is_absolute_from_either_source() {
+        let node = Some(PathBuf::from("/sys/fs/bpf/podnet"));
+        let conf = serde_json::json!("/run/podnet/bpf");
+        assert_eq!(
+            pin_dir(Some(&conf), node.clone()).unwrap(),
+            Some("/run/podnet/bpf".into())
+        );
+        assert_eq!(pin_dir(None, node.clone()).unwrap(), node);
+        assert_eq!(pin_dir(Some(&serde_json::Value::Null), None).unwrap(), None);
+        for bad in [serde_json::json!("sys/fs/bpf"), serde_json::json!(7)] {
+            assert_eq!(
+                pin_dir(Some(&bad), node.clone()).unwrap_err().code,
+                7,
+                "{bad}"
+            );
+        }
+        let e = pin_dir(None, Some("bpf".into())).unwrap_err();
+        assert!(e.to_string().contains("node file"), "{e}");
     }
 
     #[test]
