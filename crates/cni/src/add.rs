@@ -3,13 +3,23 @@
 //! Order matters and is the point of this module:
 //! 1. address (built-in IPAM or the delegated plugin);
 //! 2. the node bridge, with the gateway address (created if missing);
-//! 3. the veth pair, both ends down, the pod end created directly inside the pod's
-//!    namespace as `CNI_IFNAME` with its final MAC and MTU;
-//! 4. the anti-spoofing filters on the host end (one pipelined netlink write);
-//! 5. only then the host end joins the bridge and comes up;
-//! 6. inside the pod: link up, address, routes (one pipelined netlink write).
+//! 3. the veth pair in one request, both ends down, the pod end created directly inside
+//!    the pod's namespace as `CNI_IFNAME` with its final MAC and MTU, the host end as a
+//!    port of the bridge — the bridge keeps a port whose link is down disabled, so it
+//!    forwards nothing to or from it — then the host end's clsact qdisc;
+//! 4. inside the pod: link up, address, routes (one pipelined netlink write); with the
+//!    host end down nothing flows;
+//! 5. the anti-spoofing entry and filter on the host end (and the eBPF policy filters);
+//! 6. only then the host end comes up (with its owner alias and hairpin mode, one
+//!    request).
 //!
-//! A pod is never reachable before step 4 has succeeded. Any failure undoes every step taken so far,
+//! Every netlink request that changes something waits for the kernel's one link lock
+//! (rtnl), which ten concurrent ADDs take turns on: hence as few requests as the
+//! kernel allows (it cannot create the pod end up, nor set an alias at creation), and
+//! none that makes the lock's holder wait for RCU (see `link::create_veth`'s queues and
+//! the clsact qdisc made before the pod side, its filters after).
+//!
+//! A pod is never reachable before step 5 has succeeded. Any failure undoes every step taken so far,
 //! in reverse, and says in the error what the rollback did.
 
 use crate::errors;
@@ -262,7 +272,8 @@ fn add(
     mark("bridge ready");
 
     // 3. the veth pair, both ends down: the pod end is created directly inside the
-    //    pod as CNI_IFNAME with its final MAC and MTU.
+    //    pod as CNI_IFNAME with its final MAC and MTU, the host end as a port of the
+    //    bridge (a port that is down forwards nothing: the bridge keeps it disabled).
     let (pmac, hmac) = (pod_mac(a.ip), host_mac(a.ip));
     let spec = VethSpec {
         name: &host_name,
@@ -271,13 +282,53 @@ fn add(
         peer_name: ifname,
         peer_mac: Some(pmac),
         peer_netns_fd: Some(pod_ns.fd()),
-        master: None,
+        master: Some(br.index),
         up: false,
     };
     let hveth = create_veth_pair(inv, s, host, &spec, undo)?;
     mark("veth pair created");
+    // The filters' qdisc now, the filters only after the pod side: the kernel makes
+    // the first filter on a new clsact wait for an RCU grace period since the qdisc
+    // was made (while holding the link lock every other ADD waits for); by then one
+    // has passed. In the same write: no IPv6 link-local address on the host end (a
+    // bridge port needs none, and its duplicate address detection would take the link
+    // lock again from a kernel worker for every pod).
+    let mut reqs = vec![link::change_request(
+        Target::Index(hveth.index),
+        &LinkChange {
+            no_ipv6_link_local: true,
+            ..Default::default()
+        },
+    )];
+    let filters = dp.is_some() || policy.is_some();
+    if filters {
+        reqs.push(podnet_netlink::tc::clsact_request(hveth.index));
+    }
+    let mut outcomes = host.ack_all(reqs).into_iter();
+    match outcomes.next() {
+        // A kernel without IPv6 makes no link-local address anyway.
+        Some(Err(e)) if e.errno() != Some(libc::EAFNOSUPPORT) => {
+            return Err(errors::netlink(
+                e,
+                "check the node's IPv6 settings (`ip -d link show` shows addrgenmode)",
+            ))
+        }
+        _ => {}
+    }
+    if let Some(Err(e)) = outcomes.next() {
+        return Err(errors::netlink(
+            e,
+            "the anti-spoofing filters need the clsact qdisc (CONFIG_NET_SCH_INGRESS)",
+        ));
+    }
+    mark("host end prepared");
 
-    // 4. protection, while the veth is still down and off the bridge.
+    // 4. inside the pod: its end up, address, routes. Nothing flows yet: the host end
+    //    is down.
+    let routes = configure_pod(inv, pod_ns, &hveth, &a, shapes.egress)?;
+    mark("pod side configured");
+
+    // 5. protection, while the host end is still down.
     protect(
         host,
         &hveth,
@@ -302,13 +353,9 @@ fn add(
         mark("ingress bandwidth limited");
     }
 
-    // 5. only now: onto the bridge and up, with the owner recorded in the alias.
-    attach_to_bridge(host, &hveth, &br, alias)?;
-    mark("attached to the bridge");
-
-    // 6. inside the pod.
-    let routes = configure_pod(inv, pod_ns, &hveth, &a, shapes.egress)?;
-    mark("pod side configured");
+    // 6. only now: up, with the owner recorded in the alias.
+    bring_up(host, &hveth, alias)?;
+    mark("up on the bridge");
 
     Ok(result(
         inv,
@@ -385,34 +432,26 @@ fn policy_programs(s: &Settings) -> Result<Option<Vec<std::os::fd::OwnedFd>>, Cn
     })
 }
 
-/// Step 5: the host veth onto the bridge and up, with the owner recorded in its
-/// alias, and hairpin mode on.
-fn attach_to_bridge(
-    host: &mut Socket,
-    hveth: &link::LinkInfo,
-    br: &link::LinkInfo,
-    alias: String,
-) -> Result<(), CniError> {
-    let nl = |e| {
-        errors::netlink(
-            e,
-            "check the node with `ip link` and the pod with `ip -n <netns> link`",
-        )
-    };
+/// Step 6: the host veth (already a port of the bridge, down) up, with the owner
+/// recorded in its alias and hairpin mode on, in one request.
+fn bring_up(host: &mut Socket, hveth: &link::LinkInfo, alias: String) -> Result<(), CniError> {
     link::change(
         host,
         Target::Index(hveth.index),
         &LinkChange {
             up: Some(true),
-            master: Some(br.index),
-            mtu: None,
             alias: Some(alias),
-            group: None,
+            // A pod reaching itself through its own Service comes back by its own port.
+            hairpin: Some(true),
+            ..Default::default()
         },
     )
-    .map_err(nl)?;
-    // A pod reaching itself through its own Service comes back by its own port.
-    link::set_hairpin(host, hveth.index, true).map_err(nl)
+    .map_err(|e| {
+        errors::netlink(
+            e,
+            "check the node with `ip link` and the pod with `ip -n <netns> link`",
+        )
+    })
 }
 
 fn rollback(inv: &Invocation, host: &mut Socket, undo: Vec<Undo>) -> Vec<String> {
@@ -519,8 +558,8 @@ fn create_veth_pair(
     })
 }
 
-/// Step 4: the pod's protection on its host veth, while it is still down and off the
-/// bridge: the anti-spoofing entry and program, then the node's policy programs.
+/// Step 5: the pod's protection on its host veth, while it is still down: the
+/// anti-spoofing entry and filter, then the node's policy programs' filters.
 #[allow(clippy::too_many_arguments)]
 fn protect(
     host: &mut Socket,
@@ -549,29 +588,16 @@ fn protect(
         })?;
         undo.push(Undo::ForgetEntry(map, hveth.index));
         antispoof::set_pod(dp, hveth.index, pmac, ip, guard).map_err(refused)?;
-        for r in host.ack_all(antispoof::install_requests(hveth.index, &dp.prog)) {
-            r.map_err(refused)?;
-        }
+        let r = antispoof::filter_request(hveth.index, &dp.prog);
+        host.ack(r.msg, r.op, r.obj).map_err(refused)?;
         mark("anti-spoofing installed");
     }
     if let Some(progs) = policy {
-        let mut reqs = vec![];
-        if dp.is_none() {
-            reqs.push(podnet_netlink::tc::clsact_request(hveth.index));
-        }
-        // After anti-spoofing on ingress (prio 1), so the source is the pod's own.
-        reqs.push(podnet_netlink::tc::bpf_ingress_request(
-            hveth.index,
-            2,
-            &progs[0],
-            "podnet_policy_out",
-        ));
-        reqs.push(podnet_netlink::tc::bpf_egress_request(
-            hveth.index,
-            1,
-            &progs[1],
-            "podnet_policy_in",
-        ));
+        let reqs = vec![
+            // After anti-spoofing on ingress (prio 1), so the source is the pod's own.
+            podnet_netlink::tc::bpf_ingress_request(hveth.index, 2, &progs[0], "podnet_policy_out"),
+            podnet_netlink::tc::bpf_egress_request(hveth.index, 1, &progs[1], "podnet_policy_in"),
+        ];
         for r in host.ack_all(reqs) {
             r.map_err(refused)?;
         }
@@ -580,7 +606,7 @@ fn protect(
     Ok(())
 }
 
-/// Step 6: inside the pod: the interface up, its address, its routes (a default
+/// Step 4: inside the pod: the interface up, its address, its routes (a default
 /// route via the gateway unless IPAM gave routes). Returns the routes.
 fn configure_pod(
     inv: &Invocation,

@@ -68,13 +68,11 @@ fn record_path(data_dir: &Path) -> Result<PathBuf> {
     Ok(data_dir.join(format!("datapath-ns{}", Netns::current()?.inode())))
 }
 
-/// Identifies the program this build carries (FNV-1a of the object), so that a node
-/// running an older program loads this one for its new pods after an upgrade.
-fn object_tag() -> String {
-    let h = OBJECT.iter().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ *b as u64).wrapping_mul(0x100000001b3)
-    });
-    format!("{h:016x}")
+/// Identifies the program this build carries (FNV-1a of the object, computed by the
+/// build script), so that a node running an older program loads this one for its new
+/// pods after an upgrade.
+fn object_tag() -> &'static str {
+    include_str!(concat!(env!("OUT_DIR"), "/from_pod.tag"))
 }
 
 /// The node's datapath recorded under `data_dir`, if its program is still loaded and
@@ -295,13 +293,10 @@ pub fn sweep(data_dir: &Path, mut live: impl FnMut(u32) -> bool) -> Result<usize
     Ok(n)
 }
 
-/// The requests that put `prog` on the ingress of host veth `ifindex`: the clsact
-/// qdisc, then the filter. Send them in one pipelined write.
-pub fn install_requests(ifindex: u32, prog: &OwnedFd) -> Vec<Request> {
-    vec![
-        tc::clsact_request(ifindex),
-        tc::bpf_ingress_request(ifindex, 1, prog, PROG_NAME),
-    ]
+/// The filter that puts `prog` on the ingress of host veth `ifindex` (its clsact
+/// qdisc must exist).
+pub fn filter_request(ifindex: u32, prog: &OwnedFd) -> Request {
+    tc::bpf_ingress_request(ifindex, 1, prog, PROG_NAME)
 }
 
 /// Drop counters of the pod behind host veth `ifindex`.
@@ -325,6 +320,14 @@ pub use podnet_conventions::{alias_netns, owner_alias, parse_owner_alias};
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_build_tag_is_the_objects_hash() {
+        let h = OBJECT.iter().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ *b as u64).wrapping_mul(0x100000001b3)
+        });
+        assert_eq!(object_tag(), format!("{h:016x}"));
+    }
 
     #[test]
     fn state_layout_matches_the_c_struct() {

@@ -121,6 +121,7 @@ pub fn run(get_env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> (String, i
     };
     report(stdin, &verb, out.1 == 0, t.elapsed());
     timing::mark("reported to the agent");
+    timing::flush();
     out
 }
 

@@ -30,6 +30,12 @@ pub struct LinkInfo {
     /// For a bridge port: whether hairpin mode is on (frames may leave by the port
     /// they came in on).
     pub hairpin: Option<bool>,
+    /// `ip link set … addrgenmode none`: the kernel gives the link no IPv6 link-local
+    /// address when it comes up, so no duplicate address detection or multicast
+    /// listener work (each a turn of the link lock) follows. For links that need no
+    /// address of their own, such as bridge ports. Refused (EAFNOSUPPORT) on a kernel
+    /// without IPv6.
+    pub no_ipv6_link_local: bool,
 }
 
 /// What `ip -d link show` says of a VXLAN device.
@@ -172,6 +178,17 @@ pub struct VethSpec<'a> {
     pub up: bool,
 }
 
+/// One transmit and one receive queue, said at creation. A veth made without them gets
+/// a queue per CPU, then cut to one real queue before the request returns — and cutting
+/// the real queue count waits for an RCU grace period while holding the kernel's link
+/// lock (`netif_set_real_num_tx_queues` → `synchronize_net`), twice per pair: every
+/// other ADD on the node waits with it. The pair ends up with the same one real queue
+/// either way.
+fn one_queue(m: &mut Msg) {
+    m.u32(IFLA_NUM_TX_QUEUES, 1);
+    m.u32(IFLA_NUM_RX_QUEUES, 1);
+}
+
 /// `ip link add NAME mtu M [master BR] [up] type veth peer name PEER netns NS`, in one
 /// request: the kernel registers both ends, then applies flags and master. Returns the
 /// first end as the kernel echoes it (its `peer_index` is the peer's index in the
@@ -182,6 +199,7 @@ pub fn create_veth(sock: &mut Socket, v: &VethSpec) -> Result<Option<LinkInfo>> 
     let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL).fixed(&ifinfo(0, f, c));
     m.str(IFLA_IFNAME, v.name);
     m.u32(IFLA_MTU, v.mtu);
+    one_queue(&mut m);
     if let Some(master) = v.master {
         m.u32(IFLA_MASTER, master);
     }
@@ -195,6 +213,7 @@ pub fn create_veth(sock: &mut Socket, v: &VethSpec) -> Result<Option<LinkInfo>> 
     m.buf.extend_from_slice(&ifinfo(0, 0, 0));
     m.str(IFLA_IFNAME, v.peer_name);
     m.u32(IFLA_MTU, v.mtu);
+    one_queue(&mut m);
     if let Some(mac) = v.peer_mac {
         m.attr(IFLA_ADDRESS, &mac);
     }
@@ -324,7 +343,15 @@ pub fn ensure_bridge(
             want: "bridge",
         });
     }
-    let mut reqs = vec![crate::addr::add_request(br.index, addr, prefix)];
+    // Adding an address takes the kernel's link lock even when the address is there
+    // (every ADD but a node's first); reading the addresses does not.
+    let has = crate::addr::list(sock, Some(br.index))?
+        .iter()
+        .any(|a| a.addr == addr && a.prefix == prefix);
+    let mut reqs = vec![];
+    if !has {
+        reqs.push(crate::addr::add_request(br.index, addr, prefix));
+    }
     if !br.is_up() {
         reqs.push(change_request(
             Target::Index(br.index),
@@ -369,10 +396,23 @@ pub struct LinkChange {
     pub alias: Option<String>,
     /// `ip link set … group G`.
     pub group: Option<u32>,
+    /// `ip link set … type bridge_slave hairpin on|off`: whether the bridge may send a
+    /// frame back out of the port it came in on. A pod that reaches itself through its
+    /// own Service needs it: kube-proxy's DNAT turns the packet around on the node, and
+    /// the bridge then delivers it to the port it came from. The link must already be
+    /// a bridge port (the kernel applies this before `master`).
+    pub hairpin: Option<bool>,
+    /// `ip link set … addrgenmode none`: the kernel gives the link no IPv6 link-local
+    /// address when it comes up, so no duplicate address detection or multicast
+    /// listener work (each a turn of the link lock) follows. For links that need no
+    /// address of their own, such as bridge ports. Refused (EAFNOSUPPORT) on a kernel
+    /// without IPv6.
+    pub no_ipv6_link_local: bool,
 }
 
 /// Builds the request for `ip link set TARGET [up|down] [master M] [mtu N] [alias A]
-/// [group G]`.
+/// [group G] [type bridge_slave hairpin on|off]`: one message, one turn of the kernel's
+/// link lock however many fields change.
 pub fn change_request(target: Target, c: &LinkChange) -> Request {
     let (index, name) = match target {
         Target::Index(i) => (i, None),
@@ -401,26 +441,22 @@ pub fn change_request(target: Target, c: &LinkChange) -> Request {
     if let Some(g) = c.group {
         m.u32(IFLA_GROUP, g);
     }
+    if c.no_ipv6_link_local {
+        let spec = m.nest(IFLA_AF_SPEC);
+        let v6 = m.nest(AF_INET6_SPEC);
+        m.u8(IFLA_INET6_ADDR_GEN_MODE, IN6_ADDR_GEN_MODE_NONE);
+        m.end(v6);
+        m.end(spec);
+    }
+    if let Some(on) = c.hairpin {
+        let li = m.nest(IFLA_LINKINFO);
+        m.str(IFLA_INFO_SLAVE_KIND, "bridge");
+        let d = m.nest(IFLA_INFO_SLAVE_DATA);
+        m.u8(IFLA_BRPORT_MODE, on as u8);
+        m.end(d);
+        m.end(li);
+    }
     Request::new(m, "change link", target.describe())
-}
-
-/// `ip link set dev INDEX type bridge_slave hairpin on|off`: whether the bridge may
-/// send a frame back out of the port it came in on. A pod that reaches itself through
-/// its own Service needs it: kube-proxy's DNAT turns the packet around on the node, and
-/// the bridge then delivers it to the port it came from.
-pub fn set_hairpin(sock: &mut Socket, index: u32, on: bool) -> Result<()> {
-    let mut m = Msg::new(RTM_NEWLINK, 0).fixed(&ifinfo(index, 0, 0));
-    let li = m.nest(IFLA_LINKINFO);
-    m.str(IFLA_INFO_SLAVE_KIND, "bridge");
-    let d = m.nest(IFLA_INFO_SLAVE_DATA);
-    m.u8(IFLA_BRPORT_MODE, on as u8);
-    m.end(d);
-    m.end(li);
-    sock.ack(
-        m,
-        "set hairpin mode of bridge port",
-        format!("index {index}"),
-    )
 }
 
 /// `ip link set TARGET …`.

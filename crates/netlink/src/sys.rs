@@ -50,6 +50,9 @@ pub const IFLA_IFALIAS: u16 = 20;
 pub const IFLA_LINKINFO: u16 = 18;
 pub const IFLA_NET_NS_FD: u16 = 28;
 pub const IFLA_GROUP: u16 = 27;
+pub const IFLA_AF_SPEC: u16 = 26;
+pub const IFLA_NUM_TX_QUEUES: u16 = 31;
+pub const IFLA_NUM_RX_QUEUES: u16 = 32;
 pub const IFLA_LINK_NETNSID: u16 = 37;
 pub const IFLA_INFO_KIND: u16 = 1;
 pub const IFLA_INFO_DATA: u16 = 2;
@@ -58,6 +61,10 @@ pub const IFLA_INFO_SLAVE_DATA: u16 = 5;
 /// IFLA_BRPORT_MODE: a bridge port's hairpin mode.
 pub const IFLA_BRPORT_MODE: u16 = 4;
 pub const VETH_INFO_PEER: u16 = 1;
+/// AF_INET6, as the nest type inside IFLA_AF_SPEC.
+pub const AF_INET6_SPEC: u16 = 10;
+pub const IFLA_INET6_ADDR_GEN_MODE: u16 = 8;
+pub const IN6_ADDR_GEN_MODE_NONE: u8 = 1;
 pub const IFF_UP: u32 = 0x1;
 
 // IFA_*

@@ -129,41 +129,18 @@ fn phase(
     let failure: Mutex<Option<String>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..workers {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= pods.len() || failure.lock().unwrap().is_some() {
+            s.spawn(|| {
+                // The worker thread enters the node namespace once, and its children
+                // are born in it: the spawn needs no `pre_exec` then, so the standard
+                // library uses posix_spawn (vfork-like, as a Go runtime such as
+                // containerd spawns plugins) instead of forking this whole process per
+                // invocation — a harness cost both plugins' times would carry.
+                if let Err(e) = node.ns.enter() {
+                    *failure.lock().unwrap() =
+                        Some(format!("cannot enter the benchmark's node namespace: {e}"));
                     return;
                 }
-                let netns = pods[i].path().display().to_string();
-                let cid = format!("bench-{i}");
-                let call = Call {
-                    plugin: &p.path,
-                    command: verb,
-                    container_id: &cid,
-                    netns: &netns,
-                    ifname: p.ifname,
-                    cni_path: None,
-                    config: &p.config,
-                };
-                match exec::run_with_env(&call, Some(&node.ns), &p.env) {
-                    Ok(o) if o.ok() => times.lock().unwrap().push(Timed {
-                        elapsed: o.elapsed,
-                        steps: steps_of(&o),
-                    }),
-                    Ok(o) => {
-                        *failure.lock().unwrap() = Some(format!(
-                            "{} {verb} of pod {i} failed (exit {}): {}{}",
-                            p.path.display(),
-                            o.code,
-                            o.stdout.trim(),
-                            o.stderr.trim()
-                        ))
-                    }
-                    Err(e) => {
-                        *failure.lock().unwrap() =
-                            Some(format!("cannot run {}: {e}", p.path.display()))
-                    }
-                }
+                worker(p, pods, verb, &next, &times, &failure)
             });
         }
     });
@@ -171,6 +148,52 @@ fn phase(
         bail!(f);
     }
     Ok(times.into_inner().unwrap())
+}
+
+/// One worker of a phase: takes the next pod until none is left or one failed.
+fn worker(
+    p: &Plugin,
+    pods: &[ScratchNs],
+    verb: &str,
+    next: &AtomicUsize,
+    times: &Mutex<Vec<Timed>>,
+    failure: &Mutex<Option<String>>,
+) {
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= pods.len() || failure.lock().unwrap().is_some() {
+            return;
+        }
+        let netns = pods[i].path().display().to_string();
+        let cid = format!("bench-{i}");
+        let call = Call {
+            plugin: &p.path,
+            command: verb,
+            container_id: &cid,
+            netns: &netns,
+            ifname: p.ifname,
+            cni_path: None,
+            config: &p.config,
+        };
+        match exec::run_with_env(&call, None, &p.env) {
+            Ok(o) if o.ok() => times.lock().unwrap().push(Timed {
+                elapsed: o.elapsed,
+                steps: steps_of(&o),
+            }),
+            Ok(o) => {
+                *failure.lock().unwrap() = Some(format!(
+                    "{} {verb} of pod {i} failed (exit {}): {}{}",
+                    p.path.display(),
+                    o.code,
+                    o.stdout.trim(),
+                    o.stderr.trim()
+                ))
+            }
+            Err(e) => {
+                *failure.lock().unwrap() = Some(format!("cannot run {}: {e}", p.path.display()))
+            }
+        }
+    }
 }
 
 fn check_binary(p: &Path, what: &str) -> Result<()> {

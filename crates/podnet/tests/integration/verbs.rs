@@ -97,6 +97,65 @@ fn add_check_del_in_every_version() {
     assert!(node.allocations().is_empty(), "{:?}", node.allocations());
 }
 
+/// The host veth as ADD leaves it: up on the bridge with hairpin mode and the owner
+/// alias (set in one request), one queue (a veth made without saying so is cut down to
+/// one while the kernel's link lock waits on RCU), and no IPv6 link-local address (a
+/// bridge port needs none; its address detection would take the lock again).
+#[test]
+fn the_host_veth_is_a_quiet_bridge_port() {
+    let node = Node::new("10.200.9.0/24");
+    let pod = node.pod();
+    let netns = pod.path().display().to_string();
+    let o = node.call_with(&node.conf, "ADD", "quiet-port", &netns, "eth0");
+    assert!(o.ok(), "ADD: {}", o.stdout);
+    let veth = o.json()["interfaces"][1]["name"]
+        .as_str()
+        .expect("host veth in the result")
+        .to_string();
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &node.ns.name,
+            "-d",
+            "-j",
+            "addr",
+            "show",
+            "dev",
+            &veth,
+        ])
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
+    let l = &l[0];
+    assert!(
+        l["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+        "{l}"
+    );
+    assert_eq!(l["master"], podnet_conventions::DEFAULT_BRIDGE, "{l}");
+    assert_eq!(l["linkinfo"]["info_slave_data"]["hairpin"], true, "{l}");
+    assert!(
+        l["ifalias"]
+            .as_str()
+            .is_some_and(|a| a.contains("quiet-port")),
+        "owner alias: {l}"
+    );
+    assert_eq!(l["num_tx_queues"], 1, "{l}");
+    assert_eq!(l["num_rx_queues"], 1, "{l}");
+    // Up with a carrier: the kernel would have made the link-local address by now.
+    assert_eq!(
+        l["addr_info"],
+        serde_json::json!([]),
+        "no address at all: {l}"
+    );
+    let d = node.call_with(&node.conf, "DEL", "quiet-port", &netns, "eth0");
+    assert!(d.ok(), "DEL: {}", d.stdout);
+}
+
 #[test]
 fn del_without_netns_or_link_still_releases_the_address() {
     let node = Node::new("10.200.2.0/24");
