@@ -7,8 +7,9 @@
 //!    the pod's namespace as `CNI_IFNAME` with its final MAC and MTU, the host end as a
 //!    port of the bridge — the bridge keeps a port whose link is down disabled, so it
 //!    forwards nothing to or from it — then the host end's clsact qdisc;
-//! 4. inside the pod: link up, address, routes (one pipelined netlink write); with the
-//!    host end down nothing flows;
+//! 4. inside the pod: link up (without an IPv6 link-local address: `configure_pod`),
+//!    address, routes (one pipelined netlink write); with the host end down nothing
+//!    flows;
 //! 5. the anti-spoofing entry and filter on the host end (and the eBPF policy filters);
 //! 6. only then the host end comes up (with its owner alias and hairpin mode, one
 //!    request).
@@ -325,7 +326,7 @@ fn add(
 
     // 4. inside the pod: its end up, address, routes. Nothing flows yet: the host end
     //    is down.
-    let routes = configure_pod(inv, pod_ns, &hveth, &a, shapes.egress)?;
+    let routes = configure_pod(inv, pod_ns, &hveth, &a, shapes.egress, s.ipv6_link_local)?;
     mark("pod side configured");
 
     // 5. protection, while the host end is still down.
@@ -606,14 +607,38 @@ fn protect(
     Ok(())
 }
 
-/// Step 4: inside the pod: the interface up, its address, its routes (a default
-/// route via the gateway unless IPAM gave routes). Returns the routes.
+/// Whether this kernel has IPv6 (it refuses IPv6 link settings without it): whether it
+/// makes an IPv6 socket. (Not a look at /proc/sys/net/ipv6: on a node with hundreds of
+/// pods that path lookup cost more than the netlink requests around it.)
+fn ipv6_on_node() -> bool {
+    // SAFETY: socket() with constant arguments; the descriptor is closed by OwnedFd.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: fd was just returned by socket() and is owned by nobody else.
+    drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    true
+}
+
+/// Step 4: inside the pod: the interface up without an IPv6 link-local address, its
+/// address, its routes (a default route via the gateway unless IPAM gave routes).
+/// Returns the routes.
+///
+/// No link-local address: podnet pods are IPv4 pods, and both policy datapaths drop
+/// every IPv6 packet between pods but neighbour discovery, so the address would only
+/// send duplicate address detection and multicast listener reports that the bridge
+/// floods to every pod of the node (each flood a copy per port, each then dropped) and
+/// that take the kernel's link lock from a worker for every new pod. `ipv6LinkLocal:
+/// true` in the config keeps it (with `--policy-datapath none`, pods' link-local IPv6
+/// then works between them, and anti-spoofing still binds it to the pod's MAC).
 fn configure_pod(
     inv: &Invocation,
     pod_ns: &Netns,
     hveth: &podnet_netlink::link::LinkInfo,
     a: &Assigned,
     egress: Option<podnet_netlink::tc::Shape>,
+    link_local: bool,
 ) -> Result<Vec<Route>, CniError> {
     let ifname = inv.env.ifname.as_str();
     let nl = |e| {
@@ -658,6 +683,7 @@ fn configure_pod(
             Target::Index(eth_index),
             &LinkChange {
                 up: Some(true),
+                no_ipv6_link_local: !link_local && ipv6_on_node(),
                 ..Default::default()
             },
         ),

@@ -84,6 +84,9 @@ pub struct Settings {
     /// A bpffs directory that holds the node's anti-spoofing program between pods
     /// (`bpfDir`, else the agent's node file).
     pub pin_dir: Option<PathBuf>,
+    /// Whether the pod's interface gets the IPv6 link-local address the kernel would
+    /// give it (`ipv6LinkLocal`, default false: see `add::configure_pod`).
+    pub ipv6_link_local: bool,
 }
 
 fn invalid(msg: impl Into<String>, details: impl Into<String>) -> CniError {
@@ -122,6 +125,7 @@ impl Settings {
             policy_programs: node.policy_programs.clone(),
             overlay_guard,
             pin_dir: pin_dir(raw.get("bpfDir"), node.bpf_dir)?,
+            ipv6_link_local: ipv6_link_local(raw)?,
         })
     }
 
@@ -156,6 +160,7 @@ impl Settings {
             policy_programs: None,
             overlay_guard: Default::default(),
             pin_dir: None,
+            ipv6_link_local: false,
         }
     }
 
@@ -398,6 +403,21 @@ fn lock_timeout(raw: &serde_json::Value) -> Result<std::time::Duration, CniError
     }
 }
 
+/// `ipv6LinkLocal`: true or false (default false).
+fn ipv6_link_local(raw: &serde_json::Value) -> Result<bool, CniError> {
+    match raw.get("ipv6LinkLocal") {
+        None | Some(serde_json::Value::Null) => Ok(false),
+        Some(serde_json::Value::Bool(b)) => Ok(*b),
+        Some(v) => {
+            let shown: String = v.to_string().chars().take(40).collect();
+            Err(invalid(
+                format!("invalid ipv6LinkLocal {shown}"),
+                "ipv6LinkLocal is true or false (default false): whether pods keep the IPv6 link-local address the kernel would give their interface",
+            ))
+        }
+    }
+}
+
 /// The most bytes read from the agent's node file (podnetd writes well under 1 KiB).
 const MAX_NODE_FILE: u64 = 1 << 20;
 
@@ -558,6 +578,29 @@ mod tests {
         }
         let (c, v) = conf(r#"{"name":"n","type":"t","subnet":"10.0.0.0/8"}"#);
         assert!(Settings::resolve(&c, &v).is_ok());
+    }
+
+    #[test]
+    fn ipv6_link_local_is_off_unless_asked_and_must_be_a_boolean() {
+        let base = r#""name":"n","type":"t","subnet":"10.0.0.0/24""#;
+        for (extra, want) in [
+            ("", false),
+            (r#","ipv6LinkLocal":true"#, true),
+            (r#","ipv6LinkLocal":false"#, false),
+        ] {
+            let (c, v) = conf(&format!("{{{base}{extra}}}"));
+            assert_eq!(
+                Settings::resolve(&c, &v).unwrap().ipv6_link_local,
+                want,
+                "{extra}"
+            );
+        }
+        for bad in ["1", "\"yes\"", "[]"] {
+            let (c, v) = conf(&format!("{{{base},\"ipv6LinkLocal\":{bad}}}"));
+            let e = Settings::resolve(&c, &v).unwrap_err();
+            assert_eq!(e.code, 7, "{bad}");
+            assert!(e.msg.contains("ipv6LinkLocal"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -100,7 +100,8 @@ fn add_check_del_in_every_version() {
 /// The host veth as ADD leaves it: up on the bridge with hairpin mode and the owner
 /// alias (set in one request), one queue (a veth made without saying so is cut down to
 /// one while the kernel's link lock waits on RCU), and no IPv6 link-local address (a
-/// bridge port needs none; its address detection would take the lock again).
+/// bridge port needs none; its address detection would take the lock again). The pod
+/// end has its IPv4 address only.
 #[test]
 fn the_host_veth_is_a_quiet_bridge_port() {
     let node = Node::new("10.200.9.0/24");
@@ -152,8 +153,65 @@ fn the_host_veth_is_a_quiet_bridge_port() {
         serde_json::json!([]),
         "no address at all: {l}"
     );
+    // The pod end: its IPv4 address and nothing else (no IPv6 link-local address to
+    // send address detection and listener reports the bridge floods to every pod).
+    // The kernel's setting first (the address would come with the carrier, later).
+    assert_eq!(pod_eth0(&pod.name, "link")["inet6_addr_gen_mode"], "none");
+    assert_eq!(pod_families(&pod.name, |_| true), ["inet"]);
+    // Asked for, the pod keeps its link-local address.
+    let kept = node.pod();
+    let mut conf = node.conf.clone();
+    conf["ipv6LinkLocal"] = serde_json::json!(true);
+    let knetns = kept.path().display().to_string();
+    let o = node.call_with(&conf, "ADD", "link-local", &knetns, "eth0");
+    assert!(o.ok(), "ADD with ipv6LinkLocal: {}", o.stdout);
+    assert_eq!(pod_eth0(&kept.name, "link")["inet6_addr_gen_mode"], "eui64");
+    assert_eq!(
+        pod_families(&kept.name, |f| f.len() == 2),
+        ["inet", "inet6"]
+    );
+    let d = node.call_with(&conf, "DEL", "link-local", &knetns, "eth0");
+    assert!(d.ok(), "DEL: {}", d.stdout);
     let d = node.call_with(&node.conf, "DEL", "quiet-port", &netns, "eth0");
     assert!(d.ok(), "DEL: {}", d.stdout);
+}
+
+/// `ip -j [-d] OBJ show dev eth0` in the pod's namespace.
+fn pod_eth0(pod_ns: &str, obj: &str) -> serde_json::Value {
+    let out = std::process::Command::new("ip")
+        .args(["-n", pod_ns, "-d", "-j", obj, "show", "dev", "eth0"])
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
+    v[0].clone()
+}
+
+/// The address families on the pod's eth0 (sorted), once `done` says they are final.
+fn pod_families(pod_ns: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let p = pod_eth0(pod_ns, "addr");
+        let mut families: Vec<String> = p["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a["family"].as_str().map(String::from))
+            .collect();
+        families.sort();
+        if p["operstate"] == "UP" && done(&families) {
+            return families;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pod eth0 in {pod_ns}: {p}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]
