@@ -113,26 +113,7 @@ fn the_host_veth_is_a_quiet_bridge_port() {
         .as_str()
         .expect("host veth in the result")
         .to_string();
-    let out = std::process::Command::new("ip")
-        .args([
-            "-n",
-            &node.ns.name,
-            "-d",
-            "-j",
-            "addr",
-            "show",
-            "dev",
-            &veth,
-        ])
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let l: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
-    let l = &l[0];
+    let l = ip_show(&node.ns.name, "addr", &veth);
     assert!(
         l["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
         "{l}"
@@ -147,17 +128,24 @@ fn the_host_veth_is_a_quiet_bridge_port() {
     );
     assert_eq!(l["num_tx_queues"], 1, "{l}");
     assert_eq!(l["num_rx_queues"], 1, "{l}");
-    // Up with a carrier: the kernel would have made the link-local address by now.
+    // The kernel's setting, then no address once the carrier is seen (the link-local
+    // address would have come with it).
     assert_eq!(
-        l["addr_info"],
-        serde_json::json!([]),
-        "no address at all: {l}"
+        ip_show(&node.ns.name, "link", &veth)["inet6_addr_gen_mode"],
+        "none"
+    );
+    assert_eq!(
+        families(&node.ns.name, &veth, |_| true),
+        Vec::<String>::new()
     );
     // The pod end: its IPv4 address and nothing else (no IPv6 link-local address to
     // send address detection and listener reports the bridge floods to every pod).
     // The kernel's setting first (the address would come with the carrier, later).
-    assert_eq!(pod_eth0(&pod.name, "link")["inet6_addr_gen_mode"], "none");
-    assert_eq!(pod_families(&pod.name, |_| true), ["inet"]);
+    assert_eq!(
+        ip_show(&pod.name, "link", "eth0")["inet6_addr_gen_mode"],
+        "none"
+    );
+    assert_eq!(families(&pod.name, "eth0", |_| true), ["inet"]);
     // Asked for, the pod keeps its link-local address.
     let kept = node.pod();
     let mut conf = node.conf.clone();
@@ -165,9 +153,12 @@ fn the_host_veth_is_a_quiet_bridge_port() {
     let knetns = kept.path().display().to_string();
     let o = node.call_with(&conf, "ADD", "link-local", &knetns, "eth0");
     assert!(o.ok(), "ADD with ipv6LinkLocal: {}", o.stdout);
-    assert_eq!(pod_eth0(&kept.name, "link")["inet6_addr_gen_mode"], "eui64");
     assert_eq!(
-        pod_families(&kept.name, |f| f.len() == 2),
+        ip_show(&kept.name, "link", "eth0")["inet6_addr_gen_mode"],
+        "eui64"
+    );
+    assert_eq!(
+        families(&kept.name, "eth0", |f| f.len() == 2),
         ["inet", "inet6"]
     );
     let d = node.call_with(&conf, "DEL", "link-local", &knetns, "eth0");
@@ -176,26 +167,27 @@ fn the_host_veth_is_a_quiet_bridge_port() {
     assert!(d.ok(), "DEL: {}", d.stdout);
 }
 
-/// `ip -j [-d] OBJ show dev eth0` in the pod's namespace.
-fn pod_eth0(pod_ns: &str, obj: &str) -> serde_json::Value {
+/// `ip -n NS -d -j OBJ show dev DEV`.
+fn ip_show(ns: &str, obj: &str, dev: &str) -> serde_json::Value {
     let out = std::process::Command::new("ip")
-        .args(["-n", pod_ns, "-d", "-j", obj, "show", "dev", "eth0"])
+        .args(["-n", ns, "-d", "-j", obj, "show", "dev", dev])
         .output()
         .expect("run ip");
     assert!(
         out.status.success(),
-        "{}",
+        "ip -n {ns} {obj} show dev {dev}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
     v[0].clone()
 }
 
-/// The address families on the pod's eth0 (sorted), once `done` says they are final.
-fn pod_families(pod_ns: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+/// The address families on link `dev` of namespace `ns` (sorted), once the kernel has
+/// seen its carrier (operstate UP) and `done` says they are final.
+fn families(ns: &str, dev: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let p = pod_eth0(pod_ns, "addr");
+        let p = ip_show(ns, "addr", dev);
         let mut families: Vec<String> = p["addr_info"]
             .as_array()
             .unwrap()
@@ -206,10 +198,7 @@ fn pod_families(pod_ns: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
         if p["operstate"] == "UP" && done(&families) {
             return families;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pod eth0 in {pod_ns}: {p}"
-        );
+        assert!(std::time::Instant::now() < deadline, "{dev} in {ns}: {p}");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
