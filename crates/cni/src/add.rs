@@ -412,7 +412,7 @@ fn node_datapath(s: &Settings) -> Result<Option<antispoof::Datapath>, CniError> 
 }
 
 /// The node's eBPF policy programs, when its agent runs that datapath: a pod goes
-/// onto the bridge only with both attached (closed until the agent programs it).
+/// up on the bridge only with both attached (closed until the agent programs it).
 fn policy_programs(s: &Settings) -> Result<Option<Vec<std::os::fd::OwnedFd>>, CniError> {
     Ok(match &s.policy_programs {
         Some(p) => Some(

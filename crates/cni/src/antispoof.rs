@@ -19,7 +19,7 @@
 //! before the bridge sees it (before MAC learning, before ARP reaches the node or
 //! another pod):
 //! - a map entry: the pod's MAC and IP, and one drop counter per reason in
-//!   `bpf/drop_reasons.h`, written before the veth joins the bridge;
+//!   `bpf/drop_reasons.h`, written before the veth comes up on the bridge;
 //! - a `clsact` qdisc and one tc filter, `bpf` in direct-action mode, running the
 //!   program. A veth whose entry is missing drops everything (fail closed).
 //!

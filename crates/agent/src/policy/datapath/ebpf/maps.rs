@@ -9,7 +9,7 @@
 //!   asked through the switches in `config`; read by [`crate::observe`]);
 //! - the programs `from_pod_policy` and `to_pod_policy`, which podnet-cni attaches to
 //!   every new pod's host veth (tc ingress after anti-spoofing, and tc egress) before
-//!   the veth joins the bridge; the agent attaches them to pods that lack them.
+//!   the veth comes up on the bridge; the agent attaches them to pods that lack them.
 //! - the fast path (`--datapath ebpf`, [`crate::policy::FastPath`]): the maps
 //!   switch in `config` and `local_pods` (this node's pods: host veth, MAC, the
 //!   gateway's MAC), and the program `from_overlay`, which the agent attaches as the
