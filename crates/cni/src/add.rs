@@ -294,39 +294,34 @@ fn add(
     // has passed. In the same write: no IPv6 link-local address on the host end (a
     // bridge port needs none, and its duplicate address detection would take the link
     // lock again from a kernel worker for every pod).
-    let mut reqs = vec![link::change_request(
-        Target::Index(hveth.index),
-        &LinkChange {
-            no_ipv6_link_local: true,
-            ..Default::default()
-        },
-    )];
-    let filters = dp.is_some() || policy.is_some();
-    if filters {
+    let ipv6 = ipv6_on_node();
+    let mut reqs = vec![];
+    if ipv6 {
+        reqs.push(link::change_request(
+            Target::Index(hveth.index),
+            &LinkChange {
+                no_ipv6_link_local: true,
+                ..Default::default()
+            },
+        ));
+    }
+    if dp.is_some() || policy.is_some() {
         reqs.push(podnet_netlink::tc::clsact_request(hveth.index));
     }
-    let mut outcomes = host.ack_all(reqs).into_iter();
-    match outcomes.next() {
-        // A kernel without IPv6 makes no link-local address anyway.
-        Some(Err(e)) if e.errno() != Some(libc::EAFNOSUPPORT) => {
-            return Err(errors::netlink(
+    for r in host.ack_all(reqs) {
+        r.map_err(|e| {
+            errors::netlink(
                 e,
-                "check the node's IPv6 settings (`ip -d link show` shows addrgenmode)",
-            ))
-        }
-        _ => {}
-    }
-    if let Some(Err(e)) = outcomes.next() {
-        return Err(errors::netlink(
-            e,
-            "the anti-spoofing filters need the clsact qdisc (CONFIG_NET_SCH_INGRESS)",
-        ));
+                "check the node with `ip -d link show`; the anti-spoofing filters need the clsact qdisc (CONFIG_NET_SCH_INGRESS)",
+            )
+        })?;
     }
     mark("host end prepared");
 
     // 4. inside the pod: its end up, address, routes. Nothing flows yet: the host end
     //    is down.
-    let routes = configure_pod(inv, pod_ns, &hveth, &a, shapes.egress, s.ipv6_link_local)?;
+    let link_local = s.ipv6_link_local || !ipv6;
+    let routes = configure_pod(inv, pod_ns, &hveth, &a, shapes.egress, link_local)?;
     mark("pod side configured");
 
     // 5. protection, while the host end is still down.
@@ -638,6 +633,8 @@ fn configure_pod(
     hveth: &podnet_netlink::link::LinkInfo,
     a: &Assigned,
     egress: Option<podnet_netlink::tc::Shape>,
+    // Whether to leave the kernel's IPv6 link-local address alone (asked for, or a
+    // kernel without IPv6, which refuses the setting).
     link_local: bool,
 ) -> Result<Vec<Route>, CniError> {
     let ifname = inv.env.ifname.as_str();
@@ -683,7 +680,7 @@ fn configure_pod(
             Target::Index(eth_index),
             &LinkChange {
                 up: Some(true),
-                no_ipv6_link_local: !link_local && ipv6_on_node(),
+                no_ipv6_link_local: !link_local,
                 ..Default::default()
             },
         ),
