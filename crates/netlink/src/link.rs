@@ -30,12 +30,6 @@ pub struct LinkInfo {
     /// For a bridge port: whether hairpin mode is on (frames may leave by the port
     /// they came in on).
     pub hairpin: Option<bool>,
-    /// `ip link set … addrgenmode none`: the kernel gives the link no IPv6 link-local
-    /// address when it comes up, so no duplicate address detection or multicast
-    /// listener work (each a turn of the link lock) follows. For links that need no
-    /// address of their own, such as bridge ports. Refused (EAFNOSUPPORT) on a kernel
-    /// without IPv6.
-    pub no_ipv6_link_local: bool,
 }
 
 /// What `ip -d link show` says of a VXLAN device.
