@@ -28,15 +28,18 @@
 
 /* ---- from_pod.c: anti-spoofing ---- */
 
-/* A pod's entry in podnet_pods (keyed by its host veth's ifindex): what it may send as,
- * its overlay guard and its drop counters. Written by podnet-cni, read by podnetd.
+/* A pod's entry in podnet_pods (keyed by its host veth's ifindex): what it may send as
+ * (its MAC, its IPv4 address, and a dual-stack pod's IPv6 address), its overlay guard
+ * and its drop counters. Written by podnet-cni, read by podnetd.
  *
  * The overlay guard: the node's overlay ports (VXLAN, WireGuard) take encapsulated
  * traffic that the node decapsulates and forwards as if it came from a peer node. A pod
  * may send UDP to those ports only to another pod: an address of the cluster CIDR whose
  * host part in its node's pod CIDR is not 0 (the VXLAN/WireGuard device's address), 1
  * (the bridge gateway) or all ones (the bridge's broadcast), which are node addresses.
- * Everything else on those ports is dropped. */
+ * Everything else on those ports is dropped. Over IPv6 the guard is narrower: only the
+ * pods of the pod's own node (its IPv6 pod CIDR, but the subnet-router anycast address
+ * ::0 and the gateway ::1), until podnet carries IPv6 between nodes. */
 struct pod_state {
 	u8 mac[6];
 	u8 pad[2];
@@ -46,7 +49,10 @@ struct pod_state {
 	u32 cluster_mask;   /* host order; 0: no pod destination at all */
 	u32 node_mask;      /* host order: the mask of one node's pod CIDR */
 	u32 pad2;
-	u64 drops[PODNET_DROP_MAX]; /* one counter per drop reason (drop_reasons.h), at offset 32 */
+	u8 ip6[16];    /* a dual-stack pod's IPv6 address; all zero: none */
+	u8 ip6_prefix; /* the prefix length of its node's IPv6 pod CIDR */
+	u8 pad3[7];
+	u64 drops[PODNET_DROP_MAX]; /* one counter per drop reason (drop_reasons.h), at offset 56 */
 };
 
 /* One dropped frame, a record of the ring buffer podnet_spoofev, for podnetd. */

@@ -15,9 +15,10 @@
 	X(5, ETHERTYPE, "ethertype", "frames that are not ARP, IPv4 or IPv6, VLAN tags included") \
 	X(6, MALFORMED, "malformed", "truncated headers, ARP that is not Ethernet/IPv4, IPv6 fragments or over four extension headers") \
 	X(7, IPV6_REDIRECT, "ipv6-redirect", "ICMPv6 redirects from a pod")                 \
-	X(8, IPV6_SRC,  "ipv6-src",  "IPv6 whose source is not the pod's link-local address (or :: for DAD and MLD)") \
+	X(8, IPV6_SRC,  "ipv6-src",  "IPv6 whose source is not one of the pod's addresses (its IPv6 address or link-local address; :: for DAD and MLD)") \
 	X(9, IPV6_NA,   "ipv6-na",   "neighbour advertisements for an address or MAC that is not the pod's") \
-	X(10, OVERLAY_PORT, "overlay-port", "UDP to the node's VXLAN or WireGuard port at an address that is not another pod's (encapsulated frames forged by a pod)")
+	X(10, OVERLAY_PORT, "overlay-port", "UDP to the node's VXLAN or WireGuard port at an address that is not another pod's (encapsulated frames forged by a pod)") \
+	X(11, IPV6_DAD, "ipv6-dad",  "duplicate-address detection (a solicitation from ::) for an address that is not the pod's")
 
 /* How many reasons there are: counted from the table, never kept by hand. */
 #define PODNET_DROP_ONE(num, name, id, what) +1

@@ -4,14 +4,15 @@
  *
  * Every frame a pod sends passes here before the node bridge sees it. A frame leaves
  * only if its Ethernet source is the pod's MAC and, for ARP, the sender MAC and IP are
- * the pod's, for IPv4 the source is the pod's IP, and for IPv6 the source is the pod's
- * link-local address (derived from its MAC, EUI-64, as the kernel makes it; :: only for
- * duplicate-address detection and MLD reports), a neighbour advertisement is for that
- * address and that MAC, and it is not a router advertisement or a redirect (nor a
- * fragment or a chain of extension headers too long to see through). Pods have no
- * other IPv6 address: podnet gives them IPv4. UDP to the node's overlay ports is
- * dropped unless it goes to another pod (see struct pod_state). Everything else is dropped through drop(), which counts it under one
- * reason from drop_reasons.h.
+ * the pod's, for IPv4 the source is the pod's IP, and for IPv6 the source is one of the
+ * pod's addresses: a dual-stack pod's global address, or its link-local address
+ * (derived from its MAC, EUI-64, as the kernel makes it, for pods that keep one); ::
+ * only for MLD reports and for duplicate-address detection of one of those addresses.
+ * A neighbour advertisement is for one of those addresses and that MAC, and it is not
+ * a router advertisement or a redirect (nor a fragment or a chain of extension headers
+ * too long to see through). UDP to the node's overlay ports is dropped unless it goes
+ * to another pod (see struct pod_state). Everything else is dropped through drop(),
+ * which counts it under one reason from drop_reasons.h.
  *
  * One program, one hash map (podnet_pods: struct pod_state keyed by the host veth's
  * ifindex), one ring buffer of drop events (podnet_spoofev), its per-pod budget
@@ -168,6 +169,46 @@ INLINE int unspecified(const u8 *a)
 	return (raw32(a) | raw32(a + 4) | raw32(a + 8) | raw32(a + 12)) == 0;
 }
 
+/* Is `a` the pod's global IPv6 address (a dual-stack pod's; none when all zero)? */
+INLINE int own_ip6(const u8 *a, const struct pod_state *st)
+{
+	const u8 *m = st->ip6;
+	if (unspecified(m))
+		return 0;
+	return raw32(a) == raw32(m) && raw32(a + 4) == raw32(m + 4) && raw32(a + 8) == raw32(m + 8) &&
+	       raw32(a + 12) == raw32(m + 12);
+}
+
+/* Any address of the pod's: its global IPv6 address or its link-local one. */
+INLINE int own_addr6(const u8 *a, const struct pod_state *st)
+{
+	return own_ip6(a, st) || own_link_local(a, st->mac);
+}
+
+/* May a pod send UDP to an overlay port at IPv6 address `d`? Only to another pod of
+ * its own node: inside its IPv6 pod CIDR, but not ::0 (subnet-router anycast) or ::1
+ * (the gateway, the node itself). See struct pod_state. */
+INLINE int overlay_port_allowed6(const struct pod_state *st, const u8 *d)
+{
+	if (unspecified(st->ip6))
+		return 0;
+	u32 prefix = st->ip6_prefix;
+	u32 host_high = 0;
+	u8 low = 0;
+#pragma unroll
+	for (int i = 0; i < 16; i++) {
+		u32 bits = prefix > (u32)(8 * i) ? prefix - 8 * i : 0;
+		u8 m = bits >= 8 ? 0xff : (u8)(0xff00 >> bits);
+		if ((d[i] ^ st->ip6[i]) & m)
+			return 0;
+		if (i < 15)
+			host_high |= d[i] & (u8)~m;
+		else
+			low = d[i] & (u8)~m;
+	}
+	return host_high != 0 || low > 1;
+}
+
 SEC("classifier") int podnet_from_pod(struct __sk_buff *skb)
 {
 	u32 key = skb->ifindex;
@@ -242,11 +283,29 @@ SEC("classifier") int podnet_from_pod(struct __sk_buff *skb)
 			icmp = p[0];
 		}
 		const u8 *src = l3 + 8;
-		if (!own_link_local(src, st->mac)) {
-			/* Duplicate-address detection (neighbour solicitation) and MLD reports
-			 * go out before the link-local address is ready, from ::. */
-			if (!(unspecified(src) && (icmp == 135 || icmp == 143)))
+		if (!own_addr6(src, st)) {
+			/* MLD reports and duplicate-address detection (a neighbour solicitation)
+			 * go out before an address is ready, from ::. Detection only for the
+			 * pod's own addresses: a probe for another pod's address would make that
+			 * pod, were it still detecting, give its address up. */
+			if (!unspecified(src) || (icmp != 135 && icmp != 143))
 				return drop(key, data, end, st, DROP_IPV6_SRC);
+			if (icmp == 135) {
+				/* type, code, checksum, reserved (8 bytes), then the target. */
+				if (p + 24 > end)
+					return drop(key, data, end, st, DROP_MALFORMED);
+				if (!own_addr6(p + 8, st))
+					return drop(key, data, end, st, DROP_IPV6_DAD);
+			}
+		}
+		/* UDP to an overlay port (fragments were refused above). */
+		if (next == IPPROTO_UDP) {
+			if (p + 4 > end)
+				return drop(key, data, end, st, DROP_MALFORMED);
+			u16 dport = (u16)p[2] << 8 | p[3];
+			if (dport && (dport == st->guard_ports[0] || dport == st->guard_ports[1]) &&
+			    !overlay_port_allowed6(st, l3 + 24))
+				return drop(key, data, end, st, DROP_OVERLAY_PORT);
 		}
 		if (icmp == 134)
 			return drop(key, data, end, st, DROP_IPV6_RA);
@@ -256,7 +315,7 @@ SEC("classifier") int podnet_from_pod(struct __sk_buff *skb)
 			/* type, code, checksum, flags (8 bytes), then the target address. */
 			if (p + 24 > end)
 				return drop(key, data, end, st, DROP_MALFORMED);
-			if (!own_link_local(p + 8, st->mac))
+			if (!own_addr6(p + 8, st))
 				return drop(key, data, end, st, DROP_IPV6_NA);
 			/* Every target link-layer address option must carry the pod's MAC;
 			 * an advertisement with more options than are checked is refused. */

@@ -137,6 +137,8 @@ impl Agent {
         let body = podnet_conventions::NodeFile {
             node: self.cfg.node.clone(),
             pod_cidr: Some(n.record.pod_cidr.to_string()),
+            // The agent leases IPv4 pod CIDRs only (dual-stack nodes: not yet).
+            pod_cidrs: vec![],
             cluster_cidr: Some(self.cfg.cluster_cidr.to_string()),
             overlay_ports: self
                 .backend

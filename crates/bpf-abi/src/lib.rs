@@ -56,11 +56,11 @@ mod tests {
             ..PodState::default()
         };
         let b = st.as_bytes();
-        assert_eq!(b.len(), 32 + 8 * PODNET_DROP_MAX as usize);
+        assert_eq!(b.len(), 56 + 8 * PODNET_DROP_MAX as usize);
         assert_eq!(&b[..6], &[1, 2, 3, 4, 5, 6]);
         assert_eq!(&b[8..12], &[10, 0, 0, 5]);
         assert_eq!(&b[12..14], &8472u16.to_ne_bytes());
-        assert_eq!(&b[32..40], &7u64.to_ne_bytes());
+        assert_eq!(&b[56..64], &7u64.to_ne_bytes());
         assert_eq!(PodState::from_bytes(b), Some(st));
         assert_eq!(PodState::from_bytes(&b[1..]), None);
         // A record read from an unaligned spot of a longer buffer.

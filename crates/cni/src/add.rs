@@ -1,14 +1,15 @@
 //! ADD: give a pod its network.
 //!
 //! Order matters and is the point of this module:
-//! 1. address (built-in IPAM or the delegated plugin);
-//! 2. the node bridge, with the gateway address (created if missing);
+//! 1. address (built-in IPAM or the delegated plugin; on a dual-stack network one of
+//!    each family);
+//! 2. the node bridge, with the gateway address of each family (created if missing);
 //! 3. the veth pair in one request, both ends down, the pod end created directly inside
 //!    the pod's namespace as `CNI_IFNAME` with its final MAC and MTU, the host end as a
 //!    port of the bridge — the bridge keeps a port whose link is down disabled, so it
 //!    forwards nothing to or from it — then the host end's clsact qdisc;
 //! 4. inside the pod: link up (without an IPv6 link-local address: `configure_pod`),
-//!    address, routes (one pipelined netlink write); with the host end down nothing
+//!    addresses, routes (one pipelined netlink write); with the host end down nothing
 //!    flows;
 //! 5. the anti-spoofing entry and filter on the host end (and the eBPF policy filters);
 //! 6. only then the host end comes up (with its owner alias and hairpin mode, one
@@ -29,11 +30,11 @@ use crate::timing::mark;
 use crate::{antispoof, delegate, Invocation};
 use podnet_cni_spec::result::{Interface, IpConfig, Route};
 use podnet_cni_spec::{code, CniError, CniResult, Ipv4Net};
-use podnet_ipam::{Owner, Pool, Store};
+use podnet_ipam::{Owner, Pool, Pool6, Store};
 use podnet_netlink::link::{self, LinkChange, Target, VethSpec};
 use podnet_netlink::socket::Request;
 use podnet_netlink::{addr, fmt_mac, route, Netns, Socket};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Route protocol number podnet marks its routes with (`ip route` shows `proto 0x50`
 /// as a number; /etc/iproute2/rt_protos can name it).
@@ -85,12 +86,13 @@ fn merge(mut prev: CniResult, ours: CniResult) -> CniResult {
     prev
 }
 
-/// The address the runtime asks for through the `ips` capability
-/// (`runtimeConfig.ips`: `["10.244.0.7"]` or `["10.244.0.7/24"]`), if any. podnet pods
-/// have one IPv4 address, so at most one IPv4 entry may be given.
-fn requested_ip(s: &Settings) -> Result<Option<Ipv4Addr>, CniError> {
+/// The addresses the runtime asks for through the `ips` capability
+/// (`runtimeConfig.ips`: `["10.244.0.7"]` or `["10.244.0.7/24", "fd00::7/64"]`), if
+/// any. A podnet pod has one address of each family, so at most one entry of each may
+/// be given (an IPv6 one is only used on a dual-stack network).
+fn requested_ip(s: &Settings) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), CniError> {
     let Some(ips) = s.runtime_config.as_ref().and_then(|r| r.get("ips")) else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let bad = |why: String| {
         CniError::new(
@@ -102,7 +104,7 @@ fn requested_ip(s: &Settings) -> Result<Option<Ipv4Addr>, CniError> {
     let list = ips
         .as_array()
         .ok_or_else(|| bad("it must be a list of addresses, e.g. [\"10.244.0.7/24\"]".into()))?;
-    let mut v4 = Vec::new();
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
     for e in list {
         let text = e
             .as_str()
@@ -117,17 +119,16 @@ fn requested_ip(s: &Settings) -> Result<Option<Ipv4Addr>, CniError> {
         };
         match parsed {
             Ok(std::net::IpAddr::V4(a)) => v4.push(a),
-            Ok(std::net::IpAddr::V6(_)) => {}
+            Ok(std::net::IpAddr::V6(a)) => v6.push(a),
             Err(why) => return Err(bad(why)),
         }
     }
-    match v4.as_slice() {
-        [] => Ok(None),
-        [one] => Ok(Some(*one)),
-        _ => Err(bad(
-            "a podnet pod has one IPv4 address: ask for at most one".into(),
-        )),
+    if v4.len() > 1 || v6.len() > 1 {
+        return Err(bad(
+            "a podnet pod has one address of each family: ask for at most one IPv4 and one IPv6 address".into(),
+        ));
     }
+    Ok((v4.first().copied(), v6.first().copied()))
 }
 
 /// The netmask of an IPv4 prefix length (0 to 32).
@@ -142,26 +143,59 @@ struct Assigned {
     ip: Ipv4Addr,
     prefix: u8,
     gateway: Ipv4Addr,
+    /// A dual-stack pod's IPv6 address.
+    v6: Option<Assigned6>,
     routes: Vec<Route>,
     dns: Option<serde_json::Value>,
 }
 
+/// A dual-stack pod's IPv6 address, its prefix length and gateway.
+#[derive(Clone, Copy)]
+struct Assigned6 {
+    ip: Ipv6Addr,
+    prefix: u8,
+    gateway: Ipv6Addr,
+}
+
 fn assign(inv: &Invocation, s: &Settings, undo: &mut Vec<Undo>) -> Result<Assigned, CniError> {
     match s.ipam.as_ref().expect("resolve always sets ipam") {
-        Ipam::Builtin { subnet, gateway } => {
+        Ipam::Builtin {
+            subnet,
+            gateway,
+            v6,
+        } => {
             let pool = Pool::new(*subnet, *gateway).map_err(errors::ipam)?;
+            let pool6 = v6
+                .map(|(net, gw)| Pool6::new(net, gw))
+                .transpose()
+                .map_err(errors::ipam)?;
             let store = s.store()?;
             let owner = Owner::new(&inv.env.container_id, &inv.env.ifname);
-            let ip = match requested_ip(s)? {
+            let (want4, want6) = requested_ip(s)?;
+            let ip = match want4 {
                 Some(want) => store.allocate_exact(&pool, &owner, want),
                 None => store.allocate(&pool, &owner),
             }
             .map_err(errors::ipam)?;
-            undo.push(Undo::ReleaseAddress(store, owner));
+            undo.push(Undo::ReleaseAddress(store.clone(), owner.clone()));
+            // The IPv6 side, under the same owner (the undo above releases both).
+            let v6 = match pool6 {
+                Some(p6) => Some(Assigned6 {
+                    ip: match want6 {
+                        Some(want) => store.allocate_exact6(&p6, &owner, want),
+                        None => store.allocate6(&p6, &owner),
+                    }
+                    .map_err(errors::ipam)?,
+                    prefix: p6.subnet.prefix(),
+                    gateway: p6.gateway,
+                }),
+                None => None,
+            };
             Ok(Assigned {
                 ip,
                 prefix: subnet.prefix(),
                 gateway: *gateway,
+                v6,
                 routes: vec![],
                 dns: None,
             })
@@ -219,6 +253,9 @@ fn assign(inv: &Invocation, s: &Settings, undo: &mut Vec<Undo>) -> Result<Assign
                 ip,
                 prefix: ipc.address.prefix,
                 gateway,
+                // A delegated plugin's IPv6 address is not used (yet): its pods are
+                // IPv4 pods.
+                v6: None,
                 routes: res
                     .routes
                     .into_iter()
@@ -248,6 +285,27 @@ pub fn ensure_bridge(
     })
 }
 
+/// A dual-stack network's IPv6 gateway on the node bridge (read first: adding takes
+/// the kernel's link lock even when the address is there).
+fn ensure_gateway6(host: &mut Socket, br: &link::LinkInfo, v6: &Assigned6) -> Result<(), CniError> {
+    let nl = |e| {
+        errors::netlink(e, "check the bridge with `ip -6 addr show dev <bridge>`; IPv6 must be enabled on the node (net.ipv6.conf.<bridge>.disable_ipv6=0)")
+    };
+    let has = addr::list6(host, Some(br.index))
+        .map_err(nl)?
+        .iter()
+        .any(|(_, a, p)| *a == v6.gateway && *p == v6.prefix);
+    if !has {
+        for r in host.ack_all(vec![addr::add6_request(br.index, v6.gateway, v6.prefix)]) {
+            match r {
+                Err(e) if !e.is_exists() => return Err(nl(e)),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 fn add(
     inv: &Invocation,
     s: &Settings,
@@ -270,6 +328,9 @@ fn add(
     mark("address assigned");
     let mtu = s.pod_mtu(host);
     let br = ensure_bridge(host, &s.bridge, a.gateway, a.prefix, mtu)?;
+    if let Some(v6) = &a.v6 {
+        ensure_gateway6(host, &br, v6)?;
+    }
     mark("bridge ready");
 
     // 3. the veth pair, both ends down: the pod end is created directly inside the
@@ -331,7 +392,7 @@ fn add(
         dp.as_ref(),
         policy.as_deref(),
         pmac,
-        a.ip,
+        (a.ip, a.v6.map(|v| (v.ip, v.prefix))),
         &s.overlay_guard,
         undo,
     )?;
@@ -466,8 +527,8 @@ fn rollback(inv: &Invocation, host: &mut Socket, undo: Vec<Undo>) -> Vec<String>
                 Err(e) => format!("could not delete veth {name}: {e}"),
             }),
             Undo::ReleaseAddress(store, owner) => notes.push(match store.release(&owner) {
-                Ok(Some(ip)) => format!("released {ip}"),
-                Ok(None) => "no address to release".into(),
+                Ok(held) if held.is_empty() => "no address to release".into(),
+                Ok(held) => format!("released {held}"),
                 Err(e) => format!("could not release the address: {e}"),
             }),
             Undo::DelegateDel(plugin) => {
@@ -563,7 +624,7 @@ fn protect(
     dp: Option<&antispoof::Datapath>,
     policy: Option<&[std::os::fd::OwnedFd]>,
     pmac: [u8; 6],
-    ip: std::net::Ipv4Addr,
+    (ip, ip6): (Ipv4Addr, Option<(Ipv6Addr, u8)>),
     guard: &antispoof::OverlayGuard,
     undo: &mut Vec<Undo>,
 ) -> Result<(), CniError> {
@@ -583,7 +644,7 @@ fn protect(
             ))
         })?;
         undo.push(Undo::ForgetEntry(map, hveth.index));
-        antispoof::set_pod(dp, hveth.index, pmac, ip, guard).map_err(refused)?;
+        antispoof::set_pod(dp, hveth.index, pmac, ip, ip6, guard).map_err(refused)?;
         let r = antispoof::filter_request(hveth.index, &dp.prog);
         host.ack(r.msg, r.op, r.obj).map_err(refused)?;
         mark("anti-spoofing installed");
@@ -668,6 +729,12 @@ fn configure_pod(
             gw: Some(IpAddr::V4(a.gateway)),
         });
     }
+    if let Some(v6) = &a.v6 {
+        routes.push(Route {
+            dst: "::/0".parse().unwrap(),
+            gw: Some(IpAddr::V6(v6.gateway)),
+        });
+    }
     // The pod's sending limit on its own interface, before it is up: the pod cannot
     // change it without CAP_NET_ADMIN, and it holds on every datapath (the fast path
     // takes packets on the host side, after it).
@@ -686,9 +753,29 @@ fn configure_pod(
         ),
         addr::add_request(eth_index, a.ip, a.prefix),
     ]);
+    if let Some(v6) = &a.v6 {
+        // Usable at once (no duplicate address detection: IPAM gave it to this pod
+        // alone); the prefix route comes with it.
+        reqs.push(addr::add6_request(eth_index, v6.ip, v6.prefix));
+    }
     for r in &routes {
-        let IpAddr::V4(dst) = r.dst.addr else {
-            continue;
+        let dst = match (r.dst.addr, &a.v6) {
+            (IpAddr::V4(d), _) => d,
+            (IpAddr::V6(d), Some(v6)) => {
+                let gw = match r.gw {
+                    Some(IpAddr::V6(g)) => g,
+                    _ => v6.gateway,
+                };
+                reqs.push(route::add6_request(
+                    d,
+                    r.dst.prefix,
+                    Some(gw),
+                    eth_index,
+                    RTPROT_PODNET,
+                ));
+                continue;
+            }
+            (IpAddr::V6(_), None) => continue,
         };
         let gw = match r.gw {
             Some(IpAddr::V4(g)) => Some(g),
@@ -745,16 +832,25 @@ fn result(
                 sandbox: Some(inv.env.netns.clone()),
             },
         ],
-        ips: vec![IpConfig {
+        ips: std::iter::once(IpConfig {
             address: podnet_cni_spec::net::IpNet::new(IpAddr::V4(a.ip), a.prefix),
             gateway: Some(gw),
             interface: Some(2),
-        }],
+        })
+        .chain(a.v6.map(|v| IpConfig {
+            address: podnet_cni_spec::net::IpNet::new(IpAddr::V6(v.ip), v.prefix),
+            gateway: Some(IpAddr::V6(v.gateway)),
+            interface: Some(2),
+        }))
+        .collect(),
         routes: routes
             .into_iter()
             .map(|r| Route {
+                gw: r.gw.or(Some(match (r.dst.addr, &a.v6) {
+                    (IpAddr::V6(_), Some(v)) => IpAddr::V6(v.gateway),
+                    _ => gw,
+                })),
                 dst: r.dst,
-                gw: r.gw.or(Some(gw)),
             })
             .collect(),
         dns: inv
@@ -778,19 +874,23 @@ mod tests {
         let ok = |ips: serde_json::Value| requested_ip(&settings(json!({ "ips": ips })));
         assert_eq!(
             ok(json!(["10.9.0.7/24"])).unwrap(),
-            Some("10.9.0.7".parse().unwrap())
+            (Some("10.9.0.7".parse().unwrap()), None)
         );
         assert_eq!(
             ok(json!(["10.9.0.7", "fd00::7/64"])).unwrap(),
-            Some("10.9.0.7".parse().unwrap())
+            (
+                Some("10.9.0.7".parse().unwrap()),
+                Some("fd00::7".parse().unwrap())
+            )
         );
-        assert_eq!(ok(json!([])).unwrap(), None);
+        assert_eq!(ok(json!([])).unwrap(), (None, None));
         for bad in [
             json!(["10.9.0.7/99"]),
             json!(["10.9.0.7/"]),
             json!(["10.9.0.7/-1"]),
             json!(["10.9.0.7/24/8"]),
             json!(["10.9.0.7", "10.9.0.8"]),
+            json!(["fd00::7", "fd00::8"]),
             json!([7]),
             json!("10.9.0.7"),
             json!([null]),

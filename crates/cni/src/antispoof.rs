@@ -257,9 +257,10 @@ pub fn set_pod(
     host_ifindex: u32,
     mac: [u8; 6],
     ip: Ipv4Addr,
+    ip6: Option<(std::net::Ipv6Addr, u8)>,
     guard: &OverlayGuard,
 ) -> Result<()> {
-    bpf::update(&dp.map, host_ifindex, &state_bytes(mac, ip, guard))
+    bpf::update(&dp.map, host_ifindex, &state_bytes(mac, ip, ip6, guard))
 }
 
 /// Removes the entry of the pod whose host veth was `host_ifindex` with MAC `host_mac`
@@ -336,8 +337,8 @@ mod tests {
             cluster: Some((Ipv4Addr::new(10, 244, 0, 0), 16)),
             node_prefix: 24,
         };
-        let v = state_bytes([1, 2, 3, 4, 5, 6], Ipv4Addr::new(10, 0, 0, 5), &guard);
-        assert_eq!(v.len(), 32 + 8 * DROP_REASONS.len());
+        let v = state_bytes([1, 2, 3, 4, 5, 6], Ipv4Addr::new(10, 0, 0, 5), None, &guard);
+        assert_eq!(v.len(), 56 + 8 * DROP_REASONS.len());
         assert_eq!(&v[..6], &[1, 2, 3, 4, 5, 6]);
         assert_eq!(&v[8..12], &[10, 0, 0, 5]);
         // Host order, as the program compares them with be32().
@@ -347,7 +348,12 @@ mod tests {
         assert_eq!(&v[20..24], &0xffff_0000u32.to_ne_bytes());
         assert_eq!(&v[24..28], &0xffff_ff00u32.to_ne_bytes());
         // Without a cluster CIDR the mask is 0: the ports are closed everywhere.
-        let none = state_bytes([0; 6], Ipv4Addr::new(10, 0, 0, 5), &OverlayGuard::default());
+        let none = state_bytes(
+            [0; 6],
+            Ipv4Addr::new(10, 0, 0, 5),
+            None,
+            &OverlayGuard::default(),
+        );
         assert_eq!(&none[20..24], &[0; 4]);
     }
 

@@ -38,7 +38,12 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
     if let (true, Some(h)) = (s.anti_spoofing, &hveth) {
         check_antispoof(&mut host, h, &host_name, pod_mac, want.ip, &mut problems)?;
     }
-    check_ipam(inv, &s, want.ip, &mut problems)?;
+    check_ipam(
+        inv,
+        &s,
+        (want.ip, want.want_ip6.map(|w| w.address.addr)),
+        &mut problems,
+    )?;
 
     if problems.is_empty() {
         Ok(())
@@ -73,6 +78,8 @@ struct Expected<'a> {
     /// The IPv4 address given to that interface.
     want_ip: &'a IpConfig,
     ip: Ipv4Addr,
+    /// A dual-stack pod's IPv6 address, if prevResult gives the interface one.
+    want_ip6: Option<&'a IpConfig>,
 }
 
 impl<'a> Expected<'a> {
@@ -97,11 +104,16 @@ impl<'a> Expected<'a> {
         let IpAddr::V4(ip) = want_ip.address.addr else {
             unreachable!()
         };
+        let want_ip6 = prev
+            .ips
+            .iter()
+            .find(|i| i.address.addr.is_ipv6() && (want_if.is_none() || i.interface == want_if));
         Ok(Expected {
             prev,
             want_if,
             want_ip,
             ip,
+            want_ip6,
         })
     }
 }
@@ -143,6 +155,15 @@ fn check_pod(
         .any(|a| a.addr == want.ip && a.prefix == want.want_ip.address.prefix)
     {
         problems.push(format!("{ifname} lacks address {}", want.want_ip.address));
+    }
+    if let Some(w6) = want.want_ip6 {
+        let has = addr::list6(pod, Some(l.index))
+            .map_err(nl)?
+            .iter()
+            .any(|(_, a, p)| IpAddr::V6(*a) == w6.address.addr && *p == w6.address.prefix);
+        if !has {
+            problems.push(format!("{ifname} lacks address {}", w6.address));
+        }
     }
     check_routes(pod, want, problems)?;
     Ok(pod_mac)
@@ -243,7 +264,7 @@ fn check_antispoof(
 fn check_ipam(
     inv: &Invocation,
     s: &Settings,
-    ip: Ipv4Addr,
+    (ip, ip6): (Ipv4Addr, Option<IpAddr>),
     problems: &mut Vec<String>,
 ) -> Result<(), CniError> {
     if let Some(Ipam::Delegate { plugin }) = &s.ipam {
@@ -253,13 +274,18 @@ fn check_ipam(
     }
     if let Some(Ipam::Builtin { .. }) = s.ipam {
         let store = s.store()?;
-        match store
+        let held = store
             .lookup(&Owner::new(&inv.env.container_id, &inv.env.ifname))
-            .map_err(errors::ipam)?
-        {
-            Some(held) if held == ip => {}
-            Some(held) => problems.push(format!("IPAM records {held} for this pod, not {ip}")),
-            None => problems.push(format!("IPAM has no record of {ip} for this pod")),
+            .map_err(errors::ipam)?;
+        let got = [held.v4.map(IpAddr::V4), held.v6.map(IpAddr::V6)];
+        for (want, got) in [(Some(IpAddr::V4(ip)), got[0]), (ip6, got[1])] {
+            match (want, got) {
+                (Some(w), Some(g)) if w != g => {
+                    problems.push(format!("IPAM records {g} for this pod, not {w}"))
+                }
+                (Some(w), None) => problems.push(format!("IPAM has no record of {w} for this pod")),
+                _ => {}
+            }
         }
     }
     Ok(())

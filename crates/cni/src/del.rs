@@ -66,8 +66,11 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
             let store = s.store()?;
             let owner = Owner::new(&inv.env.container_id, &inv.env.ifname);
             // Only the address the store says this attachment holds: anything else
-            // may be another pod's by now.
-            if let Some(ip) = store.lookup(&owner).map_err(errors::ipam)? {
+            // may be another pod's by now. (A dual-stack pod's IPv6 address has no
+            // connections to forget: both policy datapaths keep pods' IPv6 stateless
+            // — they drop it — and round-robin over its range does not hand it out
+            // again soon.)
+            if let Some(ip) = store.lookup(&owner).map_err(errors::ipam)?.v4 {
                 forget_connections(ip, &inv.raw)?;
             }
             store.release(&owner).map_err(errors::ipam)?;

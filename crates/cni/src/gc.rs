@@ -20,7 +20,7 @@ use podnet_cni_spec::{code, CniError};
 use podnet_ipam::Owner;
 use podnet_netlink::{link, Socket};
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 pub fn run(inv: &Invocation) -> Result<(), CniError> {
     let s = Settings::for_cleanup(&inv.conf, &inv.raw);
@@ -132,7 +132,7 @@ impl Gc<'_> {
         // connections are still there.
         let mut held: HashSet<Owner> = HashSet::new();
         let mut forgotten = HashSet::new();
-        match st.list() {
+        match st.list_all() {
             Ok(all) => {
                 for (ip, o) in all.into_iter().filter(|(_, o)| !kept(o)) {
                     // A record whose link has no alias: a crash between creating
@@ -166,13 +166,16 @@ impl Gc<'_> {
     }
 
     /// Deletes the link an owner's name derives to, if any, then forgets the
-    /// connections of its address.
-    fn unlink_and_forget(&self, ip: Ipv4Addr, o: &Owner) -> Result<(), CniError> {
+    /// connections of its address (IPv4: see `del::run` for a dual-stack pod's IPv6).
+    fn unlink_and_forget(&self, ip: IpAddr, o: &Owner) -> Result<(), CniError> {
         delete_link_detached(
             &host_veth_name(&o.container_id, &o.ifname),
             &self.s.data_dir,
-        )
-        .and_then(|_| forget_connections(ip, &self.inv.raw))
+        )?;
+        match ip {
+            IpAddr::V4(ip) => forget_connections(ip, &self.inv.raw),
+            IpAddr::V6(_) => Ok(()),
+        }
     }
 
     /// Removes the datapath entries whose link no longer exists.

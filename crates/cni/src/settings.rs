@@ -1,9 +1,10 @@
 //! What one invocation works with: the network configuration, completed from the
 //! node's agent (when one runs) and from defaults, and checked.
 
+use podnet_cni_spec::net::{Ipv6Net, PodCidr};
 use podnet_cni_spec::{code, CniError, Ipv4Net, NetConf};
 use podnet_netlink::{link, route, Socket};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 pub use podnet_conventions::{DEFAULT_BRIDGE, DEFAULT_DATA_DIR, DEFAULT_NODE_FILE};
@@ -57,8 +58,13 @@ use podnet_netlink::antispoof as antispoof_guard;
 /// How addresses are assigned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ipam {
-    /// podnet's own allocator over `subnet`.
-    Builtin { subnet: Ipv4Net, gateway: Ipv4Addr },
+    /// podnet's own allocator over `subnet`; a dual-stack network's pods also get an
+    /// address of `v6` (its IPv6 pod CIDR and gateway).
+    Builtin {
+        subnet: Ipv4Net,
+        gateway: Ipv4Addr,
+        v6: Option<(Ipv6Net, Ipv6Addr)>,
+    },
     /// Another IPAM plugin (`host-local`, …) found in CNI_PATH.
     Delegate { plugin: String },
 }
@@ -104,10 +110,10 @@ impl Settings {
         let node = node_info(node_file)?;
         let overlay_guard = node.overlay_guard()?;
         check_datapath(raw, node.datapath)?;
-        let bridge = bridge_name(conf, node.bridge)?;
+        let bridge = bridge_name(conf, node.bridge.clone())?;
         let mtu = pod_mtu(conf, node.mtu)?;
         let gateway = gateway(conf)?;
-        let ipam = ipam(conf, node.pod_cidr, node_file, gateway)?;
+        let ipam = ipam(conf, raw, &node, node_file, gateway)?;
         Ok(Settings {
             network: conf.name.clone(),
             bridge,
@@ -300,10 +306,13 @@ fn gateway(conf: &NetConf) -> Result<Option<Ipv4Addr>, CniError> {
 }
 
 /// How addresses are assigned: the delegated plugin the config names, or the built-in
-/// allocator over the configured subnet or the agent's pod CIDR.
+/// allocator over the configured subnets or the agent's pod CIDRs. In order: the
+/// config's `subnets` (one CIDR per family: dual-stack), its `subnet`, the node file's
+/// `podCIDRs`, its `podCIDR`.
 fn ipam(
     conf: &NetConf,
-    node_pod_cidr: Option<String>,
+    raw: &serde_json::Value,
+    node: &NodeInfo,
     node_file: &str,
     gateway: Option<Ipv4Addr>,
 ) -> Result<Option<Ipam>, CniError> {
@@ -312,31 +321,119 @@ fn ipam(
             plugin: t.to_string(),
         }));
     }
-    // Where the subnet comes from, for the errors: the operator fixes one, the
-    // cluster's pod CIDR the other.
-    let (subnet_s, from, fix) = match (conf.subnet.clone(), node_pod_cidr) {
-        (Some(s), _) => (
-            Some(s),
-            "\"subnet\" in the network configuration".to_string(),
-            "write the node's pod CIDR, e.g. \"10.244.0.0/24\"",
-        ),
-        (None, Some(s)) => (
-            Some(s),
-            format!("podCIDR in the agent's node file {node_file}"),
-            "podnetd publishes the Node's spec.podCIDR: fix the cluster's pod CIDR (kube-controller-manager --cluster-cidr) and restart podnetd",
-        ),
-        (None, None) => (None, String::new(), ""),
-    };
-    match subnet_s {
-        Some(s) => builtin_ipam(&s, &from, fix, gateway).map(Some),
-        None => Err(invalid(
-            "no subnet for this node",
-            format!(
-                "the config has no \"subnet\" and no podnet agent has written {node_file}; \
-                 add \"subnet\": \"10.244.0.0/24\" (the node's pod CIDR) or start podnetd on this node"
+    let config_fix =
+        "write the node's pod CIDRs, e.g. \"subnets\": [\"10.244.0.0/24\", \"fd00:10:244::/64\"]";
+    let node_fix = "podnetd publishes the Node's spec.podCIDRs: fix the cluster's pod CIDRs (kube-controller-manager --cluster-cidr) and restart podnetd";
+    // Where the subnets come from, for the errors: the operator fixes one, the
+    // cluster's pod CIDRs the other.
+    let (list, from, fix): (Vec<String>, String, &str) = match raw.get("subnets") {
+        Some(serde_json::Value::Null) | None => match (conf.subnet.clone(), node) {
+            (Some(s), _) => (
+                vec![s],
+                "\"subnet\" in the network configuration".into(),
+                "write the node's pod CIDR, e.g. \"10.244.0.0/24\"",
             ),
-        )),
+            (None, n) if !n.pod_cidrs.is_empty() => (
+                n.pod_cidrs.clone(),
+                format!("podCIDRs in the agent's node file {node_file}"),
+                node_fix,
+            ),
+            (None, n) => match n.pod_cidr.clone() {
+                Some(s) => (
+                    vec![s],
+                    format!("podCIDR in the agent's node file {node_file}"),
+                    node_fix,
+                ),
+                None => {
+                    return Err(invalid(
+                        "no subnet for this node",
+                        format!(
+                            "the config has no \"subnet\" and no podnet agent has written {node_file}; \
+                             add \"subnet\": \"10.244.0.0/24\" (the node's pod CIDR) or start podnetd on this node"
+                        ),
+                    ))
+                }
+            },
+        },
+        Some(v) => {
+            if conf.subnet.is_some() {
+                return Err(invalid(
+                    "the config has both \"subnet\" and \"subnets\"",
+                    "keep one: \"subnets\" lists the node's pod CIDRs, one per family",
+                ));
+            }
+            let list = v
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .map(|e| e.as_str().map(String::from))
+                        .collect::<Option<Vec<_>>>()
+                })
+                .ok_or_else(|| {
+                    let shown: String = v.to_string().chars().take(80).collect();
+                    invalid(format!("invalid subnets {shown}"), format!("\"subnets\" is a list of CIDR strings; {config_fix}"))
+                })?;
+            (list, "\"subnets\" in the network configuration".into(), config_fix)
+        }
+    };
+    let (mut v4, mut v6) = (None, None);
+    for s in &list {
+        let cidr: PodCidr = s.parse().map_err(|e| {
+            invalid(
+                format!("invalid subnet {s:?} ({from})"),
+                format!("{e}; {fix}"),
+            )
+        })?;
+        let twice = |family: &str| {
+            invalid(
+                format!("{from} lists two {family} subnets"),
+                format!("a pod gets one address of each family: list one IPv4 and at most one IPv6 CIDR; {fix}"),
+            )
+        };
+        match cidr {
+            PodCidr::V4(n) if v4.is_none() => v4 = Some(n),
+            PodCidr::V6(n) if v6.is_none() => v6 = Some(n),
+            PodCidr::V4(_) => return Err(twice("IPv4")),
+            PodCidr::V6(_) => return Err(twice("IPv6")),
+        }
     }
+    let Some(v4) = v4 else {
+        return Err(invalid(
+            format!("{from} has no IPv4 subnet"),
+            format!("podnet pods are IPv4 or dual-stack (IPv6-only pods are not supported yet): list an IPv4 CIDR too; {fix}"),
+        ));
+    };
+    // An agent that publishes no IPv6 pod CIDR neither routes IPv6 between nodes nor
+    // judges it by policy (its datapaths drop pods' IPv6): pods there would get an
+    // IPv6 address that goes nowhere. Refused rather than half made.
+    if v6.is_some() && node.pod_cidr.is_some() && node.pod_cidrs.is_empty() {
+        return Err(invalid(
+            format!("{from} gives pods IPv6, but podnetd on this node ({node_file}) publishes no IPv6 pod CIDR"),
+            "podnetd does not carry IPv6 yet (routes, overlay and policy datapaths are IPv4 only): on a node with podnetd, list only the IPv4 subnet; dual-stack \"subnets\" work with podnet-cni alone",
+        ));
+    }
+    let v6 = v6
+        .map(|n| {
+            if let Some(why) = n.pod_cidr_problem() {
+                return Err(invalid(
+                    format!("subnet {n} ({from}) cannot be a node's IPv6 pod CIDR: {why}"),
+                    format!("{fix}: a unique local (fd00::/8) or global range, /32 to /126"),
+                ));
+            }
+            Ok((n, n.nth(1).expect("/126 or larger")))
+        })
+        .transpose()?;
+    let Ipam::Builtin {
+        subnet, gateway, ..
+    } = builtin_ipam(&v4.to_string(), &from, fix, gateway)?
+    else {
+        unreachable!("builtin_ipam makes the built-in IPAM")
+    };
+    Ok(Some(Ipam::Builtin {
+        subnet,
+        gateway,
+        v6,
+    }))
 }
 
 /// The built-in allocator over subnet `s` (named by `from` in errors, which say `fix`):
@@ -375,6 +472,7 @@ fn builtin_ipam(
     Ok(Ipam::Builtin {
         subnet,
         gateway: gw,
+        v6: None,
     })
 }
 
@@ -483,9 +581,72 @@ mod tests {
             s.ipam,
             Some(Ipam::Builtin {
                 subnet: "10.244.3.0/24".parse().unwrap(),
-                gateway: "10.244.3.1".parse().unwrap()
+                gateway: "10.244.3.1".parse().unwrap(),
+                v6: None,
             })
         );
+    }
+
+    /// Dual-stack: `subnets` (or the node file's `podCIDRs`) lists one CIDR per
+    /// family; each side gets its first address as gateway. Lists podnet cannot serve
+    /// are refused with code 7, naming the list and the fix.
+    #[test]
+    fn dual_stack_subnets_come_from_the_config_or_the_node_file() {
+        let want = Some(Ipam::Builtin {
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            gateway: "10.244.3.1".parse().unwrap(),
+            v6: Some((
+                "fd00:10:244:3::/64".parse().unwrap(),
+                "fd00:10:244:3::1".parse().unwrap(),
+            )),
+        });
+        let (c, v) =
+            conf(r#"{"name":"n","type":"t","subnets":["fd00:10:244:3::/64","10.244.3.0/24"]}"#);
+        assert_eq!(Settings::resolve(&c, &v).unwrap().ipam, want);
+        let nf = Scratch::new("dual");
+        std::fs::write(
+            &nf.0,
+            r#"{"podCIDR":"10.244.9.0/24","podCIDRs":["10.244.3.0/24","fd00:10:244:3::/64"]}"#,
+        )
+        .unwrap();
+        let (c, mut v) = conf(r#"{"name":"n","type":"t"}"#);
+        v["nodeFile"] = nf.0.display().to_string().into();
+        assert_eq!(Settings::resolve(&c, &v).unwrap().ipam, want);
+        for (subnets, needle) in [
+            (r#"["fd00::/64"]"#, "no IPv4 subnet"),
+            (r#""10.0.0.0/24""#, "list of CIDR strings"),
+            (r#"["10.0.0.0/24", 7]"#, "list of CIDR strings"),
+            (r#"["10.0.0.0/24","10.1.0.0/24"]"#, "two IPv4 subnets"),
+            (
+                r#"["10.0.0.0/24","fd00::/64","fd01::/64"]"#,
+                "two IPv6 subnets",
+            ),
+            (r#"["10.0.0.0/24","fe80::/64"]"#, "link-local"),
+            (r#"["10.0.0.0/24","fd00::/127"]"#, "no room"),
+            (r#"["10.0.0.0/24","fd00::5/64"]"#, "fd00::/64"),
+            (r#"["10.0.0.0/24","fd00::/16"]"#, "wider"),
+        ] {
+            let (c, v) = conf(&format!(r#"{{"name":"n","type":"t","subnets":{subnets}}}"#));
+            let e = Settings::resolve(&c, &v).unwrap_err();
+            assert_eq!(e.code, 7, "{subnets}");
+            assert!(e.to_string().contains(needle), "{subnets}: {e}");
+        }
+        let (c, v) =
+            conf(r#"{"name":"n","type":"t","subnet":"10.0.0.0/24","subnets":["10.0.0.0/24"]}"#);
+        let e = Settings::resolve(&c, &v).unwrap_err();
+        assert!(e.to_string().contains("both"), "{e}");
+        // A node whose podnetd publishes only an IPv4 pod CIDR: no IPv6 from the config.
+        let nf4 = Scratch::new("dual-agent");
+        std::fs::write(&nf4.0, r#"{"podCIDR":"10.244.9.0/24"}"#).unwrap();
+        let (c, mut v) = conf(r#"{"name":"n","type":"t","subnets":["10.244.9.0/24","fd00::/64"]}"#);
+        v["nodeFile"] = nf4.0.display().to_string().into();
+        let e = Settings::resolve(&c, &v).unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(e.to_string().contains("publishes no IPv6 pod CIDR"), "{e}");
+        // An IPv6 "subnet" alone: IPv6-only pods are refused, not half made.
+        let (c, v) = conf(r#"{"name":"n","type":"t","subnet":"fd00::/64"}"#);
+        let e = Settings::resolve(&c, &v).unwrap_err();
+        assert!(e.to_string().contains("IPv6-only"), "{e}");
     }
 
     #[test]

@@ -17,7 +17,9 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
                 delegate::exec(&inv.env, &plugin, "STATUS", &inv.stdin)?;
             }
         }
-        Ipam::Builtin { subnet, gateway } => {
+        Ipam::Builtin {
+            subnet, gateway, ..
+        } => {
             let pool = Pool::new(subnet, gateway)
                 .map_err(|e| unavailable(e.to_string(), String::new()))?;
             let store = s.store().map_err(|e| unavailable(e.msg, e.details))?;

@@ -17,6 +17,10 @@ pub struct NodeFile {
     /// The node's pod CIDR, leased from the datastore.
     #[serde(rename = "podCIDR")]
     pub pod_cidr: Option<String>,
+    /// The node's pod CIDRs, one per family (a dual-stack node's `spec.podCIDRs`);
+    /// when present, podnet-cni reads them instead of `podCIDR`.
+    #[serde(rename = "podCIDRs", default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_cidrs: Vec<String>,
     /// The cluster's pod CIDR: where a pod's UDP to an overlay port may go.
     #[serde(rename = "clusterCIDR", default)]
     pub cluster_cidr: Option<String>,
@@ -73,6 +77,7 @@ mod tests {
         let f = NodeFile {
             node: "n1".into(),
             pod_cidr: Some("10.244.1.0/24".into()),
+            pod_cidrs: vec!["10.244.1.0/24".into(), "fd00:10:244:1::/64".into()],
             cluster_cidr: Some("10.244.0.0/16".into()),
             overlay_ports: vec![8472],
             mtu: Some(1450),
@@ -87,6 +92,7 @@ mod tests {
         let v = serde_json::to_value(&f).unwrap();
         for k in [
             "podCIDR",
+            "podCIDRs",
             "clusterCIDR",
             "overlayPorts",
             "mtu",

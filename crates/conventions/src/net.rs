@@ -1,9 +1,10 @@
 //! Small address types: an IPv4 network ([`Ipv4Net`], podnet's one CIDR type — pod
-//! CIDRs, the cluster and Service ranges, policy peers as the datapaths hold them) and
-//! an address-with-prefix of either family ([`IpNet`], as CNI results write it).
+//! CIDRs, the cluster and Service ranges, policy peers as the datapaths hold them), an
+//! IPv6 network ([`Ipv6Net`], a dual-stack node's second pod CIDR) and an
+//! address-with-prefix of either family ([`IpNet`], as CNI results write it).
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 /// An IPv4 network such as `10.244.0.0/24`, always stored with host bits cleared.
@@ -262,6 +263,187 @@ impl FromStr for Ipv4Net {
     }
 }
 
+/// An IPv6 network such as `fd00:10:244:1::/64`, always stored with host bits cleared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv6Net {
+    addr: Ipv6Addr,
+    prefix: u8,
+}
+
+/// The widest network an IPv6 pod CIDR may be (a /32: a node's range is usually a /64,
+/// Kubernetes' `--node-cidr-mask-size-ipv6` default).
+pub const MIN_POD_CIDR6_PREFIX: u8 = 32;
+/// The narrowest: room for the subnet-router anycast address, the gateway and pods.
+pub const MAX_POD_CIDR6_PREFIX: u8 = 126;
+
+/// IPv6 ranges no pod address may come from, with what they are (RFC 6890, RFC 4291).
+pub const RESERVED6: [(Ipv6Addr, u8, &str); 3] = [
+    (
+        Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0),
+        8,
+        "the range of the unspecified, loopback and IPv4-mapped addresses",
+    ),
+    (
+        Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0),
+        10,
+        "the link-local range",
+    ),
+    (
+        Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0),
+        8,
+        "the multicast range",
+    ),
+];
+
+impl Ipv6Net {
+    /// Builds a network; `None` if the prefix is over 128 or host bits are set.
+    pub fn new(addr: Ipv6Addr, prefix: u8) -> Option<Ipv6Net> {
+        if prefix > 128 {
+            return None;
+        }
+        let net = Ipv6Net { addr, prefix };
+        (net.network() == addr).then_some(net)
+    }
+
+    /// The network `addr/prefix` with the host bits cleared (a prefix over 128 is taken
+    /// as 128).
+    pub fn truncating(addr: Ipv6Addr, prefix: u8) -> Ipv6Net {
+        let prefix = prefix.min(128);
+        Ipv6Net {
+            addr: Ipv6Addr::from(u128::from(addr) & mask6(prefix)),
+            prefix,
+        }
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    pub fn mask(&self) -> u128 {
+        mask6(self.prefix)
+    }
+
+    pub fn network(&self) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.addr) & self.mask())
+    }
+
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        u128::from(ip) & self.mask() == u128::from(self.addr)
+    }
+
+    /// Number of addresses in the network; `u128::MAX` for a /0.
+    pub fn size(&self) -> u128 {
+        1u128
+            .checked_shl(128 - u32::from(self.prefix))
+            .unwrap_or(u128::MAX)
+    }
+
+    /// The address at offset `n` from the network address, if inside the network.
+    pub fn nth(&self, n: u128) -> Option<Ipv6Addr> {
+        (n < self.size()).then(|| Ipv6Addr::from(u128::from(self.addr) + n))
+    }
+
+    /// Offset of `ip` from the network address.
+    pub fn offset_of(&self, ip: Ipv6Addr) -> Option<u128> {
+        self.contains(ip)
+            .then(|| u128::from(ip) - u128::from(self.addr))
+    }
+
+    /// True if the two networks share an address.
+    pub fn overlaps(&self, other: &Ipv6Net) -> bool {
+        self.contains(other.addr) || other.contains(self.addr)
+    }
+
+    /// Why this network cannot be a node's pod CIDR, or `None` if it can: wider than
+    /// [`MIN_POD_CIDR6_PREFIX`], narrower than [`MAX_POD_CIDR6_PREFIX`], or touching a
+    /// [`RESERVED6`] range.
+    pub fn pod_cidr_problem(&self) -> Option<String> {
+        if self.prefix < MIN_POD_CIDR6_PREFIX {
+            return Some(format!(
+                "/{} is wider than any node's IPv6 pod CIDR (/{MIN_POD_CIDR6_PREFIX} at most; /64 is usual)",
+                self.prefix
+            ));
+        }
+        if self.prefix > MAX_POD_CIDR6_PREFIX {
+            return Some(format!(
+                "/{} leaves no room for the gateway and pods (/{MAX_POD_CIDR6_PREFIX} at least; /64 is usual)",
+                self.prefix
+            ));
+        }
+        RESERVED6
+            .iter()
+            .find(|(a, p, _)| self.overlaps(&Ipv6Net::truncating(*a, *p)))
+            .map(|(a, p, what)| format!("it overlaps {a}/{p}, {what}"))
+    }
+}
+
+fn mask6(prefix: u8) -> u128 {
+    u128::MAX
+        .checked_shl(128 - u32::from(prefix.min(128)))
+        .unwrap_or(0)
+}
+
+impl fmt::Display for Ipv6Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl serde::Serialize for Ipv6Net {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Ipv6Net {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|e: CidrError| serde::de::Error::custom(e.0))
+    }
+}
+
+impl FromStr for Ipv6Net {
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let a = IpNet::from_str(s)?;
+        let IpAddr::V6(v6) = a.addr else {
+            return Err(CidrError(format!("{s:?} is not an IPv6 network")));
+        };
+        Ipv6Net::new(v6, a.prefix).ok_or_else(|| {
+            let masked = Ipv6Net::truncating(v6, a.prefix);
+            CidrError(format!("{s:?} has host bits set; did you mean {masked}?"))
+        })
+    }
+}
+
+/// A pod CIDR of either family, as a node's `podCIDRs` lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PodCidr {
+    V4(Ipv4Net),
+    V6(Ipv6Net),
+}
+
+impl FromStr for PodCidr {
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.contains(':') {
+            s.parse().map(PodCidr::V6)
+        } else {
+            s.parse().map(PodCidr::V4)
+        }
+    }
+}
+
+impl fmt::Display for PodCidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PodCidr::V4(n) => n.fmt(f),
+            PodCidr::V6(n) => n.fmt(f),
+        }
+    }
+}
+
 /// An address with its prefix length, as CNI results write it (`10.244.0.5/24`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct IpNet {
@@ -318,6 +500,41 @@ mod tests {
         assert!(!n.contains(Ipv4Addr::new(10, 244, 2, 1)));
         assert_eq!(n.offset_of(Ipv4Addr::new(10, 244, 1, 9)), Some(9));
         assert_eq!(n.size(), 256);
+    }
+
+    #[test]
+    fn ipv6net_basics_and_pod_cidrs() {
+        let n: Ipv6Net = "fd00:10:244:1::/64".parse().unwrap();
+        assert_eq!(n.nth(1), Some("fd00:10:244:1::1".parse().unwrap()));
+        assert_eq!(n.size(), 1u128 << 64);
+        assert!(n.contains("fd00:10:244:1::ffff".parse().unwrap()));
+        assert!(!n.contains("fd00:10:244:2::1".parse().unwrap()));
+        assert_eq!(n.offset_of("fd00:10:244:1::9".parse().unwrap()), Some(9));
+        assert_eq!(n.nth(1u128 << 64), None);
+        let e = "fd00:10:244:1::5/64".parse::<Ipv6Net>().unwrap_err();
+        assert!(e.0.contains("fd00:10:244:1::/64"), "{e}");
+        assert!("10.0.0.0/8".parse::<Ipv6Net>().is_err());
+        assert!("fd00::/129".parse::<Ipv6Net>().is_err());
+        assert_eq!(n.pod_cidr_problem(), None);
+        for bad in [
+            "fd00::/16",
+            "fd00::/127",
+            "fe80::/64",
+            "ff02::/64",
+            "::/64",
+            "::ffff:0:0/96",
+        ] {
+            let n: Ipv6Net = bad.parse().unwrap();
+            assert!(n.pod_cidr_problem().is_some(), "{bad}");
+        }
+        assert_eq!(
+            "fd00::/64".parse::<PodCidr>().unwrap(),
+            PodCidr::V6("fd00::/64".parse().unwrap())
+        );
+        assert_eq!(
+            "10.1.0.0/24".parse::<PodCidr>().unwrap().to_string(),
+            "10.1.0.0/24"
+        );
     }
 
     #[test]

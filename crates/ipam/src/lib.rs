@@ -26,13 +26,18 @@
 //! network, gateway and broadcast addresses are never assigned. Allocation is
 //! idempotent per attachment (container ID + interface): asking twice returns the
 //! same address.
+//!
+//! A dual-stack network gives each attachment one address of each family: its IPv6
+//! side ([`Pool6`], [`Store::allocate6`]) lives in the same state, under the same lock,
+//! with its own cursor. Round-robin over a /64 means an IPv6 address is not handed out
+//! again before 2^64 others have been.
 
-use podnet_cni_spec::Ipv4Net;
+use podnet_cni_spec::net::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -52,11 +57,11 @@ pub enum Error {
     #[error("cannot write IPAM state {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
     #[error("no free address in {subnet}: all {in_use} usable addresses are assigned; delete unused pods, run GC to reclaim leaked addresses, or give the node a larger pod CIDR")]
-    Exhausted { subnet: Ipv4Net, in_use: usize },
+    Exhausted { subnet: String, in_use: usize },
     #[error("invalid address pool {subnet}: {why}")]
-    Pool { subnet: Ipv4Net, why: String },
+    Pool { subnet: String, why: String },
     #[error("the requested address {ip} cannot be given: {why}")]
-    Requested { ip: Ipv4Addr, why: String },
+    Requested { ip: IpAddr, why: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -90,17 +95,20 @@ impl Pool {
     pub fn new(subnet: Ipv4Net, gateway: Ipv4Addr) -> Result<Pool> {
         if subnet.prefix() > 30 {
             return Err(Error::Pool {
-                subnet,
+                subnet: subnet.to_string(),
                 why: "a pod CIDR must be /30 or larger (network, gateway, pods, broadcast)".into(),
             });
         }
         if let Some(why) = subnet.pod_cidr_problem() {
-            return Err(Error::Pool { subnet, why });
+            return Err(Error::Pool {
+                subnet: subnet.to_string(),
+                why,
+            });
         }
         if !subnet.contains(gateway) || gateway == subnet.network() || gateway == subnet.broadcast()
         {
             return Err(Error::Pool {
-                subnet,
+                subnet: subnet.to_string(),
                 why: format!("gateway {gateway} must be a host address inside it"),
             });
         }
@@ -121,6 +129,38 @@ impl Pool {
     }
 }
 
+/// The IPv6 range a dual-stack pod's second address comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool6 {
+    pub subnet: Ipv6Net,
+    pub gateway: Ipv6Addr,
+}
+
+impl Pool6 {
+    /// Checks that the pool can be a node's IPv6 pod CIDR with that gateway.
+    pub fn new(subnet: Ipv6Net, gateway: Ipv6Addr) -> Result<Pool6> {
+        if let Some(why) = subnet.pod_cidr_problem() {
+            return Err(Error::Pool {
+                subnet: subnet.to_string(),
+                why,
+            });
+        }
+        if !subnet.contains(gateway) || gateway == subnet.network() {
+            return Err(Error::Pool {
+                subnet: subnet.to_string(),
+                why: format!("gateway {gateway} must be a host address inside it"),
+            });
+        }
+        Ok(Pool6 { subnet, gateway })
+    }
+
+    /// True for the addresses a pod may get: not the subnet-router anycast address
+    /// (the network address), not the gateway.
+    pub fn assignable(&self, ip: Ipv6Addr) -> bool {
+        self.subnet.contains(ip) && ip != self.subnet.network() && ip != self.gateway
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     /// The last address handed out (round-robin cursor).
@@ -128,6 +168,12 @@ struct State {
     last: Option<Ipv4Addr>,
     #[serde(default)]
     allocations: BTreeMap<Ipv4Addr, Owner>,
+    /// A dual-stack network's IPv6 side: its cursor and allocations (absent from the
+    /// file of an IPv4-only network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last6: Option<Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    allocations6: BTreeMap<Ipv6Addr, Owner>,
 }
 
 /// The IPAM state of one network on this node.
@@ -224,113 +270,48 @@ impl Store {
 
     /// Gives `owner` an address from `pool`; the same one again if it has one already.
     pub fn allocate(&self, pool: &Pool, owner: &Owner) -> Result<Ipv4Addr> {
-        self.with_state(|st| {
-            if let Some((ip, _)) = st.allocations.iter().find(|(_, o)| *o == owner) {
-                return Ok((*ip, false));
-            }
-            let n = pool.subnet.size();
-            let start = st
-                .last
-                .and_then(|l| pool.subnet.offset_of(l))
-                .map(|o| o + 1)
-                .unwrap_or(1);
-            for i in 0..n {
-                let ip = pool
-                    .subnet
-                    .nth((start + i) % n)
-                    .expect("offset inside subnet");
-                if pool.assignable(ip) && !st.allocations.contains_key(&ip) {
-                    st.allocations.insert(ip, owner.clone());
-                    st.last = Some(ip);
-                    return Ok((ip, true));
-                }
-            }
-            Err(Error::Exhausted {
-                subnet: pool.subnet,
-                in_use: st
-                    .allocations
-                    .keys()
-                    .filter(|ip| pool.assignable(**ip))
-                    .count(),
-            })
-        })
+        self.with_state(|st| pick(&mut st.last, &mut st.allocations, pool, owner))
+    }
+
+    /// Gives `owner` an IPv6 address from `pool` (a dual-stack pod's second address);
+    /// the same one again if it has one already.
+    pub fn allocate6(&self, pool: &Pool6, owner: &Owner) -> Result<Ipv6Addr> {
+        self.with_state(|st| pick(&mut st.last6, &mut st.allocations6, pool, owner))
     }
 
     /// Gives `owner` exactly `ip` (the CNI `ips` capability). Refused when `ip` is not
     /// an assignable address of `pool`, is held by another owner, or `owner` already
     /// holds another address; asking again for the address it holds is no error.
     pub fn allocate_exact(&self, pool: &Pool, owner: &Owner, ip: Ipv4Addr) -> Result<Ipv4Addr> {
-        self.with_state(|st| {
-            if let Some((held, _)) = st.allocations.iter().find(|(_, o)| *o == owner) {
-                if *held == ip {
-                    return Ok((ip, false));
-                }
-                return Err(Error::Requested {
-                    ip,
-                    why: format!(
-                        "container {} ({}) already holds {held}; delete it first",
-                        owner.container_id, owner.ifname
-                    ),
-                });
-            }
-            if !pool.subnet.contains(ip) {
-                return Err(Error::Requested {
-                    ip,
-                    why: format!("it is outside this node's pod CIDR {}; ask for an address in it, or schedule the pod on the node that owns {ip}", pool.subnet),
-                });
-            }
-            if !pool.assignable(ip) {
-                return Err(Error::Requested {
-                    ip,
-                    why: format!(
-                        "it is the network, broadcast or gateway address of {}",
-                        pool.subnet
-                    ),
-                });
-            }
-            if let Some(o) = st.allocations.get(&ip) {
-                return Err(Error::Requested {
-                    ip,
-                    why: format!(
-                        "it is taken by container {} ({}); pick another address, or delete that pod first",
-                        o.container_id, o.ifname
-                    ),
-                });
-            }
-            st.allocations.insert(ip, owner.clone());
-            Ok((ip, true))
-        })
+        self.with_state(|st| pick_exact(&mut st.allocations, pool, owner, ip))
     }
 
-    /// Frees whatever `owner` holds; returns the address, or `None` if it held none.
-    pub fn release(&self, owner: &Owner) -> Result<Option<Ipv4Addr>> {
+    /// [`Store::allocate_exact`] for a dual-stack pod's IPv6 address.
+    pub fn allocate_exact6(&self, pool: &Pool6, owner: &Owner, ip: Ipv6Addr) -> Result<Ipv6Addr> {
+        self.with_state(|st| pick_exact(&mut st.allocations6, pool, owner, ip))
+    }
+
+    /// Frees whatever `owner` holds, of both families; returns what it held.
+    pub fn release(&self, owner: &Owner) -> Result<Held> {
         self.with_state(|st| {
-            let found = st
-                .allocations
-                .iter()
-                .find(|(_, o)| *o == owner)
-                .map(|(ip, _)| *ip);
-            if let Some(ip) = found {
+            let held = held_by(st, owner);
+            if let Some(ip) = held.v4 {
                 st.allocations.remove(&ip);
             }
-            Ok((found, found.is_some()))
+            if let Some(ip) = held.v6 {
+                st.allocations6.remove(&ip);
+            }
+            let changed = !held.is_empty();
+            Ok((held, changed))
         })
     }
 
-    /// The address `owner` holds, if any.
-    pub fn lookup(&self, owner: &Owner) -> Result<Option<Ipv4Addr>> {
-        self.with_state(|st| {
-            Ok((
-                st.allocations
-                    .iter()
-                    .find(|(_, o)| *o == owner)
-                    .map(|(ip, _)| *ip),
-                false,
-            ))
-        })
+    /// The addresses `owner` holds.
+    pub fn lookup(&self, owner: &Owner) -> Result<Held> {
+        self.with_state(|st| Ok((held_by(st, owner), false)))
     }
 
-    /// Every allocation, in address order.
+    /// Every IPv4 allocation, in address order.
     pub fn list(&self) -> Result<Vec<(Ipv4Addr, Owner)>> {
         self.with_state(|st| {
             Ok((
@@ -343,22 +324,208 @@ impl Store {
         })
     }
 
-    /// Frees every allocation whose owner `keep` rejects; returns what was freed.
-    pub fn retain(&self, keep: impl Fn(&Owner) -> bool) -> Result<Vec<(Ipv4Addr, Owner)>> {
+    /// Every allocation of both families, IPv4 first, each in address order.
+    pub fn list_all(&self) -> Result<Vec<(IpAddr, Owner)>> {
+        self.with_state(|st| Ok((all(st).collect(), false)))
+    }
+
+    /// Frees every allocation (of both families) whose owner `keep` rejects; returns
+    /// what was freed.
+    pub fn retain(&self, keep: impl Fn(&Owner) -> bool) -> Result<Vec<(IpAddr, Owner)>> {
         self.with_state(|st| {
-            let gone: Vec<(Ipv4Addr, Owner)> = st
-                .allocations
-                .iter()
-                .filter(|(_, o)| !keep(o))
-                .map(|(ip, o)| (*ip, o.clone()))
-                .collect();
+            let gone: Vec<(IpAddr, Owner)> = all(st).filter(|(_, o)| !keep(o)).collect();
             for (ip, _) in &gone {
-                st.allocations.remove(ip);
+                match ip {
+                    IpAddr::V4(a) => st.allocations.remove(a),
+                    IpAddr::V6(a) => st.allocations6.remove(a),
+                };
             }
             let changed = !gone.is_empty();
             Ok((gone, changed))
         })
     }
+}
+
+/// What one owner holds: at most one address of each family.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl Held {
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_none() && self.v6.is_none()
+    }
+
+    /// The addresses, IPv4 first.
+    pub fn addrs(&self) -> Vec<IpAddr> {
+        self.v4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.v6.map(IpAddr::V6))
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let a: Vec<String> = self.addrs().iter().map(|a| a.to_string()).collect();
+        f.write_str(&a.join(" and "))
+    }
+}
+
+fn held_by(st: &State, owner: &Owner) -> Held {
+    Held {
+        v4: st
+            .allocations
+            .iter()
+            .find(|(_, o)| *o == owner)
+            .map(|(ip, _)| *ip),
+        v6: st
+            .allocations6
+            .iter()
+            .find(|(_, o)| *o == owner)
+            .map(|(ip, _)| *ip),
+    }
+}
+
+fn all(st: &State) -> impl Iterator<Item = (IpAddr, Owner)> + '_ {
+    st.allocations
+        .iter()
+        .map(|(ip, o)| (IpAddr::V4(*ip), o.clone()))
+        .chain(
+            st.allocations6
+                .iter()
+                .map(|(ip, o)| (IpAddr::V6(*ip), o.clone())),
+        )
+}
+
+/// An address range of one family, as the allocator walks it.
+trait Range<A> {
+    /// Addresses in the range, reserved ones included.
+    fn len(&self) -> u128;
+    fn nth(&self, n: u128) -> Option<A>;
+    fn offset_of(&self, ip: A) -> Option<u128>;
+    fn assignable(&self, ip: A) -> bool;
+    fn contains(&self, ip: A) -> bool;
+    /// The range, for errors.
+    fn subnet(&self) -> String;
+}
+
+impl Range<Ipv4Addr> for Pool {
+    fn len(&self) -> u128 {
+        self.subnet.size().into()
+    }
+    fn nth(&self, n: u128) -> Option<Ipv4Addr> {
+        self.subnet.nth(u64::try_from(n).ok()?)
+    }
+    fn offset_of(&self, ip: Ipv4Addr) -> Option<u128> {
+        self.subnet.offset_of(ip).map(u128::from)
+    }
+    fn assignable(&self, ip: Ipv4Addr) -> bool {
+        Pool::assignable(self, ip)
+    }
+    fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.subnet.contains(ip)
+    }
+    fn subnet(&self) -> String {
+        self.subnet.to_string()
+    }
+}
+
+impl Range<Ipv6Addr> for Pool6 {
+    fn len(&self) -> u128 {
+        self.subnet.size()
+    }
+    fn nth(&self, n: u128) -> Option<Ipv6Addr> {
+        self.subnet.nth(n)
+    }
+    fn offset_of(&self, ip: Ipv6Addr) -> Option<u128> {
+        self.subnet.offset_of(ip)
+    }
+    fn assignable(&self, ip: Ipv6Addr) -> bool {
+        Pool6::assignable(self, ip)
+    }
+    fn contains(&self, ip: Ipv6Addr) -> bool {
+        self.subnet.contains(ip)
+    }
+    fn subnet(&self) -> String {
+        self.subnet.to_string()
+    }
+}
+
+/// The round-robin pick: the first free assignable address after the last one given.
+/// Among any `k + 3` consecutive addresses at most `k` are allocated and at most three
+/// reserved, so the walk is bounded by the allocations, not by the range (an IPv6 /64
+/// has 2^64 addresses).
+fn pick<A: Copy + Ord + Into<IpAddr>>(
+    last: &mut Option<A>,
+    allocations: &mut BTreeMap<A, Owner>,
+    pool: &impl Range<A>,
+    owner: &Owner,
+) -> Result<(A, bool)> {
+    if let Some((ip, _)) = allocations.iter().find(|(_, o)| *o == owner) {
+        return Ok((*ip, false));
+    }
+    let n = pool.len();
+    let start = last
+        .and_then(|l| pool.offset_of(l))
+        .map(|o| o.wrapping_add(1))
+        .unwrap_or(1);
+    let walk = n.min(allocations.len() as u128 + 4);
+    for i in 0..walk {
+        let ip = pool
+            .nth(start.wrapping_add(i) % n)
+            .expect("offset inside subnet");
+        if pool.assignable(ip) && !allocations.contains_key(&ip) {
+            allocations.insert(ip, owner.clone());
+            *last = Some(ip);
+            return Ok((ip, true));
+        }
+    }
+    Err(Error::Exhausted {
+        subnet: pool.subnet(),
+        in_use: allocations
+            .keys()
+            .filter(|ip| pool.assignable(**ip))
+            .count(),
+    })
+}
+
+fn pick_exact<A: Copy + Ord + std::fmt::Display + Into<IpAddr>>(
+    allocations: &mut BTreeMap<A, Owner>,
+    pool: &impl Range<A>,
+    owner: &Owner,
+    ip: A,
+) -> Result<(A, bool)> {
+    let refuse = |why: String| Err(Error::Requested { ip: ip.into(), why });
+    if let Some((held, _)) = allocations.iter().find(|(_, o)| *o == owner) {
+        if *held == ip {
+            return Ok((ip, false));
+        }
+        return refuse(format!(
+            "container {} ({}) already holds {held}; delete it first",
+            owner.container_id, owner.ifname
+        ));
+    }
+    if !pool.contains(ip) {
+        return refuse(format!("it is outside this node's pod CIDR {}; ask for an address in it, or schedule the pod on the node that owns {ip}", pool.subnet()));
+    }
+    if !pool.assignable(ip) {
+        return refuse(format!(
+            "it is the network, broadcast or gateway address of {}",
+            pool.subnet()
+        ));
+    }
+    if let Some(o) = allocations.get(&ip) {
+        return refuse(format!(
+            "it is taken by container {} ({}); pick another address, or delete that pod first",
+            o.container_id, o.ifname
+        ));
+    }
+    allocations.insert(ip, owner.clone());
+    Ok((ip, true))
 }
 
 const MAGIC: &str = "podnet-ipam 1";
@@ -595,11 +762,89 @@ mod tests {
         let a = Owner::new("a", "eth0");
         let ip1 = st.allocate(&p, &a).unwrap();
         assert_eq!(st.allocate(&p, &a).unwrap(), ip1);
-        assert_eq!(st.lookup(&a).unwrap(), Some(ip1));
-        assert_eq!(st.release(&a).unwrap(), Some(ip1));
-        assert_eq!(st.release(&a).unwrap(), None);
+        assert_eq!(st.lookup(&a).unwrap().v4, Some(ip1));
+        assert_eq!(st.release(&a).unwrap().v4, Some(ip1));
+        assert!(st.release(&a).unwrap().is_empty());
         let ip2 = st.allocate(&p, &Owner::new("b", "eth0")).unwrap();
         assert_ne!(ip1, ip2, "a freed address is not reused at once");
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    fn pool6(cidr: &str) -> Pool6 {
+        let s: Ipv6Net = cidr.parse().unwrap();
+        Pool6::new(s, s.nth(1).unwrap()).unwrap()
+    }
+
+    /// A dual-stack attachment holds one address of each family, under one owner:
+    /// idempotent per family, released and collected together, and the IPv6 walk
+    /// stays short over a /64 (2^64 addresses) and skips what is taken.
+    #[test]
+    fn dual_stack_owners_hold_one_address_of_each_family() {
+        let d = tmpdir("dual");
+        let st = Store::open(&d, "net").unwrap();
+        let (p4, p6) = (pool("10.9.0.0/24"), pool6("fd00:9::/64"));
+        let a = Owner::new("a", "eth0");
+        let v4 = st.allocate(&p4, &a).unwrap();
+        let v6 = st.allocate6(&p6, &a).unwrap();
+        assert_eq!(v6, "fd00:9::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(st.allocate6(&p6, &a).unwrap(), v6, "idempotent");
+        assert_eq!(
+            st.lookup(&a).unwrap(),
+            Held {
+                v4: Some(v4),
+                v6: Some(v6)
+            }
+        );
+        // Requested: another owner cannot take a's address, nor the gateway or the
+        // subnet-router anycast address, nor one outside the range.
+        let b = Owner::new("b", "eth0");
+        for (want, why) in [
+            ("fd00:9::2", "taken by container a"),
+            ("fd00:9::1", "gateway"),
+            ("fd00:9::", "network"),
+            ("fd00:8::7", "outside this node's pod CIDR fd00:9::/64"),
+        ] {
+            let e = st
+                .allocate_exact6(&p6, &b, want.parse().unwrap())
+                .unwrap_err();
+            assert!(e.to_string().contains(why), "{want}: {e}");
+        }
+        let want: Ipv6Addr = "fd00:9::3".parse().unwrap();
+        assert_eq!(st.allocate_exact6(&p6, &b, want).unwrap(), want);
+        // The cursor moves past both: the next pod gets ::4.
+        let c = st.allocate6(&p6, &Owner::new("c", "eth0")).unwrap();
+        assert_eq!(c, "fd00:9::4".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(st.list_all().unwrap().len(), 4);
+        let gone = st.retain(|o| o.container_id != "c").unwrap();
+        assert_eq!(gone, vec![(IpAddr::V6(c), Owner::new("c", "eth0"))]);
+        let r = st.release(&a).unwrap();
+        assert_eq!(r.addrs(), vec![IpAddr::V4(v4), IpAddr::V6(v6)]);
+        assert_eq!(r.to_string(), format!("{v4} and {v6}"));
+        assert!(st.lookup(&a).unwrap().is_empty());
+        // An IPv4-only state file carries no IPv6 keys.
+        let st2 = Store::open(&d, "v4only").unwrap();
+        st2.allocate(&p4, &a).unwrap();
+        let text = fs::read_to_string(st2.dir().join("state.a")).unwrap();
+        assert!(
+            !text.contains("allocations6") && !text.contains("last6"),
+            "{text}"
+        );
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_small_ipv6_pool_exhausts() {
+        let d = tmpdir("dual-exhaust");
+        let st = Store::open(&d, "net").unwrap();
+        let p = pool6("fd00:9::/126"); // ::0 anycast, ::1 gateway: ::2 and ::3
+        for i in 0..2 {
+            st.allocate6(&p, &Owner::new(format!("c{i}"), "eth0"))
+                .unwrap();
+        }
+        let e = st.allocate6(&p, &Owner::new("c9", "eth0")).unwrap_err();
+        assert!(matches!(e, Error::Exhausted { in_use: 2, .. }), "{e}");
+        assert!(Pool6::new("fd00:9::/64".parse().unwrap(), "fd00:9::".parse().unwrap()).is_err());
+        assert!(Pool6::new("fe80::/64".parse().unwrap(), "fe80::1".parse().unwrap()).is_err());
         fs::remove_dir_all(d).unwrap();
     }
 
@@ -613,6 +858,7 @@ mod tests {
         }
         let gone = st.retain(|o| o.container_id == "b").unwrap();
         assert_eq!(gone.len(), 2);
+        assert!(gone.iter().all(|(ip, _)| ip.is_ipv4()));
         let left = st.list().unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].1.container_id, "b");

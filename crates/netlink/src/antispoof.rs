@@ -7,7 +7,7 @@
 //! and the per-node ring buffer of drop events ([`SpoofEvent`]).
 
 use crate::{bpf, tc, Error, Result, Socket};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 include!(concat!(env!("OUT_DIR"), "/drop_reasons.rs"));
 
@@ -43,8 +43,14 @@ fn mask(prefix: u8) -> u32 {
     }
 }
 
-/// A pod's map entry: its MAC, IP and overlay guard, counters at zero.
-pub fn state_bytes(mac: [u8; 6], ip: Ipv4Addr, guard: &OverlayGuard) -> Vec<u8> {
+/// A pod's map entry: its MAC, IPv4 address, a dual-stack pod's IPv6 address with the
+/// prefix length of its node's IPv6 pod CIDR, and its overlay guard; counters at zero.
+pub fn state_bytes(
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+    ip6: Option<(Ipv6Addr, u8)>,
+    guard: &OverlayGuard,
+) -> Vec<u8> {
     let (cluster_net, cluster_mask) = guard.cluster.map_or((0, 0), |(net, prefix)| {
         let m = mask(prefix);
         (u32::from(net) & m, m)
@@ -56,6 +62,8 @@ pub fn state_bytes(mac: [u8; 6], ip: Ipv4Addr, guard: &OverlayGuard) -> Vec<u8> 
         cluster_net,
         cluster_mask,
         node_mask: mask(guard.node_prefix),
+        ip6: ip6.map_or([0; 16], |(a, _)| a.octets()),
+        ip6_prefix: ip6.map_or(0, |(_, p)| p),
         ..Default::default()
     }
     .as_bytes()
@@ -84,6 +92,8 @@ pub fn installed_prog(sock: &mut Socket, ifindex: u32) -> Result<Option<u32>> {
 pub struct PodState {
     pub mac: [u8; 6],
     pub ip: Ipv4Addr,
+    /// A dual-stack pod's IPv6 address.
+    pub ip6: Option<Ipv6Addr>,
     /// `(reason, packets dropped)` for every reason, in table order.
     pub drops: Vec<(String, u64)>,
 }
@@ -151,6 +161,7 @@ pub fn read_state(prog_id: u32, ifindex: u32) -> Result<Option<PodState>> {
     Ok(Some(PodState {
         mac: st.mac,
         ip: Ipv4Addr::from(st.ip.to_ne_bytes()),
+        ip6: Some(Ipv6Addr::from(st.ip6)).filter(|a| !a.is_unspecified()),
         drops: DROP_REASONS
             .iter()
             .map(|(n, id, _)| (id.to_string(), st.drops[*n as usize]))

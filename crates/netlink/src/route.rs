@@ -5,7 +5,7 @@ use crate::msg::{self, Msg};
 use crate::socket::{Request, Socket};
 use crate::sys::*;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// One IPv4 route, as `ip route` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +99,37 @@ pub fn add_request(r: &RouteSpec) -> Request {
     }
     let mut obj = format!("{}/{}", r.dst, r.prefix);
     if let Some(gw) = r.gateway {
+        obj.push_str(&format!(" via {gw}"));
+    }
+    Request::new(m, "add route", obj)
+}
+
+/// The request for `ip -6 route add DST/PREFIX [via GW] dev OIF proto PROTOCOL` (main
+/// table): a dual-stack pod's IPv6 routes.
+pub fn add6_request(
+    dst: Ipv6Addr,
+    prefix: u8,
+    gateway: Option<Ipv6Addr>,
+    oif: u32,
+    protocol: u8,
+) -> Request {
+    let scope = if gateway.is_some() {
+        RT_SCOPE_UNIVERSE
+    } else {
+        RT_SCOPE_LINK
+    };
+    let mut h = rtmsg(prefix, protocol, scope, RTN_UNICAST, 0);
+    h[0] = libc::AF_INET6 as u8;
+    let mut m = Msg::new(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL).fixed(&h);
+    if prefix > 0 {
+        m.attr(RTA_DST, &dst.octets());
+    }
+    if let Some(gw) = gateway {
+        m.attr(RTA_GATEWAY, &gw.octets());
+    }
+    m.u32(RTA_OIF, oif);
+    let mut obj = format!("{dst}/{prefix}");
+    if let Some(gw) = gateway {
         obj.push_str(&format!(" via {gw}"));
     }
     Request::new(m, "add route", obj)

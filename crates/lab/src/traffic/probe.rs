@@ -268,3 +268,83 @@ pub fn udp_frame(
     f.extend_from_slice(payload);
     f
 }
+
+/// The Internet checksum of an IPv6 upper-layer packet `l4` (its checksum field
+/// zeroed) from `src` to `dst` with next header `next` (RFC 8200 §8.1).
+fn checksum6(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, next: u8, l4: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut add = |b: &[u8]| {
+        for c in b.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(&src.octets());
+    add(&dst.octets());
+    add(&(l4.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, next]);
+    add(l4);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An Ethernet + IPv6 frame carrying `l4` (next header `next`, hop limit 255, as
+/// neighbour discovery requires), its checksum filled in at `csum_at` within `l4`.
+fn ipv6_frame(
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    next: u8,
+    mut l4: Vec<u8>,
+    csum_at: usize,
+) -> Vec<u8> {
+    let c = checksum6(src, dst, next, &l4);
+    l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::with_capacity(54 + l4.len());
+    f.extend_from_slice(&eth_dst);
+    f.extend_from_slice(&eth_src);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[next, 255]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&l4);
+    f
+}
+
+/// An Ethernet + IPv6 + UDP frame, with its (mandatory) UDP checksum.
+pub fn udp6_frame(
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    src: std::net::SocketAddrV6,
+    dst: std::net::SocketAddrV6,
+    payload: &[u8],
+) -> Vec<u8> {
+    let len = (8 + payload.len()) as u16;
+    let mut l4 = Vec::with_capacity(len as usize);
+    l4.extend_from_slice(&src.port().to_be_bytes());
+    l4.extend_from_slice(&dst.port().to_be_bytes());
+    l4.extend_from_slice(&len.to_be_bytes());
+    l4.extend_from_slice(&[0, 0]);
+    l4.extend_from_slice(payload);
+    ipv6_frame(eth_dst, eth_src, *src.ip(), *dst.ip(), 17, l4, 6)
+}
+
+/// An unsolicited neighbour advertisement (override flag set) from `src`: "`target`
+/// is at `tlla`", sent to `dst` at `eth_dst`.
+pub fn na6_frame(
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    target: std::net::Ipv6Addr,
+    tlla: [u8; 6],
+) -> Vec<u8> {
+    let mut l4 = vec![136, 0, 0, 0, 0x20, 0, 0, 0];
+    l4.extend_from_slice(&target.octets());
+    l4.extend_from_slice(&[2, 1]);
+    l4.extend_from_slice(&tlla);
+    ipv6_frame(eth_dst, eth_src, src, dst, 58, l4, 2)
+}

@@ -83,7 +83,7 @@ fn every_verdict_and_reason() {
                 cluster: Some((Ipv4Addr::new(10, 204, 0, 0), 16)),
                 node_prefix: 24,
             };
-            antispoof::set_pod(&dp, 1, mac, ip, &guard).unwrap();
+            antispoof::set_pod(&dp, 1, mac, ip, None, &guard).unwrap();
             let udp_to = |dst: [u8; 4], port: u16| {
                 probe::udp_frame(
                     gw,
@@ -322,6 +322,158 @@ fn every_verdict_and_reason() {
     assert_eq!(counts["overlay-port"], 8, "{counts:?}");
     assert_eq!(state.mac, mac);
     assert_eq!(state.ip, ip);
+}
+
+/// A neighbour solicitation for `target` (duplicate-address detection when sent from ::).
+fn ns(target: [u8; 16]) -> Vec<u8> {
+    let mut l4 = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    l4.extend_from_slice(&target);
+    l4
+}
+
+/// UDP to `dst` port `port` (ports only: the program reads no further).
+fn udp6(dport: u16) -> Vec<u8> {
+    let mut l4 = vec![0x9c, 0x40];
+    l4.extend_from_slice(&dport.to_be_bytes());
+    l4.extend_from_slice(&[0, 8, 0, 0]);
+    l4
+}
+
+fn ipv6_to(src: [u8; 6], src_ip: [u8; 16], dst_ip: [u8; 16], next: u8, l4: &[u8]) -> Vec<u8> {
+    let mut f = ipv6_from(src, src_ip, next, l4);
+    f[38..54].copy_from_slice(&dst_ip);
+    f
+}
+
+/// A dual-stack pod (no link-local address, as podnet makes pods): its global IPv6
+/// address is its own, another pod's is not, in sources, in neighbour advertisements
+/// and in duplicate-address detection; the overlay guard over IPv6 admits only the
+/// pods of its own node.
+#[test]
+fn a_dual_stack_pod_sends_as_its_own_ipv6_address_only() {
+    let node = Node::new("10.208.0.0/24");
+    let dir = node.dir.path().to_path_buf();
+    let mac = [0x0a, 0x58, 10, 208, 0, 5];
+    let peer = [0x0a, 0x58, 10, 208, 0, 9];
+    let ip = Ipv4Addr::new(10, 208, 0, 5);
+    let g = |last: u8| {
+        let mut a = [0xfd, 0, 0, 0x0a, 0x02, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        a[15] = last;
+        a
+    };
+    let (own, other, gw) = (g(5), g(9), g(1));
+    let (verdicts, state) = node
+        .ns
+        .ns
+        .run(move || {
+            let dp = antispoof::datapath(&dir).expect("load the datapath");
+            let run = |f: &[u8]| bpf::test_run(&dp.prog, f).expect("test run");
+            let guard = antispoof::OverlayGuard {
+                ports: [8472, 51820],
+                cluster: Some((Ipv4Addr::new(10, 208, 0, 0), 16)),
+                node_prefix: 24,
+            };
+            antispoof::set_pod(&dp, 1, mac, ip, Some((own.into(), 64)), &guard).unwrap();
+            let echo = [128, 0, 0, 0, 0, 1, 0, 1];
+            let mut off_node = other;
+            off_node[7] = 1; // fd00:a:208:1::9, outside the pod's /64
+            let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+                (
+                    "echo from its own address",
+                    ipv6_from(mac, own, 58, &echo),
+                    OK,
+                ),
+                (
+                    "echo from another pod's address",
+                    ipv6_from(mac, other, 58, &echo),
+                    SHOT,
+                ),
+                (
+                    "echo from its link-local address",
+                    ipv6_frame(mac, 58, &echo),
+                    OK,
+                ),
+                (
+                    "its own advertisement",
+                    ipv6_from(mac, own, 58, &na(own, mac)),
+                    OK,
+                ),
+                (
+                    "an advertisement of another pod's address",
+                    ipv6_from(mac, own, 58, &na(other, mac)),
+                    SHOT,
+                ),
+                (
+                    "its own address at another MAC",
+                    ipv6_from(mac, own, 58, &na(own, peer)),
+                    SHOT,
+                ),
+                (
+                    "detection of its own address",
+                    ipv6_from(mac, [0; 16], 58, &ns(own)),
+                    OK,
+                ),
+                (
+                    "detection of another pod's address",
+                    ipv6_from(mac, [0; 16], 58, &ns(other)),
+                    SHOT,
+                ),
+                (
+                    "a solicitation for the gateway from its own address",
+                    ipv6_from(mac, own, 58, &ns(gw)),
+                    OK,
+                ),
+                (
+                    "a router advertisement from its own address",
+                    ipv6_from(mac, own, 58, &[134, 0, 0, 0, 64, 0, 0, 0]),
+                    SHOT,
+                ),
+                (
+                    "VXLAN port at a pod of its node",
+                    ipv6_to(mac, own, other, 17, &udp6(8472)),
+                    OK,
+                ),
+                (
+                    "VXLAN port at the gateway",
+                    ipv6_to(mac, own, gw, 17, &udp6(8472)),
+                    SHOT,
+                ),
+                (
+                    "WireGuard port at the subnet-router anycast address",
+                    ipv6_to(mac, own, g(0), 17, &udp6(51820)),
+                    SHOT,
+                ),
+                (
+                    "VXLAN port outside its node's pod CIDR",
+                    ipv6_to(mac, own, off_node, 17, &udp6(8472)),
+                    SHOT,
+                ),
+                (
+                    "another port at the gateway",
+                    ipv6_to(mac, own, gw, 17, &udp6(8473)),
+                    OK,
+                ),
+            ];
+            let verdicts: Vec<(String, u32, u32)> = cases
+                .into_iter()
+                .map(|(n, f, want)| (n.to_string(), run(&f), want))
+                .collect();
+            let state = antispoof::read_state(bpf::prog_id(&dp.prog).unwrap(), 1)
+                .unwrap()
+                .expect("entry");
+            (verdicts, state)
+        })
+        .unwrap();
+    for (name, got, want) in &verdicts {
+        assert_eq!(got, want, "{name}");
+    }
+    let counts: std::collections::HashMap<_, _> = state.drops.into_iter().collect();
+    assert_eq!(counts["ipv6-src"], 1, "{counts:?}");
+    assert_eq!(counts["ipv6-na"], 2, "{counts:?}");
+    assert_eq!(counts["ipv6-dad"], 1, "{counts:?}");
+    assert_eq!(counts["ipv6-ra"], 1, "{counts:?}");
+    assert_eq!(counts["overlay-port"], 3, "{counts:?}");
+    assert_eq!(state.ip6, Some(own.into()));
 }
 
 /// The anti-spoofing program on a pod's host veth, by kernel id.

@@ -9,6 +9,7 @@ mod chain;
 mod common;
 mod datapath;
 mod drift;
+mod dual_stack;
 mod errors;
 mod fastpath;
 mod ipam;

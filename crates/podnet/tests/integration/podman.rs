@@ -95,7 +95,7 @@ fn podman_runs_containers_on_podnet() {
     let conflist = json!({
         "cniVersion": "1.0.0", "name": net,
         "plugins": [
-            {"type": "podnet-cni", "subnet": "10.205.0.0/24", "bridge": "pnpm0", "dataDir": node.dir.path()},
+            {"type": "podnet-cni", "subnets": ["10.205.0.0/24", "fd00:205::/64"], "bridge": "pnpm0", "dataDir": node.dir.path()},
             {"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.accept_redirects": "0"}},
         ],
     });
@@ -137,23 +137,31 @@ fn podman_runs_containers_on_podnet() {
     let fmt = format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}");
     let ip_a = pm.ok(&["inspect", "a", "--format", &fmt]);
     assert!(ip_a.starts_with("10.205.0."), "container a got {ip_a:?}");
-    let url = format!("http://{ip_a}:8080/");
-    let mut run_b = vec!["run", "--rm", "--name", "b", "--network", &net];
-    run_b.extend(limits);
-    run_b.extend([
-        "localhost/podnet-test",
-        "/bin/busybox",
-        "wget",
-        "-q",
-        "-O",
-        "-",
-        &url,
-    ]);
-    assert_eq!(
-        pm.ok(&run_b),
-        "podnet-ok",
-        "container b could not reach container a"
-    );
+    // Dual-stack: podman read both addresses of the result.
+    let fmt6 = format!("{{{{(index .NetworkSettings.Networks \"{net}\").GlobalIPv6Address}}}}");
+    let ip6_a = pm.ok(&["inspect", "a", "--format", &fmt6]);
+    assert!(ip6_a.starts_with("fd00:205::"), "container a got {ip6_a:?}");
+    for url in [
+        format!("http://{ip_a}:8080/"),
+        format!("http://[{ip6_a}]:8080/"),
+    ] {
+        let mut run_b = vec!["run", "--rm", "--name", "b", "--network", &net];
+        run_b.extend(limits);
+        run_b.extend([
+            "localhost/podnet-test",
+            "/bin/busybox",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            &url,
+        ]);
+        assert_eq!(
+            pm.ok(&run_b),
+            "podnet-ok",
+            "container b could not reach container a at {url}"
+        );
+    }
     // tuning ran after podnet-cni, on the interface podnet-cni made.
     let redirects = pm.ok(&[
         "exec",
@@ -174,7 +182,7 @@ fn podman_runs_containers_on_podnet() {
     assert!(left.is_empty(), "veths left behind: {left:?}");
     let held = podnet_ipam::Store::open(node.dir.path(), &net)
         .unwrap()
-        .list()
+        .list_all()
         .unwrap();
     assert!(held.is_empty(), "addresses left behind: {held:?}");
 }

@@ -286,6 +286,7 @@ fn check_reports_what_changed() {
                 l.index,
                 podnet_conventions::pod_mac(pod_ip),
                 other,
+                None,
                 &Default::default(),
             )
             .unwrap();

@@ -1,0 +1,298 @@
+//! Dual-stack pods from podnet-cni alone (no agent): one address of each family from
+//! the configured `subnets`, both in the result, the pod and IPAM; IPv6 between pods
+//! of a node and to the node; and a pod that forges another's IPv6 address, or
+//! advertises it, is dropped and counted.
+
+use crate::common::*;
+use podnet_cni::antispoof;
+use podnet_lab::traffic::probe::{self, Capture};
+use podnet_netlink::{link, parse_mac, Netns};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{Ipv6Addr, SocketAddrV6, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+const V6_NET: &str = "fd00:209::/64";
+
+struct Pod {
+    ns: podnet_lab::scratch::ScratchNs,
+    ip6: Ipv6Addr,
+    mac: [u8; 6],
+    host_veth: String,
+    result: Value,
+}
+
+fn dual_node() -> Node {
+    let mut node = Node::new("10.209.0.0/24");
+    let c = node.conf.as_object_mut().unwrap();
+    c.remove("subnet");
+    c.insert("subnets".into(), json!(["10.209.0.0/24", V6_NET]));
+    node
+}
+
+fn add(node: &Node, cid: &str) -> Pod {
+    let ns = node.pod();
+    let r = node.add(cid, &ns);
+    let ip6 = r["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["address"].as_str())
+        .find(|a| a.contains(':'))
+        .and_then(|a| a.split('/').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no IPv6 address in {r}"));
+    Pod {
+        ip6,
+        mac: parse_mac(r["interfaces"][2]["mac"].as_str().unwrap()).unwrap(),
+        host_veth: r["interfaces"][1]["name"].as_str().unwrap().to_string(),
+        result: r,
+        ns,
+    }
+}
+
+/// One TCP exchange over IPv6 from `from` to a listener on `to`: the source the
+/// listener saw, or the error.
+fn tcp6(from: &Netns, to: &Netns, addr: Ipv6Addr, port: u16) -> Result<Ipv6Addr, String> {
+    let l = to
+        .run(|| TcpListener::bind(SocketAddrV6::new(addr, port, 0, 0)))
+        .unwrap()
+        .map_err(|e| format!("bind [{addr}]:{port}: {e}"))?;
+    let server = std::thread::spawn(move || -> Option<Ipv6Addr> {
+        let (mut c, peer) = l.accept().ok()?;
+        c.write_all(b"ok").ok()?;
+        match peer.ip() {
+            std::net::IpAddr::V6(a) => Some(a),
+            _ => None,
+        }
+    });
+    let client = from
+        .run(|| {
+            let mut s = TcpStream::connect_timeout(
+                &SocketAddrV6::new(addr, port, 0, 0).into(),
+                Duration::from_secs(3),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b)?;
+            Ok::<_, std::io::Error>(b)
+        })
+        .unwrap();
+    match client {
+        Ok(b) if &b == b"ok" => server
+            .join()
+            .unwrap()
+            .ok_or_else(|| "the listener saw no IPv6 peer".to_string()),
+        Ok(b) => Err(format!("unexpected answer {b:?}")),
+        Err(e) => {
+            // Unblock the listener so its thread ends.
+            let _ = to.run(|| TcpStream::connect(SocketAddrV6::new(addr, port, 0, 0)));
+            let _ = server.join();
+            Err(format!("connect to [{addr}]:{port}: {e}"))
+        }
+    }
+}
+
+#[test]
+fn dual_stack_pods_get_both_families_and_cannot_forge_ipv6() {
+    let node = dual_node();
+    let a = add(&node, "dual-a");
+    let b = add(&node, "dual-b");
+    let attacker = add(&node, "dual-attacker");
+    let gw6: Ipv6Addr = "fd00:209::1".parse().unwrap();
+
+    // The result: both addresses on the pod's interface, each with its gateway, and a
+    // default route of each family.
+    let ips = a.result["ips"].as_array().unwrap();
+    assert_eq!(ips.len(), 2, "{}", a.result);
+    assert_eq!(ips[0]["gateway"], "10.209.0.1");
+    assert_eq!(ips[1]["address"], format!("{}/64", a.ip6));
+    assert_eq!(ips[1]["gateway"], gw6.to_string());
+    assert!(ips.iter().all(|i| i["interface"] == 2), "{}", a.result);
+    let routes = a.result["routes"].as_array().unwrap();
+    assert!(
+        routes.contains(&json!({"dst": "::/0", "gw": gw6.to_string()})),
+        "{}",
+        a.result
+    );
+    assert_ne!(a.ip6, b.ip6);
+
+    // In the pod: the global address, no link-local one, the default route; on the
+    // node: the gateway on the bridge.
+    let pod_addrs = ip_out(&["-n", &a.ns.name, "-6", "addr", "show", "dev", "eth0"]);
+    assert!(pod_addrs.contains(&format!("{}/64", a.ip6)), "{pod_addrs}");
+    assert!(!pod_addrs.contains("fe80"), "{pod_addrs}");
+    assert!(
+        !pod_addrs.contains("tentative"),
+        "usable at once: {pod_addrs}"
+    );
+    let pod_routes = ip_out(&["-n", &a.ns.name, "-6", "route", "show"]);
+    assert!(
+        pod_routes.contains(&format!("default via {gw6} dev eth0")),
+        "{pod_routes}"
+    );
+    let br = ip_out(&["-n", &node.ns.name, "-6", "addr", "show", "dev", "podnet0"]);
+    assert!(br.contains(&format!("{gw6}/64")), "{br}");
+
+    // IPv6 between pods without NAT, and from the node.
+    assert_eq!(tcp6(&a.ns.ns, &b.ns.ns, b.ip6, 7000), Ok(a.ip6));
+    assert_eq!(tcp6(&node.ns.ns, &a.ns.ns, a.ip6, 7001), Ok(gw6));
+
+    // CHECK agrees with what ADD made, and notices a missing IPv6 address.
+    let mut conf = node.conf.clone();
+    conf["prevResult"] = a.result.clone();
+    let pod_path = a.ns.path().display().to_string();
+    let o = node.call_with(&conf, "CHECK", "dual-a", &pod_path, "eth0");
+    assert!(o.ok(), "CHECK: {} {}", o.stdout, o.stderr);
+
+    // The attacker forges b's IPv6 source towards a; the same frame from its own
+    // source (the control) arrives, so the frame itself is good.
+    let udp =
+        a.ns.ns
+            .run(|| UdpSocket::bind(SocketAddrV6::new(a.ip6, 9999, 0, 0)))
+            .unwrap()
+            .unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let to_a = SocketAddrV6::new(a.ip6, 9999, 0, 0);
+    let frame = |src: Ipv6Addr, payload: &[u8]| {
+        probe::udp6_frame(
+            a.mac,
+            attacker.mac,
+            SocketAddrV6::new(src, 5555, 0, 0),
+            to_a,
+            payload,
+        )
+    };
+    probe::send_frame(&attacker.ns.ns, "eth0", &frame(b.ip6, b"forged")).unwrap();
+    probe::send_frame(&attacker.ns.ns, "eth0", &frame(attacker.ip6, b"control")).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = udp.recv_from(&mut buf).expect("the control datagram");
+    assert_eq!(
+        (&buf[..n], from.ip()),
+        (&b"control"[..], std::net::IpAddr::V6(attacker.ip6)),
+        "the forged datagram must not arrive (it was sent first)"
+    );
+
+    // The attacker advertises b's address as its own, to a that knows b.
+    assert_eq!(tcp6(&a.ns.ns, &b.ns.ns, b.ip6, 7002), Ok(a.ip6));
+    let seen = Capture::open(&a.ns.ns, "eth0").unwrap();
+    probe::send_frame(
+        &attacker.ns.ns,
+        "eth0",
+        &probe::na6_frame(
+            a.mac,
+            attacker.mac,
+            attacker.ip6,
+            a.ip6,
+            b.ip6,
+            attacker.mac,
+        ),
+    )
+    .unwrap();
+    probe::send_frame(
+        &attacker.ns.ns,
+        "eth0",
+        &probe::na6_frame(a.mac, attacker.mac, b.ip6, a.ip6, b.ip6, attacker.mac),
+    )
+    .unwrap();
+    let na_seen = seen
+        .frames(Duration::from_millis(500))
+        .iter()
+        .filter(|f| {
+            f.len() > 54 && f[12..14] == [0x86, 0xdd] && f[54] == 136 && f[6..12] == attacker.mac
+        })
+        .count();
+    assert_eq!(na_seen, 0, "a forged advertisement reached the pod");
+    // a still reaches the real b.
+    assert_eq!(tcp6(&a.ns.ns, &b.ns.ns, b.ip6, 7003), Ok(a.ip6));
+
+    // Counted at the attacker's veth, under their reasons.
+    let mut s = node.sock();
+    let l = link::get_by_name(&mut s, &attacker.host_veth)
+        .unwrap()
+        .unwrap();
+    let st = antispoof::pod_state(&mut s, l.index)
+        .unwrap()
+        .expect("entry");
+    assert_eq!(st.ip6, Some(attacker.ip6));
+    let counts: std::collections::HashMap<_, _> = st.drops.into_iter().collect();
+    assert_eq!(counts["ipv6-src"], 2, "{counts:?}");
+    assert_eq!(counts["ipv6-na"], 1, "{counts:?}");
+
+    // CHECK names a missing IPv6 address.
+    ip(&[
+        "-n",
+        &a.ns.name,
+        "-6",
+        "addr",
+        "del",
+        &format!("{}/64", a.ip6),
+        "dev",
+        "eth0",
+    ]);
+    let o = node.call_with(&conf, "CHECK", "dual-a", &pod_path, "eth0");
+    assert!(!o.ok());
+    assert!(
+        o.stdout
+            .contains(&format!("eth0 lacks address {}/64", a.ip6)),
+        "{}",
+        o.stdout
+    );
+
+    // DEL frees both families.
+    for (cid, p) in [("dual-a", &a), ("dual-b", &b), ("dual-attacker", &attacker)] {
+        node.del(cid, &p.ns);
+    }
+    let left = podnet_ipam::Store::open(node.dir.path(), "testnet")
+        .unwrap()
+        .list_all()
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A dual-stack ADD that fails after taking its addresses gives both back.
+#[test]
+fn a_failed_dual_stack_add_releases_both_addresses() {
+    let mut node = dual_node();
+    // A bridge name that exists as another kind of link: the ADD fails at the bridge,
+    // after IPAM.
+    ip(&[
+        "-n",
+        &node.ns.name,
+        "link",
+        "add",
+        "pnnotbr",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "pnnotbr1",
+    ]);
+    node.conf["bridge"] = "pnnotbr".into();
+    let pod = node.pod();
+    let o = node.call("ADD", "dual-fail", &pod);
+    assert!(!o.ok(), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("released 10.209.0.2 and fd00:209::2"),
+        "{}",
+        o.stdout
+    );
+    let left = podnet_ipam::Store::open(node.dir.path(), "testnet")
+        .unwrap()
+        .list_all()
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// `ip ARGS` whose output the test reads; its exit status is checked.
+fn ip_out(args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
