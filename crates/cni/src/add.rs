@@ -171,28 +171,18 @@ fn assign(inv: &Invocation, s: &Settings, undo: &mut Vec<Undo>) -> Result<Assign
                 .map_err(errors::ipam)?;
             let store = s.store()?;
             let owner = Owner::new(&inv.env.container_id, &inv.env.ifname);
-            let (want4, want6) = requested_ip(s)?;
-            let ip = match want4 {
-                Some(want) => store.allocate_exact(&pool, &owner, want),
-                None => store.allocate(&pool, &owner),
-            }
-            .map_err(errors::ipam)?;
-            undo.push(Undo::ReleaseAddress(store.clone(), owner.clone()));
-            // The IPv6 side, under the same owner (the undo above releases both).
-            let v6 = match pool6 {
-                Some(p6) => Some(Assigned6 {
-                    ip: match want6 {
-                        Some(want) => store.allocate_exact6(&p6, &owner, want),
-                        None => store.allocate6(&p6, &owner),
-                    }
-                    .map_err(errors::ipam)?,
-                    prefix: p6.subnet.prefix(),
-                    gateway: p6.gateway,
-                }),
-                None => None,
-            };
-            Ok(Assigned {
+            // Both families in one change: both or neither.
+            let held = store
+                .allocate_all(&pool, pool6.as_ref(), &owner, requested_ip(s)?)
+                .map_err(errors::ipam)?;
+            undo.push(Undo::ReleaseAddress(store, owner));
+            let v6 = pool6.zip(held.v6).map(|(p6, ip)| Assigned6 {
                 ip,
+                prefix: p6.subnet.prefix(),
+                gateway: p6.gateway,
+            });
+            Ok(Assigned {
+                ip: held.v4.expect("allocate_all gives an IPv4 address"),
                 prefix: subnet.prefix(),
                 gateway: *gateway,
                 v6,

@@ -291,6 +291,38 @@ impl Store {
         self.with_state(|st| pick_exact(&mut st.allocations6, pool, owner, ip))
     }
 
+    /// Gives `owner` its address of every family the network has — from `pool`, and
+    /// from `pool6` on a dual-stack network — in one change under one lock: both or
+    /// neither (ten concurrent ADDs would otherwise take the lock twice each). `want`
+    /// asks for exact addresses (the CNI `ips` capability); an IPv6 one on a network
+    /// without `pool6` is not used.
+    pub fn allocate_all(
+        &self,
+        pool: &Pool,
+        pool6: Option<&Pool6>,
+        owner: &Owner,
+        want: (Option<Ipv4Addr>, Option<Ipv6Addr>),
+    ) -> Result<Held> {
+        self.with_state(|st| {
+            let (v4, changed4) = match want.0 {
+                Some(ip) => pick_exact(&mut st.allocations, pool, owner, ip)?,
+                None => pick(&mut st.last, &mut st.allocations, pool, owner)?,
+            };
+            let (v6, changed6) = match (pool6, want.1) {
+                (None, _) => (None, false),
+                (Some(p6), Some(ip)) => {
+                    let (a, c) = pick_exact(&mut st.allocations6, p6, owner, ip)?;
+                    (Some(a), c)
+                }
+                (Some(p6), None) => {
+                    let (a, c) = pick(&mut st.last6, &mut st.allocations6, p6, owner)?;
+                    (Some(a), c)
+                }
+            };
+            Ok((Held { v4: Some(v4), v6 }, changed4 || changed6))
+        })
+    }
+
     /// Frees whatever `owner` holds, of both families; returns what it held.
     pub fn release(&self, owner: &Owner) -> Result<Held> {
         self.with_state(|st| {
@@ -829,6 +861,43 @@ mod tests {
             !text.contains("allocations6") && !text.contains("last6"),
             "{text}"
         );
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    /// One change for both families: when the IPv6 side cannot be given, the IPv4
+    /// address is not taken either.
+    #[test]
+    fn both_families_are_given_together_or_not_at_all() {
+        let d = tmpdir("dual-all");
+        let st = Store::open(&d, "net").unwrap();
+        let (p4, p6) = (pool("10.9.0.0/24"), pool6("fd00:9::/126"));
+        let a = Owner::new("a", "eth0");
+        let got = st.allocate_all(&p4, Some(&p6), &a, (None, None)).unwrap();
+        assert_eq!(got.v6, Some("fd00:9::2".parse().unwrap()));
+        assert_eq!(
+            st.allocate_all(&p4, Some(&p6), &a, (None, None)).unwrap(),
+            got
+        );
+        let b = Owner::new("b", "eth0");
+        let e = st
+            .allocate_all(
+                &p4,
+                Some(&p6),
+                &b,
+                (None, Some("fd00:9::2".parse().unwrap())),
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("taken by container a"), "{e}");
+        assert!(
+            st.lookup(&b).unwrap().is_empty(),
+            "b got half an allocation"
+        );
+        // Without an IPv6 pool an IPv6 request is not used.
+        let c = Owner::new("c", "eth0");
+        let only4 = st
+            .allocate_all(&p4, None, &c, (None, Some("fd00:9::3".parse().unwrap())))
+            .unwrap();
+        assert!(only4.v4.is_some() && only4.v6.is_none());
         fs::remove_dir_all(d).unwrap();
     }
 

@@ -528,6 +528,11 @@ pub(crate) enum BenchCmd {
         /// podnet-cni binary (default: next to this executable).
         #[arg(long)]
         podnet_cni: Option<PathBuf>,
+        /// Pods of one family (`ipv4`) or dual-stack pods (`dual`: an IPv4 and an IPv6
+        /// address each, from both plugins; duplicate address detection is off in the
+        /// pod namespaces, or the reference would wait a second for it per pod).
+        #[arg(long, value_enum, default_value = "ipv4")]
+        ip_family: crate::bench::cni::IpFamily,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },

@@ -64,6 +64,7 @@ pub(super) fn bench(what: BenchCmd) -> Result<()> {
             concurrency,
             reference_dir,
             podnet_cni: p,
+            ip_family,
             output,
         } => {
             let opts = crate::bench::cni::Options {
@@ -71,6 +72,7 @@ pub(super) fn bench(what: BenchCmd) -> Result<()> {
                 concurrency,
                 podnet_cni: podnet_cni(p)?,
                 reference_dir,
+                ip_family,
             };
             let report = crate::bench::cni::run(&opts, &mut progress(output))?;
             emit(output, &report, crate::bench::cni::render)

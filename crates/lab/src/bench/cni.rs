@@ -22,6 +22,15 @@ pub struct Options {
     pub concurrency: usize,
     pub podnet_cni: PathBuf,
     pub reference_dir: PathBuf,
+    pub ip_family: IpFamily,
+}
+
+/// The pods' address families, for both plugins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IpFamily {
+    Ipv4,
+    Dual,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -62,6 +71,7 @@ pub struct Row {
 pub struct Report {
     pub pods: usize,
     pub concurrency: usize,
+    pub ip_family: IpFamily,
     pub reference: String,
     pub rows: Vec<Row>,
     /// Where podnet-cni's invocations spend their time, step by step.
@@ -228,14 +238,42 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> {
     let pods: Vec<ScratchNs> = (0..opts.pods)
         .map(|_| ScratchNs::new(unique("pnb-pod")))
         .collect::<Result<_>>()?;
+    let dual = opts.ip_family == IpFamily::Dual;
+    if dual {
+        // Both plugins' IPv6 addresses usable at once: podnet-cni adds them without
+        // duplicate address detection; the reference waits for it to end, a second
+        // per pod, unless the namespace turns it off (which an operator would).
+        for p in &pods {
+            p.ns.run(|| std::fs::write("/proc/sys/net/ipv6/conf/default/accept_dad", "0"))?
+                .with_context(|| format!("turn duplicate address detection off in {}", p.name))?;
+        }
+    }
+    let mut podnet_conf = serde_json::json!({
+        "cniVersion": "1.1.0", "name": "bench", "type": "podnet-cni",
+        "subnet": "10.250.0.0/16", "mtu": 1500,
+        "dataDir": dir.path().join("podnet"),
+        "bpfDir": bpf.path(),
+    });
+    let mut ref_ipam = serde_json::json!(
+        {"type": "host-local", "subnet": "10.251.0.0/16", "dataDir": dir.path().join("ref")}
+    );
+    if dual {
+        let c = podnet_conf.as_object_mut().expect("an object");
+        c.remove("subnet");
+        c.insert(
+            "subnets".into(),
+            serde_json::json!(["10.250.0.0/16", "fd00:250::/64"]),
+        );
+        let r = ref_ipam.as_object_mut().expect("an object");
+        r.remove("subnet");
+        r.insert(
+            "ranges".into(),
+            serde_json::json!([[{"subnet": "10.251.0.0/16"}], [{"subnet": "fd00:251::/64"}]]),
+        );
+    }
     let podnet = Plugin {
         path: opts.podnet_cni.clone(),
-        config: serde_json::to_vec(&serde_json::json!({
-            "cniVersion": "1.1.0", "name": "bench", "type": "podnet-cni",
-            "subnet": "10.250.0.0/16", "mtu": 1500,
-            "dataDir": dir.path().join("podnet"),
-            "bpfDir": bpf.path(),
-        }))?,
+        config: serde_json::to_vec(&podnet_conf)?,
         ifname: "eth0",
         // Its timing marks: a line on stderr per step, for the breakdown.
         env: vec![("PODNET_CNI_TIMING", "1")],
@@ -245,7 +283,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> {
         config: serde_json::to_vec(&serde_json::json!({
             "cniVersion": "1.0.0", "name": "benchref", "type": "bridge",
             "bridge": "refbr0", "isGateway": true,
-            "ipam": {"type": "host-local", "subnet": "10.251.0.0/16", "dataDir": dir.path().join("ref")},
+            "ipam": ref_ipam,
         }))?,
         ifname: "eth0",
         env: vec![],
@@ -291,6 +329,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> {
     Ok(Report {
         pods: opts.pods,
         concurrency: opts.concurrency,
+        ip_family: opts.ip_family,
         reference: format!(
             "{} + host-local",
             opts.reference_dir.join("bridge").display()
@@ -346,9 +385,15 @@ fn breakdown_of(mode: &str, verb: &str, calls: &[Timed]) -> Vec<Step> {
 /// The report as a table for people.
 pub fn render(r: &Report) -> String {
     let mut s = format!(
-        "CNI latency over {} pods, plugin run inside a node namespace, spawn to exit (lower is better)\n\
+        "CNI latency over {} {}pods, plugin run inside a node namespace, spawn to exit (lower is better)\n\
          reference: {}\n\n",
-        r.pods, r.reference
+        r.pods,
+        if r.ip_family == IpFamily::Dual {
+            "dual-stack "
+        } else {
+            ""
+        },
+        r.reference
     );
     s.push_str(&format!(
         "{:<16} {:<4} {:>10} {:>10} {:>12} {:>12} {:>10} {:>10}\n",
