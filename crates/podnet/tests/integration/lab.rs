@@ -605,3 +605,21 @@ fn cni_benchmark_breaks_every_add_down() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains("podnet-bench"), "a bpffs stayed mounted");
 }
+
+/// `bench cni --ip-family dual`: both plugins give dual-stack pods (a plugin's failed
+/// ADD or DEL fails the benchmark) and the report says which family it measured.
+#[test]
+fn cni_benchmark_measures_dual_stack_pods() {
+    require_root();
+    let r = bench_json(&[
+        "cni",
+        "--pods",
+        "6",
+        "--concurrency",
+        "2",
+        "--ip-family",
+        "dual",
+    ]);
+    assert_eq!(r["ip_family"], "dual", "{r}");
+    assert_eq!(r["rows"].as_array().unwrap().len(), 4, "{r}");
+}
