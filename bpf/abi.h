@@ -63,11 +63,13 @@ struct spoof_event {
 	u8 ethertype[2]; /* network byte order */
 	u32 saddr;       /* IPv4 source, ARP sender address; network order */
 	u32 daddr;       /* IPv4 destination, ARP target address; network order */
-	u8 proto;        /* IPv4 protocol number (0 for ARP and others) */
+	u8 proto;        /* IPv4 protocol number, IPv6 next header (0 for ARP and others) */
 	u8 pad;
 	u16 sport; /* TCP, UDP and SCTP ports, host order */
 	u16 dport;
 	u16 pad2;
+	u8 saddr6[16]; /* IPv6 source (IPv6 frames only) */
+	u8 daddr6[16]; /* IPv6 destination */
 };
 
 /* podnet_spooflost slot: events over a pod's budget. */

@@ -7,7 +7,7 @@
 //! and the per-node ring buffer of drop events ([`SpoofEvent`]).
 
 use crate::{bpf, tc, Error, Result, Socket};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 include!(concat!(env!("OUT_DIR"), "/drop_reasons.rs"));
 
@@ -188,7 +188,7 @@ pub fn events_map(prog_id: u32) -> Result<Option<u32>> {
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
 /// One dropped frame, as `from_pod.c` writes it to the ring buffer (`struct
-/// spoof_event`, 32 bytes).
+/// spoof_event`, 64 bytes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpoofEvent {
     /// The host veth the frame came in on (the pod).
@@ -197,10 +197,11 @@ pub struct SpoofEvent {
     pub reason: u32,
     pub src_mac: [u8; 6],
     pub ethertype: u16,
-    /// IPv4: source and destination; ARP: sender and target address; else 0.0.0.0.
-    pub saddr: Ipv4Addr,
-    pub daddr: Ipv4Addr,
-    /// IPv4 protocol number (0 for ARP and others).
+    /// IPv4 and IPv6: source and destination; ARP: sender and target address; else
+    /// 0.0.0.0.
+    pub saddr: IpAddr,
+    pub daddr: IpAddr,
+    /// IPv4 protocol number or IPv6 next header (0 for ARP and others).
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
@@ -211,13 +212,22 @@ impl SpoofEvent {
 
     pub fn parse(b: &[u8]) -> Option<SpoofEvent> {
         let e = abi::SpoofEvent::from_bytes(b.get(..Self::SIZE)?)?;
+        let ipv6 = e.ethertype == [0x86, 0xdd];
         Some(SpoofEvent {
             ifindex: e.ifindex,
             reason: e.reason,
             src_mac: e.src_mac,
             ethertype: u16::from_be_bytes(e.ethertype),
-            saddr: Ipv4Addr::from(e.saddr.to_ne_bytes()),
-            daddr: Ipv4Addr::from(e.daddr.to_ne_bytes()),
+            saddr: if ipv6 {
+                IpAddr::V6(Ipv6Addr::from(e.saddr6))
+            } else {
+                IpAddr::V4(Ipv4Addr::from(e.saddr.to_ne_bytes()))
+            },
+            daddr: if ipv6 {
+                IpAddr::V6(Ipv6Addr::from(e.daddr6))
+            } else {
+                IpAddr::V4(Ipv4Addr::from(e.daddr.to_ne_bytes()))
+            },
             proto: e.proto,
             sport: e.sport,
             dport: e.dport,
@@ -241,7 +251,7 @@ mod tests {
 
     #[test]
     fn events_parse_at_their_c_offsets() {
-        let mut b = [0u8; 32];
+        let mut b = [0u8; 64];
         b[0..4].copy_from_slice(&7u32.to_ne_bytes());
         b[4..8].copy_from_slice(&2u32.to_ne_bytes());
         b[8..14].copy_from_slice(&[1, 2, 3, 4, 5, 6]);
@@ -257,6 +267,13 @@ mod tests {
         assert_eq!(e.ethertype, 0x0806);
         assert_eq!(e.saddr, Ipv4Addr::new(10, 0, 0, 9));
         assert_eq!((e.proto, e.sport, e.dport), (6, 1234, 80));
-        assert!(SpoofEvent::parse(&b[..31]).is_none());
+        assert!(SpoofEvent::parse(&b[..63]).is_none());
+        // IPv6: the addresses from their own fields.
+        b[14..16].copy_from_slice(&[0x86, 0xdd]);
+        b[32..48].copy_from_slice(&"fd00::9".parse::<Ipv6Addr>().unwrap().octets());
+        b[48..64].copy_from_slice(&"fd00::1".parse::<Ipv6Addr>().unwrap().octets());
+        let e = SpoofEvent::parse(&b).unwrap();
+        assert_eq!(e.saddr.to_string(), "fd00::9");
+        assert_eq!(e.daddr.to_string(), "fd00::1");
     }
 }

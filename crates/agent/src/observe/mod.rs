@@ -201,7 +201,11 @@ pub fn spoof_event(node: &str, e: &SpoofEvent, pod_ip: Option<Ipv4Addr>, pods: &
     let (pod, namespace) = pod_ip.map(|ip| pods.names(ip)).unwrap_or_default();
     let protocol = match e.ethertype {
         0x0806 => "ARP".to_string(),
-        0x86dd => "IPv6".to_string(),
+        0x86dd => match e.proto {
+            58 => "ICMPv6".to_string(),
+            p @ (6 | 17 | 132) => format!("{} over IPv6", protocol_name(p)),
+            _ => "IPv6".to_string(),
+        },
         0x0800 => protocol_name(e.proto),
         t => format!("ethertype 0x{t:04x}"),
     };
@@ -323,6 +327,17 @@ fn open_ring(id: u32) -> Result<Ring, Failure> {
     let data = aya::maps::MapData::from_id(id)
         .map_err(|e| Failure::op(format!("open ring buffer {id}"), e))?;
     ring(data)
+}
+
+/// Takes every event waiting in the anti-spoofing ring buffer with kernel id `id`
+/// (what podnetd's reader would have taken: for tools and tests on a node without it).
+pub fn drain_spoof_events(id: u32) -> Result<Vec<SpoofEvent>, Failure> {
+    let mut r = open_ring(id)?;
+    let mut out = vec![];
+    while let Some(item) = r.next() {
+        out.extend(SpoofEvent::parse(&item));
+    }
+    Ok(out)
 }
 
 fn ring(data: aya::maps::MapData) -> Result<Ring, Failure> {

@@ -217,6 +217,35 @@ fn dual_stack_pods_get_both_families_and_cannot_forge_ipv6() {
     let counts: std::collections::HashMap<_, _> = st.drops.into_iter().collect();
     assert_eq!(counts["ipv6-src"], 2, "{counts:?}");
     assert_eq!(counts["ipv6-na"], 1, "{counts:?}");
+    // And told, with the forged IPv6 addresses and ports (what `podnet observe` shows).
+    let prog = antispoof::installed_prog(&mut s, l.index).unwrap().unwrap();
+    let ring = podnet_netlink::antispoof::events_map(prog)
+        .unwrap()
+        .expect("a drop-event ring");
+    let events = node
+        .ns
+        .ns
+        .run(|| podnet_agent::observe::drain_spoof_events(ring))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mine: Vec<_> = events.iter().filter(|e| e.ifindex == l.index).collect();
+    assert!(
+        mine.iter().any(
+            |e| podnet_netlink::antispoof::reason_id(e.reason) == "ipv6-src"
+                && e.saddr == std::net::IpAddr::V6(b.ip6)
+                && e.daddr == std::net::IpAddr::V6(a.ip6)
+                && (e.proto, e.sport, e.dport) == (17, 5555, 9999)
+        ),
+        "{mine:?}"
+    );
+    assert!(
+        mine.iter().any(
+            |e| podnet_netlink::antispoof::reason_id(e.reason) == "ipv6-na"
+                && e.saddr == std::net::IpAddr::V6(attacker.ip6)
+                && e.proto == 58
+        ),
+        "{mine:?}"
+    );
 
     // CHECK names a missing IPv6 address.
     ip(&[
