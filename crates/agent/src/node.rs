@@ -42,6 +42,8 @@ impl Agent {
             wireguard: self.backend.registration(),
             cluster_cidr: self.cfg.cluster_cidr,
             node_prefix: self.cfg.node_prefix,
+            // IPv4 only: podnetd does not route IPv6 between nodes yet.
+            cluster_cidr6: None,
             ttl: self.cfg.lease_ttl,
         })?)
     }

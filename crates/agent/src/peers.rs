@@ -160,6 +160,7 @@ mod tests {
         let rec = |name: &str, cidr: &str, ip: [u8; 4], mac: &str| NodeRecord {
             name: name.into(),
             pod_cidr: cidr.parse().unwrap(),
+            pod_cidr6: None,
             underlay_ip: Ipv4Addr::from(ip),
             vtep_mac: mac.into(),
             backend: "vxlan".into(),

@@ -279,7 +279,7 @@ impl EtcdStore {
                 .block_on(c.lease_grant(r.ttl.as_secs().max(1) as i64, None))
                 .map_err(|e| unavailable("grant a lease", e))?
                 .id();
-            let rec = r.record(cidr, now());
+            let rec = r.record(cidr, r.cidr6_for(cidr)?, now());
             let subnet_key = format!("{PREFIX}subnets/{}", cidr.to_string().replace('/', "_"));
             let on_lease = || Some(PutOptions::new().with_lease(id));
             let ops = vec![

@@ -158,7 +158,7 @@ impl Datastore for FileStore {
             .map(|n| n.pod_cidr)
             .collect();
         let cidr = choose_cidr(r, previous, &taken)?;
-        let rec = r.record(cidr, t);
+        let rec = r.record(cidr, r.cidr6_for(cidr)?, t);
         self.write(&rec)?;
         Ok(rec)
     }
@@ -342,6 +342,7 @@ mod tests {
             wireguard: None,
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             node_prefix: 24,
+            cluster_cidr6: None,
             ttl: Duration::from_secs(ttl),
         }
     }
@@ -363,6 +364,41 @@ mod tests {
             waited >= Duration::from_millis(40) && waited < Duration::from_secs(4),
             "{waited:?}"
         );
+    }
+
+    /// On a dual-stack cluster each record carries the IPv6 twin of its IPv4 lease,
+    /// written and read back with it; IPv4-only records have none (and their file
+    /// no such key, so older agents read them unchanged).
+    #[test]
+    fn dual_stack_leases_carry_their_ipv6_pod_cidr() {
+        let d = std::env::temp_dir().join(format!("podnet-ds-dual-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        let s = FileStore::open(&d).unwrap();
+        let dual = |name: &str, ip: u8| {
+            let mut r = reg(name, ip, 60);
+            r.cluster_cidr6 = Some(("fd00:10:244::/56".parse().unwrap(), 64));
+            r
+        };
+        let a = s.register(&dual("a", 10)).unwrap();
+        let b = s.register(&dual("b", 11)).unwrap();
+        let six = |r: &NodeRecord| r.pod_cidr6.map(|c| c.to_string());
+        assert_eq!(
+            (a.pod_cidr.to_string(), six(&a)),
+            ("10.244.0.0/24".into(), Some("fd00:10:244::/64".into()))
+        );
+        assert_eq!(six(&b), Some("fd00:10:244:1::/64".into()));
+        let listed = s.nodes().unwrap();
+        assert!(listed.contains(&a) && listed.contains(&b), "{listed:?}");
+        let c = s.register(&reg("c", 12, 60)).unwrap();
+        assert_eq!(c.pod_cidr6, None);
+        let text = |n: &str| fs::read_to_string(d.join("nodes").join(format!("{n}.json"))).unwrap();
+        assert!(
+            text("a").contains("\"pod_cidr6\": \"fd00:10:244::/64\""),
+            "{}",
+            text("a")
+        );
+        assert!(!text("c").contains("pod_cidr6"), "{}", text("c"));
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

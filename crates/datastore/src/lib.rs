@@ -15,7 +15,7 @@
 pub mod etcd;
 pub mod file;
 
-use podnet_cni_spec::Ipv4Net;
+use podnet_cni_spec::net::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -70,6 +70,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct NodeRecord {
     pub name: String,
     pub pod_cidr: Ipv4Net,
+    /// A dual-stack cluster's second pod CIDR for the node. The file and etcd
+    /// datastores derive it from the IPv4 lease ([`Registration::cidr6_for`]: the same
+    /// index in the cluster's IPv6 range), so one lease holds both; on Kubernetes it
+    /// is the IPv6 entry of the Node's `spec.podCIDRs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<Ipv6Net>,
     pub underlay_ip: Ipv4Addr,
     /// MAC of the node's VXLAN device, `aa:bb:…`.
     pub vtep_mac: String,
@@ -115,15 +121,25 @@ pub struct Registration {
     /// The range pod CIDRs are cut from, and the size of each.
     pub cluster_cidr: Ipv4Net,
     pub node_prefix: u8,
+    /// A dual-stack cluster's IPv6 range and the prefix length of each node's share
+    /// of it; `None`: IPv4 only.
+    pub cluster_cidr6: Option<(Ipv6Net, u8)>,
     pub ttl: Duration,
 }
 
 impl Registration {
-    /// The record this registration publishes once it holds `pod_cidr`.
-    pub fn record(&self, pod_cidr: Ipv4Net, renewed: u64) -> NodeRecord {
+    /// The record this registration publishes once it holds `pod_cidr` (and, on a
+    /// dual-stack cluster, `pod_cidr6`).
+    pub fn record(
+        &self,
+        pod_cidr: Ipv4Net,
+        pod_cidr6: Option<Ipv6Net>,
+        renewed: u64,
+    ) -> NodeRecord {
         NodeRecord {
             name: self.name.clone(),
             pod_cidr,
+            pod_cidr6,
             underlay_ip: self.underlay_ip,
             vtep_mac: self.vtep_mac.clone(),
             backend: self.backend.clone(),
@@ -236,6 +252,67 @@ pub fn open(url: &str) -> Result<Box<dyn Datastore>> {
 /// Seconds since the Unix epoch.
 pub use podnet_conventions::now;
 
+impl Registration {
+    /// The IPv6 pod CIDR that goes with the IPv4 lease `pod_cidr` on a dual-stack
+    /// cluster: the network at the same index in the IPv6 range (the n-th /24 of
+    /// 10.244.0.0/16 gets the n-th /64 of fd00:10:244::/56). Deriving it keeps one lease
+    /// per node in the datastore, taken and freed with the IPv4 one, so the two
+    /// families can never be held by different nodes. `None` on an IPv4 cluster.
+    pub fn cidr6_for(&self, pod_cidr: Ipv4Net) -> Result<Option<Ipv6Net>> {
+        let Some((range, prefix6)) = self.cluster_cidr6 else {
+            return Ok(None);
+        };
+        check_ranges6(
+            &self.name,
+            self.cluster_cidr,
+            self.node_prefix,
+            range,
+            prefix6,
+        )?;
+        let index = (pod_cidr.bits().wrapping_sub(self.cluster_cidr.bits()))
+            >> (32 - u32::from(self.node_prefix));
+        let step = 128 - u32::from(prefix6);
+        let net = u128::from(range.network()) + (u128::from(index) << step);
+        Ok(Ipv6Net::new(std::net::Ipv6Addr::from(net), prefix6))
+    }
+}
+
+/// Whether every IPv4 node range of `cluster`/`prefix` has its IPv6 twin in
+/// `range`/`prefix6`, each one a usable pod CIDR.
+pub fn check_ranges6(
+    node: &str,
+    cluster: Ipv4Net,
+    prefix: u8,
+    range: Ipv6Net,
+    prefix6: u8,
+) -> Result<()> {
+    let invalid = |why: String| {
+        Err(Error::Invalid {
+            node: node.into(),
+            why,
+        })
+    };
+    if prefix6 < range.prefix() || prefix6 > podnet_cni_spec::net::MAX_POD_CIDR6_PREFIX {
+        return invalid(format!(
+            "IPv6 node prefix /{prefix6} does not fit in cluster CIDR {range} (/{} to /{})",
+            range.prefix(),
+            podnet_cni_spec::net::MAX_POD_CIDR6_PREFIX
+        ));
+    }
+    let twin = Ipv6Net::truncating(range.network(), prefix6);
+    if let Some(why) = twin.pod_cidr_problem() {
+        return invalid(format!("IPv6 cluster CIDR {range}: {why}"));
+    }
+    if u32::from(prefix6 - range.prefix()) < u32::from(prefix.saturating_sub(cluster.prefix())) {
+        return invalid(format!(
+            "IPv6 cluster CIDR {range} holds 2^{} node ranges of /{prefix6}, fewer than the 2^{} /{prefix} of {cluster}: use a wider IPv6 range or a longer IPv6 node prefix",
+            prefix6 - range.prefix(),
+            prefix.saturating_sub(cluster.prefix())
+        ));
+    }
+    Ok(())
+}
+
 /// Picks the CIDR for `r`: its previous one if still free, else the first free one.
 pub fn choose_cidr(
     r: &Registration,
@@ -290,7 +367,38 @@ mod tests {
             wireguard: None,
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             node_prefix: 24,
+            cluster_cidr6: None,
             ttl: Duration::from_secs(60),
+        }
+    }
+
+    /// The n-th IPv4 node range gets the n-th IPv6 one; ranges that cannot pair up
+    /// are refused, naming the fix.
+    #[test]
+    fn the_ipv6_range_pairs_with_the_ipv4_lease() {
+        let mut r = reg("a");
+        assert_eq!(r.cidr6_for("10.244.7.0/24".parse().unwrap()).unwrap(), None);
+        r.cluster_cidr6 = Some(("fd00:10:244::/56".parse().unwrap(), 64));
+        for (v4, v6) in [
+            ("10.244.0.0/24", "fd00:10:244::/64"),
+            ("10.244.7.0/24", "fd00:10:244:7::/64"),
+            ("10.244.255.0/24", "fd00:10:244:ff::/64"),
+        ] {
+            assert_eq!(
+                r.cidr6_for(v4.parse().unwrap()).unwrap(),
+                Some(v6.parse().unwrap()),
+                "{v4}"
+            );
+        }
+        for (range, p6, why) in [
+            ("fd00:10:244::/60", 64, "fewer than the 2^8"),
+            ("fd00:10:244::/56", 48, "does not fit"),
+            ("fd00:10:244::/56", 127, "does not fit"),
+            ("fe80::/56", 64, "link-local"),
+        ] {
+            r.cluster_cidr6 = Some((range.parse().unwrap(), p6));
+            let e = r.cidr6_for("10.244.1.0/24".parse().unwrap()).unwrap_err();
+            assert!(e.to_string().contains(why), "{range} /{p6}: {e}");
         }
     }
 

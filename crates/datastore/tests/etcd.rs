@@ -81,6 +81,7 @@ fn reg(name: &str, ip: [u8; 4], ttl: u64) -> Registration {
         wireguard: None,
         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
         node_prefix: 24,
+        cluster_cidr6: None,
         ttl: Duration::from_secs(ttl),
     }
 }

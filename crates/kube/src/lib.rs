@@ -429,6 +429,16 @@ pub fn node_pod_cidr(n: &Node) -> Option<Ipv4Net> {
         .find_map(|c| c.parse().ok())
 }
 
+/// The Node's IPv6 pod CIDR: the IPv6 entry of `spec.podCIDRs` (a dual-stack cluster).
+pub fn node_pod_cidr6(n: &Node) -> Option<podnet_cni_spec::net::Ipv6Net> {
+    n.spec
+        .as_ref()?
+        .pod_cidrs
+        .iter()
+        .flatten()
+        .find_map(|c| c.parse().ok())
+}
+
 /// The Node's IPv4 `status.addresses` of type InternalIP or ExternalIP: where its
 /// kubelet says the node is reached, and so where its underlay address must be.
 pub fn node_addresses(n: &Node) -> Vec<Ipv4Addr> {
@@ -477,6 +487,7 @@ pub fn node_record(n: &Node) -> std::result::Result<NodeRecord, String> {
     Ok(NodeRecord {
         name,
         pod_cidr,
+        pod_cidr6: node_pod_cidr6(n),
         underlay_ip,
         vtep_mac: get(ANN_VTEP_MAC)?,
         backend: get(ANN_BACKEND)?,
@@ -545,7 +556,27 @@ impl Datastore for KubeStore {
                 .block_on(api.patch(&r.name, &PatchParams::default(), &Patch::Merge(&patch)))
                 .map_err(|e| unavailable(format!("annotate Node {}", r.name), e))?;
         }
-        Ok(r.record(cidr, podnet_datastore::now()))
+        let cidr6 = match r.cluster_cidr6 {
+            None => None,
+            Some((range, _)) => {
+                let c6 = node_pod_cidr6(&node).ok_or_else(|| {
+                    Error::NotReady(format!(
+                        "Node {} has no IPv6 entry in spec.podCIDRs yet: kube-controller-manager allocates one when its --cluster-cidr lists an IPv6 range too",
+                        r.name
+                    ))
+                })?;
+                if !range.contains(c6.network()) || c6.prefix() < range.prefix() {
+                    return Err(Error::Invalid {
+                        node: r.name.clone(),
+                        why: format!(
+                            "its IPv6 pod CIDR {c6} is outside the IPv6 cluster CIDR {range}: give podnetd the IPv6 range of kube-controller-manager's --cluster-cidr"
+                        ),
+                    });
+                }
+                Some(c6)
+            }
+        };
+        Ok(r.record(cidr, cidr6, podnet_datastore::now()))
     }
 
     fn nodes(&self) -> Result<Vec<NodeRecord>> {
@@ -733,6 +764,24 @@ mod tests {
             "status": {"addresses": addresses},
         }))
         .unwrap()
+    }
+
+    /// A dual-stack Node's record carries the IPv6 entry of `spec.podCIDRs`, in
+    /// whichever order the two are listed; an IPv4-only Node's none.
+    #[test]
+    fn a_dual_stack_nodes_record_carries_its_ipv6_pod_cidr() {
+        let addrs = json!([{"type": "InternalIP", "address": "192.168.1.11"}]);
+        let mut n = node("192.168.1.11", addrs);
+        assert_eq!(node_record(&n).unwrap().pod_cidr6, None);
+        for cidrs in [
+            ["10.244.1.0/24", "fd00:10:244:1::/64"],
+            ["fd00:10:244:1::/64", "10.244.1.0/24"],
+        ] {
+            n.spec.as_mut().unwrap().pod_cidrs = Some(cidrs.map(String::from).to_vec());
+            let r = node_record(&n).unwrap();
+            assert_eq!(r.pod_cidr.to_string(), "10.244.1.0/24");
+            assert_eq!(r.pod_cidr6.unwrap().to_string(), "fd00:10:244:1::/64");
+        }
     }
 
     #[test]
