@@ -195,8 +195,11 @@ struct vtep_key {
 /* A podnet_ulpeers value (keyed by the peer's underlay address, network order): the
  * peer's pod CIDR. */
 struct ul_peer {
-	u32 net;  /* host order */
-	u32 mask; /* host order */
+	u32 net;     /* host order */
+	u32 mask;    /* host order */
+	u8 net6[16]; /* a dual-stack peer's IPv6 pod CIDR */
+	u8 prefix6;  /* its prefix length; 0: the peer has none */
+	u8 pad[3];
 };
 
 /* podnet_ulconf's one value: what the guard binds. */

@@ -9,7 +9,8 @@
  * that inner packet, and NetworkPolicy judges its source as given. So a datagram to the
  * VXLAN port passes only if it comes from a peer node's underlay address, and its inner
  * frame is IPv4 (or ARP) whose source is one of that peer's addresses: its pod CIDR or
- * its underlay address. A forged frame cannot claim a local pod, the node itself (whose
+ * its underlay address — or, from a dual-stack peer, IPv6 whose source is in its IPv6
+ * pod CIDR. A forged frame cannot claim a local pod, the node itself (whose
  * addresses some datapaths always admit) or another node's pods. Datagrams to the
  * WireGuard port pass only from a peer's underlay address (WireGuard authenticates
  * what they carry, and routes by key: this keeps handshakes from strangers off the
@@ -28,7 +29,8 @@
  *
  * Maps (no pins: podnetd loads them anew at start, fills them, then swaps its filter
  * in atomically; the filter holds them while podnetd is down):
- * - podnet_ulpeers: peer underlay address (network order) -> its pod CIDR.
+ * - podnet_ulpeers: peer underlay address (network order) -> its pod CIDR (and IPv6
+ *   pod CIDR).
  * - podnet_ulconf: the ports guarded (host order; 0: none).
  * - podnet_uldrops: packets dropped, one counter per reason in drop_reasons.h
  *   (PODNET_UNDERLAY_DROPS).
@@ -139,9 +141,9 @@ SEC("classifier/underlay_guard") int underlay_guard(struct __sk_buff *skb)
 	if (!vxlan)
 		return TC_ACT_UNSPEC;
 	/* VXLAN header 8, inner Ethernet 14, then IPv4's source (at 12) or ARP's sender
-	 * address (at 14): 20 bytes of either. */
-	u8 in[8 + 14 + 20];
-	if (bpf_skb_load_bytes(skb, 14 + ihl + 8, in, sizeof(in)))
+	 * address (at 14): 20 bytes of either; IPv6's source is at 8, 16 bytes. */
+	u8 in[8 + 14 + 24];
+	if (bpf_skb_load_bytes(skb, 14 + ihl + 8, in, 8 + 14 + 20))
 		return refuse(UL_DROP_VXLAN_FRAME);
 	u8 *e = in + 8;
 	u32 src;
@@ -149,7 +151,22 @@ SEC("classifier/underlay_guard") int underlay_guard(struct __sk_buff *skb)
 		src = be32(e + 14 + 12);
 	else if (e[12] == 0x08 && e[13] == 0x06)
 		src = be32(e + 14 + 14);
-	else
+	else if (e[12] == 0x86 && e[13] == 0xdd) {
+		if (bpf_skb_load_bytes(skb, 14 + ihl + 8, in, sizeof(in)))
+			return refuse(UL_DROP_VXLAN_FRAME);
+		if (!p->prefix6 || p->prefix6 > 128)
+			return refuse(UL_DROP_VXLAN_INNER);
+		const u8 *s6 = e + 14 + 8;
+		u32 prefix = p->prefix6;
+#pragma unroll
+		for (int i = 0; i < 16; i++) {
+			u32 bits = prefix > (u32)(8 * i) ? prefix - 8 * i : 0;
+			u8 m = bits >= 8 ? 0xff : (u8)(0xff00 >> bits);
+			if ((s6[i] ^ p->net6[i]) & m)
+				return refuse(UL_DROP_VXLAN_INNER);
+		}
+		return TC_ACT_UNSPEC;
+	} else
 		return refuse(UL_DROP_VXLAN_FRAME);
 	if ((src & p->mask) == p->net || src == be32(ip + 12))
 		return TC_ACT_UNSPEC;

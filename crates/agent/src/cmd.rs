@@ -109,7 +109,11 @@ struct Args {
     /// The node's physical interface: VXLAN runs over it, host-gw routes through it.
     #[arg(long, default_value = "eth0")]
     underlay_dev: String,
-    /// The range node pod CIDRs are cut from.
+    /// The range node pod CIDRs are cut from; a dual-stack cluster lists an IPv6 range
+    /// after the IPv4 one (`10.244.0.0/16,fd00:10:244::/56`, as kube-controller-manager's
+    /// --cluster-cidr). Dual-stack needs, for now, --backend vxlan --datapath bridge
+    /// --policy-datapath none: the other backends and both policy datapaths carry IPv4
+    /// only.
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: String,
     /// The cluster's Service range (kube-apiserver's --service-cluster-ip-range):
@@ -119,6 +123,9 @@ struct Args {
     /// Prefix length of each node's pod CIDR.
     #[arg(long, default_value_t = 24)]
     node_prefix: u8,
+    /// Dual-stack: prefix length of each node's IPv6 pod CIDR.
+    #[arg(long, default_value_t = 64)]
+    node_prefix6: u8,
     /// How pod traffic crosses between nodes.
     #[arg(long, value_enum, default_value = "vxlan")]
     backend: Backend,
@@ -304,8 +311,35 @@ fn config(mut a: Args) -> Result<Config, Failure> {
     if let Some(why) = why {
         tracing::info!("{why}");
     }
+    let (cluster4, cluster6) = match a.cluster_cidr.split_once(',') {
+        None => (a.cluster_cidr.as_str(), None),
+        Some((v4, v6)) => (v4, Some(v6)),
+    };
+    let cluster_cidr6 = match cluster6 {
+        None => None,
+        Some(v6) => {
+            let range: podnet_cni_spec::net::Ipv6Net = v6.trim().parse().map_err(
+                |e: podnet_cni_spec::net::CidrError| {
+                    Failure::op(
+                        format!("invalid IPv6 range {v6:?} in --cluster-cidr"),
+                        format!("{}; a dual-stack --cluster-cidr is IPv4,IPv6 (10.244.0.0/16,fd00:10:244::/56)", e.0),
+                    )
+                },
+            )?;
+            if let Some(why) =
+                podnet_conventions::dual_stack_problem(a.backend, datapath, policy_datapath)
+            {
+                return Err(Failure::Refused(format!(
+                    "--cluster-cidr {}: {why}",
+                    a.cluster_cidr
+                )));
+            }
+            Some((range, a.node_prefix6))
+        }
+    };
     let cfg = Config {
-        cluster_cidr: cidr("cluster-cidr", &a.cluster_cidr)?,
+        cluster_cidr: cidr("cluster-cidr", cluster4)?,
+        cluster_cidr6,
         service_cidr: cidr("service-cidr", &a.service_cidr)?,
         node: a.node.ok_or(
             "give this node's name with --node (or NODE_NAME): the agent registers under it",

@@ -11,6 +11,9 @@ pub struct Config {
     pub datastore: String,
     pub underlay_dev: String,
     pub cluster_cidr: Ipv4Net,
+    /// A dual-stack cluster's IPv6 range and the prefix length of each node's share
+    /// (`--cluster-cidr v4,v6`, `--node-prefix6`); `None`: IPv4 only.
+    pub cluster_cidr6: Option<(podnet_cni_spec::net::Ipv6Net, u8)>,
     /// The cluster's Service range (kube-apiserver's `--service-cluster-ip-range`):
     /// no peer's underlay address may lie in it ([`crate::peers::check_peer`]).
     pub service_cidr: Ipv4Net,

@@ -178,7 +178,8 @@ impl Guard {
         self.fd_of(BACKSTOP)
     }
 
-    /// One round: the peers map made exactly `peers` (underlay address, pod CIDR),
+    /// One round: the peers map made exactly `peers` (underlay address, pod CIDR, a
+    /// dual-stack peer's IPv6 pod CIDR),
     /// then the filter verified on `device` (index `index`) and put back if missing or
     /// not this agent's. Returns `Some(why)` when the filter had to be repaired (drift,
     /// not the first attach).
@@ -187,7 +188,7 @@ impl Guard {
         sock: &mut Socket,
         index: u32,
         device: &str,
-        peers: &[(Ipv4Addr, Ipv4Net)],
+        peers: &[(Ipv4Addr, Ipv4Net, Option<podnet_cni_spec::net::Ipv6Net>)],
         sources: &Sources,
     ) -> Result<Option<String>, Failure> {
         if self.config.host_gw != 0 {
@@ -195,7 +196,7 @@ impl Guard {
         }
         let want: BTreeMap<u32, UlPeer> = peers
             .iter()
-            .map(|(ip, cidr)| {
+            .map(|(ip, cidr, cidr6)| {
                 (
                     raw(*ip),
                     UlPeer {
@@ -204,6 +205,9 @@ impl Guard {
                             0 => 0,
                             p => u32::MAX << (32 - p as u32),
                         },
+                        net6: cidr6.map_or([0; 16], |c| c.network().octets()),
+                        prefix6: cidr6.map_or(0, |c| c.prefix()),
+                        ..Default::default()
                     },
                 )
             })

@@ -4,8 +4,10 @@
 //!
 //! # Kernel objects it owns
 //! The bridge (default `podnet0`, gateway = first address of the node's pod CIDR, MAC
-//! `0a:58:<gateway>`, MTU = pod MTU) and `net.ipv4.ip_forward = 1`; the backend's
-//! device through [`crate::backend`].
+//! `0a:58:<gateway>`, MTU = pod MTU) and `net.ipv4.ip_forward = 1`; on a dual-stack
+//! node also the bridge's IPv6 gateway (the first address of its IPv6 pod CIDR, as
+//! podnet-cni gives it) and `net.ipv6.conf.all.forwarding = 1`; the backend's device
+//! through [`crate::backend`].
 
 use crate::backend::{self, Ctx, NodeInfo};
 use crate::{vtep_mac, Agent, Error, Result};
@@ -42,8 +44,7 @@ impl Agent {
             wireguard: self.backend.registration(),
             cluster_cidr: self.cfg.cluster_cidr,
             node_prefix: self.cfg.node_prefix,
-            // IPv4 only: podnetd does not route IPv6 between nodes yet.
-            cluster_cidr6: None,
+            cluster_cidr6: self.cfg.cluster_cidr6,
             ttl: self.cfg.lease_ttl,
         })?)
     }
@@ -86,17 +87,43 @@ impl Agent {
         };
         backend::remove_others(&mut ctx)?;
         let dev = self.backend.ensure_device(&mut ctx, n)?;
-        let fwd = "/proc/sys/net/ipv4/ip_forward";
-        if std::fs::read_to_string(fwd)
-            .map(|v| v.trim() != "1")
-            .unwrap_or(true)
-        {
-            std::fs::write(fwd, "1").map_err(|source| Error::File {
-                what: "enable forwarding in",
-                path: fwd.into(),
-                source,
+        let mut forwarding = vec![("/proc/sys/net/ipv4/ip_forward", "IPv4")];
+        if let Some(c6) = n.record.pod_cidr6 {
+            let gw6 = c6.nth(1).expect("an IPv6 node CIDR has a first address");
+            let br = link::get_by_name(&mut self.sock, &self.cfg.bridge)?.ok_or_else(|| {
+                Error::Underlay {
+                    dev: self.cfg.bridge.clone(),
+                    why: "the bridge vanished right after it was made".into(),
+                }
             })?;
-            self.log("IPv4 forwarding turned on");
+            let has = addr::list6(&mut self.sock, Some(br.index))?
+                .iter()
+                .any(|(_, a, p)| *a == gw6 && *p == c6.prefix());
+            if !has {
+                for r in self
+                    .sock
+                    .ack_all(vec![addr::add6_request(br.index, gw6, c6.prefix())])
+                {
+                    match r {
+                        Err(e) if !e.is_exists() => return Err(e.into()),
+                        _ => {}
+                    }
+                }
+            }
+            forwarding.push(("/proc/sys/net/ipv6/conf/all/forwarding", "IPv6"));
+        }
+        for (fwd, family) in forwarding {
+            if std::fs::read_to_string(fwd)
+                .map(|v| v.trim() != "1")
+                .unwrap_or(true)
+            {
+                std::fs::write(fwd, "1").map_err(|source| Error::File {
+                    what: "enable forwarding in",
+                    path: fwd.into(),
+                    source,
+                })?;
+                self.log(&format!("{family} forwarding turned on"));
+            }
         }
         self.bridged_netfilter();
         Ok(dev)
@@ -139,8 +166,13 @@ impl Agent {
         let body = podnet_conventions::NodeFile {
             node: self.cfg.node.clone(),
             pod_cidr: Some(n.record.pod_cidr.to_string()),
-            // The agent leases IPv4 pod CIDRs only (dual-stack nodes: not yet).
-            pod_cidrs: vec![],
+            // A dual-stack node's both pod CIDRs: podnet-cni gives pods one address
+            // of each.
+            pod_cidrs: n
+                .record
+                .pod_cidr6
+                .map(|c6| vec![n.record.pod_cidr.to_string(), c6.to_string()])
+                .unwrap_or_default(),
             cluster_cidr: Some(self.cfg.cluster_cidr.to_string()),
             overlay_ports: self
                 .backend

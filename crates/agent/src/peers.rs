@@ -3,7 +3,7 @@
 
 use crate::plan::Peer;
 use crate::{vtep_mac, wireguard, Backend};
-use podnet_cni_spec::Ipv4Net;
+use podnet_cni_spec::net::{Ipv4Net, Ipv6Net};
 use podnet_datastore::NodeRecord;
 use podnet_netlink::parse_mac;
 use std::net::Ipv4Addr;
@@ -32,6 +32,8 @@ pub type WireGuardEndpoint = (wireguard::Key, u16);
 pub struct Me<'a> {
     pub record: &'a NodeRecord,
     pub cluster: Ipv4Net,
+    /// A dual-stack cluster's IPv6 range; `None`: this node carries IPv4 only.
+    pub cluster6: Option<Ipv6Net>,
     /// The Service range: virtual addresses, never a node's.
     pub service: Ipv4Net,
     pub backend: Backend,
@@ -120,6 +122,35 @@ pub fn check_peer(
     }
 }
 
+/// The IPv6 pod CIDR this node routes to a peer that [`check_peer`] accepted: none
+/// when this node or the peer carries IPv4 only; refused (the whole record) when it
+/// lies outside the cluster's IPv6 range or overlaps ours or an accepted peer's, as
+/// for IPv4 — a record must not draw another node's IPv6 pods to itself.
+pub fn check_peer6(
+    r: &NodeRecord,
+    me: &Me,
+    accepted: &[Peer],
+) -> std::result::Result<Option<Ipv6Net>, Refused> {
+    let (Some(range), Some(c6)) = (me.cluster6, r.pod_cidr6) else {
+        return Ok(None);
+    };
+    if !range.contains(c6.network()) || c6.prefix() < range.prefix() {
+        return Err(
+            format!("its IPv6 pod CIDR {c6} is outside the IPv6 cluster CIDR {range}").into(),
+        );
+    }
+    if let Some(m) = me.record.pod_cidr6.filter(|m| m.overlaps(&c6)) {
+        return Err(format!("its IPv6 pod CIDR {c6} overlaps ours ({m})").into());
+    }
+    if let Some((p, o)) = accepted
+        .iter()
+        .find_map(|p| p.cidr6.filter(|o| o.overlaps(&c6)).map(|o| (p, o)))
+    {
+        return Err(format!("its IPv6 pod CIDR {c6} overlaps {}'s ({o})", p.name).into());
+    }
+    Ok(Some(c6))
+}
+
 /// Why `u` cannot be a peer's underlay address, if it cannot: what peers send the
 /// peer's pod traffic to must be a unicast address of a host on the underlay, and not
 /// this node. An address inside the cluster CIDR (a pod's, or one a node routes to
@@ -173,6 +204,7 @@ mod tests {
         let me = Me {
             record: &mine,
             cluster,
+            cluster6: None,
             service: "10.96.0.0/12".parse().unwrap(),
             backend: Backend::Vxlan,
             wg_public_key: None,
@@ -183,6 +215,7 @@ mod tests {
         let accepted = vec![Peer {
             name: "b".into(),
             cidr: good.pod_cidr,
+            cidr6: None,
             underlay: good.underlay_ip,
             vtep_mac: mac,
             wireguard: Some(([2; 32], 51820)),
@@ -324,5 +357,68 @@ mod tests {
             let e = check_peer(&r, &wg, &accepted).unwrap_err().to_string();
             assert!(e.contains(why), "{e} (want {why})");
         }
+    }
+
+    /// A dual-stack record's IPv6 pod CIDR: taken inside the cluster's IPv6 range,
+    /// refused outside it or over ours or an accepted peer's; ignored on an IPv4 node.
+    #[test]
+    fn ipv6_pod_cidrs_are_checked_like_ipv4_ones() {
+        use super::*;
+        let mut mine = NodeRecord {
+            name: "a".into(),
+            pod_cidr: "10.244.0.0/24".parse().unwrap(),
+            pod_cidr6: Some("fd00:10:244::/64".parse().unwrap()),
+            underlay_ip: Ipv4Addr::new(192, 168, 1, 10),
+            vtep_mac: "0a:59:c0:a8:01:0a".into(),
+            backend: "vxlan".into(),
+            wireguard: None,
+            renewed: 0,
+            ttl_secs: 60,
+        };
+        let mut me = Me {
+            record: &mine.clone(),
+            cluster: "10.244.0.0/16".parse().unwrap(),
+            cluster6: Some("fd00:10:244::/56".parse().unwrap()),
+            service: "10.96.0.0/12".parse().unwrap(),
+            backend: Backend::Vxlan,
+            wg_public_key: None,
+        };
+        let base = mine.clone();
+        let peer = |c6: Option<&str>| NodeRecord {
+            name: "b".into(),
+            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            pod_cidr6: c6.map(|c| c.parse().unwrap()),
+            ..base.clone()
+        };
+        let accepted = vec![Peer {
+            name: "c".into(),
+            cidr: "10.244.2.0/24".parse().unwrap(),
+            cidr6: Some("fd00:10:244:2::/64".parse().unwrap()),
+            underlay: Ipv4Addr::new(192, 168, 1, 12),
+            vtep_mac: [0; 6],
+            wireguard: None,
+        }];
+        assert_eq!(
+            check_peer6(&peer(Some("fd00:10:244:1::/64")), &me, &accepted).unwrap(),
+            Some("fd00:10:244:1::/64".parse().unwrap())
+        );
+        assert_eq!(check_peer6(&peer(None), &me, &accepted).unwrap(), None);
+        for (c6, why) in [
+            ("fd00:99::/64", "outside the IPv6 cluster CIDR"),
+            ("fd00:10:244::/64", "overlaps ours"),
+            ("fd00:10:244::/56", "overlaps ours"),
+            ("fd00:10:244:2::/64", "overlaps c's"),
+        ] {
+            let e = check_peer6(&peer(Some(c6)), &me, &accepted).unwrap_err();
+            assert!(e.to_string().contains(why), "{c6}: {e}");
+        }
+        // An IPv4 node routes no IPv6, whatever the record says.
+        mine.pod_cidr6 = None;
+        me.record = &mine;
+        me.cluster6 = None;
+        assert_eq!(
+            check_peer6(&peer(Some("fd00:99::/64")), &me, &accepted).unwrap(),
+            None
+        );
     }
 }

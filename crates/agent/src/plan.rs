@@ -7,7 +7,15 @@
 //! - neighbour `<peer VTEP addr> lladdr <peer VTEP MAC> dev <vxlan> nud permanent`
 //! - FDB `<peer VTEP MAC> dev <vxlan> dst <peer underlay IP> self permanent`
 //!
-//! where the peer's VTEP address is the network address of its pod CIDR. With the
+//! where the peer's VTEP address is the network address of its pod CIDR. A
+//! dual-stack peer (an IPv6 pod CIDR in its record) adds, through the same device and
+//! FDB entry:
+//! - route `<peer CIDR6> via <peer VTEP addr6> dev <vxlan> onlink proto 0x50`
+//! - neighbour `<peer VTEP addr6> lladdr <peer VTEP MAC> dev <vxlan> nud permanent`
+//!
+//! (the VTEP address6 being the network address of its IPv6 pod CIDR: Linux routes
+//! IPv6 only through an IPv6 next hop, so IPv6 needs a neighbour entry of its own).
+//! With the
 //! host-gw backend, only a route `<peer CIDR> via <peer underlay IP> dev <underlay>`.
 //! With the WireGuard backend, only a route `<peer CIDR> via <peer VTEP addr> dev
 //! podnet.wg onlink` (the device is point-to-point: the next hop is never resolved,
@@ -17,12 +25,12 @@
 //! podnet's routes carry protocol 0x50, so a route podnet did not make is never
 //! touched; neighbour and FDB entries are only managed on podnet's VXLAN device.
 
-use podnet_cni_spec::Ipv4Net;
+use podnet_cni_spec::net::{Ipv4Net, Ipv6Net};
 use podnet_netlink::neigh::{FdbInfo, NeighInfo};
 use podnet_netlink::route::RouteInfo;
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Route protocol number marking podnet's routes.
 pub use podnet_conventions::RTPROT_PODNET;
@@ -33,6 +41,8 @@ const NUD_PERMANENT: u16 = 0x80;
 pub struct Peer {
     pub name: String,
     pub cidr: Ipv4Net,
+    /// A dual-stack peer's IPv6 pod CIDR.
+    pub cidr6: Option<Ipv6Net>,
     pub underlay: Ipv4Addr,
     pub vtep_mac: [u8; 6],
     /// With the WireGuard backend: its public key and port.
@@ -66,6 +76,27 @@ pub struct Current {
     pub neighs: Vec<NeighInfo>,
     /// FDB entries with a destination on the VXLAN device.
     pub fdb: Vec<FdbInfo>,
+    /// IPv6 routes with protocol [`RTPROT_PODNET`].
+    pub routes6: Vec<Route6>,
+    /// Permanent IPv6 neighbour entries on the VXLAN device.
+    pub neighs6: Vec<Neigh6>,
+}
+
+/// An IPv6 route podnet keeps: `dst via via dev dev onlink`. `via`/`dev` `None`: a
+/// route of podnet's read back without them (only ever deleted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Route6 {
+    pub dst: Ipv6Net,
+    pub via: Option<Ipv6Addr>,
+    pub dev: Option<u32>,
+}
+
+/// A permanent IPv6 neighbour entry on the VXLAN device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Neigh6 {
+    pub ip: Ipv6Addr,
+    pub mac: Option<[u8; 6]>,
+    pub dev: u32,
 }
 
 /// One change to the kernel.
@@ -103,6 +134,25 @@ pub enum Op {
         dst: Option<Ipv4Addr>,
         dev: u32,
     },
+    AddRoute6 {
+        dst: Ipv6Net,
+        via: Ipv6Addr,
+        dev: u32,
+    },
+    DelRoute6 {
+        dst: Ipv6Net,
+        via: Option<Ipv6Addr>,
+        dev: Option<u32>,
+    },
+    AddNeigh6 {
+        ip: Ipv6Addr,
+        mac: [u8; 6],
+        dev: u32,
+    },
+    DelNeigh6 {
+        ip: Ipv6Addr,
+        dev: u32,
+    },
 }
 
 impl fmt::Display for Op {
@@ -116,8 +166,14 @@ impl Op {
     /// What kind of kernel object it changes: `route`, `neigh` or `fdb`.
     pub fn object(&self) -> &'static str {
         match self {
-            Op::AddRoute { .. } | Op::DelRoute { .. } => "route",
-            Op::AddNeigh { .. } | Op::DelNeigh { .. } => "neigh",
+            Op::AddRoute { .. }
+            | Op::DelRoute { .. }
+            | Op::AddRoute6 { .. }
+            | Op::DelRoute6 { .. } => "route",
+            Op::AddNeigh { .. }
+            | Op::DelNeigh { .. }
+            | Op::AddNeigh6 { .. }
+            | Op::DelNeigh6 { .. } => "neigh",
             Op::AddFdb { .. } | Op::DelFdb { .. } => "fdb",
         }
     }
@@ -126,7 +182,11 @@ impl Op {
     pub fn is_delete(&self) -> bool {
         matches!(
             self,
-            Op::DelRoute { .. } | Op::DelNeigh { .. } | Op::DelFdb { .. }
+            Op::DelRoute { .. }
+                | Op::DelNeigh { .. }
+                | Op::DelFdb { .. }
+                | Op::DelRoute6 { .. }
+                | Op::DelNeigh6 { .. }
         )
     }
 
@@ -173,6 +233,26 @@ impl Op {
                 }
                 s + " self"
             }
+            Op::AddRoute6 { dst, via, dev } => format!(
+                "ip -6 route add {dst} via {via} dev {} onlink proto 0x50",
+                name(*dev)
+            ),
+            Op::DelRoute6 { dst, via, dev } => {
+                let mut s = format!("ip -6 route del {dst}");
+                if let Some(v) = via {
+                    s += &format!(" via {v}");
+                }
+                if let Some(d) = dev {
+                    s += &format!(" dev {}", name(*d));
+                }
+                s
+            }
+            Op::AddNeigh6 { ip, mac: m, dev } => format!(
+                "ip -6 neigh replace {ip} lladdr {} dev {} nud permanent",
+                mac(m),
+                name(*dev)
+            ),
+            Op::DelNeigh6 { ip, dev } => format!("ip -6 neigh del {ip} dev {}", name(*dev)),
         }
     }
 }
@@ -196,6 +276,18 @@ pub fn desired(backend: Via, peers: &[Peer]) -> Current {
                     dst: Some(p.underlay),
                     state: NUD_PERMANENT,
                 });
+                if let Some(c6) = p.cidr6 {
+                    c.routes6.push(Route6 {
+                        dst: c6,
+                        via: Some(c6.network()),
+                        dev: Some(dev),
+                    });
+                    c.neighs6.push(Neigh6 {
+                        ip: c6.network(),
+                        mac: Some(p.vtep_mac),
+                        dev,
+                    });
+                }
             }
             Via::HostGw { dev } => c.routes.push(route(p.cidr, Some(p.underlay), dev, false)),
             Via::WireGuard { dev } => c.routes.push(route(p.cidr, Some(p.vtep_ip()), dev, true)),
@@ -251,6 +343,26 @@ pub fn after(want: &Current, cur: &Current, failed: &[Op]) -> Current {
                     .iter()
                     .filter(|f| f.index == dev && f.mac == mac && f.dst == dst)
                     .cloned(),
+            ),
+            Op::AddRoute6 { dst, via, dev } => c.routes6.retain(|r| {
+                *r != Route6 {
+                    dst,
+                    via: Some(via),
+                    dev: Some(dev),
+                }
+            }),
+            Op::DelRoute6 { dst, via, dev } => c.routes6.extend(
+                cur.routes6
+                    .iter()
+                    .filter(|r| **r == Route6 { dst, via, dev })
+                    .copied(),
+            ),
+            Op::AddNeigh6 { ip, dev, .. } => c.neighs6.retain(|n| !(n.dev == dev && n.ip == ip)),
+            Op::DelNeigh6 { ip, dev } => c.neighs6.extend(
+                cur.neighs6
+                    .iter()
+                    .filter(|n| n.dev == dev && n.ip == ip)
+                    .copied(),
             ),
         }
     }
@@ -350,6 +462,39 @@ pub fn plan(want: &Current, cur: &Current) -> Vec<Op> {
             }
         }
     }
+    for c in cur.routes6.iter().filter(|c| !want.routes6.contains(c)) {
+        dels.insert(Op::DelRoute6 {
+            dst: c.dst,
+            via: c.via,
+            dev: c.dev,
+        });
+    }
+    for w in want.routes6.iter().filter(|w| !cur.routes6.contains(w)) {
+        if let (Some(via), Some(dev)) = (w.via, w.dev) {
+            adds.insert(Op::AddRoute6 {
+                dst: w.dst,
+                via,
+                dev,
+            });
+        }
+    }
+    for c in &cur.neighs6 {
+        if !want.neighs6.iter().any(|w| w.dev == c.dev && w.ip == c.ip) {
+            dels.insert(Op::DelNeigh6 {
+                ip: c.ip,
+                dev: c.dev,
+            });
+        }
+    }
+    for w in want.neighs6.iter().filter(|w| !cur.neighs6.contains(w)) {
+        if let Some(mac) = w.mac {
+            adds.insert(Op::AddNeigh6 {
+                ip: w.ip,
+                mac,
+                dev: w.dev,
+            });
+        }
+    }
     dels.into_iter().chain(adds).collect()
 }
 
@@ -361,6 +506,7 @@ mod tests {
         Peer {
             name: format!("node{n}"),
             cidr: format!("10.244.{n}.0/24").parse().unwrap(),
+            cidr6: None,
             underlay: Ipv4Addr::new(192, 168, 1, 10 + n),
             vtep_mac: [0x0a, 0x59, 192, 168, 1, 10 + n],
             wireguard: None,
@@ -395,6 +541,58 @@ mod tests {
             ),
             "{text:?}"
         );
+    }
+
+    /// A dual-stack peer adds an IPv6 route and neighbour through the same device and
+    /// FDB entry; its departure, or a new MAC, is planned like IPv4's.
+    #[test]
+    fn a_dual_stack_peer_gets_an_ipv6_route_and_neighbour_too() {
+        let dual = |n: u8| Peer {
+            cidr6: Some(format!("fd00:10:244:{n}::/64").parse().unwrap()),
+            ..peer(n)
+        };
+        let want = desired(VX, &[dual(1), peer(2)]);
+        let ops = plan(&want, &Current::default());
+        assert_eq!(ops.len(), 8, "{ops:?}");
+        let text: Vec<String> = ops.iter().map(|o| o.to_string()).collect();
+        for line in [
+            "ip -6 route add fd00:10:244:1::/64 via fd00:10:244:1:: dev #7 onlink proto 0x50",
+            "ip -6 neigh replace fd00:10:244:1:: lladdr 0a:59:c0:a8:01:0b dev #7 nud permanent",
+        ] {
+            assert!(text.contains(&line.to_string()), "{text:?}");
+        }
+        assert!(plan(&want, &want.clone()).is_empty());
+        // Gone: both deleted. Drift (a route moved by hand): replaced.
+        let ops = plan(&desired(VX, &[peer(2)]), &want);
+        assert!(ops.contains(&Op::DelRoute6 {
+            dst: "fd00:10:244:1::/64".parse().unwrap(),
+            via: Some("fd00:10:244:1::".parse().unwrap()),
+            dev: Some(7),
+        }));
+        assert!(ops.contains(&Op::DelNeigh6 {
+            ip: "fd00:10:244:1::".parse().unwrap(),
+            dev: 7
+        }));
+        let mut moved = want.clone();
+        moved.routes6[0].via = Some("fd00::99".parse().unwrap());
+        assert_eq!(plan(&want, &moved).len(), 2);
+        // Without repair, a failed IPv6 add is all the next round sends.
+        let failed: Vec<Op> = ops_of(&want)
+            .into_iter()
+            .filter(|o| matches!(o, Op::AddNeigh6 { .. }))
+            .collect();
+        assert_eq!(
+            plan(&want, &after(&want, &Current::default(), &failed)),
+            failed
+        );
+        // Host-gw and WireGuard carry no IPv6 yet.
+        assert!(desired(Via::HostGw { dev: 2 }, &[dual(1)])
+            .routes6
+            .is_empty());
+    }
+
+    fn ops_of(want: &Current) -> Vec<Op> {
+        plan(want, &Current::default())
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! next.
 
 use crate::backend::{Ctx, NodeInfo};
-use crate::peers::{check_peer, Me};
+use crate::peers::{check_peer, check_peer6, Me};
 use crate::plan::{self, Current, Peer, Via, RTPROT_PODNET};
 use crate::{guard, vtep_mac, wireguard, Agent, Error, PeerStatus, Result, Status};
 use podnet_netlink::socket::Request;
@@ -148,17 +148,21 @@ impl Reconciler {
         let me = Me {
             record: &self.n.record,
             cluster: self.a.cfg.cluster_cidr,
+            cluster6: self.a.cfg.cluster_cidr6.map(|(c, _)| c),
             service: self.a.cfg.service_cidr,
             backend: self.a.cfg.backend,
             wg_public_key: self.a.backend.public_key(),
         };
         for r in records {
-            match check_peer(&r, &me, &peers) {
-                Ok((vtep_mac, wireguard)) => peers.push(Peer {
+            match check_peer(&r, &me, &peers)
+                .and_then(|(m, w)| Ok((m, w, check_peer6(&r, &me, &peers)?)))
+            {
+                Ok((vtep_mac, wireguard, cidr6)) => peers.push(Peer {
                     vtep_mac,
                     wireguard,
                     name: r.name,
                     cidr: r.pod_cidr,
+                    cidr6,
                     underlay: r.underlay_ip,
                 }),
                 Err(why) => {
@@ -277,6 +281,11 @@ impl Reconciler {
             node: a.cfg.node.clone(),
             backend: a.cfg.backend,
             pod_cidr: n.record.pod_cidr.to_string(),
+            pod_cidr6: n
+                .record
+                .pod_cidr6
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
             underlay_dev: a.cfg.underlay_dev.clone(),
             underlay_ip: n.underlay_ip.to_string(),
             vtep_mac: podnet_netlink::fmt_mac(&vtep_mac(n.underlay_ip)),
@@ -320,8 +329,10 @@ impl Reconciler {
     fn sync_guard(&mut self, peers: &[Peer]) -> Option<guard::GuardStatus> {
         let (a, n) = (&mut self.a, &self.n);
         let g = a.guard.as_mut()?;
-        let list: Vec<(Ipv4Addr, podnet_cni_spec::Ipv4Net)> =
-            peers.iter().map(|p| (p.underlay, p.cidr)).collect();
+        let list: Vec<_> = peers
+            .iter()
+            .map(|p| (p.underlay, p.cidr, p.cidr6))
+            .collect();
         let dev = a.cfg.underlay_dev.clone();
         // Unencapsulated pod packets (host-gw): each peer's pod CIDR bound to its
         // underlay MAC, as the neighbour table knows it (unknown until resolved).
@@ -361,6 +372,7 @@ fn peer_status(p: &Peer) -> PeerStatus {
     PeerStatus {
         name: p.name.clone(),
         pod_cidr: p.cidr.to_string(),
+        pod_cidr6: p.cidr6.map(|c| c.to_string()).unwrap_or_default(),
         underlay_ip: p.underlay.to_string(),
         vtep_mac: podnet_netlink::fmt_mac(&p.vtep_mac),
         wireguard_public_key: p
@@ -390,10 +402,37 @@ fn current(sock: &mut podnet_netlink::Socket, via: Via) -> Result<Current> {
         ),
         Via::HostGw { .. } | Via::WireGuard { .. } => (vec![], vec![]),
     };
+    // A dual-stack node's IPv6 routes and neighbours (read on every node: an agent
+    // restarted IPv4-only removes what it made before).
+    let routes6 = route::list6(sock)?
+        .into_iter()
+        .filter(|r| r.protocol == RTPROT_PODNET)
+        .filter_map(|r| {
+            Some(plan::Route6 {
+                dst: podnet_cni_spec::net::Ipv6Net::new(r.dst, r.prefix)?,
+                via: r.gateway,
+                dev: r.oif,
+            })
+        })
+        .collect();
+    let neighs6 = match via {
+        Via::Vxlan { dev } => neigh::list6(sock)?
+            .into_iter()
+            .filter(|n| n.index == dev && n.state & podnet_conventions::NUD_PERMANENT != 0)
+            .map(|n| plan::Neigh6 {
+                ip: n.ip,
+                mac: n.mac,
+                dev,
+            })
+            .collect(),
+        _ => vec![],
+    };
     Ok(Current {
         routes,
         neighs,
         fdb,
+        routes6,
+        neighs6,
     })
 }
 
@@ -438,6 +477,23 @@ fn request(op: &plan::Op) -> Request {
         plan::Op::DelNeigh { ip, dev } => neigh::del_request(*dev, *ip),
         plan::Op::AddFdb { mac, dst, dev } => neigh::fdb_add_request(*dev, *mac, *dst),
         plan::Op::DelFdb { mac, dst, dev } => neigh::fdb_del_request(*dev, *mac, *dst),
+        plan::Op::AddRoute6 { dst, via, dev } => route::add6_request(
+            dst.network(),
+            dst.prefix(),
+            Some(*via),
+            *dev,
+            RTPROT_PODNET,
+            true,
+        ),
+        plan::Op::DelRoute6 { dst, via, dev } => route::del6_request(&route::Route6Info {
+            dst: dst.network(),
+            prefix: dst.prefix(),
+            gateway: *via,
+            oif: *dev,
+            protocol: RTPROT_PODNET,
+        }),
+        plan::Op::AddNeigh6 { ip, mac, dev } => neigh::add6_request(*dev, *ip, *mac),
+        plan::Op::DelNeigh6 { ip, dev } => neigh::del6_request(*dev, *ip),
     }
 }
 

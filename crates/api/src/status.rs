@@ -20,6 +20,9 @@ pub struct Status {
     pub node: String,
     pub backend: Backend,
     pub pod_cidr: String,
+    /// A dual-stack node's IPv6 pod CIDR.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod_cidr6: String,
     pub underlay_dev: String,
     pub underlay_ip: String,
     pub vtep_mac: String,
@@ -90,6 +93,9 @@ pub struct WireGuardPeerStatus {
 pub struct PeerStatus {
     pub name: String,
     pub pod_cidr: String,
+    /// A dual-stack peer's IPv6 pod CIDR, as this node routes it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod_cidr6: String,
     pub underlay_ip: String,
     pub vtep_mac: String,
     /// With the WireGuard backend: the peer's public key and port as the datastore

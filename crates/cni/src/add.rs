@@ -762,6 +762,7 @@ fn configure_pod(
                     Some(gw),
                     eth_index,
                     RTPROT_PODNET,
+                    false,
                 ));
                 continue;
             }

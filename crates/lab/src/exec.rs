@@ -99,6 +99,8 @@ pub fn run_with_env(
 #[derive(Clone, Debug)]
 pub struct Attached {
     pub ip: std::net::Ipv4Addr,
+    /// A dual-stack pod's IPv6 address.
+    pub ip6: Option<std::net::Ipv6Addr>,
     pub mac: String,
     pub host_veth: String,
 }
@@ -113,8 +115,15 @@ impl Attached {
             .and_then(|a| a.parse().ok())
             .with_context(|| format!("ADD result without an IPv4 address: {r}"))?;
         let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        let ip6 = r["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
+            .next();
         Ok(Attached {
             ip,
+            ip6,
             mac: s(&r["interfaces"][2]["mac"]),
             host_veth: s(&r["interfaces"][1]["name"]),
         })

@@ -51,6 +51,10 @@ pub const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 254);
 /// The port every pod's echo server listens on.
 pub const ECHO_PORT: u16 = 7777;
 
+/// A dual-stack lab's IPv6 cluster range (podnetd's `--cluster-cidr`, after IPv4's
+/// 10.244.0.0/16): node n's pods get the n-th /64 of it.
+pub const CLUSTER_CIDR6: &str = "fd00:10:244::/56";
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Options {
     pub nodes: usize,
@@ -85,6 +89,9 @@ pub struct Options {
     /// was built with, else on.
     #[serde(default)]
     pub masquerade: Option<bool>,
+    /// `ipv4` or `dual`; `None`: what the lab was built with, else `ipv4`.
+    #[serde(default)]
+    pub ip_family: Option<podnet_conventions::IpFamily>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -111,6 +118,9 @@ pub struct State {
     /// The agents masquerade pod traffic leaving the cluster (podnetd --masquerade).
     #[serde(default = "yes")]
     pub masquerade: bool,
+    /// `ipv4`, or `dual`: pods get an IPv6 address too ([`CLUSTER_CIDR6`]).
+    #[serde(default)]
+    pub ip_family: podnet_conventions::IpFamily,
     pub nodes: Vec<NodeState>,
     pub pods: Vec<PodState>,
 }
@@ -143,6 +153,9 @@ pub struct PodState {
     pub node: String,
     pub netns: String,
     pub ip: Ipv4Addr,
+    /// A dual-stack pod's IPv6 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<std::net::Ipv6Addr>,
     pub mac: String,
     pub host_veth: String,
     /// The Kubernetes namespace.

@@ -61,13 +61,18 @@ impl Lab {
         if st.kubernetes {
             self.fabric_address(&mut fs)?;
             self.save(&st)?;
-            self.ensure_control_plane(&fabric, st.real_nodes, say)
-                .with_context(|| {
-                    format!(
-                        "starting the Kubernetes control plane in {}; {down}",
-                        self.fabric_ns()
-                    )
-                })?;
+            self.ensure_control_plane(
+                &fabric,
+                st.real_nodes,
+                st.ip_family == podnet_conventions::IpFamily::Dual,
+                say,
+            )
+            .with_context(|| {
+                format!(
+                    "starting the Kubernetes control plane in {}; {down}",
+                    self.fabric_ns()
+                )
+            })?;
         }
 
         if st.real_nodes {
@@ -122,6 +127,17 @@ impl Lab {
         st.real_nodes = opts.real_nodes.unwrap_or(false);
         st.proxy_mode = opts.proxy_mode.clone().unwrap_or_else(default_proxy_mode);
         st.masquerade = opts.masquerade.unwrap_or(true);
+        st.ip_family = opts.ip_family.unwrap_or_default();
+        if st.ip_family == podnet_conventions::IpFamily::Dual {
+            if st.real_nodes {
+                bail!("--ip-family dual does not run on real nodes yet (their kubelet and kube-proxy are IPv4 here): leave --kubelet out");
+            }
+            if let Some(why) =
+                podnet_conventions::dual_stack_problem(st.backend, st.datapath, st.policy_datapath)
+            {
+                bail!("--ip-family dual: {why}");
+            }
+        }
         if st.real_nodes && !st.kubernetes {
             bail!("--kubelet runs real kubelets against the lab's Kubernetes control plane: add --kubernetes");
         }
@@ -166,6 +182,9 @@ impl Lab {
         }
         if let Some(d) = opts.datapath.as_ref().filter(|d| **d != st.datapath) {
             differs.push(format!("datapath {} (asked: {d})", st.datapath));
+        }
+        if let Some(f) = opts.ip_family.filter(|f| *f != st.ip_family) {
+            differs.push(format!("IP family {} (asked: {f})", st.ip_family));
         }
         if opts.kubernetes.is_some_and(|k| k != st.kubernetes) {
             differs.push(format!(
@@ -438,6 +457,10 @@ impl Lab {
         }
         if !st.masquerade {
             cmd.arg("--masquerade=false");
+        }
+        if st.ip_family == podnet_conventions::IpFamily::Dual {
+            cmd.arg("--cluster-cidr")
+                .arg(format!("10.244.0.0/16,{CLUSTER_CIDR6}"));
         }
         let pid = spawn_in(ns, cmd, Some(&dir.join("podnetd.log")))?;
         self.record_pid(node, pid)?;

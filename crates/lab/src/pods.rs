@@ -292,6 +292,7 @@ fn record_attached(
         node: node.into(),
         netns: ns_name.to_string(),
         ip,
+        ip6: a.ip6,
         mac: a.mac,
         host_veth: a.host_veth,
         namespace: namespace.clone(),

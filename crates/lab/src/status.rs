@@ -11,6 +11,8 @@ pub struct Status {
     pub backend: podnet_conventions::Backend,
     pub datapath: podnet_conventions::Datapath,
     pub policy_datapath: podnet_conventions::PolicyDatapath,
+    /// `ipv4` or `dual`.
+    pub ip_family: podnet_conventions::IpFamily,
     pub fabric: FabricStatus,
     pub nodes: Vec<NodeStatus>,
     pub pods: Vec<PodState>,
@@ -28,6 +30,9 @@ pub struct NodeStatus {
     pub netns: String,
     pub underlay_ip: Ipv4Addr,
     pub pod_cidr: Option<String>,
+    /// A dual-stack node's IPv6 pod CIDR.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<String>,
     pub bridge: Option<String>,
     pub vxlan_dev: Option<String>,
     pub vtep_mac: Option<String>,
@@ -59,6 +64,7 @@ impl Lab {
                     netns: n.netns.clone(),
                     underlay_ip: n.underlay_ip,
                     pod_cidr: s(|a| &a.pod_cidr),
+                    pod_cidr6: s(|a| &a.pod_cidr6),
                     bridge: s(|a| &a.bridge),
                     vxlan_dev: s(|a| &a.vxlan_dev),
                     // Only a VXLAN node has a VTEP (host-gw and WireGuard have none).
@@ -77,6 +83,7 @@ impl Lab {
             backend: st.backend,
             datapath: st.datapath,
             policy_datapath: st.policy_datapath,
+            ip_family: st.ip_family,
             fabric: FabricStatus {
                 netns: self.fabric_ns(),
                 bridge: "fabric0".into(),

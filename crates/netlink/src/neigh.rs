@@ -4,7 +4,7 @@ use crate::error::Result;
 use crate::msg::{self, Msg};
 use crate::socket::{Request, Socket};
 use crate::sys::{NLM_F_CREATE, NLM_F_REPLACE};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 const RTM_NEWNEIGH: u16 = 28;
 const RTM_DELNEIGH: u16 = 29;
@@ -26,13 +26,30 @@ fn ndmsg(family: u8, index: u32, state: u16, flags: u8) -> [u8; 12] {
 
 /// `ip neigh replace IP lladdr MAC dev INDEX nud permanent`.
 pub fn add_request(index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Request {
+    add_any(index, IpAddr::V4(ip), mac)
+}
+
+/// `ip neigh del IP dev INDEX`.
+pub fn del_request(index: u32, ip: Ipv4Addr) -> Request {
+    del_any(index, IpAddr::V4(ip))
+}
+
+fn family_and_octets(ip: IpAddr) -> (u8, Vec<u8>) {
+    match ip {
+        IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
+        IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+    }
+}
+
+fn add_any(index: u32, ip: IpAddr, mac: [u8; 6]) -> Request {
+    let (family, octets) = family_and_octets(ip);
     let mut m = Msg::new(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE).fixed(&ndmsg(
-        libc::AF_INET as u8,
+        family,
         index,
         NUD_PERMANENT,
         0,
     ));
-    m.attr(NDA_DST, &ip.octets());
+    m.attr(NDA_DST, &octets);
     m.attr(NDA_LLADDR, &mac);
     Request::new(
         m,
@@ -41,10 +58,10 @@ pub fn add_request(index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Request {
     )
 }
 
-/// `ip neigh del IP dev INDEX`.
-pub fn del_request(index: u32, ip: Ipv4Addr) -> Request {
-    let mut m = Msg::new(RTM_DELNEIGH, 0).fixed(&ndmsg(libc::AF_INET as u8, index, 0, 0));
-    m.attr(NDA_DST, &ip.octets());
+fn del_any(index: u32, ip: IpAddr) -> Request {
+    let (family, octets) = family_and_octets(ip);
+    let mut m = Msg::new(RTM_DELNEIGH, 0).fixed(&ndmsg(family, index, 0, 0));
+    m.attr(NDA_DST, &octets);
     Request::new(m, "delete neighbour", format!("{ip} on link {index}"))
 }
 
@@ -165,6 +182,50 @@ pub fn list(sock: &mut Socket) -> Result<Vec<NeighInfo>> {
             ip: Ipv4Addr::new(dst[0], dst[1], dst[2], dst[3]),
             mac,
             state,
+        });
+    }
+    Ok(out)
+}
+
+/// `ip -6 neigh replace IP lladdr MAC dev INDEX nud permanent`.
+pub fn add6_request(index: u32, ip: Ipv6Addr, mac: [u8; 6]) -> Request {
+    add_any(index, IpAddr::V6(ip), mac)
+}
+
+/// `ip -6 neigh del IP dev INDEX`.
+pub fn del6_request(index: u32, ip: Ipv6Addr) -> Request {
+    del_any(index, IpAddr::V6(ip))
+}
+
+/// One IPv6 neighbour entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Neigh6Info {
+    pub index: u32,
+    pub ip: Ipv6Addr,
+    pub mac: Option<[u8; 6]>,
+    /// NUD_* state bits, as [`NeighInfo::state`].
+    pub state: u16,
+}
+
+/// `ip -6 neigh show`.
+pub fn list6(sock: &mut Socket) -> Result<Vec<Neigh6Info>> {
+    let mut h = [0u8; 12];
+    h[0] = libc::AF_INET6 as u8;
+    let m = Msg::new(RTM_GETNEIGH, 0).fixed(&h);
+    let mut out = Vec::new();
+    for body in sock.dump(m, "list neighbours", "")? {
+        if body.len() < 12 || body[0] != libc::AF_INET6 as u8 {
+            continue;
+        }
+        let Some(dst) = msg::find(&body[12..], NDA_DST).and_then(|d| <[u8; 16]>::try_from(d).ok())
+        else {
+            continue;
+        };
+        out.push(Neigh6Info {
+            index: u32::from_ne_bytes(body[4..8].try_into().unwrap()),
+            ip: Ipv6Addr::from(dst),
+            mac: msg::find(&body[12..], NDA_LLADDR).and_then(|m| m.try_into().ok()),
+            state: u16::from_ne_bytes(body[8..10].try_into().unwrap()),
         });
     }
     Ok(out)

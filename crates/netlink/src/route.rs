@@ -112,13 +112,15 @@ pub fn add6_request(
     gateway: Option<Ipv6Addr>,
     oif: u32,
     protocol: u8,
+    onlink: bool,
 ) -> Request {
     let scope = if gateway.is_some() {
         RT_SCOPE_UNIVERSE
     } else {
         RT_SCOPE_LINK
     };
-    let mut h = rtmsg(prefix, protocol, scope, RTN_UNICAST, 0);
+    let flags = if onlink { RTNH_F_ONLINK } else { 0 };
+    let mut h = rtmsg(prefix, protocol, scope, RTN_UNICAST, flags);
     h[0] = libc::AF_INET6 as u8;
     let mut m = Msg::new(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL).fixed(&h);
     if prefix > 0 {
@@ -204,4 +206,67 @@ pub fn list(sock: &mut Socket) -> Result<Vec<RouteInfo>> {
         .filter_map(|b| parse(b))
         .filter(|r| r.table == RT_TABLE_MAIN as u32 && r.kind == RTN_UNICAST)
         .collect())
+}
+
+/// One IPv6 route of the main table: what podnet reads back of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route6Info {
+    pub dst: Ipv6Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv6Addr>,
+    pub oif: Option<u32>,
+    pub protocol: u8,
+}
+
+/// `ip -6 route show table main` (unicast routes only).
+pub fn list6(sock: &mut Socket) -> Result<Vec<Route6Info>> {
+    let mut h = rtmsg(0, 0, 0, 0, 0);
+    h[0] = libc::AF_INET6 as u8;
+    let m = Msg::new(RTM_GETROUTE, 0).fixed(&h);
+    let mut out = Vec::new();
+    for b in sock.dump(m, "list routes", "")? {
+        if b.len() < 12 || b[0] != libc::AF_INET6 as u8 || b[7] != RTN_UNICAST {
+            continue;
+        }
+        let attrs = &b[12..];
+        let table = msg::find(attrs, RTA_TABLE)
+            .and_then(|t| t.try_into().ok())
+            .map(u32::from_ne_bytes)
+            .unwrap_or(u32::from(b[4]));
+        if table != RT_TABLE_MAIN as u32 {
+            continue;
+        }
+        let v6 = |a: Option<&[u8]>| {
+            a.and_then(|a| <[u8; 16]>::try_from(a).ok())
+                .map(Ipv6Addr::from)
+        };
+        out.push(Route6Info {
+            dst: v6(msg::find(attrs, RTA_DST)).unwrap_or(Ipv6Addr::UNSPECIFIED),
+            prefix: b[1],
+            gateway: v6(msg::find(attrs, RTA_GATEWAY)),
+            oif: msg::find(attrs, RTA_OIF)
+                .and_then(|o| o.try_into().ok())
+                .map(u32::from_ne_bytes),
+            protocol: b[5],
+        });
+    }
+    Ok(out)
+}
+
+/// The request for `ip -6 route del DST/PREFIX [via GW] [dev OIF] proto PROTOCOL` (main
+/// table; the protocol is part of the match).
+pub fn del6_request(r: &Route6Info) -> Request {
+    let mut h = rtmsg(r.prefix, r.protocol, 0, 0, 0);
+    h[0] = libc::AF_INET6 as u8;
+    let mut m = Msg::new(RTM_DELROUTE, 0).fixed(&h);
+    if r.prefix > 0 {
+        m.attr(RTA_DST, &r.dst.octets());
+    }
+    if let Some(gw) = r.gateway {
+        m.attr(RTA_GATEWAY, &gw.octets());
+    }
+    if let Some(oif) = r.oif {
+        m.u32(RTA_OIF, oif);
+    }
+    Request::new(m, "delete route", format!("{}/{}", r.dst, r.prefix))
 }

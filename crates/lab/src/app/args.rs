@@ -285,6 +285,11 @@ pub(crate) enum LabCmd {
         /// kube-proxy's mode on real nodes [default: nftables].
         #[arg(long, value_enum, requires = "kubelet")]
         proxy_mode: Option<LabProxyMode>,
+        /// The pods' address families [default: ipv4]. dual: every pod also gets an
+        /// IPv6 address (from fd00:10:244::/56, a /64 per node), carried between nodes
+        /// over VXLAN without NAT; for now with --datapath bridge --policy-datapath none.
+        #[arg(long, value_enum)]
+        ip_family: Option<podnet_conventions::IpFamily>,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -532,7 +537,7 @@ pub(crate) enum BenchCmd {
         /// address each, from both plugins; duplicate address detection is off in the
         /// pod namespaces, or the reference would wait a second for it per pod).
         #[arg(long, value_enum, default_value = "ipv4")]
-        ip_family: crate::bench::cni::IpFamily,
+        ip_family: podnet_conventions::IpFamily,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },

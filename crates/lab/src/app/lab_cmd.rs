@@ -84,6 +84,7 @@ fn up(lab: Lab, name: &str, cmd: LabCmd) -> Result<()> {
         kubelet,
         proxy_mode,
         datapath,
+        ip_family,
         output,
     } = cmd
     else {
@@ -110,6 +111,7 @@ fn up(lab: Lab, name: &str, cmd: LabCmd) -> Result<()> {
         }),
         datapath,
         masquerade: no_masquerade.then_some(false),
+        ip_family,
     };
     let st = lab.up(&opts, &Binaries::find()?, &mut progress(output))?;
     if st.kubernetes && !st.real_nodes {
@@ -278,8 +280,18 @@ pub(super) fn print_status(lab: &Lab, output: Output) -> Result<()> {
         return emit(output, &st, |_| String::new());
     }
     println!(
-        "lab {}: fabric {} (bridge {}); backend {}, datapath {}, policy datapath {}",
-        st.name, st.fabric.netns, st.fabric.bridge, st.backend, st.datapath, st.policy_datapath
+        "lab {}: fabric {} (bridge {}); backend {}, datapath {}, policy datapath {}{}",
+        st.name,
+        st.fabric.netns,
+        st.fabric.bridge,
+        st.backend,
+        st.datapath,
+        st.policy_datapath,
+        if st.ip_family == podnet_conventions::IpFamily::Dual {
+            "; dual-stack pods"
+        } else {
+            ""
+        }
     );
     println!(
         "{:<8} {:<14} {:<16} {:<18} {:>8} {:>6}",
@@ -302,14 +314,36 @@ pub(super) fn print_status(lab: &Lab, output: Output) -> Result<()> {
             n.peers
         );
     }
+    // A dual-stack lab's pods have an IPv6 address too: a column for it.
+    let dual = st.pods.iter().any(|p| p.ip6.is_some());
+    let ip6 = |p: Option<std::net::Ipv6Addr>| {
+        if dual {
+            format!(
+                " {:<24}",
+                p.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
+            )
+        } else {
+            String::new()
+        }
+    };
+    let head6 = if dual {
+        format!(" {:<24}", "IPV6")
+    } else {
+        String::new()
+    };
     println!(
-        "{:<6} {:<8} {:<14} {:<18} {:<16}",
+        "{:<6} {:<8} {:<14}{head6} {:<18} {:<16}",
         "POD", "NODE", "IP", "MAC", "HOST VETH"
     );
     for p in &st.pods {
         println!(
-            "{:<6} {:<8} {:<14} {:<18} {:<16}",
-            p.name, p.node, p.ip, p.mac, p.host_veth
+            "{:<6} {:<8} {:<14}{} {:<18} {:<16}",
+            p.name,
+            p.node,
+            p.ip,
+            ip6(p.ip6),
+            p.mac,
+            p.host_veth
         );
     }
     Ok(())

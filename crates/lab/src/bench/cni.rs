@@ -25,13 +25,7 @@ pub struct Options {
     pub ip_family: IpFamily,
 }
 
-/// The pods' address families, for both plugins.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum IpFamily {
-    Ipv4,
-    Dual,
-}
+pub use podnet_conventions::IpFamily;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Stats {

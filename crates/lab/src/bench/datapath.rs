@@ -536,6 +536,7 @@ fn lab_pods_with(
             real_nodes: None,
             proxy_mode: None,
             masquerade: None,
+            ip_family: None,
             datapath: datapath.map(str::parse).transpose()?,
         },
         bins,

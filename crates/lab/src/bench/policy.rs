@@ -254,6 +254,7 @@ fn bench_lab(name: &str, datapath: &str, bins: &Binaries) -> Result<(LabGuard, L
             real_nodes: None,
             proxy_mode: None,
             masquerade: None,
+            ip_family: None,
             datapath: None,
         },
         bins,

@@ -128,10 +128,13 @@ impl Lab {
 
     /// etcd, kube-apiserver, kube-controller-manager (each started unless running),
     /// the kubeconfigs, and the agents' ServiceAccount with `deploy/`'s RBAC.
+    /// `dual`: dual-stack Service and cluster ranges (the IPv6 ones after the IPv4
+    /// ones), so that every Node gets an IPv6 pod CIDR too.
     pub(crate) fn ensure_control_plane(
         &self,
         fabric: &Netns,
         real_nodes: bool,
+        dual: bool,
         say: &mut dyn FnMut(&str),
     ) -> Result<()> {
         let bin = bin_dir()?;
@@ -139,8 +142,8 @@ impl Lab {
         std::fs::create_dir_all(&k8s).with_context(|| format!("create {}", k8s.display()))?;
         self.ensure_pki()?;
         self.start_k8s_etcd(fabric, &bin, &k8s)?;
-        let kcm_kc = self.start_apiserver(fabric, &bin, &k8s, say)?;
-        self.start_controllers(fabric, &bin, &k8s, &kcm_kc, real_nodes)?;
+        let kcm_kc = self.start_apiserver(fabric, &bin, &k8s, dual, say)?;
+        self.start_controllers(fabric, &bin, &k8s, &kcm_kc, real_nodes, dual)?;
         self.ensure_agent_identity()
     }
 
@@ -189,6 +192,7 @@ impl Lab {
         fabric: &Netns,
         bin: &Path,
         k8s: &Path,
+        dual: bool,
         say: &mut dyn FnMut(&str),
     ) -> Result<PathBuf> {
         let pki = k8s.join("pki");
@@ -205,7 +209,7 @@ impl Lab {
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            format!("--service-cluster-ip-range={}", service_ranges(dual)),
             "--authorization-mode=Node,RBAC".into(),
             "--allow-privileged=true".into(),
             "--profiling=false".into(),
@@ -250,6 +254,7 @@ impl Lab {
         k8s: &Path,
         kcm_kc: &Path,
         real_nodes: bool,
+        dual: bool,
     ) -> Result<()> {
         let pki = k8s.join("pki");
         let p = |f: &str| pki.join(f).display().to_string();
@@ -273,12 +278,19 @@ impl Lab {
             format!("--root-ca-file={}", p("ca.crt")),
             format!("--service-account-private-key-file={}", p("sa.key")),
             "--allocate-node-cidrs=true".into(),
-            format!("--cluster-cidr={CLUSTER_CIDR}"),
-            "--node-cidr-mask-size=24".into(),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            format!("--cluster-cidr={}", cluster_ranges(dual)),
+            format!("--service-cluster-ip-range={}", service_ranges(dual)),
             "--bind-address=127.0.0.1".into(),
             "--secure-port=10257".into(),
         ]);
+        if dual {
+            kcm.args([
+                "--node-cidr-mask-size-ipv4=24",
+                "--node-cidr-mask-size-ipv6=64",
+            ]);
+        } else {
+            kcm.arg("--node-cidr-mask-size=24");
+        }
         self.spawn_control(fabric, "kube-controller-manager", kcm)?;
         if real_nodes {
             let sched_kc = k8s.join("scheduler.kubeconfig");
@@ -327,5 +339,23 @@ impl Lab {
         let mut cmd = Command::new(&bins.podnet);
         cmd.args(["lab", "--name", &self.name, "kubelet"]);
         self.spawn_control(fabric, "kubelet", cmd)
+    }
+}
+
+/// The Service range(s) kube-apiserver and kube-controller-manager take.
+fn service_ranges(dual: bool) -> String {
+    if dual {
+        format!("{SERVICE_CIDR},{SERVICE_CIDR6}")
+    } else {
+        SERVICE_CIDR.to_string()
+    }
+}
+
+/// The pod range(s) kube-controller-manager cuts Node pod CIDRs from.
+fn cluster_ranges(dual: bool) -> String {
+    if dual {
+        format!("{CLUSTER_CIDR},{}", crate::CLUSTER_CIDR6)
+    } else {
+        CLUSTER_CIDR.to_string()
     }
 }

@@ -203,8 +203,12 @@ fn write_status(
         .unwrap_or_default();
     let now = crate::now_rfc3339();
     let cond = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
+    let pod_ips: Vec<serde_json::Value> = std::iter::once(p.ip.to_string())
+        .chain(p.ip6.map(|a| a.to_string()))
+        .map(|ip| json!({ "ip": ip }))
+        .collect();
     let status = json!({"status": {
-        "phase": "Running", "podIP": p.ip.to_string(), "podIPs": [{"ip": p.ip.to_string()}],
+        "phase": "Running", "podIP": p.ip.to_string(), "podIPs": pod_ips,
         "hostIP": host, "hostIPs": [{"ip": host}], "startTime": now,
         "conditions": [cond("PodScheduled"), cond("Initialized"), cond("ContainersReady"), cond("Ready")],
         "containerStatuses": pod.spec.containers.iter().map(|c| json!({

@@ -58,6 +58,8 @@ pub const API_PORT: u16 = 6443;
 /// default `--cluster-cidr`.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// A dual-stack lab's IPv6 Service range.
+const SERVICE_CIDR6: &str = "fd00:10:96::/112";
 /// The agent's RBAC as shipped: the lab's agents run with exactly these rights.
 pub const RBAC_YAML: &str = include_str!("../../../../deploy/rbac.yaml");
 pub const NAMESPACE_YAML: &str = include_str!("../../../../deploy/namespace.yaml");

@@ -325,3 +325,211 @@ fn ip_out(args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A dual-stack lab (podnetd with `--cluster-cidr 10.244.0.0/16,fd00:10:244::/56`):
+/// every pod gets an IPv6 address from its node's /64, and pods reach each other over
+/// IPv6 across nodes, through VXLAN, without NAT; each node routes the peer's /64 as
+/// podnet's own route, through its VXLAN device.
+#[test]
+fn a_dual_stack_lab_carries_ipv6_between_nodes_without_nat() {
+    let lab = TestLab::up(&[
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "1",
+        "--ip-family",
+        "dual",
+        "--datapath",
+        "bridge",
+        "--policy-datapath",
+        "none",
+    ]);
+    let st = lab.json(&["status", "--output", "json"]);
+    let ip6 = |name: &str| lab_ip6(&st, name);
+    let (a, b) = (ip6("p1a"), ip6("p2a"));
+    let range: podnet_cni_spec::net::Ipv6Net = "fd00:10:244::/56".parse().unwrap();
+    let net = |x: Ipv6Addr| podnet_cni_spec::net::Ipv6Net::truncating(x, 64);
+    assert!(range.contains(a) && range.contains(b), "{a} {b}");
+    assert_ne!(net(a), net(b), "each node has a /64 of its own");
+    // Each agent reports its IPv6 pod CIDR, the /64 its pod's address came from.
+    for (node, pod) in [("node1", a), ("node2", b)] {
+        let n = st["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == node)
+            .unwrap();
+        assert_eq!(n["pod_cidr6"], net(pod).to_string(), "{n}");
+    }
+    assert_eq!(st["ip_family"], "dual");
+    assert_eq!(tcp6(&lab.ns("p1a"), &lab.ns("p2a"), b, 7100), Ok(a));
+    assert_eq!(tcp6(&lab.ns("p2a"), &lab.ns("p1a"), a, 7101), Ok(b));
+    // node1's route to node2's pods, and its neighbour entry.
+    let routes = lab.sh("node1", &["ip", "-6", "route", "show", "proto", "0x50"]);
+    let want = format!("{} via {} dev podnet.vxlan", net(b), net(b).network());
+    assert!(routes.contains(&want), "{want:?} not in {routes}");
+    let neigh = lab.sh(
+        "node1",
+        &["ip", "-6", "neigh", "show", "dev", "podnet.vxlan"],
+    );
+    assert!(
+        neigh.contains(&format!("{} lladdr", net(b).network())) && neigh.contains("PERMANENT"),
+        "{neigh}"
+    );
+    // A peer node wraps IPv6 "from p2a" (node2's own pod) in VXLAN to node2: its
+    // underlay guard refuses an inner source outside the sender's IPv6 pod CIDR. The
+    // same datagram from p1a's address (node1's own range) passes: the control.
+    let node = |name: &str| {
+        let n = st["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap();
+        let ip: std::net::Ipv4Addr = n["underlay_ip"].as_str().unwrap().parse().unwrap();
+        (ip, parse_mac(n["vtep_mac"].as_str().unwrap()).unwrap())
+    };
+    let ((n1, vtep1), (n2, vtep2)) = (node("node1"), node("node2"));
+    let seen = Capture::open(&lab.ns("p2a"), "eth0").unwrap();
+    for (src, payload) in [(b, &b"forged"[..]), (a, &b"control"[..])] {
+        let mut vx = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+        vx.extend(probe::udp6_frame(
+            vtep2,
+            vtep1,
+            SocketAddrV6::new(src, 31337, 0, 0),
+            SocketAddrV6::new(b, 7777, 0, 0),
+            payload,
+        ));
+        lab.ns("node1")
+            .run(|| {
+                let s = UdpSocket::bind((n1, 0)).expect("bind");
+                s.send_to(&vx, (n2, 8472)).expect("send");
+            })
+            .unwrap();
+    }
+    let frames = seen.frames(Duration::from_millis(500));
+    let from = |src: Ipv6Addr| {
+        frames
+            .iter()
+            .filter(|f| f.len() > 62 && f[12..14] == [0x86, 0xdd] && f[22..38] == src.octets())
+            .filter(|f| u16::from_be_bytes([f[54], f[55]]) == 31337)
+            .count()
+    };
+    assert_eq!(
+        from(a),
+        1,
+        "the control did not arrive: the check proves nothing"
+    );
+    assert_eq!(from(b), 0, "forged IPv6 inside VXLAN reached p2a");
+    // The guard counted exactly that one, on node2; nothing else was refused. (An
+    // agent reports its guard's counters as of its last round, a second at most.)
+    let mut after = Value::Null;
+    wait_until(
+        "node2's guard reports its drop",
+        Duration::from_secs(10),
+        || {
+            after = lab.json(&["status", "--output", "json"]);
+            after["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["name"] == "node2" && n["underlay_guard"]["drops"]["vxlan-inner"] != 0)
+        },
+    );
+    for n in after["nodes"].as_array().unwrap() {
+        let drops = &n["underlay_guard"]["drops"];
+        for reason in ["vxlan-frame", "vxlan-inner"] {
+            let count = drops[reason]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {reason} count: {n}"));
+            let want = u64::from(n["name"] == "node2" && reason == "vxlan-inner");
+            assert_eq!(count, want, "{}: {drops}", n["name"]);
+        }
+    }
+}
+
+/// `--ip-family dual` with choices that drop pods' IPv6 (the defaults: the fast path
+/// and eBPF policy) is refused before anything is made, naming the flags.
+#[test]
+fn a_dual_stack_lab_refuses_what_would_drop_ipv6() {
+    require_root();
+    let lab = TestLab {
+        name: podnet_lab::scratch::unique("t").replace('-', "x"),
+    };
+    let o = lab.run(&["up", "--nodes", "1", "--ip-family", "dual"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--datapath ebpf") && err.contains("--policy-datapath ebpf"),
+        "{err}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/run/podnet/lab/{}", lab.name)).exists(),
+        "a refused lab left its directory"
+    );
+}
+
+/// A dual-stack lab on a real kube-apiserver: kube-controller-manager gives each Node
+/// an IPv6 pod CIDR beside its IPv4 one (`spec.podCIDRs`), podnetd reads it from there,
+/// pods' API status lists both addresses, and IPv6 crosses between nodes.
+#[test]
+fn a_dual_stack_kubernetes_lab_takes_both_pod_cidrs_from_the_nodes() {
+    let lab = TestLab::up(&[
+        "--kubernetes",
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "1",
+        "--ip-family",
+        "dual",
+        "--datapath",
+        "bridge",
+        "--policy-datapath",
+        "none",
+    ]);
+    let nodes: Value =
+        serde_json::from_str(&lab.kubectl(&["get", "nodes", "-o", "json"], None)).unwrap();
+    let range: podnet_cni_spec::net::Ipv6Net = "fd00:10:244::/56".parse().unwrap();
+    for n in nodes["items"].as_array().unwrap() {
+        let cidrs = n["spec"]["podCIDRs"].as_array().unwrap();
+        assert_eq!(cidrs.len(), 2, "{}", n["spec"]);
+        let c6: podnet_cni_spec::net::Ipv6Net = cidrs[1].as_str().unwrap().parse().unwrap();
+        assert!(range.contains(c6.network()) && c6.prefix() == 64, "{c6}");
+    }
+    let st = lab.json(&["status", "--output", "json"]);
+    let ip6 = |name: &str| lab_ip6(&st, name);
+    let (a, b) = (ip6("p1a"), ip6("p2a"));
+    // The API's view of a pod: both of its addresses.
+    let pods: Value =
+        serde_json::from_str(&lab.kubectl(&["get", "pods", "-A", "-o", "json"], None)).unwrap();
+    let listed: Vec<String> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["status"]["podIPs"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|i| i["ip"].as_str().map(String::from))
+        .collect();
+    assert!(
+        listed.contains(&a.to_string()) && listed.contains(&b.to_string()),
+        "{listed:?}"
+    );
+    assert_eq!(tcp6(&lab.ns("p1a"), &lab.ns("p2a"), b, 7200), Ok(a));
+    assert_eq!(tcp6(&lab.ns("p2a"), &lab.ns("p1a"), a, 7201), Ok(b));
+}
+
+/// A lab pod's IPv6 address, from `lab status --output json`.
+fn lab_ip6(st: &Value, name: &str) -> Ipv6Addr {
+    st["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["ip6"].as_str())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no IPv6 address for {name}: {st}"))
+}

@@ -285,7 +285,9 @@ fn services_on_real_nodes(extra: &[&str]) {
     );
     // Nothing at all: DNS is refused too.
     lab.kubectl(&["apply", "-f", "-"], Some(CLIENT_NOTHING));
-    wait_until("client's DNS closes", Duration::from_secs(20), || {
+    // 60 s: with four real-node labs on two cores (the whole suite) the change once
+    // took over 20 s to reach the node (alone: a second or two).
+    wait_until("client's DNS closes", Duration::from_secs(60), || {
         !exec(
             &lab,
             "client",
