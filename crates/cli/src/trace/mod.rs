@@ -219,17 +219,26 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
     })
 }
 
+/// One end of a trace given by IPv4 address or pod name. An IPv6 address is refused
+/// with what to do instead: the hops trace checks (routes, neighbours, FDB, policy
+/// tables, the agent's probes) are IPv4 ones so far.
+pub(crate) fn target(agents: &dyn Agents, x: &str) -> Result<Ipv4Addr> {
+    if x.parse::<std::net::Ipv6Addr>().is_ok() {
+        anyhow::bail!(
+            "{x} is an IPv6 address: podnet trace follows IPv4 only so far; trace the pods by name or IPv4 address (a dual-stack pod's IPv6 takes the same bridge and VXLAN device: `ip -6 route show proto 0x50` and `ip -6 neigh show dev podnet.vxlan` on each node show its path)"
+        );
+    }
+    x.parse()
+        .ok()
+        .or_else(|| agents.pod_ip(x))
+        .with_context(|| format!("{x:?} is neither an IPv4 address nor a known pod"))
+}
+
 /// Both ends of a trace, each read from its node's agent, and every node's own VTEP
 /// MAC and underlay address as its agent reports them (whose a wrong overlay entry
 /// holds).
 fn ends(agents: &dyn Agents, src: &str, dst: &str) -> Result<(End, End, Vec<Vtep>)> {
-    let resolve = |x: &str| -> Result<Ipv4Addr> {
-        x.parse()
-            .ok()
-            .or_else(|| agents.pod_ip(x))
-            .with_context(|| format!("{x:?} is neither an IPv4 address nor a known pod"))
-    };
-    let (sip, dip) = (resolve(src)?, resolve(dst)?);
+    let (sip, dip) = (target(agents, src)?, target(agents, dst)?);
     let mut statuses = Vec::new();
     for (n, sock) in &agents.nodes() {
         if let Ok(st) = Client::new(sock).status() {
@@ -409,5 +418,25 @@ impl Agents for LocalAgent {
     }
     fn pod_ip(&self, _: &str) -> Option<Ipv4Addr> {
         None
+    }
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::*;
+
+    /// An IPv6 end is refused before any agent is asked, saying what to do instead;
+    /// an IPv4 one is taken as given.
+    #[test]
+    fn an_ipv6_end_is_refused_with_what_to_do() {
+        let agents = LocalAgent("/nonexistent/podnetd.sock".into());
+        let e = target(&agents, "fd00:10:244::2").unwrap_err().to_string();
+        assert!(e.contains("IPv4 only") && e.contains("ip -6 route"), "{e}");
+        assert_eq!(
+            target(&agents, "10.244.0.2").unwrap(),
+            Ipv4Addr::new(10, 244, 0, 2)
+        );
+        let e = target(&agents, "p9z").unwrap_err().to_string();
+        assert!(e.contains("neither an IPv4 address nor a known pod"), "{e}");
     }
 }

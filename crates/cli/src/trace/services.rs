@@ -85,11 +85,7 @@ pub fn trace_service(agents: &dyn Agents, src: &str, svc: &str, flow: &Flow) -> 
         ),
         _ => (svc, flow),
     };
-    let sip: Ipv4Addr = src
-        .parse()
-        .ok()
-        .or_else(|| agents.pod_ip(src))
-        .with_context(|| format!("{src:?} is neither an IPv4 address nor a known pod"))?;
+    let sip: Ipv4Addr = super::target(agents, src)?;
     let (node, report) = translation(agents, sip, svc, flow.port.unwrap_or(0), flow.proto)?;
     let (hop, backend) = translation_hop(&report, &node, svc, flow);
     // Only the translation hop, when there is nothing to follow.
