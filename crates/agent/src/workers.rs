@@ -35,6 +35,7 @@ impl Agent {
             policy::Setup {
                 kind: self.cfg.policy_datapath,
                 cidr: n.record.pod_cidr,
+                cidr6: n.record.pod_cidr6,
                 bridge: self.cfg.bridge.clone(),
                 bpf_dir: Some(self.cfg.bpf_dir.clone()),
                 backstop,

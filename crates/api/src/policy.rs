@@ -20,6 +20,9 @@ pub struct DirStatus {
 pub struct PodPolicyStatus {
     pub pod: String,
     pub ip: String,
+    /// Its IPv6 address, programmed too, on a dual-stack node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<String>,
     pub ingress: DirStatus,
     pub egress: DirStatus,
 }
@@ -50,6 +53,10 @@ pub struct PolicyStatus {
     /// Where the eBPF datapath's maps are pinned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpf_dir: Option<PathBuf>,
+    /// The node's IPv6 pod CIDR on a dual-stack node: the datapath judges the pods'
+    /// IPv6 addresses too (a reader of the status checks those objects as well).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<podnet_conventions::Ipv6Net>,
     /// The eBPF fast path (`--datapath ebpf`), when on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fast_path: Option<FastPathStatus>,

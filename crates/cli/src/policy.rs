@@ -10,11 +10,13 @@ use anyhow::{bail, Context, Result};
 use podnet_policy::eval::{evaluate, End, Verdict};
 use podnet_policy::{Cluster, Object, Proto};
 use serde::Serialize;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 
-fn end<'a>(c: &'a Cluster, spec: &str) -> Result<End<'a>> {
-    if let Ok(ip) = spec.parse::<Ipv4Addr>() {
+/// One end: an address (its pod, if any), or a pod as `namespace/name` by its address
+/// of the flow's family.
+fn end<'a>(c: &'a Cluster, spec: &str, ipv6: bool) -> Result<End<'a>> {
+    if let Ok(ip) = spec.parse::<IpAddr>() {
         return Ok(End {
             ip,
             pod: c.pod_by_ip(ip),
@@ -31,13 +33,35 @@ fn end<'a>(c: &'a Cluster, spec: &str) -> Result<End<'a>> {
                 .join(", ")
         )
     })?;
+    if ipv6 {
+        return End::of_pod6(pod).with_context(|| {
+            format!(
+                "pod {ns}/{name} has no IPv6 address (not dual-stack, or no address yet): judge the flow over IPv4 (leave out --ipv6 and give no IPv6 address)"
+            )
+        });
+    }
     End::of_pod(pod).with_context(|| format!("pod {ns}/{name} has no address yet"))
 }
 
-/// Judges the flow `from` → `to` (pods as `ns/name`, or addresses).
-pub fn explain(objs: &[Object], from: &str, to: &str, port: u16, proto: Proto) -> Result<Verdict> {
+/// Judges the flow `from` → `to` (pods as `ns/name`, or addresses). The flow is IPv6
+/// when `ipv6` is set or either end is an IPv6 address: pods are then taken by their
+/// IPv6 addresses.
+pub fn explain(
+    objs: &[Object],
+    from: &str,
+    to: &str,
+    port: u16,
+    proto: Proto,
+    ipv6: bool,
+) -> Result<Verdict> {
     let c = Cluster::from_objects(objs);
-    let (s, d) = (end(&c, from)?, end(&c, to)?);
+    let is6 = |s: &str| s.parse::<IpAddr>().is_ok_and(|a| a.is_ipv6());
+    let v4 = |s: &str| s.parse::<IpAddr>().is_ok_and(|a| a.is_ipv4());
+    let ipv6 = ipv6 || is6(from) || is6(to);
+    if ipv6 && (v4(from) || v4(to)) {
+        bail!("{from} → {to} mixes an IPv4 and an IPv6 address: a flow is of one family; give two addresses of one family (pods are taken by the address of the other end's family)");
+    }
+    let (s, d) = (end(&c, from, ipv6)?, end(&c, to, ipv6)?);
     Ok(evaluate(&c, &s, &d, proto, port))
 }
 
@@ -67,7 +91,7 @@ pub fn explain_service(
     let backends = p
         .backends
         .iter()
-        .map(|b| explain(objs, from, &b.ip.to_string(), b.port, proto))
+        .map(|b| explain(objs, from, &b.ip.to_string(), b.port, proto, false))
         .collect::<Result<Vec<_>>>()?;
     let allowed = backends.iter().filter(|v| v.allowed()).count();
     Ok(ServiceVerdict {

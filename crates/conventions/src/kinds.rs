@@ -123,7 +123,7 @@ choice!(
         /// One IPv4 address per pod.
         Ipv4 = "ipv4": "one IPv4 address per pod",
         /// One IPv4 and one IPv6 address per pod.
-        Dual = "dual": "dual-stack: one IPv4 and one IPv6 address per pod (for now with --backend vxlan --datapath bridge --policy-datapath none)",
+        Dual = "dual": "dual-stack: one IPv4 and one IPv6 address per pod (for now with --backend vxlan --datapath bridge, and --policy-datapath nftables or none)",
     }
 );
 
@@ -136,8 +136,9 @@ impl Default for IpFamily {
 
 /// Why a dual-stack node cannot run these choices, naming each flag to change; `None`
 /// when it can. IPv6 crosses between nodes only through the VXLAN device so far, the
-/// fast path is IPv4 only, and both policy datapaths drop pods' IPv6: anything else
-/// is refused rather than run with pods' IPv6 silently dropped.
+/// fast path is IPv4 only, and the eBPF policy datapath drops pods' IPv6 (its maps are
+/// IPv4; nftables judges both families): anything else is refused rather than run
+/// with pods' IPv6 silently dropped.
 pub fn dual_stack_problem(
     backend: Backend,
     datapath: Datapath,
@@ -152,14 +153,14 @@ pub fn dual_stack_problem(
             "--datapath {datapath} (the fast path is IPv4 only)"
         ));
     }
-    if policy != PolicyDatapath::None {
+    if policy == PolicyDatapath::Ebpf {
         wrong.push(format!(
-            "--policy-datapath {policy} (it drops pods' IPv6: NetworkPolicy for IPv6 is not built yet)"
+            "--policy-datapath {policy} (it drops pods' IPv6: IPv6 NetworkPolicy is on the nftables datapath only yet)"
         ));
     }
     (!wrong.is_empty()).then(|| {
         format!(
-            "dual-stack pods need --backend vxlan --datapath bridge --policy-datapath none for now; refused: {}",
+            "dual-stack pods need --backend vxlan --datapath bridge and --policy-datapath nftables or none for now; refused: {}",
             wrong.join(", ")
         )
     })

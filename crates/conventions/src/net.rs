@@ -98,33 +98,21 @@ impl Ipv4Net {
         other.prefix >= self.prefix && other.bits() & self.mask() == self.bits()
     }
 
-    /// The two halves of this network (it must be shorter than /32).
-    fn halves(&self) -> (Ipv4Net, Ipv4Net) {
-        let prefix = self.prefix + 1;
-        let low = Ipv4Net {
-            addr: self.addr,
-            prefix,
-        };
-        let high = Ipv4Net {
-            addr: Ipv4Addr::from(self.bits() | (1u32 << (32 - prefix))),
-            prefix,
-        };
-        (low, high)
-    }
-
     /// `self` minus every network of `except`, as disjoint networks in address order.
     /// Linear in the number of exceptions (times the prefix depth), so a block with
     /// thousands of holes stays cheap.
     pub fn subtract(&self, except: &[Ipv4Net]) -> Vec<Ipv4Net> {
-        let mut inside: Vec<Ipv4Net> = except
-            .iter()
-            .filter(|e| e.overlaps(self))
-            .copied()
-            .collect();
-        inside.sort();
-        let mut out = Vec::new();
-        subtract_into(*self, &inside, &mut out);
-        out
+        let bits = |n: &Ipv4Net| Bits {
+            addr: u128::from(n.bits()),
+            prefix: n.prefix,
+        };
+        subtract(32, bits(self), except.iter().map(bits))
+            .into_iter()
+            .map(|b| Ipv4Net {
+                addr: Ipv4Addr::from(b.addr as u32),
+                prefix: b.prefix,
+            })
+            .collect()
     }
 
     /// Why this network cannot be a node's pod CIDR, or `None` if it can: wider than
@@ -145,8 +133,39 @@ impl Ipv4Net {
     }
 }
 
+/// A network of either family as its address bits (right-aligned) and prefix length:
+/// the arithmetic [`Ipv4Net::subtract`] and [`Ipv6Net::subtract`] share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Bits {
+    addr: u128,
+    prefix: u8,
+}
+
+impl Bits {
+    fn mask(self, width: u8) -> u128 {
+        let all = u128::MAX >> (128 - u32::from(width));
+        all & !(all.checked_shr(u32::from(self.prefix)).unwrap_or(0))
+    }
+
+    fn overlaps(self, o: Bits, width: u8) -> bool {
+        let m = self.mask(width) & o.mask(width);
+        self.addr & m == o.addr & m
+    }
+}
+
+/// `p` minus every network of `except` in a `width`-bit address space, as disjoint
+/// networks in address order. Linear in the number of exceptions (times the prefix
+/// depth), so a block with thousands of holes stays cheap.
+fn subtract(width: u8, p: Bits, except: impl Iterator<Item = Bits>) -> Vec<Bits> {
+    let mut inside: Vec<Bits> = except.filter(|e| e.overlaps(p, width)).collect();
+    inside.sort();
+    let mut out = Vec::new();
+    subtract_into(width, p, &inside, &mut out);
+    out
+}
+
 /// `p` minus `except` (sorted, every one overlapping `p`), in address order.
-fn subtract_into(p: Ipv4Net, except: &[Ipv4Net], out: &mut Vec<Ipv4Net>) {
+fn subtract_into(width: u8, p: Bits, except: &[Bits], out: &mut Vec<Bits>) {
     if except.is_empty() {
         out.push(p);
         return;
@@ -156,10 +175,18 @@ fn subtract_into(p: Ipv4Net, except: &[Ipv4Net], out: &mut Vec<Ipv4Net>) {
         return;
     }
     // The rest lie strictly inside p, each within one half.
-    let (a, b) = p.halves();
-    let split = except.partition_point(|e| e.bits() < b.bits());
-    subtract_into(a, &except[..split], out);
-    subtract_into(b, &except[split..], out);
+    let prefix = p.prefix + 1;
+    let a = Bits {
+        addr: p.addr,
+        prefix,
+    };
+    let b = Bits {
+        addr: p.addr | (1u128 << (width - prefix)),
+        prefix,
+    };
+    let split = except.partition_point(|e| e.addr < b.addr);
+    subtract_into(width, a, &except[..split], out);
+    subtract_into(width, b, &except[split..], out);
 }
 
 /// The widest network a pod CIDR may be (a /8).
@@ -352,6 +379,45 @@ impl Ipv6Net {
     /// True if the two networks share an address.
     pub fn overlaps(&self, other: &Ipv6Net) -> bool {
         self.contains(other.addr) || other.contains(self.addr)
+    }
+
+    /// `ip` as a /128.
+    pub fn host(ip: Ipv6Addr) -> Ipv6Net {
+        Ipv6Net {
+            addr: ip,
+            prefix: 128,
+        }
+    }
+
+    /// The network address as a number.
+    pub fn bits(&self) -> u128 {
+        u128::from(self.addr)
+    }
+
+    /// The last address of the network.
+    pub fn last(&self) -> Ipv6Addr {
+        Ipv6Addr::from(self.bits() | !self.mask())
+    }
+
+    /// Whether every address of `other` is in `self`.
+    pub fn covers(&self, other: &Ipv6Net) -> bool {
+        other.prefix >= self.prefix && other.bits() & self.mask() == self.bits()
+    }
+
+    /// `self` minus every network of `except`, as disjoint networks in address order
+    /// (see [`Ipv4Net::subtract`]).
+    pub fn subtract(&self, except: &[Ipv6Net]) -> Vec<Ipv6Net> {
+        let bits = |n: &Ipv6Net| Bits {
+            addr: n.bits(),
+            prefix: n.prefix,
+        };
+        subtract(128, bits(self), except.iter().map(bits))
+            .into_iter()
+            .map(|b| Ipv6Net {
+                addr: Ipv6Addr::from(b.addr),
+                prefix: b.prefix,
+            })
+            .collect()
     }
 
     /// Why this network cannot be a node's pod CIDR, or `None` if it can: wider than

@@ -48,7 +48,7 @@ impl Lab {
         let allowed = |src: &PodState, dst: &PodState| {
             let Some(c) = &cluster else { return true };
             let end = |p: &PodState| podnet_policy::End {
-                ip: p.ip,
+                ip: p.ip.into(),
                 pod: c.pod(&p.namespace, p.pod_name()),
             };
             podnet_policy::evaluate(

@@ -217,6 +217,10 @@ impl PodState {
         o.spec.node_name = Some(self.node.clone());
         o.status = Some(podnet_policy::objects::PodStatus {
             pod_ip: Some(self.ip.to_string()),
+            pod_ips: std::iter::once(self.ip.to_string())
+                .chain(self.ip6.map(|a| a.to_string()))
+                .map(|ip| podnet_policy::objects::PodIp { ip })
+                .collect(),
         });
         o
     }

@@ -170,6 +170,9 @@ impl Lab {
             "--sctp",
             &list(&sctp),
         ]);
+        if let Some(ip6) = p.ip6 {
+            cmd.args(["--ip6", &ip6.to_string()]);
+        }
         let pid = spawn_in(ns, cmd, None)?;
         self.record_pid(&echo, pid)?;
         // Serving once its echo port accepts (bound last): a probe never meets a pod

@@ -18,7 +18,7 @@ use crate::model::*;
 use crate::net::Prefix;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::rc::Rc;
 
 /// Ports of one protocol, `first..=last`.
@@ -52,7 +52,7 @@ pub enum Table {
 
 impl Table {
     /// Whether the table admits `peer` on `proto`/`port`.
-    pub fn allows(&self, peer: Ipv4Addr, proto: Proto, port: u16) -> bool {
+    pub fn allows(&self, peer: IpAddr, proto: Proto, port: u16) -> bool {
         match self {
             Table::Open => true,
             Table::Isolated { allow, .. } => allow.iter().any(|a| {
@@ -74,6 +74,9 @@ impl Table {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PodTables {
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address on a dual-stack cluster: the same tables judge it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub ingress: Table,
     pub egress: Table,
 }
@@ -89,21 +92,25 @@ impl PodTables {
 
 /// The peers a rule admits, resolved.
 struct Peers {
-    /// Address ranges (pods as /32, ipBlocks less their exceptions, or 0.0.0.0/0).
+    /// Address ranges (pods as /32 and /128, ipBlocks less their exceptions, or
+    /// 0.0.0.0/0 and ::/0).
     nets: Vec<Prefix>,
     /// Pods among those (by index into `Cluster::pods`), for named ports resolved on
     /// the destination.
-    pods: Vec<usize>,
+    /// Each as (index, the address it is a peer by): an ipBlock of one family
+    /// admits a dual-stack pod by that family's address only.
+    pods: Vec<(usize, IpAddr)>,
 }
 
 /// Lookups the compiler makes again and again, built once per compile.
 struct Index<'a> {
     /// Pods with an address, by namespace.
     by_ns: HashMap<&'a str, Vec<usize>>,
-    /// Pods with an address, by address (for ipBlocks: a range lookup, not a scan).
-    by_ip: Vec<(u32, usize)>,
+    /// Pods with an address, by address — each of its addresses — (for ipBlocks: a
+    /// range lookup, not a scan).
+    by_ip: Vec<(IpAddr, usize)>,
     /// Every pod with an address, in index order.
-    all: Rc<Vec<usize>>,
+    all: Rc<Vec<(usize, IpAddr)>>,
     /// Peer lists already resolved, by (policy namespace, peers as JSON): policies
     /// stamped from one template share their peers.
     peers: HashMap<(String, String), Rc<Peers>>,
@@ -119,10 +126,10 @@ impl<'a> Index<'a> {
         let mut by_ip = Vec::new();
         let mut all = Vec::new();
         for (i, p) in c.pods.iter().enumerate() {
-            if let Some(ip) = p.ip {
+            if p.ip.is_some() {
                 by_ns.entry(p.namespace.as_str()).or_default().push(i);
-                by_ip.push((u32::from(ip), i));
-                all.push(i);
+                by_ip.extend(p.addrs().map(|a| (a, i)));
+                all.extend(p.addrs().map(|a| (i, a)));
             }
         }
         by_ip.sort_unstable();
@@ -162,16 +169,16 @@ impl<'a> Index<'a> {
     }
 
     /// Pods whose address lies in one of `nets`.
-    fn in_nets(&self, nets: &[Prefix]) -> Vec<usize> {
+    fn in_nets(&self, nets: &[Prefix]) -> Vec<(usize, IpAddr)> {
         let mut out = Vec::new();
         for n in nets {
-            let last = n.bits() | (u32::MAX >> n.prefix().min(31) >> u32::from(n.prefix() == 32));
-            let from = self.by_ip.partition_point(|(ip, _)| *ip < n.bits());
+            let (first, last) = (n.network(), n.last());
+            let from = self.by_ip.partition_point(|(ip, _)| *ip < first);
             out.extend(
                 self.by_ip[from..]
                     .iter()
                     .take_while(|(ip, _)| *ip <= last)
-                    .map(|(_, i)| *i),
+                    .map(|(ip, i)| (*i, *ip)),
             );
         }
         out
@@ -201,11 +208,12 @@ impl<'a> Index<'a> {
             let pods = self.in_nets(&nets);
             Peers { nets, pods }
         } else {
-            let pods = self.selected(c, policy_ns, peer);
-            let nets = pods
-                .iter()
-                .map(|&i| Prefix::host(c.pods[i].ip.expect("indexed pods have addresses")))
+            let pods: Vec<(usize, IpAddr)> = self
+                .selected(c, policy_ns, peer)
+                .into_iter()
+                .flat_map(|i| c.pods[i].addrs().map(move |a| (i, a)))
                 .collect();
+            let nets = pods.iter().map(|&(_, a)| Prefix::host(a)).collect();
             Peers { nets, pods }
         };
         let r = Rc::new(r);
@@ -228,7 +236,7 @@ impl<'a> Index<'a> {
         }
         let r = match peers {
             None | Some([]) => Peers {
-                nets: vec![Prefix::truncating(Ipv4Addr::UNSPECIFIED, 0)],
+                nets: vec![Prefix::everything(false), Prefix::everything(true)],
                 pods: (*self.all).clone(),
             },
             Some(list) => {
@@ -327,6 +335,7 @@ pub fn compile(c: &Cluster, local: impl Fn(&PodInfo) -> bool) -> BTreeMap<String
             pod.key(),
             PodTables {
                 ip: pod.ip.expect("local pods have addresses"),
+                ip6: pod.ip6,
                 ingress,
                 egress,
             },
@@ -455,11 +464,8 @@ fn add_rule(
         match (dir, named) {
             // Egress to a named port: the name means a number on each destination pod.
             (Direction::Egress, true) => {
-                for &j in &peers.pods {
-                    let dst = &c.pods[j];
-                    if let (Some(ip), Some((proto, first, last))) =
-                        (dst.ip, port_range(pp, Some(dst)))
-                    {
+                for &(j, ip) in &peers.pods {
+                    if let Some((proto, first, last)) = port_range(pp, Some(&c.pods[j])) {
                         allow.insert(Allow {
                             net: Prefix::host(ip),
                             ports: Some(Ports { proto, first, last }),

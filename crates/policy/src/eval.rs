@@ -10,20 +10,29 @@
 use crate::model::*;
 use crate::objects::NetworkPolicy;
 use serde::Serialize;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// One end of a flow.
 #[derive(Clone, Debug)]
 pub struct End<'a> {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// The pod with that address, if any.
     pub pod: Option<&'a PodInfo>,
 }
 
 impl<'a> End<'a> {
+    /// The pod by its IPv4 address.
     pub fn of_pod(p: &'a PodInfo) -> Option<End<'a>> {
         Some(End {
-            ip: p.ip?,
+            ip: p.ip?.into(),
+            pod: Some(p),
+        })
+    }
+
+    /// The pod by its IPv6 address (dual-stack).
+    pub fn of_pod6(p: &'a PodInfo) -> Option<End<'a>> {
+        Some(End {
+            ip: p.ip.and(p.ip6)?.into(),
             pod: Some(p),
         })
     }

@@ -3,11 +3,11 @@
 //! compiler ([`crate::compile`]) and the flow evaluator ([`crate::eval`]) are built
 //! on these definitions.
 
-use crate::net::{parse_cidr, Cidr, Prefix};
+use crate::net::{parse_cidr, Prefix};
 use crate::objects::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// An IP protocol of a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -63,6 +63,9 @@ pub struct PodInfo {
     pub labels: BTreeMap<String, String>,
     /// `None` until the pod has an address (it is then no one's peer yet).
     pub ip: Option<Ipv4Addr>,
+    /// Its IPv6 address, on a dual-stack cluster (`status.podIPs`): policy judges it
+    /// like the IPv4 one; a pod with an IPv6 address only is not supported yet.
+    pub ip6: Option<Ipv6Addr>,
     pub node: Option<String>,
     /// Declared container ports: name, protocol, number.
     pub ports: Vec<(Option<String>, Proto, u16)>,
@@ -75,11 +78,17 @@ impl PodInfo {
             .as_ref()
             .and_then(|s| s.pod_ip.as_deref())
             .and_then(|s| s.parse().ok());
+        let ip6 = p
+            .status
+            .iter()
+            .flat_map(|s| &s.pod_ips)
+            .find_map(|a| a.ip.parse().ok());
         PodInfo {
             namespace: p.metadata.ns().to_string(),
             name: p.metadata.name.clone(),
             labels: p.metadata.labels.clone(),
             ip,
+            ip6,
             node: p.spec.node_name.clone(),
             ports: p
                 .spec
@@ -93,6 +102,14 @@ impl PodInfo {
                 })
                 .collect(),
         }
+    }
+
+    /// Its addresses (IPv4 first), once it has one.
+    pub fn addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.ip
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.ip.and(self.ip6).map(IpAddr::V6))
     }
 
     /// `ns/name`
@@ -152,8 +169,9 @@ impl Cluster {
         self.namespaces.get(ns).unwrap_or(&NONE)
     }
 
-    pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<&PodInfo> {
-        self.pods.iter().find(|p| p.ip == Some(ip))
+    /// The pod holding `ip` (either of its addresses).
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&PodInfo> {
+        self.pods.iter().find(|p| p.addrs().any(|a| a == ip))
     }
 
     pub fn pod(&self, ns: &str, name: &str) -> Option<&PodInfo> {
@@ -235,26 +253,19 @@ pub fn rules(p: &NetworkPolicy, dir: Direction) -> Vec<Rule<'_>> {
     }
 }
 
-/// The prefixes an ipBlock admits: its CIDR less its exceptions (empty for IPv6).
+/// The prefixes an ipBlock admits: its CIDR less its exceptions (of either family).
 pub fn ip_block_prefixes(b: &IpBlock) -> Vec<Prefix> {
-    let Ok(Cidr::V4(base)) = parse_cidr(&b.cidr) else {
+    let Ok(base) = parse_cidr(&b.cidr) else {
         return vec![];
     };
-    let except: Vec<Prefix> = b
-        .except
-        .iter()
-        .filter_map(|e| match parse_cidr(e) {
-            Ok(Cidr::V4(p)) => Some(p),
-            _ => None,
-        })
-        .collect();
+    let except: Vec<Prefix> = b.except.iter().filter_map(|e| parse_cidr(e).ok()).collect();
     base.subtract(&except)
 }
 
 /// Whether a peer entry admits the pod `pod` (for a policy in namespace `policy_ns`).
 pub fn peer_admits_pod(c: &Cluster, policy_ns: &str, peer: &Peer, pod: &PodInfo) -> bool {
     if let Some(b) = &peer.ip_block {
-        return pod.ip.is_some_and(|ip| peer_admits_ip(b, ip));
+        return pod.addrs().any(|ip| peer_admits_ip(b, ip));
     }
     let pod_ok = peer
         .pod_selector
@@ -269,7 +280,7 @@ pub fn peer_admits_pod(c: &Cluster, policy_ns: &str, peer: &Peer, pod: &PodInfo)
 }
 
 /// Whether an ipBlock admits an address.
-pub fn peer_admits_ip(b: &IpBlock, ip: Ipv4Addr) -> bool {
+pub fn peer_admits_ip(b: &IpBlock, ip: IpAddr) -> bool {
     ip_block_prefixes(b).iter().any(|p| p.contains(ip))
 }
 

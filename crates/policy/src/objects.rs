@@ -88,6 +88,15 @@ pub struct ContainerPort {
 pub struct PodStatus {
     #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
     pub pod_ip: Option<String>,
+    /// Every address of the pod, one per family (the first is `podIP`).
+    #[serde(default, rename = "podIPs", skip_serializing_if = "Vec::is_empty")]
+    pub pod_ips: Vec<PodIp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodIp {
+    pub ip: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -361,6 +370,16 @@ pub fn from_api(kind: &str, v: &serde_json::Value) -> Option<serde_json::Value> 
             out["spec"]["containers"] = Value::Array(containers);
             if let Some(ip) = v["status"].get("podIP").filter(|ip| ip.is_string()) {
                 out["status"] = json!({ "podIP": ip });
+                let ips: Vec<Value> = v["status"]["podIPs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|a| a["ip"].is_string())
+                    .map(|a| pick(a, &["ip"]))
+                    .collect();
+                if !ips.is_empty() {
+                    out["status"]["podIPs"] = Value::Array(ips);
+                }
             }
         }
         "NetworkPolicy" => {
@@ -388,7 +407,8 @@ mod api_tests {
             "spec": {"nodeName": "node1", "restartPolicy": "Always",
                      "containers": [{"name": "c", "image": "busybox",
                                      "ports": [{"name": "http", "containerPort": 80, "protocol": "TCP"}]}]},
-            "status": {"phase": "Running", "podIP": "10.244.1.9", "podIPs": [{"ip": "10.244.1.9"}]}
+            "status": {"phase": "Running", "podIP": "10.244.1.9",
+                       "podIPs": [{"ip": "10.244.1.9"}, {"ip": "fd00:10:244:1::9", "x": 1}]}
         });
         let t = from_api("Pod", &pod).unwrap();
         let o = Object::from_json(t).unwrap();
@@ -397,6 +417,8 @@ mod api_tests {
         assert_eq!(p.metadata.labels["app"], "web");
         assert_eq!(p.metadata.annotations.len(), 1);
         assert_eq!(p.spec.containers[0].ports[0].container_port, 80);
+        let info = crate::PodInfo::from_pod(&p);
+        assert_eq!(info.ip6, Some("fd00:10:244:1::9".parse().unwrap()));
         assert_eq!(p.status.unwrap().pod_ip.as_deref(), Some("10.244.1.9"));
 
         let mut host = pod.clone();

@@ -2,7 +2,7 @@
 //! every error names the field by its path (`spec.ingress[0].ports[1].endPort`), so a
 //! manifest is fixed in one go.
 
-use crate::net::{parse_cidr, Cidr};
+use crate::net::parse_cidr;
 use crate::objects::*;
 use std::fmt;
 
@@ -178,13 +178,13 @@ fn peer(v: &mut V, at: &str, p: &Peer) {
             for (k, e) in b.except.iter().enumerate() {
                 match (parse_cidr(e), base) {
                     (Err(why), _) => v.err(format!("{at}.ipBlock.except[{k}]"), why),
-                    (Ok(Cidr::V4(x)), Some(Cidr::V4(c))) if !(c.covers(&x) && x != c) => v.err(
-                        format!("{at}.ipBlock.except[{k}]"),
-                        format!("{e} must be strictly inside the cidr {}", b.cidr),
-                    ),
-                    (Ok(Cidr::V4(_)), Some(Cidr::V6)) | (Ok(Cidr::V6), Some(Cidr::V4(_))) => v.err(
+                    (Ok(x), Some(c)) if x.is_v6() != c.is_v6() => v.err(
                         format!("{at}.ipBlock.except[{k}]"),
                         format!("{e} is not of the same IP family as the cidr {}", b.cidr),
+                    ),
+                    (Ok(x), Some(c)) if !(c.covers(&x) && x != c) => v.err(
+                        format!("{at}.ipBlock.except[{k}]"),
+                        format!("{e} must be strictly inside the cidr {}", b.cidr),
                     ),
                     _ => {}
                 }

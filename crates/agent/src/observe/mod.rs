@@ -28,7 +28,7 @@ pub use podnet_api::Event;
 use podnet_netlink::antispoof::{self, SpoofEvent};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -133,7 +133,8 @@ fn time_of(ms: u64) -> String {
 /// (`namespace/name`) and the policies isolating it each way.
 #[derive(Clone, Debug, Default)]
 pub struct Pods {
-    by_ip: HashMap<Ipv4Addr, PodInfo>,
+    /// Each pod under each of its addresses (IPv4, and IPv6 on a dual-stack node).
+    by_ip: HashMap<IpAddr, PodInfo>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -155,34 +156,34 @@ impl Pods {
     pub fn from_status(st: &crate::policy::PolicyStatus) -> Pods {
         let mut by_ip = HashMap::new();
         for p in &st.pods {
-            if let Ok(ip) = p.ip.parse() {
-                by_ip.insert(
-                    ip,
-                    PodInfo {
-                        key: p.pod.clone(),
-                        ingress: (p.ingress.state.clone(), p.ingress.policies.clone()),
-                        egress: (p.egress.state.clone(), p.egress.policies.clone()),
-                    },
-                );
+            let info = PodInfo {
+                key: p.pod.clone(),
+                ingress: (p.ingress.state.clone(), p.ingress.policies.clone()),
+                egress: (p.egress.state.clone(), p.egress.policies.clone()),
+            };
+            for a in std::iter::once(&p.ip).chain(&p.ip6) {
+                if let Ok(ip) = a.parse() {
+                    by_ip.insert(ip, info.clone());
+                }
             }
         }
         Pods { by_ip }
     }
 
     /// `namespace/name` of the node's pod at `ip`.
-    pub fn key(&self, ip: Ipv4Addr) -> Option<String> {
-        self.by_ip.get(&ip).map(|p| p.key.clone())
+    pub fn key(&self, ip: impl Into<IpAddr>) -> Option<String> {
+        self.by_ip.get(&ip.into()).map(|p| p.key.clone())
     }
 
     /// `(pod, namespace)` of the local pod at `ip`; empty for any other address.
-    pub(crate) fn names(&self, ip: Ipv4Addr) -> (String, String) {
+    pub(crate) fn names(&self, ip: impl Into<IpAddr>) -> (String, String) {
         self.by_ip
-            .get(&ip)
+            .get(&ip.into())
             .map(|p| split_pod_key(&p.key))
             .unwrap_or_default()
     }
 
-    fn policies(&self, ip: Ipv4Addr, dir: &str) -> (String, String) {
+    fn policies(&self, ip: IpAddr, dir: &str) -> (String, String) {
         let Some(p) = self.by_ip.get(&ip) else {
             return (String::new(), String::new());
         };
@@ -233,8 +234,8 @@ pub fn spoof_event(node: &str, e: &SpoofEvent, pod_ip: Option<Ipv4Addr>, pods: &
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
     /// The node's pod and the other end.
-    pub pod: Ipv4Addr,
-    pub peer: Ipv4Addr,
+    pub pod: IpAddr,
+    pub peer: IpAddr,
     /// `ingress`, `egress`, or `closed` (the pod not programmed yet).
     pub direction: &'static str,
     pub allowed: bool,
@@ -295,8 +296,8 @@ pub fn parse_policy_event(b: &[u8]) -> Option<Verdict> {
     let e = PolicyEvent::from_bytes(b)?;
     let ip = |a: u32| Ipv4Addr::from(a.to_ne_bytes());
     Some(Verdict {
-        pod: ip(e.pod),
-        peer: ip(e.peer),
+        pod: ip(e.pod).into(),
+        peer: ip(e.peer).into(),
         sport: e.sport,
         dport: e.dport,
         proto: e.proto,
@@ -615,6 +616,7 @@ mod tests {
         st.pods.push(crate::policy::PodPolicyStatus {
             pod: "x/a".into(),
             ip: "10.244.0.5".into(),
+            ip6: None,
             ingress: dir("isolated", &["deny", "web"]),
             egress: dir("open", &[]),
         });

@@ -4,7 +4,7 @@
 use super::Verdict;
 use crate::policy::datapath::nftables::table::LOG_GROUP;
 use crate::Failure;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// A bound NFLOG group: the refused packets' headers, as verdicts.
 pub struct NfLog {
@@ -13,7 +13,7 @@ pub struct NfLog {
 
 impl NfLog {
     /// Binds [`LOG_GROUP`] in the calling thread's namespace, copying the first 64
-    /// bytes of each packet (IPv4 header and ports).
+    /// bytes of each packet (the IP header and ports: 44 bytes for IPv6).
     pub fn open() -> Result<NfLog, Failure> {
         const NFULNL_MSG_CONFIG: u16 = (4 << 8) | 1;
         const NFULA_CFG_CMD: u16 = 1;
@@ -86,7 +86,7 @@ impl NfLog {
     }
 }
 
-/// A logged packet (`prefix`, IPv4 header onwards) as verdicts: one for a refusal;
+/// A logged packet (`prefix`, IP header onwards, either family) as verdicts: one for a refusal;
 /// for an admitted new flow (`podnet:allow:`) one per end — the source's egress and
 /// the destination's ingress (the reader keeps those of its node's pods).
 pub fn verdict_of(prefix: &str, p: &[u8]) -> Vec<Verdict> {
@@ -96,16 +96,25 @@ pub fn verdict_of(prefix: &str, p: &[u8]) -> Vec<Verdict> {
     else {
         return vec![];
     };
-    if p.len() < 20 || p[0] >> 4 != 4 {
-        return vec![];
-    }
-    let ihl = usize::from(p[0] & 0x0f) * 4;
-    let (saddr, daddr) = (
-        Ipv4Addr::new(p[12], p[13], p[14], p[15]),
-        Ipv4Addr::new(p[16], p[17], p[18], p[19]),
-    );
-    let proto = p[9];
-    let (sport, dport) = match (proto, p.get(ihl..ihl + 4)) {
+    // The addresses, the protocol and where the ports start, of either family (for
+    // IPv6, ports are read when TCP, UDP or SCTP follows the fixed header directly).
+    let (saddr, daddr, proto, l4): (IpAddr, IpAddr, u8, usize) = match p.first().map(|b| b >> 4) {
+        Some(4) if p.len() >= 20 => (
+            Ipv4Addr::new(p[12], p[13], p[14], p[15]).into(),
+            Ipv4Addr::new(p[16], p[17], p[18], p[19]).into(),
+            p[9],
+            usize::from(p[0] & 0x0f) * 4,
+        ),
+        Some(6) if p.len() >= 40 => {
+            let a = |o: usize| -> IpAddr {
+                let b: [u8; 16] = p[o..o + 16].try_into().expect("16 bytes");
+                Ipv6Addr::from(b).into()
+            };
+            (a(8), a(24), p[6], 40)
+        }
+        _ => return vec![],
+    };
+    let (sport, dport) = match (proto, p.get(l4..l4 + 4)) {
         (6 | 17 | 132, Some(l4)) => (
             u16::from_be_bytes([l4[0], l4[1]]),
             u16::from_be_bytes([l4[2], l4[3]]),
@@ -131,5 +140,46 @@ pub fn verdict_of(prefix: &str, p: &[u8]) -> Vec<Verdict> {
             v(daddr, saddr, "ingress", true),
         ],
         _ => vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_packets_of_both_families_become_verdicts() {
+        // IPv4 TCP 10.244.0.5:40000 → 10.244.1.7:80, refused on egress.
+        let mut p4 = vec![0u8; 24];
+        p4[0] = 0x45;
+        p4[9] = 6;
+        p4[12..16].copy_from_slice(&[10, 244, 0, 5]);
+        p4[16..20].copy_from_slice(&[10, 244, 1, 7]);
+        p4[20..24].copy_from_slice(&[0x9c, 0x40, 0, 80]);
+        let v = verdict_of("podnet:egress:", &p4);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].pod.to_string(), "10.244.0.5");
+        assert_eq!(
+            (v[0].peer.to_string(), v[0].dport),
+            ("10.244.1.7".into(), 80)
+        );
+        // IPv6 UDP fd00:10:244:1::9:5353 → fd00:10:244::5:53, refused on ingress: the
+        // pod is the destination.
+        let mut p6 = vec![0u8; 44];
+        p6[0] = 0x60;
+        p6[6] = 17;
+        let s: Ipv6Addr = "fd00:10:244:1::9".parse().unwrap();
+        let d: Ipv6Addr = "fd00:10:244::5".parse().unwrap();
+        p6[8..24].copy_from_slice(&s.octets());
+        p6[24..40].copy_from_slice(&d.octets());
+        p6[40..44].copy_from_slice(&[0x14, 0xe9, 0, 53]);
+        let v = verdict_of("podnet:ingress:", &p6);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].pod, IpAddr::from(d));
+        assert_eq!(v[0].peer, IpAddr::from(s));
+        assert_eq!((v[0].proto, v[0].sport, v[0].dport), (17, 5353, 53));
+        // Truncated headers are no verdict.
+        assert!(verdict_of("podnet:ingress:", &p6[..39]).is_empty());
+        assert!(verdict_of("podnet:egress:", &p4[..19]).is_empty());
     }
 }

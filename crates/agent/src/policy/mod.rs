@@ -81,6 +81,9 @@ pub struct Policy {
     source: Box<dyn PolicySource>,
     node: String,
     cidr: Ipv4Net,
+    /// The node's IPv6 pod CIDR (dual-stack): a local pod's IPv6 address is
+    /// programmed only inside it.
+    cidr6: Option<podnet_conventions::Ipv6Net>,
     /// The datapath that enforces the tables ([`datapath`]).
     dp: Box<dyn Enforcer>,
     tables: Arc<BTreeMap<String, PodTables>>,
@@ -127,17 +130,19 @@ impl Policy {
             source,
             node: node.into(),
             cidr: setup.cidr,
-            dp: datapath::open(setup),
+            cidr6: setup.cidr6,
             tables: Arc::new(BTreeMap::new()),
             revision: None,
             rejected: BTreeSet::new(),
             status: Arc::new(Mutex::new(PolicyState {
                 status: PolicyStatus {
                     datapath: kind,
+                    pod_cidr6: setup.cidr6,
                     ..Default::default()
                 },
                 ..Default::default()
             })),
+            dp: datapath::open(setup),
             fast: None,
             fast_seen: BTreeMap::new(),
             fast_cleared: false,
@@ -315,6 +320,14 @@ impl Policy {
             }
             _ => compile(&cluster, local),
         };
+        // A pod's IPv6 address outside this node's IPv6 range (or on a node without
+        // one) is no address of this node's: it is not programmed (and stays closed).
+        let cidr6 = self.cidr6;
+        for t in tables.values_mut() {
+            if !t.ip6.is_some_and(|a| cidr6.is_some_and(|n| n.contains(a))) {
+                t.ip6 = None;
+            }
+        }
         let refused = over_bound(&mut tables);
         for (k, r) in &refused {
             if self.refused.get(k) != Some(r) {
@@ -372,6 +385,7 @@ impl Policy {
                 .map(|(k, t)| PodPolicyStatus {
                     pod: k.clone(),
                     ip: t.ip.to_string(),
+                    ip6: t.ip6.map(|a| a.to_string()),
                     ingress: dir_status(&t.ingress),
                     egress: dir_status(&t.egress),
                 })
@@ -385,6 +399,7 @@ impl Policy {
             last_change_elements: changed,
             fast_path: st.fast_path.take(),
             bpf_dir: self.dp.bpf_dir(),
+            pod_cidr6: self.cidr6,
         };
         *st = PolicyState {
             status,

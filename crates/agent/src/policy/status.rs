@@ -174,7 +174,7 @@ pub fn verdict(
         v.isolated = true;
         v.policies = policies.clone();
         let hit = allow.iter().find(|a| {
-            a.net.contains(peer)
+            a.net.contains(peer.into())
                 && a.ports
                     .is_none_or(|p| p.proto == proto && p.first <= port && port <= p.last)
         });
@@ -208,10 +208,12 @@ pub fn denied(status: &PolicyStatus) -> Result<(Vec<Denied>, u64), Failure> {
             if d.state != "isolated" {
                 continue;
             }
-            let ip = p.ip.parse().ok();
-            let packets = ip
-                .and_then(|ip| counts.get(&(ip, dir)).copied())
-                .unwrap_or(0);
+            // Refused over either family: the pod's IPv4 and IPv6 addresses.
+            let packets = std::iter::once(&p.ip)
+                .chain(&p.ip6)
+                .filter_map(|a| a.parse().ok())
+                .filter_map(|ip| counts.get(&(ip, dir)).copied())
+                .sum();
             out.push(Denied {
                 pod: p.pod.clone(),
                 ip: p.ip.clone(),

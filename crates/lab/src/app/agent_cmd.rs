@@ -123,6 +123,7 @@ pub(super) fn run_policy(cmd: PolicyCmd) -> Result<()> {
             to,
             port,
             protocol,
+            ipv6,
             lab,
             datastore,
             output,
@@ -141,7 +142,8 @@ pub(super) fn run_policy(cmd: PolicyCmd) -> Result<()> {
                     std::process::exit(1);
                 }
             } else {
-                let v = podnet_cli::policy::explain(&objs, &from, &to, port, protocol.proto())?;
+                let v =
+                    podnet_cli::policy::explain(&objs, &from, &to, port, protocol.proto(), ipv6)?;
                 emit(output, &v, podnet_cli::policy::render_verdict)?;
             }
         }
@@ -198,7 +200,7 @@ fn explain_service(
     proto: podnet_policy::Proto,
 ) -> Result<Option<podnet_cli::policy::ServiceVerdict>> {
     let c = podnet_policy::Cluster::from_objects(objs);
-    let is_pod = match to.parse::<std::net::Ipv4Addr>() {
+    let is_pod = match to.parse::<std::net::IpAddr>() {
         Ok(ip) => c.pod_by_ip(ip).is_some(),
         Err(_) => {
             let (ns, name) = to.split_once('/').unwrap_or(("default", to));

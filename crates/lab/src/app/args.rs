@@ -176,6 +176,10 @@ pub(crate) enum PolicyCmd {
         port: u16,
         #[arg(long, value_enum, default_value = "TCP")]
         protocol: L4,
+        /// Judge the flow between the pods' IPv6 addresses (dual-stack); implied when
+        /// either end is given as an IPv6 address.
+        #[arg(long)]
+        ipv6: bool,
         /// Read the objects of this lab (default: the datastore given by --datastore).
         #[arg(long)]
         lab: Option<String>,
@@ -287,7 +291,8 @@ pub(crate) enum LabCmd {
         proxy_mode: Option<LabProxyMode>,
         /// The pods' address families [default: ipv4]. dual: every pod also gets an
         /// IPv6 address (from fd00:10:244::/56, a /64 per node), carried between nodes
-        /// over VXLAN without NAT; for now with --datapath bridge --policy-datapath none.
+        /// over VXLAN without NAT; for now with --datapath bridge and --policy-datapath
+        /// nftables or none.
         #[arg(long, value_enum)]
         ip_family: Option<podnet_conventions::IpFamily>,
         #[arg(long, value_enum, default_value = "text")]
@@ -344,6 +349,9 @@ pub(crate) enum LabCmd {
         /// Probe every pod to every pod: {"pods":[…],"connected":[[…],…]}, row = source.
         #[arg(long, conflicts_with_all = ["from", "to"])]
         matrix: bool,
+        /// Probe the pods' IPv6 addresses (a dual-stack lab; TCP and UDP).
+        #[arg(long)]
+        ipv6: bool,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -387,6 +395,9 @@ pub(crate) enum LabCmd {
     ServeEcho {
         #[arg(long)]
         ip: std::net::Ipv4Addr,
+        /// The pod's IPv6 address (dual-stack): TCP and UDP served there too.
+        #[arg(long)]
+        ip6: Option<std::net::Ipv6Addr>,
         #[arg(long, default_value_t = crate::ECHO_PORT)]
         port: u16,
         #[arg(long, default_value = "")]

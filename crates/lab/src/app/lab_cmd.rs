@@ -9,6 +9,7 @@ use std::time::Duration;
 pub(super) fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
     if let LabCmd::ServeEcho {
         ip,
+        ip6,
         port,
         tcp,
         udp,
@@ -18,6 +19,7 @@ pub(super) fn run_lab(name: &str, cmd: LabCmd) -> Result<()> {
         use crate::traffic::reach::{parse_ports, serve};
         return serve(
             ip,
+            ip6,
             port,
             &parse_ports(&tcp)?,
             &parse_ports(&udp)?,
@@ -243,22 +245,24 @@ fn probe(lab: &Lab, cmd: LabCmd) -> Result<()> {
         port,
         protocol,
         matrix,
+        ipv6,
         output,
     } = cmd
     else {
         unreachable!("lab probe")
     };
     if matrix {
-        let m = lab.matrix(port, protocol.proto())?;
+        let m = lab.matrix(port, protocol.proto(), ipv6)?;
         return emit(output, &m, crate::traffic::reach::render_matrix);
     }
     let (from, to) = (from.unwrap_or_default(), to.unwrap_or_default());
-    let r = lab.probe(&from, &to, port, protocol.proto())?;
+    let r = lab.probe(&from, &to, port, protocol.proto(), ipv6)?;
     emit(output, &r, |r| {
         format!(
-            "{} → {} {} port {}: {}\n",
+            "{} → {} ({}) {} port {}: {}\n",
             r.from,
             r.to,
+            r.address,
             r.protocol.name(),
             r.port,
             if r.connected {

@@ -504,6 +504,7 @@ pub fn compile_bench() -> Compile {
         if let Object::Pod(p) = &mut p {
             p.status = Some(podnet_policy::objects::PodStatus {
                 pod_ip: Some(Ipv4Addr::from(0x0af4_0000u32 + i as u32 + 2).to_string()),
+                pod_ips: vec![],
             });
         }
         objs.push(p);

@@ -14,7 +14,10 @@ use podnet_netlink::{netns, Netns};
 use podnet_policy::Proto;
 use serde::Serialize;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream,
+    UdpSocket,
+};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -23,24 +26,29 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
 
 static SEQ: AtomicU32 = AtomicU32::new(1);
 
-/// One probe from the calling thread's namespace.
-fn probe_here(dst: Ipv4Addr, port: u16, proto: Proto, timeout: Duration) -> Result<bool> {
-    match proto {
-        Proto::Tcp => Ok(TcpStream::connect_timeout(
-            &SocketAddr::V4(SocketAddrV4::new(dst, port)),
-            timeout,
-        )
-        .is_ok()),
-        Proto::Udp => {
-            let s = UdpSocket::bind("0.0.0.0:0").context("bind a UDP socket")?;
-            s.connect(SocketAddrV4::new(dst, port))
+/// One probe from the calling thread's namespace, over the family of `dst`.
+fn probe_here(dst: IpAddr, port: u16, proto: Proto, timeout: Duration) -> Result<bool> {
+    let to = SocketAddr::new(dst, port);
+    match (proto, dst) {
+        (Proto::Tcp, _) => Ok(TcpStream::connect_timeout(&to, timeout).is_ok()),
+        (Proto::Udp, _) => {
+            let any: SocketAddr = if dst.is_ipv6() {
+                SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0).into()
+            } else {
+                SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0).into()
+            };
+            let s = UdpSocket::bind(any).context("bind a UDP socket")?;
+            s.connect(to)
                 .with_context(|| format!("connect UDP to {dst}:{port}"))?;
             s.set_read_timeout(Some(timeout))?;
             s.send(b"probe")?;
             let mut buf = [0u8; 64];
             Ok(matches!(s.recv(&mut buf), Ok(n) if &buf[..n] == b"probe"))
         }
-        Proto::Sctp => {
+        (Proto::Sctp, IpAddr::V6(_)) => bail!(
+            "SCTP probes are IPv4 only (they are raw packets, this kernel has no SCTP sockets): probe TCP or UDP over IPv6"
+        ),
+        (Proto::Sctp, IpAddr::V4(dst)) => {
             // A source port no earlier probe is likely to have used: a flow seen before
             // would pass as an open association, whatever the policy says now.
             let n = SEQ.fetch_add(1, Ordering::Relaxed);
@@ -53,14 +61,14 @@ fn probe_here(dst: Ipv4Addr, port: u16, proto: Proto, timeout: Duration) -> Resu
             let tag = 0x1000_0000 | (mix >> 4);
             sctp::probe(dst, port, src_port, tag.max(1), timeout)
         }
-        Proto::Other(p) => bail!("cannot probe protocol {p}: use TCP, UDP or SCTP"),
+        (Proto::Other(p), _) => bail!("cannot probe protocol {p}: use TCP, UDP or SCTP"),
     }
 }
 
 /// One probe from `src`'s namespace.
 pub fn probe(
     src: &PodState,
-    dst: Ipv4Addr,
+    dst: IpAddr,
     port: u16,
     proto: Proto,
     timeout: Duration,
@@ -74,6 +82,8 @@ pub fn probe(
 pub struct ProbeResult {
     pub from: String,
     pub to: String,
+    /// The destination address probed (its IPv6 one with `--ipv6`).
+    pub address: IpAddr,
     pub port: u16,
     pub protocol: Proto,
     pub connected: bool,
@@ -82,6 +92,8 @@ pub struct ProbeResult {
 #[derive(Debug, Serialize)]
 pub struct Matrix {
     pub pods: Vec<String>,
+    /// `ipv4`, or `ipv6` (the pods' IPv6 addresses were probed).
+    pub family: &'static str,
     pub port: u16,
     pub protocol: Proto,
     /// Row = source, column = destination.
@@ -102,34 +114,63 @@ fn find<'a>(lab: &Lab, st: &'a State, spec: &str) -> Result<&'a PodState> {
     })
 }
 
+/// The address of `d` a probe of that family goes to.
+fn dst_addr(lab: &Lab, d: &PodState, ipv6: bool) -> Result<IpAddr> {
+    if !ipv6 {
+        return Ok(d.ip.into());
+    }
+    d.ip6.map(IpAddr::V6).with_context(|| {
+        format!(
+            "pod {} has no IPv6 address: lab {} is not dual-stack (make one with lab up --ip-family dual), or probe without --ipv6",
+            d.key(),
+            lab.name
+        )
+    })
+}
+
 impl Lab {
-    pub fn probe(&self, from: &str, to: &str, port: u16, proto: Proto) -> Result<ProbeResult> {
+    /// One probe from `from` to `to` (to its IPv6 address with `ipv6`).
+    pub fn probe(
+        &self,
+        from: &str,
+        to: &str,
+        port: u16,
+        proto: Proto,
+        ipv6: bool,
+    ) -> Result<ProbeResult> {
         let st = self
             .load()?
             .with_context(|| format!("no lab {}", self.name))?;
         let (s, d) = (find(self, &st, from)?, find(self, &st, to)?);
-        let connected = probe(s, d.ip, port, proto, PROBE_TIMEOUT)?;
+        let address = dst_addr(self, d, ipv6)?;
+        let connected = probe(s, address, port, proto, PROBE_TIMEOUT)?;
         Ok(ProbeResult {
             from: s.key(),
             to: d.key(),
+            address,
             port,
             protocol: proto,
             connected,
         })
     }
 
-    /// Every pod to every pod (itself included), all probes at once.
-    pub fn matrix(&self, port: u16, proto: Proto) -> Result<Matrix> {
+    /// Every pod to every pod (itself included), all probes at once; to their IPv6
+    /// addresses with `ipv6`.
+    pub fn matrix(&self, port: u16, proto: Proto, ipv6: bool) -> Result<Matrix> {
         let st = self
             .load()?
             .with_context(|| format!("no lab {}", self.name))?;
         let mut pods: Vec<&PodState> = st.pods.iter().collect();
         pods.sort_by_key(|p| p.key());
         let n = pods.len();
+        let addrs = pods
+            .iter()
+            .map(|d| dst_addr(self, d, ipv6))
+            .collect::<Result<Vec<_>>>()?;
         let cells = all_at_once(
             pods.iter()
-                .flat_map(|s| pods.iter().map(move |d| (*s, *d)))
-                .map(|(s, d)| move || probe(s, d.ip, port, proto, PROBE_TIMEOUT))
+                .flat_map(|s| addrs.iter().map(move |d| (*s, *d)))
+                .map(|(s, d)| move || probe(s, d, port, proto, PROBE_TIMEOUT))
                 .collect(),
         )?;
         let mut connected = vec![vec![false; n]; n];
@@ -138,6 +179,7 @@ impl Lab {
         }
         Ok(Matrix {
             pods: pods.iter().map(|p| p.key()).collect(),
+            family: if ipv6 { "ipv6" } else { "ipv4" },
             port,
             protocol: proto,
             connected,
@@ -186,25 +228,36 @@ pub fn render_matrix(m: &Matrix) -> String {
 /// `podnet lab serve-echo`: the server inside a lab pod. TCP on the echo port answers
 /// one line with `from=<source address> <line>` (the no-NAT check); every TCP port
 /// accepts and answers the same; every UDP port echoes each datagram; every SCTP port
-/// answers INIT with INIT ACK. Runs until killed.
-pub fn serve(ip: Ipv4Addr, echo: u16, tcp: &[u16], udp: &[u16], sctp_ports: &[u16]) -> Result<()> {
-    // Every socket is bound before any is served, the echo port last: once it accepts,
-    // the pod serves every declared TCP and UDP port (the lab waits for it).
+/// answers INIT with INIT ACK. TCP and UDP are served on the pod's IPv6 address too
+/// (`ip6`, dual-stack); SCTP on IPv4 only. Runs until killed.
+pub fn serve(
+    ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
+    echo: u16,
+    tcp: &[u16],
+    udp: &[u16],
+    sctp_ports: &[u16],
+) -> Result<()> {
+    // Every socket is bound before any is served, the IPv4 echo port last: once it
+    // accepts, the pod serves every declared TCP and UDP port (the lab waits for it).
     let mut tcp: Vec<u16> = tcp.iter().copied().filter(|p| *p != echo).collect();
     tcp.push(echo);
+    let addrs: Vec<IpAddr> = ip6.map(IpAddr::V6).into_iter().chain([ip.into()]).collect();
     let mut udp_sockets = Vec::new();
-    for port in udp.iter().copied() {
-        udp_sockets.push(
-            UdpSocket::bind(SocketAddrV4::new(ip, port))
-                .with_context(|| format!("bind UDP {ip}:{port}"))?,
-        );
-    }
     let mut listeners = Vec::new();
-    for port in tcp {
-        listeners.push(
-            TcpListener::bind(SocketAddrV4::new(ip, port))
-                .with_context(|| format!("bind TCP {ip}:{port}"))?,
-        );
+    for a in &addrs {
+        for port in udp.iter().copied() {
+            udp_sockets.push(
+                UdpSocket::bind(SocketAddr::new(*a, port))
+                    .with_context(|| format!("bind UDP {a} port {port}"))?,
+            );
+        }
+        for port in tcp.iter().copied() {
+            listeners.push(
+                TcpListener::bind(SocketAddr::new(*a, port))
+                    .with_context(|| format!("bind TCP {a} port {port}"))?,
+            );
+        }
     }
     let mut threads = Vec::new();
     for l in listeners {

@@ -215,6 +215,16 @@ impl TestLab {
         })
     }
 
+    /// Whether the lab is dual-stack (`lab up --ip-family dual`), as its status says.
+    pub fn dual(&self) -> bool {
+        let st = self.json(&["status", "--output", "json"]);
+        match st["ip_family"].as_str() {
+            Some("dual") => true,
+            Some("ipv4") => false,
+            other => panic!("lab status names no IP family ({other:?}): {st}"),
+        }
+    }
+
     pub fn ns(&self, suffix: &str) -> Netns {
         Netns::open(netns::named_path(&format!("{}-{suffix}", self.name))).unwrap()
     }

@@ -471,7 +471,9 @@ fn a_dual_stack_lab_refuses_what_would_drop_ipv6() {
 
 /// A dual-stack lab on a real kube-apiserver: kube-controller-manager gives each Node
 /// an IPv6 pod CIDR beside its IPv4 one (`spec.podCIDRs`), podnetd reads it from there,
-/// pods' API status lists both addresses, and IPv6 crosses between nodes.
+/// pods' API status lists both addresses, and IPv6 crosses between nodes. Then a
+/// NetworkPolicy applied with kubectl judges the pods' IPv6 addresses as the API lists
+/// them (`status.podIPs`): an IPv6 ipBlock admits one pod and not the other.
 #[test]
 fn a_dual_stack_kubernetes_lab_takes_both_pod_cidrs_from_the_nodes() {
     let lab = TestLab::up(&[
@@ -485,7 +487,7 @@ fn a_dual_stack_kubernetes_lab_takes_both_pod_cidrs_from_the_nodes() {
         "--datapath",
         "bridge",
         "--policy-datapath",
-        "none",
+        "nftables",
     ]);
     let nodes: Value =
         serde_json::from_str(&lab.kubectl(&["get", "nodes", "-o", "json"], None)).unwrap();
@@ -520,6 +522,30 @@ fn a_dual_stack_kubernetes_lab_takes_both_pod_cidrs_from_the_nodes() {
     );
     assert_eq!(tcp6(&lab.ns("p1a"), &lab.ns("p2a"), b, 7200), Ok(a));
     assert_eq!(tcp6(&lab.ns("p2a"), &lab.ns("p1a"), a, 7201), Ok(b));
+    // Every pod admits IPv4 from the pod range and, over IPv6, p1a's address alone.
+    let ns = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["metadata"]["name"] == "p1a")
+        .and_then(|p| p["metadata"]["namespace"].as_str())
+        .expect("pod p1a in the API")
+        .to_string();
+    let policy = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: ipv6-from-p1a\n  namespace: {ns}\nspec:\n  podSelector: {{}}\n  ingress:\n  - from:\n    - ipBlock:\n        cidr: 10.244.0.0/16\n    - ipBlock:\n        cidr: {a}/128\n"
+    );
+    lab.kubectl(&["apply", "-f", "-"], Some(&policy));
+    let mut port = 7300;
+    wait_until(
+        "p1a's ingress refuses p2a's IPv6 address",
+        Duration::from_secs(30),
+        || {
+            port += 1;
+            tcp6(&lab.ns("p2a"), &lab.ns("p1a"), a, port).is_err()
+        },
+    );
+    // The control, after the policy is in force: p1a's own IPv6 address is admitted.
+    assert_eq!(tcp6(&lab.ns("p1a"), &lab.ns("p2a"), b, 7400), Ok(a));
 }
 
 /// A lab pod's IPv6 address, from `lab status --output json`.

@@ -85,17 +85,29 @@ impl TestLab {
         );
     }
 
-    pub(crate) fn matrix(&self, port: u16, proto: &str) -> (Vec<String>, Vec<Vec<bool>>) {
-        let m = self.json(&[
+    /// The probe matrix, to the pods' IPv6 addresses with `ipv6`.
+    pub(crate) fn matrix(
+        &self,
+        port: u16,
+        proto: &str,
+        ipv6: bool,
+    ) -> (Vec<String>, Vec<Vec<bool>>) {
+        let port = port.to_string();
+        let mut args = vec![
             "probe",
             "--matrix",
             "--port",
-            &port.to_string(),
+            &port,
             "--protocol",
             proto,
             "--output",
             "json",
-        ]);
+        ];
+        if ipv6 {
+            args.push("--ipv6");
+        }
+        let m = self.json(&args);
+        assert_eq!(m["family"], if ipv6 { "ipv6" } else { "ipv4" }, "{m}");
         let pods: Vec<String> = serde_json::from_value(m["pods"].clone()).unwrap();
         let cells: Vec<Vec<bool>> = serde_json::from_value(m["connected"].clone()).unwrap();
         (pods, cells)
@@ -156,9 +168,18 @@ impl Expect {
     }
 }
 
-/// Probes the matrix and checks it against `want` and against the model.
+/// Probes the matrix and checks it against `want` and against the model: over IPv4,
+/// and on a dual-stack lab over IPv6 too (TCP and UDP: SCTP probes are raw IPv4
+/// packets).
 fn check(lab: &TestLab, case: &str, port: u16, proto: &str, want: &Expect) {
-    let (names, cells) = lab.matrix(port, proto);
+    check_family(lab, case, port, proto, want, false);
+    if lab.dual() && proto != "SCTP" {
+        check_family(lab, case, port, proto, want, true);
+    }
+}
+
+fn check_family(lab: &TestLab, case: &str, port: u16, proto: &str, want: &Expect, ipv6: bool) {
+    let (names, cells) = lab.matrix(port, proto, ipv6);
     let c = lab.cluster();
     let p = Proto::parse(proto).unwrap();
     let mut wrong = Vec::new();
@@ -170,8 +191,9 @@ fn check(lab: &TestLab, case: &str, port: u16, proto: &str, want: &Expect) {
             let got = cells[i][j];
             let (fns, fname) = from.split_once('/').unwrap();
             let (tns, tname) = to.split_once('/').unwrap();
-            let s = End::of_pod(c.pod(fns, fname).unwrap()).unwrap();
-            let d = End::of_pod(c.pod(tns, tname).unwrap()).unwrap();
+            let end = if ipv6 { End::of_pod6 } else { End::of_pod };
+            let s = end(c.pod(fns, fname).unwrap()).unwrap();
+            let d = end(c.pod(tns, tname).unwrap()).unwrap();
             let model = from == to || evaluate(&c, &s, &d, p, port).allowed();
             if got != expected || model != expected {
                 wrong.push(format!(
@@ -182,7 +204,8 @@ fn check(lab: &TestLab, case: &str, port: u16, proto: &str, want: &Expect) {
     }
     assert!(
         wrong.is_empty(),
-        "case {case:?}, {proto} port {port}: {} cells wrong:\n  {}",
+        "case {case:?}, {proto} port {port} over {}: {} cells wrong:\n  {}",
+        if ipv6 { "IPv6" } else { "IPv4" },
         wrong.len(),
         wrong.join("\n  ")
     );
@@ -509,12 +532,22 @@ fn cidr_cases(yb: &str) -> Vec<Case> {
 }
 
 fn run_case(lab: &TestLab, c: &Case) {
+    run_case_family(lab, c, None);
+}
+
+/// Runs a case; its checks over one family only with `Some(ipv6)` (the cases that
+/// name addresses of that family), else as [`check`] does.
+fn run_case_family(lab: &TestLab, c: &Case, only: Option<bool>) {
     let mut applied = Vec::new();
     for (yaml, checks) in &c.steps {
         lab.apply(yaml);
         applied.push(yaml.clone());
         for (port, proto, want) in checks {
-            check(lab, c.name, *port, proto, want);
+            if let Some(ipv6) = only {
+                check_family(lab, c.name, *port, proto, want, ipv6);
+            } else {
+                check(lab, c.name, *port, proto, want);
+            }
         }
     }
     // Remove the case's policies; put relabelled objects back.
@@ -534,15 +567,40 @@ fn run_case(lab: &TestLab, c: &Case) {
     }
 }
 
+/// IPv6 versions of [`cidr_cases`]: egress to a pod's IPv6 address as an ipBlock,
+/// and an IPv6 block (host bits set) with that address excepted.
+fn cidr_cases6(yb6: &str) -> Vec<Case> {
+    vec![
+        Case {
+            name: "egress to an IPv6 CIDR block",
+            steps: vec![(
+                np("cidr6", "x", &format!("  podSelector:\n    matchLabels:\n      pod: a\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - ipBlock:\n        cidr: {yb6}/128\n")),
+                // x/a reaches y/b over IPv6 only: its IPv4 probes are all refused.
+                vec![(80, "TCP", Expect::all(true).set("x/a", "*", false).set("x/a", "y/b", true))],
+            )],
+            restore: None,
+        },
+        Case {
+            name: "except inside an IPv6 CIDR block",
+            steps: vec![(
+                np("except6", "x", &format!("  podSelector:\n    matchLabels:\n      pod: a\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - ipBlock:\n        cidr: fd00:10:244::77/48\n        except:\n        - {yb6}/128\n    - ipBlock:\n        cidr: 10.244.0.0/16\n")),
+                vec![(80, "TCP", Expect::all(true).set("x/a", "y/b", false))],
+            )],
+            restore: None,
+        },
+    ]
+}
+
 fn conformance(datapath: &str) {
-    conformance_on(datapath, "bridge");
+    conformance_on(datapath, "bridge", false);
 }
 
 /// The conformance suite with `datapath` enforcing policy and pod packets crossing
 /// nodes through `fast` (`bridge`, or `ebpf`: the fast path, which judges the
-/// destination's ingress itself since its redirect skips the bridge).
-fn conformance_on(datapath: &str, fast: &str) {
-    let lab = TestLab::up(&[
+/// destination's ingress itself since its redirect skips the bridge); on a
+/// dual-stack lab with `dual`, every matrix probed over both families.
+fn conformance_on(datapath: &str, fast: &str, dual: bool) {
+    let mut args = vec![
         "--nodes",
         "2",
         "--pods-per-node",
@@ -551,7 +609,12 @@ fn conformance_on(datapath: &str, fast: &str) {
         datapath,
         "--datapath",
         fast,
-    ]);
+    ];
+    if dual {
+        args.extend(["--ip-family", "dual"]);
+    }
+    let lab = TestLab::up(&args);
+    assert_eq!(lab.dual(), dual);
     lab.apply(&model_yaml());
     // With no policy, everything reaches everything on every protocol.
     for proto in ["TCP", "UDP", "SCTP"] {
@@ -562,7 +625,20 @@ fn conformance_on(datapath: &str, fast: &str) {
     }
     let yb = lab.cluster().pod("y", "b").unwrap().ip.unwrap().to_string();
     for c in cidr_cases(&yb) {
-        run_case(&lab, &c);
+        run_case_family(&lab, &c, Some(false));
+    }
+    if dual {
+        // The IPv6 blocks, judged on the IPv6 matrix.
+        let yb6 = lab
+            .cluster()
+            .pod("y", "b")
+            .unwrap()
+            .ip6
+            .unwrap()
+            .to_string();
+        for c in cidr_cases6(&yb6) {
+            run_case_family(&lab, &c, Some(true));
+        }
     }
     // Every case cleaned up after itself: back to all-allowed.
     check(&lab, "after all cases", 81, "TCP", &Expect::all(true));
@@ -602,5 +678,13 @@ fn conformance_ebpf() {
 
 #[test]
 fn conformance_ebpf_fast_path() {
-    conformance_on("ebpf", "ebpf");
+    conformance_on("ebpf", "ebpf", false);
+}
+
+/// The whole suite on a dual-stack lab: every case's matrix probed over IPv4 and over
+/// IPv6 (pods' IPv6 addresses, same-node and across nodes) with the same expectations,
+/// plus IPv6 ipBlocks with and without `except`.
+#[test]
+fn conformance_nftables_dual_stack() {
+    conformance_on("nftables", "bridge", true);
 }

@@ -78,10 +78,11 @@ fn policy_programs_on_test_packets() {
         "x/a".to_string(),
         PodTables {
             ip: pod,
+            ip6: None,
             ingress: Table::Isolated {
                 policies: vec!["x/p".into()],
                 allow: BTreeSet::from([Allow {
-                    net: Prefix::host(client),
+                    net: Prefix::host(client.into()),
                     ports: Some(Ports {
                         proto: Proto::Tcp,
                         first: 80,
@@ -197,7 +198,7 @@ fn policy_programs_on_test_packets() {
     // The refusals were counted per pod and direction, and for the closed address.
     let (per_pod, closed_count) = ebpf::counters(&mnt.0.join("node")).unwrap();
     assert_eq!(
-        per_pod.get(&(pod, podnet_policy::Direction::Ingress)),
+        per_pod.get(&(pod.into(), podnet_policy::Direction::Ingress)),
         Some(&5),
         "{per_pod:?}"
     );

@@ -8,7 +8,6 @@ use crate::objects::Object;
 use crate::validate::validate;
 use crate::{compile, Table};
 use serde_json::{json, Value};
-use std::net::Ipv4Addr;
 
 fn obj(v: Value) -> Object {
     let o = Object::from_json(v).expect("test object parses");
@@ -25,6 +24,13 @@ fn pod(ns: &str, name: &str, labels: Value, ip: &str, ports: Value) -> Object {
         "metadata":{"name":name,"namespace":ns,"labels":labels},
         "spec":{"nodeName":"node1","containers":[{"name":"c","ports":ports}]},
         "status":{"podIP":ip}}))
+}
+
+fn pod_dual(ns: &str, name: &str, labels: Value, ip: &str, ip6: &str, ports: Value) -> Object {
+    obj(json!({"apiVersion":"v1","kind":"Pod",
+        "metadata":{"name":name,"namespace":ns,"labels":labels},
+        "spec":{"nodeName":"node1","containers":[{"name":"c","ports":ports}]},
+        "status":{"podIP":ip,"podIPs":[{"ip":ip},{"ip":ip6}]}}))
 }
 
 fn np(ns: &str, name: &str, spec: Value) -> Object {
@@ -66,11 +72,16 @@ fn world(extra: Vec<Object>) -> Cluster {
     Cluster::from_objects(&o)
 }
 
+/// `ns/name` (the pod by its IPv4 address), `ns/name@6` (by its IPv6 one), or an
+/// address.
 fn end<'a>(c: &'a Cluster, s: &str) -> End<'a> {
+    if let Some((n, p)) = s.strip_suffix("@6").and_then(|s| s.split_once('/')) {
+        return End::of_pod6(c.pod(n, p).expect("pod exists")).expect("pod has IPv6");
+    }
     match s.split_once('/') {
         Some((n, p)) => End::of_pod(c.pod(n, p).expect("pod exists")).unwrap(),
         None => {
-            let ip: Ipv4Addr = s.parse().unwrap();
+            let ip: std::net::IpAddr = s.parse().unwrap();
             End {
                 ip,
                 pod: c.pod_by_ip(ip),
@@ -280,6 +291,78 @@ fn ip_blocks_with_except_host_bits_and_pod_addresses() {
         json!({"podSelector":{},"ingress":[{"from":[{"ipBlock":{"cidr":"fd00::/8"}}]}]}),
     )]);
     assert!(!allowed(&c, "y/a", "x/a", TCP, 80));
+}
+
+/// A dual-stack world: every pod of [`world`] with an IPv6 address too.
+fn world6(extra: Vec<Object>) -> Cluster {
+    let mut c = world(extra);
+    for (i, p) in c.pods.iter_mut().enumerate() {
+        p.ip6 = Some(
+            format!("fd00:10:244:{}::{:x}", i / 2, 10 + i)
+                .parse()
+                .unwrap(),
+        );
+    }
+    c
+}
+
+#[test]
+fn dual_stack_pods_are_judged_by_each_address() {
+    // Pod selectors admit a pod by both its addresses.
+    let c = world6(vec![np(
+        "x",
+        "p",
+        json!({"podSelector":{"matchLabels":{"app":"a"}},
+        "ingress":[{"from":[{"podSelector":{"matchLabels":{"app":"b"}}}]}]}),
+    )]);
+    assert!(allowed(&c, "x/b@6", "x/a@6", TCP, 80));
+    assert!(allowed(&c, "x/b", "x/a", TCP, 80));
+    assert!(!allowed(&c, "y/b@6", "x/a@6", TCP, 80), "other namespace");
+    assert!(
+        !allowed(&c, "fd00:10:244:9::1", "x/a@6", TCP, 80),
+        "not a pod"
+    );
+    let tables = compile(&c, |_| true);
+    assert_eq!(tables["x/a"].ip6, c.pod("x", "a").unwrap().ip6);
+    // An IPv6 ipBlock with an except; an IPv4 block admits no IPv6 address.
+    let y_b6 = c.pod("y", "b").unwrap().ip6.unwrap().to_string();
+    let c = world6(vec![np(
+        "x",
+        "p",
+        json!({"podSelector":{"matchLabels":{"app":"a"}},
+        "ingress":[{"from":[
+            {"ipBlock":{"cidr":"fd00:10:244::/48","except":[format!("{y_b6}/128")]}},
+            {"ipBlock":{"cidr":"10.0.0.0/8"}}]}]}),
+    )]);
+    assert!(allowed(&c, "y/a@6", "x/a@6", TCP, 80));
+    assert!(!allowed(&c, "y/b@6", "x/a@6", TCP, 80), "excepted");
+    assert!(allowed(&c, "y/b", "x/a", TCP, 80), "by its IPv4 address");
+    assert!(allowed(&c, "fd00:10:244:ff::1", "x/a@6", TCP, 80));
+    assert!(!allowed(&c, "fd00:10:245::1", "x/a@6", TCP, 80));
+    // Egress to a named port resolves on each destination address of the block only.
+    let c = world6(vec![np(
+        "x",
+        "e",
+        json!({"podSelector":{"matchLabels":{"app":"a"}},"policyTypes":["Egress"],
+        "egress":[{"to":[{"ipBlock":{"cidr":"fd00:10:244::/48"}}],"ports":[{"port":"http"}]}]}),
+    )]);
+    assert!(allowed(&c, "x/a@6", "y/a@6", TCP, 81));
+    assert!(
+        !allowed(&c, "x/a", "y/a", TCP, 81),
+        "IPv4 is not in the block"
+    );
+    let Table::Isolated { allow, .. } = &compile(&c, |_| true)["x/a"].egress else {
+        panic!("isolated")
+    };
+    assert!(allow.iter().all(|a| a.net.is_v6()), "{allow:?}");
+    // A rule with no peers admits every address of both families.
+    let c = world6(vec![np(
+        "x",
+        "all",
+        json!({"podSelector":{},"ingress":[{"ports":[{"port":80}]}]}),
+    )]);
+    assert!(allowed(&c, "2001:db8::1", "x/a@6", TCP, 80));
+    assert!(!allowed(&c, "2001:db8::1", "x/a@6", TCP, 81));
 }
 
 #[test]

@@ -67,6 +67,26 @@ fn peer(r: &mut Rng) -> Value {
         0 => json!({"podSelector": selector(r)}),
         1 => json!({"namespaceSelector": selector(r)}),
         2 => json!({"podSelector": selector(r), "namespaceSelector": selector(r)}),
+        _ if r.chance(40) => {
+            // IPv6 blocks around the pods' fd00:A:B::n addresses.
+            let (a, b, x) = (r.below(2), r.below(3), r.below(12));
+            let base = match r.below(5) {
+                0 => format!("fd00:{a}::/32"),
+                1 => format!("fd00:{a}:{b}::/48"),
+                2 => format!("fd00:{a}:{b}::/64"),
+                3 => format!("fd00:{a}:{b}::{x}/126"),
+                _ => format!("fd00:{a}:{b}::{x}/128"),
+            };
+            if r.chance(50) {
+                let ex = format!("fd00:{a}:{}::{}/126", r.below(3), r.below(12) & !3);
+                let o = json!({"ipBlock":{"cidr": base, "except":[ex]}});
+                let v = Object::from_json(json!({"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"t"},"spec":{"ingress":[{"from":[o.clone()]}]}})).unwrap();
+                if validate(&v).is_ok() {
+                    return o;
+                }
+            }
+            json!({"ipBlock":{"cidr": base}})
+        }
         _ => {
             let len = [8u8, 16, 24, 28, 32][r.below(5)];
             let base = format!("10.{}.{}.{}/{len}", r.below(2), r.below(3), r.below(16));
@@ -142,13 +162,20 @@ fn random_cluster(r: &mut Rng) -> Cluster {
         for p in ["a", "b", "c"] {
             ip += 1;
             let addr = format!("10.{}.{}.{}", r.below(2), r.below(3), ip);
+            // Most pods are dual-stack; some are IPv4 only.
+            let addr6 = format!("fd00:{}:{}::{ip:x}", r.below(2), r.below(3));
+            let dual = r.chance(70);
             let mut ports = vec![];
             for name in NAMES {
                 if r.chance(60) {
                     ports.push(json!({"name": name, "containerPort": PORTS[r.below(4)], "protocol": r.pick(&["TCP","UDP","SCTP"])}));
                 }
             }
-            objs.push(pod(n, p, labels(r), &addr, json!(ports)));
+            objs.push(if dual {
+                pod_dual(n, p, labels(r), &addr, &addr6, json!(ports))
+            } else {
+                pod(n, p, labels(r), &addr, json!(ports))
+            });
         }
     }
     for i in 0..r.below(5) {
@@ -194,11 +221,8 @@ fn assert_disjoint(allow: &std::collections::BTreeSet<crate::Allow>) {
 #[test]
 fn normalized_tables_never_overlap() {
     use crate::compile::normalize;
-    use crate::net::{parse_cidr, Cidr};
-    let net = |s: &str| match parse_cidr(s).unwrap() {
-        Cidr::V4(p) => p,
-        Cidr::V6 => unreachable!(),
-    };
+    use crate::net::parse_cidr;
+    let net = |s: &str| parse_cidr(s).unwrap();
     let port = |s: &str, a: u16, b: u16| crate::Allow {
         net: net(s),
         ports: Some(crate::Ports {
@@ -234,7 +258,7 @@ fn normalized_tables_never_overlap() {
         "10.0.0.1", "10.1.0.1", "10.1.2.3", "10.9.1.1", "10.9.3.3", "11.0.0.1",
     ] {
         for p in [1u16, 2, 80, 85, 90, 91, 100, 101, 200, 201] {
-            let ip: Ipv4Addr = ip.parse().unwrap();
+            let ip: std::net::IpAddr = ip.parse().unwrap();
             assert_eq!(
                 t.allows(ip, Proto::Tcp, p),
                 u.allows(ip, Proto::Tcp, p),
@@ -251,6 +275,7 @@ fn compiler_agrees_with_the_simple_evaluator_on_random_clusters() {
     let mut isolated = 0;
     let mut denied = 0;
     let mut flows = 0;
+    let mut flows6 = 0;
     for case in 0..300 {
         let c = random_cluster(&mut r);
         let tables = compile(&c, |_| true);
@@ -261,20 +286,28 @@ fn compiler_agrees_with_the_simple_evaluator_on_random_clusters() {
                 }
             }
         }
-        let outside = ["10.1.2.200", "192.0.2.1"];
+        let outside = ["10.1.2.200", "192.0.2.1", "fd00:1:2::c8", "2001:db8::1"];
         for local in &c.pods {
             let t = &tables[&local.key()];
-            let me = End::of_pod(local).unwrap();
+            assert_eq!(t.ip6, local.ip6);
             let others: Vec<End> = c
                 .pods
                 .iter()
-                .map(|p| End::of_pod(p).unwrap())
+                .flat_map(|p| [End::of_pod(p), End::of_pod6(p)])
+                .flatten()
                 .chain(outside.iter().map(|s| End {
                     ip: s.parse().unwrap(),
                     pod: None,
                 }))
                 .collect();
             for other in &others {
+                // A flow is of one family: the local pod's address of that family.
+                let me = if other.ip.is_ipv6() {
+                    End::of_pod6(local)
+                } else {
+                    End::of_pod(local)
+                };
+                let Some(me) = me else { continue };
                 for proto in [Proto::Tcp, Proto::Udp, Proto::Sctp, Proto::Other(1)] {
                     for port in [0u16, 80, 81, 82, 443, 444, 8080] {
                         for dir in [Direction::Ingress, Direction::Egress] {
@@ -287,6 +320,7 @@ fn compiler_agrees_with_the_simple_evaluator_on_random_clusters() {
                             );
                             assert_eq!(want.policies.is_empty(), !t.table(dir).is_isolated());
                             flows += 1;
+                            flows6 += usize::from(other.ip.is_ipv6());
                             isolated += usize::from(!want.policies.is_empty());
                             denied += usize::from(!got);
                         }
@@ -297,6 +331,7 @@ fn compiler_agrees_with_the_simple_evaluator_on_random_clusters() {
     }
     // The generator must exercise both outcomes, or the comparison proves nothing.
     assert!(flows > 100_000, "{flows}");
+    assert!(flows6 > flows / 5, "IPv6 flows: {flows6} of {flows}");
     assert!(
         isolated > flows / 10 && denied > flows / 20,
         "isolated {isolated}, denied {denied} of {flows}"

@@ -31,8 +31,8 @@ use std::path::PathBuf;
 /// The compiled tables of the node's pods, by `namespace/name`.
 pub type Tables = BTreeMap<String, PodTables>;
 
-/// Packets refused per (pod address, direction).
-pub type DeniedCounts = BTreeMap<(Ipv4Addr, Direction), u64>;
+/// Packets refused per (pod address — either family —, direction).
+pub type DeniedCounts = BTreeMap<(std::net::IpAddr, Direction), u64>;
 
 /// Reports one repair: `(object, what was repaired)` (logged and counted).
 pub type Repaired<'a> = &'a dyn Fn(&str, &str);
@@ -42,6 +42,9 @@ pub struct Setup {
     pub kind: PolicyDatapath,
     /// The node's pod CIDR (every address in it is closed until programmed).
     pub cidr: Ipv4Net,
+    /// Its IPv6 pod CIDR on a dual-stack node (the same, for the pods' IPv6
+    /// addresses).
+    pub cidr6: Option<podnet_conventions::Ipv6Net>,
     pub bridge: String,
     /// Where the eBPF datapath pins its maps and programs (`None`: not loaded, for a
     /// reader of a status).
@@ -147,6 +150,7 @@ pub fn reader(st: &PolicyStatus) -> Box<dyn Enforcer> {
     open(Setup {
         kind: st.datapath,
         cidr: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0 is a network"),
+        cidr6: st.pod_cidr6,
         bridge: String::new(),
         bpf_dir: st.bpf_dir.clone(),
         backstop: None,

@@ -77,10 +77,10 @@ pub fn counters(dir: &Path) -> Result<(crate::policy::datapath::DeniedCounts, u6
         let (k, v) = kv.map_err(|e| err("read policy_drops", e))?;
         match k.dir {
             DIR_INGRESS => {
-                per_pod.insert((unraw(k.pod), Direction::Ingress), v);
+                per_pod.insert((unraw(k.pod).into(), Direction::Ingress), v);
             }
             DIR_EGRESS => {
-                per_pod.insert((unraw(k.pod), Direction::Egress), v);
+                per_pod.insert((unraw(k.pod).into(), Direction::Egress), v);
             }
             DIR_CLOSED => closed += v,
             _ => {}

@@ -100,6 +100,10 @@ pub fn desired(tables: &BTreeMap<String, PodTables>) -> Desired {
                         })
                     }
                 };
+                // IPv6 entries (`::/0` of a rule without peers, IPv6 ipBlocks) have
+                // no place here: this datapath's maps are IPv4, and podnetd refuses it
+                // on a cluster with an IPv6 range.
+                let Prefix::V4(net) = net else { continue };
                 d.peers[i].insert((pod, raw(net.network()), net.prefix()), set);
             }
         }

@@ -13,7 +13,7 @@ use super::{DeniedCounts, Enforcer, Repaired, Setup, Tables};
 use crate::policy::filters::{attach, bridge_nf_off, Filters, VethCheck};
 use crate::Failure;
 use podnet_cni_spec::Ipv4Net;
-use podnet_conventions::PolicyDatapath;
+use podnet_conventions::{Ipv6Net, PolicyDatapath};
 use podnet_netlink::Socket;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -21,6 +21,8 @@ use std::os::fd::OwnedFd;
 
 pub struct Nftables {
     cidr: Ipv4Net,
+    /// The node's IPv6 pod CIDR on a dual-stack node.
+    cidr6: Option<Ipv6Net>,
     bridge: String,
     backstop: Option<OwnedFd>,
     /// Whether the table holds what was last programmed; if not, the next round
@@ -32,6 +34,7 @@ impl Nftables {
     pub fn new(s: Setup) -> Nftables {
         Nftables {
             cidr: s.cidr,
+            cidr6: s.cidr6,
             bridge: s.bridge,
             backstop: s.backstop,
             synced: false,
@@ -45,7 +48,7 @@ impl Nftables {
         if !self.synced {
             let elems = table::elements(new);
             return (
-                table::render_full(self.cidr, &self.bridge, &elems),
+                table::render_full(self.cidr, self.cidr6, &self.bridge, &elems),
                 elems.len(),
             );
         }
@@ -95,6 +98,7 @@ impl Enforcer for Nftables {
         if !table::exists() {
             table::run(&table::render_full(
                 self.cidr,
+                self.cidr6,
                 &self.bridge,
                 &BTreeSet::new(),
             ))?;
@@ -110,7 +114,7 @@ impl Enforcer for Nftables {
         if !self.synced {
             return;
         }
-        if let Err(why) = table::check_intact(&table::elements(tables)) {
+        if let Err(why) = table::check_intact(&table::elements(tables), self.cidr6) {
             repaired(
                 "nftables-table",
                 &format!(
@@ -200,7 +204,7 @@ impl Enforcer for Nftables {
     /// and `bridge-nf-call-iptables`.
     fn node_problems(&self, tables: &Tables) -> Vec<String> {
         let mut v = vec![];
-        if let Err(e) = table::check_intact(&table::elements(tables)) {
+        if let Err(e) = table::check_intact(&table::elements(tables), self.cidr6) {
             v.push(e.to_string());
         }
         if let Some(p) = bridge_nf_off() {

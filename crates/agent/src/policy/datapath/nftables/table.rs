@@ -7,6 +7,9 @@
 //!   address of the node's pod CIDR is *closed*: a pod made while the agent is down,
 //!   or before its policy is compiled, neither sends nor receives (counter `closed`).
 //!   The table outlives the agent, so `kill -9` opens nothing.
+//! - `programmed6` and every set below again with a `6` suffix: the same for the pods'
+//!   IPv6 addresses (dual-stack), judged by the IPv6 entries of the same tables in the
+//!   chains `ingress6` and `egress6`. They exist, empty, on an IPv4-only node too.
 //! - per direction `D` (`ingress`, `egress`): `D_isolated` (pods some policy isolates
 //!   for D), `D_any` (`pod . peer prefix`: every protocol and port) and `D_ports`
 //!   (`pod . peer prefix . protocol . port range`), and `D_denied`, the isolated pods
@@ -23,8 +26,14 @@
 //!   conntrack (`ct state established,related`); then the closed addresses; then the
 //!   source's egress and the destination's ingress. Same-node traffic crosses the
 //!   bridge and reaches this hook through `br_netfilter` (`bridge-nf-call-iptables`,
-//!   turned on by the agent); bridged IPv6 is dropped, since policy is IPv4 and a
-//!   pod's IPv6 link-local address must not become a way around it. IPv4 broadcast
+//!   turned on by the agent). On an IPv4-only node bridged IPv6 is dropped whole: a
+//!   pod's IPv6 link-local address must not become a way around policy. On a
+//!   dual-stack node (an IPv6 pod CIDR), pods' global IPv6 addresses are judged like
+//!   the IPv4 ones; neighbour solicitations and advertisements between pods of the
+//!   bridge pass (hop limit 255: never forwarded by a router; anti-spoofing has
+//!   already checked their source and target), and every other bridged packet from or
+//!   to a link-local address, and IPv6 multicast to pods, is dropped (`closed`).
+//!   IPv4 broadcast
 //!   and multicast are delivered to no pod (counted as `closed`), as on the eBPF
 //!   datapath, where no pod holds such an address: an isolated pod must not hear what
 //!   its policy would refuse, and the pod network is unicast. Fragments are judged
@@ -49,18 +58,20 @@
 
 use crate::Failure;
 use podnet_cni_spec::Ipv4Net;
+use podnet_conventions::Ipv6Net;
 use podnet_policy::compile::{Allow, PodTables, Table};
 use podnet_policy::Direction;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
 pub const TABLE: &str = "podnet";
 
 const DIRS: [Direction; 2] = [Direction::Ingress, Direction::Egress];
 
-/// The table's sets, in the order `Elem::set` numbers them.
+/// The table's sets, in the order `Elem::set` numbers them; [`SETS6`] are their
+/// IPv6 twins.
 const SETS: [&str; 13] = [
     "programmed",
     "ingress_isolated",
@@ -77,13 +88,30 @@ const SETS: [&str; 13] = [
     "egress_ports",
 ];
 
+const SETS6: [&str; 13] = [
+    "programmed6",
+    "ingress_isolated6",
+    "ingress_denied6",
+    "ingress_any_host6",
+    "ingress_ports_host6",
+    "ingress_any6",
+    "ingress_ports6",
+    "egress_isolated6",
+    "egress_denied6",
+    "egress_any_host6",
+    "egress_ports_host6",
+    "egress_any6",
+    "egress_ports6",
+];
+
 /// One set element, compact (so that diffing a node's thousands of elements costs
 /// little), rendered as nft writes it only when it is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Elem {
-    /// Index into [`SETS`].
+    /// Index into [`SETS`] (or [`SETS6`] for an IPv6 `pod`).
     set: u8,
-    pod: Ipv4Addr,
+    /// The pod's address of the set's family.
+    pod: IpAddr,
     /// Peer, for the `_any` and `_ports` sets.
     net: Option<podnet_policy::net::Prefix>,
     /// Protocol and port range, for the `_ports` sets.
@@ -92,17 +120,15 @@ pub struct Elem {
 
 impl Elem {
     pub fn set_name(&self) -> &'static str {
-        SETS[self.set as usize]
+        if self.pod.is_ipv6() {
+            SETS6[self.set as usize]
+        } else {
+            SETS[self.set as usize]
+        }
     }
 
     pub fn render(&self) -> String {
-        let addr = |n: &podnet_policy::net::Prefix| {
-            if n.prefix() == 32 {
-                n.network().to_string()
-            } else {
-                n.to_string()
-            }
-        };
+        let addr = |n: &podnet_policy::net::Prefix| n.render();
         match (self.net, self.ports) {
             (None, _) => self.pod.to_string(),
             (Some(n), None) => format!("{} . {}", self.pod, addr(&n)),
@@ -116,11 +142,19 @@ impl Elem {
     }
 }
 
-/// Every set element one pod's tables stand for.
+/// Every set element one pod's tables stand for: for its IPv4 address the tables'
+/// IPv4 entries, for its IPv6 address (if any) their IPv6 entries.
 fn pod_elements(t: &PodTables, out: &mut BTreeSet<Elem>) {
+    family_elements(t, IpAddr::V4(t.ip), out);
+    if let Some(ip6) = t.ip6 {
+        family_elements(t, IpAddr::V6(ip6), out);
+    }
+}
+
+fn family_elements(t: &PodTables, pod: IpAddr, out: &mut BTreeSet<Elem>) {
     let e = |set: u8, net, ports| Elem {
         set,
-        pod: t.ip,
+        pod,
         net,
         ports,
     };
@@ -130,8 +164,8 @@ fn pod_elements(t: &PodTables, out: &mut BTreeSet<Elem>) {
         if let Table::Isolated { allow, .. } = t.table(dir) {
             out.insert(e(base, None, None));
             out.insert(e(base + 1, None, None));
-            for Allow { net, ports } in allow {
-                let host = net.prefix() == 32;
+            for Allow { net, ports } in allow.iter().filter(|a| a.net.is_v6() == pod.is_ipv6()) {
+                let host = net.is_host();
                 let el = match ports {
                     None => e(if host { base + 2 } else { base + 4 }, Some(*net), None),
                     Some(p) => e(
@@ -158,34 +192,101 @@ pub fn elements(tables: &BTreeMap<String, PodTables>) -> BTreeSet<Elem> {
     out
 }
 
-fn set_decls() -> Vec<(String, &'static str, &'static str)> {
-    let mut v = vec![("programmed".to_string(), "ipv4_addr", "")];
-    for dir in DIRS {
-        let d = dir.as_str();
-        v.push((format!("{d}_isolated"), "ipv4_addr", ""));
-        v.push((format!("{d}_denied"), "ipv4_addr", "counter;"));
-        v.push((format!("{d}_any_host"), "ipv4_addr . ipv4_addr", ""));
-        v.push((
-            format!("{d}_ports_host"),
-            "ipv4_addr . ipv4_addr . inet_proto . inet_service",
-            "",
-        ));
-        v.push((
-            format!("{d}_any"),
-            "ipv4_addr . ipv4_addr",
-            "flags interval;",
-        ));
-        v.push((
-            format!("{d}_ports"),
-            "ipv4_addr . ipv4_addr . inet_proto . inet_service",
-            "flags interval;",
-        ));
+fn set_decls() -> Vec<(String, String, &'static str)> {
+    let mut v = vec![];
+    for (ty, sfx) in [("ipv4_addr", ""), ("ipv6_addr", "6")] {
+        let pair = format!("{ty} . {ty}");
+        let quad = format!("{ty} . {ty} . inet_proto . inet_service");
+        v.push((format!("programmed{sfx}"), ty.to_string(), ""));
+        for dir in DIRS {
+            let d = dir.as_str();
+            v.push((format!("{d}_isolated{sfx}"), ty.to_string(), ""));
+            v.push((format!("{d}_denied{sfx}"), ty.to_string(), "counter;"));
+            v.push((format!("{d}_any_host{sfx}"), pair.clone(), ""));
+            v.push((format!("{d}_ports_host{sfx}"), quad.clone(), ""));
+            v.push((format!("{d}_any{sfx}"), pair.clone(), "flags interval;"));
+            v.push((format!("{d}_ports{sfx}"), quad.clone(), "flags interval;"));
+        }
     }
     v
 }
 
+/// The chain that judges one direction for one family (`ip` or `ip6`): the pod's
+/// address first, then the peer's.
+fn dir_chain(dir: Direction, fam: &str, sfx: &str) -> String {
+    let d = dir.as_str();
+    let (pod, peer) = match dir {
+        Direction::Ingress => ("daddr", "saddr"),
+        Direction::Egress => ("saddr", "daddr"),
+    };
+    format!(
+        "  chain {d}{sfx} {{
+    {fam} {pod} . {fam} {peer} @{d}_any_host{sfx} return
+    {fam} {pod} . {fam} {peer} . meta l4proto . th dport @{d}_ports_host{sfx} return
+    {fam} {pod} . {fam} {peer} @{d}_any{sfx} return
+    {fam} {pod} . {fam} {peer} . meta l4proto . th dport @{d}_ports{sfx} return
+    {fam} {pod} @{d}_denied{sfx} log prefix \"podnet:{d}:\" group {LOG_GROUP} drop
+    log prefix \"podnet:{d}:\" group {LOG_GROUP} drop
+  }}
+"
+    )
+}
+
+/// The forward chain's IPv6 rules before conntrack: on an IPv4-only node (`cidr6`
+/// none) bridged IPv6 dropped whole; on a dual-stack node neighbour discovery between
+/// pods passed, link-local and multicast to pods dropped.
+fn ipv6_gate(bridge: &str, cidr6: Option<Ipv6Net>) -> String {
+    match cidr6 {
+        None => format!(
+            "    meta nfproto ipv6 iifname \"{bridge}\" drop
+    meta nfproto ipv6 oifname \"{bridge}\" drop
+"
+        ),
+        Some(_) => format!(
+            "    oifname \"{bridge}\" icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} ip6 hoplimit 255 accept
+    oifname \"{bridge}\" ip6 daddr ff00::/8 counter name closed drop
+    oifname \"{bridge}\" ip6 saddr fe80::/10 counter name closed drop
+    oifname \"{bridge}\" ip6 daddr fe80::/10 counter name closed drop
+"
+        ),
+    }
+}
+
+/// The forward chain's rules for the pods' IPv6 addresses (none on an IPv4-only node).
+fn ipv6_policy(cidr6: Option<Ipv6Net>) -> (String, String) {
+    let Some(net6) = cidr6 else {
+        return (String::new(), String::new());
+    };
+    (
+        format!(
+            "    ip6 saddr {net6} ip6 saddr != @programmed6 counter name closed log prefix \"podnet:closed-src:\" group {LOG_GROUP} drop
+    ip6 daddr {net6} ip6 daddr != @programmed6 counter name closed log prefix \"podnet:closed-dst:\" group {LOG_GROUP} drop
+"
+        ),
+        "    ip6 saddr @egress_isolated6 jump egress6
+    ip6 daddr @ingress_isolated6 jump ingress6
+"
+        .to_string(),
+    )
+}
+
+/// The rules chain `forward` holds as [`render_full`] writes it.
+fn forward_rules(cidr6: Option<Ipv6Net>) -> usize {
+    if cidr6.is_some() {
+        16
+    } else {
+        10
+    }
+}
+
 /// The whole table, replacing whatever `inet podnet` held, in one transaction.
-pub fn render_full(cidr: Ipv4Net, bridge: &str, elems: &BTreeSet<Elem>) -> String {
+/// `cidr6`: the node's IPv6 pod CIDR on a dual-stack node.
+pub fn render_full(
+    cidr: Ipv4Net,
+    cidr6: Option<Ipv6Net>,
+    bridge: &str,
+    elems: &BTreeSet<Elem>,
+) -> String {
     let mut s = String::new();
     // Creating an empty table first makes the delete valid when none exists yet.
     s.push_str(&format!(
@@ -209,41 +310,30 @@ pub fn render_full(cidr: Ipv4Net, bridge: &str, elems: &BTreeSet<Elem>) -> Strin
     let net = cidr.to_string();
     let bcast = cidr.broadcast();
     let mark = crate::guard::NFT_MARK;
+    let gate6 = ipv6_gate(bridge, cidr6);
+    let (closed6, jumps6) = ipv6_policy(cidr6);
     s.push_str(&format!(
         "  chain forward {{
     type filter hook forward priority filter - 10; policy accept;
     oifname \"{bridge}\" meta mark set meta mark or {mark:#x}
-    meta nfproto ipv6 iifname \"{bridge}\" drop
-    meta nfproto ipv6 oifname \"{bridge}\" drop
-    oifname \"{bridge}\" ip daddr {{ 224.0.0.0/4, 255.255.255.255, {bcast} }} counter name closed drop
+{gate6}    oifname \"{bridge}\" ip daddr {{ 224.0.0.0/4, 255.255.255.255, {bcast} }} counter name closed drop
     ct state established,related accept
     ip saddr {net} ip saddr != @programmed counter name closed log prefix \"podnet:closed-src:\" group {LOG_GROUP} drop
     ip daddr {net} ip daddr != @programmed counter name closed log prefix \"podnet:closed-dst:\" group {LOG_GROUP} drop
-    ip saddr @egress_isolated jump egress
+{closed6}    ip saddr @egress_isolated jump egress
     ip daddr @ingress_isolated jump ingress
-    ct state new jump allowed_log
+{jumps6}    ct state new jump allowed_log
   }}
   chain allowed_log {{
   }}
-  chain egress {{
-    ip saddr . ip daddr @egress_any_host return
-    ip saddr . ip daddr . meta l4proto . th dport @egress_ports_host return
-    ip saddr . ip daddr @egress_any return
-    ip saddr . ip daddr . meta l4proto . th dport @egress_ports return
-    ip saddr @egress_denied log prefix \"podnet:egress:\" group {LOG_GROUP} drop
-    log prefix \"podnet:egress:\" group {LOG_GROUP} drop
-  }}
-  chain ingress {{
-    ip daddr . ip saddr @ingress_any_host return
-    ip daddr . ip saddr . meta l4proto . th dport @ingress_ports_host return
-    ip daddr . ip saddr @ingress_any return
-    ip daddr . ip saddr . meta l4proto . th dport @ingress_ports return
-    ip daddr @ingress_denied log prefix \"podnet:ingress:\" group {LOG_GROUP} drop
-    log prefix \"podnet:ingress:\" group {LOG_GROUP} drop
-  }}
-}}
 "
     ));
+    for (fam, sfx) in [("ip", ""), ("ip6", "6")] {
+        for dir in [Direction::Egress, Direction::Ingress] {
+            s.push_str(&dir_chain(dir, fam, sfx));
+        }
+    }
+    s.push_str("}\n");
     s
 }
 
@@ -308,23 +398,39 @@ pub fn run(script: &str) -> Result<(), Failure> {
     }
 }
 
-/// Rules each chain holds as [`render_full`] writes it (`allowed_log` is filled while
-/// allowed flows are watched, so it is not counted).
-const CHAIN_RULES: [(&str, usize); 3] = [("forward", 10), ("ingress", 6), ("egress", 6)];
+/// Rules each direction's chains hold as [`render_full`] writes them (`allowed_log` is
+/// filled while allowed flows are watched, so it is not counted; `forward`: see
+/// [`forward_rules`]).
+const CHAIN_RULES: [(&str, usize); 4] = [
+    ("ingress", 6),
+    ("egress", 6),
+    ("ingress6", 6),
+    ("egress6", 6),
+];
 /// The sets whose loss would open a pod rather than close it: isolation.
-const GUARDING_SETS: [&str; 3] = ["programmed", "ingress_isolated", "egress_isolated"];
+const GUARDING_SETS: [&str; 6] = [
+    "programmed",
+    "ingress_isolated",
+    "egress_isolated",
+    "programmed6",
+    "ingress_isolated6",
+    "egress_isolated6",
+];
 
 /// Reads back, in one `nft` run, what keeps pods isolated: the three chains (their
 /// hook and rule count) and the sets of programmed and isolated pods, compared with
 /// `want` (the elements the agent last programmed). `Err` says what drifted: a missing
 /// table (`nft flush ruleset`, a firewall reload), a flushed chain or set. Any of these
 /// opens pods; the caller rewrites the whole table.
-pub fn check_intact(want: &BTreeSet<Elem>) -> Result<(), Failure> {
+pub fn check_intact(want: &BTreeSet<Elem>, cidr6: Option<Ipv6Net>) -> Result<(), Failure> {
     // The structure without the elements (`-t`), then each guarding set: nft 1.0's
     // `-f` cannot list several sets in one run.
     let structure = list(&["-t", "list", "table", "inet", TABLE])?;
     let blocks = blocks(&structure);
-    for (c, n) in CHAIN_RULES {
+    for (c, n) in [("forward", forward_rules(cidr6))]
+        .into_iter()
+        .chain(CHAIN_RULES)
+    {
         let Some(lines) = blocks.get(&format!("chain {c}")) else {
             return Err(format!("chain {c} of table inet {TABLE} is gone").into());
         };
@@ -345,8 +451,8 @@ pub fn check_intact(want: &BTreeSet<Elem>) -> Result<(), Failure> {
     }
     for set in GUARDING_SETS {
         let text = list(&["list", "set", "inet", TABLE, set])?;
-        let have: BTreeSet<Ipv4Addr> = blocks_of_set(&text, set);
-        let need: BTreeSet<Ipv4Addr> = want
+        let have: BTreeSet<IpAddr> = blocks_of_set(&text, set);
+        let need: BTreeSet<IpAddr> = want
             .iter()
             .filter(|e| e.set_name() == set)
             .map(|e| e.pod)
@@ -390,15 +496,15 @@ fn list(args: &[&str]) -> Result<String, Failure> {
 }
 
 /// The addresses listed as elements of `set`.
-fn blocks_of_set(text: &str, set: &str) -> BTreeSet<Ipv4Addr> {
+fn blocks_of_set(text: &str, set: &str) -> BTreeSet<IpAddr> {
     blocks(text)
         .get(&format!("set {set}"))
         .map(|ls| {
             ls.iter()
                 .filter(|l| !l.starts_with("type ") && !l.starts_with("flags "))
                 .flat_map(|l| {
-                    l.split(|c: char| !(c.is_ascii_digit() || c == '.'))
-                        .filter_map(|w| w.parse::<Ipv4Addr>().ok())
+                    l.split(|c: char| !(c.is_ascii_hexdigit() || c == '.' || c == ':'))
+                        .filter_map(|w| w.parse::<IpAddr>().ok())
                         .collect::<Vec<_>>()
                 })
                 .collect()
@@ -525,6 +631,8 @@ pub fn counters() -> Result<(DeniedCounts, u64), Failure> {
     for what in [
         ["set", "ingress_denied"],
         ["set", "egress_denied"],
+        ["set", "ingress_denied6"],
+        ["set", "egress_denied6"],
         ["counter", "closed"],
     ] {
         let out = Command::new("nft")
@@ -545,7 +653,7 @@ pub fn counters() -> Result<(DeniedCounts, u64), Failure> {
         for item in v["nftables"].as_array().into_iter().flatten() {
             if let Some(set) = item.get("set") {
                 let dir = match set["name"].as_str() {
-                    Some("ingress_denied") => Direction::Ingress,
+                    Some("ingress_denied" | "ingress_denied6") => Direction::Ingress,
                     _ => Direction::Egress,
                 };
                 for e in set["elem"].as_array().into_iter().flatten() {
@@ -624,6 +732,7 @@ mod tests {
             "x/a".to_string(),
             PodTables {
                 ip: "10.244.0.5".parse().unwrap(),
+                ip6: None,
                 ingress: Table::Isolated {
                     policies: vec!["x/p".into()],
                     allow,
@@ -636,7 +745,7 @@ mod tests {
     #[test]
     fn full_table_holds_every_element() {
         let e = elements(&tables());
-        let s = render_full("10.244.0.0/24".parse().unwrap(), "podnet0", &e);
+        let s = render_full("10.244.0.0/24".parse().unwrap(), None, "podnet0", &e);
         assert!(s.starts_with("table inet podnet {}\ndelete table inet podnet\n"));
         assert!(s.contains("set programmed { type ipv4_addr;  elements = { 10.244.0.5 }; }"));
         assert!(s.contains("set ingress_any { type ipv4_addr . ipv4_addr; flags interval; elements = { 10.244.0.5 . 10.0.0.0/8 }; }"));
@@ -644,6 +753,76 @@ mod tests {
         assert!(s.contains("set ingress_ports_host { type ipv4_addr . ipv4_addr . inet_proto . inet_service;  elements = { 10.244.0.5 . 192.0.2.2 . 17 . 53 }; }"), "{s}");
         assert!(s.contains("ip saddr 10.244.0.0/24 ip saddr != @programmed"));
         assert!(!s.contains("egress_any { type ipv4_addr . ipv4_addr; flags interval; elements"));
+    }
+
+    /// A dual-stack pod: its IPv6 address goes to the `6` sets with the tables' IPv6
+    /// entries only, and the forward chain judges IPv6 instead of dropping it.
+    #[test]
+    fn a_dual_stack_pod_is_judged_over_both_families() {
+        let mut t = tables();
+        let pod = t.get_mut("x/a").unwrap();
+        pod.ip6 = Some("fd00:10:244::5".parse().unwrap());
+        if let Table::Isolated { allow, .. } = &mut pod.ingress {
+            allow.insert(Allow {
+                net: Prefix::truncating("fd00:10:244:1::".parse().unwrap(), 64),
+                ports: None,
+            });
+            allow.insert(Allow {
+                net: Prefix::host("fd00:10:244:1::9".parse().unwrap()),
+                ports: Some(Ports {
+                    proto: Proto::Tcp,
+                    first: 80,
+                    last: 80,
+                }),
+            });
+        }
+        let e = elements(&t);
+        let in_set = |set: &str| -> Vec<String> {
+            e.iter()
+                .filter(|x| x.set_name() == set)
+                .map(Elem::render)
+                .collect()
+        };
+        assert_eq!(in_set("programmed6"), ["fd00:10:244::5"]);
+        assert_eq!(in_set("ingress_isolated6"), ["fd00:10:244::5"]);
+        assert_eq!(
+            in_set("ingress_any6"),
+            ["fd00:10:244::5 . fd00:10:244:1::/64"]
+        );
+        assert_eq!(
+            in_set("ingress_ports_host6"),
+            ["fd00:10:244::5 . fd00:10:244:1::9 . 6 . 80"]
+        );
+        // IPv4 entries stay with the IPv4 address, and the other way round.
+        assert_eq!(in_set("ingress_any"), ["10.244.0.5 . 10.0.0.0/8"]);
+        assert!(e
+            .iter()
+            .all(|x| x.net.is_none_or(|n| n.is_v6() == x.pod.is_ipv6())));
+        let cidr6: Ipv6Net = "fd00:10:244::/64".parse().unwrap();
+        let s = render_full("10.244.0.0/24".parse().unwrap(), Some(cidr6), "podnet0", &e);
+        assert!(
+            s.contains("ip6 saddr fd00:10:244::/64 ip6 saddr != @programmed6"),
+            "{s}"
+        );
+        assert!(s.contains("ip6 daddr @ingress_isolated6 jump ingress6"));
+        assert!(s.contains("ip6 daddr . ip6 saddr @ingress_any6 return"));
+        assert!(
+            !s.contains("meta nfproto ipv6 oifname \"podnet0\" drop"),
+            "{s}"
+        );
+        assert!(s.contains("oifname \"podnet0\" ip6 saddr fe80::/10 counter name closed drop"));
+        // Rule counts as the drift check expects them.
+        let forward = |s: &str| {
+            let b = blocks(s);
+            b["chain forward"]
+                .iter()
+                .filter(|l| !l.starts_with("type "))
+                .count()
+        };
+        assert_eq!(forward(&s), forward_rules(Some(cidr6)));
+        let s4 = render_full("10.244.0.0/24".parse().unwrap(), None, "podnet0", &e);
+        assert_eq!(forward(&s4), forward_rules(None));
+        assert!(s4.contains("meta nfproto ipv6 oifname \"podnet0\" drop"));
     }
 
     #[test]
@@ -675,7 +854,7 @@ mod drift_tests {
         assert!(b["chain allowed_log"].is_empty());
         let set = "table inet podnet {\n\tset programmed {\n\t\ttype ipv4_addr\n\t\telements = { 10.244.1.2, 10.244.1.3,\n\t\t\t     10.244.1.40 }\n\t}\n}\n";
         let have = blocks_of_set(set, "programmed");
-        let want: BTreeSet<Ipv4Addr> = ["10.244.1.2", "10.244.1.3", "10.244.1.40"]
+        let want: BTreeSet<IpAddr> = ["10.244.1.2", "10.244.1.3", "10.244.1.40"]
             .iter()
             .map(|a| a.parse().unwrap())
             .collect();
