@@ -32,7 +32,7 @@ use crate::{antispoof, delegate, Invocation};
 use podnet_cni_spec::{code, CniError};
 use podnet_ipam::Owner;
 use podnet_netlink::{conntrack, link, Socket};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -58,19 +58,23 @@ pub fn run(inv: &Invocation) -> Result<(), CniError> {
             ips.sort();
             ips.dedup();
             for ip in ips {
-                forget_connections(ip, &inv.raw)?;
+                forget_connections(ip.into(), &inv.raw)?;
             }
             delegate::exec(&inv.env, plugin, "DEL", &inv.stdin)?;
         }
         _ => {
             let store = s.store()?;
             let owner = Owner::new(&inv.env.container_id, &inv.env.ifname);
-            // Only the address the store says this attachment holds: anything else
-            // may be another pod's by now. (A dual-stack pod's IPv6 address has no
-            // connections to forget: both policy datapaths keep pods' IPv6 stateless
-            // — they drop it — and round-robin over its range does not hand it out
-            // again soon.)
-            if let Some(ip) = store.lookup(&owner).map_err(errors::ipam)?.v4 {
+            // Only the addresses the store says this attachment holds: anything else
+            // may be another pod's by now. A dual-stack pod's IPv6 address too: the
+            // nftables datapath tracks its connections like the IPv4 one's.
+            let held = store.lookup(&owner).map_err(errors::ipam)?;
+            for ip in held
+                .v4
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(held.v6.map(IpAddr::V6))
+            {
                 forget_connections(ip, &inv.raw)?;
             }
             store.release(&owner).map_err(errors::ipam)?;
@@ -92,13 +96,14 @@ fn prev_result_ips(inv: &Invocation) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-/// Deletes what the node remembers of connections of `ip` (a pod's address that is
-/// about to be freed): its conntrack entries (`conntrack -D -s/-d ip`, both
-/// directions) and, on the eBPF policy datapath, its entries in the pinned `flows`
-/// table. Run in the node's namespace. "Nothing there" (no conntrack, no eBPF
-/// datapath, no entries) is success; anything else is an error naming the address,
-/// since the address must not be reused with its allowances in place.
-pub fn forget_connections(ip: Ipv4Addr, raw: &serde_json::Value) -> Result<(), CniError> {
+/// Deletes what the node remembers of connections of `ip` (a pod's address of either
+/// family that is about to be freed): its conntrack entries (`conntrack -D -s/-d ip`,
+/// both directions) and, for IPv4 on the eBPF policy datapath, its entries in the
+/// pinned `flows` table (IPv4 only: that datapath does not run on dual-stack nodes).
+/// Run in the node's namespace. "Nothing there" (no conntrack, no eBPF datapath, no
+/// entries) is success; anything else is an error naming the address, since the
+/// address must not be reused with its allowances in place.
+pub fn forget_connections(ip: IpAddr, raw: &serde_json::Value) -> Result<(), CniError> {
     let keep =
         "the address stays allocated until this succeeds, so no new pod inherits its connections";
     conntrack::flush_addr(ip).map_err(|e| {
@@ -108,6 +113,9 @@ pub fn forget_connections(ip: Ipv4Addr, raw: &serde_json::Value) -> Result<(), C
             format!("{keep}; delete them by hand (`conntrack -D -s {ip}`, `conntrack -D -d {ip}`, and --reply-src / --reply-dst) and retry DEL"),
         )
     })?;
+    let IpAddr::V4(ip) = ip else {
+        return Ok(());
+    };
     let Some(flows) = flows_map_path(raw)? else {
         return Ok(());
     };

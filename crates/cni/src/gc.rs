@@ -104,7 +104,7 @@ impl Gc<'_> {
         let inv = self.inv;
         let mut forgotten = true;
         for ip in linked {
-            if let Err(e) = forget_connections(ip, &inv.raw) {
+            if let Err(e) = forget_connections(ip.into(), &inv.raw) {
                 self.failures.push(e);
                 forgotten = false;
             }
@@ -166,16 +166,13 @@ impl Gc<'_> {
     }
 
     /// Deletes the link an owner's name derives to, if any, then forgets the
-    /// connections of its address (IPv4: see `del::run` for a dual-stack pod's IPv6).
+    /// connections of its address (either family).
     fn unlink_and_forget(&self, ip: IpAddr, o: &Owner) -> Result<(), CniError> {
         delete_link_detached(
             &host_veth_name(&o.container_id, &o.ifname),
             &self.s.data_dir,
         )?;
-        match ip {
-            IpAddr::V4(ip) => forget_connections(ip, &self.inv.raw),
-            IpAddr::V6(_) => Ok(()),
-        }
+        forget_connections(ip, &self.inv.raw)
     }
 
     /// Removes the datapath entries whose link no longer exists.

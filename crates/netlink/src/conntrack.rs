@@ -1,5 +1,6 @@
-//! Connection tracking (ctnetlink, `NETLINK_NETFILTER`): reading the IPv4 entries of
-//! the current network namespace and deleting those of one address.
+//! Connection tracking (ctnetlink, `NETLINK_NETFILTER`): reading the entries of the
+//! current network namespace (of one family) and deleting those of one address, IPv4
+//! or IPv6 (a dual-stack pod's IPv6 address is reused like its IPv4 one).
 //!
 //! # Why podnet deletes conntrack entries
 //! The nftables policy datapath admits `ct state established,related` before any
@@ -11,7 +12,7 @@
 //!
 //! # How
 //! `conntrack -D -s ADDR`, `-d ADDR`, `--reply-src ADDR` and `--reply-dst ADDR` in
-//! one go: a dump of the namespace's IPv4 entries (`IPCTNL_MSG_CT_GET` +
+//! one go: a dump of the namespace's entries of the address's family (`IPCTNL_MSG_CT_GET` +
 //! `NLM_F_DUMP`), each checked here, then one `IPCTNL_MSG_CT_DELETE` per match with
 //! its original tuple (and zone), pipelined.
 //!
@@ -34,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::msg::{self, Msg};
 use crate::socket::{Request, Socket};
 use crate::sys::NLA_F_NESTED;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// `NETLINK_NETFILTER`.
 pub const NETLINK_NETFILTER: i32 = 12;
@@ -53,6 +54,8 @@ const CTA_TUPLE_PROTO: u16 = 2;
 // enum ctattr_ip
 const CTA_IP_V4_SRC: u16 = 1;
 const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
 // enum ctattr_l4proto
 const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_SRC_PORT: u16 = 2;
@@ -76,8 +79,8 @@ const DELETE_BATCH: usize = 64;
 /// One direction of a connection as conntrack sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuple {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     /// IP protocol number (6 TCP, 17 UDP, 1 ICMP…).
     pub proto: u8,
     /// Ports for TCP, UDP, SCTP…; 0 for protocols without.
@@ -95,7 +98,7 @@ impl std::fmt::Display for Tuple {
     }
 }
 
-/// One IPv4 conntrack entry.
+/// One conntrack entry (IPv4 or IPv6).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub orig: Tuple,
@@ -108,7 +111,8 @@ pub struct Entry {
 
 impl Entry {
     /// Whether `addr` is a source or destination of either direction.
-    pub fn involves(&self, addr: Ipv4Addr) -> bool {
+    pub fn involves(&self, addr: impl Into<IpAddr>) -> bool {
+        let addr = addr.into();
         [self.orig, self.reply]
             .iter()
             .any(|t| t.src == addr || t.dst == addr)
@@ -129,9 +133,10 @@ fn ct_type(msg: u16) -> u16 {
     (NFNL_SUBSYS_CTNETLINK << 8) | msg
 }
 
-/// `struct nfgenmsg` for IPv4, version 0.
-fn nfgenmsg() -> [u8; 4] {
-    [libc::AF_INET as u8, 0, 0, 0]
+/// `struct nfgenmsg` for the family of `v6`, version 0.
+fn nfgenmsg(v6: bool) -> [u8; 4] {
+    let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    [family as u8, 0, 0, 0]
 }
 
 /// Opens a ctnetlink socket in the calling thread's namespace. `None` when the
@@ -155,23 +160,35 @@ fn no_conntrack(e: &Error) -> bool {
 
 /// Every IPv4 entry of the namespace (`conntrack -L -f ipv4`).
 pub fn list(sock: &mut Socket) -> Result<Vec<Entry>> {
-    let m = Msg::new(ct_type(IPCTNL_MSG_CT_GET), 0).fixed(&nfgenmsg());
-    dump_entries(sock, m, "list conntrack entries", "ipv4")
+    list_family(sock, false)
+}
+
+/// Every entry of one family (`conntrack -L -f ipv4` or `-f ipv6`).
+pub fn list_family(sock: &mut Socket, v6: bool) -> Result<Vec<Entry>> {
+    let m = Msg::new(ct_type(IPCTNL_MSG_CT_GET), 0).fixed(&nfgenmsg(v6));
+    let what = if v6 { "ipv6" } else { "ipv4" };
+    dump_entries(sock, m, "list conntrack entries", what)
 }
 
 /// The entries whose `field` is `addr`, filtered by the kernel where it can; the
 /// caller checks each entry again.
-fn list_filtered(sock: &mut Socket, addr: Ipv4Addr, field: Field) -> Result<Vec<Entry>> {
-    let (tuple, ip_attr, flag) = match field {
-        Field::OrigSrc => (CTA_TUPLE_ORIG, CTA_IP_V4_SRC, CTA_FILTER_F_CTA_IP_SRC),
-        Field::OrigDst => (CTA_TUPLE_ORIG, CTA_IP_V4_DST, CTA_FILTER_F_CTA_IP_DST),
-        Field::ReplySrc => (CTA_TUPLE_REPLY, CTA_IP_V4_SRC, CTA_FILTER_F_CTA_IP_SRC),
-        Field::ReplyDst => (CTA_TUPLE_REPLY, CTA_IP_V4_DST, CTA_FILTER_F_CTA_IP_DST),
+fn list_filtered(sock: &mut Socket, addr: IpAddr, field: Field) -> Result<Vec<Entry>> {
+    let (tuple, src, flag) = match field {
+        Field::OrigSrc => (CTA_TUPLE_ORIG, true, CTA_FILTER_F_CTA_IP_SRC),
+        Field::OrigDst => (CTA_TUPLE_ORIG, false, CTA_FILTER_F_CTA_IP_DST),
+        Field::ReplySrc => (CTA_TUPLE_REPLY, true, CTA_FILTER_F_CTA_IP_SRC),
+        Field::ReplyDst => (CTA_TUPLE_REPLY, false, CTA_FILTER_F_CTA_IP_DST),
     };
-    let mut m = Msg::new(ct_type(IPCTNL_MSG_CT_GET), 0).fixed(&nfgenmsg());
+    let (ip_attr, octets) = match (addr, src) {
+        (IpAddr::V4(a), true) => (CTA_IP_V4_SRC, a.octets().to_vec()),
+        (IpAddr::V4(a), false) => (CTA_IP_V4_DST, a.octets().to_vec()),
+        (IpAddr::V6(a), true) => (CTA_IP_V6_SRC, a.octets().to_vec()),
+        (IpAddr::V6(a), false) => (CTA_IP_V6_DST, a.octets().to_vec()),
+    };
+    let mut m = Msg::new(ct_type(IPCTNL_MSG_CT_GET), 0).fixed(&nfgenmsg(addr.is_ipv6()));
     let t = m.nest(tuple);
     let ip = m.nest(CTA_TUPLE_IP);
-    m.attr(ip_attr, &addr.octets());
+    m.attr(ip_attr, &octets);
     m.end(ip);
     m.end(t);
     let f = m.nest(CTA_FILTER);
@@ -196,15 +213,17 @@ fn dump_entries(sock: &mut Socket, m: Msg, op: &'static str, obj: &str) -> Resul
 }
 
 /// Reads one `IPCTNL_MSG_CT_NEW` body (nfgenmsg, then attributes); `None` for an entry
-/// that is not IPv4 or lacks a tuple.
+/// that is neither IPv4 nor IPv6, or lacks a tuple.
 fn parse_entry(body: &[u8]) -> Option<Entry> {
-    if body.first() != Some(&(libc::AF_INET as u8)) {
-        return None;
-    }
+    let v6 = match body.first().map(|f| i32::from(*f)) {
+        Some(libc::AF_INET) => false,
+        Some(libc::AF_INET6) => true,
+        _ => return None,
+    };
     let attrs = body.get(4..)?;
     let raw_orig = msg::find(attrs, CTA_TUPLE_ORIG)?;
-    let orig = parse_tuple(raw_orig)?;
-    let reply = parse_tuple(msg::find(attrs, CTA_TUPLE_REPLY)?)?;
+    let orig = parse_tuple(raw_orig, v6)?;
+    let reply = parse_tuple(msg::find(attrs, CTA_TUPLE_REPLY)?, v6)?;
     let zone = msg::find(attrs, CTA_ZONE)
         .and_then(|p| Some(u16::from_be_bytes(p.get(..2)?.try_into().ok()?)));
     Some(Entry {
@@ -215,11 +234,18 @@ fn parse_entry(body: &[u8]) -> Option<Entry> {
     })
 }
 
-fn parse_tuple(p: &[u8]) -> Option<Tuple> {
+fn parse_tuple(p: &[u8], v6: bool) -> Option<Tuple> {
     let ip = msg::find(p, CTA_TUPLE_IP)?;
-    let v4 = |ty| -> Option<Ipv4Addr> {
-        let b: [u8; 4] = msg::find(ip, ty)?.get(..4)?.try_into().ok()?;
-        Some(Ipv4Addr::from(b))
+    let addr = |src: bool| -> Option<IpAddr> {
+        if v6 {
+            let ty = if src { CTA_IP_V6_SRC } else { CTA_IP_V6_DST };
+            let b: [u8; 16] = msg::find(ip, ty)?.get(..16)?.try_into().ok()?;
+            Some(Ipv6Addr::from(b).into())
+        } else {
+            let ty = if src { CTA_IP_V4_SRC } else { CTA_IP_V4_DST };
+            let b: [u8; 4] = msg::find(ip, ty)?.get(..4)?.try_into().ok()?;
+            Some(Ipv4Addr::from(b).into())
+        }
     };
     let l4 = msg::find(p, CTA_TUPLE_PROTO).unwrap_or(&[]);
     let port = |ty| {
@@ -228,8 +254,8 @@ fn parse_tuple(p: &[u8]) -> Option<Tuple> {
             .unwrap_or(0)
     };
     Some(Tuple {
-        src: v4(CTA_IP_V4_SRC)?,
-        dst: v4(CTA_IP_V4_DST)?,
+        src: addr(true)?,
+        dst: addr(false)?,
         proto: msg::find(l4, CTA_PROTO_NUM)
             .and_then(|b| b.first().copied())
             .unwrap_or(0),
@@ -251,9 +277,10 @@ pub fn count() -> Option<u64> {
 /// The entries naming `addr` as source or destination of either direction, each
 /// once. `tracked` is the namespace's entry count if known ([`count`]): it chooses
 /// between one dump of everything and four filtered dumps.
-pub fn list_addr(sock: &mut Socket, addr: Ipv4Addr, tracked: Option<u64>) -> Result<Vec<Entry>> {
+pub fn list_addr(sock: &mut Socket, addr: IpAddr, tracked: Option<u64>) -> Result<Vec<Entry>> {
+    let v6 = addr.is_ipv6();
     if tracked.is_some_and(|n| n <= FILTER_ABOVE) {
-        let mut all = list(sock)?;
+        let mut all = list_family(sock, v6)?;
         all.retain(|e| e.involves(addr));
         return Ok(all);
     }
@@ -267,7 +294,7 @@ pub fn list_addr(sock: &mut Socket, addr: Ipv4Addr, tracked: Option<u64>) -> Res
         let found = match list_filtered(sock, addr, field) {
             Ok(v) => v,
             // A kernel that knows CTA_FILTER but not this use of it: filter here.
-            Err(e) if matches!(e.errno(), Some(libc::EINVAL)) => list(sock)?,
+            Err(e) if matches!(e.errno(), Some(libc::EINVAL)) => list_family(sock, v6)?,
             Err(e) => return Err(e),
         };
         for e in found {
@@ -290,7 +317,8 @@ pub fn delete(sock: &mut Socket, entries: &[Entry]) -> Result<usize> {
             .map(|e| {
                 // A delete without a tuple would flush the whole table: never sent,
                 // since every entry carries the tuple it was parsed from.
-                let mut m = Msg::new(ct_type(IPCTNL_MSG_CT_DELETE), 0).fixed(&nfgenmsg());
+                let mut m = Msg::new(ct_type(IPCTNL_MSG_CT_DELETE), 0)
+                    .fixed(&nfgenmsg(e.orig.src.is_ipv6()));
                 m.attr(CTA_TUPLE_ORIG | NLA_F_NESTED, &e.raw_orig);
                 if let Some(z) = e.zone {
                     m.attr(CTA_ZONE, &z.to_be_bytes());
@@ -309,11 +337,12 @@ pub fn delete(sock: &mut Socket, entries: &[Entry]) -> Result<usize> {
     Ok(deleted)
 }
 
-/// Deletes every IPv4 conntrack entry of the calling thread's namespace whose
-/// original or reply direction has `addr` as source or destination (`conntrack -D`
-/// with `-s`, `-d`, `--reply-src`, `--reply-dst`). Returns how many it deleted.
+/// Deletes every conntrack entry of the calling thread's namespace whose original or
+/// reply direction has `addr` (either family) as source or destination (`conntrack
+/// -D` with `-s`, `-d`, `--reply-src`, `--reply-dst`). Returns how many it deleted.
 /// A kernel without conntrack has nothing to delete: 0.
-pub fn flush_addr(addr: Ipv4Addr) -> Result<usize> {
+pub fn flush_addr(addr: impl Into<IpAddr>) -> Result<usize> {
+    let addr = addr.into();
     let tracked = count();
     if tracked == Some(0) {
         return Ok(0);
@@ -334,13 +363,16 @@ mod tests {
     use super::*;
     use crate::netns;
     use crate::Netns;
-    use std::net::{SocketAddrV4, UdpSocket};
+    use std::net::{SocketAddrV4, SocketAddrV6, UdpSocket};
     use std::process::Command;
     use std::time::Duration;
 
     const A: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 1);
     const B2: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 2);
     const B3: Ipv4Addr = Ipv4Addr::new(10, 213, 0, 3);
+    const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x213, 0, 0, 0, 0, 0, 1);
+    const B2_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x213, 0, 0, 0, 0, 0, 2);
+    const B3_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x213, 0, 0, 0, 0, 0, 3);
 
     struct Pair {
         a: String,
@@ -375,7 +407,7 @@ mod tests {
 
     /// The two namespaces, connected, with B tracking connections and serving UDP
     /// 5000 on both its addresses; A has sent a datagram from port 4000 to each, and
-    /// B answered the one to .2.
+    /// B answered the one to .2. The same over IPv6 (fd00:213::1 to ::2 and ::3).
     fn pair(tag: &str) -> Pair {
         let id = format!("{}-{tag}", std::process::id());
         let (a, b) = (format!("pnct-a-{id}"), format!("pnct-b-{id}"));
@@ -408,6 +440,13 @@ mod tests {
             "ip",
             &["-n", b, "addr", "add", "10.213.0.3/24", "dev", "ct1"],
         );
+        for (ns, dev, addr) in [
+            (a, "ct0", "fd00:213::1/64"),
+            (b, "ct1", "fd00:213::2/64"),
+            (b, "ct1", "fd00:213::3/64"),
+        ] {
+            run("ip", &["-n", ns, "addr", "add", addr, "dev", dev, "nodad"]);
+        }
         run("ip", &["-n", b, "link", "set", "ct1", "up"]);
         for rule in [
             "add table inet pnct",
@@ -443,6 +482,26 @@ mod tests {
         c.send_to(b"y", SocketAddrV4::new(B3, 5000)).unwrap();
         s3.recv_from(&mut buf)
             .expect("B never received A's datagram to .3");
+        // IPv6: a datagram to each of B's IPv6 addresses (neighbour discovery first:
+        // the first may take a moment, so each is retried until it arrives).
+        let bind6 = |ip, port| {
+            let s = UdpSocket::bind(SocketAddrV6::new(ip, port, 0, 0)).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            s
+        };
+        let (r2, r3) = p
+            .nsb
+            .run(|| (bind6(B2_6, 5000), bind6(B3_6, 5000)))
+            .unwrap();
+        let c6 = nsa.run(|| bind6(A6, 4000)).unwrap();
+        for (to, r) in [(B2_6, &r2), (B3_6, &r3)] {
+            let arrived = (0..30).any(|_| {
+                c6.send_to(b"z", SocketAddrV6::new(to, 5000, 0, 0)).unwrap();
+                r.recv_from(&mut buf).is_ok()
+            });
+            assert!(arrived, "B never received A's IPv6 datagram to {to}");
+        }
         p
     }
 
@@ -453,8 +512,57 @@ mod tests {
             .unwrap()
     }
 
-    fn of(es: &[Entry], addr: Ipv4Addr) -> usize {
+    fn of(es: &[Entry], addr: impl Into<IpAddr>) -> usize {
+        let addr = addr.into();
         es.iter().filter(|e| e.involves(addr)).count()
+    }
+
+    fn entries6(p: &Pair) -> Vec<Entry> {
+        p.nsb
+            .run(|| list_family(&mut open().unwrap().expect("nfnetlink"), true))
+            .unwrap()
+            .unwrap()
+    }
+
+    /// A dual-stack pod's IPv6 address is reused like its IPv4 one: its entries go,
+    /// and only those.
+    #[test]
+    fn flush_addr_deletes_the_entries_of_one_ipv6_address_and_only_those() {
+        if !root() {
+            return;
+        }
+        let p = pair("flush6");
+        let before = entries6(&p);
+        assert_eq!(of(&before, B2_6), 1, "{before:?}");
+        assert_eq!(of(&before, B3_6), 1, "{before:?}");
+        let e = before
+            .iter()
+            .find(|e| e.orig.dst == IpAddr::V6(B2_6))
+            .unwrap();
+        assert_eq!(
+            (e.orig.src, e.orig.proto, e.orig.sport),
+            (IpAddr::V6(A6), 17, 4000)
+        );
+        // The IPv4 listing holds none of them.
+        assert!(entries(&p).iter().all(|e| e.orig.src.is_ipv4()));
+        let (small, large) = p
+            .nsb
+            .run(|| {
+                let mut s = open().unwrap().unwrap();
+                (
+                    list_addr(&mut s, B2_6.into(), Some(1)).unwrap(),
+                    list_addr(&mut s, B2_6.into(), Some(FILTER_ABOVE + 1)).unwrap(),
+                )
+            })
+            .unwrap();
+        assert_eq!(small, large);
+        assert_eq!(small.len(), 1);
+        let v4 = entries(&p).len();
+        assert_eq!(p.nsb.run(|| flush_addr(B2_6)).unwrap().unwrap(), 1);
+        let after = entries6(&p);
+        assert_eq!(of(&after, B2_6), 0, "{after:?}");
+        assert_eq!(of(&after, B3_6), 1, "the other address's entry went too");
+        assert_eq!(entries(&p).len(), v4, "an IPv4 entry went too");
     }
 
     #[test]
@@ -466,23 +574,26 @@ mod tests {
         let before = entries(&p);
         let to2 = before
             .iter()
-            .find(|e| e.orig.dst == B2)
+            .find(|e| e.orig.dst == IpAddr::V4(B2))
             .unwrap_or_else(|| panic!("no entry to {B2}: {before:?}"));
         assert_eq!(
             (to2.orig.src, to2.orig.proto, to2.orig.sport, to2.orig.dport),
-            (A, 17, 4000, 5000)
+            (IpAddr::V4(A), 17, 4000, 5000)
         );
-        assert_eq!((to2.reply.src, to2.reply.dst), (B2, A));
+        assert_eq!(
+            (to2.reply.src, to2.reply.dst),
+            (IpAddr::V4(B2), IpAddr::V4(A))
+        );
         assert_eq!(of(&before, B3), 1, "{before:?}");
 
         // The kernel filters dumps (CTA_FILTER): only .2's entries come back.
         let filtered = p
             .nsb
-            .run(|| list_filtered(&mut open().unwrap().unwrap(), B2, Field::OrigDst))
+            .run(|| list_filtered(&mut open().unwrap().unwrap(), B2.into(), Field::OrigDst))
             .unwrap()
             .unwrap();
         assert!(
-            !filtered.is_empty() && filtered.iter().all(|e| e.orig.dst == B2),
+            !filtered.is_empty() && filtered.iter().all(|e| e.orig.dst == IpAddr::V4(B2)),
             "this kernel did not filter the dump: {filtered:?}"
         );
 
@@ -492,8 +603,8 @@ mod tests {
             .run(|| {
                 let mut s = open().unwrap().unwrap();
                 (
-                    list_addr(&mut s, B2, Some(1)).unwrap(),
-                    list_addr(&mut s, B2, Some(FILTER_ABOVE + 1)).unwrap(),
+                    list_addr(&mut s, B2.into(), Some(1)).unwrap(),
+                    list_addr(&mut s, B2.into(), Some(FILTER_ABOVE + 1)).unwrap(),
                 )
             })
             .unwrap();
@@ -553,7 +664,7 @@ mod tests {
             .nsb
             .run(|| {
                 let mut s = open().unwrap().unwrap();
-                let mut m = Msg::new(ct_type(IPCTNL_MSG_CT_DELETE), 0).fixed(&nfgenmsg());
+                let mut m = Msg::new(ct_type(IPCTNL_MSG_CT_DELETE), 0).fixed(&nfgenmsg(false));
                 let t = m.nest(CTA_TUPLE_ORIG);
                 let ip = m.nest(CTA_TUPLE_IP);
                 m.attr(CTA_IP_V4_DST, &B2.octets());

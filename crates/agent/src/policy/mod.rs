@@ -109,7 +109,7 @@ pub struct Policy {
     pub on_repair: Option<OnRepair>,
     /// Every pod address of the cluster and whose it is, as last read: an address
     /// whose pod went (or changed) has its connections forgotten on this node.
-    pod_ips: Option<BTreeMap<std::net::Ipv4Addr, (String, String)>>,
+    pod_ips: Option<BTreeMap<std::net::IpAddr, (String, String)>>,
     /// Local pods whose tables exceed [`MAX_POD_ENTRIES`], with why: left closed.
     refused: BTreeMap<String, RefusedPod>,
 }
@@ -191,10 +191,14 @@ impl Policy {
     /// them here, on every node. Connections that policy allows are judged anew and go
     /// on; only the stale allowances end.
     fn forget_gone_pods(&mut self, cluster: &Cluster, log: &dyn Fn(&str)) {
-        let now: BTreeMap<std::net::Ipv4Addr, (String, String)> = cluster
+        // Every address of every pod: a dual-stack pod's IPv6 one too.
+        let now: BTreeMap<std::net::IpAddr, (String, String)> = cluster
             .pods
             .iter()
-            .filter_map(|p| Some((p.ip?, (p.namespace.clone(), p.name.clone()))))
+            .flat_map(|p| {
+                p.addrs()
+                    .map(|a| (a, (p.namespace.clone(), p.name.clone())))
+            })
             .collect();
         if let Some(before) = &self.pod_ips {
             for (ip, (ns, name)) in before {
@@ -207,9 +211,12 @@ impl Policy {
                     Ok(n) => forgot += n,
                     Err(e) => errors.push(format!("conntrack: {e}")),
                 }
-                match self.dp.forget(*ip) {
-                    Ok(n) => forgot += n,
-                    Err(e) => errors.push(format!("flow table: {e}")),
+                // The eBPF flow table is IPv4 (that datapath does not run dual-stack).
+                if let std::net::IpAddr::V4(v4) = ip {
+                    match self.dp.forget(*v4) {
+                        Ok(n) => forgot += n,
+                        Err(e) => errors.push(format!("flow table: {e}")),
+                    }
                 }
                 if forgot > 0 {
                     log(&format!(

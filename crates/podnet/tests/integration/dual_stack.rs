@@ -559,3 +559,53 @@ fn lab_ip6(st: &Value, name: &str) -> Ipv6Addr {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no IPv6 address for {name}: {st}"))
 }
+
+/// DEL forgets the node's conntrack entries of a dual-stack pod's IPv6 address, as of
+/// its IPv4 one: the next pod given that address must not inherit the old pod's
+/// admitted connections (the nftables datapath admits `ct state established` before
+/// any policy). Another pod's entries stay.
+#[test]
+fn del_forgets_the_connections_of_a_pods_ipv6_address() {
+    use podnet_netlink::conntrack;
+    let node = dual_node();
+    let (a, b) = (add(&node, "ct6-a"), add(&node, "ct6-b"));
+    // The node tracks what it receives (an input hook with a conntrack rule).
+    for rule in [
+        "add table inet pnct6",
+        "add chain inet pnct6 in { type filter hook input priority 0; }",
+        "add rule inet pnct6 in ct state new accept",
+    ] {
+        ip(&["netns", "exec", &node.ns.name, "nft", rule]);
+    }
+    // Each pod sends a datagram to the gateway's IPv6 address (the bridge's), until
+    // the node tracks it (the first may wait for neighbour discovery).
+    let gw: Ipv6Addr = "fd00:209::1".parse().unwrap();
+    let tracked = |p: &Pod| {
+        node.ns
+            .ns
+            .run(|| conntrack::list_family(&mut conntrack::open().unwrap().unwrap(), true))
+            .unwrap()
+            .unwrap()
+            .iter()
+            .filter(|e| e.involves(p.ip6))
+            .count()
+    };
+    for p in [&a, &b] {
+        let s =
+            p.ns.ns
+                .run(|| UdpSocket::bind(SocketAddrV6::new(p.ip6, 0, 0, 0)))
+                .unwrap()
+                .unwrap();
+        wait_until(
+            "the node tracks the pod's IPv6 datagram",
+            Duration::from_secs(10),
+            || {
+                s.send_to(b"x", SocketAddrV6::new(gw, 9, 0, 0)).unwrap();
+                tracked(p) > 0
+            },
+        );
+    }
+    node.del("ct6-a", &a.ns);
+    assert_eq!(tracked(&a), 0, "DEL left conntrack entries of {}", a.ip6);
+    assert_eq!(tracked(&b), 1, "DEL took another pod's entry too");
+}
