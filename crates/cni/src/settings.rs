@@ -404,12 +404,12 @@ fn ipam(
         ));
     };
     // An agent that publishes no IPv6 pod CIDR neither routes IPv6 between nodes nor
-    // judges it by policy (its datapaths drop pods' IPv6): pods there would get an
+    // judges it by policy (its datapath drops pods' IPv6): pods there would get an
     // IPv6 address that goes nowhere. Refused rather than half made.
     if v6.is_some() && node.pod_cidr.is_some() && node.pod_cidrs.is_empty() {
         return Err(invalid(
             format!("{from} gives pods IPv6, but podnetd on this node ({node_file}) publishes no IPv6 pod CIDR"),
-            "podnetd does not carry IPv6 yet (routes, overlay and policy datapaths are IPv4 only): on a node with podnetd, list only the IPv4 subnet; dual-stack \"subnets\" work with podnet-cni alone",
+            "this node's podnetd runs without an IPv6 range, so it would neither route nor judge the pods' IPv6: list only the IPv4 subnet, or start podnetd with a dual-stack --cluster-cidr (10.244.0.0/16,fd00:10:244::/56; with --backend vxlan --datapath bridge, --policy-datapath nftables or none) and let the node file's podCIDRs give the subnets",
         ));
     }
     let v6 = v6

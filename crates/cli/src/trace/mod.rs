@@ -225,7 +225,7 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
 pub(crate) fn target(agents: &dyn Agents, x: &str) -> Result<Ipv4Addr> {
     if x.parse::<std::net::Ipv6Addr>().is_ok() {
         anyhow::bail!(
-            "{x} is an IPv6 address: podnet trace follows IPv4 only so far; trace the pods by name or IPv4 address (a dual-stack pod's IPv6 takes the same bridge and VXLAN device: `ip -6 route show proto 0x50` and `ip -6 neigh show dev podnet.vxlan` on each node show its path)"
+            "{x} is an IPv6 address: podnet trace follows IPv4 only so far; trace the pods by name or IPv4 address (a dual-stack pod's IPv6 takes the same bridge and VXLAN device: `ip -6 route show proto 0x50` and `ip -6 neigh show dev podnet.vxlan` on each node show its path; `podnet policy explain A B --port N --ipv6` gives its policy verdict)"
         );
     }
     x.parse()

@@ -59,9 +59,15 @@ impl Drop for EchoServer {
 }
 
 /// Connects from `ns` to `dst`, sends `msg`, returns the echo server's answer.
-pub fn tcp_request(ns: &Netns, dst: SocketAddrV4, msg: &str, timeout: Duration) -> Result<String> {
+pub fn tcp_request(
+    ns: &Netns,
+    dst: impl Into<SocketAddr>,
+    msg: &str,
+    timeout: Duration,
+) -> Result<String> {
+    let dst: SocketAddr = dst.into();
     ns.run(|| -> Result<String> {
-        let mut c = TcpStream::connect_timeout(&SocketAddr::V4(dst), timeout)
+        let mut c = TcpStream::connect_timeout(&dst, timeout)
             .with_context(|| format!("connect to {dst}"))?;
         c.set_read_timeout(Some(timeout))?;
         writeln!(c, "{msg}")?;

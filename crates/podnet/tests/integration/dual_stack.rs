@@ -674,6 +674,32 @@ fn ipv6_multicast_reaches_no_pod_under_policy() {
             got(b"unicast")
         },
     );
+    // `lab check` probes both families and holds each pair against the policy: over
+    // IPv6 p1a reaches p1b with its own address, over IPv4 it is denied, and nothing
+    // is unexpected.
+    let c = lab.json(&["check", "--output", "json"]);
+    let pair = |family: &str, src: &str, dst: &str| -> Value {
+        c["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["family"] == family && p["src"] == src && p["dst"] == dst)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {family} pair {src} → {dst}: {c:#}"))
+    };
+    let v6 = pair("ipv6", "p1a", "p1b");
+    assert_eq!(
+        (v6["ok"].as_bool(), v6["no_nat"].as_bool()),
+        (Some(true), Some(true)),
+        "{v6}"
+    );
+    let v4 = pair("ipv4", "p1a", "p1b");
+    assert_eq!(
+        (v4["ok"].as_bool(), v4["allowed_by_policy"].as_bool()),
+        (Some(false), Some(false)),
+        "{v4}"
+    );
+    assert_eq!(c["unexpected"], 0, "{c:#}");
     // doctor reads the dual-stack table as podnetd wrote it (the IPv6 rules, sets and
     // chains): nothing broken.
     let o = podnet()
