@@ -134,9 +134,11 @@ pub enum Op {
         dst: Option<Ipv4Addr>,
         dev: u32,
     },
+    /// Through `via` on the link (VXLAN), or straight to the device (WireGuard's
+    /// layer-3 TUN, `via` none).
     AddRoute6 {
         dst: Ipv6Net,
-        via: Ipv6Addr,
+        via: Option<Ipv6Addr>,
         dev: u32,
     },
     DelRoute6 {
@@ -233,10 +235,13 @@ impl Op {
                 }
                 s + " self"
             }
-            Op::AddRoute6 { dst, via, dev } => format!(
-                "ip -6 route add {dst} via {via} dev {} onlink proto 0x50",
-                name(*dev)
-            ),
+            Op::AddRoute6 { dst, via, dev } => match via {
+                Some(via) => format!(
+                    "ip -6 route add {dst} via {via} dev {} onlink proto 0x50",
+                    name(*dev)
+                ),
+                None => format!("ip -6 route add {dst} dev {} proto 0x50", name(*dev)),
+            },
             Op::DelRoute6 { dst, via, dev } => {
                 let mut s = format!("ip -6 route del {dst}");
                 if let Some(v) = via {
@@ -290,7 +295,18 @@ pub fn desired(backend: Via, peers: &[Peer]) -> Current {
                 }
             }
             Via::HostGw { dev } => c.routes.push(route(p.cidr, Some(p.underlay), dev, false)),
-            Via::WireGuard { dev } => c.routes.push(route(p.cidr, Some(p.vtep_ip()), dev, true)),
+            Via::WireGuard { dev } => {
+                c.routes.push(route(p.cidr, Some(p.vtep_ip()), dev, true));
+                // IPv6 straight to the device: WireGuard picks the peer by its
+                // allowed IPs, no next hop (an IPv4 one cannot serve an IPv6 route).
+                if let Some(c6) = p.cidr6 {
+                    c.routes6.push(Route6 {
+                        dst: c6,
+                        via: None,
+                        dev: Some(dev),
+                    });
+                }
+            }
         }
     }
     c
@@ -347,7 +363,7 @@ pub fn after(want: &Current, cur: &Current, failed: &[Op]) -> Current {
             Op::AddRoute6 { dst, via, dev } => c.routes6.retain(|r| {
                 *r != Route6 {
                     dst,
-                    via: Some(via),
+                    via,
                     dev: Some(dev),
                 }
             }),
@@ -470,10 +486,10 @@ pub fn plan(want: &Current, cur: &Current) -> Vec<Op> {
         });
     }
     for w in want.routes6.iter().filter(|w| !cur.routes6.contains(w)) {
-        if let (Some(via), Some(dev)) = (w.via, w.dev) {
+        if let Some(dev) = w.dev {
             adds.insert(Op::AddRoute6 {
                 dst: w.dst,
-                via,
+                via: w.via,
                 dev,
             });
         }
@@ -540,6 +556,33 @@ mod tests {
                     .to_string()
             ),
             "{text:?}"
+        );
+    }
+
+    /// Over WireGuard a dual-stack peer's IPv6 range is routed straight to the device
+    /// (no next hop, no neighbour): WireGuard picks the peer by its allowed IPs.
+    #[test]
+    fn a_dual_stack_wireguard_peer_gets_a_device_route() {
+        let wg = Via::WireGuard { dev: 9 };
+        let dual = Peer {
+            cidr6: Some("fd00:10:244:1::/64".parse().unwrap()),
+            ..peer(1)
+        };
+        let want = desired(wg, &[dual]);
+        assert!(want.neighs6.is_empty());
+        let ops = plan(&want, &Current::default());
+        let text: Vec<String> = ops.iter().map(|o| o.to_string()).collect();
+        assert!(
+            text.contains(&"ip -6 route add fd00:10:244:1::/64 dev #9 proto 0x50".to_string()),
+            "{text:?}"
+        );
+        assert!(plan(&want, &want.clone()).is_empty());
+        assert!(
+            plan(&desired(wg, &[peer(1)]), &want).contains(&Op::DelRoute6 {
+                dst: "fd00:10:244:1::/64".parse().unwrap(),
+                via: None,
+                dev: Some(9),
+            })
         );
     }
 

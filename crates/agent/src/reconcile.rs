@@ -480,10 +480,10 @@ fn request(op: &plan::Op) -> Request {
         plan::Op::AddRoute6 { dst, via, dev } => route::add6_request(
             dst.network(),
             dst.prefix(),
-            Some(*via),
+            *via,
             *dev,
             RTPROT_PODNET,
-            true,
+            via.is_some(),
         ),
         plan::Op::DelRoute6 { dst, via, dev } => route::del6_request(&route::Route6Info {
             dst: dst.network(),

@@ -15,8 +15,11 @@
 //! - On the device: the address `<pod CIDR network>/32` (node-originated traffic to
 //!   remote pods leaves from it, an address every peer accepts from this node), MTU
 //!   = underlay MTU − [`WG_OVERHEAD`], and per peer node one WireGuard peer: its public
-//!   key, endpoint `<underlay IP>:<port>`, allowed IPs = its pod CIDR. The route per
-//!   peer is the plan's ([`crate::plan`]).
+//!   key, endpoint `<underlay IP>:<port>`, allowed IPs = its pod CIDR (and its IPv6
+//!   pod CIDR on a dual-stack cluster: WireGuard carries IPv6 inside an IPv4 underlay
+//!   as it does IPv4, and admits from a peer only sources in its allowed IPs). The
+//!   routes per peer (IPv4 via the peer's first address, IPv6 straight to the device)
+//!   are the plan's ([`crate::plan`]).
 //! - The private key: a file of mode 0600 (`/var/lib/podnet/wireguard.key`), made on
 //!   the node, never written anywhere else; only the public key is published (node
 //!   record, Node annotation).
@@ -30,6 +33,7 @@ use crate::Failure;
 use crate::{Error, Result};
 pub use podnet_api::Rotated;
 use podnet_cni_spec::Ipv4Net;
+use podnet_conventions::Ipv6Net;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -193,6 +197,8 @@ pub struct PeerConfig {
     pub public_key: Key,
     pub endpoint: Option<SocketAddr>,
     pub allowed_ips: Vec<Ipv4Net>,
+    /// Its IPv6 allowed IPs (a dual-stack peer's IPv6 pod CIDR).
+    pub allowed_ips6: Vec<Ipv6Net>,
     /// Unix seconds of the latest completed handshake (0: none yet).
     pub last_handshake: u64,
     pub rx_bytes: u64,
@@ -224,9 +230,10 @@ pub fn parse_get(lines: &[(String, String)]) -> std::result::Result<DeviceConfig
             (None, "listen_port") => d.listen_port = v.parse().map_err(|_| bad())?,
             (Some(p), "endpoint") => p.endpoint = Some(v.parse().map_err(|_| bad())?),
             (Some(p), "allowed_ip") => {
-                // An IPv6 range is never podnet's; it is kept out of the comparison.
                 if let Ok(n) = v.parse::<Ipv4Net>() {
                     p.allowed_ips.push(n);
+                } else if let Ok(n) = v.parse::<Ipv6Net>() {
+                    p.allowed_ips6.push(n);
                 }
             }
             (Some(p), "last_handshake_time_sec") => {
@@ -248,6 +255,8 @@ pub struct WantPeer {
     pub public_key: Key,
     pub endpoint: SocketAddrV4,
     pub cidr: Ipv4Net,
+    /// Its IPv6 pod CIDR on a dual-stack cluster.
+    pub cidr6: Option<Ipv6Net>,
 }
 
 /// One change to the device's peers.
@@ -264,12 +273,18 @@ impl PeerChange {
     pub fn render(&self) -> String {
         match self {
             PeerChange::Remove(k) => format!("public_key={}\nremove=true\n", hex(k)),
-            PeerChange::Set(w) => format!(
-                "public_key={}\nendpoint={}\nreplace_allowed_ips=true\nallowed_ip={}\n",
-                hex(&w.public_key),
-                w.endpoint,
-                w.cidr
-            ),
+            PeerChange::Set(w) => {
+                let mut s = format!(
+                    "public_key={}\nendpoint={}\nreplace_allowed_ips=true\nallowed_ip={}\n",
+                    hex(&w.public_key),
+                    w.endpoint,
+                    w.cidr
+                );
+                if let Some(c6) = w.cidr6 {
+                    s += &format!("allowed_ip={c6}\n");
+                }
+                s
+            }
         }
     }
 }
@@ -288,6 +303,7 @@ pub fn peer_changes(want: &[WantPeer], have: &[PeerConfig]) -> Vec<PeerChange> {
             h.public_key == w.public_key
                 && h.endpoint == Some(SocketAddr::V4(w.endpoint))
                 && h.allowed_ips == [w.cidr]
+                && h.allowed_ips6 == w.cidr6.into_iter().collect::<Vec<_>>()
         });
         if !same {
             out.push(PeerChange::Set(w.clone()));
@@ -696,7 +712,7 @@ mod tests {
         let a = [1u8; 32];
         let b = [2u8; 32];
         let text = format!(
-            "private_key={}\nlisten_port=51820\npublic_key={}\nendpoint=192.168.1.11:51820\nlast_handshake_time_sec=1700000000\nlast_handshake_time_nsec=5\nrx_bytes=10\ntx_bytes=20\nallowed_ip=10.244.1.0/24\nallowed_ip=fd00::/64\npublic_key={}\nendpoint=192.168.1.12:51820\nallowed_ip=10.244.2.0/24",
+            "private_key={}\nlisten_port=51820\npublic_key={}\nendpoint=192.168.1.11:51820\nlast_handshake_time_sec=1700000000\nlast_handshake_time_nsec=5\nrx_bytes=10\ntx_bytes=20\nallowed_ip=10.244.1.0/24\npublic_key={}\nendpoint=192.168.1.12:51820\nallowed_ip=10.244.2.0/24",
             hex(&[9; 32]),
             hex(&a),
             hex(&b)
@@ -720,12 +736,14 @@ mod tests {
                 public_key: a,
                 endpoint: "192.168.1.11:51820".parse().unwrap(),
                 cidr: "10.244.1.0/24".parse().unwrap(),
+                cidr6: None,
             },
             WantPeer {
                 name: "c".into(),
                 public_key: [3; 32],
                 endpoint: "192.168.1.13:51820".parse().unwrap(),
                 cidr: "10.244.3.0/24".parse().unwrap(),
+                cidr6: None,
             },
         ];
         let c = render(peer_changes(&want, &d.peers));
@@ -753,5 +771,24 @@ mod tests {
         // A moved endpoint is rewritten.
         now[0].endpoint = Some("192.168.1.99:51820".parse().unwrap());
         assert!(render(peer_changes(&want, &now)).contains("endpoint=192.168.1.11:51820"));
+        // A dual-stack peer: both ranges written, read back and compared.
+        let mut want6 = want.clone();
+        want6[1].cidr6 = Some("fd00:10:244:3::/64".parse().unwrap());
+        let c = render(peer_changes(&want6, &now));
+        assert!(
+            c.contains("allowed_ip=10.244.3.0/24\nallowed_ip=fd00:10:244:3::/64\n"),
+            "{c}"
+        );
+        let back = parse_get(&kv(&format!(
+            "public_key={}\nallowed_ip=10.244.3.0/24\nallowed_ip=fd00:10:244:3::/64",
+            hex(&[3; 32])
+        )))
+        .unwrap();
+        assert_eq!(back.peers[0].allowed_ips6, [want6[1].cidr6.unwrap()]);
+        now[1].allowed_ips6 = back.peers[0].allowed_ips6.clone();
+        now[0].endpoint = Some("192.168.1.11:51820".parse().unwrap());
+        assert!(peer_changes(&want6, &now).is_empty());
+        // The IPv6 range gone from the datastore: the peer is rewritten without it.
+        assert_eq!(peer_changes(&want, &now).len(), 1);
     }
 }

@@ -123,7 +123,7 @@ choice!(
         /// One IPv4 address per pod.
         Ipv4 = "ipv4": "one IPv4 address per pod",
         /// One IPv4 and one IPv6 address per pod.
-        Dual = "dual": "dual-stack: one IPv4 and one IPv6 address per pod (for now with --backend vxlan --datapath bridge, and --policy-datapath nftables or none)",
+        Dual = "dual": "dual-stack: one IPv4 and one IPv6 address per pod (for now with --backend vxlan or wireguard, --datapath bridge, and --policy-datapath nftables or none)",
     }
 );
 
@@ -135,7 +135,8 @@ impl Default for IpFamily {
 }
 
 /// Why a dual-stack node cannot run these choices, naming each flag to change; `None`
-/// when it can. IPv6 crosses between nodes only through the VXLAN device so far, the
+/// when it can. IPv6 crosses between nodes through the VXLAN or WireGuard device (not
+/// host-gw, whose next hops are the peers' IPv4 underlay addresses), the
 /// fast path is IPv4 only, and the eBPF policy datapath drops pods' IPv6 (its maps are
 /// IPv4; nftables judges both families): anything else is refused rather than run
 /// with pods' IPv6 silently dropped.
@@ -145,8 +146,10 @@ pub fn dual_stack_problem(
     policy: PolicyDatapath,
 ) -> Option<String> {
     let mut wrong = vec![];
-    if backend != Backend::Vxlan {
-        wrong.push(format!("--backend {backend} (only vxlan carries IPv6 yet)"));
+    if backend == Backend::HostGw {
+        wrong.push(format!(
+            "--backend {backend} (it routes through the peers' IPv4 underlay addresses, which cannot be an IPv6 route's next hop: use vxlan or wireguard)"
+        ));
     }
     if datapath != Datapath::Bridge {
         wrong.push(format!(
@@ -160,7 +163,7 @@ pub fn dual_stack_problem(
     }
     (!wrong.is_empty()).then(|| {
         format!(
-            "dual-stack pods need --backend vxlan --datapath bridge and --policy-datapath nftables or none for now; refused: {}",
+            "dual-stack pods need --backend vxlan or wireguard, --datapath bridge, and --policy-datapath nftables or none for now; refused: {}",
             wrong.join(", ")
         )
     })
@@ -293,6 +296,27 @@ mod tests {
         assert!(e.contains("--policy-datapath none"), "{e}");
         let e = choose_datapaths(Some(D::Ebpf), None, wg).unwrap_err();
         assert!(e.contains("use --datapath bridge"), "{e}");
+    }
+
+    /// Dual-stack runs over VXLAN or WireGuard, on the bridge, with nftables or no
+    /// policy; anything else is refused naming the flag.
+    #[test]
+    fn dual_stack_takes_only_what_carries_ipv6() {
+        use Backend as B;
+        use Datapath as D;
+        use PolicyDatapath as P;
+        for b in [B::Vxlan, B::Wireguard] {
+            for p in [P::Nftables, P::None] {
+                assert_eq!(dual_stack_problem(b, D::Bridge, p), None, "{b} {p}");
+            }
+        }
+        let e = dual_stack_problem(B::HostGw, D::Bridge, P::Nftables).unwrap();
+        assert!(e.contains("--backend host-gw"), "{e}");
+        let e = dual_stack_problem(B::Vxlan, D::Ebpf, P::Ebpf).unwrap();
+        assert!(
+            e.contains("--datapath ebpf") && e.contains("--policy-datapath ebpf"),
+            "{e}"
+        );
     }
 
     #[test]

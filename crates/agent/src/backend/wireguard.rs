@@ -76,6 +76,7 @@ impl WireGuard {
                     public_key: k,
                     endpoint: std::net::SocketAddrV4::new(q.underlay, port),
                     cidr: q.cidr,
+                    cidr6: q.cidr6,
                 })
             })
             .collect();
@@ -239,7 +240,12 @@ impl NodeBackend for WireGuard {
             .map(|q| WireGuardPeerStatus {
                 public_key: wg::to_base64(&q.public_key),
                 endpoint: q.endpoint.map(|e| e.to_string()).unwrap_or_default(),
-                allowed_ips: q.allowed_ips.iter().map(|n| n.to_string()).collect(),
+                allowed_ips: q
+                    .allowed_ips
+                    .iter()
+                    .map(|n| n.to_string())
+                    .chain(q.allowed_ips6.iter().map(|n| n.to_string()))
+                    .collect(),
                 last_handshake: q.last_handshake,
                 rx_bytes: q.rx_bytes,
                 tx_bytes: q.tx_bytes,

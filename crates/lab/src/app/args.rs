@@ -291,8 +291,8 @@ pub(crate) enum LabCmd {
         proxy_mode: Option<LabProxyMode>,
         /// The pods' address families [default: ipv4]. dual: every pod also gets an
         /// IPv6 address (from fd00:10:244::/56, a /64 per node), carried between nodes
-        /// over VXLAN without NAT; for now with --datapath bridge and --policy-datapath
-        /// nftables or none.
+        /// over VXLAN or WireGuard without NAT; for now with --datapath bridge and
+        /// --policy-datapath nftables or none.
         #[arg(long, value_enum)]
         ip_family: Option<podnet_conventions::IpFamily>,
         #[arg(long, value_enum, default_value = "text")]
