@@ -295,6 +295,29 @@ pub fn state(vxlan_dev: &str, bridge: &str) -> podnet_netlink::Result<NodeState>
             state: n.state_name().to_string(),
         })
         .collect();
+    let routes6 = route::list6(&mut s)?
+        .into_iter()
+        .filter(|r| r.protocol == podnet_conventions::RTPROT_PODNET)
+        .map(|r| podnet_api::Route6State {
+            dst: format!("{}/{}", r.dst, r.prefix),
+            gateway: r.gateway,
+            dev: r.oif.map(name_of),
+        })
+        .collect();
+    let neigh6 = neigh::list6(&mut s)?
+        .into_iter()
+        .filter(|n| Some(n.index) == vx)
+        .map(|n| podnet_api::Neigh6State {
+            ip: n.ip,
+            mac: n.mac.map(|m| podnet_netlink::fmt_mac(&m)),
+            dev: name_of(n.index),
+            state: if n.state & 0x80 != 0 {
+                "PERMANENT".into()
+            } else {
+                format!("state {:#x}", n.state)
+            },
+        })
+        .collect();
     let fdb = neigh::fdb_list(&mut s)?
         .into_iter()
         .filter(|f| Some(f.index) == vx)
@@ -342,6 +365,8 @@ pub fn state(vxlan_dev: &str, bridge: &str) -> podnet_netlink::Result<NodeState>
         links: link_states,
         routes,
         neigh,
+        routes6,
+        neigh6,
         fdb,
         forwarding,
         conntrack: Conntrack {

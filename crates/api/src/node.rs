@@ -13,6 +13,13 @@ pub struct NodeState {
     pub links: Vec<LinkState>,
     pub routes: Vec<RouteState>,
     pub neigh: Vec<NeighState>,
+    /// podnet's IPv6 routes (protocol 0x50: a dual-stack node's routes to its peers'
+    /// IPv6 pod CIDRs).
+    #[serde(default)]
+    pub routes6: Vec<Route6State>,
+    /// IPv6 neighbours on the VXLAN device (a dual-stack node's peers' next hops).
+    #[serde(default)]
+    pub neigh6: Vec<Neigh6State>,
     /// The VXLAN device's FDB.
     pub fdb: Vec<FdbState>,
     pub forwarding: bool,
@@ -52,6 +59,23 @@ pub struct RouteState {
     pub onlink: bool,
     #[serde(default)]
     pub protocol: u8,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Route6State {
+    /// `net/len`.
+    pub dst: String,
+    pub gateway: Option<std::net::Ipv6Addr>,
+    pub dev: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Neigh6State {
+    pub ip: std::net::Ipv6Addr,
+    pub mac: Option<String>,
+    pub dev: String,
+    /// `PERMANENT`, or what else the kernel holds.
+    pub state: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -341,6 +341,9 @@ fn peer_entries(
         },
         &route_fix(st, Some(p)),
     );
+    if !p.pod_cidr6.is_empty() {
+        peer_entries6(out, n, p);
+    }
     if !vx.is_empty() {
         // Held against the peer's own VTEP MAC and underlay address, as its agent
         // reports them (the datastore's record only when it does not answer).
@@ -394,6 +397,73 @@ fn peer_entries(
             &format!("if {name}'s record is stale, restart podnetd on {name} to publish its key; else restart podnetd here (it configures peers from the datastore)"),
         );
     }
+}
+
+/// A dual-stack peer's IPv6 route (and, over VXLAN, its permanent neighbour), as
+/// podnetd plans them: over VXLAN via the range's first address on the device with
+/// that address at the peer's VTEP MAC; over WireGuard straight to the device.
+fn peer_entries6(out: &mut Out, n: &NodeView, p: &podnet_api::PeerStatus) {
+    let (name, cidr6) = (&p.name, &p.pod_cidr6);
+    let Ok(net) = cidr6.parse::<podnet_conventions::Ipv6Net>() else {
+        return;
+    };
+    let (dev, via) = match &n.st.wireguard {
+        Some(w) => (w.device.clone(), None),
+        None => (n.st.vxlan_dev.clone(), Some(net.network())),
+    };
+    let r = n.state.routes6.iter().find(|r| &r.dst == cidr6);
+    let ok = r.is_some_and(|r| r.dev.as_deref() == Some(dev.as_str()) && r.gateway == via);
+    let shown = |gw: Option<std::net::Ipv6Addr>, d: Option<&str>| {
+        let mut t = String::new();
+        if let Some(g) = gw {
+            t += &format!("via {g} ");
+        }
+        t + &format!("dev {}", d.unwrap_or("(none)"))
+    };
+    let cmd = match via {
+        Some(v) => format!("ip -6 route replace {cidr6} via {v} dev {dev} onlink proto 0x50"),
+        None => format!("ip -6 route replace {cidr6} dev {dev} proto 0x50"),
+    };
+    out.check(
+        &format!("route6 to {name}"),
+        ok,
+        match r {
+            None => format!(
+                "{name}'s IPv6 pod CIDR {cidr6} has no podnet route: its pods' IPv6 does not get there"
+            ),
+            Some(r) if ok => format!("{cidr6} {}", shown(r.gateway, r.dev.as_deref())),
+            Some(r) => format!(
+                "{name}'s IPv6 pod CIDR {cidr6} goes {}, not {}",
+                shown(r.gateway, r.dev.as_deref()),
+                shown(via, Some(&dev))
+            ),
+        },
+        &format!("{cmd} (podnetd puts it back when repair is on)"),
+    );
+    let Some(via) = via else { return };
+    let want = VtepWant::new(p, n.others.get(name).map(|o| (o, None)));
+    let e = n.state.neigh6.iter().find(|e| e.ip == via);
+    let ok = e.is_some_and(|e| e.state == "PERMANENT" && e.mac.as_deref() == Some(&*want.mac));
+    out.check(
+        &format!("neighbour6 for {name}"),
+        ok,
+        match e {
+            None => {
+                format!("no neighbour entry for {via} on {dev}: IPv6 to {name}'s pods cannot leave")
+            }
+            Some(_) if ok => format!("{via} lladdr {} PERMANENT", want.mac),
+            Some(e) => format!(
+                "{via} holds {} ({}), not {name}'s VTEP MAC {} permanently",
+                e.mac.as_deref().unwrap_or("no MAC"),
+                e.state,
+                want.mac
+            ),
+        },
+        &format!(
+            "ip -6 neigh replace {via} lladdr {} dev {dev} nud permanent",
+            want.mac
+        ),
+    );
 }
 
 /// One peer probed from this node: the underlay, the overlay port, the path MTU.
@@ -551,6 +621,23 @@ fn stale(out: &mut Out, n: &NodeView) {
             format!("{} via {} is for no current peer", r.dst, text(r.gateway)),
             &format!(
                 "ip route del {} (podnetd removes it when repair is on)",
+                r.dst
+            ),
+        );
+    }
+    let cidrs6: Vec<&str> = peers.iter().map(|p| p.pod_cidr6.as_str()).collect();
+    for r in n
+        .state
+        .routes6
+        .iter()
+        .filter(|r| !cidrs6.contains(&r.dst.as_str()))
+    {
+        out.put(
+            "stale route",
+            "broken",
+            format!("{} (IPv6) is for no current peer", r.dst),
+            &format!(
+                "ip -6 route del {} (podnetd removes it when repair is on)",
                 r.dst
             ),
         );

@@ -796,4 +796,84 @@ fn a_dual_stack_wireguard_lab_carries_ipv6_encrypted() {
             .any(|f| f.windows(marker.len()).any(|w| w == marker)),
         "the IPv6 payload crossed the underlay in the clear"
     );
+    // doctor checks the IPv6 route to the WireGuard device: nothing broken.
+    let f = lab.doctor_findings("route6 to node2");
+    assert!(
+        f.iter()
+            .any(|f| f["node"] == "node1" && f["status"] == "ok"),
+        "{f:?}"
+    );
+    let o = podnet()
+        .args(["doctor", "--lab", &lab.name])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+}
+
+/// doctor checks a dual-stack peer's IPv6 route and neighbour: on a lab without repair,
+/// node1's route to node2's IPv6 pod CIDR deleted and its neighbour entry given another
+/// MAC are both named, with the command that puts each back; run, doctor is clean.
+#[test]
+fn doctor_names_a_missing_ipv6_route_and_a_wrong_ipv6_neighbour() {
+    let lab = TestLab::up(&[
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "1",
+        "--ip-family",
+        "dual",
+        "--datapath",
+        "bridge",
+        "--policy-datapath",
+        "nftables",
+        "--no-repair",
+    ]);
+    let node1 = |check: &str| -> Value {
+        let f = lab.doctor_findings(check);
+        f.into_iter()
+            .find(|f| f["node"] == "node1")
+            .unwrap_or_else(|| panic!("no {check} finding for node1"))
+    };
+    for check in ["route6 to node2", "neighbour6 for node2"] {
+        assert_eq!(node1(check)["status"], "ok", "{}", node1(check));
+    }
+    let st = lab.json(&["status", "--output", "json"]);
+    let b = lab_ip6(&st, "p2a");
+    let net = podnet_cni_spec::net::Ipv6Net::truncating(b, 64);
+    lab.sh("node1", &["ip", "-6", "route", "del", &net.to_string()]);
+    lab.sh(
+        "node1",
+        &[
+            "ip",
+            "-6",
+            "neigh",
+            "replace",
+            &net.network().to_string(),
+            "lladdr",
+            "0a:59:de:ad:be:ef",
+            "dev",
+            "podnet.vxlan",
+            "nud",
+            "permanent",
+        ],
+    );
+    for check in ["route6 to node2", "neighbour6 for node2"] {
+        let f = node1(check);
+        assert_eq!(f["status"], "broken", "{f}");
+        // Its fix, run as given (`ip -6 …`), puts the entry back.
+        let fix = f["fix"].as_str().unwrap();
+        let cmd: Vec<&str> = fix.split(" (").next().unwrap().split(' ').collect();
+        assert_eq!(cmd[..2], ["ip", "-6"], "{fix}");
+        lab.sh("node1", &cmd);
+    }
+    assert!(node1("route6 to node2")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("podnet.vxlan"),);
+    for check in ["route6 to node2", "neighbour6 for node2"] {
+        assert_eq!(node1(check)["status"], "ok", "{}", node1(check));
+    }
+    // Pods reach each other over IPv6 again.
+    let a = lab_ip6(&st, "p1a");
+    assert_eq!(tcp6(&lab.ns("p1a"), &lab.ns("p2a"), b, 7600), Ok(a));
 }
