@@ -359,3 +359,84 @@ fn allowed_flows_are_reported_while_asked_for(datapath: &str) {
         ) >= 1.0
     );
 }
+
+/// On a dual-stack node (nftables), a connection refused over IPv6 is observed like one
+/// over IPv4: the refusing pod, its policy, and the IPv6 addresses and port of the
+/// packet; `policy stats` counts it for that pod.
+#[test]
+fn an_ipv6_denial_is_observed_with_nftables() {
+    let lab = TestLab::up(&[
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "1",
+        "--ip-family",
+        "dual",
+        "--datapath",
+        "bridge",
+        "--policy-datapath",
+        "nftables",
+    ]);
+    let st = lab.json(&["status", "--output", "json"]);
+    let ip6 = |name: &str| -> String {
+        st["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["ip6"].as_str())
+            .unwrap_or_else(|| panic!("no IPv6 address for {name}: {st}"))
+            .to_string()
+    };
+    let (a, b) = (ip6("p1a"), ip6("p2a"));
+    let obs = Observer::start(&lab, &[]);
+    lab.pipe_ok("apply", DENY);
+    // Refused once the policy is in force (the probe is retried until then).
+    let t = Instant::now();
+    let e = loop {
+        let p = lab.run(&[
+            "probe",
+            "default/p1a",
+            "default/p2a",
+            "--port",
+            "7777",
+            "--ipv6",
+        ]);
+        assert!(
+            p.status.code() == Some(1) || p.status.success(),
+            "probe failed: {}",
+            String::from_utf8_lossy(&p.stderr)
+        );
+        if let Ok((_, v)) = obs.rx.recv_timeout(Duration::from_millis(500)) {
+            if v["reason"] == "policy" && v["verdict"] == "dropped" && v["src"] == a.as_str() {
+                break v;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "no IPv6 denial observed"
+        );
+    };
+    assert_eq!(e["node"], "node2", "{e}");
+    assert_eq!(e["pod"], "p2a", "{e}");
+    assert_eq!(e["direction"], "ingress", "{e}");
+    assert_eq!(e["policy"], "default/deny-p2a", "{e}");
+    assert_eq!(e["protocol"], "TCP", "{e}");
+    assert_eq!(e["port"], 7777, "{e}");
+    assert_eq!(e["dst"], b.as_str(), "{e}");
+    // Only IPv6 was refused to p2a: its count is the IPv6 set's.
+    let o = podnet()
+        .args(["policy", "stats", "--lab", &lab.name, "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stats: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let p2a = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|n| n["denied"].as_array().cloned().unwrap_or_default())
+        .find(|d| d["pod"] == "default/p2a" && d["direction"] == "ingress")
+        .unwrap_or_else(|| panic!("p2a's ingress not in the stats: {stats:#}"));
+    assert!(p2a["packets"].as_u64().unwrap() >= 1, "{p2a}");
+}
