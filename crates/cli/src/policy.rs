@@ -238,3 +238,63 @@ pub fn render_stats(s: &[NodeStats]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn objects() -> Vec<Object> {
+        let pod = |name: &str, ips: &[&str]| {
+            let ip_list: Vec<serde_json::Value> =
+                ips.iter().map(|i| serde_json::json!({"ip": i})).collect();
+            Object::from_json(serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "x", "labels": {"app": name}},
+                "spec": {"nodeName": "node1", "containers": [{"name": "c"}]},
+                "status": {"podIP": ips[0], "podIPs": ip_list}
+            }))
+            .unwrap()
+        };
+        let policy = Object::from_json(serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "v6-only", "namespace": "x"},
+            "spec": {"podSelector": {"matchLabels": {"app": "db"}},
+                     "ingress": [{"from": [{"ipBlock": {"cidr": "fd00:10:244::/48"}}]}]}
+        }))
+        .unwrap();
+        vec![
+            pod("web", &["10.244.0.5", "fd00:10:244::5"]),
+            pod("db", &["10.244.1.7", "fd00:10:244:1::7"]),
+            pod("old", &["10.244.0.9"]),
+            policy,
+        ]
+    }
+
+    /// The flow's family follows its ends: pods by their IPv6 addresses with --ipv6 or
+    /// an IPv6 end; the same pods judged apart over each family.
+    #[test]
+    fn explain_judges_each_family_and_refuses_what_has_none() {
+        let o = objects();
+        let v6 = explain(&o, "x/web", "x/db", 5432, Proto::Tcp, true).unwrap();
+        assert!(v6.allowed(), "{v6:?}");
+        assert_eq!(v6.from, "x/web (fd00:10:244::5)");
+        let v4 = explain(&o, "x/web", "x/db", 5432, Proto::Tcp, false).unwrap();
+        assert!(!v4.allowed(), "an IPv6 block admits no IPv4 flow: {v4:?}");
+        // An IPv6 address as one end makes the pod end IPv6 too.
+        let by_addr = explain(&o, "fd00:10:244::5", "x/db", 5432, Proto::Tcp, false).unwrap();
+        assert_eq!(by_addr.from, "x/web (fd00:10:244::5)");
+        assert!(by_addr.allowed());
+        let e = explain(&o, "x/old", "x/db", 5432, Proto::Tcp, true).unwrap_err();
+        assert!(e.to_string().contains("has no IPv6 address"), "{e}");
+        let e = explain(
+            &o,
+            "10.244.0.5",
+            "fd00:10:244:1::7",
+            5432,
+            Proto::Tcp,
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("mixes an IPv4 and an IPv6"), "{e}");
+    }
+}

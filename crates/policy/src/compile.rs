@@ -293,41 +293,63 @@ pub fn compile(c: &Cluster, local: impl Fn(&PodInfo) -> bool) -> BTreeMap<String
         }
     }
     type GroupKey = (usize, Vec<usize>, Vec<(Option<String>, Proto, u16)>);
-    let mut built: HashMap<GroupKey, Table> = HashMap::new();
-    let mut out = BTreeMap::new();
     let mut ids: Vec<usize> = governing.keys().copied().collect();
     ids.sort();
+    let key = |i: usize, d: usize| -> Option<GroupKey> {
+        let g = &governing[&i][d];
+        if g.is_empty() {
+            return None;
+        }
+        let ports = if d == 0 {
+            c.pods[i].ports.clone()
+        } else {
+            vec![]
+        };
+        Some((d, g.clone(), ports))
+    };
+    // How many pods share each table: the last takes it rather than a copy (a large
+    // table is built once and never copied when one pod has it).
+    let mut uses: HashMap<GroupKey, usize> = HashMap::new();
+    for &i in &ids {
+        for d in 0..2 {
+            if let Some(k) = key(i, d) {
+                *uses.entry(k).or_default() += 1;
+            }
+        }
+    }
+    let mut built: HashMap<GroupKey, Table> = HashMap::new();
+    let mut out = BTreeMap::new();
     for i in ids {
         let pod = &c.pods[i];
         let g = &governing[&i];
         let mut table = |d: usize, dir: Direction| -> Table {
-            if g[d].is_empty() {
+            let Some(k) = key(i, d) else {
                 return Table::Open;
-            }
-            let ports = if dir == Direction::Ingress {
-                pod.ports.clone()
-            } else {
-                vec![]
             };
-            built
-                .entry((d, g[d].clone(), ports))
-                .or_insert_with(|| {
-                    let mut allow = BTreeSet::new();
-                    let mut names = Vec::new();
-                    for &pi in &g[d] {
-                        let pol = &c.policies[pi];
-                        names.push(policy_name(pol));
-                        for r in rules(pol, dir) {
-                            let peers = idx.resolve(c, pol.metadata.ns(), r.peers);
-                            add_rule(c, dir, pod, &peers, r.ports, &mut allow);
-                        }
+            let left = uses.get_mut(&k).expect("every key is counted");
+            *left -= 1;
+            let last = *left == 0;
+            let t = built.entry(k.clone()).or_insert_with(|| {
+                let mut allow = BTreeSet::new();
+                let mut names = Vec::new();
+                for &pi in &g[d] {
+                    let pol = &c.policies[pi];
+                    names.push(policy_name(pol));
+                    for r in rules(pol, dir) {
+                        let peers = idx.resolve(c, pol.metadata.ns(), r.peers);
+                        add_rule(c, dir, pod, &peers, r.ports, &mut allow);
                     }
-                    Table::Isolated {
-                        policies: names,
-                        allow: normalize(&allow),
-                    }
-                })
-                .clone()
+                }
+                Table::Isolated {
+                    policies: names,
+                    allow: normalize(&allow),
+                }
+            });
+            if last {
+                built.remove(&k).expect("just built")
+            } else {
+                t.clone()
+            }
         };
         let ingress = table(0, Direction::Ingress);
         let egress = table(1, Direction::Egress);
@@ -388,7 +410,7 @@ pub fn normalize(allow: &BTreeSet<Allow>) -> BTreeSet<Allow> {
     let mut by_proto: BTreeMap<Proto, BTreeMap<Prefix, Vec<(u16, u16)>>> = BTreeMap::new();
     for a in allow {
         if let Some(p) = a.ports {
-            if !covered_by(&top_set, &a.net, false) {
+            if top_set.is_empty() || !covered_by(&top_set, &a.net, false) {
                 by_proto
                     .entry(p.proto)
                     .or_default()

@@ -616,6 +616,13 @@ fn conformance_on(datapath: &str, fast: &str, dual: bool) {
     let lab = TestLab::up(&args);
     assert_eq!(lab.dual(), dual);
     lab.apply(&model_yaml());
+    if !dual {
+        // IPv6 probes on an IPv4 lab are refused, saying why.
+        let o = lab.run(&["probe", "--matrix", "--port", "80", "--ipv6"]);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("not dual-stack"), "{err}");
+    }
     // With no policy, everything reaches everything on every protocol.
     for proto in ["TCP", "UDP", "SCTP"] {
         check(&lab, "no policy", 80, proto, &Expect::all(true));
