@@ -349,3 +349,15 @@ pub fn lab_pod(st: &Value, name: &str) -> (Ipv4Addr, [u8; 6]) {
         podnet_netlink::parse_mac(p["mac"].as_str().unwrap()).unwrap(),
     )
 }
+
+/// A lab pod's IPv6 address, from `lab status --output json`.
+pub fn lab_ip6(st: &Value, name: &str) -> std::net::Ipv6Addr {
+    st["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["ip6"].as_str())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no IPv6 address for {name}: {st}"))
+}

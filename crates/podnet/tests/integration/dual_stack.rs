@@ -332,18 +332,7 @@ fn ip_out(args: &[&str]) -> String {
 /// podnet's own route, through its VXLAN device.
 #[test]
 fn a_dual_stack_lab_carries_ipv6_between_nodes_without_nat() {
-    let lab = TestLab::up(&[
-        "--nodes",
-        "2",
-        "--pods-per-node",
-        "1",
-        "--ip-family",
-        "dual",
-        "--datapath",
-        "bridge",
-        "--policy-datapath",
-        "none",
-    ]);
+    let lab = dual_lab(2, 1, &["--datapath", "bridge", "--policy-datapath", "none"]);
     let st = lab.json(&["status", "--output", "json"]);
     let ip6 = |name: &str| lab_ip6(&st, name);
     let (a, b) = (ip6("p1a"), ip6("p2a"));
@@ -476,19 +465,17 @@ fn a_dual_stack_lab_refuses_what_would_drop_ipv6() {
 /// them (`status.podIPs`): an IPv6 ipBlock admits one pod and not the other.
 #[test]
 fn a_dual_stack_kubernetes_lab_takes_both_pod_cidrs_from_the_nodes() {
-    let lab = TestLab::up(&[
-        "--kubernetes",
-        "--nodes",
-        "2",
-        "--pods-per-node",
-        "1",
-        "--ip-family",
-        "dual",
-        "--datapath",
-        "bridge",
-        "--policy-datapath",
-        "nftables",
-    ]);
+    let lab = dual_lab(
+        2,
+        1,
+        &[
+            "--kubernetes",
+            "--datapath",
+            "bridge",
+            "--policy-datapath",
+            "nftables",
+        ],
+    );
     let nodes: Value =
         serde_json::from_str(&lab.kubectl(&["get", "nodes", "-o", "json"], None)).unwrap();
     let range: podnet_cni_spec::net::Ipv6Net = "fd00:10:244::/56".parse().unwrap();
@@ -548,16 +535,13 @@ fn a_dual_stack_kubernetes_lab_takes_both_pod_cidrs_from_the_nodes() {
     assert_eq!(tcp6(&lab.ns("p1a"), &lab.ns("p2a"), b, 7400), Ok(a));
 }
 
-/// A lab pod's IPv6 address, from `lab status --output json`.
-fn lab_ip6(st: &Value, name: &str) -> Ipv6Addr {
-    st["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .and_then(|p| p["ip6"].as_str())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no IPv6 address for {name}: {st}"))
+/// A dual-stack lab of `nodes` nodes with `pods` pods each (`--ip-family dual`), with
+/// `extra` flags.
+fn dual_lab(nodes: u32, pods: u32, extra: &[&str]) -> TestLab {
+    let (n, p) = (nodes.to_string(), pods.to_string());
+    let mut args = vec!["--nodes", &n, "--pods-per-node", &p, "--ip-family", "dual"];
+    args.extend_from_slice(extra);
+    TestLab::up(&args)
 }
 
 /// DEL forgets the node's conntrack entries of a dual-stack pod's IPv6 address, as of
@@ -617,18 +601,11 @@ fn del_forgets_the_connections_of_a_pods_ipv6_address() {
 /// broken on such a node.
 #[test]
 fn ipv6_multicast_reaches_no_pod_under_policy() {
-    let lab = TestLab::up(&[
-        "--nodes",
-        "1",
-        "--pods-per-node",
-        "2",
-        "--ip-family",
-        "dual",
-        "--datapath",
-        "bridge",
-        "--policy-datapath",
-        "nftables",
-    ]);
+    let lab = dual_lab(
+        1,
+        2,
+        &["--datapath", "bridge", "--policy-datapath", "nftables"],
+    );
     let st = lab.json(&["status", "--output", "json"]);
     let (a, b) = (lab_ip6(&st, "p1a"), lab_ip6(&st, "p1b"));
     // p1b admits p1a's IPv6 address, nothing else.
@@ -720,16 +697,7 @@ fn ipv6_multicast_reaches_no_pod_under_policy() {
 /// appears on node1's underlay, while WireGuard datagrams do).
 #[test]
 fn a_dual_stack_wireguard_lab_carries_ipv6_encrypted() {
-    let lab = TestLab::up(&[
-        "--nodes",
-        "2",
-        "--pods-per-node",
-        "1",
-        "--ip-family",
-        "dual",
-        "--backend",
-        "wireguard",
-    ]);
+    let lab = dual_lab(2, 1, &["--backend", "wireguard"]);
     let st = lab.json(&["status", "--output", "json"]);
     let (a, b) = (lab_ip6(&st, "p1a"), lab_ip6(&st, "p2a"));
     let net = |x: Ipv6Addr| podnet_cni_spec::net::Ipv6Net::truncating(x, 64);
@@ -815,19 +783,17 @@ fn a_dual_stack_wireguard_lab_carries_ipv6_encrypted() {
 /// MAC are both named, with the command that puts each back; run, doctor is clean.
 #[test]
 fn doctor_names_a_missing_ipv6_route_and_a_wrong_ipv6_neighbour() {
-    let lab = TestLab::up(&[
-        "--nodes",
-        "2",
-        "--pods-per-node",
-        "1",
-        "--ip-family",
-        "dual",
-        "--datapath",
-        "bridge",
-        "--policy-datapath",
-        "nftables",
-        "--no-repair",
-    ]);
+    let lab = dual_lab(
+        2,
+        1,
+        &[
+            "--datapath",
+            "bridge",
+            "--policy-datapath",
+            "nftables",
+            "--no-repair",
+        ],
+    );
     let node1 = |check: &str| -> Value {
         let f = lab.doctor_findings(check);
         f.into_iter()

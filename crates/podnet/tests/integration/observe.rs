@@ -378,16 +378,7 @@ fn an_ipv6_denial_is_observed_with_nftables() {
         "nftables",
     ]);
     let st = lab.json(&["status", "--output", "json"]);
-    let ip6 = |name: &str| -> String {
-        st["pods"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .and_then(|p| p["ip6"].as_str())
-            .unwrap_or_else(|| panic!("no IPv6 address for {name}: {st}"))
-            .to_string()
-    };
+    let ip6 = |name: &str| crate::common::lab_ip6(&st, name).to_string();
     let (a, b) = (ip6("p1a"), ip6("p2a"));
     let obs = Observer::start(&lab, &[]);
     lab.pipe_ok("apply", DENY);
