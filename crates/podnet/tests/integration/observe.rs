@@ -19,6 +19,33 @@ struct Observer {
 }
 
 impl Observer {
+    /// Runs `lab probe ARGS` (its exit code one of `codes`) until an event `wanted`
+    /// arrives, for up to 15 s; that event.
+    fn probe_until(
+        &self,
+        lab: &TestLab,
+        args: &[&str],
+        codes: &[i32],
+        what: &str,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let t = Instant::now();
+        loop {
+            let p = lab.run(args);
+            assert!(
+                p.status.code().is_some_and(|c| codes.contains(&c)),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&p.stderr)
+            );
+            if let Ok((_, v)) = self.rx.recv_timeout(Duration::from_millis(500)) {
+                if wanted(&v) {
+                    return v;
+                }
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "{what}: not seen");
+        }
+    }
+
     fn start(lab: &TestLab, extra: &[&str]) -> Observer {
         let mut child = podnet()
             .args([
@@ -331,20 +358,13 @@ fn allowed_flows_are_reported_while_asked_for(datapath: &str) {
     let obs = Observer::start(&lab, &["--verdict", "allowed"]);
     // Asked from the observer's first request on: probe until p2a's node reports the
     // admitted connection.
-    let t = Instant::now();
-    let e = loop {
-        let p = lab.run(&["probe", "default/p1a", "default/p2a", "--port", "7777"]);
-        assert!(p.status.success());
-        if let Ok((_, v)) = obs.rx.recv_timeout(Duration::from_millis(500)) {
-            if v["node"] == "node2" {
-                break v;
-            }
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "no allowed flow reported"
-        );
-    };
+    let e = obs.probe_until(
+        &lab,
+        &["probe", "default/p1a", "default/p2a", "--port", "7777"],
+        &[0],
+        "an allowed flow reported by node2",
+        |v| v["node"] == "node2",
+    );
     assert_eq!(e["direction"], "ingress", "{e}");
     assert_eq!(e["pod"], "p2a", "{e}");
     assert_eq!(e["verdict"], "allowed", "{e}");
@@ -383,31 +403,20 @@ fn an_ipv6_denial_is_observed_with_nftables() {
     let obs = Observer::start(&lab, &[]);
     lab.pipe_ok("apply", DENY);
     // Refused once the policy is in force (the probe is retried until then).
-    let t = Instant::now();
-    let e = loop {
-        let p = lab.run(&[
+    let e = obs.probe_until(
+        &lab,
+        &[
             "probe",
             "default/p1a",
             "default/p2a",
             "--port",
             "7777",
             "--ipv6",
-        ]);
-        assert!(
-            p.status.code() == Some(1) || p.status.success(),
-            "probe failed: {}",
-            String::from_utf8_lossy(&p.stderr)
-        );
-        if let Ok((_, v)) = obs.rx.recv_timeout(Duration::from_millis(500)) {
-            if v["reason"] == "policy" && v["verdict"] == "dropped" && v["src"] == a.as_str() {
-                break v;
-            }
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "no IPv6 denial observed"
-        );
-    };
+        ],
+        &[0, 1],
+        "an IPv6 denial observed",
+        |v| v["reason"] == "policy" && v["verdict"] == "dropped" && v["src"] == a.as_str(),
+    );
     assert_eq!(e["node"], "node2", "{e}");
     assert_eq!(e["pod"], "p2a", "{e}");
     assert_eq!(e["direction"], "ingress", "{e}");
