@@ -164,6 +164,51 @@ struct policy_event {
 	u8 pad;
 };
 
+/* ---- policy.c over IPv6: the same tables for pods' IPv6 addresses ---- */
+
+/* An IPv6 address, network byte order: the address part of the IPv6 tables' keys. */
+struct in6 {
+	u8 a[16];
+};
+
+/* The key of ingress_peers6 and egress_peers6 (LPM tries; value: port set id in
+ * port_sets, shared with IPv4, 0 for every protocol and port). */
+struct peer6_key {
+	u32 prefixlen; /* 128 + peer prefix length */
+	struct in6 pod;
+	struct in6 peer;
+};
+
+/* The key of flows6 (value: when the flow was last seen, ns). */
+struct flow6_key {
+	struct in6 saddr;
+	struct in6 daddr;
+	u16 sport; /* host byte order; for ICMPv6 both are the echo id */
+	u16 dport;
+	u8 proto;
+	u8 side; /* DIR_INGRESS (of daddr) or DIR_EGRESS (of saddr) */
+	u8 pad[2];
+};
+
+/* The key of policy_drops6 (value: packets refused). */
+struct drop6_key {
+	struct in6 pod;
+	u32 dir; /* DIR_INGRESS, DIR_EGRESS or DIR_CLOSED (pod is then the closed address) */
+};
+
+/* A verdict on an IPv6 packet, a record of the same ring buffer policy_events as
+ * struct policy_event: the reader tells the two apart by their sizes. */
+struct policy_event6 {
+	struct in6 pod;
+	struct in6 peer;
+	u16 sport; /* host byte order */
+	u16 dport;
+	u8 proto;
+	u8 dir;     /* DIR_* */
+	u8 verdict; /* VERDICT_* */
+	u8 pad;
+};
+
 /* A local_pods value (keyed by the pod's address, network order): a pod of this node for
  * the fast path: its host veth, its MAC, and the gateway's MAC (the source of what the
  * node routes to it). */

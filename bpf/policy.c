@@ -34,14 +34,22 @@
  * - policy_drops: packets refused, per (pod address, direction); direction 2 counts
  *   packets to or from a closed address.
  *
- * IPv6: podnet's pod network is IPv4, so a pod's IPv6 other than neighbour discovery
- * is dropped here (as the nftables datapath drops bridged IPv6).
+ * IPv6: a dual-stack pod's IPv6 address is judged the same way, in maps of its own
+ * (pod_policy6, ingress_peers6, egress_peers6, node_addrs6, flows6, frags6,
+ * flow_budget6, event_budget6, policy_drops6: keys of 16-byte addresses; port_sets,
+ * config and the ring buffer are shared). The judgment is written once:
+ * lib/conntrack.h and lib/verdict.h are templates this file instantiates per family.
+ * Neighbour discovery passes (hop limit 255); anything else from or to a link-local or
+ * multicast address is dropped, since no pod holds one (the nftables datapath drops
+ * those too). The fast path and Service deferral are IPv4 only: an IPv6 packet a pod
+ * sends is judged and then takes the bridge and the node's stack.
  *
  * No kernel headers: the few UAPI definitions needed are in uapi.h.
  *
  * This file holds the maps and the programs; the rest is split by concern under lib/:
- * parse.h (what a packet is), conntrack.h (flows, fragments, budgets), verdict.h
- * (judging one pod's side), encap.h (VXLAN) and fib.h (forwarding). The structs and
+ * parse.h (what a packet is), common.h (budgets, switches, port sets), conntrack.h
+ * (flows, fragments), verdict.h (judging one pod's side), encap.h (VXLAN) and fib.h
+ * (forwarding). The structs and
  * constants podnetd shares (keys, values, flags, slots) are in abi.h.
  */
 #include "abi.h"
@@ -117,6 +125,64 @@ struct {
 	__uint(pinning, PIN_BY_NAME);
 } frags SEC(".maps");
 
+/* The IPv6 twins of the maps above (same roles, same sizes; port_sets is shared). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct in6);
+	__type(value, u32);
+	__uint(max_entries, 65536);
+	__uint(pinning, PIN_BY_NAME);
+} pod_policy6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct peer6_key);
+	__type(value, u32);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, PIN_BY_NAME);
+} ingress_peers6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct peer6_key);
+	__type(value, u32);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, PIN_BY_NAME);
+} egress_peers6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct in6);
+	__type(value, u32);
+	__uint(max_entries, 256);
+	__uint(pinning, PIN_BY_NAME);
+} node_addrs6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct flow6_key);
+	__type(value, u64);
+	__uint(max_entries, 262144);
+	__uint(pinning, PIN_BY_NAME);
+} flows6 SEC(".maps");
+
+struct frag6_key {
+	struct in6 saddr, daddr;
+	u32 id;
+	u8 proto, side;
+	u8 pad[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag6_key);
+	__type(value, u64);
+	__uint(max_entries, 16384);
+	__uint(pinning, PIN_BY_NAME);
+} frags6 SEC(".maps");
+
 /* Budgets: a token bucket per key. A new flow-table entry is charged to the address
  * that sent the packet opening it (a spraying pod pays, on every node, not the pods it
  * sprays at), FLOW_RATE entries a second in bursts of FLOW_BURST (a same-node flow is
@@ -148,6 +214,22 @@ struct {
 	__uint(pinning, PIN_BY_NAME);
 } event_budget SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct in6);
+	__type(value, struct bucket);
+	__uint(max_entries, 65536);
+	__uint(pinning, PIN_BY_NAME);
+} flow_budget6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct in6);
+	__type(value, struct bucket);
+	__uint(max_entries, 65536);
+	__uint(pinning, PIN_BY_NAME);
+} event_budget6 SEC(".maps");
+
 /* What the budgets and the ring cost: budget_stats, BUDGET_* slots (abi.h), each a
  * count. */
 struct {
@@ -166,8 +248,16 @@ struct {
 	__uint(pinning, PIN_BY_NAME);
 } policy_drops SEC(".maps");
 
-/* One verdict for podnetd (crates/agent/src/ebpf.rs, PolicyEvent): struct policy_event
- * (abi.h). The switches podnetd sets in config: CONFIG_* slots (abi.h), 0 off, 1 on; two
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct drop6_key);
+	__type(value, u64);
+	__uint(max_entries, 131072);
+	__uint(pinning, PIN_BY_NAME);
+} policy_drops6 SEC(".maps");
+
+/* One verdict for podnetd (crates/agent/src/observe, PolicyEvent): struct policy_event
+ * (abi.h), or struct policy_event6 for an IPv6 packet (told apart by size). The switches podnetd sets in config: CONFIG_* slots (abi.h), 0 off, 1 on; two
  * writers, never the same slot. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -181,7 +271,8 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
 	__uint(pinning, PIN_BY_NAME);
-	__type(record, struct policy_event); /* BTF only: see uapi.h */
+	__type(record, struct policy_event);   /* BTF only: see uapi.h */
+	__type(record6, struct policy_event6); /* the IPv6 record, BTF only likewise */
 } policy_events SEC(".maps");
 
 /* The fast path (`--datapath ebpf`): while config[CONFIG_FAST_PATH] is on, packets whose
@@ -245,11 +336,67 @@ struct {
 /* The datapath, by concern (each header says what it holds and which of the maps above
  * it uses). */
 #include "lib/parse.h"
+#include "lib/common.h"
+
+/* The judgment, once per family: F(name) is the family's function or map. */
+#define F(name) name
+#define PKT struct pkt
+#define ADDR u32
+#define FLOW_KEY struct flow_key
+#define FRAG_KEY struct frag_key
+#define PEER_KEY struct peer_key
+#define PEER_BITS 64
+#define DROP_KEY struct drop_key
+#define EVENT struct policy_event
 #include "lib/conntrack.h"
 #include "lib/verdict.h"
+#undef F
+#undef PKT
+#undef ADDR
+#undef FLOW_KEY
+#undef FRAG_KEY
+#undef PEER_KEY
+#undef PEER_BITS
+#undef DROP_KEY
+#undef EVENT
+
+#define F(name) name##6
+#define PKT struct pkt6
+#define ADDR struct in6
+#define FLOW_KEY struct flow6_key
+#define FRAG_KEY struct frag6_key
+#define PEER_KEY struct peer6_key
+#define PEER_BITS 256
+#define DROP_KEY struct drop6_key
+#define EVENT struct policy_event6
+#include "lib/conntrack.h"
+#include "lib/verdict.h"
+#undef F
+#undef PKT
+#undef ADDR
+#undef FLOW_KEY
+#undef FRAG_KEY
+#undef PEER_KEY
+#undef PEER_BITS
+#undef DROP_KEY
+#undef EVENT
+
 #include "lib/encap.h"
 #include "lib/fib.h"
 #include "lib/service.h"
+
+/* An IPv6 packet at a pod's veth: `egress` of its source pod, or the ingress of its
+ * destination pod (from_host: sent by the node itself). */
+INLINE int judge_ip6(struct __sk_buff *skb, int egress, u8 from_host)
+{
+	struct pkt6 k = {};
+	if (parse_ip6(skb, &k) != PARSE_IPV6)
+		return TC_ACT_SHOT;
+	k.from_host = from_host;
+	if (egress)
+		return judge6(&k, k.saddr, k.daddr, DIR_EGRESS);
+	return judge6(&k, k.daddr, k.saddr, DIR_INGRESS);
+}
 
 SEC("classifier/from_pod_policy") int from_pod_policy(struct __sk_buff *skb)
 {
@@ -259,6 +406,8 @@ SEC("classifier/from_pod_policy") int from_pod_policy(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (r == PARSE_DROP)
 		return TC_ACT_SHOT;
+	if (r == PARSE_IPV6)
+		return judge_ip6(skb, 1, 0);
 	/* To a Service: judged once kube-proxy has translated it (lib/service.h). */
 	if (is_service(k.daddr))
 		return defer_service(skb, &k);
@@ -359,6 +508,8 @@ SEC("classifier/to_pod_policy") int to_pod_policy(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (r == PARSE_DROP)
 		return TC_ACT_SHOT;
+	if (r == PARSE_IPV6)
+		return judge_ip6(skb, 0, !skb->ingress_ifindex);
 	k.from_host = !skb->ingress_ifindex;
 	/* Translated on this node (a Service whose backend is this pod): the client's
 	 * egress first; then this pod's ingress judges the client pod itself, even when

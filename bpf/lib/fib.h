@@ -13,7 +13,6 @@
 #include "../helpers.h"
 #include "encap.h"
 #include "parse.h"
-#include "verdict.h"
 
 /* What the node's routing does to a forwarded packet: TTL minus one (with the header
  * checksum). 0 when the TTL would run out: the stack then answers it. */

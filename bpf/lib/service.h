@@ -19,7 +19,7 @@
  *   (translated_reply()).
  *
  * Included by policy.c after its maps: uses svc_config, translated, pod_policy and
- * verdict.h's judge().
+ * verdict.h's judge() (IPv4; included before this file).
  */
 #ifndef PODNET_LIB_SERVICE_H
 #define PODNET_LIB_SERVICE_H
@@ -27,7 +27,6 @@
 #include "../abi.h"
 #include "../helpers.h"
 #include "parse.h"
-#include "verdict.h"
 
 #define SVC_POD_MAX 0x3ffU
 #define SVC_BITS (PODNET_SVC_MARK | (SVC_POD_MAX << PODNET_SVC_POD_SHIFT))

@@ -98,8 +98,8 @@ fn prev_result_ips(inv: &Invocation) -> Vec<Ipv4Addr> {
 
 /// Deletes what the node remembers of connections of `ip` (a pod's address of either
 /// family that is about to be freed): its conntrack entries (`conntrack -D -s/-d ip`,
-/// both directions) and, for IPv4 on the eBPF policy datapath, its entries in the
-/// pinned `flows` table (IPv4 only: that datapath does not run on dual-stack nodes).
+/// both directions) and, on the eBPF policy datapath, its entries in the pinned
+/// `flows` table (`flows6` for an IPv6 address).
 /// Run in the node's namespace. "Nothing there" (no conntrack, no eBPF datapath, no
 /// entries) is success; anything else is an error naming the address, since the
 /// address must not be reused with its allowances in place.
@@ -113,9 +113,6 @@ pub fn forget_connections(ip: IpAddr, raw: &serde_json::Value) -> Result<(), Cni
             format!("{keep}; delete them by hand (`conntrack -D -s {ip}`, `conntrack -D -d {ip}`, and --reply-src / --reply-dst) and retry DEL"),
         )
     })?;
-    let IpAddr::V4(ip) = ip else {
-        return Ok(());
-    };
     let Some(flows) = flows_map_path(raw)? else {
         return Ok(());
     };
@@ -161,7 +158,7 @@ fn flows_map_path(raw: &serde_json::Value) -> Result<Option<PathBuf>, CniError> 
 const FLOWS_MAP: &str = podnet_netlink::flows::FLOWS_MAP;
 
 /// See [`podnet_netlink::flows::forget`].
-pub fn forget_flows(path: &Path, ip: Ipv4Addr) -> Result<usize, podnet_netlink::Error> {
+pub fn forget_flows(path: &Path, ip: IpAddr) -> Result<usize, podnet_netlink::Error> {
     podnet_netlink::flows::forget(path, ip)
 }
 

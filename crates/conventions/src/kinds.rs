@@ -136,15 +136,10 @@ impl Default for IpFamily {
 
 /// Why a dual-stack node cannot run these choices, naming each flag to change; `None`
 /// when it can. IPv6 crosses between nodes through the VXLAN or WireGuard device (not
-/// host-gw, whose next hops are the peers' IPv4 underlay addresses), the
-/// fast path is IPv4 only, and the eBPF policy datapath drops pods' IPv6 (its maps are
-/// IPv4; nftables judges both families): anything else is refused rather than run
-/// with pods' IPv6 silently dropped.
-pub fn dual_stack_problem(
-    backend: Backend,
-    datapath: Datapath,
-    policy: PolicyDatapath,
-) -> Option<String> {
+/// host-gw, whose next hops are the peers' IPv4 underlay addresses), and the fast path
+/// is IPv4 only; both policy datapaths judge both families. Anything else is refused
+/// rather than run with pods' IPv6 silently dropped.
+pub fn dual_stack_problem(backend: Backend, datapath: Datapath) -> Option<String> {
     let mut wrong = vec![];
     if backend == Backend::HostGw {
         wrong.push(format!(
@@ -153,17 +148,12 @@ pub fn dual_stack_problem(
     }
     if datapath != Datapath::Bridge {
         wrong.push(format!(
-            "--datapath {datapath} (the fast path is IPv4 only)"
-        ));
-    }
-    if policy == PolicyDatapath::Ebpf {
-        wrong.push(format!(
-            "--policy-datapath {policy} (it drops pods' IPv6: IPv6 NetworkPolicy is on the nftables datapath only yet)"
+            "--datapath {datapath} (the fast path is IPv4 only: use bridge)"
         ));
     }
     (!wrong.is_empty()).then(|| {
         format!(
-            "dual-stack pods need --backend vxlan or wireguard, --datapath bridge, and --policy-datapath nftables or none for now; refused: {}",
+            "dual-stack pods need --backend vxlan or wireguard and --datapath bridge for now; refused: {}",
             wrong.join(", ")
         )
     })
@@ -298,25 +288,19 @@ mod tests {
         assert!(e.contains("use --datapath bridge"), "{e}");
     }
 
-    /// Dual-stack runs over VXLAN or WireGuard, on the bridge, with nftables or no
-    /// policy; anything else is refused naming the flag.
+    /// Dual-stack runs over VXLAN or WireGuard, on the bridge; anything else is refused
+    /// naming the flag.
     #[test]
     fn dual_stack_takes_only_what_carries_ipv6() {
         use Backend as B;
         use Datapath as D;
-        use PolicyDatapath as P;
         for b in [B::Vxlan, B::Wireguard] {
-            for p in [P::Nftables, P::None] {
-                assert_eq!(dual_stack_problem(b, D::Bridge, p), None, "{b} {p}");
-            }
+            assert_eq!(dual_stack_problem(b, D::Bridge), None, "{b}");
         }
-        let e = dual_stack_problem(B::HostGw, D::Bridge, P::Nftables).unwrap();
+        let e = dual_stack_problem(B::HostGw, D::Bridge).unwrap();
         assert!(e.contains("--backend host-gw"), "{e}");
-        let e = dual_stack_problem(B::Vxlan, D::Ebpf, P::Ebpf).unwrap();
-        assert!(
-            e.contains("--datapath ebpf") && e.contains("--policy-datapath ebpf"),
-            "{e}"
-        );
+        let e = dual_stack_problem(B::Vxlan, D::Ebpf).unwrap();
+        assert!(e.contains("--datapath ebpf"), "{e}");
     }
 
     #[test]

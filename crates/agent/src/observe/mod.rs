@@ -28,7 +28,7 @@ pub use podnet_api::Event;
 use podnet_netlink::antispoof::{self, SpoofEvent};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -290,14 +290,34 @@ pub fn policy_event(node: &str, v: &Verdict, pods: &Pods) -> Event {
     }
 }
 
-/// A `struct policy_event` (bpf/abi.h) from the ring buffer.
+/// A record of the ring buffer: a `struct policy_event6` (bpf/abi.h) if it has that
+/// size, else a `struct policy_event`.
 pub fn parse_policy_event(b: &[u8]) -> Option<Verdict> {
-    use podnet_bpf_abi::{PolicyEvent, DIR_EGRESS, DIR_INGRESS, VERDICT_ADMITTED};
-    let e = PolicyEvent::from_bytes(b)?;
-    let ip = |a: u32| Ipv4Addr::from(a.to_ne_bytes());
+    use podnet_bpf_abi::{PolicyEvent, PolicyEvent6, DIR_EGRESS, DIR_INGRESS, VERDICT_ADMITTED};
+    let (pod, peer, e): (IpAddr, IpAddr, PolicyEvent) =
+        if b.len() == std::mem::size_of::<PolicyEvent6>() {
+            let e = PolicyEvent6::from_bytes(b)?;
+            let rest = PolicyEvent {
+                sport: e.sport,
+                dport: e.dport,
+                proto: e.proto,
+                dir: e.dir,
+                verdict: e.verdict,
+                ..PolicyEvent::default()
+            };
+            (
+                Ipv6Addr::from(e.pod.a).into(),
+                Ipv6Addr::from(e.peer.a).into(),
+                rest,
+            )
+        } else {
+            let e = PolicyEvent::from_bytes(b)?;
+            let ip = |a: u32| Ipv4Addr::from(a.to_ne_bytes());
+            (ip(e.pod).into(), ip(e.peer).into(), e)
+        };
     Some(Verdict {
-        pod: ip(e.pod).into(),
-        peer: ip(e.peer).into(),
+        pod,
+        peer,
         sport: e.sport,
         dport: e.dport,
         proto: e.proto,
@@ -630,5 +650,27 @@ mod tests {
         assert_eq!((e.protocol.as_str(), e.port), ("TCP", 80));
         assert_eq!(e.verdict, "dropped");
         assert!(e.time.ends_with('Z') && e.time.contains('.'));
+    }
+
+    /// A 40-byte record is `struct policy_event6`: IPv6 pod and peer, the rest as the
+    /// IPv4 record's.
+    #[test]
+    fn ipv6_policy_events_are_told_apart_by_size() {
+        let pod: Ipv6Addr = "fd00:10:244::5".parse().unwrap();
+        let peer: Ipv6Addr = "fd00:10:244:1::7".parse().unwrap();
+        let e = podnet_bpf_abi::PolicyEvent6 {
+            pod: podnet_bpf_abi::In6 { a: pod.octets() },
+            peer: podnet_bpf_abi::In6 { a: peer.octets() },
+            sport: 40000,
+            dport: 80,
+            proto: 6,
+            dir: podnet_bpf_abi::DIR_EGRESS as u8,
+            verdict: podnet_bpf_abi::VERDICT_ADMITTED,
+            pad: 0,
+        };
+        let v = parse_policy_event(e.as_bytes()).unwrap();
+        assert_eq!((v.pod, v.peer), (IpAddr::from(pod), IpAddr::from(peer)));
+        assert_eq!((v.sport, v.dport, v.proto), (40000, 80, 6));
+        assert_eq!((v.direction, v.allowed), ("egress", true));
     }
 }

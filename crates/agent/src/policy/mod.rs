@@ -211,12 +211,9 @@ impl Policy {
                     Ok(n) => forgot += n,
                     Err(e) => errors.push(format!("conntrack: {e}")),
                 }
-                // The eBPF flow table is IPv4 (that datapath does not run dual-stack).
-                if let std::net::IpAddr::V4(v4) = ip {
-                    match self.dp.forget(*v4) {
-                        Ok(n) => forgot += n,
-                        Err(e) => errors.push(format!("flow table: {e}")),
-                    }
+                match self.dp.forget(*ip) {
+                    Ok(n) => forgot += n,
+                    Err(e) => errors.push(format!("flow table: {e}")),
                 }
                 if forgot > 0 {
                     log(&format!(

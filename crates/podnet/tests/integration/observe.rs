@@ -380,11 +380,10 @@ fn allowed_flows_are_reported_while_asked_for(datapath: &str) {
     );
 }
 
-/// On a dual-stack node (nftables), a connection refused over IPv6 is observed like one
-/// over IPv4: the refusing pod, its policy, and the IPv6 addresses and port of the
-/// packet; `policy stats` counts it for that pod.
-#[test]
-fn an_ipv6_denial_is_observed_with_nftables() {
+/// On a dual-stack node, a connection refused over IPv6 is observed like one over
+/// IPv4: the refusing pod, its policy, and the IPv6 addresses and port of the packet;
+/// `policy stats` counts it for that pod. `datapath`: the policy datapath.
+fn an_ipv6_denial_is_observed(datapath: &str) {
     let lab = TestLab::up(&[
         "--nodes",
         "2",
@@ -395,7 +394,7 @@ fn an_ipv6_denial_is_observed_with_nftables() {
         "--datapath",
         "bridge",
         "--policy-datapath",
-        "nftables",
+        datapath,
     ]);
     let st = lab.json(&["status", "--output", "json"]);
     let ip6 = |name: &str| crate::common::lab_ip6(&st, name).to_string();
@@ -439,4 +438,16 @@ fn an_ipv6_denial_is_observed_with_nftables() {
         .find(|d| d["pod"] == "default/p2a" && d["direction"] == "ingress")
         .unwrap_or_else(|| panic!("p2a's ingress not in the stats: {stats:#}"));
     assert!(p2a["packets"].as_u64().unwrap() >= 1, "{p2a}");
+}
+
+#[test]
+fn an_ipv6_denial_is_observed_with_nftables() {
+    an_ipv6_denial_is_observed("nftables");
+}
+
+/// The eBPF datapath's IPv6 record in the ring buffer (`struct policy_event6`) and its
+/// IPv6 drop counters.
+#[test]
+fn an_ipv6_denial_is_observed_with_ebpf() {
+    an_ipv6_denial_is_observed("ebpf");
 }

@@ -695,3 +695,9 @@ fn conformance_ebpf_fast_path() {
 fn conformance_nftables_dual_stack() {
     conformance_on("nftables", "bridge", true);
 }
+
+/// The same on the eBPF policy datapath: pods' IPv6 addresses judged by its IPv6 maps.
+#[test]
+fn conformance_ebpf_dual_stack() {
+    conformance_on("ebpf", "bridge", true);
+}

@@ -17,7 +17,7 @@ use podnet_policy::compile::{Allow, PodTables, Ports, Table};
 use podnet_policy::net::Prefix;
 use podnet_policy::Proto;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 const OK: u32 = 0;
 const SHOT: u32 = 2;
@@ -49,10 +49,10 @@ impl Drop for Bpffs {
     }
 }
 
-#[test]
-fn policy_programs_on_test_packets() {
-    require_root();
-    let dir = std::env::temp_dir().join(format!("podnet-bpffs-{}", std::process::id()));
+/// A bpffs of the test's own (`tag` tells two tests of one process apart), unmounted
+/// and removed when dropped.
+fn bpffs(tag: &str) -> Bpffs {
+    let dir = std::env::temp_dir().join(format!("podnet-bpffs-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
     let fs = std::ffi::CString::new("bpf").unwrap();
@@ -64,7 +64,50 @@ fn policy_programs_on_test_packets() {
         dir.display(),
         std::io::Error::last_os_error()
     );
-    let mnt = Bpffs(dir.clone());
+    Bpffs(dir)
+}
+
+/// The programs loaded with their maps pinned in `mnt`, holding `tables` and the node
+/// address `node`: the datapath, and the programs of a pod's ingress and egress.
+fn load(
+    mnt: &Bpffs,
+    tables: &BTreeMap<String, PodTables>,
+    node: std::net::IpAddr,
+) -> (EbpfDatapath, std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    let mut dp = EbpfDatapath::open(&mnt.0.join("node")).expect("load the policy programs");
+    dp.program(&ebpf::desired(tables)).unwrap();
+    dp.set_node_addrs(&[node]).unwrap();
+    let to_pod = dp.program_fd(ebpf::TO_POD).unwrap();
+    let from_pod = dp.program_fd(ebpf::FROM_POD).unwrap();
+    (dp, to_pod, from_pod)
+}
+
+/// Every (case, verdict, wanted verdict) agrees; else the ones that do not, named.
+fn assert_verdicts(cases: &[(&str, u32, u32)]) {
+    let wrong: Vec<String> = cases
+        .iter()
+        .filter(|(_, got, want)| got != want)
+        .map(|(name, got, want)| format!("{name}: verdict {got}, want {want}"))
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The kernel's counters: `ingress` packets refused at `pod`'s ingress, `closed` to or
+/// from closed addresses.
+fn assert_counted(mnt: &Bpffs, pod: std::net::IpAddr, ingress: u64, closed: u64) {
+    let (per_pod, closed_count) = ebpf::counters(&mnt.0.join("node")).unwrap();
+    assert_eq!(
+        per_pod.get(&(pod, podnet_policy::Direction::Ingress)),
+        Some(&ingress),
+        "{per_pod:?}"
+    );
+    assert_eq!(closed_count, closed);
+}
+
+#[test]
+fn policy_programs_on_test_packets() {
+    require_root();
+    let mnt = bpffs("v4");
     let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
     let (pod, client, other, node, closed) = (
         ip("10.0.0.5"),
@@ -93,11 +136,7 @@ fn policy_programs_on_test_packets() {
             egress: Table::Open,
         },
     )]);
-    let mut dp = EbpfDatapath::open(&mnt.0.join("node")).expect("load the policy programs");
-    dp.program(&ebpf::desired(&tables)).unwrap();
-    dp.set_node_addrs(&[node]).unwrap();
-    let to_pod = dp.program_fd(ebpf::TO_POD).unwrap();
-    let from_pod = dp.program_fd(ebpf::FROM_POD).unwrap();
+    let (dp, to_pod, from_pod) = load(&mnt, &tables, node.into());
     let run = |prog: &std::os::fd::OwnedFd, f: &[u8]| bpf::test_run(prog, f).expect("test run");
 
     let cases: Vec<(&str, u32, u32)> = vec![
@@ -188,24 +227,311 @@ fn policy_programs_on_test_packets() {
             SHOT,
         ),
     ];
-    let wrong: Vec<String> = cases
-        .iter()
-        .filter(|(_, got, want)| got != want)
-        .map(|(name, got, want)| format!("{name}: verdict {got}, want {want}"))
-        .collect();
-    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_verdicts(&cases);
 
     // The refusals were counted per pod and direction, and for the closed address.
-    let (per_pod, closed_count) = ebpf::counters(&mnt.0.join("node")).unwrap();
-    assert_eq!(
-        per_pod.get(&(pod.into(), podnet_policy::Direction::Ingress)),
-        Some(&5),
-        "{per_pod:?}"
-    );
-    assert_eq!(closed_count, 1);
+    assert_counted(&mnt, pod.into(), 5, 1);
     // The kernel holds the pod as programmed, and not the closed address.
     assert!(ebpf::holds(&mnt.0.join("node"), pod));
     assert!(!ebpf::holds(&mnt.0.join("node"), closed));
+    drop(dp);
+}
+
+/// Ethernet + IPv6 (hop limit `hops`) + `payload` after next header `nh`.
+fn ip6(src: Ipv6Addr, dst: Ipv6Addr, hops: u8, nh: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x0a, 0x58, 0, 0, 0, 2, 0x0a, 0x58, 0, 0, 0, 1, 0x86, 0xdd];
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[nh, hops]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A TCP header with `flags`.
+fn tcp_hdr(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut h = sport.to_be_bytes().to_vec();
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    h
+}
+
+fn tcp6(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, flags: u8) -> Vec<u8> {
+    ip6(src, dst, 64, 6, &tcp_hdr(sport, dport, flags))
+}
+
+/// An IPv6 extension header of 8 bytes: hop-by-hop or destination options (PadN),
+/// next header `nh`.
+fn ext(nh: u8) -> Vec<u8> {
+    vec![nh, 0, 1, 4, 0, 0, 0, 0]
+}
+
+/// A fragment header: next header `nh`, offset in 8-byte units, more fragments, id.
+fn frag(nh: u8, offset: u16, more: bool, id: u32) -> Vec<u8> {
+    let mut h = vec![nh, 0];
+    h.extend_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
+    h.extend_from_slice(&id.to_be_bytes());
+    h
+}
+
+/// The eBPF programs judge pods' IPv6 addresses with the IPv6 maps the agent writes
+/// from the same compiled tables: admitted /128 peer and port, a /64 block, other peers
+/// and ports, the node, a closed address, replies and stray replies, extension headers
+/// that must not hide a port, fragments (a later fragment follows its first, or is
+/// refused), ICMPv6 errors about a known flow and about none, neighbour discovery
+/// (hop limit 255 only), link-local and multicast, and an endless header chain.
+#[test]
+fn policy_programs_judge_ipv6_test_packets() {
+    require_root();
+    let mnt = bpffs("v6");
+    let ip = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+    let (pod, client, other, node, closed, block_peer, router) = (
+        ip("fd00::5"),
+        ip("fd00::9"),
+        ip("fd00::8"),
+        ip("fd00::1"),
+        ip("fd00::6"),
+        ip("fd00:2::77"),
+        ip("fd00:3::1"),
+    );
+    let tcp80 = Some(Ports {
+        proto: Proto::Tcp,
+        first: 80,
+        last: 80,
+    });
+    // Pod fd00::5 (10.0.0.5): ingress isolated, admitting fd00::9 on TCP 80 and
+    // fd00:2::/64 on everything; egress open.
+    let tables = BTreeMap::from([(
+        "x/a".to_string(),
+        PodTables {
+            ip: "10.0.0.5".parse().unwrap(),
+            ip6: Some(pod),
+            ingress: Table::Isolated {
+                policies: vec!["x/p".into()],
+                allow: BTreeSet::from([
+                    Allow {
+                        net: Prefix::host(client.into()),
+                        ports: tcp80,
+                    },
+                    Allow {
+                        net: podnet_policy::net::parse_cidr("fd00:2::/64").unwrap(),
+                        ports: None,
+                    },
+                ]),
+            },
+            egress: Table::Open,
+        },
+    )]);
+    let (dp, to_pod, from_pod) = load(&mnt, &tables, node.into());
+    let run = |prog: &std::os::fd::OwnedFd, f: &[u8]| bpf::test_run(prog, f).expect("test run");
+    let with = |parts: &[&[u8]]| parts.concat();
+    let udp = |sport: u16, dport: u16| {
+        let mut h = sport.to_be_bytes().to_vec();
+        h.extend_from_slice(&dport.to_be_bytes());
+        h.extend_from_slice(&[0, 8, 0, 0]);
+        h
+    };
+    // ICMPv6 destination unreachable quoting `quoted` (an IPv6 packet without its
+    // Ethernet header).
+    let unreachable = |quoted: &[u8]| with(&[&[1, 4, 0, 0, 0, 0, 0, 0], &quoted[14..]]);
+    let ns = |hops: u8| {
+        let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&pod.octets());
+        ip6(client, ip("ff02::1:ff00:5"), hops, 58, &icmp)
+    };
+
+    let cases: Vec<(&str, u32, u32)> = vec![
+        (
+            "admitted peer and port",
+            run(&to_pod, &tcp6(client, 40000, pod, 80, SYN)),
+            OK,
+        ),
+        (
+            "another peer",
+            run(&to_pod, &tcp6(other, 40000, pod, 80, SYN)),
+            SHOT,
+        ),
+        (
+            "another port",
+            run(&to_pod, &tcp6(client, 40001, pod, 81, SYN)),
+            SHOT,
+        ),
+        (
+            "a peer in the admitted /64, any port",
+            run(&to_pod, &ip6(block_peer, pod, 64, 17, &udp(5000, 9999))),
+            OK,
+        ),
+        (
+            "the node itself",
+            run(&to_pod, &tcp6(node, 40000, pod, 22, SYN)),
+            OK,
+        ),
+        (
+            "a closed address",
+            run(&to_pod, &tcp6(client, 40000, closed, 80, SYN)),
+            SHOT,
+        ),
+        (
+            "the pod's egress (open)",
+            run(&from_pod, &tcp6(pod, 50000, other, 443, SYN)),
+            OK,
+        ),
+        (
+            "the reply to it",
+            run(&to_pod, &tcp6(other, 443, pod, 50000, SYN_ACK)),
+            OK,
+        ),
+        (
+            "a stray reply",
+            run(&to_pod, &tcp6(other, 443, pod, 50001, SYN_ACK)),
+            SHOT,
+        ),
+        (
+            "an admitted port behind two extension headers",
+            run(
+                &to_pod,
+                &ip6(
+                    client,
+                    pod,
+                    64,
+                    0,
+                    &with(&[&ext(60), &ext(6), &tcp_hdr(40002, 80, SYN)]),
+                ),
+            ),
+            OK,
+        ),
+        (
+            "another port behind an extension header",
+            run(
+                &to_pod,
+                &ip6(
+                    client,
+                    pod,
+                    64,
+                    0,
+                    &with(&[&ext(6), &tcp_hdr(40003, 81, SYN)]),
+                ),
+            ),
+            SHOT,
+        ),
+        (
+            "a later fragment without its first",
+            run(
+                &to_pod,
+                &ip6(
+                    other,
+                    pod,
+                    64,
+                    44,
+                    &with(&[&frag(6, 100, false, 7), &[0; 16]]),
+                ),
+            ),
+            SHOT,
+        ),
+        (
+            "an admitted first fragment",
+            run(
+                &to_pod,
+                &ip6(
+                    client,
+                    pod,
+                    64,
+                    44,
+                    &with(&[&frag(6, 0, true, 9), &tcp_hdr(40004, 80, SYN)]),
+                ),
+            ),
+            OK,
+        ),
+        (
+            "its later fragment",
+            run(
+                &to_pod,
+                &ip6(
+                    client,
+                    pod,
+                    64,
+                    44,
+                    &with(&[&frag(6, 100, false, 9), &[0; 16]]),
+                ),
+            ),
+            OK,
+        ),
+        (
+            "an ICMPv6 error about the pod's flow",
+            run(
+                &to_pod,
+                &ip6(
+                    router,
+                    pod,
+                    64,
+                    58,
+                    &unreachable(&tcp6(pod, 50000, other, 443, ACK)),
+                ),
+            ),
+            OK,
+        ),
+        (
+            "an ICMPv6 error about no flow",
+            run(
+                &to_pod,
+                &ip6(
+                    router,
+                    pod,
+                    64,
+                    58,
+                    &unreachable(&tcp6(pod, 50009, other, 443, ACK)),
+                ),
+            ),
+            SHOT,
+        ),
+        ("a neighbour solicitation", run(&to_pod, &ns(255)), OK),
+        (
+            "a neighbour solicitation that was routed",
+            run(&to_pod, &ns(64)),
+            SHOT,
+        ),
+        (
+            "UDP from a link-local address",
+            run(&to_pod, &ip6(ip("fe80::9"), pod, 64, 17, &udp(53, 53))),
+            SHOT,
+        ),
+        (
+            "UDP to a multicast address",
+            run(&from_pod, &ip6(pod, ip("ff02::1"), 64, 17, &udp(53, 53))),
+            SHOT,
+        ),
+        (
+            "nine extension headers",
+            run(
+                &to_pod,
+                &ip6(
+                    client,
+                    pod,
+                    64,
+                    0,
+                    &with(&[&ext(0).repeat(8), &ext(6), &tcp_hdr(40005, 80, SYN)]),
+                ),
+            ),
+            SHOT,
+        ),
+    ];
+    assert_verdicts(&cases);
+
+    // The refusals the policy made were counted under the pod's IPv6 address (the
+    // malformed and link-scoped ones are dropped before any pod is judged), and the
+    // one to the closed address as closed.
+    assert_counted(&mnt, pod.into(), 6, 1);
+    // A removed pod's IPv6 flows are forgotten (DEL, and agents for other nodes' pods):
+    // the reply that passed above is a stray one afterwards.
+    let flows = mnt.0.join("node").join(podnet_netlink::flows::FLOWS_MAP);
+    let n = podnet_netlink::flows::forget(&flows, pod.into()).unwrap();
+    assert!(n >= 3, "forgot {n} IPv6 flows of {pod}");
+    assert_eq!(
+        run(&to_pod, &tcp6(other, 443, pod, 50000, ACK)),
+        SHOT,
+        "a forgotten flow's reply"
+    );
     drop(dp);
 }
 

@@ -108,7 +108,7 @@ pub trait Enforcer: Send {
     ) -> Result<(), Failure>;
 
     /// Forgets the tracked flows of address `ip` (a pod gone); how many.
-    fn forget(&self, _ip: Ipv4Addr) -> Result<usize, Failure> {
+    fn forget(&self, _ip: std::net::IpAddr) -> Result<usize, Failure> {
         Ok(0)
     }
 

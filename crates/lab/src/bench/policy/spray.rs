@@ -324,7 +324,7 @@ fn flows_path(lab: &Lab) -> std::path::PathBuf {
 /// Deletes the sprayer's entries, as its removal would.
 fn forget(datapath: &str, lab: &Lab, node: &Netns, ip: Ipv4Addr) -> Result<()> {
     if datapath == "ebpf" {
-        podnet_netlink::flows::forget(&flows_path(lab), ip)?;
+        podnet_netlink::flows::forget(&flows_path(lab), ip.into())?;
     } else {
         // One dump and the deletes (`flush_addr` filters four dumps, which suits a
         // table holding few of an address's entries, not 200 000 of them).

@@ -4,7 +4,9 @@
 //! In the node's bpffs directory (`--bpf-dir`, default `/sys/fs/bpf/podnet`), pinned
 //! so that they outlive podnetd (a restart or `kill -9` changes nothing in force):
 //! - the maps `pod_policy`, `ingress_peers`, `egress_peers`, `port_sets`,
-//!   `node_addrs`, `flows` and `policy_drops` (their roles: `bpf/policy.c`), the ring
+//!   `node_addrs`, `flows` and `policy_drops` (their roles: `bpf/policy.c`), their IPv6
+//!   twins for dual-stack pods (`pod_policy6`, `ingress_peers6`, `egress_peers6`,
+//!   `node_addrs6`, `flows6`, `policy_drops6`; `port_sets` is shared), the ring
 //!   buffer `policy_events` (every refused packet, and admitted flows while
 //!   asked through the switches in `config`; read by [`crate::observe`]);
 //! - the programs `from_pod_policy` and `to_pod_policy`, which podnet-cni attaches to
@@ -31,8 +33,8 @@
 //!   are the device's own, byte for byte in every field the receiver reads, so nodes
 //!   with and without the fast path talk to each other.
 //!
-//! A pod missing from `pod_policy` is closed both ways, so a pod is never open before
-//! its verdicts are in the maps.
+//! A pod missing from `pod_policy` (its IPv6 address from `pod_policy6`) is closed both
+//! ways, so a pod is never open before its verdicts are in the maps.
 //!
 //! # How it changes
 //! The agent keeps what it wrote (read back from the maps when it starts) and writes
@@ -77,18 +79,18 @@
 //! rename too) before the agent writes the node file: new pods get this build's.
 
 use crate::Failure;
-use aya::maps::lpm_trie::LpmTrie;
+use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::HashMap;
 use aya::programs::SchedClassifier;
-use aya::Ebpf;
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use aya::{Ebpf, Pod};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use super::generations::{on_bpffs, ProgIdent, FILTERS};
 use super::pinned::switch;
-use super::tables::{peer_key, port_key, Desired};
+use super::tables::{in6, peer6_key, peer_key, port_key, Desired};
 
 pub(super) static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policy.o"));
 
@@ -122,7 +124,7 @@ pub(super) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 // The structs and constants shared with bpf/policy.c, generated from bpf/abi.h.
 pub use podnet_bpf_abi::{LocalPod, OverlaySelf};
-use podnet_bpf_abi::{PeerData, PortData, SvcConfig, VtepKey, CONFIG_FAST_PATH};
+use podnet_bpf_abi::{Peer6Data, PeerData, PortData, SvcConfig, VtepKey, CONFIG_FAST_PATH};
 
 /// This node's VXLAN device as the fast path writes its encapsulation (`overlay_self`):
 /// its index, underlay address, VNI and UDP port.
@@ -450,29 +452,23 @@ impl EbpfDatapath {
     }
 
     fn read_back(&mut self) -> Result<Desired, Failure> {
-        let mut d = Desired::default();
-        let pods: HashMap<_, u32, u32> =
-            HashMap::try_from(self.bpf.map("pod_policy").ok_or("no map pod_policy")?)
-                .map_err(|e| err("pod_policy", e))?;
-        for kv in pods.iter() {
-            let (k, v) = kv.map_err(|e| err("read pod_policy", e))?;
-            d.pods.insert(k, v);
-        }
-        for (i, name) in ["ingress_peers", "egress_peers"].into_iter().enumerate() {
-            let t: LpmTrie<_, PeerData, u32> =
-                LpmTrie::try_from(self.bpf.map(name).ok_or("no peers map")?)
-                    .map_err(|e| err(name, e))?;
-            for kv in t.iter() {
-                let (k, v) = kv.map_err(|e| err(&format!("read {name}"), e))?;
+        let bpf = &self.bpf;
+        let mut d = Desired {
+            pods: read_hash(bpf, "pod_policy")?,
+            pods6: read_hash(bpf, "pod_policy6")?,
+            ..Desired::default()
+        };
+        for (i, dir) in ["ingress", "egress"].into_iter().enumerate() {
+            for (k, v) in read_trie::<PeerData>(bpf, &format!("{dir}_peers"))? {
                 let data = k.data();
                 d.peers[i].insert((data.pod, data.peer, (k.prefix_len() - 32) as u8), v);
             }
+            for (k, v) in read_trie::<Peer6Data>(bpf, &format!("{dir}_peers6"))? {
+                let data = k.data();
+                d.peers6[i].insert((data.pod, data.peer, (k.prefix_len() - 128) as u8), v);
+            }
         }
-        let t: LpmTrie<_, PortData, u32> =
-            LpmTrie::try_from(self.bpf.map("port_sets").ok_or("no map port_sets")?)
-                .map_err(|e| err("port_sets", e))?;
-        for kv in t.iter() {
-            let (k, _) = kv.map_err(|e| err("read port_sets", e))?;
+        for (k, _) in read_trie::<PortData>(bpf, "port_sets")? {
             let data = k.data();
             d.ports.insert((
                 u32::from_be_bytes(data.set),
@@ -485,75 +481,34 @@ impl EbpfDatapath {
     }
 
     /// Writes the difference between what the maps hold and `want`; returns the
-    /// number of entries changed.
+    /// number of entries changed. Additions first (port sets, then peers, then pods'
+    /// flags), removals after (peers, port sets, pods), so that no moment admits more
+    /// than the old or the new state.
     pub fn program(&mut self, want: &Desired) -> Result<usize, Failure> {
         let cur = self.current.clone();
-        let mut n = 0;
-        {
-            let mut ports: LpmTrie<_, PortData, u32> =
-                LpmTrie::try_from(self.bpf.map_mut("port_sets").ok_or("no map port_sets")?)
-                    .map_err(|e| err("port_sets", e))?;
-            for k in want.ports.difference(&cur.ports) {
-                ports
-                    .insert(&port_key(k), 1, 0)
-                    .map_err(|e| err("write port_sets", e))?;
-                n += 1;
-            }
+        let ports = |d: &Desired| -> BTreeMap<(u32, u8, u16, u8), u32> {
+            d.ports.iter().map(|k| (*k, 1)).collect()
+        };
+        let (cur_ports, want_ports) = (ports(&cur), ports(want));
+        let bpf = &mut self.bpf;
+        let mut n = put_trie(bpf, "port_sets", &cur_ports, &want_ports, port_key)?;
+        for (i, dir) in ["ingress", "egress"].into_iter().enumerate() {
+            let name = format!("{dir}_peers");
+            n += put_trie(bpf, &name, &cur.peers[i], &want.peers[i], peer_key)?;
+            let name = format!("{dir}_peers6");
+            n += put_trie(bpf, &name, &cur.peers6[i], &want.peers6[i], peer6_key)?;
         }
-        for (i, name) in ["ingress_peers", "egress_peers"].into_iter().enumerate() {
-            let mut t: LpmTrie<_, PeerData, u32> =
-                LpmTrie::try_from(self.bpf.map_mut(name).ok_or("no peers map")?)
-                    .map_err(|e| err(name, e))?;
-            for (k, v) in &want.peers[i] {
-                if cur.peers[i].get(k) != Some(v) {
-                    t.insert(&peer_key(k), *v, 0)
-                        .map_err(|e| err(&format!("write {name}"), e))?;
-                    n += 1;
-                }
-            }
+        n += put_hash(bpf, "pod_policy", &cur.pods, &want.pods)?;
+        n += put_hash(bpf, "pod_policy6", &cur.pods6, &want.pods6)?;
+        for (i, dir) in ["ingress", "egress"].into_iter().enumerate() {
+            let name = format!("{dir}_peers");
+            n += drop_trie(bpf, &name, &cur.peers[i], &want.peers[i], peer_key)?;
+            let name = format!("{dir}_peers6");
+            n += drop_trie(bpf, &name, &cur.peers6[i], &want.peers6[i], peer6_key)?;
         }
-        {
-            let mut pods: HashMap<_, u32, u32> =
-                HashMap::try_from(self.bpf.map_mut("pod_policy").ok_or("no map pod_policy")?)
-                    .map_err(|e| err("pod_policy", e))?;
-            for (k, v) in &want.pods {
-                if cur.pods.get(k) != Some(v) {
-                    pods.insert(k, v, 0)
-                        .map_err(|e| err("write pod_policy", e))?;
-                    n += 1;
-                }
-            }
-        }
-        for (i, name) in ["ingress_peers", "egress_peers"].into_iter().enumerate() {
-            let mut t: LpmTrie<_, PeerData, u32> =
-                LpmTrie::try_from(self.bpf.map_mut(name).ok_or("no peers map")?)
-                    .map_err(|e| err(name, e))?;
-            for k in cur.peers[i]
-                .keys()
-                .filter(|k| !want.peers[i].contains_key(*k))
-            {
-                let _ = t.remove(&peer_key(k));
-                n += 1;
-            }
-        }
-        {
-            let mut ports: LpmTrie<_, PortData, u32> =
-                LpmTrie::try_from(self.bpf.map_mut("port_sets").ok_or("no map port_sets")?)
-                    .map_err(|e| err("port_sets", e))?;
-            for k in cur.ports.difference(&want.ports) {
-                let _ = ports.remove(&port_key(k));
-                n += 1;
-            }
-        }
-        {
-            let mut pods: HashMap<_, u32, u32> =
-                HashMap::try_from(self.bpf.map_mut("pod_policy").ok_or("no map pod_policy")?)
-                    .map_err(|e| err("pod_policy", e))?;
-            for k in cur.pods.keys().filter(|k| !want.pods.contains_key(*k)) {
-                let _ = pods.remove(k);
-                n += 1;
-            }
-        }
+        n += drop_trie(bpf, "port_sets", &cur_ports, &want_ports, port_key)?;
+        n += drop_hash(bpf, "pod_policy", &cur.pods, &want.pods)?;
+        n += drop_hash(bpf, "pod_policy6", &cur.pods6, &want.pods6)?;
         self.current = want.clone();
         if self.adopt_pending {
             // The maps hold every pod's verdicts now: pods still running another
@@ -564,27 +519,144 @@ impl EbpfDatapath {
         Ok(n)
     }
 
-    /// Keeps `node_addrs` equal to the node's own addresses.
-    pub fn set_node_addrs(&mut self, addrs: &[Ipv4Addr]) -> Result<(), Failure> {
-        let mut m: HashMap<_, u32, u32> =
-            HashMap::try_from(self.bpf.map_mut("node_addrs").ok_or("no map node_addrs")?)
-                .map_err(|e| err("node_addrs", e))?;
-        let want: BTreeSet<u32> = addrs.iter().map(|a| raw(*a)).collect();
-        let have: BTreeSet<u32> = m.keys().filter_map(|k| k.ok()).collect();
-        for a in want.difference(&have) {
-            m.insert(a, 1, 0).map_err(|e| err("write node_addrs", e))?;
+    /// Keeps `node_addrs` and `node_addrs6` equal to the node's own addresses.
+    pub fn set_node_addrs(&mut self, addrs: &[IpAddr]) -> Result<(), Failure> {
+        let mut v4 = BTreeMap::new();
+        let mut v6 = BTreeMap::new();
+        for a in addrs {
+            match a {
+                IpAddr::V4(a) => v4.insert(raw(*a), 1u32),
+                IpAddr::V6(a) => v6.insert(in6(*a), 1u32),
+            };
         }
-        for a in have.difference(&want) {
-            let _ = m.remove(a);
-        }
+        let have = read_hash(&self.bpf, "node_addrs")?;
+        put_hash(&mut self.bpf, "node_addrs", &have, &v4)?;
+        drop_hash(&mut self.bpf, "node_addrs", &have, &v4)?;
+        let have = read_hash(&self.bpf, "node_addrs6")?;
+        put_hash(&mut self.bpf, "node_addrs6", &have, &v6)?;
+        drop_hash(&mut self.bpf, "node_addrs6", &have, &v6)?;
         Ok(())
     }
+}
+
+/// Every entry of the hash map `name`.
+fn read_hash<K: Pod + Ord, V: Pod>(bpf: &Ebpf, name: &str) -> Result<BTreeMap<K, V>, Failure> {
+    let m: HashMap<_, K, V> = HashMap::try_from(
+        bpf.map(name)
+            .ok_or_else(|| format!("bpf/policy.c has no map {name}"))?,
+    )
+    .map_err(|e| err(name, e))?;
+    m.iter()
+        .map(|kv| kv.map_err(|e| err(&format!("read {name}"), e)))
+        .collect()
+}
+
+/// Every entry of the LPM trie `name`.
+fn read_trie<D: Pod>(bpf: &Ebpf, name: &str) -> Result<Vec<(Key<D>, u32)>, Failure> {
+    let t: LpmTrie<_, D, u32> = LpmTrie::try_from(
+        bpf.map(name)
+            .ok_or_else(|| format!("bpf/policy.c has no map {name}"))?,
+    )
+    .map_err(|e| err(name, e))?;
+    t.iter()
+        .map(|kv| kv.map_err(|e| err(&format!("read {name}"), e)))
+        .collect()
+}
+
+fn hash_mut<'a, K: Pod, V: Pod>(
+    bpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<HashMap<&'a mut aya::maps::MapData, K, V>, Failure> {
+    HashMap::try_from(
+        bpf.map_mut(name)
+            .ok_or_else(|| format!("bpf/policy.c has no map {name}"))?,
+    )
+    .map_err(|e| err(name, e))
+}
+
+fn trie_mut<'a, D: Pod>(
+    bpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<LpmTrie<&'a mut aya::maps::MapData, D, u32>, Failure> {
+    LpmTrie::try_from(
+        bpf.map_mut(name)
+            .ok_or_else(|| format!("bpf/policy.c has no map {name}"))?,
+    )
+    .map_err(|e| err(name, e))
+}
+
+/// Writes into the hash map `name` the entries of `want` that `cur` lacks or holds
+/// with another value; returns how many.
+fn put_hash<K: Pod + Ord, V: Pod + PartialEq>(
+    bpf: &mut Ebpf,
+    name: &str,
+    cur: &BTreeMap<K, V>,
+    want: &BTreeMap<K, V>,
+) -> Result<usize, Failure> {
+    let mut m = hash_mut::<K, V>(bpf, name)?;
+    let mut n = 0;
+    for (k, v) in want.iter().filter(|(k, v)| cur.get(*k) != Some(*v)) {
+        m.insert(k, v, 0)
+            .map_err(|e| err(&format!("write {name}"), e))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Removes from the hash map `name` the entries of `cur` that `want` lacks.
+fn drop_hash<K: Pod + Ord, V: Pod>(
+    bpf: &mut Ebpf,
+    name: &str,
+    cur: &BTreeMap<K, V>,
+    want: &BTreeMap<K, V>,
+) -> Result<usize, Failure> {
+    let mut m = hash_mut::<K, V>(bpf, name)?;
+    let mut n = 0;
+    for k in cur.keys().filter(|k| !want.contains_key(*k)) {
+        let _ = m.remove(k);
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// [`put_hash`] for the LPM trie `name`, its keys made by `key`.
+fn put_trie<K: Ord, D: Pod>(
+    bpf: &mut Ebpf,
+    name: &str,
+    cur: &BTreeMap<K, u32>,
+    want: &BTreeMap<K, u32>,
+    key: fn(&K) -> Key<D>,
+) -> Result<usize, Failure> {
+    let mut t = trie_mut::<D>(bpf, name)?;
+    let mut n = 0;
+    for (k, v) in want.iter().filter(|(k, v)| cur.get(*k) != Some(*v)) {
+        t.insert(&key(k), *v, 0)
+            .map_err(|e| err(&format!("write {name}"), e))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// [`drop_hash`] for the LPM trie `name`.
+fn drop_trie<K: Ord, D: Pod>(
+    bpf: &mut Ebpf,
+    name: &str,
+    cur: &BTreeMap<K, u32>,
+    want: &BTreeMap<K, u32>,
+    key: fn(&K) -> Key<D>,
+) -> Result<usize, Failure> {
+    let mut t = trie_mut::<D>(bpf, name)?;
+    let mut n = 0;
+    for k in cur.keys().filter(|k| !want.contains_key(*k)) {
+        let _ = t.remove(&key(k));
+        n += 1;
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aya::maps::lpm_trie::Key;
 
     /// aya's LPM trie key (the prefix length, then the data, packed) is the C key:
     /// the data's own layout is checked against the programs' BTF by podnet-bpf-abi.

@@ -91,11 +91,17 @@ impl Enforcer for Ebpf {
             return Ok(());
         };
         let mut sock = podnet_netlink::Socket::route().map_err(Failure::from)?;
-        let addrs: Vec<std::net::Ipv4Addr> = podnet_netlink::addr::list(&mut sock, None)
+        let mut addrs: Vec<std::net::IpAddr> = podnet_netlink::addr::list(&mut sock, None)
             .map_err(Failure::from)?
             .iter()
-            .map(|a| a.addr)
+            .map(|a| a.addr.into())
             .collect();
+        addrs.extend(
+            podnet_netlink::addr::list6(&mut sock, None)
+                .map_err(Failure::from)?
+                .into_iter()
+                .map(|(_, a, _)| std::net::IpAddr::from(a)),
+        );
         e.set_node_addrs(&addrs)?;
         let (out_prog, in_prog) = (e.program_fd(FROM_POD)?, e.program_fd(TO_POD)?);
         for l in pod_veths(&mut sock)? {
@@ -177,7 +183,7 @@ impl Enforcer for Ebpf {
         Ok(())
     }
 
-    fn forget(&self, ip: Ipv4Addr) -> Result<usize, Failure> {
+    fn forget(&self, ip: std::net::IpAddr) -> Result<usize, Failure> {
         let Some(dir) = &self.dir else {
             return Ok(0);
         };

@@ -6,11 +6,11 @@ use super::maps::{err, raw, unraw};
 use crate::Failure;
 use aya::maps::HashMap;
 use podnet_bpf_abi::{
-    DropKey, CONFIG_EVENTS_ALLOWED, DIR_CLOSED, DIR_EGRESS, DIR_INGRESS, POD_PROGRAMMED,
+    Drop6Key, DropKey, CONFIG_EVENTS_ALLOWED, DIR_CLOSED, DIR_EGRESS, DIR_INGRESS, POD_PROGRAMMED,
 };
 use podnet_policy::Direction;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 /// A map pinned in `dir`, read from the kernel (what the API reports: the kernel's
@@ -67,24 +67,32 @@ pub fn set_event_config(dir: &Path, allowed: bool) -> Result<(), Failure> {
     switch(dir, CONFIG_EVENTS_ALLOWED, allowed).map(|_| ())
 }
 
-/// Packets refused per (pod, direction), and to or from closed addresses.
+/// Packets refused per (pod address, direction), both families, and to or from closed
+/// addresses.
 pub fn counters(dir: &Path) -> Result<(crate::policy::datapath::DeniedCounts, u64), Failure> {
-    let m: HashMap<_, DropKey, u64> =
-        HashMap::try_from(pinned(dir, "policy_drops")?).map_err(|e| err("policy_drops", e))?;
     let mut per_pod = BTreeMap::new();
     let mut closed = 0;
+    let mut count = |pod: IpAddr, d: u32, v: u64| match d {
+        DIR_INGRESS => {
+            per_pod.insert((pod, Direction::Ingress), v);
+        }
+        DIR_EGRESS => {
+            per_pod.insert((pod, Direction::Egress), v);
+        }
+        DIR_CLOSED => closed += v,
+        _ => {}
+    };
+    let m: HashMap<_, DropKey, u64> =
+        HashMap::try_from(pinned(dir, "policy_drops")?).map_err(|e| err("policy_drops", e))?;
     for kv in m.iter() {
         let (k, v) = kv.map_err(|e| err("read policy_drops", e))?;
-        match k.dir {
-            DIR_INGRESS => {
-                per_pod.insert((unraw(k.pod).into(), Direction::Ingress), v);
-            }
-            DIR_EGRESS => {
-                per_pod.insert((unraw(k.pod).into(), Direction::Egress), v);
-            }
-            DIR_CLOSED => closed += v,
-            _ => {}
-        }
+        count(unraw(k.pod).into(), k.dir, v);
+    }
+    let m: HashMap<_, Drop6Key, u64> =
+        HashMap::try_from(pinned(dir, "policy_drops6")?).map_err(|e| err("policy_drops6", e))?;
+    for kv in m.iter() {
+        let (k, v) = kv.map_err(|e| err("read policy_drops6", e))?;
+        count(Ipv6Addr::from(k.pod.a).into(), k.dir, v);
     }
     Ok((per_pod, closed))
 }

@@ -1,10 +1,12 @@
 //! The compiled tables as the maps hold them: pod flags, peer prefixes per direction
-//! and port sets as prefixes of the port number ([`desired`]), and the LPM keys.
+//! (per family: a dual-stack pod's IPv6 address has its entries in the `*6` maps, and
+//! a table's IPv6 prefixes go there, its IPv4 ones to the IPv4 maps) and port sets as
+//! prefixes of the port number, shared by both families ([`desired`]), and the LPM keys.
 
 use super::maps::raw;
 use aya::maps::lpm_trie::Key;
 use podnet_bpf_abi::{
-    PeerData, PortData, POD_ISOLATED_EGRESS, POD_ISOLATED_INGRESS, POD_PROGRAMMED,
+    In6, Peer6Data, PeerData, PortData, POD_ISOLATED_EGRESS, POD_ISOLATED_INGRESS, POD_PROGRAMMED,
 };
 use podnet_policy::compile::{PodTables, Ports, Table};
 use podnet_policy::net::Prefix;
@@ -17,6 +19,9 @@ pub struct Desired {
     pub(super) pods: BTreeMap<u32, u32>,
     /// (pod, peer network, peer prefix length) → port set id, per direction.
     pub(super) peers: [BTreeMap<(u32, u32, u8), u32>; 2],
+    /// The same for pods' IPv6 addresses (`pod_policy6`, `*_peers6`).
+    pub(super) pods6: BTreeMap<In6, u32>,
+    pub(super) peers6: [BTreeMap<(In6, In6, u8), u32>; 2],
     /// (set id, protocol, first port of the block, block prefix length).
     pub(super) ports: BTreeSet<(u32, u8, u16, u8)>,
 }
@@ -59,6 +64,7 @@ pub fn desired(tables: &BTreeMap<String, PodTables>) -> Desired {
     let mut used: BTreeMap<u32, Vec<Ports>> = BTreeMap::new();
     for t in tables.values() {
         let pod = raw(t.ip);
+        let pod6 = t.ip6.map(in6);
         let mut flags = POD_PROGRAMMED;
         for (i, dir) in [Direction::Ingress, Direction::Egress]
             .into_iter()
@@ -100,14 +106,23 @@ pub fn desired(tables: &BTreeMap<String, PodTables>) -> Desired {
                         })
                     }
                 };
-                // IPv6 entries (`::/0` of a rule without peers, IPv6 ipBlocks) have
-                // no place here: this datapath's maps are IPv4, and podnetd refuses it
-                // on a cluster with an IPv6 range.
-                let Prefix::V4(net) = net else { continue };
-                d.peers[i].insert((pod, raw(net.network()), net.prefix()), set);
+                match net {
+                    Prefix::V4(net) => {
+                        d.peers[i].insert((pod, raw(net.network()), net.prefix()), set);
+                    }
+                    // An IPv4-only pod has no IPv6 address to judge by these.
+                    Prefix::V6(net) => {
+                        if let Some(pod6) = pod6 {
+                            d.peers6[i].insert((pod6, in6(net.network()), net.prefix()), set);
+                        }
+                    }
+                }
             }
         }
         d.pods.insert(pod, flags);
+        if let Some(pod6) = pod6 {
+            d.pods6.insert(pod6, flags);
+        }
     }
     for (list, id) in &ids {
         for p in list {
@@ -121,6 +136,15 @@ pub fn desired(tables: &BTreeMap<String, PodTables>) -> Desired {
 
 pub(super) fn peer_key(&(pod, peer, len): &(u32, u32, u8)) -> Key<PeerData> {
     Key::new(32 + u32::from(len), PeerData { pod, peer })
+}
+
+pub(super) fn peer6_key(&(pod, peer, len): &(In6, In6, u8)) -> Key<Peer6Data> {
+    Key::new(128 + u32::from(len), Peer6Data { pod, peer })
+}
+
+/// An IPv6 address as the programs' keys hold it.
+pub fn in6(ip: std::net::Ipv6Addr) -> In6 {
+    In6 { a: ip.octets() }
 }
 
 pub(super) fn port_key(&(set, proto, start, len): &(u32, u8, u16, u8)) -> Key<PortData> {
