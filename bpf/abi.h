@@ -209,9 +209,9 @@ struct policy_event6 {
 	u8 pad;
 };
 
-/* A local_pods value (keyed by the pod's address, network order): a pod of this node for
- * the fast path: its host veth, its MAC, and the gateway's MAC (the source of what the
- * node routes to it). */
+/* A local_pods value (keyed by the pod's address, network order; local_pods6: by a
+ * dual-stack pod's IPv6 address): a pod of this node for the fast path: its host veth,
+ * its MAC, and the gateway's MAC (the source of what the node routes to it). */
 struct local_pod {
 	u32 ifindex;
 	u8 mac[6];
@@ -287,7 +287,8 @@ struct ul_cidr {
  * Service range known, nothing is deferred; node_mask 0: the node's pod CIDR is wider
  * than a /22 and its offsets do not fit the mark. The cluster CIDR bounds the fast
  * path: a packet to anything outside it takes the node's stack (masquerade, conntrack);
- * cluster_mask 0: not known yet, nothing leaves by the fast path. */
+ * cluster_mask 0: not known yet, nothing leaves by the fast path. The cluster's IPv6
+ * range bounds it likewise for IPv6 (cluster6_prefix 0: none, no IPv6 leaves by it). */
 struct svc_config {
 	u32 service_net;
 	u32 service_mask;
@@ -295,6 +296,8 @@ struct svc_config {
 	u32 node_mask;
 	u32 cluster_net;
 	u32 cluster_mask;
+	struct in6 cluster6_net;
+	u32 cluster6_prefix;
 };
 
 #endif

@@ -287,6 +287,14 @@ struct {
 	__uint(pinning, PIN_BY_NAME);
 } local_pods SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct in6);
+	__type(value, struct local_pod);
+	__uint(max_entries, 65536);
+	__uint(pinning, PIN_BY_NAME);
+} local_pods6 SEC(".maps");
+
 /* The fast path across nodes over VXLAN: from_pod_policy writes the encapsulation the
  * node's VXLAN device would write (outer Ethernet, IPv4, UDP, VXLAN, inner Ethernet)
  * and sends the frame straight out of the underlay device; from_underlay, on the
@@ -385,17 +393,51 @@ struct {
 #include "lib/fib.h"
 #include "lib/service.h"
 
-/* An IPv6 packet at a pod's veth: `egress` of its source pod, or the ingress of its
- * destination pod (from_host: sent by the node itself). */
-INLINE int judge_ip6(struct __sk_buff *skb, int egress, u8 from_host)
+/* An IPv6 packet from a pod (from_pod_policy): its egress verdict, then with the fast
+ * path straight into a local pod or out to the pod's node, as for IPv4 (no Service
+ * deferral: Services are IPv4 here). */
+INLINE int from_pod6(struct __sk_buff *skb)
 {
 	struct pkt6 k = {};
 	if (parse_ip6(skb, &k) != PARSE_IPV6)
 		return TC_ACT_SHOT;
-	k.from_host = from_host;
-	if (egress)
-		return judge6(&k, k.saddr, k.daddr, DIR_EGRESS);
+	int r = judge6(&k, k.saddr, k.daddr, DIR_EGRESS);
+	if (r != TC_ACT_OK || !switched_on(CONFIG_FAST_PATH))
+		return r;
+	struct local_pod *dst = bpf_map_lookup_elem(&local_pods6, &k.daddr);
+	if (dst) {
+		u8 *data = (u8 *)(long)skb->data;
+		u8 *end = (u8 *)(long)skb->data_end;
+		if (data + 6 > end)
+			return TC_ACT_OK;
+		return judged_into6(skb, &k, dst, !mac_eq(data, dst->mac));
+	}
+	if (!in_cluster6(&k.daddr))
+		return TC_ACT_OK;
+	return to_other_node6(skb, &k);
+}
+
+/* An IPv6 packet to a pod (to_pod_policy): its ingress verdict. */
+INLINE int to_pod6(struct __sk_buff *skb)
+{
+	struct pkt6 k = {};
+	if (parse_ip6(skb, &k) != PARSE_IPV6)
+		return TC_ACT_SHOT;
+	k.from_host = !skb->ingress_ifindex;
 	return judge6(&k, k.daddr, k.saddr, DIR_INGRESS);
+}
+
+/* An IPv6 packet from another node to a local pod, on the overlay device (fast path):
+ * the pod's ingress verdict, then into it. */
+INLINE int into_pod6(struct __sk_buff *skb)
+{
+	struct pkt6 k = {};
+	if (parse_ip6(skb, &k) != PARSE_IPV6)
+		return TC_ACT_OK;
+	struct local_pod *dst = bpf_map_lookup_elem(&local_pods6, &k.daddr);
+	if (!dst)
+		return TC_ACT_OK;
+	return judged_into6(skb, &k, dst, 1);
 }
 
 SEC("classifier/from_pod_policy") int from_pod_policy(struct __sk_buff *skb)
@@ -407,7 +449,7 @@ SEC("classifier/from_pod_policy") int from_pod_policy(struct __sk_buff *skb)
 	if (r == PARSE_DROP)
 		return TC_ACT_SHOT;
 	if (r == PARSE_IPV6)
-		return judge_ip6(skb, 1, 0);
+		return from_pod6(skb);
 	/* To a Service: judged once kube-proxy has translated it (lib/service.h). */
 	if (is_service(k.daddr))
 		return defer_service(skb, &k);
@@ -443,7 +485,10 @@ SEC("classifier/from_overlay") int from_overlay(struct __sk_buff *skb)
 	if (!switched_on(CONFIG_FAST_PATH))
 		return TC_ACT_OK;
 	struct pkt k = {};
-	if (parse(skb, &k) != PARSE_IPV4)
+	int r = parse(skb, &k);
+	if (r == PARSE_IPV6)
+		return into_pod6(skb);
+	if (r != PARSE_IPV4)
 		return TC_ACT_OK;
 	struct local_pod *dst = bpf_map_lookup_elem(&local_pods, &k.daddr);
 	if (!dst || translated_reply(k.saddr, k.daddr, k.sport, k.dport, k.proto))
@@ -478,6 +523,31 @@ SEC("classifier/from_underlay") int from_underlay(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (((u32)vx[4] << 16 | (u32)vx[5] << 8 | vx[6]) != self->vni)
 		return TC_ACT_OK;
+	/* Inner IPv6 (a dual-stack pod's): to a pod of this node, decapsulated here. */
+	if (in[12] == 0x86 && in[13] == 0xdd) {
+		if (in + 14 + 40 > end)
+			return TC_ACT_OK;
+		if (!bpf_map_lookup_elem(&local_pods6, in + 14 + 24))
+			return TC_ACT_OK;
+		if (bpf_skb_adjust_room(skb, -VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC,
+					BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV6))
+			return TC_ACT_OK;
+		/* Now the outer Ethernet header before the inner IPv6 packet. */
+		data = (u8 *)(long)skb->data;
+		end = (u8 *)(long)skb->data_end;
+		if (data + 14 > end)
+			return TC_ACT_SHOT;
+		data[12] = 0x86;
+		data[13] = 0xdd;
+		struct pkt k = {};
+		struct pkt6 k6 = {};
+		if (parse(skb, &k) != PARSE_IPV6 || parse_ip6(skb, &k6) != PARSE_IPV6)
+			return TC_ACT_SHOT;
+		struct local_pod *dst6 = bpf_map_lookup_elem(&local_pods6, &k6.daddr);
+		if (!dst6)
+			return TC_ACT_SHOT;
+		return judged_into6(skb, &k6, dst6, 1);
+	}
 	if (in[12] != 0x08 || in[13] != 0x00)
 		return TC_ACT_OK;
 	u32 daddr = raw32(in + 14 + 16);
@@ -509,7 +579,7 @@ SEC("classifier/to_pod_policy") int to_pod_policy(struct __sk_buff *skb)
 	if (r == PARSE_DROP)
 		return TC_ACT_SHOT;
 	if (r == PARSE_IPV6)
-		return judge_ip6(skb, 0, !skb->ingress_ifindex);
+		return to_pod6(skb);
 	k.from_host = !skb->ingress_ifindex;
 	/* Translated on this node (a Service whose backend is this pod): the client's
 	 * egress first; then this pod's ingress judges the client pod itself, even when

@@ -55,19 +55,29 @@ struct __sk_buff {
 #define BPF_F_ADJ_ROOM_ENCAP_L4_UDP 16
 #define BPF_F_ADJ_ROOM_ENCAP_L2_ETH 64
 #define BPF_F_ADJ_ROOM_ENCAP_L2(len) (((u64)(len) & 0xff) << 56)
+#define BPF_F_ADJ_ROOM_DECAP_L3_IPV6 256 /* what is left after the shrink is IPv6 */
 
-/* struct bpf_fib_lookup (UAPI), IPv4 fields. */
+/* struct bpf_fib_lookup (UAPI): the IPv4 or IPv6 fields by `family`. */
 struct fib_lookup {
 	u8 family, l4_protocol;
 	u16 sport, dport;
 	u16 tot_len;
 	u32 ifindex;
-	u32 tos;
-	u32 ipv4_src, pad_src[3];
-	u32 ipv4_dst, pad_dst[3];
+	u32 tos; /* IPv6: the flow information */
+	union {
+		u32 ipv4_src;
+		u8 ipv6_src[16];
+	};
+	union {
+		u32 ipv4_dst;
+		u8 ipv6_dst[16];
+	};
 	u16 vlan_proto, vlan_tci;
 	u8 smac[6], dmac[6];
 };
+
+#define AF_INET 2
+#define AF_INET6 10
 
 #define BPF_FIB_LKUP_RET_SUCCESS 0
 

@@ -18,9 +18,12 @@
 
 /* The VXLAN device's work, done here: when the route names this node's VXLAN device
  * and its neighbour a known peer VTEP, wrap the frame (see overlay_self) and send it
- * out of the underlay device to the peer node's neighbour. Returns -1, the frame
- * untouched, when it cannot (the caller then uses the VXLAN device). */
-INLINE int to_overlay(struct __sk_buff *skb, struct fib_lookup *f, u8 tos)
+ * out of the underlay device to the peer node's neighbour. `tos`: the inner packet's
+ * (IPv4 TOS or IPv6 traffic class), copied outside as the device does; `ethertype`:
+ * the inner frame's (ETH_P_IP or ETH_P_IPV6). The outer header is IPv4 either way.
+ * Returns -1, the frame untouched, when it cannot (the caller then uses the VXLAN
+ * device). */
+INLINE int to_overlay(struct __sk_buff *skb, struct fib_lookup *f, u8 tos, u16 ethertype)
 {
 	u32 zero = 0;
 	struct overlay_self *self = bpf_map_lookup_elem(&overlay_self, &zero);
@@ -33,7 +36,7 @@ INLINE int to_overlay(struct __sk_buff *skb, struct fib_lookup *f, u8 tos)
 		return -1;
 	/* The underlay hop: the node's route and neighbour towards the peer node. */
 	struct fib_lookup u = {};
-	u.family = 2; /* AF_INET */
+	u.family = AF_INET;
 	u.l4_protocol = IPPROTO_UDP;
 	u.ifindex = skb->ingress_ifindex;
 	u.ipv4_src = self->local;
@@ -89,7 +92,8 @@ INLINE int to_overlay(struct __sk_buff *skb, struct fib_lookup *f, u8 tos)
 	u8 *in = vx + 8;
 	__builtin_memcpy(in, f->dmac, 6);
 	__builtin_memcpy(in + 6, f->smac, 6);
-	in[12] = 0x08;
+	in[12] = ethertype >> 8;
+	in[13] = ethertype;
 	if (bpf_skb_store_bytes(skb, 0, h, sizeof(h), 0))
 		return TC_ACT_SHOT;
 	return bpf_redirect(u.ifindex, 0);

@@ -52,6 +52,24 @@ INLINE int in_cluster(u32 daddr)
 	return c && c->cluster_mask && (daddr & c->cluster_mask) == c->cluster_net;
 }
 
+/* Whether IPv6 `daddr` is in the cluster's IPv6 range: what the fast path may carry
+ * to another node. */
+INLINE int in_cluster6(struct in6 *daddr)
+{
+	struct svc_config *c = svc();
+	if (!c || !c->cluster6_prefix)
+		return 0;
+	u32 left = c->cluster6_prefix;
+	for (int i = 0; i < 16 && left; i++) {
+		u32 bits = left > 8 ? 8 : left;
+		u8 mask = (u8)(0xff << (8 - bits));
+		if ((daddr->a[i] ^ c->cluster6_net.a[i]) & mask)
+			return 0;
+		left -= bits;
+	}
+	return 1;
+}
+
 /* On the pod's veth: a packet of pod k->saddr to a Service address. A closed pod sends
  * nothing, as judge() would refuse it. */
 INLINE int defer_service(struct __sk_buff *skb, struct pkt *k)

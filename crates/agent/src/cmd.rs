@@ -326,7 +326,7 @@ fn config(mut a: Args) -> Result<Config, Failure> {
                     )
                 },
             )?;
-            if let Some(why) = podnet_conventions::dual_stack_problem(a.backend, datapath) {
+            if let Some(why) = podnet_conventions::dual_stack_problem(a.backend) {
                 return Err(Failure::Refused(format!(
                     "--cluster-cidr {}: {why}",
                     a.cluster_cidr

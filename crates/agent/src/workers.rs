@@ -55,6 +55,7 @@ impl Agent {
         pol.set_services(policy::Services {
             range: self.cfg.service_cidr,
             cluster: self.cfg.cluster_cidr,
+            cluster6: self.cfg.cluster_cidr6.map(|(n, _)| n),
             underlay_dev: self.cfg.underlay_dev.clone(),
             overlay_dev: self
                 .backend

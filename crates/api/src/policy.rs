@@ -75,6 +75,9 @@ pub struct RefusedPod {
 pub struct FastPathStatus {
     /// The node's pods the fast path delivers to directly.
     pub pods: Vec<String>,
+    /// Their IPv6 addresses, for dual-stack pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods6: Vec<String>,
     /// The overlay device with `from_overlay` on its ingress (empty: none).
     pub overlay_dev: String,
     /// The underlay device with `from_underlay` on its ingress, when the fast path

@@ -134,27 +134,15 @@ impl Default for IpFamily {
     }
 }
 
-/// Why a dual-stack node cannot run these choices, naming each flag to change; `None`
-/// when it can. IPv6 crosses between nodes through the VXLAN or WireGuard device (not
-/// host-gw, whose next hops are the peers' IPv4 underlay addresses), and the fast path
-/// is IPv4 only; both policy datapaths judge both families. Anything else is refused
-/// rather than run with pods' IPv6 silently dropped.
-pub fn dual_stack_problem(backend: Backend, datapath: Datapath) -> Option<String> {
-    let mut wrong = vec![];
-    if backend == Backend::HostGw {
-        wrong.push(format!(
-            "--backend {backend} (it routes through the peers' IPv4 underlay addresses, which cannot be an IPv6 route's next hop: use vxlan or wireguard)"
-        ));
-    }
-    if datapath != Datapath::Bridge {
-        wrong.push(format!(
-            "--datapath {datapath} (the fast path is IPv4 only: use bridge)"
-        ));
-    }
-    (!wrong.is_empty()).then(|| {
+/// Why a dual-stack node cannot run these choices, naming the flag to change; `None`
+/// when it can. IPv6 crosses between nodes through the VXLAN or WireGuard device (or
+/// the fast path's own VXLAN encapsulation), not host-gw, whose next hops are the
+/// peers' IPv4 underlay addresses; both datapaths and both policy datapaths carry and
+/// judge both families. Refused rather than run with pods' IPv6 silently dropped.
+pub fn dual_stack_problem(backend: Backend) -> Option<String> {
+    (backend == Backend::HostGw).then(|| {
         format!(
-            "dual-stack pods need --backend vxlan or wireguard and --datapath bridge for now; refused: {}",
-            wrong.join(", ")
+            "dual-stack pods need --backend vxlan or wireguard for now; refused: --backend {backend} (it routes through the peers' IPv4 underlay addresses, which cannot be an IPv6 route's next hop)"
         )
     })
 }
@@ -288,19 +276,15 @@ mod tests {
         assert!(e.contains("use --datapath bridge"), "{e}");
     }
 
-    /// Dual-stack runs over VXLAN or WireGuard, on the bridge; anything else is refused
+    /// Dual-stack runs over VXLAN or WireGuard, on either datapath; host-gw is refused
     /// naming the flag.
     #[test]
     fn dual_stack_takes_only_what_carries_ipv6() {
-        use Backend as B;
-        use Datapath as D;
-        for b in [B::Vxlan, B::Wireguard] {
-            assert_eq!(dual_stack_problem(b, D::Bridge), None, "{b}");
+        for b in [Backend::Vxlan, Backend::Wireguard] {
+            assert_eq!(dual_stack_problem(b), None, "{b}");
         }
-        let e = dual_stack_problem(B::HostGw, D::Bridge).unwrap();
+        let e = dual_stack_problem(Backend::HostGw).unwrap();
         assert!(e.contains("--backend host-gw"), "{e}");
-        let e = dual_stack_problem(B::Vxlan, D::Ebpf).unwrap();
-        assert!(e.contains("--datapath ebpf"), "{e}");
     }
 
     #[test]

@@ -132,7 +132,7 @@ impl Lab {
             if st.real_nodes {
                 bail!("--ip-family dual does not run on real nodes yet (their kubelet and kube-proxy are IPv4 here): leave --kubelet out");
             }
-            if let Some(why) = podnet_conventions::dual_stack_problem(st.backend, st.datapath) {
+            if let Some(why) = podnet_conventions::dual_stack_problem(st.backend) {
                 bail!("--ip-family dual: {why}");
             }
         }

@@ -17,7 +17,7 @@ use super::Policy;
 use crate::Failure;
 use podnet_api::FastPathStatus;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// What the fast path needs besides the policy maps.
 #[derive(Clone, Debug)]
@@ -106,12 +106,18 @@ impl Policy {
         }
         let mut sock = podnet_netlink::Socket::route().map_err(Failure::from)?;
         let gw_mac = podnet_conventions::pod_mac(self.cidr.nth(1).ok_or("no gateway")?);
-        let pods = if self.fast.is_some() {
-            local_pods(&mut sock, &mut self.fast_seen, self.cidr, gw_mac)?
+        let (pods, pods6) = if self.fast.is_some() {
+            local_pods(
+                &mut sock,
+                &mut self.fast_seen,
+                self.cidr,
+                self.cidr6,
+                gw_mac,
+            )?
         } else {
-            BTreeMap::new()
+            Default::default()
         };
-        let mut changed = e.set_fast(self.fast.is_some(), &pods)?;
+        let mut changed = e.set_fast(self.fast.is_some(), &pods, &pods6)?;
         if self.fast.is_none() {
             // Off (or never on): podnet's filter leaves the underlay devices, which are
             // the node's, not podnet's. (from_overlay stays on podnet's own VXLAN
@@ -134,6 +140,7 @@ impl Policy {
         }
         self.status.lock().unwrap().fast_path = self.fast.as_ref().map(|_| FastPathStatus {
             pods: pods.keys().map(|ip| ip.to_string()).collect(),
+            pods6: pods6.keys().map(|ip| ip.to_string()).collect(),
             overlay_dev: o.overlay,
             underlay_dev: o.underlay,
             overlay_peers: peers.len(),
@@ -142,14 +149,26 @@ impl Policy {
     }
 }
 
+/// What the fast path knows of a pod by its host veth: address, MAC, IPv6 address
+/// (dual-stack), and whether its receiving is shaped.
+pub(super) type Seen = (Ipv4Addr, [u8; 6], Option<Ipv6Addr>, bool);
+
+/// The pods `local_pods` and `local_pods6` hold, by address.
+type LocalPods = (
+    BTreeMap<Ipv4Addr, ebpf::LocalPod>,
+    BTreeMap<Ipv6Addr, ebpf::LocalPod>,
+);
+
 /// Every pod of the node whose anti-spoofing entry names its address and MAC (read
-/// once per host veth, in `seen`: a pod still being made is read next round).
+/// once per host veth, in `seen`: a pod still being made is read next round), by its
+/// IPv4 address and, for a dual-stack pod, by its IPv6 address (inside `cidr6`).
 fn local_pods(
     sock: &mut podnet_netlink::Socket,
-    seen: &mut BTreeMap<u32, (Ipv4Addr, [u8; 6], bool)>,
+    seen: &mut BTreeMap<u32, Seen>,
     cidr: podnet_cni_spec::Ipv4Net,
+    cidr6: Option<podnet_conventions::Ipv6Net>,
     gw_mac: [u8; 6],
-) -> Result<BTreeMap<Ipv4Addr, ebpf::LocalPod>, Failure> {
+) -> Result<LocalPods, Failure> {
     let veths = pod_veths(sock)?;
     seen.retain(|i, _| veths.iter().any(|l| l.index == *i));
     for l in veths {
@@ -162,24 +181,26 @@ fn local_pods(
                 let shaped = podnet_netlink::tc::root_qdisc(sock, l.index)
                     .map_err(Failure::from)?
                     .is_some_and(|k| k == "tbf");
-                v.insert((st.ip, st.mac, shaped));
+                v.insert((st.ip, st.mac, st.ip6, shaped));
             }
         }
     }
-    Ok(seen
-        .iter()
-        .filter(|(_, (ip, _, shaped))| cidr.contains(*ip) && !shaped)
-        .map(|(index, (ip, mac, _))| {
-            (
-                *ip,
-                ebpf::LocalPod {
-                    ifindex: *index,
-                    mac: *mac,
-                    gw_mac,
-                },
-            )
-        })
-        .collect())
+    let mut out = LocalPods::default();
+    for (index, (ip, mac, ip6, shaped)) in seen.iter() {
+        if *shaped || !cidr.contains(*ip) {
+            continue;
+        }
+        let entry = ebpf::LocalPod {
+            ifindex: *index,
+            mac: *mac,
+            gw_mac,
+        };
+        out.0.insert(*ip, entry);
+        if let Some(ip6) = ip6.filter(|a| cidr6.is_some_and(|n| n.contains(*a))) {
+            out.1.insert(ip6, entry);
+        }
+    }
+    Ok(out)
 }
 
 /// The fast path across nodes, as put in place: the overlay device with

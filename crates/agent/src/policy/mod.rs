@@ -94,7 +94,7 @@ pub struct Policy {
     fast: Option<FastPath>,
     /// Host veth index → the pod's address and MAC, as its anti-spoofing entry holds
     /// them, and whether its receiving is limited (none changes for a veth: read once).
-    fast_seen: BTreeMap<u32, (std::net::Ipv4Addr, [u8; 6], bool)>,
+    fast_seen: BTreeMap<u32, fastpath::Seen>,
     /// The fast path was switched off in the kernel (nothing to do until it is on).
     fast_cleared: bool,
     /// Where Service traffic leaves the node ([`services`]); whether podnet's filters

@@ -32,6 +32,8 @@ pub struct Services {
     pub range: Ipv4Net,
     /// The cluster CIDR: the fast path carries packets to these addresses only.
     pub cluster: Ipv4Net,
+    /// The cluster's IPv6 range (dual-stack): likewise for IPv6.
+    pub cluster6: Option<podnet_conventions::Ipv6Net>,
     /// The node's underlay device (host-gw routes and destinations outside the
     /// cluster leave by it).
     pub underlay_dev: String,
@@ -76,7 +78,7 @@ impl Policy {
             }
             return Ok(());
         };
-        if e.set_services(s.range, cidr, s.cluster)? {
+        if e.set_services(s.range, cidr, s.cluster, s.cluster6)? {
             log(&format!(
                 "policy: packets to Services ({}) are judged after kube-proxy's translation{}",
                 s.range,

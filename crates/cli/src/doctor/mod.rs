@@ -742,8 +742,18 @@ fn policy(out: &mut Out, n: &NodeView) {
                         "restart podnetd with --policy-datapath ebpf --datapath ebpf; see its log",
                     ),
                     Some(f) => {
-                        let missing: Vec<&&String> =
-                            local.iter().filter(|ip| !f.pods.contains(ip)).collect();
+                        // A dual-stack pod is served by both of its addresses.
+                        let missing: Vec<&String> = local
+                            .iter()
+                            .copied()
+                            .filter(|ip| !f.pods.contains(ip))
+                            .chain(
+                                p.pods
+                                    .iter()
+                                    .filter_map(|x| x.ip6.as_ref())
+                                    .filter(|ip| !f.pods6.contains(ip)),
+                            )
+                            .collect();
                         let no_overlay = !n.st.vxlan_dev.is_empty() && f.overlay_dev.is_empty();
                         out.put(
                             "fast path",
@@ -751,7 +761,7 @@ fn policy(out: &mut Out, n: &NodeView) {
                             if no_overlay {
                                 format!("from_overlay is not on {}: other nodes' packets take the bridge", n.st.vxlan_dev)
                             } else if missing.is_empty() {
-                                format!("{} pods served directly (bpf_redirect_peer); {}", f.pods.len(), if f.overlay_dev.is_empty() { "no overlay program (host-gw)".to_string() } else if f.underlay_dev.is_empty() { format!("from_overlay on {}; the VXLAN device encapsulates (it has no local address or underlay link)", f.overlay_dev) } else { format!("from_overlay on {}, VXLAN written and removed by the programs (from_underlay on {}, {} peer VTEPs)", f.overlay_dev, f.underlay_dev, f.overlay_peers) })
+                                format!("{} pods served directly (bpf_redirect_peer){}; {}", f.pods.len(), if f.pods6.is_empty() { String::new() } else { format!(", {} by their IPv6 address too", f.pods6.len()) }, if f.overlay_dev.is_empty() { "no overlay program (host-gw)".to_string() } else if f.underlay_dev.is_empty() { format!("from_overlay on {}; the VXLAN device encapsulates (it has no local address or underlay link)", f.overlay_dev) } else { format!("from_overlay on {}, VXLAN written and removed by the programs (from_underlay on {}, {} peer VTEPs)", f.overlay_dev, f.underlay_dev, f.overlay_peers) })
                             } else {
                                 format!("{} pods take the bridge (not in local_pods): {}", missing.len(), missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
                             },

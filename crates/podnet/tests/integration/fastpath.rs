@@ -18,7 +18,7 @@ fn bridge_packets(lab: &TestLab, node: &str) -> u64 {
 }
 
 /// Packets a link of a node received and sent so far.
-fn link_packets(lab: &TestLab, node: &str, link: &str) -> u64 {
+pub(crate) fn link_packets(lab: &TestLab, node: &str, link: &str) -> u64 {
     let out = lab.sh(node, &["ip", "-s", "-j", "link", "show", link]);
     let v: Value = serde_json::from_str(&out).unwrap();
     let s = &v[0]["stats64"];

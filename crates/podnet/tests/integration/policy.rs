@@ -701,3 +701,10 @@ fn conformance_nftables_dual_stack() {
 fn conformance_ebpf_dual_stack() {
     conformance_on("ebpf", "bridge", true);
 }
+
+/// And on the fast path, which judges IPv6 and carries it past the bridge and the
+/// VXLAN device itself.
+#[test]
+fn conformance_ebpf_fast_path_dual_stack() {
+    conformance_on("ebpf", "ebpf", true);
+}

@@ -84,7 +84,7 @@ use aya::maps::HashMap;
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, Pod};
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -123,8 +123,8 @@ pub const FILTER_IN: &str = "podnet_policy_in";
 pub(super) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 // The structs and constants shared with bpf/policy.c, generated from bpf/abi.h.
+use podnet_bpf_abi::{In6, Peer6Data, PeerData, PortData, SvcConfig, VtepKey, CONFIG_FAST_PATH};
 pub use podnet_bpf_abi::{LocalPod, OverlaySelf};
-use podnet_bpf_abi::{Peer6Data, PeerData, PortData, SvcConfig, VtepKey, CONFIG_FAST_PATH};
 
 /// This node's VXLAN device as the fast path writes its encapsulation (`overlay_self`):
 /// its index, underlay address, VNI and UDP port.
@@ -313,38 +313,36 @@ impl EbpfDatapath {
         classifier_fd(&self.bpf, name)
     }
 
-    /// The fast path: on or off (its switch in `config`), and `local_pods` made exactly `pods`
-    /// (pod address → its entry). Returns how many entries changed.
+    /// The fast path: on or off (its switch in `config`), and `local_pods` made exactly
+    /// `pods` (pod address → its entry), `local_pods6` exactly `pods6` (a dual-stack
+    /// pod's IPv6 address → the same entry). Returns how many entries changed.
     pub fn set_fast(
         &mut self,
         on: bool,
         pods: &BTreeMap<Ipv4Addr, LocalPod>,
+        pods6: &BTreeMap<Ipv6Addr, LocalPod>,
     ) -> Result<usize, Failure> {
         let mut changed = 0;
         if switch(&self.dir, CONFIG_FAST_PATH, on)? {
             changed += 1;
         }
-        let mut m: HashMap<_, u32, LocalPod> =
-            HashMap::try_from(self.bpf.map_mut("local_pods").ok_or("no map local_pods")?)
-                .map_err(|e| err("local_pods", e))?;
-        let want: BTreeMap<u32, LocalPod> = if on {
-            pods.iter().map(|(ip, p)| (raw(*ip), *p)).collect()
-        } else {
-            BTreeMap::new()
-        };
-        let have: Vec<(u32, LocalPod)> = m.iter().filter_map(|kv| kv.ok()).collect();
-        for (k, v) in &have {
-            if want.get(k) != Some(v) {
-                m.remove(k).map_err(|e| err("remove from local_pods", e))?;
-                changed += 1;
-            }
-        }
-        for (k, v) in &want {
-            if !have.iter().any(|(hk, hv)| hk == k && hv == v) {
-                m.insert(k, v, 0).map_err(|e| err("write local_pods", e))?;
-                changed += 1;
-            }
-        }
+        let want: BTreeMap<u32, LocalPod> = pods
+            .iter()
+            .filter(|_| on)
+            .map(|(ip, p)| (raw(*ip), *p))
+            .collect();
+        let want6: BTreeMap<In6, LocalPod> = pods6
+            .iter()
+            .filter(|_| on)
+            .map(|(ip, p)| (in6(*ip), *p))
+            .collect();
+        let bpf = &mut self.bpf;
+        let have = read_hash(bpf, "local_pods")?;
+        changed += drop_hash(bpf, "local_pods", &have, &want)?;
+        changed += put_hash(bpf, "local_pods", &have, &want)?;
+        let have = read_hash(bpf, "local_pods6")?;
+        changed += drop_hash(bpf, "local_pods6", &have, &want6)?;
+        changed += put_hash(bpf, "local_pods6", &have, &want6)?;
         Ok(changed)
     }
 
@@ -418,6 +416,7 @@ impl EbpfDatapath {
         service: podnet_cni_spec::Ipv4Net,
         node: podnet_cni_spec::Ipv4Net,
         cluster: podnet_cni_spec::Ipv4Net,
+        cluster6: Option<podnet_conventions::Ipv6Net>,
     ) -> Result<bool, Failure> {
         let mask = |n: podnet_cni_spec::Ipv4Net| n.mask().to_be();
         let want = SvcConfig {
@@ -431,6 +430,8 @@ impl EbpfDatapath {
             node_mask: if node.prefix() >= 22 { mask(node) } else { 0 },
             cluster_net: raw(cluster.network()),
             cluster_mask: mask(cluster),
+            cluster6_net: cluster6.map_or(In6::default(), |n| in6(n.network())),
+            cluster6_prefix: cluster6.map_or(0, |n| u32::from(n.prefix())),
         };
         let mut a: aya::maps::Array<_, SvcConfig> =
             aya::maps::Array::try_from(self.bpf.map_mut("svc_config").ok_or("no map svc_config")?)
@@ -440,15 +441,6 @@ impl EbpfDatapath {
         }
         a.set(0, want, 0).map_err(|e| err("write svc_config", e))?;
         Ok(true)
-    }
-
-    /// The pods the fast path delivers to directly (their addresses).
-    pub fn fast_pods(&self) -> Vec<Ipv4Addr> {
-        self.bpf
-            .map("local_pods")
-            .and_then(|m| HashMap::<_, u32, LocalPod>::try_from(m).ok())
-            .map(|m| m.keys().filter_map(|k| k.ok()).map(unraw).collect())
-            .unwrap_or_default()
     }
 
     fn read_back(&mut self) -> Result<Desired, Failure> {
