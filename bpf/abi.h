@@ -37,9 +37,10 @@
  * may send UDP to those ports only to another pod: an address of the cluster CIDR whose
  * host part in its node's pod CIDR is not 0 (the VXLAN/WireGuard device's address), 1
  * (the bridge gateway) or all ones (the bridge's broadcast), which are node addresses.
- * Everything else on those ports is dropped. Over IPv6 the guard is narrower: only the
- * pods of the pod's own node (its IPv6 pod CIDR, but the subnet-router anycast address
- * ::0 and the gateway ::1), until podnet carries IPv6 between nodes. */
+ * Everything else on those ports is dropped. Over IPv6 likewise: an address of the
+ * cluster's IPv6 range (cluster6_prefix; when that is unknown, of the pod's own node's
+ * range) whose host part in its node's range is not ::0 (the subnet-router anycast
+ * address, the route's next hop to that node) or ::1 (the gateway). */
 struct pod_state {
 	u8 mac[6];
 	u8 pad[2];
@@ -49,9 +50,10 @@ struct pod_state {
 	u32 cluster_mask;   /* host order; 0: no pod destination at all */
 	u32 node_mask;      /* host order: the mask of one node's pod CIDR */
 	u32 pad2;
-	u8 ip6[16];    /* a dual-stack pod's IPv6 address; all zero: none */
-	u8 ip6_prefix; /* the prefix length of its node's IPv6 pod CIDR */
-	u8 pad3[7];
+	u8 ip6[16];         /* a dual-stack pod's IPv6 address; all zero: none */
+	u8 ip6_prefix;      /* the prefix length of its node's IPv6 pod CIDR */
+	u8 cluster6_prefix; /* the cluster's IPv6 range's (the pod's address is in it); 0: unknown */
+	u8 pad3[6];
 	u64 drops[PODNET_DROP_MAX]; /* one counter per drop reason (drop_reasons.h), at offset 56 */
 };
 

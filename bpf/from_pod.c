@@ -198,26 +198,35 @@ INLINE int own_addr6(const u8 *a, const struct pod_state *st)
 	return own_ip6(a, st) || own_link_local(a, st->mac);
 }
 
-/* May a pod send UDP to an overlay port at IPv6 address `d`? Only to another pod of
- * its own node: inside its IPv6 pod CIDR, but not ::0 (subnet-router anycast) or ::1
- * (the gateway, the node itself). See struct pod_state. */
+/* The mask of byte `i` of a `prefix`-bit prefix. */
+INLINE u8 prefix_byte(u32 prefix, int i)
+{
+	u32 bits = prefix > (u32)(8 * i) ? prefix - 8 * i : 0;
+	return bits >= 8 ? 0xff : (u8)(0xff00 >> bits);
+}
+
+/* May a pod send UDP to an overlay port at IPv6 address `d`? Only to another pod: an
+ * address of the cluster's IPv6 range (which holds the pod's own address; unknown:
+ * of the pod's own node's range) that is not ::0 (subnet-router anycast, the next hop
+ * of the route to that node) or ::1 (the gateway, the node itself) of its node's range
+ * (every node's range has the same length). See struct pod_state. */
 INLINE int overlay_port_allowed6(const struct pod_state *st, const u8 *d)
 {
 	if (unspecified(st->ip6))
 		return 0;
-	u32 prefix = st->ip6_prefix;
+	u32 node = st->ip6_prefix;
+	u32 range = st->cluster6_prefix ? st->cluster6_prefix : node;
 	u32 host_high = 0;
 	u8 low = 0;
 #pragma unroll
 	for (int i = 0; i < 16; i++) {
-		u32 bits = prefix > (u32)(8 * i) ? prefix - 8 * i : 0;
-		u8 m = bits >= 8 ? 0xff : (u8)(0xff00 >> bits);
-		if ((d[i] ^ st->ip6[i]) & m)
+		if ((d[i] ^ st->ip6[i]) & prefix_byte(range, i))
 			return 0;
+		u8 host = d[i] & (u8)~prefix_byte(node, i);
 		if (i < 15)
-			host_high |= d[i] & (u8)~m;
+			host_high |= host;
 		else
-			low = d[i] & (u8)~m;
+			low = host;
 	}
 	return host_high != 0 || low > 1;
 }

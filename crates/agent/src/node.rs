@@ -174,6 +174,11 @@ impl Agent {
                 .map(|c6| vec![n.record.pod_cidr.to_string(), c6.to_string()])
                 .unwrap_or_default(),
             cluster_cidr: Some(self.cfg.cluster_cidr.to_string()),
+            cluster_cidrs: self
+                .cfg
+                .cluster_cidr6
+                .map(|(c6, _)| vec![self.cfg.cluster_cidr.to_string(), c6.to_string()])
+                .unwrap_or_default(),
             overlay_ports: self
                 .backend
                 .overlay_ports()

@@ -336,6 +336,7 @@ mod tests {
             ports: [8472, 51820],
             cluster: Some((Ipv4Addr::new(10, 244, 0, 0), 16)),
             node_prefix: 24,
+            cluster6_prefix: 0,
         };
         let v = state_bytes([1, 2, 3, 4, 5, 6], Ipv4Addr::new(10, 0, 0, 5), None, &guard);
         assert_eq!(v.len(), 56 + 8 * DROP_REASONS.len());

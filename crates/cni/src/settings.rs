@@ -49,6 +49,19 @@ impl OverlayGuardOf for NodeInfo {
         };
         g.cluster = net("clusterCIDR", &self.cluster_cidr)?.map(|c| (c.network(), c.prefix()));
         g.node_prefix = net("podCIDR", &self.pod_cidr)?.map_or(32, |c| c.prefix());
+        for c in &self.cluster_cidrs {
+            if c.contains(':') {
+                let n: Ipv6Net = c.parse().map_err(|e| {
+                    invalid(
+                        format!("the node file's clusterCIDRs entry {c:?} is not a CIDR"),
+                        format!(
+                            "{e}; podnetd rewrites it when it starts: restart podnetd on this node"
+                        ),
+                    )
+                })?;
+                g.cluster6_prefix = n.prefix();
+            }
+        }
         Ok(g)
     }
 }

@@ -24,6 +24,14 @@ pub struct NodeFile {
     /// The cluster's pod CIDR: where a pod's UDP to an overlay port may go.
     #[serde(rename = "clusterCIDR", default)]
     pub cluster_cidr: Option<String>,
+    /// A dual-stack cluster's pod CIDRs, one per family (`--cluster-cidr`): the IPv6 one
+    /// is where a dual-stack pod's IPv6 UDP to an overlay port may go.
+    #[serde(
+        rename = "clusterCIDRs",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub cluster_cidrs: Vec<String>,
     /// The node's overlay UDP ports (VXLAN, WireGuard), closed to pods except towards
     /// other pods (anti-spoofing's overlay guard).
     #[serde(default)]
@@ -79,6 +87,7 @@ mod tests {
             pod_cidr: Some("10.244.1.0/24".into()),
             pod_cidrs: vec!["10.244.1.0/24".into(), "fd00:10:244:1::/64".into()],
             cluster_cidr: Some("10.244.0.0/16".into()),
+            cluster_cidrs: vec!["10.244.0.0/16".into(), "fd00:10:244::/56".into()],
             overlay_ports: vec![8472],
             mtu: Some(1450),
             bridge: Some("podnet0".into()),
@@ -94,6 +103,7 @@ mod tests {
             "podCIDR",
             "podCIDRs",
             "clusterCIDR",
+            "clusterCIDRs",
             "overlayPorts",
             "mtu",
             "bridge",

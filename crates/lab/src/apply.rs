@@ -368,13 +368,17 @@ impl Lab {
             .metadata
             .annotations
             .get(podnet_policy::objects::IP_ANNOTATION);
-        if asked.is_some_and(|a| *a != cur.ip.to_string()) {
-            bail!(
-                "pod {} has address {}; it cannot change to {}: delete the pod first",
-                cur.key(),
-                cur.ip,
-                asked.unwrap()
-            );
+        if let Some(a) = asked {
+            let same = podnet_policy::objects::requested_ips(a)
+                .is_ok_and(|(v4, v6)| v4 == cur.ip && v6.is_none_or(|v6| Some(v6) == cur.ip6));
+            if !same {
+                bail!(
+                    "pod {} has address {}{}; it cannot change to {a}: delete the pod first",
+                    cur.key(),
+                    cur.ip,
+                    cur.ip6.map(|a| format!(",{a}")).unwrap_or_default(),
+                );
+            }
         }
         let ports_changed = old.spec.containers != want.spec.containers;
         let q = st

@@ -4,8 +4,9 @@
 use super::*;
 
 impl Lab {
-    /// The network configuration a runtime would pass; `ip` is asked for through the
-    /// `ips` capability, as a runtime does with `runtimeConfig`.
+    /// The network configuration a runtime would pass; `ip` (the pod's annotation: an
+    /// IPv4 address, and an IPv6 one after a comma) is asked for through the `ips`
+    /// capability, as a runtime does with `runtimeConfig`.
     fn cni_config(&self, st: &State, node: &str, ip: Option<&str>) -> Vec<u8> {
         let dir = self.node_dir(node);
         let datapath = &st.datapath;
@@ -15,7 +16,8 @@ impl Lab {
             "datapath": datapath,
         });
         if let Some(ip) = ip {
-            c["runtimeConfig"] = serde_json::json!({ "ips": [ip] });
+            let ips: Vec<&str> = ip.split(',').map(str::trim).collect();
+            c["runtimeConfig"] = serde_json::json!({ "ips": ips });
         }
         serde_json::to_vec(&c).expect("config serializes")
     }

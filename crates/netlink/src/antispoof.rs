@@ -33,6 +33,9 @@ pub struct OverlayGuard {
     pub cluster: Option<(Ipv4Addr, u8)>,
     /// The prefix length of one node's pod CIDR.
     pub node_prefix: u8,
+    /// The prefix length of the cluster's IPv6 pod range (dual-stack); 0: not known,
+    /// a pod's IPv6 UDP to the ports may go only to the pods of its own node.
+    pub cluster6_prefix: u8,
 }
 
 fn mask(prefix: u8) -> u32 {
@@ -64,6 +67,7 @@ pub fn state_bytes(
         node_mask: mask(guard.node_prefix),
         ip6: ip6.map_or([0; 16], |(a, _)| a.octets()),
         ip6_prefix: ip6.map_or(0, |(_, p)| p),
+        cluster6_prefix: guard.cluster6_prefix,
         ..Default::default()
     }
     .as_bytes()

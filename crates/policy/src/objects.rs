@@ -11,8 +11,30 @@ use std::collections::BTreeMap;
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// The pod annotation asking for a fixed address (passed to podnet-cni as the CNI
-/// `ips` capability).
+/// `ips` capability): an IPv4 address, and on a dual-stack network optionally an IPv6
+/// one after a comma (`10.244.1.9,fd00:10:244:1::9`).
 pub const IP_ANNOTATION: &str = "podnet.dev/ip";
+
+/// The addresses an [`IP_ANNOTATION`] asks for: its IPv4 address and, if given, its
+/// IPv6 one; an error saying what is wrong otherwise.
+pub fn requested_ips(
+    value: &str,
+) -> Result<(std::net::Ipv4Addr, Option<std::net::Ipv6Addr>), String> {
+    let mut v4 = None;
+    let mut v6 = None;
+    for part in value.split(',').map(str::trim) {
+        match part.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(a)) if v4.is_none() => v4 = Some(a),
+            Ok(std::net::IpAddr::V6(a)) if v6.is_none() => v6 = Some(a),
+            Ok(_) => return Err(format!("{value:?} names two addresses of one family")),
+            Err(_) => return Err(format!("{part:?} in {value:?} is not an IP address")),
+        }
+    }
+    let v4 = v4.ok_or_else(|| {
+        format!("{value:?} has no IPv4 address (IPv6-only pods are not supported yet)")
+    })?;
+    Ok((v4, v6))
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -85,11 +85,8 @@ pub fn validate(o: &Object) -> Result<(), Vec<FieldError>> {
 
 fn pod(v: &mut V, p: &Pod) {
     if let Some(ip) = p.metadata.annotations.get(IP_ANNOTATION) {
-        if ip.parse::<std::net::Ipv4Addr>().is_err() {
-            v.err(
-                format!("metadata.annotations[{IP_ANNOTATION:?}]"),
-                format!("{ip:?} is not an IPv4 address"),
-            );
+        if let Err(why) = crate::objects::requested_ips(ip) {
+            v.err(format!("metadata.annotations[{IP_ANNOTATION:?}]"), why);
         }
     }
     for (i, c) in p.spec.containers.iter().enumerate() {

@@ -82,6 +82,7 @@ fn every_verdict_and_reason() {
                 ports: [8472, 51820],
                 cluster: Some((Ipv4Addr::new(10, 204, 0, 0), 16)),
                 node_prefix: 24,
+                cluster6_prefix: 0,
             };
             antispoof::set_pod(&dp, 1, mac, ip, None, &guard).unwrap();
             let udp_to = |dst: [u8; 4], port: u16| {
@@ -347,8 +348,9 @@ fn ipv6_to(src: [u8; 6], src_ip: [u8; 16], dst_ip: [u8; 16], next: u8, l4: &[u8]
 
 /// A dual-stack pod (no link-local address, as podnet makes pods): its global IPv6
 /// address is its own, another pod's is not, in sources, in neighbour advertisements
-/// and in duplicate-address detection; the overlay guard over IPv6 admits only the
-/// pods of its own node.
+/// and in duplicate-address detection; the overlay guard over IPv6 admits pods of
+/// every node (the cluster's IPv6 range), never a node's gateway or subnet-router
+/// anycast address, nor anything outside the range.
 #[test]
 fn a_dual_stack_pod_sends_as_its_own_ipv6_address_only() {
     let node = Node::new("10.208.0.0/24");
@@ -372,11 +374,18 @@ fn a_dual_stack_pod_sends_as_its_own_ipv6_address_only() {
                 ports: [8472, 51820],
                 cluster: Some((Ipv4Addr::new(10, 208, 0, 0), 16)),
                 node_prefix: 24,
+                // The cluster's IPv6 range: fd00:0:a02::/48, one /64 per node.
+                cluster6_prefix: 48,
             };
             antispoof::set_pod(&dp, 1, mac, ip, Some((own.into(), 64)), &guard).unwrap();
             let echo = [128, 0, 0, 0, 0, 1, 0, 1];
-            let mut off_node = other;
-            off_node[7] = 1; // fd00:a:208:1::9, outside the pod's /64
+            // fd00:0:a02:801::9, ::1 and ::0: a pod, the gateway and the anycast
+            // address of another node's /64; fd00:0:a03:800::9: outside the cluster.
+            let (mut off_node, mut off_gw, mut off_anycast, mut outside) = (other, gw, g(0), other);
+            off_node[7] = 1;
+            off_gw[7] = 1;
+            off_anycast[7] = 1;
+            outside[5] = 3;
             let cases: Vec<(&str, Vec<u8>, u32)> = vec![
                 (
                     "echo from its own address",
@@ -444,8 +453,23 @@ fn a_dual_stack_pod_sends_as_its_own_ipv6_address_only() {
                     SHOT,
                 ),
                 (
-                    "VXLAN port outside its node's pod CIDR",
+                    "VXLAN port at a pod of another node",
                     ipv6_to(mac, own, off_node, 17, &udp6(8472)),
+                    OK,
+                ),
+                (
+                    "VXLAN port at another node's gateway",
+                    ipv6_to(mac, own, off_gw, 17, &udp6(8472)),
+                    SHOT,
+                ),
+                (
+                    "WireGuard port at another node's anycast address",
+                    ipv6_to(mac, own, off_anycast, 17, &udp6(51820)),
+                    SHOT,
+                ),
+                (
+                    "VXLAN port outside the cluster's IPv6 range",
+                    ipv6_to(mac, own, outside, 17, &udp6(8472)),
                     SHOT,
                 ),
                 (
@@ -472,7 +496,7 @@ fn a_dual_stack_pod_sends_as_its_own_ipv6_address_only() {
     assert_eq!(counts["ipv6-na"], 2, "{counts:?}");
     assert_eq!(counts["ipv6-dad"], 1, "{counts:?}");
     assert_eq!(counts["ipv6-ra"], 1, "{counts:?}");
-    assert_eq!(counts["overlay-port"], 3, "{counts:?}");
+    assert_eq!(counts["overlay-port"], 5, "{counts:?}");
     assert_eq!(state.ip6, Some(own.into()));
 }
 

@@ -403,6 +403,26 @@ fn the_fast_path_carries_ipv6_past_the_bridge_and_the_vxlan_device() {
     }
 }
 
+/// A UDP socket in pod `from` bound to its address `a`, and one in pod `to` bound to
+/// `[b]:port` whose reads time out after 300 ms: (sender, receiver).
+fn udp6_pair(
+    lab: &TestLab,
+    (from, a): (&str, Ipv6Addr),
+    (to, b): (&str, Ipv6Addr),
+    port: u16,
+) -> (UdpSocket, UdpSocket) {
+    let bind = |ns: &str, addr: SocketAddrV6| {
+        lab.ns(ns)
+            .run(|| UdpSocket::bind(addr))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("bind {addr} in {ns}: {e}"))
+    };
+    let rx = bind(to, SocketAddrV6::new(b, port, 0, 0));
+    rx.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    (bind(from, SocketAddrV6::new(a, 0, 0, 0)), rx)
+}
+
 fn carries_ipv6_between_nodes_without_nat(lab: &TestLab) {
     let st = lab.json(&["status", "--output", "json"]);
     let ip6 = |name: &str| lab_ip6(&st, name);
@@ -424,6 +444,20 @@ fn carries_ipv6_between_nodes_without_nat(lab: &TestLab) {
     assert_eq!(st["ip_family"], "dual");
     assert_eq!(tcp6(&lab.ns("p1a"), &lab.ns("p2a"), b, 7100), Ok(a));
     assert_eq!(tcp6(&lab.ns("p2a"), &lab.ns("p1a"), a, 7101), Ok(b));
+    // The overlay ports are open towards another node's pod over IPv6 as over IPv4:
+    // podnetd publishes the cluster's IPv6 range in the node file, podnet-cni puts it
+    // in the pod's anti-spoofing entry.
+    let (tx, rx) = udp6_pair(lab, ("p1a", a), ("p2a", b), 8472);
+    let mut buf = [0u8; 16];
+    wait_until(
+        "p2a hears p1a's UDP to port 8472 over IPv6",
+        Duration::from_secs(10),
+        || {
+            tx.send_to(b"pod-to-pod", SocketAddrV6::new(b, 8472, 0, 0))
+                .unwrap();
+            matches!(rx.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == b"pod-to-pod")
+        },
+    );
     // node1's route to node2's pods, and its neighbour entry.
     let routes = lab.sh("node1", &["ip", "-6", "route", "show", "proto", "0x50"]);
     let want = format!("{} via {} dev podnet.vxlan", net(b), net(b).network());
@@ -810,18 +844,7 @@ fn a_dual_stack_wireguard_lab_carries_ipv6_encrypted() {
     assert_eq!(tcp6(&lab.ns("p2a"), &lab.ns("p1a"), a, 7501), Ok(b));
     // A marked datagram over IPv6, p1a → p2a, while node1's underlay is watched.
     let seen = Capture::open(&lab.ns("node1"), "eth0").unwrap();
-    let rx = lab
-        .ns("p2a")
-        .run(|| UdpSocket::bind(SocketAddrV6::new(b, 7502, 0, 0)))
-        .unwrap()
-        .unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let tx = lab
-        .ns("p1a")
-        .run(|| UdpSocket::bind(SocketAddrV6::new(a, 0, 0, 0)))
-        .unwrap()
-        .unwrap();
+    let (tx, rx) = udp6_pair(&lab, ("p1a", a), ("p2a", b), 7502);
     let marker = b"podnet-ipv6-plaintext-marker";
     let mut buf = [0u8; 64];
     wait_until(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 /// the successes, and the tries made before `done`.
 fn hammer(
     from_ns: &str,
-    target: std::net::SocketAddrV4,
+    target: std::net::SocketAddr,
     done: &std::sync::atomic::AtomicBool,
     min_after: usize,
 ) -> (usize, usize, usize) {
@@ -26,7 +26,7 @@ fn hammer(
             if before.is_some_and(|b| tries - b >= min_after) {
                 break;
             }
-            let r = std::net::TcpStream::connect_timeout(&target.into(), Duration::from_millis(3));
+            let r = std::net::TcpStream::connect_timeout(&target, Duration::from_millis(3));
             tries += 1;
             ok += usize::from(r.is_ok());
         }
@@ -53,30 +53,50 @@ fn denied_packets(lab: &TestLab, node: &str) -> u64 {
 
 const DENY_DEFAULT: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: deny\n  namespace: sec\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n";
 
+/// A pod on node1 asking for `ip` (the annotation's value: an IPv4 address, and on a
+/// dual-stack lab an IPv6 one after a comma).
 fn victim(ip: &str) -> String {
     format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: victim\n  namespace: sec\n  annotations:\n    podnet.dev/ip: {ip}\nspec:\n  nodeName: node1\n  containers:\n  - ports:\n    - containerPort: 80\n")
 }
 
 #[test]
 fn no_leak_window_for_a_new_pod_even_across_an_agent_kill_nftables() {
-    leak_window("nftables");
+    leak_window("nftables", false);
 }
 
 #[test]
 fn no_leak_window_for_a_new_pod_even_across_an_agent_kill_ebpf() {
-    leak_window("ebpf");
+    leak_window("ebpf", false);
 }
 
-fn leak_window(datapath: &str) {
+/// The same over IPv6 on a dual-stack lab: the pod's IPv6 address, probed from before
+/// it exists, is closed like its IPv4 one until its policy is programmed.
+#[test]
+fn no_leak_window_over_ipv6_for_a_new_pod_even_across_an_agent_kill_nftables() {
+    leak_window("nftables", true);
+}
+
+#[test]
+fn no_leak_window_over_ipv6_for_a_new_pod_even_across_an_agent_kill_ebpf() {
+    leak_window("ebpf", true);
+}
+
+/// `ipv6`: on a dual-stack lab, probe the victims' IPv6 addresses (the fast path for
+/// eBPF, the bridge for nftables).
+fn leak_window(datapath: &str, ipv6: bool) {
     require_root();
-    let lab = TestLab::up(&[
+    let mut args = vec![
         "--nodes",
         "2",
         "--pods-per-node",
         "1",
         "--policy-datapath",
         datapath,
-    ]);
+    ];
+    if ipv6 {
+        args.extend(["--ip-family", "dual"]);
+    }
+    let lab = TestLab::up(&args);
     lab.apply(&format!(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: sec\n---\n{DENY_DEFAULT}"
     ));
@@ -99,22 +119,52 @@ fn leak_window(datapath: &str) {
         let o = net.octets();
         std::net::Ipv4Addr::new(o[0], o[1], o[2], host)
     };
+    // On a dual-stack lab the same host number in node1's IPv6 range too.
+    let net6: Option<std::net::Ipv6Addr> = node["podCIDRs"].as_array().and_then(|c| {
+        c.iter()
+            .filter_map(|c| c.as_str()?.split('/').next()?.parse().ok())
+            .next()
+    });
+    assert_eq!(net6.is_some(), ipv6, "node1's pod CIDRs: {node}");
+    let addr6 = |host: u8| {
+        net6.map(|n| {
+            let mut o = n.octets();
+            o[15] = host;
+            std::net::Ipv6Addr::from(o)
+        })
+    };
+    // The annotation asking for both, and the address probed.
+    let asked = |host: u8| match addr6(host) {
+        Some(a6) => format!("{},{a6}", addr(host)),
+        None => addr(host).to_string(),
+    };
+    let probed = |host: u8| -> std::net::SocketAddr {
+        match addr6(host) {
+            Some(a6) => (a6, 80).into(),
+            None => (addr(host), 80).into(),
+        }
+    };
     // The prober, on node2: whichever pod the lab put there.
     let prober = format!("{}-p2a", lab.name);
 
     // 1. The agent is up: probe a fixed address from before the pod exists until 1000
     //    tries after `lab apply` (which returns once the pod is made and programmed).
-    let target = std::net::SocketAddrV4::new(addr(77), 80);
+    let target = probed(77);
     let before = denied_packets(&lab, "node1");
     let (tries, ok, early) = std::thread::scope(|s| {
         let h = s.spawn(|| hammer(&prober, target, &stop, 1000));
         // The prober stops even if `apply` fails (and the test with it).
         let _done = SetOnDrop(&stop);
-        lab.apply(&victim(&addr(77).to_string()));
+        lab.apply(&victim(&asked(77)));
         drop(_done);
         h.join().unwrap()
     });
     assert!(tries >= 1000, "{tries}");
+    // The pod has the address probed (else the zero below would prove nothing).
+    if let Some(a6) = addr6(77) {
+        let st = lab.json(&["status", "--output", "json"]);
+        assert_eq!(crate::common::lab_ip6(&st, "sec.victim"), a6);
+    }
     assert_eq!(
         ok, 0,
         "{ok} of {tries} connections reached a pod under default deny"
@@ -157,29 +207,21 @@ fn leak_window(datapath: &str) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let second = std::net::SocketAddrV4::new(addr(78), 80);
+    let second = probed(78);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (tries, ok, old_tries, old_ok) = std::thread::scope(|s| {
         let h = s.spawn(|| hammer(&prober, second, &stop, 1000));
         // The first victim, programmed before the kill, stays closed too.
         let h2 = s.spawn(|| hammer(&prober, target, &stop, 300));
         let _done = SetOnDrop(&stop);
-        let yaml = victim(&addr(78).to_string()).replace("name: victim", "name: victim2");
+        let yaml = victim(&asked(78)).replace("name: victim", "name: victim2");
         let o = lab.pipe("apply", &yaml, &["--no-wait"]);
         assert!(
             o.status.success(),
             "apply with the agent dead: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        let o = lab.run(&[
-            "up",
-            "--nodes",
-            "2",
-            "--pods-per-node",
-            "1",
-            "--policy-datapath",
-            datapath,
-        ]);
+        let o = lab.run(&[&["up"], &args[..]].concat());
         assert!(
             o.status.success(),
             "lab up (restarting the agent): {}",
@@ -191,6 +233,10 @@ fn leak_window(datapath: &str) {
         (a, b, c, d)
     });
     assert!(tries >= 1000 && old_tries >= 300);
+    if let Some(a6) = addr6(78) {
+        let st = lab.json(&["status", "--output", "json"]);
+        assert_eq!(crate::common::lab_ip6(&st, "sec.victim2"), a6);
+    }
     assert_eq!(
         ok, 0,
         "{ok} of {tries} reached a pod made while its agent was dead"
@@ -203,13 +249,26 @@ fn leak_window(datapath: &str) {
     // Positive control: the same probe connects once a policy admits it, so the zeros
     // above were the policy's doing.
     lab.apply("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: open\n  namespace: sec\nspec:\n  podSelector: {}\n  ingress:\n  - {}\n");
-    let o = lab.run(&["probe", "default/p2a", "sec/victim2", "--port", "80"]);
+    let family: &[&str] = if ipv6 { &["--ipv6"] } else { &[] };
+    let o = lab.run(
+        &[
+            &["probe", "default/p2a", "sec/victim2", "--port", "80"],
+            family,
+        ]
+        .concat(),
+    );
     assert!(
         o.status.success(),
         "victim2 not reachable once allowed: {}",
         String::from_utf8_lossy(&o.stdout)
     );
-    let o = lab.run(&["probe", "default/p2a", "sec/victim", "--port", "80"]);
+    let o = lab.run(
+        &[
+            &["probe", "default/p2a", "sec/victim", "--port", "80"],
+            family,
+        ]
+        .concat(),
+    );
     assert!(o.status.success(), "victim not reachable once allowed");
 }
 

@@ -566,6 +566,14 @@ fn invalid_objects_are_refused_with_the_field_named() {
             "metadata.annotations[\"podnet.dev/ip\"]",
         ),
         (
+            json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"s","annotations":{"podnet.dev/ip":"fd00::9"}}}),
+            "has no IPv4 address (IPv6-only pods are not supported yet)",
+        ),
+        (
+            json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"s","annotations":{"podnet.dev/ip":"10.0.0.9, 10.0.0.8"}}}),
+            "names two addresses of one family",
+        ),
+        (
             json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"s"},"spec":{"containers":[{"ports":[{"containerPort":70000}]}]}}),
             "spec.containers[0].ports[0].containerPort",
         ),
