@@ -32,7 +32,7 @@ use anyhow::{bail, Context, Result};
 use podnet_netlink::{netns, Netns};
 use serde::Serialize;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -87,6 +87,11 @@ pub struct Report {
     pub fast_same_node_vs_veth: f64,
     pub fast_same_node_rtt_vs_veth: f64,
     pub fast_cross_node_vs_peer: f64,
+    /// Dual-stack pods over IPv6: the fast path against the bridge with nftables, same
+    /// node and cross node; and the fast path's IPv6 against its IPv4, cross node.
+    pub ipv6_fast_vs_bridge_same_node: f64,
+    pub ipv6_fast_vs_bridge_cross_node: f64,
+    pub ipv6_vs_ipv4_fast_cross_node: f64,
 }
 
 /// Waits until the eBPF lab's agents have switched allowed events off again (they stay
@@ -137,9 +142,10 @@ pub(crate) fn iperf(
     name: &str,
     src: &Netns,
     dst: &Netns,
-    dst_ip: Ipv4Addr,
+    dst_ip: impl Into<IpAddr>,
     seconds: u32,
 ) -> Result<f64> {
+    let dst_ip: IpAddr = dst_ip.into();
     let mut server = setns_cmd(dst, "iperf3")
         .args(["-s", "-1", "-B", &dst_ip.to_string(), "-p", "5201"])
         .stdout(Stdio::null())
@@ -148,8 +154,15 @@ pub(crate) fn iperf(
         .context("run iperf3 (apt-get install iperf3)")?;
     // Wait for the server's socket rather than a fixed time.
     let listening = Instant::now();
+    let sockets = || {
+        ["tcp", "tcp6"]
+            .map(|f| {
+                std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).unwrap_or_default()
+            })
+            .concat()
+    };
     while !dst
-        .run(|| std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap_or_default())?
+        .run(sockets)?
         .lines()
         .any(|l| l.contains(":1451 ") && l.split_whitespace().nth(3) == Some("0A"))
     {
@@ -190,7 +203,7 @@ fn measure(
     name: &str,
     src: &Netns,
     dst: &Netns,
-    dst_ip: Ipv4Addr,
+    dst_ip: IpAddr,
     opts: &Options,
 ) -> Result<(f64, f64, f64)> {
     let (cpu0, t0) = (busy_cpu_seconds(), Instant::now());
@@ -198,7 +211,7 @@ fn measure(
     let cores = (busy_cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64();
 
     // Latency: one-byte round trips over one TCP connection.
-    let listener = dst.run(|| TcpListener::bind(SocketAddrV4::new(dst_ip, 5202)))??;
+    let listener = dst.run(|| TcpListener::bind(SocketAddr::new(dst_ip, 5202)))??;
     let echo = std::thread::spawn(move || -> std::io::Result<()> {
         let (mut c, _) = listener.accept()?;
         c.set_nodelay(true)?;
@@ -210,10 +223,8 @@ fn measure(
     });
     let n = opts.round_trips;
     let rtt = src.run(move || -> Result<f64> {
-        let mut c = TcpStream::connect_timeout(
-            &SocketAddrV4::new(dst_ip, 5202).into(),
-            Duration::from_secs(3),
-        )?;
+        let mut c =
+            TcpStream::connect_timeout(&SocketAddr::new(dst_ip, 5202), Duration::from_secs(3))?;
         c.set_nodelay(true)?;
         let mut b = [7u8; 1];
         for _ in 0..n / 10 {
@@ -492,15 +503,26 @@ impl Drop for LabGuard {
     }
 }
 
-/// A 2-node lab: `backend`, and the datapaths given (`None`: podnet's default).
+/// A 2-node lab: `backend`, and the datapaths given (`None`: podnet's default); its
+/// pods by their IPv4 addresses.
 fn lab_pods(
     name: &str,
     backend: &str,
     datapath: Option<&str>,
     policy_datapath: Option<&str>,
     bins: &Binaries,
-) -> Result<(LabGuard, Vec<(Netns, Ipv4Addr)>)> {
-    lab_pods_with(name, backend, policy_datapath, datapath, bins)
+) -> Result<(LabGuard, Vec<(Netns, IpAddr)>)> {
+    lab_pods_with(name, backend, policy_datapath, datapath, false, bins)
+}
+
+/// The same, dual-stack over VXLAN: its pods by their IPv6 addresses.
+fn lab_pods6(
+    name: &str,
+    datapath: Option<&str>,
+    policy_datapath: Option<&str>,
+    bins: &Binaries,
+) -> Result<(LabGuard, Vec<(Netns, IpAddr)>)> {
+    lab_pods_with(name, "vxlan", policy_datapath, datapath, true, bins)
 }
 
 /// A NetworkPolicy that selects every pod of the namespace and admits every pod: each
@@ -520,8 +542,9 @@ fn lab_pods_with(
     backend: &str,
     policy_datapath: Option<&str>,
     datapath: Option<&str>,
+    dual: bool,
     bins: &Binaries,
-) -> Result<(LabGuard, Vec<(Netns, Ipv4Addr)>)> {
+) -> Result<(LabGuard, Vec<(Netns, IpAddr)>)> {
     let guard = LabGuard(name.to_string());
     let lab = Lab::open(name)?;
     let st = lab.up(
@@ -536,7 +559,7 @@ fn lab_pods_with(
             real_nodes: None,
             proxy_mode: None,
             masquerade: None,
-            ip_family: None,
+            ip_family: dual.then_some(podnet_conventions::IpFamily::Dual),
             datapath: datapath.map(str::parse).transpose()?,
         },
         bins,
@@ -544,10 +567,20 @@ fn lab_pods_with(
     )?;
     let mut out = Vec::new();
     for p in &st.pods {
-        out.push((Netns::open(netns::named_path(&p.netns))?, p.ip));
+        let ip = match (dual, p.ip6) {
+            (false, _) => p.ip.into(),
+            (true, Some(ip6)) => ip6.into(),
+            (true, None) => bail!("{name}: pod {} has no IPv6 address", p.name),
+        };
+        out.push((Netns::open(netns::named_path(&p.netns))?, ip));
     }
     drop(lab);
     Ok((guard, out))
+}
+
+/// A peer pod as a measured end: its namespace and address.
+fn v4((ns, ip): &(ScratchNs, Ipv4Addr)) -> (&Netns, IpAddr) {
+    (&ns.ns, IpAddr::from(*ip))
 }
 
 /// Two namespaces joined by a plain veth pair, 10.98.0.1 and 10.98.0.2: the ceiling.
@@ -579,10 +612,14 @@ const BRIDGE_SAME: &str = "podnet same-node, bridge + nftables";
 const BRIDGE_POLICY_SAME: &str = "podnet same-node, bridge + nftables, policy selects both";
 const BRIDGE_CROSS: &str = "podnet cross-node vxlan, bridge + nftables";
 const WIREGUARD: &str = "podnet cross-node wireguard (userspace)";
+const DEFAULT_SAME6: &str = "podnet same-node IPv6, default (eBPF fast path)";
+const DEFAULT_CROSS6: &str = "podnet cross-node vxlan IPv6, default (eBPF fast path)";
+const BRIDGE_SAME6: &str = "podnet same-node IPv6, bridge + nftables";
+const BRIDGE_CROSS6: &str = "podnet cross-node vxlan IPv6, bridge + nftables";
 
 /// One path to measure: its name, the source and destination namespaces and the
 /// destination's address.
-type MeasuredPath<'a> = (&'a str, &'a Netns, &'a Netns, Ipv4Addr);
+type MeasuredPath<'a> = (&'a str, &'a Netns, &'a Netns, IpAddr);
 
 /// Each path's throughput, round-trip and CPU samples, one per round.
 type Samples = Vec<(Vec<f64>, Vec<f64>, Vec<f64>)>;
@@ -591,7 +628,7 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
     // Build every path first, then measure them round-robin, `rounds` times (every
     // other round in reverse order), and keep each path's median: drift on a noisy
     // machine then hits every path alike.
-    say("building: veth pair, podnet labs (default, bridge + nftables with and without a policy, host-gw, wireguard, eBPF policy), the peer");
+    say("building: veth pair, podnet labs (default, bridge + nftables with and without a policy, host-gw, wireguard, eBPF policy; dual-stack default and bridge + nftables), the peer");
     let (a, b) = veth_pair()?;
     let tag = format!("pnb{}", std::process::id() % 100000);
     // podnet's default: the eBPF fast path with the eBPF policy datapath.
@@ -618,18 +655,28 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
         let st = l.load()?.context("the eBPF lab's state")?;
         st.nodes.iter().map(|n| l.agent(&n.name)).collect()
     };
+    // Dual-stack pods, measured over IPv6: the default and the bridge with nftables.
+    let (_gf6, fp6) = lab_pods6(&format!("{tag}6"), None, None, bins)?;
+    let (_gv6, vx6) = lab_pods6(&format!("{tag}b6"), br.0, br.1, bins)?;
     let peer = build_peer(false)?;
     let p = &peer.pods;
+    let (p0, p1, p2) = (v4(&p[0]), v4(&p[1]), v4(&p[2]));
     let peer_ct = build_peer(true)?;
     let pc = &peer_ct.pods;
+    let (c0, c1, c2) = (v4(&pc[0]), v4(&pc[1]), v4(&pc[2]));
     let paths: Vec<MeasuredPath> = vec![
-        ("veth (ceiling)", &a.ns, &b.ns, Ipv4Addr::new(10, 98, 0, 2)),
+        (
+            "veth (ceiling)",
+            &a.ns,
+            &b.ns,
+            Ipv4Addr::new(10, 98, 0, 2).into(),
+        ),
         (DEFAULT_SAME, &fp[0].0, &fp[1].0, fp[1].1),
-        (PEER_SAME, &p[0].0.ns, &p[1].0.ns, p[1].1),
+        (PEER_SAME, p0.0, p1.0, p1.1),
         (DEFAULT_CROSS, &fp[0].0, &fp[2].0, fp[2].1),
-        (PEER_CROSS, &p[0].0.ns, &p[2].0.ns, p[2].1),
-        (PEER_CT_SAME, &pc[0].0.ns, &pc[1].0.ns, pc[1].1),
-        (PEER_CT_CROSS, &pc[0].0.ns, &pc[2].0.ns, pc[2].1),
+        (PEER_CROSS, p0.0, p2.0, p2.1),
+        (PEER_CT_SAME, c0.0, c1.0, c1.1),
+        (PEER_CT_CROSS, c0.0, c2.0, c2.1),
         (BRIDGE_SAME, &vx[0].0, &vx[1].0, vx[1].1),
         (BRIDGE_POLICY_SAME, &pol[0].0, &pol[1].0, pol[1].1),
         (BRIDGE_CROSS, &vx[0].0, &vx[2].0, vx[2].1),
@@ -652,6 +699,10 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
             &eb[1].0,
             eb[1].1,
         ),
+        (DEFAULT_SAME6, &fp6[0].0, &fp6[1].0, fp6[1].1),
+        (DEFAULT_CROSS6, &fp6[0].0, &fp6[2].0, fp6[2].1),
+        (BRIDGE_SAME6, &vx6[0].0, &vx6[1].0, vx6[1].1),
+        (BRIDGE_CROSS6, &vx6[0].0, &vx6[2].0, vx6[2].1),
     ];
     let mut samples = measure_rounds(&paths, &eb_agents, opts, say)?;
     Ok(report(&paths, &mut samples, opts))
@@ -762,6 +813,9 @@ fn report(paths: &[MeasuredPath], samples: &mut Samples, opts: &Options) -> Repo
         fast_same_node_vs_veth: by(DEFAULT_SAME) / by("veth"),
         fast_same_node_rtt_vs_veth: rtt(DEFAULT_SAME) / rtt("veth"),
         fast_cross_node_vs_peer: by(DEFAULT_CROSS) / by(PEER_CROSS),
+        ipv6_fast_vs_bridge_same_node: by(DEFAULT_SAME6) / by(BRIDGE_SAME6),
+        ipv6_fast_vs_bridge_cross_node: by(DEFAULT_CROSS6) / by(BRIDGE_CROSS6),
+        ipv6_vs_ipv4_fast_cross_node: by(DEFAULT_CROSS6) / by(DEFAULT_CROSS),
         paths,
     }
 }
@@ -808,6 +862,12 @@ pub fn render(r: &Report) -> String {
         r.fast_same_node_vs_veth * 100.0,
         r.fast_same_node_rtt_vs_veth,
         r.fast_cross_node_vs_peer
+    ));
+    s.push_str(&format!(
+        "IPv6 (dual-stack pods), eBPF fast path / bridge + nftables: same node {:.2}×, cross node (VXLAN) {:.2}×; fast path cross node IPv6 / IPv4: {:.0}%\n",
+        r.ipv6_fast_vs_bridge_same_node,
+        r.ipv6_fast_vs_bridge_cross_node,
+        r.ipv6_vs_ipv4_fast_cross_node * 100.0
     ));
     s.push_str(&format!(
         "eBPF policy, allowed-flow events on / drop events only: {:.0}% (drop events cost passing packets nothing)\n",

@@ -365,7 +365,13 @@ fn datapath_benchmark_measures_every_path() {
     ]);
     let paths = r["paths"].as_array().unwrap();
     let names: Vec<&str> = paths.iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names.len(), 14, "{names:?}");
+    assert_eq!(names.len(), 18, "{names:?}");
+    assert_eq!(
+        names.iter().filter(|n| n.contains("IPv6")).count(),
+        4,
+        "{names:?}"
+    );
+    assert!(r["ipv6_fast_vs_bridge_cross_node"].as_f64().unwrap() > 0.0);
     assert!(r["fast_same_node_vs_veth"].as_f64().unwrap() > 0.0);
     assert!(r["bridge_policy_vs_bridge_same_node"].as_f64().unwrap() > 0.0);
     assert!(r["bridge_vs_peer_cross_node"].as_f64().unwrap() > 0.0);
