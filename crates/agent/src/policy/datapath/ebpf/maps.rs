@@ -605,10 +605,24 @@ fn drop_hash<K: Pod + Ord, V: Pod>(
     let mut m = hash_mut::<K, V>(bpf, name)?;
     let mut n = 0;
     for k in cur.keys().filter(|k| !want.contains_key(*k)) {
-        let _ = m.remove(k);
+        gone(m.remove(k), name)?;
         n += 1;
     }
     Ok(n)
+}
+
+/// A removal from map `name` that must have happened: an entry already gone is fine;
+/// any other failure is an error, since the entry could go on admitting what the
+/// policy no longer does while the agent believes it gone.
+fn gone(r: Result<(), aya::maps::MapError>, name: &str) -> Result<(), Failure> {
+    match r {
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        r => r.map_err(|e| err(&format!("remove from {name}"), e)),
+    }
 }
 
 /// [`put_hash`] for the LPM trie `name`, its keys made by `key`.
@@ -640,7 +654,7 @@ fn drop_trie<K: Ord, D: Pod>(
     let mut t = trie_mut::<D>(bpf, name)?;
     let mut n = 0;
     for k in cur.keys().filter(|k| !want.contains_key(*k)) {
-        let _ = t.remove(&key(k));
+        gone(t.remove(&key(k)), name)?;
         n += 1;
     }
     Ok(n)
@@ -649,6 +663,22 @@ fn drop_trie<K: Ord, D: Pod>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stale entry already gone is removed; one the kernel refused to remove is an
+    /// error, not a belief that it went.
+    #[test]
+    fn only_an_entry_already_gone_counts_as_removed() {
+        let failed = |errno| {
+            Err(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_delete_elem",
+                io_error: std::io::Error::from_raw_os_error(errno),
+            }))
+        };
+        assert!(gone(Ok(()), "m").is_ok());
+        assert!(gone(failed(libc::ENOENT), "m").is_ok());
+        let e = gone(failed(libc::EPERM), "egress_peers6").unwrap_err();
+        assert!(e.to_string().contains("remove from egress_peers6"), "{e}");
+    }
 
     /// aya's LPM trie key (the prefix length, then the data, packed) is the C key:
     /// the data's own layout is checked against the programs' BTF by podnet-bpf-abi.
