@@ -25,7 +25,7 @@ use crate::{Result, Status};
 use podnet_netlink::{link, neigh, route, Socket};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -280,7 +280,7 @@ pub fn state(vxlan_dev: &str, bridge: &str) -> podnet_netlink::Result<NodeState>
         .into_iter()
         .map(|r| RouteState {
             dst: route_dst(r.dst, r.prefix),
-            gateway: r.gateway,
+            gateway: r.gateway.map(IpAddr::V4),
             dev: r.oif.map(name_of),
             onlink: r.onlink,
             protocol: r.protocol,
@@ -289,33 +289,36 @@ pub fn state(vxlan_dev: &str, bridge: &str) -> podnet_netlink::Result<NodeState>
     let neigh = neigh::list(&mut s)?
         .into_iter()
         .map(|n| NeighState {
-            ip: n.ip,
+            ip: IpAddr::V4(n.ip),
             mac: n.mac.map(|m| podnet_netlink::fmt_mac(&m)),
             dev: name_of(n.index),
             state: n.state_name().to_string(),
         })
         .collect();
+    // IPv6: podnet's routes and those on the bridge (the node's own pods' range);
+    // neighbours on the VXLAN device (peers' next hops) and on the bridge (pods).
+    let br = links.iter().find(|l| l.name == bridge).map(|l| l.index);
     let routes6 = route::list6(&mut s)?
         .into_iter()
-        .filter(|r| r.protocol == podnet_conventions::RTPROT_PODNET)
-        .map(|r| podnet_api::Route6State {
+        .filter(|r| {
+            r.protocol == podnet_conventions::RTPROT_PODNET || (r.oif.is_some() && r.oif == br)
+        })
+        .map(|r| RouteState {
             dst: format!("{}/{}", r.dst, r.prefix),
-            gateway: r.gateway,
+            gateway: r.gateway.map(IpAddr::V6),
             dev: r.oif.map(name_of),
+            onlink: r.onlink,
+            protocol: r.protocol,
         })
         .collect();
     let neigh6 = neigh::list6(&mut s)?
         .into_iter()
-        .filter(|n| Some(n.index) == vx)
-        .map(|n| podnet_api::Neigh6State {
-            ip: n.ip,
+        .filter(|n| Some(n.index) == vx || Some(n.index) == br)
+        .map(|n| NeighState {
+            ip: IpAddr::V6(n.ip),
             mac: n.mac.map(|m| podnet_netlink::fmt_mac(&m)),
             dev: name_of(n.index),
-            state: if n.state & 0x80 != 0 {
-                "PERMANENT".into()
-            } else {
-                format!("state {:#x}", n.state)
-            },
+            state: n.state_name().to_string(),
         })
         .collect();
     let fdb = neigh::fdb_list(&mut s)?
@@ -369,6 +372,9 @@ pub fn state(vxlan_dev: &str, bridge: &str) -> podnet_netlink::Result<NodeState>
         neigh6,
         fdb,
         forwarding,
+        forwarding6: std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding")
+            .ok()
+            .map(|v| v.trim() == "1"),
         conntrack: Conntrack {
             count: num("/proc/sys/net/netfilter/nf_conntrack_count"),
             max: num("/proc/sys/net/netfilter/nf_conntrack_max"),
@@ -408,16 +414,54 @@ pub fn ready(path: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The pod with address `ip` on this node, as its own namespace and its host veth show
-/// it. The host veth is found by its MAC (podnet derives it from the pod's IP), the
-/// pod's namespace from the veth's alias.
-pub fn pod(ip: Ipv4Addr) -> std::result::Result<PodReport, Failure> {
+/// The pod with address `addr` on this node (either of a dual-stack pod's), as its own
+/// namespace and its host veth show it. The host veth is found by its MAC (podnet
+/// derives it from the pod's IPv4 address) or, for an IPv6 address, by the
+/// anti-spoofing entry that holds it; the pod's namespace from the veth's alias.
+pub fn pod(addr: IpAddr) -> std::result::Result<PodReport, Failure> {
     let mut s = Socket::route().map_err(Failure::from)?;
-    let mac = podnet_conventions::host_mac(ip);
     let links = link::list(&mut s).map_err(Failure::from)?;
-    let Some(h) = links.iter().find(|l| l.mac == mac) else {
+    // A pod's IPv6 address leads to its host veth through its anti-spoofing entry
+    // (which holds both of a dual-stack pod's addresses); its IPv4 one through the
+    // host veth's MAC, which podnet makes from it.
+    let mut spoof = |index: u32| {
+        podnet_netlink::antispoof::pod_state(&mut s, index)
+            .ok()
+            .flatten()
+    };
+    let (ip, h) = match addr {
+        IpAddr::V4(ip) => {
+            let mac = podnet_conventions::host_mac(ip);
+            (ip, links.iter().find(|l| l.mac == mac))
+        }
+        IpAddr::V6(ip6) => {
+            let found = links
+                .iter()
+                .filter(|l| {
+                    l.alias
+                        .as_deref()
+                        .and_then(podnet_conventions::parse_owner_alias)
+                        .is_some()
+                })
+                .find_map(|l| {
+                    spoof(l.index)
+                        .filter(|st| st.ip6 == Some(ip6))
+                        .map(|st| (st.ip, l))
+                });
+            match found {
+                Some((ip, l)) => (ip, Some(l)),
+                None => (Ipv4Addr::UNSPECIFIED, None),
+            }
+        }
+    };
+    let ip6 = match addr {
+        IpAddr::V6(a) => Some(a),
+        IpAddr::V4(_) => h.and_then(|h| spoof(h.index)).and_then(|st| st.ip6),
+    };
+    let Some(h) = h else {
         return Ok(PodReport {
             ip,
+            ip6,
             found: false,
             host_veth: None,
             netns: None,
@@ -460,6 +504,7 @@ pub fn pod(ip: Ipv4Addr) -> std::result::Result<PodReport, Failure> {
     };
     Ok(PodReport {
         ip,
+        ip6,
         found: true,
         host_veth: Some(host),
         netns,
@@ -477,6 +522,11 @@ fn inside_pod(ifname: &str) -> podnet_netlink::Result<PodInside> {
         Some(l) => podnet_netlink::addr::list(&mut p, Some(l.index))?
             .iter()
             .map(|a| format!("{}/{}", a.addr, a.prefix))
+            .chain(
+                podnet_netlink::addr::list6(&mut p, Some(l.index))?
+                    .iter()
+                    .map(|(_, a, len)| format!("{a}/{len}")),
+            )
             .collect(),
         None => vec![],
     };
@@ -484,14 +534,38 @@ fn inside_pod(ifname: &str) -> podnet_netlink::Result<PodInside> {
         .into_iter()
         .map(|r| RouteState {
             dst: route_dst(r.dst, r.prefix),
-            gateway: r.gateway,
+            gateway: r.gateway.map(IpAddr::V4),
             ..Default::default()
         })
         .collect();
     let neigh = neigh::list(&mut p)?
         .into_iter()
         .map(|n| NeighState {
-            ip: n.ip,
+            ip: IpAddr::V4(n.ip),
+            mac: n.mac.map(|m| podnet_netlink::fmt_mac(&m)),
+            dev: String::new(),
+            state: n.state_name().to_string(),
+        })
+        .collect();
+    // IPv6: global routes (not the link-local range every interface has) and
+    // neighbours other than link-local and multicast ones.
+    let routes6 = route::list6(&mut p)?
+        .into_iter()
+        .filter(|r| !(r.prefix == 64 && r.dst.segments()[0] == 0xfe80))
+        .map(|r| RouteState {
+            dst: if r.prefix == 0 {
+                "default".into()
+            } else {
+                format!("{}/{}", r.dst, r.prefix)
+            },
+            gateway: r.gateway.map(IpAddr::V6),
+            ..Default::default()
+        })
+        .collect();
+    let neigh6 = neigh::list6(&mut p)?
+        .into_iter()
+        .map(|n| NeighState {
+            ip: IpAddr::V6(n.ip),
             mac: n.mac.map(|m| podnet_netlink::fmt_mac(&m)),
             dev: String::new(),
             state: n.state_name().to_string(),
@@ -508,6 +582,8 @@ fn inside_pod(ifname: &str) -> podnet_netlink::Result<PodInside> {
         addrs,
         routes,
         neigh,
+        routes6,
+        neigh6,
     })
 }
 
@@ -518,9 +594,20 @@ fn status_now(status: &Mutex<Status>) -> Status {
     if let Some(g) = st.underlay_guard.as_mut() {
         g.attached = crate::guard::attached_now(&g.device, g.program_id);
     }
-    if let Some(m) = st.masquerade.as_mut().filter(|m| m.on) {
-        let want = crate::masquerade::Masquerade::from_status(m);
-        *m = crate::masquerade::status_now(true, want.as_ref());
+    if let Some(m) = st.masquerade.as_mut() {
+        // Each family's table as the kernel holds it now (IPv6's inside IPv4's).
+        let now = |m: &podnet_api::MasqueradeStatus| {
+            let want = crate::masquerade::Masquerade::from_status(m);
+            crate::masquerade::status_now(true, want.as_ref())
+        };
+        let six = m.ipv6.take().map(|s6| match s6.on {
+            true => Box::new(now(&s6)),
+            false => s6,
+        });
+        if m.on {
+            *m = now(m);
+        }
+        m.ipv6 = six;
     }
     st
 }

@@ -159,8 +159,14 @@ struct Args {
     /// an underlay that routes pod CIDRs itself.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
     masquerade: bool,
+    /// Masquerade pods' IPv6 traffic that leaves the cluster (table ip6 podnet_nat), on a
+    /// dual-stack cluster. Default: as --masquerade when the cluster's IPv6 range is a
+    /// unique local one (fc00::/7, routed nowhere outside), off when it is global (the
+    /// network routes it to the cluster, so pods keep their own addresses).
+    #[arg(long = "masquerade-ipv6", action = clap::ArgAction::Set, value_name = "true|false")]
+    masquerade_ipv6: Option<bool>,
     /// Destinations pods reach with their own address, not masqueraded (ip-masq-agent's
-    /// nonMasqueradeCIDRs): repeat the flag or separate with commas.
+    /// nonMasqueradeCIDRs), IPv4 or IPv6: repeat the flag or separate with commas.
     #[arg(
         long = "non-masquerade-cidr",
         value_delimiter = ',',
@@ -367,10 +373,18 @@ fn config(mut a: Args) -> Result<Config, Failure> {
         metrics_addr: (a.metrics_addr != "none").then_some(a.metrics_addr),
         datapath,
         masquerade: a.masquerade,
+        masquerade6: match (a.masquerade_ipv6, &cluster_cidr6) {
+            (_, None) => false,
+            (Some(on), Some(_)) => on,
+            (None, Some((c, _))) => a.masquerade && crate::masquerade::default_ipv6(c),
+        },
         non_masquerade: a
             .non_masquerade_cidr
             .iter()
-            .map(|c| cidr("non-masquerade-cidr", c))
+            .map(|c| {
+                podnet_policy::net::parse_cidr(c)
+                    .map_err(|e| Failure::op(format!("invalid --non-masquerade-cidr {c:?}"), e))
+            })
             .collect::<Result<_, _>>()?,
     };
     Ok(cfg)

@@ -45,9 +45,12 @@ pub struct Config {
     /// Outbound masquerade ([`crate::masquerade`]): pod traffic leaving the cluster
     /// leaves with the node's address. Off with `--masquerade=false`.
     pub masquerade: bool,
-    /// Destinations pods reach with their own address besides the cluster CIDR
-    /// (`--non-masquerade-cidr`, ip-masq-agent's `nonMasqueradeCIDRs`).
-    pub non_masquerade: Vec<Ipv4Net>,
+    /// IPv6 masquerade on a dual-stack node (`--masquerade-ipv6`; by default on for a
+    /// unique local IPv6 range, [`crate::masquerade::default_ipv6`]).
+    pub masquerade6: bool,
+    /// Destinations pods reach with their own address besides the cluster CIDR, of
+    /// either family (`--non-masquerade-cidr`, ip-masq-agent's `nonMasqueradeCIDRs`).
+    pub non_masquerade: Vec<podnet_policy::net::Prefix>,
 }
 
 impl Config {

@@ -109,8 +109,8 @@ pub struct Agent {
     guard: Option<guard::Guard>,
     /// The masquerade table as last written and verified ([`masquerade`]); whether a
     /// leftover one was looked for (with `--masquerade=false`).
-    masq: Option<masquerade::Masquerade>,
-    masq_cleared: bool,
+    masq: [Option<masquerade::Masquerade>; 2],
+    masq_cleared: [bool; 2],
     /// `bridge-nf-call-iptables` was on (or turned on) once: off again is drift.
     bridge_nf_on: bool,
 }
@@ -154,8 +154,8 @@ impl Agent {
             events: Default::default(),
             metrics: None,
             guard: None,
-            masq: None,
-            masq_cleared: false,
+            masq: [None, None],
+            masq_cleared: [false, false],
             bridge_nf_on: false,
         })
     }

@@ -311,9 +311,11 @@ impl Reconciler {
             datastore_problems: a.problems.clone(),
             wireguard,
             underlay_guard,
-            masquerade: Some(crate::masquerade::status_now(
-                a.cfg.masquerade,
-                a.masq.as_ref(),
+            masquerade: Some(crate::masquerade::status_both(
+                (a.cfg.masquerade, a.masq[0].as_ref()),
+                a.cfg
+                    .cluster_cidr6
+                    .map(|_| (a.cfg.masquerade6, a.masq[1].as_ref())),
             )),
             service_problems: if self.ipvs {
                 vec![IPVS_REFUSED.to_string()]
@@ -491,6 +493,7 @@ fn request(op: &plan::Op) -> Request {
             gateway: *via,
             oif: *dev,
             protocol: RTPROT_PODNET,
+            onlink: via.is_some(),
         }),
         plan::Op::AddNeigh6 { ip, mac, dev } => neigh::add6_request(*dev, *ip, *mac),
         plan::Op::DelNeigh6 { ip, dev } => neigh::del6_request(*dev, *ip),

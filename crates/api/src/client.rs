@@ -5,7 +5,7 @@ use crate::request::Envelope;
 use crate::*;
 use serde::de::DeserializeOwned;
 use std::io::{BufRead, BufReader, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -108,8 +108,9 @@ impl Client {
         self.call(&Request::State)
     }
 
-    pub fn pod(&self, ip: Ipv4Addr) -> Result<PodReport, ClientError> {
-        self.call(&Request::Pod { ip })
+    /// The pod with address `ip` (either of a dual-stack pod's).
+    pub fn pod(&self, ip: impl Into<IpAddr>) -> Result<PodReport, ClientError> {
+        self.call(&Request::Pod { ip: ip.into() })
     }
 
     pub fn ping(&self, ip: Ipv4Addr, size: u16) -> Result<PingReply, ClientError> {
@@ -134,15 +135,15 @@ impl Client {
 
     pub fn verdict(
         &self,
-        ip: Ipv4Addr,
-        peer: Ipv4Addr,
+        ip: impl Into<IpAddr>,
+        peer: impl Into<IpAddr>,
         direction: podnet_policy::Direction,
         protocol: &str,
         port: u16,
     ) -> Result<PodVerdict, ClientError> {
         self.call(&Request::Verdict {
-            ip,
-            peer,
+            ip: ip.into(),
+            peer: peer.into(),
             direction,
             protocol: protocol.to_string(),
             port,

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The node's kernel state, as `ip`/`bridge` would show it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -13,16 +13,20 @@ pub struct NodeState {
     pub links: Vec<LinkState>,
     pub routes: Vec<RouteState>,
     pub neigh: Vec<NeighState>,
-    /// podnet's IPv6 routes (protocol 0x50: a dual-stack node's routes to its peers'
-    /// IPv6 pod CIDRs).
+    /// A dual-stack node's IPv6 routes: podnet's (protocol 0x50, to its peers' IPv6
+    /// pod CIDRs) and those on the bridge (its own pods' IPv6 range).
     #[serde(default)]
-    pub routes6: Vec<Route6State>,
-    /// IPv6 neighbours on the VXLAN device (a dual-stack node's peers' next hops).
+    pub routes6: Vec<RouteState>,
+    /// IPv6 neighbours on the VXLAN device (the peers' next hops) and on the bridge
+    /// (its own pods).
     #[serde(default)]
-    pub neigh6: Vec<Neigh6State>,
+    pub neigh6: Vec<NeighState>,
     /// The VXLAN device's FDB.
     pub fdb: Vec<FdbState>,
     pub forwarding: bool,
+    /// `net.ipv6.conf.all.forwarding`; `None` from agents that do not read it.
+    #[serde(default)]
+    pub forwarding6: Option<bool>,
     pub conntrack: Conntrack,
     /// `rp_filter` of `all`, `default`, the VXLAN device and the bridge.
     pub rp_filter: BTreeMap<String, u64>,
@@ -51,9 +55,9 @@ pub struct VxlanState {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RouteState {
-    /// `default` or `a.b.c.d/n`.
+    /// `default` or `a.b.c.d/n` (`x::/n` for IPv6).
     pub dst: String,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     pub dev: Option<String>,
     #[serde(default)]
     pub onlink: bool,
@@ -62,25 +66,8 @@ pub struct RouteState {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Route6State {
-    /// `net/len`.
-    pub dst: String,
-    pub gateway: Option<std::net::Ipv6Addr>,
-    pub dev: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Neigh6State {
-    pub ip: std::net::Ipv6Addr,
-    pub mac: Option<String>,
-    pub dev: String,
-    /// `PERMANENT`, or what else the kernel holds.
-    pub state: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NeighState {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub mac: Option<String>,
     /// The device (node entries; a pod's own are all on its interface).
     #[serde(default)]
@@ -105,7 +92,11 @@ pub struct Conntrack {
 /// One pod on this node, as its host veth and its own namespace show it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PodReport {
+    /// The pod's IPv4 address (its host veth's MAC is made from it).
     pub ip: Ipv4Addr,
+    /// A dual-stack pod's IPv6 address, as its anti-spoofing entry holds it.
+    #[serde(default)]
+    pub ip6: Option<Ipv6Addr>,
     /// Whether a host veth with this pod's MAC exists.
     pub found: bool,
     pub host_veth: Option<HostVeth>,
@@ -139,6 +130,41 @@ pub struct PodInside {
     pub routes: Vec<RouteState>,
     #[serde(default)]
     pub neigh: Vec<NeighState>,
+    #[serde(default)]
+    pub routes6: Vec<RouteState>,
+    #[serde(default)]
+    pub neigh6: Vec<NeighState>,
+}
+
+/// `v6` when `ip` is an IPv6 address, else `v4`.
+fn by_family<'a, T>(ip: IpAddr, v4: &'a [T], v6: &'a [T]) -> &'a [T] {
+    if ip.is_ipv6() {
+        v6
+    } else {
+        v4
+    }
+}
+
+impl NodeState {
+    /// The node's routes of `ip`'s family.
+    pub fn routes_for(&self, ip: IpAddr) -> &[RouteState] {
+        by_family(ip, &self.routes, &self.routes6)
+    }
+    /// The node's neighbour entries of `ip`'s family.
+    pub fn neigh_for(&self, ip: IpAddr) -> &[NeighState] {
+        by_family(ip, &self.neigh, &self.neigh6)
+    }
+}
+
+impl PodInside {
+    /// The pod's routes of `ip`'s family.
+    pub fn routes_for(&self, ip: IpAddr) -> &[RouteState] {
+        by_family(ip, &self.routes, &self.routes6)
+    }
+    /// The pod's neighbour entries of `ip`'s family.
+    pub fn neigh_for(&self, ip: IpAddr) -> &[NeighState] {
+        by_family(ip, &self.neigh, &self.neigh6)
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 //! a request line ([`parse_request`]), checking the API version.
 
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// The API version this build speaks.
 pub const API_VERSION: u32 = 1;
@@ -20,7 +20,7 @@ pub enum Request {
     /// The node's kernel state as data → [`crate::NodeState`].
     State,
     /// One pod on this node, from its host veth and its own namespace → [`crate::PodReport`].
-    Pod { ip: Ipv4Addr },
+    Pod { ip: IpAddr },
     /// An ICMP echo with DF set from this node → [`crate::PingReply`]. `size` is the payload.
     Ping {
         ip: Ipv4Addr,
@@ -56,8 +56,8 @@ pub enum Request {
     /// What the programmed tables of local pod `ip` say of traffic with `peer` →
     /// [`PodVerdict`].
     Verdict {
-        ip: Ipv4Addr,
-        peer: Ipv4Addr,
+        ip: IpAddr,
+        peer: IpAddr,
         direction: podnet_policy::Direction,
         protocol: String,
         #[serde(default)]

@@ -11,7 +11,8 @@ pub struct Status {
     /// What podnet cannot serve of the node's Service set-up (kube-proxy in IPVS mode).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_problems: Vec<String>,
-    /// Outbound masquerade (table `ip podnet_nat`), as the kernel holds it when asked.
+    /// Outbound masquerade (table `ip podnet_nat`; `ip6 podnet_nat` in its `ipv6`), as
+    /// the kernel holds it when asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masquerade: Option<MasqueradeStatus>,
     /// The underlay guard (the agent's eBPF program on the underlay device), with VXLAN and WireGuard.
@@ -147,4 +148,7 @@ pub struct MasqueradeStatus {
     pub problem: Option<String>,
     /// Packets masqueraded so far (the rule's counter).
     pub packets: u64,
+    /// IPv6 masquerade (table `ip6 podnet_nat`) on a dual-stack node, in the same form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Box<MasqueradeStatus>>,
 }

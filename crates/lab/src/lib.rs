@@ -48,6 +48,15 @@ pub const ETCD_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
 /// `fabric0`, with no route to any pod CIDR (only masqueraded pod traffic gets an
 /// answer), and an echo server on [`ECHO_PORT`] there (`podnet lab serve-echo`).
 pub const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 254);
+/// The outside host's IPv6 address in a dual-stack lab, on the fabric's IPv6 range
+/// [`FABRIC6`] (each node's eth0 has one there too, [`underlay_ip6`]); no route to
+/// any IPv6 pod range either.
+pub const OUTSIDE_ADDR6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfd00, 0x192, 0x168, 0x1, 0, 0, 0, 0xfe);
+/// A dual-stack lab's fabric also carries IPv6 (/64): what pods' IPv6 leaving the
+/// cluster crosses. The nodes still talk to each other (VXLAN, the datastore) over
+/// IPv4.
+pub const FABRIC6: &str = "fd00:192:168:1::/64";
 /// The port every pod's echo server listens on.
 pub const ECHO_PORT: u16 = 7777;
 
@@ -505,6 +514,12 @@ pub fn now_rfc3339() -> String {
 
 fn underlay_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 168, 1, 9 + i as u8)
+}
+
+/// Node `i`'s IPv6 address on a dual-stack lab's fabric ([`FABRIC6`]): the same host
+/// number as its IPv4 one (`::a` for 192.168.1.10).
+pub fn underlay_ip6(i: usize) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::new(0xfd00, 0x192, 0x168, 0x1, 0, 0, 0, 9 + i as u16)
 }
 
 /// Pod names: `p<node number><letter>`, e.g. `p1a`, `p2b`.

@@ -47,7 +47,8 @@ impl Lab {
         if made {
             say(&format!("fabric {} (bridge fabric0)", self.fabric_ns()));
         }
-        self.ensure_outside(&fabric, &mut fs, bins)
+        let dual = st.ip_family == podnet_conventions::IpFamily::Dual;
+        self.ensure_outside(&fabric, &mut fs, bins, dual)
             .with_context(|| {
                 format!(
                     "setting up the outside host {OUTSIDE_ADDR} in {}; {down}",
@@ -380,6 +381,18 @@ impl Lab {
         if link::get_by_name(&mut s, "eth0")?.is_none() {
             cable_node(&mut s, node, i, ip, fabric, fs)?;
         }
+        if st.ip_family == podnet_conventions::IpFamily::Dual {
+            // The fabric's IPv6, where pods' IPv6 leaves the cluster (masqueraded).
+            let eth0 = link::get_by_name(&mut s, "eth0")?.context("eth0")?;
+            let ip6 = crate::underlay_ip6(i);
+            for r in s.ack_all(vec![addr::add6_request(eth0.index, ip6, 64)]) {
+                if let Err(e) = r {
+                    if !e.is_exists() {
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
         if made {
             say(&format!(
                 "node {node}: namespace {ns_name}, eth0 {ip}/24 on the fabric"
@@ -469,10 +482,21 @@ impl Lab {
         Ok(())
     }
 
-    /// The outside host: [`OUTSIDE_ADDR`] on fabric0 and its echo server.
-    fn ensure_outside(&self, fabric: &Netns, fs: &mut Socket, bins: &Binaries) -> Result<()> {
+    /// The outside host: [`OUTSIDE_ADDR`] on fabric0 and its echo server; in a
+    /// dual-stack lab ([`OUTSIDE_ADDR6`]) over IPv6 too.
+    fn ensure_outside(
+        &self,
+        fabric: &Netns,
+        fs: &mut Socket,
+        bins: &Binaries,
+        dual: bool,
+    ) -> Result<()> {
         let br = link::get_by_name(fs, "fabric0")?.context("fabric bridge")?;
-        for r in fs.ack_all(vec![addr::add_request(br.index, OUTSIDE_ADDR, 24)]) {
+        let mut addrs = vec![addr::add_request(br.index, OUTSIDE_ADDR, 24)];
+        if dual {
+            addrs.push(addr::add6_request(br.index, crate::OUTSIDE_ADDR6, 64));
+        }
+        for r in fs.ack_all(addrs) {
             if let Err(e) = r {
                 if !e.is_exists() {
                     return Err(e.into());
@@ -484,6 +508,9 @@ impl Lab {
         }
         let mut cmd = Command::new(&bins.podnet);
         cmd.args(["lab", "serve-echo", "--ip", &OUTSIDE_ADDR.to_string()]);
+        if dual {
+            cmd.args(["--ip6", &crate::OUTSIDE_ADDR6.to_string()]);
+        }
         cmd.args(["--port", &ECHO_PORT.to_string()]);
         let pid = spawn_in(fabric, cmd, None)?;
         self.record_pid(OUTSIDE_ECHO, pid)

@@ -147,17 +147,22 @@ pub struct NeighInfo {
 impl NeighInfo {
     /// The state word `ip neigh` prints.
     pub fn state_name(&self) -> &'static str {
-        match self.state {
-            0x01 => "INCOMPLETE",
-            0x02 => "REACHABLE",
-            0x04 => "STALE",
-            0x08 => "DELAY",
-            0x10 => "PROBE",
-            0x20 => "FAILED",
-            0x40 => "NOARP",
-            0x80 => "PERMANENT",
-            _ => "NONE",
-        }
+        nud_name(self.state)
+    }
+}
+
+/// The state word `ip neigh` prints for NUD_* bits `state`.
+pub fn nud_name(state: u16) -> &'static str {
+    match state {
+        0x01 => "INCOMPLETE",
+        0x02 => "REACHABLE",
+        0x04 => "STALE",
+        0x08 => "DELAY",
+        0x10 => "PROBE",
+        0x20 => "FAILED",
+        0x40 => "NOARP",
+        0x80 => "PERMANENT",
+        _ => "NONE",
     }
 }
 
@@ -205,6 +210,13 @@ pub struct Neigh6Info {
     pub mac: Option<[u8; 6]>,
     /// NUD_* state bits, as [`NeighInfo::state`].
     pub state: u16,
+}
+
+impl Neigh6Info {
+    /// The state word `ip -6 neigh` prints.
+    pub fn state_name(&self) -> &'static str {
+        nud_name(self.state)
+    }
 }
 
 /// `ip -6 neigh show`.

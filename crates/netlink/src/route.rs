@@ -216,6 +216,7 @@ pub struct Route6Info {
     pub gateway: Option<Ipv6Addr>,
     pub oif: Option<u32>,
     pub protocol: u8,
+    pub onlink: bool,
 }
 
 /// `ip -6 route show table main` (unicast routes only).
@@ -248,6 +249,7 @@ pub fn list6(sock: &mut Socket) -> Result<Vec<Route6Info>> {
                 .and_then(|o| o.try_into().ok())
                 .map(u32::from_ne_bytes),
             protocol: b[5],
+            onlink: u32::from_ne_bytes(b[8..12].try_into().unwrap()) & RTNH_F_ONLINK != 0,
         });
     }
     Ok(out)

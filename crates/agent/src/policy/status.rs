@@ -97,29 +97,35 @@ pub fn enforcement_problems(st: &PolicyState) -> Vec<String> {
     v
 }
 
-/// The host veth (index, name) of the local pod at `ip`, found by its anti-spoofing
-/// entry.
-fn veth_of(sock: &mut podnet_netlink::Socket, ip: std::net::Ipv4Addr) -> Option<(u32, String)> {
+/// The host veth (index, name) of the local pod at `ip` (either of its addresses),
+/// found by its anti-spoofing entry.
+fn veth_of(sock: &mut podnet_netlink::Socket, ip: std::net::IpAddr) -> Option<(u32, String)> {
     pod_veths(sock).ok()?.into_iter().find_map(|l| {
         podnet_netlink::antispoof::pod_state(sock, l.index)
             .ok()
             .flatten()
-            .filter(|st| st.ip == ip)
+            .filter(|st| {
+                std::net::IpAddr::V4(st.ip) == ip || st.ip6.map(std::net::IpAddr::V6) == Some(ip)
+            })
             .map(|_| (l.index, l.name.clone()))
     })
 }
 
-/// Judges a flow at local pod `ip` from the tables the datapath was given, and checks
-/// that the kernel holds the pod as programmed.
+/// Judges a flow at local pod `ip` (either of its addresses; `peer` of the same
+/// family) from the tables the datapath was given, and checks that the kernel holds
+/// the pod as programmed.
 pub fn verdict(
     st: &PolicyState,
-    ip: std::net::Ipv4Addr,
-    peer: std::net::Ipv4Addr,
+    ip: std::net::IpAddr,
+    peer: std::net::IpAddr,
     dir: Direction,
     proto: podnet_policy::Proto,
     port: u16,
 ) -> PodVerdict {
-    let found = st.tables.iter().find(|(_, t)| t.ip == ip);
+    let found = st.tables.iter().find(|(_, t)| match ip {
+        std::net::IpAddr::V4(a) => t.ip == a,
+        std::net::IpAddr::V6(a) => t.ip6 == Some(a),
+    });
     let dp = datapath::reader(st);
     let programmed = dp.holds(ip);
     let mut v = PodVerdict {
@@ -162,7 +168,21 @@ pub fn verdict(
     }
     let Some((_, t)) = found else {
         v.allowed = open_now && !closed_now;
-        let ip_s = ip.to_string();
+        // Refused pods are listed by their IPv4 address; an IPv6 one's pod is found
+        // through its anti-spoofing entry.
+        let ip_s = match ip {
+            std::net::IpAddr::V4(a) => a.to_string(),
+            std::net::IpAddr::V6(_) => podnet_netlink::Socket::route()
+                .ok()
+                .and_then(|mut s| {
+                    let (index, _) = veth_of(&mut s, ip)?;
+                    podnet_netlink::antispoof::pod_state(&mut s, index)
+                        .ok()
+                        .flatten()
+                })
+                .map(|st| st.ip.to_string())
+                .unwrap_or_default(),
+        };
         v.refused = st
             .refused
             .iter()
@@ -174,7 +194,7 @@ pub fn verdict(
         v.isolated = true;
         v.policies = policies.clone();
         let hit = allow.iter().find(|a| {
-            a.net.contains(peer.into())
+            a.net.contains(peer)
                 && a.ports
                     .is_none_or(|p| p.proto == proto && p.first <= port && port <= p.last)
         });

@@ -57,23 +57,31 @@ pub(super) fn masquerade(out: &mut Out, n: &NodeView) {
     let Some(m) = &n.st.masquerade else {
         return;
     };
+    masquerade_family(out, m, false);
+    if let Some(m6) = &m.ipv6 {
+        masquerade_family(out, m6, true);
+    }
+}
+
+/// One family's masquerade table (`masquerade`, `masquerade6`).
+fn masquerade_family(out: &mut Out, m: &podnet_api::MasqueradeStatus, v6: bool) {
+    let (check, table, off) = if v6 {
+        ("masquerade6", "table ip6 podnet_nat", "off (--masquerade-ipv6=false, or a global IPv6 range): pods' IPv6 leaving the cluster keeps the pod's address; the network must route the IPv6 pod range back")
+    } else {
+        ("masquerade", "table ip podnet_nat", "off (--masquerade=false): pod traffic leaving the cluster keeps the pod's address; the network must route pod CIDRs back")
+    };
     if !m.on {
-        out.put(
-            "masquerade",
-            "ok",
-            "off (--masquerade=false): pod traffic leaving the cluster keeps the pod's address; the network must route pod CIDRs back".into(),
-            "",
-        );
+        out.put(check, "ok", off.into(), "");
     } else if let Some(p) = &m.problem {
         out.check(
-            "masquerade",
+            check,
             false,
             format!("{p}: pod traffic leaving the cluster may leave with the pod's address and get no reply"),
-            "podnetd writes table ip podnet_nat again within a second (`repairing drift` in its log); `nft list table ip podnet_nat` on the node shows it",
+            &format!("podnetd writes {table} again within a second (`repairing drift` in its log); `nft list {table}` on the node shows it"),
         );
     } else {
         out.put(
-            "masquerade",
+            check,
             "ok",
             format!(
                 "from {} to anything outside {}: {} packets so far",

@@ -196,7 +196,7 @@ impl NodeView<'_> {
     }
 }
 
-fn text(a: Option<std::net::Ipv4Addr>) -> String {
+fn text(a: Option<impl std::fmt::Display>) -> String {
     a.map(|a| a.to_string()).unwrap_or_default()
 }
 
@@ -331,7 +331,7 @@ fn peer_entries(
     let vtep = cidr.split('/').next().unwrap_or("");
     // The same test trace applies to the route the lookup picks.
     let r = routes.iter().copied().find(|r| &r.dst == cidr);
-    let bad = route_to_peer_mismatch(r, st, Some(p));
+    let bad = route_to_peer_mismatch(r, st, Some(p), false);
     out.check(
         &format!("route to {name}"),
         bad.is_none(),
@@ -339,7 +339,7 @@ fn peer_entries(
             None => format!("{cidr} via {}", text(r.and_then(|r| r.gateway))),
             Some(why) => format!("{name}'s pod CIDR {cidr}: {why}"),
         },
-        &route_fix(st, Some(p)),
+        &route_fix(st, Some(p), false),
     );
     if !p.pod_cidr6.is_empty() {
         peer_entries6(out, n, p);
@@ -412,8 +412,10 @@ fn peer_entries6(out: &mut Out, n: &NodeView, p: &podnet_api::PeerStatus) {
         None => (n.st.vxlan_dev.clone(), Some(net.network())),
     };
     let r = n.state.routes6.iter().find(|r| &r.dst == cidr6);
-    let ok = r.is_some_and(|r| r.dev.as_deref() == Some(dev.as_str()) && r.gateway == via);
-    let shown = |gw: Option<std::net::Ipv6Addr>, d: Option<&str>| {
+    let ok = r.is_some_and(|r| {
+        r.dev.as_deref() == Some(dev.as_str()) && r.gateway == via.map(std::net::IpAddr::V6)
+    });
+    let shown = |gw: Option<std::net::IpAddr>, d: Option<&str>| {
         let mut t = String::new();
         if let Some(g) = gw {
             t += &format!("via {g} ");
@@ -435,14 +437,14 @@ fn peer_entries6(out: &mut Out, n: &NodeView, p: &podnet_api::PeerStatus) {
             Some(r) => format!(
                 "{name}'s IPv6 pod CIDR {cidr6} goes {}, not {}",
                 shown(r.gateway, r.dev.as_deref()),
-                shown(via, Some(&dev))
+                shown(via.map(std::net::IpAddr::V6), Some(&dev))
             ),
         },
         &format!("{cmd} (podnetd puts it back when repair is on)"),
     );
     let Some(via) = via else { return };
     let want = VtepWant::new(p, n.others.get(name).map(|o| (o, None)));
-    let e = n.state.neigh6.iter().find(|e| e.ip == via);
+    let e = n.state.neigh6.iter().find(|e| e.ip == via && e.dev == dev);
     let ok = e.is_some_and(|e| e.state == "PERMANENT" && e.mac.as_deref() == Some(&*want.mac));
     out.check(
         &format!("neighbour6 for {name}"),
@@ -573,7 +575,7 @@ fn pods(out: &mut Out, n: &NodeView) {
         }
         // The node's entry for the pod must hold the pod's own MAC, and the pod's
         // entry for its gateway the bridge's: a poisoned one is the ARP attack landed.
-        let h = node_neigh_for_pod("node", &macs, ip, &p, &pod_name, true);
+        let h = node_neigh_for_pod("node", &macs, ip.into(), &p, &pod_name, true);
         out.put(&format!("pod {ip} neighbour"), &h.status, h.detail, &h.fix);
         if let Some(h) = pod_gateway_neigh(&p, &pod_name, &macs) {
             out.put(
@@ -587,7 +589,7 @@ fn pods(out: &mut Out, n: &NodeView) {
             continue;
         };
         let default = pod.routes.iter().find(|r| r.dst == "default");
-        let want = pod_gateway(st);
+        let want = pod_gateway(st).map(std::net::IpAddr::V4);
         let via = default.and_then(|r| r.gateway);
         let want_s = text(want);
         out.check(
@@ -630,6 +632,8 @@ fn stale(out: &mut Out, n: &NodeView) {
         .state
         .routes6
         .iter()
+        // podnet's own (the node's bridge routes are listed too).
+        .filter(|r| r.protocol == podnet_conventions::RTPROT_PODNET)
         .filter(|r| !cidrs6.contains(&r.dst.as_str()))
     {
         out.put(

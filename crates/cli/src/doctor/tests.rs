@@ -112,6 +112,7 @@ fn masquerade_is_named_off_drifted_or_in_place() {
                 keep: vec!["10.244.0.0/16".into(), "169.254.0.0/16".into()],
                 problem: None,
                 packets: 7,
+                ipv6: None,
             };
             edit(&mut m);
             st.masquerade = Some(m);
@@ -134,6 +135,22 @@ fn masquerade_is_named_off_drifted_or_in_place() {
         gone[0].detail.starts_with("table ip podnet_nat is gone"),
         "{gone:?}"
     );
+    // A dual-stack node: IPv6's table is its own finding, broken on its own.
+    let six = m(|m| {
+        m.ipv6 = Some(Box::new(podnet_api::MasqueradeStatus {
+            on: true,
+            cluster: "fd00:10:244::/56".into(),
+            keep: vec!["fd00:10:244::/56".into(), "fe80::/10".into()],
+            problem: Some("table ip6 podnet_nat is gone".into()),
+            ..Default::default()
+        }))
+    });
+    let c: Vec<(&str, &str)> = six
+        .iter()
+        .map(|f| (f.check.as_str(), f.status.as_str()))
+        .collect();
+    assert_eq!(c, [("masquerade", "ok"), ("masquerade6", "broken")]);
+    assert!(six[1].detail.contains("ip6 podnet_nat"), "{six:?}");
     let off = m(|m| m.on = false);
     assert!(
         off[0].status == "ok" && off[0].detail.starts_with("off"),

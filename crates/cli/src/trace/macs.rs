@@ -106,6 +106,8 @@ pub(crate) struct Poisoned {
     pub(crate) detail: String,
     /// The host veth of the pod whose MAC it holds, when that pod is on the node.
     pub(crate) culprit_veth: Option<String>,
+    /// An IPv6 entry (learned from neighbour advertisements, not ARP).
+    pub(crate) v6: bool,
 }
 
 /// What is wrong with neighbour entry `n` (on `node`, for `whose`, e.g. "bridge
@@ -127,14 +129,17 @@ pub(crate) fn poisoned(
         Some((o, veth)) => (format!("which is {o}"), veth),
         None => (format!("a MAC nothing on {} has", macs.node), None),
     };
-    let how = if n.state == "PERMANENT" {
-        "the entry was poisoned: it is permanent, so it was written in that namespace (by hand or by a process there), not learned from ARP"
-    } else {
-        "the entry was poisoned (ARP spoofing?): something answered ARP for an address that is not its own"
+    let v6 = n.ip.is_ipv6();
+    let how = match (n.state == "PERMANENT", v6) {
+        (true, false) => "the entry was poisoned: it is permanent, so it was written in that namespace (by hand or by a process there), not learned from ARP",
+        (true, true) => "the entry was poisoned: it is permanent, so it was written in that namespace (by hand or by a process there), not learned from neighbour discovery",
+        (false, false) => "the entry was poisoned (ARP spoofing?): something answered ARP for an address that is not its own",
+        (false, true) => "the entry was poisoned (neighbour advertisement spoofing?): something advertised an address that is not its own",
     };
     Some(Poisoned {
         detail: format!("{what} holds {found}, {owner}, not {whose}'s {want}: {how}"),
         culprit_veth,
+        v6,
     })
 }
 
@@ -143,8 +148,13 @@ pub(crate) fn poisoned(
 /// `macs`'s node when that pod is not known.
 pub(crate) fn poisoned_fix(del: &str, macs: &Macs, p: &Poisoned) -> String {
     let veth = p.culprit_veth.as_deref().unwrap_or("<host veth>");
+    let (what, reasons) = if p.v6 {
+        ("neighbour advertisements", "ipv6-na")
+    } else {
+        ("ARP", "arp-spa / arp-sha")
+    };
     format!(
-        "{del} (the next packet resolves it again from its real owner); then check anti-spoofing on {node}: {whom} must carry the {prog} filter (tc filter show dev {veth} ingress, on {node}), which drops ARP that claims an address or MAC not the pod's own (`podnet observe` lists those drops as arp-spa / arp-sha)",
+        "{del} (the next packet resolves it again from its real owner); then check anti-spoofing on {node}: {whom} must carry the {prog} filter (tc filter show dev {veth} ingress, on {node}), which drops {what} that claim an address or MAC not the pod's own (`podnet observe` lists those drops as {reasons})",
         node = macs.node,
         whom = if p.culprit_veth.is_some() { format!("host veth {veth}") } else { "every pod's host veth".into() },
         prog = podnet_netlink::antispoof::PROG_NAME,

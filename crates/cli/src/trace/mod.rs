@@ -15,6 +15,13 @@
 //! host veth, pod interface, VXLAN device, underlay device) is named as itself when it
 //! is down; what merely follows from it (a connected route the kernel removed, an entry
 //! that cannot resolve) is a warning that points at it, never the verdict.
+//!
+//! A trace follows one address family ([`Family`]): the family of the addresses
+//! given, or the one asked for. A dual-stack pod's IPv6 takes the same devices
+//! (bridge, host veth, VXLAN device, FDB, underlay) and its own routes, neighbour
+//! entries, forwarding switch, policy entries and fast-path map (`local_pods6`); each
+//! hop reads those of the family traced, so a broken IPv6 route is named while IPv4
+//! still works.
 
 use anyhow::{Context, Result};
 use podnet_api::Echo;
@@ -22,10 +29,11 @@ use podnet_api::{
     Client, FdbState, LinkState, NeighState, NodeState, PodInside, PodLink, PodReport, RouteState,
 };
 use podnet_api::{PeerStatus, Status};
+use podnet_cni_spec::net::Ipv6Net;
 use podnet_cni_spec::Ipv4Net;
 use podnet_conventions::{Datapath, PolicyDatapath};
 use serde::Serialize;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -72,10 +80,20 @@ pub struct Hop {
     pub fix: String,
 }
 
+/// The address family a trace follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Trace {
     pub src: String,
     pub dst: String,
+    /// The family traced: `ipv4` or `ipv6`.
+    pub family: Family,
     /// The traffic traced: `tcp`, `tcp port 8080`, `icmp`…
     pub flow: String,
     pub verdict: String,
@@ -156,13 +174,25 @@ impl Flow {
 }
 
 /// Traces `src` to `dst` (pod names or addresses, or a Service: its ClusterIP,
-/// `namespace/name` or `name` in `default`, [`trace_service`]) for `flow`.
-pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<Trace> {
+/// `namespace/name` or `name` in `default`, [`trace_service`]) for `flow`, over
+/// `family` (`None`: IPv6 if an address given is one, else IPv4).
+pub fn trace(
+    agents: &dyn Agents,
+    src: &str,
+    dst: &str,
+    flow: &Flow,
+    family: Option<Family>,
+) -> Result<Trace> {
     if services::is_service(agents, dst) {
+        if family == Some(Family::Ipv6) {
+            anyhow::bail!(
+                "{dst} is a Service: podnet traces Services over IPv4 only so far; trace the pods behind it by name with --family ipv6"
+            );
+        }
         return trace_service(agents, src, dst, flow);
     }
     let t0 = Instant::now();
-    let (s_end, d_end, vteps) = ends(agents, src, dst)?;
+    let (s_end, d_end, vteps) = ends(agents, src, dst, family)?;
     let cross = s_end.node != d_end.node;
     let (s_macs, d_macs) = (s_end.macs(agents), d_end.macs(agents));
     let mut b = Builder { hops: vec![] };
@@ -206,6 +236,11 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
     Ok(Trace {
         src: format!("{src} ({} on {})", s_end.ip, s_end.node),
         dst: format!("{dst} ({} on {})", d_end.ip, d_end.node),
+        family: if d_end.ip.is_ipv6() {
+            Family::Ipv6
+        } else {
+            Family::Ipv4
+        },
         flow: flow.describe(),
         verdict: if broken.is_some() {
             "broken"
@@ -219,36 +254,42 @@ pub fn trace(agents: &dyn Agents, src: &str, dst: &str, flow: &Flow) -> Result<T
     })
 }
 
-/// One end of a trace given by IPv4 address or pod name. An IPv6 address is refused
-/// with what to do instead: the hops trace checks (routes, neighbours, FDB, policy
-/// tables, the agent's probes) are IPv4 ones so far.
-pub(crate) fn target(agents: &dyn Agents, x: &str) -> Result<Ipv4Addr> {
-    if x.parse::<std::net::Ipv6Addr>().is_ok() {
-        anyhow::bail!(
-            "{x} is an IPv6 address: podnet trace follows IPv4 only so far; trace the pods by name or IPv4 address (a dual-stack pod's IPv6 takes the same bridge and VXLAN device: `ip -6 route show proto 0x50` and `ip -6 neigh show dev podnet.vxlan` on each node show its path; `podnet policy explain A B --port N --ipv6` gives its policy verdict)"
-        );
-    }
+/// One end of a trace given by address (of either family) or pod name (its IPv4
+/// address; [`ends`] turns it into its IPv6 one when that family is traced).
+pub(crate) fn target(agents: &dyn Agents, x: &str) -> Result<IpAddr> {
     x.parse()
         .ok()
-        .or_else(|| agents.pod_ip(x))
-        .with_context(|| format!("{x:?} is neither an IPv4 address nor a known pod"))
+        .or_else(|| agents.pod_ip(x).map(IpAddr::V4))
+        .with_context(|| format!("{x:?} is neither an IP address nor a known pod"))
 }
 
 /// Both ends of a trace, each read from its node's agent, and every node's own VTEP
 /// MAC and underlay address as its agent reports them (whose a wrong overlay entry
 /// holds).
-fn ends(agents: &dyn Agents, src: &str, dst: &str) -> Result<(End, End, Vec<Vtep>)> {
+fn ends(
+    agents: &dyn Agents,
+    src: &str,
+    dst: &str,
+    family: Option<Family>,
+) -> Result<(End, End, Vec<Vtep>)> {
     let (sip, dip) = (target(agents, src)?, target(agents, dst)?);
+    let v6 = match family {
+        Some(f) => f == Family::Ipv6,
+        None => sip.is_ipv6() || dip.is_ipv6(),
+    };
     let mut statuses = Vec::new();
     for (n, sock) in &agents.nodes() {
         if let Ok(st) = Client::new(sock).status() {
             statuses.push((n.clone(), sock.clone(), st));
         }
     }
-    let node_of = |ip: Ipv4Addr| {
+    let node_of = |ip: IpAddr| {
         statuses
             .iter()
-            .find(|(_, _, st)| st.pod_cidr.parse::<Ipv4Net>().is_ok_and(|c| c.contains(ip)))
+            .find(|(_, _, st)| match ip {
+                IpAddr::V4(a) => st.pod_cidr.parse::<Ipv4Net>().is_ok_and(|c| c.contains(a)),
+                IpAddr::V6(a) => st.pod_cidr6.parse::<Ipv6Net>().is_ok_and(|c| c.contains(a)),
+            })
             .cloned()
             .with_context(|| format!("no node whose agent answers serves {ip}"))
     };
@@ -262,14 +303,19 @@ fn ends(agents: &dyn Agents, src: &str, dst: &str) -> Result<(End, End, Vec<Vtep
         s_state.clone()
     };
     // Pods by name where the cluster knows it, else by what the caller gave.
-    let label = |given: &str, ip: Ipv4Addr| match agents.pod_name(ip) {
+    let label = |given: &str, pod: &PodReport| match agents.pod_name(pod.ip) {
         Some(n) => format!("pod {n}"),
         None => format!("pod {given}"),
     };
+    let (s_pod, d_pod) = (sc.pod(sip)?, dc.pod(dip)?);
+    let (sip, dip) = (
+        traced(sip, &s_pod, src, v6, &sn)?,
+        traced(dip, &d_pod, dst, v6, &dn)?,
+    );
     let s_end = End {
         ip: sip,
-        name: label(src, sip),
-        pod: sc.pod(sip)?,
+        name: label(src, &s_pod),
+        pod: s_pod,
         node: sn,
         sock: ssock,
         agent: sc,
@@ -278,8 +324,8 @@ fn ends(agents: &dyn Agents, src: &str, dst: &str) -> Result<(End, End, Vec<Vtep
     };
     let d_end = End {
         ip: dip,
-        name: label(dst, dip),
-        pod: dc.pod(dip)?,
+        name: label(dst, &d_pod),
+        pod: d_pod,
         node: dn,
         sock: dsock,
         agent: dc,
@@ -297,6 +343,26 @@ fn ends(agents: &dyn Agents, src: &str, dst: &str) -> Result<(End, End, Vec<Vtep
     Ok((s_end, d_end, vteps))
 }
 
+/// The address of one end in the family traced (`v6`): the one given, or the pod's
+/// other one as its agent reports it. A pod without an address of that family is an
+/// error that says so.
+fn traced(given: IpAddr, pod: &PodReport, name: &str, v6: bool, node: &str) -> Result<IpAddr> {
+    match (given, v6) {
+        (IpAddr::V6(_), true) | (IpAddr::V4(_), false) => Ok(given),
+        (IpAddr::V4(_), true) => match pod.ip6 {
+            Some(a) => Ok(IpAddr::V6(a)),
+            None if !pod.found => anyhow::bail!("no podnet pod with address {given} on {node}: is {name} running?"),
+            None => anyhow::bail!(
+                "{name} ({given} on {node}) has no IPv6 address: it is not a dual-stack pod (its cluster runs --ip-family ipv4, or it was made before dual-stack was on); trace it over IPv4"
+            ),
+        },
+        (IpAddr::V6(_), false) if pod.found => Ok(IpAddr::V4(pod.ip)),
+        (IpAddr::V6(_), false) => {
+            anyhow::bail!("no podnet pod with address {given} on {node}: is {name} running?")
+        }
+    }
+}
+
 /// What the pod hops of both ends share: the names the caller gave, the flow, and
 /// whether the pods are on different nodes.
 struct PodEnds<'a> {
@@ -309,16 +375,16 @@ impl PodEnds<'_> {
     /// One pod's hops (its interface, routes and neighbours) and its policy hop: the
     /// source's egress (`src`) or the destination's ingress.
     fn hops(&self, b: &mut Builder, (end, macs): (&End, &Macs), other: &End, src: bool) {
-        let real_mac = |p: &PodReport, ip: Ipv4Addr| {
+        let real_mac = |p: &PodReport| {
             p.pod
                 .as_ref()
                 .and_then(|i| i.link.as_ref())
                 .map(|l| l.mac.clone())
-                .unwrap_or_else(|| podnet_netlink::fmt_mac(&podnet_conventions::pod_mac(ip)))
+                .unwrap_or_else(|| podnet_netlink::fmt_mac(&podnet_conventions::pod_mac(p.ip)))
         };
         let path = PodPath {
             macs,
-            peer_mac: (!self.cross).then(|| (other.name.clone(), real_mac(&other.pod, other.ip))),
+            peer_mac: (!self.cross).then(|| (other.name.clone(), real_mac(&other.pod))),
             down: pod_down(macs, &end.pod, &end.name),
         };
         let (where_, given, dir) = if src {
@@ -344,7 +410,8 @@ impl PodEnds<'_> {
 
 /// One end of a trace: the pod, its node, and what that node's agent reports.
 struct End {
-    ip: Ipv4Addr,
+    /// The pod's address in the family traced (`pod.ip` is its IPv4 one).
+    ip: IpAddr,
     /// The pod for people: `pod p1a`.
     name: String,
     node: String,
@@ -378,10 +445,15 @@ pub(crate) struct Vtep {
 /// The trace for people: the path as a vertical list.
 pub fn render(t: &Trace) -> String {
     let mut out = format!(
-        "trace {} → {} ({}): {}\n\n",
+        "trace {} → {} ({}{}): {}\n\n",
         t.src,
         t.dst,
         t.flow,
+        if t.family == Family::Ipv6 {
+            ", IPv6"
+        } else {
+            ""
+        },
         match &t.broken_hop {
             Some(h) => format!("BROKEN at {}/{}", h.where_, h.what),
             None => "reachable".into(),
@@ -425,18 +497,57 @@ impl Agents for LocalAgent {
 mod target_tests {
     use super::*;
 
-    /// An IPv6 end is refused before any agent is asked, saying what to do instead;
-    /// an IPv4 one is taken as given.
+    /// An address of either family is taken as given; a name the cluster does not
+    /// know is refused, saying so.
     #[test]
-    fn an_ipv6_end_is_refused_with_what_to_do() {
+    fn ends_are_taken_by_address_of_either_family() {
         let agents = LocalAgent("/nonexistent/podnetd.sock".into());
-        let e = target(&agents, "fd00:10:244::2").unwrap_err().to_string();
-        assert!(e.contains("IPv4 only") && e.contains("ip -6 route"), "{e}");
+        assert_eq!(
+            target(&agents, "fd00:10:244::2").unwrap(),
+            "fd00:10:244::2".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(
             target(&agents, "10.244.0.2").unwrap(),
-            Ipv4Addr::new(10, 244, 0, 2)
+            IpAddr::V4(Ipv4Addr::new(10, 244, 0, 2))
         );
         let e = target(&agents, "p9z").unwrap_err().to_string();
-        assert!(e.contains("neither an IPv4 address nor a known pod"), "{e}");
+        assert!(e.contains("neither an IP address nor a known pod"), "{e}");
+    }
+
+    fn report(ip6: Option<&str>, found: bool) -> PodReport {
+        PodReport {
+            ip: Ipv4Addr::new(10, 244, 1, 2),
+            ip6: ip6.map(|a| a.parse().unwrap()),
+            found,
+            host_veth: None,
+            netns: None,
+            ifname: None,
+            pod: None,
+        }
+    }
+
+    /// The family traced picks each end's address: a name (its IPv4 address) turns
+    /// into the pod's IPv6 one when IPv6 is traced, an IPv6 address into the pod's IPv4
+    /// one when IPv4 is; a pod with no IPv6 address is refused with why.
+    #[test]
+    fn the_family_traced_picks_each_ends_address() {
+        let v4: IpAddr = "10.244.1.2".parse().unwrap();
+        let v6: IpAddr = "fd00:10:244:1::2".parse().unwrap();
+        let dual = report(Some("fd00:10:244:1::2"), true);
+        assert_eq!(traced(v4, &dual, "p2a", true, "node2").unwrap(), v6);
+        assert_eq!(traced(v4, &dual, "p2a", false, "node2").unwrap(), v4);
+        assert_eq!(traced(v6, &dual, "p2a", false, "node2").unwrap(), v4);
+        assert_eq!(traced(v6, &dual, "p2a", true, "node2").unwrap(), v6);
+        let e = traced(v4, &report(None, true), "p2a", true, "node2")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no IPv6 address") && e.contains("dual-stack"),
+            "{e}"
+        );
+        let e = traced(v6, &report(None, false), "p2a", false, "node2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no podnet pod with address"), "{e}");
     }
 }

@@ -9,11 +9,14 @@ use super::*;
 pub(super) fn between_nodes(b: &mut Builder, s: &End, d: &End, vteps: &[Vtep]) -> Result<()> {
     let (sn, sst, s_state, sc) = (&s.node, &s.st, &s.state, &s.agent);
     let (dn, dip) = (&d.node, d.ip);
-    let r = lookup(&s_state.routes, dip);
+    let v6 = dip.is_ipv6();
+    let r = lookup(s_state.routes_for(dip), dip);
     let peer = sst.peers.iter().find(|p| &p.name == dn);
     let vx = sst.vxlan_dev.clone();
-    let want = peer.map(|p| p.pod_cidr.clone()).unwrap_or_default();
-    let bad = route_to_peer_mismatch(r, sst, peer);
+    let want = peer
+        .map(|p| peer_cidr(p, v6).to_string())
+        .unwrap_or_default();
+    let bad = route_to_peer_mismatch(r, sst, peer, v6);
     let ok = bad.is_none();
     b.check(
         "src-node",
@@ -25,17 +28,18 @@ pub(super) fn between_nodes(b: &mut Builder, s: &End, d: &End, vteps: &[Vtep]) -
         },
         r.map(route_text).unwrap_or_else(|| "(none)".into()),
         format!("ip route get {dip}   (on {sn})"),
-        &route_fix(sst, peer),
+        &route_fix(sst, peer, v6),
     );
     forwarding_hop(
         b,
         "src-node",
         sn,
-        s_state.forwarding,
+        s_state,
+        v6,
         " (podnetd turns it on when repair is on)",
     );
     if !vx.is_empty() {
-        overlay_hops(b, "src-node", sn, s_state, &vx, (peer, d), vteps);
+        overlay_hops(b, "src-node", sn, s_state, &vx, (peer, d), vteps, v6);
     }
     let wg = sst.wireguard.as_ref().map(|w| w.device.clone());
     if let Some(dev) = &wg {
@@ -48,7 +52,7 @@ pub(super) fn between_nodes(b: &mut Builder, s: &End, d: &End, vteps: &[Vtep]) -
             dev,
             "WireGuard device",
         );
-        wireguard_peer_hop(b, "src-node", sn, (sst, peer), Some(&d.st));
+        wireguard_peer_hop(b, "src-node", sn, (sst, peer), Some(&d.st), v6);
     }
     // ---- the destination node's way back to the source (read before probing, so
     // a broken return path is not blamed on the physical network)
@@ -66,19 +70,35 @@ pub(super) fn between_nodes(b: &mut Builder, s: &End, d: &End, vteps: &[Vtep]) -
     Ok(())
 }
 
-/// IPv4 forwarding on `node`, as a hop.
-fn forwarding_hop(b: &mut Builder, where_: &str, node: &str, on: bool, fix_note: &str) {
+/// Forwarding of one family (`v6`) on `node` (kernel state `state`), as a hop. An
+/// agent that does not report IPv6 forwarding leaves it unjudged.
+fn forwarding_hop(
+    b: &mut Builder,
+    where_: &str,
+    node: &str,
+    state: &NodeState,
+    v6: bool,
+    fix_note: &str,
+) {
+    let (family, key, on) = if v6 {
+        let Some(on) = state.forwarding6 else {
+            return;
+        };
+        ("IPv6", "net.ipv6.conf.all.forwarding", on)
+    } else {
+        ("IPv4", "net.ipv4.ip_forward", state.forwarding)
+    };
     b.check(
         where_,
         "forwarding",
         on,
         format!(
-            "IPv4 forwarding is {} on {node}",
+            "{family} forwarding is {} on {node}",
             if on { "on" } else { "off" }
         ),
-        format!("net.ipv4.ip_forward = {}", u8::from(on)),
-        format!("sysctl net.ipv4.ip_forward   (on {node})"),
-        &format!("sysctl -w net.ipv4.ip_forward=1{fix_note}"),
+        format!("{key} = {}", u8::from(on)),
+        format!("sysctl {key}   (on {node})"),
+        &format!("sysctl -w {key}=1{fix_note}"),
     );
 }
 
@@ -110,11 +130,14 @@ fn way_back(s: &End, d: &End, vx: &str, vteps: &[Vtep]) -> Builder {
             "VXLAN device",
         );
     }
-    forwarding_hop(&mut back, "dst-node", dn, d_state.forwarding, "");
+    let v6 = sip.is_ipv6();
+    forwarding_hop(&mut back, "dst-node", dn, d_state, v6, "");
     let src_peer = dst_st.peers.iter().find(|p| &p.name == sn);
-    let back_cidr = src_peer.map(|p| p.pod_cidr.clone()).unwrap_or_default();
-    let br = lookup(&d_state.routes, sip);
-    let bad = route_to_peer_mismatch(br, dst_st, src_peer);
+    let back_cidr = src_peer
+        .map(|p| peer_cidr(p, v6).to_string())
+        .unwrap_or_default();
+    let br = lookup(d_state.routes_for(sip), sip);
+    let bad = route_to_peer_mismatch(br, dst_st, src_peer, v6);
     let ok = bad.is_none();
     back.check(
         "dst-node",
@@ -128,13 +151,22 @@ fn way_back(s: &End, d: &End, vx: &str, vteps: &[Vtep]) -> Builder {
         },
         br.map(route_text).unwrap_or_else(|| "(none)".into()),
         format!("ip route get {sip}   (on {dn})"),
-        &route_fix(dst_st, src_peer),
+        &route_fix(dst_st, src_peer, v6),
     );
     if !vx.is_empty() {
-        overlay_hops(&mut back, "dst-node", dn, d_state, vx, (src_peer, s), vteps);
+        overlay_hops(
+            &mut back,
+            "dst-node",
+            dn,
+            d_state,
+            vx,
+            (src_peer, s),
+            vteps,
+            v6,
+        );
     }
     if dst_st.wireguard.is_some() {
-        wireguard_peer_hop(&mut back, "dst-node", dn, (dst_st, src_peer), Some(sst));
+        wireguard_peer_hop(&mut back, "dst-node", dn, (dst_st, src_peer), Some(sst), v6);
     }
     back
 }
@@ -154,7 +186,7 @@ pub(super) fn dst_node_hops(b: &mut Builder, d: &End, macs: &Macs, cross: bool) 
         Some(l) if !l.up => Some(format!("bridge {d_bridge} on {dn} is down")),
         Some(_) => None,
     };
-    let dr = lookup(&d_state.routes, dip);
+    let dr = lookup(d_state.routes_for(dip), dip);
     let ok = dr.is_some_and(|r| r.dev.as_deref() == Some(d_bridge.as_str()));
     let (status, detail) = match (&bridge_down, ok) {
         (_, true) => ("ok", format!("{dip} is on {d_bridge}")),
@@ -175,7 +207,7 @@ pub(super) fn dst_node_hops(b: &mut Builder, d: &End, macs: &Macs, cross: bool) 
         dr.map(route_text).unwrap_or_else(|| "(none)".into()),
         format!("ip route get {dip}   (on {dn})"),
         if status == "broken" {
-            "the bridge must hold the gateway address of the node's pod CIDR; restart podnetd"
+            "the bridge must hold the gateway address of the node's pod CIDR (of each family); restart podnetd"
         } else {
             ""
         },

@@ -90,21 +90,19 @@ pub(super) fn vtep_owner(vteps: &[Vtep], x: &str, of_mac: bool) -> String {
         .unwrap_or_default()
 }
 
-/// The VXLAN neighbour entry for a peer's VTEP address `vtep` on `vx`, held against
-/// the peer's own VTEP MAC. `Ok`/`Err`: the detail.
+/// The VXLAN neighbour entry for a peer's VTEP address `vtep` on `vx` (the first
+/// address of its pod CIDR of either family: IPv6 goes through the same VTEP), held
+/// against the peer's own VTEP MAC. `Ok`/`Err`: the detail.
 pub(crate) fn vtep_neigh_check<'a>(
     state: &'a NodeState,
     vx: &str,
-    vtep: Option<Ipv4Addr>,
+    vtep: Option<IpAddr>,
     want: &VtepWant,
     vteps: &[Vtep],
 ) -> (Option<&'a NeighState>, std::result::Result<String, String>) {
     let vtep_s = vtep.map(|v| v.to_string()).unwrap_or_default();
     let mac = &want.mac;
-    let n = state
-        .neigh
-        .iter()
-        .find(|n| Some(n.ip) == vtep && n.dev == vx);
+    let n = vtep.and_then(|v| state.neigh_for(v).iter().find(|n| n.ip == v && n.dev == vx));
     let r = match n.and_then(|n| n.mac.as_deref()) {
         None => Err(format!("no neighbour entry {vtep_s} → {mac} on {vx}")),
         Some(m) if !same_mac(m, mac) => Err(format!(
@@ -162,6 +160,9 @@ pub(crate) fn vtep_fdb_check<'a>(
 /// The neighbour and FDB entries a node needs to reach `peer` through `vx`, held
 /// against the VTEP MAC and underlay address the peer itself reports (`real`, its
 /// end of the trace), not only the datastore's record of it.
+/// `v6`: the next hop of the peer's IPv6 pod CIDR (its first address), on the same
+/// device and at the same MAC.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn overlay_hops(
     b: &mut Builder,
     where_: &str,
@@ -170,6 +171,7 @@ pub(super) fn overlay_hops(
     vx: &str,
     (peer, real): (Option<&PeerStatus>, &End),
     vteps: &[Vtep],
+    v6: bool,
 ) {
     let Some(p) = peer else {
         b.add(
@@ -184,8 +186,15 @@ pub(super) fn overlay_hops(
         return;
     };
     let want = VtepWant::new(p, Some((&real.st, Some(&real.state))));
-    let vtep: Option<Ipv4Addr> = p.pod_cidr.parse::<Ipv4Net>().ok().map(|c| c.network());
+    let vtep: Option<IpAddr> = if v6 {
+        let c = p.pod_cidr6.parse::<Ipv6Net>().ok();
+        c.map(|c| IpAddr::V6(c.network()))
+    } else {
+        let c = p.pod_cidr.parse::<Ipv4Net>().ok();
+        c.map(|c| IpAddr::V4(c.network()))
+    };
     let vtep_s = vtep.map(|v| v.to_string()).unwrap_or_default();
+    let ip = if v6 { "ip -6" } else { "ip" };
     let (mac, under) = (&want.mac, &want.underlay);
     let (n, r) = vtep_neigh_check(state, vx, vtep, &want, vteps);
     b.check(
@@ -195,9 +204,9 @@ pub(super) fn overlay_hops(
         r.unwrap_or_else(|e| e),
         n.map(|n| neigh_text(n, Some(vx)))
             .unwrap_or_else(|| "(none)".into()),
-        format!("ip neigh show {vtep_s} dev {vx}   (on {node})"),
+        format!("{ip} neigh show {vtep_s} dev {vx}   (on {node})"),
         &format!(
-            "ip neigh replace {vtep_s} lladdr {mac} dev {vx} nud permanent   (on {node}){}",
+            "{ip} neigh replace {vtep_s} lladdr {mac} dev {vx} nud permanent   (on {node}){}",
             want.fix_tail()
         ),
     );

@@ -36,7 +36,16 @@ pub(super) fn link_mismatch(l: &PodLink, name: &str, mtu: u32, mac: [u8; 6]) -> 
 /// the MTU and MAC its node gives pods), on the node whose agent status is `node`.
 pub(crate) fn pod_end(pod: &PodReport, ip: Ipv4Addr, node: &Status) -> Vec<Hop> {
     let mut b = Builder { hops: vec![] };
-    pod_hops(&mut b, "pod", &ip.to_string(), ip, pod, node, None, None);
+    pod_hops(
+        &mut b,
+        "pod",
+        &ip.to_string(),
+        ip.into(),
+        pod,
+        node,
+        None,
+        None,
+    );
     b.hops
 }
 
@@ -46,6 +55,24 @@ pub(crate) fn pod_gateway(node: &Status) -> Option<Ipv4Addr> {
     node.pod_cidr.parse::<Ipv4Net>().ok().and_then(|c| c.nth(1))
 }
 
+/// The gateway of one family (`v6`: the first address of the node's IPv6 pod CIDR,
+/// which its bridge holds too).
+pub(crate) fn pod_gateway_of(node: &Status, v6: bool) -> Option<IpAddr> {
+    if v6 {
+        let c = node.pod_cidr6.parse::<Ipv6Net>().ok()?;
+        c.nth(1).map(IpAddr::V6)
+    } else {
+        pod_gateway(node).map(IpAddr::V4)
+    }
+}
+
+/// The MAC podnet gives the bridge of the node whose agent status is `node`.
+fn bridge_scheme_mac(node: &Status) -> String {
+    pod_gateway(node)
+        .map(|g| podnet_netlink::fmt_mac(&podnet_conventions::pod_mac(g)))
+        .unwrap_or_default()
+}
+
 /// The pod's own hops; every value is held against what its node (agent status
 /// `node`) gives pods: MTU, MAC, gateway.
 #[allow(clippy::too_many_arguments)]
@@ -53,10 +80,10 @@ pub(super) fn pod_hops(
     b: &mut Builder,
     where_: &str,
     name: &str,
-    ip: Ipv4Addr,
+    ip: IpAddr,
     pod: &PodReport,
     node: &Status,
-    peer: Option<Ipv4Addr>,
+    peer: Option<IpAddr>,
     path: Option<&PodPath>,
 ) {
     let Some(p) = pod.pod.as_ref().filter(|_| pod.found) else {
@@ -93,7 +120,7 @@ pub(super) fn pod_hops(
         (Some(g), None) => (
             g,
             format!("bridge {}", node.bridge),
-            podnet_netlink::fmt_mac(&podnet_conventions::pod_mac(g)),
+            bridge_scheme_mac(node),
         ),
         (
             None,
@@ -125,7 +152,7 @@ fn pod_iface_hops(
     b: &mut Builder,
     where_: &str,
     name: &str,
-    ip: Ipv4Addr,
+    ip: IpAddr,
     pod: &PodReport,
     p: &PodInside,
     node: &Status,
@@ -149,7 +176,7 @@ fn pod_iface_hops(
     let wrong = p
         .link
         .as_ref()
-        .and_then(|l| link_mismatch(l, &ifname, node.mtu, podnet_conventions::pod_mac(ip)));
+        .and_then(|l| link_mismatch(l, &ifname, node.mtu, podnet_conventions::pod_mac(pod.ip)));
     b.check(
         where_,
         "link",
@@ -183,10 +210,10 @@ fn pod_route_hop(
     pod: &PodReport,
     p: &PodInside,
     node: &Status,
-    other: Ipv4Addr,
-) -> Option<Ipv4Addr> {
-    let r = lookup(&p.routes, other);
-    let want_gw = pod_gateway(node);
+    other: IpAddr,
+) -> Option<IpAddr> {
+    let r = lookup(p.routes_for(other), other);
+    let want_gw = pod_gateway_of(node, other.is_ipv6());
     let gw = r.and_then(|r| r.gateway);
     // A gateway other than the bridge's sends the pod's packets nowhere.
     let wrong_gw = matches!((gw, want_gw), (Some(g), Some(w)) if g != w);
@@ -205,7 +232,11 @@ fn pod_route_hop(
         },
         r.map(route_text).unwrap_or_else(|| "(none)".into()),
         cmd(pod, &format!("route get {other}"), name),
-        "re-add the default route via the bridge gateway (ip route add default via <gateway>), or DEL and ADD the pod",
+        &format!(
+            "re-add the default route via the bridge gateway ({} route add default via {}), or DEL and ADD the pod",
+            if other.is_ipv6() { "ip -6" } else { "ip" },
+            want_gw.map(|g| g.to_string()).unwrap_or_else(|| "<gateway>".into())
+        ),
     );
     gw
 }
@@ -229,13 +260,13 @@ pub(super) fn pod_neigh_hop(
     name: &str,
     pod: &PodReport,
     p: &PodInside,
-    (target, role): (Ipv4Addr, &str),
+    (target, role): (IpAddr, &str),
     (whose, want): (&str, &str),
     macs: Option<&Macs>,
     down: Option<&str>,
 ) -> Hop {
     let ifname = pod.ifname.clone().unwrap_or_else(|| "eth0".into());
-    let n = p.neigh.iter().find(|n| n.ip == target);
+    let n = p.neigh_for(target).iter().find(|n| n.ip == target);
     let bad = n.zip(macs).and_then(|(n, m)| {
         poisoned(
             n,
@@ -266,7 +297,7 @@ pub(super) fn pod_neigh_hop(
         ),
         (Some(n), _) if n.state == "FAILED" => (
             "broken",
-            format!("{role}{target} does not answer ARP"),
+            format!("{role}{target} does not answer {}", resolution(target)),
             "the pod's host veth or the bridge is down (see the node hops)".into(),
         ),
         (Some(n), _) => (
@@ -293,6 +324,15 @@ pub(super) fn pod_neigh_hop(
             .unwrap_or_else(|| "(none)".into()),
         cmd: cmd(pod, &format!("neigh show {target}"), name),
         fix,
+    }
+}
+
+/// How a node or pod resolves `ip`'s MAC: ARP, or IPv6 neighbour solicitation.
+pub(super) fn resolution(ip: IpAddr) -> &'static str {
+    if ip.is_ipv6() {
+        "neighbour solicitation"
+    } else {
+        "ARP"
     }
 }
 
@@ -356,7 +396,7 @@ pub(crate) fn pod_down(macs: &Macs, pod: &PodReport, name: &str) -> Option<Strin
 pub(crate) fn node_neigh_for_pod(
     where_: &str,
     macs: &Macs,
-    ip: Ipv4Addr,
+    ip: IpAddr,
     pod: &PodReport,
     name: &str,
     on_path: bool,
@@ -364,7 +404,7 @@ pub(crate) fn node_neigh_for_pod(
     let (node, bridge) = (macs.node, &macs.st.bridge);
     let n = macs
         .state
-        .neigh
+        .neigh_for(ip)
         .iter()
         .filter(|n| n.ip == ip)
         .min_by_key(|n| n.dev != *bridge);
@@ -373,7 +413,7 @@ pub(crate) fn node_neigh_for_pod(
         .as_ref()
         .and_then(|p| p.link.as_ref())
         .map(|l| l.mac.clone())
-        .unwrap_or_else(|| podnet_netlink::fmt_mac(&podnet_conventions::pod_mac(ip)));
+        .unwrap_or_else(|| podnet_netlink::fmt_mac(&podnet_conventions::pod_mac(pod.ip)));
     let bad = n.and_then(|n| poisoned(n, &format!("{node}'s entry for {ip}"), name, &want, macs));
     let down = pod_down(macs, pod, name);
     let (status, detail, fix) = match (n, &bad) {
@@ -408,8 +448,11 @@ pub(crate) fn node_neigh_for_pod(
         ),
         (Some(n), _) if n.state == "FAILED" => (
             "broken",
-            format!("{node} could not resolve {ip} (ARP FAILED)"),
-            "the pod does not answer ARP: check its link and address (next hops)".into(),
+            format!("{node} could not resolve {ip} ({} FAILED)", resolution(ip)),
+            format!(
+                "the pod does not answer {}: check its link and address (next hops)",
+                resolution(ip)
+            ),
         ),
         (Some(n), _) => (
             "ok",

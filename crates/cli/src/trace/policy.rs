@@ -12,20 +12,21 @@ pub(super) fn policy_hop(
     where_: &str,
     node: &str,
     sock: &std::path::Path,
-    ip: Ipv4Addr,
-    peer: Ipv4Addr,
+    ip: IpAddr,
+    peer: IpAddr,
     dir: podnet_policy::Direction,
     flow: &Flow,
     names: (&str, &str),
 ) {
     let d = dir.as_str();
     let explain = format!(
-        "podnet policy explain {} {}{}",
+        "podnet policy explain {} {}{}{}",
         names.0,
         names.1,
         flow.port
             .map(|p| format!(" --port {p} --protocol {}", flow.proto.name()))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if ip.is_ipv6() { " --ipv6" } else { "" }
     );
     let v = match Client::new(sock).verdict(
         ip,
@@ -84,8 +85,8 @@ fn look_at(
 /// One end of a flow as its policy hop judges it.
 pub(super) struct PolicyEnd<'a> {
     pub(super) node: &'a str,
-    pub(super) ip: Ipv4Addr,
-    pub(super) peer: Ipv4Addr,
+    pub(super) ip: IpAddr,
+    pub(super) peer: IpAddr,
     pub(super) dir: podnet_policy::Direction,
     pub(super) flow: &'a Flow,
     /// The names the caller gave: (source, destination).
@@ -194,7 +195,14 @@ pub(super) fn fast_path_hop(b: &mut Builder, s: &End, d: &End, cross: bool) {
             .map(|h| h.name.clone())
             .unwrap_or_default(),
     );
-    let look = format!("tc filter show dev {veth} ingress; bpftool map dump pinned <bpf dir>/local_pods   (on {node})");
+    let map = if d.ip.is_ipv6() {
+        "local_pods6"
+    } else {
+        "local_pods"
+    };
+    let look = format!(
+        "tc filter show dev {veth} ingress; bpftool map dump pinned <bpf dir>/{map}   (on {node})"
+    );
     let Some(f) = fast else {
         b.add(
             "src-node",
@@ -226,7 +234,8 @@ pub(super) fn fast_path_hop(b: &mut Builder, s: &End, d: &End, cross: bool) {
         return;
     }
     let dip = d.ip.to_string();
-    let here = f.pods.contains(&dip);
+    let pods = if d.ip.is_ipv6() { &f.pods6 } else { &f.pods };
+    let here = pods.contains(&dip);
     b.add(
         "src-node",
         "fastpath",
@@ -234,9 +243,9 @@ pub(super) fn fast_path_hop(b: &mut Builder, s: &End, d: &End, cross: bool) {
         if here {
             format!("from_pod_policy on {veth} judges {dip}'s ingress and redirects into it (bpf_redirect_peer), skipping the bridge")
         } else {
-            format!("{dip} is not in local_pods: the bridge carries it (a pod made within the last second, or one without an anti-spoofing entry)")
+            format!("{dip} is not in {map}: the bridge carries it (a pod made within the last second, or one without an anti-spoofing entry)")
         },
-        format!("local_pods holds {} pods", f.pods.len()),
+        format!("{map} holds {} pods", pods.len()),
         look,
         "",
     );
@@ -251,11 +260,23 @@ pub(super) fn fast_path_in_hop(b: &mut Builder, d: &End) {
     let f = d.agent.policy().ok().and_then(|p| p.fast_path);
     let node = &d.node;
     let dip = d.ip.to_string();
+    // A pod's IPv6 address is in local_pods6, its IPv4 one in local_pods.
+    let map = if d.ip.is_ipv6() {
+        "local_pods6"
+    } else {
+        "local_pods"
+    };
+    let f = f.map(|mut f| {
+        if d.ip.is_ipv6() {
+            f.pods = std::mem::take(&mut f.pods6);
+        }
+        f
+    });
     let (status, detail) = match &f {
         Some(f) if !f.underlay_dev.is_empty() && f.pods.contains(&dip) => ("ok", format!("from_underlay on {}'s ingress takes the VXLAN encapsulation off, judges {dip}'s ingress and redirects into it (bpf_redirect_peer); frames that still reach {} get the same from from_overlay there", f.underlay_dev, f.overlay_dev)),
         Some(f) if !f.overlay_dev.is_empty() && f.pods.contains(&dip) => ("ok", format!("from_overlay on {}'s ingress judges {dip}'s ingress and redirects into it (bpf_redirect_peer)", f.overlay_dev)),
         Some(f) if f.overlay_dev.is_empty() => ("ok", format!("no overlay program on {node} (host-gw): packets for {dip} take the node's IP stack and the bridge")),
-        Some(_) => ("warn", format!("{dip} is not in {node}'s local_pods: the bridge carries it")),
+        Some(_) => ("warn", format!("{dip} is not in {node}'s {map}: the bridge carries it")),
         None => ("broken", format!("{node} runs --datapath ebpf but its fast path is not in place")),
     };
     b.add(

@@ -3,17 +3,28 @@
 
 use super::*;
 
-/// The most specific route in `routes` that covers `ip`.
-pub(super) fn lookup(routes: &[RouteState], ip: Ipv4Addr) -> Option<&RouteState> {
+/// The most specific route in `routes` that covers `ip` (routes of `ip`'s family).
+pub(super) fn lookup(routes: &[RouteState], ip: IpAddr) -> Option<&RouteState> {
     routes
         .iter()
         .filter_map(|r| {
-            let net: Ipv4Net = if r.dst == "default" {
-                "0.0.0.0/0".parse().ok()?
-            } else {
-                r.dst.parse().ok()?
+            let covers = |dst: &str| -> Option<u8> {
+                match ip {
+                    IpAddr::V4(a) => {
+                        let net: Ipv4Net = dst.parse().ok()?;
+                        net.contains(a).then_some(net.prefix())
+                    }
+                    IpAddr::V6(a) => {
+                        let net: Ipv6Net = dst.parse().ok()?;
+                        net.contains(a).then_some(net.prefix())
+                    }
+                }
             };
-            net.contains(ip).then_some((net.prefix(), r))
+            let prefix = match (r.dst.as_str(), ip) {
+                ("default", _) => 0,
+                (dst, _) => covers(dst)?,
+            };
+            Some((prefix, r))
         })
         .max_by_key(|(p, _)| *p)
         .map(|(_, r)| r)
@@ -23,15 +34,25 @@ pub(super) fn is_podnets(r: &RouteState) -> bool {
     r.protocol == podnet_conventions::RTPROT_PODNET
 }
 
+/// The peer's pod CIDR of one family (`v6`: its IPv6 one).
+pub(crate) fn peer_cidr(peer: &PeerStatus, v6: bool) -> &str {
+    if v6 {
+        &peer.pod_cidr6
+    } else {
+        &peer.pod_cidr
+    }
+}
+
 /// Why `r` (the route the lookup chose) is not the route podnet makes on a node
-/// with agent status `st` to `peer`: prefix, protocol, next hop and device
-/// (VXLAN: via the peer CIDR's first address on the VXLAN device, onlink;
-/// host-gw: via the peer's underlay address on the underlay device).
-/// `None` when it is that route.
+/// with agent status `st` to `peer` for one family (`v6`): prefix, protocol, next
+/// hop and device (VXLAN: via the peer CIDR's first address on the VXLAN device,
+/// onlink; host-gw: via the peer's underlay address on the underlay device;
+/// WireGuard over IPv6: straight to the device). `None` when it is that route.
 pub(crate) fn route_to_peer_mismatch(
     r: Option<&RouteState>,
     st: &Status,
     peer: Option<&PeerStatus>,
+    v6: bool,
 ) -> Option<String> {
     let Some(peer) = peer else {
         return Some("the agent knows no such peer".into());
@@ -39,7 +60,14 @@ pub(crate) fn route_to_peer_mismatch(
     let Some(r) = r else {
         return Some("no route covers it".into());
     };
-    if r.dst != peer.pod_cidr {
+    let cidr = peer_cidr(peer, v6);
+    if cidr.is_empty() {
+        return Some(format!(
+            "the agent knows no IPv6 pod CIDR of {}: it is not dual-stack",
+            peer.name
+        ));
+    }
+    if r.dst != cidr {
         return Some(format!("the lookup gives {}", route_text(r)));
     }
     if !is_podnets(r) {
@@ -48,28 +76,43 @@ pub(crate) fn route_to_peer_mismatch(
             route_text(r)
         ));
     }
-    let (gw, dev, onlink) = podnet_route(st, peer);
+    let (gw, dev, onlink) = podnet_route(st, peer, v6);
     let rgw = r.gateway.map(|g| g.to_string()).unwrap_or_default();
     if rgw != gw || r.dev.as_deref().unwrap_or("") != dev || r.onlink != onlink {
         return Some(format!(
-            "the route {} should go via {gw} dev {dev}{}",
+            "the route {} should go {}",
             route_text(r),
-            if onlink { " onlink" } else { "" }
+            via_text(&gw, &dev, onlink)
         ));
     }
     None
 }
 
-/// Next hop, device and onlink of the route podnet makes to `peer` on a node
-/// with agent status `st`.
-pub(super) fn podnet_route(st: &Status, peer: &PeerStatus) -> (String, String, bool) {
+/// `via GW dev DEV [onlink]`, or `dev DEV` without a next hop.
+fn via_text(gw: &str, dev: &str, onlink: bool) -> String {
+    let via = if gw.is_empty() {
+        String::new()
+    } else {
+        format!("via {gw} ")
+    };
+    format!("{via}dev {dev}{}", if onlink { " onlink" } else { "" })
+}
+
+/// Next hop (empty: none), device and onlink of the route podnet makes to `peer` on
+/// a node with agent status `st`, for one family (`v6`).
+pub(super) fn podnet_route(st: &Status, peer: &PeerStatus, v6: bool) -> (String, String, bool) {
     let first = || {
-        peer.pod_cidr
-            .parse::<Ipv4Net>()
-            .map(|n| n.network().to_string())
-            .unwrap_or_default()
+        let cidr = peer_cidr(peer, v6);
+        let net = if v6 {
+            cidr.parse::<Ipv6Net>().map(|n| n.network().to_string())
+        } else {
+            cidr.parse::<Ipv4Net>().map(|n| n.network().to_string())
+        };
+        net.unwrap_or_default()
     };
     match (&st.wireguard, st.vxlan_dev.is_empty()) {
+        // WireGuard picks the peer by its allowed IPs: IPv6 goes straight to the device.
+        (Some(w), _) if v6 => (String::new(), w.device.clone(), false),
         (Some(w), _) => (first(), w.device.clone(), true),
         (None, false) => (first(), st.vxlan_dev.clone(), true),
         (None, true) => (peer.underlay_ip.clone(), st.underlay_dev.clone(), false),
@@ -144,13 +187,15 @@ pub(crate) fn wireguard_peer_mismatch<'a>(
 }
 
 /// The WireGuard peer a node holds for `peer`, as a hop (with the latest handshake's
-/// age in its detail).
+/// age in its detail). `v6`: the peer must also allow the peer's IPv6 pod CIDR (the
+/// device drops what no peer's allowed IPs cover).
 pub(super) fn wireguard_peer_hop(
     b: &mut Builder,
     where_: &str,
     node: &str,
     (st, peer): (&Status, Option<&PeerStatus>),
     peer_st: Option<&Status>,
+    v6: bool,
 ) {
     let dev = st
         .wireguard
@@ -169,7 +214,18 @@ pub(super) fn wireguard_peer_hop(
         );
         return;
     };
-    let r = wireguard_peer_mismatch(st, p, peer_st);
+    let r = wireguard_peer_mismatch(st, p, peer_st).and_then(|c| {
+        if v6 && !c.allowed_ips.contains(&p.pod_cidr6) {
+            return Err(format!(
+                "{dev}'s peer for {} allows {}, not its IPv6 pod CIDR {}: the device drops IPv6 for {}'s pods",
+                p.name,
+                c.allowed_ips.join(","),
+                p.pod_cidr6,
+                p.name
+            ));
+        }
+        Ok(c)
+    });
     let kernel = st
         .wireguard
         .as_ref()
@@ -213,18 +269,19 @@ pub(super) fn wireguard_peer_hop(
     );
 }
 
-/// The command that puts podnet's route to `peer` back by hand.
-pub(crate) fn route_fix(st: &Status, peer: Option<&PeerStatus>) -> String {
+/// The command that puts podnet's route to `peer` (of one family, `v6`) back by hand.
+pub(crate) fn route_fix(st: &Status, peer: Option<&PeerStatus>, v6: bool) -> String {
+    let ip = if v6 { "ip -6" } else { "ip" };
     let add = match peer {
         Some(p) => {
-            let (gw, dev, onlink) = podnet_route(st, p);
+            let (gw, dev, onlink) = podnet_route(st, p, v6);
             format!(
-                "ip route replace {} via {gw} dev {dev}{} proto 0x50",
-                p.pod_cidr,
-                if onlink { " onlink" } else { "" }
+                "{ip} route replace {} {} proto 0x50",
+                peer_cidr(p, v6),
+                via_text(&gw, &dev, onlink)
             )
         }
-        None => "ip route replace <peer CIDR> via <next hop> dev <device> proto 0x50".into(),
+        None => format!("{ip} route replace <peer CIDR> via <next hop> dev <device> proto 0x50"),
     };
     format!(
         "podnetd restores it within a second unless it runs with --no-repair; or by hand: {add}"

@@ -7,21 +7,25 @@ use super::{trace, Agents, Flow, Hop, Trace};
 use anyhow::{Context, Result};
 use podnet_api::{Client, Request, ServicePort, ServiceReport};
 use podnet_cni_spec::Ipv4Net;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// Whether `dst` is a Service rather than a pod: not an address of any node's pod
-/// CIDR nor a pod name the cluster knows.
+/// CIDR (of either family) nor a pod name the cluster knows.
 pub(super) fn is_service(agents: &dyn Agents, dst: &str) -> bool {
     if agents.pod_ip(dst).is_some() {
         return false;
     }
-    let Ok(ip) = dst.parse::<Ipv4Addr>() else {
+    let Ok(ip) = dst.parse::<IpAddr>() else {
         return true;
     };
     !agents.nodes().iter().any(|(_, sock)| {
-        Client::new(sock)
-            .status()
-            .is_ok_and(|st| st.pod_cidr.parse::<Ipv4Net>().is_ok_and(|c| c.contains(ip)))
+        Client::new(sock).status().is_ok_and(|st| match ip {
+            IpAddr::V4(a) => st.pod_cidr.parse::<Ipv4Net>().is_ok_and(|c| c.contains(a)),
+            IpAddr::V6(a) => st
+                .pod_cidr6
+                .parse::<podnet_cni_spec::net::Ipv6Net>()
+                .is_ok_and(|c| c.contains(a)),
+        })
     })
 }
 
@@ -85,13 +89,16 @@ pub fn trace_service(agents: &dyn Agents, src: &str, svc: &str, flow: &Flow) -> 
         ),
         _ => (svc, flow),
     };
-    let sip: Ipv4Addr = super::target(agents, src)?;
+    let IpAddr::V4(sip) = super::target(agents, src)? else {
+        anyhow::bail!("{src} is an IPv6 address: podnet traces Services over IPv4 only so far; give the client pod by name or IPv4 address");
+    };
     let (node, report) = translation(agents, sip, svc, flow.port.unwrap_or(0), flow.proto)?;
     let (hop, backend) = translation_hop(&report, &node, svc, flow);
     // Only the translation hop, when there is nothing to follow.
     let alone = |hops: Vec<Hop>, verdict: &str| Trace {
         src: format!("{src} ({sip} on {node})"),
         dst: svc.to_string(),
+        family: super::Family::Ipv4,
         flow: flow.describe(),
         verdict: verdict.into(),
         broken_hop: hops.iter().find(|h| h.status == "broken").cloned(),
@@ -126,7 +133,7 @@ pub fn trace_service(agents: &dyn Agents, src: &str, svc: &str, flow: &Flow) -> 
         proto: flow.proto,
         port: Some(b.port),
     };
-    let mut t = trace(agents, src, &b.ip.to_string(), &to_backend)?;
+    let mut t = trace(agents, src, &b.ip.to_string(), &to_backend, None)?;
     let at = t
         .hops
         .iter()

@@ -2,7 +2,7 @@
 //! `wireguard`): the arguments turned into `podnet_cli` calls, with the lab's names
 //! when `--lab` is given.
 
-use super::args::{Cmd, Output, PolicyCmd, Proto, VerdictFilter, WireguardCmd};
+use super::args::{Cmd, Output, PolicyCmd, Proto, TraceFamily, VerdictFilter, WireguardCmd};
 use super::{agent_sockets, agents, emit, open_lab};
 use anyhow::{Context, Result};
 
@@ -94,6 +94,7 @@ pub(super) fn trace(cmd: Cmd) -> Result<()> {
         agent,
         port,
         protocol,
+        family,
         output,
     } = cmd
     else {
@@ -108,9 +109,30 @@ pub(super) fn trace(cmd: Cmd) -> Result<()> {
         },
         port,
     };
-    let t = podnet_cli::trace::trace(&*agents(lab, agent)?, &src, &dst, &flow)?;
-    emit(output, &t, podnet_cli::trace::render)?;
-    if t.broken_hop.is_some() {
+    use podnet_cli::trace::Family;
+    let agents = agents(lab, agent)?;
+    let one = |f: Option<Family>| podnet_cli::trace::trace(&*agents, &src, &dst, &flow, f);
+    let broken = match family {
+        Some(TraceFamily::Both) => {
+            let ts = vec![one(Some(Family::Ipv4))?, one(Some(Family::Ipv6))?];
+            emit(output, &ts, |ts| {
+                ts.iter()
+                    .map(podnet_cli::trace::render)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?;
+            ts.iter().any(|t| t.broken_hop.is_some())
+        }
+        f => {
+            let t = one(f.map(|f| match f {
+                TraceFamily::Ipv6 => Family::Ipv6,
+                _ => Family::Ipv4,
+            }))?;
+            emit(output, &t, podnet_cli::trace::render)?;
+            t.broken_hop.is_some()
+        }
+    };
+    if broken {
         std::process::exit(1);
     }
     Ok(())

@@ -35,7 +35,8 @@ pub(crate) enum Cmd {
     /// node (through its agent), with probes of the overlay's port (VXLAN or WireGuard)
     /// and the path MTU; names the first broken hop, the command that shows it and the
     /// fix. On the WireGuard path: each node's device and its peer for the other node
-    /// (key, endpoint, latest handshake).
+    /// (key, endpoint, latest handshake). A dual-stack pod's IPv6 path is traced
+    /// with --family ipv6 or by giving its IPv6 address.
     Trace {
         /// Source pod: a lab pod (p1a, or namespace/name) or an IP.
         src: String,
@@ -61,6 +62,12 @@ pub(crate) enum Cmd {
             ignore_case = true
         )]
         protocol: Proto,
+        /// The address family to follow: by default the family of the addresses given
+        /// (IPv4 for pod names). `ipv6` follows the pods' IPv6 addresses (its routes,
+        /// neighbour entries, forwarding, policy entries and fast-path map); `both`
+        /// traces each family in turn (JSON: an array) and fails if either is broken.
+        #[arg(long, value_enum)]
+        family: Option<TraceFamily>,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -407,6 +414,13 @@ pub(crate) enum LabCmd {
         #[arg(long, default_value = "")]
         sctp: String,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(crate) enum TraceFamily {
+    Ipv4,
+    Ipv6,
+    Both,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

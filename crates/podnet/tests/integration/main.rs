@@ -26,6 +26,7 @@ mod real_services;
 mod semantics;
 mod services;
 mod trace;
+mod trace_ipv6;
 mod upgrade;
 mod verbs;
 mod wireguard;

@@ -232,8 +232,8 @@ fn policy_programs_on_test_packets() {
     // The refusals were counted per pod and direction, and for the closed address.
     assert_counted(&mnt, pod.into(), 5, 1);
     // The kernel holds the pod as programmed, and not the closed address.
-    assert!(ebpf::holds(&mnt.0.join("node"), pod));
-    assert!(!ebpf::holds(&mnt.0.join("node"), closed));
+    assert!(ebpf::holds(&mnt.0.join("node"), pod.into()));
+    assert!(!ebpf::holds(&mnt.0.join("node"), closed.into()));
     drop(dp);
 }
 
@@ -324,6 +324,10 @@ fn policy_programs_judge_ipv6_test_packets() {
         },
     )]);
     let (dp, to_pod, from_pod) = load(&mnt, &tables, node.into());
+    // What trace and doctor read: the pod's IPv6 address is programmed
+    // (pod_policy6), a closed one is not.
+    assert!(ebpf::holds(&mnt.0.join("node"), pod.into()));
+    assert!(!ebpf::holds(&mnt.0.join("node"), closed.into()));
     let run = |prog: &std::os::fd::OwnedFd, f: &[u8]| bpf::test_run(prog, f).expect("test run");
     let with = |parts: &[&[u8]]| parts.concat();
     let udp = |sport: u16, dport: u16| {

@@ -117,8 +117,8 @@ pub trait Enforcer: Send {
         None
     }
 
-    /// Whether the kernel holds `ip` as a programmed pod.
-    fn holds(&self, ip: Ipv4Addr) -> bool;
+    /// Whether the kernel holds `ip` (either of a pod's addresses) as a programmed pod.
+    fn holds(&self, ip: std::net::IpAddr) -> bool;
 
     /// Packets refused per pod and direction, and to or from closed addresses.
     fn counters(&self) -> Result<(DeniedCounts, u64), Failure>;

@@ -6,7 +6,6 @@ use crate::policy::filters::{Filters, VethCheck};
 use crate::Failure;
 use podnet_conventions::PolicyDatapath;
 use podnet_netlink::Socket;
-use std::net::Ipv4Addr;
 
 pub struct NoPolicy;
 
@@ -44,7 +43,7 @@ impl Enforcer for NoPolicy {
         Ok(())
     }
 
-    fn holds(&self, _ip: Ipv4Addr) -> bool {
+    fn holds(&self, _ip: std::net::IpAddr) -> bool {
         false
     }
 

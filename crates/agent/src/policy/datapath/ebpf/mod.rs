@@ -21,7 +21,6 @@ use crate::policy::filters::{attach, pod_veths, Filters, VethCheck};
 use crate::Failure;
 use podnet_conventions::{PolicyDatapath, PolicyPrograms};
 use podnet_netlink::Socket;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 pub struct Ebpf {
@@ -195,7 +194,7 @@ impl Enforcer for Ebpf {
         self.dp.as_deref_mut()
     }
 
-    fn holds(&self, ip: Ipv4Addr) -> bool {
+    fn holds(&self, ip: std::net::IpAddr) -> bool {
         self.dir.as_deref().is_some_and(|d| holds(d, ip))
     }
 

@@ -10,7 +10,7 @@ use podnet_bpf_abi::{
 };
 use podnet_policy::Direction;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 
 /// A map pinned in `dir`, read from the kernel (what the API reports: the kernel's
@@ -41,13 +41,20 @@ pub fn budget_stats(dir: &Path) -> Result<Vec<(&'static str, u64)>, Failure> {
     .collect()
 }
 
-/// Whether the kernel holds `ip` as a programmed pod.
-pub fn holds(dir: &Path, ip: Ipv4Addr) -> bool {
-    pinned(dir, "pod_policy")
-        .ok()
-        .and_then(|m| HashMap::<_, u32, u32>::try_from(m).ok())
-        .and_then(|m| m.get(&raw(ip), 0).ok())
-        .is_some_and(|f| f & POD_PROGRAMMED != 0)
+/// Whether the kernel holds `ip` as a programmed pod (an IPv6 address in
+/// `pod_policy6`).
+pub fn holds(dir: &Path, ip: std::net::IpAddr) -> bool {
+    let flags = match ip {
+        std::net::IpAddr::V4(ip) => pinned(dir, "pod_policy")
+            .ok()
+            .and_then(|m| HashMap::<_, u32, u32>::try_from(m).ok())
+            .and_then(|m| m.get(&raw(ip), 0).ok()),
+        std::net::IpAddr::V6(ip) => pinned(dir, "pod_policy6")
+            .ok()
+            .and_then(|m| HashMap::<_, podnet_bpf_abi::In6, u32>::try_from(m).ok())
+            .and_then(|m| m.get(&super::tables::in6(ip), 0).ok()),
+    };
+    flags.is_some_and(|f| f & POD_PROGRAMMED != 0)
 }
 
 /// Sets switch `slot` of the pinned `config` array; true if it changed.

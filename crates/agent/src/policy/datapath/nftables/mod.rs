@@ -16,7 +16,6 @@ use podnet_cni_spec::Ipv4Net;
 use podnet_conventions::{Ipv6Net, PolicyDatapath};
 use podnet_netlink::Socket;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 
 pub struct Nftables {
@@ -192,8 +191,13 @@ impl Enforcer for Nftables {
         Ok(())
     }
 
-    fn holds(&self, ip: Ipv4Addr) -> bool {
-        table::holds("programmed", &ip.to_string())
+    fn holds(&self, ip: std::net::IpAddr) -> bool {
+        let set = if ip.is_ipv6() {
+            "programmed6"
+        } else {
+            "programmed"
+        };
+        table::holds(set, &ip.to_string())
     }
 
     fn counters(&self) -> Result<(DeniedCounts, u64), Failure> {
