@@ -256,6 +256,8 @@ struct ul_config {
 	u32 cluster_net;    /* host order */
 	u32 cluster_mask;   /* host order; 0: no source binding */
 	u32 host_gw;        /* 1: pods' traffic crosses the underlay plain */
+	u8 cluster6_net[16]; /* a dual-stack cluster's IPv6 range */
+	u32 cluster6_prefix; /* its prefix length; 0: no IPv6 source binding */
 };
 
 /* The key of podnet_ulcidrs (LPM trie, host-gw): which peer a pod source belongs to. */

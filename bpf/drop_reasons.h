@@ -36,6 +36,6 @@
 	U(1, VXLAN_INNER,   "vxlan-inner",   "VXLAN whose inner source is not an address of the sending peer (its pod CIDRs or its underlay address)") \
 	U(2, VXLAN_FRAME,   "vxlan-frame",   "VXLAN whose inner frame is not IPv4, IPv6 or ARP, or is truncated") \
 	U(3, WIREGUARD_SRC, "wireguard-src", "datagrams to the WireGuard port from an address that is not a peer node's underlay address") \
-	U(4, POD_SRC,       "pod-src",       "plain IPv4 with a pod source from the underlay: with an overlay (pods' traffic is encapsulated), from a source of this node's, or (host-gw) from a MAC that is not the peer's owning that source")
+	U(4, POD_SRC,       "pod-src",       "plain IPv4 with a pod source from the underlay: with an overlay (pods' traffic is encapsulated), from a source of this node's, or (host-gw) from a MAC that is not the peer's owning that source; plain IPv6 with a source in the cluster's IPv6 range")
 
 #define PODNET_UNDERLAY_DROP_MAX (0 PODNET_UNDERLAY_DROPS(PODNET_DROP_ONE))

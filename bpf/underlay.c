@@ -20,7 +20,10 @@
  * overlay it never comes from the wire (a host forging a pod source is refused); with
  * host-gw it must come from the MAC of the peer whose pod CIDR holds the source, never
  * claim this node's own pods (podnet_ulcidrs: pod CIDR -> the owner's underlay MAC, as
- * the node's neighbour table holds it; unknown while unresolved).
+ * the node's neighbour table holds it; unknown while unresolved). Plain IPv6 whose
+ * source is in a dual-stack cluster's IPv6 range never comes from the wire either
+ * (pods' IPv6 crosses inside the overlay; host-gw does not carry IPv6): a host on an
+ * underlay that carries IPv6 cannot forge a pod's IPv6 address to this node's pods.
  *
  * Pods never reach these ports at all: from_pod.c drops a pod's UDP to them unless it
  * goes to another pod. What this cannot stop: a host on the underlay network that
@@ -81,6 +84,19 @@ struct {
 	__uint(max_entries, PODNET_UNDERLAY_DROP_MAX);
 } podnet_uldrops SEC(".maps");
 
+/* Whether IPv6 address `a` lies in `net`/`prefix` (prefix 0..128). */
+INLINE int in_range6(const u8 *a, const u8 *net, u32 prefix)
+{
+#pragma unroll
+	for (int i = 0; i < 16; i++) {
+		u32 bits = prefix > (u32)(8 * i) ? prefix - 8 * i : 0;
+		u8 m = bits >= 8 ? 0xff : (u8)(0xff00 >> bits);
+		if ((a[i] ^ net[i]) & m)
+			return 0;
+	}
+	return 1;
+}
+
 INLINE int refuse(u32 reason)
 {
 	u64 *n = bpf_map_lookup_elem(&podnet_uldrops, &reason);
@@ -100,6 +116,15 @@ SEC("classifier/underlay_guard") int underlay_guard(struct __sk_buff *skb)
 	if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)))
 		return TC_ACT_UNSPEC;
 	u8 *ip = h + 14;
+	if (h[12] == 0x86 && h[13] == 0xdd) {
+		/* Plain IPv6 with a source in the cluster's IPv6 range: a forgery. */
+		u8 src6[16];
+		u32 prefix = c->cluster6_prefix;
+		if (!prefix || prefix > 128 || bpf_skb_load_bytes(skb, 14 + 8, src6, sizeof(src6)))
+			return TC_ACT_UNSPEC;
+		return in_range6(src6, c->cluster6_net, prefix) ? refuse(UL_DROP_POD_SRC)
+								 : TC_ACT_UNSPEC;
+	}
 	if (h[12] != 0x08 || h[13] != 0x00 || (ip[0] >> 4) != 4)
 		return TC_ACT_UNSPEC;
 	/* A pod source, plain on the wire: with an overlay never (pods' traffic crosses
@@ -157,14 +182,8 @@ SEC("classifier/underlay_guard") int underlay_guard(struct __sk_buff *skb)
 		if (!p->prefix6 || p->prefix6 > 128)
 			return refuse(UL_DROP_VXLAN_INNER);
 		const u8 *s6 = e + 14 + 8;
-		u32 prefix = p->prefix6;
-#pragma unroll
-		for (int i = 0; i < 16; i++) {
-			u32 bits = prefix > (u32)(8 * i) ? prefix - 8 * i : 0;
-			u8 m = bits >= 8 ? 0xff : (u8)(0xff00 >> bits);
-			if ((s6[i] ^ p->net6[i]) & m)
-				return refuse(UL_DROP_VXLAN_INNER);
-		}
+		if (!in_range6(s6, p->net6, p->prefix6))
+			return refuse(UL_DROP_VXLAN_INNER);
 		return TC_ACT_UNSPEC;
 	} else
 		return refuse(UL_DROP_VXLAN_FRAME);

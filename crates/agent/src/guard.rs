@@ -20,8 +20,10 @@
 //! anti-spoofing (`bpf/from_pod.c`, reason `overlay-port`). Plain traffic with a pod
 //! source never comes off the wire with an overlay; with host-gw it must come from the
 //! MAC of the peer owning the source (`podnet_ulcidrs`, filled each round from the
-//! node's neighbour table) and never claim this node's own pods. Every backend runs
-//! the guard.
+//! node's neighbour table) and never claim this node's own pods. Plain IPv6 with a
+//! source in a dual-stack cluster's IPv6 range never comes off the wire (pods' IPv6
+//! crosses in the overlay), so an underlay that carries IPv6 cannot forge it either.
+//! Every backend runs the guard.
 //!
 //! Every round the filter is verified like a route: missing, or replaced by another
 //! program, it is put back and the repair is logged and counted.
@@ -103,12 +105,13 @@ pub fn available() -> bool {
 impl Guard {
     /// Loads the program and its maps, guarding `vxlan_port` and `wireguard_port`
     /// (0: none) and binding plain traffic with a source in `cluster` (with `host_gw`,
-    /// to its owner's MAC; without, it is refused). Nothing is attached yet: see
-    /// [`Guard::sync`].
+    /// to its owner's MAC; without, it is refused); plain IPv6 with a source in
+    /// `cluster6` (a dual-stack cluster's IPv6 range) is always refused. Nothing is
+    /// attached yet: see [`Guard::sync`].
     pub fn load(
         vxlan_port: u16,
         wireguard_port: u16,
-        cluster: Ipv4Net,
+        (cluster, cluster6): (Ipv4Net, Option<podnet_cni_spec::net::Ipv6Net>),
         host_gw: bool,
     ) -> Result<Guard, Failure> {
         if OBJECT.is_empty() {
@@ -145,6 +148,8 @@ impl Guard {
             cluster_net: u32::from(cluster.network()) & mask(cluster.prefix()),
             cluster_mask: mask(cluster.prefix()),
             host_gw: host_gw as u32,
+            cluster6_net: cluster6.map_or([0; 16], |c| c.network().octets()),
+            cluster6_prefix: cluster6.map_or(0, |c| u32::from(c.prefix())),
         };
         let mut g = Guard {
             bpf,

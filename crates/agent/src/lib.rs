@@ -203,7 +203,10 @@ impl Agent {
             guard::Guard::load(
                 vxlan,
                 wireguard,
-                self.cfg.cluster_cidr,
+                (
+                    self.cfg.cluster_cidr,
+                    self.cfg.cluster_cidr6.map(|(c, _)| c),
+                ),
                 self.backend.plain_pod_sources(),
             )
             .map_err(Error::Guard)?,

@@ -13,8 +13,8 @@
 
 use crate::trace::{
     age, device_mismatch, echo_text, node_neigh_for_pod, pod_end, pod_gateway, pod_gateway_neigh,
-    route_fix, route_to_peer_mismatch, vtep_fdb_check, vtep_neigh_check, wireguard_peer_mismatch,
-    Agents, Macs, Overlay, Vtep, VtepWant,
+    route_fix, route_text, route_to_peer_mismatch, vtep_fdb_check, vtep_neigh_check,
+    wireguard_peer_mismatch, Agents, Macs, Overlay, Vtep, VtepWant,
 };
 use anyhow::{bail, Result};
 use podnet_api::Status;
@@ -400,8 +400,9 @@ fn peer_entries(
 }
 
 /// A dual-stack peer's IPv6 route (and, over VXLAN, its permanent neighbour), as
-/// podnetd plans them: over VXLAN via the range's first address on the device with
-/// that address at the peer's VTEP MAC; over WireGuard straight to the device.
+/// podnetd plans them and trace checks them: over VXLAN via the range's first address
+/// on the device with that address at the peer's VTEP MAC; over WireGuard straight to
+/// the device.
 fn peer_entries6(out: &mut Out, n: &NodeView, p: &podnet_api::PeerStatus) {
     let (name, cidr6) = (&p.name, &p.pod_cidr6);
     let Ok(net) = cidr6.parse::<podnet_conventions::Ipv6Net>() else {
@@ -412,35 +413,21 @@ fn peer_entries6(out: &mut Out, n: &NodeView, p: &podnet_api::PeerStatus) {
         None => (n.st.vxlan_dev.clone(), Some(net.network())),
     };
     let r = n.state.routes6.iter().find(|r| &r.dst == cidr6);
-    let ok = r.is_some_and(|r| {
-        r.dev.as_deref() == Some(dev.as_str()) && r.gateway == via.map(std::net::IpAddr::V6)
-    });
-    let shown = |gw: Option<std::net::IpAddr>, d: Option<&str>| {
-        let mut t = String::new();
-        if let Some(g) = gw {
-            t += &format!("via {g} ");
-        }
-        t + &format!("dev {}", d.unwrap_or("(none)"))
-    };
-    let cmd = match via {
-        Some(v) => format!("ip -6 route replace {cidr6} via {v} dev {dev} onlink proto 0x50"),
-        None => format!("ip -6 route replace {cidr6} dev {dev} proto 0x50"),
-    };
+    let bad = route_to_peer_mismatch(r, n.st, Some(p), true);
     out.check(
         &format!("route6 to {name}"),
-        ok,
-        match r {
-            None => format!(
-                "{name}'s IPv6 pod CIDR {cidr6} has no podnet route: its pods' IPv6 does not get there"
+        bad.is_none(),
+        match (&bad, r) {
+            (None, Some(r)) => route_text(r),
+            (Some(why), None) => format!(
+                "{name}'s IPv6 pod CIDR {cidr6} has no podnet route ({why}): its pods' IPv6 does not get there"
             ),
-            Some(r) if ok => format!("{cidr6} {}", shown(r.gateway, r.dev.as_deref())),
-            Some(r) => format!(
-                "{name}'s IPv6 pod CIDR {cidr6} goes {}, not {}",
-                shown(r.gateway, r.dev.as_deref()),
-                shown(via.map(std::net::IpAddr::V6), Some(&dev))
+            (why, _) => format!(
+                "{name}'s IPv6 pod CIDR {cidr6}: {}",
+                why.as_deref().unwrap_or_default()
             ),
         },
-        &format!("{cmd} (podnetd puts it back when repair is on)"),
+        &route_fix(n.st, Some(p), true),
     );
     let Some(via) = via else { return };
     let want = VtepWant::new(p, n.others.get(name).map(|o| (o, None)));

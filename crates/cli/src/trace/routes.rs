@@ -288,7 +288,7 @@ pub(crate) fn route_fix(st: &Status, peer: Option<&PeerStatus>, v6: bool) -> Str
     )
 }
 
-pub(super) fn route_text(r: &RouteState) -> String {
+pub(crate) fn route_text(r: &RouteState) -> String {
     let mut t = r.dst.clone();
     if let Some(g) = r.gateway {
         t.push_str(&format!(" via {g}"));

@@ -884,6 +884,32 @@ fn a_dual_stack_wireguard_lab_carries_ipv6_encrypted() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    // trace follows the IPv6 path through the WireGuard device: the route straight to
+    // the device (no next hop), the peer allowing node2's IPv6 range.
+    let o = podnet()
+        .args([
+            "trace", "p1a", "p2a", "--lab", &lab.name, "--family", "ipv6", "--output", "json",
+        ])
+        .output()
+        .unwrap();
+    let t: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(o.status.success() && t["verdict"] == "reachable", "{t}");
+    let hop = |where_: &str, what: &str| {
+        t["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["where"] == where_ && h["what"] == what)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {where_}/{what} hop: {t}"))
+    };
+    let r = hop("src-node", "route");
+    assert_eq!(
+        r["kernel"].as_str().unwrap(),
+        format!("{} dev podnet.wg proto 0x50", net(b)),
+        "{r}"
+    );
+    assert_eq!(hop("src-node", "wireguard-peer")["status"], "ok");
 }
 
 /// doctor checks a dual-stack peer's IPv6 route and neighbour: on a lab without repair,
@@ -934,8 +960,10 @@ fn doctor_names_a_missing_ipv6_route_and_a_wrong_ipv6_neighbour() {
     for check in ["route6 to node2", "neighbour6 for node2"] {
         let f = node1(check);
         assert_eq!(f["status"], "broken", "{f}");
-        // Its fix, run as given (`ip -6 …`), puts the entry back.
+        // Its fix, run as given (`ip -6 …`, after "by hand: " for the route), puts the
+        // entry back.
         let fix = f["fix"].as_str().unwrap();
+        let fix = fix.rsplit("by hand: ").next().unwrap();
         let cmd: Vec<&str> = fix.split(" (").next().unwrap().split(' ').collect();
         assert_eq!(cmd[..2], ["ip", "-6"], "{fix}");
         lab.sh("node1", &cmd);
@@ -950,4 +978,87 @@ fn doctor_names_a_missing_ipv6_route_and_a_wrong_ipv6_neighbour() {
     // Pods reach each other over IPv6 again.
     let a = lab_ip6(&st, "p1a");
     assert_eq!(tcp6(&lab.ns("p1a"), &lab.ns("p2a"), b, 7600), Ok(a));
+}
+
+/// The underlay guard refuses plain IPv6 whose source is in the cluster's IPv6 range:
+/// a host on the underlay (which carries IPv6 in a dual-stack lab) forging p1a's IPv6
+/// address towards p2a through node2 is dropped on node2's eth0 and counted as
+/// `pod-src`; the same datagram from that host's own underlay IPv6 address reaches
+/// p2a, so the negative check can fail. On both datapath pairs (the fast path's
+/// from_underlay runs after the guard).
+fn the_underlay_guard_refuses_forged_pod_ipv6_sources(extra: &[&str]) {
+    let lab = dual_lab(2, 1, extra);
+    let st = lab.json(&["status", "--output", "json"]);
+    let (a, b) = (lab_ip6(&st, "p1a"), lab_ip6(&st, "p2a"));
+    let mac = |node: &str| {
+        lab.ns(node)
+            .run(|| {
+                let mut s = podnet_netlink::Socket::route().unwrap();
+                link::get_by_name(&mut s, "eth0").unwrap().unwrap().mac
+            })
+            .unwrap()
+    };
+    let (mac1, mac2) = (mac("node1"), mac("node2"));
+    let rx = lab
+        .ns("p2a")
+        .run(|| UdpSocket::bind(SocketAddrV6::new(b, 7650, 0, 0)))
+        .unwrap()
+        .unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let frame = |src: Ipv6Addr, payload: &[u8]| {
+        probe::udp6_frame(
+            <[u8; 6]>::try_from(&mac2[..6]).unwrap(),
+            <[u8; 6]>::try_from(&mac1[..6]).unwrap(),
+            SocketAddrV6::new(src, 5555, 0, 0),
+            SocketAddrV6::new(b, 7650, 0, 0),
+            payload,
+        )
+    };
+    let node1 = lab.ns("node1");
+    let mut buf = [0u8; 64];
+    let own = podnet_lab::underlay_ip6(1);
+    wait_until(
+        "p2a receives a plain datagram from node1's underlay IPv6 address",
+        Duration::from_secs(10),
+        || {
+            probe::send_frame(&node1, "eth0", &frame(own, b"control")).unwrap();
+            matches!(rx.recv_from(&mut buf), Ok((n, f)) if &buf[..n] == b"control" && f.ip() == std::net::IpAddr::V6(own))
+        },
+    );
+    // What the control left queued is read first; then everything until 300 ms of
+    // silence, so a forged datagram behind controls is still seen.
+    while rx.recv_from(&mut buf).is_ok() {}
+    for _ in 0..3 {
+        probe::send_frame(&node1, "eth0", &frame(a, b"forged")).unwrap();
+    }
+    let mut got = false;
+    while let Ok((n, _)) = rx.recv_from(&mut buf) {
+        got |= &buf[..n] == b"forged";
+    }
+    assert!(
+        !got,
+        "a plain datagram forging p1a's IPv6 address reached p2a"
+    );
+    // The status carries the counters as of the agent's last round.
+    assert_eq!(st["nodes"][1]["name"], "node2");
+    wait_until("node2's guard counts them", Duration::from_secs(5), || {
+        let st = lab.json(&["status", "--output", "json"]);
+        st["nodes"][1]["underlay_guard"]["drops"]["pod-src"] == 3
+    });
+}
+
+#[test]
+fn the_underlay_guard_refuses_forged_pod_ipv6_sources_on_the_defaults() {
+    the_underlay_guard_refuses_forged_pod_ipv6_sources(&[]);
+}
+
+#[test]
+fn the_underlay_guard_refuses_forged_pod_ipv6_sources_on_the_bridge() {
+    the_underlay_guard_refuses_forged_pod_ipv6_sources(&[
+        "--datapath",
+        "bridge",
+        "--policy-datapath",
+        "nftables",
+    ]);
 }
