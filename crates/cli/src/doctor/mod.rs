@@ -12,9 +12,9 @@
 //! bridge ([`crate::trace::poisoned`]).
 
 use crate::trace::{
-    age, device_mismatch, echo_text, node_neigh_for_pod, pod_end, pod_gateway, pod_gateway_neigh,
-    route_fix, route_text, route_to_peer_mismatch, vtep_fdb_check, vtep_neigh_check,
-    wireguard_peer_mismatch, Agents, Macs, Overlay, Vtep, VtepWant,
+    age, device_mismatch, echo_text, node_neigh_for_pod, pod_end, pod_gateway_neigh,
+    pod_gateway_of, route_fix, route_text, route_to_peer_mismatch, vtep_fdb_check,
+    vtep_neigh_check, wireguard_peer_mismatch, Agents, Macs, Overlay, Vtep, VtepWant,
 };
 use anyhow::{bail, Result};
 use podnet_api::Status;
@@ -557,41 +557,77 @@ fn pods(out: &mut Out, n: &NodeView) {
                 continue;
             }
         };
-        for h in pod_end(&p, ip, st) {
+        for h in pod_end(&p, ip.into(), st) {
             out.put(&format!("pod {ip} {}", h.what), &h.status, h.detail, &h.fix);
         }
         // The node's entry for the pod must hold the pod's own MAC, and the pod's
         // entry for its gateway the bridge's: a poisoned one is the ARP attack landed.
-        let h = node_neigh_for_pod("node", &macs, ip.into(), &p, &pod_name, true);
-        out.put(&format!("pod {ip} neighbour"), &h.status, h.detail, &h.fix);
-        if let Some(h) = pod_gateway_neigh(&p, &pod_name, &macs) {
+        // Each family the pod has: a dual-stack pod's IPv6 checks carry a `6`.
+        let families = std::iter::once((std::net::IpAddr::V4(ip), ""))
+            .chain(p.ip6.map(|a| (std::net::IpAddr::V6(a), "6")));
+        for (addr, six) in families {
+            if addr.is_ipv6() {
+                // The pod holds its IPv6 address (its link was checked above).
+                for h in pod_end(&p, addr, st)
+                    .into_iter()
+                    .filter(|h| h.what == "addr")
+                {
+                    out.put(&format!("pod {ip} addr6"), &h.status, h.detail, &h.fix);
+                }
+            }
+            let h = node_neigh_for_pod("node", &macs, addr, &p, &pod_name, true);
             out.put(
-                &format!("pod {ip} gateway neighbour"),
+                &format!("pod {ip} neighbour{six}"),
                 &h.status,
                 h.detail,
                 &h.fix,
             );
+            if let Some(h) = pod_gateway_neigh(&p, &pod_name, &macs, addr.is_ipv6()) {
+                out.put(
+                    &format!("pod {ip} gateway neighbour{six}"),
+                    &h.status,
+                    h.detail,
+                    &h.fix,
+                );
+            }
+            pod_default_route(out, st, &p, ip, addr.is_ipv6());
         }
-        let Some(pod) = p.pod.as_ref().filter(|i| p.found && i.error.is_none()) else {
-            continue;
-        };
-        let default = pod.routes.iter().find(|r| r.dst == "default");
-        let want = pod_gateway(st).map(std::net::IpAddr::V4);
-        let via = default.and_then(|r| r.gateway);
-        let want_s = text(want);
-        out.check(
-            &format!("pod {ip} route"),
-            via.is_some() && via == want,
-            match (default, via) {
-                (None, _) => "the pod has no default route".into(),
-                (Some(_), Some(g)) if Some(g) != want => {
-                    format!("default via {g}, but the pod's gateway is {want_s} (the bridge)")
-                }
-                (Some(_), _) => format!("default via {want_s}"),
-            },
-            &format!("ip route replace default via {want_s} inside the pod, or DEL and ADD it"),
-        );
     }
+}
+
+/// The pod's default route of one family (`v6`: `pod <ip> route6`): via the gateway
+/// its node gives pods (the bridge's address of that family).
+fn pod_default_route(
+    out: &mut Out,
+    st: &Status,
+    p: &podnet_api::PodReport,
+    ip: std::net::Ipv4Addr,
+    v6: bool,
+) {
+    let Some(pod) = p.pod.as_ref().filter(|i| p.found && i.error.is_none()) else {
+        return;
+    };
+    let routes = if v6 { &pod.routes6 } else { &pod.routes };
+    let default = routes.iter().find(|r| r.dst == "default");
+    let want = pod_gateway_of(st, v6);
+    let via = default.and_then(|r| r.gateway);
+    let want_s = text(want);
+    let (six, cmd) = if v6 { ("6", "ip -6") } else { ("", "ip") };
+    out.check(
+        &format!("pod {ip} route{six}"),
+        via.is_some() && via == want,
+        match (default, via) {
+            (None, _) => format!(
+                "the pod has no {}default route",
+                if v6 { "IPv6 " } else { "" }
+            ),
+            (Some(_), Some(g)) if Some(g) != want => {
+                format!("default via {g}, but the pod's gateway is {want_s} (the bridge)")
+            }
+            (Some(_), _) => format!("default via {want_s}"),
+        },
+        &format!("{cmd} route replace default via {want_s} inside the pod, or DEL and ADD it"),
+    );
 }
 
 /// Nothing stale for departed peers.

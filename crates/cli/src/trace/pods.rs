@@ -34,18 +34,9 @@ pub(super) fn link_mismatch(l: &PodLink, name: &str, mtu: u32, mac: [u8; 6]) -> 
 
 /// The pod's own end as doctor checks it for every pod: found, address, link (with
 /// the MTU and MAC its node gives pods), on the node whose agent status is `node`.
-pub(crate) fn pod_end(pod: &PodReport, ip: Ipv4Addr, node: &Status) -> Vec<Hop> {
+pub(crate) fn pod_end(pod: &PodReport, ip: IpAddr, node: &Status) -> Vec<Hop> {
     let mut b = Builder { hops: vec![] };
-    pod_hops(
-        &mut b,
-        "pod",
-        &ip.to_string(),
-        ip.into(),
-        pod,
-        node,
-        None,
-        None,
-    );
+    pod_hops(&mut b, "pod", &ip.to_string(), ip, pod, node, None, None);
     b.hops
 }
 
@@ -336,17 +327,23 @@ pub(super) fn resolution(ip: IpAddr) -> &'static str {
     }
 }
 
-/// The pod's entry for its gateway as doctor checks it for every pod: it must hold
-/// the MAC of its node's bridge. `None`: the pod has no default route (its own check).
-/// `label`: the pod for people (`pod p1a`).
-pub(crate) fn pod_gateway_neigh(pod: &PodReport, label: &str, macs: &Macs) -> Option<Hop> {
+/// The pod's entry for its gateway (of one family, `v6`) as doctor checks it for
+/// every pod: it must hold the MAC of its node's bridge. `None`: the pod has no
+/// default route of that family (its own check). `label`: the pod for people (`pod
+/// p1a`).
+pub(crate) fn pod_gateway_neigh(
+    pod: &PodReport,
+    label: &str,
+    macs: &Macs,
+    v6: bool,
+) -> Option<Hop> {
     let name = label.strip_prefix("pod ").unwrap_or(label);
     let p = pod
         .pod
         .as_ref()
         .filter(|i| pod.found && i.error.is_none())?;
-    let gw = p
-        .routes
+    let routes = if v6 { &p.routes6 } else { &p.routes };
+    let gw = routes
         .iter()
         .find(|r| r.dst == "default")
         .and_then(|r| r.gateway)?;

@@ -214,3 +214,78 @@ fn trace_names_broken_ipv6_hops_on_the_defaults() {
 fn trace_names_broken_ipv6_hops_on_the_bridge_with_nftables() {
     trace_names_broken_ipv6_hops(&["bridge", "nftables"]);
 }
+
+/// doctor checks a dual-stack pod's IPv6 end as its IPv4 one (`addr6`, `route6`,
+/// `neighbour6`, `gateway neighbour6`): whole on a fresh lab; p1a's IPv6 default route
+/// removed is `route6` broken, with the command that puts it back; p1a's IPv6 entry
+/// for its gateway given p1b's MAC is `gateway neighbour6` broken, naming p1b.
+#[test]
+fn doctor_checks_each_dual_stack_pods_ipv6_end() {
+    let lab = TestLab::up(&[
+        "--nodes",
+        "1",
+        "--pods-per-node",
+        "2",
+        "--ip-family",
+        "dual",
+        "--no-repair",
+    ]);
+    let st = lab.json(&["status", "--output", "json"]);
+    let (p1a, _) = lab_pod(&st, "p1a");
+    let (_, p1b_mac) = lab_pod(&st, "p1b");
+    let a = lab_ip6(&st, "p1a");
+    let gw = podnet_cni_spec::net::Ipv6Net::truncating(a, 64)
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let check = |what: &str| -> Value {
+        let c = format!("pod {p1a} {what}");
+        lab.doctor_findings(&c)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no {c} finding"))
+    };
+    for what in ["addr6", "route6", "neighbour6", "gateway neighbour6"] {
+        assert_eq!(check(what)["status"], "ok", "{}", check(what));
+    }
+    lab.sh("p1a", &["ip", "-6", "route", "del", "default"]);
+    let f = check("route6");
+    assert_eq!(f["status"], "broken", "{f}");
+    assert!(
+        f["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no IPv6 default route"),
+        "{f}"
+    );
+    let fix = f["fix"].as_str().unwrap();
+    assert!(
+        fix.starts_with(&format!("ip -6 route replace default via {gw}")),
+        "{fix}"
+    );
+    let cmd: Vec<&str> = fix.split(" inside").next().unwrap().split(' ').collect();
+    lab.sh("p1a", &cmd);
+    assert_eq!(check("route6")["status"], "ok");
+    lab.sh(
+        "p1a",
+        &[
+            "ip",
+            "-6",
+            "neigh",
+            "replace",
+            &gw,
+            "lladdr",
+            &mac_text(p1b_mac),
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    );
+    let f = check("gateway neighbour6");
+    assert_eq!(f["status"], "broken", "{f}");
+    assert!(
+        f["detail"].as_str().unwrap().contains("pod p1b's MAC"),
+        "{f}"
+    );
+}
