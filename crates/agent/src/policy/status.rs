@@ -98,8 +98,11 @@ pub fn enforcement_problems(st: &PolicyState) -> Vec<String> {
 }
 
 /// The host veth (index, name) of the local pod at `ip` (either of its addresses),
-/// found by its anti-spoofing entry.
-fn veth_of(sock: &mut podnet_netlink::Socket, ip: std::net::IpAddr) -> Option<(u32, String)> {
+/// and the pod's IPv4 address, found by its anti-spoofing entry.
+fn veth_of(
+    sock: &mut podnet_netlink::Socket,
+    ip: std::net::IpAddr,
+) -> Option<(u32, String, std::net::Ipv4Addr)> {
     pod_veths(sock).ok()?.into_iter().find_map(|l| {
         podnet_netlink::antispoof::pod_state(sock, l.index)
             .ok()
@@ -107,7 +110,7 @@ fn veth_of(sock: &mut podnet_netlink::Socket, ip: std::net::IpAddr) -> Option<(u
             .filter(|st| {
                 std::net::IpAddr::V4(st.ip) == ip || st.ip6.map(std::net::IpAddr::V6) == Some(ip)
             })
-            .map(|_| (l.index, l.name.clone()))
+            .map(|st| (l.index, l.name.clone(), st.ip))
     })
 }
 
@@ -148,8 +151,12 @@ pub fn verdict(
     v.enforcement = dp.node_problems(&st.tables);
     let mut open_now = !v.enforcement.is_empty();
     let mut closed_now = false;
+    // The pod's IPv4 address, as its anti-spoofing entry holds it (refused pods are
+    // listed by it).
+    let mut ip4 = None;
     if let Ok(mut sock) = podnet_netlink::Socket::route() {
-        if let Some((index, name)) = veth_of(&mut sock, ip) {
+        if let Some((index, name, a)) = veth_of(&mut sock, ip) {
+            ip4 = Some(a);
             if open_now
                 && dir == Direction::Ingress
                 && filters_of(&mut sock, index).is_ok_and(|f| f.backstop)
@@ -168,20 +175,9 @@ pub fn verdict(
     }
     let Some((_, t)) = found else {
         v.allowed = open_now && !closed_now;
-        // Refused pods are listed by their IPv4 address; an IPv6 one's pod is found
-        // through its anti-spoofing entry.
-        let ip_s = match ip {
-            std::net::IpAddr::V4(a) => a.to_string(),
-            std::net::IpAddr::V6(_) => podnet_netlink::Socket::route()
-                .ok()
-                .and_then(|mut s| {
-                    let (index, _) = veth_of(&mut s, ip)?;
-                    podnet_netlink::antispoof::pod_state(&mut s, index)
-                        .ok()
-                        .flatten()
-                })
-                .map(|st| st.ip.to_string())
-                .unwrap_or_default(),
+        let ip_s = match (ip, ip4) {
+            (std::net::IpAddr::V4(a), _) | (_, Some(a)) => a.to_string(),
+            (std::net::IpAddr::V6(_), None) => String::new(),
         };
         v.refused = st
             .refused
