@@ -266,6 +266,13 @@ struct ul_cidr_key {
 	u32 addr; /* network order */
 };
 
+/* The key of podnet_ulcidrs6 (LPM trie, host-gw on a dual-stack cluster): which peer
+ * an IPv6 pod source belongs to. Values are struct ul_cidr, as for IPv4. */
+struct ul_cidr6_key {
+	u32 prefixlen;
+	u8 addr[16];
+};
+
 /* A podnet_ulcidrs value: the underlay MAC of the peer owning a pod CIDR. */
 struct ul_cidr {
 	u8 mac[6]; /* all zero: not known yet (its neighbour unresolved): any */

@@ -21,9 +21,11 @@
  * host-gw it must come from the MAC of the peer whose pod CIDR holds the source, never
  * claim this node's own pods (podnet_ulcidrs: pod CIDR -> the owner's underlay MAC, as
  * the node's neighbour table holds it; unknown while unresolved). Plain IPv6 whose
- * source is in a dual-stack cluster's IPv6 range never comes from the wire either
- * (pods' IPv6 crosses inside the overlay; host-gw does not carry IPv6): a host on an
- * underlay that carries IPv6 cannot forge a pod's IPv6 address to this node's pods.
+ * source is in a dual-stack cluster's IPv6 range is bound the same way: with an
+ * overlay it never comes from the wire (pods' IPv6 crosses inside it); with host-gw
+ * only from the MAC of the peer owning that IPv6 pod CIDR (podnet_ulcidrs6), never
+ * claiming this node's own. A host on an underlay that carries IPv6 cannot forge a
+ * pod's IPv6 address to this node's pods.
  *
  * Pods never reach these ports at all: from_pod.c drops a pod's UDP to them unless it
  * goes to another pod. What this cannot stop: a host on the underlay network that
@@ -34,6 +36,8 @@
  * in atomically; the filter holds them while podnetd is down):
  * - podnet_ulpeers: peer underlay address (network order) -> its pod CIDR (and IPv6
  *   pod CIDR).
+ * - podnet_ulcidrs / podnet_ulcidrs6 (host-gw): pod CIDR of either family -> the
+ *   owning peer's underlay MAC, or this node's own.
  * - podnet_ulconf: the ports guarded (host order; 0: none).
  * - podnet_uldrops: packets dropped, one counter per reason in drop_reasons.h
  *   (PODNET_UNDERLAY_DROPS).
@@ -78,6 +82,14 @@ struct {
 } podnet_ulcidrs SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ul_cidr6_key);
+	__type(value, struct ul_cidr);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} podnet_ulcidrs6 SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, u32);
 	__type(value, u64);
@@ -95,6 +107,19 @@ INLINE int in_range6(const u8 *a, const u8 *net, u32 prefix)
 			return 0;
 	}
 	return 1;
+}
+
+/* host-gw: whether a plain packet with a pod source whose owner entry is `o` (NULL:
+ * no peer's) may come from the Ethernet source in `h` (the frame's first bytes): not
+ * a local pod's, and from the owner's MAC when the neighbour table knows it. */
+INLINE int from_owner(const struct ul_cidr *o, const u8 *h)
+{
+	if (!o || o->local)
+		return 0;
+	if (!(o->mac[0] | o->mac[1] | o->mac[2] | o->mac[3] | o->mac[4] | o->mac[5]))
+		return 1;
+	return o->mac[0] == h[6] && o->mac[1] == h[7] && o->mac[2] == h[8] && o->mac[3] == h[9] &&
+	       o->mac[4] == h[10] && o->mac[5] == h[11];
 }
 
 INLINE int refuse(u32 reason)
@@ -117,13 +142,17 @@ SEC("classifier/underlay_guard") int underlay_guard(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	u8 *ip = h + 14;
 	if (h[12] == 0x86 && h[13] == 0xdd) {
-		/* Plain IPv6 with a source in the cluster's IPv6 range: a forgery. */
-		u8 src6[16];
+		/* Plain IPv6 with a source in the cluster's IPv6 range: with an overlay a
+		 * forgery; with host-gw only from the owning peer's MAC. */
 		u32 prefix = c->cluster6_prefix;
-		if (!prefix || prefix > 128 || bpf_skb_load_bytes(skb, 14 + 8, src6, sizeof(src6)))
+		struct ul_cidr6_key k6 = {.prefixlen = 128};
+		if (!prefix || prefix > 128 || bpf_skb_load_bytes(skb, 14 + 8, k6.addr, sizeof(k6.addr)))
 			return TC_ACT_UNSPEC;
-		return in_range6(src6, c->cluster6_net, prefix) ? refuse(UL_DROP_POD_SRC)
-								 : TC_ACT_UNSPEC;
+		if (!in_range6(k6.addr, c->cluster6_net, prefix))
+			return TC_ACT_UNSPEC;
+		if (c->host_gw && from_owner(bpf_map_lookup_elem(&podnet_ulcidrs6, &k6), h))
+			return TC_ACT_UNSPEC;
+		return refuse(UL_DROP_POD_SRC);
 	}
 	if (h[12] != 0x08 || h[13] != 0x00 || (ip[0] >> 4) != 4)
 		return TC_ACT_UNSPEC;
@@ -134,12 +163,7 @@ SEC("classifier/underlay_guard") int underlay_guard(struct __sk_buff *skb)
 		if (!c->host_gw)
 			return refuse(UL_DROP_POD_SRC);
 		struct ul_cidr_key ck = {.prefixlen = 32, .addr = raw32(ip + 12)};
-		struct ul_cidr *o = bpf_map_lookup_elem(&podnet_ulcidrs, &ck);
-		if (!o || o->local)
-			return refuse(UL_DROP_POD_SRC);
-		if ((o->mac[0] | o->mac[1] | o->mac[2] | o->mac[3] | o->mac[4] | o->mac[5]) &&
-		    (o->mac[0] != h[6] || o->mac[1] != h[7] || o->mac[2] != h[8] || o->mac[3] != h[9] ||
-		     o->mac[4] != h[10] || o->mac[5] != h[11]))
+		if (!from_owner(bpf_map_lookup_elem(&podnet_ulcidrs, &ck), h))
 			return refuse(UL_DROP_POD_SRC);
 		return TC_ACT_UNSPEC;
 	}

@@ -4,18 +4,21 @@
 # kubelet and kube-proxy on every node, podnet installed from deploy/, CoreDNS.
 #
 #   scripts/e2e.sh [--datapath ebpf|bridge] [--policy-datapath ebpf|nftables]
-#                  [--proxy-mode nftables|iptables] [--suite NAME]... [--focus REGEX]
-#                  [--keep]
+#                  [--proxy-mode nftables|iptables] [--ip-family ipv4|dual]
+#                  [--suite NAME]... [--focus REGEX] [--keep]
 #
 # The datapaths default as podnet's do: the eBPF fast path with the eBPF policy
 # datapath; --policy-datapath nftables alone brings --datapath bridge, and
 # --datapath bridge alone brings nftables.
 #
-# Suites (default: all four; --focus replaces them with one regex of your own):
+# Suites (default: all four, and dualstack with --ip-family dual; --focus replaces
+# them with one regex of your own):
 #   netpol    \[sig-network\] Netpol            (SCTP cases skipped: no SCTP in this kernel)
 #   granular  \[sig-network\] Networking Granular Checks: Pods
 #   services  \[sig-network\] Services  ... [Conformance]
 #   dns       \[sig-network\] DNS ... [Conformance]
+#   dualstack \[Feature:IPv6DualStack\]         (--ip-family dual: a dual-stack cluster,
+#             both families' pod and Service ranges, kubelets reporting both node IPs)
 # Prints passed/failed/skipped per suite; keeps each suite's JUnit report and log in
 # $PODNET_E2E_OUT (default /var/tmp/podnet-e2e/<datapaths>-<time>/). Builds what is
 # missing first (cached: scripts/kubernetes.sh, scripts/real-nodes.sh --e2e, cargo).
@@ -30,6 +33,7 @@ datapath=""
 policy=""
 proxy=nftables
 focus=""
+family=ipv4
 keep=false
 suites=()
 while [ $# -gt 0 ]; do
@@ -39,8 +43,9 @@ while [ $# -gt 0 ]; do
     --proxy-mode) proxy=$2; shift 2 ;;
     --suite) suites+=("$2"); shift 2 ;;
     --focus) focus=$2; shift 2 ;;
+    --ip-family) family=$2; shift 2 ;;
     --keep) keep=true; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "e2e.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -54,7 +59,11 @@ if [ "$datapath" = ebpf ] && [ "$policy" != ebpf ]; then
   echo "e2e.sh: --datapath ebpf runs with the eBPF policy datapath: drop --policy-datapath $policy, or add --datapath bridge" >&2
   exit 2
 fi
-[ ${#suites[@]} -gt 0 ] || suites=(netpol granular services dns)
+case $family in
+  ipv4) [ ${#suites[@]} -gt 0 ] || suites=(netpol granular services dns) ;;
+  dual) [ ${#suites[@]} -gt 0 ] || suites=(netpol granular services dns dualstack) ;;
+  *) echo "e2e.sh: --ip-family is ipv4 or dual (got $family)" >&2; exit 2 ;;
+esac
 
 suite_focus() {
   case $1 in
@@ -62,13 +71,20 @@ suite_focus() {
     granular) echo '\[sig-network\] Networking Granular Checks: Pods' ;;
     services) echo '\[sig-network\] Services.*\[Conformance\]' ;;
     dns) echo '\[sig-network\] DNS.*\[Conformance\]' ;;
-    *) echo "e2e.sh: unknown suite $1 (netpol, granular, services, dns)" >&2; return 1 ;;
+    dualstack) echo '\[Feature:IPv6DualStack\]' ;;
+    *) echo "e2e.sh: unknown suite $1 (netpol, granular, services, dns, dualstack)" >&2; return 1 ;;
   esac
 }
 # What no run here can do: SCTP (no SCTP sockets in this kernel), tests that need
 # several host interfaces, a cloud, or a reachable internet; [Disruptive] and
 # [Flaky] by upstream's own rule.
-skip='SCTP|\[Disruptive\]|\[Flaky\]|\[Feature:(Networking-IPv6|IPv6DualStack|SCTPConnectivity)\]'
+# An IPv4 cluster skips the IPv6 and dual-stack features; a dual-stack one runs
+# [Feature:IPv6DualStack] (an IPv6-only cluster would be needed for Networking-IPv6).
+if [ "$family" = dual ]; then
+  skip='SCTP|\[Disruptive\]|\[Flaky\]|\[Feature:(Networking-IPv6|SCTPConnectivity)\]'
+else
+  skip='SCTP|\[Disruptive\]|\[Flaky\]|\[Feature:(Networking-IPv6|IPv6DualStack|SCTPConnectivity)\]'
+fi
 
 t0=$(date +%s)
 k8s=$(scripts/kubernetes.sh)
@@ -78,7 +94,8 @@ podnet=target/x86_64-unknown-linux-gnu/release/podnet
 echo "e2e.sh: built or found everything in $(($(date +%s) - t0)) s" >&2
 
 lab="e2e-$datapath-$policy"
-out=${PODNET_E2E_OUT:-/var/tmp/podnet-e2e/$datapath-$policy-$proxy-$(date +%Y%m%d-%H%M%S)}
+[ "$family" = ipv4 ] || lab="$lab-$family"
+out=${PODNET_E2E_OUT:-/var/tmp/podnet-e2e/$datapath-$policy-$proxy-$family-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$out"
 cleanup() {
   if ! $keep; then "$podnet" lab down --name "$lab" >/dev/null 2>&1 || true; fi
@@ -88,13 +105,14 @@ trap cleanup EXIT
 t1=$(date +%s)
 PODNET_KUBERNETES_BIN=$k8s PODNET_NODES_BIN=$nodes "$podnet" lab up --name "$lab" --kubernetes --kubelet \
   --nodes 3 --pods-per-node 0 --datapath "$datapath" --policy-datapath "$policy" --proxy-mode "$proxy" \
+  --ip-family "$family" \
   --output json >"$out/lab.json"
 echo "e2e.sh: lab $lab up in $(($(date +%s) - t1)) s" >&2
 kubeconfig=$("$podnet" lab kubeconfig --name "$lab")
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 summary="$out/summary.txt"
-echo "podnet $commit, $(date -u +%Y-%m-%d), datapath $datapath, policy datapath $policy, kube-proxy $proxy, Kubernetes e2e v1.37.2" >"$summary"
+echo "podnet $commit, $(date -u +%Y-%m-%d), datapath $datapath, policy datapath $policy, kube-proxy $proxy, IP family $family, Kubernetes e2e v1.37.2" >"$summary"
 run_suite() { # name regex
   local name=$1 re=$2 dir="$out/$1"
   mkdir -p "$dir"

@@ -111,9 +111,8 @@ struct Args {
     underlay_dev: String,
     /// The range node pod CIDRs are cut from; a dual-stack cluster lists an IPv6 range
     /// after the IPv4 one (`10.244.0.0/16,fd00:10:244::/56`, as kube-controller-manager's
-    /// --cluster-cidr). Dual-stack needs, for now, --backend vxlan or wireguard,
-    /// --datapath bridge and --policy-datapath nftables or none: host-gw, the fast path
-    /// and the eBPF policy datapath carry IPv4 only.
+    /// --cluster-cidr). Every backend and datapath carries both families; host-gw
+    /// needs a global IPv6 address on each node's --underlay-dev (its IPv6 next hop).
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: String,
     /// The cluster's Service range (kube-apiserver's --service-cluster-ip-range):
@@ -332,12 +331,6 @@ fn config(mut a: Args) -> Result<Config, Failure> {
                     )
                 },
             )?;
-            if let Some(why) = podnet_conventions::dual_stack_problem(a.backend) {
-                return Err(Failure::Refused(format!(
-                    "--cluster-cidr {}: {why}",
-                    a.cluster_cidr
-                )));
-            }
             Some((range, a.node_prefix6))
         }
     };

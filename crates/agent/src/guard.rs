@@ -5,8 +5,9 @@
 //!   podnet's): one tc filter, `podnet_guard` at priority [`PRIO`] — before the fast
 //!   path's `podnet_fast_ul` — running `underlay_guard` from `bpf/underlay.c`. The
 //!   clsact qdisc is shared with whatever else the node runs there and never removed.
-//! - The program's three maps, unpinned: peers (underlay address → pod CIDR), the
-//!   guarded ports, the drop counters. The filter holds them, so they outlive a killed
+//! - The program's maps, unpinned: peers (underlay address → pod CIDR), the guarded
+//!   ports, the drop counters, and (host-gw) the pod CIDRs of each family → owning
+//!   peer's MAC. The filter holds them, so they outlive a killed
 //!   agent unchanged; a starting agent loads them anew, fills them with the peers it
 //!   reads, and only then swaps its filter in (`tc filter replace`: the device is
 //!   never without one).
@@ -21,8 +22,10 @@
 //! source never comes off the wire with an overlay; with host-gw it must come from the
 //! MAC of the peer owning the source (`podnet_ulcidrs`, filled each round from the
 //! node's neighbour table) and never claim this node's own pods. Plain IPv6 with a
-//! source in a dual-stack cluster's IPv6 range never comes off the wire (pods' IPv6
-//! crosses in the overlay), so an underlay that carries IPv6 cannot forge it either.
+//! source in a dual-stack cluster's IPv6 range is bound the same way
+//! (`podnet_ulcidrs6`): never off the wire with an overlay (pods' IPv6 crosses in
+//! it), only from the owning peer's MAC with host-gw, so an underlay that carries
+//! IPv6 cannot forge it either.
 //! Every backend runs the guard.
 //!
 //! Every round the filter is verified like a route: missing, or replaced by another
@@ -33,6 +36,7 @@ use aya::maps::{Array, HashMap};
 use aya::programs::SchedClassifier;
 use aya::Ebpf;
 pub use podnet_api::GuardStatus;
+use podnet_cni_spec::net::Ipv6Net;
 use podnet_cni_spec::Ipv4Net;
 use podnet_netlink::{tc, Socket};
 
@@ -67,6 +71,9 @@ use podnet_bpf_abi::{UlCidr, UlConfig, UlPeer};
 pub struct Sources {
     pub own: Option<Ipv4Net>,
     pub peers: Vec<(Ipv4Net, Option<[u8; 6]>)>,
+    /// A dual-stack cluster's IPv6 pod CIDRs, the same way.
+    pub own6: Option<Ipv6Net>,
+    pub peers6: Vec<(Ipv6Net, Option<[u8; 6]>)>,
 }
 
 fn mask(prefix: u8) -> u32 {
@@ -89,6 +96,8 @@ pub struct Guard {
     peers: BTreeMap<u32, UlPeer>,
     /// What the pod-source map holds (host-gw): `(prefix, raw network)` → entry.
     cidrs: BTreeMap<(u32, u32), UlCidr>,
+    /// The same for IPv6 pod CIDRs (a dual-stack cluster on host-gw).
+    cidrs6: BTreeMap<(u32, [u8; 16]), UlCidr>,
     /// Whether this agent attached the filter once already: a missing one is drift.
     attached_once: bool,
 }
@@ -106,7 +115,7 @@ impl Guard {
     /// Loads the program and its maps, guarding `vxlan_port` and `wireguard_port`
     /// (0: none) and binding plain traffic with a source in `cluster` (with `host_gw`,
     /// to its owner's MAC; without, it is refused); plain IPv6 with a source in
-    /// `cluster6` (a dual-stack cluster's IPv6 range) is always refused. Nothing is
+    /// `cluster6` (a dual-stack cluster's IPv6 range) likewise. Nothing is
     /// attached yet: see [`Guard::sync`].
     pub fn load(
         vxlan_port: u16,
@@ -157,6 +166,7 @@ impl Guard {
             config,
             peers: BTreeMap::new(),
             cidrs: BTreeMap::new(),
+            cidrs6: BTreeMap::new(),
             attached_once: false,
         };
         let mut c: Array<_, UlConfig> = Array::try_from(
@@ -268,63 +278,37 @@ impl Guard {
         Ok(why)
     }
 
-    /// host-gw: the pod-source map made exactly `sources`.
+    /// host-gw: the pod-source maps (one per family) made exactly `sources`.
     fn sync_sources(&mut self, sources: &Sources) -> Result<(), Failure> {
-        let entry = |c: &Ipv4Net, v: UlCidr| {
-            (
-                (c.prefix() as u32, u32::from_ne_bytes(c.network().octets())),
-                v,
-            )
+        let peer = |mac: &Option<[u8; 6]>| UlCidr {
+            mac: mac.unwrap_or_default(),
+            local: 0,
+            pad: 0,
         };
-        let mut want: BTreeMap<(u32, u32), UlCidr> = sources
+        let local = UlCidr {
+            mac: [0; 6],
+            local: 1,
+            pad: 0,
+        };
+        let want: BTreeMap<(u32, u32), UlCidr> = sources
             .peers
             .iter()
-            .map(|(c, mac)| {
-                entry(
-                    c,
-                    UlCidr {
-                        mac: mac.unwrap_or_default(),
-                        local: 0,
-                        pad: 0,
-                    },
-                )
+            .map(|(c, mac)| (*c, peer(mac)))
+            .chain(sources.own.map(|c| (c, local)))
+            .map(|(c, v)| {
+                let key = u32::from_ne_bytes(c.network().octets());
+                ((u32::from(c.prefix()), key), v)
             })
             .collect();
-        if let Some(own) = &sources.own {
-            let (k, v) = entry(
-                own,
-                UlCidr {
-                    mac: [0; 6],
-                    local: 1,
-                    pad: 0,
-                },
-            );
-            want.insert(k, v);
-        }
-        if want == self.cidrs {
-            return Ok(());
-        }
-        let mut m: aya::maps::lpm_trie::LpmTrie<_, u32, UlCidr> =
-            aya::maps::lpm_trie::LpmTrie::try_from(
-                self.bpf
-                    .map_mut("podnet_ulcidrs")
-                    .ok_or("no map podnet_ulcidrs")?,
-            )
-            .map_err(|e| err("podnet_ulcidrs", e))?;
-        for ((len, addr), v) in &want {
-            if self.cidrs.get(&(*len, *addr)) != Some(v) {
-                let k = aya::maps::lpm_trie::Key::new(*len, *addr);
-                m.insert(&k, v, 0)
-                    .map_err(|e| err("write podnet_ulcidrs", e))?;
-            }
-        }
-        for (len, addr) in self.cidrs.keys().filter(|k| !want.contains_key(k)) {
-            let k = aya::maps::lpm_trie::Key::new(*len, *addr);
-            m.remove(&k)
-                .map_err(|e| err("remove from podnet_ulcidrs", e))?;
-        }
-        self.cidrs = want;
-        Ok(())
+        let want6: BTreeMap<(u32, [u8; 16]), UlCidr> = sources
+            .peers6
+            .iter()
+            .map(|(c, mac)| (*c, peer(mac)))
+            .chain(sources.own6.map(|c| (c, local)))
+            .map(|(c, v)| ((u32::from(c.prefix()), c.network().octets()), v))
+            .collect();
+        sync_trie(&mut self.bpf, "podnet_ulcidrs", &mut self.cidrs, want)?;
+        sync_trie(&mut self.bpf, "podnet_ulcidrs6", &mut self.cidrs6, want6)
     }
 
     /// The guard's state now, read from its maps and the device.
@@ -357,6 +341,7 @@ impl Guard {
             bound_sources: self
                 .cidrs
                 .values()
+                .chain(self.cidrs6.values())
                 .filter(|c| c.local == 0 && c.mac != [0; 6])
                 .count(),
             peers: self.peers.len(),
@@ -364,6 +349,35 @@ impl Guard {
             drops,
         }
     }
+}
+
+/// The LPM trie `name` made exactly `want` (`(prefix, network)` → entry), from `have`
+/// (what this agent wrote last): additions and changes first, then removals.
+fn sync_trie<K: aya::Pod + Ord>(
+    bpf: &mut Ebpf,
+    name: &str,
+    have: &mut BTreeMap<(u32, K), UlCidr>,
+    want: BTreeMap<(u32, K), UlCidr>,
+) -> Result<(), Failure> {
+    if want == *have {
+        return Ok(());
+    }
+    let mut m: aya::maps::lpm_trie::LpmTrie<_, K, UlCidr> = aya::maps::lpm_trie::LpmTrie::try_from(
+        bpf.map_mut(name).ok_or_else(|| format!("no map {name}"))?,
+    )
+    .map_err(|e| err(name, e))?;
+    for ((len, addr), v) in &want {
+        if have.get(&(*len, *addr)) != Some(v) {
+            m.insert(&aya::maps::lpm_trie::Key::new(*len, *addr), v, 0)
+                .map_err(|e| err(&format!("write {name}"), e))?;
+        }
+    }
+    for (len, addr) in have.keys().filter(|k| !want.contains_key(k)) {
+        m.remove(&aya::maps::lpm_trie::Key::new(*len, *addr))
+            .map_err(|e| err(&format!("remove from {name}"), e))?;
+    }
+    *have = want;
+    Ok(())
 }
 
 /// Whether `device`'s ingress holds podnet's guard filter running program `prog_id`,
@@ -395,6 +409,15 @@ mod tests {
             std::mem::size_of::<UlPeer>()
         );
         assert_eq!(obj.maps["podnet_ulpeers"].key_size(), 4);
+        // The pod-source tries: prefix length + address, a ul_cidr value.
+        for (map, key) in [("podnet_ulcidrs", 8), ("podnet_ulcidrs6", 20)] {
+            assert_eq!(obj.maps[map].key_size(), key, "{map}");
+            assert_eq!(
+                obj.maps[map].value_size() as usize,
+                std::mem::size_of::<UlCidr>(),
+                "{map}"
+            );
+        }
         assert_eq!(
             obj.maps["podnet_ulconf"].value_size() as usize,
             std::mem::size_of::<UlConfig>()

@@ -177,17 +177,18 @@ impl Agent {
     /// The node set up, its policy programmed and its API served: what the loop
     /// starts from.
     fn start(&mut self) -> Result<(NodeInfo, Option<u32>)> {
-        let (underlay_index, underlay_ip, underlay_mtu) = self.underlay()?;
+        let (underlay_index, underlay_ip, underlay_ip6, underlay_mtu) = self.underlay()?;
         let mut ctx = backend::Ctx {
             cfg: &self.cfg,
             sock: &mut self.sock,
         };
         self.backend.prepare(&mut ctx)?;
-        let record = self.register_waiting(underlay_ip)?;
+        let record = self.register_waiting(underlay_ip, underlay_ip6)?;
         let mtu = underlay_mtu - self.backend.overhead();
         let n = NodeInfo {
             underlay_index,
             underlay_ip,
+            underlay_ip6,
             mtu,
             record,
         };

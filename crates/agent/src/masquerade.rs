@@ -170,9 +170,9 @@ impl crate::Agent {
     /// counted, if it drifted; one that is off is removed if an earlier run left it. A
     /// failure is logged and tried again next round; it never stops the agent (pod →
     /// pod traffic does not need the tables).
-    pub(crate) fn sync_masquerade(&mut self, peer_underlays: &[Ipv4Addr]) {
+    pub(crate) fn sync_masquerade(&mut self, peer_underlays: &[IpAddr]) {
         let peers: Vec<IpAddr> = match self.cfg.backend {
-            crate::Backend::HostGw => peer_underlays.iter().map(|&a| IpAddr::V4(a)).collect(),
+            crate::Backend::HostGw => peer_underlays.to_vec(),
             _ => vec![],
         };
         let extra = self.cfg.non_masquerade.clone();

@@ -13,12 +13,14 @@ use crate::backend::{self, Ctx, NodeInfo};
 use crate::{vtep_mac, Agent, Error, Result};
 use podnet_datastore::{NodeRecord, Registration};
 use podnet_netlink::{addr, link};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 impl Agent {
-    /// The underlay link: its index, IPv4 address and MTU.
-    pub(crate) fn underlay(&mut self) -> Result<(u32, Ipv4Addr, u32)> {
+    /// The underlay link: its index, IPv4 address, (on a dual-stack node) its first
+    /// global IPv6 address, and MTU. host-gw routes pods' IPv6 to the peers' underlay
+    /// IPv6 addresses, so a dual-stack host-gw node without one is refused.
+    pub(crate) fn underlay(&mut self) -> Result<(u32, Ipv4Addr, Option<Ipv6Addr>, u32)> {
         let dev = self.cfg.underlay_dev.clone();
         let l = link::get_by_name(&mut self.sock, &dev)?.ok_or_else(|| Error::Underlay {
             dev: dev.clone(),
@@ -31,14 +33,31 @@ impl Agent {
                 dev: dev.clone(),
                 why: "it has no IPv4 address".into(),
             })?;
-        Ok((l.index, ip, l.mtu))
+        let ip6 = match self.cfg.cluster_cidr6 {
+            None => None,
+            Some(_) => addr::list6(&mut self.sock, Some(l.index))?
+                .into_iter()
+                .map(|(_, a, _)| a)
+                .find(|a| podnet_conventions::net::is_global_unicast6(*a)),
+        };
+        if ip6.is_none()
+            && self.cfg.cluster_cidr6.is_some()
+            && self.cfg.backend == crate::Backend::HostGw
+        {
+            return Err(Error::Underlay {
+                dev,
+                why: "it has no global IPv6 address: a dual-stack cluster on host-gw routes each node's IPv6 pods to its underlay IPv6 address; give the link one (ip -6 addr add ADDR/PREFIX dev DEV), or run --backend vxlan".into(),
+            });
+        }
+        Ok((l.index, ip, ip6, l.mtu))
     }
 
     /// Registers (or renews) the node's lease; its record.
-    pub(crate) fn register(&mut self, ip: Ipv4Addr) -> Result<NodeRecord> {
+    pub(crate) fn register(&mut self, ip: Ipv4Addr, ip6: Option<Ipv6Addr>) -> Result<NodeRecord> {
         Ok(self.ds.register(&Registration {
             name: self.cfg.node.clone(),
             underlay_ip: ip,
+            underlay_ip6: ip6,
             vtep_mac: podnet_netlink::fmt_mac(&vtep_mac(ip)),
             backend: self.cfg.backend.to_string(),
             wireguard: self.backend.registration(),
@@ -51,10 +70,14 @@ impl Agent {
 
     /// [`Agent::register`], waiting while the datastore cannot serve the node yet (API
     /// server down, no pod CIDR allocated to the Node yet); a refusal is returned.
-    pub(crate) fn register_waiting(&mut self, ip: Ipv4Addr) -> Result<NodeRecord> {
+    pub(crate) fn register_waiting(
+        &mut self,
+        ip: Ipv4Addr,
+        ip6: Option<Ipv6Addr>,
+    ) -> Result<NodeRecord> {
         let node = self.cfg.node.clone();
         crate::retry::with_backoff(
-            || self.register(ip),
+            || self.register(ip, ip6),
             |e| matches!(e, Error::Datastore(d) if d.is_transient()),
             |e, wait| {
                 tracing::warn!(

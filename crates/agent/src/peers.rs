@@ -6,7 +6,7 @@ use crate::{vtep_mac, wireguard, Backend};
 use podnet_cni_spec::net::{Ipv4Net, Ipv6Net};
 use podnet_datastore::NodeRecord;
 use podnet_netlink::parse_mac;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Why a peer's record is left out, and what to fix (logged once per record).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -122,17 +122,29 @@ pub fn check_peer(
     }
 }
 
-/// The IPv6 pod CIDR this node routes to a peer that [`check_peer`] accepted: none
-/// when this node or the peer carries IPv4 only; refused (the whole record) when it
-/// lies outside the cluster's IPv6 range or overlaps ours or an accepted peer's, as
-/// for IPv4 — a record must not draw another node's IPv6 pods to itself.
+/// What this node takes of a peer's IPv6 side, once [`check_peer`] accepted it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peer6 {
+    /// Its IPv6 pod CIDR (none when this node or the peer carries IPv4 only).
+    pub cidr: Option<Ipv6Net>,
+    /// Its global IPv6 address on the underlay, if it publishes one.
+    pub underlay: Option<Ipv6Addr>,
+}
+
+/// The IPv6 pod CIDR (and underlay address) this node routes to a peer that
+/// [`check_peer`] accepted: none when this node or the peer carries IPv4 only;
+/// refused (the whole record) when the CIDR lies outside the cluster's IPv6 range or
+/// overlaps ours or an accepted peer's, as for IPv4 — a record must not draw another
+/// node's IPv6 pods to itself — or when its underlay IPv6 address could not be a
+/// node's ([`underlay6_problem`]). host-gw routes IPv6 pods to the peer's underlay
+/// IPv6 address, so there a dual-stack peer without one is refused too.
 pub fn check_peer6(
     r: &NodeRecord,
     me: &Me,
     accepted: &[Peer],
-) -> std::result::Result<Option<Ipv6Net>, Refused> {
+) -> std::result::Result<Peer6, Refused> {
     let (Some(range), Some(c6)) = (me.cluster6, r.pod_cidr6) else {
-        return Ok(None);
+        return Ok(Peer6::default());
     };
     if !range.contains(c6.network()) || c6.prefix() < range.prefix() {
         return Err(
@@ -148,7 +160,49 @@ pub fn check_peer6(
     {
         return Err(format!("its IPv6 pod CIDR {c6} overlaps {}'s ({o})", p.name).into());
     }
-    Ok(Some(c6))
+    let underlay = match r.underlay_ip6 {
+        Some(u) => {
+            if let Some(why) = underlay6_problem(u, range, me, accepted) {
+                return Err(why.into());
+            }
+            Some(u)
+        }
+        None if me.backend == Backend::HostGw => {
+            return Err(format!(
+                "it publishes no underlay IPv6 address, and host-gw routes its IPv6 pods ({c6}) to that address: give its underlay link a global IPv6 address and restart its podnetd"
+            )
+            .into())
+        }
+        None => None,
+    };
+    Ok(Peer6 {
+        cidr: Some(c6),
+        underlay,
+    })
+}
+
+/// Why `u` cannot be a peer's underlay IPv6 address, if it cannot: as for IPv4
+/// ([`underlay_problem`]), a global unicast address outside the cluster's IPv6
+/// range (`range`), not this node's nor an accepted peer's.
+pub fn underlay6_problem(
+    u: Ipv6Addr,
+    range: Ipv6Net,
+    me: &Me,
+    accepted: &[Peer],
+) -> Option<String> {
+    let fix = "the peer's podnetd must publish its underlay interface's address (--underlay-dev); if it does, the record is forged";
+    let what = if !podnet_conventions::net::is_global_unicast6(u) {
+        "not a global unicast address".to_string()
+    } else if range.contains(u) {
+        format!("inside the IPv6 cluster CIDR {range} (pod addresses)")
+    } else if me.record.underlay_ip6 == Some(u) {
+        "ours: two nodes cannot share one".to_string()
+    } else if let Some(p) = accepted.iter().find(|p| p.underlay6 == Some(u)) {
+        format!("also {}'s: two nodes cannot share one", p.name)
+    } else {
+        return None;
+    };
+    Some(format!("its underlay IPv6 address {u} is {what}; {fix}"))
 }
 
 /// Why `u` cannot be a peer's underlay address, if it cannot: what peers send the
@@ -193,6 +247,7 @@ mod tests {
             pod_cidr: cidr.parse().unwrap(),
             pod_cidr6: None,
             underlay_ip: Ipv4Addr::from(ip),
+            underlay_ip6: None,
             vtep_mac: mac.into(),
             backend: "vxlan".into(),
             wireguard: None,
@@ -217,6 +272,7 @@ mod tests {
             cidr: good.pod_cidr,
             cidr6: None,
             underlay: good.underlay_ip,
+            underlay6: None,
             vtep_mac: mac,
             wireguard: Some(([2; 32], 51820)),
         }];
@@ -369,6 +425,7 @@ mod tests {
             pod_cidr: "10.244.0.0/24".parse().unwrap(),
             pod_cidr6: Some("fd00:10:244::/64".parse().unwrap()),
             underlay_ip: Ipv4Addr::new(192, 168, 1, 10),
+            underlay_ip6: Some("fd00:192:168:1::a".parse().unwrap()),
             vtep_mac: "0a:59:c0:a8:01:0a".into(),
             backend: "vxlan".into(),
             wireguard: None,
@@ -388,6 +445,7 @@ mod tests {
             name: "b".into(),
             pod_cidr: "10.244.1.0/24".parse().unwrap(),
             pod_cidr6: c6.map(|c| c.parse().unwrap()),
+            underlay_ip6: None,
             ..base.clone()
         };
         let accepted = vec![Peer {
@@ -395,14 +453,52 @@ mod tests {
             cidr: "10.244.2.0/24".parse().unwrap(),
             cidr6: Some("fd00:10:244:2::/64".parse().unwrap()),
             underlay: Ipv4Addr::new(192, 168, 1, 12),
+            underlay6: Some("fd00:192:168:1::c".parse().unwrap()),
             vtep_mac: [0; 6],
             wireguard: None,
         }];
+        let c1: Ipv6Net = "fd00:10:244:1::/64".parse().unwrap();
         assert_eq!(
             check_peer6(&peer(Some("fd00:10:244:1::/64")), &me, &accepted).unwrap(),
-            Some("fd00:10:244:1::/64".parse().unwrap())
+            Peer6 {
+                cidr: Some(c1),
+                underlay: None
+            }
         );
-        assert_eq!(check_peer6(&peer(None), &me, &accepted).unwrap(), None);
+        assert_eq!(
+            check_peer6(&peer(None), &me, &accepted).unwrap(),
+            Peer6::default()
+        );
+        // Its underlay IPv6 address: taken when it could be a node's, refused when it
+        // is a pod's, ours, another peer's, or not global unicast.
+        let with_u6 = |u: &str| NodeRecord {
+            underlay_ip6: Some(u.parse().unwrap()),
+            ..peer(Some("fd00:10:244:1::/64"))
+        };
+        assert_eq!(
+            check_peer6(&with_u6("fd00:192:168:1::b"), &me, &accepted)
+                .unwrap()
+                .underlay,
+            Some("fd00:192:168:1::b".parse().unwrap())
+        );
+        for (u, why) in [
+            ("fd00:10:244:1::5", "inside the IPv6 cluster CIDR"),
+            ("fd00:192:168:1::a", "ours"),
+            ("fd00:192:168:1::c", "also c's"),
+            ("fe80::1", "not a global unicast"),
+            ("::1", "not a global unicast"),
+            ("ff02::1", "not a global unicast"),
+            ("::ffff:192.168.1.11", "not a global unicast"),
+        ] {
+            let e = check_peer6(&with_u6(u), &me, &accepted).unwrap_err();
+            assert!(e.to_string().contains(why), "{u}: {e}");
+        }
+        // host-gw cannot route a dual-stack peer's IPv6 pods without that address.
+        me.backend = Backend::HostGw;
+        let e = check_peer6(&peer(Some("fd00:10:244:1::/64")), &me, &accepted).unwrap_err();
+        assert!(e.to_string().contains("no underlay IPv6 address"), "{e}");
+        assert!(check_peer6(&with_u6("fd00:192:168:1::b"), &me, &accepted).is_ok());
+        me.backend = Backend::Vxlan;
         for (c6, why) in [
             ("fd00:99::/64", "outside the IPv6 cluster CIDR"),
             ("fd00:10:244::/64", "overlaps ours"),
@@ -418,7 +514,7 @@ mod tests {
         me.cluster6 = None;
         assert_eq!(
             check_peer6(&peer(Some("fd00:99::/64")), &me, &accepted).unwrap(),
-            None
+            Peer6::default()
         );
     }
 }

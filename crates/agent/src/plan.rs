@@ -16,7 +16,9 @@
 //! (the VTEP address6 being the network address of its IPv6 pod CIDR: Linux routes
 //! IPv6 only through an IPv6 next hop, so IPv6 needs a neighbour entry of its own).
 //! With the
-//! host-gw backend, only a route `<peer CIDR> via <peer underlay IP> dev <underlay>`.
+//! host-gw backend, only a route `<peer CIDR> via <peer underlay IP> dev <underlay>`
+//! (and `<peer CIDR6> via <peer underlay IPv6> dev <underlay>`: not onlink, so the
+//! kernel refuses a next hop that is not on the link, as for IPv4).
 //! With the WireGuard backend, only a route `<peer CIDR> via <peer VTEP addr> dev
 //! podnet.wg onlink` (the device is point-to-point: the next hop is never resolved,
 //! WireGuard picks the peer by the inner destination; the WireGuard peers themselves
@@ -44,6 +46,9 @@ pub struct Peer {
     /// A dual-stack peer's IPv6 pod CIDR.
     pub cidr6: Option<Ipv6Net>,
     pub underlay: Ipv4Addr,
+    /// A dual-stack peer's global IPv6 address on the underlay (host-gw routes its
+    /// IPv6 pods there).
+    pub underlay6: Option<Ipv6Addr>,
     pub vtep_mac: [u8; 6],
     /// With the WireGuard backend: its public key and port.
     pub wireguard: Option<([u8; 32], u16)>,
@@ -82,13 +87,16 @@ pub struct Current {
     pub neighs6: Vec<Neigh6>,
 }
 
-/// An IPv6 route podnet keeps: `dst via via dev dev onlink`. `via`/`dev` `None`: a
+/// An IPv6 route podnet keeps: `dst via via dev dev [onlink]`. `via`/`dev` `None`: a
 /// route of podnet's read back without them (only ever deleted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Route6 {
     pub dst: Ipv6Net,
     pub via: Option<Ipv6Addr>,
     pub dev: Option<u32>,
+    /// VXLAN's next hop is a VTEP address no link holds: onlink. host-gw's is the
+    /// peer's address on the shared link: resolved as any neighbour.
+    pub onlink: bool,
 }
 
 /// A permanent IPv6 neighbour entry on the VXLAN device.
@@ -140,11 +148,13 @@ pub enum Op {
         dst: Ipv6Net,
         via: Option<Ipv6Addr>,
         dev: u32,
+        onlink: bool,
     },
     DelRoute6 {
         dst: Ipv6Net,
         via: Option<Ipv6Addr>,
         dev: Option<u32>,
+        onlink: bool,
     },
     AddNeigh6 {
         ip: Ipv6Addr,
@@ -235,14 +245,20 @@ impl Op {
                 }
                 s + " self"
             }
-            Op::AddRoute6 { dst, via, dev } => match via {
+            Op::AddRoute6 {
+                dst,
+                via,
+                dev,
+                onlink,
+            } => match via {
                 Some(via) => format!(
-                    "ip -6 route add {dst} via {via} dev {} onlink proto 0x50",
-                    name(*dev)
+                    "ip -6 route add {dst} via {via} dev {}{} proto 0x50",
+                    name(*dev),
+                    if *onlink { " onlink" } else { "" }
                 ),
                 None => format!("ip -6 route add {dst} dev {} proto 0x50", name(*dev)),
             },
-            Op::DelRoute6 { dst, via, dev } => {
+            Op::DelRoute6 { dst, via, dev, .. } => {
                 let mut s = format!("ip -6 route del {dst}");
                 if let Some(v) = via {
                     s += &format!(" via {v}");
@@ -286,6 +302,7 @@ pub fn desired(backend: Via, peers: &[Peer]) -> Current {
                         dst: c6,
                         via: Some(c6.network()),
                         dev: Some(dev),
+                        onlink: true,
                     });
                     c.neighs6.push(Neigh6 {
                         ip: c6.network(),
@@ -294,7 +311,19 @@ pub fn desired(backend: Via, peers: &[Peer]) -> Current {
                     });
                 }
             }
-            Via::HostGw { dev } => c.routes.push(route(p.cidr, Some(p.underlay), dev, false)),
+            Via::HostGw { dev } => {
+                c.routes.push(route(p.cidr, Some(p.underlay), dev, false));
+                // IPv6 needs an IPv6 next hop: the peer's underlay IPv6 address
+                // (check_peer6 refuses a dual-stack host-gw peer without one).
+                if let (Some(c6), Some(u6)) = (p.cidr6, p.underlay6) {
+                    c.routes6.push(Route6 {
+                        dst: c6,
+                        via: Some(u6),
+                        dev: Some(dev),
+                        onlink: false,
+                    });
+                }
+            }
             Via::WireGuard { dev } => {
                 c.routes.push(route(p.cidr, Some(p.vtep_ip()), dev, true));
                 // IPv6 straight to the device: WireGuard picks the peer by its
@@ -304,6 +333,7 @@ pub fn desired(backend: Via, peers: &[Peer]) -> Current {
                         dst: c6,
                         via: None,
                         dev: Some(dev),
+                        onlink: false,
                     });
                 }
             }
@@ -360,17 +390,35 @@ pub fn after(want: &Current, cur: &Current, failed: &[Op]) -> Current {
                     .filter(|f| f.index == dev && f.mac == mac && f.dst == dst)
                     .cloned(),
             ),
-            Op::AddRoute6 { dst, via, dev } => c.routes6.retain(|r| {
+            Op::AddRoute6 {
+                dst,
+                via,
+                dev,
+                onlink,
+            } => c.routes6.retain(|r| {
                 *r != Route6 {
                     dst,
                     via,
                     dev: Some(dev),
+                    onlink,
                 }
             }),
-            Op::DelRoute6 { dst, via, dev } => c.routes6.extend(
+            Op::DelRoute6 {
+                dst,
+                via,
+                dev,
+                onlink,
+            } => c.routes6.extend(
                 cur.routes6
                     .iter()
-                    .filter(|r| **r == Route6 { dst, via, dev })
+                    .filter(|r| {
+                        **r == Route6 {
+                            dst,
+                            via,
+                            dev,
+                            onlink,
+                        }
+                    })
                     .copied(),
             ),
             Op::AddNeigh6 { ip, dev, .. } => c.neighs6.retain(|n| !(n.dev == dev && n.ip == ip)),
@@ -483,6 +531,7 @@ pub fn plan(want: &Current, cur: &Current) -> Vec<Op> {
             dst: c.dst,
             via: c.via,
             dev: c.dev,
+            onlink: c.onlink,
         });
     }
     for w in want.routes6.iter().filter(|w| !cur.routes6.contains(w)) {
@@ -491,6 +540,7 @@ pub fn plan(want: &Current, cur: &Current) -> Vec<Op> {
                 dst: w.dst,
                 via: w.via,
                 dev,
+                onlink: w.onlink,
             });
         }
     }
@@ -524,6 +574,7 @@ mod tests {
             cidr: format!("10.244.{n}.0/24").parse().unwrap(),
             cidr6: None,
             underlay: Ipv4Addr::new(192, 168, 1, 10 + n),
+            underlay6: None,
             vtep_mac: [0x0a, 0x59, 192, 168, 1, 10 + n],
             wireguard: None,
         }
@@ -582,6 +633,7 @@ mod tests {
                 dst: "fd00:10:244:1::/64".parse().unwrap(),
                 via: None,
                 dev: Some(9),
+                onlink: false,
             })
         );
     }
@@ -611,6 +663,7 @@ mod tests {
             dst: "fd00:10:244:1::/64".parse().unwrap(),
             via: Some("fd00:10:244:1::".parse().unwrap()),
             dev: Some(7),
+            onlink: true,
         }));
         assert!(ops.contains(&Op::DelNeigh6 {
             ip: "fd00:10:244:1::".parse().unwrap(),
@@ -628,10 +681,42 @@ mod tests {
             plan(&want, &after(&want, &Current::default(), &failed)),
             failed
         );
-        // Host-gw and WireGuard carry no IPv6 yet.
-        assert!(desired(Via::HostGw { dev: 2 }, &[dual(1)])
-            .routes6
-            .is_empty());
+        // A route that lost its onlink flag (put back by hand without it) is drift.
+        let mut plain = want.clone();
+        plain.routes6[0].onlink = false;
+        assert_eq!(plan(&want, &plain).len(), 2);
+    }
+
+    /// host-gw routes a dual-stack peer's IPv6 pods to its underlay IPv6 address on
+    /// the underlay link, not onlink (a next hop off the link is refused by the
+    /// kernel, as for IPv4); without that address there is no IPv6 route.
+    #[test]
+    fn host_gw_routes_ipv6_via_the_peers_underlay_ipv6_address() {
+        let hg = Via::HostGw { dev: 2 };
+        let dual = Peer {
+            cidr6: Some("fd00:10:244:3::/64".parse().unwrap()),
+            underlay6: Some("fd00:192:168:1::c".parse().unwrap()),
+            ..peer(3)
+        };
+        let want = desired(hg, std::slice::from_ref(&dual));
+        assert!(want.neighs6.is_empty() && want.neighs.is_empty());
+        let text: Vec<String> = plan(&want, &Current::default())
+            .iter()
+            .map(|o| o.to_string())
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "ip route add 10.244.3.0/24 via 192.168.1.13 dev #2 proto 0x50",
+                "ip -6 route add fd00:10:244:3::/64 via fd00:192:168:1::c dev #2 proto 0x50"
+            ]
+        );
+        assert!(plan(&want, &want.clone()).is_empty());
+        let no_underlay6 = Peer {
+            underlay6: None,
+            ..dual
+        };
+        assert!(desired(hg, &[no_underlay6]).routes6.is_empty());
     }
 
     fn ops_of(want: &Current) -> Vec<Op> {

@@ -11,7 +11,6 @@ use crate::{guard, vtep_mac, wireguard, Agent, Error, PeerStatus, Result, Status
 use podnet_netlink::socket::Request;
 use podnet_netlink::{neigh, route};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::time::Instant;
 
 /// The agent and what its rounds carry from one to the next.
@@ -95,7 +94,7 @@ impl Reconciler {
     /// node took the CIDR, while the bridge, the pods and the node file all still
     /// carry the old one; stop rather than serve two CIDRs.
     fn renew(&mut self) -> Result<()> {
-        match self.a.register(self.n.underlay_ip) {
+        match self.a.register(self.n.underlay_ip, self.n.underlay_ip6) {
             Ok(r) => {
                 if r.pod_cidr != self.n.record.pod_cidr {
                     return Err(Error::LeaseMoved {
@@ -126,7 +125,7 @@ impl Reconciler {
         };
         let (before, after) = self.a.backend.rotate_key(&mut ctx)?;
         self.a
-            .register(self.n.underlay_ip)
+            .register(self.n.underlay_ip, self.n.underlay_ip6)
             .map_err(|e| Error::KeyNotPublished(Box::new(e)))?;
         self.a
             .log(&format!("rotated the WireGuard key: {before} → {after}"));
@@ -157,13 +156,14 @@ impl Reconciler {
             match check_peer(&r, &me, &peers)
                 .and_then(|(m, w)| Ok((m, w, check_peer6(&r, &me, &peers)?)))
             {
-                Ok((vtep_mac, wireguard, cidr6)) => peers.push(Peer {
+                Ok((vtep_mac, wireguard, p6)) => peers.push(Peer {
                     vtep_mac,
                     wireguard,
                     name: r.name,
                     cidr: r.pod_cidr,
-                    cidr6,
+                    cidr6: p6.cidr,
                     underlay: r.underlay_ip,
+                    underlay6: p6.underlay,
                 }),
                 Err(why) => {
                     ignored.insert(r.name, why.to_string());
@@ -231,7 +231,10 @@ impl Reconciler {
             self.a.warn(IPVS_REFUSED);
         }
         self.ipvs = ipvs;
-        let underlays: Vec<Ipv4Addr> = peers.iter().map(|p| p.underlay).collect();
+        let underlays: Vec<std::net::IpAddr> = peers
+            .iter()
+            .flat_map(|p| std::iter::once(p.underlay.into()).chain(p.underlay6.map(Into::into)))
+            .collect();
         self.a.sync_masquerade(&underlays);
         self.known = peers;
         // Without repair the next plan works from what this round left: the failed
@@ -288,6 +291,7 @@ impl Reconciler {
                 .unwrap_or_default(),
             underlay_dev: a.cfg.underlay_dev.clone(),
             underlay_ip: n.underlay_ip.to_string(),
+            underlay_ip6: n.underlay_ip6.map(|u| u.to_string()).unwrap_or_default(),
             vtep_mac: podnet_netlink::fmt_mac(&vtep_mac(n.underlay_ip)),
             bridge: a.cfg.bridge.clone(),
             vxlan_dev: if matches!(via, Via::Vxlan { .. }) {
@@ -341,18 +345,37 @@ impl Reconciler {
         let mut sources = guard::Sources::default();
         if a.backend.plain_pod_sources() {
             let neigh = neigh::list(&mut a.sock).unwrap_or_default();
-            sources.own = Some(n.record.pod_cidr);
-            sources.peers = peers
-                .iter()
-                .map(|p| {
-                    let mac = neigh
+            let neigh6 = match n.record.pod_cidr6 {
+                Some(_) => neigh::list6(&mut a.sock).unwrap_or_default(),
+                None => vec![],
+            };
+            // NUD_FAILED (0x20) entries hold no MAC worth binding to.
+            let mac_of = |p: &Peer| {
+                let v4 = neigh
+                    .iter()
+                    .find(|e| {
+                        e.index == n.underlay_index && e.ip == p.underlay && e.state & 0x20 == 0
+                    })
+                    .and_then(|e| e.mac);
+                let v6 = || {
+                    neigh6
                         .iter()
                         .find(|e| {
-                            e.index == n.underlay_index && e.ip == p.underlay && e.state & 0x20 == 0
+                            e.index == n.underlay_index
+                                && Some(e.ip) == p.underlay6
+                                && e.state & 0x20 == 0
                         })
-                        .and_then(|e| e.mac);
-                    (p.cidr, mac)
-                })
+                        .and_then(|e| e.mac)
+                };
+                // One link, one MAC: either family's entry names it.
+                v4.or_else(v6)
+            };
+            sources.own = Some(n.record.pod_cidr);
+            sources.peers = peers.iter().map(|p| (p.cidr, mac_of(p))).collect();
+            sources.own6 = n.record.pod_cidr6;
+            sources.peers6 = peers
+                .iter()
+                .filter_map(|p| Some((p.cidr6?, mac_of(p))))
                 .collect();
         }
         match g.sync(&mut a.sock, n.underlay_index, &dev, &list, &sources) {
@@ -376,6 +399,7 @@ fn peer_status(p: &Peer) -> PeerStatus {
         pod_cidr: p.cidr.to_string(),
         pod_cidr6: p.cidr6.map(|c| c.to_string()).unwrap_or_default(),
         underlay_ip: p.underlay.to_string(),
+        underlay_ip6: p.underlay6.map(|u| u.to_string()).unwrap_or_default(),
         vtep_mac: podnet_netlink::fmt_mac(&p.vtep_mac),
         wireguard_public_key: p
             .wireguard
@@ -414,6 +438,7 @@ fn current(sock: &mut podnet_netlink::Socket, via: Via) -> Result<Current> {
                 dst: podnet_cni_spec::net::Ipv6Net::new(r.dst, r.prefix)?,
                 via: r.gateway,
                 dev: r.oif,
+                onlink: r.onlink,
             })
         })
         .collect();
@@ -479,21 +504,31 @@ fn request(op: &plan::Op) -> Request {
         plan::Op::DelNeigh { ip, dev } => neigh::del_request(*dev, *ip),
         plan::Op::AddFdb { mac, dst, dev } => neigh::fdb_add_request(*dev, *mac, *dst),
         plan::Op::DelFdb { mac, dst, dev } => neigh::fdb_del_request(*dev, *mac, *dst),
-        plan::Op::AddRoute6 { dst, via, dev } => route::add6_request(
+        plan::Op::AddRoute6 {
+            dst,
+            via,
+            dev,
+            onlink,
+        } => route::add6_request(
             dst.network(),
             dst.prefix(),
             *via,
             *dev,
             RTPROT_PODNET,
-            via.is_some(),
+            *onlink,
         ),
-        plan::Op::DelRoute6 { dst, via, dev } => route::del6_request(&route::Route6Info {
+        plan::Op::DelRoute6 {
+            dst,
+            via,
+            dev,
+            onlink,
+        } => route::del6_request(&route::Route6Info {
             dst: dst.network(),
             prefix: dst.prefix(),
             gateway: *via,
             oif: *dev,
             protocol: RTPROT_PODNET,
-            onlink: via.is_some(),
+            onlink: *onlink,
         }),
         plan::Op::AddNeigh6 { ip, mac, dev } => neigh::add6_request(*dev, *ip, *mac),
         plan::Op::DelNeigh6 { ip, dev } => neigh::del6_request(*dev, *ip),

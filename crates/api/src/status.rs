@@ -26,6 +26,10 @@ pub struct Status {
     pub pod_cidr6: String,
     pub underlay_dev: String,
     pub underlay_ip: String,
+    /// A dual-stack node's underlay IPv6 address (what host-gw peers route its IPv6
+    /// pods to).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub underlay_ip6: String,
     pub vtep_mac: String,
     pub bridge: String,
     pub vxlan_dev: String,
@@ -98,6 +102,9 @@ pub struct PeerStatus {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pod_cidr6: String,
     pub underlay_ip: String,
+    /// A dual-stack peer's underlay IPv6 address, as it publishes it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub underlay_ip6: String,
     pub vtep_mac: String,
     /// With the WireGuard backend: the peer's public key and port as the datastore
     /// publishes them.

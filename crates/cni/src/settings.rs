@@ -422,7 +422,7 @@ fn ipam(
     if v6.is_some() && node.pod_cidr.is_some() && node.pod_cidrs.is_empty() {
         return Err(invalid(
             format!("{from} gives pods IPv6, but podnetd on this node ({node_file}) publishes no IPv6 pod CIDR"),
-            "this node's podnetd runs without an IPv6 range, so it would neither route nor judge the pods' IPv6: list only the IPv4 subnet, or start podnetd with a dual-stack --cluster-cidr (10.244.0.0/16,fd00:10:244::/56; with --backend vxlan or wireguard, --datapath bridge, --policy-datapath nftables or none) and let the node file's podCIDRs give the subnets",
+            "this node's podnetd runs without an IPv6 range, so it would neither route nor judge the pods' IPv6: list only the IPv4 subnet, or start podnetd with a dual-stack --cluster-cidr (10.244.0.0/16,fd00:10:244::/56) and let the node file's podCIDRs give the subnets",
         ));
     }
     let v6 = v6

@@ -123,7 +123,7 @@ choice!(
         /// One IPv4 address per pod.
         Ipv4 = "ipv4": "one IPv4 address per pod",
         /// One IPv4 and one IPv6 address per pod.
-        Dual = "dual": "dual-stack: one IPv4 and one IPv6 address per pod (for now with --backend vxlan or wireguard, --datapath bridge, and --policy-datapath nftables or none)",
+        Dual = "dual": "dual-stack: one IPv4 and one IPv6 address per pod (host-gw needs an IPv6 address on each node's underlay link)",
     }
 );
 
@@ -132,19 +132,6 @@ impl Default for IpFamily {
     fn default() -> IpFamily {
         IpFamily::Ipv4
     }
-}
-
-/// Why a dual-stack node cannot run these choices, naming the flag to change; `None`
-/// when it can. IPv6 crosses between nodes through the VXLAN or WireGuard device (or
-/// the fast path's own VXLAN encapsulation), not host-gw, whose next hops are the
-/// peers' IPv4 underlay addresses; both datapaths and both policy datapaths carry and
-/// judge both families. Refused rather than run with pods' IPv6 silently dropped.
-pub fn dual_stack_problem(backend: Backend) -> Option<String> {
-    (backend == Backend::HostGw).then(|| {
-        format!(
-            "dual-stack pods need --backend vxlan or wireguard for now; refused: --backend {backend} (it routes through the peers' IPv4 underlay addresses, which cannot be an IPv6 route's next hop)"
-        )
-    })
 }
 
 /// A name that is none of a choice's values.
@@ -274,17 +261,6 @@ mod tests {
         assert!(e.contains("--policy-datapath none"), "{e}");
         let e = choose_datapaths(Some(D::Ebpf), None, wg).unwrap_err();
         assert!(e.contains("use --datapath bridge"), "{e}");
-    }
-
-    /// Dual-stack runs over VXLAN or WireGuard, on either datapath; host-gw is refused
-    /// naming the flag.
-    #[test]
-    fn dual_stack_takes_only_what_carries_ipv6() {
-        for b in [Backend::Vxlan, Backend::Wireguard] {
-            assert_eq!(dual_stack_problem(b), None, "{b}");
-        }
-        let e = dual_stack_problem(Backend::HostGw).unwrap();
-        assert!(e.contains("--backend host-gw"), "{e}");
     }
 
     #[test]

@@ -12,10 +12,7 @@ pub mod net;
 
 pub use backoff::Backoff;
 pub use contracts::{CniReport, NodeFile, PolicyPrograms};
-pub use kinds::{
-    choose_datapaths, dual_stack_problem, Backend, Datapath, IpFamily, PolicyDatapath,
-    UnknownChoice,
-};
+pub use kinds::{choose_datapaths, Backend, Datapath, IpFamily, PolicyDatapath, UnknownChoice};
 pub use net::{CidrError, IpNet, Ipv4Net, Ipv6Net, PodCidr};
 
 use std::net::Ipv4Addr;

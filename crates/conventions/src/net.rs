@@ -239,6 +239,18 @@ pub fn reserved(ip: Ipv4Addr) -> Option<String> {
         .map(|(net, what)| format!("{net}, {what}"))
 }
 
+/// Whether `ip` can be a host's address on a network between nodes: not unspecified,
+/// loopback, multicast, link-local (fe80::/10) or IPv4-mapped. Unique local
+/// addresses (fc00::/7) qualify: they are how a private underlay numbers its hosts.
+pub fn is_global_unicast6(ip: Ipv6Addr) -> bool {
+    let s = ip.segments();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || s[0] & 0xffc0 == 0xfe80
+        || ip.to_ipv4_mapped().is_some())
+}
+
 impl fmt::Display for Ipv4Net {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
@@ -553,6 +565,22 @@ impl FromStr for IpNet {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn global_unicast6_leaves_out_what_no_host_on_a_link_between_nodes_is() {
+        for (a, want) in [
+            ("fd00:192:168:1::a", true),
+            ("2001:db8::1", true),
+            ("::", false),
+            ("::1", false),
+            ("fe80::1", false),
+            ("febf::1", false),
+            ("ff02::1", false),
+            ("::ffff:10.0.0.1", false),
+        ] {
+            assert_eq!(is_global_unicast6(a.parse().unwrap()), want, "{a}");
+        }
+    }
+
     use super::*;
 
     #[test]

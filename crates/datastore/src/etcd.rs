@@ -361,6 +361,7 @@ impl Datastore for EtcdStore {
         if let Some((id, prev, rec)) = held {
             let same = prev.name == r.name
                 && prev.underlay_ip == r.underlay_ip
+                && prev.underlay_ip6 == r.underlay_ip6
                 && prev.vtep_mac == r.vtep_mac
                 && prev.backend == r.backend
                 && prev.wireguard == r.wireguard

@@ -17,7 +17,7 @@ pub mod file;
 
 use podnet_cni_spec::net::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +77,10 @@ pub struct NodeRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_cidr6: Option<Ipv6Net>,
     pub underlay_ip: Ipv4Addr,
+    /// A dual-stack node's global IPv6 address on its underlay link, if it has one:
+    /// where host-gw peers route its IPv6 pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay_ip6: Option<Ipv6Addr>,
     /// MAC of the node's VXLAN device, `aa:bb:…`.
     pub vtep_mac: String,
     /// `vxlan`, `host-gw` or `wireguard`.
@@ -115,6 +119,8 @@ impl NodeRecord {
 pub struct Registration {
     pub name: String,
     pub underlay_ip: Ipv4Addr,
+    /// A dual-stack node's global IPv6 address on its underlay link.
+    pub underlay_ip6: Option<Ipv6Addr>,
     pub vtep_mac: String,
     pub backend: String,
     pub wireguard: Option<WireGuardPeer>,
@@ -141,6 +147,7 @@ impl Registration {
             pod_cidr,
             pod_cidr6,
             underlay_ip: self.underlay_ip,
+            underlay_ip6: self.underlay_ip6,
             vtep_mac: self.vtep_mac.clone(),
             backend: self.backend.clone(),
             wireguard: self.wireguard.clone(),
@@ -362,6 +369,7 @@ mod tests {
         Registration {
             name: name.into(),
             underlay_ip: Ipv4Addr::new(192, 168, 1, 10),
+            underlay_ip6: None,
             vtep_mac: "0a:59:c0:a8:01:0a".into(),
             backend: "vxlan".into(),
             wireguard: None,

@@ -5,11 +5,12 @@
 //!   allocated by kube-controller-manager's node IPAM controller
 //!   (`--allocate-node-cidrs --cluster-cidr …`). podnetd never allocates on Kubernetes.
 //! - What peers need to reach the node is published as annotations on its Node:
-//!   [`ANN_UNDERLAY_IP`], [`ANN_VTEP_MAC`], [`ANN_BACKEND`]. A Node without them (its
+//!   [`ANN_UNDERLAY_IP`], [`ANN_VTEP_MAC`], [`ANN_BACKEND`] (and, on a dual-stack
+//!   node, [`ANN_UNDERLAY_IP6`]). A Node without them (its
 //!   agent has not started) or with unreadable ones is left out and named once in the
 //!   log; it never stops the other peers from being programmed. So is a Node whose
 //!   published underlay address is none of its `status.addresses` (InternalIP or
-//!   ExternalIP, written by its kubelet): an annotation alone cannot send another
+//!   ExternalIP, written by its kubelet; the same for its IPv6 one): an annotation alone cannot send another
 //!   node's pod traffic elsewhere. `deploy/admission.yaml` lets each agent change
 //!   only its own Node.
 //! - Peers come from a watch on Nodes: a Node deleted with kubectl disappears from
@@ -48,6 +49,9 @@ use std::time::{Duration, Instant};
 
 /// The node's underlay address, where peers send its pods' traffic.
 pub const ANN_UNDERLAY_IP: &str = "podnet.dev/underlay-ip";
+/// A dual-stack node's global IPv6 address on its underlay (host-gw routes its IPv6
+/// pods there).
+pub const ANN_UNDERLAY_IP6: &str = "podnet.dev/underlay-ip6";
 /// The MAC of the node's VXLAN device.
 pub const ANN_VTEP_MAC: &str = "podnet.dev/vtep-mac";
 /// `vxlan`, `host-gw` or `wireguard`.
@@ -442,12 +446,50 @@ pub fn node_pod_cidr6(n: &Node) -> Option<podnet_cni_spec::net::Ipv6Net> {
 /// The Node's IPv4 `status.addresses` of type InternalIP or ExternalIP: where its
 /// kubelet says the node is reached, and so where its underlay address must be.
 pub fn node_addresses(n: &Node) -> Vec<Ipv4Addr> {
+    node_addresses_of(n)
+}
+
+/// The Node's InternalIP and ExternalIP `status.addresses` of one family (`A`).
+fn node_addresses_of<A: std::str::FromStr>(n: &Node) -> Vec<A> {
     n.status
         .iter()
         .flat_map(|s| s.addresses.iter().flatten())
         .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
         .filter_map(|a| a.address.parse().ok())
         .collect()
+}
+
+/// The Node's published IPv6 underlay address ([`ANN_UNDERLAY_IP6`]), checked as the
+/// IPv4 one is: a global unicast address that is one of the Node's IPv6
+/// `status.addresses`. `None` when it publishes none.
+fn node_underlay6(
+    n: &Node,
+    ann: &std::collections::BTreeMap<String, String>,
+) -> std::result::Result<Option<std::net::Ipv6Addr>, String> {
+    let Some(v) = ann.get(ANN_UNDERLAY_IP6) else {
+        return Ok(None);
+    };
+    let ip: std::net::Ipv6Addr = v
+        .parse()
+        .map_err(|_| format!("its annotation {ANN_UNDERLAY_IP6} ({v:?}) is not an IPv6 address"))?;
+    if !podnet_conventions::net::is_global_unicast6(ip) {
+        return Err(format!(
+            "its annotation {ANN_UNDERLAY_IP6} ({ip}) is not a global unicast IPv6 address"
+        ));
+    }
+    let addresses: Vec<std::net::Ipv6Addr> = node_addresses_of(n);
+    if !addresses.contains(&ip) {
+        let have = addresses
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(format!(
+            "its annotation {ANN_UNDERLAY_IP6} ({ip}) is none of its IPv6 status.addresses (InternalIP, ExternalIP: {}); the kubelet reports the node's addresses (give it --node-ip with both families) and podnetd publishes one of them, or the annotation was forged",
+            if have.is_empty() { "none" } else { &have }
+        ));
+    }
+    Ok(Some(ip))
 }
 
 /// The record peers use, from a Node and its annotations; `Err` says what is missing
@@ -489,6 +531,7 @@ pub fn node_record(n: &Node) -> std::result::Result<NodeRecord, String> {
         pod_cidr,
         pod_cidr6: node_pod_cidr6(n),
         underlay_ip,
+        underlay_ip6: node_underlay6(n, &ann)?,
         vtep_mac: get(ANN_VTEP_MAC)?,
         backend: get(ANN_BACKEND)?,
         // Read as written; the agent checks the key before using it.
@@ -540,6 +583,7 @@ impl Datastore for KubeStore {
         let wg = r.wireguard.as_ref();
         let want = [
             (ANN_UNDERLAY_IP, Some(r.underlay_ip.to_string())),
+            (ANN_UNDERLAY_IP6, r.underlay_ip6.map(|a| a.to_string())),
             (ANN_VTEP_MAC, Some(r.vtep_mac.clone())),
             (ANN_BACKEND, Some(r.backend.clone())),
             (ANN_WG_PUBLIC_KEY, wg.map(|w| w.public_key.clone())),
@@ -781,6 +825,38 @@ mod tests {
             let r = node_record(&n).unwrap();
             assert_eq!(r.pod_cidr.to_string(), "10.244.1.0/24");
             assert_eq!(r.pod_cidr6.unwrap().to_string(), "fd00:10:244:1::/64");
+        }
+    }
+
+    /// A dual-stack Node's underlay IPv6 address is taken only when it is one of the
+    /// Node's IPv6 status.addresses and a global unicast address; absent, none.
+    #[test]
+    fn the_underlay_ipv6_address_must_be_one_of_the_nodes_addresses_too() {
+        let addrs = json!([{"type": "InternalIP", "address": "192.168.1.11"},
+                           {"type": "InternalIP", "address": "fd00:192:168:1::b"},
+                           {"type": "ExternalIP", "address": "fe80::1"}]);
+        let mut n = node("192.168.1.11", addrs);
+        assert_eq!(node_record(&n).unwrap().underlay_ip6, None);
+        let ann = |n: &mut Node, v: &str| {
+            n.metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .insert(ANN_UNDERLAY_IP6.into(), v.into());
+        };
+        ann(&mut n, "fd00:192:168:1::b");
+        assert_eq!(
+            node_record(&n).unwrap().underlay_ip6,
+            Some("fd00:192:168:1::b".parse().unwrap())
+        );
+        for (v, why) in [
+            ("fd00:192:168:1::c", "none of its IPv6 status.addresses"),
+            ("fe80::1", "not a global unicast"),
+            ("192.168.1.11", "not an IPv6 address"),
+        ] {
+            ann(&mut n, v);
+            let e = node_record(&n).unwrap_err();
+            assert!(e.contains(why), "{v}: {e}");
         }
     }
 

@@ -129,14 +129,6 @@ impl Lab {
         st.proxy_mode = opts.proxy_mode.clone().unwrap_or_else(default_proxy_mode);
         st.masquerade = opts.masquerade.unwrap_or(true);
         st.ip_family = opts.ip_family.unwrap_or_default();
-        if st.ip_family == podnet_conventions::IpFamily::Dual {
-            if st.real_nodes {
-                bail!("--ip-family dual does not run on real nodes yet (their kubelet and kube-proxy are IPv4 here): leave --kubelet out");
-            }
-            if let Some(why) = podnet_conventions::dual_stack_problem(st.backend) {
-                bail!("--ip-family dual: {why}");
-            }
-        }
         if st.real_nodes && !st.kubernetes {
             bail!("--kubelet runs real kubelets against the lab's Kubernetes control plane: add --kubernetes");
         }
@@ -382,7 +374,8 @@ impl Lab {
             cable_node(&mut s, node, i, ip, fabric, fs)?;
         }
         if st.ip_family == podnet_conventions::IpFamily::Dual {
-            // The fabric's IPv6, where pods' IPv6 leaves the cluster (masqueraded).
+            // The fabric's IPv6, where pods' IPv6 leaves the cluster (masqueraded)
+            // and, with host-gw, crosses between nodes.
             let eth0 = link::get_by_name(&mut s, "eth0")?.context("eth0")?;
             let ip6 = crate::underlay_ip6(i);
             for r in s.ack_all(vec![addr::add6_request(eth0.index, ip6, 64)]) {
@@ -405,12 +398,14 @@ impl Lab {
                 underlay_ip: ip,
             });
         }
+        let ip6 =
+            (st.ip_family == podnet_conventions::IpFamily::Dual).then(|| crate::underlay_ip6(i));
         if st.real_nodes {
             // Its kubelet registers the Node; podnetd comes with the DaemonSet.
-            return self.ensure_real_node(st, node, ip, say);
+            return self.ensure_real_node(st, node, (ip, ip6), say);
         }
         if st.kubernetes {
-            self.register_node(node, ip)?;
+            self.register_node(node, ip, ip6)?;
         }
         if self.live_pid(node, "podnetd").is_none() {
             self.start_podnetd(st, node, &ns, bins, say)?;

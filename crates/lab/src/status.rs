@@ -29,6 +29,9 @@ pub struct NodeStatus {
     pub name: String,
     pub netns: String,
     pub underlay_ip: Ipv4Addr,
+    /// A dual-stack node's underlay IPv6 address, as its agent publishes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub underlay_ip6: Option<String>,
     pub pod_cidr: Option<String>,
     /// A dual-stack node's IPv6 pod CIDR.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -63,6 +66,7 @@ impl Lab {
                     name: n.name.clone(),
                     netns: n.netns.clone(),
                     underlay_ip: n.underlay_ip,
+                    underlay_ip6: s(|a| &a.underlay_ip6),
                     pod_cidr: s(|a| &a.pod_cidr),
                     pod_cidr6: s(|a| &a.pod_cidr6),
                     bridge: s(|a| &a.bridge),

@@ -32,6 +32,8 @@ use std::net::Ipv4Addr;
 pub struct NodeInfo {
     pub underlay_index: u32,
     pub underlay_ip: Ipv4Addr,
+    /// A dual-stack node's global IPv6 address on the underlay link.
+    pub underlay_ip6: Option<std::net::Ipv6Addr>,
     pub mtu: u32,
     pub record: NodeRecord,
 }

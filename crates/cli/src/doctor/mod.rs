@@ -402,15 +402,18 @@ fn peer_entries(
 /// A dual-stack peer's IPv6 route (and, over VXLAN, its permanent neighbour), as
 /// podnetd plans them and trace checks them: over VXLAN via the range's first address
 /// on the device with that address at the peer's VTEP MAC; over WireGuard straight to
-/// the device.
+/// the device; with host-gw via the peer's underlay IPv6 address on the underlay.
 fn peer_entries6(out: &mut Out, n: &NodeView, p: &podnet_api::PeerStatus) {
     let (name, cidr6) = (&p.name, &p.pod_cidr6);
     let Ok(net) = cidr6.parse::<podnet_conventions::Ipv6Net>() else {
         return;
     };
-    let (dev, via) = match &n.st.wireguard {
-        Some(w) => (w.device.clone(), None),
-        None => (n.st.vxlan_dev.clone(), Some(net.network())),
+    // Only VXLAN keeps a neighbour of its own: WireGuard has no next hop, host-gw's is
+    // the peer's underlay address, resolved as any neighbour on the link.
+    let (dev, via) = match (&n.st.wireguard, n.st.vxlan_dev.is_empty()) {
+        (Some(w), _) => (w.device.clone(), None),
+        (None, false) => (n.st.vxlan_dev.clone(), Some(net.network())),
+        (None, true) => (n.st.underlay_dev.clone(), None),
     };
     let r = n.state.routes6.iter().find(|r| &r.dst == cidr6);
     let bad = route_to_peer_mismatch(r, n.st, Some(p), true);

@@ -46,7 +46,8 @@ pub(crate) fn peer_cidr(peer: &PeerStatus, v6: bool) -> &str {
 /// Why `r` (the route the lookup chose) is not the route podnet makes on a node
 /// with agent status `st` to `peer` for one family (`v6`): prefix, protocol, next
 /// hop and device (VXLAN: via the peer CIDR's first address on the VXLAN device,
-/// onlink; host-gw: via the peer's underlay address on the underlay device;
+/// onlink; host-gw: via the peer's underlay address of that family on the underlay
+/// device;
 /// WireGuard over IPv6: straight to the device). `None` when it is that route.
 pub(crate) fn route_to_peer_mismatch(
     r: Option<&RouteState>,
@@ -115,6 +116,8 @@ pub(super) fn podnet_route(st: &Status, peer: &PeerStatus, v6: bool) -> (String,
         (Some(w), _) if v6 => (String::new(), w.device.clone(), false),
         (Some(w), _) => (first(), w.device.clone(), true),
         (None, false) => (first(), st.vxlan_dev.clone(), true),
+        // host-gw: via the peer's underlay address of that family, on the link.
+        (None, true) if v6 => (peer.underlay_ip6.clone(), st.underlay_dev.clone(), false),
         (None, true) => (peer.underlay_ip.clone(), st.underlay_dev.clone(), false),
     }
 }

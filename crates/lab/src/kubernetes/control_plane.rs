@@ -352,7 +352,7 @@ fn service_ranges(dual: bool) -> String {
 }
 
 /// The pod range(s) kube-controller-manager cuts Node pod CIDRs from.
-fn cluster_ranges(dual: bool) -> String {
+pub(crate) fn cluster_ranges(dual: bool) -> String {
     if dual {
         format!("{CLUSTER_CIDR},{}", crate::CLUSTER_CIDR6)
     } else {

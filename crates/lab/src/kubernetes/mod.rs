@@ -28,6 +28,7 @@
 //! kubeconfig's path; `podnet lab kubectl -- …` runs kubectl with it, in the fabric.
 
 mod control_plane;
+pub(crate) use control_plane::cluster_ranges;
 mod kubelet;
 
 use control_plane::*;
@@ -247,9 +248,14 @@ impl Lab {
             .with_context(|| format!("write {}", path.display()))
     }
 
-    /// Registers lab node `node` as a Node (InternalIP `ip`, Ready), as its kubelet
-    /// would.
-    pub(crate) fn register_node(&self, node: &str, ip: Ipv4Addr) -> Result<()> {
+    /// Registers lab node `node` as a Node (InternalIP `ip`, and `ip6` on a dual-stack
+    /// lab; Ready), as its kubelet would.
+    pub(crate) fn register_node(
+        &self,
+        node: &str,
+        ip: Ipv4Addr,
+        ip6: Option<std::net::Ipv6Addr>,
+    ) -> Result<()> {
         let obj = json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": node, "labels": {
@@ -257,9 +263,13 @@ impl Lab {
         });
         self.kubectl(&["apply", "-f", "-"], Some(&obj.to_string()))?;
         let now = crate::now_rfc3339();
+        let mut addresses = vec![json!({"type": "InternalIP", "address": ip.to_string()})];
+        if let Some(ip6) = ip6 {
+            addresses.push(json!({"type": "InternalIP", "address": ip6.to_string()}));
+        }
+        addresses.push(json!({"type": "Hostname", "address": node}));
         let status = json!({"status": {
-            "addresses": [{"type": "InternalIP", "address": ip.to_string()},
-                          {"type": "Hostname", "address": node}],
+            "addresses": addresses,
             "conditions": [{"type": "Ready", "status": "True", "reason": "PodnetLab",
                             "message": "the podnet lab plays this node's kubelet",
                             "lastHeartbeatTime": now, "lastTransitionTime": now}],

@@ -105,15 +105,29 @@ impl Lab {
         Ok(())
     }
 
-    /// `deploy/` as an operator applies it, with the lab's settings: the backend in
-    /// the ConfigMap, the policy datapath and datapath in the DaemonSet.
+    /// `deploy/` as an operator applies it, with the lab's settings: the backend (and a
+    /// dual-stack lab's two ranges) in the ConfigMap, the policy datapath and datapath
+    /// in the DaemonSet.
     pub(crate) fn install_podnet(&self, st: &State, say: &mut dyn FnMut(&str)) -> Result<()> {
         let cm_anchor = "backend: \"vxlan\"";
         let ds_anchor = "- --policy-datapath=ebpf";
         if !CONFIGMAP_YAML.contains(cm_anchor) || !DAEMONSET_YAML.contains(ds_anchor) {
             bail!("deploy/configmap.yaml or deploy/daemonset.yaml no longer hold `{cm_anchor}` / `{ds_anchor}`, where the lab sets its backend and datapaths: update crate::real");
         }
-        let cm = CONFIGMAP_YAML.replace(cm_anchor, &format!("backend: \"{}\"", st.backend));
+        let cidr_anchor = format!("cluster-cidr: \"{}\"", crate::kubernetes::CLUSTER_CIDR);
+        if !CONFIGMAP_YAML.contains(&cidr_anchor) {
+            bail!("deploy/configmap.yaml no longer holds `{cidr_anchor}`, where the lab sets a dual-stack cluster's ranges: update crate::real");
+        }
+        let dual = st.ip_family == podnet_conventions::IpFamily::Dual;
+        let cm = CONFIGMAP_YAML
+            .replace(cm_anchor, &format!("backend: \"{}\"", st.backend))
+            .replace(
+                &cidr_anchor,
+                &format!(
+                    "cluster-cidr: \"{}\"",
+                    crate::kubernetes::cluster_ranges(dual)
+                ),
+            );
         let indent = DAEMONSET_YAML
             .lines()
             .find(|l| l.trim() == ds_anchor)

@@ -43,7 +43,7 @@
 //!   control-plane host on the pod network does.
 
 use super::*;
-use crate::kubernetes::{run_checked, API_ADDR, API_PORT, CLUSTER_CIDR, K8S_VERSION};
+use crate::kubernetes::{run_checked, API_ADDR, API_PORT, K8S_VERSION};
 use serde_json::json;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
@@ -390,13 +390,13 @@ impl Lab {
         Ok(())
     }
 
-    /// Brings real node `node` (its network namespace made, eth0 at `ip`) to running
-    /// containerd, kubelet and kube-proxy.
+    /// Brings real node `node` (its network namespace made, eth0 at `ip`, and at `ip6`
+    /// on a dual-stack lab) to running containerd, kubelet and kube-proxy.
     pub(crate) fn ensure_real_node(
         &self,
         st: &State,
         node: &str,
-        ip: Ipv4Addr,
+        (ip, ip6): (Ipv4Addr, Option<std::net::Ipv6Addr>),
         say: &mut dyn FnMut(&str),
     ) -> Result<()> {
         let bin = bin_dir()?;
@@ -425,7 +425,7 @@ impl Lab {
         }
 
         self.write_node_config(node)?;
-        self.start_node_daemons(st, node, ip, &bin)?;
+        self.start_node_daemons(st, node, (ip, ip6), &bin)?;
         // The lab's tools find the agent where the DaemonSet's podnetd puts it.
         for (link, target) in [
             (
@@ -450,8 +450,20 @@ impl Lab {
     }
 
     /// Starts containerd (and waits for its socket), imports the images, starts the
-    /// kubelet and kube-proxy; each unless it runs.
-    fn start_node_daemons(&self, st: &State, node: &str, ip: Ipv4Addr, bin: &Path) -> Result<()> {
+    /// kubelet and kube-proxy; each unless it runs. A dual-stack node's kubelet reports
+    /// both addresses (`--node-ip` IPv4,IPv6) and kube-proxy proxies both families.
+    fn start_node_daemons(
+        &self,
+        st: &State,
+        node: &str,
+        (ip, ip6): (Ipv4Addr, Option<std::net::Ipv6Addr>),
+        bin: &Path,
+    ) -> Result<()> {
+        let node_ip = match ip6 {
+            Some(ip6) => format!("{ip},{ip6}"),
+            None => ip.to_string(),
+        };
+        let cluster_cidr = crate::kubernetes::cluster_ranges(ip6.is_some());
         let root = self.real_root(node);
         // containerd, then the images, then the kubelet and kube-proxy.
         self.spawn_node_daemon(
@@ -490,7 +502,7 @@ impl Lab {
                 "--config=/etc/kubernetes/kubelet.yaml".into(),
                 "--kubeconfig=/etc/kubernetes/kubelet.kubeconfig".into(),
                 format!("--hostname-override={node}"),
-                format!("--node-ip={ip}"),
+                format!("--node-ip={node_ip}"),
                 "--v=1".into(),
             ],
         )?;
@@ -501,7 +513,7 @@ impl Lab {
             &[
                 "--kubeconfig=/etc/kubernetes/kube-proxy.kubeconfig".into(),
                 format!("--proxy-mode={}", st.proxy_mode),
-                format!("--cluster-cidr={CLUSTER_CIDR}"),
+                format!("--cluster-cidr={cluster_cidr}"),
                 format!("--hostname-override={node}"),
                 // Leave the machine-wide conntrack table size alone.
                 "--conntrack-max-per-core=0".into(),

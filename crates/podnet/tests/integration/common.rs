@@ -361,3 +361,36 @@ pub fn lab_ip6(st: &Value, name: &str) -> std::net::Ipv6Addr {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no IPv6 address for {name}: {st}"))
 }
+
+/// Lab node `node`'s eth0 MAC (its underlay link).
+pub fn eth0_mac(lab: &TestLab, node: &str) -> [u8; 6] {
+    let m = lab
+        .ns(node)
+        .run(|| {
+            let mut s = podnet_netlink::Socket::route().unwrap();
+            podnet_netlink::link::get_by_name(&mut s, "eth0")
+                .unwrap()
+                .unwrap()
+                .mac
+        })
+        .unwrap();
+    m[..6].try_into().unwrap()
+}
+
+/// A UDP socket bound in lab pod `pod` to `[addr]:port`, whose reads time out after
+/// 300 ms.
+pub fn udp6_listener(
+    lab: &TestLab,
+    pod: &str,
+    addr: std::net::Ipv6Addr,
+    port: u16,
+) -> std::net::UdpSocket {
+    let rx = lab
+        .ns(pod)
+        .run(|| std::net::UdpSocket::bind(std::net::SocketAddrV6::new(addr, port, 0, 0)))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("bind [{addr}]:{port} in {pod}: {e}"));
+    rx.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    rx
+}

@@ -52,7 +52,12 @@ fn add(node: &Node, cid: &str) -> Pod {
 
 /// One TCP exchange over IPv6 from `from` to a listener on `to`: the source the
 /// listener saw, or the error.
-fn tcp6(from: &Netns, to: &Netns, addr: Ipv6Addr, port: u16) -> Result<Ipv6Addr, String> {
+pub(crate) fn tcp6(
+    from: &Netns,
+    to: &Netns,
+    addr: Ipv6Addr,
+    port: u16,
+) -> Result<Ipv6Addr, String> {
     let l = to
         .run(|| TcpListener::bind(SocketAddrV6::new(addr, port, 0, 0)))
         .unwrap()
@@ -542,35 +547,77 @@ fn carries_ipv6_between_nodes_without_nat(lab: &TestLab) {
     }
 }
 
-/// `--ip-family dual` with a choice that would drop pods' IPv6 between nodes (host-gw)
-/// is refused before anything is made, naming the flag.
+/// A dual-stack podnetd on host-gw whose underlay has no global IPv6 address (only
+/// link-local) refuses to start, naming the device and what to do, before it
+/// registers or makes anything: its pods' IPv6 would have no next hop at its peers.
 #[test]
-fn a_dual_stack_lab_refuses_what_would_drop_ipv6() {
+fn dual_stack_host_gw_without_an_underlay_ipv6_address_is_refused() {
     require_root();
-    let lab = TestLab {
-        name: podnet_lab::scratch::unique("t").replace('-', "x"),
+    let ns = podnet_lab::scratch::ScratchNs::new(podnet_lab::scratch::unique("hg6")).unwrap();
+    let dir = podnet_lab::scratch::ScratchDir::new("hg6").unwrap();
+    let sh = |args: &[&str]| {
+        let o = std::process::Command::new("ip")
+            .args(["-n", &ns.name])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     };
-    let o = lab.run(&[
-        "up",
-        "--nodes",
-        "1",
-        "--ip-family",
-        "dual",
-        "--backend",
-        "host-gw",
+    sh(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
     ]);
-    assert!(!o.status.success());
+    sh(&["addr", "add", "192.168.77.10/24", "dev", "eth0"]);
+    sh(&["link", "set", "eth1", "up"]);
+    sh(&["link", "set", "eth0", "up"]);
+    let store = dir.path().join("datastore");
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_podnetd")])
+        .args([
+            "--node",
+            "n1",
+            "--underlay-dev",
+            "eth0",
+            "--backend",
+            "host-gw",
+        ])
+        .args(["--cluster-cidr", "10.244.0.0/16,fd00:10:244::/56"])
+        .arg(format!("--datastore=file:{}", store.display()))
+        .arg(format!(
+            "--api-socket={}",
+            dir.path().join("api.sock").display()
+        ))
+        .arg(format!(
+            "--node-file={}",
+            dir.path().join("node.json").display()
+        ))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("--backend host-gw"), "{err}");
+    assert!(!o.status.success(), "{err}");
     assert!(
-        !std::path::Path::new(&format!("/run/podnet/lab/{}", lab.name)).exists(),
-        "a refused lab left its directory"
+        err.contains("eth0")
+            && err.contains("no global IPv6 address")
+            && err.contains("ip -6 addr add"),
+        "{err}"
+    );
+    // No lease was taken: the datastore holds no record of the node, though podnetd
+    // opened it (the control: that is where a registration would be).
+    assert!(store.exists(), "podnetd never opened the datastore");
+    assert!(
+        !store.join("nodes").join("n1.json").exists(),
+        "it registered"
     );
 }
 
-/// A dual-stack lab on a real kube-apiserver: kube-controller-manager gives each Node
-/// an IPv6 pod CIDR beside its IPv4 one (`spec.podCIDRs`), podnetd reads it from there,
-/// pods' API status lists both addresses, and IPv6 crosses between nodes. Then a
+/// A dual-stack lab on a real kube-apiserver, on host-gw: kube-controller-manager
+/// gives each Node an IPv6 pod CIDR beside its IPv4 one (`spec.podCIDRs`), podnetd
+/// reads it from there and publishes its underlay IPv6 address as an annotation
+/// (checked against the Node's IPv6 InternalIP), pods' API status lists both
+/// addresses, and IPv6 crosses between nodes via that address. Then a
 /// NetworkPolicy applied with kubectl judges the pods' IPv6 addresses as the API lists
 /// them (`status.podIPs`): an IPv6 ipBlock admits one pod and not the other.
 #[test]
@@ -580,6 +627,8 @@ fn a_dual_stack_kubernetes_lab_takes_both_pod_cidrs_from_the_nodes() {
         1,
         &[
             "--kubernetes",
+            "--backend",
+            "host-gw",
             "--datapath",
             "bridge",
             "--policy-datapath",
@@ -589,12 +638,24 @@ fn a_dual_stack_kubernetes_lab_takes_both_pod_cidrs_from_the_nodes() {
     let nodes: Value =
         serde_json::from_str(&lab.kubectl(&["get", "nodes", "-o", "json"], None)).unwrap();
     let range: podnet_cni_spec::net::Ipv6Net = "fd00:10:244::/56".parse().unwrap();
-    for n in nodes["items"].as_array().unwrap() {
+    let mut c6s = vec![];
+    for (i, n) in nodes["items"].as_array().unwrap().iter().enumerate() {
         let cidrs = n["spec"]["podCIDRs"].as_array().unwrap();
         assert_eq!(cidrs.len(), 2, "{}", n["spec"]);
         let c6: podnet_cni_spec::net::Ipv6Net = cidrs[1].as_str().unwrap().parse().unwrap();
         assert!(range.contains(c6.network()) && c6.prefix() == 64, "{c6}");
+        assert_eq!(n["metadata"]["name"], format!("node{}", i + 1));
+        assert_eq!(
+            n["metadata"]["annotations"]["podnet.dev/underlay-ip6"],
+            podnet_lab::underlay_ip6(i + 1).to_string(),
+            "{}",
+            n["metadata"]
+        );
+        c6s.push(c6);
     }
+    let routes = lab.sh("node1", &["ip", "-6", "route", "show", "proto", "0x50"]);
+    let want = format!("{} via {} dev eth0", c6s[1], podnet_lab::underlay_ip6(2));
+    assert!(routes.contains(&want), "{want:?} not in {routes}");
     let st = lab.json(&["status", "--output", "json"]);
     let ip6 = |name: &str| lab_ip6(&st, name);
     let (a, b) = (ip6("p1a"), ip6("p2a"));
@@ -990,26 +1051,12 @@ fn the_underlay_guard_refuses_forged_pod_ipv6_sources(extra: &[&str]) {
     let lab = dual_lab(2, 1, extra);
     let st = lab.json(&["status", "--output", "json"]);
     let (a, b) = (lab_ip6(&st, "p1a"), lab_ip6(&st, "p2a"));
-    let mac = |node: &str| {
-        lab.ns(node)
-            .run(|| {
-                let mut s = podnet_netlink::Socket::route().unwrap();
-                link::get_by_name(&mut s, "eth0").unwrap().unwrap().mac
-            })
-            .unwrap()
-    };
-    let (mac1, mac2) = (mac("node1"), mac("node2"));
-    let rx = lab
-        .ns("p2a")
-        .run(|| UdpSocket::bind(SocketAddrV6::new(b, 7650, 0, 0)))
-        .unwrap()
-        .unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
+    let (mac1, mac2) = (eth0_mac(&lab, "node1"), eth0_mac(&lab, "node2"));
+    let rx = udp6_listener(&lab, "p2a", b, 7650);
     let frame = |src: Ipv6Addr, payload: &[u8]| {
         probe::udp6_frame(
-            <[u8; 6]>::try_from(&mac2[..6]).unwrap(),
-            <[u8; 6]>::try_from(&mac1[..6]).unwrap(),
+            mac2,
+            mac1,
             SocketAddrV6::new(src, 5555, 0, 0),
             SocketAddrV6::new(b, 7650, 0, 0),
             payload,

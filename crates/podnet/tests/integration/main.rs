@@ -12,6 +12,7 @@ mod drift;
 mod dual_stack;
 mod errors;
 mod fastpath;
+mod host_gw6;
 mod ipam;
 mod kubernetes;
 mod lab;
