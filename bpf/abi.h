@@ -311,4 +311,14 @@ struct svc_config {
 	u32 cluster6_prefix;
 };
 
+/* svc_config6's one value (a dual-stack cluster): the IPv6 Service range and the
+ * node's IPv6 pod CIDR, whose pods' offsets go in PODNET_SVC_MARK's pod bits as
+ * svc_config's node range does for IPv4. */
+struct svc_config6 {
+	struct in6 service_net;
+	u32 service_prefix; /* 0: no IPv6 Service range */
+	struct in6 node_net;
+	u32 node_prefix;    /* 0: offsets not marked */
+};
+
 #endif

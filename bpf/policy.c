@@ -341,6 +341,23 @@ struct {
 	__uint(pinning, PIN_BY_NAME);
 } translated SEC(".maps");
 
+/* The same for IPv6 Services (a dual-stack cluster). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, u32);
+	__type(value, struct svc_config6);
+	__uint(max_entries, 1);
+	__uint(pinning, PIN_BY_NAME);
+} svc_config6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct flow6_key);
+	__type(value, u64);
+	__uint(max_entries, 65536);
+	__uint(pinning, PIN_BY_NAME);
+} translated6 SEC(".maps");
+
 /* The datapath, by concern (each header says what it holds and which of the maps above
  * it uses). */
 #include "lib/parse.h"
@@ -393,17 +410,22 @@ struct {
 #include "lib/fib.h"
 #include "lib/service.h"
 
-/* An IPv6 packet from a pod (from_pod_policy): its egress verdict, then with the fast
- * path straight into a local pod or out to the pod's node, as for IPv4 (no Service
- * deferral: Services are IPv4 here). */
+/* An IPv6 packet from a pod (from_pod_policy): to a Service, deferred until it is
+ * translated; else its egress verdict, then with the fast path straight into a local
+ * pod or out to the pod's node, as for IPv4 (a reply the node must translate back
+ * goes through its stack). */
 INLINE int from_pod6(struct __sk_buff *skb)
 {
 	struct pkt6 k = {};
 	if (parse_ip6(skb, &k) != PARSE_IPV6)
 		return TC_ACT_SHOT;
+	if (is_service6(&k.daddr))
+		return defer_service6(skb, &k);
 	int r = judge6(&k, k.saddr, k.daddr, DIR_EGRESS);
 	if (r != TC_ACT_OK || !switched_on(CONFIG_FAST_PATH))
 		return r;
+	if (translated_reply6(&k))
+		return TC_ACT_OK;
 	struct local_pod *dst = bpf_map_lookup_elem(&local_pods6, &k.daddr);
 	if (dst) {
 		u8 *data = (u8 *)(long)skb->data;
@@ -417,14 +439,20 @@ INLINE int from_pod6(struct __sk_buff *skb)
 	return to_other_node6(skb, &k);
 }
 
-/* An IPv6 packet to a pod (to_pod_policy): its ingress verdict. */
+/* An IPv6 packet to a pod (to_pod_policy): a Service packet translated on this node
+ * meets its client's egress first; then this pod's ingress verdict on the client. */
 INLINE int to_pod6(struct __sk_buff *skb)
 {
 	struct pkt6 k = {};
 	if (parse_ip6(skb, &k) != PARSE_IPV6)
 		return TC_ACT_SHOT;
 	k.from_host = !skb->ingress_ifindex;
-	return judge6(&k, k.daddr, k.saddr, DIR_INGRESS);
+	struct in6 client = {};
+	int found;
+	int r = judge_translated6(skb, &k, &client, &found);
+	if (r != TC_ACT_OK)
+		return r;
+	return judge6(&k, k.daddr, found ? client : k.saddr, DIR_INGRESS);
 }
 
 /* An IPv6 packet from another node to a local pod, on the overlay device (fast path):
@@ -435,7 +463,7 @@ INLINE int into_pod6(struct __sk_buff *skb)
 	if (parse_ip6(skb, &k) != PARSE_IPV6)
 		return TC_ACT_OK;
 	struct local_pod *dst = bpf_map_lookup_elem(&local_pods6, &k.daddr);
-	if (!dst)
+	if (!dst || translated_reply6(&k))
 		return TC_ACT_OK;
 	return judged_into6(skb, &k, dst, 1);
 }
@@ -525,10 +553,22 @@ SEC("classifier/from_underlay") int from_underlay(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	/* Inner IPv6 (a dual-stack pod's): to a pod of this node, decapsulated here. */
 	if (in[12] == 0x86 && in[13] == 0xdd) {
-		if (in + 14 + 40 > end)
+		u8 *i6 = in + 14;
+		if (i6 + 44 > end)
 			return TC_ACT_OK;
-		if (!bpf_map_lookup_elem(&local_pods6, in + 14 + 24))
+		if (!bpf_map_lookup_elem(&local_pods6, i6 + 24))
 			return TC_ACT_OK;
+		/* A reply this node translated goes to the stack, as for IPv4; so does
+		 * anything whose ports are behind extension headers. */
+		if (i6[6] != IPPROTO_TCP && i6[6] != IPPROTO_UDP && i6[6] != IPPROTO_ICMPV6)
+			return TC_ACT_OK;
+		if (i6[6] != IPPROTO_ICMPV6) {
+			struct pkt6 r = {.proto = i6[6], .sport = be16(i6 + 40), .dport = be16(i6 + 42)};
+			__builtin_memcpy(&r.saddr, i6 + 8, 16);
+			__builtin_memcpy(&r.daddr, i6 + 24, 16);
+			if (translated_reply6(&r))
+				return TC_ACT_OK;
+		}
 		if (bpf_skb_adjust_room(skb, -VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC,
 					BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV6))
 			return TC_ACT_OK;
@@ -591,6 +631,19 @@ SEC("classifier/to_pod_policy") int to_pod_policy(struct __sk_buff *skb)
 	return judge(&k, k.daddr, client ? client : k.saddr, DIR_INGRESS);
 }
 
+/* A marked IPv6 packet (its header at `base`) leaving the node: its client's egress. */
+INLINE int after_translation6(struct __sk_buff *skb, u32 base)
+{
+	struct pkt6 k = {};
+	if (parse_ip6_at(skb, &k, base) != PARSE_IPV6) {
+		skb->mark &= ~SVC_BITS;
+		return TC_ACT_SHOT;
+	}
+	struct in6 client = {};
+	int found;
+	return judge_translated6(skb, &k, &client, &found);
+}
+
 /* On the egress of the overlay and underlay devices: a Service packet translated on
  * this node and leaving it meets its client's egress here (lib/service.h). */
 SEC("classifier/after_translation") int after_translation(struct __sk_buff *skb)
@@ -602,6 +655,8 @@ SEC("classifier/after_translation") int after_translation(struct __sk_buff *skb)
 	int r = parse(skb, &k);
 	if (r == PARSE_IPV4)
 		return judge_translated(skb, &k, &client);
+	if (r == PARSE_IPV6)
+		return after_translation6(skb, 14);
 	skb->mark &= ~SVC_BITS;
 	return r == PARSE_DROP ? TC_ACT_SHOT : TC_ACT_OK;
 }
@@ -611,6 +666,8 @@ SEC("classifier/after_translation_l3") int after_translation_l3(struct __sk_buff
 {
 	if (!(skb->mark & PODNET_SVC_MARK))
 		return TC_ACT_OK;
+	if (skb->protocol == __builtin_bswap16(ETH_P_IPV6))
+		return after_translation6(skb, 0);
 	struct pkt k = {};
 	u32 client;
 	int r = parse_l3(skb, &k);

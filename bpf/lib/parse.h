@@ -207,20 +207,21 @@ INLINE void quoted6_ports(struct __sk_buff *skb, u32 off, struct pkt6 *k)
 	}
 }
 
-/* The IPv6 packet after the Ethernet header of a frame parse() called PARSE_IPV6: its
+/* The IPv6 packet at `base` (after the Ethernet header of a frame parse() called
+ * PARSE_IPV6, or at 0 on a device without one): its
  * addresses, the upper-layer protocol after the extension headers, ports or echo id,
  * fragment state (fragment header), and for an ICMPv6 error (destination unreachable,
  * packet too big, time exceeded, parameter problem) the flow it quotes. Read with
  * bpf_skb_load_bytes, so the headers need not be in the linear part. */
-INLINE int parse_ip6(struct __sk_buff *skb, struct pkt6 *k)
+INLINE int parse_ip6_at(struct __sk_buff *skb, struct pkt6 *k, u32 base)
 {
 	u8 h[40];
-	if (bpf_skb_load_bytes(skb, 14, h, 40))
+	if (bpf_skb_load_bytes(skb, base, h, 40))
 		return PARSE_DROP;
 	__builtin_memcpy(&k->saddr, h + 8, 16);
 	__builtin_memcpy(&k->daddr, h + 24, 16);
 	u8 nh = h[6];
-	u32 off = 54;
+	u32 off = base + 40;
 	for (int i = 0; i < IP6_EXT_MAX; i++) {
 		if (!is_ip6_ext(nh))
 			break;
@@ -287,6 +288,12 @@ INLINE int parse_ip6(struct __sk_buff *skb, struct pkt6 *k)
 		}
 	}
 	return PARSE_IPV6;
+}
+
+/* parse_ip6_at() after an Ethernet header. */
+INLINE int parse_ip6(struct __sk_buff *skb, struct pkt6 *k)
+{
+	return parse_ip6_at(skb, k, 14);
 }
 
 #endif

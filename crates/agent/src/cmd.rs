@@ -115,8 +115,10 @@ struct Args {
     /// needs a global IPv6 address on each node's --underlay-dev (its IPv6 next hop).
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: String,
-    /// The cluster's Service range (kube-apiserver's --service-cluster-ip-range):
-    /// a peer whose underlay address lies in it is left out.
+    /// The cluster's Service range (kube-apiserver's --service-cluster-ip-range): a
+    /// peer whose underlay address lies in it is left out, and with the eBPF policy
+    /// datapath packets to it are judged after kube-proxy's translation. A dual-stack
+    /// cluster lists its IPv6 range after the IPv4 one (`10.96.0.0/12,fd00:10:96::/112`).
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: String,
     /// Prefix length of each node's pod CIDR.
@@ -334,10 +336,24 @@ fn config(mut a: Args) -> Result<Config, Failure> {
             Some((range, a.node_prefix6))
         }
     };
+    let (service4, service6) = match a.service_cidr.split_once(',') {
+        None => (a.service_cidr.as_str(), None),
+        Some((v4, v6)) => (v4, Some(v6)),
+    };
+    let service_cidr6 = match service6 {
+        None => None,
+        Some(v6) => Some(v6.trim().parse().map_err(|e: podnet_cni_spec::net::CidrError| {
+            Failure::op(
+                format!("invalid IPv6 range {v6:?} in --service-cidr"),
+                format!("{}; a dual-stack --service-cidr is IPv4,IPv6 (10.96.0.0/12,fd00:10:96::/112), as kube-apiserver's --service-cluster-ip-range", e.0),
+            )
+        })?),
+    };
     let cfg = Config {
         cluster_cidr: cidr("cluster-cidr", cluster4)?,
         cluster_cidr6,
-        service_cidr: cidr("service-cidr", &a.service_cidr)?,
+        service_cidr: cidr("service-cidr", service4)?,
+        service_cidr6,
         node: a.node.ok_or(
             "give this node's name with --node (or NODE_NAME): the agent registers under it",
         )?,

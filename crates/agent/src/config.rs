@@ -17,6 +17,10 @@ pub struct Config {
     /// The cluster's Service range (kube-apiserver's `--service-cluster-ip-range`):
     /// no peer's underlay address may lie in it ([`crate::peers::check_peer`]).
     pub service_cidr: Ipv4Net,
+    /// A dual-stack cluster's IPv6 Service range (`--service-cidr v4,v6`): with the
+    /// eBPF policy datapath, IPv6 Service traffic is judged after kube-proxy's
+    /// translation, as IPv4's is.
+    pub service_cidr6: Option<podnet_cni_spec::net::Ipv6Net>,
     pub node_prefix: u8,
     pub backend: Backend,
     pub vni: u32,

@@ -54,6 +54,7 @@ impl Agent {
         }
         pol.set_services(policy::Services {
             range: self.cfg.service_cidr,
+            range6: self.cfg.service_cidr6,
             cluster: self.cfg.cluster_cidr,
             cluster6: self.cfg.cluster_cidr6.map(|(n, _)| n),
             underlay_dev: self.cfg.underlay_dev.clone(),

@@ -466,7 +466,9 @@ impl Lab {
         }
         if st.ip_family == podnet_conventions::IpFamily::Dual {
             cmd.arg("--cluster-cidr")
-                .arg(format!("10.244.0.0/16,{CLUSTER_CIDR6}"));
+                .arg(format!("10.244.0.0/16,{CLUSTER_CIDR6}"))
+                .arg("--service-cidr")
+                .arg(crate::kubernetes::service_ranges(true));
         }
         let pid = spawn_in(ns, cmd, Some(&dir.join("podnetd.log")))?;
         self.record_pid(node, pid)?;

@@ -30,6 +30,8 @@ use podnet_cni_spec::Ipv4Net;
 pub struct Services {
     /// The Service range (kube-apiserver's `--service-cluster-ip-range`).
     pub range: Ipv4Net,
+    /// A dual-stack cluster's IPv6 Service range.
+    pub range6: Option<podnet_conventions::Ipv6Net>,
     /// The cluster CIDR: the fast path carries packets to these addresses only.
     pub cluster: Ipv4Net,
     /// The cluster's IPv6 range (dual-stack): likewise for IPv6.
@@ -78,6 +80,14 @@ impl Policy {
             }
             return Ok(());
         };
+        let six = s.range6.zip(self.cidr6);
+        if e.set_services6(six)? {
+            if let Some((r6, _)) = six {
+                log(&format!(
+                    "policy: packets to IPv6 Services ({r6}) are judged after kube-proxy's translation"
+                ));
+            }
+        }
         if e.set_services(s.range, cidr, s.cluster, s.cluster6)? {
             log(&format!(
                 "policy: packets to Services ({}) are judged after kube-proxy's translation{}",

@@ -343,7 +343,7 @@ impl Lab {
 }
 
 /// The Service range(s) kube-apiserver and kube-controller-manager take.
-fn service_ranges(dual: bool) -> String {
+pub(crate) fn service_ranges(dual: bool) -> String {
     if dual {
         format!("{SERVICE_CIDR},{SERVICE_CIDR6}")
     } else {

@@ -28,7 +28,7 @@
 //! kubeconfig's path; `podnet lab kubectl -- …` runs kubectl with it, in the fabric.
 
 mod control_plane;
-pub(crate) use control_plane::cluster_ranges;
+pub(crate) use control_plane::{cluster_ranges, service_ranges};
 mod kubelet;
 
 use control_plane::*;

@@ -119,8 +119,19 @@ impl Lab {
             bail!("deploy/configmap.yaml no longer holds `{cidr_anchor}`, where the lab sets a dual-stack cluster's ranges: update crate::real");
         }
         let dual = st.ip_family == podnet_conventions::IpFamily::Dual;
+        let svc_anchor = "service-cidr: \"10.96.0.0/12\"";
+        if !CONFIGMAP_YAML.contains(svc_anchor) {
+            bail!("deploy/configmap.yaml no longer holds `{svc_anchor}`, where the lab sets its Service ranges: update crate::real");
+        }
         let cm = CONFIGMAP_YAML
             .replace(cm_anchor, &format!("backend: \"{}\"", st.backend))
+            .replace(
+                svc_anchor,
+                &format!(
+                    "service-cidr: \"{}\"",
+                    crate::kubernetes::service_ranges(dual)
+                ),
+            )
             .replace(
                 &cidr_anchor,
                 &format!(

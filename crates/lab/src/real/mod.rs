@@ -402,20 +402,31 @@ impl Lab {
         let bin = bin_dir()?;
         let root = self.real_root(node);
         std::fs::create_dir_all(self.node_dir(node))?;
-        run_checked(
-            Command::new("ip").args([
-                "-n",
-                &self.node_ns(node),
-                "route",
-                "replace",
-                "default",
-                "via",
-                &API_ADDR.to_string(),
-                "dev",
-                "eth0",
-            ]),
-            &format!("ip route: the default route of {node}"),
-        )?;
+        // The node's default route through the fabric; a dual-stack node needs an IPv6
+        // one too: the kernel routes a packet the node sends to an IPv6 ClusterIP
+        // before kube-proxy translates it (the fabric is the lab's edge and routes
+        // nothing further).
+        let mut defaults = vec![("-4", API_ADDR.to_string())];
+        if ip6.is_some() {
+            defaults.push(("-6", crate::OUTSIDE_ADDR6.to_string()));
+        }
+        for (family, via) in defaults {
+            run_checked(
+                Command::new("ip").args([
+                    family,
+                    "-n",
+                    &self.node_ns(node),
+                    "route",
+                    "replace",
+                    "default",
+                    "via",
+                    &via,
+                    "dev",
+                    "eth0",
+                ]),
+                &format!("ip {family} route: the default route of {node}"),
+            )?;
+        }
         self.ensure_node_mounts(node)?;
         let cg = self.cgroup_root(node);
         for h in cgroup_hierarchies() {

@@ -123,7 +123,9 @@ pub const FILTER_IN: &str = "podnet_policy_in";
 pub(super) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 // The structs and constants shared with bpf/policy.c, generated from bpf/abi.h.
-use podnet_bpf_abi::{In6, Peer6Data, PeerData, PortData, SvcConfig, VtepKey, CONFIG_FAST_PATH};
+use podnet_bpf_abi::{
+    In6, Peer6Data, PeerData, PortData, SvcConfig, SvcConfig6, VtepKey, CONFIG_FAST_PATH,
+};
 pub use podnet_bpf_abi::{LocalPod, OverlaySelf};
 
 /// This node's VXLAN device as the fast path writes its encapsulation (`overlay_self`):
@@ -440,6 +442,32 @@ impl EbpfDatapath {
             return Ok(false);
         }
         a.set(0, want, 0).map_err(|e| err("write svc_config", e))?;
+        Ok(true)
+    }
+
+    /// A dual-stack cluster's IPv6 Service range and the node's IPv6 pod CIDR
+    /// (`svc_config6`); `None` clears it (no IPv6 Service is deferred). Says whether
+    /// the value changed.
+    pub fn set_services6(
+        &mut self,
+        six: Option<(podnet_conventions::Ipv6Net, podnet_conventions::Ipv6Net)>,
+    ) -> Result<bool, Failure> {
+        let want = six.map_or(SvcConfig6::default(), |(service, node)| SvcConfig6 {
+            service_net: in6(service.network()),
+            service_prefix: u32::from(service.prefix()),
+            node_net: in6(node.network()),
+            node_prefix: u32::from(node.prefix()),
+        });
+        let mut a: aya::maps::Array<_, SvcConfig6> = aya::maps::Array::try_from(
+            self.bpf
+                .map_mut("svc_config6")
+                .ok_or("no map svc_config6")?,
+        )
+        .map_err(|e| err("svc_config6", e))?;
+        if a.get(&0, 0).map_err(|e| err("read svc_config6", e))? == want {
+            return Ok(false);
+        }
+        a.set(0, want, 0).map_err(|e| err("write svc_config6", e))?;
         Ok(true)
     }
 
