@@ -9,8 +9,10 @@
  * (derived from its MAC, EUI-64, as the kernel makes it, for pods that keep one); ::
  * only for MLD reports and for duplicate-address detection of one of those addresses.
  * A neighbour advertisement is for one of those addresses and that MAC, and it is not
- * a router advertisement or a redirect (nor a fragment or a chain of extension headers
- * too long to see through). UDP to the node's overlay ports is dropped unless it goes
+ * a router advertisement or a redirect (nor a chain of extension headers too long to
+ * see through). A first IPv6 fragment is checked as an unfragmented packet; a later one,
+ * which carries no upper-layer header, by its source (large UDP datagrams are sent in
+ * fragments). UDP to the node's overlay ports is dropped unless it goes
  * to another pod (see struct pod_state). Everything else is dropped through drop(),
  * which counts it under one reason from drop_reasons.h.
  *
@@ -295,9 +297,27 @@ SEC("classifier") int podnet_from_pod(struct __sk_buff *skb)
 			next = p[0];
 			p += len;
 		}
-		/* Still inside the chain, or a fragment: what follows cannot be checked. */
+		/* A fragment: the first carries the upper-layer header, checked below as
+		 * if unfragmented (a neighbour discovery message there is dropped the same
+		 * way, and the kernel ignores fragmented ones anyway, RFC 6980); a later one
+		 * carries none, so only its source is checked. */
+		u8 later = 0;
+		if (next == 44) {
+			if (p + 8 > end)
+				return drop(key, data, end, st, DROP_MALFORMED);
+			later = (((u32)p[2] << 8 | p[3]) & 0xfff8) != 0;
+			next = p[0];
+			p += 8;
+		}
+		/* Still inside the chain (or a second fragment header): what follows cannot
+		 * be checked. */
 		if (next == 0 || next == 43 || next == 60 || next == 44)
 			return drop(key, data, end, st, DROP_MALFORMED);
+		if (later) {
+			if (!own_addr6(l3 + 8, st))
+				return drop(key, data, end, st, DROP_IPV6_SRC);
+			return TC_ACT_UNSPEC;
+		}
 		u8 icmp = 0;
 		if (next == IPPROTO_ICMPV6) {
 			if (p + 1 > end)
@@ -320,7 +340,8 @@ SEC("classifier") int podnet_from_pod(struct __sk_buff *skb)
 					return drop(key, data, end, st, DROP_IPV6_DAD);
 			}
 		}
-		/* UDP to an overlay port (fragments were refused above). */
+		/* UDP to an overlay port (the first fragment's header; later ones passed
+		 * above are useless to the node without it). */
 		if (next == IPPROTO_UDP) {
 			if (p + 4 > end)
 				return drop(key, data, end, st, DROP_MALFORMED);

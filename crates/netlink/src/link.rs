@@ -347,6 +347,12 @@ pub fn ensure_bridge(
         reqs.push(crate::addr::add_request(br.index, addr, prefix));
     }
     if !br.is_up() {
+        // Before it comes up: no duplicate address detection on the bridge. Its IPv6
+        // link-local address (from its MAC, this node's alone) would stay tentative for
+        // a second or two, and the node sends its neighbour solicitations for pods'
+        // IPv6 addresses from it: a pod's first IPv6 packets through the node would be
+        // lost meanwhile. (No such file: IPv6 is off, nothing to do.)
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_dad"), "0");
         reqs.push(change_request(
             Target::Index(br.index),
             &LinkChange {

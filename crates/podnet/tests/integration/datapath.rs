@@ -242,8 +242,41 @@ fn every_verdict_and_reason() {
                 ),
                 ("IPv6 RA behind five extension headers", deep_ra, SHOT),
                 (
-                    "IPv6 fragment",
+                    "IPv6 RA in a first fragment",
                     ipv6_frame(mac, 44, &[58, 0, 0, 1, 0, 0, 0, 1, 134, 0, 0, 0]),
+                    SHOT,
+                ),
+                (
+                    "IPv6 echo request in a first fragment",
+                    ipv6_frame(
+                        mac,
+                        44,
+                        &[58, 0, 0, 1, 0, 0, 0, 1, 128, 0, 0, 0, 0, 1, 0, 1],
+                    ),
+                    OK,
+                ),
+                (
+                    "VXLAN port in a first IPv6 fragment",
+                    ipv6_frame(mac, 44, &{
+                        let mut l4 = vec![17, 0, 0, 1, 0, 0, 0, 1];
+                        l4.extend_from_slice(&udp6(8472));
+                        l4
+                    }),
+                    SHOT,
+                ),
+                (
+                    "a later IPv6 fragment (offset 1400)",
+                    ipv6_frame(mac, 44, &[17, 0, 0x05, 0x78, 0, 0, 0, 1, b'o', b'o']),
+                    OK,
+                ),
+                (
+                    "a later IPv6 fragment from a global address not the pod's",
+                    ipv6_from(
+                        mac,
+                        [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5],
+                        44,
+                        &[17, 0, 0x05, 0x78, 0, 0, 0, 1, b'o', b'o'],
+                    ),
                     SHOT,
                 ),
                 (
@@ -312,15 +345,15 @@ fn every_verdict_and_reason() {
     let counts: std::collections::HashMap<_, _> = state.drops.into_iter().collect();
     assert_eq!(counts["arp-spa"], 1);
     assert_eq!(counts["arp-sha"], 1);
-    assert_eq!(counts["malformed"], 3, "{counts:?}");
+    assert_eq!(counts["malformed"], 2, "{counts:?}");
     assert_eq!(counts["ipv6-redirect"], 1);
     assert_eq!(counts["ip-src"], 1);
     assert_eq!(counts["src-mac"], 1);
     assert_eq!(counts["ethertype"], 1);
-    assert_eq!(counts["ipv6-ra"], 2);
-    assert_eq!(counts["ipv6-src"], 3, "{counts:?}");
+    assert_eq!(counts["ipv6-ra"], 3);
+    assert_eq!(counts["ipv6-src"], 4, "{counts:?}");
     assert_eq!(counts["ipv6-na"], 2, "{counts:?}");
-    assert_eq!(counts["overlay-port"], 8, "{counts:?}");
+    assert_eq!(counts["overlay-port"], 9, "{counts:?}");
     assert_eq!(state.mac, mac);
     assert_eq!(state.ip, ip);
 }

@@ -308,9 +308,8 @@ fn ipv6_services_are_judged_on_their_backends(args: &[&str]) {
         );
     }
 
-    // Open: every backend answers. A pod's first IPv6 connection to a destination
-    // sometimes takes one or two seconds (the same without Services; noted in issue
-    // 22), so each first answer is waited for.
+    // Open: every backend answers (each first answer waited for: the node learns
+    // its pods' IPv6 neighbours on the first packets).
     for (vip, want) in [
         (TO_FAR6, from6(client)),
         (TO_NEAR6, from6(client)),
