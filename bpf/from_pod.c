@@ -10,7 +10,8 @@
  * only for MLD reports and for duplicate-address detection of one of those addresses.
  * A neighbour advertisement is for one of those addresses and that MAC, and it is not
  * a router advertisement or a redirect (nor a chain of extension headers too long to
- * see through). A first IPv6 fragment is checked as an unfragmented packet; a later one,
+ * see through). A first IPv6 fragment (and the destination options that may follow its
+ * fragment header) is checked as an unfragmented packet; a later one,
  * which carries no upper-layer header, by its source (large UDP datagrams are sent in
  * fragments). UDP to the node's overlay ports is dropped unless it goes
  * to another pod (see struct pod_state). Everything else is dropped through drop(),
@@ -308,16 +309,25 @@ SEC("classifier") int podnet_from_pod(struct __sk_buff *skb)
 			later = (((u32)p[2] << 8 | p[3]) & 0xfff8) != 0;
 			next = p[0];
 			p += 8;
+			/* A first fragment's destination options for the final destination
+			 * may follow the fragment header (RFC 8200, 4.1). */
+			if (!later && next == 60) {
+				if (p + 2 > end)
+					return drop(key, data, end, st, DROP_MALFORMED);
+				u32 len = ((u32)p[1] + 1) * 8;
+				next = p[0];
+				p += len;
+			}
 		}
-		/* Still inside the chain (or a second fragment header): what follows cannot
-		 * be checked. */
-		if (next == 0 || next == 43 || next == 60 || next == 44)
-			return drop(key, data, end, st, DROP_MALFORMED);
 		if (later) {
 			if (!own_addr6(l3 + 8, st))
 				return drop(key, data, end, st, DROP_IPV6_SRC);
 			return TC_ACT_UNSPEC;
 		}
+		/* Still inside the chain (or a second fragment header): what follows cannot
+		 * be checked. */
+		if (next == 0 || next == 43 || next == 60 || next == 44)
+			return drop(key, data, end, st, DROP_MALFORMED);
 		u8 icmp = 0;
 		if (next == IPPROTO_ICMPV6) {
 			if (p + 1 > end)

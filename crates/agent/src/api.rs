@@ -256,7 +256,8 @@ fn answer(
             target,
             port,
             protocol,
-        } => reply(crate::kubeproxy::report(target, *port, protocol).map(|r| to(&r))),
+            ipv6,
+        } => reply(crate::kubeproxy::report(target, *port, protocol, *ipv6).map(|r| to(&r))),
         // Served by the connection's thread, which waits.
         Request::RotateWireguardKey | Request::Events { .. } => {
             json!({"error": "served by the connection's thread"})

@@ -2,7 +2,9 @@
 //! programmed: in nftables mode the table `ip kube-proxy` (the maps `service-ips` and
 //! `service-nodeports` and the chains they lead to), in iptables mode the nat table's
 //! `KUBE-SERVICES` and `KUBE-NODEPORTS` chains and the `KUBE-SVC`/`KUBE-EXT`/`KUBE-SEP`
-//! chains below them. `podnet trace` shows this as the translation hop.
+//! chains below them. A dual-stack node's IPv6 Services are in a table of their own
+//! (`ip6 kube-proxy`, or `ip6tables-save`), read when the IPv6 side is asked for.
+//! `podnet trace` shows this as the translation hop.
 //!
 //! # Kernel objects it owns
 //! None: this module only reads kube-proxy's rules (`nft list table`, `iptables-save`).
@@ -10,32 +12,44 @@
 use crate::Failure;
 use podnet_api::{ServiceBackend, ServicePort, ServiceReport};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::{Command, Stdio};
 
 /// The Service ports this node's kube-proxy translates that match `target` (a
 /// ClusterIP, `namespace/name` or `name` in `default`), `port` (0: any) and `protocol`
-/// ("": any).
-pub fn report(target: &str, port: u16, protocol: &str) -> Result<ServiceReport, Failure> {
-    let (proxy, cmd, all) = if let Some(text) = run("nft", &["list", "table", "ip", "kube-proxy"])?
+/// ("": any), from its IPv6 rules when `ipv6` (or `target` is an IPv6 address).
+pub fn report(
+    target: &str,
+    port: u16,
+    protocol: &str,
+    ipv6: bool,
+) -> Result<ServiceReport, Failure> {
+    let ipv6 = ipv6 || target.parse::<Ipv6Addr>().is_ok();
+    let (family, save) = if ipv6 {
+        ("ip6", "ip6tables-save")
+    } else {
+        ("ip", "iptables-save")
+    };
+    let nft_cmd = format!("nft list table {family} kube-proxy");
+    let ipt_cmd = format!("{save} -t nat");
+    let (proxy, cmd, all) = if let Some(text) =
+        run("nft", &["list", "table", family, "kube-proxy"])?
     {
-        ("nftables", "nft list table ip kube-proxy", parse_nft(&text))
-    } else if let Some(text) =
-        run("iptables-save", &["-t", "nat"])?.filter(|t| t.contains("KUBE-SERVICES"))
-    {
-        ("iptables", "iptables-save -t nat", parse_iptables(&text))
-    } else if which("iptables-save").is_none() {
+        ("nftables", nft_cmd, parse_nft(&text, ipv6))
+    } else if let Some(text) = run(save, &["-t", "nat"])?.filter(|t| t.contains("KUBE-SERVICES")) {
+        ("iptables", ipt_cmd, parse_iptables(&text, ipv6))
+    } else if which(save).is_none() {
         // kube-proxy may run in iptables mode: podnetd cannot tell without the tool.
         return Ok(ServiceReport {
             proxy: "unreadable".into(),
             ports: vec![],
-            cmd: "iptables-save -t nat (not in podnetd's image); nft list table ip kube-proxy (absent)".into(),
+            cmd: format!("{ipt_cmd} (not in podnetd's image); {nft_cmd} (absent)"),
         });
     } else {
         return Ok(ServiceReport {
             proxy: "none".into(),
             ports: vec![],
-            cmd: "nft list table ip kube-proxy; iptables-save -t nat".into(),
+            cmd: format!("{nft_cmd}; {ipt_cmd}"),
         });
     };
     Ok(ServiceReport {
@@ -44,13 +58,30 @@ pub fn report(target: &str, port: u16, protocol: &str) -> Result<ServiceReport, 
             .into_iter()
             .filter(|p| matches(p, target, port, protocol))
             .collect(),
-        cmd: cmd.into(),
+        cmd,
+    })
+}
+
+/// The address a NodePort matches: any of the family's.
+fn any(ipv6: bool) -> IpAddr {
+    if ipv6 {
+        Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    }
+}
+
+/// A backend as kube-proxy writes it: `10.244.1.3:8080`, `[fd00:10:244:1::3]:8080`.
+fn backend(t: &str) -> Option<ServiceBackend> {
+    t.parse::<SocketAddr>().ok().map(|a| ServiceBackend {
+        ip: a.ip(),
+        port: a.port(),
     })
 }
 
 /// Whether Service port `p` is the one asked for.
 pub fn matches(p: &ServicePort, target: &str, port: u16, protocol: &str) -> bool {
-    let by_target = match target.parse::<Ipv4Addr>() {
+    let by_target = match target.parse::<IpAddr>() {
         Ok(ip) => p.ip == ip && !p.node_port,
         Err(_) => {
             let full = if target.contains('/') {
@@ -152,15 +183,16 @@ fn nft_backends(
 ) -> Vec<ServiceBackend> {
     let mut out = Vec::new();
     for l in chains.get(chain).map(Vec::as_slice).unwrap_or_default() {
-        if let Some(i) = l.find("dnat ip to numgen") {
-            // `… map { 0 : 10.244.0.2 . 53, 1 : 10.244.1.2 . 53 }`
+        if let Some(i) = l.find(" to numgen ").filter(|_| l.contains("dnat ")) {
+            // `… dnat ip to numgen random mod 2 map { 0 : 10.244.0.2 . 53, 1 : 10.244.1.2 . 53 }`
+            // (`dnat ip6 to …` with `fd00:10:244:1::2 . 53`)
             let m = &l[i..];
             if let (Some(a), Some(b)) = (m.find('{'), m.rfind('}')) {
                 for e in m[a + 1..b].split(',') {
-                    let v = e.split_once(':').map(|(_, v)| v).unwrap_or("");
+                    let v = e.split_once(" : ").map(|(_, v)| v).unwrap_or("");
                     let mut it = v.split(" . ").map(str::trim);
                     if let (Some(Ok(ip)), Some(Ok(port))) = (
-                        it.next().map(str::parse::<Ipv4Addr>),
+                        it.next().map(str::parse::<IpAddr>),
                         it.next().map(str::parse::<u16>),
                     ) {
                         out.push(ServiceBackend { ip, port });
@@ -168,15 +200,12 @@ fn nft_backends(
                 }
             }
         } else if let Some(i) = l.find("dnat to ") {
+            // `dnat to 10.244.1.3:8080`, `dnat to [fd00:10:244:1::3]:8080`
             let t = l[i + "dnat to ".len()..]
                 .split_whitespace()
                 .next()
                 .unwrap_or("");
-            if let Some((ip, port)) = t.split_once(':') {
-                if let (Ok(ip), Ok(port)) = (ip.parse(), port.parse()) {
-                    out.push(ServiceBackend { ip, port });
-                }
-            }
+            out.extend(backend(t));
         } else if depth < 3 {
             for w in l.split(|c: char| c.is_whitespace() || c == ',' || c == '}') {
                 if chains.contains_key(w)
@@ -191,7 +220,7 @@ fn nft_backends(
             }
         }
     }
-    out.sort_by_key(|b| (u32::from(b.ip), b.port));
+    out.sort_by_key(|b| (b.ip, b.port));
     out.dedup();
     out
 }
@@ -207,8 +236,9 @@ fn proto_name(p: &str) -> String {
     }
 }
 
-/// The Service ports of a `nft list table ip kube-proxy` listing.
-pub fn parse_nft(text: &str) -> Vec<ServicePort> {
+/// The Service ports of a `nft list table ip kube-proxy` listing (`ip6 kube-proxy`
+/// when `ipv6`).
+pub fn parse_nft(text: &str, ipv6: bool) -> Vec<ServicePort> {
     let (chains, maps) = nft_blocks(text);
     let mut out = Vec::new();
     let target = |e: &str| {
@@ -262,7 +292,7 @@ pub fn parse_nft(text: &str) -> Vec<ServicePort> {
         };
         out.push(ServicePort {
             service: name(&chain),
-            ip: Ipv4Addr::UNSPECIFIED,
+            ip: any(ipv6),
             port,
             protocol: proto_name(proto.trim()),
             node_port: true,
@@ -283,8 +313,9 @@ fn flag<'a>(rule: &'a str, f: &str) -> Option<&'a str> {
     rest.split_whitespace().next()
 }
 
-/// The Service ports of an `iptables-save -t nat` listing (kube-proxy's iptables mode).
-pub fn parse_iptables(text: &str) -> Vec<ServicePort> {
+/// The Service ports of an `iptables-save -t nat` listing (kube-proxy's iptables mode;
+/// `ip6tables-save` when `ipv6`).
+pub fn parse_iptables(text: &str, ipv6: bool) -> Vec<ServicePort> {
     let mut rules: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for l in text.lines() {
         if let Some(r) = l.strip_prefix("-A ") {
@@ -297,11 +328,7 @@ pub fn parse_iptables(text: &str) -> Vec<ServicePort> {
         let mut out = Vec::new();
         for r in rules.get(chain).map(Vec::as_slice).unwrap_or_default() {
             if let Some(to) = flag(r, "--to-destination") {
-                if let Some((ip, port)) = to.split_once(':') {
-                    if let (Ok(ip), Ok(port)) = (ip.parse(), port.parse()) {
-                        out.push(ServiceBackend { ip, port });
-                    }
-                }
+                out.extend(backend(to));
             } else if let Some(j) = flag(r, "-j") {
                 if depth < 3
                     && (j.starts_with("KUBE-SVC-")
@@ -312,7 +339,7 @@ pub fn parse_iptables(text: &str) -> Vec<ServicePort> {
                 }
             }
         }
-        out.sort_by_key(|b| (u32::from(b.ip), b.port));
+        out.sort_by_key(|b| (b.ip, b.port));
         out.dedup();
         out
     }
@@ -328,9 +355,14 @@ pub fn parse_iptables(text: &str) -> Vec<ServicePort> {
                 continue;
             }
             let ip = if node_port {
-                Some(Ipv4Addr::UNSPECIFIED)
+                Some(any(ipv6))
             } else {
-                flag(r, "-d").and_then(|d| d.trim_end_matches("/32").parse().ok())
+                flag(r, "-d").and_then(|d| {
+                    d.split_once('/')
+                        .map_or(d, |(a, _)| a)
+                        .parse::<IpAddr>()
+                        .ok()
+                })
             };
             let (Some(ip), Ok(port)) = (ip, port.parse()) else {
                 continue;
@@ -359,15 +391,33 @@ pub fn parse_iptables(text: &str) -> Vec<ServicePort> {
 mod tests {
     use super::*;
 
+    /// Backends from `ip:port` (`[ip]:port`).
+    fn eps(all: &[&str]) -> Vec<ServiceBackend> {
+        all.iter().map(|a| backend(a).unwrap()).collect()
+    }
+
+    /// The one port among `ports` that matches, and its name.
+    fn the_port<'a>(
+        ports: &'a [ServicePort],
+        (target, port, protocol): (&str, u16, &str),
+        service: &str,
+    ) -> &'a ServicePort {
+        let one: Vec<&ServicePort> = ports
+            .iter()
+            .filter(|p| matches(p, target, port, protocol))
+            .collect();
+        assert_eq!(one.len(), 1, "{ports:?}");
+        assert_eq!(one[0].service, service);
+        one[0]
+    }
+
     /// The one port of kube-dns's UDP 53 at 10.96.0.10 among `ports`.
     fn the_dns_port(ports: &[ServicePort]) -> &ServicePort {
-        let dns: Vec<&ServicePort> = ports
-            .iter()
-            .filter(|p| matches(p, "10.96.0.10", 53, "udp"))
-            .collect();
-        assert_eq!(dns.len(), 1, "{ports:?}");
-        assert_eq!(dns[0].service, "kube-system/kube-dns/udp/dns");
-        dns[0]
+        the_port(
+            ports,
+            ("10.96.0.10", 53, "udp"),
+            "kube-system/kube-dns/udp/dns",
+        )
     }
 
     /// `nft list table ip kube-proxy` as recorded on a real-node lab (kube-proxy
@@ -376,21 +426,9 @@ mod tests {
 
     #[test]
     fn reads_kube_proxy_nftables_rules() {
-        let ports = parse_nft(NFT);
+        let ports = parse_nft(NFT, false);
         let dns = the_dns_port(&ports);
-        assert_eq!(
-            dns.backends,
-            [
-                ServiceBackend {
-                    ip: "10.244.0.2".parse().unwrap(),
-                    port: 53
-                },
-                ServiceBackend {
-                    ip: "10.244.1.2".parse().unwrap(),
-                    port: 53
-                },
-            ]
-        );
+        assert_eq!(dns.backends, eps(&["10.244.0.2:53", "10.244.1.2:53"]));
         assert_eq!(
             dns.rule,
             "chain service-FY5PMXPG-kube-system/kube-dns/udp/dns"
@@ -401,13 +439,7 @@ mod tests {
             .filter(|p| matches(p, "kubernetes", 0, ""))
             .collect();
         assert_eq!(api.len(), 1);
-        assert_eq!(
-            api[0].backends,
-            [ServiceBackend {
-                ip: "192.168.1.2".parse().unwrap(),
-                port: 6443
-            }]
-        );
+        assert_eq!(api[0].backends, eps(&["192.168.1.2:6443"]));
         assert_eq!(
             ports
                 .iter()
@@ -423,7 +455,7 @@ mod tests {
         let numeric = NFT
             .replace(" . tcp . ", " . 6 . ")
             .replace(" . udp . ", " . 17 . ");
-        assert_eq!(parse_nft(&numeric), ports);
+        assert_eq!(parse_nft(&numeric, false), ports);
     }
 
     /// `iptables-save -t nat` as recorded on a real-node lab (kube-proxy v1.37.2,
@@ -432,7 +464,7 @@ mod tests {
 
     #[test]
     fn reads_kube_proxy_iptables_rules() {
-        let ports = parse_iptables(IPT);
+        let ports = parse_iptables(IPT, false);
         let ips: Vec<String> = the_dns_port(&ports)
             .backends
             .iter()
@@ -444,14 +476,8 @@ mod tests {
             .filter(|p| matches(p, "server", 80, "tcp"))
             .collect();
         assert_eq!(server.len(), 1, "{ports:?}");
-        assert_eq!(server[0].ip, "10.96.136.64".parse::<Ipv4Addr>().unwrap());
-        assert_eq!(
-            server[0].backends,
-            [ServiceBackend {
-                ip: "10.244.1.3".parse().unwrap(),
-                port: 8080
-            }]
-        );
+        assert_eq!(server[0].ip, "10.96.136.64".parse::<IpAddr>().unwrap());
+        assert_eq!(server[0].backends, eps(&["10.244.1.3:8080"]));
         // The NodePorts, once each (kube-proxy writes a second rule for localhost).
         let np: Vec<&ServicePort> = ports
             .iter()
@@ -460,5 +486,75 @@ mod tests {
         assert_eq!(np.len(), 1, "{ports:?}");
         assert_eq!(np[0].service, "default/server-np/tcp/");
         assert_eq!(np[0].backends.len(), 1, "{np:?}");
+    }
+
+    /// `nft list table ip6 kube-proxy` as recorded on a dual-stack real-node lab
+    /// (kube-proxy v1.37.2, nftables mode) with a dual-stack Service `rec6/web` (two
+    /// IPv6 endpoints, TCP 80 and UDP 53) and an IPv6 NodePort Service `rec6/one` (one).
+    const NFT6: &str = include_str!("../tests/data/kube-proxy-nft6.txt");
+
+    #[test]
+    fn reads_kube_proxy_ipv6_nftables_rules() {
+        let ports = parse_nft(NFT6, true);
+        let web = the_port(&ports, ("fd00:10:96::326c", 80, "tcp"), "rec6/web/tcp/http");
+        let b: Vec<String> = web
+            .backends
+            .iter()
+            .map(|b| SocketAddr::new(b.ip, b.port).to_string())
+            .collect();
+        assert_eq!(b, ["[fd00:10:244:1::99]:8080", "[fd00:10:244:2::98]:8080"]);
+        // By name: both ports; a single endpoint (`dnat to [addr]:port`); the NodePort
+        // matches any IPv6 address.
+        assert_eq!(
+            ports
+                .iter()
+                .filter(|p| matches(p, "rec6/web", 0, ""))
+                .count(),
+            2
+        );
+        let one: Vec<&ServicePort> = ports
+            .iter()
+            .filter(|p| p.service == "rec6/one/tcp/http")
+            .collect();
+        assert_eq!(one.len(), 2, "{ports:?}");
+        for p in one {
+            assert_eq!(p.backends, eps(&["[fd00:10:244:3::97]:8081"]));
+            assert_eq!(
+                p.ip,
+                if p.node_port {
+                    "::".parse::<IpAddr>().unwrap()
+                } else {
+                    "fd00:10:96::3343".parse().unwrap()
+                }
+            );
+        }
+    }
+
+    /// kube-proxy's iptables mode writes IPv6 rules as its IPv4 ones (the lines of the
+    /// IPv4 recording above with IPv6 addresses; the IPv6 endpoint in brackets).
+    #[test]
+    fn reads_kube_proxy_ipv6_iptables_rules() {
+        let text = r#"*nat
+-A KUBE-SERVICES -d fd00:10:96::326c/128 -p tcp -m comment --comment "rec6/web:http cluster IP" -m tcp --dport 80 -j KUBE-SVC-GWKM3VZSAAAAAAAA
+-A KUBE-NODEPORTS -p tcp -m comment --comment "rec6/web:http" -m tcp --dport 30925 -j KUBE-EXT-GWKM3VZSAAAAAAAA
+-A KUBE-EXT-GWKM3VZSAAAAAAAA -j KUBE-SVC-GWKM3VZSAAAAAAAA
+-A KUBE-SVC-GWKM3VZSAAAAAAAA ! -s fd00:10:244::/56 -d fd00:10:96::326c/128 -p tcp -m comment --comment "rec6/web:http cluster IP" -m tcp --dport 80 -j KUBE-MARK-MASQ
+-A KUBE-SVC-GWKM3VZSAAAAAAAA -m comment --comment "rec6/web:http -> [fd00:10:244:2::98]:8080" -m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-BBBBBBBBBBBBBBBB
+-A KUBE-SVC-GWKM3VZSAAAAAAAA -m comment --comment "rec6/web:http -> [fd00:10:244:1::99]:8080" -j KUBE-SEP-CCCCCCCCCCCCCCCC
+-A KUBE-SEP-BBBBBBBBBBBBBBBB -s fd00:10:244:2::98/128 -m comment --comment "rec6/web:http" -j KUBE-MARK-MASQ
+-A KUBE-SEP-BBBBBBBBBBBBBBBB -p tcp -m comment --comment "rec6/web:http" -m tcp -j DNAT --to-destination [fd00:10:244:2::98]:8080
+-A KUBE-SEP-CCCCCCCCCCCCCCCC -p tcp -m comment --comment "rec6/web:http" -m tcp -j DNAT --to-destination [fd00:10:244:1::99]:8080
+COMMIT
+"#;
+        let ports = parse_iptables(text, true);
+        assert_eq!(ports.len(), 2, "{ports:?}");
+        let web = the_port(&ports, ("fd00:10:96::326c", 80, "tcp"), "rec6/web/tcp/http");
+        assert_eq!(
+            web.backends,
+            eps(&["[fd00:10:244:1::99]:8080", "[fd00:10:244:2::98]:8080"])
+        );
+        let np = ports.iter().find(|p| p.node_port).unwrap();
+        assert_eq!((np.ip, np.port), ("::".parse().unwrap(), 30925));
+        assert_eq!(np.backends, web.backends);
     }
 }

@@ -345,18 +345,27 @@ impl Reconciler {
         let mut sources = guard::Sources::default();
         if a.backend.plain_pod_sources() {
             let neigh = neigh::list(&mut a.sock).unwrap_or_default();
-            let neigh6 = match n.record.pod_cidr6 {
-                Some(_) => neigh::list6(&mut a.sock).unwrap_or_default(),
-                None => vec![],
-            };
             // NUD_FAILED (0x20) entries hold no MAC worth binding to.
-            let mac_of = |p: &Peer| {
-                let v4 = neigh
+            let v4 = |p: &Peer| {
+                neigh
                     .iter()
                     .find(|e| {
                         e.index == n.underlay_index && e.ip == p.underlay && e.state & 0x20 == 0
                     })
-                    .and_then(|e| e.mac);
+                    .and_then(|e| e.mac)
+            };
+            // The IPv6 table only when a dual-stack peer's IPv4 entry names no MAC.
+            let neigh6 = match n.record.pod_cidr6 {
+                Some(_)
+                    if peers
+                        .iter()
+                        .any(|p| p.underlay6.is_some() && v4(p).is_none()) =>
+                {
+                    neigh::list6(&mut a.sock).unwrap_or_default()
+                }
+                _ => vec![],
+            };
+            let mac_of = |p: &Peer| {
                 let v6 = || {
                     neigh6
                         .iter()
@@ -368,7 +377,7 @@ impl Reconciler {
                         .and_then(|e| e.mac)
                 };
                 // One link, one MAC: either family's entry names it.
-                v4.or_else(v6)
+                v4(p).or_else(v6)
             };
             sources.own = Some(n.record.pod_cidr);
             sources.peers = peers.iter().map(|p| (p.cidr, mac_of(p))).collect();

@@ -65,13 +65,16 @@ pub enum Request {
     },
     /// What this node's kube-proxy does to packets for a Service → [`crate::ServiceReport`]:
     /// `target` is a ClusterIP, or `namespace/name` (`name`: in `default`); `port` 0
-    /// and `protocol` "" match every port.
+    /// and `protocol` "" match every port. `ipv6`: kube-proxy's IPv6 rules (a
+    /// dual-stack Service's IPv6 ClusterIP); an IPv6 `target` implies it.
     Service {
         target: String,
         #[serde(default)]
         port: u16,
         #[serde(default)]
         protocol: String,
+        #[serde(default)]
+        ipv6: bool,
     },
 }
 

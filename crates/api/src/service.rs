@@ -1,12 +1,12 @@
 //! What kube-proxy does on one node to a packet for a Service (the API's `service`).
 
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// One backend a Service address is translated to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceBackend {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
 }
 
@@ -15,9 +15,9 @@ pub struct ServiceBackend {
 pub struct ServicePort {
     /// `namespace/name/protocol/port-name`, as kube-proxy names it.
     pub service: String,
-    /// The address and port matched: a ClusterIP and its port, or `0.0.0.0` and the
-    /// node port.
-    pub ip: Ipv4Addr,
+    /// The address and port matched: a ClusterIP (of the family asked for) and its
+    /// port, or the unspecified address (`0.0.0.0`, `::`) and the node port.
+    pub ip: IpAddr,
     pub port: u16,
     pub protocol: String,
     /// Whether this is the NodePort of the Service (any node address).

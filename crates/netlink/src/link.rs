@@ -352,7 +352,16 @@ pub fn ensure_bridge(
         // a second or two, and the node sends its neighbour solicitations for pods'
         // IPv6 addresses from it: a pod's first IPv6 packets through the node would be
         // lost meanwhile. (No such file: IPv6 is off, nothing to do.)
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_dad"), "0");
+        match std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_dad"), "0") {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::Io {
+                    op: "turn off duplicate address detection (net.ipv6.conf.BRIDGE.accept_dad) on bridge",
+                    obj: name.into(),
+                    source: e,
+                })
+            }
+            _ => {}
+        }
         reqs.push(change_request(
             Target::Index(br.index),
             &LinkChange {

@@ -184,12 +184,7 @@ pub fn trace(
     family: Option<Family>,
 ) -> Result<Trace> {
     if services::is_service(agents, dst) {
-        if family == Some(Family::Ipv6) {
-            anyhow::bail!(
-                "{dst} is a Service: podnet traces Services over IPv4 only so far; trace the pods behind it by name with --family ipv6"
-            );
-        }
-        return trace_service(agents, src, dst, flow);
+        return trace_service(agents, src, dst, flow, family);
     }
     let t0 = Instant::now();
     let (s_end, d_end, vteps) = ends(agents, src, dst, family)?;

@@ -156,9 +156,14 @@ pub(super) fn run_policy(cmd: PolicyCmd) -> Result<()> {
             };
             // A Service (with --lab: translated as the source's node does it, then judged
             // on each backend); else a pod or an address.
-            if let Some(v) =
-                explain_service(lab.as_deref(), &objs, &from, &to, port, protocol.proto())?
-            {
+            if let Some(v) = explain_service(
+                lab.as_deref(),
+                &objs,
+                (&from, &to),
+                port,
+                protocol.proto(),
+                ipv6,
+            )? {
                 emit(output, &v, podnet_cli::policy::render_service_verdict)?;
                 if v.verdict == "denied" {
                     std::process::exit(1);
@@ -216,10 +221,10 @@ pub(super) fn run_wireguard(cmd: WireguardCmd) -> Result<()> {
 fn explain_service(
     lab: Option<&str>,
     objs: &[podnet_policy::Object],
-    from: &str,
-    to: &str,
+    (from, to): (&str, &str),
     port: u16,
     proto: podnet_policy::Proto,
+    ipv6: bool,
 ) -> Result<Option<podnet_cli::policy::ServiceVerdict>> {
     let c = podnet_policy::Cluster::from_objects(objs);
     let is_pod = match to.parse::<std::net::IpAddr>() {
@@ -234,12 +239,15 @@ fn explain_service(
     };
     let lab = open_lab(name)?;
     let agents = crate::agents::LabAgents::new(&lab)?;
-    let src = from
+    let src: std::net::IpAddr = from
         .parse()
         .ok()
-        .or_else(|| podnet_cli::trace::Agents::pod_ip(&agents, from))
+        .or_else(|| podnet_cli::trace::Agents::pod_ip(&agents, from).map(Into::into))
         .with_context(|| format!("{from:?} is neither an address nor a pod of lab {name}"))?;
-    let (_, r) = podnet_cli::trace::translation(&agents, src, to, port, proto)?;
+    // The Service's IPv6 side when the flow is IPv6 (as `explain` takes it).
+    let is6 = |s: &str| s.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_ipv6());
+    let ipv6 = ipv6 || is6(from) || is6(to);
+    let (_, r) = podnet_cli::trace::translation(&agents, src, to, port, proto, ipv6)?;
     let Some(p) = r.ports.iter().find(|p| !p.node_port) else {
         return Ok(None);
     };

@@ -42,8 +42,9 @@ pub(crate) enum Cmd {
         src: String,
         /// Destination: a pod (a lab pod: p1a, or namespace/name; or an IP), or a
         /// Service (its ClusterIP, namespace/name, or name in default; SERVICE:PORT
-        /// picks a port). A Service is traced through the translation the source
-        /// node's kube-proxy rules make, to the first backend.
+        /// picks a port; [IPV6]:PORT for an IPv6 ClusterIP). A Service is traced
+        /// through the translation the source node's kube-proxy rules make (its IPv6
+        /// rules for a dual-stack Service's IPv6 side), to the first backend.
         dst: String,
         /// Trace inside this lab (default: the local node's agent).
         #[arg(long)]

@@ -265,6 +265,36 @@ fn every_verdict_and_reason() {
                     SHOT,
                 ),
                 (
+                    "IPv6 echo request behind a first fragment's destination options",
+                    ipv6_frame(
+                        mac,
+                        44,
+                        &[
+                            60, 0, 0, 1, 0, 0, 0, 1, // fragment: offset 0, more
+                            58, 0, 1, 4, 0, 0, 0, 0, // destination options: PadN
+                            128, 0, 0, 0, 0, 1, 0, 1,
+                        ],
+                    ),
+                    OK,
+                ),
+                (
+                    "IPv6 RA behind a first fragment's destination options",
+                    ipv6_frame(
+                        mac,
+                        44,
+                        &[
+                            60, 0, 0, 1, 0, 0, 0, 1, 58, 0, 1, 4, 0, 0, 0, 0, 134, 0, 0, 0, 64, 0,
+                            0, 0,
+                        ],
+                    ),
+                    SHOT,
+                ),
+                (
+                    "a later IPv6 fragment whose next header is destination options",
+                    ipv6_frame(mac, 44, &[60, 0, 0x05, 0x78, 0, 0, 0, 1, b'o', b'o']),
+                    OK,
+                ),
+                (
                     "a later IPv6 fragment (offset 1400)",
                     ipv6_frame(mac, 44, &[17, 0, 0x05, 0x78, 0, 0, 0, 1, b'o', b'o']),
                     OK,
@@ -350,7 +380,7 @@ fn every_verdict_and_reason() {
     assert_eq!(counts["ip-src"], 1);
     assert_eq!(counts["src-mac"], 1);
     assert_eq!(counts["ethertype"], 1);
-    assert_eq!(counts["ipv6-ra"], 3);
+    assert_eq!(counts["ipv6-ra"], 4, "{counts:?}");
     assert_eq!(counts["ipv6-src"], 4, "{counts:?}");
     assert_eq!(counts["ipv6-na"], 2, "{counts:?}");
     assert_eq!(counts["overlay-port"], 9, "{counts:?}");

@@ -219,16 +219,36 @@ const TO_NEAR6: &str = "fd00:10:96::c";
 const TO_SELF6: &str = "fd00:10:96::d";
 const TO_OUTSIDE6: &str = "fd00:10:96::e";
 
+/// The IPv6 stand-in is laid out as kube-proxy's nftables mode lays out its `ip6
+/// kube-proxy` table (a `service-ips` verdict map into one chain per Service port,
+/// named `service-HASH-namespace/name/protocol/port`), so `podnet trace` and `policy
+/// explain` read it as they read kube-proxy's.
 fn proxy_rules6(client: Ipv6Addr, near: Ipv6Addr, far: Ipv6Addr) -> String {
     let outside = podnet_lab::OUTSIDE_ADDR6;
+    let svc = |name: &str| format!("service-TESTHASH-svc/to-{name}/tcp/http");
+    let (f, n, c, o) = (svc("far"), svc("near"), svc("self"), svc("outside"));
     format!(
-        "table ip6 podnet_test_proxy6 {{
+        "table ip6 kube-proxy {{
+  map service-ips {{
+    type ipv6_addr . inet_proto . inet_service : verdict
+    elements = {{ {TO_FAR6} . tcp . 80 : goto {f}, {TO_NEAR6} . tcp . 80 : goto {n},
+                 {TO_SELF6} . tcp . 80 : goto {c}, {TO_OUTSIDE6} . tcp . 80 : goto {o} }}
+  }}
   chain services {{
     type nat hook prerouting priority dstnat; policy accept;
-    ip6 daddr {TO_FAR6} tcp dport 80 dnat to [{far}]:{ECHO_PORT}
-    ip6 daddr {TO_NEAR6} tcp dport 80 dnat to [{near}]:{ECHO_PORT}
-    ip6 daddr {TO_SELF6} tcp dport 80 dnat to [{client}]:{ECHO_PORT}
-    ip6 daddr {TO_OUTSIDE6} tcp dport 80 dnat to [{outside}]:{ECHO_PORT}
+    ip6 daddr . meta l4proto . th dport vmap @service-ips
+  }}
+  chain {f} {{
+    meta l4proto tcp dnat to [{far}]:{ECHO_PORT}
+  }}
+  chain {n} {{
+    meta l4proto tcp dnat to [{near}]:{ECHO_PORT}
+  }}
+  chain {c} {{
+    meta l4proto tcp dnat to [{client}]:{ECHO_PORT}
+  }}
+  chain {o} {{
+    meta l4proto tcp dnat to [{outside}]:{ECHO_PORT}
   }}
   chain hairpin {{
     type nat hook postrouting priority srcnat; policy accept;
@@ -237,6 +257,29 @@ fn proxy_rules6(client: Ipv6Addr, near: Ipv6Addr, far: Ipv6Addr) -> String {
 }}
 "
     )
+}
+
+/// `podnet trace --lab L SRC DST --port 80 [ARGS] --output json`: its exit status and
+/// JSON (an error's text in place of JSON when it fails before tracing).
+fn trace(lab: &TestLab, src: &str, dst: &str, args: &[&str]) -> (bool, serde_json::Value) {
+    let o = podnet()
+        .args(["trace", "--lab", &lab.name, src, dst, "--port", "80"])
+        .args(args)
+        .args(["--output", "json"])
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&o.stderr).into()));
+    (o.status.success(), v)
+}
+
+/// The translation hop of a trace to a Service.
+fn translation(v: &serde_json::Value) -> serde_json::Value {
+    v["hops"]
+        .as_array()
+        .and_then(|h| h.iter().find(|h| h["what"] == "service translation"))
+        .unwrap_or_else(|| panic!("no translation hop: {v:#}"))
+        .clone()
 }
 
 fn through6(lab: &TestLab, vip: &str) -> Option<String> {
@@ -323,6 +366,53 @@ fn ipv6_services_are_judged_on_their_backends(args: &[&str]) {
         );
     }
 
+    // trace follows the IPv6 Service through the kube-proxy rules on client's node to
+    // its backend on the other node, over IPv6 (the Service by its IPv6 ClusterIP, or
+    // by name with --family ipv6).
+    for (dst, extra) in [
+        (TO_FAR6, &[][..]),
+        ("svc/to-far", &["--family", "ipv6"][..]),
+    ] {
+        let (ok, v) = trace(&lab, "svc/client", dst, extra);
+        assert!(ok && v["verdict"] == "reachable", "{args:?} {dst}: {v:#}");
+        assert_eq!(v["family"], "ipv6", "{v:#}");
+        let hop = translation(&v);
+        assert!(
+            hop["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("traced to [{far}]:{ECHO_PORT}"))
+                && hop["kernel"] == "chain service-TESTHASH-svc/to-far/tcp/http"
+                && hop["cmd"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("nft list table ip6 kube-proxy"),
+            "{args:?}: {hop:#}"
+        );
+        assert!(
+            v["dst"].as_str().unwrap().contains(&far.to_string()),
+            "{v:#}"
+        );
+    }
+    // A Service without an IPv6 side is broken at the translation, saying so.
+    let (ok, v) = trace(&lab, "svc/client", "svc/v4-only", &["--family", "ipv6"]);
+    assert!(
+        !ok && v["broken_hop"]["what"] == "service translation"
+            && v["broken_hop"]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("has no IPv6 side of Service svc/v4-only port 80"),
+        "{v:#}"
+    );
+    // An IPv4 ClusterIP is not traced over IPv6.
+    let (ok, v) = trace(&lab, "svc/client", "10.96.0.11", &["--family", "ipv6"]);
+    assert!(
+        !ok && v
+            .as_str()
+            .is_some_and(|e| e.contains("mixes an IPv4 and an IPv6")),
+        "{v:#}"
+    );
+
     lab.pipe_ok("apply", CLIENT_TO_FAR_ONLY);
     assert_eq!(
         through6(&lab, TO_FAR6),
@@ -335,6 +425,34 @@ fn ipv6_services_are_judged_on_their_backends(args: &[&str]) {
         None,
         "{args:?}: egress to outside"
     );
+    // trace and policy explain judge the translated flow: client's egress refuses
+    // near's address and port, and admits far's.
+    let (ok, v) = trace(&lab, "svc/client", TO_NEAR6, &[]);
+    assert!(
+        !ok && v["broken_hop"]["what"] == "policy",
+        "{args:?}: {v:#}"
+    );
+    assert!(translation(&v)["detail"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("traced to [{near}]:{ECHO_PORT}")));
+    for (vip, want) in [(TO_NEAR6, "denied"), (TO_FAR6, "allowed")] {
+        let o = podnet()
+            .args(["policy", "explain", "--lab", &lab.name, "svc/client", vip])
+            .args(["--port", "80", "--output", "json"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!("explain {vip}: {e}: {}", String::from_utf8_lossy(&o.stderr))
+        });
+        assert_eq!(v["verdict"], want, "{args:?} {vip}: {v:#}");
+        assert!(
+            v["backends"][0]["to"]
+                .as_str()
+                .is_some_and(|t| t.contains(':')),
+            "judged on an IPv6 backend: {v:#}"
+        );
+    }
     lab.pipe_ok("delete", CLIENT_TO_FAR_ONLY);
     assert_eq!(
         through6(&lab, TO_NEAR6),
