@@ -32,10 +32,11 @@
  *          number  name            reason id            what is dropped
  */
 #define PODNET_UNDERLAY_DROPS(U)                                                             \
-	U(0, VXLAN_SRC,     "vxlan-src",     "VXLAN from an address that is not a peer node's underlay address") \
+	U(0, VXLAN_SRC,     "vxlan-src",     "VXLAN from an address that is not a peer node's underlay address, or over IPv6 (peers speak IPv4 on the underlay)") \
 	U(1, VXLAN_INNER,   "vxlan-inner",   "VXLAN whose inner source is not an address of the sending peer (its pod CIDRs or its underlay address)") \
 	U(2, VXLAN_FRAME,   "vxlan-frame",   "VXLAN whose inner frame is not IPv4, IPv6 or ARP, or is truncated") \
-	U(3, WIREGUARD_SRC, "wireguard-src", "datagrams to the WireGuard port from an address that is not a peer node's underlay address") \
-	U(4, POD_SRC,       "pod-src",       "plain IPv4 with a pod source from the underlay: with an overlay (pods' traffic is encapsulated), from a source of this node's, or (host-gw) from a MAC that is not the peer's owning that source; plain IPv6 with a source in the cluster's IPv6 range")
+	U(3, WIREGUARD_SRC, "wireguard-src", "datagrams to the WireGuard port from an address that is not a peer node's underlay address, or over IPv6 (peers speak IPv4 on the underlay)") \
+	U(4, POD_SRC,       "pod-src",       "plain IPv4 with a pod source from the underlay: with an overlay (pods' traffic is encapsulated), from a source of this node's, or (host-gw) from a MAC that is not the peer's owning that source; plain IPv6 with a source in the cluster's IPv6 range") \
+	U(5, IPV6_CHAIN,    "ipv6-chain",    "IPv6 from the underlay behind more than four extension headers, on a node with an overlay port (they could hide a datagram to it)")
 
 #define PODNET_UNDERLAY_DROP_MAX (0 PODNET_UNDERLAY_DROPS(PODNET_DROP_ONE))

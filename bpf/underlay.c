@@ -27,6 +27,9 @@
  * claiming this node's own. A host on an underlay that carries IPv6 cannot forge a
  * pod's IPv6 address to this node's pods.
  *
+ * IPv6 to either port is refused from everyone (peers speak IPv4 on the underlay), as
+ * is IPv6 whose extension headers are too many to find its port behind.
+ *
  * Pods never reach these ports at all: from_pod.c drops a pod's UDP to them unless it
  * goes to another pod. What this cannot stop: a host on the underlay network that
  * forges a peer's underlay address (the underlay is trusted by VXLAN and host-gw; use
@@ -130,6 +133,52 @@ INLINE int refuse(u32 reason)
 	return TC_ACT_SHOT;
 }
 
+/* No peer sends to the overlay ports over IPv6: peers' underlay addresses are IPv4, and
+ * the WireGuard device's socket, bound to both families, would take anyone's. So UDP
+ * to either port over IPv6 is from a stranger, whatever its source. The port is found
+ * behind up to four hop-by-hop, routing, destination-options or fragment headers; a
+ * later fragment carries none (its first is checked; without it nothing is delivered);
+ * a longer chain is refused, as it could hide the port. */
+INLINE int overlay_port6(struct __sk_buff *skb, const struct ul_config *c)
+{
+	if (!c->vxlan_port && !c->wireguard_port)
+		return TC_ACT_UNSPEC;
+	u8 next;
+	if (bpf_skb_load_bytes(skb, 14 + 6, &next, 1))
+		return TC_ACT_UNSPEC;
+	u32 off = 14 + 40;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		u8 e[4];
+		if (next == 44) {
+			if (bpf_skb_load_bytes(skb, off, e, sizeof(e)))
+				return TC_ACT_UNSPEC;
+			if (((u32)e[2] << 8 | e[3]) & 0xfff8)
+				return TC_ACT_UNSPEC;
+			next = e[0];
+			off += 8;
+			continue;
+		}
+		if (next != 0 && next != 43 && next != 60)
+			break;
+		if (bpf_skb_load_bytes(skb, off, e, 2))
+			return TC_ACT_UNSPEC;
+		next = e[0];
+		off += ((u32)e[1] + 1) * 8;
+	}
+	if (next == 0 || next == 43 || next == 60 || next == 44)
+		return refuse(UL_DROP_IPV6_CHAIN);
+	u8 udp[4];
+	if (next != IPPROTO_UDP || bpf_skb_load_bytes(skb, off, udp, sizeof(udp)))
+		return TC_ACT_UNSPEC;
+	u16 dport = (u16)udp[2] << 8 | udp[3];
+	if (c->vxlan_port && dport == c->vxlan_port)
+		return refuse(UL_DROP_VXLAN_SRC);
+	if (c->wireguard_port && dport == c->wireguard_port)
+		return refuse(UL_DROP_WIREGUARD_SRC);
+	return TC_ACT_UNSPEC;
+}
+
 SEC("classifier/underlay_guard") int underlay_guard(struct __sk_buff *skb)
 {
 	u32 zero = 0;
@@ -146,13 +195,14 @@ SEC("classifier/underlay_guard") int underlay_guard(struct __sk_buff *skb)
 		 * forgery; with host-gw only from the owning peer's MAC. */
 		u32 prefix = c->cluster6_prefix;
 		struct ul_cidr6_key k6 = {.prefixlen = 128};
-		if (!prefix || prefix > 128 || bpf_skb_load_bytes(skb, 14 + 8, k6.addr, sizeof(k6.addr)))
+		if (bpf_skb_load_bytes(skb, 14 + 8, k6.addr, sizeof(k6.addr)))
 			return TC_ACT_UNSPEC;
-		if (!in_range6(k6.addr, c->cluster6_net, prefix))
-			return TC_ACT_UNSPEC;
-		if (c->host_gw && from_owner(bpf_map_lookup_elem(&podnet_ulcidrs6, &k6), h))
-			return TC_ACT_UNSPEC;
-		return refuse(UL_DROP_POD_SRC);
+		if (prefix && prefix <= 128 && in_range6(k6.addr, c->cluster6_net, prefix)) {
+			if (c->host_gw && from_owner(bpf_map_lookup_elem(&podnet_ulcidrs6, &k6), h))
+				return TC_ACT_UNSPEC;
+			return refuse(UL_DROP_POD_SRC);
+		}
+		return overlay_port6(skb, c);
 	}
 	if (h[12] != 0x08 || h[13] != 0x00 || (ip[0] >> 4) != 4)
 		return TC_ACT_UNSPEC;

@@ -133,6 +133,15 @@ pub fn trace_service(
     let (node, client) = agent_of(agents, given)?;
     let sip = super::traced(given, &client.pod(given)?, src, v6, &node)?;
     let (node, report) = translation(agents, sip, svc, flow.port.unwrap_or(0), flow.proto, v6)?;
+    // An agent older than `ipv6` in its API answers with its IPv4 rules.
+    if let Some(p) = report.ports.iter().find(|p| p.ip.is_ipv6() != v6) {
+        anyhow::bail!(
+            "the agent on {node} answered with {} for the {} side of {svc}: it predates this podnet; upgrade podnetd on {node}, or trace over {}",
+            SocketAddr::new(p.ip, p.port),
+            if v6 { "IPv6" } else { "IPv4" },
+            if v6 { "IPv4" } else { "IPv6" },
+        );
+    }
     let (hop, backend) = translation_hop(&report, &node, svc, flow, v6);
     let family = if v6 { Family::Ipv6 } else { Family::Ipv4 };
     // Only the translation hop, when there is nothing to follow.

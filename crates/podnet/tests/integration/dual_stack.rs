@@ -1131,3 +1131,111 @@ fn the_underlay_guard_refuses_forged_pod_ipv6_sources_on_the_bridge() {
         "nftables",
     ]);
 }
+
+/// `frame` (Ethernet + IPv6 + UDP) with `n` destination-options headers (8 bytes of
+/// padding each) put before its UDP header.
+fn behind_dstopts(frame: &[u8], n: usize) -> Vec<u8> {
+    let mut f = frame[..54].to_vec();
+    let len = u16::from_be_bytes([f[18], f[19]]) + 8 * n as u16;
+    f[18..20].copy_from_slice(&len.to_be_bytes());
+    f[20] = 60;
+    for i in 0..n {
+        let next = if i + 1 == n { 17 } else { 60 };
+        f.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    f.extend_from_slice(&frame[54..]);
+    f
+}
+
+/// The overlay's port takes no IPv6 at all: peers speak IPv4 on the underlay, so a
+/// datagram to it over IPv6 is from a stranger, even from a peer's own underlay IPv6
+/// address, and even behind a destination-options header (counted as `reason`); a
+/// chain of five extension headers, which could hide the port, is refused
+/// (`ipv6-chain`). The same datagrams to another port of node2 arrive, so the checks
+/// can fail.
+fn ipv6_to_the_overlay_port_is_refused(extra: &[&str], port_of: &str, reason: &str) {
+    let lab = dual_lab(2, 1, extra);
+    let st = lab.json(&["status", "--output", "json"]);
+    assert_eq!(st["nodes"][1]["name"], "node2");
+    let port = st["nodes"][1]["underlay_guard"][port_of]
+        .as_u64()
+        .unwrap_or_else(|| panic!("node2's guard names no {port_of}: {st}")) as u16;
+    assert_ne!(port, 0, "{st}");
+    let (mac1, mac2) = (eth0_mac(&lab, "node1"), eth0_mac(&lab, "node2"));
+    let (own, to) = (podnet_lab::underlay_ip6(1), podnet_lab::underlay_ip6(2));
+    let rx = lab
+        .ns("node2")
+        .run(|| UdpSocket::bind(SocketAddrV6::new(to, 7660, 0, 0)))
+        .unwrap()
+        .unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let frame = |dport: u16, payload: &[u8]| {
+        probe::udp6_frame(
+            mac2,
+            mac1,
+            SocketAddrV6::new(own, 5555, 0, 0),
+            SocketAddrV6::new(to, dport, 0, 0),
+            payload,
+        )
+    };
+    let node1 = lab.ns("node1");
+    let mut buf = [0u8; 64];
+    // The controls: to another port, plain and behind four headers.
+    for (f, what) in [
+        (frame(7660, b"control"), "plain"),
+        (
+            behind_dstopts(&frame(7660, b"control"), 4),
+            "behind four headers",
+        ),
+    ] {
+        wait_until(
+            &format!("node2 receives a datagram {what} from node1's underlay IPv6 address"),
+            Duration::from_secs(10),
+            || {
+                probe::send_frame(&node1, "eth0", &f).unwrap();
+                matches!(rx.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == b"control")
+            },
+        );
+        while rx.recv_from(&mut buf).is_ok() {}
+    }
+    // A handshake initiation's first bytes (or a VXLAN header's) are enough.
+    let junk = [1u8, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef];
+    probe::send_frame(&node1, "eth0", &frame(port, &junk)).unwrap();
+    probe::send_frame(&node1, "eth0", &behind_dstopts(&frame(port, &junk), 1)).unwrap();
+    probe::send_frame(&node1, "eth0", &behind_dstopts(&frame(7660, b"chain"), 5)).unwrap();
+    let mut got = false;
+    while let Ok((n, _)) = rx.recv_from(&mut buf) {
+        got |= &buf[..n] == b"chain";
+    }
+    assert!(
+        !got,
+        "a datagram behind five extension headers passed the guard"
+    );
+    let mut drops = Value::Null;
+    wait_until("node2's guard counts them", Duration::from_secs(5), || {
+        let st = lab.json(&["status", "--output", "json"]);
+        drops = st["nodes"][1]["underlay_guard"]["drops"].clone();
+        drops[reason] == 2 && drops["ipv6-chain"] == 1
+    });
+    assert_eq!(drops["pod-src"], 0, "{drops}");
+    // The overlay still carries both families.
+    let st = lab.json(&["status", "--output", "json"]);
+    let (a, b) = (lab_ip6(&st, "p1a"), lab_ip6(&st, "p2a"));
+    assert_eq!(tcp6(&lab.ns("p1a"), &lab.ns("p2a"), b, 7661), Ok(a));
+    lab.full_mesh();
+}
+
+#[test]
+fn ipv6_to_the_vxlan_port_is_refused() {
+    ipv6_to_the_overlay_port_is_refused(&[], "vxlan_port", "vxlan-src");
+}
+
+#[test]
+fn ipv6_to_the_wireguard_port_is_refused() {
+    ipv6_to_the_overlay_port_is_refused(
+        &["--backend", "wireguard"],
+        "wireguard_port",
+        "wireguard-src",
+    );
+}
