@@ -25,7 +25,9 @@
 //! source in a dual-stack cluster's IPv6 range is bound the same way
 //! (`podnet_ulcidrs6`): never off the wire with an overlay (pods' IPv6 crosses in
 //! it), only from the owning peer's MAC with host-gw, so an underlay that carries
-//! IPv6 cannot forge it either.
+//! IPv6 cannot forge it either. Peers speak IPv4 on the underlay, so neither overlay
+//! port takes IPv6 (the WireGuard socket is bound to both families), even behind
+//! extension headers; a chain too long to find the port behind is refused.
 //! Every backend runs the guard.
 //!
 //! Every round the filter is verified like a route: missing, or replaced by another

@@ -88,10 +88,20 @@ pub fn explain_service(
     proxy: &str,
     proto: Proto,
 ) -> Result<ServiceVerdict> {
+    // A client given by its address of the other family than the backends' is taken
+    // by name (a dual-stack pod's IPv6 side to an IPv6 Service).
+    let c = Cluster::from_objects(objs);
+    let client = |b: IpAddr| match from.parse::<IpAddr>() {
+        Ok(a) if a.is_ipv6() != b.is_ipv6() => c
+            .pod_by_ip(a)
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .unwrap_or_else(|| from.to_string()),
+        _ => from.to_string(),
+    };
     let backends = p
         .backends
         .iter()
-        .map(|b| explain(objs, from, &b.ip.to_string(), b.port, proto, false))
+        .map(|b| explain(objs, &client(b.ip), &b.ip.to_string(), b.port, proto, false))
         .collect::<Result<Vec<_>>>()?;
     let allowed = backends.iter().filter(|v| v.allowed()).count();
     Ok(ServiceVerdict {
@@ -296,5 +306,29 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("mixes an IPv4 and an IPv6"), "{e}");
+    }
+
+    /// To a Service's IPv6 side: each IPv6 backend judged, the client given by its
+    /// IPv4 address taken as the pod it is.
+    #[test]
+    fn a_service_is_judged_on_its_ipv6_backends_whatever_address_names_the_client() {
+        let o = objects();
+        let port = podnet_api::ServicePort {
+            service: "x/db/tcp/".into(),
+            ip: "fd00:10:96::7".parse().unwrap(),
+            port: 5432,
+            protocol: "tcp".into(),
+            node_port: false,
+            rule: "chain service-X-x/db/tcp/".into(),
+            backends: vec![podnet_api::ServiceBackend {
+                ip: "fd00:10:244:1::7".parse().unwrap(),
+                port: 5432,
+            }],
+        };
+        for from in ["x/web", "10.244.0.5", "fd00:10:244::5"] {
+            let v = explain_service(&o, from, &port, "nftables", Proto::Tcp).unwrap();
+            assert_eq!(v.verdict, "allowed", "{from}: {v:?}");
+            assert_eq!(v.backends[0].from, "x/web (fd00:10:244::5)", "{from}");
+        }
     }
 }

@@ -133,15 +133,7 @@ pub fn trace_service(
     let (node, client) = agent_of(agents, given)?;
     let sip = super::traced(given, &client.pod(given)?, src, v6, &node)?;
     let (node, report) = translation(agents, sip, svc, flow.port.unwrap_or(0), flow.proto, v6)?;
-    // An agent older than `ipv6` in its API answers with its IPv4 rules.
-    if let Some(p) = report.ports.iter().find(|p| p.ip.is_ipv6() != v6) {
-        anyhow::bail!(
-            "the agent on {node} answered with {} for the {} side of {svc}: it predates this podnet; upgrade podnetd on {node}, or trace over {}",
-            SocketAddr::new(p.ip, p.port),
-            if v6 { "IPv6" } else { "IPv4" },
-            if v6 { "IPv4" } else { "IPv6" },
-        );
-    }
+    of_family(&report, v6, &node, svc)?;
     let (hop, backend) = translation_hop(&report, &node, svc, flow, v6);
     let family = if v6 { Family::Ipv6 } else { Family::Ipv4 };
     // Only the translation hop, when there is nothing to follow.
@@ -193,6 +185,20 @@ pub fn trace_service(
     t.hops.insert(at, hop);
     t.dst = format!("{svc} → {}", t.dst);
     Ok(t)
+}
+
+/// A report of the family asked for: an agent older than `ipv6` in its API answers
+/// with its IPv4 rules whatever is asked.
+fn of_family(report: &ServiceReport, v6: bool, node: &str, svc: &str) -> Result<()> {
+    if let Some(p) = report.ports.iter().find(|p| p.ip.is_ipv6() != v6) {
+        anyhow::bail!(
+            "the agent on {node} answered with {} for the {} side of {svc}: it predates this podnet; upgrade podnetd on {node}, or trace over {}",
+            SocketAddr::new(p.ip, p.port),
+            if v6 { "IPv6" } else { "IPv4" },
+            if v6 { "IPv4" } else { "IPv6" },
+        );
+    }
+    Ok(())
 }
 
 /// The translation hop from `node`'s report (of its IPv6 rules when `v6`), and the
@@ -362,6 +368,18 @@ mod tests {
         none.proxy = "unreadable".into();
         let (h, b) = translation_hop(&none, "node1", "web", &flow, false);
         assert!(h.status == "warn" && b.is_none(), "{h:?}");
+    }
+
+    #[test]
+    fn an_answer_of_the_other_family_is_refused() {
+        let r = report(vec![]);
+        assert!(of_family(&r, false, "node1", "web").is_ok());
+        let e = of_family(&r, true, "node1", "web").unwrap_err().to_string();
+        assert!(
+            e.contains("answered with 10.96.0.20:80 for the IPv6 side of web")
+                && e.contains("upgrade podnetd on node1"),
+            "{e}"
+        );
     }
 
     #[test]
