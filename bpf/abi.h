@@ -239,14 +239,21 @@ struct vtep_key {
 
 /* ---- underlay.c: the underlay guard and the nftables backstop ---- */
 
-/* A podnet_ulpeers value (keyed by the peer's underlay address, network order): the
- * peer's pod CIDR. */
+/* A podnet_ulpeers value (keyed by the peer's underlay address, network order) or a
+ * podnet_ulpeers6 one (keyed by its underlay IPv6 address, over an IPv6 underlay):
+ * the sources the peer's VXLAN frames may carry. */
 struct ul_peer {
-	u32 net;     /* host order */
-	u32 mask;    /* host order */
-	u8 net6[16]; /* a dual-stack peer's IPv6 pod CIDR */
-	u8 prefix6;  /* its prefix length; 0: the peer has none */
+	u32 net;      /* host order */
+	u32 mask;     /* host order */
+	u8 net6[16];  /* a dual-stack peer's IPv6 pod CIDR */
+	u8 prefix6;   /* its prefix length; 0: the peer has none */
 	u8 pad[3];
+	u32 underlay; /* host order: its underlay IPv4 address (its node's own packets) */
+};
+
+/* The key of podnet_ulpeers6: a peer's underlay IPv6 address. */
+struct ul_peer6_key {
+	u8 addr[16];
 };
 
 /* podnet_ulconf's one value: what the guard binds. */
@@ -258,6 +265,7 @@ struct ul_config {
 	u32 host_gw;        /* 1: pods' traffic crosses the underlay plain */
 	u8 cluster6_net[16]; /* a dual-stack cluster's IPv6 range */
 	u32 cluster6_prefix; /* its prefix length; 0: no IPv6 source binding */
+	u32 underlay6;       /* 1: peers' tunnels end at their underlay IPv6 addresses */
 };
 
 /* The key of podnet_ulcidrs (LPM trie, host-gw): which peer a pod source belongs to. */

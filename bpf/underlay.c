@@ -27,8 +27,11 @@
  * claiming this node's own. A host on an underlay that carries IPv6 cannot forge a
  * pod's IPv6 address to this node's pods.
  *
- * IPv6 to either port is refused from everyone (peers speak IPv4 on the underlay), as
- * is IPv6 whose extension headers are too many to find its port behind.
+ * Over an IPv4 underlay, IPv6 to either port is refused from everyone (peers speak
+ * IPv4 there; the WireGuard socket takes both families). Over an IPv6 underlay
+ * (--underlay-family ipv6) the same rules hold with the peers' underlay IPv6
+ * addresses (podnet_ulpeers6), and IPv4 to the ports is refused from everyone. IPv6
+ * whose extension headers are too many to find its port behind is refused.
  *
  * Pods never reach these ports at all: from_pod.c drops a pod's UDP to them unless it
  * goes to another pod. What this cannot stop: a host on the underlay network that
@@ -38,7 +41,8 @@
  * Maps (no pins: podnetd loads them anew at start, fills them, then swaps its filter
  * in atomically; the filter holds them while podnetd is down):
  * - podnet_ulpeers: peer underlay address (network order) -> its pod CIDR (and IPv6
- *   pod CIDR).
+ *   pod CIDR); podnet_ulpeers6: the same keyed by its underlay IPv6 address, filled
+ *   instead over an IPv6 underlay.
  * - podnet_ulcidrs / podnet_ulcidrs6 (host-gw): pod CIDR of either family -> the
  *   owning peer's underlay MAC, or this node's own.
  * - podnet_ulconf: the ports guarded (host order; 0: none).
@@ -68,6 +72,14 @@ struct {
 	__uint(max_entries, 16384);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } podnet_ulpeers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct ul_peer6_key);
+	__type(value, struct ul_peer);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} podnet_ulpeers6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -133,12 +145,45 @@ INLINE int refuse(u32 reason)
 	return TC_ACT_SHOT;
 }
 
-/* No peer sends to the overlay ports over IPv6: peers' underlay addresses are IPv4, and
- * the WireGuard device's socket, bound to both families, would take anyone's. So UDP
- * to either port over IPv6 is from a stranger, whatever its source. The port is found
- * behind up to four hop-by-hop, routing, destination-options or fragment headers; a
- * later fragment carries none (its first is checked; without it nothing is delivered);
- * a longer chain is refused, as it could hide the port. */
+/* A VXLAN datagram from peer `p` whose VXLAN header starts at `off`: its inner frame
+ * must be IPv4 (or ARP) from the peer's pod CIDR or its underlay IPv4 address, or
+ * IPv6 from its IPv6 pod CIDR. */
+INLINE int vxlan_inner(struct __sk_buff *skb, u32 off, const struct ul_peer *p)
+{
+	/* VXLAN header 8, inner Ethernet 14, then IPv4's source (at 12) or ARP's sender
+	 * address (at 14): 20 bytes of either; IPv6's source is at 8, 16 bytes. */
+	u8 in[8 + 14 + 24];
+	if (bpf_skb_load_bytes(skb, off, in, 8 + 14 + 20))
+		return refuse(UL_DROP_VXLAN_FRAME);
+	u8 *e = in + 8;
+	u32 src;
+	if (e[12] == 0x08 && e[13] == 0x00)
+		src = be32(e + 14 + 12);
+	else if (e[12] == 0x08 && e[13] == 0x06)
+		src = be32(e + 14 + 14);
+	else if (e[12] == 0x86 && e[13] == 0xdd) {
+		if (bpf_skb_load_bytes(skb, off, in, sizeof(in)))
+			return refuse(UL_DROP_VXLAN_FRAME);
+		if (!p->prefix6 || p->prefix6 > 128)
+			return refuse(UL_DROP_VXLAN_INNER);
+		const u8 *s6 = e + 14 + 8;
+		if (!in_range6(s6, p->net6, p->prefix6))
+			return refuse(UL_DROP_VXLAN_INNER);
+		return TC_ACT_UNSPEC;
+	} else
+		return refuse(UL_DROP_VXLAN_FRAME);
+	if ((src & p->mask) == p->net || src == p->underlay)
+		return TC_ACT_UNSPEC;
+	return refuse(UL_DROP_VXLAN_INNER);
+}
+
+/* UDP over IPv6 to an overlay port: over an IPv4 underlay no peer sends it (and the
+ * WireGuard device's socket, bound to both families, would take anyone's), so it is
+ * from a stranger whatever its source; over an IPv6 underlay it passes from a peer's
+ * underlay IPv6 address (podnet_ulpeers6), VXLAN with an inner frame of that peer's.
+ * The port is found behind up to four hop-by-hop, routing, destination-options or
+ * fragment headers; a later fragment carries none (its first is checked; without it
+ * nothing is delivered); a longer chain is refused, as it could hide the port. */
 INLINE int overlay_port6(struct __sk_buff *skb, const struct ul_config *c)
 {
 	if (!c->vxlan_port && !c->wireguard_port)
@@ -172,11 +217,19 @@ INLINE int overlay_port6(struct __sk_buff *skb, const struct ul_config *c)
 	if (next != IPPROTO_UDP || bpf_skb_load_bytes(skb, off, udp, sizeof(udp)))
 		return TC_ACT_UNSPEC;
 	u16 dport = (u16)udp[2] << 8 | udp[3];
-	if (c->vxlan_port && dport == c->vxlan_port)
-		return refuse(UL_DROP_VXLAN_SRC);
-	if (c->wireguard_port && dport == c->wireguard_port)
-		return refuse(UL_DROP_WIREGUARD_SRC);
-	return TC_ACT_UNSPEC;
+	int vxlan = c->vxlan_port && dport == c->vxlan_port;
+	int wireguard = c->wireguard_port && dport == c->wireguard_port;
+	if (!vxlan && !wireguard)
+		return TC_ACT_UNSPEC;
+	struct ul_peer6_key k;
+	if (bpf_skb_load_bytes(skb, 14 + 8, k.addr, sizeof(k.addr)))
+		return TC_ACT_UNSPEC;
+	struct ul_peer *p = c->underlay6 ? bpf_map_lookup_elem(&podnet_ulpeers6, &k) : 0;
+	if (!p)
+		return refuse(vxlan ? UL_DROP_VXLAN_SRC : UL_DROP_WIREGUARD_SRC);
+	if (!vxlan)
+		return TC_ACT_UNSPEC;
+	return vxlan_inner(skb, off + 8, p);
 }
 
 SEC("classifier/underlay_guard") int underlay_guard(struct __sk_buff *skb)
@@ -234,36 +287,12 @@ SEC("classifier/underlay_guard") int underlay_guard(struct __sk_buff *skb)
 	if (!vxlan && !wireguard)
 		return TC_ACT_UNSPEC;
 	u32 from = raw32(ip + 12);
-	struct ul_peer *p = bpf_map_lookup_elem(&podnet_ulpeers, &from);
+	struct ul_peer *p = c->underlay6 ? 0 : bpf_map_lookup_elem(&podnet_ulpeers, &from);
 	if (!p)
 		return refuse(vxlan ? UL_DROP_VXLAN_SRC : UL_DROP_WIREGUARD_SRC);
 	if (!vxlan)
 		return TC_ACT_UNSPEC;
-	/* VXLAN header 8, inner Ethernet 14, then IPv4's source (at 12) or ARP's sender
-	 * address (at 14): 20 bytes of either; IPv6's source is at 8, 16 bytes. */
-	u8 in[8 + 14 + 24];
-	if (bpf_skb_load_bytes(skb, 14 + ihl + 8, in, 8 + 14 + 20))
-		return refuse(UL_DROP_VXLAN_FRAME);
-	u8 *e = in + 8;
-	u32 src;
-	if (e[12] == 0x08 && e[13] == 0x00)
-		src = be32(e + 14 + 12);
-	else if (e[12] == 0x08 && e[13] == 0x06)
-		src = be32(e + 14 + 14);
-	else if (e[12] == 0x86 && e[13] == 0xdd) {
-		if (bpf_skb_load_bytes(skb, 14 + ihl + 8, in, sizeof(in)))
-			return refuse(UL_DROP_VXLAN_FRAME);
-		if (!p->prefix6 || p->prefix6 > 128)
-			return refuse(UL_DROP_VXLAN_INNER);
-		const u8 *s6 = e + 14 + 8;
-		if (!in_range6(s6, p->net6, p->prefix6))
-			return refuse(UL_DROP_VXLAN_INNER);
-		return TC_ACT_UNSPEC;
-	} else
-		return refuse(UL_DROP_VXLAN_FRAME);
-	if ((src & p->mask) == p->net || src == be32(ip + 12))
-		return TC_ACT_UNSPEC;
-	return refuse(UL_DROP_VXLAN_INNER);
+	return vxlan_inner(skb, 14 + ihl + 8, p);
 }
 
 /*

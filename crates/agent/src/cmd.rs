@@ -130,6 +130,11 @@ struct Args {
     /// How pod traffic crosses between nodes.
     #[arg(long, value_enum, default_value = "vxlan")]
     backend: Backend,
+    /// Which of the underlay's families the overlay tunnel (VXLAN, WireGuard) runs
+    /// over: ipv6 takes the first global IPv6 address of --underlay-dev as the tunnel's
+    /// end (every node of the cluster runs the same; pods of either family cross it).
+    #[arg(long, value_enum, default_value = "ipv4")]
+    underlay_family: podnet_conventions::UnderlayFamily,
     /// WireGuard backend: the device.
     #[arg(long, default_value = podnet_conventions::WG_DEV)]
     wireguard_dev: String,
@@ -313,8 +318,10 @@ fn config(mut a: Args) -> Result<Config, Failure> {
             Failure::op(format!("invalid --{flag} {v:?}"), e.0)
         })
     };
+    let chosen =
+        podnet_conventions::underlay_family_fits(a.underlay_family, a.backend, a.datapath)?;
     let (datapath, policy_datapath, why) =
-        podnet_conventions::choose_datapaths(a.datapath, a.policy_datapath, a.backend)?;
+        podnet_conventions::choose_datapaths(chosen, a.policy_datapath, a.backend)?;
     if let Some(why) = why {
         tracing::info!("{why}");
     }
@@ -361,6 +368,7 @@ fn config(mut a: Args) -> Result<Config, Failure> {
         underlay_dev: a.underlay_dev,
         node_prefix: a.node_prefix,
         backend: a.backend,
+        underlay_family: a.underlay_family,
         vni: a.vni,
         port: a.vxlan_port,
         vxlan_dev: a.vxlan_dev,

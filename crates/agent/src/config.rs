@@ -23,6 +23,9 @@ pub struct Config {
     pub service_cidr6: Option<podnet_cni_spec::net::Ipv6Net>,
     pub node_prefix: u8,
     pub backend: Backend,
+    /// Which underlay address the overlay tunnel ends at (`--underlay-family`): with
+    /// `ipv6`, the underlay link's global IPv6 address, for VXLAN and WireGuard.
+    pub underlay_family: podnet_conventions::UnderlayFamily,
     pub vni: u32,
     pub port: u16,
     pub vxlan_dev: String,

@@ -5,7 +5,7 @@
 //!   podnet's): one tc filter, `podnet_guard` at priority [`PRIO`] — before the fast
 //!   path's `podnet_fast_ul` — running `underlay_guard` from `bpf/underlay.c`. The
 //!   clsact qdisc is shared with whatever else the node runs there and never removed.
-//! - The program's maps, unpinned: peers (underlay address → pod CIDR), the guarded
+//! - The program's maps, unpinned: peers (tunnel end → pod CIDRs), the guarded
 //!   ports, the drop counters, and (host-gw) the pod CIDRs of each family → owning
 //!   peer's MAC. The filter holds them, so they outlive a killed
 //!   agent unchanged; a starting agent loads them anew, fills them with the peers it
@@ -25,9 +25,12 @@
 //! source in a dual-stack cluster's IPv6 range is bound the same way
 //! (`podnet_ulcidrs6`): never off the wire with an overlay (pods' IPv6 crosses in
 //! it), only from the owning peer's MAC with host-gw, so an underlay that carries
-//! IPv6 cannot forge it either. Peers speak IPv4 on the underlay, so neither overlay
-//! port takes IPv6 (the WireGuard socket is bound to both families), even behind
-//! extension headers; a chain too long to find the port behind is refused.
+//! IPv6 cannot forge it either. Over an IPv4 underlay neither overlay port takes
+//! IPv6 (the WireGuard socket is bound to both families), even behind extension
+//! headers; over an IPv6 underlay (`--underlay-family ipv6`) the ports take IPv6
+//! from peers' underlay IPv6 addresses only (`podnet_ulpeers6`, VXLAN with an inner
+//! source of the sender's, as over IPv4) and no IPv4 at all. A chain of extension
+//! headers too long to find the port behind is refused.
 //! Every backend runs the guard.
 //!
 //! Every round the filter is verified like a route: missing, or replaced by another
@@ -43,7 +46,7 @@ use podnet_cni_spec::Ipv4Net;
 use podnet_netlink::{tc, Socket};
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::OwnedFd;
 
 pub use podnet_netlink::antispoof::UNDERLAY_DROP_REASONS;
@@ -65,7 +68,7 @@ pub const BACKSTOP_PRIO: u16 = 2;
 /// The mark nftables' forward chain sets on packets to pods (nft.rs renders it).
 pub use podnet_bpf_abi::PODNET_NFT_MARK as NFT_MARK;
 // The guard's map values, generated from bpf/abi.h.
-use podnet_bpf_abi::{UlCidr, UlConfig, UlPeer};
+use podnet_bpf_abi::{UlCidr, UlConfig, UlPeer, UlPeer6Key};
 
 /// What the guard binds pod sources to, with the host-gw backend: each peer's pod CIDR
 /// → its underlay MAC if the node's neighbour table knows it; this node's own CIDR.
@@ -94,8 +97,9 @@ pub struct Guard {
     bpf: Ebpf,
     prog_id: u32,
     config: UlConfig,
-    /// What the peers map holds (raw underlay address → entry).
-    peers: BTreeMap<u32, UlPeer>,
+    /// What the peers maps hold (tunnel end → entry): IPv4 ones in `podnet_ulpeers`,
+    /// IPv6 ones in `podnet_ulpeers6`.
+    peers: BTreeMap<IpAddr, UlPeer>,
     /// What the pod-source map holds (host-gw): `(prefix, raw network)` → entry.
     cidrs: BTreeMap<(u32, u32), UlCidr>,
     /// The same for IPv6 pod CIDRs (a dual-stack cluster on host-gw).
@@ -117,13 +121,15 @@ impl Guard {
     /// Loads the program and its maps, guarding `vxlan_port` and `wireguard_port`
     /// (0: none) and binding plain traffic with a source in `cluster` (with `host_gw`,
     /// to its owner's MAC; without, it is refused); plain IPv6 with a source in
-    /// `cluster6` (a dual-stack cluster's IPv6 range) likewise. Nothing is
-    /// attached yet: see [`Guard::sync`].
+    /// `cluster6` (a dual-stack cluster's IPv6 range) likewise. With `underlay6` the
+    /// ports take datagrams from peers' underlay IPv6 addresses, and no IPv4. Nothing
+    /// is attached yet: see [`Guard::sync`].
     pub fn load(
         vxlan_port: u16,
         wireguard_port: u16,
         (cluster, cluster6): (Ipv4Net, Option<podnet_cni_spec::net::Ipv6Net>),
         host_gw: bool,
+        underlay6: bool,
     ) -> Result<Guard, Failure> {
         if OBJECT.is_empty() {
             return Err("podnetd was built with PODNET_SKIP_BPF=1 and has no underlay guard (bpf/underlay.c): build it again with clang; without the guard any pod or host could inject encapsulated traffic".into());
@@ -161,6 +167,7 @@ impl Guard {
             host_gw: host_gw as u32,
             cluster6_net: cluster6.map_or([0; 16], |c| c.network().octets()),
             cluster6_prefix: cluster6.map_or(0, |c| u32::from(c.prefix())),
+            underlay6: underlay6 as u32,
         };
         let mut g = Guard {
             bpf,
@@ -195,57 +202,80 @@ impl Guard {
         self.fd_of(BACKSTOP)
     }
 
-    /// One round: the peers map made exactly `peers` (underlay address, pod CIDR, a
-    /// dual-stack peer's IPv6 pod CIDR),
-    /// then the filter verified on `device` (index `index`) and put back if missing or
-    /// not this agent's. Returns `Some(why)` when the filter had to be repaired (drift,
-    /// not the first attach).
+    /// One round: the peers maps made exactly `peers` (keyed by each one's tunnel end,
+    /// with its pod CIDRs and underlay IPv4 address), then the filter verified on
+    /// `device` (index `index`) and put back if missing or not this agent's. Returns
+    /// `Some(why)` when the filter had to be repaired (drift, not the first attach).
     pub fn sync(
         &mut self,
         sock: &mut Socket,
         index: u32,
         device: &str,
-        peers: &[(Ipv4Addr, Ipv4Net, Option<podnet_cni_spec::net::Ipv6Net>)],
+        peers: &[crate::plan::Peer],
         sources: &Sources,
     ) -> Result<Option<String>, Failure> {
         if self.config.host_gw != 0 {
             self.sync_sources(sources)?;
         }
-        let want: BTreeMap<u32, UlPeer> = peers
+        let want: BTreeMap<IpAddr, UlPeer> = peers
             .iter()
-            .map(|(ip, cidr, cidr6)| {
+            .map(|p| {
                 (
-                    raw(*ip),
+                    p.endpoint,
                     UlPeer {
-                        net: u32::from(cidr.network()),
-                        mask: match cidr.prefix() {
-                            0 => 0,
-                            p => u32::MAX << (32 - p as u32),
-                        },
-                        net6: cidr6.map_or([0; 16], |c| c.network().octets()),
-                        prefix6: cidr6.map_or(0, |c| c.prefix()),
+                        net: u32::from(p.cidr.network()),
+                        mask: mask(p.cidr.prefix()),
+                        net6: p.cidr6.map_or([0; 16], |c| c.network().octets()),
+                        prefix6: p.cidr6.map_or(0, |c| c.prefix()),
+                        underlay: u32::from(p.underlay),
                         ..Default::default()
                     },
                 )
             })
             .collect();
         if want != self.peers {
-            let mut m: HashMap<_, u32, UlPeer> = HashMap::try_from(
+            // Additions first: a peer that changed CIDR is never missing in between.
+            let changed: Vec<(IpAddr, Option<UlPeer>)> = want
+                .iter()
+                .filter(|(k, v)| self.peers.get(k) != Some(v))
+                .map(|(k, v)| (*k, Some(*v)))
+                .chain(
+                    self.peers
+                        .keys()
+                        .filter(|k| !want.contains_key(k))
+                        .map(|k| (*k, None)),
+                )
+                .collect();
+            let mut m4: HashMap<_, u32, UlPeer> = HashMap::try_from(
                 self.bpf
                     .map_mut("podnet_ulpeers")
                     .ok_or("no map podnet_ulpeers")?,
             )
             .map_err(|e| err("podnet_ulpeers", e))?;
-            // Additions first: a peer that changed CIDR is never missing in between.
-            for (k, v) in &want {
-                if self.peers.get(k) != Some(v) {
-                    m.insert(k, v, 0)
-                        .map_err(|e| err("write podnet_ulpeers", e))?;
+            for (k, v) in &changed {
+                if let IpAddr::V4(a) = k {
+                    match v {
+                        Some(v) => m4.insert(raw(*a), v, 0),
+                        None => m4.remove(&raw(*a)),
+                    }
+                    .map_err(|e| err(&format!("write podnet_ulpeers ({k})"), e))?;
                 }
             }
-            for k in self.peers.keys().filter(|k| !want.contains_key(k)) {
-                m.remove(k)
-                    .map_err(|e| err("remove from podnet_ulpeers", e))?;
+            let mut m6: HashMap<_, UlPeer6Key, UlPeer> = HashMap::try_from(
+                self.bpf
+                    .map_mut("podnet_ulpeers6")
+                    .ok_or("no map podnet_ulpeers6")?,
+            )
+            .map_err(|e| err("podnet_ulpeers6", e))?;
+            for (k, v) in &changed {
+                if let IpAddr::V6(a) = k {
+                    let key = UlPeer6Key { addr: a.octets() };
+                    match v {
+                        Some(v) => m6.insert(key, v, 0),
+                        None => m6.remove(&key),
+                    }
+                    .map_err(|e| err(&format!("write podnet_ulpeers6 ({k})"), e))?;
+                }
             }
             self.peers = want;
         }
@@ -411,6 +441,11 @@ mod tests {
             std::mem::size_of::<UlPeer>()
         );
         assert_eq!(obj.maps["podnet_ulpeers"].key_size(), 4);
+        assert_eq!(
+            obj.maps["podnet_ulpeers6"].value_size() as usize,
+            std::mem::size_of::<UlPeer>()
+        );
+        assert_eq!(obj.maps["podnet_ulpeers6"].key_size(), 16);
         // The pod-source tries: prefix length + address, a ul_cidr value.
         for (map, key) in [("podnet_ulcidrs", 8), ("podnet_ulcidrs6", 20)] {
             assert_eq!(obj.maps[map].key_size(), key, "{map}");

@@ -194,7 +194,7 @@ impl Agent {
         };
         self.log(&format!(
             "node {} leased {} (underlay {} on {}, backend {}, pod MTU {mtu}, datastore {}, repair {})",
-            self.cfg.node, n.record.pod_cidr, underlay_ip, self.cfg.underlay_dev, self.cfg.backend.as_str(), self.ds.describe(), if self.cfg.repair { "on" } else { "off" }
+            self.cfg.node, n.record.pod_cidr, n.tunnel_ip(), self.cfg.underlay_dev, self.cfg.backend.as_str(), self.ds.describe(), if self.cfg.repair { "on" } else { "off" }
         ));
         // The underlay guard: the overlay ports take encapsulated traffic from peers
         // only, and pod sources come off the wire only as the backend allows. Loaded
@@ -209,6 +209,7 @@ impl Agent {
                     self.cfg.cluster_cidr6.map(|(c, _)| c),
                 ),
                 self.backend.plain_pod_sources(),
+                self.cfg.underlay_family.is_ipv6(),
             )
             .map_err(Error::Guard)?,
         );

@@ -33,13 +33,19 @@ impl Agent {
                 dev: dev.clone(),
                 why: "it has no IPv4 address".into(),
             })?;
-        let ip6 = match self.cfg.cluster_cidr6 {
-            None => None,
-            Some(_) => addr::list6(&mut self.sock, Some(l.index))?
+        let ip6 = match (self.cfg.cluster_cidr6, self.cfg.underlay_family.is_ipv6()) {
+            (None, false) => None,
+            _ => addr::list6(&mut self.sock, Some(l.index))?
                 .into_iter()
                 .map(|(_, a, _)| a)
                 .find(|a| podnet_conventions::net::is_global_unicast6(*a)),
         };
+        if ip6.is_none() && self.cfg.underlay_family.is_ipv6() {
+            return Err(Error::Underlay {
+                dev,
+                why: "it has no global IPv6 address, and --underlay-family ipv6 ends the overlay tunnel there: give the link one (ip -6 addr add ADDR/PREFIX dev DEV), or run --underlay-family ipv4".into(),
+            });
+        }
         if ip6.is_none()
             && self.cfg.cluster_cidr6.is_some()
             && self.cfg.backend == crate::Backend::HostGw
@@ -58,6 +64,7 @@ impl Agent {
             name: self.cfg.node.clone(),
             underlay_ip: ip,
             underlay_ip6: ip6,
+            underlay_family: self.cfg.underlay_family,
             vtep_mac: podnet_netlink::fmt_mac(&vtep_mac(ip)),
             backend: self.cfg.backend.to_string(),
             wireguard: self.backend.registration(),

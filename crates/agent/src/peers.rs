@@ -137,48 +137,70 @@ pub struct Peer6 {
 /// overlaps ours or an accepted peer's, as for IPv4 — a record must not draw another
 /// node's IPv6 pods to itself — or when its underlay IPv6 address could not be a
 /// node's ([`underlay6_problem`]). host-gw routes IPv6 pods to the peer's underlay
-/// IPv6 address, so there a dual-stack peer without one is refused too.
+/// IPv6 address, so there a dual-stack peer without one is refused too. Every node of
+/// a cluster ends its overlay tunnel at the same family (`--underlay-family`: a VXLAN
+/// device speaks one), so a peer of the other family is refused, and over an IPv6
+/// underlay a peer must publish a valid underlay IPv6 address (its tunnel's end).
 pub fn check_peer6(
     r: &NodeRecord,
     me: &Me,
     accepted: &[Peer],
 ) -> std::result::Result<Peer6, Refused> {
-    let (Some(range), Some(c6)) = (me.cluster6, r.pod_cidr6) else {
-        return Ok(Peer6::default());
+    let (mine, theirs) = (me.record.underlay_family, r.underlay_family);
+    if mine != theirs {
+        return Err(format!(
+            "its overlay tunnel runs over an {theirs} underlay and ours over {mine}: every node of a cluster runs the same --underlay-family (restart the odd ones with the cluster's)"
+        )
+        .into());
+    }
+    let cidr = match (me.cluster6, r.pod_cidr6) {
+        (Some(range), Some(c6)) => {
+            if !range.contains(c6.network()) || c6.prefix() < range.prefix() {
+                return Err(format!(
+                    "its IPv6 pod CIDR {c6} is outside the IPv6 cluster CIDR {range}"
+                )
+                .into());
+            }
+            if let Some(m) = me.record.pod_cidr6.filter(|m| m.overlaps(&c6)) {
+                return Err(format!("its IPv6 pod CIDR {c6} overlaps ours ({m})").into());
+            }
+            if let Some((p, o)) = accepted
+                .iter()
+                .find_map(|p| p.cidr6.filter(|o| o.overlaps(&c6)).map(|o| (p, o)))
+            {
+                return Err(format!("its IPv6 pod CIDR {c6} overlaps {}'s ({o})", p.name).into());
+            }
+            Some(c6)
+        }
+        _ => None,
     };
-    if !range.contains(c6.network()) || c6.prefix() < range.prefix() {
-        return Err(
-            format!("its IPv6 pod CIDR {c6} is outside the IPv6 cluster CIDR {range}").into(),
-        );
-    }
-    if let Some(m) = me.record.pod_cidr6.filter(|m| m.overlaps(&c6)) {
-        return Err(format!("its IPv6 pod CIDR {c6} overlaps ours ({m})").into());
-    }
-    if let Some((p, o)) = accepted
-        .iter()
-        .find_map(|p| p.cidr6.filter(|o| o.overlaps(&c6)).map(|o| (p, o)))
-    {
-        return Err(format!("its IPv6 pod CIDR {c6} overlaps {}'s ({o})", p.name).into());
+    let tunnel6 = mine.is_ipv6();
+    if cidr.is_none() && !tunnel6 {
+        return Ok(Peer6::default());
     }
     let underlay = match r.underlay_ip6 {
         Some(u) => {
-            if let Some(why) = underlay6_problem(u, range, me, accepted) {
+            if let Some(why) = underlay6_problem(u, me.cluster6, me, accepted) {
                 return Err(why.into());
             }
             Some(u)
         }
+        None if tunnel6 => {
+            return Err(
+                "it publishes no underlay IPv6 address, and over an IPv6 underlay its overlay tunnel ends there: give its underlay link a global IPv6 address and restart its podnetd"
+                    .into(),
+            )
+        }
         None if me.backend == Backend::HostGw => {
             return Err(format!(
-                "it publishes no underlay IPv6 address, and host-gw routes its IPv6 pods ({c6}) to that address: give its underlay link a global IPv6 address and restart its podnetd"
+                "it publishes no underlay IPv6 address, and host-gw routes its IPv6 pods ({}) to that address: give its underlay link a global IPv6 address and restart its podnetd",
+                cidr.map(|c| c.to_string()).unwrap_or_default()
             )
             .into())
         }
         None => None,
     };
-    Ok(Peer6 {
-        cidr: Some(c6),
-        underlay,
-    })
+    Ok(Peer6 { cidr, underlay })
 }
 
 /// Why `u` cannot be a peer's underlay IPv6 address, if it cannot: as for IPv4
@@ -186,14 +208,14 @@ pub fn check_peer6(
 /// range (`range`), not this node's nor an accepted peer's.
 pub fn underlay6_problem(
     u: Ipv6Addr,
-    range: Ipv6Net,
+    range: Option<Ipv6Net>,
     me: &Me,
     accepted: &[Peer],
 ) -> Option<String> {
     let fix = "the peer's podnetd must publish its underlay interface's address (--underlay-dev); if it does, the record is forged";
     let what = if !podnet_conventions::net::is_global_unicast6(u) {
         "not a global unicast address".to_string()
-    } else if range.contains(u) {
+    } else if let Some(range) = range.filter(|r| r.contains(u)) {
         format!("inside the IPv6 cluster CIDR {range} (pod addresses)")
     } else if me.record.underlay_ip6 == Some(u) {
         "ours: two nodes cannot share one".to_string()
@@ -248,6 +270,7 @@ mod tests {
             pod_cidr6: None,
             underlay_ip: Ipv4Addr::from(ip),
             underlay_ip6: None,
+            underlay_family: Default::default(),
             vtep_mac: mac.into(),
             backend: "vxlan".into(),
             wireguard: None,
@@ -273,6 +296,7 @@ mod tests {
             cidr6: None,
             underlay: good.underlay_ip,
             underlay6: None,
+            endpoint: good.underlay_ip.into(),
             vtep_mac: mac,
             wireguard: Some(([2; 32], 51820)),
         }];
@@ -426,6 +450,7 @@ mod tests {
             pod_cidr6: Some("fd00:10:244::/64".parse().unwrap()),
             underlay_ip: Ipv4Addr::new(192, 168, 1, 10),
             underlay_ip6: Some("fd00:192:168:1::a".parse().unwrap()),
+            underlay_family: Default::default(),
             vtep_mac: "0a:59:c0:a8:01:0a".into(),
             backend: "vxlan".into(),
             wireguard: None,
@@ -454,6 +479,7 @@ mod tests {
             cidr6: Some("fd00:10:244:2::/64".parse().unwrap()),
             underlay: Ipv4Addr::new(192, 168, 1, 12),
             underlay6: Some("fd00:192:168:1::c".parse().unwrap()),
+            endpoint: Ipv4Addr::new(192, 168, 1, 12).into(),
             vtep_mac: [0; 6],
             wireguard: None,
         }];
@@ -515,6 +541,97 @@ mod tests {
         assert_eq!(
             check_peer6(&peer(Some("fd00:99::/64")), &me, &accepted).unwrap(),
             Peer6::default()
+        );
+    }
+
+    /// Over an IPv6 underlay, on an IPv4 cluster too: a peer must run the same
+    /// underlay family and publish a valid underlay IPv6 address (its tunnel's end);
+    /// a node of the other family is refused either way.
+    #[test]
+    fn an_ipv6_underlay_needs_peers_of_its_family_with_an_ipv6_address() {
+        use super::*;
+        use podnet_conventions::UnderlayFamily;
+        let mine = NodeRecord {
+            name: "a".into(),
+            pod_cidr: "10.244.0.0/24".parse().unwrap(),
+            pod_cidr6: None,
+            underlay_ip: Ipv4Addr::new(192, 168, 1, 10),
+            underlay_ip6: Some("fd00:192:168:1::a".parse().unwrap()),
+            underlay_family: UnderlayFamily::Ipv6,
+            vtep_mac: "0a:59:c0:a8:01:0a".into(),
+            backend: "vxlan".into(),
+            wireguard: None,
+            renewed: 0,
+            ttl_secs: 60,
+        };
+        let me = Me {
+            record: &mine,
+            cluster: "10.244.0.0/16".parse().unwrap(),
+            cluster6: None,
+            service: "10.96.0.0/12".parse().unwrap(),
+            backend: Backend::Vxlan,
+            wg_public_key: None,
+        };
+        let peer = |u6: Option<&str>, family| NodeRecord {
+            name: "b".into(),
+            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            underlay_ip: Ipv4Addr::new(192, 168, 1, 11),
+            underlay_ip6: u6.map(|u| u.parse().unwrap()),
+            underlay_family: family,
+            vtep_mac: "0a:59:c0:a8:01:0b".into(),
+            ..mine.clone()
+        };
+        let ok = check_peer6(
+            &peer(Some("fd00:192:168:1::b"), UnderlayFamily::Ipv6),
+            &me,
+            &[],
+        );
+        assert_eq!(
+            ok,
+            Ok(Peer6 {
+                cidr: None,
+                underlay: Some("fd00:192:168:1::b".parse().unwrap())
+            })
+        );
+        for (r, why) in [
+            (
+                peer(None, UnderlayFamily::Ipv6),
+                "publishes no underlay IPv6 address",
+            ),
+            (
+                peer(Some("fd00:192:168:1::b"), UnderlayFamily::Ipv4),
+                "same --underlay-family",
+            ),
+            (
+                peer(Some("fd00:192:168:1::a"), UnderlayFamily::Ipv6),
+                "ours",
+            ),
+            (
+                peer(Some("fe80::b"), UnderlayFamily::Ipv6),
+                "not a global unicast",
+            ),
+        ] {
+            let e = check_peer6(&r, &me, &[]).unwrap_err().to_string();
+            assert!(e.contains(why), "{why}: {e}");
+        }
+        // An IPv4-underlay node refuses an IPv6-underlay peer too.
+        let mut v4 = mine.clone();
+        v4.underlay_family = UnderlayFamily::Ipv4;
+        let me4 = Me { record: &v4, ..me };
+        let e = check_peer6(
+            &peer(Some("fd00:192:168:1::b"), UnderlayFamily::Ipv6),
+            &me4,
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("over an ipv6 underlay and ours over ipv4"),
+            "{e}"
+        );
+        assert_eq!(
+            check_peer6(&peer(None, UnderlayFamily::Ipv4), &me4, &[]),
+            Ok(Peer6::default())
         );
     }
 }

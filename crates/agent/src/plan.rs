@@ -32,7 +32,7 @@ use podnet_netlink::neigh::{FdbInfo, NeighInfo};
 use podnet_netlink::route::RouteInfo;
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Route protocol number marking podnet's routes.
 pub use podnet_conventions::RTPROT_PODNET;
@@ -49,6 +49,10 @@ pub struct Peer {
     /// A dual-stack peer's global IPv6 address on the underlay (host-gw routes its
     /// IPv6 pods there).
     pub underlay6: Option<Ipv6Addr>,
+    /// Where its overlay tunnel ends: `underlay`, or `underlay6` with an IPv6
+    /// underlay (`--underlay-family ipv6`; [`crate::peers::check_peer6`] makes sure
+    /// it has one).
+    pub endpoint: IpAddr,
     pub vtep_mac: [u8; 6],
     /// With the WireGuard backend: its public key and port.
     pub wireguard: Option<([u8; 32], u16)>,
@@ -134,12 +138,12 @@ pub enum Op {
     },
     AddFdb {
         mac: [u8; 6],
-        dst: Ipv4Addr,
+        dst: IpAddr,
         dev: u32,
     },
     DelFdb {
         mac: [u8; 6],
-        dst: Option<Ipv4Addr>,
+        dst: Option<IpAddr>,
         dev: u32,
     },
     /// Through `via` on the link (VXLAN), or straight to the device (WireGuard's
@@ -294,7 +298,7 @@ pub fn desired(backend: Via, peers: &[Peer]) -> Current {
                 c.fdb.push(FdbInfo {
                     index: dev,
                     mac: p.vtep_mac,
-                    dst: Some(p.underlay),
+                    dst: Some(p.endpoint),
                     state: NUD_PERMANENT,
                 });
                 if let Some(c6) = p.cidr6 {
@@ -575,12 +579,41 @@ mod tests {
             cidr6: None,
             underlay: Ipv4Addr::new(192, 168, 1, 10 + n),
             underlay6: None,
+            endpoint: Ipv4Addr::new(192, 168, 1, 10 + n).into(),
             vtep_mac: [0x0a, 0x59, 192, 168, 1, 10 + n],
             wireguard: None,
         }
     }
 
     const VX: Via = Via::Vxlan { dev: 7 };
+
+    /// Over an IPv6 underlay the FDB entry sends a peer's VTEP MAC to its IPv6
+    /// tunnel end, and reads back as made (no operation the next round).
+    #[test]
+    fn the_fdb_entry_names_the_peers_tunnel_end() {
+        let mut p = peer(1);
+        p.endpoint = "fd00:192:168:1::b".parse::<Ipv6Addr>().unwrap().into();
+        let want = desired(VX, std::slice::from_ref(&p));
+        assert_eq!(want.fdb[0].dst, Some(p.endpoint));
+        let ops = plan(&want, &Current::default());
+        assert!(
+            ops.iter().any(|o| o.to_string().contains(
+                "bridge fdb replace 0a:59:c0:a8:01:0b dev #7 dst fd00:192:168:1::b self permanent"
+            )),
+            "{ops:?}"
+        );
+        assert!(plan(&want, &want).is_empty());
+        // The peer moved to another tunnel end: the entry is replaced.
+        let mut moved = p.clone();
+        moved.endpoint = "fd00:192:168:1::c".parse::<Ipv6Addr>().unwrap().into();
+        let ops = plan(&desired(VX, &[moved]), &want);
+        assert!(
+            ops.iter().any(
+                |o| matches!(o, Op::AddFdb { dst, .. } if dst.to_string() == "fd00:192:168:1::c")
+            ),
+            "{ops:?}"
+        );
+    }
 
     #[test]
     fn one_route_neigh_and_fdb_per_peer() {

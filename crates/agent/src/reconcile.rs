@@ -157,6 +157,10 @@ impl Reconciler {
                 .and_then(|(m, w)| Ok((m, w, check_peer6(&r, &me, &peers)?)))
             {
                 Ok((vtep_mac, wireguard, p6)) => peers.push(Peer {
+                    endpoint: match (self.n.record.underlay_family.is_ipv6(), p6.underlay) {
+                        (true, Some(u)) => u.into(),
+                        _ => r.underlay_ip.into(),
+                    },
                     vtep_mac,
                     wireguard,
                     name: r.name,
@@ -187,7 +191,7 @@ impl Reconciler {
         for p in peers.iter().filter(|p| !self.known.contains(p)) {
             self.a.log(&format!(
                 "peer {} at {} serves {}",
-                p.name, p.underlay, p.cidr
+                p.name, p.endpoint, p.cidr
             ));
         }
         for p in self
@@ -292,6 +296,7 @@ impl Reconciler {
             underlay_dev: a.cfg.underlay_dev.clone(),
             underlay_ip: n.underlay_ip.to_string(),
             underlay_ip6: n.underlay_ip6.map(|u| u.to_string()).unwrap_or_default(),
+            tunnel_ip: n.tunnel_ip().to_string(),
             vtep_mac: podnet_netlink::fmt_mac(&vtep_mac(n.underlay_ip)),
             bridge: a.cfg.bridge.clone(),
             vxlan_dev: if matches!(via, Via::Vxlan { .. }) {
@@ -335,10 +340,6 @@ impl Reconciler {
     fn sync_guard(&mut self, peers: &[Peer]) -> Option<guard::GuardStatus> {
         let (a, n) = (&mut self.a, &self.n);
         let g = a.guard.as_mut()?;
-        let list: Vec<_> = peers
-            .iter()
-            .map(|p| (p.underlay, p.cidr, p.cidr6))
-            .collect();
         let dev = a.cfg.underlay_dev.clone();
         // Unencapsulated pod packets (host-gw): each peer's pod CIDR bound to its
         // underlay MAC, as the neighbour table knows it (unknown until resolved).
@@ -387,7 +388,7 @@ impl Reconciler {
                 .filter_map(|p| Some((p.cidr6?, mac_of(p))))
                 .collect();
         }
-        match g.sync(&mut a.sock, n.underlay_index, &dev, &list, &sources) {
+        match g.sync(&mut a.sock, n.underlay_index, &dev, peers, &sources) {
             Ok(Some(why)) => {
                 tracing::warn!(node = %a.cfg.node, "repairing drift: {why}: attached it again");
                 if let Some(m) = &a.metrics {
@@ -409,6 +410,7 @@ fn peer_status(p: &Peer) -> PeerStatus {
         pod_cidr6: p.cidr6.map(|c| c.to_string()).unwrap_or_default(),
         underlay_ip: p.underlay.to_string(),
         underlay_ip6: p.underlay6.map(|u| u.to_string()).unwrap_or_default(),
+        tunnel_ip: p.endpoint.to_string(),
         vtep_mac: podnet_netlink::fmt_mac(&p.vtep_mac),
         wireguard_public_key: p
             .wireguard

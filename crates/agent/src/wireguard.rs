@@ -14,8 +14,9 @@
 //!   SIGTERM; its pid is in its pid file.
 //! - On the device: the address `<pod CIDR network>/32` (node-originated traffic to
 //!   remote pods leaves from it, an address every peer accepts from this node), MTU
-//!   = underlay MTU − [`WG_OVERHEAD`], and per peer node one WireGuard peer: its public
-//!   key, endpoint `<underlay IP>:<port>`, allowed IPs = its pod CIDR (and its IPv6
+//!   = underlay MTU − [`WG_OVERHEAD`] (20 bytes more over an IPv6 underlay), and per
+//!   peer node one WireGuard peer: its public key, endpoint `<underlay IP>:<port>`
+//!   (`[<underlay IPv6>]:<port>` with `--underlay-family ipv6`), allowed IPs = its pod CIDR (and its IPv6
 //!   pod CIDR on a dual-stack cluster: WireGuard carries IPv6 inside an IPv4 underlay
 //!   as it does IPv4, and admits from a peer only sources in its allowed IPs). The
 //!   routes per peer (IPv4 via the peer's first address, IPv6 straight to the device)
@@ -35,7 +36,7 @@ pub use podnet_api::Rotated;
 use podnet_cni_spec::Ipv4Net;
 use podnet_conventions::Ipv6Net;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -253,7 +254,7 @@ pub struct WantPeer {
     /// The peer node (for the log).
     pub name: String,
     pub public_key: Key,
-    pub endpoint: SocketAddrV4,
+    pub endpoint: SocketAddr,
     pub cidr: Ipv4Net,
     /// Its IPv6 pod CIDR on a dual-stack cluster.
     pub cidr6: Option<Ipv6Net>,
@@ -301,7 +302,7 @@ pub fn peer_changes(want: &[WantPeer], have: &[PeerConfig]) -> Vec<PeerChange> {
     for w in want {
         let same = have.iter().any(|h| {
             h.public_key == w.public_key
-                && h.endpoint == Some(SocketAddr::V4(w.endpoint))
+                && h.endpoint == Some(w.endpoint)
                 && h.allowed_ips == [w.cidr]
                 && h.allowed_ips6 == w.cidr6.into_iter().collect::<Vec<_>>()
         });

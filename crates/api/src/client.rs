@@ -5,7 +5,7 @@ use crate::request::Envelope;
 use crate::*;
 use serde::de::DeserializeOwned;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -113,8 +113,13 @@ impl Client {
         self.call(&Request::Pod { ip: ip.into() })
     }
 
-    pub fn ping(&self, ip: Ipv4Addr, size: u16) -> Result<PingReply, ClientError> {
-        self.call(&Request::Ping { ip, size })
+    /// An echo of `size` bytes of payload from the node to `ip` (ICMPv6 to an IPv6
+    /// address: agents before IPv6 underlays refuse those).
+    pub fn ping(&self, ip: impl Into<IpAddr>, size: u16) -> Result<PingReply, ClientError> {
+        self.call(&Request::Ping {
+            ip: ip.into(),
+            size,
+        })
     }
 
     pub fn policy(&self) -> Result<PolicyStatus, ClientError> {

@@ -49,7 +49,8 @@ pub struct LinkState {
 pub struct VxlanState {
     pub vni: u32,
     pub port: u16,
-    pub local: Option<Ipv4Addr>,
+    /// The local tunnel end (IPv6 over an IPv6 underlay).
+    pub local: Option<std::net::IpAddr>,
     pub learning: bool,
 }
 
@@ -79,7 +80,8 @@ pub struct NeighState {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct FdbState {
     pub mac: String,
-    pub dst: Option<Ipv4Addr>,
+    /// The remote tunnel end (IPv6 over an IPv6 underlay).
+    pub dst: Option<std::net::IpAddr>,
     pub dev: String,
 }
 

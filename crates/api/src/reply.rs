@@ -4,7 +4,6 @@ use crate::{Denied, Echo, Event, PolicyStatus};
 use podnet_conventions::PolicyDatapath;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 
 /// The answer to `events`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -63,7 +62,7 @@ pub struct PolicyStats {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PingReply {
-    pub ip: Ipv4Addr,
+    pub ip: std::net::IpAddr,
     pub size: u16,
     pub result: Echo,
 }

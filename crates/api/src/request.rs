@@ -2,7 +2,7 @@
 //! a request line ([`parse_request`]), checking the API version.
 
 use serde::{Deserialize, Serialize};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 /// The API version this build speaks.
 pub const API_VERSION: u32 = 1;
@@ -21,9 +21,10 @@ pub enum Request {
     State,
     /// One pod on this node, from its host veth and its own namespace → [`crate::PodReport`].
     Pod { ip: IpAddr },
-    /// An ICMP echo with DF set from this node → [`crate::PingReply`]. `size` is the payload.
+    /// An ICMP echo with DF set from this node (ICMPv6, unfragmented, to an IPv6
+    /// address) → [`crate::PingReply`]. `size` is the payload.
     Ping {
-        ip: Ipv4Addr,
+        ip: IpAddr,
         #[serde(default = "default_ping_size")]
         size: u16,
     },

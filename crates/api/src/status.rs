@@ -30,6 +30,10 @@ pub struct Status {
     /// pods to).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub underlay_ip6: String,
+    /// Where the node's overlay tunnel ends: `underlay_ip6` over an IPv6 underlay
+    /// (`--underlay-family ipv6`), else `underlay_ip` ([`Status::tunnel`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tunnel_ip: String,
     pub vtep_mac: String,
     pub bridge: String,
     pub vxlan_dev: String,
@@ -105,6 +109,9 @@ pub struct PeerStatus {
     /// A dual-stack peer's underlay IPv6 address, as it publishes it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub underlay_ip6: String,
+    /// Where this node sends the peer's overlay traffic ([`PeerStatus::tunnel`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tunnel_ip: String,
     pub vtep_mac: String,
     /// With the WireGuard backend: the peer's public key and port as the datastore
     /// publishes them.
@@ -158,4 +165,28 @@ pub struct MasqueradeStatus {
     /// IPv6 masquerade (table `ip6 podnet_nat`) on a dual-stack node, in the same form.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<Box<MasqueradeStatus>>,
+}
+
+impl Status {
+    /// Where the node's overlay tunnel ends (its underlay IPv4 address when the agent
+    /// does not say: agents before IPv6 underlays).
+    pub fn tunnel(&self) -> &str {
+        if self.tunnel_ip.is_empty() {
+            &self.underlay_ip
+        } else {
+            &self.tunnel_ip
+        }
+    }
+}
+
+impl PeerStatus {
+    /// Where the node sends this peer's overlay traffic (its underlay IPv4 address
+    /// when the agent does not say).
+    pub fn tunnel(&self) -> &str {
+        if self.tunnel_ip.is_empty() {
+            &self.underlay_ip
+        } else {
+            &self.tunnel_ip
+        }
+    }
 }

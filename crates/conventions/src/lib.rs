@@ -12,7 +12,10 @@ pub mod net;
 
 pub use backoff::Backoff;
 pub use contracts::{CniReport, NodeFile, PolicyPrograms};
-pub use kinds::{choose_datapaths, Backend, Datapath, IpFamily, PolicyDatapath, UnknownChoice};
+pub use kinds::{
+    choose_datapaths, underlay_family_fits, Backend, Datapath, IpFamily, PolicyDatapath,
+    UnderlayFamily, UnknownChoice,
+};
 pub use net::{CidrError, IpNet, Ipv4Net, Ipv6Net, PodCidr};
 
 use std::net::Ipv4Addr;

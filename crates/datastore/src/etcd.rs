@@ -362,6 +362,7 @@ impl Datastore for EtcdStore {
             let same = prev.name == r.name
                 && prev.underlay_ip == r.underlay_ip
                 && prev.underlay_ip6 == r.underlay_ip6
+                && prev.underlay_family == r.underlay_family
                 && prev.vtep_mac == r.vtep_mac
                 && prev.backend == r.backend
                 && prev.wireguard == r.wireguard

@@ -338,6 +338,7 @@ mod tests {
             name: name.into(),
             underlay_ip: Ipv4Addr::new(192, 168, 1, ip),
             underlay_ip6: None,
+            underlay_family: Default::default(),
             vtep_mac: format!("0a:59:c0:a8:01:{ip:02x}"),
             backend: "vxlan".into(),
             wireguard: None,

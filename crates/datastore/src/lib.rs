@@ -16,6 +16,7 @@ pub mod etcd;
 pub mod file;
 
 use podnet_cni_spec::net::{Ipv4Net, Ipv6Net};
+use podnet_conventions::UnderlayFamily;
 use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
@@ -65,6 +66,10 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+fn is_ipv4_underlay(f: &UnderlayFamily) -> bool {
+    !f.is_ipv6()
+}
+
 /// What a node publishes about itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -81,6 +86,11 @@ pub struct NodeRecord {
     /// where host-gw peers route its IPv6 pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub underlay_ip6: Option<Ipv6Addr>,
+    /// Which of its underlay addresses the node's overlay tunnel (VXLAN, WireGuard)
+    /// ends at: `ipv6` names [`NodeRecord::underlay_ip6`]. Every node of a cluster
+    /// runs the same (a VXLAN device speaks one family); absent: IPv4.
+    #[serde(default, skip_serializing_if = "is_ipv4_underlay")]
+    pub underlay_family: UnderlayFamily,
     /// MAC of the node's VXLAN device, `aa:bb:…`.
     pub vtep_mac: String,
     /// `vxlan`, `host-gw` or `wireguard`.
@@ -121,6 +131,8 @@ pub struct Registration {
     pub underlay_ip: Ipv4Addr,
     /// A dual-stack node's global IPv6 address on its underlay link.
     pub underlay_ip6: Option<Ipv6Addr>,
+    /// The family its overlay tunnel ends at.
+    pub underlay_family: UnderlayFamily,
     pub vtep_mac: String,
     pub backend: String,
     pub wireguard: Option<WireGuardPeer>,
@@ -148,6 +160,7 @@ impl Registration {
             pod_cidr6,
             underlay_ip: self.underlay_ip,
             underlay_ip6: self.underlay_ip6,
+            underlay_family: self.underlay_family,
             vtep_mac: self.vtep_mac.clone(),
             backend: self.backend.clone(),
             wireguard: self.wireguard.clone(),
@@ -370,6 +383,7 @@ mod tests {
             name: name.into(),
             underlay_ip: Ipv4Addr::new(192, 168, 1, 10),
             underlay_ip6: None,
+            underlay_family: Default::default(),
             vtep_mac: "0a:59:c0:a8:01:0a".into(),
             backend: "vxlan".into(),
             wireguard: None,
@@ -378,6 +392,22 @@ mod tests {
             cluster_cidr6: None,
             ttl: Duration::from_secs(60),
         }
+    }
+
+    /// A record names its underlay family only when it is IPv6, so records of nodes
+    /// before IPv6 underlays (and of IPv4 ones) read and write as before.
+    #[test]
+    fn the_underlay_family_is_written_only_when_ipv6() {
+        let mut r = reg("a");
+        let rec = r.record("10.244.0.0/24".parse().unwrap(), None, 1);
+        let text = serde_json::to_string(&rec).unwrap();
+        assert!(!text.contains("underlay_family"), "{text}");
+        assert_eq!(serde_json::from_str::<NodeRecord>(&text).unwrap(), rec);
+        r.underlay_family = UnderlayFamily::Ipv6;
+        let rec = r.record("10.244.0.0/24".parse().unwrap(), None, 1);
+        let text = serde_json::to_string(&rec).unwrap();
+        assert!(text.contains(r#""underlay_family":"ipv6""#), "{text}");
+        assert_eq!(serde_json::from_str::<NodeRecord>(&text).unwrap(), rec);
     }
 
     /// The n-th IPv4 node range gets the n-th IPv6 one; ranges that cannot pair up

@@ -77,6 +77,7 @@ fn reg(name: &str, ip: [u8; 4], ttl: u64) -> Registration {
         name: name.into(),
         underlay_ip: ip.into(),
         underlay_ip6: None,
+        underlay_family: Default::default(),
         vtep_mac: "0a:59:c0:a8:01:0a".into(),
         backend: "vxlan".into(),
         wireguard: None,

@@ -52,6 +52,9 @@ pub const ANN_UNDERLAY_IP: &str = "podnet.dev/underlay-ip";
 /// A dual-stack node's global IPv6 address on its underlay (host-gw routes its IPv6
 /// pods there).
 pub const ANN_UNDERLAY_IP6: &str = "podnet.dev/underlay-ip6";
+/// `ipv6` when the node's overlay tunnel ends at its underlay IPv6 address (podnetd
+/// `--underlay-family ipv6`); absent: IPv4.
+pub const ANN_UNDERLAY_FAMILY: &str = "podnet.dev/underlay-family";
 /// The MAC of the node's VXLAN device.
 pub const ANN_VTEP_MAC: &str = "podnet.dev/vtep-mac";
 /// `vxlan`, `host-gw` or `wireguard`.
@@ -532,6 +535,12 @@ pub fn node_record(n: &Node) -> std::result::Result<NodeRecord, String> {
         pod_cidr6: node_pod_cidr6(n),
         underlay_ip,
         underlay_ip6: node_underlay6(n, &ann)?,
+        underlay_family: match ann.get(ANN_UNDERLAY_FAMILY) {
+            None => Default::default(),
+            Some(f) => f
+                .parse()
+                .map_err(|e| format!("its annotation {ANN_UNDERLAY_FAMILY}: {e}"))?,
+        },
         vtep_mac: get(ANN_VTEP_MAC)?,
         backend: get(ANN_BACKEND)?,
         // Read as written; the agent checks the key before using it.
@@ -584,6 +593,12 @@ impl Datastore for KubeStore {
         let want = [
             (ANN_UNDERLAY_IP, Some(r.underlay_ip.to_string())),
             (ANN_UNDERLAY_IP6, r.underlay_ip6.map(|a| a.to_string())),
+            (
+                ANN_UNDERLAY_FAMILY,
+                r.underlay_family
+                    .is_ipv6()
+                    .then(|| r.underlay_family.to_string()),
+            ),
             (ANN_VTEP_MAC, Some(r.vtep_mac.clone())),
             (ANN_BACKEND, Some(r.backend.clone())),
             (ANN_WG_PUBLIC_KEY, wg.map(|w| w.public_key.clone())),
@@ -826,6 +841,33 @@ mod tests {
             assert_eq!(r.pod_cidr.to_string(), "10.244.1.0/24");
             assert_eq!(r.pod_cidr6.unwrap().to_string(), "fd00:10:244:1::/64");
         }
+    }
+
+    /// The underlay family annotation: absent is IPv4, `ipv6` is read, anything else
+    /// refuses the record.
+    #[test]
+    fn the_underlay_family_is_read_from_its_annotation() {
+        use podnet_conventions::UnderlayFamily;
+        let addrs = json!([{"type": "InternalIP", "address": "192.168.1.11"}]);
+        let mut n = node("192.168.1.11", addrs);
+        assert_eq!(
+            node_record(&n).unwrap().underlay_family,
+            UnderlayFamily::Ipv4
+        );
+        let mut set = |v: &str| {
+            n.metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .insert(ANN_UNDERLAY_FAMILY.into(), v.into());
+            node_record(&n)
+        };
+        assert_eq!(set("ipv6").unwrap().underlay_family, UnderlayFamily::Ipv6);
+        let e = set("ipx").unwrap_err();
+        assert!(
+            e.contains(ANN_UNDERLAY_FAMILY) && e.contains("ipv4, ipv6"),
+            "{e}"
+        );
     }
 
     /// A dual-stack Node's underlay IPv6 address is taken only when it is one of the

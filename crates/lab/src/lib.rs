@@ -101,6 +101,10 @@ pub struct Options {
     /// `ipv4` or `dual`; `None`: what the lab was built with, else `ipv4`.
     #[serde(default)]
     pub ip_family: Option<podnet_conventions::IpFamily>,
+    /// `ipv4` or `ipv6`: the family of the nodes' overlay tunnels; `None`: what the
+    /// lab was built with, else `ipv4`.
+    #[serde(default)]
+    pub underlay_family: Option<podnet_conventions::UnderlayFamily>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -130,6 +134,10 @@ pub struct State {
     /// `ipv4`, or `dual`: pods get an IPv6 address too ([`CLUSTER_CIDR6`]).
     #[serde(default)]
     pub ip_family: podnet_conventions::IpFamily,
+    /// `ipv4`, or `ipv6`: the nodes' overlay tunnels run between their underlay IPv6
+    /// addresses ([`underlay_ip6`]; podnetd --underlay-family ipv6).
+    #[serde(default)]
+    pub underlay_family: podnet_conventions::UnderlayFamily,
     pub nodes: Vec<NodeState>,
     pub pods: Vec<PodState>,
 }

@@ -121,9 +121,16 @@ impl Lab {
     ) -> Result<()> {
         st.backend = opts.backend.unwrap_or_default();
         st.repair = opts.repair.unwrap_or(true);
-        (st.datapath, st.policy_datapath, _) =
-            podnet_conventions::choose_datapaths(opts.datapath, opts.policy_datapath, st.backend)
+        st.underlay_family = opts.underlay_family.unwrap_or_default();
+        let datapath =
+            podnet_conventions::underlay_family_fits(st.underlay_family, st.backend, opts.datapath)
                 .map_err(anyhow::Error::msg)?;
+        (st.datapath, st.policy_datapath, _) =
+            podnet_conventions::choose_datapaths(datapath, opts.policy_datapath, st.backend)
+                .map_err(anyhow::Error::msg)?;
+        if st.underlay_family.is_ipv6() && opts.real_nodes == Some(true) {
+            bail!("--underlay-family ipv6 is not available with --kubelet yet: the real nodes run podnetd from deploy/, which does not pass it; use a lab without --kubelet");
+        }
         st.kubernetes = opts.kubernetes.unwrap_or(false);
         st.real_nodes = opts.real_nodes.unwrap_or(false);
         st.proxy_mode = opts.proxy_mode.clone().unwrap_or_else(default_proxy_mode);
@@ -176,6 +183,12 @@ impl Lab {
         }
         if let Some(f) = opts.ip_family.filter(|f| *f != st.ip_family) {
             differs.push(format!("IP family {} (asked: {f})", st.ip_family));
+        }
+        if let Some(f) = opts.underlay_family.filter(|f| *f != st.underlay_family) {
+            differs.push(format!(
+                "underlay family {} (asked: {f})",
+                st.underlay_family
+            ));
         }
         if opts.kubernetes.is_some_and(|k| k != st.kubernetes) {
             differs.push(format!(
@@ -373,9 +386,10 @@ impl Lab {
         if link::get_by_name(&mut s, "eth0")?.is_none() {
             cable_node(&mut s, node, i, ip, fabric, fs)?;
         }
-        if st.ip_family == podnet_conventions::IpFamily::Dual {
+        if st.ip_family == podnet_conventions::IpFamily::Dual || st.underlay_family.is_ipv6() {
             // The fabric's IPv6, where pods' IPv6 leaves the cluster (masqueraded)
-            // and, with host-gw, crosses between nodes.
+            // and, with host-gw, crosses between nodes; over an IPv6 underlay, where
+            // the overlay tunnels end.
             let eth0 = link::get_by_name(&mut s, "eth0")?.context("eth0")?;
             let ip6 = crate::underlay_ip6(i);
             for r in s.ack_all(vec![addr::add6_request(eth0.index, ip6, 64)]) {
@@ -398,8 +412,9 @@ impl Lab {
                 underlay_ip: ip,
             });
         }
-        let ip6 =
-            (st.ip_family == podnet_conventions::IpFamily::Dual).then(|| crate::underlay_ip6(i));
+        let ip6 = (st.ip_family == podnet_conventions::IpFamily::Dual
+            || st.underlay_family.is_ipv6())
+        .then(|| crate::underlay_ip6(i));
         if st.real_nodes {
             // Its kubelet registers the Node; podnetd comes with the DaemonSet.
             return self.ensure_real_node(st, node, (ip, ip6), say);
@@ -463,6 +478,9 @@ impl Lab {
         }
         if !st.masquerade {
             cmd.arg("--masquerade=false");
+        }
+        if st.underlay_family.is_ipv6() {
+            cmd.arg("--underlay-family").arg("ipv6");
         }
         if st.ip_family == podnet_conventions::IpFamily::Dual {
             cmd.arg("--cluster-cidr")

@@ -13,6 +13,8 @@ pub struct Status {
     pub policy_datapath: podnet_conventions::PolicyDatapath,
     /// `ipv4` or `dual`.
     pub ip_family: podnet_conventions::IpFamily,
+    /// `ipv4` or `ipv6`: the family the nodes' overlay tunnels run over.
+    pub underlay_family: podnet_conventions::UnderlayFamily,
     pub fabric: FabricStatus,
     pub nodes: Vec<NodeStatus>,
     pub pods: Vec<PodState>,
@@ -32,6 +34,10 @@ pub struct NodeStatus {
     /// A dual-stack node's underlay IPv6 address, as its agent publishes it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub underlay_ip6: Option<String>,
+    /// Where the node's overlay tunnel ends (its underlay IPv6 address with
+    /// `--underlay-family ipv6`), as its agent reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel_ip: Option<String>,
     pub pod_cidr: Option<String>,
     /// A dual-stack node's IPv6 pod CIDR.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,6 +73,7 @@ impl Lab {
                     netns: n.netns.clone(),
                     underlay_ip: n.underlay_ip,
                     underlay_ip6: s(|a| &a.underlay_ip6),
+                    tunnel_ip: s(|a| &a.tunnel_ip),
                     pod_cidr: s(|a| &a.pod_cidr),
                     pod_cidr6: s(|a| &a.pod_cidr6),
                     bridge: s(|a| &a.bridge),
@@ -88,6 +95,7 @@ impl Lab {
             datapath: st.datapath,
             policy_datapath: st.policy_datapath,
             ip_family: st.ip_family,
+            underlay_family: st.underlay_family,
             fabric: FabricStatus {
                 netns: self.fabric_ns(),
                 bridge: "fabric0".into(),

@@ -37,7 +37,8 @@ pub struct LinkInfo {
 pub struct VxlanInfo {
     pub vni: u32,
     pub port: u16,
-    pub local: Option<std::net::Ipv4Addr>,
+    /// Its local tunnel end: `IFLA_VXLAN_LOCAL` (IPv4) or `IFLA_VXLAN_LOCAL6`.
+    pub local: Option<std::net::IpAddr>,
     pub dev: Option<u32>,
     pub learning: bool,
 }
@@ -90,8 +91,13 @@ impl LinkInfo {
                                 })
                                 .unwrap_or(0),
                             local: msg::find(d, 4)
-                                .filter(|b| b.len() == 4)
-                                .map(|b| std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3])),
+                                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                                .map(std::net::IpAddr::from)
+                                .or_else(|| {
+                                    msg::find(d, 17)
+                                        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                                        .map(std::net::IpAddr::from)
+                                }),
                             dev: msg::find(d, 3).and_then(msg::as_u32),
                             learning: msg::find(d, 7)
                                 .and_then(|b| b.first().copied())
@@ -273,7 +279,9 @@ pub fn kind_supported(sock: &mut Socket, probe: &str, kind: &str) -> Result<bool
 pub struct VxlanSpec<'a> {
     pub name: &'a str,
     pub vni: u32,
-    pub local: std::net::Ipv4Addr,
+    /// The local tunnel end; an IPv6 one makes an IPv6 device (its FDB entries name
+    /// IPv6 destinations).
+    pub local: std::net::IpAddr,
     /// The underlay link.
     pub dev: u32,
     pub port: u16,
@@ -289,6 +297,7 @@ pub fn create_vxlan(sock: &mut Socket, v: &VxlanSpec) -> Result<()> {
     const IFLA_VXLAN_LOCAL: u16 = 4;
     const IFLA_VXLAN_LEARNING: u16 = 7;
     const IFLA_VXLAN_PORT: u16 = 15;
+    const IFLA_VXLAN_LOCAL6: u16 = 17;
     let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL).fixed(&ifinfo(0, 0, 0));
     m.str(IFLA_IFNAME, v.name);
     m.u32(IFLA_MTU, v.mtu);
@@ -298,7 +307,10 @@ pub fn create_vxlan(sock: &mut Socket, v: &VxlanSpec) -> Result<()> {
     let data = m.nest(IFLA_INFO_DATA);
     m.u32(IFLA_VXLAN_ID, v.vni);
     m.u32(IFLA_VXLAN_LINK, v.dev);
-    m.attr(IFLA_VXLAN_LOCAL, &v.local.octets());
+    match v.local {
+        std::net::IpAddr::V4(a) => m.attr(IFLA_VXLAN_LOCAL, &a.octets()),
+        std::net::IpAddr::V6(a) => m.attr(IFLA_VXLAN_LOCAL6, &a.octets()),
+    };
     m.u8(IFLA_VXLAN_LEARNING, v.learning as u8);
     m.attr(IFLA_VXLAN_PORT, &v.port.to_be_bytes());
     m.end(data);

@@ -70,13 +70,13 @@ fn del_any(index: u32, ip: IpAddr) -> Request {
 pub struct FdbInfo {
     pub index: u32,
     pub mac: [u8; 6],
-    /// The remote VTEP this MAC is reached through.
-    pub dst: Option<Ipv4Addr>,
+    /// The remote VTEP this MAC is reached through (an IPv6 one over an IPv6 underlay).
+    pub dst: Option<IpAddr>,
     pub state: u16,
 }
 
 /// `bridge fdb replace MAC dev INDEX dst IP self permanent`.
-pub fn fdb_add_request(index: u32, mac: [u8; 6], dst: Ipv4Addr) -> Request {
+pub fn fdb_add_request(index: u32, mac: [u8; 6], dst: IpAddr) -> Request {
     let mut m = Msg::new(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE).fixed(&ndmsg(
         AF_BRIDGE,
         index,
@@ -84,7 +84,7 @@ pub fn fdb_add_request(index: u32, mac: [u8; 6], dst: Ipv4Addr) -> Request {
         NTF_SELF,
     ));
     m.attr(NDA_LLADDR, &mac);
-    m.attr(NDA_DST, &dst.octets());
+    m.attr(NDA_DST, &family_and_octets(dst).1);
     Request::new(
         m,
         "add fdb entry",
@@ -93,11 +93,11 @@ pub fn fdb_add_request(index: u32, mac: [u8; 6], dst: Ipv4Addr) -> Request {
 }
 
 /// `bridge fdb del MAC dev INDEX dst IP self`.
-pub fn fdb_del_request(index: u32, mac: [u8; 6], dst: Option<Ipv4Addr>) -> Request {
+pub fn fdb_del_request(index: u32, mac: [u8; 6], dst: Option<IpAddr>) -> Request {
     let mut m = Msg::new(RTM_DELNEIGH, 0).fixed(&ndmsg(AF_BRIDGE, index, 0, NTF_SELF));
     m.attr(NDA_LLADDR, &mac);
     if let Some(d) = dst {
-        m.attr(NDA_DST, &d.octets());
+        m.attr(NDA_DST, &family_and_octets(d).1);
     }
     Request::new(
         m,
@@ -106,7 +106,7 @@ pub fn fdb_del_request(index: u32, mac: [u8; 6], dst: Option<Ipv4Addr>) -> Reque
     )
 }
 
-/// `bridge fdb show`: every entry with an IPv4 destination or none, all links.
+/// `bridge fdb show`: every entry, all links, with its IPv4 or IPv6 destination (if any).
 pub fn fdb_list(sock: &mut Socket) -> Result<Vec<FdbInfo>> {
     let m = Msg::new(RTM_GETNEIGH, 0).fixed(&ndmsg(AF_BRIDGE, 0, 0, 0));
     let mut out = Vec::new();
@@ -121,9 +121,11 @@ pub fn fdb_list(sock: &mut Socket) -> Result<Vec<FdbInfo>> {
         else {
             continue;
         };
-        let dst = msg::find(&body[12..], NDA_DST)
-            .filter(|d| d.len() == 4)
-            .map(|d| Ipv4Addr::new(d[0], d[1], d[2], d[3]));
+        let dst = msg::find(&body[12..], NDA_DST).and_then(|d| match d.len() {
+            4 => Some(IpAddr::from(<[u8; 4]>::try_from(d).ok()?)),
+            16 => Some(IpAddr::from(<[u8; 16]>::try_from(d).ok()?)),
+            _ => None,
+        });
         out.push(FdbInfo {
             index,
             mac,

@@ -38,6 +38,17 @@ pub struct NodeInfo {
     pub record: NodeRecord,
 }
 
+impl NodeInfo {
+    /// Where this node's overlay tunnel ends: its underlay IPv6 address with
+    /// `--underlay-family ipv6` (start-up refuses a node without one), else IPv4.
+    pub fn tunnel_ip(&self) -> std::net::IpAddr {
+        match (self.record.underlay_family.is_ipv6(), self.underlay_ip6) {
+            (true, Some(a)) => a.into(),
+            _ => self.underlay_ip.into(),
+        }
+    }
+}
+
 /// What a backend works with: the node's configuration and its netlink socket.
 pub struct Ctx<'a> {
     pub cfg: &'a Config,

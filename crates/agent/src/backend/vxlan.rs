@@ -2,7 +2,9 @@
 //!
 //! # Kernel objects it owns
 //! The VXLAN device (default `podnet.vxlan`: VNI 1, UDP 8472, `nolearning`, local =
-//! underlay IP, MAC `0a:59:<underlay IP>` — derived, so it survives reboots and
+//! underlay IP — the IPv6 one with `--underlay-family ipv6`, which makes it an IPv6
+//! device whose FDB entries name peers' IPv6 addresses, 70 bytes of overhead, not
+//! 50 — MAC `0a:59:<underlay IP>` — derived, so it survives reboots and
 //! re-creation, unlike the random MAC behind Flannel's stale-FDB bugs — address
 //! `<pod CIDR network>/32`). Per peer, through [`crate::plan`]: a route via the peer's
 //! VTEP address, a permanent neighbour entry and an FDB entry.
@@ -16,6 +18,8 @@ pub struct Vxlan {
     dev: String,
     vni: u32,
     port: u16,
+    /// Over an IPv6 underlay: 20 bytes more per packet.
+    ipv6: bool,
 }
 
 impl Vxlan {
@@ -24,6 +28,7 @@ impl Vxlan {
             dev: cfg.vxlan_dev.clone(),
             vni: cfg.vni,
             port: cfg.port,
+            ipv6: cfg.underlay_family.is_ipv6(),
         }
     }
 
@@ -33,7 +38,7 @@ impl Vxlan {
             && l.vxlan.as_ref().is_some_and(|v| {
                 v.vni == self.vni
                     && v.port == self.port
-                    && v.local == Some(n.underlay_ip)
+                    && v.local == Some(n.tunnel_ip())
                     && v.dev == Some(n.underlay_index)
                     && !v.learning
             })
@@ -46,7 +51,10 @@ impl NodeBackend for Vxlan {
     }
 
     fn overhead(&self) -> u32 {
-        VXLAN_OVERHEAD
+        match self.ipv6 {
+            false => VXLAN_OVERHEAD,
+            true => VXLAN_OVERHEAD + 20,
+        }
     }
 
     fn overlay_ports(&self) -> [u16; 2] {
@@ -88,7 +96,9 @@ impl NodeBackend for Vxlan {
                 } else {
                     ctx.log(&format!(
                         "creating VXLAN device {name} (VNI {}, UDP {}, local {})",
-                        self.vni, self.port, n.underlay_ip
+                        self.vni,
+                        self.port,
+                        n.tunnel_ip()
                     ));
                 }
                 link::create_vxlan(
@@ -96,7 +106,7 @@ impl NodeBackend for Vxlan {
                     &VxlanSpec {
                         name: &name,
                         vni: self.vni,
-                        local: n.underlay_ip,
+                        local: n.tunnel_ip(),
                         dev: n.underlay_index,
                         port: self.port,
                         mtu: n.mtu,

@@ -20,6 +20,9 @@ pub struct WireGuard {
     key: Option<Key>,
     /// Whether the kernel has WireGuard (podnet runs the userspace device either way).
     kernel_wg: bool,
+    /// Over an IPv6 underlay (`--underlay-family ipv6`): peers' endpoints are their
+    /// underlay IPv6 addresses.
+    ipv6: bool,
 }
 
 impl WireGuard {
@@ -28,6 +31,7 @@ impl WireGuard {
             paths: cfg.wireguard.clone(),
             key: None,
             kernel_wg: false,
+            ipv6: cfg.underlay_family.is_ipv6(),
         }
     }
 
@@ -74,7 +78,7 @@ impl WireGuard {
                 Some(wg::WantPeer {
                     name: q.name.clone(),
                     public_key: k,
-                    endpoint: std::net::SocketAddrV4::new(q.underlay, port),
+                    endpoint: std::net::SocketAddr::new(q.endpoint, port),
                     cidr: q.cidr,
                     cidr6: q.cidr6,
                 })
@@ -116,7 +120,8 @@ impl NodeBackend for WireGuard {
     }
 
     fn overhead(&self) -> u32 {
-        wg::WG_OVERHEAD
+        // An IPv6 outer header is 20 bytes longer than an IPv4 one.
+        wg::WG_OVERHEAD + if self.ipv6 { 20 } else { 0 }
     }
 
     fn overlay_ports(&self) -> [u16; 2] {

@@ -244,7 +244,11 @@ fn overlay(
         .vxlan
         .as_ref()
         .filter(|v| v.vni != 0 && v.port != 0)
-        .and_then(|v| Some((v, v.local?, v.dev?)))
+        .and_then(|v| match v.local? {
+            // An IPv6 underlay never runs the fast path (underlay_family_fits).
+            std::net::IpAddr::V4(local) => Some((v, local, v.dev?)),
+            std::net::IpAddr::V6(_) => None,
+        })
     else {
         return Ok(o);
     };
@@ -264,7 +268,7 @@ fn overlay(
     )?;
     o.me = ebpf::overlay_self(l.index, local, v.vni, v.port);
     for f in podnet_netlink::neigh::fdb_list(sock)? {
-        if let (true, Some(dst)) = (f.index == l.index, f.dst) {
+        if let (true, Some(std::net::IpAddr::V4(dst))) = (f.index == l.index, f.dst) {
             o.peers.insert(f.mac, dst);
         }
     }

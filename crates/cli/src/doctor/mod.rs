@@ -181,7 +181,7 @@ impl NodeView<'_> {
             .map(|(n, o)| Vtep {
                 node: n.clone(),
                 mac: o.vtep_mac.clone(),
-                underlay: o.underlay_ip.clone(),
+                underlay: o.tunnel().to_string(),
             })
             .collect()
     }
@@ -461,12 +461,13 @@ fn peer_entries6(out: &mut Out, n: &NodeView, p: &podnet_api::PeerStatus) {
 /// One peer probed from this node: the underlay, the overlay port, the path MTU.
 fn peer_probes(out: &mut Out, n: &NodeView, p: &podnet_api::PeerStatus) {
     let (st, agent, vx) = (n.st, n.agent, &n.st.vxlan_dev);
-    let (name, under) = (&p.name, &p.underlay_ip);
+    // The tunnel's far end: the peer's underlay IPv6 address over an IPv6 underlay.
+    let (name, under) = (&p.name, p.tunnel());
     let vtep = p.pod_cidr.split('/').next().unwrap_or("");
     let (mtu, overhead) = (st.mtu, st.overlay_overhead);
     let ping = |ip: &str, size: u32| -> String {
         let size = u16::try_from(size).unwrap_or(u16::MAX);
-        match ip.parse() {
+        match ip.parse::<std::net::IpAddr>() {
             Ok(ip) => match agent.ping(ip, size) {
                 Ok(r) => echo_text(&r.result),
                 Err(e) => format!("error: {e}"),
@@ -497,7 +498,8 @@ fn peer_probes(out: &mut Out, n: &NodeView, p: &podnet_api::PeerStatus) {
                 &format!("allow UDP {port} between the nodes, both directions"),
             );
         }
-        let size = mtu + overhead - 28;
+        // The echo's own headers: 28 bytes over IPv4, 48 over IPv6.
+        let size = mtu + overhead - if under.contains(':') { 48 } else { 28 };
         let big = ping(under, size);
         out.check(
             &format!("mtu to {name}"),

@@ -332,7 +332,7 @@ fn ends(
         .map(|(n, _, st)| Vtep {
             node: n.clone(),
             mac: st.vtep_mac.clone(),
-            underlay: st.underlay_ip.clone(),
+            underlay: st.tunnel().to_string(),
         })
         .collect();
     Ok((s_end, d_end, vteps))

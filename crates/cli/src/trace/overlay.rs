@@ -23,7 +23,7 @@ impl VtepWant {
             return VtepWant {
                 peer: p.name.clone(),
                 mac: p.vtep_mac.clone(),
-                underlay: p.underlay_ip.clone(),
+                underlay: p.tunnel().to_string(),
                 record_differs: None,
             };
         };
@@ -32,13 +32,14 @@ impl VtepWant {
             .map(|l| l.mac.clone())
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| st.vtep_mac.clone());
-        let underlay = st.underlay_ip.clone();
+        // Where the tunnel ends: its underlay IPv6 address over an IPv6 underlay.
+        let underlay = st.tunnel().to_string();
         let mut differs = vec![];
         if !same_mac(&p.vtep_mac, &mac) {
             differs.push(format!("VTEP MAC {} (its device has {mac})", p.vtep_mac));
         }
-        if p.underlay_ip != underlay {
-            differs.push(format!("underlay {} (it is at {underlay})", p.underlay_ip));
+        if p.tunnel() != underlay {
+            differs.push(format!("underlay {} (it is at {underlay})", p.tunnel()));
         }
         VtepWant {
             peer: p.name.clone(),
@@ -287,9 +288,11 @@ pub(super) fn underlay_hops(
     return_ok: bool,
 ) -> Result<()> {
     let Some(p) = peer else { return Ok(()) };
-    let under = p.underlay_ip.clone();
+    // The tunnel's far end: the peer's underlay IPv6 address over an IPv6 underlay.
+    let under = p.tunnel().to_string();
     let ping = |ip: &str, size: u32| -> Result<String> {
-        let r = agent.ping(ip.parse()?, u16::try_from(size).unwrap_or(u16::MAX))?;
+        let ip: std::net::IpAddr = ip.parse()?;
+        let r = agent.ping(ip, u16::try_from(size).unwrap_or(u16::MAX))?;
         Ok(echo_text(&r.result))
     };
     let small = ping(&under, 56)?;
@@ -332,14 +335,15 @@ pub(super) fn underlay_hops(
         );
     }
     let (mtu, overhead) = (st.mtu, st.overlay_overhead);
-    let size = mtu + overhead - 28;
+    // The echo's own headers: 28 bytes over IPv4, 48 over IPv6.
+    let size = mtu + overhead - if under.contains(':') { 48 } else { 28 };
     let big = ping(&under, size)?;
     b.check(
         "underlay", "mtu", big == "reply",
         if big == "reply" { format!("the physical path carries {} bytes with DF set (pod MTU {mtu} + {overhead})", mtu + overhead) } else { format!("the physical path drops {}-byte packets with DF set ({big}): smaller than pod MTU {mtu} + {overhead} of overlay", mtu + overhead) },
         format!("ping -M do -s {size} {under}: {big}"),
         format!("ping -M do -s {size} {under}   (on {node})"),
-        "raise the physical network's MTU, or lower the pod MTU (podnetd sets it to the underlay MTU less its overlay's overhead: 50 for VXLAN, 60 for WireGuard)",
+        "raise the physical network's MTU, or lower the pod MTU (podnetd sets it to the underlay MTU less its overlay's overhead: 50 for VXLAN, 60 for WireGuard, 20 more over an IPv6 underlay)",
     );
     Ok(())
 }

@@ -544,10 +544,10 @@ pub(crate) fn device_mismatch(l: &LinkState, st: &Status) -> Option<String> {
             ));
         }
         let local = v.local.map(|a| a.to_string()).unwrap_or_default();
-        if !st.underlay_ip.is_empty() && local != st.underlay_ip {
+        if !st.tunnel().is_empty() && local != st.tunnel() {
             return Some(format!(
-                "{name} sends from {local}; the node's underlay address is {}",
-                st.underlay_ip
+                "{name} sends from {local}; the node's tunnel ends at its underlay address {}",
+                st.tunnel()
             ));
         }
     }

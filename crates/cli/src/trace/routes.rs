@@ -179,7 +179,10 @@ pub(crate) fn wireguard_peer_mismatch<'a>(
             ));
         }
     }
-    let want = format!("{}:{}", peer.underlay_ip, peer.wireguard_port);
+    let want = match peer.tunnel().parse::<std::net::IpAddr>() {
+        Ok(ip) => std::net::SocketAddr::new(ip, peer.wireguard_port).to_string(),
+        Err(_) => format!("{}:{}", peer.tunnel(), peer.wireguard_port),
+    };
     if c.endpoint != want {
         return Err(format!(
             "{} sends {}'s packets to {}, not to {want}",

@@ -303,6 +303,12 @@ pub(crate) enum LabCmd {
         /// --policy-datapath nftables or none.
         #[arg(long, value_enum)]
         ip_family: Option<podnet_conventions::IpFamily>,
+        /// The family of the nodes' overlay tunnels [default: ipv4]. ipv6: each node's
+        /// eth0 gets an IPv6 address on the fabric (fd00:192:168:1::/64) and VXLAN or
+        /// WireGuard run between those (70 or 80 bytes of overhead); pods of either
+        /// --ip-family cross it. Runs --datapath bridge; not with host-gw or --kubelet.
+        #[arg(long, value_enum)]
+        underlay_family: Option<podnet_conventions::UnderlayFamily>,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },

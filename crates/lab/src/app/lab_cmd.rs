@@ -87,6 +87,7 @@ fn up(lab: Lab, name: &str, cmd: LabCmd) -> Result<()> {
         proxy_mode,
         datapath,
         ip_family,
+        underlay_family,
         output,
     } = cmd
     else {
@@ -114,6 +115,7 @@ fn up(lab: Lab, name: &str, cmd: LabCmd) -> Result<()> {
         datapath,
         masquerade: no_masquerade.then_some(false),
         ip_family,
+        underlay_family,
     };
     let st = lab.up(&opts, &Binaries::find()?, &mut progress(output))?;
     if st.kubernetes && !st.real_nodes {

@@ -561,6 +561,7 @@ fn lab_pods_with(
             masquerade: None,
             ip_family: dual.then_some(podnet_conventions::IpFamily::Dual),
             datapath: datapath.map(str::parse).transpose()?,
+            underlay_family: None,
         },
         bins,
         &mut |_| {},

@@ -256,6 +256,7 @@ fn bench_lab(name: &str, datapath: &str, bins: &Binaries) -> Result<(LabGuard, L
             masquerade: None,
             ip_family: None,
             datapath: None,
+            underlay_family: None,
         },
         bins,
         &mut |_| {},

@@ -28,6 +28,7 @@ mod semantics;
 mod services;
 mod trace;
 mod trace_ipv6;
+mod underlay6;
 mod upgrade;
 mod verbs;
 mod wireguard;
