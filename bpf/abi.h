@@ -228,10 +228,12 @@ struct overlay_self {
 	u32 vni;
 	u16 port; /* UDP port, network order */
 	u16 pad;
+	u8 local6[16]; /* over an IPv6 underlay: the device's IPv6 address */
+	u32 ipv6;      /* 1: tunnels between IPv6 addresses (local6, overlay_peers6) */
 };
 
 /* The key of overlay_peers: a peer's VTEP MAC (value: its underlay address, network
- * order). */
+ * order); of overlay_peers6 too (value: its underlay IPv6 address, struct in6). */
 struct vtep_key {
 	u8 mac[6];
 	u16 pad;

@@ -304,7 +304,8 @@ struct {
  * node are decapsulated here. overlay_self describes this node's VXLAN device
  * (vxlan_ifindex 0: encapsulation off); overlay_peers maps a peer's VTEP MAC (what
  * the node's neighbour table gives for a peer's pod CIDR) to that peer's underlay
- * address, as the device's FDB does. Both are written by podnetd from the kernel's own
+ * address, as the device's FDB does (overlay_peers6 to its IPv6 one, over an IPv6
+ * underlay). Both are written by podnetd from the kernel's own
  * VXLAN device, FDB and neighbours. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -321,6 +322,16 @@ struct {
 	__uint(max_entries, 65536);
 	__uint(pinning, PIN_BY_NAME);
 } overlay_peers SEC(".maps");
+
+/* Over an IPv6 underlay (overlay_self.ipv6): a peer's VTEP MAC to its underlay IPv6
+ * address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct vtep_key);
+	__type(value, struct in6);
+	__uint(max_entries, 65536);
+	__uint(pinning, PIN_BY_NAME);
+} overlay_peers6 SEC(".maps");
 
 /* Service traffic (lib/service.h): the Service range and the node's pod CIDR, written
  * by podnetd; and the flows this node translated, under their reply's addresses, for
@@ -524,33 +535,19 @@ SEC("classifier/from_overlay") int from_overlay(struct __sk_buff *skb)
 	return judged_into(skb, &k, dst, 1);
 }
 
-/* On the underlay device's ingress (fast path only): VXLAN frames from other nodes to
- * this node's pods lose their encapsulation here and go straight into the pod, after
- * the pod's ingress verdict, without the VXLAN device or the node's IP stack. Frames
- * for anyone else, and anything unusual (IP options, fragments, another VNI or
- * port), go on to the stack and the VXLAN device unchanged. */
-SEC("classifier/from_underlay") int from_underlay(struct __sk_buff *skb)
+/* A VXLAN frame for this node (checked by the caller) whose outer IP header is `hl`
+ * bytes long (20: IPv4, 40: IPv6): to a pod of this node, it loses its encapsulation
+ * here and goes straight into the pod after the pod's ingress verdict; anything else
+ * goes on unchanged. `hl` is a constant at each call, so the offsets are too. */
+INLINE int from_vxlan(struct __sk_buff *skb, u32 hl)
 {
-	if (!switched_on(CONFIG_FAST_PATH))
-		return TC_ACT_OK;
-	u32 zero = 0;
-	struct overlay_self *self = bpf_map_lookup_elem(&overlay_self, &zero);
-	if (!self || !self->vxlan_ifindex)
-		return TC_ACT_OK;
+	u32 overhead = hl + 30; /* outer IP + UDP 8 + VXLAN 8 + inner Ethernet 14 */
 	u8 *data = (u8 *)(long)skb->data;
 	u8 *end = (u8 *)(long)skb->data_end;
-	/* outer Ethernet 14, IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14, inner IPv4 20 */
-	if (data + 84 > end)
+	/* outer Ethernet 14, the outer headers, inner IPv4 20 */
+	if (data + 14 + overhead + 20 > end)
 		return TC_ACT_OK;
-	u8 *ip = data + 14, *udp = data + 34, *vx = data + 42, *in = data + 50;
-	if (data[12] != 0x08 || data[13] != 0x00 || ip[0] != 0x45 || ip[9] != IPPROTO_UDP)
-		return TC_ACT_OK;
-	if ((ip[6] & 0x3f) || ip[7] || raw32(ip + 16) != self->local)
-		return TC_ACT_OK;
-	if (*(u16 *)(udp + 2) != self->port || !(vx[0] & 0x08))
-		return TC_ACT_OK;
-	if (((u32)vx[4] << 16 | (u32)vx[5] << 8 | vx[6]) != self->vni)
-		return TC_ACT_OK;
+	u8 *in = data + 14 + hl + 16;
 	/* Inner IPv6 (a dual-stack pod's): to a pod of this node, decapsulated here. */
 	if (in[12] == 0x86 && in[13] == 0xdd) {
 		u8 *i6 = in + 14;
@@ -569,7 +566,7 @@ SEC("classifier/from_underlay") int from_underlay(struct __sk_buff *skb)
 			if (translated_reply6(&r))
 				return TC_ACT_OK;
 		}
-		if (bpf_skb_adjust_room(skb, -VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC,
+		if (bpf_skb_adjust_room(skb, -(s32)overhead, BPF_ADJ_ROOM_MAC,
 					BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV6))
 			return TC_ACT_OK;
 		/* Now the outer Ethernet header before the inner IPv6 packet. */
@@ -601,13 +598,70 @@ SEC("classifier/from_underlay") int from_underlay(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (iip[0] == 0x45 && translated_reply(raw32(iip + 12), daddr, be16(iip + 20), be16(iip + 22), iip[9]))
 		return TC_ACT_OK;
-	if (bpf_skb_adjust_room(skb, -VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO))
+	/* Over IPv6 the frame's protocol changes to IPv4 with the shrink. */
+	if (bpf_skb_adjust_room(skb, -(s32)overhead, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_FIXED_GSO | (hl == 40 ? BPF_F_ADJ_ROOM_DECAP_L3_IPV4 : 0)))
 		return TC_ACT_OK;
+	if (hl == 40) {
+		data = (u8 *)(long)skb->data;
+		end = (u8 *)(long)skb->data_end;
+		if (data + 14 > end)
+			return TC_ACT_SHOT;
+		data[12] = 0x08;
+		data[13] = 0x00;
+	}
 	/* Now the outer Ethernet header before the inner IPv4 packet. */
 	struct pkt k = {};
 	if (parse(skb, &k) != PARSE_IPV4)
 		return TC_ACT_SHOT;
 	return judged_into(skb, &k, dst, 1);
+}
+
+/* On the underlay device's ingress (fast path only): VXLAN frames from other nodes to
+ * this node's pods lose their encapsulation here and go straight into the pod, after
+ * the pod's ingress verdict, without the VXLAN device or the node's IP stack. Frames
+ * for anyone else, and anything unusual (IP options, fragments, IPv6 extension
+ * headers, another VNI or port, the other family than the underlay's), go on to the
+ * stack and the VXLAN device unchanged. */
+SEC("classifier/from_underlay") int from_underlay(struct __sk_buff *skb)
+{
+	if (!switched_on(CONFIG_FAST_PATH))
+		return TC_ACT_OK;
+	u32 zero = 0;
+	struct overlay_self *self = bpf_map_lookup_elem(&overlay_self, &zero);
+	if (!self || !self->vxlan_ifindex)
+		return TC_ACT_OK;
+	u8 *data = (u8 *)(long)skb->data;
+	u8 *end = (u8 *)(long)skb->data_end;
+	if (self->ipv6) {
+		/* outer Ethernet 14, IPv6 40 (no extension headers), UDP 8, VXLAN 8 */
+		if (data + 70 > end)
+			return TC_ACT_OK;
+		u8 *ip6 = data + 14, *udp = data + 54, *vx = data + 62;
+		if (data[12] != 0x86 || data[13] != 0xdd || (ip6[0] >> 4) != 6 || ip6[6] != IPPROTO_UDP)
+			return TC_ACT_OK;
+		for (int i = 0; i < 16; i++)
+			if (ip6[24 + i] != self->local6[i])
+				return TC_ACT_OK;
+		if (*(u16 *)(udp + 2) != self->port || !(vx[0] & 0x08))
+			return TC_ACT_OK;
+		if (((u32)vx[4] << 16 | (u32)vx[5] << 8 | vx[6]) != self->vni)
+			return TC_ACT_OK;
+		return from_vxlan(skb, 40);
+	}
+	/* outer Ethernet 14, IPv4 20, UDP 8, VXLAN 8 */
+	if (data + 50 > end)
+		return TC_ACT_OK;
+	u8 *ip = data + 14, *udp = data + 34, *vx = data + 42;
+	if (data[12] != 0x08 || data[13] != 0x00 || ip[0] != 0x45 || ip[9] != IPPROTO_UDP)
+		return TC_ACT_OK;
+	if ((ip[6] & 0x3f) || ip[7] || raw32(ip + 16) != self->local)
+		return TC_ACT_OK;
+	if (*(u16 *)(udp + 2) != self->port || !(vx[0] & 0x08))
+		return TC_ACT_OK;
+	if (((u32)vx[4] << 16 | (u32)vx[5] << 8 | vx[6]) != self->vni)
+		return TC_ACT_OK;
+	return from_vxlan(skb, 20);
 }
 
 SEC("classifier/to_pod_policy") int to_pod_policy(struct __sk_buff *skb)

@@ -52,9 +52,11 @@ struct __sk_buff {
 #define BPF_ADJ_ROOM_MAC 1
 #define BPF_F_ADJ_ROOM_FIXED_GSO 1
 #define BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 2
+#define BPF_F_ADJ_ROOM_ENCAP_L3_IPV6 4
 #define BPF_F_ADJ_ROOM_ENCAP_L4_UDP 16
 #define BPF_F_ADJ_ROOM_ENCAP_L2_ETH 64
 #define BPF_F_ADJ_ROOM_ENCAP_L2(len) (((u64)(len) & 0xff) << 56)
+#define BPF_F_ADJ_ROOM_DECAP_L3_IPV4 128 /* what is left after the shrink is IPv4 */
 #define BPF_F_ADJ_ROOM_DECAP_L3_IPV6 256 /* what is left after the shrink is IPv6 */
 
 /* struct bpf_fib_lookup (UAPI): the IPv4 or IPv6 fields by `family`. */

@@ -5,11 +5,13 @@
 #
 #   scripts/e2e.sh [--datapath ebpf|bridge] [--policy-datapath ebpf|nftables]
 #                  [--proxy-mode nftables|iptables] [--ip-family ipv4|dual]
+#                  [--underlay-family ipv4|ipv6]
 #                  [--suite NAME]... [--focus REGEX] [--keep]
 #
 # The datapaths default as podnet's do: the eBPF fast path with the eBPF policy
 # datapath; --policy-datapath nftables alone brings --datapath bridge, and
-# --datapath bridge alone brings nftables.
+# --datapath bridge alone brings nftables. --underlay-family ipv6 runs the overlay
+# between the nodes' IPv6 addresses (each kubelet then reports both node addresses).
 #
 # Suites (default: all four, and dualstack with --ip-family dual; --focus replaces
 # them with one regex of your own):
@@ -34,6 +36,7 @@ policy=""
 proxy=nftables
 focus=""
 family=ipv4
+underlay=ipv4
 keep=false
 suites=()
 while [ $# -gt 0 ]; do
@@ -44,8 +47,9 @@ while [ $# -gt 0 ]; do
     --suite) suites+=("$2"); shift 2 ;;
     --focus) focus=$2; shift 2 ;;
     --ip-family) family=$2; shift 2 ;;
+    --underlay-family) underlay=$2; shift 2 ;;
     --keep) keep=true; shift ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "e2e.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -95,7 +99,8 @@ echo "e2e.sh: built or found everything in $(($(date +%s) - t0)) s" >&2
 
 lab="e2e-$datapath-$policy"
 [ "$family" = ipv4 ] || lab="$lab-$family"
-out=${PODNET_E2E_OUT:-/var/tmp/podnet-e2e/$datapath-$policy-$proxy-$family-$(date +%Y%m%d-%H%M%S)}
+[ "$underlay" = ipv4 ] || lab="$lab-u6"
+out=${PODNET_E2E_OUT:-/var/tmp/podnet-e2e/$datapath-$policy-$proxy-$family-$underlay-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$out"
 cleanup() {
   if ! $keep; then "$podnet" lab down --name "$lab" >/dev/null 2>&1 || true; fi
@@ -105,14 +110,14 @@ trap cleanup EXIT
 t1=$(date +%s)
 PODNET_KUBERNETES_BIN=$k8s PODNET_NODES_BIN=$nodes "$podnet" lab up --name "$lab" --kubernetes --kubelet \
   --nodes 3 --pods-per-node 0 --datapath "$datapath" --policy-datapath "$policy" --proxy-mode "$proxy" \
-  --ip-family "$family" \
+  --ip-family "$family" --underlay-family "$underlay" \
   --output json >"$out/lab.json"
 echo "e2e.sh: lab $lab up in $(($(date +%s) - t1)) s" >&2
 kubeconfig=$("$podnet" lab kubeconfig --name "$lab")
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 summary="$out/summary.txt"
-echo "podnet $commit, $(date -u +%Y-%m-%d), datapath $datapath, policy datapath $policy, kube-proxy $proxy, IP family $family, Kubernetes e2e v1.37.2" >"$summary"
+echo "podnet $commit, $(date -u +%Y-%m-%d), datapath $datapath, policy datapath $policy, kube-proxy $proxy, IP family $family, underlay family $underlay, Kubernetes e2e v1.37.2" >"$summary"
 run_suite() { # name regex
   local name=$1 re=$2 dir="$out/$1"
   mkdir -p "$dir"

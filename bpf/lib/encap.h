@@ -5,7 +5,8 @@
  * the frame out of the underlay device. Taking the encapsulation off again is
  * from_underlay's, in policy.c.
  *
- * Included by policy.c after its maps: uses overlay_self and overlay_peers.
+ * Included by policy.c after its maps: uses overlay_self, overlay_peers and
+ * overlay_peers6.
  */
 #ifndef PODNET_LIB_ENCAP_H
 #define PODNET_LIB_ENCAP_H
@@ -15,13 +16,78 @@
 
 /* outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14: what a pod's MTU leaves room for */
 #define VXLAN_OVERHEAD 50
+/* the same with an outer IPv6 header (40) */
+#define VXLAN6_OVERHEAD 70
+
+/* Over an IPv6 underlay (overlay_self.ipv6): outer Ethernet, IPv6, UDP with a zero
+ * checksum (RFC 6935; every node's VXLAN device takes them, podnetd makes it with
+ * udp6zerocsumrx), VXLAN, inner Ethernet, to the peer's underlay IPv6 address
+ * (overlay_peers6). */
+INLINE int to_overlay6(struct __sk_buff *skb, struct fib_lookup *f, u8 tclass, u16 ethertype,
+		       struct overlay_self *self, struct vtep_key *vk)
+{
+	struct in6 *peer = bpf_map_lookup_elem(&overlay_peers6, vk);
+	if (!peer)
+		return -1;
+	struct fib_lookup u = {};
+	u.family = AF_INET6;
+	u.l4_protocol = IPPROTO_UDP;
+	u.ifindex = skb->ingress_ifindex;
+	__builtin_memcpy(u.ipv6_src, self->local6, 16);
+	__builtin_memcpy(u.ipv6_dst, peer->a, 16);
+	if (bpf_fib_lookup(skb, &u, sizeof(u), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return -1;
+	u32 len = skb->len; /* the pod's frame: Ethernet and IP */
+	u16 sport = 49152 | (bpf_get_hash_recalc(skb) & 0x3fff);
+	if (bpf_skb_adjust_room(skb, VXLAN6_OVERHEAD, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV6 |
+					BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
+					BPF_F_ADJ_ROOM_ENCAP_L2(14)))
+		return -1;
+	u8 h[84] = {};
+	__builtin_memcpy(h, u.dmac, 6);
+	__builtin_memcpy(h + 6, u.smac, 6);
+	h[12] = 0x86;
+	h[13] = 0xdd;
+	/* outer IPv6: version, traffic class (the inner one's), no flow label */
+	u8 *ip = h + 14;
+	u16 plen = len + VXLAN6_OVERHEAD - 14 - 40;
+	ip[0] = 0x60 | tclass >> 4;
+	ip[1] = tclass << 4;
+	ip[4] = plen >> 8;
+	ip[5] = plen;
+	ip[6] = IPPROTO_UDP;
+	ip[7] = 64;
+	__builtin_memcpy(ip + 8, self->local6, 16);
+	__builtin_memcpy(ip + 24, peer->a, 16);
+	/* UDP, zero checksum */
+	u8 *udp = ip + 40;
+	udp[0] = sport >> 8;
+	udp[1] = sport;
+	__builtin_memcpy(udp + 2, &self->port, 2);
+	udp[4] = plen >> 8;
+	udp[5] = plen;
+	u8 *vx = udp + 8;
+	vx[0] = 0x08;
+	vx[4] = self->vni >> 16;
+	vx[5] = self->vni >> 8;
+	vx[6] = self->vni;
+	u8 *in = vx + 8;
+	__builtin_memcpy(in, f->dmac, 6);
+	__builtin_memcpy(in + 6, f->smac, 6);
+	in[12] = ethertype >> 8;
+	in[13] = ethertype;
+	if (bpf_skb_store_bytes(skb, 0, h, sizeof(h), 0))
+		return TC_ACT_SHOT;
+	return bpf_redirect(u.ifindex, 0);
+}
 
 /* The VXLAN device's work, done here: when the route names this node's VXLAN device
  * and its neighbour a known peer VTEP, wrap the frame (see overlay_self) and send it
  * out of the underlay device to the peer node's neighbour. `tos`: the inner packet's
  * (IPv4 TOS or IPv6 traffic class), copied outside as the device does; `ethertype`:
- * the inner frame's (ETH_P_IP or ETH_P_IPV6). The outer header is IPv4 either way.
- * Returns -1, the frame untouched, when it cannot (the caller then uses the VXLAN
+ * the inner frame's (ETH_P_IP or ETH_P_IPV6). The outer header is IPv4, or IPv6 over
+ * an IPv6 underlay (to_overlay6). Returns -1, the frame untouched, when it cannot (the caller then uses the VXLAN
  * device). */
 INLINE int to_overlay(struct __sk_buff *skb, struct fib_lookup *f, u8 tos, u16 ethertype)
 {
@@ -31,6 +97,8 @@ INLINE int to_overlay(struct __sk_buff *skb, struct fib_lookup *f, u8 tos, u16 e
 		return -1;
 	struct vtep_key vk = {};
 	__builtin_memcpy(vk.mac, f->dmac, 6);
+	if (self->ipv6)
+		return to_overlay6(skb, f, tos, ethertype, self, &vk);
 	u32 *peer = bpf_map_lookup_elem(&overlay_peers, &vk);
 	if (!peer)
 		return -1;

@@ -318,10 +318,9 @@ fn config(mut a: Args) -> Result<Config, Failure> {
             Failure::op(format!("invalid --{flag} {v:?}"), e.0)
         })
     };
-    let chosen =
-        podnet_conventions::underlay_family_fits(a.underlay_family, a.backend, a.datapath)?;
+    podnet_conventions::underlay_family_fits(a.underlay_family, a.backend)?;
     let (datapath, policy_datapath, why) =
-        podnet_conventions::choose_datapaths(chosen, a.policy_datapath, a.backend)?;
+        podnet_conventions::choose_datapaths(a.datapath, a.policy_datapath, a.backend)?;
     if let Some(why) = why {
         tracing::info!("{why}");
     }

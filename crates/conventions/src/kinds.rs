@@ -135,7 +135,7 @@ choice!(
         /// Tunnels between the nodes' underlay IPv4 addresses.
         Ipv4 = "ipv4": "overlay tunnels between the nodes' underlay IPv4 addresses (VXLAN adds 50 bytes, WireGuard 60)",
         /// Tunnels between the nodes' global IPv6 underlay addresses.
-        Ipv6 = "ipv6": "overlay tunnels between the nodes' global underlay IPv6 addresses (VXLAN adds 70 bytes, WireGuard 80; --datapath bridge; not host-gw)",
+        Ipv6 = "ipv6": "overlay tunnels between the nodes' global underlay IPv6 addresses (VXLAN adds 70 bytes, WireGuard 80; not host-gw)",
     }
 );
 
@@ -153,22 +153,13 @@ impl UnderlayFamily {
     }
 }
 
-/// The datapath to run with `family` (the one chosen, `datapath`, or the default for
-/// it), or why the pair cannot run: host-gw has no tunnel (each family of pods is
-/// routed to that family's underlay address), and the fast path writes only IPv4
-/// outer headers, so an IPv6 underlay runs the bridge datapath.
-pub fn underlay_family_fits(
-    family: UnderlayFamily,
-    backend: Backend,
-    datapath: Option<Datapath>,
-) -> Result<Option<Datapath>, String> {
-    if !family.is_ipv6() {
-        return Ok(datapath);
-    }
-    match (backend, datapath) {
-        (Backend::HostGw, _) => Err("--underlay-family ipv6 goes with an overlay (--backend vxlan or wireguard): host-gw has no tunnel, it routes each pod family to the peer's underlay address of that family (run --ip-family dual for IPv6 pods over host-gw)".into()),
-        (_, Some(Datapath::Ebpf)) => Err("--datapath ebpf cannot run with --underlay-family ipv6: the fast path encapsulates in IPv4 only. Use --datapath bridge (the default with an IPv6 underlay), or --underlay-family ipv4".into()),
-        (_, d) => Ok(Some(d.unwrap_or(Datapath::Bridge))),
+/// Whether `family` can run with `backend`, or why not: host-gw has no tunnel (each
+/// family of pods is routed to that family's underlay address). Every datapath
+/// carries either family (the fast path writes IPv6 outer headers too).
+pub fn underlay_family_fits(family: UnderlayFamily, backend: Backend) -> Result<(), String> {
+    match (family, backend) {
+        (UnderlayFamily::Ipv6, Backend::HostGw) => Err("--underlay-family ipv6 goes with an overlay (--backend vxlan or wireguard): host-gw has no tunnel, it routes each pod family to the peer's underlay address of that family (run --ip-family dual for IPv6 pods over host-gw)".into()),
+        _ => Ok(()),
     }
 }
 
@@ -309,25 +300,13 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_underlay_runs_an_overlay_on_the_bridge_datapath() {
+    fn an_ipv6_underlay_runs_an_overlay() {
         use UnderlayFamily as U;
         let fits = underlay_family_fits;
-        assert_eq!(fits(U::Ipv4, Backend::HostGw, None), Ok(None));
-        assert_eq!(
-            fits(U::Ipv4, Backend::Vxlan, Some(Datapath::Ebpf)),
-            Ok(Some(Datapath::Ebpf))
-        );
-        assert_eq!(
-            fits(U::Ipv6, Backend::Vxlan, None),
-            Ok(Some(Datapath::Bridge))
-        );
-        assert_eq!(
-            fits(U::Ipv6, Backend::Wireguard, Some(Datapath::Bridge)),
-            Ok(Some(Datapath::Bridge))
-        );
-        let e = fits(U::Ipv6, Backend::Vxlan, Some(Datapath::Ebpf)).unwrap_err();
-        assert!(e.contains("Use --datapath bridge"), "{e}");
-        let e = fits(U::Ipv6, Backend::HostGw, None).unwrap_err();
+        assert_eq!(fits(U::Ipv4, Backend::HostGw), Ok(()));
+        assert_eq!(fits(U::Ipv6, Backend::Vxlan), Ok(()));
+        assert_eq!(fits(U::Ipv6, Backend::Wireguard), Ok(()));
+        let e = fits(U::Ipv6, Backend::HostGw).unwrap_err();
         assert!(e.contains("host-gw has no tunnel"), "{e}");
         assert_eq!("IPv6".parse::<U>(), Ok(U::Ipv6));
         assert_eq!(U::default(), U::Ipv4);

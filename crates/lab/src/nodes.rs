@@ -122,15 +122,11 @@ impl Lab {
         st.backend = opts.backend.unwrap_or_default();
         st.repair = opts.repair.unwrap_or(true);
         st.underlay_family = opts.underlay_family.unwrap_or_default();
-        let datapath =
-            podnet_conventions::underlay_family_fits(st.underlay_family, st.backend, opts.datapath)
-                .map_err(anyhow::Error::msg)?;
+        podnet_conventions::underlay_family_fits(st.underlay_family, st.backend)
+            .map_err(anyhow::Error::msg)?;
         (st.datapath, st.policy_datapath, _) =
-            podnet_conventions::choose_datapaths(datapath, opts.policy_datapath, st.backend)
+            podnet_conventions::choose_datapaths(opts.datapath, opts.policy_datapath, st.backend)
                 .map_err(anyhow::Error::msg)?;
-        if st.underlay_family.is_ipv6() && opts.real_nodes == Some(true) {
-            bail!("--underlay-family ipv6 is not available with --kubelet yet: the real nodes run podnetd from deploy/, which does not pass it; use a lab without --kubelet");
-        }
         st.kubernetes = opts.kubernetes.unwrap_or(false);
         st.real_nodes = opts.real_nodes.unwrap_or(false);
         st.proxy_mode = opts.proxy_mode.clone().unwrap_or_else(default_proxy_mode);

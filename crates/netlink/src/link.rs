@@ -41,6 +41,8 @@ pub struct VxlanInfo {
     pub local: Option<std::net::IpAddr>,
     pub dev: Option<u32>,
     pub learning: bool,
+    /// Whether it takes IPv6 UDP datagrams with a zero checksum (`udp6zerocsumrx`).
+    pub zero_csum6_rx: bool,
 }
 
 impl LinkInfo {
@@ -102,6 +104,10 @@ impl LinkInfo {
                             learning: msg::find(d, 7)
                                 .and_then(|b| b.first().copied())
                                 .unwrap_or(1)
+                                != 0,
+                            zero_csum6_rx: msg::find(d, 20)
+                                .and_then(|b| b.first().copied())
+                                .unwrap_or(0)
                                 != 0,
                         });
                     }
@@ -298,6 +304,7 @@ pub fn create_vxlan(sock: &mut Socket, v: &VxlanSpec) -> Result<()> {
     const IFLA_VXLAN_LEARNING: u16 = 7;
     const IFLA_VXLAN_PORT: u16 = 15;
     const IFLA_VXLAN_LOCAL6: u16 = 17;
+    const IFLA_VXLAN_UDP_ZERO_CSUM6_RX: u16 = 20;
     let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL).fixed(&ifinfo(0, 0, 0));
     m.str(IFLA_IFNAME, v.name);
     m.u32(IFLA_MTU, v.mtu);
@@ -309,7 +316,12 @@ pub fn create_vxlan(sock: &mut Socket, v: &VxlanSpec) -> Result<()> {
     m.u32(IFLA_VXLAN_LINK, v.dev);
     match v.local {
         std::net::IpAddr::V4(a) => m.attr(IFLA_VXLAN_LOCAL, &a.octets()),
-        std::net::IpAddr::V6(a) => m.attr(IFLA_VXLAN_LOCAL6, &a.octets()),
+        std::net::IpAddr::V6(a) => {
+            // The eBPF fast path sends VXLAN over IPv6 with a zero UDP checksum (RFC
+            // 6935), as it does over IPv4; every IPv6 device takes them.
+            m.u8(IFLA_VXLAN_UDP_ZERO_CSUM6_RX, 1);
+            m.attr(IFLA_VXLAN_LOCAL6, &a.octets())
+        }
     };
     m.u8(IFLA_VXLAN_LEARNING, v.learning as u8);
     m.attr(IFLA_VXLAN_PORT, &v.port.to_be_bytes());

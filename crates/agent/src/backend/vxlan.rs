@@ -39,6 +39,7 @@ impl Vxlan {
                 v.vni == self.vni
                     && v.port == self.port
                     && v.local == Some(n.tunnel_ip())
+                    && v.zero_csum6_rx == n.tunnel_ip().is_ipv6()
                     && v.dev == Some(n.underlay_index)
                     && !v.learning
             })

@@ -2,7 +2,8 @@
 //! node's IP stack. Its state in the kernel each round: the switch in `config`,
 //! `local_pods` (every pod of the node whose anti-spoofing entry names its MAC and
 //! address), `from_overlay` on the VXLAN device and, across nodes, `from_underlay` on
-//! the device's underlay link with `overlay_self` and `overlay_peers` (module doc of
+//! the device's underlay link with `overlay_self` and `overlay_peers` (`overlay_peers6`
+//! over an IPv6 underlay; module doc of
 //! [`super::datapath::ebpf`]).
 //!
 //! # Kernel objects it owns
@@ -211,7 +212,8 @@ struct Overlay {
     overlay: String,
     underlay: String,
     me: ebpf::OverlaySelf,
-    peers: BTreeMap<[u8; 6], Ipv4Addr>,
+    /// Peer VTEP MAC → its tunnel end (IPv6 over an IPv6 underlay), as the FDB says.
+    peers: BTreeMap<[u8; 6], std::net::IpAddr>,
 }
 
 /// Puts `from_overlay` on the overlay device `dev` and, when the device has an
@@ -244,11 +246,7 @@ fn overlay(
         .vxlan
         .as_ref()
         .filter(|v| v.vni != 0 && v.port != 0)
-        .and_then(|v| match v.local? {
-            // An IPv6 underlay never runs the fast path (underlay_family_fits).
-            std::net::IpAddr::V4(local) => Some((v, local, v.dev?)),
-            std::net::IpAddr::V6(_) => None,
-        })
+        .and_then(|v| Some((v, v.local?, v.dev?)))
     else {
         return Ok(o);
     };
@@ -268,7 +266,11 @@ fn overlay(
     )?;
     o.me = ebpf::overlay_self(l.index, local, v.vni, v.port);
     for f in podnet_netlink::neigh::fdb_list(sock)? {
-        if let (true, Some(std::net::IpAddr::V4(dst))) = (f.index == l.index, f.dst) {
+        // The FDB entries of the device's own family (an IPv6 device has no others).
+        if let (true, Some(dst)) = (
+            f.index == l.index,
+            f.dst.filter(|d| d.is_ipv6() == local.is_ipv6()),
+        ) {
             o.peers.insert(f.mac, dst);
         }
     }

@@ -224,10 +224,15 @@ pub(super) fn fast_path_hop(b: &mut Builder, s: &End, d: &End, cross: bool) {
         } else {
             (
                 format!(
-                    "from_pod_policy on {veth} looks up the route (bpf_fib_lookup), writes the VXLAN encapsulation {} would write (the peer VTEP's underlay address from its FDB) and sends the frame out of {} (bpf_redirect), skipping the bridge, the IP stack and the VXLAN device",
+                    "from_pod_policy on {veth} looks up the route (bpf_fib_lookup), writes the VXLAN encapsulation {} would write (the peer VTEP's underlay address from its FDB, IPv6 over an IPv6 underlay) and sends the frame out of {} (bpf_redirect), skipping the bridge, the IP stack and the VXLAN device",
                     f.overlay_dev, f.underlay_dev
                 ),
-                format!("fast path on, {} peer VTEPs in overlay_peers", f.overlay_peers),
+                // Over an IPv6 underlay the peers' tunnel ends are IPv6 (overlay_peers6).
+                format!(
+                    "fast path on, {} peer VTEPs in overlay_peers{}",
+                    f.overlay_peers,
+                    if s.st.tunnel().contains(':') { "6" } else { "" }
+                ),
             )
         };
         b.add("src-node", "fastpath", "ok", detail, found, look, "");

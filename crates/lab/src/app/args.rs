@@ -306,7 +306,8 @@ pub(crate) enum LabCmd {
         /// The family of the nodes' overlay tunnels [default: ipv4]. ipv6: each node's
         /// eth0 gets an IPv6 address on the fabric (fd00:192:168:1::/64) and VXLAN or
         /// WireGuard run between those (70 or 80 bytes of overhead); pods of either
-        /// --ip-family cross it. Runs --datapath bridge; not with host-gw or --kubelet.
+        /// --ip-family cross it, on either datapath. Not with host-gw. With --kubelet
+        /// each kubelet reports the node's IPv6 address too (--node-ip IPv4,IPv6).
         #[arg(long, value_enum)]
         underlay_family: Option<podnet_conventions::UnderlayFamily>,
         #[arg(long, value_enum, default_value = "text")]

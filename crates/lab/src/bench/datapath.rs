@@ -92,6 +92,11 @@ pub struct Report {
     pub ipv6_fast_vs_bridge_same_node: f64,
     pub ipv6_fast_vs_bridge_cross_node: f64,
     pub ipv6_vs_ipv4_fast_cross_node: f64,
+    /// VXLAN over an IPv6 underlay (`--underlay-family ipv6`, 70 bytes a packet)
+    /// against over IPv4 (50), cross node, IPv4 pods: on the fast path and on the bridge
+    /// with nftables.
+    pub ipv6_underlay_vs_ipv4_fast_cross_node: f64,
+    pub ipv6_underlay_vs_ipv4_bridge_cross_node: f64,
 }
 
 /// Waits until the eBPF lab's agents have switched allowed events off again (they stay
@@ -512,7 +517,32 @@ fn lab_pods(
     policy_datapath: Option<&str>,
     bins: &Binaries,
 ) -> Result<(LabGuard, Vec<(Netns, IpAddr)>)> {
-    lab_pods_with(name, backend, policy_datapath, datapath, false, bins)
+    lab_pods_with(
+        name,
+        backend,
+        policy_datapath,
+        datapath,
+        (false, false),
+        bins,
+    )
+}
+
+/// The same over an IPv6 underlay (VXLAN between the nodes' IPv6 addresses); its pods
+/// by their IPv4 addresses.
+fn lab_pods_u6(
+    name: &str,
+    datapath: Option<&str>,
+    policy_datapath: Option<&str>,
+    bins: &Binaries,
+) -> Result<(LabGuard, Vec<(Netns, IpAddr)>)> {
+    lab_pods_with(
+        name,
+        "vxlan",
+        policy_datapath,
+        datapath,
+        (false, true),
+        bins,
+    )
 }
 
 /// The same, dual-stack over VXLAN: its pods by their IPv6 addresses.
@@ -522,7 +552,14 @@ fn lab_pods6(
     policy_datapath: Option<&str>,
     bins: &Binaries,
 ) -> Result<(LabGuard, Vec<(Netns, IpAddr)>)> {
-    lab_pods_with(name, "vxlan", policy_datapath, datapath, true, bins)
+    lab_pods_with(
+        name,
+        "vxlan",
+        policy_datapath,
+        datapath,
+        (true, false),
+        bins,
+    )
 }
 
 /// A NetworkPolicy that selects every pod of the namespace and admits every pod: each
@@ -542,7 +579,7 @@ fn lab_pods_with(
     backend: &str,
     policy_datapath: Option<&str>,
     datapath: Option<&str>,
-    dual: bool,
+    (dual, underlay6): (bool, bool),
     bins: &Binaries,
 ) -> Result<(LabGuard, Vec<(Netns, IpAddr)>)> {
     let guard = LabGuard(name.to_string());
@@ -561,7 +598,7 @@ fn lab_pods_with(
             masquerade: None,
             ip_family: dual.then_some(podnet_conventions::IpFamily::Dual),
             datapath: datapath.map(str::parse).transpose()?,
-            underlay_family: None,
+            underlay_family: underlay6.then_some(podnet_conventions::UnderlayFamily::Ipv6),
         },
         bins,
         &mut |_| {},
@@ -617,6 +654,9 @@ const DEFAULT_SAME6: &str = "podnet same-node IPv6, default (eBPF fast path)";
 const DEFAULT_CROSS6: &str = "podnet cross-node vxlan IPv6, default (eBPF fast path)";
 const BRIDGE_SAME6: &str = "podnet same-node IPv6, bridge + nftables";
 const BRIDGE_CROSS6: &str = "podnet cross-node vxlan IPv6, bridge + nftables";
+const DEFAULT_CROSS_U6: &str =
+    "podnet cross-node vxlan over an IPv6 underlay, default (eBPF fast path)";
+const BRIDGE_CROSS_U6: &str = "podnet cross-node vxlan, IPv6 underlay, bridge + nftables";
 
 /// One path to measure: its name, the source and destination namespaces and the
 /// destination's address.
@@ -629,7 +669,7 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
     // Build every path first, then measure them round-robin, `rounds` times (every
     // other round in reverse order), and keep each path's median: drift on a noisy
     // machine then hits every path alike.
-    say("building: veth pair, podnet labs (default, bridge + nftables with and without a policy, host-gw, wireguard, eBPF policy; dual-stack default and bridge + nftables), the peer");
+    say("building: veth pair, podnet labs (default, bridge + nftables with and without a policy, host-gw, wireguard, eBPF policy; dual-stack default and bridge + nftables; over an IPv6 underlay default and bridge + nftables), the peer");
     let (a, b) = veth_pair()?;
     let tag = format!("pnb{}", std::process::id() % 100000);
     // podnet's default: the eBPF fast path with the eBPF policy datapath.
@@ -659,6 +699,9 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
     // Dual-stack pods, measured over IPv6: the default and the bridge with nftables.
     let (_gf6, fp6) = lab_pods6(&format!("{tag}6"), None, None, bins)?;
     let (_gv6, vx6) = lab_pods6(&format!("{tag}b6"), br.0, br.1, bins)?;
+    // VXLAN over an IPv6 underlay, IPv4 pods: the default and the bridge with nftables.
+    let (_gfu, fpu) = lab_pods_u6(&format!("{tag}u"), None, None, bins)?;
+    let (_gvu, vxu) = lab_pods_u6(&format!("{tag}bu"), br.0, br.1, bins)?;
     let peer = build_peer(false)?;
     let p = &peer.pods;
     let (p0, p1, p2) = (v4(&p[0]), v4(&p[1]), v4(&p[2]));
@@ -704,6 +747,8 @@ pub fn run(opts: &Options, bins: &Binaries, say: &mut dyn FnMut(&str)) -> Result
         (DEFAULT_CROSS6, &fp6[0].0, &fp6[2].0, fp6[2].1),
         (BRIDGE_SAME6, &vx6[0].0, &vx6[1].0, vx6[1].1),
         (BRIDGE_CROSS6, &vx6[0].0, &vx6[2].0, vx6[2].1),
+        (DEFAULT_CROSS_U6, &fpu[0].0, &fpu[2].0, fpu[2].1),
+        (BRIDGE_CROSS_U6, &vxu[0].0, &vxu[2].0, vxu[2].1),
     ];
     let mut samples = measure_rounds(&paths, &eb_agents, opts, say)?;
     Ok(report(&paths, &mut samples, opts))
@@ -817,6 +862,8 @@ fn report(paths: &[MeasuredPath], samples: &mut Samples, opts: &Options) -> Repo
         ipv6_fast_vs_bridge_same_node: by(DEFAULT_SAME6) / by(BRIDGE_SAME6),
         ipv6_fast_vs_bridge_cross_node: by(DEFAULT_CROSS6) / by(BRIDGE_CROSS6),
         ipv6_vs_ipv4_fast_cross_node: by(DEFAULT_CROSS6) / by(DEFAULT_CROSS),
+        ipv6_underlay_vs_ipv4_fast_cross_node: by(DEFAULT_CROSS_U6) / by(DEFAULT_CROSS),
+        ipv6_underlay_vs_ipv4_bridge_cross_node: by(BRIDGE_CROSS_U6) / by(BRIDGE_CROSS),
         paths,
     }
 }
@@ -869,6 +916,11 @@ pub fn render(r: &Report) -> String {
         r.ipv6_fast_vs_bridge_same_node,
         r.ipv6_fast_vs_bridge_cross_node,
         r.ipv6_vs_ipv4_fast_cross_node * 100.0
+    ));
+    s.push_str(&format!(
+        "VXLAN over an IPv6 underlay / over IPv4, cross node: eBPF fast path {:.0}%, bridge + nftables {:.0}%\n",
+        r.ipv6_underlay_vs_ipv4_fast_cross_node * 100.0,
+        r.ipv6_underlay_vs_ipv4_bridge_cross_node * 100.0
     ));
     s.push_str(&format!(
         "eBPF policy, allowed-flow events on / drop events only: {:.0}% (drop events cost passing packets nothing)\n",

@@ -106,8 +106,8 @@ impl Lab {
     }
 
     /// `deploy/` as an operator applies it, with the lab's settings: the backend (and a
-    /// dual-stack lab's two ranges) in the ConfigMap, the policy datapath and datapath
-    /// in the DaemonSet.
+    /// dual-stack lab's two ranges) in the ConfigMap, the policy datapath, datapath
+    /// and underlay family in the DaemonSet.
     pub(crate) fn install_podnet(&self, st: &State, say: &mut dyn FnMut(&str)) -> Result<()> {
         let cm_anchor = "backend: \"vxlan\"";
         let ds_anchor = "- --policy-datapath=ebpf";
@@ -153,6 +153,11 @@ impl Lab {
         }
         if !st.masquerade {
             args += &format!("\n{indent}- --masquerade=false");
+        }
+        if st.underlay_family.is_ipv6() {
+            // Each kubelet reports the node's IPv6 address too (--node-ip), which the
+            // agents check a peer's published one against.
+            args += &format!("\n{indent}- --underlay-family=ipv6");
         }
         let ds = DAEMONSET_YAML.replace(ds_anchor, &args);
         for (what, yaml) in [

@@ -58,24 +58,33 @@ pub(crate) fn tcp6(
     addr: Ipv6Addr,
     port: u16,
 ) -> Result<Ipv6Addr, String> {
+    match tcp(from, to, addr.into(), port)? {
+        std::net::IpAddr::V6(a) => Ok(a),
+        other => Err(format!("the listener saw {other}, not an IPv6 peer")),
+    }
+}
+
+/// One TCP exchange from `from` to a listener on `to` at `addr` (either family): the
+/// source the listener saw, or the error.
+pub(crate) fn tcp(
+    from: &Netns,
+    to: &Netns,
+    addr: std::net::IpAddr,
+    port: u16,
+) -> Result<std::net::IpAddr, String> {
+    let at = std::net::SocketAddr::new(addr, port);
     let l = to
-        .run(|| TcpListener::bind(SocketAddrV6::new(addr, port, 0, 0)))
+        .run(|| TcpListener::bind(at))
         .unwrap()
-        .map_err(|e| format!("bind [{addr}]:{port}: {e}"))?;
-    let server = std::thread::spawn(move || -> Option<Ipv6Addr> {
+        .map_err(|e| format!("bind {at}: {e}"))?;
+    let server = std::thread::spawn(move || -> Option<std::net::IpAddr> {
         let (mut c, peer) = l.accept().ok()?;
         c.write_all(b"ok").ok()?;
-        match peer.ip() {
-            std::net::IpAddr::V6(a) => Some(a),
-            _ => None,
-        }
+        Some(peer.ip())
     });
     let client = from
         .run(|| {
-            let mut s = TcpStream::connect_timeout(
-                &SocketAddrV6::new(addr, port, 0, 0).into(),
-                Duration::from_secs(3),
-            )?;
+            let mut s = TcpStream::connect_timeout(&at, Duration::from_secs(3))?;
             s.set_read_timeout(Some(Duration::from_secs(3)))?;
             let mut b = [0u8; 2];
             s.read_exact(&mut b)?;
@@ -86,13 +95,13 @@ pub(crate) fn tcp6(
         Ok(b) if &b == b"ok" => server
             .join()
             .unwrap()
-            .ok_or_else(|| "the listener saw no IPv6 peer".to_string()),
+            .ok_or_else(|| "the listener saw no peer".to_string()),
         Ok(b) => Err(format!("unexpected answer {b:?}")),
         Err(e) => {
             // Unblock the listener so its thread ends.
-            let _ = to.run(|| TcpStream::connect(SocketAddrV6::new(addr, port, 0, 0)));
+            let _ = to.run(|| TcpStream::connect(at));
             let _ = server.join();
-            Err(format!("connect to [{addr}]:{port}: {e}"))
+            Err(format!("connect to {at}: {e}"))
         }
     }
 }

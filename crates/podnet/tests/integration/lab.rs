@@ -365,11 +365,18 @@ fn datapath_benchmark_measures_every_path() {
     ]);
     let paths = r["paths"].as_array().unwrap();
     let names: Vec<&str> = paths.iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names.len(), 18, "{names:?}");
+    assert_eq!(names.len(), 20, "{names:?}");
     assert_eq!(
         names.iter().filter(|n| n.contains("IPv6")).count(),
-        4,
+        6,
         "{names:?}"
+    );
+    assert!(r["ipv6_underlay_vs_ipv4_fast_cross_node"].as_f64().unwrap() > 0.0);
+    assert!(
+        r["ipv6_underlay_vs_ipv4_bridge_cross_node"]
+            .as_f64()
+            .unwrap()
+            > 0.0
     );
     assert!(r["ipv6_fast_vs_bridge_cross_node"].as_f64().unwrap() > 0.0);
     assert!(r["fast_same_node_vs_veth"].as_f64().unwrap() > 0.0);

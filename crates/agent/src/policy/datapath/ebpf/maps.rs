@@ -23,8 +23,10 @@
 //!   nodes' packets into local pods the same way. Everything it cannot settle (ARP, the
 //!   node's own addresses, an unresolved neighbour, TTL 1) takes the bridge path.
 //! - across nodes over VXLAN, the maps `overlay_self` (this node's VXLAN device: index,
-//!   underlay address, VNI, port) and `overlay_peers` (peer VTEP MAC → its underlay
-//!   address, copied from the device's FDB), and the program `from_underlay`, attached
+//!   underlay address, VNI, port; its IPv6 address over an IPv6 underlay) and
+//!   `overlay_peers` (peer VTEP MAC → its underlay address, copied from the device's
+//!   FDB; `overlay_peers6` holds the IPv6 ones over an IPv6 underlay: the programs then
+//!   write and take off IPv6 outer headers, UDP checksum zero), and the program `from_underlay`, attached
 //!   as tc filter `podnet_fast_ul` at priority 0xc0de on the ingress of the VXLAN
 //!   device's underlay link — the node's own device, where podnet adds nothing else and
 //!   removes only that filter (when the fast path is off). `from_pod_policy` writes
@@ -129,15 +131,50 @@ use podnet_bpf_abi::{
 pub use podnet_bpf_abi::{LocalPod, OverlaySelf};
 
 /// This node's VXLAN device as the fast path writes its encapsulation (`overlay_self`):
-/// its index, underlay address, VNI and UDP port.
-pub fn overlay_self(vxlan_ifindex: u32, local: Ipv4Addr, vni: u32, port: u16) -> OverlaySelf {
+/// its index, underlay address (an IPv6 one: outer IPv6 headers), VNI and UDP port.
+pub fn overlay_self(vxlan_ifindex: u32, local: IpAddr, vni: u32, port: u16) -> OverlaySelf {
+    let (local, local6, ipv6) = match local {
+        IpAddr::V4(a) => (raw(a), [0; 16], 0),
+        IpAddr::V6(a) => (0, a.octets(), 1),
+    };
     OverlaySelf {
         vxlan_ifindex,
-        local: raw(local),
+        local,
         vni,
         port: port.to_be(),
         pad: 0,
+        local6,
+        ipv6,
     }
+}
+
+/// Makes hash map `name` exactly `want` (every entry when `want` is empty); how many
+/// entries changed.
+fn sync_hash<V: Pod + PartialEq>(
+    bpf: &mut Ebpf,
+    name: &str,
+    want: &BTreeMap<VtepKey, V>,
+) -> Result<usize, Failure> {
+    let mut m: HashMap<_, VtepKey, V> =
+        HashMap::try_from(bpf.map_mut(name).ok_or_else(|| format!("no map {name}"))?)
+            .map_err(|e| err(name, e))?;
+    let have: BTreeMap<VtepKey, V> = m.iter().filter_map(|kv| kv.ok()).collect();
+    let mut changed = 0;
+    for (k, v) in &have {
+        if want.get(k) != Some(v) {
+            m.remove(k)
+                .map_err(|e| err(&format!("remove from {name}"), e))?;
+            changed += 1;
+        }
+    }
+    for (k, v) in want {
+        if have.get(k) != Some(v) {
+            m.insert(k, v, 0)
+                .map_err(|e| err(&format!("write {name}"), e))?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
 }
 
 /// An address as the programs read it from a packet (bytes in network order).
@@ -350,12 +387,13 @@ impl EbpfDatapath {
 
     /// The fast path across nodes over VXLAN: `me` (this node's VXLAN device; default:
     /// off) and `overlay_peers` made exactly `peers` (VTEP MAC → the peer's underlay
-    /// address). Peers are written before the device is switched on and removed after
-    /// it is switched off. Returns how many entries changed.
+    /// address; the IPv6 ones in `overlay_peers6`). Peers are written before the device
+    /// is switched on and removed after it is switched off. Returns how many entries
+    /// changed.
     pub fn set_overlay(
         &mut self,
         me: OverlaySelf,
-        peers: &BTreeMap<[u8; 6], Ipv4Addr>,
+        peers: &BTreeMap<[u8; 6], IpAddr>,
     ) -> Result<usize, Failure> {
         let mut changed = 0;
         let write_self = |bpf: &mut Ebpf, v: OverlaySelf| -> Result<usize, Failure> {
@@ -373,37 +411,21 @@ impl EbpfDatapath {
         if !on {
             changed += write_self(&mut self.bpf, me)?;
         }
-        {
-            let mut m: HashMap<_, VtepKey, u32> = HashMap::try_from(
-                self.bpf
-                    .map_mut("overlay_peers")
-                    .ok_or("no map overlay_peers")?,
-            )
-            .map_err(|e| err("overlay_peers", e))?;
-            let want: BTreeMap<VtepKey, u32> = if on {
-                peers
-                    .iter()
-                    .map(|(mac, ip)| (VtepKey { mac: *mac, pad: 0 }, raw(*ip)))
-                    .collect()
-            } else {
-                BTreeMap::new()
-            };
-            let have: BTreeMap<VtepKey, u32> = m.iter().filter_map(|kv| kv.ok()).collect();
-            for (k, v) in &have {
-                if want.get(k) != Some(v) {
-                    m.remove(k)
-                        .map_err(|e| err("remove from overlay_peers", e))?;
-                    changed += 1;
+        let key = |mac: &[u8; 6]| VtepKey { mac: *mac, pad: 0 };
+        let mut want4: BTreeMap<VtepKey, u32> = BTreeMap::new();
+        let mut want6: BTreeMap<VtepKey, In6> = BTreeMap::new();
+        for (mac, ip) in peers.iter().filter(|_| on) {
+            match ip {
+                IpAddr::V4(a) => {
+                    want4.insert(key(mac), raw(*a));
                 }
-            }
-            for (k, v) in &want {
-                if have.get(k) != Some(v) {
-                    m.insert(k, v, 0)
-                        .map_err(|e| err("write overlay_peers", e))?;
-                    changed += 1;
+                IpAddr::V6(a) => {
+                    want6.insert(key(mac), In6 { a: a.octets() });
                 }
             }
         }
+        changed += sync_hash(&mut self.bpf, "overlay_peers", &want4)?;
+        changed += sync_hash(&mut self.bpf, "overlay_peers6", &want6)?;
         if on {
             changed += write_self(&mut self.bpf, me)?;
         }
