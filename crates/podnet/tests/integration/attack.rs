@@ -465,7 +465,7 @@ fn overlay_injection_reaches_no_pod(args: &[&str]) {
 }
 
 /// Pod `pod`'s anti-spoofing drop counters on `node` (all, and `overlay-port`'s).
-fn overlay_port_drops(
+pub(crate) fn overlay_port_drops(
     lab: &TestLab,
     st: &serde_json::Value,
     node: &str,

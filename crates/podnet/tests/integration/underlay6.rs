@@ -193,6 +193,19 @@ fn vxlan_over_ipv6(extra: &[&str]) -> TestLab {
         &vxlan(p1, b"over ipv4"),
     );
     send_from(&lab, u1.into(), to6, &vxlan(p2, b"inner"));
+    // A pod wrapping a frame in VXLAN to its own node's and to node2's IPv6 tunnel
+    // end: dropped at its veth (overlay-port), which the guard never sees (its own
+    // node's socket would take it).
+    let p1a6 = lab_ip6(&st, "p1a");
+    for (to, tag) in [(u1, &b"pod to own node"[..]), (u2, b"pod to node2")] {
+        let payload = vxlan(p1, tag);
+        lab.ns("p1a")
+            .run(move || {
+                let s = UdpSocket::bind((p1a6, 0)).expect("bind");
+                s.send_to(&payload, (to, 8472)).expect("send");
+            })
+            .unwrap();
+    }
     let got = inner.frames(Duration::from_millis(500));
     let carried = |tag: &[u8]| {
         got.iter()
@@ -202,7 +215,13 @@ fn vxlan_over_ipv6(extra: &[&str]) -> TestLab {
         carried(b"control"),
         "the peer's own datagram did not arrive: the checks prove nothing"
     );
-    for tag in [&b"stranger"[..], b"over ipv4", b"inner"] {
+    for tag in [
+        &b"stranger"[..],
+        b"over ipv4",
+        b"inner",
+        b"pod to own node",
+        b"pod to node2",
+    ] {
         assert!(
             !carried(tag),
             "{} reached p2a",
@@ -215,6 +234,8 @@ fn vxlan_over_ipv6(extra: &[&str]) -> TestLab {
         let grew = |r: &str| after[r].as_u64().unwrap_or(0) - before[r].as_u64().unwrap_or(0);
         grew("vxlan-src") == 2 && grew("vxlan-inner") == 1
     });
+    let (all, overlay) = crate::attack::overlay_port_drops(&lab, &st, "node1", "p1a");
+    assert_eq!(overlay, Some(2), "{all:?}");
     assert_eq!(after["vxlan-frame"], 0, "{after}");
 
     // The IPv6 echo the MTU probes use: 1500 bytes on the wire pass, 1501 do not.
