@@ -19,6 +19,30 @@
 /* the same with an outer IPv6 header (40) */
 #define VXLAN6_OVERHEAD 70
 
+/* The headers after the outer IP one, as the VXLAN device writes them: UDP from
+ * `sport` to this node's port, `ulen` bytes, no checksum; VXLAN with the VNI flag and
+ * the VNI; the inner Ethernet header from this node's VTEP to the peer's (`f`'s MACs)
+ * with the inner frame's `ethertype`. */
+INLINE void write_udp_vxlan(u8 *udp, u16 sport, u16 ulen, const struct overlay_self *self,
+			    const struct fib_lookup *f, u16 ethertype)
+{
+	udp[0] = sport >> 8;
+	udp[1] = sport;
+	__builtin_memcpy(udp + 2, &self->port, 2);
+	udp[4] = ulen >> 8;
+	udp[5] = ulen;
+	u8 *vx = udp + 8;
+	vx[0] = 0x08;
+	vx[4] = self->vni >> 16;
+	vx[5] = self->vni >> 8;
+	vx[6] = self->vni;
+	u8 *in = vx + 8;
+	__builtin_memcpy(in, f->dmac, 6);
+	__builtin_memcpy(in + 6, f->smac, 6);
+	in[12] = ethertype >> 8;
+	in[13] = ethertype;
+}
+
 /* Over an IPv6 underlay (overlay_self.ipv6): outer Ethernet, IPv6, UDP with a zero
  * checksum (RFC 6935; every node's VXLAN device takes them, podnetd makes it with
  * udp6zerocsumrx), VXLAN, inner Ethernet, to the peer's underlay IPv6 address
@@ -60,23 +84,8 @@ INLINE int to_overlay6(struct __sk_buff *skb, struct fib_lookup *f, u8 tclass, u
 	ip[7] = 64;
 	__builtin_memcpy(ip + 8, self->local6, 16);
 	__builtin_memcpy(ip + 24, peer->a, 16);
-	/* UDP, zero checksum */
-	u8 *udp = ip + 40;
-	udp[0] = sport >> 8;
-	udp[1] = sport;
-	__builtin_memcpy(udp + 2, &self->port, 2);
-	udp[4] = plen >> 8;
-	udp[5] = plen;
-	u8 *vx = udp + 8;
-	vx[0] = 0x08;
-	vx[4] = self->vni >> 16;
-	vx[5] = self->vni >> 8;
-	vx[6] = self->vni;
-	u8 *in = vx + 8;
-	__builtin_memcpy(in, f->dmac, 6);
-	__builtin_memcpy(in + 6, f->smac, 6);
-	in[12] = ethertype >> 8;
-	in[13] = ethertype;
+	/* UDP (zero checksum), VXLAN, inner Ethernet */
+	write_udp_vxlan(ip + 40, sport, plen, self, f, ethertype);
 	if (bpf_skb_store_bytes(skb, 0, h, sizeof(h), 0))
 		return TC_ACT_SHOT;
 	return bpf_redirect(u.ifindex, 0);
@@ -142,26 +151,8 @@ INLINE int to_overlay(struct __sk_buff *skb, struct fib_lookup *f, u8 tos, u16 e
 	sum = ~sum;
 	ip[10] = sum >> 8;
 	ip[11] = sum;
-	/* UDP, no checksum (as the VXLAN device sends over IPv4) */
-	u8 *udp = ip + 20;
-	u16 ulen = tot - 20;
-	udp[0] = sport >> 8;
-	udp[1] = sport;
-	__builtin_memcpy(udp + 2, &self->port, 2);
-	udp[4] = ulen >> 8;
-	udp[5] = ulen;
-	/* VXLAN: the VNI flag and the VNI */
-	u8 *vx = udp + 8;
-	vx[0] = 0x08;
-	vx[4] = self->vni >> 16;
-	vx[5] = self->vni >> 8;
-	vx[6] = self->vni;
-	/* inner Ethernet: from this node's VTEP to the peer's, as the device writes it */
-	u8 *in = vx + 8;
-	__builtin_memcpy(in, f->dmac, 6);
-	__builtin_memcpy(in + 6, f->smac, 6);
-	in[12] = ethertype >> 8;
-	in[13] = ethertype;
+	/* UDP (no checksum, as the VXLAN device sends over IPv4), VXLAN, inner Ethernet */
+	write_udp_vxlan(ip + 20, sport, tot - 20, self, f, ethertype);
 	if (bpf_skb_store_bytes(skb, 0, h, sizeof(h), 0))
 		return TC_ACT_SHOT;
 	return bpf_redirect(u.ifindex, 0);
